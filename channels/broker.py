@@ -1,0 +1,116 @@
+"""The broker port: one ordered event stream per room, shared by every server process.
+
+A room event published anywhere gets the room's next sequence number, is kept in a bounded
+history for reconnecting clients, and reaches every process subscribed to the room. The `epoch`
+names one unbroken history: it changes when history is lost (Redis flushed or restarted), so a
+client holding a sequence number of another epoch knows it cannot recover and must reload.
+
+Delivery is at-most-once (pub/sub): subscribers detect gaps by sequence number and fill them
+from `history`. Frames travel as the exact JSON text sent to websocket clients, so each process
+encodes nothing per viewer.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+# A process that has not reported its viewers for this long is presumed dead.
+STALE_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    seq: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    likes: int
+    viewers: int
+    peak_viewers: int
+
+
+class BrokerListener(Protocol):
+    """What a broker calls back into (the hub). Calls happen on the event loop, never blocking."""
+
+    def on_room_frame(self, room_id: str, text: str) -> None:
+        """A room event frame (with seq and epoch) or a control frame (type starts with '_')."""
+
+    def on_user_frame(self, user_id: str, text: str) -> None:
+        """A private frame for one user's connections."""
+
+    def on_room_subscribed(self, room_id: str) -> None:
+        """The room's subscription is (re)established: anything published earlier may be missed."""
+
+
+class Broker(Protocol):
+    node_id: str
+
+    def attach(self, listener: BrokerListener) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise when the broker is unreachable (readiness)."""
+
+    async def publish(self, room_id: str, event: dict[str, Any]) -> int:
+        """Append the event to the room's stream; return its sequence number."""
+
+    async def publish_control(self, room_id: str, control: dict[str, Any]) -> None:
+        """Reach every process serving the room, outside the stream (no seq, no history)."""
+
+    async def publish_private(self, user_id: str, event: dict[str, Any]) -> None: ...
+
+    async def subscribe_room(self, room_id: str) -> None: ...
+
+    async def unsubscribe_room(self, room_id: str) -> None: ...
+
+    async def subscribe_user(self, user_id: str) -> None: ...
+
+    async def unsubscribe_user(self, user_id: str) -> None: ...
+
+    async def position(self, room_id: str) -> StreamPosition:
+        """The room's latest sequence number and epoch (seq 0 for a room with no events)."""
+
+    async def history(self, room_id: str, after_seq: int, epoch: str) -> list[str] | None:
+        """Frames with seq > after_seq in order, or None when some of them are gone."""
+
+    async def update_counters(self, room_id: str, likes_delta: int, local_viewers: int) -> Counters:
+        """Add this process's new likes and report its viewer count; return the room's totals."""
+
+    async def read_counters(self, room_id: str) -> Counters:
+        """The room's totals, changing nothing."""
+
+    async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
+        """True for exactly one caller per room, name and period, across processes."""
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+def encode_body(event: dict[str, Any]) -> str:
+    """The event as compact JSON. `type` must come first for readable frames."""
+    if "type" not in event:
+        raise ValueError("a room event needs a type")
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def stamp(body: str, seq: int, epoch: str) -> str:
+    """Prefix seq and epoch to an encoded event, without decoding it again."""
+    return f'{{"seq":{seq},"epoch":"{epoch}",{body[1:]}'
+
+
+def room_channel(room_id: str) -> str:
+    return f"liveshop:room:{room_id}"
+
+
+def user_channel(user_id: str) -> str:
+    return f"liveshop:user:{user_id}"

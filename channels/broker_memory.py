@@ -1,0 +1,173 @@
+"""The in-process broker: one server process, no Redis. Several brokers may share one
+`MemoryBus` to stand in for several processes in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.broker import (
+    STALE_SECONDS,
+    BrokerListener,
+    Counters,
+    StreamPosition,
+    encode_body,
+    new_epoch,
+    stamp,
+)
+
+
+@dataclass(slots=True)
+class _Stream:
+    epoch: str
+    seq: int = 0
+    history: deque[tuple[int, float, str]] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class _RoomCounters:
+    likes: int = 0
+    peak: int = 0
+    viewers: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+class MemoryBus:
+    """The shared state that Redis holds in the distributed case."""
+
+    def __init__(self, history_events: int = 1000, history_seconds: float = 600) -> None:
+        self.history_events = history_events
+        self.history_seconds = history_seconds
+        self.streams: dict[str, _Stream] = {}
+        self.counters: dict[str, _RoomCounters] = {}
+        self.gates: dict[tuple[str, str], float] = {}
+        self.brokers: list[MemoryBroker] = []
+
+    def stream(self, room_id: str) -> _Stream:
+        stream = self.streams.get(room_id)
+        if stream is None:
+            stream = self.streams[room_id] = _Stream(epoch=new_epoch())
+        return stream
+
+    def flush(self) -> None:
+        """Lose everything, as a Redis restart without persistence does."""
+        self.streams.clear()
+        self.counters.clear()
+        self.gates.clear()
+
+
+class MemoryBroker:
+    def __init__(self, bus: MemoryBus | None = None, node_id: str | None = None) -> None:
+        self.bus = bus or MemoryBus()
+        self.node_id = node_id or new_epoch()
+        self._listener: BrokerListener | None = None
+        self._rooms: set[str] = set()
+        self._users: set[str] = set()
+        self.bus.brokers.append(self)
+
+    def attach(self, listener: BrokerListener) -> None:
+        self._listener = listener
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self in self.bus.brokers:
+            self.bus.brokers.remove(self)
+
+    async def ping(self) -> None:
+        return None
+
+    async def publish(self, room_id: str, event: dict[str, Any]) -> int:
+        body = encode_body(event)
+        stream = self.bus.stream(room_id)
+        stream.seq += 1
+        frame = stamp(body, stream.seq, stream.epoch)
+        now = time.monotonic()
+        stream.history.append((stream.seq, now, frame))
+        while len(stream.history) > self.bus.history_events or (
+            stream.history and stream.history[0][1] < now - self.bus.history_seconds
+        ):
+            stream.history.popleft()
+        self._deliver_room(room_id, frame)
+        return stream.seq
+
+    async def publish_control(self, room_id: str, control: dict[str, Any]) -> None:
+        self._deliver_room(room_id, encode_body(control))
+
+    async def publish_private(self, user_id: str, event: dict[str, Any]) -> None:
+        text = encode_body(event)
+        loop = asyncio.get_running_loop()
+        for broker in self.bus.brokers:
+            if user_id in broker._users and broker._listener is not None:
+                loop.call_soon(broker._listener.on_user_frame, user_id, text)
+
+    def _deliver_room(self, room_id: str, text: str) -> None:
+        # Delivered on the next loop iteration, as a network broker would: never re-entrantly.
+        loop = asyncio.get_running_loop()
+        for broker in self.bus.brokers:
+            if room_id in broker._rooms and broker._listener is not None:
+                loop.call_soon(broker._listener.on_room_frame, room_id, text)
+
+    async def subscribe_room(self, room_id: str) -> None:
+        self._rooms.add(room_id)
+        if self._listener is not None:
+            asyncio.get_running_loop().call_soon(self._listener.on_room_subscribed, room_id)
+
+    async def unsubscribe_room(self, room_id: str) -> None:
+        self._rooms.discard(room_id)
+
+    async def subscribe_user(self, user_id: str) -> None:
+        self._users.add(user_id)
+
+    async def unsubscribe_user(self, user_id: str) -> None:
+        self._users.discard(user_id)
+
+    async def position(self, room_id: str) -> StreamPosition:
+        stream = self.bus.stream(room_id)
+        return StreamPosition(stream.seq, stream.epoch)
+
+    async def history(self, room_id: str, after_seq: int, epoch: str) -> list[str] | None:
+        stream = self.bus.stream(room_id)
+        if epoch != stream.epoch or after_seq > stream.seq:
+            return None
+        if after_seq == stream.seq:
+            return []
+        now = time.monotonic()
+        kept = [
+            (seq, frame)
+            for seq, at, frame in stream.history
+            if seq > after_seq and at >= now - self.bus.history_seconds
+        ]
+        if not kept or kept[0][0] != after_seq + 1:
+            return None
+        return [frame for _, frame in kept]
+
+    async def update_counters(self, room_id: str, likes_delta: int, local_viewers: int) -> Counters:
+        counters = self.bus.counters.setdefault(room_id, _RoomCounters())
+        now = time.monotonic()
+        counters.likes += likes_delta
+        if local_viewers > 0:
+            counters.viewers[self.node_id] = (local_viewers, now)
+        else:
+            counters.viewers.pop(self.node_id, None)
+        stale_before = now - STALE_SECONDS
+        total = sum(n for n, at in counters.viewers.values() if at >= stale_before)
+        counters.peak = max(counters.peak, total)
+        return Counters(likes=counters.likes, viewers=total, peak_viewers=counters.peak)
+
+    async def read_counters(self, room_id: str) -> Counters:
+        counters = self.bus.counters.get(room_id, _RoomCounters())
+        stale_before = time.monotonic() - STALE_SECONDS
+        total = sum(n for n, at in counters.viewers.values() if at >= stale_before)
+        return Counters(likes=counters.likes, viewers=total, peak_viewers=counters.peak)
+
+    async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
+        now = time.monotonic()
+        key = (room_id, name)
+        if self.bus.gates.get(key, 0.0) > now:
+            return False
+        self.bus.gates[key] = now + seconds
+        return True

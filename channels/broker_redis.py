@@ -1,0 +1,242 @@
+"""The Redis broker: rooms shared by many server processes.
+
+Each room has, under one hash tag so a cluster keeps them on one shard:
+  liveshop:{room}:stream   hash: seq, epoch
+  liveshop:{room}:history  stream of frames, entry id = seq, trimmed to about N entries
+  liveshop:{room}:counters hash: likes, peak
+  liveshop:{room}:viewers  hash: node id -> "count:unix_ms"
+One Lua script assigns the sequence number, appends to history and publishes, so the order of
+publication is the order of sequence numbers on every subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from channels.broker import (
+    STALE_SECONDS,
+    BrokerListener,
+    Counters,
+    StreamPosition,
+    encode_body,
+    new_epoch,
+    room_channel,
+    user_channel,
+)
+
+log = logging.getLogger("liveshop.broker")
+
+# Keys live a day after the last event; history older than history_seconds is not served.
+KEY_TTL_SECONDS = 24 * 3600
+
+_PUBLISH = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('DEL', KEYS[2])
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local frame = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[1], 2)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', frame, 't', ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[2], frame)
+return seq
+"""
+
+_COUNTERS = """
+local likes = redis.call('HINCRBY', KEYS[1], 'likes', ARGV[1])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[4])
+else
+  redis.call('HDEL', KEYS[2], ARGV[2])
+end
+local total = 0
+local entries = redis.call('HGETALL', KEYS[2])
+for i = 1, #entries, 2 do
+  local count, at = string.match(entries[i + 1], '(%d+):(%d+)')
+  if tonumber(at) < tonumber(ARGV[4]) - tonumber(ARGV[5]) then
+    redis.call('HDEL', KEYS[2], entries[i])
+  else
+    total = total + tonumber(count)
+  end
+end
+local peak = tonumber(redis.call('HGET', KEYS[1], 'peak') or '0')
+if total > peak then
+  peak = total
+  redis.call('HSET', KEYS[1], 'peak', peak)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return {likes, total, peak}
+"""
+
+
+def _keys(room_id: str) -> tuple[str, str, str, str]:
+    tag = f"liveshop:{{{room_id}}}"
+    return f"{tag}:stream", f"{tag}:history", f"{tag}:counters", f"{tag}:viewers"
+
+
+class RedisBroker:
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_events: int = 1000,
+        history_seconds: float = 600,
+        node_id: str | None = None,
+    ) -> None:
+        self.node_id = node_id or new_epoch()
+        self.history_events = history_events
+        self.history_seconds = history_seconds
+        self._redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=10)
+        self._pubsub = self._redis.pubsub()
+        self._publish = self._redis.register_script(_PUBLISH)
+        self._counters = self._redis.register_script(_COUNTERS)
+        self._listener: BrokerListener | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._room_prefix = room_channel("")
+        self._user_prefix = user_channel("")
+
+    def attach(self, listener: BrokerListener) -> None:
+        self._listener = listener
+
+    async def start(self) -> None:
+        # A channel of our own keeps the pub/sub connection alive while no room is watched.
+        await self._pubsub.subscribe(f"liveshop:node:{self.node_id}")
+        self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._redis.aclose()
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def publish(self, room_id: str, event: dict[str, Any]) -> int:
+        stream, history, _, _ = _keys(room_id)
+        args: list[str | int] = [
+            encode_body(event),
+            room_channel(room_id),
+            self.history_events,
+            KEY_TTL_SECONDS,
+            new_epoch(),
+            int(time.time() * 1000),
+        ]
+        return int(await self._publish(keys=[stream, history], args=args))
+
+    async def publish_control(self, room_id: str, control: dict[str, Any]) -> None:
+        await self._redis.publish(room_channel(room_id), encode_body(control))
+
+    async def publish_private(self, user_id: str, event: dict[str, Any]) -> None:
+        await self._redis.publish(user_channel(user_id), encode_body(event))
+
+    async def subscribe_room(self, room_id: str) -> None:
+        await self._pubsub.subscribe(room_channel(room_id))
+
+    async def unsubscribe_room(self, room_id: str) -> None:
+        await self._pubsub.unsubscribe(room_channel(room_id))
+
+    async def subscribe_user(self, user_id: str) -> None:
+        await self._pubsub.subscribe(user_channel(user_id))
+
+    async def unsubscribe_user(self, user_id: str) -> None:
+        await self._pubsub.unsubscribe(user_channel(user_id))
+
+    async def position(self, room_id: str) -> StreamPosition:
+        stream, history, _, _ = _keys(room_id)
+        seq, epoch = await self._redis.hmget(stream, ["seq", "epoch"])
+        if epoch is None:
+            # First touch of the room (or history lost): settle the epoch now, atomically.
+            await self._redis.hsetnx(stream, "epoch", new_epoch())
+            await self._redis.expire(stream, KEY_TTL_SECONDS)
+            seq, epoch = await self._redis.hmget(stream, ["seq", "epoch"])
+        return StreamPosition(int(seq or 0), str(epoch))
+
+    async def history(self, room_id: str, after_seq: int, epoch: str) -> list[str] | None:
+        stream, history, _, _ = _keys(room_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(stream, ["seq", "epoch"])
+            pipe.xrange(history, min=f"{after_seq + 1}-0", max="+")
+            (seq, current_epoch), entries = await pipe.execute()
+        last = int(seq or 0)
+        if current_epoch != epoch or after_seq > last:
+            return None
+        if after_seq == last:
+            return []
+        oldest_allowed_ms = (time.time() - self.history_seconds) * 1000
+        if not entries or int(entries[0][0].split("-")[0]) != after_seq + 1:
+            return None
+        if int(entries[0][1]["t"]) < oldest_allowed_ms:
+            return None
+        return [fields["f"] for _, fields in entries]
+
+    async def update_counters(self, room_id: str, likes_delta: int, local_viewers: int) -> Counters:
+        _, _, counters, viewers = _keys(room_id)
+        args: list[str | int] = [
+            likes_delta,
+            self.node_id,
+            local_viewers,
+            int(time.time() * 1000),
+            int(STALE_SECONDS * 1000),
+            KEY_TTL_SECONDS,
+        ]
+        likes, total, peak = await self._counters(keys=[counters, viewers], args=args)
+        return Counters(likes=int(likes), viewers=int(total), peak_viewers=int(peak))
+
+    async def read_counters(self, room_id: str) -> Counters:
+        _, _, counters, viewers = _keys(room_id)
+        likes, peak = await self._redis.hmget(counters, ["likes", "peak"])
+        fresh_after = time.time() * 1000 - STALE_SECONDS * 1000
+        total = 0
+        for value in (await self._redis.hgetall(viewers)).values():
+            count, _, at = str(value).partition(":")
+            if int(at) >= fresh_after:
+                total += int(count)
+        return Counters(likes=int(likes or 0), viewers=total, peak_viewers=int(peak or 0))
+
+    async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
+        key = f"liveshop:{{{room_id}}}:gate:{name}"
+        return bool(await self._redis.set(key, self.node_id, nx=True, px=int(seconds * 1000)))
+
+    async def _read_forever(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                # The next get_message reconnects and re-subscribes every channel; the
+                # subscribe confirmations that follow tell the hub to check for gaps.
+                log.warning("broker_connection_lost", extra={"error": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        listener = self._listener
+        channel = message.get("channel")
+        if listener is None or not isinstance(channel, str):
+            return
+        kind = message.get("type")
+        if kind == "message":
+            if channel.startswith(self._room_prefix):
+                listener.on_room_frame(channel[len(self._room_prefix) :], message["data"])
+            elif channel.startswith(self._user_prefix):
+                listener.on_user_frame(channel[len(self._user_prefix) :], message["data"])
+        elif kind == "subscribe" and channel.startswith(self._room_prefix):
+            listener.on_room_subscribed(channel[len(self._room_prefix) :])

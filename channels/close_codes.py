@@ -1,0 +1,16 @@
+"""Websocket close codes. 4xxx say why; the comment says whether a client should reconnect."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    GOING_AWAY = 1001  # server draining: reconnect (to another process) with since
+    UNAUTHORIZED = 4001  # bad or expired token: get a new token first
+    BANNED = 4003  # banned from this room: do not reconnect
+    ROOM_NOT_FOUND = 4004  # do not reconnect
+    TOO_SLOW = 4008  # the client fell behind: reconnect with since and recover
+    ROOM_ENDED = 4010  # do not reconnect
+    RESYNC = 4012  # the room's history was lost: reconnect; hello will say recovered=false
+    ABUSE = 4029  # too many bad frames: back off before reconnecting

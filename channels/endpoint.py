@@ -1,0 +1,161 @@
+"""The websocket endpoint `/ws/rooms/{room_id}`: glue between starlette, the hub and the protocol."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from channels.broker import encode_body
+from channels.close_codes import CloseCode
+from channels.connection import Connection
+from channels.hub import Banned, Draining, Hub, RoomEnded
+from channels.protocol import (
+    AddLikes,
+    Close,
+    Command,
+    Limits,
+    Publish,
+    Reply,
+    RoomSession,
+    StoreBan,
+    StoreMute,
+    StoreSlowMode,
+    error_frame,
+)
+from channels.room_state import LocalRoom
+from server.auth import verify_token
+from server.container import Container
+from server.domain.errors import LiveshopError, NotFound, Unauthorized, Unavailable
+from server.domain.identity import Identity
+
+log = logging.getLogger("liveshop.ws")
+
+_ROOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_EPOCH = re.compile(r"^[0-9a-f]{1,32}$")
+
+
+async def room_socket(websocket: WebSocket) -> None:
+    container: Container = websocket.app.state.container
+    hub = container.hub
+    await websocket.accept()
+    room_id = str(websocket.path_params.get("room_id", ""))
+    try:
+        identity = _identity(websocket, container)
+        if not _ROOM_ID.match(room_id):
+            raise NotFound("no such room")
+        if not identity.anonymous and await container.rooms.is_banned(room_id, identity.user_id):
+            raise Banned("you are banned from this room")
+        since, epoch = _cursor(websocket)
+        conn, room = await hub.join(room_id, identity, websocket, since=since, epoch=epoch)
+    except LiveshopError as error:
+        await websocket.close(_close_code(error), error.message[:120])
+        return
+    log.info("ws_joined", extra={"room_id": room_id, "conn": conn.conn_id})
+    try:
+        await _serve(websocket, container, hub, conn, room)
+    finally:
+        await hub.leave(conn)
+        log.info("ws_left", extra={"room_id": room_id, "conn": conn.conn_id})
+
+
+async def _serve(
+    websocket: WebSocket, container: Container, hub: Hub, conn: Connection, room: LocalRoom
+) -> None:
+    settings = container.settings
+    session = RoomSession(
+        conn.identity,
+        room,
+        limits=Limits(
+            max_frame_bytes=settings.max_frame_bytes, max_bad_frames=settings.max_bad_frames
+        ),
+        new_id=lambda: secrets.token_urlsafe(9),
+    )
+    frames_in = hub.metrics.frames_in
+    while not conn.closed:
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        raw = message.get("text")
+        if raw is None:
+            raw = message.get("bytes") or b""
+        commands = session.handle(raw, mono=time.monotonic(), now=datetime.now(UTC))
+        frames_in.labels(outcome=_outcome(commands)).inc()
+        await _carry_out(commands, container, hub, conn, room)
+
+
+async def _carry_out(
+    commands: list[Command], container: Container, hub: Hub, conn: Connection, room: LocalRoom
+) -> None:
+    ref: str | None = None
+    for command in commands:
+        try:
+            if isinstance(command, Reply):
+                ref = command.frame.get("ref")
+                conn.push(encode_body(command.frame))
+            elif isinstance(command, Publish):
+                await hub.publish_room_event(room.room_id, command.event)
+            elif isinstance(command, AddLikes):
+                hub.add_likes(room, command.count)
+            elif isinstance(command, StoreMute):
+                await container.rooms.mute(room.room_id, command.user_id, until=command.until)
+            elif isinstance(command, StoreBan):
+                await container.rooms.ban(
+                    room.room_id, command.user_id, by=conn.identity.user_id, at=datetime.now(UTC)
+                )
+            elif isinstance(command, StoreSlowMode):
+                await container.rooms.set_slow_mode(room.room_id, command.seconds)
+            elif isinstance(command, Close):
+                conn.close_after_flush(command.code, command.reason)
+        except LiveshopError as error:
+            conn.push(encode_body(error_frame(error, ref)))
+            return
+        except Exception:
+            log.exception("ws_command_failed", extra={"room_id": room.room_id})
+            conn.push(encode_body(error_frame(Unavailable("try again shortly"), ref)))
+            return
+
+
+def _identity(websocket: WebSocket, container: Container) -> Identity:
+    token = websocket.query_params.get("token")
+    if not token:
+        return Identity.anonymous_viewer(secrets.token_hex(6))
+    return verify_token(container.settings.signing_secret(), token)
+
+
+def _cursor(websocket: WebSocket) -> tuple[int | None, str | None]:
+    """`since` and `epoch` from the query; anything unusable means "nothing to recover"."""
+    since_raw, epoch = websocket.query_params.get("since"), websocket.query_params.get("epoch")
+    if since_raw is None or not since_raw.isdigit() or len(since_raw) > 18:
+        return None, None
+    if epoch is None or not _EPOCH.match(epoch):
+        return None, None
+    return int(since_raw), epoch
+
+
+def _close_code(error: LiveshopError) -> int:
+    if isinstance(error, Unauthorized):
+        return CloseCode.UNAUTHORIZED
+    if isinstance(error, Banned):
+        return CloseCode.BANNED
+    if isinstance(error, NotFound):
+        return CloseCode.ROOM_NOT_FOUND
+    if isinstance(error, RoomEnded):
+        return CloseCode.ROOM_ENDED
+    if isinstance(error, Draining):
+        return CloseCode.GOING_AWAY
+    return 1011
+
+
+def _outcome(commands: list[Command]) -> str:
+    for command in commands:
+        if isinstance(command, Reply) and command.frame.get("type") == "error":
+            return "rejected"
+    return "accepted"

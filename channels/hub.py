@@ -1,0 +1,449 @@
+"""Local fan-out: the rooms and users this process serves, fed by the broker.
+
+One broker subscription per room with local viewers (not per socket). Each room event arrives
+as its final JSON text and is queued, as that same string, on every local connection. The hub
+follows each room's sequence numbers: a gap (pub/sub lost a message) is filled from history,
+a changed epoch (history lost) sends local viewers away to reconnect and reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from channels.broker import Broker, encode_body
+from channels.close_codes import CloseCode
+from channels.connection import Connection, FrameSender
+from channels.room_state import LocalRoom
+from server.domain.errors import Conflict, Forbidden, LiveshopError, Unavailable
+from server.domain.identity import Identity
+from server.domain.rooms import Room
+from server.metrics import Metrics
+
+log = logging.getLogger("liveshop.hub")
+
+RoomLoader = Callable[[str], Awaitable[tuple[Room, dict[str, Any] | None, Mapping[str, datetime]]]]
+
+# A room with no local viewers keeps its subscription this long, so a quick reconnect is cheap.
+LINGER_SECONDS = 15.0
+SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class HubLimits:
+    send_queue_frames: int = 256
+    counter_interval: float = 1.0
+    chat_burst: int = 5
+    chat_per_second: float = 1.0
+
+
+class RoomEnded(Conflict):
+    code = "room_ended"
+
+
+class Banned(Forbidden):
+    code = "banned"
+
+
+class Draining(Unavailable):
+    code = "draining"
+
+
+class Hub:
+    def __init__(
+        self, broker: Broker, load_room: RoomLoader, metrics: Metrics, limits: HubLimits
+    ) -> None:
+        self.broker = broker
+        self.metrics = metrics
+        self.limits = limits
+        self.draining = False
+        self._load_room = load_room
+        self._rooms: dict[str, LocalRoom] = {}
+        self._users: dict[str, set[Connection]] = {}
+        self._subscriptions = asyncio.Lock()
+        self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        broker.attach(self)
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.start()
+        self._ticker = asyncio.create_task(self._tick_forever(), name="hub-ticker")
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Refuse new viewers, close every open socket with 1001 so clients go elsewhere."""
+        self.draining = True
+        for room in list(self._rooms.values()):
+            for conn in list(room.connections):
+                conn.close_after_flush(CloseCode.GOING_AWAY, "server restarting")
+        deadline = time.monotonic() + grace_seconds
+        while self.connection_count() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.broker.close()
+
+    def connection_count(self) -> int:
+        return sum(len(room.connections) for room in self._rooms.values())
+
+    def room(self, room_id: str) -> LocalRoom | None:
+        return self._rooms.get(room_id)
+
+    # Joining and leaving ---------------------------------------------------------------------
+
+    async def join(
+        self,
+        room_id: str,
+        identity: Identity,
+        sender: FrameSender,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+    ) -> tuple[Connection, LocalRoom]:
+        """Register a viewer and queue hello (plus missed events when `since` is recoverable)."""
+        if self.draining:
+            raise Draining("server is shutting down")
+        room = await self._ready_room(room_id)
+        if room.status == "ended":
+            raise RoomEnded("the room has ended")
+        conn = Connection(
+            secrets.token_hex(6),
+            identity,
+            room_id,
+            sender,
+            limit=self.limits.send_queue_frames,
+            on_overflow=self._on_overflow,
+        )
+        # Registered before anything is awaited: events from here on queue behind hello.
+        room.connections.add(conn)
+        room.empty_since = None
+        self.metrics.connections.inc()
+        seq0, epoch0 = room.last_seq or 0, room.epoch or ""
+        if not identity.anonymous:
+            await self._watch_user(identity.user_id, conn)
+        missed: list[str] | None = None
+        if since is not None and epoch == epoch0 and 0 <= since <= seq0:
+            missed = [] if since == seq0 else await self.broker.history(room_id, since, epoch0)
+        if missed:
+            missed = [frame for frame in missed if _seq_of(frame) <= seq0]
+        hello = {
+            "type": "hello",
+            "seq": seq0,
+            "epoch": epoch0,
+            "recovered": missed is not None,
+            "room": room.snapshot(),
+            "you": {**identity.public(), "muted_until": _muted_until(room, identity)},
+            "server_time": _now_iso(),
+        }
+        conn.start([encode_body(hello), *(missed or [])])
+        return conn, room
+
+    async def leave(self, conn: Connection) -> None:
+        await conn.finish()
+        room = self._rooms.get(conn.room_id)
+        if room is not None and conn in room.connections:
+            room.connections.discard(conn)
+            self.metrics.connections.dec()
+            room.forget_chat_state(conn.identity.user_id)
+            if not room.connections:
+                room.empty_since = time.monotonic()
+        if not conn.identity.anonymous:
+            await self._unwatch_user(conn.identity.user_id, conn)
+
+    async def _ready_room(self, room_id: str) -> LocalRoom:
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = LocalRoom(
+                room_id,
+                chat_burst=self.limits.chat_burst,
+                chat_per_second=self.limits.chat_per_second,
+            )
+            room.ready = asyncio.get_running_loop().create_future()
+            self._rooms[room_id] = room
+            self._spawn(self._open_room(room))
+        assert room.ready is not None
+        await asyncio.shield(room.ready)
+        return room
+
+    async def _open_room(self, room: LocalRoom) -> None:
+        assert room.ready is not None
+        try:
+            stored, pinned, mutes = await self._load_room(room.room_id)
+            room.load(stored, pinned)
+            room.mutes.update(mutes)
+            async with self._subscriptions:
+                await self.broker.subscribe_room(room.room_id)
+            await asyncio.wait_for(room.subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
+            await self._sync(room)
+            self.metrics.rooms.set(len(self._rooms))
+            room.ready.set_result(None)
+        except Exception as exc:
+            if self._rooms.get(room.room_id) is room:
+                del self._rooms[room.room_id]
+            error = exc if isinstance(exc, LiveshopError) else Unavailable("room unavailable")
+            if not isinstance(exc, LiveshopError):
+                log.exception("room_open_failed", extra={"room_id": room.room_id})
+            room.ready.set_exception(error)
+            room.ready.exception()  # consumed here; joiners re-raise it from their await
+
+    async def _close_room(self, room: LocalRoom) -> None:
+        async with self._subscriptions:
+            if room.connections or self._rooms.get(room.room_id) is not room:
+                return
+            del self._rooms[room.room_id]
+            self.metrics.rooms.set(len(self._rooms))
+            with contextlib.suppress(Exception):
+                await self.broker.unsubscribe_room(room.room_id)
+                await self.broker.update_counters(room.room_id, room.likes_pending, 0)
+
+    async def _watch_user(self, user_id: str, conn: Connection) -> None:
+        conns = self._users.setdefault(user_id, set())
+        conns.add(conn)
+        if len(conns) == 1:
+            async with self._subscriptions:
+                await self.broker.subscribe_user(user_id)
+
+    async def _unwatch_user(self, user_id: str, conn: Connection) -> None:
+        conns = self._users.get(user_id)
+        if conns is None:
+            return
+        conns.discard(conn)
+        if not conns:
+            del self._users[user_id]
+            async with self._subscriptions:
+                if user_id not in self._users:
+                    with contextlib.suppress(Exception):
+                        await self.broker.unsubscribe_user(user_id)
+
+    def _on_overflow(self, conn: Connection) -> None:
+        self.metrics.slow_disconnects.inc()
+        log.info("slow_consumer_closed", extra={"room_id": conn.room_id, "conn": conn.conn_id})
+
+    # Publishing (the RoomEvents port) --------------------------------------------------------
+
+    async def publish_room_event(self, room_id: str, event: dict[str, Any]) -> int:
+        started = time.perf_counter()
+        try:
+            seq = await self.broker.publish(room_id, event)
+        except LiveshopError:
+            raise
+        except Exception as exc:
+            log.warning("broker_publish_failed", extra={"error": type(exc).__name__})
+            raise Unavailable("live events are unavailable, try again") from exc
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        return seq
+
+    async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
+        await self.broker.publish_control(room_id, {**control, "type": f"_{control['type']}"})
+
+    async def send_private(self, user_id: str, event: dict[str, Any]) -> None:
+        await self.broker.publish_private(user_id, event)
+
+    # Broker callbacks ------------------------------------------------------------------------
+
+    def on_room_frame(self, room_id: str, text: str) -> None:
+        room = self._rooms.get(room_id)
+        if room is None:
+            return
+        event = json.loads(text)
+        kind = event.get("type", "")
+        if kind.startswith("_"):
+            self._on_control(room, kind)
+            return
+        seq, epoch = int(event["seq"]), str(event["epoch"])
+        if room.last_seq is None or room.filling:
+            room.pending.append((seq, epoch, event, text))
+            return
+        if epoch != room.epoch:
+            self._spawn(self._sync(room))
+            return
+        if seq <= room.last_seq:
+            return
+        if seq != room.last_seq + 1:
+            room.pending.append((seq, epoch, event, text))
+            self.metrics.stream_gaps.inc(seq - room.last_seq - 1)
+            self._spawn(self._fill(room))
+            return
+        self._fan_out(room, seq, event, text)
+
+    def on_user_frame(self, user_id: str, text: str) -> None:
+        for conn in list(self._users.get(user_id, ())):
+            conn.push(text)
+        self.metrics.frames_out.inc(len(self._users.get(user_id, ())))
+
+    def on_room_subscribed(self, room_id: str) -> None:
+        room = self._rooms.get(room_id)
+        if room is None:
+            return
+        if room.subscribed.is_set():
+            # A re-subscription after a broker reconnect: events may have been missed.
+            self._spawn(self._sync(room))
+        room.subscribed.set()
+
+    def _on_control(self, room: LocalRoom, kind: str) -> None:
+        if kind == "_settings_changed":
+            self._spawn(self._reload(room))
+
+    async def _reload(self, room: LocalRoom) -> None:
+        stored, _, mutes = await self._load_room(room.room_id)
+        room.blocked_words = list(stored.blocked_words)
+        room.slow_mode_seconds = stored.slow_mode_seconds
+        room.mutes.update(mutes)
+
+    def _fan_out(self, room: LocalRoom, seq: int, event: dict[str, Any], text: str) -> None:
+        room.last_seq = seq
+        room.apply(event)
+        for conn in list(room.connections):
+            conn.push(text)
+        self.metrics.frames_out.inc(len(room.connections))
+        kind = event.get("type")
+        if kind == "user.banned":
+            target = str(event.get("user_id"))
+            for conn in list(room.connections):
+                if conn.identity.user_id == target:
+                    conn.close_after_flush(CloseCode.BANNED, "banned from this room")
+        elif kind == "room.ended":
+            for conn in list(room.connections):
+                conn.close_after_flush(CloseCode.ROOM_ENDED, "the room has ended")
+
+    # Keeping in step with the stream ---------------------------------------------------------
+
+    async def _sync(self, room: LocalRoom) -> None:
+        """Compare with the broker's position: adopt it, fill a gap, or reset on a new epoch."""
+        position = await self.broker.position(room.room_id)
+        if room.last_seq is None:
+            room.last_seq, room.epoch = position.seq, position.epoch
+            await self._fill(room)
+        elif position.epoch != room.epoch:
+            self._reset(room, position.seq, position.epoch)
+        elif position.seq > room.last_seq:
+            await self._fill(room)
+
+    async def _fill(self, room: LocalRoom) -> None:
+        if room.filling or room.last_seq is None or room.epoch is None:
+            return
+        room.filling = True
+        try:
+            for _ in range(3):
+                frames = await self.broker.history(room.room_id, room.last_seq, room.epoch)
+                if frames is None:
+                    position = await self.broker.position(room.room_id)
+                    self._reset(room, position.seq, position.epoch)
+                    return
+                for text in frames:
+                    event = json.loads(text)
+                    if int(event["seq"]) == room.last_seq + 1:
+                        self._fan_out(room, int(event["seq"]), event, text)
+                if self._drain_pending(room):
+                    return
+        finally:
+            room.filling = False
+
+    def _drain_pending(self, room: LocalRoom) -> bool:
+        """Fan out buffered events that now follow on; True when nothing is left waiting."""
+        room.pending.sort(key=lambda item: item[0])
+        waiting = []
+        for seq, epoch, event, text in room.pending:
+            assert room.last_seq is not None
+            if epoch != room.epoch or seq <= room.last_seq:
+                continue
+            if seq == room.last_seq + 1:
+                self._fan_out(room, seq, event, text)
+            else:
+                waiting.append((seq, epoch, event, text))
+        room.pending = waiting
+        return not waiting
+
+    def _reset(self, room: LocalRoom, seq: int, epoch: str) -> None:
+        """History is gone: viewers here reconnect and learn they must reload."""
+        self.metrics.stream_resets.inc()
+        log.warning("room_stream_reset", extra={"room_id": room.room_id})
+        room.last_seq, room.epoch, room.pending = seq, epoch, []
+        for conn in list(room.connections):
+            conn.abort(CloseCode.RESYNC, "room history was lost: reconnect")
+
+    # Counters and housekeeping, once per interval --------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.counter_interval)
+            rooms = [r for r in self._rooms.values() if r.ready is not None and r.ready.done()]
+            results = await asyncio.gather(
+                *(self._tick_room(room) for room in rooms), return_exceptions=True
+            )
+            for room, result in zip(rooms, results, strict=True):
+                if isinstance(result, Exception):
+                    log.warning(
+                        "room_tick_failed",
+                        extra={"room_id": room.room_id, "error": type(result).__name__},
+                    )
+
+    async def _tick_room(self, room: LocalRoom) -> None:
+        if room.ready is None or room.ready.exception() is not None:
+            return
+        if room.empty_since is not None and time.monotonic() - room.empty_since > LINGER_SECONDS:
+            await self._close_room(room)
+            return
+        await self._sync(room)
+        likes, room.likes_pending = room.likes_pending, 0
+        try:
+            counters = await self.broker.update_counters(room.room_id, likes, len(room.connections))
+        except Exception:
+            room.likes_pending += likes  # not counted: try again next tick
+            raise
+        interval = self.limits.counter_interval
+        if counters.likes > room.likes and await self.broker.try_gate(
+            room.room_id, "likes", interval
+        ):
+            await self.publish_room_event(room.room_id, {"type": "likes", "count": counters.likes})
+        if counters.viewers != room.viewers and await self.broker.try_gate(
+            room.room_id, "viewers", interval
+        ):
+            await self.publish_room_event(
+                room.room_id, {"type": "viewers", "count": counters.viewers}
+            )
+
+    def add_likes(self, room: LocalRoom, count: int) -> None:
+        room.likes_pending += count
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        if not isinstance(exc, LiveshopError):
+            log.warning("hub_task_failed", extra={"error": type(exc).__name__})
+
+
+def _seq_of(frame: str) -> int:
+    # Frames start with {"seq":N, — read it without decoding the whole frame.
+    return int(frame[7 : frame.index(",", 7)])
+
+
+def _muted_until(room: LocalRoom, identity: Identity) -> str | None:
+    until = room.muted_until(identity.user_id, datetime.now(UTC))
+    return None if until is None else until.isoformat().replace("+00:00", "Z")
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,247 @@
+"""The room protocol for one connection: a client frame in, commands out. No I/O here.
+
+The endpoint glue carries out the commands (publish, reply, store a ban, close). Everything the
+protocol needs to know about the room comes through `RoomRules`, so it can be driven by tests
+with plain objects and fixed clocks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from channels.close_codes import CloseCode
+from schemas.ws import (
+    ChatDelete,
+    ChatSend,
+    Like,
+    Ping,
+    RoomSlowMode,
+    UserBan,
+    UserMute,
+    client_frame,
+)
+from server.domain.chat import TokenBucket, check_slow_mode, clean_text, find_blocked_word
+from server.domain.errors import Forbidden, InvalidInput, LiveshopError, NotFound, RateLimited
+from server.domain.identity import Identity
+from server.domain.rooms import can_moderate
+
+
+class RoomRules(Protocol):
+    """What one process knows of the room right now."""
+
+    host_id: str
+    slow_mode_seconds: int
+    blocked_words: list[str]
+
+    def muted_until(self, user_id: str, now: datetime) -> datetime | None: ...
+
+    def knows_message(self, message_id: str) -> bool: ...
+
+    def chat_state(self, user_id: str) -> ChatState: ...
+
+
+@dataclass(slots=True)
+class ChatState:
+    """Per user and room: the burst bucket and when they last spoke (for slow mode)."""
+
+    bucket: TokenBucket
+    last_sent: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_frame_bytes: int = 4096
+    max_bad_frames: int = 10
+    chat_max_chars: int = 500
+    # Frames of any kind per connection: a burst, then a steady rate.
+    frame_burst: int = 40
+    frames_per_second: float = 20.0
+
+
+# Commands the glue carries out, in order.
+@dataclass(frozen=True, slots=True)
+class Reply:
+    frame: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AddLikes:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreMute:
+    user_id: str
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBan:
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSlowMode:
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: CloseCode
+    reason: str
+
+
+Command = Reply | Publish | AddLikes | StoreMute | StoreBan | StoreSlowMode | Close
+
+
+def error_frame(error: LiveshopError, ref: str | None) -> dict[str, Any]:
+    return {"type": "error", "code": error.code, "message": error.message, "ref": ref}
+
+
+class RoomSession:
+    def __init__(
+        self,
+        identity: Identity,
+        rules: RoomRules,
+        *,
+        limits: Limits,
+        new_id: Callable[[], str],
+    ) -> None:
+        self.identity = identity
+        self.rules = rules
+        self.limits = limits
+        self._new_id = new_id
+        self._bad_frames = 0
+        self._frames = TokenBucket(capacity=limits.frame_burst, rate=limits.frames_per_second)
+
+    def handle(self, raw: str | bytes, *, mono: float, now: datetime) -> list[Command]:
+        """React to one websocket message. `mono` is a monotonic clock, `now` wall time in UTC."""
+        ref: str | None = None
+        try:
+            frame = self._parse(raw)
+            ref = frame.ref or getattr(frame, "client_id", None)
+            if not self._frames.take(mono):
+                return self._refuse(RateLimited("too many frames, slow down"), ref, abuse=True)
+            commands = self._dispatch(frame, mono=mono, now=now)
+        except InvalidInput as error:
+            return self._refuse(error, ref, abuse=True)
+        except LiveshopError as error:
+            return self._refuse(error, ref, abuse=False)
+        return commands
+
+    def _refuse(self, error: LiveshopError, ref: str | None, *, abuse: bool) -> list[Command]:
+        commands: list[Command] = [Reply(error_frame(error, ref))]
+        # Malformed input and floods count as abuse; a refused chat line is ordinary life.
+        if abuse:
+            self._bad_frames += 1
+            if self._bad_frames >= self.limits.max_bad_frames:
+                commands.append(Close(CloseCode.ABUSE, "too many bad frames"))
+        return commands
+
+    def _parse(self, raw: str | bytes) -> Any:
+        if isinstance(raw, bytes):
+            raise InvalidInput("send JSON text frames, not binary", code="binary_not_supported")
+        if len(raw.encode()) > self.limits.max_frame_bytes:
+            raise InvalidInput(
+                f"frame is larger than {self.limits.max_frame_bytes} bytes", code="frame_too_large"
+            )
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise InvalidInput("frame is not valid JSON", code="malformed_json") from None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise InvalidInput("frame must be an object with a string type", code="invalid_frame")
+        try:
+            return client_frame.validate_python(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            if first["type"] == "union_tag_invalid":
+                raise InvalidInput(
+                    f"unknown frame type {data['type']!r}", code="unknown_type"
+                ) from None
+            where = ".".join(str(part) for part in first["loc"][1:]) or "frame"
+            raise InvalidInput(f"{where}: {first['msg']}", code="invalid_frame") from None
+
+    def _dispatch(self, frame: Any, *, mono: float, now: datetime) -> list[Command]:
+        if isinstance(frame, Ping):
+            return [Reply({"type": "pong", "ref": frame.ref, "server_time": _iso(now)})]
+        if self.identity.anonymous:
+            raise Forbidden("sign in to take part")
+        if isinstance(frame, ChatSend):
+            return self._chat(frame, mono=mono, now=now)
+        if isinstance(frame, Like):
+            return [AddLikes(frame.count)]
+        if not can_moderate(self.rules.host_id, self.identity):
+            raise Forbidden("only the host and moderators can do that")
+        if isinstance(frame, ChatDelete):
+            if not self.rules.knows_message(frame.message_id):
+                raise NotFound("no such recent message", code="unknown_message")
+            event = {"type": "chat.deleted", "message_id": frame.message_id, "by": self._who()}
+            return [Publish(event)]
+        if isinstance(frame, UserMute):
+            self._refuse_moderating_staff(frame.user_id)
+            until = now + timedelta(seconds=frame.duration_seconds)
+            return [
+                StoreMute(frame.user_id, until),
+                Publish({"type": "user.muted", "user_id": frame.user_id, "until": _iso(until)}),
+            ]
+        if isinstance(frame, UserBan):
+            self._refuse_moderating_staff(frame.user_id)
+            return [
+                StoreBan(frame.user_id),
+                Publish({"type": "user.banned", "user_id": frame.user_id}),
+            ]
+        if isinstance(frame, RoomSlowMode):
+            return [
+                StoreSlowMode(frame.seconds),
+                Publish({"type": "room.slow_mode", "seconds": frame.seconds}),
+            ]
+        raise InvalidInput("unsupported frame", code="unknown_type")  # pragma: no cover
+
+    def _chat(self, frame: ChatSend, *, mono: float, now: datetime) -> list[Command]:
+        user_id = self.identity.user_id
+        muted = self.rules.muted_until(user_id, now)
+        if muted is not None:
+            raise Forbidden(f"you are muted until {_iso(muted)}", code="muted")
+        text = clean_text(frame.text, self.limits.chat_max_chars)
+        state = self.rules.chat_state(user_id)
+        moderator = can_moderate(self.rules.host_id, self.identity)
+        if not moderator:
+            check_slow_mode(state.last_sent, self.rules.slow_mode_seconds, mono)
+        if not state.bucket.take(mono):
+            raise RateLimited("you are sending messages too fast")
+        if not moderator and find_blocked_word(text, self.rules.blocked_words) is not None:
+            raise Forbidden("the message contains a blocked word", code="blocked_word")
+        state.last_sent = mono
+        event = {
+            "type": "chat.message",
+            "id": self._new_id(),
+            "text": text,
+            "user": self._who(),
+            "client_id": frame.client_id,
+            "at": _iso(now),
+        }
+        return [Publish(event)]
+
+    def _refuse_moderating_staff(self, user_id: str) -> None:
+        if user_id in (self.rules.host_id, self.identity.user_id):
+            raise Forbidden("the host and yourself cannot be muted or banned")
+
+    def _who(self) -> dict[str, Any]:
+        who = self.identity
+        return {"id": who.user_id, "name": who.name, "role": who.role.value}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

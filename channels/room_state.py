@@ -1,0 +1,120 @@
+"""What one process knows of a room it serves: its viewers here, its rules, its stream cursor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from channels.connection import Connection
+from channels.protocol import ChatState
+from server.domain.chat import TokenBucket
+from server.domain.rooms import Room
+
+# Chat ids a moderator may still delete (the same bound as history, roughly).
+RECENT_MESSAGES = 1000
+
+
+@dataclass(eq=False)
+class LocalRoom:
+    room_id: str
+    host_id: str = ""
+    title: str = ""
+    status: str = "live"
+    slow_mode_seconds: int = 0
+    blocked_words: list[str] = field(default_factory=list)
+    pinned_product: dict[str, Any] | None = None
+    mutes: dict[str, datetime] = field(default_factory=dict)
+    connections: set[Connection] = field(default_factory=set)
+    chat_burst: int = 5
+    chat_per_second: float = 1.0
+
+    # Stream cursor: the last event fanned out here. None until the subscription is ready.
+    last_seq: int | None = None
+    epoch: str | None = None
+    pending: list[tuple[int, str, dict[str, Any], str]] = field(default_factory=list)
+    filling: bool = False
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Future[None] | None = None
+    empty_since: float | None = None
+
+    # Counters: likes tapped here and not yet reported; totals last seen in the stream.
+    likes_pending: int = 0
+    likes: int = 0
+    viewers: int = 0
+    peak_viewers: int = 0
+
+    _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _chat: dict[str, ChatState] = field(default_factory=dict)
+
+    def load(self, room: Room, pinned_product: dict[str, Any] | None) -> None:
+        self.host_id = room.host_id
+        self.title = room.title
+        self.status = room.status.value
+        self.slow_mode_seconds = room.slow_mode_seconds
+        self.blocked_words = list(room.blocked_words)
+        self.pinned_product = pinned_product
+
+    # RoomRules, read by the protocol
+    def muted_until(self, user_id: str, now: datetime) -> datetime | None:
+        until = self.mutes.get(user_id)
+        if until is None:
+            return None
+        if until <= now:
+            del self.mutes[user_id]
+            return None
+        return until
+
+    def knows_message(self, message_id: str) -> bool:
+        return message_id in self._recent
+
+    def chat_state(self, user_id: str) -> ChatState:
+        state = self._chat.get(user_id)
+        if state is None:
+            bucket = TokenBucket(capacity=self.chat_burst, rate=self.chat_per_second)
+            state = self._chat[user_id] = ChatState(bucket)
+        return state
+
+    def forget_chat_state(self, user_id: str) -> None:
+        if not any(c.identity.user_id == user_id for c in self.connections):
+            self._chat.pop(user_id, None)
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Keep the local view in step with one room event."""
+        kind = event.get("type")
+        if kind == "chat.message":
+            self._recent[str(event.get("id"))] = None
+            if len(self._recent) > RECENT_MESSAGES:
+                self._recent.popitem(last=False)
+        elif kind == "chat.deleted":
+            self._recent.pop(str(event.get("message_id")), None)
+        elif kind == "showcase.pinned":
+            self.pinned_product = event.get("product")
+        elif kind == "likes":
+            self.likes = max(self.likes, int(event.get("count", 0)))
+        elif kind == "viewers":
+            self.viewers = int(event.get("count", 0))
+            self.peak_viewers = max(self.peak_viewers, self.viewers)
+        elif kind == "user.muted":
+            self.mutes[str(event["user_id"])] = datetime.fromisoformat(str(event["until"]))
+        elif kind == "room.slow_mode":
+            self.slow_mode_seconds = int(event.get("seconds", 0))
+        elif kind == "room.started":
+            self.status = "live"
+        elif kind == "room.ended":
+            self.status = "ended"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "id": self.room_id,
+            "title": self.title,
+            "host_id": self.host_id,
+            "status": self.status,
+            "pinned_product": self.pinned_product,
+            "offers": [],
+            "viewers": self.viewers,
+            "likes": self.likes,
+            "slow_mode_seconds": self.slow_mode_seconds,
+        }

@@ -1,0 +1,153 @@
+"""HTTP wire models: strict request bodies and the public JSON of products and rooms.
+
+Requests are parsed from JSON in strict mode with extra="forbid": a float where a decimal string
+belongs, a number sent as a string, or an unknown field is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from server.domain.errors import InvalidInput
+from server.domain.money import Money
+from server.domain.products import Product
+from server.domain.rooms import Room, RoomStatus
+
+# Limits shared by the HTTP models and the service (which also serves the websocket).
+MAX_TITLE_CHARS = 200
+MAX_IMAGES = 10
+MAX_STOCK = 1_000_000_000  # keeps stock far inside MongoDB's int64
+MAX_SLOW_MODE_SECONDS = 3600
+MAX_BLOCKED_WORDS = 200
+MAX_BLOCKED_WORD_CHARS = 50
+MAX_ID_CHARS = 64
+
+# A plain non-negative decimal: no exponent, sign, NaN or thousands separator.
+AMOUNT_PATTERN = r"^\d{1,15}(\.\d{1,6})?$"
+
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS)
+]
+BlockedWord = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BLOCKED_WORD_CHARS)
+]
+ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class MoneyIn(RequestModel):
+    amount: Annotated[str, StringConstraints(pattern=AMOUNT_PATTERN)]
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+
+    @model_validator(mode="after")
+    def _is_valid_money(self) -> Self:
+        # Unknown currencies and too many decimals for the currency are reported on this field.
+        try:
+            self.to_money()
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    def to_money(self) -> Money:
+        return Money.parse(self.amount, self.currency)
+
+
+class ProductIn(RequestModel):
+    title: Title
+    images: list[HttpUrl] = Field(default_factory=list, max_length=MAX_IMAGES)
+    price: MoneyIn
+    stock: int = Field(ge=0, le=MAX_STOCK)
+
+    @field_validator("price")
+    @classmethod
+    def _positive_price(cls, price: MoneyIn) -> MoneyIn:
+        if price.to_money().amount <= 0:
+            raise ValueError("price must be greater than zero")
+        return price
+
+
+class RoomIn(RequestModel):
+    title: Title
+    scheduled_at: AwareDatetime | None = None
+    blocked_words: list[BlockedWord] | None = Field(default=None, max_length=MAX_BLOCKED_WORDS)
+
+
+class ShowcaseIn(RequestModel):
+    product_id: ResourceId
+
+
+class SlowModeIn(RequestModel):
+    seconds: int = Field(ge=0, le=MAX_SLOW_MODE_SECONDS)
+
+
+class BlockedWordsIn(RequestModel):
+    words: list[BlockedWord] = Field(max_length=MAX_BLOCKED_WORDS)
+
+
+class RoomListQuery(BaseModel):
+    """Query strings are text, so this one converts ("20" is a limit) and ignores cache busters."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: RoomStatus | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z`, to the millisecond MongoDB keeps."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def product_summary(product: Product) -> dict[str, Any]:
+    """What a viewer sees of a pinned product (the `showcase.pinned` payload and room JSON)."""
+    return {
+        "id": product.id,
+        "title": product.title,
+        "images": list(product.images),
+        "price": product.price.to_wire(),
+        "stock": product.stock,
+    }
+
+
+def product_to_wire(product: Product) -> dict[str, Any]:
+    return {
+        **product_summary(product),
+        "owner_id": product.owner_id,
+        "created_at": iso_utc(product.created_at),
+    }
+
+
+def room_to_wire(room: Room, pinned: Product | None, *, show_settings: bool) -> dict[str, Any]:
+    """The public room; blocked words stay hidden from viewers so they cannot be worked around."""
+    wire: dict[str, Any] = {
+        "id": room.id,
+        "host_id": room.host_id,
+        "title": room.title,
+        "status": room.status.value,
+        "created_at": iso_utc(room.created_at),
+        "scheduled_at": iso_utc(room.scheduled_at),
+        "started_at": iso_utc(room.started_at),
+        "ended_at": iso_utc(room.ended_at),
+        "pinned_product": product_summary(pinned) if pinned is not None else None,
+        "slow_mode_seconds": room.slow_mode_seconds,
+    }
+    if show_settings:
+        wire["blocked_words"] = list(room.blocked_words)
+    return wire

@@ -1,0 +1,67 @@
+"""Websocket client frames: a discriminated union on `type`, unknown fields refused.
+
+Every client frame may carry `ref`, echoed in the `error` frame for that request; chat frames
+use `client_id` and claims `idempotency_key` the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+Ref = Annotated[str, Field(min_length=1, max_length=64)]
+UserId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    ref: Ref | None = None
+
+
+class ChatSend(_Frame):
+    type: Literal["chat.send"]
+    text: Annotated[str, Field(max_length=2000)]
+    client_id: Ref | None = None
+
+
+class Like(_Frame):
+    type: Literal["like"]
+    count: Annotated[int, Field(ge=1, le=100)] = 1
+
+
+class Ping(_Frame):
+    type: Literal["ping"]
+
+
+class ChatDelete(_Frame):
+    type: Literal["chat.delete"]
+    message_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class UserMute(_Frame):
+    type: Literal["user.mute"]
+    user_id: UserId
+    duration_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 300
+
+
+class UserBan(_Frame):
+    type: Literal["user.ban"]
+    user_id: UserId
+
+
+class RoomSlowMode(_Frame):
+    type: Literal["room.slow_mode"]
+    seconds: Annotated[int, Field(ge=0, le=3600)]
+
+
+ClientFrame = Annotated[
+    ChatSend | Like | Ping | ChatDelete | UserMute | UserBan | RoomSlowMode,
+    Field(discriminator="type"),
+]
+
+client_frame: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+
+CLIENT_FRAME_TYPES = frozenset(
+    {"chat.send", "like", "ping", "chat.delete", "user.mute", "user.ban", "room.slow_mode"}
+)

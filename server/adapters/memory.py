@@ -1,0 +1,86 @@
+"""In-memory stores: the product ships them for unit tests and quick experiments."""
+
+from __future__ import annotations
+
+import builtins
+import copy
+from collections.abc import Mapping
+from datetime import datetime
+
+from server.domain.errors import Conflict, NotFound
+from server.domain.products import Product
+from server.domain.rooms import Room, RoomStatus
+
+
+class MemoryProductStore:
+    def __init__(self) -> None:
+        self._products: dict[str, Product] = {}
+
+    async def create(self, product: Product) -> None:
+        if product.id in self._products:
+            raise Conflict(f"product {product.id} exists")
+        self._products[product.id] = copy.deepcopy(product)
+
+    async def get(self, product_id: str) -> Product:
+        try:
+            return copy.deepcopy(self._products[product_id])
+        except KeyError:
+            raise NotFound(f"product {product_id} not found") from None
+
+
+class MemoryRoomStore:
+    def __init__(self) -> None:
+        self._rooms: dict[str, Room] = {}
+        self._bans: set[tuple[str, str]] = set()
+        self._mutes: dict[str, dict[str, datetime]] = {}
+
+    async def create(self, room: Room) -> None:
+        if room.id in self._rooms:
+            raise Conflict(f"room {room.id} exists")
+        self._rooms[room.id] = copy.deepcopy(room)
+
+    async def get(self, room_id: str) -> Room:
+        try:
+            return copy.deepcopy(self._rooms[room_id])
+        except KeyError:
+            raise NotFound(f"room {room_id} not found") from None
+
+    async def list(self, *, status: RoomStatus | None, limit: int) -> builtins.list[Room]:
+        rooms = [r for r in self._rooms.values() if status is None or r.status is status]
+        rooms.sort(key=lambda r: r.created_at, reverse=True)
+        return [copy.deepcopy(r) for r in rooms[:limit]]
+
+    async def save(self, room: Room, *, expected_status: RoomStatus) -> None:
+        stored = self._rooms.get(room.id)
+        if stored is None:
+            raise NotFound(f"room {room.id} not found")
+        if stored.status is not expected_status:
+            raise Conflict("room changed meanwhile", code="invalid_room_state")
+        self._rooms[room.id] = copy.deepcopy(room)
+
+    async def set_slow_mode(self, room_id: str, seconds: int) -> None:
+        (await self._stored(room_id)).slow_mode_seconds = seconds
+
+    async def set_blocked_words(self, room_id: str, words: builtins.list[str]) -> None:
+        (await self._stored(room_id)).blocked_words = list(words)
+
+    async def ban(self, room_id: str, user_id: str, *, by: str, at: datetime) -> None:
+        self._bans.add((room_id, user_id))
+
+    async def is_banned(self, room_id: str, user_id: str) -> bool:
+        return (room_id, user_id) in self._bans
+
+    async def mute(self, room_id: str, user_id: str, *, until: datetime) -> None:
+        self._mutes.setdefault(room_id, {})[user_id] = until
+
+    async def mutes(self, room_id: str) -> Mapping[str, datetime]:
+        return dict(self._mutes.get(room_id, {}))
+
+    async def ping(self) -> None:
+        return None
+
+    async def _stored(self, room_id: str) -> Room:
+        try:
+            return self._rooms[room_id]
+        except KeyError:
+            raise NotFound(f"room {room_id} not found") from None

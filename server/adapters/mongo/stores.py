@@ -1,0 +1,265 @@
+"""MongoDB stores for products and rooms, on PyMongo's async API.
+
+Money is kept as Decimal128 plus a currency code, never a float. Datetimes come back UTC and
+tz-aware through the codec options. Network failures surface as Unavailable (503), duplicate ids
+as Conflict, so nothing above this module sees a PyMongo exception.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+from bson import CodecOptions, Decimal128
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
+
+from server.domain.errors import Conflict, NotFound, Unavailable
+from server.domain.money import Money
+from server.domain.products import Product
+from server.domain.rooms import Room, RoomStatus
+
+PRODUCTS = "products"
+ROOMS = "rooms"
+ROOM_BANS = "room_bans"
+
+Document = dict[str, Any]
+_CODEC: CodecOptions[Document] = CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC)
+
+# What `save` writes. Slow mode and blocked words have their own setters and are left out, so
+# a lifecycle change (start, pin) made from a room read earlier cannot undo a settings change
+# made meanwhile; mutes live in the same document and are never part of a save either.
+_LIFECYCLE_FIELDS = (
+    "title",
+    "status",
+    "scheduled_at",
+    "started_at",
+    "ended_at",
+    "pinned_product_id",
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _translate_errors(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except ConnectionFailure as exc:
+            raise Unavailable("the database is unreachable") from exc
+
+    return wrapper
+
+
+def _collection(db: AsyncDatabase[Any], name: str) -> AsyncCollection[Document]:
+    return db.with_options(codec_options=_CODEC)[name]
+
+
+async def ensure_indexes(db: AsyncDatabase[Any]) -> None:
+    """Create every index these stores query by; safe to run at each start."""
+    await _collection(db, ROOMS).create_indexes(
+        [
+            IndexModel(
+                [("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+                name="status_created_at",
+            ),
+            IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="created_at"),
+        ]
+    )
+    await _collection(db, ROOM_BANS).create_index(
+        [("room_id", ASCENDING), ("user_id", ASCENDING)], unique=True, name="room_user"
+    )
+
+
+class MongoProductStore:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._products = _collection(db, PRODUCTS)
+
+    @_translate_errors
+    async def create(self, product: Product) -> None:
+        try:
+            await self._products.insert_one(_product_doc(product))
+        except DuplicateKeyError:
+            raise Conflict(f"product {product.id} exists") from None
+
+    @_translate_errors
+    async def get(self, product_id: str) -> Product:
+        doc = await self._products.find_one({"_id": product_id})
+        if doc is None:
+            raise NotFound(f"product {product_id} not found")
+        return _product_from(doc)
+
+
+class MongoRoomStore:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._db = db
+        self._rooms = _collection(db, ROOMS)
+        self._bans = _collection(db, ROOM_BANS)
+
+    @_translate_errors
+    async def create(self, room: Room) -> None:
+        try:
+            await self._rooms.insert_one({**_room_doc(room), "mutes": []})
+        except DuplicateKeyError:
+            raise Conflict(f"room {room.id} exists") from None
+
+    @_translate_errors
+    async def get(self, room_id: str) -> Room:
+        doc = await self._rooms.find_one({"_id": room_id}, {"mutes": False})
+        if doc is None:
+            raise NotFound(f"room {room_id} not found")
+        return _room_from(doc)
+
+    # Annotations in this class say `builtins.list`: here a bare `list` names this method.
+    @_translate_errors
+    async def list(self, *, status: RoomStatus | None, limit: int) -> builtins.list[Room]:
+        query = {} if status is None else {"status": status.value}
+        cursor = (
+            self._rooms.find(query, {"mutes": False})
+            .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit)
+        )
+        return [_room_from(doc) async for doc in cursor]
+
+    @_translate_errors
+    async def save(self, room: Room, *, expected_status: RoomStatus) -> None:
+        doc = _room_doc(room)
+        result = await self._rooms.update_one(
+            {"_id": room.id, "status": expected_status.value},
+            {"$set": {name: doc[name] for name in _LIFECYCLE_FIELDS}},
+        )
+        if result.matched_count == 0:
+            await self._ensure_exists(room.id)
+            raise Conflict("room changed meanwhile", code="invalid_room_state")
+
+    @_translate_errors
+    async def set_slow_mode(self, room_id: str, seconds: int) -> None:
+        await self._set(room_id, {"slow_mode_seconds": seconds})
+
+    @_translate_errors
+    async def set_blocked_words(self, room_id: str, words: builtins.list[str]) -> None:
+        await self._set(room_id, {"blocked_words": list(words)})
+
+    @_translate_errors
+    async def ban(self, room_id: str, user_id: str, *, by: str, at: datetime) -> None:
+        # Banning twice keeps the first ban's author and time.
+        try:
+            await self._bans.update_one(
+                {"room_id": room_id, "user_id": user_id},
+                {"$setOnInsert": {"by": by, "at": at}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return  # a concurrent ban of the same user won the insert
+
+    @_translate_errors
+    async def is_banned(self, room_id: str, user_id: str) -> bool:
+        found = await self._bans.find_one({"room_id": room_id, "user_id": user_id}, {"_id": True})
+        return found is not None
+
+    @_translate_errors
+    async def mute(self, room_id: str, user_id: str, *, until: datetime) -> None:
+        # One pipeline update replaces the user's entry atomically. User ids are wrapped in
+        # $literal: one starting with "$" would otherwise be read as a field path.
+        user = {"$literal": user_id}
+        others = {
+            "$filter": {
+                "input": {"$ifNull": ["$mutes", []]},
+                "cond": {"$ne": ["$$this.user_id", user]},
+            }
+        }
+        entry = {"user_id": user, "until": until}
+        result = await self._rooms.update_one(
+            {"_id": room_id}, [{"$set": {"mutes": {"$concatArrays": [others, [entry]]}}}]
+        )
+        if result.matched_count == 0:
+            raise NotFound(f"room {room_id} not found")
+
+    @_translate_errors
+    async def mutes(self, room_id: str) -> Mapping[str, datetime]:
+        doc = await self._rooms.find_one({"_id": room_id}, {"mutes": True})
+        if doc is None:
+            return {}
+        return {entry["user_id"]: entry["until"] for entry in doc.get("mutes", [])}
+
+    @_translate_errors
+    async def ping(self) -> None:
+        await self._db.command("ping")
+
+    async def _set(self, room_id: str, fields: Document) -> None:
+        result = await self._rooms.update_one({"_id": room_id}, {"$set": fields})
+        if result.matched_count == 0:
+            raise NotFound(f"room {room_id} not found")
+
+    async def _ensure_exists(self, room_id: str) -> None:
+        if await self._rooms.count_documents({"_id": room_id}, limit=1) == 0:
+            raise NotFound(f"room {room_id} not found")
+
+
+def _product_doc(product: Product) -> Document:
+    return {
+        "_id": product.id,
+        "owner_id": product.owner_id,
+        "title": product.title,
+        "price": {
+            "amount": Decimal128(product.price.amount),
+            "currency": product.price.currency,
+        },
+        "stock": product.stock,
+        "created_at": product.created_at,
+        "images": list(product.images),
+    }
+
+
+def _product_from(doc: Document) -> Product:
+    price = doc["price"]
+    return Product(
+        id=doc["_id"],
+        owner_id=doc["owner_id"],
+        title=doc["title"],
+        price=Money(price["amount"].to_decimal(), price["currency"]),
+        stock=doc["stock"],
+        created_at=doc["created_at"],
+        images=list(doc.get("images", [])),
+    )
+
+
+def _room_doc(room: Room) -> Document:
+    return {
+        "_id": room.id,
+        "host_id": room.host_id,
+        "title": room.title,
+        "status": room.status.value,
+        "created_at": room.created_at,
+        "scheduled_at": room.scheduled_at,
+        "started_at": room.started_at,
+        "ended_at": room.ended_at,
+        "pinned_product_id": room.pinned_product_id,
+        "slow_mode_seconds": room.slow_mode_seconds,
+        "blocked_words": list(room.blocked_words),
+    }
+
+
+def _room_from(doc: Document) -> Room:
+    return Room(
+        id=doc["_id"],
+        host_id=doc["host_id"],
+        title=doc["title"],
+        status=RoomStatus(doc["status"]),
+        created_at=doc["created_at"],
+        scheduled_at=doc.get("scheduled_at"),
+        started_at=doc.get("started_at"),
+        ended_at=doc.get("ended_at"),
+        pinned_product_id=doc.get("pinned_product_id"),
+        slow_mode_seconds=doc.get("slow_mode_seconds", 0),
+        blocked_words=list(doc.get("blocked_words", [])),
+    )

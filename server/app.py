@@ -1,0 +1,134 @@
+"""The composition root: the one place that builds clients and adapters and wires them up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from channels.broker import Broker
+from channels.broker_memory import MemoryBroker, MemoryBus
+from channels.broker_redis import RedisBroker
+from channels.endpoint import room_socket
+from channels.hub import Hub, HubLimits
+from schemas.http import product_summary
+from server.adapters.mongo.embedded import EmbeddedMongo
+from server.adapters.mongo.stores import MongoProductStore, MongoRoomStore, ensure_indexes
+from server.container import Container
+from server.domain.errors import NotFound
+from server.domain.rooms import Room
+from server.http import ops, products, rooms
+from server.http.errors import exception_handlers
+from server.metrics import Metrics
+from server.ports import ProductStore, RoomStore
+from server.services.rooms import RoomService
+from server.settings import Settings
+
+log = logging.getLogger("liveshop.app")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+@dataclass(slots=True)
+class Backends:
+    """Ready-made stores and broker, instead of MongoDB and Redis (tests, experiments)."""
+
+    products: ProductStore
+    rooms: RoomStore
+    broker: Broker
+
+
+OnReady = Callable[[Container], Awaitable[None]]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backends: Backends | None = None,
+    on_ready: OnReady | None = None,
+) -> Starlette:
+    settings = settings or Settings()
+    settings.check_safe()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            chosen = backends or await _real_backends(settings, stack)
+            container = _assemble(settings, chosen, metrics)
+            await container.hub.start()
+            stack.push_async_callback(container.hub.close)
+            app.state.container = container
+            app.state.metrics = metrics
+            if on_ready is not None:
+                await on_ready(container)
+            log.info("liveshop_ready", extra={"broker": type(chosen.broker).__name__})
+            yield
+
+    routes: list[BaseRoute] = [
+        *ops.routes(),
+        Mount("/api/v1", routes=[*products.routes(), *rooms.routes(), *ops.api_routes()]),
+        WebSocketRoute("/ws/rooms/{room_id}", room_socket),
+    ]
+    if STATIC_DIR.is_dir():
+        routes.append(Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="static"))
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers)
+    app.state.settings = settings
+    return app
+
+
+async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
+    mongodb_url = settings.mongodb_url
+    if mongodb_url is None:
+        embedded = EmbeddedMongo(settings.data_dir / "mongodb")
+        mongodb_url = await embedded.start()
+        stack.push_async_callback(embedded.stop)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongodb_url, tz_aware=True, serverSelectionTimeoutMS=10_000
+    )
+    stack.push_async_callback(client.close)
+    db = client[settings.mongodb_database]
+    await ensure_indexes(db)
+    broker: Broker
+    if settings.redis_url:
+        broker = RedisBroker(
+            settings.redis_url,
+            history_events=settings.history_events,
+            history_seconds=settings.history_seconds,
+        )
+    else:
+        broker = MemoryBroker(MemoryBus(settings.history_events, settings.history_seconds))
+    return Backends(MongoProductStore(db), MongoRoomStore(db), broker)
+
+
+def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Container:
+    async def load_room(
+        room_id: str,
+    ) -> tuple[Room, dict[str, Any] | None, Mapping[str, datetime]]:
+        room = await backends.rooms.get(room_id)
+        pinned = None
+        if room.pinned_product_id is not None:
+            try:
+                pinned = product_summary(await backends.products.get(room.pinned_product_id))
+            except NotFound:
+                pinned = None
+        return room, pinned, await backends.rooms.mutes(room_id)
+
+    limits = HubLimits(
+        send_queue_frames=settings.send_queue_frames,
+        counter_interval=settings.counter_interval,
+        chat_burst=settings.chat_burst,
+        chat_per_second=settings.chat_per_second,
+    )
+    hub = Hub(backends.broker, load_room, metrics, limits)
+    service = RoomService(backends.rooms, backends.products, hub)
+    return Container(settings, backends.products, backends.rooms, hub, service, hub)

@@ -1,0 +1,71 @@
+"""The `liveshop` command: serve, demo, token."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from server.app import create_app
+from server.auth import issue_token
+from server.demo import announce_demo
+from server.domain.identity import Role
+from server.logs import configure_logging
+from server.runner import run
+from server.settings import Settings, UnsafeConfiguration
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liveshop", description="Live-stream commerce backend")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "run the server"), ("demo", "run with a seeded demo store")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--host", help="address to listen on (LIVESHOP_HOST)")
+        command.add_argument("--port", type=int, help="port to listen on (LIVESHOP_PORT)")
+    token = commands.add_parser("token", help="print a signed access token")
+    token.add_argument("--user", required=True, help="user id (the token's sub)")
+    token.add_argument("--role", required=True, choices=[role.value for role in Role])
+    token.add_argument("--name", help="display name")
+    token.add_argument("--country", help="ISO 3166 country code")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+        overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+        if overrides:
+            settings = settings.model_copy(update=overrides)
+        settings.check_safe()
+    except (ValidationError, UnsafeConfiguration) as exc:
+        print(f"liveshop: configuration refused: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "token":
+        if args.ttl <= 0:
+            print("liveshop: --ttl must be positive", file=sys.stderr)
+            return 2
+        print(
+            issue_token(
+                settings.signing_secret(),
+                args.user,
+                Role(args.role),
+                name=args.name,
+                country=args.country,
+                ttl_seconds=args.ttl,
+            )
+        )
+        return 0
+    configure_logging(settings.log_level)
+    if args.command == "demo":
+        app = create_app(settings, on_ready=announce_demo)
+    else:
+        app = create_app(settings)
+    run(app, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

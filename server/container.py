@@ -1,0 +1,26 @@
+"""What the composition root (app.py lifespan) builds and the HTTP and websocket layers use.
+
+Handlers reach it as `request.app.state.container` (or `websocket.app.state.container`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from server.ports import ProductStore, RoomEvents, RoomStore
+from server.settings import Settings
+
+if TYPE_CHECKING:
+    from channels.hub import Hub
+    from server.services.rooms import RoomService
+
+
+@dataclass(slots=True)
+class Container:
+    settings: Settings
+    products: ProductStore
+    rooms: RoomStore
+    events: RoomEvents
+    room_service: RoomService
+    hub: Hub

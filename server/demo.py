@@ -1,0 +1,71 @@
+"""`liveshop demo`: a host, a few products and a live room with a pinned product."""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal
+
+from server.auth import issue_token
+from server.container import Container
+from server.domain.identity import Identity, Role
+from server.domain.money import Money
+from server.domain.rooms import Room, RoomStatus
+
+DEMO_HOST = Identity(user_id="demo-host", role=Role.HOST, name="Mia (demo host)")
+
+_PRODUCTS = [
+    ("Glow serum 30 ml", "24.90", 500, "https://picsum.photos/seed/serum/600/600"),
+    ("Wireless earbuds", "59.00", 200, "https://picsum.photos/seed/earbuds/600/600"),
+    ("Silk scarf", "35.50", 120, "https://picsum.photos/seed/scarf/600/600"),
+]
+
+
+async def seed_demo(container: Container) -> Room:
+    """The demo host's live room, created on first run and reused while it is live."""
+    service = container.room_service
+    live = await container.rooms.list(status=RoomStatus.LIVE, limit=100)
+    for room in live:
+        if room.host_id == DEMO_HOST.user_id:
+            return room
+    products = [
+        await service.create_product(
+            DEMO_HOST,
+            title=title,
+            price=Money(Decimal(price), "USD"),
+            stock=stock,
+            images=[image],
+        )
+        for title, price, stock, image in _PRODUCTS
+    ]
+    room = await service.create_room(DEMO_HOST, "Friday night beauty & tech drop")
+    await service.start(room.id, DEMO_HOST)
+    await service.pin(room.id, products[0].id, DEMO_HOST)
+    return await service.get_room(room.id)
+
+
+async def announce_demo(container: Container) -> None:
+    room = await seed_demo(container)
+    settings = container.settings
+    secret = settings.signing_secret()
+    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    ws_base = base.replace("http", "ws", 1)
+    host = issue_token(secret, DEMO_HOST.user_id, Role.HOST, name=DEMO_HOST.name, ttl_seconds=86400)
+    shopper = issue_token(secret, "demo-shopper", Role.SHOPPER, name="Leo", ttl_seconds=86400)
+    moderator = issue_token(secret, "demo-mod", Role.MODERATOR, name="Sam", ttl_seconds=86400)
+    lines = [
+        "",
+        "Liveshop demo is running.",
+        f"  room:            {base}/api/v1/rooms/{room.id}",
+        f"  live rooms:      {base}/api/v1/rooms?status=live",
+        f"  watch (anon):    {ws_base}/ws/rooms/{room.id}",
+        f"  shopper socket:  {ws_base}/ws/rooms/{room.id}?token={shopper}",
+        f"  host socket:     {ws_base}/ws/rooms/{room.id}?token={host}",
+        f"  moderator:       {ws_base}/ws/rooms/{room.id}?token={moderator}",
+        f"  health/metrics:  {base}/healthz  {base}/readyz  {base}/metrics",
+        "",
+        "  try:  python -m websockets '" + f"{ws_base}/ws/rooms/{room.id}?token={shopper}'",
+        '        then type {"type": "chat.send", "text": "hello"}',
+        f"  host token (HTTP):  Authorization: Bearer {host}",
+        "",
+    ]
+    print("\n".join(lines), file=sys.stdout, flush=True)

@@ -1,0 +1,75 @@
+"""Chat rules: clean text, keyword filter, per-user rate limits. Pure, no I/O."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from server.domain.errors import InvalidInput, RateLimited
+
+MAX_CHAT_CHARS = 500
+
+# Control and format characters (Cc, Cf) except ordinary spaces; bidi overrides are Cf and are
+# the classic way to make a message render as something it is not.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs"})
+_SPACES = re.compile(r"\s+")
+
+
+def clean_text(raw: str, max_chars: int = MAX_CHAT_CHARS) -> str:
+    """Trim, drop control characters, collapse whitespace; refuse empty or overlong text."""
+    kept = "".join(
+        " " if ch in "\t\n\r" else ch
+        for ch in raw
+        if ch in "\t\n\r" or unicodedata.category(ch) not in _CONTROL_CATEGORIES
+    )
+    text = _SPACES.sub(" ", kept).strip()
+    if not text:
+        raise InvalidInput("message is empty", code="empty_message")
+    if len(text) > max_chars:
+        raise InvalidInput(
+            f"message is longer than {max_chars} characters", code="message_too_long"
+        )
+    return text
+
+
+def _normalise(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def find_blocked_word(text: str, blocked_words: list[str]) -> str | None:
+    """The first blocked word the text contains, compared case- and width-insensitively."""
+    folded = _normalise(text)
+    for word in blocked_words:
+        if word and _normalise(word) in folded:
+            return word
+    return None
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """`capacity` messages at once, refilled at `rate` per second. Times are monotonic seconds."""
+
+    capacity: float
+    rate: float
+    tokens: float = field(default=-1.0)
+    updated: float = 0.0
+
+    def take(self, now: float) -> bool:
+        if self.tokens < 0:
+            self.tokens, self.updated = self.capacity, now
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def check_slow_mode(last_sent: float | None, slow_mode_seconds: int, now: float) -> None:
+    """Raise when a user speaks again before slow mode allows it."""
+    if slow_mode_seconds <= 0 or last_sent is None:
+        return
+    wait = last_sent + slow_mode_seconds - now
+    if wait > 0:
+        raise RateLimited(f"slow mode: wait {wait:.0f} s before sending again", code="slow_mode")

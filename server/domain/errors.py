@@ -1,0 +1,51 @@
+"""One error root for Liveshop. HTTP maps these to problem+json, the websocket to `error` frames."""
+
+from __future__ import annotations
+
+
+class LiveshopError(Exception):
+    """Base of every error the product reports to a client; `code` is stable and machine-readable."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(LiveshopError):
+    code = "invalid_input"
+    status = 422
+
+
+class Unauthorized(LiveshopError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(LiveshopError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(LiveshopError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(LiveshopError):
+    code = "conflict"
+    status = 409
+
+
+class RateLimited(LiveshopError):
+    code = "rate_limited"
+    status = 429
+
+
+class Unavailable(LiveshopError):
+    code = "unavailable"
+    status = 503

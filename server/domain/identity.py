@@ -1,0 +1,34 @@
+"""Who is asking: the claims of a verified access token, or an anonymous viewer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    SHOPPER = "shopper"
+    HOST = "host"
+    MODERATOR = "moderator"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    role: Role
+    name: str | None = None
+    country: str | None = None
+    anonymous: bool = False
+
+    @classmethod
+    def anonymous_viewer(cls, connection_id: str) -> Identity:
+        return cls(user_id=f"anon:{connection_id}", role=Role.SHOPPER, anonymous=True)
+
+    def public(self) -> dict[str, object]:
+        return {
+            "user_id": None if self.anonymous else self.user_id,
+            "role": self.role.value,
+            "name": self.name,
+            "anonymous": self.anonymous,
+        }

@@ -1,0 +1,57 @@
+"""Money: a Decimal amount with an ISO 4217 currency. Never a float."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from functools import cache
+
+from babel.numbers import get_currency_precision, list_currencies
+
+from server.domain.errors import InvalidInput
+
+
+@cache
+def _known_currencies() -> frozenset[str]:
+    return frozenset(list_currencies())
+
+
+def minor_units(currency: str) -> int:
+    """Digits after the decimal point for a currency (JPY 0, USD 2, KWD 3)."""
+    return int(get_currency_precision(currency))
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    amount: Decimal
+    currency: str
+
+    def __post_init__(self) -> None:
+        if self.currency not in _known_currencies():
+            raise InvalidInput(f"unknown currency {self.currency!r}", code="invalid_currency")
+        if not self.amount.is_finite():
+            raise InvalidInput("amount must be a finite decimal", code="invalid_amount")
+        exponent = self.amount.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > minor_units(self.currency):
+            raise InvalidInput(
+                f"{self.currency} allows {minor_units(self.currency)} decimal places",
+                code="invalid_amount",
+            )
+
+    @classmethod
+    def parse(cls, amount: str, currency: str) -> Money:
+        """Build from wire values; the amount must be a decimal string, never a float."""
+        try:
+            value = Decimal(amount)
+        except (InvalidOperation, TypeError, ValueError):
+            raise InvalidInput(
+                f"{amount!r} is not a decimal amount", code="invalid_amount"
+            ) from None
+        return cls(value, currency.upper())
+
+    def quantized(self) -> Decimal:
+        exp = Decimal(1).scaleb(-minor_units(self.currency))
+        return self.amount.quantize(exp, rounding=ROUND_HALF_EVEN)
+
+    def to_wire(self) -> dict[str, str]:
+        return {"amount": str(self.quantized()), "currency": self.currency}

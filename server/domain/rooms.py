@@ -1,0 +1,64 @@
+"""Room lifecycle and who may change a room. Pure rules, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from server.domain.errors import Conflict, Forbidden
+from server.domain.identity import Identity, Role
+
+
+class RoomStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    LIVE = "live"
+    ENDED = "ended"
+
+
+@dataclass(slots=True)
+class Room:
+    id: str
+    host_id: str
+    title: str
+    status: RoomStatus
+    created_at: datetime
+    scheduled_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    pinned_product_id: str | None = None
+    slow_mode_seconds: int = 0
+    blocked_words: list[str] = field(default_factory=list)
+
+    def start(self, now: datetime) -> None:
+        if self.status is not RoomStatus.SCHEDULED:
+            raise Conflict(
+                f"room is {self.status}, only a scheduled room can start", code="invalid_room_state"
+            )
+        self.status = RoomStatus.LIVE
+        self.started_at = now
+
+    def end(self, now: datetime) -> None:
+        if self.status is RoomStatus.ENDED:
+            raise Conflict("room has already ended", code="invalid_room_state")
+        self.status = RoomStatus.ENDED
+        self.ended_at = now
+
+    def pin(self, product_id: str) -> None:
+        if self.status is RoomStatus.ENDED:
+            raise Conflict("room has ended", code="invalid_room_state")
+        self.pinned_product_id = product_id
+
+
+def ensure_can_manage(room: Room, who: Identity) -> None:
+    """Only the room's host or an admin changes a room."""
+    if who.role is Role.ADMIN or (who.role is Role.HOST and who.user_id == room.host_id):
+        return
+    raise Forbidden("only the room's host can change this room")
+
+
+def can_moderate(room_host_id: str, who: Identity) -> bool:
+    """The host, moderators and admins moderate chat."""
+    if who.role in (Role.ADMIN, Role.MODERATOR):
+        return True
+    return who.role is Role.HOST and who.user_id == room_host_id

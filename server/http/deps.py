@@ -1,0 +1,78 @@
+"""What HTTP handlers need from a request: the container, the caller, a parsed body."""
+
+from __future__ import annotations
+
+from typing import TypeVar, cast
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from server.auth import verify_token
+from server.container import Container
+from server.domain.errors import Unauthorized
+from server.domain.identity import Identity
+from server.http.errors import InvalidRequest, MalformedJson, PayloadTooLarge
+
+# JSON bodies here are small commands; a bigger one is a mistake or an attack.
+MAX_BODY_BYTES = 64 * 1024
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def container_of(request: Request) -> Container:
+    return cast(Container, request.app.state.container)
+
+
+def identity_of(request: Request) -> Identity | None:
+    """The caller proved by `Authorization: Bearer`, or None when there is no such header.
+
+    A header that is present but wrong is an error rather than an anonymous caller, so a client
+    with an expired token hears so instead of seeing a viewer's answer.
+    """
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("expected `Authorization: Bearer <token>`", code="invalid_token")
+    secret = container_of(request).settings.signing_secret()
+    return verify_token(secret, token.strip())
+
+
+def require_identity(request: Request) -> Identity:
+    identity = identity_of(request)
+    if identity is None:
+        raise Unauthorized("this request needs an access token", code="missing_token")
+    return identity
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    # Content-Length may be absent (chunked) or false, so count what actually arrives too.
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    return bytes(body)
+
+
+async def json_body(request: Request, model: type[M]) -> M:
+    """The body parsed as JSON into `model`: 400 when it is not JSON, 422 when it does not fit."""
+    body = await read_body(request)
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            raise MalformedJson("the body is not valid JSON") from None
+        raise InvalidRequest.from_validation(exc) from None
+
+
+def query_params(request: Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise InvalidRequest.from_validation(exc) from None

@@ -1,0 +1,114 @@
+"""Every HTTP error leaves as application/problem+json (RFC 9457) with a stable `code`.
+
+Install with `Starlette(exception_handlers=exception_handlers)`. Only errors the product chose to
+report (LiveshopError, a pydantic ValidationError from parsing input, Starlette's routing errors)
+say what went wrong; anything else is a bug and answers 500 without details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ExceptionHandler
+
+from server.domain.errors import InvalidInput, LiveshopError, Unauthorized
+
+PROBLEM_JSON = "application/problem+json"
+
+# Codes for Starlette's own errors (unknown route, wrong method, ...).
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+class MalformedJson(LiveshopError):
+    code = "malformed_json"
+    status = 400
+
+
+class PayloadTooLarge(LiveshopError):
+    code = "payload_too_large"
+    status = 413
+
+
+class InvalidRequest(InvalidInput):
+    """A request that failed its schema; `errors` names each offending field."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("the request is invalid")
+        self.errors = errors
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError) -> InvalidRequest:
+        # Only where, what and why: the rejected input is not echoed back.
+        return cls(
+            [
+                {
+                    "field": ".".join(str(part) for part in error["loc"]),
+                    "message": error["msg"],
+                    "type": error["type"],
+                }
+                for error in exc.errors(include_url=False, include_input=False)
+            ]
+        )
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+async def _liveshop_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LiveshopError)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, InvalidRequest):
+        extra["errors"] = exc.errors
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return problem(exc.status, exc.code, exc.message, headers=headers, **extra)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ValidationError)
+    return await _liveshop_error(request, InvalidRequest.from_validation(exc))
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return problem(exc.status_code, code, exc.detail, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Starlette's ServerErrorMiddleware re-raises after this answer, so the server logs the
+    # traceback; the client learns nothing about the internals.
+    return problem(500, "internal", "an unexpected error occurred")
+
+
+exception_handlers: dict[Any, ExceptionHandler] = {
+    LiveshopError: _liveshop_error,
+    ValidationError: _validation_error,
+    HTTPException: _http_exception,
+    Exception: _unexpected,
+}

@@ -1,0 +1,96 @@
+"""The OpenAPI document for /api/v1, with request bodies taken from the pydantic models."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.http import BlockedWordsIn, ProductIn, RoomIn, ShowcaseIn, SlowModeIn
+
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+_ERRORS = {
+    str(status): {
+        "description": text,
+        "content": {"application/problem+json": {"schema": _PROBLEM}},
+    }
+    for status, text in (
+        (400, "Malformed request"),
+        (401, "Missing or invalid token"),
+        (403, "Not allowed"),
+        (404, "Not found"),
+        (409, "Conflicts with the current state"),
+        (422, "Invalid fields"),
+    )
+}
+
+# (method, path, summary, request model, success status)
+_OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, int]] = [
+    ("post", "/products", "Create a product", ProductIn, 201),
+    ("get", "/products/{product_id}", "Get a product", None, 200),
+    ("post", "/rooms", "Create a room", RoomIn, 201),
+    ("get", "/rooms", "List rooms (?status=live&limit=20)", None, 200),
+    ("get", "/rooms/{room_id}", "Get a room", None, 200),
+    ("post", "/rooms/{room_id}/start", "Go live", None, 200),
+    ("post", "/rooms/{room_id}/end", "End the room", None, 200),
+    ("post", "/rooms/{room_id}/showcase", "Pin a product", ShowcaseIn, 200),
+    ("post", "/rooms/{room_id}/slow-mode", "Set slow mode", SlowModeIn, 200),
+    ("put", "/rooms/{room_id}/blocked-words", "Set the keyword filter", BlockedWordsIn, 200),
+    ("get", "/rooms/{room_id}/stats", "Live figures for the host", None, 200),
+]
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    schemas: dict[str, Any] = {
+        "Problem": {
+            "type": "object",
+            "required": ["type", "title", "status", "code"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "code": {"type": "string"},
+                "errors": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+    }
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, model, status in _OPERATIONS:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "responses": {str(status): {"description": "OK"}, **_ERRORS},
+        }
+        if model is not None:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
+                    }
+                },
+            }
+        parameters = [
+            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+            for part in path.split("/")
+            if part.startswith("{")
+        ]
+        if parameters:
+            operation["parameters"] = parameters
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Liveshop", "version": "1"},
+        "servers": [{"url": "/api/v1"}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

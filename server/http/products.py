@@ -1,0 +1,39 @@
+"""`/products`: create a product (hosts and admins) and read one (anyone)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from schemas.http import ProductIn, product_to_wire
+from server.http.deps import container_of, json_body, require_identity
+
+
+async def create_product(request: Request) -> JSONResponse:
+    who = require_identity(request)
+    body = await json_body(request, ProductIn)
+    product = await container_of(request).room_service.create_product(
+        who,
+        title=body.title,
+        price=body.price.to_money(),
+        stock=body.stock,
+        images=[str(url) for url in body.images],
+    )
+    location = request.url_for("get_product", product_id=product.id)
+    return JSONResponse(
+        product_to_wire(product), status_code=201, headers={"Location": str(location)}
+    )
+
+
+async def get_product(request: Request) -> JSONResponse:
+    product_id = request.path_params["product_id"]
+    product = await container_of(request).room_service.get_product(product_id)
+    return JSONResponse(product_to_wire(product))
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/products", create_product, methods=["POST"], name="create_product"),
+        Route("/products/{product_id}", get_product, methods=["GET"], name="get_product"),
+    ]

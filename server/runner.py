@@ -1,0 +1,55 @@
+"""Run the app under uvicorn with a shutdown that drains websockets first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import uvicorn
+from starlette.applications import Starlette
+
+from server.container import Container
+from server.settings import Settings
+
+log = logging.getLogger("liveshop.server")
+
+# Websocket messages above this are refused by the protocol layer itself (close 1009); frames
+# between the protocol's limit and this one get a readable `error` frame instead.
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM: stop accepting, close every websocket with 1001, then shut down as usual."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        app = self.config.loaded_app
+        container: Container | None = getattr(getattr(app, "state", None), "container", None)
+        if container is None:
+            # loaded_app is wrapped in middleware; find the Starlette app inside.
+            inner = getattr(app, "app", None)
+            container = getattr(getattr(inner, "state", None), "container", None)
+        if container is not None:
+            grace = container.settings.shutdown_grace_seconds
+            log.info("draining", extra={"connections": container.hub.connection_count()})
+            await container.hub.drain(grace)
+        await super().shutdown(sockets)
+
+
+def run(app: Starlette, settings: Settings) -> None:
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
+        ws_per_message_deflate=settings.ws_deflate,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        proxy_headers=True,
+        server_header=False,
+    )
+    asyncio.run(DrainingServer(config).serve())

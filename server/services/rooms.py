@@ -1,0 +1,214 @@
+"""Use cases for the catalog and room lifecycle: create, start, end, pin, room settings.
+
+Every change is written to the store first and published to the room's stream only after the
+write succeeded, so viewers never hear of a change that was not kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+from schemas.http import (
+    MAX_BLOCKED_WORD_CHARS,
+    MAX_BLOCKED_WORDS,
+    MAX_SLOW_MODE_SECONDS,
+    product_summary,
+)
+from server.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from server.domain.identity import Identity, Role
+from server.domain.money import Money
+from server.domain.products import Product
+from server.domain.rooms import Room, RoomStatus, can_moderate, ensure_can_manage
+from server.ports import ProductStore, RoomEvents, RoomStore
+
+Clock = Callable[[], datetime]
+
+_SELLERS = frozenset({Role.HOST, Role.ADMIN})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_stored_time(moment: datetime) -> datetime:
+    """UTC, cut to the millisecond: MongoDB keeps no finer, and a room must read back as written."""
+    if moment.tzinfo is None:
+        raise InvalidInput("time must carry a timezone", code="invalid_time")
+    utc = moment.astimezone(UTC)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(12)}"
+
+
+class RoomService:
+    def __init__(
+        self,
+        rooms: RoomStore,
+        products: ProductStore,
+        events: RoomEvents,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._rooms = rooms
+        self._products = products
+        self._events = events
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        return to_stored_time(self._clock())
+
+    # Catalog
+
+    async def create_product(
+        self, owner: Identity, *, title: str, price: Money, stock: int, images: list[str]
+    ) -> Product:
+        _ensure_seller(owner, "create products")
+        if stock < 0:
+            raise InvalidInput("stock cannot be negative", code="invalid_stock")
+        product = Product(
+            id=new_id("p"),
+            owner_id=owner.user_id,
+            title=title,
+            price=price,
+            stock=stock,
+            created_at=self._now(),
+            images=list(images),
+        )
+        await self._products.create(product)
+        return product
+
+    async def get_product(self, product_id: str) -> Product:
+        return await self._products.get(product_id)
+
+    async def pinned_products(self, rooms: Iterable[Room]) -> dict[str, Product]:
+        """The products pinned in these rooms by id; one that has vanished is left out."""
+        ids = {room.pinned_product_id for room in rooms if room.pinned_product_id}
+        found = await asyncio.gather(*(self._find_product(pid) for pid in ids))
+        return {product.id: product for product in found if product is not None}
+
+    async def _find_product(self, product_id: str) -> Product | None:
+        try:
+            return await self._products.get(product_id)
+        except NotFound:
+            return None
+
+    # Room lifecycle
+
+    async def create_room(
+        self,
+        host: Identity,
+        title: str,
+        scheduled_at: datetime | None = None,
+        blocked_words: list[str] | None = None,
+    ) -> Room:
+        _ensure_seller(host, "create rooms")
+        room = Room(
+            id=new_id("r"),
+            host_id=host.user_id,
+            title=title,
+            status=RoomStatus.SCHEDULED,
+            created_at=self._now(),
+            scheduled_at=to_stored_time(scheduled_at) if scheduled_at is not None else None,
+            blocked_words=_clean_words(blocked_words or []),
+        )
+        await self._rooms.create(room)
+        return room
+
+    async def get_room(self, room_id: str) -> Room:
+        return await self._rooms.get(room_id)
+
+    async def list_rooms(self, status: RoomStatus | None, limit: int = 20) -> list[Room]:
+        return await self._rooms.list(status=status, limit=limit)
+
+    async def start(self, room_id: str, who: Identity) -> Room:
+        room = await self._rooms.get(room_id)
+        ensure_can_manage(room, who)
+        before = room.status
+        room.start(self._now())
+        await self._rooms.save(room, expected_status=before)
+        await self._events.publish_room_event(room.id, {"type": "room.started"})
+        return room
+
+    async def end(self, room_id: str, who: Identity) -> Room:
+        room = await self._rooms.get(room_id)
+        ensure_can_manage(room, who)
+        before = room.status
+        room.end(self._now())
+        await self._rooms.save(room, expected_status=before)
+        await self._events.publish_room_event(room.id, {"type": "room.ended"})
+        return room
+
+    async def pin(self, room_id: str, product_id: str, who: Identity) -> tuple[Room, Product]:
+        room = await self._rooms.get(room_id)
+        ensure_can_manage(room, who)
+        product = await self._products.get(product_id)
+        before = room.status
+        room.pin(product.id)
+        await self._rooms.save(room, expected_status=before)
+        event = {"type": "showcase.pinned", "product": product_summary(product)}
+        await self._events.publish_room_event(room.id, event)
+        return room, product
+
+    # Room settings: moderators may change them too (the product brief lists slow mode and the
+    # keyword filter among a moderator's tools), unlike the lifecycle which is the host's.
+
+    async def set_slow_mode(self, room_id: str, seconds: int, who: Identity) -> Room:
+        if not 0 <= seconds <= MAX_SLOW_MODE_SECONDS:
+            raise InvalidInput(
+                f"slow mode is 0 to {MAX_SLOW_MODE_SECONDS} seconds", code="invalid_slow_mode"
+            )
+        room = await self._moderated_room(room_id, who)
+        await self._rooms.set_slow_mode(room.id, seconds)
+        room.slow_mode_seconds = seconds
+        await self._events.publish_room_event(
+            room.id, {"type": "room.slow_mode", "seconds": seconds}
+        )
+        return room
+
+    async def set_blocked_words(self, room_id: str, words: list[str], who: Identity) -> Room:
+        cleaned = _clean_words(words)
+        room = await self._moderated_room(room_id, who)
+        await self._rooms.set_blocked_words(room.id, cleaned)
+        room.blocked_words = cleaned
+        # Viewers never see the list; the processes serving the room reload it.
+        await self._events.publish_room_control(room.id, {"type": "settings_changed"})
+        return room
+
+    async def _moderated_room(self, room_id: str, who: Identity) -> Room:
+        room = await self._rooms.get(room_id)
+        if not can_moderate(room.host_id, who):
+            raise Forbidden("only the room's host or a moderator can change its settings")
+        if room.status is RoomStatus.ENDED:
+            raise Conflict("room has ended", code="invalid_room_state")
+        return room
+
+
+def _ensure_seller(who: Identity, action: str) -> None:
+    if who.anonymous or who.role not in _SELLERS:
+        raise Forbidden(f"only hosts and admins can {action}")
+
+
+def _clean_words(words: list[str]) -> list[str]:
+    """Trimmed, without blanks or repeats, in the order given; refuses lists over the limits.
+
+    Repeats are found case-insensitively because the chat filter matches that way.
+    """
+    unique: dict[str, str] = {}
+    for word in words:
+        if word.strip():
+            unique.setdefault(word.strip().casefold(), word.strip())
+    cleaned = list(unique.values())
+    if len(cleaned) > MAX_BLOCKED_WORDS:
+        raise InvalidInput(
+            f"at most {MAX_BLOCKED_WORDS} blocked words", code="too_many_blocked_words"
+        )
+    if any(len(w) > MAX_BLOCKED_WORD_CHARS for w in cleaned):
+        raise InvalidInput(
+            f"a blocked word has at most {MAX_BLOCKED_WORD_CHARS} characters",
+            code="blocked_word_too_long",
+        )
+    return cleaned

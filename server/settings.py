@@ -1,0 +1,65 @@
+"""Configuration from the environment (LIVESHOP_*). Prod refuses unsafe defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Test-only default: good enough for `liveshop demo` on a laptop, refused when LIVESHOP_ENV=prod.
+DEV_SECRET = "liveshop-dev-secret-not-for-production"  # noqa: S105
+
+
+class UnsafeConfiguration(Exception):
+    """Raised at start-up when prod runs on a default that is unsafe."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIVESHOP_", extra="ignore")
+
+    env: Literal["dev", "prod"] = "dev"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    redis_url: str | None = None
+    mongodb_url: str | None = None
+    mongodb_database: str = "liveshop"
+    data_dir: Path = Path(".liveshop")
+    secret: SecretStr | None = None
+    public_url: str | None = None
+    log_level: str = "info"
+
+    # Websocket limits
+    max_frame_bytes: int = Field(default=4096, ge=256)
+    send_queue_frames: int = Field(default=256, ge=8)
+    max_bad_frames: int = Field(default=10, ge=1)
+    chat_burst: int = Field(default=5, ge=1)
+    chat_per_second: float = Field(default=1.0, gt=0)
+    # Room stream history kept for reconnecting clients
+    history_events: int = Field(default=1000, ge=10)
+    history_seconds: int = Field(default=600, ge=10)
+    # Likes and viewer counts go out at most once per this many seconds per room
+    counter_interval: float = Field(default=1.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Per-message deflate costs ~100 KB of zlib state per socket; off unless asked for.
+    ws_deflate: bool = False
+
+    def signing_secret(self) -> str:
+        return self.secret.get_secret_value() if self.secret else DEV_SECRET
+
+    def check_safe(self) -> None:
+        """Prod must name its secret, Redis and MongoDB explicitly."""
+        if self.env != "prod":
+            return
+        problems = []
+        if self.secret is None or self.secret.get_secret_value() in ("", DEV_SECRET):
+            problems.append("LIVESHOP_SECRET must be set to a private value")
+        elif len(self.secret.get_secret_value()) < 32:
+            problems.append("LIVESHOP_SECRET must be at least 32 characters")
+        if not self.redis_url:
+            problems.append("LIVESHOP_REDIS_URL must be set")
+        if not self.mongodb_url:
+            problems.append("LIVESHOP_MONGODB_URL must be set")
+        if problems:
+            raise UnsafeConfiguration("; ".join(problems))

@@ -1,0 +1,326 @@
+"""The products and rooms HTTP API on a tiny app: memory stores, real routes and error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from server.adapters.memory import MemoryProductStore, MemoryRoomStore
+from server.auth import issue_token
+from server.container import Container
+from server.domain.identity import Role
+from server.http import products, rooms
+from server.http.deps import MAX_BODY_BYTES
+from server.http.errors import PROBLEM_JSON, exception_handlers
+from server.services.rooms import RoomService
+from server.settings import Settings
+
+SECRET = "test-secret-for-the-rooms-http-suite"
+PRODUCT = {
+    "title": "Silk scarf",
+    "images": ["https://img.example/scarf.jpg"],
+    "price": {"amount": "12.50", "currency": "USD"},
+    "stock": 5,
+}
+
+
+class RecordingEvents:
+    """Fake of the event port: the channel layer is not under test here."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.controls: list[tuple[str, dict[str, Any]]] = []
+
+    async def publish_room_event(self, room_id: str, event: dict[str, Any]) -> int:
+        self.events.append((room_id, event))
+        return len(self.events)
+
+    async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
+        self.controls.append((room_id, control))
+
+
+async def _explode(request: Request) -> Response:
+    raise RuntimeError("secret internals: mongodb://admin:hunter2@db")
+
+
+@pytest.fixture
+def events() -> RecordingEvents:
+    return RecordingEvents()
+
+
+@pytest.fixture
+async def client(events: RecordingEvents) -> AsyncIterator[httpx.AsyncClient]:
+    room_store, product_store = MemoryRoomStore(), MemoryProductStore()
+    app = Starlette(
+        routes=[
+            Mount("/api/v1", routes=products.routes() + rooms.routes()),
+            Route("/explode", _explode),
+        ],
+        exception_handlers=exception_handlers,
+    )
+    app.state.container = Container(
+        settings=Settings(secret=SecretStr(SECRET)),
+        products=product_store,
+        rooms=room_store,
+        events=events,
+        room_service=RoomService(room_store, product_store, events),
+        hub=cast(Any, None),  # these routes never reach the websocket hub
+    )
+    # Unexpected errors propagate out of Starlette after the 500 is sent; the test reads the 500.
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test/api/v1") as http:
+        yield http
+
+
+def auth(user: str, role: Role, secret: str = SECRET, ttl: int = 3600) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(secret, user, role, ttl_seconds=ttl)}"}
+
+
+HOST = auth("host-1", Role.HOST)
+OTHER_HOST = auth("host-2", Role.HOST)
+ADMIN = auth("admin-1", Role.ADMIN)
+SHOPPER = auth("shopper-1", Role.SHOPPER)
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert {"type", "title", "detail"} <= body.keys()
+    return body
+
+
+async def _room(client: httpx.AsyncClient, headers: dict[str, str] = HOST) -> str:
+    response = await client.post("/rooms", json={"title": "Spring drop"}, headers=headers)
+    assert response.status_code == 201, response.text
+    room_id: str = response.json()["id"]
+    return room_id
+
+
+async def test_show_from_creation_to_end(
+    client: httpx.AsyncClient, events: RecordingEvents
+) -> None:
+    created = await client.post("/products", json=PRODUCT, headers=HOST)
+    assert created.status_code == 201
+    product = created.json()
+    assert product["price"] == {"amount": "12.50", "currency": "USD"}
+    assert product["owner_id"] == "host-1"
+    assert product["created_at"].endswith("Z")
+    assert created.headers["location"] == f"http://test/api/v1/products/{product['id']}"
+    assert (await client.get(f"/products/{product['id']}")).json() == product
+
+    response = await client.post(
+        "/rooms",
+        json={
+            "title": "Spring drop",
+            "scheduled_at": "2026-06-01T20:00:00+08:00",
+            "blocked_words": ["scam"],
+        },
+        headers=HOST,
+    )
+    assert response.status_code == 201
+    room = response.json()
+    assert room["status"] == "scheduled"
+    assert room["scheduled_at"] == "2026-06-01T12:00:00.000Z"
+    assert room["pinned_product"] is None
+    assert room["blocked_words"] == ["scam"]
+    room_url = f"/rooms/{room['id']}"
+
+    assert (await client.post(f"{room_url}/start", headers=HOST)).json()["status"] == "live"
+    pinned = await client.post(
+        f"{room_url}/showcase", json={"product_id": product["id"]}, headers=HOST
+    )
+    assert pinned.status_code == 200
+    summary = {k: product[k] for k in ("id", "title", "images", "price", "stock")}
+    assert pinned.json()["pinned_product"] == summary
+
+    slow = await client.post(f"{room_url}/slow-mode", json={"seconds": 10}, headers=HOST)
+    assert slow.json()["slow_mode_seconds"] == 10
+    words = await client.put(f"{room_url}/blocked-words", json={"words": ["spam"]}, headers=HOST)
+    assert words.json()["blocked_words"] == ["spam"]
+
+    as_viewer = (await client.get(room_url)).json()
+    assert as_viewer["pinned_product"] == summary
+    assert "blocked_words" not in as_viewer  # viewers never see the filter list
+    assert (await client.get(room_url, headers=HOST)).json()["blocked_words"] == ["spam"]
+
+    live = (await client.get("/rooms", params={"status": "live"})).json()["items"]
+    assert [r["id"] for r in live] == [room["id"]]
+    assert live[0]["pinned_product"] == summary
+
+    ended = (await client.post(f"{room_url}/end", headers=HOST)).json()
+    assert ended["status"] == "ended"
+    assert ended["ended_at"].endswith("Z")
+    assert (await client.get("/rooms", params={"status": "live"})).json()["items"] == []
+
+    assert [event["type"] for _, event in events.events] == [
+        "room.started",
+        "showcase.pinned",
+        "room.slow_mode",
+        "room.ended",
+    ]
+    assert events.controls == [(room["id"], {"type": "settings_changed"})]
+
+
+async def test_tokens_are_checked(client: httpx.AsyncClient) -> None:
+    room_id = await _room(client)
+    forged = auth("host-1", Role.HOST, secret="not-the-secret-at-all-not-the-secret")
+    body = assert_problem(
+        await client.post("/rooms", json={"title": "x"}, headers=forged), 401, "invalid_token"
+    )
+    assert "token" in body["detail"]
+    # A bad token is refused even where none is needed.
+    response = await client.get(f"/rooms/{room_id}", headers=forged)
+    assert_problem(response, 401, "invalid_token")
+    assert response.headers["www-authenticate"] == "Bearer"
+
+    expired = auth("host-1", Role.HOST, ttl=-60)
+    assert_problem(
+        await client.post(f"/rooms/{room_id}/start", headers=expired), 401, "token_expired"
+    )
+    assert_problem(
+        await client.post("/rooms", json={"title": "x"}, headers={"Authorization": "Basic abc"}),
+        401,
+        "invalid_token",
+    )
+    assert_problem(await client.post("/rooms", json={"title": "x"}), 401, "missing_token")
+
+
+async def test_only_the_host_or_an_admin_runs_a_room(client: httpx.AsyncClient) -> None:
+    room_id = await _room(client)
+    assert_problem(
+        await client.post(f"/rooms/{room_id}/start", headers=OTHER_HOST), 403, "forbidden"
+    )
+    assert_problem(
+        await client.post("/rooms", json={"title": "x"}, headers=SHOPPER), 403, "forbidden"
+    )
+    assert_problem(await client.post("/products", json=PRODUCT, headers=SHOPPER), 403, "forbidden")
+    assert (await client.get(f"/rooms/{room_id}")).json()["status"] == "scheduled"
+
+    assert (await client.post(f"/rooms/{room_id}/start", headers=ADMIN)).status_code == 200
+    assert_problem(
+        await client.post(f"/rooms/{room_id}/start", headers=HOST), 409, "invalid_room_state"
+    )
+
+
+async def test_unknown_things_are_not_found(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/rooms/r_missing"), 404, "not_found")
+    assert_problem(await client.get("/products/p_missing"), 404, "not_found")
+    assert_problem(await client.post("/rooms/r_missing/end", headers=HOST), 404, "not_found")
+    room_id = await _room(client)
+    response = await client.post(
+        f"/rooms/{room_id}/showcase", json={"product_id": "p_nope"}, headers=HOST
+    )
+    assert_problem(response, 404, "not_found")
+    assert_problem(await client.get("/no-such-route"), 404, "not_found")
+
+    wrong_method = await client.delete(f"/rooms/{room_id}")
+    assert_problem(wrong_method, 405, "method_not_allowed")
+    assert "GET" in wrong_method.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "error_type"),
+    [
+        ({"price": {"amount": 12.5, "currency": "USD"}}, "price.amount", "string_type"),
+        (
+            {"price": {"amount": "12.50", "currency": "usd"}},
+            "price.currency",
+            "string_pattern_mismatch",
+        ),
+        ({"price": {"amount": "12.50", "currency": "XYZ"}}, "price", "value_error"),
+        ({"price": {"amount": "12.505", "currency": "USD"}}, "price", "value_error"),
+        ({"price": {"amount": "0", "currency": "USD"}}, "price", "value_error"),
+        (
+            {"price": {"amount": "1e3", "currency": "USD"}},
+            "price.amount",
+            "string_pattern_mismatch",
+        ),
+        ({"color": "red"}, "color", "extra_forbidden"),
+        ({"stock": -1}, "stock", "greater_than_equal"),
+        ({"stock": "5"}, "stock", "int_type"),
+        ({"images": ["javascript:alert(1)"]}, "images.0", "url_scheme"),
+        ({"title": "   "}, "title", "string_too_short"),
+    ],
+)
+async def test_bad_products_are_refused_by_field(
+    client: httpx.AsyncClient, change: dict[str, Any], field: str, error_type: str
+) -> None:
+    body = assert_problem(
+        await client.post("/products", json={**PRODUCT, **change}, headers=HOST),
+        422,
+        "invalid_input",
+    )
+    assert [(e["field"], e["type"]) for e in body["errors"]] == [(field, error_type)]
+
+
+async def test_bad_room_input_is_refused(client: httpx.AsyncClient) -> None:
+    naive = {"title": "x", "scheduled_at": "2026-06-01T20:00:00"}
+    body = assert_problem(
+        await client.post("/rooms", json=naive, headers=HOST), 422, "invalid_input"
+    )
+    assert body["errors"][0]["field"] == "scheduled_at"
+    room_id = await _room(client)
+
+    for seconds in (-1, 3601, 1.5):
+        response = await client.post(
+            f"/rooms/{room_id}/slow-mode", json={"seconds": seconds}, headers=HOST
+        )
+        assert assert_problem(response, 422, "invalid_input")["errors"][0]["field"] == "seconds"
+    too_many = {"words": [f"w{i}" for i in range(201)]}
+    response = await client.put(f"/rooms/{room_id}/blocked-words", json=too_many, headers=HOST)
+    assert assert_problem(response, 422, "invalid_input")["errors"][0]["field"] == "words"
+    too_long = {"words": ["x" * 51]}
+    response = await client.put(f"/rooms/{room_id}/blocked-words", json=too_long, headers=HOST)
+    assert assert_problem(response, 422, "invalid_input")["errors"][0]["field"] == "words.0"
+
+    for params, field in (
+        ({"status": "paused"}, "status"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "x"}, "limit"),
+    ):
+        body = assert_problem(await client.get("/rooms", params=params), 422, "invalid_input")
+        assert body["errors"][0]["field"] == field
+    assert (await client.get(f"/rooms/{room_id}")).json()["slow_mode_seconds"] == 0
+
+
+@pytest.mark.parametrize("raw", [b"{", b"", b"\xff\xfe", b"{'title': 'x'}"])
+async def test_malformed_json_is_400(client: httpx.AsyncClient, raw: bytes) -> None:
+    response = await client.post(
+        "/rooms", content=raw, headers={**HOST, "Content-Type": "application/json"}
+    )
+    assert_problem(response, 400, "malformed_json")
+
+
+async def test_oversized_bodies_are_413(client: httpx.AsyncClient) -> None:
+    big = {"title": "x", "blocked_words": ["y" * 40] * (MAX_BODY_BYTES // 40)}
+    assert_problem(await client.post("/rooms", json=big, headers=HOST), 413, "payload_too_large")
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"title": "'
+        for _ in range(MAX_BODY_BYTES // 1024 + 1):
+            yield b"z" * 1024
+        yield b'"}'
+
+    response = await client.post("/rooms", content=chunks(), headers=HOST)
+    assert "content-length" not in response.request.headers
+    assert_problem(response, 413, "payload_too_large")
+    assert (await client.get("/rooms")).json()["items"] == []
+
+
+async def test_unexpected_errors_leak_nothing(client: httpx.AsyncClient) -> None:
+    response = await client.get("http://test/explode")
+    body = assert_problem(response, 500, "internal")
+    assert "hunter2" not in response.text
+    assert "RuntimeError" not in response.text
+    assert body["detail"] == "an unexpected error occurred"
