@@ -17,7 +17,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-
 # A process that has not reported its viewers for this long is presumed dead.
 STALE_SECONDS = 10.0
 

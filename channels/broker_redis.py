@@ -17,7 +17,11 @@ import time
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from channels.broker import (
     STALE_SECONDS,
@@ -96,7 +100,15 @@ class RedisBroker:
         self.node_id = node_id or new_epoch()
         self.history_events = history_events
         self.history_seconds = history_seconds
-        self._redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=10)
+        # from_url sets no retry policy; without one, the first command on each pooled
+        # connection after a Redis restart fails instead of reconnecting.
+        self._redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=10,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
         self._pubsub = self._redis.pubsub()
         self._publish = self._redis.register_script(_PUBLISH)
         self._counters = self._redis.register_script(_COUNTERS)
@@ -154,7 +166,7 @@ class RedisBroker:
         await self._pubsub.unsubscribe(user_channel(user_id))
 
     async def position(self, room_id: str) -> StreamPosition:
-        stream, history, _, _ = _keys(room_id)
+        stream, *_ = _keys(room_id)
         seq, epoch = await self._redis.hmget(stream, ["seq", "epoch"])
         if epoch is None:
             # First touch of the room (or history lost): settle the epoch now, atomically.
@@ -218,9 +230,12 @@ class RedisBroker:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                # The next get_message reconnects and re-subscribes every channel; the
-                # subscribe confirmations that follow tell the hub to check for gaps.
+                # redis-py leaves a broken pub/sub connection marked connected; drop it so the
+                # next get_message reconnects and re-subscribes every channel. The subscribe
+                # confirmations that follow tell the hub to look for missed events.
                 log.warning("broker_connection_lost", extra={"error": type(exc).__name__})
+                if self._pubsub.connection is not None:
+                    await self._pubsub.connection.disconnect()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue

@@ -131,7 +131,7 @@ class Connection:
                     return
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the peer went away mid-send; the endpoint cleans up
+        except Exception:
             self.closed = True
 
     async def _close(self, code: int, reason: str) -> None:

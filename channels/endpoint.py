@@ -1,4 +1,4 @@
-"""The websocket endpoint `/ws/rooms/{room_id}`: glue between starlette, the hub and the protocol."""
+"""The websocket endpoint `/ws/rooms/{room_id}`: starlette glue for the hub and the protocol."""
 
 from __future__ import annotations
 

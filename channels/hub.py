@@ -71,6 +71,7 @@ class Hub:
         self._subscriptions = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._all_left = asyncio.Event()  # set when a draining hub has no viewers left
         broker.attach(self)
 
     # Lifecycle -------------------------------------------------------------------------------
@@ -85,9 +86,9 @@ class Hub:
         for room in list(self._rooms.values()):
             for conn in list(room.connections):
                 conn.close_after_flush(CloseCode.GOING_AWAY, "server restarting")
-        deadline = time.monotonic() + grace_seconds
-        while self.connection_count() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        if self.connection_count():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_left.wait(), grace_seconds)
 
     async def close(self) -> None:
         if self._ticker is not None:
@@ -164,6 +165,8 @@ class Hub:
                 room.empty_since = time.monotonic()
         if not conn.identity.anonymous:
             await self._unwatch_user(conn.identity.user_id, conn)
+        if self.draining and not self.connection_count():
+            self._all_left.set()
 
     async def _ready_room(self, room_id: str) -> LocalRoom:
         room = self._rooms.get(room_id)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from channels.broker import Broker

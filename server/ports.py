@@ -29,7 +29,9 @@ class RoomStore(Protocol):
     async def list(self, *, status: RoomStatus | None, limit: int) -> builtins.list[Room]: ...
 
     async def save(self, room: Room, *, expected_status: RoomStatus) -> None:
-        """Replace the room if its stored status is still `expected_status`, else Conflict."""
+        """Write the room's lifecycle and showcase if its stored status is still
+        `expected_status`, else Conflict. Moderation settings (slow mode, blocked words) have
+        their own setters and are left as stored, so a stale read never undoes them."""
         ...
 
     async def set_slow_mode(self, room_id: str, seconds: int) -> None: ...

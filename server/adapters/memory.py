@@ -56,7 +56,10 @@ class MemoryRoomStore:
             raise NotFound(f"room {room.id} not found")
         if stored.status is not expected_status:
             raise Conflict("room changed meanwhile", code="invalid_room_state")
-        self._rooms[room.id] = copy.deepcopy(room)
+        updated = copy.deepcopy(room)
+        updated.slow_mode_seconds = stored.slow_mode_seconds
+        updated.blocked_words = stored.blocked_words
+        self._rooms[room.id] = updated
 
     async def set_slow_mode(self, room_id: str, seconds: int) -> None:
         (await self._stored(room_id)).slow_mode_seconds = seconds
@@ -71,6 +74,7 @@ class MemoryRoomStore:
         return (room_id, user_id) in self._bans
 
     async def mute(self, room_id: str, user_id: str, *, until: datetime) -> None:
+        await self._stored(room_id)
         self._mutes.setdefault(room_id, {})[user_id] = until
 
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:

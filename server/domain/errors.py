@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class LiveshopError(Exception):
-    """Base of every error the product reports to a client; `code` is stable and machine-readable."""
+    """Base of every error the product reports to a client; `code` is stable, for machines."""
 
     code = "error"
     status = 400

@@ -30,7 +30,7 @@ async def readyz(request: Request) -> JSONResponse:
         try:
             await asyncio.wait_for(probe(), READY_TIMEOUT_SECONDS)
             checks[name] = "ok"
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        except Exception as exc:
             checks[name] = f"unavailable: {type(exc).__name__}"
     if container.hub.draining:
         checks["server"] = "draining"

@@ -123,10 +123,16 @@ async def set_blocked_words(request: Request) -> JSONResponse:
     return await _room_response(request, room, who)
 
 
+async def rooms_collection(request: Request) -> JSONResponse:
+    # One route for both methods, so a wrong method hears `Allow: GET, HEAD, POST` in full.
+    if request.method == "POST":
+        return await create_room(request)
+    return await list_rooms(request)
+
+
 def routes() -> list[BaseRoute]:
     return [
-        Route("/rooms", create_room, methods=["POST"], name="create_room"),
-        Route("/rooms", list_rooms, methods=["GET"], name="list_rooms"),
+        Route("/rooms", rooms_collection, methods=["GET", "POST"], name="rooms"),
         Route("/rooms/{room_id}", get_room, methods=["GET"], name="get_room"),
         Route("/rooms/{room_id}/start", start_room, methods=["POST"], name="start_room"),
         Route("/rooms/{room_id}/end", end_room, methods=["POST"], name="end_room"),

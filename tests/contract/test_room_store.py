@@ -173,10 +173,6 @@ async def test_settings_are_stored(stores: Stores) -> None:
 async def test_save_keeps_settings_changed_meanwhile(
     stores: Stores, request: pytest.FixtureRequest
 ) -> None:
-    if isinstance(stores.rooms, MemoryRoomStore):
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="MemoryRoomStore.save replaces the settings")
-        )
     await stores.rooms.create(_room())
     room = await stores.rooms.get("r_1")
     await stores.rooms.set_blocked_words("r_1", ["spam"])

@@ -110,7 +110,7 @@ async def test_mongod_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
 async def test_missing_binary_points_to_the_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embedded.sys, "path", [str(tmp_path)])
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(EmbeddedMongoError, match="LIVESHOP_MONGODB_URL"):
         await EmbeddedMongo(tmp_path / "data").start()

@@ -159,7 +159,7 @@ class EmbeddedMongo:
 
     async def start(self) -> str:
         """Start mongod, make it the primary of its replica set, and return the client URL."""
-        if self._process is not None:
+        if self._process is not None and self._process.poll() is None:
             return self.url
         mongod = find_mongod()
         self.db_path.mkdir(parents=True, exist_ok=True)

@@ -227,6 +227,9 @@ async def test_unknown_things_are_not_found(client: httpx.AsyncClient) -> None:
     wrong_method = await client.delete(f"/rooms/{room_id}")
     assert_problem(wrong_method, 405, "method_not_allowed")
     assert "GET" in wrong_method.headers["allow"]
+    wrong_method = await client.patch("/rooms")
+    assert_problem(wrong_method, 405, "method_not_allowed")
+    assert {"GET", "POST"} <= set(wrong_method.headers["allow"].split(", "))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""Benchmarks for Liveshop, apart from the tests. Run `python -m bench.fanout --help`."""

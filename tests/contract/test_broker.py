@@ -1,0 +1,243 @@
+"""One contract for every broker: the in-process one and Redis (a real server).
+
+Two broker instances on one backend stand for two server processes sharing a room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from channels.broker import Broker
+from channels.broker_memory import MemoryBroker, MemoryBus
+from channels.broker_redis import RedisBroker
+from tests.servers import RedisServer
+
+
+@dataclass
+class Recorder:
+    """A broker listener that remembers everything it hears."""
+
+    room_frames: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    user_frames: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    subscribed: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_room_frame(self, room_id: str, text: str) -> None:
+        self.room_frames.append((room_id, json.loads(text)))
+        self.changed.set()
+
+    def on_user_frame(self, user_id: str, text: str) -> None:
+        self.user_frames.append((user_id, json.loads(text)))
+        self.changed.set()
+
+    def on_room_subscribed(self, room_id: str) -> None:
+        self.subscribed.append(room_id)
+        self.changed.set()
+
+    async def wait_for(self, check: Callable[[], bool], within: float = 5.0) -> None:
+        async def loop() -> None:
+            while not check():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), within)
+
+
+@dataclass
+class Node:
+    broker: Broker
+    heard: Recorder
+
+
+@dataclass
+class Backend:
+    a: Node
+    b: Node
+    lose_everything: Callable[[], Awaitable[None]]
+
+
+async def _nodes(make: Callable[[], Broker]) -> tuple[Node, Node]:
+    nodes = []
+    for _ in range(2):
+        broker, heard = make(), Recorder()
+        broker.attach(heard)
+        await broker.start()
+        nodes.append(Node(broker, heard))
+    return nodes[0], nodes[1]
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        bus = MemoryBus(history_events=50, history_seconds=600)
+        a, b = await _nodes(lambda: MemoryBroker(bus))
+
+        async def flush_memory() -> None:
+            bus.flush()
+
+        yield Backend(a, b, flush_memory)
+    else:
+        url = request.getfixturevalue("clean_redis")
+        a, b = await _nodes(lambda: RedisBroker(url, history_events=50))
+        admin = aioredis.Redis.from_url(url)
+
+        async def flush_redis() -> None:
+            await admin.flushall()
+
+        yield Backend(a, b, flush_redis)
+        await admin.aclose()
+    for node in (a, b):
+        await node.broker.close()
+
+
+async def subscribe_both(backend: Backend, room: str) -> None:
+    for node in (backend.a, backend.b):
+        await node.broker.subscribe_room(room)
+        await node.heard.wait_for(lambda n=node: room in n.heard.subscribed)
+
+
+async def test_events_get_consecutive_seqs_and_reach_every_node_in_order(backend: Backend) -> None:
+    await subscribe_both(backend, "r1")
+    seqs = []
+    for i in range(20):
+        publisher = backend.a if i % 2 else backend.b
+        seqs.append(await publisher.broker.publish("r1", {"type": "chat.message", "text": f"m{i}"}))
+    assert seqs == list(range(1, 21))
+    for node in (backend.a, backend.b):
+        await node.heard.wait_for(lambda n=node: len(n.heard.room_frames) == 20)
+        frames = [f for _, f in node.heard.room_frames]
+        assert [f["seq"] for f in frames] == seqs
+        assert [f["text"] for f in frames] == [f"m{i}" for i in range(20)]
+        assert len({f["epoch"] for f in frames}) == 1
+
+
+async def test_concurrent_publishers_never_share_a_seq(backend: Backend) -> None:
+    results = await asyncio.gather(
+        *(
+            node.broker.publish("r2", {"type": "likes", "count": i})
+            for i in range(50)
+            for node in (backend.a, backend.b)
+        )
+    )
+    assert sorted(results) == list(range(1, 101))
+
+
+async def test_history_returns_missed_events_or_none_when_gone(backend: Backend) -> None:
+    broker = backend.a.broker
+    for i in range(10):
+        await broker.publish("r3", {"type": "chat.message", "text": str(i)})
+    position = await backend.b.broker.position("r3")
+    assert position.seq == 10
+    missed = await backend.b.broker.history("r3", 6, position.epoch)
+    assert missed is not None
+    assert [json.loads(f)["seq"] for f in missed] == [7, 8, 9, 10]
+    assert await broker.history("r3", 10, position.epoch) == []
+    assert await broker.history("r3", 6, "deadbeef") is None  # another epoch
+    assert await broker.history("r3", 11, position.epoch) is None  # from the future
+
+
+async def test_history_is_bounded_and_says_so(backend: Backend) -> None:
+    broker = backend.a.broker
+    for i in range(200):
+        await broker.publish("r4", {"type": "chat.message", "text": str(i)})
+    position = await broker.position("r4")
+    assert await broker.history("r4", 1, position.epoch) is None
+    recent = await broker.history("r4", 190, position.epoch)
+    assert recent is not None
+    assert len(recent) == 10
+
+
+async def test_losing_the_backend_changes_the_epoch(backend: Backend) -> None:
+    broker = backend.a.broker
+    await broker.publish("r5", {"type": "chat.message", "text": "before"})
+    before = await broker.position("r5")
+    await backend.lose_everything()
+    after = await broker.position("r5")
+    assert after.epoch != before.epoch
+    assert after.seq == 0
+    assert await broker.history("r5", 0, before.epoch) is None
+    assert await broker.publish("r5", {"type": "chat.message", "text": "after"}) == 1
+
+
+async def test_private_frames_reach_only_the_users_subscribers(backend: Backend) -> None:
+    await backend.b.broker.subscribe_user("u1")
+    await backend.a.broker.subscribe_user("u2")
+    await asyncio.sleep(0.1)  # SUBSCRIBE has no confirmation we wait on for users
+    await backend.a.broker.publish_private("u1", {"type": "order.updated", "order_id": "o1"})
+    await backend.b.heard.wait_for(lambda: len(backend.b.heard.user_frames) == 1)
+    assert backend.b.heard.user_frames == [("u1", {"type": "order.updated", "order_id": "o1"})]
+    await asyncio.sleep(0.1)
+    assert backend.a.heard.user_frames == []
+
+
+async def test_control_frames_have_no_seq_and_no_history(backend: Backend) -> None:
+    await subscribe_both(backend, "r6")
+    await backend.a.broker.publish_control("r6", {"type": "_settings_changed"})
+    await backend.b.heard.wait_for(lambda: len(backend.b.heard.room_frames) == 1)
+    assert backend.b.heard.room_frames[0] == ("r6", {"type": "_settings_changed"})
+    assert (await backend.a.broker.position("r6")).seq == 0
+
+
+async def test_unsubscribed_nodes_hear_nothing(backend: Backend) -> None:
+    await subscribe_both(backend, "r7")
+    await backend.b.broker.unsubscribe_room("r7")
+    await asyncio.sleep(0.1)
+    await backend.a.broker.publish("r7", {"type": "chat.message", "text": "x"})
+    await backend.a.heard.wait_for(lambda: len(backend.a.heard.room_frames) == 1)
+    await asyncio.sleep(0.1)
+    assert backend.b.heard.room_frames == []
+
+
+async def test_counters_add_up_across_nodes(backend: Backend) -> None:
+    a, b = backend.a.broker, backend.b.broker
+    first = await a.update_counters("r8", likes_delta=3, local_viewers=10)
+    assert (first.likes, first.viewers) == (3, 10)
+    second = await b.update_counters("r8", likes_delta=4, local_viewers=5)
+    assert (second.likes, second.viewers, second.peak_viewers) == (7, 15, 15)
+    third = await a.update_counters("r8", likes_delta=0, local_viewers=0)
+    assert (third.likes, third.viewers, third.peak_viewers) == (7, 5, 15)
+    read = await b.read_counters("r8")
+    assert (read.likes, read.viewers, read.peak_viewers) == (7, 5, 15)
+
+
+async def test_a_gate_opens_once_per_period_across_nodes(backend: Backend) -> None:
+    opened = await asyncio.gather(
+        *(n.broker.try_gate("r9", "likes", 0.3) for n in (backend.a, backend.b) for _ in range(5))
+    )
+    assert opened.count(True) == 1
+    assert await backend.a.broker.try_gate("r9", "viewers", 0.3)  # another name, its own gate
+    await asyncio.sleep(0.4)
+    assert await backend.b.broker.try_gate("r9", "likes", 0.3)
+
+
+async def test_redis_restart_resubscribes_and_starts_a_new_epoch(
+    redis_server: RedisServer,
+) -> None:
+    (a, b) = await _nodes(lambda: RedisBroker(redis_server.url))
+    try:
+        for node in (a, b):
+            await node.broker.subscribe_room("rr")
+            await node.heard.wait_for(lambda n=node: "rr" in n.heard.subscribed)
+        await a.broker.publish("rr", {"type": "chat.message", "text": "before"})
+        old = await a.broker.position("rr")
+        await asyncio.to_thread(redis_server.restart)
+        # Each reader reconnects, re-subscribes and reports it, so the hub can look for gaps.
+        for node in (a, b):
+            await node.heard.wait_for(lambda n=node: n.heard.subscribed.count("rr") >= 2, 15)
+        seq = await a.broker.publish("rr", {"type": "chat.message", "text": "after"})
+        assert seq == 1
+        await b.heard.wait_for(
+            lambda: any(f.get("text") == "after" for _, f in b.heard.room_frames)
+        )
+        after = next(f for _, f in b.heard.room_frames if f.get("text") == "after")
+        assert after["epoch"] != old.epoch
+    finally:
+        for node in (a, b):
+            await node.broker.close()

@@ -1,0 +1,239 @@
+"""The per-connection room protocol, driven with plain objects and fixed clocks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from channels.close_codes import CloseCode
+from channels.protocol import (
+    AddLikes,
+    ChatState,
+    Close,
+    Command,
+    Limits,
+    Publish,
+    Reply,
+    RoomSession,
+    StoreBan,
+    StoreMute,
+    StoreSlowMode,
+)
+from server.domain.chat import TokenBucket
+from server.domain.identity import Identity, Role
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+HOST = Identity("host-1", Role.HOST, name="Mia")
+SHOPPER = Identity("shopper-1", Role.SHOPPER, name="Leo")
+MODERATOR = Identity("mod-1", Role.MODERATOR)
+
+
+class Rules:
+    def __init__(self) -> None:
+        self.host_id = HOST.user_id
+        self.slow_mode_seconds = 0
+        self.blocked_words: list[str] = []
+        self.mutes: dict[str, datetime] = {}
+        self.messages: set[str] = set()
+        self.chat: dict[str, ChatState] = {}
+
+    def muted_until(self, user_id: str, now: datetime) -> datetime | None:
+        until = self.mutes.get(user_id)
+        return until if until is not None and until > now else None
+
+    def knows_message(self, message_id: str) -> bool:
+        return message_id in self.messages
+
+    def chat_state(self, user_id: str) -> ChatState:
+        return self.chat.setdefault(user_id, ChatState(TokenBucket(capacity=5, rate=1.0)))
+
+
+def session(identity: Identity, rules: Rules | None = None, **limits: int) -> RoomSession:
+    counter = itertools.count(1)
+    return RoomSession(
+        identity, rules or Rules(), limits=Limits(**limits), new_id=lambda: f"m{next(counter)}"
+    )
+
+
+def send(s: RoomSession, frame: object, mono: float = 0.0) -> list[Command]:
+    raw = frame if isinstance(frame, str | bytes) else json.dumps(frame)
+    return s.handle(raw, mono=mono, now=NOW)
+
+
+def error_code(commands: list[Command]) -> str:
+    reply = commands[0]
+    assert isinstance(reply, Reply)
+    assert reply.frame["type"] == "error"
+    return str(reply.frame["code"])
+
+
+def test_chat_is_cleaned_and_published_with_author() -> None:
+    commands = send(
+        session(SHOPPER), {"type": "chat.send", "text": "  hi\u202e\x07  there ", "client_id": "c1"}
+    )
+    assert len(commands) == 1
+    assert isinstance(commands[0], Publish)
+    event = commands[0].event
+    assert event["type"] == "chat.message"
+    assert event["text"] == "hi there"
+    assert event["user"] == {"id": "shopper-1", "name": "Leo", "role": "shopper"}
+    assert event["client_id"] == "c1"
+    assert event["id"] == "m1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("not json", "malformed_json"),
+        ("[1, 2]", "invalid_frame"),
+        ('{"text": "no type"}', "invalid_frame"),
+        ('{"type": "dance"}', "unknown_type"),
+        ('{"type": "like", "count": "3"}', "invalid_frame"),
+        ('{"type": "like", "count": 0}', "invalid_frame"),
+        ('{"type": "chat.send", "text": "hi", "extra": 1}', "invalid_frame"),
+        ('{"type": "chat.send", "text": 5}', "invalid_frame"),
+        ('{"type": "chat.send", "text": "   "}', "empty_message"),
+        (json.dumps({"type": "chat.send", "text": "x" * 501}), "message_too_long"),
+        (b"\x00\x01", "binary_not_supported"),
+        (json.dumps({"type": "chat.send", "text": "y" * 1900}), "frame_too_large"),
+    ],
+)
+def test_bad_frames_get_a_stable_error_code_and_change_nothing(raw: str | bytes, code: str) -> None:
+    commands = send(session(SHOPPER, max_frame_bytes=1024), raw)
+    assert error_code(commands) == code
+    assert not any(isinstance(c, Publish | AddLikes) for c in commands)
+
+
+def test_error_echoes_the_client_reference() -> None:
+    commands = send(session(SHOPPER), {"type": "chat.send", "text": " ", "client_id": "abc"})
+    assert isinstance(commands[0], Reply)
+    assert commands[0].frame["ref"] == "abc"
+
+
+def test_repeated_abuse_closes_the_socket() -> None:
+    s = session(SHOPPER, max_bad_frames=3)
+    assert not any(isinstance(c, Close) for c in send(s, "x") + send(s, "y"))
+    closing = [c for c in send(s, "z") if isinstance(c, Close)]
+    assert closing == [Close(CloseCode.ABUSE, "too many bad frames")]
+
+
+def test_anonymous_viewer_can_ping_but_not_chat_or_like() -> None:
+    anon = session(Identity.anonymous_viewer("x"))
+    assert isinstance(send(anon, {"type": "ping"})[0], Reply)
+    assert error_code(send(anon, {"type": "chat.send", "text": "hi"})) == "forbidden"
+    assert error_code(send(anon, {"type": "like"})) == "forbidden"
+
+
+def test_chat_rate_limit_keeps_the_socket_open() -> None:
+    s = session(SHOPPER)
+    results = [send(s, {"type": "chat.send", "text": f"m{i}"}, mono=0.0) for i in range(8)]
+    assert all(isinstance(r[0], Publish) for r in results[:5])
+    for refused in results[5:]:
+        assert error_code(refused) == "rate_limited"
+        assert not any(isinstance(c, Close) for c in refused)
+    assert isinstance(send(s, {"type": "chat.send", "text": "later"}, mono=2.0)[0], Publish)
+
+
+def test_slow_mode_applies_to_shoppers_not_to_the_host() -> None:
+    rules = Rules()
+    rules.slow_mode_seconds = 10
+    shopper, host = session(SHOPPER, rules), session(HOST, rules)
+    assert isinstance(send(shopper, {"type": "chat.send", "text": "a"}, mono=0)[0], Publish)
+    assert error_code(send(shopper, {"type": "chat.send", "text": "b"}, mono=5)) == "slow_mode"
+    assert isinstance(send(shopper, {"type": "chat.send", "text": "c"}, mono=11)[0], Publish)
+    for t in (0, 1):
+        assert isinstance(send(host, {"type": "chat.send", "text": "h"}, mono=t)[0], Publish)
+
+
+def test_blocked_words_are_refused_whatever_their_case_or_width() -> None:
+    rules = Rules()
+    rules.blocked_words = ["scam"]
+    s = session(SHOPPER, rules)
+    fullwidth = "total \uff33\uff23\uff21\uff2d here"
+    assert error_code(send(s, {"type": "chat.send", "text": fullwidth})) == "blocked_word"
+    assert isinstance(send(s, {"type": "chat.send", "text": "great deal"}, mono=1)[0], Publish)
+
+
+def test_muted_user_cannot_chat_until_the_mute_ends() -> None:
+    rules = Rules()
+    rules.mutes[SHOPPER.user_id] = NOW + timedelta(minutes=5)
+    assert error_code(send(session(SHOPPER, rules), {"type": "chat.send", "text": "hi"})) == "muted"
+    rules.mutes[SHOPPER.user_id] = NOW - timedelta(seconds=1)
+    assert isinstance(
+        send(session(SHOPPER, rules), {"type": "chat.send", "text": "hi"})[0], Publish
+    )
+
+
+def test_likes_are_counted_not_published_one_by_one() -> None:
+    assert send(session(SHOPPER), {"type": "like", "count": 7}) == [AddLikes(7)]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "chat.delete", "message_id": "m1"},
+        {"type": "user.mute", "user_id": "x"},
+        {"type": "user.ban", "user_id": "x"},
+        {"type": "room.slow_mode", "seconds": 5},
+    ],
+)
+def test_shoppers_cannot_moderate(frame: dict[str, object]) -> None:
+    assert error_code(send(session(SHOPPER), frame)) == "forbidden"
+
+
+def test_another_rooms_host_cannot_moderate_here() -> None:
+    other_host = Identity("host-2", Role.HOST)
+    assert (
+        error_code(send(session(other_host), {"type": "user.ban", "user_id": "x"})) == "forbidden"
+    )
+
+
+def test_moderator_mutes_bans_and_sets_slow_mode() -> None:
+    s = session(MODERATOR)
+    mute = send(s, {"type": "user.mute", "user_id": "shopper-1", "duration_seconds": 60})
+    until = NOW + timedelta(seconds=60)
+    assert mute[0] == StoreMute("shopper-1", until)
+    assert isinstance(mute[1], Publish)
+    assert mute[1].event == {
+        "type": "user.muted",
+        "user_id": "shopper-1",
+        "until": "2026-11-28T12:01:00Z",
+    }
+    ban = send(s, {"type": "user.ban", "user_id": "shopper-1"})
+    assert ban[0] == StoreBan("shopper-1")
+    assert isinstance(ban[1], Publish)
+    assert ban[1].event == {"type": "user.banned", "user_id": "shopper-1"}
+    slow = send(s, {"type": "room.slow_mode", "seconds": 30})
+    assert slow[0] == StoreSlowMode(30)
+
+
+def test_the_host_cannot_be_banned() -> None:
+    assert (
+        error_code(send(session(MODERATOR), {"type": "user.ban", "user_id": HOST.user_id}))
+        == "forbidden"
+    )
+
+
+def test_delete_needs_a_known_message() -> None:
+    rules = Rules()
+    rules.messages.add("m9")
+    s = session(HOST, rules)
+    assert error_code(send(s, {"type": "chat.delete", "message_id": "nope"})) == "unknown_message"
+    deleted = send(s, {"type": "chat.delete", "message_id": "m9"})
+    assert isinstance(deleted[0], Publish)
+    assert deleted[0].event["message_id"] == "m9"
+
+
+def test_a_flood_of_frames_is_throttled() -> None:
+    s = session(SHOPPER, frame_burst=3, max_bad_frames=100)
+    outcomes = [send(s, {"type": "ping"}, mono=0.0)[0] for _ in range(5)]
+    assert [isinstance(o, Reply) and o.frame["type"] == "pong" for o in outcomes] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
