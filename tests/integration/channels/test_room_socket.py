@@ -1,0 +1,285 @@
+"""The websocket room through a real uvicorn server, real Redis and real MongoDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from server.app import create_app
+from server.auth import issue_token
+from server.domain.identity import Role
+from server.settings import Settings
+
+SECRET = "test-only-secret-for-room-socket-tests"  # test-only key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def token(user: str, role: Role = Role.SHOPPER, ttl: int = 600) -> str:
+    return issue_token(SECRET, user, role, name=user.title(), ttl_seconds=ttl)
+
+
+@dataclass
+class Live:
+    base: str
+    ws: str
+    http: httpx.AsyncClient
+    room_id: str
+
+    def url(self, user: str | None = None, role: Role = Role.SHOPPER, **query: Any) -> str:
+        params = dict(query)
+        if user is not None:
+            params["token"] = token(user, role)
+        suffix = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"{self.ws}/ws/rooms/{self.room_id}" + (f"?{suffix}" if suffix else "")
+
+    async def host(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token('host-1', Role.HOST)}"}
+        return await self.http.request(method, f"/api/v1{path}", json=body, headers=headers)
+
+
+@pytest_asyncio.fixture
+async def live(clean_redis: str, mongodb_url: str, mongo_database_name: str) -> AsyncIterator[Live]:
+    port = _free_port()
+    settings = Settings(
+        secret=SECRET,
+        redis_url=clean_redis,
+        mongodb_url=mongodb_url,
+        mongodb_database=mongo_database_name,
+        counter_interval=0.1,
+        max_bad_frames=5,
+    )
+    config = uvicorn.Config(create_app(settings), port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+        assert not task.done(), "server failed to start"
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        live = Live(base, f"ws://127.0.0.1:{port}", http, "")
+        created = await live.host("POST", "/rooms", {"title": "Test show"})
+        assert created.status_code == 201, created.text
+        live.room_id = created.json()["id"]
+        assert (await live.host("POST", f"/rooms/{live.room_id}/start")).status_code == 200
+        yield live
+    server.should_exit = True
+    await task
+
+
+async def recv(ws: ClientConnection, within: float = 3.0) -> dict[str, Any]:
+    return dict(json.loads(await asyncio.wait_for(ws.recv(), within)))
+
+
+async def recv_type(ws: ClientConnection, kind: str, within: float = 3.0) -> dict[str, Any]:
+    async def loop() -> dict[str, Any]:
+        while True:
+            frame = await recv(ws, within)
+            if frame["type"] == kind:
+                return frame
+
+    return await asyncio.wait_for(loop(), within)
+
+
+async def close_code(ws: ClientConnection, within: float = 3.0) -> int | None:
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), within)
+    except websockets.ConnectionClosed:
+        return ws.close_code
+
+
+async def test_hello_describes_the_room_and_who_you_are(live: Live) -> None:
+    async with websockets.connect(live.url("leo")) as ws:
+        hello = await recv(ws)
+    assert hello["type"] == "hello"
+    assert hello["room"]["id"] == live.room_id
+    assert hello["room"]["status"] == "live"
+    assert hello["you"]["user_id"] == "leo"
+    assert hello["recovered"] is False
+    assert isinstance(hello["seq"], int)
+    assert hello["epoch"]
+
+
+async def test_chat_round_trip_and_anonymous_viewers_only_watch(live: Live) -> None:
+    async with websockets.connect(live.url("leo")) as leo, websockets.connect(live.url()) as anon:
+        await recv(leo)
+        assert (await recv(anon))["you"]["anonymous"] is True
+        await anon.send(json.dumps({"type": "chat.send", "text": "hi", "client_id": "a1"}))
+        refused = await recv_type(anon, "error")
+        assert (refused["code"], refused["ref"]) == ("forbidden", "a1")
+        await leo.send(json.dumps({"type": "chat.send", "text": " hello\x00 ", "client_id": "c1"}))
+        for ws in (leo, anon):
+            message = await recv_type(ws, "chat.message")
+            assert message["text"] == "hello"
+            assert message["client_id"] == "c1"
+            assert message["user"]["id"] == "leo"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "malformed_json"),
+        (json.dumps({"type": "teleport"}), "unknown_type"),
+        (json.dumps({"type": "like", "count": 1.5}), "invalid_frame"),
+        (json.dumps({"type": "chat.send", "text": "x" * 5000}), "frame_too_large"),
+    ],
+)
+async def test_bad_frames_get_errors_and_the_socket_stays_open(
+    live: Live, frame: str, code: str
+) -> None:
+    async with websockets.connect(live.url("leo")) as ws:
+        await recv(ws)
+        await ws.send(frame)
+        assert (await recv_type(ws, "error"))["code"] == code
+        await ws.send(json.dumps({"type": "ping", "ref": "still-there"}))
+        assert (await recv_type(ws, "pong"))["ref"] == "still-there"
+
+
+async def test_repeated_abuse_closes_the_socket(live: Live) -> None:
+    async with websockets.connect(live.url("leo")) as ws:
+        await recv(ws)
+        for _ in range(5):
+            await ws.send("garbage")
+        assert await close_code(ws) == 4029
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [("forged", 4001), ("expired", 4001), ("unknown_room", 4004)],
+)
+async def test_refused_connections_say_why(live: Live, who: str, expected: int) -> None:
+    if who == "forged":
+        url = f"{live.ws}/ws/rooms/{live.room_id}?token=" + issue_token(
+            "another-secret-entirely-000000000", "leo", Role.ADMIN
+        )
+    elif who == "expired":
+        url = f"{live.ws}/ws/rooms/{live.room_id}?token={token('leo', ttl=-10)}"
+    else:
+        url = f"{live.ws}/ws/rooms/r_doesnotexist?token={token('leo')}"
+    async with websockets.connect(url) as ws:
+        assert await close_code(ws) == expected
+
+
+async def test_rate_limit_answers_with_an_error_and_keeps_the_socket(live: Live) -> None:
+    async with websockets.connect(live.url("leo")) as ws:
+        await recv(ws)
+        for i in range(8):
+            await ws.send(json.dumps({"type": "chat.send", "text": f"m{i}", "client_id": str(i)}))
+        error = await recv_type(ws, "error")
+        assert error["code"] == "rate_limited"
+        await ws.send(json.dumps({"type": "ping"}))
+        await recv_type(ws, "pong")
+
+
+async def test_moderation_mute_delete_slow_mode_and_ban(live: Live) -> None:
+    async with (
+        websockets.connect(live.url("host-1", Role.HOST)) as host,
+        websockets.connect(live.url("troll")) as troll,
+    ):
+        await recv(host)
+        await recv(troll)
+        await troll.send(json.dumps({"type": "chat.send", "text": "spam"}))
+        spam = await recv_type(host, "chat.message")
+        await host.send(json.dumps({"type": "chat.delete", "message_id": spam["id"]}))
+        assert (await recv_type(troll, "chat.deleted"))["message_id"] == spam["id"]
+        await host.send(
+            json.dumps({"type": "user.mute", "user_id": "troll", "duration_seconds": 60})
+        )
+        assert (await recv_type(troll, "user.muted"))["user_id"] == "troll"
+        await troll.send(json.dumps({"type": "chat.send", "text": "again"}))
+        assert (await recv_type(troll, "error"))["code"] == "muted"
+        await host.send(json.dumps({"type": "room.slow_mode", "seconds": 30}))
+        assert (await recv_type(troll, "room.slow_mode"))["seconds"] == 30
+        await host.send(json.dumps({"type": "user.ban", "user_id": "troll"}))
+        assert (await recv_type(troll, "user.banned"))["user_id"] == "troll"
+        assert await close_code(troll) == 4003
+    async with websockets.connect(live.url("troll")) as again:
+        assert await close_code(again) == 4003
+    room = (await live.host("GET", f"/rooms/{live.room_id}")).json()
+    assert room["slow_mode_seconds"] == 30
+
+
+async def test_blocked_words_set_over_http_apply_at_once(live: Live) -> None:
+    async with websockets.connect(live.url("leo")) as ws:
+        await recv(ws)
+        answer = await live.host("PUT", f"/rooms/{live.room_id}/blocked-words", {"words": ["scam"]})
+        assert answer.status_code == 200, answer.text
+        await asyncio.sleep(0.2)  # the settings notice travels through Redis
+        await ws.send(json.dumps({"type": "chat.send", "text": "what a SCAM"}))
+        assert (await recv_type(ws, "error"))["code"] == "blocked_word"
+
+
+async def test_pin_and_end_reach_viewers(live: Live) -> None:
+    product = await live.host(
+        "POST",
+        "/products",
+        {"title": "Serum", "price": {"amount": "9.90", "currency": "EUR"}, "stock": 3},
+    )
+    assert product.status_code == 201, product.text
+    async with websockets.connect(live.url("leo")) as ws:
+        await recv(ws)
+        pinned = await live.host(
+            "POST", f"/rooms/{live.room_id}/showcase", {"product_id": product.json()["id"]}
+        )
+        assert pinned.status_code == 200, pinned.text
+        event = await recv_type(ws, "showcase.pinned")
+        assert event["product"]["price"] == {"amount": "9.90", "currency": "EUR"}
+        assert (await live.host("POST", f"/rooms/{live.room_id}/end")).status_code == 200
+        await recv_type(ws, "room.ended")
+        assert await close_code(ws) == 4010
+    async with websockets.connect(live.url("leo")) as late:
+        assert await close_code(late) == 4010
+
+
+async def test_likes_and_viewers_are_counted(live: Live) -> None:
+    async with websockets.connect(live.url("a")) as a, websockets.connect(live.url("b")) as b:
+        await recv(a)
+        await recv(b)
+        for _ in range(10):
+            await a.send(json.dumps({"type": "like", "count": 2}))
+        await b.send(json.dumps({"type": "like"}))
+
+        async def until_likes(total: int) -> None:
+            while (await recv_type(b, "likes"))["count"] != total:
+                pass
+
+        await asyncio.wait_for(until_likes(21), 3)
+        stats = (await live.host("GET", f"/rooms/{live.room_id}/stats")).json()
+        assert stats["likes"] == 21
+        assert stats["viewers"] == 2
+
+
+async def test_health_readiness_and_metrics(live: Live) -> None:
+    assert (await live.http.get("/healthz")).json() == {"status": "ok"}
+    ready = await live.http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"mongodb": "ok", "broker": "ok"}
+    async with websockets.connect(live.url("leo")) as ws:
+        await recv(ws)
+        metrics = (await live.http.get("/metrics")).text
+    for name in (
+        "liveshop_ws_connections 1.0",
+        "liveshop_rooms_active",
+        "liveshop_ws_frames_out_total",
+        "liveshop_broker_publish_seconds_bucket",
+        "liveshop_ws_slow_consumer_disconnects_total",
+    ):
+        assert name in metrics
+    openapi = (await live.http.get("/api/v1/openapi.json")).json()
+    assert "/rooms/{room_id}/showcase" in openapi["paths"]

@@ -1,0 +1,296 @@
+"""The hub with the in-process broker: fan-out, recovery, gaps, slow viewers, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from channels.broker_memory import MemoryBroker, MemoryBus
+from channels.close_codes import CloseCode
+from channels.hub import Hub, HubLimits, RoomEnded
+from server.domain.errors import NotFound
+from server.domain.identity import Identity, Role
+from server.domain.rooms import Room, RoomStatus
+from server.metrics import Metrics
+
+ROOM = Room("r1", "host-1", "Show", RoomStatus.LIVE, datetime(2026, 11, 28, tzinfo=UTC))
+
+
+class Socket:
+    """A websocket as the hub sees it; `stalled` makes it stop reading, like a slow phone."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed: tuple[int, str | None] | None = None
+        self.stalled = asyncio.Event()
+        self.stalled.set()
+        self.changed = asyncio.Event()
+
+    async def send_text(self, data: str) -> None:
+        await self.stalled.wait()
+        self.sent.append(data)
+        self.changed.set()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed = (code, reason)
+        self.changed.set()
+
+    def frames(self) -> list[dict[str, Any]]:
+        return [json.loads(text) for text in self.sent]
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames() if f["type"] == kind]
+
+    async def until(self, check: Callable[[], bool], within: float = 3.0) -> None:
+        async def loop() -> None:
+            while not check():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), within)
+
+
+class LossyBroker(MemoryBroker):
+    """Drops the room frames whose seq is listed, as pub/sub may."""
+
+    def __init__(self, bus: MemoryBus, drop: set[int]) -> None:
+        super().__init__(bus)
+        self.drop = drop
+
+    def _deliver_room(self, room_id: str, text: str) -> None:
+        if text.startswith('{"seq":') and json.loads(text)["seq"] in self.drop:
+            return
+        super()._deliver_room(room_id, text)
+
+
+async def load_room(room_id: str) -> tuple[Room, dict[str, Any] | None, Mapping[str, datetime]]:
+    if room_id != ROOM.id:
+        raise NotFound("no such room")
+    return ROOM, None, {}
+
+
+def make_hub(broker: MemoryBroker, **limits: Any) -> Hub:
+    return Hub(broker, load_room, Metrics(), HubLimits(**{"counter_interval": 0.05, **limits}))
+
+
+@pytest_asyncio.fixture
+async def hub() -> AsyncIterator[Hub]:
+    hub = make_hub(MemoryBroker(MemoryBus()))
+    await hub.start()
+    yield hub
+    await hub.close()
+
+
+def viewer(n: int) -> Identity:
+    return Identity(f"user-{n}", Role.SHOPPER, name=f"U{n}")
+
+
+async def test_hello_first_then_events_encoded_once_for_everyone(hub: Hub) -> None:
+    sockets = [Socket() for _ in range(3)]
+    for n, socket in enumerate(sockets):
+        await hub.join("r1", viewer(n), socket)
+    await hub.publish_room_event("r1", {"type": "chat.message", "text": "hi"})
+    for socket in sockets:
+        await socket.until(lambda s=socket: len(s.of_type("chat.message")) == 1)
+        assert socket.frames()[0]["type"] == "hello"
+    texts = [next(t for t in s.sent if "chat.message" in t) for s in sockets]
+    assert all(text is texts[0] for text in texts)  # the very same string object
+
+
+async def test_one_subscription_per_room_however_many_viewers(hub: Hub) -> None:
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    await asyncio.gather(*(hub.join("r1", viewer(n), Socket()) for n in range(20)))
+    assert broker._rooms == {"r1"}
+    local = hub.room("r1")
+    assert local is not None
+    assert len(local.connections) == 20
+
+
+async def test_unknown_room_is_refused(hub: Hub) -> None:
+    with pytest.raises(NotFound):
+        await hub.join("nope", viewer(1), Socket())
+    assert hub.room("nope") is None
+
+
+async def test_reconnect_with_since_recovers_what_was_missed(hub: Hub) -> None:
+    first = Socket()
+    conn, _ = await hub.join("r1", viewer(1), first)
+    for i in range(3):
+        await hub.publish_room_event("r1", {"type": "chat.message", "text": f"m{i}"})
+    await first.until(lambda: len(first.of_type("chat.message")) == 3)
+    last = first.of_type("chat.message")[0]
+    await hub.leave(conn)
+    for i in range(3, 6):
+        await hub.publish_room_event("r1", {"type": "chat.message", "text": f"m{i}"})
+    again = Socket()
+    await hub.join("r1", viewer(1), again, since=last["seq"], epoch=last["epoch"])
+    await again.until(lambda: len(again.of_type("chat.message")) == 5)
+    hello = again.frames()[0]
+    assert hello["type"] == "hello"
+    assert hello["recovered"] is True
+    assert [f["text"] for f in again.of_type("chat.message")] == [f"m{i}" for i in range(1, 6)]
+    seqs = [f["seq"] for f in again.frames()[1:]]
+    assert seqs == sorted(seqs)
+
+
+async def test_reconnect_with_another_epoch_is_told_to_reload(hub: Hub) -> None:
+    await hub.publish_room_event("r1", {"type": "chat.message", "text": "x"})
+    socket = Socket()
+    await hub.join("r1", viewer(1), socket, since=0, epoch="00000000")
+    await socket.until(lambda: len(socket.sent) >= 1)
+    assert socket.frames()[0]["recovered"] is False
+
+
+async def test_a_gap_on_pub_sub_is_filled_from_history_in_order() -> None:
+    bus = MemoryBus()
+    lossy = LossyBroker(bus, drop={2, 3})
+    hub = make_hub(lossy)
+    await hub.start()
+    try:
+        socket = Socket()
+        await hub.join("r1", viewer(1), socket)
+        publisher = MemoryBroker(bus)
+        for i in range(1, 6):
+            await publisher.publish("r1", {"type": "chat.message", "text": f"m{i}"})
+        await socket.until(lambda: len(socket.of_type("chat.message")) == 5)
+        assert [f["seq"] for f in socket.of_type("chat.message")] == [1, 2, 3, 4, 5]
+    finally:
+        await hub.close()
+
+
+async def test_a_lost_last_event_is_found_by_the_periodic_check() -> None:
+    bus = MemoryBus()
+    hub = make_hub(LossyBroker(bus, drop={1}))
+    await hub.start()
+    try:
+        socket = Socket()
+        await hub.join("r1", viewer(1), socket)
+        await MemoryBroker(bus).publish("r1", {"type": "chat.message", "text": "only"})
+        await socket.until(lambda: len(socket.of_type("chat.message")) == 1)
+    finally:
+        await hub.close()
+
+
+async def test_lost_history_sends_viewers_away_to_reload() -> None:
+    bus = MemoryBus()
+    hub = make_hub(MemoryBroker(bus))
+    await hub.start()
+    try:
+        socket = Socket()
+        await hub.join("r1", viewer(1), socket)
+        await hub.publish_room_event("r1", {"type": "chat.message", "text": "before"})
+        await socket.until(lambda: len(socket.of_type("chat.message")) == 1)
+        bus.flush()  # Redis restarted without persistence
+        await hub.publish_room_event("r1", {"type": "chat.message", "text": "after"})
+        await socket.until(lambda: socket.closed is not None)
+        assert socket.closed is not None
+        assert socket.closed[0] == CloseCode.RESYNC
+    finally:
+        await hub.close()
+
+
+async def test_a_stalled_viewer_is_closed_and_never_slows_the_others() -> None:
+    hub = make_hub(MemoryBroker(MemoryBus()), send_queue_frames=10)
+    await hub.start()
+    try:
+        stuck, healthy = Socket(), Socket()
+        stuck.stalled.clear()
+        await hub.join("r1", viewer(1), stuck)
+        await hub.join("r1", viewer(2), healthy)
+        for i in range(30):
+            await hub.publish_room_event("r1", {"type": "chat.message", "text": f"m{i}"})
+            await asyncio.sleep(0.001)  # a live room, not one burst larger than any queue
+        await healthy.until(lambda: len(healthy.of_type("chat.message")) == 30)
+        await stuck.until(lambda: stuck.closed is not None)
+        assert stuck.closed is not None
+        assert stuck.closed[0] == CloseCode.TOO_SLOW
+        assert hub.metrics.slow_disconnects._value.get() == 1
+    finally:
+        await hub.close()
+
+
+async def test_likes_are_summed_and_broadcast_once_per_interval(hub: Hub) -> None:
+    socket = Socket()
+    _, room = await hub.join("r1", viewer(1), socket)
+    for _ in range(100):
+        hub.add_likes(room, 3)
+    await socket.until(lambda: any(f["count"] == 300 for f in socket.of_type("likes")))
+    assert len(socket.of_type("likes")) == 1
+
+
+async def test_viewer_counts_add_up_across_processes() -> None:
+    bus = MemoryBus()
+    hubs = [make_hub(MemoryBroker(bus)) for _ in range(2)]
+    for hub in hubs:
+        await hub.start()
+    try:
+        watcher = Socket()
+        await hubs[0].join("r1", viewer(0), watcher)
+        for n in range(1, 3):
+            await hubs[0].join("r1", viewer(n), Socket())
+        for n in range(3, 5):
+            await hubs[1].join("r1", viewer(n), Socket())
+        await watcher.until(lambda: any(f["count"] == 5 for f in watcher.of_type("viewers")))
+    finally:
+        for hub in hubs:
+            await hub.close()
+
+
+async def test_ban_closes_the_users_sockets_after_the_event(hub: Hub) -> None:
+    target, other = Socket(), Socket()
+    await hub.join("r1", viewer(1), target)
+    await hub.join("r1", viewer(2), other)
+    await hub.publish_room_event("r1", {"type": "user.banned", "user_id": "user-1"})
+    await target.until(lambda: target.closed is not None)
+    assert target.closed is not None
+    assert target.closed[0] == CloseCode.BANNED
+    assert target.of_type("user.banned")
+    await other.until(lambda: len(other.of_type("user.banned")) == 1)
+    assert other.closed is None
+
+
+async def test_room_end_closes_everyone_and_refuses_newcomers(hub: Hub) -> None:
+    socket = Socket()
+    await hub.join("r1", viewer(1), socket)
+    await hub.publish_room_event("r1", {"type": "room.ended"})
+    await socket.until(lambda: socket.closed is not None)
+    assert socket.closed is not None
+    assert socket.closed[0] == CloseCode.ROOM_ENDED
+    assert socket.of_type("room.ended")
+    with pytest.raises(RoomEnded):
+        await hub.join("r1", viewer(2), Socket())
+
+
+async def test_private_frames_reach_all_of_a_users_connections(hub: Hub) -> None:
+    phone, laptop, stranger = Socket(), Socket(), Socket()
+    await hub.join("r1", viewer(1), phone)
+    await hub.join("r1", viewer(1), laptop)
+    await hub.join("r1", viewer(2), stranger)
+    await hub.send_private("user-1", {"type": "order.updated", "order_id": "o1"})
+    for socket in (phone, laptop):
+        await socket.until(lambda s=socket: len(s.of_type("order.updated")) == 1)
+    await asyncio.sleep(0.05)
+    assert stranger.of_type("order.updated") == []
+
+
+async def test_drain_closes_everyone_with_going_away(hub: Hub) -> None:
+    sockets = [Socket() for _ in range(3)]
+    conns = [(await hub.join("r1", viewer(n), s))[0] for n, s in enumerate(sockets)]
+
+    async def endpoint_notices_close() -> None:
+        for socket, conn in zip(sockets, conns, strict=True):
+            await socket.until(lambda s=socket: s.closed is not None)
+            await hub.leave(conn)
+
+    watcher = asyncio.create_task(endpoint_notices_close())
+    await hub.drain(grace_seconds=3)
+    await watcher
+    assert all(s.closed is not None and s.closed[0] == CloseCode.GOING_AWAY for s in sockets)
+    assert hub.connection_count() == 0
