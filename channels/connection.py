@@ -1,7 +1,9 @@
 """One viewer's websocket as the hub sees it: a bounded queue of frames and one writer task.
 
 The hub only ever appends to the queue, so a viewer whose network is slow can never slow the
-room. When the queue overflows, the viewer is closed with TOO_SLOW and reconnects with `since`.
+room. A viewer is too slow when its queue is full while the writer waits for the socket to take
+more (the transport paused writing); it is closed with TOO_SLOW and reconnects with `since`. If
+even the close cannot be written, the endpoint serving it is told to give up on the socket.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from channels.close_codes import CloseCode
 from server.domain.identity import Identity
@@ -20,6 +22,9 @@ log = logging.getLogger("liveshop.ws")
 
 # A close handshake with a client that has stopped reading must not hang around forever.
 CLOSE_TIMEOUT_SECONDS = 5.0
+# Frames queued while the writer has not yet had its turn (a burst from the broker, a history
+# fill) are no sign of a slow client; only this many times the limit is, whatever the reason.
+BURST_ALLOWANCE = 8
 
 
 class FrameSender(Protocol):
@@ -32,15 +37,19 @@ class FrameSender(Protocol):
 
 class Connection:
     __slots__ = (
+        "_closer",
         "_closing",
         "_on_overflow",
         "_queue",
         "_ready",
         "_sender",
+        "_waiting_on_socket",
         "_wake",
         "_writer",
         "closed",
         "conn_id",
+        "endpoint",
+        "evicted",
         "identity",
         "limit",
         "room_id",
@@ -61,19 +70,27 @@ class Connection:
         self.room_id = room_id
         self.limit = limit
         self.closed = False
+        # The task serving this socket, and whether we gave up on it (see _close).
+        self.endpoint: asyncio.Task[Any] | None = None
+        self.evicted = False
         self._sender = sender
         self._on_overflow = on_overflow
         self._queue: deque[str] = deque()
         self._ready = False
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._closing: tuple[CloseCode, str] | None = None
+        self._waiting_on_socket = False
 
     def push(self, text: str) -> None:
         """Queue one frame; never blocks. Frames queued before `start` wait for it."""
         if self.closed or self._closing is not None:
             return
-        if len(self._queue) >= self.limit:
+        queued = len(self._queue)
+        if queued >= self.limit and (
+            self._waiting_on_socket or queued >= self.limit * BURST_ALLOWANCE
+        ):
             self._on_overflow(self)
             self.abort(CloseCode.TOO_SLOW, "too slow: reconnect with since")
             return
@@ -83,6 +100,8 @@ class Connection:
 
     def start(self, first: Iterable[str]) -> None:
         """Send `first` (hello and recovered frames) ahead of anything queued meanwhile."""
+        if self.closed:
+            return
         self._queue.extendleft(reversed(list(first)))
         self._ready = True
         self._wake.set()
@@ -105,7 +124,7 @@ class Connection:
         self._queue.clear()
         if self._writer is not None:
             self._writer.cancel()
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+        self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def finish(self) -> None:
         """Stop the writer when the socket is gone (the endpoint calls this on disconnect)."""
@@ -123,7 +142,11 @@ class Connection:
                 self._wake.clear()
                 queue = self._queue
                 while queue:
+                    # Only while this await is pending can push() run: if it runs then, the
+                    # socket is not taking frames as fast as the room makes them.
+                    self._waiting_on_socket = True
                     await self._sender.send_text(queue.popleft())
+                    self._waiting_on_socket = False
                 if self._closing is not None:
                     code, reason = self._closing
                     self.closed = True
@@ -135,5 +158,13 @@ class Connection:
             self.closed = True
 
     async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(self._sender.close(code, reason), CLOSE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            # The peer reads nothing, not even a close frame: stop serving the socket. The
+            # server closes it on its side, and the kernel's TCP_USER_TIMEOUT drops it.
+            self.evicted = True
+            if self.endpoint is not None and not self.endpoint.done():
+                self.endpoint.cancel()
+        except Exception:  # noqa: S110 - already gone is as good as closed
+            pass

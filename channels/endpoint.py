@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -55,6 +56,7 @@ async def room_socket(websocket: WebSocket) -> None:
     except LiveshopError as error:
         await websocket.close(_close_code(error), error.message[:120])
         return
+    conn.endpoint = asyncio.current_task()
     log.info("ws_joined", extra={"room_id": room_id, "conn": conn.conn_id})
     try:
         await _serve(websocket, container, hub, conn, room)
@@ -81,6 +83,13 @@ async def _serve(
             message = await websocket.receive()
         except (WebSocketDisconnect, RuntimeError):
             return
+        except asyncio.CancelledError:
+            if conn.evicted:  # the hub gave up on a peer that reads nothing; not a shutdown
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                return
+            raise
         if message["type"] == "websocket.disconnect":
             return
         raw = message.get("text")

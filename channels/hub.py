@@ -156,6 +156,12 @@ class Hub:
 
     async def leave(self, conn: Connection) -> None:
         await conn.finish()
+        self._detach(conn)
+        if not conn.identity.anonymous:
+            await self._unwatch_user(conn.identity.user_id, conn)
+
+    def _detach(self, conn: Connection) -> None:
+        """Stop fanning out to a connection and stop counting it (idempotent)."""
         room = self._rooms.get(conn.room_id)
         if room is not None and conn in room.connections:
             room.connections.discard(conn)
@@ -163,8 +169,7 @@ class Hub:
             room.forget_chat_state(conn.identity.user_id)
             if not room.connections:
                 room.empty_since = time.monotonic()
-        if not conn.identity.anonymous:
-            await self._unwatch_user(conn.identity.user_id, conn)
+        self._users.get(conn.identity.user_id, set()).discard(conn)
         if self.draining and not self.connection_count():
             self._all_left.set()
 
@@ -225,7 +230,7 @@ class Hub:
         conns = self._users.get(user_id)
         if conns is None:
             return
-        conns.discard(conn)
+        conns.discard(conn)  # _detach may have done so already
         if not conns:
             del self._users[user_id]
             async with self._subscriptions:
@@ -234,6 +239,7 @@ class Hub:
                         await self.broker.unsubscribe_user(user_id)
 
     def _on_overflow(self, conn: Connection) -> None:
+        self._detach(conn)
         self.metrics.slow_disconnects.inc()
         log.info("slow_consumer_closed", extra={"room_id": conn.room_id, "conn": conn.conn_id})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -12,17 +13,25 @@ from typing import Any
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+# Access tokens travel in websocket query strings, which uvicorn logs on every accept.
+_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"']+")
+
+
+def redact(text: str) -> str:
+    return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": redact(record.getMessage()),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD:
-                line[key] = value
+            if key not in _STANDARD and key != "color_message":  # uvicorn's ANSI duplicate
+                line[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)

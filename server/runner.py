@@ -17,6 +17,7 @@ log = logging.getLogger("liveshop.server")
 # Websocket messages above this are refused by the protocol layer itself (close 1009); frames
 # between the protocol's limit and this one get a readable `error` frame instead.
 WS_MAX_MESSAGE_BYTES = 64 * 1024
+UNACKNOWLEDGED_DATA_TIMEOUT_MS = 30_000
 
 
 class DrainingServer(uvicorn.Server):
@@ -36,6 +37,9 @@ class DrainingServer(uvicorn.Server):
             log.info("draining", extra={"connections": container.hub.connection_count()})
             await container.hub.drain(grace)
         await super().shutdown(sockets)
+        # A drained stop on SIGTERM or Ctrl-C is a success: exit 0 instead of letting uvicorn
+        # re-raise the signal (which makes the exit status 143 or 130).
+        self._captured_signals.clear()
 
 
 def run(app: Starlette, settings: Settings) -> None:
@@ -52,4 +56,14 @@ def run(app: Starlette, settings: Settings) -> None:
         proxy_headers=True,
         server_header=False,
     )
-    asyncio.run(DrainingServer(config).serve())
+    listener = config.bind_socket()
+    _drop_peers_that_stop_reading(listener)
+    asyncio.run(DrainingServer(config).serve(sockets=[listener]))
+
+
+def _drop_peers_that_stop_reading(listener: socket.socket) -> None:
+    """Let the kernel drop a connection whose data stays unacknowledged (a peer that stopped
+    reading, or vanished) for this long. Accepted sockets inherit the option from the listener."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None and listener.family in (socket.AF_INET, socket.AF_INET6):
+        listener.setsockopt(socket.IPPROTO_TCP, option, UNACKNOWLEDGED_DATA_TIMEOUT_MS)

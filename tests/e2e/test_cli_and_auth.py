@@ -1,0 +1,150 @@
+"""The `liveshop` command line and access tokens, against running servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from tests.e2e.api import SECRET, create_live_room, http, make_token, unique
+from tests.e2e.conftest import Cluster
+from tests.e2e.processes import clean_env, free_port, run_cli
+from tests.e2e.wsclient import WsClient, connect_closed_code
+
+
+def test_token_command_prints_a_jwt_signed_with_the_secret(workdir: Path) -> None:
+    before = time.time()
+    result = run_cli(
+        ["token", "--user", "cli-user", "--role", "host", "--name", "Cli Host", "--ttl", "120"],
+        clean_env(LIVESHOP_SECRET=SECRET),
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert token.count(".") == 2, result.stdout
+    assert "\n" not in token, result.stdout
+
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "cli-user"
+    assert claims["role"] == "host"
+    assert claims["name"] == "Cli Host"
+    assert before + 120 - 5 <= claims["exp"] <= time.time() + 120 + 5
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, "another-secret-of-at-least-32-chars!!", algorithms=["HS256"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["token", "--user", "u", "--role", "emperor"],
+        ["token", "--role", "host"],
+        ["token", "--user", "u", "--role", "host", "--ttl", "0"],
+    ],
+)
+def test_token_command_refuses_bad_arguments(args: list[str], workdir: Path) -> None:
+    result = run_cli(args, clean_env(LIVESHOP_SECRET=SECRET), cwd=workdir)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert result.stdout.strip() == "", "no token may be printed"
+    assert result.stderr.strip()
+
+
+async def test_cli_token_works_on_http_and_websocket(cluster: Cluster, workdir: Path) -> None:
+    user = unique("cli-host")
+    result = run_cli(
+        ["token", "--user", user, "--role", "host", "--name", "Cli Host"],
+        clean_env(LIVESHOP_SECRET=SECRET),
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    room_id = await create_live_room(cluster.b.base_url, token)
+    async with http(cluster.a.base_url, token) as client:
+        room = (await client.get(f"/rooms/{room_id}")).json()
+    assert room["host_id"] == user
+    async with await WsClient.connect(cluster.a.ws_url(room_id, token), name="cli") as ws:
+        hello = await ws.hello()
+        assert hello["you"]["user_id"] == user
+        assert hello["you"]["role"] == "host"
+        assert hello["you"]["name"] == "Cli Host"
+
+
+async def test_bad_tokens_and_unknown_rooms_are_refused_with_close_codes(cluster: Cluster) -> None:
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.a.base_url, host)
+    forged = make_token("mallory", "admin", secret="not-the-server-secret-0123456789abcdef")
+    expired = make_token(unique("late"), "shopper", ttl=-30)
+    garbage = "not.a.jwt"
+    for process in (cluster.a, cluster.b):
+        for label, token in (("forged", forged), ("expired", expired), ("garbage", garbage)):
+            code, first = await connect_closed_code(process.ws_url(room_id, token))
+            assert code == 4001, f"{label} token on {process.name}: closed with {code}"
+            assert first is None, f"{label} token on {process.name} got {first}"
+        code, first = await connect_closed_code(
+            process.ws_url("r_no-such-room-here", make_token(unique("v")))
+        )
+        assert code == 4004, f"unknown room on {process.name}: closed with {code}"
+        assert first is None, first
+    # A forged token is no better on HTTP.
+    async with http(cluster.a.base_url, forged) as client:
+        response = await client.post("/rooms", json={"title": "forged"})
+    assert response.status_code == 401, response.text
+    # The right token still gets in.
+    async with await WsClient.connect(
+        cluster.a.ws_url(room_id, make_token("welcome")), name="ok"
+    ) as ws:
+        assert (await ws.hello())["you"]["user_id"] == "welcome"
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaints"),
+    [
+        ({}, ["LIVESHOP_SECRET", "LIVESHOP_REDIS_URL", "LIVESHOP_MONGODB_URL"]),
+        (
+            {
+                "LIVESHOP_SECRET": "too-short-secret",
+                "LIVESHOP_REDIS_URL": "redis://127.0.0.1:1/0",
+                "LIVESHOP_MONGODB_URL": "mongodb://127.0.0.1:1/?replicaSet=rs0",
+            },
+            ["LIVESHOP_SECRET", "32"],
+        ),
+        (
+            {"LIVESHOP_SECRET": "x" * 40, "LIVESHOP_REDIS_URL": "redis://127.0.0.1:1/0"},
+            ["LIVESHOP_MONGODB_URL"],
+        ),
+    ],
+)
+def test_prod_refuses_to_serve_on_unsafe_settings(
+    settings: dict[str, str], complaints: list[str], workdir: Path
+) -> None:
+    data_dir = workdir / "data"
+    env = clean_env(LIVESHOP_ENV="prod", LIVESHOP_DATA_DIR=str(data_dir), **settings)
+    started = time.monotonic()
+    result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    for word in complaints:
+        assert word in result.stderr, f"{word!r} missing from: {result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert time.monotonic() - started < 15, "refusing must not wait for any server"
+    assert not data_dir.exists(), "nothing may be started (no embedded MongoDB) when refusing"
+
+
+async def test_server_logs_never_contain_access_tokens(cluster: Cluster) -> None:
+    """Structured logs carry no secrets: a token in the websocket URL must not be logged."""
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.a.base_url, host)
+    token = make_token(unique("logged"), name="Logged")
+    async with await WsClient.connect(cluster.a.ws_url(room_id, token), name="logged") as ws:
+        await ws.hello()
+        await ws.chat("hello", "log-check")
+        await ws.recv_until("chat.message")
+    await asyncio.sleep(0.2)  # let the process write its log lines
+    logs = cluster.a.stderr_text() + cluster.a.stdout_text()
+    assert room_id in logs, "the server logged nothing about this room: the check proves nothing"
+    leaked = [line[:200] for line in logs.splitlines() if token in line]
+    assert not leaked, f"{len(leaked)} log lines contain the access token, e.g. {leaked[0]}"
+    signature = token.rsplit(".", 1)[1]
+    assert signature not in logs, "the token's signature appears in the logs"

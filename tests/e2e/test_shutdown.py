@@ -1,0 +1,102 @@
+"""SIGTERM drains: websockets hear 1001 and move to another process, which recovers them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidHandshake
+
+from tests.e2e.api import create_live_room, make_token, unique
+from tests.e2e.conftest import Cluster
+from tests.e2e.processes import LiveshopProcess
+from tests.e2e.wsclient import WsClient, assert_contiguous, chat_id_is, close_all
+
+GRACE_SECONDS = 5.0
+
+
+@pytest.fixture
+def doomed(cluster: Cluster) -> Iterator[LiveshopProcess]:
+    """A third process on the cluster's Redis and database, for the test to stop."""
+    process = LiveshopProcess(
+        cluster.env(LIVESHOP_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS)), name="doomed"
+    )
+    with process:
+        yield process
+
+
+async def test_sigterm_drains_websockets_with_1001_and_exits_in_time(
+    cluster: Cluster, doomed: LiveshopProcess
+) -> None:
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.b.base_url, host)
+    user = unique("viewer")
+    viewer = await WsClient.connect(doomed.ws_url(room_id, make_token(user)), name="viewer@doomed")
+    anonymous = await WsClient.connect(doomed.ws_url(room_id), name="anon@doomed")
+    chatter = await WsClient.connect(cluster.b.ws_url(room_id, make_token(unique("c"))), name="c@B")
+    clients = [viewer, anonymous, chatter]
+    keepalive = httpx.AsyncClient(base_url=doomed.base_url, timeout=3.0, trust_env=False)
+    try:
+        hello = await viewer.hello()
+        await anonymous.hello()
+        await chatter.hello()
+        assert (await keepalive.get("/readyz")).status_code == 200
+        await chatter.chat("before shutdown", "before")
+        await viewer.wait_seen(chat_id_is("before"))
+        since, epoch = viewer.last_seq(), str(hello["epoch"])
+
+        started = time.monotonic()
+        doomed.terminate()
+        for client in (viewer, anonymous):
+            assert await client.wait_closed(GRACE_SECONDS) == 1001, client.name
+
+        # Draining: not ready (on a connection opened before), and no new viewers.
+        try:
+            ready = await keepalive.get("/readyz")
+        except httpx.TransportError:
+            pass
+        else:
+            assert ready.status_code == 503, f"/readyz while draining: {ready.status_code}"
+        try:
+            late = await WsClient.connect(doomed.ws_url(room_id, make_token(unique("late"))))
+        except (OSError, InvalidHandshake):
+            pass  # refused: the listening socket is closed, or the handshake is turned down
+        else:
+            clients.append(late)
+            code = await late.wait_closed()
+            assert code == 1001, f"a new socket during drain was closed with {code}"
+            assert not any(f.get("type") == "hello" for f in late.frames), late.frames
+
+        code = doomed.wait(GRACE_SECONDS + 10)
+        elapsed = time.monotonic() - started
+        assert code is not None, "still running after SIGTERM"
+        assert elapsed <= GRACE_SECONDS + 1, f"took {elapsed:.1f}s to exit"
+        assert "Traceback" not in doomed.stderr_text(), doomed.stderr_text()[-3000:]
+
+        # The viewer moves to the other process and misses nothing.
+        await chatter.chat("while moving", "moving")
+        back = await WsClient.connect(
+            cluster.a.ws_url(room_id, make_token(user), since=since, epoch=epoch), name="back@A"
+        )
+        clients.append(back)
+        back_hello = await back.hello()
+        assert back_hello["recovered"] is True, back_hello
+        await back.wait_seen(chat_id_is("moving"))
+        assert_contiguous(back.room_events(), since, back.name)
+    finally:
+        await keepalive.aclose()
+        await close_all(clients)
+
+
+async def test_sigterm_exit_status_is_0(cluster: Cluster, doomed: LiveshopProcess) -> None:
+    """A drained shutdown is a clean exit: status 0, not death by the signal (143)."""
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.b.base_url, host)
+    async with await WsClient.connect(doomed.ws_url(room_id), name="anon@doomed") as viewer:
+        await viewer.hello()
+        doomed.terminate()
+        assert await viewer.wait_closed(GRACE_SECONDS) == 1001
+    code = doomed.wait(GRACE_SECONDS + 10)
+    assert code == 0, f"`liveshop serve` exited with {code} after a graceful SIGTERM drain"
