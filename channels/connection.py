@@ -44,7 +44,6 @@ class Connection:
         "_ready",
         "_sender",
         "_waiting_on_socket",
-        "_wake",
         "_writer",
         "closed",
         "conn_id",
@@ -77,7 +76,6 @@ class Connection:
         self._on_overflow = on_overflow
         self._queue: deque[str] = deque()
         self._ready = False
-        self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._closing: tuple[CloseCode, str] | None = None
@@ -95,8 +93,8 @@ class Connection:
             self.abort(CloseCode.TOO_SLOW, "too slow: reconnect with since")
             return
         self._queue.append(text)
-        if self._ready:
-            self._wake.set()
+        if self._ready and self._writer is None:
+            self._writer = asyncio.create_task(self._write())
 
     def start(self, first: Iterable[str]) -> None:
         """Send `first` (hello and recovered frames) ahead of anything queued meanwhile."""
@@ -104,8 +102,7 @@ class Connection:
             return
         self._queue.extendleft(reversed(list(first)))
         self._ready = True
-        self._wake.set()
-        self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.conn_id}")
+        self._writer = asyncio.create_task(self._write())
 
     def close_after_flush(self, code: CloseCode, reason: str) -> None:
         """Close once the frames already queued are sent (room.ended, user.banned)."""
@@ -113,8 +110,7 @@ class Connection:
             return
         self._closing = (code, reason)
         if self._writer is None:
-            self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.conn_id}")
-        self._wake.set()
+            self._writer = asyncio.create_task(self._write())
 
     def abort(self, code: CloseCode | int, reason: str) -> None:
         """Drop whatever is queued and close now."""
@@ -136,26 +132,24 @@ class Connection:
                 await self._writer
 
     async def _write(self) -> None:
+        """Send until the queue is empty, then end: an idle viewer holds no task at all."""
+        queue = self._queue
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                queue = self._queue
-                while queue:
-                    # Only while this await is pending can push() run: if it runs then, the
-                    # socket is not taking frames as fast as the room makes them.
-                    self._waiting_on_socket = True
-                    await self._sender.send_text(queue.popleft())
-                    self._waiting_on_socket = False
-                if self._closing is not None:
-                    code, reason = self._closing
-                    self.closed = True
-                    await self._close(code, reason)
-                    return
+            while queue:
+                # Only while this await is pending can push() run: if it runs then, the
+                # socket is not taking frames as fast as the room makes them.
+                self._waiting_on_socket = True
+                await self._sender.send_text(queue.popleft())
+                self._waiting_on_socket = False
+            if self._closing is not None:
+                self.closed = True
+                await self._close(*self._closing)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception:  # the peer went away mid-send; the endpoint cleans up
             self.closed = True
+        finally:
+            self._writer = None
 
     async def _close(self, code: int, reason: str) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -12,8 +13,10 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount, WebSocketRoute
+from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from channels.broker import Broker
 from channels.broker_memory import MemoryBroker, MemoryBus
@@ -35,6 +38,8 @@ from server.settings import Settings
 
 log = logging.getLogger("liveshop.app")
 
+ROOM_SOCKET_PATH = re.compile(r"^/ws/rooms/(?P<room_id>[^/]+)$")
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -47,6 +52,28 @@ class Backends:
     broker: Broker
 
 
+class RoomSocketShortcut:
+    """Hand room websockets straight to their endpoint, everything else to Starlette.
+
+    An idle viewer's task stays suspended for the whole show; going through Starlette's
+    middleware and router would keep a dozen coroutine frames alive per viewer for nothing.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            match = ROOM_SOCKET_PATH.match(scope["path"])
+            if match is not None:
+                scope["app"] = self.app
+                scope["path_params"] = {"room_id": match["room_id"]}
+                await room_socket(WebSocket(scope, receive, send))
+                return
+        await self.app(scope, receive, send)
+
+
 OnReady = Callable[[Container], Awaitable[None]]
 
 
@@ -55,7 +82,7 @@ def create_app(
     *,
     backends: Backends | None = None,
     on_ready: OnReady | None = None,
-) -> Starlette:
+) -> RoomSocketShortcut:
     settings = settings or Settings()
     settings.check_safe()
     metrics = Metrics()
@@ -77,13 +104,12 @@ def create_app(
     routes: list[BaseRoute] = [
         *ops.routes(),
         Mount("/api/v1", routes=[*products.routes(), *rooms.routes(), *ops.api_routes()]),
-        WebSocketRoute("/ws/rooms/{room_id}", room_socket),
     ]
     if STATIC_DIR.is_dir():
         routes.append(Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="static"))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers)
     app.state.settings = settings
-    return app
+    return RoomSocketShortcut(app)
 
 
 async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
