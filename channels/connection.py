@@ -45,6 +45,7 @@ class Connection:
         "_sender",
         "_waiting_on_socket",
         "_writer",
+        "batched",
         "closed",
         "conn_id",
         "endpoint",
@@ -63,8 +64,10 @@ class Connection:
         *,
         limit: int,
         on_overflow: Callable[[Connection], None],
+        batched: bool = False,
     ) -> None:
         self.conn_id = conn_id
+        self.batched = batched  # takes room events in `batch` frames (see the hub)
         self.identity = identity
         self.room_id = room_id
         self.limit = limit

@@ -52,7 +52,10 @@ async def room_socket(websocket: WebSocket) -> None:
         if not identity.anonymous and await container.rooms.is_banned(room_id, identity.user_id):
             raise Banned("you are banned from this room")
         since, epoch = _cursor(websocket)
-        conn, room = await hub.join(room_id, identity, websocket, since=since, epoch=epoch)
+        batched = websocket.query_params.get("batch") in ("1", "true")
+        conn, room = await hub.join(
+            room_id, identity, websocket, since=since, epoch=epoch, batched=batched
+        )
     except LiveshopError as error:
         await websocket.close(_close_code(error), error.message[:120])
         return

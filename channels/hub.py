@@ -43,6 +43,7 @@ class HubLimits:
     counter_interval: float = 1.0
     chat_burst: int = 5
     chat_per_second: float = 1.0
+    batch_seconds: float = 0.1
 
 
 class RoomEnded(Conflict):
@@ -115,6 +116,7 @@ class Hub:
         *,
         since: int | None = None,
         epoch: str | None = None,
+        batched: bool = False,
     ) -> tuple[Connection, LocalRoom]:
         """Register a viewer and queue hello (plus missed events when `since` is recoverable)."""
         if self.draining:
@@ -129,9 +131,12 @@ class Hub:
             sender,
             limit=self.limits.send_queue_frames,
             on_overflow=self._on_overflow,
+            batched=batched,
         )
+        if batched:
+            self._flush_batch(room)  # events already counted in seq0 must not reach it again
         # Registered before anything is awaited: events from here on queue behind hello.
-        room.connections.add(conn)
+        room.add(conn)
         room.empty_since = None
         self.metrics.connections.inc()
         seq0, epoch0 = room.last_seq or 0, room.epoch or ""
@@ -163,8 +168,7 @@ class Hub:
     def _detach(self, conn: Connection) -> None:
         """Stop fanning out to a connection and stop counting it (idempotent)."""
         room = self._rooms.get(conn.room_id)
-        if room is not None and conn in room.connections:
-            room.connections.discard(conn)
+        if room is not None and room.remove(conn):
             self.metrics.connections.dec()
             room.forget_chat_state(conn.identity.user_id)
             if not room.connections:
@@ -317,10 +321,18 @@ class Hub:
     def _fan_out(self, room: LocalRoom, seq: int, event: dict[str, Any], text: str) -> None:
         room.last_seq = seq
         room.apply(event)
-        for conn in list(room.connections):
+        for conn in list(room.direct):
             conn.push(text)
-        self.metrics.frames_out.inc(len(room.connections))
+        self.metrics.frames_out.inc(len(room.direct))
+        if room.batched:
+            room.batch.append(text)
+            if room.batch_timer is None:
+                room.batch_timer = asyncio.get_running_loop().call_later(
+                    self.limits.batch_seconds, self._flush_batch, room
+                )
         kind = event.get("type")
+        if kind in ("user.banned", "room.ended"):
+            self._flush_batch(room)  # the closing event must reach everyone before the close
         if kind == "user.banned":
             target = str(event.get("user_id"))
             for conn in list(room.connections):
@@ -329,6 +341,22 @@ class Hub:
         elif kind == "room.ended":
             for conn in list(room.connections):
                 conn.close_after_flush(CloseCode.ROOM_ENDED, "the room has ended")
+
+    def _flush_batch(self, room: LocalRoom) -> None:
+        """Send the room events gathered for batched viewers: one frame, encoded once."""
+        if room.batch_timer is not None:
+            room.batch_timer.cancel()
+            room.batch_timer = None
+        if not room.batch:
+            return
+        if len(room.batch) == 1:
+            text = room.batch[0]
+        else:
+            text = '{"type":"batch","events":[' + ",".join(room.batch) + "]}"
+        room.batch.clear()
+        for conn in list(room.batched):
+            conn.push(text)
+        self.metrics.frames_out.inc(len(room.batched))
 
     # Keeping in step with the stream ---------------------------------------------------------
 

@@ -27,7 +27,12 @@ class LocalRoom:
     blocked_words: list[str] = field(default_factory=list)
     pinned_product: dict[str, Any] | None = None
     mutes: dict[str, datetime] = field(default_factory=dict)
+    # Every local viewer; `batched` are those that take room events in batch frames.
     connections: set[Connection] = field(default_factory=set)
+    direct: set[Connection] = field(default_factory=set)
+    batched: set[Connection] = field(default_factory=set)
+    batch: list[str] = field(default_factory=list)
+    batch_timer: asyncio.TimerHandle | None = None
     chat_burst: int = 5
     chat_per_second: float = 1.0
 
@@ -48,6 +53,19 @@ class LocalRoom:
 
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _chat: dict[str, ChatState] = field(default_factory=dict)
+
+    def add(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        (self.batched if conn.batched else self.direct).add(conn)
+
+    def remove(self, conn: Connection) -> bool:
+        """Forget a viewer; False when it was not here (already removed)."""
+        if conn not in self.connections:
+            return False
+        self.connections.discard(conn)
+        self.direct.discard(conn)
+        self.batched.discard(conn)
+        return True
 
     def load(self, room: Room, pinned_product: dict[str, Any] | None) -> None:
         self.host_id = room.host_id

@@ -154,6 +154,7 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
         counter_interval=settings.counter_interval,
         chat_burst=settings.chat_burst,
         chat_per_second=settings.chat_per_second,
+        batch_seconds=settings.batch_window_ms / 1000,
     )
     hub = Hub(backends.broker, load_room, metrics, limits)
     service = RoomService(backends.rooms, backends.products, hub)

@@ -7,7 +7,7 @@ import logging
 import socket
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from server.container import Container
 from server.settings import Settings
@@ -42,7 +42,7 @@ class DrainingServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def run(app: Starlette, settings: Settings) -> None:
+def run(app: ASGIApp, settings: Settings) -> None:
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     history_seconds: int = Field(default=600, ge=10)
     # Likes and viewer counts go out at most once per this many seconds per room
     counter_interval: float = Field(default=1.0, gt=0)
+    # Clients that connect with ?batch=1 get room events gathered over this window in one frame.
+    batch_window_ms: int = Field(default=100, ge=5, le=2000)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     # Per-message deflate costs ~100 KB of zlib state per socket; off unless asked for.
     ws_deflate: bool = False

@@ -294,3 +294,33 @@ async def test_drain_closes_everyone_with_going_away(hub: Hub) -> None:
     await watcher
     assert all(s.closed is not None and s.closed[0] == CloseCode.GOING_AWAY for s in sockets)
     assert hub.connection_count() == 0
+
+
+async def test_batched_viewers_get_one_frame_per_window_in_order(hub: Hub) -> None:
+    batched, direct = Socket(), Socket()
+    await hub.join("r1", viewer(1), batched, batched=True)
+    await hub.join("r1", viewer(2), direct)
+    for i in range(5):
+        await hub.publish_room_event("r1", {"type": "chat.message", "text": f"m{i}"})
+    await direct.until(lambda: len(direct.of_type("chat.message")) == 5)
+    await batched.until(lambda: len(batched.of_type("batch")) == 1)
+    events = batched.of_type("batch")[0]["events"]
+    chat = [e for e in events if e["type"] == "chat.message"]  # counters may ride along
+    assert [e["text"] for e in chat] == [f"m{i}" for i in range(5)]
+    assert [e["seq"] for e in chat] == [f["seq"] for f in direct.of_type("chat.message")]
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+
+
+async def test_a_lone_event_is_not_wrapped_and_closing_events_flush_first() -> None:
+    hub = make_hub(MemoryBroker(MemoryBus()), counter_interval=60)  # no counters in between
+    await hub.start()
+    batched = Socket()
+    await hub.join("r1", viewer(1), batched, batched=True)
+    await hub.publish_room_event("r1", {"type": "chat.message", "text": "solo"})
+    await batched.until(lambda: len(batched.of_type("chat.message")) == 1)
+    await hub.publish_room_event("r1", {"type": "chat.message", "text": "last words"})
+    await hub.publish_room_event("r1", {"type": "room.ended"})
+    await batched.until(lambda: batched.closed is not None)
+    await hub.close()
+    final = [e["type"] for e in batched.of_type("batch")[-1]["events"]]
+    assert final[-2:] == ["chat.message", "room.ended"]
