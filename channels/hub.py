@@ -139,25 +139,40 @@ class Hub:
         room.add(conn)
         room.empty_since = None
         self.metrics.connections.inc()
-        seq0, epoch0 = room.last_seq or 0, room.epoch or ""
-        if not identity.anonymous:
-            await self._watch_user(identity.user_id, conn)
-        missed: list[str] | None = None
-        if since is not None and epoch == epoch0 and 0 <= since <= seq0:
-            missed = [] if since == seq0 else await self.broker.history(room_id, since, epoch0)
-        if missed:
-            missed = [frame for frame in missed if _seq_of(frame) <= seq0]
+        seq0, epoch0, snapshot = room.last_seq or 0, room.epoch or "", room.snapshot()
+        try:
+            if not identity.anonymous:
+                await self._watch_user(identity.user_id, conn)
+            missed = await self._missed(room_id, since, epoch, seq0, epoch0)
+        except BaseException as exc:
+            await self.leave(conn)
+            if isinstance(exc, LiveshopError | asyncio.CancelledError):
+                raise
+            raise Unavailable("live events are unavailable, try again") from exc
         hello = {
             "type": "hello",
             "seq": seq0,
             "epoch": epoch0,
             "recovered": missed is not None,
-            "room": room.snapshot(),
+            "room": snapshot,
             "you": {**identity.public(), "muted_until": _muted_until(room, identity)},
             "server_time": _now_iso(),
         }
         conn.start([encode_body(hello), *(missed or [])])
         return conn, room
+
+    async def _missed(
+        self, room_id: str, since: int | None, epoch: str | None, seq0: int, epoch0: str
+    ) -> list[str] | None:
+        """The frames after `since` up to the hello's seq, or None when they cannot be had."""
+        if since is None or epoch != epoch0 or not 0 <= since <= seq0:
+            return None
+        if since == seq0:
+            return []
+        missed = await self.broker.history(room_id, since, epoch0)
+        if missed is None:
+            return None
+        return [frame for frame in missed if _seq_of(frame) <= seq0]
 
     async def leave(self, conn: Connection) -> None:
         await conn.finish()
