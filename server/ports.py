@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from server.domain.offers import (
+    AttachOutcome,
+    ClaimResult,
+    PendingReservation,
+    RecoveredClaim,
+    StockSnapshot,
+)
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
 
@@ -62,4 +69,99 @@ class RoomEvents(Protocol):
 
     async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
         """Tell every process serving the room something viewers do not see (settings changed)."""
+        ...
+
+
+class StockReservations(Protocol):
+    """An offer's stock, reserved atomically across every server process.
+
+    Each offer holds: its quantity, per-user limit and window [starts_at, ends_at); the stock
+    remaining; the units each buyer holds; and one reservation per idempotency key (buyer,
+    units, reservation id, the order once attached, whether it was released). Keys are unique
+    per offer: the claim service scopes a client's key by buyer before it gets here.
+
+    Recovery: if the store loses an offer (Redis restarted without persistence, a failover),
+    claims answer `paused` (never sold_out or reserved) until `rebuild` restores it from the
+    orders; `open_offer` is for the launch only and would reset the stock.
+    """
+
+    async def open_offer(
+        self,
+        offer_id: str,
+        *,
+        quantity: int,
+        per_user_limit: int,
+        starts_at: datetime,
+        ends_at: datetime,
+    ) -> bool:
+        """Hold `quantity` units for a newly launched offer. False (and nothing changes) when
+        the store already holds the offer."""
+        ...
+
+    async def claim(
+        self, offer_id: str, buyer_id: str, quantity: int, idempotency_key: str, now: datetime
+    ) -> ClaimResult:
+        """One atomic step: a known key answers `duplicate` (same reservation and order, no more
+        stock); then the window at `now` and the stop flag, the stock and the buyer's limit;
+        then the units are reserved. InvalidInput for a quantity or key that is malformed.
+        A `duplicate` with no order and not released is the caller's own reservation (a retry,
+        or a reply lost to a reconnect): it goes on to write the order."""
+        ...
+
+    async def attach_order(
+        self, offer_id: str, idempotency_key: str, order_id: str
+    ) -> AttachOutcome:
+        """Record the order written for a reservation, so retries find it and the reaper
+        leaves it. Anything but ATTACHED or PAUSED means the order holds no stock: the caller
+        must not keep it pending (released by the reaper first, or missed by a rebuild)."""
+        ...
+
+    async def release(
+        self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
+    ) -> bool:
+        """Give the reservation's units back to the stock and to the buyer's limit. True the
+        one time it happens; False when already released, unknown, or (with `orphan_only`, the
+        reaper's way) an order is attached. The key stays, so a retry still finds its order."""
+        ...
+
+    async def remaining(self, offer_id: str) -> int:
+        """Units left; Unavailable (code `offer_paused`) while the offer is lost."""
+        ...
+
+    async def pending_without_order(
+        self, offer_id: str, older_than: datetime
+    ) -> builtins.list[PendingReservation]:
+        """Live reservations created before `older_than` that no order was attached to, oldest
+        first, at most `PENDING_BATCH`: their claimer may have died between reserving and
+        writing the order."""
+        ...
+
+    async def stop(self, offer_id: str) -> bool:
+        """Refuse further claims (`not_active`). False when the store does not hold the offer;
+        the rebuild then takes `stopped` from the stored offer."""
+        ...
+
+    async def is_ready(self, offer_id: str) -> bool:
+        """Whether the store holds the offer (False after it was lost, or before it opened)."""
+        ...
+
+    async def rebuild(
+        self,
+        offer_id: str,
+        *,
+        quantity: int,
+        per_user_limit: int,
+        starts_at: datetime,
+        ends_at: datetime,
+        stopped: bool,
+        claims: Sequence[RecoveredClaim],
+    ) -> bool:
+        """Restore a lost offer from its orders, atomically: remaining = quantity minus the
+        units of the held claims, per-buyer counts from them, every key kept. False (and nothing
+        changes) if the store already holds the offer, so racing rebuilders cannot undo claims
+        made after the first one finished."""
+        ...
+
+    async def snapshot(self, offer_id: str) -> StockSnapshot | None:
+        """Everything the store holds for the offer (figures, checks), None while lost."""
         ...

@@ -1,0 +1,242 @@
+"""Stock reservations in process memory: the same contract as the Redis adapter, for unit tests
+and a single process without Redis.
+
+Every method runs without awaiting between its reads and writes, so on one event loop each is
+as atomic as the Redis scripts are. Times are compared as epoch milliseconds, as Redis does, so
+both answer alike at the window's edges. Offers stay until `flush`/`forget` or the process ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from server.domain.errors import Unavailable
+from server.domain.offers import (
+    PENDING_BATCH,
+    AttachOutcome,
+    ClaimOutcome,
+    ClaimResult,
+    PendingReservation,
+    RecoveredClaim,
+    StockSnapshot,
+    epoch_ms,
+    from_epoch_ms,
+    tally_recovered,
+    validate_claim,
+    validate_stock_plan,
+)
+
+
+@dataclass(slots=True)
+class _Reservation:
+    reservation_id: str
+    buyer_id: str
+    quantity: int
+    created_ms: int
+    order_id: str | None = None
+    released: bool = False
+
+
+@dataclass(slots=True)
+class _Offer:
+    quantity: int
+    per_user_limit: int
+    starts_ms: int
+    ends_ms: int
+    stock: int
+    stopped: bool = False
+    held: dict[str, int] = field(default_factory=dict)
+    claims: dict[str, _Reservation] = field(default_factory=dict)
+
+
+class MemoryStockReservations:
+    def __init__(self) -> None:
+        self._offers: dict[str, _Offer] = {}
+        self._next_id = 0
+
+    def flush(self) -> None:
+        """Lose every offer, as a Redis restart without persistence would (tests)."""
+        self._offers.clear()
+
+    def forget(self, offer_id: str) -> None:
+        self._offers.pop(offer_id, None)
+
+    async def open_offer(
+        self,
+        offer_id: str,
+        *,
+        quantity: int,
+        per_user_limit: int,
+        starts_at: datetime,
+        ends_at: datetime,
+    ) -> bool:
+        validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
+        if offer_id in self._offers:
+            return False
+        self._offers[offer_id] = _Offer(
+            quantity, per_user_limit, epoch_ms(starts_at), epoch_ms(ends_at), stock=quantity
+        )
+        return True
+
+    async def claim(
+        self, offer_id: str, buyer_id: str, quantity: int, idempotency_key: str, now: datetime
+    ) -> ClaimResult:
+        validate_claim(buyer_id, quantity, idempotency_key)
+        offer = self._offers.get(offer_id)
+        if offer is None:
+            return ClaimResult(ClaimOutcome.PAUSED)
+        # The same order of checks as the Redis script; keep the two in step.
+        known = offer.claims.get(idempotency_key)
+        if known is not None:
+            if known.buyer_id != buyer_id:
+                return ClaimResult(ClaimOutcome.KEY_REUSED, offer.stock)
+            return ClaimResult(
+                ClaimOutcome.DUPLICATE,
+                offer.stock,
+                known.reservation_id,
+                known.order_id,
+                known.quantity,
+                known.released,
+            )
+        now_ms = epoch_ms(now)
+        if offer.stopped or not offer.starts_ms <= now_ms < offer.ends_ms:
+            return ClaimResult(ClaimOutcome.NOT_ACTIVE, offer.stock)
+        if offer.stock < quantity:
+            return ClaimResult(ClaimOutcome.SOLD_OUT, offer.stock)
+        if offer.held.get(buyer_id, 0) + quantity > offer.per_user_limit:
+            return ClaimResult(ClaimOutcome.LIMIT_REACHED, offer.stock)
+        offer.stock -= quantity
+        offer.held[buyer_id] = offer.held.get(buyer_id, 0) + quantity
+        reservation_id = self._new_reservation_id()
+        offer.claims[idempotency_key] = _Reservation(reservation_id, buyer_id, quantity, now_ms)
+        return ClaimResult(
+            ClaimOutcome.RESERVED, offer.stock, reservation_id, quantity=quantity, released=False
+        )
+
+    async def attach_order(
+        self, offer_id: str, idempotency_key: str, order_id: str
+    ) -> AttachOutcome:
+        offer = self._offers.get(offer_id)
+        if offer is None:
+            return AttachOutcome.PAUSED
+        known = offer.claims.get(idempotency_key)
+        if known is None:
+            return AttachOutcome.UNKNOWN
+        if known.released:
+            return AttachOutcome.RELEASED
+        if known.order_id is None:
+            known.order_id = order_id
+        # A key names one order: a second, different one holds no stock of its own.
+        return AttachOutcome.ATTACHED if known.order_id == order_id else AttachOutcome.UNKNOWN
+
+    async def release(
+        self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
+    ) -> bool:
+        offer = self._offers.get(offer_id)
+        known = offer.claims.get(idempotency_key) if offer is not None else None
+        if offer is None or known is None or known.released:
+            return False
+        if orphan_only and known.order_id is not None:
+            return False
+        known.released = True
+        offer.stock += known.quantity
+        left = offer.held.get(known.buyer_id, 0) - known.quantity
+        if left > 0:
+            offer.held[known.buyer_id] = left
+        else:
+            offer.held.pop(known.buyer_id, None)
+        return True
+
+    async def remaining(self, offer_id: str) -> int:
+        return self._offer_or_paused(offer_id).stock
+
+    async def pending_without_order(
+        self, offer_id: str, older_than: datetime
+    ) -> list[PendingReservation]:
+        offer = self._offers.get(offer_id)
+        if offer is None:
+            return []
+        cutoff = epoch_ms(older_than)
+        found = [
+            PendingReservation(
+                key, r.reservation_id, r.buyer_id, r.quantity, from_epoch_ms(r.created_ms)
+            )
+            for key, r in offer.claims.items()
+            if r.order_id is None and not r.released and r.created_ms < cutoff
+        ]
+        found.sort(key=lambda p: p.created_at)
+        return found[:PENDING_BATCH]
+
+    async def stop(self, offer_id: str) -> bool:
+        offer = self._offers.get(offer_id)
+        if offer is None:
+            return False
+        offer.stopped = True
+        return True
+
+    async def is_ready(self, offer_id: str) -> bool:
+        return offer_id in self._offers
+
+    async def rebuild(
+        self,
+        offer_id: str,
+        *,
+        quantity: int,
+        per_user_limit: int,
+        starts_at: datetime,
+        ends_at: datetime,
+        stopped: bool,
+        claims: Sequence[RecoveredClaim],
+    ) -> bool:
+        validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
+        held = tally_recovered(claims)
+        if offer_id in self._offers:
+            return False
+        offer = _Offer(
+            quantity,
+            per_user_limit,
+            epoch_ms(starts_at),
+            epoch_ms(ends_at),
+            # Never below zero, even if the orders hold more than the offer had (a bug
+            # elsewhere): claims then simply find it sold out.
+            stock=max(0, quantity - sum(held.values())),
+            stopped=stopped,
+            held=held,
+        )
+        for c in claims:
+            offer.claims[c.idempotency_key] = _Reservation(
+                c.restored_reservation_id,
+                c.buyer_id,
+                c.quantity,
+                created_ms=0,  # has an order, so the reaper never looks at it
+                order_id=c.order_id,
+                released=not c.held,
+            )
+        self._offers[offer_id] = offer
+        return True
+
+    async def snapshot(self, offer_id: str) -> StockSnapshot | None:
+        offer = self._offers.get(offer_id)
+        if offer is None:
+            return None
+        return StockSnapshot(
+            quantity=offer.quantity,
+            per_user_limit=offer.per_user_limit,
+            starts_at=from_epoch_ms(offer.starts_ms),
+            ends_at=from_epoch_ms(offer.ends_ms),
+            remaining=offer.stock,
+            stopped=offer.stopped,
+            held_by_buyer=dict(offer.held),
+        )
+
+    def _offer_or_paused(self, offer_id: str) -> _Offer:
+        offer = self._offers.get(offer_id)
+        if offer is None:
+            raise Unavailable(f"offer {offer_id} is being restored", code="offer_paused")
+        return offer
+
+    def _new_reservation_id(self) -> str:
+        self._next_id += 1
+        return f"rsv_{self._next_id}"

@@ -1,0 +1,367 @@
+"""Stock reservations in Redis: one Lua script per change, so each is atomic on the server and
+no claim can oversell, whatever the number of processes.
+
+Each offer has, under one hash tag so a cluster keeps them on one shard:
+  liveshop:{offer:ID}:state    hash: quantity, stock, limit, starts, ends (epoch ms), stopped,
+                               expire_at
+  liveshop:{offer:ID}:held     hash: buyer id -> units held
+  liveshop:{offer:ID}:claims   hash: idempotency key -> JSON {r: reservation id, b: buyer,
+                               q: units, t: created ms, o: order id, x: 1 once released}
+  liveshop:{offer:ID}:pending  sorted set: keys with no order yet, scored by created ms
+A missing state hash means Redis lost the offer: claims answer `paused` until a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from server.domain.errors import Unavailable
+from server.domain.offers import (
+    PENDING_BATCH,
+    AttachOutcome,
+    ClaimOutcome,
+    ClaimResult,
+    PendingReservation,
+    RecoveredClaim,
+    StockSnapshot,
+    epoch_ms,
+    from_epoch_ms,
+    tally_recovered,
+    validate_claim,
+    validate_stock_plan,
+)
+
+log = logging.getLogger("liveshop.reservations")
+
+# Long after the last reservation of an offer could expire unpaid (15 minutes), short enough
+# that finished offers do not pile up.
+KEY_TTL_AFTER_END = timedelta(days=1)
+
+_OPEN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', ARGV[1], 'limit', ARGV[2],
+  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', '0', 'expire_at', ARGV[5])
+redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+return 1
+"""
+
+# The order of checks matters: a known key answers first, so a retry after the end or after
+# the last unit still finds its reservation. Keep MemoryStockReservations.claim in step.
+_CLAIM = """
+local state = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'starts', 'ends', 'stopped',
+  'expire_at')
+if not state[1] then return {'paused'} end
+local stock = tonumber(state[1])
+local raw = redis.call('HGET', KEYS[3], ARGV[3])
+if raw then
+  local r = cjson.decode(raw)
+  if r.b ~= ARGV[1] then return {'key_reused', stock} end
+  return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0}
+end
+local now = tonumber(ARGV[4])
+if state[5] == '1' or now < tonumber(state[3]) or now >= tonumber(state[4]) then
+  return {'not_active', stock}
+end
+local qty = tonumber(ARGV[2])
+if stock < qty then return {'sold_out', stock} end
+local mine = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if mine + qty > tonumber(state[2]) then return {'limit_reached', stock} end
+stock = redis.call('HINCRBY', KEYS[1], 'stock', -qty)
+redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
+redis.call('HSET', KEYS[3], ARGV[3],
+  cjson.encode({r = ARGV[5], b = ARGV[1], q = qty, t = ARGV[4]}))
+redis.call('ZADD', KEYS[4], now, ARGV[3])
+for i = 2, 4 do redis.call('PEXPIREAT', KEYS[i], state[6]) end
+return {'reserved', stock, ARGV[5], '', qty, 0}
+"""
+
+_RELEASE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local raw = redis.call('HGET', KEYS[3], ARGV[1])
+if not raw then return 0 end
+local r = cjson.decode(raw)
+if r.x == 1 then return 0 end
+if ARGV[2] == '1' and r.o then return 0 end
+r.x = 1
+redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))
+redis.call('HINCRBY', KEYS[1], 'stock', r.q)
+if redis.call('HINCRBY', KEYS[2], r.b, -r.q) <= 0 then redis.call('HDEL', KEYS[2], r.b) end
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+"""
+
+_ATTACH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'paused' end
+local raw = redis.call('HGET', KEYS[3], ARGV[1])
+if not raw then return 'unknown' end
+local r = cjson.decode(raw)
+if r.x == 1 then return 'released' end
+if not r.o then
+  r.o = ARGV[2]
+  redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))
+  redis.call('ZREM', KEYS[4], ARGV[1])
+end
+if r.o == ARGV[2] then return 'attached' end
+return 'unknown'
+"""
+
+_PENDING = """
+local keys = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, k in ipairs(keys) do
+  local raw = redis.call('HGET', KEYS[3], k)
+  if raw then
+    out[#out + 1] = k
+    out[#out + 1] = raw
+  end
+end
+return out
+"""
+
+_STOP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'stopped', '1')
+return 1
+"""
+
+# Leftovers of a partial loss (the state hash evicted alone) are dropped: the orders are the
+# truth, and a reservation without an order finds itself unknown when its order arrives.
+_REBUILD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+local held = 0
+for i = 7, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  local r = cjson.decode(ARGV[i + 1])
+  if r.x ~= 1 then
+    held = held + r.q
+    redis.call('HINCRBY', KEYS[2], r.b, r.q)
+  end
+end
+local stock = math.max(0, tonumber(ARGV[1]) - held)
+redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', stock, 'limit', ARGV[2],
+  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', ARGV[5], 'expire_at', ARGV[6])
+for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
+return 1
+"""
+
+
+def _keys(offer_id: str) -> list[str]:
+    tag = f"liveshop:{{offer:{offer_id}}}"
+    return [f"{tag}:state", f"{tag}:held", f"{tag}:claims", f"{tag}:pending"]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStockReservations:
+    """`StockReservations` on Redis. Give it a URL (it then owns a bounded connection pool) or a
+    client of your own (left open by `close`)."""
+
+    def __init__(
+        self,
+        redis_or_url: str | redis.Redis,
+        *,
+        max_connections: int = 64,
+        key_ttl_after_end: timedelta = KEY_TTL_AFTER_END,
+    ) -> None:
+        if isinstance(redis_or_url, str):
+            # Bounded and blocking: a flash sale's burst waits for a connection instead of
+            # opening thousands. The retry policy must be the asyncio Retry (redis.retry's is
+            # silently ignored here); without one, the first command on each pooled connection
+            # after a Redis restart fails instead of reconnecting. Retrying a claim is safe: the
+            # idempotency key turns a replay into `duplicate`.
+            pool = redis.BlockingConnectionPool.from_url(
+                redis_or_url,
+                max_connections=max_connections,
+                timeout=5,
+                decode_responses=True,
+                health_check_interval=10,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            )
+            self._redis: redis.Redis = redis.Redis.from_pool(pool)
+            self._owns_client = True
+        else:
+            self._redis = redis_or_url
+            self._owns_client = False
+        self._ttl_ms = int(key_ttl_after_end.total_seconds() * 1000)
+        self._open = self._redis.register_script(_OPEN)
+        self._claim = self._redis.register_script(_CLAIM)
+        self._release = self._redis.register_script(_RELEASE)
+        self._attach = self._redis.register_script(_ATTACH)
+        self._pending = self._redis.register_script(_PENDING)
+        self._stop = self._redis.register_script(_STOP)
+        self._rebuild = self._redis.register_script(_REBUILD)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._redis.aclose()
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    def _expire_at_ms(self, ends_at: datetime) -> int:
+        # From the wall clock too: an offer planned in the past (tests, a late rebuild) must not
+        # vanish the moment it is written.
+        return max(epoch_ms(ends_at), int(time.time() * 1000)) + self._ttl_ms
+
+    async def open_offer(
+        self,
+        offer_id: str,
+        *,
+        quantity: int,
+        per_user_limit: int,
+        starts_at: datetime,
+        ends_at: datetime,
+    ) -> bool:
+        validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
+        args = [
+            quantity,
+            per_user_limit,
+            epoch_ms(starts_at),
+            epoch_ms(ends_at),
+            self._expire_at_ms(ends_at),
+        ]
+        return bool(await self._open(keys=_keys(offer_id), args=args))
+
+    async def claim(
+        self, offer_id: str, buyer_id: str, quantity: int, idempotency_key: str, now: datetime
+    ) -> ClaimResult:
+        validate_claim(buyer_id, quantity, idempotency_key)
+        reservation_id = f"rsv_{secrets.token_urlsafe(12)}"
+        args: list[str | int] = [buyer_id, quantity, idempotency_key, epoch_ms(now), reservation_id]
+        reply = await self._claim(keys=_keys(offer_id), args=args)
+        outcome = ClaimOutcome(_text(reply[0]))
+        if outcome is ClaimOutcome.PAUSED:
+            return ClaimResult(outcome)
+        remaining = int(reply[1])
+        if len(reply) == 2:
+            return ClaimResult(outcome, remaining)
+        return ClaimResult(
+            outcome,
+            remaining,
+            reservation_id=_text(reply[2]),
+            order_id=_text(reply[3]) or None,
+            quantity=int(reply[4]),
+            released=int(reply[5]) == 1,
+        )
+
+    async def attach_order(
+        self, offer_id: str, idempotency_key: str, order_id: str
+    ) -> AttachOutcome:
+        reply = await self._attach(keys=_keys(offer_id), args=[idempotency_key, order_id])
+        return AttachOutcome(_text(reply))
+
+    async def release(
+        self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
+    ) -> bool:
+        args = [idempotency_key, "1" if orphan_only else "0"]
+        return bool(await self._release(keys=_keys(offer_id), args=args))
+
+    async def remaining(self, offer_id: str) -> int:
+        stock = await self._redis.hget(_keys(offer_id)[0], "stock")
+        if stock is None:
+            raise Unavailable(f"offer {offer_id} is being restored", code="offer_paused")
+        return int(stock)
+
+    async def pending_without_order(
+        self, offer_id: str, older_than: datetime
+    ) -> list[PendingReservation]:
+        args = [epoch_ms(older_than), PENDING_BATCH]
+        reply = await self._pending(keys=_keys(offer_id), args=args)
+        found = []
+        for key, raw in zip(reply[::2], reply[1::2], strict=True):
+            record = json.loads(_text(raw))
+            found.append(
+                PendingReservation(
+                    idempotency_key=_text(key),
+                    reservation_id=str(record["r"]),
+                    buyer_id=str(record["b"]),
+                    quantity=int(record["q"]),
+                    created_at=from_epoch_ms(int(record["t"])),
+                )
+            )
+        return found
+
+    async def stop(self, offer_id: str) -> bool:
+        return bool(await self._stop(keys=_keys(offer_id), args=[]))
+
+    async def is_ready(self, offer_id: str) -> bool:
+        return bool(await self._redis.exists(_keys(offer_id)[0]))
+
+    async def rebuild(
+        self,
+        offer_id: str,
+        *,
+        quantity: int,
+        per_user_limit: int,
+        starts_at: datetime,
+        ends_at: datetime,
+        stopped: bool,
+        claims: Sequence[RecoveredClaim],
+    ) -> bool:
+        validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
+        held = sum(tally_recovered(claims).values())
+        if held > quantity:
+            log.error(
+                "reservations_rebuild_oversold",
+                extra={"offer_id": offer_id, "quantity": quantity, "held": held},
+            )
+        args: list[str | int] = [
+            quantity,
+            per_user_limit,
+            epoch_ms(starts_at),
+            epoch_ms(ends_at),
+            "1" if stopped else "0",
+            self._expire_at_ms(ends_at),
+        ]
+        for c in claims:
+            record = {
+                "r": c.restored_reservation_id,
+                "b": c.buyer_id,
+                "q": c.quantity,
+                "t": "0",
+                "o": c.order_id,
+                "x": 0 if c.held else 1,
+            }
+            args += [c.idempotency_key, json.dumps(record, ensure_ascii=False)]
+        rebuilt = bool(await self._rebuild(keys=_keys(offer_id), args=args))
+        if rebuilt:
+            log.info(
+                "reservations_rebuilt",
+                extra={"offer_id": offer_id, "claims": len(claims), "held": held},
+            )
+        return rebuilt
+
+    async def snapshot(self, offer_id: str) -> StockSnapshot | None:
+        state_key, held_key, _, _ = _keys(offer_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(state_key)
+            pipe.hgetall(held_key)
+            state, held = await pipe.execute()
+        if not state:
+            return None
+        s = {_text(k): _text(v) for k, v in state.items()}
+        return StockSnapshot(
+            quantity=int(s["quantity"]),
+            per_user_limit=int(s["limit"]),
+            starts_at=from_epoch_ms(int(s["starts"])),
+            ends_at=from_epoch_ms(int(s["ends"])),
+            remaining=int(s["stock"]),
+            stopped=s["stopped"] == "1",
+            held_by_buyer={_text(k): int(v) for k, v in held.items()},
+        )

@@ -1,0 +1,325 @@
+"""Flash offers: the rules for launching one, its life (scheduled → active → ended) and the
+vocabulary of stock reservations shared by every `StockReservations` adapter. Pure, no I/O.
+
+Times are UTC-aware and cut to the millisecond: the reservation script compares epoch
+milliseconds and MongoDB keeps no finer, so an offer reads back exactly as it was planned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from server.domain.errors import Conflict, Forbidden, InvalidInput, LiveshopError, Unavailable
+from server.domain.money import Money
+from server.domain.products import Product
+from server.domain.rooms import Room, RoomStatus
+
+MIN_DURATION = timedelta(seconds=10)
+MAX_DURATION = timedelta(hours=24)
+MAX_COUNTDOWN = timedelta(hours=1)
+# Bounds what one claim may ask for and what a client may send as a key; both reach Redis.
+MAX_CLAIM_QUANTITY = 1000
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+# The reaper takes orphaned reservations in batches, oldest first, so one scan stays short.
+PENDING_BATCH = 1000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+class OfferStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class EndReason(StrEnum):
+    SOLD_OUT = "sold_out"
+    EXPIRED = "expired"
+    STOPPED = "stopped"
+
+
+def utc_ms(moment: datetime) -> datetime:
+    """The same instant in UTC, cut to the millisecond; naive times are refused."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidInput("time must carry a timezone", code="invalid_time")
+    utc = moment.astimezone(UTC)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch, the unit the reservation adapters compare. Integer
+    arithmetic: a float timestamp times 1000 can land a millisecond short."""
+    return (utc_ms(moment) - _EPOCH) // _ONE_MS
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    return _EPOCH + ms * _ONE_MS
+
+
+@dataclass(frozen=True, slots=True)
+class FlashOffer:
+    id: str
+    room_id: str
+    product_id: str
+    host_id: str
+    price: Money
+    quantity: int
+    per_user_limit: int
+    starts_at: datetime
+    ends_at: datetime
+    created_at: datetime
+    ended_at: datetime | None = None
+    end_reason: EndReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OfferState:
+    status: OfferStatus
+    reason: EndReason | None = None
+
+
+def plan_offer(
+    *,
+    offer_id: str,
+    room: Room,
+    product: Product,
+    price: Money,
+    quantity: int,
+    per_user_limit: int,
+    now: datetime,
+    duration: timedelta,
+    countdown: timedelta = timedelta(0),
+) -> FlashOffer:
+    """A new offer, or the first rule it breaks. The start is given as a countdown from the
+    server's `now`, never as a client clock reading, so every viewer sees the same times."""
+    if room.status is not RoomStatus.LIVE:
+        raise Conflict(
+            f"room is {room.status}, offers run only while it is live", code="room_not_live"
+        )
+    # A host sells their own goods; another seller's product would book their stock.
+    if product.owner_id != room.host_id:
+        raise Forbidden("the product does not belong to the room's host", code="not_your_product")
+    if not isinstance(price, Money) or price.amount <= 0:
+        raise InvalidInput("price must be a positive amount of money", code="invalid_price")
+    if price.currency != product.price.currency:
+        raise InvalidInput(
+            f"price must be in the product's currency {product.price.currency}",
+            code="currency_mismatch",
+        )
+    if not _is_int(quantity) or quantity < 1:
+        raise InvalidInput("quantity must be a whole number of at least 1", code="invalid_quantity")
+    if quantity > product.stock:
+        raise Conflict(
+            f"quantity {quantity} is above the product's stock of {product.stock}",
+            code="insufficient_stock",
+        )
+    if not _is_int(per_user_limit) or not 1 <= per_user_limit <= quantity:
+        raise InvalidInput(
+            f"per-user limit must be between 1 and the quantity ({quantity})",
+            code="invalid_per_user_limit",
+        )
+    if not timedelta(0) <= countdown <= MAX_COUNTDOWN:
+        raise InvalidInput(
+            f"countdown must be between 0 and {_seconds(MAX_COUNTDOWN)} seconds",
+            code="invalid_countdown",
+        )
+    if not MIN_DURATION <= duration <= MAX_DURATION:
+        raise InvalidInput(
+            f"duration must be between {_seconds(MIN_DURATION)} and "
+            f"{_seconds(MAX_DURATION)} seconds",
+            code="invalid_duration",
+        )
+    created = utc_ms(now)
+    starts = utc_ms(created + countdown)
+    return FlashOffer(
+        id=offer_id,
+        room_id=room.id,
+        product_id=product.id,
+        host_id=room.host_id,
+        price=price,
+        quantity=quantity,
+        per_user_limit=per_user_limit,
+        starts_at=starts,
+        ends_at=utc_ms(starts + duration),
+        created_at=created,
+    )
+
+
+def offer_state(offer: FlashOffer, now: datetime, remaining: int) -> OfferState:
+    """Where the offer stands at `now` with `remaining` units. A recorded end wins; otherwise
+    sold out beats expired, since claims (the only way stock falls) happen inside the window."""
+    if offer.end_reason is not None:
+        return OfferState(OfferStatus.ENDED, offer.end_reason)
+    at = utc_ms(now)
+    if at < offer.starts_at:
+        return OfferState(OfferStatus.SCHEDULED)
+    if remaining <= 0:
+        return OfferState(OfferStatus.ENDED, EndReason.SOLD_OUT)
+    if at >= offer.ends_at:
+        return OfferState(OfferStatus.ENDED, EndReason.EXPIRED)
+    return OfferState(OfferStatus.ACTIVE)
+
+
+def end_offer(offer: FlashOffer, reason: EndReason, at: datetime) -> FlashOffer:
+    """The ended offer. Refuses a second end, so the store's compare-and-set on `end_reason`
+    makes the end (and its `offer.ended` event) happen once across processes."""
+    if offer.end_reason is not None:
+        raise Conflict(f"offer already ended ({offer.end_reason})", code="offer_already_ended")
+    moment = utc_ms(at)
+    if reason is EndReason.EXPIRED:
+        if moment < offer.ends_at:
+            raise Conflict("offer has not reached its end time", code="offer_not_expired")
+        # However late the ender runs, claims stopped at ends_at: that is when it ended.
+        moment = offer.ends_at
+    elif reason is EndReason.SOLD_OUT and moment < offer.starts_at:
+        raise Conflict("offer cannot sell out before it starts", code="offer_not_started")
+    return replace(offer, end_reason=reason, ended_at=moment)
+
+
+# -- Stock reservations --------------------------------------------------------------------------
+
+
+class ClaimOutcome(StrEnum):
+    RESERVED = "reserved"
+    DUPLICATE = "duplicate"  # the key was seen before: same reservation, no more stock
+    SOLD_OUT = "sold_out"
+    LIMIT_REACHED = "limit_reached"
+    NOT_ACTIVE = "not_active"  # before the start, at or after the end, or stopped
+    PAUSED = "paused"  # the reservation store lost this offer; wait for a rebuild
+    KEY_REUSED = "key_reused"  # another buyer already used this key on this offer
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    outcome: ClaimOutcome
+    remaining: int | None = None  # None only when paused: nobody knows
+    reservation_id: str | None = None
+    order_id: str | None = None  # a duplicate's order, once attached
+    quantity: int = 0  # units the reservation holds (reserved, duplicate)
+    released: bool = False  # a duplicate whose units were already given back
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (ClaimOutcome.RESERVED, ClaimOutcome.DUPLICATE)
+
+
+def claim_error(result: ClaimResult) -> LiveshopError | None:
+    """The error a refused claim reports (HTTP 409 / 503, `error` frame), None when it held."""
+    match result.outcome:
+        case ClaimOutcome.RESERVED | ClaimOutcome.DUPLICATE:
+            return None
+        case ClaimOutcome.SOLD_OUT:
+            return Conflict("the offer is sold out", code="sold_out")
+        case ClaimOutcome.LIMIT_REACHED:
+            return Conflict("you have reached this offer's per-user limit", code="limit_reached")
+        case ClaimOutcome.NOT_ACTIVE:
+            return Conflict("the offer is not active", code="offer_not_active")
+        case ClaimOutcome.PAUSED:
+            return Unavailable("claims are paused for a moment, try again", code="offer_paused")
+        case ClaimOutcome.KEY_REUSED:
+            return Conflict(
+                "this idempotency key belongs to another claim", code="idempotency_key_reused"
+            )
+
+
+class AttachOutcome(StrEnum):
+    ATTACHED = "attached"  # the reservation now names this order (or already did)
+    RELEASED = "released"  # given back before the order arrived: the order holds no stock
+    UNKNOWN = "unknown"  # the store knows the offer but not the key (a rebuild missed it)
+    PAUSED = "paused"  # the store lost the offer; a rebuild will count the order
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReservation:
+    """A reservation no order was attached to (its claimer may have died): for the reaper."""
+
+    idempotency_key: str
+    reservation_id: str
+    buyer_id: str
+    quantity: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredClaim:
+    """A claim as the orders remember it, to rebuild a lost offer. `held` is whether the order
+    still holds its units (see `orders.HOLDS_STOCK`); released ones keep their key so a retried
+    claim still finds its order."""
+
+    idempotency_key: str
+    buyer_id: str
+    quantity: int
+    order_id: str
+    held: bool
+    reservation_id: str | None = None  # the order's; a retried claim gets it back
+
+    @property
+    def restored_reservation_id(self) -> str:
+        return self.reservation_id or self.order_id
+
+
+@dataclass(frozen=True, slots=True)
+class StockSnapshot:
+    quantity: int
+    per_user_limit: int
+    starts_at: datetime
+    ends_at: datetime
+    remaining: int
+    stopped: bool
+    held_by_buyer: dict[str, int]
+
+
+def validate_stock_plan(
+    quantity: int, per_user_limit: int, starts_at: datetime, ends_at: datetime
+) -> None:
+    """What a reservation store needs to hold an offer's stock, checked before it is written."""
+    if not _is_int(quantity) or quantity < 1:
+        raise InvalidInput("quantity must be at least 1", code="invalid_quantity")
+    if not _is_int(per_user_limit) or not 1 <= per_user_limit <= quantity:
+        raise InvalidInput("per-user limit must be 1..quantity", code="invalid_per_user_limit")
+    if utc_ms(starts_at) >= utc_ms(ends_at):
+        raise InvalidInput("an offer must end after it starts", code="invalid_duration")
+
+
+def validate_claim(buyer_id: str, quantity: int, idempotency_key: str) -> None:
+    """Refuse a claim that could corrupt the counts (a negative quantity would add stock)."""
+    if not buyer_id:
+        raise InvalidInput("a claim needs a buyer", code="invalid_buyer")
+    if not _is_int(quantity) or not 1 <= quantity <= MAX_CLAIM_QUANTITY:
+        raise InvalidInput(
+            f"quantity must be between 1 and {MAX_CLAIM_QUANTITY}", code="invalid_quantity"
+        )
+    if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidInput(
+            f"idempotency key must have 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters",
+            code="invalid_idempotency_key",
+        )
+
+
+def tally_recovered(claims: Iterable[RecoveredClaim]) -> dict[str, int]:
+    """Units held per buyer by the recovered claims; one claim per key, or InvalidInput."""
+    seen: set[str] = set()
+    held: dict[str, int] = {}
+    for claim in claims:
+        if claim.idempotency_key in seen:
+            raise InvalidInput(
+                f"idempotency key {claim.idempotency_key!r} recovered twice",
+                code="duplicate_idempotency_key",
+            )
+        seen.add(claim.idempotency_key)
+        validate_claim(claim.buyer_id, claim.quantity, claim.idempotency_key)
+        if claim.held:
+            held[claim.buyer_id] = held.get(claim.buyer_id, 0) + claim.quantity
+    return held
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(span: timedelta) -> int:
+    return int(span.total_seconds())

@@ -1,0 +1,375 @@
+"""One contract for every stock reservation store: in memory, and Redis (a real server).
+
+Times are fixed and passed in, as the claim service passes its clock; the stores compare
+epoch milliseconds, so the window's edges are tested to the millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from server.adapters.memory_reservations import MemoryStockReservations
+from server.adapters.redis_reservations import RedisStockReservations
+from server.domain.errors import InvalidInput, Unavailable
+from server.domain.offers import AttachOutcome, ClaimOutcome, RecoveredClaim
+from server.ports import StockReservations
+from tests.servers import RedisServer
+
+T0 = datetime(2026, 5, 14, 10, 0, tzinfo=UTC)
+END = T0 + timedelta(minutes=10)
+NOW = T0 + timedelta(minutes=1)
+MS = timedelta(milliseconds=1)
+
+R = ClaimOutcome
+
+
+@dataclass
+class Backend:
+    stock: StockReservations
+    lose_everything: Callable[[], Awaitable[None]]
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        memory = MemoryStockReservations()
+
+        async def flush_memory() -> None:
+            memory.flush()
+
+        yield Backend(memory, flush_memory)
+    else:
+        url = request.getfixturevalue("clean_redis")
+        store = RedisStockReservations(url)
+        admin = aioredis.Redis.from_url(url)
+
+        async def flush_redis() -> None:
+            await admin.flushall()
+
+        yield Backend(store, flush_redis)
+        await store.close()
+        await admin.aclose()
+
+
+async def open_offer(
+    stock: StockReservations, offer: str = "of1", quantity: int = 10, limit: int = 2
+) -> None:
+    opened = await stock.open_offer(
+        offer, quantity=quantity, per_user_limit=limit, starts_at=T0, ends_at=END
+    )
+    assert opened
+
+
+async def test_concurrent_claims_sell_exactly_the_quantity(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=100, limit=2)
+    rng = random.Random(3)
+    claims = [(f"buyer{rng.randrange(300)}", 2 if i % 5 == 0 else 1, f"k{i}") for i in range(1000)]
+    results = await asyncio.gather(*(stock.claim("of1", b, q, k, NOW) for b, q, k in claims))
+
+    outcomes = Counter(r.outcome for r in results)
+    assert set(outcomes) <= {R.RESERVED, R.SOLD_OUT, R.LIMIT_REACHED}
+    reserved = [(c, r) for c, r in zip(claims, results, strict=True) if r.outcome is R.RESERVED]
+    assert sum(r.quantity for _, r in reserved) == 100
+    assert len({r.reservation_id for _, r in reserved}) == len(reserved)
+    by_buyer: Counter[str] = Counter()
+    for (buyer, quantity, _), _result in reserved:
+        by_buyer[buyer] += quantity
+    assert max(by_buyer.values()) <= 2
+    assert await stock.remaining("of1") == 0
+    snapshot = await stock.snapshot("of1")
+    assert snapshot is not None
+    assert snapshot.held_by_buyer == dict(by_buyer)
+    assert min(r.remaining or 0 for r in results) == 0
+    assert (await stock.claim("of1", "late", 1, "late-1", NOW)).outcome is R.SOLD_OUT
+
+
+async def test_concurrent_retries_of_one_key_reserve_once(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=100, limit=3)
+    keys = [(f"buyer{i}", f"key{i}") for i in range(50)]
+    attempts = [(b, k) for b, k in keys for _ in range(10)]
+    random.Random(5).shuffle(attempts)
+    results = await asyncio.gather(*(stock.claim("of1", b, 2, k, NOW) for b, k in attempts))
+
+    by_key: dict[str, list[ClaimOutcome]] = {}
+    ids: dict[str, set[str | None]] = {}
+    for (_, key), result in zip(attempts, results, strict=True):
+        by_key.setdefault(key, []).append(result.outcome)
+        ids.setdefault(key, set()).add(result.reservation_id)
+        assert result.quantity == 2
+    for key, outcomes in by_key.items():
+        assert sorted(outcomes) == sorted([R.RESERVED] + [R.DUPLICATE] * 9), key
+        assert len(ids[key]) == 1
+    assert await stock.remaining("of1") == 100 - 2 * 50
+
+
+async def test_a_retried_claim_returns_the_same_reservation_and_order(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=2, limit=2)
+    first = await stock.claim("of1", "alice", 2, "k1", NOW)
+    assert (first.outcome, first.remaining, first.quantity) == (R.RESERVED, 0, 2)
+    again = await stock.claim("of1", "alice", 2, "k1", NOW)
+    assert (again.outcome, again.reservation_id, again.order_id) == (
+        R.DUPLICATE,
+        first.reservation_id,
+        None,
+    )
+    assert await stock.attach_order("of1", "k1", "ord1") is AttachOutcome.ATTACHED
+    # A retry finds its order even once the offer sold out, was stopped or has ended.
+    await stock.stop("of1")
+    for when in (NOW, END + timedelta(hours=1)):
+        retry = await stock.claim("of1", "alice", 1, "k1", when)
+        assert (retry.outcome, retry.reservation_id, retry.order_id, retry.quantity) == (
+            R.DUPLICATE,
+            first.reservation_id,
+            "ord1",
+            2,
+        )
+        assert not retry.released
+    assert await stock.remaining("of1") == 0
+
+
+async def test_another_buyer_cannot_use_a_key_that_is_taken(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock)
+    await stock.claim("of1", "alice", 1, "k1", NOW)
+    stolen = await stock.claim("of1", "mallory", 1, "k1", NOW)
+    assert (stolen.outcome, stolen.reservation_id, stolen.order_id) == (R.KEY_REUSED, None, None)
+    assert await stock.remaining("of1") == 9
+
+
+async def test_claims_count_only_inside_the_window(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=10, limit=10)
+    assert (await stock.claim("of1", "a", 1, "early", T0 - MS)).outcome is R.NOT_ACTIVE
+    assert (await stock.claim("of1", "a", 1, "first", T0)).outcome is R.RESERVED
+    assert (await stock.claim("of1", "a", 1, "last", END - MS)).outcome is R.RESERVED
+    assert (await stock.claim("of1", "a", 1, "late", END)).outcome is R.NOT_ACTIVE
+    assert await stock.stop("of1")
+    stopped = await stock.claim("of1", "a", 1, "stopped", NOW)
+    assert (stopped.outcome, stopped.remaining) == (R.NOT_ACTIVE, 8)
+    assert await stock.remaining("of1") == 8
+
+
+async def test_the_per_user_limit_counts_units_and_sold_out_comes_first(
+    backend: Backend,
+) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=4, limit=3)
+    assert (await stock.claim("of1", "alice", 2, "a1", NOW)).outcome is R.RESERVED
+    assert (await stock.claim("of1", "alice", 2, "a2", NOW)).outcome is R.LIMIT_REACHED
+    assert (await stock.claim("of1", "alice", 1, "a3", NOW)).outcome is R.RESERVED
+    assert (await stock.claim("of1", "bob", 1, "b1", NOW)).outcome is R.RESERVED
+    assert (await stock.claim("of1", "alice", 1, "a4", NOW)).outcome is R.SOLD_OUT
+    partial = await stock.claim("of1", "carol", 1, "c0", NOW)
+    assert (partial.outcome, partial.remaining) == (R.SOLD_OUT, 0)
+
+
+async def test_release_returns_stock_and_the_limit_exactly_once(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=5, limit=2)
+    await stock.claim("of1", "alice", 2, "k1", NOW)
+    assert (await stock.claim("of1", "alice", 1, "k2", NOW)).outcome is R.LIMIT_REACHED
+    released = await asyncio.gather(*(stock.release("of1", "k1") for _ in range(20)))
+    assert released.count(True) == 1
+    assert await stock.remaining("of1") == 5
+    assert not await stock.release("of1", "k1")
+    assert not await stock.release("of1", "never-claimed")
+    # The key is spent: a retry answers with the released reservation and takes nothing.
+    retry = await stock.claim("of1", "alice", 2, "k1", NOW)
+    assert (retry.outcome, retry.released) == (R.DUPLICATE, True)
+    assert await stock.remaining("of1") == 5
+    # The buyer's count went down too: they may claim again with a new key.
+    assert (await stock.claim("of1", "alice", 2, "k2", NOW)).outcome is R.RESERVED
+    snapshot = await stock.snapshot("of1")
+    assert snapshot is not None
+    assert (snapshot.remaining, snapshot.held_by_buyer) == (3, {"alice": 2})
+
+
+async def test_attach_order_says_whether_the_order_holds_stock(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock)
+    for key in ("k1", "k2"):
+        await stock.claim("of1", "alice", 1, key, NOW)
+    assert await stock.attach_order("of1", "k1", "ord1") is AttachOutcome.ATTACHED
+    assert await stock.attach_order("of1", "k1", "ord1") is AttachOutcome.ATTACHED
+    assert await stock.attach_order("of1", "k1", "other") is AttachOutcome.UNKNOWN
+    assert await stock.release("of1", "k2")
+    assert await stock.attach_order("of1", "k2", "ord2") is AttachOutcome.RELEASED
+    assert await stock.attach_order("of1", "nope", "ord3") is AttachOutcome.UNKNOWN
+    await backend.lose_everything()
+    assert await stock.attach_order("of1", "k1", "ord1") is AttachOutcome.PAUSED
+
+
+async def test_the_reaper_finds_and_frees_reservations_without_an_order(
+    backend: Backend,
+) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=10, limit=5)
+    for i, key in enumerate(("old1", "old2", "old3", "new")):
+        await stock.claim("of1", f"b{i}", 1, key, NOW + i * timedelta(seconds=10))
+    await stock.attach_order("of1", "old2", "ord2")
+    await stock.release("of1", "old3")
+    pending = await stock.pending_without_order("of1", NOW + timedelta(seconds=30))
+    assert [(p.idempotency_key, p.buyer_id, p.quantity) for p in pending] == [("old1", "b0", 1)]
+    assert pending[0].created_at == NOW
+    assert pending[0].reservation_id.startswith("rsv_")
+    # The reaper frees only what still has no order, even if one arrived since it looked.
+    assert not await stock.release("of1", "old2", orphan_only=True)
+    assert await stock.release("of1", "old1", orphan_only=True)
+    later = await stock.pending_without_order("of1", END)
+    assert [(p.idempotency_key, p.created_at) for p in later] == [
+        ("new", NOW + timedelta(seconds=30))
+    ]
+    assert await stock.remaining("of1") == 8
+    assert await stock.pending_without_order("missing", END) == []
+
+
+async def test_opening_twice_keeps_the_stock(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=3)
+    await stock.claim("of1", "alice", 1, "k1", NOW)
+    reopened = await stock.open_offer(
+        "of1", quantity=3, per_user_limit=2, starts_at=T0, ends_at=END
+    )
+    assert not reopened
+    assert await stock.remaining("of1") == 2
+
+
+async def test_malformed_input_changes_nothing(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=3)
+    for quantity in (0, -5):
+        with pytest.raises(InvalidInput):
+            await stock.claim("of1", "alice", quantity, "k1", NOW)
+    with pytest.raises(InvalidInput):
+        await stock.open_offer("of2", quantity=3, per_user_limit=4, starts_at=T0, ends_at=END)
+    assert not await stock.is_ready("of2")
+    assert await stock.remaining("of1") == 3
+
+
+async def test_a_lost_offer_pauses_until_rebuilt_from_its_orders(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=10, limit=3)
+    for key, buyer, quantity in [("k1", "alice", 3), ("k2", "bob", 2), ("k3", "bob", 1)]:
+        await stock.claim("of1", buyer, quantity, key, NOW)
+    await stock.claim("of1", "carol", 1, "k4", NOW)  # its claimer dies before the order
+    await stock.attach_order("of1", "k1", "ord1")
+    await stock.attach_order("of1", "k2", "ord2")
+    await stock.attach_order("of1", "k3", "ord3")
+    await stock.release("of1", "k3")  # order 3 was cancelled
+
+    await backend.lose_everything()
+    assert not await stock.is_ready("of1")
+    for buyer, key in [("dave", "k9"), ("alice", "k1")]:
+        paused = await stock.claim("of1", buyer, 1, key, NOW)
+        assert (paused.outcome, paused.remaining) == (R.PAUSED, None)
+    with pytest.raises(Unavailable) as raised:
+        await stock.remaining("of1")
+    assert raised.value.code == "offer_paused"
+    assert await stock.snapshot("of1") is None
+    assert not await stock.stop("of1")
+    assert not await stock.release("of1", "k1")
+
+    surviving = [
+        RecoveredClaim("k1", "alice", 3, "ord1", held=True, reservation_id="rsv_a"),
+        RecoveredClaim("k2", "bob", 2, "ord2", held=True),
+        RecoveredClaim("k3", "bob", 1, "ord3", held=False),
+    ]
+
+    def rebuild() -> Awaitable[bool]:
+        return stock.rebuild(
+            "of1",
+            quantity=10,
+            per_user_limit=3,
+            starts_at=T0,
+            ends_at=END,
+            stopped=False,
+            claims=surviving,
+        )
+
+    # Racing rebuilders: one wins, the others change nothing.
+    results = await asyncio.gather(*(rebuild() for _ in range(5)))
+    assert results.count(True) == 1
+    assert await stock.is_ready("of1")
+    assert await stock.remaining("of1") == 10 - 3 - 2
+    snapshot = await stock.snapshot("of1")
+    assert snapshot is not None
+    assert snapshot.held_by_buyer == {"alice": 3, "bob": 2}
+    assert (snapshot.starts_at, snapshot.ends_at, snapshot.stopped) == (T0, END, False)
+
+    retry = await stock.claim("of1", "alice", 3, "k1", NOW)
+    assert (retry.outcome, retry.reservation_id, retry.order_id) == (R.DUPLICATE, "rsv_a", "ord1")
+    cancelled = await stock.claim("of1", "bob", 1, "k3", NOW)
+    assert (cancelled.outcome, cancelled.released) == (R.DUPLICATE, True)
+    assert (await stock.claim("of1", "alice", 1, "k5", NOW)).outcome is R.LIMIT_REACHED
+    assert (await stock.claim("of1", "bob", 1, "k6", NOW)).outcome is R.RESERVED
+    # Carol's reservation died with the data: her order, if it ever comes, holds nothing.
+    assert await stock.attach_order("of1", "k4", "ord4") is AttachOutcome.UNKNOWN
+    assert await stock.release("of1", "k2")
+    assert await stock.remaining("of1") == 6
+
+
+async def test_a_stopped_offer_is_rebuilt_stopped(backend: Backend) -> None:
+    stock = backend.stock
+    await backend.lose_everything()
+    assert await stock.rebuild(
+        "of1", quantity=5, per_user_limit=1, starts_at=T0, ends_at=END, stopped=True, claims=[]
+    )
+    assert (await stock.claim("of1", "alice", 1, "k1", NOW)).outcome is R.NOT_ACTIVE
+    assert await stock.remaining("of1") == 5
+
+
+async def test_a_redis_restart_pauses_claims_until_the_rebuild(
+    redis_server: RedisServer,
+) -> None:
+    stock = RedisStockReservations(redis_server.url)
+    try:
+        await open_offer(stock, quantity=50, limit=5)
+        results = await asyncio.gather(
+            *(stock.claim("of1", f"b{i % 7}", 1 + i % 2, f"k{i}", NOW) for i in range(30))
+        )
+        reserved = {
+            f"k{i}": (f"b{i % 7}", r.quantity)
+            for i, r in enumerate(results)
+            if r.outcome is R.RESERVED
+        }
+        # Orders were written for all but the last three reservations.
+        written = dict(list(reserved.items())[:-3])
+        for key in written:
+            assert await stock.attach_order("of1", key, f"ord-{key}") is AttachOutcome.ATTACHED
+
+        await asyncio.to_thread(redis_server.restart)
+        # The pooled connections are dead; the retry policy reconnects instead of failing.
+        paused = await stock.claim("of1", "newcomer", 1, "after", NOW)
+        assert paused.outcome is R.PAUSED
+        assert not await stock.is_ready("of1")
+
+        claims = [
+            RecoveredClaim(key, buyer, quantity, f"ord-{key}", held=True)
+            for key, (buyer, quantity) in written.items()
+        ]
+        assert await stock.rebuild(
+            "of1",
+            quantity=50,
+            per_user_limit=5,
+            starts_at=T0,
+            ends_at=END,
+            stopped=False,
+            claims=claims,
+        )
+        held = sum(quantity for _, quantity in written.values())
+        assert await stock.remaining("of1") == 50 - held
+        assert (await stock.claim("of1", "newcomer", 1, "after", NOW)).remaining == 49 - held
+    finally:
+        await stock.close()

@@ -1,0 +1,334 @@
+"""A hypothesis state machine against every stock reservation store.
+
+It drives claims (random buyers, quantities and keys, retries with a key already used),
+orders attached, releases (cancellations, expiries, the reaper), stops, the clock, data loss
+and rebuilds, and holds the store to a plain model: every outcome must match the model's, and
+after every step stock is never negative, the units held never exceed the quantity, no buyer
+holds more than the limit, and remaining == quantity - held.
+
+Hypothesis runs synchronously, so each example drives the async store through one
+`asyncio.Runner` the whole test shares (one Redis client, FLUSHALL between examples).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from server.adapters.memory_reservations import MemoryStockReservations
+from server.adapters.redis_reservations import RedisStockReservations
+from server.domain.offers import AttachOutcome, ClaimOutcome, RecoveredClaim
+from server.ports import StockReservations
+
+T = TypeVar("T")
+OFFER = "of-sm"
+T0 = datetime(2026, 5, 14, 10, 0, tzinfo=UTC)
+END = T0 + timedelta(seconds=60)
+MS = timedelta(milliseconds=1)
+# Mostly inside the window; the edges to the millisecond.
+CLOCK = {
+    "before": T0 - MS,
+    "start": T0,
+    "inside": T0 + timedelta(seconds=20),
+    "later": T0 + timedelta(seconds=40),
+    "last_ms": END - MS,
+    "end": END,
+}
+BUYERS = [f"buyer{i}" for i in range(5)]
+
+
+@dataclass
+class Harness:
+    run: Callable[[Coroutine[Any, Any, Any]], Any]
+    make: Callable[[], Awaitable[StockReservations]]
+    lose_everything: Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Held:
+    buyer: str
+    quantity: int
+    reservation_id: str
+    created: datetime
+    order_id: str | None = None
+    released: bool = False
+
+
+@dataclass
+class Model:
+    quantity: int
+    limit: int
+    now: datetime = CLOCK["inside"]
+    stopped: bool = False
+    lost: bool = False
+    claims: dict[str, Held] = field(default_factory=dict)
+
+    def held_by_buyer(self) -> dict[str, int]:
+        held: dict[str, int] = {}
+        for c in self.claims.values():
+            if not c.released:
+                held[c.buyer] = held.get(c.buyer, 0) + c.quantity
+        return held
+
+    @property
+    def remaining(self) -> int:
+        return self.quantity - sum(self.held_by_buyer().values())
+
+    def expected_claim(self, buyer: str, quantity: int, key: str) -> ClaimOutcome:
+        if self.lost:
+            return ClaimOutcome.PAUSED
+        known = self.claims.get(key)
+        if known is not None:
+            return ClaimOutcome.DUPLICATE if known.buyer == buyer else ClaimOutcome.KEY_REUSED
+        if self.stopped or not T0 <= self.now < END:
+            return ClaimOutcome.NOT_ACTIVE
+        if self.remaining < quantity:
+            return ClaimOutcome.SOLD_OUT
+        if self.held_by_buyer().get(buyer, 0) + quantity > self.limit:
+            return ClaimOutcome.LIMIT_REACHED
+        return ClaimOutcome.RESERVED
+
+
+class ReservationMachine(RuleBasedStateMachine):
+    harness: ClassVar[Harness]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stock: StockReservations = self.harness.run(self.harness.make())
+        self.model = Model(quantity=0, limit=0)
+        self.orders = 0
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        result: T = self.harness.run(coro)
+        return result
+
+    def pick_key(self, index: int) -> str | None:
+        keys = sorted(self.model.claims)
+        return keys[index % len(keys)] if keys else None
+
+    @initialize(quantity=st.integers(1, 12), limit=st.integers(1, 4))
+    def open(self, quantity: int, limit: int) -> None:
+        self.model = Model(quantity=quantity, limit=min(limit, quantity))
+        opened = self.call(
+            self.stock.open_offer(
+                OFFER,
+                quantity=quantity,
+                per_user_limit=self.model.limit,
+                starts_at=T0,
+                ends_at=END,
+            )
+        )
+        assert opened
+
+    @rule(buyer=st.sampled_from(BUYERS), quantity=st.integers(1, 3), key=st.integers(0, 20))
+    def claim(self, buyer: str, quantity: int, key: int) -> None:
+        self._claim(buyer, quantity, f"key{key}")
+
+    @precondition(lambda self: bool(self.model.claims))
+    @rule(index=st.integers(0, 1000), quantity=st.integers(1, 3))
+    def retry(self, index: int, quantity: int) -> None:
+        """The same buyer and key again, as a client retrying after a timeout."""
+        key = self.pick_key(index)
+        assert key is not None
+        self._claim(self.model.claims[key].buyer, quantity, key)
+
+    def _claim(self, buyer: str, quantity: int, key: str) -> None:
+        expected = self.model.expected_claim(buyer, quantity, key)
+        result = self.call(self.stock.claim(OFFER, buyer, quantity, key, self.model.now))
+        assert result.outcome is expected, (result, self.model)
+        if expected is ClaimOutcome.PAUSED:
+            assert result.remaining is None
+            return
+        if expected is ClaimOutcome.RESERVED:
+            assert result.reservation_id is not None
+            taken = {c.reservation_id for c in self.model.claims.values()}
+            assert result.reservation_id not in taken  # one reservation per key
+            self.model.claims[key] = Held(buyer, quantity, result.reservation_id, self.model.now)
+            assert result.remaining == self.model.remaining
+        elif expected is ClaimOutcome.DUPLICATE:
+            known = self.model.claims[key]
+            assert (result.reservation_id, result.order_id) == (
+                known.reservation_id,
+                known.order_id,
+            )
+            assert (result.quantity, result.released) == (known.quantity, known.released)
+        assert result.remaining == self.model.remaining
+
+    @rule(phase=st.sampled_from(sorted(CLOCK)))
+    def tick(self, phase: str) -> None:
+        self.model.now = CLOCK[phase]
+
+    @precondition(lambda self: bool(self.model.claims))
+    @rule(index=st.integers(0, 1000))
+    def attach_order(self, index: int) -> None:
+        key = self.pick_key(index)
+        assert key is not None
+        known = self.model.claims[key]
+        order_id = known.order_id or f"ord{self.orders}"
+        self.orders += 1
+        outcome = self.call(self.stock.attach_order(OFFER, key, order_id))
+        if self.model.lost:
+            assert outcome is AttachOutcome.PAUSED
+        elif known.released:
+            assert outcome is AttachOutcome.RELEASED
+        else:
+            assert outcome is AttachOutcome.ATTACHED
+            known.order_id = order_id
+
+    @precondition(lambda self: bool(self.model.claims))
+    @rule(index=st.integers(0, 1000), orphan_only=st.booleans())
+    def release(self, index: int, orphan_only: bool) -> None:
+        """A cancellation or expiry (any release), or the reaper (orphans only)."""
+        key = self.pick_key(index)
+        assert key is not None
+        known = self.model.claims[key]
+        expected = not (
+            self.model.lost or known.released or (orphan_only and known.order_id is not None)
+        )
+        assert self.call(self.stock.release(OFFER, key, orphan_only=orphan_only)) is expected
+        if expected:
+            known.released = True
+
+    @rule()
+    def reaper_scan(self) -> None:
+        cutoff = self.model.now + MS
+        found = self.call(self.stock.pending_without_order(OFFER, cutoff))
+        expected = set()
+        if not self.model.lost:
+            expected = {
+                k
+                for k, c in self.model.claims.items()
+                if c.order_id is None and not c.released and c.created < cutoff
+            }
+        assert {p.idempotency_key for p in found} == expected
+
+    @rule()
+    def stop(self) -> None:
+        assert self.call(self.stock.stop(OFFER)) is not self.model.lost
+        if not self.model.lost:
+            self.model.stopped = True
+
+    @precondition(lambda self: not self.model.lost)
+    @rule()
+    def lose_data(self) -> None:
+        self.call(self.harness.lose_everything())
+        self.model.lost = True
+        # What survives is what MongoDB holds: the claims that got an order. Released ones
+        # survive as cancelled or expired orders.
+        self.model.claims = {k: c for k, c in self.model.claims.items() if c.order_id}
+
+    @precondition(lambda self: self.model.lost)
+    @rule()
+    def rebuild(self) -> None:
+        claims = [
+            RecoveredClaim(
+                key,
+                c.buyer,
+                c.quantity,
+                c.order_id or "",
+                held=not c.released,
+                reservation_id=c.reservation_id,
+            )
+            for key, c in self.model.claims.items()
+        ]
+        rebuilt = self.call(
+            self.stock.rebuild(
+                OFFER,
+                quantity=self.model.quantity,
+                per_user_limit=self.model.limit,
+                starts_at=T0,
+                ends_at=END,
+                stopped=self.model.stopped,
+                claims=claims,
+            )
+        )
+        assert rebuilt
+        self.model.lost = False
+
+    @invariant()
+    def stock_adds_up(self) -> None:
+        if self.model.quantity == 0:  # before `open`
+            return
+        snapshot = self.call(self.stock.snapshot(OFFER))
+        if self.model.lost:
+            assert snapshot is None
+            assert not self.call(self.stock.is_ready(OFFER))
+            return
+        assert snapshot is not None
+        held = snapshot.held_by_buyer
+        assert snapshot.remaining >= 0
+        assert sum(held.values()) <= snapshot.quantity
+        assert all(0 < units <= snapshot.per_user_limit for units in held.values())
+        assert snapshot.remaining == snapshot.quantity - sum(held.values())
+        assert held == self.model.held_by_buyer()
+        assert snapshot.remaining == self.model.remaining
+        assert snapshot.stopped is self.model.stopped
+
+
+SETTINGS = settings(
+    max_examples=50,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def _memory_harness(runner: asyncio.Runner) -> Harness:
+    current = MemoryStockReservations()
+
+    async def make() -> StockReservations:
+        nonlocal current
+        current = MemoryStockReservations()
+        return current
+
+    async def lose() -> None:
+        current.flush()
+
+    return Harness(runner.run, make, lose)
+
+
+def _redis_harness(runner: asyncio.Runner, client: aioredis.Redis) -> Harness:
+    store = RedisStockReservations(client)
+
+    async def make() -> StockReservations:
+        await client.flushall()
+        return store
+
+    async def lose() -> None:
+        await client.flushall()
+
+    return Harness(runner.run, make, lose)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_reservations_hold_their_invariants(kind: str, request: pytest.FixtureRequest) -> None:
+    with asyncio.Runner() as runner:
+        client: aioredis.Redis | None = None
+        if kind == "redis":
+            client = aioredis.Redis.from_url(request.getfixturevalue("clean_redis"))
+            harness = _redis_harness(runner, client)
+        else:
+            harness = _memory_harness(runner)
+        machine = type(f"{kind.title()}ReservationMachine", (ReservationMachine,), {})
+        machine.harness = harness
+        try:
+            run_state_machine_as_test(machine, settings=SETTINGS)
+        finally:
+            if client is not None:
+                runner.run(client.aclose())

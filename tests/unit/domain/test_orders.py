@@ -1,0 +1,330 @@
+"""The order state machine, its audit trail, placing an order and the shipping address."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server.domain.errors import Conflict, InvalidInput
+from server.domain.money import Money
+from server.domain.offers import FlashOffer
+from server.domain.orders import (
+    RESERVATION_TTL,
+    TERMINAL,
+    Address,
+    Order,
+    OrderStatus,
+    Transition,
+    can_move,
+    countries,
+    is_legal_history,
+    place_order,
+)
+
+S = OrderStatus
+T0 = datetime(2026, 5, 14, 10, 0, 0, 123456, tzinfo=UTC)
+T0_MS = datetime(2026, 5, 14, 10, 0, 0, 123000, tzinfo=UTC)
+
+# Written out here rather than imported, so a change to the table has to change this test too.
+LEGAL = {
+    (S.PENDING_PAYMENT, S.PAID),
+    (S.PENDING_PAYMENT, S.CANCELLED),
+    (S.PENDING_PAYMENT, S.EXPIRED),
+    (S.PAID, S.FULFILLING),
+    (S.PAID, S.REFUNDED),
+    (S.FULFILLING, S.SHIPPED),
+    (S.SHIPPED, S.DELIVERED),
+}
+ALL_MOVES = [(a, b) for a in S for b in S]
+# The shortest way to reach each status from the creation.
+PATH = {
+    S.PENDING_PAYMENT: [],
+    S.PAID: [S.PAID],
+    S.FULFILLING: [S.PAID, S.FULFILLING],
+    S.SHIPPED: [S.PAID, S.FULFILLING, S.SHIPPED],
+    S.DELIVERED: [S.PAID, S.FULFILLING, S.SHIPPED, S.DELIVERED],
+    S.CANCELLED: [S.CANCELLED],
+    S.EXPIRED: [S.EXPIRED],
+    S.REFUNDED: [S.PAID, S.REFUNDED],
+}
+
+
+def offer(price: Money | None = None, limit: int = 3) -> FlashOffer:
+    return FlashOffer(
+        id="of1",
+        room_id="r1",
+        product_id="p1",
+        host_id="host-1",
+        price=price or Money(Decimal("19.99"), "USD"),
+        quantity=10,
+        per_user_limit=limit,
+        starts_at=T0_MS,
+        ends_at=T0_MS + timedelta(minutes=5),
+        created_at=T0_MS,
+    )
+
+
+def address(**changes: Any) -> Address:
+    fields: dict[str, Any] = {
+        "name": "Mia Chen",
+        "line1": "Friedrichstr. 12",
+        "city": "Berlin",
+        "postal_code": "10117",
+        "country": "DE",
+    }
+    fields.update(changes)
+    return Address.clean(**fields)
+
+
+def new_order(**changes: Any) -> Order:
+    args: dict[str, Any] = {
+        "order_id": "ord1",
+        "idempotency_key": "key-1",
+        "offer": offer(),
+        "buyer_id": "alice",
+        "product": {"id": "p1", "title": "Tea", "hs_code": "0902.10"},
+        "quantity": 3,
+        "address": address(),
+        "now": T0,
+    }
+    args.update(changes)
+    return place_order(**args)
+
+
+def order_at(status: OrderStatus) -> Order:
+    order = new_order()
+    at = order.reservation_expires_at
+    for step in PATH[status]:
+        order.move(step, at=at, by="system")
+    assert order.status is status
+    return order
+
+
+# -- the state machine ---------------------------------------------------------------------------
+
+
+def test_the_table_matches_the_product_brief() -> None:
+    assert {(a, b) for a, b in ALL_MOVES if can_move(a, b)} == LEGAL
+    assert {S.DELIVERED, S.CANCELLED, S.EXPIRED, S.REFUNDED} == TERMINAL
+
+
+@pytest.mark.parametrize(("from_status", "to_status"), sorted(LEGAL))
+def test_every_legal_move_is_made_and_recorded(
+    from_status: OrderStatus, to_status: OrderStatus
+) -> None:
+    order = order_at(from_status)
+    before = len(order.history)
+    at = order.reservation_expires_at + timedelta(seconds=1, microseconds=777)
+    step = order.move(to_status, at=at, by="admin-1", reason="because")
+    assert order.status is to_status
+    assert order.history[-1] == step
+    assert len(order.history) == before + 1
+    recorded_at = order.reservation_expires_at + timedelta(seconds=1)  # cut to the ms
+    assert step == Transition(from_status, to_status, recorded_at, "admin-1", "because")
+    assert is_legal_history(order.history)
+
+
+@pytest.mark.parametrize(("from_status", "to_status"), [m for m in ALL_MOVES if m not in LEGAL])
+def test_every_other_move_is_refused_and_changes_nothing(
+    from_status: OrderStatus, to_status: OrderStatus
+) -> None:
+    order = order_at(from_status)
+    history = list(order.history)
+    with pytest.raises(Conflict) as raised:
+        order.move(to_status, at=order.reservation_expires_at, by="admin-1")
+    assert raised.value.code == "invalid_transition"
+    assert order.status is from_status
+    assert order.history == history
+
+
+def test_an_order_expires_at_its_time_not_before() -> None:
+    order = new_order()
+    assert order.reservation_expires_at == T0_MS + RESERVATION_TTL
+    early = order.reservation_expires_at - timedelta(milliseconds=1)
+    assert not order.is_due_to_expire(early)
+    with pytest.raises(Conflict) as raised:
+        order.move(S.EXPIRED, at=early, by="system")
+    assert raised.value.code == "not_expired_yet"
+    assert order.status is S.PENDING_PAYMENT
+    assert order.is_due_to_expire(order.reservation_expires_at)
+    order.move(S.EXPIRED, at=order.reservation_expires_at, by="system", reason="unpaid")
+    assert not order.is_due_to_expire(order.reservation_expires_at)
+    assert not order.holds_stock
+
+
+def test_a_move_needs_an_aware_time() -> None:
+    order = new_order()
+    with pytest.raises(InvalidInput) as raised:
+        order.move(S.PAID, at=T0.replace(tzinfo=None), by="system")
+    assert raised.value.code == "invalid_time"
+    assert order.history == [Transition(None, S.PENDING_PAYMENT, T0_MS, "alice", "claimed")]
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        [],
+        [Transition(S.PENDING_PAYMENT, S.PAID, T0, "x")],
+        [Transition(None, S.PAID, T0, "x")],
+        [Transition(None, S.PENDING_PAYMENT, T0, "x"), Transition(S.PAID, S.FULFILLING, T0, "x")],
+        [
+            Transition(None, S.PENDING_PAYMENT, T0, "x"),
+            Transition(S.PENDING_PAYMENT, S.SHIPPED, T0, "x"),
+        ],
+        [
+            Transition(None, S.PENDING_PAYMENT, T0, "x"),
+            Transition(None, S.PENDING_PAYMENT, T0, "x"),
+        ],
+    ],
+)
+def test_illegal_histories_are_recognised(history: list[Transition]) -> None:
+    assert not is_legal_history(history)
+
+
+@given(st.lists(st.sampled_from(list(S)), max_size=12))
+def test_no_sequence_of_attempts_breaks_the_history(attempts: list[OrderStatus]) -> None:
+    order = new_order()
+    at = order.reservation_expires_at
+    made = 0
+    for to in attempts:
+        before = order.status
+        try:
+            order.move(to, at=at, by="fuzz")
+        except Conflict:
+            assert order.status is before
+            assert (before, to) not in LEGAL
+        else:
+            assert (before, to) in LEGAL
+            made += 1
+        assert is_legal_history(order.history)
+        assert order.history[-1].to_status is order.status
+    assert len(order.history) == 1 + made
+
+
+# -- placing an order ----------------------------------------------------------------------------
+
+
+def test_a_placed_order_is_pending_with_a_snapshot_and_an_exact_total() -> None:
+    snapshot = {"id": "p1", "title": "Tea", "hs_code": "0902.10"}
+    order = new_order(product=snapshot, reservation_id="rsv_1")
+    snapshot["title"] = "changed later"
+    assert order.product["title"] == "Tea"
+    assert order.status is S.PENDING_PAYMENT
+    assert order.total == Money(Decimal("59.97"), "USD")
+    assert order.total.amount == Decimal("19.99") * 3
+    assert order.unit_price == Money(Decimal("19.99"), "USD")
+    assert (order.offer_id, order.room_id, order.host_id) == ("of1", "r1", "host-1")
+    assert (order.buyer_id, order.idempotency_key, order.reservation_id) == (
+        "alice",
+        "key-1",
+        "rsv_1",
+    )
+    assert order.created_at == T0_MS
+    assert order.reservation_expires_at == T0_MS + timedelta(minutes=15)
+    assert order.history == [Transition(None, S.PENDING_PAYMENT, T0_MS, "alice", "claimed")]
+    assert order.holds_stock
+
+
+def test_totals_keep_the_currency_places() -> None:
+    yen = new_order(offer=offer(Money(Decimal("990"), "JPY")), quantity=2)
+    assert yen.total == Money(Decimal("1980"), "JPY")
+    assert yen.total.to_wire() == {"amount": "1980", "currency": "JPY"}
+    dinar = new_order(offer=offer(Money(Decimal("1.005"), "KWD")), quantity=3)
+    assert dinar.total.to_wire() == {"amount": "3.015", "currency": "KWD"}
+
+
+def test_the_reservation_time_can_be_configured() -> None:
+    order = new_order(reservation_ttl=timedelta(minutes=2))
+    assert order.reservation_expires_at == T0_MS + timedelta(minutes=2)
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"quantity": 0}, "invalid_quantity"),
+        ({"quantity": 4}, "invalid_quantity"),  # above the per-user limit of 3
+        ({"idempotency_key": ""}, "invalid_idempotency_key"),
+        ({"buyer_id": ""}, "invalid_buyer"),
+        ({"reservation_ttl": timedelta(0)}, "invalid_reservation_ttl"),
+        ({"now": T0.replace(tzinfo=None)}, "invalid_time"),
+    ],
+)
+def test_bad_orders_are_refused(changes: dict[str, Any], code: str) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        new_order(**changes)
+    assert raised.value.code == code
+
+
+# -- addresses -----------------------------------------------------------------------------------
+
+
+def test_an_address_is_normalised_from_what_people_type() -> None:
+    typed = address(
+        name="  Mia   Chen ",
+        line2="   ",
+        postal_code=" sw1a 1aa ",
+        country=" gb ",
+        city="London",
+        phone="+44 (20) 7946-0958",
+    )
+    assert typed == Address(
+        name="Mia Chen",
+        line1="Friedrichstr. 12",
+        city="London",
+        postal_code="SW1A 1AA",
+        country="GB",
+        line2=None,
+        phone="+442079460958",
+    )
+
+
+def test_an_address_without_a_postal_code_is_fine_where_there_are_none() -> None:
+    hk = address(city="Hong Kong", postal_code="", country="HK", line2="Flat 3, 12/F")
+    assert hk.postal_code == ""
+    assert hk.line2 == "Flat 3, 12/F"
+
+
+def test_countries_are_exactly_the_iso_codes() -> None:
+    known = countries()
+    assert len(known) == 249
+    assert {"DE", "CN", "US", "BR", "HK", "AQ"} <= known
+    assert not {"EU", "UN", "ZZ", "XK", "QO"} & known
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"name": "  "}, "invalid_address"),
+        ({"name": "x" * 101}, "invalid_address"),
+        ({"line1": ""}, "invalid_address"),
+        ({"line1": "Main St\u202e 1"}, "invalid_address"),
+        ({"line2": "y" * 201}, "invalid_address"),
+        ({"city": ""}, "invalid_address"),
+        ({"postal_code": "10117!"}, "invalid_postal_code"),
+        ({"postal_code": "1" * 17}, "invalid_postal_code"),
+        ({"country": "ZZ"}, "invalid_country"),
+        ({"country": "EU"}, "invalid_country"),
+        ({"country": "DEU"}, "invalid_country"),
+        ({"country": ""}, "invalid_country"),
+        ({"phone": "030 123456"}, "invalid_phone"),
+        ({"phone": "+0301234567"}, "invalid_phone"),
+        ({"phone": "+12345"}, "invalid_phone"),
+        ({"phone": "+49 30 ext 5"}, "invalid_phone"),
+    ],
+)
+def test_bad_addresses_are_refused_with_the_field_in_the_code(
+    changes: dict[str, Any], code: str
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        address(**changes)
+    assert raised.value.code == code
+
+
+def test_the_constructor_validates_too() -> None:
+    with pytest.raises(InvalidInput):
+        Address(name="A", line1="B", city="C", postal_code="1", country="de")
