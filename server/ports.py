@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+from dataclasses import dataclass, field
+from decimal import Decimal
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -10,10 +12,13 @@ from typing import Any, Protocol
 from server.domain.offers import (
     AttachOutcome,
     ClaimResult,
+    EndReason,
+    FlashOffer,
     PendingReservation,
     RecoveredClaim,
     StockSnapshot,
 )
+from server.domain.orders import Order, OrderStatus
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
 
@@ -70,6 +75,81 @@ class RoomEvents(Protocol):
     async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
         """Tell every process serving the room something viewers do not see (settings changed)."""
         ...
+
+
+class OfferStore(Protocol):
+    async def create(self, offer: FlashOffer) -> None: ...
+
+    async def get(self, offer_id: str) -> FlashOffer:
+        """The offer, or NotFound."""
+        ...
+
+    async def open_in_room(self, room_id: str) -> builtins.list[FlashOffer]:
+        """Offers of the room that have not ended (scheduled or running), by start time."""
+        ...
+
+    async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
+        """End the offer exactly once: the ended offer, or None when it had already ended."""
+        ...
+
+    async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:
+        """Offers not yet ended whose end time has passed (any process may end them)."""
+        ...
+
+
+class OrderStore(Protocol):
+    """Orders, their history, and per-offer figures kept in step with them.
+
+    Every write that changes an order also updates the offer's figures (orders, units, paid
+    orders, GMV per currency) in the same transaction, so the host's figures never disagree
+    with the orders.
+    """
+
+    async def create(self, order: Order) -> Order:
+        """Store a new order, idempotently: when an order with the same offer and idempotency
+        key exists, nothing is written and that stored order is returned."""
+        ...
+
+    async def get(self, order_id: str) -> Order:
+        """The order, or NotFound."""
+        ...
+
+    async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None: ...
+
+    async def list_for_buyer(self, buyer_id: str, limit: int) -> builtins.list[Order]:
+        """The buyer's orders, newest first."""
+        ...
+
+    async def list_for_room(self, room_id: str, limit: int) -> builtins.list[Order]:
+        """The room's orders, newest first."""
+        ...
+
+    async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
+        """Persist the order's new status and its last history entry if its stored status is
+        still `expected`, else Conflict (code `order_changed`); figures follow in the same
+        transaction."""
+        ...
+
+    async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:
+        """Orders pending payment whose reservation has run out, oldest first."""
+        ...
+
+    async def holding_stock(self, offer_id: str) -> builtins.list[Order]:
+        """Orders of the offer that hold stock (pending payment and paid onwards): what a
+        rebuild of the offer's reservations starts from."""
+        ...
+
+    async def offer_figures(self, offer_id: str) -> OfferFigures: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OfferFigures:
+    offer_id: str
+    orders: int = 0
+    units: int = 0
+    paid_orders: int = 0
+    paid_units: int = 0
+    gmv: Mapping[str, Decimal] = field(default_factory=dict)  # currency -> paid amount
 
 
 class StockReservations(Protocol):
