@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass, field
-from decimal import Decimal
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 from server.domain.offers import (
