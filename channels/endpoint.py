@@ -17,6 +17,7 @@ from channels.connection import Connection
 from channels.hub import Banned, Draining, Hub, RoomEnded
 from channels.protocol import (
     AddLikes,
+    Claim,
     Close,
     Command,
     Limits,
@@ -116,6 +117,17 @@ async def _carry_out(
                 await hub.publish_room_event(room.room_id, command.event)
             elif isinstance(command, AddLikes):
                 hub.add_likes(room, command.count)
+            elif isinstance(command, Claim):
+                ref = command.frame.idempotency_key
+                # The outcome reaches the buyer as `order.updated` on every connection.
+                await container.order_service.claim(
+                    command.frame.offer_id,
+                    conn.identity,
+                    quantity=command.frame.quantity,
+                    idempotency_key=command.frame.idempotency_key,
+                    address=command.frame.shipping_address.to_address(),
+                    room_id=room.room_id,
+                )
             elif isinstance(command, StoreMute):
                 await container.rooms.mute(room.room_id, command.user_id, until=command.until)
             elif isinstance(command, StoreBan):

@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,15 +22,14 @@ from typing import Any
 from channels.broker import Broker, encode_body
 from channels.close_codes import CloseCode
 from channels.connection import Connection, FrameSender
-from channels.room_state import LocalRoom
+from channels.room_state import LocalRoom, RoomView
 from server.domain.errors import Conflict, Forbidden, LiveshopError, Unavailable
 from server.domain.identity import Identity
-from server.domain.rooms import Room
 from server.metrics import Metrics
 
 log = logging.getLogger("liveshop.hub")
 
-RoomLoader = Callable[[str], Awaitable[tuple[Room, dict[str, Any] | None, Mapping[str, datetime]]]]
+RoomLoader = Callable[[str], Awaitable[RoomView]]
 
 # A room with no local viewers keeps its subscription this long, so a quick reconnect is cheap.
 LINGER_SECONDS = 15.0
@@ -210,9 +209,7 @@ class Hub:
     async def _open_room(self, room: LocalRoom) -> None:
         assert room.ready is not None
         try:
-            stored, pinned, mutes = await self._load_room(room.room_id)
-            room.load(stored, pinned)
-            room.mutes.update(mutes)
+            room.load(await self._load_room(room.room_id))
             async with self._subscriptions:
                 await self.broker.subscribe_room(room.room_id)
             await asyncio.wait_for(room.subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
@@ -280,7 +277,15 @@ class Hub:
         await self.broker.publish_control(room_id, {**control, "type": f"_{control['type']}"})
 
     async def send_private(self, user_id: str, event: dict[str, Any]) -> None:
-        await self.broker.publish_private(user_id, event)
+        """Reach one user on all their connections, on every process."""
+        try:
+            await self.broker.publish_private(user_id, event)
+        except Exception as exc:
+            raise Unavailable("live events are unavailable, try again") from exc
+
+    def open_offer_ids(self) -> list[str]:
+        """Offers still open in the rooms this process serves (for the reaper)."""
+        return [offer_id for room in self._rooms.values() for offer_id in room.offers]
 
     # Broker callbacks ------------------------------------------------------------------------
 
@@ -328,10 +333,10 @@ class Hub:
             self._spawn(self._reload(room))
 
     async def _reload(self, room: LocalRoom) -> None:
-        stored, _, mutes = await self._load_room(room.room_id)
-        room.blocked_words = list(stored.blocked_words)
-        room.slow_mode_seconds = stored.slow_mode_seconds
-        room.mutes.update(mutes)
+        view = await self._load_room(room.room_id)
+        room.blocked_words = list(view.room.blocked_words)
+        room.slow_mode_seconds = view.room.slow_mode_seconds
+        room.mutes.update(view.mutes)
 
     def _fan_out(self, room: LocalRoom, seq: int, event: dict[str, Any], text: str) -> None:
         room.last_seq = seq

@@ -20,6 +20,7 @@ from schemas.ws import (
     ChatDelete,
     ChatSend,
     Like,
+    OfferClaim,
     Ping,
     RoomSlowMode,
     UserBan,
@@ -97,12 +98,17 @@ class StoreSlowMode:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    frame: OfferClaim
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     code: CloseCode
     reason: str
 
 
-Command = Reply | Publish | AddLikes | StoreMute | StoreBan | StoreSlowMode | Close
+Command = Reply | Publish | AddLikes | Claim | StoreMute | StoreBan | StoreSlowMode | Close
 
 
 def error_frame(error: LiveshopError, ref: str | None) -> dict[str, Any]:
@@ -130,7 +136,11 @@ class RoomSession:
         ref: str | None = None
         try:
             frame = self._parse(raw)
-            ref = frame.ref or getattr(frame, "client_id", None)
+            ref = (
+                frame.ref
+                or getattr(frame, "client_id", None)
+                or getattr(frame, "idempotency_key", None)
+            )
             if not self._frames.take(mono):
                 return self._refuse(RateLimited("too many frames, slow down"), ref, abuse=True)
             commands = self._dispatch(frame, mono=mono, now=now)
@@ -182,6 +192,8 @@ class RoomSession:
             return self._chat(frame, mono=mono, now=now)
         if isinstance(frame, Like):
             return [AddLikes(frame.count)]
+        if isinstance(frame, OfferClaim):
+            return [Claim(frame)]
         if not can_moderate(self.rules.host_id, self.identity):
             raise Forbidden("only the host and moderators can do that")
         if isinstance(frame, ChatDelete):

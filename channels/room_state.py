@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,16 @@ from server.domain.rooms import Room
 RECENT_MESSAGES = 1000
 
 
+@dataclass(frozen=True, slots=True)
+class RoomView:
+    """What the stores say of a room when a process starts serving it."""
+
+    room: Room
+    pinned_product: dict[str, Any] | None = None
+    mutes: Mapping[str, datetime] = field(default_factory=dict)
+    offers: list[dict[str, Any]] = field(default_factory=list)  # open offers, as on the wire
+
+
 @dataclass(eq=False)
 class LocalRoom:
     room_id: str
@@ -27,6 +38,7 @@ class LocalRoom:
     blocked_words: list[str] = field(default_factory=list)
     pinned_product: dict[str, Any] | None = None
     mutes: dict[str, datetime] = field(default_factory=dict)
+    offers: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Every local viewer; `batched` are those that take room events in batch frames.
     connections: set[Connection] = field(default_factory=set)
     direct: set[Connection] = field(default_factory=set)
@@ -67,13 +79,16 @@ class LocalRoom:
         self.batched.discard(conn)
         return True
 
-    def load(self, room: Room, pinned_product: dict[str, Any] | None) -> None:
+    def load(self, view: RoomView) -> None:
+        room = view.room
         self.host_id = room.host_id
         self.title = room.title
         self.status = room.status.value
         self.slow_mode_seconds = room.slow_mode_seconds
         self.blocked_words = list(room.blocked_words)
-        self.pinned_product = pinned_product
+        self.pinned_product = view.pinned_product
+        self.mutes.update(view.mutes)
+        self.offers = {str(offer["id"]): dict(offer) for offer in view.offers}
 
     # RoomRules, read by the protocol
     def muted_until(self, user_id: str, now: datetime) -> datetime | None:
@@ -119,6 +134,15 @@ class LocalRoom:
             self.mutes[str(event["user_id"])] = datetime.fromisoformat(str(event["until"]))
         elif kind == "room.slow_mode":
             self.slow_mode_seconds = int(event.get("seconds", 0))
+        elif kind == "offer.started":
+            offer = dict(event["offer"])
+            self.offers[str(offer["id"])] = offer
+        elif kind == "offer.stock":
+            known = self.offers.get(str(event.get("offer_id")))
+            if known is not None:
+                known["remaining"] = event.get("remaining")
+        elif kind == "offer.ended":
+            self.offers.pop(str(event.get("offer_id")), None)
         elif kind == "room.started":
             self.status = "live"
         elif kind == "room.ended":
@@ -131,7 +155,7 @@ class LocalRoom:
             "host_id": self.host_id,
             "status": self.status,
             "pinned_product": self.pinned_product,
-            "offers": [],
+            "offers": list(self.offers.values()),
             "viewers": self.viewers,
             "likes": self.likes,
             "slow_mode_seconds": self.slow_mode_seconds,

@@ -10,19 +10,28 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Self
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     HttpUrl,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from server.domain.errors import InvalidInput
 from server.domain.money import Money
-from server.domain.products import Product
+from server.domain.orders import countries
+from server.domain.products import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_OTHER_PRICES,
+    MAX_SKU_CHARS,
+    MAX_WEIGHT_GRAMS,
+    Product,
+)
 from server.domain.rooms import Room, RoomStatus
 
 # Limits shared by the HTTP models and the service (which also serves the websocket).
@@ -44,6 +53,19 @@ BlockedWord = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BLOCKED_WORD_CHARS)
 ]
 ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+Description = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=MAX_DESCRIPTION_CHARS)
+]
+# Letters, digits and the separators sellers use; no spaces, so labels and feeds stay parseable.
+Sku = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, max_length=MAX_SKU_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+    ),
+]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+# Written as sellers find it in tariff books ("6117.10" or "611710"); stored as digits only.
+HsCode = Annotated[str, StringConstraints(max_length=16, pattern=r"^[0-9]+(\.[0-9]+)*$")]
 
 
 class RequestModel(BaseModel):
@@ -67,18 +89,65 @@ class MoneyIn(RequestModel):
         return Money.parse(self.amount, self.currency)
 
 
+def _positive(price: MoneyIn) -> MoneyIn:
+    if price.to_money().amount <= 0:
+        raise ValueError("price must be greater than zero")
+    return price
+
+
+PositiveMoneyIn = Annotated[MoneyIn, AfterValidator(_positive)]
+
+
 class ProductIn(RequestModel):
     title: Title
     images: list[HttpUrl] = Field(default_factory=list, max_length=MAX_IMAGES)
     price: MoneyIn
     stock: int = Field(ge=0, le=MAX_STOCK)
+    description: Description = ""
+    sku: Sku | None = None
+    origin_country: CountryCode | None = None
+    hs_code: HsCode | None = None
+    weight_grams: int | None = Field(default=None, gt=0, le=MAX_WEIGHT_GRAMS)
+    # Declared after `price`, so its validator can compare with the main currency.
+    other_prices: list[PositiveMoneyIn] = Field(default_factory=list, max_length=MAX_OTHER_PRICES)
 
     @field_validator("price")
     @classmethod
     def _positive_price(cls, price: MoneyIn) -> MoneyIn:
-        if price.to_money().amount <= 0:
-            raise ValueError("price must be greater than zero")
-        return price
+        return _positive(price)
+
+    @field_validator("origin_country")
+    @classmethod
+    def _known_country(cls, code: str | None) -> str | None:
+        if code is not None and code not in countries():
+            raise ValueError(f"{code} is not an ISO 3166-1 alpha-2 country code")
+        return code
+
+    @field_validator("hs_code")
+    @classmethod
+    def _hs_digits(cls, code: str | None) -> str | None:
+        if code is None:
+            return None
+        digits = code.replace(".", "")
+        if not 6 <= len(digits) <= 10:
+            raise ValueError("hs_code must have 6 to 10 digits")
+        return digits
+
+    @field_validator("other_prices")
+    @classmethod
+    def _other_prices(cls, prices: list[MoneyIn], info: ValidationInfo) -> list[MoneyIn]:
+        main = info.data.get("price")  # absent when the main price itself was refused
+        seen: set[str] = set()
+        for price in prices:
+            if isinstance(main, MoneyIn) and price.currency == main.currency:
+                raise ValueError(f"{price.currency} is already the main price's currency")
+            if price.currency in seen:
+                raise ValueError(f"{price.currency} is priced twice")
+            seen.add(price.currency)
+        return prices
+
+    def other_money(self) -> list[Money]:
+        return [price.to_money() for price in self.other_prices]
 
 
 class RoomIn(RequestModel):
@@ -116,21 +185,37 @@ def iso_utc(moment: datetime | None) -> str | None:
 
 
 def product_summary(product: Product) -> dict[str, Any]:
-    """What a viewer sees of a pinned product (the `showcase.pinned` payload and room JSON)."""
-    return {
+    """What a viewer sees of a pinned product (the `showcase.pinned` payload and room JSON).
+
+    It reaches every viewer of a room, so it stays small: of the trade fields only what a shopper
+    abroad decides by (where it ships from, a price in their currency), and only when set.
+    """
+    summary: dict[str, Any] = {
         "id": product.id,
         "title": product.title,
         "images": list(product.images),
         "price": product.price.to_wire(),
         "stock": product.stock,
     }
+    if product.origin_country is not None:
+        summary["origin_country"] = product.origin_country
+    if product.other_prices:
+        summary["other_prices"] = [price.to_wire() for price in product.other_prices]
+    return summary
 
 
 def product_to_wire(product: Product) -> dict[str, Any]:
+    """The whole product (GET /products/{id}); unset trade fields are null, never missing."""
     return {
         **product_summary(product),
         "owner_id": product.owner_id,
         "created_at": iso_utc(product.created_at),
+        "description": product.description,
+        "sku": product.sku,
+        "origin_country": product.origin_country,
+        "hs_code": product.hs_code,
+        "weight_grams": product.weight_grams,
+        "other_prices": [price.to_wire() for price in product.other_prices],
     }
 
 

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from schemas.commerce import AddressIn
+
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 UserId = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -34,6 +36,14 @@ class Ping(_Frame):
     type: Literal["ping"]
 
 
+class OfferClaim(_Frame):
+    type: Literal["offer.claim"]
+    offer_id: Annotated[str, Field(min_length=1, max_length=64)]
+    quantity: Annotated[int, Field(ge=1, le=1000)] = 1
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=100)]
+    shipping_address: AddressIn
+
+
 class ChatDelete(_Frame):
     type: Literal["chat.delete"]
     message_id: Annotated[str, Field(min_length=1, max_length=64)]
@@ -56,12 +66,8 @@ class RoomSlowMode(_Frame):
 
 
 ClientFrame = Annotated[
-    ChatSend | Like | Ping | ChatDelete | UserMute | UserBan | RoomSlowMode,
+    ChatSend | Like | Ping | OfferClaim | ChatDelete | UserMute | UserBan | RoomSlowMode,
     Field(discriminator="type"),
 ]
 
 client_frame: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
-
-CLIENT_FRAME_TYPES = frozenset(
-    {"chat.send", "like", "ping", "chat.delete", "user.mute", "user.ban", "room.slow_mode"}
-)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,24 @@ from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.broker_redis import RedisBroker
 from channels.endpoint import room_socket
 from channels.hub import Hub, HubLimits
+from channels.room_state import RoomView
+from schemas.commerce import offer_to_wire
 from schemas.http import product_summary
+from server.adapters.memory_orders import MemoryOfferStore, MemoryOrderStore
+from server.adapters.memory_reservations import MemoryStockReservations
 from server.adapters.mongo.embedded import EmbeddedMongo
+from server.adapters.mongo.orders import MongoOfferStore, MongoOrderStore, ensure_order_indexes
 from server.adapters.mongo.stores import MongoProductStore, MongoRoomStore, ensure_indexes
+from server.adapters.redis_reservations import RedisStockReservations
 from server.container import Container
 from server.domain.errors import NotFound
-from server.domain.rooms import Room
-from server.http import ops, products, rooms
+from server.http import commerce, ops, products, rooms
 from server.http.errors import exception_handlers
 from server.metrics import Metrics
-from server.ports import ProductStore, RoomStore
+from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockReservations
+from server.services.housekeeping import Housekeeper
+from server.services.offers import OfferService
+from server.services.orders import OrderService
 from server.services.rooms import RoomService
 from server.settings import Settings
 
@@ -50,6 +57,9 @@ class Backends:
     products: ProductStore
     rooms: RoomStore
     broker: Broker
+    offers: OfferStore = field(default_factory=MemoryOfferStore)
+    orders: OrderStore = field(default_factory=MemoryOrderStore)
+    stock: StockReservations = field(default_factory=MemoryStockReservations)
 
 
 class RoomSocketShortcut:
@@ -94,6 +104,11 @@ def create_app(
             container = _assemble(settings, chosen, metrics)
             await container.hub.start()
             stack.push_async_callback(container.hub.close)
+            housekeeper = Housekeeper(
+                container.offer_service, container.order_service, container.hub.open_offer_ids
+            )
+            housekeeper.start()
+            stack.push_async_callback(housekeeper.stop)
             app.state.container = container
             app.state.metrics = metrics
             if on_ready is not None:
@@ -103,7 +118,10 @@ def create_app(
 
     routes: list[BaseRoute] = [
         *ops.routes(),
-        Mount("/api/v1", routes=[*products.routes(), *rooms.routes(), *ops.api_routes()]),
+        Mount(
+            "/api/v1",
+            routes=[*products.routes(), *rooms.routes(), *commerce.routes(), *ops.api_routes()],
+        ),
     ]
     if STATIC_DIR.is_dir():
         routes.append(Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="static"))
@@ -124,22 +142,33 @@ async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
     stack.push_async_callback(client.close)
     db = client[settings.mongodb_database]
     await ensure_indexes(db)
+    await ensure_order_indexes(db)
     broker: Broker
+    stock: StockReservations
     if settings.redis_url:
         broker = RedisBroker(
             settings.redis_url,
             history_events=settings.history_events,
             history_seconds=settings.history_seconds,
         )
+        redis_stock = RedisStockReservations(settings.redis_url)
+        stack.push_async_callback(redis_stock.close)
+        stock = redis_stock
     else:
         broker = MemoryBroker(MemoryBus(settings.history_events, settings.history_seconds))
-    return Backends(MongoProductStore(db), MongoRoomStore(db), broker)
+        stock = MemoryStockReservations()
+    return Backends(
+        MongoProductStore(db),
+        MongoRoomStore(db),
+        broker,
+        MongoOfferStore(db),
+        MongoOrderStore(db),
+        stock,
+    )
 
 
 def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Container:
-    async def load_room(
-        room_id: str,
-    ) -> tuple[Room, dict[str, Any] | None, Mapping[str, datetime]]:
+    async def load_room(room_id: str) -> RoomView:
         room = await backends.rooms.get(room_id)
         pinned = None
         if room.pinned_product_id is not None:
@@ -147,7 +176,8 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
                 pinned = product_summary(await backends.products.get(room.pinned_product_id))
             except NotFound:
                 pinned = None
-        return room, pinned, await backends.rooms.mutes(room_id)
+        offers = [offer_to_wire(o, left) for o, left in await offer_service.open_in_room(room_id)]
+        return RoomView(room, pinned, await backends.rooms.mutes(room_id), offers)
 
     limits = HubLimits(
         send_queue_frames=settings.send_queue_frames,
@@ -157,5 +187,24 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
         batch_seconds=settings.batch_window_ms / 1000,
     )
     hub = Hub(backends.broker, load_room, metrics, limits)
-    service = RoomService(backends.rooms, backends.products, hub)
-    return Container(settings, backends.products, backends.rooms, hub, service, hub)
+    offer_service = OfferService(
+        backends.offers, backends.orders, backends.rooms, backends.products, backends.stock, hub
+    )
+    order_service = OrderService(
+        backends.offers,
+        backends.orders,
+        backends.products,
+        backends.stock,
+        offer_service,
+        hub.send_private,
+    )
+    return Container(
+        settings,
+        backends.products,
+        backends.rooms,
+        hub,
+        RoomService(backends.rooms, backends.products, hub),
+        hub,
+        offer_service,
+        order_service,
+    )

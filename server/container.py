@@ -13,6 +13,8 @@ from server.settings import Settings
 
 if TYPE_CHECKING:
     from channels.hub import Hub
+    from server.services.offers import OfferService
+    from server.services.orders import OrderService
     from server.services.rooms import RoomService
 
 
@@ -24,3 +26,5 @@ class Container:
     events: RoomEvents
     room_service: RoomService
     hub: Hub
+    offer_service: OfferService
+    order_service: OrderService

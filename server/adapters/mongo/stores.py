@@ -205,31 +205,48 @@ class MongoRoomStore:
             raise NotFound(f"room {room_id} not found")
 
 
+def _money_doc(money: Money) -> Document:
+    return {"amount": Decimal128(money.amount), "currency": money.currency}
+
+
+def _money_from(doc: Document) -> Money:
+    return Money(doc["amount"].to_decimal(), doc["currency"])
+
+
 def _product_doc(product: Product) -> Document:
     return {
         "_id": product.id,
         "owner_id": product.owner_id,
         "title": product.title,
-        "price": {
-            "amount": Decimal128(product.price.amount),
-            "currency": product.price.currency,
-        },
+        "price": _money_doc(product.price),
         "stock": product.stock,
         "created_at": product.created_at,
         "images": list(product.images),
+        "description": product.description,
+        "sku": product.sku,
+        "origin_country": product.origin_country,
+        "hs_code": product.hs_code,
+        "weight_grams": product.weight_grams,
+        "other_prices": [_money_doc(price) for price in product.other_prices],
     }
 
 
 def _product_from(doc: Document) -> Product:
-    price = doc["price"]
+    # Products written before the trade fields existed read back with their defaults.
     return Product(
         id=doc["_id"],
         owner_id=doc["owner_id"],
         title=doc["title"],
-        price=Money(price["amount"].to_decimal(), price["currency"]),
+        price=_money_from(doc["price"]),
         stock=doc["stock"],
         created_at=doc["created_at"],
         images=list(doc.get("images", [])),
+        description=doc.get("description", ""),
+        sku=doc.get("sku"),
+        origin_country=doc.get("origin_country"),
+        hs_code=doc.get("hs_code"),
+        weight_grams=doc.get("weight_grams"),
+        other_prices=[_money_from(price) for price in doc.get("other_prices", [])],
     )
 
 

@@ -22,6 +22,7 @@ from server.http.deps import MAX_BODY_BYTES
 from server.http.errors import PROBLEM_JSON, exception_handlers
 from server.services.rooms import RoomService
 from server.settings import Settings
+from tests.fakes import RecordingEvents
 
 SECRET = "test-secret-for-the-rooms-http-suite"
 PRODUCT = {
@@ -30,21 +31,6 @@ PRODUCT = {
     "price": {"amount": "12.50", "currency": "USD"},
     "stock": 5,
 }
-
-
-class RecordingEvents:
-    """Fake of the event port: the channel layer is not under test here."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.controls: list[tuple[str, dict[str, Any]]] = []
-
-    async def publish_room_event(self, room_id: str, event: dict[str, Any]) -> int:
-        self.events.append((room_id, event))
-        return len(self.events)
-
-    async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
-        self.controls.append((room_id, control))
 
 
 async def _explode(request: Request) -> Response:
@@ -73,6 +59,8 @@ async def client(events: RecordingEvents) -> AsyncIterator[httpx.AsyncClient]:
         events=events,
         room_service=RoomService(room_store, product_store, events),
         hub=cast(Any, None),  # these routes never reach the websocket hub
+        offer_service=cast(Any, None),  # nor offers and orders
+        order_service=cast(Any, None),
     )
     # Unexpected errors propagate out of Starlette after the 500 is sent; the test reads the 500.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest_asyncio
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
 from channels.hub import Hub, HubLimits, RoomEnded
+from channels.room_state import RoomView
 from server.domain.errors import NotFound
 from server.domain.identity import Identity, Role
 from server.domain.rooms import Room, RoomStatus
@@ -69,10 +70,10 @@ class LossyBroker(MemoryBroker):
         super()._deliver_room(room_id, text)
 
 
-async def load_room(room_id: str) -> tuple[Room, dict[str, Any] | None, Mapping[str, datetime]]:
+async def load_room(room_id: str) -> RoomView:
     if room_id != ROOM.id:
         raise NotFound("no such room")
-    return ROOM, None, {}
+    return RoomView(ROOM)
 
 
 def make_hub(broker: MemoryBroker, **limits: Any) -> Hub:

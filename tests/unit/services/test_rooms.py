@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
@@ -15,6 +14,7 @@ from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.rooms import Room, RoomStatus
 from server.services.rooms import RoomService
+from tests.fakes import Clock, RecordingEvents
 
 HOST = Identity("host-1", Role.HOST)
 OTHER_HOST = Identity("host-2", Role.HOST)
@@ -23,27 +23,6 @@ MODERATOR = Identity("mod-1", Role.MODERATOR)
 SHOPPER = Identity("shopper-1", Role.SHOPPER)
 
 T0 = datetime(2026, 5, 14, 10, 0, 0, 123456, tzinfo=UTC)
-
-
-class RecordingEvents:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.controls: list[tuple[str, dict[str, Any]]] = []
-
-    async def publish_room_event(self, room_id: str, event: dict[str, Any]) -> int:
-        self.events.append((room_id, event))
-        return len(self.events)
-
-    async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
-        self.controls.append((room_id, control))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class StaleRoomStore(MemoryRoomStore):
@@ -69,7 +48,7 @@ def events() -> RecordingEvents:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

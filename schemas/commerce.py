@@ -1,0 +1,95 @@
+"""Wire models for flash offers, claims and orders: strict requests, public JSON out."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.http import MoneyIn
+from server.domain.offers import FlashOffer
+from server.domain.orders import Address, Order
+
+Text = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class OfferIn(_Request):
+    product_id: Annotated[str, Field(min_length=1, max_length=64)]
+    price: MoneyIn
+    quantity: Annotated[int, Field(ge=1, le=1_000_000)]
+    per_user_limit: Annotated[int, Field(ge=1, le=1000)] = 1
+    countdown_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
+    duration_seconds: Annotated[int, Field(ge=10, le=86_400)] = 300
+
+
+class AddressIn(_Request):
+    name: Text
+    line1: Text
+    line2: Annotated[str, Field(max_length=200)] | None = None
+    city: Text
+    postal_code: Annotated[str, Field(max_length=20)] = ""
+    country: Annotated[str, Field(min_length=2, max_length=2)]
+    phone: Annotated[str, Field(max_length=32)] | None = None
+
+    def to_address(self) -> Address:
+        return Address.clean(**self.model_dump())
+
+
+class ClaimIn(_Request):
+    quantity: Annotated[int, Field(ge=1, le=1000)] = 1
+    shipping_address: AddressIn
+
+
+def iso(moment: datetime | None) -> str | None:
+    return (
+        None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def offer_to_wire(offer: FlashOffer, remaining: int | None) -> dict[str, Any]:
+    return {
+        "id": offer.id,
+        "room_id": offer.room_id,
+        "product_id": offer.product_id,
+        "price": offer.price.to_wire(),
+        "quantity": offer.quantity,
+        "per_user_limit": offer.per_user_limit,
+        "remaining": remaining,
+        "starts_at": iso(offer.starts_at),
+        "ends_at": iso(offer.ends_at),
+        "ended_at": iso(offer.ended_at),
+        "end_reason": None if offer.end_reason is None else offer.end_reason.value,
+    }
+
+
+def order_to_wire(order: Order) -> dict[str, Any]:
+    return {
+        "id": order.id,
+        "status": order.status.value,
+        "offer_id": order.offer_id,
+        "room_id": order.room_id,
+        "buyer_id": order.buyer_id,
+        "product": order.product,
+        "unit_price": order.unit_price.to_wire(),
+        "quantity": order.quantity,
+        "total": order.total.to_wire(),
+        "shipping_address": asdict(order.shipping_address),
+        "created_at": iso(order.created_at),
+        "reservation_expires_at": iso(order.reservation_expires_at),
+        "history": [
+            {
+                "from": None if step.from_status is None else step.from_status.value,
+                "to": step.to_status.value,
+                "at": iso(step.at),
+                "by": step.by,
+                "reason": step.reason,
+            }
+            for step in order.history
+        ],
+    }

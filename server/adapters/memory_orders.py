@@ -1,0 +1,213 @@
+"""In-memory offer and order stores, with the same semantics as the MongoDB ones.
+
+Everything is copied on the way in and out, so a caller mutating an order it holds changes
+nothing stored (as with a database). Each method runs without awaiting, so on one event loop
+every call is atomic: the compare-and-sets below need no lock.
+
+`FiguresDelta` is shared with the Mongo store: both derive an offer's figures from the same
+rule, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+
+from server.domain.errors import Conflict, InvalidInput, NotFound
+from server.domain.money import Money
+from server.domain.offers import EndReason, FlashOffer, utc_ms
+from server.domain.orders import Order, OrderStatus, can_move
+from server.ports import OfferFigures
+
+# An order counts as claimed until it is cancelled or expires (a refunded order was claimed
+# and paid, then paid back); it counts as paid from payment until a refund.
+_NOT_CLAIMED = frozenset({OrderStatus.CANCELLED, OrderStatus.EXPIRED})
+_PAID = frozenset(
+    {OrderStatus.PAID, OrderStatus.FULFILLING, OrderStatus.SHIPPED, OrderStatus.DELIVERED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FiguresDelta:
+    """How one write changes the offer's figures; all zero for moves that change none."""
+
+    orders: int = 0
+    units: int = 0
+    paid_orders: int = 0
+    paid_units: int = 0
+    currency: str = ""
+    gmv: Decimal = Decimal(0)
+
+    @classmethod
+    def of(
+        cls, quantity: int, total: Money, before: OrderStatus | None, after: OrderStatus
+    ) -> FiguresDelta:
+        """The change as an order of `quantity` units for `total` moves from `before` (None:
+        it is being created) to `after`."""
+        claimed = _counts(after not in _NOT_CLAIMED) - _counts(
+            before is not None and before not in _NOT_CLAIMED
+        )
+        paid = _counts(after in _PAID) - _counts(before in _PAID)
+        return cls(
+            orders=claimed,
+            units=claimed * quantity,
+            paid_orders=paid,
+            paid_units=paid * quantity,
+            currency=total.currency,
+            gmv=paid * total.amount,
+        )
+
+    @property
+    def is_zero(self) -> bool:
+        return not (self.orders or self.paid_orders)
+
+
+def _counts(flag: bool) -> int:
+    return 1 if flag else 0
+
+
+def last_move(order: Order, expected: OrderStatus) -> None:
+    """Refuse to store a move that the order's own history does not show as legal, so a store
+    can never hold a status its audit trail does not explain."""
+    step = order.history[-1] if order.history else None
+    if (
+        step is None
+        or step.from_status is not expected
+        or step.to_status is not order.status
+        or not can_move(expected, order.status)
+    ):
+        raise InvalidInput(
+            f"the order's last transition is not a move from {expected} to {order.status}",
+            code="invalid_transition",
+        )
+
+
+_Predicate = Callable[[Order], bool]
+
+
+class MemoryOfferStore:
+    def __init__(self) -> None:
+        self._offers: dict[str, FlashOffer] = {}
+
+    async def create(self, offer: FlashOffer) -> None:
+        if offer.id in self._offers:
+            raise Conflict(f"offer {offer.id} exists")
+        self._offers[offer.id] = offer  # frozen: no copy needed
+
+    async def get(self, offer_id: str) -> FlashOffer:
+        try:
+            return self._offers[offer_id]
+        except KeyError:
+            raise NotFound(f"offer {offer_id} not found") from None
+
+    async def open_in_room(self, room_id: str) -> builtins.list[FlashOffer]:
+        offers = [o for o in self._offers.values() if o.room_id == room_id and o.ended_at is None]
+        return sorted(offers, key=lambda o: (o.starts_at, o.id))
+
+    async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
+        offer = await self.get(offer_id)
+        if offer.ended_at is not None:
+            return None
+        ended = replace(offer, ended_at=utc_ms(at), end_reason=reason)
+        self._offers[offer_id] = ended
+        return ended
+
+    async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:
+        due = [o for o in self._offers.values() if o.ended_at is None and o.ends_at <= now]
+        return sorted(due, key=lambda o: (o.ends_at, o.id))[:limit]
+
+
+class MemoryOrderStore:
+    def __init__(self) -> None:
+        self._orders: dict[str, Order] = {}
+        self._by_key: dict[tuple[str, str], str] = {}
+        self._figures: dict[str, OfferFigures] = {}
+
+    async def create(self, order: Order) -> Order:
+        existing = self._by_key.get((order.offer_id, order.idempotency_key))
+        if existing is not None:
+            return copy.deepcopy(self._orders[existing])
+        if order.id in self._orders:
+            raise Conflict(f"order {order.id} exists", code="order_exists")
+        stored = copy.deepcopy(order)
+        self._orders[order.id] = stored
+        self._by_key[(order.offer_id, order.idempotency_key)] = order.id
+        self._apply(
+            order.offer_id, FiguresDelta.of(order.quantity, order.total, None, order.status)
+        )
+        return copy.deepcopy(stored)
+
+    async def get(self, order_id: str) -> Order:
+        return copy.deepcopy(self._stored(order_id))
+
+    async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None:
+        order_id = self._by_key.get((offer_id, idempotency_key))
+        return None if order_id is None else copy.deepcopy(self._orders[order_id])
+
+    async def list_for_buyer(self, buyer_id: str, limit: int) -> builtins.list[Order]:
+        return self._newest(lambda o: o.buyer_id == buyer_id, limit)
+
+    async def list_for_room(self, room_id: str, limit: int) -> builtins.list[Order]:
+        return self._newest(lambda o: o.room_id == room_id, limit)
+
+    async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
+        last_move(order, expected)
+        stored = self._stored(order.id)
+        if stored.status is not expected:
+            raise Conflict(
+                f"the order is {stored.status} now, not {expected}", code="order_changed"
+            )
+        stored.status = order.status
+        stored.history.append(copy.deepcopy(order.history[-1]))
+        self._apply(
+            stored.offer_id, FiguresDelta.of(stored.quantity, stored.total, expected, order.status)
+        )
+
+    async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:
+        due = [
+            o
+            for o in self._orders.values()
+            if o.status is OrderStatus.PENDING_PAYMENT and o.reservation_expires_at <= now
+        ]
+        due.sort(key=lambda o: (o.reservation_expires_at, o.id))
+        return [copy.deepcopy(o) for o in due[:limit]]
+
+    async def holding_stock(self, offer_id: str) -> builtins.list[Order]:
+        held = [o for o in self._orders.values() if o.offer_id == offer_id and o.holds_stock]
+        held.sort(key=lambda o: (o.created_at, o.id))
+        return [copy.deepcopy(o) for o in held]
+
+    async def offer_figures(self, offer_id: str) -> OfferFigures:
+        figures = self._figures.get(offer_id, OfferFigures(offer_id))
+        return replace(figures, gmv=dict(figures.gmv))
+
+    def _stored(self, order_id: str) -> Order:
+        try:
+            return self._orders[order_id]
+        except KeyError:
+            raise NotFound(f"order {order_id} not found") from None
+
+    def _newest(self, keep: _Predicate, limit: int) -> builtins.list[Order]:
+        found = [o for o in self._orders.values() if keep(o)]
+        found.sort(key=lambda o: (o.created_at, o.id), reverse=True)
+        return [copy.deepcopy(o) for o in found[:limit]]
+
+    def _apply(self, offer_id: str, delta: FiguresDelta) -> None:
+        if delta.is_zero:
+            return
+        now = self._figures.get(offer_id, OfferFigures(offer_id))
+        gmv = dict(now.gmv)
+        if delta.paid_orders:
+            gmv[delta.currency] = gmv.get(delta.currency, Decimal(0)) + delta.gmv
+        self._figures[offer_id] = OfferFigures(
+            offer_id,
+            orders=now.orders + delta.orders,
+            units=now.units + delta.units,
+            paid_orders=now.paid_orders + delta.paid_orders,
+            paid_units=now.paid_units + delta.paid_units,
+            gmv=gmv,
+        )

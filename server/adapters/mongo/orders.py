@@ -1,0 +1,421 @@
+"""MongoDB stores for flash offers and orders, on PyMongo's async API.
+
+An order and its offer's figures change together in one multi-document transaction, so the
+host's figures never disagree with the orders (needs a replica set; a single node is enough).
+Creation is idempotent through the unique (offer_id, idempotency_key) index rather than a read
+before the write: a read can race another process, the index cannot.
+
+Stored forms: money as Decimal128 plus a currency; datetimes UTC (tz-aware on the way out);
+the history as an array of transitions; the shipping address as a subdocument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import random
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from bson import Decimal128
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from server.adapters.memory_orders import FiguresDelta, last_move
+from server.adapters.mongo.stores import (
+    Document,
+    _collection,
+    _money_doc,
+    _money_from,
+    _translate_errors,
+)
+from server.domain.errors import Conflict, NotFound
+from server.domain.offers import EndReason, FlashOffer, utc_ms
+from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus, Transition
+from server.ports import OfferFigures
+
+OFFERS = "offers"
+ORDERS = "orders"
+OFFER_FIGURES = "offer_figures"
+
+T = TypeVar("T")
+
+_NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
+# An offer's figures are spread over this many counter documents, summed when read. One
+# document would be a hot spot: every order of a flash sale writes it, and transactions writing
+# one document at once conflict and retry with backoff (about 20 orders/s with 500 concurrent
+# creates on one local mongod, where plain inserts run at about 1,000/s).
+FIGURE_SHARDS = 64
+
+
+async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
+    """Create every index the offer and order stores rely on; safe to run at each start. The
+    unique key index is what makes `MongoOrderStore.create` idempotent, so run this before the
+    first order is written."""
+    await _collection(db, ORDERS).create_indexes(
+        [
+            IndexModel(
+                [("offer_id", ASCENDING), ("idempotency_key", ASCENDING)],
+                unique=True,
+                name="offer_idempotency_key",
+            ),
+            IndexModel([("buyer_id", ASCENDING), *_NEWEST_FIRST], name="buyer_created_at"),
+            IndexModel([("room_id", ASCENDING), *_NEWEST_FIRST], name="room_created_at"),
+            IndexModel(
+                [("status", ASCENDING), ("reservation_expires_at", ASCENDING)],
+                name="status_expires_at",
+            ),
+        ]
+    )
+    await _collection(db, OFFERS).create_indexes(
+        [
+            IndexModel(
+                [("room_id", ASCENDING), ("ended_at", ASCENDING), ("starts_at", ASCENDING)],
+                name="room_open",
+            ),
+            IndexModel([("ended_at", ASCENDING), ("ends_at", ASCENDING)], name="due_to_end"),
+        ]
+    )
+    # Also creates the collection: the first transactions on a new offer would otherwise race
+    # to create it.
+    await _collection(db, OFFER_FIGURES).create_index("offer_id", name="offer_id")
+
+
+class MongoOfferStore:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._offers = _collection(db, OFFERS)
+
+    @_translate_errors
+    async def create(self, offer: FlashOffer) -> None:
+        try:
+            await self._offers.insert_one(_offer_doc(offer))
+        except DuplicateKeyError:
+            raise Conflict(f"offer {offer.id} exists") from None
+
+    @_translate_errors
+    async def get(self, offer_id: str) -> FlashOffer:
+        doc = await self._offers.find_one({"_id": offer_id})
+        if doc is None:
+            raise NotFound(f"offer {offer_id} not found")
+        return _offer_from(doc)
+
+    @_translate_errors
+    async def open_in_room(self, room_id: str) -> builtins.list[FlashOffer]:
+        cursor = self._offers.find({"room_id": room_id, "ended_at": None}).sort(
+            [("starts_at", ASCENDING), ("_id", ASCENDING)]
+        )
+        return [_offer_from(doc) async for doc in cursor]
+
+    @_translate_errors
+    async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
+        # One conditional update: of any number of processes ending the offer at once, the
+        # server lets exactly one match `ended_at: null`.
+        doc = await self._offers.find_one_and_update(
+            {"_id": offer_id, "ended_at": None},
+            {"$set": {"ended_at": utc_ms(at), "end_reason": reason.value}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is not None:
+            return _offer_from(doc)
+        await self.get(offer_id)  # NotFound for an unknown offer rather than "already ended"
+        return None
+
+    @_translate_errors
+    async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:
+        cursor = (
+            self._offers.find({"ended_at": None, "ends_at": {"$lte": now}})
+            .sort([("ends_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(limit)
+        )
+        return [_offer_from(doc) async for doc in cursor]
+
+
+class MongoOrderStore:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._client = db.client
+        self._orders = _collection(db, ORDERS)
+        self._figures = _collection(db, OFFER_FIGURES)
+        # Shuffled, so processes sharing the database start on different shards.
+        self._free_shards: asyncio.Queue[int] = asyncio.Queue()
+        for shard in random.sample(range(FIGURE_SHARDS), FIGURE_SHARDS):
+            self._free_shards.put_nowait(shard)
+
+    @_translate_errors
+    async def create(self, order: Order) -> Order:
+        doc = _order_doc(order)
+        delta = FiguresDelta.of(order.quantity, order.total, None, order.status)
+
+        async def write(session: AsyncClientSession, shard: int) -> None:
+            await self._orders.insert_one(doc, session=session)
+            # Last in the transaction: a concurrent writer of the same counter conflicts only
+            # while it is held, from here to the commit.
+            await self._apply(order.offer_id, delta, session, shard)
+
+        try:
+            await self._transaction(write)
+        except DuplicateKeyError:
+            stored = await self._orders.find_one(
+                {"offer_id": order.offer_id, "idempotency_key": order.idempotency_key}
+            )
+            if stored is None:  # the order id is taken by another claim: a caller's bug
+                raise Conflict(f"order {order.id} exists", code="order_exists") from None
+            return _order_from(stored)
+        return _order_from(doc)
+
+    @_translate_errors
+    async def get(self, order_id: str) -> Order:
+        doc = await self._orders.find_one({"_id": order_id})
+        if doc is None:
+            raise NotFound(f"order {order_id} not found")
+        return _order_from(doc)
+
+    @_translate_errors
+    async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None:
+        doc = await self._orders.find_one(
+            {"offer_id": offer_id, "idempotency_key": idempotency_key}
+        )
+        return None if doc is None else _order_from(doc)
+
+    @_translate_errors
+    async def list_for_buyer(self, buyer_id: str, limit: int) -> builtins.list[Order]:
+        cursor = self._orders.find({"buyer_id": buyer_id}).sort(_NEWEST_FIRST).limit(limit)
+        return [_order_from(doc) async for doc in cursor]
+
+    @_translate_errors
+    async def list_for_room(self, room_id: str, limit: int) -> builtins.list[Order]:
+        cursor = self._orders.find({"room_id": room_id}).sort(_NEWEST_FIRST).limit(limit)
+        return [_order_from(doc) async for doc in cursor]
+
+    @_translate_errors
+    async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
+        last_move(order, expected)
+        step = _transition_doc(order.history[-1])
+
+        async def write(session: AsyncClientSession, shard: int) -> None:
+            # Compare-and-set on the status: of two racing moves (a payment and an expiry),
+            # one matches; the other finds the status changed and is refused.
+            stored = await self._orders.find_one_and_update(
+                {"_id": order.id, "status": expected.value},
+                {"$set": {"status": order.status.value}, "$push": {"history": step}},
+                projection={"offer_id": True, "quantity": True, "total": True},
+                session=session,
+            )
+            if stored is None:
+                current = await self._orders.find_one(
+                    {"_id": order.id}, {"status": True}, session=session
+                )
+                if current is None:
+                    raise NotFound(f"order {order.id} not found")
+                raise Conflict(
+                    f"the order is {current['status']} now, not {expected}", code="order_changed"
+                )
+            # Figures from the stored order, not the caller's copy of it.
+            delta = FiguresDelta.of(
+                stored["quantity"], _money_from(stored["total"]), expected, order.status
+            )
+            await self._apply(stored["offer_id"], delta, session, shard)
+
+        await self._transaction(write)
+
+    @_translate_errors
+    async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:
+        query = {
+            "status": OrderStatus.PENDING_PAYMENT.value,
+            "reservation_expires_at": {"$lte": now},
+        }
+        cursor = (
+            self._orders.find(query)
+            .sort([("reservation_expires_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(limit)
+        )
+        return [_order_from(doc) async for doc in cursor]
+
+    @_translate_errors
+    async def holding_stock(self, offer_id: str) -> builtins.list[Order]:
+        query = {"offer_id": offer_id, "status": {"$in": [s.value for s in HOLDS_STOCK]}}
+        cursor = self._orders.find(query).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        return [_order_from(doc) async for doc in cursor]
+
+    @_translate_errors
+    async def offer_figures(self, offer_id: str) -> OfferFigures:
+        counts = dict.fromkeys(("orders", "units", "paid_orders", "paid_units"), 0)
+        gmv: dict[str, Decimal] = {}
+        async for doc in self._figures.find({"offer_id": offer_id}):
+            for name in counts:
+                counts[name] += doc.get(name, 0)
+            for code, amount in doc.get("gmv", {}).items():
+                gmv[code] = gmv.get(code, Decimal(0)) + amount.to_decimal()
+        return OfferFigures(offer_id, gmv=gmv, **counts)
+
+    async def _transaction(self, write: Callable[[AsyncClientSession, int], Awaitable[T]]) -> T:
+        """Run `write` in a transaction with a figures shard no other transaction of this
+        process holds meanwhile, so this process's orders never conflict with each other.
+
+        with_transaction retries the whole callback on transient errors (a conflict with
+        another process on the same shard) and the commit when its outcome is unknown, so the
+        callback must be safe to run again: it only writes."""
+        # Past FIGURE_SHARDS concurrent writes the next one waits for a shard rather than
+        # share one: waiting costs less than a conflict, an abort and a backoff.
+        shard = await self._free_shards.get()
+        try:
+            async with self._client.start_session() as session:
+                return await session.with_transaction(lambda s: write(s, shard))
+        finally:
+            self._free_shards.put_nowait(shard)
+
+    async def _apply(
+        self, offer_id: str, delta: FiguresDelta, session: AsyncClientSession, shard: int
+    ) -> None:
+        if delta.is_zero:
+            return
+        inc: Document = {
+            "orders": delta.orders,
+            "units": delta.units,
+            "paid_orders": delta.paid_orders,
+            "paid_units": delta.paid_units,
+        }
+        if delta.paid_orders:
+            # Decimal128 adds exactly; currency codes are three capitals, safe as field names.
+            inc[f"gmv.{delta.currency}"] = Decimal128(delta.gmv)
+        await self._figures.update_one(
+            {"_id": f"{offer_id}#{shard}"},
+            {"$inc": inc, "$setOnInsert": {"offer_id": offer_id}},
+            upsert=True,
+            session=session,
+        )
+
+
+# -- Documents -----------------------------------------------------------------------------------
+
+
+def _offer_doc(offer: FlashOffer) -> Document:
+    return {
+        "_id": offer.id,
+        "room_id": offer.room_id,
+        "product_id": offer.product_id,
+        "host_id": offer.host_id,
+        "price": _money_doc(offer.price),
+        "quantity": offer.quantity,
+        "per_user_limit": offer.per_user_limit,
+        "starts_at": offer.starts_at,
+        "ends_at": offer.ends_at,
+        "created_at": offer.created_at,
+        # Always present (null until the end), so "not ended" is one indexed equality.
+        "ended_at": offer.ended_at,
+        "end_reason": None if offer.end_reason is None else offer.end_reason.value,
+    }
+
+
+def _offer_from(doc: Document) -> FlashOffer:
+    reason = doc.get("end_reason")
+    return FlashOffer(
+        id=doc["_id"],
+        room_id=doc["room_id"],
+        product_id=doc["product_id"],
+        host_id=doc["host_id"],
+        price=_money_from(doc["price"]),
+        quantity=doc["quantity"],
+        per_user_limit=doc["per_user_limit"],
+        starts_at=doc["starts_at"],
+        ends_at=doc["ends_at"],
+        created_at=doc["created_at"],
+        ended_at=doc.get("ended_at"),
+        end_reason=None if reason is None else EndReason(reason),
+    )
+
+
+def _order_doc(order: Order) -> Document:
+    address = order.shipping_address
+    return {
+        "_id": order.id,
+        "idempotency_key": order.idempotency_key,
+        "offer_id": order.offer_id,
+        "room_id": order.room_id,
+        "host_id": order.host_id,
+        "buyer_id": order.buyer_id,
+        "product": _to_bson(order.product),
+        "unit_price": _money_doc(order.unit_price),
+        "quantity": order.quantity,
+        "total": _money_doc(order.total),
+        "shipping_address": {
+            "name": address.name,
+            "line1": address.line1,
+            "line2": address.line2,
+            "city": address.city,
+            "postal_code": address.postal_code,
+            "country": address.country,
+            "phone": address.phone,
+        },
+        "status": order.status.value,
+        "created_at": order.created_at,
+        "reservation_expires_at": order.reservation_expires_at,
+        "reservation_id": order.reservation_id,
+        "history": [_transition_doc(step) for step in order.history],
+    }
+
+
+def _order_from(doc: Document) -> Order:
+    return Order(
+        id=doc["_id"],
+        idempotency_key=doc["idempotency_key"],
+        offer_id=doc["offer_id"],
+        room_id=doc["room_id"],
+        host_id=doc["host_id"],
+        buyer_id=doc["buyer_id"],
+        product=_from_bson(doc["product"]),
+        unit_price=_money_from(doc["unit_price"]),
+        quantity=doc["quantity"],
+        total=_money_from(doc["total"]),
+        shipping_address=Address(**doc["shipping_address"]),
+        status=OrderStatus(doc["status"]),
+        created_at=doc["created_at"],
+        reservation_expires_at=doc["reservation_expires_at"],
+        reservation_id=doc.get("reservation_id"),
+        history=[_transition_from(step) for step in doc["history"]],
+    )
+
+
+def _transition_doc(step: Transition) -> Document:
+    return {
+        "from": None if step.from_status is None else step.from_status.value,
+        "to": step.to_status.value,
+        "at": step.at,
+        "by": step.by,
+        "reason": step.reason,
+    }
+
+
+def _transition_from(doc: Document) -> Transition:
+    before = doc["from"]
+    return Transition(
+        from_status=None if before is None else OrderStatus(before),
+        to_status=OrderStatus(doc["to"]),
+        at=doc["at"],
+        by=doc["by"],
+        reason=doc.get("reason", ""),
+    )
+
+
+def _to_bson(value: Any) -> Any:
+    """The product snapshot as BSON can hold it: Decimals (prices) become Decimal128."""
+    if isinstance(value, Decimal):
+        return Decimal128(value)
+    if isinstance(value, dict):
+        return {key: _to_bson(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_bson(item) for item in value]
+    return value
+
+
+def _from_bson(value: Any) -> Any:
+    if isinstance(value, Decimal128):
+        return value.to_decimal()
+    if isinstance(value, dict):
+        return {key: _from_bson(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_bson(item) for item in value]
+    return value

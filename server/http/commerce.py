@@ -1,0 +1,118 @@
+"""Flash offers, claims and orders over HTTP.
+
+`POST /rooms/{id}/offers` (the host), `GET /offers/{id}`, `POST /offers/{id}/stop` (the host),
+`POST /offers/{id}/claims` with an `Idempotency-Key` header, `GET /orders/{id}`, `GET /orders`
+(mine, or `?room_id=` for the room's host), `POST /orders/{id}/cancel` (the buyer).
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from schemas.commerce import ClaimIn, OfferIn, offer_to_wire, order_to_wire
+from server.domain.errors import InvalidInput
+from server.http.deps import container_of, json_body, query_params, require_identity
+
+# Printable ASCII without spaces: what clients put in idempotency keys (UUIDs, ULIDs, ...).
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,100}$")
+
+
+class OrderListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    room_id: str | None = Field(default=None, min_length=1, max_length=64)
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+async def launch_offer(request: Request) -> JSONResponse:
+    who = require_identity(request)
+    body = await json_body(request, OfferIn)
+    service = container_of(request).offer_service
+    offer = await service.launch(
+        request.path_params["room_id"],
+        who,
+        product_id=body.product_id,
+        price=body.price.to_money(),
+        quantity=body.quantity,
+        per_user_limit=body.per_user_limit,
+        countdown_seconds=body.countdown_seconds,
+        duration_seconds=body.duration_seconds,
+    )
+    location = request.url_for("get_offer", offer_id=offer.id)
+    return JSONResponse(
+        offer_to_wire(offer, offer.quantity), status_code=201, headers={"Location": str(location)}
+    )
+
+
+async def get_offer(request: Request) -> JSONResponse:
+    offer, remaining = await container_of(request).offer_service.view(
+        request.path_params["offer_id"]
+    )
+    return JSONResponse(offer_to_wire(offer, remaining))
+
+
+async def stop_offer(request: Request) -> JSONResponse:
+    who = require_identity(request)
+    service = container_of(request).offer_service
+    offer = await service.stop(request.path_params["offer_id"], who)
+    _, remaining = await service.view(offer.id)
+    return JSONResponse(offer_to_wire(offer, remaining))
+
+
+async def claim_offer(request: Request) -> JSONResponse:
+    who = require_identity(request)
+    key = request.headers.get("idempotency-key", "")
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise InvalidInput(
+            "send an Idempotency-Key header (1-100 printable characters)",
+            code="invalid_idempotency_key",
+        )
+    body = await json_body(request, ClaimIn)
+    order, created = await container_of(request).order_service.claim(
+        request.path_params["offer_id"],
+        who,
+        quantity=body.quantity,
+        idempotency_key=key,
+        address=body.shipping_address.to_address(),
+    )
+    location = request.url_for("get_order", order_id=order.id)
+    # A retry gets the same order back; 201 either way, as the first answer was.
+    headers = {"Location": str(location), "Idempotent-Replayed": "false" if created else "true"}
+    return JSONResponse(order_to_wire(order), status_code=201, headers=headers)
+
+
+async def get_order(request: Request) -> JSONResponse:
+    who = require_identity(request)
+    order = await container_of(request).order_service.get(request.path_params["order_id"], who)
+    return JSONResponse(order_to_wire(order))
+
+
+async def list_orders(request: Request) -> JSONResponse:
+    who = require_identity(request)
+    query = query_params(request, OrderListQuery)
+    orders = await container_of(request).order_service.list(
+        who, room_id=query.room_id, limit=query.limit
+    )
+    return JSONResponse({"items": [order_to_wire(order) for order in orders]})
+
+
+async def cancel_order(request: Request) -> JSONResponse:
+    who = require_identity(request)
+    order = await container_of(request).order_service.cancel(request.path_params["order_id"], who)
+    return JSONResponse(order_to_wire(order))
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/rooms/{room_id}/offers", launch_offer, methods=["POST"], name="launch_offer"),
+        Route("/offers/{offer_id}", get_offer, methods=["GET"], name="get_offer"),
+        Route("/offers/{offer_id}/stop", stop_offer, methods=["POST"], name="stop_offer"),
+        Route("/offers/{offer_id}/claims", claim_offer, methods=["POST"], name="claim_offer"),
+        Route("/orders", list_orders, methods=["GET"], name="list_orders"),
+        Route("/orders/{order_id}", get_order, methods=["GET"], name="get_order"),
+        Route("/orders/{order_id}/cancel", cancel_order, methods=["POST"], name="cancel_order"),
+    ]

@@ -1,0 +1,216 @@
+"""Flash offers: launch, stop, end exactly once (sold out, expired, stopped), and tell the room.
+
+Any process may end an offer by time: the store's compare-and-set lets exactly one of them
+record the end and publish `offer.ended`, so the end happens even if the launching process died.
+Stock announcements are coalesced per offer, but a sold-out offer is always announced at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from schemas.commerce import offer_to_wire
+from schemas.http import product_to_wire
+from server.domain.errors import LiveshopError, Unavailable
+from server.domain.identity import Identity
+from server.domain.money import Money
+from server.domain.offers import EndReason, FlashOffer, RecoveredClaim, plan_offer
+from server.domain.orders import HOLDS_STOCK
+from server.domain.rooms import ensure_can_manage
+from server.ports import (
+    OfferStore,
+    OrderStore,
+    ProductStore,
+    RoomEvents,
+    RoomStore,
+    StockReservations,
+)
+from server.services.rooms import new_id, utc_now
+
+log = logging.getLogger("liveshop.offers")
+
+# How often one process tells a room that an offer's stock moved (the last unit always at once).
+STOCK_ANNOUNCE_SECONDS = 0.25
+DUE_BATCH = 100
+
+
+class OfferService:
+    def __init__(
+        self,
+        offers: OfferStore,
+        orders: OrderStore,
+        rooms: RoomStore,
+        products: ProductStore,
+        stock: StockReservations,
+        events: RoomEvents,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._offers = offers
+        self._orders = orders
+        self._rooms = rooms
+        self._products = products
+        self._stock = stock
+        self._events = events
+        self._clock = clock
+        self._announced_at: dict[str, float] = {}
+        self._announcing: dict[str, asyncio.Task[None]] = {}
+
+    async def launch(
+        self,
+        room_id: str,
+        who: Identity,
+        *,
+        product_id: str,
+        price: Money,
+        quantity: int,
+        per_user_limit: int,
+        countdown_seconds: int,
+        duration_seconds: int,
+    ) -> FlashOffer:
+        room = await self._rooms.get(room_id)
+        ensure_can_manage(room, who)
+        product = await self._products.get(product_id)
+        offer = plan_offer(
+            offer_id=new_id("f"),
+            room=room,
+            product=product,
+            price=price,
+            quantity=quantity,
+            per_user_limit=per_user_limit,
+            now=self._clock(),
+            duration=timedelta(seconds=duration_seconds),
+            countdown=timedelta(seconds=countdown_seconds),
+        )
+        # Stock first: an offer in the store without stock would answer `paused` and rebuild.
+        await self._stock.open_offer(
+            offer.id,
+            quantity=offer.quantity,
+            per_user_limit=offer.per_user_limit,
+            starts_at=offer.starts_at,
+            ends_at=offer.ends_at,
+        )
+        await self._offers.create(offer)
+        await self._events.publish_room_event(
+            room_id,
+            {
+                "type": "offer.started",
+                "offer": offer_to_wire(offer, offer.quantity),
+                "product": product_to_wire(product),
+                "server_time": _iso(self._clock()),
+            },
+        )
+        return offer
+
+    async def view(self, offer_id: str) -> tuple[FlashOffer, int | None]:
+        """The offer and its remaining stock (None while the stock is being rebuilt)."""
+        offer = await self._offers.get(offer_id)
+        try:
+            remaining = await self.remaining(offer)
+        except Unavailable:
+            remaining = None
+        return offer, remaining
+
+    async def remaining(self, offer: FlashOffer) -> int:
+        if not await self._stock.is_ready(offer.id):
+            await self.rebuild(offer)
+        return await self._stock.remaining(offer.id)
+
+    async def open_in_room(self, room_id: str) -> list[tuple[FlashOffer, int | None]]:
+        offers = await self._offers.open_in_room(room_id)
+        return [await self.view(offer.id) for offer in offers]
+
+    async def stop(self, offer_id: str, who: Identity) -> FlashOffer:
+        offer = await self._offers.get(offer_id)
+        ensure_can_manage(await self._rooms.get(offer.room_id), who)
+        ended = await self.end(offer, EndReason.STOPPED)
+        return ended or await self._offers.get(offer_id)
+
+    async def end(self, offer: FlashOffer, reason: EndReason) -> FlashOffer | None:
+        """End the offer if nobody has yet; only the process that wins tells the room."""
+        at = offer.ends_at if reason is EndReason.EXPIRED else self._clock()
+        ended = await self._offers.record_end(offer.id, reason, at)
+        if ended is None:
+            return None
+        await self._stock.stop(offer.id)
+        await self._events.publish_room_event(
+            offer.room_id, {"type": "offer.ended", "offer_id": offer.id, "reason": reason.value}
+        )
+        log.info("offer_ended", extra={"offer_id": offer.id, "reason": reason.value})
+        return ended
+
+    async def end_due(self) -> int:
+        """End every offer whose time is up (each process calls this once a second)."""
+        due = await self._offers.due_to_end(self._clock(), DUE_BATCH)
+        ended = 0
+        for offer in due:
+            if await self.end(offer, EndReason.EXPIRED) is not None:
+                ended += 1
+        return ended
+
+    async def rebuild(self, offer: FlashOffer) -> None:
+        """Restore an offer's stock from its orders after the reservation store lost it."""
+        orders = await self._orders.holding_stock(offer.id)
+        claims = [
+            RecoveredClaim(
+                idempotency_key=order.idempotency_key,
+                buyer_id=order.buyer_id,
+                quantity=order.quantity,
+                order_id=order.id,
+                held=order.status in HOLDS_STOCK,
+                reservation_id=order.reservation_id,
+            )
+            for order in orders
+        ]
+        rebuilt = await self._stock.rebuild(
+            offer.id,
+            quantity=offer.quantity,
+            per_user_limit=offer.per_user_limit,
+            starts_at=offer.starts_at,
+            ends_at=offer.ends_at,
+            stopped=offer.end_reason is not None,
+            claims=claims,
+        )
+        if rebuilt:
+            log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
+
+    def stock_moved(self, offer: FlashOffer, remaining: int | None) -> None:
+        """A claim or a release changed the stock: tell the room soon (sold out: now)."""
+        if remaining == 0:
+            self._spawn_announce(offer, delay=0.0)
+            return
+        if offer.id in self._announcing:
+            return  # an announcement is on its way and will read the latest figure
+        since = time.monotonic() - self._announced_at.get(offer.id, 0.0)
+        self._spawn_announce(offer, delay=max(0.0, STOCK_ANNOUNCE_SECONDS - since))
+
+    def _spawn_announce(self, offer: FlashOffer, delay: float) -> None:
+        task = asyncio.create_task(self._announce(offer, delay))
+        self._announcing.setdefault(offer.id, task)
+        task.add_done_callback(lambda _: self._forget_announce(offer.id, task))
+
+    def _forget_announce(self, offer_id: str, task: asyncio.Task[None]) -> None:
+        if self._announcing.get(offer_id) is task:
+            del self._announcing[offer_id]
+
+    async def _announce(self, offer: FlashOffer, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            remaining = await self._stock.remaining(offer.id)
+            self._announced_at[offer.id] = time.monotonic()
+            await self._events.publish_room_event(
+                offer.room_id,
+                {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining},
+            )
+            if remaining == 0:
+                await self.end(offer, EndReason.SOLD_OUT)
+        except LiveshopError as error:
+            log.warning("offer_announce_failed", extra={"offer_id": offer.id, "code": error.code})
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,217 @@
+"""Claims and orders: reserve stock, write the order, follow it until paid, cancelled or expired.
+
+A claim reserves units in the reservation store (one atomic step that also dedupes retries),
+then writes the order in MongoDB (idempotent on the same key), then attaches the order to the
+reservation. A process that dies between the first and last step leaves a reservation without
+an order: the reaper releases it. An order that can no longer hold its units is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from schemas.commerce import order_to_wire
+from schemas.http import product_to_wire
+from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
+from server.domain.identity import Identity, Role
+from server.domain.offers import AttachOutcome, ClaimOutcome, FlashOffer, claim_error
+from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, place_order
+from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
+from server.services.offers import OfferService
+from server.services.rooms import new_id, utc_now
+
+log = logging.getLogger("liveshop.orders")
+
+Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
+SYSTEM = "system"
+# A reservation this old with no order attached belongs to a claimer that died mid-claim.
+ORPHAN_AFTER = timedelta(seconds=30)
+EXPIRY_BATCH = 200
+
+
+class OrderService:
+    def __init__(
+        self,
+        offers: OfferStore,
+        orders: OrderStore,
+        products: ProductStore,
+        stock: StockReservations,
+        offer_service: OfferService,
+        notify: Notify,
+        clock: Callable[[], datetime] = utc_now,
+        reservation_ttl: timedelta = RESERVATION_TTL,
+    ) -> None:
+        self._offers = offers
+        self._orders = orders
+        self._products = products
+        self._stock = stock
+        self._offer_service = offer_service
+        self._notify = notify
+        self._clock = clock
+        self._reservation_ttl = reservation_ttl
+
+    # Claims -----------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        offer_id: str,
+        buyer: Identity,
+        *,
+        quantity: int,
+        idempotency_key: str,
+        address: Address,
+        room_id: str | None = None,
+    ) -> tuple[Order, bool]:
+        """The order for this claim and whether it is new (False: a retry of an earlier one).
+        From a room's socket, `room_id` keeps claims to that room's offers."""
+        if buyer.anonymous:
+            raise Forbidden("sign in to buy")
+        offer = await self._offers.get(offer_id)
+        if room_id is not None and offer.room_id != room_id:
+            raise NotFound(f"offer {offer_id} not found in this room")
+        # Keys are the client's, unique per buyer: scoped here so two buyers never collide.
+        key = f"{buyer.user_id}:{idempotency_key}"
+        earlier = await self._orders.by_key(offer.id, key)
+        if earlier is not None:
+            return earlier, False
+        result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
+        if result.outcome is ClaimOutcome.PAUSED:
+            await self._offer_service.rebuild(offer)
+            result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
+        error = claim_error(result)
+        if error is not None:
+            raise error
+        if result.outcome is ClaimOutcome.DUPLICATE:
+            if result.order_id is not None:
+                return await self._orders.get(result.order_id), False
+            if result.released:
+                raise Conflict(
+                    "this claim ran out before its order was written", code="claim_expired"
+                )
+        order = await self._write_order(
+            offer, buyer, key, result.quantity or quantity, address, result.reservation_id
+        )
+        self._offer_service.stock_moved(offer, result.remaining)
+        return order, True
+
+    async def _write_order(
+        self,
+        offer: FlashOffer,
+        buyer: Identity,
+        key: str,
+        quantity: int,
+        address: Address,
+        reservation_id: str | None,
+    ) -> Order:
+        product = await self._products.get(offer.product_id)
+        order = place_order(
+            order_id=new_id("o"),
+            idempotency_key=key,
+            offer=offer,
+            buyer_id=buyer.user_id,
+            product=product_to_wire(product),
+            quantity=quantity,
+            address=address,
+            now=self._clock(),
+            reservation_id=reservation_id,
+            reservation_ttl=self._reservation_ttl,
+        )
+        stored = await self._orders.create(order)
+        attached = await self._stock.attach_order(offer.id, key, stored.id)
+        if attached in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
+            # The reaper (or a rebuild) gave these units back meanwhile: no stock, no order.
+            await self._move(stored, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
+            raise Conflict("this claim ran out before its order was written", code="claim_expired")
+        await self._tell_buyer(stored)
+        return stored
+
+    # Reading and cancelling --------------------------------------------------------------------
+
+    async def get(self, order_id: str, who: Identity) -> Order:
+        """The order for its buyer, the room's host or an admin; NotFound for anyone else."""
+        order = await self._orders.get(order_id)
+        if not _may_see(order, who):
+            raise NotFound(f"order {order_id} not found")
+        return order
+
+    async def list(self, who: Identity, *, room_id: str | None, limit: int) -> list[Order]:
+        if room_id is None:
+            return await self._orders.list_for_buyer(who.user_id, limit)
+        orders = await self._orders.list_for_room(room_id, limit)
+        if who.role is Role.ADMIN:
+            return orders
+        if who.role is not Role.HOST:
+            raise Forbidden("only the room's host can list its orders")
+        return [order for order in orders if order.host_id == who.user_id]
+
+    async def cancel(self, order_id: str, who: Identity) -> Order:
+        order = await self.get(order_id, who)
+        if order.buyer_id != who.user_id:
+            raise Forbidden("only the buyer can cancel an order")
+        if order.status is not OrderStatus.PENDING_PAYMENT:
+            raise Conflict(
+                f"order is {order.status}, only pending payment can be cancelled",
+                code="invalid_transition",
+            )
+        await self._move(order, OrderStatus.CANCELLED, by=who.user_id, reason="cancelled by buyer")
+        await self._give_back(order)
+        return order
+
+    # Housekeeping, run by every process ----------------------------------------------------------
+
+    async def expire_due(self) -> int:
+        """Expire unpaid orders whose reservation ran out; exactly once across processes."""
+        expired = 0
+        for order in await self._orders.due_to_expire(self._clock(), EXPIRY_BATCH):
+            try:
+                await self._move(order, OrderStatus.EXPIRED, by=SYSTEM, reason="not paid in time")
+            except Conflict:
+                continue  # paid, cancelled or expired by someone else meanwhile
+            await self._give_back(order)
+            expired += 1
+        return expired
+
+    async def reap_orphans(self, offer_id: str) -> int:
+        """Release reservations whose claimer died before writing the order."""
+        older_than = self._clock() - ORPHAN_AFTER
+        released = 0
+        for pending in await self._stock.pending_without_order(offer_id, older_than):
+            if await self._stock.release(offer_id, pending.idempotency_key, orphan_only=True):
+                released += 1
+        if released:
+            log.warning("orphan_reservations_released", extra={"offer_id": offer_id, "n": released})
+            offer = await self._offers.get(offer_id)
+            self._offer_service.stock_moved(offer, None)
+        return released
+
+    async def _move(self, order: Order, to: OrderStatus, *, by: str, reason: str) -> None:
+        expected = order.status
+        order.move(to, at=self._clock(), by=by, reason=reason)
+        await self._orders.save_move(order, expected=expected)
+        await self._tell_buyer(order)
+
+    async def _give_back(self, order: Order) -> None:
+        """Return the order's units to its offer; the room hears of it if the offer runs."""
+        try:
+            released = await self._stock.release(order.offer_id, order.idempotency_key)
+        except Unavailable:
+            return  # the offer's stock is being rebuilt from the orders, which now say so
+        if released:
+            offer = await self._offers.get(order.offer_id)
+            if offer.end_reason is None:
+                self._offer_service.stock_moved(offer, None)
+
+    async def _tell_buyer(self, order: Order) -> None:
+        try:
+            await self._notify(
+                order.buyer_id, {"type": "order.updated", "order": order_to_wire(order)}
+            )
+        except Unavailable:
+            log.warning("order_update_not_sent", extra={"order_id": order.id})
+
+
+def _may_see(order: Order, who: Identity) -> bool:
+    return who.role is Role.ADMIN or who.user_id in (order.buyer_id, order.host_id)

@@ -1,0 +1,155 @@
+"""One suite for the offer store, run against memory and a real MongoDB: offers read back
+exactly, open offers by room, and an end recorded exactly once however many processes race."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from bson import Decimal128
+from pymongo import AsyncMongoClient
+
+from server.adapters.memory_orders import MemoryOfferStore
+from server.adapters.mongo.orders import OFFERS, MongoOfferStore, ensure_order_indexes
+from server.domain.errors import Conflict, NotFound
+from server.domain.money import Money
+from server.domain.offers import EndReason, FlashOffer
+from server.ports import OfferStore
+
+T0 = datetime(2026, 5, 14, 10, 0, 0, 123000, tzinfo=UTC)
+
+
+@pytest.fixture
+async def mongo_db(mongodb_url: str, mongo_database_name: str) -> AsyncIterator[Any]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    try:
+        db = client[mongo_database_name]
+        await ensure_order_indexes(db)
+        yield db
+    finally:
+        await client.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.mongo)])
+def offers(request: pytest.FixtureRequest) -> OfferStore:
+    if request.param == "memory":
+        return MemoryOfferStore()
+    return MongoOfferStore(request.getfixturevalue("mongo_db"))
+
+
+def _offer(
+    offer_id: str = "of_1",
+    *,
+    room_id: str = "r_1",
+    starts_in: int = 0,
+    minutes: int = 5,
+    price: Money | None = None,
+) -> FlashOffer:
+    starts = T0 + timedelta(seconds=starts_in)
+    return FlashOffer(
+        id=offer_id,
+        room_id=room_id,
+        product_id="p_1",
+        host_id="host-1",
+        price=price or Money(Decimal("9.90"), "EUR"),
+        quantity=500,
+        per_user_limit=2,
+        starts_at=starts,
+        ends_at=starts + timedelta(minutes=minutes),
+        created_at=T0,
+    )
+
+
+@pytest.mark.parametrize(
+    "price", [Money(Decimal("9.90"), "EUR"), Money(Decimal("1500"), "JPY"), None]
+)
+async def test_offer_reads_back_exactly(offers: OfferStore, price: Money | None) -> None:
+    offer = _offer(price=price)
+    await offers.create(offer)
+    got = await offers.get("of_1")
+    assert got == offer
+    assert str(got.price.amount) == str(offer.price.amount)
+    assert got.starts_at.utcoffset() == timedelta(0)
+    assert got.ended_at is None
+
+
+async def test_offer_missing_or_duplicate(offers: OfferStore) -> None:
+    with pytest.raises(NotFound):
+        await offers.get("of_missing")
+    await offers.create(_offer())
+    with pytest.raises(Conflict):
+        await offers.create(_offer())
+
+
+async def test_open_in_room_by_start_time(offers: OfferStore) -> None:
+    await offers.create(_offer("of_late", starts_in=60))
+    await offers.create(_offer("of_early"))
+    await offers.create(_offer("of_ended", starts_in=30))
+    await offers.create(_offer("of_elsewhere", room_id="r_2"))
+    await offers.record_end("of_ended", EndReason.STOPPED, T0 + timedelta(seconds=40))
+
+    assert [o.id for o in await offers.open_in_room("r_1")] == ["of_early", "of_late"]
+    assert [o.id for o in await offers.open_in_room("r_2")] == ["of_elsewhere"]
+    assert await offers.open_in_room("r_none") == []
+
+
+async def test_record_end_once(offers: OfferStore) -> None:
+    await offers.create(_offer())
+    at = T0 + timedelta(minutes=1, microseconds=456789)
+    ended = await offers.record_end("of_1", EndReason.SOLD_OUT, at)
+    assert ended is not None
+    assert (ended.end_reason, ended.ended_at) == (
+        EndReason.SOLD_OUT,
+        T0 + timedelta(minutes=1, microseconds=456000),  # cut to the millisecond Mongo keeps
+    )
+    assert await offers.get("of_1") == ended
+
+    assert await offers.record_end("of_1", EndReason.EXPIRED, T0 + timedelta(minutes=5)) is None
+    assert await offers.get("of_1") == ended  # the first end stands
+    with pytest.raises(NotFound):
+        await offers.record_end("of_missing", EndReason.STOPPED, T0)
+
+
+async def test_racing_ends_one_wins(offers: OfferStore) -> None:
+    await offers.create(_offer())
+    reasons = [EndReason.EXPIRED, EndReason.SOLD_OUT, EndReason.STOPPED] * 4
+    results = await asyncio.gather(
+        *(
+            offers.record_end("of_1", reason, T0 + timedelta(minutes=5, seconds=i))
+            for i, reason in enumerate(reasons)
+        )
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert await offers.get("of_1") == winners[0]
+
+
+async def test_due_to_end(offers: OfferStore) -> None:
+    await offers.create(_offer("of_a", minutes=3))
+    await offers.create(_offer("of_b", minutes=1))
+    await offers.create(_offer("of_c", minutes=2))
+    await offers.create(_offer("of_later", minutes=10))
+    await offers.record_end("of_c", EndReason.SOLD_OUT, T0 + timedelta(seconds=30))
+    now = T0 + timedelta(minutes=3)
+
+    assert [o.id for o in await offers.due_to_end(now, 10)] == ["of_b", "of_a"]
+    assert [o.id for o in await offers.due_to_end(now, 1)] == ["of_b"]
+    assert await offers.due_to_end(T0 + timedelta(seconds=59), 10) == []
+    await offers.record_end("of_b", EndReason.EXPIRED, now)
+    assert [o.id for o in await offers.due_to_end(now, 10)] == ["of_a"]
+
+
+async def test_mongo_stored_form_and_indexes(mongo_db: Any) -> None:
+    await MongoOfferStore(mongo_db).create(_offer())
+    doc = await mongo_db[OFFERS].find_one({"_id": "of_1"})
+    assert doc["price"] == {"amount": Decimal128("9.90"), "currency": "EUR"}
+    assert doc["ended_at"] is None
+
+    await ensure_order_indexes(mongo_db)  # a second run at the next start is harmless
+    info = await mongo_db[OFFERS].index_information()
+    assert info["room_open"]["key"][:2] == [("room_id", 1), ("ended_at", 1)]
+    assert info["due_to_end"]["key"] == [("ended_at", 1), ("ends_at", 1)]

@@ -1,0 +1,41 @@
+"""Fakes of the ports that are not under test (the channel layer, the clock)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+
+class RecordingEvents:
+    """Fake of the room event port and of private delivery: remembers what was published."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.controls: list[tuple[str, dict[str, Any]]] = []
+        self.private: list[tuple[str, dict[str, Any]]] = []
+
+    async def publish_room_event(self, room_id: str, event: dict[str, Any]) -> int:
+        self.events.append((room_id, event))
+        return len(self.events)
+
+    async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
+        self.controls.append((room_id, control))
+
+    async def send_private(self, user_id: str, event: dict[str, Any]) -> None:
+        self.private.append((user_id, event))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [event for _, event in self.events if event.get("type") == kind]
+
+
+class Clock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)

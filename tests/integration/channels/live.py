@@ -1,0 +1,103 @@
+"""A real uvicorn server on real Redis and MongoDB, and the clients the tests use on it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest_asyncio
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from server.app import create_app
+from server.auth import issue_token
+from server.domain.identity import Role
+from server.settings import Settings
+
+SECRET = "test-only-secret-for-room-socket-tests"  # test-only key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def token(user: str, role: Role = Role.SHOPPER, ttl: int = 600) -> str:
+    return issue_token(SECRET, user, role, name=user.title(), ttl_seconds=ttl)
+
+
+@dataclass
+class Live:
+    base: str
+    ws: str
+    http: httpx.AsyncClient
+    room_id: str
+
+    def url(self, user: str | None = None, role: Role = Role.SHOPPER, **query: Any) -> str:
+        params = dict(query)
+        if user is not None:
+            params["token"] = token(user, role)
+        suffix = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"{self.ws}/ws/rooms/{self.room_id}" + (f"?{suffix}" if suffix else "")
+
+    async def host(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token('host-1', Role.HOST)}"}
+        return await self.http.request(method, f"/api/v1{path}", json=body, headers=headers)
+
+
+@pytest_asyncio.fixture
+async def live(clean_redis: str, mongodb_url: str, mongo_database_name: str) -> AsyncIterator[Live]:
+    port = _free_port()
+    settings = Settings(
+        secret=SECRET,
+        redis_url=clean_redis,
+        mongodb_url=mongodb_url,
+        mongodb_database=mongo_database_name,
+        counter_interval=0.1,
+        max_bad_frames=5,
+    )
+    config = uvicorn.Config(create_app(settings), port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+        assert not task.done(), "server failed to start"
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        live = Live(base, f"ws://127.0.0.1:{port}", http, "")
+        created = await live.host("POST", "/rooms", {"title": "Test show"})
+        assert created.status_code == 201, created.text
+        live.room_id = created.json()["id"]
+        assert (await live.host("POST", f"/rooms/{live.room_id}/start")).status_code == 200
+        yield live
+    server.should_exit = True
+    await task
+
+
+async def recv(ws: ClientConnection, within: float = 3.0) -> dict[str, Any]:
+    return dict(json.loads(await asyncio.wait_for(ws.recv(), within)))
+
+
+async def recv_type(ws: ClientConnection, kind: str, within: float = 3.0) -> dict[str, Any]:
+    async def loop() -> dict[str, Any]:
+        while True:
+            frame = await recv(ws, within)
+            if frame["type"] == kind:
+                return frame
+
+    return await asyncio.wait_for(loop(), within)
+
+
+async def close_code(ws: ClientConnection, within: float = 3.0) -> int | None:
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), within)
+    except websockets.ConnectionClosed:
+        return ws.close_code

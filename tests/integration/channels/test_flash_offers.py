@@ -1,0 +1,174 @@
+"""Flash offers end to end on one real server: launch, claims over HTTP and the websocket,
+stock and end events, orders, on real Redis and MongoDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import websockets
+
+from tests.integration.channels.live import Live, recv, recv_type, token
+
+ADDRESS = {
+    "name": "Ana",
+    "line1": "Rua 1",
+    "city": "Lisboa",
+    "postal_code": "1000-001",
+    "country": "PT",
+}
+
+
+async def launch(live: Live, quantity: int = 3, limit: int = 2, **extra: Any) -> dict[str, Any]:
+    product = await live.host(
+        "POST",
+        "/products",
+        {"title": "Serum", "price": {"amount": "24.90", "currency": "USD"}, "stock": 100},
+    )
+    assert product.status_code == 201, product.text
+    body = {
+        "product_id": product.json()["id"],
+        "price": {"amount": "9.90", "currency": "USD"},
+        "quantity": quantity,
+        "per_user_limit": limit,
+        **extra,
+    }
+    offer = await live.host("POST", f"/rooms/{live.room_id}/offers", body)
+    assert offer.status_code == 201, offer.text
+    return dict(offer.json())
+
+
+async def claim(live: Live, offer_id: str, user: str, key: str, quantity: int = 1) -> Any:
+    return await live.http.post(
+        f"/api/v1/offers/{offer_id}/claims",
+        json={"quantity": quantity, "shipping_address": ADDRESS},
+        headers={"Authorization": f"Bearer {token(user)}", "Idempotency-Key": key},
+    )
+
+
+async def test_claims_over_http_are_idempotent_and_never_oversell(live: Live) -> None:
+    offer = await launch(live, quantity=5, limit=1)
+    first = await claim(live, offer["id"], "leo", "k-1")
+    assert first.status_code == 201, first.text
+    again = await claim(live, offer["id"], "leo", "k-1")
+    assert (again.status_code, again.json()["id"]) == (201, first.json()["id"])
+    assert again.headers["Idempotent-Replayed"] == "true"
+    limit = await claim(live, offer["id"], "leo", "k-2")
+    assert (limit.status_code, limit.json()["code"]) == (409, "limit_reached")
+    answers = await asyncio.gather(*(claim(live, offer["id"], f"u{n}", "k") for n in range(20)))
+    assert sorted(a.status_code for a in answers).count(201) == 4
+    assert {a.json()["code"] for a in answers if a.status_code == 409} == {"sold_out"}
+    state = (await live.http.get(f"/api/v1/offers/{offer['id']}")).json()
+    assert state["remaining"] == 0
+    order = first.json()
+    assert order["status"] == "pending_payment"
+    assert order["total"] == {"amount": "9.90", "currency": "USD"}
+    assert order["shipping_address"]["country"] == "PT"
+
+
+async def test_bad_claims_get_clear_errors(live: Live) -> None:
+    offer = await launch(live)
+    no_key = await live.http.post(
+        f"/api/v1/offers/{offer['id']}/claims",
+        json={"quantity": 1, "shipping_address": ADDRESS},
+        headers={"Authorization": f"Bearer {token('leo')}"},
+    )
+    assert (no_key.status_code, no_key.json()["code"]) == (422, "invalid_idempotency_key")
+    float_quantity = await live.http.post(
+        f"/api/v1/offers/{offer['id']}/claims",
+        json={"quantity": 1.0, "shipping_address": ADDRESS},
+        headers={"Authorization": f"Bearer {token('leo')}", "Idempotency-Key": "x"},
+    )
+    assert float_quantity.status_code == 422
+    unknown = await claim(live, "f_nope", "leo", "k")
+    assert unknown.status_code == 404
+    anonymous = await live.http.post(f"/api/v1/offers/{offer['id']}/claims", json={})
+    assert anonymous.status_code == 401
+
+
+async def test_the_room_sees_the_offer_start_its_stock_fall_and_its_end(live: Live) -> None:
+    async with websockets.connect(live.url("leo")) as leo, websockets.connect(live.url()) as anon:
+        await recv(leo)
+        await recv(anon)
+        offer = await launch(live, quantity=2, limit=2)
+        started = await recv_type(anon, "offer.started")
+        assert started["offer"]["id"] == offer["id"]
+        assert started["offer"]["remaining"] == 2
+        await leo.send(
+            json.dumps(
+                {
+                    "type": "offer.claim",
+                    "offer_id": offer["id"],
+                    "quantity": 2,
+                    "idempotency_key": "ws-1",
+                    "shipping_address": ADDRESS,
+                }
+            )
+        )
+        update = await recv_type(leo, "order.updated")
+        assert update["order"]["status"] == "pending_payment"
+        assert update["order"]["quantity"] == 2
+        stock = await recv_type(anon, "offer.stock")
+        assert stock["remaining"] == 0
+        ended = await recv_type(anon, "offer.ended")
+        assert (ended["offer_id"], ended["reason"]) == (offer["id"], "sold_out")
+        await leo.send(
+            json.dumps(
+                {
+                    "type": "offer.claim",
+                    "offer_id": offer["id"],
+                    "idempotency_key": "ws-2",
+                    "shipping_address": ADDRESS,
+                }
+            )
+        )
+        refused = await recv_type(leo, "error")
+        assert (refused["code"], refused["ref"]) in {
+            ("offer_not_active", "ws-2"),
+            ("sold_out", "ws-2"),
+        }
+
+
+async def test_hello_lists_running_offers_with_their_stock(live: Live) -> None:
+    offer = await launch(live, quantity=4)
+    await claim(live, offer["id"], "leo", "k")
+    async with websockets.connect(live.url("mia")) as ws:
+        hello = await recv(ws)
+    offers = hello["room"]["offers"]
+    assert [(o["id"], o["remaining"]) for o in offers] == [(offer["id"], 3)]
+
+
+async def test_the_host_stops_an_offer_and_orders_are_listed(live: Live) -> None:
+    offer = await launch(live)
+    order = (await claim(live, offer["id"], "leo", "k")).json()
+    stopped = await live.host("POST", f"/offers/{offer['id']}/stop")
+    assert stopped.json()["end_reason"] == "stopped"
+    late = await claim(live, offer["id"], "mia", "k")
+    assert late.json()["code"] == "offer_not_active"
+    mine = await live.http.get(
+        "/api/v1/orders", headers={"Authorization": f"Bearer {token('leo')}"}
+    )
+    assert [o["id"] for o in mine.json()["items"]] == [order["id"]]
+    hosts = await live.host("GET", f"/orders?room_id={live.room_id}")
+    assert [o["id"] for o in hosts.json()["items"]] == [order["id"]]
+    stranger = await live.http.get(
+        f"/api/v1/orders/{order['id']}", headers={"Authorization": f"Bearer {token('eve')}"}
+    )
+    assert stranger.status_code == 404
+    cancel = await live.http.post(
+        f"/api/v1/orders/{order['id']}/cancel", headers={"Authorization": f"Bearer {token('leo')}"}
+    )
+    assert cancel.json()["status"] == "cancelled"
+    assert [h["to"] for h in cancel.json()["history"]] == ["pending_payment", "cancelled"]
+
+
+async def test_an_offer_ends_by_time_once(live: Live) -> None:
+    async with websockets.connect(live.url()) as anon:
+        await recv(anon)
+        offer = await launch(live, duration_seconds=10)
+        ended = await recv_type(anon, "offer.ended", within=15)
+        assert (ended["offer_id"], ended["reason"]) == (offer["id"], "expired")
+        await asyncio.sleep(1.5)  # the next rounds of housekeeping must not end it again
+    stored = (await live.http.get(f"/api/v1/offers/{offer['id']}")).json()
+    assert stored["end_reason"] == "expired"

@@ -1,0 +1,238 @@
+"""Offers, claims and orders through the services, with the in-memory adapters."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from server.adapters.memory import MemoryProductStore, MemoryRoomStore
+from server.adapters.memory_orders import MemoryOfferStore, MemoryOrderStore
+from server.adapters.memory_reservations import MemoryStockReservations
+from server.domain.errors import Conflict, Forbidden, NotFound
+from server.domain.identity import Identity, Role
+from server.domain.money import Money
+from server.domain.offers import FlashOffer
+from server.domain.orders import Address, Order, OrderStatus
+from server.services.offers import OfferService
+from server.services.orders import ORPHAN_AFTER, OrderService
+from server.services.rooms import RoomService
+from tests.fakes import Clock, RecordingEvents
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+HOST = Identity("host-1", Role.HOST)
+ADDRESS = Address.clean(
+    name="Ana", line1="Rua 1", city="Lisboa", postal_code="1000-001", country="PT"
+)
+
+
+def buyer(n: int) -> Identity:
+    return Identity(f"buyer-{n}", Role.SHOPPER)
+
+
+@dataclass
+class Shop:
+    clock: Clock
+    events: RecordingEvents
+    stock: MemoryStockReservations
+    orders_store: MemoryOrderStore
+    offers: OfferService
+    orders: OrderService
+    room_id: str
+    product_id: str
+
+    async def launch(self, quantity: int = 3, limit: int = 2, countdown: int = 0) -> FlashOffer:
+        return await self.offers.launch(
+            self.room_id,
+            HOST,
+            product_id=self.product_id,
+            price=Money(Decimal("9.90"), "USD"),
+            quantity=quantity,
+            per_user_limit=limit,
+            countdown_seconds=countdown,
+            duration_seconds=60,
+        )
+
+    async def claim(
+        self, offer: FlashOffer, who: Identity, key: str, quantity: int = 1
+    ) -> tuple[Order, bool]:
+        return await self.orders.claim(
+            offer.id, who, quantity=quantity, idempotency_key=key, address=ADDRESS
+        )
+
+
+@pytest.fixture
+async def shop() -> Shop:
+    clock, events = Clock(T0), RecordingEvents()
+    rooms, products = MemoryRoomStore(), MemoryProductStore()
+    offers_store, orders_store = MemoryOfferStore(), MemoryOrderStore()
+    stock = MemoryStockReservations()
+    room_service = RoomService(rooms, products, events, clock)
+    product = await room_service.create_product(
+        HOST, title="Serum", price=Money(Decimal("24.90"), "USD"), stock=50, images=[]
+    )
+    room = await room_service.create_room(HOST, "Show")
+    await room_service.start(room.id, HOST)
+    offers = OfferService(offers_store, orders_store, rooms, products, stock, events, clock)
+    orders = OrderService(
+        offers_store, orders_store, products, stock, offers, events.send_private, clock
+    )
+    return Shop(clock, events, stock, orders_store, offers, orders, room.id, product.id)
+
+
+async def settle() -> None:
+    """Let the coalesced stock announcements run."""
+    await asyncio.sleep(0.3)
+
+
+async def test_launch_tells_the_room(shop: Shop) -> None:
+    offer = await shop.launch(quantity=3)
+    started = shop.events.of_type("offer.started")
+    assert len(started) == 1
+    assert started[0]["offer"]["id"] == offer.id
+    assert started[0]["offer"]["remaining"] == 3
+    assert started[0]["offer"]["price"] == {"amount": "9.90", "currency": "USD"}
+
+
+async def test_only_the_host_launches(shop: Shop) -> None:
+    with pytest.raises(Forbidden):
+        await shop.offers.launch(
+            shop.room_id,
+            buyer(1),
+            product_id=shop.product_id,
+            price=Money(Decimal("1"), "USD"),
+            quantity=1,
+            per_user_limit=1,
+            countdown_seconds=0,
+            duration_seconds=60,
+        )
+
+
+async def test_a_claim_creates_a_pending_order_and_tells_the_buyer(shop: Shop) -> None:
+    offer = await shop.launch()
+    order, created = await shop.claim(offer, buyer(1), "k1")
+    assert created
+    assert order.status is OrderStatus.PENDING_PAYMENT
+    assert order.total == Money(Decimal("9.90"), "USD")
+    assert order.product["title"] == "Serum"
+    assert [u for u, e in shop.events.private if e["type"] == "order.updated"] == ["buyer-1"]
+    assert await shop.stock.remaining(offer.id) == 2
+
+
+async def test_a_retried_claim_returns_the_same_order_and_takes_no_stock(shop: Shop) -> None:
+    offer = await shop.launch()
+    first, _ = await shop.claim(offer, buyer(1), "k1")
+    again, created = await shop.claim(offer, buyer(1), "k1")
+    assert (again.id, created) == (first.id, False)
+    assert await shop.stock.remaining(offer.id) == 2
+    # The same key from another buyer is another claim.
+    other, created = await shop.claim(offer, buyer(2), "k1")
+    assert created
+    assert other.id != first.id
+
+
+async def test_sold_out_limit_and_not_active_are_distinct(shop: Shop) -> None:
+    offer = await shop.launch(quantity=3, limit=2)
+    await shop.claim(offer, buyer(1), "a", quantity=2)
+    with pytest.raises(Conflict) as limit:
+        await shop.claim(offer, buyer(1), "b")
+    assert limit.value.code == "limit_reached"
+    await shop.claim(offer, buyer(2), "c")
+    with pytest.raises(Conflict) as sold:
+        await shop.claim(offer, buyer(3), "d")
+    assert sold.value.code == "sold_out"
+    later = await shop.launch(countdown=30)
+    with pytest.raises(Conflict) as early:
+        await shop.claim(later, buyer(1), "e")
+    assert early.value.code == "offer_not_active"
+
+
+async def test_selling_out_ends_the_offer_once_and_announces_zero(shop: Shop) -> None:
+    offer = await shop.launch(quantity=2, limit=1)
+    await asyncio.gather(*(shop.claim(offer, buyer(n), f"k{n}") for n in range(2)))
+    await settle()
+    assert shop.events.of_type("offer.stock")[-1]["remaining"] == 0
+    ended = shop.events.of_type("offer.ended")
+    assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
+
+
+async def test_cancel_gives_the_units_back_and_the_buyer_may_claim_again(shop: Shop) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    cancelled = await shop.orders.cancel(order.id, buyer(1))
+    assert cancelled.status is OrderStatus.CANCELLED
+    assert [step.to_status for step in cancelled.history] == [
+        OrderStatus.PENDING_PAYMENT,
+        OrderStatus.CANCELLED,
+    ]
+    assert await shop.stock.remaining(offer.id) == 3
+    again, created = await shop.claim(offer, buyer(1), "k2")
+    assert created
+    assert again.id != order.id
+    with pytest.raises(Forbidden):
+        await shop.orders.cancel(again.id, HOST)  # the host sees it, but only the buyer cancels
+
+
+async def test_orders_are_visible_to_buyer_and_host_only(shop: Shop) -> None:
+    offer = await shop.launch()
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    assert (await shop.orders.get(order.id, buyer(1))).id == order.id
+    assert (await shop.orders.get(order.id, HOST)).id == order.id
+    with pytest.raises(NotFound):
+        await shop.orders.get(order.id, buyer(2))
+    assert [o.id for o in await shop.orders.list(HOST, room_id=shop.room_id, limit=10)] == [
+        order.id
+    ]
+    with pytest.raises(Forbidden):
+        await shop.orders.list(buyer(2), room_id=shop.room_id, limit=10)
+
+
+async def test_unpaid_orders_expire_once_and_return_their_stock(shop: Shop) -> None:
+    offer = await shop.launch(quantity=3)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    assert await shop.orders.expire_due() == 0
+    shop.clock.advance(minutes=16)
+    results = await asyncio.gather(shop.orders.expire_due(), shop.orders.expire_due())
+    assert sorted(results) == [0, 1]
+    stored = await shop.orders.get(order.id, buyer(1))
+    assert stored.status is OrderStatus.EXPIRED
+    assert await shop.stock.remaining(offer.id) == 3
+
+
+async def test_offers_end_by_time_exactly_once(shop: Shop) -> None:
+    offer = await shop.launch()
+    shop.clock.advance(seconds=61)
+    assert sorted(await asyncio.gather(shop.offers.end_due(), shop.offers.end_due())) == [0, 1]
+    assert shop.events.of_type("offer.ended") == [
+        {"type": "offer.ended", "offer_id": offer.id, "reason": "expired"}
+    ]
+    with pytest.raises(Conflict) as closed:
+        await shop.claim(offer, buyer(1), "late")
+    assert closed.value.code == "offer_not_active"
+
+
+async def test_a_reservation_whose_claimer_died_is_released(shop: Shop) -> None:
+    offer = await shop.launch(quantity=2)
+    # A claimer that reserved and died before writing its order.
+    await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", shop.clock())
+    assert await shop.orders.reap_orphans(offer.id) == 0  # too young to call orphaned
+    shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
+    assert await shop.orders.reap_orphans(offer.id) == 1
+    assert await shop.stock.remaining(offer.id) == 2
+
+
+async def test_lost_stock_is_rebuilt_from_the_orders(shop: Shop) -> None:
+    offer = await shop.launch(quantity=5, limit=3)
+    await shop.claim(offer, buyer(1), "k1", quantity=2)
+    cancelled, _ = await shop.claim(offer, buyer(2), "k2")
+    await shop.orders.cancel(cancelled.id, buyer(2))
+    shop.stock.flush()  # Redis restarted without persistence
+    _order, created = await shop.claim(offer, buyer(3), "k3")
+    assert created
+    assert await shop.stock.remaining(offer.id) == 2  # 5 - 2 (buyer 1) - 1 (buyer 3)
+    with pytest.raises(Conflict) as limit:
+        await shop.claim(offer, buyer(1), "k4", quantity=2)
+    assert limit.value.code == "limit_reached"
