@@ -15,7 +15,12 @@ from bson import Decimal128
 from pymongo import AsyncMongoClient
 
 from server.adapters.memory_orders import MemoryOrderStore
-from server.adapters.mongo.orders import ORDERS, MongoOrderStore, ensure_order_indexes
+from server.adapters.mongo.orders import (
+    OFFER_FIGURES,
+    ORDERS,
+    MongoOrderStore,
+    ensure_order_indexes,
+)
 from server.domain.errors import Conflict, InvalidInput, NotFound
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
@@ -312,8 +317,23 @@ async def test_mongo_stored_form(mongo_db: Any) -> None:
     assert doc["history"][0]["to"] == "pending_payment"
     assert doc["history"][0]["from"] is None
     assert doc["product"]["price"] == Decimal128("12.50")
-    figures = await mongo_db["offer_figures"].find_one({"_id": "of_1"})
+    # The figures are counters spread over shards, each naming its offer.
+    [figures] = await mongo_db[OFFER_FIGURES].find({"offer_id": "of_1"}).to_list()
     assert (figures["orders"], figures["units"]) == (1, 2)
+    assert figures["_id"].startswith("of_1#")
+
+
+async def test_mongo_processes_sharing_the_figures(mongo_db: Any) -> None:
+    # Two stores stand for two server processes; each runs more writes at once than it has
+    # figure shards, so some wait for a shard and some clash with the other process's.
+    stores = [MongoOrderStore(mongo_db), MongoOrderStore(mongo_db)]
+    orders = [_order(f"o_{i}", f"k_{i}", buyer=f"u_{i}", quantity=1) for i in range(160)]
+    await asyncio.gather(*(stores[i % 2].create(o) for i, o in enumerate(orders)))
+    await asyncio.gather(*(_move(stores[i % 3 % 2], f"o_{i}", S.PAID) for i in range(0, 160, 2)))
+    for store in stores:
+        assert await store.offer_figures("of_1") == OfferFigures(
+            "of_1", 160, 160, 80, 80, {"USD": Decimal("1000.00")}
+        )
 
 
 async def test_mongo_indexes(mongo_db: Any) -> None:
@@ -324,3 +344,5 @@ async def test_mongo_indexes(mongo_db: Any) -> None:
     assert info["buyer_created_at"]["key"][:2] == [("buyer_id", 1), ("created_at", -1)]
     assert info["room_created_at"]["key"][:2] == [("room_id", 1), ("created_at", -1)]
     assert info["status_expires_at"]["key"] == [("status", 1), ("reservation_expires_at", 1)]
+    figures = await mongo_db[OFFER_FIGURES].index_information()
+    assert figures["offer_id"]["key"] == [("offer_id", 1)]

@@ -5,8 +5,8 @@ host's figures never disagree with the orders (needs a replica set; a single nod
 Creation is idempotent through the unique (offer_id, idempotency_key) index rather than a read
 before the write: a read can race another process, the index cannot.
 
-Stored forms: money as Decimal128 plus a currency; datetimes UTC (tz-aware on the way out);
-the history as an array of transitions; the shipping address as a subdocument.
+The offer's figures are counters spread over shards (see FIGURE_SHARDS); the documents
+themselves are in order_docs.py.
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from server.adapters.memory_orders import FiguresDelta, last_move
-from server.adapters.mongo.stores import (
-    Document,
-    _collection,
-    _money_doc,
-    _money_from,
-    _translate_errors,
+from server.adapters.mongo.order_docs import (
+    offer_doc,
+    offer_from,
+    order_doc,
+    order_from,
+    transition_doc,
 )
-from server.domain.errors import Conflict, NotFound
+from server.adapters.mongo.stores import Document, _collection, _money_from, _translate_errors
+from server.domain.errors import Conflict, NotFound, Unavailable
 from server.domain.offers import EndReason, FlashOffer, utc_ms
-from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus, Transition
+from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
 from server.ports import OfferFigures
 
 OFFERS = "offers"
@@ -92,7 +93,7 @@ class MongoOfferStore:
     @_translate_errors
     async def create(self, offer: FlashOffer) -> None:
         try:
-            await self._offers.insert_one(_offer_doc(offer))
+            await self._offers.insert_one(offer_doc(offer))
         except DuplicateKeyError:
             raise Conflict(f"offer {offer.id} exists") from None
 
@@ -101,14 +102,14 @@ class MongoOfferStore:
         doc = await self._offers.find_one({"_id": offer_id})
         if doc is None:
             raise NotFound(f"offer {offer_id} not found")
-        return _offer_from(doc)
+        return offer_from(doc)
 
     @_translate_errors
     async def open_in_room(self, room_id: str) -> builtins.list[FlashOffer]:
         cursor = self._offers.find({"room_id": room_id, "ended_at": None}).sort(
             [("starts_at", ASCENDING), ("_id", ASCENDING)]
         )
-        return [_offer_from(doc) async for doc in cursor]
+        return [offer_from(doc) async for doc in cursor]
 
     @_translate_errors
     async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
@@ -120,7 +121,7 @@ class MongoOfferStore:
             return_document=ReturnDocument.AFTER,
         )
         if doc is not None:
-            return _offer_from(doc)
+            return offer_from(doc)
         await self.get(offer_id)  # NotFound for an unknown offer rather than "already ended"
         return None
 
@@ -131,7 +132,7 @@ class MongoOfferStore:
             .sort([("ends_at", ASCENDING), ("_id", ASCENDING)])
             .limit(limit)
         )
-        return [_offer_from(doc) async for doc in cursor]
+        return [offer_from(doc) async for doc in cursor]
 
 
 class MongoOrderStore:
@@ -146,7 +147,7 @@ class MongoOrderStore:
 
     @_translate_errors
     async def create(self, order: Order) -> Order:
-        doc = _order_doc(order)
+        doc = order_doc(order)
         delta = FiguresDelta.of(order.quantity, order.total, None, order.status)
 
         async def write(session: AsyncClientSession, shard: int) -> None:
@@ -155,45 +156,49 @@ class MongoOrderStore:
             # while it is held, from here to the commit.
             await self._apply(order.offer_id, delta, session, shard)
 
-        try:
-            await self._transaction(write)
-        except DuplicateKeyError:
-            stored = await self._orders.find_one(
-                {"offer_id": order.offer_id, "idempotency_key": order.idempotency_key}
-            )
-            if stored is None:  # the order id is taken by another claim: a caller's bug
-                raise Conflict(f"order {order.id} exists", code="order_exists") from None
-            return _order_from(stored)
-        return _order_from(doc)
+        key = {"offer_id": order.offer_id, "idempotency_key": order.idempotency_key}
+        for _ in range(3):
+            try:
+                await self._transaction(write)
+                return order_from(doc)
+            except DuplicateKeyError:
+                stored = await self._orders.find_one(key)
+                if stored is not None:  # a retried claim: the first order stands
+                    return order_from(stored)
+                if await self._orders.count_documents({"_id": order.id}, limit=1):
+                    raise Conflict(f"order {order.id} exists", code="order_exists") from None
+                # Neither the key nor the id is taken, so the clash was elsewhere (a figures
+                # counter created at the same moment by another process): write again.
+        raise Unavailable("the order could not be written, try again", code="order_write_failed")
 
     @_translate_errors
     async def get(self, order_id: str) -> Order:
         doc = await self._orders.find_one({"_id": order_id})
         if doc is None:
             raise NotFound(f"order {order_id} not found")
-        return _order_from(doc)
+        return order_from(doc)
 
     @_translate_errors
     async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None:
         doc = await self._orders.find_one(
             {"offer_id": offer_id, "idempotency_key": idempotency_key}
         )
-        return None if doc is None else _order_from(doc)
+        return None if doc is None else order_from(doc)
 
     @_translate_errors
     async def list_for_buyer(self, buyer_id: str, limit: int) -> builtins.list[Order]:
         cursor = self._orders.find({"buyer_id": buyer_id}).sort(_NEWEST_FIRST).limit(limit)
-        return [_order_from(doc) async for doc in cursor]
+        return [order_from(doc) async for doc in cursor]
 
     @_translate_errors
     async def list_for_room(self, room_id: str, limit: int) -> builtins.list[Order]:
         cursor = self._orders.find({"room_id": room_id}).sort(_NEWEST_FIRST).limit(limit)
-        return [_order_from(doc) async for doc in cursor]
+        return [order_from(doc) async for doc in cursor]
 
     @_translate_errors
     async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
         last_move(order, expected)
-        step = _transition_doc(order.history[-1])
+        step = transition_doc(order.history[-1])
 
         async def write(session: AsyncClientSession, shard: int) -> None:
             # Compare-and-set on the status: of two racing moves (a payment and an expiry),
@@ -232,16 +237,17 @@ class MongoOrderStore:
             .sort([("reservation_expires_at", ASCENDING), ("_id", ASCENDING)])
             .limit(limit)
         )
-        return [_order_from(doc) async for doc in cursor]
+        return [order_from(doc) async for doc in cursor]
 
     @_translate_errors
     async def holding_stock(self, offer_id: str) -> builtins.list[Order]:
         query = {"offer_id": offer_id, "status": {"$in": [s.value for s in HOLDS_STOCK]}}
         cursor = self._orders.find(query).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
-        return [_order_from(doc) async for doc in cursor]
+        return [order_from(doc) async for doc in cursor]
 
     @_translate_errors
     async def offer_figures(self, offer_id: str) -> OfferFigures:
+        # Each transaction wrote one shard, so no write is ever half counted in the sum.
         counts = dict.fromkeys(("orders", "units", "paid_orders", "paid_units"), 0)
         gmv: dict[str, Decimal] = {}
         async for doc in self._figures.find({"offer_id": offer_id}):
@@ -287,135 +293,3 @@ class MongoOrderStore:
             upsert=True,
             session=session,
         )
-
-
-# -- Documents -----------------------------------------------------------------------------------
-
-
-def _offer_doc(offer: FlashOffer) -> Document:
-    return {
-        "_id": offer.id,
-        "room_id": offer.room_id,
-        "product_id": offer.product_id,
-        "host_id": offer.host_id,
-        "price": _money_doc(offer.price),
-        "quantity": offer.quantity,
-        "per_user_limit": offer.per_user_limit,
-        "starts_at": offer.starts_at,
-        "ends_at": offer.ends_at,
-        "created_at": offer.created_at,
-        # Always present (null until the end), so "not ended" is one indexed equality.
-        "ended_at": offer.ended_at,
-        "end_reason": None if offer.end_reason is None else offer.end_reason.value,
-    }
-
-
-def _offer_from(doc: Document) -> FlashOffer:
-    reason = doc.get("end_reason")
-    return FlashOffer(
-        id=doc["_id"],
-        room_id=doc["room_id"],
-        product_id=doc["product_id"],
-        host_id=doc["host_id"],
-        price=_money_from(doc["price"]),
-        quantity=doc["quantity"],
-        per_user_limit=doc["per_user_limit"],
-        starts_at=doc["starts_at"],
-        ends_at=doc["ends_at"],
-        created_at=doc["created_at"],
-        ended_at=doc.get("ended_at"),
-        end_reason=None if reason is None else EndReason(reason),
-    )
-
-
-def _order_doc(order: Order) -> Document:
-    address = order.shipping_address
-    return {
-        "_id": order.id,
-        "idempotency_key": order.idempotency_key,
-        "offer_id": order.offer_id,
-        "room_id": order.room_id,
-        "host_id": order.host_id,
-        "buyer_id": order.buyer_id,
-        "product": _to_bson(order.product),
-        "unit_price": _money_doc(order.unit_price),
-        "quantity": order.quantity,
-        "total": _money_doc(order.total),
-        "shipping_address": {
-            "name": address.name,
-            "line1": address.line1,
-            "line2": address.line2,
-            "city": address.city,
-            "postal_code": address.postal_code,
-            "country": address.country,
-            "phone": address.phone,
-        },
-        "status": order.status.value,
-        "created_at": order.created_at,
-        "reservation_expires_at": order.reservation_expires_at,
-        "reservation_id": order.reservation_id,
-        "history": [_transition_doc(step) for step in order.history],
-    }
-
-
-def _order_from(doc: Document) -> Order:
-    return Order(
-        id=doc["_id"],
-        idempotency_key=doc["idempotency_key"],
-        offer_id=doc["offer_id"],
-        room_id=doc["room_id"],
-        host_id=doc["host_id"],
-        buyer_id=doc["buyer_id"],
-        product=_from_bson(doc["product"]),
-        unit_price=_money_from(doc["unit_price"]),
-        quantity=doc["quantity"],
-        total=_money_from(doc["total"]),
-        shipping_address=Address(**doc["shipping_address"]),
-        status=OrderStatus(doc["status"]),
-        created_at=doc["created_at"],
-        reservation_expires_at=doc["reservation_expires_at"],
-        reservation_id=doc.get("reservation_id"),
-        history=[_transition_from(step) for step in doc["history"]],
-    )
-
-
-def _transition_doc(step: Transition) -> Document:
-    return {
-        "from": None if step.from_status is None else step.from_status.value,
-        "to": step.to_status.value,
-        "at": step.at,
-        "by": step.by,
-        "reason": step.reason,
-    }
-
-
-def _transition_from(doc: Document) -> Transition:
-    before = doc["from"]
-    return Transition(
-        from_status=None if before is None else OrderStatus(before),
-        to_status=OrderStatus(doc["to"]),
-        at=doc["at"],
-        by=doc["by"],
-        reason=doc.get("reason", ""),
-    )
-
-
-def _to_bson(value: Any) -> Any:
-    """The product snapshot as BSON can hold it: Decimals (prices) become Decimal128."""
-    if isinstance(value, Decimal):
-        return Decimal128(value)
-    if isinstance(value, dict):
-        return {key: _to_bson(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_bson(item) for item in value]
-    return value
-
-
-def _from_bson(value: Any) -> Any:
-    if isinstance(value, Decimal128):
-        return value.to_decimal()
-    if isinstance(value, dict):
-        return {key: _from_bson(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_from_bson(item) for item in value]
-    return value

@@ -1,0 +1,170 @@
+"""A hypothesis state machine through the claim and order services: claims (with retried
+keys), cancellations, expiries, the reaper and reservation-store data loss, on the in-memory
+adapters. After every step: stock never negative, units held never above the quantity, no buyer
+above the limit, remaining == quantity - held, one order per buyer and key, every order's
+history legal."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from server.adapters.memory import MemoryProductStore, MemoryRoomStore
+from server.adapters.memory_orders import MemoryOfferStore, MemoryOrderStore
+from server.adapters.memory_reservations import MemoryStockReservations
+from server.domain.errors import LiveshopError
+from server.domain.identity import Identity, Role
+from server.domain.money import Money
+from server.domain.offers import FlashOffer
+from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus, is_legal_history
+from server.services.offers import OfferService
+from server.services.orders import OrderService
+from server.services.rooms import RoomService
+from tests.fakes import Clock, RecordingEvents
+
+T = TypeVar("T")
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+HOST = Identity("host", Role.HOST)
+QUANTITY, LIMIT = 6, 2
+BUYERS = [Identity(f"b{i}", Role.SHOPPER) for i in range(5)]
+ADDRESS = Address.clean(name="A", line1="Rua 1", city="Lisboa", postal_code="1000", country="PT")
+
+
+class FlashSale(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = Clock(T0)
+        events = RecordingEvents()
+        rooms, products = MemoryRoomStore(), MemoryProductStore()
+        self.orders_store, offers_store = MemoryOrderStore(), MemoryOfferStore()
+        self.stock = MemoryStockReservations()
+        self.rooms = RoomService(rooms, products, events, self.clock)
+        self.offers = OfferService(
+            offers_store, self.orders_store, rooms, products, self.stock, events, self.clock
+        )
+        self.service = OrderService(
+            offers_store,
+            self.orders_store,
+            products,
+            self.stock,
+            self.offers,
+            events.send_private,
+            self.clock,
+        )
+        self.by_key: dict[tuple[str, str], str] = {}
+        self.offer: FlashOffer
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def teardown(self) -> None:
+        self.loop.run_until_complete(asyncio.sleep(0))
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
+
+    @initialize()
+    def launch(self) -> None:
+        async def setup() -> FlashOffer:
+            product = await self.rooms.create_product(
+                HOST, title="Serum", price=Money(Decimal("20"), "USD"), stock=100, images=[]
+            )
+            room = await self.rooms.create_room(HOST, "Show")
+            await self.rooms.start(room.id, HOST)
+            return await self.offers.launch(
+                room.id,
+                HOST,
+                product_id=product.id,
+                price=Money(Decimal("9.90"), "USD"),
+                quantity=QUANTITY,
+                per_user_limit=LIMIT,
+                countdown_seconds=0,
+                duration_seconds=86_400,
+            )
+
+        self.offer = self.run(setup())
+
+    @rule(buyer=st.sampled_from(BUYERS), key=st.sampled_from("abcdef"), quantity=st.integers(1, 2))
+    def claim(self, buyer: Identity, key: str, quantity: int) -> None:
+        try:
+            order, created = self.run(
+                self.service.claim(
+                    self.offer.id, buyer, quantity=quantity, idempotency_key=key, address=ADDRESS
+                )
+            )
+        except LiveshopError as error:
+            # Selling out ends the offer, so later claims find it no longer active.
+            expected = {"sold_out", "limit_reached", "offer_not_active", "claim_expired"}
+            assert error.code in expected, error.code  # noqa: PT017
+            return
+        known = self.by_key.get((buyer.user_id, key))
+        if known is not None:
+            assert not created
+            assert order.id == known  # a retry finds its order, never a second one
+        else:
+            assert created
+            self.by_key[(buyer.user_id, key)] = order.id
+
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        orders = self.all_orders()
+        if not orders:
+            return
+        order = data.draw(st.sampled_from(orders))
+        buyer = Identity(order.buyer_id, Role.SHOPPER)
+        try:
+            self.run(self.service.cancel(order.id, buyer))
+        except LiveshopError as error:
+            assert order.status is not OrderStatus.PENDING_PAYMENT
+            assert error.code == "invalid_transition"  # noqa: PT017
+
+    @rule(minutes=st.integers(1, 20))
+    def time_passes(self, minutes: int) -> None:
+        self.clock.advance(minutes=minutes)
+        self.run(self.service.expire_due())
+        self.run(self.service.reap_orphans(self.offer.id))
+
+    @rule()
+    def reservation_store_loses_everything(self) -> None:
+        self.stock.flush()
+
+    def all_orders(self) -> list[Order]:
+        return [self.run(self.orders_store.get(order_id)) for order_id in self.by_key.values()]
+
+    @invariant()
+    def stock_matches_the_orders(self) -> None:
+        if not hasattr(self, "offer"):
+            return
+        orders = self.all_orders()
+        held = [o for o in orders if o.status in HOLDS_STOCK]
+        remaining = self.run(self.offers.remaining(self.offer))  # rebuilds after a loss
+        units = sum(o.quantity for o in held)
+        assert remaining >= 0
+        assert units <= QUANTITY
+        assert remaining == QUANTITY - units
+        per_buyer = Counter[str]()
+        for order in held:
+            per_buyer[order.buyer_id] += order.quantity
+        assert all(units <= LIMIT for units in per_buyer.values())
+        assert all(is_legal_history(order.history) for order in orders)
+        keys = Counter((o.buyer_id, o.idempotency_key) for o in orders)
+        assert all(count == 1 for count in keys.values())
+
+
+FlashSale.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestFlashSale = FlashSale.TestCase
