@@ -88,6 +88,10 @@ class OfferStore(Protocol):
         """Offers of the room that have not ended (scheduled or running), by start time."""
         ...
 
+    async def in_room(self, room_id: str, limit: int) -> builtins.list[FlashOffer]:
+        """Every offer of the room, ended or not, by start time."""
+        ...
+
     async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
         """End the offer exactly once: the ended offer, or None when it had already ended."""
         ...

@@ -70,7 +70,7 @@ def _counts(flag: bool) -> int:
     return 1 if flag else 0
 
 
-def last_move(order: Order, expected: OrderStatus) -> None:
+def check_last_move(order: Order, expected: OrderStatus) -> None:
     """Refuse to store a move that the order's own history does not show as legal, so a store
     can never hold a status its audit trail does not explain."""
     step = order.history[-1] if order.history else None
@@ -107,6 +107,10 @@ class MemoryOfferStore:
     async def open_in_room(self, room_id: str) -> builtins.list[FlashOffer]:
         offers = [o for o in self._offers.values() if o.room_id == room_id and o.ended_at is None]
         return sorted(offers, key=lambda o: (o.starts_at, o.id))
+
+    async def in_room(self, room_id: str, limit: int) -> builtins.list[FlashOffer]:
+        offers = [o for o in self._offers.values() if o.room_id == room_id]
+        return sorted(offers, key=lambda o: (o.starts_at, o.id))[:limit]
 
     async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
         offer = await self.get(offer_id)
@@ -155,7 +159,7 @@ class MemoryOrderStore:
         return self._newest(lambda o: o.room_id == room_id, limit)
 
     async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
-        last_move(order, expected)
+        check_last_move(order, expected)
         stored = self._stored(order.id)
         if stored.status is not expected:
             raise Conflict(

@@ -19,6 +19,18 @@ MAX_OTHER_PRICES = 20
 MAX_WEIGHT_GRAMS = 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class ProductTrade:
+    """What cross-border trade needs to know of a product beyond its title and price."""
+
+    description: str = ""
+    sku: str | None = None
+    origin_country: str | None = None
+    hs_code: str | None = None
+    weight_grams: int | None = None
+    other_prices: tuple[Money, ...] = ()
+
+
 @dataclass(slots=True)
 class Product:
     id: str

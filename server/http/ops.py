@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from server.domain.money import Money
 from server.domain.rooms import ensure_can_manage
 from server.http.deps import container_of, require_identity
 from server.http.openapi import openapi_document
 from server.metrics import Metrics
 
 READY_TIMEOUT_SECONDS = 2.0
+_RATIO = Decimal("0.0001")
 
 
 async def healthz(_: Request) -> JSONResponse:
@@ -51,18 +54,41 @@ async def openapi(_: Request) -> JSONResponse:
 
 
 async def room_stats(request: Request) -> JSONResponse:
-    """Live figures for the room's host: viewers now and peak, likes."""
+    """Live figures for the room's host: viewers now and peak, likes, orders and units per
+    offer, GMV per currency (paid orders) and claim-to-paid conversion."""
     container = container_of(request)
     who = require_identity(request)
     room = await container.rooms.get(request.path_params["room_id"])
     ensure_can_manage(room, who)
     counters = await container.hub.broker.read_counters(room.id)
+    figures = await container.offer_service.figures_in_room(room.id)
+    orders = sum(f.orders for f in figures)
+    paid = sum(f.paid_orders for f in figures)
+    gmv: dict[str, Decimal] = {}
+    for offer_figures in figures:
+        for currency, amount in offer_figures.gmv.items():
+            gmv[currency] = gmv.get(currency, Decimal(0)) + amount
     body: dict[str, Any] = {
         "room_id": room.id,
         "status": room.status.value,
         "viewers": counters.viewers,
         "peak_viewers": counters.peak_viewers,
         "likes": counters.likes,
+        "orders": orders,
+        "paid_orders": paid,
+        "conversion": None if orders == 0 else str((Decimal(paid) / orders).quantize(_RATIO)),
+        "gmv": [Money(amount, currency).to_wire() for currency, amount in sorted(gmv.items())],
+        "offers": [
+            {
+                "offer_id": f.offer_id,
+                "orders": f.orders,
+                "units": f.units,
+                "paid_orders": f.paid_orders,
+                "paid_units": f.paid_units,
+                "gmv": [Money(a, c).to_wire() for c, a in sorted(f.gmv.items())],
+            }
+            for f in figures
+        ],
     }
     return JSONResponse(body)
 

@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from schemas.http import ProductIn, product_to_wire
+from server.domain.products import ProductTrade
 from server.http.deps import container_of, json_body, require_identity
 
 
@@ -19,6 +20,14 @@ async def create_product(request: Request) -> JSONResponse:
         price=body.price.to_money(),
         stock=body.stock,
         images=[str(url) for url in body.images],
+        trade=ProductTrade(
+            description=body.description,
+            sku=body.sku,
+            origin_country=body.origin_country,
+            hs_code=body.hs_code,
+            weight_grams=body.weight_grams,
+            other_prices=tuple(body.other_money()),
+        ),
     )
     location = request.url_for("get_product", product_id=product.id)
     return JSONResponse(

@@ -22,6 +22,7 @@ from server.domain.offers import EndReason, FlashOffer, RecoveredClaim, plan_off
 from server.domain.orders import HOLDS_STOCK
 from server.domain.rooms import ensure_can_manage
 from server.ports import (
+    OfferFigures,
     OfferStore,
     OrderStore,
     ProductStore,
@@ -36,6 +37,7 @@ log = logging.getLogger("liveshop.offers")
 # How often one process tells a room that an offer's stock moved (the last unit always at once).
 STOCK_ANNOUNCE_SECONDS = 0.25
 DUE_BATCH = 100
+FIGURES_LIMIT = 500  # offers per room in the host's figures
 
 
 class OfferService:
@@ -122,6 +124,11 @@ class OfferService:
     async def open_in_room(self, room_id: str) -> list[tuple[FlashOffer, int | None]]:
         offers = await self._offers.open_in_room(room_id)
         return [await self.view(offer.id) for offer in offers]
+
+    async def figures_in_room(self, room_id: str) -> list[OfferFigures]:
+        """Orders, units and paid figures of every offer the room has run."""
+        offers = await self._offers.in_room(room_id, FIGURES_LIMIT)
+        return [await self._orders.offer_figures(offer.id) for offer in offers]
 
     async def stop(self, offer_id: str, who: Identity) -> FlashOffer:
         offer = await self._offers.get(offer_id)

@@ -20,7 +20,7 @@ from schemas.http import (
 from server.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
-from server.domain.products import Product
+from server.domain.products import Product, ProductTrade
 from server.domain.rooms import Room, RoomStatus, can_moderate, ensure_can_manage
 from server.ports import ProductStore, RoomEvents, RoomStore
 
@@ -64,11 +64,19 @@ class RoomService:
     # Catalog
 
     async def create_product(
-        self, owner: Identity, *, title: str, price: Money, stock: int, images: list[str]
+        self,
+        owner: Identity,
+        *,
+        title: str,
+        price: Money,
+        stock: int,
+        images: list[str],
+        trade: ProductTrade | None = None,
     ) -> Product:
         _ensure_seller(owner, "create products")
         if stock < 0:
             raise InvalidInput("stock cannot be negative", code="invalid_stock")
+        trade = trade or ProductTrade()
         product = Product(
             id=new_id("p"),
             owner_id=owner.user_id,
@@ -77,6 +85,12 @@ class RoomService:
             stock=stock,
             created_at=self._now(),
             images=list(images),
+            description=trade.description,
+            sku=trade.sku,
+            origin_country=trade.origin_country,
+            hs_code=trade.hs_code,
+            weight_grams=trade.weight_grams,
+            other_prices=list(trade.other_prices),
         )
         await self._products.create(product)
         return product

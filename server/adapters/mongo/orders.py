@@ -25,7 +25,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from server.adapters.memory_orders import FiguresDelta, last_move
+from server.adapters.memory_orders import FiguresDelta, check_last_move
 from server.adapters.mongo.order_docs import (
     offer_doc,
     offer_from,
@@ -110,6 +110,13 @@ class MongoOfferStore:
             [("starts_at", ASCENDING), ("_id", ASCENDING)]
         )
         return [offer_from(doc) async for doc in cursor]
+
+    @_translate_errors
+    async def in_room(self, room_id: str, limit: int) -> builtins.list[FlashOffer]:
+        cursor = self._offers.find({"room_id": room_id}).sort(
+            [("starts_at", ASCENDING), ("_id", ASCENDING)]
+        )
+        return [offer_from(doc) async for doc in cursor.limit(limit)]
 
     @_translate_errors
     async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
@@ -197,7 +204,7 @@ class MongoOrderStore:
 
     @_translate_errors
     async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
-        last_move(order, expected)
+        check_last_move(order, expected)
         step = transition_doc(order.history[-1])
 
         async def write(session: AsyncClientSession, shard: int) -> None:

@@ -172,3 +172,26 @@ async def test_an_offer_ends_by_time_once(live: Live) -> None:
         await asyncio.sleep(1.5)  # the next rounds of housekeeping must not end it again
     stored = (await live.http.get(f"/api/v1/offers/{offer['id']}")).json()
     assert stored["end_reason"] == "expired"
+
+
+async def test_the_host_sees_orders_per_offer(live: Live) -> None:
+    offer = await launch(live, quantity=5, limit=2)
+    await claim(live, offer["id"], "leo", "k1", quantity=2)
+    await claim(live, offer["id"], "mia", "k1")
+    stats = (await live.host("GET", f"/rooms/{live.room_id}/stats")).json()
+    assert (stats["orders"], stats["paid_orders"], stats["conversion"]) == (2, 0, "0.0000")
+    assert stats["gmv"] == []  # nothing is paid before payments exist
+    assert stats["offers"] == [
+        {
+            "offer_id": offer["id"],
+            "orders": 2,
+            "units": 3,
+            "paid_orders": 0,
+            "paid_units": 0,
+            "gmv": [],
+        }
+    ]
+    shopper = await live.http.get(
+        f"/api/v1/rooms/{live.room_id}/stats", headers={"Authorization": f"Bearer {token('leo')}"}
+    )
+    assert shopper.status_code == 403

@@ -1,0 +1,158 @@
+"""Flash sales across real server processes: no oversell when claims land on both, the end by
+time happens once even after the launching process died, and stock is rebuilt exactly after
+Redis loses its data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import MongoClient
+
+from tests.e2e.api import create_live_room, http, make_token, unique
+from tests.e2e.conftest import Cluster, server_env
+from tests.e2e.processes import LiveshopProcess, running
+from tests.e2e.wsclient import WsClient
+from tests.servers import RedisServer
+
+ADDRESS = {
+    "name": "Ana",
+    "line1": "Rua 1",
+    "city": "Lisboa",
+    "postal_code": "1000-001",
+    "country": "PT",
+}
+
+
+async def launch(base_url: str, host: str, room_id: str, quantity: int, **extra: Any) -> str:
+    async with http(base_url, host) as client:
+        product = await client.post(
+            "/products",
+            json={
+                "title": "Serum",
+                "price": {"amount": "20.00", "currency": "USD"},
+                "stock": 1000,
+                "images": [],
+            },
+        )
+        assert product.status_code == 201, product.text
+        offer = await client.post(
+            f"/rooms/{room_id}/offers",
+            json={
+                "product_id": product.json()["id"],
+                "price": {"amount": "9.90", "currency": "USD"},
+                "quantity": quantity,
+                "per_user_limit": 1,
+                **extra,
+            },
+        )
+        assert offer.status_code == 201, offer.text
+        return str(offer.json()["id"])
+
+
+async def claim(base_url: str, offer_id: str, user: str, key: str) -> httpx.Response:
+    async with http(base_url, make_token(user)) as client:
+        return await client.post(
+            f"/offers/{offer_id}/claims",
+            json={"quantity": 1, "shipping_address": ADDRESS},
+            headers={"Idempotency-Key": key},
+        )
+
+
+def orders_of(mongodb_url: str, database: str, offer_id: str) -> list[dict[str, Any]]:
+    client: MongoClient[dict[str, Any]] = MongoClient(mongodb_url)
+    try:
+        return list(client[database]["orders"].find({"offer_id": offer_id}))
+    finally:
+        client.close()
+
+
+async def test_claims_on_both_processes_never_oversell(cluster: Cluster) -> None:
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.a.base_url, host, pin=False)
+    async with await WsClient.connect(cluster.b.ws_url(room_id), name="watcher") as watcher:
+        await watcher.hello()
+        offer_id = await launch(cluster.a.base_url, host, room_id, quantity=15)
+        buyers = [unique("buyer") for _ in range(40)]
+        calls = [
+            claim(process.base_url, offer_id, buyer, "k1")
+            for i, buyer in enumerate(buyers)
+            for process in ((cluster.a, cluster.b) if i % 4 == 0 else (cluster.a,))  # retries
+        ]
+        answers = await asyncio.gather(*calls)
+        assert {a.status_code for a in answers} <= {201, 409}, [a.text for a in answers]
+        assert {a.json()["code"] for a in answers if a.status_code == 409} <= {
+            "sold_out",
+            "offer_not_active",
+        }
+        ended = await watcher.recv_until("offer.ended", 10)
+        assert ended["reason"] == "sold_out"
+        await asyncio.sleep(1.5)
+        assert len([f for f in watcher.room_events() if f["type"] == "offer.ended"]) == 1
+    orders = orders_of(cluster.mongodb_url, cluster.database, offer_id)
+    assert sum(order["quantity"] for order in orders) == 15
+    assert len({order["buyer_id"] for order in orders}) == 15
+    assert len({order["idempotency_key"] for order in orders}) == 15
+    won = {a.json()["id"] for a in answers if a.status_code == 201}
+    assert won == {order["_id"] for order in orders}
+
+
+@pytest.fixture
+def own_pair(
+    redis_server: RedisServer, mongodb_url: str, mongo_database_name: str
+) -> Iterator[tuple[LiveshopProcess, LiveshopProcess, RedisServer]]:
+    """Two processes with a Redis and a database of their own: the package's cluster would
+    otherwise end these offers too, and tell its own Redis."""
+    env = server_env(redis_server.url, mongodb_url, mongo_database_name)
+    with running([LiveshopProcess(env, name="FA"), LiveshopProcess(env, name="FB")]) as both:
+        yield both[0], both[1], redis_server
+
+
+async def test_the_end_by_time_survives_the_launcher_dying(
+    own_pair: tuple[LiveshopProcess, LiveshopProcess, RedisServer],
+) -> None:
+    launcher, survivor, _ = own_pair
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(survivor.base_url, host, pin=False)
+    async with await WsClient.connect(survivor.ws_url(room_id), name="watcher") as watcher:
+        await watcher.hello()
+        offer_id = await launch(launcher.base_url, host, room_id, quantity=5, duration_seconds=10)
+        await watcher.recv_until("offer.started", 5)
+        os.kill(launcher.pid, signal.SIGKILL)
+        ended = await watcher.recv_until("offer.ended", 20)
+        assert (ended["offer_id"], ended["reason"]) == (offer_id, "expired")
+        await asyncio.sleep(2)
+        assert len([f for f in watcher.room_events() if f["type"] == "offer.ended"]) == 1
+
+
+async def test_stock_is_rebuilt_exactly_after_redis_loses_it(
+    own_pair: tuple[LiveshopProcess, LiveshopProcess, RedisServer],
+    mongodb_url: str,
+    mongo_database_name: str,
+) -> None:
+    first, second, redis = own_pair
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(first.base_url, host, pin=False)
+    offer_id = await launch(first.base_url, host, room_id, quantity=10)
+    for n in range(3):
+        assert (await claim(first.base_url, offer_id, f"early-{n}", "k")).status_code == 201
+    await asyncio.to_thread(redis.restart)  # no persistence: every reservation is gone
+    answer = None
+    for _ in range(50):  # the servers reconnect to Redis within moments
+        answer = await claim(second.base_url, offer_id, "after-restart", "k")
+        if answer.status_code != 503:
+            break
+        await asyncio.sleep(0.2)
+    assert answer is not None
+    assert answer.status_code == 201, answer.text
+    retry = await claim(first.base_url, offer_id, "early-0", "k")
+    assert (retry.status_code, retry.headers["Idempotent-Replayed"]) == (201, "true")
+    async with http(first.base_url) as client:
+        offer = (await client.get(f"/offers/{offer_id}")).json()
+    assert offer["remaining"] == 10 - 4
+    assert len(orders_of(mongodb_url, mongo_database_name, offer_id)) == 4

@@ -1,0 +1,214 @@
+"""The catalog over HTTP: the trade fields (description, SKU, origin, HS code, weight, prices
+in more currencies) are validated on the way in, one problem+json error per bad field, and
+shown on the way out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, cast
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from schemas.http import ProductIn, product_summary, product_to_wire
+from server.adapters.memory import MemoryProductStore, MemoryRoomStore
+from server.auth import issue_token
+from server.container import Container
+from server.domain.identity import Role
+from server.domain.money import Money
+from server.domain.products import Product
+from server.http import products
+from server.http.errors import PROBLEM_JSON, exception_handlers
+from server.services.rooms import RoomService
+from server.settings import Settings
+from tests.fakes import RecordingEvents
+
+SECRET = "test-secret-for-the-products-http-suite"
+HOST = {"Authorization": f"Bearer {issue_token(SECRET, 'host-1', Role.HOST, ttl_seconds=600)}"}
+PRODUCT: dict[str, Any] = {
+    "title": "Silk scarf",
+    "images": ["https://img.example/scarf.jpg"],
+    "price": {"amount": "12.50", "currency": "USD"},
+    "stock": 5,
+    "description": "  Hand-rolled hems, 90 x 90 cm.  ",
+    "sku": "SCARF-90/blue.1",
+    "origin_country": "CN",
+    "hs_code": "6117.10",
+    "weight_grams": 120,
+    "other_prices": [
+        {"amount": "11.90", "currency": "EUR"},
+        {"amount": "1800", "currency": "JPY"},
+    ],
+}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    room_store, product_store, events = MemoryRoomStore(), MemoryProductStore(), RecordingEvents()
+    app = Starlette(
+        routes=[Mount("/api/v1", routes=products.routes())],
+        exception_handlers=exception_handlers,
+    )
+    app.state.container = Container(
+        settings=Settings(secret=SecretStr(SECRET)),
+        products=product_store,
+        rooms=room_store,
+        events=events,
+        room_service=RoomService(room_store, product_store, events),
+        hub=cast(Any, None),  # the catalog never reaches the hub, offers or orders
+        offer_service=cast(Any, None),
+        order_service=cast(Any, None),
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test/api/v1") as http:
+        yield http
+
+
+def _errors(response: httpx.Response) -> list[tuple[str, str]]:
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body = response.json()
+    assert body["code"] == "invalid_input"
+    return [(error["field"], error["type"]) for error in body["errors"]]
+
+
+async def test_a_full_product_is_accepted(client: httpx.AsyncClient) -> None:
+    response = await client.post("/products", json=PRODUCT, headers=HOST)
+    assert response.status_code == 201, response.text
+
+
+async def test_trade_fields_are_optional(client: httpx.AsyncClient) -> None:
+    minimal = {k: PRODUCT[k] for k in ("title", "price", "stock")}
+    response = await client.post("/products", json=minimal, headers=HOST)
+    assert response.status_code == 201, response.text
+    product = response.json()
+    assert product["description"] == ""
+    assert product["other_prices"] == []
+    assert all(product[k] is None for k in ("sku", "origin_country", "hs_code", "weight_grams"))
+
+
+async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/products", json=PRODUCT, headers=HOST)).json()
+    assert created["hs_code"] == "611710"
+    assert created["description"] == "Hand-rolled hems, 90 x 90 cm."
+    assert (await client.get(f"/products/{created['id']}")).json() == created
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "error_type"),
+    [
+        ({"description": "x" * 5001}, "description", "string_too_long"),
+        ({"description": 7}, "description", "string_type"),
+        ({"sku": "has space"}, "sku", "string_pattern_mismatch"),
+        ({"sku": "   "}, "sku", "string_pattern_mismatch"),
+        ({"sku": "S" * 65}, "sku", "string_too_long"),
+        ({"origin_country": "cn"}, "origin_country", "string_pattern_mismatch"),
+        ({"origin_country": "CHN"}, "origin_country", "string_pattern_mismatch"),
+        ({"origin_country": "ZZ"}, "origin_country", "value_error"),
+        ({"origin_country": "EU"}, "origin_country", "value_error"),
+        ({"hs_code": "6117"}, "hs_code", "value_error"),
+        ({"hs_code": "61171000001"}, "hs_code", "value_error"),
+        ({"hs_code": "6117..10"}, "hs_code", "string_pattern_mismatch"),
+        ({"hs_code": "6117-10"}, "hs_code", "string_pattern_mismatch"),
+        ({"hs_code": 611710}, "hs_code", "string_type"),
+        ({"weight_grams": 0}, "weight_grams", "greater_than"),
+        ({"weight_grams": 1_000_001}, "weight_grams", "less_than_equal"),
+        ({"weight_grams": 1.5}, "weight_grams", "int_type"),
+        ({"weight_grams": "120"}, "weight_grams", "int_type"),
+        (
+            {"other_prices": [{"amount": "0", "currency": "EUR"}]},
+            "other_prices.0",
+            "value_error",
+        ),
+        (
+            {"other_prices": [{"amount": "1.5", "currency": "JPY"}]},
+            "other_prices.0",
+            "value_error",
+        ),
+        (
+            {"other_prices": [{"amount": 11.9, "currency": "EUR"}]},
+            "other_prices.0.amount",
+            "string_type",
+        ),
+        (
+            {"other_prices": [{"amount": "11.90", "currency": "USD"}]},
+            "other_prices",
+            "value_error",
+        ),
+        (
+            {"other_prices": [{"amount": "1", "currency": "EUR"}] * 2},
+            "other_prices",
+            "value_error",
+        ),
+        (
+            {"other_prices": [{"amount": "1", "currency": "EUR", "x": 1}]},
+            "other_prices.0.x",
+            "extra_forbidden",
+        ),
+    ],
+)
+async def test_bad_trade_fields_are_refused_by_field(
+    client: httpx.AsyncClient, change: dict[str, Any], field: str, error_type: str
+) -> None:
+    response = await client.post("/products", json={**PRODUCT, **change}, headers=HOST)
+    assert _errors(response) == [(field, error_type)]
+
+
+async def test_every_bad_field_is_reported(client: httpx.AsyncClient) -> None:
+    bad = {"sku": "a b", "origin_country": "XX", "hs_code": "12", "weight_grams": -1}
+    response = await client.post("/products", json={**PRODUCT, **bad}, headers=HOST)
+    assert sorted(field for field, _ in _errors(response)) == sorted(bad)
+
+
+async def test_too_many_prices_are_refused(client: httpx.AsyncClient) -> None:
+    currencies = ["EUR", "JPY", "GBP", "CNY", "KRW", "AUD", "CAD", "CHF", "SEK", "NOK", "DKK"]
+    currencies += ["PLN", "CZK", "HUF", "SGD", "HKD", "TWD", "THB", "MYR", "INR", "BRL"]
+    prices = [{"amount": "100", "currency": c} for c in currencies]
+    response = await client.post(
+        "/products", json={**PRODUCT, "other_prices": prices}, headers=HOST
+    )
+    assert _errors(response) == [("other_prices", "too_long")]
+
+
+def test_input_is_normalised() -> None:
+    body = ProductIn.model_validate_json(json.dumps(PRODUCT))
+    assert body.hs_code == "611710"  # dots are how tariff books print it, not part of it
+    assert body.description == "Hand-rolled hems, 90 x 90 cm."
+    assert body.other_money() == [Money(Decimal("11.90"), "EUR"), Money(Decimal("1800"), "JPY")]
+
+
+def test_wire_forms() -> None:
+    product = Product(
+        id="p_1",
+        owner_id="host-1",
+        title="Silk scarf",
+        price=Money(Decimal("12.50"), "USD"),
+        stock=5,
+        created_at=datetime(2026, 5, 14, 10, tzinfo=UTC),
+        origin_country="CN",
+        hs_code="611710",
+        weight_grams=120,
+        other_prices=[Money(Decimal("11.90"), "EUR")],
+    )
+    wire = product_to_wire(product)
+    assert wire["other_prices"] == [{"amount": "11.90", "currency": "EUR"}]
+    assert (wire["origin_country"], wire["hs_code"], wire["weight_grams"]) == ("CN", "611710", 120)
+    assert (wire["sku"], wire["description"]) == (None, "")
+    assert product.price_in("EUR") == Money(Decimal("11.90"), "EUR")
+    assert product.price_in("USD") == product.price
+    assert product.price_in("GBP") is None
+
+    # What every viewer of a room receives stays small: only what a shopper abroad needs.
+    summary = product_summary(product)
+    assert summary["origin_country"] == "CN"
+    assert summary["other_prices"] == wire["other_prices"]
+    assert "hs_code" not in summary
+    assert "description" not in summary
+    plain = product_summary(Product("p_2", "host-1", "Tea", product.price, 1, product.created_at))
+    assert set(plain) == {"id", "title", "images", "price", "stock"}
