@@ -104,8 +104,15 @@ def create_app(
             container = _assemble(settings, chosen, metrics)
             await container.hub.start()
             stack.push_async_callback(container.hub.close)
+
+            def offers_to_reap() -> set[str]:
+                return {
+                    *container.hub.open_offer_ids(),
+                    *container.order_service.recently_claimed_offers(),
+                }
+
             housekeeper = Housekeeper(
-                container.offer_service, container.order_service, container.hub.open_offer_ids
+                container.offer_service, container.order_service, offers_to_reap
             )
             housekeeper.start()
             stack.push_async_callback(housekeeper.stop)

@@ -8,6 +8,7 @@ an order: the reaper releases it. An order that can no longer hold its units is 
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ SYSTEM = "system"
 # A reservation this old with no order attached belongs to a claimer that died mid-claim.
 ORPHAN_AFTER = timedelta(seconds=30)
 EXPIRY_BATCH = 200
+RECENT_CLAIMS = timedelta(hours=1)
 
 
 class OrderService:
@@ -52,6 +54,9 @@ class OrderService:
         self._notify = notify
         self._clock = clock
         self._reservation_ttl = reservation_ttl
+        # Offers this process reserved stock for lately: it reaps their orphans even when no
+        # viewer of the room is connected here (claims over HTTP).
+        self._claimed_offers: dict[str, datetime] = {}
 
     # Claims -----------------------------------------------------------------------------------
 
@@ -74,6 +79,7 @@ class OrderService:
             raise NotFound(f"offer {offer_id} not found in this room")
         # Keys are the client's, unique per buyer: scoped here so two buyers never collide.
         key = f"{buyer.user_id}:{idempotency_key}"
+        self._claimed_offers[offer.id] = self._clock()
         earlier = await self._orders.by_key(offer.id, key)
         if earlier is not None:
             return earlier, False
@@ -173,6 +179,14 @@ class OrderService:
             await self._give_back(order)
             expired += 1
         return expired
+
+    def recently_claimed_offers(self) -> builtins.list[str]:
+        """Offers claimed through this process within the last hour (older ones are forgotten)."""
+        horizon = self._clock() - RECENT_CLAIMS
+        for offer_id, at in list(self._claimed_offers.items()):
+            if at < horizon:
+                del self._claimed_offers[offer_id]
+        return list(self._claimed_offers)
 
     async def reap_orphans(self, offer_id: str) -> int:
         """Release reservations whose claimer died before writing the order."""

@@ -17,6 +17,7 @@ from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.domain.orders import Address, Order, OrderStatus
+from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import ORPHAN_AFTER, OrderService
 from server.services.rooms import RoomService
@@ -236,3 +237,18 @@ async def test_lost_stock_is_rebuilt_from_the_orders(shop: Shop) -> None:
     with pytest.raises(Conflict) as limit:
         await shop.claim(offer, buyer(1), "k4", quantity=2)
     assert limit.value.code == "limit_reached"
+
+
+async def test_housekeeping_ends_expires_and_reaps(shop: Shop) -> None:
+    offer = await shop.launch(quantity=4)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", shop.clock())  # claimer died
+    keeper = Housekeeper(shop.offers, shop.orders, shop.orders.recently_claimed_offers)
+    shop.clock.advance(seconds=61)  # past the offer's end and the orphan grace
+    await keeper.run_once()
+    assert shop.events.of_type("offer.ended")[0]["reason"] == "expired"
+    assert await shop.stock.remaining(offer.id) == 3  # the orphan's unit is back
+    shop.clock.advance(minutes=15)
+    await keeper.run_once()
+    assert (await shop.orders.get(order.id, buyer(1))).status is OrderStatus.EXPIRED
+    assert await shop.stock.remaining(offer.id) == 4
