@@ -30,6 +30,7 @@ from channels.protocol import (
     error_frame,
 )
 from channels.room_state import LocalRoom
+from schemas.commerce import order_to_wire
 from server.auth import verify_token
 from server.container import Container
 from server.domain.errors import LiveshopError, NotFound, Unauthorized, Unavailable
@@ -119,8 +120,9 @@ async def _carry_out(
                 hub.add_likes(room, command.count)
             elif isinstance(command, Claim):
                 ref = command.frame.idempotency_key
-                # The outcome reaches the buyer as `order.updated` on every connection.
-                await container.order_service.claim(
+                # A new order reaches the buyer as `order.updated` on every connection; a
+                # retried claim gets its order back here, since nothing changed for the others.
+                order, created = await container.order_service.claim(
                     command.frame.offer_id,
                     conn.identity,
                     quantity=command.frame.quantity,
@@ -128,6 +130,8 @@ async def _carry_out(
                     address=command.frame.shipping_address.to_address(),
                     room_id=room.room_id,
                 )
+                if not created:
+                    conn.push(encode_body({"type": "order.updated", "order": order_to_wire(order)}))
             elif isinstance(command, StoreMute):
                 await container.rooms.mute(room.room_id, command.user_id, until=command.until)
             elif isinstance(command, StoreBan):

@@ -26,6 +26,8 @@ async def seed_demo(container: Container) -> Room:
     live = await container.rooms.list(status=RoomStatus.LIVE, limit=100)
     for room in live:
         if room.host_id == DEMO_HOST.user_id:
+            if not await container.offer_service.open_in_room(room.id) and room.pinned_product_id:
+                await _launch_offer(container, room.id, room.pinned_product_id)
             return room
     products = [
         await service.create_product(
@@ -40,7 +42,22 @@ async def seed_demo(container: Container) -> Room:
     room = await service.create_room(DEMO_HOST, "Friday night beauty & tech drop")
     await service.start(room.id, DEMO_HOST)
     await service.pin(room.id, products[0].id, DEMO_HOST)
+    await _launch_offer(container, room.id, products[0].id)
     return await service.get_room(room.id)
+
+
+async def _launch_offer(container: Container, room_id: str, product_id: str) -> None:
+    """A flash offer on the pinned product that runs as long as an offer may (24 hours)."""
+    await container.offer_service.launch(
+        room_id,
+        DEMO_HOST,
+        product_id=product_id,
+        price=Money(Decimal("19.90"), "USD"),
+        quantity=200,
+        per_user_limit=2,
+        countdown_seconds=0,
+        duration_seconds=24 * 3600,
+    )
 
 
 async def announce_demo(container: Container) -> None:
@@ -65,6 +82,10 @@ async def announce_demo(container: Container) -> None:
         "",
         "  try:  python -m websockets '" + f"{ws_base}/ws/rooms/{room.id}?token={shopper}'",
         '        then type {"type": "chat.send", "text": "hello"}',
+        '        or claim the offer listed in hello.room.offers: {"type": "offer.claim",',
+        '        "offer_id": "...", "idempotency_key": "k1", "shipping_address": {"name": "Leo",',
+        '        "line1": "Rua Augusta 1", "city": "Lisboa", "postal_code": "1100-048",',
+        '        "country": "PT"}}',
         f"  host token (HTTP):  Authorization: Bearer {host}",
         "",
     ]

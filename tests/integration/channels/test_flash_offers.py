@@ -109,6 +109,19 @@ async def test_the_room_sees_the_offer_start_its_stock_fall_and_its_end(live: Li
         update = await recv_type(leo, "order.updated")
         assert update["order"]["status"] == "pending_payment"
         assert update["order"]["quantity"] == 2
+        await leo.send(
+            json.dumps(
+                {
+                    "type": "offer.claim",
+                    "offer_id": offer["id"],
+                    "quantity": 2,
+                    "idempotency_key": "ws-1",
+                    "shipping_address": ADDRESS,
+                }
+            )
+        )
+        retried = await recv_type(leo, "order.updated")  # the same order, no more stock
+        assert retried["order"]["id"] == update["order"]["id"]
         stock = await recv_type(anon, "offer.stock")
         assert stock["remaining"] == 0
         ended = await recv_type(anon, "offer.ended")
