@@ -4,14 +4,12 @@ exactly, open offers by room, and an end recorded exactly once however many proc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from bson import Decimal128
-from pymongo import AsyncMongoClient
 
 from server.adapters.memory_orders import MemoryOfferStore
 from server.adapters.mongo.orders import OFFERS, MongoOfferStore, ensure_order_indexes
@@ -21,17 +19,6 @@ from server.domain.offers import EndReason, FlashOffer
 from server.ports import OfferStore
 
 T0 = datetime(2026, 5, 14, 10, 0, 0, 123000, tzinfo=UTC)
-
-
-@pytest.fixture
-async def mongo_db(mongodb_url: str, mongo_database_name: str) -> AsyncIterator[Any]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
-    try:
-        db = client[mongo_database_name]
-        await ensure_order_indexes(db)
-        yield db
-    finally:
-        await client.close()
 
 
 @pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.mongo)])

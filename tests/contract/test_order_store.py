@@ -4,7 +4,6 @@ creation, reads, the compare-and-set on status, and figures that follow every mo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,7 +11,6 @@ from typing import Any
 
 import pytest
 from bson import Decimal128
-from pymongo import AsyncMongoClient
 
 from server.adapters.memory_orders import MemoryOrderStore
 from server.adapters.mongo.orders import (
@@ -45,17 +43,6 @@ ADDRESS = Address(
 class Stores:
     orders: OrderStore
     raw: Any = None  # the Mongo database, for checks of the stored form
-
-
-@pytest.fixture
-async def mongo_db(mongodb_url: str, mongo_database_name: str) -> AsyncIterator[Any]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
-    try:
-        db = client[mongo_database_name]
-        await ensure_order_indexes(db)
-        yield db
-    finally:
-        await client.close()
 
 
 @pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.mongo)])

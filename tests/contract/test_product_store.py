@@ -4,33 +4,20 @@ existed still load."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from bson import Decimal128
-from pymongo import AsyncMongoClient
 
 from server.adapters.memory import MemoryProductStore
-from server.adapters.mongo.stores import PRODUCTS, MongoProductStore, ensure_indexes
+from server.adapters.mongo.stores import PRODUCTS, MongoProductStore
 from server.domain.money import Money
 from server.domain.products import Product
 from server.ports import ProductStore
 
 T0 = datetime(2026, 5, 14, 10, 0, 0, 123000, tzinfo=UTC)
-
-
-@pytest.fixture
-async def mongo_db(mongodb_url: str, mongo_database_name: str) -> AsyncIterator[Any]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
-    try:
-        db = client[mongo_database_name]
-        await ensure_indexes(db)
-        yield db
-    finally:
-        await client.close()
 
 
 @pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.mongo)])

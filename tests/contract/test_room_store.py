@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,7 +10,6 @@ from typing import Any
 
 import pytest
 from bson import Decimal128
-from pymongo import AsyncMongoClient
 
 from server.adapters.memory import MemoryProductStore, MemoryRoomStore
 from server.adapters.mongo.stores import (
@@ -36,17 +34,6 @@ class Stores:
     rooms: RoomStore
     products: ProductStore
     raw: Any = None  # the Mongo database, for checks of the stored form
-
-
-@pytest.fixture
-async def mongo_db(mongodb_url: str, mongo_database_name: str) -> AsyncIterator[Any]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
-    try:
-        db = client[mongo_database_name]
-        await ensure_indexes(db)
-        yield db
-    finally:
-        await client.close()
 
 
 @pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.mongo)])
