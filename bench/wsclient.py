@@ -17,7 +17,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DEFLATE_TAIL = b"\x00\x00\xff\xff"
@@ -67,8 +67,7 @@ class WsClient(asyncio.Protocol):
     # asyncio.Protocol -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         lines = [
             f"GET {self.path} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
@@ -79,7 +78,7 @@ class WsClient(asyncio.Protocol):
         ]
         if self.offer_deflate:
             lines.append("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
-        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -137,7 +136,7 @@ class WsClient(asyncio.Protocol):
             pos = end
             self.frames += 1
             opcode = b0 & 0x0F
-            if opcode == OP_TEXT or opcode == OP_BINARY:
+            if opcode in (OP_TEXT, OP_BINARY):
                 if b0 & 0x80:
                     if b0 & 0x40:
                         payload = self._inflate.decompress(payload + DEFLATE_TAIL)
@@ -203,9 +202,19 @@ class LiveshopClient(WsClient):
     """Liveshop's room socket: ready on the `hello` frame; every other frame is an event."""
 
     def __init__(
-        self, host: str, port: int, room_id: str, token: str | None, *, deflate: bool = False
+        self,
+        host: str,
+        port: int,
+        room_id: str,
+        token: str | None,
+        *,
+        deflate: bool = False,
+        batch: bool = False,
     ) -> None:
-        path = f"/ws/rooms/{room_id}" + (f"?token={token}" if token else "")
+        query = [f"token={token}"] if token else []
+        if batch:
+            query.append("batch=1")  # room events gathered into `batch` frames
+        path = f"/ws/rooms/{room_id}" + ("?" + "&".join(query) if query else "")
         super().__init__(host, port, path, deflate=deflate)
 
     def on_text(self, payload: bytes, now: int) -> None:
@@ -217,7 +226,9 @@ class LiveshopClient(WsClient):
     def chat(self, text: str, client_id: str) -> None:
         self.send_text(
             json.dumps(
-                {"type": "chat.send", "text": text, "client_id": client_id}, separators=(",", ":")
+                {"type": "chat.send", "text": text, "client_id": client_id},
+                separators=(",", ":"),
+                ensure_ascii=False,
             )
         )
 
@@ -246,10 +257,12 @@ class SocketIOClient(WsClient):
 
     def chat(self, text: str, client_id: str) -> None:
         body = {"text": text, "client_id": client_id}
-        self.send_text("42" + json.dumps(["chat", body], separators=(",", ":")))
+        self.send_text("42" + json.dumps(["chat", body], separators=(",", ":"), ensure_ascii=False))
 
 
-async def open_client(client: WsClient, *, rcvbuf: int | None = None, timeout: float = 30.0) -> None:
+async def open_client(
+    client: WsClient, *, rcvbuf: int | None = None, limit_s: float = 30.0
+) -> None:
     """Connect `client` and wait for its application hello. A tiny `rcvbuf` makes a stalled
     reader fill up after a few kilobytes instead of megabytes of kernel buffer."""
     loop = asyncio.get_running_loop()
@@ -259,9 +272,9 @@ async def open_client(client: WsClient, *, rcvbuf: int | None = None, timeout: f
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setblocking(False)
     try:
-        await asyncio.wait_for(loop.sock_connect(sock, (client.host, client.port)), timeout)
+        await asyncio.wait_for(loop.sock_connect(sock, (client.host, client.port)), limit_s)
         await loop.create_connection(lambda: client, sock=sock)
     except BaseException:
         sock.close()
         raise
-    await asyncio.wait_for(asyncio.shield(client.ready), timeout)
+    await asyncio.wait_for(asyncio.shield(client.ready), limit_s)
