@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas.commerce import ClaimIn, OfferIn
 from schemas.http import BlockedWordsIn, ProductIn, RoomIn, ShowcaseIn, SlowModeIn
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -38,6 +39,13 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, int]] = [
     ("post", "/rooms/{room_id}/slow-mode", "Set slow mode", SlowModeIn, 200),
     ("put", "/rooms/{room_id}/blocked-words", "Set the keyword filter", BlockedWordsIn, 200),
     ("get", "/rooms/{room_id}/stats", "Live figures for the host", None, 200),
+    ("post", "/rooms/{room_id}/offers", "Launch a flash offer", OfferIn, 201),
+    ("get", "/offers/{offer_id}", "Get an offer and its remaining stock", None, 200),
+    ("post", "/offers/{offer_id}/stop", "Stop an offer", None, 200),
+    ("post", "/offers/{offer_id}/claims", "Claim (header Idempotency-Key)", ClaimIn, 201),
+    ("get", "/orders", "My orders (?room_id= for the room's host)", None, 200),
+    ("get", "/orders/{order_id}", "Get an order", None, 200),
+    ("post", "/orders/{order_id}/cancel", "Cancel an order pending payment", None, 200),
 ]
 
 
