@@ -4,7 +4,7 @@ Starts its own valkey, mongod and server processes, compares Liveshop with pytho
 (AsyncRedisManager on uvicorn) on the same machine in the same run, prints a table with PASS/MISS
 against the targets, and writes JSON to bench/results/.
 
-    .venv/bin/python -m bench.fanout            # every scenario, about 10 minutes
+    .venv/bin/python -m bench.fanout            # every scenario, about 7 minutes
     .venv/bin/python -m bench.fanout --quick    # smoke run, under 2 minutes
     .venv/bin/python -m bench.fanout --only a,e --profile
 
