@@ -77,7 +77,8 @@ class Connection:
         self.evicted = False
         self._sender = sender
         self._on_overflow = on_overflow
-        self._queue: deque[str] = deque()
+        # Allocated while there is something to send: most viewers are idle most of the time.
+        self._queue: deque[str] | None = None
         self._ready = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -88,13 +89,15 @@ class Connection:
         """Queue one frame; never blocks. Frames queued before `start` wait for it."""
         if self.closed or self._closing is not None:
             return
-        queued = len(self._queue)
+        queued = 0 if self._queue is None else len(self._queue)
         if queued >= self.limit and (
             self._waiting_on_socket or queued >= self.limit * BURST_ALLOWANCE
         ):
             self._on_overflow(self)
             self.abort(CloseCode.TOO_SLOW, "too slow: reconnect with since")
             return
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(text)
         if self._ready and self._writer is None:
             self._writer = asyncio.create_task(self._write())
@@ -103,7 +106,10 @@ class Connection:
         """Send `first` (hello and recovered frames) ahead of anything queued meanwhile."""
         if self.closed:
             return
-        self._queue.extendleft(reversed(list(first)))
+        queue = deque(first)
+        if self._queue:
+            queue.extend(self._queue)
+        self._queue = queue
         self._ready = True
         self._writer = asyncio.create_task(self._write())
 
@@ -120,7 +126,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        self._queue.clear()
+        self._queue = None
         if self._writer is not None:
             self._writer.cancel()
         self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
@@ -128,7 +134,7 @@ class Connection:
     async def finish(self) -> None:
         """Stop the writer when the socket is gone (the endpoint calls this on disconnect)."""
         self.closed = True
-        self._queue.clear()
+        self._queue = None
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -136,14 +142,14 @@ class Connection:
 
     async def _write(self) -> None:
         """Send until the queue is empty, then end: an idle viewer holds no task at all."""
-        queue = self._queue
         try:
-            while queue:
+            while self._queue:
                 # Only while this await is pending can push() run: if it runs then, the
                 # socket is not taking frames as fast as the room makes them.
                 self._waiting_on_socket = True
-                await self._sender.send_text(queue.popleft())
+                await self._sender.send_text(self._queue.popleft())
                 self._waiting_on_socket = False
+            self._queue = None
             if self._closing is not None:
                 self.closed = True
                 await self._close(*self._closing)
