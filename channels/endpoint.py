@@ -14,7 +14,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from channels.broker import encode_body
 from channels.close_codes import CloseCode
 from channels.connection import Connection
-from channels.hub import Banned, Draining, Hub, RoomEnded
+from channels.errors import Banned, Draining, RoomEnded
+from channels.hub import Hub
 from channels.protocol import (
     AddLikes,
     Claim,

@@ -22,8 +22,9 @@ from typing import Any
 from channels.broker import Broker, encode_body
 from channels.close_codes import CloseCode
 from channels.connection import Connection, FrameSender
+from channels.errors import Draining, RoomEnded
 from channels.room_state import LocalRoom, RoomView
-from server.domain.errors import Conflict, Forbidden, LiveshopError, Unavailable
+from server.domain.errors import LiveshopError, Unavailable
 from server.domain.identity import Identity
 from server.metrics import Metrics
 
@@ -43,18 +44,6 @@ class HubLimits:
     chat_burst: int = 5
     chat_per_second: float = 1.0
     batch_seconds: float = 0.1
-
-
-class RoomEnded(Conflict):
-    code = "room_ended"
-
-
-class Banned(Forbidden):
-    code = "banned"
-
-
-class Draining(Unavailable):
-    code = "draining"
 
 
 class Hub:

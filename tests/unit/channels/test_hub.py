@@ -13,7 +13,8 @@ import pytest_asyncio
 
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
-from channels.hub import Hub, HubLimits, RoomEnded
+from channels.errors import RoomEnded
+from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
 from server.domain.errors import NotFound
 from server.domain.identity import Identity, Role
