@@ -138,9 +138,10 @@ class OrderStore(Protocol):
         """Orders pending payment whose reservation has run out, oldest first."""
         ...
 
-    async def holding_stock(self, offer_id: str) -> builtins.list[Order]:
-        """Orders of the offer that hold stock (pending payment and paid onwards): what a
-        rebuild of the offer's reservations starts from."""
+    async def of_offer(self, offer_id: str) -> builtins.list[Order]:
+        """Every order of the offer, oldest first: what a rebuild of the offer's reservations
+        starts from (those that hold stock count against it; the others keep their keys, so a
+        retried claim still finds its order)."""
         ...
 
     async def offer_figures(self, offer_id: str) -> OfferFigures: ...

@@ -180,10 +180,10 @@ class MemoryOrderStore:
         due.sort(key=lambda o: (o.reservation_expires_at, o.id))
         return [copy.deepcopy(o) for o in due[:limit]]
 
-    async def holding_stock(self, offer_id: str) -> builtins.list[Order]:
-        held = [o for o in self._orders.values() if o.offer_id == offer_id and o.holds_stock]
-        held.sort(key=lambda o: (o.created_at, o.id))
-        return [copy.deepcopy(o) for o in held]
+    async def of_offer(self, offer_id: str) -> builtins.list[Order]:
+        orders = [o for o in self._orders.values() if o.offer_id == offer_id]
+        orders.sort(key=lambda o: (o.created_at, o.id))
+        return [copy.deepcopy(o) for o in orders]
 
     async def offer_figures(self, offer_id: str) -> OfferFigures:
         figures = self._figures.get(offer_id, OfferFigures(offer_id))

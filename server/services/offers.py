@@ -160,7 +160,7 @@ class OfferService:
 
     async def rebuild(self, offer: FlashOffer) -> None:
         """Restore an offer's stock from its orders after the reservation store lost it."""
-        orders = await self._orders.holding_stock(offer.id)
+        orders = await self._orders.of_offer(offer.id)
         claims = [
             RecoveredClaim(
                 idempotency_key=order.idempotency_key,

@@ -32,6 +32,7 @@ SYSTEM = "system"
 ORPHAN_AFTER = timedelta(seconds=30)
 EXPIRY_BATCH = 200
 RECENT_CLAIMS = timedelta(hours=1)
+CACHED_OFFERS = 1000
 
 
 class OrderService:
@@ -57,6 +58,8 @@ class OrderService:
         # Offers this process reserved stock for lately: it reaps their orphans even when no
         # viewer of the room is connected here (claims over HTTP).
         self._claimed_offers: dict[str, datetime] = {}
+        self._offers_seen: dict[str, FlashOffer] = {}
+        self._snapshots: dict[str, dict[str, Any]] = {}
 
     # Claims -----------------------------------------------------------------------------------
 
@@ -74,15 +77,14 @@ class OrderService:
         From a room's socket, `room_id` keeps claims to that room's offers."""
         if buyer.anonymous:
             raise Forbidden("sign in to buy")
-        offer = await self._offers.get(offer_id)
+        offer = await self._offer(offer_id)
         if room_id is not None and offer.room_id != room_id:
             raise NotFound(f"offer {offer_id} not found in this room")
         # Keys are the client's, unique per buyer: scoped here so two buyers never collide.
         key = f"{buyer.user_id}:{idempotency_key}"
         self._claimed_offers[offer.id] = self._clock()
-        earlier = await self._orders.by_key(offer.id, key)
-        if earlier is not None:
-            return earlier, False
+        # The reservation store knows every key (a lost one is rebuilt from the orders first),
+        # so a refused claim never touches MongoDB: in a flash sale most claims are refused.
         result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
         if result.outcome is ClaimOutcome.PAUSED:
             await self._offer_service.rebuild(offer)
@@ -112,13 +114,12 @@ class OrderService:
         address: Address,
         reservation_id: str | None,
     ) -> Order:
-        product = await self._products.get(offer.product_id)
         order = place_order(
             order_id=new_id("o"),
             idempotency_key=key,
             offer=offer,
             buyer_id=buyer.user_id,
-            product=product_to_wire(product),
+            product=await self._product_snapshot(offer),
             quantity=quantity,
             address=address,
             now=self._clock(),
@@ -133,6 +134,27 @@ class OrderService:
             raise Conflict("this claim ran out before its order was written", code="claim_expired")
         await self._tell_buyer(stored)
         return stored
+
+    async def _offer(self, offer_id: str) -> FlashOffer:
+        """The offer as launched. Cached: only its end changes later, and the reservation
+        store, not this copy, decides whether a claim is still in time."""
+        offer = self._offers_seen.get(offer_id)
+        if offer is None:
+            offer = await self._offers.get(offer_id)
+            if len(self._offers_seen) >= CACHED_OFFERS:
+                self._offers_seen.pop(next(iter(self._offers_seen)))
+            self._offers_seen[offer_id] = offer
+        return offer
+
+    async def _product_snapshot(self, offer: FlashOffer) -> dict[str, Any]:
+        """The product as sold in this offer, taken once per offer and process."""
+        snapshot = self._snapshots.get(offer.id)
+        if snapshot is None:
+            snapshot = product_to_wire(await self._products.get(offer.product_id))
+            if len(self._snapshots) >= CACHED_OFFERS:
+                self._snapshots.pop(next(iter(self._snapshots)))
+            self._snapshots[offer.id] = snapshot
+        return dict(snapshot)
 
     # Reading and cancelling --------------------------------------------------------------------
 

@@ -281,7 +281,7 @@ async def test_due_to_expire_oldest_first(stores: Stores) -> None:
     assert all(o.is_due_to_expire(now) for o in due)
 
 
-async def test_holding_stock(stores: Stores) -> None:
+async def test_orders_of_an_offer(stores: Stores) -> None:
     moves = {"o_0": [], "o_1": [S.PAID], "o_2": [S.CANCELLED], "o_3": [S.EXPIRED]}
     moves |= {"o_4": [S.PAID, S.REFUNDED], "o_5": [S.PAID, S.FULFILLING]}
     for i, (order_id, path) in enumerate(moves.items()):
@@ -290,10 +290,10 @@ async def test_holding_stock(stores: Stores) -> None:
             await _move(stores.orders, order_id, to)
     await stores.orders.create(_order("o_other", "k_0", offer=_offer("of_2")))
 
-    held = await stores.orders.holding_stock("of_1")
-    assert sorted(o.id for o in held) == ["o_0", "o_1", "o_5"]
-    assert all(o.holds_stock for o in held)
-    assert await stores.orders.holding_stock("of_none") == []
+    orders = await stores.orders.of_offer("of_1")
+    assert [o.id for o in orders] == list(moves)  # oldest first, whatever their status
+    assert sorted(o.id for o in orders if o.holds_stock) == ["o_0", "o_1", "o_5"]
+    assert await stores.orders.of_offer("of_none") == []
 
 
 async def test_mongo_stored_form(mongo_db: Any) -> None:

@@ -36,7 +36,7 @@ from server.adapters.mongo.order_docs import (
 from server.adapters.mongo.stores import Document, _collection, _money_from, _translate_errors
 from server.domain.errors import Conflict, NotFound, Unavailable
 from server.domain.offers import EndReason, FlashOffer, utc_ms
-from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
+from server.domain.orders import Order, OrderStatus
 from server.ports import OfferFigures
 
 OFFERS = "offers"
@@ -247,9 +247,10 @@ class MongoOrderStore:
         return [order_from(doc) async for doc in cursor]
 
     @_translate_errors
-    async def holding_stock(self, offer_id: str) -> builtins.list[Order]:
-        query = {"offer_id": offer_id, "status": {"$in": [s.value for s in HOLDS_STOCK]}}
-        cursor = self._orders.find(query).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+    async def of_offer(self, offer_id: str) -> builtins.list[Order]:
+        cursor = self._orders.find({"offer_id": offer_id}).sort(
+            [("created_at", ASCENDING), ("_id", ASCENDING)]
+        )
         return [order_from(doc) async for doc in cursor]
 
     @_translate_errors
