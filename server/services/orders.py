@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -89,6 +90,9 @@ class OrderService:
         if result.outcome is ClaimOutcome.PAUSED:
             await self._offer_service.rebuild(offer)
             result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
+        if result.outcome is ClaimOutcome.NOT_ACTIVE and result.remaining == 0:
+            # Selling out ends the offer; a buyer a moment late should hear "sold out".
+            result = replace(result, outcome=ClaimOutcome.SOLD_OUT)
         error = claim_error(result)
         if error is not None:
             raise error
@@ -99,11 +103,12 @@ class OrderService:
                 raise Conflict(
                     "this claim ran out before its order was written", code="claim_expired"
                 )
-        order = await self._write_order(
+        order, created = await self._write_order(
             offer, buyer, key, result.quantity or quantity, address, result.reservation_id
         )
-        self._offer_service.stock_moved(offer, result.remaining)
-        return order, True
+        if created:
+            self._offer_service.stock_moved(offer, result.remaining)
+        return order, created
 
     async def _write_order(
         self,
@@ -113,7 +118,8 @@ class OrderService:
         quantity: int,
         address: Address,
         reservation_id: str | None,
-    ) -> Order:
+    ) -> tuple[Order, bool]:
+        """The order for a reservation and whether this call wrote it."""
         order = place_order(
             order_id=new_id("o"),
             idempotency_key=key,
@@ -127,13 +133,15 @@ class OrderService:
             reservation_ttl=self._reservation_ttl,
         )
         stored = await self._orders.create(order)
+        if stored.id != order.id:
+            return stored, False  # a concurrent retry of the same claim wrote it first
         attached = await self._stock.attach_order(offer.id, key, stored.id)
         if attached in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
             # The reaper (or a rebuild) gave these units back meanwhile: no stock, no order.
             await self._move(stored, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
             raise Conflict("this claim ran out before its order was written", code="claim_expired")
         await self._tell_buyer(stored)
-        return stored
+        return stored, True
 
     async def _offer(self, offer_id: str) -> FlashOffer:
         """The offer as launched. Cached: only its end changes later, and the reservation

@@ -252,3 +252,21 @@ async def test_housekeeping_ends_expires_and_reaps(shop: Shop) -> None:
     await keeper.run_once()
     assert (await shop.orders.get(order.id, buyer(1))).status is OrderStatus.EXPIRED
     assert await shop.stock.remaining(offer.id) == 4
+
+
+async def test_a_moment_too_late_hears_sold_out_not_inactive(shop: Shop) -> None:
+    offer = await shop.launch(quantity=1, limit=1)
+    await shop.claim(offer, buyer(1), "k1")
+    await settle()  # the sold-out announcement ends the offer
+    assert shop.events.of_type("offer.ended")[0]["reason"] == "sold_out"
+    with pytest.raises(Conflict) as late:
+        await shop.claim(offer, buyer(2), "k1")
+    assert late.value.code == "sold_out"
+
+
+async def test_concurrent_retries_write_one_order_and_only_one_is_new(shop: Shop) -> None:
+    offer = await shop.launch(quantity=5)
+    answers = await asyncio.gather(*(shop.claim(offer, buyer(1), "same") for _ in range(5)))
+    assert len({order.id for order, _ in answers}) == 1
+    assert [created for _, created in answers].count(True) == 1
+    assert await shop.stock.remaining(offer.id) == 4
