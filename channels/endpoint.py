@@ -66,6 +66,14 @@ async def room_socket(websocket: WebSocket) -> None:
     log.info("ws_joined", extra={"room_id": room_id, "conn": conn.conn_id})
     try:
         await _serve(websocket, container, hub, conn, room)
+    except asyncio.CancelledError:
+        if not conn.evicted:
+            raise
+        # The hub gave up on a peer that reads nothing, not even a close frame: this socket
+        # is done, the server is not shutting down.
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
     finally:
         await hub.leave(conn)
         log.info("ws_left", extra={"room_id": room_id, "conn": conn.conn_id})
@@ -89,13 +97,6 @@ async def _serve(
             message = await websocket.receive()
         except (WebSocketDisconnect, RuntimeError):
             return
-        except asyncio.CancelledError:
-            if conn.evicted:  # the hub gave up on a peer that reads nothing; not a shutdown
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()
-                return
-            raise
         if message["type"] == "websocket.disconnect":
             return
         raw = message.get("text")
