@@ -1,0 +1,209 @@
+"""The flash-sale benchmark's verdicts against the issue's targets, and its printed table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/flashsale.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+# The issue's targets.
+CLAIMS_VS_NOOP = 0.5
+PACED_P99_MS = 100.0
+CPU_COLUMNS = ("server", "mongod", "valkey", "generator", "kernel_irq", "others")
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
+    verdicts: list[dict[str, str]] = []
+
+    def add(target: str, figure: str, ok: bool | None, kind: str = "correctness") -> None:
+        verdicts.append({"target": target, "figure": figure, "verdict": _verdict(ok), "kind": kind})
+
+    burst, noop, paced = report.get("burst"), report.get("noop"), report.get("paced")
+    if burst and noop:
+        claims, ceiling = burst["claims"]["answers_per_s"], noop["requests_per_s"]
+        add(
+            f"claims/s through one server >= {CLAIMS_VS_NOOP:g} x no-op GET /healthz req/s",
+            f"{claims:.0f} vs {ceiling:.0f} req/s = {claims / max(ceiling, 1e-9):.2f}x",
+            claims >= CLAIMS_VS_NOOP * ceiling,
+            "speed",
+        )
+    if paced:
+        p99 = paced["claims"]["groups"]["primary"]["latency"]["p99_ms"]
+        add(
+            f"p99 < {PACED_P99_MS:.0f} ms at an offered {paced['offered_rate']:.0f} claims/s",
+            f"p99 {p99} ms over {paced['claims_offered']} claims "
+            f"(sent at {paced['achieved_send_rate']:.0f}/s)",
+            p99 is not None and p99 < PACED_P99_MS,
+            "speed",
+        )
+    if burst:
+        m = burst["mongo"]
+        add(
+            "units sold == Q (orders pending payment in MongoDB)",
+            f"{m['units_sold']} of {burst['quantity']}",
+            m["units_sold"] == burst["quantity"],
+        )
+        add("oversell == 0", f"{m['oversell']}", m["oversell"] == 0)
+        add(
+            "duplicate orders == 0 (per buyer and key)",
+            f"{m['duplicate_orders']}; buyers over the limit {m['buyers_over_limit']}",
+            m["duplicate_orders"] == 0 and m["buyers_over_limit"] == 0,
+        )
+        groups = burst["claims"]["groups"]
+        outcomes = groups["all"]["outcomes"]
+        failures = {
+            k: v
+            for k, v in outcomes.items()
+            if k not in ("order", "sold_out", "offer_not_active", "unanswered")
+        }
+        add(
+            "(bench's check) every claim answered; retries get their first answer's order",
+            f"unanswered {burst['unanswered']['by_kind'] or 0}, failures {failures or 0}, "
+            f"retries with another order {burst['retries']['order_mismatch']}",
+            not burst["unanswered"]["total"]
+            and not failures
+            and not burst["retries"]["order_mismatch"],
+        )
+    runs = [*(report.get("paced_sweep") or []), *([paced] if paced else [])]
+    if runs:
+        figures, ok = [], True
+        for run in runs:
+            m = run["mongo"]
+            figures.append(
+                f"{run['offered_rate']:.0f}/s: {m['units_sold']} of {run['claims_offered']}"
+            )
+            ok = ok and m["units_sold"] == run["claims_offered"] == m["orders"]
+            ok = ok and m["oversell"] == 0 and m["duplicate_orders"] == 0
+        add("(paced) every claim an order, no oversell, no duplicates", ", ".join(figures), ok)
+    return verdicts
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    code = report["code"]
+    dirty = " + uncommitted server changes" if code.get("server_code_modified") else ""
+    print(f"\nMachine: {m['cpus']} cores, {m['cpu_model']}, Python {m['python']}")
+    print(f"Liveshop: `liveshop serve`, commit {code['commit']}{dirty}: {code['subject']}")
+    head = f"{'phase':<36}{'n':>6}{'answers/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  "
+    head += "".join(f"{name[:6]:>7}" for name in CPU_COLUMNS)
+    print("\n" + " " * 89 + "CPU, % of one core")
+    print(head + "\n" + "-" * len(head))
+
+    def row(
+        name: str, n: int, rate: float | None, lat: dict[str, Any], cpu: dict[str, float] | None
+    ) -> None:
+        cells = "".join(f"{cpu.get(k, 0):>6.0f}%" for k in CPU_COLUMNS) if cpu else ""
+        print(
+            f"{name:<36}{n:>6}{'-' if rate is None else f'{rate:.0f}':>10}"
+            f"{_ms(lat.get('p50_ms')):>9}{_ms(lat.get('p99_ms')):>9}{_ms(lat.get('max_ms')):>9}"
+            f"  {cells}"
+        )
+
+    noop, burst, paced = report.get("noop"), report.get("burst"), report.get("paced")
+    if noop:
+        name = f"no-op GET /healthz, {noop['connections']} conns"
+        row(name, noop["requests"], noop["requests_per_s"], noop["latency"], noop["cpu_pct"])
+    if burst:
+        c = burst["claims"]
+        groups = c["groups"]
+        row(
+            "burst: every answer",
+            c["answers"],
+            c["answers_per_s"],
+            groups["all"]["latency"],
+            burst["cpu_pct"],
+        )
+        for name in ("primary", "primary_ws", "primary_http", "retry_concurrent", "retry_after"):
+            rate = c["primary_answers_per_s"] if name == "primary" else None
+            row(f"  {name}", groups[name]["sent"], rate, groups[name]["latency"], None)
+    for run in report.get("paced_sweep") or []:
+        c = run["claims"]
+        name = f"paced {run['offered_rate']:.0f}/s, every claim an order"
+        row(
+            name,
+            c["answers"],
+            c["answers_per_s"],
+            c["groups"]["primary"]["latency"],
+            run["cpu_pct"],
+        )
+    if paced:
+        c = paced["claims"]
+        name = f"paced {paced['offered_rate']:.0f}/s, every claim an order"
+        row(
+            name,
+            c["answers"],
+            c["answers_per_s"],
+            c["groups"]["primary"]["latency"],
+            paced["cpu_pct"],
+        )
+        for name in ("primary_ws", "primary_http"):
+            row(f"  {name}", c["groups"][name]["sent"], None, c["groups"][name]["latency"], None)
+    redis = report.get("redis_limit")
+    if redis:
+        row(
+            "Redis script alone (redis-py, 64 conns)",
+            redis["claims"],
+            redis["claims_per_s"],
+            {},
+            redis["cpu_pct"],
+        )
+    if burst and noop and redis:
+        rate = burst["claims"]["answers_per_s"]
+        print(
+            f"\nBurst claims/s over the limits: / no-op req/s = "
+            f"{rate / max(noop['requests_per_s'], 1e-9):.3f}, / Redis script alone = "
+            f"{rate / max(redis['claims_per_s'], 1e-9):.3f}"
+        )
+    if burst:
+        mg, rd = burst["mongo"], burst["redis"]
+        print(
+            f"\nBurst: {burst['buyers']} buyers ({burst['websockets']['sockets']} sockets, "
+            f"{burst['http_connections']} HTTP connections), {burst['quantity']} units, fired in "
+            f"{burst['fired_in_ms']} ms; outcomes {burst['claims']['groups']['all']['outcomes']}"
+        )
+        print(f"Unanswered: {burst['unanswered']}")
+        print(
+            f"MongoDB: {mg['orders']} orders {mg['by_status']}, units sold {mg['units_sold']}, "
+            f"oversell {mg['oversell']}, duplicates {mg['duplicate_orders']}, buyers over limit "
+            f"{mg['buyers_over_limit']}, orders nobody was told of "
+            f"{mg['orders_nobody_was_told_of']}"
+        )
+        retries = burst["retries"]
+        print(f"Redis after the burst: {rd}")
+        print(
+            f"Retries: another order than the first answer {retries['order_mismatch']}; "
+            f"refusal code changed {retries['refusal_changed']}; HTTP Idempotent-Replayed on "
+            f"concurrent pairs {retries['concurrent_http_pairs_replay_headers']}"
+        )
+    foreign = report.get("foreign_load_pct")
+    if foreign:
+        print(f"Other processes' load before each phase (% of a core): {foreign}")
+    logs = report.get("server_log", {})
+    if logs.get("levels"):
+        print(f"Server log levels: {logs['levels']}; events: {logs['events']}")
+    for key in ("burst", "paced"):
+        hot = (report.get(key) or {}).get("profile")
+        if hot:
+            print(f"\npy-spy, {key}: server samples by library; top self time")
+            for name, share in hot["libraries"]:
+                print(f"  {share:5.1f}%  {name}")
+            print("  --")
+            for name, share in hot["self"][:8]:
+                print(f"  {share:5.1f}%  {name}")
+    if report.get("error"):
+        print(f"\nRUN FAILED: {report['error']}\nServer log tail:\n{report.get('server_log_tail')}")
+    print("\nTargets")
+    for v in report["targets"]:
+        print(f"  {v['verdict']:<5} {v['target']}: {v['figure']}")
