@@ -51,6 +51,7 @@ class Buyer:
     retry: str | None = None  # None, "concurrent" or "after"
     ws: LiveshopClient | None = None
     ws_twin: LiveshopClient | None = None  # the same user's second socket (concurrent retry)
+    port: int | None = None  # the server process this buyer uses (--servers); None: the first
 
 
 @dataclass(slots=True)
@@ -77,6 +78,7 @@ class ClaimRun:
 
     def __init__(self, port: int, pool: HttpPool, offer_id: str) -> None:
         self.port, self.pool, self.offer_id = port, pool, offer_id
+        self.other_pools: dict[int, HttpPool] = {}  # buyers on other processes (--servers)
         self.claims: list[Claim] = []
         self.answered = 0
         self.last_answer_ns = 0
@@ -108,10 +110,12 @@ class ClaimRun:
             client.send_text(json.dumps(frame, separators=(",", ":")))
         else:
             headers = {"Authorization": f"Bearer {buyer.token}", "Idempotency-Key": buyer.key}
+            port = buyer.port or self.port
             raw = request_bytes(
-                "POST", f"/api/v1/offers/{self.offer_id}/claims", self.port, headers, CLAIM_BODY
+                "POST", f"/api/v1/offers/{self.offer_id}/claims", port, headers, CLAIM_BODY
             )
-            self.pool.submit(raw).add_done_callback(partial(self._on_http, claim))
+            pool = self.pool if port == self.port else self.other_pools[port]
+            pool.submit(raw).add_done_callback(partial(self._on_http, claim))
         return claim
 
     def listen(self, client: WsClient) -> None:
@@ -214,7 +218,10 @@ async def connect_ws(
     failed = 0
     for first in range(0, len(wanted), 100):
         batch = wanted[first : first + 100]
-        clients = [LiveshopClient(HOST, shop.server.port, shop.room_id, b.token) for b, _ in batch]
+        clients = [
+            LiveshopClient(HOST, b.port or shop.server.port, shop.room_id, b.token)
+            for b, _ in batch
+        ]
         for client in clients:
             listener(client)
         done = await asyncio.gather(*(open_client(c) for c in clients), return_exceptions=True)
@@ -258,6 +265,7 @@ class Shop:
     server: Child
     redis_url: str
     mongodb_url: str
+    more_servers: list[Child] = field(default_factory=list)  # --servers beyond the first
     host_token: str = ""
     room_id: str = ""
     meter_processes: dict[str, psutil.Process] = field(default_factory=dict)

@@ -94,6 +94,7 @@ async def main_async(args: argparse.Namespace) -> int:
         valkey = await start_valkey(workdir)
         mongo = EmbeddedMongo(Path(tmp) / "mongodb")  # never kept: tens of MB
         server: Child | None = None
+        shop: Shop | None = None
         try:
             mongodb_url = await mongo.start()
             redis_url = f"redis://{HOST}:{valkey.port}/0"
@@ -107,6 +108,16 @@ async def main_async(args: argparse.Namespace) -> int:
             )
             shop = Shop(args, workdir, valkey, mongo, server, redis_url, mongodb_url)
             shop.meter_processes = {"server": server.ps(), "valkey": valkey.ps()}
+            for i in range(2, args.servers + 1):
+                more = await start_liveshop(
+                    workdir,
+                    redis_url=redis_url,
+                    mongodb_url=mongodb_url,
+                    secret=SECRET,
+                    source=source,
+                )
+                shop.more_servers.append(more)
+                shop.meter_processes[f"server_{i}"] = more.ps()
             if mongo.pid is not None:
                 shop.meter_processes["mongod"] = psutil.Process(mongo.pid)
             await shop.open_room()
@@ -148,6 +159,10 @@ async def main_async(args: argparse.Namespace) -> int:
                 report["server_log"] = server_log_summary(server)
                 report["server_log_tail"] = server.log_tail(40)
                 await server.stop()
+            for i, more in enumerate(shop.more_servers if shop else [], start=2):
+                report[f"server_{i}_alive_at_end"] = more.alive()
+                report[f"server_{i}_log"] = server_log_summary(more)
+                await more.stop()
             await mongo.stop()
             await valkey.stop()
     report["wall_seconds"] = round(time.monotonic() - started, 1)
@@ -199,6 +214,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quiet-limit", type=float, default=15.0, help="calm: others under this %% of a core"
+    )
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="paced runs spread their buyers over this many server processes (as behind a load"
+        " balancer); the no-op and the burst always use one",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the server (burst, paced)")
     parser.add_argument(

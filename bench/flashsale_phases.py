@@ -201,12 +201,19 @@ async def run_paced(
     claim succeeds, so each one costs the full path (reservation, order, notification)."""
     args = shop.args
     buyers = make_buyers("paced", n, 0.0, rng)
+    # With --servers, buyers are spread over the processes as a load balancer would.
+    ports = [shop.server.port, *(server.port for server in shop.more_servers)]
+    for i, buyer in enumerate(buyers):
+        buyer.port = ports[i % len(ports)]
     run = ClaimRun(shop.server.port, HttpPool(shop.server.port, 0), "")
     ws = await connect_ws(shop, buyers, run.listen)
     print(f"    {ws['sockets']} websockets up in {ws['seconds']}s ({ws['failed']} failed)")
     offer_id = run.offer_id = await shop.launch_offer(n)
-    run.pool = pool = HttpPool(shop.server.port, pool_size)
-    await pool.open()
+    each = max(1, pool_size // len(ports))
+    run.pool = pool = HttpPool(shop.server.port, each)
+    run.other_pools = {port: HttpPool(port, each) for port in ports[1:]}
+    for one in (pool, *run.other_pools.values()):
+        await one.open()
     await asyncio.sleep(0.5)
     spy, spy_out = None, shop.workdir / f"spy-paced-{rate:g}.txt"
     if args.profile:
@@ -228,11 +235,15 @@ async def run_paced(
         end = await run.wait(idle_s=args.idle_wait, max_s=120)
         await meter.stop()
     cpu = meter.pct(run.first_send_ns, run.last_answer_ns)
+    # Every server process in one column: % of one core, so above 100 with --servers.
+    cpu["server"] = round(sum(v for k, v in cpu.items() if k.startswith("server")), 1)
+    pools = (pool, *run.other_pools.values())
     hot = None
     if spy is not None:
         hot = await stop_spy(spy, spy_out)
     close_ws(buyers)
-    pool.close()
+    for one in pools:
+        one.close()
     reported = {c.order_id for c in run.claims if c.outcome == "order" and c.order_id}
     return {
         "offer_id": offer_id,
@@ -242,10 +253,11 @@ async def run_paced(
         "generator_max_behind_ms": round(behind_ms, 1),
         "websockets": ws,
         "http_connections": pool_size,
+        "server_processes": len(ports),
         "wait_end": end,
         "claims": summarize_claims(run),
-        "http_reconnects": pool.reconnects,
-        "http_resent": pool.resent,
+        "http_reconnects": sum(one.reconnects for one in pools),
+        "http_resent": sum(one.resent for one in pools),
         "cpu_pct": cpu,
         "mongo": await verify_orders(shop.mongodb_url, offer_id, n, reported),
         "profile": hot,

@@ -37,8 +37,10 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
         )
     if paced:
         p99 = paced["claims"]["groups"]["primary"]["latency"]["p99_ms"]
+        processes = paced.get("server_processes", 1)
         add(
-            f"p99 < {PACED_P99_MS:.0f} ms at an offered {paced['offered_rate']:.0f} claims/s",
+            f"p99 < {PACED_P99_MS:.0f} ms at an offered {paced['offered_rate']:.0f} claims/s"
+            + (f" ({processes} server processes)" if processes > 1 else ""),
             f"p99 {p99} ms over {paced['claims_offered']} claims "
             f"(sent at {paced['achieved_send_rate']:.0f}/s)",
             p99 is not None and p99 < PACED_P99_MS,
@@ -130,7 +132,7 @@ def print_report(report: dict[str, Any]) -> None:
             row(f"  {name}", groups[name]["sent"], rate, groups[name]["latency"], None)
     for run in report.get("paced_sweep") or []:
         c = run["claims"]
-        name = f"paced {run['offered_rate']:.0f}/s, every claim an order"
+        name = _paced_name(run)
         row(
             name,
             c["answers"],
@@ -140,7 +142,7 @@ def print_report(report: dict[str, Any]) -> None:
         )
     if paced:
         c = paced["claims"]
-        name = f"paced {paced['offered_rate']:.0f}/s, every claim an order"
+        name = _paced_name(paced)
         row(
             name,
             c["answers"],
@@ -207,3 +209,9 @@ def print_report(report: dict[str, Any]) -> None:
     print("\nTargets")
     for v in report["targets"]:
         print(f"  {v['verdict']:<5} {v['target']}: {v['figure']}")
+
+
+def _paced_name(run: dict[str, Any]) -> str:
+    processes = run.get("server_processes", 1)
+    across = f" x{processes} servers" if processes > 1 else ""
+    return f"paced {run['offered_rate']:.0f}/s{across}, every claim an order"

@@ -33,11 +33,13 @@ from channels.broker import (
     room_channel,
     user_channel,
 )
+from server.adapters.group_commit import GroupCommit
 
 log = logging.getLogger("liveshop.broker")
 
 # Keys live a day after the last event; history older than history_seconds is not served.
 KEY_TTL_SECONDS = 24 * 3600
+MAX_CONNECTIONS = 64  # one of them is the pub/sub connection, held for good
 
 _PUBLISH = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -100,15 +102,20 @@ class RedisBroker:
         self.node_id = node_id or new_epoch()
         self.history_events = history_events
         self.history_seconds = history_seconds
-        # from_url sets no retry policy; without one, the first command on each pooled
-        # connection after a Redis restart fails instead of reconnecting.
-        self._redis = redis.Redis.from_url(
+        # Bounded and blocking: a burst of publishes waits for a connection instead of failing
+        # with MaxConnectionsError. from_url sets no retry policy; without one, the first
+        # command on each pooled connection after a Redis restart fails instead of reconnecting.
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=5,
             decode_responses=True,
             health_check_interval=10,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        self._redis = redis.Redis.from_pool(pool)
+        self._private = GroupCommit(self._publish_private_batch)
         self._pubsub = self._redis.pubsub()
         self._publish = self._redis.register_script(_PUBLISH)
         self._counters = self._redis.register_script(_COUNTERS)
@@ -126,6 +133,7 @@ class RedisBroker:
         self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")
 
     async def close(self) -> None:
+        await self._private.wait_idle()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -151,7 +159,15 @@ class RedisBroker:
         await self._redis.publish(room_channel(room_id), encode_body(control))
 
     async def publish_private(self, user_id: str, event: dict[str, Any]) -> None:
-        await self._redis.publish(user_channel(user_id), encode_body(event))
+        # A flash sale's orders are written in batches, so their `order.updated` events come in
+        # hundreds at once: they share one pipeline (see group_commit.py).
+        await self._private.submit(None, (user_channel(user_id), encode_body(event)))
+
+    async def _publish_private_batch(self, _: None, messages: list[tuple[str, str]]) -> list[int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel, body in messages:
+                pipe.publish(channel, body)
+            return [int(receivers) for receivers in await pipe.execute()]
 
     async def subscribe_room(self, room_id: str) -> None:
         await self._pubsub.subscribe(room_channel(room_id))

@@ -27,6 +27,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from server.adapters.group_commit import GroupCommit
 from server.domain.errors import Unavailable
 from server.domain.offers import (
     PENDING_BATCH,
@@ -57,34 +58,42 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[5])
 return 1
 """
 
-# The order of checks matters: a known key answers first, so a retry after the end or after
-# the last unit still finds its reservation. Keep MemoryStockReservations.claim in step.
+# One call reserves for every claim in ARGV (groups of buyer, units, key, now ms, reservation
+# id), in order, each exactly as if it came alone: claims arriving together share one round
+# trip (see group_commit.py). The order of checks matters: a known key answers first, so a
+# retry after the end or after the last unit still finds its reservation. Keep
+# MemoryStockReservations.claim in step.
 _CLAIM = """
-local state = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'starts', 'ends', 'stopped',
-  'expire_at')
-if not state[1] then return {'paused'} end
-local stock = tonumber(state[1])
-local raw = redis.call('HGET', KEYS[3], ARGV[3])
-if raw then
-  local r = cjson.decode(raw)
-  if r.b ~= ARGV[1] then return {'key_reused', stock} end
-  return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0}
+local function claim(buyer, qty, key, now_ms, rid)
+  local now = tonumber(now_ms)
+  local state = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'starts', 'ends', 'stopped',
+    'expire_at')
+  if not state[1] then return {'paused'} end
+  local stock = tonumber(state[1])
+  local raw = redis.call('HGET', KEYS[3], key)
+  if raw then
+    local r = cjson.decode(raw)
+    if r.b ~= buyer then return {'key_reused', stock} end
+    return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0}
+  end
+  if state[5] == '1' or now < tonumber(state[3]) or now >= tonumber(state[4]) then
+    return {'not_active', stock}
+  end
+  if stock < qty then return {'sold_out', stock} end
+  local mine = tonumber(redis.call('HGET', KEYS[2], buyer) or '0')
+  if mine + qty > tonumber(state[2]) then return {'limit_reached', stock} end
+  stock = redis.call('HINCRBY', KEYS[1], 'stock', -qty)
+  redis.call('HINCRBY', KEYS[2], buyer, qty)
+  redis.call('HSET', KEYS[3], key, cjson.encode({r = rid, b = buyer, q = qty, t = now_ms}))
+  redis.call('ZADD', KEYS[4], now, key)
+  for i = 2, 4 do redis.call('PEXPIREAT', KEYS[i], state[6]) end
+  return {'reserved', stock, rid, '', qty, 0}
 end
-local now = tonumber(ARGV[4])
-if state[5] == '1' or now < tonumber(state[3]) or now >= tonumber(state[4]) then
-  return {'not_active', stock}
+local out = {}
+for i = 1, #ARGV, 5 do
+  out[#out + 1] = claim(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
 end
-local qty = tonumber(ARGV[2])
-if stock < qty then return {'sold_out', stock} end
-local mine = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if mine + qty > tonumber(state[2]) then return {'limit_reached', stock} end
-stock = redis.call('HINCRBY', KEYS[1], 'stock', -qty)
-redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
-redis.call('HSET', KEYS[3], ARGV[3],
-  cjson.encode({r = ARGV[5], b = ARGV[1], q = qty, t = ARGV[4]}))
-redis.call('ZADD', KEYS[4], now, ARGV[3])
-for i = 2, 4 do redis.call('PEXPIREAT', KEYS[i], state[6]) end
-return {'reserved', stock, ARGV[5], '', qty, 0}
+return out
 """
 
 _RELEASE = """
@@ -102,19 +111,25 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
 """
 
+# Attaches every (key, order id) pair in ARGV, in order; one answer per pair.
 _ATTACH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'paused' end
-local raw = redis.call('HGET', KEYS[3], ARGV[1])
-if not raw then return 'unknown' end
-local r = cjson.decode(raw)
-if r.x == 1 then return 'released' end
-if not r.o then
-  r.o = ARGV[2]
-  redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))
-  redis.call('ZREM', KEYS[4], ARGV[1])
+local function attach(key, order_id)
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 'paused' end
+  local raw = redis.call('HGET', KEYS[3], key)
+  if not raw then return 'unknown' end
+  local r = cjson.decode(raw)
+  if r.x == 1 then return 'released' end
+  if not r.o then
+    r.o = order_id
+    redis.call('HSET', KEYS[3], key, cjson.encode(r))
+    redis.call('ZREM', KEYS[4], key)
+  end
+  if r.o == order_id then return 'attached' end
+  return 'unknown'
 end
-if r.o == ARGV[2] then return 'attached' end
-return 'unknown'
+local out = {}
+for i = 1, #ARGV, 2 do out[#out + 1] = attach(ARGV[i], ARGV[i + 1]) end
+return out
 """
 
 _PENDING = """
@@ -167,6 +182,27 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# buyer, units, idempotency key, now (epoch ms), reservation id: one claim's script arguments.
+_ClaimArgs = tuple[str, int, str, int, str]
+
+
+def _claim_result(reply: list[Any]) -> ClaimResult:
+    outcome = ClaimOutcome(_text(reply[0]))
+    if outcome is ClaimOutcome.PAUSED:
+        return ClaimResult(outcome)
+    remaining = int(reply[1])
+    if len(reply) == 2:
+        return ClaimResult(outcome, remaining)
+    return ClaimResult(
+        outcome,
+        remaining,
+        reservation_id=_text(reply[2]),
+        order_id=_text(reply[3]) or None,
+        quantity=int(reply[4]),
+        released=int(reply[5]) == 1,
+    )
+
+
 class RedisStockReservations:
     """`StockReservations` on Redis. Give it a URL (it then owns a bounded connection pool) or a
     client of your own (left open by `close`)."""
@@ -206,8 +242,12 @@ class RedisStockReservations:
         self._pending = self._redis.register_script(_PENDING)
         self._stop = self._redis.register_script(_STOP)
         self._rebuild = self._redis.register_script(_REBUILD)
+        self._claims = GroupCommit(self._claim_batch)
+        self._attaches = GroupCommit(self._attach_batch)
 
     async def close(self) -> None:
+        await self._claims.wait_idle()
+        await self._attaches.wait_idle()
         if self._owns_client:
             await self._redis.aclose()
 
@@ -243,28 +283,28 @@ class RedisStockReservations:
     ) -> ClaimResult:
         validate_claim(buyer_id, quantity, idempotency_key)
         reservation_id = f"rsv_{secrets.token_urlsafe(12)}"
-        args: list[str | int] = [buyer_id, quantity, idempotency_key, epoch_ms(now), reservation_id]
-        reply = await self._claim(keys=_keys(offer_id), args=args)
-        outcome = ClaimOutcome(_text(reply[0]))
-        if outcome is ClaimOutcome.PAUSED:
-            return ClaimResult(outcome)
-        remaining = int(reply[1])
-        if len(reply) == 2:
-            return ClaimResult(outcome, remaining)
-        return ClaimResult(
-            outcome,
-            remaining,
-            reservation_id=_text(reply[2]),
-            order_id=_text(reply[3]) or None,
-            quantity=int(reply[4]),
-            released=int(reply[5]) == 1,
-        )
+        args = (buyer_id, quantity, idempotency_key, epoch_ms(now), reservation_id)
+        return await self._claims.submit(offer_id, args)
+
+    async def _claim_batch(self, offer_id: str, batch: list[_ClaimArgs]) -> list[ClaimResult]:
+        args = [arg for claim in batch for arg in claim]
+        return [
+            _claim_result(reply) for reply in await self._claim(keys=_keys(offer_id), args=args)
+        ]
 
     async def attach_order(
         self, offer_id: str, idempotency_key: str, order_id: str
     ) -> AttachOutcome:
-        reply = await self._attach(keys=_keys(offer_id), args=[idempotency_key, order_id])
-        return AttachOutcome(_text(reply))
+        return await self._attaches.submit(offer_id, (idempotency_key, order_id))
+
+    async def _attach_batch(
+        self, offer_id: str, batch: list[tuple[str, str]]
+    ) -> list[AttachOutcome]:
+        args = [arg for pair in batch for arg in pair]
+        return [
+            AttachOutcome(_text(reply))
+            for reply in await self._attach(keys=_keys(offer_id), args=args)
+        ]
 
     async def release(
         self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False

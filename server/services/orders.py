@@ -22,6 +22,7 @@ from server.domain.identity import Identity, Role
 from server.domain.offers import AttachOutcome, ClaimOutcome, FlashOffer, claim_error
 from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, place_order
 from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
+from server.services.load_once import LoadOnce
 from server.services.offers import OfferService
 from server.services.rooms import new_id, utc_now
 
@@ -59,8 +60,11 @@ class OrderService:
         # Offers this process reserved stock for lately: it reaps their orphans even when no
         # viewer of the room is connected here (claims over HTTP).
         self._claimed_offers: dict[str, datetime] = {}
-        self._offers_seen: dict[str, FlashOffer] = {}
-        self._snapshots: dict[str, dict[str, Any]] = {}
+        # The offer as launched: only its end changes later, and the reservation store, not
+        # this copy, decides whether a claim is still in time.
+        self._launched = LoadOnce(offers.get, size=CACHED_OFFERS)
+        # The product as sold in each offer, taken once per offer and process.
+        self._snapshots = LoadOnce(self._load_snapshot, size=CACHED_OFFERS)
 
     # Claims -----------------------------------------------------------------------------------
 
@@ -78,7 +82,7 @@ class OrderService:
         From a room's socket, `room_id` keeps claims to that room's offers."""
         if buyer.anonymous:
             raise Forbidden("sign in to buy")
-        offer = await self._offer(offer_id)
+        offer = await self._launched.get(offer_id)
         if room_id is not None and offer.room_id != room_id:
             raise NotFound(f"offer {offer_id} not found in this room")
         # Keys are the client's, unique per buyer: scoped here so two buyers never collide.
@@ -143,26 +147,12 @@ class OrderService:
         await self._tell_buyer(stored)
         return stored, True
 
-    async def _offer(self, offer_id: str) -> FlashOffer:
-        """The offer as launched. Cached: only its end changes later, and the reservation
-        store, not this copy, decides whether a claim is still in time."""
-        offer = self._offers_seen.get(offer_id)
-        if offer is None:
-            offer = await self._offers.get(offer_id)
-            if len(self._offers_seen) >= CACHED_OFFERS:
-                self._offers_seen.pop(next(iter(self._offers_seen)))
-            self._offers_seen[offer_id] = offer
-        return offer
-
     async def _product_snapshot(self, offer: FlashOffer) -> dict[str, Any]:
-        """The product as sold in this offer, taken once per offer and process."""
-        snapshot = self._snapshots.get(offer.id)
-        if snapshot is None:
-            snapshot = product_to_wire(await self._products.get(offer.product_id))
-            if len(self._snapshots) >= CACHED_OFFERS:
-                self._snapshots.pop(next(iter(self._snapshots)))
-            self._snapshots[offer.id] = snapshot
-        return dict(snapshot)
+        return dict(await self._snapshots.get(offer.id))
+
+    async def _load_snapshot(self, offer_id: str) -> dict[str, Any]:
+        offer = await self._launched.get(offer_id)
+        return product_to_wire(await self._products.get(offer.product_id))
 
     # Reading and cancelling --------------------------------------------------------------------
 

@@ -147,6 +147,30 @@ async def test_concurrent_creates_all_count(stores: Stores) -> None:
     assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=30, units=30)
 
 
+async def test_creates_arriving_together_each_get_their_own_answer(stores: Stores) -> None:
+    # The Mongo store writes creates made at the same moment in one transaction; a taken key or
+    # a taken id among them must not cost the others their orders.
+    first = await stores.orders.create(_order("o_old", "k_old", buyer="u_old"))
+    results = await asyncio.gather(
+        stores.orders.create(_order("o_1", "k_1", buyer="u_1")),
+        stores.orders.create(_order("o_retry", "k_old", buyer="u_old")),  # a retry: first stands
+        stores.orders.create(_order("o_old", "k_clash", buyer="u_2")),  # the id is taken
+        stores.orders.create(_order("o_2", "k_2", buyer="u_2", quantity=3)),
+        stores.orders.create(_order("o_2b", "k_2", buyer="u_2", quantity=3)),  # same key again
+        return_exceptions=True,
+    )
+    assert results[0] == _order("o_1", "k_1", buyer="u_1")
+    assert results[1] == first
+    assert isinstance(results[2], Conflict)
+    assert results[2].code == "order_exists"
+    assert results[3] == results[4] == _order("o_2", "k_2", buyer="u_2", quantity=3)
+    assert await stores.orders.by_key("of_1", "k_clash") is None
+    for missing in ("o_retry", "o_2b"):
+        with pytest.raises(NotFound):
+            await stores.orders.get(missing)
+    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=3, units=7)
+
+
 async def test_an_order_id_taken_by_another_key_is_a_conflict(stores: Stores) -> None:
     await stores.orders.create(_order("o_1", "k_1"))
     with pytest.raises(Conflict) as error:

@@ -113,6 +113,63 @@ async def test_concurrent_retries_of_one_key_reserve_once(backend: Backend) -> N
     assert await stock.remaining("of1") == 100 - 2 * 50
 
 
+async def test_claims_arriving_together_are_answered_as_if_one_by_one(backend: Backend) -> None:
+    # The Redis store sends claims made at the same moment in one script call; each must get
+    # the answer it would have got alone, in the order the claims were made.
+    stock = backend.stock
+    await open_offer(stock, "together", quantity=5, limit=2)
+    await open_offer(stock, "alone", quantity=5, limit=2)
+    claims = [
+        ("ana", 2, "a1"),
+        ("ana", 1, "a2"),  # over the limit
+        ("bo", 1, "a1"),  # another buyer's key
+        ("ana", 2, "a1"),  # a retry
+        ("bo", 2, "b1"),
+        ("cy", 2, "c1"),  # one unit left
+        ("cy", 1, "c2"),  # the last unit
+        ("dee", 1, "d1"),  # sold out
+        ("bo", 2, "b1"),  # a retry after the last unit
+        ("eve", 0, "e1"),  # malformed: refused alone, changes nothing
+    ]
+
+    async def claim(offer: str, buyer: str, quantity: int, key: str) -> object:
+        try:
+            result = await stock.claim(offer, buyer, quantity, key, NOW)
+        except InvalidInput as error:
+            return error.code
+        return (result.outcome, result.remaining, result.quantity, result.released)
+
+    together = await asyncio.gather(*(claim("together", *c) for c in claims))
+    alone = [await claim("alone", *c) for c in claims]
+    assert together == alone
+    assert [answer if isinstance(answer, str) else answer[0] for answer in alone] == [
+        R.RESERVED,
+        R.LIMIT_REACHED,
+        R.KEY_REUSED,
+        R.DUPLICATE,
+        R.RESERVED,
+        R.SOLD_OUT,
+        R.RESERVED,
+        R.SOLD_OUT,
+        R.DUPLICATE,
+        "invalid_quantity",
+    ]
+    attached = await asyncio.gather(
+        stock.attach_order("together", "a1", "o1"),
+        stock.attach_order("together", "b1", "o2"),
+        stock.attach_order("together", "a1", "o_other"),  # the key already names o1
+        stock.attach_order("together", "nobody", "o3"),
+    )
+    assert attached == [
+        AttachOutcome.ATTACHED,
+        AttachOutcome.ATTACHED,
+        AttachOutcome.UNKNOWN,
+        AttachOutcome.UNKNOWN,
+    ]
+    retry = await stock.claim("together", "ana", 2, "a1", NOW)
+    assert retry.order_id == "o1"
+
+
 async def test_a_retried_claim_returns_the_same_reservation_and_order(backend: Backend) -> None:
     stock = backend.stock
     await open_offer(stock, quantity=2, limit=2)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -23,8 +23,9 @@ from bson import Decimal128
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from server.adapters.group_commit import GroupCommit
 from server.adapters.memory_orders import FiguresDelta, check_last_move
 from server.adapters.mongo.order_docs import (
     offer_doc,
@@ -51,6 +52,7 @@ _NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
 # one document at once conflict and retry with backoff (about 20 orders/s with 500 concurrent
 # creates on one local mongod, where plain inserts run at about 1,000/s).
 FIGURE_SHARDS = 64
+DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
 
 async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
@@ -151,17 +153,65 @@ class MongoOrderStore:
         self._free_shards: asyncio.Queue[int] = asyncio.Queue()
         for shard in random.sample(range(FIGURE_SHARDS), FIGURE_SHARDS):
             self._free_shards.put_nowait(shard)
+        self._creates = GroupCommit(self._create_batch)
+
+    async def close(self) -> None:
+        """Wait for orders being written (before the client closes)."""
+        await self._creates.wait_idle()
 
     @_translate_errors
     async def create(self, order: Order) -> Order:
+        # Orders of one offer created together share one transaction (see group_commit.py).
+        return await self._creates.submit(order.offer_id, order)
+
+    async def _create_batch(self, offer_id: str, orders: list[Order]) -> list[Order | Exception]:
+        """Write a batch of new orders and their figures in one transaction.
+
+        A key already taken (a retried claim racing its first attempt) makes the transaction
+        write nothing: the orders already stored are looked up, and the rest written again.
+        Should that fail too (an order id taken), each order is created on its own."""
+        stored: dict[str, Order | Exception] = {}
+        fresh: dict[str, Order] = {}
+        for order in orders:  # a retry in the same batch gets the first order back
+            fresh.setdefault(order.idempotency_key, order)
+        for _ in range(2):
+            try:
+                stored |= await self._insert_together(offer_id, list(fresh.values()))
+                return [stored[order.idempotency_key] for order in orders]
+            except (DuplicateKeyError, BulkWriteError) as error:
+                if not _only_duplicate_keys(error):
+                    raise
+            query = {"offer_id": offer_id, "idempotency_key": {"$in": list(fresh)}}
+            async for doc in self._orders.find(query):
+                stored[doc["idempotency_key"]] = order_from(doc)
+                del fresh[doc["idempotency_key"]]
+        written = await _each(self._create_one(order) for order in fresh.values())
+        stored |= zip(fresh, written, strict=True)
+        return [stored[order.idempotency_key] for order in orders]
+
+    async def _insert_together(self, offer_id: str, orders: list[Order]) -> dict[str, Order]:
+        """Insert the orders and count them in the figures, all or nothing; by key."""
+        if not orders:
+            return {}
+        docs = [order_doc(order) for order in orders]
+        deltas = [FiguresDelta.of(o.quantity, o.total, None, o.status) for o in orders]
+
+        async def write(session: AsyncClientSession, shard: int) -> None:
+            await self._orders.insert_many(docs, session=session)
+            # Last in the transaction: a concurrent writer of the same counter conflicts only
+            # while it is held, from here to the commit.
+            await self._apply(offer_id, deltas, session, shard)
+
+        await self._transaction(write)
+        return {order.idempotency_key: order for order in orders}
+
+    async def _create_one(self, order: Order) -> Order:
         doc = order_doc(order)
-        delta = FiguresDelta.of(order.quantity, order.total, None, order.status)
+        deltas = [FiguresDelta.of(order.quantity, order.total, None, order.status)]
 
         async def write(session: AsyncClientSession, shard: int) -> None:
             await self._orders.insert_one(doc, session=session)
-            # Last in the transaction: a concurrent writer of the same counter conflicts only
-            # while it is held, from here to the commit.
-            await self._apply(order.offer_id, delta, session, shard)
+            await self._apply(order.offer_id, deltas, session, shard)
 
         key = {"offer_id": order.offer_id, "idempotency_key": order.idempotency_key}
         for _ in range(3):
@@ -229,7 +279,7 @@ class MongoOrderStore:
             delta = FiguresDelta.of(
                 stored["quantity"], _money_from(stored["total"]), expected, order.status
             )
-            await self._apply(stored["offer_id"], delta, session, shard)
+            await self._apply(stored["offer_id"], [delta], session, shard)
 
         await self._transaction(write)
 
@@ -282,22 +332,48 @@ class MongoOrderStore:
             self._free_shards.put_nowait(shard)
 
     async def _apply(
-        self, offer_id: str, delta: FiguresDelta, session: AsyncClientSession, shard: int
+        self,
+        offer_id: str,
+        deltas: Iterable[FiguresDelta],
+        session: AsyncClientSession,
+        shard: int,
     ) -> None:
-        if delta.is_zero:
+        inc: Document = {}
+        gmv: dict[str, Decimal] = {}
+        for delta in deltas:
+            if delta.is_zero:
+                continue
+            for name in ("orders", "units", "paid_orders", "paid_units"):
+                inc[name] = inc.get(name, 0) + getattr(delta, name)
+            if delta.paid_orders:
+                gmv[delta.currency] = gmv.get(delta.currency, Decimal(0)) + delta.gmv
+        if not inc:
             return
-        inc: Document = {
-            "orders": delta.orders,
-            "units": delta.units,
-            "paid_orders": delta.paid_orders,
-            "paid_units": delta.paid_units,
-        }
-        if delta.paid_orders:
+        for code, amount in gmv.items():
             # Decimal128 adds exactly; currency codes are three capitals, safe as field names.
-            inc[f"gmv.{delta.currency}"] = Decimal128(delta.gmv)
+            inc[f"gmv.{code}"] = Decimal128(amount)
         await self._figures.update_one(
             {"_id": f"{offer_id}#{shard}"},
             {"$inc": inc, "$setOnInsert": {"offer_id": offer_id}},
             upsert=True,
             session=session,
         )
+
+
+async def _each(writes: Iterable[Awaitable[T]]) -> list[T | Exception]:
+    """Run the writes side by side; each one's result or error."""
+    outcomes: list[T | Exception] = []
+    for result in await asyncio.gather(*writes, return_exceptions=True):
+        if isinstance(result, Exception) or not isinstance(result, BaseException):
+            outcomes.append(result)
+        else:
+            raise result  # cancelled: stop
+    return outcomes
+
+
+def _only_duplicate_keys(error: DuplicateKeyError | BulkWriteError) -> bool:
+    """Whether the write failed only because a unique key was taken (code 11000)."""
+    if isinstance(error, DuplicateKeyError):
+        return True
+    details = error.details.get("writeErrors", [])
+    return bool(details) and all(e.get("code") == DUPLICATE_KEY for e in details)

@@ -1,0 +1,133 @@
+"""GroupCommit: calls made while a batch is on its way go together in the next one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.adapters.group_commit import GroupCommit
+
+
+class Recorder:
+    """A write that records its batches and holds each one until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list[int]]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def write(self, key: str, items: list[int]) -> list[int | Exception]:
+        self.batches.append((key, items))
+        await self.gate.wait()
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+
+async def test_a_lone_call_goes_at_once_and_calls_meanwhile_share_the_next_batch() -> None:
+    recorder = Recorder()
+    group = GroupCommit(recorder.write)
+    recorder.gate.clear()
+    first = asyncio.create_task(group.submit("a", 0))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert recorder.batches == [("a", [0])]  # on its way, nothing waited for company
+    later = [asyncio.create_task(group.submit("a", i)) for i in (2, 4, 6)]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    assert await first == 0
+    assert await asyncio.gather(*later) == [20, 40, 60]
+    assert recorder.batches == [("a", [0]), ("a", [2, 4, 6])]
+
+
+async def test_keys_are_batched_apart_and_results_go_to_their_callers() -> None:
+    recorder = Recorder()
+    group = GroupCommit(recorder.write)
+    results = await asyncio.gather(
+        group.submit("a", 2), group.submit("b", 4), group.submit("a", 6), return_exceptions=True
+    )
+    assert results == [20, 40, 60]
+    assert sorted(recorder.batches) == [("a", [2, 6]), ("b", [4])]
+
+
+async def test_an_item_error_reaches_only_its_caller() -> None:
+    group = GroupCommit(Recorder().write)
+    results = await asyncio.gather(
+        group.submit("a", 2), group.submit("a", 3), group.submit("a", 4), return_exceptions=True
+    )
+    assert results[0] == 20
+    assert results[2] == 40
+    assert isinstance(results[1], ValueError)
+    assert str(results[1]) == "odd 3"
+
+
+async def test_a_failed_write_reaches_every_caller_of_the_batch_and_the_next_batch_runs() -> None:
+    calls = 0
+
+    async def flaky(key: str, items: list[int]) -> list[int | Exception]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("store down")
+        return list(items)
+
+    group = GroupCommit(flaky)
+    failed = await asyncio.gather(
+        group.submit("a", 1), group.submit("a", 2), return_exceptions=True
+    )
+    assert all(isinstance(r, ConnectionError) for r in failed)
+    assert await group.submit("a", 3) == 3
+
+
+async def test_a_write_with_the_wrong_number_of_results_fails_its_callers() -> None:
+    async def short(key: str, items: list[int]) -> list[int | Exception]:
+        return items[:1]
+
+    group = GroupCommit(short)
+    results = await asyncio.gather(
+        group.submit("a", 1), group.submit("a", 2), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_batches_are_capped() -> None:
+    recorder = Recorder()
+    group = GroupCommit(recorder.write, max_batch=2)
+    assert await asyncio.gather(*(group.submit("a", i) for i in (0, 2, 4, 6, 8))) == [
+        0,
+        20,
+        40,
+        60,
+        80,
+    ]
+    assert [items for _, items in recorder.batches] == [[0, 2], [4, 6], [8]]
+
+
+async def test_a_cancelled_caller_does_not_take_its_item_back() -> None:
+    recorder = Recorder()
+    group = GroupCommit(recorder.write)
+    recorder.gate.clear()
+    gone = asyncio.create_task(group.submit("a", 2))
+    stays = asyncio.create_task(group.submit("a", 4))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    recorder.gate.set()
+    assert await stays == 40
+    await group.wait_idle()
+    assert recorder.batches == [("a", [2, 4])]  # written all the same, as a sent request is
+
+
+async def test_wait_idle_waits_for_batches_in_flight() -> None:
+    recorder = Recorder()
+    group = GroupCommit(recorder.write)
+    recorder.gate.clear()
+    pending = asyncio.create_task(group.submit("a", 2))
+    await asyncio.sleep(0)
+    idle = asyncio.create_task(group.wait_idle())
+    await asyncio.sleep(0.01)
+    assert not idle.done()
+    recorder.gate.set()
+    await idle
+    assert pending.done()
+    assert pending.result() == 20
