@@ -129,7 +129,8 @@ def create_app(
         *ops.routes(),
         Mount(
             "/api/v1",
-            routes=[*products.routes(), *rooms.routes(), *commerce.routes(), *ops.api_routes()],
+            # Commerce first: the router tries routes in order, and claims are the hot path.
+            routes=[*commerce.routes(), *products.routes(), *rooms.routes(), *ops.api_routes()],
         ),
     ]
     if STATIC_DIR.is_dir():

@@ -54,6 +54,11 @@ async def test_claims_over_http_are_idempotent_and_never_oversell(live: Live) ->
     again = await claim(live, offer["id"], "leo", "k-1")
     assert (again.status_code, again.json()["id"]) == (201, first.json()["id"])
     assert again.headers["Idempotent-Replayed"] == "true"
+    order_url = first.headers["Location"]
+    assert order_url == f"{live.base}/api/v1/orders/{first.json()['id']}"
+    assert again.headers["Location"] == order_url
+    read = await live.http.get(order_url, headers={"Authorization": f"Bearer {token('leo')}"})
+    assert read.json()["id"] == first.json()["id"]
     limit = await claim(live, offer["id"], "leo", "k-2")
     assert (limit.status_code, limit.json()["code"]) == (409, "limit_reached")
     answers = await asyncio.gather(*(claim(live, offer["id"], f"u{n}", "k") for n in range(20)))
