@@ -28,6 +28,8 @@ class LoadOnce(Generic[V]):
                 del self._loads[next(iter(self._loads))]  # the oldest
             load = self._loads[key] = asyncio.ensure_future(self._load(key))
             load.add_done_callback(lambda done: self._forget_failed(key, done))
+        if load.done():  # nearly always: no need to wait, nor to shield
+            return load.result()
         # Shielded: a caller that goes away must not cancel the load the others wait for.
         return await asyncio.shield(load)
 
