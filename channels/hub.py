@@ -265,6 +265,12 @@ class Hub:
     async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
         await self.broker.publish_control(room_id, {**control, "type": f"_{control['type']}"})
 
+    async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
+        try:
+            return await self.broker.try_gate(room_id, name, seconds)
+        except Exception as exc:
+            raise Unavailable("live events are unavailable, try again") from exc
+
     async def send_private(self, user_id: str, event: dict[str, Any]) -> None:
         """Reach one user on all their connections, on every process."""
         try:

@@ -76,6 +76,11 @@ class RoomEvents(Protocol):
         """Tell every process serving the room something viewers do not see (settings changed)."""
         ...
 
+    async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
+        """True for exactly one caller per room, name and period of `seconds`, across every
+        process: what keeps a cadence room-wide rather than per process."""
+        ...
+
 
 class OfferStore(Protocol):
     async def create(self, offer: FlashOffer) -> None: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,9 +14,12 @@ class RecordingEvents:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.controls: list[tuple[str, dict[str, Any]]] = []
         self.private: list[tuple[str, dict[str, Any]]] = []
+        self.published_at: list[float] = []  # time.monotonic() of each event, in step with events
+        self.gates: dict[tuple[str, str], float] = {}  # shared by every service using this fake
 
     async def publish_room_event(self, room_id: str, event: dict[str, Any]) -> int:
         self.events.append((room_id, event))
+        self.published_at.append(time.monotonic())
         return len(self.events)
 
     async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
@@ -23,6 +27,13 @@ class RecordingEvents:
 
     async def send_private(self, user_id: str, event: dict[str, Any]) -> None:
         self.private.append((user_id, event))
+
+    async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
+        now = time.monotonic()
+        if self.gates.get((room_id, name), 0.0) > now:
+            return False
+        self.gates[(room_id, name)] = now + seconds
+        return True
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [event for _, event in self.events if event.get("type") == kind]

@@ -34,7 +34,8 @@ from server.services.rooms import new_id, utc_now
 
 log = logging.getLogger("liveshop.offers")
 
-# How often one process tells a room that an offer's stock moved (the last unit always at once).
+# How often the room hears that an offer's stock moved, whatever the number of processes
+# claiming for it (the last unit always at once).
 STOCK_ANNOUNCE_SECONDS = 0.25
 DUE_BATCH = 100
 FIGURES_LIMIT = 500  # offers per room in the host's figures
@@ -208,6 +209,15 @@ class OfferService:
             await asyncio.sleep(delay)
         try:
             remaining = await self._stock.remaining(offer.id)
+            # Room-wide, not per process: every process claiming for this offer shares one
+            # cadence. A process that loses the gate may hold a change the winner read too
+            # early, so it keeps trying each period until it announces the stock itself. Until
+            # then its own later changes wait for this announcement, as they do for any.
+            while remaining != 0 and not await self._events.try_gate(
+                offer.room_id, f"stock:{offer.id}", STOCK_ANNOUNCE_SECONDS
+            ):
+                await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
+                remaining = await self._stock.remaining(offer.id)
             self._announced_at[offer.id] = time.monotonic()
             await self._events.publish_room_event(
                 offer.room_id,

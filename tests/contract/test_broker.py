@@ -177,6 +177,25 @@ async def test_private_frames_reach_only_the_users_subscribers(backend: Backend)
     assert backend.a.heard.user_frames == []
 
 
+async def test_a_burst_of_private_frames_all_arrive_in_order(backend: Backend) -> None:
+    # A flash sale's orders are written in batches, so their updates are published together
+    # (the Redis broker sends them down one pipeline).
+    users = [f"u{i}" for i in range(300)]
+    for user in users:
+        await backend.b.broker.subscribe_user(user)
+    await asyncio.sleep(0.1)
+    await asyncio.gather(
+        *(
+            backend.a.broker.publish_private(u, {"type": "order.updated", "n": i})
+            for i, u in enumerate(users)
+        )
+    )
+    await backend.b.heard.wait_for(lambda: len(backend.b.heard.user_frames) == len(users))
+    assert backend.b.heard.user_frames == [
+        (u, {"type": "order.updated", "n": i}) for i, u in enumerate(users)
+    ]
+
+
 async def test_control_frames_have_no_seq_and_no_history(backend: Backend) -> None:
     await subscribe_both(backend, "r6")
     await backend.a.broker.publish_control("r6", {"type": "_settings_changed"})

@@ -357,3 +357,19 @@ async def test_mongo_indexes(mongo_db: Any) -> None:
     assert info["status_expires_at"]["key"] == [("status", 1), ("reservation_expires_at", 1)]
     figures = await mongo_db[OFFER_FIGURES].index_information()
     assert figures["offer_id"]["key"] == [("offer_id", 1)]
+
+
+async def test_mongo_creates_arriving_together_share_one_transaction(mongo_db: Any) -> None:
+    store = MongoOrderStore(mongo_db)
+    await store.create(_order("o_first", "k_first"))  # the figures counter exists from here
+
+    async def committed() -> int:
+        status = await mongo_db.client.admin.command("serverStatus")
+        return int(status["transactions"]["totalCommitted"])
+
+    before = await committed()
+    orders = [_order(f"o_{i}", f"k_{i}", buyer=f"u_{i}", quantity=1) for i in range(150)]
+    assert await asyncio.gather(*(store.create(o) for o in orders)) == orders
+    assert await committed() - before == 1
+    assert await store.offer_figures("of_1") == OfferFigures("of_1", orders=151, units=152)
+    await store.close()

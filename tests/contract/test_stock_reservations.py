@@ -430,3 +430,31 @@ async def test_a_redis_restart_pauses_claims_until_the_rebuild(
         assert (await stock.claim("of1", "newcomer", 1, "after", NOW)).remaining == 49 - held
     finally:
         await stock.close()
+
+
+@pytest.mark.redis
+async def test_redis_claims_arriving_together_share_one_script_call(clean_redis: str) -> None:
+    stock = RedisStockReservations(clean_redis)
+    admin = aioredis.Redis.from_url(clean_redis, decode_responses=True)
+    try:
+        await open_offer(stock, quantity=100, limit=1)
+        # Load both scripts into Redis first, so only the calls under test are counted.
+        await stock.claim("unknown", "b", 1, "k", NOW)
+        await stock.attach_order("unknown", "k", "o")
+        await admin.config_resetstat()
+        results = await asyncio.gather(
+            *(stock.claim("of1", f"b{i}", 1, f"k{i}", NOW) for i in range(200))
+        )
+        assert Counter(r.outcome for r in results) == {R.RESERVED: 100, R.SOLD_OUT: 100}
+        assert [r.remaining for r in results[:100]] == list(range(99, -1, -1))
+        calls = await admin.info("commandstats")
+        assert calls["cmdstat_evalsha"]["calls"] == 1
+        attached = await asyncio.gather(
+            *(stock.attach_order("of1", f"k{i}", f"o{i}") for i in range(100))
+        )
+        assert set(attached) == {AttachOutcome.ATTACHED}
+        calls = await admin.info("commandstats")
+        assert calls["cmdstat_evalsha"]["calls"] == 2
+    finally:
+        await stock.close()
+        await admin.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,7 +19,7 @@ from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.domain.orders import Address, Order, OrderStatus
 from server.services.housekeeping import Housekeeper
-from server.services.offers import OfferService
+from server.services.offers import STOCK_ANNOUNCE_SECONDS, OfferService
 from server.services.orders import ORPHAN_AFTER, OrderService
 from server.services.rooms import RoomService
 from tests.fakes import Clock, RecordingEvents
@@ -44,6 +45,9 @@ class Shop:
     orders: OrderService
     room_id: str
     product_id: str
+    offers_store: MemoryOfferStore
+    rooms: MemoryRoomStore
+    products: MemoryProductStore
 
     async def launch(self, quantity: int = 3, limit: int = 2, countdown: int = 0) -> FlashOffer:
         return await self.offers.launch(
@@ -81,7 +85,19 @@ async def shop() -> Shop:
     orders = OrderService(
         offers_store, orders_store, products, stock, offers, events.send_private, clock
     )
-    return Shop(clock, events, stock, orders_store, offers, orders, room.id, product.id)
+    return Shop(
+        clock,
+        events,
+        stock,
+        orders_store,
+        offers,
+        orders,
+        room.id,
+        product.id,
+        offers_store,
+        rooms,
+        products,
+    )
 
 
 async def settle() -> None:
@@ -158,6 +174,47 @@ async def test_selling_out_ends_the_offer_once_and_announces_zero(shop: Shop) ->
     assert shop.events.of_type("offer.stock")[-1]["remaining"] == 0
     ended = shop.events.of_type("offer.ended")
     assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
+
+
+async def test_processes_claiming_together_keep_one_stock_cadence_for_the_room(
+    shop: Shop,
+) -> None:
+    # A second process: its own services over the same stores, reservations and room.
+    other_offers = OfferService(
+        shop.offers_store,
+        shop.orders_store,
+        shop.rooms,
+        shop.products,
+        shop.stock,
+        shop.events,
+        shop.clock,
+    )
+    other_orders = OrderService(
+        shop.offers_store,
+        shop.orders_store,
+        shop.products,
+        shop.stock,
+        other_offers,
+        shop.events.send_private,
+        shop.clock,
+    )
+    offer = await shop.launch(quantity=50, limit=1)
+    for n in range(40):
+        service = shop.orders if n % 2 else other_orders
+        await service.claim(offer.id, buyer(n), quantity=1, idempotency_key="k", address=ADDRESS)
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(3 * STOCK_ANNOUNCE_SECONDS)  # the losers' last tries
+    stock = [
+        (at, event["remaining"])
+        for (_, event), at in zip(shop.events.events, shop.events.published_at, strict=True)
+        if event["type"] == "offer.stock"
+    ]
+    # One announcement per period for the room, not one per process; the last change is heard.
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(stock)]
+    assert min(gaps) >= 0.9 * STOCK_ANNOUNCE_SECONDS
+    announced = [remaining for _, remaining in stock]
+    assert announced == sorted(announced, reverse=True)
+    assert announced[-1] == 10
 
 
 async def test_cancel_gives_the_units_back_and_the_buyer_may_claim_again(shop: Shop) -> None:
