@@ -102,7 +102,7 @@ async def shop() -> Shop:
 
 async def settle() -> None:
     """Let the coalesced stock announcements run."""
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(STOCK_ANNOUNCE_SECONDS + 0.05)
 
 
 async def test_launch_tells_the_room(shop: Shop) -> None:
