@@ -35,9 +35,9 @@ from server.services.rooms import new_id, utc_now
 log = logging.getLogger("liveshop.offers")
 
 # How often the room hears that an offer's stock moved, whatever the number of processes
-# claiming for it (the last unit always at once). Every announcement is a frame to every viewer:
-# twice a second keeps a counter lively, and in a room of thousands these frames cost the
-# server more than the claims themselves (docs/flashsale.md).
+# claiming for it (the last unit always at once). Every announcement is a frame to every viewer
+# (~15 us of server CPU each on the bench machine): twice a second keeps a counter lively, while
+# four times a second in a room of 10,000 would be 40,000 frames/s, over half a core.
 STOCK_ANNOUNCE_SECONDS = 0.5
 DUE_BATCH = 100
 FIGURES_LIMIT = 500  # offers per room in the host's figures
