@@ -16,14 +16,13 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from channels.broker import Broker, encode_body
 from channels.close_codes import CloseCode
 from channels.connection import Connection, FrameSender
 from channels.errors import Draining, RoomEnded
-from channels.room_state import LocalRoom, RoomView
+from channels.room_state import LocalRoom, RoomView, hello_frame
 from server.domain.errors import LiveshopError, Unavailable
 from server.domain.identity import Identity
 from server.metrics import Metrics
@@ -137,15 +136,7 @@ class Hub:
             if isinstance(exc, LiveshopError | asyncio.CancelledError):
                 raise
             raise Unavailable("live events are unavailable, try again") from exc
-        hello = {
-            "type": "hello",
-            "seq": seq0,
-            "epoch": epoch0,
-            "recovered": missed is not None,
-            "room": snapshot,
-            "you": {**identity.public(), "muted_until": _muted_until(room, identity)},
-            "server_time": _now_iso(),
-        }
+        hello = hello_frame(room, identity, seq0, epoch0, missed is not None, snapshot)
         conn.start([encode_body(hello), *(missed or [])])
         return conn, room
 
@@ -490,12 +481,3 @@ def _log_failure(task: asyncio.Future[Any]) -> None:
 def _seq_of(frame: str) -> int:
     # Frames start with {"seq":N, — read it without decoding the whole frame.
     return int(frame[7 : frame.index(",", 7)])
-
-
-def _muted_until(room: LocalRoom, identity: Identity) -> str | None:
-    until = room.muted_until(identity.user_id, datetime.now(UTC))
-    return None if until is None else until.isoformat().replace("+00:00", "Z")
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -6,12 +6,13 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from channels.connection import Connection
 from channels.protocol import ChatState
 from server.domain.chat import TokenBucket
+from server.domain.identity import Identity
 from server.domain.rooms import Room
 
 # Chat ids a moderator may still delete (the same bound as history, roughly).
@@ -160,3 +161,32 @@ class LocalRoom:
             "likes": self.likes,
             "slow_mode_seconds": self.slow_mode_seconds,
         }
+
+
+def hello_frame(
+    room: LocalRoom,
+    identity: Identity,
+    seq: int,
+    epoch: str,
+    recovered: bool,
+    snapshot: dict[str, Any],
+) -> dict[str, Any]:
+    """A viewer's first frame: where the room's stream stands, the room, and who they are."""
+    now = datetime.now(UTC)
+    muted_until = room.muted_until(identity.user_id, now)
+    return {
+        "type": "hello",
+        "seq": seq,
+        "epoch": epoch,
+        "recovered": recovered,
+        "room": snapshot,
+        "you": {
+            **identity.public(),
+            "muted_until": None if muted_until is None else _iso(muted_until),
+        },
+        "server_time": _iso(now),
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
