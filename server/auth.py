@@ -43,8 +43,10 @@ def issue_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify_token(secret: str, token: str) -> Identity:
-    """The identity a token proves, or Unauthorized for anything forged, expired or malformed."""
+def verify_token(secret: str, token: str, *, remember: bool = True) -> Identity:
+    """The identity a token proves, or Unauthorized for anything forged, expired or malformed.
+    `remember=False` for a token that will not come back soon (a websocket's, checked once for
+    the socket's life): remembering it would only cost memory."""
     cached = _verified.get((secret, token))
     if cached is not None:
         identity, expires = cached
@@ -53,6 +55,8 @@ def verify_token(secret: str, token: str) -> Identity:
         del _verified[(secret, token)]
         raise Unauthorized("token has expired", code="token_expired")
     identity, expires = _verify(secret, token)
+    if not remember:
+        return identity
     if len(_verified) >= VERIFIED_TOKENS:
         del _verified[next(iter(_verified))]  # the oldest
     _verified[(secret, token)] = (identity, expires)

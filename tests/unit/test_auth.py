@@ -56,3 +56,11 @@ def test_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for token in tokens:
         verify_token(SECRET, token)
     assert [token for _, token in auth._verified] == tokens[2:]
+
+
+def test_a_token_checked_once_can_be_left_unremembered() -> None:
+    token = issue_token(SECRET, "u1", Role.SHOPPER)
+    assert verify_token(SECRET, token, remember=False).user_id == "u1"
+    assert auth._verified == {}
+    verify_token(SECRET, token)
+    assert verify_token(SECRET, token, remember=False) is auth._verified[(SECRET, token)][0]
