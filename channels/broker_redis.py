@@ -39,7 +39,7 @@ log = logging.getLogger("liveshop.broker")
 
 # Keys live a day after the last event; history older than history_seconds is not served.
 KEY_TTL_SECONDS = 24 * 3600
-MAX_CONNECTIONS = 64  # one of them is the pub/sub connection, held for good
+MAX_CONNECTIONS = 100  # redis-py's default; one is the pub/sub connection, held for good
 
 _PUBLISH = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')

@@ -14,6 +14,7 @@ bounded by the store's latency rather than by the arrival rate.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
@@ -43,8 +44,8 @@ class GroupCommit(Generic[K, T, R]):
         self._drains: set[asyncio.Task[None]] = set()
 
     async def submit(self, key: K, item: T) -> R:
-        """The result of `item`'s write. A caller cancelled while waiting does not take the item
-        back: like a request already sent, it is written anyway."""
+        """The result of `item`'s write. A caller cancelled before its batch goes takes its item
+        back; once the batch is on its way, the item is written anyway, like a request sent."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         queue = self._queues.get(key)
         if queue is None:
@@ -63,9 +64,10 @@ class GroupCommit(Generic[K, T, R]):
     async def _drain(self, key: K, queue: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
             while queue:
-                batch = queue[: self._max_batch]
+                batch = [entry for entry in queue[: self._max_batch] if not entry[1].cancelled()]
                 del queue[: self._max_batch]
-                await self._run(key, batch)
+                if batch:
+                    await self._run(key, batch)
         finally:
             # Single-threaded: nothing can be appended between the empty check and this.
             del self._queues[key]
@@ -84,7 +86,7 @@ class GroupCommit(Generic[K, T, R]):
         except Exception as error:
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(error)
+                    future.set_exception(_own_copy(error))
             return
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
@@ -93,3 +95,14 @@ class GroupCommit(Generic[K, T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+def _own_copy(error: Exception) -> Exception:
+    """A copy of a batch's error for one caller, caused by the original: each caller raises it
+    in its own task, and one shared object would collect all of their tracebacks."""
+    try:
+        mine = copy.copy(error)
+    except Exception:  # an exception type that cannot be copied: share it
+        return error
+    mine.__cause__ = error
+    return mine

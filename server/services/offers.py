@@ -39,6 +39,8 @@ log = logging.getLogger("liveshop.offers")
 # (~15 us of server CPU each on the bench machine): twice a second keeps a counter lively, while
 # four times a second in a room of 10,000 would be 40,000 frames/s, over half a core.
 STOCK_ANNOUNCE_SECONDS = 0.5
+# A process that keeps losing the gate gives up after this many periods: others are announcing.
+GATE_TRIES = 20
 DUE_BATCH = 100
 FIGURES_LIMIT = 500  # offers per room in the host's figures
 
@@ -215,9 +217,13 @@ class OfferService:
             # cadence. A process that loses the gate may hold a change the winner read too
             # early, so it keeps trying each period until it announces the stock itself. Until
             # then its own later changes wait for this announcement, as they do for any.
+            tries = 0
             while remaining != 0 and not await self._events.try_gate(
                 offer.room_id, f"stock:{offer.id}", STOCK_ANNOUNCE_SECONDS
             ):
+                tries += 1
+                if tries == GATE_TRIES or self._clock() >= offer.ends_at:
+                    return  # others announce meanwhile; an offer over by time ends on its own
                 await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
                 remaining = await self._stock.remaining(offer.id)
             self._announced_at[offer.id] = time.monotonic()

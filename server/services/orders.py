@@ -8,6 +8,7 @@ an order: the reaper releases it. An order that can no longer hold its units is 
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 from schemas.commerce import order_to_wire
 from schemas.http import product_to_wire
-from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
+from server.domain.errors import Conflict, Forbidden, LiveshopError, NotFound, Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.offers import AttachOutcome, ClaimOutcome, FlashOffer, claim_error
 from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, place_order
@@ -136,10 +137,18 @@ class OrderService:
             reservation_id=reservation_id,
             reservation_ttl=self._reservation_ttl,
         )
+        # Shielded: once the order may be written, a claimer that goes away (a dropped socket,
+        # shutdown) must not stop the attach. An order left unattached would look orphaned,
+        # and the reaper would sell its units again.
+        write = asyncio.ensure_future(self._store_and_attach(order))
+        write.add_done_callback(_log_if_unheard)
+        return await asyncio.shield(write)
+
+    async def _store_and_attach(self, order: Order) -> tuple[Order, bool]:
         stored = await self._orders.create(order)
         if stored.id != order.id:
             return stored, False  # a concurrent retry of the same claim wrote it first
-        attached = await self._stock.attach_order(offer.id, key, stored.id)
+        attached = await self._stock.attach_order(order.offer_id, order.idempotency_key, stored.id)
         if attached in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
             # The reaper (or a rebuild) gave these units back meanwhile: no stock, no order.
             await self._move(stored, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
@@ -245,6 +254,15 @@ class OrderService:
             )
         except Unavailable:
             log.warning("order_update_not_sent", extra={"order_id": order.id})
+
+
+def _log_if_unheard(write: asyncio.Future[tuple[Order, bool]]) -> None:
+    """Log a shielded write's unexpected error here too: once its claimer has gone, nobody
+    else would (and asyncio would warn of an exception never retrieved)."""
+    if not write.cancelled() and write.exception() is not None:
+        error = write.exception()
+        if not isinstance(error, LiveshopError):
+            log.warning("order_write_failed", extra={"error": type(error).__name__})
 
 
 def _may_see(order: Order, who: Identity) -> bool:

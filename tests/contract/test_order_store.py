@@ -171,6 +171,19 @@ async def test_creates_arriving_together_each_get_their_own_answer(stores: Store
     assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=3, units=7)
 
 
+async def test_a_retry_among_new_creates_costs_them_nothing(stores: Stores) -> None:
+    first = await stores.orders.create(_order("o_old", "k_old", buyer="u_old"))
+    fresh = [_order(f"o_{i}", f"k_{i}", buyer=f"u_{i}", quantity=1) for i in range(5)]
+    retry = _order("o_retry", "k_old", buyer="u_old")
+    twin = _order("o_twin", "k_0", buyer="u_0", quantity=1)  # a retry of fresh[0], together
+    results = await asyncio.gather(*(stores.orders.create(o) for o in [*fresh, retry, twin]))
+    assert results[:5] == fresh
+    assert results[5] == first
+    assert results[6] == fresh[0]
+    assert results[6] is not results[0]  # equal, but not one object two requests could change
+    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=6, units=7)
+
+
 async def test_an_order_id_taken_by_another_key_is_a_conflict(stores: Stores) -> None:
     await stores.orders.create(_order("o_1", "k_1"))
     with pytest.raises(Conflict) as error:

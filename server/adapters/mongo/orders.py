@@ -177,9 +177,11 @@ class MongoOrderStore:
         for _ in range(2):
             try:
                 stored |= await self._insert_together(offer_id, list(fresh.values()))
-                return [stored[order.idempotency_key] for order in orders]
+                return _answers(orders, stored)
             except (DuplicateKeyError, BulkWriteError) as error:
                 if not _only_duplicate_keys(error):
+                    if isinstance(error, BulkWriteError):
+                        break  # a document of its own refused: the others still go in
                     raise
             query = {"offer_id": offer_id, "idempotency_key": {"$in": list(fresh)}}
             async for doc in self._orders.find(query):
@@ -187,7 +189,7 @@ class MongoOrderStore:
                 del fresh[doc["idempotency_key"]]
         written = await _each(self._create_one(order) for order in fresh.values())
         stored |= zip(fresh, written, strict=True)
-        return [stored[order.idempotency_key] for order in orders]
+        return _answers(orders, stored)
 
     async def _insert_together(self, offer_id: str, orders: list[Order]) -> dict[str, Order]:
         """Insert the orders and count them in the figures, all or nothing; by key."""
@@ -358,6 +360,21 @@ class MongoOrderStore:
             upsert=True,
             session=session,
         )
+
+
+def _answers(orders: list[Order], stored: dict[str, Order | Exception]) -> list[Order | Exception]:
+    """Each caller's answer by key. A caller whose key another order took gets its own copy of
+    that order: callers must not share one object they may go on to change."""
+    answers: list[Order | Exception] = []
+    handed_out: set[int] = set()
+    for order in orders:
+        answer = stored[order.idempotency_key]
+        if isinstance(answer, Order):
+            if id(answer) in handed_out:
+                answer = order_from(order_doc(answer))
+            handed_out.add(id(answer))
+        answers.append(answer)
+    return answers
 
 
 async def _each(writes: Iterable[Awaitable[T]]) -> list[T | Exception]:

@@ -102,13 +102,27 @@ async def test_batches_are_capped() -> None:
     assert [items for _, items in recorder.batches] == [[0, 2], [4, 6], [8]]
 
 
-async def test_a_cancelled_caller_does_not_take_its_item_back() -> None:
+async def test_a_caller_cancelled_before_its_batch_goes_takes_its_item_back() -> None:
+    recorder = Recorder()
+    group = GroupCommit(recorder.write)
+    gone = asyncio.create_task(group.submit("a", 2))
+    stays = asyncio.create_task(group.submit("a", 4))
+    await asyncio.sleep(0)  # both queued; the batch is not cut yet
+    gone.cancel()
+    assert await stays == 40
+    assert gone.cancelled()
+    assert recorder.batches == [("a", [4])]
+
+
+async def test_a_caller_cancelled_once_its_batch_is_on_its_way_is_written_anyway() -> None:
     recorder = Recorder()
     group = GroupCommit(recorder.write)
     recorder.gate.clear()
     gone = asyncio.create_task(group.submit("a", 2))
     stays = asyncio.create_task(group.submit("a", 4))
-    await asyncio.sleep(0)
+    for _ in range(3):  # the callers queue, then the batch is cut and sent
+        await asyncio.sleep(0)
+    assert recorder.batches == [("a", [2, 4])]
     gone.cancel()
     with pytest.raises(asyncio.CancelledError):
         await gone
@@ -116,6 +130,21 @@ async def test_a_cancelled_caller_does_not_take_its_item_back() -> None:
     assert await stays == 40
     await group.wait_idle()
     assert recorder.batches == [("a", [2, 4])]  # written all the same, as a sent request is
+
+
+async def test_each_caller_of_a_failed_batch_gets_its_own_error() -> None:
+    async def down(key: str, items: list[int]) -> list[int | Exception]:
+        raise ConnectionError("store down")
+
+    group = GroupCommit(down)
+    first, second = await asyncio.gather(
+        group.submit("a", 1), group.submit("a", 2), return_exceptions=True
+    )
+    assert isinstance(first, ConnectionError)
+    assert isinstance(second, ConnectionError)
+    assert first is not second  # each raised in its own task, with its own traceback
+    assert first.__cause__ is second.__cause__
+    assert str(first) == str(second) == "store down"
 
 
 async def test_wait_idle_waits_for_batches_in_flight() -> None:

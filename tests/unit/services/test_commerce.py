@@ -18,6 +18,7 @@ from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.domain.orders import Address, Order, OrderStatus
+from server.ports import OrderStore
 from server.services.housekeeping import Housekeeper
 from server.services.offers import STOCK_ANNOUNCE_SECONDS, OfferService
 from server.services.orders import ORPHAN_AFTER, OrderService
@@ -176,11 +177,9 @@ async def test_selling_out_ends_the_offer_once_and_announces_zero(shop: Shop) ->
     assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
 
 
-async def test_processes_claiming_together_keep_one_stock_cadence_for_the_room(
-    shop: Shop,
-) -> None:
-    # A second process: its own services over the same stores, reservations and room.
-    other_offers = OfferService(
+def second_process(shop: Shop, orders: OrderStore | None = None) -> OrderService:
+    """Another server process: its own services over the same stores, reservations and room."""
+    offers = OfferService(
         shop.offers_store,
         shop.orders_store,
         shop.rooms,
@@ -189,15 +188,21 @@ async def test_processes_claiming_together_keep_one_stock_cadence_for_the_room(
         shop.events,
         shop.clock,
     )
-    other_orders = OrderService(
+    return OrderService(
         shop.offers_store,
-        shop.orders_store,
+        orders or shop.orders_store,
         shop.products,
         shop.stock,
-        other_offers,
+        offers,
         shop.events.send_private,
         shop.clock,
     )
+
+
+async def test_processes_claiming_together_keep_one_stock_cadence_for_the_room(
+    shop: Shop,
+) -> None:
+    other_orders = second_process(shop)
     offer = await shop.launch(quantity=50, limit=1)
     for n in range(40):
         service = shop.orders if n % 2 else other_orders
@@ -215,6 +220,53 @@ async def test_processes_claiming_together_keep_one_stock_cadence_for_the_room(
     announced = [remaining for _, remaining in stock]
     assert announced == sorted(announced, reverse=True)
     assert announced[-1] == 10
+
+
+async def test_a_process_that_loses_the_stock_gate_still_announces_its_change(
+    shop: Shop,
+) -> None:
+    other = second_process(shop)
+    offer = await shop.launch(quantity=50, limit=1)
+    await shop.claim(offer, buyer(1), "k")  # announced at once: the gate is this process's
+    await asyncio.sleep(0.05)
+    await other.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(2 * STOCK_ANNOUNCE_SECONDS)  # the other process tries again, and wins
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [49, 48]
+
+
+class SlowOrderStore(MemoryOrderStore):
+    """Holds every create until told to go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.go = asyncio.Event(), asyncio.Event()
+
+    async def create(self, order: Order) -> Order:
+        self.entered.set()
+        await self.go.wait()
+        return await super().create(order)
+
+
+async def test_a_claimer_gone_mid_write_still_attaches_its_order(shop: Shop) -> None:
+    # A dropped socket cancels its claim. Its order must still be attached to the reservation,
+    # or the reaper would take the order's units for an orphan's and sell them again.
+    slow = SlowOrderStore()
+    orders = second_process(shop, slow)
+    offer = await shop.launch(quantity=2, limit=1)
+    claim = asyncio.create_task(
+        orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await slow.entered.wait()
+    claim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claim
+    slow.go.set()
+    await asyncio.sleep(0.1)  # the write goes on without its claimer
+    [order] = await slow.list_for_buyer("buyer-1", 10)
+    assert shop.events.private[-1][1]["order"]["id"] == order.id
+    shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
+    assert await orders.reap_orphans(offer.id) == 0
+    assert await shop.stock.remaining(offer.id) == 1
 
 
 async def test_cancel_gives_the_units_back_and_the_buyer_may_claim_again(shop: Shop) -> None:
