@@ -215,8 +215,8 @@ class OfferService:
             remaining = await self._stock.remaining(offer.id)
             # Room-wide, not per process: every process claiming for this offer shares one
             # cadence. A process that loses the gate may hold a change the winner read too
-            # early, so it keeps trying each period until it announces the stock itself. Until
-            # then its own later changes wait for this announcement, as they do for any.
+            # early, so it tries again each period (GATE_TRIES at most) to announce the stock
+            # itself. Meanwhile its own later changes wait for this announcement, as for any.
             tries = 0
             while remaining != 0 and not await self._events.try_gate(
                 offer.room_id, f"stock:{offer.id}", STOCK_ANNOUNCE_SECONDS
