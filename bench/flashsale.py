@@ -99,23 +99,21 @@ async def main_async(args: argparse.Namespace) -> int:
             mongodb_url = await mongo.start()
             redis_url = f"redis://{HOST}:{valkey.port}/0"
             source = export_commit(args.commit, Path(tmp) / "src") if args.commit else None
-            server = await start_liveshop(
-                workdir,
-                redis_url=redis_url,
-                mongodb_url=mongodb_url,
-                secret=SECRET,
-                source=source,
-            )
-            shop = Shop(args, workdir, valkey, mongo, server, redis_url, mongodb_url)
-            shop.meter_processes = {"server": server.ps(), "valkey": valkey.ps()}
-            for i in range(2, args.servers + 1):
-                more = await start_liveshop(
+
+            async def start_server() -> Child:
+                return await start_liveshop(
                     workdir,
                     redis_url=redis_url,
                     mongodb_url=mongodb_url,
                     secret=SECRET,
                     source=source,
                 )
+
+            server = await start_server()
+            shop = Shop(args, workdir, valkey, mongo, server, redis_url, mongodb_url)
+            shop.meter_processes = {"server": server.ps(), "valkey": valkey.ps()}
+            for i in range(2, args.servers + 1):
+                more = await start_server()
                 shop.more_servers.append(more)
                 shop.meter_processes[f"server_{i}"] = more.ps()
             if mongo.pid is not None:

@@ -130,28 +130,14 @@ def print_report(report: dict[str, Any]) -> None:
         for name in ("primary", "primary_ws", "primary_http", "retry_concurrent", "retry_after"):
             rate = c["primary_answers_per_s"] if name == "primary" else None
             row(f"  {name}", groups[name]["sent"], rate, groups[name]["latency"], None)
-    for run in report.get("paced_sweep") or []:
+    for run in [*(report.get("paced_sweep") or []), *([paced] if paced else [])]:
         c = run["claims"]
-        name = _paced_name(run)
-        row(
-            name,
-            c["answers"],
-            c["answers_per_s"],
-            c["groups"]["primary"]["latency"],
-            run["cpu_pct"],
-        )
-    if paced:
-        c = paced["claims"]
-        name = _paced_name(paced)
-        row(
-            name,
-            c["answers"],
-            c["answers_per_s"],
-            c["groups"]["primary"]["latency"],
-            paced["cpu_pct"],
-        )
-        for name in ("primary_ws", "primary_http"):
-            row(f"  {name}", c["groups"][name]["sent"], None, c["groups"][name]["latency"], None)
+        primary = c["groups"]["primary"]["latency"]
+        row(_paced_name(run), c["answers"], c["answers_per_s"], primary, run["cpu_pct"])
+        if run is paced:  # the target's run: by transport too
+            for name in ("primary_ws", "primary_http"):
+                group = c["groups"][name]
+                row(f"  {name}", group["sent"], None, group["latency"], None)
     redis = report.get("redis_limit")
     if redis:
         row(

@@ -16,12 +16,7 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from channels.broker import (
     STALE_SECONDS,
@@ -34,6 +29,7 @@ from channels.broker import (
     user_channel,
 )
 from server.adapters.group_commit import GroupCommit
+from server.adapters.redis_client import redis_client
 
 log = logging.getLogger("liveshop.broker")
 
@@ -102,19 +98,8 @@ class RedisBroker:
         self.node_id = node_id or new_epoch()
         self.history_events = history_events
         self.history_seconds = history_seconds
-        # Bounded and blocking: a burst of publishes waits for a connection instead of failing
-        # with MaxConnectionsError. from_url sets no retry policy; without one, the first
-        # command on each pooled connection after a Redis restart fails instead of reconnecting.
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=5,
-            decode_responses=True,
-            health_check_interval=10,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-        self._redis = redis.Redis.from_pool(pool)
+        # Bounded and blocking: a burst of publishes waits for a connection (redis_client).
+        self._redis = redis_client(url, max_connections=MAX_CONNECTIONS)
         self._private = GroupCommit(self._publish_private_batch)
         self._pubsub = self._redis.pubsub()
         self._publish = self._redis.register_script(_PUBLISH)

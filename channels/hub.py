@@ -25,6 +25,7 @@ from channels.errors import Draining, RoomEnded
 from channels.room_state import LocalRoom, RoomView, hello_frame
 from server.domain.errors import LiveshopError, Unavailable
 from server.domain.identity import Identity
+from server.logs import warn_if_failed
 from server.metrics import Metrics
 
 log = logging.getLogger("liveshop.hub")
@@ -468,14 +469,7 @@ class Hub:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        task.add_done_callback(_log_failure)
-
-
-def _log_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        exc = task.exception()
-        if not isinstance(exc, LiveshopError):
-            log.warning("hub_task_failed", extra={"error": type(exc).__name__})
+        task.add_done_callback(warn_if_failed(log, "hub_task_failed"))
 
 
 def _seq_of(frame: str) -> int:

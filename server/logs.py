@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+from server.domain.errors import LiveshopError
 
 # Attributes every LogRecord has; anything else came in through `extra=` and is logged as a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -48,3 +52,18 @@ def configure_logging(level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+def warn_if_failed(logger: logging.Logger, event: str) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback for background work nobody awaits: it logs an unexpected failure (a
+    LiveshopError is an answer, not a failure) and retrieves it, so asyncio does not warn that
+    it was never retrieved."""
+
+    def check(task: asyncio.Future[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        if not isinstance(error, LiveshopError):
+            logger.warning(event, extra={"error": type(error).__name__})
+
+    return check

@@ -22,12 +22,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.adapters.group_commit import GroupCommit
+from server.adapters.redis_client import redis_client
 from server.domain.errors import Unavailable
 from server.domain.offers import (
     PENDING_BATCH,
@@ -215,21 +212,7 @@ class RedisStockReservations:
         key_ttl_after_end: timedelta = KEY_TTL_AFTER_END,
     ) -> None:
         if isinstance(redis_or_url, str):
-            # Bounded and blocking: a flash sale's burst waits for a connection instead of
-            # opening thousands. The retry policy must be the asyncio Retry (redis.retry's is
-            # silently ignored here); without one, the first command on each pooled connection
-            # after a Redis restart fails instead of reconnecting. Retrying a claim is safe: the
-            # idempotency key turns a replay into `duplicate`.
-            pool = redis.BlockingConnectionPool.from_url(
-                redis_or_url,
-                max_connections=max_connections,
-                timeout=5,
-                decode_responses=True,
-                health_check_interval=10,
-                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
-                retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            )
-            self._redis: redis.Redis = redis.Redis.from_pool(pool)
+            self._redis = redis_client(redis_or_url, max_connections=max_connections)
             self._owns_client = True
         else:
             self._redis = redis_or_url

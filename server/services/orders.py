@@ -18,10 +18,11 @@ from typing import Any
 
 from schemas.commerce import order_to_wire
 from schemas.http import product_to_wire
-from server.domain.errors import Conflict, Forbidden, LiveshopError, NotFound, Unavailable
+from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.offers import AttachOutcome, ClaimOutcome, FlashOffer, claim_error
 from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, place_order
+from server.logs import warn_if_failed
 from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
 from server.services.load_once import LoadOnce
 from server.services.offers import OfferService
@@ -141,7 +142,8 @@ class OrderService:
         # shutdown) must not stop the attach. An order left unattached would look orphaned,
         # and the reaper would sell its units again.
         write = asyncio.ensure_future(self._store_and_attach(order))
-        write.add_done_callback(_log_if_unheard)
+        # Its error is logged too: once its claimer has gone, nobody else would hear of it.
+        write.add_done_callback(warn_if_failed(log, "order_write_failed"))
         return await asyncio.shield(write)
 
     async def _store_and_attach(self, order: Order) -> tuple[Order, bool]:
@@ -254,15 +256,6 @@ class OrderService:
             )
         except Unavailable:
             log.warning("order_update_not_sent", extra={"order_id": order.id})
-
-
-def _log_if_unheard(write: asyncio.Future[tuple[Order, bool]]) -> None:
-    """Log a shielded write's unexpected error here too: once its claimer has gone, nobody
-    else would (and asyncio would warn of an exception never retrieved)."""
-    if not write.cancelled() and write.exception() is not None:
-        error = write.exception()
-        if not isinstance(error, LiveshopError):
-            log.warning("order_write_failed", extra={"error": type(error).__name__})
 
 
 def _may_see(order: Order, who: Identity) -> bool:

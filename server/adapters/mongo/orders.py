@@ -208,19 +208,14 @@ class MongoOrderStore:
         return {order.idempotency_key: order for order in orders}
 
     async def _create_one(self, order: Order) -> Order:
-        doc = order_doc(order)
-        deltas = [FiguresDelta.of(order.quantity, order.total, None, order.status)]
-
-        async def write(session: AsyncClientSession, shard: int) -> None:
-            await self._orders.insert_one(doc, session=session)
-            await self._apply(order.offer_id, deltas, session, shard)
-
         key = {"offer_id": order.offer_id, "idempotency_key": order.idempotency_key}
         for _ in range(3):
             try:
-                await self._transaction(write)
-                return order_from(doc)
-            except DuplicateKeyError:
+                await self._insert_together(order.offer_id, [order])
+                return order
+            except (DuplicateKeyError, BulkWriteError) as error:
+                if not _only_duplicate_keys(error):
+                    raise
                 stored = await self._orders.find_one(key)
                 if stored is not None:  # a retried claim: the first order stands
                     return order_from(stored)

@@ -100,31 +100,18 @@ async def test_the_room_sees_the_offer_start_its_stock_fall_and_its_end(live: Li
         started = await recv_type(anon, "offer.started")
         assert started["offer"]["id"] == offer["id"]
         assert started["offer"]["remaining"] == 2
-        await leo.send(
-            json.dumps(
-                {
-                    "type": "offer.claim",
-                    "offer_id": offer["id"],
-                    "quantity": 2,
-                    "idempotency_key": "ws-1",
-                    "shipping_address": ADDRESS,
-                }
-            )
-        )
+        claim = {
+            "type": "offer.claim",
+            "offer_id": offer["id"],
+            "quantity": 2,
+            "idempotency_key": "ws-1",
+            "shipping_address": ADDRESS,
+        }
+        await leo.send(json.dumps(claim))
         update = await recv_type(leo, "order.updated")
         assert update["order"]["status"] == "pending_payment"
         assert update["order"]["quantity"] == 2
-        await leo.send(
-            json.dumps(
-                {
-                    "type": "offer.claim",
-                    "offer_id": offer["id"],
-                    "quantity": 2,
-                    "idempotency_key": "ws-1",
-                    "shipping_address": ADDRESS,
-                }
-            )
-        )
+        await leo.send(json.dumps(claim))  # the same claim again
         retried = await recv_type(leo, "order.updated")  # the same order, no more stock
         assert retried["order"]["id"] == update["order"]["id"]
         stock = await recv_type(anon, "offer.stock")
