@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from channels.close_codes import CloseCode
+from channels.direct_send import DirectSocket, send_now
 from server.domain.identity import Identity
 
 log = logging.getLogger("liveshop.ws")
@@ -39,6 +40,7 @@ class Connection:
     __slots__ = (
         "_closer",
         "_closing",
+        "_direct",
         "_on_overflow",
         "_queue",
         "_ready",
@@ -65,6 +67,7 @@ class Connection:
         limit: int,
         on_overflow: Callable[[Connection], None],
         batched: bool = False,
+        direct: DirectSocket | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.batched = batched  # takes room events in `batch` frames (see the hub)
@@ -76,6 +79,7 @@ class Connection:
         self.endpoint: asyncio.Task[Any] | None = None
         self.evicted = False
         self._sender = sender
+        self._direct = direct  # the same socket, for writes that skip ASGI (direct_send.py)
         self._on_overflow = on_overflow
         # Allocated while there is something to send: most viewers are idle most of the time.
         self._queue: deque[str] | None = None
@@ -97,6 +101,16 @@ class Connection:
             self.abort(CloseCode.TOO_SLOW, "too slow: reconnect with since")
             return
         if self._queue is None:
+            # Nothing waiting to go first: the frame can go straight to the socket, with no
+            # writer task (what most viewers need for a room event).
+            direct = self._direct
+            if (
+                self._ready
+                and self._writer is None
+                and direct is not None
+                and send_now(direct, text)
+            ):
+                return
             self._queue = deque()
         self._queue.append(text)
         if self._ready and self._writer is None:

@@ -14,6 +14,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from channels.broker import encode_body
 from channels.close_codes import CloseCode
 from channels.connection import Connection
+from channels.direct_send import DirectSocket
 from channels.errors import Banned, Draining, RoomEnded
 from channels.hub import Hub
 from channels.protocol import (
@@ -43,7 +44,9 @@ _ROOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EPOCH = re.compile(r"^[0-9a-f]{1,32}$")
 
 
-async def room_socket(websocket: WebSocket) -> None:
+async def room_socket(websocket: WebSocket, direct: DirectSocket | None = None) -> None:
+    """Serve one viewer; `direct` is the same socket for writes that skip ASGI, when the server
+    offers it (channels/direct_send.py)."""
     container: Container = websocket.app.state.container
     hub = container.hub
     await websocket.accept()
@@ -57,7 +60,7 @@ async def room_socket(websocket: WebSocket) -> None:
         since, epoch = _cursor(websocket)
         batched = websocket.query_params.get("batch") in ("1", "true")
         conn, room = await hub.join(
-            room_id, identity, websocket, since=since, epoch=epoch, batched=batched
+            room_id, identity, websocket, since=since, epoch=epoch, batched=batched, direct=direct
         )
     except LiveshopError as error:
         await websocket.close(_close_code(error), error.message[:120])
@@ -145,6 +148,9 @@ async def _carry_out(
             elif isinstance(command, Close):
                 conn.close_after_flush(command.code, command.reason)
         except LiveshopError as error:
+            # Most claims in a flash sale are refused: drop the traceback, whose frames hold
+            # the error itself, a cycle only the garbage collector would free.
+            error.__traceback__ = None
             conn.push(encode_body(error_frame(error, ref)))
             return
         except Exception:

@@ -21,6 +21,7 @@ from typing import Any
 from channels.broker import Broker, encode_body
 from channels.close_codes import CloseCode
 from channels.connection import Connection, FrameSender
+from channels.direct_send import DirectSocket
 from channels.errors import Draining, RoomEnded
 from channels.room_state import LocalRoom, RoomView, hello_frame
 from server.domain.errors import LiveshopError, Unavailable
@@ -105,6 +106,7 @@ class Hub:
         since: int | None = None,
         epoch: str | None = None,
         batched: bool = False,
+        direct: DirectSocket | None = None,
     ) -> tuple[Connection, LocalRoom]:
         """Register a viewer and queue hello (plus missed events when `since` is recoverable)."""
         if self.draining:
@@ -120,6 +122,7 @@ class Hub:
             limit=self.limits.send_queue_frames,
             on_overflow=self._on_overflow,
             batched=batched,
+            direct=direct,
         )
         if batched:
             self._flush_batch(room)  # events already counted in seq0 must not reach it again

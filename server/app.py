@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 from channels.broker import Broker
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.broker_redis import RedisBroker
+from channels.direct_send import direct_socket
 from channels.endpoint import room_socket
 from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
@@ -80,7 +81,7 @@ class RoomSocketShortcut:
             if match is not None:
                 scope["app"] = self.app
                 scope["path_params"] = {"room_id": match["room_id"]}
-                await room_socket(WebSocket(scope, receive, send))
+                await room_socket(WebSocket(scope, receive, send), direct_socket(send))
                 return
         await self.app(scope, receive, send)
 

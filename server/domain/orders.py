@@ -167,6 +167,10 @@ def _squash(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
+def _is_control_or_format(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cf")
+
+
 def _check_text(field_name: str, value: str, max_chars: int) -> None:
     if not value.strip():
         raise InvalidInput(f"address {field_name} is required", code="invalid_address")
@@ -175,7 +179,9 @@ def _check_text(field_name: str, value: str, max_chars: int) -> None:
             f"address {field_name} is longer than {max_chars} characters", code="invalid_address"
         )
     # Control and format characters break labels and customs declarations downstream.
-    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+    # str.isprintable() is False for each of them (for every C* and Z* character but the
+    # space), so the usual printable value skips the per-character category look-up.
+    if not value.isprintable() and any(_is_control_or_format(ch) for ch in value):
         raise InvalidInput(
             f"address {field_name} contains control characters", code="invalid_address"
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -328,3 +330,94 @@ def test_bad_addresses_are_refused_with_the_field_in_the_code(
 def test_the_constructor_validates_too() -> None:
     with pytest.raises(InvalidInput):
         Address(name="A", line1="B", city="C", postal_code="1", country="de")
+
+
+# Every control (Cc) and format (Cf) character of the Unicode version in use.
+CONTROL_OR_FORMAT = [
+    chr(cp) for cp in range(sys.maxunicode + 1) if unicodedata.category(chr(cp)) in ("Cc", "Cf")
+]
+
+
+def has_control_or_format(text: str) -> bool:
+    """The rule as first written: one category look-up per character."""
+    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
+def test_printable_text_never_holds_a_control_or_format_character() -> None:
+    # Why skipping the look-up for printable text changes nothing, checked over all of Unicode.
+    assert CONTROL_OR_FORMAT
+    assert not [ch for ch in CONTROL_OR_FORMAT if ch.isprintable()]
+
+
+@pytest.mark.parametrize("text_field", ["name", "line1", "line2", "city"])
+def test_every_control_and_format_character_is_refused(text_field: str) -> None:
+    fields: dict[str, Any] = {
+        "name": "Mia Chen",
+        "line1": "Friedrichstr. 12",
+        "line2": "Hinterhaus",
+        "city": "Berlin",
+        "postal_code": "10117",
+        "country": "DE",
+    }
+    for ch in CONTROL_OR_FORMAT:
+        with pytest.raises(InvalidInput, match="contains control characters") as raised:
+            Address(**{**fields, text_field: f"Mia{ch}Chen"})
+        assert raised.value.code == "invalid_address"
+
+
+@pytest.mark.parametrize(
+    "ch",
+    [
+        "\u00a0",  # no-break space (Zs)
+        "\u2028",  # line separator (Zl)
+        "\ue000",  # private use (Co)
+        "\u0378",  # unassigned (Cn)
+        "\ud800",  # a lone surrogate (Cs)
+    ],
+)
+def test_other_non_printable_characters_are_still_accepted(ch: str) -> None:
+    assert not ch.isprintable()
+    built = Address(name=f"Mia{ch}Chen", line1="B", city="C", postal_code="1", country="DE")
+    assert built.name == f"Mia{ch}Chen"
+
+
+@given(st.text(st.characters(codec=None), max_size=30))
+def test_text_is_refused_exactly_when_it_holds_a_control_or_format_character(
+    text: str,
+) -> None:
+    name = f"x{text}"  # never blank nor too long, which are refused for other reasons
+
+    def build() -> Address:
+        return Address(name=name, line1="B", city="C", postal_code="1", country="DE")
+
+    if has_control_or_format(name):
+        with pytest.raises(InvalidInput, match=r"^address name contains control characters$"):
+            build()
+    else:
+        assert build().name == name
+
+
+@pytest.mark.parametrize(
+    ("typed", "kept"),
+    [
+        ("  Ana   Lima ", "Ana Lima"),
+        ("Jose\u0301  Mu\u0308ller", "Jos\u00e9 M\u00fcller"),  # combining marks composed
+        ("Zo\u00eb \u00d8deg\u00e5rd", "Zo\u00eb \u00d8deg\u00e5rd"),  # already NFC
+        ("\u738b\u3000\u5c0f\u660e", "\u738b \u5c0f\u660e"),  # ideographic space squashed
+        ("\u0928\u093f\u0924\u093f\u0928", "\u0928\u093f\u0924\u093f\u0928"),  # Devanagari
+        ("A\u0308\u0323", "\u1ea0\u0308"),  # marks reordered and composed as NFC does
+        ("Line\tone\nname", "Line one name"),  # whitespace controls become spaces
+    ],
+)
+def test_names_are_squashed_and_normalised_to_nfc(typed: str, kept: str) -> None:
+    cleaned = address(name=typed).name
+    assert cleaned == kept
+    assert cleaned == " ".join(unicodedata.normalize("NFC", typed).split())
+    assert unicodedata.is_normalized("NFC", cleaned)
+
+
+def test_format_characters_typed_are_refused_not_squashed() -> None:
+    for ch in ("\u200b", "\u200e", "\u202e", "\ufeff", "\x00", "\x7f", "\x9f"):
+        with pytest.raises(InvalidInput) as raised:
+            address(line1=f"Main St{ch} 1")
+        assert raised.value.code == "invalid_address"
