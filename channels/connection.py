@@ -1,9 +1,11 @@
-"""One viewer's websocket as the hub sees it: a bounded queue of frames and one writer task.
+"""One viewer's websocket as the hub sees it: frames go straight to the socket when nothing
+waits before them (channels/direct_send.py), else into a bounded queue that one writer task
+drains through ASGI.
 
-The hub only ever appends to the queue, so a viewer whose network is slow can never slow the
-room. A viewer is too slow when its queue is full while the writer waits for the socket to take
-more (the transport paused writing); it is closed with TOO_SLOW and reconnects with `since`. If
-even the close cannot be written, the endpoint serving it is told to give up on the socket.
+Pushing a frame never blocks, so a viewer whose network is slow can never slow the room. A
+viewer is too slow when its queue is full while the writer waits for the socket to take more
+(the transport paused writing); it is closed with TOO_SLOW and reconnects with `since`. If even
+the close cannot be written, the endpoint serving it is told to give up on the socket.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class Connection:
         self._waiting_on_socket = False
 
     def push(self, text: str) -> None:
-        """Queue one frame; never blocks. Frames queued before `start` wait for it."""
+        """Send one frame now if nothing waits before it, else queue it; never blocks. Frames
+        pushed before `start` wait for it."""
         if self.closed or self._closing is not None:
             return
         queued = 0 if self._queue is None else len(self._queue)
@@ -101,15 +104,11 @@ class Connection:
             self.abort(CloseCode.TOO_SLOW, "too slow: reconnect with since")
             return
         if self._queue is None:
-            # Nothing waiting to go first: the frame can go straight to the socket, with no
-            # writer task (what most viewers need for a room event).
+            # Nothing waits to go first (a writer keeps its deque, even empty, until its last
+            # send is done): once hello has gone, the frame can go straight to the socket, with
+            # no writer task. That is what most viewers need for a room event.
             direct = self._direct
-            if (
-                self._ready
-                and self._writer is None
-                and direct is not None
-                and send_now(direct, text)
-            ):
+            if self._ready and direct is not None and send_now(direct, text):
                 return
             self._queue = deque()
         self._queue.append(text)

@@ -2,15 +2,18 @@
 
 A room event goes to every viewer at once: `offer.stock` and `offer.ended` reach thousands of
 sockets in one pass of the event loop. Through ASGI each copy costs a writer task, a coroutine
-through starlette and uvicorn's `send`, and a websockets `Frame` object, about 12 µs a viewer.
-Yet a server's unmasked text frame is the same bytes for every viewer. So when the socket is
-uvicorn's websockets-sansio protocol, open, not paused by flow control and without
-per-message deflate (whose frames depend on each socket's compression state), the frame is
-encoded once and handed to each transport; otherwise the frame goes the ASGI way.
+through starlette and uvicorn's `send`, and a websockets `Frame` object. Yet a server's
+unmasked text frame is the same bytes for every viewer. So when the socket is uvicorn's
+websockets-sansio protocol, open and not paused by flow control, the frame is encoded once and
+handed to each transport; otherwise it goes the ASGI way. Sockets that negotiated per-message
+deflate go the ASGI way too: an uncompressed frame would be legal there, but whoever turned
+deflate on wants the bandwidth saved.
 
-uvicorn's protocol has no public API for this: the attributes used here are checked at every
-write, and `tests/integration/channels/test_direct_send.py` fails if the uvicorn we ship stops
-offering them, rather than letting the server fall back to the slow path unnoticed.
+uvicorn's protocol has no public API for this. `direct_socket` accepts a protocol only if it
+has everything `send_now` reads, and `send_now` falls back rather than raise, so another
+uvicorn (or a middleware wrapping `send`, as `--log-level trace` does) only means the slower
+path. `tests/integration/channels/test_direct_send.py` fails if the uvicorn we ship stops
+offering it, so that cannot happen unnoticed.
 """
 
 from __future__ import annotations
@@ -29,15 +32,36 @@ _last_text: str | None = None
 _last_frame = b""
 
 
+# What send_now reads of uvicorn's protocol (set in its __init__ and connection_made).
+_NEEDED = (
+    "close_sent",
+    "disconnected",
+    "initial_response",
+    "handshake_complete",
+    "writable",
+    "conn",
+    "transport",
+)
+
+
 def direct_socket(send: Send) -> DirectSocket | None:
     """uvicorn's protocol behind an ASGI `send`, or None when it is another server or protocol."""
     owner = getattr(send, "__self__", None)
-    return owner if isinstance(owner, WebSocketsSansIOProtocol) else None
+    if not isinstance(owner, WebSocketsSansIOProtocol):
+        return None
+    return owner if all(hasattr(owner, name) for name in _NEEDED) else None
 
 
 def send_now(socket: DirectSocket, text: str) -> bool:
     """Write `text` as one frame now, or return False if only the ASGI path may send it (the
     handshake is not done, the socket is closing or paused, or frames are compressed)."""
+    try:
+        return _write_if_open(socket, text)
+    except Exception:  # whatever went wrong, the ASGI path can still send it, or say why not
+        return False
+
+
+def _write_if_open(socket: DirectSocket, text: str) -> bool:
     if (
         socket.close_sent
         or socket.disconnected

@@ -1,7 +1,7 @@
 """Local fan-out: the rooms and users this process serves, fed by the broker.
 
 One broker subscription per room with local viewers (not per socket). Each room event arrives
-as its final JSON text and is queued, as that same string, on every local connection. The hub
+as its final JSON text and is pushed, as that same string, to every local connection. The hub
 follows each room's sequence numbers: a gap (pub/sub lost a message) is filled from history,
 a changed epoch (history lost) sends local viewers away to reconnect and reload.
 """

@@ -61,6 +61,8 @@ def run(app: ASGIApp, settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        # The protocol whose sockets take room frames directly (channels/direct_send.py).
+        ws="websockets-sansio",
         ws_max_size=WS_MAX_MESSAGE_BYTES,
         ws_per_message_deflate=settings.ws_deflate,
         ws_ping_interval=20.0,

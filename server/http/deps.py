@@ -47,7 +47,8 @@ def require_identity(request: Request) -> Identity:
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes. Read it once:
+    this reads the ASGI messages itself, so Starlette's `request.body()` would find none left."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")

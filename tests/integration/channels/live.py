@@ -63,7 +63,10 @@ async def live(clean_redis: str, mongodb_url: str, mongo_database_name: str) -> 
         counter_interval=0.1,
         max_bad_frames=5,
     )
-    config = uvicorn.Config(create_app(settings), port=port, log_config=None, lifespan="on")
+    # ws as server/runner.py sets it: the protocol whose sockets take frames directly.
+    config = uvicorn.Config(
+        create_app(settings), port=port, log_config=None, lifespan="on", ws="websockets-sansio"
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -12,21 +12,23 @@ from collections import defaultdict
 import pytest
 import websockets
 
-from channels import connection
+from channels import connection, direct_send
 from channels.direct_send import DirectSocket
-from tests.integration.channels.live import Live, recv
+from tests.integration.channels.live import Live, recv, recv_type
 
 
-async def test_room_frames_reach_plain_and_compressed_sockets_whole_and_in_order(
+async def test_frames_reach_plain_compressed_and_paused_sockets_whole_and_in_order(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A spy, not a stand-in: the real function writes; the test only counts what it did.
     outcomes: dict[bool, list[bool]] = defaultdict(list)
-    real_send_now = connection.send_now
+    sockets: dict[bool, DirectSocket] = {}
+    real_send_now = direct_send.send_now
 
     def counting_send_now(socket: DirectSocket, text: str) -> bool:
         written = real_send_now(socket, text)
         outcomes[bool(socket.conn.extensions)].append(written)
+        sockets[bool(socket.conn.extensions)] = socket
         return written
 
     monkeypatch.setattr(connection, "send_now", counting_send_now)
@@ -41,7 +43,8 @@ async def test_room_frames_reach_plain_and_compressed_sockets_whole_and_in_order
             await plain.send(json.dumps({"type": "chat.send", "text": text, "client_id": f"c{n}"}))
         await plain.send(json.dumps({"type": "ping", "ref": "p1"}))  # a short private reply
         for ws, expected_pongs in ((plain, ["p1"]), (compressed, [])):
-            chats, pongs = [], []
+            chats: list[tuple[str, str]] = []
+            pongs: list[str] = []
             while len(chats) < len(texts) or len(pongs) < len(expected_pongs):
                 frame = await recv(ws)
                 if frame["type"] == "chat.message":
@@ -50,6 +53,20 @@ async def test_room_frames_reach_plain_and_compressed_sockets_whole_and_in_order
                     pongs.append(frame["ref"])
             assert chats == [(f"c{n}", text.strip()) for n, text in enumerate(texts)]
             assert pongs == expected_pongs
+
+        # Flow control, as when the client stops reading: the transport pauses the protocol.
+        # A frame then waits in the queue, and goes out once the transport resumes it.
+        server_side = sockets[False]
+        server_side.pause_writing()
+        written_before = len(outcomes[False])
+        await plain.send(json.dumps({"type": "ping", "ref": "while-paused"}))
+        with pytest.raises(TimeoutError):
+            await recv(plain, within=0.3)
+        while_paused = outcomes[False][written_before:]
+        assert while_paused, "the ping's pong never came this way"
+        assert not any(while_paused), "a paused socket was written to"
+        server_side.resume_writing()
+        assert (await recv_type(plain, "pong"))["ref"] == "while-paused"
     assert True in outcomes[False], "no frame went straight to the uncompressed socket"
     assert outcomes[True], "the compressed socket's frames never came this way"
     assert not any(outcomes[True]), "a deflate socket got a raw frame"

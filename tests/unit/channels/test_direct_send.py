@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
+from starlette.types import Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 
-from channels.direct_send import text_frame
+from channels.direct_send import direct_socket, send_now, text_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
@@ -23,3 +27,17 @@ def test_a_frame_is_encoded_once_per_text_and_never_reused_for_another() -> None
     assert text_frame(other) == Frame(Opcode.TEXT, other.encode()).serialize(mask=False)
     equal_copy = "".join([event[:10], event[10:]])  # equal text, another object
     assert text_frame(equal_copy) == first
+
+
+class OtherServer:
+    async def send(self, message: object) -> None: ...
+
+
+def test_other_servers_and_unfamiliar_protocols_take_the_asgi_way() -> None:
+    assert direct_socket(OtherServer().send) is None
+    # A uvicorn protocol lacking what send_now reads (another uvicorn version, say).
+    bare = object.__new__(WebSocketsSansIOProtocol)
+    assert direct_socket(cast(Send, bare.send)) is None
+    # Should one still get this far, the frame falls back to the queue instead of raising
+    # in the middle of a room's fan-out.
+    assert send_now(bare, "frame") is False
