@@ -18,11 +18,15 @@ offering it, so that cannot happen unnoticed.
 
 from __future__ import annotations
 
+import logging
+
 from starlette.types import Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
 DirectSocket = WebSocketsSansIOProtocol
+
+log = logging.getLogger("liveshop.ws")
 
 _TEXT_FIN = 0x81  # RFC 6455 §5.2: FIN set, opcode 1 (text); a server's frames carry no mask
 
@@ -44,12 +48,20 @@ _NEEDED = (
 )
 
 
+_warned = False
+
+
 def direct_socket(send: Send) -> DirectSocket | None:
-    """uvicorn's protocol behind an ASGI `send`, or None when it is another server or protocol."""
+    """uvicorn's protocol behind an ASGI `send`, or None when it is another server or protocol
+    (said once per process in the log: the room still works, at a higher cost per viewer)."""
+    global _warned
     owner = getattr(send, "__self__", None)
-    if not isinstance(owner, WebSocketsSansIOProtocol):
-        return None
-    return owner if all(hasattr(owner, name) for name in _NEEDED) else None
+    if isinstance(owner, WebSocketsSansIOProtocol) and all(hasattr(owner, n) for n in _NEEDED):
+        return owner
+    if not _warned:
+        _warned = True
+        log.warning("ws_direct_send_unavailable", extra={"send": type(owner).__name__})
+    return None
 
 
 def send_now(socket: DirectSocket, text: str) -> bool:

@@ -9,6 +9,7 @@ from starlette.types import Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 
+from channels import direct_send
 from channels.direct_send import direct_socket, send_now, text_frame
 
 
@@ -33,8 +34,14 @@ class OtherServer:
     async def send(self, message: object) -> None: ...
 
 
-def test_other_servers_and_unfamiliar_protocols_take_the_asgi_way() -> None:
+def test_other_servers_and_unfamiliar_protocols_take_the_asgi_way(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(direct_send, "_warned", False)
     assert direct_socket(OtherServer().send) is None
+    assert direct_socket(OtherServer().send) is None
+    warnings = [r for r in caplog.records if r.getMessage() == "ws_direct_send_unavailable"]
+    assert len(warnings) == 1  # once per process: operators hear of it, logs do not fill up
     # A uvicorn protocol lacking what send_now reads (another uvicorn version, say).
     bare = object.__new__(WebSocketsSansIOProtocol)
     assert direct_socket(cast(Send, bare.send)) is None
