@@ -9,6 +9,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/flashsale.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.runinfo import ms, print_run_header
 
 # The targets.
 CLAIMS_VS_NOOP = 0.5
@@ -88,16 +89,8 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
     return verdicts
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
 def print_report(report: dict[str, Any]) -> None:
-    m = report["machine"]
-    code = report["code"]
-    dirty = " + uncommitted server changes" if code.get("server_code_modified") else ""
-    print(f"\nMachine: {m['cpus']} cores, {m['cpu_model']}, Python {m['python']}")
-    print(f"Liveshop: `liveshop serve`, commit {code['commit']}{dirty}: {code['subject']}")
+    print_run_header(report, "`liveshop serve`")
     head = f"{'phase':<36}{'n':>6}{'answers/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  "
     head += "".join(f"{name[:6]:>7}" for name in CPU_COLUMNS)
     print("\n" + " " * 89 + "CPU, % of one core")
@@ -109,7 +102,7 @@ def print_report(report: dict[str, Any]) -> None:
         cells = "".join(f"{cpu.get(k, 0):>6.0f}%" for k in CPU_COLUMNS) if cpu else ""
         print(
             f"{name:<36}{n:>6}{'-' if rate is None else f'{rate:.0f}':>10}"
-            f"{_ms(lat.get('p50_ms')):>9}{_ms(lat.get('p99_ms')):>9}{_ms(lat.get('max_ms')):>9}"
+            f"{ms(lat.get('p50_ms')):>9}{ms(lat.get('p99_ms')):>9}{ms(lat.get('max_ms')):>9}"
             f"  {cells}"
         )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.runinfo import ms, print_run_header
+
 # The targets. Latency is the p99 of every delivery, send to receive, in ms.
 P99_2000_AT_10_MS = 100.0
 SATURATION_RATIO = 5.0
@@ -122,14 +124,8 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, str]]:
     return verdicts
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
 def print_report(report: dict[str, Any]) -> None:
     results = report["results"]
-    m = report["machine"]
-    print(f"\nMachine: {m['cpus']} cores, {m['cpu_model']}, Python {m['python']}")
     changes = []
     if report.get("liveshop_loop") == "uvloop":
         changes.append("uvloop")
@@ -138,9 +134,7 @@ def print_report(report: dict[str, Any]) -> None:
     variant = "`liveshop serve` as shipped"
     if changes:
         variant = "WHAT-IF, not what ships: Liveshop with " + " and ".join(changes)
-    code = report.get("code", {})
-    dirty = " + uncommitted server changes" if code.get("server_code_modified") else ""
-    print(f"Liveshop: {variant}, commit {code.get('commit')}{dirty}: {code.get('subject')}")
+    print_run_header(report, variant)
     head = (
         f"{'run':<4}{'server':<10}{'viewers':>8}{'msg/s':>6}{'offered/s':>10}{'deliv/s':>9}"
         f"{'p50 ms':>8}{'p99 ms':>9}{'max ms':>9}{'loss':>8}{'srv CPU':>8}{'RSS MB':>8}"
@@ -177,7 +171,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(
             f"{label:<4}{sc['server']:<10}{r['viewers']:>8}{sc['rate']:>6.0f}"
             f"{r['offered_deliveries_per_s']:>10.0f}{r['deliveries_per_s']:>9.0f}"
-            f"{_ms(lat['p50_ms']):>8}{_ms(lat['p99_ms']):>9}{_ms(lat['max_ms']):>9}"
+            f"{ms(lat['p50_ms']):>8}{ms(lat['p99_ms']):>9}{ms(lat['max_ms']):>9}"
             f"{r['loss']:>8}{r['server_cpu_pct']:>7.0f}%{r['server_peak_rss_mb']:>8.0f}"
             f"{r['generator_cpu_pct']:>7.0f}%  {'; '.join(notes)}"
         )

@@ -83,6 +83,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def ms(value: float | None) -> str:
+    """A latency cell of a report: one decimal, or '-' where there was nothing to measure."""
+    return "-" if value is None else f"{value:.1f}"
+
+
+def print_run_header(report: dict[str, Any], variant: str) -> None:
+    """Which machine a report was measured on, and which server code (`variant` says how it ran)."""
+    m, code = report["machine"], report.get("code", {})
+    dirty = " + uncommitted server changes" if code.get("server_code_modified") else ""
+    print(f"\nMachine: {m['cpus']} cores, {m['cpu_model']}, Python {m['python']}")
+    print(f"Liveshop: {variant}, commit {code.get('commit')}{dirty}: {code.get('subject')}")
+
+
 def run_main(
     main_async: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
 ) -> int:
