@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, Protocol
 
+from server.domain.figures import OfferFigures
 from server.domain.offers import (
     AttachOutcome,
     ClaimResult,
@@ -107,12 +106,8 @@ class OfferStore(Protocol):
 
 
 class OrderStore(Protocol):
-    """Orders, their history, and per-offer figures kept in step with them.
-
-    Every write that changes an order also updates the offer's figures (orders, units, paid
-    orders, GMV per currency) in the same transaction, so the host's figures never disagree
-    with the orders.
-    """
+    """Orders and their history. Every write changes one order document and nothing else; the
+    offer's figures are counted from the orders when asked (`server.domain.figures`)."""
 
     async def create(self, order: Order) -> Order:
         """Store a new order, idempotently: when an order with the same offer and idempotency
@@ -135,8 +130,7 @@ class OrderStore(Protocol):
 
     async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
         """Persist the order's new status and its last history entry if its stored status is
-        still `expected`, else Conflict (code `order_changed`); figures follow in the same
-        transaction."""
+        still `expected`, else Conflict (code `order_changed`)."""
         ...
 
     async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:
@@ -149,17 +143,9 @@ class OrderStore(Protocol):
         retried claim still finds its order)."""
         ...
 
-    async def offer_figures(self, offer_id: str) -> OfferFigures: ...
-
-
-@dataclass(frozen=True, slots=True)
-class OfferFigures:
-    offer_id: str
-    orders: int = 0
-    units: int = 0
-    paid_orders: int = 0
-    paid_units: int = 0
-    gmv: Mapping[str, Decimal] = field(default_factory=dict)  # currency -> paid amount
+    async def offer_figures(self, offer_id: str) -> OfferFigures:
+        """The offer's figures as its orders stand now (`figures_of`)."""
+        ...
 
 
 class StockReservations(Protocol):

@@ -4,8 +4,8 @@ Everything is copied on the way in and out, so a caller mutating an order it hol
 nothing stored (as with a database). Each method runs without awaiting, so on one event loop
 every call is atomic: the compare-and-sets below need no lock.
 
-`FiguresDelta` is shared with the Mongo store: both derive an offer's figures from the same
-rule, so the two cannot drift apart.
+Figures are counted from the orders when asked, by the same rule as the Mongo store
+(`server.domain.figures`).
 """
 
 from __future__ import annotations
@@ -13,61 +13,13 @@ from __future__ import annotations
 import builtins
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
-from decimal import Decimal
 
 from server.domain.errors import Conflict, InvalidInput, NotFound
-from server.domain.money import Money
+from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
 from server.domain.orders import Order, OrderStatus, can_move
-from server.ports import OfferFigures
-
-# An order counts as claimed until it is cancelled or expires (a refunded order was claimed
-# and paid, then paid back); it counts as paid from payment until a refund.
-_NOT_CLAIMED = frozenset({OrderStatus.CANCELLED, OrderStatus.EXPIRED})
-_PAID = frozenset(
-    {OrderStatus.PAID, OrderStatus.FULFILLING, OrderStatus.SHIPPED, OrderStatus.DELIVERED}
-)
-
-
-@dataclass(frozen=True, slots=True)
-class FiguresDelta:
-    """How one write changes the offer's figures; all zero for moves that change none."""
-
-    orders: int = 0
-    units: int = 0
-    paid_orders: int = 0
-    paid_units: int = 0
-    currency: str = ""
-    gmv: Decimal = Decimal(0)
-
-    @classmethod
-    def of(
-        cls, quantity: int, total: Money, before: OrderStatus | None, after: OrderStatus
-    ) -> FiguresDelta:
-        """The change as an order of `quantity` units for `total` moves from `before` (None:
-        it is being created) to `after`."""
-        claimed = _counts(after not in _NOT_CLAIMED) - _counts(
-            before is not None and before not in _NOT_CLAIMED
-        )
-        paid = _counts(after in _PAID) - _counts(before in _PAID)
-        return cls(
-            orders=claimed,
-            units=claimed * quantity,
-            paid_orders=paid,
-            paid_units=paid * quantity,
-            currency=total.currency,
-            gmv=paid * total.amount,
-        )
-
-    @property
-    def is_zero(self) -> bool:
-        return not (self.orders or self.paid_orders)
-
-
-def _counts(flag: bool) -> int:
-    return 1 if flag else 0
 
 
 def check_last_move(order: Order, expected: OrderStatus) -> None:
@@ -129,7 +81,6 @@ class MemoryOrderStore:
     def __init__(self) -> None:
         self._orders: dict[str, Order] = {}
         self._by_key: dict[tuple[str, str], str] = {}
-        self._figures: dict[str, OfferFigures] = {}
 
     async def create(self, order: Order) -> Order:
         existing = self._by_key.get((order.offer_id, order.idempotency_key))
@@ -140,9 +91,6 @@ class MemoryOrderStore:
         stored = copy.deepcopy(order)
         self._orders[order.id] = stored
         self._by_key[(order.offer_id, order.idempotency_key)] = order.id
-        self._apply(
-            order.offer_id, FiguresDelta.of(order.quantity, order.total, None, order.status)
-        )
         return copy.deepcopy(stored)
 
     async def get(self, order_id: str) -> Order:
@@ -167,9 +115,6 @@ class MemoryOrderStore:
             )
         stored.status = order.status
         stored.history.append(copy.deepcopy(order.history[-1]))
-        self._apply(
-            stored.offer_id, FiguresDelta.of(stored.quantity, stored.total, expected, order.status)
-        )
 
     async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:
         due = [
@@ -186,8 +131,14 @@ class MemoryOrderStore:
         return [copy.deepcopy(o) for o in orders]
 
     async def offer_figures(self, offer_id: str) -> OfferFigures:
-        figures = self._figures.get(offer_id, OfferFigures(offer_id))
-        return replace(figures, gmv=dict(figures.gmv))
+        return figures_of(
+            offer_id,
+            (
+                OrderGroup(o.status, o.total.currency, 1, o.quantity, o.total.amount)
+                for o in self._orders.values()
+                if o.offer_id == offer_id
+            ),
+        )
 
     def _stored(self, order_id: str) -> Order:
         try:
@@ -199,19 +150,3 @@ class MemoryOrderStore:
         found = [o for o in self._orders.values() if keep(o)]
         found.sort(key=lambda o: (o.created_at, o.id), reverse=True)
         return [copy.deepcopy(o) for o in found[:limit]]
-
-    def _apply(self, offer_id: str, delta: FiguresDelta) -> None:
-        if delta.is_zero:
-            return
-        now = self._figures.get(offer_id, OfferFigures(offer_id))
-        gmv = dict(now.gmv)
-        if delta.paid_orders:
-            gmv[delta.currency] = gmv.get(delta.currency, Decimal(0)) + delta.gmv
-        self._figures[offer_id] = OfferFigures(
-            offer_id,
-            orders=now.orders + delta.orders,
-            units=now.units + delta.units,
-            paid_orders=now.paid_orders + delta.paid_orders,
-            paid_units=now.paid_units + delta.paid_units,
-            gmv=gmv,
-        )

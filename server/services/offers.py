@@ -16,13 +16,13 @@ from datetime import datetime, timedelta
 from schemas.commerce import offer_to_wire
 from schemas.http import product_to_wire
 from server.domain.errors import LiveshopError, Unavailable
+from server.domain.figures import OfferFigures
 from server.domain.identity import Identity
 from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer, RecoveredClaim, plan_offer
 from server.domain.orders import HOLDS_STOCK
 from server.domain.rooms import ensure_can_manage
 from server.ports import (
-    OfferFigures,
     OfferStore,
     OrderStore,
     ProductStore,

@@ -1,32 +1,27 @@
 """MongoDB stores for flash offers and orders, on PyMongo's async API.
 
-An order and its offer's figures change together in one multi-document transaction, so the
-host's figures never disagree with the orders (needs a replica set; a single node is enough).
-Creation is idempotent through the unique (offer_id, idempotency_key) index rather than a read
-before the write: a read can race another process, the index cannot.
+Every write changes one order document and nothing else, so no write needs a transaction: the
+host's figures are counted from the orders when asked, not kept beside them. Creation is
+idempotent through the unique (offer_id, idempotency_key) index rather than a read before the
+write: a read can race another process, the index cannot. Orders are written with majority
+write concern, so an acknowledged order survives a restart or a failover.
 
-The offer's figures are counters spread over shards (see FIGURE_SHARDS); the documents
-themselves are in order_docs.py.
+The documents themselves are in order_docs.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import random
-from collections.abc import Awaitable, Callable, Iterable
+import logging
 from datetime import datetime
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
-from bson import Decimal128
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
-from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from server.adapters.group_commit import GroupCommit
-from server.adapters.memory_orders import FiguresDelta, check_last_move
+from server.adapters.memory_orders import check_last_move
 from server.adapters.mongo.order_docs import (
     offer_doc,
     offer_from,
@@ -34,24 +29,18 @@ from server.adapters.mongo.order_docs import (
     order_from,
     transition_doc,
 )
-from server.adapters.mongo.stores import Document, _collection, _money_from, _translate_errors
+from server.adapters.mongo.stores import _collection, _translate_errors
 from server.domain.errors import Conflict, NotFound, Unavailable
+from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
 from server.domain.orders import Order, OrderStatus
-from server.ports import OfferFigures
+
+log = logging.getLogger("liveshop.orders")
 
 OFFERS = "offers"
 ORDERS = "orders"
-OFFER_FIGURES = "offer_figures"
-
-T = TypeVar("T")
 
 _NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
-# An offer's figures are spread over this many counter documents, summed when read. One
-# document would be a hot spot: every order of a flash sale writes it, and transactions writing
-# one document at once conflict and retry with backoff (about 20 orders/s with 500 concurrent
-# creates on one local mongod, where plain inserts run at about 1,000/s).
-FIGURE_SHARDS = 64
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
 
@@ -83,9 +72,6 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
             IndexModel([("ended_at", ASCENDING), ("ends_at", ASCENDING)], name="due_to_end"),
         ]
     )
-    # Also creates the collection: the first transactions on a new offer would otherwise race
-    # to create it.
-    await _collection(db, OFFER_FIGURES).create_index("offer_id", name="offer_id")
 
 
 class MongoOfferStore:
@@ -146,13 +132,10 @@ class MongoOfferStore:
 
 class MongoOrderStore:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self._client = db.client
-        self._orders = _collection(db, ORDERS)
-        self._figures = _collection(db, OFFER_FIGURES)
-        # Shuffled, so processes sharing the database start on different shards.
-        self._free_shards: asyncio.Queue[int] = asyncio.Queue()
-        for shard in random.sample(range(FIGURE_SHARDS), FIGURE_SHARDS):
-            self._free_shards.put_nowait(shard)
+        # Explicit rather than the server's default, which a deployment may have changed.
+        self._orders = _collection(db, ORDERS).with_options(
+            write_concern=WriteConcern(w="majority")
+        )
         self._creates = GroupCommit(self._create_batch)
 
     async def close(self) -> None:
@@ -161,69 +144,40 @@ class MongoOrderStore:
 
     @_translate_errors
     async def create(self, order: Order) -> Order:
-        # Orders of one offer created together share one transaction (see group_commit.py).
+        # Orders of one offer created together share one insert (see group_commit.py).
         return await self._creates.submit(order.offer_id, order)
 
     async def _create_batch(self, offer_id: str, orders: list[Order]) -> list[Order | Exception]:
-        """Write a batch of new orders and their figures in one transaction.
+        """Write a batch of new orders with one unordered insert, each document on its own.
 
-        A key already taken (a retried claim racing its first attempt) makes the transaction
-        write nothing: the orders already stored are looked up, and the rest written again.
-        Should that fail too (an order id taken), each order is created on its own."""
-        stored: dict[str, Order | Exception] = {}
-        fresh: dict[str, Order] = {}
+        A key already taken (a retried claim racing its first attempt) refuses that document
+        alone: the order stored under the key is handed back, and the others are written."""
+        firsts: dict[str, Order] = {}
         for order in orders:  # a retry in the same batch gets the first order back
-            fresh.setdefault(order.idempotency_key, order)
-        for _ in range(2):
-            try:
-                stored |= await self._insert_together(offer_id, list(fresh.values()))
-                return _answers(orders, stored)
-            except (DuplicateKeyError, BulkWriteError) as error:
-                if not _only_duplicate_keys(error):
-                    if isinstance(error, BulkWriteError):
-                        break  # a document of its own refused: the others still go in
-                    raise
-            query = {"offer_id": offer_id, "idempotency_key": {"$in": list(fresh)}}
+            firsts.setdefault(order.idempotency_key, order)
+        stored: dict[str, Order | Exception] = dict(firsts)
+        taken: dict[str, Order] = {}
+        try:
+            await self._orders.insert_many([order_doc(o) for o in firsts.values()], ordered=False)
+        except BulkWriteError as error:
+            batch = list(firsts.values())
+            for refusal in error.details.get("writeErrors", []):
+                order = batch[refusal["index"]]
+                if refusal.get("code") == DUPLICATE_KEY:
+                    taken[order.idempotency_key] = order
+                else:
+                    log.warning("order_refused", extra={"code": refusal.get("code")})
+                    stored[order.idempotency_key] = Unavailable(
+                        "the order could not be written, try again", code="order_write_failed"
+                    )
+        if taken:
+            query = {"offer_id": offer_id, "idempotency_key": {"$in": list(taken)}}
             async for doc in self._orders.find(query):
                 stored[doc["idempotency_key"]] = order_from(doc)
-                del fresh[doc["idempotency_key"]]
-        written = await _each(self._create_one(order) for order in fresh.values())
-        stored |= zip(fresh, written, strict=True)
+                del taken[doc["idempotency_key"]]
+            for key, order in taken.items():  # no order holds the key: the id was taken
+                stored[key] = Conflict(f"order {order.id} exists", code="order_exists")
         return _answers(orders, stored)
-
-    async def _insert_together(self, offer_id: str, orders: list[Order]) -> dict[str, Order]:
-        """Insert the orders and count them in the figures, all or nothing; by key."""
-        if not orders:
-            return {}
-        docs = [order_doc(order) for order in orders]
-        deltas = [FiguresDelta.of(o.quantity, o.total, None, o.status) for o in orders]
-
-        async def write(session: AsyncClientSession, shard: int) -> None:
-            await self._orders.insert_many(docs, session=session)
-            # Last in the transaction: a concurrent writer of the same counter conflicts only
-            # while it is held, from here to the commit.
-            await self._apply(offer_id, deltas, session, shard)
-
-        await self._transaction(write)
-        return {order.idempotency_key: order for order in orders}
-
-    async def _create_one(self, order: Order) -> Order:
-        key = {"offer_id": order.offer_id, "idempotency_key": order.idempotency_key}
-        for _ in range(3):
-            try:
-                await self._insert_together(order.offer_id, [order])
-                return order
-            except (DuplicateKeyError, BulkWriteError) as error:
-                if not _only_duplicate_keys(error):
-                    raise
-                stored = await self._orders.find_one(key)
-                if stored is not None:  # a retried claim: the first order stands
-                    return order_from(stored)
-                if await self._orders.count_documents({"_id": order.id}, limit=1):
-                    raise Conflict(f"order {order.id} exists", code="order_exists") from None
-                # Neither the key nor the id is taken, so the clash was elsewhere (a figures
-                # counter created at the same moment by another process): write again.
-        raise Unavailable("the order could not be written, try again", code="order_write_failed")
 
     @_translate_errors
     async def get(self, order_id: str) -> Order:
@@ -252,33 +206,23 @@ class MongoOrderStore:
     @_translate_errors
     async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
         check_last_move(order, expected)
-        step = transition_doc(order.history[-1])
-
-        async def write(session: AsyncClientSession, shard: int) -> None:
-            # Compare-and-set on the status: of two racing moves (a payment and an expiry),
-            # one matches; the other finds the status changed and is refused.
-            stored = await self._orders.find_one_and_update(
-                {"_id": order.id, "status": expected.value},
-                {"$set": {"status": order.status.value}, "$push": {"history": step}},
-                projection={"offer_id": True, "quantity": True, "total": True},
-                session=session,
-            )
-            if stored is None:
-                current = await self._orders.find_one(
-                    {"_id": order.id}, {"status": True}, session=session
-                )
-                if current is None:
-                    raise NotFound(f"order {order.id} not found")
-                raise Conflict(
-                    f"the order is {current['status']} now, not {expected}", code="order_changed"
-                )
-            # Figures from the stored order, not the caller's copy of it.
-            delta = FiguresDelta.of(
-                stored["quantity"], _money_from(stored["total"]), expected, order.status
-            )
-            await self._apply(stored["offer_id"], [delta], session, shard)
-
-        await self._transaction(write)
+        # Compare-and-set on the status: of two racing moves (a payment and an expiry), one
+        # matches; the other finds the status changed and is refused.
+        result = await self._orders.update_one(
+            {"_id": order.id, "status": expected.value},
+            {
+                "$set": {"status": order.status.value},
+                "$push": {"history": transition_doc(order.history[-1])},
+            },
+        )
+        if result.matched_count:
+            return
+        current = await self._orders.find_one({"_id": order.id}, {"status": True})
+        if current is None:
+            raise NotFound(f"order {order.id} not found")
+        raise Conflict(
+            f"the order is {current['status']} now, not {expected}", code="order_changed"
+        )
 
     @_translate_errors
     async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:
@@ -302,59 +246,31 @@ class MongoOrderStore:
 
     @_translate_errors
     async def offer_figures(self, offer_id: str) -> OfferFigures:
-        # Each transaction wrote one shard, so no write is ever half counted in the sum.
-        counts = dict.fromkeys(("orders", "units", "paid_orders", "paid_units"), 0)
-        gmv: dict[str, Decimal] = {}
-        async for doc in self._figures.find({"offer_id": offer_id}):
-            for name in counts:
-                counts[name] += doc.get(name, 0)
-            for code, amount in doc.get("gmv", {}).items():
-                gmv[code] = gmv.get(code, Decimal(0)) + amount.to_decimal()
-        return OfferFigures(offer_id, gmv=gmv, **counts)
-
-    async def _transaction(self, write: Callable[[AsyncClientSession, int], Awaitable[T]]) -> T:
-        """Run `write` in a transaction with a figures shard no other transaction of this
-        process holds meanwhile, so this process's orders never conflict with each other.
-
-        with_transaction retries the whole callback on transient errors (a conflict with
-        another process on the same shard) and the commit when its outcome is unknown, so the
-        callback must be safe to run again: it only writes."""
-        # Past FIGURE_SHARDS concurrent writes the next one waits for a shard rather than
-        # share one: waiting costs less than a conflict, an abort and a backoff.
-        shard = await self._free_shards.get()
-        try:
-            async with self._client.start_session() as session:
-                return await session.with_transaction(lambda s: write(s, shard))
-        finally:
-            self._free_shards.put_nowait(shard)
-
-    async def _apply(
-        self,
-        offer_id: str,
-        deltas: Iterable[FiguresDelta],
-        session: AsyncClientSession,
-        shard: int,
-    ) -> None:
-        inc: Document = {}
-        gmv: dict[str, Decimal] = {}
-        for delta in deltas:
-            if delta.is_zero:
-                continue
-            for name in ("orders", "units", "paid_orders", "paid_units"):
-                inc[name] = inc.get(name, 0) + getattr(delta, name)
-            if delta.paid_orders:
-                gmv[delta.currency] = gmv.get(delta.currency, Decimal(0)) + delta.gmv
-        if not inc:
-            return
-        for code, amount in gmv.items():
-            # Decimal128 adds exactly; currency codes are three capitals, safe as field names.
-            inc[f"gmv.{code}"] = Decimal128(amount)
-        await self._figures.update_one(
-            {"_id": f"{offer_id}#{shard}"},
-            {"$inc": inc, "$setOnInsert": {"offer_id": offer_id}},
-            upsert=True,
-            session=session,
+        # Grouped by the server, through the offer_id prefix of the idempotency key index.
+        cursor = await self._orders.aggregate(
+            [
+                {"$match": {"offer_id": offer_id}},
+                {
+                    "$group": {
+                        "_id": {"status": "$status", "currency": "$total.currency"},
+                        "orders": {"$sum": 1},
+                        "units": {"$sum": "$quantity"},
+                        "amount": {"$sum": "$total.amount"},  # Decimal128: exact
+                    }
+                },
+            ]
         )
+        groups = [
+            OrderGroup(
+                OrderStatus(doc["_id"]["status"]),
+                doc["_id"]["currency"],
+                doc["orders"],
+                doc["units"],
+                doc["amount"].to_decimal(),
+            )
+            async for doc in cursor
+        ]
+        return figures_of(offer_id, groups)
 
 
 def _answers(orders: list[Order], stored: dict[str, Order | Exception]) -> list[Order | Exception]:
@@ -370,22 +286,3 @@ def _answers(orders: list[Order], stored: dict[str, Order | Exception]) -> list[
             handed_out.add(id(answer))
         answers.append(answer)
     return answers
-
-
-async def _each(writes: Iterable[Awaitable[T]]) -> list[T | Exception]:
-    """Run the writes side by side; each one's result or error."""
-    outcomes: list[T | Exception] = []
-    for result in await asyncio.gather(*writes, return_exceptions=True):
-        if isinstance(result, Exception) or not isinstance(result, BaseException):
-            outcomes.append(result)
-        else:
-            raise result  # cancelled: stop
-    return outcomes
-
-
-def _only_duplicate_keys(error: DuplicateKeyError | BulkWriteError) -> bool:
-    """Whether the write failed only because a unique key was taken (code 11000)."""
-    if isinstance(error, DuplicateKeyError):
-        return True
-    details = error.details.get("writeErrors", [])
-    return bool(details) and all(e.get("code") == DUPLICATE_KEY for e in details)
