@@ -18,7 +18,7 @@ from server.adapters.mongo.orders import (
     MongoOrderStore,
     ensure_order_indexes,
 )
-from server.domain.errors import Conflict, InvalidInput, NotFound
+from server.domain.errors import Conflict, InvalidInput, NotFound, Unavailable
 from server.domain.figures import OfferFigures
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
@@ -381,4 +381,24 @@ async def test_mongo_creates_arriving_together_share_one_insert(mongo_db: Any) -
     assert await asyncio.gather(*(store.create(o) for o in orders)) == orders
     assert await counts() == (inserts + 1, transactions)  # one insert, no transaction
     assert await store.offer_figures("of_1") == OfferFigures("of_1", orders=151, units=152)
+    await store.close()
+
+
+async def test_mongo_a_document_refused_for_another_reason_fails_alone(mongo_db: Any) -> None:
+    # A rule of the database's own (here an operator's validator) refuses one order of a batch:
+    # its claimer hears "try again", and the others are written all the same.
+    await mongo_db.command("collMod", ORDERS, validator={"quantity": {"$lt": 3}})
+    store = MongoOrderStore(mongo_db)
+    results = await asyncio.gather(
+        store.create(_order("o_1", "k_1", buyer="u_1", quantity=1)),
+        store.create(_order("o_2", "k_2", buyer="u_2", quantity=3)),
+        store.create(_order("o_3", "k_3", buyer="u_3", quantity=2)),
+        return_exceptions=True,
+    )
+    assert results[0] == _order("o_1", "k_1", buyer="u_1", quantity=1)
+    assert isinstance(results[1], Unavailable)
+    assert results[1].code == "order_write_failed"
+    assert results[2] == _order("o_3", "k_3", buyer="u_3", quantity=2)
+    assert await store.by_key("of_1", "k_2") is None
+    assert await store.offer_figures("of_1") == OfferFigures("of_1", orders=2, units=3)
     await store.close()

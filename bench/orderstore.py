@@ -1,0 +1,119 @@
+"""Order writes: what `MongoOrderStore.create` costs the server, against a bare PyMongo insert
+of the same documents in the same run.
+
+Each measurement runs in a fresh process (`bench/orderstore_child.py`) on Liveshop's own mongod:
+CPU of that process per order (the server's share of writing an order; mongod's is apart), with
+orders made one at a time (each alone in its batch, as at a low claim rate) and N at the same
+moment (one batch, as in a burst). The limit is `insert_many` of the same documents with the
+same write concern: the least any order store could ask of PyMongo.
+
+    .venv/bin/python -m bench.orderstore                     # this tree's store and the limit
+    .venv/bin/python -m bench.orderstore --against 0cdb124   # and that commit's store, in turn
+
+Variants take turns within each round, so a machine that slows down mid-run slows all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+if __package__ in (None, ""):  # run as `python bench/orderstore.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.runinfo import RESULTS_DIR, code_version, export_commit, machine, run_main
+from bench.servers import REPO_ROOT
+from server.adapters.mongo.embedded import EmbeddedMongo
+
+CHILD = Path(__file__).resolve().parent / "orderstore_child.py"
+LIMIT = "bare insert_many (limit)"
+WARM_UP = 100  # orders the child writes before it measures
+
+
+def _measure(
+    source: Path, mongo: EmbeddedMongo, args: argparse.Namespace, *, bare: bool
+) -> dict[str, Any]:
+    """One child's figures, plus mongod's CPU per order over the child's whole run."""
+    mongod = psutil.Process(mongo.pid)
+    before = sum(mongod.cpu_times()[:2])
+    url = mongo.url
+    argv = [sys.executable, str(CHILD), "--url", url, "--database", f"bench_{uuid.uuid4().hex[:8]}"]
+    argv += ["--orders", str(args.orders), "--together", *map(str, args.together)]
+    # PYTHONPATH comes ahead of the editable install's finder: `server` is the variant's.
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    done = subprocess.run(
+        [*argv, *(["--bare"] if bare else [])], env=env, capture_output=True, text=True, check=True
+    )
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    written = WARM_UP + sum(args.orders // n * n for n in args.together)
+    figures["mongod_cpu_us"] = 1e6 * (sum(mongod.cpu_times()[:2]) - before) / written
+    return figures
+
+
+async def main(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="liveshop-orderstore-") as tmp:
+        variants = {"this tree": (REPO_ROOT, False), LIMIT: (REPO_ROOT, True)}
+        if args.against:
+            source = export_commit(args.against, Path(tmp) / "against")
+            variants[f"store at {args.against}"] = (source, False)
+        runs: dict[str, list[Any]] = {name: [] for name in variants}
+        async with EmbeddedMongo(Path(tmp) / "mongodb") as mongo:
+            for round_no in range(args.rounds):
+                for name, (source, bare) in variants.items():
+                    print(f"round {round_no + 1}/{args.rounds}: {name}", flush=True)
+                    runs[name].append(
+                        await asyncio.to_thread(_measure, source, mongo, args, bare=bare)
+                    )
+    report = {
+        "bench": "orderstore",
+        "at": datetime.now(UTC).isoformat(),
+        "machine": machine(),
+        "code": code_version(None),
+        "against": args.against,
+        "orders": args.orders,
+        "runs": runs,
+    }
+    _print(report, args.together)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"orderstore-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nJSON: {out}")
+    return 0
+
+
+def _print(report: dict[str, Any], together: list[int]) -> None:
+    m, code = report["machine"], report["code"]
+    print(f"\nMachine: {m['cpus']} cores, {m['cpu_model']}, Python {m['python']}")
+    dirty = " + uncommitted changes" if code["server_code_modified"] else ""
+    print(f"This tree: commit {code['commit']}{dirty}: {code['subject']}")
+    print("CPU of the writing process per order, µs: median over rounds (min-max)")
+    header = "".join(f"{f'{n} at once':>22}" for n in together)
+    print(f"{'variant':32}{header}{'mongod, all':>14}")
+    for name, runs in report["runs"].items():
+        cells = []
+        for n in together:
+            values = [run[str(n)]["cpu_us"] for run in runs]
+            cells.append(f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})")
+        mongod = statistics.median(run["mongod_cpu_us"] for run in runs)
+        print(f"{name:32}" + "".join(f"{cell:>22}" for cell in cells) + f"{mongod:>14.0f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--against", help="also measure the store of this commit")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--orders", type=int, default=800, help="orders per measurement")
+    parser.add_argument("--together", type=int, nargs="+", default=[1, 8, 32])
+    sys.exit(run_main(main, parser.parse_args()))
