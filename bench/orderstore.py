@@ -1,14 +1,16 @@
-"""Order writes: what `MongoOrderStore.create` costs the server, against a bare PyMongo insert
-of the same documents in the same run.
+"""Orders and claims: what `MongoOrderStore.create` and a whole `OrderService.claim` cost the
+server's CPU, against a bare PyMongo insert of the same documents in the same run.
 
-Each measurement runs in a fresh process (`bench/orderstore_child.py`) on Liveshop's own mongod:
-CPU of that process per order (the server's share of writing an order; mongod's is apart), with
-orders made one at a time (each alone in its batch, as at a low claim rate) and N at the same
-moment (one batch, as in a burst). The limit is `insert_many` of the same documents with the
-same write concern: the least any order store could ask of PyMongo.
+Each measurement runs in a fresh process (`bench/orderstore_child.py`) on Liveshop's own mongod
+(and a valkey for claims): CPU of that process per order (the server's share; mongod's is
+apart), with orders made one at a time (each alone in its batch, as at a low claim rate) and N
+at the same moment (one batch, as in a burst). The limit is `insert_many` of the same documents
+with the same write concern: the least any order store could ask of PyMongo. A claim is the
+whole path behind the HTTP and websocket endpoints: reservation script, order, attach and
+`order.updated`, without the HTTP or websocket around it.
 
-    .venv/bin/python -m bench.orderstore                     # this tree's store and the limit
-    .venv/bin/python -m bench.orderstore --against 0cdb124   # and that commit's store, in turn
+    .venv/bin/python -m bench.orderstore                     # this tree and the limit
+    .venv/bin/python -m bench.orderstore --against 0cdb124   # and that commit, in turn
 
 Variants take turns within each round, so a machine that slows down mid-run slows all of them.
 """
@@ -34,7 +36,7 @@ if __package__ in (None, ""):  # run as `python bench/orderstore.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.runinfo import RESULTS_DIR, code_version, export_commit, machine, run_main
-from bench.servers import REPO_ROOT
+from bench.servers import REPO_ROOT, start_valkey
 from server.adapters.mongo.embedded import EmbeddedMongo
 
 CHILD = Path(__file__).resolve().parent / "orderstore_child.py"
@@ -43,19 +45,17 @@ WARM_UP = 100  # orders the child writes before it measures
 
 
 def _measure(
-    source: Path, mongo: EmbeddedMongo, args: argparse.Namespace, *, bare: bool
+    source: Path, what: str, mongo: EmbeddedMongo, redis_url: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One child's figures, plus mongod's CPU per order over the child's whole run."""
     mongod = psutil.Process(mongo.pid)
     before = sum(mongod.cpu_times()[:2])
-    url = mongo.url
-    argv = [sys.executable, str(CHILD), "--url", url, "--database", f"bench_{uuid.uuid4().hex[:8]}"]
+    argv = [sys.executable, str(CHILD), "--url", mongo.url, "--redis-url", redis_url]
+    argv += ["--what", what, "--database", f"bench_{uuid.uuid4().hex[:8]}"]
     argv += ["--orders", str(args.orders), "--together", *map(str, args.together)]
     # PYTHONPATH comes ahead of the editable install's finder: `server` is the variant's.
     env = {**os.environ, "PYTHONPATH": str(source)}
-    done = subprocess.run(
-        [*argv, *(["--bare"] if bare else [])], env=env, capture_output=True, text=True, check=True
-    )
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     written = WARM_UP + sum(args.orders // n * n for n in args.together)
     figures["mongod_cpu_us"] = 1e6 * (sum(mongod.cpu_times()[:2]) - before) / written
@@ -64,18 +64,27 @@ def _measure(
 
 async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="liveshop-orderstore-") as tmp:
-        variants = {"this tree": (REPO_ROOT, False), LIMIT: (REPO_ROOT, True)}
-        if args.against:
-            source = export_commit(args.against, Path(tmp) / "against")
-            variants[f"store at {args.against}"] = (source, False)
+        variants = {"store": (REPO_ROOT, "store"), LIMIT: (REPO_ROOT, "bare")}
+        against = export_commit(args.against, Path(tmp) / "against") if args.against else None
+        if against is not None:
+            variants[f"store at {args.against}"] = (against, "store")
+        variants["claim"] = (REPO_ROOT, "claim")
+        if against is not None:
+            variants[f"claim at {args.against}"] = (against, "claim")
         runs: dict[str, list[Any]] = {name: [] for name in variants}
-        async with EmbeddedMongo(Path(tmp) / "mongodb") as mongo:
-            for round_no in range(args.rounds):
-                for name, (source, bare) in variants.items():
-                    print(f"round {round_no + 1}/{args.rounds}: {name}", flush=True)
-                    runs[name].append(
-                        await asyncio.to_thread(_measure, source, mongo, args, bare=bare)
-                    )
+        valkey = await start_valkey(Path(tmp))
+        redis_url = f"redis://127.0.0.1:{valkey.port}/0"
+        try:
+            async with EmbeddedMongo(Path(tmp) / "mongodb") as mongo:
+                for round_no in range(args.rounds):
+                    for name, (source, what) in variants.items():
+                        print(f"round {round_no + 1}/{args.rounds}: {name}", flush=True)
+                        figures = await asyncio.to_thread(
+                            _measure, source, what, mongo, redis_url, args
+                        )
+                        runs[name].append(figures)
+        finally:
+            await valkey.stop()
     report = {
         "bench": "orderstore",
         "at": datetime.now(UTC).isoformat(),
@@ -98,7 +107,7 @@ def _print(report: dict[str, Any], together: list[int]) -> None:
     print(f"\nMachine: {m['cpus']} cores, {m['cpu_model']}, Python {m['python']}")
     dirty = " + uncommitted changes" if code["server_code_modified"] else ""
     print(f"This tree: commit {code['commit']}{dirty}: {code['subject']}")
-    print("CPU of the writing process per order, µs: median over rounds (min-max)")
+    print("CPU of the server's process per order, µs: median over rounds (min-max)")
     header = "".join(f"{f'{n} at once':>22}" for n in together)
     print(f"{'variant':32}{header}{'mongod, all':>14}")
     for name, runs in report["runs"].items():

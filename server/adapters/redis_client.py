@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 
 def redis_client(url: str, *, max_connections: int) -> redis.Redis:
@@ -28,4 +32,23 @@ def redis_client(url: str, *, max_connections: int) -> redis.Redis:
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    if HIREDIS_AVAILABLE:
+        # Whatever class the URL chose (TCP, TLS, unix socket), with the C packer.
+        base = pool.connection_class
+        pool.connection_class = type(f"Hiredis{base.__name__}", (HiredisPacking, base), {})
     return redis.Redis.from_pool(pool)
+
+
+class HiredisPacking:
+    """Packs commands in C with hiredis, byte for byte as redis-py's Python packer does.
+
+    redis-py's blocking connections pack with hiredis when it is installed; its asyncio ones
+    always pack in Python, one argument at a time. A flash sale's batched scripts carry hundreds
+    of arguments, and packing them took about a seventh of a claim's CPU.
+    """
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed: list[bytes] = self._serializer.pack(*args)
+        return packed
