@@ -54,14 +54,8 @@ OFFER = FlashOffer(
     ends_at=NOW + timedelta(minutes=30),
     created_at=NOW,
 )
-ADDRESS = Address(
-    name="Mia Chen",
-    line1="Friedrichstr. 12",
-    line2="3rd floor",
-    city="Berlin",
-    postal_code="10117",
-    country="DE",
-    phone="+4930123456",
+ADDRESS = Address.clean(
+    name="Mia Chen", line1="Friedrichstr. 12", city="Berlin", postal_code="10117", country="DE"
 )
 
 Write = Callable[[list[int]], Awaitable[object]]  # makes one order per buyer number
