@@ -30,8 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 if __package__ in (None, ""):  # run as `python bench/orderstore.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,24 +39,20 @@ from server.adapters.mongo.embedded import EmbeddedMongo
 
 CHILD = Path(__file__).resolve().parent / "orderstore_child.py"
 LIMIT = "bare insert_many (limit)"
-WARM_UP = 100  # orders the child writes before it measures
 
 
 def _measure(
     source: Path, what: str, mongo: EmbeddedMongo, redis_url: str, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """One child's figures, plus mongod's CPU per order over the child's whole run."""
-    mongod = psutil.Process(mongo.pid)
-    before = sum(mongod.cpu_times()[:2])
+    """One child's figures (it samples mongod's CPU around its own measured loops)."""
     argv = [sys.executable, str(CHILD), "--url", mongo.url, "--redis-url", redis_url]
+    argv += ["--mongod-pid", str(mongo.pid)]
     argv += ["--what", what, "--database", f"bench_{uuid.uuid4().hex[:8]}"]
     argv += ["--orders", str(args.orders), "--together", *map(str, args.together)]
     # PYTHONPATH comes ahead of the editable install's finder: `server` is the variant's.
     env = {**os.environ, "PYTHONPATH": str(source)}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    written = WARM_UP + sum(args.orders // n * n for n in args.together)
-    figures["mongod_cpu_us"] = 1e6 * (sum(mongod.cpu_times()[:2]) - before) / written
     return figures
 
 
@@ -107,16 +101,23 @@ def _print(report: dict[str, Any], together: list[int]) -> None:
     print(f"\nMachine: {m['cpus']} cores, {m['cpu_model']}, Python {m['python']}")
     dirty = " + uncommitted changes" if code["server_code_modified"] else ""
     print(f"This tree: commit {code['commit']}{dirty}: {code['subject']}")
-    print("CPU of the server's process per order, µs: median over rounds (min-max)")
-    header = "".join(f"{f'{n} at once':>22}" for n in together)
-    print(f"{'variant':32}{header}{'mongod, all':>14}")
+    header = f"{'variant':32}" + "".join(f"{f'{n} at once':>22}" for n in together)
+    for title, field in (("the server's process", "cpu_us"), ("mongod", "mongod_cpu_us")):
+        print(f"\nCPU of {title} per order, µs: median over rounds (min-max)\n{header}")
+        for name, runs in report["runs"].items():
+            cells = []
+            for n in together:
+                values = [run[str(n)][field] for run in runs]
+                cells.append(
+                    f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
+                )
+            print(f"{name:32}" + "".join(f"{cell:>22}" for cell in cells))
+    print("\nThe host's figures, read back (one aggregation over the offer's orders):")
     for name, runs in report["runs"].items():
-        cells = []
-        for n in together:
-            values = [run[str(n)]["cpu_us"] for run in runs]
-            cells.append(f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})")
-        mongod = statistics.median(run["mongod_cpu_us"] for run in runs)
-        print(f"{name:32}" + "".join(f"{cell:>22}" for cell in cells) + f"{mongod:>14.0f}")
+        reads = [run["figures_read"] for run in runs if "figures_read" in run]
+        if reads:
+            ms = statistics.median(read["ms"] for read in reads)
+            print(f"{name:32}{reads[0]['orders']:>8} orders: {ms:.1f} ms (median over rounds)")
 
 
 if __name__ == "__main__":

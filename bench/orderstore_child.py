@@ -27,6 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psutil
 import uvloop
 from pymongo import AsyncMongoClient, WriteConcern
 
@@ -82,16 +83,20 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _per_order(write: Write, orders: int, together: int) -> dict[str, float]:
-    """CPU and wall time per order, `together` orders made at the same moment each time."""
+async def _per_order(
+    write: Write, orders: int, together: int, mongod: psutil.Process
+) -> dict[str, float]:
+    """CPU (this process's and mongod's) and wall time per order, `together` orders made at
+    the same moment each time."""
     batches = [[next(_buyers) for _ in range(together)] for _ in range(orders // together)]
-    cpu, wall = _cpu(), time.perf_counter()
+    cpu, wall, mongod_cpu = _cpu(), time.perf_counter(), sum(mongod.cpu_times()[:2])
     for batch in batches:
         await write(batch)
     done = len(batches) * together
     return {
         "cpu_us": 1e6 * (_cpu() - cpu) / done,
         "wall_us": 1e6 * (time.perf_counter() - wall) / done,
+        "mongod_cpu_us": 1e6 * (sum(mongod.cpu_times()[:2]) - mongod_cpu) / done,
     }
 
 
@@ -174,10 +179,38 @@ async def _claims(args: argparse.Namespace) -> AsyncIterator[Write]:
             yield claim
 
 
+async def _figures_read_ms(args: argparse.Namespace) -> dict[str, float]:
+    """How long the host's figures take to read for an offer of `--figures-orders` orders
+    (those written above, topped up with bare inserts)."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(args.url, tz_aware=True)
+    store = MongoOrderStore(client[args.database])
+    orders = client[args.database]["orders"]
+    while (missing := args.figures_orders - await orders.count_documents({})) > 0:
+        batch = [order_doc(_order(next(_buyers))) for _ in range(min(missing, 1000))]
+        await orders.insert_many(batch, ordered=False)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        figures = await store.offer_figures(OFFER.id)
+        times.append(1e3 * (time.perf_counter() - start))
+    await client.drop_database(args.database)
+    await client.close()
+    return {"orders": figures.orders, "ms": sorted(times)[len(times) // 2]}
+
+
 async def main(args: argparse.Namespace) -> None:
+    mongod = psutil.Process(args.mongod_pid)
     async with _writer(args) as write:
-        await _per_order(write, WARM_UP, 1)  # connections, caches
-        result = {str(n): await _per_order(write, args.orders, n) for n in args.together}
+        await _per_order(write, WARM_UP, 1, mongod)  # connections, caches
+        result: dict[str, Any] = {
+            str(n): await _per_order(write, args.orders, n, mongod) for n in args.together
+        }
+    if args.what == "store":
+        result["figures_read"] = await _figures_read_ms(args)
+    else:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(args.url)
+        await client.drop_database(args.database)
+        await client.close()
     print(json.dumps(result))
 
 
@@ -186,6 +219,8 @@ if __name__ == "__main__":
     parser.add_argument("--url", required=True, help="MongoDB")
     parser.add_argument("--redis-url", help="valkey, for --what claim")
     parser.add_argument("--database", required=True)
+    parser.add_argument("--mongod-pid", type=int, required=True)
+    parser.add_argument("--figures-orders", type=int, default=20_000)
     parser.add_argument("--orders", type=int, default=800)
     parser.add_argument("--together", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--what", choices=("store", "bare", "claim"), default="store")

@@ -90,7 +90,8 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def mongodb_url() -> AsyncIterator[str]:
-    """URL of a single-node MongoDB replica set (transactions work) shared by the session."""
+    """URL of a single-node MongoDB replica set (majority writes, retryable writes), shared by
+    the session."""
     # Not tmp_path_factory: pytest keeps old temp dirs around, and a data dir is ~35 MB.
     with tempfile.TemporaryDirectory(prefix="liveshop-mongo-") as data_dir:
         mongo = EmbeddedMongo(Path(data_dir))

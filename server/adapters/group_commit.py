@@ -86,7 +86,7 @@ class GroupCommit(Generic[K, T, R]):
         except Exception as error:
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(_own_copy(error))
+                    future.set_exception(own_copy(error))
             return
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
@@ -97,7 +97,7 @@ class GroupCommit(Generic[K, T, R]):
                 future.set_result(result)
 
 
-def _own_copy(error: Exception) -> Exception:
+def own_copy(error: Exception) -> Exception:
     """A copy of a batch's error for one caller, caused by the original: each caller raises it
     in its own task, and one shared object would collect all of their tracebacks."""
     try:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
@@ -32,14 +35,15 @@ def redis_client(url: str, *, max_connections: int) -> redis.Redis:
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
-    if HIREDIS_AVAILABLE:
+    encoding = str(pool.connection_kwargs.get("encoding", "utf-8"))
+    if HIREDIS_AVAILABLE and codecs.lookup(encoding).name == "utf-8":  # hiredis writes UTF-8
         # Whatever class the URL chose (TCP, TLS, unix socket), with the C packer.
         base = pool.connection_class
         pool.connection_class = type(f"Hiredis{base.__name__}", (HiredisPacking, base), {})
     return redis.Redis.from_pool(pool)
 
 
-class HiredisPacking:
+class HiredisPacking(AbstractConnection):
     """Packs commands in C with hiredis, byte for byte as redis-py's Python packer does.
 
     redis-py's blocking connections pack with hiredis when it is installed; its asyncio ones
@@ -50,5 +54,10 @@ class HiredisPacking:
     _serializer = HiredisRespSerializer()
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        packed: list[bytes] = self._serializer.pack(*args)
+        try:
+            packed: list[bytes] = self._serializer.pack(*args)
+        except DataError:
+            # A type hiredis does not take (an int subclass such as an IntEnum): redis-py's own
+            # packer sends it or refuses it, as it would without hiredis.
+            return super().pack_command(*args)
         return packed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -148,15 +149,23 @@ class OrderService:
 
     async def _store_and_attach(self, order: Order) -> tuple[Order, bool]:
         stored = await self._orders.create(order)
-        if stored.id != order.id:
-            return stored, False  # a concurrent retry of the same claim wrote it first
+        created = stored.id == order.id  # else an earlier attempt of this claim wrote it
+        # Attached even when an earlier attempt wrote it: that attempt may have failed between
+        # its write and its attach, and an unattached order would look orphaned to the reaper.
         attached = await self._stock.attach_order(order.offer_id, order.idempotency_key, stored.id)
         if attached in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
             # The reaper (or a rebuild) gave these units back meanwhile: no stock, no order.
-            await self._move(stored, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
+            await self._cancel_lost(stored)
             raise Conflict("this claim ran out before its order was written", code="claim_expired")
-        await self._tell_buyer(stored)
-        return stored, True
+        if created:
+            await self._tell_buyer(stored)
+        return stored, created
+
+    async def _cancel_lost(self, order: Order) -> None:
+        if order.status is not OrderStatus.PENDING_PAYMENT:
+            return  # the attempt that wrote it cancelled it already
+        with contextlib.suppress(Conflict):  # ... or is cancelling it right now
+            await self._move(order, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
 
     async def _product_snapshot(self, offer: FlashOffer) -> dict[str, Any]:
         return dict(await self._snapshots.get(offer.id))
@@ -224,7 +233,13 @@ class OrderService:
         older_than = self._clock() - ORPHAN_AFTER
         released = 0
         for pending in await self._stock.pending_without_order(offer_id, older_than):
-            if await self._stock.release(offer_id, pending.idempotency_key, orphan_only=True):
+            key = pending.idempotency_key
+            # The claimer may have died (or lost its database) after the write, before the
+            # attach: its order holds these units, so they are not to be sold again.
+            written = await self._orders.by_key(offer_id, key)
+            if written is not None:
+                await self._stock.attach_order(offer_id, key, written.id)
+            elif await self._stock.release(offer_id, key, orphan_only=True):
                 released += 1
         if released:
             log.warning("orphan_reservations_released", extra={"offer_id": offer_id, "n": released})

@@ -4,6 +4,7 @@ creation, reads, the compare-and-set on status, and figures that follow every mo
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from bson import Decimal128
+from pymongo import AsyncMongoClient, WriteConcern, monitoring
 
 from server.adapters.memory_orders import MemoryOrderStore
 from server.adapters.mongo.orders import (
@@ -294,6 +296,14 @@ async def test_figures_follow_payment_and_refund(stores: Stores) -> None:
     assert str(after_refund.gmv["USD"]) == "12.50"  # exact decimal, never a float
 
 
+async def test_a_currency_whose_payments_were_all_refunded_has_no_gmv(stores: Stores) -> None:
+    await stores.orders.create(_order("o_1", "k_1", quantity=2))
+    await _move(stores.orders, "o_1", S.PAID)
+    await _move(stores.orders, "o_1", S.REFUNDED, minutes=2)
+    # Still claimed (it was bought), no longer paid: no "0.00" left behind for the currency.
+    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=1, units=2)
+
+
 async def test_figures_drop_expired_and_cancelled_orders(stores: Stores) -> None:
     await stores.orders.create(_order("o_1", "k_1", quantity=2))
     await stores.orders.create(_order("o_2", "k_2", quantity=3))
@@ -373,8 +383,7 @@ async def test_mongo_creates_arriving_together_share_one_insert(mongo_db: Any) -
 
     async def counts() -> tuple[int, int]:
         status = await mongo_db.client.admin.command("serverStatus")
-        inserts = status["metrics"]["commands"]["insert"]["total"]
-        return int(inserts), int(status["transactions"]["totalStarted"])
+        return await _insert_commands(mongo_db), int(status["transactions"]["totalStarted"])
 
     inserts, transactions = await counts()
     orders = [_order(f"o_{i}", f"k_{i}", buyer=f"u_{i}", quantity=1) for i in range(150)]
@@ -389,6 +398,7 @@ async def test_mongo_a_document_refused_for_another_reason_fails_alone(mongo_db:
     # its claimer hears "try again", and the others are written all the same.
     await mongo_db.command("collMod", ORDERS, validator={"quantity": {"$lt": 3}})
     store = MongoOrderStore(mongo_db)
+    inserts = await _insert_commands(mongo_db)
     results = await asyncio.gather(
         store.create(_order("o_1", "k_1", buyer="u_1", quantity=1)),
         store.create(_order("o_2", "k_2", buyer="u_2", quantity=3)),
@@ -399,6 +409,75 @@ async def test_mongo_a_document_refused_for_another_reason_fails_alone(mongo_db:
     assert isinstance(results[1], Unavailable)
     assert results[1].code == "order_write_failed"
     assert results[2] == _order("o_3", "k_3", buyer="u_3", quantity=2)
+    assert await _insert_commands(mongo_db) == inserts + 1  # all three in one insert
     assert await store.by_key("of_1", "k_2") is None
     assert await store.offer_figures("of_1") == OfferFigures("of_1", orders=2, units=3)
     await store.close()
+
+
+async def _insert_commands(db: Any) -> int:
+    status = await db.client.admin.command("serverStatus")
+    return int(status["metrics"]["commands"]["insert"]["total"])
+
+
+async def test_mongo_an_order_not_known_to_be_durable_is_not_acknowledged(mongo_db: Any) -> None:
+    # A write concern the replica set cannot confirm (two members on a single node: the same
+    # answer as a majority lost in a failover) must not be taken for success.
+    store = MongoOrderStore(mongo_db, write_concern=WriteConcern(w=2, wtimeout=1000))
+    results = await asyncio.gather(
+        store.create(_order("o_1", "k_1", buyer="u_1")),
+        store.create(_order("o_2", "k_2", buyer="u_2")),
+        return_exceptions=True,
+    )
+    for result in results:
+        assert isinstance(result, Unavailable)
+        assert result.code == "order_write_failed"
+    assert results[0] is not results[1]
+    # The retry of the claim finds its order, if it was written after all.
+    retry = MongoOrderStore(mongo_db)
+    assert await retry.create(_order("o_1b", "k_1", buyer="u_1")) == _order(
+        "o_1", "k_1", buyer="u_1"
+    )
+    await store.close()
+    await retry.close()
+
+
+async def test_mongo_orders_are_written_with_majority_write_concern(mongodb_url: str) -> None:
+    inserts: list[dict[str, Any]] = []
+
+    class Inserts(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "insert":
+                inserts.append(dict(event.command))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None: ...
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongodb_url, event_listeners=[Inserts()]
+    )
+    try:
+        store = MongoOrderStore(client[f"wc_{uuid.uuid4().hex[:8]}"])
+        await store.create(_order())
+        assert [i["writeConcern"] for i in inserts] == [{"w": "majority", "wtimeout": 10000}]
+        await store.close()
+    finally:
+        await client.close()
+
+
+async def test_mongo_processes_creating_the_same_keys_at_once(mongo_db: Any) -> None:
+    # Two stores stand for two server processes, each given every claim (a retry that reached
+    # the other process): one order per key, and both hear of that one.
+    stores = [MongoOrderStore(mongo_db), MongoOrderStore(mongo_db)]
+    first = [_order(f"o_a{i}", f"k_{i}", buyer=f"u_{i}", quantity=1) for i in range(200)]
+    second = [_order(f"o_b{i}", f"k_{i}", buyer=f"u_{i}", quantity=1) for i in range(200)]
+    results = await asyncio.gather(
+        *(stores[0].create(o) for o in first), *(stores[1].create(o) for o in second)
+    )
+    for i in range(200):
+        assert results[i] == results[200 + i]
+        assert results[i].id in (f"o_a{i}", f"o_b{i}")
+    assert await mongo_db[ORDERS].count_documents({}) == 200
+    for store in stores:
+        await store.close()

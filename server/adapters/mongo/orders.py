@@ -18,9 +18,9 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from server.adapters.group_commit import GroupCommit
+from server.adapters.group_commit import GroupCommit, own_copy
 from server.adapters.memory_orders import check_last_move
 from server.adapters.mongo.order_docs import (
     offer_doc,
@@ -130,12 +130,18 @@ class MongoOfferStore:
         return [offer_from(doc) async for doc in cursor]
 
 
+# An order is acknowledged only once a majority of the replica set has it (journaled), so a
+# failover cannot roll it back. Without a bound, a lost majority would hold every claim of the
+# offer in its batch queue; after it, the claimer hears "try again" and its retry finds the
+# order if it was written after all.
+ORDER_WRITE_CONCERN = WriteConcern(w="majority", wtimeout=10_000)
+
+
 class MongoOrderStore:
-    def __init__(self, db: AsyncDatabase[Any]) -> None:
-        # Explicit rather than the server's default, which a deployment may have changed.
-        self._orders = _collection(db, ORDERS).with_options(
-            write_concern=WriteConcern(w="majority")
-        )
+    def __init__(
+        self, db: AsyncDatabase[Any], *, write_concern: WriteConcern = ORDER_WRITE_CONCERN
+    ) -> None:
+        self._orders = _collection(db, ORDERS).with_options(write_concern=write_concern)
         self._creates = GroupCommit(self._create_batch)
 
     async def close(self) -> None:
@@ -151,11 +157,12 @@ class MongoOrderStore:
         """Write a batch of new orders with one unordered insert, each document on its own.
 
         A key already taken (a retried claim racing its first attempt) refuses that document
-        alone: the order stored under the key is handed back, and the others are written."""
+        alone: the order stored under the key is handed back, and the others are written.
+        Whatever goes wrong with one caller's order is that caller's answer alone."""
         firsts: dict[str, Order] = {}
         for order in orders:  # a retry in the same batch gets the first order back
             firsts.setdefault(order.idempotency_key, order)
-        stored: dict[str, Order | Exception] = dict(firsts)
+        answers: dict[str, Order | Exception] = dict(firsts)
         taken: dict[str, Order] = {}
         try:
             await self._orders.insert_many([order_doc(o) for o in firsts.values()], ordered=False)
@@ -167,17 +174,34 @@ class MongoOrderStore:
                     taken[order.idempotency_key] = order
                 else:
                     log.warning("order_refused", extra={"code": refusal.get("code")})
-                    stored[order.idempotency_key] = Unavailable(
-                        "the order could not be written, try again", code="order_write_failed"
-                    )
+                    answers[order.idempotency_key] = _try_again("could not be written")
+            if error.details.get("writeConcernErrors"):
+                # Written, but not known to survive a failover: not to be acknowledged.
+                log.warning("order_write_unconfirmed", extra={"offer_id": offer_id})
+                for key, answer in answers.items():
+                    if answer is firsts[key] and key not in taken:
+                        answers[key] = _try_again("may not have been saved")
         if taken:
-            query = {"offer_id": offer_id, "idempotency_key": {"$in": list(taken)}}
-            async for doc in self._orders.find(query):
-                stored[doc["idempotency_key"]] = order_from(doc)
-                del taken[doc["idempotency_key"]]
-            for key, order in taken.items():  # no order holds the key: the id was taken
-                stored[key] = Conflict(f"order {order.id} exists", code="order_exists")
-        return _answers(orders, stored)
+            answers |= await self._stored_under(offer_id, taken)
+        return _answers(orders, answers)
+
+    async def _stored_under(
+        self, offer_id: str, taken: dict[str, Order]
+    ) -> dict[str, Order | Exception]:
+        """For each taken key, the order stored under it; `order_exists` where no order holds
+        the key (then the clash was on the order's id)."""
+        query = {"offer_id": offer_id, "idempotency_key": {"$in": list(taken)}}
+        try:
+            found = {
+                doc["idempotency_key"]: order_from(doc) async for doc in self._orders.find(query)
+            }
+        except PyMongoError:
+            # These callers alone go without an answer: the others' orders are written.
+            return {key: _try_again("could not be read back") for key in taken}
+        return {
+            key: found.get(key) or Conflict(f"order {order.id} exists", code="order_exists")
+            for key, order in taken.items()
+        }
 
     @_translate_errors
     async def get(self, order_id: str) -> Order:
@@ -273,16 +297,23 @@ class MongoOrderStore:
         return figures_of(offer_id, groups)
 
 
-def _answers(orders: list[Order], stored: dict[str, Order | Exception]) -> list[Order | Exception]:
-    """Each caller's answer by key. A caller whose key another order took gets its own copy of
-    that order: callers must not share one object they may go on to change."""
+def _answers(orders: list[Order], by_key: dict[str, Order | Exception]) -> list[Order | Exception]:
+    """Each caller's answer by key. Callers with the same key get their own copy of the order
+    or the error: they must not share an object they may go on to change (or raise)."""
     answers: list[Order | Exception] = []
     handed_out: set[int] = set()
     for order in orders:
-        answer = stored[order.idempotency_key]
-        if isinstance(answer, Order):
-            if id(answer) in handed_out:
-                answer = order_from(order_doc(answer))
-            handed_out.add(id(answer))
+        answer = by_key[order.idempotency_key]
+        if id(answer) in handed_out:
+            answer = own_copy(answer) if isinstance(answer, Exception) else _copy(answer)
+        handed_out.add(id(answer))
         answers.append(answer)
     return answers
+
+
+def _copy(order: Order) -> Order:
+    return order_from(order_doc(order))
+
+
+def _try_again(what: str) -> Unavailable:
+    return Unavailable(f"the order {what}, try again", code="order_write_failed")

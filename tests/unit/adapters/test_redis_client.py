@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import pytest
@@ -9,6 +10,11 @@ from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocket
 from redis.exceptions import DataError
 
 from server.adapters.redis_client import HiredisPacking, redis_client
+
+
+class Priority(enum.IntEnum):  # an int subclass: hiredis refuses it, redis-py sends its repr
+    HIGH = 3
+
 
 COMMANDS: list[tuple[Any, ...]] = [
     ("EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", 4, "a", "b", "c", "d"),
@@ -25,6 +31,7 @@ COMMANDS: list[tuple[Any, ...]] = [
     ("CONFIG GET", "maxmemory"),  # a command of two words goes as two arguments
     (b"CLIENT SETNAME", "liveshop"),
     ("SET", "k", "x" * 100_000),  # past redis-py's buffer cutoff
+    ("SET", "k", Priority.HIGH),
 ]
 
 
@@ -33,7 +40,11 @@ def _python_packed(*args: Any) -> bytes:
 
 
 def _hiredis_packed(*args: Any) -> bytes:
-    return b"".join(HiredisPacking().pack_command(*args))
+    connection_class = redis_client(
+        "redis://127.0.0.1:6379/0", max_connections=1
+    ).connection_pool.connection_class
+    assert issubclass(connection_class, HiredisPacking)
+    return b"".join(connection_class().pack_command(*args))
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: str(c[0]))
@@ -61,3 +72,9 @@ def test_every_kind_of_connection_packs_with_hiredis(url: str, base: type) -> No
     pool = redis_client(url, max_connections=2).connection_pool
     assert issubclass(pool.connection_class, HiredisPacking)
     assert issubclass(pool.connection_class, base)
+
+
+def test_a_client_that_encodes_otherwise_keeps_redis_py_s_packer() -> None:
+    # hiredis always writes UTF-8.
+    pool = redis_client("redis://127.0.0.1:6379/0?encoding=latin-1", max_connections=2)
+    assert not issubclass(pool.connection_pool.connection_class, HiredisPacking)

@@ -7,18 +7,19 @@ import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any, cast
 
 import pytest
 
 from server.adapters.memory import MemoryProductStore, MemoryRoomStore
 from server.adapters.memory_orders import MemoryOfferStore, MemoryOrderStore
 from server.adapters.memory_reservations import MemoryStockReservations
-from server.domain.errors import Conflict, Forbidden, NotFound
+from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.domain.orders import Address, Order, OrderStatus
-from server.ports import OrderStore
+from server.ports import OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.offers import STOCK_ANNOUNCE_SECONDS, OfferService
 from server.services.orders import ORPHAN_AFTER, OrderService
@@ -177,14 +178,16 @@ async def test_selling_out_ends_the_offer_once_and_announces_zero(shop: Shop) ->
     assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
 
 
-def second_process(shop: Shop, orders: OrderStore | None = None) -> OrderService:
+def second_process(
+    shop: Shop, orders: OrderStore | None = None, stock: StockReservations | None = None
+) -> OrderService:
     """Another server process: its own services over the same stores, reservations and room."""
     offers = OfferService(
         shop.offers_store,
         shop.orders_store,
         shop.rooms,
         shop.products,
-        shop.stock,
+        stock or shop.stock,
         shop.events,
         shop.clock,
     )
@@ -192,7 +195,7 @@ def second_process(shop: Shop, orders: OrderStore | None = None) -> OrderService
         shop.offers_store,
         orders or shop.orders_store,
         shop.products,
-        shop.stock,
+        stock or shop.stock,
         offers,
         shop.events.send_private,
         shop.clock,
@@ -332,6 +335,49 @@ async def test_a_reservation_whose_claimer_died_is_released(shop: Shop) -> None:
     shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
     assert await shop.orders.reap_orphans(offer.id) == 1
     assert await shop.stock.remaining(offer.id) == 2
+
+
+class DiesBeforeAttach:
+    """The reservations as seen by a process that dies (or loses Redis) between writing its
+    order and attaching it."""
+
+    def __init__(self, stock: MemoryStockReservations) -> None:
+        self._stock = stock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stock, name)
+
+    async def attach_order(self, offer_id: str, idempotency_key: str, order_id: str) -> None:
+        raise Unavailable("the process died here")
+
+
+async def claim_and_die(shop: Shop, offer: FlashOffer) -> Order:
+    dying = second_process(shop, stock=cast(StockReservations, DiesBeforeAttach(shop.stock)))
+    with pytest.raises(Unavailable):
+        await dying.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    [order] = await shop.orders_store.list_for_buyer("buyer-1", 10)
+    return order
+
+
+async def test_an_order_whose_claimer_died_before_attaching_it_keeps_its_units(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=2)
+    await claim_and_die(shop, offer)
+    shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
+    assert await shop.orders.reap_orphans(offer.id) == 0  # attached now, not released
+    assert await shop.stock.remaining(offer.id) == 1
+    assert await shop.stock.pending_without_order(offer.id, shop.clock()) == []
+
+
+async def test_a_retry_attaches_the_order_its_first_attempt_wrote(shop: Shop) -> None:
+    offer = await shop.launch(quantity=2)
+    written = await claim_and_die(shop, offer)
+    order, created = await shop.claim(offer, buyer(1), "k")
+    assert (order.id, created) == (written.id, False)
+    later = shop.clock() + ORPHAN_AFTER * 2
+    assert await shop.stock.pending_without_order(offer.id, later) == []
+    assert await shop.stock.remaining(offer.id) == 1
 
 
 async def test_lost_stock_is_rebuilt_from_the_orders(shop: Shop) -> None:
