@@ -112,7 +112,8 @@ def _print(report: dict[str, Any], together: list[int]) -> None:
                     f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
                 )
             print(f"{name:32}" + "".join(f"{cell:>22}" for cell in cells))
-    print("\nThe host's figures, read back (one aggregation over the offer's orders):")
+    print("\nThe host's figures for an offer of --figures-orders orders (20,000), read back;")
+    print("the orders as the store counts them (a store keeping counters counts only its own):")
     for name, runs in report["runs"].items():
         reads = [run["figures_read"] for run in runs if "figures_read" in run]
         if reads:
