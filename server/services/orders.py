@@ -2,8 +2,9 @@
 
 A claim reserves units in the reservation store (one atomic step that also dedupes retries),
 then writes the order in MongoDB (idempotent on the same key), then attaches the order to the
-reservation. A process that dies between the first and last step leaves a reservation without
-an order: the reaper releases it. An order that can no longer hold its units is cancelled.
+reservation. A process that dies between the first and last step leaves a reservation with
+no order attached: the reaper attaches the order if it was written, and releases the units if
+not. An order that can no longer hold its units is cancelled.
 """
 
 from __future__ import annotations
