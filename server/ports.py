@@ -143,8 +143,8 @@ class OrderStore(Protocol):
         retried claim still finds its order)."""
         ...
 
-    async def offer_figures(self, offer_id: str) -> OfferFigures:
-        """The offer's figures as its orders stand now (`figures_of`)."""
+    async def figures_of_offers(self, offer_ids: Sequence[str]) -> builtins.list[OfferFigures]:
+        """Each offer's figures as its orders stand now (`figures_of`), in the order asked."""
         ...
 
 

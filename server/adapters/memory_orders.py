@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -130,15 +130,14 @@ class MemoryOrderStore:
         orders.sort(key=lambda o: (o.created_at, o.id))
         return [copy.deepcopy(o) for o in orders]
 
-    async def offer_figures(self, offer_id: str) -> OfferFigures:
-        return figures_of(
-            offer_id,
-            (
-                OrderGroup(o.status, o.total.currency, 1, o.quantity, o.total.amount)
-                for o in self._orders.values()
-                if o.offer_id == offer_id
-            ),
-        )
+    async def figures_of_offers(self, offer_ids: Sequence[str]) -> builtins.list[OfferFigures]:
+        groups: dict[str, list[OrderGroup]] = {offer_id: [] for offer_id in offer_ids}
+        for o in self._orders.values():
+            if o.offer_id in groups:
+                groups[o.offer_id].append(
+                    OrderGroup(o.status, o.total.currency, 1, o.quantity, o.total.amount)
+                )
+        return [figures_of(offer_id, groups[offer_id]) for offer_id in offer_ids]
 
     def _stored(self, order_id: str) -> Order:
         try:

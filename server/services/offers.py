@@ -133,7 +133,7 @@ class OfferService:
     async def figures_in_room(self, room_id: str) -> list[OfferFigures]:
         """Orders, units and paid figures of every offer the room has run."""
         offers = await self._offers.in_room(room_id, FIGURES_LIMIT)
-        return [await self._orders.offer_figures(offer.id) for offer in offers]
+        return await self._orders.figures_of_offers([offer.id for offer in offers])
 
     async def stop(self, offer_id: str, who: Identity) -> FlashOffer:
         offer = await self._offers.get(offer_id)

@@ -4,6 +4,7 @@ creation, reads, the compare-and-set on status, and figures that follow every mo
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -93,6 +94,11 @@ def _order(
     )
 
 
+async def _figures(store: OrderStore, offer_id: str) -> OfferFigures:
+    [figures] = await store.figures_of_offers([offer_id])
+    return figures
+
+
 async def _move(store: OrderStore, order_id: str, to: OrderStatus, minutes: int = 1) -> Order:
     order = await store.get(order_id)
     before = order.status
@@ -130,7 +136,7 @@ async def test_create_is_idempotent_by_offer_and_key(stores: Stores) -> None:
     # The same key on another offer is another claim.
     other = _order("o_3", "k_1", offer=_offer("of_2"))
     assert await stores.orders.create(other) == other
-    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=1, units=2)
+    assert await _figures(stores.orders, "of_1") == OfferFigures("of_1", orders=1, units=2)
 
 
 async def test_concurrent_creates_with_one_key_make_one_order(stores: Stores) -> None:
@@ -138,14 +144,14 @@ async def test_concurrent_creates_with_one_key_make_one_order(stores: Stores) ->
     results = await asyncio.gather(*(stores.orders.create(o) for o in attempts))
     assert len({r.id for r in results}) == 1
     assert len(await stores.orders.list_for_buyer("u_1", 100)) == 1
-    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=1, units=3)
+    assert await _figures(stores.orders, "of_1") == OfferFigures("of_1", orders=1, units=3)
 
 
 async def test_concurrent_creates_all_count(stores: Stores) -> None:
     # Creates made at the same moment are written together; every one of them counts.
     orders = [_order(f"o_{i}", f"k_{i}", buyer=f"u_{i}", quantity=1) for i in range(30)]
     await asyncio.gather(*(stores.orders.create(o) for o in orders))
-    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=30, units=30)
+    assert await _figures(stores.orders, "of_1") == OfferFigures("of_1", orders=30, units=30)
 
 
 async def test_creates_arriving_together_each_get_their_own_answer(stores: Stores) -> None:
@@ -169,7 +175,7 @@ async def test_creates_arriving_together_each_get_their_own_answer(stores: Store
     for missing in ("o_retry", "o_2b"):
         with pytest.raises(NotFound):
             await stores.orders.get(missing)
-    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=3, units=7)
+    assert await _figures(stores.orders, "of_1") == OfferFigures("of_1", orders=3, units=7)
 
 
 async def test_a_retry_among_new_creates_costs_them_nothing(stores: Stores) -> None:
@@ -182,7 +188,7 @@ async def test_a_retry_among_new_creates_costs_them_nothing(stores: Stores) -> N
     assert results[5] == first
     assert results[6] == fresh[0]
     assert results[6] is not results[0]  # equal, but not one object two requests could change
-    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=6, units=7)
+    assert await _figures(stores.orders, "of_1") == OfferFigures("of_1", orders=6, units=7)
 
 
 async def test_an_order_id_taken_by_another_key_is_a_conflict(stores: Stores) -> None:
@@ -190,7 +196,7 @@ async def test_an_order_id_taken_by_another_key_is_a_conflict(stores: Stores) ->
     with pytest.raises(Conflict) as error:
         await stores.orders.create(_order("o_1", "k_2"))
     assert error.value.code == "order_exists"
-    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=1, units=2)
+    assert await _figures(stores.orders, "of_1") == OfferFigures("of_1", orders=1, units=2)
 
 
 async def test_lists_are_scoped_and_newest_first(stores: Stores) -> None:
@@ -268,7 +274,7 @@ async def test_two_racing_moves_one_wins(stores: Stores) -> None:
     got = await stores.orders.get("o_1")
     assert len(got.history) == 2
     assert is_legal_history(got.history)
-    figures = await stores.orders.offer_figures("of_1")
+    figures = await _figures(stores.orders, "of_1")
     if got.status is S.PAID:
         expected = OfferFigures("of_1", 1, 2, 1, 2, {"USD": Decimal("25.00")})
     else:
@@ -279,7 +285,7 @@ async def test_two_racing_moves_one_wins(stores: Stores) -> None:
 async def test_figures_follow_payment_and_refund(stores: Stores) -> None:
     await stores.orders.create(_order("o_1", "k_1", quantity=2))
     await stores.orders.create(_order("o_2", "k_2", quantity=1, buyer="u_2"))
-    figures = stores.orders.offer_figures
+    figures = functools.partial(_figures, stores.orders)
     assert await figures("of_1") == OfferFigures("of_1", orders=2, units=3)
 
     await _move(stores.orders, "o_1", S.PAID)
@@ -301,17 +307,29 @@ async def test_a_currency_whose_payments_were_all_refunded_has_no_gmv(stores: St
     await _move(stores.orders, "o_1", S.PAID)
     await _move(stores.orders, "o_1", S.REFUNDED, minutes=2)
     # Still claimed (it was bought), no longer paid: no "0.00" left behind for the currency.
-    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=1, units=2)
+    assert await _figures(stores.orders, "of_1") == OfferFigures("of_1", orders=1, units=2)
+
+
+async def test_figures_of_several_offers_in_one_call(stores: Stores) -> None:
+    await stores.orders.create(_order("o_1", "k_1", quantity=2))
+    await stores.orders.create(_order("o_2", "k_2", quantity=1, offer=_offer("of_2")))
+    await _move(stores.orders, "o_2", S.PAID)
+    assert await stores.orders.figures_of_offers(["of_2", "of_none", "of_1"]) == [
+        OfferFigures("of_2", 1, 1, 1, 1, {"USD": Decimal("12.50")}),
+        OfferFigures("of_none"),
+        OfferFigures("of_1", orders=1, units=2),
+    ]
+    assert await stores.orders.figures_of_offers([]) == []
 
 
 async def test_figures_drop_expired_and_cancelled_orders(stores: Stores) -> None:
     await stores.orders.create(_order("o_1", "k_1", quantity=2))
     await stores.orders.create(_order("o_2", "k_2", quantity=3))
     await _move(stores.orders, "o_1", S.EXPIRED)
-    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1", orders=1, units=3)
+    assert await _figures(stores.orders, "of_1") == OfferFigures("of_1", orders=1, units=3)
     await _move(stores.orders, "o_2", S.CANCELLED)
-    assert await stores.orders.offer_figures("of_1") == OfferFigures("of_1")
-    assert await stores.orders.offer_figures("of_never") == OfferFigures("of_never")
+    assert await _figures(stores.orders, "of_1") == OfferFigures("of_1")
+    assert await _figures(stores.orders, "of_never") == OfferFigures("of_never")
 
 
 async def test_due_to_expire_oldest_first(stores: Stores) -> None:
@@ -362,7 +380,7 @@ async def test_mongo_processes_writing_at_once(mongo_db: Any) -> None:
     await asyncio.gather(*(stores[i % 2].create(o) for i, o in enumerate(orders)))
     await asyncio.gather(*(_move(stores[i % 3 % 2], f"o_{i}", S.PAID) for i in range(0, 160, 2)))
     for store in stores:
-        assert await store.offer_figures("of_1") == OfferFigures(
+        assert await _figures(store, "of_1") == OfferFigures(
             "of_1", 160, 160, 80, 80, {"USD": Decimal("1000.00")}
         )
 
@@ -389,7 +407,7 @@ async def test_mongo_creates_arriving_together_share_one_insert(mongo_db: Any) -
     orders = [_order(f"o_{i}", f"k_{i}", buyer=f"u_{i}", quantity=1) for i in range(150)]
     assert await asyncio.gather(*(store.create(o) for o in orders)) == orders
     assert await counts() == (inserts + 1, transactions)  # one insert, no transaction
-    assert await store.offer_figures("of_1") == OfferFigures("of_1", orders=151, units=152)
+    assert await _figures(store, "of_1") == OfferFigures("of_1", orders=151, units=152)
     await store.close()
 
 
@@ -411,7 +429,7 @@ async def test_mongo_a_document_refused_for_another_reason_fails_alone(mongo_db:
     assert results[2] == _order("o_3", "k_3", buyer="u_3", quantity=2)
     assert await _insert_commands(mongo_db) == inserts + 1  # all three in one insert
     assert await store.by_key("of_1", "k_2") is None
-    assert await store.offer_figures("of_1") == OfferFigures("of_1", orders=2, units=3)
+    assert await _figures(store, "of_1") == OfferFigures("of_1", orders=2, units=3)
     await store.close()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -269,14 +270,18 @@ class MongoOrderStore:
         return [order_from(doc) async for doc in cursor]
 
     @_translate_errors
-    async def offer_figures(self, offer_id: str) -> OfferFigures:
-        # Grouped by the server, through the offer_id prefix of the idempotency key index.
+    async def figures_of_offers(self, offer_ids: Sequence[str]) -> builtins.list[OfferFigures]:
+        # One aggregation for them all, through the offer_id prefix of the idempotency key index.
         cursor = await self._orders.aggregate(
             [
-                {"$match": {"offer_id": offer_id}},
+                {"$match": {"offer_id": {"$in": list(offer_ids)}}},
                 {
                     "$group": {
-                        "_id": {"status": "$status", "currency": "$total.currency"},
+                        "_id": {
+                            "offer_id": "$offer_id",
+                            "status": "$status",
+                            "currency": "$total.currency",
+                        },
                         "orders": {"$sum": 1},
                         "units": {"$sum": "$quantity"},
                         "amount": {"$sum": "$total.amount"},  # Decimal128: exact
@@ -284,17 +289,19 @@ class MongoOrderStore:
                 },
             ]
         )
-        groups = [
-            OrderGroup(
-                OrderStatus(doc["_id"]["status"]),
-                doc["_id"]["currency"],
-                doc["orders"],
-                doc["units"],
-                doc["amount"].to_decimal(),
+        groups: dict[str, list[OrderGroup]] = {offer_id: [] for offer_id in offer_ids}
+        async for doc in cursor:
+            group = doc["_id"]
+            groups[group["offer_id"]].append(
+                OrderGroup(
+                    OrderStatus(group["status"]),
+                    group["currency"],
+                    doc["orders"],
+                    doc["units"],
+                    doc["amount"].to_decimal(),
+                )
             )
-            async for doc in cursor
-        ]
-        return figures_of(offer_id, groups)
+        return [figures_of(offer_id, groups[offer_id]) for offer_id in offer_ids]
 
 
 def _answers(orders: list[Order], by_key: dict[str, Order | Exception]) -> list[Order | Exception]:
