@@ -2,7 +2,7 @@
 
 Any process may end an offer by time: the store's compare-and-set lets exactly one of them
 record the end and publish `offer.ended`, so the end happens even if the launching process died.
-Stock announcements are coalesced per offer, but a sold-out offer is always announced at once.
+Stock announcements are coalesced per offer, but the last unit and sold out are announced at once.
 """
 
 from __future__ import annotations
@@ -35,10 +35,13 @@ from server.services.rooms import new_id, utc_now
 log = logging.getLogger("liveshop.offers")
 
 # How often the room hears that an offer's stock moved, whatever the number of processes
-# claiming for it (the last unit always at once). Every announcement is a frame to every viewer
+# claiming for it (see AT_ONCE). Every announcement is a frame to every viewer
 # (~15 us of server CPU each on the bench machine): twice a second keeps a counter lively, while
 # four times a second in a room of 10,000 would be 40,000 frames/s, over half a core.
 STOCK_ANNOUNCE_SECONDS = 0.5
+# Stock the room hears at once, past the cadence and the gate: the last unit (the moment viewers
+# rush for, and the one a coalesced announcement would most often skip) and sold out.
+AT_ONCE = (1, 0)
 # A process that keeps losing the gate gives up after this many periods: others are announcing.
 GATE_TRIES = 20
 DUE_BATCH = 100
@@ -190,8 +193,8 @@ class OfferService:
             log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
 
     def stock_moved(self, offer: FlashOffer, remaining: int | None) -> None:
-        """A claim or a release changed the stock: tell the room soon (sold out: now)."""
-        if remaining == 0:
+        """A claim or a release changed the stock: tell the room soon (see AT_ONCE: now)."""
+        if remaining in AT_ONCE:
             self._spawn_announce(offer, delay=0.0)
             return
         if offer.id in self._announcing:
@@ -217,8 +220,10 @@ class OfferService:
             # cadence. A process that loses the gate may hold a change the winner read too
             # early, so it tries again each period (GATE_TRIES at most) to announce the stock
             # itself. Meanwhile its own later changes wait for this announcement, as for any.
+            # A figure to be heard at once may be announced twice, by two processes or by a
+            # claim and an announcement already waiting here: a repeat only restates it.
             tries = 0
-            while remaining != 0 and not await self._events.try_gate(
+            while remaining not in AT_ONCE and not await self._events.try_gate(
                 offer.room_id, f"stock:{offer.id}", STOCK_ANNOUNCE_SECONDS
             ):
                 tries += 1

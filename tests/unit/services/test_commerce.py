@@ -237,6 +237,25 @@ async def test_a_process_that_loses_the_stock_gate_still_announces_its_change(
     assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [49, 48]
 
 
+async def test_the_last_unit_is_announced_at_once_past_the_cadence_and_the_gate(
+    shop: Shop,
+) -> None:
+    other = second_process(shop)
+    offer = await shop.launch(quantity=4, limit=1)
+    await shop.claim(offer, buyer(1), "k")  # 3 left: announced at once, the gate is taken
+    await asyncio.sleep(0.01)
+    await shop.claim(offer, buyer(2), "k")  # 2 left: waits for the next period
+    await asyncio.sleep(0.05)
+    # 1 left, from the process that does not hold the gate, within the same period.
+    await other.claim(offer.id, buyer(3), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(0.05)
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [3, 1]
+    await shop.claim(offer, buyer(4), "k")
+    await asyncio.sleep(0.05)
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [3, 1, 0]
+    assert len(shop.events.of_type("offer.ended")) == 1
+
+
 class SlowOrderStore(MemoryOrderStore):
     """Holds every create until told to go on."""
 
