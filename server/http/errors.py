@@ -18,9 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
-from server.domain.errors import InvalidInput, LiveshopError, Unauthorized
+from server.domain.errors import InvalidInput, LiveshopError, Unauthorized, Unavailable
 
 PROBLEM_JSON = "application/problem+json"
+# What a 503 tells clients to wait before trying again (RFC 9110 10.2.3): a MongoDB failover, a
+# Redis that comes back, a stock rebuild all take seconds. Claims are safe to send again with
+# the same Idempotency-Key.
+RETRY_AFTER_SECONDS = "1"
 
 # Codes for Starlette's own errors (unknown route, wrong method, ...).
 _HTTP_CODES = {
@@ -100,7 +104,11 @@ def problem_for(exc: LiveshopError) -> JSONResponse:
     extra: dict[str, Any] = {}
     if isinstance(exc, InvalidRequest):
         extra["errors"] = exc.errors
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    headers: dict[str, str] | None = None
+    if isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, Unavailable):
+        headers = {"Retry-After": RETRY_AFTER_SECONDS}
     return problem(exc.status, exc.code, exc.message, headers=headers, **extra)
 
 

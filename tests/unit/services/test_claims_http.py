@@ -114,6 +114,8 @@ async def claim(
 def starlette_problem(exc: LiveshopError, **extra: Any) -> JSONResponse:
     """The answer as the handler built it before: Starlette's JSONResponse, its own rendering."""
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    if isinstance(exc, Unavailable):
+        headers = {"Retry-After": "1"}
     status = exc.status
     body = {
         "type": "about:blank",
