@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from channels.close_codes import CloseCode
 from channels.protocol import (
@@ -237,3 +239,47 @@ def test_a_flood_of_frames_is_throttled() -> None:
         False,
         False,
     ]
+
+
+FRAME_TYPES = [
+    "chat.send", "like", "ping", "offer.claim", "chat.delete", "user.mute", "user.ban",
+    "room.slow_mode", "hello", "",
+]  # fmt: skip
+FRAME_FIELDS = [
+    "text", "client_id", "ref", "count", "offer_id", "quantity", "idempotency_key",
+    "shipping_address", "message_id", "user_id", "duration_seconds", "seconds",
+]  # fmt: skip
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+FRAMES = st.fixed_dictionaries(
+    {"type": st.sampled_from(FRAME_TYPES) | JSON_VALUES},
+    optional={field: JSON_VALUES for field in FRAME_FIELDS},
+).map(json.dumps)
+RAW = FRAMES | FRAMES.map(lambda text: text[: len(text) // 2]) | st.text(max_size=60) | st.binary()
+# The codes docs/websocket.md lists for frames (claims' own codes come from the service).
+ERROR_CODES = {
+    "malformed_json", "invalid_frame", "unknown_type", "frame_too_large", "binary_not_supported",
+    "forbidden", "rate_limited", "slow_mode", "muted", "blocked_word", "empty_message",
+    "message_too_long", "unknown_message",
+}  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(frames=st.lists(RAW, min_size=1, max_size=5))
+def test_any_frame_gets_commands_or_a_coded_error_never_an_exception(
+    frames: list[str | bytes],
+) -> None:
+    for who in (SHOPPER, HOST, Identity.anonymous_viewer("x")):
+        s = session(who, max_frame_bytes=1024)
+        for raw in frames:
+            for command in s.handle(raw, mono=0.0, now=NOW):
+                if isinstance(command, Reply) and command.frame["type"] == "error":
+                    assert command.frame["code"] in ERROR_CODES, command.frame
+                    assert isinstance(command.frame["message"], str)
