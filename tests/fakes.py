@@ -35,8 +35,9 @@ class RecordingEvents:
         self.gates[(room_id, name)] = now + seconds
         return True
 
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [event for _, event in self.events if event.get("type") == kind]
+    def of_type(self, *kinds: str) -> list[dict[str, Any]]:
+        """Published room and private events of these types, in order."""
+        return [event for _, event in self.events if event.get("type") in kinds]
 
 
 class Clock:

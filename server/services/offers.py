@@ -40,7 +40,8 @@ log = logging.getLogger("liveshop.offers")
 # four times a second in a room of 10,000 would be 40,000 frames/s, over half a core.
 STOCK_ANNOUNCE_SECONDS = 0.5
 # Stock the room hears at once, past the cadence and the gate: the last unit (the moment viewers
-# rush for, and the one a coalesced announcement would most often skip) and sold out.
+# rush for, and the one a coalesced announcement would most often skip) and sold out (once:
+# by the process that ends the offer, right before `offer.ended`).
 AT_ONCE = (1, 0)
 # A process that keeps losing the gate gives up after this many periods: others are announcing.
 GATE_TRIES = 20
@@ -66,6 +67,10 @@ class OfferService:
         self._stock = stock
         self._events = events
         self._clock = clock
+        # Per offer, on the monotonic clock: the last stock change made here, when the last
+        # figure announced from here was read, and when it was announced.
+        self._changed_at: dict[str, float] = {}
+        self._read_at: dict[str, float] = {}
         self._announced_at: dict[str, float] = {}
         self._announcing: dict[str, asyncio.Task[None]] = {}
 
@@ -151,6 +156,8 @@ class OfferService:
         if ended is None:
             return None
         await self._stock.stop(offer.id)
+        if reason is EndReason.SOLD_OUT:
+            await self._publish_stock(offer, 0)  # once, like the end itself
         await self._events.publish_room_event(
             offer.room_id, {"type": "offer.ended", "offer_id": offer.id, "reason": reason.value}
         )
@@ -194,16 +201,17 @@ class OfferService:
 
     def stock_moved(self, offer: FlashOffer, remaining: int | None) -> None:
         """A claim or a release changed the stock: tell the room soon (see AT_ONCE: now)."""
+        self._changed_at[offer.id] = time.monotonic()
         if remaining in AT_ONCE:
-            self._spawn_announce(offer, delay=0.0)
+            self._spawn_announce(offer, delay=0.0, at_once=True)
             return
         if offer.id in self._announcing:
             return  # an announcement is on its way and will read the latest figure
         since = time.monotonic() - self._announced_at.get(offer.id, 0.0)
         self._spawn_announce(offer, delay=max(0.0, STOCK_ANNOUNCE_SECONDS - since))
 
-    def _spawn_announce(self, offer: FlashOffer, delay: float) -> None:
-        task = asyncio.create_task(self._announce(offer, delay))
+    def _spawn_announce(self, offer: FlashOffer, delay: float, *, at_once: bool = False) -> None:
+        task = asyncio.create_task(self._announce(offer, delay, at_once=at_once))
         self._announcing.setdefault(offer.id, task)
         task.add_done_callback(lambda _: self._forget_announce(offer.id, task))
 
@@ -211,35 +219,51 @@ class OfferService:
         if self._announcing.get(offer_id) is task:
             del self._announcing[offer_id]
 
-    async def _announce(self, offer: FlashOffer, delay: float) -> None:
+    def _told_since_change(self, offer_id: str) -> bool:
+        """This process announced a figure read after the offer's latest change here: an
+        announcement still waiting would only repeat it."""
+        return self._read_at.get(offer_id, -1.0) > self._changed_at.get(offer_id, 0.0)
+
+    async def _announce(self, offer: FlashOffer, delay: float, *, at_once: bool) -> None:
         if delay:
             await asyncio.sleep(delay)
+        gate = f"stock:{offer.id}"
         try:
-            remaining = await self._stock.remaining(offer.id)
             # Room-wide, not per process: every process claiming for this offer shares one
             # cadence. A process that loses the gate may hold a change the winner read too
             # early, so it tries again each period (GATE_TRIES at most) to announce the stock
             # itself. Meanwhile its own later changes wait for this announcement, as for any.
-            # A figure to be heard at once may be announced twice, by two processes or by a
-            # claim and an announcement already waiting here: a repeat only restates it.
             tries = 0
-            while remaining not in AT_ONCE and not await self._events.try_gate(
-                offer.room_id, f"stock:{offer.id}", STOCK_ANNOUNCE_SECONDS
-            ):
+            while True:
+                if self._told_since_change(offer.id):
+                    return
+                read_at = time.monotonic()
+                remaining = await self._stock.remaining(offer.id)
+                if remaining == 0:
+                    # Told once, by whichever process ends the offer (see end()).
+                    await self.end(offer, EndReason.SOLD_OUT)
+                    return
+                if at_once and remaining == 1:
+                    # Past the cadence; the gate is taken all the same, so the next
+                    # announcement, from any process, waits its period.
+                    await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS)
+                    break
+                if await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS):
+                    break
                 tries += 1
                 if tries == GATE_TRIES or self._clock() >= offer.ends_at:
                     return  # others announce meanwhile; an offer over by time ends on its own
                 await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
-                remaining = await self._stock.remaining(offer.id)
+            self._read_at[offer.id] = read_at
             self._announced_at[offer.id] = time.monotonic()
-            await self._events.publish_room_event(
-                offer.room_id,
-                {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining},
-            )
-            if remaining == 0:
-                await self.end(offer, EndReason.SOLD_OUT)
+            await self._publish_stock(offer, remaining)
         except LiveshopError as error:
             log.warning("offer_announce_failed", extra={"offer_id": offer.id, "code": error.code})
+
+    async def _publish_stock(self, offer: FlashOffer, remaining: int) -> None:
+        await self._events.publish_room_event(
+            offer.room_id, {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining}
+        )
 
 
 def _iso(moment: datetime) -> str:

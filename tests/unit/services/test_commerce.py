@@ -256,6 +256,37 @@ async def test_the_last_unit_is_announced_at_once_past_the_cadence_and_the_gate(
     assert len(shop.events.of_type("offer.ended")) == 1
 
 
+async def test_an_announcement_waiting_here_does_not_repeat_a_fresher_one(shop: Shop) -> None:
+    offer = await shop.launch(quantity=4, limit=1)
+    await shop.claim(offer, buyer(1), "k")  # 3 left: announced at once
+    await asyncio.sleep(0.01)
+    await shop.claim(offer, buyer(2), "k")  # 2 left: waits for the next period
+    await shop.claim(offer, buyer(3), "k")  # 1 left: announced at once, read after both
+    await settle()
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [3, 1]
+
+
+async def test_a_sell_out_on_two_processes_at_once_is_announced_once(shop: Shop) -> None:
+    other = second_process(shop)
+    offer = await shop.launch(quantity=6, limit=1)
+    claims = [
+        (shop.orders if n % 2 else other).claim(
+            offer.id, buyer(n), quantity=1, idempotency_key="k", address=ADDRESS
+        )
+        for n in range(8)
+    ]
+    results = await asyncio.gather(*claims, return_exceptions=True)
+    assert sum(not isinstance(result, BaseException) for result in results) == 6
+    await settle()
+    kinds = [
+        (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
+    ]
+    assert kinds.count(("offer.stock", 0)) == 1
+    assert kinds[-2:] == [("offer.stock", 0), ("offer.ended", None)]
+    figures = [remaining for kind, remaining in kinds if kind == "offer.stock"]
+    assert figures == sorted(figures, reverse=True)
+
+
 class SlowOrderStore(MemoryOrderStore):
     """Holds every create until told to go on."""
 
