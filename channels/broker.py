@@ -59,8 +59,12 @@ class Broker(Protocol):
     async def ping(self) -> None:
         """Raise when the broker is unreachable (readiness)."""
 
-    async def publish(self, room_id: str, event: dict[str, Any]) -> int:
-        """Append the event to the room's stream; return its sequence number."""
+    async def publish(
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+    ) -> int:
+        """Append the event to the room's stream; return its sequence number. An event on a
+        `topic` that an earlier event closed (`last=True`) is dropped instead, and 0 returned,
+        in the same atomic step: nothing said late about an ended offer can follow its end."""
 
     async def publish_control(self, room_id: str, control: dict[str, Any]) -> None:
         """Reach every process serving the room, outside the stream (no seq, no history)."""

@@ -25,6 +25,7 @@ class _Stream:
     epoch: str
     seq: int = 0
     history: deque[tuple[int, float, str]] = field(default_factory=deque)
+    closed_topics: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -80,9 +81,15 @@ class MemoryBroker:
     async def ping(self) -> None:
         return None
 
-    async def publish(self, room_id: str, event: dict[str, Any]) -> int:
+    async def publish(
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+    ) -> int:
         body = encode_body(event)
         stream = self.bus.stream(room_id)
+        if topic is not None and topic in stream.closed_topics:
+            return 0
+        if last and topic is not None:
+            stream.closed_topics.add(topic)
         stream.seq += 1
         frame = stamp(body, stream.seq, stream.epoch)
         now = time.monotonic()

@@ -5,6 +5,7 @@ Each room has, under one hash tag so a cluster keeps them on one shard:
   liveshop:{room}:history  stream of frames, entry id = seq, trimmed to about N entries
   liveshop:{room}:counters hash: likes, peak
   liveshop:{room}:viewers  hash: node id -> "count:unix_ms"
+  liveshop:{room}:closed   set of closed topics (see Broker.publish)
 One Lua script assigns the sequence number, appends to history and publishes, so the order of
 publication is the order of sequence numbers on every subscriber.
 """
@@ -38,6 +39,9 @@ KEY_TTL_SECONDS = 24 * 3600
 MAX_CONNECTIONS = 100  # redis-py's default; one is the pub/sub connection, held for good
 
 _PUBLISH = """
+if ARGV[7] ~= '' and redis.call('SISMEMBER', KEYS[3], ARGV[7]) == 1 then
+  return 0
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[5]
@@ -50,6 +54,10 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', frame, 't'
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[2], frame)
+if ARGV[8] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[7])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
 return seq
 """
 
@@ -128,7 +136,9 @@ class RedisBroker:
     async def ping(self) -> None:
         await self._redis.ping()
 
-    async def publish(self, room_id: str, event: dict[str, Any]) -> int:
+    async def publish(
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+    ) -> int:
         stream, history, _, _ = _keys(room_id)
         args: list[str | int] = [
             encode_body(event),
@@ -137,8 +147,11 @@ class RedisBroker:
             KEY_TTL_SECONDS,
             new_epoch(),
             int(time.time() * 1000),
+            topic or "",
+            "1" if last and topic else "0",
         ]
-        return int(await self._publish(keys=[stream, history], args=args))
+        keys = [stream, history, f"liveshop:{{{room_id}}}:closed"]
+        return int(await self._publish(keys=keys, args=args))
 
     async def publish_control(self, room_id: str, control: dict[str, Any]) -> None:
         await self._redis.publish(room_channel(room_id), encode_body(control))

@@ -107,6 +107,7 @@ def create_app(
             container = _assemble(settings, chosen, metrics)
             await container.hub.start()
             stack.push_async_callback(container.hub.close)
+            stack.push_async_callback(container.offer_service.close)  # runs before the hub's
 
             def offers_to_reap() -> set[str]:
                 return {

@@ -67,8 +67,11 @@ class RoomStore(Protocol):
 class RoomEvents(Protocol):
     """Publishes one event to a room's ordered stream (every viewer on every process)."""
 
-    async def publish_room_event(self, room_id: str, event: dict[str, Any]) -> int:
-        """Publish and return the event's sequence number."""
+    async def publish_room_event(
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+    ) -> int:
+        """Publish and return the event's sequence number; 0 when `topic` was closed by an
+        earlier event with `last=True` (see channels.broker.Broker.publish)."""
         ...
 
     async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:

@@ -16,8 +16,16 @@ class RecordingEvents:
         self.private: list[tuple[str, dict[str, Any]]] = []
         self.published_at: list[float] = []  # time.monotonic() of each event, in step with events
         self.gates: dict[tuple[str, str], float] = {}  # shared by every service using this fake
+        self.closed_topics: set[tuple[str, str]] = set()
 
-    async def publish_room_event(self, room_id: str, event: dict[str, Any]) -> int:
+    async def publish_room_event(
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+    ) -> int:
+        if topic is not None:
+            if (room_id, topic) in self.closed_topics:
+                return 0
+            if last:
+                self.closed_topics.add((room_id, topic))
         self.events.append((room_id, event))
         self.published_at.append(time.monotonic())
         return len(self.events)
@@ -36,7 +44,7 @@ class RecordingEvents:
         return True
 
     def of_type(self, *kinds: str) -> list[dict[str, Any]]:
-        """Published room and private events of these types, in order."""
+        """Published room events of these types, in order."""
         return [event for _, event in self.events if event.get("type") in kinds]
 
 

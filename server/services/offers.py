@@ -67,12 +67,12 @@ class OfferService:
         self._stock = stock
         self._events = events
         self._clock = clock
-        # Per offer, on the monotonic clock: the last stock change made here, when the last
-        # figure announced from here was read, and when it was announced.
+        # Per offer, on the monotonic clock: the last stock change made here, and when this
+        # process last told the room the offer's stock. Forgotten when the offer ends.
         self._changed_at: dict[str, float] = {}
-        self._read_at: dict[str, float] = {}
         self._announced_at: dict[str, float] = {}
-        self._announcing: dict[str, asyncio.Task[None]] = {}
+        self._announcing: dict[str, asyncio.Task[None]] = {}  # the coalesced one per offer
+        self._announcements: set[asyncio.Task[None]] = set()  # every one on its way
 
     async def launch(
         self,
@@ -150,17 +150,29 @@ class OfferService:
         return ended or await self._offers.get(offer_id)
 
     async def end(self, offer: FlashOffer, reason: EndReason) -> FlashOffer | None:
-        """End the offer if nobody has yet; only the process that wins tells the room."""
+        """End the offer if nobody has yet; only the process that wins tells the room.
+
+        `offer.ended` closes the offer's topic in the room's stream: a figure another process
+        read earlier and sends late is dropped, so the room never hears of stock after the end.
+        """
+        self._changed_at.pop(offer.id, None)
+        self._announced_at.pop(offer.id, None)
         at = offer.ends_at if reason is EndReason.EXPIRED else self._clock()
         ended = await self._offers.record_end(offer.id, reason, at)
         if ended is None:
             return None
         await self._stock.stop(offer.id)
-        if reason is EndReason.SOLD_OUT:
-            await self._publish_stock(offer, 0)  # once, like the end itself
-        await self._events.publish_room_event(
-            offer.room_id, {"type": "offer.ended", "offer_id": offer.id, "reason": reason.value}
-        )
+        try:
+            if reason is EndReason.SOLD_OUT:
+                await self._publish_stock(offer, 0)  # once, like the end itself
+        finally:
+            # Whatever became of the 0: the end is recorded, and nobody else will announce it.
+            await self._events.publish_room_event(
+                offer.room_id,
+                {"type": "offer.ended", "offer_id": offer.id, "reason": reason.value},
+                topic=offer.id,
+                last=True,
+            )
         log.info("offer_ended", extra={"offer_id": offer.id, "reason": reason.value})
         return ended
 
@@ -213,56 +225,68 @@ class OfferService:
     def _spawn_announce(self, offer: FlashOffer, delay: float, *, at_once: bool = False) -> None:
         task = asyncio.create_task(self._announce(offer, delay, at_once=at_once))
         self._announcing.setdefault(offer.id, task)
+        self._announcements.add(task)
         task.add_done_callback(lambda _: self._forget_announce(offer.id, task))
 
     def _forget_announce(self, offer_id: str, task: asyncio.Task[None]) -> None:
+        self._announcements.discard(task)
         if self._announcing.get(offer_id) is task:
             del self._announcing[offer_id]
 
-    def _told_since_change(self, offer_id: str) -> bool:
-        """This process announced a figure read after the offer's latest change here: an
-        announcement still waiting would only repeat it."""
-        return self._read_at.get(offer_id, -1.0) > self._changed_at.get(offer_id, 0.0)
+    async def close(self) -> None:
+        """Stop the stock announcements on their way (shutdown): one may wait several periods
+        for the gate, and the room's events are about to close."""
+        for task in self._announcements:
+            task.cancel()
+        await asyncio.gather(*self._announcements, return_exceptions=True)
 
     async def _announce(self, offer: FlashOffer, delay: float, *, at_once: bool) -> None:
         if delay:
             await asyncio.sleep(delay)
-        gate = f"stock:{offer.id}"
         try:
-            # Room-wide, not per process: every process claiming for this offer shares one
-            # cadence. A process that loses the gate may hold a change the winner read too
-            # early, so it tries again each period (GATE_TRIES at most) to announce the stock
-            # itself. Meanwhile its own later changes wait for this announcement, as for any.
-            tries = 0
-            while True:
-                if self._told_since_change(offer.id):
-                    return
-                read_at = time.monotonic()
-                remaining = await self._stock.remaining(offer.id)
-                if remaining == 0:
-                    # Told once, by whichever process ends the offer (see end()).
-                    await self.end(offer, EndReason.SOLD_OUT)
-                    return
-                if at_once and remaining == 1:
-                    # Past the cadence; the gate is taken all the same, so the next
-                    # announcement, from any process, waits its period.
-                    await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS)
-                    break
-                if await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS):
-                    break
-                tries += 1
-                if tries == GATE_TRIES or self._clock() >= offer.ends_at:
-                    return  # others announce meanwhile; an offer over by time ends on its own
+            while await self._announce_once(offer, at_once=at_once):
+                # The stock moved here while that figure was on its way: the room hears the
+                # newer one a period later, as stock_moved would have had it.
+                at_once = False
                 await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
-            self._read_at[offer.id] = read_at
-            self._announced_at[offer.id] = time.monotonic()
-            await self._publish_stock(offer, remaining)
         except LiveshopError as error:
             log.warning("offer_announce_failed", extra={"offer_id": offer.id, "code": error.code})
 
+    async def _announce_once(self, offer: FlashOffer, *, at_once: bool) -> bool:
+        """Tell the room the offer's stock; True when it moved here after the figure was read.
+
+        Room-wide, not per process: every process claiming for this offer shares one cadence.
+        A process that loses the gate may hold a change the winner read too early, so it tries
+        again each period (GATE_TRIES at most) to announce the stock itself. Meanwhile its own
+        later changes wait for this announcement, as for any."""
+        gate = f"stock:{offer.id}"
+        tries = 0
+        while True:
+            read_at = time.monotonic()
+            remaining = await self._stock.remaining(offer.id)
+            if remaining == 0:
+                await self.end(offer, EndReason.SOLD_OUT)  # which tells the room, once
+                return False
+            if at_once and remaining == 1:
+                # Past the cadence; the gate is taken all the same where it is free, so the
+                # next figure waits its period.
+                await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS)
+                break
+            if await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS):
+                break
+            tries += 1
+            if tries == GATE_TRIES or self._clock() >= offer.ends_at:
+                return False  # others announce meanwhile; an offer over by time ends on its own
+            await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
+        self._announced_at[offer.id] = time.monotonic()
+        await self._publish_stock(offer, remaining)
+        return self._changed_at.get(offer.id, 0.0) > read_at
+
     async def _publish_stock(self, offer: FlashOffer, remaining: int) -> None:
         await self._events.publish_room_event(
-            offer.room_id, {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining}
+            offer.room_id,
+            {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining},
+            topic=offer.id,
         )
 
 

@@ -129,6 +129,31 @@ async def test_concurrent_publishers_never_share_a_seq(backend: Backend) -> None
     assert sorted(results) == list(range(1, 101))
 
 
+async def test_nothing_on_a_topic_follows_the_event_that_closed_it(backend: Backend) -> None:
+    await subscribe_both(backend, "r-topic")
+    a, b = backend.a.broker, backend.b.broker
+    stock = {"type": "offer.stock", "offer_id": "f1", "remaining": 1}
+    assert await a.publish("r-topic", stock, topic="f1") == 1
+    ended = {"type": "offer.ended", "offer_id": "f1"}
+    assert await b.publish("r-topic", ended, topic="f1", last=True) == 2
+    # A figure read before the end and sent after it, from either node, is dropped.
+    assert await a.publish("r-topic", stock, topic="f1") == 0
+    assert await b.publish("r-topic", ended, topic="f1", last=True) == 0
+    # Other topics, and events on none, go on.
+    assert await a.publish("r-topic", {**stock, "offer_id": "f2"}, topic="f2") == 3
+    assert await a.publish("r-topic", {"type": "chat.message", "text": "hi"}) == 4
+    for node in (backend.a, backend.b):
+        await node.heard.wait_for(lambda n=node: len(n.heard.room_frames) == 4)
+        assert [f["seq"] for _, f in node.heard.room_frames] == [1, 2, 3, 4]
+    position = await a.position("r-topic")
+    assert position.seq == 4
+    history = await b.history("r-topic", 0, position.epoch)
+    assert history is not None
+    assert [json.loads(frame)["type"] for frame in history] == [
+        "offer.stock", "offer.ended", "offer.stock", "chat.message",
+    ]  # fmt: skip
+
+
 async def test_history_returns_missed_events_or_none_when_gone(backend: Backend) -> None:
     broker = backend.a.broker
     for i in range(10):

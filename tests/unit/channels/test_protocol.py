@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -241,14 +242,6 @@ def test_a_flood_of_frames_is_throttled() -> None:
     ]
 
 
-FRAME_TYPES = [
-    "chat.send", "like", "ping", "offer.claim", "chat.delete", "user.mute", "user.ban",
-    "room.slow_mode", "hello", "",
-]  # fmt: skip
-FRAME_FIELDS = [
-    "text", "client_id", "ref", "count", "offer_id", "quantity", "idempotency_key",
-    "shipping_address", "message_id", "user_id", "duration_seconds", "seconds",
-]  # fmt: skip
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
@@ -258,11 +251,48 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=8,
 )
-FRAMES = st.fixed_dictionaries(
-    {"type": st.sampled_from(FRAME_TYPES) | JSON_VALUES},
-    optional={field: JSON_VALUES for field in FRAME_FIELDS},
+TEXT = st.text(max_size=80) | st.sampled_from(["", "   ", "spam offer", "x" * 501, "m1"])
+COUNT = st.integers(-3, 1001)
+ADDRESS_FIELDS = {
+    "name": TEXT, "line1": TEXT, "city": TEXT, "postal_code": TEXT, "country": TEXT,
+    "line2": TEXT, "phone": TEXT,
+}  # fmt: skip
+# Each frame type with its own fields, each plausible or anything at all, some left out.
+FIELDS_OF_TYPE: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "chat.send": {"text": TEXT, "client_id": TEXT},
+    "like": {"count": COUNT},
+    "ping": {"ref": TEXT},
+    "offer.claim": {
+        "offer_id": TEXT,
+        "quantity": COUNT,
+        "idempotency_key": TEXT,
+        "shipping_address": st.fixed_dictionaries({}, optional=ADDRESS_FIELDS),
+    },
+    "chat.delete": {"message_id": TEXT},
+    "user.mute": {"user_id": TEXT, "duration_seconds": COUNT},
+    "user.ban": {"user_id": TEXT},
+    "room.slow_mode": {"seconds": COUNT},
+}
+
+
+def frame_of(kind: str) -> st.SearchStrategy[dict[str, Any]]:
+    fields = FIELDS_OF_TYPE.get(kind, {})
+    return st.fixed_dictionaries(
+        {"type": st.just(kind)},
+        optional={
+            **{name: values | JSON_VALUES for name, values in fields.items()},
+            "extra": JSON_VALUES,
+        },
+    )
+
+
+FRAMES = (
+    st.sampled_from([*FIELDS_OF_TYPE, "hello", ""]).flatmap(frame_of)
+    | st.dictionaries(st.text(max_size=8), JSON_VALUES)
 ).map(json.dumps)
-RAW = FRAMES | FRAMES.map(lambda text: text[: len(text) // 2]) | st.text(max_size=60) | st.binary()
+RAW = st.one_of(
+    FRAMES, FRAMES, FRAMES, FRAMES.map(lambda text: text[: len(text) // 2]), st.binary()
+)
 # The codes docs/websocket.md lists for frames (claims' own codes come from the service).
 ERROR_CODES = {
     "malformed_json", "invalid_frame", "unknown_type", "frame_too_large", "binary_not_supported",
@@ -271,13 +301,29 @@ ERROR_CODES = {
 }  # fmt: skip
 
 
+def rooms_of_every_kind() -> list[tuple[Identity, Rules]]:
+    """Who sends, in a room with which rules: plain, strict (slow mode, blocked words, a known
+    message), and one where the sender is muted."""
+    strict = Rules()
+    strict.slow_mode_seconds, strict.blocked_words, strict.messages = 30, ["spam"], {"m1"}
+    muted = Rules()
+    muted.mutes[SHOPPER.user_id] = NOW + timedelta(minutes=5)
+    return [
+        (SHOPPER, Rules()),
+        (SHOPPER, strict),
+        (SHOPPER, muted),
+        (HOST, strict),
+        (Identity.anonymous_viewer("x"), Rules()),
+    ]
+
+
 @settings(max_examples=500, deadline=None)
 @given(frames=st.lists(RAW, min_size=1, max_size=5))
 def test_any_frame_gets_commands_or_a_coded_error_never_an_exception(
     frames: list[str | bytes],
 ) -> None:
-    for who in (SHOPPER, HOST, Identity.anonymous_viewer("x")):
-        s = session(who, max_frame_bytes=1024)
+    for who, rules in rooms_of_every_kind():
+        s = session(who, rules, max_frame_bytes=1024)
         for raw in frames:
             for command in s.handle(raw, mono=0.0, now=NOW):
                 if isinstance(command, Reply) and command.frame["type"] == "error":

@@ -256,14 +256,67 @@ async def test_the_last_unit_is_announced_at_once_past_the_cadence_and_the_gate(
     assert len(shop.events.of_type("offer.ended")) == 1
 
 
-async def test_an_announcement_waiting_here_does_not_repeat_a_fresher_one(shop: Shop) -> None:
-    offer = await shop.launch(quantity=4, limit=1)
-    await shop.claim(offer, buyer(1), "k")  # 3 left: announced at once
-    await asyncio.sleep(0.01)
-    await shop.claim(offer, buyer(2), "k")  # 2 left: waits for the next period
-    await shop.claim(offer, buyer(3), "k")  # 1 left: announced at once, read after both
+class SlowReads:
+    """Another process's view of the same reservations, whose reads of the stock come back a
+    moment after they were made (a busy event loop)."""
+
+    def __init__(self, shared: MemoryStockReservations) -> None:
+        self._shared = shared
+        self.delay = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def remaining(self, offer_id: str) -> int:
+        figure = await self._shared.remaining(offer_id)
+        await asyncio.sleep(self.delay)
+        return figure
+
+
+async def test_a_figure_read_before_the_end_and_sent_after_it_is_dropped(shop: Shop) -> None:
+    slow = SlowReads(shop.stock)
+    other = second_process(shop, stock=cast(StockReservations, slow))
+    offer = await shop.launch(quantity=3, limit=1)
+    await shop.claim(offer, buyer(1), "k")
+    slow.delay = 0.2
+    # 1 left, read by the slow process, whose announcement reaches the room after...
+    await other.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(0.05)
+    await shop.claim(offer, buyer(3), "k")  # ... this process sold the last unit and ended it
     await settle()
-    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [3, 1]
+    kinds = [
+        (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
+    ]
+    assert kinds[-2:] == [("offer.stock", 0), ("offer.ended", None)]
+    assert ("offer.stock", 1) not in kinds
+
+
+async def test_a_change_made_while_its_figure_is_on_the_way_is_announced_too(shop: Shop) -> None:
+    slow = SlowReads(shop.stock)
+    other = second_process(shop, stock=cast(StockReservations, slow))
+    offer = await shop.launch(quantity=10, limit=1)
+    slow.delay = 0.1
+    await other.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(0.05)  # 9 is read and on its way
+    await other.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(2 * STOCK_ANNOUNCE_SECONDS + 0.3)
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [9, 8]
+
+
+async def test_the_end_is_told_even_when_its_stock_figure_cannot_be(shop: Shop) -> None:
+    publish = shop.events.publish_room_event
+
+    async def refusing_stock(room_id: str, event: dict[str, Any], **fence: Any) -> int:
+        if event["type"] == "offer.stock":
+            raise Unavailable("live events are unavailable, try again")
+        return await publish(room_id, event, **fence)
+
+    shop.events.publish_room_event = refusing_stock  # type: ignore[method-assign]
+    offer = await shop.launch(quantity=1, limit=1)
+    await shop.claim(offer, buyer(1), "k")
+    await asyncio.sleep(0.05)
+    ended = shop.events.of_type("offer.ended")
+    assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
 
 
 async def test_a_sell_out_on_two_processes_at_once_is_announced_once(shop: Shop) -> None:

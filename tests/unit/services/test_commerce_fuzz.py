@@ -123,9 +123,12 @@ def broken(valid: dict[str, Any]) -> st.SearchStrategy[Any]:
 
 
 def encoded(body: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
-    """The body as JSON, or now and then bytes that are not JSON (or not even UTF-8)."""
+    """The body as JSON, or one time in four bytes that are not JSON (or not even UTF-8)."""
     as_json = body.map(lambda value: json.dumps(value, ensure_ascii=False).encode())
-    return as_json | as_json.map(lambda raw: raw[: len(raw) // 2]) | st.binary(max_size=64)
+    cut = as_json.map(lambda raw: raw[: len(raw) // 2])
+    return st.one_of(
+        as_json, as_json, as_json, as_json, as_json, as_json, cut, st.binary(max_size=64)
+    )
 
 
 # Claims for 0 to 4 units of an offer that allows 3 per buyer: the limit, from both sides.
@@ -142,8 +145,9 @@ TOKENS = st.sampled_from(
         "a.b.c",
     ]
 )
-KEYS = st.sampled_from(["k-1", "", " ", "x" * 101, "has space", "ключ"]) | st.text(
-    st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=100
+GOOD_KEYS = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=100)
+KEYS = st.one_of(
+    GOOD_KEYS, GOOD_KEYS, st.sampled_from(["k-1", "", " ", "x" * 101, "has space", "ключ"])
 )
 
 
@@ -238,16 +242,7 @@ def shop() -> Iterator[Shop]:
     finally:
         loop.run_until_complete(client.aclose())
         loop.run_until_complete(lifespan.__aexit__(None, None, None))
-        loop.run_until_complete(cancel_waiting_tasks())
         loop.close()
-
-
-async def cancel_waiting_tasks() -> None:
-    """Stock announcements still waiting for their period: this loop only ran in examples."""
-    waiting = asyncio.all_tasks() - {asyncio.current_task()}
-    for task in waiting:
-        task.cancel()
-    await asyncio.gather(*waiting, return_exceptions=True)
 
 
 def assert_refused_cleanly(shop: Shop, answer: httpx.Response, before: Any) -> None:
@@ -274,7 +269,9 @@ def answer_is_clear(
 
 @FUZZ
 @given(
-    body=encoded(broken(VALID_CLAIM) | CLAIM_QUANTITIES), key=KEYS, token=st.just(BUYER) | TOKENS
+    body=encoded(broken(VALID_CLAIM) | CLAIM_QUANTITIES),
+    key=KEYS,
+    token=st.one_of(st.just(BUYER), st.just(BUYER), TOKENS),
 )
 def test_claims_refuse_bad_input_clearly_and_take_nothing(
     shop: Shop, body: bytes, key: str, token: str
