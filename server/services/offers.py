@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from schemas.commerce import offer_to_wire
 from schemas.http import product_to_wire
@@ -73,6 +74,8 @@ class OfferService:
         self._announced_at: dict[str, float] = {}
         self._announcing: dict[str, asyncio.Task[None]] = {}  # the coalesced one per offer
         self._announcements: set[asyncio.Task[None]] = set()  # every one on its way
+        self._ending: set[asyncio.Task[Any] | None] = set()  # ... of which these end the offer
+        self._closed = False
 
     async def launch(
         self,
@@ -161,12 +164,13 @@ class OfferService:
         ended = await self._offers.record_end(offer.id, reason, at)
         if ended is None:
             return None
-        await self._stock.stop(offer.id)
         try:
+            await self._stock.stop(offer.id)
             if reason is EndReason.SOLD_OUT:
                 await self._publish_stock(offer, 0)  # once, like the end itself
         finally:
-            # Whatever became of the 0: the end is recorded, and nobody else will announce it.
+            # Whatever became of those (an error, a shutdown): the end is recorded, and no other
+            # process will announce it.
             await self._events.publish_room_event(
                 offer.room_id,
                 {"type": "offer.ended", "offer_id": offer.id, "reason": reason.value},
@@ -213,18 +217,27 @@ class OfferService:
 
     def stock_moved(self, offer: FlashOffer, remaining: int | None) -> None:
         """A claim or a release changed the stock: tell the room soon (see AT_ONCE: now)."""
+        if self._closed or offer.end_reason is not None:
+            return  # shutting down, or the room has heard the end
         self._changed_at[offer.id] = time.monotonic()
         if remaining in AT_ONCE:
             self._spawn_announce(offer, delay=0.0, at_once=True)
             return
-        if offer.id in self._announcing:
-            return  # an announcement is on its way and will read the latest figure
+        if self._announcement_waiting(offer.id):
+            return  # it will read the latest figure, or go round again for it
         since = time.monotonic() - self._announced_at.get(offer.id, 0.0)
         self._spawn_announce(offer, delay=max(0.0, STOCK_ANNOUNCE_SECONDS - since))
 
+    def _announcement_waiting(self, offer_id: str) -> bool:
+        # A task that has returned is forgotten only by its done callback, one loop pass later:
+        # a change made in between must not count on it.
+        task = self._announcing.get(offer_id)
+        return task is not None and not task.done()
+
     def _spawn_announce(self, offer: FlashOffer, delay: float, *, at_once: bool = False) -> None:
         task = asyncio.create_task(self._announce(offer, delay, at_once=at_once))
-        self._announcing.setdefault(offer.id, task)
+        if not self._announcement_waiting(offer.id):
+            self._announcing[offer.id] = task
         self._announcements.add(task)
         task.add_done_callback(lambda _: self._forget_announce(offer.id, task))
 
@@ -235,8 +248,10 @@ class OfferService:
 
     async def close(self) -> None:
         """Stop the stock announcements on their way (shutdown): one may wait several periods
-        for the gate, and the room's events are about to close."""
-        for task in self._announcements:
+        for the gate, and the room's events are about to close. An offer ending meanwhile
+        still tells the room (see end())."""
+        self._closed = True
+        for task in self._announcements.difference(self._ending):
             task.cancel()
         await asyncio.gather(*self._announcements, return_exceptions=True)
 
@@ -265,7 +280,7 @@ class OfferService:
             read_at = time.monotonic()
             remaining = await self._stock.remaining(offer.id)
             if remaining == 0:
-                await self.end(offer, EndReason.SOLD_OUT)  # which tells the room, once
+                await self._end_sold_out(offer)
                 return False
             if at_once and remaining == 1:
                 # Past the cadence; the gate is taken all the same where it is free, so the
@@ -281,6 +296,16 @@ class OfferService:
         self._announced_at[offer.id] = time.monotonic()
         await self._publish_stock(offer, remaining)
         return self._changed_at.get(offer.id, 0.0) > read_at
+
+    async def _end_sold_out(self, offer: FlashOffer) -> None:
+        """End the offer, which tells the room, once. Not cut short by close(): once the end
+        may be recorded, only this process can tell the room."""
+        task = asyncio.current_task()
+        self._ending.add(task)
+        try:
+            await self.end(offer, EndReason.SOLD_OUT)
+        finally:
+            self._ending.discard(task)
 
     async def _publish_stock(self, offer: FlashOffer, remaining: int) -> None:
         await self._events.publish_room_event(

@@ -17,7 +17,7 @@ from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
-from server.domain.offers import FlashOffer
+from server.domain.offers import EndReason, FlashOffer
 from server.domain.orders import Address, Order, OrderStatus
 from server.ports import OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
@@ -317,6 +317,69 @@ async def test_the_end_is_told_even_when_its_stock_figure_cannot_be(shop: Shop) 
     await asyncio.sleep(0.05)
     ended = shop.events.of_type("offer.ended")
     assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
+
+
+async def test_a_change_as_an_announcement_returns_is_announced_too(shop: Shop) -> None:
+    offer = await shop.launch(quantity=10, limit=5)
+    await shop.claim(offer, buyer(1), "k")  # 9, at once
+    await asyncio.sleep(STOCK_ANNOUNCE_SECONDS + 0.05)
+    publish = shop.events.publish_room_event
+    last_figure_out = asyncio.Event()
+
+    async def publish_then_note(room_id: str, event: dict[str, Any], **fence: Any) -> int:
+        seq = await publish(room_id, event, **fence)
+        if event.get("remaining") == 8:
+            last_figure_out.set()
+        return seq
+
+    shop.events.publish_room_event = publish_then_note  # type: ignore[method-assign]
+    await shop.claim(offer, buyer(2), "k")  # 8: its announcement reads and publishes
+    await last_figure_out.wait()
+    # The announcement has returned; its done callback has not run yet. A reservation's answer
+    # lands in this same pass, and the claim tells the offers so, as OrderService.claim does.
+    reserved = await shop.stock.claim(offer.id, "buyer-3", 1, "buyer-3:k", shop.clock())
+    shop.offers.stock_moved(offer, reserved.remaining)
+    await asyncio.sleep(2 * STOCK_ANNOUNCE_SECONDS + 0.1)
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [9, 8, 7]
+
+
+async def test_the_end_is_told_even_when_the_stock_cannot_be_stopped(shop: Shop) -> None:
+    async def failing_stop(offer_id: str) -> bool:
+        raise Unavailable("the reservation store is away")
+
+    shop.stock.stop = failing_stop  # type: ignore[method-assign]
+    offer = await shop.launch(quantity=1, limit=1)
+    await shop.claim(offer, buyer(1), "k")
+    await asyncio.sleep(0.05)
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+    ended = shop.events.of_type("offer.ended")
+    assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
+
+
+async def test_close_stops_waiting_announcements_but_lets_an_end_be_told(shop: Shop) -> None:
+    going_on, stop = asyncio.Event(), shop.stock.stop
+
+    async def slow_stop(offer_id: str) -> bool:
+        await going_on.wait()
+        return await stop(offer_id)
+
+    shop.stock.stop = slow_stop  # type: ignore[method-assign]
+    waiting = await shop.launch(quantity=10, limit=1)
+    await shop.claim(waiting, buyer(1), "k")  # 9, at once
+    await asyncio.sleep(0.01)
+    await shop.claim(waiting, buyer(2), "k")  # 8, waits for the next period
+    selling_out = await shop.launch(quantity=1, limit=1)
+    await shop.claim(selling_out, buyer(3), "k")
+    await asyncio.sleep(0.05)  # its end is recorded; the stock is being stopped
+    closing = asyncio.create_task(shop.offers.close())
+    await asyncio.sleep(0.05)
+    going_on.set()
+    await closing
+    await shop.claim(waiting, buyer(4), "k")  # after close: no announcement
+    await settle()
+    figures = [(e["offer_id"], e["remaining"]) for e in shop.events.of_type("offer.stock")]
+    assert figures == [(waiting.id, 9), (selling_out.id, 0)]
+    assert [e["offer_id"] for e in shop.events.of_type("offer.ended")] == [selling_out.id]
 
 
 async def test_a_sell_out_on_two_processes_at_once_is_announced_once(shop: Shop) -> None:
