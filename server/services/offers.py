@@ -156,7 +156,7 @@ class OfferService:
         """End the offer if nobody has yet; only the process that wins tells the room.
 
         `offer.ended` closes the offer's topic in the room's stream: a figure another process
-        read earlier and sends late is dropped, so the room never hears of stock after the end.
+        read earlier and sends late is dropped, so no stock figure follows the end.
         """
         self._changed_at.pop(offer.id, None)
         self._announced_at.pop(offer.id, None)
