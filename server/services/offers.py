@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer, RecoveredClaim, plan_offer
 from server.domain.orders import HOLDS_STOCK
 from server.domain.rooms import ensure_can_manage
+from server.logs import warn_if_failed
 from server.ports import (
     OfferStore,
     OrderStore,
@@ -76,6 +77,7 @@ class OfferService:
         self._announcements: set[asyncio.Task[None]] = set()  # every one on its way
         self._ending: set[asyncio.Task[Any] | None] = set()  # ... of which these end the offer
         self._closed = False
+        self._seen_ended: set[str] = set()  # sold out and ended, as end_sold_out found
 
     async def launch(
         self,
@@ -180,6 +182,28 @@ class OfferService:
         log.info("offer_ended", extra={"offer_id": offer.id, "reason": reason.value})
         return ended
 
+    async def end_sold_out(self, offer_ids: Iterable[str]) -> int:
+        """End the running offers among these whose stock is gone. The claim that sells the
+        last unit ends its offer at once; this catches an offer whose seller died, shut down
+        or failed first. Each process runs it once a second for the offers it serves: one
+        stock read each, and the offer itself only when its stock is gone."""
+        offer_ids = list(offer_ids)
+        self._seen_ended &= set(offer_ids)  # forgotten once it leaves the list: bounded
+        ended = 0
+        for offer_id in offer_ids:
+            if offer_id in self._seen_ended:
+                continue
+            try:
+                if await self._stock.remaining(offer_id) != 0:
+                    continue
+            except Unavailable:
+                continue  # being rebuilt from its orders
+            offer = await self._offers.get(offer_id)
+            if offer.end_reason is None and await self.end(offer, EndReason.SOLD_OUT):
+                ended += 1
+            self._seen_ended.add(offer_id)
+        return ended
+
     async def end_due(self) -> int:
         """End every offer whose time is up (each process calls this once a second)."""
         due = await self._offers.due_to_end(self._clock(), DUE_BATCH)
@@ -221,7 +245,9 @@ class OfferService:
             return  # shutting down, or the room has heard the end
         self._changed_at[offer.id] = time.monotonic()
         if remaining in AT_ONCE:
-            self._spawn_announce(offer, delay=0.0, at_once=True)
+            task = self._spawn_announce(offer, delay=0.0, at_once=True)
+            if remaining == 0:
+                self._ending.add(task)  # see _end_sold_out
             return
         if self._announcement_waiting(offer.id):
             return  # it will read the latest figure, or go round again for it
@@ -234,15 +260,20 @@ class OfferService:
         task = self._announcing.get(offer_id)
         return task is not None and not task.done()
 
-    def _spawn_announce(self, offer: FlashOffer, delay: float, *, at_once: bool = False) -> None:
+    def _spawn_announce(
+        self, offer: FlashOffer, delay: float, *, at_once: bool = False
+    ) -> asyncio.Task[None]:
         task = asyncio.create_task(self._announce(offer, delay, at_once=at_once))
         if not self._announcement_waiting(offer.id):
             self._announcing[offer.id] = task
         self._announcements.add(task)
         task.add_done_callback(lambda _: self._forget_announce(offer.id, task))
+        task.add_done_callback(warn_if_failed(log, "offer_announce_failed"))
+        return task
 
     def _forget_announce(self, offer_id: str, task: asyncio.Task[None]) -> None:
         self._announcements.discard(task)
+        self._ending.discard(task)
         if self._announcing.get(offer_id) is task:
             del self._announcing[offer_id]
 
@@ -289,9 +320,13 @@ class OfferService:
                 break
             if await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS):
                 break
+            if self._clock() >= offer.ends_at:
+                return False  # an offer over by time ends on its own
             tries += 1
-            if tries == GATE_TRIES or self._clock() >= offer.ends_at:
-                return False  # others announce meanwhile; an offer over by time ends on its own
+            if tries == GATE_TRIES:
+                # Others kept the cadence all this while, but may all have read before this
+                # process's last change: say it once, past the gate, rather than lose it.
+                break
             await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
         self._announced_at[offer.id] = time.monotonic()
         await self._publish_stock(offer, remaining)
@@ -299,7 +334,8 @@ class OfferService:
 
     async def _end_sold_out(self, offer: FlashOffer) -> None:
         """End the offer, which tells the room, once. Not cut short by close(): once the end
-        may be recorded, only this process can tell the room."""
+        may be recorded, only this process can tell the room. (Should this process die
+        first, end_sold_out in another process's housekeeping ends it.)"""
         task = asyncio.current_task()
         self._ending.add(task)
         try:

@@ -1,0 +1,138 @@
+"""A shop on the memory adapters for the services' tests: a live room with a product, a fixed
+clock, recorded events, and another "process" over the same stores."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from server.adapters.memory import MemoryProductStore, MemoryRoomStore
+from server.adapters.memory_orders import MemoryOfferStore, MemoryOrderStore
+from server.adapters.memory_reservations import MemoryStockReservations
+from server.domain.identity import Identity, Role
+from server.domain.money import Money
+from server.domain.offers import FlashOffer
+from server.domain.orders import Address, Order
+from server.ports import OrderStore, StockReservations
+from server.services.offers import STOCK_ANNOUNCE_SECONDS, OfferService
+from server.services.orders import OrderService
+from server.services.rooms import RoomService
+from tests.fakes import Clock, RecordingEvents
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+HOST = Identity("host-1", Role.HOST)
+ADDRESS = Address.clean(
+    name="Ana", line1="Rua 1", city="Lisboa", postal_code="1000-001", country="PT"
+)
+
+
+def buyer(n: int) -> Identity:
+    return Identity(f"buyer-{n}", Role.SHOPPER)
+
+
+@dataclass
+class Shop:
+    clock: Clock
+    events: RecordingEvents
+    stock: MemoryStockReservations
+    orders_store: MemoryOrderStore
+    offers: OfferService
+    orders: OrderService
+    room_id: str
+    product_id: str
+    offers_store: MemoryOfferStore
+    rooms: MemoryRoomStore
+    products: MemoryProductStore
+
+    async def launch(self, quantity: int = 3, limit: int = 2, countdown: int = 0) -> FlashOffer:
+        return await self.offers.launch(
+            self.room_id,
+            HOST,
+            product_id=self.product_id,
+            price=Money(Decimal("9.90"), "USD"),
+            quantity=quantity,
+            per_user_limit=limit,
+            countdown_seconds=countdown,
+            duration_seconds=60,
+        )
+
+    async def claim(
+        self, offer: FlashOffer, who: Identity, key: str, quantity: int = 1
+    ) -> tuple[Order, bool]:
+        return await self.orders.claim(
+            offer.id, who, quantity=quantity, idempotency_key=key, address=ADDRESS
+        )
+
+
+async def settle() -> None:
+    """Let the coalesced stock announcements run."""
+    await asyncio.sleep(STOCK_ANNOUNCE_SECONDS + 0.05)
+
+
+async def open_shop() -> Shop:
+    """A live room with a product, on the memory adapters, a fixed clock and recorded events."""
+    clock, events = Clock(T0), RecordingEvents()
+    rooms, products = MemoryRoomStore(), MemoryProductStore()
+    offers_store, orders_store = MemoryOfferStore(), MemoryOrderStore()
+    stock = MemoryStockReservations()
+    room_service = RoomService(rooms, products, events, clock)
+    product = await room_service.create_product(
+        HOST, title="Serum", price=Money(Decimal("24.90"), "USD"), stock=50, images=[]
+    )
+    room = await room_service.create_room(HOST, "Show")
+    await room_service.start(room.id, HOST)
+    offers = OfferService(offers_store, orders_store, rooms, products, stock, events, clock)
+    orders = OrderService(
+        offers_store, orders_store, products, stock, offers, events.send_private, clock
+    )
+    return Shop(
+        clock,
+        events,
+        stock,
+        orders_store,
+        offers,
+        orders,
+        room.id,
+        product.id,
+        offers_store,
+        rooms,
+        products,
+    )
+
+
+def other_process(
+    shop: Shop,
+    *,
+    orders: OrderStore | None = None,
+    stock: StockReservations | None = None,
+    events: RecordingEvents | None = None,
+) -> tuple[OfferService, OrderService]:
+    """Another server process: its own services over the same stores, reservations and room
+    (or ones that behave differently: busy, failing)."""
+    offers = OfferService(
+        shop.offers_store,
+        shop.orders_store,
+        shop.rooms,
+        shop.products,
+        stock or shop.stock,
+        events or shop.events,
+        shop.clock,
+    )
+    return offers, OrderService(
+        shop.offers_store,
+        orders or shop.orders_store,
+        shop.products,
+        stock or shop.stock,
+        offers,
+        shop.events.send_private,
+        shop.clock,
+    )
+
+
+def second_process(
+    shop: Shop, orders: OrderStore | None = None, stock: StockReservations | None = None
+) -> OrderService:
+    """Another server process's claims and orders (see other_process)."""
+    return other_process(shop, orders=orders, stock=stock)[1]

@@ -1,0 +1,299 @@
+"""How the room hears an offer's stock: coalesced to a cadence shared by every process, the last
+unit and sold out at once, sold out once and by whoever ends the offer, nothing after the end,
+no change lost; and an offer whose seller never ended it is ended by housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any, cast
+
+import pytest
+
+from server.adapters.memory_reservations import MemoryStockReservations
+from server.domain.errors import Unavailable
+from server.domain.offers import EndReason
+from server.ports import StockReservations
+from server.services import offers as offers_module
+from server.services.housekeeping import Housekeeper
+from server.services.offers import STOCK_ANNOUNCE_SECONDS
+from tests.fakes import RecordingEvents
+from tests.unit.services.shop import ADDRESS, Shop, buyer, other_process, second_process, settle
+
+
+async def test_selling_out_ends_the_offer_once_and_announces_zero(shop: Shop) -> None:
+    offer = await shop.launch(quantity=2, limit=1)
+    await asyncio.gather(*(shop.claim(offer, buyer(n), f"k{n}") for n in range(2)))
+    await settle()
+    assert shop.events.of_type("offer.stock")[-1]["remaining"] == 0
+    ended = shop.events.of_type("offer.ended")
+    assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
+
+
+async def test_processes_claiming_together_keep_one_stock_cadence_for_the_room(
+    shop: Shop,
+) -> None:
+    other_orders = second_process(shop)
+    offer = await shop.launch(quantity=50, limit=1)
+    for n in range(40):
+        service = shop.orders if n % 2 else other_orders
+        await service.claim(offer.id, buyer(n), quantity=1, idempotency_key="k", address=ADDRESS)
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(3 * STOCK_ANNOUNCE_SECONDS)  # the losers' last tries
+    stock = [
+        (at, event["remaining"])
+        for (_, event), at in zip(shop.events.events, shop.events.published_at, strict=True)
+        if event["type"] == "offer.stock"
+    ]
+    # One announcement per period for the room, not one per process; the last change is heard.
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(stock)]
+    assert min(gaps) >= 0.9 * STOCK_ANNOUNCE_SECONDS
+    announced = [remaining for _, remaining in stock]
+    assert announced == sorted(announced, reverse=True)
+    assert announced[-1] == 10
+
+
+async def test_a_process_that_loses_the_stock_gate_still_announces_its_change(
+    shop: Shop,
+) -> None:
+    other = second_process(shop)
+    offer = await shop.launch(quantity=50, limit=1)
+    await shop.claim(offer, buyer(1), "k")  # announced at once: the gate is this process's
+    await asyncio.sleep(0.05)
+    await other.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(2 * STOCK_ANNOUNCE_SECONDS)  # the other process tries again, and wins
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [49, 48]
+
+
+async def test_the_last_unit_is_announced_at_once_past_the_cadence_and_the_gate(
+    shop: Shop,
+) -> None:
+    other = second_process(shop)
+    offer = await shop.launch(quantity=4, limit=1)
+    await shop.claim(offer, buyer(1), "k")  # 3 left: announced at once, the gate is taken
+    await asyncio.sleep(0.01)
+    await shop.claim(offer, buyer(2), "k")  # 2 left: waits for the next period
+    await asyncio.sleep(0.05)
+    # 1 left, from the process that does not hold the gate, within the same period.
+    await other.claim(offer.id, buyer(3), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(0.05)
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [3, 1]
+    await shop.claim(offer, buyer(4), "k")
+    await asyncio.sleep(0.05)
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [3, 1, 0]
+    assert len(shop.events.of_type("offer.ended")) == 1
+
+
+class SlowReads:
+    """Another process's view of the same reservations, whose reads of the stock come back a
+    moment after they were made (a busy event loop)."""
+
+    def __init__(self, shared: MemoryStockReservations) -> None:
+        self._shared = shared
+        self.delay = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def remaining(self, offer_id: str) -> int:
+        figure = await self._shared.remaining(offer_id)
+        await asyncio.sleep(self.delay)
+        return figure
+
+
+async def test_a_figure_read_before_the_end_and_sent_after_it_is_dropped(shop: Shop) -> None:
+    slow = SlowReads(shop.stock)
+    other = second_process(shop, stock=cast(StockReservations, slow))
+    offer = await shop.launch(quantity=3, limit=1)
+    await shop.claim(offer, buyer(1), "k")
+    slow.delay = 0.2
+    # 1 left, read by the slow process, whose announcement reaches the room after...
+    await other.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(0.05)
+    await shop.claim(offer, buyer(3), "k")  # ... this process sold the last unit and ended it
+    await settle()
+    kinds = [
+        (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
+    ]
+    assert kinds[-2:] == [("offer.stock", 0), ("offer.ended", None)]
+    assert ("offer.stock", 1) not in kinds
+
+
+async def test_a_change_made_while_its_figure_is_on_the_way_is_announced_too(shop: Shop) -> None:
+    slow = SlowReads(shop.stock)
+    other = second_process(shop, stock=cast(StockReservations, slow))
+    offer = await shop.launch(quantity=10, limit=1)
+    slow.delay = 0.1
+    await other.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(0.05)  # 9 is read and on its way
+    await other.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(2 * STOCK_ANNOUNCE_SECONDS + 0.3)
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [9, 8]
+
+
+async def test_the_end_is_told_even_when_its_stock_figure_cannot_be(shop: Shop) -> None:
+    publish = shop.events.publish_room_event
+
+    async def refusing_stock(room_id: str, event: dict[str, Any], **fence: Any) -> int:
+        if event["type"] == "offer.stock":
+            raise Unavailable("live events are unavailable, try again")
+        return await publish(room_id, event, **fence)
+
+    shop.events.publish_room_event = refusing_stock  # type: ignore[method-assign]
+    offer = await shop.launch(quantity=1, limit=1)
+    await shop.claim(offer, buyer(1), "k")
+    await asyncio.sleep(0.05)
+    ended = shop.events.of_type("offer.ended")
+    assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
+
+
+async def test_a_change_as_an_announcement_returns_is_announced_too(shop: Shop) -> None:
+    offer = await shop.launch(quantity=10, limit=5)
+    await shop.claim(offer, buyer(1), "k")  # 9, at once
+    await asyncio.sleep(STOCK_ANNOUNCE_SECONDS + 0.05)
+    publish = shop.events.publish_room_event
+    last_figure_out = asyncio.Event()
+
+    async def publish_then_note(room_id: str, event: dict[str, Any], **fence: Any) -> int:
+        seq = await publish(room_id, event, **fence)
+        if event.get("remaining") == 8:
+            last_figure_out.set()
+        return seq
+
+    shop.events.publish_room_event = publish_then_note  # type: ignore[method-assign]
+    await shop.claim(offer, buyer(2), "k")  # 8: its announcement reads and publishes
+    await last_figure_out.wait()
+    # The announcement has returned; its done callback has not run yet. A reservation's answer
+    # lands in this same pass, and the claim tells the offers so, as OrderService.claim does.
+    reserved = await shop.stock.claim(offer.id, "buyer-3", 1, "buyer-3:k", shop.clock())
+    shop.offers.stock_moved(offer, reserved.remaining)
+    await asyncio.sleep(2 * STOCK_ANNOUNCE_SECONDS + 0.1)
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [9, 8, 7]
+
+
+async def test_the_end_is_told_even_when_the_stock_cannot_be_stopped(shop: Shop) -> None:
+    async def failing_stop(offer_id: str) -> bool:
+        raise Unavailable("the reservation store is away")
+
+    shop.stock.stop = failing_stop  # type: ignore[method-assign]
+    offer = await shop.launch(quantity=1, limit=1)
+    await shop.claim(offer, buyer(1), "k")
+    await asyncio.sleep(0.05)
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+    ended = shop.events.of_type("offer.ended")
+    assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
+
+
+async def test_close_stops_waiting_announcements_but_lets_an_end_be_told(shop: Shop) -> None:
+    going_on, stop = asyncio.Event(), shop.stock.stop
+
+    async def slow_stop(offer_id: str) -> bool:
+        await going_on.wait()
+        return await stop(offer_id)
+
+    shop.stock.stop = slow_stop  # type: ignore[method-assign]
+    waiting = await shop.launch(quantity=10, limit=1)
+    await shop.claim(waiting, buyer(1), "k")  # 9, at once
+    await asyncio.sleep(0.01)
+    await shop.claim(waiting, buyer(2), "k")  # 8, waits for the next period
+    selling_out = await shop.launch(quantity=1, limit=1)
+    await shop.claim(selling_out, buyer(3), "k")
+    await asyncio.sleep(0.05)  # its end is recorded; the stock is being stopped
+    closing = asyncio.create_task(shop.offers.close())
+    await asyncio.sleep(0.05)
+    going_on.set()
+    await closing
+    await shop.claim(waiting, buyer(4), "k")  # after close: no announcement
+    await settle()
+    figures = [(e["offer_id"], e["remaining"]) for e in shop.events.of_type("offer.stock")]
+    assert figures == [(waiting.id, 9), (selling_out.id, 0)]
+    assert [e["offer_id"] for e in shop.events.of_type("offer.ended")] == [selling_out.id]
+
+
+async def test_a_sell_out_on_two_processes_at_once_is_announced_once(shop: Shop) -> None:
+    other = second_process(shop)
+    offer = await shop.launch(quantity=6, limit=1)
+    claims = [
+        (shop.orders if n % 2 else other).claim(
+            offer.id, buyer(n), quantity=1, idempotency_key="k", address=ADDRESS
+        )
+        for n in range(8)
+    ]
+    results = await asyncio.gather(*claims, return_exceptions=True)
+    assert sum(not isinstance(result, BaseException) for result in results) == 6
+    await settle()
+    kinds = [
+        (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
+    ]
+    assert kinds.count(("offer.stock", 0)) == 1
+    assert kinds[-2:] == [("offer.stock", 0), ("offer.ended", None)]
+    figures = [remaining for kind, remaining in kinds if kind == "offer.stock"]
+    assert figures == sorted(figures, reverse=True)
+
+
+async def test_housekeeping_ends_an_offer_whose_seller_never_did(shop: Shop) -> None:
+    offer = await shop.launch(quantity=2, limit=1)
+    for n in range(2):  # sold by a process that died before it could end the offer
+        await shop.stock.claim(offer.id, f"buyer-{n}", 1, f"buyer-{n}:k", shop.clock())
+    keeper = Housekeeper(shop.offers, shop.orders, lambda: [offer.id])
+    await keeper.run_once()
+    await keeper.run_once()
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+    told = [
+        (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
+    ]
+    assert told == [("offer.stock", 0), ("offer.ended", None)]
+
+
+async def test_a_sell_out_just_before_shutdown_still_ends_the_offer(shop: Shop) -> None:
+    slow = SlowReads(shop.stock)
+    closing_offers, closing_orders = other_process(shop, stock=cast(StockReservations, slow))
+    offer = await shop.launch(quantity=1, limit=1)
+    slow.delay = 0.05  # the sold-out announcement is still reading its 0 when close() comes
+    await closing_orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(0.01)
+    await closing_offers.close()
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+    assert len(shop.events.of_type("offer.ended")) == 1
+
+
+class GateCounter:
+    """Room events whose gate this process keeps losing; counts its tries."""
+
+    def __init__(self, shop: Shop) -> None:
+        self._shop, self.tries = shop, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shop.events, name)
+
+    async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
+        self.tries += 1
+        return False  # another process wins it every period
+
+
+async def test_a_process_that_keeps_losing_the_gate_still_tells_its_change(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(offers_module, "GATE_TRIES", 3)
+    gate = GateCounter(shop)
+    _, loser = other_process(shop, events=cast(RecordingEvents, gate))
+    offer = await shop.launch(quantity=10, limit=1)
+    await loser.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(3 * STOCK_ANNOUNCE_SECONDS + 0.2)
+    assert gate.tries == 3
+    assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [9]
+
+
+async def test_an_announcement_that_fails_unexpectedly_is_logged(
+    shop: Shop, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(offer_id: str) -> int:
+        raise ConnectionError("the reservation store went away")  # not a LiveshopError
+
+    shop.stock.remaining = broken  # type: ignore[method-assign]
+    offer = await shop.launch(quantity=5, limit=1)
+    with caplog.at_level(logging.WARNING, logger="liveshop.offers"):
+        await shop.claim(offer, buyer(1), "k")
+        await asyncio.sleep(0.05)
+    assert [record.getMessage() for record in caplog.records] == ["offer_announce_failed"]
