@@ -48,6 +48,9 @@ AT_ONCE = (1, 0)
 # A process that keeps losing the gate gives up after this many periods: others are announcing.
 GATE_TRIES = 20
 DUE_BATCH = 100
+# Added to this process's clock to take in every reservation made so far, by any process,
+# whatever the skew between their clocks.
+SKEW_MARGIN = timedelta(hours=1)
 FIGURES_LIMIT = 500  # offers per room in the host's figures
 
 
@@ -183,10 +186,10 @@ class OfferService:
         return ended
 
     async def end_sold_out(self, offer_ids: Iterable[str]) -> int:
-        """End the running offers among these whose stock is gone. The claim that sells the
-        last unit ends its offer at once; this catches an offer whose seller died, shut down
-        or failed first. Each process runs it once a second for the offers it serves: one
-        stock read each, and the offer itself only when its stock is gone."""
+        """End the running offers among these whose stock is gone into orders. The claim that
+        sells the last unit ends its offer at once; this catches an offer whose seller died,
+        shut down or failed first. Each process runs it once a second for the offers it
+        serves: one stock read each, and more only when the stock is gone."""
         offer_ids = list(offer_ids)
         self._seen_ended &= set(offer_ids)  # forgotten once it leaves the list: bounded
         ended = 0
@@ -195,6 +198,10 @@ class OfferService:
                 continue
             try:
                 if await self._stock.remaining(offer_id) != 0:
+                    continue
+                # A unit reserved but not yet in an order may still come back (its claimer
+                # died: the reaper gives it back); the claim that writes it ends the offer.
+                if await self._stock.pending_without_order(offer_id, self._clock() + SKEW_MARGIN):
                     continue
             except Unavailable:
                 continue  # being rebuilt from its orders
@@ -320,8 +327,8 @@ class OfferService:
                 break
             if await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS):
                 break
-            if self._clock() >= offer.ends_at:
-                return False  # an offer over by time ends on its own
+            if self._clock() >= offer.ends_at or self._closed:
+                return False  # an offer over by time ends on its own; at shutdown, others tell
             tries += 1
             if tries == GATE_TRIES:
                 # Others kept the cadence all this while, but may all have read before this
