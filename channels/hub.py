@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,9 @@ from channels.connection import Connection, FrameSender
 from channels.direct_send import DirectSocket
 from channels.errors import Draining, RoomEnded
 from channels.room_state import LocalRoom, RoomView, hello_frame
+from server.background import BackgroundTasks
 from server.domain.errors import LiveshopError, Unavailable
 from server.domain.identity import Identity
-from server.logs import warn_if_failed
 from server.metrics import Metrics
 
 log = logging.getLogger("liveshop.hub")
@@ -60,7 +60,7 @@ class Hub:
         self._users: dict[str, set[Connection]] = {}
         self._subscriptions = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundTasks(log, "hub_task_failed")
         self._all_left = asyncio.Event()  # set when a draining hub has no viewers left
         broker.attach(self)
 
@@ -84,9 +84,7 @@ class Hub:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.close()
         await self.broker.close()
 
     def connection_count(self) -> int:
@@ -470,11 +468,8 @@ class Hub:
     def add_likes(self, room: LocalRoom, count: int) -> None:
         room.likes_pending += count
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(warn_if_failed(log, "hub_task_failed"))
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._background.spawn(coro)
 
 
 def _seq_of(frame: str) -> int:

@@ -12,10 +12,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
 
 from schemas.commerce import offer_to_wire
 from schemas.http import product_to_wire
+from server.background import BackgroundTasks
 from server.domain.errors import LiveshopError, Unavailable
 from server.domain.figures import OfferFigures
 from server.domain.identity import Identity
@@ -23,7 +23,6 @@ from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer, RecoveredClaim, plan_offer
 from server.domain.orders import HOLDS_STOCK
 from server.domain.rooms import ensure_can_manage
-from server.logs import warn_if_failed
 from server.ports import (
     OfferStore,
     OrderStore,
@@ -77,8 +76,7 @@ class OfferService:
         self._changed_at: dict[str, float] = {}
         self._announced_at: dict[str, float] = {}
         self._announcing: dict[str, asyncio.Task[None]] = {}  # the coalesced one per offer
-        self._announcements: set[asyncio.Task[None]] = set()  # every one on its way
-        self._ending: set[asyncio.Task[Any] | None] = set()  # ... of which these end the offer
+        self._announcements = BackgroundTasks(log, "offer_announce_failed")  # every one
         self._closed = False
         self._seen_ended: set[str] = set()  # sold out and ended, as end_sold_out found
 
@@ -254,7 +252,7 @@ class OfferService:
         if remaining in AT_ONCE:
             task = self._spawn_announce(offer, delay=0.0, at_once=True)
             if remaining == 0:
-                self._ending.add(task)  # see _end_sold_out
+                self._announcements.finish_on_close(task)  # see _end_sold_out
             return
         if self._announcement_waiting(offer.id):
             return  # it will read the latest figure, or go round again for it
@@ -270,17 +268,13 @@ class OfferService:
     def _spawn_announce(
         self, offer: FlashOffer, delay: float, *, at_once: bool = False
     ) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._announce(offer, delay, at_once=at_once))
+        task = self._announcements.spawn(self._announce(offer, delay, at_once=at_once))
         if not self._announcement_waiting(offer.id):
             self._announcing[offer.id] = task
-        self._announcements.add(task)
         task.add_done_callback(lambda _: self._forget_announce(offer.id, task))
-        task.add_done_callback(warn_if_failed(log, "offer_announce_failed"))
         return task
 
     def _forget_announce(self, offer_id: str, task: asyncio.Task[None]) -> None:
-        self._announcements.discard(task)
-        self._ending.discard(task)
         if self._announcing.get(offer_id) is task:
             del self._announcing[offer_id]
 
@@ -289,9 +283,7 @@ class OfferService:
         for the gate, and the room's events are about to close. An offer ending meanwhile
         still tells the room (see end())."""
         self._closed = True
-        for task in self._announcements.difference(self._ending):
-            task.cancel()
-        await asyncio.gather(*self._announcements, return_exceptions=True)
+        await self._announcements.close()
 
     async def _announce(self, offer: FlashOffer, delay: float, *, at_once: bool) -> None:
         if delay:
@@ -344,11 +336,9 @@ class OfferService:
         may be recorded, only this process can tell the room. (Should this process die
         first, end_sold_out in another process's housekeeping ends it.)"""
         task = asyncio.current_task()
-        self._ending.add(task)
-        try:
-            await self.end(offer, EndReason.SOLD_OUT)
-        finally:
-            self._ending.discard(task)
+        if task is not None:
+            self._announcements.finish_on_close(task)
+        await self.end(offer, EndReason.SOLD_OUT)
 
     async def _publish_stock(self, offer: FlashOffer, remaining: int) -> None:
         await self._events.publish_room_event(

@@ -12,6 +12,7 @@ The documents themselves are in order_docs.py.
 from __future__ import annotations
 
 import builtins
+import copy
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -312,14 +313,10 @@ def _answers(orders: list[Order], by_key: dict[str, Order | Exception]) -> list[
     for order in orders:
         answer = by_key[order.idempotency_key]
         if id(answer) in handed_out:
-            answer = own_copy(answer) if isinstance(answer, Exception) else _copy(answer)
+            answer = own_copy(answer) if isinstance(answer, Exception) else copy.deepcopy(answer)
         handed_out.add(id(answer))
         answers.append(answer)
     return answers
-
-
-def _copy(order: Order) -> Order:
-    return order_from(order_doc(order))
 
 
 def _try_again(what: str) -> Unavailable:
