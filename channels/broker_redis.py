@@ -30,7 +30,7 @@ from channels.broker import (
     user_channel,
 )
 from server.adapters.group_commit import GroupCommit
-from server.adapters.redis_client import redis_client
+from server.adapters.redis_client import redis_client, redis_unreachable_is_unavailable
 
 log = logging.getLogger("liveshop.broker")
 
@@ -133,9 +133,11 @@ class RedisBroker:
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
 
+    @redis_unreachable_is_unavailable
     async def ping(self) -> None:
         await self._redis.ping()
 
+    @redis_unreachable_is_unavailable
     async def publish(
         self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
     ) -> int:
@@ -153,9 +155,11 @@ class RedisBroker:
         keys = [stream, history, f"liveshop:{{{room_id}}}:closed"]
         return int(await self._publish(keys=keys, args=args))
 
+    @redis_unreachable_is_unavailable
     async def publish_control(self, room_id: str, control: dict[str, Any]) -> None:
         await self._redis.publish(room_channel(room_id), encode_body(control))
 
+    @redis_unreachable_is_unavailable
     async def publish_private(self, user_id: str, event: dict[str, Any]) -> None:
         # A flash sale's orders are written in batches, so their `order.updated` events come in
         # hundreds at once: they share one pipeline (see group_commit.py).
@@ -167,18 +171,23 @@ class RedisBroker:
                 pipe.publish(channel, body)
             return [int(receivers) for receivers in await pipe.execute()]
 
+    @redis_unreachable_is_unavailable
     async def subscribe_room(self, room_id: str) -> None:
         await self._pubsub.subscribe(room_channel(room_id))
 
+    @redis_unreachable_is_unavailable
     async def unsubscribe_room(self, room_id: str) -> None:
         await self._pubsub.unsubscribe(room_channel(room_id))
 
+    @redis_unreachable_is_unavailable
     async def subscribe_user(self, user_id: str) -> None:
         await self._pubsub.subscribe(user_channel(user_id))
 
+    @redis_unreachable_is_unavailable
     async def unsubscribe_user(self, user_id: str) -> None:
         await self._pubsub.unsubscribe(user_channel(user_id))
 
+    @redis_unreachable_is_unavailable
     async def position(self, room_id: str) -> StreamPosition:
         stream, *_ = _keys(room_id)
         seq, epoch = await self._redis.hmget(stream, ["seq", "epoch"])
@@ -189,6 +198,7 @@ class RedisBroker:
             seq, epoch = await self._redis.hmget(stream, ["seq", "epoch"])
         return StreamPosition(int(seq or 0), str(epoch))
 
+    @redis_unreachable_is_unavailable
     async def history(self, room_id: str, after_seq: int, epoch: str) -> list[str] | None:
         stream, history, _, _ = _keys(room_id)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -207,6 +217,7 @@ class RedisBroker:
             return None
         return [fields["f"] for _, fields in entries]
 
+    @redis_unreachable_is_unavailable
     async def update_counters(self, room_id: str, likes_delta: int, local_viewers: int) -> Counters:
         _, _, counters, viewers = _keys(room_id)
         args: list[str | int] = [
@@ -220,6 +231,7 @@ class RedisBroker:
         likes, total, peak = await self._counters(keys=[counters, viewers], args=args)
         return Counters(likes=int(likes), viewers=int(total), peak_viewers=int(peak))
 
+    @redis_unreachable_is_unavailable
     async def read_counters(self, room_id: str) -> Counters:
         _, _, counters, viewers = _keys(room_id)
         likes, peak = await self._redis.hmget(counters, ["likes", "peak"])
@@ -231,6 +243,7 @@ class RedisBroker:
                 total += int(count)
         return Counters(likes=int(likes or 0), viewers=total, peak_viewers=int(peak or 0))
 
+    @redis_unreachable_is_unavailable
     async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
         key = f"liveshop:{{{room_id}}}:gate:{name}"
         return bool(await self._redis.set(key, self.node_id, nx=True, px=int(seconds * 1000)))

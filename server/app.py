@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pymongo
 from pymongo import AsyncMongoClient
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
@@ -50,6 +51,11 @@ log = logging.getLogger("liveshop.app")
 ROOM_SOCKET_PATH = re.compile(r"^/ws/rooms/(?P<room_id>[^/]+)$")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# At start-up, how long to wait for a primary; later, each operation's own timeout bounds it.
+SERVER_SELECTION_MS = 10_000
+# Creating indexes that exist is instant; building a new one on a big collection (an upgrade)
+# takes a while, and must not fail the start-up.
+INDEX_BUILD_SECONDS = 3600
 
 
 @dataclass(slots=True)
@@ -148,13 +154,20 @@ async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
         embedded = EmbeddedMongo(settings.data_dir / "mongodb")
         mongodb_url = await embedded.start()
         stack.push_async_callback(embedded.stop)
+    # Every operation is bounded, all in (finding a primary, the round trip, the server's
+    # work): a database that is down, failing over or frozen answers "try again" in seconds.
+    timeout = settings.mongodb_timeout_seconds
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongodb_url, tz_aware=True, serverSelectionTimeoutMS=10_000
+        mongodb_url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=SERVER_SELECTION_MS,
+        timeoutMS=int(timeout * 1000),
     )
     stack.push_async_callback(client.close)
     db = client[settings.mongodb_database]
-    await ensure_indexes(db)
-    await ensure_order_indexes(db)
+    with pymongo.timeout(INDEX_BUILD_SECONDS):  # building an index on a big collection is slow
+        await ensure_indexes(db)
+        await ensure_order_indexes(db)
     broker: Broker
     stock: StockReservations
     if settings.redis_url:
@@ -169,7 +182,7 @@ async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
     else:
         broker = MemoryBroker(MemoryBus(settings.history_events, settings.history_seconds))
         stock = MemoryStockReservations()
-    orders = MongoOrderStore(db)
+    orders = MongoOrderStore(db, write_seconds=timeout)
     stack.push_async_callback(orders.close)  # before the client closes: runs first
     return Backends(
         MongoProductStore(db), MongoRoomStore(db), broker, MongoOfferStore(db), orders, stock

@@ -5,11 +5,15 @@ MongoDB comes from `server.adapters.mongo.embedded.EmbeddedMongo`, the same clas
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -17,6 +21,18 @@ from typing import Self
 import redis
 
 from server.adapters.mongo.embedded import free_port, log_tail, spawn
+
+
+@contextmanager
+def frozen(pid: int | None) -> Iterator[None]:
+    """The server process stopped (SIGSTOP) inside the block, then resumed: its connections stay
+    open and nothing answers on them, as with a hung server or a network partition."""
+    assert pid is not None, "the server is not running"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 class ServerStartError(RuntimeError):
@@ -67,6 +83,10 @@ class RedisServer:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process is not None else None
 
     def start(self) -> str:
         if self.running:

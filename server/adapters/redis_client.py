@@ -11,9 +11,25 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
+from redis.exceptions import DataError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
+
+from server.adapters.unreachable import unavailable_when
+
+REPLY_TIMEOUT_SECONDS = 5.0
+
+
+def _unreachable(exc: Exception) -> bool:
+    # ConnectionError covers a refused or dropped connection, a Redis still loading its data
+    # and no free pooled connection; a ReadOnlyError, a replica that is not yet the primary.
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError)
+
+
+# For the adapters' methods: Redis down, restarting, failing over or frozen is a 503.
+redis_unreachable_is_unavailable = unavailable_when(
+    _unreachable, "live data is unreachable, try again"
+)
 
 
 def redis_client(url: str, *, max_connections: int) -> redis.Redis:
@@ -25,15 +41,25 @@ def redis_client(url: str, *, max_connections: int) -> redis.Redis:
     connection after a Redis restart fails instead of reconnecting. A retry may replay a command
     whose reply was lost: the reservation scripts turn that into `duplicate` through their
     idempotency keys; a room event could be published twice.
+
+    A reply that takes longer than REPLY_TIMEOUT_SECONDS is not waited for again: a Redis that
+    froze would otherwise hold a shopper's claim four times as long before "try again".
     """
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=5,
+        socket_timeout=REPLY_TIMEOUT_SECONDS,
+        socket_connect_timeout=REPLY_TIMEOUT_SECONDS,
         decode_responses=True,
         health_check_interval=10,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        # Not Retry's default (which also retries timeouts): connection errors only.
+        retry=Retry(
+            ExponentialWithJitterBackoff(base=0.05, cap=1.0),
+            retries=3,
+            supported_errors=(RedisConnectionError,),
+        ),
+        retry_on_error=[RedisConnectionError],
     )
     encoding = str(pool.connection_kwargs.get("encoding", "utf-8"))
     if HIREDIS_AVAILABLE and codecs.lookup(encoding).name == "utf-8":  # hiredis writes UTF-8

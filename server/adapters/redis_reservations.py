@@ -24,7 +24,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from server.adapters.group_commit import GroupCommit
-from server.adapters.redis_client import redis_client
+from server.adapters.redis_client import redis_client, redis_unreachable_is_unavailable
 from server.domain.errors import Unavailable
 from server.domain.offers import (
     PENDING_BATCH,
@@ -234,6 +234,7 @@ class RedisStockReservations:
         if self._owns_client:
             await self._redis.aclose()
 
+    @redis_unreachable_is_unavailable
     async def ping(self) -> None:
         await self._redis.ping()
 
@@ -242,6 +243,7 @@ class RedisStockReservations:
         # vanish the moment it is written.
         return max(epoch_ms(ends_at), int(time.time() * 1000)) + self._ttl_ms
 
+    @redis_unreachable_is_unavailable
     async def open_offer(
         self,
         offer_id: str,
@@ -261,6 +263,7 @@ class RedisStockReservations:
         ]
         return bool(await self._open(keys=_keys(offer_id), args=args))
 
+    @redis_unreachable_is_unavailable
     async def claim(
         self, offer_id: str, buyer_id: str, quantity: int, idempotency_key: str, now: datetime
     ) -> ClaimResult:
@@ -275,6 +278,7 @@ class RedisStockReservations:
             _claim_result(reply) for reply in await self._claim(keys=_keys(offer_id), args=args)
         ]
 
+    @redis_unreachable_is_unavailable
     async def attach_order(
         self, offer_id: str, idempotency_key: str, order_id: str
     ) -> AttachOutcome:
@@ -289,18 +293,21 @@ class RedisStockReservations:
             for reply in await self._attach(keys=_keys(offer_id), args=args)
         ]
 
+    @redis_unreachable_is_unavailable
     async def release(
         self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
     ) -> bool:
         args = [idempotency_key, "1" if orphan_only else "0"]
         return bool(await self._release(keys=_keys(offer_id), args=args))
 
+    @redis_unreachable_is_unavailable
     async def remaining(self, offer_id: str) -> int:
         stock = await self._redis.hget(_keys(offer_id)[0], "stock")
         if stock is None:
             raise Unavailable(f"offer {offer_id} is being restored", code="offer_paused")
         return int(stock)
 
+    @redis_unreachable_is_unavailable
     async def pending_without_order(
         self, offer_id: str, older_than: datetime
     ) -> list[PendingReservation]:
@@ -320,12 +327,15 @@ class RedisStockReservations:
             )
         return found
 
+    @redis_unreachable_is_unavailable
     async def stop(self, offer_id: str) -> bool:
         return bool(await self._stop(keys=_keys(offer_id), args=[]))
 
+    @redis_unreachable_is_unavailable
     async def is_ready(self, offer_id: str) -> bool:
         return bool(await self._redis.exists(_keys(offer_id)[0]))
 
+    @redis_unreachable_is_unavailable
     async def rebuild(
         self,
         offer_id: str,
@@ -370,6 +380,7 @@ class RedisStockReservations:
             )
         return rebuilt
 
+    @redis_unreachable_is_unavailable
     async def snapshot(self, offer_id: str) -> StockSnapshot | None:
         state_key, held_key, _, _ = _keys(offer_id)
         async with self._redis.pipeline(transaction=True) as pipe:

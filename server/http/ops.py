@@ -34,7 +34,8 @@ async def readyz(request: Request) -> JSONResponse:
             await asyncio.wait_for(probe(), READY_TIMEOUT_SECONDS)
             checks[name] = "ok"
         except Exception as exc:
-            checks[name] = f"unavailable: {type(exc).__name__}"
+            # What the client library saw (ConnectionError, ...), not the 503 it became.
+            checks[name] = f"unavailable: {type(exc.__cause__ or exc).__name__}"
     if container.hub.draining:
         checks["server"] = "draining"
     ready = all(value == "ok" for value in checks.values())

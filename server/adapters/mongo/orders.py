@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -133,17 +134,25 @@ class MongoOfferStore:
 
 
 # An order is acknowledged only once a majority of the replica set has it (journaled), so a
-# failover cannot roll it back. Without a bound, a lost majority would hold every claim of the
-# offer in its batch queue; after it, the claimer hears "try again" and its retry finds the
-# order if it was written after all.
-ORDER_WRITE_CONCERN = WriteConcern(w="majority", wtimeout=10_000)
+# failover cannot roll it back.
+ORDER_WRITE_CONCERN = WriteConcern(w="majority")
+# How long a batch of orders may take, all in: finding a primary, the insert, the majority's
+# acknowledgement. Without a bound, a lost majority or a frozen primary would hold every claim of
+# the offer in its batch queue (a SIGSTOPped mongod held them 40 s). After it, the claimers hear
+# "try again", and a retry finds the order if it was written after all.
+ORDER_WRITE_SECONDS = 5.0
 
 
 class MongoOrderStore:
     def __init__(
-        self, db: AsyncDatabase[Any], *, write_concern: WriteConcern = ORDER_WRITE_CONCERN
+        self,
+        db: AsyncDatabase[Any],
+        *,
+        write_concern: WriteConcern = ORDER_WRITE_CONCERN,
+        write_seconds: float = ORDER_WRITE_SECONDS,
     ) -> None:
         self._orders = _collection(db, ORDERS).with_options(write_concern=write_concern)
+        self._write_seconds = write_seconds
         self._creates = GroupCommit(self._create_batch)
 
     async def close(self) -> None:
@@ -164,6 +173,12 @@ class MongoOrderStore:
         firsts: dict[str, Order] = {}
         for order in orders:  # a retry in the same batch gets the first order back
             firsts.setdefault(order.idempotency_key, order)
+        with pymongo.timeout(self._write_seconds):  # the whole batch, read-back included
+            return await self._write_batch(offer_id, orders, firsts)
+
+    async def _write_batch(
+        self, offer_id: str, orders: list[Order], firsts: dict[str, Order]
+    ) -> list[Order | Exception]:
         answers: dict[str, Order | Exception] = dict(firsts)
         taken: dict[str, Order] = {}
         try:

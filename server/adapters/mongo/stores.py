@@ -1,25 +1,25 @@
 """MongoDB stores for products and rooms, on PyMongo's async API.
 
 Money is kept as Decimal128 plus a currency code, never a float. Datetimes come back UTC and
-tz-aware through the codec options. Network failures surface as Unavailable (503), duplicate ids
-as Conflict, so nothing above this module sees a PyMongo exception.
+tz-aware through the codec options. Network failures and timeouts surface as Unavailable (503),
+duplicate ids as Conflict, so nothing above this module sees a PyMongo exception.
 """
 
 from __future__ import annotations
 
 import builtins
-import functools
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from bson import CodecOptions, Decimal128
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from server.domain.errors import Conflict, NotFound, Unavailable
+from server.adapters.unreachable import unavailable_when
+from server.domain.errors import Conflict, NotFound
 from server.domain.money import Money
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
@@ -43,21 +43,14 @@ _LIFECYCLE_FIELDS = (
     "pinned_product_id",
 )
 
-P = ParamSpec("P")
-T = TypeVar("T")
+
+def _unreachable(exc: Exception) -> bool:
+    # ConnectionFailure: down, failing over, no primary. A timeout: the operation ran past the
+    # client's deadline (timeoutMS), as against a frozen or partitioned server.
+    return isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout)
 
 
-def _translate_errors(
-    method: Callable[P, Coroutine[Any, Any, T]],
-) -> Callable[P, Coroutine[Any, Any, T]]:
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except ConnectionFailure as exc:
-            raise Unavailable("the database is unreachable") from exc
-
-    return wrapper
+_translate_errors = unavailable_when(_unreachable, "the database is unreachable")
 
 
 def _collection(db: AsyncDatabase[Any], name: str) -> AsyncCollection[Document]:

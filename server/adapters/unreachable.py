@@ -1,0 +1,40 @@
+"""A backend that cannot answer is `Unavailable` to the caller, never a crash.
+
+Redis or MongoDB down, restarting, failing over, or frozen past its timeout: the HTTP API
+answers 503 with Retry-After and a websocket an `unavailable` error frame, and a claim sent
+again with the same key finds its units. Any other error from a client library is a bug in
+Liveshop and stays one (a 500, logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+from server.domain.errors import Unavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Method = Callable[P, Coroutine[Any, Any, T]]
+
+
+def unavailable_when(
+    unreachable: Callable[[Exception], bool], message: str
+) -> Callable[[Method[P, T]], Method[P, T]]:
+    """Decorates an adapter's coroutine method: errors for which `unreachable` holds become
+    `Unavailable(message)`, caused by the original (which the logs keep)."""
+
+    def decorate(method: Method[P, T]) -> Method[P, T]:
+        @functools.wraps(method)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return await method(*args, **kwargs)
+            except Exception as exc:
+                if unreachable(exc):
+                    raise Unavailable(message) from exc
+                raise
+
+        return wrapper
+
+    return decorate

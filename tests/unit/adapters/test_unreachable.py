@@ -1,0 +1,88 @@
+"""A backend that cannot answer becomes Unavailable (a 503); anything else stays what it was."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from pymongo.errors import (
+    AutoReconnect,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    NetworkTimeout,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
+from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from server.adapters.mongo.stores import _translate_errors as mongo_translated
+from server.adapters.redis_client import redis_unreachable_is_unavailable
+from server.adapters.unreachable import unavailable_when
+from server.domain.errors import Unavailable
+
+
+def raising(error: Exception) -> Callable[[int], Coroutine[Any, Any, int]]:
+    async def call(value: int) -> int:
+        raise error
+
+    return call
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        AutoReconnect("primary stepped down"),
+        ServerSelectionTimeoutError("no primary"),
+        NetworkTimeout("frozen"),
+        ExecutionTimeout("maxTimeMS expired", code=50),  # the server's side of a deadline
+    ],
+)
+async def test_mongodb_away_or_too_slow_is_unavailable(error: Exception) -> None:
+    with pytest.raises(Unavailable) as caught:
+        await mongo_translated(raising(error))(1)
+    assert caught.value.status == 503
+    assert caught.value.__cause__ is error  # the logs keep what the driver saw
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RedisConnectionError("refused"),
+        BusyLoadingError("loading the dataset"),
+        RedisTimeoutError("no reply"),
+        ReadOnlyError("a replica"),
+    ],
+)
+async def test_redis_away_or_too_slow_is_unavailable(error: Exception) -> None:
+    with pytest.raises(Unavailable) as caught:
+        await redis_unreachable_is_unavailable(raising(error))(1)
+    assert caught.value.__cause__ is error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        DuplicateKeyError("taken", code=11000),
+        OperationFailure("a bad query", code=2),
+        ResponseError("a script bug"),
+        ValueError("a bug of ours"),
+    ],
+)
+async def test_other_errors_stay_what_they_are(error: Exception) -> None:
+    for decorated in (mongo_translated, redis_unreachable_is_unavailable):
+        with pytest.raises(type(error)) as caught:
+            await decorated(raising(error))(1)
+        assert caught.value is error
+
+
+async def test_the_method_keeps_its_result_and_name() -> None:
+    @unavailable_when(lambda exc: True, "unused")
+    async def double(value: int) -> int:
+        """Twice the value."""
+        return 2 * value
+
+    assert await double(21) == 42
+    assert (double.__name__, double.__doc__) == ("double", "Twice the value.")
