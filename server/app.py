@@ -51,8 +51,9 @@ log = logging.getLogger("liveshop.app")
 ROOM_SOCKET_PATH = re.compile(r"^/ws/rooms/(?P<room_id>[^/]+)$")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-# At start-up, how long to wait for a primary; later, each operation's own timeout bounds it.
-SERVER_SELECTION_MS = 10_000
+# At start-up, how long to wait for MongoDB to answer; later, each operation's own timeout
+# bounds the wait for a primary too.
+STARTUP_WAIT_SECONDS = 10
 # Creating indexes that exist is instant; building a new one on a big collection (an upgrade)
 # takes a while, and must not fail the start-up.
 INDEX_BUILD_SECONDS = 3600
@@ -158,13 +159,12 @@ async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
     # work): a database that is down, failing over or frozen answers "try again" in seconds.
     timeout = settings.mongodb_timeout_seconds
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongodb_url,
-        tz_aware=True,
-        serverSelectionTimeoutMS=SERVER_SELECTION_MS,
-        timeoutMS=int(timeout * 1000),
+        mongodb_url, tz_aware=True, timeoutMS=int(timeout * 1000)
     )
     stack.push_async_callback(client.close)
     db = client[settings.mongodb_database]
+    with pymongo.timeout(STARTUP_WAIT_SECONDS):  # a wrong URL fails the start-up, in seconds
+        await db.command("ping")
     with pymongo.timeout(INDEX_BUILD_SECONDS):  # building an index on a big collection is slow
         await ensure_indexes(db)
         await ensure_order_indexes(db)

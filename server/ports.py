@@ -131,9 +131,21 @@ class OrderStore(Protocol):
         """The room's orders, newest first."""
         ...
 
-    async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
+    async def save_move(
+        self, order: Order, *, expected: OrderStatus, units_to_return: bool = False
+    ) -> None:
         """Persist the order's new status and its last history entry if its stored status is
-        still `expected`, else Conflict (code `order_changed`)."""
+        still `expected`, else Conflict (code `order_changed`). With `units_to_return`, the same
+        write notes that the order's units are still to go back to the offer, until
+        `units_returned`: a give-back that fails, or never runs, is found again."""
+        ...
+
+    async def units_to_return(self, limit: int) -> builtins.list[Order]:
+        """Orders whose units are noted as still to go back to their offer."""
+        ...
+
+    async def units_returned(self, order_id: str) -> None:
+        """Clear the order's note that its units are to go back (they have)."""
         ...
 
     async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:

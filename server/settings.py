@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     public_url: str | None = None
     log_level: str = "info"
     # Longest a MongoDB operation may take, all in (an order write: primary, insert, majority).
-    mongodb_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    mongodb_timeout_seconds: float = Field(default=5.0, ge=0.001, le=600)
 
     # Websocket limits
     max_frame_bytes: int = Field(default=4096, ge=256)

@@ -81,6 +81,7 @@ class MemoryOrderStore:
     def __init__(self) -> None:
         self._orders: dict[str, Order] = {}
         self._by_key: dict[tuple[str, str], str] = {}
+        self._units_to_return: set[str] = set()  # order ids
 
     async def create(self, order: Order) -> Order:
         existing = self._by_key.get((order.offer_id, order.idempotency_key))
@@ -106,7 +107,9 @@ class MemoryOrderStore:
     async def list_for_room(self, room_id: str, limit: int) -> builtins.list[Order]:
         return self._newest(lambda o: o.room_id == room_id, limit)
 
-    async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
+    async def save_move(
+        self, order: Order, *, expected: OrderStatus, units_to_return: bool = False
+    ) -> None:
         check_last_move(order, expected)
         stored = self._stored(order.id)
         if stored.status is not expected:
@@ -115,6 +118,14 @@ class MemoryOrderStore:
             )
         stored.status = order.status
         stored.history.append(copy.deepcopy(order.history[-1]))
+        if units_to_return:
+            self._units_to_return.add(order.id)
+
+    async def units_to_return(self, limit: int) -> builtins.list[Order]:
+        return [copy.deepcopy(self._orders[i]) for i in sorted(self._units_to_return)[:limit]]
+
+    async def units_returned(self, order_id: str) -> None:
+        self._units_to_return.discard(order_id)
 
     async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:
         due = [

@@ -10,8 +10,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import AuthenticationError, AuthorizationError, DataError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
@@ -23,6 +23,9 @@ REPLY_TIMEOUT_SECONDS = 5.0
 def _unreachable(exc: Exception) -> bool:
     # ConnectionError covers a refused or dropped connection, a Redis still loading its data
     # and no free pooled connection; a ReadOnlyError, a replica that is not yet the primary.
+    # A refused password is a ConnectionError too, but a configuration error: not "try again".
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        return False
     return isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError)
 
 
@@ -42,8 +45,9 @@ def redis_client(url: str, *, max_connections: int) -> redis.Redis:
     whose reply was lost: the reservation scripts turn that into `duplicate` through their
     idempotency keys; a room event could be published twice.
 
-    A reply that takes longer than REPLY_TIMEOUT_SECONDS is not waited for again: a Redis that
-    froze would otherwise hold a shopper's claim four times as long before "try again".
+    A reply that takes longer than REPLY_TIMEOUT_SECONDS (redis-py's default, pinned here) is
+    not waited for again: Retry's default would also retry timeouts, and a Redis that froze held
+    a shopper's claim four times as long (20 s) before "try again".
     """
     pool = redis.BlockingConnectionPool.from_url(
         url,
@@ -53,7 +57,7 @@ def redis_client(url: str, *, max_connections: int) -> redis.Redis:
         socket_connect_timeout=REPLY_TIMEOUT_SECONDS,
         decode_responses=True,
         health_check_interval=10,
-        # Not Retry's default (which also retries timeouts): connection errors only.
+        # Connection errors only (see above).
         retry=Retry(
             ExponentialWithJitterBackoff(base=0.05, cap=1.0),
             retries=3,

@@ -9,6 +9,9 @@ Liveshop and stays one (a 500, logged with its traceback).
 from __future__ import annotations
 
 import functools
+import logging
+import math
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
@@ -17,6 +20,12 @@ from server.domain.errors import Unavailable
 P = ParamSpec("P")
 T = TypeVar("T")
 Method = Callable[P, Coroutine[Any, Any, T]]
+
+log = logging.getLogger("liveshop.backends")
+
+# An outage fails every call: one line per method this often says so without flooding the log.
+LOG_EVERY_SECONDS = 10.0
+_last_logged: dict[str, float] = {}  # by method: a bounded set of names
 
 
 def unavailable_when(
@@ -32,9 +41,17 @@ def unavailable_when(
                 return await method(*args, **kwargs)
             except Exception as exc:
                 if unreachable(exc):
+                    _note(method.__qualname__, exc)
                     raise Unavailable(message) from exc
                 raise
 
         return wrapper
 
     return decorate
+
+
+def _note(call: str, error: Exception) -> None:
+    now = time.monotonic()
+    if now - _last_logged.get(call, -math.inf) >= LOG_EVERY_SECONDS:
+        _last_logged[call] = now
+        log.warning("backend_unreachable", extra={"call": call, "error": type(error).__name__})

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from server.domain.errors import Unavailable
 from server.domain.money import Money
 from server.domain.rooms import ensure_can_manage
 from server.http.deps import container_of, require_identity
@@ -35,7 +36,8 @@ async def readyz(request: Request) -> JSONResponse:
             checks[name] = "ok"
         except Exception as exc:
             # What the client library saw (ConnectionError, ...), not the 503 it became.
-            checks[name] = f"unavailable: {type(exc.__cause__ or exc).__name__}"
+            seen = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
+            checks[name] = f"unavailable: {type(seen).__name__}"
     if container.hub.draining:
         checks["server"] = "draining"
     ready = all(value == "ok" for value in checks.values())

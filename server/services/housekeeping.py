@@ -1,5 +1,6 @@
 """Once a second, in every process: end offers whose time is up or whose stock is gone, expire
-unpaid orders, and release reservations whose claimer died. Each step is safe to run everywhere
+unpaid orders, give back units a cancel or an expiry could not, and release reservations whose
+claimer died. Each step is safe to run everywhere
 at once: the stores' compare-and-set lets exactly one process act on each offer or order."""
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Housekeeper:
         await self._step("end_due_offers", self._offers.end_due)
         await self._step("end_sold_out_offers", partial(self._offers.end_sold_out, offer_ids))
         await self._step("expire_due_orders", self._orders.expire_due)
+        await self._step("return_units", self._orders.return_units_due)
         for offer_id in offer_ids:
             await self._step("reap_orphans", partial(self._orders.reap_orphans, offer_id))
 

@@ -153,6 +153,10 @@ class OfferService:
         offer = await self._offers.get(offer_id)
         ensure_can_manage(await self._rooms.get(offer.room_id), who)
         ended = await self.end(offer, EndReason.STOPPED)
+        if ended is None:
+            # Ended already, perhaps by an earlier attempt whose stock stop failed (Redis away,
+            # the caller heard 503): stopping again is idempotent, and claims must not go on.
+            await self._stock.stop(offer_id)
         return ended or await self._offers.get(offer_id)
 
     async def end(self, offer: FlashOffer, reason: EndReason) -> FlashOffer | None:

@@ -36,6 +36,7 @@ Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 SYSTEM = "system"
 # A reservation this old with no order attached belongs to a claimer that died mid-claim.
 ORPHAN_AFTER = timedelta(seconds=30)
+RETURN_BATCH = 100  # give-backs retried per housekeeping round
 EXPIRY_BATCH = 200
 RECENT_CLAIMS = timedelta(hours=1)
 CACHED_OFFERS = 1000
@@ -203,7 +204,13 @@ class OrderService:
                 f"order is {order.status}, only pending payment can be cancelled",
                 code="invalid_transition",
             )
-        await self._move(order, OrderStatus.CANCELLED, by=who.user_id, reason="cancelled by buyer")
+        await self._move(
+            order,
+            OrderStatus.CANCELLED,
+            by=who.user_id,
+            reason="cancelled by buyer",
+            units_to_return=True,
+        )
         await self._give_back(order)
         return order
 
@@ -214,12 +221,26 @@ class OrderService:
         expired = 0
         for order in await self._orders.due_to_expire(self._clock(), EXPIRY_BATCH):
             try:
-                await self._move(order, OrderStatus.EXPIRED, by=SYSTEM, reason="not paid in time")
+                await self._move(
+                    order,
+                    OrderStatus.EXPIRED,
+                    by=SYSTEM,
+                    reason="not paid in time",
+                    units_to_return=True,
+                )
             except Conflict:
                 continue  # paid, cancelled or expired by someone else meanwhile
             await self._give_back(order)
             expired += 1
         return expired
+
+    async def return_units_due(self) -> int:
+        """Give back the units of cancelled and expired orders whose give-back failed (Redis
+        was away) or never ran (the process died between the two writes)."""
+        returned = 0
+        for order in await self._orders.units_to_return(RETURN_BATCH):
+            returned += await self._give_back(order)
+        return returned
 
     def recently_claimed_offers(self) -> builtins.list[str]:
         """Offers claimed through this process within the last hour (older ones are forgotten)."""
@@ -248,22 +269,36 @@ class OrderService:
             self._offer_service.stock_moved(offer, None)
         return released
 
-    async def _move(self, order: Order, to: OrderStatus, *, by: str, reason: str) -> None:
+    async def _move(
+        self,
+        order: Order,
+        to: OrderStatus,
+        *,
+        by: str,
+        reason: str,
+        units_to_return: bool = False,
+    ) -> None:
         expected = order.status
         order.move(to, at=self._clock(), by=by, reason=reason)
-        await self._orders.save_move(order, expected=expected)
+        await self._orders.save_move(order, expected=expected, units_to_return=units_to_return)
         await self._tell_buyer(order)
 
-    async def _give_back(self, order: Order) -> None:
-        """Return the order's units to its offer; the room hears of it if the offer runs."""
+    async def _give_back(self, order: Order) -> bool:
+        """Return the order's units to its offer (the room hears of it if the offer runs), then
+        clear the order's note that they are to go back. Releasing is idempotent, so doing it
+        twice is harmless. False when a store is away: the note stays, and housekeeping tries
+        again; the order's own move stands either way."""
         try:
             released = await self._stock.release(order.offer_id, order.idempotency_key)
-        except Unavailable:
-            return  # the offer's stock is being rebuilt from the orders, which now say so
+            await self._orders.units_returned(order.id)
+        except Unavailable as error:
+            log.warning("units_return_deferred", extra={"order_id": order.id, "code": error.code})
+            return False
         if released:
             offer = await self._offers.get(order.offer_id)
             if offer.end_reason is None:
                 self._offer_service.stock_moved(offer, None)
+        return True
 
     async def _tell_buyer(self, order: Order) -> None:
         try:

@@ -192,6 +192,26 @@ async def test_save_move_is_a_compare_and_set_on_status(stores: Stores) -> None:
         await stores.orders.save_move(missing, expected=S.PENDING_PAYMENT)
 
 
+async def test_a_move_that_returns_units_notes_it_until_they_are_back(stores: Stores) -> None:
+    for n in range(3):
+        await stores.orders.create(sample_order(f"o_{n}", f"k_{n}", buyer=f"u_{n}"))
+    await move_order(stores.orders, "o_0", S.PAID)  # no units back
+    cancelled = await stores.orders.get("o_1")
+    cancelled.move(S.CANCELLED, at=T0, by="u_1", reason="changed my mind")
+    await stores.orders.save_move(cancelled, expected=S.PENDING_PAYMENT, units_to_return=True)
+    assert await stores.orders.units_to_return(10) == [cancelled]  # as stored, with its move
+    stale = await stores.orders.get("o_2")
+    await move_order(stores.orders, "o_2", S.PAID)  # paid meanwhile
+    stale.move(S.EXPIRED, at=T0 + TTL, by="system")
+    with pytest.raises(Conflict):  # a move refused notes nothing either
+        await stores.orders.save_move(stale, expected=S.PENDING_PAYMENT, units_to_return=True)
+    assert [o.id for o in await stores.orders.units_to_return(10)] == ["o_1"]
+    await stores.orders.units_returned("o_1")
+    await stores.orders.units_returned("o_1")  # twice is fine
+    assert await stores.orders.units_to_return(10) == []
+    assert await stores.orders.get("o_1") == cancelled  # the order itself is unchanged
+
+
 async def test_save_move_refuses_a_move_its_history_does_not_show(stores: Stores) -> None:
     await stores.orders.create(sample_order())
     order = await stores.orders.get("o_1")

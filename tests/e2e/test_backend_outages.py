@@ -136,6 +136,9 @@ async def test_claims_while_mongodb_is_frozen_are_answered_try_again(
             shoppers = [f"shopper-{n}" for n in range(4)]
             async with http(server.base_url) as client:
                 client.timeout = httpx.Timeout(PATIENCE_SECONDS)
+                # The server has read the offer and its product: a claim's next call to MongoDB
+                # is its order's write.
+                assert (await claim(client, offer_id, "early", "k")).status_code == 201
                 with quick_answers(), frozen(mongo.pid):
                     # Units reserved in Redis, orders not written: each hears "try again",
                     # including those queued behind the first batch of orders.
@@ -144,12 +147,38 @@ async def test_claims_while_mongodb_is_frozen_are_answered_try_again(
                     )
                     for answer in during:
                         assert_try_again(answer)
+                held = (await client.get(f"/offers/{offer_id}")).json()  # before any retry
                 after = [await claim_until_answered(client, offer_id, u, "k") for u in shoppers]
                 offer = (await client.get(f"/offers/{offer_id}")).json()
+            assert held["remaining"] == 10 - 1 - len(shoppers)  # they got past the reservation
             assert [answer.status_code for answer in after] == [201] * len(shoppers)
             orders = orders_of(mongodb_url, "frozen", offer_id)
-            assert sorted(order["buyer_id"] for order in orders) == shoppers
-            assert {order["_id"] for order in orders} == {a.json()["id"] for a in after}
-            assert offer["remaining"] == 10 - len(shoppers)  # the units held, not taken twice
+            assert sorted(order["buyer_id"] for order in orders) == ["early", *shoppers]
+            assert {a.json()["id"] for a in after} <= {order["_id"] for order in orders}
+            assert offer["remaining"] == held["remaining"]  # held for them, not taken twice
     finally:
         await mongo.stop()
+
+
+async def test_a_cancel_while_redis_is_frozen_gives_the_units_back_once_it_answers(
+    redis_server: RedisServer, mongodb_url: str, mongo_database_name: str
+) -> None:
+    env = server_env(redis_server.url, mongodb_url, mongo_database_name)
+    with running([LiveshopProcess(env, name="RC")]) as (server,):
+        host = make_token(unique("host"), "host")
+        room_id = await create_live_room(server.base_url, host, pin=False)
+        offer_id = await launch(server.base_url, host, room_id, quantity=3)
+        shopper = unique("shopper")
+        async with http(server.base_url, make_token(shopper)) as client:
+            client.timeout = httpx.Timeout(PATIENCE_SECONDS)
+            order = await claim(client, offer_id, shopper, "k")
+            assert order.status_code == 201
+            with quick_answers(), frozen(redis_server.pid):
+                # The cancel stands (it is in MongoDB); the unit cannot go back yet.
+                cancelled = await client.post(f"/orders/{order.json()['id']}/cancel")
+                assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
+            deadline = time.monotonic() + 10
+            while (await client.get(f"/offers/{offer_id}")).json()["remaining"] != 3:
+                assert time.monotonic() < deadline, "the unit never came back"
+                await asyncio.sleep(0.2)
+        assert "units_return_deferred" in server.stderr_text()

@@ -32,7 +32,7 @@ from server.adapters.mongo.order_docs import (
     order_from,
     transition_doc,
 )
-from server.adapters.mongo.stores import _collection, _translate_errors
+from server.adapters.mongo.stores import Document, _collection, _translate_errors
 from server.domain.errors import Conflict, NotFound, Unavailable
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
@@ -42,6 +42,8 @@ log = logging.getLogger("liveshop.orders")
 
 OFFERS = "offers"
 ORDERS = "orders"
+# Set on an order, with its move to cancelled or expired, until its units are back in the offer.
+UNITS_TO_RETURN = "units_to_return"
 
 _NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
@@ -63,6 +65,12 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
             IndexModel(
                 [("status", ASCENDING), ("reservation_expires_at", ASCENDING)],
                 name="status_expires_at",
+            ),
+            # Only the few orders whose units are on their way back are in it.
+            IndexModel(
+                [(UNITS_TO_RETURN, ASCENDING)],
+                name=UNITS_TO_RETURN,
+                partialFilterExpression={UNITS_TO_RETURN: True},
             ),
         ]
     )
@@ -245,16 +253,18 @@ class MongoOrderStore:
         return [order_from(doc) async for doc in cursor]
 
     @_translate_errors
-    async def save_move(self, order: Order, *, expected: OrderStatus) -> None:
+    async def save_move(
+        self, order: Order, *, expected: OrderStatus, units_to_return: bool = False
+    ) -> None:
         check_last_move(order, expected)
+        changes: Document = {"status": order.status.value}
+        if units_to_return:
+            changes[UNITS_TO_RETURN] = True
         # Compare-and-set on the status: of two racing moves (a payment and an expiry), one
         # matches; the other finds the status changed and is refused.
         result = await self._orders.update_one(
             {"_id": order.id, "status": expected.value},
-            {
-                "$set": {"status": order.status.value},
-                "$push": {"history": transition_doc(order.history[-1])},
-            },
+            {"$set": changes, "$push": {"history": transition_doc(order.history[-1])}},
         )
         if result.matched_count:
             return
@@ -264,6 +274,15 @@ class MongoOrderStore:
         raise Conflict(
             f"the order is {current['status']} now, not {expected}", code="order_changed"
         )
+
+    @_translate_errors
+    async def units_to_return(self, limit: int) -> builtins.list[Order]:
+        cursor = self._orders.find({UNITS_TO_RETURN: True}).limit(limit)
+        return [order_from(doc) async for doc in cursor]
+
+    @_translate_errors
+    async def units_returned(self, order_id: str) -> None:
+        await self._orders.update_one({"_id": order_id}, {"$unset": {UNITS_TO_RETURN: ""}})
 
     @_translate_errors
     async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -86,3 +87,19 @@ async def test_the_method_keeps_its_result_and_name() -> None:
 
     assert await double(21) == 42
     assert (double.__name__, double.__doc__) == ("double", "Twice the value.")
+
+
+async def test_an_outage_is_logged_once_per_method_not_once_per_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @redis_unreachable_is_unavailable
+    async def claim(value: int) -> int:
+        raise RedisConnectionError("refused")
+
+    with caplog.at_level(logging.WARNING, logger="liveshop.backends"):
+        for _ in range(100):
+            with pytest.raises(Unavailable):
+                await claim(1)
+    assert [(r.getMessage(), r.call, r.error) for r in caplog.records] == [  # type: ignore[attr-defined]
+        ("backend_unreachable", claim.__qualname__, "ConnectionError")
+    ]
