@@ -212,7 +212,8 @@ class StockReservations(Protocol):
     ) -> bool:
         """Give the reservation's units back to the stock and to the buyer's limit. True the
         one time it happens; False when already released, unknown, or (with `orphan_only`, the
-        reaper's way) an order is attached. The key stays, so a retry still finds its order."""
+        reaper's way) an order is attached. The key stays, so a retry still finds its order.
+        Unavailable (`offer_paused`) when the offer is lost: rebuild it, then release."""
         ...
 
     async def remaining(self, offer_id: str) -> int:

@@ -134,9 +134,9 @@ class MemoryStockReservations:
     async def release(
         self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
     ) -> bool:
-        offer = self._offers.get(offer_id)
-        known = offer.claims.get(idempotency_key) if offer is not None else None
-        if offer is None or known is None or known.released:
+        offer = self._offer_or_paused(offer_id)
+        known = offer.claims.get(idempotency_key)
+        if known is None or known.released:
             return False
         if orphan_only and known.order_id is not None:
             return False

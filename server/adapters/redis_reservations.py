@@ -94,7 +94,7 @@ return out
 """
 
 _RELEASE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local raw = redis.call('HGET', KEYS[3], ARGV[1])
 if not raw then return 0 end
 local r = cjson.decode(raw)
@@ -298,7 +298,10 @@ class RedisStockReservations:
         self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
     ) -> bool:
         args = [idempotency_key, "1" if orphan_only else "0"]
-        return bool(await self._release(keys=_keys(offer_id), args=args))
+        released = int(await self._release(keys=_keys(offer_id), args=args))
+        if released < 0:
+            raise Unavailable(f"offer {offer_id} is being restored", code="offer_paused")
+        return released == 1
 
     @redis_unreachable_is_unavailable
     async def remaining(self, offer_id: str) -> int:

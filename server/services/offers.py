@@ -153,11 +153,15 @@ class OfferService:
         offer = await self._offers.get(offer_id)
         ensure_can_manage(await self._rooms.get(offer.room_id), who)
         ended = await self.end(offer, EndReason.STOPPED)
-        if ended is None:
-            # Ended already, perhaps by an earlier attempt whose stock stop failed (Redis away,
-            # the caller heard 503): stopping again is idempotent, and claims must not go on.
-            await self._stock.stop(offer_id)
-        return ended or await self._offers.get(offer_id)
+        if ended is not None:
+            return ended
+        # Ended already, perhaps by an earlier attempt that failed after recording the end
+        # (Redis away, the host heard 503): stop the stock and tell the room again. Both are
+        # idempotent: the room's stream drops an `offer.ended` that went out before.
+        ended = await self._offers.get(offer_id)
+        await self._stock.stop(offer_id)
+        await self._announce_end(ended)
+        return ended
 
     async def end(self, offer: FlashOffer, reason: EndReason) -> FlashOffer | None:
         """End the offer if nobody has yet; only the process that wins tells the room.
@@ -178,14 +182,18 @@ class OfferService:
         finally:
             # Whatever became of those (an error, a shutdown): the end is recorded, and no other
             # process will announce it.
-            await self._events.publish_room_event(
-                offer.room_id,
-                {"type": "offer.ended", "offer_id": offer.id, "reason": reason.value},
-                topic=offer.id,
-                last=True,
-            )
+            await self._announce_end(ended)
         log.info("offer_ended", extra={"offer_id": offer.id, "reason": reason.value})
         return ended
+
+    async def _announce_end(self, offer: FlashOffer) -> None:
+        assert offer.end_reason is not None
+        await self._events.publish_room_event(
+            offer.room_id,
+            {"type": "offer.ended", "offer_id": offer.id, "reason": offer.end_reason.value},
+            topic=offer.id,
+            last=True,
+        )
 
     async def end_sold_out(self, offer_ids: Iterable[str]) -> int:
         """End the running offers among these whose stock is gone into orders. The claim that

@@ -20,7 +20,7 @@ from typing import Any
 
 from schemas.commerce import order_to_wire
 from schemas.http import product_to_wire
-from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
+from server.domain.errors import Conflict, Forbidden, LiveshopError, NotFound, Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.offers import AttachOutcome, ClaimOutcome, FlashOffer, claim_error
 from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, place_order
@@ -211,14 +211,15 @@ class OrderService:
             reason="cancelled by buyer",
             units_to_return=True,
         )
-        await self._give_back(order)
+        if not await self._give_back(order):
+            log.warning("units_return_deferred", extra={"order_id": order.id})
         return order
 
     # Housekeeping, run by every process ----------------------------------------------------------
 
     async def expire_due(self) -> int:
         """Expire unpaid orders whose reservation ran out; exactly once across processes."""
-        expired = 0
+        expired, giving_back = 0, True
         for order in await self._orders.due_to_expire(self._clock(), EXPIRY_BATCH):
             try:
                 await self._move(
@@ -230,17 +231,23 @@ class OrderService:
                 )
             except Conflict:
                 continue  # paid, cancelled or expired by someone else meanwhile
-            await self._give_back(order)
+            if giving_back and not await self._give_back(order):
+                # The stock is away: the rest of the batch need not wait for it in turn, their
+                # notes say what is due.
+                giving_back = False
+                log.warning("units_return_deferred", extra={"order_id": order.id})
             expired += 1
         return expired
 
     async def return_units_due(self) -> int:
-        """Give back the units of cancelled and expired orders whose give-back failed (Redis
-        was away) or never ran (the process died between the two writes)."""
-        returned = 0
+        """Finish the give-backs of cancelled and expired orders that failed (the stock was
+        away) or never ran (the process died between the two writes); how many it finished."""
+        finished = 0
         for order in await self._orders.units_to_return(RETURN_BATCH):
-            returned += await self._give_back(order)
-        return returned
+            if not await self._give_back(order):
+                break  # still away: one try a round, not one per order
+            finished += 1
+        return finished
 
     def recently_claimed_offers(self) -> builtins.list[str]:
         """Offers claimed through this process within the last hour (older ones are forgotten)."""
@@ -286,19 +293,35 @@ class OrderService:
     async def _give_back(self, order: Order) -> bool:
         """Return the order's units to its offer (the room hears of it if the offer runs), then
         clear the order's note that they are to go back. Releasing is idempotent, so doing it
-        twice is harmless. False when a store is away: the note stays, and housekeeping tries
+        twice is harmless. False when the stock is away: the note stays, and housekeeping tries
         again; the order's own move stands either way."""
         try:
-            released = await self._stock.release(order.offer_id, order.idempotency_key)
-            await self._orders.units_returned(order.id)
-        except Unavailable as error:
-            log.warning("units_return_deferred", extra={"order_id": order.id, "code": error.code})
+            released = await self._release(order)
+        except Unavailable:
             return False
+        with contextlib.suppress(Unavailable):  # if not, the next try releases nothing, clears it
+            await self._orders.units_returned(order.id)
         if released:
-            offer = await self._offers.get(order.offer_id)
-            if offer.end_reason is None:
-                self._offer_service.stock_moved(offer, None)
+            try:
+                offer = await self._offers.get(order.offer_id)
+            except LiveshopError as error:  # the units are back; only the room's figure waits
+                log.warning("stock_announce_skipped", extra={"code": error.code})
+            else:
+                if offer.end_reason is None:
+                    self._offer_service.stock_moved(offer, None)
         return True
+
+    async def _release(self, order: Order) -> bool:
+        try:
+            return await self._stock.release(order.offer_id, order.idempotency_key)
+        except Unavailable as error:
+            if error.code != "offer_paused":
+                raise
+        # The offer's stock was lost (Redis restarted): rebuild it from the orders, where this
+        # one holds nothing now, then release anyway, in case a rebuild that read the orders
+        # before this order's move won the race and holds its units.
+        await self._offer_service.rebuild(await self._offers.get(order.offer_id))
+        return await self._stock.release(order.offer_id, order.idempotency_key)
 
     async def _tell_buyer(self, order: Order) -> None:
         try:

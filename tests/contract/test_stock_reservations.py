@@ -336,7 +336,9 @@ async def test_a_lost_offer_pauses_until_rebuilt_from_its_orders(backend: Backen
     assert raised.value.code == "offer_paused"
     assert await stock.snapshot("of1") is None
     assert not await stock.stop("of1")
-    assert not await stock.release("of1", "k1")
+    with pytest.raises(Unavailable) as raised:  # not "nothing to release": nothing is known
+        await stock.release("of1", "k1")
+    assert raised.value.code == "offer_paused"
 
     surviving = [
         RecoveredClaim("k1", "alice", 3, "ord1", held=True, reservation_id="rsv_a"),

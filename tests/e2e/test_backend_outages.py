@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -74,14 +74,22 @@ def ws_claim(offer_id: str, key: str) -> dict[str, object]:
     }
 
 
+@asynccontextmanager
+async def live_offer(
+    env: dict[str, str], name: str, quantity: int
+) -> AsyncIterator[tuple[LiveshopProcess, str, str]]:
+    """One server process with a live room and a running offer: (server, room id, offer id)."""
+    with running([LiveshopProcess(env, name=name)]) as (server,):
+        host = make_token(unique("host"), "host")
+        room_id = await create_live_room(server.base_url, host, pin=False)
+        yield server, room_id, await launch(server.base_url, host, room_id, quantity=quantity)
+
+
 async def test_claims_while_redis_is_down_or_frozen_are_answered_try_again(
     redis_server: RedisServer, mongodb_url: str, mongo_database_name: str
 ) -> None:
     env = server_env(redis_server.url, mongodb_url, mongo_database_name)
-    with running([LiveshopProcess(env, name="RO")]) as (server,):
-        host = make_token(unique("host"), "host")
-        room_id = await create_live_room(server.base_url, host, pin=False)
-        offer_id = await launch(server.base_url, host, room_id, quantity=10)
+    async with live_offer(env, "RO", 10) as (server, room_id, offer_id):
         shopper = unique("ws-shopper")
         async with (
             http(server.base_url) as client,
@@ -129,10 +137,7 @@ async def test_claims_while_mongodb_is_frozen_are_answered_try_again(
         LIVESHOP_MONGODB_TIMEOUT_SECONDS=str(MONGODB_TIMEOUT_SECONDS),
     )
     try:
-        with running([LiveshopProcess(env, name="MF")]) as (server,):
-            host = make_token(unique("host"), "host")
-            room_id = await create_live_room(server.base_url, host, pin=False)
-            offer_id = await launch(server.base_url, host, room_id, quantity=10)
+        async with live_offer(env, "MF", 10) as (server, _, offer_id):
             shoppers = [f"shopper-{n}" for n in range(4)]
             async with http(server.base_url) as client:
                 client.timeout = httpx.Timeout(PATIENCE_SECONDS)
@@ -164,10 +169,7 @@ async def test_a_cancel_while_redis_is_frozen_gives_the_units_back_once_it_answe
     redis_server: RedisServer, mongodb_url: str, mongo_database_name: str
 ) -> None:
     env = server_env(redis_server.url, mongodb_url, mongo_database_name)
-    with running([LiveshopProcess(env, name="RC")]) as (server,):
-        host = make_token(unique("host"), "host")
-        room_id = await create_live_room(server.base_url, host, pin=False)
-        offer_id = await launch(server.base_url, host, room_id, quantity=3)
+    async with live_offer(env, "RC", 3) as (server, _, offer_id):
         shopper = unique("shopper")
         async with http(server.base_url, make_token(shopper)) as client:
             client.timeout = httpx.Timeout(PATIENCE_SECONDS)

@@ -5,40 +5,62 @@ the stock is finished by the host's retry."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Unavailable
-from server.domain.offers import EndReason
-from server.domain.orders import OrderStatus
+from server.domain.offers import EndReason, RecoveredClaim
+from server.domain.orders import HOLDS_STOCK, OrderStatus
+from server.ports import StockReservations
+from server.services.offers import OfferService
+from server.services.orders import OrderService
+from tests.fakes import RecordingEvents
 from tests.unit.services.shop import ADDRESS, HOST, Shop, buyer, other_process
 
 
-class FlakyStock(MemoryStockReservations):
-    """The shop's own reservations, seen through a connection that can be cut."""
+class FlakyStock:
+    """The shop's own reservations, seen through a connection that can be cut; and, once, a
+    rebuild by another process that read the orders before a cancel lands first."""
 
     def __init__(self, shared: MemoryStockReservations) -> None:
-        self.__dict__ = shared.__dict__  # the same offers, reservations and stock
+        self._shared = shared
         self.away = False
+        self.stale_rebuild: list[RecoveredClaim] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
 
     async def release(
         self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
     ) -> bool:
         self._check()
-        return await super().release(offer_id, idempotency_key, orphan_only=orphan_only)
+        return await self._shared.release(offer_id, idempotency_key, orphan_only=orphan_only)
 
     async def stop(self, offer_id: str) -> bool:
         self._check()
-        return await super().stop(offer_id)
+        return await self._shared.stop(offer_id)
+
+    async def rebuild(self, offer_id: str, *, claims: list[RecoveredClaim], **offer: Any) -> bool:
+        if self.stale_rebuild is not None:
+            await self._shared.rebuild(offer_id, claims=self.stale_rebuild, **offer)
+            self.stale_rebuild = None
+        return await self._shared.rebuild(offer_id, claims=claims, **offer)
 
     def _check(self) -> None:
         if self.away:
             raise Unavailable("live data is unreachable, try again")
 
 
-async def test_a_cancel_while_the_stock_is_away_gives_the_units_back_later(shop: Shop) -> None:
+def flaky(shop: Shop) -> tuple[FlakyStock, OfferService, OrderService]:
     stock = FlakyStock(shop.stock)
-    _, orders = other_process(shop, stock=stock)
+    offers, orders = other_process(shop, stock=cast(StockReservations, stock))
+    return stock, offers, orders
+
+
+async def test_a_cancel_while_the_stock_is_away_gives_the_units_back_later(shop: Shop) -> None:
+    stock, _, orders = flaky(shop)
     offer = await shop.launch(quantity=3, limit=1)
     order, _ = await orders.claim(
         offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
@@ -74,17 +96,61 @@ async def test_an_expiry_whose_give_back_never_ran_is_finished_by_housekeeping(
     assert stored.status is OrderStatus.EXPIRED
 
 
-async def test_a_stop_whose_stock_stop_failed_is_finished_by_the_retry(shop: Shop) -> None:
-    stock = FlakyStock(shop.stock)
-    offers, orders = other_process(shop, stock=stock)
+class FlakyEvents(RecordingEvents):
+    """Room events through a broker connection that can be cut."""
+
+    away = False
+
+    async def publish_room_event(self, room_id: str, event: dict[str, Any], **how: Any) -> int:
+        if self.away:
+            raise Unavailable("live events are unavailable, try again")
+        return await super().publish_room_event(room_id, event, **how)
+
+
+async def test_a_stop_that_failed_after_recording_the_end_is_finished_by_the_retry(
+    shop: Shop,
+) -> None:
+    stock, events = FlakyStock(shop.stock), FlakyEvents()
+    offers, orders = other_process(shop, stock=cast(StockReservations, stock), events=events)
     offer = await shop.launch(quantity=5, limit=1)
-    stock.away = True
-    with pytest.raises(Unavailable):  # the end is recorded, the stock not stopped
+    stock.away = events.away = True  # Redis is away: the stock and the room's stream alike
+    with pytest.raises(Unavailable):  # the end is recorded; nothing else happened
         await offers.stop(offer.id, HOST)
     assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.STOPPED
-    stock.away = False
+    assert events.of_type("offer.ended") == []
+    stock.away = events.away = False
     stopped = await offers.stop(offer.id, HOST)  # the host tries again
     assert stopped.end_reason is EndReason.STOPPED
     with pytest.raises(Conflict) as refused:  # claims do not go on until the offer's end time
         await orders.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
     assert refused.value.code == "offer_not_active"
+    assert events.of_type("offer.ended") == [
+        {"type": "offer.ended", "offer_id": offer.id, "reason": "stopped"}
+    ]
+    await offers.stop(offer.id, HOST)  # once more: the room is not told twice
+    assert len(events.of_type("offer.ended")) == 1
+
+
+async def test_a_cancel_racing_a_stale_rebuild_after_a_loss_still_gives_the_units_back(
+    shop: Shop,
+) -> None:
+    stock, _, orders = flaky(shop)
+    offer = await shop.launch(quantity=3, limit=1)
+    order, _ = await orders.claim(
+        offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
+    )
+    shop.stock.flush()  # Redis lost everything
+    # Another process reads the orders to rebuild the offer (the order still holds its unit),
+    # and writes what it read only after the cancel below found the offer gone.
+    stock.stale_rebuild = [
+        RecoveredClaim(o.idempotency_key, o.buyer_id, o.quantity, o.id, o.status in HOLDS_STOCK)
+        for o in await shop.orders_store.of_offer(offer.id)
+    ]
+    await orders.cancel(order.id, buyer(1))
+    assert stock.stale_rebuild is None  # it did land first
+    assert await shop.stock.remaining(offer.id) == 3
+    assert await shop.orders_store.units_to_return(10) == []
+    _, created = await orders.claim(  # and the buyer's limit is free again
+        offer.id, buyer(1), quantity=1, idempotency_key="k2", address=ADDRESS
+    )
+    assert created
