@@ -1,7 +1,7 @@
 """Once a second, in every process: end offers whose time is up or whose stock is gone, expire
 unpaid orders, give back units a cancel or an expiry could not, and release reservations whose
-claimer died. Each step is safe to run everywhere
-at once: the stores' compare-and-set lets exactly one process act on each offer or order."""
+claimer died. Each step is safe to run everywhere at once: the stores' compare-and-set lets
+exactly one process act on each offer or order, and giving units back is idempotent."""
 
 from __future__ import annotations
 
