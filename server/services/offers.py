@@ -156,8 +156,9 @@ class OfferService:
         if ended is not None:
             return ended
         # Ended already, perhaps by an earlier attempt that failed after recording the end
-        # (Redis away, the host heard 503): stop the stock and tell the room again. Both are
-        # idempotent: the room's stream drops an `offer.ended` that went out before.
+        # (Redis away, the host heard 503): stop the stock and tell the room again. Stopping is
+        # idempotent, and the room's stream drops an `offer.ended` that went out before (for as
+        # long as it keeps the offer's closed topic: a day, unless Redis loses it).
         ended = await self._offers.get(offer_id)
         await self._stock.stop(offer_id)
         await self._announce_end(ended)
@@ -187,7 +188,8 @@ class OfferService:
         return ended
 
     async def _announce_end(self, offer: FlashOffer) -> None:
-        assert offer.end_reason is not None
+        if offer.end_reason is None:
+            raise RuntimeError(f"offer {offer.id} has not ended")
         await self._events.publish_room_event(
             offer.room_id,
             {"type": "offer.ended", "offer_id": offer.id, "reason": offer.end_reason.value},
@@ -232,6 +234,9 @@ class OfferService:
 
     async def rebuild(self, offer: FlashOffer) -> None:
         """Restore an offer's stock from its orders after the reservation store lost it."""
+        # Read again: a caller's copy may predate the offer's end, and a stopped or sold-out
+        # offer must not reopen until its end time.
+        offer = await self._offers.get(offer.id)
         orders = await self._orders.of_offer(offer.id)
         claims = [
             RecoveredClaim(

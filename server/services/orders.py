@@ -243,10 +243,14 @@ class OrderService:
         """Finish the give-backs of cancelled and expired orders that failed (the stock was
         away) or never ran (the process died between the two writes); how many it finished."""
         finished = 0
+        stuck: set[str] = set()  # offer ids
         for order in await self._orders.units_to_return(RETURN_BATCH):
-            if not await self._give_back(order):
-                break  # still away: one try a round, not one per order
-            finished += 1
+            if order.offer_id in stuck:
+                continue  # one try per offer and round: a Redis that hangs costs 5 s a try
+            if await self._give_back(order):
+                finished += 1
+            else:
+                stuck.add(order.offer_id)  # the others' offers may fare better
         return finished
 
     def recently_claimed_offers(self) -> builtins.list[str]:
@@ -268,13 +272,21 @@ class OrderService:
             written = await self._orders.by_key(offer_id, key)
             if written is not None:
                 await self._stock.attach_order(offer_id, key, written.id)
-            elif await self._stock.release(offer_id, key, orphan_only=True):
+            elif await self._release_orphan(offer_id, key):
                 released += 1
         if released:
             log.warning("orphan_reservations_released", extra={"offer_id": offer_id, "n": released})
             offer = await self._offers.get(offer_id)
             self._offer_service.stock_moved(offer, None)
         return released
+
+    async def _release_orphan(self, offer_id: str, key: str) -> bool:
+        try:
+            return await self._stock.release(offer_id, key, orphan_only=True)
+        except Unavailable as error:
+            if error.code != "offer_paused":
+                raise
+            return False  # lost meanwhile: its rebuild keeps only the claims that have orders
 
     async def _move(
         self,

@@ -33,6 +33,7 @@ from hypothesis.stateful import (
 
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.adapters.redis_reservations import RedisStockReservations
+from server.domain.errors import Unavailable
 from server.domain.offers import AttachOutcome, ClaimOutcome, RecoveredClaim
 from server.ports import StockReservations
 
@@ -198,9 +199,12 @@ class ReservationMachine(RuleBasedStateMachine):
         key = self.pick_key(index)
         assert key is not None
         known = self.model.claims[key]
-        expected = not (
-            self.model.lost or known.released or (orphan_only and known.order_id is not None)
-        )
+        if self.model.lost:  # nothing is known until the offer is rebuilt
+            with pytest.raises(Unavailable) as paused:
+                self.call(self.stock.release(OFFER, key, orphan_only=orphan_only))
+            assert paused.value.code == "offer_paused"
+            return
+        expected = not (known.released or (orphan_only and known.order_id is not None))
         assert self.call(self.stock.release(OFFER, key, orphan_only=orphan_only)) is expected
         if expected:
             known.released = True

@@ -72,10 +72,7 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
                 name=UNITS_TO_RETURN,
                 partialFilterExpression={UNITS_TO_RETURN: True},
             ),
-        ],
-        # A new index is built on every voting member by default, so one member down would hold
-        # the start-up of every process; a majority is enough.
-        commitQuorum="majority",
+        ]
     )
     await _collection(db, OFFERS).create_indexes(
         [

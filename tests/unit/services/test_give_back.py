@@ -27,6 +27,7 @@ class FlakyStock:
     def __init__(self, shared: MemoryStockReservations) -> None:
         self._shared = shared
         self.away = False
+        self.away_for: set[str] = set()  # offer ids whose calls fail
         self.stale_rebuild: list[RecoveredClaim] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -35,11 +36,11 @@ class FlakyStock:
     async def release(
         self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
     ) -> bool:
-        self._check()
+        self._check(offer_id)
         return await self._shared.release(offer_id, idempotency_key, orphan_only=orphan_only)
 
     async def stop(self, offer_id: str) -> bool:
-        self._check()
+        self._check(offer_id)
         return await self._shared.stop(offer_id)
 
     async def rebuild(self, offer_id: str, *, claims: list[RecoveredClaim], **offer: Any) -> bool:
@@ -48,8 +49,8 @@ class FlakyStock:
             self.stale_rebuild = None
         return await self._shared.rebuild(offer_id, claims=claims, **offer)
 
-    def _check(self) -> None:
-        if self.away:
+    def _check(self, offer_id: str) -> None:
+        if self.away or offer_id in self.away_for:
             raise Unavailable("live data is unreachable, try again")
 
 
@@ -154,3 +155,33 @@ async def test_a_cancel_racing_a_stale_rebuild_after_a_loss_still_gives_the_unit
         offer.id, buyer(1), quantity=1, idempotency_key="k2", address=ADDRESS
     )
     assert created
+
+
+async def test_expiries_while_the_stock_is_away_are_given_back_later_offer_by_offer(
+    shop: Shop,
+) -> None:
+    stock, _, orders = flaky(shop)
+    first, second = await shop.launch(quantity=3, limit=3), await shop.launch(quantity=3, limit=3)
+    for offer, key in ((first, "a1"), (first, "a2"), (second, "b1")):
+        await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key=key, address=ADDRESS)
+    stock.away = True
+    shop.clock.advance(minutes=16)
+    assert await orders.expire_due() == 3  # the orders expire; their units wait
+    assert len(await shop.orders_store.units_to_return(10)) == 3
+    stock.away, stock.away_for = False, {first.id}  # only the first offer's stock is away now
+    assert await orders.return_units_due() == 1  # the second's unit is not held up by it
+    assert await shop.stock.remaining(second.id) == 3
+    assert await shop.stock.remaining(first.id) == 1
+    stock.away_for = set()
+    assert await orders.return_units_due() == 2
+    assert await shop.stock.remaining(first.id) == 3
+
+
+async def test_a_stopped_offer_stays_stopped_when_rebuilt_after_a_loss(shop: Shop) -> None:
+    offer = await shop.launch(quantity=5, limit=1)
+    await shop.claim(offer, buyer(1), "k")  # this process now knows the offer, still running
+    await shop.offers.stop(offer.id, HOST)
+    shop.stock.flush()  # Redis lost everything
+    with pytest.raises(Conflict) as refused:  # the rebuild reads the end, not a stale copy
+        await shop.claim(offer, buyer(2), "k")
+    assert refused.value.code == "offer_not_active"
