@@ -159,12 +159,12 @@ class RedisBroker:
     async def publish_control(self, room_id: str, control: dict[str, Any]) -> None:
         await self._redis.publish(room_channel(room_id), encode_body(control))
 
-    @redis_unreachable_is_unavailable
     async def publish_private(self, user_id: str, event: dict[str, Any]) -> None:
         # A flash sale's orders are written in batches, so their `order.updated` events come in
         # hundreds at once: they share one pipeline (see group_commit.py).
         await self._private.submit(None, (user_channel(user_id), encode_body(event)))
 
+    @redis_unreachable_is_unavailable  # once per batch; GroupCommit hands each caller a copy
     async def _publish_private_batch(self, _: None, messages: list[tuple[str, str]]) -> list[int]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for channel, body in messages:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from server.domain.errors import Unavailable
+from server.domain.errors import OfferPaused
 from server.domain.offers import (
     PENDING_BATCH,
     AttachOutcome,
@@ -234,7 +234,7 @@ class MemoryStockReservations:
     def _offer_or_paused(self, offer_id: str) -> _Offer:
         offer = self._offers.get(offer_id)
         if offer is None:
-            raise Unavailable(f"offer {offer_id} is being restored", code="offer_paused")
+            raise OfferPaused(f"offer {offer_id} is being restored")
         return offer
 
     def _new_reservation_id(self) -> str:

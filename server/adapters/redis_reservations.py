@@ -25,7 +25,7 @@ import redis.asyncio as redis
 
 from server.adapters.group_commit import GroupCommit
 from server.adapters.redis_client import redis_client, redis_unreachable_is_unavailable
-from server.domain.errors import Unavailable
+from server.domain.errors import OfferPaused
 from server.domain.offers import (
     PENDING_BATCH,
     AttachOutcome,
@@ -263,7 +263,6 @@ class RedisStockReservations:
         ]
         return bool(await self._open(keys=_keys(offer_id), args=args))
 
-    @redis_unreachable_is_unavailable
     async def claim(
         self, offer_id: str, buyer_id: str, quantity: int, idempotency_key: str, now: datetime
     ) -> ClaimResult:
@@ -272,18 +271,19 @@ class RedisStockReservations:
         args = (buyer_id, quantity, idempotency_key, epoch_ms(now), reservation_id)
         return await self._claims.submit(offer_id, args)
 
+    @redis_unreachable_is_unavailable  # once per batch; GroupCommit hands each caller a copy
     async def _claim_batch(self, offer_id: str, batch: list[_ClaimArgs]) -> list[ClaimResult]:
         args = [arg for claim in batch for arg in claim]
         return [
             _claim_result(reply) for reply in await self._claim(keys=_keys(offer_id), args=args)
         ]
 
-    @redis_unreachable_is_unavailable
     async def attach_order(
         self, offer_id: str, idempotency_key: str, order_id: str
     ) -> AttachOutcome:
         return await self._attaches.submit(offer_id, (idempotency_key, order_id))
 
+    @redis_unreachable_is_unavailable
     async def _attach_batch(
         self, offer_id: str, batch: list[tuple[str, str]]
     ) -> list[AttachOutcome]:
@@ -300,14 +300,14 @@ class RedisStockReservations:
         args = [idempotency_key, "1" if orphan_only else "0"]
         released = int(await self._release(keys=_keys(offer_id), args=args))
         if released < 0:
-            raise Unavailable(f"offer {offer_id} is being restored", code="offer_paused")
+            raise OfferPaused(f"offer {offer_id} is being restored")
         return released == 1
 
     @redis_unreachable_is_unavailable
     async def remaining(self, offer_id: str) -> int:
         stock = await self._redis.hget(_keys(offer_id)[0], "stock")
         if stock is None:
-            raise Unavailable(f"offer {offer_id} is being restored", code="offer_paused")
+            raise OfferPaused(f"offer {offer_id} is being restored")
         return int(stock)
 
     @redis_unreachable_is_unavailable

@@ -49,3 +49,9 @@ class RateLimited(LiveshopError):
 class Unavailable(LiveshopError):
     code = "unavailable"
     status = 503
+
+
+class OfferPaused(Unavailable):
+    """The reservation store lost the offer: claims wait until it is rebuilt from the orders."""
+
+    code = "offer_paused"

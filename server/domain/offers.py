@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from server.domain.errors import Conflict, Forbidden, InvalidInput, LiveshopError, Unavailable
+from server.domain.errors import Conflict, Forbidden, InvalidInput, LiveshopError, OfferPaused
 from server.domain.money import Money
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
@@ -219,7 +219,7 @@ def claim_error(result: ClaimResult) -> LiveshopError | None:
         case ClaimOutcome.NOT_ACTIVE:
             return Conflict("the offer is not active", code="offer_not_active")
         case ClaimOutcome.PAUSED:
-            return Unavailable("claims are paused for a moment, try again", code="offer_paused")
+            return OfferPaused("claims are paused for a moment, try again")
         case ClaimOutcome.KEY_REUSED:
             return Conflict(
                 "this idempotency key belongs to another claim", code="idempotency_key_reused"

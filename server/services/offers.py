@@ -137,7 +137,7 @@ class OfferService:
 
     async def remaining(self, offer: FlashOffer) -> int:
         if not await self._stock.is_ready(offer.id):
-            await self.rebuild(offer)
+            await self.rebuild(offer.id)
         return await self._stock.remaining(offer.id)
 
     async def open_in_room(self, room_id: str) -> list[tuple[FlashOffer, int | None]]:
@@ -232,11 +232,11 @@ class OfferService:
                 ended += 1
         return ended
 
-    async def rebuild(self, offer: FlashOffer) -> None:
+    async def rebuild(self, offer_id: str) -> None:
         """Restore an offer's stock from its orders after the reservation store lost it."""
-        # Read again: a caller's copy may predate the offer's end, and a stopped or sold-out
-        # offer must not reopen until its end time.
-        offer = await self._offers.get(offer.id)
+        # Read here, not taken from the caller: a cached copy may predate the offer's end, and
+        # a stopped or sold-out offer must not reopen until its end time.
+        offer = await self._offers.get(offer_id)
         orders = await self._orders.of_offer(offer.id)
         claims = [
             RecoveredClaim(

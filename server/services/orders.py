@@ -20,7 +20,14 @@ from typing import Any
 
 from schemas.commerce import order_to_wire
 from schemas.http import product_to_wire
-from server.domain.errors import Conflict, Forbidden, LiveshopError, NotFound, Unavailable
+from server.domain.errors import (
+    Conflict,
+    Forbidden,
+    LiveshopError,
+    NotFound,
+    OfferPaused,
+    Unavailable,
+)
 from server.domain.identity import Identity, Role
 from server.domain.offers import AttachOutcome, ClaimOutcome, FlashOffer, claim_error
 from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, place_order
@@ -97,7 +104,7 @@ class OrderService:
         # so a refused claim never touches MongoDB: in a flash sale most claims are refused.
         result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
         if result.outcome is ClaimOutcome.PAUSED:
-            await self._offer_service.rebuild(offer)
+            await self._offer_service.rebuild(offer.id)
             result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
         if result.outcome is ClaimOutcome.NOT_ACTIVE and result.remaining == 0:
             # Selling out ends the offer; a buyer a moment late should hear "sold out".
@@ -283,9 +290,7 @@ class OrderService:
     async def _release_orphan(self, offer_id: str, key: str) -> bool:
         try:
             return await self._stock.release(offer_id, key, orphan_only=True)
-        except Unavailable as error:
-            if error.code != "offer_paused":
-                raise
+        except OfferPaused:
             return False  # lost meanwhile: its rebuild keeps only the claims that have orders
 
     async def _move(
@@ -326,13 +331,12 @@ class OrderService:
     async def _release(self, order: Order) -> bool:
         try:
             return await self._stock.release(order.offer_id, order.idempotency_key)
-        except Unavailable as error:
-            if error.code != "offer_paused":
-                raise
+        except OfferPaused:
+            pass
         # The offer's stock was lost (Redis restarted): rebuild it from the orders, where this
         # one holds nothing now, then release anyway, in case a rebuild that read the orders
         # before this order's move won the race and holds its units.
-        await self._offer_service.rebuild(await self._offers.get(order.offer_id))
+        await self._offer_service.rebuild(order.offer_id)
         return await self._stock.release(order.offer_id, order.idempotency_key)
 
     async def _tell_buyer(self, order: Order) -> None:
