@@ -100,7 +100,17 @@ class OfferStore(Protocol):
         ...
 
     async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
-        """End the offer exactly once: the ended offer, or None when it had already ended."""
+        """End the offer exactly once: the ended offer, or None when it had already ended.
+        The same write notes the end as unfinished (see `unfinished_ends`)."""
+        ...
+
+    async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
+        """Ended offers whose stock may still be open or whose room may not have heard of the
+        end: their ender failed or died before `end_finished`."""
+        ...
+
+    async def end_finished(self, offer_id: str) -> None:
+        """Clear the note `record_end` left: the stock is stopped and the room told."""
         ...
 
     async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:

@@ -44,6 +44,7 @@ _Predicate = Callable[[Order], bool]
 class MemoryOfferStore:
     def __init__(self) -> None:
         self._offers: dict[str, FlashOffer] = {}
+        self._unfinished_ends: set[str] = set()  # offer ids
 
     async def create(self, offer: FlashOffer) -> None:
         if offer.id in self._offers:
@@ -70,7 +71,14 @@ class MemoryOfferStore:
             return None
         ended = replace(offer, ended_at=utc_ms(at), end_reason=reason)
         self._offers[offer_id] = ended
+        self._unfinished_ends.add(offer_id)
         return ended
+
+    async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
+        return [self._offers[offer_id] for offer_id in sorted(self._unfinished_ends)[:limit]]
+
+    async def end_finished(self, offer_id: str) -> None:
+        self._unfinished_ends.discard(offer_id)
 
     async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:
         due = [o for o in self._offers.values() if o.ended_at is None and o.ends_at <= now]

@@ -1,7 +1,8 @@
-"""Once a second, in every process: end offers whose time is up or whose stock is gone, expire
-unpaid orders, give back units a cancel or an expiry could not, and release reservations whose
-claimer died. Each step is safe to run everywhere at once: the stores' compare-and-set lets
-exactly one process act on each offer or order, and giving units back is idempotent."""
+"""Once a second, in every process: end offers whose time is up or whose stock is gone, finish
+ends left unfinished, expire unpaid orders, give back units a cancel or an expiry could not, and
+release reservations whose claimer died. Each step is safe to run everywhere at once: the stores'
+compare-and-set lets exactly one process act on each offer or order, giving units back and
+stopping a stock are idempotent, and the room's stream drops a second `offer.ended`."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Housekeeper:
         offer_ids = list(self._open_offer_ids())
         await self._step("end_due_offers", self._offers.end_due)
         await self._step("end_sold_out_offers", partial(self._offers.end_sold_out, offer_ids))
+        await self._step("finish_ends", self._offers.finish_ends)
         await self._step("expire_due_orders", self._orders.expire_due)
         await self._step("return_units", self._orders.return_units_due)
         for offer_id in offer_ids:

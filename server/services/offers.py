@@ -47,6 +47,9 @@ AT_ONCE = (1, 0)
 # A process that keeps losing the gate gives up after this many periods: others are announcing.
 GATE_TRIES = 20
 DUE_BATCH = 100
+# How long an unfinished end is left to the process that recorded it, which may be stopping a
+# stock or telling a room that is slow to answer (each bounded at 5 s), before another finishes it.
+FINISH_GRACE = timedelta(seconds=15)
 # Added to this process's clock to take in every reservation made so far, by any process,
 # whatever the skew between their clocks.
 SKEW_MARGIN = timedelta(hours=1)
@@ -79,6 +82,7 @@ class OfferService:
         self._announcements = BackgroundTasks(log, "offer_announce_failed")  # every one
         self._closed = False
         self._seen_ended: set[str] = set()  # sold out and ended, as end_sold_out found
+        self._unfinished_since: dict[str, datetime] = {}  # as finish_ends first saw them
 
     async def launch(
         self,
@@ -160,8 +164,7 @@ class OfferService:
         # idempotent, and the room's stream drops an `offer.ended` that went out before (for as
         # long as it keeps the offer's closed topic: a day, unless Redis loses it).
         ended = await self._offers.get(offer_id)
-        await self._stock.stop(offer_id)
-        await self._announce_end(ended)
+        await self._finish_end(ended)
         return ended
 
     async def end(self, offer: FlashOffer, reason: EndReason) -> FlashOffer | None:
@@ -176,16 +179,46 @@ class OfferService:
         ended = await self._offers.record_end(offer.id, reason, at)
         if ended is None:
             return None
-        try:
-            await self._stock.stop(offer.id)
-            if reason is EndReason.SOLD_OUT:
-                await self._publish_stock(offer, 0)  # once, like the end itself
-        finally:
-            # Whatever became of those (an error, a shutdown): the end is recorded, and no other
-            # process will announce it.
-            await self._announce_end(ended)
+        await self._finish_end(ended)
         log.info("offer_ended", extra={"offer_id": offer.id, "reason": reason.value})
         return ended
+
+    async def _finish_end(self, ended: FlashOffer) -> None:
+        """Stop the stock and tell the room, then clear the note `record_end` left. Should
+        either fail, or the process die first, the note stays and `finish_ends` does it again:
+        stopping is idempotent, and the room's stream drops a second `offer.ended`."""
+        try:
+            await self._stock.stop(ended.id)
+            if ended.end_reason is EndReason.SOLD_OUT:
+                await self._publish_stock(ended, 0)  # once, like the end itself
+        finally:
+            # Whatever became of those (an error, a shutdown), the room hears of the end now.
+            await self._announce_end(ended)
+        await self._offers.end_finished(ended.id)
+
+    async def finish_ends(self) -> int:
+        """Finish the ends that their process left unfinished (it failed or died between
+        recording the end and telling the room); each process calls this once a second. An end
+        is left to its own process for FINISH_GRACE after this one first sees it unfinished."""
+        now = self._clock()
+        unfinished = await self._offers.unfinished_ends(DUE_BATCH)
+        # Only the ends still unfinished are remembered: bounded.
+        self._unfinished_since = {
+            offer.id: self._unfinished_since.get(offer.id, now) for offer in unfinished
+        }
+        finished = 0
+        for offer in unfinished:
+            if now - self._unfinished_since[offer.id] < FINISH_GRACE:
+                continue
+            try:
+                await self._finish_end(offer)
+            except LiveshopError:
+                # The stock or the room's stream is away (logged where it failed). The others
+                # need them too, and a Redis that hangs costs 5 s a try: next round.
+                break
+            log.warning("offer_end_finished_late", extra={"offer_id": offer.id})
+            finished += 1
+        return finished
 
     async def _announce_end(self, offer: FlashOffer) -> None:
         if offer.end_reason is None:

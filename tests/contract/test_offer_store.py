@@ -115,6 +115,23 @@ async def test_racing_ends_one_wins(offers: OfferStore) -> None:
     assert await offers.get("of_1") == winners[0]
 
 
+async def test_an_end_stays_unfinished_until_told_finished(offers: OfferStore) -> None:
+    for offer_id in ("of_a", "of_b", "of_c"):
+        await offers.create(_offer(offer_id))
+    assert await offers.unfinished_ends(10) == []  # running offers are not in it
+    ended_b = await offers.record_end("of_b", EndReason.STOPPED, T0)
+    ended_a = await offers.record_end("of_a", EndReason.SOLD_OUT, T0)
+    assert await offers.unfinished_ends(10) == [ended_a, ended_b]
+    assert await offers.unfinished_ends(1) == [ended_a]
+    await offers.end_finished("of_a")
+    await offers.end_finished("of_a")  # idempotent
+    await offers.end_finished("of_c")  # not ended: nothing to clear
+    assert await offers.unfinished_ends(10) == [ended_b]
+    assert await offers.get("of_a") == ended_a  # the end itself stands
+    assert await offers.record_end("of_a", EndReason.EXPIRED, T0) is None
+    assert await offers.unfinished_ends(10) == [ended_b]  # a refused second end notes nothing
+
+
 async def test_due_to_end(offers: OfferStore) -> None:
     await offers.create(_offer("of_a", minutes=3))
     await offers.create(_offer("of_b", minutes=1))
@@ -140,3 +157,4 @@ async def test_mongo_stored_form_and_indexes(mongo_db: Any) -> None:
     info = await mongo_db[OFFERS].index_information()
     assert info["room_open"]["key"][:2] == [("room_id", 1), ("ended_at", 1)]
     assert info["due_to_end"]["key"] == [("ended_at", 1), ("ends_at", 1)]
+    assert info["end_to_finish"]["partialFilterExpression"] == {"end_to_finish": True}

@@ -77,19 +77,21 @@ def ws_claim(offer_id: str, key: str) -> dict[str, object]:
 @asynccontextmanager
 async def live_offer(
     env: dict[str, str], name: str, quantity: int
-) -> AsyncIterator[tuple[LiveshopProcess, str, str]]:
-    """One server process with a live room and a running offer: (server, room id, offer id)."""
+) -> AsyncIterator[tuple[LiveshopProcess, str, str, str]]:
+    """One server process with a live room and a running offer: (server, room id, offer id,
+    the host's token)."""
     with running([LiveshopProcess(env, name=name)]) as (server,):
         host = make_token(unique("host"), "host")
         room_id = await create_live_room(server.base_url, host, pin=False)
-        yield server, room_id, await launch(server.base_url, host, room_id, quantity=quantity)
+        offer_id = await launch(server.base_url, host, room_id, quantity=quantity)
+        yield server, room_id, offer_id, host
 
 
 async def test_claims_while_redis_is_down_or_frozen_are_answered_try_again(
     redis_server: RedisServer, mongodb_url: str, mongo_database_name: str
 ) -> None:
     env = server_env(redis_server.url, mongodb_url, mongo_database_name)
-    async with live_offer(env, "RO", 10) as (server, room_id, offer_id):
+    async with live_offer(env, "RO", 10) as (server, room_id, offer_id, _):
         shopper = unique("ws-shopper")
         async with (
             http(server.base_url) as client,
@@ -137,7 +139,7 @@ async def test_claims_while_mongodb_is_frozen_are_answered_try_again(
         LIVESHOP_MONGODB_TIMEOUT_SECONDS=str(MONGODB_TIMEOUT_SECONDS),
     )
     try:
-        async with live_offer(env, "MF", 10) as (server, _, offer_id):
+        async with live_offer(env, "MF", 10) as (server, _, offer_id, _):
             shoppers = [f"shopper-{n}" for n in range(4)]
             async with http(server.base_url) as client:
                 client.timeout = httpx.Timeout(PATIENCE_SECONDS)
@@ -169,7 +171,7 @@ async def test_a_cancel_while_redis_is_frozen_gives_the_units_back_once_it_answe
     redis_server: RedisServer, mongodb_url: str, mongo_database_name: str
 ) -> None:
     env = server_env(redis_server.url, mongodb_url, mongo_database_name)
-    async with live_offer(env, "RC", 3) as (server, _, offer_id):
+    async with live_offer(env, "RC", 3) as (server, _, offer_id, _):
         shopper = unique("shopper")
         async with http(server.base_url, make_token(shopper)) as client:
             client.timeout = httpx.Timeout(PATIENCE_SECONDS)
@@ -184,3 +186,25 @@ async def test_a_cancel_while_redis_is_frozen_gives_the_units_back_once_it_answe
                 assert time.monotonic() < deadline, "the unit never came back"
                 await asyncio.sleep(0.2)
         assert "units_return_deferred" in server.stderr_text()
+
+
+async def test_a_stop_while_redis_is_frozen_reaches_the_room_without_a_retry(
+    redis_server: RedisServer, mongodb_url: str, mongo_database_name: str
+) -> None:
+    env = server_env(redis_server.url, mongodb_url, mongo_database_name)
+    async with live_offer(env, "RE", 3) as (server, room_id, offer_id, host):
+        async with (
+            http(server.base_url, host) as client,
+            await WsClient.connect(server.ws_url(room_id, make_token(unique("viewer")))) as socket,
+        ):
+            client.timeout = httpx.Timeout(PATIENCE_SECONDS)
+            await socket.hello()
+            with quick_answers(), frozen(redis_server.pid):
+                # The end is recorded in MongoDB; neither the stock nor the room heard of it.
+                assert_try_again(await client.post(f"/offers/{offer_id}/stop"))
+            # The host does not try again: housekeeping finishes the end once Redis answers.
+            ended = await socket.recv_until("offer.ended", 40)
+            assert (ended["offer_id"], ended["reason"]) == (offer_id, "stopped")
+            refused = await claim(client, offer_id, unique("late"), "k")
+            assert (refused.status_code, refused.json()["code"]) == (409, "offer_not_active")
+        assert "offer_end_finished_late" in server.stderr_text()

@@ -44,6 +44,8 @@ OFFERS = "offers"
 ORDERS = "orders"
 # Set on an order, with its move to cancelled or expired, until its units are back in the offer.
 UNITS_TO_RETURN = "units_to_return"
+# Set on an offer, with its end, until its stock is stopped and its room told of the end.
+END_TO_FINISH = "end_to_finish"
 
 _NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
@@ -81,6 +83,12 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
                 name="room_open",
             ),
             IndexModel([("ended_at", ASCENDING), ("ends_at", ASCENDING)], name="due_to_end"),
+            # Only the few offers whose end is being finished are in it.
+            IndexModel(
+                [(END_TO_FINISH, ASCENDING)],
+                name=END_TO_FINISH,
+                partialFilterExpression={END_TO_FINISH: True},
+            ),
         ]
     )
 
@@ -123,13 +131,22 @@ class MongoOfferStore:
         # server lets exactly one match `ended_at: null`.
         doc = await self._offers.find_one_and_update(
             {"_id": offer_id, "ended_at": None},
-            {"$set": {"ended_at": utc_ms(at), "end_reason": reason.value}},
+            {"$set": {"ended_at": utc_ms(at), "end_reason": reason.value, END_TO_FINISH: True}},
             return_document=ReturnDocument.AFTER,
         )
         if doc is not None:
             return offer_from(doc)
         await self.get(offer_id)  # NotFound for an unknown offer rather than "already ended"
         return None
+
+    @_translate_errors
+    async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
+        cursor = self._offers.find({END_TO_FINISH: True}).sort("_id", ASCENDING).limit(limit)
+        return [offer_from(doc) async for doc in cursor]
+
+    @_translate_errors
+    async def end_finished(self, offer_id: str) -> None:
+        await self._offers.update_one({"_id": offer_id}, {"$unset": {END_TO_FINISH: ""}})
 
     @_translate_errors
     async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:

@@ -1,7 +1,8 @@
 """Units of a cancelled or expired order go back to the offer even when the reservation store
 is away at that moment, or the process dies between the order's move and the give-back: the
-order notes it in the same write, and housekeeping finishes the job. A stop that could not stop
-the stock is finished by the host's retry."""
+order notes it in the same write, and housekeeping finishes the job. Likewise an offer's end: a
+stop that could not stop the stock is finished by the host's retry, and an end whose process
+failed or died before stopping the stock and telling the room is finished by housekeeping."""
 
 from __future__ import annotations
 
@@ -130,6 +131,55 @@ async def test_a_stop_that_failed_after_recording_the_end_is_finished_by_the_ret
     ]
     await offers.stop(offer.id, HOST)  # once more: the room is not told twice
     assert len(events.of_type("offer.ended")) == 1
+    assert await shop.offers_store.unfinished_ends(10) == []
+
+
+async def test_an_end_whose_process_died_before_telling_the_room_is_finished_by_another(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=5, limit=1)
+    # The host's stop is recorded, and its process dies before stopping the stock.
+    await shop.offers_store.record_end(offer.id, EndReason.STOPPED, shop.clock())
+    offers, orders = other_process(shop)
+    assert await offers.finish_ends() == 0  # left to its own process for a while
+    assert shop.events.of_type("offer.ended") == []
+    shop.clock.advance(seconds=14)
+    assert await offers.finish_ends() == 0
+    shop.clock.advance(seconds=1)
+    assert await offers.finish_ends() == 1
+    assert shop.events.of_type("offer.ended") == [
+        {"type": "offer.ended", "offer_id": offer.id, "reason": "stopped"}
+    ]
+    with pytest.raises(Conflict) as refused:  # and claims stop
+        await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    assert refused.value.code == "offer_not_active"
+    assert await shop.offers_store.unfinished_ends(10) == []
+    shop.clock.advance(seconds=60)
+    assert await offers.finish_ends() == 0  # once
+    assert len(shop.events.of_type("offer.ended")) == 1
+
+
+async def test_a_sell_out_whose_announcement_failed_is_told_once_the_stream_is_back(
+    shop: Shop,
+) -> None:
+    events = FlakyEvents()
+    offers, orders = other_process(shop, events=events)
+    offer = await shop.launch(quantity=1, limit=1)
+    events.away = True
+    await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    # The claim that sold the last unit ended the offer in the background, and failed to tell.
+    await offers.close()
+    assert [o.id for o in await shop.offers_store.unfinished_ends(10)] == [offer.id]
+    assert events.of_type("offer.ended") == []
+    assert await offers.finish_ends() == 0  # still away: tried after the grace, and kept
+    shop.clock.advance(seconds=15)
+    assert await offers.finish_ends() == 0
+    events.away = False
+    assert await offers.finish_ends() == 1
+    assert [e["type"] for _, e in events.events] == ["offer.stock", "offer.ended"]
+    assert events.of_type("offer.stock")[-1]["remaining"] == 0
+    assert events.of_type("offer.ended")[0]["reason"] == "sold_out"
+    assert await shop.offers_store.unfinished_ends(10) == []
 
 
 async def test_a_cancel_racing_a_stale_rebuild_after_a_loss_still_gives_the_units_back(
