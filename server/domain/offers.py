@@ -44,10 +44,12 @@ class EndReason(StrEnum):
 
 def utc_ms(moment: datetime) -> datetime:
     """The same instant in UTC, cut to the millisecond; naive times are refused."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise InvalidInput("time must carry a timezone", code="invalid_time")
-    utc = moment.astimezone(UTC)
-    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
+    if moment.tzinfo is not UTC:  # else already UTC: a claim makes several of these calls
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise InvalidInput("time must carry a timezone", code="invalid_time")
+        moment = moment.astimezone(UTC)
+    micros = moment.microsecond
+    return moment if micros % 1000 == 0 else moment.replace(microsecond=micros - micros % 1000)
 
 
 def epoch_ms(moment: datetime) -> int:

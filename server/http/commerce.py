@@ -11,7 +11,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from schemas.commerce import ClaimIn, OfferIn, offer_to_wire, order_to_wire
@@ -65,7 +65,7 @@ async def stop_offer(request: Request) -> JSONResponse:
     return JSONResponse(offer_to_wire(offer, remaining))
 
 
-async def claim_offer(request: Request) -> JSONResponse:
+async def claim_offer(request: Request) -> Response:
     try:
         return await _claim(request)
     except LiveshopError as exc:

@@ -7,6 +7,7 @@ say what went wrong; anything else is a bug and answers 500 without details.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -86,8 +87,14 @@ def problem(
     *,
     headers: Mapping[str, str] | None = None,
     **extra: Any,
-) -> JSONResponse:
-    body = {
+) -> Response:
+    if extra:
+        return ProblemResponse(_problem(status, code, detail, extra), status, headers)
+    return Response(_plain_problem(status, code, detail), status, headers, PROBLEM_JSON)
+
+
+def _problem(status: int, code: str, detail: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    return {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
         "status": status,
@@ -95,10 +102,16 @@ def problem(
         "code": code,
         **extra,
     }
-    return ProblemResponse(body, status_code=status, headers=headers)
 
 
-def problem_for(exc: LiveshopError) -> JSONResponse:
+# A flash sale answers thousands of claims with the same few problems (sold out, limit reached):
+# each is rendered once. Bounded, since a detail may name an id.
+@functools.lru_cache(maxsize=256)
+def _plain_problem(status: int, code: str, detail: str) -> bytes:
+    return _encode_json(_problem(status, code, detail, {})).encode("utf-8")
+
+
+def problem_for(exc: LiveshopError) -> Response:
     """The answer to a product error: the one mapping, used by the exception handler and by
     hot endpoints that answer their own errors (see commerce.claim_offer)."""
     extra: dict[str, Any] = {}

@@ -31,6 +31,7 @@ from server.domain.offers import (
     offer_state,
     plan_offer,
     tally_recovered,
+    utc_ms,
     validate_claim,
     validate_stock_plan,
 )
@@ -289,3 +290,18 @@ def test_epoch_milliseconds_round_trip_exactly(moment: datetime) -> None:
     back = from_epoch_ms(ms)
     assert back == moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
     assert epoch_ms(back) == ms
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7, minutes=-30))])))
+def test_utc_ms_is_the_same_instant_in_utc_cut_to_the_millisecond(moment: datetime) -> None:
+    cut = utc_ms(moment)
+    assert cut.tzinfo is UTC
+    assert cut.microsecond % 1000 == 0
+    assert timedelta(0) <= moment - cut < timedelta(milliseconds=1)
+    assert utc_ms(cut) == cut
+
+
+def test_utc_ms_refuses_a_naive_time() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        utc_ms(datetime(2026, 5, 14, 10, 0))
+    assert refused.value.code == "invalid_time"
