@@ -85,7 +85,15 @@ class RoomEvents(Protocol):
 
 
 class OfferStore(Protocol):
-    async def create(self, offer: FlashOffer) -> None: ...
+    async def create(self, offer: FlashOffer, *, nth_of_product: int) -> None:
+        """Store the offer as its product's `nth_of_product` offer (1 for the first): Conflict
+        when the id exists, ProductOffersChanged when another offer took that place first (a
+        launch of the same product that raced this one: its stock must be checked again)."""
+        ...
+
+    async def of_product(self, product_id: str) -> builtins.list[FlashOffer]:
+        """Every offer of the product, ended or not."""
+        ...
 
     async def get(self, offer_id: str) -> FlashOffer:
         """The offer, or NotFound."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from server.domain.errors import Conflict, InvalidInput, NotFound
+from server.domain.errors import Conflict, InvalidInput, NotFound, ProductOffersChanged
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
 from server.domain.orders import Order, OrderStatus, can_move
@@ -45,11 +45,19 @@ class MemoryOfferStore:
     def __init__(self) -> None:
         self._offers: dict[str, FlashOffer] = {}
         self._unfinished_ends: set[str] = set()  # offer ids
+        self._launches: set[tuple[str, int]] = set()  # (product id, nth offer of the product)
 
-    async def create(self, offer: FlashOffer) -> None:
+    async def create(self, offer: FlashOffer, *, nth_of_product: int) -> None:
         if offer.id in self._offers:
             raise Conflict(f"offer {offer.id} exists")
+        if (offer.product_id, nth_of_product) in self._launches:
+            raise ProductOffersChanged("another offer of this product was launched meanwhile")
+        self._launches.add((offer.product_id, nth_of_product))
         self._offers[offer.id] = offer  # frozen: no copy needed
+
+    async def of_product(self, product_id: str) -> builtins.list[FlashOffer]:
+        offers = [o for o in self._offers.values() if o.product_id == product_id]
+        return sorted(offers, key=lambda o: (o.starts_at, o.id))
 
     async def get(self, offer_id: str) -> FlashOffer:
         try:

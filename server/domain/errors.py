@@ -55,3 +55,9 @@ class OfferPaused(Unavailable):
     """The reservation store lost the offer: claims wait until it is rebuilt from the orders."""
 
     code = "offer_paused"
+
+
+class ProductOffersChanged(Conflict):
+    """Another offer of the same product was launched meanwhile: its stock must be checked again."""
+
+    code = "product_offers_changed"

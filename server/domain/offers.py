@@ -7,7 +7,7 @@ milliseconds and MongoDB keeps no finer, so an offer reads back exactly as it wa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -25,6 +25,11 @@ MAX_CLAIM_QUANTITY = 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 # The reaper takes orphaned reservations in batches, oldest first, so one scan stays short.
 PENDING_BATCH = 1000
+# How long after its end an offer still books its whole quantity of the product's stock. A unit
+# reserved before the end may yet become an order: its claimer is writing it (seconds), or it
+# is an orphan that the reaper gives back after 30 s, or that a shopper's retry turns into an
+# order first. After this, the offer's orders say what it sold.
+SETTLE = timedelta(minutes=2)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -40,6 +45,37 @@ class EndReason(StrEnum):
     SOLD_OUT = "sold_out"
     EXPIRED = "expired"
     STOPPED = "stopped"
+
+
+def units_booked(offers: Iterable[FlashOffer], sold: Mapping[str, int], now: datetime) -> int:
+    """The units of a product that its offers take from its stock. An offer takes its whole
+    quantity while it runs and until it has settled; after that, the units its orders still
+    claim (`sold`, by offer id: cancelled and expired orders gave theirs back)."""
+    return sum(
+        min(sold.get(offer.id, 0), offer.quantity) if has_settled(offer, now) else offer.quantity
+        for offer in offers
+    )
+
+
+def has_settled(offer: FlashOffer, now: datetime) -> bool:
+    """Ended long enough ago that no claim made before the end can still become an order."""
+    return offer.ended_at is not None and now >= offer.ended_at + SETTLE
+
+
+def ensure_stock_left(product: Product, quantity: int, *, booked: int) -> None:
+    """A new offer of `quantity` fits in what the product's other offers leave of its stock."""
+    if quantity > product.stock:
+        raise Conflict(
+            f"quantity {quantity} is above the product's stock of {product.stock}",
+            code="insufficient_stock",
+        )
+    if quantity > product.stock - booked:
+        left = max(product.stock - booked, 0)
+        raise Conflict(
+            f"quantity {quantity} is above the {left} units of the product's stock of"
+            f" {product.stock} that its other offers leave",
+            code="insufficient_stock",
+        )
 
 
 def utc_ms(moment: datetime) -> datetime:
@@ -114,11 +150,7 @@ def plan_offer(
         )
     if not _is_int(quantity) or quantity < 1:
         raise InvalidInput("quantity must be a whole number of at least 1", code="invalid_quantity")
-    if quantity > product.stock:
-        raise Conflict(
-            f"quantity {quantity} is above the product's stock of {product.stock}",
-            code="insufficient_stock",
-        )
+    ensure_stock_left(product, quantity, booked=0)
     if not _is_int(per_user_limit) or not 1 <= per_user_limit <= quantity:
         raise InvalidInput(
             f"per-user limit must be between 1 and the quantity ({quantity})",

@@ -16,12 +16,21 @@ from datetime import datetime, timedelta
 from schemas.commerce import offer_to_wire
 from schemas.http import product_to_wire
 from server.background import BackgroundTasks
-from server.domain.errors import LiveshopError, Unavailable
+from server.domain.errors import LiveshopError, ProductOffersChanged, Unavailable
 from server.domain.figures import OfferFigures
 from server.domain.identity import Identity
 from server.domain.money import Money
-from server.domain.offers import EndReason, FlashOffer, RecoveredClaim, plan_offer
+from server.domain.offers import (
+    EndReason,
+    FlashOffer,
+    RecoveredClaim,
+    ensure_stock_left,
+    has_settled,
+    plan_offer,
+    units_booked,
+)
 from server.domain.orders import HOLDS_STOCK
+from server.domain.products import Product
 from server.domain.rooms import ensure_can_manage
 from server.ports import (
     OfferStore,
@@ -47,6 +56,8 @@ AT_ONCE = (1, 0)
 # A process that keeps losing the gate gives up after this many periods: others are announcing.
 GATE_TRIES = 20
 DUE_BATCH = 100
+# Launches of one product that lose the race for its next place, before the host hears 409.
+LAUNCH_TRIES = 5
 # How long an unfinished end is left to the process that recorded it, which may be stopping a
 # stock or telling a room that is slow to answer (each bounded at 5 s), before another finishes it.
 FINISH_GRACE = timedelta(seconds=15)
@@ -110,15 +121,7 @@ class OfferService:
             duration=timedelta(seconds=duration_seconds),
             countdown=timedelta(seconds=countdown_seconds),
         )
-        # Stock first: an offer in the store without stock would answer `paused` and rebuild.
-        await self._stock.open_offer(
-            offer.id,
-            quantity=offer.quantity,
-            per_user_limit=offer.per_user_limit,
-            starts_at=offer.starts_at,
-            ends_at=offer.ends_at,
-        )
-        await self._offers.create(offer)
+        await self._book(offer, product)
         await self._events.publish_room_event(
             room_id,
             {
@@ -129,6 +132,36 @@ class OfferService:
             },
         )
         return offer
+
+    async def _book(self, offer: FlashOffer, product: Product) -> None:
+        """Store the offer if the product's stock still has its quantity once the product's
+        other offers have taken theirs. Launches of one product are checked one at a time: each
+        offer is its product's nth, and of two launches that read the same n, one is refused
+        the place and checks again."""
+        for _ in range(LAUNCH_TRIES):
+            others = await self._offers.of_product(product.id)
+            ensure_stock_left(product, offer.quantity, booked=await self._units_booked(others))
+            # Stock first: an offer in the store without stock would answer `paused` and
+            # rebuild. Opening it again on a second try changes nothing.
+            await self._stock.open_offer(
+                offer.id,
+                quantity=offer.quantity,
+                per_user_limit=offer.per_user_limit,
+                starts_at=offer.starts_at,
+                ends_at=offer.ends_at,
+            )
+            try:
+                await self._offers.create(offer, nth_of_product=len(others) + 1)
+                return
+            except ProductOffersChanged:
+                continue  # another launch of the product got in first: check its stock again
+        raise ProductOffersChanged("offers of this product are being launched at once, try again")
+
+    async def _units_booked(self, offers: list[FlashOffer]) -> int:
+        now = self._clock()
+        settled = [offer.id for offer in offers if has_settled(offer, now)]
+        figures = await self._orders.figures_of_offers(settled) if settled else []
+        return units_booked(offers, {f.offer_id: f.units for f in figures}, now)
 
     async def view(self, offer_id: str) -> tuple[FlashOffer, int | None]:
         """The offer and its remaining stock (None while the stock is being rebuilt)."""

@@ -13,7 +13,7 @@ from bson import Decimal128
 
 from server.adapters.memory_orders import MemoryOfferStore
 from server.adapters.mongo.orders import OFFERS, MongoOfferStore, ensure_order_indexes
-from server.domain.errors import Conflict, NotFound
+from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer
 from server.ports import OfferStore
@@ -32,6 +32,7 @@ def _offer(
     offer_id: str = "of_1",
     *,
     room_id: str = "r_1",
+    product_id: str | None = None,
     starts_in: int = 0,
     minutes: int = 5,
     price: Money | None = None,
@@ -40,7 +41,7 @@ def _offer(
     return FlashOffer(
         id=offer_id,
         room_id=room_id,
-        product_id="p_1",
+        product_id=product_id or f"p_{offer_id}",
         host_id="host-1",
         price=price or Money(Decimal("9.90"), "EUR"),
         quantity=500,
@@ -56,7 +57,7 @@ def _offer(
 )
 async def test_offer_reads_back_exactly(offers: OfferStore, price: Money | None) -> None:
     offer = _offer(price=price)
-    await offers.create(offer)
+    await offers.create(offer, nth_of_product=1)
     got = await offers.get("of_1")
     assert got == offer
     assert str(got.price.amount) == str(offer.price.amount)
@@ -67,16 +68,17 @@ async def test_offer_reads_back_exactly(offers: OfferStore, price: Money | None)
 async def test_offer_missing_or_duplicate(offers: OfferStore) -> None:
     with pytest.raises(NotFound):
         await offers.get("of_missing")
-    await offers.create(_offer())
-    with pytest.raises(Conflict):
-        await offers.create(_offer())
+    await offers.create(_offer(), nth_of_product=1)
+    with pytest.raises(Conflict) as refused:
+        await offers.create(_offer(), nth_of_product=2)
+    assert refused.value.code == "conflict"
 
 
 async def test_open_in_room_by_start_time(offers: OfferStore) -> None:
-    await offers.create(_offer("of_late", starts_in=60))
-    await offers.create(_offer("of_early"))
-    await offers.create(_offer("of_ended", starts_in=30))
-    await offers.create(_offer("of_elsewhere", room_id="r_2"))
+    await offers.create(_offer("of_late", starts_in=60), nth_of_product=1)
+    await offers.create(_offer("of_early"), nth_of_product=1)
+    await offers.create(_offer("of_ended", starts_in=30), nth_of_product=1)
+    await offers.create(_offer("of_elsewhere", room_id="r_2"), nth_of_product=1)
     await offers.record_end("of_ended", EndReason.STOPPED, T0 + timedelta(seconds=40))
 
     assert [o.id for o in await offers.open_in_room("r_1")] == ["of_early", "of_late"]
@@ -85,7 +87,7 @@ async def test_open_in_room_by_start_time(offers: OfferStore) -> None:
 
 
 async def test_record_end_once(offers: OfferStore) -> None:
-    await offers.create(_offer())
+    await offers.create(_offer(), nth_of_product=1)
     at = T0 + timedelta(minutes=1, microseconds=456789)
     ended = await offers.record_end("of_1", EndReason.SOLD_OUT, at)
     assert ended is not None
@@ -102,7 +104,7 @@ async def test_record_end_once(offers: OfferStore) -> None:
 
 
 async def test_racing_ends_one_wins(offers: OfferStore) -> None:
-    await offers.create(_offer())
+    await offers.create(_offer(), nth_of_product=1)
     reasons = [EndReason.EXPIRED, EndReason.SOLD_OUT, EndReason.STOPPED] * 4
     results = await asyncio.gather(
         *(
@@ -117,7 +119,7 @@ async def test_racing_ends_one_wins(offers: OfferStore) -> None:
 
 async def test_an_end_stays_unfinished_until_told_finished(offers: OfferStore) -> None:
     for offer_id in ("of_a", "of_b", "of_c"):
-        await offers.create(_offer(offer_id))
+        await offers.create(_offer(offer_id), nth_of_product=1)
     assert await offers.unfinished_ends(10) == []  # running offers are not in it
     ended_b = await offers.record_end("of_b", EndReason.STOPPED, T0)
     ended_a = await offers.record_end("of_a", EndReason.SOLD_OUT, T0)
@@ -132,11 +134,36 @@ async def test_an_end_stays_unfinished_until_told_finished(offers: OfferStore) -
     assert await offers.unfinished_ends(10) == [ended_b]  # a refused second end notes nothing
 
 
+async def test_each_offer_of_a_product_takes_its_own_place(offers: OfferStore) -> None:
+    first = _offer("of_a", product_id="p_x")
+    await offers.create(first, nth_of_product=1)
+    await offers.create(_offer("of_elsewhere", product_id="p_y"), nth_of_product=1)
+    # A launch that read the product's offers before `first` got in: refused, nothing stored.
+    with pytest.raises(ProductOffersChanged):
+        await offers.create(_offer("of_b", product_id="p_x", starts_in=5), nth_of_product=1)
+    with pytest.raises(NotFound):
+        await offers.get("of_b")
+    second = _offer("of_b", product_id="p_x", starts_in=5)
+    await offers.create(second, nth_of_product=2)
+    assert await offers.of_product("p_x") == [first, second]
+    assert await offers.of_product("p_none") == []
+
+
+async def test_racing_launches_of_a_product_one_gets_the_place(offers: OfferStore) -> None:
+    results = await asyncio.gather(
+        *(offers.create(_offer(f"of_{i}", product_id="p_x"), nth_of_product=1) for i in range(6)),
+        return_exceptions=True,
+    )
+    assert sum(result is None for result in results) == 1
+    assert all(isinstance(r, ProductOffersChanged) for r in results if r is not None)
+    assert len(await offers.of_product("p_x")) == 1
+
+
 async def test_due_to_end(offers: OfferStore) -> None:
-    await offers.create(_offer("of_a", minutes=3))
-    await offers.create(_offer("of_b", minutes=1))
-    await offers.create(_offer("of_c", minutes=2))
-    await offers.create(_offer("of_later", minutes=10))
+    await offers.create(_offer("of_a", minutes=3), nth_of_product=1)
+    await offers.create(_offer("of_b", minutes=1), nth_of_product=1)
+    await offers.create(_offer("of_c", minutes=2), nth_of_product=1)
+    await offers.create(_offer("of_later", minutes=10), nth_of_product=1)
     await offers.record_end("of_c", EndReason.SOLD_OUT, T0 + timedelta(seconds=30))
     now = T0 + timedelta(minutes=3)
 
@@ -148,13 +175,16 @@ async def test_due_to_end(offers: OfferStore) -> None:
 
 
 async def test_mongo_stored_form_and_indexes(mongo_db: Any) -> None:
-    await MongoOfferStore(mongo_db).create(_offer())
+    await MongoOfferStore(mongo_db).create(_offer(), nth_of_product=1)
     doc = await mongo_db[OFFERS].find_one({"_id": "of_1"})
     assert doc["price"] == {"amount": Decimal128("9.90"), "currency": "EUR"}
     assert doc["ended_at"] is None
+    assert doc["product_launch"] == 1
 
     await ensure_order_indexes(mongo_db)  # a second run at the next start is harmless
     info = await mongo_db[OFFERS].index_information()
     assert info["room_open"]["key"][:2] == [("room_id", 1), ("ended_at", 1)]
     assert info["due_to_end"]["key"] == [("ended_at", 1), ("ends_at", 1)]
     assert info["end_to_finish"]["partialFilterExpression"] == {"end_to_finish": True}
+    assert info["product_launch"]["unique"] is True
+    assert info["product_launch"]["key"] == [("product_id", 1), ("product_launch", 1)]

@@ -33,7 +33,7 @@ from server.adapters.mongo.order_docs import (
     transition_doc,
 )
 from server.adapters.mongo.stores import Document, _collection, _translate_errors
-from server.domain.errors import Conflict, NotFound, Unavailable
+from server.domain.errors import Conflict, NotFound, ProductOffersChanged, Unavailable
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
 from server.domain.orders import Order, OrderStatus
@@ -46,6 +46,9 @@ ORDERS = "orders"
 UNITS_TO_RETURN = "units_to_return"
 # Set on an offer, with its end, until its stock is stopped and its room told of the end.
 END_TO_FINISH = "end_to_finish"
+# Which offer of its product an offer is (1, 2, ...): unique, so two launches racing to book
+# the same product's stock cannot both get in.
+PRODUCT_LAUNCH = "product_launch"
 
 _NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
@@ -83,6 +86,14 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
                 name="room_open",
             ),
             IndexModel([("ended_at", ASCENDING), ("ends_at", ASCENDING)], name="due_to_end"),
+            IndexModel([("product_id", ASCENDING)], name="product"),
+            # Offers launched before this index have no launch number: they are left out.
+            IndexModel(
+                [("product_id", ASCENDING), (PRODUCT_LAUNCH, ASCENDING)],
+                name=PRODUCT_LAUNCH,
+                unique=True,
+                partialFilterExpression={PRODUCT_LAUNCH: {"$exists": True}},
+            ),
             # Only the few offers whose end is being finished are in it.
             IndexModel(
                 [(END_TO_FINISH, ASCENDING)],
@@ -98,11 +109,24 @@ class MongoOfferStore:
         self._offers = _collection(db, OFFERS)
 
     @_translate_errors
-    async def create(self, offer: FlashOffer) -> None:
+    async def create(self, offer: FlashOffer, *, nth_of_product: int) -> None:
+        # The unique index on (product, launch) lets one of two launches racing for the same
+        # place in; the other checks the product's stock again (see OfferService.launch).
         try:
-            await self._offers.insert_one(offer_doc(offer))
-        except DuplicateKeyError:
+            await self._offers.insert_one({**offer_doc(offer), PRODUCT_LAUNCH: nth_of_product})
+        except DuplicateKeyError as exc:
+            if PRODUCT_LAUNCH in (exc.details or {}).get("keyPattern", {}):
+                raise ProductOffersChanged(
+                    "another offer of this product was launched meanwhile"
+                ) from None
             raise Conflict(f"offer {offer.id} exists") from None
+
+    @_translate_errors
+    async def of_product(self, product_id: str) -> builtins.list[FlashOffer]:
+        cursor = self._offers.find({"product_id": product_id}).sort(
+            [("starts_at", ASCENDING), ("_id", ASCENDING)]
+        )
+        return [offer_from(doc) async for doc in cursor]
 
     @_translate_errors
     async def get(self, offer_id: str) -> FlashOffer:

@@ -1,0 +1,110 @@
+"""A product's offers share its stock: a launch books its quantity, which stays booked while the
+offer runs and until it has settled after its end; from then on the offer holds only what its
+orders still claim. Launches of one product racing each other book it once."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any, cast
+
+import pytest
+
+from server.adapters.memory_orders import MemoryOfferStore
+from server.domain.errors import Conflict
+from server.domain.money import Money
+from server.domain.offers import SETTLE, FlashOffer
+from server.ports import OfferStore
+from server.services.offers import OfferService
+from tests.unit.services.shop import HOST, Shop, buyer
+
+STOCK = 50  # the shop's product
+
+
+async def test_offers_of_a_product_cannot_book_more_than_its_stock(shop: Shop) -> None:
+    await shop.launch(quantity=30, limit=1)
+    with pytest.raises(Conflict) as refused:
+        await shop.launch(quantity=21, limit=1)
+    assert refused.value.code == "insufficient_stock"
+    assert "20 units of the product's stock of 50" in refused.value.message
+    await shop.launch(quantity=20, limit=1)  # exactly what is left
+    with pytest.raises(Conflict):
+        await shop.launch(quantity=1, limit=1)
+
+
+async def test_an_ended_offer_gives_back_what_it_did_not_sell_once_settled(shop: Shop) -> None:
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    for n in range(3):
+        await shop.claim(offer, buyer(n), f"k{n}")
+    await shop.offers.stop(offer.id, HOST)
+    with pytest.raises(Conflict):  # a unit reserved before the stop may still become an order
+        await shop.launch(quantity=1, limit=1)
+    shop.clock.advance(seconds=SETTLE.total_seconds() - 1)
+    with pytest.raises(Conflict):
+        await shop.launch(quantity=1, limit=1)
+    shop.clock.advance(seconds=1)
+    await shop.launch(quantity=STOCK - 3, limit=1)  # the 3 sold stay sold
+    with pytest.raises(Conflict):
+        await shop.launch(quantity=1, limit=1)
+
+
+async def test_an_order_cancelled_after_its_offer_settled_frees_its_unit(shop: Shop) -> None:
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k")
+    await shop.offers.stop(offer.id, HOST)
+    shop.clock.advance(minutes=SETTLE.total_seconds() / 60 + 1)
+    await shop.launch(quantity=STOCK - 1, limit=1)
+    with pytest.raises(Conflict):
+        await shop.launch(quantity=1, limit=1)
+    await shop.orders.cancel(order.id, buyer(1))
+    await shop.launch(quantity=1, limit=1)
+
+
+class InterleavingOffers:
+    """The shop's offer store, answering each read of a product's offers after a turn of the
+    event loop, as a real database would: two launches then read the same offers."""
+
+    def __init__(self, shared: MemoryOfferStore) -> None:
+        self._shared = shared
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def of_product(self, product_id: str) -> list[FlashOffer]:
+        offers = await self._shared.of_product(product_id)
+        await asyncio.sleep(0)
+        return offers
+
+
+async def test_launches_racing_for_one_product_book_its_stock_once(shop: Shop) -> None:
+    services = [
+        OfferService(
+            cast(OfferStore, InterleavingOffers(shop.offers_store)),
+            shop.orders_store,
+            shop.rooms,
+            shop.products,
+            shop.stock,
+            shop.events,
+            shop.clock,
+        )
+        for _ in range(2)
+    ]
+    launches = [
+        service.launch(
+            shop.room_id,
+            HOST,
+            product_id=shop.product_id,
+            price=Money(Decimal("9.90"), "USD"),
+            quantity=30,
+            per_user_limit=1,
+            countdown_seconds=0,
+            duration_seconds=60,
+        )
+        for service in services
+    ]
+    results = await asyncio.gather(*launches, return_exceptions=True)
+    launched = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, Conflict)]
+    assert len(launched) == 1
+    assert [error.code for error in refused] == ["insufficient_stock"]
+    assert [offer.quantity for offer in await shop.offers_store.of_product(shop.product_id)] == [30]
