@@ -239,9 +239,7 @@ async def main_async(args: argparse.Namespace) -> int:
             ps, seconds, phases = server.ps(), args.seconds, report["phases"]
             healthz = request_bytes("GET", "/healthz", server.port, {})
             print("no-op GET /healthz")
-            phases["noop"] = await http_phase(
-                pool, lambda: healthz, ClosedLoop(ps, seconds), 200
-            )
+            phases["noop"] = await http_phase(pool, lambda: healthz, ClosedLoop(ps, seconds), 200)
             big, gone = await launch(shop, BIG_OFFER, PER_USER_LIMIT), await sold_out(shop, pool)
             print("HTTP claims: refused, then orders")
             phases["http_refused"] = await http_phase(
