@@ -117,8 +117,19 @@ class OfferStore(Protocol):
         end: their ender failed or died before `end_finished`."""
         ...
 
-    async def end_finished(self, offer_id: str) -> None:
-        """Clear the note `record_end` left: the stock is stopped and the room told."""
+    async def end_finished(self, offer_id: str, at: datetime) -> None:
+        """Clear the note `record_end` left, noting when: the stock is stopped, the room told."""
+        ...
+
+    async def due_to_settle(
+        self, finished_before: datetime, limit: int
+    ) -> builtins.list[FlashOffer]:
+        """Ended offers not yet settled whose end was finished at or before `finished_before`
+        (an offer ended before ends were noted counts as finished when it ended)."""
+        ...
+
+    async def record_settled(self, offer_id: str, at: datetime) -> None:
+        """Note the offer settled; a second call changes nothing."""
         ...
 
     async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:

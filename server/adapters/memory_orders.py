@@ -45,6 +45,7 @@ class MemoryOfferStore:
     def __init__(self) -> None:
         self._offers: dict[str, FlashOffer] = {}
         self._unfinished_ends: set[str] = set()  # offer ids
+        self._end_finished_at: dict[str, datetime] = {}
         self._launches: set[tuple[str, int]] = set()  # (product id, nth offer of the product)
 
     async def create(self, offer: FlashOffer, *, nth_of_product: int) -> None:
@@ -85,8 +86,27 @@ class MemoryOfferStore:
     async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
         return [self._offers[offer_id] for offer_id in sorted(self._unfinished_ends)[:limit]]
 
-    async def end_finished(self, offer_id: str) -> None:
+    async def end_finished(self, offer_id: str, at: datetime) -> None:
         self._unfinished_ends.discard(offer_id)
+        self._end_finished_at[offer_id] = utc_ms(at)
+
+    async def due_to_settle(
+        self, finished_before: datetime, limit: int
+    ) -> builtins.list[FlashOffer]:
+        due = [
+            o
+            for o in self._offers.values()
+            if o.ended_at is not None
+            and o.settled_at is None
+            and o.id not in self._unfinished_ends
+            and self._end_finished_at.get(o.id, o.ended_at) <= finished_before
+        ]
+        return sorted(due, key=lambda o: (o.ended_at, o.id))[:limit]
+
+    async def record_settled(self, offer_id: str, at: datetime) -> None:
+        offer = await self.get(offer_id)
+        if offer.settled_at is None:
+            self._offers[offer_id] = replace(offer, settled_at=utc_ms(at))
 
     async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:
         due = [o for o in self._offers.values() if o.ended_at is None and o.ends_at <= now]

@@ -25,11 +25,12 @@ MAX_CLAIM_QUANTITY = 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 # The reaper takes orphaned reservations in batches, oldest first, so one scan stays short.
 PENDING_BATCH = 1000
-# How long after its end an offer still books its whole quantity of the product's stock. A unit
-# reserved before the end may yet become an order: its claimer is writing it (seconds), or it
-# is an orphan that the reaper gives back after 30 s, or that a shopper's retry turns into an
-# order first. After this, the offer's orders say what it sold.
-SETTLE = timedelta(minutes=2)
+# How long after an offer's end is finished (its stock stopped) a unit reserved before it may
+# still become an order: its claimer writing it (seconds, bounded by the stores' timeouts), or a
+# shopper sending again a claim whose answer was lost. Then the offer is settled: every
+# reservation still without an order is given back, and the offer books only what its orders
+# claim of its product's stock.
+LATE_ORDERS = timedelta(minutes=1)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -47,19 +48,16 @@ class EndReason(StrEnum):
     STOPPED = "stopped"
 
 
-def units_booked(offers: Iterable[FlashOffer], sold: Mapping[str, int], now: datetime) -> int:
-    """The units of a product that its offers take from its stock. An offer takes its whole
-    quantity while it runs and until it has settled; after that, the units its orders still
-    claim (`sold`, by offer id: cancelled and expired orders gave theirs back)."""
+def units_booked(offers: Iterable[FlashOffer], claimed: Mapping[str, int]) -> int:
+    """The units of a product that its offers take from its stock: each its whole quantity
+    until it has settled (see LATE_ORDERS), then the units its orders still claim (`claimed`,
+    by offer id: cancelled and expired orders gave theirs back)."""
     return sum(
-        min(sold.get(offer.id, 0), offer.quantity) if has_settled(offer, now) else offer.quantity
+        offer.quantity
+        if offer.settled_at is None
+        else min(claimed.get(offer.id, 0), offer.quantity)
         for offer in offers
     )
-
-
-def has_settled(offer: FlashOffer, now: datetime) -> bool:
-    """Ended long enough ago that no claim made before the end can still become an order."""
-    return offer.ended_at is not None and now >= offer.ended_at + SETTLE
 
 
 def ensure_stock_left(product: Product, quantity: int, *, booked: int) -> None:
@@ -112,6 +110,7 @@ class FlashOffer:
     created_at: datetime
     ended_at: datetime | None = None
     end_reason: EndReason | None = None
+    settled_at: datetime | None = None  # see LATE_ORDERS
 
 
 @dataclass(frozen=True, slots=True)

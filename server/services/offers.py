@@ -25,7 +25,6 @@ from server.domain.offers import (
     FlashOffer,
     RecoveredClaim,
     ensure_stock_left,
-    has_settled,
     plan_offer,
     units_booked,
 )
@@ -61,6 +60,7 @@ LAUNCH_TRIES = 5
 # How long an unfinished end is left to the process that recorded it, which may be stopping a
 # stock or telling a room that is slow to answer (each bounded at 5 s), before another finishes it.
 FINISH_GRACE = timedelta(seconds=15)
+FINISH_FAILURES = 2  # ends that may fail in one round of finish_ends before it gives up
 # Added to this process's clock to take in every reservation made so far, by any process,
 # whatever the skew between their clocks.
 SKEW_MARGIN = timedelta(hours=1)
@@ -94,6 +94,7 @@ class OfferService:
         self._closed = False
         self._seen_ended: set[str] = set()  # sold out and ended, as end_sold_out found
         self._unfinished_since: dict[str, datetime] = {}  # as finish_ends first saw them
+        self._finish_failed: set[str] = set()  # ends finish_ends failed to finish last round
 
     async def launch(
         self,
@@ -158,10 +159,9 @@ class OfferService:
         raise ProductOffersChanged("offers of this product are being launched at once, try again")
 
     async def _units_booked(self, offers: list[FlashOffer]) -> int:
-        now = self._clock()
-        settled = [offer.id for offer in offers if has_settled(offer, now)]
+        settled = [offer.id for offer in offers if offer.settled_at is not None]
         figures = await self._orders.figures_of_offers(settled) if settled else []
-        return units_booked(offers, {f.offer_id: f.units for f in figures}, now)
+        return units_booked(offers, {f.offer_id: f.units for f in figures})
 
     async def view(self, offer_id: str) -> tuple[FlashOffer, int | None]:
         """The offer and its remaining stock (None while the stock is being rebuilt)."""
@@ -227,7 +227,7 @@ class OfferService:
         finally:
             # Whatever became of those (an error, a shutdown), the room hears of the end now.
             await self._announce_end(ended)
-        await self._offers.end_finished(ended.id)
+        await self._offers.end_finished(ended.id, self._clock())
 
     async def finish_ends(self) -> int:
         """Finish the ends that their process left unfinished (it failed or died between
@@ -239,18 +239,23 @@ class OfferService:
         self._unfinished_since = {
             offer.id: self._unfinished_since.get(offer.id, now) for offer in unfinished
         }
+        # An end that failed last round goes last, so it cannot hold up the others for good.
+        unfinished.sort(key=lambda offer: offer.id in self._finish_failed)
+        failed: set[str] = set()
         finished = 0
         for offer in unfinished:
             if now - self._unfinished_since[offer.id] < FINISH_GRACE:
                 continue
             try:
                 await self._finish_end(offer)
-            except LiveshopError:
-                # The stock or the room's stream is away (logged where it failed). The others
-                # need them too, and a Redis that hangs costs 5 s a try: next round.
-                break
+            except LiveshopError:  # the stock or the room's stream is away (logged where it failed)
+                failed.add(offer.id)
+                if len(failed) == FINISH_FAILURES:
+                    break  # a Redis that hangs costs 5 s a try: the rest wait for the next round
+                continue
             log.warning("offer_end_finished_late", extra={"offer_id": offer.id})
             finished += 1
+        self._finish_failed = failed
         return finished
 
     async def _announce_end(self, offer: FlashOffer) -> None:
@@ -324,6 +329,11 @@ class OfferService:
             stopped=offer.end_reason is not None,
             claims=claims,
         )
+        if offer.end_reason is None and (await self._offers.get(offer.id)).end_reason is not None:
+            # Ended while this rebuild ran: that end's stop found no stock (it was lost) and
+            # this one wrote it open. The end is recorded before its stock is stopped, so
+            # either this read sees it, or that stop comes after and finds the rebuilt stock.
+            await self._stock.stop(offer.id)
         if rebuilt:
             log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
 

@@ -29,7 +29,14 @@ from server.domain.errors import (
     Unavailable,
 )
 from server.domain.identity import Identity, Role
-from server.domain.offers import AttachOutcome, ClaimOutcome, FlashOffer, claim_error
+from server.domain.offers import (
+    LATE_ORDERS,
+    PENDING_BATCH,
+    AttachOutcome,
+    ClaimOutcome,
+    FlashOffer,
+    claim_error,
+)
 from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, place_order
 from server.logs import warn_if_failed
 from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
@@ -46,6 +53,10 @@ ORPHAN_AFTER = timedelta(seconds=30)
 RETURN_BATCH = 100  # give-backs retried per housekeeping round
 EXPIRY_BATCH = 200
 RECENT_CLAIMS = timedelta(hours=1)
+SETTLE_BATCH = 100  # offers settled per housekeeping round
+# Added to this process's clock when settling, to take in every reservation made so far, by
+# any process, whatever the skew between their clocks.
+SKEW_MARGIN = timedelta(hours=1)
 CACHED_OFFERS = 1000
 
 
@@ -270,9 +281,35 @@ class OrderService:
 
     async def reap_orphans(self, offer_id: str) -> int:
         """Release reservations whose claimer died before writing the order."""
-        older_than = self._clock() - ORPHAN_AFTER
+        _, released = await self._reap(offer_id, self._clock() - ORPHAN_AFTER)
+        return released
+
+    async def settle_due(self) -> int:
+        """Settle the offers whose end was finished LATE_ORDERS ago (each process, once a
+        second): every reservation still without an order is attached to the order written
+        under its key, or given back, so that no claim of the offer can become an order any
+        more; then the offer is recorded settled, and books only what its orders claim of its
+        product's stock (OfferService.launch)."""
+        now = self._clock()
+        settled = 0
+        for offer in await self._offers.due_to_settle(now - LATE_ORDERS, SETTLE_BATCH):
+            try:
+                seen, _ = await self._reap(offer.id, now + SKEW_MARGIN)  # every one, however new
+            except OfferPaused:
+                seen = 0  # lost: a rebuild holds only the claims that have orders
+            except Unavailable:
+                break  # the stock is away (logged where it failed): next round
+            if seen < PENDING_BATCH:  # else more are left for the next round
+                await self._offers.record_settled(offer.id, now)
+                settled += 1
+        return settled
+
+    async def _reap(self, offer_id: str, older_than: datetime) -> tuple[int, int]:
+        """Reservations made before `older_than` that no order was attached to: attached to the
+        order written under their key, else released. How many there were, and released."""
+        pending_ones = await self._stock.pending_without_order(offer_id, older_than)
         released = 0
-        for pending in await self._stock.pending_without_order(offer_id, older_than):
+        for pending in pending_ones:
             key = pending.idempotency_key
             # The claimer may have died (or lost its database) after the write, before the
             # attach: its order holds these units, so they are not to be sold again.
@@ -285,7 +322,7 @@ class OrderService:
             log.warning("orphan_reservations_released", extra={"offer_id": offer_id, "n": released})
             offer = await self._offers.get(offer_id)
             self._offer_service.stock_moved(offer, None)
-        return released
+        return len(pending_ones), released
 
     async def _release_orphan(self, offer_id: str, key: str) -> bool:
         try:

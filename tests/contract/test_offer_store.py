@@ -125,13 +125,51 @@ async def test_an_end_stays_unfinished_until_told_finished(offers: OfferStore) -
     ended_a = await offers.record_end("of_a", EndReason.SOLD_OUT, T0)
     assert await offers.unfinished_ends(10) == [ended_a, ended_b]
     assert await offers.unfinished_ends(1) == [ended_a]
-    await offers.end_finished("of_a")
-    await offers.end_finished("of_a")  # idempotent
-    await offers.end_finished("of_c")  # not ended: nothing to clear
+    await offers.end_finished("of_a", T0)
+    await offers.end_finished("of_a", T0)  # idempotent
+    await offers.end_finished("of_c", T0)  # not ended: nothing to clear
     assert await offers.unfinished_ends(10) == [ended_b]
     assert await offers.get("of_a") == ended_a  # the end itself stands
     assert await offers.record_end("of_a", EndReason.EXPIRED, T0) is None
     assert await offers.unfinished_ends(10) == [ended_b]  # a refused second end notes nothing
+
+
+async def test_ended_offers_are_due_to_settle_once_their_end_is_finished(
+    offers: OfferStore,
+) -> None:
+    for offer_id in ("of_a", "of_b", "of_c", "of_running"):
+        await offers.create(_offer(offer_id), nth_of_product=1)
+    await offers.record_end("of_a", EndReason.STOPPED, T0 + timedelta(seconds=10))
+    await offers.record_end("of_b", EndReason.SOLD_OUT, T0 + timedelta(seconds=20))
+    await offers.record_end("of_c", EndReason.STOPPED, T0 + timedelta(seconds=30))
+    later = T0 + timedelta(hours=1)
+    assert await offers.due_to_settle(later, 10) == []  # no end is finished yet
+    await offers.end_finished("of_a", T0 + timedelta(minutes=5))  # finished late
+    await offers.end_finished("of_b", T0 + timedelta(seconds=21))
+    assert [o.id for o in await offers.due_to_settle(later, 10)] == ["of_a", "of_b"]
+    assert [o.id for o in await offers.due_to_settle(later, 1)] == ["of_a"]
+    # Settling waits from when the end was finished, not from when it was recorded.
+    assert [o.id for o in await offers.due_to_settle(T0 + timedelta(minutes=1), 10)] == ["of_b"]
+    await offers.record_settled("of_b", T0 + timedelta(minutes=2))
+    await offers.record_settled("of_b", T0 + timedelta(minutes=3))  # once
+    settled = await offers.get("of_b")
+    assert settled.settled_at == T0 + timedelta(minutes=2)
+    assert settled.end_reason is EndReason.SOLD_OUT  # the end itself stands
+    assert [o.id for o in await offers.due_to_settle(later, 10)] == ["of_a"]
+
+
+async def test_mongo_an_offer_ended_before_ends_were_noted_is_due_to_settle(
+    mongo_db: Any,
+) -> None:
+    offers = MongoOfferStore(mongo_db)
+    await offers.create(_offer("of_old"), nth_of_product=1)
+    # As an older version stored it: ended, with no note, no finishing time, no settled_at.
+    await mongo_db[OFFERS].update_one(
+        {"_id": "of_old"},
+        {"$set": {"ended_at": T0, "end_reason": "expired"}, "$unset": {"settled_at": ""}},
+    )
+    assert await offers.due_to_settle(T0 - timedelta(seconds=1), 10) == []
+    assert [o.id for o in await offers.due_to_settle(T0, 10)] == ["of_old"]
 
 
 async def test_each_offer_of_a_product_takes_its_own_place(offers: OfferStore) -> None:
@@ -186,5 +224,6 @@ async def test_mongo_stored_form_and_indexes(mongo_db: Any) -> None:
     assert info["room_open"]["key"][:2] == [("room_id", 1), ("ended_at", 1)]
     assert info["due_to_end"]["key"] == [("ended_at", 1), ("ends_at", 1)]
     assert info["end_to_finish"]["partialFilterExpression"] == {"end_to_finish": True}
+    assert info["due_to_settle"]["key"] == [("settled_at", 1), ("ended_at", 1)]
     assert info["product_launch"]["unique"] is True
     assert info["product_launch"]["key"] == [("product_id", 1), ("product_launch", 1)]

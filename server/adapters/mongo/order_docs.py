@@ -33,6 +33,7 @@ def offer_doc(offer: FlashOffer) -> Document:
         # Always present (null until the end), so "not ended" is one indexed equality.
         "ended_at": offer.ended_at,
         "end_reason": None if offer.end_reason is None else offer.end_reason.value,
+        "settled_at": offer.settled_at,
     }
 
 
@@ -51,6 +52,7 @@ def offer_from(doc: Document) -> FlashOffer:
         created_at=doc["created_at"],
         ended_at=doc.get("ended_at"),
         end_reason=None if reason is None else EndReason(reason),
+        settled_at=doc.get("settled_at"),
     )
 
 

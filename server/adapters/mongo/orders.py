@@ -46,6 +46,8 @@ ORDERS = "orders"
 UNITS_TO_RETURN = "units_to_return"
 # Set on an offer, with its end, until its stock is stopped and its room told of the end.
 END_TO_FINISH = "end_to_finish"
+# When the end's note was cleared: settling waits LATE_ORDERS from then.
+END_FINISHED_AT = "end_finished_at"
 # Which offer of its product an offer is (1, 2, ...): unique, so two launches racing to book
 # the same product's stock cannot both get in.
 PRODUCT_LAUNCH = "product_launch"
@@ -87,6 +89,7 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
             ),
             IndexModel([("ended_at", ASCENDING), ("ends_at", ASCENDING)], name="due_to_end"),
             IndexModel([("product_id", ASCENDING)], name="product"),
+            IndexModel([("settled_at", ASCENDING), ("ended_at", ASCENDING)], name="due_to_settle"),
             # Offers launched before this index have no launch number: they are left out.
             IndexModel(
                 [("product_id", ASCENDING), (PRODUCT_LAUNCH, ASCENDING)],
@@ -169,8 +172,36 @@ class MongoOfferStore:
         return [offer_from(doc) async for doc in cursor]
 
     @_translate_errors
-    async def end_finished(self, offer_id: str) -> None:
-        await self._offers.update_one({"_id": offer_id}, {"$unset": {END_TO_FINISH: ""}})
+    async def end_finished(self, offer_id: str, at: datetime) -> None:
+        await self._offers.update_one(
+            {"_id": offer_id},
+            {"$unset": {END_TO_FINISH: ""}, "$set": {END_FINISHED_AT: utc_ms(at)}},
+        )
+
+    @_translate_errors
+    async def due_to_settle(
+        self, finished_before: datetime, limit: int
+    ) -> builtins.list[FlashOffer]:
+        cursor = (
+            self._offers.find(
+                {
+                    "settled_at": None,  # also matches offers stored before the field existed
+                    "ended_at": {"$lte": finished_before},
+                    END_TO_FINISH: {"$exists": False},
+                    # Missing on offers ended before ends were noted: they finished as they ended.
+                    END_FINISHED_AT: {"$not": {"$gt": finished_before}},
+                }
+            )
+            .sort([("ended_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(limit)
+        )
+        return [offer_from(doc) async for doc in cursor]
+
+    @_translate_errors
+    async def record_settled(self, offer_id: str, at: datetime) -> None:
+        await self._offers.update_one(
+            {"_id": offer_id, "settled_at": None}, {"$set": {"settled_at": utc_ms(at)}}
+        )
 
     @_translate_errors
     async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:

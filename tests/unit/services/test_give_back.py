@@ -6,6 +6,7 @@ failed or died before stopping the stock and telling the room is finished by hou
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
@@ -30,6 +31,7 @@ class FlakyStock:
         self.away = False
         self.away_for: set[str] = set()  # offer ids whose calls fail
         self.stale_rebuild: list[RecoveredClaim] | None = None
+        self.before_rebuild: Callable[[], Awaitable[object]] | None = None  # once
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shared, name)
@@ -45,6 +47,9 @@ class FlakyStock:
         return await self._shared.stop(offer_id)
 
     async def rebuild(self, offer_id: str, *, claims: list[RecoveredClaim], **offer: Any) -> bool:
+        if self.before_rebuild is not None:
+            happening, self.before_rebuild = self.before_rebuild, None
+            await happening()
         if self.stale_rebuild is not None:
             await self._shared.rebuild(offer_id, claims=self.stale_rebuild, **offer)
             self.stale_rebuild = None
@@ -235,3 +240,33 @@ async def test_a_stopped_offer_stays_stopped_when_rebuilt_after_a_loss(shop: Sho
     with pytest.raises(Conflict) as refused:  # the rebuild reads the end, not a stale copy
         await shop.claim(offer, buyer(2), "k")
     assert refused.value.code == "offer_not_active"
+
+
+async def test_an_offer_stopped_while_a_rebuild_ran_stays_stopped(shop: Shop) -> None:
+    stock, _, orders = flaky(shop)
+    offer = await shop.launch(quantity=5, limit=1)
+    shop.stock.flush()  # Redis lost everything
+    # Another process's claim finds the offer lost and rebuilds it from what it read: the offer
+    # running. Before it writes the stock, the host's stop lands, and finds no stock to stop.
+    stock.before_rebuild = lambda: shop.offers.stop(offer.id, HOST)
+    with pytest.raises(Conflict) as refused:
+        await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    assert refused.value.code == "offer_not_active"
+    with pytest.raises(Conflict):  # and stays refused
+        await shop.claim(offer, buyer(2), "k")
+
+
+async def test_ends_that_keep_failing_do_not_hold_up_the_others(shop: Shop) -> None:
+    launched = [await shop.launch(quantity=5, limit=1) for _ in range(3)]
+    for offer in launched:  # all recorded; their processes died before finishing them
+        await shop.offers_store.record_end(offer.id, EndReason.STOPPED, shop.clock())
+    # The two tried first keep failing (their stock stays out of reach); the third must still
+    # be finished, however many rounds they fail.
+    *stuck, other = sorted(offer.id for offer in launched)
+    stock, offers, _ = flaky(shop)
+    stock.away_for = set(stuck)
+    assert await offers.finish_ends() == 0  # left to their own processes for a while
+    shop.clock.advance(seconds=15)
+    assert await offers.finish_ends() + await offers.finish_ends() == 1
+    assert sorted(o.id for o in await shop.offers_store.unfinished_ends(10)) == stuck
+    assert other in [e["offer_id"] for e in shop.events.of_type("offer.ended")]

@@ -1,6 +1,7 @@
 """A product's offers share its stock: a launch books its quantity, which stays booked while the
 offer runs and until it has settled after its end; from then on the offer holds only what its
-orders still claim. Launches of one product racing each other book it once."""
+orders still claim, and no claim reserved before the end can become an order any more.
+Launches of one product racing each other book it once."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from server.adapters.memory_orders import MemoryOfferStore
 from server.domain.errors import Conflict
 from server.domain.money import Money
-from server.domain.offers import SETTLE, FlashOffer
+from server.domain.offers import LATE_ORDERS, FlashOffer
 from server.ports import OfferStore
 from server.services.offers import OfferService
 from tests.unit.services.shop import HOST, Shop, buyer
@@ -32,6 +33,12 @@ async def test_offers_of_a_product_cannot_book_more_than_its_stock(shop: Shop) -
         await shop.launch(quantity=1, limit=1)
 
 
+async def settle(shop: Shop) -> None:
+    """Past LATE_ORDERS after the end, and housekeeping's settling step has run."""
+    shop.clock.advance(seconds=LATE_ORDERS.total_seconds())
+    await shop.orders.settle_due()
+
+
 async def test_an_ended_offer_gives_back_what_it_did_not_sell_once_settled(shop: Shop) -> None:
     offer = await shop.launch(quantity=STOCK, limit=1)
     for n in range(3):
@@ -39,10 +46,12 @@ async def test_an_ended_offer_gives_back_what_it_did_not_sell_once_settled(shop:
     await shop.offers.stop(offer.id, HOST)
     with pytest.raises(Conflict):  # a unit reserved before the stop may still become an order
         await shop.launch(quantity=1, limit=1)
-    shop.clock.advance(seconds=SETTLE.total_seconds() - 1)
+    shop.clock.advance(seconds=LATE_ORDERS.total_seconds() - 1)
+    assert await shop.orders.settle_due() == 0  # not yet
     with pytest.raises(Conflict):
         await shop.launch(quantity=1, limit=1)
-    shop.clock.advance(seconds=1)
+    await settle(shop)
+    assert (await shop.offers_store.get(offer.id)).settled_at is not None
     await shop.launch(quantity=STOCK - 3, limit=1)  # the 3 sold stay sold
     with pytest.raises(Conflict):
         await shop.launch(quantity=1, limit=1)
@@ -52,12 +61,42 @@ async def test_an_order_cancelled_after_its_offer_settled_frees_its_unit(shop: S
     offer = await shop.launch(quantity=STOCK, limit=1)
     order, _ = await shop.claim(offer, buyer(1), "k")
     await shop.offers.stop(offer.id, HOST)
-    shop.clock.advance(minutes=SETTLE.total_seconds() / 60 + 1)
+    await settle(shop)
     await shop.launch(quantity=STOCK - 1, limit=1)
     with pytest.raises(Conflict):
         await shop.launch(quantity=1, limit=1)
     await shop.orders.cancel(order.id, buyer(1))
     await shop.launch(quantity=1, limit=1)
+
+
+async def test_a_claim_reserved_before_the_end_cannot_become_an_order_once_settled(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    # A claimer that died after reserving, before writing its order (the reaper, which serves
+    # running offers, had not got to it before the end).
+    await shop.stock.claim(offer.id, "buyer-1", 1, "buyer-1:k", shop.clock())
+    await shop.offers.stop(offer.id, HOST)
+    await settle(shop)
+    await shop.launch(quantity=STOCK, limit=1)  # the reservation no longer books a unit...
+    with pytest.raises(Conflict) as refused:  # ...so the shopper's retry cannot turn it into one
+        await shop.claim(offer, buyer(1), "k")
+    assert refused.value.code == "claim_expired"
+    assert await shop.orders_store.of_offer(offer.id) == []
+
+
+async def test_a_claim_sent_again_before_settling_gets_its_order_and_keeps_its_unit(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    await shop.stock.claim(offer.id, "buyer-1", 1, "buyer-1:k", shop.clock())
+    await shop.offers.stop(offer.id, HOST)
+    _, created = await shop.claim(offer, buyer(1), "k")  # within LATE_ORDERS: still an order
+    assert created
+    await settle(shop)
+    await shop.launch(quantity=STOCK - 1, limit=1)
+    with pytest.raises(Conflict):
+        await shop.launch(quantity=1, limit=1)
 
 
 class InterleavingOffers:
