@@ -156,3 +156,34 @@ async def test_stock_is_rebuilt_exactly_after_redis_loses_it(
         offer = (await client.get(f"/offers/{offer_id}")).json()
     assert offer["remaining"] == 10 - 4
     assert len(orders_of(mongodb_url, mongo_database_name, offer_id)) == 4
+
+
+async def test_launches_of_one_product_on_two_processes_at_once_book_its_stock_once(
+    cluster: Cluster,
+) -> None:
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.a.base_url, host, pin=False)
+    async with http(cluster.a.base_url, host) as client:
+        product = await client.post(
+            "/products",
+            json={"title": "Serum", "price": {"amount": "20.00", "currency": "USD"}, "stock": 10},
+        )
+    offer = {
+        "product_id": product.json()["id"],
+        "price": {"amount": "9.90", "currency": "USD"},
+        "quantity": 6,
+        "per_user_limit": 1,
+    }
+
+    async def launch_on(server: LiveshopProcess) -> httpx.Response:
+        async with http(server.base_url, host) as client:
+            return await client.post(f"/rooms/{room_id}/offers", json=offer)
+
+    answers = await asyncio.gather(*(launch_on(s) for s in (cluster.a, cluster.b) * 2))
+    assert sorted(answer.status_code for answer in answers) == [201, 409, 409, 409]
+    refused = [answer.json() for answer in answers if answer.status_code == 409]
+    assert {problem["code"] for problem in refused} == {"insufficient_stock"}
+    assert "4 units of the product's stock of 10" in refused[0]["detail"]
+    with MongoClient(cluster.mongodb_url) as client:
+        stored = list(client[cluster.database]["offers"].find({"product_id": offer["product_id"]}))
+    assert [doc["quantity"] for doc in stored] == [6]
