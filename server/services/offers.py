@@ -94,7 +94,8 @@ class OfferService:
         self._closed = False
         self._seen_ended: set[str] = set()  # sold out and ended, as end_sold_out found
         self._unfinished_since: dict[str, datetime] = {}  # as finish_ends first saw them
-        self._finish_failed: set[str] = set()  # ends finish_ends failed to finish last round
+        self._finish_round = 0  # finish_ends' rounds so far
+        self._finish_failed_in: dict[str, int] = {}  # the round in which each end last failed
 
     async def launch(
         self,
@@ -239,23 +240,29 @@ class OfferService:
         self._unfinished_since = {
             offer.id: self._unfinished_since.get(offer.id, now) for offer in unfinished
         }
-        # An end that failed last round goes last, so it cannot hold up the others for good.
-        unfinished.sort(key=lambda offer: offer.id in self._finish_failed)
-        failed: set[str] = set()
-        finished = 0
+        # Ends never tried first, then the one that failed longest ago: however many keep
+        # failing, each end gets its turn.
+        self._finish_round += 1
+        self._finish_failed_in = {
+            offer.id: round_
+            for offer in unfinished
+            if (round_ := self._finish_failed_in.get(offer.id)) is not None
+        }
+        unfinished.sort(key=lambda offer: self._finish_failed_in.get(offer.id, 0))
+        failures = finished = 0
         for offer in unfinished:
             if now - self._unfinished_since[offer.id] < FINISH_GRACE:
                 continue
             try:
                 await self._finish_end(offer)
             except LiveshopError:  # the stock or the room's stream is away (logged where it failed)
-                failed.add(offer.id)
-                if len(failed) == FINISH_FAILURES:
+                self._finish_failed_in[offer.id] = self._finish_round
+                failures += 1
+                if failures == FINISH_FAILURES:
                     break  # a Redis that hangs costs 5 s a try: the rest wait for the next round
                 continue
             log.warning("offer_end_finished_late", extra={"offer_id": offer.id})
             finished += 1
-        self._finish_failed = failed
         return finished
 
     async def _announce_end(self, offer: FlashOffer) -> None:

@@ -173,7 +173,12 @@ class OrderService:
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
         # its write and its attach, and an unattached order would look orphaned to the reaper.
         attached = await self._stock.attach_order(order.offer_id, order.idempotency_key, stored.id)
-        if attached in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
+        if attached in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN) or (
+            # Redis lost the offer, and with it the release a settling made: an order written
+            # after its offer settled would take a unit the product's next offer has booked.
+            attached is AttachOutcome.PAUSED
+            and (await self._offers.get(order.offer_id)).settled_at is not None
+        ):
             # The reaper (or a rebuild) gave these units back meanwhile: no stock, no order.
             await self._cancel_lost(stored)
             raise Conflict("this claim ran out before its order was written", code="claim_expired")
@@ -287,16 +292,18 @@ class OrderService:
     async def settle_due(self) -> int:
         """Settle the offers whose end was finished LATE_ORDERS ago (each process, once a
         second): every reservation still without an order is attached to the order written
-        under its key, or given back, so that no claim of the offer can become an order any
-        more; then the offer is recorded settled, and books only what its orders claim of its
+        under its key, or given back, so that a claim of the offer can no longer become an
+        order; then the offer is recorded settled, and books only what its orders claim of its
         product's stock (OfferService.launch)."""
         now = self._clock()
         settled = 0
         for offer in await self._offers.due_to_settle(now - LATE_ORDERS, SETTLE_BATCH):
             try:
+                # Stopped again first: a rebuild that read the offer before its end and could
+                # not read it again after writing its stock (see OfferService.rebuild) left it
+                # open. Stopping is idempotent, and a lost offer has nothing to stop.
+                await self._stock.stop(offer.id)
                 seen, _ = await self._reap(offer.id, now + SKEW_MARGIN)  # every one, however new
-            except OfferPaused:
-                seen = 0  # lost: a rebuild holds only the claims that have orders
             except Unavailable:
                 break  # the stock is away (logged where it failed): next round
             if seen < PENDING_BATCH:  # else more are left for the next round

@@ -224,6 +224,6 @@ async def test_mongo_stored_form_and_indexes(mongo_db: Any) -> None:
     assert info["room_open"]["key"][:2] == [("room_id", 1), ("ended_at", 1)]
     assert info["due_to_end"]["key"] == [("ended_at", 1), ("ends_at", 1)]
     assert info["end_to_finish"]["partialFilterExpression"] == {"end_to_finish": True}
-    assert info["due_to_settle"]["key"] == [("settled_at", 1), ("ended_at", 1)]
+    assert info["due_to_settle"]["key"] == [("settled_at", 1), ("ended_at", 1), ("_id", 1)]
     assert info["product_launch"]["unique"] is True
     assert info["product_launch"]["key"] == [("product_id", 1), ("product_launch", 1)]

@@ -89,7 +89,10 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
             ),
             IndexModel([("ended_at", ASCENDING), ("ends_at", ASCENDING)], name="due_to_end"),
             IndexModel([("product_id", ASCENDING)], name="product"),
-            IndexModel([("settled_at", ASCENDING), ("ended_at", ASCENDING)], name="due_to_settle"),
+            IndexModel(
+                [("settled_at", ASCENDING), ("ended_at", ASCENDING), ("_id", ASCENDING)],
+                name="due_to_settle",
+            ),
             # Offers launched before this index have no launch number: they are left out.
             IndexModel(
                 [("product_id", ASCENDING), (PRODUCT_LAUNCH, ASCENDING)],

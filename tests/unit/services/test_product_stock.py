@@ -12,12 +12,14 @@ from typing import Any, cast
 import pytest
 
 from server.adapters.memory_orders import MemoryOfferStore
-from server.domain.errors import Conflict
+from server.domain.errors import Conflict, Unavailable
 from server.domain.money import Money
 from server.domain.offers import LATE_ORDERS, FlashOffer
-from server.ports import OfferStore
+from server.domain.orders import Order, OrderStatus
+from server.ports import OfferStore, OrderStore, StockReservations
 from server.services.offers import OfferService
-from tests.unit.services.shop import HOST, Shop, buyer
+from server.services.orders import OrderService
+from tests.unit.services.shop import ADDRESS, HOST, Shop, buyer, other_process
 
 STOCK = 50  # the shop's product
 
@@ -147,3 +149,130 @@ async def test_launches_racing_for_one_product_book_its_stock_once(shop: Shop) -
     assert len(launched) == 1
     assert [error.code for error in refused] == ["insufficient_stock"]
     assert [offer.quantity for offer in await shop.offers_store.of_product(shop.product_id)] == [30]
+
+
+class SlowOrders:
+    """The shop's order store, whose creates wait until let go: an order write under way."""
+
+    def __init__(self, shared: OrderStore) -> None:
+        self._shared = shared
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def create(self, order: Order) -> Order:
+        self.entered.set()
+        await self.gate.wait()
+        return await self._shared.create(order)
+
+
+async def test_an_order_landing_after_its_offer_settled_on_a_lost_stock_is_cancelled(
+    shop: Shop,
+) -> None:
+    slow = SlowOrders(shop.orders_store)
+    _, orders = other_process(shop, orders=cast(OrderStore, slow))
+    first = await shop.launch(quantity=STOCK, limit=1)
+    claim = asyncio.ensure_future(
+        orders.claim(first.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await slow.entered.wait()  # reserved; the order is being written
+    await shop.offers.stop(first.id, HOST)
+    shop.stock.flush()  # Redis lost everything, the settling's release with it
+    await settle(shop)
+    await shop.launch(quantity=STOCK, limit=1)  # the whole stock, booked again
+    slow.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await claim
+    assert refused.value.code == "claim_expired"
+    [order] = await shop.orders_store.of_offer(first.id)
+    assert order.status is OrderStatus.CANCELLED
+
+
+class FailingReadAfterRebuild:
+    """A process whose rebuild ran across the host's stop (which found no stock to stop), and
+    whose database was away when it read the offer again."""
+
+    def __init__(self, shop: Shop) -> None:
+        self._shop = shop
+        self.fail_next_get = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shop.stock, name)
+
+    async def rebuild(self, offer_id: str, **offer: Any) -> bool:
+        await self._shop.offers.stop(offer_id, HOST)
+        rebuilt = await self._shop.stock.rebuild(offer_id, **offer)  # written open
+        self.fail_next_get = True
+        return rebuilt
+
+    async def get(self, offer_id: str) -> FlashOffer:  # as the offer store
+        if self.fail_next_get:
+            self.fail_next_get = False
+            raise Unavailable("the database is unreachable, try again")
+        return await self._shop.offers_store.get(offer_id)
+
+
+async def test_settling_stops_a_stock_that_a_failed_rebuild_left_open(shop: Shop) -> None:
+    first = await shop.offers.launch(  # an hour long: it would still sell after settling
+        shop.room_id,
+        HOST,
+        product_id=shop.product_id,
+        price=Money(Decimal("9.90"), "USD"),
+        quantity=STOCK,
+        per_user_limit=1,
+        countdown_seconds=0,
+        duration_seconds=3600,
+    )
+    shop.stock.flush()
+    broken = FailingReadAfterRebuild(shop)
+    offers_store = cast(OfferStore, _OffersReadThrough(shop.offers_store, broken))
+    stock = cast(StockReservations, broken)
+    offers = OfferService(
+        offers_store, shop.orders_store, shop.rooms, shop.products, stock, shop.events, shop.clock
+    )
+    orders = OrderService(
+        offers_store,
+        shop.orders_store,
+        shop.products,
+        stock,
+        offers,
+        shop.events.send_private,
+        shop.clock,
+    )
+    with pytest.raises(Unavailable):
+        await orders.claim(first.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    await settle(shop)
+    await shop.launch(quantity=STOCK, limit=1)
+    with pytest.raises(Conflict) as refused:  # the settled offer sells no more
+        await shop.claim(first, buyer(2), "k")
+    assert refused.value.code == "offer_not_active"
+
+
+class _OffersReadThrough:
+    """The shop's offer store, but for `get`, which `reader` answers."""
+
+    def __init__(self, shared: OfferStore, reader: FailingReadAfterRebuild) -> None:
+        self._shared, self._reader = shared, reader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def get(self, offer_id: str) -> FlashOffer:
+        return await self._reader.get(offer_id)
+
+
+async def test_an_offer_with_more_pending_reservations_than_a_batch_settles_over_rounds(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("server.services.orders.PENDING_BATCH", 2)
+    monkeypatch.setattr("server.adapters.memory_reservations.PENDING_BATCH", 2)
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    for n in range(3):  # claimers that died before writing their orders
+        await shop.stock.claim(offer.id, f"buyer-{n}", 1, f"buyer-{n}:k", shop.clock())
+    await shop.offers.stop(offer.id, HOST)
+    shop.clock.advance(seconds=LATE_ORDERS.total_seconds())
+    assert await shop.orders.settle_due() == 0  # two given back; one left for the next round
+    assert await shop.orders.settle_due() == 1
+    await shop.launch(quantity=STOCK, limit=1)
