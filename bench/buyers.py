@@ -290,7 +290,9 @@ class Shop:
         self.room_id = str(room["id"])
         await self.call("POST", f"/rooms/{self.room_id}/start", {})
 
-    async def launch_offer(self, quantity: int) -> str:
+    async def launch_offer(
+        self, quantity: int, *, per_user_limit: int = 1, duration_seconds: int = 300
+    ) -> str:
         product = await self.call(
             "POST",
             "/products",
@@ -308,9 +310,9 @@ class Shop:
                 "product_id": product["id"],
                 "price": {"amount": "9.90", "currency": "USD"},
                 "quantity": quantity,
-                "per_user_limit": 1,
+                "per_user_limit": per_user_limit,
                 "countdown_seconds": 0,
-                "duration_seconds": 300,
+                "duration_seconds": duration_seconds,
             },
         )
         return str(offer["id"])

@@ -150,30 +150,9 @@ async def ws_phase(clients: list[WsClient], offer_id: str, loop: ClosedLoop) -> 
     return await loop.run(start)
 
 
-async def launch(shop: Shop, quantity: int, per_user_limit: int) -> str:
-    product = await shop.call(
-        "POST",
-        "/products",
-        {"title": "Cost item", "price": {"amount": "24.90", "currency": "USD"}, "stock": quantity},
-    )
-    offer = await shop.call(
-        "POST",
-        f"/rooms/{shop.room_id}/offers",
-        {
-            "product_id": product["id"],
-            "price": {"amount": "9.90", "currency": "USD"},
-            "quantity": quantity,
-            "per_user_limit": per_user_limit,
-            "countdown_seconds": 0,
-            "duration_seconds": 3600,
-        },
-    )
-    return str(offer["id"])
-
-
 async def sold_out(shop: Shop, pool: HttpPool) -> str:
     """An offer of one unit, sold."""
-    offer_id = await launch(shop, 1, 1)
+    offer_id = await shop.launch_offer(1)
     answer = await pool.submit(claims(shop.server.port, offer_id, "cost-first")())
     if answer.status != 201:
         raise RuntimeError(f"the first claim answered {answer.status}")
@@ -240,7 +219,10 @@ async def main_async(args: argparse.Namespace) -> int:
             healthz = request_bytes("GET", "/healthz", server.port, {})
             print("no-op GET /healthz")
             phases["noop"] = await http_phase(pool, lambda: healthz, ClosedLoop(ps, seconds), 200)
-            big, gone = await launch(shop, BIG_OFFER, PER_USER_LIMIT), await sold_out(shop, pool)
+            big = await shop.launch_offer(
+                BIG_OFFER, per_user_limit=PER_USER_LIMIT, duration_seconds=3600
+            )
+            gone = await sold_out(shop, pool)
             print("HTTP claims: refused, then orders")
             phases["http_refused"] = await http_phase(
                 pool, claims(server.port, gone, "cost-r"), ClosedLoop(ps, seconds), 409

@@ -46,7 +46,9 @@ class Shop:
     rooms: MemoryRoomStore
     products: MemoryProductStore
 
-    async def launch(self, quantity: int = 3, limit: int = 2, countdown: int = 0) -> FlashOffer:
+    async def launch(
+        self, quantity: int = 3, limit: int = 2, countdown: int = 0, duration: int = 60
+    ) -> FlashOffer:
         return await self.offers.launch(
             self.room_id,
             HOST,
@@ -55,7 +57,7 @@ class Shop:
             quantity=quantity,
             per_user_limit=limit,
             countdown_seconds=countdown,
-            duration_seconds=60,
+            duration_seconds=duration,
         )
 
     async def claim(

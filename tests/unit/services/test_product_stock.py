@@ -215,16 +215,8 @@ class FailingReadAfterRebuild:
 
 
 async def test_settling_stops_a_stock_that_a_failed_rebuild_left_open(shop: Shop) -> None:
-    first = await shop.offers.launch(  # an hour long: it would still sell after settling
-        shop.room_id,
-        HOST,
-        product_id=shop.product_id,
-        price=Money(Decimal("9.90"), "USD"),
-        quantity=STOCK,
-        per_user_limit=1,
-        countdown_seconds=0,
-        duration_seconds=3600,
-    )
+    # An hour long: it would still be selling after its settling.
+    first = await shop.launch(quantity=STOCK, limit=1, duration=3600)
     shop.stock.flush()
     broken = FailingReadAfterRebuild(shop)
     offers_store = cast(OfferStore, _OffersReadThrough(shop.offers_store, broken))
