@@ -41,7 +41,7 @@ from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, p
 from server.logs import warn_if_failed
 from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
 from server.services.load_once import LoadOnce
-from server.services.offers import OfferService
+from server.services.offers import SKEW_MARGIN, OfferService
 from server.services.rooms import new_id, utc_now
 
 log = logging.getLogger("liveshop.orders")
@@ -54,9 +54,6 @@ RETURN_BATCH = 100  # give-backs retried per housekeeping round
 EXPIRY_BATCH = 200
 RECENT_CLAIMS = timedelta(hours=1)
 SETTLE_BATCH = 100  # offers settled per housekeeping round
-# Added to this process's clock when settling, to take in every reservation made so far, by
-# any process, whatever the skew between their clocks.
-SKEW_MARGIN = timedelta(hours=1)
 CACHED_OFFERS = 1000
 
 
