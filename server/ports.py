@@ -118,7 +118,8 @@ class OfferStore(Protocol):
         ...
 
     async def end_finished(self, offer_id: str, at: datetime) -> None:
-        """Clear the note `record_end` left, noting when: the stock is stopped, the room told."""
+        """Clear the note `record_end` left, noting when: the stock is stopped, the room told.
+        Once: an end finished again (a host's repeated stop) keeps its first time."""
         ...
 
     async def due_to_settle(

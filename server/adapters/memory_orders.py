@@ -87,8 +87,9 @@ class MemoryOfferStore:
         return [self._offers[offer_id] for offer_id in sorted(self._unfinished_ends)[:limit]]
 
     async def end_finished(self, offer_id: str, at: datetime) -> None:
-        self._unfinished_ends.discard(offer_id)
-        self._end_finished_at[offer_id] = utc_ms(at)
+        if offer_id in self._unfinished_ends:
+            self._unfinished_ends.discard(offer_id)
+            self._end_finished_at[offer_id] = utc_ms(at)
 
     async def due_to_settle(
         self, finished_before: datetime, limit: int

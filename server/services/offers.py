@@ -60,7 +60,6 @@ LAUNCH_TRIES = 5
 # How long an unfinished end is left to the process that recorded it, which may be stopping a
 # stock or telling a room that is slow to answer (each bounded at 5 s), before another finishes it.
 FINISH_GRACE = timedelta(seconds=15)
-FINISH_FAILURES = 2  # ends that may fail in one round of finish_ends before it gives up
 # Added to this process's clock to take in every reservation made so far, by any process,
 # whatever the skew between their clocks.
 SKEW_MARGIN = timedelta(hours=1)
@@ -241,7 +240,7 @@ class OfferService:
             offer.id: self._unfinished_since.get(offer.id, now) for offer in unfinished
         }
         # Ends never tried first, then the one that failed longest ago: however many keep
-        # failing, each end gets its turn.
+        # failing, each end gets its turn, one failure a round.
         self._finish_round += 1
         self._finish_failed_in = {
             offer.id: round_
@@ -249,18 +248,17 @@ class OfferService:
             if (round_ := self._finish_failed_in.get(offer.id)) is not None
         }
         unfinished.sort(key=lambda offer: self._finish_failed_in.get(offer.id, 0))
-        failures = finished = 0
+        finished = 0
         for offer in unfinished:
             if now - self._unfinished_since[offer.id] < FINISH_GRACE:
                 continue
             try:
                 await self._finish_end(offer)
             except LiveshopError:  # the stock or the room's stream is away (logged where it failed)
+                # The others need them too, and against a Redis that hangs a try costs 10 s
+                # (the stop, then the announcement): they wait for the next round.
                 self._finish_failed_in[offer.id] = self._finish_round
-                failures += 1
-                if failures == FINISH_FAILURES:
-                    break  # a Redis that hangs costs 5 s a try: the rest wait for the next round
-                continue
+                break
             log.warning("offer_end_finished_late", extra={"offer_id": offer.id})
             finished += 1
         return finished

@@ -176,7 +176,8 @@ class OrderService:
             attached is AttachOutcome.PAUSED
             and (await self._offers.get(order.offer_id)).settled_at is not None
         ):
-            # The reaper (or a rebuild) gave these units back meanwhile: no stock, no order.
+            # The reaper, a rebuild or a settling gave these units back meanwhile: no stock, no
+            # order.
             await self._cancel_lost(stored)
             raise Conflict("this claim ran out before its order was written", code="claim_expired")
         if created:

@@ -150,6 +150,8 @@ async def test_ended_offers_are_due_to_settle_once_their_end_is_finished(
     assert [o.id for o in await offers.due_to_settle(later, 1)] == ["of_a"]
     # Settling waits from when the end was finished, not from when it was recorded.
     assert [o.id for o in await offers.due_to_settle(T0 + timedelta(minutes=1), 10)] == ["of_b"]
+    await offers.end_finished("of_b", T0 + timedelta(hours=2))  # again: keeps its first time
+    assert [o.id for o in await offers.due_to_settle(T0 + timedelta(minutes=1), 10)] == ["of_b"]
     await offers.record_settled("of_b", T0 + timedelta(minutes=2))
     await offers.record_settled("of_b", T0 + timedelta(minutes=3))  # once
     settled = await offers.get("of_b")

@@ -176,8 +176,8 @@ class MongoOfferStore:
 
     @_translate_errors
     async def end_finished(self, offer_id: str, at: datetime) -> None:
-        await self._offers.update_one(
-            {"_id": offer_id},
+        await self._offers.update_one(  # once: finishing it again must not put off settling
+            {"_id": offer_id, END_TO_FINISH: True},
             {"$unset": {END_TO_FINISH: ""}, "$set": {END_FINISHED_AT: utc_ms(at)}},
         )
 

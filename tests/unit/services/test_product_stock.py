@@ -17,6 +17,7 @@ from server.domain.money import Money
 from server.domain.offers import LATE_ORDERS, FlashOffer
 from server.domain.orders import Order, OrderStatus
 from server.ports import OfferStore, OrderStore, StockReservations
+from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from tests.unit.services.shop import ADDRESS, HOST, Shop, buyer, other_process
@@ -57,6 +58,26 @@ async def test_an_ended_offer_gives_back_what_it_did_not_sell_once_settled(shop:
     await shop.launch(quantity=STOCK - 3, limit=1)  # the 3 sold stay sold
     with pytest.raises(Conflict):
         await shop.launch(quantity=1, limit=1)
+
+
+async def test_housekeeping_settles_ended_offers(shop: Shop) -> None:
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    await shop.offers.stop(offer.id, HOST)
+    housekeeper = Housekeeper(shop.offers, shop.orders, lambda: [offer.id])
+    await housekeeper.run_once()
+    assert (await shop.offers_store.get(offer.id)).settled_at is None
+    shop.clock.advance(seconds=LATE_ORDERS.total_seconds())
+    await housekeeper.run_once()
+    assert (await shop.offers_store.get(offer.id)).settled_at == shop.clock()
+
+
+async def test_a_stop_sent_again_does_not_put_off_the_settling(shop: Shop) -> None:
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    await shop.offers.stop(offer.id, HOST)
+    shop.clock.advance(seconds=LATE_ORDERS.total_seconds() - 1)
+    await shop.offers.stop(offer.id, HOST)  # the host's app sends it again
+    shop.clock.advance(seconds=1)
+    assert await shop.orders.settle_due() == 1
 
 
 async def test_an_order_cancelled_after_its_offer_settled_frees_its_unit(shop: Shop) -> None:
