@@ -98,6 +98,10 @@ def _positive(price: MoneyIn) -> MoneyIn:
 PositiveMoneyIn = Annotated[MoneyIn, AfterValidator(_positive)]
 
 
+class StockIn(RequestModel):
+    stock: int = Field(ge=0, le=MAX_STOCK)
+
+
 class ProductIn(RequestModel):
     title: Title
     images: list[HttpUrl] = Field(default_factory=list, max_length=MAX_IMAGES)

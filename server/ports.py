@@ -29,6 +29,10 @@ class ProductStore(Protocol):
         """The product, or NotFound."""
         ...
 
+    async def set_stock(self, product_id: str, stock: int) -> Product:
+        """The product with its stock set to `stock`, or NotFound."""
+        ...
+
 
 class RoomStore(Protocol):
     async def create(self, room: Room) -> None: ...

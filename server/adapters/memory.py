@@ -27,6 +27,12 @@ class MemoryProductStore:
         except KeyError:
             raise NotFound(f"product {product_id} not found") from None
 
+    async def set_stock(self, product_id: str, stock: int) -> Product:
+        product = await self.get(product_id)
+        product.stock = stock
+        self._products[product_id] = copy.deepcopy(product)
+        return product
+
 
 class MemoryRoomStore:
     def __init__(self) -> None:

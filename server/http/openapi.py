@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.commerce import ClaimIn, OfferIn
-from schemas.http import BlockedWordsIn, ProductIn, RoomIn, ShowcaseIn, SlowModeIn
+from schemas.http import BlockedWordsIn, ProductIn, RoomIn, ShowcaseIn, SlowModeIn, StockIn
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _ERRORS = {
@@ -30,6 +30,7 @@ _ERRORS = {
 _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, int]] = [
     ("post", "/products", "Create a product", ProductIn, 201),
     ("get", "/products/{product_id}", "Get a product", None, 200),
+    ("patch", "/products/{product_id}", "Set a product's stock", StockIn, 200),
     ("post", "/rooms", "Create a room", RoomIn, 201),
     ("get", "/rooms", "List rooms (?status=live&limit=20)", None, 200),
     ("get", "/rooms/{room_id}", "Get a room", None, 200),

@@ -1,4 +1,5 @@
-"""`/products`: create a product (hosts and admins) and read one (anyone)."""
+"""`/products`: create a product (hosts and admins), read one (anyone), set its stock (its
+seller, or an admin)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from schemas.http import ProductIn, product_to_wire
+from schemas.http import ProductIn, StockIn, product_to_wire
 from server.domain.products import ProductTrade
 from server.http.deps import container_of, json_body, require_identity
 
@@ -41,8 +42,18 @@ async def get_product(request: Request) -> JSONResponse:
     return JSONResponse(product_to_wire(product))
 
 
+async def set_stock(request: Request) -> JSONResponse:
+    who = require_identity(request)
+    body = await json_body(request, StockIn)
+    product = await container_of(request).room_service.set_product_stock(
+        who, request.path_params["product_id"], body.stock
+    )
+    return JSONResponse(product_to_wire(product))
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/products", create_product, methods=["POST"], name="create_product"),
         Route("/products/{product_id}", get_product, methods=["GET"], name="get_product"),
+        Route("/products/{product_id}", set_stock, methods=["PATCH"], name="set_stock"),
     ]

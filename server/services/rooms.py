@@ -98,6 +98,17 @@ class RoomService:
     async def get_product(self, product_id: str) -> Product:
         return await self._products.get(product_id)
 
+    async def set_product_stock(self, who: Identity, product_id: str, stock: int) -> Product:
+        """A restock or a count: the units the seller has. Offers running keep what they
+        booked; later launches book out of the new figure (see OfferService.launch)."""
+        _ensure_seller(who, "change stock")
+        product = await self._products.get(product_id)
+        if product.owner_id != who.user_id and who.role is not Role.ADMIN:
+            raise Forbidden("only the product's seller can change its stock")
+        if stock < 0:
+            raise InvalidInput("stock cannot be negative", code="invalid_stock")
+        return await self._products.set_stock(product_id, stock)
+
     async def pinned_products(self, rooms: Iterable[Room]) -> dict[str, Product]:
         """The products pinned in these rooms by id; one that has vanished is left out."""
         ids = {room.pinned_product_id for room in rooms if room.pinned_product_id}

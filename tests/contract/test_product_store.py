@@ -13,6 +13,7 @@ from bson import Decimal128
 
 from server.adapters.memory import MemoryProductStore
 from server.adapters.mongo.stores import PRODUCTS, MongoProductStore
+from server.domain.errors import NotFound
 from server.domain.money import Money
 from server.domain.products import Product
 from server.ports import ProductStore
@@ -98,3 +99,15 @@ async def test_mongo_reads_products_stored_before_the_trade_fields(mongo_db: Any
     )
     got = await MongoProductStore(mongo_db).get("p_old")
     assert (got.description, got.sku, got.origin_country, got.other_prices) == ("", None, None, [])
+
+
+async def test_set_stock_changes_only_the_stock(products: ProductStore) -> None:
+    await products.create(_full())
+    restocked = await products.set_stock("p_1", 75)
+    assert restocked.stock == 75
+    assert await products.get("p_1") == restocked
+    expected = _full()
+    expected.stock = 75
+    assert restocked == expected
+    with pytest.raises(NotFound):
+        await products.set_stock("p_missing", 1)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import CodecOptions, Decimal128
-from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
@@ -87,6 +87,15 @@ class MongoProductStore:
     @_translate_errors
     async def get(self, product_id: str) -> Product:
         doc = await self._products.find_one({"_id": product_id})
+        if doc is None:
+            raise NotFound(f"product {product_id} not found")
+        return _product_from(doc)
+
+    @_translate_errors
+    async def set_stock(self, product_id: str, stock: int) -> Product:
+        doc = await self._products.find_one_and_update(
+            {"_id": product_id}, {"$set": {"stock": stock}}, return_document=ReturnDocument.AFTER
+        )
         if doc is None:
             raise NotFound(f"product {product_id} not found")
         return _product_from(doc)

@@ -31,6 +31,10 @@ from tests.fakes import RecordingEvents
 
 SECRET = "test-secret-for-the-products-http-suite"
 HOST = {"Authorization": f"Bearer {issue_token(SECRET, 'host-1', Role.HOST, ttl_seconds=600)}"}
+OTHER_HOST = {
+    "Authorization": f"Bearer {issue_token(SECRET, 'host-2', Role.HOST, ttl_seconds=600)}"
+}
+SHOPPER = {"Authorization": f"Bearer {issue_token(SECRET, 'leo', Role.SHOPPER, ttl_seconds=600)}"}
 PRODUCT: dict[str, Any] = {
     "title": "Silk scarf",
     "images": ["https://img.example/scarf.jpg"],
@@ -212,3 +216,41 @@ def test_wire_forms() -> None:
     assert "description" not in summary
     plain = product_summary(Product("p_2", "host-1", "Tea", product.price, 1, product.created_at))
     assert set(plain) == {"id", "title", "images", "price", "stock"}
+
+
+async def test_the_seller_sets_a_products_stock(client: httpx.AsyncClient) -> None:
+    created = (await client.post("/products", json=PRODUCT, headers=HOST)).json()
+    path = f"/products/{created['id']}"
+    answer = await client.patch(path, json={"stock": 250}, headers=HOST)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {**created, "stock": 250}
+    assert (await client.get(path)).json()["stock"] == 250
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [({}, 401, "missing_token"), (OTHER_HOST, 403, "forbidden"), (SHOPPER, 403, "forbidden")],
+)
+async def test_nobody_else_sets_a_products_stock(
+    client: httpx.AsyncClient, headers: dict[str, str], status: int, code: str
+) -> None:
+    created = (await client.post("/products", json=PRODUCT, headers=HOST)).json()
+    path = f"/products/{created['id']}"
+    answer = await client.patch(path, json={"stock": 1}, headers=headers)
+    assert (answer.status_code, answer.json()["code"]) == (status, code)
+    assert (await client.get(path)).json()["stock"] == created["stock"]
+
+
+@pytest.mark.parametrize(
+    "body", [{"stock": -1}, {"stock": "many"}, {"stock": 1.5}, {}, {"stock": 1, "title": "x"}]
+)
+async def test_a_bad_stock_is_refused(client: httpx.AsyncClient, body: dict[str, object]) -> None:
+    created = (await client.post("/products", json=PRODUCT, headers=HOST)).json()
+    answer = await client.patch(f"/products/{created['id']}", json=body, headers=HOST)
+    assert answer.status_code == 422, answer.text
+    assert (await client.get(f"/products/{created['id']}")).json()["stock"] == created["stock"]
+
+
+async def test_the_stock_of_an_unknown_product_is_not_found(client: httpx.AsyncClient) -> None:
+    answer = await client.patch("/products/p_nope", json={"stock": 1}, headers=HOST)
+    assert (answer.status_code, answer.json()["code"]) == (404, "not_found")

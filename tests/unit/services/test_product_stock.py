@@ -20,6 +20,7 @@ from server.ports import OfferStore, OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import OrderService
+from server.services.rooms import RoomService
 from tests.unit.services.shop import ADDRESS, HOST, Shop, buyer, other_process
 
 STOCK = 50  # the shop's product
@@ -289,3 +290,17 @@ async def test_an_offer_with_more_pending_reservations_than_a_batch_settles_over
     assert await shop.orders.settle_due() == 0  # two given back; one left for the next round
     assert await shop.orders.settle_due() == 1
     await shop.launch(quantity=STOCK, limit=1)
+
+
+async def test_a_restocked_product_can_be_offered_again(shop: Shop) -> None:
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    await shop.claim(offer, buyer(1), "k")
+    await shop.offers.stop(offer.id, HOST)
+    await settle(shop)
+    with pytest.raises(Conflict):  # 49 left
+        await shop.launch(quantity=STOCK, limit=1)
+    rooms = RoomService(shop.rooms, shop.products, shop.events, shop.clock)
+    await rooms.set_product_stock(HOST, shop.product_id, STOCK + 1)  # 50 more arrived
+    await shop.launch(quantity=STOCK, limit=1)
+    with pytest.raises(Conflict):
+        await shop.launch(quantity=1, limit=1)
