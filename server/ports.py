@@ -89,10 +89,17 @@ class RoomEvents(Protocol):
 
 
 class OfferStore(Protocol):
-    async def create(self, offer: FlashOffer, *, nth_of_product: int) -> None:
+    async def create(
+        self, offer: FlashOffer, *, nth_of_product: int, launch_key: str | None = None
+    ) -> None:
         """Store the offer as its product's `nth_of_product` offer (1 for the first): Conflict
         when the id exists, ProductOffersChanged when another offer took that place first (a
-        launch of the same product that raced this one: its stock must be checked again)."""
+        launch of the same product that raced this one: its stock must be checked again),
+        LaunchKeyTaken when an offer of the room has this `launch_key` already."""
+        ...
+
+    async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
+        """The room's offer launched under this key, if any."""
         ...
 
     async def of_product(self, product_id: str) -> builtins.list[FlashOffer]:

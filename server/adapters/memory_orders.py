@@ -16,7 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from server.domain.errors import Conflict, InvalidInput, NotFound, ProductOffersChanged
+from server.domain.errors import (
+    Conflict,
+    InvalidInput,
+    LaunchKeyTaken,
+    NotFound,
+    ProductOffersChanged,
+)
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
 from server.domain.orders import Order, OrderStatus, can_move
@@ -47,14 +53,25 @@ class MemoryOfferStore:
         self._unfinished_ends: set[str] = set()  # offer ids
         self._end_finished_at: dict[str, datetime] = {}
         self._launches: set[tuple[str, int]] = set()  # (product id, nth offer of the product)
+        self._launch_keys: dict[tuple[str, str], str] = {}  # (room id, launch key) -> offer id
 
-    async def create(self, offer: FlashOffer, *, nth_of_product: int) -> None:
+    async def create(
+        self, offer: FlashOffer, *, nth_of_product: int, launch_key: str | None = None
+    ) -> None:
         if offer.id in self._offers:
             raise Conflict(f"offer {offer.id} exists")
         if (offer.product_id, nth_of_product) in self._launches:
             raise ProductOffersChanged("another offer of this product was launched meanwhile")
+        if launch_key is not None:
+            if (offer.room_id, launch_key) in self._launch_keys:
+                raise LaunchKeyTaken("an offer was launched under this key already")
+            self._launch_keys[(offer.room_id, launch_key)] = offer.id
         self._launches.add((offer.product_id, nth_of_product))
         self._offers[offer.id] = offer  # frozen: no copy needed
+
+    async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
+        offer_id = self._launch_keys.get((room_id, launch_key))
+        return None if offer_id is None else self._offers[offer_id]
 
     async def of_product(self, product_id: str) -> builtins.list[FlashOffer]:
         offers = [o for o in self._offers.values() if o.product_id == product_id]

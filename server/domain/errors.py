@@ -61,3 +61,9 @@ class ProductOffersChanged(Conflict):
     """Another offer of the same product was launched meanwhile: its stock must be checked again."""
 
     code = "product_offers_changed"
+
+
+class LaunchKeyTaken(Conflict):
+    """An offer was launched under this idempotency key already (a launch sent twice at once)."""
+
+    code = "launch_key_taken"

@@ -60,6 +60,27 @@ def units_booked(offers: Iterable[FlashOffer], claimed: Mapping[str, int]) -> in
     )
 
 
+def same_launch(
+    offer: FlashOffer,
+    *,
+    product_id: str,
+    price: Money,
+    quantity: int,
+    per_user_limit: int,
+    duration: timedelta,
+    countdown: timedelta,
+) -> bool:
+    """Whether a launch sent again with `offer`'s idempotency key asks for that same offer."""
+    return (
+        offer.product_id == product_id
+        and offer.price == price
+        and offer.quantity == quantity
+        and offer.per_user_limit == per_user_limit
+        and offer.ends_at - offer.starts_at == duration
+        and offer.starts_at - offer.created_at == countdown
+    )
+
+
 def ensure_stock_left(product: Product, quantity: int, *, booked: int) -> None:
     """A new offer of `quantity` fits in what the product's other offers leave of its stock."""
     if quantity > product.stock:

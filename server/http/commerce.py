@@ -32,9 +32,12 @@ class OrderListQuery(BaseModel):
 
 async def launch_offer(request: Request) -> JSONResponse:
     who = require_identity(request)
+    key = request.headers.get("idempotency-key")  # optional: a launch sent again is safe
+    if key is not None:
+        _check_idempotency_key(key)
     body = await json_body(request, OfferIn)
     service = container_of(request).offer_service
-    offer = await service.launch(
+    offer, created = await service.launch(
         request.path_params["room_id"],
         who,
         product_id=body.product_id,
@@ -43,11 +46,12 @@ async def launch_offer(request: Request) -> JSONResponse:
         per_user_limit=body.per_user_limit,
         countdown_seconds=body.countdown_seconds,
         duration_seconds=body.duration_seconds,
+        idempotency_key=key,
     )
-    location = request.url_for("get_offer", offer_id=offer.id)
-    return JSONResponse(
-        offer_to_wire(offer, offer.quantity), status_code=201, headers={"Location": str(location)}
-    )
+    headers = {"Location": str(request.url_for("get_offer", offer_id=offer.id))}
+    if key is not None:
+        headers["Idempotent-Replayed"] = "false" if created else "true"
+    return JSONResponse(offer_to_wire(offer, offer.quantity), status_code=201, headers=headers)
 
 
 async def get_offer(request: Request) -> JSONResponse:
@@ -80,11 +84,7 @@ async def claim_offer(request: Request) -> Response:
 async def _claim(request: Request) -> JSONResponse:
     who = require_identity(request)
     key = request.headers.get("idempotency-key", "")
-    if not _IDEMPOTENCY_KEY.match(key):
-        raise InvalidInput(
-            "send an Idempotency-Key header (1-100 printable characters)",
-            code="invalid_idempotency_key",
-        )
+    _check_idempotency_key(key)
     body = await json_body(request, ClaimIn)
     order, created = await container_of(request).order_service.claim(
         request.path_params["offer_id"],
@@ -120,6 +120,14 @@ async def cancel_order(request: Request) -> JSONResponse:
     who = require_identity(request)
     order = await container_of(request).order_service.cancel(request.path_params["order_id"], who)
     return JSONResponse(order_to_wire(order))
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise InvalidInput(
+            "send an Idempotency-Key header (1-100 printable characters)",
+            code="invalid_idempotency_key",
+        )
 
 
 def routes() -> list[BaseRoute]:

@@ -12,11 +12,18 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from typing import cast
 
 from schemas.commerce import offer_to_wire
 from schemas.http import product_to_wire
 from server.background import BackgroundTasks
-from server.domain.errors import LiveshopError, ProductOffersChanged, Unavailable
+from server.domain.errors import (
+    Conflict,
+    LaunchKeyTaken,
+    LiveshopError,
+    ProductOffersChanged,
+    Unavailable,
+)
 from server.domain.figures import OfferFigures
 from server.domain.identity import Identity
 from server.domain.money import Money
@@ -26,6 +33,7 @@ from server.domain.offers import (
     RecoveredClaim,
     ensure_stock_left,
     plan_offer,
+    same_launch,
     units_booked,
 )
 from server.domain.orders import HOLDS_STOCK
@@ -107,34 +115,62 @@ class OfferService:
         per_user_limit: int,
         countdown_seconds: int,
         duration_seconds: int,
-    ) -> FlashOffer:
+        idempotency_key: str | None = None,
+    ) -> tuple[FlashOffer, bool]:
+        """The offer and whether it is new. A launch sent again with the same idempotency key
+        gets the offer the first one made (False), and the room hears of it again: the first
+        may have failed after storing it, before telling the room."""
         room = await self._rooms.get(room_id)
         ensure_can_manage(room, who)
+        # Scoped to the launcher, as claims' keys are to their buyer.
+        key = None if idempotency_key is None else f"{who.user_id}:{idempotency_key}"
         product = await self._products.get(product_id)
-        offer = plan_offer(
-            offer_id=new_id("f"),
-            room=room,
-            product=product,
+        duration = timedelta(seconds=duration_seconds)
+        countdown = timedelta(seconds=countdown_seconds)
+        offer = None if key is None else await self._offers.by_launch_key(room_id, key)
+        created = offer is None
+        if offer is None:
+            offer = plan_offer(
+                offer_id=new_id("f"),
+                room=room,
+                product=product,
+                price=price,
+                quantity=quantity,
+                per_user_limit=per_user_limit,
+                now=self._clock(),
+                duration=duration,
+                countdown=countdown,
+            )
+            try:
+                await self._book(offer, product, key)
+            except LaunchKeyTaken:  # the same launch, sent twice at once: the other got in
+                offer, created = await self._offers.by_launch_key(room_id, cast(str, key)), False
+                assert offer is not None  # offers are never deleted
+        if not created and not same_launch(
+            offer,
+            product_id=product_id,
             price=price,
             quantity=quantity,
             per_user_limit=per_user_limit,
-            now=self._clock(),
-            duration=timedelta(seconds=duration_seconds),
-            countdown=timedelta(seconds=countdown_seconds),
-        )
-        await self._book(offer, product)
-        await self._events.publish_room_event(
-            room_id,
-            {
-                "type": "offer.started",
-                "offer": offer_to_wire(offer, offer.quantity),
-                "product": product_to_wire(product),
-                "server_time": _iso(self._clock()),
-            },
-        )
-        return offer
+            duration=duration,
+            countdown=countdown,
+        ):
+            raise Conflict(
+                "this idempotency key launched another offer", code="idempotency_key_reused"
+            )
+        if offer.end_reason is None:
+            await self._events.publish_room_event(
+                room_id,
+                {
+                    "type": "offer.started",
+                    "offer": offer_to_wire(offer, offer.quantity),
+                    "product": product_to_wire(product),
+                    "server_time": _iso(self._clock()),
+                },
+            )
+        return offer, created
 
-    async def _book(self, offer: FlashOffer, product: Product) -> None:
+    async def _book(self, offer: FlashOffer, product: Product, launch_key: str | None) -> None:
         """Store the offer if the product's stock still has its quantity once the product's
         other offers have taken theirs. Launches of one product are checked one at a time: each
         offer is its product's nth, and of two launches that read the same n, one is refused
@@ -152,10 +188,14 @@ class OfferService:
                 ends_at=offer.ends_at,
             )
             try:
-                await self._offers.create(offer, nth_of_product=len(others) + 1)
+                await self._offers.create(
+                    offer, nth_of_product=len(others) + 1, launch_key=launch_key
+                )
                 return
-            except ProductOffersChanged:
-                continue  # another launch of the product got in first: check its stock again
+            except ProductOffersChanged:  # another launch of the product got in first...
+                if launch_key and await self._offers.by_launch_key(offer.room_id, launch_key):
+                    raise LaunchKeyTaken("this launch got in first") from None  # ...this one
+                continue  # ...else check the stock again
         raise ProductOffersChanged("offers of this product are being launched at once, try again")
 
     async def _units_booked(self, offers: list[FlashOffer]) -> int:

@@ -13,7 +13,7 @@ from bson import Decimal128
 
 from server.adapters.memory_orders import MemoryOfferStore
 from server.adapters.mongo.orders import OFFERS, MongoOfferStore, ensure_order_indexes
-from server.domain.errors import Conflict, NotFound, ProductOffersChanged
+from server.domain.errors import Conflict, LaunchKeyTaken, NotFound, ProductOffersChanged
 from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer
 from server.ports import OfferStore
@@ -189,6 +189,20 @@ async def test_each_offer_of_a_product_takes_its_own_place(offers: OfferStore) -
     assert await offers.of_product("p_none") == []
 
 
+async def test_an_offer_launched_under_a_key_is_found_by_it(offers: OfferStore) -> None:
+    first = _offer("of_a", product_id="p_x")
+    await offers.create(first, nth_of_product=1, launch_key="host-1:L1")
+    await offers.create(_offer("of_b", product_id="p_x"), nth_of_product=2)  # no key
+    assert await offers.by_launch_key("r_1", "host-1:L1") == first
+    assert await offers.by_launch_key("r_2", "host-1:L1") is None  # keys are per room
+    assert await offers.by_launch_key("r_1", "host-1:L2") is None
+    with pytest.raises(LaunchKeyTaken):  # the same launch sent twice at once
+        await offers.create(_offer("of_c"), nth_of_product=1, launch_key="host-1:L1")
+    with pytest.raises(NotFound):
+        await offers.get("of_c")
+    await offers.create(_offer("of_d", room_id="r_2"), nth_of_product=1, launch_key="host-1:L1")
+
+
 async def test_racing_launches_of_a_product_one_gets_the_place(offers: OfferStore) -> None:
     results = await asyncio.gather(
         *(offers.create(_offer(f"of_{i}", product_id="p_x"), nth_of_product=1) for i in range(6)),
@@ -227,5 +241,7 @@ async def test_mongo_stored_form_and_indexes(mongo_db: Any) -> None:
     assert info["due_to_end"]["key"] == [("ended_at", 1), ("ends_at", 1)]
     assert info["end_to_finish"]["partialFilterExpression"] == {"end_to_finish": True}
     assert info["due_to_settle"]["key"] == [("settled_at", 1), ("ended_at", 1), ("_id", 1)]
+    assert info["launch_key"]["unique"] is True
+    assert info["launch_key"]["key"] == [("room_id", 1), ("launch_key", 1)]
     assert info["product_launch"]["unique"] is True
     assert info["product_launch"]["key"] == [("product_id", 1), ("product_launch", 1)]

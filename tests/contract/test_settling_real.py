@@ -52,7 +52,7 @@ async def test_a_settled_offer_gives_back_its_unsold_units_on_real_backends(
     )
 
     async def launch(quantity: int) -> str:
-        offer = await offers.launch(
+        offer, _ = await offers.launch(
             room.id,
             HOST,
             product_id=product.id,

@@ -33,7 +33,13 @@ from server.adapters.mongo.order_docs import (
     transition_doc,
 )
 from server.adapters.mongo.stores import Document, _collection, _translate_errors
-from server.domain.errors import Conflict, NotFound, ProductOffersChanged, Unavailable
+from server.domain.errors import (
+    Conflict,
+    LaunchKeyTaken,
+    NotFound,
+    ProductOffersChanged,
+    Unavailable,
+)
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
 from server.domain.orders import Order, OrderStatus
@@ -46,6 +52,8 @@ ORDERS = "orders"
 UNITS_TO_RETURN = "units_to_return"
 # Set on an offer, with its end, until its stock is stopped and its room told of the end.
 END_TO_FINISH = "end_to_finish"
+# The launcher's idempotency key, on offers launched with one: unique in its room.
+LAUNCH_KEY = "launch_key"
 # When the end's note was cleared: settling waits LATE_ORDERS from then.
 END_FINISHED_AT = "end_finished_at"
 # Which offer of its product an offer is (1, 2, ...): unique, so two launches racing to book
@@ -100,6 +108,12 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
                 unique=True,
                 partialFilterExpression={PRODUCT_LAUNCH: {"$exists": True}},
             ),
+            IndexModel(
+                [("room_id", ASCENDING), (LAUNCH_KEY, ASCENDING)],
+                name=LAUNCH_KEY,
+                unique=True,
+                partialFilterExpression={LAUNCH_KEY: {"$exists": True}},
+            ),
             # Only the few offers whose end is being finished are in it.
             IndexModel(
                 [(END_TO_FINISH, ASCENDING)],
@@ -115,17 +129,30 @@ class MongoOfferStore:
         self._offers = _collection(db, OFFERS)
 
     @_translate_errors
-    async def create(self, offer: FlashOffer, *, nth_of_product: int) -> None:
+    async def create(
+        self, offer: FlashOffer, *, nth_of_product: int, launch_key: str | None = None
+    ) -> None:
         # The unique index on (product, launch) lets one of two launches racing for the same
         # place in; the other checks the product's stock again (see OfferService.launch).
+        doc = {**offer_doc(offer), PRODUCT_LAUNCH: nth_of_product}
+        if launch_key is not None:
+            doc[LAUNCH_KEY] = launch_key
         try:
-            await self._offers.insert_one({**offer_doc(offer), PRODUCT_LAUNCH: nth_of_product})
+            await self._offers.insert_one(doc)
         except DuplicateKeyError as exc:
-            if PRODUCT_LAUNCH in (exc.details or {}).get("keyPattern", {}):
+            taken = (exc.details or {}).get("keyPattern", {})
+            if LAUNCH_KEY in taken:
+                raise LaunchKeyTaken("an offer was launched under this key already") from None
+            if PRODUCT_LAUNCH in taken:
                 raise ProductOffersChanged(
                     "another offer of this product was launched meanwhile"
                 ) from None
             raise Conflict(f"offer {offer.id} exists") from None
+
+    @_translate_errors
+    async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
+        doc = await self._offers.find_one({"room_id": room_id, LAUNCH_KEY: launch_key})
+        return None if doc is None else offer_from(doc)
 
     @_translate_errors
     async def of_product(self, product_id: str) -> builtins.list[FlashOffer]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import websockets
 
+from server.domain.identity import Role
 from tests.integration.channels.live import Live, recv, recv_type, token
 
 ADDRESS = {
@@ -200,3 +201,30 @@ async def test_the_host_sees_orders_per_offer(live: Live) -> None:
         f"/api/v1/rooms/{live.room_id}/stats", headers={"Authorization": f"Bearer {token('leo')}"}
     )
     assert shopper.status_code == 403
+
+
+async def test_a_launch_sent_again_with_its_key_gets_the_same_offer(live: Live) -> None:
+    product = await live.host(
+        "POST",
+        "/products",
+        {"title": "Serum", "price": {"amount": "24.90", "currency": "USD"}, "stock": 10},
+    )
+    body = {
+        "product_id": product.json()["id"],
+        "price": {"amount": "9.90", "currency": "USD"},
+        "quantity": 10,
+    }
+    path = f"/api/v1/rooms/{live.room_id}/offers"
+    headers = {"Authorization": f"Bearer {token('host-1', Role.HOST)}", "Idempotency-Key": "L1"}
+    first = await live.http.post(path, json=body, headers=headers)
+    again = await live.http.post(path, json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201), again.text
+    assert again.json()["id"] == first.json()["id"]  # not a second offer of 10 (stock 10)
+    assert [first.headers["Idempotent-Replayed"], again.headers["Idempotent-Replayed"]] == [
+        "false",
+        "true",
+    ]
+    other = await live.http.post(path, json={**body, "quantity": 5}, headers=headers)
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_key_reused")
+    bad = await live.http.post(path, json=body, headers={**headers, "Idempotency-Key": "a b"})
+    assert (bad.status_code, bad.json()["code"]) == (422, "invalid_idempotency_key")

@@ -49,7 +49,7 @@ class Shop:
     async def launch(
         self, quantity: int = 3, limit: int = 2, countdown: int = 0, duration: int = 60
     ) -> FlashOffer:
-        return await self.offers.launch(
+        offer, _ = await self.offers.launch(
             self.room_id,
             HOST,
             product_id=self.product_id,
@@ -59,6 +59,7 @@ class Shop:
             countdown_seconds=countdown,
             duration_seconds=duration,
         )
+        return offer
 
     async def claim(
         self, offer: FlashOffer, who: Identity, key: str, quantity: int = 1

@@ -81,7 +81,7 @@ class FlashSale(RuleBasedStateMachine):
             )
             room = await self.rooms.create_room(HOST, "Show")
             await self.rooms.start(room.id, HOST)
-            return await self.offers.launch(
+            offer, _ = await self.offers.launch(
                 room.id,
                 HOST,
                 product_id=product.id,
@@ -91,6 +91,7 @@ class FlashSale(RuleBasedStateMachine):
                 countdown_seconds=0,
                 duration_seconds=86_400,
             )
+            return offer
 
         self.offer = self.run(setup())
 
