@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from typing import cast
 
 import pytest
 
@@ -14,11 +13,10 @@ from server.domain.errors import Conflict, Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
-from server.ports import OfferStore
 from server.services.offers import OfferService
 from tests.unit.services.shop import HOST, Shop
 from tests.unit.services.test_give_back import FlakyEvents
-from tests.unit.services.test_product_stock import InterleavingOffers
+from tests.unit.services.test_product_stock import racing_processes
 
 
 async def launch(
@@ -78,18 +76,7 @@ async def test_a_launch_whose_room_was_not_told_is_told_when_sent_again(shop: Sh
 
 
 async def test_the_same_launch_sent_twice_at_once_makes_one_offer(shop: Shop) -> None:
-    services = [
-        OfferService(
-            cast(OfferStore, InterleavingOffers(shop.offers_store)),
-            shop.orders_store,
-            shop.rooms,
-            shop.products,
-            shop.stock,
-            shop.events,
-            shop.clock,
-        )
-        for _ in range(2)
-    ]
+    services = racing_processes(shop)
     # 30 each of a stock of 50: were they two launches, the second would not fit.
     results = await asyncio.gather(*(launch(service, shop, "L1") for service in services))
     assert sorted(created for _, created in results) == [False, True]

@@ -139,8 +139,9 @@ class InterleavingOffers:
         return offers
 
 
-async def test_launches_racing_for_one_product_book_its_stock_once(shop: Shop) -> None:
-    services = [
+def racing_processes(shop: Shop) -> list[OfferService]:
+    """Two processes whose launches of one product read its offers at the same moment."""
+    return [
         OfferService(
             cast(OfferStore, InterleavingOffers(shop.offers_store)),
             shop.orders_store,
@@ -152,6 +153,10 @@ async def test_launches_racing_for_one_product_book_its_stock_once(shop: Shop) -
         )
         for _ in range(2)
     ]
+
+
+async def test_launches_racing_for_one_product_book_its_stock_once(shop: Shop) -> None:
+    services = racing_processes(shop)
     launches = [
         service.launch(
             shop.room_id,
