@@ -144,8 +144,10 @@ class OfferService:
             try:
                 await self._book(offer, product, key)
             except LaunchKeyTaken:  # the same launch, sent twice at once: the other got in
-                offer, created = await self._offers.by_launch_key(room_id, cast(str, key)), False
-                assert offer is not None  # offers are never deleted
+                taken = await self._offers.by_launch_key(room_id, cast(str, key))
+                if taken is None:  # offers are never deleted
+                    raise RuntimeError(f"no offer under the launch key in {room_id}") from None
+                offer, created = taken, False
         if not created and not same_launch(
             offer,
             product_id=product_id,
