@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import cast
 
 from schemas.commerce import offer_to_wire
 from schemas.http import product_to_wire
@@ -128,9 +127,9 @@ class OfferService:
         duration = timedelta(seconds=duration_seconds)
         countdown = timedelta(seconds=countdown_seconds)
         offer = None if key is None else await self._offers.by_launch_key(room_id, key)
-        created = offer is None
+        created = False
         if offer is None:
-            offer = plan_offer(
+            planned = plan_offer(
                 offer_id=new_id("f"),
                 room=room,
                 product=product,
@@ -141,13 +140,8 @@ class OfferService:
                 duration=duration,
                 countdown=countdown,
             )
-            try:
-                await self._book(offer, product, key)
-            except LaunchKeyTaken:  # the same launch, sent twice at once: the other got in
-                taken = await self._offers.by_launch_key(room_id, cast(str, key))
-                if taken is None:  # offers are never deleted
-                    raise RuntimeError(f"no offer under the launch key in {room_id}") from None
-                offer, created = taken, False
+            offer = await self._book(planned, product, key)
+            created = offer.id == planned.id  # else the same launch, sent twice, got in first
         if not created and not same_launch(
             offer,
             product_id=product_id,
@@ -172,11 +166,14 @@ class OfferService:
             )
         return offer, created
 
-    async def _book(self, offer: FlashOffer, product: Product, launch_key: str | None) -> None:
+    async def _book(
+        self, offer: FlashOffer, product: Product, launch_key: str | None
+    ) -> FlashOffer:
         """Store the offer if the product's stock still has its quantity once the product's
-        other offers have taken theirs. Launches of one product are checked one at a time: each
-        offer is its product's nth, and of two launches that read the same n, one is refused
-        the place and checks again."""
+        other offers have taken theirs, and return it; or the offer stored under `launch_key`,
+        when the same launch sent at the same moment got in first. Launches of one product are
+        checked one at a time: each offer is its product's nth, and of two launches that read
+        the same n, one is refused the place and checks again."""
         for _ in range(LAUNCH_TRIES):
             others = await self._offers.of_product(product.id)
             ensure_stock_left(product, offer.quantity, booked=await self._units_booked(others))
@@ -193,11 +190,14 @@ class OfferService:
                 await self._offers.create(
                     offer, nth_of_product=len(others) + 1, launch_key=launch_key
                 )
-                return
-            except ProductOffersChanged:  # another launch of the product got in first...
-                if launch_key and await self._offers.by_launch_key(offer.room_id, launch_key):
-                    raise LaunchKeyTaken("this launch got in first") from None  # ...this one
-                continue  # ...else check the stock again
+                return offer
+            except (LaunchKeyTaken, ProductOffersChanged):
+                # Another launch got in first: this same one, sent twice at once, or another
+                # offer of the product, whose booking the next try counts.
+                if launch_key is not None:
+                    taken = await self._offers.by_launch_key(offer.room_id, launch_key)
+                    if taken is not None:
+                        return taken
         raise ProductOffersChanged("offers of this product are being launched at once, try again")
 
     async def _units_booked(self, offers: list[FlashOffer]) -> int:
