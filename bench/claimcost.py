@@ -8,7 +8,12 @@ each in a closed loop long enough to be steady, as CPU seconds of the server pro
 - a refused claim (the offer is sold out) and a claim that becomes an order, each over HTTP and
   over a room's websocket. Every claim is a new buyer over HTTP (a new token, as in the burst);
   on a websocket each buyer claims again and again with new keys (the offer's per-user limit is
-  1,000).
+  1,000);
+- the HTTP refusal step by step, from claims the endpoint refuses at each of its checks in turn:
+  no token (the stack, the route and a problem answer), then a new buyer's valid token without
+  an idempotency key (+ the token's check), then a key and a body whose country does not exist
+  (+ reading the body and checking the address); the sold-out refusal adds the reservation
+  script.
 
 From these it works out the best ratio to the no-op that a burst of B claims on Q units (half
 over each transport) could reach: B no-op requests' CPU over that of Q orders and B - Q
@@ -159,16 +164,33 @@ async def sold_out(shop: Shop, pool: HttpPool) -> str:
     return offer_id
 
 
-def claims(port: int, offer_id: str, prefix: str) -> Callable[[], bytes]:
-    """Each call: the next new buyer's claim (a token the server has not seen)."""
+# The refusal step by step: each claim is refused at a later check than the one before.
+NO_TOKEN, NO_KEY, NO_COUNTRY, SOLD_OUT = "no_token", "no_key", "no_country", "sold_out"
+LADDER = (
+    ("http_no_token", NO_TOKEN, 401),
+    ("http_no_key", NO_KEY, 422),
+    ("http_no_country", NO_COUNTRY, 422),
+)
+NO_SUCH_COUNTRY_BODY = json.dumps(
+    {"quantity": 1, "shipping_address": {**ADDRESS, "country": "QQ"}}, separators=(",", ":")
+)
+
+
+def claims(port: int, offer_id: str, prefix: str, flaw: str = SOLD_OUT) -> Callable[[], bytes]:
+    """Each call: the next new buyer's claim (a token the server has not seen), with `flaw`."""
     buyers = itertools.count()
+    path = f"/api/v1/offers/{offer_id}/claims"
+    body = NO_SUCH_COUNTRY_BODY if flaw == NO_COUNTRY else CLAIM_BODY
 
     def next_claim() -> bytes:
         user = f"{prefix}-{next(buyers)}"
-        token = issue_token(SECRET, user, Role.SHOPPER, ttl_seconds=3600)
-        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": f"k-{user}"}
-        path = f"/api/v1/offers/{offer_id}/claims"
-        return request_bytes("POST", path, port, headers, CLAIM_BODY)
+        headers = {"Idempotency-Key": f"k-{user}"}
+        if flaw != NO_TOKEN:
+            token = issue_token(SECRET, user, Role.SHOPPER, ttl_seconds=3600)
+            headers["Authorization"] = f"Bearer {token}"
+        if flaw == NO_KEY:
+            del headers["Idempotency-Key"]
+        return request_bytes("POST", path, port, headers, body)
 
     return next_claim
 
@@ -223,7 +245,14 @@ async def main_async(args: argparse.Namespace) -> int:
                 BIG_OFFER, per_user_limit=PER_USER_LIMIT, duration_seconds=3600
             )
             gone = await sold_out(shop, pool)
-            print("HTTP claims: refused, then orders")
+            print("HTTP claims: refused at each check in turn, then orders")
+            for name, flaw, status in LADDER:
+                phases[name] = await http_phase(
+                    pool,
+                    claims(server.port, gone, f"cost-{flaw}", flaw),
+                    ClosedLoop(ps, seconds),
+                    status,
+                )
             phases["http_refused"] = await http_phase(
                 pool, claims(server.port, gone, "cost-r"), ClosedLoop(ps, seconds), 409
             )
@@ -248,7 +277,8 @@ async def main_async(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(report, indent=2, default=str))
     print_report(report, args)
     print(f"\nJSON: {out}")
-    expected = {"noop": "expected", "http_refused": "expected", "http_order": "expected"}
+    expected = {name: "expected" for name in ("noop", "http_refused", "http_order")}
+    expected |= {name: "expected" for name, _, _ in LADDER}
     expected |= {"ws_refused": "sold_out", "ws_order": "order"}
     wrong = {
         name: phase["outcomes"]
@@ -263,7 +293,12 @@ async def main_async(args: argparse.Namespace) -> int:
 def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
     phases = report["phases"]
     noop = phases["noop"]["server_cpu_us_per_answer"]
-    print(f"\nServer CPU per answer, closed loops of {args.seconds:g} s (code {report['code']})")
+    code = report["code"]
+    modified = " with changes to the server's code" if code["server_code_modified"] else ""
+    print(
+        f"\nServer CPU per answer, closed loops of {args.seconds:g} s"
+        f" (code {code['commit']}{modified})"
+    )
     print(f"{'phase':<26}{'answers/s':>10}{'server CPU':>12}{'µs/answer':>11}{'x no-op':>9}")
     for name, phase in phases.items():
         cost = phase["server_cpu_us_per_answer"]

@@ -12,6 +12,7 @@ import hmac
 import json
 import re
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +26,9 @@ ALGORITHM = "HS256"
 # request, and checking its signature again costs more than the rest of answering a refusal.
 # Only tokens that passed verification get in, and each still ends at its `exp`.
 VERIFIED_TOKENS = 10_000
-_verified: dict[tuple[str, str], tuple[Identity, float]] = {}
+# Ordered, to forget the least recently used in O(1): a plain dict's first key is found by
+# walking over the slots its earlier deletions left, which cost 3 µs a new token once it was full.
+_verified: OrderedDict[tuple[str, str], tuple[Identity, float]] = OrderedDict()
 _wall_clock = time.time  # tests move it
 
 
@@ -61,6 +64,7 @@ def verify_token(secret: str, token: str, *, remember: bool = True) -> Identity:
     if cached is not None:
         identity, expires = cached
         if _wall_clock() < expires:
+            _verified.move_to_end((secret, token))  # in use: the last to be forgotten
             return identity
         del _verified[(secret, token)]
         raise Unauthorized("token has expired", code="token_expired")
@@ -68,7 +72,7 @@ def verify_token(secret: str, token: str, *, remember: bool = True) -> Identity:
     if not remember:
         return identity
     if len(_verified) >= VERIFIED_TOKENS:
-        del _verified[next(iter(_verified))]  # the oldest
+        _verified.popitem(last=False)  # the least recently used
     _verified[(secret, token)] = (identity, expires)
     return identity
 

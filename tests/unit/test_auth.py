@@ -9,6 +9,7 @@ import hmac
 import json
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -31,7 +32,7 @@ def wall_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     which `issue_token` (for `iat` and `exp`) and `jwt.decode` read."""
     shift = [0.0]
     monkeypatch.setattr(auth, "_wall_clock", lambda: time.time() + shift[0])
-    monkeypatch.setattr(auth, "_verified", {})
+    monkeypatch.setattr(auth, "_verified", OrderedDict())
     return shift
 
 
@@ -68,6 +69,16 @@ def test_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for token in tokens:
         verify_token(SECRET, token)
     assert [token for _, token in auth._verified] == tokens[2:]
+
+
+def test_the_memory_forgets_the_least_recently_used_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "VERIFIED_TOKENS", 3)
+    tokens = [issue_token(SECRET, f"u{i}", Role.SHOPPER) for i in range(4)]
+    for token in tokens[:3]:
+        verify_token(SECRET, token)
+    verify_token(SECRET, tokens[0])  # a shopper still sending requests
+    verify_token(SECRET, tokens[3])
+    assert [token for _, token in auth._verified] == [tokens[2], tokens[0], tokens[3]]
 
 
 def test_a_token_checked_once_can_be_left_unremembered() -> None:
