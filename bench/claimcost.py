@@ -9,6 +9,7 @@ each in a closed loop long enough to be steady, as CPU seconds of the server pro
   over a room's websocket. Every claim is a new buyer over HTTP (a new token, as in the burst);
   on a websocket each buyer claims again and again with new keys (the offer's per-user limit is
   1,000);
+- a websocket's `ping` answered with `pong`: the websocket's own cost;
 - the HTTP refusal step by step, from claims the endpoint refuses at each of its checks in turn:
   no token (the stack, the route and a problem answer), then a new buyer's valid token without
   an idempotency key (+ the token's check), then a key and a body whose country does not exist
@@ -62,6 +63,8 @@ from server.auth import issue_token
 from server.domain.identity import Role
 
 BIG_OFFER = 1_000_000  # units: never sells out within a phase
+# A socket may send 20 frames a second: enough sockets that pings at the server's pace fit.
+PING_SOCKETS = 2048
 PER_USER_LIMIT = 1000  # the most an offer allows: websocket buyers claim again and again
 
 
@@ -124,22 +127,29 @@ async def http_phase(
     return await loop.run(start)
 
 
-async def ws_phase(clients: list[WsClient], offer_id: str, loop: ClosedLoop) -> dict[str, Any]:
+async def ws_phase(
+    clients: list[WsClient], offer_id: str | None, loop: ClosedLoop
+) -> dict[str, Any]:
+    """Each socket claims `offer_id` again and again with new keys; with None, it pings."""
     keys = itertools.count()
 
     def send(client: WsClient) -> None:
-        frame = {
-            "type": "offer.claim",
-            "offer_id": offer_id,
-            "quantity": 1,
-            "idempotency_key": f"k{next(keys)}",
-            "shipping_address": ADDRESS,
-        }
+        frame: dict[str, Any] = {"type": "ping", "ref": f"p{next(keys)}"}
+        if offer_id is not None:
+            frame = {
+                "type": "offer.claim",
+                "offer_id": offer_id,
+                "quantity": 1,
+                "idempotency_key": f"k{next(keys)}",
+                "shipping_address": ADDRESS,
+            }
         client.send_text(json.dumps(frame, separators=(",", ":")))
 
     def on_event(client: WsClient, payload: bytes, _: int) -> None:
         if payload.startswith(b'{"type":"order.updated"'):
             loop.answered("order")
+        elif payload.startswith(b'{"type":"pong"'):
+            loop.answered("pong")
         elif payload.startswith(b'{"type":"error"'):
             loop.answered(str(json.loads(payload).get("code")))
         else:
@@ -153,6 +163,21 @@ async def ws_phase(clients: list[WsClient], offer_id: str, loop: ClosedLoop) -> 
             send(client)
 
     return await loop.run(start)
+
+
+async def open_sockets(port: int, room_id: str, prefix: str, how_many: int) -> list[WsClient]:
+    sockets: list[WsClient] = [
+        LiveshopClient(
+            HOST,
+            port,
+            room_id,
+            issue_token(SECRET, f"{prefix}-{i}", Role.SHOPPER, ttl_seconds=3600),
+        )
+        for i in range(how_many)
+    ]
+    for first in range(0, len(sockets), 100):
+        await asyncio.gather(*(open_client(c) for c in sockets[first : first + 100]))
+    return sockets
 
 
 async def sold_out(shop: Shop, pool: HttpPool) -> str:
@@ -226,17 +251,7 @@ async def main_async(args: argparse.Namespace) -> int:
             await shop.open_room()
             pool = HttpPool(server.port, args.http)
             await pool.open()
-            sockets: list[WsClient] = [
-                LiveshopClient(
-                    HOST,
-                    server.port,
-                    shop.room_id,
-                    issue_token(SECRET, f"cost-ws-{i}", Role.SHOPPER, ttl_seconds=3600),
-                )
-                for i in range(args.sockets)
-            ]
-            for first in range(0, len(sockets), 100):
-                await asyncio.gather(*(open_client(c) for c in sockets[first : first + 100]))
+            sockets = await open_sockets(server.port, shop.room_id, "cost-ws", args.sockets)
             ps, seconds, phases = server.ps(), args.seconds, report["phases"]
             healthz = request_bytes("GET", "/healthz", server.port, {})
             print("no-op GET /healthz")
@@ -260,6 +275,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 pool, claims(server.port, big, "cost-o"), ClosedLoop(ps, seconds), 201
             )
             print("websocket claims: refused, then orders")
+            # More sockets for pings, each under the frame rate a socket is allowed; opened
+            # for this phase only, so the claims' phases see the same room as before.
+            pinging = await open_sockets(server.port, shop.room_id, "cost-ping", PING_SOCKETS)
+            phases["ws_ping"] = await ws_phase(pinging, None, ClosedLoop(ps, seconds))
+            for client in pinging:
+                client.close()
             phases["ws_refused"] = await ws_phase(sockets, gone, ClosedLoop(ps, seconds))
             phases["ws_order"] = await ws_phase(sockets, big, ClosedLoop(ps, seconds))
             pool.close()
@@ -279,7 +300,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"\nJSON: {out}")
     expected = {name: "expected" for name in ("noop", "http_refused", "http_order")}
     expected |= {name: "expected" for name, _, _ in LADDER}
-    expected |= {"ws_refused": "sold_out", "ws_order": "order"}
+    expected |= {"ws_ping": "pong", "ws_refused": "sold_out", "ws_order": "order"}
     wrong = {
         name: phase["outcomes"]
         for name, phase in report["phases"].items()

@@ -166,7 +166,6 @@ class Hub:
         room = self._rooms.get(conn.room_id)
         if room is not None and room.remove(conn):
             self.metrics.connections.dec()
-            room.forget_chat_state(conn.identity.user_id)
             if not room.connections:
                 room.empty_since = time.monotonic()
         self._users.get(conn.identity.user_id, set()).discard(conn)

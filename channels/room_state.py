@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,18 +66,29 @@ class LocalRoom:
 
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _chat: dict[str, ChatState] = field(default_factory=dict)
+    # Each user's connections here, so that a leave knows at once whether it was their last:
+    # a search of `connections` made every leave cost the whole room, and a crowd leaving at
+    # once (the show ends, a network drops) cost the room's size squared.
+    _per_user: Counter[str] = field(default_factory=Counter)
 
     def add(self, conn: Connection) -> None:
         self.connections.add(conn)
         (self.batched if conn.batched else self.direct).add(conn)
+        self._per_user[conn.identity.user_id] += 1
 
     def remove(self, conn: Connection) -> bool:
-        """Forget a viewer; False when it was not here (already removed)."""
+        """Forget a viewer; False when it was not here (already removed). A user's chat state
+        (slow mode, rate limit) goes with their last connection to the room here."""
         if conn not in self.connections:
             return False
         self.connections.discard(conn)
         self.direct.discard(conn)
         self.batched.discard(conn)
+        user_id = conn.identity.user_id
+        self._per_user[user_id] -= 1
+        if self._per_user[user_id] == 0:
+            del self._per_user[user_id]
+            self._chat.pop(user_id, None)
         return True
 
     def load(self, view: RoomView) -> None:
@@ -110,10 +121,6 @@ class LocalRoom:
             bucket = TokenBucket(capacity=self.chat_burst, rate=self.chat_per_second)
             state = self._chat[user_id] = ChatState(bucket)
         return state
-
-    def forget_chat_state(self, user_id: str) -> None:
-        if not any(c.identity.user_id == user_id for c in self.connections):
-            self._chat.pop(user_id, None)
 
     def apply(self, event: dict[str, Any]) -> None:
         """Keep the local view in step with one room event."""

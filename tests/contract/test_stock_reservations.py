@@ -460,3 +460,21 @@ async def test_redis_claims_arriving_together_share_one_script_call(clean_redis:
     finally:
         await stock.close()
         await admin.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_reservation_ids_are_unique_across_processes(clean_redis: str) -> None:
+    # Two stores on one Redis, as two server processes are: their ids never meet.
+    stores = [RedisStockReservations(clean_redis) for _ in range(2)]
+    try:
+        await open_offer(stores[0], quantity=100, limit=1)
+        results = await asyncio.gather(
+            *(stores[i % 2].claim("of1", f"b{i}", 1, f"k{i}", NOW) for i in range(100))
+        )
+        assert {r.outcome for r in results} == {R.RESERVED}
+        ids = [r.reservation_id for r in results]
+        assert all(i is not None and i.startswith("rsv_") for i in ids)
+        assert len(set(ids)) == 100
+    finally:
+        for store in stores:
+            await store.close()

@@ -179,9 +179,19 @@ async def test_health_readiness_and_metrics(live: Live) -> None:
     ready = await live.http.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"mongodb": "ok", "broker": "ok"}
+    before = await frames_in(live)
     async with websockets.connect(live.url("leo")) as ws:
         await recv(ws)
+        await ws.send(json.dumps({"type": "ping", "ref": "p1"}))
+        await recv_type(ws, "pong")
+        await ws.send("{not json")
+        await recv_type(ws, "error")
         metrics = (await live.http.get("/metrics")).text
+    after = await frames_in(live)
+    assert {outcome: after[outcome] - before[outcome] for outcome in after} == {
+        "accepted": 1,
+        "rejected": 1,
+    }
     for name in (
         "liveshop_ws_connections 1.0",
         "liveshop_rooms_active",
@@ -192,3 +202,14 @@ async def test_health_readiness_and_metrics(live: Live) -> None:
         assert name in metrics
     openapi = (await live.http.get("/api/v1/openapi.json")).json()
     assert "/rooms/{room_id}/showcase" in openapi["paths"]
+
+
+async def frames_in(live: Live) -> dict[str, float]:
+    """The server's count of client frames, by outcome."""
+    metrics = (await live.http.get("/metrics")).text
+    counts = {"accepted": 0.0, "rejected": 0.0}
+    for line in metrics.splitlines():
+        for outcome in counts:
+            if line.startswith(f'liveshop_ws_frames_in_total{{outcome="{outcome}"}} '):
+                counts[outcome] = float(line.rsplit(" ", 1)[1])
+    return counts

@@ -1,0 +1,60 @@
+"""What a process keeps of a room it serves: its viewers, and each chatting user's chat state."""
+
+from __future__ import annotations
+
+from channels.connection import Connection
+from channels.room_state import LocalRoom
+from server.domain.identity import Identity, Role
+
+
+class Socket:
+    async def send_text(self, data: str) -> None:
+        pass
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+def connect(room: LocalRoom, user_id: str, conn_id: str) -> Connection:
+    conn = Connection(
+        conn_id,
+        Identity(user_id, Role.SHOPPER),
+        room.room_id,
+        Socket(),
+        limit=10,
+        on_overflow=lambda _: None,
+    )
+    room.add(conn)
+    return conn
+
+
+def test_a_users_chat_state_stays_while_they_have_a_connection_here() -> None:
+    room = LocalRoom("r1")
+    phone, laptop = connect(room, "ana", "c1"), connect(room, "ana", "c2")
+    state = room.chat_state("ana")
+    state.last_sent = 12.0  # slow mode counts from here
+    assert room.remove(phone)
+    assert room.chat_state("ana") is state  # a second tab cannot reset slow mode by closing one
+    assert room.remove(laptop)
+    assert room.chat_state("ana") is not state
+    assert room.chat_state("ana").last_sent is None
+
+
+def test_removing_a_connection_twice_changes_nothing_the_second_time() -> None:
+    room = LocalRoom("r1")
+    first, second = connect(room, "ana", "c1"), connect(room, "ana", "c2")
+    state = room.chat_state("ana")
+    assert room.remove(first)
+    assert not room.remove(first)  # not counted as ana's last connection leaving
+    assert room.chat_state("ana") is state
+    assert room.connections == {second}
+
+
+def test_one_users_leaving_keeps_the_others_chat_state() -> None:
+    room = LocalRoom("r1")
+    ana, bo = connect(room, "ana", "c1"), connect(room, "bo", "c2")
+    bos = room.chat_state("bo")
+    room.chat_state("ana")
+    assert room.remove(ana)
+    assert room.chat_state("bo") is bos
+    assert room.connections == {bo}
