@@ -28,6 +28,9 @@ class OfferFigures:
     paid_orders: int = 0
     paid_units: int = 0
     gmv: Mapping[str, Decimal] = field(default_factory=dict)  # currency -> paid amount
+    # Every order placed, whatever became of it: claim-to-paid conversion is paid over these.
+    # Over `orders` alone it would climb towards 100 % as unpaid orders expire.
+    placed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +46,10 @@ class OrderGroup:
 
 
 def figures_of(offer_id: str, groups: Iterable[OrderGroup]) -> OfferFigures:
-    orders = units = paid_orders = paid_units = 0
+    orders = units = paid_orders = paid_units = placed = 0
     gmv: dict[str, Decimal] = {}
     for group in groups:
+        placed += group.orders
         if group.status in _NOT_CLAIMED:
             continue
         orders += group.orders
@@ -54,4 +58,4 @@ def figures_of(offer_id: str, groups: Iterable[OrderGroup]) -> OfferFigures:
             paid_orders += group.orders
             paid_units += group.units
             gmv[group.currency] = gmv.get(group.currency, Decimal(0)) + group.amount
-    return OfferFigures(offer_id, orders, units, paid_orders, paid_units, gmv)
+    return OfferFigures(offer_id, orders, units, paid_orders, paid_units, gmv, placed)

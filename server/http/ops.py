@@ -58,7 +58,10 @@ async def openapi(_: Request) -> JSONResponse:
 
 async def room_stats(request: Request) -> JSONResponse:
     """Live figures for the room's host: viewers now and peak, likes, orders and units per
-    offer, GMV per currency (paid orders) and claim-to-paid conversion."""
+    offer, GMV per currency (paid orders) and claim-to-paid conversion.
+
+    `orders` and `units` are those still standing (not cancelled or expired), `orders_placed`
+    every order ever placed; conversion is paid orders over orders placed."""
     container = container_of(request)
     who = require_identity(request)
     room = await container.rooms.get(request.path_params["room_id"])
@@ -66,6 +69,7 @@ async def room_stats(request: Request) -> JSONResponse:
     counters = await container.hub.broker.read_counters(room.id)
     figures = await container.offer_service.figures_in_room(room.id)
     orders = sum(f.orders for f in figures)
+    placed = sum(f.placed for f in figures)
     paid = sum(f.paid_orders for f in figures)
     gmv: dict[str, Decimal] = {}
     for offer_figures in figures:
@@ -78,13 +82,15 @@ async def room_stats(request: Request) -> JSONResponse:
         "peak_viewers": counters.peak_viewers,
         "likes": counters.likes,
         "orders": orders,
+        "orders_placed": placed,
         "paid_orders": paid,
-        "conversion": None if orders == 0 else str((Decimal(paid) / orders).quantize(_RATIO)),
+        "conversion": None if placed == 0 else str((Decimal(paid) / placed).quantize(_RATIO)),
         "gmv": [Money(amount, currency).to_wire() for currency, amount in sorted(gmv.items())],
         "offers": [
             {
                 "offer_id": f.offer_id,
                 "orders": f.orders,
+                "orders_placed": f.placed,
                 "units": f.units,
                 "paid_orders": f.paid_orders,
                 "paid_units": f.paid_units,

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import websockets
+from pymongo import AsyncMongoClient
 
+from server.adapters.mongo.orders import MongoOrderStore
 from server.domain.identity import Role
+from server.domain.orders import OrderStatus
 from tests.integration.channels.live import Live, recv, recv_type, token
 
 ADDRESS = {
@@ -191,6 +195,7 @@ async def test_the_host_sees_orders_per_offer(live: Live) -> None:
         {
             "offer_id": offer["id"],
             "orders": 2,
+            "orders_placed": 2,
             "units": 3,
             "paid_orders": 0,
             "paid_units": 0,
@@ -201,6 +206,35 @@ async def test_the_host_sees_orders_per_offer(live: Live) -> None:
         f"/api/v1/rooms/{live.room_id}/stats", headers={"Authorization": f"Bearer {token('leo')}"}
     )
     assert shopper.status_code == 403
+
+
+async def test_conversion_counts_the_orders_that_were_never_paid(
+    live: Live, mongodb_url: str, mongo_database_name: str
+) -> None:
+    offer = await launch(live, quantity=5, limit=2)
+    paid = (await claim(live, offer["id"], "leo", "k1", quantity=2)).json()
+    unpaid = (await claim(live, offer["id"], "mia", "k1")).json()
+    # Paid as a payment connector will record it, straight in the order store.
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url, tz_aware=True)
+    try:
+        store = MongoOrderStore(client[mongo_database_name])
+        order = await store.get(paid["id"])
+        order.move(OrderStatus.PAID, at=datetime.now(UTC), by="test-payments", reason="paid")
+        await store.save_move(order, expected=OrderStatus.PENDING_PAYMENT)
+        await store.close()
+    finally:
+        await client.close()
+    cancel = await live.http.post(
+        f"/api/v1/orders/{unpaid['id']}/cancel", headers={"Authorization": f"Bearer {token('mia')}"}
+    )
+    assert cancel.status_code == 200, cancel.text
+    stats = (await live.host("GET", f"/rooms/{live.room_id}/stats")).json()
+    # One of the two orders placed was paid: 50 %, not 100 % of the one still standing.
+    assert (stats["orders"], stats["orders_placed"], stats["paid_orders"]) == (1, 2, 1)
+    assert stats["conversion"] == "0.5000"
+    assert stats["gmv"] == [{"amount": "19.80", "currency": "USD"}]
+    (figures,) = stats["offers"]
+    assert (figures["orders"], figures["orders_placed"], figures["units"]) == (1, 2, 2)
 
 
 async def test_a_launch_sent_again_with_its_key_gets_the_same_offer(live: Live) -> None:
