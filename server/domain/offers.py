@@ -284,7 +284,7 @@ class AttachOutcome(StrEnum):
     ATTACHED = "attached"  # the reservation now names this order (or already did)
     RELEASED = "released"  # given back before the order arrived: the order holds no stock
     UNKNOWN = "unknown"  # the store knows the offer but not the key (a rebuild missed it)
-    PAUSED = "paused"  # the store lost the offer; a rebuild will count the order
+    PAUSED = "paused"  # the store lost the offer: its rebuild from the orders decides
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,15 +167,15 @@ class OrderService:
     async def _store_and_attach(self, order: Order) -> tuple[Order, bool]:
         stored = await self._orders.create(order)
         created = stored.id == order.id  # else an earlier attempt of this claim wrote it
+        if not stored.holds_stock:
+            # An earlier attempt's order, cancelled or expired since, and Redis had forgotten
+            # its key (lost with the offer): the units this attempt has just reserved would
+            # be held by nobody, for good. They go back; the retry gets the order as it is.
+            await self._release(stored)
+            return stored, False
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
         # its write and its attach, and an unattached order would look orphaned to the reaper.
-        attached = await self._stock.attach_order(order.offer_id, order.idempotency_key, stored.id)
-        if attached in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN) or (
-            # Redis lost the offer, and with it the release a settling made: an order written
-            # after its offer settled would take a unit the product's next offer has booked.
-            attached is AttachOutcome.PAUSED
-            and (await self._offers.get(order.offer_id)).settled_at is not None
-        ):
+        if await self._attach(stored) in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
             # The reaper, a rebuild or a settling gave these units back meanwhile: no stock, no
             # order.
             await self._cancel_lost(stored)
@@ -183,6 +183,27 @@ class OrderService:
         if created:
             await self._tell_buyer(stored)
         return stored, created
+
+    async def _attach(self, order: Order) -> AttachOutcome:
+        """Name the order on its reservation. If Redis lost the offer meanwhile, the order's
+        own rebuild decides whether it holds its units: a rebuild already under way elsewhere
+        may have read the orders before this one landed, and would write the stock without it."""
+        key = order.idempotency_key
+        attached = await self._stock.attach_order(order.offer_id, key, order.id)
+        if attached is not AttachOutcome.PAUSED:
+            return attached
+        if (await self._offers.get(order.offer_id)).settled_at is not None:
+            # Lost with the offer was the release its settling made: an order written after
+            # its offer settled would take a unit the product's next offer has booked.
+            return AttachOutcome.RELEASED
+        # Rebuilt from the orders, this one among them: either that rebuild counts it (the
+        # attach finds it attached), or one that read the orders before it got in first
+        # (the key is unknown, and the order cannot hold its units).
+        await self._offer_service.rebuild(order.offer_id)
+        attached = await self._stock.attach_order(order.offer_id, key, order.id)
+        if attached is AttachOutcome.PAUSED:  # lost again: the retry attaches it
+            raise Unavailable("the offer's stock is being restored, try again")
+        return attached
 
     async def _cancel_lost(self, order: Order) -> None:
         if order.status is not OrderStatus.PENDING_PAYMENT:

@@ -1,0 +1,93 @@
+"""Orders written while Redis lost their offer: each either holds a unit the stock counts, or
+is cancelled; and a claim sent again after that never takes stock a second time."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from server.domain.errors import Conflict
+from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
+from server.ports import OrderStore, StockReservations
+from tests.unit.services.shop import ADDRESS, buyer, open_shop, other_process
+from tests.unit.services.test_give_back import FlakyStock
+
+
+class HeldCreate:
+    """The shared order store, whose order writes wait at a gate: an order on its way."""
+
+    def __init__(self, shared: OrderStore) -> None:
+        self._shared = shared
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def create(self, order: Order) -> Order:
+        self.entered.set()
+        await self.gate.wait()
+        return await self._shared.create(order)
+
+
+async def test_an_order_landing_while_a_stale_rebuild_runs_keeps_the_offer_from_overselling() -> (
+    None
+):
+    shop = await open_shop()
+    offer = await shop.launch(quantity=1, limit=1)
+    writing = HeldCreate(shop.orders_store)
+    _, process_a = other_process(shop, orders=cast(OrderStore, writing))
+    stock_b = FlakyStock(shop.stock)
+    _, process_b = other_process(shop, stock=cast(StockReservations, stock_b))
+    claim_a = asyncio.create_task(
+        process_a.claim(offer.id, buyer(1), quantity=1, idempotency_key="a", address=ADDRESS)
+    )
+    await writing.entered.wait()  # A reserved the unit and is writing its order
+    shop.stock.flush()  # Redis loses the offer
+
+    async def a_lands() -> None:  # after B's rebuild read the orders, before it writes them
+        writing.gate.set()
+        await claim_a
+
+    stock_b.before_rebuild = a_lands
+    with pytest.raises(Conflict) as refused:  # B's claim finds the offer lost, and rebuilds it
+        await process_b.claim(offer.id, buyer(2), quantity=1, idempotency_key="b", address=ADDRESS)
+    assert refused.value.code == "sold_out"
+    order_a, created = claim_a.result()
+    assert created
+    assert order_a.status is OrderStatus.PENDING_PAYMENT
+    # A's attach found the offer lost, rebuilt it from orders that include its own, and B's
+    # rebuild, which read them before, found the stock rebuilt and wrote nothing.
+    standing = [o for o in await shop.orders_store.of_offer(offer.id) if o.status in HOLDS_STOCK]
+    assert [o.id for o in standing] == [order_a.id]
+    snapshot = await shop.stock.snapshot(offer.id)
+    assert (snapshot.remaining, snapshot.held_by_buyer) == (0, {"buyer-1": 1})
+
+
+async def test_an_order_a_stale_rebuild_missed_is_cancelled_and_its_retry_takes_no_stock() -> None:
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    writing = HeldCreate(shop.orders_store)
+    _, process_a = other_process(shop, orders=cast(OrderStore, writing))
+    first = asyncio.create_task(
+        process_a.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await writing.entered.wait()
+    shop.stock.flush()
+    await shop.offers.rebuild(offer.id)  # another process rebuilds it: no orders yet
+    writing.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await first
+    assert refused.value.code == "claim_expired"
+    (lost,) = await shop.orders_store.of_offer(offer.id)
+    assert lost.status is OrderStatus.CANCELLED
+    assert await shop.stock.remaining(offer.id) == 2
+
+    # The buyer never heard that 409, and sends the claim again with the same key.
+    again, created = await shop.claim(offer, buyer(1), "k")
+    assert (again.id, again.status, created) == (lost.id, OrderStatus.CANCELLED, False)
+    snapshot = await shop.stock.snapshot(offer.id)
+    assert (snapshot.remaining, snapshot.held_by_buyer) == (2, {})
+    assert (await shop.claim(offer, buyer(2), "k2"))[1]  # both units are still for sale
