@@ -1,6 +1,7 @@
 """Once a second, in every process: end offers whose time is up or whose stock is gone, finish
 ends left unfinished, expire unpaid orders, give back units a cancel or an expiry could not,
-settle ended offers, and release reservations whose claimer died. Each step is safe to run
+settle ended offers, release reservations whose claimer died, and forget the stock cadence of
+offers whose stock no longer moves here. Each step is safe to run
 everywhere at once: the stores' compare-and-set lets exactly one process act on each offer or
 order, giving units back and stopping a stock are idempotent, and the room's stream drops a
 second `offer.ended`."""
@@ -53,6 +54,7 @@ class Housekeeper:
         await self._step("settle_offers", self._orders.settle_due)
         for offer_id in offer_ids:
             await self._step("reap_orphans", partial(self._orders.reap_orphans, offer_id))
+        self._offers.forget_quiet_offers()
 
     async def _run_forever(self) -> None:
         while True:

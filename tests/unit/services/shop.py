@@ -16,9 +16,10 @@ from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.domain.orders import Address, Order
 from server.ports import OrderStore, StockReservations
-from server.services.offers import STOCK_ANNOUNCE_SECONDS, OfferService
+from server.services.offers import OfferService
 from server.services.orders import OrderService
 from server.services.rooms import RoomService
+from server.services.stock_announcer import STOCK_ANNOUNCE_SECONDS
 from tests.fakes import Clock, RecordingEvents
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -7,17 +7,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import pytest
 
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Unavailable
-from server.domain.offers import EndReason
+from server.domain.offers import EndReason, FlashOffer
 from server.ports import StockReservations
-from server.services import offers as offers_module
+from server.services import stock_announcer
 from server.services.housekeeping import Housekeeper
-from server.services.offers import STOCK_ANNOUNCE_SECONDS
+from server.services.stock_announcer import STOCK_ANNOUNCE_SECONDS, StockAnnouncer
 from tests.fakes import RecordingEvents
 from tests.unit.services.shop import ADDRESS, Shop, buyer, other_process, second_process, settle
 
@@ -292,7 +293,7 @@ class GateCounter:
 async def test_a_process_that_keeps_losing_the_gate_still_tells_its_change(
     shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(offers_module, "GATE_TRIES", 3)
+    monkeypatch.setattr(stock_announcer, "GATE_TRIES", 3)
     gate = GateCounter(shop)
     _, loser = other_process(shop, events=cast(RecordingEvents, gate))
     offer = await shop.launch(quantity=10, limit=1)
@@ -328,3 +329,25 @@ async def test_close_does_not_wait_out_a_gate_it_keeps_losing(shop: Shop) -> Non
     assert gate.tries == 1
     # Twenty lost periods would be 10 s; closing waits for the current one at most.
     await asyncio.wait_for(offers.close(), timeout=3 * STOCK_ANNOUNCE_SECONDS)
+
+
+async def test_offers_whose_stock_is_quiet_are_forgotten(shop: Shop) -> None:
+    # Another process ends the offers (here: none ends them at all); this one must not keep
+    # their cadence for good.
+    def end_sold_out(offer: FlashOffer) -> Awaitable[object]:
+        return shop.offers.end(offer, EndReason.SOLD_OUT)
+
+    announcer = StockAnnouncer(shop.stock, shop.events, shop.clock, end_sold_out)
+    offers = [await shop.launch(quantity=3, limit=1) for _ in range(3)]
+    for offer in offers:
+        await shop.claim(offer, buyer(1), f"k-{offer.id}")
+        announcer.stock_moved(offer, 2)
+    announcer.forget_quiet()  # each announcement still waiting: kept
+    assert announcer.remembered() == 3
+    await settle()  # told, a period ago
+    await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
+    announcer.forget_quiet()
+    assert announcer.remembered() == 0
+    announcer.stock_moved(offers[0], 1)
+    assert announcer.remembered() == 1
+    await announcer.close()

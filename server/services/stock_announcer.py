@@ -1,0 +1,172 @@
+"""An offer's stock, told to its room: coalesced to one cadence for the room, whatever the
+number of processes claiming for it, but the last unit and sold out told at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from server.background import BackgroundTasks
+from server.domain.errors import LiveshopError
+from server.domain.offers import FlashOffer
+from server.ports import RoomEvents, StockReservations
+
+log = logging.getLogger("liveshop.offers")
+
+# How often the room hears that an offer's stock moved, whatever the number of processes
+# claiming for it (see AT_ONCE). Every announcement is a frame to every viewer
+# (~15 us of server CPU each on the bench machine): twice a second keeps a counter lively, while
+# four times a second in a room of 10,000 would be 40,000 frames/s, over half a core.
+STOCK_ANNOUNCE_SECONDS = 0.5
+# Stock the room hears at once, past the cadence and the gate: the last unit (the moment viewers
+# rush for, and the one a coalesced announcement would most often skip) and sold out (once:
+# by the process that ends the offer, right before `offer.ended`).
+AT_ONCE = (1, 0)
+# A process that keeps losing the gate gives up after this many periods: others are announcing.
+GATE_TRIES = 20
+
+
+class StockAnnouncer:
+    def __init__(
+        self,
+        stock: StockReservations,
+        events: RoomEvents,
+        clock: Callable[[], datetime],
+        end_sold_out: Callable[[FlashOffer], Awaitable[object]],
+    ) -> None:
+        self._stock = stock
+        self._events = events
+        self._clock = clock
+        self._end_sold_out_offer = end_sold_out
+        # Per offer, on the monotonic clock: the last stock change made here, and when this
+        # process last told the room the offer's stock (see forget_quiet).
+        self._changed_at: dict[str, float] = {}
+        self._announced_at: dict[str, float] = {}
+        self._announcing: dict[str, asyncio.Task[None]] = {}  # the coalesced one per offer
+        self._announcements = BackgroundTasks(log, "offer_announce_failed")  # every one
+        self._closed = False
+
+    def stock_moved(self, offer: FlashOffer, remaining: int | None) -> None:
+        """A claim or a release changed the stock: tell the room soon (see AT_ONCE: now)."""
+        if self._closed or offer.end_reason is not None:
+            return  # shutting down, or the room has heard the end
+        self._changed_at[offer.id] = time.monotonic()
+        if remaining in AT_ONCE:
+            task = self._spawn_announce(offer, delay=0.0, at_once=True)
+            if remaining == 0:
+                self._announcements.finish_on_close(task)  # see _end_sold_out
+            return
+        if self._announcement_waiting(offer.id):
+            return  # it will read the latest figure, or go round again for it
+        since = time.monotonic() - self._announced_at.get(offer.id, 0.0)
+        self._spawn_announce(offer, delay=max(0.0, STOCK_ANNOUNCE_SECONDS - since))
+
+    def _announcement_waiting(self, offer_id: str) -> bool:
+        # A task that has returned is forgotten only by its done callback, one loop pass later:
+        # a change made in between must not count on it.
+        task = self._announcing.get(offer_id)
+        return task is not None and not task.done()
+
+    def _spawn_announce(
+        self, offer: FlashOffer, delay: float, *, at_once: bool = False
+    ) -> asyncio.Task[None]:
+        task = self._announcements.spawn(self._announce(offer, delay, at_once=at_once))
+        if not self._announcement_waiting(offer.id):
+            self._announcing[offer.id] = task
+        task.add_done_callback(lambda _: self._forget_announce(offer.id, task))
+        return task
+
+    def _forget_announce(self, offer_id: str, task: asyncio.Task[None]) -> None:
+        if self._announcing.get(offer_id) is task:
+            del self._announcing[offer_id]
+
+    async def close(self) -> None:
+        """Stop the announcements on their way (shutdown): one may wait several periods for
+        the gate, and the room's events are about to close. An offer ending meanwhile still
+        tells the room (see OfferService.end)."""
+        self._closed = True
+        await self._announcements.close()
+
+    def forget(self, offer_id: str) -> None:
+        """The offer has ended: nothing more to announce for it."""
+        self._changed_at.pop(offer_id, None)
+        self._announced_at.pop(offer_id, None)
+
+    def remembered(self) -> int:
+        """How many offers' cadence this process keeps."""
+        return len(self._changed_at.keys() | self._announced_at.keys())
+
+    def forget_quiet(self) -> None:
+        """Forget the offers whose stock has not moved here for a period, with no announcement
+        waiting: they no longer bear on the cadence. An offer ended by another process, or
+        one this process stopped claiming for, would otherwise be remembered for good."""
+        horizon = time.monotonic() - STOCK_ANNOUNCE_SECONDS
+        for offer_id in [*self._changed_at.keys() | self._announced_at.keys()]:
+            last = max(self._changed_at.get(offer_id, 0.0), self._announced_at.get(offer_id, 0.0))
+            if last < horizon and not self._announcement_waiting(offer_id):
+                self.forget(offer_id)
+
+    async def _announce(self, offer: FlashOffer, delay: float, *, at_once: bool) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            while await self._announce_once(offer, at_once=at_once):
+                # The stock moved here while that figure was on its way: the room hears the
+                # newer one a period later, as stock_moved would have had it.
+                at_once = False
+                await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
+        except LiveshopError as error:
+            log.warning("offer_announce_failed", extra={"offer_id": offer.id, "code": error.code})
+
+    async def _announce_once(self, offer: FlashOffer, *, at_once: bool) -> bool:
+        """Tell the room the offer's stock; True when it moved here after the figure was read.
+
+        Room-wide, not per process: every process claiming for this offer shares one cadence.
+        A process that loses the gate may hold a change the winner read too early, so it tries
+        again each period (GATE_TRIES at most) to announce the stock itself. Meanwhile its own
+        later changes wait for this announcement, as for any."""
+        gate = f"stock:{offer.id}"
+        tries = 0
+        while True:
+            read_at = time.monotonic()
+            remaining = await self._stock.remaining(offer.id)
+            if remaining == 0:
+                await self._end_sold_out(offer)
+                return False
+            if at_once and remaining == 1:
+                # Past the cadence; the gate is taken all the same where it is free, so the
+                # next figure waits its period.
+                await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS)
+                break
+            if await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS):
+                break
+            if self._clock() >= offer.ends_at or self._closed:
+                return False  # an offer over by time ends on its own; at shutdown, others tell
+            tries += 1
+            if tries == GATE_TRIES:
+                # Others kept the cadence all this while, but may all have read before this
+                # process's last change: say it once, past the gate, rather than lose it.
+                break
+            await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
+        self._announced_at[offer.id] = time.monotonic()
+        await self.publish_stock(offer, remaining)
+        return self._changed_at.get(offer.id, 0.0) > read_at
+
+    async def _end_sold_out(self, offer: FlashOffer) -> None:
+        """End the offer, which tells the room, once. Not cut short by close(): once the end
+        may be recorded, only this process can tell the room. (Should this process die
+        first, end_sold_out in another process's housekeeping ends it.)"""
+        task = asyncio.current_task()
+        if task is not None:
+            self._announcements.finish_on_close(task)
+        await self._end_sold_out_offer(offer)
+
+    async def publish_stock(self, offer: FlashOffer, remaining: int) -> None:
+        await self._events.publish_room_event(
+            offer.room_id,
+            {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining},
+            topic=offer.id,
+        )
