@@ -225,7 +225,9 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
         backends.products,
         backends.rooms,
         hub,
-        RoomService(backends.rooms, backends.products, hub),
+        RoomService(
+            backends.rooms, backends.products, hub, stop_offers=offer_service.stop_offers_in_room
+        ),
         hub,
         offer_service,
         order_service,

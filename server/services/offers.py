@@ -34,7 +34,7 @@ from server.domain.offers import (
 )
 from server.domain.orders import HOLDS_STOCK
 from server.domain.products import Product
-from server.domain.rooms import ensure_can_manage
+from server.domain.rooms import RoomStatus, ensure_can_manage
 from server.ports import (
     OfferStore,
     OrderStore,
@@ -125,6 +125,11 @@ class OfferService:
             )
             offer = await self._book(planned, product, key)
             created = offer.id == planned.id  # else the same launch, sent twice, got in first
+            if created and (await self._rooms.get(room_id)).status is not RoomStatus.LIVE:
+                # The show ended while this launch ran, after its end stopped the room's
+                # offers (see stop_offers_in_room): this one must not sell on.
+                await self.end(offer, EndReason.STOPPED)
+                raise Conflict("the room has ended", code="room_not_live")
         if not created and not same_launch(
             offer,
             product_id=product_id,
@@ -210,6 +215,11 @@ class OfferService:
         """Orders, units and paid figures of every offer the room has run."""
         offers = await self._offers.in_room(room_id, FIGURES_LIMIT)
         return await self._orders.figures_of_offers([offer.id for offer in offers])
+
+    async def stop_offers_in_room(self, room_id: str) -> None:
+        """Stop every offer the room still runs: its show is ending (RoomService.end)."""
+        for offer in await self._offers.open_in_room(room_id):
+            await self.end(offer, EndReason.STOPPED)
 
     async def stop(self, offer_id: str, who: Identity) -> FlashOffer:
         offer = await self._offers.get(offer_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
 from schemas.http import (
@@ -25,6 +25,7 @@ from server.domain.rooms import Room, RoomStatus, can_moderate, ensure_can_manag
 from server.ports import ProductStore, RoomEvents, RoomStore
 
 Clock = Callable[[], datetime]
+StopOffers = Callable[[str], Awaitable[None]]  # a room's id
 
 _SELLERS = frozenset({Role.HOST, Role.ADMIN})
 
@@ -52,11 +53,16 @@ class RoomService:
         products: ProductStore,
         events: RoomEvents,
         clock: Clock = utc_now,
+        *,
+        stop_offers: StopOffers | None = None,
     ) -> None:
         self._rooms = rooms
         self._products = products
         self._events = events
         self._clock = clock
+        # The room's flash offers end with its show (OfferService.stop_offers_in_room); None
+        # where no offers are sold (tests of rooms alone).
+        self._stop_offers = stop_offers
 
     def _now(self) -> datetime:
         return to_stored_time(self._clock())
@@ -159,13 +165,24 @@ class RoomService:
         return room
 
     async def end(self, room_id: str, who: Identity) -> Room:
+        """End the show, and with it every flash offer the room runs."""
         room = await self._rooms.get(room_id)
         ensure_can_manage(room, who)
         before = room.status
         room.end(self._now())
+        # The offers first: should that fail, or this process die, the room is still live and
+        # the host's retry ends both. Then again once the end is stored, for a launch that
+        # raced it: one stored before this second look is found by it, and one stored after
+        # it finds the room ended when it reads the room again (OfferService.launch).
+        await self._stop_room_offers(room.id)
         await self._rooms.save(room, expected_status=before)
+        await self._stop_room_offers(room.id)
         await self._events.publish_room_event(room.id, {"type": "room.ended"})
         return room
+
+    async def _stop_room_offers(self, room_id: str) -> None:
+        if self._stop_offers is not None:
+            await self._stop_offers(room_id)
 
     async def pin(self, room_id: str, product_id: str, who: Identity) -> tuple[Room, Product]:
         room = await self._rooms.get(room_id)

@@ -262,3 +262,18 @@ async def test_a_launch_sent_again_with_its_key_gets_the_same_offer(live: Live) 
     assert (other.status_code, other.json()["code"]) == (409, "idempotency_key_reused")
     bad = await live.http.post(path, json=body, headers={**headers, "Idempotency-Key": "a b"})
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid_idempotency_key")
+
+
+async def test_ending_the_room_ends_its_offers_first(live: Live) -> None:
+    offer = await launch(live, quantity=3, limit=1, duration_seconds=3600)
+    async with websockets.connect(live.url()) as anon:
+        await recv(anon)
+        ended = await live.host("POST", f"/rooms/{live.room_id}/end")
+        assert ended.status_code == 200, ended.text
+        frame = await recv_type(anon, "offer.ended")
+        assert (frame["offer_id"], frame["reason"]) == (offer["id"], "stopped")
+        await recv_type(anon, "room.ended")
+    late = await claim(live, offer["id"], "leo", "k-late")
+    assert (late.status_code, late.json()["code"]) == (409, "offer_not_active")
+    stored = (await live.http.get(f"/api/v1/offers/{offer['id']}")).json()
+    assert stored["end_reason"] == "stopped"

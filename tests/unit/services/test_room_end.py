@@ -1,0 +1,116 @@
+"""Ending a room's show ends its flash offers with it: none sells on after `room.ended`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from server.domain.errors import Conflict, Unavailable
+from server.domain.offers import FlashOffer
+from server.domain.rooms import RoomStatus
+from server.ports import OfferStore
+from server.services.offers import OfferService
+from server.services.rooms import RoomService
+from tests.unit.services.shop import HOST, Shop, buyer, open_shop
+
+
+def rooms_of(shop: Shop, offers: OfferService | None = None) -> RoomService:
+    """The room service as the app wires it: its end stops the room's offers."""
+    stop_offers = (offers or shop.offers).stop_offers_in_room
+    return RoomService(shop.rooms, shop.products, shop.events, shop.clock, stop_offers=stop_offers)
+
+
+async def test_ending_the_room_ends_its_offers_before_the_room() -> None:
+    shop = await open_shop()
+    running = await shop.launch(quantity=3, limit=1, duration=3600)
+    counting_down = await shop.launch(quantity=2, limit=1, countdown=600)
+    await shop.claim(running, buyer(1), "k1")
+    await rooms_of(shop).end(shop.room_id, HOST)
+
+    for offer in (running, counting_down):
+        stored = await shop.offers_store.get(offer.id)
+        assert stored.end_reason is not None
+        assert stored.end_reason.value == "stopped"
+    kinds = [e["type"] for e in shop.events.of_type("offer.ended", "room.ended")]
+    assert kinds == ["offer.ended", "offer.ended", "room.ended"]
+    shop.clock.advance(minutes=30)  # the countdown is over, the other's end time not yet come
+    for offer in (running, counting_down):
+        with pytest.raises(Conflict) as refused:
+            await shop.claim(offer, buyer(2), f"late-{offer.id}")
+        assert refused.value.code == "offer_not_active"
+    assert await shop.offers.end_due() == 0  # nothing left to end by time
+
+
+class HeldOfferCreate:
+    """The shared offer store, whose new offers wait at a gate: a launch on its way."""
+
+    def __init__(self, shared: OfferStore) -> None:
+        self._shared = shared
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def create(self, offer: FlashOffer, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await self._shared.create(offer, *args, **kwargs)
+
+
+async def test_a_launch_that_raced_the_end_is_stopped_and_refused() -> None:
+    shop = await open_shop()
+    storing = HeldOfferCreate(shop.offers_store)
+    launching = OfferService(
+        cast(OfferStore, storing),
+        shop.orders_store,
+        shop.rooms,
+        shop.products,
+        shop.stock,
+        shop.events,
+        shop.clock,
+    )
+    launch = asyncio.create_task(
+        launching.launch(
+            shop.room_id,
+            HOST,
+            product_id=shop.product_id,
+            price=(await shop.launch()).price,
+            quantity=2,
+            per_user_limit=1,
+            countdown_seconds=0,
+            duration_seconds=3600,
+        )
+    )
+    await asyncio.wait_for(storing.entered.wait(), 2)  # found the room live, storing its offer
+    await rooms_of(shop).end(shop.room_id, HOST)  # finds no such offer yet
+    storing.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await launch
+    assert refused.value.code == "room_not_live"
+    assert await shop.offers_store.open_in_room(shop.room_id) == []
+
+
+async def test_an_end_whose_offers_could_not_be_stopped_leaves_the_room_live_for_a_retry() -> None:
+    shop = await open_shop()
+    offer = await shop.launch(quantity=3, limit=1, duration=3600)
+    calls = 0
+
+    async def stop_offers_once_away(room_id: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise Unavailable("live data is unreachable, try again")
+        await shop.offers.stop_offers_in_room(room_id)
+
+    rooms = RoomService(
+        shop.rooms, shop.products, shop.events, shop.clock, stop_offers=stop_offers_once_away
+    )
+    with pytest.raises(Unavailable):
+        await rooms.end(shop.room_id, HOST)
+    assert (await shop.rooms.get(shop.room_id)).status is RoomStatus.LIVE
+    ended = await rooms.end(shop.room_id, HOST)  # the host sends it again
+    assert ended.status is RoomStatus.ENDED
+    assert (await shop.offers_store.get(offer.id)).end_reason is not None
