@@ -32,6 +32,9 @@ from server.domain.errors import Forbidden, InvalidInput, LiveshopError, NotFoun
 from server.domain.identity import Identity
 from server.domain.rooms import can_moderate
 
+# The longest name a client frame may carry for itself (a claim's idempotency key).
+MAX_REF_CHARS = 100
+
 
 class RoomRules(Protocol):
     """What one process knows of the room right now."""
@@ -135,12 +138,11 @@ class RoomSession:
         """React to one websocket message. `mono` is a monotonic clock, `now` wall time in UTC."""
         ref: str | None = None
         try:
-            frame = self._parse(raw)
-            ref = (
-                frame.ref
-                or getattr(frame, "client_id", None)
-                or getattr(frame, "idempotency_key", None)
-            )
+            data = self._decode(raw)
+            # Taken before the frame is validated, so that the error a malformed frame causes
+            # still names the frame it answers.
+            ref = _ref_of(data)
+            frame = self._validate(data)
             if not self._frames.take(mono):
                 return self._refuse(RateLimited("too many frames, slow down"), ref, abuse=True)
             commands = self._dispatch(frame, mono=mono, now=now)
@@ -159,7 +161,7 @@ class RoomSession:
                 commands.append(Close(CloseCode.ABUSE, "too many bad frames"))
         return commands
 
-    def _parse(self, raw: str | bytes) -> Any:
+    def _decode(self, raw: str | bytes) -> dict[str, Any]:
         if isinstance(raw, bytes):
             raise InvalidInput("send JSON text frames, not binary", code="binary_not_supported")
         if len(raw.encode()) > self.limits.max_frame_bytes:
@@ -172,6 +174,9 @@ class RoomSession:
             raise InvalidInput("frame is not valid JSON", code="malformed_json") from None
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             raise InvalidInput("frame must be an object with a string type", code="invalid_frame")
+        return data
+
+    def _validate(self, data: dict[str, Any]) -> Any:
         try:
             return client_frame.validate_python(data)
         except ValidationError as exc:
@@ -253,6 +258,16 @@ class RoomSession:
     def _who(self) -> dict[str, Any]:
         who = self.identity
         return {"id": who.user_id, "name": who.name, "role": who.role.value}
+
+
+def _ref_of(data: dict[str, Any]) -> str | None:
+    """What the client called this frame (`ref`, else a chat line's `client_id` or a claim's
+    `idempotency_key`), if it is a string of a sensible length: echoed, never trusted."""
+    for name in ("ref", "client_id", "idempotency_key"):
+        value = data.get(name)
+        if isinstance(value, str) and 0 < len(value) <= MAX_REF_CHARS:
+            return value
+    return None
 
 
 def _iso(moment: datetime) -> str:

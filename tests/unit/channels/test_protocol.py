@@ -116,6 +116,25 @@ def test_error_echoes_the_client_reference() -> None:
     assert commands[0].frame["ref"] == "abc"
 
 
+@pytest.mark.parametrize(
+    ("frame", "ref"),
+    [
+        ({"type": "dance", "ref": "r1"}, "r1"),
+        ({"type": "like", "count": 101, "ref": "r2"}, "r2"),
+        ({"type": "chat.send", "text": 5, "client_id": "c3"}, "c3"),
+        ({"type": "offer.claim", "offer_id": "f1", "idempotency_key": "k4"}, "k4"),  # no address
+        ({"type": "dance", "ref": 7}, None),  # not a string: not echoed
+        ({"type": "dance", "ref": "x" * 101}, None),  # longer than any name a frame may have
+    ],
+)
+def test_a_frame_that_does_not_validate_is_named_in_its_error(
+    frame: dict[str, object], ref: str | None
+) -> None:
+    (reply,) = send(session(SHOPPER), frame)
+    assert isinstance(reply, Reply)
+    assert (reply.frame["type"], reply.frame["ref"]) == ("error", ref)
+
+
 def test_repeated_abuse_closes_the_socket() -> None:
     s = session(SHOPPER, max_bad_frames=3)
     assert not any(isinstance(c, Close) for c in send(s, "x") + send(s, "y"))
