@@ -45,7 +45,7 @@ async def get_product(request: Request) -> JSONResponse:
 async def set_stock(request: Request) -> JSONResponse:
     who = require_identity(request)
     body = await json_body(request, StockIn)
-    product = await container_of(request).room_service.set_product_stock(
+    product = await container_of(request).offer_service.set_product_stock(
         who, request.path_params["product_id"], body.stock
     )
     return JSONResponse(product_to_wire(product))

@@ -15,13 +15,15 @@ from schemas.commerce import offer_to_wire
 from schemas.http import product_to_wire
 from server.domain.errors import (
     Conflict,
+    Forbidden,
+    InvalidInput,
     LaunchKeyTaken,
     LiveshopError,
     ProductOffersChanged,
     Unavailable,
 )
 from server.domain.figures import OfferFigures
-from server.domain.identity import Identity
+from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import (
     EndReason,
@@ -43,7 +45,7 @@ from server.ports import (
     RoomStore,
     StockReservations,
 )
-from server.services.rooms import new_id, utc_now
+from server.services.rooms import ensure_seller, new_id, utc_now
 from server.services.stock_announcer import StockAnnouncer
 
 log = logging.getLogger("liveshop.offers")
@@ -192,6 +194,25 @@ class OfferService:
         settled = [offer.id for offer in offers if offer.settled_at is not None]
         figures = await self._orders.figures_of_offers(settled) if settled else []
         return units_booked(offers, {f.offer_id: f.units for f in figures})
+
+    async def set_product_stock(self, who: Identity, product_id: str, stock: int) -> Product:
+        """A restock or a count: the units the seller has, and no fewer than the product's
+        offers have booked (those may be sold already: stop an offer first). Later launches
+        book out of the new figure."""
+        ensure_seller(who, "change stock")
+        product = await self._products.get(product_id)
+        if product.owner_id != who.user_id and who.role is not Role.ADMIN:
+            raise Forbidden("only the product's seller can change its stock")
+        if stock < 0:
+            raise InvalidInput("stock cannot be negative", code="invalid_stock")
+        booked = await self._units_booked(await self._offers.of_product(product_id))
+        if stock < booked:
+            raise Conflict(
+                f"the product's offers have booked {booked} units: set at least {booked}, or"
+                " stop an offer first",
+                code="stock_booked",
+            )
+        return await self._products.set_stock(product_id, stock)
 
     async def view(self, offer_id: str) -> tuple[FlashOffer, int | None]:
         """The offer and its remaining stock (None while the stock is being rebuilt)."""

@@ -79,7 +79,7 @@ class RoomService:
         images: list[str],
         trade: ProductTrade | None = None,
     ) -> Product:
-        _ensure_seller(owner, "create products")
+        ensure_seller(owner, "create products")
         if stock < 0:
             raise InvalidInput("stock cannot be negative", code="invalid_stock")
         trade = trade or ProductTrade()
@@ -104,17 +104,6 @@ class RoomService:
     async def get_product(self, product_id: str) -> Product:
         return await self._products.get(product_id)
 
-    async def set_product_stock(self, who: Identity, product_id: str, stock: int) -> Product:
-        """A restock or a count: the units the seller has. Offers running keep what they
-        booked; later launches book out of the new figure (see OfferService.launch)."""
-        _ensure_seller(who, "change stock")
-        product = await self._products.get(product_id)
-        if product.owner_id != who.user_id and who.role is not Role.ADMIN:
-            raise Forbidden("only the product's seller can change its stock")
-        if stock < 0:
-            raise InvalidInput("stock cannot be negative", code="invalid_stock")
-        return await self._products.set_stock(product_id, stock)
-
     async def pinned_products(self, rooms: Iterable[Room]) -> dict[str, Product]:
         """The products pinned in these rooms by id; one that has vanished is left out."""
         ids = {room.pinned_product_id for room in rooms if room.pinned_product_id}
@@ -136,7 +125,7 @@ class RoomService:
         scheduled_at: datetime | None = None,
         blocked_words: list[str] | None = None,
     ) -> Room:
-        _ensure_seller(host, "create rooms")
+        ensure_seller(host, "create rooms")
         room = Room(
             id=new_id("r"),
             host_id=host.user_id,
@@ -229,7 +218,7 @@ class RoomService:
         return room
 
 
-def _ensure_seller(who: Identity, action: str) -> None:
+def ensure_seller(who: Identity, action: str) -> None:
     if who.anonymous or who.role not in _SELLERS:
         raise Forbidden(f"only hosts and admins can {action}")
 

@@ -277,3 +277,12 @@ async def test_ending_the_room_ends_its_offers_first(live: Live) -> None:
     assert (late.status_code, late.json()["code"]) == (409, "offer_not_active")
     stored = (await live.http.get(f"/api/v1/offers/{offer['id']}")).json()
     assert stored["end_reason"] == "stopped"
+
+
+async def test_a_products_stock_cannot_be_set_below_what_its_offers_booked(live: Live) -> None:
+    offer = await launch(live, quantity=3, limit=1)
+    path = f"/products/{offer['product_id']}"
+    refused = await live.host("PATCH", path, {"stock": 2})
+    assert (refused.status_code, refused.json()["code"]) == (409, "stock_booked")
+    assert (await live.http.get(f"/api/v1{path}")).json()["stock"] == 100
+    assert (await live.host("PATCH", path, {"stock": 3})).json()["stock"] == 3

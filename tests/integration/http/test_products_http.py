@@ -18,6 +18,8 @@ from starlette.routing import Mount
 
 from schemas.http import ProductIn, product_summary, product_to_wire
 from server.adapters.memory import MemoryProductStore, MemoryRoomStore
+from server.adapters.memory_orders import MemoryOfferStore, MemoryOrderStore
+from server.adapters.memory_reservations import MemoryStockReservations
 from server.auth import issue_token
 from server.container import Container
 from server.domain.identity import Role
@@ -25,6 +27,7 @@ from server.domain.money import Money
 from server.domain.products import Product
 from server.http import products
 from server.http.errors import PROBLEM_JSON, exception_handlers
+from server.services.offers import OfferService
 from server.services.rooms import RoomService
 from server.settings import Settings
 from tests.fakes import RecordingEvents
@@ -65,8 +68,15 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         rooms=room_store,
         events=events,
         room_service=RoomService(room_store, product_store, events),
-        hub=cast(Any, None),  # the catalog never reaches the hub, offers or orders
-        offer_service=cast(Any, None),
+        hub=cast(Any, None),  # the catalog never reaches the hub or orders
+        offer_service=OfferService(  # a product's stock is checked against its offers'
+            MemoryOfferStore(),
+            MemoryOrderStore(),
+            room_store,
+            product_store,
+            MemoryStockReservations(),
+            events,
+        ),
         order_service=cast(Any, None),
     )
     transport = httpx.ASGITransport(app=app)

@@ -20,7 +20,6 @@ from server.ports import OfferStore, OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import OrderService
-from server.services.rooms import RoomService
 from tests.unit.services.shop import ADDRESS, HOST, Shop, buyer, other_process
 
 STOCK = 50  # the shop's product
@@ -304,8 +303,21 @@ async def test_a_restocked_product_can_be_offered_again(shop: Shop) -> None:
     await settle(shop)
     with pytest.raises(Conflict):  # 49 left
         await shop.launch(quantity=STOCK, limit=1)
-    rooms = RoomService(shop.rooms, shop.products, shop.events, shop.clock)
-    await rooms.set_product_stock(HOST, shop.product_id, STOCK + 1)  # 50 more arrived
+    await shop.offers.set_product_stock(HOST, shop.product_id, STOCK + 1)  # 50 more arrived
     await shop.launch(quantity=STOCK, limit=1)
     with pytest.raises(Conflict):
         await shop.launch(quantity=1, limit=1)
+
+
+async def test_a_count_below_what_running_offers_booked_is_refused(shop: Shop) -> None:
+    offer = await shop.launch(quantity=20, limit=1)
+    await shop.claim(offer, buyer(1), "k")
+    with pytest.raises(Conflict) as refused:  # the seller counts 5 left: 20 may yet be sold
+        await shop.offers.set_product_stock(HOST, shop.product_id, 5)
+    assert refused.value.code == "stock_booked"
+    assert "20" in refused.value.message
+    assert (await shop.products.get(shop.product_id)).stock == STOCK
+    await shop.offers.set_product_stock(HOST, shop.product_id, 20)  # exactly what is booked
+    await shop.offers.stop(offer.id, HOST)
+    await settle(shop)  # now it books only its one order's unit
+    assert (await shop.offers.set_product_stock(HOST, shop.product_id, 1)).stock == 1
