@@ -45,6 +45,8 @@ class StockAnnouncer:
         # process last told the room the offer's stock (see forget_quiet).
         self._changed_at: dict[str, float] = {}
         self._announced_at: dict[str, float] = {}
+        self._told: dict[str, int] = {}  # the last figure this process told the room
+        self._last_unit: dict[str, asyncio.Task[None]] = {}  # "1 left" on its way
         self._announcing: dict[str, asyncio.Task[None]] = {}  # the coalesced one per offer
         self._announcements = BackgroundTasks(log, "offer_announce_failed")  # every one
         self._closed = False
@@ -54,10 +56,16 @@ class StockAnnouncer:
         if self._closed or offer.end_reason is not None:
             return  # shutting down, or the room has heard the end
         self._changed_at[offer.id] = time.monotonic()
-        if remaining in AT_ONCE:
+        if remaining == 1:
+            # As this claim left it, not read again: the next claim may sell it first, and the
+            # room would go from more than one to sold out without hearing of the last unit.
+            task = self._announcements.spawn(self._announce_last_unit(offer))
+            self._last_unit[offer.id] = task
+            task.add_done_callback(lambda _: self._forget_last_unit(offer.id, task))
+            return
+        if remaining == 0:
             task = self._spawn_announce(offer, delay=0.0, at_once=True)
-            if remaining == 0:
-                self._announcements.finish_on_close(task)  # see _end_sold_out
+            self._announcements.finish_on_close(task)  # see _end_sold_out
             return
         if self._announcement_waiting(offer.id):
             return  # it will read the latest figure, or go round again for it
@@ -94,20 +102,35 @@ class StockAnnouncer:
         """The offer has ended: nothing more to announce for it."""
         self._changed_at.pop(offer_id, None)
         self._announced_at.pop(offer_id, None)
+        self._told.pop(offer_id, None)
 
     def remembered(self) -> int:
         """How many offers' cadence this process keeps."""
-        return len(self._changed_at.keys() | self._announced_at.keys())
+        return len(self._changed_at.keys() | self._announced_at.keys() | self._told.keys())
 
     def forget_quiet(self) -> None:
         """Forget the offers whose stock has not moved here for a period, with no announcement
         waiting: they no longer bear on the cadence. An offer ended by another process, or
         one this process stopped claiming for, would otherwise be remembered for good."""
         horizon = time.monotonic() - STOCK_ANNOUNCE_SECONDS
-        for offer_id in [*self._changed_at.keys() | self._announced_at.keys()]:
+        for offer_id in [*self._changed_at.keys() | self._announced_at.keys() | self._told.keys()]:
             last = max(self._changed_at.get(offer_id, 0.0), self._announced_at.get(offer_id, 0.0))
             if last < horizon and not self._announcement_waiting(offer_id):
                 self.forget(offer_id)
+
+    def _forget_last_unit(self, offer_id: str, task: asyncio.Task[None]) -> None:
+        if self._last_unit.get(offer_id) is task:
+            del self._last_unit[offer_id]
+
+    async def _announce_last_unit(self, offer: FlashOffer) -> None:
+        try:
+            # Past the cadence; the gate is taken all the same where it is free, so the next
+            # figure waits its period.
+            await self._events.try_gate(offer.room_id, f"stock:{offer.id}", STOCK_ANNOUNCE_SECONDS)
+            self._announced_at[offer.id] = time.monotonic()
+            await self.publish_stock(offer, 1)
+        except LiveshopError as error:
+            log.warning("offer_announce_failed", extra={"offer_id": offer.id, "code": error.code})
 
     async def _announce(self, offer: FlashOffer, delay: float, *, at_once: bool) -> None:
         if delay:
@@ -152,7 +175,8 @@ class StockAnnouncer:
                 break
             await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
         self._announced_at[offer.id] = time.monotonic()
-        await self.publish_stock(offer, remaining)
+        if self._told.get(offer.id) != remaining:  # this process said so already: once is enough
+            await self.publish_stock(offer, remaining)
         return self._changed_at.get(offer.id, 0.0) > read_at
 
     async def _end_sold_out(self, offer: FlashOffer) -> None:
@@ -162,9 +186,13 @@ class StockAnnouncer:
         task = asyncio.current_task()
         if task is not None:
             self._announcements.finish_on_close(task)
+        last_unit = self._last_unit.get(offer.id)
+        if last_unit is not None:  # claims sold the last two units together: 1 goes first
+            await asyncio.wait({last_unit})
         await self._end_sold_out_offer(offer)
 
     async def publish_stock(self, offer: FlashOffer, remaining: int) -> None:
+        self._told[offer.id] = remaining
         await self._events.publish_room_event(
             offer.room_id,
             {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining},

@@ -103,13 +103,28 @@ class SlowReads:
         return figure
 
 
-async def test_a_figure_read_before_the_end_and_sent_after_it_is_dropped(shop: Shop) -> None:
-    slow = SlowReads(shop.stock)
-    other = second_process(shop, stock=cast(StockReservations, slow))
+class SlowPublish:
+    """The room's events as another process sends them: each arrives a moment late (a busy
+    event loop, a slow link to Redis)."""
+
+    def __init__(self, shared: RecordingEvents, delay: float) -> None:
+        self._shared = shared
+        self.delay = delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def publish_room_event(self, room_id: str, event: dict[str, Any], **topic: Any) -> int:
+        await asyncio.sleep(self.delay)
+        return await self._shared.publish_room_event(room_id, event, **topic)
+
+
+async def test_a_figure_known_before_the_end_and_sent_after_it_is_dropped(shop: Shop) -> None:
+    slow = SlowPublish(shop.events, delay=0.2)
+    _, other = other_process(shop, events=cast(RecordingEvents, slow))
     offer = await shop.launch(quantity=3, limit=1)
     await shop.claim(offer, buyer(1), "k")
-    slow.delay = 0.2
-    # 1 left, read by the slow process, whose announcement reaches the room after...
+    # 1 left, in the slow process, whose announcement reaches the room after...
     await other.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
     await asyncio.sleep(0.05)
     await shop.claim(offer, buyer(3), "k")  # ... this process sold the last unit and ended it
@@ -119,6 +134,20 @@ async def test_a_figure_read_before_the_end_and_sent_after_it_is_dropped(shop: S
     ]
     assert kinds[-2:] == [("offer.stock", 0), ("offer.ended", None)]
     assert ("offer.stock", 1) not in kinds
+
+
+async def test_the_last_unit_is_told_even_when_the_next_claim_sells_it_at_once(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=4, limit=1)
+    # Four claims together: by the time any announcement could read the stock, it is 0.
+    await asyncio.gather(*(shop.claim(offer, buyer(n), "k") for n in range(4)))
+    await settle()
+    kinds = [
+        (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
+    ]
+    assert kinds[-3:] == [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", None)]
+    assert len(kinds) == len(set(kinds))  # each figure once
 
 
 async def test_a_change_made_while_its_figure_is_on_the_way_is_announced_too(shop: Shop) -> None:
