@@ -266,6 +266,11 @@ def claim_error(result: ClaimResult) -> LiveshopError | None:
     match result.outcome:
         case ClaimOutcome.RESERVED | ClaimOutcome.DUPLICATE:
             return None
+        case ClaimOutcome.SOLD_OUT if result.remaining:  # fewer left than asked for
+            units = "unit is" if result.remaining == 1 else "units are"
+            return Conflict(
+                f"only {result.remaining} {units} left: claim fewer", code="insufficient_stock"
+            )
         case ClaimOutcome.SOLD_OUT:
             return Conflict("the offer is sold out", code="sold_out")
         case ClaimOutcome.LIMIT_REACHED:

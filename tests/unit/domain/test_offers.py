@@ -230,6 +230,14 @@ def test_refused_claims_map_to_the_public_error_codes(
     assert problem.code == code
 
 
+@pytest.mark.parametrize(("remaining", "detail"), [(1, "only 1 unit is left"), (3, "only 3 units")])
+def test_a_claim_for_more_than_is_left_is_told_what_is_left(remaining: int, detail: str) -> None:
+    problem = claim_error(ClaimResult(ClaimOutcome.SOLD_OUT, remaining))
+    assert isinstance(problem, Conflict)
+    assert problem.code == "insufficient_stock"  # not sold out: fewer units would do
+    assert problem.message.startswith(detail)
+
+
 @pytest.mark.parametrize("outcome", [ClaimOutcome.RESERVED, ClaimOutcome.DUPLICATE])
 def test_held_claims_are_no_error(outcome: ClaimOutcome) -> None:
     result = ClaimResult(outcome, 3, "rsv_1", quantity=1)
