@@ -121,14 +121,18 @@ class OrderService:
         if error is not None:
             raise error
         if result.outcome is ClaimOutcome.DUPLICATE:
+            if result.quantity and result.quantity != quantity:
+                raise _other_terms()
             if result.order_id is not None:
-                return await self._orders.get(result.order_id), False
+                order = await self._orders.get(result.order_id)
+                _ensure_same_claim(order, quantity, address)
+                return order, False
             if result.released:
                 raise Conflict(
                     "this claim ran out before its order was written", code="claim_expired"
                 )
         order, created = await self._write_order(
-            offer, buyer, key, result.quantity or quantity, address, result.reservation_id
+            offer, buyer, key, quantity, address, result.reservation_id
         )
         if created:
             self._offer_service.stock_moved(offer, result.remaining)
@@ -172,6 +176,7 @@ class OrderService:
             # its key (lost with the offer): the units this attempt has just reserved would
             # be held by nobody, for good. They go back; the retry gets the order as it is.
             await self._release(stored)
+            _ensure_same_claim(stored, order.quantity, order.shipping_address)
             return stored, False
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
         # its write and its attach, and an unattached order would look orphaned to the reaper.
@@ -182,6 +187,8 @@ class OrderService:
             raise Conflict("this claim ran out before its order was written", code="claim_expired")
         if created:
             await self._tell_buyer(stored)
+        else:
+            _ensure_same_claim(stored, order.quantity, order.shipping_address)
         return stored, created
 
     async def _attach(self, order: Order) -> AttachOutcome:
@@ -409,6 +416,19 @@ class OrderService:
             )
         except Unavailable:
             log.warning("order_update_not_sent", extra={"order_id": order.id})
+
+
+def _ensure_same_claim(order: Order, quantity: int, address: Address) -> None:
+    """A claim sent again gets its order back only if it asks for the same: the same key with
+    other terms is a client's mistake, and answering the first order would hide it."""
+    if order.quantity != quantity or order.shipping_address != address:
+        raise _other_terms()
+
+
+def _other_terms() -> Conflict:
+    return Conflict(
+        "this idempotency key was used for a claim with other terms", code="idempotency_key_reused"
+    )
 
 
 def _may_see(order: Order, who: Identity) -> bool:

@@ -13,7 +13,7 @@ from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
-from server.domain.orders import Order, OrderStatus
+from server.domain.orders import Address, Order, OrderStatus
 from server.ports import StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.orders import ORPHAN_AFTER
@@ -71,6 +71,36 @@ async def test_a_retried_claim_returns_the_same_order_and_takes_no_stock(shop: S
     other, created = await shop.claim(offer, buyer(2), "k1")
     assert created
     assert other.id != first.id
+
+
+async def test_the_same_key_with_other_terms_is_refused_and_changes_nothing(shop: Shop) -> None:
+    offer = await shop.launch(quantity=5, limit=3)
+    first, _ = await shop.claim(offer, buyer(1), "k1")
+    elsewhere = Address.clean(
+        name="Ana", line1="Rua 2", city="Porto", postal_code="4000-001", country="PT"
+    )
+    attempts = [
+        shop.claim(offer, buyer(1), "k1", quantity=2),
+        shop.orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k1", address=elsewhere),
+    ]
+    for attempt in attempts:
+        with pytest.raises(Conflict) as refused:
+            await attempt
+        assert refused.value.code == "idempotency_key_reused"
+    assert await shop.stock.remaining(offer.id) == 4
+    assert (await shop.orders.get(first.id, buyer(1))).quantity == 1
+    assert (await shop.claim(offer, buyer(1), "k1"))[0].id == first.id  # the same terms: fine
+
+
+async def test_a_retry_with_other_terms_is_refused_while_its_first_attempt_has_no_order(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=5, limit=3)
+    await shop.stock.claim(offer.id, "buyer-1", 1, "buyer-1:k", shop.clock())  # on its way
+    with pytest.raises(Conflict) as refused:
+        await shop.claim(offer, buyer(1), "k", quantity=2)
+    assert refused.value.code == "idempotency_key_reused"
+    assert await shop.orders_store.list_for_buyer("buyer-1", 10) == []
 
 
 async def test_sold_out_limit_and_not_active_are_distinct(shop: Shop) -> None:

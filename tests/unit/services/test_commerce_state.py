@@ -61,6 +61,7 @@ class FlashSale(RuleBasedStateMachine):
             self.clock,
         )
         self.by_key: dict[tuple[str, str], str] = {}
+        self.quantity_of: dict[tuple[str, str], int] = {}  # what each key first claimed
         self.offer: FlashOffer
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -104,18 +105,26 @@ class FlashSale(RuleBasedStateMachine):
                 )
             )
         except LiveshopError as error:
+            first = self.quantity_of.get((buyer.user_id, key))
+            if error.code == "idempotency_key_reused":
+                assert first is not None
+                assert first != quantity  # the same key, other terms
+                return
             # Selling out ends the offer, so later claims find it no longer active.
             expected = {"sold_out", "insufficient_stock", "limit_reached", "offer_not_active"}
-            expected.add("claim_expired")
-            assert error.code in expected, error.code  # noqa: PT017
+            assert error.code in {*expected, "claim_expired"}, error.code  # noqa: PT017
+            if error.code == "claim_expired":
+                self.quantity_of.setdefault((buyer.user_id, key), quantity)
             return
         known = self.by_key.get((buyer.user_id, key))
         if known is not None:
             assert not created
             assert order.id == known  # a retry finds its order, never a second one
+            assert order.quantity == quantity
         else:
             assert created
             self.by_key[(buyer.user_id, key)] = order.id
+            self.quantity_of[(buyer.user_id, key)] = quantity
 
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
