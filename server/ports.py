@@ -115,7 +115,7 @@ class OfferStore(Protocol):
         ...
 
     async def in_room(self, room_id: str, limit: int) -> builtins.list[FlashOffer]:
-        """Every offer of the room, ended or not, by start time."""
+        """The room's latest `limit` offers, ended or not, by start time (oldest first)."""
         ...
 
     async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:

@@ -233,7 +233,8 @@ class OfferService:
         return [await self.view(offer.id) for offer in offers]
 
     async def figures_in_room(self, room_id: str) -> list[OfferFigures]:
-        """Orders, units and paid figures of every offer the room has run."""
+        """Orders, units and paid figures of the offers the room has run (its latest
+        FIGURES_LIMIT: a show that ran more is an exception, and its running offers matter most)."""
         offers = await self._offers.in_room(room_id, FIGURES_LIMIT)
         return await self._orders.figures_of_offers([offer.id for offer in offers])
 

@@ -86,6 +86,17 @@ async def test_open_in_room_by_start_time(offers: OfferStore) -> None:
     assert await offers.open_in_room("r_none") == []
 
 
+async def test_in_room_gives_the_latest_offers_by_start_time(offers: OfferStore) -> None:
+    for n, starts_in in enumerate((0, 90, 30, 60)):
+        await offers.create(_offer(f"of_{n}", starts_in=starts_in), nth_of_product=n + 1)
+    await offers.create(_offer("of_elsewhere", room_id="r_2"), nth_of_product=5)
+    await offers.record_end("of_0", EndReason.STOPPED, T0 + timedelta(seconds=10))
+
+    assert [o.id for o in await offers.in_room("r_1", 10)] == ["of_0", "of_2", "of_3", "of_1"]
+    assert [o.id for o in await offers.in_room("r_1", 2)] == ["of_3", "of_1"]  # the latest two
+    assert await offers.in_room("r_none", 2) == []
+
+
 async def test_record_end_once(offers: OfferStore) -> None:
     await offers.create(_offer(), nth_of_product=1)
     at = T0 + timedelta(minutes=1, microseconds=456789)

@@ -178,9 +178,10 @@ class MongoOfferStore:
     @_translate_errors
     async def in_room(self, room_id: str, limit: int) -> builtins.list[FlashOffer]:
         cursor = self._offers.find({"room_id": room_id}).sort(
-            [("starts_at", ASCENDING), ("_id", ASCENDING)]
+            [("starts_at", DESCENDING), ("_id", DESCENDING)]
         )
-        return [offer_from(doc) async for doc in cursor.limit(limit)]
+        latest = [offer_from(doc) async for doc in cursor.limit(limit)]
+        return latest[::-1]
 
     @_translate_errors
     async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
