@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from schemas.commerce import ClaimIn, OfferIn
 from schemas.http import BlockedWordsIn, ProductIn, RoomIn, ShowcaseIn, SlowModeIn, StockIn
+from server.domain.rooms import RoomStatus
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _ERRORS = {
@@ -22,8 +23,41 @@ _ERRORS = {
         (403, "Not allowed"),
         (404, "Not found"),
         (409, "Conflicts with the current state"),
+        (413, "Body larger than 64 KiB"),
         (422, "Invalid fields"),
+        (503, "A backend is away or too slow: send it again after Retry-After"),
     )
+}
+
+
+def _header(name: str, required: bool, text: str) -> dict[str, Any]:
+    schema = {"type": "string", "minLength": 1, "maxLength": 100}
+    return {"name": name, "in": "header", "required": required, "description": text} | {
+        "schema": schema
+    }
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+_LIMIT = {"type": "integer", "minimum": 1}
+# Parameters beyond the path's own.
+_MORE_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("get", "/rooms"): [
+        _query("status", {"enum": [status.value for status in RoomStatus]}),
+        _query("limit", {**_LIMIT, "maximum": 100, "default": 20}),
+    ],
+    ("get", "/orders"): [
+        _query("room_id", {"type": "string"}),
+        _query("limit", {**_LIMIT, "maximum": 200, "default": 50}),
+    ],
+    ("post", "/rooms/{room_id}/offers"): [
+        _header("Idempotency-Key", False, "The same key sent again gets the same offer"),
+    ],
+    ("post", "/offers/{offer_id}/claims"): [
+        _header("Idempotency-Key", True, "The same key sent again gets the same order"),
+    ],
 }
 
 # (method, path, summary, request model, success status)
@@ -43,13 +77,13 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, int]] = [
     (
         "post",
         "/rooms/{room_id}/offers",
-        "Launch a flash offer (header Idempotency-Key, optional)",
+        "Launch a flash offer",
         OfferIn,
         201,
     ),
     ("get", "/offers/{offer_id}", "Get an offer and its remaining stock", None, 200),
     ("post", "/offers/{offer_id}/stop", "Stop an offer", None, 200),
-    ("post", "/offers/{offer_id}/claims", "Claim (header Idempotency-Key)", ClaimIn, 201),
+    ("post", "/offers/{offer_id}/claims", "Claim", ClaimIn, 201),
     ("get", "/orders", "My orders (?room_id= for the room's host)", None, 200),
     ("get", "/orders/{order_id}", "Get an order", None, 200),
     ("post", "/orders/{order_id}/cancel", "Cancel an order pending payment", None, 200),
@@ -96,6 +130,7 @@ def openapi_document() -> dict[str, Any]:
             for part in path.split("/")
             if part.startswith("{")
         ]
+        parameters += _MORE_PARAMETERS.get((method, path), [])
         if parameters:
             operation["parameters"] = parameters
         paths.setdefault(path, {})[method] = operation
