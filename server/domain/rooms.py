@@ -50,11 +50,11 @@ class Room:
         self.pinned_product_id = product_id
 
 
-def ensure_can_manage(room: Room, who: Identity) -> None:
-    """Only the room's host or an admin changes a room."""
+def ensure_can_manage(room: Room, who: Identity, action: str = "change this room") -> None:
+    """Only the room's host or an admin changes a room (or reads its figures)."""
     if who.role is Role.ADMIN or (who.role is Role.HOST and who.user_id == room.host_id):
         return
-    raise Forbidden("only the room's host can change this room")
+    raise Forbidden(f"only the room's host can {action}")
 
 
 def can_moderate(room_host_id: str, who: Identity) -> bool:

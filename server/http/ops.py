@@ -65,7 +65,7 @@ async def room_stats(request: Request) -> JSONResponse:
     container = container_of(request)
     who = require_identity(request)
     room = await container.rooms.get(request.path_params["room_id"])
-    ensure_can_manage(room, who)
+    ensure_can_manage(room, who, "see its figures")
     counters = await container.hub.broker.read_counters(room.id)
     figures = await container.offer_service.figures_in_room(room.id)
     orders = sum(f.orders for f in figures)
