@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from server.adapters.memory import MemoryProductStore, MemoryRoomStore
 from server.adapters.memory_orders import MemoryOfferStore, MemoryOrderStore
@@ -27,6 +28,24 @@ HOST = Identity("host-1", Role.HOST)
 ADDRESS = Address.clean(
     name="Ana", line1="Rua 1", city="Lisboa", postal_code="1000-001", country="PT"
 )
+
+
+class HeldCreates:
+    """A store (of orders, of offers) whose creates wait at `gate` until it is set: a write
+    under way while the test does something else. `entered` is set once one is waiting."""
+
+    def __init__(self, shared: Any) -> None:
+        self._shared = shared
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def create(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await self._shared.create(*args, **kwargs)
 
 
 def buyer(n: int) -> Identity:

@@ -4,32 +4,15 @@ is cancelled; and a claim sent again after that never takes stock a second time.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
 from server.domain.errors import Conflict
-from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
+from server.domain.orders import HOLDS_STOCK, OrderStatus
 from server.ports import OrderStore, StockReservations
-from tests.unit.services.shop import ADDRESS, buyer, open_shop, other_process
+from tests.unit.services.shop import ADDRESS, HeldCreates, buyer, open_shop, other_process
 from tests.unit.services.test_give_back import FlakyStock
-
-
-class HeldCreate:
-    """The shared order store, whose order writes wait at a gate: an order on its way."""
-
-    def __init__(self, shared: OrderStore) -> None:
-        self._shared = shared
-        self.gate = asyncio.Event()
-        self.entered = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
-
-    async def create(self, order: Order) -> Order:
-        self.entered.set()
-        await self.gate.wait()
-        return await self._shared.create(order)
 
 
 async def test_an_order_landing_while_a_stale_rebuild_runs_keeps_the_offer_from_overselling() -> (
@@ -37,7 +20,7 @@ async def test_an_order_landing_while_a_stale_rebuild_runs_keeps_the_offer_from_
 ):
     shop = await open_shop()
     offer = await shop.launch(quantity=1, limit=1)
-    writing = HeldCreate(shop.orders_store)
+    writing = HeldCreates(shop.orders_store)
     _, process_a = other_process(shop, orders=cast(OrderStore, writing))
     stock_b = FlakyStock(shop.stock)
     _, process_b = other_process(shop, stock=cast(StockReservations, stock_b))
@@ -69,7 +52,7 @@ async def test_an_order_landing_while_a_stale_rebuild_runs_keeps_the_offer_from_
 async def test_an_order_a_stale_rebuild_missed_is_cancelled_and_its_retry_takes_no_stock() -> None:
     shop = await open_shop()
     offer = await shop.launch(quantity=2, limit=1)
-    writing = HeldCreate(shop.orders_store)
+    writing = HeldCreates(shop.orders_store)
     _, process_a = other_process(shop, orders=cast(OrderStore, writing))
     first = asyncio.create_task(
         process_a.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)

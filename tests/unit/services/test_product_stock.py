@@ -15,12 +15,12 @@ from server.adapters.memory_orders import MemoryOfferStore
 from server.domain.errors import Conflict, Unavailable
 from server.domain.money import Money
 from server.domain.offers import LATE_ORDERS, FlashOffer
-from server.domain.orders import Order, OrderStatus
+from server.domain.orders import OrderStatus
 from server.ports import OfferStore, OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import OrderService
-from tests.unit.services.shop import ADDRESS, HOST, Shop, buyer, other_process
+from tests.unit.services.shop import ADDRESS, HOST, HeldCreates, Shop, buyer, other_process
 
 STOCK = 50  # the shop's product
 
@@ -177,27 +177,10 @@ async def test_launches_racing_for_one_product_book_its_stock_once(shop: Shop) -
     assert [offer.quantity for offer in await shop.offers_store.of_product(shop.product_id)] == [30]
 
 
-class SlowOrders:
-    """The shop's order store, whose creates wait until let go: an order write under way."""
-
-    def __init__(self, shared: OrderStore) -> None:
-        self._shared = shared
-        self.gate = asyncio.Event()
-        self.entered = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
-
-    async def create(self, order: Order) -> Order:
-        self.entered.set()
-        await self.gate.wait()
-        return await self._shared.create(order)
-
-
 async def test_an_order_landing_after_its_offer_settled_on_a_lost_stock_is_cancelled(
     shop: Shop,
 ) -> None:
-    slow = SlowOrders(shop.orders_store)
+    slow = HeldCreates(shop.orders_store)
     _, orders = other_process(shop, orders=cast(OrderStore, slow))
     first = await shop.launch(quantity=STOCK, limit=1)
     claim = asyncio.ensure_future(

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
 from server.domain.errors import Conflict, Unavailable
-from server.domain.offers import FlashOffer
 from server.domain.rooms import RoomStatus
 from server.ports import OfferStore
 from server.services.offers import OfferService
 from server.services.rooms import RoomService
-from tests.unit.services.shop import HOST, Shop, buyer, open_shop
+from tests.unit.services.shop import HOST, HeldCreates, Shop, buyer, open_shop
 
 
 def rooms_of(shop: Shop, offers: OfferService | None = None) -> RoomService:
@@ -43,26 +42,9 @@ async def test_ending_the_room_ends_its_offers_before_the_room() -> None:
     assert await shop.offers.end_due() == 0  # nothing left to end by time
 
 
-class HeldOfferCreate:
-    """The shared offer store, whose new offers wait at a gate: a launch on its way."""
-
-    def __init__(self, shared: OfferStore) -> None:
-        self._shared = shared
-        self.gate = asyncio.Event()
-        self.entered = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
-
-    async def create(self, offer: FlashOffer, *args: Any, **kwargs: Any) -> Any:
-        self.entered.set()
-        await self.gate.wait()
-        return await self._shared.create(offer, *args, **kwargs)
-
-
 async def test_a_launch_that_raced_the_end_is_stopped_and_refused() -> None:
     shop = await open_shop()
-    storing = HeldOfferCreate(shop.offers_store)
+    storing = HeldCreates(shop.offers_store)
     launching = OfferService(
         cast(OfferStore, storing),
         shop.orders_store,
