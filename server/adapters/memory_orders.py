@@ -89,7 +89,7 @@ class MemoryOfferStore:
 
     async def in_room(self, room_id: str, limit: int) -> builtins.list[FlashOffer]:
         offers = [o for o in self._offers.values() if o.room_id == room_id]
-        return sorted(offers, key=lambda o: (o.starts_at, o.id))[-limit:]
+        return sorted(offers, key=lambda o: (o.starts_at, o.id))[-limit:] if limit > 0 else []
 
     async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
         offer = await self.get(offer_id)

@@ -399,7 +399,8 @@ class OfferService:
             log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
 
     def stock_moved(self, offer: FlashOffer, remaining: int | None) -> None:
-        """A claim or a release changed the stock: tell the room soon (the last unit: now)."""
+        """A claim or a release changed the stock: tell the room soon (the last unit and sold
+        out: now)."""
         self._announcer.stock_moved(offer, remaining)
 
     def forget_quiet_offers(self) -> None:

@@ -131,10 +131,15 @@ class OrderService:
                 raise Conflict(
                     "this claim ran out before its order was written", code="claim_expired"
                 )
+        fresh = result.outcome is ClaimOutcome.RESERVED
+        if fresh and result.remaining == 1:
+            # Told before the order is written: the claim that takes the last unit may write
+            # its order first, and end the offer, and the room must hear "1 left" before that.
+            self._offer_service.stock_moved(offer, 1)
         order, created = await self._write_order(
-            offer, buyer, key, quantity, address, result.reservation_id
+            offer, buyer, key, quantity, address, result.reservation_id, fresh=fresh
         )
-        if created:
+        if created and result.remaining != 1:
             self._offer_service.stock_moved(offer, result.remaining)
         return order, created
 
@@ -146,8 +151,11 @@ class OrderService:
         quantity: int,
         address: Address,
         reservation_id: str | None,
+        *,
+        fresh: bool,
     ) -> tuple[Order, bool]:
-        """The order for a reservation and whether this call wrote it."""
+        """The order for a reservation and whether this call wrote it. `fresh`: this call made
+        the reservation (else an earlier attempt of the claim did, and it is that one's)."""
         order = place_order(
             order_id=new_id("o"),
             idempotency_key=key,
@@ -163,21 +171,30 @@ class OrderService:
         # Shielded: once the order may be written, a claimer that goes away (a dropped socket,
         # shutdown) must not stop the attach. An order left unattached would look orphaned,
         # and the reaper would sell its units again.
-        write = asyncio.ensure_future(self._store_and_attach(order))
+        write = asyncio.ensure_future(self._store_and_attach(order, fresh=fresh))
         # Its error is logged too: once its claimer has gone, nobody else would hear of it.
         write.add_done_callback(warn_if_failed(log, "order_write_failed"))
         return await asyncio.shield(write)
 
-    async def _store_and_attach(self, order: Order) -> tuple[Order, bool]:
+    async def _store_and_attach(self, order: Order, *, fresh: bool) -> tuple[Order, bool]:
         stored = await self._orders.create(order)
         created = stored.id == order.id  # else an earlier attempt of this claim wrote it
+        same_terms = _same_claim(stored, order.quantity, order.shipping_address)
         if not stored.holds_stock:
             # An earlier attempt's order, cancelled or expired since, and Redis had forgotten
             # its key (lost with the offer): the units this attempt has just reserved would
-            # be held by nobody, for good. They go back; the retry gets the order as it is.
+            # be held by nobody, for good. They go back, named on the order first, so that
+            # every later retry finds the order as this one does.
+            await self._stock.attach_order(order.offer_id, order.idempotency_key, stored.id)
             await self._release(stored)
-            _ensure_same_claim(stored, order.quantity, order.shipping_address)
+            if not same_terms:
+                raise _other_terms()
             return stored, False
+        if fresh and not same_terms:
+            # An earlier attempt's order for other terms, its key forgotten by Redis: this
+            # attempt's own units, reserved for terms no order has, go back.
+            await self._release(stored)
+            raise _other_terms()
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
         # its write and its attach, and an unattached order would look orphaned to the reaper.
         if await self._attach(stored) in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
@@ -187,8 +204,8 @@ class OrderService:
             raise Conflict("this claim ran out before its order was written", code="claim_expired")
         if created:
             await self._tell_buyer(stored)
-        else:
-            _ensure_same_claim(stored, order.quantity, order.shipping_address)
+        elif not same_terms:  # the reservation was the order's own: attached, then refused
+            raise _other_terms()
         return stored, created
 
     async def _attach(self, order: Order) -> AttachOutcome:
@@ -418,10 +435,14 @@ class OrderService:
             log.warning("order_update_not_sent", extra={"order_id": order.id})
 
 
+def _same_claim(order: Order, quantity: int, address: Address) -> bool:
+    return order.quantity == quantity and order.shipping_address == address
+
+
 def _ensure_same_claim(order: Order, quantity: int, address: Address) -> None:
     """A claim sent again gets its order back only if it asks for the same: the same key with
     other terms is a client's mistake, and answering the first order would hide it."""
-    if order.quantity != quantity or order.shipping_address != address:
+    if not _same_claim(order, quantity, address):
         raise _other_terms()
 
 

@@ -7,6 +7,7 @@ write succeeded, so viewers never hear of a change that was not kept.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -17,12 +18,14 @@ from schemas.http import (
     MAX_SLOW_MODE_SECONDS,
     product_summary,
 )
-from server.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from server.domain.errors import Conflict, Forbidden, InvalidInput, LiveshopError, NotFound
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.products import Product, ProductTrade
 from server.domain.rooms import Room, RoomStatus, can_moderate, ensure_can_manage
 from server.ports import ProductStore, RoomEvents, RoomStore
+
+log = logging.getLogger("liveshop.rooms")
 
 Clock = Callable[[], datetime]
 StopOffers = Callable[[str], Awaitable[None]]  # a room's id
@@ -165,7 +168,10 @@ class RoomService:
         # it finds the room ended when it reads the room again (OfferService.launch).
         await self._stop_room_offers(room.id)
         await self._rooms.save(room, expected_status=before)
-        await self._stop_room_offers(room.id)
+        try:
+            await self._stop_room_offers(room.id)
+        except LiveshopError as error:  # the room has ended: its viewers must hear so
+            log.warning("room_offers_not_stopped", extra={"room_id": room.id, "code": error.code})
         await self._events.publish_room_event(room.id, {"type": "room.ended"})
         return room
 

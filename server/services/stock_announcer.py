@@ -17,14 +17,10 @@ from server.ports import RoomEvents, StockReservations
 log = logging.getLogger("liveshop.offers")
 
 # How often the room hears that an offer's stock moved, whatever the number of processes
-# claiming for it (see AT_ONCE). Every announcement is a frame to every viewer
+# claiming for it (but see stock_moved). Every announcement is a frame to every viewer
 # (~15 us of server CPU each on the bench machine): twice a second keeps a counter lively, while
 # four times a second in a room of 10,000 would be 40,000 frames/s, over half a core.
 STOCK_ANNOUNCE_SECONDS = 0.5
-# Stock the room hears at once, past the cadence and the gate: the last unit (the moment viewers
-# rush for, and the one a coalesced announcement would most often skip) and sold out (once:
-# by the process that ends the offer, right before `offer.ended`).
-AT_ONCE = (1, 0)
 # A process that keeps losing the gate gives up after this many periods: others are announcing.
 GATE_TRIES = 20
 
@@ -45,14 +41,16 @@ class StockAnnouncer:
         # process last told the room the offer's stock (see forget_quiet).
         self._changed_at: dict[str, float] = {}
         self._announced_at: dict[str, float] = {}
-        self._told: dict[str, int] = {}  # the last figure this process told the room
         self._last_unit: dict[str, asyncio.Task[None]] = {}  # "1 left" on its way
         self._announcing: dict[str, asyncio.Task[None]] = {}  # the coalesced one per offer
         self._announcements = BackgroundTasks(log, "offer_announce_failed")  # every one
         self._closed = False
 
     def stock_moved(self, offer: FlashOffer, remaining: int | None) -> None:
-        """A claim or a release changed the stock: tell the room soon (see AT_ONCE: now)."""
+        """A claim or a release changed the stock: tell the room soon. Past the cadence, at
+        once: the last unit (the moment viewers rush for, and the figure a coalesced
+        announcement would most often skip), and sold out (once: by the process that ends the
+        offer, right before `offer.ended`)."""
         if self._closed or offer.end_reason is not None:
             return  # shutting down, or the room has heard the end
         self._changed_at[offer.id] = time.monotonic()
@@ -102,18 +100,17 @@ class StockAnnouncer:
         """The offer has ended: nothing more to announce for it."""
         self._changed_at.pop(offer_id, None)
         self._announced_at.pop(offer_id, None)
-        self._told.pop(offer_id, None)
 
     def remembered(self) -> int:
         """How many offers' cadence this process keeps."""
-        return len(self._changed_at.keys() | self._announced_at.keys() | self._told.keys())
+        return len(self._changed_at.keys() | self._announced_at.keys())
 
     def forget_quiet(self) -> None:
         """Forget the offers whose stock has not moved here for a period, with no announcement
         waiting: they no longer bear on the cadence. An offer ended by another process, or
         one this process stopped claiming for, would otherwise be remembered for good."""
         horizon = time.monotonic() - STOCK_ANNOUNCE_SECONDS
-        for offer_id in [*self._changed_at.keys() | self._announced_at.keys() | self._told.keys()]:
+        for offer_id in [*self._changed_at.keys() | self._announced_at.keys()]:
             last = max(self._changed_at.get(offer_id, 0.0), self._announced_at.get(offer_id, 0.0))
             if last < horizon and not self._announcement_waiting(offer_id):
                 self.forget(offer_id)
@@ -160,6 +157,7 @@ class StockAnnouncer:
                 await self._end_sold_out(offer)
                 return False
             if at_once and remaining == 1:
+                # Sold out a moment ago, and a unit came back since: the last unit, at once.
                 # Past the cadence; the gate is taken all the same where it is free, so the
                 # next figure waits its period.
                 await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS)
@@ -175,8 +173,7 @@ class StockAnnouncer:
                 break
             await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
         self._announced_at[offer.id] = time.monotonic()
-        if self._told.get(offer.id) != remaining:  # this process said so already: once is enough
-            await self.publish_stock(offer, remaining)
+        await self.publish_stock(offer, remaining)
         return self._changed_at.get(offer.id, 0.0) > read_at
 
     async def _end_sold_out(self, offer: FlashOffer) -> None:
@@ -192,7 +189,6 @@ class StockAnnouncer:
         await self._end_sold_out_offer(offer)
 
     async def publish_stock(self, offer: FlashOffer, remaining: int) -> None:
-        self._told[offer.id] = remaining
         await self._events.publish_room_event(
             offer.room_id,
             {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining},

@@ -4,11 +4,11 @@ is cancelled; and a claim sent again after that never takes stock a second time.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
-from server.domain.errors import Conflict
+from server.domain.errors import Conflict, Unavailable
 from server.domain.orders import HOLDS_STOCK, OrderStatus
 from server.ports import OrderStore, StockReservations
 from tests.unit.services.shop import ADDRESS, HeldCreates, buyer, open_shop, other_process
@@ -68,9 +68,45 @@ async def test_an_order_a_stale_rebuild_missed_is_cancelled_and_its_retry_takes_
     assert lost.status is OrderStatus.CANCELLED
     assert await shop.stock.remaining(offer.id) == 2
 
-    # The buyer never heard that 409, and sends the claim again with the same key.
-    again, created = await shop.claim(offer, buyer(1), "k")
-    assert (again.id, again.status, created) == (lost.id, OrderStatus.CANCELLED, False)
-    snapshot = await shop.stock.snapshot(offer.id)
-    assert (snapshot.remaining, snapshot.held_by_buyer) == (2, {})
+    # The buyer never heard that 409, and sends the claim again with the same key, twice.
+    for _ in range(2):
+        again, created = await shop.claim(offer, buyer(1), "k")
+        assert (again.id, again.status, created) == (lost.id, OrderStatus.CANCELLED, False)
+        snapshot = await shop.stock.snapshot(offer.id)
+        assert (snapshot.remaining, snapshot.held_by_buyer) == (2, {})
     assert (await shop.claim(offer, buyer(2), "k2"))[1]  # both units are still for sale
+
+
+class AttachAway:
+    """The shop's reservations, whose attaches fail: Redis away after the order was written."""
+
+    def __init__(self, shared: StockReservations) -> None:
+        self._shared = shared
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def attach_order(self, *args: Any) -> Any:
+        raise Unavailable("live data is unreachable, try again")
+
+
+async def test_a_retry_with_other_terms_after_its_key_was_lost_takes_no_stock() -> None:
+    shop = await open_shop()
+    offer = await shop.launch(quantity=5, limit=5)
+    writing = HeldCreates(shop.orders_store)
+    stock = cast(StockReservations, AttachAway(shop.stock))
+    _, process_a = other_process(shop, orders=cast(OrderStore, writing), stock=stock)
+    first = asyncio.create_task(
+        process_a.claim(offer.id, buyer(1), quantity=2, idempotency_key="k", address=ADDRESS)
+    )
+    await writing.entered.wait()
+    shop.stock.flush()
+    await shop.offers.rebuild(offer.id)  # another process rebuilds it: no orders yet
+    writing.gate.set()
+    with pytest.raises(Unavailable):  # written, but its attach failed
+        await first
+    with pytest.raises(Conflict) as refused:  # sent again, for one unit instead of two
+        await shop.claim(offer, buyer(1), "k", quantity=1)
+    assert refused.value.code == "idempotency_key_reused"
+    snapshot = await shop.stock.snapshot(offer.id)
+    assert (snapshot.remaining, snapshot.held_by_buyer) == (5, {})  # nothing taken for it

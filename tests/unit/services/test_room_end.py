@@ -96,3 +96,25 @@ async def test_an_end_whose_offers_could_not_be_stopped_leaves_the_room_live_for
     ended = await rooms.end(shop.room_id, HOST)  # the host sends it again
     assert ended.status is RoomStatus.ENDED
     assert (await shop.offers_store.get(offer.id)).end_reason is not None
+
+
+async def test_viewers_hear_the_end_even_when_the_second_look_at_its_offers_fails() -> None:
+    shop = await open_shop()
+    looks = 0
+
+    async def stop_offers_away_the_second_time(room_id: str) -> None:
+        nonlocal looks
+        looks += 1
+        if looks == 2:
+            raise Unavailable("live data is unreachable, try again")
+
+    rooms = RoomService(
+        shop.rooms,
+        shop.products,
+        shop.events,
+        shop.clock,
+        stop_offers=stop_offers_away_the_second_time,
+    )
+    ended = await rooms.end(shop.room_id, HOST)  # stored: a retry would only hear 409
+    assert ended.status is RoomStatus.ENDED
+    assert len(shop.events.of_type("room.ended")) == 1

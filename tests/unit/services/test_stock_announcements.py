@@ -15,12 +15,20 @@ import pytest
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Unavailable
 from server.domain.offers import EndReason, FlashOffer
-from server.ports import StockReservations
+from server.ports import OrderStore, StockReservations
 from server.services import stock_announcer
 from server.services.housekeeping import Housekeeper
 from server.services.stock_announcer import STOCK_ANNOUNCE_SECONDS, StockAnnouncer
 from tests.fakes import RecordingEvents
-from tests.unit.services.shop import ADDRESS, Shop, buyer, other_process, second_process, settle
+from tests.unit.services.shop import (
+    ADDRESS,
+    HeldCreates,
+    Shop,
+    buyer,
+    other_process,
+    second_process,
+    settle,
+)
 
 
 async def test_selling_out_ends_the_offer_once_and_announces_zero(shop: Shop) -> None:
@@ -380,3 +388,20 @@ async def test_offers_whose_stock_is_quiet_are_forgotten(shop: Shop) -> None:
     announcer.stock_moved(offers[0], 1)
     assert announcer.remembered() == 1
     await announcer.close()
+
+
+async def test_the_last_unit_is_told_first_when_its_order_is_written_last(shop: Shop) -> None:
+    offer = await shop.launch(quantity=2, limit=1)
+    slow = HeldCreates(shop.orders_store)
+    _, orders = other_process(shop, orders=cast(OrderStore, slow))
+    leaves_one = asyncio.create_task(
+        orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="x", address=ADDRESS)
+    )
+    await slow.entered.wait()  # its order is being written, slowly
+    # The other unit, through this process's own order store: written at once, and sold out.
+    await shop.claim(offer, buyer(2), "y")
+    await asyncio.sleep(0.05)
+    slow.gate.set()
+    await leaves_one
+    await settle()
+    assert [e["remaining"] for e in shop.events.of_type("offer.stock")] == [1, 0]
