@@ -16,7 +16,7 @@ from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.domain.orders import Address, Order
-from server.ports import OrderStore, StockReservations
+from server.ports import OfferStore, OrderStore, StockReservations
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from server.services.rooms import RoomService
@@ -128,14 +128,16 @@ async def open_shop() -> Shop:
 def other_process(
     shop: Shop,
     *,
+    offers_store: OfferStore | None = None,
     orders: OrderStore | None = None,
     stock: StockReservations | None = None,
     events: RecordingEvents | None = None,
 ) -> tuple[OfferService, OrderService]:
     """Another server process: its own services over the same stores, reservations and room
-    (or ones that behave differently: busy, failing)."""
+    (or ones that behave differently: busy, failing). `offers_store` is for its offer service
+    alone."""
     offers = OfferService(
-        shop.offers_store,
+        offers_store or shop.offers_store,
         shop.orders_store,
         shop.rooms,
         shop.products,

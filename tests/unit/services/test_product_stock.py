@@ -141,15 +141,7 @@ class InterleavingOffers:
 def racing_processes(shop: Shop) -> list[OfferService]:
     """Two processes whose launches of one product read its offers at the same moment."""
     return [
-        OfferService(
-            cast(OfferStore, InterleavingOffers(shop.offers_store)),
-            shop.orders_store,
-            shop.rooms,
-            shop.products,
-            shop.stock,
-            shop.events,
-            shop.clock,
-        )
+        other_process(shop, offers_store=cast(OfferStore, InterleavingOffers(shop.offers_store)))[0]
         for _ in range(2)
     ]
 

@@ -12,7 +12,7 @@ from server.domain.rooms import RoomStatus
 from server.ports import OfferStore
 from server.services.offers import OfferService
 from server.services.rooms import RoomService
-from tests.unit.services.shop import HOST, HeldCreates, Shop, buyer, open_shop
+from tests.unit.services.shop import HOST, HeldCreates, Shop, buyer, open_shop, other_process
 
 
 def rooms_of(shop: Shop, offers: OfferService | None = None) -> RoomService:
@@ -45,15 +45,7 @@ async def test_ending_the_room_ends_its_offers_before_the_room() -> None:
 async def test_a_launch_that_raced_the_end_is_stopped_and_refused() -> None:
     shop = await open_shop()
     storing = HeldCreates(shop.offers_store)
-    launching = OfferService(
-        cast(OfferStore, storing),
-        shop.orders_store,
-        shop.rooms,
-        shop.products,
-        shop.stock,
-        shop.events,
-        shop.clock,
-    )
+    launching, _ = other_process(shop, offers_store=cast(OfferStore, storing))
     launch = asyncio.create_task(
         launching.launch(
             shop.room_id,
