@@ -262,21 +262,31 @@ class OrderService:
         return [order for order in orders if order.host_id == who.user_id]
 
     async def cancel(self, order_id: str, who: Identity) -> Order:
+        """Cancel the buyer's order while it awaits payment. Sent again (the first answer was
+        lost), or twice at once, it answers the order its buyer cancelled."""
         order = await self.get(order_id, who)
         if order.buyer_id != who.user_id:
             raise Forbidden("only the buyer can cancel an order")
+        if _cancelled_by(order, who):
+            return order
         if order.status is not OrderStatus.PENDING_PAYMENT:
             raise Conflict(
                 f"order is {order.status}, only pending payment can be cancelled",
                 code="invalid_transition",
             )
-        await self._move(
-            order,
-            OrderStatus.CANCELLED,
-            by=who.user_id,
-            reason="cancelled by buyer",
-            units_to_return=True,
-        )
+        try:
+            await self._move(
+                order,
+                OrderStatus.CANCELLED,
+                by=who.user_id,
+                reason="cancelled by buyer",
+                units_to_return=True,
+            )
+        except Conflict:  # moved meanwhile: by this same cancel sent twice, or paid, or expired
+            moved = await self._orders.get(order_id)
+            if _cancelled_by(moved, who):
+                return moved
+            raise
         if not await self._give_back(order):
             log.warning("units_return_deferred", extra={"order_id": order.id})
         return order
@@ -450,6 +460,10 @@ def _other_terms() -> Conflict:
     return Conflict(
         "this idempotency key was used for a claim with other terms", code="idempotency_key_reused"
     )
+
+
+def _cancelled_by(order: Order, buyer: Identity) -> bool:
+    return order.status is OrderStatus.CANCELLED and order.history[-1].by == buyer.user_id
 
 
 def _may_see(order: Order, who: Identity) -> bool:

@@ -171,6 +171,32 @@ async def test_cancel_gives_the_units_back_and_the_buyer_may_claim_again(shop: S
         await shop.orders.cancel(again.id, HOST)  # the host sees it, but only the buyer cancels
 
 
+async def test_a_cancel_sent_again_or_twice_at_once_answers_the_cancelled_order(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=3, limit=2)
+    first, _ = await shop.claim(offer, buyer(1), "k1")
+    await shop.orders.cancel(first.id, buyer(1))
+    again = await shop.orders.cancel(first.id, buyer(1))  # its first answer was lost
+    assert again.status is OrderStatus.CANCELLED
+    assert len(again.history) == 2  # cancelled once
+    second, _ = await shop.claim(offer, buyer(1), "k2")
+    together = await asyncio.gather(*(shop.orders.cancel(second.id, buyer(1)) for _ in range(3)))
+    assert {order.status for order in together} == {OrderStatus.CANCELLED}
+    assert len((await shop.orders.get(second.id, buyer(1))).history) == 2
+    assert await shop.stock.remaining(offer.id) == 3  # each order's unit back once
+
+
+async def test_an_expired_order_cannot_be_cancelled(shop: Shop) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    shop.clock.advance(minutes=16)
+    assert await shop.orders.expire_due() == 1
+    with pytest.raises(Conflict) as refused:
+        await shop.orders.cancel(order.id, buyer(1))
+    assert refused.value.code == "invalid_transition"
+
+
 async def test_orders_are_visible_to_buyer_and_host_only(shop: Shop) -> None:
     offer = await shop.launch()
     order, _ = await shop.claim(offer, buyer(1), "k1")
