@@ -43,6 +43,7 @@ from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockR
 from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import OrderService
+from server.services.room_bans import RoomBans
 from server.services.rooms import RoomService
 from server.settings import Settings
 
@@ -219,6 +220,7 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
         backends.stock,
         offer_service,
         hub.send_private,
+        bans=RoomBans(backends.rooms),
     )
     return Container(
         settings,

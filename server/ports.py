@@ -57,6 +57,10 @@ class RoomStore(Protocol):
 
     async def is_banned(self, room_id: str, user_id: str) -> bool: ...
 
+    async def banned_users(self, room_id: str) -> frozenset[str]:
+        """Everyone banned from the room (claims read it at most once a second a process)."""
+        ...
+
     async def mute(self, room_id: str, user_id: str, *, until: datetime) -> None: ...
 
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:

@@ -79,6 +79,9 @@ class MemoryRoomStore:
     async def is_banned(self, room_id: str, user_id: str) -> bool:
         return (room_id, user_id) in self._bans
 
+    async def banned_users(self, room_id: str) -> frozenset[str]:
+        return frozenset(user for room, user in self._bans if room == room_id)
+
     async def mute(self, room_id: str, user_id: str, *, until: datetime) -> None:
         await self._stored(room_id)
         self._mutes.setdefault(room_id, {})[user_id] = until

@@ -42,6 +42,7 @@ from server.logs import warn_if_failed
 from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
 from server.services.load_once import LoadOnce
 from server.services.offers import SKEW_MARGIN, OfferService
+from server.services.room_bans import RoomBans
 from server.services.rooms import new_id, utc_now
 
 log = logging.getLogger("liveshop.orders")
@@ -68,6 +69,8 @@ class OrderService:
         notify: Notify,
         clock: Callable[[], datetime] = utc_now,
         reservation_ttl: timedelta = RESERVATION_TTL,
+        *,
+        bans: RoomBans | None = None,
     ) -> None:
         self._offers = offers
         self._orders = orders
@@ -77,6 +80,7 @@ class OrderService:
         self._notify = notify
         self._clock = clock
         self._reservation_ttl = reservation_ttl
+        self._bans = bans  # None where nobody is ever banned (tests of claims alone)
         # Offers this process reserved stock for lately: it reaps their orphans even when no
         # viewer of the room is connected here (claims over HTTP).
         self._claimed_offers: dict[str, datetime] = {}
@@ -105,6 +109,8 @@ class OrderService:
         offer = await self._launched.get(offer_id)
         if room_id is not None and offer.room_id != room_id:
             raise NotFound(f"offer {offer_id} not found in this room")
+        if self._bans is not None and await self._bans.is_banned(offer.room_id, buyer.user_id):
+            raise Forbidden("you are banned from this room", code="banned")
         # Keys are the client's, unique per buyer: scoped here so two buyers never collide.
         key = f"{buyer.user_id}:{idempotency_key}"
         self._claimed_offers[offer.id] = self._clock()

@@ -177,6 +177,8 @@ async def test_bans_are_per_room_and_idempotent(stores: Stores) -> None:
     assert await stores.rooms.is_banned("r_1", "u_2")
     assert not await stores.rooms.is_banned("r_2", "u_1")
     assert not await stores.rooms.is_banned("r_1", "u_3")
+    assert await stores.rooms.banned_users("r_1") == {"u_1", "u_2"}
+    assert await stores.rooms.banned_users("r_2") == frozenset()
     if stores.raw is not None:
         assert await stores.raw[ROOM_BANS].count_documents({}) == 2
 

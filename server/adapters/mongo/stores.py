@@ -169,6 +169,11 @@ class MongoRoomStore:
         return found is not None
 
     @_translate_errors
+    async def banned_users(self, room_id: str) -> frozenset[str]:
+        cursor = self._bans.find({"room_id": room_id}, {"_id": False, "user_id": True})
+        return frozenset([str(doc["user_id"]) async for doc in cursor])
+
+    @_translate_errors
     async def mute(self, room_id: str, user_id: str, *, until: datetime) -> None:
         # One pipeline update replaces the user's entry atomically. User ids are wrapped in
         # $literal: one starting with "$" would otherwise be read as a field path.

@@ -4,6 +4,7 @@ stock and end events, orders, on real Redis and MongoDB."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -286,3 +287,19 @@ async def test_a_products_stock_cannot_be_set_below_what_its_offers_booked(live:
     assert (refused.status_code, refused.json()["code"]) == (409, "stock_booked")
     assert (await live.http.get(f"/api/v1{path}")).json()["stock"] == 100
     assert (await live.host("PATCH", path, {"stock": 3})).json()["stock"] == 3
+
+
+async def test_a_user_banned_from_the_room_cannot_claim_its_offers(live: Live) -> None:
+    offer = await launch(live, quantity=3, limit=1)
+    async with websockets.connect(live.url("host-1", Role.HOST)) as host:
+        await recv(host)
+        await host.send(json.dumps({"type": "user.ban", "user_id": "troll"}))
+        await recv_type(host, "user.banned")
+    deadline = asyncio.get_running_loop().time() + 3  # bans reach claims within a second
+    for attempt in itertools.count():
+        refused = await claim(live, offer["id"], "troll", f"k{attempt}")
+        if refused.status_code == 403 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert (refused.status_code, refused.json()["code"]) == (403, "banned")
+    assert (await claim(live, offer["id"], "leo", "k1")).status_code == 201
