@@ -193,6 +193,7 @@ class OrderService:
             # every later retry finds the order as this one does.
             await self._stock.attach_order(order.offer_id, order.idempotency_key, stored.id)
             await self._release(stored)
+            await self._stock_came_back(order.offer_id)
             if not same_terms:
                 raise _other_terms()
             return stored, False
@@ -200,6 +201,7 @@ class OrderService:
             # An earlier attempt's order for other terms, its key forgotten by Redis: this
             # attempt's own units, reserved for terms no order has, go back.
             await self._release(stored)
+            await self._stock_came_back(order.offer_id)
             raise _other_terms()
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
         # its write and its attach, and an unattached order would look orphaned to the reaper.
@@ -207,6 +209,7 @@ class OrderService:
             # The reaper, a rebuild or a settling gave these units back meanwhile: no stock, no
             # order.
             await self._cancel_lost(stored)
+            await self._stock_came_back(order.offer_id)
             raise Conflict("this claim ran out before its order was written", code="claim_expired")
         if created:
             await self._tell_buyer(stored)
@@ -234,6 +237,11 @@ class OrderService:
         if attached is AttachOutcome.PAUSED:  # lost again: the retry attaches it
             raise Unavailable("the offer's stock is being restored, try again")
         return attached
+
+    async def _stock_came_back(self, offer_id: str) -> None:
+        # The room may have heard this claim's "1 left" before its order was written (see
+        # claim): it hears the stock again. (An offer that has ended drops the figure.)
+        self._offer_service.stock_moved(await self._launched.get(offer_id), None)
 
     async def _cancel_lost(self, order: Order) -> None:
         if order.status is not OrderStatus.PENDING_PAYMENT:

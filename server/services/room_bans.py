@@ -52,8 +52,10 @@ class RoomBans:
         except LiveshopError as error:
             if known is None:
                 raise
-            # The database is away: the list read a moment ago stands until it is back.
+            # The database is away: the list read last stands for another period, so claims
+            # do not each wait out a failing read (refusals need no database at all).
             log.warning("room_bans_stale", extra={"room_id": room_id, "code": error.code})
+            self._known[room_id] = (time.monotonic(), known[1])
             return known[1]
         self._known[room_id] = (time.monotonic(), banned)
         self._known.move_to_end(room_id)

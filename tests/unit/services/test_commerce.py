@@ -14,7 +14,7 @@ from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.domain.orders import Address, Order, OrderStatus
-from server.ports import StockReservations
+from server.ports import OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.orders import ORPHAN_AFTER
 from tests.unit.services.shop import (
@@ -22,6 +22,7 @@ from tests.unit.services.shop import (
     HOST,
     Shop,
     buyer,
+    other_process,
     second_process,
     settle,
 )
@@ -181,10 +182,30 @@ async def test_a_cancel_sent_again_or_twice_at_once_answers_the_cancelled_order(
     assert again.status is OrderStatus.CANCELLED
     assert len(again.history) == 2  # cancelled once
     second, _ = await shop.claim(offer, buyer(1), "k2")
-    together = await asyncio.gather(*(shop.orders.cancel(second.id, buyer(1)) for _ in range(3)))
+    # Each cancel reads the order pending before any writes it: two of them lose the write.
+    _, racing = other_process(shop, orders=cast(OrderStore, Unhurried(shop.orders_store)))
+    together = await asyncio.gather(*(racing.cancel(second.id, buyer(1)) for _ in range(3)))
     assert {order.status for order in together} == {OrderStatus.CANCELLED}
     assert len((await shop.orders.get(second.id, buyer(1))).history) == 2
     assert await shop.stock.remaining(offer.id) == 3  # each order's unit back once
+
+
+class Unhurried:
+    """The shop's order store, letting other tasks run before each read and write."""
+
+    def __init__(self, shared: OrderStore) -> None:
+        self._shared = shared
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def get(self, order_id: str) -> Order:
+        await asyncio.sleep(0)
+        return await self._shared.get(order_id)
+
+    async def save_move(self, order: Order, **when: Any) -> None:
+        await asyncio.sleep(0)
+        await self._shared.save_move(order, **when)
 
 
 async def test_an_expired_order_cannot_be_cancelled(shop: Shop) -> None:

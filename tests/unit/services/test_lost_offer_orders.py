@@ -11,7 +11,7 @@ import pytest
 from server.domain.errors import Conflict, Unavailable
 from server.domain.orders import HOLDS_STOCK, OrderStatus
 from server.ports import OrderStore, StockReservations
-from tests.unit.services.shop import ADDRESS, HeldCreates, buyer, open_shop, other_process
+from tests.unit.services.shop import ADDRESS, HeldCreates, buyer, open_shop, other_process, settle
 from tests.unit.services.test_give_back import FlakyStock
 
 
@@ -74,6 +74,8 @@ async def test_an_order_a_stale_rebuild_missed_is_cancelled_and_its_retry_takes_
         assert (again.id, again.status, created) == (lost.id, OrderStatus.CANCELLED, False)
         snapshot = await shop.stock.snapshot(offer.id)
         assert (snapshot.remaining, snapshot.held_by_buyer) == (2, {})
+    await settle()  # the room heard "1 left" from the claims; it hears the units came back
+    assert shop.events.of_type("offer.stock")[-1]["remaining"] == 2
     assert (await shop.claim(offer, buyer(2), "k2"))[1]  # both units are still for sale
 
 
