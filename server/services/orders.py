@@ -138,14 +138,15 @@ class OrderService:
                     "this claim ran out before its order was written", code="claim_expired"
                 )
         fresh = result.outcome is ClaimOutcome.RESERVED
-        if fresh and result.remaining == 1:
+        told_early = fresh and result.remaining == 1
+        if told_early:
             # Told before the order is written: the claim that takes the last unit may write
             # its order first, and end the offer, and the room must hear "1 left" before that.
             self._offer_service.stock_moved(offer, 1)
         order, created = await self._write_order(
             offer, buyer, key, quantity, address, result.reservation_id, fresh=fresh
         )
-        if created and result.remaining != 1:
+        if created and not told_early:
             self._offer_service.stock_moved(offer, result.remaining)
         return order, created
 
