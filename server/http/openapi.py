@@ -31,9 +31,12 @@ _ERRORS = {
 
 
 def _header(name: str, required: bool, text: str) -> dict[str, Any]:
-    schema = {"type": "string", "minLength": 1, "maxLength": 100}
-    return {"name": name, "in": "header", "required": required, "description": text} | {
-        "schema": schema
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "description": text,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 100},
     }
 
 

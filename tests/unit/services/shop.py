@@ -69,15 +69,13 @@ class Shop:
     async def launch(
         self, quantity: int = 3, limit: int = 2, countdown: int = 0, duration: int = 60
     ) -> FlashOffer:
-        offer, _ = await self.offers.launch(
-            self.room_id,
-            HOST,
-            product_id=self.product_id,
-            price=Money(Decimal("9.90"), "USD"),
+        offer, _ = await launch_through(
+            self.offers,
+            self,
             quantity=quantity,
-            per_user_limit=limit,
-            countdown_seconds=countdown,
-            duration_seconds=duration,
+            limit=limit,
+            countdown=countdown,
+            duration=duration,
         )
         return offer
 
@@ -87,6 +85,32 @@ class Shop:
         return await self.orders.claim(
             offer.id, who, quantity=quantity, idempotency_key=key, address=ADDRESS
         )
+
+
+async def launch_through(
+    service: OfferService,
+    shop: Shop,
+    *,
+    quantity: int = 30,
+    limit: int = 1,
+    countdown: int = 0,
+    duration: int = 60,
+    key: str | None = None,
+    who: Identity = HOST,
+) -> tuple[FlashOffer, bool]:
+    """A launch of the shop's product at 9.90 USD in its room, through `service` (the shop's
+    own process or another's)."""
+    return await service.launch(
+        shop.room_id,
+        who,
+        product_id=shop.product_id,
+        price=Money(Decimal("9.90"), "USD"),
+        quantity=quantity,
+        per_user_limit=limit,
+        countdown_seconds=countdown,
+        duration_seconds=duration,
+        idempotency_key=key,
+    )
 
 
 async def settle() -> None:

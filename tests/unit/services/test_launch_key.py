@@ -5,16 +5,14 @@ storing the offer); the same key with another offer's terms is refused."""
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
 
 import pytest
 
 from server.domain.errors import Conflict, Unavailable
 from server.domain.identity import Identity, Role
-from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.services.offers import OfferService
-from tests.unit.services.shop import HOST, Shop
+from tests.unit.services.shop import HOST, Shop, launch_through
 from tests.unit.services.test_give_back import FlakyEvents
 from tests.unit.services.test_product_stock import racing_processes
 
@@ -22,17 +20,7 @@ from tests.unit.services.test_product_stock import racing_processes
 async def launch(
     service: OfferService, shop: Shop, key: str | None, quantity: int = 30, who: Identity = HOST
 ) -> tuple[FlashOffer, bool]:
-    return await service.launch(
-        shop.room_id,
-        who,
-        product_id=shop.product_id,
-        price=Money(Decimal("9.90"), "USD"),
-        quantity=quantity,
-        per_user_limit=1,
-        countdown_seconds=0,
-        duration_seconds=60,
-        idempotency_key=key,
-    )
+    return await launch_through(service, shop, quantity=quantity, key=key, who=who)
 
 
 async def test_a_launch_sent_again_gets_the_same_offer_and_books_once(shop: Shop) -> None:

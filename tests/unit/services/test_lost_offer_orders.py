@@ -9,9 +9,18 @@ from typing import Any, cast
 import pytest
 
 from server.domain.errors import Conflict, Unavailable
-from server.domain.orders import HOLDS_STOCK, OrderStatus
+from server.domain.offers import FlashOffer
+from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
 from server.ports import OrderStore, StockReservations
-from tests.unit.services.shop import ADDRESS, HeldCreates, buyer, open_shop, other_process, settle
+from tests.unit.services.shop import (
+    ADDRESS,
+    HeldCreates,
+    Shop,
+    buyer,
+    open_shop,
+    other_process,
+    settle,
+)
 from tests.unit.services.test_give_back import FlakyStock
 
 
@@ -49,20 +58,28 @@ async def test_an_order_landing_while_a_stale_rebuild_runs_keeps_the_offer_from_
     assert (snapshot.remaining, snapshot.held_by_buyer) == (0, {"buyer-1": 1})
 
 
-async def test_an_order_a_stale_rebuild_missed_is_cancelled_and_its_retry_takes_no_stock() -> None:
-    shop = await open_shop()
-    offer = await shop.launch(quantity=2, limit=1)
+async def written_across_a_stale_rebuild(
+    shop: Shop, offer: FlashOffer, *, quantity: int, stock: StockReservations | None = None
+) -> tuple[Order, bool]:
+    """Buyer 1's claim with key "k", in another process: while its order is being written,
+    Redis loses the offer and a third process rebuilds it from orders that lack this one."""
     writing = HeldCreates(shop.orders_store)
-    _, process_a = other_process(shop, orders=cast(OrderStore, writing))
-    first = asyncio.create_task(
-        process_a.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    _, process_a = other_process(shop, orders=cast(OrderStore, writing), stock=stock)
+    claim = asyncio.create_task(
+        process_a.claim(offer.id, buyer(1), quantity=quantity, idempotency_key="k", address=ADDRESS)
     )
     await writing.entered.wait()
     shop.stock.flush()
-    await shop.offers.rebuild(offer.id)  # another process rebuilds it: no orders yet
+    await shop.offers.rebuild(offer.id)  # no orders yet
     writing.gate.set()
+    return await claim
+
+
+async def test_an_order_a_stale_rebuild_missed_is_cancelled_and_its_retry_takes_no_stock() -> None:
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
     with pytest.raises(Conflict) as refused:
-        await first
+        await written_across_a_stale_rebuild(shop, offer, quantity=1)
     assert refused.value.code == "claim_expired"
     (lost,) = await shop.orders_store.of_offer(offer.id)
     assert lost.status is OrderStatus.CANCELLED
@@ -95,18 +112,9 @@ class AttachAway:
 async def test_a_retry_with_other_terms_after_its_key_was_lost_takes_no_stock() -> None:
     shop = await open_shop()
     offer = await shop.launch(quantity=5, limit=5)
-    writing = HeldCreates(shop.orders_store)
     stock = cast(StockReservations, AttachAway(shop.stock))
-    _, process_a = other_process(shop, orders=cast(OrderStore, writing), stock=stock)
-    first = asyncio.create_task(
-        process_a.claim(offer.id, buyer(1), quantity=2, idempotency_key="k", address=ADDRESS)
-    )
-    await writing.entered.wait()
-    shop.stock.flush()
-    await shop.offers.rebuild(offer.id)  # another process rebuilds it: no orders yet
-    writing.gate.set()
     with pytest.raises(Unavailable):  # written, but its attach failed
-        await first
+        await written_across_a_stale_rebuild(shop, offer, quantity=2, stock=stock)
     with pytest.raises(Conflict) as refused:  # sent again, for one unit instead of two
         await shop.claim(offer, buyer(1), "k", quantity=1)
     assert refused.value.code == "idempotency_key_reused"

@@ -6,21 +6,27 @@ Launches of one product racing each other book it once."""
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
 from typing import Any, cast
 
 import pytest
 
 from server.adapters.memory_orders import MemoryOfferStore
 from server.domain.errors import Conflict, Unavailable
-from server.domain.money import Money
 from server.domain.offers import LATE_ORDERS, FlashOffer
 from server.domain.orders import OrderStatus
 from server.ports import OfferStore, OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import OrderService
-from tests.unit.services.shop import ADDRESS, HOST, HeldCreates, Shop, buyer, other_process
+from tests.unit.services.shop import (
+    ADDRESS,
+    HOST,
+    HeldCreates,
+    Shop,
+    buyer,
+    launch_through,
+    other_process,
+)
 
 STOCK = 50  # the shop's product
 
@@ -148,19 +154,7 @@ def racing_processes(shop: Shop) -> list[OfferService]:
 
 async def test_launches_racing_for_one_product_book_its_stock_once(shop: Shop) -> None:
     services = racing_processes(shop)
-    launches = [
-        service.launch(
-            shop.room_id,
-            HOST,
-            product_id=shop.product_id,
-            price=Money(Decimal("9.90"), "USD"),
-            quantity=30,
-            per_user_limit=1,
-            countdown_seconds=0,
-            duration_seconds=60,
-        )
-        for service in services
-    ]
+    launches = [launch_through(service, shop, quantity=30) for service in services]
     results = await asyncio.gather(*launches, return_exceptions=True)
     launched = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, Conflict)]

@@ -10,15 +10,15 @@ import pytest
 from server.domain.errors import Conflict, Unavailable
 from server.domain.rooms import RoomStatus
 from server.ports import OfferStore
-from server.services.offers import OfferService
-from server.services.rooms import RoomService
+from server.services.rooms import RoomService, StopOffers
 from tests.unit.services.shop import HOST, HeldCreates, Shop, buyer, open_shop, other_process
 
 
-def rooms_of(shop: Shop, offers: OfferService | None = None) -> RoomService:
-    """The room service as the app wires it: its end stops the room's offers."""
-    stop_offers = (offers or shop.offers).stop_offers_in_room
-    return RoomService(shop.rooms, shop.products, shop.events, shop.clock, stop_offers=stop_offers)
+def rooms_of(shop: Shop, stop_offers: StopOffers | None = None) -> RoomService:
+    """The room service as the app wires it: its end stops the room's offers (by default the
+    shop's own way)."""
+    stop = stop_offers or shop.offers.stop_offers_in_room
+    return RoomService(shop.rooms, shop.products, shop.events, shop.clock, stop_offers=stop)
 
 
 async def test_ending_the_room_ends_its_offers_before_the_room() -> None:
@@ -79,9 +79,7 @@ async def test_an_end_whose_offers_could_not_be_stopped_leaves_the_room_live_for
             raise Unavailable("live data is unreachable, try again")
         await shop.offers.stop_offers_in_room(room_id)
 
-    rooms = RoomService(
-        shop.rooms, shop.products, shop.events, shop.clock, stop_offers=stop_offers_once_away
-    )
+    rooms = rooms_of(shop, stop_offers_once_away)
     with pytest.raises(Unavailable):
         await rooms.end(shop.room_id, HOST)
     assert (await shop.rooms.get(shop.room_id)).status is RoomStatus.LIVE
@@ -100,13 +98,7 @@ async def test_viewers_hear_the_end_even_when_the_second_look_at_its_offers_fail
         if looks == 2:
             raise Unavailable("live data is unreachable, try again")
 
-    rooms = RoomService(
-        shop.rooms,
-        shop.products,
-        shop.events,
-        shop.clock,
-        stop_offers=stop_offers_away_the_second_time,
-    )
+    rooms = rooms_of(shop, stop_offers_away_the_second_time)
     ended = await rooms.end(shop.room_id, HOST)  # stored: a retry would only hear 409
     assert ended.status is RoomStatus.ENDED
     assert len(shop.events.of_type("room.ended")) == 1
