@@ -220,6 +220,7 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
         backends.stock,
         offer_service,
         hub.send_private,
+        rooms=backends.rooms,
         bans=RoomBans(backends.rooms),
     )
     return Container(

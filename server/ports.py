@@ -17,6 +17,7 @@ from server.domain.offers import (
     RecoveredClaim,
     StockSnapshot,
 )
+from server.domain.order_pages import OrderKey
 from server.domain.orders import Order, OrderStatus
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
@@ -29,8 +30,15 @@ class ProductStore(Protocol):
         """The product, or NotFound."""
         ...
 
-    async def set_stock(self, product_id: str, stock: int) -> Product:
-        """The product with its stock set to `stock`, or NotFound."""
+    async def set_stock(self, product_id: str, stock: int, *, launches: int) -> Product:
+        """The product with its stock set to `stock`, if `launches` offers are still all that
+        were counted against its stock (the caller read their bookings); else
+        ProductOffersChanged. NotFound for an unknown product."""
+        ...
+
+    async def count_launch(self, product_id: str, *, stock: int) -> bool:
+        """Count an offer as launched against the stock `stock`: False, counting nothing, if
+        the product's stock is no longer `stock` (a stock count changed it meanwhile)."""
         ...
 
 
@@ -102,6 +110,11 @@ class OfferStore(Protocol):
         LaunchKeyTaken when an offer of the room has this `launch_key` already."""
         ...
 
+    async def drop_launch_key(self, offer_id: str) -> None:
+        """Free the launch key of an offer whose launch was refused after it was stored: the
+        launch, sent again with its key, is then tried afresh."""
+        ...
+
     async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
         """The room's offer launched under this key, if any."""
         ...
@@ -168,12 +181,17 @@ class OrderStore(Protocol):
 
     async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None: ...
 
-    async def list_for_buyer(self, buyer_id: str, limit: int) -> builtins.list[Order]:
-        """The buyer's orders, newest first."""
+    async def list_for_buyer(
+        self, buyer_id: str, limit: int, *, after: OrderKey | None = None
+    ) -> builtins.list[Order]:
+        """The buyer's orders, newest first by (created_at, id); with `after`, only those that
+        sort after that key (`server.domain.order_pages.comes_after`): the next page."""
         ...
 
-    async def list_for_room(self, room_id: str, limit: int) -> builtins.list[Order]:
-        """The room's orders, newest first."""
+    async def list_for_room(
+        self, room_id: str, limit: int, *, after: OrderKey | None = None
+    ) -> builtins.list[Order]:
+        """The room's orders, newest first, paged as `list_for_buyer`."""
         ...
 
     async def save_move(

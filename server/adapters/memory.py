@@ -7,7 +7,7 @@ import copy
 from collections.abc import Mapping
 from datetime import datetime
 
-from server.domain.errors import Conflict, NotFound
+from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
 
@@ -27,11 +27,20 @@ class MemoryProductStore:
         except KeyError:
             raise NotFound(f"product {product_id} not found") from None
 
-    async def set_stock(self, product_id: str, stock: int) -> Product:
+    async def set_stock(self, product_id: str, stock: int, *, launches: int) -> Product:
         product = await self.get(product_id)
+        if product.launches != launches:
+            raise ProductOffersChanged("an offer of this product was launched meanwhile")
         product.stock = stock
         self._products[product_id] = copy.deepcopy(product)
         return product
+
+    async def count_launch(self, product_id: str, *, stock: int) -> bool:
+        product = self._products.get(product_id)
+        if product is None or product.stock != stock:
+            return False
+        product.launches += 1
+        return True
 
 
 class MemoryRoomStore:

@@ -25,6 +25,7 @@ from server.domain.errors import (
 )
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
+from server.domain.order_pages import OrderKey, comes_after
 from server.domain.orders import Order, OrderStatus, can_move
 
 
@@ -68,6 +69,9 @@ class MemoryOfferStore:
             self._launch_keys[(offer.room_id, launch_key)] = offer.id
         self._launches.add((offer.product_id, nth_of_product))
         self._offers[offer.id] = offer  # frozen: no copy needed
+
+    async def drop_launch_key(self, offer_id: str) -> None:
+        self._launch_keys = {k: v for k, v in self._launch_keys.items() if v != offer_id}
 
     async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
         offer_id = self._launch_keys.get((room_id, launch_key))
@@ -155,11 +159,15 @@ class MemoryOrderStore:
         order_id = self._by_key.get((offer_id, idempotency_key))
         return None if order_id is None else copy.deepcopy(self._orders[order_id])
 
-    async def list_for_buyer(self, buyer_id: str, limit: int) -> builtins.list[Order]:
-        return self._newest(lambda o: o.buyer_id == buyer_id, limit)
+    async def list_for_buyer(
+        self, buyer_id: str, limit: int, *, after: OrderKey | None = None
+    ) -> builtins.list[Order]:
+        return self._newest(lambda o: o.buyer_id == buyer_id, limit, after)
 
-    async def list_for_room(self, room_id: str, limit: int) -> builtins.list[Order]:
-        return self._newest(lambda o: o.room_id == room_id, limit)
+    async def list_for_room(
+        self, room_id: str, limit: int, *, after: OrderKey | None = None
+    ) -> builtins.list[Order]:
+        return self._newest(lambda o: o.room_id == room_id, limit, after)
 
     async def save_move(
         self, order: Order, *, expected: OrderStatus, units_to_return: bool = False
@@ -210,7 +218,9 @@ class MemoryOrderStore:
         except KeyError:
             raise NotFound(f"order {order_id} not found") from None
 
-    def _newest(self, keep: _Predicate, limit: int) -> builtins.list[Order]:
-        found = [o for o in self._orders.values() if keep(o)]
+    def _newest(self, keep: _Predicate, limit: int, after: OrderKey | None) -> builtins.list[Order]:
+        found = [
+            o for o in self._orders.values() if keep(o) and (after is None or comes_after(o, after))
+        ]
         found.sort(key=lambda o: (o.created_at, o.id), reverse=True)
         return [copy.deepcopy(o) for o in found[:limit]]

@@ -48,6 +48,9 @@ class Product:
     # The same product priced in more currencies (each once, never the main price's), so
     # shoppers abroad see a price set by the seller rather than a converted one.
     other_prices: list[Money] = field(default_factory=list)
+    # How many offers have been launched against the stock figure: a stock count stores its
+    # figure only if this is unchanged since it read the offers' bookings (ProductStore).
+    launches: int = 0
 
     def price_in(self, currency: str) -> Money | None:
         """The seller's price in `currency`, or None when they set none."""

@@ -2,7 +2,8 @@
 
 `POST /rooms/{id}/offers` (the host), `GET /offers/{id}`, `POST /offers/{id}/stop` (the host),
 `POST /offers/{id}/claims` with an `Idempotency-Key` header, `GET /orders/{id}`, `GET /orders`
-(mine, or `?room_id=` for the room's host), `POST /orders/{id}/cancel` (the buyer).
+(mine, or `?room_id=` for the room's host or an admin; a page of `limit`, the next one through
+`?cursor=` with the answer's `next_cursor`), `POST /orders/{id}/cancel` (the buyer).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class OrderListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     room_id: str | None = Field(default=None, min_length=1, max_length=64)
     limit: int = Field(default=50, ge=1, le=200)
+    # Checked by the service, so that any bad cursor answers `invalid_cursor`.
+    cursor: str | None = None
 
 
 async def launch_offer(request: Request) -> JSONResponse:
@@ -110,10 +113,12 @@ async def get_order(request: Request) -> JSONResponse:
 async def list_orders(request: Request) -> JSONResponse:
     who = require_identity(request)
     query = query_params(request, OrderListQuery)
-    orders = await container_of(request).order_service.list(
-        who, room_id=query.room_id, limit=query.limit
+    page = await container_of(request).order_service.list(
+        who, room_id=query.room_id, limit=query.limit, cursor=query.cursor
     )
-    return JSONResponse({"items": [order_to_wire(order) for order in orders]})
+    return JSONResponse(
+        {"items": [order_to_wire(order) for order in page.items], "next_cursor": page.next_cursor}
+    )
 
 
 async def cancel_order(request: Request) -> JSONResponse:

@@ -40,8 +40,11 @@ def _header(name: str, required: bool, text: str) -> dict[str, Any]:
     }
 
 
-def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema}
+def _query(name: str, schema: dict[str, Any], text: str | None = None) -> dict[str, Any]:
+    parameter = {"name": name, "in": "query", "required": False, "schema": schema}
+    if text is not None:
+        parameter["description"] = text
+    return parameter
 
 
 _LIMIT = {"type": "integer", "minimum": 1}
@@ -52,8 +55,19 @@ _MORE_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query("limit", {**_LIMIT, "maximum": 100, "default": 20}),
     ],
     ("get", "/orders"): [
-        _query("room_id", {"type": "string"}),
-        _query("limit", {**_LIMIT, "maximum": 200, "default": 50}),
+        _query(
+            "room_id",
+            {"type": "string", "minLength": 1, "maxLength": 64},
+            "The room's orders instead of mine: for its host or an admin (403 for anyone else,"
+            " 404 for an unknown room)",
+        ),
+        _query("limit", {**_LIMIT, "maximum": 200, "default": 50}, "Orders per page"),
+        _query(
+            "cursor",
+            {"type": "string"},
+            "The `next_cursor` of the previous page, as it came: the page after it. Anything"
+            " else answers 422 `invalid_cursor`",
+        ),
     ],
     ("post", "/rooms/{room_id}/offers"): [
         _header("Idempotency-Key", False, "The same key sent again gets the same offer"),
@@ -61,6 +75,27 @@ _MORE_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("post", "/offers/{offer_id}/claims"): [
         _header("Idempotency-Key", True, "The same key sent again gets the same order"),
     ],
+}
+
+# What a success answers, where documented: schemas named in components.
+_ANSWERS: dict[tuple[str, str], str] = {("get", "/orders"): "OrderPage"}
+_ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "OrderPage": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "Up to `limit` orders, newest first",
+            },
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "Opaque: send it as `cursor` for the next page; null on the last"
+                " page. Orders placed meanwhile do not shift the pages",
+            },
+        },
+    }
 }
 
 # (method, path, summary, request model, success status)
@@ -87,7 +122,7 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, int]] = [
     ("get", "/offers/{offer_id}", "Get an offer and its remaining stock", None, 200),
     ("post", "/offers/{offer_id}/stop", "Stop an offer", None, 200),
     ("post", "/offers/{offer_id}/claims", "Claim", ClaimIn, 201),
-    ("get", "/orders", "My orders (?room_id= for the room's host)", None, 200),
+    ("get", "/orders", "My orders, or a room's for its host; newest first, paged", None, 200),
     ("get", "/orders/{order_id}", "Get an order", None, 200),
     ("post", "/orders/{order_id}/cancel", "Cancel an order pending payment", None, 200),
 ]
@@ -107,14 +142,20 @@ def openapi_document() -> dict[str, Any]:
                 "code": {"type": "string"},
                 "errors": {"type": "array", "items": {"type": "object"}},
             },
-        }
+        },
+        **_ANSWER_SCHEMAS,
     }
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, model, status in _OPERATIONS:
+        success: dict[str, Any] = {"description": "OK"}
+        answer = _ANSWERS.get((method, path))
+        if answer is not None:
+            ref = {"$ref": f"#/components/schemas/{answer}"}
+            success["content"] = {"application/json": {"schema": ref}}
         operation: dict[str, Any] = {
             "summary": summary,
             "security": [{"bearer": []}],
-            "responses": {str(status): {"description": "OK"}, **_ERRORS},
+            "responses": {str(status): success, **_ERRORS},
         }
         if model is not None:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")

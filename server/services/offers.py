@@ -130,7 +130,7 @@ class OfferService:
             if created and (await self._rooms.get(room_id)).status is not RoomStatus.LIVE:
                 # The show ended while this launch ran, after its end stopped the room's
                 # offers (see stop_offers_in_room): this one must not sell on.
-                await self.end(offer, EndReason.STOPPED)
+                await self._withdraw(offer)
                 raise Conflict("the room has ended", code="room_not_live")
         if not created and not same_launch(
             offer,
@@ -163,8 +163,11 @@ class OfferService:
         other offers have taken theirs, and return it; or the offer stored under `launch_key`,
         when the same launch sent at the same moment got in first. Launches of one product are
         checked one at a time: each offer is its product's nth, and of two launches that read
-        the same n, one is refused the place and checks again."""
-        for _ in range(LAUNCH_TRIES):
+        the same n, one is refused the place and checks again. A stock count made meanwhile
+        is caught by `count_launch` here or by `set_stock` (set_product_stock)."""
+        for attempt in range(LAUNCH_TRIES):
+            if attempt:  # a count may have changed the stock too
+                product = await self._products.get(product.id)
             others = await self._offers.of_product(product.id)
             ensure_stock_left(product, offer.quantity, booked=await self._units_booked(others))
             # Stock first: an offer in the store without stock would answer `paused` and
@@ -180,7 +183,6 @@ class OfferService:
                 await self._offers.create(
                     offer, nth_of_product=len(others) + 1, launch_key=launch_key
                 )
-                return offer
             except (LaunchKeyTaken, ProductOffersChanged):
                 # Another launch got in first: this same one, sent twice at once, or another
                 # offer of the product, whose booking the next try counts.
@@ -188,7 +190,27 @@ class OfferService:
                     taken = await self._offers.by_launch_key(offer.room_id, launch_key)
                     if taken is not None:
                         return taken
+                continue
+            # Counted only once stored, so that a stock count either sees this offer's booking
+            # or finds the count changed and reads the bookings again.
+            if await self._products.count_launch(product.id, stock=product.stock):
+                return offer
+            # A count set another stock figure after this launch checked it, and before its
+            # own check could see this offer: the offer may not fit, and must not sell.
+            await self._withdraw(offer)
+            raise Conflict(
+                "the product's stock was changed while this offer was launched: launch it again",
+                code="stock_changed",
+            )
         raise ProductOffersChanged("offers of this product are being launched at once, try again")
+
+    async def _withdraw(self, offer: FlashOffer) -> None:
+        """Stop an offer whose launch is refused after it was stored, and free its launch key,
+        so the launch sent again with that key is tried afresh rather than answered with this
+        stopped offer. Its units stay booked until it settles (LATE_ORDERS): the room may have
+        seen it in a snapshot meanwhile, and a claim made then holds an order."""
+        await self.end(offer, EndReason.STOPPED)
+        await self._offers.drop_launch_key(offer.id)
 
     async def _units_booked(self, offers: list[FlashOffer]) -> int:
         settled = [offer.id for offer in offers if offer.settled_at is not None]
@@ -205,14 +227,23 @@ class OfferService:
             raise Forbidden("only the product's seller can change its stock")
         if stock < 0:
             raise InvalidInput("stock cannot be negative", code="invalid_stock")
-        booked = await self._units_booked(await self._offers.of_product(product_id))
-        if stock < booked:
-            raise Conflict(
-                f"the product's offers have booked {booked} units: set at least {booked}, or"
-                " stop an offer first",
-                code="stock_booked",
-            )
-        return await self._products.set_stock(product_id, stock)
+        for attempt in range(LAUNCH_TRIES):
+            if attempt:
+                product = await self._products.get(product_id)
+            # The launch count is read before the bookings: a launch stored after it counts
+            # itself after that, so set_stock finds the count changed and this reads again.
+            booked = await self._units_booked(await self._offers.of_product(product_id))
+            if stock < booked:
+                raise Conflict(
+                    f"the product's offers have booked {booked} units: set at least {booked},"
+                    " or stop an offer first",
+                    code="stock_booked",
+                )
+            try:
+                return await self._products.set_stock(product_id, stock, launches=product.launches)
+            except ProductOffersChanged:
+                continue  # an offer was launched meanwhile: count its booking too
+        raise ProductOffersChanged("offers of this product are being launched at once, try again")
 
     async def view(self, offer_id: str) -> tuple[FlashOffer, int | None]:
         """The offer and its remaining stock (None while the stock is being rebuilt)."""
@@ -402,6 +433,10 @@ class OfferService:
         """A claim or a release changed the stock: tell the room soon (the last unit and sold
         out: now)."""
         self._announcer.stock_moved(offer, remaining)
+
+    def last_unit_taken(self, offer: FlashOffer) -> None:
+        """A claim here took the offer's last unit alone: see StockAnnouncer.last_unit_taken."""
+        self._announcer.last_unit_taken(offer)
 
     def forget_quiet_offers(self) -> None:
         """Housekeeping: forget the stock cadence of offers whose stock no longer moves here."""

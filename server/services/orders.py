@@ -37,9 +37,11 @@ from server.domain.offers import (
     FlashOffer,
     claim_error,
 )
+from server.domain.order_pages import OrderPage, decode_cursor, page_of
 from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, place_order
+from server.domain.rooms import ensure_can_manage
 from server.logs import warn_if_failed
-from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
+from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockReservations
 from server.services.load_once import LoadOnce
 from server.services.offers import SKEW_MARGIN, OfferService
 from server.services.room_bans import RoomBans
@@ -70,10 +72,12 @@ class OrderService:
         clock: Callable[[], datetime] = utc_now,
         reservation_ttl: timedelta = RESERVATION_TTL,
         *,
+        rooms: RoomStore,
         bans: RoomBans | None = None,
     ) -> None:
         self._offers = offers
         self._orders = orders
+        self._rooms = rooms
         self._products = products
         self._stock = stock
         self._offer_service = offer_service
@@ -138,6 +142,8 @@ class OrderService:
                     "this claim ran out before its order was written", code="claim_expired"
                 )
         fresh = result.outcome is ClaimOutcome.RESERVED
+        if fresh and result.remaining == 0 and quantity == 1:
+            self._offer_service.last_unit_taken(offer)
         told_early = fresh and result.remaining == 1
         if told_early:
             # Told before the order is written: the claim that takes the last unit may write
@@ -266,15 +272,20 @@ class OrderService:
             raise NotFound(f"order {order_id} not found")
         return order
 
-    async def list(self, who: Identity, *, room_id: str | None, limit: int) -> list[Order]:
+    async def list(
+        self, who: Identity, *, room_id: str | None, limit: int, cursor: str | None = None
+    ) -> OrderPage:
+        """A page of the caller's orders, or with `room_id` of the room's (its host or an
+        admin; Forbidden for anyone else, NotFound for an unknown room), newest first.
+        `cursor` is a page's `next_cursor`: the page after it (InvalidInput if it is not)."""
+        after = None if cursor is None else decode_cursor(cursor)
+        # One more than asked: whether it comes back tells whether there is a next page.
         if room_id is None:
-            return await self._orders.list_for_buyer(who.user_id, limit)
-        orders = await self._orders.list_for_room(room_id, limit)
-        if who.role is Role.ADMIN:
-            return orders
-        if who.role is not Role.HOST:
-            raise Forbidden("only the room's host can list its orders")
-        return [order for order in orders if order.host_id == who.user_id]
+            found = await self._orders.list_for_buyer(who.user_id, limit + 1, after=after)
+        else:
+            ensure_can_manage(await self._rooms.get(room_id), who, "list its orders")
+            found = await self._orders.list_for_room(room_id, limit + 1, after=after)
+        return page_of(found, limit)
 
     async def cancel(self, order_id: str, who: Identity) -> Order:
         """Cancel the buyer's order while it awaits payment. Sent again (the first answer was

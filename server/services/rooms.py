@@ -183,6 +183,11 @@ class RoomService:
         room = await self._rooms.get(room_id)
         ensure_can_manage(room, who)
         product = await self._products.get(product_id)
+        # As with offers: the showcase sells the host's own goods, not another seller's.
+        if product.owner_id != room.host_id:
+            raise Forbidden(
+                "the product does not belong to the room's host", code="not_your_product"
+            )
         before = room.status
         room.pin(product.id)
         await self._rooms.save(room, expected_status=before)

@@ -23,6 +23,8 @@ log = logging.getLogger("liveshop.offers")
 STOCK_ANNOUNCE_SECONDS = 0.5
 # A process that keeps losing the gate gives up after this many periods: others are announcing.
 GATE_TRIES = 20
+# How long the room-wide mark that "1 left" was told outlives the offer's end.
+LAST_UNIT_MARK_SECONDS = 3600.0
 
 
 class StockAnnouncer:
@@ -42,6 +44,7 @@ class StockAnnouncer:
         self._changed_at: dict[str, float] = {}
         self._announced_at: dict[str, float] = {}
         self._last_unit: dict[str, asyncio.Task[None]] = {}  # "1 left" on its way
+        self._told_last_unit: set[str] = set()  # offers whose "1 left" this process told
         self._announcing: dict[str, asyncio.Task[None]] = {}  # the coalesced one per offer
         self._announcements = BackgroundTasks(log, "offer_announce_failed")  # every one
         self._closed = False
@@ -57,9 +60,7 @@ class StockAnnouncer:
         if remaining == 1:
             # As this claim left it, not read again: the next claim may sell it first, and the
             # room would go from more than one to sold out without hearing of the last unit.
-            task = self._announcements.spawn(self._announce_last_unit(offer))
-            self._last_unit[offer.id] = task
-            task.add_done_callback(lambda _: self._forget_last_unit(offer.id, task))
+            self._tell_last_unit(offer)
             return
         if remaining == 0:
             task = self._spawn_announce(offer, delay=0.0, at_once=True)
@@ -69,6 +70,22 @@ class StockAnnouncer:
             return  # it will read the latest figure, or go round again for it
         since = time.monotonic() - self._announced_at.get(offer.id, 0.0)
         self._spawn_announce(offer, delay=max(0.0, STOCK_ANNOUNCE_SECONDS - since))
+
+    def last_unit_taken(self, offer: FlashOffer) -> None:
+        """A claim here took the last unit, alone. The claim that left it may have been
+        another process's, whose "1 left" can reach the room after the end, which drops it:
+        unless the room has heard it (the mark that process sets once it has published), this
+        process tells it, before sold out. (Nothing to tell of an offer of one unit.)"""
+        if self._closed or offer.quantity == 1 or offer.id in self._told_last_unit:
+            return
+        self._changed_at[offer.id] = time.monotonic()
+        self._tell_last_unit(offer, unless_marked=True)
+
+    def _tell_last_unit(self, offer: FlashOffer, *, unless_marked: bool = False) -> None:
+        self._told_last_unit.add(offer.id)
+        task = self._announcements.spawn(self._announce_last_unit(offer, unless_marked))
+        self._last_unit[offer.id] = task  # the sold-out end waits for it (_end_sold_out)
+        task.add_done_callback(lambda _: self._forget_last_unit(offer.id, task))
 
     def _announcement_waiting(self, offer_id: str) -> bool:
         # A task that has returned is forgotten only by its done callback, one loop pass later:
@@ -100,6 +117,7 @@ class StockAnnouncer:
         """The offer has ended: nothing more to announce for it."""
         self._changed_at.pop(offer_id, None)
         self._announced_at.pop(offer_id, None)
+        self._told_last_unit.discard(offer_id)
 
     def remembered(self) -> int:
         """How many offers' cadence this process keeps."""
@@ -119,13 +137,20 @@ class StockAnnouncer:
         if self._last_unit.get(offer_id) is task:
             del self._last_unit[offer_id]
 
-    async def _announce_last_unit(self, offer: FlashOffer) -> None:
+    async def _announce_last_unit(self, offer: FlashOffer, unless_marked: bool) -> None:
+        room, mark, marked_for = offer.room_id, f"last-unit:{offer.id}", self._mark_seconds(offer)
         try:
+            # The mark is taken once the figure is published: a process that finds it taken
+            # knows the room has heard it, before the end. Between the two, both may tell it.
+            if unless_marked and not await self._events.try_gate(room, mark, marked_for):
+                return
             # Past the cadence; the gate is taken all the same where it is free, so the next
             # figure waits its period.
-            await self._events.try_gate(offer.room_id, f"stock:{offer.id}", STOCK_ANNOUNCE_SECONDS)
+            await self._events.try_gate(room, f"stock:{offer.id}", STOCK_ANNOUNCE_SECONDS)
             self._announced_at[offer.id] = time.monotonic()
             await self.publish_stock(offer, 1)
+            if not unless_marked:
+                await self._events.try_gate(room, mark, marked_for)
         except LiveshopError as error:
             log.warning("offer_announce_failed", extra={"offer_id": offer.id, "code": error.code})
 
@@ -140,6 +165,12 @@ class StockAnnouncer:
                 await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
         except LiveshopError as error:
             log.warning("offer_announce_failed", extra={"offer_id": offer.id, "code": error.code})
+
+    def _mark_seconds(self, offer: FlashOffer) -> float:
+        """How long the "1 left" mark lasts: past the offer's end by time, which no sale
+        outlives."""
+        left = (offer.ends_at - self._clock()).total_seconds()
+        return max(left, 0.0) + LAST_UNIT_MARK_SECONDS
 
     async def _announce_once(self, offer: FlashOffer, *, at_once: bool) -> bool:
         """Tell the room the offer's stock; True when it moved here after the figure was read.

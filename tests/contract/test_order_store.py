@@ -16,6 +16,7 @@ from server.adapters.memory_orders import MemoryOrderStore
 from server.adapters.mongo.orders import MongoOrderStore
 from server.domain.errors import Conflict, InvalidInput, NotFound
 from server.domain.figures import OfferFigures
+from server.domain.order_pages import OrderKey
 from server.domain.orders import OrderStatus, is_legal_history
 from server.ports import OrderStore
 from tests.contract.order_samples import (
@@ -166,6 +167,57 @@ async def test_lists_are_scoped_and_newest_first(stores: Stores) -> None:
     assert [o.id for o in await stores.orders.list_for_room("r_2", 10)] == ["o_4", "o_2"]
     assert [o.id for o in await stores.orders.list_for_room("r_1", 10)] == ["o_3", "o_1", "o_0"]
     assert await stores.orders.list_for_buyer("u_nobody", 10) == []
+
+
+async def _pages(stores: Stores, scope: str, limit: int) -> list[list[str]]:
+    """Every page of a list (buyer `u_1`, or room `r_1`), each read after the last one's key."""
+    read = stores.orders.list_for_buyer if scope == "buyer" else stores.orders.list_for_room
+    whose = "u_1" if scope == "buyer" else "r_1"
+    pages: list[list[str]] = []
+    after: OrderKey | None = None
+    while page := await read(whose, limit, after=after):
+        pages.append([o.id for o in page])
+        after = OrderKey.of(page[-1])
+        assert len(pages) < 50, "the pages never end"
+    return pages
+
+
+@pytest.mark.parametrize("scope", ["buyer", "room"])
+@pytest.mark.parametrize("limit", [1, 2, 3, 9])
+async def test_lists_page_after_a_key_ties_broken_by_id(
+    stores: Stores, scope: str, limit: int
+) -> None:
+    # Ids in no particular order against their times, several to a millisecond.
+    for order_id, seconds in [
+        ("o_e", 0), ("o_a", 1), ("o_c", 1), ("o_b", 1), ("o_g", 2), ("o_d", 3), ("o_f", 3),
+        ("o_h", 3), ("o_0", 3),
+    ]:  # fmt: skip
+        await stores.orders.create(sample_order(order_id, f"k_{order_id}", seconds=seconds))
+    other_room = sample_offer("of_2", room_id="r_2")
+    await stores.orders.create(sample_order("o_x", "k_x", buyer="u_2", offer=other_room))
+
+    newest_first = ["o_h", "o_f", "o_d", "o_0", "o_g", "o_c", "o_b", "o_a", "o_e"]
+    pages = await _pages(stores, scope, limit)
+    assert [i for page in pages for i in page] == newest_first
+    assert [len(page) for page in pages[:-1]] == [limit] * (len(pages) - 1)
+
+
+async def test_a_page_after_a_key_no_order_has(stores: Stores) -> None:
+    for i in range(4):
+        await stores.orders.create(sample_order(f"o_{i}", f"k_{i}", seconds=i))
+    between = OrderKey(T0 + timedelta(seconds=2), "o_2a")  # after o_2 in the same millisecond
+    assert [o.id for o in await stores.orders.list_for_buyer("u_1", 10, after=between)] == [
+        "o_2",
+        "o_1",
+        "o_0",
+    ]
+    later = OrderKey(T0 + timedelta(seconds=1, milliseconds=1), "o_0")
+    assert [o.id for o in await stores.orders.list_for_room("r_1", 10, after=later)] == [
+        "o_1",
+        "o_0",
+    ]
+    oldest = OrderKey(T0, "o_0")
+    assert await stores.orders.list_for_room("r_1", 10, after=oldest) == []
 
 
 async def test_save_move_appends_the_transition(stores: Stores) -> None:

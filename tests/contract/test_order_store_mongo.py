@@ -19,6 +19,7 @@ from server.adapters.mongo.orders import (
 )
 from server.domain.errors import Unavailable
 from server.domain.figures import OfferFigures
+from server.domain.order_pages import OrderKey
 from server.domain.orders import OrderStatus
 from tests.contract.order_samples import figures_of_offer, move_order, sample_order
 
@@ -173,3 +174,45 @@ async def test_mongo_processes_creating_the_same_keys_at_once(mongo_db: Any) -> 
     assert await mongo_db[ORDERS].count_documents({}) == 200
     for store in stores:
         await store.close()
+
+
+async def test_mongo_a_later_page_reads_only_its_own_keys(mongodb_url: str) -> None:
+    # The page after a key is read from the list's index from that key on, in order: a buyer
+    # with many orders pays for a page, not for every order before it (nor for a sort).
+    finds: list[dict[str, Any]] = []
+
+    class Finds(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "find":
+                finds.append(dict(event.command))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None: ...
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongodb_url, event_listeners=[Finds()]
+    )
+    db = client[f"pages_{uuid.uuid4().hex[:8]}"]
+    try:
+        await ensure_order_indexes(db)
+        store = MongoOrderStore(db)
+        for i in range(120):  # three to a second: ties on created_at
+            await store.create(sample_order(f"o_{i:03d}", f"k_{i}", seconds=i // 3))
+        middle = await store.get("o_061")
+        after = OrderKey.of(middle)
+        for read, scope in [(store.list_for_buyer, "u_1"), (store.list_for_room, "r_1")]:
+            finds.clear()
+            page = await read(scope, 10, after=after)
+            assert [o.id for o in page] == [f"o_{i:03d}" for i in range(60, 50, -1)]
+            [find] = finds
+            command = {k: find[k] for k in ("find", "filter", "sort", "limit")}
+            plan = await db.command("explain", command, verbosity="executionStats")
+            stages = str(plan["queryPlanner"]["winningPlan"])
+            assert "IXSCAN" in stages, stages
+            assert "'SORT'" not in stages, stages  # (SORT_MERGE merges ranges in order)
+            assert plan["executionStats"]["totalKeysExamined"] <= 10 + 2  # + the ends of ranges
+        await store.close()
+    finally:
+        await client.drop_database(db.name)
+        await client.close()

@@ -13,7 +13,7 @@ from bson import Decimal128
 
 from server.adapters.memory import MemoryProductStore
 from server.adapters.mongo.stores import PRODUCTS, MongoProductStore
-from server.domain.errors import NotFound
+from server.domain.errors import NotFound, ProductOffersChanged
 from server.domain.money import Money
 from server.domain.products import Product
 from server.ports import ProductStore
@@ -103,11 +103,46 @@ async def test_mongo_reads_products_stored_before_the_trade_fields(mongo_db: Any
 
 async def test_set_stock_changes_only_the_stock(products: ProductStore) -> None:
     await products.create(_full())
-    restocked = await products.set_stock("p_1", 75)
+    restocked = await products.set_stock("p_1", 75, launches=0)
     assert restocked.stock == 75
     assert await products.get("p_1") == restocked
     expected = _full()
     expected.stock = 75
     assert restocked == expected
     with pytest.raises(NotFound):
-        await products.set_stock("p_missing", 1)
+        await products.set_stock("p_missing", 1, launches=0)
+
+
+async def test_launches_and_stock_counts_each_see_the_other(products: ProductStore) -> None:
+    """A launch counts itself only against the stock it checked; a count stores its figure
+    only if no launch counted itself since the count read the bookings."""
+    await products.create(_full())  # stock 40
+    assert await products.count_launch("p_1", stock=40)
+    assert (await products.get("p_1")).launches == 1
+    with pytest.raises(ProductOffersChanged):  # read before that launch
+        await products.set_stock("p_1", 10, launches=0)
+    assert (await products.get("p_1")).stock == 40
+    assert (await products.set_stock("p_1", 10, launches=1)).stock == 10
+    assert not await products.count_launch("p_1", stock=40)  # checked against the old figure
+    assert (await products.get("p_1")).launches == 1
+    assert not await products.count_launch("p_missing", stock=40)
+
+
+async def test_a_product_stored_before_launches_were_counted_takes_a_count(
+    mongo_db: Any,
+) -> None:
+    await mongo_db[PRODUCTS].insert_one(
+        {
+            "_id": "p_old",
+            "owner_id": "host-1",
+            "title": "Old",
+            "price": {"amount": Decimal128("1.00"), "currency": "USD"},
+            "stock": 3,
+            "created_at": T0,
+        }
+    )
+    store = MongoProductStore(mongo_db)
+    assert (await store.get("p_old")).launches == 0
+    assert (await store.set_stock("p_old", 5, launches=0)).stock == 5
+    assert await store.count_launch("p_old", stock=5)
+    assert (await store.get("p_old")).launches == 1

@@ -48,7 +48,7 @@ async def test_a_settled_offer_gives_back_its_unsold_units_on_real_backends(
     await room_service.start(room.id, HOST)
     offers = OfferService(offers_store, orders_store, rooms, products, stock, events, clock)
     orders = OrderService(
-        offers_store, orders_store, products, stock, offers, events.send_private, clock
+        offers_store, orders_store, products, stock, offers, events.send_private, clock, rooms=rooms
     )
 
     async def launch(quantity: int) -> str:

@@ -24,7 +24,24 @@ def test_lists_document_their_queries() -> None:
     rooms = parameters("get", "/rooms")
     assert rooms["status"]["schema"]["enum"] == ["scheduled", "live", "ended"]
     assert rooms["limit"]["schema"]["maximum"] == 100
-    assert set(parameters("get", "/orders")) == {"room_id", "limit"}
+    orders = parameters("get", "/orders")
+    assert set(orders) == {"room_id", "limit", "cursor"}
+    assert orders["limit"]["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 200,
+        "default": 50,
+    }
+    assert "invalid_cursor" in orders["cursor"]["description"]
+
+
+def test_the_order_list_documents_its_pages() -> None:
+    document = openapi_document()
+    answer = document["paths"]["/orders"]["get"]["responses"]["200"]
+    ref = answer["content"]["application/json"]["schema"]["$ref"]
+    page = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert page["required"] == ["items", "next_cursor"]
+    assert page["properties"]["next_cursor"]["type"] == ["string", "null"]
 
 
 def test_every_operation_documents_the_backend_being_away() -> None:

@@ -42,6 +42,7 @@ from server.domain.errors import (
 )
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
+from server.domain.order_pages import OrderKey
 from server.domain.orders import Order, OrderStatus
 
 log = logging.getLogger("liveshop.orders")
@@ -148,6 +149,10 @@ class MongoOfferStore:
                     "another offer of this product was launched meanwhile"
                 ) from None
             raise Conflict(f"offer {offer.id} exists") from None
+
+    @_translate_errors
+    async def drop_launch_key(self, offer_id: str) -> None:
+        await self._offers.update_one({"_id": offer_id}, {"$unset": {LAUNCH_KEY: ""}})
 
     @_translate_errors
     async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
@@ -346,13 +351,33 @@ class MongoOrderStore:
         return None if doc is None else order_from(doc)
 
     @_translate_errors
-    async def list_for_buyer(self, buyer_id: str, limit: int) -> builtins.list[Order]:
-        cursor = self._orders.find({"buyer_id": buyer_id}).sort(_NEWEST_FIRST).limit(limit)
-        return [order_from(doc) async for doc in cursor]
+    async def list_for_buyer(
+        self, buyer_id: str, limit: int, *, after: OrderKey | None = None
+    ) -> builtins.list[Order]:
+        return await self._newest({"buyer_id": buyer_id}, limit, after)
 
     @_translate_errors
-    async def list_for_room(self, room_id: str, limit: int) -> builtins.list[Order]:
-        cursor = self._orders.find({"room_id": room_id}).sort(_NEWEST_FIRST).limit(limit)
+    async def list_for_room(
+        self, room_id: str, limit: int, *, after: OrderKey | None = None
+    ) -> builtins.list[Order]:
+        return await self._newest({"room_id": room_id}, limit, after)
+
+    async def _newest(
+        self, query: Document, limit: int, after: OrderKey | None
+    ) -> builtins.list[Order]:
+        if after is not None:
+            # The rule of order_pages.comes_after. Each branch is one range of the (scope,
+            # created_at, _id) index, merged in sort order: no sort in memory, no key before
+            # the cursor's read.
+            at = after.created_at
+            query = {
+                **query,
+                "$or": [
+                    {"created_at": {"$lt": at}},
+                    {"created_at": at, "_id": {"$lt": after.order_id}},
+                ],
+            }
+        cursor = self._orders.find(query).sort(_NEWEST_FIRST).limit(limit)
         return [order_from(doc) async for doc in cursor]
 
     @_translate_errors

@@ -19,7 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from server.adapters.unreachable import unavailable_when
-from server.domain.errors import Conflict, NotFound
+from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.money import Money
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
@@ -27,6 +27,8 @@ from server.domain.rooms import Room, RoomStatus
 PRODUCTS = "products"
 ROOMS = "rooms"
 ROOM_BANS = "room_bans"
+# On a product: how many offers were launched against its stock figure (Product.launches).
+LAUNCHES = "launches"
 
 Document = dict[str, Any]
 _CODEC: CodecOptions[Document] = CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC)
@@ -92,13 +94,25 @@ class MongoProductStore:
         return _product_from(doc)
 
     @_translate_errors
-    async def set_stock(self, product_id: str, stock: int) -> Product:
+    async def set_stock(self, product_id: str, stock: int, *, launches: int) -> Product:
+        # Products stored before launches were counted have no count: they match 0.
+        counted: Any = {"$in": [0, None]} if launches == 0 else launches
         doc = await self._products.find_one_and_update(
-            {"_id": product_id}, {"$set": {"stock": stock}}, return_document=ReturnDocument.AFTER
+            {"_id": product_id, LAUNCHES: counted},
+            {"$set": {"stock": stock}},
+            return_document=ReturnDocument.AFTER,
         )
-        if doc is None:
-            raise NotFound(f"product {product_id} not found")
-        return _product_from(doc)
+        if doc is not None:
+            return _product_from(doc)
+        await self.get(product_id)  # NotFound for an unknown product
+        raise ProductOffersChanged("an offer of this product was launched meanwhile")
+
+    @_translate_errors
+    async def count_launch(self, product_id: str, *, stock: int) -> bool:
+        result = await self._products.update_one(
+            {"_id": product_id, "stock": stock}, {"$inc": {LAUNCHES: 1}}
+        )
+        return result.matched_count == 1
 
 
 class MongoRoomStore:
@@ -235,6 +249,7 @@ def _product_doc(product: Product) -> Document:
         "hs_code": product.hs_code,
         "weight_grams": product.weight_grams,
         "other_prices": [_money_doc(price) for price in product.other_prices],
+        LAUNCHES: product.launches,
     }
 
 
@@ -254,6 +269,7 @@ def _product_from(doc: Document) -> Product:
         hs_code=doc.get("hs_code"),
         weight_grams=doc.get("weight_grams"),
         other_prices=[_money_from(price) for price in doc.get("other_prices", [])],
+        launches=doc.get(LAUNCHES, 0),
     )
 
 

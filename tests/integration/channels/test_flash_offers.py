@@ -160,7 +160,7 @@ async def test_the_host_stops_an_offer_and_orders_are_listed(live: Live) -> None
     mine = await live.http.get(
         "/api/v1/orders", headers={"Authorization": f"Bearer {token('leo')}"}
     )
-    assert [o["id"] for o in mine.json()["items"]] == [order["id"]]
+    assert mine.json() == {"items": [order], "next_cursor": None}
     hosts = await live.host("GET", f"/orders?room_id={live.room_id}")
     assert [o["id"] for o in hosts.json()["items"]] == [order["id"]]
     stranger = await live.http.get(
@@ -172,6 +172,75 @@ async def test_the_host_stops_an_offer_and_orders_are_listed(live: Live) -> None
     )
     assert cancel.json()["status"] == "cancelled"
     assert [h["to"] for h in cancel.json()["history"]] == ["pending_payment", "cancelled"]
+
+
+async def list_orders(live: Live, user: str, role: Role = Role.SHOPPER, **query: Any) -> Any:
+    return await live.http.get(
+        "/api/v1/orders", params=query, headers={"Authorization": f"Bearer {token(user, role)}"}
+    )
+
+
+async def all_pages(live: Live, user: str, role: Role, **query: Any) -> list[list[str]]:
+    pages: list[list[str]] = []
+    while True:
+        answer = await list_orders(live, user, role, **query)
+        assert answer.status_code == 200, answer.text
+        pages.append([o["id"] for o in answer.json()["items"]])
+        if answer.json()["next_cursor"] is None:
+            return pages
+        assert len(pages) < 20, "the pages never end"
+        query["cursor"] = answer.json()["next_cursor"]
+
+
+async def test_orders_are_listed_in_pages_for_their_buyer_and_the_rooms_host(live: Live) -> None:
+    offer = await launch(live, quantity=10, limit=5)
+    claims = [await claim(live, offer["id"], "leo", f"k-{i}") for i in range(5)]
+    claims.append(await claim(live, offer["id"], "mia", "k-0"))
+    assert [c.status_code for c in claims] == [201] * 6, [c.text for c in claims]
+    stored = [c.json() for c in claims]
+    newest_first = [o["id"] for o in sorted(stored, key=lambda o: (o["created_at"], o["id"]))][::-1]
+    leos = [i for i in newest_first if i != stored[-1]["id"]]
+
+    assert await all_pages(live, "leo", Role.SHOPPER, limit=2) == [leos[:2], leos[2:4], leos[4:]]
+    assert await all_pages(live, "leo", Role.SHOPPER, limit=5) == [leos]
+    hosts = await all_pages(live, "host-1", Role.HOST, room_id=live.room_id, limit=4)
+    assert hosts == [newest_first[:4], newest_first[4:]]
+    admins = await all_pages(live, "root", Role.ADMIN, room_id=live.room_id, limit=3)
+    assert [i for page in admins for i in page] == newest_first
+
+    # A page read, then a new order: the next page goes on where the first stopped.
+    first = (await list_orders(live, "host-1", Role.HOST, room_id=live.room_id, limit=3)).json()
+    assert (await claim(live, offer["id"], "mia", "k-1")).status_code == 201
+    rest = await all_pages(
+        live, "host-1", Role.HOST, room_id=live.room_id, limit=3, cursor=first["next_cursor"]
+    )
+    assert rest == [newest_first[3:]]
+
+
+async def test_listing_a_rooms_orders_is_for_its_host(live: Live) -> None:
+    offer = await launch(live)
+    assert (await claim(live, offer["id"], "leo", "k")).status_code == 201
+    for user, role in [("host-2", Role.HOST), ("leo", Role.SHOPPER)]:
+        refused = await list_orders(live, user, role, room_id=live.room_id)
+        assert refused.status_code == 403, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "forbidden"
+        assert refused.json()["detail"] == "only the room's host can list its orders"
+    unknown = await list_orders(live, "host-1", Role.HOST, room_id="r_unknown")
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+
+
+async def test_a_bad_cursor_is_refused(live: Live) -> None:
+    offer = await launch(live)
+    for key in ("k-1", "k-2"):
+        assert (await claim(live, offer["id"], "leo", key)).status_code == 201
+    cursor = (await list_orders(live, "leo", limit=1)).json()["next_cursor"]
+    assert cursor is not None
+    for bad in ["", "x", cursor[:-2], cursor[:5] + ("A" if cursor[5] != "A" else "B") + cursor[6:]]:
+        refused = await list_orders(live, "leo", limit=1, cursor=bad)
+        assert refused.status_code == 422, (bad, refused.text)
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "invalid_cursor"
 
 
 async def test_an_offer_ends_by_time_once(live: Live) -> None:

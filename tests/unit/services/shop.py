@@ -16,7 +16,7 @@ from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.domain.orders import Address, Order
-from server.ports import OfferStore, OrderStore, StockReservations
+from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from server.services.rooms import RoomService
@@ -30,22 +30,28 @@ ADDRESS = Address.clean(
 )
 
 
-class HeldCreates:
-    """A store (of orders, of offers) whose creates wait at `gate` until it is set: a write
-    under way while the test does something else. `entered` is set once one is waiting."""
+class HeldCalls:
+    """A store (of orders, offers, products) whose `method` calls wait at `gate` until it is
+    set: a write under way while the test does something else. `entered` is set once one is
+    waiting."""
 
-    def __init__(self, shared: Any) -> None:
+    def __init__(self, shared: Any, method: str = "create") -> None:
         self._shared = shared
+        self._method = method
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
+        call = getattr(self._shared, name)
+        if name != self._method:
+            return call
 
-    async def create(self, *args: Any, **kwargs: Any) -> Any:
-        self.entered.set()
-        await self.gate.wait()
-        return await self._shared.create(*args, **kwargs)
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            self.entered.set()
+            await self.gate.wait()
+            return await call(*args, **kwargs)
+
+        return held
 
 
 def buyer(n: int) -> Identity:
@@ -132,7 +138,7 @@ async def open_shop() -> Shop:
     await room_service.start(room.id, HOST)
     offers = OfferService(offers_store, orders_store, rooms, products, stock, events, clock)
     orders = OrderService(
-        offers_store, orders_store, products, stock, offers, events.send_private, clock
+        offers_store, orders_store, products, stock, offers, events.send_private, clock, rooms=rooms
     )
     return Shop(
         clock,
@@ -156,15 +162,16 @@ def other_process(
     orders: OrderStore | None = None,
     stock: StockReservations | None = None,
     events: RecordingEvents | None = None,
+    products: ProductStore | None = None,
 ) -> tuple[OfferService, OrderService]:
     """Another server process: its own services over the same stores, reservations and room
-    (or ones that behave differently: busy, failing). `offers_store` is for its offer service
-    alone."""
+    (or ones that behave differently: busy, failing). `offers_store` and `products` are for
+    its offer service alone."""
     offers = OfferService(
         offers_store or shop.offers_store,
         shop.orders_store,
         shop.rooms,
-        shop.products,
+        products or shop.products,
         stock or shop.stock,
         events or shop.events,
         shop.clock,
@@ -177,6 +184,7 @@ def other_process(
         offers,
         shop.events.send_private,
         shop.clock,
+        rooms=shop.rooms,
     )
 
 

@@ -59,6 +59,7 @@ class FlashSale(RuleBasedStateMachine):
             self.offers,
             events.send_private,
             self.clock,
+            rooms=rooms,
         )
         self.by_key: dict[tuple[str, str], str] = {}
         self.quantity_of: dict[tuple[str, str], int] = {}  # what each key first claimed

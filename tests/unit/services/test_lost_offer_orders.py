@@ -14,7 +14,7 @@ from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
 from server.ports import OrderStore, StockReservations
 from tests.unit.services.shop import (
     ADDRESS,
-    HeldCreates,
+    HeldCalls,
     Shop,
     buyer,
     open_shop,
@@ -29,7 +29,7 @@ async def test_an_order_landing_while_a_stale_rebuild_runs_keeps_the_offer_from_
 ):
     shop = await open_shop()
     offer = await shop.launch(quantity=1, limit=1)
-    writing = HeldCreates(shop.orders_store)
+    writing = HeldCalls(shop.orders_store)
     _, process_a = other_process(shop, orders=cast(OrderStore, writing))
     stock_b = FlakyStock(shop.stock)
     _, process_b = other_process(shop, stock=cast(StockReservations, stock_b))
@@ -63,7 +63,7 @@ async def written_across_a_stale_rebuild(
 ) -> tuple[Order, bool]:
     """Buyer 1's claim with key "k", in another process: while its order is being written,
     Redis loses the offer and a third process rebuilds it from orders that lack this one."""
-    writing = HeldCreates(shop.orders_store)
+    writing = HeldCalls(shop.orders_store)
     _, process_a = other_process(shop, orders=cast(OrderStore, writing), stock=stock)
     claim = asyncio.create_task(
         process_a.claim(offer.id, buyer(1), quantity=quantity, idempotency_key="k", address=ADDRESS)

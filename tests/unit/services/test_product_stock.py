@@ -14,14 +14,14 @@ from server.adapters.memory_orders import MemoryOfferStore
 from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import LATE_ORDERS, FlashOffer
 from server.domain.orders import OrderStatus
-from server.ports import OfferStore, OrderStore, StockReservations
+from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,
-    HeldCreates,
+    HeldCalls,
     Shop,
     buyer,
     launch_through,
@@ -166,7 +166,7 @@ async def test_launches_racing_for_one_product_book_its_stock_once(shop: Shop) -
 async def test_an_order_landing_after_its_offer_settled_on_a_lost_stock_is_cancelled(
     shop: Shop,
 ) -> None:
-    slow = HeldCreates(shop.orders_store)
+    slow = HeldCalls(shop.orders_store)
     _, orders = other_process(shop, orders=cast(OrderStore, slow))
     first = await shop.launch(quantity=STOCK, limit=1)
     claim = asyncio.ensure_future(
@@ -227,6 +227,7 @@ async def test_settling_stops_a_stock_that_a_failed_rebuild_left_open(shop: Shop
         offers,
         shop.events.send_private,
         shop.clock,
+        rooms=shop.rooms,
     )
     with pytest.raises(Unavailable):
         await orders.claim(first.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
@@ -290,3 +291,50 @@ async def test_a_count_below_what_running_offers_booked_is_refused(shop: Shop) -
     await shop.offers.stop(offer.id, HOST)
     await settle(shop)  # now it books only its one order's unit
     assert (await shop.offers.set_product_stock(HOST, shop.product_id, 1)).stock == 1
+
+
+async def test_a_count_made_while_a_launch_stored_its_offer_withdraws_that_offer(
+    shop: Shop,
+) -> None:
+    """The launch checked 30 against 50; a count to 10 read the bookings before the offer was
+    stored. The launch finds the figure it checked gone and takes its offer back."""
+    storing = HeldCalls(shop.offers_store)
+    launching, _ = other_process(shop, offers_store=cast(OfferStore, storing))
+    launch = asyncio.create_task(launch_through(launching, shop, quantity=30, key="drop-1"))
+    await asyncio.wait_for(storing.entered.wait(), 2)
+    assert (await shop.offers.set_product_stock(HOST, shop.product_id, 10)).stock == 10
+    storing.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await launch
+    assert refused.value.code == "stock_changed"
+    [withdrawn] = await shop.offers_store.of_product(shop.product_id)
+    assert withdrawn.end_reason is not None
+    assert withdrawn.end_reason.value == "stopped"
+    assert await shop.offers_store.open_in_room(shop.room_id) == []
+    assert shop.events.of_type("offer.started") == []  # the room never heard of it
+    # Sent again with its key, the launch is tried afresh against the count, not answered
+    # with the withdrawn offer.
+    with pytest.raises(Conflict) as again:
+        await launch_through(shop.offers, shop, quantity=30, key="drop-1")
+    assert again.value.code == "insufficient_stock"
+    assert (await shop.products.get(shop.product_id)).stock == 10
+
+
+async def test_a_count_that_read_the_bookings_before_a_launch_counted_reads_them_again(
+    shop: Shop,
+) -> None:
+    """The count read no bookings and was about to store 20; a launch of 30 got in first. The
+    count sees the launch counted, reads again, and is refused: nothing is overbooked."""
+    storing = HeldCalls(shop.products, "set_stock")
+    counting, _ = other_process(shop, products=cast(ProductStore, storing))
+    count = asyncio.create_task(counting.set_product_stock(HOST, shop.product_id, 20))
+    await asyncio.wait_for(storing.entered.wait(), 2)
+    offer, _ = await launch_through(shop.offers, shop, quantity=30)
+    storing.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await count
+    assert refused.value.code == "stock_booked"
+    assert (await shop.products.get(shop.product_id)).stock == STOCK
+    assert (await shop.offers_store.get(offer.id)).end_reason is None  # still selling
+    # A count that fits what the launch booked is stored.
+    assert (await counting.set_product_stock(HOST, shop.product_id, 30)).stock == 30

@@ -93,6 +93,7 @@ async def test_a_banned_buyer_cannot_claim_and_takes_nothing(shop: Shop) -> None
         shop.offers,
         shop.events.send_private,
         shop.clock,
+        rooms=shop.rooms,
         bans=RoomBans(shop.rooms),
     )
     with pytest.raises(Forbidden) as refused:

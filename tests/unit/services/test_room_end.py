@@ -11,7 +11,15 @@ from server.domain.errors import Conflict, Unavailable
 from server.domain.rooms import RoomStatus
 from server.ports import OfferStore
 from server.services.rooms import RoomService, StopOffers
-from tests.unit.services.shop import HOST, HeldCreates, Shop, buyer, open_shop, other_process
+from tests.unit.services.shop import (
+    HOST,
+    HeldCalls,
+    Shop,
+    buyer,
+    launch_through,
+    open_shop,
+    other_process,
+)
 
 
 def rooms_of(shop: Shop, stop_offers: StopOffers | None = None) -> RoomService:
@@ -44,20 +52,9 @@ async def test_ending_the_room_ends_its_offers_before_the_room() -> None:
 
 async def test_a_launch_that_raced_the_end_is_stopped_and_refused() -> None:
     shop = await open_shop()
-    storing = HeldCreates(shop.offers_store)
+    storing = HeldCalls(shop.offers_store)
     launching, _ = other_process(shop, offers_store=cast(OfferStore, storing))
-    launch = asyncio.create_task(
-        launching.launch(
-            shop.room_id,
-            HOST,
-            product_id=shop.product_id,
-            price=(await shop.launch()).price,
-            quantity=2,
-            per_user_limit=1,
-            countdown_seconds=0,
-            duration_seconds=3600,
-        )
-    )
+    launch = asyncio.create_task(launch_through(launching, shop, quantity=2, key="late-1"))
     await asyncio.wait_for(storing.entered.wait(), 2)  # found the room live, storing its offer
     await rooms_of(shop).end(shop.room_id, HOST)  # finds no such offer yet
     storing.gate.set()
@@ -65,6 +62,11 @@ async def test_a_launch_that_raced_the_end_is_stopped_and_refused() -> None:
         await launch
     assert refused.value.code == "room_not_live"
     assert await shop.offers_store.open_in_room(shop.room_id) == []
+    # Sent again with its key (the host's client never got the answer): the same refusal, not
+    # the stopped offer as if it had launched.
+    with pytest.raises(Conflict) as again:
+        await launch_through(shop.offers, shop, quantity=2, key="late-1")
+    assert again.value.code == "room_not_live"
 
 
 async def test_an_end_whose_offers_could_not_be_stopped_leaves_the_room_live_for_a_retry() -> None:

@@ -219,6 +219,22 @@ async def test_pin_unknown_product_changes_nothing(
     assert events.events == []
 
 
+async def test_pin_another_sellers_product_is_refused(
+    service: RoomService, events: RecordingEvents
+) -> None:
+    room = await service.create_room(HOST, "Spring drop")
+    theirs = await _product(service, owner=OTHER_HOST)
+    for who in (HOST, ADMIN):  # not even an admin puts another seller's goods in the showcase
+        with pytest.raises(Forbidden) as refused:
+            await service.pin(room.id, theirs, who)
+        assert refused.value.code == "not_your_product"
+    assert (await service.get_room(room.id)).pinned_product_id is None
+    assert events.events == []
+    # The host's own product, pinned by an admin, is fine.
+    pinned_room, _ = await service.pin(room.id, await _product(service), ADMIN)
+    assert pinned_room.pinned_product_id is not None
+
+
 async def test_slow_mode_is_stored_then_announced(
     service: RoomService, events: RecordingEvents
 ) -> None:
