@@ -179,6 +179,8 @@ class RoomListQuery(BaseModel):
 
     status: RoomStatus | None = None
     limit: int = Field(default=20, ge=1, le=100)
+    # Checked by the service, so that any bad cursor answers `invalid_cursor`.
+    cursor: str | None = None
 
 
 def iso_utc(moment: datetime | None) -> str | None:

@@ -17,8 +17,8 @@ from server.domain.offers import (
     RecoveredClaim,
     StockSnapshot,
 )
-from server.domain.order_pages import OrderKey
 from server.domain.orders import Order, OrderStatus
+from server.domain.pages import PageKey
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
 
@@ -37,8 +37,9 @@ class ProductStore(Protocol):
         ...
 
     async def count_launch(self, product_id: str, *, stock: int) -> bool:
-        """Count an offer as launched against the stock `stock`: False, counting nothing, if
-        the product's stock is no longer `stock` (a stock count changed it meanwhile)."""
+        """Count an offer launched against the stock `stock`: False, counting nothing, if a
+        stock count has set the product's stock below `stock` meanwhile (a stock at least as
+        large still has room for what the launch checked)."""
         ...
 
 
@@ -49,7 +50,11 @@ class RoomStore(Protocol):
         """The room, or NotFound."""
         ...
 
-    async def list(self, *, status: RoomStatus | None, limit: int) -> builtins.list[Room]: ...
+    async def list(
+        self, *, status: RoomStatus | None, limit: int, after: PageKey | None = None
+    ) -> builtins.list[Room]:
+        """Up to `limit` rooms, newest first, after `after` (pages.comes_after): a page."""
+        ...
 
     async def save(self, room: Room, *, expected_status: RoomStatus) -> None:
         """Write the room's lifecycle and showcase if its stored status is still
@@ -110,11 +115,6 @@ class OfferStore(Protocol):
         LaunchKeyTaken when an offer of the room has this `launch_key` already."""
         ...
 
-    async def drop_launch_key(self, offer_id: str) -> None:
-        """Free the launch key of an offer whose launch was refused after it was stored: the
-        launch, sent again with its key, is then tried afresh."""
-        ...
-
     async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
         """The room's offer launched under this key, if any."""
         ...
@@ -135,9 +135,13 @@ class OfferStore(Protocol):
         """The room's latest `limit` offers, ended or not, by start time (oldest first)."""
         ...
 
-    async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
+    async def record_end(
+        self, offer_id: str, reason: EndReason, at: datetime, *, free_launch_key: bool = False
+    ) -> FlashOffer | None:
         """End the offer exactly once: the ended offer, or None when it had already ended.
-        The same write notes the end as unfinished (see `unfinished_ends`)."""
+        The same write notes the end as unfinished (see `unfinished_ends`), and with
+        `free_launch_key` frees the offer's launch key (also when it had ended already): its
+        launch was refused, and sent again with that key is tried afresh."""
         ...
 
     async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
@@ -182,14 +186,14 @@ class OrderStore(Protocol):
     async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None: ...
 
     async def list_for_buyer(
-        self, buyer_id: str, limit: int, *, after: OrderKey | None = None
+        self, buyer_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:
         """The buyer's orders, newest first by (created_at, id); with `after`, only those that
-        sort after that key (`server.domain.order_pages.comes_after`): the next page."""
+        sort after that key (`server.domain.pages.comes_after`): the next page."""
         ...
 
     async def list_for_room(
-        self, room_id: str, limit: int, *, after: OrderKey | None = None
+        self, room_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:
         """The room's orders, newest first, paged as `list_for_buyer`."""
         ...

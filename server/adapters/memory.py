@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from server.domain.errors import Conflict, NotFound, ProductOffersChanged
+from server.domain.pages import PageKey, newest_first
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
 
@@ -37,7 +38,7 @@ class MemoryProductStore:
 
     async def count_launch(self, product_id: str, *, stock: int) -> bool:
         product = self._products.get(product_id)
-        if product is None or product.stock != stock:
+        if product is None or product.stock < stock:
             return False
         product.launches += 1
         return True
@@ -60,10 +61,11 @@ class MemoryRoomStore:
         except KeyError:
             raise NotFound(f"room {room_id} not found") from None
 
-    async def list(self, *, status: RoomStatus | None, limit: int) -> builtins.list[Room]:
+    async def list(
+        self, *, status: RoomStatus | None, limit: int, after: PageKey | None = None
+    ) -> builtins.list[Room]:
         rooms = [r for r in self._rooms.values() if status is None or r.status is status]
-        rooms.sort(key=lambda r: r.created_at, reverse=True)
-        return [copy.deepcopy(r) for r in rooms[:limit]]
+        return [copy.deepcopy(r) for r in newest_first(rooms, limit, after)]
 
     async def save(self, room: Room, *, expected_status: RoomStatus) -> None:
         stored = self._rooms.get(room.id)

@@ -25,8 +25,8 @@ from server.domain.errors import (
 )
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
-from server.domain.order_pages import OrderKey, comes_after
 from server.domain.orders import Order, OrderStatus, can_move
+from server.domain.pages import PageKey, newest_first
 
 
 def check_last_move(order: Order, expected: OrderStatus) -> None:
@@ -70,9 +70,6 @@ class MemoryOfferStore:
         self._launches.add((offer.product_id, nth_of_product))
         self._offers[offer.id] = offer  # frozen: no copy needed
 
-    async def drop_launch_key(self, offer_id: str) -> None:
-        self._launch_keys = {k: v for k, v in self._launch_keys.items() if v != offer_id}
-
     async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
         offer_id = self._launch_keys.get((room_id, launch_key))
         return None if offer_id is None else self._offers[offer_id]
@@ -95,8 +92,12 @@ class MemoryOfferStore:
         offers = [o for o in self._offers.values() if o.room_id == room_id]
         return sorted(offers, key=lambda o: (o.starts_at, o.id))[-limit:] if limit > 0 else []
 
-    async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
+    async def record_end(
+        self, offer_id: str, reason: EndReason, at: datetime, *, free_launch_key: bool = False
+    ) -> FlashOffer | None:
         offer = await self.get(offer_id)
+        if free_launch_key:
+            self._launch_keys = {k: v for k, v in self._launch_keys.items() if v != offer_id}
         if offer.ended_at is not None:
             return None
         ended = replace(offer, ended_at=utc_ms(at), end_reason=reason)
@@ -160,12 +161,12 @@ class MemoryOrderStore:
         return None if order_id is None else copy.deepcopy(self._orders[order_id])
 
     async def list_for_buyer(
-        self, buyer_id: str, limit: int, *, after: OrderKey | None = None
+        self, buyer_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:
         return self._newest(lambda o: o.buyer_id == buyer_id, limit, after)
 
     async def list_for_room(
-        self, room_id: str, limit: int, *, after: OrderKey | None = None
+        self, room_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:
         return self._newest(lambda o: o.room_id == room_id, limit, after)
 
@@ -218,9 +219,6 @@ class MemoryOrderStore:
         except KeyError:
             raise NotFound(f"order {order_id} not found") from None
 
-    def _newest(self, keep: _Predicate, limit: int, after: OrderKey | None) -> builtins.list[Order]:
-        found = [
-            o for o in self._orders.values() if keep(o) and (after is None or comes_after(o, after))
-        ]
-        found.sort(key=lambda o: (o.created_at, o.id), reverse=True)
-        return [copy.deepcopy(o) for o in found[:limit]]
+    def _newest(self, keep: _Predicate, limit: int, after: PageKey | None) -> builtins.list[Order]:
+        kept = [order for order in self._orders.values() if keep(order)]
+        return [copy.deepcopy(order) for order in newest_first(kept, limit, after)]

@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from server.domain.errors import Conflict, Forbidden, InvalidInput, LiveshopError, OfferPaused
+from server.domain.errors import Conflict, InvalidInput, LiveshopError, OfferPaused
 from server.domain.money import Money
 from server.domain.products import Product
-from server.domain.rooms import Room, RoomStatus
+from server.domain.rooms import Room, RoomStatus, ensure_hosts_own
 
 MIN_DURATION = timedelta(seconds=10)
 MAX_DURATION = timedelta(hours=24)
@@ -158,9 +158,7 @@ def plan_offer(
         raise Conflict(
             f"room is {room.status}, offers run only while it is live", code="room_not_live"
         )
-    # A host sells their own goods; another seller's product would book their stock.
-    if product.owner_id != room.host_id:
-        raise Forbidden("the product does not belong to the room's host", code="not_your_product")
+    ensure_hosts_own(room, product)
     if not isinstance(price, Money) or price.amount <= 0:
         raise InvalidInput("price must be a positive amount of money", code="invalid_price")
     if price.currency != product.price.currency:

@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from server.domain.errors import Conflict, Forbidden
 from server.domain.identity import Identity, Role
+from server.domain.products import Product
 
 
 class RoomStatus(StrEnum):
@@ -62,3 +63,9 @@ def can_moderate(room_host_id: str, who: Identity) -> bool:
     if who.role in (Role.ADMIN, Role.MODERATOR):
         return True
     return who.role is Role.HOST and who.user_id == room_host_id
+
+
+def ensure_hosts_own(room: Room, product: Product) -> None:
+    """A room sells (and shows) its host's own goods: another seller's would book their stock."""
+    if product.owner_id != room.host_id:
+        raise Forbidden("the product does not belong to the room's host", code="not_your_product")

@@ -48,11 +48,18 @@ def _query(name: str, schema: dict[str, Any], text: str | None = None) -> dict[s
 
 
 _LIMIT = {"type": "integer", "minimum": 1}
+_CURSOR = _query(
+    "cursor",
+    {"type": "string"},
+    "The `next_cursor` of the previous page, as it came: the page after it. Anything"
+    " else answers 422 `invalid_cursor`",
+)
 # Parameters beyond the path's own.
 _MORE_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("get", "/rooms"): [
         _query("status", {"enum": [status.value for status in RoomStatus]}),
-        _query("limit", {**_LIMIT, "maximum": 100, "default": 20}),
+        _query("limit", {**_LIMIT, "maximum": 100, "default": 20}, "Rooms per page"),
+        _CURSOR,
     ],
     ("get", "/orders"): [
         _query(
@@ -62,12 +69,7 @@ _MORE_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
             " 404 for an unknown room)",
         ),
         _query("limit", {**_LIMIT, "maximum": 200, "default": 50}, "Orders per page"),
-        _query(
-            "cursor",
-            {"type": "string"},
-            "The `next_cursor` of the previous page, as it came: the page after it. Anything"
-            " else answers 422 `invalid_cursor`",
-        ),
+        _CURSOR,
     ],
     ("post", "/rooms/{room_id}/offers"): [
         _header("Idempotency-Key", False, "The same key sent again gets the same offer"),
@@ -78,24 +80,34 @@ _MORE_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
 }
 
 # What a success answers, where documented: schemas named in components.
-_ANSWERS: dict[tuple[str, str], str] = {("get", "/orders"): "OrderPage"}
-_ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
-    "OrderPage": {
+_ANSWERS: dict[tuple[str, str], str] = {
+    ("get", "/orders"): "OrderPage",
+    ("get", "/rooms"): "RoomPage",
+}
+
+
+def _page(what: str) -> dict[str, Any]:
+    return {
         "type": "object",
         "required": ["items", "next_cursor"],
         "properties": {
             "items": {
                 "type": "array",
                 "items": {"type": "object"},
-                "description": "Up to `limit` orders, newest first",
+                "description": f"Up to `limit` {what}, newest first",
             },
             "next_cursor": {
                 "type": ["string", "null"],
                 "description": "Opaque: send it as `cursor` for the next page; null on the last"
-                " page. Orders placed meanwhile do not shift the pages",
+                f" page. {what.capitalize()} added meanwhile do not shift the pages",
             },
         },
     }
+
+
+_ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "OrderPage": _page("orders"),
+    "RoomPage": _page("rooms"),
 }
 
 # (method, path, summary, request model, success status)
@@ -104,7 +116,7 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, int]] = [
     ("get", "/products/{product_id}", "Get a product", None, 200),
     ("patch", "/products/{product_id}", "Set a product's stock", StockIn, 200),
     ("post", "/rooms", "Create a room", RoomIn, 201),
-    ("get", "/rooms", "List rooms (?status=live&limit=20)", None, 200),
+    ("get", "/rooms", "List rooms (?status=live&limit=20); newest first, paged", None, 200),
     ("get", "/rooms/{room_id}", "Get a room", None, 200),
     ("post", "/rooms/{room_id}/start", "Go live", None, 200),
     ("post", "/rooms/{room_id}/end", "End the room", None, 200),

@@ -72,7 +72,8 @@ async def list_rooms(request: Request) -> JSONResponse:
     who = identity_of(request)
     query = query_params(request, RoomListQuery)
     service = container_of(request).room_service
-    rooms = await service.list_rooms(query.status, query.limit)
+    page = await service.list_rooms(query.status, query.limit, query.cursor)
+    rooms = page.items
     pinned = await service.pinned_products(rooms)
     items = [
         room_to_wire(
@@ -82,7 +83,7 @@ async def list_rooms(request: Request) -> JSONResponse:
         )
         for room in rooms
     ]
-    return JSONResponse({"items": items})
+    return JSONResponse({"items": items, "next_cursor": page.next_cursor})
 
 
 async def start_room(request: Request) -> JSONResponse:

@@ -60,6 +60,7 @@ FINISH_GRACE = timedelta(seconds=15)
 # whatever the skew between their clocks.
 SKEW_MARGIN = timedelta(hours=1)
 FIGURES_LIMIT = 500  # offers per room in the host's figures
+_LAUNCHES_RACING = "offers of this product are being launched at once, try again"
 
 
 class OfferService:
@@ -193,24 +194,30 @@ class OfferService:
                 continue
             # Counted only once stored, so that a stock count either sees this offer's booking
             # or finds the count changed and reads the bookings again.
-            if await self._products.count_launch(product.id, stock=product.stock):
+            try:
+                counted = await self._products.count_launch(product.id, stock=product.stock)
+            except LiveshopError:
+                # Uncounted, the offer could meet a count that never saw it: it must not sell.
+                await self._withdraw(offer)
+                raise
+            if counted:
                 return offer
-            # A count set another stock figure after this launch checked it, and before its
-            # own check could see this offer: the offer may not fit, and must not sell.
+            # A count set a lower stock after this launch checked it, and before its own check
+            # could see this offer: the offer may not fit, and must not sell.
             await self._withdraw(offer)
             raise Conflict(
-                "the product's stock was changed while this offer was launched: launch it again",
+                "the product's stock was lowered while this offer was launched: launch it again",
                 code="stock_changed",
             )
-        raise ProductOffersChanged("offers of this product are being launched at once, try again")
+        raise ProductOffersChanged(_LAUNCHES_RACING)
 
     async def _withdraw(self, offer: FlashOffer) -> None:
-        """Stop an offer whose launch is refused after it was stored, and free its launch key,
-        so the launch sent again with that key is tried afresh rather than answered with this
-        stopped offer. Its units stay booked until it settles (LATE_ORDERS): the room may have
-        seen it in a snapshot meanwhile, and a claim made then holds an order."""
-        await self.end(offer, EndReason.STOPPED)
-        await self._offers.drop_launch_key(offer.id)
+        """Stop an offer whose launch is refused after it was stored, and free its launch key
+        in the same write, so the launch sent again with that key is tried afresh rather than
+        answered with this stopped offer. Its units stay booked until it settles (LATE_ORDERS):
+        the room may have seen it in a snapshot meanwhile, and a claim made then holds an
+        order."""
+        await self.end(offer, EndReason.STOPPED, free_launch_key=True)
 
     async def _units_booked(self, offers: list[FlashOffer]) -> int:
         settled = [offer.id for offer in offers if offer.settled_at is not None]
@@ -243,7 +250,7 @@ class OfferService:
                 return await self._products.set_stock(product_id, stock, launches=product.launches)
             except ProductOffersChanged:
                 continue  # an offer was launched meanwhile: count its booking too
-        raise ProductOffersChanged("offers of this product are being launched at once, try again")
+        raise ProductOffersChanged(_LAUNCHES_RACING)
 
     async def view(self, offer_id: str) -> tuple[FlashOffer, int | None]:
         """The offer and its remaining stock (None while the stock is being rebuilt)."""
@@ -288,7 +295,9 @@ class OfferService:
         await self._finish_end(ended)
         return ended
 
-    async def end(self, offer: FlashOffer, reason: EndReason) -> FlashOffer | None:
+    async def end(
+        self, offer: FlashOffer, reason: EndReason, *, free_launch_key: bool = False
+    ) -> FlashOffer | None:
         """End the offer if nobody has yet; only the process that wins tells the room.
 
         `offer.ended` closes the offer's topic in the room's stream: a figure another process
@@ -296,7 +305,7 @@ class OfferService:
         """
         self._announcer.forget(offer.id)
         at = offer.ends_at if reason is EndReason.EXPIRED else self._clock()
-        ended = await self._offers.record_end(offer.id, reason, at)
+        ended = await self._offers.record_end(offer.id, reason, at, free_launch_key=free_launch_key)
         if ended is None:
             return None
         await self._finish_end(ended)

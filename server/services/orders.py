@@ -37,8 +37,8 @@ from server.domain.offers import (
     FlashOffer,
     claim_error,
 )
-from server.domain.order_pages import OrderPage, decode_cursor, page_of
 from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, place_order
+from server.domain.pages import Page, decode_cursor, page_of
 from server.domain.rooms import ensure_can_manage
 from server.logs import warn_if_failed
 from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockReservations
@@ -274,16 +274,17 @@ class OrderService:
 
     async def list(
         self, who: Identity, *, room_id: str | None, limit: int, cursor: str | None = None
-    ) -> OrderPage:
+    ) -> Page[Order]:
         """A page of the caller's orders, or with `room_id` of the room's (its host or an
         admin; Forbidden for anyone else, NotFound for an unknown room), newest first.
         `cursor` is a page's `next_cursor`: the page after it (InvalidInput if it is not)."""
+        if room_id is not None:  # who may list comes first, whatever the cursor
+            ensure_can_manage(await self._rooms.get(room_id), who, "list its orders")
         after = None if cursor is None else decode_cursor(cursor)
         # One more than asked: whether it comes back tells whether there is a next page.
         if room_id is None:
             found = await self._orders.list_for_buyer(who.user_id, limit + 1, after=after)
         else:
-            ensure_can_manage(await self._rooms.get(room_id), who, "list its orders")
             found = await self._orders.list_for_room(room_id, limit + 1, after=after)
         return page_of(found, limit)
 

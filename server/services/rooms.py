@@ -21,8 +21,15 @@ from schemas.http import (
 from server.domain.errors import Conflict, Forbidden, InvalidInput, LiveshopError, NotFound
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
+from server.domain.pages import Page, decode_cursor, page_of
 from server.domain.products import Product, ProductTrade
-from server.domain.rooms import Room, RoomStatus, can_moderate, ensure_can_manage
+from server.domain.rooms import (
+    Room,
+    RoomStatus,
+    can_moderate,
+    ensure_can_manage,
+    ensure_hosts_own,
+)
 from server.ports import ProductStore, RoomEvents, RoomStore
 
 log = logging.getLogger("liveshop.rooms")
@@ -144,8 +151,14 @@ class RoomService:
     async def get_room(self, room_id: str) -> Room:
         return await self._rooms.get(room_id)
 
-    async def list_rooms(self, status: RoomStatus | None, limit: int = 20) -> list[Room]:
-        return await self._rooms.list(status=status, limit=limit)
+    async def list_rooms(
+        self, status: RoomStatus | None, limit: int = 20, cursor: str | None = None
+    ) -> Page[Room]:
+        """A page of rooms, newest first; `cursor` is a page's `next_cursor`: the page after
+        it (InvalidInput `invalid_cursor` if it is not one)."""
+        after = None if cursor is None else decode_cursor(cursor)
+        # One more than asked: whether it comes back tells whether there is a next page.
+        return page_of(await self._rooms.list(status=status, limit=limit + 1, after=after), limit)
 
     async def start(self, room_id: str, who: Identity) -> Room:
         room = await self._rooms.get(room_id)
@@ -183,11 +196,7 @@ class RoomService:
         room = await self._rooms.get(room_id)
         ensure_can_manage(room, who)
         product = await self._products.get(product_id)
-        # As with offers: the showcase sells the host's own goods, not another seller's.
-        if product.owner_id != room.host_id:
-            raise Forbidden(
-                "the product does not belong to the room's host", code="not_your_product"
-            )
+        ensure_hosts_own(room, product)
         before = room.status
         room.pin(product.id)
         await self._rooms.save(room, expected_status=before)

@@ -214,6 +214,26 @@ async def test_an_offer_launched_under_a_key_is_found_by_it(offers: OfferStore) 
     await offers.create(_offer("of_d", room_id="r_2"), nth_of_product=1, launch_key="host-1:L1")
 
 
+async def test_a_withdrawn_launch_frees_its_key_with_its_end(offers: OfferStore) -> None:
+    await offers.create(_offer("of_a"), nth_of_product=1, launch_key="host-1:L1")
+    ended = await offers.record_end("of_a", EndReason.STOPPED, T0, free_launch_key=True)
+    assert ended is not None
+    assert await offers.by_launch_key("r_1", "host-1:L1") is None
+    assert await offers.unfinished_ends(10) == [ended]  # ended as any other end
+    # The key is free for the launch sent again.
+    await offers.create(_offer("of_b"), nth_of_product=2, launch_key="host-1:L1")
+    # An offer ended already (the room's end stopped it first) has its key freed all the same.
+    await offers.record_end("of_b", EndReason.STOPPED, T0)
+    assert await offers.record_end("of_b", EndReason.STOPPED, T0, free_launch_key=True) is None
+    assert await offers.by_launch_key("r_1", "host-1:L1") is None
+    # A plain end keeps the key: the launch sent again gets its stopped offer.
+    await offers.create(_offer("of_c"), nth_of_product=3, launch_key="host-1:L2")
+    await offers.record_end("of_c", EndReason.STOPPED, T0)
+    stopped = await offers.by_launch_key("r_1", "host-1:L2")
+    assert stopped is not None
+    assert stopped.id == "of_c"
+
+
 async def test_racing_launches_of_a_product_one_gets_the_place(offers: OfferStore) -> None:
     results = await asyncio.gather(
         *(offers.create(_offer(f"of_{i}", product_id="p_x"), nth_of_product=1) for i in range(6)),

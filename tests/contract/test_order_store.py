@@ -16,8 +16,8 @@ from server.adapters.memory_orders import MemoryOrderStore
 from server.adapters.mongo.orders import MongoOrderStore
 from server.domain.errors import Conflict, InvalidInput, NotFound
 from server.domain.figures import OfferFigures
-from server.domain.order_pages import OrderKey
 from server.domain.orders import OrderStatus, is_legal_history
+from server.domain.pages import PageKey
 from server.ports import OrderStore
 from tests.contract.order_samples import (
     T0,
@@ -174,10 +174,10 @@ async def _pages(stores: Stores, scope: str, limit: int) -> list[list[str]]:
     read = stores.orders.list_for_buyer if scope == "buyer" else stores.orders.list_for_room
     whose = "u_1" if scope == "buyer" else "r_1"
     pages: list[list[str]] = []
-    after: OrderKey | None = None
+    after: PageKey | None = None
     while page := await read(whose, limit, after=after):
         pages.append([o.id for o in page])
-        after = OrderKey.of(page[-1])
+        after = PageKey.of(page[-1])
         assert len(pages) < 50, "the pages never end"
     return pages
 
@@ -205,18 +205,18 @@ async def test_lists_page_after_a_key_ties_broken_by_id(
 async def test_a_page_after_a_key_no_order_has(stores: Stores) -> None:
     for i in range(4):
         await stores.orders.create(sample_order(f"o_{i}", f"k_{i}", seconds=i))
-    between = OrderKey(T0 + timedelta(seconds=2), "o_2a")  # after o_2 in the same millisecond
+    between = PageKey(T0 + timedelta(seconds=2), "o_2a")  # after o_2 in the same millisecond
     assert [o.id for o in await stores.orders.list_for_buyer("u_1", 10, after=between)] == [
         "o_2",
         "o_1",
         "o_0",
     ]
-    later = OrderKey(T0 + timedelta(seconds=1, milliseconds=1), "o_0")
+    later = PageKey(T0 + timedelta(seconds=1, milliseconds=1), "o_0")
     assert [o.id for o in await stores.orders.list_for_room("r_1", 10, after=later)] == [
         "o_1",
         "o_0",
     ]
-    oldest = OrderKey(T0, "o_0")
+    oldest = PageKey(T0, "o_0")
     assert await stores.orders.list_for_room("r_1", 10, after=oldest) == []
 
 

@@ -19,8 +19,8 @@ from server.adapters.mongo.orders import (
 )
 from server.domain.errors import Unavailable
 from server.domain.figures import OfferFigures
-from server.domain.order_pages import OrderKey
 from server.domain.orders import OrderStatus
+from server.domain.pages import PageKey
 from tests.contract.order_samples import figures_of_offer, move_order, sample_order
 
 S = OrderStatus
@@ -200,7 +200,7 @@ async def test_mongo_a_later_page_reads_only_its_own_keys(mongodb_url: str) -> N
         for i in range(120):  # three to a second: ties on created_at
             await store.create(sample_order(f"o_{i:03d}", f"k_{i}", seconds=i // 3))
         middle = await store.get("o_061")
-        after = OrderKey.of(middle)
+        after = PageKey.of(middle)
         for read, scope in [(store.list_for_buyer, "u_1"), (store.list_for_room, "r_1")]:
             finds.clear()
             page = await read(scope, 10, after=after)

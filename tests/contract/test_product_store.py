@@ -123,8 +123,11 @@ async def test_launches_and_stock_counts_each_see_the_other(products: ProductSto
         await products.set_stock("p_1", 10, launches=0)
     assert (await products.get("p_1")).stock == 40
     assert (await products.set_stock("p_1", 10, launches=1)).stock == 10
-    assert not await products.count_launch("p_1", stock=40)  # checked against the old figure
+    assert not await products.count_launch("p_1", stock=40)  # checked against a larger figure
     assert (await products.get("p_1")).launches == 1
+    assert await products.count_launch("p_1", stock=10)
+    assert await products.count_launch("p_1", stock=8)  # a restock still has room for it
+    assert (await products.get("p_1")).launches == 3
     assert not await products.count_launch("p_missing", stock=40)
 
 

@@ -22,6 +22,7 @@ from server.adapters.mongo.stores import (
 )
 from server.domain.errors import Conflict, NotFound
 from server.domain.money import Money
+from server.domain.pages import PageKey
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
 from server.ports import ProductStore, RoomStore
@@ -122,6 +123,28 @@ async def test_list_filters_by_status_newest_first(stores: Stores) -> None:
     everything = await stores.rooms.list(status=None, limit=3)
     assert [r.id for r in everything] == ["r_3", "r_2", "r_1"]
     assert await stores.rooms.list(status=RoomStatus.ENDED, limit=10) == []
+
+
+async def test_list_pages_after_a_key(stores: Stores) -> None:
+    """Newest first by (created_at, id), a page after the last one shown: rooms created in the
+    same millisecond are told apart by id, and none is skipped or shown twice."""
+    ids = ["r_0", "r_1", "r_2a", "r_2b", "r_2c", "r_3"]
+    for room_id in ids:
+        await stores.rooms.create(_room(room_id, minutes=int(room_id[2])))
+    seen: list[str] = []
+    after: PageKey | None = None
+    while page := await stores.rooms.list(status=None, limit=2, after=after):
+        seen += [room.id for room in page]
+        after = PageKey.of(page[-1])
+    assert seen == ids[::-1]
+    same_minute = PageKey(T0 + timedelta(minutes=2), "r_2b")
+    assert [r.id for r in await stores.rooms.list(status=None, limit=9, after=same_minute)] == [
+        "r_2a",
+        "r_1",
+        "r_0",
+    ]
+    live_after = await stores.rooms.list(status=RoomStatus.LIVE, limit=9, after=same_minute)
+    assert live_after == []
 
 
 async def test_save_is_a_compare_and_set_on_status(stores: Stores) -> None:

@@ -32,7 +32,7 @@ from server.adapters.mongo.order_docs import (
     order_from,
     transition_doc,
 )
-from server.adapters.mongo.stores import Document, _collection, _translate_errors
+from server.adapters.mongo.stores import Document, _collection, _translate_errors, coming_after
 from server.domain.errors import (
     Conflict,
     LaunchKeyTaken,
@@ -42,8 +42,8 @@ from server.domain.errors import (
 )
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
 from server.domain.offers import EndReason, FlashOffer, utc_ms
-from server.domain.order_pages import OrderKey
 from server.domain.orders import Order, OrderStatus
+from server.domain.pages import PageKey
 
 log = logging.getLogger("liveshop.orders")
 
@@ -151,10 +151,6 @@ class MongoOfferStore:
             raise Conflict(f"offer {offer.id} exists") from None
 
     @_translate_errors
-    async def drop_launch_key(self, offer_id: str) -> None:
-        await self._offers.update_one({"_id": offer_id}, {"$unset": {LAUNCH_KEY: ""}})
-
-    @_translate_errors
     async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
         doc = await self._offers.find_one({"room_id": room_id, LAUNCH_KEY: launch_key})
         return None if doc is None else offer_from(doc)
@@ -189,16 +185,24 @@ class MongoOfferStore:
         return latest[::-1]
 
     @_translate_errors
-    async def record_end(self, offer_id: str, reason: EndReason, at: datetime) -> FlashOffer | None:
+    async def record_end(
+        self, offer_id: str, reason: EndReason, at: datetime, *, free_launch_key: bool = False
+    ) -> FlashOffer | None:
         # One conditional update: of any number of processes ending the offer at once, the
-        # server lets exactly one match `ended_at: null`.
+        # server lets exactly one match `ended_at: null`. The key goes in the same write, so
+        # no moment shows a withdrawn launch's key with its offer ended.
+        change: Document = {
+            "$set": {"ended_at": utc_ms(at), "end_reason": reason.value, END_TO_FINISH: True}
+        }
+        if free_launch_key:
+            change["$unset"] = {LAUNCH_KEY: ""}
         doc = await self._offers.find_one_and_update(
-            {"_id": offer_id, "ended_at": None},
-            {"$set": {"ended_at": utc_ms(at), "end_reason": reason.value, END_TO_FINISH: True}},
-            return_document=ReturnDocument.AFTER,
+            {"_id": offer_id, "ended_at": None}, change, return_document=ReturnDocument.AFTER
         )
         if doc is not None:
             return offer_from(doc)
+        if free_launch_key:
+            await self._offers.update_one({"_id": offer_id}, {"$unset": {LAUNCH_KEY: ""}})
         await self.get(offer_id)  # NotFound for an unknown offer rather than "already ended"
         return None
 
@@ -352,31 +356,21 @@ class MongoOrderStore:
 
     @_translate_errors
     async def list_for_buyer(
-        self, buyer_id: str, limit: int, *, after: OrderKey | None = None
+        self, buyer_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:
         return await self._newest({"buyer_id": buyer_id}, limit, after)
 
     @_translate_errors
     async def list_for_room(
-        self, room_id: str, limit: int, *, after: OrderKey | None = None
+        self, room_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:
         return await self._newest({"room_id": room_id}, limit, after)
 
     async def _newest(
-        self, query: Document, limit: int, after: OrderKey | None
+        self, query: Document, limit: int, after: PageKey | None
     ) -> builtins.list[Order]:
         if after is not None:
-            # The rule of order_pages.comes_after. Each branch is one range of the (scope,
-            # created_at, _id) index, merged in sort order: no sort in memory, no key before
-            # the cursor's read.
-            at = after.created_at
-            query = {
-                **query,
-                "$or": [
-                    {"created_at": {"$lt": at}},
-                    {"created_at": at, "_id": {"$lt": after.order_id}},
-                ],
-            }
+            query = {**query, **coming_after(after)}
         cursor = self._orders.find(query).sort(_NEWEST_FIRST).limit(limit)
         return [order_from(doc) async for doc in cursor]
 

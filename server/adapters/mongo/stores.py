@@ -21,6 +21,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from server.adapters.unreachable import unavailable_when
 from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.money import Money
+from server.domain.pages import PageKey
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
 
@@ -110,7 +111,7 @@ class MongoProductStore:
     @_translate_errors
     async def count_launch(self, product_id: str, *, stock: int) -> bool:
         result = await self._products.update_one(
-            {"_id": product_id, "stock": stock}, {"$inc": {LAUNCHES: 1}}
+            {"_id": product_id, "stock": {"$gte": stock}}, {"$inc": {LAUNCHES: 1}}
         )
         return result.matched_count == 1
 
@@ -137,8 +138,12 @@ class MongoRoomStore:
 
     # Annotations in this class say `builtins.list`: here a bare `list` names this method.
     @_translate_errors
-    async def list(self, *, status: RoomStatus | None, limit: int) -> builtins.list[Room]:
-        query = {} if status is None else {"status": status.value}
+    async def list(
+        self, *, status: RoomStatus | None, limit: int, after: PageKey | None = None
+    ) -> builtins.list[Room]:
+        query: Document = {} if status is None else {"status": status.value}
+        if after is not None:
+            query.update(coming_after(after))
         cursor = (
             self._rooms.find(query, {"mutes": False})
             .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
@@ -232,6 +237,14 @@ def _money_doc(money: Money) -> Document:
 
 def _money_from(doc: Document) -> Money:
     return Money(doc["amount"].to_decimal(), doc["currency"])
+
+
+def coming_after(after: PageKey) -> Document:
+    """What comes after `after` in a list sorted newest first (the rule of pages.comes_after).
+    Each branch is one range of a (scope, created_at, _id) index, merged in sort order: no sort
+    in memory, no key before the cursor's read."""
+    at = after.created_at
+    return {"$or": [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": after.item_id}}]}
 
 
 def _product_doc(product: Product) -> Document:

@@ -285,6 +285,29 @@ async def test_bad_room_input_is_refused(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/rooms/{room_id}")).json()["slow_mode_seconds"] == 0
 
 
+async def test_rooms_are_listed_in_pages(client: httpx.AsyncClient) -> None:
+    created = [
+        (await client.post("/rooms", json={"title": f"Show {n}"}, headers=HOST)).json()
+        for n in range(5)
+    ]
+    seen: list[str] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        body = (await client.get("/rooms", params=params)).json()
+        seen += [room["id"] for room in body["items"]]
+        if body["next_cursor"] is None:
+            break
+        params["cursor"] = body["next_cursor"]
+        # A room created between pages shows on none of the later ones.
+        await client.post("/rooms", json={"title": "Late"}, headers=HOST)
+    assert sorted(seen) == sorted(room["id"] for room in created)
+    assert len(seen) == 5
+    first = (await client.get("/rooms", params={"limit": 2})).json()["next_cursor"]
+    for cursor in (first[:-2], first + "A", "not a cursor", first.swapcase()):
+        response = await client.get("/rooms", params={"limit": 2, "cursor": cursor})
+        assert_problem(response, 422, "invalid_cursor")
+
+
 @pytest.mark.parametrize("raw", [b"{", b"", b"\xff\xfe", b"{'title': 'x'}"])
 async def test_malformed_json_is_400(client: httpx.AsyncClient, raw: bytes) -> None:
     response = await client.post(

@@ -311,7 +311,10 @@ async def test_a_count_made_while_a_launch_stored_its_offer_withdraws_that_offer
     assert withdrawn.end_reason is not None
     assert withdrawn.end_reason.value == "stopped"
     assert await shop.offers_store.open_in_room(shop.room_id) == []
-    assert shop.events.of_type("offer.started") == []  # the room never heard of it
+    # It never started for the room, which hears its end (a viewer may have had it in a
+    # snapshot) and nothing else.
+    assert shop.events.of_type("offer.started") == []
+    assert [e["offer_id"] for e in shop.events.of_type("offer.ended")] == [withdrawn.id]
     # Sent again with its key, the launch is tried afresh against the count, not answered
     # with the withdrawn offer.
     with pytest.raises(Conflict) as again:
@@ -338,3 +341,43 @@ async def test_a_count_that_read_the_bookings_before_a_launch_counted_reads_them
     assert (await shop.offers_store.get(offer.id)).end_reason is None  # still selling
     # A count that fits what the launch booked is stored.
     assert (await counting.set_product_stock(HOST, shop.product_id, 30)).stock == 30
+
+
+async def test_a_restock_made_while_a_launch_stored_its_offer_leaves_the_offer_selling(
+    shop: Shop,
+) -> None:
+    storing = HeldCalls(shop.offers_store)
+    launching, _ = other_process(shop, offers_store=cast(OfferStore, storing))
+    launch = asyncio.create_task(launch_through(launching, shop, quantity=30))
+    await asyncio.wait_for(storing.entered.wait(), 2)
+    await shop.offers.set_product_stock(HOST, shop.product_id, STOCK + 10)  # more arrived
+    storing.gate.set()
+    offer, created = await launch
+    assert created
+    assert (await shop.offers_store.get(offer.id)).end_reason is None
+    assert len(shop.events.of_type("offer.started")) == 1
+
+
+class FailingCounts:
+    """The product store as a MongoDB that fails the launch's count (after its offer was
+    stored)."""
+
+    def __init__(self, shared: ProductStore) -> None:
+        self._shared = shared
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def count_launch(self, product_id: str, *, stock: int) -> bool:
+        raise Unavailable("the database is unreachable, try again")
+
+
+async def test_a_launch_whose_count_fails_withdraws_its_offer(shop: Shop) -> None:
+    """Uncounted, the offer could meet a stock count that never saw its booking."""
+    failing, _ = other_process(shop, products=cast(ProductStore, FailingCounts(shop.products)))
+    with pytest.raises(Unavailable):
+        await launch_through(failing, shop, quantity=30, key="blip")
+    [withdrawn] = await shop.offers_store.of_product(shop.product_id)
+    assert withdrawn.end_reason is not None
+    assert await shop.offers_store.by_launch_key(shop.room_id, f"{HOST.user_id}:blip") is None
+    assert shop.events.of_type("offer.started") == []

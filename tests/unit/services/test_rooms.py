@@ -93,7 +93,7 @@ async def test_only_hosts_and_admins_create_rooms_and_products(
         await service.create_room(who, "Mine")
     with pytest.raises(Forbidden):
         await _product(service, owner=who)
-    assert await service.list_rooms(None) == []
+    assert (await service.list_rooms(None)).items == []
 
 
 async def test_admin_creates_a_room_of_their_own(service: RoomService) -> None:
@@ -110,7 +110,7 @@ async def test_lifecycle_publishes_after_each_change(
     started = await service.start(room.id, HOST)
     assert started.status is RoomStatus.LIVE
     assert started.started_at == T0.replace(microsecond=123000) + timedelta(minutes=5)
-    assert [room.id for room in await service.list_rooms(RoomStatus.LIVE)] == [room.id]
+    assert [room.id for room in (await service.list_rooms(RoomStatus.LIVE)).items] == [room.id]
 
     clock.now = T0 + timedelta(hours=1)
     ended = await service.end(room.id, HOST)

@@ -1,8 +1,9 @@
-"""Pages of an order list, newest first, and the cursor that continues one. Pure, no I/O.
+"""Pages of a list, newest first, and the cursor that continues one (orders, rooms). Pure, no
+I/O.
 
 A list is sorted by (created_at, id), both descending, and a page continues after the key of
-the last order it showed (keyset paging): orders placed meanwhile sort before that key, so
-they neither shift the next page nor show up twice.
+the last item it showed (keyset paging): items added meanwhile sort before that key, so they
+neither shift the next page nor show up twice.
 
 The cursor is that key behind a checksum, base64url: opaque to clients, and a cursor edited or
 cut short is refused as `invalid_cursor` rather than read as another position. The checksum is
@@ -19,60 +20,79 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, Protocol, TypeVar
 
 from server.domain.errors import InvalidInput
 from server.domain.offers import epoch_ms, from_epoch_ms
-from server.domain.orders import Order
 
-# Generous for the milliseconds and an order id, short enough that decoding costs nothing.
+# Generous for the milliseconds and an id, short enough that decoding costs nothing.
 MAX_CURSOR_CHARS = 200
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _CHECKSUM_BYTES = 8
-# Epoch milliseconds, a dot, the order's id (printable ASCII: ids are generated ASCII).
+# Epoch milliseconds, a dot, the item's id (printable ASCII: ids are generated ASCII).
 _KEY = re.compile(r"(0|[1-9][0-9]{0,14})\.([\x21-\x7e]{1,100})")
 
 
+class Listed(Protocol):
+    """What a list pages by: every stored time is to the millisecond, as MongoDB keeps it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+
+T = TypeVar("T", bound=Listed)
+
+
 @dataclass(frozen=True, slots=True)
-class OrderKey:
-    """Where an order sorts in a list: stores page with it (created_at is to the millisecond,
-    as every order's is)."""
+class PageKey:
+    """Where an item sorts in a list: stores page with it."""
 
     created_at: datetime
-    order_id: str
+    item_id: str
 
     @classmethod
-    def of(cls, order: Order) -> OrderKey:
-        return cls(order.created_at, order.id)
+    def of(cls, item: Listed) -> PageKey:
+        return cls(item.created_at, item.id)
 
 
 @dataclass(frozen=True, slots=True)
-class OrderPage:
-    items: list[Order]
+class Page(Generic[T]):
+    items: list[T]
     next_cursor: str | None  # None: this page is the list's last
 
 
-def comes_after(order: Order, key: OrderKey) -> bool:
-    """Whether the order sorts after the key in a newest-first list (it is older, or as old
+def comes_after(item: Listed, key: PageKey) -> bool:
+    """Whether the item sorts after the key in a newest-first list (it is older, or as old
     with a smaller id): what the next page holds."""
-    return (order.created_at, order.id) < (key.created_at, key.order_id)
+    return (item.created_at, item.id) < (key.created_at, key.item_id)
 
 
-def page_of(found: Sequence[Order], limit: int) -> OrderPage:
-    """The page from up to `limit + 1` orders read newest first: the one beyond `limit` only
+def newest_first(items: Sequence[T], limit: int, after: PageKey | None) -> list[T]:
+    """Up to `limit` items, newest first, after `after`: a store's page held in memory."""
+    found = [item for item in items if after is None or comes_after(item, after)]
+    found.sort(key=lambda item: (item.created_at, item.id), reverse=True)
+    return found[:limit]
+
+
+def page_of(found: Sequence[T], limit: int) -> Page[T]:
+    """The page from up to `limit + 1` items read newest first: the one beyond `limit` only
     shows that there is a next page."""
     items = list(found[:limit])
     if len(found) <= limit or not items:
-        return OrderPage(items, None)
-    return OrderPage(items, encode_cursor(OrderKey.of(items[-1])))
+        return Page(items, None)
+    return Page(items, encode_cursor(PageKey.of(items[-1])))
 
 
-def encode_cursor(key: OrderKey) -> str:
-    text = f"{epoch_ms(key.created_at)}.{key.order_id}".encode("ascii")
+def encode_cursor(key: PageKey) -> str:
+    text = f"{epoch_ms(key.created_at)}.{key.item_id}".encode("ascii")
     raw = _checksum(text) + text
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-def decode_cursor(cursor: str) -> OrderKey:
+def decode_cursor(cursor: str) -> PageKey:
     """The key a cursor holds, or InvalidInput `invalid_cursor`."""
     if len(cursor) > MAX_CURSOR_CHARS or not _BASE64URL.fullmatch(cursor):
         raise _invalid()
@@ -88,7 +108,7 @@ def decode_cursor(cursor: str) -> OrderKey:
     if match is None:
         raise _invalid()
     try:
-        key = OrderKey(from_epoch_ms(int(match[1])), match[2])
+        key = PageKey(from_epoch_ms(int(match[1])), match[2])
     except OverflowError:  # past the year 9999
         raise _invalid() from None
     # Only the one spelling this module writes: a cursor edited into another (extra bits in the
@@ -99,7 +119,7 @@ def decode_cursor(cursor: str) -> OrderKey:
 
 
 def _checksum(text: bytes) -> bytes:
-    return hashlib.blake2b(text, digest_size=_CHECKSUM_BYTES, person=b"order-cursor").digest()
+    return hashlib.blake2b(text, digest_size=_CHECKSUM_BYTES, person=b"list-cursor").digest()
 
 
 def _invalid() -> InvalidInput:
