@@ -319,6 +319,7 @@ class OfferService:
         try:
             await self._stock.stop(ended.id)
             if ended.end_reason is EndReason.SOLD_OUT:
+                await self._announcer.last_unit_told(ended.id)
                 await self._announcer.publish_stock(ended, 0)  # once, like the end itself
         finally:
             # Whatever became of those (an error, a shutdown), the room hears of the end now.

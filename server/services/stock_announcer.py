@@ -185,7 +185,12 @@ class StockAnnouncer:
             read_at = time.monotonic()
             remaining = await self._stock.remaining(offer.id)
             if remaining == 0:
-                await self._end_sold_out(offer)
+                if at_once:
+                    # This process's claim took the last unit: it ends the offer, after its
+                    # "1 left". A figure read later, or by another process, leaves the end to
+                    # that claim (or to housekeeping, should its process fail), lest it
+                    # overtake the seller's "1 left".
+                    await self._end_sold_out(offer)
                 return False
             if at_once and remaining == 1:
                 # Sold out a moment ago, and a unit came back since: the last unit, at once.
@@ -214,10 +219,14 @@ class StockAnnouncer:
         task = asyncio.current_task()
         if task is not None:
             self._announcements.finish_on_close(task)
-        last_unit = self._last_unit.get(offer.id)
-        if last_unit is not None:  # claims sold the last two units together: 1 goes first
-            await asyncio.wait({last_unit})
         await self._end_sold_out_offer(offer)
+
+    async def last_unit_told(self, offer_id: str) -> None:
+        """Wait for the "1 left" this process is telling, if any: the sold-out figure and the
+        end come after it (claims sold the last two units together, or the last one alone)."""
+        last_unit = self._last_unit.get(offer_id)
+        if last_unit is not None:
+            await asyncio.wait({last_unit})
 
     async def publish_stock(self, offer: FlashOffer, remaining: int) -> None:
         await self._events.publish_room_event(

@@ -178,6 +178,41 @@ async def test_the_last_unit_is_told_by_the_process_that_sold_it_when_another_le
     assert kinds == [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", None)]
 
 
+async def test_a_figure_of_zero_read_later_leaves_the_end_to_the_claim_that_sold_the_last_unit(
+    shop: Shop,
+) -> None:
+    """This process's coalesced figure reads 0 while the last unit's seller is still telling
+    "1 left" (slowly): ended from here, the room would drop that 1."""
+    _, left_one = other_process(shop, events=RecordingEvents())  # its "1 left" is never heard
+    held = HeldCalls(shop.orders_store)
+    slow = SlowPublish(shop.events, delay=0.8)
+    _, sells_last = other_process(
+        shop, orders=cast(OrderStore, held), events=cast(RecordingEvents, slow)
+    )
+    offer = await shop.launch(quantity=4, limit=1)
+    await shop.claim(offer, buyer(1), "k")  # 3 left: told at once, the gate taken
+    await asyncio.sleep(0.05)
+    await shop.claim(offer, buyer(2), "k")  # 2 left: to be told a period later
+    await left_one.claim(offer.id, buyer(3), quantity=1, idempotency_key="k", address=ADDRESS)
+    last = asyncio.create_task(
+        sells_last.claim(offer.id, buyer(4), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await asyncio.wait_for(held.entered.wait(), 2)  # reserved; its order is being written
+    await asyncio.sleep(STOCK_ANNOUNCE_SECONDS + 0.1)  # this process's figure: 0, read now
+    held.gate.set()
+    await last
+    await asyncio.sleep(3 * 0.8)  # the seller's three slow publishes
+    kinds = [
+        (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
+    ]
+    assert kinds == [
+        ("offer.stock", 3),
+        ("offer.stock", 1),
+        ("offer.stock", 0),
+        ("offer.ended", None),
+    ]
+
+
 async def test_an_offer_of_one_unit_goes_straight_to_sold_out(shop: Shop) -> None:
     offer = await shop.launch(quantity=1, limit=1)  # it started with 1: nothing to tell
     await shop.claim(offer, buyer(1), "k")
