@@ -145,6 +145,15 @@ class OfferService:
             raise Conflict(
                 "this idempotency key launched another offer", code="idempotency_key_reused"
             )
+        if not created and offer.end_reason is None:
+            # The first attempt may have died between storing its offer and counting it, and a
+            # stock count may have missed it since: it is checked and counted, as a new one is,
+            # before the room hears of it.
+            others = await self._offers.of_product(product_id)
+            if await self._units_booked(others) > product.stock:
+                await self._withdraw(offer)
+                raise _stock_lowered()
+            await self._count(offer, product)
         if offer.end_reason is None:
             await self._events.publish_room_event(
                 room_id,
@@ -192,24 +201,25 @@ class OfferService:
                     if taken is not None:
                         return taken
                 continue
-            # Counted only once stored, so that a stock count either sees this offer's booking
-            # or finds the count changed and reads the bookings again.
-            try:
-                counted = await self._products.count_launch(product.id, stock=product.stock)
-            except LiveshopError:
-                # Uncounted, the offer could meet a count that never saw it: it must not sell.
-                await self._withdraw(offer)
-                raise
-            if counted:
-                return offer
-            # A count set a lower stock after this launch checked it, and before its own check
+            await self._count(offer, product)
+            return offer
+        raise ProductOffersChanged(_LAUNCHES_RACING)
+
+    async def _count(self, offer: FlashOffer, product: Product) -> None:
+        """Count the stored offer as launched against `product`'s stock, which it fits; else
+        withdraw it. Counted only once stored, so that a stock count either sees its booking
+        or finds the count changed and reads the bookings again."""
+        try:
+            counted = await self._products.count_launch(product.id, stock=product.stock)
+        except LiveshopError:
+            # Uncounted, the offer could meet a count that never saw it: it must not sell.
+            await self._withdraw(offer)
+            raise
+        if not counted:
+            # A count set a lower stock after the launch checked it, and before its own check
             # could see this offer: the offer may not fit, and must not sell.
             await self._withdraw(offer)
-            raise Conflict(
-                "the product's stock was lowered while this offer was launched: launch it again",
-                code="stock_changed",
-            )
-        raise ProductOffersChanged(_LAUNCHES_RACING)
+            raise _stock_lowered()
 
     async def _withdraw(self, offer: FlashOffer) -> None:
         """Stop an offer whose launch is refused after it was stored, and free its launch key
@@ -458,3 +468,10 @@ class OfferService:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _stock_lowered() -> Conflict:
+    return Conflict(
+        "the product's stock was lowered while this offer was launched: launch it again",
+        code="stock_changed",
+    )

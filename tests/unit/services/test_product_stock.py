@@ -381,3 +381,49 @@ async def test_a_launch_whose_count_fails_withdraws_its_offer(shop: Shop) -> Non
     assert withdrawn.end_reason is not None
     assert await shop.offers_store.by_launch_key(shop.room_id, f"{HOST.user_id}:blip") is None
     assert shop.events.of_type("offer.started") == []
+
+
+async def test_a_launch_sent_again_after_its_first_died_uncounted_is_checked_again(
+    shop: Shop,
+) -> None:
+    """The first attempt stored its offer and died before counting it; a count that had read
+    the bookings before the offer was stored then lowered the stock. Sent again, the launch
+    must not announce an offer the stock no longer has room for."""
+    counting_store = HeldCalls(shop.products, "set_stock")
+    counting, _ = other_process(shop, products=cast(ProductStore, counting_store))
+    count = asyncio.create_task(counting.set_product_stock(HOST, shop.product_id, 10))
+    await asyncio.wait_for(counting_store.entered.wait(), 2)  # no bookings read
+
+    dying_store = HeldCalls(shop.products, "count_launch")
+    dying, _ = other_process(shop, products=cast(ProductStore, dying_store))
+    first = asyncio.create_task(launch_through(dying, shop, quantity=30, key="again"))
+    await asyncio.wait_for(dying_store.entered.wait(), 2)  # stored, not counted
+    counting_store.gate.set()
+    assert (await count).stock == 10  # it never saw the offer
+    first.cancel()  # the process dies
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+    with pytest.raises(Conflict) as refused:
+        await launch_through(shop.offers, shop, quantity=30, key="again")
+    assert refused.value.code == "stock_changed"
+    [withdrawn] = await shop.offers_store.of_product(shop.product_id)
+    assert withdrawn.end_reason is not None
+    assert shop.events.of_type("offer.started") == []
+
+
+async def test_a_launch_sent_again_after_its_first_died_uncounted_counts_it(shop: Shop) -> None:
+    dying_store = HeldCalls(shop.products, "count_launch")
+    dying, _ = other_process(shop, products=cast(ProductStore, dying_store))
+    first = asyncio.create_task(launch_through(dying, shop, quantity=30, key="again"))
+    await asyncio.wait_for(dying_store.entered.wait(), 2)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (await shop.products.get(shop.product_id)).launches == 0
+
+    offer, created = await launch_through(shop.offers, shop, quantity=30, key="again")
+    assert not created
+    assert offer.end_reason is None
+    assert (await shop.products.get(shop.product_id)).launches == 1  # a count now sees it
+    assert len(shop.events.of_type("offer.started")) == 1
