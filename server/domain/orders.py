@@ -17,6 +17,7 @@ from typing import Any
 from babel import Locale
 
 from server.domain.errors import Conflict, InvalidInput
+from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer, utc_ms, validate_claim
 
@@ -279,3 +280,29 @@ def place_order(
         Transition(None, OrderStatus.PENDING_PAYMENT, created, buyer_id, "claimed")
     )
     return order
+
+
+def same_claim(order: Order, quantity: int, address: Address) -> bool:
+    return order.quantity == quantity and order.shipping_address == address
+
+
+def ensure_same_claim(order: Order, quantity: int, address: Address) -> None:
+    """A claim sent again gets its order back only if it asks for the same: the same key with
+    other terms is a client's mistake, and answering the first order would hide it."""
+    if not same_claim(order, quantity, address):
+        raise other_terms()
+
+
+def other_terms() -> Conflict:
+    return Conflict(
+        "this idempotency key was used for a claim with other terms", code="idempotency_key_reused"
+    )
+
+
+def cancelled_by(order: Order, user_id: str) -> bool:
+    return order.status is OrderStatus.CANCELLED and order.history[-1].by == user_id
+
+
+def may_see(order: Order, who: Identity) -> bool:
+    """The buyer, the room's host and an admin; for anyone else the order does not exist."""
+    return who.role is Role.ADMIN or who.user_id in (order.buyer_id, order.host_id)

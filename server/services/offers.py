@@ -7,6 +7,7 @@ The stock figures the room hears on the way are `stock_announcer.py`'s.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from server.domain.errors import (
     InvalidInput,
     LaunchKeyTaken,
     LiveshopError,
+    OfferPaused,
     ProductOffersChanged,
     Unavailable,
 )
@@ -85,6 +87,8 @@ class OfferService:
             stock, events, clock, lambda offer: self.end(offer, EndReason.SOLD_OUT)
         )
         self._seen_ended: set[str] = set()  # sold out and ended, as end_sold_out found
+        self._sold_out_round = 0  # end_sold_out's rounds so far
+        self._sold_out_since: dict[str, int] = {}  # the round each sold-out offer was first seen
         self._unfinished_since: dict[str, datetime] = {}  # as finish_ends first saw them
         self._finish_round = 0  # finish_ends' rounds so far
         self._finish_failed_in: dict[str, int] = {}  # the round in which each end last failed
@@ -326,10 +330,12 @@ class OfferService:
         """Stop the stock and tell the room, then clear the note `record_end` left. Should
         either fail, or the process die first, the note stays and `finish_ends` does it again:
         stopping is idempotent, and the room's stream drops a second `offer.ended`."""
+        sold_out = ended.end_reason is EndReason.SOLD_OUT
         try:
-            await self._stock.stop(ended.id)
-            if ended.end_reason is EndReason.SOLD_OUT:
+            if sold_out:  # the room hears 1, then 0, then the end
                 await self._announcer.last_unit_told(ended.id)
+            await self._stock.stop(ended.id)
+            if sold_out:
                 await self._announcer.publish_stock(ended, 0)  # once, like the end itself
         finally:
             # Whatever became of those (an error, a shutdown), the room hears of the end now.
@@ -383,10 +389,13 @@ class OfferService:
     async def end_sold_out(self, offer_ids: Iterable[str]) -> int:
         """End the running offers among these whose stock is gone into orders. The claim that
         sells the last unit ends its offer at once; this catches an offer whose seller died,
-        shut down or failed first. Each process runs it once a second for the offers it
-        serves: one stock read each, and more only when the stock is gone."""
+        shut down or failed first, a round after it first finds the offer sold out: ended at
+        once, it could overtake the seller's "1 left". Each process runs it once a second for
+        the offers it serves: one stock read each, and more only when the stock is gone."""
         offer_ids = list(offer_ids)
         self._seen_ended &= set(offer_ids)  # forgotten once it leaves the list: bounded
+        self._sold_out_round += 1
+        seen_sold_out, self._sold_out_since = self._sold_out_since, {}
         ended = 0
         for offer_id in offer_ids:
             if offer_id in self._seen_ended:
@@ -395,11 +404,21 @@ class OfferService:
                 if await self._stock.remaining(offer_id) != 0:
                     continue
                 # A unit reserved but not yet in an order may still come back (its claimer
-                # died: the reaper gives it back); the claim that writes it ends the offer.
+                # died: the reaper gives it back); once written, a later round ends it.
                 if await self._stock.pending_without_order(offer_id, self._clock() + SKEW_MARGIN):
                     continue
+            except OfferPaused:
+                # Redis lost the offer, and nothing may ask for it again (no claim comes to a
+                # sold-out offer): rebuilt here, and read again next round.
+                with contextlib.suppress(Unavailable):
+                    await self.rebuild(offer_id)
+                continue
             except Unavailable:
-                continue  # being rebuilt from its orders
+                continue
+            first_seen = seen_sold_out.get(offer_id, self._sold_out_round)
+            self._sold_out_since[offer_id] = first_seen
+            if first_seen == self._sold_out_round:
+                continue  # its seller's end has this round to come
             offer = await self._offers.get(offer_id)
             if offer.end_reason is None and await self.end(offer, EndReason.SOLD_OUT):
                 ended += 1

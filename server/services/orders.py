@@ -28,7 +28,7 @@ from server.domain.errors import (
     OfferPaused,
     Unavailable,
 )
-from server.domain.identity import Identity, Role
+from server.domain.identity import Identity
 from server.domain.offers import (
     LATE_ORDERS,
     PENDING_BATCH,
@@ -37,7 +37,18 @@ from server.domain.offers import (
     FlashOffer,
     claim_error,
 )
-from server.domain.orders import RESERVATION_TTL, Address, Order, OrderStatus, place_order
+from server.domain.orders import (
+    RESERVATION_TTL,
+    Address,
+    Order,
+    OrderStatus,
+    cancelled_by,
+    ensure_same_claim,
+    may_see,
+    other_terms,
+    place_order,
+    same_claim,
+)
 from server.domain.pages import Page, decode_cursor, page_of
 from server.domain.rooms import ensure_can_manage
 from server.logs import warn_if_failed
@@ -132,10 +143,10 @@ class OrderService:
             raise error
         if result.outcome is ClaimOutcome.DUPLICATE:
             if result.quantity and result.quantity != quantity:
-                raise _other_terms()
+                raise other_terms()
             if result.order_id is not None:
                 order = await self._orders.get(result.order_id)
-                _ensure_same_claim(order, quantity, address)
+                ensure_same_claim(order, quantity, address)
                 return order, False
             if result.released:
                 raise Conflict(
@@ -154,6 +165,10 @@ class OrderService:
         )
         if created and not told_early:
             self._offer_service.stock_moved(offer, result.remaining)
+        elif not created and result.remaining == 0:
+            # An earlier attempt of this claim took the last unit, and failed before it could
+            # end the offer (only the claim that sells out ends it at once).
+            self._offer_service.stock_moved(offer, 0)
         return order, created
 
     async def _write_order(
@@ -192,7 +207,7 @@ class OrderService:
     async def _store_and_attach(self, order: Order, *, fresh: bool) -> tuple[Order, bool]:
         stored = await self._orders.create(order)
         created = stored.id == order.id  # else an earlier attempt of this claim wrote it
-        same_terms = _same_claim(stored, order.quantity, order.shipping_address)
+        same_terms = same_claim(stored, order.quantity, order.shipping_address)
         if not stored.holds_stock:
             # An earlier attempt's order, cancelled or expired since, and Redis had forgotten
             # its key (lost with the offer): the units this attempt has just reserved would
@@ -202,14 +217,14 @@ class OrderService:
             await self._release(stored)
             await self._stock_came_back(order.offer_id)
             if not same_terms:
-                raise _other_terms()
+                raise other_terms()
             return stored, False
         if fresh and not same_terms:
             # An earlier attempt's order for other terms, its key forgotten by Redis: this
             # attempt's own units, reserved for terms no order has, go back.
             await self._release(stored)
             await self._stock_came_back(order.offer_id)
-            raise _other_terms()
+            raise other_terms()
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
         # its write and its attach, and an unattached order would look orphaned to the reaper.
         if await self._attach(stored) in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
@@ -221,7 +236,7 @@ class OrderService:
         if created:
             await self._tell_buyer(stored)
         elif not same_terms:  # the reservation was the order's own: attached, then refused
-            raise _other_terms()
+            raise other_terms()
         return stored, created
 
     async def _attach(self, order: Order) -> AttachOutcome:
@@ -268,7 +283,7 @@ class OrderService:
     async def get(self, order_id: str, who: Identity) -> Order:
         """The order for its buyer, the room's host or an admin; NotFound for anyone else."""
         order = await self._orders.get(order_id)
-        if not _may_see(order, who):
+        if not may_see(order, who):
             raise NotFound(f"order {order_id} not found")
         return order
 
@@ -294,7 +309,7 @@ class OrderService:
         order = await self.get(order_id, who)
         if order.buyer_id != who.user_id:
             raise Forbidden("only the buyer can cancel an order")
-        if _cancelled_by(order, who):
+        if cancelled_by(order, who.user_id):
             return order
         if order.status is not OrderStatus.PENDING_PAYMENT:
             raise Conflict(
@@ -311,7 +326,7 @@ class OrderService:
             )
         except Conflict:  # moved meanwhile: by this same cancel sent twice, or paid, or expired
             moved = await self._orders.get(order_id)
-            if _cancelled_by(moved, who):
+            if cancelled_by(moved, who.user_id):
                 return moved
             raise
         if not await self._give_back(order):
@@ -470,28 +485,3 @@ class OrderService:
             )
         except Unavailable:
             log.warning("order_update_not_sent", extra={"order_id": order.id})
-
-
-def _same_claim(order: Order, quantity: int, address: Address) -> bool:
-    return order.quantity == quantity and order.shipping_address == address
-
-
-def _ensure_same_claim(order: Order, quantity: int, address: Address) -> None:
-    """A claim sent again gets its order back only if it asks for the same: the same key with
-    other terms is a client's mistake, and answering the first order would hide it."""
-    if not _same_claim(order, quantity, address):
-        raise _other_terms()
-
-
-def _other_terms() -> Conflict:
-    return Conflict(
-        "this idempotency key was used for a claim with other terms", code="idempotency_key_reused"
-    )
-
-
-def _cancelled_by(order: Order, buyer: Identity) -> bool:
-    return order.status is OrderStatus.CANCELLED and order.history[-1].by == buyer.user_id
-
-
-def _may_see(order: Order, who: Identity) -> bool:
-    return who.role is Role.ADMIN or who.user_id in (order.buyer_id, order.host_id)

@@ -25,6 +25,8 @@ STOCK_ANNOUNCE_SECONDS = 0.5
 GATE_TRIES = 20
 # How long the room-wide mark that "1 left" was told outlives the offer's end.
 LAST_UNIT_MARK_SECONDS = 3600.0
+# How long a sold-out end waits for the "1 left" on its way (a few Redis round trips).
+LAST_UNIT_WAIT_SECONDS = 2.0
 
 
 class StockAnnouncer:
@@ -84,7 +86,7 @@ class StockAnnouncer:
     def _tell_last_unit(self, offer: FlashOffer, *, unless_marked: bool = False) -> None:
         self._told_last_unit.add(offer.id)
         task = self._announcements.spawn(self._announce_last_unit(offer, unless_marked))
-        self._last_unit[offer.id] = task  # the sold-out end waits for it (_end_sold_out)
+        self._last_unit[offer.id] = task  # the sold-out end waits for it (last_unit_told)
         task.add_done_callback(lambda _: self._forget_last_unit(offer.id, task))
 
     def _announcement_waiting(self, offer_id: str) -> bool:
@@ -188,7 +190,7 @@ class StockAnnouncer:
                 if at_once:
                     # This process's claim took the last unit: it ends the offer, after its
                     # "1 left". A figure read later, or by another process, leaves the end to
-                    # that claim (or to housekeeping, should its process fail), lest it
+                    # that claim (housekeeping ends it a round later, should it not), lest it
                     # overtake the seller's "1 left".
                     await self._end_sold_out(offer)
                 return False
@@ -223,10 +225,11 @@ class StockAnnouncer:
 
     async def last_unit_told(self, offer_id: str) -> None:
         """Wait for the "1 left" this process is telling, if any: the sold-out figure and the
-        end come after it (claims sold the last two units together, or the last one alone)."""
+        end come after it (claims sold the last two units together, or the last one alone).
+        Not for long: a figure stuck on a failing Redis must not hold up the end."""
         last_unit = self._last_unit.get(offer_id)
         if last_unit is not None:
-            await asyncio.wait({last_unit})
+            await asyncio.wait({last_unit}, timeout=LAST_UNIT_WAIT_SECONDS)
 
     async def publish_stock(self, offer: FlashOffer, remaining: int) -> None:
         await self._events.publish_room_event(

@@ -143,8 +143,19 @@ async def test_list_pages_after_a_key(stores: Stores) -> None:
         "r_1",
         "r_0",
     ]
-    live_after = await stores.rooms.list(status=RoomStatus.LIVE, limit=9, after=same_minute)
-    assert live_after == []
+    assert await stores.rooms.list(status=RoomStatus.LIVE, limit=9, after=same_minute) == []
+
+
+async def test_list_pages_within_a_status(stores: Stores) -> None:
+    for i in range(6):
+        room = _room(f"r_{i}", minutes=i // 2)  # two rooms a minute: ties broken by id
+        if i != 3:
+            room.start(T0 + timedelta(hours=1))
+        await stores.rooms.create(room)
+    first = await stores.rooms.list(status=RoomStatus.LIVE, limit=2)
+    assert [r.id for r in first] == ["r_5", "r_4"]
+    rest = await stores.rooms.list(status=RoomStatus.LIVE, limit=9, after=PageKey.of(first[-1]))
+    assert [r.id for r in rest] == ["r_2", "r_1", "r_0"]  # r_3 is scheduled, not live
 
 
 async def test_save_is_a_compare_and_set_on_status(stores: Stores) -> None:

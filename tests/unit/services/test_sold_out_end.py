@@ -1,0 +1,136 @@
+"""Who ends a sold-out offer, and when: the claim that sold the last unit, at once and after its
+"1 left"; housekeeping a round later when that claim did not (its process failed, Redis lost
+the offer); a claim sent again after its first attempt failed. The room always hears 1, then
+0, then the end."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from server.domain.errors import Unavailable
+from server.domain.offers import EndReason
+from server.ports import StockReservations
+from server.services.housekeeping import Housekeeper
+from tests.fakes import RecordingEvents
+from tests.unit.services.shop import ADDRESS, Shop, buyer, other_process, settle
+
+
+def told(shop: Shop) -> list[tuple[str, int | None]]:
+    return [
+        (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
+    ]
+
+
+ONE_ZERO_END = [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", None)]
+
+
+class SlowStockGate:
+    """The room's events as a process reaches them whose cadence gate is slow to answer (a busy
+    Redis): its "1 left" takes that long to go out."""
+
+    def __init__(self, shared: RecordingEvents, delay: float) -> None:
+        self._shared = shared
+        self.delay = delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
+        if name.startswith("stock:"):
+            await asyncio.sleep(self.delay)
+        result: bool = await self._shared.try_gate(room_id, name, seconds)
+        return result
+
+
+async def test_the_end_waits_for_the_last_unit_its_own_process_is_telling(shop: Shop) -> None:
+    slow = cast(RecordingEvents, SlowStockGate(shop.events, 0.3))
+    _, orders = other_process(shop, events=slow)
+    offer = await shop.launch(quantity=2, limit=1)
+    await asyncio.gather(
+        *(
+            orders.claim(offer.id, buyer(n), quantity=1, idempotency_key="k", address=ADDRESS)
+            for n in range(2)
+        )
+    )
+    await asyncio.sleep(1.0)
+    assert told(shop) == ONE_ZERO_END
+
+
+async def test_housekeeping_leaves_the_seller_a_round_to_end_its_offer(shop: Shop) -> None:
+    """Another process's housekeeping finds the offer sold out while the seller's "1 left" is
+    on its slow way: ended at once, the room would never hear that 1."""
+    _, left_one = other_process(shop, events=RecordingEvents())  # its "1 left" is never heard
+    _, seller = other_process(shop, events=cast(RecordingEvents, SlowStockGate(shop.events, 0.3)))
+    offer = await shop.launch(quantity=2, limit=1)
+    await left_one.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    await seller.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    keeper = Housekeeper(shop.offers, shop.orders, lambda: [offer.id])
+    await keeper.run_once()
+    assert (await shop.offers_store.get(offer.id)).end_reason is None
+    await asyncio.sleep(1.0)
+    assert told(shop) == ONE_ZERO_END
+    await keeper.run_once()  # the seller ended it: nothing more
+    assert told(shop) == ONE_ZERO_END
+
+
+class LosesTheOfferAfterAttach:
+    """Redis restarts without its data right after the last order is attached."""
+
+    def __init__(self, shared: Any) -> None:
+        self._shared = shared
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def attach_order(self, offer_id: str, *args: Any, **kwargs: Any) -> Any:
+        attached = await self._shared.attach_order(offer_id, *args, **kwargs)
+        self._shared.forget(offer_id)
+        return attached
+
+
+async def test_housekeeping_rebuilds_an_offer_redis_lost_and_ends_it(shop: Shop) -> None:
+    offer = await shop.launch(quantity=1, limit=1)
+    losing = cast(StockReservations, LosesTheOfferAfterAttach(shop.stock))
+    _, orders = other_process(shop, stock=losing)
+    await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    await settle()
+    assert (await shop.offers_store.get(offer.id)).end_reason is None  # its end read nothing
+    keeper = Housekeeper(shop.offers, shop.orders, lambda: [offer.id])
+    for _ in range(3):  # rebuilt, found sold out, ended
+        await keeper.run_once()
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+    assert await shop.stock.remaining(offer.id) == 0  # rebuilt from its one order
+
+
+class AttachFailsOnce:
+    def __init__(self, shared: Any) -> None:
+        self._shared = shared
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def attach_order(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise Unavailable("live data is unreachable, try again")
+        return await self._shared.attach_order(*args, **kwargs)
+
+
+async def test_a_claim_sent_again_after_its_last_unit_failed_ends_the_offer(shop: Shop) -> None:
+    offer = await shop.launch(quantity=1, limit=1)
+    _, orders = other_process(shop, stock=cast(StockReservations, AttachFailsOnce(shop.stock)))
+    with pytest.raises(Unavailable):  # the order is written; its attach failed
+        await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    await settle()
+    assert (await shop.offers_store.get(offer.id)).end_reason is None
+    _order, created = await orders.claim(
+        offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
+    )
+    assert not created
+    await settle()
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+    assert told(shop) == [("offer.stock", 0), ("offer.ended", None)]
