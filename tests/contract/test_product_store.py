@@ -85,7 +85,8 @@ async def test_mongo_stored_form(mongo_db: Any) -> None:
     assert (doc["origin_country"], doc["hs_code"], doc["weight_grams"]) == ("TW", "090230", 180)
 
 
-async def test_mongo_reads_products_stored_before_the_trade_fields(mongo_db: Any) -> None:
+async def _store_an_old_product(mongo_db: Any) -> None:
+    """A product as the first version stored it: no trade fields, no launch count."""
     await mongo_db[PRODUCTS].insert_one(
         {
             "_id": "p_old",
@@ -97,6 +98,10 @@ async def test_mongo_reads_products_stored_before_the_trade_fields(mongo_db: Any
             "images": [],
         }
     )
+
+
+async def test_mongo_reads_products_stored_before_the_trade_fields(mongo_db: Any) -> None:
+    await _store_an_old_product(mongo_db)
     got = await MongoProductStore(mongo_db).get("p_old")
     assert (got.description, got.sku, got.origin_country, got.other_prices) == ("", None, None, [])
 
@@ -134,16 +139,7 @@ async def test_launches_and_stock_counts_each_see_the_other(products: ProductSto
 async def test_a_product_stored_before_launches_were_counted_takes_a_count(
     mongo_db: Any,
 ) -> None:
-    await mongo_db[PRODUCTS].insert_one(
-        {
-            "_id": "p_old",
-            "owner_id": "host-1",
-            "title": "Old",
-            "price": {"amount": Decimal128("1.00"), "currency": "USD"},
-            "stock": 3,
-            "created_at": T0,
-        }
-    )
+    await _store_an_old_product(mongo_db)
     store = MongoProductStore(mongo_db)
     assert (await store.get("p_old")).launches == 0
     assert (await store.set_stock("p_old", 5, launches=0)).stock == 5
