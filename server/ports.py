@@ -36,10 +36,9 @@ class ProductStore(Protocol):
         ProductOffersChanged. NotFound for an unknown product."""
         ...
 
-    async def count_launch(self, product_id: str, *, stock: int) -> bool:
-        """Count an offer launched against the stock `stock`: False, counting nothing, if a
-        stock count has set the product's stock below `stock` meanwhile (a stock at least as
-        large still has room for what the launch checked)."""
+    async def count_launch(self, product_id: str, *, at_least: int) -> bool:
+        """Count an offer launched: False, counting nothing, if the product's stock is below
+        `at_least`, the units its offers need with it (a stock count lowered it meanwhile)."""
         ...
 
 

@@ -36,9 +36,9 @@ class MemoryProductStore:
         self._products[product_id] = copy.deepcopy(product)
         return product
 
-    async def count_launch(self, product_id: str, *, stock: int) -> bool:
+    async def count_launch(self, product_id: str, *, at_least: int) -> bool:
         product = self._products.get(product_id)
-        if product is None or product.stock < stock:
+        if product is None or product.stock < at_least:
             return False
         product.launches += 1
         return True

@@ -81,7 +81,7 @@ def page_of(found: Sequence[T], limit: int) -> Page[T]:
     """The page from up to `limit + 1` items read newest first: the one beyond `limit` only
     shows that there is a next page."""
     items = list(found[:limit])
-    if len(found) <= limit or not items:
+    if len(found) <= limit:
         return Page(items, None)
     return Page(items, encode_cursor(PageKey.of(items[-1])))
 

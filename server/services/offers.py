@@ -150,14 +150,12 @@ class OfferService:
                 "this idempotency key launched another offer", code="idempotency_key_reused"
             )
         if not created and offer.end_reason is None:
-            # The first attempt may have died between storing its offer and counting it, and a
-            # stock count may have missed it since: it is checked and counted, as a new one is,
-            # before the room hears of it.
-            others = await self._offers.of_product(product_id)
-            if await self._units_booked(others) > product.stock:
-                await self._withdraw(offer)
-                raise _stock_lowered()
-            await self._count(offer, product)
+            # Most often the first answer was lost, and the offer sells. But the first attempt
+            # may have died between storing its offer and counting it, and a stock count may
+            # have missed it since: counted again (harmless if it was), it must fit what the
+            # product's offers book with it, as a counted one always does.
+            booked = await self._units_booked(await self._offers.of_product(product_id))
+            await self._count(offer, product_id, at_least=booked, fresh=False)
         if offer.end_reason is None:
             await self._events.publish_room_event(
                 room_id,
@@ -183,7 +181,8 @@ class OfferService:
             if attempt:  # a count may have changed the stock too
                 product = await self._products.get(product.id)
             others = await self._offers.of_product(product.id)
-            ensure_stock_left(product, offer.quantity, booked=await self._units_booked(others))
+            booked = await self._units_booked(others)
+            ensure_stock_left(product, offer.quantity, booked=booked)
             # Stock first: an offer in the store without stock would answer `paused` and
             # rebuild. Opening it again on a second try changes nothing.
             await self._stock.open_offer(
@@ -205,23 +204,26 @@ class OfferService:
                     if taken is not None:
                         return taken
                 continue
-            await self._count(offer, product)
+            await self._count(offer, product.id, at_least=booked + offer.quantity, fresh=True)
             return offer
         raise ProductOffersChanged(_LAUNCHES_RACING)
 
-    async def _count(self, offer: FlashOffer, product: Product) -> None:
-        """Count the stored offer as launched against `product`'s stock, which it fits; else
-        withdraw it. Counted only once stored, so that a stock count either sees its booking
-        or finds the count changed and reads the bookings again."""
+    async def _count(
+        self, offer: FlashOffer, product_id: str, *, at_least: int, fresh: bool
+    ) -> None:
+        """Count the stored offer as launched if the product's stock is still `at_least` (what
+        its offers book with it), else withdraw it. Counted only once stored, so that a stock
+        count either sees its booking or finds the count changed and reads the bookings again.
+        `fresh`: a new launch, which nobody has heard of yet."""
         try:
-            counted = await self._products.count_launch(product.id, stock=product.stock)
+            counted = await self._products.count_launch(product_id, at_least=at_least)
         except LiveshopError:
-            # Uncounted, the offer could meet a count that never saw it: it must not sell.
-            await self._withdraw(offer)
-            raise
+            if fresh:  # uncounted, it could meet a count that never saw it: it must not sell
+                await self._withdraw(offer)
+            raise  # a launch sent again leaves its offer as it was: it may be selling
         if not counted:
             # A count set a lower stock after the launch checked it, and before its own check
-            # could see this offer: the offer may not fit, and must not sell.
+            # could see this offer: the offer does not fit, and must not sell.
             await self._withdraw(offer)
             raise _stock_lowered()
 

@@ -165,10 +165,6 @@ class OrderService:
         )
         if created and not told_early:
             self._offer_service.stock_moved(offer, result.remaining)
-        elif not created and result.remaining == 0:
-            # An earlier attempt of this claim took the last unit, and failed before it could
-            # end the offer (only the claim that sells out ends it at once).
-            self._offer_service.stock_moved(offer, 0)
         return order, created
 
     async def _write_order(

@@ -122,18 +122,18 @@ async def test_launches_and_stock_counts_each_see_the_other(products: ProductSto
     """A launch counts itself only against the stock it checked; a count stores its figure
     only if no launch counted itself since the count read the bookings."""
     await products.create(_full())  # stock 40
-    assert await products.count_launch("p_1", stock=40)
+    assert await products.count_launch("p_1", at_least=40)
     assert (await products.get("p_1")).launches == 1
     with pytest.raises(ProductOffersChanged):  # read before that launch
         await products.set_stock("p_1", 10, launches=0)
     assert (await products.get("p_1")).stock == 40
     assert (await products.set_stock("p_1", 10, launches=1)).stock == 10
-    assert not await products.count_launch("p_1", stock=40)  # checked against a larger figure
+    assert not await products.count_launch("p_1", at_least=40)  # needs more than the count left
     assert (await products.get("p_1")).launches == 1
-    assert await products.count_launch("p_1", stock=10)
-    assert await products.count_launch("p_1", stock=8)  # a restock still has room for it
+    assert await products.count_launch("p_1", at_least=10)
+    assert await products.count_launch("p_1", at_least=8)  # a restock still has room for it
     assert (await products.get("p_1")).launches == 3
-    assert not await products.count_launch("p_missing", stock=40)
+    assert not await products.count_launch("p_missing", at_least=40)
 
 
 async def test_a_product_stored_before_launches_were_counted_takes_a_count(
@@ -143,5 +143,5 @@ async def test_a_product_stored_before_launches_were_counted_takes_a_count(
     store = MongoProductStore(mongo_db)
     assert (await store.get("p_old")).launches == 0
     assert (await store.set_stock("p_old", 5, launches=0)).stock == 5
-    assert await store.count_launch("p_old", stock=5)
+    assert await store.count_launch("p_old", at_least=5)
     assert (await store.get("p_old")).launches == 1

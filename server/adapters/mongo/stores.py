@@ -109,9 +109,9 @@ class MongoProductStore:
         raise ProductOffersChanged("an offer of this product was launched meanwhile")
 
     @_translate_errors
-    async def count_launch(self, product_id: str, *, stock: int) -> bool:
+    async def count_launch(self, product_id: str, *, at_least: int) -> bool:
         result = await self._products.update_one(
-            {"_id": product_id, "stock": {"$gte": stock}}, {"$inc": {LAUNCHES: 1}}
+            {"_id": product_id, "stock": {"$gte": at_least}}, {"$inc": {LAUNCHES: 1}}
         )
         return result.matched_count == 1
 

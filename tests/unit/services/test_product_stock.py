@@ -368,7 +368,7 @@ class FailingCounts:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shared, name)
 
-    async def count_launch(self, product_id: str, *, stock: int) -> bool:
+    async def count_launch(self, product_id: str, *, at_least: int) -> bool:
         raise Unavailable("the database is unreachable, try again")
 
 
@@ -427,3 +427,44 @@ async def test_a_launch_sent_again_after_its_first_died_uncounted_counts_it(shop
     assert offer.end_reason is None
     assert (await shop.products.get(shop.product_id)).launches == 1  # a count now sees it
     assert len(shop.events.of_type("offer.started")) == 1
+
+
+async def test_a_launch_sent_again_leaves_its_selling_offer_alone(shop: Shop) -> None:
+    """The usual retry: the first answer was lost, the offer is counted and selling. A count
+    made since (one that saw it) or a failing store must not take it back."""
+    offer, _ = await launch_through(shop.offers, shop, quantity=30, key="lost")
+    await shop.claim(offer, buyer(1), "k")
+    await shop.offers.set_product_stock(HOST, shop.product_id, 40)  # covers its 30
+    again, created = await launch_through(shop.offers, shop, quantity=30, key="lost")
+    assert (again.id, created) == (offer.id, False)
+    failing, _ = other_process(shop, products=cast(ProductStore, FailingCounts(shop.products)))
+    with pytest.raises(Unavailable):
+        await launch_through(failing, shop, quantity=30, key="lost")
+    assert (await shop.offers_store.get(offer.id)).end_reason is None
+    same, created = await launch_through(shop.offers, shop, quantity=30, key="lost")
+    assert (same.id, created) == (offer.id, False)  # still its offer: no second one
+
+
+async def test_a_count_overtaken_by_a_launch_it_still_covers_is_stored(shop: Shop) -> None:
+    counting_store = HeldCalls(shop.products, "set_stock")
+    counting, _ = other_process(shop, products=cast(ProductStore, counting_store))
+    count = asyncio.create_task(counting.set_product_stock(HOST, shop.product_id, 40))
+    await asyncio.wait_for(counting_store.entered.wait(), 2)  # read no bookings
+    await launch_through(shop.offers, shop, quantity=30)
+    counting_store.gate.set()
+    assert (await count).stock == 40  # read again: 30 booked, 40 covers them
+
+
+async def test_a_launch_that_loses_its_place_checks_the_stock_again(shop: Shop) -> None:
+    """Another launch took its place, and a restock came meanwhile: the second look counts the
+    new stock, not the one the launch first read."""
+    storing = HeldCalls(shop.offers_store)
+    launching, _ = other_process(shop, offers_store=cast(OfferStore, storing))
+    launch = asyncio.create_task(launch_through(launching, shop, quantity=40))  # of 50
+    await asyncio.wait_for(storing.entered.wait(), 2)
+    await launch_through(shop.offers, shop, quantity=20)  # takes the place
+    await shop.offers.set_product_stock(HOST, shop.product_id, 100)
+    storing.gate.set()
+    offer, created = await launch  # 20 + 40 of 100, where the old 50 would refuse it
+    assert created
+    assert offer.quantity == 40
