@@ -211,9 +211,9 @@ class OfferService:
     async def _count(
         self, offer: FlashOffer, product_id: str, *, at_least: int, fresh: bool
     ) -> None:
-        """Count the stored offer as launched if the product's stock is still `at_least` (what
-        its offers book with it), else withdraw it. Counted only once stored, so that a stock
-        count either sees its booking or finds the count changed and reads the bookings again.
+        """Count the stored offer as launched if the product's stock still covers `at_least`
+        units (what its offers book with it), else withdraw it. Counted only once stored, so a
+        stock count either sees its booking or finds the count changed and reads again.
         `fresh`: a new launch, which nobody has heard of yet."""
         try:
             counted = await self._products.count_launch(product_id, at_least=at_least)
