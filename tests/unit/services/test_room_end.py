@@ -22,6 +22,20 @@ from tests.unit.services.shop import (
 )
 
 
+def away_at_call(shop: Shop, failing: int) -> StopOffers:
+    """The shop's way of stopping a room's offers, whose `failing`th call finds Redis away."""
+    calls = 0
+
+    async def stop_offers(room_id: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == failing:
+            raise Unavailable("live data is unreachable, try again")
+        await shop.offers.stop_offers_in_room(room_id)
+
+    return stop_offers
+
+
 def rooms_of(shop: Shop, stop_offers: StopOffers | None = None) -> RoomService:
     """The room service as the app wires it: its end stops the room's offers (by default the
     shop's own way)."""
@@ -72,16 +86,7 @@ async def test_a_launch_that_raced_the_end_is_stopped_and_refused() -> None:
 async def test_an_end_whose_offers_could_not_be_stopped_leaves_the_room_live_for_a_retry() -> None:
     shop = await open_shop()
     offer = await shop.launch(quantity=3, limit=1, duration=3600)
-    calls = 0
-
-    async def stop_offers_once_away(room_id: str) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise Unavailable("live data is unreachable, try again")
-        await shop.offers.stop_offers_in_room(room_id)
-
-    rooms = rooms_of(shop, stop_offers_once_away)
+    rooms = rooms_of(shop, away_at_call(shop, 1))
     with pytest.raises(Unavailable):
         await rooms.end(shop.room_id, HOST)
     assert (await shop.rooms.get(shop.room_id)).status is RoomStatus.LIVE
@@ -92,15 +97,7 @@ async def test_an_end_whose_offers_could_not_be_stopped_leaves_the_room_live_for
 
 async def test_viewers_hear_the_end_even_when_the_second_look_at_its_offers_fails() -> None:
     shop = await open_shop()
-    looks = 0
-
-    async def stop_offers_away_the_second_time(room_id: str) -> None:
-        nonlocal looks
-        looks += 1
-        if looks == 2:
-            raise Unavailable("live data is unreachable, try again")
-
-    rooms = rooms_of(shop, stop_offers_away_the_second_time)
+    rooms = rooms_of(shop, away_at_call(shop, 2))
     ended = await rooms.end(shop.room_id, HOST)  # stored: a retry would only hear 409
     assert ended.status is RoomStatus.ENDED
     assert len(shop.events.of_type("room.ended")) == 1
