@@ -148,9 +148,10 @@ class OfferStore(Protocol):
         end: their ender failed or died before `end_finished`."""
         ...
 
-    async def end_finished(self, offer_id: str, at: datetime) -> None:
-        """Clear the note `record_end` left, noting when: the stock is stopped, the room told.
-        Once: an end finished again (a host's repeated stop) keeps its first time."""
+    async def end_finished(self, offer_id: str, at: datetime, *, taken: int | None) -> None:
+        """Clear the note `record_end` left, noting when and the units the offer had `taken`
+        when its stock stopped (None if the stock was lost): the stock is stopped, the room
+        told. Once: an end finished again (a host's repeated stop) keeps its first figures."""
         ...
 
     async def due_to_settle(
@@ -294,9 +295,11 @@ class StockReservations(Protocol):
         writing the order."""
         ...
 
-    async def stop(self, offer_id: str) -> bool:
-        """Refuse further claims (`not_active`). False when the store does not hold the offer;
-        the rebuild then takes `stopped` from the stored offer."""
+    async def stop(self, offer_id: str) -> int | None:
+        """Refuse further claims (`not_active`), and tell how many units the offer has taken
+        (reserved or sold, not given back) at that moment: no more can be taken once stopped.
+        None when the store does not hold the offer; the rebuild then takes `stopped` from the
+        stored offer."""
         ...
 
     async def is_ready(self, offer_id: str) -> bool:

@@ -108,10 +108,11 @@ class MemoryOfferStore:
     async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
         return [self._offers[offer_id] for offer_id in sorted(self._unfinished_ends)[:limit]]
 
-    async def end_finished(self, offer_id: str, at: datetime) -> None:
+    async def end_finished(self, offer_id: str, at: datetime, *, taken: int | None) -> None:
         if offer_id in self._unfinished_ends:
             self._unfinished_ends.discard(offer_id)
             self._end_finished_at[offer_id] = utc_ms(at)
+            self._offers[offer_id] = replace(self._offers[offer_id], taken_at_end=taken)
 
     async def due_to_settle(
         self, finished_before: datetime, limit: int

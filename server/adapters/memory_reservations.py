@@ -169,12 +169,12 @@ class MemoryStockReservations:
         found.sort(key=lambda p: p.created_at)
         return found[:PENDING_BATCH]
 
-    async def stop(self, offer_id: str) -> bool:
+    async def stop(self, offer_id: str) -> int | None:
         offer = self._offers.get(offer_id)
         if offer is None:
-            return False
+            return None
         offer.stopped = True
-        return True
+        return offer.quantity - offer.stock
 
     async def is_ready(self, offer_id: str) -> bool:
         return offer_id in self._offers

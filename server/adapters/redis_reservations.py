@@ -143,10 +143,12 @@ end
 return out
 """
 
+# The units taken, or -1 when the offer is lost.
 _STOP = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'stopped', '1')
-return 1
+local state = redis.call('HMGET', KEYS[1], 'quantity', 'stock')
+return tonumber(state[1]) - tonumber(state[2])
 """
 
 # Leftovers of a partial loss (the state hash evicted alone) are dropped: the orders are the
@@ -336,8 +338,9 @@ class RedisStockReservations:
         return found
 
     @redis_unreachable_is_unavailable
-    async def stop(self, offer_id: str) -> bool:
-        return bool(await self._stop(keys=_keys(offer_id), args=[]))
+    async def stop(self, offer_id: str) -> int | None:
+        taken = int(await self._stop(keys=_keys(offer_id), args=[]))
+        return None if taken < 0 else taken
 
     @redis_unreachable_is_unavailable
     async def is_ready(self, offer_id: str) -> bool:

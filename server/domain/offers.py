@@ -50,14 +50,18 @@ class EndReason(StrEnum):
 
 def units_booked(offers: Iterable[FlashOffer], claimed: Mapping[str, int]) -> int:
     """The units of a product that its offers take from its stock: each its whole quantity
-    until it has settled (see LATE_ORDERS), then the units its orders still claim (`claimed`,
-    by offer id: cancelled and expired orders gave theirs back)."""
-    return sum(
-        offer.quantity
-        if offer.settled_at is None
-        else min(claimed.get(offer.id, 0), offer.quantity)
-        for offer in offers
-    )
+    while it runs, the units it had taken when its stock stopped (`taken_at_end`: only those
+    may still become orders) until it has settled (see LATE_ORDERS), then the units its orders
+    still claim (`claimed`, by offer id: cancelled and expired orders gave theirs back). Each
+    figure is at most the one before, so a booking read once never grows afterwards."""
+    return sum(_booked(offer, claimed) for offer in offers)
+
+
+def _booked(offer: FlashOffer, claimed: Mapping[str, int]) -> int:
+    most = offer.quantity if offer.taken_at_end is None else min(offer.taken_at_end, offer.quantity)
+    if offer.settled_at is None:
+        return most
+    return min(claimed.get(offer.id, 0), most)
 
 
 def same_launch(
@@ -132,6 +136,9 @@ class FlashOffer:
     ended_at: datetime | None = None
     end_reason: EndReason | None = None
     settled_at: datetime | None = None  # see LATE_ORDERS
+    # Units reserved or sold when its end stopped its stock (None before, or when the stock
+    # was lost then): no more can be taken since.
+    taken_at_end: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,9 +230,8 @@ class OfferService:
     async def _withdraw(self, offer: FlashOffer) -> None:
         """Stop an offer whose launch is refused after it was stored, and free its launch key
         in the same write, so the launch sent again with that key is tried afresh rather than
-        answered with this stopped offer. Its units stay booked until it settles (LATE_ORDERS):
-        the room may have seen it in a snapshot meanwhile, and a claim made then holds an
-        order."""
+        answered with this stopped offer. It books only what claims took meanwhile (the room
+        may have seen it in a snapshot): mostly nothing, so the launch sent again fits."""
         await self.end(offer, EndReason.STOPPED, free_launch_key=True)
 
     async def _units_booked(self, offers: list[FlashOffer]) -> int:
@@ -336,13 +335,14 @@ class OfferService:
         try:
             if sold_out:  # the room hears 1, then 0, then the end
                 await self._announcer.last_unit_told(ended.id)
-            await self._stock.stop(ended.id)
+            taken = await self._stock.stop(ended.id)
             if sold_out:
                 await self._announcer.publish_stock(ended, 0)  # once, like the end itself
         finally:
             # Whatever became of those (an error, a shutdown), the room hears of the end now.
             await self._announce_end(ended)
-        await self._offers.end_finished(ended.id, self._clock())
+        # From now on the offer books only what it had taken (units_booked).
+        await self._offers.end_finished(ended.id, self._clock(), taken=taken)
 
     async def finish_ends(self) -> int:
         """Finish the ends that their process left unfinished (it failed or died between

@@ -4,6 +4,7 @@ exactly, open offers by room, and an end recorded exactly once however many proc
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -136,13 +137,16 @@ async def test_an_end_stays_unfinished_until_told_finished(offers: OfferStore) -
     ended_a = await offers.record_end("of_a", EndReason.SOLD_OUT, T0)
     assert await offers.unfinished_ends(10) == [ended_a, ended_b]
     assert await offers.unfinished_ends(1) == [ended_a]
-    await offers.end_finished("of_a", T0)
-    await offers.end_finished("of_a", T0)  # idempotent
-    await offers.end_finished("of_c", T0)  # not ended: nothing to clear
+    await offers.end_finished("of_a", T0, taken=3)
+    await offers.end_finished("of_a", T0, taken=2)  # idempotent: keeps its first figure
+    await offers.end_finished("of_c", T0, taken=0)  # not ended: nothing to clear
     assert await offers.unfinished_ends(10) == [ended_b]
-    assert await offers.get("of_a") == ended_a  # the end itself stands
+    assert await offers.get("of_a") == replace(ended_a, taken_at_end=3)  # the end stands
+    assert (await offers.get("of_c")).taken_at_end is None
     assert await offers.record_end("of_a", EndReason.EXPIRED, T0) is None
     assert await offers.unfinished_ends(10) == [ended_b]  # a refused second end notes nothing
+    await offers.end_finished("of_b", T0, taken=None)  # its stock was lost
+    assert await offers.get("of_b") == ended_b
 
 
 async def test_ended_offers_are_due_to_settle_once_their_end_is_finished(
@@ -155,13 +159,14 @@ async def test_ended_offers_are_due_to_settle_once_their_end_is_finished(
     await offers.record_end("of_c", EndReason.STOPPED, T0 + timedelta(seconds=30))
     later = T0 + timedelta(hours=1)
     assert await offers.due_to_settle(later, 10) == []  # no end is finished yet
-    await offers.end_finished("of_a", T0 + timedelta(minutes=5))  # finished late
-    await offers.end_finished("of_b", T0 + timedelta(seconds=21))
+    await offers.end_finished("of_a", T0 + timedelta(minutes=5), taken=0)  # finished late
+    await offers.end_finished("of_b", T0 + timedelta(seconds=21), taken=0)
     assert [o.id for o in await offers.due_to_settle(later, 10)] == ["of_a", "of_b"]
     assert [o.id for o in await offers.due_to_settle(later, 1)] == ["of_a"]
     # Settling waits from when the end was finished, not from when it was recorded.
     assert [o.id for o in await offers.due_to_settle(T0 + timedelta(minutes=1), 10)] == ["of_b"]
-    await offers.end_finished("of_b", T0 + timedelta(hours=2))  # again: keeps its first time
+    # Again: keeps its first time.
+    await offers.end_finished("of_b", T0 + timedelta(hours=2), taken=0)
     assert [o.id for o in await offers.due_to_settle(T0 + timedelta(minutes=1), 10)] == ["of_b"]
     await offers.record_settled("of_b", T0 + timedelta(minutes=2))
     await offers.record_settled("of_b", T0 + timedelta(minutes=3))  # once

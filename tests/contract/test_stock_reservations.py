@@ -212,10 +212,12 @@ async def test_claims_count_only_inside_the_window(backend: Backend) -> None:
     assert (await stock.claim("of1", "a", 1, "first", T0)).outcome is R.RESERVED
     assert (await stock.claim("of1", "a", 1, "last", END - MS)).outcome is R.RESERVED
     assert (await stock.claim("of1", "a", 1, "late", END)).outcome is R.NOT_ACTIVE
-    assert await stock.stop("of1")
+    assert await stock.release("of1", "first")
+    assert await stock.stop("of1") == 1  # taken when stopped: reserved, not given back
     stopped = await stock.claim("of1", "a", 1, "stopped", NOW)
-    assert (stopped.outcome, stopped.remaining) == (R.NOT_ACTIVE, 8)
-    assert await stock.remaining("of1") == 8
+    assert (stopped.outcome, stopped.remaining) == (R.NOT_ACTIVE, 9)
+    assert await stock.remaining("of1") == 9
+    assert await stock.stop("of1") == 1  # stopping again takes nothing more
 
 
 async def test_the_per_user_limit_counts_units_and_sold_out_comes_first(
@@ -335,7 +337,7 @@ async def test_a_lost_offer_pauses_until_rebuilt_from_its_orders(backend: Backen
         await stock.remaining("of1")
     assert raised.value.code == "offer_paused"
     assert await stock.snapshot("of1") is None
-    assert not await stock.stop("of1")
+    assert await stock.stop("of1") is None
     with pytest.raises(Unavailable) as raised:  # not "nothing to release": nothing is known
         await stock.release("of1", "k1")
     assert raised.value.code == "offer_paused"

@@ -224,8 +224,11 @@ class ReservationMachine(RuleBasedStateMachine):
 
     @rule()
     def stop(self) -> None:
-        assert self.call(self.stock.stop(OFFER)) is not self.model.lost
-        if not self.model.lost:
+        taken = self.call(self.stock.stop(OFFER))
+        if self.model.lost:
+            assert taken is None
+        else:
+            assert taken == self.model.quantity - self.model.remaining
             self.model.stopped = True
 
     @precondition(lambda self: not self.model.lost)

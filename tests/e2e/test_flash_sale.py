@@ -187,3 +187,35 @@ async def test_launches_of_one_product_on_two_processes_at_once_book_its_stock_o
     with MongoClient(cluster.mongodb_url) as client:
         stored = list(client[cluster.database]["offers"].find({"product_id": offer["product_id"]}))
     assert [doc["quantity"] for doc in stored] == [6]
+
+
+async def test_a_host_can_relaunch_what_a_stopped_offer_left_at_once(cluster: Cluster) -> None:
+    """A price drop mid-show: the host stops an offer on one process and launches what it left
+    on the other, without waiting for the stopped offer to settle."""
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.a.base_url, host, pin=False)
+    async with http(cluster.a.base_url, host) as client:
+        product = await client.post(
+            "/products",
+            json={"title": "Serum", "price": {"amount": "20.00", "currency": "USD"}, "stock": 10},
+        )
+    terms = {"product_id": product.json()["id"], "price": {"amount": "9.90", "currency": "USD"}}
+
+    async def launch_on(server: LiveshopProcess, quantity: int) -> httpx.Response:
+        async with http(server.base_url, host) as client:
+            return await client.post(
+                f"/rooms/{room_id}/offers",
+                json={**terms, "quantity": quantity, "per_user_limit": 1},
+            )
+
+    first = (await launch_on(cluster.a, 10)).json()["id"]
+    for n, server in enumerate((cluster.a, cluster.b, cluster.b)):
+        assert (await claim(server.base_url, first, unique("buyer"), f"k{n}")).status_code == 201
+    async with http(cluster.b.base_url, host) as client:
+        assert (await client.post(f"/offers/{first}/stop")).status_code == 200
+    too_many = await launch_on(cluster.a, 8)
+    assert too_many.status_code == 409
+    assert "7 units of the product's stock of 10" in too_many.json()["detail"]
+    cheaper = await launch_on(cluster.a, 7)
+    assert cheaper.status_code == 201, cheaper.text
+    assert (await claim(cluster.b.base_url, cheaper.json()["id"], unique("buyer"), "k")).is_success

@@ -53,6 +53,7 @@ def offer_from(doc: Document) -> FlashOffer:
         ended_at=doc.get("ended_at"),
         end_reason=None if reason is None else EndReason(reason),
         settled_at=doc.get("settled_at"),
+        taken_at_end=doc.get("taken_at_end"),
     )
 
 

@@ -57,6 +57,8 @@ END_TO_FINISH = "end_to_finish"
 LAUNCH_KEY = "launch_key"
 # When the end's note was cleared: settling waits LATE_ORDERS from then.
 END_FINISHED_AT = "end_finished_at"
+# With it, the units the offer had taken when its stock stopped (FlashOffer.taken_at_end).
+TAKEN_AT_END = "taken_at_end"
 # Which offer of its product an offer is (1, 2, ...): unique, so two launches racing to book
 # the same product's stock cannot both get in.
 PRODUCT_LAUNCH = "product_launch"
@@ -212,10 +214,13 @@ class MongoOfferStore:
         return [offer_from(doc) async for doc in cursor]
 
     @_translate_errors
-    async def end_finished(self, offer_id: str, at: datetime) -> None:
+    async def end_finished(self, offer_id: str, at: datetime, *, taken: int | None) -> None:
         await self._offers.update_one(  # once: finishing it again must not put off settling
             {"_id": offer_id, END_TO_FINISH: True},
-            {"$unset": {END_TO_FINISH: ""}, "$set": {END_FINISHED_AT: utc_ms(at)}},
+            {
+                "$unset": {END_TO_FINISH: ""},
+                "$set": {END_FINISHED_AT: utc_ms(at), TAKEN_AT_END: taken},
+            },
         )
 
     @_translate_errors

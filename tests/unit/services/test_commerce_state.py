@@ -1,8 +1,9 @@
 """A hypothesis state machine through the claim and order services: claims (with retried
-keys), cancellations, expiries, the reaper and reservation-store data loss, on the in-memory
-adapters. After every step: stock never negative, units held never above the quantity, no buyer
-above the limit, remaining == quantity - held, one order per buyer and key, every order's
-history legal."""
+keys), cancellations, expiries, the reaper, reservation-store data loss, the host's stop and
+the settling, on the in-memory adapters. After every step: stock never negative, units held
+never above the quantity, no buyer above the limit, remaining == quantity - held, one order per
+buyer and key, every order's history legal, and what the offer books of its product's stock
+covers what its orders hold."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import LiveshopError
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
-from server.domain.offers import FlashOffer
+from server.domain.offers import LATE_ORDERS, FlashOffer, units_booked
 from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus, is_legal_history
 from server.services.offers import OfferService
 from server.services.orders import OrderService
@@ -45,14 +46,14 @@ class FlashSale(RuleBasedStateMachine):
         self.clock = Clock(T0)
         events = RecordingEvents()
         rooms, products = MemoryRoomStore(), MemoryProductStore()
-        self.orders_store, offers_store = MemoryOrderStore(), MemoryOfferStore()
+        self.orders_store, self.offers_store = MemoryOrderStore(), MemoryOfferStore()
         self.stock = MemoryStockReservations()
         self.rooms = RoomService(rooms, products, events, self.clock)
         self.offers = OfferService(
-            offers_store, self.orders_store, rooms, products, self.stock, events, self.clock
+            self.offers_store, self.orders_store, rooms, products, self.stock, events, self.clock
         )
         self.service = OrderService(
-            offers_store,
+            self.offers_store,
             self.orders_store,
             products,
             self.stock,
@@ -150,6 +151,15 @@ class FlashSale(RuleBasedStateMachine):
     def reservation_store_loses_everything(self) -> None:
         self.stock.flush()
 
+    @rule()
+    def host_stops(self) -> None:
+        self.run(self.offers.stop(self.offer.id, HOST))
+
+    @rule()
+    def settling(self) -> None:
+        self.clock.advance(seconds=LATE_ORDERS.total_seconds())
+        self.run(self.service.settle_due())
+
     def all_orders(self) -> list[Order]:
         return [self.run(self.orders_store.get(order_id)) for order_id in self.by_key.values()]
 
@@ -171,6 +181,9 @@ class FlashSale(RuleBasedStateMachine):
         assert all(is_legal_history(order.history) for order in orders)
         keys = Counter((o.buyer_id, o.idempotency_key) for o in orders)
         assert all(count == 1 for count in keys.values())
+        # What the offer books of its product's stock covers what its orders hold.
+        offer = self.run(self.offers_store.get(self.offer.id))
+        assert units_booked([offer], {offer.id: units}) >= units
 
 
 FlashSale.TestCase.settings = settings(

@@ -1,7 +1,7 @@
 """A product's offers share its stock: a launch books its quantity, which stays booked while the
-offer runs and until it has settled after its end; from then on the offer holds only what its
-orders still claim, and no claim reserved before the end can become an order any more.
-Launches of one product racing each other book it once."""
+offer runs; once its end stops its stock, only what it had taken then, until it has settled;
+from then on the offer holds only what its orders still claim, and no claim reserved before
+the end can become an order any more. Launches of one product racing each other book it once."""
 
 from __future__ import annotations
 
@@ -48,20 +48,30 @@ async def settle(shop: Shop) -> None:
     await shop.orders.settle_due()
 
 
-async def test_an_ended_offer_gives_back_what_it_did_not_sell_once_settled(shop: Shop) -> None:
+async def test_a_stopped_offer_books_what_it_had_taken_until_settled_then_what_it_sold(
+    shop: Shop,
+) -> None:
     offer = await shop.launch(quantity=STOCK, limit=1)
     for n in range(3):
         await shop.claim(offer, buyer(n), f"k{n}")
+    # A claimer that died after reserving, before writing its order: until the offer settles,
+    # its shopper may send the claim again and get the order.
+    await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", shop.clock())
     await shop.offers.stop(offer.id, HOST)
-    with pytest.raises(Conflict):  # a unit reserved before the stop may still become an order
-        await shop.launch(quantity=1, limit=1)
+    assert (await shop.offers_store.get(offer.id)).taken_at_end == 4
+    with pytest.raises(Conflict) as refused:
+        await shop.launch(quantity=STOCK - 3, limit=1)
+    assert "46 units of the product's stock of 50" in refused.value.message
+    # The host drops the price on what is left, at once: no wait for the settling.
+    again = await shop.launch(quantity=STOCK - 4, limit=1)
+    await shop.offers.stop(again.id, HOST)  # nothing taken: books nothing
     shop.clock.advance(seconds=LATE_ORDERS.total_seconds() - 1)
     assert await shop.orders.settle_due() == 0  # not yet
     with pytest.raises(Conflict):
-        await shop.launch(quantity=1, limit=1)
+        await shop.launch(quantity=STOCK - 3, limit=1)
     await settle(shop)
     assert (await shop.offers_store.get(offer.id)).settled_at is not None
-    await shop.launch(quantity=STOCK - 3, limit=1)  # the 3 sold stay sold
+    await shop.launch(quantity=STOCK - 3, limit=1)  # the 3 sold stay sold; the orphan is back
     with pytest.raises(Conflict):
         await shop.launch(quantity=1, limit=1)
 
@@ -321,6 +331,9 @@ async def test_a_count_made_while_a_launch_stored_its_offer_withdraws_that_offer
         await launch_through(shop.offers, shop, quantity=30, key="drop-1")
     assert again.value.code == "insufficient_stock"
     assert (await shop.products.get(shop.product_id)).stock == 10
+    # The withdrawn offer took nothing, so it books nothing: what the count left fits at once.
+    offer, _ = await launch_through(shop.offers, shop, quantity=10, key="drop-1")
+    assert offer.end_reason is None
 
 
 async def test_a_count_that_read_the_bookings_before_a_launch_counted_reads_them_again(
