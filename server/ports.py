@@ -108,10 +108,22 @@ class OfferStore(Protocol):
     async def create(
         self, offer: FlashOffer, *, nth_of_product: int, launch_key: str | None = None
     ) -> None:
-        """Store the offer as its product's `nth_of_product` offer (1 for the first): Conflict
-        when the id exists, ProductOffersChanged when another offer took that place first (a
-        launch of the same product that raced this one: its stock must be checked again),
-        LaunchKeyTaken when an offer of the room has this `launch_key` already."""
+        """Store the offer, not yet counted (`FlashOffer.counted`), as its product's
+        `nth_of_product` offer (1 for the first): Conflict when the id exists,
+        ProductOffersChanged when another offer took that place first (a launch of the same
+        product that raced this one: its stock must be checked again), LaunchKeyTaken when an
+        offer of the room has this `launch_key` already."""
+        ...
+
+    async def launch_counted(self, offer_id: str) -> None:
+        """Note the offer counted against its product's stock (a second call changes nothing)."""
+        ...
+
+    async def uncounted_launches(
+        self, created_before: datetime, limit: int
+    ) -> builtins.list[FlashOffer]:
+        """Offers that have not ended, created before `created_before`, that their launch
+        never counted: it died between storing and counting them."""
         ...
 
     async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
@@ -297,7 +309,8 @@ class StockReservations(Protocol):
 
     async def stop(self, offer_id: str) -> int | None:
         """Refuse further claims (`not_active`), and tell how many units the offer has taken
-        (reserved or sold, not given back) at that moment: no more can be taken once stopped.
+        (reserved or sold, not given back) at that moment: no more can be taken once stopped
+        (a rebuild keeps it stopped, see `rebuild`).
         None when the store does not hold the offer; the rebuild then takes `stopped` from the
         stored offer."""
         ...
@@ -320,7 +333,14 @@ class StockReservations(Protocol):
         """Restore a lost offer from its orders, atomically: remaining = quantity minus the
         units of the held claims, per-buyer counts from them, every key kept. False (and nothing
         changes) if the store already holds the offer, so racing rebuilders cannot undo claims
-        made after the first one finished."""
+        made after the first one finished. Not `stopped`, it is restored unconfirmed: new claims
+        answer `paused` until `confirm_open`, since the offer may have ended after the caller
+        read it, and its end's stop found nothing to stop."""
+        ...
+
+    async def confirm_open(self, offer_id: str) -> None:
+        """Let claims in to a rebuilt offer: the caller read it still running after `rebuild`
+        (an end recorded after that read stops the stock it finds). Nothing if it is lost."""
         ...
 
     async def snapshot(self, offer_id: str) -> StockSnapshot | None:

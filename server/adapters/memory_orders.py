@@ -68,7 +68,20 @@ class MemoryOfferStore:
                 raise LaunchKeyTaken("an offer was launched under this key already")
             self._launch_keys[(offer.room_id, launch_key)] = offer.id
         self._launches.add((offer.product_id, nth_of_product))
-        self._offers[offer.id] = offer  # frozen: no copy needed
+        self._offers[offer.id] = replace(offer, counted=False)
+
+    async def launch_counted(self, offer_id: str) -> None:
+        self._offers[offer_id] = replace(await self.get(offer_id), counted=True)
+
+    async def uncounted_launches(
+        self, created_before: datetime, limit: int
+    ) -> builtins.list[FlashOffer]:
+        found = [
+            o
+            for o in self._offers.values()
+            if not o.counted and o.ended_at is None and o.created_at < created_before
+        ]
+        return sorted(found, key=lambda o: (o.created_at, o.id))[:limit]
 
     async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
         offer_id = self._launch_keys.get((room_id, launch_key))

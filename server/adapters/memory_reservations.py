@@ -48,6 +48,7 @@ class _Offer:
     stock: int
     stopped: bool = False
     held: dict[str, int] = field(default_factory=dict)
+    unconfirmed: bool = False  # rebuilt: claims wait for confirm_open
     claims: dict[str, _Reservation] = field(default_factory=dict)
 
 
@@ -103,6 +104,8 @@ class MemoryStockReservations:
         now_ms = epoch_ms(now)
         if offer.stopped or not offer.starts_ms <= now_ms < offer.ends_ms:
             return ClaimResult(ClaimOutcome.NOT_ACTIVE, offer.stock)
+        if offer.unconfirmed:
+            return ClaimResult(ClaimOutcome.PAUSED)
         if offer.stock < quantity:
             return ClaimResult(ClaimOutcome.SOLD_OUT, offer.stock)
         if offer.held.get(buyer_id, 0) + quantity > offer.per_user_limit:
@@ -174,7 +177,12 @@ class MemoryStockReservations:
         if offer is None:
             return None
         offer.stopped = True
-        return offer.quantity - offer.stock
+        return max(0, offer.quantity - offer.stock)
+
+    async def confirm_open(self, offer_id: str) -> None:
+        offer = self._offers.get(offer_id)
+        if offer is not None:
+            offer.unconfirmed = False
 
     async def is_ready(self, offer_id: str) -> bool:
         return offer_id in self._offers
@@ -204,6 +212,7 @@ class MemoryStockReservations:
             stock=max(0, quantity - sum(held.values())),
             stopped=stopped,
             held=held,
+            unconfirmed=not stopped,
         )
         for c in claims:
             offer.claims[c.idempotency_key] = _Reservation(

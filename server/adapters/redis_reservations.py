@@ -3,7 +3,7 @@ no claim can oversell, whatever the number of processes.
 
 Each offer has, under one hash tag so a cluster keeps them on one shard:
   liveshop:{offer:ID}:state    hash: quantity, stock, limit, starts, ends (epoch ms), stopped,
-                               expire_at
+                               expire_at, unconfirmed (1: rebuilt, claims wait for confirm_open)
   liveshop:{offer:ID}:held     hash: buyer id -> units held
   liveshop:{offer:ID}:claims   hash: idempotency key -> JSON {r: reservation id, b: buyer,
                                q: units, t: created ms, o: order id, x: 1 once released}
@@ -65,7 +65,7 @@ _CLAIM = """
 local function claim(buyer, qty, key, now_ms, rid)
   local now = tonumber(now_ms)
   local state = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'starts', 'ends', 'stopped',
-    'expire_at')
+    'expire_at', 'unconfirmed')
   if not state[1] then return {'paused'} end
   local stock = tonumber(state[1])
   local raw = redis.call('HGET', KEYS[3], key)
@@ -77,6 +77,7 @@ local function claim(buyer, qty, key, now_ms, rid)
   if state[5] == '1' or now < tonumber(state[3]) or now >= tonumber(state[4]) then
     return {'not_active', stock}
   end
+  if state[7] == '1' then return {'paused'} end
   if stock < qty then return {'sold_out', stock} end
   local mine = tonumber(redis.call('HGET', KEYS[2], buyer) or '0')
   if mine + qty > tonumber(state[2]) then return {'limit_reached', stock} end
@@ -143,12 +144,17 @@ end
 return out
 """
 
-# The units taken, or -1 when the offer is lost.
+# The units taken, or nil when the offer is lost.
 _STOP = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'stopped', '1')
 local state = redis.call('HMGET', KEYS[1], 'quantity', 'stock')
-return tonumber(state[1]) - tonumber(state[2])
+return math.max(0, tonumber(state[1]) - tonumber(state[2]))
+"""
+
+_CONFIRM_OPEN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'unconfirmed', '0') end
+return 1
 """
 
 # Leftovers of a partial loss (the state hash evicted alone) are dropped: the orders are the
@@ -166,8 +172,11 @@ for i = 7, #ARGV, 2 do
   end
 end
 local stock = math.max(0, tonumber(ARGV[1]) - held)
+-- Not stopped: it may have ended since the rebuilder read it (see confirm_open).
+local unconfirmed = ARGV[5] == '1' and '0' or '1'
 redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', stock, 'limit', ARGV[2],
-  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', ARGV[5], 'expire_at', ARGV[6])
+  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', ARGV[5], 'expire_at', ARGV[6],
+  'unconfirmed', unconfirmed)
 for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
 return 1
 """
@@ -227,6 +236,7 @@ class RedisStockReservations:
         self._attach = self._redis.register_script(_ATTACH)
         self._pending = self._redis.register_script(_PENDING)
         self._stop = self._redis.register_script(_STOP)
+        self._confirm_open = self._redis.register_script(_CONFIRM_OPEN)
         self._rebuild = self._redis.register_script(_REBUILD)
         self._claims = GroupCommit(self._claim_batch)
         self._attaches = GroupCommit(self._attach_batch)
@@ -339,8 +349,12 @@ class RedisStockReservations:
 
     @redis_unreachable_is_unavailable
     async def stop(self, offer_id: str) -> int | None:
-        taken = int(await self._stop(keys=_keys(offer_id), args=[]))
-        return None if taken < 0 else taken
+        taken = await self._stop(keys=_keys(offer_id), args=[])
+        return None if taken is None else int(taken)
+
+    @redis_unreachable_is_unavailable
+    async def confirm_open(self, offer_id: str) -> None:
+        await self._confirm_open(keys=_keys(offer_id), args=[])
 
     @redis_unreachable_is_unavailable
     async def is_ready(self, offer_id: str) -> bool:

@@ -27,9 +27,10 @@ MAX_IDEMPOTENCY_KEY_CHARS = 200
 PENDING_BATCH = 1000
 # How long after an offer's end is finished (its stock stopped) a unit reserved before it may
 # still become an order: its claimer writing it (seconds, bounded by the stores' timeouts), or a
-# shopper sending again a claim whose answer was lost. Then the offer is settled: every
-# reservation still without an order is given back, and the offer books only what its orders
-# claim of its product's stock.
+# shopper sending again a claim whose answer was lost. Until then the offer books the units it
+# had taken when its stock stopped (units_booked). Then the offer is settled: every reservation
+# still without an order is given back, and the offer books only what its orders claim of its
+# product's stock.
 LATE_ORDERS = timedelta(minutes=1)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -50,18 +51,21 @@ class EndReason(StrEnum):
 
 def units_booked(offers: Iterable[FlashOffer], claimed: Mapping[str, int]) -> int:
     """The units of a product that its offers take from its stock: each its whole quantity
-    while it runs, the units it had taken when its stock stopped (`taken_at_end`: only those
-    may still become orders) until it has settled (see LATE_ORDERS), then the units its orders
-    still claim (`claimed`, by offer id: cancelled and expired orders gave theirs back). Each
-    figure is at most the one before, so a booking read once never grows afterwards."""
+    while it runs and until its end is finished; then the units it had taken when the end
+    stopped its stock (`taken_at_end`: only those may still become orders; the whole quantity
+    if the stock was lost then) until it has settled (see LATE_ORDERS); then the units its
+    orders still claim (`claimed`, by offer id: cancelled and expired orders gave theirs back).
+    Each figure is at most the one before, so a booking read once never grows afterwards."""
     return sum(_booked(offer, claimed) for offer in offers)
 
 
 def _booked(offer: FlashOffer, claimed: Mapping[str, int]) -> int:
-    most = offer.quantity if offer.taken_at_end is None else min(offer.taken_at_end, offer.quantity)
+    ceiling = (
+        offer.quantity if offer.taken_at_end is None else min(offer.taken_at_end, offer.quantity)
+    )
     if offer.settled_at is None:
-        return most
-    return min(claimed.get(offer.id, 0), most)
+        return ceiling
+    return min(claimed.get(offer.id, 0), ceiling)
 
 
 def same_launch(
@@ -136,9 +140,12 @@ class FlashOffer:
     ended_at: datetime | None = None
     end_reason: EndReason | None = None
     settled_at: datetime | None = None  # see LATE_ORDERS
-    # Units reserved or sold when its end stopped its stock (None before, or when the stock
-    # was lost then): no more can be taken since.
+    # Units reserved or sold when the stop that finished its end stopped its stock (None
+    # before, or when the stock was lost then): no more can be taken since.
     taken_at_end: int | None = None
+    # False from when its launch stored it until the launch counted it against its product's
+    # stock (OfferService._count): the room is not shown it before.
+    counted: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,10 @@
 """Once a second, in every process: end offers whose time is up or whose stock is gone, finish
-ends left unfinished, expire unpaid orders, give back units a cancel or an expiry could not,
-settle ended offers, release reservations whose claimer died, and forget the stock cadence of
-offers whose stock no longer moves here. Each step is safe to run
-everywhere at once: the stores' compare-and-set lets exactly one process act on each offer or
-order, giving units back and stopping a stock are idempotent, and the room's stream drops a
-second `offer.ended`."""
+ends left unfinished, withdraw offers whose launch died before counting them, expire unpaid
+orders, give back units a cancel or an expiry could not, settle ended offers, release
+reservations whose claimer died, and forget the stock cadence of offers whose stock no longer
+moves here. Each step is safe to run everywhere at once: the stores' compare-and-set lets
+exactly one process act on each offer or order, giving units back and stopping a stock are
+idempotent, and the room's stream drops a second `offer.ended`."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ class Housekeeper:
         await self._step("end_due_offers", self._offers.end_due)
         await self._step("end_sold_out_offers", partial(self._offers.end_sold_out, offer_ids))
         await self._step("finish_ends", self._offers.finish_ends)
+        await self._step("withdraw_uncounted_launches", self._offers.withdraw_uncounted)
         await self._step("expire_due_orders", self._orders.expire_due)
         await self._step("return_units", self._orders.return_units_due)
         await self._step("settle_offers", self._orders.settle_due)

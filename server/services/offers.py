@@ -1,4 +1,5 @@
 """Flash offers: launch, stop, end exactly once (sold out, expired, stopped), and tell the room.
+What a launch books of its product's stock is `bookings.py`'s.
 
 Any process may end an offer by time: the store's compare-and-set lets exactly one of them
 record the end and publish `offer.ended`, so the end happens even if the launching process died.
@@ -14,27 +15,16 @@ from datetime import datetime, timedelta
 
 from schemas.commerce import offer_to_wire
 from schemas.http import product_to_wire
-from server.domain.errors import (
-    Conflict,
-    Forbidden,
-    InvalidInput,
-    LaunchKeyTaken,
-    LiveshopError,
-    OfferPaused,
-    ProductOffersChanged,
-    Unavailable,
-)
+from server.domain.errors import Conflict, LiveshopError, OfferPaused, Unavailable
 from server.domain.figures import OfferFigures
-from server.domain.identity import Identity, Role
+from server.domain.identity import Identity
 from server.domain.money import Money
 from server.domain.offers import (
     EndReason,
     FlashOffer,
     RecoveredClaim,
-    ensure_stock_left,
     plan_offer,
     same_launch,
-    units_booked,
 )
 from server.domain.orders import HOLDS_STOCK
 from server.domain.products import Product
@@ -47,14 +37,13 @@ from server.ports import (
     RoomStore,
     StockReservations,
 )
-from server.services.rooms import ensure_seller, new_id, utc_now
+from server.services.bookings import ProductBookings
+from server.services.rooms import new_id, utc_now
 from server.services.stock_announcer import StockAnnouncer
 
 log = logging.getLogger("liveshop.offers")
 
 DUE_BATCH = 100
-# Launches of one product that lose the race for its next place, before the host hears 409.
-LAUNCH_TRIES = 5
 # How long an unfinished end is left to the process that recorded it, which may be stopping a
 # stock or telling a room that is slow to answer (each bounded at 5 s), before another finishes it.
 FINISH_GRACE = timedelta(seconds=15)
@@ -62,7 +51,6 @@ FINISH_GRACE = timedelta(seconds=15)
 # whatever the skew between their clocks.
 SKEW_MARGIN = timedelta(hours=1)
 FIGURES_LIMIT = 500  # offers per room in the host's figures
-_LAUNCHES_RACING = "offers of this product are being launched at once, try again"
 
 
 class OfferService:
@@ -86,6 +74,7 @@ class OfferService:
         self._announcer = StockAnnouncer(
             stock, events, clock, lambda offer: self.end(offer, EndReason.SOLD_OUT)
         )
+        self._bookings = ProductBookings(offers, orders, products, stock, self._withdraw)
         self._seen_ended: set[str] = set()  # sold out and ended, as end_sold_out found
         self._sold_out_round = 0  # end_sold_out's rounds so far
         self._sold_out_since: dict[str, int] = {}  # the round each sold-out offer was first seen
@@ -130,7 +119,7 @@ class OfferService:
                 duration=duration,
                 countdown=countdown,
             )
-            offer = await self._book(planned, product, key)
+            offer = await self._bookings.book(planned, product, key)
             created = offer.id == planned.id  # else the same launch, sent twice, got in first
             if created and (await self._rooms.get(room_id)).status is not RoomStatus.LIVE:
                 # The show ended while this launch ran, after its end stopped the room's
@@ -150,12 +139,9 @@ class OfferService:
                 "this idempotency key launched another offer", code="idempotency_key_reused"
             )
         if not created and offer.end_reason is None:
-            # Most often the first answer was lost, and the offer sells. But the first attempt
-            # may have died between storing its offer and counting it, and a stock count may
-            # have missed it since: counted again (harmless if it was), it must fit what the
-            # product's offers book with it, as a counted one always does.
-            booked = await self._units_booked(await self._offers.of_product(product_id))
-            await self._count(offer, product_id, at_least=booked, fresh=False)
+            # Most often the first answer was lost, and the offer sells; but the first attempt
+            # may have died before counting it.
+            await self._bookings.count_again(offer)
         if offer.end_reason is None:
             await self._events.publish_room_event(
                 room_id,
@@ -168,65 +154,6 @@ class OfferService:
             )
         return offer, created
 
-    async def _book(
-        self, offer: FlashOffer, product: Product, launch_key: str | None
-    ) -> FlashOffer:
-        """Store the offer if the product's stock still has its quantity once the product's
-        other offers have taken theirs, and return it; or the offer stored under `launch_key`,
-        when the same launch sent at the same moment got in first. Launches of one product are
-        checked one at a time: each offer is its product's nth, and of two launches that read
-        the same n, one is refused the place and checks again. A stock count made meanwhile
-        is caught by `count_launch` here or by `set_stock` (set_product_stock)."""
-        for attempt in range(LAUNCH_TRIES):
-            if attempt:  # a count may have changed the stock too
-                product = await self._products.get(product.id)
-            others = await self._offers.of_product(product.id)
-            booked = await self._units_booked(others)
-            ensure_stock_left(product, offer.quantity, booked=booked)
-            # Stock first: an offer in the store without stock would answer `paused` and
-            # rebuild. Opening it again on a second try changes nothing.
-            await self._stock.open_offer(
-                offer.id,
-                quantity=offer.quantity,
-                per_user_limit=offer.per_user_limit,
-                starts_at=offer.starts_at,
-                ends_at=offer.ends_at,
-            )
-            try:
-                await self._offers.create(
-                    offer, nth_of_product=len(others) + 1, launch_key=launch_key
-                )
-            except (LaunchKeyTaken, ProductOffersChanged):
-                # Another launch got in first: this same one, sent twice at once, or another
-                # offer of the product, whose booking the next try counts.
-                if launch_key is not None:
-                    taken = await self._offers.by_launch_key(offer.room_id, launch_key)
-                    if taken is not None:
-                        return taken
-                continue
-            await self._count(offer, product.id, at_least=booked + offer.quantity, fresh=True)
-            return offer
-        raise ProductOffersChanged(_LAUNCHES_RACING)
-
-    async def _count(
-        self, offer: FlashOffer, product_id: str, *, at_least: int, fresh: bool
-    ) -> None:
-        """Count the stored offer as launched if the product's stock still covers `at_least`
-        units (what its offers book with it), else withdraw it. Counted only once stored, so a
-        stock count either sees its booking or finds the count changed and reads again.
-        `fresh`: a new launch, which nobody has heard of yet."""
-        try:
-            counted = await self._products.count_launch(product_id, at_least=at_least)
-        except LiveshopError:
-            if fresh:  # uncounted, it could meet a count that never saw it: it must not sell
-                await self._withdraw(offer)
-            raise  # a launch sent again leaves its offer as it was: it may be selling
-        if not counted:
-            # A count set a lower stock after the launch checked it, and before its own check
-            # could see this offer: the offer does not fit, and must not sell.
-            await self._withdraw(offer)
-            raise _stock_lowered()
-
     async def _withdraw(self, offer: FlashOffer) -> None:
         """Stop an offer whose launch is refused after it was stored, and free its launch key
         in the same write, so the launch sent again with that key is tried afresh rather than
@@ -234,38 +161,14 @@ class OfferService:
         may have seen it in a snapshot): mostly nothing, so the launch sent again fits."""
         await self.end(offer, EndReason.STOPPED, free_launch_key=True)
 
-    async def _units_booked(self, offers: list[FlashOffer]) -> int:
-        settled = [offer.id for offer in offers if offer.settled_at is not None]
-        figures = await self._orders.figures_of_offers(settled) if settled else []
-        return units_booked(offers, {f.offer_id: f.units for f in figures})
-
     async def set_product_stock(self, who: Identity, product_id: str, stock: int) -> Product:
-        """A restock or a count: the units the seller has, and no fewer than the product's
-        offers have booked (those may be sold already: stop an offer first). Later launches
-        book out of the new figure."""
-        ensure_seller(who, "change stock")
-        product = await self._products.get(product_id)
-        if product.owner_id != who.user_id and who.role is not Role.ADMIN:
-            raise Forbidden("only the product's seller can change its stock")
-        if stock < 0:
-            raise InvalidInput("stock cannot be negative", code="invalid_stock")
-        for attempt in range(LAUNCH_TRIES):
-            if attempt:
-                product = await self._products.get(product_id)
-            # The launch count is read before the bookings: a launch stored after it counts
-            # itself after that, so set_stock finds the count changed and this reads again.
-            booked = await self._units_booked(await self._offers.of_product(product_id))
-            if stock < booked:
-                raise Conflict(
-                    f"the product's offers have booked {booked} units: set at least {booked},"
-                    " or stop an offer first",
-                    code="stock_booked",
-                )
-            try:
-                return await self._products.set_stock(product_id, stock, launches=product.launches)
-            except ProductOffersChanged:
-                continue  # an offer was launched meanwhile: count its booking too
-        raise ProductOffersChanged(_LAUNCHES_RACING)
+        """A restock or a count (ProductBookings.set_stock)."""
+        return await self._bookings.set_stock(who, product_id, stock)
+
+    async def withdraw_uncounted(self) -> int:
+        """Withdraw the offers whose launch died before counting them (each process calls this
+        once a second; ProductBookings.withdraw_uncounted)."""
+        return await self._bookings.withdraw_uncounted(self._clock())
 
     async def view(self, offer_id: str) -> tuple[FlashOffer, int | None]:
         """The offer and its remaining stock (None while the stock is being rebuilt)."""
@@ -282,8 +185,9 @@ class OfferService:
         return await self._stock.remaining(offer.id)
 
     async def open_in_room(self, room_id: str) -> list[tuple[FlashOffer, int | None]]:
+        """The room's offers that have not ended, as the room is shown them: counted ones."""
         offers = await self._offers.open_in_room(room_id)
-        return [await self.view(offer.id) for offer in offers]
+        return [await self.view(offer.id) for offer in offers if offer.counted]
 
     async def figures_in_room(self, room_id: str) -> list[OfferFigures]:
         """Orders, units and paid figures of the offers the room has run (its latest
@@ -462,11 +366,15 @@ class OfferService:
             stopped=offer.end_reason is not None,
             claims=claims,
         )
-        if offer.end_reason is None and (await self._offers.get(offer.id)).end_reason is not None:
-            # Ended while this rebuild ran: that end's stop found no stock (it was lost) and
-            # this one wrote it open. The end is recorded before its stock is stopped, so
-            # either this read sees it, or that stop comes after and finds the rebuilt stock.
-            await self._stock.stop(offer.id)
+        if offer.end_reason is None:
+            # Written unconfirmed: the offer may have ended since it was read above, its end's
+            # stop finding no stock. The end is recorded before its stock is stopped, so either
+            # this read sees it, or that stop comes after and finds the rebuilt stock. Should
+            # this read fail, claims wait, and the next rebuild called reads it again.
+            if (await self._offers.get(offer.id)).end_reason is None:
+                await self._stock.confirm_open(offer.id)
+            else:
+                await self._stock.stop(offer.id)
         if rebuilt:
             log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
 
@@ -489,10 +397,3 @@ class OfferService:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _stock_lowered() -> Conflict:
-    return Conflict(
-        "the product's stock was lowered while this offer was launched: launch it again",
-        code="stock_changed",
-    )

@@ -392,7 +392,7 @@ class OrderService:
             try:
                 # Stopped again first: a rebuild that read the offer before its end and could
                 # not read it again after writing its stock (see OfferService.rebuild) left it
-                # open. Stopping is idempotent, and a lost offer has nothing to stop.
+                # unconfirmed. Stopping is idempotent, and a lost offer has nothing to stop.
                 await self._stock.stop(offer.id)
                 seen, _ = await self._reap(offer.id, now + SKEW_MARGIN)  # every one, however new
             except Unavailable:

@@ -37,7 +37,9 @@ def _offer(
     starts_in: int = 0,
     minutes: int = 5,
     price: Money | None = None,
+    created_at: datetime = T0,
 ) -> FlashOffer:
+    """An offer as a launch stores it: not yet counted against its product's stock."""
     starts = T0 + timedelta(seconds=starts_in)
     return FlashOffer(
         id=offer_id,
@@ -49,7 +51,8 @@ def _offer(
         per_user_limit=2,
         starts_at=starts,
         ends_at=starts + timedelta(minutes=minutes),
-        created_at=T0,
+        created_at=created_at,
+        counted=False,
     )
 
 
@@ -64,6 +67,26 @@ async def test_offer_reads_back_exactly(offers: OfferStore, price: Money | None)
     assert str(got.price.amount) == str(offer.price.amount)
     assert got.starts_at.utcoffset() == timedelta(0)
     assert got.ended_at is None
+    await offers.launch_counted("of_1")
+    assert await offers.get("of_1") == replace(offer, counted=True)
+
+
+async def test_offers_whose_launch_never_counted_them_are_found(offers: OfferStore) -> None:
+    later = T0 + timedelta(seconds=30)
+    for offer_id, created_at in [("of_b", T0), ("of_a", T0), ("of_new", later)]:
+        await offers.create(_offer(offer_id, created_at=created_at), nth_of_product=1)
+    await offers.create(_offer("of_counted"), nth_of_product=1)
+    await offers.launch_counted("of_counted")
+    await offers.launch_counted("of_counted")  # once is enough
+    await offers.create(_offer("of_ended"), nth_of_product=1)
+    await offers.record_end("of_ended", EndReason.STOPPED, T0, free_launch_key=True)
+
+    assert [o.id for o in await offers.uncounted_launches(later, 10)] == ["of_a", "of_b"]
+    assert [o.id for o in await offers.uncounted_launches(later, 1)] == ["of_a"]
+    assert [o.id for o in await offers.uncounted_launches(T0, 10)] == []
+    found = await offers.uncounted_launches(later + timedelta(seconds=1), 10)
+    assert [o.id for o in found] == ["of_a", "of_b", "of_new"]
+    assert not any(o.counted for o in found)
 
 
 async def test_offer_missing_or_duplicate(offers: OfferStore) -> None:

@@ -373,6 +373,11 @@ async def test_a_lost_offer_pauses_until_rebuilt_from_its_orders(backend: Backen
     assert (retry.outcome, retry.reservation_id, retry.order_id) == (R.DUPLICATE, "rsv_a", "ord1")
     cancelled = await stock.claim("of1", "bob", 1, "k3", NOW)
     assert (cancelled.outcome, cancelled.released) == (R.DUPLICATE, True)
+    # New claims wait until the rebuilder has read the offer again, still running.
+    waiting = await stock.claim("of1", "alice", 1, "k5", NOW)
+    assert (waiting.outcome, waiting.remaining) == (R.PAUSED, None)
+    await stock.confirm_open("of1")
+    await stock.confirm_open("of1")  # once is enough
     assert (await stock.claim("of1", "alice", 1, "k5", NOW)).outcome is R.LIMIT_REACHED
     assert (await stock.claim("of1", "bob", 1, "k6", NOW)).outcome is R.RESERVED
     # Carol's reservation died with the data: her order, if it ever comes, holds nothing.
@@ -389,6 +394,25 @@ async def test_a_stopped_offer_is_rebuilt_stopped(backend: Backend) -> None:
     )
     assert (await stock.claim("of1", "alice", 1, "k1", NOW)).outcome is R.NOT_ACTIVE
     assert await stock.remaining("of1") == 5
+
+
+async def test_an_offer_stopped_before_its_rebuild_was_confirmed_stays_stopped(
+    backend: Backend,
+) -> None:
+    """The rebuilder read the offer running; it ended before the rebuilder read it again, and
+    the end's stop found the rebuilt stock."""
+    stock = backend.stock
+    await backend.lose_everything()
+    await stock.confirm_open("of1")  # lost: nothing to let claims in to
+    assert not await stock.is_ready("of1")
+    claims = [RecoveredClaim("k1", "alice", 2, "ord1", held=True)]
+    assert await stock.rebuild(
+        "of1", quantity=5, per_user_limit=2, starts_at=T0, ends_at=END, stopped=False, claims=claims
+    )
+    assert await stock.stop("of1") == 2
+    await stock.confirm_open("of1")  # the rebuilder's, after its read found the offer running
+    assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.NOT_ACTIVE
+    assert await stock.stop("of1") == 2
 
 
 async def test_a_redis_restart_pauses_claims_until_the_rebuild(
@@ -431,6 +455,7 @@ async def test_a_redis_restart_pauses_claims_until_the_rebuild(
         )
         held = sum(quantity for _, quantity in written.values())
         assert await stock.remaining("of1") == 50 - held
+        await stock.confirm_open("of1")
         assert (await stock.claim("of1", "newcomer", 1, "after", NOW)).remaining == 49 - held
     finally:
         await stock.close()

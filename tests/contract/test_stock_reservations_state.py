@@ -78,6 +78,7 @@ class Model:
     now: datetime = CLOCK["inside"]
     stopped: bool = False
     lost: bool = False
+    unconfirmed: bool = False  # rebuilt, not yet confirmed open
     claims: dict[str, Held] = field(default_factory=dict)
 
     def held_by_buyer(self) -> dict[str, int]:
@@ -99,6 +100,8 @@ class Model:
             return ClaimOutcome.DUPLICATE if known.buyer == buyer else ClaimOutcome.KEY_REUSED
         if self.stopped or not T0 <= self.now < END:
             return ClaimOutcome.NOT_ACTIVE
+        if self.unconfirmed:
+            return ClaimOutcome.PAUSED
         if self.remaining < quantity:
             return ClaimOutcome.SOLD_OUT
         if self.held_by_buyer().get(buyer, 0) + quantity > self.limit:
@@ -236,6 +239,7 @@ class ReservationMachine(RuleBasedStateMachine):
     def lose_data(self) -> None:
         self.call(self.harness.lose_everything())
         self.model.lost = True
+        self.model.unconfirmed = False
         # What survives is what MongoDB holds: the claims that got an order. Released ones
         # survive as cancelled or expired orders.
         self.model.claims = {k: c for k, c in self.model.claims.items() if c.order_id}
@@ -267,6 +271,12 @@ class ReservationMachine(RuleBasedStateMachine):
         )
         assert rebuilt
         self.model.lost = False
+        self.model.unconfirmed = not self.model.stopped
+
+    @rule()
+    def confirm_open(self) -> None:
+        self.call(self.stock.confirm_open(OFFER))
+        self.model.unconfirmed = False
 
     @invariant()
     def stock_adds_up(self) -> None:

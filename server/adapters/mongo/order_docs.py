@@ -54,6 +54,8 @@ def offer_from(doc: Document) -> FlashOffer:
         end_reason=None if reason is None else EndReason(reason),
         settled_at=doc.get("settled_at"),
         taken_at_end=doc.get("taken_at_end"),
+        # Offers stored before launches were noted as counted have no note: counted.
+        counted=not doc.get("launch_to_count", False),
     )
 
 

@@ -59,6 +59,8 @@ LAUNCH_KEY = "launch_key"
 END_FINISHED_AT = "end_finished_at"
 # With it, the units the offer had taken when its stock stopped (FlashOffer.taken_at_end).
 TAKEN_AT_END = "taken_at_end"
+# Set on an offer as its launch stores it, until the launch counts it (FlashOffer.counted).
+LAUNCH_TO_COUNT = "launch_to_count"
 # Which offer of its product an offer is (1, 2, ...): unique, so two launches racing to book
 # the same product's stock cannot both get in.
 PRODUCT_LAUNCH = "product_launch"
@@ -123,6 +125,12 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
                 name=END_TO_FINISH,
                 partialFilterExpression={END_TO_FINISH: True},
             ),
+            # Only the offers being launched, and those whose launch died, are in it.
+            IndexModel(
+                [(LAUNCH_TO_COUNT, ASCENDING), ("created_at", ASCENDING)],
+                name=LAUNCH_TO_COUNT,
+                partialFilterExpression={LAUNCH_TO_COUNT: True},
+            ),
         ]
     )
 
@@ -137,7 +145,7 @@ class MongoOfferStore:
     ) -> None:
         # The unique index on (product, launch) lets one of two launches racing for the same
         # place in; the other checks the product's stock again (see OfferService.launch).
-        doc = {**offer_doc(offer), PRODUCT_LAUNCH: nth_of_product}
+        doc = {**offer_doc(offer), PRODUCT_LAUNCH: nth_of_product, LAUNCH_TO_COUNT: True}
         if launch_key is not None:
             doc[LAUNCH_KEY] = launch_key
         try:
@@ -151,6 +159,23 @@ class MongoOfferStore:
                     "another offer of this product was launched meanwhile"
                 ) from None
             raise Conflict(f"offer {offer.id} exists") from None
+
+    @_translate_errors
+    async def launch_counted(self, offer_id: str) -> None:
+        await self._offers.update_one({"_id": offer_id}, {"$unset": {LAUNCH_TO_COUNT: ""}})
+
+    @_translate_errors
+    async def uncounted_launches(
+        self, created_before: datetime, limit: int
+    ) -> builtins.list[FlashOffer]:
+        cursor = (
+            self._offers.find(
+                {LAUNCH_TO_COUNT: True, "created_at": {"$lt": created_before}, "ended_at": None}
+            )
+            .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(limit)
+        )
+        return [offer_from(doc) async for doc in cursor]
 
     @_translate_errors
     async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:

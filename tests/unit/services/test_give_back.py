@@ -13,9 +13,9 @@ import pytest
 
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Unavailable
-from server.domain.offers import EndReason, RecoveredClaim
+from server.domain.offers import EndReason, FlashOffer, RecoveredClaim
 from server.domain.orders import HOLDS_STOCK, OrderStatus
-from server.ports import StockReservations
+from server.ports import OfferStore, StockReservations
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from tests.fakes import RecordingEvents
@@ -254,6 +254,54 @@ async def test_an_offer_stopped_while_a_rebuild_ran_stays_stopped(shop: Shop) ->
     assert refused.value.code == "offer_not_active"
     with pytest.raises(Conflict):  # and stays refused
         await shop.claim(offer, buyer(2), "k")
+
+
+class OffersAwayAfter:
+    """The shop's offer store, for a process whose database goes away once `away` is set."""
+
+    def __init__(self, shared: OfferStore) -> None:
+        self._shared = shared
+        self.away = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def get(self, offer_id: str) -> FlashOffer:
+        if self.away:
+            raise Unavailable("the database is unreachable, try again")
+        return await self._shared.get(offer_id)
+
+
+async def test_a_rebuild_that_read_the_offer_before_a_stop_cannot_reopen_it(shop: Shop) -> None:
+    """Redis lost the offer twice. This process's rebuild read it running; meanwhile another
+    process rebuilt it, the host's stop found that stock (3 taken), and Redis lost it again.
+    Written from the stale read, and with the database gone before it could read the offer
+    again, the stock must take no more than those 3: the host has launched the rest."""
+    stock = FlakyStock(shop.stock)
+    offers_store = OffersAwayAfter(shop.offers_store)
+    offers, _ = other_process(
+        shop, stock=cast(StockReservations, stock), offers_store=cast(OfferStore, offers_store)
+    )
+    offer = await shop.launch(quantity=50, limit=1)  # all the product's stock
+    for n in range(3):
+        await shop.claim(offer, buyer(n), f"k{n}")
+    shop.stock.flush()
+
+    async def rebuilt_stopped_and_lost_again() -> None:
+        await shop.offers.rebuild(offer.id)
+        await shop.offers.stop(offer.id, HOST)
+        shop.stock.flush()
+        offers_store.away = True
+
+    stock.before_rebuild = rebuilt_stopped_and_lost_again
+    with pytest.raises(Unavailable):
+        await offers.rebuild(offer.id)
+    assert (await shop.offers_store.get(offer.id)).taken_at_end == 3
+    await shop.launch(quantity=50 - 3, limit=1)
+    with pytest.raises(Unavailable) as waiting:  # until a rebuild reads it running: never
+        await shop.claim(offer, buyer(4), "k")
+    assert waiting.value.code == "offer_paused"
+    assert len(await shop.orders_store.of_offer(offer.id)) == 3
 
 
 async def test_ends_that_keep_failing_do_not_hold_up_the_others(shop: Shop) -> None:

@@ -15,6 +15,7 @@ from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import LATE_ORDERS, FlashOffer
 from server.domain.orders import OrderStatus
 from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
+from server.services.bookings import UNCOUNTED_AFTER
 from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import OrderService
@@ -74,6 +75,22 @@ async def test_a_stopped_offer_books_what_it_had_taken_until_settled_then_what_i
     await shop.launch(quantity=STOCK - 3, limit=1)  # the 3 sold stay sold; the orphan is back
     with pytest.raises(Conflict):
         await shop.launch(quantity=1, limit=1)
+
+
+async def test_an_offer_whose_stock_was_lost_when_it_stopped_books_its_quantity(
+    shop: Shop,
+) -> None:
+    """Its stop could not tell what it had taken: only settling, from its orders, can."""
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    for n in range(3):
+        await shop.claim(offer, buyer(n), f"k{n}")
+    shop.stock.flush()
+    await shop.offers.stop(offer.id, HOST)
+    assert (await shop.offers_store.get(offer.id)).taken_at_end is None
+    with pytest.raises(Conflict):
+        await shop.launch(quantity=1, limit=1)
+    await settle(shop)
+    await shop.launch(quantity=STOCK - 3, limit=1)
 
 
 async def test_housekeeping_settles_ended_offers(shop: Shop) -> None:
@@ -208,7 +225,7 @@ class FailingReadAfterRebuild:
 
     async def rebuild(self, offer_id: str, **offer: Any) -> bool:
         await self._shop.offers.stop(offer_id, HOST)
-        rebuilt = await self._shop.stock.rebuild(offer_id, **offer)  # written open
+        rebuilt = await self._shop.stock.rebuild(offer_id, **offer)  # written unconfirmed
         self.fail_next_get = True
         return rebuilt
 
@@ -219,7 +236,7 @@ class FailingReadAfterRebuild:
         return await self._shop.offers_store.get(offer_id)
 
 
-async def test_settling_stops_a_stock_that_a_failed_rebuild_left_open(shop: Shop) -> None:
+async def test_settling_stops_a_stock_that_a_failed_rebuild_left_unconfirmed(shop: Shop) -> None:
     # An hour long: it would still be selling after its settling.
     first = await shop.launch(quantity=STOCK, limit=1, duration=3600)
     shop.stock.flush()
@@ -241,6 +258,9 @@ async def test_settling_stops_a_stock_that_a_failed_rebuild_left_open(shop: Shop
     )
     with pytest.raises(Unavailable):
         await orders.claim(first.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    with pytest.raises(Unavailable) as waiting:  # the stopped offer sells nothing meanwhile
+        await shop.claim(first, buyer(2), "k")
+    assert waiting.value.code == "offer_paused"
     await settle(shop)
     await shop.launch(quantity=STOCK, limit=1)
     with pytest.raises(Conflict) as refused:  # the settled offer sells no more
@@ -434,12 +454,43 @@ async def test_a_launch_sent_again_after_its_first_died_uncounted_counts_it(shop
     with pytest.raises(asyncio.CancelledError):
         await first
     assert (await shop.products.get(shop.product_id)).launches == 0
+    assert await shop.offers.open_in_room(shop.room_id) == []  # the room is not shown it
 
     offer, created = await launch_through(shop.offers, shop, quantity=30, key="again")
     assert not created
     assert offer.end_reason is None
     assert (await shop.products.get(shop.product_id)).launches == 1  # a count now sees it
     assert len(shop.events.of_type("offer.started")) == 1
+    assert [o.id for o, _ in await shop.offers.open_in_room(shop.room_id)] == [offer.id]
+
+
+async def test_housekeeping_withdraws_a_launch_that_died_uncounted(shop: Shop) -> None:
+    """Nobody sends it again: the offer would book 30 units until its end, a day later, and a
+    count made meanwhile may not have seen it."""
+    dying_store = HeldCalls(shop.products, "count_launch")
+    dying, _ = other_process(shop, products=cast(ProductStore, dying_store))
+    first = asyncio.create_task(launch_through(dying, shop, quantity=30, key="lost"))
+    await asyncio.wait_for(dying_store.entered.wait(), 2)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    [stored] = await shop.offers_store.of_product(shop.product_id)
+    housekeeper = Housekeeper(shop.offers, shop.orders, lambda: [])
+    shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() - 1)
+    await housekeeper.run_once()  # its launch may still be counting it
+    assert (await shop.offers_store.get(stored.id)).end_reason is None
+    shop.clock.advance(seconds=2)
+    await housekeeper.run_once()
+    withdrawn = await shop.offers_store.get(stored.id)
+    assert withdrawn.end_reason is not None
+    assert withdrawn.end_reason.value == "stopped"
+    assert withdrawn.taken_at_end == 0
+    assert shop.events.of_type("offer.started") == []
+    assert [e["offer_id"] for e in shop.events.of_type("offer.ended")] == [stored.id]
+    # Its key and its stock are free at once: the host's launch sent again is a new offer.
+    offer, created = await launch_through(shop.offers, shop, quantity=STOCK, key="lost")
+    assert created
+    assert offer.id != stored.id
 
 
 async def test_a_launch_sent_again_leaves_its_selling_offer_alone(shop: Shop) -> None:
