@@ -158,9 +158,8 @@ async def test_stock_is_rebuilt_exactly_after_redis_loses_it(
     assert len(orders_of(mongodb_url, mongo_database_name, offer_id)) == 4
 
 
-async def test_launches_of_one_product_on_two_processes_at_once_book_its_stock_once(
-    cluster: Cluster,
-) -> None:
+async def live_room_with_product(cluster: Cluster) -> tuple[str, str, str]:
+    """A new host's token, live room and product with a stock of 10."""
     host = make_token(unique("host"), "host")
     room_id = await create_live_room(cluster.a.base_url, host, pin=False)
     async with http(cluster.a.base_url, host) as client:
@@ -168,8 +167,15 @@ async def test_launches_of_one_product_on_two_processes_at_once_book_its_stock_o
             "/products",
             json={"title": "Serum", "price": {"amount": "20.00", "currency": "USD"}, "stock": 10},
         )
+    return host, room_id, str(product.json()["id"])
+
+
+async def test_launches_of_one_product_on_two_processes_at_once_book_its_stock_once(
+    cluster: Cluster,
+) -> None:
+    host, room_id, product_id = await live_room_with_product(cluster)
     offer = {
-        "product_id": product.json()["id"],
+        "product_id": product_id,
         "price": {"amount": "9.90", "currency": "USD"},
         "quantity": 6,
         "per_user_limit": 1,
@@ -192,14 +198,8 @@ async def test_launches_of_one_product_on_two_processes_at_once_book_its_stock_o
 async def test_a_host_can_relaunch_what_a_stopped_offer_left_at_once(cluster: Cluster) -> None:
     """A price drop mid-show: the host stops an offer on one process and launches what it left
     on the other, without waiting for the stopped offer to settle."""
-    host = make_token(unique("host"), "host")
-    room_id = await create_live_room(cluster.a.base_url, host, pin=False)
-    async with http(cluster.a.base_url, host) as client:
-        product = await client.post(
-            "/products",
-            json={"title": "Serum", "price": {"amount": "20.00", "currency": "USD"}, "stock": 10},
-        )
-    terms = {"product_id": product.json()["id"], "price": {"amount": "9.90", "currency": "USD"}}
+    host, room_id, product_id = await live_room_with_product(cluster)
+    terms = {"product_id": product_id, "price": {"amount": "9.90", "currency": "USD"}}
 
     async def launch_on(server: LiveshopProcess, quantity: int) -> httpx.Response:
         async with http(server.base_url, host) as client:

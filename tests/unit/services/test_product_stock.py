@@ -49,12 +49,17 @@ async def settle(shop: Shop) -> None:
     await shop.orders.settle_due()
 
 
+async def offer_of_the_whole_stock_with_orders(shop: Shop, orders: int) -> FlashOffer:
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    for n in range(orders):
+        await shop.claim(offer, buyer(n), f"k{n}")
+    return offer
+
+
 async def test_a_stopped_offer_books_what_it_had_taken_until_settled_then_what_it_sold(
     shop: Shop,
 ) -> None:
-    offer = await shop.launch(quantity=STOCK, limit=1)
-    for n in range(3):
-        await shop.claim(offer, buyer(n), f"k{n}")
+    offer = await offer_of_the_whole_stock_with_orders(shop, 3)
     # A claimer that died after reserving, before writing its order: until the offer settles,
     # its shopper may send the claim again and get the order.
     await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", shop.clock())
@@ -81,9 +86,7 @@ async def test_an_offer_whose_stock_was_lost_when_it_stopped_books_its_quantity(
     shop: Shop,
 ) -> None:
     """Its stop could not tell what it had taken: only settling, from its orders, can."""
-    offer = await shop.launch(quantity=STOCK, limit=1)
-    for n in range(3):
-        await shop.claim(offer, buyer(n), f"k{n}")
+    offer = await offer_of_the_whole_stock_with_orders(shop, 3)
     shop.stock.flush()
     await shop.offers.stop(offer.id, HOST)
     assert (await shop.offers_store.get(offer.id)).taken_at_end is None
