@@ -115,8 +115,9 @@ class OfferStore(Protocol):
         offer of the room has this `launch_key` already."""
         ...
 
-    async def launch_counted(self, offer_id: str) -> None:
-        """Note the offer counted against its product's stock (a second call changes nothing)."""
+    async def launch_counted(self, offer_id: str) -> bool:
+        """Note the offer counted against its product's stock, unless it has ended: whether it
+        had not (a second call changes nothing)."""
         ...
 
     async def uncounted_launches(
@@ -147,12 +148,21 @@ class OfferStore(Protocol):
         ...
 
     async def record_end(
-        self, offer_id: str, reason: EndReason, at: datetime, *, free_launch_key: bool = False
+        self,
+        offer_id: str,
+        reason: EndReason,
+        at: datetime,
+        *,
+        free_launch_key: bool = False,
+        if_uncounted: bool = False,
     ) -> FlashOffer | None:
         """End the offer exactly once: the ended offer, or None when it had already ended.
-        The same write notes the end as unfinished (see `unfinished_ends`), and with
-        `free_launch_key` frees the offer's launch key (also when it had ended already): its
-        launch was refused, and sent again with that key is tried afresh."""
+        The same write notes the end as unfinished (see `unfinished_ends`), clears the note
+        that its launch has yet to count it, and with `free_launch_key` frees the offer's
+        launch key (also when it had ended already): its launch was refused, and sent again
+        with that key is tried afresh. With `if_uncounted`, only an offer its launch has not
+        counted (None otherwise): of a withdrawal and a launch's `launch_counted`, the first
+        wins."""
         ...
 
     async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
@@ -333,14 +343,20 @@ class StockReservations(Protocol):
         """Restore a lost offer from its orders, atomically: remaining = quantity minus the
         units of the held claims, per-buyer counts from them, every key kept. False (and nothing
         changes) if the store already holds the offer, so racing rebuilders cannot undo claims
-        made after the first one finished. Not `stopped`, it is restored unconfirmed: new claims
-        answer `paused` until `confirm_open`, since the offer may have ended after the caller
-        read it, and its end's stop found nothing to stop."""
+        made after the first one finished. Not `stopped`, it is restored unconfirmed, under a
+        token of its own (`unconfirmed`): new claims answer `paused` until `confirm_open` with
+        that token, since the offer may have ended after the caller read it, and its end's stop
+        found nothing to stop."""
         ...
 
-    async def confirm_open(self, offer_id: str) -> None:
-        """Let claims in to a rebuilt offer: the caller read it still running after `rebuild`
-        (an end recorded after that read stops the stock it finds). Nothing if it is lost."""
+    async def unconfirmed(self, offer_id: str) -> str | None:
+        """The token of the offer's stock if a rebuild left it unconfirmed, else None."""
+        ...
+
+    async def confirm_open(self, offer_id: str, token: str) -> None:
+        """Let claims in to the stock a rebuild left unconfirmed under `token`: the caller read
+        that token, then the offer still running (an end recorded after that read stops the
+        stock it finds). Nothing if the stock is another rebuild's, confirmed, or lost."""
         ...
 
     async def snapshot(self, offer_id: str) -> StockSnapshot | None:

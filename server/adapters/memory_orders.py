@@ -70,8 +70,12 @@ class MemoryOfferStore:
         self._launches.add((offer.product_id, nth_of_product))
         self._offers[offer.id] = replace(offer, counted=False)
 
-    async def launch_counted(self, offer_id: str) -> None:
-        self._offers[offer_id] = replace(await self.get(offer_id), counted=True)
+    async def launch_counted(self, offer_id: str) -> bool:
+        offer = await self.get(offer_id)
+        if offer.ended_at is not None:
+            return False
+        self._offers[offer_id] = replace(offer, counted=True)
+        return True
 
     async def uncounted_launches(
         self, created_before: datetime, limit: int
@@ -106,14 +110,22 @@ class MemoryOfferStore:
         return sorted(offers, key=lambda o: (o.starts_at, o.id))[-limit:] if limit > 0 else []
 
     async def record_end(
-        self, offer_id: str, reason: EndReason, at: datetime, *, free_launch_key: bool = False
+        self,
+        offer_id: str,
+        reason: EndReason,
+        at: datetime,
+        *,
+        free_launch_key: bool = False,
+        if_uncounted: bool = False,
     ) -> FlashOffer | None:
         offer = await self.get(offer_id)
+        if if_uncounted and offer.counted and offer.ended_at is None:
+            return None  # counted first: it stays, with its key
         if free_launch_key:
             self._launch_keys = {k: v for k, v in self._launch_keys.items() if v != offer_id}
         if offer.ended_at is not None:
             return None
-        ended = replace(offer, ended_at=utc_ms(at), end_reason=reason)
+        ended = replace(offer, ended_at=utc_ms(at), end_reason=reason, counted=True)
         self._offers[offer_id] = ended
         self._unfinished_ends.add(offer_id)
         return ended

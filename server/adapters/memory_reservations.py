@@ -48,7 +48,7 @@ class _Offer:
     stock: int
     stopped: bool = False
     held: dict[str, int] = field(default_factory=dict)
-    unconfirmed: bool = False  # rebuilt: claims wait for confirm_open
+    unconfirmed: str | None = None  # rebuilt: claims wait for confirm_open with this token
     claims: dict[str, _Reservation] = field(default_factory=dict)
 
 
@@ -104,7 +104,7 @@ class MemoryStockReservations:
         now_ms = epoch_ms(now)
         if offer.stopped or not offer.starts_ms <= now_ms < offer.ends_ms:
             return ClaimResult(ClaimOutcome.NOT_ACTIVE, offer.stock)
-        if offer.unconfirmed:
+        if offer.unconfirmed is not None:
             return ClaimResult(ClaimOutcome.PAUSED)
         if offer.stock < quantity:
             return ClaimResult(ClaimOutcome.SOLD_OUT, offer.stock)
@@ -179,10 +179,14 @@ class MemoryStockReservations:
         offer.stopped = True
         return max(0, offer.quantity - offer.stock)
 
-    async def confirm_open(self, offer_id: str) -> None:
+    async def unconfirmed(self, offer_id: str) -> str | None:
         offer = self._offers.get(offer_id)
-        if offer is not None:
-            offer.unconfirmed = False
+        return None if offer is None else offer.unconfirmed
+
+    async def confirm_open(self, offer_id: str, token: str) -> None:
+        offer = self._offers.get(offer_id)
+        if offer is not None and offer.unconfirmed == token:
+            offer.unconfirmed = None
 
     async def is_ready(self, offer_id: str) -> bool:
         return offer_id in self._offers
@@ -212,7 +216,7 @@ class MemoryStockReservations:
             stock=max(0, quantity - sum(held.values())),
             stopped=stopped,
             held=held,
-            unconfirmed=not stopped,
+            unconfirmed=None if stopped else self._new_reservation_id(),
         )
         for c in claims:
             offer.claims[c.idempotency_key] = _Reservation(

@@ -3,7 +3,8 @@ no claim can oversell, whatever the number of processes.
 
 Each offer has, under one hash tag so a cluster keeps them on one shard:
   liveshop:{offer:ID}:state    hash: quantity, stock, limit, starts, ends (epoch ms), stopped,
-                               expire_at, unconfirmed (1: rebuilt, claims wait for confirm_open)
+                               expire_at; unconfirmed (a token: rebuilt, claims wait for
+                               confirm_open with that token)
   liveshop:{offer:ID}:held     hash: buyer id -> units held
   liveshop:{offer:ID}:claims   hash: idempotency key -> JSON {r: reservation id, b: buyer,
                                q: units, t: created ms, o: order id, x: 1 once released}
@@ -77,7 +78,7 @@ local function claim(buyer, qty, key, now_ms, rid)
   if state[5] == '1' or now < tonumber(state[3]) or now >= tonumber(state[4]) then
     return {'not_active', stock}
   end
-  if state[7] == '1' then return {'paused'} end
+  if state[7] then return {'paused'} end
   if stock < qty then return {'sold_out', stock} end
   local mine = tonumber(redis.call('HGET', KEYS[2], buyer) or '0')
   if mine + qty > tonumber(state[2]) then return {'limit_reached', stock} end
@@ -153,7 +154,9 @@ return math.max(0, tonumber(state[1]) - tonumber(state[2]))
 """
 
 _CONFIRM_OPEN = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'unconfirmed', '0') end
+if redis.call('HGET', KEYS[1], 'unconfirmed') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'unconfirmed')
+end
 return 1
 """
 
@@ -163,7 +166,7 @@ _REBUILD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 local held = 0
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   local r = cjson.decode(ARGV[i + 1])
   if r.x ~= 1 then
@@ -172,11 +175,10 @@ for i = 7, #ARGV, 2 do
   end
 end
 local stock = math.max(0, tonumber(ARGV[1]) - held)
--- Not stopped: it may have ended since the rebuilder read it (see confirm_open).
-local unconfirmed = ARGV[5] == '1' and '0' or '1'
 redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', stock, 'limit', ARGV[2],
-  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', ARGV[5], 'expire_at', ARGV[6],
-  'unconfirmed', unconfirmed)
+  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', ARGV[5], 'expire_at', ARGV[6])
+-- Not stopped: it may have ended since the rebuilder read it (see confirm_open).
+if ARGV[5] ~= '1' then redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7]) end
 for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
 return 1
 """
@@ -353,8 +355,13 @@ class RedisStockReservations:
         return None if taken is None else int(taken)
 
     @redis_unreachable_is_unavailable
-    async def confirm_open(self, offer_id: str) -> None:
-        await self._confirm_open(keys=_keys(offer_id), args=[])
+    async def unconfirmed(self, offer_id: str) -> str | None:
+        token = await self._redis.hget(_keys(offer_id)[0], "unconfirmed")
+        return None if token is None else _text(token)
+
+    @redis_unreachable_is_unavailable
+    async def confirm_open(self, offer_id: str, token: str) -> None:
+        await self._confirm_open(keys=_keys(offer_id), args=[token])
 
     @redis_unreachable_is_unavailable
     async def is_ready(self, offer_id: str) -> bool:
@@ -386,6 +393,7 @@ class RedisStockReservations:
             epoch_ms(ends_at),
             "1" if stopped else "0",
             self._expire_at_ms(ends_at),
+            secrets.token_urlsafe(9),  # this rebuild's, for confirm_open
         ]
         for c in claims:
             record = {

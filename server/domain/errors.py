@@ -67,3 +67,10 @@ class LaunchKeyTaken(Conflict):
     """An offer was launched under this idempotency key already (a launch sent twice at once)."""
 
     code = "launch_key_taken"
+
+
+class LaunchWithdrawn(Conflict):
+    """The launch's offer ended before the launch could count it against its product's stock:
+    housekeeping took the launch for a dead one, or the room's end stopped it."""
+
+    code = "offer_withdrawn"

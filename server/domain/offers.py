@@ -144,7 +144,7 @@ class FlashOffer:
     # before, or when the stock was lost then): no more can be taken since.
     taken_at_end: int | None = None
     # False from when its launch stored it until the launch counted it against its product's
-    # stock (OfferService._count): the room is not shown it before.
+    # stock (services/bookings.py), or it ended: the room is not shown it before.
     counted: bool = True
 
 

@@ -12,14 +12,15 @@ its figure only if no launch counted itself since it read the bookings.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from server.domain.errors import (
     Conflict,
     Forbidden,
     InvalidInput,
     LaunchKeyTaken,
+    LaunchWithdrawn,
     LiveshopError,
     ProductOffersChanged,
 )
@@ -39,7 +40,12 @@ UNCOUNTED_AFTER = timedelta(seconds=30)
 UNCOUNTED_BATCH = 100
 _LAUNCHES_RACING = "offers of this product are being launched at once, try again"
 
-Withdraw = Callable[[FlashOffer], Awaitable[None]]
+
+class Withdraw(Protocol):
+    """Stops an offer whose launch is refused after it was stored, and frees its launch key;
+    with `if_uncounted`, only if its launch has not counted it. Whether it ended it."""
+
+    async def __call__(self, offer: FlashOffer, *, if_uncounted: bool = False) -> bool: ...
 
 
 class ProductBookings:
@@ -55,7 +61,6 @@ class ProductBookings:
         self._orders = orders
         self._products = products
         self._stock = stock
-        # Stops an offer whose launch is refused after it was stored, and frees its key.
         self._withdraw = withdraw
 
     async def book(self, offer: FlashOffer, product: Product, launch_key: str | None) -> FlashOffer:
@@ -120,7 +125,10 @@ class ProductBookings:
                 "the product's stock was lowered while this offer was launched: launch it again",
                 code="stock_changed",
             )
-        await self._offers.launch_counted(offer.id)  # the room may be shown it now
+        if not await self._offers.launch_counted(offer.id):  # the room may be shown it now
+            raise LaunchWithdrawn(
+                "the offer was withdrawn before its launch finished: launch it again"
+            )
 
     async def withdraw_uncounted(self, now: datetime) -> int:
         """Withdraw the offers whose launch died between storing and counting them (each
@@ -128,10 +136,13 @@ class ProductBookings:
         its quantity until its end, and a stock count made meanwhile may not have seen it. A
         launch sent again with its key before this counts it instead (`count_again`)."""
         uncounted = await self._offers.uncounted_launches(now - UNCOUNTED_AFTER, UNCOUNTED_BATCH)
+        withdrawn = 0
         for offer in uncounted:
-            log.warning("uncounted_launch_withdrawn", extra={"offer_id": offer.id})
-            await self._withdraw(offer)
-        return len(uncounted)
+            # Unless its launch counts it first: then that launch answers, and it stays.
+            if await self._withdraw(offer, if_uncounted=True):
+                log.warning("uncounted_launch_withdrawn", extra={"offer_id": offer.id})
+                withdrawn += 1
+        return withdrawn
 
     async def units_booked(self, offers: list[FlashOffer]) -> int:
         settled = [offer.id for offer in offers if offer.settled_at is not None]

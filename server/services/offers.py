@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from schemas.commerce import offer_to_wire
 from schemas.http import product_to_wire
-from server.domain.errors import Conflict, LiveshopError, OfferPaused, Unavailable
+from server.domain.errors import Conflict, LaunchWithdrawn, LiveshopError, OfferPaused, Unavailable
 from server.domain.figures import OfferFigures
 from server.domain.identity import Identity
 from server.domain.money import Money
@@ -119,13 +119,14 @@ class OfferService:
                 duration=duration,
                 countdown=countdown,
             )
-            offer = await self._bookings.book(planned, product, key)
+            try:
+                offer = await self._bookings.book(planned, product, key)
+            except LaunchWithdrawn:
+                await self._ensure_live(room_id, planned)  # the room's end stopped it, or...
+                raise  # ...housekeeping took the launch for a dead one
             created = offer.id == planned.id  # else the same launch, sent twice, got in first
-            if created and (await self._rooms.get(room_id)).status is not RoomStatus.LIVE:
-                # The show ended while this launch ran, after its end stopped the room's
-                # offers (see stop_offers_in_room): this one must not sell on.
-                await self._withdraw(offer)
-                raise Conflict("the room has ended", code="room_not_live")
+            if created:
+                await self._ensure_live(room_id, offer)
         if not created and not same_launch(
             offer,
             product_id=product_id,
@@ -154,12 +155,23 @@ class OfferService:
             )
         return offer, created
 
-    async def _withdraw(self, offer: FlashOffer) -> None:
+    async def _ensure_live(self, room_id: str, launched: FlashOffer) -> None:
+        if (await self._rooms.get(room_id)).status is not RoomStatus.LIVE:
+            # The show ended while this launch ran, after its end stopped the room's offers
+            # (see stop_offers_in_room): this one must not sell on.
+            await self._withdraw(launched)
+            raise Conflict("the room has ended", code="room_not_live")
+
+    async def _withdraw(self, offer: FlashOffer, *, if_uncounted: bool = False) -> bool:
         """Stop an offer whose launch is refused after it was stored, and free its launch key
         in the same write, so the launch sent again with that key is tried afresh rather than
-        answered with this stopped offer. It books only what claims took meanwhile (the room
-        may have seen it in a snapshot): mostly nothing, so the launch sent again fits."""
-        await self.end(offer, EndReason.STOPPED, free_launch_key=True)
+        answered with this stopped offer; with `if_uncounted`, only if its launch has not
+        counted it. It books only what claims took meanwhile: nothing, as the room was not
+        shown it. Whether this ended it."""
+        ended = await self.end(
+            offer, EndReason.STOPPED, free_launch_key=True, if_uncounted=if_uncounted
+        )
+        return ended is not None
 
     async def set_product_stock(self, who: Identity, product_id: str, stock: int) -> Product:
         """A restock or a count (ProductBookings.set_stock)."""
@@ -215,16 +227,24 @@ class OfferService:
         return ended
 
     async def end(
-        self, offer: FlashOffer, reason: EndReason, *, free_launch_key: bool = False
+        self,
+        offer: FlashOffer,
+        reason: EndReason,
+        *,
+        free_launch_key: bool = False,
+        if_uncounted: bool = False,
     ) -> FlashOffer | None:
-        """End the offer if nobody has yet; only the process that wins tells the room.
+        """End the offer if nobody has yet; only the process that wins tells the room (see
+        OfferStore.record_end for the options).
 
         `offer.ended` closes the offer's topic in the room's stream: a figure another process
         read earlier and sends late is dropped, so no stock figure follows the end.
         """
         self._announcer.forget(offer.id)
         at = offer.ends_at if reason is EndReason.EXPIRED else self._clock()
-        ended = await self._offers.record_end(offer.id, reason, at, free_launch_key=free_launch_key)
+        ended = await self._offers.record_end(
+            offer.id, reason, at, free_launch_key=free_launch_key, if_uncounted=if_uncounted
+        )
         if ended is None:
             return None
         await self._finish_end(ended)
@@ -366,13 +386,17 @@ class OfferService:
             stopped=offer.end_reason is not None,
             claims=claims,
         )
-        if offer.end_reason is None:
-            # Written unconfirmed: the offer may have ended since it was read above, its end's
-            # stop finding no stock. The end is recorded before its stock is stopped, so either
-            # this read sees it, or that stop comes after and finds the rebuilt stock. Should
-            # this read fail, claims wait, and the next rebuild called reads it again.
+        if offer.end_reason is not None:
+            # Also a stock another rebuild left unconfirmed: claims hear the end, not "paused".
+            await self._stock.stop(offer.id)
+        elif (token := await self._stock.unconfirmed(offer.id)) is not None:
+            # Unconfirmed: the offer may have ended since it was read above, its end's stop
+            # finding no stock. The end is recorded before its stock is stopped, so either the
+            # read below sees it, or that stop comes after and finds the stock `token` names
+            # (written before this read it); should that stock be lost, a later rebuild's has
+            # a token of its own. Should the read fail, claims wait for the next rebuild.
             if (await self._offers.get(offer.id)).end_reason is None:
-                await self._stock.confirm_open(offer.id)
+                await self._stock.confirm_open(offer.id, token)
             else:
                 await self._stock.stop(offer.id)
         if rebuilt:

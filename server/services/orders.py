@@ -385,7 +385,7 @@ class OrderService:
         second): every reservation still without an order is attached to the order written
         under its key, or given back, so that a claim of the offer can no longer become an
         order; then the offer is recorded settled, and books only what its orders claim of its
-        product's stock (OfferService.launch)."""
+        product's stock (services/bookings.py)."""
         now = self._clock()
         settled = 0
         for offer in await self._offers.due_to_settle(now - LATE_ORDERS, SETTLE_BATCH):

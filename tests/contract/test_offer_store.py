@@ -76,10 +76,11 @@ async def test_offers_whose_launch_never_counted_them_are_found(offers: OfferSto
     for offer_id, created_at in [("of_b", T0), ("of_a", T0), ("of_new", later)]:
         await offers.create(_offer(offer_id, created_at=created_at), nth_of_product=1)
     await offers.create(_offer("of_counted"), nth_of_product=1)
-    await offers.launch_counted("of_counted")
-    await offers.launch_counted("of_counted")  # once is enough
+    assert await offers.launch_counted("of_counted")
+    assert await offers.launch_counted("of_counted")  # once is enough
     await offers.create(_offer("of_ended"), nth_of_product=1)
     await offers.record_end("of_ended", EndReason.STOPPED, T0, free_launch_key=True)
+    assert not await offers.launch_counted("of_ended")  # withdrawn first: it stays ended
 
     assert [o.id for o in await offers.uncounted_launches(later, 10)] == ["of_a", "of_b"]
     assert [o.id for o in await offers.uncounted_launches(later, 1)] == ["of_a"]
@@ -87,6 +88,42 @@ async def test_offers_whose_launch_never_counted_them_are_found(offers: OfferSto
     found = await offers.uncounted_launches(later + timedelta(seconds=1), 10)
     assert [o.id for o in found] == ["of_a", "of_b", "of_new"]
     assert not any(o.counted for o in found)
+
+
+async def test_a_withdrawal_of_an_uncounted_launch_loses_to_its_count(offers: OfferStore) -> None:
+    await offers.create(_offer("of_a"), nth_of_product=1, launch_key="host-1:L1")
+    assert await offers.launch_counted("of_a")
+    refused = await offers.record_end(
+        "of_a", EndReason.STOPPED, T0, free_launch_key=True, if_uncounted=True
+    )
+    assert refused is None
+    running = await offers.get("of_a")
+    assert (running.ended_at, running.counted) == (None, True)
+    assert await offers.by_launch_key("r_1", "host-1:L1") == running  # it keeps its key
+
+    await offers.create(_offer("of_b"), nth_of_product=1, launch_key="host-1:L2")
+    withdrawn = await offers.record_end(
+        "of_b", EndReason.STOPPED, T0, free_launch_key=True, if_uncounted=True
+    )
+    assert withdrawn is not None
+    assert withdrawn.end_reason is EndReason.STOPPED
+    assert await offers.by_launch_key("r_1", "host-1:L2") is None
+    assert await offers.uncounted_launches(T0 + timedelta(hours=1), 10) == []
+
+
+async def test_mongo_an_offer_stored_before_launches_were_counted_reads_as_counted(
+    mongo_db: Any,
+) -> None:
+    offers = MongoOfferStore(mongo_db)
+    await offers.create(_offer("of_old"), nth_of_product=1)
+    # As an older version stored it, and one that ended before stops counted what was taken.
+    await mongo_db[OFFERS].update_one(
+        {"_id": "of_old"},
+        {"$set": {"ended_at": T0, "end_reason": "stopped"}, "$unset": {"launch_to_count": ""}},
+    )
+    old = await offers.get("of_old")
+    assert (old.counted, old.taken_at_end) == (True, None)
+    assert await offers.uncounted_launches(T0 + timedelta(hours=1), 10) == []
 
 
 async def test_offer_missing_or_duplicate(offers: OfferStore) -> None:
@@ -293,12 +330,14 @@ async def test_mongo_stored_form_and_indexes(mongo_db: Any) -> None:
     assert doc["price"] == {"amount": Decimal128("9.90"), "currency": "EUR"}
     assert doc["ended_at"] is None
     assert doc["product_launch"] == 1
+    assert doc["launch_to_count"] is True  # until its launch counts it
 
     await ensure_order_indexes(mongo_db)  # a second run at the next start is harmless
     info = await mongo_db[OFFERS].index_information()
     assert info["room_open"]["key"][:2] == [("room_id", 1), ("ended_at", 1)]
     assert info["due_to_end"]["key"] == [("ended_at", 1), ("ends_at", 1)]
     assert info["end_to_finish"]["partialFilterExpression"] == {"end_to_finish": True}
+    assert info["launch_to_count"]["partialFilterExpression"] == {"launch_to_count": True}
     assert info["due_to_settle"]["key"] == [("settled_at", 1), ("ended_at", 1), ("_id", 1)]
     assert info["launch_key"]["unique"] is True
     assert info["launch_key"]["key"] == [("room_id", 1), ("launch_key", 1)]

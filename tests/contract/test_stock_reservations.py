@@ -376,8 +376,13 @@ async def test_a_lost_offer_pauses_until_rebuilt_from_its_orders(backend: Backen
     # New claims wait until the rebuilder has read the offer again, still running.
     waiting = await stock.claim("of1", "alice", 1, "k5", NOW)
     assert (waiting.outcome, waiting.remaining) == (R.PAUSED, None)
-    await stock.confirm_open("of1")
-    await stock.confirm_open("of1")  # once is enough
+    token = await stock.unconfirmed("of1")
+    assert token is not None
+    await stock.confirm_open("of1", f"{token}-another-rebuilds")  # not this stock
+    assert (await stock.claim("of1", "alice", 1, "k5", NOW)).outcome is R.PAUSED
+    await stock.confirm_open("of1", token)
+    await stock.confirm_open("of1", token)  # once is enough
+    assert await stock.unconfirmed("of1") is None
     assert (await stock.claim("of1", "alice", 1, "k5", NOW)).outcome is R.LIMIT_REACHED
     assert (await stock.claim("of1", "bob", 1, "k6", NOW)).outcome is R.RESERVED
     # Carol's reservation died with the data: her order, if it ever comes, holds nothing.
@@ -403,16 +408,53 @@ async def test_an_offer_stopped_before_its_rebuild_was_confirmed_stays_stopped(
     the end's stop found the rebuilt stock."""
     stock = backend.stock
     await backend.lose_everything()
-    await stock.confirm_open("of1")  # lost: nothing to let claims in to
+    await stock.confirm_open("of1", "a-token")  # lost: nothing to let claims in to
     assert not await stock.is_ready("of1")
+    assert await stock.unconfirmed("of1") is None
     claims = [RecoveredClaim("k1", "alice", 2, "ord1", held=True)]
     assert await stock.rebuild(
         "of1", quantity=5, per_user_limit=2, starts_at=T0, ends_at=END, stopped=False, claims=claims
     )
+    token = await stock.unconfirmed("of1")
+    assert token is not None
     assert await stock.stop("of1") == 2
-    await stock.confirm_open("of1")  # the rebuilder's, after its read found the offer running
+    await stock.confirm_open("of1", token)  # the rebuilder's, after it read the offer running
     assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.NOT_ACTIVE
     assert await stock.stop("of1") == 2
+
+
+async def test_rebuilds_leave_each_their_own_token(backend: Backend) -> None:
+    stock = backend.stock
+    tokens = []
+    for _ in range(2):
+        await backend.lose_everything()
+        assert await stock.rebuild(
+            "of1", quantity=5, per_user_limit=2, starts_at=T0, ends_at=END, stopped=False, claims=[]
+        )
+        tokens.append(await stock.unconfirmed("of1"))
+    assert None not in tokens
+    assert tokens[0] != tokens[1]
+    await stock.confirm_open("of1", str(tokens[0]))  # the first rebuild's, landing late
+    assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.PAUSED
+
+
+async def test_a_stop_never_counts_fewer_than_no_units_taken(backend: Backend) -> None:
+    """Rebuilt from orders that held more than the quantity (a bug elsewhere), the stock
+    reads 0; an order given back then lifts it above what the others hold."""
+    stock = backend.stock
+    await backend.lose_everything()
+    claims = [
+        RecoveredClaim("k1", "alice", 2, "ord1", held=True),
+        RecoveredClaim("k2", "bob", 2, "ord2", held=True),
+    ]
+    assert await stock.rebuild(
+        "of1", quantity=3, per_user_limit=2, starts_at=T0, ends_at=END, stopped=True, claims=claims
+    )
+    assert await stock.release("of1", "k1")
+    assert await stock.remaining("of1") == 2
+    assert await stock.stop("of1") == 1
+    assert await stock.release("of1", "k2")
+    assert await stock.stop("of1") == 0  # 3 - 4 would be -1
 
 
 async def test_a_redis_restart_pauses_claims_until_the_rebuild(
@@ -455,7 +497,7 @@ async def test_a_redis_restart_pauses_claims_until_the_rebuild(
         )
         held = sum(quantity for _, quantity in written.values())
         assert await stock.remaining("of1") == 50 - held
-        await stock.confirm_open("of1")
+        await stock.confirm_open("of1", str(await stock.unconfirmed("of1")))
         assert (await stock.claim("of1", "newcomer", 1, "after", NOW)).remaining == 49 - held
     finally:
         await stock.close()

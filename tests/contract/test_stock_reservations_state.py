@@ -275,7 +275,10 @@ class ReservationMachine(RuleBasedStateMachine):
 
     @rule()
     def confirm_open(self) -> None:
-        self.call(self.stock.confirm_open(OFFER))
+        token = self.call(self.stock.unconfirmed(OFFER))
+        assert (token is not None) is self.model.unconfirmed
+        if token is not None:
+            self.call(self.stock.confirm_open(OFFER, token))
         self.model.unconfirmed = False
 
     @invariant()

@@ -144,7 +144,7 @@ class MongoOfferStore:
         self, offer: FlashOffer, *, nth_of_product: int, launch_key: str | None = None
     ) -> None:
         # The unique index on (product, launch) lets one of two launches racing for the same
-        # place in; the other checks the product's stock again (see OfferService.launch).
+        # place in; the other checks the product's stock again (see ProductBookings.book).
         doc = {**offer_doc(offer), PRODUCT_LAUNCH: nth_of_product, LAUNCH_TO_COUNT: True}
         if launch_key is not None:
             doc[LAUNCH_KEY] = launch_key
@@ -161,8 +161,11 @@ class MongoOfferStore:
             raise Conflict(f"offer {offer.id} exists") from None
 
     @_translate_errors
-    async def launch_counted(self, offer_id: str) -> None:
-        await self._offers.update_one({"_id": offer_id}, {"$unset": {LAUNCH_TO_COUNT: ""}})
+    async def launch_counted(self, offer_id: str) -> bool:
+        result = await self._offers.update_one(
+            {"_id": offer_id, "ended_at": None}, {"$unset": {LAUNCH_TO_COUNT: ""}}
+        )
+        return result.matched_count == 1
 
     @_translate_errors
     async def uncounted_launches(
@@ -213,23 +216,34 @@ class MongoOfferStore:
 
     @_translate_errors
     async def record_end(
-        self, offer_id: str, reason: EndReason, at: datetime, *, free_launch_key: bool = False
+        self,
+        offer_id: str,
+        reason: EndReason,
+        at: datetime,
+        *,
+        free_launch_key: bool = False,
+        if_uncounted: bool = False,
     ) -> FlashOffer | None:
         # One conditional update: of any number of processes ending the offer at once, the
         # server lets exactly one match `ended_at: null`. The key goes in the same write, so
         # no moment shows a withdrawn launch's key with its offer ended.
+        running: Document = {"_id": offer_id, "ended_at": None}
+        if if_uncounted:
+            running[LAUNCH_TO_COUNT] = True
+        unset = {LAUNCH_TO_COUNT: "", **({LAUNCH_KEY: ""} if free_launch_key else {})}
         change: Document = {
-            "$set": {"ended_at": utc_ms(at), "end_reason": reason.value, END_TO_FINISH: True}
+            "$set": {"ended_at": utc_ms(at), "end_reason": reason.value, END_TO_FINISH: True},
+            "$unset": unset,
         }
-        if free_launch_key:
-            change["$unset"] = {LAUNCH_KEY: ""}
         doc = await self._offers.find_one_and_update(
-            {"_id": offer_id, "ended_at": None}, change, return_document=ReturnDocument.AFTER
+            running, change, return_document=ReturnDocument.AFTER
         )
         if doc is not None:
             return offer_from(doc)
-        if free_launch_key:
-            await self._offers.update_one({"_id": offer_id}, {"$unset": {LAUNCH_KEY: ""}})
+        if free_launch_key:  # ended already; one still running keeps its key
+            await self._offers.update_one(
+                {"_id": offer_id, "ended_at": {"$ne": None}}, {"$unset": {LAUNCH_KEY: ""}}
+            )
         await self.get(offer_id)  # NotFound for an unknown offer rather than "already ended"
         return None
 

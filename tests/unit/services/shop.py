@@ -31,13 +31,15 @@ ADDRESS = Address.clean(
 
 
 class HeldCalls:
-    """A store (of orders, offers, products) whose `method` calls wait at `gate` until it is
-    set: a write under way while the test does something else. `entered` is set once one is
-    waiting."""
+    """A store (of orders, offers, products, stock) whose `method` calls wait at `gate` until
+    it is set: a write under way while the test does something else. `entered` is set once one
+    is waiting. With `answer_late`, the call is made at once and its answer held: a read whose
+    caller goes on with what it read after the test changed things."""
 
-    def __init__(self, shared: Any, method: str = "create") -> None:
+    def __init__(self, shared: Any, method: str = "create", *, answer_late: bool = False) -> None:
         self._shared = shared
         self._method = method
+        self._answer_late = answer_late
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
 
@@ -47,9 +49,10 @@ class HeldCalls:
             return call
 
         async def held(*args: Any, **kwargs: Any) -> Any:
+            answer = await call(*args, **kwargs) if self._answer_late else None
             self.entered.set()
             await self.gate.wait()
-            return await call(*args, **kwargs)
+            return answer if self._answer_late else await call(*args, **kwargs)
 
         return held
 

@@ -24,7 +24,7 @@ from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import LiveshopError
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
-from server.domain.offers import LATE_ORDERS, FlashOffer, units_booked
+from server.domain.offers import LATE_ORDERS, ClaimOutcome, FlashOffer, units_booked
 from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus, is_legal_history
 from server.services.offers import OfferService
 from server.services.orders import OrderService
@@ -156,8 +156,10 @@ class FlashSale(RuleBasedStateMachine):
     @rule(buyer=st.sampled_from(BUYERS), key=st.sampled_from("abcdef"))
     def claimer_dies(self, buyer: Identity, key: str) -> None:
         """A claim whose process dies between reserving and writing its order."""
-        key = f"{buyer.user_id}:{key}"
-        self.run(self.stock.claim(self.offer.id, buyer.user_id, 1, key, self.clock()))
+        scoped = f"{buyer.user_id}:{key}"
+        result = self.run(self.stock.claim(self.offer.id, buyer.user_id, 1, scoped, self.clock()))
+        if result.outcome is ClaimOutcome.RESERVED:
+            self.quantity_of.setdefault((buyer.user_id, key), 1)  # a retry must ask for 1
 
     @rule(lost_first=st.booleans())
     def host_stops(self, lost_first: bool) -> None:

@@ -6,6 +6,7 @@ failed or died before stopping the stock and telling the room is finished by hou
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ from server.ports import OfferStore, StockReservations
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from tests.fakes import RecordingEvents
-from tests.unit.services.shop import ADDRESS, HOST, Shop, buyer, other_process
+from tests.unit.services.shop import ADDRESS, HOST, HeldCalls, Shop, buyer, other_process
 
 
 class FlakyStock:
@@ -298,9 +299,46 @@ async def test_a_rebuild_that_read_the_offer_before_a_stop_cannot_reopen_it(shop
         await offers.rebuild(offer.id)
     assert (await shop.offers_store.get(offer.id)).taken_at_end == 3
     await shop.launch(quantity=50 - 3, limit=1)
-    with pytest.raises(Unavailable) as waiting:  # until a rebuild reads it running: never
+    with pytest.raises(Conflict) as refused:  # this claim's rebuild reads the offer ended
         await shop.claim(offer, buyer(4), "k")
-    assert waiting.value.code == "offer_paused"
+    assert refused.value.code == "offer_not_active"
+    assert len(await shop.orders_store.of_offer(offer.id)) == 3
+
+
+async def test_a_late_confirmation_does_not_open_a_later_rebuild(shop: Shop) -> None:
+    """Redis lost the offer twice. Process B rebuilt it and read it running, then stalled
+    before letting claims in; the host's stop found B's stock (3 taken) and Redis lost it
+    again; process A, which had read the offer running, wrote it again and could not read it
+    again. B's confirmation must not open A's stock."""
+    offer = await shop.launch(quantity=50, limit=1)  # all the product's stock
+    for n in range(3):
+        await shop.claim(offer, buyer(n), f"k{n}")
+    shop.stock.flush()
+    stalling = HeldCalls(shop.stock, "confirm_open")
+    b_offers, _ = other_process(shop, stock=cast(StockReservations, stalling))
+    b_rebuild = asyncio.create_task(b_offers.rebuild(offer.id))
+    await asyncio.wait_for(stalling.entered.wait(), 2)
+
+    a_stock, a_offers_store = FlakyStock(shop.stock), OffersAwayAfter(shop.offers_store)
+    a_offers, _ = other_process(
+        shop, stock=cast(StockReservations, a_stock), offers_store=cast(OfferStore, a_offers_store)
+    )
+
+    async def stopped_and_lost_again() -> None:
+        await shop.offers.stop(offer.id, HOST)
+        shop.stock.flush()
+        a_offers_store.away = True
+
+    a_stock.before_rebuild = stopped_and_lost_again
+    with pytest.raises(Unavailable):
+        await a_offers.rebuild(offer.id)
+    assert (await shop.offers_store.get(offer.id)).taken_at_end == 3
+    await shop.launch(quantity=50 - 3, limit=1)
+    stalling.gate.set()
+    await b_rebuild
+    with pytest.raises(Conflict) as refused:
+        await shop.claim(offer, buyer(4), "k")
+    assert refused.value.code == "offer_not_active"
     assert len(await shop.orders_store.of_offer(offer.id)) == 3
 
 

@@ -239,7 +239,7 @@ class FailingReadAfterRebuild:
         return await self._shop.offers_store.get(offer_id)
 
 
-async def test_settling_stops_a_stock_that_a_failed_rebuild_left_unconfirmed(shop: Shop) -> None:
+async def test_a_stock_that_a_failed_rebuild_left_unconfirmed_sells_nothing(shop: Shop) -> None:
     # An hour long: it would still be selling after its settling.
     first = await shop.launch(quantity=STOCK, limit=1, duration=3600)
     shop.stock.flush()
@@ -261,14 +261,15 @@ async def test_settling_stops_a_stock_that_a_failed_rebuild_left_unconfirmed(sho
     )
     with pytest.raises(Unavailable):
         await orders.claim(first.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
-    with pytest.raises(Unavailable) as waiting:  # the stopped offer sells nothing meanwhile
-        await shop.claim(first, buyer(2), "k")
-    assert waiting.value.code == "offer_paused"
-    await settle(shop)
-    await shop.launch(quantity=STOCK, limit=1)
-    with pytest.raises(Conflict) as refused:  # the settled offer sells no more
+    # The next claim's rebuild reads the offer ended, and stops what the first left.
+    with pytest.raises(Conflict) as refused:
         await shop.claim(first, buyer(2), "k")
     assert refused.value.code == "offer_not_active"
+    await settle(shop)
+    await shop.launch(quantity=STOCK, limit=1)
+    with pytest.raises(Conflict) as again:  # the settled offer sells no more
+        await shop.claim(first, buyer(3), "k")
+    assert again.value.code == "offer_not_active"
 
 
 class _OffersReadThrough:
@@ -465,6 +466,47 @@ async def test_a_launch_sent_again_after_its_first_died_uncounted_counts_it(shop
     assert (await shop.products.get(shop.product_id)).launches == 1  # a count now sees it
     assert len(shop.events.of_type("offer.started")) == 1
     assert [o.id for o, _ in await shop.offers.open_in_room(shop.room_id)] == [offer.id]
+
+
+async def test_a_launch_housekeeping_withdrew_before_it_counted_answers_409(shop: Shop) -> None:
+    """Its count took over 30 s (or its process's clock is behind housekeeping's): of the
+    withdrawal and the count, the first wins, and the room never hears the offer started."""
+    slow_store = HeldCalls(shop.products, "count_launch")
+    slow, _ = other_process(shop, products=cast(ProductStore, slow_store))
+    launch = asyncio.create_task(launch_through(slow, shop, quantity=30, key="slow"))
+    await asyncio.wait_for(slow_store.entered.wait(), 2)
+    shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() + 1)
+    assert await shop.offers.withdraw_uncounted() == 1
+    slow_store.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await launch
+    assert refused.value.code == "offer_withdrawn"
+    assert shop.events.of_type("offer.started") == []
+    _, created = await launch_through(shop.offers, shop, quantity=30, key="slow")
+    assert created  # its key was freed: sent again, it is a new launch
+
+
+async def test_a_launch_sent_again_that_counts_first_is_not_withdrawn(shop: Shop) -> None:
+    dying_store = HeldCalls(shop.products, "count_launch")
+    dying, _ = other_process(shop, products=cast(ProductStore, dying_store))
+    first = asyncio.create_task(launch_through(dying, shop, quantity=30, key="again"))
+    await asyncio.wait_for(dying_store.entered.wait(), 2)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() + 1)
+    # Housekeeping reads the offer as uncounted, then the host's launch sent again counts it
+    # before housekeeping withdraws what it read.
+    listing = HeldCalls(shop.offers_store, "uncounted_launches", answer_late=True)
+    housekeeping, _ = other_process(shop, offers_store=cast(OfferStore, listing))
+    withdrawing = asyncio.create_task(housekeeping.withdraw_uncounted())
+    await asyncio.wait_for(listing.entered.wait(), 2)
+    offer, created = await launch_through(shop.offers, shop, quantity=30, key="again")
+    assert not created
+    listing.gate.set()
+    assert await withdrawing == 0
+    assert (await shop.offers_store.get(offer.id)).end_reason is None
+    assert shop.events.of_type("offer.ended") == []
 
 
 async def test_housekeeping_withdraws_a_launch_that_died_uncounted(shop: Shop) -> None:
