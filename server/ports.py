@@ -262,7 +262,8 @@ class StockReservations(Protocol):
 
     Recovery: if the store loses an offer (Redis restarted without persistence, a failover),
     claims answer `paused` (never sold_out or reserved) until `rebuild` restores it from the
-    orders; `open_offer` is for the launch only and would reset the stock.
+    orders and the rebuilder confirms it (`confirm_open`); `open_offer` is for the launch only
+    and would reset the stock.
     """
 
     async def open_offer(

@@ -71,8 +71,8 @@ class MemoryOfferStore:
         self._offers[offer.id] = replace(offer, counted=False)
 
     async def launch_counted(self, offer_id: str) -> bool:
-        offer = await self.get(offer_id)
-        if offer.ended_at is not None:
+        offer = self._offers.get(offer_id)
+        if offer is None or offer.ended_at is not None:
             return False
         self._offers[offer_id] = replace(offer, counted=True)
         return True
@@ -119,8 +119,8 @@ class MemoryOfferStore:
         if_uncounted: bool = False,
     ) -> FlashOffer | None:
         offer = await self.get(offer_id)
-        if if_uncounted and offer.counted and offer.ended_at is None:
-            return None  # counted first: it stays, with its key
+        if if_uncounted and (offer.counted or offer.ended_at is not None):
+            return None  # its launch counted it first, and answered with it: it keeps its key
         if free_launch_key:
             self._launch_keys = {k: v for k, v in self._launch_keys.items() if v != offer_id}
         if offer.ended_at is not None:

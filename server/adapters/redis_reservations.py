@@ -60,8 +60,9 @@ return 1
 # One call reserves for every claim in ARGV (groups of buyer, units, key, now ms, reservation
 # id), in order, each exactly as if it came alone: claims arriving together share one round
 # trip (see group_commit.py). The order of checks matters: a known key answers first, so a
-# retry after the end or after the last unit still finds its reservation. Keep
-# MemoryStockReservations.claim in step.
+# retry after the end or after the last unit still finds its reservation; then a stopped offer
+# answers not_active, also while a rebuild has yet to confirm it (else `paused` would send
+# every claim to rebuild an offer that has ended). Keep MemoryStockReservations.claim in step.
 _CLAIM = """
 local function claim(buyer, qty, key, now_ms, rid)
   local now = tonumber(now_ms)

@@ -255,7 +255,9 @@ class ClaimOutcome(StrEnum):
     SOLD_OUT = "sold_out"
     LIMIT_REACHED = "limit_reached"
     NOT_ACTIVE = "not_active"  # before the start, at or after the end, or stopped
-    PAUSED = "paused"  # the reservation store lost this offer; wait for a rebuild
+    # The reservation store lost this offer, or a rebuild has yet to confirm it still runs:
+    # wait for a rebuild.
+    PAUSED = "paused"
     KEY_REUSED = "key_reused"  # another buyer already used this key on this offer
 
 

@@ -109,8 +109,9 @@ class ProductBookings:
     async def _count(self, offer: FlashOffer, *, at_least: int, fresh: bool) -> None:
         """Count the stored offer as launched if the product's stock still covers `at_least`
         units (what its offers book with it), else withdraw it. Counted only once stored, so a
-        stock count either sees its booking or finds the count changed and reads again.
-        `fresh`: a new launch, which nobody has heard of yet."""
+        stock count either sees its booking or finds the count changed and reads again. An
+        offer that ended before this could note it counted is LaunchWithdrawn. `fresh`: a new
+        launch, which nobody has heard of yet."""
         try:
             counted = await self._products.count_launch(offer.product_id, at_least=at_least)
         except LiveshopError:
@@ -126,6 +127,9 @@ class ProductBookings:
                 code="stock_changed",
             )
         if not await self._offers.launch_counted(offer.id):  # the room may be shown it now
+            # Ended meanwhile (withdrawn, or its time ran out): its key goes too, so that the
+            # launch sent again is tried afresh.
+            await self._withdraw(offer)
             raise LaunchWithdrawn(
                 "the offer was withdrawn before its launch finished: launch it again"
             )

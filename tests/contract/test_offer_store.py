@@ -106,9 +106,25 @@ async def test_a_withdrawal_of_an_uncounted_launch_loses_to_its_count(offers: Of
         "of_b", EndReason.STOPPED, T0, free_launch_key=True, if_uncounted=True
     )
     assert withdrawn is not None
-    assert withdrawn.end_reason is EndReason.STOPPED
+    assert (withdrawn.end_reason, withdrawn.counted) == (EndReason.STOPPED, True)  # note gone
     assert await offers.by_launch_key("r_1", "host-1:L2") is None
     assert await offers.uncounted_launches(T0 + timedelta(hours=1), 10) == []
+
+    # Counted, then ended by its host: a withdrawal landing late leaves its key to it.
+    await offers.record_end("of_a", EndReason.STOPPED, T0)
+    late = await offers.record_end(
+        "of_a", EndReason.STOPPED, T0, free_launch_key=True, if_uncounted=True
+    )
+    assert late is None
+    assert await offers.by_launch_key("r_1", "host-1:L1") == await offers.get("of_a")
+
+
+async def test_any_end_clears_the_note_of_an_uncounted_launch(offers: OfferStore) -> None:
+    await offers.create(_offer("of_a"), nth_of_product=1)
+    ended = await offers.record_end("of_a", EndReason.EXPIRED, T0)
+    assert ended is not None
+    assert ended.counted
+    assert (await offers.get("of_a")).counted
 
 
 async def test_mongo_an_offer_stored_before_launches_were_counted_reads_as_counted(

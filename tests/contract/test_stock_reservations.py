@@ -399,6 +399,7 @@ async def test_a_stopped_offer_is_rebuilt_stopped(backend: Backend) -> None:
     )
     assert (await stock.claim("of1", "alice", 1, "k1", NOW)).outcome is R.NOT_ACTIVE
     assert await stock.remaining("of1") == 5
+    assert await stock.unconfirmed("of1") is None  # nothing for a rebuilder to confirm
 
 
 async def test_an_offer_stopped_before_its_rebuild_was_confirmed_stays_stopped(
@@ -418,6 +419,8 @@ async def test_an_offer_stopped_before_its_rebuild_was_confirmed_stays_stopped(
     token = await stock.unconfirmed("of1")
     assert token is not None
     assert await stock.stop("of1") == 2
+    stopped = await stock.claim("of1", "bob", 1, "k2", NOW)  # the end, not "wait"
+    assert (stopped.outcome, stopped.remaining) == (R.NOT_ACTIVE, 3)
     await stock.confirm_open("of1", token)  # the rebuilder's, after it read the offer running
     assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.NOT_ACTIVE
     assert await stock.stop("of1") == 2

@@ -240,7 +240,9 @@ class MongoOfferStore:
         )
         if doc is not None:
             return offer_from(doc)
-        if free_launch_key:  # ended already; one still running keeps its key
+        # Ended already: its key goes. Not for a withdrawal of an uncounted launch, which the
+        # launch counted first: that launch answered with the offer, and keeps its key.
+        if free_launch_key and not if_uncounted:  # one still running keeps its key
             await self._offers.update_one(
                 {"_id": offer_id, "ended_at": {"$ne": None}}, {"$unset": {LAUNCH_KEY: ""}}
             )

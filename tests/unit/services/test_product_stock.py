@@ -486,6 +486,49 @@ async def test_a_launch_housekeeping_withdrew_before_it_counted_answers_409(shop
     assert created  # its key was freed: sent again, it is a new launch
 
 
+async def test_a_launch_whose_offer_ran_out_of_time_before_it_counted_frees_its_key(
+    shop: Shop,
+) -> None:
+    slow_store = HeldCalls(shop.products, "count_launch")
+    slow, _ = other_process(shop, products=cast(ProductStore, slow_store))
+    launch = asyncio.create_task(launch_through(slow, shop, quantity=30, duration=10, key="k"))
+    await asyncio.wait_for(slow_store.entered.wait(), 2)
+    shop.clock.advance(seconds=11)
+    assert await shop.offers.end_due() == 1
+    slow_store.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await launch
+    assert refused.value.code == "offer_withdrawn"
+    offer, created = await launch_through(shop.offers, shop, quantity=30, duration=10, key="k")
+    assert created  # sent again as the answer says: a new offer, not the expired one
+    assert offer.end_reason is None
+
+
+async def test_a_withdrawal_that_lost_to_the_count_leaves_the_key_of_an_offer_ended_since(
+    shop: Shop,
+) -> None:
+    """Housekeeping read the launch as uncounted; the launch counted it and answered 201, and
+    the host stopped it; then housekeeping's withdrawal lands. The key still names the offer:
+    the host's launch sent again gets it back rather than a second offer."""
+    slow_store = HeldCalls(shop.products, "count_launch")
+    slow, _ = other_process(shop, products=cast(ProductStore, slow_store))
+    launch = asyncio.create_task(launch_through(slow, shop, quantity=30, key="k"))
+    await asyncio.wait_for(slow_store.entered.wait(), 2)
+    shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() + 1)
+    listing = HeldCalls(shop.offers_store, "uncounted_launches", answer_late=True)
+    housekeeping, _ = other_process(shop, offers_store=cast(OfferStore, listing))
+    withdrawing = asyncio.create_task(housekeeping.withdraw_uncounted())
+    await asyncio.wait_for(listing.entered.wait(), 2)
+    slow_store.gate.set()
+    offer, created = await launch
+    assert created
+    await shop.offers.stop(offer.id, HOST)
+    listing.gate.set()
+    assert await withdrawing == 0
+    again, created_again = await launch_through(shop.offers, shop, quantity=30, key="k")
+    assert (again.id, created_again) == (offer.id, False)
+
+
 async def test_a_launch_sent_again_that_counts_first_is_not_withdrawn(shop: Shop) -> None:
     dying_store = HeldCalls(shop.products, "count_launch")
     dying, _ = other_process(shop, products=cast(ProductStore, dying_store))

@@ -9,7 +9,7 @@ import pytest
 
 from server.domain.errors import Conflict, Unavailable
 from server.domain.rooms import RoomStatus
-from server.ports import OfferStore
+from server.ports import OfferStore, ProductStore
 from server.services.rooms import RoomService, StopOffers
 from tests.unit.services.shop import (
     HOST,
@@ -81,6 +81,21 @@ async def test_a_launch_that_raced_the_end_is_stopped_and_refused() -> None:
     with pytest.raises(Conflict) as again:
         await launch_through(shop.offers, shop, quantity=2, key="late-1")
     assert again.value.code == "room_not_live"
+
+
+async def test_a_launch_whose_offer_the_end_stopped_before_it_was_counted_is_refused() -> None:
+    shop = await open_shop()
+    counting = HeldCalls(shop.products, "count_launch")
+    launching, _ = other_process(shop, products=cast(ProductStore, counting))
+    launch = asyncio.create_task(launch_through(launching, shop, quantity=2, key="late-2"))
+    await asyncio.wait_for(counting.entered.wait(), 2)  # stored, not yet counted
+    await rooms_of(shop).end(shop.room_id, HOST)  # stops the stored offer
+    counting.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await launch
+    assert refused.value.code == "room_not_live"
+    assert shop.events.of_type("offer.started") == []
+    assert await shop.offers_store.by_launch_key(shop.room_id, f"{HOST.user_id}:late-2") is None
 
 
 async def test_an_end_whose_offers_could_not_be_stopped_leaves_the_room_live_for_a_retry() -> None:
