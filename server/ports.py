@@ -321,9 +321,8 @@ class StockReservations(Protocol):
     async def stop(self, offer_id: str) -> int | None:
         """Refuse further claims (`not_active`), and tell how many units the offer has taken
         (reserved or sold, not given back) at that moment: no more can be taken once stopped
-        (a rebuild keeps it stopped, see `rebuild`).
-        None when the store does not hold the offer; the rebuild then takes `stopped` from the
-        stored offer."""
+        (a rebuild keeps it stopped, see `rebuild`). None when the store does not hold the
+        offer; the rebuild then takes `stopped` from the stored offer."""
         ...
 
     async def is_ready(self, offer_id: str) -> bool:

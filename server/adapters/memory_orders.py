@@ -119,7 +119,7 @@ class MemoryOfferStore:
         if_uncounted: bool = False,
     ) -> FlashOffer | None:
         offer = await self.get(offer_id)
-        if if_uncounted and (offer.counted or offer.ended_at is not None):
+        if if_uncounted and offer.counted:  # also once ended: the end clears the note
             return None  # its launch counted it first, and answered with it: it keeps its key
         if free_launch_key:
             self._launch_keys = {k: v for k, v in self._launch_keys.items() if v != offer_id}

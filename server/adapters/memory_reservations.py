@@ -216,7 +216,7 @@ class MemoryStockReservations:
             stock=max(0, quantity - sum(held.values())),
             stopped=stopped,
             held=held,
-            unconfirmed=None if stopped else self._new_reservation_id(),
+            unconfirmed=None if stopped else self._new_reservation_id(),  # any unique token
         )
         for c in claims:
             offer.claims[c.idempotency_key] = _Reservation(

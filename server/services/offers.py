@@ -123,7 +123,7 @@ class OfferService:
                 offer = await self._bookings.book(planned, product, key)
             except LaunchWithdrawn:
                 await self._ensure_live(room_id, planned)  # the room's end stopped it, or...
-                raise  # ...housekeeping took the launch for a dead one
+                raise  # ...it ended otherwise: withdrawn by housekeeping, or out of time
             created = offer.id == planned.id  # else the same launch, sent twice, got in first
             if created:
                 await self._ensure_live(room_id, offer)
@@ -166,8 +166,8 @@ class OfferService:
         """Stop an offer whose launch is refused after it was stored, and free its launch key
         in the same write, so the launch sent again with that key is tried afresh rather than
         answered with this stopped offer; with `if_uncounted`, only if its launch has not
-        counted it. It books only what claims took meanwhile: nothing, as the room was not
-        shown it. Whether this ended it."""
+        counted it. It books only what claims took meanwhile: mostly nothing, as the room is
+        told of an offer once its launch succeeds. Whether this ended it."""
         ended = await self.end(
             offer, EndReason.STOPPED, free_launch_key=True, if_uncounted=if_uncounted
         )

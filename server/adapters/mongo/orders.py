@@ -230,7 +230,9 @@ class MongoOfferStore:
         running: Document = {"_id": offer_id, "ended_at": None}
         if if_uncounted:
             running[LAUNCH_TO_COUNT] = True
-        unset = {LAUNCH_TO_COUNT: "", **({LAUNCH_KEY: ""} if free_launch_key else {})}
+        unset = {LAUNCH_TO_COUNT: ""}
+        if free_launch_key:
+            unset[LAUNCH_KEY] = ""
         change: Document = {
             "$set": {"ended_at": utc_ms(at), "end_reason": reason.value, END_TO_FINISH: True},
             "$unset": unset,
@@ -240,9 +242,9 @@ class MongoOfferStore:
         )
         if doc is not None:
             return offer_from(doc)
-        # Ended already: its key goes. Not for a withdrawal of an uncounted launch, which the
-        # launch counted first: that launch answered with the offer, and keeps its key.
-        if free_launch_key and not if_uncounted:  # one still running keeps its key
+        # Ended already: its key goes (one still running keeps it). Not for the withdrawal of
+        # an uncounted launch: its launch counted it first, and answered with it.
+        if free_launch_key and not if_uncounted:
             await self._offers.update_one(
                 {"_id": offer_id, "ended_at": {"$ne": None}}, {"$unset": {LAUNCH_KEY: ""}}
             )
