@@ -56,6 +56,15 @@ def _offer(
     )
 
 
+async def _stored_by_an_older_version(mongo_db: Any, change: dict[str, Any]) -> OfferStore:
+    """The offer store, holding offer `of_old` as an older version stored it: `change` turns
+    what this version stores into that."""
+    offers = MongoOfferStore(mongo_db)
+    await offers.create(_offer("of_old"), nth_of_product=1)
+    await mongo_db[OFFERS].update_one({"_id": "of_old"}, change)
+    return offers
+
+
 @pytest.mark.parametrize(
     "price", [Money(Decimal("9.90"), "EUR"), Money(Decimal("1500"), "JPY"), None]
 )
@@ -130,11 +139,9 @@ async def test_any_end_clears_the_note_of_an_uncounted_launch(offers: OfferStore
 async def test_mongo_an_offer_stored_before_launches_were_counted_reads_as_counted(
     mongo_db: Any,
 ) -> None:
-    offers = MongoOfferStore(mongo_db)
-    await offers.create(_offer("of_old"), nth_of_product=1)
-    # As an older version stored it, and one that ended before stops counted what was taken.
-    await mongo_db[OFFERS].update_one(
-        {"_id": "of_old"},
+    offers = await _stored_by_an_older_version(
+        mongo_db,
+        # Stored before launches were noted, ended before stops counted what was taken.
         {"$set": {"ended_at": T0, "end_reason": "stopped"}, "$unset": {"launch_to_count": ""}},
     )
     old = await offers.get("of_old")
@@ -255,11 +262,9 @@ async def test_ended_offers_are_due_to_settle_once_their_end_is_finished(
 async def test_mongo_an_offer_ended_before_ends_were_noted_is_due_to_settle(
     mongo_db: Any,
 ) -> None:
-    offers = MongoOfferStore(mongo_db)
-    await offers.create(_offer("of_old"), nth_of_product=1)
-    # As an older version stored it: ended, with no note, no finishing time, no settled_at.
-    await mongo_db[OFFERS].update_one(
-        {"_id": "of_old"},
+    offers = await _stored_by_an_older_version(
+        mongo_db,
+        # Ended, with no note, no finishing time, no settled_at.
         {"$set": {"ended_at": T0, "end_reason": "expired"}, "$unset": {"settled_at": ""}},
     )
     assert await offers.due_to_settle(T0 - timedelta(seconds=1), 10) == []

@@ -96,6 +96,14 @@ class Shop:
         )
 
 
+async def offer_with_orders(shop: Shop, quantity: int, orders: int) -> FlashOffer:
+    """An offer of `quantity` units in the shop's room, `orders` of them sold one a buyer."""
+    offer = await shop.launch(quantity=quantity, limit=1)
+    for n in range(orders):
+        await shop.claim(offer, buyer(n), f"k{n}")
+    return offer
+
+
 async def launch_through(
     service: OfferService,
     shop: Shop,

@@ -20,7 +20,15 @@ from server.ports import OfferStore, StockReservations
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from tests.fakes import RecordingEvents
-from tests.unit.services.shop import ADDRESS, HOST, HeldCalls, Shop, buyer, other_process
+from tests.unit.services.shop import (
+    ADDRESS,
+    HOST,
+    HeldCalls,
+    Shop,
+    buyer,
+    offer_with_orders,
+    other_process,
+)
 
 
 class FlakyStock:
@@ -273,30 +281,38 @@ class OffersAwayAfter:
         return await self._shared.get(offer_id)
 
 
+async def rebuild_that_read_the_offer_before_its_stop(
+    shop: Shop, offer: FlashOffer, *, rebuilt_meanwhile: bool
+) -> None:
+    """A process's rebuild of the lost offer reads it running. Before it writes the stock,
+    another process rebuilds it (`rebuilt_meanwhile`; else a stock is there already), the
+    host's stop finds that stock, and Redis loses it again. Then this process's database goes
+    away before it can read the offer again."""
+    stock, offers_store = FlakyStock(shop.stock), OffersAwayAfter(shop.offers_store)
+    offers, _ = other_process(
+        shop, stock=cast(StockReservations, stock), offers_store=cast(OfferStore, offers_store)
+    )
+
+    async def stopped_and_lost_again() -> None:
+        if rebuilt_meanwhile:
+            await shop.offers.rebuild(offer.id)
+        await shop.offers.stop(offer.id, HOST)
+        shop.stock.flush()
+        offers_store.away = True
+
+    stock.before_rebuild = stopped_and_lost_again
+    with pytest.raises(Unavailable):
+        await offers.rebuild(offer.id)
+
+
 async def test_a_rebuild_that_read_the_offer_before_a_stop_cannot_reopen_it(shop: Shop) -> None:
     """Redis lost the offer twice. This process's rebuild read it running; meanwhile another
     process rebuilt it, the host's stop found that stock (3 taken), and Redis lost it again.
     Written from the stale read, and with the database gone before it could read the offer
     again, the stock must take no more than those 3: the host has launched the rest."""
-    stock = FlakyStock(shop.stock)
-    offers_store = OffersAwayAfter(shop.offers_store)
-    offers, _ = other_process(
-        shop, stock=cast(StockReservations, stock), offers_store=cast(OfferStore, offers_store)
-    )
-    offer = await shop.launch(quantity=50, limit=1)  # all the product's stock
-    for n in range(3):
-        await shop.claim(offer, buyer(n), f"k{n}")
+    offer = await offer_with_orders(shop, 50, 3)  # all the product's stock
     shop.stock.flush()
-
-    async def rebuilt_stopped_and_lost_again() -> None:
-        await shop.offers.rebuild(offer.id)
-        await shop.offers.stop(offer.id, HOST)
-        shop.stock.flush()
-        offers_store.away = True
-
-    stock.before_rebuild = rebuilt_stopped_and_lost_again
-    with pytest.raises(Unavailable):
-        await offers.rebuild(offer.id)
+    await rebuild_that_read_the_offer_before_its_stop(shop, offer, rebuilt_meanwhile=True)
     assert (await shop.offers_store.get(offer.id)).taken_at_end == 3
     await shop.launch(quantity=50 - 3, limit=1)
     with pytest.raises(Conflict) as refused:  # this claim's rebuild reads the offer ended
@@ -310,28 +326,13 @@ async def test_a_late_confirmation_does_not_open_a_later_rebuild(shop: Shop) -> 
     before letting claims in; the host's stop found B's stock (3 taken) and Redis lost it
     again; process A, which had read the offer running, wrote it again and could not read it
     again. B's confirmation must not open A's stock."""
-    offer = await shop.launch(quantity=50, limit=1)  # all the product's stock
-    for n in range(3):
-        await shop.claim(offer, buyer(n), f"k{n}")
+    offer = await offer_with_orders(shop, 50, 3)  # all the product's stock
     shop.stock.flush()
     stalling = HeldCalls(shop.stock, "confirm_open")
     b_offers, _ = other_process(shop, stock=cast(StockReservations, stalling))
     b_rebuild = asyncio.create_task(b_offers.rebuild(offer.id))
     await asyncio.wait_for(stalling.entered.wait(), 2)
-
-    a_stock, a_offers_store = FlakyStock(shop.stock), OffersAwayAfter(shop.offers_store)
-    a_offers, _ = other_process(
-        shop, stock=cast(StockReservations, a_stock), offers_store=cast(OfferStore, a_offers_store)
-    )
-
-    async def stopped_and_lost_again() -> None:
-        await shop.offers.stop(offer.id, HOST)
-        shop.stock.flush()
-        a_offers_store.away = True
-
-    a_stock.before_rebuild = stopped_and_lost_again
-    with pytest.raises(Unavailable):
-        await a_offers.rebuild(offer.id)
+    await rebuild_that_read_the_offer_before_its_stop(shop, offer, rebuilt_meanwhile=False)
     assert (await shop.offers_store.get(offer.id)).taken_at_end == 3
     await shop.launch(quantity=50 - 3, limit=1)
     stalling.gate.set()

@@ -26,6 +26,7 @@ from tests.unit.services.shop import (
     Shop,
     buyer,
     launch_through,
+    offer_with_orders,
     other_process,
 )
 
@@ -49,17 +50,31 @@ async def settle(shop: Shop) -> None:
     await shop.orders.settle_due()
 
 
-async def offer_of_the_whole_stock_with_orders(shop: Shop, orders: int) -> FlashOffer:
-    offer = await shop.launch(quantity=STOCK, limit=1)
-    for n in range(orders):
-        await shop.claim(offer, buyer(n), f"k{n}")
-    return offer
+Launch = asyncio.Task[tuple[FlashOffer, bool]]
+
+
+async def launch_held_at_its_count(shop: Shop, **launch: Any) -> tuple[Launch, HeldCalls]:
+    """A launch through another process, held once it has stored its offer, before counting
+    it: set the returned gate to let it go on."""
+    counting = HeldCalls(shop.products, "count_launch")
+    launching, _ = other_process(shop, products=cast(ProductStore, counting))
+    held = asyncio.create_task(launch_through(launching, shop, **launch))
+    await asyncio.wait_for(counting.entered.wait(), 2)
+    return held, counting
+
+
+async def launch_that_died_uncounted(shop: Shop, **launch: Any) -> None:
+    """A launch whose process died between storing its offer and counting it."""
+    held, _ = await launch_held_at_its_count(shop, **launch)
+    held.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held
 
 
 async def test_a_stopped_offer_books_what_it_had_taken_until_settled_then_what_it_sold(
     shop: Shop,
 ) -> None:
-    offer = await offer_of_the_whole_stock_with_orders(shop, 3)
+    offer = await offer_with_orders(shop, STOCK, 3)
     # A claimer that died after reserving, before writing its order: until the offer settles,
     # its shopper may send the claim again and get the order.
     await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", shop.clock())
@@ -86,7 +101,7 @@ async def test_an_offer_whose_stock_was_lost_when_it_stopped_books_its_quantity(
     shop: Shop,
 ) -> None:
     """Its stop could not tell what it had taken: only settling, from its orders, can."""
-    offer = await offer_of_the_whole_stock_with_orders(shop, 3)
+    offer = await offer_with_orders(shop, STOCK, 3)
     shop.stock.flush()
     await shop.offers.stop(offer.id, HOST)
     assert (await shop.offers_store.get(offer.id)).taken_at_end is None
@@ -431,10 +446,7 @@ async def test_a_launch_sent_again_after_its_first_died_uncounted_is_checked_aga
     count = asyncio.create_task(counting.set_product_stock(HOST, shop.product_id, 10))
     await asyncio.wait_for(counting_store.entered.wait(), 2)  # no bookings read
 
-    dying_store = HeldCalls(shop.products, "count_launch")
-    dying, _ = other_process(shop, products=cast(ProductStore, dying_store))
-    first = asyncio.create_task(launch_through(dying, shop, quantity=30, key="again"))
-    await asyncio.wait_for(dying_store.entered.wait(), 2)  # stored, not counted
+    first, _ = await launch_held_at_its_count(shop, quantity=30, key="again")
     counting_store.gate.set()
     assert (await count).stock == 10  # it never saw the offer
     first.cancel()  # the process dies
@@ -450,13 +462,7 @@ async def test_a_launch_sent_again_after_its_first_died_uncounted_is_checked_aga
 
 
 async def test_a_launch_sent_again_after_its_first_died_uncounted_counts_it(shop: Shop) -> None:
-    dying_store = HeldCalls(shop.products, "count_launch")
-    dying, _ = other_process(shop, products=cast(ProductStore, dying_store))
-    first = asyncio.create_task(launch_through(dying, shop, quantity=30, key="again"))
-    await asyncio.wait_for(dying_store.entered.wait(), 2)
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await launch_that_died_uncounted(shop, quantity=30, key="again")
     assert (await shop.products.get(shop.product_id)).launches == 0
     assert await shop.offers.open_in_room(shop.room_id) == []  # the room is not shown it
 
@@ -471,10 +477,7 @@ async def test_a_launch_sent_again_after_its_first_died_uncounted_counts_it(shop
 async def test_a_launch_housekeeping_withdrew_before_it_counted_answers_409(shop: Shop) -> None:
     """Its count took over 30 s (or its process's clock is behind housekeeping's): of the
     withdrawal and the count, the first wins, and the room never hears the offer started."""
-    slow_store = HeldCalls(shop.products, "count_launch")
-    slow, _ = other_process(shop, products=cast(ProductStore, slow_store))
-    launch = asyncio.create_task(launch_through(slow, shop, quantity=30, key="slow"))
-    await asyncio.wait_for(slow_store.entered.wait(), 2)
+    launch, slow_store = await launch_held_at_its_count(shop, quantity=30, key="slow")
     shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() + 1)
     assert await shop.offers.withdraw_uncounted() == 1
     slow_store.gate.set()
@@ -489,10 +492,7 @@ async def test_a_launch_housekeeping_withdrew_before_it_counted_answers_409(shop
 async def test_a_launch_whose_offer_ran_out_of_time_before_it_counted_frees_its_key(
     shop: Shop,
 ) -> None:
-    slow_store = HeldCalls(shop.products, "count_launch")
-    slow, _ = other_process(shop, products=cast(ProductStore, slow_store))
-    launch = asyncio.create_task(launch_through(slow, shop, quantity=30, duration=10, key="k"))
-    await asyncio.wait_for(slow_store.entered.wait(), 2)
+    launch, slow_store = await launch_held_at_its_count(shop, quantity=30, duration=10, key="k")
     shop.clock.advance(seconds=11)
     assert await shop.offers.end_due() == 1
     slow_store.gate.set()
@@ -510,10 +510,7 @@ async def test_a_withdrawal_that_lost_to_the_count_leaves_the_key_of_an_offer_en
     """Housekeeping read the launch as uncounted; the launch counted it and answered 201, and
     the host stopped it; then housekeeping's withdrawal lands. The key still names the offer:
     the host's launch sent again gets it back rather than a second offer."""
-    slow_store = HeldCalls(shop.products, "count_launch")
-    slow, _ = other_process(shop, products=cast(ProductStore, slow_store))
-    launch = asyncio.create_task(launch_through(slow, shop, quantity=30, key="k"))
-    await asyncio.wait_for(slow_store.entered.wait(), 2)
+    launch, slow_store = await launch_held_at_its_count(shop, quantity=30, key="k")
     shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() + 1)
     listing = HeldCalls(shop.offers_store, "uncounted_launches", answer_late=True)
     housekeeping, _ = other_process(shop, offers_store=cast(OfferStore, listing))
@@ -530,13 +527,7 @@ async def test_a_withdrawal_that_lost_to_the_count_leaves_the_key_of_an_offer_en
 
 
 async def test_a_launch_sent_again_that_counts_first_is_not_withdrawn(shop: Shop) -> None:
-    dying_store = HeldCalls(shop.products, "count_launch")
-    dying, _ = other_process(shop, products=cast(ProductStore, dying_store))
-    first = asyncio.create_task(launch_through(dying, shop, quantity=30, key="again"))
-    await asyncio.wait_for(dying_store.entered.wait(), 2)
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await launch_that_died_uncounted(shop, quantity=30, key="again")
     shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() + 1)
     # Housekeeping reads the offer as uncounted, then the host's launch sent again counts it
     # before housekeeping withdraws what it read.
@@ -555,13 +546,7 @@ async def test_a_launch_sent_again_that_counts_first_is_not_withdrawn(shop: Shop
 async def test_housekeeping_withdraws_a_launch_that_died_uncounted(shop: Shop) -> None:
     """Nobody sends it again: the offer would book 30 units until its end, a day later, and a
     count made meanwhile may not have seen it."""
-    dying_store = HeldCalls(shop.products, "count_launch")
-    dying, _ = other_process(shop, products=cast(ProductStore, dying_store))
-    first = asyncio.create_task(launch_through(dying, shop, quantity=30, key="lost"))
-    await asyncio.wait_for(dying_store.entered.wait(), 2)
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await launch_that_died_uncounted(shop, quantity=30, key="lost")
     [stored] = await shop.offers_store.of_product(shop.product_id)
     housekeeper = Housekeeper(shop.offers, shop.orders, lambda: [])
     shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() - 1)
