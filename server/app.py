@@ -30,7 +30,8 @@ from schemas.http import product_summary
 from server.adapters.memory_orders import MemoryOfferStore, MemoryOrderStore
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.adapters.mongo.embedded import EmbeddedMongo
-from server.adapters.mongo.orders import MongoOfferStore, MongoOrderStore, ensure_order_indexes
+from server.adapters.mongo.offers import MongoOfferStore
+from server.adapters.mongo.orders import MongoOrderStore, ensure_order_indexes
 from server.adapters.mongo.stores import MongoProductStore, MongoRoomStore, ensure_indexes
 from server.adapters.redis_reservations import RedisStockReservations
 from server.container import Container

@@ -139,6 +139,12 @@ class OfferStore(Protocol):
         """The offer, or NotFound."""
         ...
 
+    async def get_latest(self, offer_id: str) -> FlashOffer:
+        """As `get`, and as of every write acknowledged before the call, also during a
+        failover (never from a primary already replaced): for a decision that must see an end
+        recorded by another process."""
+        ...
+
     async def open_in_room(self, room_id: str) -> builtins.list[FlashOffer]:
         """Offers of the room that have not ended (scheduled or running), by start time."""
         ...

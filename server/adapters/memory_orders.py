@@ -101,6 +101,9 @@ class MemoryOfferStore:
         except KeyError:
             raise NotFound(f"offer {offer_id} not found") from None
 
+    async def get_latest(self, offer_id: str) -> FlashOffer:
+        return await self.get(offer_id)  # one process: every read is the latest
+
     async def open_in_room(self, room_id: str) -> builtins.list[FlashOffer]:
         offers = [o for o in self._offers.values() if o.room_id == room_id and o.ended_at is None]
         return sorted(offers, key=lambda o: (o.starts_at, o.id))

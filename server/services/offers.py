@@ -394,8 +394,9 @@ class OfferService:
             # finding no stock. The end is recorded before its stock is stopped, so either the
             # read below sees it, or that stop comes after and finds the stock `token` names
             # (written before this read it); should that stock be lost, a later rebuild's has
-            # a token of its own. Should the read fail, claims wait for the next rebuild.
-            if (await self._offers.get(offer.id)).end_reason is None:
+            # a token of its own. Should the read fail, claims wait for the next rebuild. The
+            # latest read: a primary that was replaced since the end could still say "running".
+            if (await self._offers.get_latest(offer.id)).end_reason is None:
                 await self._stock.confirm_open(offer.id, token)
             else:
                 await self._stock.stop(offer.id)

@@ -1,4 +1,5 @@
-"""The MongoDB database the store contract suites run their Mongo side against."""
+"""The MongoDB database the store contract suites run their Mongo side against, and the
+stock reservation stores under test."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
+from server.adapters.memory_reservations import MemoryStockReservations
 from server.adapters.mongo.orders import ensure_order_indexes
 from server.adapters.mongo.stores import ensure_indexes
+from server.adapters.redis_reservations import RedisStockReservations
+from tests.contract.stock_backends import Backend
 
 
 @pytest.fixture
@@ -23,3 +29,25 @@ async def mongo_db(mongodb_url: str, mongo_database_name: str) -> AsyncIterator[
         yield db
     finally:
         await client.close()
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        memory = MemoryStockReservations()
+
+        async def flush_memory() -> None:
+            memory.flush()
+
+        yield Backend(memory, flush_memory)
+    else:
+        url = request.getfixturevalue("clean_redis")
+        store = RedisStockReservations(url)
+        admin = aioredis.Redis.from_url(url)
+
+        async def flush_redis() -> None:
+            await admin.flushall()
+
+        yield Backend(store, flush_redis)
+        await store.close()
+        await admin.aclose()

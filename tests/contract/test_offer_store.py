@@ -13,7 +13,8 @@ import pytest
 from bson import Decimal128
 
 from server.adapters.memory_orders import MemoryOfferStore
-from server.adapters.mongo.orders import OFFERS, MongoOfferStore, ensure_order_indexes
+from server.adapters.mongo.offers import OFFERS, MongoOfferStore
+from server.adapters.mongo.orders import ensure_order_indexes
 from server.domain.errors import Conflict, LaunchKeyTaken, NotFound, ProductOffersChanged
 from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer
@@ -78,6 +79,7 @@ async def test_offer_reads_back_exactly(offers: OfferStore, price: Money | None)
     assert got.ended_at is None
     await offers.launch_counted("of_1")
     assert await offers.get("of_1") == replace(offer, counted=True)
+    assert await offers.get_latest("of_1") == replace(offer, counted=True)
 
 
 async def test_offers_whose_launch_never_counted_them_are_found(offers: OfferStore) -> None:
@@ -152,6 +154,8 @@ async def test_mongo_an_offer_stored_before_launches_were_counted_reads_as_count
 async def test_offer_missing_or_duplicate(offers: OfferStore) -> None:
     with pytest.raises(NotFound):
         await offers.get("of_missing")
+    with pytest.raises(NotFound):
+        await offers.get_latest("of_missing")
     await offers.create(_offer(), nth_of_product=1)
     with pytest.raises(Conflict) as refused:
         await offers.create(_offer(), nth_of_product=2)

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from server.adapters.mongo.orders import MongoOfferStore, MongoOrderStore
+from server.adapters.mongo.offers import MongoOfferStore
+from server.adapters.mongo.orders import MongoOrderStore
 from server.adapters.mongo.stores import MongoProductStore, MongoRoomStore
 from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.errors import Conflict

@@ -1,4 +1,4 @@
-"""MongoDB stores for flash offers and orders, on PyMongo's async API.
+"""The MongoDB store for orders, on PyMongo's async API (flash offers: offers.py).
 
 Every write changes one order document and nothing else, so no write needs a transaction: the
 host's figures are counted from the orders when asked, not kept beside them. Creation is
@@ -19,52 +19,25 @@ from datetime import datetime
 from typing import Any
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, WriteConcern
+from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from server.adapters.group_commit import GroupCommit, own_copy
 from server.adapters.memory_orders import check_last_move
-from server.adapters.mongo.order_docs import (
-    offer_doc,
-    offer_from,
-    order_doc,
-    order_from,
-    transition_doc,
-)
+from server.adapters.mongo.offers import ensure_offer_indexes
+from server.adapters.mongo.order_docs import order_doc, order_from, transition_doc
 from server.adapters.mongo.stores import Document, _collection, _translate_errors, coming_after
-from server.domain.errors import (
-    Conflict,
-    LaunchKeyTaken,
-    NotFound,
-    ProductOffersChanged,
-    Unavailable,
-)
+from server.domain.errors import Conflict, NotFound, Unavailable
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
-from server.domain.offers import EndReason, FlashOffer, utc_ms
 from server.domain.orders import Order, OrderStatus
 from server.domain.pages import PageKey
 
 log = logging.getLogger("liveshop.orders")
 
-OFFERS = "offers"
 ORDERS = "orders"
 # Set on an order, with its move to cancelled or expired, until its units are back in the offer.
 UNITS_TO_RETURN = "units_to_return"
-# Set on an offer, with its end, until its stock is stopped and its room told of the end.
-END_TO_FINISH = "end_to_finish"
-# The launcher's idempotency key, on offers launched with one: unique in its room.
-LAUNCH_KEY = "launch_key"
-# When the end's note was cleared: settling waits LATE_ORDERS from then.
-END_FINISHED_AT = "end_finished_at"
-# With it, the units the offer had taken when its stock stopped (FlashOffer.taken_at_end).
-TAKEN_AT_END = "taken_at_end"
-# Set on an offer as its launch stores it, until the launch counts it (FlashOffer.counted).
-LAUNCH_TO_COUNT = "launch_to_count"
-# Which offer of its product an offer is (1, 2, ...): unique, so two launches racing to book
-# the same product's stock cannot both get in.
-PRODUCT_LAUNCH = "product_launch"
-
 _NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
@@ -94,211 +67,7 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
             ),
         ]
     )
-    await _collection(db, OFFERS).create_indexes(
-        [
-            IndexModel(
-                [("room_id", ASCENDING), ("ended_at", ASCENDING), ("starts_at", ASCENDING)],
-                name="room_open",
-            ),
-            IndexModel([("ended_at", ASCENDING), ("ends_at", ASCENDING)], name="due_to_end"),
-            IndexModel([("product_id", ASCENDING)], name="product"),
-            IndexModel(
-                [("settled_at", ASCENDING), ("ended_at", ASCENDING), ("_id", ASCENDING)],
-                name="due_to_settle",
-            ),
-            # Offers launched before this index have no launch number: they are left out.
-            IndexModel(
-                [("product_id", ASCENDING), (PRODUCT_LAUNCH, ASCENDING)],
-                name=PRODUCT_LAUNCH,
-                unique=True,
-                partialFilterExpression={PRODUCT_LAUNCH: {"$exists": True}},
-            ),
-            IndexModel(
-                [("room_id", ASCENDING), (LAUNCH_KEY, ASCENDING)],
-                name=LAUNCH_KEY,
-                unique=True,
-                partialFilterExpression={LAUNCH_KEY: {"$exists": True}},
-            ),
-            # Only the few offers whose end is being finished are in it.
-            IndexModel(
-                [(END_TO_FINISH, ASCENDING)],
-                name=END_TO_FINISH,
-                partialFilterExpression={END_TO_FINISH: True},
-            ),
-            # Only the offers being launched, and those whose launch died, are in it.
-            IndexModel(
-                [(LAUNCH_TO_COUNT, ASCENDING), ("created_at", ASCENDING)],
-                name=LAUNCH_TO_COUNT,
-                partialFilterExpression={LAUNCH_TO_COUNT: True},
-            ),
-        ]
-    )
-
-
-class MongoOfferStore:
-    def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self._offers = _collection(db, OFFERS)
-
-    @_translate_errors
-    async def create(
-        self, offer: FlashOffer, *, nth_of_product: int, launch_key: str | None = None
-    ) -> None:
-        # The unique index on (product, launch) lets one of two launches racing for the same
-        # place in; the other checks the product's stock again (see ProductBookings.book).
-        doc = {**offer_doc(offer), PRODUCT_LAUNCH: nth_of_product, LAUNCH_TO_COUNT: True}
-        if launch_key is not None:
-            doc[LAUNCH_KEY] = launch_key
-        try:
-            await self._offers.insert_one(doc)
-        except DuplicateKeyError as exc:
-            taken = (exc.details or {}).get("keyPattern", {})
-            if LAUNCH_KEY in taken:
-                raise LaunchKeyTaken("an offer was launched under this key already") from None
-            if PRODUCT_LAUNCH in taken:
-                raise ProductOffersChanged(
-                    "another offer of this product was launched meanwhile"
-                ) from None
-            raise Conflict(f"offer {offer.id} exists") from None
-
-    @_translate_errors
-    async def launch_counted(self, offer_id: str) -> bool:
-        result = await self._offers.update_one(
-            {"_id": offer_id, "ended_at": None}, {"$unset": {LAUNCH_TO_COUNT: ""}}
-        )
-        return result.matched_count == 1
-
-    @_translate_errors
-    async def uncounted_launches(
-        self, created_before: datetime, limit: int
-    ) -> builtins.list[FlashOffer]:
-        cursor = (
-            self._offers.find(
-                {LAUNCH_TO_COUNT: True, "created_at": {"$lt": created_before}, "ended_at": None}
-            )
-            .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
-            .limit(limit)
-        )
-        return [offer_from(doc) async for doc in cursor]
-
-    @_translate_errors
-    async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
-        doc = await self._offers.find_one({"room_id": room_id, LAUNCH_KEY: launch_key})
-        return None if doc is None else offer_from(doc)
-
-    @_translate_errors
-    async def of_product(self, product_id: str) -> builtins.list[FlashOffer]:
-        cursor = self._offers.find({"product_id": product_id}).sort(
-            [("starts_at", ASCENDING), ("_id", ASCENDING)]
-        )
-        return [offer_from(doc) async for doc in cursor]
-
-    @_translate_errors
-    async def get(self, offer_id: str) -> FlashOffer:
-        doc = await self._offers.find_one({"_id": offer_id})
-        if doc is None:
-            raise NotFound(f"offer {offer_id} not found")
-        return offer_from(doc)
-
-    @_translate_errors
-    async def open_in_room(self, room_id: str) -> builtins.list[FlashOffer]:
-        cursor = self._offers.find({"room_id": room_id, "ended_at": None}).sort(
-            [("starts_at", ASCENDING), ("_id", ASCENDING)]
-        )
-        return [offer_from(doc) async for doc in cursor]
-
-    @_translate_errors
-    async def in_room(self, room_id: str, limit: int) -> builtins.list[FlashOffer]:
-        cursor = self._offers.find({"room_id": room_id}).sort(
-            [("starts_at", DESCENDING), ("_id", DESCENDING)]
-        )
-        latest = [offer_from(doc) async for doc in cursor.limit(limit)]
-        return latest[::-1]
-
-    @_translate_errors
-    async def record_end(
-        self,
-        offer_id: str,
-        reason: EndReason,
-        at: datetime,
-        *,
-        free_launch_key: bool = False,
-        if_uncounted: bool = False,
-    ) -> FlashOffer | None:
-        # One conditional update: of any number of processes ending the offer at once, the
-        # server lets exactly one match `ended_at: null`. The key goes in the same write, so
-        # no moment shows a withdrawn launch's key with its offer ended.
-        running: Document = {"_id": offer_id, "ended_at": None}
-        if if_uncounted:
-            running[LAUNCH_TO_COUNT] = True
-        unset = {LAUNCH_TO_COUNT: ""}
-        if free_launch_key:
-            unset[LAUNCH_KEY] = ""
-        change: Document = {
-            "$set": {"ended_at": utc_ms(at), "end_reason": reason.value, END_TO_FINISH: True},
-            "$unset": unset,
-        }
-        doc = await self._offers.find_one_and_update(
-            running, change, return_document=ReturnDocument.AFTER
-        )
-        if doc is not None:
-            return offer_from(doc)
-        # Ended already: its key goes (one still running keeps it). Not for the withdrawal of
-        # an uncounted launch: its launch counted it first, and answered with it.
-        if free_launch_key and not if_uncounted:
-            await self._offers.update_one(
-                {"_id": offer_id, "ended_at": {"$ne": None}}, {"$unset": {LAUNCH_KEY: ""}}
-            )
-        await self.get(offer_id)  # NotFound for an unknown offer rather than "already ended"
-        return None
-
-    @_translate_errors
-    async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
-        cursor = self._offers.find({END_TO_FINISH: True}).sort("_id", ASCENDING).limit(limit)
-        return [offer_from(doc) async for doc in cursor]
-
-    @_translate_errors
-    async def end_finished(self, offer_id: str, at: datetime, *, taken: int | None) -> None:
-        await self._offers.update_one(  # once: finishing it again must not put off settling
-            {"_id": offer_id, END_TO_FINISH: True},
-            {
-                "$unset": {END_TO_FINISH: ""},
-                "$set": {END_FINISHED_AT: utc_ms(at), TAKEN_AT_END: taken},
-            },
-        )
-
-    @_translate_errors
-    async def due_to_settle(
-        self, finished_before: datetime, limit: int
-    ) -> builtins.list[FlashOffer]:
-        cursor = (
-            self._offers.find(
-                {
-                    "settled_at": None,  # also matches offers stored before the field existed
-                    "ended_at": {"$lte": finished_before},
-                    END_TO_FINISH: {"$exists": False},
-                    # Missing on offers ended before ends were noted: they finished as they ended.
-                    END_FINISHED_AT: {"$not": {"$gt": finished_before}},
-                }
-            )
-            .sort([("ended_at", ASCENDING), ("_id", ASCENDING)])
-            .limit(limit)
-        )
-        return [offer_from(doc) async for doc in cursor]
-
-    @_translate_errors
-    async def record_settled(self, offer_id: str, at: datetime) -> None:
-        await self._offers.update_one(
-            {"_id": offer_id, "settled_at": None}, {"$set": {"settled_at": utc_ms(at)}}
-        )
-
-    @_translate_errors
-    async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:
-        cursor = (
-            self._offers.find({"ended_at": None, "ends_at": {"$lte": now}})
-            .sort([("ends_at", ASCENDING), ("_id", ASCENDING)])
-            .limit(limit)
-        )
-        return [offer_from(doc) async for doc in cursor]
+    await ensure_offer_indexes(db)
 
 
 # An order is acknowledged only once a majority of the replica set has it (journaled), so a

@@ -24,6 +24,7 @@ from server.services.stock_announcer import STOCK_ANNOUNCE_SECONDS
 from tests.fakes import Clock, RecordingEvents
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+STOCK = 50  # units of the shop's product
 HOST = Identity("host-1", Role.HOST)
 ADDRESS = Address.clean(
     name="Ana", line1="Rua 1", city="Lisboa", postal_code="1000-001", country="PT"
@@ -143,7 +144,7 @@ async def open_shop() -> Shop:
     stock = MemoryStockReservations()
     room_service = RoomService(rooms, products, events, clock)
     product = await room_service.create_product(
-        HOST, title="Serum", price=Money(Decimal("24.90"), "USD"), stock=50, images=[]
+        HOST, title="Serum", price=Money(Decimal("24.90"), "USD"), stock=STOCK, images=[]
     )
     room = await room_service.create_room(HOST, "Show")
     await room_service.start(room.id, HOST)

@@ -280,6 +280,8 @@ class OffersAwayAfter:
             raise Unavailable("the database is unreachable, try again")
         return await self._shared.get(offer_id)
 
+    get_latest = get
+
 
 async def rebuild_that_read_the_offer_before_its_stop(
     shop: Shop, offer: FlashOffer, *, rebuilt_meanwhile: bool

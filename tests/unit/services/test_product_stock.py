@@ -15,13 +15,13 @@ from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import LATE_ORDERS, FlashOffer
 from server.domain.orders import OrderStatus
 from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
-from server.services.bookings import UNCOUNTED_AFTER
 from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,
+    STOCK,
     HeldCalls,
     Shop,
     buyer,
@@ -29,8 +29,6 @@ from tests.unit.services.shop import (
     offer_with_orders,
     other_process,
 )
-
-STOCK = 50  # the shop's product
 
 
 async def test_offers_of_a_product_cannot_book_more_than_its_stock(shop: Shop) -> None:
@@ -48,27 +46,6 @@ async def settle(shop: Shop) -> None:
     """Past LATE_ORDERS after the end, and housekeeping's settling step has run."""
     shop.clock.advance(seconds=LATE_ORDERS.total_seconds())
     await shop.orders.settle_due()
-
-
-Launch = asyncio.Task[tuple[FlashOffer, bool]]
-
-
-async def launch_held_at_its_count(shop: Shop, **launch: Any) -> tuple[Launch, HeldCalls]:
-    """A launch through another process, held once it has stored its offer, before counting
-    it: set the returned gate to let it go on."""
-    counting = HeldCalls(shop.products, "count_launch")
-    launching, _ = other_process(shop, products=cast(ProductStore, counting))
-    held = asyncio.create_task(launch_through(launching, shop, **launch))
-    await asyncio.wait_for(counting.entered.wait(), 2)
-    return held, counting
-
-
-async def launch_that_died_uncounted(shop: Shop, **launch: Any) -> None:
-    """A launch whose process died between storing its offer and counting it."""
-    held, _ = await launch_held_at_its_count(shop, **launch)
-    held.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await held
 
 
 async def test_a_stopped_offer_books_what_it_had_taken_until_settled_then_what_it_sold(
@@ -299,6 +276,8 @@ class _OffersReadThrough:
     async def get(self, offer_id: str) -> FlashOffer:
         return await self._reader.get(offer_id)
 
+    get_latest = get
+
 
 async def test_an_offer_with_more_pending_reservations_than_a_batch_settles_over_rounds(
     shop: Shop, monkeypatch: pytest.MonkeyPatch
@@ -433,137 +412,6 @@ async def test_a_launch_whose_count_fails_withdraws_its_offer(shop: Shop) -> Non
     assert withdrawn.end_reason is not None
     assert await shop.offers_store.by_launch_key(shop.room_id, f"{HOST.user_id}:blip") is None
     assert shop.events.of_type("offer.started") == []
-
-
-async def test_a_launch_sent_again_after_its_first_died_uncounted_is_checked_again(
-    shop: Shop,
-) -> None:
-    """The first attempt stored its offer and died before counting it; a count that had read
-    the bookings before the offer was stored then lowered the stock. Sent again, the launch
-    must not announce an offer the stock no longer has room for."""
-    counting_store = HeldCalls(shop.products, "set_stock")
-    counting, _ = other_process(shop, products=cast(ProductStore, counting_store))
-    count = asyncio.create_task(counting.set_product_stock(HOST, shop.product_id, 10))
-    await asyncio.wait_for(counting_store.entered.wait(), 2)  # no bookings read
-
-    first, _ = await launch_held_at_its_count(shop, quantity=30, key="again")
-    counting_store.gate.set()
-    assert (await count).stock == 10  # it never saw the offer
-    first.cancel()  # the process dies
-    with pytest.raises(asyncio.CancelledError):
-        await first
-
-    with pytest.raises(Conflict) as refused:
-        await launch_through(shop.offers, shop, quantity=30, key="again")
-    assert refused.value.code == "stock_changed"
-    [withdrawn] = await shop.offers_store.of_product(shop.product_id)
-    assert withdrawn.end_reason is not None
-    assert shop.events.of_type("offer.started") == []
-
-
-async def test_a_launch_sent_again_after_its_first_died_uncounted_counts_it(shop: Shop) -> None:
-    await launch_that_died_uncounted(shop, quantity=30, key="again")
-    assert (await shop.products.get(shop.product_id)).launches == 0
-    assert await shop.offers.open_in_room(shop.room_id) == []  # the room is not shown it
-
-    offer, created = await launch_through(shop.offers, shop, quantity=30, key="again")
-    assert not created
-    assert offer.end_reason is None
-    assert (await shop.products.get(shop.product_id)).launches == 1  # a count now sees it
-    assert len(shop.events.of_type("offer.started")) == 1
-    assert [o.id for o, _ in await shop.offers.open_in_room(shop.room_id)] == [offer.id]
-
-
-async def test_a_launch_housekeeping_withdrew_before_it_counted_answers_409(shop: Shop) -> None:
-    """Its count took over 30 s (or its process's clock is behind housekeeping's): of the
-    withdrawal and the count, the first wins, and the room never hears the offer started."""
-    launch, slow_store = await launch_held_at_its_count(shop, quantity=30, key="slow")
-    shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() + 1)
-    assert await shop.offers.withdraw_uncounted() == 1
-    slow_store.gate.set()
-    with pytest.raises(Conflict) as refused:
-        await launch
-    assert refused.value.code == "offer_withdrawn"
-    assert shop.events.of_type("offer.started") == []
-    _, created = await launch_through(shop.offers, shop, quantity=30, key="slow")
-    assert created  # its key was freed: sent again, it is a new launch
-
-
-async def test_a_launch_whose_offer_ran_out_of_time_before_it_counted_frees_its_key(
-    shop: Shop,
-) -> None:
-    launch, slow_store = await launch_held_at_its_count(shop, quantity=30, duration=10, key="k")
-    shop.clock.advance(seconds=11)
-    assert await shop.offers.end_due() == 1
-    slow_store.gate.set()
-    with pytest.raises(Conflict) as refused:
-        await launch
-    assert refused.value.code == "offer_withdrawn"
-    offer, created = await launch_through(shop.offers, shop, quantity=30, duration=10, key="k")
-    assert created  # sent again as the answer says: a new offer, not the expired one
-    assert offer.end_reason is None
-
-
-async def test_a_withdrawal_that_lost_to_the_count_leaves_the_key_of_an_offer_ended_since(
-    shop: Shop,
-) -> None:
-    """Housekeeping read the launch as uncounted; the launch counted it and answered 201, and
-    the host stopped it; then housekeeping's withdrawal lands. The key still names the offer:
-    the host's launch sent again gets it back rather than a second offer."""
-    launch, slow_store = await launch_held_at_its_count(shop, quantity=30, key="k")
-    shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() + 1)
-    listing = HeldCalls(shop.offers_store, "uncounted_launches", answer_late=True)
-    housekeeping, _ = other_process(shop, offers_store=cast(OfferStore, listing))
-    withdrawing = asyncio.create_task(housekeeping.withdraw_uncounted())
-    await asyncio.wait_for(listing.entered.wait(), 2)
-    slow_store.gate.set()
-    offer, created = await launch
-    assert created
-    await shop.offers.stop(offer.id, HOST)
-    listing.gate.set()
-    assert await withdrawing == 0
-    again, created_again = await launch_through(shop.offers, shop, quantity=30, key="k")
-    assert (again.id, created_again) == (offer.id, False)
-
-
-async def test_a_launch_sent_again_that_counts_first_is_not_withdrawn(shop: Shop) -> None:
-    await launch_that_died_uncounted(shop, quantity=30, key="again")
-    shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() + 1)
-    # Housekeeping reads the offer as uncounted, then the host's launch sent again counts it
-    # before housekeeping withdraws what it read.
-    listing = HeldCalls(shop.offers_store, "uncounted_launches", answer_late=True)
-    housekeeping, _ = other_process(shop, offers_store=cast(OfferStore, listing))
-    withdrawing = asyncio.create_task(housekeeping.withdraw_uncounted())
-    await asyncio.wait_for(listing.entered.wait(), 2)
-    offer, created = await launch_through(shop.offers, shop, quantity=30, key="again")
-    assert not created
-    listing.gate.set()
-    assert await withdrawing == 0
-    assert (await shop.offers_store.get(offer.id)).end_reason is None
-    assert shop.events.of_type("offer.ended") == []
-
-
-async def test_housekeeping_withdraws_a_launch_that_died_uncounted(shop: Shop) -> None:
-    """Nobody sends it again: the offer would book 30 units until its end, a day later, and a
-    count made meanwhile may not have seen it."""
-    await launch_that_died_uncounted(shop, quantity=30, key="lost")
-    [stored] = await shop.offers_store.of_product(shop.product_id)
-    housekeeper = Housekeeper(shop.offers, shop.orders, lambda: [])
-    shop.clock.advance(seconds=UNCOUNTED_AFTER.total_seconds() - 1)
-    await housekeeper.run_once()  # its launch may still be counting it
-    assert (await shop.offers_store.get(stored.id)).end_reason is None
-    shop.clock.advance(seconds=2)
-    await housekeeper.run_once()
-    withdrawn = await shop.offers_store.get(stored.id)
-    assert withdrawn.end_reason is not None
-    assert withdrawn.end_reason.value == "stopped"
-    assert withdrawn.taken_at_end == 0
-    assert shop.events.of_type("offer.started") == []
-    assert [e["offer_id"] for e in shop.events.of_type("offer.ended")] == [stored.id]
-    # Its key and its stock are free at once: the host's launch sent again is a new offer.
-    offer, created = await launch_through(shop.offers, shop, quantity=STOCK, key="lost")
-    assert created
-    assert offer.id != stored.id
 
 
 async def test_a_launch_sent_again_leaves_its_selling_offer_alone(shop: Shop) -> None:

@@ -1,0 +1,33 @@
+"""What the stock reservation contract suites share: fixed times, the backends under test,
+and opening an offer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from server.domain.offers import ClaimOutcome
+from server.ports import StockReservations
+
+T0 = datetime(2026, 5, 14, 10, 0, tzinfo=UTC)
+END = T0 + timedelta(minutes=10)
+NOW = T0 + timedelta(minutes=1)
+MS = timedelta(milliseconds=1)
+
+R = ClaimOutcome
+
+
+@dataclass
+class Backend:
+    stock: StockReservations
+    lose_everything: Callable[[], Awaitable[None]]
+
+
+async def open_offer(
+    stock: StockReservations, offer: str = "of1", quantity: int = 10, limit: int = 2
+) -> None:
+    opened = await stock.open_offer(
+        offer, quantity=quantity, per_user_limit=limit, starts_at=T0, ends_at=END
+    )
+    assert opened

@@ -1,0 +1,205 @@
+"""The stock reservation contract, on memory and a real Redis: an offer the store lost is
+rebuilt from its orders, and waits for its rebuilder's confirmation before it takes a new
+claim; a stop counts what the offer had taken."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+import pytest
+
+from server.adapters.redis_reservations import RedisStockReservations
+from server.domain.errors import Unavailable
+from server.domain.offers import AttachOutcome, RecoveredClaim
+from tests.contract.stock_backends import END, NOW, T0, Backend, R, open_offer
+from tests.servers import RedisServer
+
+
+async def test_a_lost_offer_pauses_until_rebuilt_from_its_orders(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=10, limit=3)
+    for key, buyer, quantity in [("k1", "alice", 3), ("k2", "bob", 2), ("k3", "bob", 1)]:
+        await stock.claim("of1", buyer, quantity, key, NOW)
+    await stock.claim("of1", "carol", 1, "k4", NOW)  # its claimer dies before the order
+    await stock.attach_order("of1", "k1", "ord1")
+    await stock.attach_order("of1", "k2", "ord2")
+    await stock.attach_order("of1", "k3", "ord3")
+    await stock.release("of1", "k3")  # order 3 was cancelled
+
+    await backend.lose_everything()
+    assert not await stock.is_ready("of1")
+    for buyer, key in [("dave", "k9"), ("alice", "k1")]:
+        paused = await stock.claim("of1", buyer, 1, key, NOW)
+        assert (paused.outcome, paused.remaining) == (R.PAUSED, None)
+    with pytest.raises(Unavailable) as raised:
+        await stock.remaining("of1")
+    assert raised.value.code == "offer_paused"
+    assert await stock.snapshot("of1") is None
+    assert await stock.stop("of1") is None
+    with pytest.raises(Unavailable) as raised:  # not "nothing to release": nothing is known
+        await stock.release("of1", "k1")
+    assert raised.value.code == "offer_paused"
+
+    surviving = [
+        RecoveredClaim("k1", "alice", 3, "ord1", held=True, reservation_id="rsv_a"),
+        RecoveredClaim("k2", "bob", 2, "ord2", held=True),
+        RecoveredClaim("k3", "bob", 1, "ord3", held=False),
+    ]
+
+    def rebuild() -> Awaitable[bool]:
+        return stock.rebuild(
+            "of1",
+            quantity=10,
+            per_user_limit=3,
+            starts_at=T0,
+            ends_at=END,
+            stopped=False,
+            claims=surviving,
+        )
+
+    # Racing rebuilders: one wins, the others change nothing.
+    results = await asyncio.gather(*(rebuild() for _ in range(5)))
+    assert results.count(True) == 1
+    assert await stock.is_ready("of1")
+    assert await stock.remaining("of1") == 10 - 3 - 2
+    snapshot = await stock.snapshot("of1")
+    assert snapshot is not None
+    assert snapshot.held_by_buyer == {"alice": 3, "bob": 2}
+    assert (snapshot.starts_at, snapshot.ends_at, snapshot.stopped) == (T0, END, False)
+
+    retry = await stock.claim("of1", "alice", 3, "k1", NOW)
+    assert (retry.outcome, retry.reservation_id, retry.order_id) == (R.DUPLICATE, "rsv_a", "ord1")
+    cancelled = await stock.claim("of1", "bob", 1, "k3", NOW)
+    assert (cancelled.outcome, cancelled.released) == (R.DUPLICATE, True)
+    # New claims wait until the rebuilder has read the offer again, still running.
+    waiting = await stock.claim("of1", "alice", 1, "k5", NOW)
+    assert (waiting.outcome, waiting.remaining) == (R.PAUSED, None)
+    token = await stock.unconfirmed("of1")
+    assert token is not None
+    await stock.confirm_open("of1", f"{token}-another-rebuilds")  # not this stock
+    assert (await stock.claim("of1", "alice", 1, "k5", NOW)).outcome is R.PAUSED
+    await stock.confirm_open("of1", token)
+    await stock.confirm_open("of1", token)  # once is enough
+    assert await stock.unconfirmed("of1") is None
+    assert (await stock.claim("of1", "alice", 1, "k5", NOW)).outcome is R.LIMIT_REACHED
+    assert (await stock.claim("of1", "bob", 1, "k6", NOW)).outcome is R.RESERVED
+    # Carol's reservation died with the data: her order, if it ever comes, holds nothing.
+    assert await stock.attach_order("of1", "k4", "ord4") is AttachOutcome.UNKNOWN
+    assert await stock.release("of1", "k2")
+    assert await stock.remaining("of1") == 6
+
+
+async def test_a_stopped_offer_is_rebuilt_stopped(backend: Backend) -> None:
+    stock = backend.stock
+    await backend.lose_everything()
+    assert await stock.rebuild(
+        "of1", quantity=5, per_user_limit=1, starts_at=T0, ends_at=END, stopped=True, claims=[]
+    )
+    assert (await stock.claim("of1", "alice", 1, "k1", NOW)).outcome is R.NOT_ACTIVE
+    assert await stock.remaining("of1") == 5
+    assert await stock.unconfirmed("of1") is None  # nothing for a rebuilder to confirm
+
+
+async def test_an_offer_stopped_before_its_rebuild_was_confirmed_stays_stopped(
+    backend: Backend,
+) -> None:
+    """The rebuilder read the offer running; it ended before the rebuilder read it again, and
+    the end's stop found the rebuilt stock."""
+    stock = backend.stock
+    await backend.lose_everything()
+    await stock.confirm_open("of1", "a-token")  # lost: nothing to let claims in to
+    assert not await stock.is_ready("of1")
+    assert await stock.unconfirmed("of1") is None
+    claims = [RecoveredClaim("k1", "alice", 2, "ord1", held=True)]
+    assert await stock.rebuild(
+        "of1", quantity=5, per_user_limit=2, starts_at=T0, ends_at=END, stopped=False, claims=claims
+    )
+    token = await stock.unconfirmed("of1")
+    assert token is not None
+    assert await stock.stop("of1") == 2
+    stopped = await stock.claim("of1", "bob", 1, "k2", NOW)  # the end, not "wait"
+    assert (stopped.outcome, stopped.remaining) == (R.NOT_ACTIVE, 3)
+    await stock.confirm_open("of1", token)  # the rebuilder's, after it read the offer running
+    assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.NOT_ACTIVE
+    assert await stock.stop("of1") == 2
+
+
+async def test_rebuilds_leave_each_their_own_token(backend: Backend) -> None:
+    stock = backend.stock
+    tokens = []
+    for _ in range(2):
+        await backend.lose_everything()
+        assert await stock.rebuild(
+            "of1", quantity=5, per_user_limit=2, starts_at=T0, ends_at=END, stopped=False, claims=[]
+        )
+        tokens.append(await stock.unconfirmed("of1"))
+    assert None not in tokens
+    assert tokens[0] != tokens[1]
+    await stock.confirm_open("of1", str(tokens[0]))  # the first rebuild's, landing late
+    assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.PAUSED
+
+
+async def test_a_stop_never_counts_fewer_than_no_units_taken(backend: Backend) -> None:
+    """Rebuilt from orders that held more than the quantity (a bug elsewhere), the stock
+    reads 0; an order given back then lifts it above what the others hold."""
+    stock = backend.stock
+    await backend.lose_everything()
+    claims = [
+        RecoveredClaim("k1", "alice", 2, "ord1", held=True),
+        RecoveredClaim("k2", "bob", 2, "ord2", held=True),
+    ]
+    assert await stock.rebuild(
+        "of1", quantity=3, per_user_limit=2, starts_at=T0, ends_at=END, stopped=True, claims=claims
+    )
+    assert await stock.release("of1", "k1")
+    assert await stock.remaining("of1") == 2
+    assert await stock.stop("of1") == 1
+    assert await stock.release("of1", "k2")
+    assert await stock.stop("of1") == 0  # 3 - 4 would be -1
+
+
+async def test_a_redis_restart_pauses_claims_until_the_rebuild(
+    redis_server: RedisServer,
+) -> None:
+    stock = RedisStockReservations(redis_server.url)
+    try:
+        await open_offer(stock, quantity=50, limit=5)
+        results = await asyncio.gather(
+            *(stock.claim("of1", f"b{i % 7}", 1 + i % 2, f"k{i}", NOW) for i in range(30))
+        )
+        reserved = {
+            f"k{i}": (f"b{i % 7}", r.quantity)
+            for i, r in enumerate(results)
+            if r.outcome is R.RESERVED
+        }
+        # Orders were written for all but the last three reservations.
+        written = dict(list(reserved.items())[:-3])
+        for key in written:
+            assert await stock.attach_order("of1", key, f"ord-{key}") is AttachOutcome.ATTACHED
+
+        await asyncio.to_thread(redis_server.restart)
+        # The pooled connections are dead; the retry policy reconnects instead of failing.
+        paused = await stock.claim("of1", "newcomer", 1, "after", NOW)
+        assert paused.outcome is R.PAUSED
+        assert not await stock.is_ready("of1")
+
+        claims = [
+            RecoveredClaim(key, buyer, quantity, f"ord-{key}", held=True)
+            for key, (buyer, quantity) in written.items()
+        ]
+        assert await stock.rebuild(
+            "of1",
+            quantity=50,
+            per_user_limit=5,
+            starts_at=T0,
+            ends_at=END,
+            stopped=False,
+            claims=claims,
+        )
+        held = sum(quantity for _, quantity in written.values())
+        assert await stock.remaining("of1") == 50 - held
+        await stock.confirm_open("of1", str(await stock.unconfirmed("of1")))
+        assert (await stock.claim("of1", "newcomer", 1, "after", NOW)).remaining == 49 - held
+    finally:
+        await stock.close()
