@@ -33,6 +33,7 @@ async def mongo_db(mongodb_url: str, mongo_database_name: str) -> AsyncIterator[
 
 @pytest_asyncio.fixture(params=["memory", "redis"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """A stock reservation store, in memory or on a real Redis, and a way to lose its data."""
     if request.param == "memory":
         memory = MemoryStockReservations()
 
