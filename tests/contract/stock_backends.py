@@ -1,13 +1,13 @@
 """What the stock reservation contract suites share: fixed times, the backends under test,
-and opening an offer."""
+and opening or rebuilding an offer."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from server.domain.offers import ClaimOutcome
+from server.domain.offers import ClaimOutcome, RecoveredClaim
 from server.ports import StockReservations
 
 T0 = datetime(2026, 5, 14, 10, 0, tzinfo=UTC)
@@ -31,3 +31,23 @@ async def open_offer(
         offer, quantity=quantity, per_user_limit=limit, starts_at=T0, ends_at=END
     )
     assert opened
+
+
+def rebuild_offer(
+    stock: StockReservations,
+    *,
+    quantity: int,
+    limit: int,
+    stopped: bool = False,
+    claims: Sequence[RecoveredClaim] = (),
+) -> Awaitable[bool]:
+    """Offer `of1`, in the window `open_offer` gives it, rebuilt from these orders' claims."""
+    return stock.rebuild(
+        "of1",
+        quantity=quantity,
+        per_user_limit=limit,
+        starts_at=T0,
+        ends_at=END,
+        stopped=stopped,
+        claims=claims,
+    )

@@ -12,7 +12,7 @@ import pytest
 from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.errors import Unavailable
 from server.domain.offers import AttachOutcome, RecoveredClaim
-from tests.contract.stock_backends import END, NOW, T0, Backend, R, open_offer
+from tests.contract.stock_backends import END, NOW, T0, Backend, R, open_offer, rebuild_offer
 from tests.servers import RedisServer
 
 
@@ -48,15 +48,7 @@ async def test_a_lost_offer_pauses_until_rebuilt_from_its_orders(backend: Backen
     ]
 
     def rebuild() -> Awaitable[bool]:
-        return stock.rebuild(
-            "of1",
-            quantity=10,
-            per_user_limit=3,
-            starts_at=T0,
-            ends_at=END,
-            stopped=False,
-            claims=surviving,
-        )
+        return rebuild_offer(stock, quantity=10, limit=3, claims=surviving)
 
     # Racing rebuilders: one wins, the others change nothing.
     results = await asyncio.gather(*(rebuild() for _ in range(5)))
@@ -93,9 +85,7 @@ async def test_a_lost_offer_pauses_until_rebuilt_from_its_orders(backend: Backen
 async def test_a_stopped_offer_is_rebuilt_stopped(backend: Backend) -> None:
     stock = backend.stock
     await backend.lose_everything()
-    assert await stock.rebuild(
-        "of1", quantity=5, per_user_limit=1, starts_at=T0, ends_at=END, stopped=True, claims=[]
-    )
+    assert await rebuild_offer(stock, quantity=5, limit=1, stopped=True)
     assert (await stock.claim("of1", "alice", 1, "k1", NOW)).outcome is R.NOT_ACTIVE
     assert await stock.remaining("of1") == 5
     assert await stock.unconfirmed("of1") is None  # nothing for a rebuilder to confirm
@@ -112,9 +102,7 @@ async def test_an_offer_stopped_before_its_rebuild_was_confirmed_stays_stopped(
     assert not await stock.is_ready("of1")
     assert await stock.unconfirmed("of1") is None
     claims = [RecoveredClaim("k1", "alice", 2, "ord1", held=True)]
-    assert await stock.rebuild(
-        "of1", quantity=5, per_user_limit=2, starts_at=T0, ends_at=END, stopped=False, claims=claims
-    )
+    assert await rebuild_offer(stock, quantity=5, limit=2, claims=claims)
     token = await stock.unconfirmed("of1")
     assert token is not None
     assert await stock.stop("of1") == 2
@@ -130,9 +118,7 @@ async def test_rebuilds_leave_each_their_own_token(backend: Backend) -> None:
     tokens = []
     for _ in range(2):
         await backend.lose_everything()
-        assert await stock.rebuild(
-            "of1", quantity=5, per_user_limit=2, starts_at=T0, ends_at=END, stopped=False, claims=[]
-        )
+        assert await rebuild_offer(stock, quantity=5, limit=2)
         tokens.append(await stock.unconfirmed("of1"))
     assert None not in tokens
     assert tokens[0] != tokens[1]
@@ -149,9 +135,7 @@ async def test_a_stop_never_counts_fewer_than_no_units_taken(backend: Backend) -
         RecoveredClaim("k1", "alice", 2, "ord1", held=True),
         RecoveredClaim("k2", "bob", 2, "ord2", held=True),
     ]
-    assert await stock.rebuild(
-        "of1", quantity=3, per_user_limit=2, starts_at=T0, ends_at=END, stopped=True, claims=claims
-    )
+    assert await rebuild_offer(stock, quantity=3, limit=2, stopped=True, claims=claims)
     assert await stock.release("of1", "k1")
     assert await stock.remaining("of1") == 2
     assert await stock.stop("of1") == 1
@@ -188,15 +172,7 @@ async def test_a_redis_restart_pauses_claims_until_the_rebuild(
             RecoveredClaim(key, buyer, quantity, f"ord-{key}", held=True)
             for key, (buyer, quantity) in written.items()
         ]
-        assert await stock.rebuild(
-            "of1",
-            quantity=50,
-            per_user_limit=5,
-            starts_at=T0,
-            ends_at=END,
-            stopped=False,
-            claims=claims,
-        )
+        assert await rebuild_offer(stock, quantity=50, limit=5, claims=claims)
         held = sum(quantity for _, quantity in written.values())
         assert await stock.remaining("of1") == 50 - held
         await stock.confirm_open("of1", str(await stock.unconfirmed("of1")))

@@ -7,19 +7,20 @@ failed or died before stopping the stock and telling the room is finished by hou
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
 
-from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Unavailable
-from server.domain.offers import EndReason, FlashOffer, RecoveredClaim
+from server.domain.offers import EndReason, RecoveredClaim
 from server.domain.orders import HOLDS_STOCK, OrderStatus
-from server.ports import OfferStore, StockReservations
-from server.services.offers import OfferService
-from server.services.orders import OrderService
+from server.ports import StockReservations
 from tests.fakes import RecordingEvents
+from tests.unit.services.flaky import (
+    FlakyStock,
+    flaky,
+    rebuild_that_read_the_offer_before_its_stop,
+)
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,
@@ -29,50 +30,6 @@ from tests.unit.services.shop import (
     offer_with_orders,
     other_process,
 )
-
-
-class FlakyStock:
-    """The shop's own reservations, seen through a connection that can be cut; and, once, a
-    rebuild by another process that read the orders before a cancel lands first."""
-
-    def __init__(self, shared: MemoryStockReservations) -> None:
-        self._shared = shared
-        self.away = False
-        self.away_for: set[str] = set()  # offer ids whose calls fail
-        self.stale_rebuild: list[RecoveredClaim] | None = None
-        self.before_rebuild: Callable[[], Awaitable[object]] | None = None  # once
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
-
-    async def release(
-        self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
-    ) -> bool:
-        self._check(offer_id)
-        return await self._shared.release(offer_id, idempotency_key, orphan_only=orphan_only)
-
-    async def stop(self, offer_id: str) -> bool:
-        self._check(offer_id)
-        return await self._shared.stop(offer_id)
-
-    async def rebuild(self, offer_id: str, *, claims: list[RecoveredClaim], **offer: Any) -> bool:
-        if self.before_rebuild is not None:
-            happening, self.before_rebuild = self.before_rebuild, None
-            await happening()
-        if self.stale_rebuild is not None:
-            await self._shared.rebuild(offer_id, claims=self.stale_rebuild, **offer)
-            self.stale_rebuild = None
-        return await self._shared.rebuild(offer_id, claims=claims, **offer)
-
-    def _check(self, offer_id: str) -> None:
-        if self.away or offer_id in self.away_for:
-            raise Unavailable("live data is unreachable, try again")
-
-
-def flaky(shop: Shop) -> tuple[FlakyStock, OfferService, OrderService]:
-    stock = FlakyStock(shop.stock)
-    offers, orders = other_process(shop, stock=cast(StockReservations, stock))
-    return stock, offers, orders
 
 
 async def test_a_cancel_while_the_stock_is_away_gives_the_units_back_later(shop: Shop) -> None:
@@ -263,48 +220,6 @@ async def test_an_offer_stopped_while_a_rebuild_ran_stays_stopped(shop: Shop) ->
     assert refused.value.code == "offer_not_active"
     with pytest.raises(Conflict):  # and stays refused
         await shop.claim(offer, buyer(2), "k")
-
-
-class OffersAwayAfter:
-    """The shop's offer store, for a process whose database goes away once `away` is set."""
-
-    def __init__(self, shared: OfferStore) -> None:
-        self._shared = shared
-        self.away = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
-
-    async def get(self, offer_id: str) -> FlashOffer:
-        if self.away:
-            raise Unavailable("the database is unreachable, try again")
-        return await self._shared.get(offer_id)
-
-    get_latest = get
-
-
-async def rebuild_that_read_the_offer_before_its_stop(
-    shop: Shop, offer: FlashOffer, *, rebuilt_meanwhile: bool
-) -> None:
-    """A process's rebuild of the lost offer reads it running. Before it writes the stock,
-    another process rebuilds it (`rebuilt_meanwhile`; else a stock is there already), the
-    host's stop finds that stock, and Redis loses it again. Then this process's database goes
-    away before it can read the offer again."""
-    stock, offers_store = FlakyStock(shop.stock), OffersAwayAfter(shop.offers_store)
-    offers, _ = other_process(
-        shop, stock=cast(StockReservations, stock), offers_store=cast(OfferStore, offers_store)
-    )
-
-    async def stopped_and_lost_again() -> None:
-        if rebuilt_meanwhile:
-            await shop.offers.rebuild(offer.id)
-        await shop.offers.stop(offer.id, HOST)
-        shop.stock.flush()
-        offers_store.away = True
-
-    stock.before_rebuild = stopped_and_lost_again
-    with pytest.raises(Unavailable):
-        await offers.rebuild(offer.id)
 
 
 async def test_a_rebuild_that_read_the_offer_before_a_stop_cannot_reopen_it(shop: Shop) -> None:

@@ -14,10 +14,10 @@ from server.adapters.memory_orders import MemoryOfferStore
 from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import LATE_ORDERS, FlashOffer
 from server.domain.orders import OrderStatus
-from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
+from server.ports import OfferStore, OrderStore, ProductStore
 from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
-from server.services.orders import OrderService
+from tests.unit.services.flaky import rebuild_that_read_the_offer_before_its_stop
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,
@@ -207,52 +207,11 @@ async def test_an_order_landing_after_its_offer_settled_on_a_lost_stock_is_cance
     assert order.status is OrderStatus.CANCELLED
 
 
-class FailingReadAfterRebuild:
-    """A process whose rebuild ran across the host's stop (which found no stock to stop), and
-    whose database was away when it read the offer again."""
-
-    def __init__(self, shop: Shop) -> None:
-        self._shop = shop
-        self.fail_next_get = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shop.stock, name)
-
-    async def rebuild(self, offer_id: str, **offer: Any) -> bool:
-        await self._shop.offers.stop(offer_id, HOST)
-        rebuilt = await self._shop.stock.rebuild(offer_id, **offer)  # written unconfirmed
-        self.fail_next_get = True
-        return rebuilt
-
-    async def get(self, offer_id: str) -> FlashOffer:  # as the offer store
-        if self.fail_next_get:
-            self.fail_next_get = False
-            raise Unavailable("the database is unreachable, try again")
-        return await self._shop.offers_store.get(offer_id)
-
-
 async def test_a_stock_that_a_failed_rebuild_left_unconfirmed_sells_nothing(shop: Shop) -> None:
     # An hour long: it would still be selling after its settling.
     first = await shop.launch(quantity=STOCK, limit=1, duration=3600)
     shop.stock.flush()
-    broken = FailingReadAfterRebuild(shop)
-    offers_store = cast(OfferStore, _OffersReadThrough(shop.offers_store, broken))
-    stock = cast(StockReservations, broken)
-    offers = OfferService(
-        offers_store, shop.orders_store, shop.rooms, shop.products, stock, shop.events, shop.clock
-    )
-    orders = OrderService(
-        offers_store,
-        shop.orders_store,
-        shop.products,
-        stock,
-        offers,
-        shop.events.send_private,
-        shop.clock,
-        rooms=shop.rooms,
-    )
-    with pytest.raises(Unavailable):
-        await orders.claim(first.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    await rebuild_that_read_the_offer_before_its_stop(shop, first, rebuilt_meanwhile=False)
     # The next claim's rebuild reads the offer ended, and stops what the first left.
     with pytest.raises(Conflict) as refused:
         await shop.claim(first, buyer(2), "k")
@@ -262,21 +221,6 @@ async def test_a_stock_that_a_failed_rebuild_left_unconfirmed_sells_nothing(shop
     with pytest.raises(Conflict) as again:  # the settled offer sells no more
         await shop.claim(first, buyer(3), "k")
     assert again.value.code == "offer_not_active"
-
-
-class _OffersReadThrough:
-    """The shop's offer store, but for `get`, which `reader` answers."""
-
-    def __init__(self, shared: OfferStore, reader: FailingReadAfterRebuild) -> None:
-        self._shared, self._reader = shared, reader
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
-
-    async def get(self, offer_id: str) -> FlashOffer:
-        return await self._reader.get(offer_id)
-
-    get_latest = get
 
 
 async def test_an_offer_with_more_pending_reservations_than_a_batch_settles_over_rounds(
