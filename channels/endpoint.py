@@ -126,7 +126,7 @@ async def _carry_out(
             elif isinstance(command, AddLikes):
                 hub.add_likes(room, command.count)
             elif isinstance(command, Claim):
-                ref = command.frame.idempotency_key
+                ref = command.frame.ref or command.frame.idempotency_key
                 # A new order reaches the buyer as `order.updated` on every connection; a
                 # retried claim gets its order back here, since nothing changed for the others.
                 order, created = await container.order_service.claim(

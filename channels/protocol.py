@@ -170,7 +170,7 @@ class RoomSession:
             )
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested deeper than the parser goes: not for us
             raise InvalidInput("frame is not valid JSON", code="malformed_json") from None
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             raise InvalidInput("frame must be an object with a string type", code="invalid_frame")

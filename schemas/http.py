@@ -33,6 +33,7 @@ from server.domain.products import (
     Product,
 )
 from server.domain.rooms import Room, RoomStatus
+from server.domain.text import describe, hidden_character
 
 # Limits shared by the HTTP models and the service (which also serves the websocket).
 MAX_TITLE_CHARS = 200
@@ -44,17 +45,34 @@ MAX_BLOCKED_WORD_CHARS = 50
 MAX_ID_CHARS = 64
 
 # A plain non-negative decimal: no exponent, sign, NaN or thousands separator.
-AMOUNT_PATTERN = r"^\d{1,15}(\.\d{1,6})?$"
+AMOUNT_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,6})?$"  # [0-9]: \d takes any script's digits
+
+
+def _visible(*, multiline: bool) -> AfterValidator:
+    """Refuses text with a control or hidden character (server.domain.text)."""
+
+    def check(text: str) -> str:
+        hidden = hidden_character(text, multiline=multiline)
+        if hidden is not None:
+            raise ValueError(f"contains a control or hidden character ({describe(hidden)})")
+        return text
+
+    return AfterValidator(check)
+
 
 Title = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS),
+    _visible(multiline=False),
 ]
 BlockedWord = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BLOCKED_WORD_CHARS)
 ]
 ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 Description = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=MAX_DESCRIPTION_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=MAX_DESCRIPTION_CHARS),
+    _visible(multiline=True),
 ]
 # Letters, digits and the separators sellers use; no spaces, so labels and feeds stay parseable.
 Sku = Annotated[

@@ -88,10 +88,17 @@ class RoomEvents(Protocol):
     """Publishes one event to a room's ordered stream (every viewer on every process)."""
 
     async def publish_room_event(
-        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+        self,
+        room_id: str,
+        event: dict[str, Any],
+        *,
+        topic: str | None = None,
+        last: bool = False,
+        figure: str | None = None,
     ) -> int:
         """Publish and return the event's sequence number; 0 when `topic` was closed by an
-        earlier event with `last=True` (see channels.broker.Broker.publish)."""
+        earlier event with `last=True`, or when `figure` is what the topic's last event told
+        (see channels.broker.Broker.publish)."""
         ...
 
     async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
@@ -151,6 +158,10 @@ class OfferStore(Protocol):
 
     async def in_room(self, room_id: str, limit: int) -> builtins.list[FlashOffer]:
         """The room's latest `limit` offers, ended or not, by start time (oldest first)."""
+        ...
+
+    async def running_ids(self, limit: int) -> builtins.list[str]:
+        """The ids of up to `limit` offers that have not ended, those ending first first."""
         ...
 
     async def record_end(

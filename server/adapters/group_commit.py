@@ -32,7 +32,9 @@ class GroupCommit(Generic[K, T, R]):
     """Runs `write(key, items)` for batches of items submitted under the same key.
 
     `write` must return one result per item, in order; an exception among them is raised to that
-    item's caller alone. If `write` raises, every caller in the batch gets the error. Batches
+    item's caller alone. If `write` raises, every caller in the batch gets the error, and so
+    does every call queued behind it: those were made while the store was failing the batch,
+    and against a store that hangs each would wait out another deadline of its own. Batches
     for one key run one after another, in the order the calls were made; different keys run
     side by side.
     """
@@ -66,15 +68,19 @@ class GroupCommit(Generic[K, T, R]):
             while queue:
                 batch = [entry for entry in queue[: self._max_batch] if not entry[1].cancelled()]
                 del queue[: self._max_batch]
-                if batch:
-                    await self._run(key, batch)
+                if batch and (error := await self._run(key, batch)) is not None:
+                    for _, future in queue:
+                        if not future.done():
+                            future.set_exception(own_copy(error))
+                    queue.clear()
         finally:
             # Single-threaded: nothing can be appended between the empty check and this.
             del self._queues[key]
             for _, future in queue:  # only when cancelled mid-way (shutdown)
                 future.cancel()
 
-    async def _run(self, key: K, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _run(self, key: K, batch: list[tuple[T, asyncio.Future[R]]]) -> Exception | None:
+        """Write the batch and hand out its results; the error when `write` raised."""
         try:
             results = await self._write(key, [item for item, _ in batch])
             if len(results) != len(batch):
@@ -87,7 +93,7 @@ class GroupCommit(Generic[K, T, R]):
             for _, future in batch:
                 if not future.done():
                     future.set_exception(own_copy(error))
-            return
+            return error
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
@@ -95,6 +101,7 @@ class GroupCommit(Generic[K, T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        return None
 
 
 def own_copy(error: Exception) -> Exception:

@@ -108,6 +108,10 @@ class MemoryOfferStore:
         offers = [o for o in self._offers.values() if o.room_id == room_id and o.ended_at is None]
         return sorted(offers, key=lambda o: (o.starts_at, o.id))
 
+    async def running_ids(self, limit: int) -> builtins.list[str]:
+        running = [o for o in self._offers.values() if o.ended_at is None]
+        return [o.id for o in sorted(running, key=lambda o: (o.ends_at, o.id))[:limit]]
+
     async def in_room(self, room_id: str, limit: int) -> builtins.list[FlashOffer]:
         offers = [o for o in self._offers.values() if o.room_id == room_id]
         return sorted(offers, key=lambda o: (o.starts_at, o.id))[-limit:] if limit > 0 else []

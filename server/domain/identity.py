@@ -32,3 +32,11 @@ class Identity:
             "name": self.name,
             "anonymous": self.anonymous,
         }
+
+
+def scoped_key(user_id: str, key: str) -> str:
+    """A client's idempotency key made unique across users: "user:key", with any ":" and "%"
+    in the user id escaped, so that no two (user, key) pairs give the same string (user "x:a"
+    with key "k" against user "x" with key "a:k"). Ids without them, by far the usual, give
+    what versions before the escaping stored."""
+    return f"{user_id.replace('%', '%25').replace(':', '%3A')}:{key}"

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from functools import cache
+from functools import cache, lru_cache
 
-from babel.numbers import get_currency_precision, list_currencies
+from babel.core import get_global
+from babel.numbers import get_currency_precision, get_territory_currencies, list_currencies
 
 from server.domain.errors import InvalidInput
 
 
 @cache
 def _known_currencies() -> frozenset[str]:
+    """Every ISO 4217 code, past ones too: what stored amounts may carry."""
     return frozenset(list_currencies())
+
+
+@lru_cache(maxsize=2)  # today's, and yesterday's for a moment around midnight
+def tender_currencies(on: date) -> frozenset[str]:
+    """The currencies some country's people can pay in on that day: ISO 4217 without the
+    withdrawn ones (DEM, FRF), funds, metals and the test codes (XAU, XTS, XXX)."""
+    return frozenset(
+        code
+        for territory in get_global("territory_currencies")
+        for code in get_territory_currencies(territory, start_date=on, tender=True)
+    )
 
 
 def minor_units(currency: str) -> int:
@@ -40,14 +54,21 @@ class Money:
 
     @classmethod
     def parse(cls, amount: str, currency: str) -> Money:
-        """Build from wire values; the amount must be a decimal string, never a float."""
+        """Build from wire values; the amount must be a decimal string, never a float, and the
+        currency one that is legal tender today (a price nobody could pay is refused)."""
+        currency = currency.upper()
+        if currency not in tender_currencies(datetime.now(UTC).date()):
+            raise InvalidInput(
+                f"{currency!r} is not a currency in use (ISO 4217, legal tender)",
+                code="invalid_currency",
+            )
         try:
             value = Decimal(amount)
         except (InvalidOperation, TypeError, ValueError):
             raise InvalidInput(
                 f"{amount!r} is not a decimal amount", code="invalid_amount"
             ) from None
-        return cls(value, currency.upper())
+        return cls(value, currency)
 
     def quantized(self) -> Decimal:
         exp = Decimal(1).scaleb(-minor_units(self.currency))

@@ -20,9 +20,11 @@ from server.domain.rooms import Room, RoomStatus, ensure_hosts_own
 MIN_DURATION = timedelta(seconds=10)
 MAX_DURATION = timedelta(hours=24)
 MAX_COUNTDOWN = timedelta(hours=1)
-# Bounds what one claim may ask for and what a client may send as a key; both reach Redis.
+# Bounds what one claim may ask for and the key it is stored under; both reach Redis. The key
+# is scoped (domain.identity.scoped_key): a user id (128 characters, up to 384 escaped), ":"
+# and the client's key (100).
 MAX_CLAIM_QUANTITY = 1000
-MAX_IDEMPOTENCY_KEY_CHARS = 200
+MAX_IDEMPOTENCY_KEY_CHARS = 512
 # The reaper takes orphaned reservations in batches, oldest first, so one scan stays short.
 PENDING_BATCH = 1000
 # How long after an offer's end is finished (its stock stopped) a unit reserved before it may
@@ -146,6 +148,16 @@ class FlashOffer:
     # False from when its launch stored it until the launch counted it against its product's
     # stock (services/bookings.py), or it ended: the room is not shown it before.
     counted: bool = True
+
+    def remaining_at_end(self) -> int | None:
+        """What it had left when it ended, which no longer moves: units its orders give back
+        later go to its product, not to the offer. None until the end has stopped its stock
+        (or if the stock was lost then): until then the reservation store knows."""
+        if self.end_reason is EndReason.SOLD_OUT:
+            return 0
+        if self.taken_at_end is None:
+            return None
+        return max(self.quantity - self.taken_at_end, 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,9 @@ async def launch_offer(request: Request) -> JSONResponse:
     headers = {"Location": str(request.url_for("get_offer", offer_id=offer.id))}
     if key is not None:
         headers["Idempotent-Replayed"] = "false" if created else "true"
-    return JSONResponse(offer_to_wire(offer, offer.quantity), status_code=201, headers=headers)
+    # A launch sent again answers the offer as it is now, which may have sold or ended since.
+    offer, remaining = (offer, offer.quantity) if created else await service.view(offer.id)
+    return JSONResponse(offer_to_wire(offer, remaining), status_code=201, headers=headers)
 
 
 async def get_offer(request: Request) -> JSONResponse:

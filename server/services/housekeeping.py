@@ -1,24 +1,44 @@
-"""Once a second, in every process: end offers whose time is up or whose stock is gone, finish
-ends left unfinished, withdraw offers whose launch died before counting them, expire unpaid
-orders, give back units a cancel or an expiry could not, settle ended offers, release
-reservations whose claimer died, and forget the stock cadence of offers whose stock no longer
-moves here. Each step is safe to run everywhere at once: the stores' compare-and-set lets
-exactly one process act on each offer or order, giving units back and stopping a stock are
-idempotent, and the room's stream drops a second `offer.ended`."""
+"""Once a second, in every process: end offers whose time is up or whose stock is gone, finish ends
+left unfinished, withdraw offers whose launch died before counting them, expire unpaid orders,
+give back units a cancel or an expiry could not, settle ended offers, release reservations whose
+claimer died (of the offers this process serves each round, of every running offer in turn), and
+forget the stock cadence of offers whose stock no longer moves here. Each step is safe to run
+everywhere at once: the stores' compare-and-set lets exactly one process act on each offer or
+order, giving units back and stopping a stock are idempotent, and the room's stream drops a
+second `offer.ended`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 
 from server.domain.errors import LiveshopError
 from server.services.offers import OfferService
-from server.services.orders import OrderService
+from server.services.orders import ORPHAN_AFTER, OrderService
 
 log = logging.getLogger("liveshop.housekeeping")
+
+
+class InTurn:
+    """Ids read all at once, then handed out a share a round, so that each comes round once in
+    `rounds` rounds; read again once all have been."""
+
+    def __init__(self, read: Callable[[], Awaitable[list[str]]], rounds: int) -> None:
+        self._read = read
+        self._rounds = rounds
+        self._left: list[str] = []
+        self._share = 1
+
+    async def next_share(self) -> list[str]:
+        if not self._left:
+            self._left = await self._read()
+            self._share = max(1, math.ceil(len(self._left) / self._rounds))
+        share, self._left = self._left[: self._share], self._left[self._share :]
+        return share
 
 
 class Housekeeper:
@@ -33,6 +53,12 @@ class Housekeeper:
         self._orders = orders
         self._open_offer_ids = open_offer_ids  # offers of the rooms this process serves
         self._interval = interval
+        # Every running offer, once per ORPHAN_AFTER: when all the processes that claimed for
+        # an offer have restarted and no viewer of its room is on any, nothing else would
+        # release its orphans before it settles, which may be a day later.
+        self._running = InTurn(
+            offers.running_offer_ids, max(1, round(ORPHAN_AFTER.total_seconds() / interval))
+        )
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -55,7 +81,13 @@ class Housekeeper:
         await self._step("settle_offers", self._orders.settle_due)
         for offer_id in offer_ids:
             await self._step("reap_orphans", partial(self._orders.reap_orphans, offer_id))
+        await self._step("reap_running_offers", partial(self._reap_in_turn, set(offer_ids)))
         self._offers.forget_quiet_offers()
+
+    async def _reap_in_turn(self, reaped: set[str]) -> None:
+        for offer_id in await self._running.next_share():
+            if offer_id not in reaped:
+                await self._step("reap_orphans", partial(self._orders.reap_orphans, offer_id))
 
     async def _run_forever(self) -> None:
         while True:

@@ -17,7 +17,7 @@ from schemas.commerce import offer_to_wire
 from schemas.http import product_to_wire
 from server.domain.errors import Conflict, LaunchWithdrawn, LiveshopError, OfferPaused, Unavailable
 from server.domain.figures import OfferFigures
-from server.domain.identity import Identity
+from server.domain.identity import Identity, scoped_key
 from server.domain.money import Money
 from server.domain.offers import (
     EndReason,
@@ -51,6 +51,9 @@ FINISH_GRACE = timedelta(seconds=15)
 # whatever the skew between their clocks.
 SKEW_MARGIN = timedelta(hours=1)
 FIGURES_LIMIT = 500  # offers per room in the host's figures
+# Running offers housekeeping takes in turn for their orphans (see Housekeeper): far more than
+# run at once in the largest show days; beyond it, those ending last wait for a viewer or claim.
+RUNNING_OFFERS_READ = 20_000
 
 
 class OfferService:
@@ -101,7 +104,7 @@ class OfferService:
         room = await self._rooms.get(room_id)
         ensure_can_manage(room, who)
         # Scoped to the launcher, as claims' keys are to their buyer.
-        key = None if idempotency_key is None else f"{who.user_id}:{idempotency_key}"
+        key = None if idempotency_key is None else scoped_key(who.user_id, idempotency_key)
         product = await self._products.get(product_id)
         duration = timedelta(seconds=duration_seconds)
         countdown = timedelta(seconds=countdown_seconds)
@@ -185,6 +188,8 @@ class OfferService:
     async def view(self, offer_id: str) -> tuple[FlashOffer, int | None]:
         """The offer and its remaining stock (None while the stock is being rebuilt)."""
         offer = await self._offers.get(offer_id)
+        if (at_end := offer.remaining_at_end()) is not None:
+            return offer, at_end
         try:
             remaining = await self.remaining(offer)
         except Unavailable:
@@ -411,6 +416,10 @@ class OfferService:
     def last_unit_taken(self, offer: FlashOffer) -> None:
         """A claim here took the offer's last unit alone: see StockAnnouncer.last_unit_taken."""
         self._announcer.last_unit_taken(offer)
+
+    async def running_offer_ids(self) -> list[str]:
+        """The offers that have not ended (RUNNING_OFFERS_READ at most, those ending first)."""
+        return await self._offers.running_ids(RUNNING_OFFERS_READ)
 
     def forget_quiet_offers(self) -> None:
         """Housekeeping: forget the stock cadence of offers whose stock no longer moves here."""

@@ -28,7 +28,7 @@ from server.domain.errors import (
     OfferPaused,
     Unavailable,
 )
-from server.domain.identity import Identity
+from server.domain.identity import Identity, scoped_key
 from server.domain.offers import (
     LATE_ORDERS,
     PENDING_BATCH,
@@ -127,7 +127,7 @@ class OrderService:
         if self._bans is not None and await self._bans.is_banned(offer.room_id, buyer.user_id):
             raise Forbidden("you are banned from this room", code="banned")
         # Keys are the client's, unique per buyer: scoped here so two buyers never collide.
-        key = f"{buyer.user_id}:{idempotency_key}"
+        key = scoped_key(buyer.user_id, idempotency_key)
         self._claimed_offers[offer.id] = self._clock()
         # The reservation store knows every key (a lost one is rebuilt from the orders first),
         # so a refused claim never touches MongoDB: in a flash sale most claims are refused.

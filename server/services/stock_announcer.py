@@ -236,4 +236,5 @@ class StockAnnouncer:
             offer.room_id,
             {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining},
             topic=offer.id,
+            figure=str(remaining),
         )

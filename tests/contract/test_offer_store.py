@@ -349,6 +349,14 @@ async def test_due_to_end(offers: OfferStore) -> None:
     assert [o.id for o in await offers.due_to_end(now, 10)] == ["of_a"]
 
 
+async def test_running_offers_are_listed_those_ending_first_first(offers: OfferStore) -> None:
+    for offer_id, minutes in (("of_a", 3), ("of_b", 1), ("of_c", 2), ("of_d", 4)):
+        await offers.create(_offer(offer_id, minutes=minutes), nth_of_product=1)
+    await offers.record_end("of_c", EndReason.STOPPED, T0 + timedelta(seconds=30))
+    assert await offers.running_ids(10) == ["of_b", "of_a", "of_d"]
+    assert await offers.running_ids(2) == ["of_b", "of_a"]
+
+
 async def test_mongo_stored_form_and_indexes(mongo_db: Any) -> None:
     await MongoOfferStore(mongo_db).create(_offer(), nth_of_product=1)
     doc = await mongo_db[OFFERS].find_one({"_id": "of_1"})

@@ -241,6 +241,15 @@ class MongoOfferStore:
         )
 
     @_translate_errors
+    async def running_ids(self, limit: int) -> builtins.list[str]:
+        cursor = (
+            self._offers.find({"ended_at": None}, projection={"_id": True})
+            .sort([("ends_at", ASCENDING), ("_id", ASCENDING)])  # the due_to_end index
+            .limit(limit)
+        )
+        return [doc["_id"] async for doc in cursor]
+
+    @_translate_errors
     async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:
         cursor = (
             self._offers.find({"ended_at": None, "ends_at": {"$lte": now}})

@@ -139,6 +139,9 @@ async def test_the_room_sees_the_offer_start_its_stock_fall_and_its_end(live: Li
             ("offer_not_active", "ws-2"),
             ("sold_out", "ws-2"),
         }
+        await leo.send(json.dumps({**claim, "idempotency_key": "ws-3", "ref": "mine"}))
+        refused = await recv_type(leo, "error")  # the client's own ref, when it gives one
+        assert refused["ref"] == "mine"
 
 
 async def test_hello_lists_running_offers_with_their_stock(live: Live) -> None:
@@ -330,6 +333,23 @@ async def test_a_launch_sent_again_with_its_key_gets_the_same_offer(live: Live) 
     ]
     other = await live.http.post(path, json={**body, "quantity": 5}, headers=headers)
     assert (other.status_code, other.json()["code"]) == (409, "idempotency_key_reused")
+    # Sent again later, it answers the offer as it is now.
+    offer_id = first.json()["id"]
+    claimed = await claim(live, offer_id, "shopper-1", "c1")
+    assert claimed.status_code == 201, claimed.text
+    later = await live.http.post(path, json=body, headers=headers)
+    assert (later.json()["remaining"], later.json()["end_reason"]) == (9, None)
+    # Ended, its figure stays what it had left, whatever its orders give back afterwards.
+    stopped = await live.host("POST", f"/offers/{offer_id}/stop")
+    assert stopped.json()["remaining"] == 9, stopped.text
+    cancel = await live.http.post(
+        f"/api/v1/orders/{claimed.json()['id']}/cancel",
+        headers={"Authorization": f"Bearer {token('shopper-1')}"},
+    )
+    assert cancel.status_code == 200, cancel.text
+    after = await live.http.post(path, json=body, headers=headers)
+    assert (after.json()["remaining"], after.json()["end_reason"]) == (9, "stopped")
+    assert (await live.http.get(f"/api/v1/offers/{offer_id}")).json()["remaining"] == 9
     bad = await live.http.post(path, json=body, headers={**headers, "Idempotency-Key": "a b"})
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid_idempotency_key")
 

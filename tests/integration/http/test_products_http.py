@@ -119,6 +119,31 @@ async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
     [
         ({"description": "x" * 5001}, "description", "string_too_long"),
         ({"description": 7}, "description", "string_type"),
+        # Text every viewer reads: nothing that hides or disguises what it says.
+        ({"title": "a\u0000b"}, "title", "value_error"),
+        ({"title": "a\u0007b"}, "title", "value_error"),
+        ({"title": "\u202egpj.exe"}, "title", "value_error"),
+        ({"title": "sale\u200bprice"}, "title", "value_error"),
+        ({"title": "one\nline"}, "title", "value_error"),
+        ({"title": "one\u2028line"}, "title", "value_error"),
+        ({"description": "a\u2067b"}, "description", "value_error"),
+        ({"description": "\ufeffhidden"}, "description", "value_error"),
+        ({"description": "a\u001bb"}, "description", "value_error"),
+        # Money: digits are ASCII; a currency is one people pay in today.
+        (
+            {"price": {"amount": "\u0661\u0660.00", "currency": "USD"}},
+            "price.amount",
+            "string_pattern_mismatch",
+        ),
+        (
+            {"price": {"amount": "\uff11\uff10", "currency": "USD"}},
+            "price.amount",
+            "string_pattern_mismatch",
+        ),
+        ({"price": {"amount": "10.00", "currency": "DEM"}}, "price", "value_error"),
+        ({"price": {"amount": "10.00", "currency": "XTS"}}, "price", "value_error"),
+        ({"price": {"amount": "10.00", "currency": "XXX"}}, "price", "value_error"),
+        ({"price": {"amount": "10.00", "currency": "XAU"}}, "price", "value_error"),
         ({"sku": "has space"}, "sku", "string_pattern_mismatch"),
         ({"sku": "   "}, "sku", "string_pattern_mismatch"),
         ({"sku": "S" * 65}, "sku", "string_too_long"),
@@ -172,6 +197,17 @@ async def test_bad_trade_fields_are_refused_by_field(
 ) -> None:
     response = await client.post("/products", json={**PRODUCT, **change}, headers=HOST)
     assert _errors(response) == [(field, error_type)]
+
+
+async def test_text_in_any_script_with_emoji_and_paragraphs_is_kept(
+    client: httpx.AsyncClient,
+) -> None:
+    title = "丝巾 · שָׁלוֹם · नमस्ते · 👩‍👩‍👧 · 🏴󠁧󠁢󠁳󠁣󠁴󠁿 · ‏مرحبا"  # ZWJ, tag characters, RLM
+    description = "First line.\n\tSecond, tabbed.\r\nThird."
+    body = {**PRODUCT, "title": title, "description": description}
+    response = await client.post("/products", json=body, headers=HOST)
+    assert response.status_code == 201, response.text
+    assert (response.json()["title"], response.json()["description"]) == (title, description)
 
 
 async def test_every_bad_field_is_reported(client: httpx.AsyncClient) -> None:

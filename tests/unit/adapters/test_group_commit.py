@@ -132,6 +132,30 @@ async def test_a_caller_cancelled_once_its_batch_is_on_its_way_is_written_anyway
     assert recorder.batches == [("a", [2, 4])]  # written all the same, as a sent request is
 
 
+async def test_calls_queued_behind_a_failed_batch_fail_with_it_without_a_write() -> None:
+    # A store that hangs, then times out: calls made meanwhile would each wait out another.
+    recorder = Recorder()
+    hanging = asyncio.Event()
+
+    async def times_out(key: str, items: list[int]) -> list[int | Exception]:
+        recorder.batches.append((key, items))
+        if len(recorder.batches) == 1:
+            await hanging.wait()
+            raise TimeoutError("no answer in time")
+        return list(items)
+
+    group = GroupCommit(times_out)
+    first = asyncio.create_task(group.submit("a", 1))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(group.submit("a", i)) for i in (2, 3)]
+    await asyncio.sleep(0)
+    hanging.set()
+    answers = await asyncio.gather(first, *queued, return_exceptions=True)
+    assert all(isinstance(answer, TimeoutError) for answer in answers)
+    assert await group.submit("a", 4) == 4  # made after the failure: tried afresh
+    assert recorder.batches == [("a", [1]), ("a", [4])]
+
+
 async def test_each_caller_of_a_failed_batch_gets_its_own_error() -> None:
     async def down(key: str, items: list[int]) -> list[int | Exception]:
         raise ConnectionError("store down")

@@ -110,6 +110,14 @@ def test_bad_frames_get_a_stable_error_code_and_change_nothing(raw: str | bytes,
     assert not any(isinstance(c, Publish | AddLikes) for c in commands)
 
 
+@pytest.mark.parametrize(
+    "raw", ['{"type": "ping", "x": ' + "[" * 1000 + "]" * 1000 + "}", "[" * 1500]
+)
+def test_json_nested_deeper_than_the_parser_goes_is_malformed(raw: str) -> None:
+    commands = send(session(SHOPPER, max_frame_bytes=4096), raw)
+    assert error_code(commands) == "malformed_json"
+
+
 def test_error_echoes_the_client_reference() -> None:
     commands = send(session(SHOPPER), {"type": "chat.send", "text": " ", "client_id": "abc"})
     assert isinstance(commands[0], Reply)

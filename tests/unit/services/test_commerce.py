@@ -11,8 +11,9 @@ import pytest
 from server.adapters.memory_orders import MemoryOrderStore
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
+from server.domain.identity import Identity, Role
 from server.domain.money import Money
-from server.domain.offers import FlashOffer
+from server.domain.offers import EndReason, FlashOffer
 from server.domain.orders import Address, Order, OrderStatus
 from server.ports import OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
@@ -265,6 +266,20 @@ async def test_a_reservation_whose_claimer_died_is_released(shop: Shop) -> None:
     assert await shop.stock.remaining(offer.id) == 2
 
 
+async def test_every_process_reaps_running_offers_in_turn_whoever_claimed(shop: Shop) -> None:
+    # Every process that claimed for these offers has restarted, and nobody watches the room:
+    # a process that never claimed for them still releases their orphans, within a period.
+    offers = [await shop.launch(quantity=2, duration=3600) for _ in range(3)]
+    for n, offer in enumerate(offers):
+        await shop.stock.claim(offer.id, f"buyer-{n}", 1, f"buyer-{n}:k", shop.clock())
+    offer_service, order_service = other_process(shop)
+    keeper = Housekeeper(offer_service, order_service, lambda: [])
+    shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
+    for _ in range(int(ORPHAN_AFTER.total_seconds())):  # a round a second
+        await keeper.run_once()
+    assert [await shop.stock.remaining(offer.id) for offer in offers] == [2, 2, 2]
+
+
 class DiesBeforeAttach:
     """The reservations as seen by a process that dies (or loses Redis) between writing its
     order and attaching it."""
@@ -353,3 +368,29 @@ async def test_concurrent_retries_write_one_order_and_only_one_is_new(shop: Shop
     assert len({order.id for order, _ in answers}) == 1
     assert [created for _, created in answers].count(True) == 1
     assert await shop.stock.remaining(offer.id) == 4
+
+
+async def test_the_keys_of_users_whose_ids_hold_colons_never_meet(shop: Shop) -> None:
+    # Stored as "user:key": user "x:a" with key "k" and user "x" with key "a:k" must differ.
+    offer = await shop.launch(quantity=3, limit=1)
+    first, _ = await shop.claim(offer, Identity("x:a", Role.SHOPPER), "k")
+    second, created = await shop.claim(offer, Identity("x", Role.SHOPPER), "a:k")
+    assert created
+    assert (first.buyer_id, second.buyer_id) == ("x:a", "x")
+    assert await shop.stock.remaining(offer.id) == 1
+
+
+async def test_an_ended_offer_shows_what_it_had_left_when_it_ended(shop: Shop) -> None:
+    # Units given back after the end go to the product, not to the offer: its figure is fixed.
+    stopped = await shop.launch(quantity=3, limit=1)
+    order, _ = await shop.claim(stopped, buyer(1), "k1")
+    await shop.offers.stop(stopped.id, HOST)
+    await shop.orders.cancel(order.id, buyer(1))
+    assert (await shop.offers.view(stopped.id))[1] == 2
+
+    sold_out = await shop.launch(quantity=2, limit=1)
+    orders = [(await shop.claim(sold_out, buyer(n), f"s{n}"))[0] for n in (1, 2)]
+    await settle()  # the claim that took the last unit ends the offer
+    await shop.orders.cancel(orders[0].id, buyer(1))
+    offer, remaining = await shop.offers.view(sold_out.id)
+    assert (offer.end_reason, remaining) == (EndReason.SOLD_OUT, 0)

@@ -46,14 +46,17 @@ async def test_claims_arriving_together_read_the_bans_once() -> None:
     assert rooms.reads == 1
 
 
-async def test_a_ban_reaches_claims_once_the_list_is_a_period_old() -> None:
+async def test_a_ban_reaches_claims_once_the_list_is_a_period_old_and_read_again() -> None:
     rooms = CountingRooms()
     bans = RoomBans(rooms, fresh_for=0.05)  # type: ignore[arg-type]
     assert not await bans.is_banned("r1", "troll")
     await rooms.ban("r1", "troll", by="host-1", at=T0)
     assert not await bans.is_banned("r1", "troll")  # read a moment ago
     await asyncio.sleep(0.06)
+    assert not await bans.is_banned("r1", "troll")  # stale: read again, meanwhile it stands
+    await asyncio.sleep(0.02)  # the read
     assert await bans.is_banned("r1", "troll")
+    assert rooms.reads == 2
 
 
 async def test_the_last_list_stands_while_the_database_is_away() -> None:
@@ -67,18 +70,52 @@ async def test_the_last_list_stands_while_the_database_is_away() -> None:
         await bans.is_banned("r2", "troll")
 
 
-async def test_while_the_database_is_away_claims_do_not_each_wait_for_a_read() -> None:
+class HangingRooms(CountingRooms):
+    """A room store whose reads of the bans hang while `hung` is set (a frozen database)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hung = False
+
+    async def banned_users(self, room_id: str) -> frozenset[str]:
+        if not self.hung:
+            return await super().banned_users(room_id)
+        self.reads += 1
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+async def test_while_the_database_is_away_claims_neither_wait_nor_each_read() -> None:
+    rooms = HangingRooms()
+    await rooms.ban("r1", "troll", by="host-1", at=T0)
+    bans = RoomBans(rooms, fresh_for=0.05)  # type: ignore[arg-type]
+    assert await bans.is_banned("r1", "troll")  # read: 1
+    rooms.hung = True
+    await asyncio.sleep(0.06)
+    for _ in range(5):  # one read, hanging; the list read last answers at once
+        assert await asyncio.wait_for(bans.is_banned("r1", "troll"), timeout=0.01)
+    assert rooms.reads == 2
+
+
+async def test_a_failed_read_is_logged_once_and_tried_again_a_period_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     rooms = CountingRooms()
     await rooms.ban("r1", "troll", by="host-1", at=T0)
-    bans = RoomBans(rooms, fresh_for=10.0)  # type: ignore[arg-type]
-    assert await bans.is_banned("r1", "troll")
-    bans = RoomBans(rooms, fresh_for=0.2)  # type: ignore[arg-type]
-    assert await bans.is_banned("r1", "troll")  # read: 2
+    bans = RoomBans(rooms, fresh_for=0.05)  # type: ignore[arg-type]
+    assert await bans.is_banned("r1", "troll")  # read: 1
     rooms.away = True
-    await asyncio.sleep(0.25)
-    assert await bans.is_banned("r1", "troll")  # stale: a read, which fails (3)
-    for _ in range(5):  # the list read last stands for another period, without a read
+    await asyncio.sleep(0.06)
+    stale = await asyncio.gather(*(bans.is_banned("r1", "troll") for _ in range(20)))
+    assert all(stale)  # one read (2), which fails
+    await asyncio.sleep(0.02)
+    for _ in range(20):  # the list read last stands for another period, without a read
         assert await bans.is_banned("r1", "troll")
+    assert rooms.reads == 2
+    assert [r.message for r in caplog.records].count("room_bans_stale") == 1
+    await asyncio.sleep(0.06)
+    assert await bans.is_banned("r1", "troll")  # a period later: read again (3)
+    await asyncio.sleep(0.02)
     assert rooms.reads == 3
 
 
