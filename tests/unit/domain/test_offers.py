@@ -16,6 +16,7 @@ from server.domain.money import Money
 from server.domain.offers import (
     MAX_COUNTDOWN,
     MAX_DURATION,
+    MAX_IDEMPOTENCY_KEY_CHARS,
     MIN_DURATION,
     ClaimOutcome,
     ClaimResult,
@@ -254,7 +255,7 @@ def test_held_claims_are_no_error(outcome: ClaimOutcome) -> None:
         ("b", 1001, "k", "invalid_quantity"),
         ("b", True, "k", "invalid_quantity"),
         ("b", 1, "", "invalid_idempotency_key"),
-        ("b", 1, "k" * 201, "invalid_idempotency_key"),
+        ("b", 1, "k" * (MAX_IDEMPOTENCY_KEY_CHARS + 1), "invalid_idempotency_key"),
     ],
 )
 def test_malformed_claims_are_refused(buyer: str, quantity: int, key: str, code: str) -> None:
