@@ -60,19 +60,11 @@ class Broker(Protocol):
         """Raise when the broker is unreachable (readiness)."""
 
     async def publish(
-        self,
-        room_id: str,
-        event: dict[str, Any],
-        *,
-        topic: str | None = None,
-        last: bool = False,
-        figure: str | None = None,
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
     ) -> int:
         """Append the event to the room's stream; return its sequence number. An event on a
         `topic` that an earlier event closed (`last=True`) is dropped instead, and 0 returned,
-        in the same atomic step: nothing said late about an ended offer can follow its end.
-        So is an event whose `figure` (an offer's stock) is the one the topic's last event with
-        a figure told: the room knows it already, whichever process tells it again."""
+        in the same atomic step: nothing said late about an ended offer can follow its end."""
 
     async def publish_control(self, room_id: str, control: dict[str, Any]) -> None:
         """Reach every process serving the room, outside the stream (no seq, no history)."""

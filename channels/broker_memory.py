@@ -26,7 +26,6 @@ class _Stream:
     seq: int = 0
     history: deque[tuple[int, float, str]] = field(default_factory=deque)
     closed_topics: set[str] = field(default_factory=set)
-    figures: dict[str, str] = field(default_factory=dict)  # topic -> what its last event told
 
 
 @dataclass(slots=True)
@@ -83,25 +82,14 @@ class MemoryBroker:
         return None
 
     async def publish(
-        self,
-        room_id: str,
-        event: dict[str, Any],
-        *,
-        topic: str | None = None,
-        last: bool = False,
-        figure: str | None = None,
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
     ) -> int:
         body = encode_body(event)
         stream = self.bus.stream(room_id)
         if topic is not None and topic in stream.closed_topics:
             return 0
-        if topic is not None and figure is not None:
-            if stream.figures.get(topic) == figure:
-                return 0
-            stream.figures[topic] = figure
         if last and topic is not None:
             stream.closed_topics.add(topic)
-            stream.figures.pop(topic, None)
         stream.seq += 1
         frame = stamp(body, stream.seq, stream.epoch)
         now = time.monotonic()

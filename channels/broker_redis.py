@@ -6,7 +6,6 @@ Each room has, under one hash tag so a cluster keeps them on one shard:
   liveshop:{room}:counters hash: likes, peak
   liveshop:{room}:viewers  hash: node id -> "count:unix_ms"
   liveshop:{room}:closed   set of closed topics (see Broker.publish)
-  liveshop:{room}:figures  hash: topic -> the figure its last event told (see Broker.publish)
 One Lua script assigns the sequence number, appends to history and publishes, so the order of
 publication is the order of sequence numbers on every subscriber.
 """
@@ -47,14 +46,7 @@ local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[5]
   redis.call('HSET', KEYS[1], 'epoch', epoch)
-  redis.call('DEL', KEYS[2], KEYS[4])
-end
-if ARGV[9] ~= '' then
-  if redis.call('HGET', KEYS[4], ARGV[7]) == ARGV[9] then
-    return 0
-  end
-  redis.call('HSET', KEYS[4], ARGV[7], ARGV[9])
-  redis.call('EXPIRE', KEYS[4], ARGV[4])
+  redis.call('DEL', KEYS[2])
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local frame = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[1], 2)
@@ -65,7 +57,6 @@ redis.call('PUBLISH', ARGV[2], frame)
 if ARGV[8] == '1' then
   redis.call('SADD', KEYS[3], ARGV[7])
   redis.call('EXPIRE', KEYS[3], ARGV[4])
-  redis.call('HDEL', KEYS[4], ARGV[7])
 end
 return seq
 """
@@ -148,13 +139,7 @@ class RedisBroker:
 
     @redis_unreachable_is_unavailable
     async def publish(
-        self,
-        room_id: str,
-        event: dict[str, Any],
-        *,
-        topic: str | None = None,
-        last: bool = False,
-        figure: str | None = None,
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
     ) -> int:
         stream, history, _, _ = _keys(room_id)
         args: list[str | int] = [
@@ -166,10 +151,8 @@ class RedisBroker:
             int(time.time() * 1000),
             topic or "",
             "1" if last and topic else "0",
-            figure if figure is not None and topic else "",
         ]
-        tag = f"liveshop:{{{room_id}}}"
-        keys = [stream, history, f"{tag}:closed", f"{tag}:figures"]
+        keys = [stream, history, f"liveshop:{{{room_id}}}:closed"]
         return int(await self._publish(keys=keys, args=args))
 
     @redis_unreachable_is_unavailable

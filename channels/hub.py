@@ -243,17 +243,11 @@ class Hub:
     # Publishing (the RoomEvents port) --------------------------------------------------------
 
     async def publish_room_event(
-        self,
-        room_id: str,
-        event: dict[str, Any],
-        *,
-        topic: str | None = None,
-        last: bool = False,
-        figure: str | None = None,
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
     ) -> int:
         started = time.perf_counter()
         try:
-            seq = await self.broker.publish(room_id, event, topic=topic, last=last, figure=figure)
+            seq = await self.broker.publish(room_id, event, topic=topic, last=last)
         except LiveshopError:
             raise
         except Exception as exc:

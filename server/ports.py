@@ -88,17 +88,10 @@ class RoomEvents(Protocol):
     """Publishes one event to a room's ordered stream (every viewer on every process)."""
 
     async def publish_room_event(
-        self,
-        room_id: str,
-        event: dict[str, Any],
-        *,
-        topic: str | None = None,
-        last: bool = False,
-        figure: str | None = None,
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
     ) -> int:
         """Publish and return the event's sequence number; 0 when `topic` was closed by an
-        earlier event with `last=True`, or when `figure` is what the topic's last event told
-        (see channels.broker.Broker.publish)."""
+        earlier event with `last=True` (see channels.broker.Broker.publish)."""
         ...
 
     async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
@@ -161,7 +154,8 @@ class OfferStore(Protocol):
         ...
 
     async def running_ids(self, limit: int) -> builtins.list[str]:
-        """The ids of up to `limit` offers that have not ended, those ending first first."""
+        """The ids of up to `limit` offers that have not ended, those ending first first (in
+        no set order among those ending together)."""
         ...
 
     async def record_end(

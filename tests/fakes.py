@@ -17,24 +17,13 @@ class RecordingEvents:
         self.published_at: list[float] = []  # time.monotonic() of each event, in step with events
         self.gates: dict[tuple[str, str], float] = {}  # shared by every service using this fake
         self.closed_topics: set[tuple[str, str]] = set()
-        self.figures: dict[tuple[str, str], str] = {}
 
     async def publish_room_event(
-        self,
-        room_id: str,
-        event: dict[str, Any],
-        *,
-        topic: str | None = None,
-        last: bool = False,
-        figure: str | None = None,
+        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
     ) -> int:
         if topic is not None:
             if (room_id, topic) in self.closed_topics:
                 return 0
-            if figure is not None:
-                if self.figures.get((room_id, topic)) == figure:
-                    return 0
-                self.figures[(room_id, topic)] = figure
             if last:
                 self.closed_topics.add((room_id, topic))
         self.events.append((room_id, event))

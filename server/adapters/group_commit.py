@@ -18,6 +18,8 @@ import copy
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
+from server.domain.errors import Unavailable
+
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 R = TypeVar("R")
@@ -26,15 +28,18 @@ R = TypeVar("R")
 Write = Callable[[K, list[T]], Awaitable[Sequence[R | Exception]]]
 
 MAX_BATCH = 500
+# A batch's error that says the store is away or hangs, rather than anything about the batch.
+STORE_AWAY = (Unavailable, TimeoutError)
 
 
 class GroupCommit(Generic[K, T, R]):
     """Runs `write(key, items)` for batches of items submitted under the same key.
 
     `write` must return one result per item, in order; an exception among them is raised to that
-    item's caller alone. If `write` raises, every caller in the batch gets the error, and so
-    does every call queued behind it: those were made while the store was failing the batch,
-    and against a store that hangs each would wait out another deadline of its own. Batches
+    item's caller alone. If `write` raises, every caller in the batch gets the error; if the
+    store was away or did not answer in time (Unavailable, TimeoutError), so does every call
+    queued behind the batch, which would otherwise wait out another deadline of its own on a
+    store that hangs. Batches
     for one key run one after another, in the order the calls were made; different keys run
     side by side.
     """
@@ -68,7 +73,8 @@ class GroupCommit(Generic[K, T, R]):
             while queue:
                 batch = [entry for entry in queue[: self._max_batch] if not entry[1].cancelled()]
                 del queue[: self._max_batch]
-                if batch and (error := await self._run(key, batch)) is not None:
+                error = await self._run(key, batch) if batch else None
+                if isinstance(error, STORE_AWAY):
                     for _, future in queue:
                         if not future.done():
                             future.set_exception(own_copy(error))

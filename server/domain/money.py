@@ -59,7 +59,8 @@ class Money:
         currency = currency.upper()
         if currency not in tender_currencies(datetime.now(UTC).date()):
             raise InvalidInput(
-                f"{currency!r} is not a currency in use (ISO 4217, legal tender)",
+                f"{currency!r} is not a currency in use (ISO 4217, legal tender): a product "
+                "priced in one that was withdrawn needs a new price",
                 code="invalid_currency",
             )
         try:

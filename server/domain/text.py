@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import unicodedata
 
-# Bidi embeddings, overrides and isolates make text render as something it is not
-# ("\u202egpj.exe" shows as "exe.jpg"); zero-width spaces and the byte order mark hide inside
-# words to slip past filters. Joiners (ZWJ, ZWNJ), direction marks and emoji tag characters
-# stay: emoji sequences and text in many scripts need them.
-_DISGUISING = frozenset("\u200b\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff")
+# Format characters (Cf) are invisible. Bidi embeddings, overrides and isolates make text render
+# as something it is not ("\u202egpj.exe" shows as "exe.jpg"); zero-width spaces, word joiners
+# and invisible operators hide inside words to slip past filters. These stay, since real text
+# needs them: the soft hyphen, the zero-width joiners (emoji sequences, Indic and Arabic
+# scripts), the direction marks (mixed right-to-left text) and the tag characters of
+# subdivision flags.
+_FORMAT_KEPT = frozenset("\u00ad\u200c\u200d\u200e\u200f\u061c") | frozenset(
+    chr(code) for code in range(0xE0020, 0xE0080)
+)
 _LINE_BREAKS = frozenset("\t\n\r")
-# Controls, lone surrogates, and line or paragraph separators where one line is expected.
-_REFUSED_ALWAYS = frozenset({"Cc", "Cs"})
-_REFUSED_IN_ONE_LINE = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# Controls, format characters, lone surrogates; and line or paragraph separators where one
+# line is expected.
+_REFUSED_ALWAYS = frozenset({"Cc", "Cf", "Cs"})
+_REFUSED_IN_ONE_LINE = _REFUSED_ALWAYS | {"Zl", "Zp"}
 
 
 def hidden_character(text: str, *, multiline: bool = False) -> str | None:
@@ -23,9 +28,9 @@ def hidden_character(text: str, *, multiline: bool = False) -> str | None:
         return None  # False for every C* and Z* character but the space: the usual text
     refused = _REFUSED_ALWAYS if multiline else _REFUSED_IN_ONE_LINE
     for ch in text:
-        if multiline and ch in _LINE_BREAKS:
+        if (multiline and ch in _LINE_BREAKS) or ch in _FORMAT_KEPT:
             continue
-        if ch in _DISGUISING or unicodedata.category(ch) in refused:
+        if unicodedata.category(ch) in refused:
             return ch
     return None
 

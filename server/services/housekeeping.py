@@ -53,9 +53,10 @@ class Housekeeper:
         self._orders = orders
         self._open_offer_ids = open_offer_ids  # offers of the rooms this process serves
         self._interval = interval
-        # Every running offer, once per ORPHAN_AFTER: when all the processes that claimed for
-        # an offer have restarted and no viewer of its room is on any, nothing else would
-        # release its orphans before it settles, which may be a day later.
+        # Every running offer, a share a round: each once per ORPHAN_AFTER (an offer launched
+        # after the list was read waits for the next one, so two at most). When all the
+        # processes that claimed for an offer have restarted and no viewer of its room is on
+        # any, nothing else would release its orphans before it settles, maybe a day later.
         self._running = InTurn(
             offers.running_offer_ids, max(1, round(ORPHAN_AFTER.total_seconds() / interval))
         )

@@ -52,8 +52,9 @@ FINISH_GRACE = timedelta(seconds=15)
 SKEW_MARGIN = timedelta(hours=1)
 FIGURES_LIMIT = 500  # offers per room in the host's figures
 # Running offers housekeeping takes in turn for their orphans (see Housekeeper): far more than
-# run at once in the largest show days; beyond it, those ending last wait for a viewer or claim.
-RUNNING_OFFERS_READ = 20_000
+# run at once on the busiest show days, and each process then reaps ~170 a second; beyond it,
+# those ending last wait for a viewer, a claim or their settling.
+RUNNING_OFFERS_READ = 5_000
 
 
 class OfferService:
@@ -147,11 +148,13 @@ class OfferService:
             # may have died before counting it.
             await self._bookings.count_again(offer)
         if offer.end_reason is None:
+            # Sent again, as it is now: viewers take `offer.started` as the offer's state.
+            remaining = offer.quantity if created else (await self.view(offer.id))[1]
             await self._events.publish_room_event(
                 room_id,
                 {
                     "type": "offer.started",
-                    "offer": offer_to_wire(offer, offer.quantity),
+                    "offer": offer_to_wire(offer, remaining),
                     "product": product_to_wire(product),
                     "server_time": _iso(self._clock()),
                 },

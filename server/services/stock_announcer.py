@@ -236,5 +236,4 @@ class StockAnnouncer:
             offer.room_id,
             {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining},
             topic=offer.id,
-            figure=str(remaining),
         )

@@ -154,24 +154,6 @@ async def test_nothing_on_a_topic_follows_the_event_that_closed_it(backend: Back
     ]  # fmt: skip
 
 
-async def test_a_figure_the_topic_told_last_is_not_told_again(backend: Backend) -> None:
-    a, b = backend.a.broker, backend.b.broker
-
-    async def tell(broker: Broker, remaining: int, topic: str = "f1") -> int:
-        stock = {"type": "offer.stock", "offer_id": topic, "remaining": remaining}
-        return await broker.publish("r-figure", stock, topic=topic, figure=str(remaining))
-
-    assert [await tell(a, 2), await tell(b, 2), await tell(b, 1), await tell(a, 1)] == [1, 0, 2, 0]
-    assert await tell(a, 2) == 3  # a unit came back: the room hears it
-    assert await tell(a, 2, topic="f2") == 4  # each topic its own
-    chat = {"type": "chat.message", "text": "2"}
-    assert await a.publish("r-figure", chat) == 5  # events without a figure are never held back
-    assert await a.publish("r-figure", chat) == 6
-    ended = {"type": "offer.ended", "offer_id": "f2"}
-    assert await b.publish("r-figure", ended, topic="f2", last=True) == 7
-    assert await tell(a, 2, topic="f2") == 0  # closed
-
-
 async def test_history_returns_missed_events_or_none_when_gone(backend: Backend) -> None:
     broker = backend.a.broker
     for i in range(10):

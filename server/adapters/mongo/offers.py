@@ -244,7 +244,7 @@ class MongoOfferStore:
     async def running_ids(self, limit: int) -> builtins.list[str]:
         cursor = (
             self._offers.find({"ended_at": None}, projection={"_id": True})
-            .sort([("ends_at", ASCENDING), ("_id", ASCENDING)])  # the due_to_end index
+            .sort("ends_at", ASCENDING)  # as the due_to_end index (ended_at, ends_at) has them
             .limit(limit)
         )
         return [doc["_id"] async for doc in cursor]

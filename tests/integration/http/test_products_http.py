@@ -129,6 +129,8 @@ async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
         ({"description": "a\u2067b"}, "description", "value_error"),
         ({"description": "\ufeffhidden"}, "description", "value_error"),
         ({"description": "a\u001bb"}, "description", "value_error"),
+        ({"description": "word\u2060joiner"}, "description", "value_error"),
+        ({"title": "a\u2062b"}, "title", "value_error"),  # an invisible times
         # Money: digits are ASCII; a currency is one people pay in today.
         (
             {"price": {"amount": "\u0661\u0660.00", "currency": "USD"}},
@@ -203,7 +205,7 @@ async def test_text_in_any_script_with_emoji_and_paragraphs_is_kept(
     client: httpx.AsyncClient,
 ) -> None:
     title = "丝巾 · שָׁלוֹם · नमस्ते · 👩‍👩‍👧 · 🏴󠁧󠁢󠁳󠁣󠁴󠁿 · ‏مرحبا"  # ZWJ, tag characters, RLM
-    description = "First line.\n\tSecond, tabbed.\r\nThird."
+    description = "First line.\n\tSecond, tabbed.\r\nThird, hy\u00adphen\u00adated."
     body = {**PRODUCT, "title": title, "description": description}
     response = await client.post("/products", json=body, headers=HOST)
     assert response.status_code == 201, response.text

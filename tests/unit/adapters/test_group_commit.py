@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from server.adapters.group_commit import GroupCommit
+from server.domain.errors import Unavailable
 
 
 class Recorder:
@@ -132,28 +133,43 @@ async def test_a_caller_cancelled_once_its_batch_is_on_its_way_is_written_anyway
     assert recorder.batches == [("a", [2, 4])]  # written all the same, as a sent request is
 
 
-async def test_calls_queued_behind_a_failed_batch_fail_with_it_without_a_write() -> None:
-    # A store that hangs, then times out: calls made meanwhile would each wait out another.
-    recorder = Recorder()
+async def first_batch_failing_with(error: Exception) -> tuple[list[object], list[list[int]]]:
+    """Calls 2 and 3 queued behind a first batch (call 1) that hangs, then fails with `error`;
+    then call 4. Every call's answer, and the batches written."""
+    batches: list[list[int]] = []
     hanging = asyncio.Event()
 
-    async def times_out(key: str, items: list[int]) -> list[int | Exception]:
-        recorder.batches.append((key, items))
-        if len(recorder.batches) == 1:
+    async def write(key: str, items: list[int]) -> list[int | Exception]:
+        batches.append(items)
+        if len(batches) == 1:
             await hanging.wait()
-            raise TimeoutError("no answer in time")
+            raise error
         return list(items)
 
-    group = GroupCommit(times_out)
+    group = GroupCommit(write)
     first = asyncio.create_task(group.submit("a", 1))
     await asyncio.sleep(0)
     queued = [asyncio.create_task(group.submit("a", i)) for i in (2, 3)]
     await asyncio.sleep(0)
     hanging.set()
     answers = await asyncio.gather(first, *queued, return_exceptions=True)
-    assert all(isinstance(answer, TimeoutError) for answer in answers)
-    assert await group.submit("a", 4) == 4  # made after the failure: tried afresh
-    assert recorder.batches == [("a", [1]), ("a", [4])]
+    return [*answers, await group.submit("a", 4)], batches
+
+
+@pytest.mark.parametrize("away", [TimeoutError("no answer in time"), Unavailable("unreachable")])
+async def test_calls_queued_behind_a_batch_the_store_failed_fail_with_it(away: Exception) -> None:
+    # A store that hangs, then times out: calls made meanwhile would each wait out another.
+    answers, batches = await first_batch_failing_with(away)
+    assert [type(answer) for answer in answers[:3]] == [type(away)] * 3
+    assert answers[3] == 4  # made after the failure: tried afresh
+    assert batches == [[1], [4]]
+
+
+async def test_calls_queued_behind_a_batch_that_failed_otherwise_are_written() -> None:
+    answers, batches = await first_batch_failing_with(ValueError("this batch's own trouble"))
+    assert isinstance(answers[0], ValueError)
+    assert answers[1:] == [2, 3, 4]
+    assert batches == [[1], [2, 3], [4]]
 
 
 async def test_each_caller_of_a_failed_batch_gets_its_own_error() -> None:

@@ -11,7 +11,7 @@ import pytest
 from server.adapters.memory_orders import MemoryOrderStore
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
-from server.domain.identity import Identity, Role
+from server.domain.identity import Identity, Role, scoped_key
 from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer
 from server.domain.orders import Address, Order, OrderStatus
@@ -394,3 +394,9 @@ async def test_an_ended_offer_shows_what_it_had_left_when_it_ended(shop: Shop) -
     await shop.orders.cancel(orders[0].id, buyer(1))
     offer, remaining = await shop.offers.view(sold_out.id)
     assert (offer.end_reason, remaining) == (EndReason.SOLD_OUT, 0)
+
+
+def test_keys_of_ids_without_colons_are_stored_as_before_the_escaping() -> None:
+    # Orders and reservations stored by earlier versions are found by their retries.
+    assert scoped_key("buyer-1", "k:1") == "buyer-1:k:1"
+    assert scoped_key("x:a", "k") != scoped_key("x", "a:k")

@@ -12,7 +12,7 @@ from server.domain.errors import Conflict, Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.offers import FlashOffer
 from server.services.offers import OfferService
-from tests.unit.services.shop import HOST, Shop, launch_through
+from tests.unit.services.shop import HOST, Shop, buyer, launch_through
 from tests.unit.services.test_give_back import FlakyEvents
 from tests.unit.services.test_product_stock import racing_processes
 
@@ -32,6 +32,14 @@ async def test_a_launch_sent_again_gets_the_same_offer_and_books_once(shop: Shop
     await launch(shop.offers, shop, "L2", quantity=20)  # the other 20 of the stock of 50
     started = [e["offer"]["id"] for e in shop.events.of_type("offer.started")]
     assert started.count(first.id) == 2  # told again
+
+
+async def test_a_launch_sent_again_tells_the_room_the_stock_as_it_is_now(shop: Shop) -> None:
+    first, _ = await launch(shop.offers, shop, "L1", quantity=5)
+    await shop.claim(first, buyer(1), "k1")
+    await launch(shop.offers, shop, "L1", quantity=5)
+    told = [e["offer"]["remaining"] for e in shop.events.of_type("offer.started")]
+    assert told == [5, 4]  # viewers take offer.started as the offer's state
 
 
 async def test_the_same_key_with_other_terms_is_refused(shop: Shop) -> None:

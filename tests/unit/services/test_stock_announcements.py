@@ -75,22 +75,6 @@ async def test_a_process_that_loses_the_stock_gate_still_announces_its_change(
     assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [49, 48]
 
 
-async def test_a_figure_the_room_has_heard_is_not_told_again_by_another_process(
-    shop: Shop,
-) -> None:
-    # Each process announces its own change; two that read the same figure in turn, a period
-    # apart, would tell it twice (a frame to every viewer for nothing).
-    processes = [shop.orders, second_process(shop), second_process(shop)]
-    offer = await shop.launch(quantity=5, limit=1)
-    for n, service in enumerate(processes):
-        await service.claim(offer.id, buyer(n), quantity=1, idempotency_key="k", address=ADDRESS)
-        await asyncio.sleep(0.6 * STOCK_ANNOUNCE_SECONDS)
-    await asyncio.sleep(4 * STOCK_ANNOUNCE_SECONDS)  # every process's tries
-    announced = [event["remaining"] for event in shop.events.of_type("offer.stock")]
-    assert announced[-1] == 2
-    assert all(earlier != later for earlier, later in itertools.pairwise(announced)), announced
-
-
 async def test_the_last_unit_is_announced_at_once_past_the_cadence_and_the_gate(
     shop: Shop,
 ) -> None:
