@@ -22,8 +22,8 @@ _REFUSED_IN_ONE_LINE = _REFUSED_ALWAYS | {"Zl", "Zp"}
 
 
 def hidden_character(text: str, *, multiline: bool = False) -> str | None:
-    """The first control, lone surrogate or disguising character in `text`, if any. Tabs and
-    line breaks are allowed where `multiline`."""
+    """The first control, invisible format character (but those kept) or lone surrogate in
+    `text`, if any. Tabs and line breaks are allowed where `multiline`."""
     if text.isprintable():
         return None  # False for every C* and Z* character but the space: the usual text
     refused = _REFUSED_ALWAYS if multiline else _REFUSED_IN_ONE_LINE
