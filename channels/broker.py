@@ -60,11 +60,19 @@ class Broker(Protocol):
         """Raise when the broker is unreachable (readiness)."""
 
     async def publish(
-        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+        self,
+        room_id: str,
+        event: dict[str, Any],
+        *,
+        topic: str | None = None,
+        last: bool = False,
+        order: int | None = None,
     ) -> int:
         """Append the event to the room's stream; return its sequence number. An event on a
         `topic` that an earlier event closed (`last=True`) is dropped instead, and 0 returned,
-        in the same atomic step: nothing said late about an ended offer can follow its end."""
+        in the same atomic step: nothing said late about an ended offer can follow its end.
+        So is one whose `order` is not above that of the last event on its topic that had one:
+        figures read apart and sent late cannot undo a newer one, nor repeat it."""
 
     async def publish_control(self, room_id: str, control: dict[str, Any]) -> None:
         """Reach every process serving the room, outside the stream (no seq, no history)."""

@@ -26,6 +26,7 @@ class _Stream:
     seq: int = 0
     history: deque[tuple[int, float, str]] = field(default_factory=deque)
     closed_topics: set[str] = field(default_factory=set)
+    topic_orders: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -82,14 +83,26 @@ class MemoryBroker:
         return None
 
     async def publish(
-        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+        self,
+        room_id: str,
+        event: dict[str, Any],
+        *,
+        topic: str | None = None,
+        last: bool = False,
+        order: int | None = None,
     ) -> int:
         body = encode_body(event)
         stream = self.bus.stream(room_id)
-        if topic is not None and topic in stream.closed_topics:
-            return 0
-        if last and topic is not None:
-            stream.closed_topics.add(topic)
+        if topic is not None:
+            if topic in stream.closed_topics:
+                return 0
+            if order is not None:
+                if order <= stream.topic_orders.get(topic, -1):
+                    return 0
+                stream.topic_orders[topic] = order
+            if last:
+                stream.closed_topics.add(topic)
+                stream.topic_orders.pop(topic, None)
         stream.seq += 1
         frame = stamp(body, stream.seq, stream.epoch)
         now = time.monotonic()

@@ -6,6 +6,7 @@ Each room has, under one hash tag so a cluster keeps them on one shard:
   liveshop:{room}:counters hash: likes, peak
   liveshop:{room}:viewers  hash: node id -> "count:unix_ms"
   liveshop:{room}:closed   set of closed topics (see Broker.publish)
+  liveshop:{room}:orders   hash: topic -> the order of its last ordered event
 One Lua script assigns the sequence number, appends to history and publishes, so the order of
 publication is the order of sequence numbers on every subscriber.
 """
@@ -39,8 +40,14 @@ KEY_TTL_SECONDS = 24 * 3600
 MAX_CONNECTIONS = 100  # redis-py's default; one is the pub/sub connection, held for good
 
 _PUBLISH = """
-if ARGV[7] ~= '' and redis.call('SISMEMBER', KEYS[3], ARGV[7]) == 1 then
-  return 0
+if ARGV[7] ~= '' then
+  if redis.call('SISMEMBER', KEYS[3], ARGV[7]) == 1 then return 0 end
+  if ARGV[9] ~= '' then
+    local before = redis.call('HGET', KEYS[4], ARGV[7])
+    if before and tonumber(ARGV[9]) <= tonumber(before) then return 0 end
+    redis.call('HSET', KEYS[4], ARGV[7], ARGV[9])
+    redis.call('EXPIRE', KEYS[4], ARGV[4])
+  end
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -57,6 +64,7 @@ redis.call('PUBLISH', ARGV[2], frame)
 if ARGV[8] == '1' then
   redis.call('SADD', KEYS[3], ARGV[7])
   redis.call('EXPIRE', KEYS[3], ARGV[4])
+  redis.call('HDEL', KEYS[4], ARGV[7])
 end
 return seq
 """
@@ -139,7 +147,13 @@ class RedisBroker:
 
     @redis_unreachable_is_unavailable
     async def publish(
-        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+        self,
+        room_id: str,
+        event: dict[str, Any],
+        *,
+        topic: str | None = None,
+        last: bool = False,
+        order: int | None = None,
     ) -> int:
         stream, history, _, _ = _keys(room_id)
         args: list[str | int] = [
@@ -151,8 +165,10 @@ class RedisBroker:
             int(time.time() * 1000),
             topic or "",
             "1" if last and topic else "0",
+            "" if order is None else order,
         ]
-        keys = [stream, history, f"liveshop:{{{room_id}}}:closed"]
+        tag = f"liveshop:{{{room_id}}}"
+        keys = [stream, history, f"{tag}:closed", f"{tag}:orders"]
         return int(await self._publish(keys=keys, args=args))
 
     @redis_unreachable_is_unavailable

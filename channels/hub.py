@@ -243,11 +243,17 @@ class Hub:
     # Publishing (the RoomEvents port) --------------------------------------------------------
 
     async def publish_room_event(
-        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+        self,
+        room_id: str,
+        event: dict[str, Any],
+        *,
+        topic: str | None = None,
+        last: bool = False,
+        order: int | None = None,
     ) -> int:
         started = time.perf_counter()
         try:
-            seq = await self.broker.publish(room_id, event, topic=topic, last=last)
+            seq = await self.broker.publish(room_id, event, topic=topic, last=last, order=order)
         except LiveshopError:
             raise
         except Exception as exc:

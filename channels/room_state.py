@@ -147,8 +147,9 @@ class LocalRoom:
             self.offers[str(offer["id"])] = offer
         elif kind == "offer.stock":
             known = self.offers.get(str(event.get("offer_id")))
-            if known is not None:
+            if known is not None and _is_newer(event, known):
                 known["remaining"] = event.get("remaining")
+                known["stock_version"] = event.get("stock_version")
         elif kind == "offer.ended":
             self.offers.pop(str(event.get("offer_id")), None)
         elif kind == "room.started":
@@ -168,6 +169,14 @@ class LocalRoom:
             "likes": self.likes,
             "slow_mode_seconds": self.slow_mode_seconds,
         }
+
+
+def _is_newer(figure: dict[str, Any], known: dict[str, Any]) -> bool:
+    """Whether a stock figure replaces the one held: the stream keeps figures in order, but the
+    offer held may be newer, read when this process loaded the room. A figure without a version
+    (sold out, told at the end of an offer whose stock was lost) always does."""
+    new, held = figure.get("stock_version"), known.get("stock_version")
+    return not isinstance(new, int) or not isinstance(held, int) or new > held
 
 
 def hello_frame(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.http import MoneyIn
-from server.domain.offers import FlashOffer
+from server.domain.offers import FlashOffer, StockFigure
 from server.domain.orders import Address, Order
 
 Text = Annotated[str, Field(min_length=1, max_length=200)]
@@ -60,7 +60,9 @@ def iso(moment: datetime | None) -> str | None:
     )
 
 
-def offer_to_wire(offer: FlashOffer, remaining: int | None) -> dict[str, Any]:
+def offer_to_wire(offer: FlashOffer, stock: StockFigure | None) -> dict[str, Any]:
+    """`remaining` and `stock_version` are None while the stock is being restored; the
+    version also once the offer has ended (see StockFigure)."""
     return {
         "id": offer.id,
         "room_id": offer.room_id,
@@ -68,7 +70,8 @@ def offer_to_wire(offer: FlashOffer, remaining: int | None) -> dict[str, Any]:
         "price": offer.price.to_wire(),
         "quantity": offer.quantity,
         "per_user_limit": offer.per_user_limit,
-        "remaining": remaining,
+        "remaining": None if stock is None else stock.remaining,
+        "stock_version": None if stock is None else stock.version,
         "starts_at": iso(offer.starts_at),
         "ends_at": iso(offer.ends_at),
         "ended_at": iso(offer.ended_at),

@@ -200,7 +200,7 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
                 pinned = product_summary(await backends.products.get(room.pinned_product_id))
             except NotFound:
                 pinned = None
-        offers = [offer_to_wire(o, left) for o, left in await offer_service.open_in_room(room_id)]
+        offers = [offer_to_wire(o, stock) for o, stock in await offer_service.open_in_room(room_id)]
         return RoomView(room, pinned, await backends.rooms.mutes(room_id), offers)
 
     limits = HubLimits(

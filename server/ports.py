@@ -15,6 +15,7 @@ from server.domain.offers import (
     FlashOffer,
     PendingReservation,
     RecoveredClaim,
+    StockFigure,
     StockSnapshot,
 )
 from server.domain.orders import Order, OrderStatus
@@ -88,10 +89,17 @@ class RoomEvents(Protocol):
     """Publishes one event to a room's ordered stream (every viewer on every process)."""
 
     async def publish_room_event(
-        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+        self,
+        room_id: str,
+        event: dict[str, Any],
+        *,
+        topic: str | None = None,
+        last: bool = False,
+        order: int | None = None,
     ) -> int:
         """Publish and return the event's sequence number; 0 when `topic` was closed by an
-        earlier event with `last=True` (see channels.broker.Broker.publish)."""
+        earlier event with `last=True`, or has had an event of an `order` as high (see
+        channels.broker.Broker.publish)."""
         ...
 
     async def publish_room_control(self, room_id: str, control: dict[str, Any]) -> None:
@@ -321,6 +329,10 @@ class StockReservations(Protocol):
         """Units left; Unavailable (code `offer_paused`) while the offer is lost."""
         ...
 
+    async def figure(self, offer_id: str) -> StockFigure:
+        """Units left and the stock's version, read together; as `remaining` when lost."""
+        ...
+
     async def pending_without_order(
         self, offer_id: str, older_than: datetime
     ) -> builtins.list[PendingReservation]:
@@ -333,7 +345,8 @@ class StockReservations(Protocol):
         """Refuse further claims (`not_active`), and tell how many units the offer has taken
         (reserved or sold, not given back) at that moment: no more can be taken once stopped
         (a rebuild keeps it stopped, see `rebuild`). None when the store does not hold the
-        offer; the rebuild then takes `stopped` from the stored offer."""
+        offer; the rebuild then takes `stopped` from the stored offer. The stock's version
+        goes up: the figure told with the end is the offer's last word."""
         ...
 
     async def is_ready(self, offer_id: str) -> bool:

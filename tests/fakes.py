@@ -17,13 +17,24 @@ class RecordingEvents:
         self.published_at: list[float] = []  # time.monotonic() of each event, in step with events
         self.gates: dict[tuple[str, str], float] = {}  # shared by every service using this fake
         self.closed_topics: set[tuple[str, str]] = set()
+        self.topic_orders: dict[tuple[str, str], int] = {}
 
     async def publish_room_event(
-        self, room_id: str, event: dict[str, Any], *, topic: str | None = None, last: bool = False
+        self,
+        room_id: str,
+        event: dict[str, Any],
+        *,
+        topic: str | None = None,
+        last: bool = False,
+        order: int | None = None,
     ) -> int:
         if topic is not None:
             if (room_id, topic) in self.closed_topics:
                 return 0
+            if order is not None:
+                if order <= self.topic_orders.get((room_id, topic), -1):
+                    return 0
+                self.topic_orders[(room_id, topic)] = order
             if last:
                 self.closed_topics.add((room_id, topic))
         self.events.append((room_id, event))

@@ -8,6 +8,7 @@ both answer alike at the window's edges. Offers stay until `flush`/`forget` or t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ from server.domain.offers import (
     ClaimResult,
     PendingReservation,
     RecoveredClaim,
+    StockFigure,
     StockSnapshot,
     epoch_ms,
     from_epoch_ms,
@@ -46,6 +48,8 @@ class _Offer:
     starts_ms: int
     ends_ms: int
     stock: int
+    # As Redis starts it (see StockFigure): a rebuilt offer's versions follow the lost one's.
+    version: int = field(default_factory=lambda: time.time_ns() // 1000)
     stopped: bool = False
     held: dict[str, int] = field(default_factory=dict)
     unconfirmed: str | None = None  # rebuilt: claims wait for confirm_open with this token
@@ -100,6 +104,7 @@ class MemoryStockReservations:
                 known.order_id,
                 known.quantity,
                 known.released,
+                stock_version=offer.version,
             )
         now_ms = epoch_ms(now)
         if offer.stopped or not offer.starts_ms <= now_ms < offer.ends_ms:
@@ -111,11 +116,17 @@ class MemoryStockReservations:
         if offer.held.get(buyer_id, 0) + quantity > offer.per_user_limit:
             return ClaimResult(ClaimOutcome.LIMIT_REACHED, offer.stock)
         offer.stock -= quantity
+        offer.version += 1
         offer.held[buyer_id] = offer.held.get(buyer_id, 0) + quantity
         reservation_id = self._new_reservation_id()
         offer.claims[idempotency_key] = _Reservation(reservation_id, buyer_id, quantity, now_ms)
         return ClaimResult(
-            ClaimOutcome.RESERVED, offer.stock, reservation_id, quantity=quantity, released=False
+            ClaimOutcome.RESERVED,
+            offer.stock,
+            reservation_id,
+            quantity=quantity,
+            released=False,
+            stock_version=offer.version,
         )
 
     async def attach_order(
@@ -145,6 +156,7 @@ class MemoryStockReservations:
             return False
         known.released = True
         offer.stock += known.quantity
+        offer.version += 1
         left = offer.held.get(known.buyer_id, 0) - known.quantity
         if left > 0:
             offer.held[known.buyer_id] = left
@@ -154,6 +166,10 @@ class MemoryStockReservations:
 
     async def remaining(self, offer_id: str) -> int:
         return self._offer_or_paused(offer_id).stock
+
+    async def figure(self, offer_id: str) -> StockFigure:
+        offer = self._offer_or_paused(offer_id)
+        return StockFigure(offer.stock, offer.version)
 
     async def pending_without_order(
         self, offer_id: str, older_than: datetime
@@ -177,6 +193,7 @@ class MemoryStockReservations:
         if offer is None:
             return None
         offer.stopped = True
+        offer.version += 1
         return max(0, offer.quantity - offer.stock)
 
     async def unconfirmed(self, offer_id: str) -> str | None:

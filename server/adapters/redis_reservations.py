@@ -3,8 +3,9 @@ no claim can oversell, whatever the number of processes.
 
 Each offer has, under one hash tag so a cluster keeps them on one shard:
   liveshop:{offer:ID}:state    hash: quantity, stock, limit, starts, ends (epoch ms), stopped,
-                               expire_at; unconfirmed (a token: rebuilt, claims wait for
-                               confirm_open with that token)
+                               expire_at; v (the stock's version, see StockFigure);
+                               unconfirmed (a token: rebuilt, claims wait for confirm_open
+                               with that token)
   liveshop:{offer:ID}:held     hash: buyer id -> units held
   liveshop:{offer:ID}:claims   hash: idempotency key -> JSON {r: reservation id, b: buyer,
                                q: units, t: created ms, o: order id, x: 1 once released}
@@ -35,6 +36,7 @@ from server.domain.offers import (
     ClaimResult,
     PendingReservation,
     RecoveredClaim,
+    StockFigure,
     StockSnapshot,
     epoch_ms,
     from_epoch_ms,
@@ -49,13 +51,23 @@ log = logging.getLogger("liveshop.reservations")
 # that finished offers do not pile up.
 KEY_TTL_AFTER_END = timedelta(days=1)
 
-_OPEN = """
+# An offer's first version, on opening it or rebuilding it: Redis's clock in microseconds, as
+# digits (a Lua number would print in exponent notation), above any version it had before.
+_FIRST_VERSION = """
+local clock = redis.call('TIME')
+local first_version = clock[1] .. string.format('%06d', tonumber(clock[2]))
+"""
+
+_OPEN = (
+    _FIRST_VERSION
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', ARGV[1], 'limit', ARGV[2],
-  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', '0', 'expire_at', ARGV[5])
+  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', '0', 'expire_at', ARGV[5], 'v', first_version)
 redis.call('PEXPIREAT', KEYS[1], ARGV[5])
 return 1
 """
+)
 
 # One call reserves for every claim in ARGV (groups of buyer, units, key, now ms, reservation
 # id), in order, each exactly as if it came alone: claims arriving together share one round
@@ -67,14 +79,14 @@ _CLAIM = """
 local function claim(buyer, qty, key, now_ms, rid)
   local now = tonumber(now_ms)
   local state = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'starts', 'ends', 'stopped',
-    'expire_at', 'unconfirmed')
+    'expire_at', 'unconfirmed', 'v')
   if not state[1] then return {'paused'} end
   local stock = tonumber(state[1])
   local raw = redis.call('HGET', KEYS[3], key)
   if raw then
     local r = cjson.decode(raw)
     if r.b ~= buyer then return {'key_reused', stock} end
-    return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0}
+    return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0, tonumber(state[8] or '0')}
   end
   if state[5] == '1' or now < tonumber(state[3]) or now >= tonumber(state[4]) then
     return {'not_active', stock}
@@ -84,11 +96,12 @@ local function claim(buyer, qty, key, now_ms, rid)
   local mine = tonumber(redis.call('HGET', KEYS[2], buyer) or '0')
   if mine + qty > tonumber(state[2]) then return {'limit_reached', stock} end
   stock = redis.call('HINCRBY', KEYS[1], 'stock', -qty)
+  local version = redis.call('HINCRBY', KEYS[1], 'v', 1)
   redis.call('HINCRBY', KEYS[2], buyer, qty)
   redis.call('HSET', KEYS[3], key, cjson.encode({r = rid, b = buyer, q = qty, t = now_ms}))
   redis.call('ZADD', KEYS[4], now, key)
   for i = 2, 4 do redis.call('PEXPIREAT', KEYS[i], state[6]) end
-  return {'reserved', stock, rid, '', qty, 0}
+  return {'reserved', stock, rid, '', qty, 0, version}
 end
 local out = {}
 for i = 1, #ARGV, 5 do
@@ -107,6 +120,7 @@ if ARGV[2] == '1' and r.o then return 0 end
 r.x = 1
 redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))
 redis.call('HINCRBY', KEYS[1], 'stock', r.q)
+redis.call('HINCRBY', KEYS[1], 'v', 1)
 if redis.call('HINCRBY', KEYS[2], r.b, -r.q) <= 0 then redis.call('HDEL', KEYS[2], r.b) end
 redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
@@ -150,6 +164,7 @@ return out
 _STOP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'stopped', '1')
+redis.call('HINCRBY', KEYS[1], 'v', 1)
 local state = redis.call('HMGET', KEYS[1], 'quantity', 'stock')
 return math.max(0, tonumber(state[1]) - tonumber(state[2]))
 """
@@ -163,7 +178,9 @@ return 1
 
 # Leftovers of a partial loss (the state hash evicted alone) are dropped: the orders are the
 # truth, and a reservation without an order finds itself unknown when its order arrives.
-_REBUILD = """
+_REBUILD = (
+    _FIRST_VERSION
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 local held = 0
@@ -177,12 +194,14 @@ for i = 8, #ARGV, 2 do
 end
 local stock = math.max(0, tonumber(ARGV[1]) - held)
 redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', stock, 'limit', ARGV[2],
-  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', ARGV[5], 'expire_at', ARGV[6])
+  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', ARGV[5], 'expire_at', ARGV[6],
+  'v', first_version)
 -- Not stopped: it may have ended since the rebuilder read it (see confirm_open).
 if ARGV[5] ~= '1' then redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7]) end
 for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
 return 1
 """
+)
 
 
 def _keys(offer_id: str) -> list[str]:
@@ -212,6 +231,7 @@ def _claim_result(reply: list[Any]) -> ClaimResult:
         order_id=_text(reply[3]) or None,
         quantity=int(reply[4]),
         released=int(reply[5]) == 1,
+        stock_version=int(reply[6]),
     )
 
 
@@ -329,6 +349,14 @@ class RedisStockReservations:
         if stock is None:
             raise OfferPaused(f"offer {offer_id} is being restored")
         return int(stock)
+
+    @redis_unreachable_is_unavailable
+    async def figure(self, offer_id: str) -> StockFigure:
+        stock, version = await self._redis.hmget(_keys(offer_id)[0], ["stock", "v"])
+        if stock is None:
+            raise OfferPaused(f"offer {offer_id} is being restored")
+        # An offer opened before stocks had versions counts its changes from 0.
+        return StockFigure(int(stock), int(version or 0))
 
     @redis_unreachable_is_unavailable
     async def pending_without_order(

@@ -274,6 +274,21 @@ class ClaimOutcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class StockFigure:
+    """Units left, and the version of the stock that had them.
+
+    Figures read apart, by several processes, reach the room by different paths and may
+    arrive out of order; the version puts them back in order. Every change of an offer's
+    stock (a reservation, a release, the stop at its end) raises it by one. A store that opens
+    an offer, or rebuilds one it lost, starts it at its own clock in microseconds: above any
+    version the offer had before the loss, since its stock never changes a million times a
+    second. None: the figure an ended offer keeps, which nothing later replaces."""
+
+    remaining: int
+    version: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimResult:
     outcome: ClaimOutcome
     remaining: int | None = None  # None only when paused: nobody knows
@@ -281,10 +296,17 @@ class ClaimResult:
     order_id: str | None = None  # a duplicate's order, once attached
     quantity: int = 0  # units the reservation holds (reserved, duplicate)
     released: bool = False  # a duplicate whose units were already given back
+    stock_version: int | None = None  # reserved, duplicate: the version `remaining` is of
 
     @property
     def ok(self) -> bool:
         return self.outcome in (ClaimOutcome.RESERVED, ClaimOutcome.DUPLICATE)
+
+    def figure(self) -> StockFigure | None:
+        """The stock as this claim left it (reserved) or found it (duplicate)."""
+        if self.remaining is None or self.stock_version is None:
+            return None
+        return StockFigure(self.remaining, self.stock_version)
 
 
 def claim_error(result: ClaimResult) -> LiveshopError | None:

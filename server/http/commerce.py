@@ -54,24 +54,22 @@ async def launch_offer(request: Request) -> JSONResponse:
     headers = {"Location": str(request.url_for("get_offer", offer_id=offer.id))}
     if key is not None:
         headers["Idempotent-Replayed"] = "false" if created else "true"
-    # A launch sent again answers the offer as it is now, which may have sold or ended since.
-    offer, remaining = (offer, offer.quantity) if created else await service.view(offer.id)
-    return JSONResponse(offer_to_wire(offer, remaining), status_code=201, headers=headers)
+    # As it is now: a launch sent again may find it sold or ended since.
+    offer, stock = await service.view(offer.id)
+    return JSONResponse(offer_to_wire(offer, stock), status_code=201, headers=headers)
 
 
 async def get_offer(request: Request) -> JSONResponse:
-    offer, remaining = await container_of(request).offer_service.view(
-        request.path_params["offer_id"]
-    )
-    return JSONResponse(offer_to_wire(offer, remaining))
+    offer, stock = await container_of(request).offer_service.view(request.path_params["offer_id"])
+    return JSONResponse(offer_to_wire(offer, stock))
 
 
 async def stop_offer(request: Request) -> JSONResponse:
     who = require_identity(request)
     service = container_of(request).offer_service
     offer = await service.stop(request.path_params["offer_id"], who)
-    _, remaining = await service.view(offer.id)
-    return JSONResponse(offer_to_wire(offer, remaining))
+    _, stock = await service.view(offer.id)
+    return JSONResponse(offer_to_wire(offer, stock))
 
 
 async def claim_offer(request: Request) -> Response:

@@ -23,6 +23,7 @@ from server.domain.offers import (
     EndReason,
     FlashOffer,
     RecoveredClaim,
+    StockFigure,
     plan_offer,
     same_launch,
 )
@@ -149,12 +150,12 @@ class OfferService:
             await self._bookings.count_again(offer)
         if offer.end_reason is None:
             # Sent again, as it is now: viewers take `offer.started` as the offer's state.
-            remaining = offer.quantity if created else (await self.view(offer.id))[1]
+            _, figure = await self.view(offer.id)
             await self._events.publish_room_event(
                 room_id,
                 {
                     "type": "offer.started",
-                    "offer": offer_to_wire(offer, remaining),
+                    "offer": offer_to_wire(offer, figure),
                     "product": product_to_wire(product),
                     "server_time": _iso(self._clock()),
                 },
@@ -188,23 +189,19 @@ class OfferService:
         once a second; ProductBookings.withdraw_uncounted)."""
         return await self._bookings.withdraw_uncounted(self._clock())
 
-    async def view(self, offer_id: str) -> tuple[FlashOffer, int | None]:
-        """The offer and its remaining stock (None while the stock is being rebuilt)."""
+    async def view(self, offer_id: str) -> tuple[FlashOffer, StockFigure | None]:
+        """The offer and its stock (None while the stock is being rebuilt)."""
         offer = await self._offers.get(offer_id)
         if (at_end := offer.remaining_at_end()) is not None:
-            return offer, at_end
+            return offer, StockFigure(at_end, None)
         try:
-            remaining = await self.remaining(offer)
+            if not await self._stock.is_ready(offer.id):
+                await self.rebuild(offer.id)
+            return offer, await self._stock.figure(offer.id)
         except Unavailable:
-            remaining = None
-        return offer, remaining
+            return offer, None
 
-    async def remaining(self, offer: FlashOffer) -> int:
-        if not await self._stock.is_ready(offer.id):
-            await self.rebuild(offer.id)
-        return await self._stock.remaining(offer.id)
-
-    async def open_in_room(self, room_id: str) -> list[tuple[FlashOffer, int | None]]:
+    async def open_in_room(self, room_id: str) -> list[tuple[FlashOffer, StockFigure | None]]:
         """The room's offers that have not ended, as the room is shown them: counted ones."""
         offers = await self._offers.open_in_room(room_id)
         return [await self.view(offer.id) for offer in offers if offer.counted]
@@ -269,7 +266,7 @@ class OfferService:
                 await self._announcer.last_unit_told(ended.id)
             taken = await self._stock.stop(ended.id)
             if sold_out:
-                await self._announcer.publish_stock(ended, 0)  # once, like the end itself
+                await self._announcer.tell_sold_out(ended)
         finally:
             # Whatever became of those (an error, a shutdown), the room hears of the end now.
             await self._announce_end(ended)
@@ -411,14 +408,14 @@ class OfferService:
         if rebuilt:
             log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
 
-    def stock_moved(self, offer: FlashOffer, remaining: int | None) -> None:
+    def stock_moved(self, offer: FlashOffer, figure: StockFigure | None) -> None:
         """A claim or a release changed the stock: tell the room soon (the last unit and sold
         out: now)."""
-        self._announcer.stock_moved(offer, remaining)
+        self._announcer.stock_moved(offer, figure)
 
-    def last_unit_taken(self, offer: FlashOffer) -> None:
+    def last_unit_taken(self, offer: FlashOffer, taken_at: int | None) -> None:
         """A claim here took the offer's last unit alone: see StockAnnouncer.last_unit_taken."""
-        self._announcer.last_unit_taken(offer)
+        self._announcer.last_unit_taken(offer, taken_at)
 
     async def running_offer_ids(self) -> list[str]:
         """The offers that have not ended (RUNNING_OFFERS_READ at most, those ending first)."""

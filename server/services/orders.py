@@ -154,17 +154,17 @@ class OrderService:
                 )
         fresh = result.outcome is ClaimOutcome.RESERVED
         if fresh and result.remaining == 0 and quantity == 1:
-            self._offer_service.last_unit_taken(offer)
+            self._offer_service.last_unit_taken(offer, result.stock_version)
         told_early = fresh and result.remaining == 1
         if told_early:
             # Told before the order is written: the claim that takes the last unit may write
             # its order first, and end the offer, and the room must hear "1 left" before that.
-            self._offer_service.stock_moved(offer, 1)
+            self._offer_service.stock_moved(offer, result.figure())
         order, created = await self._write_order(
             offer, buyer, key, quantity, address, result.reservation_id, fresh=fresh
         )
         if created and not told_early:
-            self._offer_service.stock_moved(offer, result.remaining)
+            self._offer_service.stock_moved(offer, result.figure())
         return order, created
 
     async def _write_order(

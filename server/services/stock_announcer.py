@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from server.background import BackgroundTasks
-from server.domain.errors import LiveshopError
-from server.domain.offers import FlashOffer
+from server.domain.errors import LiveshopError, OfferPaused
+from server.domain.offers import FlashOffer, StockFigure
 from server.ports import RoomEvents, StockReservations
 
 log = logging.getLogger("liveshop.offers")
@@ -51,18 +51,19 @@ class StockAnnouncer:
         self._announcements = BackgroundTasks(log, "offer_announce_failed")  # every one
         self._closed = False
 
-    def stock_moved(self, offer: FlashOffer, remaining: int | None) -> None:
-        """A claim or a release changed the stock: tell the room soon. Past the cadence, at
-        once: the last unit (the moment viewers rush for, and the figure a coalesced
-        announcement would most often skip), and sold out (once: by the process that ends the
-        offer, right before `offer.ended`)."""
+    def stock_moved(self, offer: FlashOffer, figure: StockFigure | None) -> None:
+        """A claim or a release changed the stock (`figure`: as a claim here left it, when it
+        knows): tell the room soon. Past the cadence, at once: the last unit (the moment
+        viewers rush for, and the figure a coalesced announcement would most often skip), and
+        sold out (once: by the process that ends the offer, right before `offer.ended`)."""
         if self._closed or offer.end_reason is not None:
             return  # shutting down, or the room has heard the end
         self._changed_at[offer.id] = time.monotonic()
-        if remaining == 1:
+        remaining = None if figure is None else figure.remaining
+        if figure is not None and remaining == 1:
             # As this claim left it, not read again: the next claim may sell it first, and the
             # room would go from more than one to sold out without hearing of the last unit.
-            self._tell_last_unit(offer)
+            self._tell_last_unit(offer, figure)
             return
         if remaining == 0:
             task = self._spawn_announce(offer, delay=0.0, at_once=True)
@@ -73,19 +74,23 @@ class StockAnnouncer:
         since = time.monotonic() - self._announced_at.get(offer.id, 0.0)
         self._spawn_announce(offer, delay=max(0.0, STOCK_ANNOUNCE_SECONDS - since))
 
-    def last_unit_taken(self, offer: FlashOffer) -> None:
-        """A claim here took the last unit, alone. The claim that left it may have been
-        another process's, whose "1 left" can reach the room after the end, which drops it:
-        unless the room has heard it (the mark that process sets once it has published), this
-        process tells it, before sold out. (Nothing to tell of an offer of one unit.)"""
+    def last_unit_taken(self, offer: FlashOffer, taken_at: int | None) -> None:
+        """A claim here took the last unit, alone, making the stock's version `taken_at`. The
+        claim that left it may have been another process's, whose "1 left" can reach the room
+        after the end, which drops it: unless the room has heard it (the mark that process
+        sets once it has published), this process tells it, before sold out, as the version
+        before its own. (Nothing to tell of an offer of one unit.)"""
         if self._closed or offer.quantity == 1 or offer.id in self._told_last_unit:
             return
         self._changed_at[offer.id] = time.monotonic()
-        self._tell_last_unit(offer, unless_marked=True)
+        left = StockFigure(1, None if taken_at is None else taken_at - 1)
+        self._tell_last_unit(offer, left, unless_marked=True)
 
-    def _tell_last_unit(self, offer: FlashOffer, *, unless_marked: bool = False) -> None:
+    def _tell_last_unit(
+        self, offer: FlashOffer, figure: StockFigure, *, unless_marked: bool = False
+    ) -> None:
         self._told_last_unit.add(offer.id)
-        task = self._announcements.spawn(self._announce_last_unit(offer, unless_marked))
+        task = self._announcements.spawn(self._announce_last_unit(offer, figure, unless_marked))
         self._last_unit[offer.id] = task  # the sold-out end waits for it (last_unit_told)
         task.add_done_callback(lambda _: self._forget_last_unit(offer.id, task))
 
@@ -139,7 +144,9 @@ class StockAnnouncer:
         if self._last_unit.get(offer_id) is task:
             del self._last_unit[offer_id]
 
-    async def _announce_last_unit(self, offer: FlashOffer, unless_marked: bool) -> None:
+    async def _announce_last_unit(
+        self, offer: FlashOffer, figure: StockFigure, unless_marked: bool
+    ) -> None:
         room, mark, marked_for = offer.room_id, f"last-unit:{offer.id}", self._mark_seconds(offer)
         try:
             # The mark is taken once the figure is published: a process that finds it taken
@@ -150,7 +157,7 @@ class StockAnnouncer:
             # figure waits its period.
             await self._events.try_gate(room, f"stock:{offer.id}", STOCK_ANNOUNCE_SECONDS)
             self._announced_at[offer.id] = time.monotonic()
-            await self.publish_stock(offer, 1)
+            await self.publish_stock(offer, figure)
             if not unless_marked:
                 await self._events.try_gate(room, mark, marked_for)
         except LiveshopError as error:
@@ -185,7 +192,8 @@ class StockAnnouncer:
         tries = 0
         while True:
             read_at = time.monotonic()
-            remaining = await self._stock.remaining(offer.id)
+            figure = await self._stock.figure(offer.id)
+            remaining = figure.remaining
             if remaining == 0:
                 if at_once:
                     # This process's claim took the last unit: it ends the offer, after its
@@ -211,7 +219,7 @@ class StockAnnouncer:
                 break
             await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
         self._announced_at[offer.id] = time.monotonic()
-        await self.publish_stock(offer, remaining)
+        await self.publish_stock(offer, figure)
         return self._changed_at.get(offer.id, 0.0) > read_at
 
     async def _end_sold_out(self, offer: FlashOffer) -> None:
@@ -231,9 +239,26 @@ class StockAnnouncer:
         if last_unit is not None:
             await asyncio.wait({last_unit}, timeout=LAST_UNIT_WAIT_SECONDS)
 
-    async def publish_stock(self, offer: FlashOffer, remaining: int) -> None:
+    async def tell_sold_out(self, offer: FlashOffer) -> None:
+        """0, right before `offer.ended` (sold out), once like the end. Its stock is stopped,
+        which raised the version above every figure read before: this one is told last."""
+        try:
+            version = (await self._stock.figure(offer.id)).version
+        except OfferPaused:  # lost at the end: told all the same, unordered
+            version = None
+        await self.publish_stock(offer, StockFigure(0, version))
+
+    async def publish_stock(self, offer: FlashOffer, figure: StockFigure) -> None:
+        """The figure, unless the room has heard one of a version as high (a process that read
+        earlier, or told the same one): its topic in the room's stream keeps them in order."""
         await self._events.publish_room_event(
             offer.room_id,
-            {"type": "offer.stock", "offer_id": offer.id, "remaining": remaining},
+            {
+                "type": "offer.stock",
+                "offer_id": offer.id,
+                "remaining": figure.remaining,
+                "stock_version": figure.version,
+            },
             topic=offer.id,
+            order=figure.version,
         )

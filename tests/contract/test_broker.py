@@ -154,6 +154,33 @@ async def test_nothing_on_a_topic_follows_the_event_that_closed_it(backend: Back
     ]  # fmt: skip
 
 
+async def test_an_ordered_topic_drops_what_comes_late_or_twice(backend: Backend) -> None:
+    await subscribe_both(backend, "r-order")
+    a, b = backend.a.broker, backend.b.broker
+
+    def figure(remaining: int) -> dict[str, object]:
+        return {"type": "offer.stock", "offer_id": "f1", "remaining": remaining}
+
+    assert await a.publish("r-order", figure(8), topic="f1", order=12) == 1
+    # Read earlier and sent later, or the same figure from another node: dropped.
+    assert await b.publish("r-order", figure(9), topic="f1", order=11) == 0
+    assert await b.publish("r-order", figure(8), topic="f1", order=12) == 0
+    assert await b.publish("r-order", figure(7), topic="f1", order=13) == 2
+    # Each topic keeps its own order; events without one are not ordered.
+    assert await a.publish("r-order", {**figure(3), "offer_id": "f2"}, topic="f2", order=1) == 3
+    assert await a.publish("r-order", figure(0), topic="f1") == 4
+    ended = {"type": "offer.ended", "offer_id": "f1"}
+    assert await b.publish("r-order", ended, topic="f1", last=True) == 5
+    assert await a.publish("r-order", figure(1), topic="f1", order=99) == 0
+    for node in (backend.a, backend.b):
+        await node.heard.wait_for(lambda n=node: len(n.heard.room_frames) == 5)
+        heard = [(f["type"], f.get("remaining")) for _, f in node.heard.room_frames]
+        assert heard == [
+            ("offer.stock", 8), ("offer.stock", 7), ("offer.stock", 3), ("offer.stock", 0),
+            ("offer.ended", None),
+        ]  # fmt: skip
+
+
 async def test_history_returns_missed_events_or_none_when_gone(backend: Backend) -> None:
     broker = backend.a.broker
     for i in range(10):

@@ -11,7 +11,7 @@ import pytest
 
 from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.errors import Unavailable
-from server.domain.offers import AttachOutcome, RecoveredClaim
+from server.domain.offers import AttachOutcome, RecoveredClaim, StockFigure
 from tests.contract.stock_backends import END, NOW, T0, Backend, R, open_offer, rebuild_offer
 from tests.servers import RedisServer
 
@@ -179,3 +179,37 @@ async def test_a_redis_restart_pauses_claims_until_the_rebuild(
         assert (await stock.claim("of1", "newcomer", 1, "after", NOW)).remaining == 49 - held
     finally:
         await stock.close()
+
+
+async def test_every_stock_change_raises_the_version_and_a_rebuild_starts_above_it(
+    backend: Backend,
+) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=5, limit=2)
+    opened = await stock.figure("of1")
+    v = opened.version
+    assert opened.remaining == 5
+    assert v is not None
+    reserved = await stock.claim("of1", "alice", 2, "k1", NOW)
+    assert reserved.figure() == StockFigure(3, v + 1)
+    # Asking changes nothing: a retry and a refusal leave the version where it was.
+    retry = await stock.claim("of1", "alice", 2, "k1", NOW)
+    assert retry.figure() == StockFigure(3, v + 1)
+    assert (await stock.claim("of1", "alice", 1, "k2", NOW)).outcome is R.LIMIT_REACHED
+    assert (await stock.figure("of1")).version == v + 1
+    assert await stock.release("of1", "k1")
+    assert await stock.figure("of1") == StockFigure(5, v + 2)
+    assert not await stock.release("of1", "k1")
+    assert (await stock.figure("of1")).version == v + 2
+    await stock.stop("of1")  # the end's figure comes after every one before it
+    assert await stock.figure("of1") == StockFigure(5, v + 3)
+
+    await backend.lose_everything()
+    with pytest.raises(Unavailable) as raised:
+        await stock.figure("of1")
+    assert raised.value.code == "offer_paused"
+    assert await rebuild_offer(stock, quantity=5, limit=2, stopped=True)
+    rebuilt = await stock.figure("of1")
+    assert rebuilt.remaining == 5
+    assert rebuilt.version is not None
+    assert rebuilt.version > v + 3

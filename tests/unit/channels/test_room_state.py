@@ -58,3 +58,22 @@ def test_one_users_leaving_keeps_the_others_chat_state() -> None:
     assert room.remove(ana)
     assert room.chat_state("bo") is bos
     assert room.connections == {bo}
+
+
+def test_a_stock_figure_older_than_the_one_loaded_does_not_replace_it() -> None:
+    # The stream keeps figures in order, but this process may have read a newer one when it
+    # loaded the room: what it shows new viewers must not go back.
+    room = LocalRoom("r1")
+    room.offers["f1"] = {"id": "f1", "remaining": 3, "stock_version": 12}
+
+    def told(remaining: int, version: int | None) -> dict[str, object]:
+        room.apply(
+            {"type": "offer.stock", "offer_id": "f1", "remaining": remaining,
+             "stock_version": version}
+        )  # fmt: skip
+        return {k: room.offers["f1"][k] for k in ("remaining", "stock_version")}
+
+    assert told(4, 11) == {"remaining": 3, "stock_version": 12}
+    assert told(3, 12) == {"remaining": 3, "stock_version": 12}
+    assert told(2, 13) == {"remaining": 2, "stock_version": 13}
+    assert told(0, None) == {"remaining": 0, "stock_version": None}  # sold out, its stock lost

@@ -13,7 +13,7 @@ from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
 from server.domain.identity import Identity, Role, scoped_key
 from server.domain.money import Money
-from server.domain.offers import EndReason, FlashOffer
+from server.domain.offers import EndReason, FlashOffer, StockFigure
 from server.domain.orders import Address, Order, OrderStatus
 from server.ports import OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
@@ -386,14 +386,14 @@ async def test_an_ended_offer_shows_what_it_had_left_when_it_ended(shop: Shop) -
     order, _ = await shop.claim(stopped, buyer(1), "k1")
     await shop.offers.stop(stopped.id, HOST)
     await shop.orders.cancel(order.id, buyer(1))
-    assert (await shop.offers.view(stopped.id))[1] == 2
+    assert (await shop.offers.view(stopped.id))[1] == StockFigure(2, None)
 
     sold_out = await shop.launch(quantity=2, limit=1)
     orders = [(await shop.claim(sold_out, buyer(n), f"s{n}"))[0] for n in (1, 2)]
     await settle()  # the claim that took the last unit ends the offer
     await shop.orders.cancel(orders[0].id, buyer(1))
-    offer, remaining = await shop.offers.view(sold_out.id)
-    assert (offer.end_reason, remaining) == (EndReason.SOLD_OUT, 0)
+    offer, stock = await shop.offers.view(sold_out.id)
+    assert (offer.end_reason, stock) == (EndReason.SOLD_OUT, StockFigure(0, None))
 
 
 def test_keys_of_ids_without_colons_are_stored_as_before_the_escaping() -> None:

@@ -181,7 +181,9 @@ class FlashSale(RuleBasedStateMachine):
             return
         orders = self.all_orders()
         held = [o for o in orders if o.status in HOLDS_STOCK]
-        remaining = self.run(self.offers.remaining(self.offer))  # rebuilds after a loss
+        if not self.run(self.stock.is_ready(self.offer.id)):
+            self.run(self.offers.rebuild(self.offer.id))  # as a reader would after a loss
+        remaining = self.run(self.stock.remaining(self.offer.id))
         units = sum(o.quantity for o in held)
         orphans = self.run(self.stock.pending_without_order(self.offer.id, FAR_FUTURE))
         assert remaining >= 0

@@ -14,7 +14,7 @@ import pytest
 
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Unavailable
-from server.domain.offers import EndReason, FlashOffer
+from server.domain.offers import EndReason, FlashOffer, StockFigure
 from server.ports import OrderStore, StockReservations
 from server.services import stock_announcer
 from server.services.housekeeping import Housekeeper
@@ -105,8 +105,8 @@ class SlowReads:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shared, name)
 
-    async def remaining(self, offer_id: str) -> int:
-        figure = await self._shared.remaining(offer_id)
+    async def figure(self, offer_id: str) -> StockFigure:
+        figure = await self._shared.figure(offer_id)
         await asyncio.sleep(self.delay)
         return figure
 
@@ -235,6 +235,21 @@ async def test_a_change_made_while_its_figure_is_on_the_way_is_announced_too(sho
     assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [9, 8]
 
 
+async def test_a_figure_overtaken_by_a_newer_one_is_not_told_after_it(shop: Shop) -> None:
+    # A slow process reads 9 and sends it late; meanwhile this one reads 8 and tells it: the
+    # room must not go back to 9 (and stay there: neither process has a change left to tell).
+    slow = SlowPublish(shop.events, delay=3 * STOCK_ANNOUNCE_SECONDS)
+    _, late = other_process(shop, events=cast(RecordingEvents, slow))
+    offer = await shop.launch(quantity=10, limit=1)
+    await late.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    await asyncio.sleep(0.05)  # 9 is read, the gate taken, and the figure on its slow way
+    await shop.claim(offer, buyer(2), "k")  # 8: told when the gate's period is over
+    await asyncio.sleep(4 * STOCK_ANNOUNCE_SECONDS)
+    figures = shop.events.of_type("offer.stock")
+    assert [event["remaining"] for event in figures] == [8]
+    assert figures[0]["stock_version"] == (await shop.stock.figure(offer.id)).version
+
+
 async def test_the_end_is_told_even_when_its_stock_figure_cannot_be(shop: Shop) -> None:
     publish = shop.events.publish_room_event
 
@@ -270,7 +285,7 @@ async def test_a_change_as_an_announcement_returns_is_announced_too(shop: Shop) 
     # The announcement has returned; its done callback has not run yet. A reservation's answer
     # lands in this same pass, and the claim tells the offers so, as OrderService.claim does.
     reserved = await shop.stock.claim(offer.id, "buyer-3", 1, "buyer-3:k", shop.clock())
-    shop.offers.stock_moved(offer, reserved.remaining)
+    shop.offers.stock_moved(offer, reserved.figure())
     await asyncio.sleep(2 * STOCK_ANNOUNCE_SECONDS + 0.1)
     assert [event["remaining"] for event in shop.events.of_type("offer.stock")] == [9, 8, 7]
 
@@ -408,11 +423,11 @@ async def test_a_process_that_keeps_losing_the_gate_still_tells_its_change(
 async def test_an_announcement_that_fails_unexpectedly_is_logged(
     shop: Shop, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def broken(offer_id: str) -> int:
+    async def broken(offer_id: str) -> StockFigure:
         raise ConnectionError("the reservation store went away")  # not a LiveshopError
 
-    shop.stock.remaining = broken  # type: ignore[method-assign]
     offer = await shop.launch(quantity=5, limit=1)
+    shop.stock.figure = broken  # type: ignore[method-assign]
     with caplog.at_level(logging.WARNING, logger="liveshop.offers"):
         await shop.claim(offer, buyer(1), "k")
         await asyncio.sleep(0.05)
@@ -443,14 +458,14 @@ async def test_offers_whose_stock_is_quiet_are_forgotten(shop: Shop) -> None:
     offers = [await shop.launch(quantity=3, limit=1) for _ in range(3)]
     for offer in offers:
         await shop.claim(offer, buyer(1), f"k-{offer.id}")
-        announcer.stock_moved(offer, 2)
+        announcer.stock_moved(offer, await shop.stock.figure(offer.id))
     announcer.forget_quiet()  # each announcement still waiting: kept
     assert announcer.remembered() == 3
     await settle()  # told, a period ago
     await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
     announcer.forget_quiet()
     assert announcer.remembered() == 0
-    announcer.stock_moved(offers[0], 1)
+    announcer.stock_moved(offers[0], StockFigure(1, None))
     assert announcer.remembered() == 1
     await announcer.close()
 
