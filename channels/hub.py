@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from channels.broker import Broker, encode_body
+from channels.broker import Broker, Counters, encode_body
 from channels.close_codes import CloseCode
 from channels.connection import Connection, FrameSender
 from channels.direct_send import DirectSocket
@@ -32,6 +32,11 @@ from server.metrics import Metrics
 log = logging.getLogger("liveshop.hub")
 
 RoomLoader = Callable[[str], Awaitable[RoomView]]
+# Keeps a room's likes and peak viewers where they outlive Redis (RoomStore.keep_counters).
+CounterKeeper = Callable[[str, int, int], Awaitable[None]]
+# How often a process serving a room keeps its counters: what a Redis that loses its data can
+# take from the host's figures (keeping is one write a room and process each time).
+KEEP_COUNTERS_SECONDS = 10.0
 
 # A room with no local viewers keeps its subscription this long, so a quick reconnect is cheap.
 LINGER_SECONDS = 15.0
@@ -49,13 +54,19 @@ class HubLimits:
 
 class Hub:
     def __init__(
-        self, broker: Broker, load_room: RoomLoader, metrics: Metrics, limits: HubLimits
+        self,
+        broker: Broker,
+        load_room: RoomLoader,
+        metrics: Metrics,
+        limits: HubLimits,
+        keep_counters: CounterKeeper | None = None,
     ) -> None:
         self.broker = broker
         self.metrics = metrics
         self.limits = limits
         self.draining = False
         self._load_room = load_room
+        self._keep = keep_counters
         self._rooms: dict[str, LocalRoom] = {}
         self._users: dict[str, set[Connection]] = {}
         self._subscriptions = asyncio.Lock()
@@ -214,7 +225,8 @@ class Hub:
             self.metrics.rooms.set(len(self._rooms))
             with contextlib.suppress(Exception):
                 await self.broker.unsubscribe_room(room.room_id)
-                await self.broker.update_counters(room.room_id, room.likes_pending, 0)
+                counters = await self.broker.update_counters(room.room_id, room.likes_pending, 0)
+                await self._keep_counters(room, counters, now=True)
 
     async def _watch_user(self, user_id: str, conn: Connection) -> None:
         conns = self._users.setdefault(user_id, set())
@@ -469,6 +481,27 @@ class Hub:
             await self.publish_room_event(
                 room.room_id, {"type": "viewers", "count": counters.viewers}
             )
+        await self._keep_counters(room, counters)
+
+    async def _keep_counters(
+        self, room: LocalRoom, counters: Counters, *, now: bool = False
+    ) -> None:
+        """Every KEEP_COUNTERS_SECONDS while this process serves the room, and when it stops
+        (the room emptied or ended): the host's figures outlive Redis's copy."""
+        figures = (counters.likes, counters.peak_viewers)
+        if self._keep is None or figures == room.kept:
+            return
+        if not now and time.monotonic() - room.kept_at < KEEP_COUNTERS_SECONDS:
+            return
+        try:
+            await self._keep(room.room_id, *figures)
+        except Exception as exc:  # kept at the next period
+            log.warning(
+                "room_counters_not_kept",
+                extra={"room_id": room.room_id, "error": type(exc).__name__},
+            )
+            return
+        room.kept, room.kept_at = figures, time.monotonic()
 
     def add_likes(self, room: LocalRoom, count: int) -> None:
         room.likes_pending += count

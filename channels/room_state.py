@@ -63,6 +63,9 @@ class LocalRoom:
     likes: int = 0
     viewers: int = 0
     peak_viewers: int = 0
+    # Likes and peak viewers as this process last kept them in the room store, and when.
+    kept: tuple[int, int] = (0, 0)
+    kept_at: float = 0.0
 
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _chat: dict[str, ChatState] = field(default_factory=dict)

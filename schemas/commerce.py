@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.http import MoneyIn
+from server.domain.identity import client_key
 from server.domain.offers import FlashOffer, StockFigure
 from server.domain.orders import Address, Order
 
@@ -100,6 +101,9 @@ def order_to_wire(order: Order) -> dict[str, Any]:
         "offer_id": order.offer_id,
         "room_id": order.room_id,
         "buyer_id": order.buyer_id,
+        # The key of the claim that made it: a buyer with claims in flight on several devices
+        # tells which one this answers (each `order.updated` goes to all of them).
+        "idempotency_key": client_key(order.buyer_id, order.idempotency_key),
         "product": order.product,
         "unit_price": order.unit_price.to_wire(),
         "quantity": order.quantity,

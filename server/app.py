@@ -210,7 +210,7 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
         chat_per_second=settings.chat_per_second,
         batch_seconds=settings.batch_window_ms / 1000,
     )
-    hub = Hub(backends.broker, load_room, metrics, limits)
+    hub = Hub(backends.broker, load_room, metrics, limits, backends.rooms.keep_counters)
     offer_service = OfferService(
         backends.offers, backends.orders, backends.rooms, backends.products, backends.stock, hub
     )

@@ -76,10 +76,18 @@ class MemoryRoomStore:
         updated = copy.deepcopy(room)
         updated.slow_mode_seconds = stored.slow_mode_seconds
         updated.blocked_words = stored.blocked_words
+        updated.kept_likes, updated.kept_peak_viewers = stored.kept_likes, stored.kept_peak_viewers
         self._rooms[room.id] = updated
 
     async def set_slow_mode(self, room_id: str, seconds: int) -> None:
         (await self._stored(room_id)).slow_mode_seconds = seconds
+
+    async def keep_counters(self, room_id: str, likes: int, peak_viewers: int) -> None:
+        room = self._rooms.get(room_id)
+        if room is None:
+            return  # as MongoDB's update of no document
+        room.kept_likes = max(room.kept_likes, likes)
+        room.kept_peak_viewers = max(room.kept_peak_viewers, peak_viewers)
 
     async def set_blocked_words(self, room_id: str, words: builtins.list[str]) -> None:
         (await self._stored(room_id)).blocked_words = list(words)

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from server.domain.orders import OrderStatus
+from server.domain.orders import HOLDS_STOCK, OrderStatus
 
 # An order counts as claimed until it is cancelled or expires (a refunded order was claimed
 # and paid, then paid back); it counts as paid from payment until a refund.
@@ -31,6 +31,8 @@ class OfferFigures:
     # Every order placed, whatever became of it: claim-to-paid conversion is paid over these.
     # Over `orders` alone it would climb towards 100 % as unpaid orders expire.
     placed: int = 0
+    # Units its orders still hold: claimed, less what refunds gave back to the product.
+    held_units: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +48,12 @@ class OrderGroup:
 
 
 def figures_of(offer_id: str, groups: Iterable[OrderGroup]) -> OfferFigures:
-    orders = units = paid_orders = paid_units = placed = 0
+    orders = units = paid_orders = paid_units = placed = held_units = 0
     gmv: dict[str, Decimal] = {}
     for group in groups:
         placed += group.orders
+        if group.status in HOLDS_STOCK:
+            held_units += group.units
         if group.status in _NOT_CLAIMED:
             continue
         orders += group.orders
@@ -58,4 +62,4 @@ def figures_of(offer_id: str, groups: Iterable[OrderGroup]) -> OfferFigures:
             paid_orders += group.orders
             paid_units += group.units
             gmv[group.currency] = gmv.get(group.currency, Decimal(0)) + group.amount
-    return OfferFigures(offer_id, orders, units, paid_orders, paid_units, gmv, placed)
+    return OfferFigures(offer_id, orders, units, paid_orders, paid_units, gmv, placed, held_units)

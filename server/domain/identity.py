@@ -39,4 +39,17 @@ def scoped_key(user_id: str, key: str) -> str:
     in the user id escaped, so that no two (user, key) pairs give the same string (user "x:a"
     with key "k" against user "x" with key "a:k"). Ids without them, by far the usual, give
     what versions before the escaping stored."""
-    return f"{user_id.replace('%', '%25').replace(':', '%3A')}:{key}"
+    return f"{_escaped(user_id)}:{key}"
+
+
+def client_key(user_id: str, scoped: str) -> str:
+    """The client's own key back from `scoped_key`, or from the unescaped "user:key" that
+    versions before the escaping stored."""
+    for prefix in (f"{_escaped(user_id)}:", f"{user_id}:"):
+        if scoped.startswith(prefix):
+            return scoped[len(prefix) :]
+    return scoped
+
+
+def _escaped(user_id: str) -> str:
+    return user_id.replace("%", "%25").replace(":", "%3A")

@@ -56,7 +56,8 @@ def units_booked(offers: Iterable[FlashOffer], claimed: Mapping[str, int]) -> in
     while it runs and until its end is finished; then the units it had taken when the end
     stopped its stock (`taken_at_end`: only those may still become orders; the whole quantity
     if the stock was lost then) until it has settled (see LATE_ORDERS); then the units its
-    orders still claim (`claimed`, by offer id: cancelled and expired orders gave theirs back).
+    orders still hold (`claimed`, by offer id: cancelled, expired and refunded orders gave
+    theirs back).
     Each figure is at most the one before, so a booking read once never grows afterwards."""
     return sum(_booked(offer, claimed) for offer in offers)
 

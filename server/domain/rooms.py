@@ -30,6 +30,10 @@ class Room:
     pinned_product_id: str | None = None
     slow_mode_seconds: int = 0
     blocked_words: list[str] = field(default_factory=list)
+    # Likes and peak viewers as last kept (RoomStore.keep_counters). The live figures are
+    # Redis's, which a restart may lose and which expire a day after the room's last viewer.
+    kept_likes: int = 0
+    kept_peak_viewers: int = 0
 
     def start(self, now: datetime) -> None:
         if self.status is not RoomStatus.SCHEDULED:

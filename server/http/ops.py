@@ -79,8 +79,10 @@ async def room_stats(request: Request) -> JSONResponse:
         "room_id": room.id,
         "status": room.status.value,
         "viewers": counters.viewers,
-        "peak_viewers": counters.peak_viewers,
-        "likes": counters.likes,
+        # Redis's, unless a restart lost them, or a day after the show they expired: then as
+        # last kept (RoomStore.keep_counters).
+        "peak_viewers": max(counters.peak_viewers, room.kept_peak_viewers),
+        "likes": max(counters.likes, room.kept_likes),
         "orders": orders,
         "orders_placed": placed,
         "paid_orders": paid,

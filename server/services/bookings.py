@@ -151,7 +151,7 @@ class ProductBookings:
     async def units_booked(self, offers: list[FlashOffer]) -> int:
         settled = [offer.id for offer in offers if offer.settled_at is not None]
         figures = await self._orders.figures_of_offers(settled) if settled else []
-        return units_booked(offers, {f.offer_id: f.units for f in figures})
+        return units_booked(offers, {f.offer_id: f.held_units for f in figures})
 
     async def set_stock(self, who: Identity, product_id: str, stock: int) -> Product:
         """A restock or a count: the units the seller has, and no fewer than the product's

@@ -272,7 +272,11 @@ class OrderService:
 
     async def _load_snapshot(self, offer_id: str) -> dict[str, Any]:
         offer = await self._launched.get(offer_id)
-        return product_to_wire(await self._products.get(offer.product_id))
+        product = product_to_wire(await self._products.get(offer.product_id))
+        # The goods as sold. Not the seller's stock: no part of them, read at another moment by
+        # each process, and not the buyer's business.
+        del product["stock"]
+        return product
 
     # Reading and cancelling --------------------------------------------------------------------
 

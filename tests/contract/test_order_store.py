@@ -75,7 +75,7 @@ async def test_create_is_idempotent_by_offer_and_key(stores: Stores) -> None:
     other = sample_order("o_3", "k_1", offer=sample_offer("of_2"))
     assert await stores.orders.create(other) == other
     assert await figures_of_offer(stores.orders, "of_1") == OfferFigures(
-        "of_1", orders=1, units=2, placed=1
+        "of_1", orders=1, units=2, placed=1, held_units=2
     )
 
 
@@ -85,7 +85,7 @@ async def test_concurrent_creates_with_one_key_make_one_order(stores: Stores) ->
     assert len({r.id for r in results}) == 1
     assert len(await stores.orders.list_for_buyer("u_1", 100)) == 1
     assert await figures_of_offer(stores.orders, "of_1") == OfferFigures(
-        "of_1", orders=1, units=3, placed=1
+        "of_1", orders=1, units=3, placed=1, held_units=3
     )
 
 
@@ -94,7 +94,7 @@ async def test_concurrent_creates_all_count(stores: Stores) -> None:
     orders = [sample_order(f"o_{i}", f"k_{i}", buyer=f"u_{i}", quantity=1) for i in range(30)]
     await asyncio.gather(*(stores.orders.create(o) for o in orders))
     assert await figures_of_offer(stores.orders, "of_1") == OfferFigures(
-        "of_1", orders=30, units=30, placed=30
+        "of_1", orders=30, units=30, placed=30, held_units=30
     )
 
 
@@ -124,7 +124,7 @@ async def test_creates_arriving_together_each_get_their_own_answer(stores: Store
         with pytest.raises(NotFound):
             await stores.orders.get(missing)
     assert await figures_of_offer(stores.orders, "of_1") == OfferFigures(
-        "of_1", orders=3, units=7, placed=3
+        "of_1", orders=3, units=7, placed=3, held_units=7
     )
 
 
@@ -139,7 +139,7 @@ async def test_a_retry_among_new_creates_costs_them_nothing(stores: Stores) -> N
     assert results[6] == fresh[0]
     assert results[6] is not results[0]  # equal, but not one object two requests could change
     assert await figures_of_offer(stores.orders, "of_1") == OfferFigures(
-        "of_1", orders=6, units=7, placed=6
+        "of_1", orders=6, units=7, placed=6, held_units=7
     )
 
 
@@ -149,7 +149,7 @@ async def test_an_order_id_taken_by_another_key_is_a_conflict(stores: Stores) ->
         await stores.orders.create(sample_order("o_1", "k_2"))
     assert error.value.code == "order_exists"
     assert await figures_of_offer(stores.orders, "of_1") == OfferFigures(
-        "of_1", orders=1, units=2, placed=1
+        "of_1", orders=1, units=2, placed=1, held_units=2
     )
 
 
@@ -303,7 +303,7 @@ async def test_two_racing_moves_one_wins(stores: Stores) -> None:
     assert is_legal_history(got.history)
     figures = await figures_of_offer(stores.orders, "of_1")
     if got.status is S.PAID:
-        expected = OfferFigures("of_1", 1, 2, 1, 2, {"USD": Decimal("25.00")}, placed=1)
+        expected = OfferFigures("of_1", 1, 2, 1, 2, {"USD": Decimal("25.00")}, 1, 2)
     else:
         expected = OfferFigures("of_1", placed=1)
     assert figures == expected
@@ -313,19 +313,22 @@ async def test_figures_follow_payment_and_refund(stores: Stores) -> None:
     await stores.orders.create(sample_order("o_1", "k_1", quantity=2))
     await stores.orders.create(sample_order("o_2", "k_2", quantity=1, buyer="u_2"))
     figures = functools.partial(figures_of_offer, stores.orders)
-    assert await figures("of_1") == OfferFigures("of_1", orders=2, units=3, placed=2)
+    assert await figures("of_1") == OfferFigures("of_1", orders=2, units=3, placed=2, held_units=3)
 
     await move_order(stores.orders, "o_1", S.PAID)
-    assert await figures("of_1") == OfferFigures("of_1", 2, 3, 1, 2, {"USD": Decimal("25.00")}, 2)
+    assert await figures("of_1") == OfferFigures(
+        "of_1", 2, 3, 1, 2, {"USD": Decimal("25.00")}, 2, 3
+    )
     await move_order(stores.orders, "o_2", S.PAID)
-    paid_both = OfferFigures("of_1", 2, 3, 2, 3, {"USD": Decimal("37.50")}, 2)
+    paid_both = OfferFigures("of_1", 2, 3, 2, 3, {"USD": Decimal("37.50")}, 2, 3)
     assert await figures("of_1") == paid_both
     await move_order(stores.orders, "o_2", S.FULFILLING)  # changes no figure
     assert await figures("of_1") == paid_both
 
     await move_order(stores.orders, "o_1", S.REFUNDED)
     after_refund = await figures("of_1")
-    assert after_refund == OfferFigures("of_1", 2, 3, 1, 1, {"USD": Decimal("12.50")}, 2)
+    # Claimed still, but its units went back: o_2's 1 unit is all the offer holds.
+    assert after_refund == OfferFigures("of_1", 2, 3, 1, 1, {"USD": Decimal("12.50")}, 2, 1)
     assert str(after_refund.gmv["USD"]) == "12.50"  # exact decimal, never a float
 
 
@@ -334,8 +337,9 @@ async def test_a_currency_whose_payments_were_all_refunded_has_no_gmv(stores: St
     await move_order(stores.orders, "o_1", S.PAID)
     await move_order(stores.orders, "o_1", S.REFUNDED, minutes=2)
     # Still claimed (it was bought), no longer paid: no "0.00" left behind for the currency.
+    # Its units went back to the product: it holds none.
     assert await figures_of_offer(stores.orders, "of_1") == OfferFigures(
-        "of_1", orders=1, units=2, placed=1
+        "of_1", orders=1, units=2, placed=1, held_units=0
     )
 
 
@@ -344,9 +348,9 @@ async def test_figures_of_several_offers_in_one_call(stores: Stores) -> None:
     await stores.orders.create(sample_order("o_2", "k_2", quantity=1, offer=sample_offer("of_2")))
     await move_order(stores.orders, "o_2", S.PAID)
     assert await stores.orders.figures_of_offers(["of_2", "of_none", "of_1"]) == [
-        OfferFigures("of_2", 1, 1, 1, 1, {"USD": Decimal("12.50")}, placed=1),
+        OfferFigures("of_2", 1, 1, 1, 1, {"USD": Decimal("12.50")}, 1, 1),
         OfferFigures("of_none"),
-        OfferFigures("of_1", orders=1, units=2, placed=1),
+        OfferFigures("of_1", orders=1, units=2, placed=1, held_units=2),
     ]
     assert await stores.orders.figures_of_offers([]) == []
 
@@ -357,7 +361,7 @@ async def test_figures_drop_expired_and_cancelled_orders_but_count_them_placed(
     await stores.orders.create(sample_order("o_1", "k_1", quantity=2))
     await stores.orders.create(sample_order("o_2", "k_2", quantity=3))
     await move_order(stores.orders, "o_1", S.EXPIRED)
-    expired_one = OfferFigures("of_1", orders=1, units=3, placed=2)
+    expired_one = OfferFigures("of_1", orders=1, units=3, placed=2, held_units=3)
     assert await figures_of_offer(stores.orders, "of_1") == expired_one
     await move_order(stores.orders, "o_2", S.CANCELLED)
     assert await figures_of_offer(stores.orders, "of_1") == OfferFigures("of_1", placed=2)

@@ -49,7 +49,7 @@ async def test_mongo_processes_writing_at_once(mongo_db: Any) -> None:
     )
     for store in stores:
         assert await figures_of_offer(store, "of_1") == OfferFigures(
-            "of_1", 160, 160, 80, 80, {"USD": Decimal("1000.00")}, placed=160
+            "of_1", 160, 160, 80, 80, {"USD": Decimal("1000.00")}, 160, 160
         )
 
 
@@ -76,7 +76,7 @@ async def test_mongo_creates_arriving_together_share_one_insert(mongo_db: Any) -
     assert await asyncio.gather(*(store.create(o) for o in orders)) == orders
     assert await counts() == (inserts + 1, transactions)  # one insert, no transaction
     assert await figures_of_offer(store, "of_1") == OfferFigures(
-        "of_1", orders=151, units=152, placed=151
+        "of_1", orders=151, units=152, placed=151, held_units=152
     )
     await store.close()
 
@@ -100,7 +100,7 @@ async def test_mongo_a_document_refused_for_another_reason_fails_alone(mongo_db:
     assert await _insert_commands(mongo_db) == inserts + 1  # all three in one insert
     assert await store.by_key("of_1", "k_2") is None
     assert await figures_of_offer(store, "of_1") == OfferFigures(
-        "of_1", orders=2, units=3, placed=2
+        "of_1", orders=2, units=3, placed=2, held_units=3
     )
     await store.close()
 

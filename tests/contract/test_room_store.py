@@ -202,6 +202,21 @@ async def test_save_keeps_settings_changed_meanwhile(
     assert (await stores.rooms.get("r_1")).blocked_words == ["spam"]
 
 
+async def test_kept_counters_only_rise_and_outlive_a_save(stores: Stores) -> None:
+    await stores.rooms.create(_room())
+    room = await stores.rooms.get("r_1")
+    assert (room.kept_likes, room.kept_peak_viewers) == (0, 0)
+    await stores.rooms.keep_counters("r_1", 40, 3)
+    await stores.rooms.keep_counters("r_1", 12, 5)  # read by a process after Redis lost them
+    room.start(T0)  # a room read before they were kept, saved after
+    await stores.rooms.save(room, expected_status=RoomStatus.SCHEDULED)
+    got = await stores.rooms.get("r_1")
+    assert (got.kept_likes, got.kept_peak_viewers) == (40, 5)
+    await stores.rooms.keep_counters("r_missing", 1, 1)  # changes nothing, anywhere
+    with pytest.raises(NotFound):
+        await stores.rooms.get("r_missing")
+
+
 async def test_bans_are_per_room_and_idempotent(stores: Stores) -> None:
     await stores.rooms.ban("r_1", "u_1", by="host-1", at=T0)
     await asyncio.gather(*(stores.rooms.ban("r_1", "u_2", by="host-1", at=T0) for _ in range(5)))

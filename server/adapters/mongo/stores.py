@@ -167,6 +167,12 @@ class MongoRoomStore:
         await self._set(room_id, {"slow_mode_seconds": seconds})
 
     @_translate_errors
+    async def keep_counters(self, room_id: str, likes: int, peak_viewers: int) -> None:
+        await self._rooms.update_one(
+            {"_id": room_id}, {"$max": {"likes": likes, "peak_viewers": peak_viewers}}
+        )
+
+    @_translate_errors
     async def set_blocked_words(self, room_id: str, words: builtins.list[str]) -> None:
         await self._set(room_id, {"blocked_words": list(words)})
 
@@ -315,4 +321,6 @@ def _room_from(doc: Document) -> Room:
         pinned_product_id=doc.get("pinned_product_id"),
         slow_mode_seconds=doc.get("slow_mode_seconds", 0),
         blocked_words=list(doc.get("blocked_words", [])),
+        kept_likes=doc.get("likes", 0),
+        kept_peak_viewers=doc.get("peak_viewers", 0),
     )

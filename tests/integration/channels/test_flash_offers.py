@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import redis.asyncio as aioredis
 import websockets
 from pymongo import AsyncMongoClient
 
@@ -279,6 +280,22 @@ async def test_the_host_sees_orders_per_offer(live: Live) -> None:
         f"/api/v1/rooms/{live.room_id}/stats", headers={"Authorization": f"Bearer {token('leo')}"}
     )
     assert shopper.status_code == 403
+
+
+async def test_the_hosts_likes_and_peak_outlive_redis(live: Live, clean_redis: str) -> None:
+    async with websockets.connect(live.url("leo")) as leo:
+        await recv(leo)
+        await leo.send(json.dumps({"type": "like", "count": 9}))
+        while (await recv_type(leo, "likes"))["count"] < 9:
+            pass
+        await asyncio.sleep(0.5)  # kept in the same tick that told the room
+    redis = aioredis.from_url(clean_redis)
+    try:
+        await redis.flushall()  # a restart without persistence, or a day after the show
+    finally:
+        await redis.aclose()
+    stats = (await live.host("GET", f"/rooms/{live.room_id}/stats")).json()
+    assert (stats["likes"], stats["peak_viewers"]) == (9, 1)
 
 
 async def test_conversion_counts_the_orders_that_were_never_paid(

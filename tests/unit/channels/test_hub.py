@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from channels import hub as hub_module
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
 from channels.errors import RoomEnded
@@ -243,6 +244,40 @@ async def test_viewer_counts_add_up_across_processes() -> None:
     finally:
         for hub in hubs:
             await hub.close()
+
+
+async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "KEEP_COUNTERS_SECONDS", 0.2)
+    monkeypatch.setattr(hub_module, "LINGER_SECONDS", 0.1)
+    kept: list[tuple[str, int, int]] = []
+
+    async def keep(room_id: str, likes: int, peak_viewers: int) -> None:
+        kept.append((room_id, likes, peak_viewers))
+
+    bus = MemoryBus()
+    hub = Hub(MemoryBroker(bus), load_room, Metrics(), HubLimits(counter_interval=0.05), keep)
+    await hub.start()
+    try:
+        _, room = await hub.join("r1", viewer(1), Socket())
+        await hub.join("r1", viewer(2), Socket())
+        hub.add_likes(room, 7)
+        await asyncio.sleep(0.15)
+        assert kept == [("r1", 7, 2)]  # at the first tick, then not again within the period
+        hub.add_likes(room, 1)
+        await asyncio.sleep(0.3)
+        assert kept == [("r1", 7, 2), ("r1", 8, 2)]
+        await asyncio.sleep(0.3)
+        assert len(kept) == 2  # nothing new: nothing written
+        monkeypatch.setattr(hub_module, "KEEP_COUNTERS_SECONDS", 100.0)  # only closing keeps
+        for c in list(room.connections):
+            await hub.leave(c)
+        hub.add_likes(room, 2)  # tapped as the last viewer left: kept when the room closes
+        await asyncio.sleep(0.3)
+        assert kept[-1] == ("r1", 10, 2)
+    finally:
+        await hub.close()
 
 
 async def test_ban_closes_the_users_sockets_after_the_event(hub: Hub) -> None:

@@ -8,10 +8,11 @@ from typing import Any, cast
 
 import pytest
 
+from schemas.commerce import order_to_wire
 from server.adapters.memory_orders import MemoryOrderStore
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
-from server.domain.identity import Identity, Role, scoped_key
+from server.domain.identity import Identity, Role, client_key, scoped_key
 from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer, StockFigure
 from server.domain.orders import Address, Order, OrderStatus
@@ -59,6 +60,7 @@ async def test_a_claim_creates_a_pending_order_and_tells_the_buyer(shop: Shop) -
     assert order.status is OrderStatus.PENDING_PAYMENT
     assert order.total == Money(Decimal("9.90"), "USD")
     assert order.product["title"] == "Serum"
+    assert "stock" not in order.product  # the seller's, not the goods'
     assert [u for u, e in shop.events.private if e["type"] == "order.updated"] == ["buyer-1"]
     assert await shop.stock.remaining(offer.id) == 2
 
@@ -400,3 +402,16 @@ def test_keys_of_ids_without_colons_are_stored_as_before_the_escaping() -> None:
     # Orders and reservations stored by earlier versions are found by their retries.
     assert scoped_key("buyer-1", "k:1") == "buyer-1:k:1"
     assert scoped_key("x:a", "k") != scoped_key("x", "a:k")
+
+
+@pytest.mark.parametrize("user_id", ["buyer-1", "x:a", "100%:", ":"])
+def test_the_clients_own_key_comes_back_from_a_scoped_one(user_id: str) -> None:
+    for key in ("k", "a:k", "%3A", ""):
+        assert client_key(user_id, scoped_key(user_id, key)) == key
+        assert client_key(user_id, f"{user_id}:{key}") == key  # as stored before the escaping
+
+
+async def test_an_order_names_the_key_of_the_claim_that_made_it(shop: Shop) -> None:
+    offer = await shop.launch(quantity=3, limit=2)
+    order, _ = await shop.claim(offer, Identity("x:a", Role.SHOPPER), "phone:1")
+    assert order_to_wire(order)["idempotency_key"] == "phone:1"

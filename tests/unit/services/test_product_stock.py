@@ -120,6 +120,20 @@ async def test_an_order_cancelled_after_its_offer_settled_frees_its_unit(shop: S
     await shop.launch(quantity=1, limit=1)
 
 
+async def test_an_order_refunded_after_its_offer_settled_frees_its_unit(shop: Shop) -> None:
+    # No refund endpoint yet (payments come later): the store's move stands in for it.
+    offer = await shop.launch(quantity=STOCK, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k")
+    for to in (OrderStatus.PAID, OrderStatus.REFUNDED):
+        moved = await shop.orders_store.get(order.id)
+        before = moved.status
+        moved.move(to, at=shop.clock(), by="system", reason="test")
+        await shop.orders_store.save_move(moved, expected=before)
+    await shop.offers.stop(offer.id, HOST)
+    await settle(shop)
+    await shop.launch(quantity=STOCK, limit=1)  # the refunded unit is the product's again
+
+
 async def test_a_claim_reserved_before_the_end_cannot_become_an_order_once_settled(
     shop: Shop,
 ) -> None:
