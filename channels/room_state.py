@@ -147,6 +147,11 @@ class LocalRoom:
             self.slow_mode_seconds = int(event.get("seconds", 0))
         elif kind == "offer.started":
             offer = dict(event["offer"])
+            known = self.offers.get(str(offer["id"]))
+            stale = offer.get("stock_version") is None or not _is_newer(offer, known or {})
+            if known is not None and stale:  # sent again, its stock read earlier (or unknown)
+                offer["remaining"] = known.get("remaining")
+                offer["stock_version"] = known.get("stock_version")
             self.offers[str(offer["id"])] = offer
         elif kind == "offer.stock":
             known = self.offers.get(str(event.get("offer_id")))

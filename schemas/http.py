@@ -33,7 +33,7 @@ from server.domain.products import (
     Product,
 )
 from server.domain.rooms import Room, RoomStatus
-from server.domain.text import describe, hidden_character
+from server.domain.text import describe, hidden_character, shows_something
 
 # Limits shared by the HTTP models and the service (which also serves the websocket).
 MAX_TITLE_CHARS = 200
@@ -60,10 +60,17 @@ def _visible(*, multiline: bool) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _not_blank(text: str) -> str:
+    if not shows_something(text):
+        raise ValueError("shows nothing: it needs a letter, digit, punctuation mark or symbol")
+    return text
+
+
 Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TITLE_CHARS),
     _visible(multiline=False),
+    AfterValidator(_not_blank),
 ]
 BlockedWord = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BLOCKED_WORD_CHARS)

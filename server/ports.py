@@ -130,7 +130,19 @@ class OfferStore(Protocol):
 
     async def launch_counted(self, offer_id: str) -> bool:
         """Note the offer counted against its product's stock, unless it has ended: whether it
-        had not (a second call changes nothing)."""
+        had not (a second call changes nothing). Counted, it is untold until `launch_told`."""
+        ...
+
+    async def launch_told(self, offer_id: str) -> None:
+        """Note that the room has been told the offer started (`offer.started`)."""
+        ...
+
+    async def untold_launches(
+        self, created_before: datetime, limit: int
+    ) -> builtins.list[FlashOffer]:
+        """Offers that have not ended, created before `created_before`, that their launch
+        counted but never told the room of: it died in between. (Offers stored by versions
+        that did not note it count as told.)"""
         ...
 
     async def uncounted_launches(

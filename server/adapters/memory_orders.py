@@ -55,6 +55,7 @@ class MemoryOfferStore:
         self._end_finished_at: dict[str, datetime] = {}
         self._launches: set[tuple[str, int]] = set()  # (product id, nth offer of the product)
         self._launch_keys: dict[tuple[str, str], str] = {}  # (room id, launch key) -> offer id
+        self._untold: set[str] = set()  # counted, and the room not yet told
 
     async def create(
         self, offer: FlashOffer, *, nth_of_product: int, launch_key: str | None = None
@@ -74,8 +75,24 @@ class MemoryOfferStore:
         offer = self._offers.get(offer_id)
         if offer is None or offer.ended_at is not None:
             return False
+        if not offer.counted:
+            self._untold.add(offer_id)
         self._offers[offer_id] = replace(offer, counted=True)
         return True
+
+    async def launch_told(self, offer_id: str) -> None:
+        self._untold.discard(offer_id)
+
+    async def untold_launches(
+        self, created_before: datetime, limit: int
+    ) -> builtins.list[FlashOffer]:
+        found = [
+            offer
+            for offer_id in self._untold
+            if (offer := self._offers[offer_id]).ended_at is None
+            and offer.created_at < created_before
+        ]
+        return sorted(found, key=lambda o: (o.created_at, o.id))[:limit]
 
     async def uncounted_launches(
         self, created_before: datetime, limit: int

@@ -35,6 +35,17 @@ def hidden_character(text: str, *, multiline: bool = False) -> str | None:
     return None
 
 
+# Letters that render as blank space (Hangul fillers, the braille blank): a title of them alone
+# looks empty.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def shows_something(text: str) -> bool:
+    """Whether `text` has a character that renders as a mark: a letter, digit, punctuation or
+    symbol, not a blank one. Joiners, marks and spaces alone show nothing."""
+    return any(unicodedata.category(ch)[0] in "LNPS" and ch not in _BLANK_LETTERS for ch in text)
+
+
 def describe(ch: str) -> str:
     """How an error names a character that cannot be shown as itself: U+202E."""
     return f"U+{ord(ch):04X}"

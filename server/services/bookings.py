@@ -39,6 +39,7 @@ LAUNCH_TRIES = 5
 UNCOUNTED_AFTER = timedelta(seconds=30)
 UNCOUNTED_BATCH = 100
 _LAUNCHES_RACING = "offers of this product are being launched at once, try again"
+_WITHDRAWN = "the offer was withdrawn before its launch finished: launch it again"
 
 
 class Withdraw(Protocol):
@@ -98,20 +99,25 @@ class ProductBookings:
             return offer
         raise ProductOffersChanged(_LAUNCHES_RACING)
 
-    async def count_again(self, offer: FlashOffer) -> None:
+    async def count_again(self, offer: FlashOffer, launch_key: str) -> None:
         """Count a stored offer again, for its launch sent again: the first attempt may have
         died between storing and counting it, and a stock count may have missed it since.
         Counted again (harmless if it was), it must fit what the product's offers book with
-        it, as a counted one always does."""
+        it, as a counted one always does. If it ended meanwhile, the launch answers it as it
+        is now, unless it was withdrawn (its key freed): then it is LaunchWithdrawn."""
         booked = await self.units_booked(await self._offers.of_product(offer.product_id))
-        await self._count(offer, at_least=booked, fresh=False)
+        if await self._count(offer, at_least=booked, fresh=False):
+            return
+        named = await self._offers.by_launch_key(offer.room_id, launch_key)
+        if named is None or named.id != offer.id:
+            raise LaunchWithdrawn(_WITHDRAWN)
 
-    async def _count(self, offer: FlashOffer, *, at_least: int, fresh: bool) -> None:
+    async def _count(self, offer: FlashOffer, *, at_least: int, fresh: bool) -> bool:
         """Count the stored offer as launched if the product's stock still covers `at_least`
         units (what its offers book with it), else withdraw it. Counted only once stored, so a
-        stock count either sees its booking or finds the count changed and reads again. An
-        offer that ended before this could note it counted is LaunchWithdrawn. `fresh`: a new
-        launch, which nobody has heard of yet."""
+        stock count either sees its booking or finds the count changed and reads again.
+        Whether it had not ended: a new launch's offer (`fresh`, which nobody has heard of
+        yet) that ended before this could note it counted is LaunchWithdrawn."""
         try:
             counted = await self._products.count_launch(offer.product_id, at_least=at_least)
         except LiveshopError:
@@ -126,13 +132,14 @@ class ProductBookings:
                 "the product's stock was lowered while this offer was launched: launch it again",
                 code="stock_changed",
             )
-        if not await self._offers.launch_counted(offer.id):  # the room may be shown it now
-            # Ended meanwhile (withdrawn, or its time ran out): its key goes too, so that the
-            # launch sent again is tried afresh.
-            await self._withdraw(offer)
-            raise LaunchWithdrawn(
-                "the offer was withdrawn before its launch finished: launch it again"
-            )
+        if await self._offers.launch_counted(offer.id):  # the room may be shown it now
+            return True
+        if not fresh:  # the host may have stopped it: it keeps its key (see count_again)
+            return False
+        # Ended meanwhile (withdrawn, or its time ran out): its key goes too, so that the
+        # launch sent again is tried afresh.
+        await self._withdraw(offer)
+        raise LaunchWithdrawn(_WITHDRAWN)
 
     async def withdraw_uncounted(self, now: datetime) -> int:
         """Withdraw the offers whose launch died between storing and counting them (each

@@ -1,5 +1,6 @@
 """Once a second, in every process: end offers whose time is up or whose stock is gone, finish ends
-left unfinished, withdraw offers whose launch died before counting them, expire unpaid orders,
+left unfinished, withdraw offers whose launch died before counting them, tell rooms of those whose
+launch died after counting them, expire unpaid orders,
 give back units a cancel or an expiry could not, settle ended offers, release reservations whose
 claimer died (of the offers this process serves each round, of every running offer in turn), and
 forget the stock cadence of offers whose stock no longer moves here. Each step is safe to run
@@ -77,6 +78,7 @@ class Housekeeper:
         await self._step("end_sold_out_offers", partial(self._offers.end_sold_out, offer_ids))
         await self._step("finish_ends", self._offers.finish_ends)
         await self._step("withdraw_uncounted_launches", self._offers.withdraw_uncounted)
+        await self._step("tell_untold_launches", self._offers.tell_untold_launches)
         await self._step("expire_due_orders", self._orders.expire_due)
         await self._step("return_units", self._orders.return_units_due)
         await self._step("settle_offers", self._orders.settle_due)

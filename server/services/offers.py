@@ -48,6 +48,10 @@ DUE_BATCH = 100
 # How long an unfinished end is left to the process that recorded it, which may be stopping a
 # stock or telling a room that is slow to answer (each bounded at 5 s), before another finishes it.
 FINISH_GRACE = timedelta(seconds=15)
+# Likewise, how long a counted offer is left to its launch to tell the room of, before any
+# process tells it (the launch reads the offer and publishes: a few round trips, each bounded).
+UNTOLD_AFTER = timedelta(seconds=15)
+UNTOLD_BATCH = 100
 # Added to this process's clock to take in every reservation made so far, by any process,
 # whatever the skew between their clocks.
 SKEW_MARGIN = timedelta(hours=1)
@@ -144,23 +148,47 @@ class OfferService:
             raise Conflict(
                 "this idempotency key launched another offer", code="idempotency_key_reused"
             )
-        if not created and offer.end_reason is None:
+        if not created and offer.end_reason is None and key is not None:
             # Most often the first answer was lost, and the offer sells; but the first attempt
             # may have died before counting it.
-            await self._bookings.count_again(offer)
+            await self._bookings.count_again(offer, key)
+        # As it is now: the host may have stopped it, or the room's end, while this ran.
+        offer, figure = await self.view(offer.id)
+        if created and offer.end_reason is not None:
+            await self._ensure_live(room_id, offer)
         if offer.end_reason is None:
-            # Sent again, as it is now: viewers take `offer.started` as the offer's state.
-            _, figure = await self.view(offer.id)
-            await self._events.publish_room_event(
-                room_id,
-                {
-                    "type": "offer.started",
-                    "offer": offer_to_wire(offer, figure),
-                    "product": product_to_wire(product),
-                    "server_time": _iso(self._clock()),
-                },
-            )
+            # Sent again too: viewers take `offer.started` as the offer's state.
+            await self._tell_started(offer, figure, product)
         return offer, created
+
+    async def _tell_started(
+        self, offer: FlashOffer, figure: StockFigure | None, product: Product
+    ) -> None:
+        """`offer.started`, on the offer's topic: once `offer.ended` has closed it, an
+        announcement that read the offer running before its end is dropped."""
+        await self._events.publish_room_event(
+            offer.room_id,
+            {
+                "type": "offer.started",
+                "offer": offer_to_wire(offer, figure),
+                "product": product_to_wire(product),
+                "server_time": _iso(self._clock()),
+            },
+            topic=offer.id,
+        )
+        await self._offers.launch_told(offer.id)
+
+    async def tell_untold_launches(self) -> int:
+        """Tell the rooms of the offers whose launch counted them but died before telling: they
+        sell, and a process that served the room before would not show them (each process
+        calls this once a second)."""
+        untold = await self._offers.untold_launches(self._clock() - UNTOLD_AFTER, UNTOLD_BATCH)
+        for offer in untold:
+            offer, figure = await self.view(offer.id)
+            if offer.end_reason is None:
+                await self._tell_started(offer, figure, await self._products.get(offer.product_id))
+                log.warning("offer_start_told_late", extra={"offer_id": offer.id})
+        return len(untold)
 
     async def _ensure_live(self, room_id: str, launched: FlashOffer) -> None:
         if (await self._rooms.get(room_id)).status is not RoomStatus.LIVE:

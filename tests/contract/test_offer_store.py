@@ -101,6 +101,30 @@ async def test_offers_whose_launch_never_counted_them_are_found(offers: OfferSto
     assert not any(o.counted for o in found)
 
 
+async def test_offers_counted_but_never_told_are_found(offers: OfferStore) -> None:
+    later = T0 + timedelta(seconds=30)
+    for offer_id, created_at in [("of_b", T0), ("of_a", T0), ("of_new", later)]:
+        await offers.create(_offer(offer_id, created_at=created_at), nth_of_product=1)
+        assert await offers.launch_counted(offer_id)
+    await offers.create(_offer("of_uncounted"), nth_of_product=1)  # withdrawn, if ever
+    await offers.create(_offer("of_told"), nth_of_product=1)
+    assert await offers.launch_counted("of_told")
+    await offers.launch_told("of_told")
+    assert await offers.launch_counted("of_told")  # a launch sent again: still told
+    await offers.create(_offer("of_ended"), nth_of_product=1)
+    assert await offers.launch_counted("of_ended")
+    await offers.record_end("of_ended", EndReason.STOPPED, T0)
+
+    assert [o.id for o in await offers.untold_launches(later, 10)] == ["of_a", "of_b"]
+    assert [o.id for o in await offers.untold_launches(later, 1)] == ["of_a"]
+    assert await offers.untold_launches(T0, 10) == []
+    found = await offers.untold_launches(later + timedelta(seconds=1), 10)
+    assert [o.id for o in found] == ["of_a", "of_b", "of_new"]
+    assert all(o.counted for o in found)
+    await offers.launch_told("of_a")
+    assert [o.id for o in await offers.untold_launches(later, 10)] == ["of_b"]
+
+
 async def test_a_withdrawal_of_an_uncounted_launch_loses_to_its_count(offers: OfferStore) -> None:
     await offers.create(_offer("of_a"), nth_of_product=1, launch_key="host-1:L1")
     assert await offers.launch_counted("of_a")

@@ -33,6 +33,8 @@ END_FINISHED_AT = "end_finished_at"
 TAKEN_AT_END = "taken_at_end"
 # Set on an offer as its launch stores it, until the launch counts it (FlashOffer.counted).
 LAUNCH_TO_COUNT = "launch_to_count"
+# Set as the launch counts it, until the launch has told the room (OfferStore.launch_told).
+LAUNCH_TO_TELL = "launch_to_tell"
 # Which offer of its product an offer is (1, 2, ...): unique, so two launches racing to book
 # the same product's stock cannot both get in.
 PRODUCT_LAUNCH = "product_launch"
@@ -77,6 +79,12 @@ async def ensure_offer_indexes(db: AsyncDatabase[Any]) -> None:
                 name=LAUNCH_TO_COUNT,
                 partialFilterExpression={LAUNCH_TO_COUNT: True},
             ),
+            # Only the offers being launched, and those whose launch died before telling.
+            IndexModel(
+                [(LAUNCH_TO_TELL, ASCENDING), ("created_at", ASCENDING)],
+                name=LAUNCH_TO_TELL,
+                partialFilterExpression={LAUNCH_TO_TELL: True},
+            ),
         ]
     )
 
@@ -110,10 +118,33 @@ class MongoOfferStore:
 
     @_translate_errors
     async def launch_counted(self, offer_id: str) -> bool:
+        # Untold from its first count only: a launch sent again counts a told offer again.
+        first_count = {"$eq": [f"${LAUNCH_TO_COUNT}", True]}
         result = await self._offers.update_one(
-            {"_id": offer_id, "ended_at": None}, {"$unset": {LAUNCH_TO_COUNT: ""}}
+            {"_id": offer_id, "ended_at": None},
+            [
+                {"$set": {LAUNCH_TO_TELL: {"$cond": [first_count, True, f"${LAUNCH_TO_TELL}"]}}},
+                {"$unset": LAUNCH_TO_COUNT},
+            ],
         )
         return result.matched_count == 1
+
+    @_translate_errors
+    async def launch_told(self, offer_id: str) -> None:
+        await self._offers.update_one({"_id": offer_id}, {"$unset": {LAUNCH_TO_TELL: ""}})
+
+    @_translate_errors
+    async def untold_launches(
+        self, created_before: datetime, limit: int
+    ) -> builtins.list[FlashOffer]:
+        cursor = (
+            self._offers.find(
+                {LAUNCH_TO_TELL: True, "created_at": {"$lt": created_before}, "ended_at": None}
+            )
+            .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(limit)
+        )
+        return [offer_from(doc) async for doc in cursor]
 
     @_translate_errors
     async def uncounted_launches(

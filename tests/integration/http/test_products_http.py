@@ -131,6 +131,12 @@ async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
         ({"description": "a\u001bb"}, "description", "value_error"),
         ({"description": "word\u2060joiner"}, "description", "value_error"),
         ({"title": "a\u2062b"}, "title", "value_error"),  # an invisible times
+        # A title that shows nothing: joiners, marks, hyphens and blank letters alone.
+        ({"title": "\u200d"}, "title", "value_error"),
+        ({"title": "\u00ad\u200e"}, "title", "value_error"),
+        ({"title": "\u0301\ufe0f"}, "title", "value_error"),
+        ({"title": "\u3164"}, "title", "value_error"),
+        ({"title": "\u2800 \u115f"}, "title", "value_error"),
         # Money: digits are ASCII; a currency is one people pay in today.
         (
             {"price": {"amount": "\u0661\u0660.00", "currency": "USD"}},

@@ -1,7 +1,9 @@
 """A launch stores its offer, then counts it against its product's stock. Between the two the
 offer is hidden from the room: a launch that dies there is counted when sent again with its
 key, or withdrawn by housekeeping 30 s later; of that withdrawal and a count, the first wins,
-and a launch whose offer ended before it counted it answers 409 `offer_withdrawn`."""
+and a launch whose offer ended before it counted it answers 409 `offer_withdrawn`. A launch sent
+again after its host stopped the offer answers it stopped, and keeps its key; one that died
+after counting its offer, before telling the room, is told by housekeeping 15 s later."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from typing import Any, cast
 import pytest
 
 from server.domain.errors import Conflict
-from server.domain.offers import FlashOffer
+from server.domain.offers import EndReason, FlashOffer, StockFigure
 from server.ports import OfferStore, ProductStore
 from server.services.bookings import UNCOUNTED_AFTER
 from server.services.housekeeping import Housekeeper
+from server.services.offers import UNTOLD_AFTER
 from tests.unit.services.shop import (
     HOST,
     STOCK,
@@ -174,3 +177,65 @@ async def test_housekeeping_withdraws_a_launch_that_died_uncounted(shop: Shop) -
     offer, created = await launch_through(shop.offers, shop, quantity=STOCK, key="lost")
     assert created
     assert offer.id != stored.id
+
+
+async def test_a_launch_sent_again_after_its_host_stopped_it_answers_it_stopped(
+    shop: Shop,
+) -> None:
+    offer, _ = await launch_through(shop.offers, shop, quantity=30, key="L1")
+    # The host's stop lands while the launch sent again runs, after it read the offer running.
+    stop_first = HeldCalls(shop.offers_store, "launch_counted")
+    again_offers, _ = other_process(shop, offers_store=cast(OfferStore, stop_first))
+    again = asyncio.create_task(launch_through(again_offers, shop, quantity=30, key="L1"))
+    await asyncio.wait_for(stop_first.entered.wait(), 2)
+    await shop.offers.stop(offer.id, HOST)
+    stop_first.gate.set()
+    answered, created = await again
+    assert (answered.id, answered.end_reason, created) == (offer.id, EndReason.STOPPED, False)
+    # Its key still names it: sent once more, it is not launched afresh.
+    once_more, created = await launch_through(shop.offers, shop, quantity=30, key="L1")
+    assert (once_more.id, created) == (offer.id, False)
+    kinds = [e["type"] for e in shop.events.of_type("offer.started", "offer.ended")]
+    assert kinds == ["offer.started", "offer.ended"]
+
+
+async def test_an_announcement_read_before_the_end_is_not_told_after_it(shop: Shop) -> None:
+    await launch_through(shop.offers, shop, quantity=30, key="L1")
+    view = shop.offers.view
+
+    async def read_then_stopped(offer_id: str) -> tuple[FlashOffer, StockFigure | None]:
+        seen = await view(offer_id)
+        await shop.offers.end(seen[0], EndReason.STOPPED)  # the host's stop, right after
+        return seen
+
+    shop.offers.view = read_then_stopped  # type: ignore[method-assign]
+    await launch_through(shop.offers, shop, quantity=30, key="L1")  # sent again
+    kinds = [e["type"] for e in shop.events.of_type("offer.started", "offer.ended")]
+    assert kinds == ["offer.started", "offer.ended"]  # its late `offer.started` dropped
+
+
+async def test_a_launch_that_died_before_telling_the_room_is_told_by_housekeeping(
+    shop: Shop,
+) -> None:
+    publish = shop.events.publish_room_event
+
+    async def dies_at_the_announcement(room_id: str, event: dict[str, Any], **fence: Any) -> int:
+        if event["type"] == "offer.started":
+            raise asyncio.CancelledError  # the process dies: counted, untold
+        return await publish(room_id, event, **fence)
+
+    shop.events.publish_room_event = dies_at_the_announcement  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await launch_through(shop.offers, shop, quantity=30)
+    shop.events.publish_room_event = publish  # type: ignore[method-assign]
+    [offer] = await shop.offers_store.of_product(shop.product_id)
+    assert offer.counted
+    housekeeper = Housekeeper(shop.offers, shop.orders, list)
+    await housekeeper.run_once()
+    assert shop.events.of_type("offer.started") == []  # its launch may still be telling it
+    shop.clock.advance(seconds=UNTOLD_AFTER.total_seconds() + 1)
+    await housekeeper.run_once()
+    [started] = shop.events.of_type("offer.started")
+    assert started["offer"]["id"] == offer.id
+    await housekeeper.run_once()
+    assert len(shop.events.of_type("offer.started")) == 1  # told once
