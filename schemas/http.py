@@ -127,9 +127,22 @@ class StockIn(RequestModel):
     stock: int = Field(ge=0, le=MAX_STOCK)
 
 
+def _shown_to_viewers(url: HttpUrl) -> HttpUrl:
+    # Every viewer's page loads it: over https (an http image on an https page is blocked or
+    # flagged), and without a user or password, which would be published to all of them.
+    if url.scheme != "https":
+        raise ValueError("images must be https URLs")
+    if url.username is not None or url.password is not None:
+        raise ValueError("image URLs cannot carry a user name or password")
+    return url
+
+
+ImageUrl = Annotated[HttpUrl, AfterValidator(_shown_to_viewers)]
+
+
 class ProductIn(RequestModel):
     title: Title
-    images: list[HttpUrl] = Field(default_factory=list, max_length=MAX_IMAGES)
+    images: list[ImageUrl] = Field(default_factory=list, max_length=MAX_IMAGES)
     price: MoneyIn
     stock: int = Field(ge=0, le=MAX_STOCK)
     description: Description = ""
@@ -160,6 +173,8 @@ class ProductIn(RequestModel):
         digits = code.replace(".", "")
         if not 6 <= len(digits) <= 10:
             raise ValueError("hs_code must have 6 to 10 digits")
+        if not 1 <= int(digits[:2]) <= 97 or digits[:2] == "77":  # 77 is kept for future use
+            raise ValueError(f"hs_code chapter {digits[:2]} does not exist (01 to 97)")
         return digits
 
     @field_validator("other_prices")
