@@ -133,27 +133,24 @@ class MongoOfferStore:
     async def launch_told(self, offer_id: str) -> None:
         await self._offers.update_one({"_id": offer_id}, {"$unset": {LAUNCH_TO_TELL: ""}})
 
-    @_translate_errors
     async def untold_launches(
         self, created_before: datetime, limit: int
     ) -> builtins.list[FlashOffer]:
-        cursor = (
-            self._offers.find(
-                {LAUNCH_TO_TELL: True, "created_at": {"$lt": created_before}, "ended_at": None}
-            )
-            .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
-            .limit(limit)
-        )
-        return [offer_from(doc) async for doc in cursor]
+        return await self._running_launches_noted(LAUNCH_TO_TELL, created_before, limit)
 
-    @_translate_errors
     async def uncounted_launches(
         self, created_before: datetime, limit: int
     ) -> builtins.list[FlashOffer]:
+        return await self._running_launches_noted(LAUNCH_TO_COUNT, created_before, limit)
+
+    @_translate_errors
+    async def _running_launches_noted(
+        self, note: str, created_before: datetime, limit: int
+    ) -> builtins.list[FlashOffer]:
+        """Offers not ended, created before `created_before`, that still carry this launch
+        note: oldest first, on the note's partial index."""
         cursor = (
-            self._offers.find(
-                {LAUNCH_TO_COUNT: True, "created_at": {"$lt": created_before}, "ended_at": None}
-            )
+            self._offers.find({note: True, "created_at": {"$lt": created_before}, "ended_at": None})
             .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
             .limit(limit)
         )
