@@ -226,7 +226,7 @@ class Hub:
             with contextlib.suppress(Exception):
                 await self.broker.unsubscribe_room(room.room_id)
                 counters = await self.broker.update_counters(room.room_id, room.likes_pending, 0)
-                await self._keep_counters(room, counters, now=True)
+                self._keep_counters(room, counters, now=True)
 
     async def _watch_user(self, user_id: str, conn: Connection) -> None:
         conns = self._users.setdefault(user_id, set())
@@ -481,27 +481,33 @@ class Hub:
             await self.publish_room_event(
                 room.room_id, {"type": "viewers", "count": counters.viewers}
             )
-        await self._keep_counters(room, counters)
+        self._keep_counters(room, counters)
 
-    async def _keep_counters(
-        self, room: LocalRoom, counters: Counters, *, now: bool = False
-    ) -> None:
+    def _keep_counters(self, room: LocalRoom, counters: Counters, *, now: bool = False) -> None:
         """Every KEEP_COUNTERS_SECONDS while this process serves the room, and when it stops
-        (the room emptied or ended): the host's figures outlive Redis's copy."""
+        (the room emptied or ended): the host's figures outlive Redis's copy. In the
+        background, so that a slow database never holds up the room's counters."""
         figures = (counters.likes, counters.peak_viewers)
         if self._keep is None or figures == room.kept:
             return
         if not now and time.monotonic() - room.kept_at < KEEP_COUNTERS_SECONDS:
             return
+        room.kept_at = time.monotonic()  # tried again a period later, should this one fail
+        task = self._background.spawn(self._keep_now(self._keep, room, figures))
+        if now:
+            self._background.finish_on_close(task)
+
+    @staticmethod
+    async def _keep_now(keep: CounterKeeper, room: LocalRoom, figures: tuple[int, int]) -> None:
         try:
-            await self._keep(room.room_id, *figures)
-        except Exception as exc:  # kept at the next period
+            await keep(room.room_id, *figures)
+        except Exception as exc:
             log.warning(
                 "room_counters_not_kept",
                 extra={"room_id": room.room_id, "error": type(exc).__name__},
             )
             return
-        room.kept, room.kept_at = figures, time.monotonic()
+        room.kept = figures
 
     def add_likes(self, room: LocalRoom, count: int) -> None:
         room.likes_pending += count
