@@ -93,8 +93,12 @@ class Broker(Protocol):
     async def history(self, room_id: str, after_seq: int, epoch: str) -> list[str] | None:
         """Frames with seq > after_seq in order, or None when some of them are gone."""
 
-    async def update_counters(self, room_id: str, likes_delta: int, local_viewers: int) -> Counters:
-        """Add this process's new likes and report its viewer count; return the room's totals."""
+    async def update_counters(
+        self, room_id: str, likes_delta: int, local_viewers: int, *, kept: tuple[int, int] = (0, 0)
+    ) -> Counters:
+        """Add this process's new likes and report its viewer count; return the room's totals.
+        A room with no counters (new, or Redis lost or expired them) starts from `kept`: its
+        likes and peak viewers as last kept where they outlive Redis."""
 
     async def read_counters(self, room_id: str) -> Counters:
         """The room's totals, changing nothing."""

@@ -165,8 +165,12 @@ class MemoryBroker:
             return None
         return [frame for _, frame in kept]
 
-    async def update_counters(self, room_id: str, likes_delta: int, local_viewers: int) -> Counters:
-        counters = self.bus.counters.setdefault(room_id, _RoomCounters())
+    async def update_counters(
+        self, room_id: str, likes_delta: int, local_viewers: int, *, kept: tuple[int, int] = (0, 0)
+    ) -> Counters:
+        counters = self.bus.counters.get(room_id)
+        if counters is None:
+            counters = self.bus.counters[room_id] = _RoomCounters(likes=kept[0], peak=kept[1])
         now = time.monotonic()
         counters.likes += likes_delta
         if local_viewers > 0:

@@ -70,6 +70,9 @@ return seq
 """
 
 _COUNTERS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'likes', ARGV[7], 'peak', ARGV[8])
+end
 local likes = redis.call('HINCRBY', KEYS[1], 'likes', ARGV[1])
 if tonumber(ARGV[3]) > 0 then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[4])
@@ -234,7 +237,9 @@ class RedisBroker:
         return [fields["f"] for _, fields in entries]
 
     @redis_unreachable_is_unavailable
-    async def update_counters(self, room_id: str, likes_delta: int, local_viewers: int) -> Counters:
+    async def update_counters(
+        self, room_id: str, likes_delta: int, local_viewers: int, *, kept: tuple[int, int] = (0, 0)
+    ) -> Counters:
         _, _, counters, viewers = _keys(room_id)
         args: list[str | int] = [
             likes_delta,
@@ -243,6 +248,7 @@ class RedisBroker:
             int(time.time() * 1000),
             int(STALE_SECONDS * 1000),
             KEY_TTL_SECONDS,
+            *kept,
         ]
         likes, total, peak = await self._counters(keys=[counters, viewers], args=args)
         return Counters(likes=int(likes), viewers=int(total), peak_viewers=int(peak))

@@ -225,7 +225,9 @@ class Hub:
             self.metrics.rooms.set(len(self._rooms))
             with contextlib.suppress(Exception):
                 await self.broker.unsubscribe_room(room.room_id)
-                counters = await self.broker.update_counters(room.room_id, room.likes_pending, 0)
+                counters = await self.broker.update_counters(
+                    room.room_id, room.likes_pending, 0, kept=room.kept
+                )
                 self._keep_counters(room, counters, now=True)
 
     async def _watch_user(self, user_id: str, conn: Connection) -> None:
@@ -466,7 +468,9 @@ class Hub:
         await self._sync(room)
         likes, room.likes_pending = room.likes_pending, 0
         try:
-            counters = await self.broker.update_counters(room.room_id, likes, len(room.connections))
+            counters = await self.broker.update_counters(
+                room.room_id, likes, len(room.connections), kept=room.kept
+            )
         except Exception:
             room.likes_pending += likes  # not counted: try again next tick
             raise

@@ -63,7 +63,9 @@ class LocalRoom:
     likes: int = 0
     viewers: int = 0
     peak_viewers: int = 0
-    # Likes and peak viewers as this process last kept them in the room store, and when.
+    # Likes and peak viewers as kept in the room store, as far as this process knows (read
+    # with the room, or kept since), and when it last kept them: where Redis's counters of the
+    # room start again, should it lose them.
     kept: tuple[int, int] = (0, 0)
     kept_at: float = 0.0
 
@@ -104,6 +106,7 @@ class LocalRoom:
         self.pinned_product = view.pinned_product
         self.mutes.update(view.mutes)
         self.offers = {str(offer["id"]): dict(offer) for offer in view.offers}
+        self.kept = (room.kept_likes, room.kept_peak_viewers)
 
     # RoomRules, read by the protocol
     def muted_until(self, user_id: str, now: datetime) -> datetime | None:

@@ -173,8 +173,9 @@ class ProductIn(RequestModel):
         digits = code.replace(".", "")
         if not 6 <= len(digits) <= 10:
             raise ValueError("hs_code must have 6 to 10 digits")
-        if not 1 <= int(digits[:2]) <= 97 or digits[:2] == "77":  # 77 is kept for future use
-            raise ValueError(f"hs_code chapter {digits[:2]} does not exist (01 to 97)")
+        # 77 is kept for future use; 98 and 99 are the national tariffs' own chapters.
+        if digits[:2] in ("00", "77"):
+            raise ValueError(f"hs_code chapter {digits[:2]} does not exist")
         return digits
 
     @field_validator("other_prices")

@@ -362,8 +362,9 @@ class StockReservations(Protocol):
         """Refuse further claims (`not_active`), and tell how many units the offer has taken
         (reserved or sold, not given back) at that moment: no more can be taken once stopped
         (a rebuild keeps it stopped, see `rebuild`). None when the store does not hold the
-        offer; the rebuild then takes `stopped` from the stored offer. The stock's version
-        goes up: the figure told with the end is the offer's last word."""
+        offer; the rebuild then takes `stopped` from the stored offer. The first stop raises
+        the stock's version: the figure told with the end is the offer's last word, and told
+        again (an end finished twice) it is dropped as a repeat."""
         ...
 
     async def is_ready(self, offer_id: str) -> bool:

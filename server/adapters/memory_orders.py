@@ -151,6 +151,7 @@ class MemoryOfferStore:
             return None
         ended = replace(offer, ended_at=utc_ms(at), end_reason=reason, counted=True)
         self._offers[offer_id] = ended
+        self._untold.discard(offer_id)
         self._unfinished_ends.add(offer_id)
         return ended
 

@@ -192,8 +192,9 @@ class MemoryStockReservations:
         offer = self._offers.get(offer_id)
         if offer is None:
             return None
+        if not offer.stopped:
+            offer.version += 1
         offer.stopped = True
-        offer.version += 1
         return max(0, offer.quantity - offer.stock)
 
     async def unconfirmed(self, offer_id: str) -> str | None:

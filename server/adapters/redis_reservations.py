@@ -163,8 +163,8 @@ return out
 # The units taken, or nil when the offer is lost.
 _STOP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[1], 'stopped') ~= '1' then redis.call('HINCRBY', KEYS[1], 'v', 1) end
 redis.call('HSET', KEYS[1], 'stopped', '1')
-redis.call('HINCRBY', KEYS[1], 'v', 1)
 local state = redis.call('HMGET', KEYS[1], 'quantity', 'stock')
 return math.max(0, tonumber(state[1]) - tonumber(state[2]))
 """

@@ -154,7 +154,7 @@ class OfferService:
             await self._bookings.count_again(offer, key)
         # As it is now: the host may have stopped it, or the room's end, while this ran.
         offer, figure = await self.view(offer.id)
-        if created and offer.end_reason is not None:
+        if offer.end_reason is not None:  # if the room's end stopped it: 409 room_not_live
             await self._ensure_live(room_id, offer)
         if offer.end_reason is None:
             # Sent again too: viewers take `offer.started` as the offer's state.
@@ -184,6 +184,9 @@ class OfferService:
         calls this once a second)."""
         untold = await self._offers.untold_launches(self._clock() - UNTOLD_AFTER, UNTOLD_BATCH)
         for offer in untold:
+            gate = f"tell:{offer.id}"  # one process tells it (another, should that one fail)
+            if not await self._events.try_gate(offer.room_id, gate, UNTOLD_AFTER.total_seconds()):
+                continue
             offer, figure = await self.view(offer.id)
             if offer.end_reason is None:
                 await self._tell_started(offer, figure, await self._products.get(offer.product_id))

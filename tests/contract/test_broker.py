@@ -161,11 +161,12 @@ async def test_an_ordered_topic_drops_what_comes_late_or_twice(backend: Backend)
     def figure(remaining: int) -> dict[str, object]:
         return {"type": "offer.stock", "offer_id": "f1", "remaining": remaining}
 
-    assert await a.publish("r-order", figure(8), topic="f1", order=12) == 1
+    v = 1_795_938_558_272_677  # a stock version: Redis's clock in microseconds, and counted on
+    assert await a.publish("r-order", figure(8), topic="f1", order=v + 1) == 1
     # Read earlier and sent later, or the same figure from another node: dropped.
-    assert await b.publish("r-order", figure(9), topic="f1", order=11) == 0
-    assert await b.publish("r-order", figure(8), topic="f1", order=12) == 0
-    assert await b.publish("r-order", figure(7), topic="f1", order=13) == 2
+    assert await b.publish("r-order", figure(9), topic="f1", order=v) == 0
+    assert await b.publish("r-order", figure(8), topic="f1", order=v + 1) == 0
+    assert await b.publish("r-order", figure(7), topic="f1", order=v + 2) == 2
     # Each topic keeps its own order; events without one are not ordered.
     assert await a.publish("r-order", {**figure(3), "offer_id": "f2"}, topic="f2", order=1) == 3
     assert await a.publish("r-order", figure(0), topic="f1") == 4
@@ -276,6 +277,16 @@ async def test_counters_add_up_across_nodes(backend: Backend) -> None:
     assert (third.likes, third.viewers, third.peak_viewers) == (7, 5, 15)
     read = await b.read_counters("r8")
     assert (read.likes, read.viewers, read.peak_viewers) == (7, 5, 15)
+
+
+async def test_counters_a_room_lost_start_from_what_was_kept(backend: Backend) -> None:
+    a, b = backend.a.broker, backend.b.broker
+    # No counters for the room (Redis lost or expired them): they go on from those kept.
+    first = await a.update_counters("r10", likes_delta=3, local_viewers=2, kept=(100, 7))
+    assert (first.likes, first.viewers, first.peak_viewers) == (103, 2, 7)
+    # Once they exist, another node's older idea of them changes nothing.
+    second = await b.update_counters("r10", likes_delta=1, local_viewers=9, kept=(90, 5))
+    assert (second.likes, second.viewers, second.peak_viewers) == (104, 11, 11)
 
 
 async def test_a_gate_opens_once_per_period_across_nodes(backend: Backend) -> None:

@@ -203,6 +203,8 @@ async def test_every_stock_change_raises_the_version_and_a_rebuild_starts_above_
     assert (await stock.figure("of1")).version == v + 2
     await stock.stop("of1")  # the end's figure comes after every one before it
     assert await stock.figure("of1") == StockFigure(5, v + 3)
+    await stock.stop("of1")  # an end finished again: its figure is the same one, a repeat
+    assert await stock.figure("of1") == StockFigure(5, v + 3)
 
     await backend.lose_everything()
     with pytest.raises(Unavailable) as raised:

@@ -207,7 +207,7 @@ class MongoOfferStore:
         running: Document = {"_id": offer_id, "ended_at": None}
         if if_uncounted:
             running[LAUNCH_TO_COUNT] = True
-        unset = {LAUNCH_TO_COUNT: ""}
+        unset = {LAUNCH_TO_COUNT: "", LAUNCH_TO_TELL: ""}  # nothing left to tell: it has ended
         if free_launch_key:
             unset[LAUNCH_KEY] = ""
         change: Document = {

@@ -252,30 +252,36 @@ async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here
     monkeypatch.setattr(hub_module, "KEEP_COUNTERS_SECONDS", 0.2)
     monkeypatch.setattr(hub_module, "LINGER_SECONDS", 0.1)
     kept: list[tuple[str, int, int]] = []
+    written = asyncio.Event()
 
     async def keep(room_id: str, likes: int, peak_viewers: int) -> None:
         kept.append((room_id, likes, peak_viewers))
+        written.set()
 
-    bus = MemoryBus()
-    hub = Hub(MemoryBroker(bus), load_room, Metrics(), HubLimits(counter_interval=0.05), keep)
+    async def kept_last(figures: tuple[str, int, int]) -> None:
+        while not kept or kept[-1] != figures:
+            written.clear()
+            await written.wait()
+
+    hub = Hub(
+        MemoryBroker(MemoryBus()), load_room, Metrics(), HubLimits(counter_interval=0.05), keep
+    )
     await hub.start()
     try:
         _, room = await hub.join("r1", viewer(1), Socket())
         await hub.join("r1", viewer(2), Socket())
         hub.add_likes(room, 7)
-        await asyncio.sleep(0.15)
-        assert kept == [("r1", 7, 2)]  # at the first tick, then not again within the period
+        await asyncio.wait_for(kept_last(("r1", 7, 2)), 2)
         hub.add_likes(room, 1)
-        await asyncio.sleep(0.3)
-        assert kept == [("r1", 7, 2), ("r1", 8, 2)]
-        await asyncio.sleep(0.3)
-        assert len(kept) == 2  # nothing new: nothing written
+        await asyncio.wait_for(kept_last(("r1", 8, 2)), 2)
+        writes = len(kept)
+        await asyncio.sleep(0.5)
+        assert len(kept) == writes  # nothing new: nothing written
         monkeypatch.setattr(hub_module, "KEEP_COUNTERS_SECONDS", 100.0)  # only closing keeps
-        for c in list(room.connections):
-            await hub.leave(c)
+        for conn in list(room.connections):
+            await hub.leave(conn)
         hub.add_likes(room, 2)  # tapped as the last viewer left: kept when the room closes
-        await asyncio.sleep(0.3)
-        assert kept[-1] == ("r1", 10, 2)
+        await asyncio.wait_for(kept_last(("r1", 10, 2)), 2)
     finally:
         await hub.close()
 

@@ -77,3 +77,18 @@ def test_a_stock_figure_older_than_the_one_loaded_does_not_replace_it() -> None:
     assert told(3, 12) == {"remaining": 3, "stock_version": 12}
     assert told(2, 13) == {"remaining": 2, "stock_version": 13}
     assert told(0, None) == {"remaining": 0, "stock_version": None}  # sold out, its stock lost
+
+
+def test_an_offer_started_again_keeps_the_newer_stock_figure() -> None:
+    room = LocalRoom("r1")
+    room.offers["f1"] = {"id": "f1", "price": "old", "remaining": 3, "stock_version": 12}
+
+    def started(remaining: int | None, version: int | None) -> dict[str, object]:
+        offer = {"id": "f1", "price": "new", "remaining": remaining, "stock_version": version}
+        room.apply({"type": "offer.started", "offer": offer})
+        return {k: room.offers["f1"][k] for k in ("price", "remaining", "stock_version")}
+
+    # Sent again by a launch that read the stock earlier: the offer as told, the newer stock.
+    assert started(5, 10) == {"price": "new", "remaining": 3, "stock_version": 12}
+    assert started(None, None) == {"price": "new", "remaining": 3, "stock_version": 12}
+    assert started(2, 14) == {"price": "new", "remaining": 2, "stock_version": 14}
