@@ -154,8 +154,16 @@ class OfferService:
             await self._bookings.count_again(offer, key)
         # As it is now: the host may have stopped it, or the room's end, while this ran.
         offer, figure = await self.view(offer.id)
-        if offer.end_reason is not None:  # if the room's end stopped it: 409 room_not_live
-            await self._ensure_live(room_id, offer)
+        if offer.end_reason is not None:
+            await self._ensure_live(room_id, offer)  # the room's end stopped it: room_not_live
+            if created:
+                # Stopped before its launch could answer: by the room's end, which stops the
+                # offers before it stores the room as ended. Its key goes, as a withdrawn
+                # launch's: sent again, the launch finds the room ended, or launches afresh.
+                await self._withdraw(offer)
+                raise LaunchWithdrawn(
+                    "the offer was stopped before its launch finished: launch it again"
+                )
         if offer.end_reason is None:
             # Sent again too: viewers take `offer.started` as the offer's state.
             await self._tell_started(offer, figure, product)

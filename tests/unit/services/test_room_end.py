@@ -9,7 +9,7 @@ import pytest
 
 from server.domain.errors import Conflict, Unavailable
 from server.domain.rooms import RoomStatus
-from server.ports import OfferStore, ProductStore
+from server.ports import OfferStore, ProductStore, RoomStore
 from server.services.rooms import RoomService, StopOffers
 from tests.unit.services.shop import (
     HOST,
@@ -116,3 +116,28 @@ async def test_viewers_hear_the_end_even_when_the_second_look_at_its_offers_fail
     ended = await rooms.end(shop.room_id, HOST)  # stored: a retry would only hear 409
     assert ended.status is RoomStatus.ENDED
     assert len(shop.events.of_type("room.ended")) == 1
+
+
+async def test_a_launch_whose_counted_offer_the_end_stopped_is_not_answered_as_launched() -> None:
+    shop = await open_shop()
+    reading = HeldCalls(shop.offers_store, "get")
+    launching, _ = other_process(shop, offers_store=cast(OfferStore, reading))
+    launch = asyncio.create_task(launch_through(launching, shop, quantity=2, key="late-3"))
+    await asyncio.wait_for(reading.entered.wait(), 2)  # counted: reading it for its answer
+    saving = HeldCalls(shop.rooms, "save")
+    ending = RoomService(
+        cast(RoomStore, saving), shop.products, shop.events, shop.clock,
+        stop_offers=shop.offers.stop_offers_in_room,
+    )  # fmt: skip
+    end = asyncio.create_task(ending.end(shop.room_id, HOST))
+    await asyncio.wait_for(saving.entered.wait(), 2)  # its offers stopped, the room not stored
+    reading.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await launch
+    assert refused.value.code == "offer_withdrawn"  # not 201 with an offer stopped already
+    saving.gate.set()
+    await end
+    with pytest.raises(Conflict) as again:  # sent again: the room has ended by now
+        await launch_through(shop.offers, shop, quantity=2, key="late-3")
+    assert again.value.code == "room_not_live"
+    assert shop.events.of_type("offer.started") == []
