@@ -157,7 +157,7 @@ class StockAnnouncer:
             # figure waits its period.
             await self._events.try_gate(room, f"stock:{offer.id}", STOCK_ANNOUNCE_SECONDS)
             self._announced_at[offer.id] = time.monotonic()
-            await self.publish_stock(offer, figure)
+            await self._publish_stock(offer, figure)
             if not unless_marked:
                 await self._events.try_gate(room, mark, marked_for)
         except LiveshopError as error:
@@ -219,7 +219,7 @@ class StockAnnouncer:
                 break
             await asyncio.sleep(STOCK_ANNOUNCE_SECONDS)
         self._announced_at[offer.id] = time.monotonic()
-        await self.publish_stock(offer, figure)
+        await self._publish_stock(offer, figure)
         return self._changed_at.get(offer.id, 0.0) > read_at
 
     async def _end_sold_out(self, offer: FlashOffer) -> None:
@@ -246,9 +246,9 @@ class StockAnnouncer:
             version = (await self._stock.figure(offer.id)).version
         except OfferPaused:  # lost at the end: told all the same, unordered
             version = None
-        await self.publish_stock(offer, StockFigure(0, version))
+        await self._publish_stock(offer, StockFigure(0, version))
 
-    async def publish_stock(self, offer: FlashOffer, figure: StockFigure) -> None:
+    async def _publish_stock(self, offer: FlashOffer, figure: StockFigure) -> None:
         """The figure, unless the room has heard one of a version as high (a process that read
         earlier, or told the same one): its topic in the room's stream keeps them in order."""
         await self._events.publish_room_event(
