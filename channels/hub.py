@@ -32,8 +32,9 @@ from server.metrics import Metrics
 log = logging.getLogger("liveshop.hub")
 
 RoomLoader = Callable[[str], Awaitable[RoomView]]
-# Keeps a room's likes and peak viewers where they outlive Redis (RoomStore.keep_counters).
-CounterKeeper = Callable[[str, int, int], Awaitable[None]]
+# Keeps a room's likes and peak viewers where they outlive Redis, and answers them as kept
+# (RoomStore.keep_counters).
+CounterKeeper = Callable[[str, int, int], Awaitable[tuple[int, int]]]
 # How often a process serving a room keeps its counters: what a Redis that loses its data can
 # take from the host's figures (keeping is one write a room and process each time).
 KEEP_COUNTERS_SECONDS = 10.0
@@ -504,14 +505,15 @@ class Hub:
     @staticmethod
     async def _keep_now(keep: CounterKeeper, room: LocalRoom, figures: tuple[int, int]) -> None:
         try:
-            await keep(room.room_id, *figures)
+            kept = await keep(room.room_id, *figures)
         except Exception as exc:
             log.warning(
                 "room_counters_not_kept",
                 extra={"room_id": room.room_id, "error": type(exc).__name__},
             )
             return
-        room.kept = figures
+        # As kept by every process: where Redis's counters start again, should it lose them.
+        room.kept = kept
 
     def add_likes(self, room: LocalRoom, count: int) -> None:
         room.likes_pending += count

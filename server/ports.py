@@ -64,9 +64,10 @@ class RoomStore(Protocol):
 
     async def set_slow_mode(self, room_id: str, seconds: int) -> None: ...
 
-    async def keep_counters(self, room_id: str, likes: int, peak_viewers: int) -> None:
+    async def keep_counters(self, room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
         """Raise the room's kept likes and peak viewers to these, never lower them: every
-        process serving the room keeps them, each as it last read them."""
+        process serving the room keeps them, each as it last read them. The kept figures
+        after (0, 0 for a room that does not exist)."""
         ...
 
     async def set_blocked_words(self, room_id: str, words: builtins.list[str]) -> None: ...

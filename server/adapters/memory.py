@@ -82,12 +82,13 @@ class MemoryRoomStore:
     async def set_slow_mode(self, room_id: str, seconds: int) -> None:
         (await self._stored(room_id)).slow_mode_seconds = seconds
 
-    async def keep_counters(self, room_id: str, likes: int, peak_viewers: int) -> None:
+    async def keep_counters(self, room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
         room = self._rooms.get(room_id)
         if room is None:
-            return  # as MongoDB's update of no document
+            return 0, 0  # as MongoDB's update of no document
         room.kept_likes = max(room.kept_likes, likes)
         room.kept_peak_viewers = max(room.kept_peak_viewers, peak_viewers)
+        return room.kept_likes, room.kept_peak_viewers
 
     async def set_blocked_words(self, room_id: str, words: builtins.list[str]) -> None:
         (await self._stored(room_id)).blocked_words = list(words)

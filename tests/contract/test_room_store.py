@@ -206,13 +206,14 @@ async def test_kept_counters_only_rise_and_outlive_a_save(stores: Stores) -> Non
     await stores.rooms.create(_room())
     room = await stores.rooms.get("r_1")
     assert (room.kept_likes, room.kept_peak_viewers) == (0, 0)
-    await stores.rooms.keep_counters("r_1", 40, 3)
-    await stores.rooms.keep_counters("r_1", 12, 5)  # read by a process after Redis lost them
+    assert await stores.rooms.keep_counters("r_1", 40, 3) == (40, 3)
+    # Read by a process after Redis lost them: it learns what the others kept.
+    assert await stores.rooms.keep_counters("r_1", 12, 5) == (40, 5)
     room.start(T0)  # a room read before they were kept, saved after
     await stores.rooms.save(room, expected_status=RoomStatus.SCHEDULED)
     got = await stores.rooms.get("r_1")
     assert (got.kept_likes, got.kept_peak_viewers) == (40, 5)
-    await stores.rooms.keep_counters("r_missing", 1, 1)  # changes nothing, anywhere
+    assert await stores.rooms.keep_counters("r_missing", 1, 1) == (0, 0)  # changes nothing
     with pytest.raises(NotFound):
         await stores.rooms.get("r_missing")
 

@@ -167,10 +167,14 @@ class MongoRoomStore:
         await self._set(room_id, {"slow_mode_seconds": seconds})
 
     @_translate_errors
-    async def keep_counters(self, room_id: str, likes: int, peak_viewers: int) -> None:
-        await self._rooms.update_one(
-            {"_id": room_id}, {"$max": {"likes": likes, "peak_viewers": peak_viewers}}
+    async def keep_counters(self, room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
+        doc = await self._rooms.find_one_and_update(
+            {"_id": room_id},
+            {"$max": {"likes": likes, "peak_viewers": peak_viewers}},
+            projection={"likes": True, "peak_viewers": True},
+            return_document=ReturnDocument.AFTER,
         )
+        return (0, 0) if doc is None else (doc["likes"], doc["peak_viewers"])
 
     @_translate_errors
     async def set_blocked_words(self, room_id: str, words: builtins.list[str]) -> None:

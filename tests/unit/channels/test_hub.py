@@ -254,9 +254,10 @@ async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here
     kept: list[tuple[str, int, int]] = []
     written = asyncio.Event()
 
-    async def keep(room_id: str, likes: int, peak_viewers: int) -> None:
+    async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
         kept.append((room_id, likes, peak_viewers))
         written.set()
+        return likes, peak_viewers
 
     async def kept_last(figures: tuple[str, int, int]) -> None:
         while not kept or kept[-1] != figures:
@@ -282,6 +283,33 @@ async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here
             await hub.leave(conn)
         hub.add_likes(room, 2)  # tapped as the last viewer left: kept when the room closes
         await asyncio.wait_for(kept_last(("r1", 10, 2)), 2)
+    finally:
+        await hub.close()
+
+
+async def test_counters_redis_lost_start_again_from_what_every_process_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "KEEP_COUNTERS_SECONDS", 0.1)
+    kept_two = asyncio.Event()
+
+    async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
+        if likes == 2:
+            kept_two.set()
+        return 50, 9  # other processes kept more: the store answers the highest
+
+    bus = MemoryBus()
+    hub = Hub(MemoryBroker(bus), load_room, Metrics(), HubLimits(counter_interval=0.05), keep)
+    await hub.start()
+    try:
+        socket = Socket()
+        _, room = await hub.join("r1", viewer(1), socket)
+        hub.add_likes(room, 2)
+        await asyncio.wait_for(kept_two.wait(), 2)
+        await asyncio.sleep(0)  # the store's answer noted
+        del bus.counters["r1"]  # Redis lost them
+        hub.add_likes(room, 1)
+        await socket.until(lambda: any(f["count"] == 51 for f in socket.of_type("likes")))
     finally:
         await hub.close()
 
