@@ -18,11 +18,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from channels.broker import Broker, Counters, encode_body
+from channels.broker import Broker, encode_body
 from channels.close_codes import CloseCode
 from channels.connection import Connection, FrameSender
 from channels.direct_send import DirectSocket
 from channels.errors import Draining, RoomEnded
+from channels.kept_counters import CounterKeeper, KeptCounters
 from channels.room_state import LocalRoom, RoomView, hello_frame
 from server.background import BackgroundTasks
 from server.domain.errors import LiveshopError, Unavailable
@@ -32,12 +33,6 @@ from server.metrics import Metrics
 log = logging.getLogger("liveshop.hub")
 
 RoomLoader = Callable[[str], Awaitable[RoomView]]
-# Keeps a room's likes and peak viewers where they outlive Redis, and answers them as kept
-# (RoomStore.keep_counters).
-CounterKeeper = Callable[[str, int, int], Awaitable[tuple[int, int]]]
-# How often a process serving a room keeps its counters: what a Redis that loses its data can
-# take from the host's figures (keeping is one write a room and process each time).
-KEEP_COUNTERS_SECONDS = 10.0
 
 # A room with no local viewers keeps its subscription this long, so a quick reconnect is cheap.
 LINGER_SECONDS = 15.0
@@ -67,12 +62,12 @@ class Hub:
         self.limits = limits
         self.draining = False
         self._load_room = load_room
-        self._keep = keep_counters
         self._rooms: dict[str, LocalRoom] = {}
         self._users: dict[str, set[Connection]] = {}
         self._subscriptions = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
         self._background = BackgroundTasks(log, "hub_task_failed")
+        self._kept_counters = KeptCounters(keep_counters, self._background)
         self._all_left = asyncio.Event()  # set when a draining hub has no viewers left
         broker.attach(self)
 
@@ -229,7 +224,7 @@ class Hub:
                 counters = await self.broker.update_counters(
                     room.room_id, room.likes_pending, 0, kept=room.kept
                 )
-                self._keep_counters(room, counters, now=True)
+                self._kept_counters.read(room, counters, closing=True)
 
     async def _watch_user(self, user_id: str, conn: Connection) -> None:
         conns = self._users.setdefault(user_id, set())
@@ -486,34 +481,7 @@ class Hub:
             await self.publish_room_event(
                 room.room_id, {"type": "viewers", "count": counters.viewers}
             )
-        self._keep_counters(room, counters)
-
-    def _keep_counters(self, room: LocalRoom, counters: Counters, *, now: bool = False) -> None:
-        """Every KEEP_COUNTERS_SECONDS while this process serves the room, and when it stops
-        (the room emptied or ended): the host's figures outlive Redis's copy. In the
-        background, so that a slow database never holds up the room's counters."""
-        figures = (counters.likes, counters.peak_viewers)
-        if self._keep is None or figures == room.kept:
-            return
-        if not now and time.monotonic() - room.kept_at < KEEP_COUNTERS_SECONDS:
-            return
-        room.kept_at = time.monotonic()  # tried again a period later, should this one fail
-        task = self._background.spawn(self._keep_now(self._keep, room, figures))
-        if now:
-            self._background.finish_on_close(task)
-
-    @staticmethod
-    async def _keep_now(keep: CounterKeeper, room: LocalRoom, figures: tuple[int, int]) -> None:
-        try:
-            kept = await keep(room.room_id, *figures)
-        except Exception as exc:
-            log.warning(
-                "room_counters_not_kept",
-                extra={"room_id": room.room_id, "error": type(exc).__name__},
-            )
-            return
-        # As kept by every process: where Redis's counters start again, should it lose them.
-        room.kept = kept
+        self._kept_counters.read(room, counters)
 
     def add_likes(self, room: LocalRoom, count: int) -> None:
         room.likes_pending += count

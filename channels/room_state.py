@@ -151,8 +151,10 @@ class LocalRoom:
         elif kind == "offer.started":
             offer = dict(event["offer"])
             known = self.offers.get(str(offer["id"]))
-            stale = offer.get("stock_version") is None or not _is_newer(offer, known or {})
-            if known is not None and stale:  # sent again, its stock read earlier (or unknown)
+            # Sent again, its stock read earlier (or unknown then): the figure held stays.
+            if known is not None and (
+                offer.get("stock_version") is None or not _is_newer(offer, known)
+            ):
                 offer["remaining"] = known.get("remaining")
                 offer["stock_version"] = known.get("stock_version")
             self.offers[str(offer["id"])] = offer

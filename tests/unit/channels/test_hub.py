@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from channels import hub as hub_module
+from channels import kept_counters
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
 from channels.errors import RoomEnded
@@ -249,7 +250,7 @@ async def test_viewer_counts_add_up_across_processes() -> None:
 async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(hub_module, "KEEP_COUNTERS_SECONDS", 0.2)
+    monkeypatch.setattr(kept_counters, "KEEP_COUNTERS_SECONDS", 0.2)
     monkeypatch.setattr(hub_module, "LINGER_SECONDS", 0.1)
     kept: list[tuple[str, int, int]] = []
     written = asyncio.Event()
@@ -278,7 +279,7 @@ async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here
         writes = len(kept)
         await asyncio.sleep(0.5)
         assert len(kept) == writes  # nothing new: nothing written
-        monkeypatch.setattr(hub_module, "KEEP_COUNTERS_SECONDS", 100.0)  # only closing keeps
+        monkeypatch.setattr(kept_counters, "KEEP_COUNTERS_SECONDS", 100.0)  # only closing keeps
         for conn in list(room.connections):
             await hub.leave(conn)
         hub.add_likes(room, 2)  # tapped as the last viewer left: kept when the room closes
@@ -290,7 +291,7 @@ async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here
 async def test_counters_redis_lost_start_again_from_what_every_process_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(hub_module, "KEEP_COUNTERS_SECONDS", 0.1)
+    monkeypatch.setattr(kept_counters, "KEEP_COUNTERS_SECONDS", 0.1)
     kept_two = asyncio.Event()
 
     async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
