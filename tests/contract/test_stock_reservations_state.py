@@ -4,7 +4,8 @@ It drives claims (random buyers, quantities and keys, retries with a key already
 orders attached, releases (cancellations, expiries, the reaper), stops, the clock, data loss
 and rebuilds, and holds the store to a plain model: every outcome must match the model's, and
 after every step stock is never negative, the units held never exceed the quantity, no buyer
-holds more than the limit, and remaining == quantity - held.
+holds more than the limit, remaining == quantity - held, and the stock's version only
+rises, and rises whenever the stock moves.
 
 Hypothesis runs synchronously, so each example drives the async store through one
 `asyncio.Runner` the whole test shares (one Redis client, FLUSHALL between examples).
@@ -34,7 +35,7 @@ from hypothesis.stateful import (
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.errors import Unavailable
-from server.domain.offers import AttachOutcome, ClaimOutcome, RecoveredClaim
+from server.domain.offers import AttachOutcome, ClaimOutcome, RecoveredClaim, StockFigure
 from server.ports import StockReservations
 
 T = TypeVar("T")
@@ -117,6 +118,7 @@ class ReservationMachine(RuleBasedStateMachine):
         self.stock: StockReservations = self.harness.run(self.harness.make())
         self.model = Model(quantity=0, limit=0)
         self.orders = 0
+        self.last_figure: StockFigure | None = None  # as the last step left it
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         result: T = self.harness.run(coro)
@@ -299,6 +301,21 @@ class ReservationMachine(RuleBasedStateMachine):
         assert held == self.model.held_by_buyer()
         assert snapshot.remaining == self.model.remaining
         assert snapshot.stopped is self.model.stopped
+
+    @invariant()
+    def versions_only_rise(self) -> None:
+        """The stock's version never goes back, even past a loss and its rebuild, and it goes
+        up whenever the stock moves: figures can be put in order by it."""
+        if self.model.quantity == 0 or self.model.lost:
+            return
+        figure = self.call(self.stock.figure(OFFER))
+        assert figure.version is not None
+        last = self.last_figure
+        if last is not None and last.version is not None:
+            assert figure.version >= last.version
+            if figure.remaining != last.remaining:
+                assert figure.version > last.version
+        self.last_figure = figure
 
 
 SETTINGS = settings(
