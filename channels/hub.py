@@ -23,7 +23,7 @@ from channels.close_codes import CloseCode
 from channels.connection import Connection, FrameSender
 from channels.direct_send import DirectSocket
 from channels.errors import Draining, RoomEnded
-from channels.kept_counters import CounterKeeper, KeptCounters
+from channels.room_counters import CounterKeeper, RoomCounters
 from channels.room_state import LocalRoom, RoomView, hello_frame
 from server.background import BackgroundTasks
 from server.domain.errors import LiveshopError, Unavailable
@@ -67,7 +67,13 @@ class Hub:
         self._subscriptions = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
         self._background = BackgroundTasks(log, "hub_task_failed")
-        self._kept_counters = KeptCounters(keep_counters, self._background)
+        self._counters = RoomCounters(
+            broker,
+            self.publish_room_event,
+            limits.counter_interval,
+            keep_counters,
+            self._background,
+        )
         self._all_left = asyncio.Event()  # set when a draining hub has no viewers left
         broker.attach(self)
 
@@ -221,10 +227,7 @@ class Hub:
             self.metrics.rooms.set(len(self._rooms))
             with contextlib.suppress(Exception):
                 await self.broker.unsubscribe_room(room.room_id)
-                counters = await self.broker.update_counters(
-                    room.room_id, room.likes_pending, 0, kept=room.kept
-                )
-                self._kept_counters.read(room, counters, closing=True)
+                await self._counters.leave(room)
 
     async def _watch_user(self, user_id: str, conn: Connection) -> None:
         conns = self._users.setdefault(user_id, set())
@@ -392,7 +395,7 @@ class Hub:
             room.last_seq, room.epoch = position.seq, position.epoch
             await self._fill(room)
         elif position.epoch != room.epoch:
-            self._reset(room, position.seq, position.epoch)
+            await self._reset(room, position.seq, position.epoch)
         elif position.seq > room.last_seq:
             await self._fill(room)
 
@@ -405,7 +408,7 @@ class Hub:
                 frames = await self.broker.history(room.room_id, room.last_seq, room.epoch)
                 if frames is None:
                     position = await self.broker.position(room.room_id)
-                    self._reset(room, position.seq, position.epoch)
+                    await self._reset(room, position.seq, position.epoch)
                     return
                 for text in frames:
                     event = json.loads(text)
@@ -431,13 +434,26 @@ class Hub:
         room.pending = waiting
         return not waiting
 
-    def _reset(self, room: LocalRoom, seq: int, epoch: str) -> None:
-        """History is gone: viewers here reconnect and learn they must reload."""
+    async def _reset(self, room: LocalRoom, seq: int, epoch: str) -> None:
+        """History is gone: viewers here reconnect and learn they must reload. The room is read
+        again from the stores, since the new epoch's events up to `seq` are in no history (an
+        offer ended, one launched) and hellos are made from it; events arriving meanwhile wait."""
         self.metrics.stream_resets.inc()
         log.warning("room_stream_reset", extra={"room_id": room.room_id})
         room.last_seq, room.epoch, room.pending = seq, epoch, []
         for conn in list(room.connections):
             conn.abort(CloseCode.RESYNC, "room history was lost: reconnect")
+        filling, room.filling = room.filling, True
+        try:
+            room.load(await self._load_room(room.room_id))
+        except Exception as exc:  # a store away: what the room holds stays, as before
+            log.warning(
+                "room_reload_failed", extra={"room_id": room.room_id, "error": type(exc).__name__}
+            )
+        finally:
+            room.filling = filling
+        if not self._drain_pending(room):
+            self._spawn(self._fill(room))
 
     # Counters and housekeeping, once per interval --------------------------------------------
 
@@ -462,26 +478,7 @@ class Hub:
             await self._close_room(room)
             return
         await self._sync(room)
-        likes, room.likes_pending = room.likes_pending, 0
-        try:
-            counters = await self.broker.update_counters(
-                room.room_id, likes, len(room.connections), kept=room.kept
-            )
-        except Exception:
-            room.likes_pending += likes  # not counted: try again next tick
-            raise
-        interval = self.limits.counter_interval
-        if counters.likes > room.likes and await self.broker.try_gate(
-            room.room_id, "likes", interval
-        ):
-            await self.publish_room_event(room.room_id, {"type": "likes", "count": counters.likes})
-        if counters.viewers != room.viewers and await self.broker.try_gate(
-            room.room_id, "viewers", interval
-        ):
-            await self.publish_room_event(
-                room.room_id, {"type": "viewers", "count": counters.viewers}
-            )
-        self._kept_counters.read(room, counters)
+        await self._counters.tick(room)
 
     def add_likes(self, room: LocalRoom, count: int) -> None:
         room.likes_pending += count

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 import websockets
 from pymongo import AsyncMongoClient
 
-from channels import kept_counters
+from channels import room_counters
 from server.adapters.mongo.orders import MongoOrderStore
 from server.domain.identity import Role
 from server.domain.orders import OrderStatus
@@ -287,7 +287,7 @@ async def test_the_host_sees_orders_per_offer(live: Live) -> None:
 async def test_the_hosts_likes_and_peak_outlive_redis(
     live: Live, clean_redis: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kept_counters, "KEEP_COUNTERS_SECONDS", 0.1)  # not every 10 s: at once
+    monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 0.1)  # not every 10 s: at once
     async with websockets.connect(live.url("leo")) as leo:
         await recv(leo)
         await leo.send(json.dumps({"type": "like", "count": 9}))

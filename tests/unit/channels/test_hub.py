@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from channels import hub as hub_module
-from channels import kept_counters
+from channels import room_counters
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
 from channels.errors import RoomEnded
@@ -200,6 +200,36 @@ async def test_lost_history_sends_viewers_away_to_reload() -> None:
         await hub.close()
 
 
+async def test_a_process_that_finds_history_lost_reads_the_room_again() -> None:
+    # Events of the new epoch published before this process noticed the loss are in no history
+    # it can read: newcomers must not be shown an offer that ended meanwhile.
+    offers = [{"id": "f1", "remaining": 3, "stock_version": 5}]
+
+    async def load(room_id: str) -> RoomView:
+        return RoomView(ROOM, offers=[dict(offer) for offer in offers])
+
+    bus = MemoryBus()
+    hubs = [Hub(MemoryBroker(bus), load, Metrics(), HubLimits(counter_interval=0.05)) for _ in "ab"]
+    for hub in hubs:
+        await hub.start()
+    try:
+        viewer_a = Socket()
+        await hubs[0].join("r1", viewer(1), viewer_a)
+        await hubs[1].join("r1", viewer(2), Socket())
+        bus.flush()  # Redis restarted without persistence
+        offers.clear()  # the offer's end, stored...
+        ended = {"type": "offer.ended", "offer_id": "f1", "reason": "stopped"}
+        await hubs[1].publish_room_event("r1", ended)  # ...and told, in the new epoch
+        await viewer_a.until(lambda: viewer_a.closed is not None)  # sent to reload
+        newcomer = Socket()
+        await hubs[0].join("r1", viewer(3), newcomer)
+        await newcomer.until(lambda: bool(newcomer.sent))
+        assert newcomer.frames()[0]["room"]["offers"] == []
+    finally:
+        for hub in hubs:
+            await hub.close()
+
+
 async def test_a_stalled_viewer_is_closed_and_never_slows_the_others() -> None:
     hub = make_hub(MemoryBroker(MemoryBus()), send_queue_frames=10)
     await hub.start()
@@ -250,7 +280,7 @@ async def test_viewer_counts_add_up_across_processes() -> None:
 async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(kept_counters, "KEEP_COUNTERS_SECONDS", 0.2)
+    monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 0.2)
     monkeypatch.setattr(hub_module, "LINGER_SECONDS", 0.1)
     kept: list[tuple[str, int, int]] = []
     written = asyncio.Event()
@@ -279,7 +309,7 @@ async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here
         writes = len(kept)
         await asyncio.sleep(0.5)
         assert len(kept) == writes  # nothing new: nothing written
-        monkeypatch.setattr(kept_counters, "KEEP_COUNTERS_SECONDS", 100.0)  # only closing keeps
+        monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 100.0)  # only closing keeps
         for conn in list(room.connections):
             await hub.leave(conn)
         hub.add_likes(room, 2)  # tapped as the last viewer left: kept when the room closes
@@ -291,7 +321,7 @@ async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here
 async def test_counters_redis_lost_start_again_from_what_every_process_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(kept_counters, "KEEP_COUNTERS_SECONDS", 0.1)
+    monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 0.1)
     kept_two = asyncio.Event()
 
     async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:

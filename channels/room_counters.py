@@ -1,0 +1,96 @@
+"""A room's counters: likes tapped and viewers connected on every process, summed in Redis each
+interval and told to the room by whichever process wins a short gate; and likes and peak
+viewers kept where they outlive Redis (RoomStore.keep_counters), since a Redis restart may lose
+them and they expire a day after the room's last viewer. Each process serving the room keeps
+them every KEEP_COUNTERS_SECONDS and when it stops serving the room; Redis's counters of a room
+it lost start again from them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.broker import Broker, Counters
+from channels.room_state import LocalRoom
+from server.background import BackgroundTasks
+
+log = logging.getLogger("liveshop.hub")
+
+# Keeps a room's likes and peak viewers, and answers them as kept by every process.
+CounterKeeper = Callable[[str, int, int], Awaitable[tuple[int, int]]]
+Publish = Callable[[str, dict[str, Any]], Awaitable[int]]
+# What a Redis that loses its data can take from the host's figures (keeping is one write a
+# room and process each time).
+KEEP_COUNTERS_SECONDS = 10.0
+
+
+class RoomCounters:
+    def __init__(
+        self,
+        broker: Broker,
+        publish: Publish,
+        interval: float,
+        keep: CounterKeeper | None,
+        background: BackgroundTasks,
+    ) -> None:
+        self._broker = broker
+        self._publish = publish
+        self._interval = interval
+        self._keep = keep
+        self._background = background
+
+    async def tick(self, room: LocalRoom) -> None:
+        """Report this process's likes and viewers, tell the room the totals that moved (one
+        process an interval), and keep them."""
+        likes, room.likes_pending = room.likes_pending, 0
+        try:
+            counters = await self._broker.update_counters(
+                room.room_id, likes, len(room.connections), kept=room.kept
+            )
+        except Exception:
+            room.likes_pending += likes  # not counted: try again next tick
+            raise
+        room_id = room.room_id
+        if counters.likes > room.likes and await self._broker.try_gate(
+            room_id, "likes", self._interval
+        ):
+            await self._publish(room_id, {"type": "likes", "count": counters.likes})
+        if counters.viewers != room.viewers and await self._broker.try_gate(
+            room_id, "viewers", self._interval
+        ):
+            await self._publish(room_id, {"type": "viewers", "count": counters.viewers})
+        self._kept(room, counters)
+
+    async def leave(self, room: LocalRoom) -> None:
+        """This process stops serving the room: its last likes and no viewers, kept at once."""
+        counters = await self._broker.update_counters(
+            room.room_id, room.likes_pending, 0, kept=room.kept
+        )
+        self._kept(room, counters, closing=True)
+
+    def _kept(self, room: LocalRoom, counters: Counters, *, closing: bool = False) -> None:
+        """Kept if they changed and a period has passed since the last keep here, or at once
+        when closing; in the background, so that a slow database never holds up the room."""
+        figures = (counters.likes, counters.peak_viewers)
+        if self._keep is None or figures == room.kept:
+            return
+        if not closing and time.monotonic() - room.kept_at < KEEP_COUNTERS_SECONDS:
+            return
+        room.kept_at = time.monotonic()  # tried again a period later, should this one fail
+        task = self._background.spawn(_keep(self._keep, room, figures))
+        if closing:
+            self._background.finish_on_close(task)
+
+
+async def _keep(keep: CounterKeeper, room: LocalRoom, figures: tuple[int, int]) -> None:
+    try:
+        kept = await keep(room.room_id, *figures)
+    except Exception as exc:
+        log.warning(
+            "room_counters_not_kept", extra={"room_id": room.room_id, "error": type(exc).__name__}
+        )
+        return
+    # As kept by every process: where Redis's counters start again, should it lose them.
+    room.kept = kept
