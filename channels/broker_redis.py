@@ -288,6 +288,12 @@ class RedisBroker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            except Exception as exc:  # anything else: logged, and the reader goes on
+                # A reader that died would leave this process deaf to every room, silently.
+                log.warning("broker_reader_failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             if message is not None:
                 self._dispatch(message)
 

@@ -201,7 +201,8 @@ class Hub:
         return room
 
     async def _open_room(self, room: LocalRoom) -> None:
-        assert room.ready is not None
+        ready = room.ready  # the first joiners' (a reset while it opens sets another)
+        assert ready is not None
         try:
             room.load(await self._load_room(room.room_id))
             async with self._subscriptions:
@@ -209,15 +210,15 @@ class Hub:
             await asyncio.wait_for(room.subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
             await self._sync(room)
             self.metrics.rooms.set(len(self._rooms))
-            room.ready.set_result(None)
+            ready.set_result(None)
         except Exception as exc:
             if self._rooms.get(room.room_id) is room:
                 del self._rooms[room.room_id]
             error = exc if isinstance(exc, LiveshopError) else Unavailable("room unavailable")
             if not isinstance(exc, LiveshopError):
                 log.exception("room_open_failed", extra={"room_id": room.room_id})
-            room.ready.set_exception(error)
-            room.ready.exception()  # consumed here; joiners re-raise it from their await
+            ready.set_exception(error)
+            ready.exception()  # consumed here; joiners re-raise it from their await
 
     async def _close_room(self, room: LocalRoom) -> None:
         async with self._subscriptions:
@@ -436,14 +437,14 @@ class Hub:
 
     async def _reset(self, room: LocalRoom, seq: int, epoch: str) -> None:
         """History is gone: viewers here reconnect and learn they must reload. The room is read
-        again from the stores, since the new epoch's events up to `seq` are in no history (an
-        offer ended, one launched) and hellos are made from it; events arriving meanwhile wait."""
+        again from the stores first, since the new epoch's events up to `seq` are in no history
+        (an offer ended, one launched) and hellos are made from it: joiners wait for it, events
+        arriving meanwhile wait too, and the viewers are sent away once it is done."""
         self.metrics.stream_resets.inc()
         log.warning("room_stream_reset", extra={"room_id": room.room_id})
         room.last_seq, room.epoch, room.pending = seq, epoch, []
-        for conn in list(room.connections):
-            conn.abort(CloseCode.RESYNC, "room history was lost: reconnect")
-        filling, room.filling = room.filling, True
+        here, read_again = list(room.connections), asyncio.get_running_loop().create_future()
+        filling, room.filling, room.ready = room.filling, True, read_again
         try:
             room.load(await self._load_room(room.room_id))
         except Exception as exc:  # a store away: what the room holds stays, as before
@@ -452,6 +453,9 @@ class Hub:
             )
         finally:
             room.filling = filling
+            read_again.set_result(None)
+        for conn in here:
+            conn.abort(CloseCode.RESYNC, "room history was lost: reconnect")
         if not self._drain_pending(room):
             self._spawn(self._fill(room))
 

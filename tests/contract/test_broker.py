@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -320,6 +321,31 @@ async def test_redis_restart_resubscribes_and_starts_a_new_epoch(
         )
         after = next(f for _, f in b.heard.room_frames if f.get("text") == "after")
         assert after["epoch"] != old.epoch
+    finally:
+        for node in (a, b):
+            await node.broker.close()
+
+
+async def test_a_redis_reader_that_meets_an_unexpected_error_goes_on(
+    clean_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (a, b) = await _nodes(lambda: RedisBroker(clean_redis))
+    try:
+        await b.broker.subscribe_room("rx")
+        await b.heard.wait_for(lambda: "rx" in b.heard.subscribed)
+        pubsub = b.broker._pubsub  # type: ignore[attr-defined]
+        get_message, failures = pubsub.get_message, [RuntimeError("not a RedisError")]
+
+        async def failing_once(**kwargs: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return await get_message(**kwargs)
+
+        monkeypatch.setattr(pubsub, "get_message", failing_once)
+        await asyncio.sleep(1.5)  # the reader met it (its wait for a message lasts 1 s)
+        assert not failures
+        await a.broker.publish("rx", {"type": "chat.message", "text": "still heard"})
+        await b.heard.wait_for(lambda: any(f.get("text") for _, f in b.heard.room_frames))
     finally:
         for node in (a, b):
             await node.broker.close()

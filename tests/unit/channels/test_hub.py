@@ -202,10 +202,16 @@ async def test_lost_history_sends_viewers_away_to_reload() -> None:
 
 async def test_a_process_that_finds_history_lost_reads_the_room_again() -> None:
     # Events of the new epoch published before this process noticed the loss are in no history
-    # it can read: newcomers must not be shown an offer that ended meanwhile.
+    # it can read: no hello may show an offer that ended meanwhile, not even to a viewer who
+    # reconnects the moment it is sent away.
     offers = [{"id": "f1", "remaining": 3, "stock_version": 5}]
+    reads, read_again = 0, asyncio.Event()
 
     async def load(room_id: str) -> RoomView:
+        nonlocal reads
+        reads += 1
+        if reads > 2:  # past each process's first read: the reads after the loss are slow
+            await read_again.wait()
         return RoomView(ROOM, offers=[dict(offer) for offer in offers])
 
     bus = MemoryBus()
@@ -220,9 +226,15 @@ async def test_a_process_that_finds_history_lost_reads_the_room_again() -> None:
         offers.clear()  # the offer's end, stored...
         ended = {"type": "offer.ended", "offer_id": "f1", "reason": "stopped"}
         await hubs[1].publish_room_event("r1", ended)  # ...and told, in the new epoch
-        await viewer_a.until(lambda: viewer_a.closed is not None)  # sent to reload
+        await asyncio.sleep(0.2)
+        assert viewer_a.closed is None  # sent away only once the room is read again
         newcomer = Socket()
-        await hubs[0].join("r1", viewer(3), newcomer)
+        joining = asyncio.create_task(hubs[0].join("r1", viewer(3), newcomer))
+        await asyncio.sleep(0.1)
+        assert not joining.done()  # newcomers wait for it too
+        read_again.set()
+        await joining
+        await viewer_a.until(lambda: viewer_a.closed is not None)
         await newcomer.until(lambda: bool(newcomer.sent))
         assert newcomer.frames()[0]["room"]["offers"] == []
     finally:
