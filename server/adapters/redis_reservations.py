@@ -343,12 +343,8 @@ class RedisStockReservations:
             raise OfferPaused(f"offer {offer_id} is being restored")
         return released == 1
 
-    @redis_unreachable_is_unavailable
     async def remaining(self, offer_id: str) -> int:
-        stock = await self._redis.hget(_keys(offer_id)[0], "stock")
-        if stock is None:
-            raise OfferPaused(f"offer {offer_id} is being restored")
-        return int(stock)
+        return (await self.figure(offer_id)).remaining
 
     @redis_unreachable_is_unavailable
     async def figure(self, offer_id: str) -> StockFigure:
