@@ -7,6 +7,7 @@ started here is remembered until it is closed, so a failing test can show their 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -169,6 +170,16 @@ class LiveshopProcess:
 
     def stderr_text(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    async def logged(self, event: str, within: float) -> bool:
+        """Whether the process logs `event` within `within` seconds: a log line written after
+        the change a test waited on (the change comes first) may not be there yet."""
+        deadline = time.monotonic() + within
+        while event not in self.stderr_text():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
 
     def describe(self) -> str:
         state = "running" if self.running else f"exited with {self.returncode}"
