@@ -90,7 +90,11 @@ Sku = Annotated[
 ]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 # Written as sellers find it in tariff books ("6117.10" or "611710"); stored as digits only.
-HsCode = Annotated[str, StringConstraints(max_length=16, pattern=r"^[0-9]+(\.[0-9]+)*$")]
+# As tariff books print it: the 4-digit heading, the 2-digit subheading, then a country's own
+# digits, a dot allowed only between those parts ("6117.10", "6117.10.0010", "6117100010").
+HsCode = Annotated[
+    str, StringConstraints(max_length=16, pattern=r"^[0-9]{4}\.?[0-9]{2}(\.?[0-9]{1,4}){0,2}$")
+]
 
 
 class RequestModel(BaseModel):

@@ -159,10 +159,13 @@ async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
         ({"origin_country": "CHN"}, "origin_country", "string_pattern_mismatch"),
         ({"origin_country": "ZZ"}, "origin_country", "value_error"),
         ({"origin_country": "EU"}, "origin_country", "value_error"),
-        ({"hs_code": "6117"}, "hs_code", "value_error"),
+        ({"hs_code": "6117"}, "hs_code", "string_pattern_mismatch"),
         ({"hs_code": "61171000001"}, "hs_code", "value_error"),
         ({"hs_code": "6117..10"}, "hs_code", "string_pattern_mismatch"),
         ({"hs_code": "6117-10"}, "hs_code", "string_pattern_mismatch"),
+        ({"hs_code": "61.1710"}, "hs_code", "string_pattern_mismatch"),  # dots part the heading
+        ({"hs_code": "6117.1.0"}, "hs_code", "string_pattern_mismatch"),  # ...and subheading
+        ({"hs_code": "6117.10."}, "hs_code", "string_pattern_mismatch"),
         ({"hs_code": 611710}, "hs_code", "string_type"),
         ({"hs_code": "000000"}, "hs_code", "value_error"),  # no chapter 00 or 77
         ({"hs_code": "7701.10"}, "hs_code", "value_error"),
@@ -247,6 +250,9 @@ async def test_too_many_prices_are_refused(client: httpx.AsyncClient) -> None:
 def test_input_is_normalised() -> None:
     body = ProductIn.model_validate_json(json.dumps(PRODUCT))
     assert body.hs_code == "611710"  # dots are how tariff books print it, not part of it
+    for printed in ("6117.10.00.10", "6117.10.0010", "6117.10.010", "6117100010"):
+        body = ProductIn.model_validate_json(json.dumps({**PRODUCT, "hs_code": printed}))
+        assert body.hs_code == printed.replace(".", "")
     assert body.description == "Hand-rolled hems, 90 x 90 cm."
     assert body.other_money() == [Money(Decimal("11.90"), "EUR"), Money(Decimal("1800"), "JPY")]
 
