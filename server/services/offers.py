@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from schemas.commerce import offer_to_wire
-from schemas.http import product_to_wire
+from schemas.http import product_summary
 from server.domain.errors import Conflict, LaunchWithdrawn, LiveshopError, OfferPaused, Unavailable
 from server.domain.figures import OfferFigures
 from server.domain.identity import Identity, scoped_key
@@ -179,7 +179,9 @@ class OfferService:
             {
                 "type": "offer.started",
                 "offer": offer_to_wire(offer, figure),
-                "product": product_to_wire(product),
+                # What a pinned product shows: every viewer gets it, so not the whole product
+                # (a description of up to 5,000 characters, the trade fields).
+                "product": product_summary(product),
                 "server_time": _iso(self._clock()),
             },
             topic=offer.id,

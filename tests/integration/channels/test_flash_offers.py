@@ -109,6 +109,15 @@ async def test_the_room_sees_the_offer_start_its_stock_fall_and_its_end(live: Li
         offer = await launch(live, quantity=2, limit=2)
         started = await recv_type(anon, "offer.started")
         assert started["offer"]["id"] == offer["id"]
+        # The product as a pinned one shows it, the same to every viewer: the whole product
+        # (its description, its trade fields) is GET /products/{id}'s.
+        assert started["product"] == {
+            "id": offer["product_id"],
+            "title": "Serum",
+            "images": [],
+            "price": {"amount": "24.90", "currency": "USD"},
+            "stock": 100,
+        }
         assert started["offer"]["remaining"] == 2
         claim = {
             "type": "offer.claim",
