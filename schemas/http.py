@@ -6,6 +6,7 @@ belongs, a number sent as a string, or an unknown field is refused rather than g
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Self
 
@@ -21,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from server.domain.errors import InvalidInput
 from server.domain.money import Money
@@ -90,11 +92,10 @@ Sku = Annotated[
 ]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 # Written as sellers find it in tariff books ("6117.10" or "611710"); stored as digits only.
+HsCode = Annotated[str, StringConstraints(max_length=16)]
 # As tariff books print it: the 4-digit heading, the 2-digit subheading, then a country's own
 # digits, a dot allowed only between those parts ("6117.10", "6117.10.0010", "6117100010").
-HsCode = Annotated[
-    str, StringConstraints(max_length=16, pattern=r"^[0-9]{4}\.?[0-9]{2}(\.?[0-9]{1,4}){0,2}$")
-]
+_PRINTED_HS_CODE = re.compile(r"[0-9]{4}\.?[0-9]{2}(\.?[0-9]{1,4}){0,2}")
 
 
 class RequestModel(BaseModel):
@@ -174,6 +175,12 @@ class ProductIn(RequestModel):
     def _hs_digits(cls, code: str | None) -> str | None:
         if code is None:
             return None
+        if _PRINTED_HS_CODE.fullmatch(code) is None:
+            raise PydanticCustomError(
+                "string_pattern_mismatch",
+                "hs_code is digits, with dots only after the 4-digit heading and the 2-digit "
+                "subheading: 6117.10 or 6117.10.0010",
+            )
         digits = code.replace(".", "")
         if not 6 <= len(digits) <= 10:
             raise ValueError("hs_code must have 6 to 10 digits")

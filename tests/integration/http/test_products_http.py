@@ -220,6 +220,12 @@ async def test_bad_trade_fields_are_refused_by_field(
     assert _errors(response) == [(field, error_type)]
 
 
+async def test_a_misprinted_hs_code_is_told_how_to_print_it(client: httpx.AsyncClient) -> None:
+    response = await client.post("/products", json={**PRODUCT, "hs_code": "61.1710"}, headers=HOST)
+    [error] = response.json()["errors"]
+    assert "6117.10" in error["message"]  # an example, not a regular expression
+
+
 async def test_text_in_any_script_with_emoji_and_paragraphs_is_kept(
     client: httpx.AsyncClient,
 ) -> None:
