@@ -14,6 +14,7 @@ publication is the order of sequence numbers on every subscriber.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -271,11 +272,16 @@ class RedisBroker:
         return bool(await self._redis.set(key, self.node_id, nx=True, px=int(seconds * 1000)))
 
     async def _read_forever(self) -> None:
+        # A reader that died would leave this process deaf to every room, silently: whatever
+        # goes wrong is logged, and it goes on.
         backoff = 0.05
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    self._dispatch(message)
                 backoff = 0.05
+                continue
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -283,19 +289,13 @@ class RedisBroker:
                 # next get_message reconnects and re-subscribes every channel. The subscribe
                 # confirmations that follow tell the hub to look for missed events.
                 log.warning("broker_connection_lost", extra={"error": type(exc).__name__})
-                if self._pubsub.connection is not None:
-                    await self._pubsub.connection.disconnect()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            except Exception as exc:  # anything else: logged, and the reader goes on
-                # A reader that died would leave this process deaf to every room, silently.
+                with contextlib.suppress(RedisError, OSError):  # it is broken already
+                    if self._pubsub.connection is not None:
+                        await self._pubsub.connection.disconnect()
+            except Exception as exc:
                 log.warning("broker_reader_failed", extra={"error": type(exc).__name__})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            if message is not None:
-                self._dispatch(message)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         listener = self._listener

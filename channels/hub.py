@@ -308,7 +308,7 @@ class Hub:
             self._on_control(room, kind)
             return
         seq, epoch = int(event["seq"]), str(event["epoch"])
-        if room.last_seq is None or room.filling:
+        if room.last_seq is None or room.filling or room.reloading:
             room.pending.append((seq, epoch, event, text))
             return
         if epoch != room.epoch:
@@ -401,12 +401,15 @@ class Hub:
             await self._fill(room)
 
     async def _fill(self, room: LocalRoom) -> None:
-        if room.filling or room.last_seq is None or room.epoch is None:
+        if room.filling or room.reloading or room.last_seq is None or room.epoch is None:
             return
         room.filling = True
         try:
             for _ in range(3):
-                frames = await self.broker.history(room.room_id, room.last_seq, room.epoch)
+                epoch = room.epoch
+                frames = await self.broker.history(room.room_id, room.last_seq, epoch)
+                if room.epoch != epoch or room.reloading:
+                    return  # history was found lost meanwhile: the reset fills once it is done
                 if frames is None:
                     position = await self.broker.position(room.room_id)
                     await self._reset(room, position.seq, position.epoch)
@@ -421,41 +424,39 @@ class Hub:
             room.filling = False
 
     def _drain_pending(self, room: LocalRoom) -> bool:
-        """Fan out buffered events that now follow on; True when nothing is left waiting."""
-        room.pending.sort(key=lambda item: item[0])
-        waiting = []
-        for seq, epoch, event, text in room.pending:
-            assert room.last_seq is not None
-            if epoch != room.epoch or seq <= room.last_seq:
-                continue
-            if seq == room.last_seq + 1:
-                self._fan_out(room, seq, event, text)
-            else:
-                waiting.append((seq, epoch, event, text))
-        room.pending = waiting
-        return not waiting
+        """Fan out held events that now follow on; True when nothing is left waiting."""
+        for seq, event, text in room.next_in_line():
+            self._fan_out(room, seq, event, text)
+        return not room.pending
 
     async def _reset(self, room: LocalRoom, seq: int, epoch: str) -> None:
         """History is gone: viewers here reconnect and learn they must reload. The room is read
         again from the stores first, since the new epoch's events up to `seq` are in no history
         (an offer ended, one launched) and hellos are made from it: joiners wait for it, events
-        arriving meanwhile wait too, and the viewers are sent away once it is done."""
-        self.metrics.stream_resets.inc()
-        log.warning("room_stream_reset", extra={"room_id": room.room_id})
-        room.last_seq, room.epoch, room.pending = seq, epoch, []
-        here, read_again = list(room.connections), asyncio.get_running_loop().create_future()
-        filling, room.filling, room.ready = room.filling, True, read_again
-        try:
-            room.load(await self._load_room(room.room_id))
-        except Exception as exc:  # a store away: what the room holds stays, as before
-            log.warning(
-                "room_reload_failed", extra={"room_id": room.room_id, "error": type(exc).__name__}
-            )
-        finally:
-            room.filling = filling
-            read_again.set_result(None)
-        for conn in here:
-            conn.abort(CloseCode.RESYNC, "room history was lost: reconnect")
+        arriving meanwhile wait too, and the viewers are sent away once it is done.
+
+        Several checks can find the same loss at once (the tick, a frame of the new epoch, a
+        fill): the first resets, and the others, once it is done, find nothing left to do."""
+        async with room.reset_lock:
+            if epoch == room.epoch and room.last_seq is not None and seq <= room.last_seq:
+                return
+            self.metrics.stream_resets.inc()
+            log.warning("room_stream_reset", extra={"room_id": room.room_id})
+            room.last_seq, room.epoch, room.pending = seq, epoch, []
+            here, read_again = list(room.connections), asyncio.get_running_loop().create_future()
+            room.reloading, room.ready = True, read_again
+            try:
+                room.load(await self._load_room(room.room_id))
+            except Exception as exc:  # a store away: what the room holds stays, as before
+                log.warning(
+                    "room_reload_failed",
+                    extra={"room_id": room.room_id, "error": type(exc).__name__},
+                )
+            finally:
+                room.reloading = False
+                read_again.set_result(None)
+            for conn in here:
+                conn.abort(CloseCode.RESYNC, "room history was lost: reconnect")
         if not self._drain_pending(room):
             self._spawn(self._fill(room))
 
@@ -464,7 +465,7 @@ class Hub:
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self.limits.counter_interval)
-            rooms = [r for r in self._rooms.values() if r.ready is not None and r.ready.done()]
+            rooms = list(self._rooms.values())
             results = await asyncio.gather(
                 *(self._tick_room(room) for room in rooms), return_exceptions=True
             )
@@ -476,7 +477,8 @@ class Hub:
                     )
 
     async def _tick_room(self, room: LocalRoom) -> None:
-        if room.ready is None or room.ready.exception() is not None:
+        ready = room.ready  # not done while the room opens or is read again: next tick
+        if ready is None or not ready.done() or ready.exception() is not None:
             return
         if room.empty_since is not None and time.monotonic() - room.empty_since > LINGER_SECONDS:
             await self._close_room(room)

@@ -54,6 +54,9 @@ class LocalRoom:
     epoch: str | None = None
     pending: list[tuple[int, str, dict[str, Any], str]] = field(default_factory=list)
     filling: bool = False
+    # History lost: the room is being read again (events wait meanwhile), one read at a time.
+    reloading: bool = False
+    reset_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Future[None] | None = None
     empty_since: float | None = None
@@ -95,6 +98,24 @@ class LocalRoom:
             del self._per_user[user_id]
             self._chat.pop(user_id, None)
         return True
+
+    def next_in_line(self) -> list[tuple[int, dict[str, Any], str]]:
+        """Take the held events that now follow on from `last_seq`, in order; those after a
+        gap keep waiting, and those of another epoch or already fanned out are dropped."""
+        assert self.last_seq is not None
+        expected = self.last_seq + 1
+        following: list[tuple[int, dict[str, Any], str]] = []
+        waiting: list[tuple[int, str, dict[str, Any], str]] = []
+        for seq, epoch, event, text in sorted(self.pending, key=lambda item: item[0]):
+            if epoch != self.epoch or seq < expected:
+                continue
+            if seq == expected:
+                following.append((seq, event, text))
+                expected += 1
+            else:
+                waiting.append((seq, epoch, event, text))
+        self.pending = waiting
+        return following
 
     def load(self, view: RoomView) -> None:
         room = view.room
