@@ -122,6 +122,11 @@ class RedisBroker:
         self._redis = redis_client(url, max_connections=MAX_CONNECTIONS)
         self._private = GroupCommit(self._publish_private_batch)
         self._pubsub = self._redis.pubsub()
+        # The pub/sub connection is one socket for the reader and every (un)subscribe: a
+        # (re)connect's handshake reads its replies, and must not race the reader's reads, nor
+        # another (re)connect. Whoever (re)connects holds this; the reader reads only once the
+        # connection is up, never during a handshake.
+        self._connecting = asyncio.Lock()
         self._publish = self._redis.register_script(_PUBLISH)
         self._counters = self._redis.register_script(_COUNTERS)
         self._listener: BrokerListener | None = None
@@ -193,19 +198,23 @@ class RedisBroker:
 
     @redis_unreachable_is_unavailable
     async def subscribe_room(self, room_id: str) -> None:
-        await self._pubsub.subscribe(room_channel(room_id))
+        async with self._connecting:
+            await self._pubsub.subscribe(room_channel(room_id))
 
     @redis_unreachable_is_unavailable
     async def unsubscribe_room(self, room_id: str) -> None:
-        await self._pubsub.unsubscribe(room_channel(room_id))
+        async with self._connecting:
+            await self._pubsub.unsubscribe(room_channel(room_id))
 
     @redis_unreachable_is_unavailable
     async def subscribe_user(self, user_id: str) -> None:
-        await self._pubsub.subscribe(user_channel(user_id))
+        async with self._connecting:
+            await self._pubsub.subscribe(user_channel(user_id))
 
     @redis_unreachable_is_unavailable
     async def unsubscribe_user(self, user_id: str) -> None:
-        await self._pubsub.unsubscribe(user_channel(user_id))
+        async with self._connecting:
+            await self._pubsub.unsubscribe(user_channel(user_id))
 
     @redis_unreachable_is_unavailable
     async def position(self, room_id: str) -> StreamPosition:
@@ -277,6 +286,10 @@ class RedisBroker:
         backoff = 0.05
         while True:
             try:
+                async with self._connecting:
+                    connection = self._pubsub.connection
+                    if connection is not None and not connection.is_connected:
+                        await self._pubsub.connect()  # and re-subscribes every channel
                 message = await self._pubsub.get_message(timeout=1.0)
                 if message is not None:
                     self._dispatch(message)
@@ -289,9 +302,10 @@ class RedisBroker:
                 # next get_message reconnects and re-subscribes every channel. The subscribe
                 # confirmations that follow tell the hub to look for missed events.
                 log.warning("broker_connection_lost", extra={"error": type(exc).__name__})
-                with contextlib.suppress(RedisError, OSError):  # it is broken already
-                    if self._pubsub.connection is not None:
-                        await self._pubsub.connection.disconnect()
+                async with self._connecting:
+                    with contextlib.suppress(RedisError, OSError):  # it is broken already
+                        if self._pubsub.connection is not None:
+                            await self._pubsub.connection.disconnect()
             except Exception as exc:
                 log.warning("broker_reader_failed", extra={"error": type(exc).__name__})
             await asyncio.sleep(backoff)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
 import time
 from datetime import UTC, datetime
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from channels.broker import encode_body
 from channels.close_codes import CloseCode
@@ -64,7 +65,9 @@ async def room_socket(websocket: WebSocket, direct: DirectSocket | None = None) 
             room_id, identity, websocket, since=since, epoch=epoch, batched=batched, direct=direct
         )
     except LiveshopError as error:
-        await websocket.close(_close_code(error), error.message[:120])
+        # Already closed when a reset sent the room's viewers away while this one joined.
+        with contextlib.suppress(WebSocketDisconnected):
+            await websocket.close(_close_code(error), error.message[:120])
         return
     conn.endpoint = asyncio.current_task()
     log.info("ws_joined", extra={"room_id": room_id, "conn": conn.conn_id})

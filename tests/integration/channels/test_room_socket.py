@@ -6,9 +6,13 @@ import asyncio
 import json
 
 import pytest
+import redis.asyncio as aioredis
 import websockets
 
+from channels.broker_redis import RedisBroker
+from channels.close_codes import CloseCode
 from server.auth import issue_token
+from server.domain.errors import Unavailable
 from server.domain.identity import Role
 from tests.integration.channels.live import Live, close_code, recv, recv_type, token
 
@@ -213,3 +217,26 @@ async def frames_in(live: Live) -> dict[str, float]:
             if line.startswith(f'liveshop_ws_frames_in_total{{outcome="{outcome}"}} '):
                 counts[outcome] = float(line.rsplit(" ", 1)[1])
     return counts
+
+
+async def test_a_viewer_sent_away_while_joining_is_closed_once(
+    live: Live, clean_redis: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The room's history is lost while a signed-in viewer joins: the reset sends the room's
+    # viewers away, this one included, and its join then fails too. Its socket was closed
+    # once already; closing it again raised out of the app.
+    async def lost_while_joining(broker: RedisBroker, user_id: str) -> None:
+        redis = aioredis.from_url(clean_redis)
+        try:
+            await redis.flushall()
+        finally:
+            await redis.aclose()
+        await asyncio.sleep(0.5)  # the tick finds the history lost
+        raise Unavailable("pub/sub went away")
+
+    monkeypatch.setattr(RedisBroker, "subscribe_user", lost_while_joining)
+    async with websockets.connect(live.url("leo")) as leo:
+        assert await close_code(leo) == CloseCode.RESYNC
+    await live.http.get("/healthz")  # the server has gone past the join's end
+    await asyncio.sleep(0.5)
+    assert "Exception in ASGI application" not in caplog.text
