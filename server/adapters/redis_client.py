@@ -26,7 +26,15 @@ def _unreachable(exc: Exception) -> bool:
     # A refused password is a ConnectionError too, but a configuration error: not "try again".
     if isinstance(exc, AuthenticationError | AuthorizationError):
         return False
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError)
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError) or (
+        _closed_transport(exc)
+    )
+
+
+def _closed_transport(exc: Exception) -> bool:
+    """A connection that Redis dropped, written to again: uvloop raises a RuntimeError of its
+    own, which redis-py passes on as it is (asyncio's own loop drops the write silently)."""
+    return isinstance(exc, RuntimeError) and "handler is closed" in str(exc)
 
 
 # For the adapters' methods: Redis down, restarting, failing over or frozen is a 503.

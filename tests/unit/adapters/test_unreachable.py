@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+import uvloop
 from pymongo.errors import (
     AutoReconnect,
     DuplicateKeyError,
@@ -63,6 +65,30 @@ async def test_redis_away_or_too_slow_is_unavailable(error: Exception) -> None:
     assert caught.value.__cause__ is error
 
 
+async def _closed_transport_error() -> RuntimeError:
+    """What uvloop raises when a connection it already closed is written to."""
+    server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    try:
+        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.transport.abort()
+        await asyncio.sleep(0)
+        try:
+            writer.writelines([b"PING\r\n"])
+        except RuntimeError as error:
+            return error
+        raise AssertionError("uvloop took a write on a closed connection")
+    finally:
+        server.close()
+
+
+def test_a_write_on_a_connection_redis_dropped_is_unavailable() -> None:
+    # The servers run on uvloop; redis-py does not turn this one into a ConnectionError.
+    error = uvloop.run(_closed_transport_error())
+    with pytest.raises(Unavailable) as caught:
+        uvloop.run(redis_unreachable_is_unavailable(raising(error))(1))
+    assert caught.value.__cause__ is error
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -70,6 +96,7 @@ async def test_redis_away_or_too_slow_is_unavailable(error: Exception) -> None:
         OperationFailure("a bad query", code=2),
         ResponseError("a script bug"),
         ValueError("a bug of ours"),
+        RuntimeError("a bug of ours too"),
     ],
 )
 async def test_other_errors_stay_what_they_are(error: Exception) -> None:
