@@ -32,7 +32,11 @@ from channels.broker import (
     user_channel,
 )
 from server.adapters.group_commit import GroupCommit
-from server.adapters.redis_client import redis_client, redis_unreachable_is_unavailable
+from server.adapters.redis_client import (
+    closed_transport,
+    redis_client,
+    redis_unreachable_is_unavailable,
+)
 
 log = logging.getLogger("liveshop.broker")
 
@@ -297,19 +301,24 @@ class RedisBroker:
                 continue
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
-                # redis-py leaves a broken pub/sub connection marked connected; drop it so the
-                # next get_message reconnects and re-subscribes every channel. The subscribe
-                # confirmations that follow tell the hub to look for missed events.
-                log.warning("broker_connection_lost", extra={"error": type(exc).__name__})
-                async with self._connecting:
-                    with contextlib.suppress(RedisError, OSError):  # it is broken already
-                        if self._pubsub.connection is not None:
-                            await self._pubsub.connection.disconnect()
             except Exception as exc:
-                log.warning("broker_reader_failed", extra={"error": type(exc).__name__})
+                if isinstance(exc, RedisError | OSError) or closed_transport(exc):
+                    # redis-py leaves a broken pub/sub connection marked connected; drop it so
+                    # the next read reconnects and re-subscribes every channel. The subscribe
+                    # confirmations that follow tell the hub to look for missed events.
+                    log.warning("broker_connection_lost", extra={"error": type(exc).__name__})
+                    await self._drop_connection()
+                else:
+                    log.warning("broker_reader_failed", extra={"error": type(exc).__name__})
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    async def _drop_connection(self) -> None:
+        async with self._connecting:
+            connection = self._pubsub.connection
+            with contextlib.suppress(Exception):  # it is broken already
+                if connection is not None:
+                    await connection.disconnect()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         listener = self._listener

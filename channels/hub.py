@@ -433,32 +433,32 @@ class Hub:
         """History is gone: viewers here reconnect and learn they must reload. The room is read
         again from the stores first, since the new epoch's events up to `seq` are in no history
         (an offer ended, one launched) and hellos are made from it: joiners wait for it, events
-        arriving meanwhile wait too, and the viewers are sent away once it is done.
-
-        Several checks can find the same loss at once (the tick, a frame of the new epoch, a
-        fill): the first resets, and the others, once it is done, find nothing left to do."""
+        arriving meanwhile wait too, and the viewers are sent away once it is done. Several
+        checks can find the same loss at once (the tick, a frame of the new epoch, a fill): the
+        first resets, and the others, once it is done, find nothing left to do."""
         async with room.reset_lock:
-            if epoch == room.epoch and room.last_seq is not None and seq <= room.last_seq:
-                return
-            self.metrics.stream_resets.inc()
-            log.warning("room_stream_reset", extra={"room_id": room.room_id})
-            room.last_seq, room.epoch, room.pending = seq, epoch, []
-            here, read_again = list(room.connections), asyncio.get_running_loop().create_future()
-            room.reloading, room.ready = True, read_again
-            try:
-                room.load(await self._load_room(room.room_id))
-            except Exception as exc:  # a store away: what the room holds stays, as before
-                log.warning(
-                    "room_reload_failed",
-                    extra={"room_id": room.room_id, "error": type(exc).__name__},
-                )
-            finally:
-                room.reloading = False
-                read_again.set_result(None)
-            for conn in here:
-                conn.abort(CloseCode.RESYNC, "room history was lost: reconnect")
+            if epoch != room.epoch or room.last_seq is None or seq > room.last_seq:
+                await self._read_room_again(room, seq, epoch)
         if not self._drain_pending(room):
             self._spawn(self._fill(room))
+
+    async def _read_room_again(self, room: LocalRoom, seq: int, epoch: str) -> None:
+        self.metrics.stream_resets.inc()
+        log.warning("room_stream_reset", extra={"room_id": room.room_id})
+        room.last_seq, room.epoch, room.pending = seq, epoch, []
+        here, read_again = list(room.connections), asyncio.get_running_loop().create_future()
+        room.reloading, room.ready = True, read_again
+        try:
+            room.load(await self._load_room(room.room_id))
+        except Exception as exc:  # a store away: what the room holds stays, as before
+            log.warning(
+                "room_reload_failed", extra={"room_id": room.room_id, "error": type(exc).__name__}
+            )
+        finally:
+            room.reloading = False
+            read_again.set_result(None)
+        for conn in here:
+            conn.abort(CloseCode.RESYNC, "room history was lost: reconnect")
 
     # Counters and housekeeping, once per interval --------------------------------------------
 

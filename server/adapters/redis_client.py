@@ -26,12 +26,12 @@ def _unreachable(exc: Exception) -> bool:
     # A refused password is a ConnectionError too, but a configuration error: not "try again".
     if isinstance(exc, AuthenticationError | AuthorizationError):
         return False
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError) or (
-        _closed_transport(exc)
-    )
+    if closed_transport(exc):
+        return True
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError)
 
 
-def _closed_transport(exc: Exception) -> bool:
+def closed_transport(exc: Exception) -> bool:
     """A connection that Redis dropped, written to again: uvloop raises a RuntimeError of its
     own, which redis-py passes on as it is (asyncio's own loop drops the write silently)."""
     return isinstance(exc, RuntimeError) and "handler is closed" in str(exc)
