@@ -207,8 +207,7 @@ class RedisBroker:
 
     @redis_unreachable_is_unavailable
     async def unsubscribe_room(self, room_id: str) -> None:
-        async with self._connecting:
-            await self._pubsub.unsubscribe(room_channel(room_id))
+        await self._unsubscribe(room_channel(room_id))
 
     @redis_unreachable_is_unavailable
     async def subscribe_user(self, user_id: str) -> None:
@@ -217,8 +216,17 @@ class RedisBroker:
 
     @redis_unreachable_is_unavailable
     async def unsubscribe_user(self, user_id: str) -> None:
+        await self._unsubscribe(user_channel(user_id))
+
+    async def _unsubscribe(self, channel: str) -> None:
         async with self._connecting:
-            await self._pubsub.unsubscribe(user_channel(user_id))
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except BaseException:
+                # redis-py forgets a channel once Redis confirms: one that Redis never heard of
+                # leaving would be subscribed again at every reconnect, for good.
+                self._pubsub.channels.pop(channel, None)
+                raise
 
     @redis_unreachable_is_unavailable
     async def position(self, room_id: str) -> StreamPosition:

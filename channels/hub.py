@@ -226,8 +226,9 @@ class Hub:
                 return
             del self._rooms[room.room_id]
             self.metrics.rooms.set(len(self._rooms))
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # Redis away: not subscribed again on its return
                 await self.broker.unsubscribe_room(room.room_id)
+            with contextlib.suppress(Exception):
                 await self._counters.leave(room)
 
     async def _watch_user(self, user_id: str, conn: Connection) -> None:

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from channels.broker import Broker
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.broker_redis import RedisBroker
+from server.domain.errors import Unavailable
 from tests.servers import RedisServer
 
 
@@ -358,6 +360,35 @@ async def test_a_redis_reader_that_meets_an_unexpected_error_goes_on(
         await asyncio.wait_for(bug_met.wait(), 5)
         await a.broker.publish("rx", {"type": "chat.message", "text": "still heard"})
         await b.heard.wait_for(lambda: any(f.get("text") for _, f in b.heard.room_frames))
+    finally:
+        for node in (a, b):
+            await node.broker.close()
+
+
+async def test_a_room_left_while_redis_is_away_is_not_subscribed_again(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (a, b) = await _nodes(lambda: RedisBroker(redis_server.url))
+    try:
+        for room_id in ("left", "kept"):
+            await b.broker.subscribe_room(room_id)
+        await b.heard.wait_for(lambda: {"left", "kept"} <= set(b.heard.subscribed))
+        pubsub = b.broker._pubsub  # type: ignore[attr-defined]
+
+        async def unreachable(*args: Any) -> None:
+            raise RedisConnectionError("Redis went away")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(pubsub, "execute_command", unreachable)
+            with pytest.raises(Unavailable):
+                await b.broker.unsubscribe_room("left")
+        await asyncio.to_thread(redis_server.restart)
+        await b.heard.wait_for(lambda: b.heard.subscribed.count("kept") >= 2, 15)
+        for room_id in ("left", "kept"):
+            await a.broker.publish(room_id, {"type": "chat.message", "text": room_id})
+        await b.heard.wait_for(lambda: any(room == "kept" for room, _ in b.heard.room_frames))
+        assert "left" not in b.heard.subscribed[2:]  # not subscribed again...
+        assert all(room == "kept" for room, _ in b.heard.room_frames)  # ...nor heard
     finally:
         for node in (a, b):
             await node.broker.close()

@@ -18,7 +18,7 @@ from channels.close_codes import CloseCode
 from channels.errors import RoomEnded
 from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
-from server.domain.errors import NotFound
+from server.domain.errors import NotFound, Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.rooms import Room, RoomStatus
 from server.metrics import Metrics
@@ -348,8 +348,16 @@ async def test_viewer_counts_add_up_across_processes() -> None:
             await hub.close()
 
 
+class UnsubscribeFails(MemoryBroker):
+    """Pub/sub away as the room closes here: its counters are kept all the same."""
+
+    async def unsubscribe_room(self, room_id: str) -> None:
+        raise Unavailable("pub/sub went away")
+
+
+@pytest.mark.parametrize("broker_class", [MemoryBroker, UnsubscribeFails])
 async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, broker_class: type[MemoryBroker]
 ) -> None:
     monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 0.2)
     monkeypatch.setattr(hub_module, "LINGER_SECONDS", 0.1)
@@ -367,7 +375,7 @@ async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here
             await written.wait()
 
     hub = Hub(
-        MemoryBroker(MemoryBus()), load_room, Metrics(), HubLimits(counter_interval=0.05), keep
+        broker_class(MemoryBus()), load_room, Metrics(), HubLimits(counter_interval=0.05), keep
     )
     await hub.start()
     try:
