@@ -202,8 +202,7 @@ class RedisBroker:
 
     @redis_unreachable_is_unavailable
     async def subscribe_room(self, room_id: str) -> None:
-        async with self._connecting:
-            await self._pubsub.subscribe(room_channel(room_id))
+        await self._subscribe(room_channel(room_id))
 
     @redis_unreachable_is_unavailable
     async def unsubscribe_room(self, room_id: str) -> None:
@@ -211,12 +210,15 @@ class RedisBroker:
 
     @redis_unreachable_is_unavailable
     async def subscribe_user(self, user_id: str) -> None:
-        async with self._connecting:
-            await self._pubsub.subscribe(user_channel(user_id))
+        await self._subscribe(user_channel(user_id))
 
     @redis_unreachable_is_unavailable
     async def unsubscribe_user(self, user_id: str) -> None:
         await self._unsubscribe(user_channel(user_id))
+
+    async def _subscribe(self, channel: str) -> None:
+        async with self._connecting:
+            await self._pubsub.subscribe(channel)
 
     async def _unsubscribe(self, channel: str) -> None:
         async with self._connecting:

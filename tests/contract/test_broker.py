@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,17 @@ async def _nodes(make: Callable[[], Broker]) -> tuple[Node, Node]:
         await broker.start()
         nodes.append(Node(broker, heard))
     return nodes[0], nodes[1]
+
+
+@asynccontextmanager
+async def _redis_nodes(url: str) -> AsyncIterator[tuple[Node, Node]]:
+    """Two Redis brokers, as two processes have, closed afterwards."""
+    nodes = await _nodes(lambda: RedisBroker(url))
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.broker.close()
 
 
 @pytest_asyncio.fixture(params=["memory", "redis"])
@@ -305,8 +317,7 @@ async def test_a_gate_opens_once_per_period_across_nodes(backend: Backend) -> No
 async def test_redis_restart_resubscribes_and_starts_a_new_epoch(
     redis_server: RedisServer,
 ) -> None:
-    (a, b) = await _nodes(lambda: RedisBroker(redis_server.url))
-    try:
+    async with _redis_nodes(redis_server.url) as (a, b):
         for node in (a, b):
             await node.broker.subscribe_room("rr")
             await node.heard.wait_for(lambda n=node: "rr" in n.heard.subscribed)
@@ -323,16 +334,12 @@ async def test_redis_restart_resubscribes_and_starts_a_new_epoch(
         )
         after = next(f for _, f in b.heard.room_frames if f.get("text") == "after")
         assert after["epoch"] != old.epoch
-    finally:
-        for node in (a, b):
-            await node.broker.close()
 
 
 async def test_a_redis_reader_that_meets_an_unexpected_error_goes_on(
     clean_redis: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (a, b) = await _nodes(lambda: RedisBroker(clean_redis))
-    try:
+    async with _redis_nodes(clean_redis) as (a, b):
         await b.broker.subscribe_room("rx")
         await b.heard.wait_for(lambda: "rx" in b.heard.subscribed)
         pubsub = b.broker._pubsub  # type: ignore[attr-defined]
@@ -360,16 +367,12 @@ async def test_a_redis_reader_that_meets_an_unexpected_error_goes_on(
         await asyncio.wait_for(bug_met.wait(), 5)
         await a.broker.publish("rx", {"type": "chat.message", "text": "still heard"})
         await b.heard.wait_for(lambda: any(f.get("text") for _, f in b.heard.room_frames))
-    finally:
-        for node in (a, b):
-            await node.broker.close()
 
 
 async def test_a_room_left_while_redis_is_away_is_not_subscribed_again(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (a, b) = await _nodes(lambda: RedisBroker(redis_server.url))
-    try:
+    async with _redis_nodes(redis_server.url) as (a, b):
         for room_id in ("left", "kept"):
             await b.broker.subscribe_room(room_id)
         await b.heard.wait_for(lambda: {"left", "kept"} <= set(b.heard.subscribed))
@@ -389,6 +392,3 @@ async def test_a_room_left_while_redis_is_away_is_not_subscribed_again(
         await b.heard.wait_for(lambda: any(room == "kept" for room, _ in b.heard.room_frames))
         assert "left" not in b.heard.subscribed[2:]  # not subscribed again...
         assert all(room == "kept" for room, _ in b.heard.room_frames)  # ...nor heard
-    finally:
-        for node in (a, b):
-            await node.broker.close()

@@ -1,0 +1,105 @@
+"""The hub's test doubles: a websocket as the hub sees it, brokers that lose frames or answer
+late, and a hub on the in-process broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest_asyncio
+
+from channels.broker_memory import MemoryBroker, MemoryBus
+from channels.hub import Hub, HubLimits
+from channels.room_state import RoomView
+from server.domain.errors import NotFound
+from server.domain.identity import Identity, Role
+from server.domain.rooms import Room, RoomStatus
+from server.metrics import Metrics
+
+ROOM = Room("r1", "host-1", "Show", RoomStatus.LIVE, datetime(2026, 11, 28, tzinfo=UTC))
+
+
+class Socket:
+    """A websocket as the hub sees it; `stalled` makes it stop reading, like a slow phone."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed: tuple[int, str | None] | None = None
+        self.stalled = asyncio.Event()
+        self.stalled.set()
+        self.changed = asyncio.Event()
+
+    async def send_text(self, data: str) -> None:
+        await self.stalled.wait()
+        self.sent.append(data)
+        self.changed.set()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed = (code, reason)
+        self.changed.set()
+
+    def frames(self) -> list[dict[str, Any]]:
+        return [json.loads(text) for text in self.sent]
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames() if f["type"] == kind]
+
+    async def until(self, check: Callable[[], bool], within: float = 3.0) -> None:
+        async def loop() -> None:
+            while not check():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), within)
+
+
+class LossyBroker(MemoryBroker):
+    """Publishes as pub/sub may: the room frames holding one of the texts in `lose` reach no
+    subscriber (the history keeps them)."""
+
+    def __init__(self, bus: MemoryBus, lose: set[str]) -> None:
+        super().__init__(bus)
+        self.lose = {f'"text":"{text}"' for text in lose}
+
+    def _deliver_room(self, room_id: str, text: str) -> None:
+        if not any(lost in text for lost in self.lose):
+            super()._deliver_room(room_id, text)
+
+
+class FarBroker(MemoryBroker):
+    """A Redis across a network: the history's reply is on its way until `replied` is set."""
+
+    def __init__(self, bus: MemoryBus) -> None:
+        super().__init__(bus)
+        self.replied = asyncio.Event()
+        self.replied.set()
+
+    async def history(self, room_id: str, after_seq: int, epoch: str) -> list[str] | None:
+        frames = await super().history(room_id, after_seq, epoch)
+        await self.replied.wait()
+        return frames
+
+
+async def load_room(room_id: str) -> RoomView:
+    if room_id != ROOM.id:
+        raise NotFound("no such room")
+    return RoomView(ROOM)
+
+
+def make_hub(broker: MemoryBroker, **limits: Any) -> Hub:
+    return Hub(broker, load_room, Metrics(), HubLimits(**{"counter_interval": 0.05, **limits}))
+
+
+@pytest_asyncio.fixture
+async def hub() -> AsyncIterator[Hub]:
+    hub = make_hub(MemoryBroker(MemoryBus()))
+    await hub.start()
+    yield hub
+    await hub.close()
+
+
+def viewer(n: int) -> Identity:
+    return Identity(f"user-{n}", Role.SHOPPER, name=f"U{n}")
