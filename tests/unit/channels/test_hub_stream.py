@@ -21,6 +21,12 @@ from tests.unit.channels.hub_fakes import (
 )
 
 
+def bus_of(hub: Hub) -> MemoryBus:
+    """The in-process Redis the hub's broker is on, for other processes' brokers to share."""
+    assert isinstance(hub.broker, MemoryBroker)
+    return hub.broker.bus
+
+
 async def test_reconnect_with_since_recovers_what_was_missed(hub: Hub) -> None:
     first = Socket()
     conn, _ = await hub.join("r1", viewer(1), first)
@@ -50,52 +56,34 @@ async def test_reconnect_with_another_epoch_is_told_to_reload(hub: Hub) -> None:
     assert socket.frames()[0]["recovered"] is False
 
 
-async def test_a_gap_on_pub_sub_is_filled_from_history_in_order() -> None:
-    bus = MemoryBus()
-    hub = make_hub(MemoryBroker(bus))
-    await hub.start()
-    try:
-        socket = Socket()
-        await hub.join("r1", viewer(1), socket)
-        publisher = LossyBroker(bus, lose={"m2", "m3"})
-        for i in range(1, 6):
-            await publisher.publish("r1", {"type": "chat.message", "text": f"m{i}"})
-        await socket.until(lambda: len(socket.of_type("chat.message")) == 5)
-        assert [f["seq"] for f in socket.of_type("chat.message")] == [1, 2, 3, 4, 5]
-    finally:
-        await hub.close()
+async def test_a_gap_on_pub_sub_is_filled_from_history_in_order(hub: Hub) -> None:
+    socket = Socket()
+    await hub.join("r1", viewer(1), socket)
+    publisher = LossyBroker(bus_of(hub), lose={"m2", "m3"})
+    for i in range(1, 6):
+        await publisher.publish("r1", {"type": "chat.message", "text": f"m{i}"})
+    await socket.until(lambda: len(socket.of_type("chat.message")) == 5)
+    assert [f["seq"] for f in socket.of_type("chat.message")] == [1, 2, 3, 4, 5]
 
 
-async def test_a_lost_last_event_is_found_by_the_periodic_check() -> None:
-    bus = MemoryBus()
-    hub = make_hub(MemoryBroker(bus))
-    await hub.start()
-    try:
-        socket = Socket()
-        await hub.join("r1", viewer(1), socket)
-        lossy = LossyBroker(bus, lose={"only"})
-        await lossy.publish("r1", {"type": "chat.message", "text": "only"})
-        await socket.until(lambda: len(socket.of_type("chat.message")) == 1)
-    finally:
-        await hub.close()
+async def test_a_lost_last_event_is_found_by_the_periodic_check(hub: Hub) -> None:
+    socket = Socket()
+    await hub.join("r1", viewer(1), socket)
+    lossy = LossyBroker(bus_of(hub), lose={"only"})
+    await lossy.publish("r1", {"type": "chat.message", "text": "only"})
+    await socket.until(lambda: len(socket.of_type("chat.message")) == 1)
 
 
-async def test_lost_history_sends_viewers_away_to_reload() -> None:
-    bus = MemoryBus()
-    hub = make_hub(MemoryBroker(bus))
-    await hub.start()
-    try:
-        socket = Socket()
-        await hub.join("r1", viewer(1), socket)
-        await hub.publish_room_event("r1", {"type": "chat.message", "text": "before"})
-        await socket.until(lambda: len(socket.of_type("chat.message")) == 1)
-        bus.flush()  # Redis restarted without persistence
-        await hub.publish_room_event("r1", {"type": "chat.message", "text": "after"})
-        await socket.until(lambda: socket.closed is not None)
-        assert socket.closed is not None
-        assert socket.closed[0] == CloseCode.RESYNC
-    finally:
-        await hub.close()
+async def test_lost_history_sends_viewers_away_to_reload(hub: Hub) -> None:
+    socket = Socket()
+    await hub.join("r1", viewer(1), socket)
+    await hub.publish_room_event("r1", {"type": "chat.message", "text": "before"})
+    await socket.until(lambda: len(socket.of_type("chat.message")) == 1)
+    bus_of(hub).flush()  # Redis restarted without persistence
+    await hub.publish_room_event("r1", {"type": "chat.message", "text": "after"})
+    await socket.until(lambda: socket.closed is not None)
+    assert socket.closed is not None
+    assert socket.closed[0] == CloseCode.RESYNC
 
 
 async def test_a_process_that_finds_history_lost_reads_the_room_again() -> None:
