@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from channels.broker import Broker, encode_body
+from channels.broker import Broker, encode_body, seq_of
 from channels.close_codes import CloseCode
 from channels.connection import Connection, FrameSender
 from channels.direct_send import DirectSocket
@@ -166,7 +166,7 @@ class Hub:
         missed = await self.broker.history(room_id, since, epoch0)
         if missed is None:
             return None
-        return [frame for frame in missed if _seq_of(frame) <= seq0]
+        return [frame for frame in missed if seq_of(frame) <= seq0]
 
     async def leave(self, conn: Connection) -> None:
         await conn.finish()
@@ -203,9 +203,11 @@ class Hub:
     async def _open_room(self, room: LocalRoom) -> None:
         ready = room.ready  # the first joiners' (a reset while it opens sets another)
         assert ready is not None
+        subscribing = False
         try:
             room.load(await self._load_room(room.room_id))
             async with self._subscriptions:
+                subscribing = True
                 await self.broker.subscribe_room(room.room_id)
             await asyncio.wait_for(room.subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
             await self._sync(room)
@@ -215,10 +217,14 @@ class Hub:
             if self._rooms.get(room.room_id) is room:
                 del self._rooms[room.room_id]
             error = exc if isinstance(exc, LiveshopError) else Unavailable("room unavailable")
-            if not isinstance(exc, LiveshopError):
+            if isinstance(exc, TimeoutError):  # pub/sub away or slow: an outage, not a bug
+                log.warning("room_open_timed_out", extra={"room_id": room.room_id})
+            elif not isinstance(exc, LiveshopError):
                 log.exception("room_open_failed", extra={"room_id": room.room_id})
             ready.set_exception(error)
             ready.exception()  # consumed here; joiners re-raise it from their await
+            if subscribing:  # else the broker would feed this process a room it does not serve
+                await self._unsubscribe_unserved(room.room_id)
 
     async def _close_room(self, room: LocalRoom) -> None:
         async with self._subscriptions:
@@ -226,10 +232,15 @@ class Hub:
                 return
             del self._rooms[room.room_id]
             self.metrics.rooms.set(len(self._rooms))
-            with contextlib.suppress(Exception):  # Redis away: not subscribed again on its return
-                await self.broker.unsubscribe_room(room.room_id)
             with contextlib.suppress(Exception):
                 await self._counters.leave(room)
+        await self._unsubscribe_unserved(room.room_id)
+
+    async def _unsubscribe_unserved(self, room_id: str) -> None:
+        async with self._subscriptions:
+            if room_id not in self._rooms:  # unless a joiner opened it again meanwhile
+                with contextlib.suppress(Exception):  # Redis away: not subscribed again on return
+                    await self.broker.unsubscribe_room(room_id)
 
     async def _watch_user(self, user_id: str, conn: Connection) -> None:
         conns = self._users.setdefault(user_id, set())
@@ -374,16 +385,9 @@ class Hub:
 
     def _flush_batch(self, room: LocalRoom) -> None:
         """Send the room events gathered for batched viewers: one frame, encoded once."""
-        if room.batch_timer is not None:
-            room.batch_timer.cancel()
-            room.batch_timer = None
-        if not room.batch:
+        text = room.take_batch()
+        if text is None:
             return
-        if len(room.batch) == 1:
-            text = room.batch[0]
-        else:
-            text = '{"type":"batch","events":[' + ",".join(room.batch) + "]}"
-        room.batch.clear()
         for conn in list(room.batched):
             conn.push(text)
         self.metrics.frames_out.inc(len(room.batched))
@@ -492,8 +496,3 @@ class Hub:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._background.spawn(coro)
-
-
-def _seq_of(frame: str) -> int:
-    # Frames start with {"seq":N, — read it without decoding the whole frame.
-    return int(frame[7 : frame.index(",", 7)])

@@ -99,6 +99,18 @@ class LocalRoom:
             self._chat.pop(user_id, None)
         return True
 
+    def take_batch(self) -> str | None:
+        """The room events gathered for batched viewers as one frame (None when there are
+        none), the batch emptied and its timer stopped."""
+        if self.batch_timer is not None:
+            self.batch_timer.cancel()
+            self.batch_timer = None
+        if not self.batch:
+            return None
+        text = self.batch[0] if len(self.batch) == 1 else _batch_frame(self.batch)
+        self.batch.clear()
+        return text
+
     def next_in_line(self) -> list[tuple[int, dict[str, Any], str]]:
         """Take the held events that now follow on from `last_seq`, in order; those after a
         gap keep waiting, and those of another epoch or already fanned out are dropped."""
@@ -203,6 +215,10 @@ class LocalRoom:
             "likes": self.likes,
             "slow_mode_seconds": self.slow_mode_seconds,
         }
+
+
+def _batch_frame(texts: list[str]) -> str:
+    return '{"type":"batch","events":[' + ",".join(texts) + "]}"
 
 
 def _is_newer(figure: dict[str, Any], known: dict[str, Any]) -> bool:

@@ -46,6 +46,42 @@ async def test_unknown_room_is_refused(hub: Hub) -> None:
     assert hub.room("nope") is None
 
 
+class UnconfirmedSubscribe(MemoryBroker):
+    """Pub/sub takes the subscribe but never confirms it, as a Redis frozen mid-handshake."""
+
+    def __init__(self, bus: MemoryBus) -> None:
+        super().__init__(bus)
+        self.unsubscribed = asyncio.Event()
+
+    async def subscribe_room(self, room_id: str) -> None:
+        self._rooms.add(room_id)
+
+    async def unsubscribe_room(self, room_id: str) -> None:
+        await super().unsubscribe_room(room_id)
+        self.unsubscribed.set()
+
+
+async def test_a_room_whose_subscribe_is_never_confirmed_is_not_left_subscribed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(hub_module, "SUBSCRIBE_TIMEOUT_SECONDS", 0.05)
+    broker = UnconfirmedSubscribe(MemoryBus())
+    hub = make_hub(broker)
+    await hub.start()
+    try:
+        with pytest.raises(Unavailable):
+            await hub.join("r1", viewer(1), Socket())
+        await asyncio.wait_for(broker.unsubscribed.wait(), 1)
+        assert not broker._rooms
+        assert hub.room("r1") is None
+        assert [r.message for r in caplog.records if r.name == "liveshop.hub"] == [
+            "room_open_timed_out"
+        ]
+        assert all(r.levelname == "WARNING" for r in caplog.records if r.name == "liveshop.hub")
+    finally:
+        await hub.close()
+
+
 async def test_a_stalled_viewer_is_closed_and_never_slows_the_others() -> None:
     hub = make_hub(MemoryBroker(MemoryBus()), send_queue_frames=10)
     await hub.start()
