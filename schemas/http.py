@@ -6,6 +6,7 @@ belongs, a number sent as a string, or an unknown field is refused rather than g
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Self
@@ -132,14 +133,31 @@ class StockIn(RequestModel):
     stock: int = Field(ge=0, le=MAX_STOCK)
 
 
+# Names that only mean something inside one network (RFC 6761, 6762, 8375; ICANN's .internal).
+_LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa")
+
+
 def _shown_to_viewers(url: HttpUrl) -> HttpUrl:
     # Every viewer's page loads it: over https (an http image on an https page is blocked or
-    # flagged), and without a user or password, which would be published to all of them.
+    # flagged), without a user or password, which would be published to all of them, and from
+    # a public host: one on a private network would make every viewer's browser ask their own
+    # router or intranet for it.
     if url.scheme != "https":
         raise ValueError("images must be https URLs")
     if url.username is not None or url.password is not None:
         raise ValueError("image URLs cannot carry a user name or password")
+    if not _is_public_host(url.host or ""):
+        raise ValueError("image URLs must name a public host")
     return url
+
+
+def _is_public_host(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        name = "." + host.rstrip(".").lower()
+        return name.count(".") > 1 and not name.endswith(_LOCAL_SUFFIXES)
+    return address.is_global
 
 
 ImageUrl = Annotated[HttpUrl, AfterValidator(_shown_to_viewers)]

@@ -177,6 +177,24 @@ async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
             "value_error",
         ),
         ({"images": ["https://u@img.example/b.jpg"]}, "images.0", "value_error"),
+        # ...and a public host, not one of each viewer's own network.
+        *(
+            ({"images": [f"https://{host}/a.jpg"]}, "images.0", "value_error")
+            for host in (
+                "localhost",
+                "router",
+                "cam.local",
+                "nas.home.arpa",
+                "wiki.corp.internal",
+                "127.0.0.1",
+                "2130706433",  # 127.0.0.1 written as one number
+                "192.168.1.1",
+                "10.0.0.7",
+                "169.254.169.254",
+                "[::1]",
+                "[fd00::1]",
+            )
+        ),
         ({"weight_grams": 0}, "weight_grams", "greater_than"),
         ({"weight_grams": 1_000_001}, "weight_grams", "less_than_equal"),
         ({"weight_grams": 1.5}, "weight_grams", "int_type"),
@@ -235,6 +253,18 @@ async def test_text_in_any_script_with_emoji_and_paragraphs_is_kept(
     response = await client.post("/products", json=body, headers=HOST)
     assert response.status_code == 201, response.text
     assert (response.json()["title"], response.json()["description"]) == (title, description)
+
+
+async def test_images_on_any_public_host_are_kept(client: httpx.AsyncClient) -> None:
+    images = [
+        "https://cdn.shop.example/a.jpg",
+        "https://img.example./b.jpg",  # a fully qualified name
+        "https://93.184.215.14/c.jpg",
+        "https://[2606:4700:4700::1111]/d.jpg",
+    ]
+    response = await client.post("/products", json={**PRODUCT, "images": images}, headers=HOST)
+    assert response.status_code == 201, response.text
+    assert response.json()["images"] == images
 
 
 async def test_every_bad_field_is_reported(client: httpx.AsyncClient) -> None:
