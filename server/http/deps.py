@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from server.auth import verify_token
 from server.container import Container
 from server.domain.errors import Unauthorized
 from server.domain.identity import Identity
-from server.http.errors import InvalidRequest, MalformedJson, PayloadTooLarge
+from server.http.errors import ClientGone, InvalidRequest, MalformedJson, PayloadTooLarge
 
 # JSON bodies here are small commands; a bigger one is a mistake or an attack.
 MAX_BODY_BYTES = 64 * 1024
@@ -55,12 +55,12 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     # Content-Length may be absent (chunked) or false, so count what actually arrives too.
     # The ASGI messages are read here rather than through request.stream(): that is an async
     # generator per request, which the event loop also tracks, and for the usual one-message
-    # body it costs more than the reading. Disconnects are reported as stream() reports them.
+    # body it costs more than the reading.
     body = bytearray()
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+            raise ClientGone("the client went away before its body arrived")
         if message["type"] != "http.request":
             continue
         body += message.get("body", b"")

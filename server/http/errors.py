@@ -45,6 +45,14 @@ class PayloadTooLarge(LiveshopError):
     status = 413
 
 
+class ClientGone(LiveshopError):
+    """The client went away before its request's body arrived. Nobody hears the answer; it is
+    an error of the client's network, not of the server, and is not logged as a crash."""
+
+    code = "client_disconnected"
+    status = 400
+
+
 class InvalidRequest(InvalidInput):
     """A request that failed its schema; `errors` names each offending field."""
 

@@ -7,6 +7,7 @@ exception handler and Starlette's JSONResponse give, code for code and byte for 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from http import HTTPStatus
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Message
 
@@ -37,6 +38,7 @@ from server.domain.orders import Address
 from server.http.deps import MAX_BODY_BYTES, read_body
 from server.http.errors import (
     PROBLEM_JSON,
+    ClientGone,
     InvalidRequest,
     MalformedJson,
     PayloadTooLarge,
@@ -241,8 +243,52 @@ async def test_a_body_of_exactly_the_limit_is_read() -> None:
 
 
 async def test_a_client_gone_mid_body_is_a_disconnect() -> None:
-    with pytest.raises(ClientDisconnect):
+    with pytest.raises(ClientGone):
         await read_body(request_of([b'{"quantity"'], then_disconnect=True))
+
+
+async def test_a_client_gone_mid_claim_changes_nothing_and_is_not_logged_as_a_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backends = Backends(MemoryProductStore(), MemoryRoomStore(), MemoryBroker(MemoryBus(100, 60)))
+    app = create_app(Settings(secret=SecretStr(SECRET)), backends=backends)
+    async with app.app.router.lifespan_context(app.app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as client:
+            offer_id = await launch(client, quantity=5)
+            path = f"/api/v1/offers/{offer_id}/claims"
+            headers = {**bearer("buyer-1"), "Idempotency-Key": "k-1", "Content-Length": "1000"}
+            messages: list[Message] = [
+                {"type": "http.request", "body": b'{"quantity"', "more_body": True},
+                {"type": "http.disconnect"},
+            ]
+            sent: list[Message] = []
+
+            async def receive() -> Message:
+                return messages.pop(0)
+
+            async def send(message: Message) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": path,
+                "raw_path": path.encode(),
+                "root_path": "",
+                "query_string": b"",
+                "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+                "client": ("127.0.0.1", 50000),
+                "server": ("t", 80),
+            }
+            await app(scope, receive, send)  # raises nothing out of the app
+            assert sent[0]["status"] == 400
+            offer = (await client.get(f"/offers/{offer_id}")).json()
+            assert offer["remaining"] == 5
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def request_of(chunks: list[bytes], *, then_disconnect: bool = False) -> Request:
