@@ -368,6 +368,15 @@ class StockReservations(Protocol):
         again (an end finished twice) it is dropped as a repeat."""
         ...
 
+    async def stop_if_sold_out(self, offer_id: str) -> bool:
+        """Stop the offer as sold out if it has nothing left, in one step with that check, and
+        tell whether it is stopped so (True again once it is). False when a unit has come back
+        since the caller found none (a cancel, the reaper): the offer goes on. From then on its
+        stock stays at 0: units given back go to the product, not to the offer, and claims
+        keep hearing `not_active` with 0 left, which is "sold out". `OfferPaused` when the
+        store has lost the offer."""
+        ...
+
     async def is_ready(self, offer_id: str) -> bool:
         """Whether the store holds the offer (False after it was lost, or before it opened)."""
         ...
@@ -382,14 +391,16 @@ class StockReservations(Protocol):
         ends_at: datetime,
         stopped: bool,
         claims: Sequence[RecoveredClaim],
+        sold_out: bool = False,
     ) -> bool:
         """Restore a lost offer from its orders, atomically: remaining = quantity minus the
-        units of the held claims, per-buyer counts from them, every key kept. False (and nothing
-        changes) if the store already holds the offer, so racing rebuilders cannot undo claims
-        made after the first one finished. Not `stopped`, it is restored unconfirmed, under a
-        token of its own (`unconfirmed`): new claims answer `paused` until `confirm_open` with
-        that token, since the offer may have ended after the caller read it, and its end's stop
-        found nothing to stop."""
+        units of the held claims (0 for an offer that ended `sold_out`, which implies
+        `stopped`: see `stop_if_sold_out`), per-buyer counts from them, every key kept. False
+        (and nothing changes) if the store already holds the offer, so racing rebuilders cannot
+        undo claims made after the first one finished. Not `stopped`, it is restored
+        unconfirmed, under a token of its own (`unconfirmed`): new claims answer `paused` until
+        `confirm_open` with that token, since the offer may have ended after the caller read it,
+        and its end's stop found nothing to stop."""
         ...
 
     async def unconfirmed(self, offer_id: str) -> str | None:

@@ -51,6 +51,7 @@ class _Offer:
     # As Redis starts it (see StockFigure): a rebuilt offer's versions follow the lost one's.
     version: int = field(default_factory=lambda: time.time_ns() // 1000)
     stopped: bool = False
+    sold_out: bool = False  # stopped as sold out: its stock stays 0 (see stop_if_sold_out)
     held: dict[str, int] = field(default_factory=dict)
     unconfirmed: str | None = None  # rebuilt: claims wait for confirm_open with this token
     claims: dict[str, _Reservation] = field(default_factory=dict)
@@ -155,8 +156,9 @@ class MemoryStockReservations:
         if orphan_only and known.order_id is not None:
             return False
         known.released = True
-        offer.stock += known.quantity
-        offer.version += 1
+        if not offer.sold_out:
+            offer.stock += known.quantity
+            offer.version += 1
         left = offer.held.get(known.buyer_id, 0) - known.quantity
         if left > 0:
             offer.held[known.buyer_id] = left
@@ -197,6 +199,16 @@ class MemoryStockReservations:
         offer.stopped = True
         return max(0, offer.quantity - offer.stock)
 
+    async def stop_if_sold_out(self, offer_id: str) -> bool:
+        offer = self._offer_or_paused(offer_id)
+        if offer.sold_out:
+            return True
+        if offer.stopped or offer.stock > 0:
+            return False
+        offer.version += 1
+        offer.stopped = offer.sold_out = True
+        return True
+
     async def unconfirmed(self, offer_id: str) -> str | None:
         offer = self._offers.get(offer_id)
         return None if offer is None else offer.unconfirmed
@@ -219,9 +231,11 @@ class MemoryStockReservations:
         ends_at: datetime,
         stopped: bool,
         claims: Sequence[RecoveredClaim],
+        sold_out: bool = False,
     ) -> bool:
         validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
         held = tally_recovered(claims)
+        stopped = stopped or sold_out
         if offer_id in self._offers:
             return False
         offer = _Offer(
@@ -231,8 +245,9 @@ class MemoryStockReservations:
             epoch_ms(ends_at),
             # Never below zero, even if the orders hold more than the offer had (a bug
             # elsewhere): claims then simply find it sold out.
-            stock=max(0, quantity - sum(held.values())),
+            stock=0 if sold_out else max(0, quantity - sum(held.values())),
             stopped=stopped,
+            sold_out=sold_out,
             held=held,
             unconfirmed=None if stopped else self._new_reservation_id(),  # any unique token
         )

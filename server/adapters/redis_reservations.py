@@ -2,7 +2,8 @@
 no claim can oversell, whatever the number of processes.
 
 Each offer has, under one hash tag so a cluster keeps them on one shard:
-  liveshop:{offer:ID}:state    hash: quantity, stock, limit, starts, ends (epoch ms), stopped,
+  liveshop:{offer:ID}:state    hash: quantity, stock, limit, starts, ends (epoch ms), stopped
+                               ('0', '1', or '2': stopped as sold out, see stop_if_sold_out),
                                expire_at; v (the stock's version, see StockFigure);
                                unconfirmed (a token: rebuilt, claims wait for confirm_open
                                with that token)
@@ -88,7 +89,8 @@ local function claim(buyer, qty, key, now_ms, rid)
     if r.b ~= buyer then return {'key_reused', stock} end
     return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0, tonumber(state[8] or '0')}
   end
-  if state[5] == '1' or now < tonumber(state[3]) or now >= tonumber(state[4]) then
+  if state[5] == '1' or state[5] == '2' or now < tonumber(state[3])
+    or now >= tonumber(state[4]) then
     return {'not_active', stock}
   end
   if state[7] then return {'paused'} end
@@ -119,8 +121,10 @@ if r.x == 1 then return 0 end
 if ARGV[2] == '1' and r.o then return 0 end
 r.x = 1
 redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))
-redis.call('HINCRBY', KEYS[1], 'stock', r.q)
-redis.call('HINCRBY', KEYS[1], 'v', 1)
+if redis.call('HGET', KEYS[1], 'stopped') ~= '2' then
+  redis.call('HINCRBY', KEYS[1], 'stock', r.q)
+  redis.call('HINCRBY', KEYS[1], 'v', 1)
+end
 if redis.call('HINCRBY', KEYS[2], r.b, -r.q) <= 0 then redis.call('HDEL', KEYS[2], r.b) end
 redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
@@ -163,10 +167,22 @@ return out
 # The units taken, or nil when the offer is lost.
 _STOP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if redis.call('HGET', KEYS[1], 'stopped') ~= '1' then redis.call('HINCRBY', KEYS[1], 'v', 1) end
-redis.call('HSET', KEYS[1], 'stopped', '1')
+if redis.call('HGET', KEYS[1], 'stopped') == '0' then
+  redis.call('HINCRBY', KEYS[1], 'v', 1)
+  redis.call('HSET', KEYS[1], 'stopped', '1')
+end
 local state = redis.call('HMGET', KEYS[1], 'quantity', 'stock')
 return math.max(0, tonumber(state[1]) - tonumber(state[2]))
+"""
+
+_STOP_IF_SOLD_OUT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local state = redis.call('HMGET', KEYS[1], 'stock', 'stopped')
+if state[2] == '2' then return 1 end
+if state[2] == '1' or tonumber(state[1]) > 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HSET', KEYS[1], 'stopped', '2')
+return 1
 """
 
 _CONFIRM_OPEN = """
@@ -193,11 +209,12 @@ for i = 8, #ARGV, 2 do
   end
 end
 local stock = math.max(0, tonumber(ARGV[1]) - held)
+if ARGV[5] == '2' then stock = 0 end
 redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', stock, 'limit', ARGV[2],
   'starts', ARGV[3], 'ends', ARGV[4], 'stopped', ARGV[5], 'expire_at', ARGV[6],
   'v', first_version)
 -- Not stopped: it may have ended since the rebuilder read it (see confirm_open).
-if ARGV[5] ~= '1' then redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7]) end
+if ARGV[5] == '0' then redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7]) end
 for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
 return 1
 """
@@ -259,6 +276,7 @@ class RedisStockReservations:
         self._attach = self._redis.register_script(_ATTACH)
         self._pending = self._redis.register_script(_PENDING)
         self._stop = self._redis.register_script(_STOP)
+        self._stop_if_sold_out = self._redis.register_script(_STOP_IF_SOLD_OUT)
         self._confirm_open = self._redis.register_script(_CONFIRM_OPEN)
         self._rebuild = self._redis.register_script(_REBUILD)
         self._claims = GroupCommit(self._claim_batch)
@@ -380,6 +398,13 @@ class RedisStockReservations:
         return None if taken is None else int(taken)
 
     @redis_unreachable_is_unavailable
+    async def stop_if_sold_out(self, offer_id: str) -> bool:
+        stopped = int(await self._stop_if_sold_out(keys=_keys(offer_id), args=[]))
+        if stopped < 0:
+            raise OfferPaused(f"offer {offer_id} is being restored")
+        return stopped == 1
+
+    @redis_unreachable_is_unavailable
     async def unconfirmed(self, offer_id: str) -> str | None:
         token = await self._redis.hget(_keys(offer_id)[0], "unconfirmed")
         return None if token is None else _text(token)
@@ -403,6 +428,7 @@ class RedisStockReservations:
         ends_at: datetime,
         stopped: bool,
         claims: Sequence[RecoveredClaim],
+        sold_out: bool = False,
     ) -> bool:
         validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
         held = sum(tally_recovered(claims).values())
@@ -416,7 +442,7 @@ class RedisStockReservations:
             per_user_limit,
             epoch_ms(starts_at),
             epoch_ms(ends_at),
-            "1" if stopped else "0",
+            "2" if sold_out else "1" if stopped else "0",
             self._expire_at_ms(ends_at),
             secrets.token_urlsafe(9),  # this rebuild's, for confirm_open
         ]
@@ -454,6 +480,6 @@ class RedisStockReservations:
             starts_at=from_epoch_ms(int(s["starts"])),
             ends_at=from_epoch_ms(int(s["ends"])),
             remaining=int(s["stock"]),
-            stopped=s["stopped"] == "1",
+            stopped=s["stopped"] in ("1", "2"),
             held_by_buyer={_text(k): int(v) for k, v in held.items()},
         )

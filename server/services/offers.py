@@ -287,6 +287,8 @@ class OfferService:
         read earlier and sends late is dropped, so no stock figure follows the end.
         """
         self._announcer.forget(offer.id)
+        if reason is EndReason.SOLD_OUT and not await self._stop_if_sold_out(offer.id):
+            return None
         at = offer.ends_at if reason is EndReason.EXPIRED else self._clock()
         ended = await self._offers.record_end(
             offer.id, reason, at, free_launch_key=free_launch_key, if_uncounted=if_uncounted
@@ -296,6 +298,15 @@ class OfferService:
         await self._finish_end(ended)
         log.info("offer_ended", extra={"offer_id": offer.id, "reason": reason.value})
         return ended
+
+    async def _stop_if_sold_out(self, offer_id: str) -> bool:
+        """Whether the offer is still sold out, its stock stopped so in the same step: the
+        caller read 0 a moment ago, and a unit given back since (a cancel, the reaper) keeps
+        the offer running rather than ending it "sold out" with a unit left unoffered."""
+        try:
+            return await self._stock.stop_if_sold_out(offer_id)
+        except OfferPaused:
+            return False  # lost: whoever rebuilds it reads its stock again, and ends it then
 
     async def _finish_end(self, ended: FlashOffer) -> None:
         """Stop the stock and tell the room, then clear the note `record_end` left. Should
@@ -431,6 +442,7 @@ class OfferService:
             ends_at=offer.ends_at,
             stopped=offer.end_reason is not None,
             claims=claims,
+            sold_out=offer.end_reason is EndReason.SOLD_OUT,
         )
         if offer.end_reason is not None:
             # Also a stock another rebuild left unconfirmed: claims hear the end, not "paused".

@@ -40,6 +40,7 @@ def rebuild_offer(
     limit: int,
     stopped: bool = False,
     claims: Sequence[RecoveredClaim] = (),
+    sold_out: bool = False,
 ) -> Awaitable[bool]:
     """Offer `of1`, in the window `open_offer` gives it, rebuilt from these orders' claims."""
     return stock.rebuild(
@@ -50,4 +51,5 @@ def rebuild_offer(
         ends_at=END,
         stopped=stopped,
         claims=claims,
+        sold_out=sold_out,
     )

@@ -1,6 +1,6 @@
 """The stock reservation contract, on memory and a real Redis: an offer the store lost is
 rebuilt from its orders, and waits for its rebuilder's confirmation before it takes a new
-claim; a stop counts what the offer had taken."""
+claim; a stop counts what the offer had taken; a sold-out stop happens only while it is."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 import pytest
 
 from server.adapters.redis_reservations import RedisStockReservations
-from server.domain.errors import Unavailable
+from server.domain.errors import OfferPaused, Unavailable
 from server.domain.offers import AttachOutcome, RecoveredClaim, StockFigure
 from tests.contract.stock_backends import END, NOW, T0, Backend, R, open_offer, rebuild_offer
 from tests.servers import RedisServer
@@ -141,6 +141,60 @@ async def test_a_stop_never_counts_fewer_than_no_units_taken(backend: Backend) -
     assert await stock.stop("of1") == 1
     assert await stock.release("of1", "k2")
     assert await stock.stop("of1") == 0  # 3 - 4 would be -1
+
+
+async def test_a_stock_is_stopped_as_sold_out_only_while_it_has_nothing_left(
+    backend: Backend,
+) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=2, limit=1)
+    await stock.claim("of1", "alice", 1, "k1", NOW)
+    assert not await stock.stop_if_sold_out("of1")  # one left: it goes on
+    assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.RESERVED
+    assert await stock.release("of1", "k1")  # given back after the last unit went
+    assert not await stock.stop_if_sold_out("of1")  # so not sold out any more
+    assert (await stock.claim("of1", "carol", 1, "k3", NOW)).outcome is R.RESERVED
+    version = (await stock.figure("of1")).version
+    assert await stock.stop_if_sold_out("of1")
+    assert await stock.stop_if_sold_out("of1")  # asked again: it is
+    assert (await stock.figure("of1")).version == version + 1  # raised once
+    # Units given back from now on go to the product: the offer stays sold out.
+    assert await stock.release("of1", "k2")
+    assert await stock.figure("of1") == StockFigure(0, version + 1)
+    late = await stock.claim("of1", "dave", 1, "k4", NOW)
+    assert (late.outcome, late.remaining) == (R.NOT_ACTIVE, 0)
+    assert await stock.stop("of1") == 2  # the end's stop counts it sold out, and keeps it so
+    assert await stock.stop_if_sold_out("of1")
+    snapshot = await stock.snapshot("of1")
+    assert snapshot is not None
+    assert (snapshot.remaining, snapshot.stopped) == (0, True)
+
+
+async def test_a_stopped_or_lost_stock_is_not_stopped_as_sold_out(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=1, limit=1)
+    await stock.claim("of1", "alice", 1, "k1", NOW)
+    await stock.stop("of1")  # the host stopped it first
+    assert not await stock.stop_if_sold_out("of1")
+    assert await stock.release("of1", "k1")
+    assert await stock.remaining("of1") == 1  # a stop's stock takes units back, as before
+    await backend.lose_everything()
+    with pytest.raises(OfferPaused):
+        await stock.stop_if_sold_out("of1")
+
+
+async def test_an_offer_that_ended_sold_out_is_rebuilt_sold_out(backend: Backend) -> None:
+    stock = backend.stock
+    await backend.lose_everything()
+    claims = [
+        RecoveredClaim("k1", "alice", 1, "ord1", held=True),
+        RecoveredClaim("k2", "bob", 1, "ord2", held=False),  # cancelled after the end
+    ]
+    assert await rebuild_offer(stock, quantity=2, limit=1, claims=claims, sold_out=True)
+    assert await stock.unconfirmed("of1") is None
+    late = await stock.claim("of1", "carol", 1, "k3", NOW)
+    assert (late.outcome, late.remaining) == (R.NOT_ACTIVE, 0)
+    assert await stock.stop_if_sold_out("of1")
 
 
 async def test_a_redis_restart_pauses_claims_until_the_rebuild(

@@ -364,6 +364,21 @@ async def test_a_moment_too_late_hears_sold_out_not_inactive(shop: Shop) -> None
     assert late.value.code == "sold_out"
 
 
+async def test_a_sold_out_offer_still_answers_sold_out_once_an_order_is_cancelled(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=1, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    await settle()  # sold out and ended
+    await shop.orders.cancel(order.id, buyer(1))  # its unit goes to the product, not the offer
+    with pytest.raises(Conflict) as late:
+        await shop.claim(offer, buyer(2), "k1")
+    assert late.value.code == "sold_out"
+    _, figure = await shop.offers.view(offer.id)
+    assert figure is not None
+    assert figure.remaining == 0
+
+
 async def test_concurrent_retries_write_one_order_and_only_one_is_new(shop: Shop) -> None:
     offer = await shop.launch(quantity=5)
     answers = await asyncio.gather(*(shop.claim(offer, buyer(1), "same") for _ in range(5)))

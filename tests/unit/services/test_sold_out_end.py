@@ -1,11 +1,12 @@
 """Who ends a sold-out offer, and when: the claim that sold the last unit, at once and after its
 "1 left"; housekeeping a round later when that claim did not (its process failed, Redis lost
 the offer); a claim sent again after its first attempt failed. The room always hears 1, then
-0, then the end."""
+0, then the end; and a unit given back before the end keeps the offer running."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
@@ -142,3 +143,40 @@ async def test_a_last_unit_whose_claim_failed_is_ended_once_its_retry_attached_i
     await keeper.run_once()
     assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
     assert told(shop) == [("offer.stock", 0), ("offer.ended", None)]
+
+
+class GivenBackFirst:
+    """The stock as the seller's end reaches it: a buyer's cancel lands just before, after the
+    seller read 0 left (a few milliseconds apart, on two processes)."""
+
+    def __init__(self, shared: Any, first: Callable[[], Awaitable[object]]) -> None:
+        self._shared = shared
+        self._first: Callable[[], Awaitable[object]] | None = first
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def stop_if_sold_out(self, offer_id: str) -> bool:
+        if self._first is not None:
+            first, self._first = self._first, None
+            await first()
+        stopped: bool = await self._shared.stop_if_sold_out(offer_id)
+        return stopped
+
+
+async def test_a_unit_given_back_before_the_end_keeps_the_offer_running(shop: Shop) -> None:
+    offer = await shop.launch(quantity=2, limit=1)
+    first, _ = await shop.claim(offer, buyer(1), "k")
+    stock = GivenBackFirst(shop.stock, lambda: shop.orders.cancel(first.id, buyer(1)))
+    _, seller = other_process(shop, stock=cast(StockReservations, stock))
+    await seller.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    await settle()
+    assert (await shop.offers_store.get(offer.id)).end_reason is None
+    assert await shop.stock.remaining(offer.id) == 1
+    assert [kind for kind, _ in told(shop)] == ["offer.stock"] * len(told(shop))
+    assert told(shop)[-1] == ("offer.stock", 1)  # the unit that came back, offered again
+    await shop.claim(offer, buyer(3), "k")
+    await settle()
+    ended = await shop.offers_store.get(offer.id)
+    assert (ended.end_reason, ended.taken_at_end) == (EndReason.SOLD_OUT, 2)
+    assert told(shop)[-2:] == [("offer.stock", 0), ("offer.ended", None)]
