@@ -5,9 +5,10 @@ A list is sorted by (created_at, id), both descending, and a page continues afte
 the last item it showed (keyset paging): items added meanwhile sort before that key, so they
 neither shift the next page nor show up twice.
 
-The cursor is that key behind a checksum, base64url: opaque to clients, and a cursor edited or
-cut short is refused as `invalid_cursor` rather than read as another position. The checksum is
-not a secret: a forged cursor would only position a list within what its caller may see anyway.
+The cursor is that key behind a checksum of the key and the list's name (whose list, which
+filter), base64url: opaque to clients, and a cursor edited, cut short or given by another list
+is refused as `invalid_cursor` rather than read as another position. The checksum is not a
+secret: a forged cursor would only position a list within what its caller may see anyway.
 """
 
 from __future__ import annotations
@@ -77,23 +78,24 @@ def newest_first(items: Sequence[T], limit: int, after: PageKey | None) -> list[
     return found[:limit]
 
 
-def page_of(found: Sequence[T], limit: int) -> Page[T]:
+def page_of(found: Sequence[T], limit: int, list_name: str) -> Page[T]:
     """The page from up to `limit + 1` items read newest first: the one beyond `limit` only
-    shows that there is a next page."""
+    shows that there is a next page. `list_name` names the list and its filter; only the same
+    list takes the cursor back."""
     items = list(found[:limit])
     if len(found) <= limit:
         return Page(items, None)
-    return Page(items, encode_cursor(PageKey.of(items[-1])))
+    return Page(items, encode_cursor(PageKey.of(items[-1]), list_name))
 
 
-def encode_cursor(key: PageKey) -> str:
+def encode_cursor(key: PageKey, list_name: str) -> str:
     text = f"{epoch_ms(key.created_at)}.{key.item_id}".encode("ascii")
-    raw = _checksum(text) + text
+    raw = _checksum(text, list_name) + text
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-def decode_cursor(cursor: str) -> PageKey:
-    """The key a cursor holds, or InvalidInput `invalid_cursor`."""
+def decode_cursor(cursor: str, list_name: str) -> PageKey:
+    """The key a cursor of the list `list_name` holds, or InvalidInput `invalid_cursor`."""
     if len(cursor) > MAX_CURSOR_CHARS or not _BASE64URL.fullmatch(cursor):
         raise _invalid()
     try:
@@ -102,7 +104,7 @@ def decode_cursor(cursor: str) -> PageKey:
     except binascii.Error:
         raise _invalid() from None
     checksum, text = raw[:_CHECKSUM_BYTES], raw[_CHECKSUM_BYTES:]
-    if not hmac.compare_digest(checksum, _checksum(text)):
+    if not hmac.compare_digest(checksum, _checksum(text, list_name)):
         raise _invalid()
     match = _KEY.fullmatch(text.decode("ascii", errors="replace"))
     if match is None:
@@ -113,13 +115,16 @@ def decode_cursor(cursor: str) -> PageKey:
         raise _invalid() from None
     # Only the one spelling this module writes: a cursor edited into another (extra bits in the
     # last character) is not one of ours.
-    if encode_cursor(key) != cursor:
+    if encode_cursor(key, list_name) != cursor:
         raise _invalid()
     return key
 
 
-def _checksum(text: bytes) -> bytes:
-    return hashlib.blake2b(text, digest_size=_CHECKSUM_BYTES, person=b"list-cursor").digest()
+def _checksum(text: bytes, list_name: str) -> bytes:
+    digest = hashlib.blake2b(digest_size=_CHECKSUM_BYTES, person=b"list-cursor")
+    digest.update(list_name.encode("utf-8") + b"\x00")  # no name is a prefix of another's
+    digest.update(text)
+    return digest.digest()
 
 
 def _invalid() -> InvalidInput:

@@ -295,13 +295,15 @@ class OrderService:
         `cursor` is a page's `next_cursor`: the page after it (InvalidInput if it is not)."""
         if room_id is not None:  # who may list comes first, whatever the cursor
             ensure_can_manage(await self._rooms.get(room_id), who, "list its orders")
-        after = None if cursor is None else decode_cursor(cursor)
+        # A cursor is the list's it came from: whose orders, or which room's.
+        list_name = f"orders?buyer={who.user_id}" if room_id is None else f"orders?room={room_id}"
+        after = None if cursor is None else decode_cursor(cursor, list_name)
         # One more than asked: whether it comes back tells whether there is a next page.
         if room_id is None:
             found = await self._orders.list_for_buyer(who.user_id, limit + 1, after=after)
         else:
             found = await self._orders.list_for_room(room_id, limit + 1, after=after)
-        return page_of(found, limit)
+        return page_of(found, limit, list_name)
 
     async def cancel(self, order_id: str, who: Identity) -> Order:
         """Cancel the buyer's order while it awaits payment. Sent again (the first answer was

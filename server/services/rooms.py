@@ -156,9 +156,11 @@ class RoomService:
     ) -> Page[Room]:
         """A page of rooms, newest first; `cursor` is a page's `next_cursor`: the page after
         it (InvalidInput `invalid_cursor` if it is not one)."""
-        after = None if cursor is None else decode_cursor(cursor)
+        list_name = f"rooms?status={'' if status is None else status.value}"
+        after = None if cursor is None else decode_cursor(cursor, list_name)
         # One more than asked: whether it comes back tells whether there is a next page.
-        return page_of(await self._rooms.list(status=status, limit=limit + 1, after=after), limit)
+        found = await self._rooms.list(status=status, limit=limit + 1, after=after)
+        return page_of(found, limit, list_name)
 
     async def start(self, room_id: str, who: Identity) -> Room:
         room = await self._rooms.get(room_id)

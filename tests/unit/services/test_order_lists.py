@@ -166,8 +166,28 @@ async def test_a_cursor_that_is_not_one_given_is_invalid(shop: Shop) -> None:
         assert refused.value.code == "invalid_cursor", cursor
 
 
+async def test_a_cursor_is_taken_back_only_by_the_list_that_gave_it(shop: Shop) -> None:
+    placed = await place(shop, buyer(1), [1, 2])
+    await place(shop, buyer(2), [1, 2])
+    mine = (await shop.orders.list(buyer(1), room_id=None, limit=1)).next_cursor
+    the_rooms = (await shop.orders.list(HOST, room_id=shop.room_id, limit=1)).next_cursor
+    assert mine is not None
+    assert the_rooms is not None
+    the_room_list = encode_cursor(PageKey.of(placed[0]), "rooms?status=live")
+    for who, room_id, cursor in [
+        (buyer(2), None, mine),  # another buyer's
+        (HOST, None, the_rooms),  # the room's, sent to "mine"
+        (buyer(1), None, the_room_list),  # another list altogether
+    ]:
+        with pytest.raises(InvalidInput) as refused:
+            await shop.orders.list(who, room_id=room_id, limit=1, cursor=cursor)
+        assert refused.value.code == "invalid_cursor"
+    with pytest.raises(InvalidInput):
+        await shop.orders.list(HOST, room_id=shop.room_id, limit=1, cursor=mine)
+
+
 def test_a_cursor_holds_its_key_to_the_millisecond() -> None:
     key = PageKey(datetime(2026, 11, 28, 12, 0, 1, 7000, tzinfo=UTC), "o_Zx-9_a")
-    cursor = encode_cursor(key)
-    assert decode_cursor(cursor) == key
+    cursor = encode_cursor(key, "orders?buyer=u1")
+    assert decode_cursor(cursor, "orders?buyer=u1") == key
     assert set(cursor) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
