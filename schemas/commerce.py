@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from schemas.http import MoneyIn
 from server.domain.identity import client_key
@@ -13,6 +15,20 @@ from server.domain.offers import FlashOffer, StockFigure
 from server.domain.orders import Address, Order
 
 Text = Annotated[str, Field(min_length=1, max_length=200)]
+
+# A claim's idempotency key, the HTTP header's as the websocket frame's: printable ASCII without
+# spaces, what clients put in them (UUIDs, ULIDs, ...), and echoed safely in every order.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,100}")
+IDEMPOTENCY_KEY_RULE = "1-100 printable ASCII characters, without spaces"
+
+
+def _idempotency_key(key: str) -> str:
+    if IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise PydanticCustomError("invalid_idempotency_key", IDEMPOTENCY_KEY_RULE)
+    return key
+
+
+IdempotencyKey = Annotated[str, AfterValidator(_idempotency_key)]
 
 
 class _Request(BaseModel):

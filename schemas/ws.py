@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from schemas.commerce import AddressIn
+from schemas.commerce import AddressIn, IdempotencyKey
 
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 UserId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -40,7 +40,7 @@ class OfferClaim(_Frame):
     type: Literal["offer.claim"]
     offer_id: Annotated[str, Field(min_length=1, max_length=64)]
     quantity: Annotated[int, Field(ge=1, le=1000)] = 1
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=100)]
+    idempotency_key: IdempotencyKey
     shipping_address: AddressIn
 
 

@@ -8,21 +8,24 @@
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from schemas.commerce import ClaimIn, OfferIn, offer_to_wire, order_to_wire
+from schemas.commerce import (
+    IDEMPOTENCY_KEY,
+    IDEMPOTENCY_KEY_RULE,
+    ClaimIn,
+    OfferIn,
+    offer_to_wire,
+    order_to_wire,
+)
 from server.domain.errors import InvalidInput, LiveshopError
 from server.http.deps import container_of, json_body, query_params, require_identity
 from server.http.errors import problem_for
 
 ORDERS_PATH = "api/v1/orders"  # under the app's root; see routes() and app.py's Mount
-# Printable ASCII without spaces: what clients put in idempotency keys (UUIDs, ULIDs, ...).
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,100}$")
 
 
 class OrderListQuery(BaseModel):
@@ -128,9 +131,9 @@ async def cancel_order(request: Request) -> JSONResponse:
 
 
 def _check_idempotency_key(key: str) -> None:
-    if not _IDEMPOTENCY_KEY.match(key):
+    if IDEMPOTENCY_KEY.fullmatch(key) is None:
         raise InvalidInput(
-            "send an Idempotency-Key header (1-100 printable characters)",
+            f"send an Idempotency-Key header ({IDEMPOTENCY_KEY_RULE})",
             code="invalid_idempotency_key",
         )
 

@@ -143,6 +143,16 @@ def test_a_frame_that_does_not_validate_is_named_in_its_error(
     assert (reply.frame["type"], reply.frame["ref"]) == ("error", ref)
 
 
+@pytest.mark.parametrize("key", ["a b", "cl\u00e9", "x\u0000y", "\n", "\u202e", "k" * 101])
+def test_a_claims_key_is_refused_where_an_http_key_would_be(key: str) -> None:
+    address = {"name": "Ana", "line1": "Rua 1", "city": "Lisboa", "country": "PT"}
+    frame = {"type": "offer.claim", "offer_id": "f1", "idempotency_key": key}
+    (reply,) = send(session(SHOPPER), {**frame, "shipping_address": address, "ref": "r1"})
+    assert isinstance(reply, Reply)
+    assert (reply.frame["code"], reply.frame["ref"]) == ("invalid_frame", "r1")
+    assert "printable ASCII" in reply.frame["message"]
+
+
 def test_repeated_abuse_closes_the_socket() -> None:
     s = session(SHOPPER, max_bad_frames=3)
     assert not any(isinstance(c, Close) for c in send(s, "x") + send(s, "y"))
