@@ -1,8 +1,9 @@
-"""Why a viewer cannot join a room; the endpoint turns each into its close code."""
+"""Why a viewer cannot join a room, or stay in it; the endpoint and the protocol turn each into
+its close code."""
 
 from __future__ import annotations
 
-from server.domain.errors import Conflict, Forbidden, Unavailable
+from server.domain.errors import Conflict, Forbidden, Unauthorized, Unavailable
 
 
 class RoomEnded(Conflict):
@@ -15,3 +16,9 @@ class Banned(Forbidden):
 
 class Draining(Unavailable):
     code = "draining"
+
+
+class TokenExpired(Unauthorized):
+    """A signed-in socket's token expired while it was open."""
+
+    code = "token_expired"

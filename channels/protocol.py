@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from channels.close_codes import CloseCode
+from channels.errors import TokenExpired
 from schemas.ws import (
     ChatDelete,
     ChatSend,
@@ -126,9 +127,11 @@ class RoomSession:
         *,
         limits: Limits,
         new_id: Callable[[], str],
+        token_expires: datetime | None = None,
     ) -> None:
         self.identity = identity
         self.rules = rules
+        self.token_expires = token_expires
         self.limits = limits
         self._new_id = new_id
         self._bad_frames = 0
@@ -148,6 +151,9 @@ class RoomSession:
             commands = self._dispatch(frame, mono=mono, now=now)
         except InvalidInput as error:
             return self._refuse(error, ref, abuse=True)
+        except TokenExpired as error:
+            closing = Close(CloseCode.UNAUTHORIZED, "token expired")
+            return [*self._refuse(error, ref, abuse=False), closing]
         except LiveshopError as error:
             return self._refuse(error, ref, abuse=False)
         return commands
@@ -193,6 +199,10 @@ class RoomSession:
             return [Reply({"type": "pong", "ref": frame.ref, "server_time": _iso(now)})]
         if self.identity.anonymous:
             raise Forbidden("sign in to take part")
+        if self.token_expires is not None and now >= self.token_expires:
+            # The socket's rights end with its token, as a request's do: it may go on watching
+            # (and pinging) until its next act, then reconnects with a new token and `since`.
+            raise TokenExpired("token has expired: reconnect with a new token")
         if isinstance(frame, ChatSend):
             return self._chat(frame, mono=mono, now=now)
         if isinstance(frame, Like):

@@ -11,14 +11,14 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
 from server import auth
-from server.auth import issue_token, verify_token
+from server.auth import issue_token, verify_socket_token, verify_token
 from server.domain.errors import Unauthorized
 from server.domain.identity import Identity, Role
 
@@ -81,12 +81,13 @@ def test_the_memory_forgets_the_least_recently_used_token(monkeypatch: pytest.Mo
     assert [token for _, token in auth._verified] == [tokens[2], tokens[0], tokens[3]]
 
 
-def test_a_token_checked_once_can_be_left_unremembered() -> None:
-    token = issue_token(SECRET, "u1", Role.SHOPPER)
-    assert verify_token(SECRET, token, remember=False).user_id == "u1"
+def test_a_sockets_token_is_checked_once_not_remembered_and_tells_its_expiry() -> None:
+    token = issue_token(SECRET, "u1", Role.SHOPPER, ttl_seconds=600)
+    identity, expires = verify_socket_token(SECRET, token)
+    assert identity.user_id == "u1"
+    assert expires.tzinfo is UTC
+    assert timedelta(seconds=599) < expires - datetime.now(UTC) <= timedelta(seconds=600)
     assert auth._verified == {}
-    verify_token(SECRET, token)
-    assert verify_token(SECRET, token, remember=False) is auth._verified[(SECRET, token)][0]
 
 
 # --- Building tokens, forged ones included ---------------------------------------------------
@@ -315,7 +316,7 @@ def outcome(verify: Callable[[str], Identity], token: str) -> Identity | str:
 
 
 def ours(token: str) -> Identity | str:
-    return outcome(lambda token: verify_token(SECRET, token, remember=False), token)
+    return outcome(lambda token: verify_socket_token(SECRET, token)[0], token)
 
 
 def pyjwt(token: str) -> Identity | str:

@@ -435,3 +435,23 @@ async def test_a_user_banned_from_the_room_cannot_claim_its_offers(live: Live) -
         await asyncio.sleep(0.2)
     assert (refused.status_code, refused.json()["code"]) == (403, "banned")
     assert (await claim(live, offer["id"], "leo", "k1")).status_code == 201
+
+
+async def test_a_socket_whose_token_expired_cannot_claim(live: Live) -> None:
+    offer = await launch(live)
+    # Tokens count whole seconds: one of 2 s is still good for at least 1 s at connect.
+    async with websockets.connect(live.url(token=token("leo", ttl=2))) as leo:
+        await recv(leo)
+        await asyncio.sleep(2.1)
+        frame = {
+            "type": "offer.claim",
+            "offer_id": offer["id"],
+            "idempotency_key": "k1",
+            "shipping_address": ADDRESS,
+            "ref": "c1",
+        }
+        await leo.send(json.dumps(frame))
+        refused = await recv_type(leo, "error")
+        assert (refused["code"], refused["ref"]) == ("token_expired", "c1")
+        assert await close_code(leo) == CloseCode.UNAUTHORIZED
+    assert (await live.http.get(f"/api/v1/offers/{offer['id']}")).json()["remaining"] == 3

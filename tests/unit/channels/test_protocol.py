@@ -153,6 +153,19 @@ def test_a_claims_key_is_refused_where_an_http_key_would_be(key: str) -> None:
     assert "printable ASCII" in reply.frame["message"]
 
 
+def test_a_socket_whose_token_expired_may_watch_but_not_act() -> None:
+    s = session(SHOPPER)
+    s.token_expires = NOW + timedelta(seconds=1)
+    assert isinstance(send(s, {"type": "like"})[0], AddLikes)  # a moment before: still its own
+    s.token_expires = NOW
+    assert isinstance(send(s, {"type": "ping"})[0], Reply)  # keeping the socket alive is fine
+    for frame in ({"type": "like", "ref": "r1"}, {"type": "chat.send", "text": "hi", "ref": "r1"}):
+        reply, close = send(s, frame)
+        assert isinstance(reply, Reply)
+        assert (reply.frame["code"], reply.frame["ref"]) == ("token_expired", "r1")
+        assert close == Close(CloseCode.UNAUTHORIZED, "token expired")
+
+
 def test_repeated_abuse_closes_the_socket() -> None:
     s = session(SHOPPER, max_bad_frames=3)
     assert not any(isinstance(c, Close) for c in send(s, "x") + send(s, "y"))
