@@ -124,10 +124,14 @@ class OrderService:
         offer = await self._launched.get(offer_id)
         if room_id is not None and offer.room_id != room_id:
             raise NotFound(f"offer {offer_id} not found in this room")
-        if self._bans is not None and await self._bans.is_banned(offer.room_id, buyer.user_id):
-            raise Forbidden("you are banned from this room", code="banned")
         # Keys are the client's, unique per buyer: scoped here so two buyers never collide.
         key = scoped_key(buyer.user_id, idempotency_key)
+        if self._bans is not None and await self._bans.is_banned(offer.room_id, buyer.user_id):
+            # No more for a banned buyer; but a claim sent again gets its order back.
+            if (earlier := await self._orders.by_key(offer.id, key)) is None:
+                raise Forbidden("you are banned from this room", code="banned")
+            ensure_same_claim(earlier, quantity, address)
+            return earlier, False
         self._claimed_offers[offer.id] = self._clock()
         # The reservation store knows every key (a lost one is rebuilt from the orders first),
         # so a refused claim never touches MongoDB: in a flash sale most claims are refused.

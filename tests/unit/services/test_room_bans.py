@@ -1,4 +1,5 @@
-"""Claims of a user banned from the room are refused; the room's bans are read once a second."""
+"""Claims of a user banned from the room are refused, but for a claim sent again, which gets its
+order back; the room's bans are read once a second."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 
 from server.adapters.memory import MemoryRoomStore
-from server.domain.errors import Forbidden, Unavailable
+from server.domain.errors import Conflict, Forbidden, Unavailable
+from server.domain.orders import Order
 from server.services.orders import OrderService
 from server.services.room_bans import RoomBans
 from tests.unit.services.shop import ADDRESS, Shop, buyer
@@ -121,10 +123,8 @@ async def test_a_failed_read_is_logged_once_and_tried_again_a_period_later(
     assert rooms.reads == 3
 
 
-async def test_a_banned_buyer_cannot_claim_and_takes_nothing(shop: Shop) -> None:
-    offer = await shop.launch(quantity=3, limit=1)
-    await shop.rooms.ban(shop.room_id, "buyer-1", by="host-1", at=T0)
-    orders = OrderService(
+def banning(shop: Shop) -> OrderService:
+    return OrderService(
         shop.offers_store,
         shop.orders_store,
         shop.products,
@@ -135,6 +135,34 @@ async def test_a_banned_buyer_cannot_claim_and_takes_nothing(shop: Shop) -> None
         rooms=shop.rooms,
         bans=RoomBans(shop.rooms),
     )
+
+
+async def test_a_banned_buyer_sending_a_claim_again_gets_its_order_and_no_more(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=3, limit=2)
+    first, _ = await shop.claim(offer, buyer(1), "k")
+    await shop.rooms.ban(shop.room_id, "buyer-1", by="host-1", at=T0)
+    orders = banning(shop)
+
+    async def claim(key: str = "k", quantity: int = 1) -> tuple[Order, bool]:
+        return await orders.claim(
+            offer.id, buyer(1), quantity=quantity, idempotency_key=key, address=ADDRESS
+        )
+
+    assert await claim() == (first, False)
+    with pytest.raises(Conflict):  # the same key for another claim: as for anyone
+        await claim(quantity=2)
+    with pytest.raises(Forbidden) as refused:
+        await claim(key="k2")
+    assert refused.value.code == "banned"
+    assert await shop.stock.remaining(offer.id) == 2
+
+
+async def test_a_banned_buyer_cannot_claim_and_takes_nothing(shop: Shop) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    await shop.rooms.ban(shop.room_id, "buyer-1", by="host-1", at=T0)
+    orders = banning(shop)
     with pytest.raises(Forbidden) as refused:
         await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
     assert refused.value.code == "banned"
