@@ -323,7 +323,9 @@ def claim_error(result: ClaimResult) -> LiveshopError | None:
         case ClaimOutcome.SOLD_OUT:
             return Conflict("the offer is sold out", code="sold_out")
         case ClaimOutcome.LIMIT_REACHED:
-            return Conflict("you have reached this offer's per-user limit", code="limit_reached")
+            return Conflict(
+                "that would take you over this offer's per-user limit", code="limit_reached"
+            )
         case ClaimOutcome.NOT_ACTIVE:
             return Conflict("the offer is not active", code="offer_not_active")
         case ClaimOutcome.PAUSED:
