@@ -403,7 +403,9 @@ class OfferService:
             if first_seen == self._sold_out_round:
                 continue  # its seller's end has this round to come
             offer = await self._offers.get(offer_id)
-            if offer.end_reason is None and await self.end(offer, EndReason.SOLD_OUT):
+            if offer.end_reason is None:
+                if await self.end(offer, EndReason.SOLD_OUT) is None:
+                    continue  # a unit came back, or another process ended it: the next round
                 ended += 1
             self._seen_ended.add(offer_id)
         return ended

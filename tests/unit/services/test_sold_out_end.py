@@ -180,3 +180,38 @@ async def test_a_unit_given_back_before_the_end_keeps_the_offer_running(shop: Sh
     ended = await shop.offers_store.get(offer.id)
     assert (ended.end_reason, ended.taken_at_end) == (EndReason.SOLD_OUT, 2)
     assert told(shop)[-2:] == [("offer.stock", 0), ("offer.ended", None)]
+
+
+class CannotStopAtTheEnd:
+    """A seller whose Redis fails as it ends the offer it sold out: housekeeping's to end."""
+
+    def __init__(self, shared: Any) -> None:
+        self._shared = shared
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def stop_if_sold_out(self, offer_id: str) -> bool:
+        raise Unavailable("live data is unreachable, try again")
+
+
+async def test_housekeeping_ends_an_offer_that_sold_out_again_after_a_unit_came_back(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=1, limit=1)
+    _, seller = other_process(shop, stock=cast(StockReservations, CannotStopAtTheEnd(shop.stock)))
+    first, _ = await seller.claim(
+        offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
+    )
+    await settle()
+    back = GivenBackFirst(shop.stock, lambda: shop.orders.cancel(first.id, buyer(1)))
+    offers, orders = other_process(shop, stock=cast(StockReservations, back))
+    keeper = Housekeeper(offers, orders, lambda: [offer.id])
+    await keeper.run_once()
+    await keeper.run_once()  # about to end it, and the unit came back: it goes on
+    assert (await shop.offers_store.get(offer.id)).end_reason is None
+    await seller.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    await settle()
+    await keeper.run_once()
+    await keeper.run_once()
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
