@@ -24,7 +24,13 @@ from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import LiveshopError
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
-from server.domain.offers import LATE_ORDERS, ClaimOutcome, FlashOffer, units_booked
+from server.domain.offers import (
+    LATE_ORDERS,
+    ClaimOutcome,
+    EndReason,
+    FlashOffer,
+    units_booked,
+)
 from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus, is_legal_history
 from server.services.offers import OfferService
 from server.services.orders import OrderService
@@ -186,9 +192,13 @@ class FlashSale(RuleBasedStateMachine):
         remaining = self.run(self.stock.remaining(self.offer.id))
         units = sum(o.quantity for o in held)
         orphans = self.run(self.stock.pending_without_order(self.offer.id, FAR_FUTURE))
+        offer = self.run(self.offers_store.get(self.offer.id))
         assert remaining >= 0
         assert units <= QUANTITY
-        assert remaining == QUANTITY - units - sum(p.quantity for p in orphans)
+        if offer.end_reason is EndReason.SOLD_OUT:
+            assert remaining == 0  # units given back since go to the product, not the offer
+        else:
+            assert remaining == QUANTITY - units - sum(p.quantity for p in orphans)
         per_buyer = Counter[str]()
         for order in held:
             per_buyer[order.buyer_id] += order.quantity
@@ -198,7 +208,6 @@ class FlashSale(RuleBasedStateMachine):
         assert all(count == 1 for count in keys.values())
         # What the offer books of its product's stock covers what its orders hold, and never
         # grows (a stock count relies on that).
-        offer = self.run(self.offers_store.get(self.offer.id))
         booked = units_booked([offer], {offer.id: units})
         assert units <= booked <= self.booked
         self.booked = booked
