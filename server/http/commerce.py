@@ -38,9 +38,7 @@ class OrderListQuery(BaseModel):
 
 async def launch_offer(request: Request) -> JSONResponse:
     who = require_identity(request)
-    key = request.headers.get("idempotency-key")  # optional: a launch sent again is safe
-    if key is not None:
-        _check_idempotency_key(key)
+    key = _idempotency_key(request)  # optional: a launch sent again is safe
     body = await json_body(request, OfferIn)
     service = container_of(request).offer_service
     offer, created = await service.launch(
@@ -89,8 +87,9 @@ async def claim_offer(request: Request) -> Response:
 
 async def _claim(request: Request) -> JSONResponse:
     who = require_identity(request)
-    key = request.headers.get("idempotency-key", "")
-    _check_idempotency_key(key)
+    key = _idempotency_key(request)
+    if key is None:
+        raise _bad_idempotency_key()
     body = await json_body(request, ClaimIn)
     order, created = await container_of(request).order_service.claim(
         request.path_params["offer_id"],
@@ -130,12 +129,21 @@ async def cancel_order(request: Request) -> JSONResponse:
     return JSONResponse(order_to_wire(order))
 
 
-def _check_idempotency_key(key: str) -> None:
-    if IDEMPOTENCY_KEY.fullmatch(key) is None:
-        raise InvalidInput(
-            f"send an Idempotency-Key header ({IDEMPOTENCY_KEY_RULE})",
-            code="invalid_idempotency_key",
-        )
+def _idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key, None without one. One at most: with two, which one a retry
+    would send again is anybody's guess."""
+    keys = request.headers.getlist("idempotency-key")
+    if not keys:
+        return None
+    if len(keys) > 1 or IDEMPOTENCY_KEY.fullmatch(keys[0]) is None:
+        raise _bad_idempotency_key()
+    return keys[0]
+
+
+def _bad_idempotency_key() -> InvalidInput:
+    return InvalidInput(
+        f"send one Idempotency-Key header ({IDEMPOTENCY_KEY_RULE})", code="invalid_idempotency_key"
+    )
 
 
 def routes() -> list[BaseRoute]:

@@ -194,6 +194,12 @@ async def test_every_refusal_keeps_its_code(client: httpx.AsyncClient) -> None:
             "invalid_address",
         ),
     ]
+    two_keys = await client.post(
+        f"/offers/{offer_id}/claims",
+        headers=[*bearer("buyer-1").items(), ("Idempotency-Key", "a"), ("Idempotency-Key", "b")],
+        json=CLAIM,
+    )
+    cases.append((two_keys, 422, "invalid_idempotency_key"))  # which would a retry send?
     for response, status, code in cases:
         assert (response.status_code, response.json()["code"]) == (status, code), response.text
         assert response.headers["content-type"] == PROBLEM_JSON
