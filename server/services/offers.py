@@ -286,9 +286,9 @@ class OfferService:
         `offer.ended` closes the offer's topic in the room's stream: a figure another process
         read earlier and sends late is dropped, so no stock figure follows the end.
         """
-        self._announcer.forget(offer.id)
         if reason is EndReason.SOLD_OUT and not await self._stop_if_sold_out(offer.id):
             return None
+        self._announcer.forget(offer.id)
         at = offer.ends_at if reason is EndReason.EXPIRED else self._clock()
         ended = await self._offers.record_end(
             offer.id, reason, at, free_launch_key=free_launch_key, if_uncounted=if_uncounted
