@@ -92,7 +92,7 @@ async def _serve(
     hub: Hub,
     conn: Connection,
     room: LocalRoom,
-    token_expires: datetime | None,
+    token_expires: float | None,
 ) -> None:
     settings = container.settings
     session = RoomSession(
@@ -170,8 +170,9 @@ async def _carry_out(
             return
 
 
-def _identity(websocket: WebSocket, container: Container) -> tuple[Identity, datetime | None]:
-    """Who the socket is, and when its token expires (None: an anonymous viewer)."""
+def _identity(websocket: WebSocket, container: Container) -> tuple[Identity, float | None]:
+    """Who the socket is, and when its token expires (epoch seconds; None: an anonymous
+    viewer)."""
     token = websocket.query_params.get("token")
     if not token:
         return Identity.anonymous_viewer(secrets.token_hex(6)), None

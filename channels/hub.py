@@ -26,7 +26,7 @@ from channels.errors import Draining, RoomEnded
 from channels.room_counters import CounterKeeper, RoomCounters
 from channels.room_state import LocalRoom, RoomView, hello_frame
 from server.background import BackgroundTasks
-from server.domain.errors import LiveshopError, Unavailable
+from server.domain.errors import LiveshopError, NotFound, Unavailable
 from server.domain.identity import Identity
 from server.metrics import Metrics
 
@@ -203,11 +203,9 @@ class Hub:
     async def _open_room(self, room: LocalRoom) -> None:
         ready = room.ready  # the first joiners' (a reset while it opens sets another)
         assert ready is not None
-        subscribing = False
         try:
             room.load(await self._load_room(room.room_id))
             async with self._subscriptions:
-                subscribing = True
                 await self.broker.subscribe_room(room.room_id)
             await asyncio.wait_for(room.subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
             await self._sync(room)
@@ -223,7 +221,7 @@ class Hub:
                 log.exception("room_open_failed", extra={"room_id": room.room_id})
             ready.set_exception(error)
             ready.exception()  # consumed here; joiners re-raise it from their await
-            if subscribing:  # else the broker would feed this process a room it does not serve
+            if not isinstance(exc, NotFound):  # a room that does not exist was never subscribed
                 await self._unsubscribe_unserved(room.room_id)
 
     async def _close_room(self, room: LocalRoom) -> None:
@@ -237,6 +235,8 @@ class Hub:
         await self._unsubscribe_unserved(room.room_id)
 
     async def _unsubscribe_unserved(self, room_id: str) -> None:
+        """Else the broker feeds this process a room it does not serve: subscribed by the open
+        that failed, or by an earlier one whose own unsubscribe found this open under way."""
         async with self._subscriptions:
             if room_id not in self._rooms:  # unless a joiner opened it again meanwhile
                 with contextlib.suppress(Exception):  # Redis away: not subscribed again on return

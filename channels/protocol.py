@@ -127,7 +127,7 @@ class RoomSession:
         *,
         limits: Limits,
         new_id: Callable[[], str],
-        token_expires: datetime | None = None,
+        token_expires: float | None = None,  # epoch seconds
     ) -> None:
         self.identity = identity
         self.rules = rules
@@ -199,7 +199,7 @@ class RoomSession:
             return [Reply({"type": "pong", "ref": frame.ref, "server_time": _iso(now)})]
         if self.identity.anonymous:
             raise Forbidden("sign in to take part")
-        if self.token_expires is not None and now >= self.token_expires:
+        if self.token_expires is not None and now.timestamp() >= self.token_expires:
             # The socket's rights end with its token, as a request's do: it may go on watching
             # (and pinging) until its next act, then reconnects with a new token and `since`.
             raise TokenExpired("token has expired: reconnect with a new token")

@@ -133,8 +133,12 @@ class StockIn(RequestModel):
     stock: int = Field(ge=0, le=MAX_STOCK)
 
 
-# Names that only mean something inside one network (RFC 6761, 6762, 8375; ICANN's .internal).
-_LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa")
+# Names that only mean something inside one network: reserved (RFC 6761, 6762, 8375; ICANN's
+# .internal, and .home, .corp, which it will never delegate), or used so by routers and offices.
+_LOCAL_SUFFIXES: tuple[str, ...] = (
+    ".localhost", ".local", ".internal", ".home.arpa", ".home", ".corp",
+    ".lan", ".localdomain", ".intranet", ".private",
+)  # fmt: skip
 
 
 def _shown_to_viewers(url: HttpUrl) -> HttpUrl:

@@ -343,6 +343,11 @@ class StockReservations(Protocol):
         Unavailable (`offer_paused`) when the offer is lost: rebuild it, then release."""
         ...
 
+    async def knows_claim(self, offer_id: str, idempotency_key: str) -> bool:
+        """Whether a claim with this key reserved units of the offer (released since or not),
+        changing nothing; False too when the store does not hold the offer."""
+        ...
+
     async def remaining(self, offer_id: str) -> int:
         """Units left; Unavailable (code `offer_paused`) while the offer is lost."""
         ...
@@ -361,7 +366,8 @@ class StockReservations(Protocol):
 
     async def stop(self, offer_id: str) -> int | None:
         """Refuse further claims (`not_active`), and tell how many units the offer has taken
-        (reserved or sold, not given back) at that moment: no more can be taken once stopped
+        (reserved or sold, not given back) at that moment, or its whole quantity once stopped
+        as sold out (see `stop_if_sold_out`): no more can be taken once stopped
         (a rebuild keeps it stopped, see `rebuild`). None when the store does not hold the
         offer; the rebuild then takes `stopped` from the stored offer. The first stop raises
         the stock's version: the figure told with the end is the offer's last word, and told

@@ -166,6 +166,10 @@ class MemoryStockReservations:
             offer.held.pop(known.buyer_id, None)
         return True
 
+    async def knows_claim(self, offer_id: str, idempotency_key: str) -> bool:
+        offer = self._offers.get(offer_id)
+        return offer is not None and idempotency_key in offer.claims
+
     async def remaining(self, offer_id: str) -> int:
         return self._offer_or_paused(offer_id).stock
 

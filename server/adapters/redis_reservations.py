@@ -2,9 +2,9 @@
 no claim can oversell, whatever the number of processes.
 
 Each offer has, under one hash tag so a cluster keeps them on one shard:
-  liveshop:{offer:ID}:state    hash: quantity, stock, limit, starts, ends (epoch ms), stopped
-                               ('0', '1', or '2': stopped as sold out, see stop_if_sold_out),
-                               expire_at; v (the stock's version, see StockFigure);
+  liveshop:{offer:ID}:state    hash: quantity, stock, limit, starts, ends (epoch ms), stopped,
+                               expire_at; v (the stock's version, see StockFigure); sold_out
+                               ('1': stopped as sold out, see stop_if_sold_out);
                                unconfirmed (a token: rebuilt, claims wait for confirm_open
                                with that token)
   liveshop:{offer:ID}:held     hash: buyer id -> units held
@@ -89,8 +89,7 @@ local function claim(buyer, qty, key, now_ms, rid)
     if r.b ~= buyer then return {'key_reused', stock} end
     return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0, tonumber(state[8] or '0')}
   end
-  if state[5] == '1' or state[5] == '2' or now < tonumber(state[3])
-    or now >= tonumber(state[4]) then
+  if state[5] == '1' or now < tonumber(state[3]) or now >= tonumber(state[4]) then
     return {'not_active', stock}
   end
   if state[7] then return {'paused'} end
@@ -121,7 +120,7 @@ if r.x == 1 then return 0 end
 if ARGV[2] == '1' and r.o then return 0 end
 r.x = 1
 redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))
-if redis.call('HGET', KEYS[1], 'stopped') ~= '2' then
+if redis.call('HGET', KEYS[1], 'sold_out') ~= '1' then
   redis.call('HINCRBY', KEYS[1], 'stock', r.q)
   redis.call('HINCRBY', KEYS[1], 'v', 1)
 end
@@ -167,21 +166,21 @@ return out
 # The units taken, or nil when the offer is lost.
 _STOP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if redis.call('HGET', KEYS[1], 'stopped') == '0' then
-  redis.call('HINCRBY', KEYS[1], 'v', 1)
-  redis.call('HSET', KEYS[1], 'stopped', '1')
-end
+if redis.call('HGET', KEYS[1], 'stopped') ~= '1' then redis.call('HINCRBY', KEYS[1], 'v', 1) end
+redis.call('HSET', KEYS[1], 'stopped', '1')
 local state = redis.call('HMGET', KEYS[1], 'quantity', 'stock')
 return math.max(0, tonumber(state[1]) - tonumber(state[2]))
 """
 
+# Stopped, as any end stops it (so a process of the version before, which knows no `sold_out`,
+# refuses claims all the same), and marked sold out.
 _STOP_IF_SOLD_OUT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local state = redis.call('HMGET', KEYS[1], 'stock', 'stopped')
-if state[2] == '2' then return 1 end
+local state = redis.call('HMGET', KEYS[1], 'stock', 'stopped', 'sold_out')
+if state[3] == '1' then return 1 end
 if state[2] == '1' or tonumber(state[1]) > 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HSET', KEYS[1], 'stopped', '2')
+redis.call('HSET', KEYS[1], 'stopped', '1', 'sold_out', '1')
 return 1
 """
 
@@ -209,12 +208,14 @@ for i = 8, #ARGV, 2 do
   end
 end
 local stock = math.max(0, tonumber(ARGV[1]) - held)
-if ARGV[5] == '2' then stock = 0 end
+local stopped = ARGV[5] == '0' and '0' or '1'
 redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', stock, 'limit', ARGV[2],
-  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', ARGV[5], 'expire_at', ARGV[6],
+  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', stopped, 'expire_at', ARGV[6],
   'v', first_version)
+-- '2': it ended sold out, and stays so (see stop_if_sold_out).
+if ARGV[5] == '2' then redis.call('HSET', KEYS[1], 'stock', 0, 'sold_out', '1') end
 -- Not stopped: it may have ended since the rebuilder read it (see confirm_open).
-if ARGV[5] == '0' then redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7]) end
+if stopped == '0' then redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7]) end
 for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
 return 1
 """
@@ -361,6 +362,10 @@ class RedisStockReservations:
             raise OfferPaused(f"offer {offer_id} is being restored")
         return released == 1
 
+    @redis_unreachable_is_unavailable
+    async def knows_claim(self, offer_id: str, idempotency_key: str) -> bool:
+        return bool(await self._redis.hexists(_keys(offer_id)[2], idempotency_key))
+
     async def remaining(self, offer_id: str) -> int:
         return (await self.figure(offer_id)).remaining
 
@@ -442,7 +447,7 @@ class RedisStockReservations:
             per_user_limit,
             epoch_ms(starts_at),
             epoch_ms(ends_at),
-            "2" if sold_out else "1" if stopped else "0",
+            "2" if sold_out else "1" if stopped else "0",  # see _REBUILD
             self._expire_at_ms(ends_at),
             secrets.token_urlsafe(9),  # this rebuild's, for confirm_open
         ]
@@ -480,6 +485,6 @@ class RedisStockReservations:
             starts_at=from_epoch_ms(int(s["starts"])),
             ends_at=from_epoch_ms(int(s["ends"])),
             remaining=int(s["stock"]),
-            stopped=s["stopped"] in ("1", "2"),
+            stopped=s["stopped"] == "1",
             held_by_buyer={_text(k): int(v) for k, v in held.items()},
         )

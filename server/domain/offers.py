@@ -143,8 +143,9 @@ class FlashOffer:
     ended_at: datetime | None = None
     end_reason: EndReason | None = None
     settled_at: datetime | None = None  # see LATE_ORDERS
-    # Units reserved or sold when the stop that finished its end stopped its stock (None
-    # before, or when the stock was lost then): no more can be taken since.
+    # Units reserved or sold when the stop that finished its end stopped its stock, the whole
+    # quantity for a sold-out end (None before, or when the stock was lost then): no more can
+    # be taken since.
     taken_at_end: int | None = None
     # False from when its launch stored it until the launch counted it against its product's
     # stock (services/bookings.py), or it ended: the room is not shown it before.

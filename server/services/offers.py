@@ -281,7 +281,8 @@ class OfferService:
         if_uncounted: bool = False,
     ) -> FlashOffer | None:
         """End the offer if nobody has yet; only the process that wins tells the room (see
-        OfferStore.record_end for the options).
+        OfferStore.record_end for the options). None when another process ended it, or, for a
+        sold-out end, when a unit has come back since the caller found none.
 
         `offer.ended` closes the offer's topic in the room's stream: a figure another process
         read earlier and sends late is dropped, so no stock figure follows the end.
@@ -405,7 +406,10 @@ class OfferService:
             offer = await self._offers.get(offer_id)
             if offer.end_reason is None:
                 if await self.end(offer, EndReason.SOLD_OUT) is None:
-                    continue  # a unit came back, or another process ended it: the next round
+                    # A unit came back (or another process ended it): should it sell out again,
+                    # its seller has a round to end it, as the first time.
+                    self._sold_out_since.pop(offer_id, None)
+                    continue
                 ended += 1
             self._seen_ended.add(offer_id)
         return ended

@@ -155,6 +155,7 @@ async def test_a_stock_is_stopped_as_sold_out_only_while_it_has_nothing_left(
     assert not await stock.stop_if_sold_out("of1")  # so not sold out any more
     assert (await stock.claim("of1", "carol", 1, "k3", NOW)).outcome is R.RESERVED
     version = (await stock.figure("of1")).version
+    assert version is not None
     assert await stock.stop_if_sold_out("of1")
     assert await stock.stop_if_sold_out("of1")  # asked again: it is
     assert (await stock.figure("of1")).version == version + 1  # raised once

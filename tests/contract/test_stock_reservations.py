@@ -206,6 +206,19 @@ async def test_release_returns_stock_and_the_limit_exactly_once(backend: Backend
     assert (snapshot.remaining, snapshot.held_by_buyer) == (3, {"alice": 2})
 
 
+async def test_a_key_is_known_once_it_reserved_released_or_not(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=1, limit=1)
+    assert not await stock.knows_claim("of1", "k1")
+    await stock.claim("of1", "alice", 1, "k1", NOW)
+    assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.SOLD_OUT
+    assert await stock.knows_claim("of1", "k1")
+    assert not await stock.knows_claim("of1", "k2")  # refused: nothing kept
+    await stock.release("of1", "k1")
+    assert await stock.knows_claim("of1", "k1")  # a retry still gets its answer
+    assert not await stock.knows_claim("missing", "k1")
+
+
 async def test_attach_order_says_whether_the_order_holds_stock(backend: Backend) -> None:
     stock = backend.stock
     await open_offer(stock)

@@ -186,6 +186,10 @@ async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
                 "cam.local",
                 "nas.home.arpa",
                 "wiki.corp.internal",
+                "printer.lan",
+                "nas.home",
+                "intranet.corp",
+                "router.localdomain",
                 "127.0.0.1",
                 "2130706433",  # 127.0.0.1 written as one number
                 "192.168.1.1",

@@ -13,6 +13,7 @@ from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
 from channels.errors import RoomEnded
 from channels.hub import Hub, HubLimits
+from channels.room_state import RoomView
 from server.domain.errors import NotFound, Unavailable
 from server.metrics import Metrics
 from tests.unit.channels.hub_fakes import Socket, load_room, make_hub, viewer
@@ -78,6 +79,26 @@ async def test_a_room_whose_subscribe_is_never_confirmed_is_not_left_subscribed(
             "room_open_timed_out"
         ]
         assert all(r.levelname == "WARNING" for r in caplog.records if r.name == "liveshop.hub")
+    finally:
+        await hub.close()
+
+
+async def test_an_open_that_fails_before_subscribing_drops_a_subscription_left_before() -> None:
+    """An earlier open subscribed and timed out, and its unsubscribe found this open under way
+    (the room served again): this one, failing to read the room, unsubscribes it."""
+
+    async def store_away(room_id: str) -> RoomView:
+        raise Unavailable("the database is away")
+
+    broker = UnconfirmedSubscribe(MemoryBus())
+    hub = Hub(broker, store_away, Metrics(), HubLimits(counter_interval=0.05))
+    await hub.start()
+    try:
+        await broker.subscribe_room("r1")  # left by the earlier open
+        with pytest.raises(Unavailable):
+            await hub.join("r1", viewer(1), Socket())
+        await asyncio.wait_for(broker.unsubscribed.wait(), 1)
+        assert not broker._rooms
     finally:
         await hub.close()
 

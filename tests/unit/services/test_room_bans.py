@@ -11,6 +11,7 @@ import pytest
 
 from server.adapters.memory import MemoryRoomStore
 from server.domain.errors import Conflict, Forbidden, Unavailable
+from server.domain.identity import scoped_key
 from server.domain.orders import Order
 from server.services.orders import OrderService
 from server.services.room_bans import RoomBans
@@ -142,6 +143,8 @@ async def test_a_banned_buyer_sending_a_claim_again_gets_its_order_and_no_more(
 ) -> None:
     offer = await shop.launch(quantity=3, limit=2)
     first, _ = await shop.claim(offer, buyer(1), "k")
+    # A claim that reserved and then failed to write its order (its answer: "send it again").
+    await shop.stock.claim(offer.id, "buyer-1", 1, scoped_key("buyer-1", "k-failed"), shop.clock())
     await shop.rooms.ban(shop.room_id, "buyer-1", by="host-1", at=T0)
     orders = banning(shop)
 
@@ -153,10 +156,13 @@ async def test_a_banned_buyer_sending_a_claim_again_gets_its_order_and_no_more(
     assert await claim() == (first, False)
     with pytest.raises(Conflict):  # the same key for another claim: as for anyone
         await claim(quantity=2)
+    late, created = await claim(key="k-failed")  # its units were held for it
+    assert created
     with pytest.raises(Forbidden) as refused:
         await claim(key="k2")
     assert refused.value.code == "banned"
-    assert await shop.stock.remaining(offer.id) == 2
+    assert await shop.stock.remaining(offer.id) == 1
+    assert late.id != first.id
 
 
 async def test_a_banned_buyer_cannot_claim_and_takes_nothing(shop: Shop) -> None:

@@ -173,7 +173,7 @@ async def test_a_unit_given_back_before_the_end_keeps_the_offer_running(shop: Sh
     await settle()
     assert (await shop.offers_store.get(offer.id)).end_reason is None
     assert await shop.stock.remaining(offer.id) == 1
-    assert [kind for kind, _ in told(shop)] == ["offer.stock"] * len(told(shop))
+    assert "offer.ended" not in {kind for kind, _ in told(shop)}
     assert told(shop)[-1] == ("offer.stock", 1)  # the unit that came back, offered again
     await shop.claim(offer, buyer(3), "k")
     await settle()
