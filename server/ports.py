@@ -364,10 +364,12 @@ class StockReservations(Protocol):
         writing the order."""
         ...
 
-    async def stop(self, offer_id: str) -> int | None:
+    async def stop(self, offer_id: str, *, sold_out: bool = False) -> int | None:
         """Refuse further claims (`not_active`), and tell how many units the offer has taken
         (reserved or sold, not given back) at that moment, or its whole quantity once stopped
-        as sold out (see `stop_if_sold_out`): no more can be taken once stopped
+        as sold out (`sold_out`, for an offer that ended so: marked as `stop_if_sold_out`
+        marks it, whatever the stock says, which may be one rebuilt meanwhile from orders that
+        gave units back): no more can be taken once stopped
         (a rebuild keeps it stopped, see `rebuild`). None when the store does not hold the
         offer; the rebuild then takes `stopped` from the stored offer. The first stop raises
         the stock's version: the figure told with the end is the offer's last word, and told

@@ -57,6 +57,14 @@ class _Offer:
     claims: dict[str, _Reservation] = field(default_factory=dict)
 
 
+def _stop(offer: _Offer, *, sold_out: bool) -> None:
+    if not offer.stopped or (sold_out and not offer.sold_out):
+        offer.version += 1
+    offer.stopped = True
+    if sold_out:
+        offer.sold_out, offer.stock = True, 0
+
+
 class MemoryStockReservations:
     def __init__(self) -> None:
         self._offers: dict[str, _Offer] = {}
@@ -194,13 +202,11 @@ class MemoryStockReservations:
         found.sort(key=lambda p: p.created_at)
         return found[:PENDING_BATCH]
 
-    async def stop(self, offer_id: str) -> int | None:
+    async def stop(self, offer_id: str, *, sold_out: bool = False) -> int | None:
         offer = self._offers.get(offer_id)
         if offer is None:
             return None
-        if not offer.stopped:
-            offer.version += 1
-        offer.stopped = True
+        _stop(offer, sold_out=sold_out)
         return max(0, offer.quantity - offer.stock)
 
     async def stop_if_sold_out(self, offer_id: str) -> bool:
@@ -209,8 +215,7 @@ class MemoryStockReservations:
             return True
         if offer.stopped or offer.stock > 0:
             return False
-        offer.version += 1
-        offer.stopped = offer.sold_out = True
+        _stop(offer, sold_out=True)
         return True
 
     async def unconfirmed(self, offer_id: str) -> str | None:

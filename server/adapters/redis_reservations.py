@@ -164,10 +164,15 @@ return out
 """
 
 # The units taken, or nil when the offer is lost.
+# ARGV[1] '1': the end is a sold-out one, and the stock is marked so (see stop_if_sold_out).
 _STOP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if redis.call('HGET', KEYS[1], 'stopped') ~= '1' then redis.call('HINCRBY', KEYS[1], 'v', 1) end
+local was = redis.call('HMGET', KEYS[1], 'stopped', 'sold_out')
+if was[1] ~= '1' or (ARGV[1] == '1' and was[2] ~= '1') then
+  redis.call('HINCRBY', KEYS[1], 'v', 1)
+end
 redis.call('HSET', KEYS[1], 'stopped', '1')
+if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'sold_out', '1', 'stock', 0) end
 local state = redis.call('HMGET', KEYS[1], 'quantity', 'stock')
 return math.max(0, tonumber(state[1]) - tonumber(state[2]))
 """
@@ -398,8 +403,8 @@ class RedisStockReservations:
         return found
 
     @redis_unreachable_is_unavailable
-    async def stop(self, offer_id: str) -> int | None:
-        taken = await self._stop(keys=_keys(offer_id), args=[])
+    async def stop(self, offer_id: str, *, sold_out: bool = False) -> int | None:
+        taken = await self._stop(keys=_keys(offer_id), args=["1" if sold_out else "0"])
         return None if taken is None else int(taken)
 
     @redis_unreachable_is_unavailable

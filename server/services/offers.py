@@ -317,7 +317,7 @@ class OfferService:
         try:
             if sold_out:  # the room hears 1, then 0, then the end
                 await self._announcer.last_unit_told(ended.id)
-            taken = await self._stock.stop(ended.id)
+            taken = await self._stock.stop(ended.id, sold_out=sold_out)
             if sold_out:
                 await self._announcer.tell_sold_out(ended)
         finally:
@@ -452,7 +452,7 @@ class OfferService:
         )
         if offer.end_reason is not None:
             # Also a stock another rebuild left unconfirmed: claims hear the end, not "paused".
-            await self._stock.stop(offer.id)
+            await self._stock.stop(offer.id, sold_out=offer.end_reason is EndReason.SOLD_OUT)
         elif (token := await self._stock.unconfirmed(offer.id)) is not None:
             # Unconfirmed: the offer may have ended since it was read above, its end's stop
             # finding no stock. The end is recorded before its stock is stopped, so either the
@@ -460,10 +460,11 @@ class OfferService:
             # (written before this read it); should that stock be lost, a later rebuild's has
             # a token of its own. Should the read fail, claims wait for the next rebuild. The
             # latest read: a primary that was replaced since the end could still say "running".
-            if (await self._offers.get_latest(offer.id)).end_reason is None:
+            latest = await self._offers.get_latest(offer.id)
+            if latest.end_reason is None:
                 await self._stock.confirm_open(offer.id, token)
             else:
-                await self._stock.stop(offer.id)
+                await self._stock.stop(offer.id, sold_out=latest.end_reason is EndReason.SOLD_OUT)
         if rebuilt:
             log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
 

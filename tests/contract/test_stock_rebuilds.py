@@ -184,6 +184,28 @@ async def test_a_stopped_or_lost_stock_is_not_stopped_as_sold_out(backend: Backe
         await stock.stop_if_sold_out("of1")
 
 
+async def test_a_sold_out_end_marks_even_a_stock_rebuilt_meanwhile(backend: Backend) -> None:
+    """Lost after the seller's sold-out stop, the stock was rebuilt from orders one of which
+    gave its unit back meanwhile: the end, recorded sold out, stops it so all the same."""
+    stock = backend.stock
+    await backend.lose_everything()
+    claims = [
+        RecoveredClaim("k1", "alice", 1, "ord1", held=True),
+        RecoveredClaim("k2", "bob", 1, "ord2", held=False),
+    ]
+    assert await rebuild_offer(stock, quantity=2, limit=1, claims=claims)
+    version = (await stock.figure("of1")).version
+    assert version is not None
+    assert await stock.stop("of1", sold_out=True) == 2
+    assert await stock.stop("of1", sold_out=True) == 2  # again: the same, no new version
+    assert await stock.figure("of1") == StockFigure(0, version + 1)
+    assert await stock.stop_if_sold_out("of1")
+    assert await stock.release("of1", "k1")
+    assert await stock.remaining("of1") == 0
+    late = await stock.claim("of1", "carol", 1, "k3", NOW)
+    assert (late.outcome, late.remaining) == (R.NOT_ACTIVE, 0)
+
+
 async def test_an_offer_that_ended_sold_out_is_rebuilt_sold_out(backend: Backend) -> None:
     stock = backend.stock
     await backend.lose_everything()

@@ -37,9 +37,9 @@ class FlakyStock:
         self._check(offer_id)
         return await self._shared.release(offer_id, idempotency_key, orphan_only=orphan_only)
 
-    async def stop(self, offer_id: str) -> int | None:
+    async def stop(self, offer_id: str, *, sold_out: bool = False) -> int | None:
         self._check(offer_id)
-        return await self._shared.stop(offer_id)
+        return await self._shared.stop(offer_id, sold_out=sold_out)
 
     async def rebuild(self, offer_id: str, *, claims: list[RecoveredClaim], **offer: Any) -> bool:
         if self.before_rebuild is not None:

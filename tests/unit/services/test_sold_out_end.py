@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from server.domain.errors import Unavailable
+from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import EndReason
 from server.ports import StockReservations
 from server.services.housekeeping import Housekeeper
@@ -215,3 +215,42 @@ async def test_housekeeping_ends_an_offer_that_sold_out_again_after_a_unit_came_
     await keeper.run_once()
     await keeper.run_once()
     assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+
+
+class LosesTheOfferAsItSellsOut:
+    """Redis restarts without its data just after the seller's sold-out stop, and another
+    process rebuilds the offer from the orders before the seller records the end."""
+
+    def __init__(self, shared: Any, rebuild: Callable[[], Awaitable[None]]) -> None:
+        self._shared = shared
+        self._rebuild: Callable[[], Awaitable[None]] | None = rebuild
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def stop_if_sold_out(self, offer_id: str) -> bool:
+        stopped: bool = await self._shared.stop_if_sold_out(offer_id)
+        if self._rebuild is not None:
+            rebuild, self._rebuild = self._rebuild, None
+            self._shared.flush()
+            await rebuild()
+        return stopped
+
+
+async def test_an_offer_that_sold_out_stays_sold_out_in_a_stock_rebuilt_before_its_end(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=2, limit=1)
+    first, _ = await shop.claim(offer, buyer(1), "k")
+    rebuilder, _ = other_process(shop)
+    losing = LosesTheOfferAsItSellsOut(shop.stock, lambda: rebuilder.rebuild(offer.id))
+    _, seller = other_process(shop, stock=cast(StockReservations, losing))
+    await seller.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    await settle()
+    ended = await shop.offers_store.get(offer.id)
+    assert (ended.end_reason, ended.taken_at_end) == (EndReason.SOLD_OUT, 2)
+    await shop.orders.cancel(first.id, buyer(1))
+    assert await shop.stock.remaining(offer.id) == 0  # its unit goes to the product
+    with pytest.raises(Conflict) as late:
+        await shop.claim(offer, buyer(3), "k")
+    assert late.value.code == "sold_out"

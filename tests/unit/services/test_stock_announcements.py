@@ -291,7 +291,7 @@ async def test_a_change_as_an_announcement_returns_is_announced_too(shop: Shop) 
 
 
 async def test_the_end_is_told_even_when_the_stock_cannot_be_stopped(shop: Shop) -> None:
-    async def failing_stop(offer_id: str) -> bool:
+    async def failing_stop(offer_id: str, *, sold_out: bool = False) -> bool:
         raise Unavailable("the reservation store is away")
 
     shop.stock.stop = failing_stop  # type: ignore[method-assign]
@@ -306,9 +306,9 @@ async def test_the_end_is_told_even_when_the_stock_cannot_be_stopped(shop: Shop)
 async def test_close_stops_waiting_announcements_but_lets_an_end_be_told(shop: Shop) -> None:
     going_on, stop = asyncio.Event(), shop.stock.stop
 
-    async def slow_stop(offer_id: str) -> bool:
+    async def slow_stop(offer_id: str, *, sold_out: bool = False) -> bool:
         await going_on.wait()
-        return await stop(offer_id)
+        return await stop(offer_id, sold_out=sold_out)
 
     shop.stock.stop = slow_stop  # type: ignore[method-assign]
     waiting = await shop.launch(quantity=10, limit=1)
