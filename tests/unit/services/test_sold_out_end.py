@@ -28,16 +28,24 @@ def told(shop: Shop) -> list[tuple[str, int | None]]:
 ONE_ZERO_END = [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", None)]
 
 
-class SlowStockGate:
+class Relay:
+    """What another process reaches (the stock, the room's events): the shared one, with the
+    calls a subclass overrides behaving differently."""
+
+    def __init__(self, shared: Any) -> None:
+        self._shared = shared
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+
+class SlowStockGate(Relay):
     """The room's events as a process reaches them whose cadence gate is slow to answer (a busy
     Redis): its "1 left" takes that long to go out."""
 
     def __init__(self, shared: RecordingEvents, delay: float) -> None:
-        self._shared = shared
+        super().__init__(shared)
         self.delay = delay
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
 
     async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
         if name.startswith("stock:"):
@@ -77,14 +85,8 @@ async def test_housekeeping_leaves_the_seller_a_round_to_end_its_offer(shop: Sho
     assert told(shop) == ONE_ZERO_END
 
 
-class LosesTheOfferAfterAttach:
+class LosesTheOfferAfterAttach(Relay):
     """Redis restarts without its data right after the last order is attached."""
-
-    def __init__(self, shared: Any) -> None:
-        self._shared = shared
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
 
     async def attach_order(self, offer_id: str, *args: Any, **kwargs: Any) -> Any:
         attached = await self._shared.attach_order(offer_id, *args, **kwargs)
@@ -106,13 +108,10 @@ async def test_housekeeping_rebuilds_an_offer_redis_lost_and_ends_it(shop: Shop)
     assert await shop.stock.remaining(offer.id) == 0  # rebuilt from its one order
 
 
-class AttachFailsOnce:
+class AttachFailsOnce(Relay):
     def __init__(self, shared: Any) -> None:
-        self._shared = shared
+        super().__init__(shared)
         self.failed = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
 
     async def attach_order(self, *args: Any, **kwargs: Any) -> Any:
         if not self.failed:
@@ -145,16 +144,13 @@ async def test_a_last_unit_whose_claim_failed_is_ended_once_its_retry_attached_i
     assert told(shop) == [("offer.stock", 0), ("offer.ended", None)]
 
 
-class GivenBackFirst:
+class GivenBackFirst(Relay):
     """The stock as the seller's end reaches it: a buyer's cancel lands just before, after the
     seller read 0 left (a few milliseconds apart, on two processes)."""
 
     def __init__(self, shared: Any, first: Callable[[], Awaitable[object]]) -> None:
-        self._shared = shared
+        super().__init__(shared)
         self._first: Callable[[], Awaitable[object]] | None = first
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
 
     async def stop_if_sold_out(self, offer_id: str) -> bool:
         if self._first is not None:
@@ -182,14 +178,8 @@ async def test_a_unit_given_back_before_the_end_keeps_the_offer_running(shop: Sh
     assert told(shop)[-2:] == [("offer.stock", 0), ("offer.ended", None)]
 
 
-class CannotStopAtTheEnd:
+class CannotStopAtTheEnd(Relay):
     """A seller whose Redis fails as it ends the offer it sold out: housekeeping's to end."""
-
-    def __init__(self, shared: Any) -> None:
-        self._shared = shared
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
 
     async def stop_if_sold_out(self, offer_id: str) -> bool:
         raise Unavailable("live data is unreachable, try again")
@@ -217,16 +207,13 @@ async def test_housekeeping_ends_an_offer_that_sold_out_again_after_a_unit_came_
     assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
 
 
-class LosesTheOfferAsItSellsOut:
+class LosesTheOfferAsItSellsOut(Relay):
     """Redis restarts without its data just after the seller's sold-out stop, and another
     process rebuilds the offer from the orders before the seller records the end."""
 
     def __init__(self, shared: Any, rebuild: Callable[[], Awaitable[None]]) -> None:
-        self._shared = shared
+        super().__init__(shared)
         self._rebuild: Callable[[], Awaitable[None]] | None = rebuild
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
 
     async def stop_if_sold_out(self, offer_id: str) -> bool:
         stopped: bool = await self._shared.stop_if_sold_out(offer_id)
