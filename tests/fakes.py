@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
+
+
+async def wait_until(check: Callable[[], bool], changed: asyncio.Event, within: float) -> None:
+    """Until `check` holds, looked at again each time `changed` is set (TimeoutError after
+    `within` seconds)."""
+
+    async def loop() -> None:
+        while not check():
+            changed.clear()
+            await changed.wait()
+
+    await asyncio.wait_for(loop(), within)
 
 
 class RecordingEvents:

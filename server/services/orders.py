@@ -127,7 +127,11 @@ class OrderService:
             raise NotFound(f"offer {offer_id} not found in this room")
         # Keys are the client's, unique per buyer: scoped here so two buyers never collide.
         key = scoped_key(buyer.user_id, idempotency_key)
-        if await self._is_banned(offer, buyer) and not await self._stock.knows_claim(offer.id, key):
+        if (
+            self._bans is not None
+            and await self._bans.is_banned(offer.room_id, buyer.user_id)
+            and not await self._stock.knows_claim(offer.id, key)
+        ):
             # No more for a banned buyer; but a claim sent again goes on, to get its order back.
             raise Forbidden("you are banned from this room", code="banned")
         self._claimed_offers[offer.id] = self._clock()
@@ -168,9 +172,6 @@ class OrderService:
         if created and not told_early:
             self._offer_service.stock_moved(offer, result.figure())
         return order, created
-
-    async def _is_banned(self, offer: FlashOffer, buyer: Identity) -> bool:
-        return self._bans is not None and await self._bans.is_banned(offer.room_id, buyer.user_id)
 
     async def _write_order(
         self,

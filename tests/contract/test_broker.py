@@ -21,6 +21,7 @@ from channels.broker import Broker
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.broker_redis import RedisBroker
 from server.domain.errors import Unavailable
+from tests.fakes import wait_until
 from tests.servers import RedisServer
 
 
@@ -46,12 +47,7 @@ class Recorder:
         self.changed.set()
 
     async def wait_for(self, check: Callable[[], bool], within: float = 5.0) -> None:
-        async def loop() -> None:
-            while not check():
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(loop(), within)
+        await wait_until(check, self.changed, within)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from server.domain.errors import NotFound
 from server.domain.identity import Identity, Role
 from server.domain.rooms import Room, RoomStatus
 from server.metrics import Metrics
+from tests.fakes import wait_until
 
 ROOM = Room("r1", "host-1", "Show", RoomStatus.LIVE, datetime(2026, 11, 28, tzinfo=UTC))
 
@@ -48,12 +49,7 @@ class Socket:
         return [f for f in self.frames() if f["type"] == kind]
 
     async def until(self, check: Callable[[], bool], within: float = 3.0) -> None:
-        async def loop() -> None:
-            while not check():
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(loop(), within)
+        await wait_until(check, self.changed, within)
 
 
 class LossyBroker(MemoryBroker):
