@@ -19,6 +19,9 @@ from typing import Any, Protocol
 
 # A process that has not reported its viewers for this long is presumed dead.
 STALE_SECONDS = 10.0
+# A room's stream, history and counters are forgotten a day after they were last written (Redis
+# expires them; the in-process broker sweeps them): an ended show's do not pile up.
+KEPT_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)

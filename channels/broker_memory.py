@@ -1,5 +1,10 @@
 """The in-process broker: one server process, no Redis. Several brokers may share one
-`MemoryBus` to stand in for several processes in tests."""
+`MemoryBus` to stand in for several processes in tests.
+
+What Redis would expire, the bus sweeps (at most once a minute, on the next write): a room's
+stream and counters a day after they were last written, gates once they are open again, and
+history that is no longer served. A process that runs for months keeps only its recent rooms.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.broker import (
+    KEPT_SECONDS,
     STALE_SECONDS,
     BrokerListener,
     Counters,
@@ -19,10 +25,13 @@ from channels.broker import (
     stamp,
 )
 
+SWEEP_EVERY_SECONDS = 60.0
+
 
 @dataclass(slots=True)
 class _Stream:
     epoch: str
+    written_at: float  # time.monotonic() of the last publish, or of its creation
     seq: int = 0
     history: deque[tuple[int, float, str]] = field(default_factory=deque)
     closed_topics: set[str] = field(default_factory=set)
@@ -31,6 +40,7 @@ class _Stream:
 
 @dataclass(slots=True)
 class _RoomCounters:
+    written_at: float  # time.monotonic()
     likes: int = 0
     peak: int = 0
     viewers: dict[str, tuple[int, float]] = field(default_factory=dict)
@@ -46,12 +56,28 @@ class MemoryBus:
         self.counters: dict[str, _RoomCounters] = {}
         self.gates: dict[tuple[str, str], float] = {}
         self.brokers: list[MemoryBroker] = []
+        self._swept_at = time.monotonic()
 
     def stream(self, room_id: str) -> _Stream:
         stream = self.streams.get(room_id)
         if stream is None:
-            stream = self.streams[room_id] = _Stream(epoch=new_epoch())
+            stream = self.streams[room_id] = _Stream(new_epoch(), time.monotonic())
         return stream
+
+    def sweep_if_due(self, now: float) -> None:
+        """Forget what Redis would have expired by `now` (time.monotonic())."""
+        if now - self._swept_at < SWEEP_EVERY_SECONDS:
+            return
+        self._swept_at = now
+        forgotten = now - KEPT_SECONDS
+        for room_id in [r for r, s in self.streams.items() if s.written_at < forgotten]:
+            del self.streams[room_id]
+        for room_id in [r for r, c in self.counters.items() if c.written_at < forgotten]:
+            del self.counters[room_id]
+        for gate in [g for g, until in self.gates.items() if until <= now]:
+            del self.gates[gate]
+        for stream in self.streams.values():
+            _trim(stream.history, now - self.history_seconds, self.history_events)
 
     def flush(self) -> None:
         """Lose everything, as a Redis restart without persistence does."""
@@ -106,12 +132,11 @@ class MemoryBroker:
         stream.seq += 1
         frame = stamp(body, stream.seq, stream.epoch)
         now = time.monotonic()
+        stream.written_at = now
         stream.history.append((stream.seq, now, frame))
-        while len(stream.history) > self.bus.history_events or (
-            stream.history and stream.history[0][1] < now - self.bus.history_seconds
-        ):
-            stream.history.popleft()
+        _trim(stream.history, now - self.bus.history_seconds, self.bus.history_events)
         self._deliver_room(room_id, frame)
+        self.bus.sweep_if_due(now)
         return stream.seq
 
     async def publish_control(self, room_id: str, control: dict[str, Any]) -> None:
@@ -168,10 +193,11 @@ class MemoryBroker:
     async def update_counters(
         self, room_id: str, likes_delta: int, local_viewers: int, *, kept: tuple[int, int] = (0, 0)
     ) -> Counters:
+        now = time.monotonic()
         counters = self.bus.counters.get(room_id)
         if counters is None:
-            counters = self.bus.counters[room_id] = _RoomCounters(likes=kept[0], peak=kept[1])
-        now = time.monotonic()
+            counters = self.bus.counters[room_id] = _RoomCounters(now, likes=kept[0], peak=kept[1])
+        counters.written_at = now
         counters.likes += likes_delta
         if local_viewers > 0:
             counters.viewers[self.node_id] = (local_viewers, now)
@@ -183,7 +209,7 @@ class MemoryBroker:
         return Counters(likes=counters.likes, viewers=total, peak_viewers=counters.peak)
 
     async def read_counters(self, room_id: str) -> Counters:
-        counters = self.bus.counters.get(room_id, _RoomCounters())
+        counters = self.bus.counters.get(room_id, _RoomCounters(0.0))
         stale_before = time.monotonic() - STALE_SECONDS
         total = sum(n for n, at in counters.viewers.values() if at >= stale_before)
         return Counters(likes=counters.likes, viewers=total, peak_viewers=counters.peak)
@@ -194,4 +220,11 @@ class MemoryBroker:
         if self.bus.gates.get(key, 0.0) > now:
             return False
         self.bus.gates[key] = now + seconds
+        self.bus.sweep_if_due(now)
         return True
+
+
+def _trim(history: deque[tuple[int, float, str]], before: float, most: int) -> None:
+    """Drop the frames written before `before` (no longer served) and any beyond `most`."""
+    while len(history) > most or (history and history[0][1] < before):
+        history.popleft()

@@ -22,6 +22,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from channels.broker import (
+    KEPT_SECONDS,
     STALE_SECONDS,
     BrokerListener,
     Counters,
@@ -40,8 +41,7 @@ from server.adapters.redis_client import (
 
 log = logging.getLogger("liveshop.broker")
 
-# Keys live a day after the last event; history older than history_seconds is not served.
-KEY_TTL_SECONDS = 24 * 3600
+# History older than history_seconds is not served.
 MAX_CONNECTIONS = 100  # redis-py's default; one is the pub/sub connection, held for good
 
 _PUBLISH = """
@@ -173,7 +173,7 @@ class RedisBroker:
             encode_body(event),
             room_channel(room_id),
             self.history_events,
-            KEY_TTL_SECONDS,
+            KEPT_SECONDS,
             new_epoch(),
             int(time.time() * 1000),
             topic or "",
@@ -237,7 +237,7 @@ class RedisBroker:
         if epoch is None:
             # First touch of the room (or history lost): settle the epoch now, atomically.
             await self._redis.hsetnx(stream, "epoch", new_epoch())
-            await self._redis.expire(stream, KEY_TTL_SECONDS)
+            await self._redis.expire(stream, KEPT_SECONDS)
             seq, epoch = await self._redis.hmget(stream, ["seq", "epoch"])
         return StreamPosition(int(seq or 0), str(epoch))
 
@@ -271,7 +271,7 @@ class RedisBroker:
             local_viewers,
             int(time.time() * 1000),
             int(STALE_SECONDS * 1000),
-            KEY_TTL_SECONDS,
+            KEPT_SECONDS,
             *kept,
         ]
         likes, total, peak = await self._counters(keys=[counters, viewers], args=args)

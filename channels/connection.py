@@ -127,11 +127,12 @@ class Connection:
         self._writer = asyncio.create_task(self._write())
 
     def close_after_flush(self, code: CloseCode, reason: str) -> None:
-        """Close once the frames already queued are sent (room.ended, user.banned)."""
+        """Close once the frames already queued are sent (room.ended, user.banned). Before
+        `start`, the close waits for it too: hello goes first, and one writer sends both."""
         if self.closed or self._closing is not None:
             return
         self._closing = (code, reason)
-        if self._writer is None:
+        if self._ready and self._writer is None:
             self._writer = asyncio.create_task(self._write())
 
     def abort(self, code: CloseCode | int, reason: str) -> None:

@@ -116,26 +116,30 @@ async def _serve(
         raw = message.get("text")
         if raw is None:
             raw = message.get("bytes") or b""
-        commands = session.handle(raw, mono=time.monotonic(), now=datetime.now(UTC))
+        commands, ref = session.handle(raw, mono=time.monotonic(), now=datetime.now(UTC))
         frames_in[_outcome(commands)].inc()
-        await _carry_out(commands, container, hub, conn, room)
+        await _carry_out(commands, ref, container, hub, conn, room)
 
 
 async def _carry_out(
-    commands: list[Command], container: Container, hub: Hub, conn: Connection, room: LocalRoom
+    commands: list[Command],
+    ref: str | None,
+    container: Container,
+    hub: Hub,
+    conn: Connection,
+    room: LocalRoom,
 ) -> None:
-    ref: str | None = None
+    """Carry out one frame's commands in order; the first that fails is answered with an
+    `error` frame carrying the frame's `ref`, and the rest are dropped."""
     for command in commands:
         try:
             if isinstance(command, Reply):
-                ref = command.frame.get("ref")
                 conn.push(encode_body(command.frame))
             elif isinstance(command, Publish):
                 await hub.publish_room_event(room.room_id, command.event)
             elif isinstance(command, AddLikes):
                 hub.add_likes(room, command.count)
             elif isinstance(command, Claim):
-                ref = command.frame.ref or command.frame.idempotency_key
                 # A new order reaches the buyer as `order.updated` on every connection; a
                 # retried claim gets its order back here, since nothing changed for the others.
                 order, created = await container.order_service.claim(

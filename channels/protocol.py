@@ -137,8 +137,12 @@ class RoomSession:
         self._bad_frames = 0
         self._frames = TokenBucket(capacity=limits.frame_burst, rate=limits.frames_per_second)
 
-    def handle(self, raw: str | bytes, *, mono: float, now: datetime) -> list[Command]:
-        """React to one websocket message. `mono` is a monotonic clock, `now` wall time in UTC."""
+    def handle(
+        self, raw: str | bytes, *, mono: float, now: datetime
+    ) -> tuple[list[Command], str | None]:
+        """React to one websocket message: the commands to carry out, and what the client
+        called the frame (its `ref`), for the error should carrying them out fail. `mono` is
+        a monotonic clock, `now` wall time in UTC."""
         ref: str | None = None
         try:
             data = self._decode(raw)
@@ -147,16 +151,16 @@ class RoomSession:
             ref = _ref_of(data)
             frame = self._validate(data)
             if not self._frames.take(mono):
-                return self._refuse(RateLimited("too many frames, slow down"), ref, abuse=True)
+                return self._refuse(RateLimited("too many frames, slow down"), ref, abuse=True), ref
             commands = self._dispatch(frame, mono=mono, now=now)
         except InvalidInput as error:
-            return self._refuse(error, ref, abuse=True)
+            return self._refuse(error, ref, abuse=True), ref
         except TokenExpired as error:
             closing = Close(CloseCode.UNAUTHORIZED, "token expired")
-            return [*self._refuse(error, ref, abuse=False), closing]
+            return [*self._refuse(error, ref, abuse=False), closing], ref
         except LiveshopError as error:
-            return self._refuse(error, ref, abuse=False)
-        return commands
+            return self._refuse(error, ref, abuse=False), ref
+        return commands, ref
 
     def _refuse(self, error: LiveshopError, ref: str | None, *, abuse: bool) -> list[Command]:
         commands: list[Command] = [Reply(error_frame(error, ref))]
@@ -217,14 +221,14 @@ class RoomSession:
             event = {"type": "chat.deleted", "message_id": frame.message_id, "by": self._who()}
             return [Publish(event)]
         if isinstance(frame, UserMute):
-            self._refuse_moderating_staff(frame.user_id)
+            self._refuse_muting_the_host_or_yourself(frame.user_id)
             until = now + timedelta(seconds=frame.duration_seconds)
             return [
                 StoreMute(frame.user_id, until),
                 Publish({"type": "user.muted", "user_id": frame.user_id, "until": _iso(until)}),
             ]
         if isinstance(frame, UserBan):
-            self._refuse_moderating_staff(frame.user_id)
+            self._refuse_muting_the_host_or_yourself(frame.user_id)
             return [
                 StoreBan(frame.user_id),
                 Publish({"type": "user.banned", "user_id": frame.user_id}),
@@ -261,7 +265,7 @@ class RoomSession:
         }
         return [Publish(event)]
 
-    def _refuse_moderating_staff(self, user_id: str) -> None:
+    def _refuse_muting_the_host_or_yourself(self, user_id: str) -> None:
         if user_id in (self.rules.host_id, self.identity.user_id):
             raise Forbidden("the host and yourself cannot be muted or banned")
 

@@ -75,8 +75,12 @@ Title = Annotated[
     _visible(multiline=False),
     AfterValidator(_not_blank),
 ]
+# A word hidden characters were put in would never match a chat line, which cannot hold them.
 BlockedWord = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BLOCKED_WORD_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BLOCKED_WORD_CHARS),
+    _visible(multiline=False),
+    AfterValidator(_not_blank),
 ]
 ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 Description = Annotated[

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.commerce import AddressIn, IdempotencyKey
+from schemas.http import MAX_SLOW_MODE_SECONDS
 
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 UserId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -62,7 +63,7 @@ class UserBan(_Frame):
 
 class RoomSlowMode(_Frame):
     type: Literal["room.slow_mode"]
-    seconds: Annotated[int, Field(ge=0, le=3600)]
+    seconds: Annotated[int, Field(ge=0, le=MAX_SLOW_MODE_SECONDS)]
 
 
 ClientFrame = Annotated[

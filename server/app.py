@@ -13,7 +13,7 @@ from typing import Any
 import pymongo
 from pymongo import AsyncMongoClient
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Mount, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -136,17 +136,18 @@ def create_app(
             log.info("liveshop_ready", extra={"broker": type(chosen.broker).__name__})
             yield
 
-    routes: list[BaseRoute] = [
-        *ops.routes(),
-        Mount(
-            "/api/v1",
-            # Commerce first: the router tries routes in order, and claims are the hot path.
-            routes=[*commerce.routes(), *products.routes(), *rooms.routes(), *ops.api_routes()],
-        ),
-    ]
+    # Commerce first: the router tries routes in order, and claims are the hot path. A path
+    # with a slash too many is not found, as any other: no redirect, which Starlette would
+    # build from the client's own Host header, with a body that is no problem+json.
+    api = Router(
+        routes=[*commerce.routes(), *products.routes(), *rooms.routes(), *ops.api_routes()],
+        redirect_slashes=False,
+    )
+    routes: list[BaseRoute] = [*ops.routes(), Mount("/api/v1", app=api)]
     if STATIC_DIR.is_dir():
         routes.append(Mount("/", app=StaticFiles(directory=STATIC_DIR, html=True), name="static"))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers)
+    app.router.redirect_slashes = False
     app.state.settings = settings
     return RoomSocketShortcut(app)
 

@@ -20,6 +20,7 @@ import jwt
 
 from server.domain.errors import Unauthorized
 from server.domain.identity import Identity, Role
+from server.domain.text import hidden_character
 
 ALGORITHM = "HS256"
 # Tokens already verified, with their expiry: a shopper's app sends the same token with every
@@ -137,8 +138,11 @@ def _verify(secret: str, token: str) -> tuple[Identity, float]:
     if claims.get("aud"):  # meant for some other audience: we name none (RFC 7519 4.1.3)
         raise _invalid()
     sub, role, name, country = (claims.get(k) for k in ("sub", "role", "name", "country"))
-    if not isinstance(sub, str) or not sub or len(sub) > 128:
+    # Both are shown to other people (chat, orders): held to the rules their own text is.
+    if not isinstance(sub, str) or not sub or len(sub) > 128 or hidden_character(sub):
         raise Unauthorized("token subject is invalid", code="invalid_token")
+    if isinstance(name, str) and hidden_character(name):
+        raise Unauthorized("token name has a control or hidden character", code="invalid_token")
     try:
         parsed_role = Role(str(role))
     except ValueError:

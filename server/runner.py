@@ -10,6 +10,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from server.container import Container
+from server.http_head import HeadLimitedHttpToolsProtocol
 from server.settings import Settings
 
 log = logging.getLogger("liveshop.server")
@@ -61,6 +62,7 @@ def run(app: ASGIApp, settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        http=HeadLimitedHttpToolsProtocol,
         # The protocol whose sockets take room frames directly (channels/direct_send.py).
         ws="websockets-sansio",
         ws_max_size=WS_MAX_MESSAGE_BYTES,

@@ -3,7 +3,8 @@ and a single process without Redis.
 
 Every method runs without awaiting between its reads and writes, so on one event loop each is
 as atomic as the Redis scripts are. Times are compared as epoch milliseconds, as Redis does, so
-both answer alike at the window's edges. Offers stay until `flush`/`forget` or the process ends.
+both answer alike at the window's edges. An offer is forgotten when Redis would expire it (a day
+after its end), at the next launch or rebuild.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from server.domain.errors import OfferPaused
 from server.domain.offers import (
     PENDING_BATCH,
+    STOCK_KEPT_AFTER_END,
     AttachOutcome,
     ClaimOutcome,
     ClaimResult,
@@ -25,6 +27,7 @@ from server.domain.offers import (
     StockSnapshot,
     epoch_ms,
     from_epoch_ms,
+    stock_kept_until_ms,
     tally_recovered,
     validate_claim,
     validate_stock_plan,
@@ -48,6 +51,7 @@ class _Offer:
     starts_ms: int
     ends_ms: int
     stock: int
+    kept_until_ms: int = 0  # epoch ms: when Redis would expire it (set as it is stored)
     # As Redis starts it (see StockFigure): a rebuilt offer's versions follow the lost one's.
     version: int = field(default_factory=lambda: time.time_ns() // 1000)
     stopped: bool = False
@@ -66,15 +70,25 @@ def _stop(offer: _Offer, *, sold_out: bool) -> None:
 
 
 class MemoryStockReservations:
-    def __init__(self) -> None:
+    def __init__(self, *, kept_after_end: timedelta = STOCK_KEPT_AFTER_END) -> None:
         self._offers: dict[str, _Offer] = {}
         self._next_id = 0
+        self._kept_after_end = kept_after_end
+
+    def _keep(self, offer_id: str, offer: _Offer) -> None:
+        """Store a new offer, forgetting first those Redis would have expired by now."""
+        now_ms = int(time.time() * 1000)
+        for expired in [o for o, kept in self._offers.items() if kept.kept_until_ms <= now_ms]:
+            del self._offers[expired]
+        offer.kept_until_ms = stock_kept_until_ms(offer.ends_ms, now_ms, self._kept_after_end)
+        self._offers[offer_id] = offer
 
     def flush(self) -> None:
         """Lose every offer, as a Redis restart without persistence would (tests)."""
         self._offers.clear()
 
     def forget(self, offer_id: str) -> None:
+        """Lose one offer, as Redis losing its keys would (tests)."""
         self._offers.pop(offer_id, None)
 
     async def open_offer(
@@ -89,8 +103,11 @@ class MemoryStockReservations:
         validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
         if offer_id in self._offers:
             return False
-        self._offers[offer_id] = _Offer(
-            quantity, per_user_limit, epoch_ms(starts_at), epoch_ms(ends_at), stock=quantity
+        self._keep(
+            offer_id,
+            _Offer(
+                quantity, per_user_limit, epoch_ms(starts_at), epoch_ms(ends_at), stock=quantity
+            ),
         )
         return True
 
@@ -269,7 +286,7 @@ class MemoryStockReservations:
                 order_id=c.order_id,
                 released=not c.held,
             )
-        self._offers[offer_id] = offer
+        self._keep(offer_id, offer)
         return True
 
     async def snapshot(self, offer_id: str) -> StockSnapshot | None:

@@ -32,6 +32,7 @@ from server.adapters.redis_client import redis_client, redis_unreachable_is_unav
 from server.domain.errors import OfferPaused
 from server.domain.offers import (
     PENDING_BATCH,
+    STOCK_KEPT_AFTER_END,
     AttachOutcome,
     ClaimOutcome,
     ClaimResult,
@@ -41,16 +42,13 @@ from server.domain.offers import (
     StockSnapshot,
     epoch_ms,
     from_epoch_ms,
+    stock_kept_until_ms,
     tally_recovered,
     validate_claim,
     validate_stock_plan,
 )
 
 log = logging.getLogger("liveshop.reservations")
-
-# Long after the last reservation of an offer could expire unpaid (15 minutes), short enough
-# that finished offers do not pile up.
-KEY_TTL_AFTER_END = timedelta(days=1)
 
 # An offer's first version, on opening it or rebuilding it: Redis's clock in microseconds, as
 # digits (a Lua number would print in exponent notation), above any version it had before.
@@ -267,7 +265,7 @@ class RedisStockReservations:
         redis_or_url: str | redis.Redis,
         *,
         max_connections: int = 64,
-        key_ttl_after_end: timedelta = KEY_TTL_AFTER_END,
+        key_ttl_after_end: timedelta = STOCK_KEPT_AFTER_END,
     ) -> None:
         if isinstance(redis_or_url, str):
             self._redis = redis_client(redis_or_url, max_connections=max_connections)
@@ -275,7 +273,7 @@ class RedisStockReservations:
         else:
             self._redis = redis_or_url
             self._owns_client = False
-        self._ttl_ms = int(key_ttl_after_end.total_seconds() * 1000)
+        self._kept = key_ttl_after_end
         self._open = self._redis.register_script(_OPEN)
         self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
@@ -303,9 +301,7 @@ class RedisStockReservations:
         await self._redis.ping()
 
     def _expire_at_ms(self, ends_at: datetime) -> int:
-        # From the wall clock too: an offer planned in the past (tests, a late rebuild) must not
-        # vanish the moment it is written.
-        return max(epoch_ms(ends_at), int(time.time() * 1000)) + self._ttl_ms
+        return stock_kept_until_ms(epoch_ms(ends_at), int(time.time() * 1000), self._kept)
 
     @redis_unreachable_is_unavailable
     async def open_offer(

@@ -8,7 +8,7 @@ milliseconds and MongoDB keeps no finer, so an offer reads back exactly as it wa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -37,12 +37,6 @@ LATE_ORDERS = timedelta(minutes=1)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
-
-
-class OfferStatus(StrEnum):
-    SCHEDULED = "scheduled"
-    ACTIVE = "active"
-    ENDED = "ended"
 
 
 class EndReason(StrEnum):
@@ -162,12 +156,6 @@ class FlashOffer:
         return max(self.quantity - self.taken_at_end, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class OfferState:
-    status: OfferStatus
-    reason: EndReason | None = None
-
-
 def plan_offer(
     *,
     offer_id: str,
@@ -229,38 +217,18 @@ def plan_offer(
     )
 
 
-def offer_state(offer: FlashOffer, now: datetime, remaining: int) -> OfferState:
-    """Where the offer stands at `now` with `remaining` units. A recorded end wins; otherwise
-    sold out beats expired, since claims (the only way stock falls) happen inside the window."""
-    if offer.end_reason is not None:
-        return OfferState(OfferStatus.ENDED, offer.end_reason)
-    at = utc_ms(now)
-    if at < offer.starts_at:
-        return OfferState(OfferStatus.SCHEDULED)
-    if remaining <= 0:
-        return OfferState(OfferStatus.ENDED, EndReason.SOLD_OUT)
-    if at >= offer.ends_at:
-        return OfferState(OfferStatus.ENDED, EndReason.EXPIRED)
-    return OfferState(OfferStatus.ACTIVE)
-
-
-def end_offer(offer: FlashOffer, reason: EndReason, at: datetime) -> FlashOffer:
-    """The ended offer. Refuses a second end, so the store's compare-and-set on `end_reason`
-    makes the end (and its `offer.ended` event) happen once across processes."""
-    if offer.end_reason is not None:
-        raise Conflict(f"offer already ended ({offer.end_reason})", code="offer_already_ended")
-    moment = utc_ms(at)
-    if reason is EndReason.EXPIRED:
-        if moment < offer.ends_at:
-            raise Conflict("offer has not reached its end time", code="offer_not_expired")
-        # However late the ender runs, claims stopped at ends_at: that is when it ended.
-        moment = offer.ends_at
-    elif reason is EndReason.SOLD_OUT and moment < offer.starts_at:
-        raise Conflict("offer cannot sell out before it starts", code="offer_not_started")
-    return replace(offer, end_reason=reason, ended_at=moment)
-
-
 # -- Stock reservations --------------------------------------------------------------------------
+
+# How long a reservation store keeps an offer after its end: long after its last reservation
+# could expire unpaid (15 minutes), short enough that finished offers do not pile up.
+STOCK_KEPT_AFTER_END = timedelta(days=1)
+
+
+def stock_kept_until_ms(ends_ms: int, now_ms: int, kept: timedelta) -> int:
+    """When a reservation store may forget an offer (epoch ms): `kept` after its end, or after
+    `now_ms` for an offer written after its end (tests, a late rebuild), which must not vanish
+    the moment it is written."""
+    return max(ends_ms, now_ms) + int(kept.total_seconds() * 1000)
 
 
 class ClaimOutcome(StrEnum):

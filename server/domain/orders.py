@@ -221,11 +221,6 @@ class Order:
         self.status = to
         return step
 
-    def is_due_to_expire(self, now: datetime) -> bool:
-        return self.status is OrderStatus.PENDING_PAYMENT and utc_ms(now) >= (
-            self.reservation_expires_at
-        )
-
     @property
     def holds_stock(self) -> bool:
         return self.status in HOLDS_STOCK

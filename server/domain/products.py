@@ -51,9 +51,3 @@ class Product:
     # How many offers have been launched against the stock figure: a stock count stores its
     # figure only if this is unchanged since it read the offers' bookings (ProductStore).
     launches: int = 0
-
-    def price_in(self, currency: str) -> Money | None:
-        """The seller's price in `currency`, or None when they set none."""
-        if currency == self.price.currency:
-            return self.price
-        return next((p for p in self.other_prices if p.currency == currency), None)

@@ -140,6 +140,15 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, int]] = [
 ]
 
 
+# Reads anyone may make (a bad token is still refused): a room's page is open to every viewer.
+_OPEN_TO_ANYONE = {
+    ("get", "/products/{product_id}"),
+    ("get", "/rooms"),
+    ("get", "/rooms/{room_id}"),
+    ("get", "/offers/{offer_id}"),
+}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     schemas: dict[str, Any] = {
@@ -166,7 +175,10 @@ def openapi_document() -> dict[str, Any]:
             success["content"] = {"application/json": {"schema": ref}}
         operation: dict[str, Any] = {
             "summary": summary,
-            "security": [{"bearer": []}],
+            # An empty requirement is OpenAPI's way of saying "or no token at all".
+            "security": [{}, {"bearer": []}]
+            if (method, path) in _OPEN_TO_ANYONE
+            else [{"bearer": []}],
             "responses": {str(status): success, **_ERRORS},
         }
         if model is not None:

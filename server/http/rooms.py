@@ -1,7 +1,8 @@
 """`/rooms`: create, read and list rooms; start, end, pin a product; slow mode and blocked words.
 
 Reading is open to anyone (a bad token is still refused); changes need the room's host or an
-admin, and for the settings also a moderator. `GET /rooms/{id}/stats` lives with the channels.
+admin, and for the settings also a moderator. `GET /rooms/{id}/stats` lives in ops.py, with health
+and metrics.
 """
 
 from __future__ import annotations

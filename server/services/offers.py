@@ -152,18 +152,18 @@ class OfferService:
             # Most often the first answer was lost, and the offer sells; but the first attempt
             # may have died before counting it.
             await self._bookings.count_again(offer, key)
-        # As it is now: the host may have stopped it, or the room's end, while this ran.
+        # As it is now: the host may have stopped it, or the room's end, while this ran. Sent
+        # again, a launch answers its offer whatever ended it since: it ran, and may have sold.
         offer, figure = await self.view(offer.id)
-        if offer.end_reason is not None:
+        if offer.end_reason is not None and created:
             await self._ensure_live(room_id, offer)  # the room's end stopped it: room_not_live
-            if created:
-                # Stopped before its launch could answer: by the room's end, which stops the
-                # offers before it stores the room as ended. Its key goes, as a withdrawn
-                # launch's: sent again, the launch finds the room ended, or launches afresh.
-                await self._withdraw(offer)
-                raise LaunchWithdrawn(
-                    "the offer was stopped before its launch finished: launch it again"
-                )
+            # Stopped before its launch could answer: by the room's end, which stops the offers
+            # before it stores the room as ended. Its key goes, as a withdrawn launch's: sent
+            # again, the launch finds the room ended, or launches afresh.
+            await self._withdraw(offer)
+            raise LaunchWithdrawn(
+                "the offer was stopped before its launch finished: launch it again"
+            )
         if offer.end_reason is None:
             # Sent again too: viewers take `offer.started` as the offer's state.
             await self._tell_started(offer, figure, product)
@@ -320,9 +320,13 @@ class OfferService:
             taken = await self._stock.stop(ended.id, sold_out=sold_out)
             if sold_out:
                 await self._announcer.tell_sold_out(ended)
-        finally:
-            # Whatever became of those (an error, a shutdown), the room hears of the end now.
-            await self._announce_end(ended)
+        except BaseException:
+            # Whatever became of those (an error, a shutdown), the room hears of the end now;
+            # the caller hears the first failure, and `finish_ends` does the rest.
+            with contextlib.suppress(LiveshopError):
+                await self._announce_end(ended)
+            raise
+        await self._announce_end(ended)
         # From now on the offer books only what it had taken (units_booked).
         await self._offers.end_finished(ended.id, self._clock(), taken=taken)
 

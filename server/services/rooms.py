@@ -163,26 +163,32 @@ class RoomService:
         return page_of(found, limit, list_name)
 
     async def start(self, room_id: str, who: Identity) -> Room:
+        """Go live. Sent again, it answers the live room and tells its viewers again: the first
+        try may have stored the start and then failed to tell them (Redis away)."""
         room = await self._rooms.get(room_id)
         ensure_can_manage(room, who)
-        before = room.status
-        room.start(self._now())
-        await self._rooms.save(room, expected_status=before)
+        if room.status is not RoomStatus.LIVE:
+            before = room.status
+            room.start(self._now())
+            await self._rooms.save(room, expected_status=before)
         await self._events.publish_room_event(room.id, {"type": "room.started"})
         return room
 
     async def end(self, room_id: str, who: Identity) -> Room:
-        """End the show, and with it every flash offer the room runs."""
+        """End the show, and with it every flash offer the room runs. Sent again, it answers
+        the ended room and does the rest again: the first try may have stored the end and then
+        failed to stop an offer or to tell the viewers (Redis away)."""
         room = await self._rooms.get(room_id)
         ensure_can_manage(room, who)
-        before = room.status
-        room.end(self._now())
-        # The offers first: should that fail, or this process die, the room is still live and
-        # the host's retry ends both. Then again once the end is stored, for a launch that
-        # raced it: one stored before this second look is found by it, and one stored after
-        # it finds the room ended when it reads the room again (OfferService.launch).
-        await self._stop_room_offers(room.id)
-        await self._rooms.save(room, expected_status=before)
+        if room.status is not RoomStatus.ENDED:
+            before = room.status
+            room.end(self._now())
+            # The offers first: should that fail, or this process die, the room is still live
+            # and the host's retry ends both. Then again once the end is stored, for a launch
+            # that raced it: one stored before this second look is found by it, and one stored
+            # after it finds the room ended when it reads the room again (OfferService.launch).
+            await self._stop_room_offers(room.id)
+            await self._rooms.save(room, expected_status=before)
         try:
             await self._stop_room_offers(room.id)
         except LiveshopError as error:  # the room has ended: its viewers must hear so

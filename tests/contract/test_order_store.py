@@ -378,7 +378,7 @@ async def test_due_to_expire_oldest_first(stores: Stores) -> None:
     assert [o.id for o in due] == ["o_3", "o_2"]  # o_0 expires later; o_1 is paid
     assert [o.id for o in await stores.orders.due_to_expire(now, 1)] == ["o_3"]
     assert await stores.orders.due_to_expire(T0 + TTL - timedelta(milliseconds=1), 10) == []
-    assert all(o.is_due_to_expire(now) for o in due)
+    assert all(o.status is S.PENDING_PAYMENT and o.reservation_expires_at <= now for o in due)
 
 
 async def test_orders_of_an_offer(stores: Stores) -> None:

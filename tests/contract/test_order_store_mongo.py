@@ -4,6 +4,7 @@ and no transaction, majority write concern, and what a caller hears when a write
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -19,7 +20,7 @@ from server.adapters.mongo.orders import (
 )
 from server.domain.errors import Unavailable
 from server.domain.figures import OfferFigures
-from server.domain.orders import OrderStatus
+from server.domain.orders import Order, OrderStatus
 from server.domain.pages import PageKey
 from tests.contract.order_samples import figures_of_offer, move_order, sample_order
 
@@ -130,6 +131,36 @@ async def test_mongo_an_order_not_known_to_be_durable_is_not_acknowledged(mongo_
     )
     await store.close()
     await retry.close()
+
+
+class BatchCountingStore(MongoOrderStore):
+    def __init__(self, db: Any, **options: Any) -> None:
+        super().__init__(db, **options)
+        self.batches = 0
+
+    async def _create_batch(self, offer_id: str, orders: list[Order]) -> list[Order | Exception]:
+        self.batches += 1
+        return await super()._create_batch(offer_id, orders)
+
+
+async def test_mongo_orders_queued_behind_a_batch_that_found_no_server_fail_with_it() -> None:
+    # Nothing answers at the address (MongoDB down): the first batch waits out its deadline.
+    # The orders queued behind it must hear "try again" then, not wait out a deadline each.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    )
+    store = BatchCountingStore(client["liveshop_down"], write_seconds=0.5)
+    first = asyncio.create_task(store.create(sample_order("o_0", "k_0", buyer="u_0")))
+    await asyncio.sleep(0.1)  # the first batch is on its way
+    queued = [store.create(sample_order(f"o_{i}", f"k_{i}", buyer=f"u_{i}")) for i in (1, 2)]
+    results = await asyncio.gather(first, *queued, return_exceptions=True)
+    assert [type(result) for result in results] == [Unavailable] * 3
+    assert store.batches == 1
+    await store.close()
+    await client.close()
 
 
 async def test_mongo_orders_are_written_with_majority_write_concern(mongodb_url: str) -> None:

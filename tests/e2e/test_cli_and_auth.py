@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -148,3 +149,34 @@ async def test_server_logs_never_contain_access_tokens(cluster: Cluster) -> None
     assert not leaked, f"{len(leaked)} log lines contain the access token, e.g. {leaked[0]}"
     signature = token.rsplit(".", 1)[1]
     assert signature not in logs, "the token's signature appears in the logs"
+
+
+async def _raw_request(port: int, request: bytes, chunk: int = 64 * 1024) -> bytes:
+    """Send `request` in chunks of `chunk` bytes and read the answer until the server closes
+    the connection (or sends one whole answer to a request that keeps it open)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        try:
+            for start in range(0, len(request), chunk):
+                writer.write(request[start : start + chunk])
+                await writer.drain()
+        except ConnectionError:  # refused midway: the answer is already on its way
+            pass
+        return await asyncio.wait_for(reader.read(1 << 20), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_request_head_too_large_is_refused_before_it_is_buffered(
+    cluster: Cluster,
+) -> None:
+    port = cluster.a.port
+    huge = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: " + b"a" * (4 << 20) + b"\r\n\r\n"
+    answer = await _raw_request(port, huge)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"content-type: application/problem+json" in head
+    assert json.loads(body)["code"] == "headers_too_large"
+    # A head of ordinary size (a long token, cookies) still goes through.
+    usual = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: " + b"a" * 8000 + b"\r\n\r\n"
+    assert (await _raw_request(port, usual)).startswith(b"HTTP/1.1 200 ")

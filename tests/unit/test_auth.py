@@ -233,6 +233,9 @@ def forged_tokens() -> dict[str, str]:
         "sub empty": signed(HS256, claims(sub="")),
         "sub a number": signed(HS256, claims(sub=7)),
         "sub too long": signed(HS256, claims(sub="u" * 129)),
+        "sub with a NUL": signed(HS256, claims(sub="u\u00001")),
+        "sub with a bidi override": signed(HS256, claims(sub="\u202eu1")),
+        "name with a bidi override": signed(HS256, claims(name="\u202eMia")),
         "role missing": signed(HS256, claims(role=...)),
         "role unknown": signed(HS256, claims(role="root")),
         "role a list": signed(HS256, claims(role=["admin"])),
@@ -291,6 +294,10 @@ U1 = Identity(user_id="u1", role=Role.SHOPPER)
 # writes (padding, another typ, crit, times as strings or bools, non-UTF-8 JSON, huge tokens or
 # times). Looser: header fields and claims we do not use, in tokens only the secret can sign.
 DIFFERENCES: dict[str, Identity | str] = {
+    # Shown to other people: held to the rules of the text they write (server.domain.text).
+    "sub with a NUL": Identity(user_id="u\u00001", role=Role.SHOPPER),
+    "sub with a bidi override": Identity(user_id="\u202eu1", role=Role.SHOPPER),
+    "name with a bidi override": Identity(user_id="u1", role=Role.SHOPPER, name="\u202eMia"),
     "crit b64 (PyJWT knows it)": U1,
     "typ not JWT": U1,
     "padding =": U1,

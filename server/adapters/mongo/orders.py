@@ -96,11 +96,13 @@ class MongoOrderStore:
         """Wait for orders being written (before the client closes)."""
         await self._creates.wait_idle()
 
-    @_translate_errors
     async def create(self, order: Order) -> Order:
         # Orders of one offer created together share one insert (see group_commit.py).
         return await self._creates.submit(order.offer_id, order)
 
+    # Translated here, not in `create`: a batch that finds no server (Unavailable) fails the
+    # calls queued behind it at once, rather than each waiting out a deadline of its own.
+    @_translate_errors
     async def _create_batch(self, offer_id: str, orders: list[Order]) -> list[Order | Exception]:
         """Write a batch of new orders with one unordered insert, each document on its own.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 import redis.asyncio as aioredis
@@ -11,6 +12,7 @@ import websockets
 
 from channels.broker_redis import RedisBroker
 from channels.close_codes import CloseCode
+from channels.hub import Hub
 from server.auth import issue_token
 from server.domain.errors import Unavailable
 from server.domain.identity import Role
@@ -42,6 +44,24 @@ async def test_chat_round_trip_and_anonymous_viewers_only_watch(live: Live) -> N
             assert message["text"] == "hello"
             assert message["client_id"] == "c1"
             assert message["user"]["id"] == "leo"
+
+
+async def test_a_frame_the_server_fails_to_carry_out_is_named_in_its_error(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis refuses the publish of a chat line or of a moderator's act (a fault injected in the
+    # hub, the servers stay real): the error must name the frame, as a refusal's does.
+    async def away(self: Hub, room_id: str, event: dict[str, object]) -> int:
+        raise Unavailable("live events are unavailable, try again")
+
+    monkeypatch.setattr(Hub, "publish_room_event", away)
+    async with websockets.connect(live.url("host-1", Role.HOST)) as host:
+        await recv(host)
+        await host.send(json.dumps({"type": "chat.send", "text": "hi", "client_id": "c1"}))
+        assert (await recv_type(host, "error"))["ref"] == "c1"
+        await host.send(json.dumps({"type": "room.slow_mode", "seconds": 5, "ref": "s1"}))
+        refused = await recv_type(host, "error")
+        assert (refused["code"], refused["ref"]) == ("unavailable", "s1")
 
 
 @pytest.mark.parametrize(
@@ -176,6 +196,25 @@ async def test_likes_and_viewers_are_counted(live: Live) -> None:
         stats = (await live.host("GET", f"/rooms/{live.room_id}/stats")).json()
         assert stats["likes"] == 21
         assert stats["viewers"] == 2
+
+
+async def test_a_path_with_a_slash_too_many_is_not_found_not_redirected(live: Live) -> None:
+    for path in (f"/api/v1/rooms/{live.room_id}/", "/api/v1/rooms/", "/healthz/"):
+        response = await live.http.get(path, headers={"host": "elsewhere.example"})
+        assert response.status_code == 404, path
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "location" not in response.headers
+
+
+async def test_the_api_document_says_which_calls_need_a_token(live: Live) -> None:
+    document = (await live.http.get("/api/v1/openapi.json")).json()
+    for path, operations in document["paths"].items():
+        url = "/api/v1" + path.replace("{room_id}", live.room_id)
+        url = re.sub(r"\{[a-z_]+\}", "x_unknown", url)
+        for method, operation in operations.items():
+            anonymous = await live.http.request(method, url, json={})
+            open_to_anyone = {} in operation["security"]
+            assert (anonymous.status_code != 401) == open_to_anyone, (method, path)
 
 
 async def test_health_readiness_and_metrics(live: Live) -> None:

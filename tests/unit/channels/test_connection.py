@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from channels import connection
+from channels.close_codes import CloseCode
 from channels.connection import Connection
 from server.domain.identity import Identity, Role
 
@@ -107,3 +108,23 @@ async def test_a_viewer_paused_past_its_limit_is_closed_as_too_slow() -> None:
         await settle()
     assert conn.closed
     assert ("close", "4008") in wire.frames
+
+
+async def test_a_close_asked_for_before_hello_waits_for_it() -> None:
+    # A room.ended (or a drain) fanned out while the viewer's join still waits on Redis: the
+    # close must go after hello and what was queued, from the one writer the join starts.
+    wire = Wire()
+    wire.writable.clear()  # the socket is slow to take the first frames
+    conn = viewer(wire)
+    conn.push("room.ended")
+    conn.close_after_flush(CloseCode.ROOM_ENDED, "the room has ended")
+    await settle()
+    conn.start(["hello"])
+    await settle()
+    wire.writable.set()
+    await settle()
+    assert wire.frames == [
+        ("asgi", "hello"),
+        ("asgi", "room.ended"),
+        ("close", str(int(CloseCode.ROOM_ENDED))),
+    ]

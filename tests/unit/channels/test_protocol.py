@@ -63,7 +63,8 @@ def session(identity: Identity, rules: Rules | None = None, **limits: int) -> Ro
 
 def send(s: RoomSession, frame: object, mono: float = 0.0) -> list[Command]:
     raw = frame if isinstance(frame, str | bytes) else json.dumps(frame)
-    return s.handle(raw, mono=mono, now=NOW)
+    commands, _ = s.handle(raw, mono=mono, now=NOW)
+    return commands
 
 
 def error_code(commands: list[Command]) -> str:
@@ -375,7 +376,7 @@ def test_any_frame_gets_commands_or_a_coded_error_never_an_exception(
     for who, rules in rooms_of_every_kind():
         s = session(who, rules, max_frame_bytes=1024)
         for raw in frames:
-            for command in s.handle(raw, mono=0.0, now=NOW):
+            for command in s.handle(raw, mono=0.0, now=NOW)[0]:
                 if isinstance(command, Reply) and command.frame["type"] == "error":
                     assert command.frame["code"] in ERROR_CODES, command.frame
                     assert isinstance(command.frame["message"], str)

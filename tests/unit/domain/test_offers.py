@@ -20,16 +20,11 @@ from server.domain.offers import (
     MIN_DURATION,
     ClaimOutcome,
     ClaimResult,
-    EndReason,
     FlashOffer,
-    OfferState,
-    OfferStatus,
     RecoveredClaim,
     claim_error,
-    end_offer,
     epoch_ms,
     from_epoch_ms,
-    offer_state,
     plan_offer,
     tally_recovered,
     utc_ms,
@@ -149,63 +144,6 @@ def test_bad_offers_are_refused_with_a_specific_code(
 )
 def test_the_edges_of_each_range_are_allowed(changes: dict[str, Any]) -> None:
     plan(**changes)
-
-
-# -- states and the end --------------------------------------------------------------------------
-
-
-def test_offer_state_follows_the_clock_and_the_stock() -> None:
-    offer = plan(countdown=timedelta(seconds=30))
-    before = offer.starts_at - timedelta(milliseconds=1)
-    assert offer_state(offer, before, 10) == OfferState(OfferStatus.SCHEDULED)
-    assert offer_state(offer, before, 0) == OfferState(OfferStatus.SCHEDULED)
-    assert offer_state(offer, offer.starts_at, 10) == OfferState(OfferStatus.ACTIVE)
-    last_ms = offer.ends_at - timedelta(milliseconds=1)
-    assert offer_state(offer, last_ms, 1) == OfferState(OfferStatus.ACTIVE)
-    assert offer_state(offer, last_ms, 0) == OfferState(OfferStatus.ENDED, EndReason.SOLD_OUT)
-    assert offer_state(offer, offer.ends_at, 3) == OfferState(OfferStatus.ENDED, EndReason.EXPIRED)
-    assert offer_state(offer, offer.ends_at, 0) == OfferState(OfferStatus.ENDED, EndReason.SOLD_OUT)
-
-
-def test_a_recorded_end_wins_over_clock_and_stock() -> None:
-    offer = end_offer(plan(), EndReason.STOPPED, T0 + timedelta(seconds=5))
-    for now, remaining in [(T0, 10), (T0 + timedelta(hours=1), 0)]:
-        assert offer_state(offer, now, remaining) == OfferState(
-            OfferStatus.ENDED, EndReason.STOPPED
-        )
-
-
-@pytest.mark.parametrize("reason", list(EndReason))
-def test_an_offer_ends_exactly_once(reason: EndReason) -> None:
-    offer = plan()
-    at = offer.ends_at + timedelta(seconds=3)
-    ended = end_offer(offer, reason, at)
-    assert ended.end_reason is reason
-    assert offer.end_reason is None  # pure: the original is untouched
-    for again in EndReason:
-        with pytest.raises(Conflict) as raised:
-            end_offer(ended, again, at)
-        assert raised.value.code == "offer_already_ended"
-
-
-def test_an_expiry_is_recorded_at_the_end_time_however_late_it_runs() -> None:
-    offer = plan()
-    ended = end_offer(offer, EndReason.EXPIRED, offer.ends_at + timedelta(seconds=7))
-    assert ended.ended_at == offer.ends_at
-    stopped = end_offer(offer, EndReason.STOPPED, T0 + timedelta(seconds=7))
-    assert stopped.ended_at == T0_MS + timedelta(seconds=7)
-
-
-def test_an_offer_cannot_expire_early_nor_sell_out_before_it_starts() -> None:
-    offer = plan(countdown=timedelta(seconds=30))
-    with pytest.raises(Conflict) as early:
-        end_offer(offer, EndReason.EXPIRED, offer.ends_at - timedelta(milliseconds=1))
-    assert early.value.code == "offer_not_expired"
-    with pytest.raises(Conflict) as unsold:
-        end_offer(offer, EndReason.SOLD_OUT, offer.starts_at - timedelta(milliseconds=1))
-    assert unsold.value.code == "offer_not_started"
-    # The host may stop an offer during its countdown.
-    assert end_offer(offer, EndReason.STOPPED, T0).end_reason is EndReason.STOPPED
 
 
 # -- the claim vocabulary ------------------------------------------------------------------------

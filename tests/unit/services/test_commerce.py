@@ -253,6 +253,8 @@ async def test_offers_end_by_time_exactly_once(shop: Shop) -> None:
     assert shop.events.of_type("offer.ended") == [
         {"type": "offer.ended", "offer_id": offer.id, "reason": "expired"}
     ]
+    # However late housekeeping ran, claims stopped at the end time: that is when it ended.
+    assert (await shop.offers_store.get(offer.id)).ended_at == offer.ends_at
     with pytest.raises(Conflict) as closed:
         await shop.claim(offer, buyer(1), "late")
     assert closed.value.code == "offer_not_active"

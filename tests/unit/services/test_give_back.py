@@ -105,6 +105,33 @@ async def test_a_stop_that_failed_after_recording_the_end_is_finished_by_the_ret
     assert await shop.offers_store.unfinished_ends(10) == []
 
 
+class HangingStock(FlakyStock):
+    """A Redis that takes the stop and never answers."""
+
+    async def stop(self, offer_id: str, *, sold_out: bool = False) -> int | None:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_stop_cancelled_at_shutdown_stays_cancelled_when_the_room_cannot_be_told(
+    shop: Shop,
+) -> None:
+    # The process shuts down while the end's stock stop hangs, and the room's stream is away
+    # too: the announcement's failure must not take the place of the cancellation.
+    events = FlakyEvents()
+    offers, _ = other_process(
+        shop, stock=cast(StockReservations, HangingStock(shop.stock)), events=events
+    )
+    offer = await shop.launch(quantity=5, limit=1)
+    events.away = True
+    stopping = asyncio.create_task(offers.stop(offer.id, HOST))
+    await asyncio.sleep(0.01)
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert [end.id for end in await shop.offers_store.unfinished_ends(10)] == [offer.id]
+
+
 async def test_an_end_whose_process_died_before_telling_the_room_is_finished_by_another(
     shop: Shop,
 ) -> None:

@@ -8,6 +8,7 @@ from typing import cast
 import pytest
 
 from server.domain.errors import Conflict, Unavailable
+from server.domain.offers import EndReason
 from server.domain.rooms import RoomStatus
 from server.ports import OfferStore, ProductStore, RoomStore
 from server.services.rooms import RoomService, StopOffers
@@ -113,7 +114,7 @@ async def test_an_end_whose_offers_could_not_be_stopped_leaves_the_room_live_for
 async def test_viewers_hear_the_end_even_when_the_second_look_at_its_offers_fails() -> None:
     shop = await open_shop()
     rooms = rooms_of(shop, away_at_call(shop, 2))
-    ended = await rooms.end(shop.room_id, HOST)  # stored: a retry would only hear 409
+    ended = await rooms.end(shop.room_id, HOST)  # stored: the host has no reason to retry
     assert ended.status is RoomStatus.ENDED
     assert len(shop.events.of_type("room.ended")) == 1
 
@@ -141,3 +142,14 @@ async def test_a_launch_whose_counted_offer_the_end_stopped_is_not_answered_as_l
         await launch_through(shop.offers, shop, quantity=2, key="late-3")
     assert again.value.code == "room_not_live"
     assert shop.events.of_type("offer.started") == []
+
+
+async def test_a_launch_sent_again_after_the_room_ended_answers_the_offer_it_made() -> None:
+    # The launch's answer was lost; the offer ran and sold; then the show ended. Sent again,
+    # the launch must say what became of its offer, not that it never happened.
+    shop = await open_shop()
+    offer, _ = await launch_through(shop.offers, shop, quantity=2, key="ran-1")
+    await shop.claim(offer, buyer(1), "k1")
+    await rooms_of(shop).end(shop.room_id, HOST)
+    again, created = await launch_through(shop.offers, shop, quantity=2, key="ran-1")
+    assert (again.id, created, again.end_reason) == (offer.id, False, EndReason.STOPPED)
