@@ -27,6 +27,7 @@ from channels.protocol import (
     Publish,
     Reply,
     RoomSession,
+    SlowModeTurn,
     StoreBan,
     StoreMute,
     StoreSlowMode,
@@ -36,13 +37,21 @@ from channels.room_state import LocalRoom
 from schemas.commerce import order_to_wire
 from server.auth import verify_socket_token
 from server.container import Container
-from server.domain.errors import LiveshopError, NotFound, Unauthorized, Unavailable
+from server.domain.errors import (
+    LiveshopError,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
 from server.domain.identity import Identity
 
 log = logging.getLogger("liveshop.ws")
 
 _ROOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EPOCH = re.compile(r"^[0-9a-f]{1,32}$")
+# ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
+_SINCE = re.compile(r"^[0-9]{1,18}$")
 OUTCOMES = ("accepted", "rejected")  # of a client frame, as counted in the metrics
 
 
@@ -137,6 +146,12 @@ async def _carry_out(
                 conn.push(encode_body(command.frame))
             elif isinstance(command, Publish):
                 await hub.publish_room_event(room.room_id, command.event)
+            elif isinstance(command, SlowModeTurn):
+                turn = f"slow-mode:{conn.identity.user_id}"
+                if not await hub.try_gate(room.room_id, turn, command.seconds):
+                    raise RateLimited(
+                        f"slow mode: one message every {command.seconds} s", code="slow_mode"
+                    )
             elif isinstance(command, AddLikes):
                 hub.add_likes(room, command.count)
             elif isinstance(command, Claim):
@@ -186,7 +201,7 @@ def _identity(websocket: WebSocket, container: Container) -> tuple[Identity, flo
 def _cursor(websocket: WebSocket) -> tuple[int | None, str | None]:
     """`since` and `epoch` from the query; anything unusable means "nothing to recover"."""
     since_raw, epoch = websocket.query_params.get("since"), websocket.query_params.get("epoch")
-    if since_raw is None or not since_raw.isdigit() or len(since_raw) > 18:
+    if since_raw is None or not _SINCE.match(since_raw):
         return None, None
     if epoch is None or not _EPOCH.match(epoch):
         return None, None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -31,10 +31,15 @@ from schemas.ws import (
 from server.domain.chat import TokenBucket, check_slow_mode, clean_text, find_blocked_word
 from server.domain.errors import Forbidden, InvalidInput, LiveshopError, NotFound, RateLimited
 from server.domain.identity import Identity
+from server.domain.offers import utc_ms
 from server.domain.rooms import can_moderate
 
 # The longest name a client frame may carry for itself (a claim's idempotency key).
 MAX_REF_CHARS = 100
+# A user's likes in a room, over all their sockets here: taps come in frames of up to 100, and
+# no thumb taps 50 times a second for long.
+LIKES_BURST = 500
+LIKES_PER_SECOND = 50
 
 
 class RoomRules(Protocol):
@@ -53,15 +58,20 @@ class RoomRules(Protocol):
 
 @dataclass(slots=True)
 class ChatState:
-    """Per user and room: the burst bucket and when they last spoke (for slow mode)."""
+    """Per user and room: the burst bucket and when they last spoke (for slow mode); and the
+    likes they may still send, shared by their sockets, so that opening more sockets does not
+    make the host's like count grow faster."""
 
     bucket: TokenBucket
     last_sent: float | None = None
+    likes: TokenBucket = field(
+        default_factory=lambda: TokenBucket(capacity=LIKES_BURST, rate=LIKES_PER_SECOND)
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_frame_bytes: int = 4096
+    max_frame_bytes: int = 8192
     max_bad_frames: int = 10
     chat_max_chars: int = 500
     # Frames of any kind per connection: a burst, then a steady rate.
@@ -102,6 +112,14 @@ class StoreSlowMode:
 
 
 @dataclass(frozen=True, slots=True)
+class SlowModeTurn:
+    """The user's turn to speak under slow mode, taken room-wide: a user's sockets on other
+    processes keep their own clock of it, which this one cannot see."""
+
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     frame: OfferClaim
 
@@ -112,7 +130,9 @@ class Close:
     reason: str
 
 
-Command = Reply | Publish | AddLikes | Claim | StoreMute | StoreBan | StoreSlowMode | Close
+Command = (
+    Reply | Publish | AddLikes | Claim | StoreMute | StoreBan | StoreSlowMode | SlowModeTurn | Close
+)
 
 
 def error_frame(error: LiveshopError, ref: str | None) -> dict[str, Any]:
@@ -193,7 +213,7 @@ class RoomSession:
             first = exc.errors()[0]
             if first["type"] == "union_tag_invalid":
                 raise InvalidInput(
-                    f"unknown frame type {data['type']!r}", code="unknown_type"
+                    f"unknown frame type {data['type'][:40]!r}", code="unknown_type"
                 ) from None
             where = ".".join(str(part) for part in first["loc"][1:]) or "frame"
             raise InvalidInput(f"{where}: {first['msg']}", code="invalid_frame") from None
@@ -210,6 +230,8 @@ class RoomSession:
         if isinstance(frame, ChatSend):
             return self._chat(frame, mono=mono, now=now)
         if isinstance(frame, Like):
+            if not self.rules.chat_state(self.identity.user_id).likes.take(mono, frame.count):
+                raise RateLimited("you are sending likes too fast")
             return [AddLikes(frame.count)]
         if isinstance(frame, OfferClaim):
             return [Claim(frame)]
@@ -222,7 +244,8 @@ class RoomSession:
             return [Publish(event)]
         if isinstance(frame, UserMute):
             self._refuse_muting_the_host_or_yourself(frame.user_id)
-            until = now + timedelta(seconds=frame.duration_seconds)
+            # To the millisecond, as MongoDB keeps it: every process then tells the same time.
+            until = utc_ms(now + timedelta(seconds=frame.duration_seconds))
             return [
                 StoreMute(frame.user_id, until),
                 Publish({"type": "user.muted", "user_id": frame.user_id, "until": _iso(until)}),
@@ -263,7 +286,9 @@ class RoomSession:
             "client_id": frame.client_id,
             "at": _iso(now),
         }
-        return [Publish(event)]
+        if moderator or self.rules.slow_mode_seconds <= 0:
+            return [Publish(event)]
+        return [SlowModeTurn(self.rules.slow_mode_seconds), Publish(event)]
 
     def _refuse_muting_the_host_or_yourself(self, user_id: str) -> None:
         if user_id in (self.rules.host_id, self.identity.user_id):

@@ -47,7 +47,7 @@ class RoomCounters:
         likes, room.likes_pending = room.likes_pending, 0
         try:
             counters = await self._broker.update_counters(
-                room.room_id, likes, len(room.connections), kept=room.kept
+                room.room_id, likes, room.viewer_count, kept=room.kept
             )
         except Exception:
             room.likes_pending += likes  # not counted: try again next tick

@@ -84,6 +84,12 @@ class LocalRoom:
         (self.batched if conn.batched else self.direct).add(conn)
         self._per_user[conn.identity.user_id] += 1
 
+    @property
+    def viewer_count(self) -> int:
+        """Viewers here: a user's several sockets (a phone and a laptop) count once, and each
+        anonymous socket is a viewer of its own."""
+        return len(self._per_user)
+
     def remove(self, conn: Connection) -> bool:
         """Forget a viewer; False when it was not here (already removed). A user's chat state
         (slow mode, rate limit) goes with their last connection to the room here."""

@@ -24,7 +24,7 @@ class _Frame(BaseModel):
 
 class ChatSend(_Frame):
     type: Literal["chat.send"]
-    text: Annotated[str, Field(max_length=2000)]
+    text: str  # bounded by the frame's size; clean_text holds it to the chat's limit
     client_id: Ref | None = None
 
 

@@ -41,6 +41,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+# What uvicorn logs as an error with a traceback, though it is a client's fault it has already
+# answered (1007 for a text frame that is not UTF-8): anyone could fill the error log with it.
+_CLIENT_FAULTS = frozenset({"Invalid UTF-8 sequence received from client."})
+
+
+def _client_faults_are_not_errors(record: logging.LogRecord) -> bool:
+    if record.msg in _CLIENT_FAULTS:
+        record.levelno, record.levelname, record.exc_info = logging.INFO, "INFO", None
+        return logging.getLogger().isEnabledFor(logging.INFO)
+    return True
+
+
 def configure_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -52,6 +64,7 @@ def configure_logging(level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.error").addFilter(_client_faults_are_not_errors)
 
 
 def warn_if_failed(logger: logging.Logger, event: str) -> Callable[[asyncio.Future[Any]], None]:

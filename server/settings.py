@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     mongodb_timeout_seconds: float = Field(default=5.0, ge=0.001, le=600)
 
     # Websocket limits
-    max_frame_bytes: int = Field(default=4096, ge=256)
+    # A chat line of 500 characters, each written as JSON's \uXXXX\uXXXX (an emoji), fits.
+    max_frame_bytes: int = Field(default=8192, ge=256)
     send_queue_frames: int = Field(default=256, ge=8)
     max_bad_frames: int = Field(default=10, ge=1)
     chat_burst: int = Field(default=5, ge=1)

@@ -48,20 +48,21 @@ def find_blocked_word(text: str, blocked_words: list[str]) -> str | None:
 
 @dataclass(slots=True)
 class TokenBucket:
-    """`capacity` messages at once, refilled at `rate` per second. Times are monotonic seconds."""
+    """`capacity` at once (messages, likes), refilled at `rate` per second. Times are monotonic
+    seconds."""
 
     capacity: float
     rate: float
     tokens: float = field(default=-1.0)
     updated: float = 0.0
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, count: int = 1) -> bool:
         if self.tokens < 0:
             self.tokens, self.updated = self.capacity, now
         self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= count:
+            self.tokens -= count
             return True
         return False
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+import websockets
 
 from tests.e2e.api import SECRET, create_live_room, http, make_token, unique
 from tests.e2e.conftest import Cluster
@@ -180,3 +181,26 @@ async def test_a_request_head_too_large_is_refused_before_it_is_buffered(
     # A head of ordinary size (a long token, cookies) still goes through.
     usual = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: " + b"a" * 8000 + b"\r\n\r\n"
     assert (await _raw_request(port, usual)).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_hostile_websocket_input_is_answered_without_an_error_in_the_log(
+    cluster: Cluster,
+) -> None:
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.a.base_url, host)
+    url = cluster.a.ws_url(room_id)
+    # A `since` of digits that are not ASCII: nothing to recover, as any unusable one.
+    for since in ("²", "①", "¹²"):
+        async with websockets.connect(f"{url}?since={since}&epoch=abc") as ws:
+            hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert (hello["type"], hello["recovered"]) == ("hello", False)
+    # A text frame that is not UTF-8: closed 1007 by the protocol.
+    async with websockets.connect(url) as ws:
+        await ws.recv()
+        await ws.send(b'{"type": "ping", "ref": "\xff"}', text=True)
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1007
+    await cluster.a.logged("ws_left", within=5)
+    errors = [line for line in cluster.a.stderr_text().splitlines() if '"level": "error"' in line]
+    assert not errors, errors[:2]

@@ -311,6 +311,13 @@ async def test_moderation_on_one_process_applies_on_the_other(cluster: Cluster) 
         await other_b.chat("second", "second")
         error = await other_b.recv_until("error")
         assert error["code"] == "slow_mode", error
+        # Nor does a socket of the same user on the other process get a turn of its own.
+        other_a, _ = await _viewer(cluster.a, room_id, other)
+        clients.append(other_a)
+        await other_a.chat("from A", "from-a")
+        error = await other_a.recv_until("error")
+        assert (error["code"], error["ref"]) == ("slow_mode", "from-a"), error
+        assert not [f for f in host.room_events() if f.get("client_id") == "from-a"]
 
         assert not [f for f in moderator.frames + host.frames if f.get("type") == "error"]
         assert not any(client.closed for client in clients)

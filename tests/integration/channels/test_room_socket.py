@@ -44,6 +44,9 @@ async def test_chat_round_trip_and_anonymous_viewers_only_watch(live: Live) -> N
             assert message["text"] == "hello"
             assert message["client_id"] == "c1"
             assert message["user"]["id"] == "leo"
+        # The longest line, each character an emoji, as a client's JSON escapes it (6 KB).
+        await leo.send(json.dumps({"type": "chat.send", "text": "\U0001f525" * 500}))
+        assert (await recv_type(leo, "chat.message"))["text"] == "\U0001f525" * 500
 
 
 async def test_a_frame_the_server_fails_to_carry_out_is_named_in_its_error(
@@ -70,7 +73,8 @@ async def test_a_frame_the_server_fails_to_carry_out_is_named_in_its_error(
         ("{not json", "malformed_json"),
         (json.dumps({"type": "teleport"}), "unknown_type"),
         (json.dumps({"type": "like", "count": 1.5}), "invalid_frame"),
-        (json.dumps({"type": "chat.send", "text": "x" * 5000}), "frame_too_large"),
+        (json.dumps({"type": "chat.send", "text": "x" * 9000}), "frame_too_large"),
+        (json.dumps({"type": "chat.send", "text": "x" * 3000}), "message_too_long"),
     ],
 )
 async def test_bad_frames_get_errors_and_the_socket_stays_open(

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from channels.close_codes import CloseCode
 from channels.protocol import (
+    LIKES_BURST,
     AddLikes,
     ChatState,
     Close,
@@ -21,6 +22,7 @@ from channels.protocol import (
     Publish,
     Reply,
     RoomSession,
+    SlowModeTurn,
     StoreBan,
     StoreMute,
     StoreSlowMode,
@@ -195,11 +197,33 @@ def test_slow_mode_applies_to_shoppers_not_to_the_host() -> None:
     rules = Rules()
     rules.slow_mode_seconds = 10
     shopper, host = session(SHOPPER, rules), session(HOST, rules)
-    assert isinstance(send(shopper, {"type": "chat.send", "text": "a"}, mono=0)[0], Publish)
+    # A shopper's line also takes their turn room-wide, for their sockets on other processes.
+    turn, line = send(shopper, {"type": "chat.send", "text": "a"}, mono=0)
+    assert (turn, type(line)) == (SlowModeTurn(10), Publish)
     assert error_code(send(shopper, {"type": "chat.send", "text": "b"}, mono=5)) == "slow_mode"
-    assert isinstance(send(shopper, {"type": "chat.send", "text": "c"}, mono=11)[0], Publish)
+    assert [type(c) for c in send(shopper, {"type": "chat.send", "text": "c"}, mono=11)] == [
+        SlowModeTurn,
+        Publish,
+    ]
     for t in (0, 1):
-        assert isinstance(send(host, {"type": "chat.send", "text": "h"}, mono=t)[0], Publish)
+        assert [type(c) for c in send(host, {"type": "chat.send", "text": "h"}, mono=t)] == [
+            Publish
+        ]
+
+
+def test_a_users_sockets_share_one_budget_of_likes() -> None:
+    # More sockets must not make the host's like count grow faster.
+    rules = Rules()
+    phone, laptop = session(SHOPPER, rules), session(SHOPPER, rules)
+    for _ in range(LIKES_BURST // 100):
+        assert send(phone, {"type": "like", "count": 100}) == [AddLikes(100)]
+    refused = send(laptop, {"type": "like", "count": 100, "ref": "l1"})
+    assert error_code(refused) == "rate_limited"
+    assert isinstance(refused[0], Reply)
+    assert refused[0].frame["ref"] == "l1"
+    assert not any(isinstance(c, Close) for c in refused)  # not abuse: a keen fan
+    assert send(laptop, {"type": "like", "count": 50}, mono=1.0) == [AddLikes(50)]
+    assert send(session(HOST, rules), {"type": "like", "count": 100}) == [AddLikes(100)]
 
 
 def test_blocked_words_are_refused_whatever_their_case_or_width() -> None:

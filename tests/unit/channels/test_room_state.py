@@ -92,3 +92,14 @@ def test_an_offer_started_again_keeps_the_newer_stock_figure() -> None:
     assert started(5, 10) == {"price": "new", "remaining": 3, "stock_version": 12}
     assert started(None, None) == {"price": "new", "remaining": 3, "stock_version": 12}
     assert started(2, 14) == {"price": "new", "remaining": 2, "stock_version": 14}
+
+
+def test_a_users_sockets_count_as_one_viewer() -> None:
+    room = LocalRoom("r1")
+    phone, laptop = connect(room, "ana", "c1"), connect(room, "ana", "c2")
+    connect(room, "bo", "c3")
+    assert (len(room.connections), room.viewer_count) == (3, 2)
+    room.remove(phone)
+    assert room.viewer_count == 2
+    room.remove(laptop)
+    assert room.viewer_count == 1
