@@ -41,7 +41,6 @@ from server.adapters.redis_client import (
 
 log = logging.getLogger("liveshop.broker")
 
-# History older than history_seconds is not served.
 MAX_CONNECTIONS = 100  # redis-py's default; one is the pub/sub connection, held for good
 
 _PUBLISH = """

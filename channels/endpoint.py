@@ -51,7 +51,7 @@ log = logging.getLogger("liveshop.ws")
 _ROOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EPOCH = re.compile(r"^[0-9a-f]{1,32}$")
 # ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
-_SINCE = re.compile(r"^[0-9]{1,18}$")
+_SINCE = re.compile(r"[0-9]{1,18}")
 OUTCOMES = ("accepted", "rejected")  # of a client frame, as counted in the metrics
 
 
@@ -201,7 +201,7 @@ def _identity(websocket: WebSocket, container: Container) -> tuple[Identity, flo
 def _cursor(websocket: WebSocket) -> tuple[int | None, str | None]:
     """`since` and `epoch` from the query; anything unusable means "nothing to recover"."""
     since_raw, epoch = websocket.query_params.get("since"), websocket.query_params.get("epoch")
-    if since_raw is None or not _SINCE.match(since_raw):
+    if since_raw is None or not _SINCE.fullmatch(since_raw):
         return None, None
     if epoch is None or not _EPOCH.match(epoch):
         return None, None
