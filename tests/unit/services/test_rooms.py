@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
@@ -16,6 +15,7 @@ from server.domain.money import Money
 from server.domain.rooms import Room, RoomStatus
 from server.services.rooms import RoomService
 from tests.fakes import Clock, RecordingEvents
+from tests.unit.services.test_give_back import FlakyEvents
 
 HOST = Identity("host-1", Role.HOST)
 OTHER_HOST = Identity("host-2", Role.HOST)
@@ -160,31 +160,21 @@ async def test_bad_transitions_conflict_and_publish_nothing(
     assert events.events == published
 
 
-class FailingOnce(RecordingEvents):
-    """Redis away for one publish of each type named in `fail`."""
-
-    def __init__(self, *fail: str) -> None:
-        super().__init__()
-        self.fail = set(fail)
-
-    async def publish_room_event(self, room_id: str, event: dict[str, Any], **kw: Any) -> int:
-        if event["type"] in self.fail:
-            self.fail.discard(event["type"])
-            raise Unavailable("live events are unavailable, try again")
-        return await super().publish_room_event(room_id, event, **kw)
-
-
 async def test_a_start_or_end_sent_again_tells_the_viewers_its_first_try_did_not() -> None:
-    events = FailingOnce("room.started", "room.ended")
+    events = FlakyEvents()  # Redis away for the first try of each
     rooms = MemoryRoomStore()
     clock = Clock(T0)
     service = RoomService(rooms, MemoryProductStore(), events, clock)
     room = await service.create_room(HOST, "Spring drop")
+    events.away = True
     with pytest.raises(Unavailable):
         await service.start(room.id, HOST)  # stored live, but nobody was told
+    events.away = False
     assert (await service.start(room.id, HOST)).status is RoomStatus.LIVE
+    events.away = True
     with pytest.raises(Unavailable):
         await service.end(room.id, HOST)
+    events.away = False
     first_end = (await rooms.get(room.id)).ended_at
     clock.advance(seconds=5)
     ended = await service.end(room.id, ADMIN)
