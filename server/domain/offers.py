@@ -145,11 +145,17 @@ class FlashOffer:
     # stock (services/bookings.py), or it ended: the room is not shown it before.
     counted: bool = True
 
+    @property
+    def ended_sold_out(self) -> bool:
+        """Whether it ended sold out: every stop of its stock marks it so (see
+        StockReservations.stop), and units given back later go to the product."""
+        return self.end_reason is EndReason.SOLD_OUT
+
     def remaining_at_end(self) -> int | None:
         """What it had left when it ended, which no longer moves: units its orders give back
         later go to its product, not to the offer. None until the end has stopped its stock
         (or if the stock was lost then): until then the reservation store knows."""
-        if self.end_reason is EndReason.SOLD_OUT:
+        if self.ended_sold_out:
             return 0
         if self.taken_at_end is None:
             return None

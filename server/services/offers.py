@@ -313,7 +313,7 @@ class OfferService:
         """Stop the stock and tell the room, then clear the note `record_end` left. Should
         either fail, or the process die first, the note stays and `finish_ends` does it again:
         stopping is idempotent, and the room's stream drops a second `offer.ended`."""
-        sold_out = ended.end_reason is EndReason.SOLD_OUT
+        sold_out = ended.ended_sold_out
         try:
             if sold_out:  # the room hears 1, then 0, then the end
                 await self._announcer.last_unit_told(ended.id)
@@ -452,11 +452,11 @@ class OfferService:
             ends_at=offer.ends_at,
             stopped=offer.end_reason is not None,
             claims=claims,
-            sold_out=offer.end_reason is EndReason.SOLD_OUT,
+            sold_out=offer.ended_sold_out,
         )
         if offer.end_reason is not None:
             # Also a stock another rebuild left unconfirmed: claims hear the end, not "paused".
-            await self._stock.stop(offer.id, sold_out=offer.end_reason is EndReason.SOLD_OUT)
+            await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
         elif (token := await self._stock.unconfirmed(offer.id)) is not None:
             # Unconfirmed: the offer may have ended since it was read above, its end's stop
             # finding no stock. The end is recorded before its stock is stopped, so either the
@@ -468,7 +468,7 @@ class OfferService:
             if latest.end_reason is None:
                 await self._stock.confirm_open(offer.id, token)
             else:
-                await self._stock.stop(offer.id, sold_out=latest.end_reason is EndReason.SOLD_OUT)
+                await self._stock.stop(offer.id, sold_out=latest.ended_sold_out)
         if rebuilt:
             log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
 

@@ -34,7 +34,6 @@ from server.domain.offers import (
     PENDING_BATCH,
     AttachOutcome,
     ClaimOutcome,
-    EndReason,
     FlashOffer,
     claim_error,
 )
@@ -405,7 +404,7 @@ class OrderService:
                 # Stopped again first: a rebuild that read the offer before its end and could
                 # not read it again after writing its stock (see OfferService.rebuild) left it
                 # unconfirmed. Stopping is idempotent, and a lost offer has nothing to stop.
-                await self._stock.stop(offer.id, sold_out=offer.end_reason is EndReason.SOLD_OUT)
+                await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
                 seen, _ = await self._reap(offer.id, now + SKEW_MARGIN)  # every one, however new
             except Unavailable:
                 break  # the stock is away (logged where it failed): next round
