@@ -151,7 +151,7 @@ async def _claims(args: argparse.Namespace) -> AsyncIterator[Write]:
             )
             room = await rooms.create_room(HOST, "Bench")
             await rooms.start(room.id, HOST)
-            offer = await offers.launch(
+            launched = await offers.launch(
                 room.id,
                 HOST,
                 product_id=product.id,
@@ -161,6 +161,7 @@ async def _claims(args: argparse.Namespace) -> AsyncIterator[Write]:
                 countdown_seconds=0,
                 duration_seconds=3600,
             )
+            offer = launched.offer
 
             async def claim(batch: list[int]) -> object:
                 return await asyncio.gather(

@@ -31,8 +31,8 @@ from schemas.ws import (
 from server.domain.chat import TokenBucket, check_slow_mode, clean_text, find_blocked_word
 from server.domain.errors import Forbidden, InvalidInput, LiveshopError, NotFound, RateLimited
 from server.domain.identity import Identity
-from server.domain.offers import utc_ms
 from server.domain.rooms import can_moderate
+from server.domain.times import iso_z, utc_ms
 
 # The longest name a client frame may carry for itself (a claim's idempotency key).
 MAX_REF_CHARS = 100
@@ -220,7 +220,7 @@ class RoomSession:
 
     def _dispatch(self, frame: Any, *, mono: float, now: datetime) -> list[Command]:
         if isinstance(frame, Ping):
-            return [Reply({"type": "pong", "ref": frame.ref, "server_time": _iso(now)})]
+            return [Reply({"type": "pong", "ref": frame.ref, "server_time": iso_z(now)})]
         if self.identity.anonymous:
             raise Forbidden("sign in to take part")
         if self.token_expires is not None and now.timestamp() >= self.token_expires:
@@ -248,7 +248,7 @@ class RoomSession:
             until = utc_ms(now + timedelta(seconds=frame.duration_seconds))
             return [
                 StoreMute(frame.user_id, until),
-                Publish({"type": "user.muted", "user_id": frame.user_id, "until": _iso(until)}),
+                Publish({"type": "user.muted", "user_id": frame.user_id, "until": iso_z(until)}),
             ]
         if isinstance(frame, UserBan):
             self._refuse_muting_the_host_or_yourself(frame.user_id)
@@ -267,7 +267,7 @@ class RoomSession:
         user_id = self.identity.user_id
         muted = self.rules.muted_until(user_id, now)
         if muted is not None:
-            raise Forbidden(f"you are muted until {_iso(muted)}", code="muted")
+            raise Forbidden(f"you are muted until {iso_z(muted)}", code="muted")
         text = clean_text(frame.text, self.limits.chat_max_chars)
         state = self.rules.chat_state(user_id)
         moderator = can_moderate(self.rules.host_id, self.identity)
@@ -284,7 +284,7 @@ class RoomSession:
             "text": text,
             "user": self._who(),
             "client_id": frame.client_id,
-            "at": _iso(now),
+            "at": iso_z(now),
         }
         if moderator or self.rules.slow_mode_seconds <= 0:
             return [Publish(event)]
@@ -307,7 +307,3 @@ def _ref_of(data: dict[str, Any]) -> str | None:
         if isinstance(value, str) and 0 < len(value) <= MAX_REF_CHARS:
             return value
     return None
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

@@ -14,6 +14,7 @@ from channels.protocol import ChatState
 from server.domain.chat import TokenBucket
 from server.domain.identity import Identity
 from server.domain.rooms import Room
+from server.domain.times import iso_z
 
 # Chat ids a moderator may still delete (the same bound as history, roughly).
 RECENT_MESSAGES = 1000
@@ -254,11 +255,7 @@ def hello_frame(
         "room": snapshot,
         "you": {
             **identity.public(),
-            "muted_until": None if muted_until is None else _iso(muted_until),
+            "muted_until": None if muted_until is None else iso_z(muted_until),
         },
-        "server_time": _iso(now),
+        "server_time": iso_z(now),
     }
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

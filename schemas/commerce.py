@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from schemas.http import MoneyIn
+from schemas.http import MoneyIn, iso_utc
 from server.domain.identity import client_key
-from server.domain.offers import FlashOffer, StockFigure
+from server.domain.offers import (
+    MAX_CLAIM_QUANTITY,
+    MAX_COUNTDOWN,
+    MAX_DURATION,
+    MIN_DURATION,
+    FlashOffer,
+    StockFigure,
+)
 from server.domain.orders import Address, Order
+from server.domain.times import whole_seconds
 
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -40,8 +47,10 @@ class OfferIn(_Request):
     price: MoneyIn
     quantity: Annotated[int, Field(ge=1, le=1_000_000)]
     per_user_limit: Annotated[int, Field(ge=1, le=1000)] = 1
-    countdown_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
-    duration_seconds: Annotated[int, Field(ge=10, le=86_400)] = 300
+    countdown_seconds: Annotated[int, Field(ge=0, le=whole_seconds(MAX_COUNTDOWN))] = 0
+    duration_seconds: Annotated[
+        int, Field(ge=whole_seconds(MIN_DURATION), le=whole_seconds(MAX_DURATION))
+    ] = 300
 
 
 class AddressIn(_Request):
@@ -67,14 +76,8 @@ class AddressIn(_Request):
 
 
 class ClaimIn(_Request):
-    quantity: Annotated[int, Field(ge=1, le=1000)] = 1
+    quantity: Annotated[int, Field(ge=1, le=MAX_CLAIM_QUANTITY)] = 1
     shipping_address: AddressIn
-
-
-def iso(moment: datetime | None) -> str | None:
-    return (
-        None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
 
 
 def offer_to_wire(offer: FlashOffer, stock: StockFigure | None) -> dict[str, Any]:
@@ -89,9 +92,9 @@ def offer_to_wire(offer: FlashOffer, stock: StockFigure | None) -> dict[str, Any
         "per_user_limit": offer.per_user_limit,
         "remaining": None if stock is None else stock.remaining,
         "stock_version": None if stock is None else stock.version,
-        "starts_at": iso(offer.starts_at),
-        "ends_at": iso(offer.ends_at),
-        "ended_at": iso(offer.ended_at),
+        "starts_at": iso_utc(offer.starts_at),
+        "ends_at": iso_utc(offer.ends_at),
+        "ended_at": iso_utc(offer.ended_at),
         "end_reason": None if offer.end_reason is None else offer.end_reason.value,
     }
 
@@ -125,13 +128,13 @@ def order_to_wire(order: Order) -> dict[str, Any]:
         "quantity": order.quantity,
         "total": order.total.to_wire(),
         "shipping_address": address_to_wire(order.shipping_address),
-        "created_at": iso(order.created_at),
-        "reservation_expires_at": iso(order.reservation_expires_at),
+        "created_at": iso_utc(order.created_at),
+        "reservation_expires_at": iso_utc(order.reservation_expires_at),
         "history": [
             {
                 "from": None if step.from_status is None else step.from_status.value,
                 "to": step.to_status.value,
-                "at": iso(step.at),
+                "at": iso_utc(step.at),
                 "by": step.by,
                 "reason": step.reason,
             }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Self
 
 from pydantic import (
@@ -37,6 +37,7 @@ from server.domain.products import (
 )
 from server.domain.rooms import Room, RoomStatus
 from server.domain.text import describe, hidden_character, shows_something
+from server.domain.times import iso_z
 
 # Limits shared by the HTTP models and the service (which also serves the websocket).
 MAX_TITLE_CHARS = 200
@@ -263,9 +264,7 @@ class RoomListQuery(BaseModel):
 
 def iso_utc(moment: datetime | None) -> str | None:
     """ISO 8601 in UTC with a `Z`, to the millisecond MongoDB keeps."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if moment is None else iso_z(moment)
 
 
 def product_summary(product: Product) -> dict[str, Any]:

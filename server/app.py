@@ -118,14 +118,14 @@ def create_app(
             stack.push_async_callback(container.hub.close)
             stack.push_async_callback(container.offer_service.close)  # runs before the hub's
 
-            def offers_to_reap() -> set[str]:
+            def served_offer_ids() -> set[str]:
                 return {
                     *container.hub.open_offer_ids(),
                     *container.order_service.recently_claimed_offers(),
                 }
 
             housekeeper = Housekeeper(
-                container.offer_service, container.order_service, offers_to_reap
+                container.offer_service, container.order_service, served_offer_ids
             )
             housekeeper.start()
             stack.push_async_callback(housekeeper.stop)
@@ -227,9 +227,7 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
     )
     return Container(
         settings,
-        backends.products,
         backends.rooms,
-        hub,
         RoomService(
             backends.rooms, backends.products, hub, stop_offers=offer_service.stop_offers_in_room
         ),

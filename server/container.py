@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from server.ports import ProductStore, RoomEvents, RoomStore
+from server.ports import RoomStore
 from server.settings import Settings
 
 if TYPE_CHECKING:
@@ -21,9 +21,7 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class Container:
     settings: Settings
-    products: ProductStore
     rooms: RoomStore
-    events: RoomEvents
     room_service: RoomService
     hub: Hub
     offer_service: OfferService

@@ -18,32 +18,15 @@ from datetime import datetime
 
 from server.domain.errors import (
     Conflict,
-    InvalidInput,
     LaunchKeyTaken,
     NotFound,
     ProductOffersChanged,
 )
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
-from server.domain.offers import EndReason, FlashOffer, utc_ms
-from server.domain.orders import Order, OrderStatus, can_move
+from server.domain.offers import EndReason, FlashOffer
+from server.domain.orders import Order, OrderStatus, check_last_move
 from server.domain.pages import PageKey, newest_first
-
-
-def check_last_move(order: Order, expected: OrderStatus) -> None:
-    """Refuse to store a move that the order's own history does not show as legal, so a store
-    can never hold a status its audit trail does not explain."""
-    step = order.history[-1] if order.history else None
-    if (
-        step is None
-        or step.from_status is not expected
-        or step.to_status is not order.status
-        or not can_move(expected, order.status)
-    ):
-        raise InvalidInput(
-            f"the order's last transition is not a move from {expected} to {order.status}",
-            code="invalid_transition",
-        )
-
+from server.domain.times import utc_ms
 
 _Predicate = Callable[[Order], bool]
 

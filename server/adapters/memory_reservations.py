@@ -12,12 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from server.domain.errors import OfferPaused
 from server.domain.offers import (
     PENDING_BATCH,
-    STOCK_KEPT_AFTER_END,
     AttachOutcome,
     ClaimOutcome,
     ClaimResult,
@@ -25,13 +23,13 @@ from server.domain.offers import (
     RecoveredClaim,
     StockFigure,
     StockSnapshot,
-    epoch_ms,
-    from_epoch_ms,
+    being_restored,
     stock_kept_until_ms,
     tally_recovered,
     validate_claim,
     validate_stock_plan,
 )
+from server.domain.times import epoch_ms, from_epoch_ms
 
 
 @dataclass(slots=True)
@@ -70,17 +68,16 @@ def _stop(offer: _Offer, *, sold_out: bool) -> None:
 
 
 class MemoryStockReservations:
-    def __init__(self, *, kept_after_end: timedelta = STOCK_KEPT_AFTER_END) -> None:
+    def __init__(self) -> None:
         self._offers: dict[str, _Offer] = {}
         self._next_id = 0
-        self._kept_after_end = kept_after_end
 
     def _keep(self, offer_id: str, offer: _Offer) -> None:
         """Store a new offer, forgetting first those Redis would have expired by now."""
         now_ms = int(time.time() * 1000)
         for expired in [o for o, kept in self._offers.items() if kept.kept_until_ms <= now_ms]:
             del self._offers[expired]
-        offer.kept_until_ms = stock_kept_until_ms(offer.ends_ms, now_ms, self._kept_after_end)
+        offer.kept_until_ms = stock_kept_until_ms(offer.ends_ms, now_ms)
         self._offers[offer_id] = offer
 
     def flush(self) -> None:
@@ -306,7 +303,7 @@ class MemoryStockReservations:
     def _offer_or_paused(self, offer_id: str) -> _Offer:
         offer = self._offers.get(offer_id)
         if offer is None:
-            raise OfferPaused(f"offer {offer_id} is being restored")
+            raise being_restored(offer_id)
         return offer
 
     def _new_reservation_id(self) -> str:

@@ -22,17 +22,15 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as redis
 
 from server.adapters.group_commit import GroupCommit
 from server.adapters.redis_client import redis_client, redis_unreachable_is_unavailable
-from server.domain.errors import OfferPaused
 from server.domain.offers import (
     PENDING_BATCH,
-    STOCK_KEPT_AFTER_END,
     AttachOutcome,
     ClaimOutcome,
     ClaimResult,
@@ -40,15 +38,17 @@ from server.domain.offers import (
     RecoveredClaim,
     StockFigure,
     StockSnapshot,
-    epoch_ms,
-    from_epoch_ms,
+    being_restored,
     stock_kept_until_ms,
     tally_recovered,
     validate_claim,
     validate_stock_plan,
 )
+from server.domain.times import epoch_ms, from_epoch_ms
 
 log = logging.getLogger("liveshop.reservations")
+
+MAX_CONNECTIONS = 64  # a pool of its own when given a URL; batching keeps it small
 
 # An offer's first version, on opening it or rebuilding it: Redis's clock in microseconds, as
 # digits (a Lua number would print in exponent notation), above any version it had before.
@@ -260,20 +260,13 @@ class RedisStockReservations:
     """`StockReservations` on Redis. Give it a URL (it then owns a bounded connection pool) or a
     client of your own (left open by `close`)."""
 
-    def __init__(
-        self,
-        redis_or_url: str | redis.Redis,
-        *,
-        max_connections: int = 64,
-        key_ttl_after_end: timedelta = STOCK_KEPT_AFTER_END,
-    ) -> None:
+    def __init__(self, redis_or_url: str | redis.Redis) -> None:
         if isinstance(redis_or_url, str):
-            self._redis = redis_client(redis_or_url, max_connections=max_connections)
+            self._redis = redis_client(redis_or_url, max_connections=MAX_CONNECTIONS)
             self._owns_client = True
         else:
             self._redis = redis_or_url
             self._owns_client = False
-        self._kept = key_ttl_after_end
         self._open = self._redis.register_script(_OPEN)
         self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
@@ -296,12 +289,8 @@ class RedisStockReservations:
         if self._owns_client:
             await self._redis.aclose()
 
-    @redis_unreachable_is_unavailable
-    async def ping(self) -> None:
-        await self._redis.ping()
-
     def _expire_at_ms(self, ends_at: datetime) -> int:
-        return stock_kept_until_ms(epoch_ms(ends_at), int(time.time() * 1000), self._kept)
+        return stock_kept_until_ms(epoch_ms(ends_at), int(time.time() * 1000))
 
     @redis_unreachable_is_unavailable
     async def open_offer(
@@ -360,7 +349,7 @@ class RedisStockReservations:
         args = [idempotency_key, "1" if orphan_only else "0"]
         released = int(await self._release(keys=_keys(offer_id), args=args))
         if released < 0:
-            raise OfferPaused(f"offer {offer_id} is being restored")
+            raise being_restored(offer_id)
         return released == 1
 
     @redis_unreachable_is_unavailable
@@ -374,7 +363,7 @@ class RedisStockReservations:
     async def figure(self, offer_id: str) -> StockFigure:
         stock, version = await self._redis.hmget(_keys(offer_id)[0], ["stock", "v"])
         if stock is None:
-            raise OfferPaused(f"offer {offer_id} is being restored")
+            raise being_restored(offer_id)
         # An offer opened before stocks had versions counts its changes from 0.
         return StockFigure(int(stock), int(version or 0))
 
@@ -407,7 +396,7 @@ class RedisStockReservations:
     async def stop_if_sold_out(self, offer_id: str) -> bool:
         stopped = int(await self._stop_if_sold_out(keys=_keys(offer_id), args=[]))
         if stopped < 0:
-            raise OfferPaused(f"offer {offer_id} is being restored")
+            raise being_restored(offer_id)
         return stopped == 1
 
     @redis_unreachable_is_unavailable

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from server.domain.errors import Conflict, InvalidInput, LiveshopError, OfferPaused
 from server.domain.money import Money
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus, ensure_hosts_own
+from server.domain.times import utc_ms, whole_seconds
 
 MIN_DURATION = timedelta(seconds=10)
 MAX_DURATION = timedelta(hours=24)
@@ -34,9 +35,6 @@ PENDING_BATCH = 1000
 # still without an order is given back, and the offer books only what its orders claim of its
 # product's stock.
 LATE_ORDERS = timedelta(minutes=1)
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 
 
 class EndReason(StrEnum):
@@ -100,26 +98,6 @@ def ensure_stock_left(product: Product, quantity: int, *, booked: int) -> None:
             f" {product.stock} that its other offers leave",
             code="insufficient_stock",
         )
-
-
-def utc_ms(moment: datetime) -> datetime:
-    """The same instant in UTC, cut to the millisecond; naive times are refused."""
-    if moment.tzinfo is not UTC:  # else already UTC: a claim makes several of these calls
-        if moment.tzinfo is None or moment.utcoffset() is None:
-            raise InvalidInput("time must carry a timezone", code="invalid_time")
-        moment = moment.astimezone(UTC)
-    micros = moment.microsecond
-    return moment if micros % 1000 == 0 else moment.replace(microsecond=micros - micros % 1000)
-
-
-def epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch, the unit the reservation adapters compare. Integer
-    arithmetic: a float timestamp times 1000 can land a millisecond short."""
-    return (utc_ms(moment) - _EPOCH) // _ONE_MS
-
-
-def from_epoch_ms(ms: int) -> datetime:
-    return _EPOCH + ms * _ONE_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,23 +166,17 @@ def plan_offer(
             f"price must be in the product's currency {product.price.currency}",
             code="currency_mismatch",
         )
-    if not _is_int(quantity) or quantity < 1:
-        raise InvalidInput("quantity must be a whole number of at least 1", code="invalid_quantity")
+    _check_quantity_and_limit(quantity, per_user_limit)
     ensure_stock_left(product, quantity, booked=0)
-    if not _is_int(per_user_limit) or not 1 <= per_user_limit <= quantity:
-        raise InvalidInput(
-            f"per-user limit must be between 1 and the quantity ({quantity})",
-            code="invalid_per_user_limit",
-        )
     if not timedelta(0) <= countdown <= MAX_COUNTDOWN:
         raise InvalidInput(
-            f"countdown must be between 0 and {_seconds(MAX_COUNTDOWN)} seconds",
+            f"countdown must be between 0 and {whole_seconds(MAX_COUNTDOWN)} seconds",
             code="invalid_countdown",
         )
     if not MIN_DURATION <= duration <= MAX_DURATION:
         raise InvalidInput(
-            f"duration must be between {_seconds(MIN_DURATION)} and "
-            f"{_seconds(MAX_DURATION)} seconds",
+            f"duration must be between {whole_seconds(MIN_DURATION)} and "
+            f"{whole_seconds(MAX_DURATION)} seconds",
             code="invalid_duration",
         )
     created = utc_ms(now)
@@ -230,11 +202,16 @@ def plan_offer(
 STOCK_KEPT_AFTER_END = timedelta(days=1)
 
 
-def stock_kept_until_ms(ends_ms: int, now_ms: int, kept: timedelta) -> int:
-    """When a reservation store may forget an offer (epoch ms): `kept` after its end, or after
-    `now_ms` for an offer written after its end (tests, a late rebuild), which must not vanish
-    the moment it is written."""
-    return max(ends_ms, now_ms) + int(kept.total_seconds() * 1000)
+def stock_kept_until_ms(ends_ms: int, now_ms: int) -> int:
+    """When a reservation store may forget an offer (epoch ms): `STOCK_KEPT_AFTER_END` after its
+    end, or after `now_ms` for an offer written after its end (tests, a late rebuild), which
+    must not vanish the moment it is written."""
+    return max(ends_ms, now_ms) + int(STOCK_KEPT_AFTER_END.total_seconds() * 1000)
+
+
+def being_restored(offer_id: str) -> OfferPaused:
+    """What a reservation store that lost the offer answers until it is rebuilt."""
+    return OfferPaused(f"offer {offer_id} is being restored")
 
 
 class ClaimOutcome(StrEnum):
@@ -274,10 +251,6 @@ class ClaimResult:
     released: bool = False  # a duplicate whose units were already given back
     stock_version: int | None = None  # reserved, duplicate: the version `remaining` is of
 
-    @property
-    def ok(self) -> bool:
-        return self.outcome in (ClaimOutcome.RESERVED, ClaimOutcome.DUPLICATE)
-
     def figure(self) -> StockFigure | None:
         """The stock as this claim left it (reserved) or found it (duplicate)."""
         if self.remaining is None or self.stock_version is None:
@@ -295,14 +268,15 @@ def claim_error(result: ClaimResult) -> LiveshopError | None:
             return Conflict(
                 f"only {result.remaining} {units} left: claim fewer", code="insufficient_stock"
             )
-        case ClaimOutcome.SOLD_OUT:
+        case ClaimOutcome.NOT_ACTIVE if result.remaining != 0:
+            return Conflict("the offer is not active", code="offer_not_active")
+        # Selling out ends the offer: a buyer a moment late hears "sold out", not "not active".
+        case ClaimOutcome.SOLD_OUT | ClaimOutcome.NOT_ACTIVE:
             return Conflict("the offer is sold out", code="sold_out")
         case ClaimOutcome.LIMIT_REACHED:
             return Conflict(
                 "that would take you over this offer's per-user limit", code="limit_reached"
             )
-        case ClaimOutcome.NOT_ACTIVE:
-            return Conflict("the offer is not active", code="offer_not_active")
         case ClaimOutcome.PAUSED:
             return OfferPaused("claims are paused for a moment, try again")
         case ClaimOutcome.KEY_REUSED:
@@ -362,12 +336,19 @@ def validate_stock_plan(
     quantity: int, per_user_limit: int, starts_at: datetime, ends_at: datetime
 ) -> None:
     """What a reservation store needs to hold an offer's stock, checked before it is written."""
-    if not _is_int(quantity) or quantity < 1:
-        raise InvalidInput("quantity must be at least 1", code="invalid_quantity")
-    if not _is_int(per_user_limit) or not 1 <= per_user_limit <= quantity:
-        raise InvalidInput("per-user limit must be 1..quantity", code="invalid_per_user_limit")
+    _check_quantity_and_limit(quantity, per_user_limit)
     if utc_ms(starts_at) >= utc_ms(ends_at):
         raise InvalidInput("an offer must end after it starts", code="invalid_duration")
+
+
+def _check_quantity_and_limit(quantity: int, per_user_limit: int) -> None:
+    if not _is_int(quantity) or quantity < 1:
+        raise InvalidInput("quantity must be a whole number of at least 1", code="invalid_quantity")
+    if not _is_int(per_user_limit) or not 1 <= per_user_limit <= quantity:
+        raise InvalidInput(
+            f"per-user limit must be between 1 and the quantity ({quantity})",
+            code="invalid_per_user_limit",
+        )
 
 
 def validate_claim(buyer_id: str, quantity: int, idempotency_key: str) -> None:
@@ -404,7 +385,3 @@ def tally_recovered(claims: Iterable[RecoveredClaim]) -> dict[str, int]:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _seconds(span: timedelta) -> int:
-    return int(span.total_seconds())

@@ -19,7 +19,8 @@ from babel import Locale
 from server.domain.errors import Conflict, InvalidInput
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
-from server.domain.offers import FlashOffer, utc_ms, validate_claim
+from server.domain.offers import FlashOffer, validate_claim
+from server.domain.times import utc_ms
 
 RESERVATION_TTL = timedelta(minutes=15)
 
@@ -49,7 +50,6 @@ TRANSITIONS: Mapping[OrderStatus, frozenset[OrderStatus]] = MappingProxyType(
         _S.REFUNDED: frozenset(),
     }
 )
-TERMINAL = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
 # Orders in these states keep their units out of the offer's stock. Cancelled and expired
 # orders gave them back; a refund gives them back too (it only follows `paid`, before the goods
 # leave), so rebuilding an offer from its orders counts exactly these.
@@ -64,6 +64,22 @@ def check_move(from_status: OrderStatus, to_status: OrderStatus) -> None:
     if not can_move(from_status, to_status):
         raise Conflict(
             f"an order cannot move from {from_status} to {to_status}", code="invalid_transition"
+        )
+
+
+def check_last_move(order: Order, expected: OrderStatus) -> None:
+    """Refuse to store a move that the order's own history does not show as legal, so a store
+    can never hold a status its audit trail does not explain."""
+    step = order.history[-1] if order.history else None
+    if (
+        step is None
+        or step.from_status is not expected
+        or step.to_status is not order.status
+        or not can_move(expected, order.status)
+    ):
+        raise InvalidInput(
+            f"the order's last transition is not a move from {expected} to {order.status}",
+            code="invalid_transition",
         )
 
 
@@ -286,6 +302,10 @@ def ensure_same_claim(order: Order, quantity: int, address: Address) -> None:
     other terms is a client's mistake, and answering the first order would hide it."""
     if not same_claim(order, quantity, address):
         raise other_terms()
+
+
+def claim_expired() -> Conflict:
+    return Conflict("this claim ran out before its order was written", code="claim_expired")
 
 
 def other_terms() -> Conflict:

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 from server.domain.errors import InvalidInput
-from server.domain.offers import epoch_ms, from_epoch_ms
+from server.domain.times import epoch_ms, from_epoch_ms
 
 # Generous for the milliseconds and an id, short enough that decoding costs nothing.
 MAX_CURSOR_CHARS = 200

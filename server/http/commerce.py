@@ -41,7 +41,7 @@ async def launch_offer(request: Request) -> JSONResponse:
     key = _idempotency_key(request)  # optional: a launch sent again is safe
     body = await json_body(request, OfferIn)
     service = container_of(request).offer_service
-    offer, created = await service.launch(
+    launched = await service.launch(
         request.path_params["room_id"],
         who,
         product_id=body.product_id,
@@ -52,12 +52,12 @@ async def launch_offer(request: Request) -> JSONResponse:
         duration_seconds=body.duration_seconds,
         idempotency_key=key,
     )
-    headers = {"Location": str(request.url_for("get_offer", offer_id=offer.id))}
+    headers = {"Location": str(request.url_for("get_offer", offer_id=launched.offer.id))}
     if key is not None:
-        headers["Idempotent-Replayed"] = "false" if created else "true"
+        headers["Idempotent-Replayed"] = "false" if launched.created else "true"
     # As it is now: a launch sent again may find it sold or ended since.
-    offer, stock = await service.view(offer.id)
-    return JSONResponse(offer_to_wire(offer, stock), status_code=201, headers=headers)
+    answer = offer_to_wire(launched.offer, launched.stock)
+    return JSONResponse(answer, status_code=201, headers=headers)
 
 
 async def get_offer(request: Request) -> JSONResponse:

@@ -47,12 +47,13 @@ class Housekeeper:
         self,
         offers: OfferService,
         orders: OrderService,
-        open_offer_ids: Callable[[], Iterable[str]],
+        served_offer_ids: Callable[[], Iterable[str]],
         interval: float = 1.0,
     ) -> None:
         self._offers = offers
         self._orders = orders
-        self._open_offer_ids = open_offer_ids  # offers of the rooms this process serves
+        # Offers of the rooms this process has viewers of, and those it took claims for lately.
+        self._served_offer_ids = served_offer_ids
         self._interval = interval
         # Every running offer, a share a round: each once per ORPHAN_AFTER (an offer launched
         # after the list was read waits for the next one, so two at most). When all the
@@ -73,7 +74,7 @@ class Housekeeper:
                 await self._task
 
     async def run_once(self) -> None:
-        offer_ids = list(self._open_offer_ids())
+        offer_ids = list(self._served_offer_ids())
         await self._step("end_due_offers", self._offers.end_due)
         await self._step("end_sold_out_offers", partial(self._offers.end_sold_out, offer_ids))
         await self._step("finish_ends", self._offers.finish_ends)

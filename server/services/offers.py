@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from schemas.commerce import offer_to_wire
@@ -27,9 +28,9 @@ from server.domain.offers import (
     plan_offer,
     same_launch,
 )
-from server.domain.orders import HOLDS_STOCK
 from server.domain.products import Product
 from server.domain.rooms import RoomStatus, ensure_can_manage
+from server.domain.times import iso_z, utc_now
 from server.ports import (
     OfferStore,
     OrderStore,
@@ -39,7 +40,7 @@ from server.ports import (
     StockReservations,
 )
 from server.services.bookings import ProductBookings
-from server.services.rooms import new_id, utc_now
+from server.services.rooms import new_id
 from server.services.stock_announcer import StockAnnouncer
 
 log = logging.getLogger("liveshop.offers")
@@ -60,6 +61,13 @@ FIGURES_LIMIT = 500  # offers per room in the host's figures
 # run at once on the busiest show days, and each process then reaps ~170 a second; beyond it,
 # those ending last wait for a viewer, a claim or their settling.
 RUNNING_OFFERS_READ = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Launched:
+    offer: FlashOffer
+    stock: StockFigure | None  # as the launch answered; None while the stock is rebuilt
+    created: bool  # False: the same launch, sent again
 
 
 class OfferService:
@@ -85,8 +93,7 @@ class OfferService:
         )
         self._bookings = ProductBookings(offers, orders, products, stock, self._withdraw)
         self._seen_ended: set[str] = set()  # sold out and ended, as end_sold_out found
-        self._sold_out_round = 0  # end_sold_out's rounds so far
-        self._sold_out_since: dict[str, int] = {}  # the round each sold-out offer was first seen
+        self._sold_out_last_round: set[str] = set()  # found sold out by end_sold_out's last round
         self._unfinished_since: dict[str, datetime] = {}  # as finish_ends first saw them
         self._finish_round = 0  # finish_ends' rounds so far
         self._finish_failed_in: dict[str, int] = {}  # the round in which each end last failed
@@ -103,10 +110,10 @@ class OfferService:
         countdown_seconds: int,
         duration_seconds: int,
         idempotency_key: str | None = None,
-    ) -> tuple[FlashOffer, bool]:
-        """The offer and whether it is new. A launch sent again with the same idempotency key
-        gets the offer the first one made (False), and the room hears of it again: the first
-        may have failed after storing it, before telling the room."""
+    ) -> Launched:
+        """The offer as it is now, and whether it is new. A launch sent again with the same
+        idempotency key gets the offer the first one made (not new), and the room hears of it
+        again: the first may have failed after storing it, before telling the room."""
         room = await self._rooms.get(room_id)
         ensure_can_manage(room, who)
         # Scoped to the launcher, as claims' keys are to their buyer.
@@ -167,7 +174,7 @@ class OfferService:
         if offer.end_reason is None:
             # Sent again too: viewers take `offer.started` as the offer's state.
             await self._tell_started(offer, figure, product)
-        return offer, created
+        return Launched(offer, figure, created)
 
     async def _tell_started(
         self, offer: FlashOffer, figure: StockFigure | None, product: Product
@@ -182,7 +189,7 @@ class OfferService:
                 # What a pinned product shows: every viewer gets it, so not the whole product
                 # (a description of up to 5,000 characters, the trade fields).
                 "product": product_summary(product),
-                "server_time": _iso(self._clock()),
+                "server_time": iso_z(self._clock()),
             },
             topic=offer.id,
         )
@@ -382,8 +389,7 @@ class OfferService:
         the offers it serves: one stock read each, and more only when the stock is gone."""
         offer_ids = list(offer_ids)
         self._seen_ended &= set(offer_ids)  # forgotten once it leaves the list: bounded
-        self._sold_out_round += 1
-        seen_sold_out, self._sold_out_since = self._sold_out_since, {}
+        seen_last_round, self._sold_out_last_round = self._sold_out_last_round, set()
         ended = 0
         for offer_id in offer_ids:
             if offer_id in self._seen_ended:
@@ -403,16 +409,15 @@ class OfferService:
                 continue
             except Unavailable:
                 continue
-            first_seen = seen_sold_out.get(offer_id, self._sold_out_round)
-            self._sold_out_since[offer_id] = first_seen
-            if first_seen == self._sold_out_round:
+            self._sold_out_last_round.add(offer_id)
+            if offer_id not in seen_last_round:
                 continue  # its seller's end has this round to come
             offer = await self._offers.get(offer_id)
             if offer.end_reason is None:
                 if await self.end(offer, EndReason.SOLD_OUT) is None:
                     # A unit came back (or another process ended it): should it sell out again,
                     # its seller has a round to end it, as the first time.
-                    self._sold_out_since.pop(offer_id, None)
+                    self._sold_out_last_round.discard(offer_id)
                     continue
                 ended += 1
             self._seen_ended.add(offer_id)
@@ -439,7 +444,7 @@ class OfferService:
                 buyer_id=order.buyer_id,
                 quantity=order.quantity,
                 order_id=order.id,
-                held=order.status in HOLDS_STOCK,
+                held=order.holds_stock,
                 reservation_id=order.reservation_id,
             )
             for order in orders
@@ -491,7 +496,3 @@ class OfferService:
 
     async def close(self) -> None:
         await self._announcer.close()
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -14,7 +14,6 @@ import builtins
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,11 +37,11 @@ from server.domain.offers import (
     claim_error,
 )
 from server.domain.orders import (
-    RESERVATION_TTL,
     Address,
     Order,
     OrderStatus,
     cancelled_by,
+    claim_expired,
     ensure_same_claim,
     may_see,
     other_terms,
@@ -51,12 +50,13 @@ from server.domain.orders import (
 )
 from server.domain.pages import Page, decode_cursor, page_of
 from server.domain.rooms import ensure_can_manage
+from server.domain.times import utc_now
 from server.logs import warn_if_failed
 from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockReservations
 from server.services.load_once import LoadOnce
 from server.services.offers import SKEW_MARGIN, OfferService
 from server.services.room_bans import RoomBans
-from server.services.rooms import new_id, utc_now
+from server.services.rooms import new_id
 
 log = logging.getLogger("liveshop.orders")
 
@@ -81,7 +81,6 @@ class OrderService:
         offer_service: OfferService,
         notify: Notify,
         clock: Callable[[], datetime] = utc_now,
-        reservation_ttl: timedelta = RESERVATION_TTL,
         *,
         rooms: RoomStore,
         bans: RoomBans | None = None,
@@ -94,7 +93,6 @@ class OrderService:
         self._offer_service = offer_service
         self._notify = notify
         self._clock = clock
-        self._reservation_ttl = reservation_ttl
         self._bans = bans  # None where nobody is ever banned (tests of claims alone)
         # Offers this process reserved stock for lately: it reaps their orphans even when no
         # viewer of the room is connected here (claims over HTTP).
@@ -140,9 +138,6 @@ class OrderService:
         if result.outcome is ClaimOutcome.PAUSED:
             await self._offer_service.rebuild(offer.id)
             result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
-        if result.outcome is ClaimOutcome.NOT_ACTIVE and result.remaining == 0:
-            # Selling out ends the offer; a buyer a moment late should hear "sold out".
-            result = replace(result, outcome=ClaimOutcome.SOLD_OUT)
         error = claim_error(result)
         if error is not None:
             raise error
@@ -154,9 +149,7 @@ class OrderService:
                 ensure_same_claim(order, quantity, address)
                 return order, False
             if result.released:
-                raise Conflict(
-                    "this claim ran out before its order was written", code="claim_expired"
-                )
+                raise claim_expired()
         fresh = result.outcome is ClaimOutcome.RESERVED
         if fresh and result.remaining == 0 and quantity == 1:
             self._offer_service.last_unit_taken(offer, result.stock_version)
@@ -190,12 +183,11 @@ class OrderService:
             idempotency_key=key,
             offer=offer,
             buyer_id=buyer.user_id,
-            product=await self._product_snapshot(offer),
+            product=await self._snapshots.get(offer.id),  # place_order copies it
             quantity=quantity,
             address=address,
             now=self._clock(),
             reservation_id=reservation_id,
-            reservation_ttl=self._reservation_ttl,
         )
         # Shielded: once the order may be written, a claimer that goes away (a dropped socket,
         # shutdown) must not stop the attach. An order left unattached would look orphaned,
@@ -233,7 +225,7 @@ class OrderService:
             # order.
             await self._cancel_lost(stored)
             await self._stock_came_back(order.offer_id)
-            raise Conflict("this claim ran out before its order was written", code="claim_expired")
+            raise claim_expired()
         if created:
             await self._tell_buyer(stored)
         elif not same_terms:  # the reservation was the order's own: attached, then refused
@@ -271,9 +263,6 @@ class OrderService:
             return  # the attempt that wrote it cancelled it already
         with contextlib.suppress(Conflict):  # ... or is cancelling it right now
             await self._move(order, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
-
-    async def _product_snapshot(self, offer: FlashOffer) -> dict[str, Any]:
-        return dict(await self._snapshots.get(offer.id))
 
     async def _load_snapshot(self, offer_id: str) -> dict[str, Any]:
         offer = await self._launched.get(offer_id)
@@ -319,10 +308,7 @@ class OrderService:
         if cancelled_by(order, who.user_id):
             return order
         if order.status is not OrderStatus.PENDING_PAYMENT:
-            raise Conflict(
-                f"order is {order.status}, only pending payment can be cancelled",
-                code="invalid_transition",
-            )
+            raise _not_cancellable(order)
         try:
             await self._move(
                 order,
@@ -335,7 +321,7 @@ class OrderService:
             moved = await self._orders.get(order_id)
             if cancelled_by(moved, who.user_id):
                 return moved
-            raise
+            raise _not_cancellable(moved) from None
         if not await self._give_back(order):
             log.warning("units_return_deferred", extra={"order_id": order.id})
         return order
@@ -470,8 +456,7 @@ class OrderService:
             except LiveshopError as error:  # the units are back; only the room's figure waits
                 log.warning("stock_announce_skipped", extra={"code": error.code})
             else:
-                if offer.end_reason is None:
-                    self._offer_service.stock_moved(offer, None)
+                self._offer_service.stock_moved(offer, None)  # told while the offer runs
         return True
 
     async def _release(self, order: Order) -> bool:
@@ -492,3 +477,10 @@ class OrderService:
             )
         except Unavailable:
             log.warning("order_update_not_sent", extra={"order_id": order.id})
+
+
+def _not_cancellable(order: Order) -> Conflict:
+    return Conflict(
+        f"order is {order.status}, only pending payment can be cancelled",
+        code="invalid_transition",
+    )

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from schemas.http import (
     MAX_BLOCKED_WORD_CHARS,
@@ -30,6 +30,7 @@ from server.domain.rooms import (
     ensure_can_manage,
     ensure_hosts_own,
 )
+from server.domain.times import utc_ms, utc_now
 from server.ports import ProductStore, RoomEvents, RoomStore
 
 log = logging.getLogger("liveshop.rooms")
@@ -38,18 +39,6 @@ Clock = Callable[[], datetime]
 StopOffers = Callable[[str], Awaitable[None]]  # a room's id
 
 _SELLERS = frozenset({Role.HOST, Role.ADMIN})
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def to_stored_time(moment: datetime) -> datetime:
-    """UTC, cut to the millisecond: MongoDB keeps no finer, and a room must read back as written."""
-    if moment.tzinfo is None:
-        raise InvalidInput("time must carry a timezone", code="invalid_time")
-    utc = moment.astimezone(UTC)
-    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000)
 
 
 def new_id(prefix: str) -> str:
@@ -75,7 +64,7 @@ class RoomService:
         self._stop_offers = stop_offers
 
     def _now(self) -> datetime:
-        return to_stored_time(self._clock())
+        return utc_ms(self._clock())
 
     # Catalog
 
@@ -142,7 +131,7 @@ class RoomService:
             title=title,
             status=RoomStatus.SCHEDULED,
             created_at=self._now(),
-            scheduled_at=to_stored_time(scheduled_at) if scheduled_at is not None else None,
+            scheduled_at=utc_ms(scheduled_at) if scheduled_at is not None else None,
             blocked_words=_clean_words(blocked_words or []),
         )
         await self._rooms.create(room)

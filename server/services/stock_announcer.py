@@ -21,7 +21,8 @@ log = logging.getLogger("liveshop.offers")
 # (~15 us of server CPU each on the bench machine): twice a second keeps a counter lively, while
 # four times a second in a room of 10,000 would be 40,000 frames/s, over half a core.
 STOCK_ANNOUNCE_SECONDS = 0.5
-# A process that keeps losing the gate gives up after this many periods: others are announcing.
+# A process that keeps losing the gate to others announces anyway, past the gate, after this
+# many periods, rather than lose its change.
 GATE_TRIES = 20
 # How long the room-wide mark that "1 left" was told outlives the offer's end.
 LAST_UNIT_MARK_SECONDS = 3600.0

@@ -53,7 +53,11 @@ def sample_order(
         idempotency_key=key,
         offer=offer or sample_offer(),
         buyer_id=buyer,
-        product={"title": "Silk scarf", "hs_code": "611710", "price": Decimal("12.50")},
+        product={
+            "title": "Silk scarf",
+            "hs_code": "611710",
+            "price": {"amount": "12.50", "currency": "USD"},
+        },
         quantity=quantity,
         address=ADDRESS,
         now=T0 + timedelta(seconds=seconds),

@@ -51,7 +51,7 @@ async def test_order_reads_back_exactly(stores: Stores) -> None:
     got = await stores.orders.get("o_1")
     assert got == order
     assert str(got.total.amount) == "25.00"  # Decimal, trailing zero kept
-    assert got.product["price"] == Decimal("12.50")
+    assert got.product["price"] == {"amount": "12.50", "currency": "USD"}
     assert got.created_at.utcoffset() == timedelta(0)
     assert got.history[0].at.utcoffset() == timedelta(0)
     assert await stores.orders.by_key("of_1", "k_1") == order

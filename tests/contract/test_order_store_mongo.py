@@ -34,7 +34,8 @@ async def test_mongo_stored_form(mongo_db: Any) -> None:
     assert doc["shipping_address"]["country"] == "DE"
     assert doc["history"][0]["to"] == "pending_payment"
     assert doc["history"][0]["from"] is None
-    assert doc["product"]["price"] == Decimal128("12.50")
+    # The product as the buyer saw it (its wire form); the order's own money is Decimal128.
+    assert doc["product"]["price"] == {"amount": "12.50", "currency": "USD"}
     # An order is one document and nothing else: the figures are counted from the orders.
     for name in await mongo_db.list_collection_names():
         assert await mongo_db[name].count_documents({}) == (1 if name == ORDERS else 0), name

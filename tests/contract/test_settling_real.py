@@ -53,7 +53,7 @@ async def test_a_settled_offer_gives_back_its_unsold_units_on_real_backends(
     )
 
     async def launch(quantity: int) -> str:
-        offer, _ = await offers.launch(
+        launched = await offers.launch(
             room.id,
             HOST,
             product_id=product.id,
@@ -63,7 +63,7 @@ async def test_a_settled_offer_gives_back_its_unsold_units_on_real_backends(
             countdown_seconds=0,
             duration_seconds=3600,
         )
-        return offer.id
+        return launched.offer.id
 
     first = await launch(10)
     await orders.claim(first, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)

@@ -18,9 +18,10 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 
 from server.adapters.mongo.order_docs import offer_doc, offer_from
-from server.adapters.mongo.stores import Document, _collection, _translate_errors
+from server.adapters.mongo.stores import Document, collection, translate_errors
 from server.domain.errors import Conflict, LaunchKeyTaken, NotFound, ProductOffersChanged
-from server.domain.offers import EndReason, FlashOffer, utc_ms
+from server.domain.offers import EndReason, FlashOffer
+from server.domain.times import utc_ms
 
 OFFERS = "offers"
 # Set on an offer, with its end, until its stock is stopped and its room told of the end.
@@ -42,7 +43,7 @@ PRODUCT_LAUNCH = "product_launch"
 
 async def ensure_offer_indexes(db: AsyncDatabase[Any]) -> None:
     """Create every index the offer store relies on; safe to run at each start."""
-    await _collection(db, OFFERS).create_indexes(
+    await collection(db, OFFERS).create_indexes(
         [
             IndexModel(
                 [("room_id", ASCENDING), ("ended_at", ASCENDING), ("starts_at", ASCENDING)],
@@ -91,11 +92,11 @@ async def ensure_offer_indexes(db: AsyncDatabase[Any]) -> None:
 
 class MongoOfferStore:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self._offers = _collection(db, OFFERS)
+        self._offers = collection(db, OFFERS)
         # A linearizable read confirms with a majority that its primary is still the primary.
         self._latest = self._offers.with_options(read_concern=ReadConcern("linearizable"))
 
-    @_translate_errors
+    @translate_errors
     async def create(
         self, offer: FlashOffer, *, nth_of_product: int, launch_key: str | None = None
     ) -> None:
@@ -116,7 +117,7 @@ class MongoOfferStore:
                 ) from None
             raise Conflict(f"offer {offer.id} exists") from None
 
-    @_translate_errors
+    @translate_errors
     async def launch_counted(self, offer_id: str) -> bool:
         # Untold from its first count only: a launch sent again counts a told offer again.
         first_count = {"$eq": [f"${LAUNCH_TO_COUNT}", True]}
@@ -129,7 +130,7 @@ class MongoOfferStore:
         )
         return result.matched_count == 1
 
-    @_translate_errors
+    @translate_errors
     async def launch_told(self, offer_id: str) -> None:
         await self._offers.update_one({"_id": offer_id}, {"$unset": {LAUNCH_TO_TELL: ""}})
 
@@ -143,7 +144,7 @@ class MongoOfferStore:
     ) -> builtins.list[FlashOffer]:
         return await self._running_launches_noted(LAUNCH_TO_COUNT, created_before, limit)
 
-    @_translate_errors
+    @translate_errors
     async def _running_launches_noted(
         self, note: str, created_before: datetime, limit: int
     ) -> builtins.list[FlashOffer]:
@@ -156,34 +157,34 @@ class MongoOfferStore:
         )
         return [offer_from(doc) async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def by_launch_key(self, room_id: str, launch_key: str) -> FlashOffer | None:
         doc = await self._offers.find_one({"room_id": room_id, LAUNCH_KEY: launch_key})
         return None if doc is None else offer_from(doc)
 
-    @_translate_errors
+    @translate_errors
     async def of_product(self, product_id: str) -> builtins.list[FlashOffer]:
         cursor = self._offers.find({"product_id": product_id}).sort(
             [("starts_at", ASCENDING), ("_id", ASCENDING)]
         )
         return [offer_from(doc) async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def get(self, offer_id: str) -> FlashOffer:
         return await _offer_in(self._offers, offer_id)
 
-    @_translate_errors
+    @translate_errors
     async def get_latest(self, offer_id: str) -> FlashOffer:
         return await _offer_in(self._latest, offer_id)
 
-    @_translate_errors
+    @translate_errors
     async def open_in_room(self, room_id: str) -> builtins.list[FlashOffer]:
         cursor = self._offers.find({"room_id": room_id, "ended_at": None}).sort(
             [("starts_at", ASCENDING), ("_id", ASCENDING)]
         )
         return [offer_from(doc) async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def in_room(self, room_id: str, limit: int) -> builtins.list[FlashOffer]:
         cursor = self._offers.find({"room_id": room_id}).sort(
             [("starts_at", DESCENDING), ("_id", DESCENDING)]
@@ -191,7 +192,7 @@ class MongoOfferStore:
         latest = [offer_from(doc) async for doc in cursor.limit(limit)]
         return latest[::-1]
 
-    @_translate_errors
+    @translate_errors
     async def record_end(
         self,
         offer_id: str,
@@ -228,12 +229,12 @@ class MongoOfferStore:
         await self.get(offer_id)  # NotFound for an unknown offer rather than "already ended"
         return None
 
-    @_translate_errors
+    @translate_errors
     async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
         cursor = self._offers.find({END_TO_FINISH: True}).sort("_id", ASCENDING).limit(limit)
         return [offer_from(doc) async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def end_finished(self, offer_id: str, at: datetime, *, taken: int | None) -> None:
         await self._offers.update_one(  # once: finishing it again must not put off settling
             {"_id": offer_id, END_TO_FINISH: True},
@@ -243,7 +244,7 @@ class MongoOfferStore:
             },
         )
 
-    @_translate_errors
+    @translate_errors
     async def due_to_settle(
         self, finished_before: datetime, limit: int
     ) -> builtins.list[FlashOffer]:
@@ -262,13 +263,13 @@ class MongoOfferStore:
         )
         return [offer_from(doc) async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def record_settled(self, offer_id: str, at: datetime) -> None:
         await self._offers.update_one(
             {"_id": offer_id, "settled_at": None}, {"$set": {"settled_at": utc_ms(at)}}
         )
 
-    @_translate_errors
+    @translate_errors
     async def running_ids(self, limit: int) -> builtins.list[str]:
         cursor = (
             self._offers.find({"ended_at": None}, projection={"_id": True})
@@ -277,7 +278,7 @@ class MongoOfferStore:
         )
         return [doc["_id"] async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def due_to_end(self, now: datetime, limit: int) -> builtins.list[FlashOffer]:
         cursor = (
             self._offers.find({"ended_at": None, "ends_at": {"$lte": now}})

@@ -8,12 +8,7 @@ the shipping address a subdocument. A field is written even when null, so querie
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Any
-
-from bson import Decimal128
-
-from server.adapters.mongo.stores import Document, _money_doc, _money_from
+from server.adapters.mongo.stores import Document, money_doc, money_from
 from server.domain.offers import EndReason, FlashOffer
 from server.domain.orders import Address, Order, OrderStatus, Transition
 
@@ -24,7 +19,7 @@ def offer_doc(offer: FlashOffer) -> Document:
         "room_id": offer.room_id,
         "product_id": offer.product_id,
         "host_id": offer.host_id,
-        "price": _money_doc(offer.price),
+        "price": money_doc(offer.price),
         "quantity": offer.quantity,
         "per_user_limit": offer.per_user_limit,
         "starts_at": offer.starts_at,
@@ -44,7 +39,7 @@ def offer_from(doc: Document) -> FlashOffer:
         room_id=doc["room_id"],
         product_id=doc["product_id"],
         host_id=doc["host_id"],
-        price=_money_from(doc["price"]),
+        price=money_from(doc["price"]),
         quantity=doc["quantity"],
         per_user_limit=doc["per_user_limit"],
         starts_at=doc["starts_at"],
@@ -68,10 +63,10 @@ def order_doc(order: Order) -> Document:
         "room_id": order.room_id,
         "host_id": order.host_id,
         "buyer_id": order.buyer_id,
-        "product": to_bson_value(order.product),
-        "unit_price": _money_doc(order.unit_price),
+        "product": order.product,
+        "unit_price": money_doc(order.unit_price),
         "quantity": order.quantity,
-        "total": _money_doc(order.total),
+        "total": money_doc(order.total),
         "shipping_address": {
             "name": address.name,
             "line1": address.line1,
@@ -97,10 +92,10 @@ def order_from(doc: Document) -> Order:
         room_id=doc["room_id"],
         host_id=doc["host_id"],
         buyer_id=doc["buyer_id"],
-        product=from_bson_value(doc["product"]),
-        unit_price=_money_from(doc["unit_price"]),
+        product=doc["product"],
+        unit_price=money_from(doc["unit_price"]),
         quantity=doc["quantity"],
-        total=_money_from(doc["total"]),
+        total=money_from(doc["total"]),
         shipping_address=Address(**doc["shipping_address"]),
         status=OrderStatus(doc["status"]),
         created_at=doc["created_at"],
@@ -129,24 +124,3 @@ def transition_from(doc: Document) -> Transition:
         by=doc["by"],
         reason=doc.get("reason", ""),
     )
-
-
-def to_bson_value(value: Any) -> Any:
-    """The product snapshot as BSON can hold it: Decimals (prices) become Decimal128."""
-    if isinstance(value, Decimal):
-        return Decimal128(value)
-    if isinstance(value, dict):
-        return {key: to_bson_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_bson_value(item) for item in value]
-    return value
-
-
-def from_bson_value(value: Any) -> Any:
-    if isinstance(value, Decimal128):
-        return value.to_decimal()
-    if isinstance(value, dict):
-        return {key: from_bson_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [from_bson_value(item) for item in value]
-    return value

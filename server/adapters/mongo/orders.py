@@ -24,13 +24,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from server.adapters.group_commit import GroupCommit, own_copy
-from server.adapters.memory_orders import check_last_move
 from server.adapters.mongo.offers import ensure_offer_indexes
 from server.adapters.mongo.order_docs import order_doc, order_from, transition_doc
-from server.adapters.mongo.stores import Document, _collection, _translate_errors, coming_after
+from server.adapters.mongo.stores import Document, collection, coming_after, translate_errors
 from server.domain.errors import Conflict, NotFound, Unavailable
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
-from server.domain.orders import Order, OrderStatus
+from server.domain.orders import Order, OrderStatus, check_last_move
 from server.domain.pages import PageKey
 
 log = logging.getLogger("liveshop.orders")
@@ -46,7 +45,7 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
     """Create every index the offer and order stores rely on; safe to run at each start. The
     unique key index is what makes `MongoOrderStore.create` idempotent, so run this before the
     first order is written."""
-    await _collection(db, ORDERS).create_indexes(
+    await collection(db, ORDERS).create_indexes(
         [
             IndexModel(
                 [("offer_id", ASCENDING), ("idempotency_key", ASCENDING)],
@@ -88,7 +87,7 @@ class MongoOrderStore:
         write_concern: WriteConcern = ORDER_WRITE_CONCERN,
         write_seconds: float = ORDER_WRITE_SECONDS,
     ) -> None:
-        self._orders = _collection(db, ORDERS).with_options(write_concern=write_concern)
+        self._orders = collection(db, ORDERS).with_options(write_concern=write_concern)
         self._write_seconds = write_seconds
         self._creates = GroupCommit(self._create_batch)
 
@@ -102,7 +101,7 @@ class MongoOrderStore:
 
     # Translated here, not in `create`: a batch that finds no server (Unavailable) fails the
     # calls queued behind it at once, rather than each waiting out a deadline of its own.
-    @_translate_errors
+    @translate_errors
     async def _create_batch(self, offer_id: str, orders: list[Order]) -> list[Order | Exception]:
         """Write a batch of new orders with one unordered insert, each document on its own.
 
@@ -159,27 +158,27 @@ class MongoOrderStore:
             for key, order in taken.items()
         }
 
-    @_translate_errors
+    @translate_errors
     async def get(self, order_id: str) -> Order:
         doc = await self._orders.find_one({"_id": order_id})
         if doc is None:
             raise NotFound(f"order {order_id} not found")
         return order_from(doc)
 
-    @_translate_errors
+    @translate_errors
     async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None:
         doc = await self._orders.find_one(
             {"offer_id": offer_id, "idempotency_key": idempotency_key}
         )
         return None if doc is None else order_from(doc)
 
-    @_translate_errors
+    @translate_errors
     async def list_for_buyer(
         self, buyer_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:
         return await self._newest({"buyer_id": buyer_id}, limit, after)
 
-    @_translate_errors
+    @translate_errors
     async def list_for_room(
         self, room_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:
@@ -193,7 +192,7 @@ class MongoOrderStore:
         cursor = self._orders.find(query).sort(_NEWEST_FIRST).limit(limit)
         return [order_from(doc) async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def save_move(
         self, order: Order, *, expected: OrderStatus, units_to_return: bool = False
     ) -> None:
@@ -216,16 +215,16 @@ class MongoOrderStore:
             f"the order is {current['status']} now, not {expected}", code="order_changed"
         )
 
-    @_translate_errors
+    @translate_errors
     async def units_to_return(self, limit: int) -> builtins.list[Order]:
         cursor = self._orders.find({UNITS_TO_RETURN: True}).limit(limit)
         return [order_from(doc) async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def units_returned(self, order_id: str) -> None:
         await self._orders.update_one({"_id": order_id}, {"$unset": {UNITS_TO_RETURN: ""}})
 
-    @_translate_errors
+    @translate_errors
     async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:
         query = {
             "status": OrderStatus.PENDING_PAYMENT.value,
@@ -238,14 +237,14 @@ class MongoOrderStore:
         )
         return [order_from(doc) async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def of_offer(self, offer_id: str) -> builtins.list[Order]:
         cursor = self._orders.find({"offer_id": offer_id}).sort(
             [("created_at", ASCENDING), ("_id", ASCENDING)]
         )
         return [order_from(doc) async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def figures_of_offers(self, offer_ids: Sequence[str]) -> builtins.list[OfferFigures]:
         # One aggregation for them all, through the offer_id prefix of the idempotency key index.
         cursor = await self._orders.aggregate(

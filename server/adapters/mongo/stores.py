@@ -53,16 +53,16 @@ def _unreachable(exc: Exception) -> bool:
     return isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout)
 
 
-_translate_errors = unavailable_when(_unreachable, "the database is unreachable")
+translate_errors = unavailable_when(_unreachable, "the database is unreachable")
 
 
-def _collection(db: AsyncDatabase[Any], name: str) -> AsyncCollection[Document]:
+def collection(db: AsyncDatabase[Any], name: str) -> AsyncCollection[Document]:
     return db.with_options(codec_options=_CODEC)[name]
 
 
 async def ensure_indexes(db: AsyncDatabase[Any]) -> None:
     """Create every index these stores query by; safe to run at each start."""
-    await _collection(db, ROOMS).create_indexes(
+    await collection(db, ROOMS).create_indexes(
         [
             IndexModel(
                 [("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
@@ -71,30 +71,30 @@ async def ensure_indexes(db: AsyncDatabase[Any]) -> None:
             IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="created_at"),
         ]
     )
-    await _collection(db, ROOM_BANS).create_index(
+    await collection(db, ROOM_BANS).create_index(
         [("room_id", ASCENDING), ("user_id", ASCENDING)], unique=True, name="room_user"
     )
 
 
 class MongoProductStore:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self._products = _collection(db, PRODUCTS)
+        self._products = collection(db, PRODUCTS)
 
-    @_translate_errors
+    @translate_errors
     async def create(self, product: Product) -> None:
         try:
             await self._products.insert_one(_product_doc(product))
         except DuplicateKeyError:
             raise Conflict(f"product {product.id} exists") from None
 
-    @_translate_errors
+    @translate_errors
     async def get(self, product_id: str) -> Product:
         doc = await self._products.find_one({"_id": product_id})
         if doc is None:
             raise NotFound(f"product {product_id} not found")
         return _product_from(doc)
 
-    @_translate_errors
+    @translate_errors
     async def set_stock(self, product_id: str, stock: int, *, launches: int) -> Product:
         # Products stored before launches were counted have no count: they match 0.
         counted: Any = {"$in": [0, None]} if launches == 0 else launches
@@ -108,7 +108,7 @@ class MongoProductStore:
         await self.get(product_id)  # NotFound for an unknown product
         raise ProductOffersChanged("an offer of this product was launched meanwhile")
 
-    @_translate_errors
+    @translate_errors
     async def count_launch(self, product_id: str, *, at_least: int) -> bool:
         result = await self._products.update_one(
             {"_id": product_id, "stock": {"$gte": at_least}}, {"$inc": {LAUNCHES: 1}}
@@ -119,17 +119,17 @@ class MongoProductStore:
 class MongoRoomStore:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
         self._db = db
-        self._rooms = _collection(db, ROOMS)
-        self._bans = _collection(db, ROOM_BANS)
+        self._rooms = collection(db, ROOMS)
+        self._bans = collection(db, ROOM_BANS)
 
-    @_translate_errors
+    @translate_errors
     async def create(self, room: Room) -> None:
         try:
             await self._rooms.insert_one({**_room_doc(room), "mutes": []})
         except DuplicateKeyError:
             raise Conflict(f"room {room.id} exists") from None
 
-    @_translate_errors
+    @translate_errors
     async def get(self, room_id: str) -> Room:
         doc = await self._rooms.find_one({"_id": room_id}, {"mutes": False})
         if doc is None:
@@ -137,7 +137,7 @@ class MongoRoomStore:
         return _room_from(doc)
 
     # Annotations in this class say `builtins.list`: here a bare `list` names this method.
-    @_translate_errors
+    @translate_errors
     async def list(
         self, *, status: RoomStatus | None, limit: int, after: PageKey | None = None
     ) -> builtins.list[Room]:
@@ -151,7 +151,7 @@ class MongoRoomStore:
         )
         return [_room_from(doc) async for doc in cursor]
 
-    @_translate_errors
+    @translate_errors
     async def save(self, room: Room, *, expected_status: RoomStatus) -> None:
         doc = _room_doc(room)
         result = await self._rooms.update_one(
@@ -162,11 +162,11 @@ class MongoRoomStore:
             await self._ensure_exists(room.id)
             raise Conflict("room changed meanwhile", code="invalid_room_state")
 
-    @_translate_errors
+    @translate_errors
     async def set_slow_mode(self, room_id: str, seconds: int) -> None:
         await self._set(room_id, {"slow_mode_seconds": seconds})
 
-    @_translate_errors
+    @translate_errors
     async def keep_counters(self, room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
         doc = await self._rooms.find_one_and_update(
             {"_id": room_id},
@@ -176,11 +176,11 @@ class MongoRoomStore:
         )
         return (0, 0) if doc is None else (doc["likes"], doc["peak_viewers"])
 
-    @_translate_errors
+    @translate_errors
     async def set_blocked_words(self, room_id: str, words: builtins.list[str]) -> None:
         await self._set(room_id, {"blocked_words": list(words)})
 
-    @_translate_errors
+    @translate_errors
     async def ban(self, room_id: str, user_id: str, *, by: str, at: datetime) -> None:
         # Banning twice keeps the first ban's author and time.
         try:
@@ -192,17 +192,17 @@ class MongoRoomStore:
         except DuplicateKeyError:
             return  # a concurrent ban of the same user won the insert
 
-    @_translate_errors
+    @translate_errors
     async def is_banned(self, room_id: str, user_id: str) -> bool:
         found = await self._bans.find_one({"room_id": room_id, "user_id": user_id}, {"_id": True})
         return found is not None
 
-    @_translate_errors
+    @translate_errors
     async def banned_users(self, room_id: str) -> frozenset[str]:
         cursor = self._bans.find({"room_id": room_id}, {"_id": False, "user_id": True})
         return frozenset([str(doc["user_id"]) async for doc in cursor])
 
-    @_translate_errors
+    @translate_errors
     async def mute(self, room_id: str, user_id: str, *, until: datetime) -> None:
         # One pipeline update replaces the user's entry atomically. User ids are wrapped in
         # $literal: one starting with "$" would otherwise be read as a field path.
@@ -220,14 +220,14 @@ class MongoRoomStore:
         if result.matched_count == 0:
             raise NotFound(f"room {room_id} not found")
 
-    @_translate_errors
+    @translate_errors
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:
         doc = await self._rooms.find_one({"_id": room_id}, {"mutes": True})
         if doc is None:
             return {}
         return {entry["user_id"]: entry["until"] for entry in doc.get("mutes", [])}
 
-    @_translate_errors
+    @translate_errors
     async def ping(self) -> None:
         await self._db.command("ping")
 
@@ -241,11 +241,11 @@ class MongoRoomStore:
             raise NotFound(f"room {room_id} not found")
 
 
-def _money_doc(money: Money) -> Document:
+def money_doc(money: Money) -> Document:
     return {"amount": Decimal128(money.amount), "currency": money.currency}
 
 
-def _money_from(doc: Document) -> Money:
+def money_from(doc: Document) -> Money:
     return Money(doc["amount"].to_decimal(), doc["currency"])
 
 
@@ -262,7 +262,7 @@ def _product_doc(product: Product) -> Document:
         "_id": product.id,
         "owner_id": product.owner_id,
         "title": product.title,
-        "price": _money_doc(product.price),
+        "price": money_doc(product.price),
         "stock": product.stock,
         "created_at": product.created_at,
         "images": list(product.images),
@@ -271,7 +271,7 @@ def _product_doc(product: Product) -> Document:
         "origin_country": product.origin_country,
         "hs_code": product.hs_code,
         "weight_grams": product.weight_grams,
-        "other_prices": [_money_doc(price) for price in product.other_prices],
+        "other_prices": [money_doc(price) for price in product.other_prices],
         LAUNCHES: product.launches,
     }
 
@@ -282,7 +282,7 @@ def _product_from(doc: Document) -> Product:
         id=doc["_id"],
         owner_id=doc["owner_id"],
         title=doc["title"],
-        price=_money_from(doc["price"]),
+        price=money_from(doc["price"]),
         stock=doc["stock"],
         created_at=doc["created_at"],
         images=list(doc.get("images", [])),
@@ -291,7 +291,7 @@ def _product_from(doc: Document) -> Product:
         origin_country=doc.get("origin_country"),
         hs_code=doc.get("hs_code"),
         weight_grams=doc.get("weight_grams"),
-        other_prices=[_money_from(price) for price in doc.get("other_prices", [])],
+        other_prices=[money_from(price) for price in doc.get("other_prices", [])],
         launches=doc.get(LAUNCHES, 0),
     )
 

@@ -64,9 +64,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     )
     app.state.container = Container(
         settings=Settings(secret=SecretStr(SECRET)),
-        products=product_store,
         rooms=room_store,
-        events=events,
         room_service=RoomService(room_store, product_store, events),
         hub=cast(Any, None),  # the catalog never reaches the hub or orders
         offer_service=OfferService(  # a product's stock is checked against its offers'

@@ -54,9 +54,7 @@ async def client(events: RecordingEvents) -> AsyncIterator[httpx.AsyncClient]:
     )
     app.state.container = Container(
         settings=Settings(secret=SecretStr(SECRET)),
-        products=product_store,
         rooms=room_store,
-        events=events,
         room_service=RoomService(room_store, product_store, events),
         hub=cast(Any, None),  # these routes never reach the websocket hub
         offer_service=cast(Any, None),  # nor offers and orders

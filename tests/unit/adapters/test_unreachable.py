@@ -21,7 +21,7 @@ from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.adapters.mongo.stores import _translate_errors as mongo_translated
+from server.adapters.mongo.stores import translate_errors as mongo_translated
 from server.adapters.redis_client import redis_unreachable_is_unavailable
 from server.adapters.unreachable import unavailable_when
 from server.domain.errors import Unavailable

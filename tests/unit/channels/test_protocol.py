@@ -278,7 +278,7 @@ def test_moderator_mutes_bans_and_sets_slow_mode() -> None:
     assert mute[1].event == {
         "type": "user.muted",
         "user_id": "shopper-1",
-        "until": "2026-11-28T12:01:00Z",
+        "until": "2026-11-28T12:01:00.000Z",
     }
     ban = send(s, {"type": "user.ban", "user_id": "shopper-1"})
     assert ban[0] == StoreBan("shopper-1")

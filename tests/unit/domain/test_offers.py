@@ -23,16 +23,14 @@ from server.domain.offers import (
     FlashOffer,
     RecoveredClaim,
     claim_error,
-    epoch_ms,
-    from_epoch_ms,
     plan_offer,
     tally_recovered,
-    utc_ms,
     validate_claim,
     validate_stock_plan,
 )
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus
+from server.domain.times import epoch_ms, from_epoch_ms, utc_ms
 
 T0 = datetime(2026, 5, 14, 10, 0, 0, 123456, tzinfo=UTC)
 T0_MS = datetime(2026, 5, 14, 10, 0, 0, 123000, tzinfo=UTC)
@@ -150,21 +148,21 @@ def test_the_edges_of_each_range_are_allowed(changes: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("outcome", "error", "code"),
+    ("outcome", "remaining", "error", "code"),
     [
-        (ClaimOutcome.SOLD_OUT, Conflict, "sold_out"),
-        (ClaimOutcome.LIMIT_REACHED, Conflict, "limit_reached"),
-        (ClaimOutcome.NOT_ACTIVE, Conflict, "offer_not_active"),
-        (ClaimOutcome.PAUSED, Unavailable, "offer_paused"),
-        (ClaimOutcome.KEY_REUSED, Conflict, "idempotency_key_reused"),
+        (ClaimOutcome.SOLD_OUT, 0, Conflict, "sold_out"),
+        (ClaimOutcome.LIMIT_REACHED, 3, Conflict, "limit_reached"),
+        (ClaimOutcome.NOT_ACTIVE, 3, Conflict, "offer_not_active"),
+        # Selling out ends the offer: a buyer a moment late hears why.
+        (ClaimOutcome.NOT_ACTIVE, 0, Conflict, "sold_out"),
+        (ClaimOutcome.PAUSED, None, Unavailable, "offer_paused"),
+        (ClaimOutcome.KEY_REUSED, 3, Conflict, "idempotency_key_reused"),
     ],
 )
 def test_refused_claims_map_to_the_public_error_codes(
-    outcome: ClaimOutcome, error: type[LiveshopError], code: str
+    outcome: ClaimOutcome, remaining: int | None, error: type[LiveshopError], code: str
 ) -> None:
-    result = ClaimResult(outcome, 0)
-    assert not result.ok
-    problem = claim_error(result)
+    problem = claim_error(ClaimResult(outcome, remaining))
     assert isinstance(problem, error)
     assert problem.code == code
 
@@ -179,9 +177,7 @@ def test_a_claim_for_more_than_is_left_is_told_what_is_left(remaining: int, deta
 
 @pytest.mark.parametrize("outcome", [ClaimOutcome.RESERVED, ClaimOutcome.DUPLICATE])
 def test_held_claims_are_no_error(outcome: ClaimOutcome) -> None:
-    result = ClaimResult(outcome, 3, "rsv_1", quantity=1)
-    assert result.ok
-    assert claim_error(result) is None
+    assert claim_error(ClaimResult(outcome, 3, "rsv_1", quantity=1)) is None
 
 
 @pytest.mark.parametrize(

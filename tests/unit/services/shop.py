@@ -118,7 +118,7 @@ async def launch_through(
 ) -> tuple[FlashOffer, bool]:
     """A launch of the shop's product at 9.90 USD in its room, through `service` (the shop's
     own process or another's)."""
-    return await service.launch(
+    launched = await service.launch(
         shop.room_id,
         who,
         product_id=shop.product_id,
@@ -129,6 +129,7 @@ async def launch_through(
         duration_seconds=duration,
         idempotency_key=key,
     )
+    return launched.offer, launched.created
 
 
 async def settle() -> None:

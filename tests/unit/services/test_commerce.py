@@ -211,6 +211,19 @@ class Unhurried:
         await self._shared.save_move(order, **when)
 
 
+class HeldBeforeWrites(Unhurried):
+    """The shop's order store, holding each write until `go_on` is set."""
+
+    def __init__(self, shared: OrderStore) -> None:
+        super().__init__(shared)
+        self.writing, self.go_on = asyncio.Event(), asyncio.Event()
+
+    async def save_move(self, order: Order, **when: Any) -> None:
+        self.writing.set()
+        await self.go_on.wait()
+        await super().save_move(order, **when)
+
+
 async def test_an_expired_order_cannot_be_cancelled(shop: Shop) -> None:
     offer = await shop.launch(quantity=3, limit=1)
     order, _ = await shop.claim(offer, buyer(1), "k1")
@@ -219,6 +232,25 @@ async def test_an_expired_order_cannot_be_cancelled(shop: Shop) -> None:
     with pytest.raises(Conflict) as refused:
         await shop.orders.cancel(order.id, buyer(1))
     assert refused.value.code == "invalid_transition"
+
+
+async def test_a_cancel_that_loses_the_race_to_the_expiry_is_an_invalid_transition(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    shop.clock.advance(minutes=16)
+    store = HeldBeforeWrites(shop.orders_store)
+    _, racing = other_process(shop, orders=cast(OrderStore, store))
+    # The cancel reads the order pending; the expiry moves it before the cancel writes.
+    cancel = asyncio.ensure_future(racing.cancel(order.id, buyer(1)))
+    await store.writing.wait()
+    assert await shop.orders.expire_due() == 1
+    store.go_on.set()
+    with pytest.raises(Conflict) as refused:
+        await cancel
+    assert refused.value.code == "invalid_transition"  # the documented code, not the store's
+    assert (await shop.orders.get(order.id, buyer(1))).status is OrderStatus.EXPIRED
 
 
 async def test_orders_are_visible_to_buyer_and_host_only(shop: Shop) -> None:

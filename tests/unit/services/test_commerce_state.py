@@ -92,7 +92,7 @@ class FlashSale(RuleBasedStateMachine):
             )
             room = await self.rooms.create_room(HOST, "Show")
             await self.rooms.start(room.id, HOST)
-            offer, _ = await self.offers.launch(
+            launched = await self.offers.launch(
                 room.id,
                 HOST,
                 product_id=product.id,
@@ -102,7 +102,7 @@ class FlashSale(RuleBasedStateMachine):
                 countdown_seconds=0,
                 duration_seconds=86_400,
             )
-            return offer
+            return launched.offer
 
         self.offer = self.run(setup())
 
