@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from schemas.http import MoneyIn, iso_utc
+from schemas.http import ListQuery, MoneyIn, QueryInt, RequestModel, iso_utc
 from server.domain.identity import client_key
 from server.domain.offers import (
     MAX_CLAIM_QUANTITY,
@@ -38,11 +38,18 @@ def _idempotency_key(key: str) -> str:
 IdempotencyKey = Annotated[str, AfterValidator(_idempotency_key)]
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class _Request(RequestModel):
+    model_config = ConfigDict(frozen=True)
 
 
 class OfferIn(_Request):
+    field_codes = {
+        "price": "invalid_price",
+        "quantity": "invalid_quantity",
+        "per_user_limit": "invalid_per_user_limit",
+        "countdown_seconds": "invalid_countdown",
+        "duration_seconds": "invalid_duration",
+    }
     product_id: Annotated[str, Field(min_length=1, max_length=64)]
     price: MoneyIn
     quantity: Annotated[int, Field(ge=1, le=1_000_000)]
@@ -76,6 +83,13 @@ class AddressIn(_Request):
 
 
 class ClaimIn(_Request):
+    field_codes = {
+        "quantity": "invalid_quantity",
+        "shipping_address.country": "invalid_country",
+        "shipping_address.postal_code": "invalid_postal_code",
+        "shipping_address.phone": "invalid_phone",
+        "shipping_address": "invalid_address",  # its other fields, or the address as a whole
+    }
     quantity: Annotated[int, Field(ge=1, le=MAX_CLAIM_QUANTITY)] = 1
     shipping_address: AddressIn
 
@@ -141,3 +155,10 @@ def order_to_wire(order: Order) -> dict[str, Any]:
             for step in order.history
         ],
     }
+
+
+class OrderListQuery(ListQuery):
+    room_id: str | None = Field(default=None, min_length=1, max_length=64)
+    limit: QueryInt = Field(default=50, ge=1, le=200)
+    # Checked by the service, so that any bad cursor answers `invalid_cursor`.
+    cursor: str | None = None

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import datetime
-from typing import Annotated, Any, Self
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     HttpUrl,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -77,9 +80,12 @@ Title = Annotated[
     AfterValidator(_not_blank),
 ]
 # A word hidden characters were put in would never match a chat line, which cannot hold them.
+# Its length and the number of words are the room service's to check (once repeats are merged),
+# which refuses them with codes of their own; the API document shows the bounds all the same.
 BlockedWord = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BLOCKED_WORD_CHARS),
+    StringConstraints(strip_whitespace=True, min_length=1),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_BLOCKED_WORD_CHARS}),
     _visible(multiline=False),
     AfterValidator(_not_blank),
 ]
@@ -104,8 +110,38 @@ HsCode = Annotated[str, StringConstraints(max_length=16)]
 _PRINTED_HS_CODE = re.compile(r"[0-9]{4}\.?[0-9]{2}(\.?[0-9]{1,4}){0,2}")
 
 
+# RFC 3339's date-time, as the API document declares it: pydantic alone also takes a count of
+# seconds ("1700000000") or a space for the "T".
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339(value: object) -> object:
+    """Parsed here: strict mode takes a string for a datetime only as the JSON it parses."""
+    if not isinstance(value, str):
+        return value  # refused by the type itself
+    if _RFC3339.fullmatch(value) is None:
+        raise ValueError("must be an RFC 3339 date-time, such as 2026-12-01T18:00:00Z")
+    return datetime.fromisoformat(value.upper())
+
+
+def _in_utc(moment: datetime) -> datetime:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is in year 10000 in UTC
+        raise ValueError("is out of range once in UTC") from None
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_in_utc)]
+
+
 class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+    # The code a refusal carries when all its errors are in these fields (dotted paths, each
+    # naming a field and what is in it), as the service's own check of the field would say:
+    # one fault, one code, whichever check finds it. Other refusals are `invalid_input`.
+    field_codes: ClassVar[Mapping[str, str]] = {}
 
 
 class MoneyIn(RequestModel):
@@ -135,6 +171,7 @@ PositiveMoneyIn = Annotated[MoneyIn, AfterValidator(_positive)]
 
 
 class StockIn(RequestModel):
+    field_codes = {"stock": "invalid_stock"}
     stock: int = Field(ge=0, le=MAX_STOCK)
 
 
@@ -173,6 +210,7 @@ ImageUrl = Annotated[HttpUrl, AfterValidator(_shown_to_viewers)]
 
 
 class ProductIn(RequestModel):
+    field_codes = {"stock": "invalid_stock"}
     title: Title
     images: list[ImageUrl] = Field(default_factory=list, max_length=MAX_IMAGES)
     price: MoneyIn
@@ -233,10 +271,13 @@ class ProductIn(RequestModel):
         return [price.to_money() for price in self.other_prices]
 
 
+_WORDS: dict[str, Any] = {"maxItems": MAX_BLOCKED_WORDS}
+
+
 class RoomIn(RequestModel):
     title: Title
-    scheduled_at: AwareDatetime | None = None
-    blocked_words: list[BlockedWord] | None = Field(default=None, max_length=MAX_BLOCKED_WORDS)
+    scheduled_at: Moment | None = None
+    blocked_words: list[BlockedWord] | None = Field(default=None, json_schema_extra=_WORDS)
 
 
 class ShowcaseIn(RequestModel):
@@ -244,20 +285,34 @@ class ShowcaseIn(RequestModel):
 
 
 class SlowModeIn(RequestModel):
+    field_codes = {"seconds": "invalid_slow_mode"}
     seconds: int = Field(ge=0, le=MAX_SLOW_MODE_SECONDS)
 
 
 class BlockedWordsIn(RequestModel):
-    words: list[BlockedWord] = Field(max_length=MAX_BLOCKED_WORDS)
+    words: list[BlockedWord] = Field(json_schema_extra=_WORDS)
 
 
-class RoomListQuery(BaseModel):
-    """Query strings are text, so this one converts ("20" is a limit) and ignores cache busters."""
+def _decimal_digits(value: object) -> object:
+    """A query's number from its ASCII digits alone: a lax int takes "1_0", " 5" and "1.0"."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value) is None:
+        raise ValueError("must be a whole number written in digits")
+    return int(value) if isinstance(value, str) else value
+
+
+class ListQuery(BaseModel):
+    """Query strings are text: numbers are read from their digits, and parameters a list does
+    not know (cache busters) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
+
+QueryInt = Annotated[int, BeforeValidator(_decimal_digits)]
+
+
+class RoomListQuery(ListQuery):
     status: RoomStatus | None = None
-    limit: int = Field(default=20, ge=1, le=100)
+    limit: QueryInt = Field(default=20, ge=1, le=100)
     # Checked by the service, so that any bad cursor answers `invalid_cursor`.
     cursor: str | None = None
 

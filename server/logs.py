@@ -41,9 +41,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-# What uvicorn logs as an error with a traceback, though it is a client's fault it has already
-# answered (1007 for a text frame that is not UTF-8): anyone could fill the error log with it.
-_CLIENT_FAULTS = frozenset({"Invalid UTF-8 sequence received from client."})
+# What uvicorn logs as an error (with a traceback) or a warning, though it is a client's fault
+# it has already answered (1007 for a text frame that is not UTF-8, 400 for a request it cannot
+# parse): anyone could fill the log with it.
+_CLIENT_FAULTS = frozenset(
+    {"Invalid UTF-8 sequence received from client.", "Invalid HTTP request received."}
+)
 
 
 def _client_faults_are_not_errors(record: logging.LogRecord) -> bool:

@@ -274,6 +274,20 @@ class OrderStore(Protocol):
         """Clear the order's note that its units are to go back (they have)."""
         ...
 
+    async def note_buyer_untold(self, order_id: str) -> None:
+        """Note that the buyer could not be told of the order's last change (`order.updated`
+        found no broker), until `buyer_told`."""
+        ...
+
+    async def buyers_untold(self, limit: int) -> builtins.list[Order]:
+        """Orders whose buyer is noted as not told of their last change."""
+        ...
+
+    async def buyer_told(self, order_id: str, moves: int) -> None:
+        """Clear the note, if the order still has `moves` history entries: the buyer was told
+        of it as it stood then (a change made since keeps its own note)."""
+        ...
+
     async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:
         """Orders pending payment whose reservation has run out, oldest first."""
         ...

@@ -175,6 +175,7 @@ class MemoryOrderStore:
         self._orders: dict[str, Order] = {}
         self._by_key: dict[tuple[str, str], str] = {}
         self._units_to_return: set[str] = set()  # order ids
+        self._buyers_untold: set[str] = set()  # order ids
 
     async def create(self, order: Order) -> Order:
         existing = self._by_key.get((order.offer_id, order.idempotency_key))
@@ -223,6 +224,16 @@ class MemoryOrderStore:
 
     async def units_returned(self, order_id: str) -> None:
         self._units_to_return.discard(order_id)
+
+    async def note_buyer_untold(self, order_id: str) -> None:
+        self._buyers_untold.add(order_id)
+
+    async def buyers_untold(self, limit: int) -> builtins.list[Order]:
+        return [copy.deepcopy(self._orders[i]) for i in sorted(self._buyers_untold)[:limit]]
+
+    async def buyer_told(self, order_id: str, moves: int) -> None:
+        if len(self._orders[order_id].history) == moves:
+            self._buyers_untold.discard(order_id)
 
     async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:
         due = [

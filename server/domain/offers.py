@@ -28,6 +28,9 @@ MAX_CLAIM_QUANTITY = 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 512
 # The reaper takes orphaned reservations in batches, oldest first, so one scan stays short.
 PENDING_BATCH = 1000
+# Added to a process's clock to take in every reservation made so far, by any process, whatever
+# the skew between their clocks.
+SKEW_MARGIN = timedelta(hours=1)
 # How long after an offer's end is finished (its stock stopped) a unit reserved before it may
 # still become an order: its claimer writing it (seconds, bounded by the stores' timeouts), or a
 # shopper sending again a claim whose answer was lost. Until then the offer books the units it

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -18,6 +17,7 @@ from schemas.commerce import (
     IDEMPOTENCY_KEY_RULE,
     ClaimIn,
     OfferIn,
+    OrderListQuery,
     offer_to_wire,
     order_to_wire,
 )
@@ -26,14 +26,6 @@ from server.http.deps import container_of, json_body, query_params, require_iden
 from server.http.errors import problem_for
 
 ORDERS_PATH = "api/v1/orders"  # under the app's root; see routes() and app.py's Mount
-
-
-class OrderListQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    room_id: str | None = Field(default=None, min_length=1, max_length=64)
-    limit: int = Field(default=50, ge=1, le=200)
-    # Checked by the service, so that any bad cursor answers `invalid_cursor`.
-    cursor: str | None = None
 
 
 async def launch_offer(request: Request) -> JSONResponse:

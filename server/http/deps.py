@@ -7,6 +7,7 @@ from typing import TypeVar, cast
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from schemas.http import RequestModel
 from server.auth import verify_token
 from server.container import Container
 from server.domain.errors import Unauthorized
@@ -17,6 +18,7 @@ from server.http.errors import ClientGone, InvalidRequest, MalformedJson, Payloa
 MAX_BODY_BYTES = 64 * 1024
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", bound=RequestModel)
 
 
 def container_of(request: Request) -> Container:
@@ -29,10 +31,12 @@ def identity_of(request: Request) -> Identity | None:
     A header that is present but wrong is an error rather than an anonymous caller, so a client
     with an expired token hears so instead of seeing a viewer's answer.
     """
-    header = request.headers.get("authorization")
-    if header is None:
+    headers = request.headers.getlist("authorization")
+    if not headers:
         return None
-    scheme, _, token = header.partition(" ")
+    if len(headers) > 1:  # which one a proxy or a server would take is anybody's guess
+        raise Unauthorized("one `Authorization` header at most", code="invalid_token")
+    scheme, _, token = headers[0].partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("expected `Authorization: Bearer <token>`", code="invalid_token")
     secret = container_of(request).settings.signing_secret()
@@ -70,7 +74,7 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
             return bytes(body)
 
 
-async def json_body(request: Request, model: type[M]) -> M:
+async def json_body(request: Request, model: type[R]) -> R:
     """The body parsed as JSON into `model`: 400 when it is not JSON, 422 when it does not fit."""
     body = await read_body(request)
     try:
@@ -78,7 +82,7 @@ async def json_body(request: Request, model: type[M]) -> M:
     except ValidationError as exc:
         if any(error["type"] == "json_invalid" for error in exc.errors()):
             raise MalformedJson("the body is not valid JSON") from None
-        raise InvalidRequest.from_validation(exc) from None
+        raise InvalidRequest.from_validation(exc, model.field_codes) from None
 
 
 def query_params(request: Request, model: type[M]) -> M:

@@ -56,23 +56,35 @@ class ClientGone(LiveshopError):
 class InvalidRequest(InvalidInput):
     """A request that failed its schema; `errors` names each offending field."""
 
-    def __init__(self, errors: list[dict[str, str]]) -> None:
-        super().__init__("the request is invalid")
+    def __init__(self, errors: list[dict[str, str]], code: str = InvalidInput.code) -> None:
+        super().__init__("the request is invalid", code=code)
         self.errors = errors
 
     @classmethod
-    def from_validation(cls, exc: ValidationError) -> InvalidRequest:
-        # Only where, what and why: the rejected input is not echoed back.
-        return cls(
-            [
-                {
-                    "field": ".".join(str(part) for part in error["loc"]),
-                    "message": error["msg"],
-                    "type": error["type"],
-                }
-                for error in exc.errors(include_url=False, include_input=False)
-            ]
-        )
+    def from_validation(
+        cls, exc: ValidationError, field_codes: Mapping[str, str] | None = None
+    ) -> InvalidRequest:
+        """The errors (only where, what and why: the rejected input is not echoed back), with
+        the code of `field_codes` that they all fall under, if any (RequestModel)."""
+        errors = [
+            {
+                "field": ".".join(str(part) for part in error["loc"]),
+                "message": error["msg"],
+                "type": error["type"],
+            }
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        codes = {_code_of(error["field"], field_codes or {}) for error in errors}
+        code = codes.pop() if len(codes) == 1 else None
+        return cls(errors, code or InvalidInput.code)
+
+
+def _code_of(field: str, field_codes: Mapping[str, str]) -> str | None:
+    """The code of the first entry that is the field or holds it (`price` holds `price.amount`)."""
+    for path, code in field_codes.items():
+        if field == path or field.startswith(path + "."):
+            return code
+    return None
 
 
 # Starlette's JSONResponse calls json.dumps with its options, which builds a new encoder for

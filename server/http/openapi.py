@@ -7,11 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas.answers import ANSWERS
 from schemas.commerce import ClaimIn, OfferIn
 from schemas.http import BlockedWordsIn, ProductIn, RoomIn, ShowcaseIn, SlowModeIn, StockIn
 from server.domain.rooms import RoomStatus
 
-_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+_REF = "#/components/schemas/{model}"
+_PROBLEM = {"$ref": _REF.format(model="Problem")}
 _ERRORS = {
     str(status): {
         "description": text,
@@ -24,6 +26,7 @@ _ERRORS = {
         (404, "Not found"),
         (409, "Conflicts with the current state"),
         (413, "Body larger than 64 KiB"),
+        (431, "Request line and headers larger than 32 KiB"),
         (422, "Invalid fields"),
         (503, "A backend is away or too slow: send it again after Retry-After"),
     )
@@ -79,64 +82,27 @@ _MORE_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ],
 }
 
-# What a success answers, where documented: schemas named in components.
-_ANSWERS: dict[tuple[str, str], str] = {
-    ("get", "/orders"): "OrderPage",
-    ("get", "/rooms"): "RoomPage",
-}
-
-
-def _page(what: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["items", "next_cursor"],
-        "properties": {
-            "items": {
-                "type": "array",
-                "items": {"type": "object"},
-                "description": f"Up to `limit` {what}, newest first",
-            },
-            "next_cursor": {
-                "type": ["string", "null"],
-                "description": "Opaque: send it as `cursor` for the next page; null on the last"
-                f" page. {what.capitalize()} added meanwhile do not shift the pages",
-            },
-        },
-    }
-
-
-_ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
-    "OrderPage": _page("orders"),
-    "RoomPage": _page("rooms"),
-}
-
-# (method, path, summary, request model, success status)
-_OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, int]] = [
-    ("post", "/products", "Create a product", ProductIn, 201),
-    ("get", "/products/{product_id}", "Get a product", None, 200),
-    ("patch", "/products/{product_id}", "Set a product's stock", StockIn, 200),
-    ("post", "/rooms", "Create a room", RoomIn, 201),
-    ("get", "/rooms", "List rooms (?status=live&limit=20); newest first, paged", None, 200),
-    ("get", "/rooms/{room_id}", "Get a room", None, 200),
-    ("post", "/rooms/{room_id}/start", "Go live", None, 200),
-    ("post", "/rooms/{room_id}/end", "End the room", None, 200),
-    ("post", "/rooms/{room_id}/showcase", "Pin a product", ShowcaseIn, 200),
-    ("post", "/rooms/{room_id}/slow-mode", "Set slow mode", SlowModeIn, 200),
-    ("put", "/rooms/{room_id}/blocked-words", "Set the keyword filter", BlockedWordsIn, 200),
-    ("get", "/rooms/{room_id}/stats", "Live figures for the host", None, 200),
-    (
-        "post",
-        "/rooms/{room_id}/offers",
-        "Launch a flash offer",
-        OfferIn,
-        201,
-    ),
-    ("get", "/offers/{offer_id}", "Get an offer and its remaining stock", None, 200),
-    ("post", "/offers/{offer_id}/stop", "Stop an offer", None, 200),
-    ("post", "/offers/{offer_id}/claims", "Claim", ClaimIn, 201),
-    ("get", "/orders", "My orders, or a room's for its host; newest first, paged", None, 200),
-    ("get", "/orders/{order_id}", "Get an order", None, 200),
-    ("post", "/orders/{order_id}/cancel", "Cancel an order pending payment", None, 200),
+# (method, path, summary, request model, success status, what it answers: schemas.answers)
+_OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, int, str]] = [
+    ("post", "/products", "Create a product", ProductIn, 201, "Product"),
+    ("get", "/products/{product_id}", "Get a product", None, 200, "Product"),
+    ("patch", "/products/{product_id}", "Set a product's stock", StockIn, 200, "Product"),
+    ("post", "/rooms", "Create a room", RoomIn, 201, "Room"),
+    ("get", "/rooms", "List rooms, newest first, paged", None, 200, "RoomPage"),
+    ("get", "/rooms/{room_id}", "Get a room", None, 200, "Room"),
+    ("post", "/rooms/{room_id}/start", "Go live", None, 200, "Room"),
+    ("post", "/rooms/{room_id}/end", "End the room", None, 200, "Room"),
+    ("post", "/rooms/{room_id}/showcase", "Pin a product", ShowcaseIn, 200, "Room"),
+    ("post", "/rooms/{room_id}/slow-mode", "Set slow mode", SlowModeIn, 200, "Room"),
+    ("put", "/rooms/{room_id}/blocked-words", "Set blocked words", BlockedWordsIn, 200, "Room"),
+    ("get", "/rooms/{room_id}/stats", "Live figures for the host", None, 200, "RoomStats"),
+    ("post", "/rooms/{room_id}/offers", "Launch a flash offer", OfferIn, 201, "Offer"),
+    ("get", "/offers/{offer_id}", "Get an offer and its remaining stock", None, 200, "Offer"),
+    ("post", "/offers/{offer_id}/stop", "Stop an offer", None, 200, "Offer"),
+    ("post", "/offers/{offer_id}/claims", "Claim", ClaimIn, 201, "Order"),
+    ("get", "/orders", "My orders, or a room's (its host), paged", None, 200, "OrderPage"),
+    ("get", "/orders/{order_id}", "Get an order", None, 200, "Order"),
+    ("post", "/orders/{order_id}/cancel", "Cancel an order pending payment", None, 200, "Order"),
 ]
 
 
@@ -164,15 +130,15 @@ def openapi_document() -> dict[str, Any]:
                 "errors": {"type": "array", "items": {"type": "object"}},
             },
         },
-        **_ANSWER_SCHEMAS,
     }
+    for name, adapter in ANSWERS.items():
+        schema = adapter.json_schema(ref_template=_REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
     paths: dict[str, dict[str, Any]] = {}
-    for method, path, summary, model, status in _OPERATIONS:
-        success: dict[str, Any] = {"description": "OK"}
-        answer = _ANSWERS.get((method, path))
-        if answer is not None:
-            ref = {"$ref": f"#/components/schemas/{answer}"}
-            success["content"] = {"application/json": {"schema": ref}}
+    for method, path, summary, model, status, answer_name in _OPERATIONS:
+        answer = {"$ref": _REF.format(model=answer_name)}
+        success = {"description": "OK", "content": {"application/json": {"schema": answer}}}
         operation: dict[str, Any] = {
             "summary": summary,
             # An empty requirement is OpenAPI's way of saying "or no token at all".
@@ -182,7 +148,7 @@ def openapi_document() -> dict[str, Any]:
             "responses": {str(status): success, **_ERRORS},
         }
         if model is not None:
-            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema = model.model_json_schema(ref_template=_REF)
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
             operation["requestBody"] = {

@@ -30,7 +30,7 @@ async def create_product(request: Request) -> JSONResponse:
             other_prices=tuple(body.other_money()),
         ),
     )
-    location = request.url_for("get_product", product_id=product.id)
+    location = request.url_for("product", product_id=product.id)
     return JSONResponse(
         product_to_wire(product), status_code=201, headers={"Location": str(location)}
     )
@@ -51,9 +51,15 @@ async def set_stock(request: Request) -> JSONResponse:
     return JSONResponse(product_to_wire(product))
 
 
+async def product_resource(request: Request) -> JSONResponse:
+    # One route for both methods, so a wrong method hears `Allow: GET, HEAD, PATCH` in full.
+    if request.method == "PATCH":
+        return await set_stock(request)
+    return await get_product(request)
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/products", create_product, methods=["POST"], name="create_product"),
-        Route("/products/{product_id}", get_product, methods=["GET"], name="get_product"),
-        Route("/products/{product_id}", set_stock, methods=["PATCH"], name="set_stock"),
+        Route("/products/{product_id}", product_resource, methods=["GET", "PATCH"], name="product"),
     ]

@@ -1,12 +1,12 @@
-"""Once a second, in every process: end offers whose time is up or whose stock is gone, finish ends
-left unfinished, withdraw offers whose launch died before counting them, tell rooms of those whose
-launch died after counting them, expire unpaid orders,
-give back units a cancel or an expiry could not, settle ended offers, release reservations whose
-claimer died (of the offers this process serves each round, of every running offer in turn), and
-forget the stock cadence of offers whose stock no longer moves here. Each step is safe to run
-everywhere at once: the stores' compare-and-set lets exactly one process act on each offer or
-order, giving units back and stopping a stock are idempotent, and the room's stream drops a
-second `offer.ended`."""
+"""Once a second, in every process: end offers whose time is up or whose stock is gone, finish
+ends left unfinished, withdraw offers whose launch died before counting them, tell rooms of
+those whose launch died after counting them, expire unpaid orders, give back units a cancel or
+an expiry could not, tell buyers of the order changes the broker could not, settle ended
+offers, release reservations whose claimer died (of the offers this process serves each round,
+of every running offer in turn), and forget the stock cadence of offers whose stock no longer
+moves here. Each step is safe to run everywhere at once: the stores' compare-and-set lets
+exactly one process act on each offer or order, giving units back and stopping a stock are
+idempotent, and the room's stream drops a second `offer.ended`."""
 
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ class Housekeeper:
         await self._step("tell_untold_launches", self._offers.tell_untold_launches)
         await self._step("expire_due_orders", self._orders.expire_due)
         await self._step("return_units", self._orders.return_units_due)
+        await self._step("tell_untold_buyers", self._orders.tell_untold_buyers)
         await self._step("settle_offers", self._orders.settle_due)
         for offer_id in offer_ids:
             await self._step("reap_orphans", partial(self._orders.reap_orphans, offer_id))

@@ -21,6 +21,7 @@ from server.domain.figures import OfferFigures
 from server.domain.identity import Identity, scoped_key
 from server.domain.money import Money
 from server.domain.offers import (
+    SKEW_MARGIN,
     EndReason,
     FlashOffer,
     RecoveredClaim,
@@ -53,9 +54,6 @@ FINISH_GRACE = timedelta(seconds=15)
 # process tells it (the launch reads the offer and publishes: a few round trips, each bounded).
 UNTOLD_AFTER = timedelta(seconds=15)
 UNTOLD_BATCH = 100
-# Added to this process's clock to take in every reservation made so far, by any process,
-# whatever the skew between their clocks.
-SKEW_MARGIN = timedelta(hours=1)
 FIGURES_LIMIT = 500  # offers per room in the host's figures
 # Running offers housekeeping takes in turn for their orphans (see Housekeeper): far more than
 # run at once on the busiest show days, and each process then reaps ~170 a second; beyond it,
@@ -383,9 +381,11 @@ class OfferService:
 
     async def end_sold_out(self, offer_ids: Iterable[str]) -> int:
         """End the running offers among these whose stock is gone into orders. The claim that
-        sells the last unit ends its offer at once; this catches an offer whose seller died,
-        shut down or failed first, a round after it first finds the offer sold out: ended at
-        once, it could overtake the seller's "1 left". Each process runs it once a second for
+        sells the last unit ends its offer at once, unless a reservation has no order yet (its
+        claimer may have died: its units would come back); this catches those, and an offer
+        whose seller died, shut down or failed first, a round after it first finds the offer
+        sold out with every reservation in an order: ended at once, it could overtake the
+        seller's "1 left". Each process runs it once a second for
         the offers it serves: one stock read each, and more only when the stock is gone."""
         offer_ids = list(offer_ids)
         self._seen_ended &= set(offer_ids)  # forgotten once it leaves the list: bounded

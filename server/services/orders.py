@@ -13,11 +13,10 @@ import asyncio
 import builtins
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from schemas.commerce import order_to_wire
 from schemas.http import product_to_wire
 from server.domain.errors import (
     Conflict,
@@ -31,6 +30,7 @@ from server.domain.identity import Identity, scoped_key
 from server.domain.offers import (
     LATE_ORDERS,
     PENDING_BATCH,
+    SKEW_MARGIN,
     AttachOutcome,
     ClaimOutcome,
     FlashOffer,
@@ -53,14 +53,14 @@ from server.domain.rooms import ensure_can_manage
 from server.domain.times import utc_now
 from server.logs import warn_if_failed
 from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockReservations
+from server.services.buyer_notices import BuyerNotices, Notify
 from server.services.load_once import LoadOnce
-from server.services.offers import SKEW_MARGIN, OfferService
+from server.services.offers import OfferService
 from server.services.room_bans import RoomBans
 from server.services.rooms import new_id
 
 log = logging.getLogger("liveshop.orders")
 
-Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 SYSTEM = "system"
 # A reservation this old with no order attached belongs to a claimer that died mid-claim.
 ORPHAN_AFTER = timedelta(seconds=30)
@@ -91,7 +91,7 @@ class OrderService:
         self._products = products
         self._stock = stock
         self._offer_service = offer_service
-        self._notify = notify
+        self._buyers = BuyerNotices(orders, notify)
         self._clock = clock
         self._bans = bans  # None where nobody is ever banned (tests of claims alone)
         # Offers this process reserved stock for lately: it reaps their orphans even when no
@@ -227,7 +227,7 @@ class OrderService:
             await self._stock_came_back(order.offer_id)
             raise claim_expired()
         if created:
-            await self._tell_buyer(stored)
+            await self._buyers.tell(stored)
         elif not same_terms:  # the reservation was the order's own: attached, then refused
             raise other_terms()
         return stored, created
@@ -372,6 +372,10 @@ class OrderService:
                 del self._claimed_offers[offer_id]
         return list(self._claimed_offers)
 
+    async def tell_untold_buyers(self) -> int:
+        """Tell the buyers whose order changed while the broker was away (BuyerNotices)."""
+        return await self._buyers.tell_untold()
+
     async def reap_orphans(self, offer_id: str) -> int:
         """Release reservations whose claimer died before writing the order."""
         _, released = await self._reap(offer_id, self._clock() - ORPHAN_AFTER)
@@ -411,6 +415,7 @@ class OrderService:
             written = await self._orders.by_key(offer_id, key)
             if written is not None:
                 await self._stock.attach_order(offer_id, key, written.id)
+                await self._buyers.tell(written)  # its claimer may have died before telling
             elif await self._release_orphan(offer_id, key):
                 released += 1
         if released:
@@ -437,7 +442,7 @@ class OrderService:
         expected = order.status
         order.move(to, at=self._clock(), by=by, reason=reason)
         await self._orders.save_move(order, expected=expected, units_to_return=units_to_return)
-        await self._tell_buyer(order)
+        await self._buyers.tell(order)
 
     async def _give_back(self, order: Order) -> bool:
         """Return the order's units to its offer (the room hears of it if the offer runs), then
@@ -469,14 +474,6 @@ class OrderService:
         # before this order's move won the race and holds its units.
         await self._offer_service.rebuild(order.offer_id)
         return await self._stock.release(order.offer_id, order.idempotency_key)
-
-    async def _tell_buyer(self, order: Order) -> None:
-        try:
-            await self._notify(
-                order.buyer_id, {"type": "order.updated", "order": order_to_wire(order)}
-            )
-        except Unavailable:
-            log.warning("order_update_not_sent", extra={"order_id": order.id})
 
 
 def _not_cancellable(order: Order) -> Conflict:

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from server.background import BackgroundTasks
 from server.domain.errors import LiveshopError, OfferPaused
-from server.domain.offers import FlashOffer, StockFigure
+from server.domain.offers import SKEW_MARGIN, FlashOffer, StockFigure
 from server.ports import RoomEvents, StockReservations
 
 log = logging.getLogger("liveshop.offers")
@@ -196,13 +196,23 @@ class StockAnnouncer:
             figure = await self._stock.figure(offer.id)
             remaining = figure.remaining
             if remaining == 0:
-                if at_once:
+                if not at_once:
+                    # A figure read later, or by another process, leaves the end to the claim
+                    # that took the last unit (housekeeping ends it a round later, should it
+                    # not), lest it overtake the seller's "1 left".
+                    return False
+                if not await self._units_may_come_back(offer):
                     # This process's claim took the last unit: it ends the offer, after its
-                    # "1 left". A figure read later, or by another process, leaves the end to
-                    # that claim (housekeeping ends it a round later, should it not), lest it
-                    # overtake the seller's "1 left".
+                    # "1 left".
                     await self._end_sold_out(offer)
-                return False
+                    return False
+                # A reservation has no order yet: its claimer, elsewhere, may be writing it, or
+                # may have died, and then the reaper gives its units back to sell. The room
+                # hears 0 now, after the "1 left"; housekeeping ends the offer once every
+                # reservation has its order (OfferService.end_sold_out).
+                await self.last_unit_told(offer.id)
+                await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS)
+                break
             if at_once and remaining == 1:
                 # Sold out a moment ago, and a unit came back since: the last unit, at once.
                 # Past the cadence; the gate is taken all the same where it is free, so the
@@ -222,6 +232,9 @@ class StockAnnouncer:
         self._announced_at[offer.id] = time.monotonic()
         await self._publish_stock(offer, figure)
         return self._changed_at.get(offer.id, 0.0) > read_at
+
+    async def _units_may_come_back(self, offer: FlashOffer) -> bool:
+        return bool(await self._stock.pending_without_order(offer.id, self._clock() + SKEW_MARGIN))
 
     async def _end_sold_out(self, offer: FlashOffer) -> None:
         """End the offer, which tells the room, once. Not cut short by close(): once the end

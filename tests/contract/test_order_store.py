@@ -274,6 +274,23 @@ async def test_a_move_that_returns_units_notes_it_until_they_are_back(stores: St
     assert await stores.orders.get("o_1") == cancelled  # the order itself is unchanged
 
 
+async def test_an_untold_buyer_is_noted_until_told_of_the_order_as_it_stands(
+    stores: Stores,
+) -> None:
+    for n in range(2):
+        await stores.orders.create(sample_order(f"o_{n}", f"k_{n}"))
+    await stores.orders.note_buyer_untold("o_1")
+    untold = await stores.orders.buyers_untold(10)
+    assert untold == [await stores.orders.get("o_1")]
+    await move_order(stores.orders, "o_1", S.CANCELLED)  # changed again before it was told
+    await stores.orders.buyer_told("o_1", len(untold[0].history))  # of the change before
+    assert [o.id for o in await stores.orders.buyers_untold(10)] == ["o_1"]  # still untold
+    await stores.orders.buyer_told("o_1", 2)  # of the cancel
+    await stores.orders.buyer_told("o_1", 2)  # twice is fine
+    assert await stores.orders.buyers_untold(10) == []
+    assert (await stores.orders.get("o_1")).status is S.CANCELLED  # the order is unchanged
+
+
 async def test_save_move_refuses_a_move_its_history_does_not_show(stores: Stores) -> None:
     await stores.orders.create(sample_order())
     order = await stores.orders.get("o_1")

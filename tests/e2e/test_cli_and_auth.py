@@ -183,6 +183,25 @@ async def test_a_request_head_too_large_is_refused_before_it_is_buffered(
     assert (await _raw_request(port, usual)).startswith(b"HTTP/1.1 200 ")
 
 
+async def test_a_request_that_is_not_http_is_answered_as_problem_json_without_a_warning(
+    cluster: Cluster,
+) -> None:
+    malformed = [
+        b"GET /heal thz HTTP/1.1\r\nhost: x\r\n\r\n",  # a space in the path
+        b"POST /api/v1/rooms HTTP/1.1\r\nhost: x\r\ncontent-length: 1x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nbad name: y\r\n\r\n",
+    ]
+    for request in malformed:
+        answer = await _raw_request(cluster.a.port, request)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+        assert b"content-type: application/problem+json" in head
+        assert json.loads(body)["code"] == "malformed_request"
+    lines = cluster.a.stderr_text().splitlines()
+    told = [line for line in lines if "Invalid HTTP request" in line]
+    assert all('"level": "info"' in line for line in told), told[:2]  # the client's fault
+
+
 async def test_hostile_websocket_input_is_answered_without_an_error_in_the_log(
     cluster: Cluster,
 ) -> None:

@@ -41,7 +41,19 @@ def test_the_order_list_documents_its_pages() -> None:
     ref = answer["content"]["application/json"]["schema"]["$ref"]
     page = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
     assert page["required"] == ["items", "next_cursor"]
-    assert page["properties"]["next_cursor"]["type"] == ["string", "null"]
+    assert page["properties"]["items"]["items"] == {"$ref": "#/components/schemas/Order"}
+    assert {"type": "null"} in page["properties"]["next_cursor"]["anyOf"]
+
+
+def test_every_success_documents_its_body() -> None:
+    document = openapi_document()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            [success] = [
+                answer for status, answer in operation["responses"].items() if status < "300"
+            ]
+            ref = success["content"]["application/json"]["schema"]["$ref"]
+            assert ref.rsplit("/", 1)[1] in document["components"]["schemas"], (method, path)
 
 
 def test_every_operation_documents_the_backend_being_away() -> None:

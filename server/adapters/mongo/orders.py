@@ -37,6 +37,8 @@ log = logging.getLogger("liveshop.orders")
 ORDERS = "orders"
 # Set on an order, with its move to cancelled or expired, until its units are back in the offer.
 UNITS_TO_RETURN = "units_to_return"
+# Set on an order whose last change could not be sent to its buyer, until it has been.
+BUYER_UNTOLD = "buyer_untold"
 _NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
@@ -58,11 +60,11 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
                 [("status", ASCENDING), ("reservation_expires_at", ASCENDING)],
                 name="status_expires_at",
             ),
-            # Only the few orders whose units are on their way back are in it.
-            IndexModel(
-                [(UNITS_TO_RETURN, ASCENDING)],
-                name=UNITS_TO_RETURN,
-                partialFilterExpression={UNITS_TO_RETURN: True},
+            # Only the few orders whose units are on their way back, or whose buyer is still
+            # to be told, are in these.
+            *(
+                IndexModel([(note, ASCENDING)], name=note, partialFilterExpression={note: True})
+                for note in (UNITS_TO_RETURN, BUYER_UNTOLD)
             ),
         ]
     )
@@ -223,6 +225,21 @@ class MongoOrderStore:
     @translate_errors
     async def units_returned(self, order_id: str) -> None:
         await self._orders.update_one({"_id": order_id}, {"$unset": {UNITS_TO_RETURN: ""}})
+
+    @translate_errors
+    async def note_buyer_untold(self, order_id: str) -> None:
+        await self._orders.update_one({"_id": order_id}, {"$set": {BUYER_UNTOLD: True}})
+
+    @translate_errors
+    async def buyers_untold(self, limit: int) -> builtins.list[Order]:
+        cursor = self._orders.find({BUYER_UNTOLD: True}).limit(limit)
+        return [order_from(doc) async for doc in cursor]
+
+    @translate_errors
+    async def buyer_told(self, order_id: str, moves: int) -> None:
+        await self._orders.update_one(
+            {"_id": order_id, "history": {"$size": moves}}, {"$unset": {BUYER_UNTOLD: ""}}
+        )
 
     @translate_errors
     async def due_to_expire(self, now: datetime, limit: int) -> builtins.list[Order]:

@@ -244,6 +244,12 @@ async def test_listing_a_rooms_orders_is_for_its_host(live: Live) -> None:
         assert refused.json()["detail"] == "only the room's host can list its orders"
     unknown = await list_orders(live, "host-1", Role.HOST, room_id="r_unknown")
     assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+    # A web client's cache buster is not the list's business; a limit is its digits alone.
+    busted = await list_orders(live, "host-1", Role.HOST, room_id=live.room_id, _="1700000000")
+    assert busted.status_code == 200, busted.text
+    for limit in ("1_0", "1.0", " 5"):
+        refused = await list_orders(live, "host-1", Role.HOST, room_id=live.room_id, limit=limit)
+        assert (refused.status_code, refused.json()["errors"][0]["field"]) == (422, "limit")
 
 
 async def test_a_bad_cursor_is_refused(live: Live) -> None:

@@ -95,6 +95,16 @@ async def test_a_full_product_is_accepted(client: httpx.AsyncClient) -> None:
     assert response.status_code == 201, response.text
 
 
+async def test_a_wrong_method_on_a_product_hears_every_method_it_takes(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await client.post("/products", json=PRODUCT, headers=HOST)
+    assert (await client.get(created.headers["location"])).status_code == 200
+    wrong = await client.delete(created.headers["location"], headers=HOST)
+    assert wrong.status_code == 405
+    assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD", "PATCH"}
+
+
 async def test_trade_fields_are_optional(client: httpx.AsyncClient) -> None:
     minimal = {k: PRODUCT[k] for k in ("title", "price", "stock")}
     response = await client.post("/products", json=minimal, headers=HOST)

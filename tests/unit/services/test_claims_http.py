@@ -203,10 +203,41 @@ async def test_every_refusal_keeps_its_code(client: httpx.AsyncClient) -> None:
     for response, status, code in cases:
         assert (response.status_code, response.json()["code"]) == (status, code), response.text
         assert response.headers["content-type"] == PROBLEM_JSON
-    invalid = await claim(client, offer_id, json={"quantity": 0, "shipping_address": ADDRESS})
-    assert (invalid.status_code, invalid.json()["code"]) == (422, "invalid_input")
-    assert [e["field"] for e in invalid.json()["errors"]] == ["quantity"]
+    # One fault, one code, whether the schema or the service finds it; `errors` names the field.
+    for body, code, field in [
+        ({"quantity": 0, "shipping_address": ADDRESS}, "invalid_quantity", "quantity"),
+        ({"shipping_address": {**ADDRESS, "country": "P"}}, "invalid_country", "country"),
+        ({"shipping_address": {**ADDRESS, "postal_code": "1" * 21}}, "invalid_postal_code", ""),
+        ({"shipping_address": {**ADDRESS, "phone": "+1" * 17}}, "invalid_phone", "phone"),
+        ({"shipping_address": {**ADDRESS, "city": ""}}, "invalid_address", "city"),
+        ({"quantity": 0, "shipping_address": {**ADDRESS, "phone": 5}}, "invalid_input", ""),
+    ]:
+        invalid = await claim(client, offer_id, json=body)
+        assert (invalid.status_code, invalid.json()["code"]) == (422, code), invalid.text
+        assert all(field in e["field"] for e in invalid.json()["errors"])
     assert (await claim(client, offer_id, "buyer-1")).status_code == 201  # nothing was taken
+
+
+async def test_a_launch_refused_by_its_schema_or_its_rules_hears_the_same_code(
+    client: httpx.AsyncClient,
+) -> None:
+    offer_id = await launch(client, quantity=5)
+    room_id = (await client.get(f"/offers/{offer_id}")).json()["room_id"]
+    product_id = (await client.get(f"/offers/{offer_id}")).json()["product_id"]
+    terms = {"product_id": product_id, "price": {"amount": "9.90", "currency": "USD"}}
+    for change, code in [
+        ({"quantity": 0}, "invalid_quantity"),  # the schema's bound
+        ({"quantity": 5, "per_user_limit": 6}, "invalid_per_user_limit"),  # the rule's
+        ({"quantity": 5, "per_user_limit": 0}, "invalid_per_user_limit"),
+        ({"quantity": 5, "countdown_seconds": 3601}, "invalid_countdown"),
+        ({"quantity": 5, "duration_seconds": 5}, "invalid_duration"),
+        ({"quantity": 5, "price": {"amount": "0.00", "currency": "USD"}}, "invalid_price"),
+        ({"quantity": 5, "price": {"amount": "-1.00", "currency": "USD"}}, "invalid_price"),
+    ]:
+        response = await client.post(
+            f"/rooms/{room_id}/offers", json={**terms, **change}, headers=HOST
+        )
+        assert (response.status_code, response.json()["code"]) == (422, code), response.text
 
 
 async def test_bodies_over_the_limit_are_413_declared_or_streamed(

@@ -18,7 +18,7 @@ from server.domain.offers import EndReason, FlashOffer, StockFigure
 from server.domain.orders import Address, Order, OrderStatus
 from server.ports import OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
-from server.services.orders import ORPHAN_AFTER
+from server.services.orders import ORPHAN_AFTER, OrderService
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,
@@ -253,6 +253,38 @@ async def test_a_cancel_that_loses_the_race_to_the_expiry_is_an_invalid_transiti
     assert (await shop.orders.get(order.id, buyer(1))).status is OrderStatus.EXPIRED
 
 
+async def test_a_change_the_buyer_could_not_hear_of_is_told_once_the_broker_is_back(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    broker_away = True
+
+    async def notify(user_id: str, event: dict[str, Any]) -> None:
+        if broker_away:
+            raise Unavailable("live events are unavailable, try again")
+        await shop.events.send_private(user_id, event)
+
+    orders = OrderService(
+        shop.offers_store,
+        shop.orders_store,
+        shop.products,
+        shop.stock,
+        shop.offers,
+        notify,
+        shop.clock,
+        rooms=shop.rooms,
+    )
+    told_before = len(shop.events.private)
+    await orders.cancel(order.id, buyer(1))  # the cancel stands; its order.updated cannot go
+    assert await orders.tell_untold_buyers() == 0  # still away
+    broker_away = False
+    assert await orders.tell_untold_buyers() == 1
+    assert await orders.tell_untold_buyers() == 0  # told once
+    told = shop.events.private[told_before:]
+    assert [(user, e["order"]["status"]) for user, e in told] == [("buyer-1", "cancelled")]
+
+
 async def test_orders_are_visible_to_buyer_and_host_only(shop: Shop) -> None:
     offer = await shop.launch()
     order, _ = await shop.claim(offer, buyer(1), "k1")
@@ -342,9 +374,12 @@ async def test_an_order_whose_claimer_died_before_attaching_it_keeps_its_units(
     shop: Shop,
 ) -> None:
     offer = await shop.launch(quantity=2)
-    await claim_and_die(shop, offer)
+    order = await claim_and_die(shop, offer)
+    shop.events.private.clear()
     shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
     assert await shop.orders.reap_orphans(offer.id) == 0  # attached now, not released
+    # Its claimer died before it could tell the buyer: the reaper does.
+    assert [(user, e["order"]["id"]) for user, e in shop.events.private] == [("buyer-1", order.id)]
     assert await shop.stock.remaining(offer.id) == 1
     assert await shop.stock.pending_without_order(offer.id, shop.clock()) == []
 

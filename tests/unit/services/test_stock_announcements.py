@@ -381,6 +381,31 @@ async def test_housekeeping_leaves_an_offer_whose_last_unit_has_no_order_yet(sho
     assert created
 
 
+async def test_claims_selling_out_around_a_dead_claimers_unit_leave_the_offer_running(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    # Reserved by a claimer that died before writing the order: the unit may come back.
+    await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", shop.clock())
+    for n in range(2):  # the last two units, the last one alone
+        await shop.claim(offer, buyer(n), f"k{n}")
+    await settle()
+    assert (await shop.offers_store.get(offer.id)).end_reason is None  # not sold out for good
+    told = shop.events.of_type("offer.stock", "offer.ended")
+    assert [(e["type"], e["remaining"]) for e in told] == [("offer.stock", 1), ("offer.stock", 0)]
+    keeper = Housekeeper(shop.offers, shop.orders, lambda: [offer.id])
+    await keeper.run_once()
+    await keeper.run_once()
+    assert (await shop.offers_store.get(offer.id)).end_reason is None  # the unit is still out
+    shop.clock.advance(seconds=31)  # the orphan's grace is over: the reaper gives it back
+    await keeper.run_once()
+    await settle()
+    assert shop.events.of_type("offer.stock")[-1]["remaining"] == 1  # the room hears it back
+    await shop.claim(offer, buyer(3), "k3")  # and sells it
+    await settle()
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+
+
 async def test_a_sell_out_just_before_shutdown_still_ends_the_offer(shop: Shop) -> None:
     slow = SlowReads(shop.stock)
     closing_offers, closing_orders = other_process(shop, stock=cast(StockReservations, slow))
