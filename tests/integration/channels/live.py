@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -81,7 +82,22 @@ async def live(clean_redis: str, mongodb_url: str, mongo_database_name: str) -> 
         assert (await live.host("POST", f"/rooms/{live.room_id}/start")).status_code == 200
         yield live
     server.should_exit = True
-    await task
+    await stopped(task)
+
+
+async def stopped(server: asyncio.Task[None], within: float = 30.0) -> None:
+    """Wait for the server to stop; if it does not, fail showing what it is still waiting on
+    (the test timeout would show only the event loop's own poll)."""
+    done, _ = await asyncio.wait({server}, timeout=within)
+    if done:
+        server.result()
+        return
+    stuck = io.StringIO()
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task():
+            other.print_stack(limit=8, file=stuck)
+    server.cancel()
+    raise AssertionError(f"the server did not stop within {within} s:\n{stuck.getvalue()}")
 
 
 async def recv(ws: ClientConnection, within: float = 3.0) -> dict[str, Any]:
