@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NotRequired  # pydantic reads these on Python 3.11
 
-from pydantic import ConfigDict, TypeAdapter, with_config
+from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from server.domain.offers import EndReason
@@ -168,7 +168,5 @@ class RoomStats(TypedDict):
     offers: list[OfferFigures]
 
 
-ANSWERS: dict[str, TypeAdapter[object]] = {
-    answer.__name__: TypeAdapter(answer)
-    for answer in (Product, Room, RoomPage, Offer, Order, OrderPage, RoomStats)
-}
+# What the operations answer, named in the document by their class names.
+ANSWERS: tuple[type, ...] = (Product, Room, RoomPage, Offer, Order, OrderPage, RoomStats)

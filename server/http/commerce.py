@@ -22,7 +22,13 @@ from schemas.commerce import (
     order_to_wire,
 )
 from server.domain.errors import InvalidInput, LiveshopError
-from server.http.deps import container_of, json_body, query_params, require_identity
+from server.http.deps import (
+    container_of,
+    json_body,
+    query_params,
+    require_identity,
+    single_header,
+)
 from server.http.errors import problem_for
 
 ORDERS_PATH = "api/v1/orders"  # under the app's root; see routes() and app.py's Mount
@@ -122,14 +128,11 @@ async def cancel_order(request: Request) -> JSONResponse:
 
 
 def _idempotency_key(request: Request) -> str | None:
-    """The request's Idempotency-Key, None without one. One at most: with two, which one a retry
-    would send again is anybody's guess."""
-    keys = request.headers.getlist("idempotency-key")
-    if not keys:
-        return None
-    if len(keys) > 1 or IDEMPOTENCY_KEY.fullmatch(keys[0]) is None:
+    """The request's Idempotency-Key (one at most), None without one."""
+    key = single_header(request, "idempotency-key", _bad_idempotency_key)
+    if key is not None and IDEMPOTENCY_KEY.fullmatch(key) is None:
         raise _bad_idempotency_key()
-    return keys[0]
+    return key
 
 
 def _bad_idempotency_key() -> InvalidInput:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
@@ -10,7 +11,7 @@ from starlette.requests import Request
 from schemas.http import RequestModel
 from server.auth import verify_token
 from server.container import Container
-from server.domain.errors import Unauthorized
+from server.domain.errors import LiveshopError, Unauthorized
 from server.domain.identity import Identity
 from server.http.errors import ClientGone, InvalidRequest, MalformedJson, PayloadTooLarge
 
@@ -31,16 +32,27 @@ def identity_of(request: Request) -> Identity | None:
     A header that is present but wrong is an error rather than an anonymous caller, so a client
     with an expired token hears so instead of seeing a viewer's answer.
     """
-    headers = request.headers.getlist("authorization")
-    if not headers:
+    header = single_header(request, "authorization", _two_tokens)
+    if header is None:
         return None
-    if len(headers) > 1:  # which one a proxy or a server would take is anybody's guess
-        raise Unauthorized("one `Authorization` header at most", code="invalid_token")
-    scheme, _, token = headers[0].partition(" ")
+    scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("expected `Authorization: Bearer <token>`", code="invalid_token")
     secret = container_of(request).settings.signing_secret()
     return verify_token(secret, token.strip())
+
+
+def _two_tokens() -> Unauthorized:
+    return Unauthorized("one `Authorization` header at most", code="invalid_token")
+
+
+def single_header(request: Request, name: str, refuse: Callable[[], LiveshopError]) -> str | None:
+    """The header's value, None without it; `refuse()` raised when it comes more than once:
+    which one a proxy, a server or a retry would take is anybody's guess."""
+    values = request.headers.getlist(name)
+    if len(values) > 1:
+        raise refuse()
+    return values[0] if values else None
 
 
 def require_identity(request: Request) -> Identity:

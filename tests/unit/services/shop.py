@@ -17,6 +17,7 @@ from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.domain.orders import Address, Order
 from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
+from server.services.buyer_notices import Notify
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from server.services.rooms import RoomService
@@ -176,10 +177,11 @@ def other_process(
     stock: StockReservations | None = None,
     events: RecordingEvents | None = None,
     products: ProductStore | None = None,
+    notify: Notify | None = None,
 ) -> tuple[OfferService, OrderService]:
     """Another server process: its own services over the same stores, reservations and room
-    (or ones that behave differently: busy, failing). `offers_store` and `products` are for
-    its offer service alone."""
+    (or ones that behave differently: busy, failing), and its own delivery to buyers (`notify`).
+    `offers_store` and `products` are for its offer service alone."""
     offers = OfferService(
         offers_store or shop.offers_store,
         shop.orders_store,
@@ -195,7 +197,7 @@ def other_process(
         shop.products,
         stock or shop.stock,
         offers,
-        shop.events.send_private,
+        notify or shop.events.send_private,
         shop.clock,
         rooms=shop.rooms,
     )

@@ -16,9 +16,9 @@ from server.domain.identity import Identity, Role, client_key, scoped_key
 from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer, StockFigure
 from server.domain.orders import Address, Order, OrderStatus
-from server.ports import OrderStore, StockReservations
+from server.ports import StockReservations
 from server.services.housekeeping import Housekeeper
-from server.services.orders import ORPHAN_AFTER, OrderService
+from server.services.orders import ORPHAN_AFTER
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,
@@ -156,133 +156,6 @@ async def test_a_claimer_gone_mid_write_still_attaches_its_order(shop: Shop) -> 
     shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
     assert await orders.reap_orphans(offer.id) == 0
     assert await shop.stock.remaining(offer.id) == 1
-
-
-async def test_cancel_gives_the_units_back_and_the_buyer_may_claim_again(shop: Shop) -> None:
-    offer = await shop.launch(quantity=3, limit=1)
-    order, _ = await shop.claim(offer, buyer(1), "k1")
-    cancelled = await shop.orders.cancel(order.id, buyer(1))
-    assert cancelled.status is OrderStatus.CANCELLED
-    assert [step.to_status for step in cancelled.history] == [
-        OrderStatus.PENDING_PAYMENT,
-        OrderStatus.CANCELLED,
-    ]
-    assert await shop.stock.remaining(offer.id) == 3
-    again, created = await shop.claim(offer, buyer(1), "k2")
-    assert created
-    assert again.id != order.id
-    with pytest.raises(Forbidden):
-        await shop.orders.cancel(again.id, HOST)  # the host sees it, but only the buyer cancels
-
-
-async def test_a_cancel_sent_again_or_twice_at_once_answers_the_cancelled_order(
-    shop: Shop,
-) -> None:
-    offer = await shop.launch(quantity=3, limit=2)
-    first, _ = await shop.claim(offer, buyer(1), "k1")
-    await shop.orders.cancel(first.id, buyer(1))
-    again = await shop.orders.cancel(first.id, buyer(1))  # its first answer was lost
-    assert again.status is OrderStatus.CANCELLED
-    assert len(again.history) == 2  # cancelled once
-    second, _ = await shop.claim(offer, buyer(1), "k2")
-    # Each cancel reads the order pending before any writes it: two of them lose the write.
-    _, racing = other_process(shop, orders=cast(OrderStore, Unhurried(shop.orders_store)))
-    together = await asyncio.gather(*(racing.cancel(second.id, buyer(1)) for _ in range(3)))
-    assert {order.status for order in together} == {OrderStatus.CANCELLED}
-    assert len((await shop.orders.get(second.id, buyer(1))).history) == 2
-    assert await shop.stock.remaining(offer.id) == 3  # each order's unit back once
-
-
-class Unhurried:
-    """The shop's order store, letting other tasks run before each read and write."""
-
-    def __init__(self, shared: OrderStore) -> None:
-        self._shared = shared
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
-
-    async def get(self, order_id: str) -> Order:
-        await asyncio.sleep(0)
-        return await self._shared.get(order_id)
-
-    async def save_move(self, order: Order, **when: Any) -> None:
-        await asyncio.sleep(0)
-        await self._shared.save_move(order, **when)
-
-
-class HeldBeforeWrites(Unhurried):
-    """The shop's order store, holding each write until `go_on` is set."""
-
-    def __init__(self, shared: OrderStore) -> None:
-        super().__init__(shared)
-        self.writing, self.go_on = asyncio.Event(), asyncio.Event()
-
-    async def save_move(self, order: Order, **when: Any) -> None:
-        self.writing.set()
-        await self.go_on.wait()
-        await super().save_move(order, **when)
-
-
-async def test_an_expired_order_cannot_be_cancelled(shop: Shop) -> None:
-    offer = await shop.launch(quantity=3, limit=1)
-    order, _ = await shop.claim(offer, buyer(1), "k1")
-    shop.clock.advance(minutes=16)
-    assert await shop.orders.expire_due() == 1
-    with pytest.raises(Conflict) as refused:
-        await shop.orders.cancel(order.id, buyer(1))
-    assert refused.value.code == "invalid_transition"
-
-
-async def test_a_cancel_that_loses_the_race_to_the_expiry_is_an_invalid_transition(
-    shop: Shop,
-) -> None:
-    offer = await shop.launch(quantity=3, limit=1)
-    order, _ = await shop.claim(offer, buyer(1), "k1")
-    shop.clock.advance(minutes=16)
-    store = HeldBeforeWrites(shop.orders_store)
-    _, racing = other_process(shop, orders=cast(OrderStore, store))
-    # The cancel reads the order pending; the expiry moves it before the cancel writes.
-    cancel = asyncio.ensure_future(racing.cancel(order.id, buyer(1)))
-    await store.writing.wait()
-    assert await shop.orders.expire_due() == 1
-    store.go_on.set()
-    with pytest.raises(Conflict) as refused:
-        await cancel
-    assert refused.value.code == "invalid_transition"  # the documented code, not the store's
-    assert (await shop.orders.get(order.id, buyer(1))).status is OrderStatus.EXPIRED
-
-
-async def test_a_change_the_buyer_could_not_hear_of_is_told_once_the_broker_is_back(
-    shop: Shop,
-) -> None:
-    offer = await shop.launch(quantity=3, limit=1)
-    order, _ = await shop.claim(offer, buyer(1), "k1")
-    broker_away = True
-
-    async def notify(user_id: str, event: dict[str, Any]) -> None:
-        if broker_away:
-            raise Unavailable("live events are unavailable, try again")
-        await shop.events.send_private(user_id, event)
-
-    orders = OrderService(
-        shop.offers_store,
-        shop.orders_store,
-        shop.products,
-        shop.stock,
-        shop.offers,
-        notify,
-        shop.clock,
-        rooms=shop.rooms,
-    )
-    told_before = len(shop.events.private)
-    await orders.cancel(order.id, buyer(1))  # the cancel stands; its order.updated cannot go
-    assert await orders.tell_untold_buyers() == 0  # still away
-    broker_away = False
-    assert await orders.tell_untold_buyers() == 1
-    assert await orders.tell_untold_buyers() == 0  # told once
-    told = shop.events.private[told_before:]
-    assert [(user, e["order"]["status"]) for user, e in told] == [("buyer-1", "cancelled")]
 
 
 async def test_orders_are_visible_to_buyer_and_host_only(shop: Shop) -> None:

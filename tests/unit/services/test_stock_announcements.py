@@ -1,6 +1,6 @@
 """How the room hears an offer's stock: coalesced to a cadence shared by every process, the last
 unit and sold out at once, sold out once and by whoever ends the offer, nothing after the end,
-no change lost; and an offer whose seller never ended it is ended by housekeeping."""
+no change lost. Who ends an offer that sells out: test_sold_out_ends.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from server.domain.errors import Unavailable
 from server.domain.offers import EndReason, FlashOffer, StockFigure
 from server.ports import OrderStore, StockReservations
 from server.services import stock_announcer
-from server.services.housekeeping import Housekeeper
 from server.services.stock_announcer import STOCK_ANNOUNCE_SECONDS, StockAnnouncer
 from tests.fakes import RecordingEvents
 from tests.unit.services.shop import (
@@ -327,83 +326,6 @@ async def test_close_stops_waiting_announcements_but_lets_an_end_be_told(shop: S
     figures = [(e["offer_id"], e["remaining"]) for e in shop.events.of_type("offer.stock")]
     assert figures == [(waiting.id, 9), (selling_out.id, 0)]
     assert [e["offer_id"] for e in shop.events.of_type("offer.ended")] == [selling_out.id]
-
-
-async def test_a_sell_out_on_two_processes_at_once_is_announced_once(shop: Shop) -> None:
-    other = second_process(shop)
-    offer = await shop.launch(quantity=6, limit=1)
-    claims = [
-        (shop.orders if n % 2 else other).claim(
-            offer.id, buyer(n), quantity=1, idempotency_key="k", address=ADDRESS
-        )
-        for n in range(8)
-    ]
-    results = await asyncio.gather(*claims, return_exceptions=True)
-    assert sum(not isinstance(result, BaseException) for result in results) == 6
-    await settle()
-    kinds = [
-        (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
-    ]
-    assert kinds.count(("offer.stock", 0)) == 1
-    assert kinds[-2:] == [("offer.stock", 0), ("offer.ended", None)]
-    figures = [remaining for kind, remaining in kinds if kind == "offer.stock"]
-    assert figures == sorted(figures, reverse=True)
-
-
-async def test_housekeeping_ends_an_offer_whose_seller_never_did(shop: Shop) -> None:
-    seller_offers, seller = other_process(shop)
-    await seller_offers.close()  # the seller shuts down as its claims complete: no end from it
-    offer = await shop.launch(quantity=2, limit=1)
-    for n in range(2):
-        await seller.claim(offer.id, buyer(n), quantity=1, idempotency_key="k", address=ADDRESS)
-    keeper = Housekeeper(shop.offers, shop.orders, lambda: [offer.id])
-    await keeper.run_once()
-    await keeper.run_once()
-    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
-    told = shop.events.of_type("offer.stock", "offer.ended")
-    assert [(e["type"], e.get("remaining")) for e in told] == [
-        ("offer.stock", 0),
-        ("offer.ended", None),
-    ]
-
-
-async def test_housekeeping_leaves_an_offer_whose_last_unit_has_no_order_yet(shop: Shop) -> None:
-    offer = await shop.launch(quantity=1, limit=1)
-    # Reserved by a claimer that died before writing the order: the unit may come back.
-    await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", shop.clock())
-    keeper = Housekeeper(shop.offers, shop.orders, lambda: [offer.id])
-    await keeper.run_once()
-    assert (await shop.offers_store.get(offer.id)).end_reason is None
-    shop.clock.advance(seconds=31)  # the orphan's grace is over: the reaper gives it back
-    await keeper.run_once()
-    assert await shop.stock.remaining(offer.id) == 1
-    _order, created = await shop.claim(offer, buyer(1), "k")
-    assert created
-
-
-async def test_claims_selling_out_around_a_dead_claimers_unit_leave_the_offer_running(
-    shop: Shop,
-) -> None:
-    offer = await shop.launch(quantity=3, limit=1)
-    # Reserved by a claimer that died before writing the order: the unit may come back.
-    await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", shop.clock())
-    for n in range(2):  # the last two units, the last one alone
-        await shop.claim(offer, buyer(n), f"k{n}")
-    await settle()
-    assert (await shop.offers_store.get(offer.id)).end_reason is None  # not sold out for good
-    told = shop.events.of_type("offer.stock", "offer.ended")
-    assert [(e["type"], e["remaining"]) for e in told] == [("offer.stock", 1), ("offer.stock", 0)]
-    keeper = Housekeeper(shop.offers, shop.orders, lambda: [offer.id])
-    await keeper.run_once()
-    await keeper.run_once()
-    assert (await shop.offers_store.get(offer.id)).end_reason is None  # the unit is still out
-    shop.clock.advance(seconds=31)  # the orphan's grace is over: the reaper gives it back
-    await keeper.run_once()
-    await settle()
-    assert shop.events.of_type("offer.stock")[-1]["remaining"] == 1  # the room hears it back
-    await shop.claim(offer, buyer(3), "k3")  # and sells it
-    await settle()
-    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
 
 
 async def test_a_sell_out_just_before_shutdown_still_ends_the_offer(shop: Shop) -> None:
