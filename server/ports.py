@@ -261,8 +261,10 @@ class OrderStore(Protocol):
         self, order: Order, *, expected: OrderStatus, units_to_return: bool = False
     ) -> None:
         """Persist the order's new status and its last history entry if its stored status is
-        still `expected`, else Conflict (code `order_changed`). With `units_to_return`, the same
-        write notes that the order's units are still to go back to the offer, until
+        still `expected`, else Conflict (code `order_changed`). The same write notes the buyer as
+        not yet told of the change, until `buyer_told`, so that a process dying before its
+        `order.updated` leaves the change to be told by another. With `units_to_return`, it
+        also notes that the order's units are still to go back to the offer, until
         `units_returned`: a give-back that fails, or never runs, is found again."""
         ...
 
@@ -279,8 +281,9 @@ class OrderStore(Protocol):
         found no broker), until `buyer_told`."""
         ...
 
-    async def buyers_untold(self, limit: int) -> builtins.list[Order]:
-        """Orders whose buyer is noted as not told of their last change."""
+    async def buyers_untold(self, changed_before: datetime, limit: int) -> builtins.list[Order]:
+        """Orders whose buyer is noted as not told of their last change, made (the last entry
+        of their history) before `changed_before`."""
         ...
 
     async def buyer_told(self, order_id: str, moves: int) -> None:

@@ -216,6 +216,7 @@ class MemoryOrderStore:
             )
         stored.status = order.status
         stored.history.append(copy.deepcopy(order.history[-1]))
+        self._buyers_untold.add(order.id)
         if units_to_return:
             self._units_to_return.add(order.id)
 
@@ -228,8 +229,10 @@ class MemoryOrderStore:
     async def note_buyer_untold(self, order_id: str) -> None:
         self._buyers_untold.add(order_id)
 
-    async def buyers_untold(self, limit: int) -> builtins.list[Order]:
-        return [copy.deepcopy(self._orders[i]) for i in sorted(self._buyers_untold)[:limit]]
+    async def buyers_untold(self, changed_before: datetime, limit: int) -> builtins.list[Order]:
+        noted = [self._orders[i] for i in sorted(self._buyers_untold)]
+        due = [o for o in noted if o.history[-1].at < changed_before]
+        return [copy.deepcopy(o) for o in due[:limit]]
 
     async def buyer_told(self, order_id: str, moves: int) -> None:
         if len(self._orders[order_id].history) == moves:

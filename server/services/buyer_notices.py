@@ -1,11 +1,14 @@
 """`order.updated`: every change of an order reaches every connection of its buyer, on every
-process, through the broker. A change made while the broker is away is noted on the order, and
-housekeeping tells the buyer once it is back, rather than never."""
+process, through the broker. A change is noted on the order as it is stored, and the note is
+cleared once the buyer is told; housekeeping tells the buyers of changes left noted (the broker
+was away, or the process died in between), rather than never."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.commerce import order_to_wire
@@ -17,30 +20,41 @@ log = logging.getLogger("liveshop.orders")
 
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 TELL_BATCH = 100  # untold orders told per housekeeping round
+# How long a change is left to the process that made it before housekeeping tells it: that
+# process publishes and clears the note within milliseconds. One slower still (each of its two
+# round trips is bounded by a backend deadline) only makes the buyer hear the order twice.
+TELL_AFTER = timedelta(seconds=5)
 
 
 class BuyerNotices:
-    def __init__(self, orders: OrderStore, notify: Notify) -> None:
+    def __init__(self, orders: OrderStore, notify: Notify, clock: Callable[[], datetime]) -> None:
         self._orders = orders
         self._notify = notify
+        self._clock = clock
 
-    async def tell(self, order: Order) -> None:
-        """Tell the buyer the order as it now stands; if the broker is away, note it for
-        `tell_untold`. Never raises: the change itself stands either way."""
+    async def tell_created(self, order: Order) -> None:
+        """Tell the buyer of an order just written (or attached by the reaper); if the broker is
+        away, note it for `tell_untold`. Never raises: the order stands either way."""
+        if await self._told(order):
+            return
         try:
-            await self._notify(order.buyer_id, _updated(order))
-        except Unavailable:
-            log.warning("order_update_deferred", extra={"order_id": order.id})
-            try:
-                await self._orders.note_buyer_untold(order.id)
-            except Unavailable:  # MongoDB away as well: the buyer reads it on their next list
-                log.warning("order_update_not_sent", extra={"order_id": order.id})
+            await self._orders.note_buyer_untold(order.id)
+        except Unavailable:  # MongoDB away as well: the buyer reads it on their next list
+            log.warning("order_update_not_sent", extra={"order_id": order.id})
+
+    async def tell_moved(self, order: Order) -> None:
+        """Tell the buyer of the move just stored, which noted them as untold (`save_move`),
+        and clear that note. Never raises: the note stays until someone tells them."""
+        if await self._told(order):
+            with contextlib.suppress(Unavailable):  # if not, housekeeping tells it once more
+                await self._orders.buyer_told(order.id, len(order.history))
 
     async def tell_untold(self) -> int:
         """Tell the buyers noted as untold, each the order as it stands now (every process, once
         a second). At least once: two processes may both tell it, the same state twice."""
         told = 0
-        for order in await self._orders.buyers_untold(TELL_BATCH):
+        changed_before = self._clock() - TELL_AFTER
+        for order in await self._orders.buyers_untold(changed_before, TELL_BATCH):
             try:
                 await self._notify(order.buyer_id, _updated(order))
             except Unavailable:
@@ -48,6 +62,14 @@ class BuyerNotices:
             await self._orders.buyer_told(order.id, len(order.history))
             told += 1
         return told
+
+    async def _told(self, order: Order) -> bool:
+        try:
+            await self._notify(order.buyer_id, _updated(order))
+        except Unavailable:
+            log.warning("order_update_deferred", extra={"order_id": order.id})
+            return False
+        return True
 
 
 def _updated(order: Order) -> dict[str, Any]:

@@ -91,7 +91,7 @@ class OrderService:
         self._products = products
         self._stock = stock
         self._offer_service = offer_service
-        self._buyers = BuyerNotices(orders, notify)
+        self._buyers = BuyerNotices(orders, notify, clock)
         self._clock = clock
         self._bans = bans  # None where nobody is ever banned (tests of claims alone)
         # Offers this process reserved stock for lately: it reaps their orphans even when no
@@ -227,7 +227,7 @@ class OrderService:
             await self._stock_came_back(order.offer_id)
             raise claim_expired()
         if created:
-            await self._buyers.tell(stored)
+            await self._buyers.tell_created(stored)
         elif not same_terms:  # the reservation was the order's own: attached, then refused
             raise other_terms()
         return stored, created
@@ -415,7 +415,7 @@ class OrderService:
             written = await self._orders.by_key(offer_id, key)
             if written is not None:
                 await self._stock.attach_order(offer_id, key, written.id)
-                await self._buyers.tell(written)  # its claimer may have died before telling
+                await self._buyers.tell_created(written)  # its claimer may have died first
             elif await self._release_orphan(offer_id, key):
                 released += 1
         if released:
@@ -442,7 +442,7 @@ class OrderService:
         expected = order.status
         order.move(to, at=self._clock(), by=by, reason=reason)
         await self._orders.save_move(order, expected=expected, units_to_return=units_to_return)
-        await self._buyers.tell(order)
+        await self._buyers.tell_moved(order)
 
     async def _give_back(self, order: Order) -> bool:
         """Return the order's units to its offer (the room hears of it if the offer runs), then

@@ -199,7 +199,7 @@ class MongoOrderStore:
         self, order: Order, *, expected: OrderStatus, units_to_return: bool = False
     ) -> None:
         check_last_move(order, expected)
-        changes: Document = {"status": order.status.value}
+        changes: Document = {"status": order.status.value, BUYER_UNTOLD: True}
         if units_to_return:
             changes[UNITS_TO_RETURN] = True
         # Compare-and-set on the status: of two racing moves (a payment and an expiry), one
@@ -231,8 +231,10 @@ class MongoOrderStore:
         await self._orders.update_one({"_id": order_id}, {"$set": {BUYER_UNTOLD: True}})
 
     @translate_errors
-    async def buyers_untold(self, limit: int) -> builtins.list[Order]:
-        cursor = self._orders.find({BUYER_UNTOLD: True}).limit(limit)
+    async def buyers_untold(self, changed_before: datetime, limit: int) -> builtins.list[Order]:
+        last_change = {"$arrayElemAt": ["$history.at", -1]}
+        query = {BUYER_UNTOLD: True, "$expr": {"$lt": [last_change, changed_before]}}
+        cursor = self._orders.find(query).limit(limit)
         return [order_from(doc) async for doc in cursor]
 
     @translate_errors

@@ -1,12 +1,18 @@
-"""`order.updated` that finds no broker: noted on the order, and told by housekeeping once the
-broker is back."""
+"""`order.updated` that was never sent (the broker was away, or the process died after storing
+the change): noted on the order, and told by housekeeping."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from server.domain.errors import Unavailable
+from server.domain.orders import OrderStatus
+from server.services.buyer_notices import TELL_AFTER
 from tests.unit.services.shop import Shop, buyer, other_process
+
+
+def told_statuses(shop: Shop, since: int) -> list[tuple[str, str]]:
+    return [(user, e["order"]["status"]) for user, e in shop.events.private[since:]]
 
 
 async def test_a_change_the_buyer_could_not_hear_of_is_told_once_the_broker_is_back(
@@ -24,9 +30,36 @@ async def test_a_change_the_buyer_could_not_hear_of_is_told_once_the_broker_is_b
     _, orders = other_process(shop, notify=notify)
     told_before = len(shop.events.private)
     await orders.cancel(order.id, buyer(1))  # the cancel stands; its order.updated cannot go
+    shop.clock.advance(seconds=TELL_AFTER.total_seconds() + 1)
     assert await orders.tell_untold_buyers() == 0  # still away
     broker_away = False
     assert await orders.tell_untold_buyers() == 1
     assert await orders.tell_untold_buyers() == 0  # told once
-    told = shop.events.private[told_before:]
-    assert [(user, e["order"]["status"]) for user, e in told] == [("buyer-1", "cancelled")]
+    assert told_statuses(shop, told_before) == [("buyer-1", "cancelled")]
+
+
+async def test_a_change_whose_process_died_before_telling_is_told_by_another(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    told_before = len(shop.events.private)
+    # A process stores the payment, then dies before its order.updated.
+    order.move(OrderStatus.PAID, at=shop.clock(), by="payments", reason="paid")
+    await shop.orders_store.save_move(order, expected=OrderStatus.PENDING_PAYMENT)
+    _, survivor = other_process(shop)
+    assert await survivor.tell_untold_buyers() == 0  # left to the process that made it, a while
+    shop.clock.advance(seconds=TELL_AFTER.total_seconds() + 1)
+    assert await survivor.tell_untold_buyers() == 1
+    assert await survivor.tell_untold_buyers() == 0
+    assert told_statuses(shop, told_before) == [("buyer-1", "paid")]
+
+
+async def test_a_change_told_at_once_is_not_told_again(shop: Shop) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    told_before = len(shop.events.private)
+    await shop.orders.cancel(order.id, buyer(1))
+    shop.clock.advance(seconds=TELL_AFTER.total_seconds() + 1)
+    assert await shop.orders.tell_untold_buyers() == 0
+    assert told_statuses(shop, told_before) == [("buyer-1", "cancelled")]
