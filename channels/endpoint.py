@@ -45,6 +45,7 @@ from server.domain.errors import (
     Unavailable,
 )
 from server.domain.identity import Identity
+from server.metrics import ClaimOutcomes
 
 log = logging.getLogger("liveshop.ws")
 
@@ -155,18 +156,7 @@ async def _carry_out(
             elif isinstance(command, AddLikes):
                 hub.add_likes(room, command.count)
             elif isinstance(command, Claim):
-                # A new order reaches the buyer as `order.updated` on every connection; a
-                # retried claim gets its order back here, since nothing changed for the others.
-                order, created = await container.order_service.claim(
-                    command.frame.offer_id,
-                    conn.identity,
-                    quantity=command.frame.quantity,
-                    idempotency_key=command.frame.idempotency_key,
-                    address=command.frame.shipping_address.to_address(),
-                    room_id=room.room_id,
-                )
-                if not created:
-                    conn.push(encode_body({"type": "order.updated", "order": order_to_wire(order)}))
+                await _claim(command, container, hub.metrics.ws_claims, conn, room)
             elif isinstance(command, StoreMute):
                 await container.rooms.mute(room.room_id, command.user_id, until=command.until)
             elif isinstance(command, StoreBan):
@@ -187,6 +177,34 @@ async def _carry_out(
             log.exception("ws_command_failed", extra={"room_id": room.room_id})
             conn.push(encode_body(error_frame(Unavailable("try again shortly"), ref)))
             return
+
+
+async def _claim(
+    command: Claim,
+    container: Container,
+    claims: ClaimOutcomes,
+    conn: Connection,
+    room: LocalRoom,
+) -> None:
+    """A new order reaches the buyer as `order.updated` on every connection; a retried claim
+    gets its order back here, since nothing changed for the others. Errors are the caller's to
+    answer, counted here."""
+    started = time.perf_counter()
+    try:
+        order, created = await container.order_service.claim(
+            command.frame.offer_id,
+            conn.identity,
+            quantity=command.frame.quantity,
+            idempotency_key=command.frame.idempotency_key,
+            address=command.frame.shipping_address.to_address(),
+            room_id=room.room_id,
+        )
+    except LiveshopError as error:
+        claims.record(error.code, started)
+        raise
+    claims.record("order" if created else "replayed", started)
+    if not created:
+        conn.push(encode_body({"type": "order.updated", "order": order_to_wire(order)}))
 
 
 def _identity(websocket: WebSocket, container: Container) -> tuple[Identity, float | None]:

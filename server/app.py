@@ -125,7 +125,10 @@ def create_app(
                 }
 
             housekeeper = Housekeeper(
-                container.offer_service, container.order_service, served_offer_ids
+                container.offer_service,
+                container.order_service,
+                served_offer_ids,
+                metrics=metrics,
             )
             housekeeper.start()
             stack.push_async_callback(housekeeper.stop)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -25,6 +27,7 @@ from server.domain.errors import InvalidInput, LiveshopError
 from server.http.deps import (
     container_of,
     json_body,
+    metrics_of,
     query_params,
     require_identity,
     single_header,
@@ -72,18 +75,23 @@ async def stop_offer(request: Request) -> JSONResponse:
 
 
 async def claim_offer(request: Request) -> Response:
+    started = time.perf_counter()
+    claims = metrics_of(request).http_claims
     try:
-        return await _claim(request)
+        response, created = await _claim(request)
     except LiveshopError as exc:
         # Most claims in a flash sale are refused (sold out). Answering them here, with the
         # exception handler's own mapping, skips unwinding through Starlette's routing and its
         # handler lookup. Like Starlette's handler, drop the traceback: its frames (the
         # service's) hold the error itself, a cycle only the garbage collector would free.
         exc.__traceback__ = None
+        claims.record(exc.code, started)
         return problem_for(exc)
+    claims.record("order" if created else "replayed", started)
+    return response
 
 
-async def _claim(request: Request) -> JSONResponse:
+async def _claim(request: Request) -> tuple[JSONResponse, bool]:
     who = require_identity(request)
     key = _idempotency_key(request)
     if key is None:
@@ -101,7 +109,7 @@ async def _claim(request: Request) -> JSONResponse:
     location = f"{request.base_url}{ORDERS_PATH}/{order.id}"
     # A retry gets the same order back; 201 either way, as the first answer was.
     headers = {"Location": location, "Idempotent-Replayed": "false" if created else "true"}
-    return JSONResponse(order_to_wire(order), status_code=201, headers=headers)
+    return JSONResponse(order_to_wire(order), status_code=201, headers=headers), created
 
 
 async def get_order(request: Request) -> JSONResponse:

@@ -14,6 +14,7 @@ from server.container import Container
 from server.domain.errors import LiveshopError, Unauthorized
 from server.domain.identity import Identity
 from server.http.errors import ClientGone, InvalidRequest, MalformedJson, PayloadTooLarge
+from server.metrics import Metrics
 
 # JSON bodies here are small commands; a bigger one is a mistake or an attack.
 MAX_BODY_BYTES = 64 * 1024
@@ -24,6 +25,10 @@ R = TypeVar("R", bound=RequestModel)
 
 def container_of(request: Request) -> Container:
     return cast(Container, request.app.state.container)
+
+
+def metrics_of(request: Request) -> Metrics:
+    return cast(Metrics, request.app.state.metrics)
 
 
 def identity_of(request: Request) -> Identity | None:

@@ -13,9 +13,8 @@ from starlette.routing import BaseRoute, Route
 from server.domain.errors import Unavailable
 from server.domain.money import Money
 from server.domain.rooms import ensure_can_manage
-from server.http.deps import container_of, require_identity
+from server.http.deps import container_of, metrics_of, require_identity
 from server.http.openapi import openapi_document
-from server.metrics import Metrics
 
 READY_TIMEOUT_SECONDS = 2.0
 _RATIO = Decimal("0.0001")
@@ -48,8 +47,8 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def metrics(request: Request) -> Response:
-    registry: Metrics = request.app.state.metrics
-    return Response(registry.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    text = metrics_of(request).render()
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def openapi(_: Request) -> JSONResponse:

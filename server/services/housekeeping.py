@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 
 from server.domain.errors import LiveshopError
+from server.metrics import Metrics
 from server.services.offers import OfferService
 from server.services.orders import ORPHAN_AFTER, OrderService
 
@@ -49,8 +50,11 @@ class Housekeeper:
         orders: OrderService,
         served_offer_ids: Callable[[], Iterable[str]],
         interval: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._offers = offers
+        # Its own when not given (tests), so that every round counts the same way.
+        self._metrics = metrics or Metrics()
         self._orders = orders
         # Offers of the rooms this process has viewers of, and those it took claims for lately.
         self._served_offer_ids = served_offer_ids
@@ -99,10 +103,15 @@ class Housekeeper:
             await asyncio.sleep(self._interval)
             await self.run_once()
 
-    async def _step(self, name: str, work: Callable[[], Awaitable[object]]) -> None:
+    async def _step(self, name: str, work: Callable[[], Awaitable[int | None]]) -> None:
         try:
-            await work()
+            done = await work()
         except LiveshopError as error:
             log.warning("housekeeping_failed", extra={"step": name, "code": error.code})
         except Exception as exc:  # a store hiccup must not stop the next round
             log.warning("housekeeping_failed", extra={"step": name, "error": type(exc).__name__})
+        else:
+            if done:
+                self._metrics.housekeeping_done.labels(step=name).inc(done)
+            return
+        self._metrics.housekeeping_failures.labels(step=name).inc()
