@@ -114,6 +114,18 @@ async def recv_type(ws: ClientConnection, kind: str, within: float = 3.0) -> dic
     return await asyncio.wait_for(loop(), within)
 
 
+async def frames_within(ws: ClientConnection, seconds: float) -> list[dict[str, Any]]:
+    """Every frame that arrives within `seconds`."""
+    frames: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + seconds
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        try:
+            frames.append(dict(json.loads(await asyncio.wait_for(ws.recv(), left))))
+        except TimeoutError:
+            break
+    return frames
+
+
 async def close_code(ws: ClientConnection, within: float = 3.0) -> int | None:
     try:
         while True:

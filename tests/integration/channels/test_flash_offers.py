@@ -19,7 +19,14 @@ from channels.close_codes import CloseCode
 from server.adapters.mongo.orders import MongoOrderStore
 from server.domain.identity import Role
 from server.domain.orders import OrderStatus
-from tests.integration.channels.live import Live, close_code, recv, recv_type, token
+from tests.integration.channels.live import (
+    Live,
+    close_code,
+    frames_within,
+    recv,
+    recv_type,
+    token,
+)
 
 ADDRESS = {
     "name": "Ana",
@@ -271,7 +278,9 @@ async def test_an_offer_ends_by_time_once(live: Live) -> None:
         offer = await launch(live, duration_seconds=10)
         ended = await recv_type(anon, "offer.ended", within=15)
         assert (ended["offer_id"], ended["reason"]) == (offer["id"], "expired")
-        await asyncio.sleep(1.5)  # the next rounds of housekeeping must not end it again
+        # The next rounds of housekeeping must not end it again.
+        later = await frames_within(anon, 1.5)
+        assert [f for f in later if f["type"] == "offer.ended"] == []
     stored = (await live.http.get(f"/api/v1/offers/{offer['id']}")).json()
     assert stored["end_reason"] == "expired"
 

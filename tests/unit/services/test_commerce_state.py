@@ -1,9 +1,12 @@
 """A hypothesis state machine through the claim and order services: claims (with retried
 keys), cancellations, expiries, the reaper, reservation-store data loss, the host's stop and
-the settling, on the in-memory adapters. After every step: stock never negative, units held
-never above the quantity, no buyer above the limit, remaining == quantity - held, one order per
-buyer and key, every order's history legal, and what the offer books of its product's stock
-covers what its orders hold."""
+the settling, on the in-memory adapters. Each claim of a new key is answered as a model of
+the offer predicts (an order when units are left and the buyer is under the limit, else the
+right refusal), and a retry of a key that has its order gets that order. A lost stock is left
+to the services to rebuild. After every step: stock never negative, units held never above the
+quantity, no buyer above the limit, remaining == quantity - held, one order per buyer and key,
+every order's history legal, and what the offer books of its product's stock covers what its
+orders hold."""
 
 from __future__ import annotations
 
@@ -108,6 +111,9 @@ class FlashSale(RuleBasedStateMachine):
 
     @rule(buyer=st.sampled_from(BUYERS), key=st.sampled_from("abcdef"), quantity=st.integers(1, 2))
     def claim(self, buyer: Identity, key: str, quantity: int) -> None:
+        claimed = (buyer.user_id, key)
+        # A key never used before is the model's to predict: what may it take?
+        room = None if claimed in self.quantity_of else self.claimable(buyer.user_id)
         try:
             order, created = self.run(
                 self.service.claim(
@@ -115,26 +121,21 @@ class FlashSale(RuleBasedStateMachine):
                 )
             )
         except LiveshopError as error:
-            first = self.quantity_of.get((buyer.user_id, key))
-            if error.code == "idempotency_key_reused":
-                assert first is not None
-                assert first != quantity  # the same key, other terms
-                return
-            # Selling out ends the offer, so later claims find it no longer active.
-            expected = {"sold_out", "insufficient_stock", "limit_reached", "offer_not_active"}
-            assert error.code in {*expected, "claim_expired"}, error.code  # noqa: PT017
-            if error.code == "claim_expired":
-                self.quantity_of.setdefault((buyer.user_id, key), quantity)
+            self.refused(claimed, quantity, room, error.code)
             return
-        known = self.by_key.get((buyer.user_id, key))
+        if room is not None:  # every refusal would have been wrong
+            left, mine = room
+            assert left >= quantity, (left, quantity)
+            assert mine + quantity <= LIMIT, (mine, quantity)
+        known = self.by_key.get(claimed)
         if known is not None:
             assert not created
             assert order.id == known  # a retry finds its order, never a second one
             assert order.quantity == quantity
         else:
             assert created
-            self.by_key[(buyer.user_id, key)] = order.id
-            self.quantity_of[(buyer.user_id, key)] = quantity
+            self.by_key[claimed] = order.id
+            self.quantity_of[claimed] = quantity
 
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
@@ -178,8 +179,54 @@ class FlashSale(RuleBasedStateMachine):
         self.clock.advance(seconds=LATE_ORDERS.total_seconds())
         self.run(self.service.settle_due())
 
+    def refused(
+        self, claimed: tuple[str, str], quantity: int, room: tuple[int, int] | None, code: str
+    ) -> None:
+        """Check a refusal of the claim: one of the claim's codes, and, for a key never used
+        before (`room`: what it may take), the right one."""
+        if code == "idempotency_key_reused":
+            first = self.quantity_of.get(claimed)
+            assert first is not None
+            assert first != quantity  # the same key, other terms
+            return
+        # A retry of a key that has its order gets that order, whatever came since.
+        assert claimed not in self.by_key, code
+        # Selling out ends the offer, so later claims find it no longer active.
+        expected = {"sold_out", "insufficient_stock", "limit_reached", "offer_not_active"}
+        assert code in {*expected, "claim_expired"}, code
+        if code == "claim_expired":
+            self.quantity_of.setdefault(claimed, quantity)
+        if room is None:
+            return
+        left, mine = room  # the offer runs, and the key is new
+        assert code not in ("offer_not_active", "claim_expired"), code
+        if code in ("sold_out", "insufficient_stock"):
+            assert left < quantity, (code, left)
+        else:
+            assert mine + quantity > LIMIT, (code, mine, quantity)
+
+    def claimable(self, buyer_id: str) -> tuple[int, int] | None:
+        """What a new claim may take while the offer runs: the units left, and the buyer's
+        units already held (orders, and their reservations no order has yet); None once the
+        offer has ended. Stock the store lost is rebuilt from the orders alone."""
+        if self.run(self.offers_store.get(self.offer.id)).end_reason is not None:
+            return None
+        held = [o for o in self.all_orders() if o.status in HOLDS_STOCK]
+        pending = []
+        if self.run(self.stock.is_ready(self.offer.id)):
+            pending = self.run(self.stock.pending_without_order(self.offer.id, FAR_FUTURE))
+        left = QUANTITY - sum(o.quantity for o in held) - sum(p.quantity for p in pending)
+        mine = sum(o.quantity for o in held if o.buyer_id == buyer_id)
+        mine += sum(p.quantity for p in pending if p.buyer_id == buyer_id)
+        return left, mine
+
     def all_orders(self) -> list[Order]:
-        return [self.run(self.orders_store.get(order_id)) for order_id in self.by_key.values()]
+        """Every order stored, not only those the claims answered with."""
+        return [
+            order
+            for buyer in BUYERS
+            for order in self.run(self.orders_store.list_for_buyer(buyer.user_id, 1_000))
+        ]
 
     @invariant()
     def stock_matches_the_orders(self) -> None:
@@ -187,18 +234,19 @@ class FlashSale(RuleBasedStateMachine):
             return
         orders = self.all_orders()
         held = [o for o in orders if o.status in HOLDS_STOCK]
-        if not self.run(self.stock.is_ready(self.offer.id)):
-            self.run(self.offers.rebuild(self.offer.id))  # as a reader would after a loss
-        remaining = self.run(self.stock.remaining(self.offer.id))
         units = sum(o.quantity for o in held)
-        orphans = self.run(self.stock.pending_without_order(self.offer.id, FAR_FUTURE))
         offer = self.run(self.offers_store.get(self.offer.id))
-        assert remaining >= 0
         assert units <= QUANTITY
-        if offer.end_reason is EndReason.SOLD_OUT:
-            assert remaining == 0  # units given back since go to the product, not the offer
-        else:
-            assert remaining == QUANTITY - units - sum(p.quantity for p in orphans)
+        # Stock the store lost is left to the claims, cancels and expiries to rebuild, as they
+        # must: checked whenever it is there.
+        if self.run(self.stock.is_ready(self.offer.id)):
+            remaining = self.run(self.stock.remaining(self.offer.id))
+            orphans = self.run(self.stock.pending_without_order(self.offer.id, FAR_FUTURE))
+            assert remaining >= 0
+            if offer.end_reason is EndReason.SOLD_OUT:
+                assert remaining == 0  # units given back since go to the product, not the offer
+            else:
+                assert remaining == QUANTITY - units - sum(p.quantity for p in orphans)
         per_buyer = Counter[str]()
         for order in held:
             per_buyer[order.buyer_id] += order.quantity
@@ -206,6 +254,7 @@ class FlashSale(RuleBasedStateMachine):
         assert all(is_legal_history(order.history) for order in orders)
         keys = Counter((o.buyer_id, o.idempotency_key) for o in orders)
         assert all(count == 1 for count in keys.values())
+        assert set(self.by_key.values()) <= {o.id for o in orders}
         # What the offer books of its product's stock covers what its orders hold, and never
         # grows (a stock count relies on that).
         booked = units_booked([offer], {offer.id: units})
