@@ -109,6 +109,10 @@ class Broker(Protocol):
     async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
         """True for exactly one caller per room, name and period, across processes."""
 
+    async def take_turn(self, room_id: str, name: str, burst: int, per_second: float) -> bool:
+        """True while the room's `name` has been taken at most `burst` times at once and
+        `per_second` after that, across processes (a token bucket); False takes nothing."""
+
 
 def new_epoch() -> str:
     return secrets.token_hex(4)

@@ -55,6 +55,7 @@ class MemoryBus:
         self.streams: dict[str, _Stream] = {}
         self.counters: dict[str, _RoomCounters] = {}
         self.gates: dict[tuple[str, str], float] = {}
+        self.turns: dict[tuple[str, str], float] = {}  # when each bucket is full again
         self.brokers: list[MemoryBroker] = []
         self._swept_at = time.monotonic()
 
@@ -76,6 +77,8 @@ class MemoryBus:
             del self.counters[room_id]
         for gate in [g for g, until in self.gates.items() if until <= now]:
             del self.gates[gate]
+        for turn in [t for t, full_at in self.turns.items() if full_at <= now]:
+            del self.turns[turn]
         for stream in self.streams.values():
             _trim(stream.history, now - self.history_seconds, self.history_events)
 
@@ -84,6 +87,7 @@ class MemoryBus:
         self.streams.clear()
         self.counters.clear()
         self.gates.clear()
+        self.turns.clear()
 
 
 class MemoryBroker:
@@ -220,6 +224,18 @@ class MemoryBroker:
         if self.bus.gates.get(key, 0.0) > now:
             return False
         self.bus.gates[key] = now + seconds
+        self.bus.sweep_if_due(now)
+        return True
+
+    async def take_turn(self, room_id: str, name: str, burst: int, per_second: float) -> bool:
+        # As the Redis script does: the bucket kept as the time it is full again.
+        now = time.monotonic()
+        key = (room_id, name)
+        interval = 1 / per_second
+        full_at = self.bus.turns.get(key, now)
+        if full_at - now > (burst - 1) * interval:
+            return False
+        self.bus.turns[key] = max(full_at, now) + interval
         self.bus.sweep_if_due(now)
         return True
 

@@ -104,6 +104,25 @@ return {likes, total, peak}
 """
 
 
+# A token bucket kept as the time it is full again (GCRA: one key, no refill to write): a turn
+# is taken while that time is at most `burst - 1` turns away. Redis's clock, not the caller's,
+# so that processes whose clocks differ share one bucket. Microseconds, exact in Lua's doubles.
+# KEYS[1] the bucket; ARGV[1] microseconds a turn, ARGV[2] burst.
+_TURN = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local interval = tonumber(ARGV[1])
+local full_at = tonumber(redis.call('GET', KEYS[1])) or now
+if full_at - now > (tonumber(ARGV[2]) - 1) * interval then
+  return 0
+end
+full_at = math.max(full_at, now) + interval
+local ms = math.ceil((full_at - now) / 1000)
+redis.call('SET', KEYS[1], string.format('%d', full_at), 'PX', ms)
+return 1
+"""
+
+
 def _keys(room_id: str) -> tuple[str, str, str, str]:
     tag = f"liveshop:{{{room_id}}}"
     return f"{tag}:stream", f"{tag}:history", f"{tag}:counters", f"{tag}:viewers"
@@ -132,6 +151,7 @@ class RedisBroker:
         self._connecting = asyncio.Lock()
         self._publish = self._redis.register_script(_PUBLISH)
         self._counters = self._redis.register_script(_COUNTERS)
+        self._turn = self._redis.register_script(_TURN)
         self._listener: BrokerListener | None = None
         self._reader: asyncio.Task[None] | None = None
         self._room_prefix = room_channel("")
@@ -292,6 +312,12 @@ class RedisBroker:
     async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
         key = f"liveshop:{{{room_id}}}:gate:{name}"
         return bool(await self._redis.set(key, self.node_id, nx=True, px=int(seconds * 1000)))
+
+    @redis_unreachable_is_unavailable
+    async def take_turn(self, room_id: str, name: str, burst: int, per_second: float) -> bool:
+        key = f"liveshop:{{{room_id}}}:turn:{name}"
+        interval_us = max(1, round(1_000_000 / per_second))
+        return bool(await self._turn(keys=[key], args=[interval_us, burst]))
 
     async def _read_forever(self) -> None:
         # A reader that died would leave this process deaf to every room, silently: whatever

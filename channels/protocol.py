@@ -39,6 +39,7 @@ MAX_REF_CHARS = 100
 # A user's likes in a room, over all their sockets here: taps come in frames of up to 100, and
 # no thumb taps 50 times a second for long.
 LIKES_BURST = 500
+TOO_FAST = "you are sending messages too fast"
 LIKES_PER_SECOND = 50
 
 
@@ -48,6 +49,8 @@ class RoomRules(Protocol):
     host_id: str
     slow_mode_seconds: int
     blocked_words: list[str]
+    chat_burst: int
+    chat_per_second: float
 
     def muted_until(self, user_id: str, now: datetime) -> datetime | None: ...
 
@@ -112,11 +115,15 @@ class StoreSlowMode:
 
 
 @dataclass(frozen=True, slots=True)
-class SlowModeTurn:
-    """The user's turn to speak under slow mode, taken room-wide: a user's sockets on other
-    processes keep their own clock of it, which this one cannot see."""
+class Turn:
+    """A turn taken room-wide (Broker.take_turn), refused with RateLimited(`refusal`, `code`):
+    a user's sockets on other processes keep their own count, which this one cannot see."""
 
-    seconds: int
+    name: str
+    burst: int
+    per_second: float
+    code: str
+    refusal: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +137,7 @@ class Close:
     reason: str
 
 
-Command = (
-    Reply | Publish | AddLikes | Claim | StoreMute | StoreBan | StoreSlowMode | SlowModeTurn | Close
-)
+Command = Reply | Publish | AddLikes | Claim | StoreMute | StoreBan | StoreSlowMode | Turn | Close
 
 
 def error_frame(error: LiveshopError, ref: str | None) -> dict[str, Any]:
@@ -274,7 +279,7 @@ class RoomSession:
         if not moderator:
             check_slow_mode(state.last_sent, self.rules.slow_mode_seconds, mono)
         if not state.bucket.take(mono):
-            raise RateLimited("you are sending messages too fast")
+            raise RateLimited(TOO_FAST)
         if not moderator and find_blocked_word(text, self.rules.blocked_words) is not None:
             raise Forbidden("the message contains a blocked word", code="blocked_word")
         state.last_sent = mono
@@ -286,9 +291,18 @@ class RoomSession:
             "client_id": frame.client_id,
             "at": iso_z(now),
         }
-        if moderator or self.rules.slow_mode_seconds <= 0:
-            return [Publish(event)]
-        return [SlowModeTurn(self.rules.slow_mode_seconds), Publish(event)]
+        return [*self._chat_turns(user_id, moderator), Publish(event)]
+
+    def _chat_turns(self, user_id: str, moderator: bool) -> list[Command]:
+        """The checks above, room-wide: slow mode's, then the rate limit's."""
+        turns: list[Command] = []
+        seconds = self.rules.slow_mode_seconds
+        if not moderator and seconds > 0:
+            refusal = f"slow mode: one message every {seconds} s"
+            turns.append(Turn(f"slow-mode:{user_id}", 1, 1 / seconds, "slow_mode", refusal))
+        burst, rate = self.rules.chat_burst, self.rules.chat_per_second
+        turns.append(Turn(f"chat:{user_id}", burst, rate, "rate_limited", TOO_FAST))
+        return turns
 
     def _refuse_muting_the_host_or_yourself(self, user_id: str) -> None:
         if user_id in (self.rules.host_id, self.identity.user_id):

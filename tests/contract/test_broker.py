@@ -310,6 +310,20 @@ async def test_a_gate_opens_once_per_period_across_nodes(backend: Backend) -> No
     assert await backend.b.broker.try_gate("r9", "likes", 0.3)
 
 
+async def test_a_turn_is_counted_across_nodes(backend: Backend) -> None:
+    a, b = backend.a.broker, backend.b.broker
+    taken = await asyncio.gather(
+        *(n.take_turn("r11", "chat:u1", 3, 1.0) for n in (a, b) for _ in range(4))
+    )
+    assert taken.count(True) == 3  # the burst, over both nodes
+    assert await a.take_turn("r11", "chat:u2", 3, 1.0)  # another name, its own bucket
+    await asyncio.sleep(1.2)  # one turn back, at a turn a second
+    assert [
+        await b.take_turn("r11", "chat:u1", 3, 1.0),
+        await a.take_turn("r11", "chat:u1", 3, 1.0),
+    ] == [True, False]
+
+
 async def test_redis_restart_resubscribes_and_starts_a_new_epoch(
     redis_server: RedisServer,
 ) -> None:

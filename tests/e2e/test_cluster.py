@@ -16,8 +16,8 @@ from tests.e2e.api import (
     room_stats,
     unique,
 )
-from tests.e2e.conftest import Cluster
-from tests.e2e.processes import LiveshopProcess
+from tests.e2e.conftest import Cluster, server_env
+from tests.e2e.processes import LiveshopProcess, running
 from tests.e2e.wsclient import (
     Frame,
     WsClient,
@@ -323,3 +323,33 @@ async def test_moderation_on_one_process_applies_on_the_other(cluster: Cluster) 
         assert not any(client.closed for client in clients)
     finally:
         await close_all(clients)
+
+
+async def test_a_users_chat_rate_is_counted_across_processes(
+    redis_url: str, mongodb_url: str, e2e_database: str
+) -> None:
+    # The chat limit as shipped (a burst of 4 here): a socket on each process does not double it.
+    env = server_env(
+        redis_url,
+        mongodb_url,
+        e2e_database,
+        LIVESHOP_CHAT_BURST="4",
+        LIVESHOP_CHAT_PER_SECOND="0.1",
+    )
+    pair = [LiveshopProcess(env, name="A"), LiveshopProcess(env, name="B")]
+    with running(pair):
+        room_id = await create_live_room(pair[0].base_url, make_token(unique("host"), "host"))
+        user = unique("chatty")
+        on_a, _ = await _viewer(pair[0], room_id, user)
+        on_b, _ = await _viewer(pair[1], room_id, user)
+        try:
+            for n in range(3):
+                await on_a.chat(f"a{n}")
+                await on_b.chat(f"b{n}")
+            refused = [await on_a.recv_until("error"), await on_b.recv_until("error")]
+            assert [e["code"] for e in refused] == ["rate_limited", "rate_limited"], refused
+            await asyncio.sleep(0.5)  # the lines taken are heard by now
+            said = {f["client_id"] for f in on_a.room_events() if f["type"] == "chat.message"}
+            assert len(said) == 4, said  # the burst, over both processes
+        finally:
+            await close_all([on_a, on_b])

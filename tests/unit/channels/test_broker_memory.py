@@ -32,11 +32,12 @@ async def test_what_redis_would_expire_is_swept(clock: Monotonic) -> None:
         await broker.publish("show", {"type": "chat.message", "n": n})
     await broker.update_counters("show", likes_delta=5, local_viewers=1)
     assert await broker.try_gate("show", "stock:f_1", 0.5)
+    assert await broker.take_turn("show", "chat:leo", 5, 1.0)
     epoch = (await broker.position("show")).epoch
 
     clock.now += 601 + SWEEP_EVERY_SECONDS  # past the history anyone is served
     await broker.publish("other", {"type": "chat.message"})  # any write sweeps
-    assert bus.gates == {}
+    assert (bus.gates, bus.turns) == ({}, {})
     assert len(bus.streams["show"].history) == 0
     assert await broker.position("show") == StreamPosition(3, epoch)
     assert (await broker.read_counters("show")).likes == 5

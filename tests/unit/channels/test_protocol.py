@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from channels.close_codes import CloseCode
 from channels.protocol import (
     LIKES_BURST,
+    TOO_FAST,
     AddLikes,
     ChatState,
     Close,
@@ -22,10 +23,10 @@ from channels.protocol import (
     Publish,
     Reply,
     RoomSession,
-    SlowModeTurn,
     StoreBan,
     StoreMute,
     StoreSlowMode,
+    Turn,
 )
 from server.domain.chat import TokenBucket
 from server.domain.identity import Identity, Role
@@ -44,6 +45,7 @@ class Rules:
         self.mutes: dict[str, datetime] = {}
         self.messages: set[str] = set()
         self.chat: dict[str, ChatState] = {}
+        self.chat_burst, self.chat_per_second = 5, 1.0
 
     def muted_until(self, user_id: str, now: datetime) -> datetime | None:
         until = self.mutes.get(user_id)
@@ -80,9 +82,10 @@ def test_chat_is_cleaned_and_published_with_author() -> None:
     commands = send(
         session(SHOPPER), {"type": "chat.send", "text": "  hi\u202e\x07  there ", "client_id": "c1"}
     )
-    assert len(commands) == 1
-    assert isinstance(commands[0], Publish)
-    event = commands[0].event
+    # Its turn taken room-wide too, for the user's sockets on other processes.
+    assert commands[:-1] == [Turn("chat:shopper-1", 5, 1.0, "rate_limited", TOO_FAST)]
+    assert isinstance(commands[-1], Publish)
+    event = commands[-1].event
     assert event["type"] == "chat.message"
     assert event["text"] == "hi there"
     assert event["user"] == {"id": "shopper-1", "name": "Leo", "role": "shopper"}
@@ -186,29 +189,32 @@ def test_anonymous_viewer_can_ping_but_not_chat_or_like() -> None:
 def test_chat_rate_limit_keeps_the_socket_open() -> None:
     s = session(SHOPPER)
     results = [send(s, {"type": "chat.send", "text": f"m{i}"}, mono=0.0) for i in range(8)]
-    assert all(isinstance(r[0], Publish) for r in results[:5])
+    assert all(isinstance(r[-1], Publish) for r in results[:5])
     for refused in results[5:]:
         assert error_code(refused) == "rate_limited"
         assert not any(isinstance(c, Close) for c in refused)
-    assert isinstance(send(s, {"type": "chat.send", "text": "later"}, mono=2.0)[0], Publish)
+    assert isinstance(send(s, {"type": "chat.send", "text": "later"}, mono=2.0)[-1], Publish)
+
+
+SLOW = "slow mode: one message every 10 s"
 
 
 def test_slow_mode_applies_to_shoppers_not_to_the_host() -> None:
     rules = Rules()
     rules.slow_mode_seconds = 10
     shopper, host = session(SHOPPER, rules), session(HOST, rules)
-    # A shopper's line also takes their turn room-wide, for their sockets on other processes.
-    turn, line = send(shopper, {"type": "chat.send", "text": "a"}, mono=0)
-    assert (turn, type(line)) == (SlowModeTurn(10), Publish)
+    # A shopper's line also takes their turns room-wide, for their sockets on other processes.
+    slow, _, line = send(shopper, {"type": "chat.send", "text": "a"}, mono=0)
+    assert (slow, type(line)) == (Turn("slow-mode:shopper-1", 1, 0.1, "slow_mode", SLOW), Publish)
     assert error_code(send(shopper, {"type": "chat.send", "text": "b"}, mono=5)) == "slow_mode"
     assert [type(c) for c in send(shopper, {"type": "chat.send", "text": "c"}, mono=11)] == [
-        SlowModeTurn,
+        Turn,
+        Turn,
         Publish,
     ]
     for t in (0, 1):
-        assert [type(c) for c in send(host, {"type": "chat.send", "text": "h"}, mono=t)] == [
-            Publish
-        ]
+        commands = send(host, {"type": "chat.send", "text": "h"}, mono=t)
+        assert [c.name for c in commands if isinstance(c, Turn)] == ["chat:host-1"]
 
 
 def test_a_users_sockets_share_one_budget_of_likes() -> None:
@@ -232,7 +238,7 @@ def test_blocked_words_are_refused_whatever_their_case_or_width() -> None:
     s = session(SHOPPER, rules)
     fullwidth = "total \uff33\uff23\uff21\uff2d here"
     assert error_code(send(s, {"type": "chat.send", "text": fullwidth})) == "blocked_word"
-    assert isinstance(send(s, {"type": "chat.send", "text": "great deal"}, mono=1)[0], Publish)
+    assert isinstance(send(s, {"type": "chat.send", "text": "great deal"}, mono=1)[-1], Publish)
 
 
 def test_muted_user_cannot_chat_until_the_mute_ends() -> None:
@@ -241,7 +247,7 @@ def test_muted_user_cannot_chat_until_the_mute_ends() -> None:
     assert error_code(send(session(SHOPPER, rules), {"type": "chat.send", "text": "hi"})) == "muted"
     rules.mutes[SHOPPER.user_id] = NOW - timedelta(seconds=1)
     assert isinstance(
-        send(session(SHOPPER, rules), {"type": "chat.send", "text": "hi"})[0], Publish
+        send(session(SHOPPER, rules), {"type": "chat.send", "text": "hi"})[-1], Publish
     )
 
 
