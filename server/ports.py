@@ -244,6 +244,10 @@ class OrderStore(Protocol):
 
     async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None: ...
 
+    async def by_keys(self, offer_id: str, keys: Sequence[str]) -> builtins.list[Order]:
+        """The offer's orders under any of `keys`, in no order."""
+        ...
+
     async def list_for_buyer(
         self, buyer_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:

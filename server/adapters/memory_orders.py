@@ -195,6 +195,10 @@ class MemoryOrderStore:
         order_id = self._by_key.get((offer_id, idempotency_key))
         return None if order_id is None else copy.deepcopy(self._orders[order_id])
 
+    async def by_keys(self, offer_id: str, keys: Sequence[str]) -> builtins.list[Order]:
+        found = [self._by_key.get((offer_id, key)) for key in keys]
+        return [copy.deepcopy(self._orders[i]) for i in found if i is not None]
+
     async def list_for_buyer(
         self, buyer_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:

@@ -2,10 +2,11 @@
 ends left unfinished, withdraw offers whose launch died before counting them, tell rooms of
 those whose launch died after counting them, expire unpaid orders, give back units a cancel or
 an expiry could not, tell buyers of the order changes the broker could not, settle ended
-offers, release reservations whose claimer died (of the offers this process serves each round,
-of every running offer in turn), and forget the stock cadence of offers whose stock no longer
-moves here. Each step is safe to run everywhere at once: the stores' compare-and-set lets
-exactly one process act on each offer or order, giving units back and stopping a stock are
+offers, settle orders written after the reaper released their reservation, release
+reservations whose claimer died (of the offers this process serves each round, of every
+running offer in turn), and forget the stock cadence of offers whose stock no longer moves
+here. Each step is safe to run everywhere at once: the stores' compare-and-set lets exactly
+one process act on each offer or order, giving units back and stopping a stock are
 idempotent, and the room's stream drops a second `offer.ended`."""
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Housekeeper:
         await self._step("return_units", self._orders.return_units_due)
         await self._step("tell_untold_buyers", self._orders.tell_untold_buyers)
         await self._step("settle_offers", self._orders.settle_due)
+        await self._step("settle_late_orders", self._orders.settle_late_orders)
         for offer_id in offer_ids:
             await self._step("reap_orphans", partial(self._orders.reap_orphans, offer_id))
         await self._step("reap_running_offers", partial(self._reap_in_turn, set(offer_ids)))

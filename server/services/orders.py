@@ -54,6 +54,7 @@ from server.domain.times import utc_now
 from server.logs import warn_if_failed
 from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockReservations
 from server.services.buyer_notices import BuyerNotices, Notify
+from server.services.late_orders import LateOrders
 from server.services.load_once import LoadOnce
 from server.services.offers import OfferService
 from server.services.room_bans import RoomBans
@@ -92,6 +93,7 @@ class OrderService:
         self._stock = stock
         self._offer_service = offer_service
         self._buyers = BuyerNotices(orders, notify, clock)
+        self._late = LateOrders(orders, clock)
         self._clock = clock
         self._bans = bans  # None where nobody is ever banned (tests of claims alone)
         # Offers this process reserved stock for lately: it reaps their orphans even when no
@@ -220,17 +222,22 @@ class OrderService:
             raise other_terms()
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
         # its write and its attach, and an unattached order would look orphaned to the reaper.
-        if await self._attach(stored) in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
-            # The reaper, a rebuild or a settling gave these units back meanwhile: no stock, no
-            # order.
-            await self._cancel_lost(stored)
-            await self._stock_came_back(order.offer_id)
+        if not await self._holds_its_units(stored):
             raise claim_expired()
         if created:
             await self._buyers.tell_created(stored)
         elif not same_terms:  # the reservation was the order's own: attached, then refused
             raise other_terms()
         return stored, created
+
+    async def _holds_its_units(self, order: Order) -> bool:
+        """Attach the order to its reservation. If the reaper, a rebuild or a settling gave its
+        units back meanwhile, cancel it: no stock, no order."""
+        if await self._attach(order) in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
+            await self._cancel_lost(order)
+            await self._stock_came_back(order.offer_id)
+            return False
+        return True
 
     async def _attach(self, order: Order) -> AttachOutcome:
         """Name the order on its reservation. If Redis lost the offer meanwhile, the order's
@@ -376,6 +383,12 @@ class OrderService:
         """Tell the buyers whose order changed while the broker was away (BuyerNotices)."""
         return await self._buyers.tell_untold()
 
+    async def settle_late_orders(self) -> int:
+        """Settle the orders written after the reaper released their reservation (each process,
+        once a second; see late_orders.py): attached as any order, or, their units gone, cancelled.
+        How many were cancelled."""
+        return await self._late.settle(self._holds_its_units, self._buyers.tell_created)
+
     async def reap_orphans(self, offer_id: str) -> int:
         """Release reservations whose claimer died before writing the order."""
         _, released = await self._reap(offer_id, self._clock() - ORPHAN_AFTER)
@@ -417,6 +430,7 @@ class OrderService:
                 await self._stock.attach_order(offer_id, key, written.id)
                 await self._buyers.tell_created(written)  # its claimer may have died first
             elif await self._release_orphan(offer_id, key):
+                self._late.released(offer_id, key)  # its order may yet land: late_orders.py
                 released += 1
         if released:
             log.warning("orphan_reservations_released", extra={"offer_id": offer_id, "n": released})

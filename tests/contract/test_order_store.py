@@ -57,6 +57,8 @@ async def test_order_reads_back_exactly(stores: Stores) -> None:
     assert await stores.orders.by_key("of_1", "k_1") == order
     assert await stores.orders.by_key("of_1", "k_other") is None
     assert await stores.orders.by_key("of_other", "k_1") is None
+    assert await stores.orders.by_keys("of_1", ["k_other", "k_1"]) == [order]
+    assert await stores.orders.by_keys("of_other", ["k_1"]) == []
 
 
 async def test_missing_order_is_not_found(stores: Stores) -> None:

@@ -175,6 +175,11 @@ class MongoOrderStore:
         return None if doc is None else order_from(doc)
 
     @translate_errors
+    async def by_keys(self, offer_id: str, keys: Sequence[str]) -> builtins.list[Order]:
+        cursor = self._orders.find({"offer_id": offer_id, "idempotency_key": {"$in": list(keys)}})
+        return [order_from(doc) async for doc in cursor]
+
+    @translate_errors
     async def list_for_buyer(
         self, buyer_id: str, limit: int, *, after: PageKey | None = None
     ) -> builtins.list[Order]:
