@@ -165,7 +165,12 @@ async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
     # work): a database that is down, failing over or frozen answers "try again" in seconds.
     timeout = settings.mongodb_timeout_seconds
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongodb_url, tz_aware=True, timeoutMS=int(timeout * 1000)
+        mongodb_url,
+        tz_aware=True,
+        timeoutMS=int(timeout * 1000),
+        # Also what the client does outside an operation: closing it ends its sessions on a
+        # server it must find first (30 s by default, the whole shutdown held when it is gone).
+        serverSelectionTimeoutMS=int(timeout * 1000),
     )
     stack.push_async_callback(client.close)
     db = client[settings.mongodb_database]

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from websockets.exceptions import InvalidHandshake
 
+from server.adapters.mongo.embedded import EmbeddedMongo
 from tests.e2e.api import create_live_room, make_token, unique
-from tests.e2e.conftest import Cluster
-from tests.e2e.processes import LiveshopProcess
+from tests.e2e.conftest import Cluster, server_env
+from tests.e2e.processes import LiveshopProcess, running
 from tests.e2e.wsclient import WsClient, assert_contiguous, chat_id_is, close_all
+from tests.servers import RedisServer
 
 GRACE_SECONDS = 5.0
+MONGODB_TIMEOUT_SECONDS = 5.0  # LIVESHOP_MONGODB_TIMEOUT_SECONDS's default
 
 
 @pytest.fixture
@@ -100,3 +106,26 @@ async def test_sigterm_exit_status_is_0(cluster: Cluster, doomed: LiveshopProces
         assert await viewer.wait_closed(GRACE_SECONDS) == 1001
     code = doomed.wait(GRACE_SECONDS + 10)
     assert code == 0, f"`liveshop serve` exited with {code} after a graceful SIGTERM drain"
+
+
+async def test_sigterm_exits_in_time_with_mongodb_gone(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Its MongoDB gone (the whole stack going down), a process still stops in its grace and
+    MongoDB's deadline, not a driver's 30 s default for finding a server it will not find."""
+    mongo = EmbeddedMongo(tmp_path / "mongo")
+    env = server_env(redis_server.url, await mongo.start(), "gone")
+    env["LIVESHOP_SHUTDOWN_GRACE_SECONDS"] = str(GRACE_SECONDS)
+    try:
+        with running([LiveshopProcess(env, name="MG")]) as (server,):
+            # Its client holds sessions to end at close, as any process that has served does.
+            await create_live_room(server.base_url, make_token(unique("host"), "host"))
+            assert mongo.pid is not None
+            os.kill(mongo.pid, signal.SIGKILL)
+            started = time.monotonic()
+            server.terminate()
+            code = server.wait(GRACE_SECONDS + MONGODB_TIMEOUT_SECONDS + 5)
+            elapsed = time.monotonic() - started
+            assert code == 0, f"exit {code} after {elapsed:.1f} s"
+    finally:
+        await mongo.stop()  # reaps the killed process
