@@ -39,8 +39,8 @@ MAX_REF_CHARS = 100
 # A user's likes in a room, over all their sockets here: taps come in frames of up to 100, and
 # no thumb taps 50 times a second for long.
 LIKES_BURST = 500
-TOO_FAST = "you are sending messages too fast"
 LIKES_PER_SECOND = 50
+TOO_FAST = "you are sending messages too fast"
 
 
 class RoomRules(Protocol):

@@ -108,12 +108,13 @@ class Housekeeper:
     async def _step(self, name: str, work: Callable[[], Awaitable[int | None]]) -> None:
         try:
             done = await work()
-        except LiveshopError as error:
-            log.warning("housekeeping_failed", extra={"step": name, "code": error.code})
         except Exception as exc:  # a store hiccup must not stop the next round
-            log.warning("housekeeping_failed", extra={"step": name, "error": type(exc).__name__})
-        else:
-            if done:
-                self._metrics.housekeeping_done.labels(step=name).inc(done)
+            self._metrics.housekeeping_failures.labels(step=name).inc()
+            if isinstance(exc, LiveshopError):
+                why = {"code": exc.code}
+            else:
+                why = {"error": type(exc).__name__}
+            log.warning("housekeeping_failed", extra={"step": name, **why})
             return
-        self._metrics.housekeeping_failures.labels(step=name).inc()
+        if done:
+            self._metrics.housekeeping_done.labels(step=name).inc(done)
