@@ -28,6 +28,12 @@ GATE_TRIES = 20
 LAST_UNIT_MARK_SECONDS = 3600.0
 # How long a sold-out end waits for the "1 left" on its way (a few Redis round trips).
 LAST_UNIT_WAIT_SECONDS = 2.0
+# How long the claim that took the last unit waits for the orders of reservations still without
+# one (other claims finishing, on other processes too: milliseconds, a second or so in a crowded
+# burst) before it leaves the end to housekeeping: their claimer may have died, and the reaper
+# would give their units back to sell. Checked every ORDERS_POLL_SECONDS.
+LAST_ORDERS_WAIT_SECONDS = 2.0
+ORDERS_POLL_SECONDS = 0.05
 
 
 class StockAnnouncer:
@@ -201,15 +207,15 @@ class StockAnnouncer:
                     # that took the last unit (housekeeping ends it a round later, should it
                     # not), lest it overtake the seller's "1 left".
                     return False
-                if not await self._units_may_come_back(offer):
+                if await self._every_reservation_ordered(offer):
                     # This process's claim took the last unit: it ends the offer, after its
                     # "1 left".
                     await self._end_sold_out(offer)
                     return False
-                # A reservation has no order yet: its claimer, elsewhere, may be writing it, or
-                # may have died, and then the reaper gives its units back to sell. The room
-                # hears 0 now, after the "1 left"; housekeeping ends the offer once every
-                # reservation has its order (OfferService.end_sold_out).
+                # A reservation still has no order: its claimer may have died, and then the
+                # reaper gives its units back to sell. The room hears 0 now, after the "1 left";
+                # housekeeping ends the offer once every reservation has its order
+                # (OfferService.end_sold_out), and the end says 0 again.
                 await self.last_unit_told(offer.id)
                 await self._events.try_gate(offer.room_id, gate, STOCK_ANNOUNCE_SECONDS)
                 break
@@ -233,8 +239,15 @@ class StockAnnouncer:
         await self._publish_stock(offer, figure)
         return self._changed_at.get(offer.id, 0.0) > read_at
 
-    async def _units_may_come_back(self, offer: FlashOffer) -> bool:
-        return bool(await self._stock.pending_without_order(offer.id, self._clock() + SKEW_MARGIN))
+    async def _every_reservation_ordered(self, offer: FlashOffer) -> bool:
+        """Whether every reservation of the offer has its order, or has by LAST_ORDERS_WAIT_SECONDS
+        from now."""
+        deadline = time.monotonic() + LAST_ORDERS_WAIT_SECONDS
+        while await self._stock.pending_without_order(offer.id, self._clock() + SKEW_MARGIN):
+            if time.monotonic() >= deadline or self._closed:
+                return False
+            await asyncio.sleep(ORDERS_POLL_SECONDS)
+        return True
 
     async def _end_sold_out(self, offer: FlashOffer) -> None:
         """End the offer, which tells the room, once. Not cut short by close(): once the end

@@ -5,8 +5,15 @@ units reserved, which the reaper gives back to sell)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
+import pytest
+
+from server.adapters.memory_orders import MemoryOrderStore
 from server.domain.offers import EndReason
+from server.domain.orders import Order
+from server.ports import OrderStore
+from server.services import stock_announcer
 from server.services.housekeeping import Housekeeper
 from tests.unit.services.shop import ADDRESS, Shop, buyer, other_process, second_process, settle
 
@@ -64,8 +71,9 @@ async def test_housekeeping_leaves_an_offer_whose_last_unit_has_no_order_yet(sho
 
 
 async def test_claims_selling_out_around_a_dead_claimers_unit_leave_the_offer_running(
-    shop: Shop,
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(stock_announcer, "LAST_ORDERS_WAIT_SECONDS", 0.1)  # not 2 s: none comes
     offer = await shop.launch(quantity=3, limit=1)
     # Reserved by a claimer that died before writing the order: the unit may come back.
     await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", shop.clock())
@@ -86,3 +94,44 @@ async def test_claims_selling_out_around_a_dead_claimers_unit_leave_the_offer_ru
     await shop.claim(offer, buyer(3), "k3")  # and sells it
     await settle()
     assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+
+
+class SlowWrites:
+    """The shop's orders, through a connection whose writes wait for the test."""
+
+    def __init__(self, shared: MemoryOrderStore) -> None:
+        self._shared = shared
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def create(self, order: Order) -> Order:
+        await self.go.wait()
+        return await self._shared.create(order)
+
+
+async def test_the_last_unit_ends_the_offer_once_the_orders_being_written_land(
+    shop: Shop,
+) -> None:
+    # Another process's claim is still writing its order when this one takes the last unit,
+    # as in most bursts on several processes: the end waits for it, not for housekeeping.
+    writes = SlowWrites(shop.orders_store)
+    _, busy = other_process(shop, orders=cast(OrderStore, writes))
+    offer = await shop.launch(quantity=2, limit=1)
+    writing = asyncio.create_task(
+        busy.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await asyncio.sleep(0.05)  # its unit reserved, its order on its way
+    await shop.claim(offer, buyer(2), "k")  # the last unit
+    await asyncio.sleep(0.2)
+    writes.go.set()
+    await writing
+    await settle()
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+    told = shop.events.of_type("offer.stock", "offer.ended")
+    assert [(e["type"], e.get("remaining")) for e in told][-2:] == [
+        ("offer.stock", 0),
+        ("offer.ended", None),
+    ]
+    assert [e.get("remaining") for e in told].count(0) == 1
