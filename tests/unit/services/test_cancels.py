@@ -11,7 +11,7 @@ import pytest
 from server.domain.errors import Conflict, Forbidden
 from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
-from tests.unit.services.shop import HOST, Shop, buyer, other_process
+from tests.unit.services.shop import HOST, HeldCalls, Shop, buyer, other_process
 
 
 async def test_cancel_gives_the_units_back_and_the_buyer_may_claim_again(shop: Shop) -> None:
@@ -67,19 +67,6 @@ class Unhurried:
         await self._shared.save_move(order, **when)
 
 
-class HeldBeforeWrites(Unhurried):
-    """The shop's order store, holding each write until `go_on` is set."""
-
-    def __init__(self, shared: OrderStore) -> None:
-        super().__init__(shared)
-        self.writing, self.go_on = asyncio.Event(), asyncio.Event()
-
-    async def save_move(self, order: Order, **when: Any) -> None:
-        self.writing.set()
-        await self.go_on.wait()
-        await super().save_move(order, **when)
-
-
 async def test_an_expired_order_cannot_be_cancelled(shop: Shop) -> None:
     offer = await shop.launch(quantity=3, limit=1)
     order, _ = await shop.claim(offer, buyer(1), "k1")
@@ -96,13 +83,13 @@ async def test_a_cancel_that_loses_the_race_to_the_expiry_is_an_invalid_transiti
     offer = await shop.launch(quantity=3, limit=1)
     order, _ = await shop.claim(offer, buyer(1), "k1")
     shop.clock.advance(minutes=16)
-    store = HeldBeforeWrites(shop.orders_store)
+    store = HeldCalls(shop.orders_store, "save_move")
     _, racing = other_process(shop, orders=cast(OrderStore, store))
     # The cancel reads the order pending; the expiry moves it before the cancel writes.
     cancel = asyncio.ensure_future(racing.cancel(order.id, buyer(1)))
-    await store.writing.wait()
+    await store.entered.wait()
     assert await shop.orders.expire_due() == 1
-    store.go_on.set()
+    store.gate.set()
     with pytest.raises(Conflict) as refused:
         await cancel
     assert refused.value.code == "invalid_transition"  # the documented code, not the store's

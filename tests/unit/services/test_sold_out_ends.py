@@ -5,17 +5,23 @@ units reserved, which the reaper gives back to sell)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
-from server.adapters.memory_orders import MemoryOrderStore
 from server.domain.offers import EndReason
-from server.domain.orders import Order
 from server.ports import OrderStore
 from server.services import stock_announcer
 from server.services.housekeeping import Housekeeper
-from tests.unit.services.shop import ADDRESS, Shop, buyer, other_process, second_process, settle
+from tests.unit.services.shop import (
+    ADDRESS,
+    HeldCalls,
+    Shop,
+    buyer,
+    other_process,
+    second_process,
+    settle,
+)
 
 
 async def test_a_sell_out_on_two_processes_at_once_is_announced_once(shop: Shop) -> None:
@@ -96,27 +102,12 @@ async def test_claims_selling_out_around_a_dead_claimers_unit_leave_the_offer_ru
     assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
 
 
-class SlowWrites:
-    """The shop's orders, through a connection whose writes wait for the test."""
-
-    def __init__(self, shared: MemoryOrderStore) -> None:
-        self._shared = shared
-        self.go = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
-
-    async def create(self, order: Order) -> Order:
-        await self.go.wait()
-        return await self._shared.create(order)
-
-
 async def test_the_last_unit_ends_the_offer_once_the_orders_being_written_land(
     shop: Shop,
 ) -> None:
     # Another process's claim is still writing its order when this one takes the last unit,
     # as in most bursts on several processes: the end waits for it, not for housekeeping.
-    writes = SlowWrites(shop.orders_store)
+    writes = HeldCalls(shop.orders_store)  # its writes wait for the test
     _, busy = other_process(shop, orders=cast(OrderStore, writes))
     offer = await shop.launch(quantity=2, limit=1)
     writing = asyncio.create_task(
@@ -125,7 +116,7 @@ async def test_the_last_unit_ends_the_offer_once_the_orders_being_written_land(
     await asyncio.sleep(0.05)  # its unit reserved, its order on its way
     await shop.claim(offer, buyer(2), "k")  # the last unit
     await asyncio.sleep(0.2)
-    writes.go.set()
+    writes.gate.set()
     await writing
     await settle()
     assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
