@@ -230,8 +230,8 @@ class OfferStore(Protocol):
 
 
 class OrderStore(Protocol):
-    """Orders and their history. Every write changes one order document and nothing else; the
-    offer's figures are counted from the orders when asked (`server.domain.figures`)."""
+    """Orders and their history. Every write changes one document and nothing else; the offer's
+    figures are counted from the orders when asked (`server.domain.figures`)."""
 
     async def create(self, order: Order) -> Order:
         """Store a new order, idempotently: when an order with the same offer and idempotency
@@ -243,10 +243,6 @@ class OrderStore(Protocol):
         ...
 
     async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None: ...
-
-    async def by_keys(self, offer_id: str, keys: Sequence[str]) -> builtins.list[Order]:
-        """The offer's orders under any of `keys`, in no order."""
-        ...
 
     async def list_for_buyer(
         self, buyer_id: str, limit: int, *, after: PageKey | None = None
@@ -307,6 +303,20 @@ class OrderStore(Protocol):
 
     async def figures_of_offers(self, offer_ids: Sequence[str]) -> builtins.list[OfferFigures]:
         """Each offer's figures as its orders stand now (`figures_of`), in the order asked."""
+        ...
+
+    async def watch_key(self, offer_id: str, idempotency_key: str, until: datetime) -> None:
+        """Note, until `until`, that the key's reservation is given back with no order under
+        it, so that an order written under it later is found by any process (`landed_late`).
+        Noted again, the later `until` stands."""
+        ...
+
+    async def landed_late(self, now: datetime, limit: int) -> builtins.list[Order]:
+        """Orders written under the keys watched until after `now`, at most `limit`."""
+        ...
+
+    async def unwatch_key(self, offer_id: str, idempotency_key: str) -> None:
+        """Forget the key's note (its late order is settled)."""
         ...
 
 

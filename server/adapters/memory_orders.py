@@ -176,6 +176,7 @@ class MemoryOrderStore:
         self._by_key: dict[tuple[str, str], str] = {}
         self._units_to_return: set[str] = set()  # order ids
         self._buyers_untold: set[str] = set()  # order ids
+        self._watched: dict[tuple[str, str], datetime] = {}  # (offer id, key) -> until
 
     async def create(self, order: Order) -> Order:
         existing = self._by_key.get((order.offer_id, order.idempotency_key))
@@ -194,10 +195,6 @@ class MemoryOrderStore:
     async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None:
         order_id = self._by_key.get((offer_id, idempotency_key))
         return None if order_id is None else copy.deepcopy(self._orders[order_id])
-
-    async def by_keys(self, offer_id: str, keys: Sequence[str]) -> builtins.list[Order]:
-        found = [self._by_key.get((offer_id, key)) for key in keys]
-        return [copy.deepcopy(self._orders[i]) for i in found if i is not None]
 
     async def list_for_buyer(
         self, buyer_id: str, limit: int, *, after: PageKey | None = None
@@ -264,6 +261,17 @@ class MemoryOrderStore:
                     OrderGroup(o.status, o.total.currency, 1, o.quantity, o.total.amount)
                 )
         return [figures_of(offer_id, groups[offer_id]) for offer_id in offer_ids]
+
+    async def watch_key(self, offer_id: str, idempotency_key: str, until: datetime) -> None:
+        watched = (offer_id, idempotency_key)
+        self._watched[watched] = max(until, self._watched.get(watched, until))
+
+    async def landed_late(self, now: datetime, limit: int) -> builtins.list[Order]:
+        landed = [self._by_key.get(key) for key, until in self._watched.items() if until > now]
+        return [copy.deepcopy(self._orders[i]) for i in landed if i is not None][:limit]
+
+    async def unwatch_key(self, offer_id: str, idempotency_key: str) -> None:
+        self._watched.pop((offer_id, idempotency_key), None)
 
     def _stored(self, order_id: str) -> Order:
         try:

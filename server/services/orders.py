@@ -384,7 +384,7 @@ class OrderService:
         return await self._buyers.tell_untold()
 
     async def settle_late_orders(self) -> int:
-        """Settle the orders written after the reaper released their reservation (each process,
+        """Settle the orders written after the reaper released their reservation (any process,
         once a second; see late_orders.py): attached as any order, or, their units gone, cancelled.
         How many were cancelled."""
         return await self._late.settle(self._holds_its_units, self._buyers.tell_created)
@@ -429,8 +429,9 @@ class OrderService:
             if written is not None:
                 await self._stock.attach_order(offer_id, key, written.id)
                 await self._buyers.tell_created(written)  # its claimer may have died first
-            elif await self._release_orphan(offer_id, key):
-                self._late.released(offer_id, key)  # its order may yet land: late_orders.py
+                continue
+            await self._late.watch(offer_id, key)  # its order may yet land: late_orders.py
+            if await self._release_orphan(offer_id, key):
                 released += 1
         if released:
             log.warning("orphan_reservations_released", extra={"offer_id": offer_id, "n": released})

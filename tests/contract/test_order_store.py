@@ -57,8 +57,6 @@ async def test_order_reads_back_exactly(stores: Stores) -> None:
     assert await stores.orders.by_key("of_1", "k_1") == order
     assert await stores.orders.by_key("of_1", "k_other") is None
     assert await stores.orders.by_key("of_other", "k_1") is None
-    assert await stores.orders.by_keys("of_1", ["k_other", "k_1"]) == [order]
-    assert await stores.orders.by_keys("of_other", ["k_1"]) == []
 
 
 async def test_missing_order_is_not_found(stores: Stores) -> None:
@@ -432,3 +430,26 @@ async def test_orders_of_an_offer(stores: Stores) -> None:
     assert [o.id for o in orders] == list(moves)  # oldest first, whatever their status
     assert sorted(o.id for o in orders if o.holds_stock) == ["o_0", "o_1", "o_5"]
     assert await stores.orders.of_offer("of_none") == []
+
+
+async def test_orders_landing_under_watched_keys_are_found(stores: Stores) -> None:
+    until = T0 + timedelta(minutes=15)
+    for key in ("k_1", "k_2"):
+        await stores.orders.watch_key("of_1", key, until)
+    await stores.orders.watch_key("of_1", "k_3", T0 + timedelta(minutes=1))
+    await stores.orders.watch_key("of_1", "k_3", T0)  # noted again, earlier: the later stands
+    assert await stores.orders.landed_late(T0, 10) == []  # nothing has landed
+    await stores.orders.create(sample_order("o_1", "k_1"))
+    await stores.orders.create(sample_order("o_3", "k_3"))
+    await stores.orders.create(sample_order("o_4", "k_4"))  # its key is not watched
+    await stores.orders.create(sample_order("o_5", "k_2", offer=sample_offer("of_2")))
+
+    landed = await stores.orders.landed_late(T0, 10)
+    assert sorted(o.id for o in landed) == ["o_1", "o_3"]
+    assert landed[0] == await stores.orders.get(landed[0].id)
+    assert len(await stores.orders.landed_late(T0, 1)) == 1
+    watch_over = T0 + timedelta(minutes=1)  # k_3's
+    assert [o.id for o in await stores.orders.landed_late(watch_over, 10)] == ["o_1"]
+    await stores.orders.unwatch_key("of_1", "k_1")
+    await stores.orders.unwatch_key("of_1", "k_never_watched")
+    assert [o.id for o in await stores.orders.landed_late(T0, 10)] == ["o_3"]

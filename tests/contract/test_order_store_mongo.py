@@ -15,6 +15,7 @@ from pymongo import AsyncMongoClient, WriteConcern, monitoring
 from server.adapters.mongo.orders import (
     ORDER_WRITE_SECONDS,
     ORDERS,
+    RELEASED_KEYS,
     MongoOrderStore,
     ensure_order_indexes,
 )
@@ -63,6 +64,9 @@ async def test_mongo_indexes(mongo_db: Any) -> None:
     assert info["buyer_created_at"]["key"][:2] == [("buyer_id", 1), ("created_at", -1)]
     assert info["room_created_at"]["key"][:2] == [("room_id", 1), ("created_at", -1)]
     assert info["status_expires_at"]["key"] == [("status", 1), ("reservation_expires_at", 1)]
+    # A watched key's note is MongoDB's to delete once its watch is over.
+    until = (await mongo_db[RELEASED_KEYS].index_information())["until"]
+    assert (until["key"], until["expireAfterSeconds"]) == ([("until", 1)], 0)
 
 
 async def test_mongo_creates_arriving_together_share_one_insert(mongo_db: Any) -> None:

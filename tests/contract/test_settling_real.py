@@ -1,13 +1,15 @@
-"""Booking a product's stock and settling an ended offer, through the services on a real Redis
-and a real MongoDB (the unit tests run the same on the memory adapters): the unsold units and
-a dead claimer's reservation go back to the product, its sold units stay sold."""
+"""Booking a product's stock, settling an ended offer and settling an order written late,
+through the services on a real Redis and a real MongoDB (the unit tests run the same on the
+memory adapters): the unsold units and a dead claimer's reservation go back to the product, its
+sold units stay sold, and an order landing after its units were sold again is cancelled."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -15,48 +17,65 @@ from server.adapters.mongo.offers import MongoOfferStore
 from server.adapters.mongo.orders import MongoOrderStore
 from server.adapters.mongo.stores import MongoProductStore, MongoRoomStore
 from server.adapters.redis_reservations import RedisStockReservations
-from server.domain.errors import Conflict
+from server.domain.errors import Conflict, Unavailable
 from server.domain.money import Money
 from server.domain.offers import LATE_ORDERS
+from server.domain.orders import HOLDS_STOCK, OrderStatus
+from server.ports import OrderStore
 from server.services.offers import OfferService
-from server.services.orders import OrderService
+from server.services.orders import ORPHAN_AFTER, OrderService
 from server.services.rooms import RoomService
 from tests.fakes import Clock, RecordingEvents
-from tests.unit.services.shop import ADDRESS, HOST, buyer
+from tests.unit.services.shop import ADDRESS, HOST, HeldWrites, buyer
 
 pytestmark = pytest.mark.mongo
 
 
-@pytest.fixture
-async def stock(clean_redis: str) -> AsyncIterator[RedisStockReservations]:
-    reservations = RedisStockReservations(clean_redis)
-    yield reservations
-    await reservations.close()
+@dataclass
+class Shop:
+    """A live room with a product, on real backends; `process` gives a server process."""
 
-
-async def test_a_settled_offer_gives_back_its_unsold_units_on_real_backends(
-    mongo_db: Any, stock: RedisStockReservations
-) -> None:
+    db: Any
+    stock: RedisStockReservations
     # The real clock's time: Redis expires an offer's keys a day after its end.
-    clock, events = Clock(datetime.now(UTC)), RecordingEvents()
-    rooms, products = MongoRoomStore(mongo_db), MongoProductStore(mongo_db)
-    offers_store, orders_store = MongoOfferStore(mongo_db), MongoOrderStore(mongo_db)
-    room_service = RoomService(rooms, products, events, clock)
-    product = await room_service.create_product(
-        HOST, title="Serum", price=Money(Decimal("24.90"), "USD"), stock=10, images=[]
-    )
-    room = await room_service.create_room(HOST, "Show")
-    await room_service.start(room.id, HOST)
-    offers = OfferService(offers_store, orders_store, rooms, products, stock, events, clock)
-    orders = OrderService(
-        offers_store, orders_store, products, stock, offers, events.send_private, clock, rooms=rooms
-    )
+    clock: Clock = field(default_factory=lambda: Clock(datetime.now(UTC)))
+    events: RecordingEvents = field(default_factory=RecordingEvents)
+    room_id: str = ""
+    product_id: str = ""
 
-    async def launch(quantity: int) -> str:
+    def __post_init__(self) -> None:
+        self.rooms, self.products = MongoRoomStore(self.db), MongoProductStore(self.db)
+        self.offers_store, self.orders_store = MongoOfferStore(self.db), MongoOrderStore(self.db)
+
+    def process(self, orders_store: OrderStore | None = None) -> tuple[OfferService, OrderService]:
+        """A server process's services (writing its orders through `orders_store`)."""
+        orders_store = orders_store or self.orders_store
+        offers = OfferService(
+            self.offers_store,
+            orders_store,
+            self.rooms,
+            self.products,
+            self.stock,
+            self.events,
+            self.clock,
+        )
+        orders = OrderService(
+            self.offers_store,
+            orders_store,
+            self.products,
+            self.stock,
+            offers,
+            self.events.send_private,
+            self.clock,
+            rooms=self.rooms,
+        )
+        return offers, orders
+
+    async def launch(self, offers: OfferService, quantity: int) -> str:
         launched = await offers.launch(
-            room.id,
+            self.room_id,
             HOST,
-            product_id=product.id,
+            product_id=self.product_id,
             price=Money(Decimal("9.90"), "USD"),
             quantity=quantity,
             per_user_limit=1,
@@ -65,24 +84,68 @@ async def test_a_settled_offer_gives_back_its_unsold_units_on_real_backends(
         )
         return launched.offer.id
 
-    first = await launch(10)
+
+@pytest.fixture
+async def shop(mongo_db: Any, clean_redis: str) -> AsyncIterator[Shop]:
+    shop = Shop(mongo_db, RedisStockReservations(clean_redis))
+    room_service = RoomService(shop.rooms, shop.products, shop.events, shop.clock)
+    product = await room_service.create_product(
+        HOST, title="Serum", price=Money(Decimal("24.90"), "USD"), stock=10, images=[]
+    )
+    room = await room_service.create_room(HOST, "Show")
+    await room_service.start(room.id, HOST)
+    shop.room_id, shop.product_id = room.id, product.id
+    yield shop
+    await shop.orders_store.close()
+    await shop.stock.close()
+
+
+async def test_a_settled_offer_gives_back_its_unsold_units_on_real_backends(shop: Shop) -> None:
+    offers, orders = shop.process()
+    first = await shop.launch(offers, 10)
     await orders.claim(first, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
     # A claimer that died after reserving, before writing its order.
-    await stock.claim(first, "buyer-2", 1, "buyer-2:k", clock())
+    await shop.stock.claim(first, "buyer-2", 1, "buyer-2:k", shop.clock())
     with pytest.raises(Conflict) as refused:
-        await launch(1)
+        await shop.launch(offers, 1)
     assert refused.value.code == "insufficient_stock"
     await offers.stop(first, HOST)
-    clock.advance(seconds=LATE_ORDERS.total_seconds() - 1)
+    shop.clock.advance(seconds=LATE_ORDERS.total_seconds() - 1)
     assert await orders.settle_due() == 0
-    clock.advance(seconds=1)
+    shop.clock.advance(seconds=1)
     assert await orders.settle_due() == 1
-    assert (await offers_store.get(first)).settled_at is not None
+    assert (await shop.offers_store.get(first)).settled_at is not None
     with pytest.raises(Conflict) as expired:  # the dead claimer's retry, too late
         await orders.claim(first, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
     assert expired.value.code == "claim_expired"
-    await launch(9)  # all but the one unit sold
+    await shop.launch(offers, 9)  # all but the one unit sold
     with pytest.raises(Conflict):
-        await launch(1)
-    await orders_store.close()
+        await shop.launch(offers, 1)
+    await offers.close()
+
+
+async def test_an_order_written_late_is_settled_after_its_reaper_died(shop: Shop) -> None:
+    offers, reaper = shop.process()
+    offer_id = await shop.launch(offers, 1)
+    writes = HeldWrites(shop.orders_store)  # the claim's write misses its deadline
+    _, late_claimer = shop.process(cast(OrderStore, writes))
+    with pytest.raises(Unavailable):
+        await late_claimer.claim(
+            offer_id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
+        )
+    shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
+    assert await reaper.reap_orphans(offer_id) == 1  # no order under the key: released
+    sold, _ = await reaper.claim(
+        offer_id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS
+    )
+    await writes.land()  # the late write: two orders hold the one unit
+    # The reaper's process is gone; another finds the order under the key it released.
+    _, survivor = shop.process()
+    assert await survivor.settle_late_orders() == 1
+    orders = await shop.orders_store.of_offer(offer_id)
+    assert [o.id for o in orders if o.status in HOLDS_STOCK] == [sold.id]
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    assert await shop.stock.remaining(offer_id) == 0
+    assert await survivor.settle_late_orders() == 0  # settled once
     await offers.close()

@@ -1,6 +1,6 @@
 """The MongoDB store for orders, on PyMongo's async API (flash offers: offers.py).
 
-Every write changes one order document and nothing else, so no write needs a transaction: the
+Every write changes one document and nothing else, so no write needs a transaction: the
 host's figures are counted from the orders when asked, not kept beside them. Creation is
 idempotent through the unique (offer_id, idempotency_key) index rather than a read before the
 write: a read can race another process, the index cannot. Orders are written with majority
@@ -35,6 +35,9 @@ from server.domain.pages import PageKey
 log = logging.getLogger("liveshop.orders")
 
 ORDERS = "orders"
+# Keys whose reservation was given back with no order under them, watched for an order that
+# lands later (`watch_key`); MongoDB deletes each once its `until` has passed.
+RELEASED_KEYS = "released_keys"
 # Set on an order, with its move to cancelled or expired, until its units are back in the offer.
 UNITS_TO_RETURN = "units_to_return"
 # Set on an order whose last change could not be sent to its buyer, until it has been.
@@ -68,6 +71,7 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
             ),
         ]
     )
+    await collection(db, RELEASED_KEYS).create_index("until", expireAfterSeconds=0, name="until")
     await ensure_offer_indexes(db)
 
 
@@ -90,6 +94,10 @@ class MongoOrderStore:
         write_seconds: float = ORDER_WRITE_SECONDS,
     ) -> None:
         self._orders = collection(db, ORDERS).with_options(write_concern=write_concern)
+        # Majority too: a failover must not forget a key whose units went back.
+        self._released_keys = collection(db, RELEASED_KEYS).with_options(
+            write_concern=write_concern
+        )
         self._write_seconds = write_seconds
         self._creates = GroupCommit(self._create_batch)
 
@@ -173,11 +181,6 @@ class MongoOrderStore:
             {"offer_id": offer_id, "idempotency_key": idempotency_key}
         )
         return None if doc is None else order_from(doc)
-
-    @translate_errors
-    async def by_keys(self, offer_id: str, keys: Sequence[str]) -> builtins.list[Order]:
-        cursor = self._orders.find({"offer_id": offer_id, "idempotency_key": {"$in": list(keys)}})
-        return [order_from(doc) async for doc in cursor]
 
     @translate_errors
     async def list_for_buyer(
@@ -301,6 +304,48 @@ class MongoOrderStore:
                 )
             )
         return [figures_of(offer_id, groups[offer_id]) for offer_id in offer_ids]
+
+    @translate_errors
+    async def watch_key(self, offer_id: str, idempotency_key: str, until: datetime) -> None:
+        await self._released_keys.update_one(
+            {"_id": _key_id(offer_id, idempotency_key)}, {"$max": {"until": until}}, upsert=True
+        )
+
+    @translate_errors
+    async def landed_late(self, now: datetime, limit: int) -> builtins.list[Order]:
+        # One look-up in the key index for each key watched: a round costs no more than the
+        # keys given back in the last LATE_WRITES, each a point read.
+        under_key = {
+            "$and": [
+                {"$eq": ["$offer_id", "$$offer_id"]},
+                {"$eq": ["$idempotency_key", "$$key"]},
+            ]
+        }
+        cursor = await self._released_keys.aggregate(
+            [
+                {"$match": {"until": {"$gt": now}}},
+                {
+                    "$lookup": {
+                        "from": ORDERS,
+                        "let": {"offer_id": "$_id.offer_id", "key": "$_id.key"},
+                        "pipeline": [{"$match": {"$expr": under_key}}],
+                        "as": "orders",
+                    }
+                },
+                {"$unwind": "$orders"},
+                {"$limit": limit},
+                {"$replaceWith": "$orders"},
+            ]
+        )
+        return [order_from(doc) async for doc in cursor]
+
+    @translate_errors
+    async def unwatch_key(self, offer_id: str, idempotency_key: str) -> None:
+        await self._released_keys.delete_one({"_id": _key_id(offer_id, idempotency_key)})
+
+
+def _key_id(offer_id: str, idempotency_key: str) -> Document:
+    return {"offer_id": offer_id, "key": idempotency_key}
 
 
 def _answers(orders: list[Order], by_key: dict[str, Order | Exception]) -> list[Order | Exception]:

@@ -12,6 +12,7 @@ from typing import Any
 from server.adapters.memory import MemoryProductStore, MemoryRoomStore
 from server.adapters.memory_orders import MemoryOfferStore, MemoryOrderStore
 from server.adapters.memory_reservations import MemoryStockReservations
+from server.domain.errors import Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
@@ -57,6 +58,26 @@ class HeldCalls:
             return answer if self._answer_late else await call(*args, **kwargs)
 
         return held
+
+
+class HeldWrites:
+    """An order store through a connection whose writes miss their deadline (the claimer
+    hears "try again") and reach the database later, when the test says."""
+
+    def __init__(self, shared: OrderStore) -> None:
+        self._shared = shared
+        self.held: list[Order] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def create(self, order: Order) -> Order:
+        self.held.append(order)
+        raise Unavailable("the order could not be written in time, try again")
+
+    async def land(self) -> None:
+        for order in self.held:
+            await self._shared.create(order)
 
 
 def buyer(n: int) -> Identity:

@@ -3,36 +3,17 @@ settled as its claim would have been, rather than overselling the offer."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+import asyncio
+from typing import cast
 
 import pytest
 
-from server.adapters.memory_orders import MemoryOrderStore
 from server.domain.errors import Conflict, Unavailable
-from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
+from server.domain.orders import HOLDS_STOCK, OrderStatus
 from server.ports import OrderStore
+from server.services.late_orders import LATE_WRITES
 from server.services.orders import ORPHAN_AFTER
-from tests.unit.services.shop import ADDRESS, Shop, buyer, other_process
-
-
-class HeldWrites:
-    """The shop's orders, through a connection whose writes miss their deadline (the claimer
-    hears "try again") and reach the database later, when the test says."""
-
-    def __init__(self, shared: MemoryOrderStore) -> None:
-        self._shared = shared
-        self.held: list[Order] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
-
-    async def create(self, order: Order) -> Order:
-        self.held.append(order)
-        raise Unavailable("the order could not be written in time, try again")
-
-    async def land(self) -> None:
-        for order in self.held:
-            await self._shared.create(order)
+from tests.unit.services.shop import ADDRESS, HeldCalls, HeldWrites, Shop, buyer, other_process
 
 
 async def claim_held(shop: Shop, quantity: int) -> tuple[HeldWrites, str]:
@@ -89,3 +70,50 @@ async def test_an_order_landing_while_its_units_are_free_is_counted_by_the_rebui
     assert await shop.stock.remaining(offer_id) == 2
     told = shop.events.private[told_before:]
     assert [(user, e["order"]["id"]) for user, e in told] == [("buyer-1", late.id)]
+
+
+async def test_an_order_landing_after_its_reaper_died_is_settled_by_another_process(
+    shop: Shop,
+) -> None:
+    writes, offer_id = await claim_held(shop, quantity=1)  # the shop's process released k1
+    offer = await shop.offers_store.get(offer_id)
+    await shop.claim(offer, buyer(2), "k2")  # the released unit sold again
+    await writes.land()
+    _, survivor = other_process(shop)  # the shop's process is gone, and what it held
+    assert await survivor.settle_late_orders() == 1
+    assert await units_held(shop, offer_id) == 1
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+
+
+async def test_a_key_is_watched_before_its_units_go_back(shop: Shop) -> None:
+    offer = await shop.launch(quantity=2, limit=1)
+    writes = HeldWrites(shop.orders_store)
+    _, late_process = other_process(shop, orders=cast(OrderStore, writes))
+    with pytest.raises(Unavailable):
+        await late_process.claim(
+            offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
+        )
+    shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
+    watching = HeldCalls(shop.orders_store, "watch_key")
+    _, reaper = other_process(shop, orders=cast(OrderStore, watching))
+    reaping = asyncio.create_task(reaper.reap_orphans(offer.id))
+    await asyncio.wait_for(watching.entered.wait(), 1)
+    assert await shop.stock.remaining(offer.id) == 1  # not given back while the note is written
+    reaping.cancel()  # the reaper dies here: the units stay reserved, for the next round
+    with pytest.raises(asyncio.CancelledError):
+        await reaping
+    assert await shop.stock.remaining(offer.id) == 1
+    assert await shop.orders.reap_orphans(offer.id) == 1
+    assert await shop.stock.remaining(offer.id) == 2
+
+
+async def test_a_key_is_watched_for_as_long_as_a_write_may_land(shop: Shop) -> None:
+    writes, _ = await claim_held(shop, quantity=2)
+    shop.clock.advance(seconds=LATE_WRITES.total_seconds() - 1)
+    assert await shop.orders.settle_late_orders() == 0  # looked for, not landed yet
+    shop.clock.advance(seconds=1)
+    await writes.land()  # LATE_WRITES after the release: no longer looked for
+    assert await shop.orders.settle_late_orders() == 0
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.PENDING_PAYMENT
