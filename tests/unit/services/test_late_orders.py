@@ -16,9 +16,9 @@ from server.services.orders import ORPHAN_AFTER
 from tests.unit.services.shop import ADDRESS, HeldCalls, HeldWrites, Shop, buyer, other_process
 
 
-async def claim_held(shop: Shop, quantity: int) -> tuple[HeldWrites, str]:
-    """An offer of `quantity`, one per buyer, whose first claim's write is held; the reaper
-    then gives its unit back. The offer's id."""
+async def claim_late(shop: Shop, quantity: int) -> tuple[HeldWrites, str]:
+    """An offer of `quantity`, one per buyer, whose first claim's write is held, until the
+    reaper may take its unit for an orphan's. The offer's id."""
     offer = await shop.launch(quantity=quantity, limit=1)
     writes = HeldWrites(shop.orders_store)
     _, late_process = other_process(shop, orders=cast(OrderStore, writes))
@@ -27,8 +27,14 @@ async def claim_held(shop: Shop, quantity: int) -> tuple[HeldWrites, str]:
             offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
         )
     shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
-    assert await shop.orders.reap_orphans(offer.id) == 1  # no order under the key: released
     return writes, offer.id
+
+
+async def claim_held(shop: Shop, quantity: int) -> tuple[HeldWrites, str]:
+    """As `claim_late`, and the reaper has given the unit back."""
+    writes, offer_id = await claim_late(shop, quantity)
+    assert await shop.orders.reap_orphans(offer_id) == 1  # no order under the key: released
+    return writes, offer_id
 
 
 async def units_held(shop: Shop, offer_id: str) -> int:
@@ -87,25 +93,18 @@ async def test_an_order_landing_after_its_reaper_died_is_settled_by_another_proc
 
 
 async def test_a_key_is_watched_before_its_units_go_back(shop: Shop) -> None:
-    offer = await shop.launch(quantity=2, limit=1)
-    writes = HeldWrites(shop.orders_store)
-    _, late_process = other_process(shop, orders=cast(OrderStore, writes))
-    with pytest.raises(Unavailable):
-        await late_process.claim(
-            offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
-        )
-    shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
+    _, offer_id = await claim_late(shop, quantity=2)
     watching = HeldCalls(shop.orders_store, "watch_key")
     _, reaper = other_process(shop, orders=cast(OrderStore, watching))
-    reaping = asyncio.create_task(reaper.reap_orphans(offer.id))
+    reaping = asyncio.create_task(reaper.reap_orphans(offer_id))
     await asyncio.wait_for(watching.entered.wait(), 1)
-    assert await shop.stock.remaining(offer.id) == 1  # not given back while the note is written
+    assert await shop.stock.remaining(offer_id) == 1  # not given back while the note is written
     reaping.cancel()  # the reaper dies here: the units stay reserved, for the next round
     with pytest.raises(asyncio.CancelledError):
         await reaping
-    assert await shop.stock.remaining(offer.id) == 1
-    assert await shop.orders.reap_orphans(offer.id) == 1
-    assert await shop.stock.remaining(offer.id) == 2
+    assert await shop.stock.remaining(offer_id) == 1
+    assert await shop.orders.reap_orphans(offer_id) == 1
+    assert await shop.stock.remaining(offer_id) == 2
 
 
 async def test_a_key_is_watched_for_as_long_as_a_write_may_land(shop: Shop) -> None:
