@@ -311,8 +311,9 @@ class OrderStore(Protocol):
         Noted again, the later `until` stands."""
         ...
 
-    async def landed_late(self, now: datetime, limit: int) -> builtins.list[Order]:
-        """Orders written under the keys watched until after `now`, at most `limit`."""
+    async def landed_late(self, now: datetime, keys: int) -> builtins.list[Order]:
+        """Orders written under the keys watched until after `now`: under all of them, or, when
+        more than `keys` are watched, under `keys` of them picked at random each call."""
         ...
 
     async def unwatch_key(self, offer_id: str, idempotency_key: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -266,9 +267,10 @@ class MemoryOrderStore:
         watched = (offer_id, idempotency_key)
         self._watched[watched] = max(until, self._watched.get(watched, until))
 
-    async def landed_late(self, now: datetime, limit: int) -> builtins.list[Order]:
-        landed = [self._by_key.get(key) for key, until in self._watched.items() if until > now]
-        return [copy.deepcopy(self._orders[i]) for i in landed if i is not None][:limit]
+    async def landed_late(self, now: datetime, keys: int) -> builtins.list[Order]:
+        watched = [key for key, until in self._watched.items() if until > now]
+        landed = [self._by_key.get(key) for key in random.sample(watched, min(keys, len(watched)))]
+        return [copy.deepcopy(self._orders[i]) for i in landed if i is not None]
 
     async def unwatch_key(self, offer_id: str, idempotency_key: str) -> None:
         self._watched.pop((offer_id, idempotency_key), None)

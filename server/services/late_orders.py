@@ -25,8 +25,10 @@ log = logging.getLogger("liveshop.orders")
 # How long a write its claimer gave up on may still arrive: Linux retransmits a TCP segment for
 # about 15 minutes (tcp_retries2) before it gives the connection up.
 LATE_WRITES = timedelta(minutes=15)
-# Late orders settled in a round, at most; the rest wait for the next.
-SETTLE_BATCH = 100
+# Keys looked under in a round, at most (a new sample each round): after a mass release, such
+# as a burst whose orders could not be written, each key is still looked at every few rounds,
+# and a round costs MongoDB tens of milliseconds at most rather than one per key.
+KEYS_A_ROUND = 500
 
 
 class LateOrders:
@@ -47,7 +49,7 @@ class LateOrders:
         its reservation, or cancelled when its units are gone (`holds_its_units`); its buyer,
         who heard "try again", told. How many were cancelled."""
         cancelled = 0
-        for order in await self._orders.landed_late(self._clock(), SETTLE_BATCH):
+        for order in await self._orders.landed_late(self._clock(), KEYS_A_ROUND):
             if await holds_its_units(order):
                 await tell_buyer(order)
             else:

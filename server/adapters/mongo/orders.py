@@ -312,9 +312,10 @@ class MongoOrderStore:
         )
 
     @translate_errors
-    async def landed_late(self, now: datetime, limit: int) -> builtins.list[Order]:
-        # One look-up in the key index for each key watched: a round costs no more than the
-        # keys given back in the last LATE_WRITES, each a point read.
+    async def landed_late(self, now: datetime, keys: int) -> builtins.list[Order]:
+        # One look-up in the key index for each key: tens of µs of mongod's time each, so a
+        # call looks under at most `keys` of them, a new sample each time (after a $match,
+        # $sample sorts at random: no key twice).
         under_key = {
             "$and": [
                 {"$eq": ["$offer_id", "$$offer_id"]},
@@ -324,6 +325,7 @@ class MongoOrderStore:
         cursor = await self._released_keys.aggregate(
             [
                 {"$match": {"until": {"$gt": now}}},
+                {"$sample": {"size": keys}},
                 {
                     "$lookup": {
                         "from": ORDERS,
@@ -333,7 +335,6 @@ class MongoOrderStore:
                     }
                 },
                 {"$unwind": "$orders"},
-                {"$limit": limit},
                 {"$replaceWith": "$orders"},
             ]
         )
