@@ -13,7 +13,13 @@ from server.auth import verify_token
 from server.container import Container
 from server.domain.errors import LiveshopError, Unauthorized
 from server.domain.identity import Identity
-from server.http.errors import ClientGone, InvalidRequest, MalformedJson, PayloadTooLarge
+from server.http.errors import (
+    ClientGone,
+    InvalidRequest,
+    MalformedJson,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from server.metrics import Metrics
 
 # JSON bodies here are small commands; a bigger one is a mistake or an attack.
@@ -92,7 +98,12 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
 
 async def json_body(request: Request, model: type[R]) -> R:
-    """The body parsed as JSON into `model`: 400 when it is not JSON, 422 when it does not fit."""
+    """The body parsed as JSON into `model`: 415 when its Content-Type names something else (a
+    form, text: a client that sent what it did not mean; without one, JSON is assumed), 400
+    when it is not JSON, 422 when it does not fit."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not _is_json(content_type):
+        raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
     body = await read_body(request)
     try:
         return model.model_validate_json(body)
@@ -100,6 +111,13 @@ async def json_body(request: Request, model: type[R]) -> R:
         if any(error["type"] == "json_invalid" for error in exc.errors()):
             raise MalformedJson("the body is not valid JSON") from None
         raise InvalidRequest.from_validation(exc, model.field_codes) from None
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.partition(";")[0].strip().lower()  # parameters (charset) aside
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 def query_params(request: Request, model: type[M]) -> M:

@@ -45,6 +45,11 @@ class PayloadTooLarge(LiveshopError):
     status = 413
 
 
+class UnsupportedMediaType(LiveshopError):
+    code = "unsupported_media_type"
+    status = 415
+
+
 class ClientGone(LiveshopError):
     """The client went away before its request's body arrived. Nobody hears the answer; it is
     an error of the client's network, not of the server, and is not logged as a crash."""

@@ -14,16 +14,21 @@ from server.domain.rooms import RoomStatus
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM = {"$ref": _REF.format(model="Problem")}
+
+
+def _problem(text: str) -> dict[str, Any]:
+    return {"description": text, "content": {"application/problem+json": {"schema": _PROBLEM}}}
+
+
+_NOT_JSON = _problem("A body whose Content-Type is not JSON")
 _ERRORS = {
-    str(status): {
-        "description": text,
-        "content": {"application/problem+json": {"schema": _PROBLEM}},
-    }
+    str(status): _problem(text)
     for status, text in (
         (400, "Malformed request"),
         (401, "Missing or invalid token"),
         (403, "Not allowed"),
         (404, "Not found"),
+        (408, "The request did not arrive whole within 30 seconds"),
         (409, "Conflicts with the current state"),
         (413, "Body larger than 64 KiB"),
         (431, "Request line and headers larger than 32 KiB"),
@@ -151,6 +156,7 @@ def openapi_document() -> dict[str, Any]:
             schema = model.model_json_schema(ref_template=_REF)
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
+            operation["responses"]["415"] = _NOT_JSON
             operation["requestBody"] = {
                 "required": True,
                 "content": {

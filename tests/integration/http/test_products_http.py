@@ -369,3 +369,35 @@ async def test_a_bad_stock_is_refused(client: httpx.AsyncClient, body: dict[str,
 async def test_the_stock_of_an_unknown_product_is_not_found(client: httpx.AsyncClient) -> None:
     answer = await client.patch("/products/p_nope", json={"stock": 1}, headers=HOST)
     assert (answer.status_code, answer.json()["code"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/jsonp",
+    ],
+)
+async def test_a_body_that_says_it_is_not_json_is_refused(
+    client: httpx.AsyncClient, content_type: str
+) -> None:
+    headers = HOST | {"content-type": content_type}
+    response = await client.post("/products", content=json.dumps(PRODUCT), headers=headers)
+    assert response.status_code == 415, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.json()["code"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "Application/JSON; charset=utf-8", "application/merge-patch+json", None],
+)
+async def test_json_under_any_of_its_names_or_unnamed_is_read(
+    client: httpx.AsyncClient, content_type: str | None
+) -> None:
+    headers = HOST if content_type is None else HOST | {"content-type": content_type}
+    response = await client.post("/products", content=json.dumps(PRODUCT), headers=headers)
+    assert response.status_code == 201, response.text

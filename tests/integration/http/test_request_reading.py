@@ -1,0 +1,170 @@
+"""How the server reads a request off the wire (server/http_head.py), on a real uvicorn with the
+server's own protocol and a tiny app: a head's size is bound however its bytes are split into
+reads, and a request that does not arrive whole in time is answered 408 and let go."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+import websockets
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from server import http_head
+from server.http_head import MAX_HEAD_BYTES, HeadLimitedHttpToolsProtocol
+from tests.integration.channels.live import _free_port, stopped
+
+READ_SECONDS = 0.5  # the deadline in these tests
+
+
+async def _ok(request: Request) -> Response:
+    return Response("ok")
+
+
+async def _echo(request: Request) -> Response:
+    return Response(await request.body())
+
+
+async def _answers_before_the_body(request: Request) -> Response:
+    return Response("early")
+
+
+async def _echo_socket(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text(await websocket.receive_text())
+    await websocket.close()
+
+
+@pytest.fixture
+async def port(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
+    monkeypatch.setattr(http_head, "READ_SECONDS", READ_SECONDS)
+    app = Starlette(
+        routes=[
+            Route("/ok", _ok),
+            Route("/echo", _echo, methods=["POST"]),
+            Route("/early", _answers_before_the_body, methods=["POST"]),
+            WebSocketRoute("/ws", _echo_socket),
+        ]
+    )
+    port = _free_port()
+    config = uvicorn.Config(
+        app, port=port, log_config=None, http=HeadLimitedHttpToolsProtocol, ws="websockets-sansio"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+        assert not task.done(), "server failed to start"
+    yield port
+    server.should_exit = True
+    await stopped(task)
+
+
+async def _send(port: int, *parts: bytes, pause: float = 0.0) -> bytes:
+    """Send `parts`, each in one write (`pause` seconds apart), then read until the server
+    closes the connection; what it answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        return await asyncio.wait_for(reader.read(), 5)
+    except ConnectionError:  # refused midway: what came before the reset is all there is
+        return b""
+    finally:
+        writer.close()
+
+
+def _status_and_code(answer: bytes) -> tuple[int, str | None]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    is_problem = b"content-type: application/problem+json" in head.lower()
+    return status, json.loads(body)["code"] if is_problem else None
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"GET /" + b"r" * 40_000 + b" HTTP/1.1\r\nhost: x\r\n\r\n", id="request line"),
+        pytest.param(
+            b"GET /ok HTTP/1.1\r\nhost: x\r\nx-a: " + b"a" * 40_000 + b"\r\n\r\n", id="header"
+        ),
+        pytest.param(
+            b"GET /ok HTTP/1.1\r\n"
+            + b"".join(b"x-%d: %s\r\n" % (n, b"a" * 60) for n in range(600))
+            + b"\r\n",
+            id="many headers",
+        ),
+        pytest.param(
+            b"GET /" + b"r" * 80_000 + b" HTTP/1.1\r\nhost: x\r\n\r\n", id="beyond httptools' URL"
+        ),
+    ],
+)
+async def test_a_head_too_large_in_one_read_is_refused_as_one_that_trickles(
+    port: int, head: bytes
+) -> None:
+    assert len(head) > MAX_HEAD_BYTES
+    assert _status_and_code(await _send(port, head)) == (431, "headers_too_large")
+
+
+async def test_a_head_just_within_the_bound_goes_through(port: int) -> None:
+    head = (
+        b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-a: " + b"a" * 30_000 + b"\r\n\r\n"
+    )
+    assert _status_and_code(await _send(port, head)) == (200, None)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        pytest.param([], id="nothing after connecting"),
+        pytest.param([b"GET /ok HTTP/1.1\r\n", b"host: x\r\n"], id="a head never finished"),
+        pytest.param(
+            [b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n", b"{}"],
+            id="a body short of its length",
+        ),
+    ],
+)
+async def test_a_request_not_whole_in_time_is_answered_408_and_let_go(
+    port: int, parts: list[bytes]
+) -> None:
+    started = asyncio.get_running_loop().time()
+    answer = await _send(port, *parts, pause=0.1)
+    assert _status_and_code(answer) == (408, "request_timeout")
+    assert asyncio.get_running_loop().time() - started < READ_SECONDS + 1
+
+
+async def test_the_deadline_is_each_requests_not_the_connections(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(3):  # over three deadlines in all, each request within its own
+            writer.write(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n")
+            await asyncio.sleep(READ_SECONDS * 0.6)
+            writer.write(b"{}")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert await reader.readexactly(2) == b"{}"
+            await asyncio.sleep(READ_SECONDS * 0.6)  # idle: the keep-alive timeout's time
+    finally:
+        writer.close()
+
+
+async def test_an_answer_given_before_the_body_is_not_followed_by_a_408(port: int) -> None:
+    answer = await _send(port, b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert _status_and_code(answer) == (200, None)
+
+
+async def test_a_websocket_is_not_timed_as_a_request(port: int) -> None:
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        await asyncio.sleep(READ_SECONDS * 2)
+        await ws.send("still here")
+        assert await asyncio.wait_for(ws.recv(), 5) == "still here"
