@@ -156,10 +156,12 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
             self._read_timer = self.loop.call_later(due, self._check_the_read)
             return
         self._read_timer = None
+        if self.transport.is_closing():
+            return  # closed meanwhile (uvicorn's keep-alive timeout): connection_lost is due
         log.info("request_read_timed_out")
-        if self.cycle is not None and self.cycle.response_started:
-            # The app answered before the body was whole: a second answer would be read as the
-            # next request's. Only the connection goes.
+        if not self._in_head and self.cycle is not None and self.cycle.response_started:
+            # The app answered this request before its body was whole: a second answer would be
+            # read as the next request's. Only the connection goes.
             self._refused = True
             self.transport.close()
         else:

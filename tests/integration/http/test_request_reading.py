@@ -142,6 +142,13 @@ async def test_a_request_not_whole_in_time_is_answered_408_and_let_go(
     assert asyncio.get_running_loop().time() - started < READ_SECONDS + 1
 
 
+async def test_a_request_trickling_in_after_an_answered_one_hears_its_408(port: int) -> None:
+    answer = await _send(port, b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\nGET /ok HTTP/1.1\r\n")
+    first, _, second = answer.partition(b"ok")
+    assert _status_and_code(first) == (200, None)
+    assert _status_and_code(second) == (408, "request_timeout")
+
+
 async def test_the_deadline_is_each_requests_not_the_connections(port: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
