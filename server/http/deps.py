@@ -101,9 +101,9 @@ async def json_body(request: Request, model: type[R]) -> R:
     """The body parsed as JSON into `model`: 415 when its Content-Type names something else (a
     form, text: a client that sent what it did not mean; without one, JSON is assumed), 400
     when it is not JSON, 422 when it does not fit."""
-    content_type = request.headers.get("content-type")
+    content_type = single_header(request, "content-type", _not_json)
     if content_type is not None and not _is_json(content_type):
-        raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
+        raise _not_json()
     body = await read_body(request)
     try:
         return model.model_validate_json(body)
@@ -111,6 +111,10 @@ async def json_body(request: Request, model: type[R]) -> R:
         if any(error["type"] == "json_invalid" for error in exc.errors()):
             raise MalformedJson("the body is not valid JSON") from None
         raise InvalidRequest.from_validation(exc, model.field_codes) from None
+
+
+def _not_json() -> UnsupportedMediaType:
+    return UnsupportedMediaType("the body must be JSON, with one `Content-Type: application/json`")
 
 
 def _is_json(content_type: str) -> bool:

@@ -11,6 +11,7 @@ from schemas.answers import ANSWERS
 from schemas.commerce import ClaimIn, OfferIn
 from schemas.http import BlockedWordsIn, ProductIn, RoomIn, ShowcaseIn, SlowModeIn, StockIn
 from server.domain.rooms import RoomStatus
+from server.http_head import READ_SECONDS
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM = {"$ref": _REF.format(model="Problem")}
@@ -28,7 +29,7 @@ _ERRORS = {
         (401, "Missing or invalid token"),
         (403, "Not allowed"),
         (404, "Not found"),
-        (408, "The request did not arrive whole within 30 seconds"),
+        (408, f"The request did not arrive whole within {READ_SECONDS:g} seconds"),
         (409, "Conflicts with the current state"),
         (413, "Body larger than 64 KiB"),
         (431, "Request line and headers larger than 32 KiB"),

@@ -391,6 +391,15 @@ async def test_a_body_that_says_it_is_not_json_is_refused(
     assert response.json()["code"] == "unsupported_media_type"
 
 
+async def test_a_body_with_two_content_types_is_refused(client: httpx.AsyncClient) -> None:
+    headers = [("content-type", "application/json"), ("content-type", "text/plain")]
+    response = await client.post(
+        "/products", content=json.dumps(PRODUCT), headers=[*HOST.items(), *headers]
+    )
+    assert response.status_code == 415, response.text
+    assert response.json()["code"] == "unsupported_media_type"
+
+
 @pytest.mark.parametrize(
     "content_type",
     ["application/json", "Application/JSON; charset=utf-8", "application/merge-patch+json", None],
