@@ -75,8 +75,10 @@ async def room_socket(websocket: WebSocket, direct: DirectSocket | None = None) 
             room_id, identity, websocket, since=since, epoch=epoch, batched=batched, direct=direct
         )
     except LiveshopError as error:
-        # Already closed when a reset sent the room's viewers away while this one joined.
-        with contextlib.suppress(WebSocketDisconnected):
+        # Already closed when a reset sent the room's viewers away while this one joined
+        # (WebSocketDisconnected), or by the client, gone before hearing why (WebSocketDisconnect):
+        # neither is the server's error to log.
+        with contextlib.suppress(WebSocketDisconnected, WebSocketDisconnect):
             await websocket.close(_close_code(error), error.message[:120])
         return
     conn.endpoint = asyncio.current_task()

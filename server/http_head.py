@@ -53,13 +53,13 @@ def _problem(status: int, title: str, detail: str, code: str) -> bytes:
     )
 
 
-_TOO_LARGE = _problem(
+TOO_LARGE = _problem(
     431,
     "Request Header Fields Too Large",
     f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes",
     "headers_too_large",
 )
-_MALFORMED = _problem(
+MALFORMED = _problem(
     400, "Bad Request", "the request is not well-formed HTTP/1.1", "malformed_request"
 )
 _TIMED_OUT = _problem(
@@ -117,7 +117,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_too_large:
             self._refuse_large_head()
         else:
-            self._refuse(_MALFORMED)
+            self._refuse(MALFORMED)
 
     def handle_websocket_upgrade(self) -> None:
         self._stop_timing()  # the websocket protocol takes the connection over, with its pings
@@ -147,7 +147,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse_large_head(self) -> None:
         size = max(self._head_bytes, self._parsed_head_size())
         log.info("request_head_too_large", extra={"bytes": size})
-        self._refuse(_TOO_LARGE)
+        self._refuse(TOO_LARGE)
 
     def _check_the_read(self) -> None:
         since = self._reading_since
@@ -175,9 +175,16 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, answer: bytes) -> None:
         self._refused = True
         self._stop_timing()
-        self.transport.write(answer)
-        # Closed at once, a socket with unread data sends a reset, which can destroy the answer
-        # before the client reads it: end our side, drop what still comes, close a bit later.
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        answer_and_close(self.transport, self.loop, answer)
+
+
+def answer_and_close(
+    transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, answer: bytes
+) -> None:
+    """Send a whole answer and close the connection, the answer kept from a reset."""
+    transport.write(answer)
+    # Closed at once, a socket with unread data sends a reset, which can destroy the answer
+    # before the client reads it: end our side, drop what still comes, close a bit later.
+    if transport.can_write_eof():
+        transport.write_eof()
+    loop.call_later(LINGER_SECONDS, transport.close)

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 from server.container import Container
 from server.http_head import HeadLimitedHttpToolsProtocol
 from server.settings import Settings
+from server.ws_protocol import GuardedWebSocketProtocol
 
 log = logging.getLogger("liveshop.server")
 
@@ -64,7 +65,7 @@ def run(app: ASGIApp, settings: Settings) -> None:
         log_config=None,
         http=HeadLimitedHttpToolsProtocol,
         # The protocol whose sockets take room frames directly (channels/direct_send.py).
-        ws="websockets-sansio",
+        ws=GuardedWebSocketProtocol,
         ws_max_size=WS_MAX_MESSAGE_BYTES,
         ws_per_message_deflate=settings.ws_deflate,
         ws_ping_interval=20.0,

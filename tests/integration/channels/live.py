@@ -19,7 +19,9 @@ from websockets.asyncio.client import ClientConnection
 from server.app import create_app
 from server.auth import issue_token
 from server.domain.identity import Role
+from server.http_head import HeadLimitedHttpToolsProtocol
 from server.settings import Settings
+from server.ws_protocol import GuardedWebSocketProtocol
 
 SECRET = "test-only-secret-for-room-socket-tests"  # test-only key
 
@@ -64,9 +66,14 @@ async def live(clean_redis: str, mongodb_url: str, mongo_database_name: str) -> 
         counter_interval=0.1,
         max_bad_frames=5,
     )
-    # ws as server/runner.py sets it: the protocol whose sockets take frames directly.
+    # The protocols server/runner.py sets: the websocket's takes room frames directly.
     config = uvicorn.Config(
-        create_app(settings), port=port, log_config=None, lifespan="on", ws="websockets-sansio"
+        create_app(settings),
+        port=port,
+        log_config=None,
+        lifespan="on",
+        http=HeadLimitedHttpToolsProtocol,
+        ws=GuardedWebSocketProtocol,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

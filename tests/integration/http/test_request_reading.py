@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket
 
 from server import http_head
 from server.http_head import MAX_HEAD_BYTES, HeadLimitedHttpToolsProtocol
+from server.ws_protocol import GuardedWebSocketProtocol
 from tests.integration.channels.live import _free_port, stopped
 
 READ_SECONDS = 0.5  # the deadline in these tests
@@ -55,7 +56,11 @@ async def port(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
     )
     port = _free_port()
     config = uvicorn.Config(
-        app, port=port, log_config=None, http=HeadLimitedHttpToolsProtocol, ws="websockets-sansio"
+        app,
+        port=port,
+        log_config=None,
+        http=HeadLimitedHttpToolsProtocol,
+        ws=GuardedWebSocketProtocol,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -1,0 +1,68 @@
+"""uvicorn's websockets-sansio protocol with the bounds it lacks against a hostile client.
+
+- **A handshake websockets cannot parse** (a request line or a header over 8 KB, more than 128
+  headers, a body) was never answered: websockets queued its refusal and uvicorn neither wrote
+  it nor closed, so each such connection stayed open with its buffers (1,000 held 175 MB). It
+  is now answered as the HTTP requests of `server/http_head.py` are, 431 or 400, and closed.
+- **Pings** are answered by the protocol itself, below the app and its frame limits. A client
+  that sent pings and read nothing had every pong buffered (1 GB in 40 s), and one that read
+  them took the event loop from every viewer. A pong is now dropped while the transport is
+  paused (the peer is not reading: it hears none rather than the server holding them), and a
+  client that pings more than PINGS_PER_SECOND on average (PING_BURST at once) is closed with
+  1008, as a viewer who floods frames is with 4029. Browsers never send pings; native clients
+  send one every few seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
+
+from server.http_head import MALFORMED, TOO_LARGE, answer_and_close
+
+log = logging.getLogger("liveshop.ws")
+
+PINGS_PER_SECOND = 2.0
+PING_BURST = 20.0
+POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    _pings_allowed = PING_BURST
+    _pinged_at = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        failed = self.conn.handshake_exc
+        if failed is not None and not self.handshake_initiated and not self.transport.is_closing():
+            self.conn.data_to_send()  # websockets' own refusal, in plain text: ours instead
+            too_large = (RequestLineTooLong, HeaderLineTooLong, TooManyHeaders)
+            log.info("ws_handshake_refused", extra={"reason": type(failed).__name__})
+            answer_and_close(
+                self.transport, self.loop, TOO_LARGE if isinstance(failed, too_large) else MALFORMED
+            )
+
+    def handle_ping(self) -> None:
+        pong = b"".join(self.conn.data_to_send())  # queued by websockets on reading the ping
+        if self._too_many_pings():
+            self._close_for(POLICY_VIOLATION, "too many pings")
+        elif self.writable.is_set():
+            self.transport.write(pong)
+
+    def _too_many_pings(self) -> bool:
+        now = self.loop.time()
+        elapsed, self._pinged_at = now - self._pinged_at, now
+        self._pings_allowed = min(PING_BURST, self._pings_allowed + elapsed * PINGS_PER_SECOND) - 1
+        return self._pings_allowed < 0
+
+    def _close_for(self, code: int, reason: str) -> None:
+        if self.close_sent:
+            return
+        log.info("ws_closed_for_pings", extra={"code": code})
+        self.conn.send_close(code, reason)
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()

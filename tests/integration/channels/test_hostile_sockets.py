@@ -1,0 +1,100 @@
+"""A hostile websocket client against the real app on uvicorn with the server's own protocols
+(server/ws_protocol.py): handshakes websockets cannot parse, ping floods, a client gone before
+hearing why it was refused, a `ref` that cannot be written back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from urllib.parse import urlsplit
+
+import pytest
+import websockets
+
+from server.ws_protocol import PING_BURST
+from tests.integration.channels.live import Live, recv
+
+_UPGRADE = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nHost: x\r\n"
+)
+
+
+async def _handshake(live: Live, path: bytes, extra: bytes = b"") -> bytes:
+    """A raw upgrade request for `path`; what the server answers before it closes."""
+    address = urlsplit(live.ws)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        writer.write(b"GET " + path + b" HTTP/1.1\r\n" + _UPGRADE + extra + b"\r\n")
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "status"),
+    [
+        pytest.param(b"/ws/rooms/r_x?token=" + b"a" * 9000, b"", b"431", id="a line over 8 KB"),
+        pytest.param(
+            b"/ws/rooms/r_x",
+            b"".join(b"x-%d: y\r\n" % n for n in range(130)),
+            b"431",
+            id="over 128 headers",
+        ),
+        pytest.param(b"/ws/rooms/r_x", b"Content-Length: 2\r\n", b"400", id="a body"),
+    ],
+)
+async def test_a_handshake_websockets_cannot_parse_is_answered_and_closed(
+    live: Live, path: bytes, extra: bytes, status: bytes
+) -> None:
+    answer = await _handshake(live, path, extra)
+    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
+    assert b"application/problem+json" in answer
+
+
+async def test_a_ping_flood_is_closed_with_1008(live: Live) -> None:
+    async with websockets.connect(live.url()) as ws:
+        await recv(ws)  # hello
+        for n in range(int(PING_BURST) * 3):
+            try:
+                await ws.ping(str(n))
+            except websockets.ConnectionClosed:
+                break
+        await asyncio.wait_for(ws.wait_closed(), 5)
+    assert ws.close_code == 1008
+
+
+async def test_a_few_pings_are_answered(live: Live) -> None:
+    async with websockets.connect(live.url()) as ws:
+        await recv(ws)
+        for n in range(5):
+            await asyncio.wait_for(await ws.ping(str(n)), 5)  # its pong came back
+
+
+async def test_a_client_gone_before_hearing_why_it_was_refused_is_no_error(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = urlsplit(live.ws)
+    with caplog.at_level(logging.ERROR):
+        for _ in range(20):
+            _, writer = await asyncio.open_connection(address.hostname, address.port)
+            writer.write(b"GET /ws/rooms/r_nope HTTP/1.1\r\n" + _UPGRADE + b"\r\n")
+            await writer.drain()
+            writer.close()
+        await asyncio.sleep(0.5)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_ref_that_cannot_be_written_back_is_dropped_not_the_socket(live: Live) -> None:
+    async with websockets.connect(live.url("leo")) as ws:
+        await recv(ws)  # hello
+        await ws.send('{"type": "ping", "ref": "\\ud83d"}')  # half an emoji, as JSON allows
+        refused = await recv(ws)  # a string that is not text: the frame is refused
+        assert (refused["type"], refused["code"], refused["ref"]) == (
+            "error",
+            "invalid_frame",
+            None,
+        )
+        await ws.send(json.dumps({"type": "ping", "ref": "r2"}))
+        assert (await recv(ws)).get("ref") == "r2"  # the socket still hears
