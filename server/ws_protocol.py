@@ -35,8 +35,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.handshake_initiated:
+            return  # the usual case, every frame: one attribute read
         failed = self.conn.handshake_exc
-        if failed is not None and not self.handshake_initiated and not self.transport.is_closing():
+        if failed is not None and not self.transport.is_closing():
             self.conn.data_to_send()  # websockets' own refusal, in plain text: ours instead
             too_large = (RequestLineTooLong, HeaderLineTooLong, TooManyHeaders)
             log.info("ws_handshake_refused", extra={"reason": type(failed).__name__})
