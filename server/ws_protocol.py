@@ -32,13 +32,15 @@ POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     _pings_allowed = PING_BURST
     _pinged_at = 0.0
+    _refused = False
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.handshake_initiated:
+        if self.handshake_initiated or self._refused:
             return  # the usual case, every frame: one attribute read
         failed = self.conn.handshake_exc
-        if failed is not None and not self.transport.is_closing():
+        if failed is not None:
+            self._refused = True  # what the client still sends goes to websockets' discard
             self.conn.data_to_send()  # websockets' own refusal, in plain text: ours instead
             too_large = (RequestLineTooLong, HeaderLineTooLong, TooManyHeaders)
             log.info("ws_handshake_refused", extra={"reason": type(failed).__name__})
@@ -49,7 +51,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_ping(self) -> None:
         pong = b"".join(self.conn.data_to_send())  # queued by websockets on reading the ping
         if self._too_many_pings():
-            self._close_for(POLICY_VIOLATION, "too many pings")
+            self._close_for_pings()
         elif self.writable.is_set():
             self.transport.write(pong)
 
@@ -59,10 +61,11 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._pings_allowed = min(PING_BURST, self._pings_allowed + elapsed * PINGS_PER_SECOND) - 1
         return self._pings_allowed < 0
 
-    def _close_for(self, code: int, reason: str) -> None:
+    def _close_for_pings(self) -> None:
         if self.close_sent:
             return
-        log.info("ws_closed_for_pings", extra={"code": code})
+        code, reason = POLICY_VIOLATION, "too many pings"
+        log.info("ws_closed_for_pings")
         self.conn.send_close(code, reason)
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.write(b"".join(self.conn.data_to_send()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import socket
@@ -14,6 +15,7 @@ import httpx
 import pytest_asyncio
 import uvicorn
 import websockets
+from starlette.types import ASGIApp
 from websockets.asyncio.client import ClientConnection
 
 from server.app import create_app
@@ -55,20 +57,13 @@ class Live:
         return await self.http.request(method, f"/api/v1{path}", json=body, headers=headers)
 
 
-@pytest_asyncio.fixture
-async def live(clean_redis: str, mongodb_url: str, mongo_database_name: str) -> AsyncIterator[Live]:
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[int]:
+    """`app` on uvicorn, on a free port, with the protocols server/runner.py sets (the
+    websocket's takes room frames directly); the port."""
     port = _free_port()
-    settings = Settings(
-        secret=SECRET,
-        redis_url=clean_redis,
-        mongodb_url=mongodb_url,
-        mongodb_database=mongo_database_name,
-        counter_interval=0.1,
-        max_bad_frames=5,
-    )
-    # The protocols server/runner.py sets: the websocket's takes room frames directly.
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         port=port,
         log_config=None,
         lifespan="on",
@@ -80,16 +75,32 @@ async def live(clean_redis: str, mongodb_url: str, mongo_database_name: str) -> 
     while not server.started:
         await asyncio.sleep(0.02)
         assert not task.done(), "server failed to start"
-    base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base) as http:
-        live = Live(base, f"ws://127.0.0.1:{port}", http, "")
-        created = await live.host("POST", "/rooms", {"title": "Test show"})
-        assert created.status_code == 201, created.text
-        live.room_id = created.json()["id"]
-        assert (await live.host("POST", f"/rooms/{live.room_id}/start")).status_code == 200
-        yield live
-    server.should_exit = True
-    await stopped(task)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await stopped(task)
+
+
+@pytest_asyncio.fixture
+async def live(clean_redis: str, mongodb_url: str, mongo_database_name: str) -> AsyncIterator[Live]:
+    settings = Settings(
+        secret=SECRET,
+        redis_url=clean_redis,
+        mongodb_url=mongodb_url,
+        mongodb_database=mongo_database_name,
+        counter_interval=0.1,
+        max_bad_frames=5,
+    )
+    async with serving(create_app(settings)) as port:
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base) as http:
+            live = Live(base, f"ws://127.0.0.1:{port}", http, "")
+            created = await live.host("POST", "/rooms", {"title": "Test show"})
+            assert created.status_code == 201, created.text
+            live.room_id = created.json()["id"]
+            assert (await live.host("POST", f"/rooms/{live.room_id}/start")).status_code == 200
+            yield live
 
 
 async def stopped(server: asyncio.Task[None], within: float = 30.0) -> None:

@@ -9,7 +9,6 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 import websockets
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,9 +17,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from server import http_head
-from server.http_head import MAX_HEAD_BYTES, HeadLimitedHttpToolsProtocol
-from server.ws_protocol import GuardedWebSocketProtocol
-from tests.integration.channels.live import _free_port, stopped
+from server.http_head import MAX_HEAD_BYTES
+from tests.integration.channels.live import serving
 
 READ_SECONDS = 0.5  # the deadline in these tests
 
@@ -54,22 +52,8 @@ async def port(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
             WebSocketRoute("/ws", _echo_socket),
         ]
     )
-    port = _free_port()
-    config = uvicorn.Config(
-        app,
-        port=port,
-        log_config=None,
-        http=HeadLimitedHttpToolsProtocol,
-        ws=GuardedWebSocketProtocol,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-        assert not task.done(), "server failed to start"
-    yield port
-    server.should_exit = True
-    await stopped(task)
+    async with serving(app) as port:
+        yield port
 
 
 async def _send(port: int, *parts: bytes, pause: float = 0.0) -> bytes:
