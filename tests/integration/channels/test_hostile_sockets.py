@@ -21,12 +21,16 @@ _UPGRADE = (
 )
 
 
-async def _handshake(live: Live, path: bytes, extra: bytes = b"") -> bytes:
-    """A raw upgrade request for `path`; what the server answers before it closes."""
+async def _handshake(live: Live, path: bytes, extra: bytes = b"", then: bytes = b"") -> bytes:
+    """A raw upgrade request for `path` (and `then`, sent after it); what the server answers
+    before it closes."""
     address = urlsplit(live.ws)
     reader, writer = await asyncio.open_connection(address.hostname, address.port)
     try:
         writer.write(b"GET " + path + b" HTTP/1.1\r\n" + _UPGRADE + extra + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(then)
         return await asyncio.wait_for(reader.read(), 5)
     finally:
         writer.close()
@@ -51,6 +55,15 @@ async def test_a_handshake_websockets_cannot_parse_is_answered_and_closed(
     answer = await _handshake(live, path, extra)
     assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
     assert b"application/problem+json" in answer
+
+
+async def test_a_refused_handshake_is_answered_once_whatever_follows(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        answer = await _handshake(live, b"/ws/rooms/r_x", b"Content-Length: 2\r\n", then=b"{}" * 50)
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_a_ping_flood_is_closed_with_1008(live: Live) -> None:
