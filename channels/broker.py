@@ -122,7 +122,16 @@ def encode_body(event: dict[str, Any]) -> str:
     """The event as compact JSON. `type` must come first for readable frames."""
     if "type" not in event:
         raise ValueError("a room event needs a type")
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    if not body.isascii():
+        try:
+            body.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (a client's `ref` cut inside an emoji) parses as JSON but cannot
+            # be sent as UTF-8: written raw, the send failed and left the socket deaf. Escaped,
+            # it goes back as the client wrote it.
+            body = json.dumps(event, separators=(",", ":"))
+    return body
 
 
 def stamp(body: str, seq: int, epoch: str) -> str:

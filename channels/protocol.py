@@ -318,16 +318,6 @@ def _ref_of(data: dict[str, Any]) -> str | None:
     `idempotency_key`), if it is a string of a sensible length: echoed, never trusted."""
     for name in ("ref", "client_id", "idempotency_key"):
         value = data.get(name)
-        if isinstance(value, str) and 0 < len(value) <= MAX_REF_CHARS and _encodable(value):
+        if isinstance(value, str) and 0 < len(value) <= MAX_REF_CHARS:
             return value
     return None
-
-
-def _encodable(text: str) -> bool:
-    # A lone surrogate (a JS client cutting a string inside an emoji) parses as JSON but cannot
-    # be written back as UTF-8: echoed, it failed the whole answer and left the socket deaf.
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
