@@ -147,6 +147,9 @@ class LocalRoom:
         self.mutes.update(view.mutes)
         self.offers = {str(offer["id"]): dict(offer) for offer in view.offers}
         self.kept = (room.kept_likes, room.kept_peak_viewers)
+        # Until the first counter tick: the likes kept at most 10 s ago, not 0 (the stream's
+        # `likes` frames only ever raise it).
+        self.likes = max(self.likes, room.kept_likes)
 
     # RoomRules, read by the protocol
     def muted_until(self, user_id: str, now: datetime) -> datetime | None:

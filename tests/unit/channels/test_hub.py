@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -16,7 +17,7 @@ from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
 from server.domain.errors import NotFound, Unavailable
 from server.metrics import Metrics
-from tests.unit.channels.hub_fakes import Socket, load_room, make_hub, viewer
+from tests.unit.channels.hub_fakes import ROOM, Socket, load_room, make_hub, viewer
 
 
 async def test_hello_first_then_events_encoded_once_for_everyone(hub: Hub) -> None:
@@ -29,6 +30,21 @@ async def test_hello_first_then_events_encoded_once_for_everyone(hub: Hub) -> No
         assert socket.frames()[0]["type"] == "hello"
     texts = [next(t for t in s.sent if "chat.message" in t) for s in sockets]
     assert all(text is texts[0] for text in texts)  # the very same string object
+
+
+async def test_the_first_hello_tells_the_likes_the_room_kept() -> None:
+    async def load_kept_room(room_id: str) -> RoomView:
+        return RoomView(replace(ROOM, kept_likes=10_541))
+
+    hub = Hub(MemoryBroker(MemoryBus()), load_kept_room, Metrics(), HubLimits())
+    await hub.start()
+    try:
+        socket = Socket()
+        await hub.join(ROOM.id, viewer(1), socket)
+        await socket.until(lambda: bool(socket.sent))
+        assert socket.frames()[0]["room"]["likes"] == 10_541
+    finally:
+        await hub.close()
 
 
 async def test_one_subscription_per_room_however_many_viewers(hub: Hub) -> None:
