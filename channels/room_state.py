@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from channels.connection import Connection
-from channels.protocol import ChatState
+from channels.protocol import LIKES_BURST, LIKES_PER_SECOND, ChatState
 from server.domain.chat import TokenBucket
 from server.domain.identity import Identity
 from server.domain.rooms import Room
@@ -18,6 +19,9 @@ from server.domain.times import iso_z
 
 # Chat ids a moderator may still delete (the same bound as history, roughly).
 RECENT_MESSAGES = 1000
+# How long a user's chat state outlives their last connection here: until their likes would
+# have refilled, so that reconnecting does not buy a new allowance.
+CHAT_STATE_KEPT_SECONDS = LIKES_BURST / LIKES_PER_SECOND
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,8 @@ class LocalRoom:
 
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _chat: dict[str, ChatState] = field(default_factory=dict)
+    # Users who left, oldest first: when, and their chat state (see CHAT_STATE_KEPT_SECONDS).
+    _left: OrderedDict[str, tuple[float, ChatState]] = field(default_factory=OrderedDict)
     # Each user's connections here, so that a leave knows at once whether it was their last:
     # a search of `connections` made every leave cost the whole room, and a crowd leaving at
     # once (the show ends, a network drops) cost the room's size squared.
@@ -93,7 +99,8 @@ class LocalRoom:
 
     def remove(self, conn: Connection) -> bool:
         """Forget a viewer; False when it was not here (already removed). A user's chat state
-        (slow mode, rate limit) goes with their last connection to the room here."""
+        (slow mode, rate limits) is kept CHAT_STATE_KEPT_SECONDS after their last connection
+        here leaves."""
         if conn not in self.connections:
             return False
         self.connections.discard(conn)
@@ -103,8 +110,17 @@ class LocalRoom:
         self._per_user[user_id] -= 1
         if self._per_user[user_id] == 0:
             del self._per_user[user_id]
-            self._chat.pop(user_id, None)
+            state = self._chat.pop(user_id, None)
+            if state is not None:
+                self._keep_a_while(user_id, state)
         return True
+
+    def _keep_a_while(self, user_id: str, state: ChatState) -> None:
+        now = time.monotonic()
+        self._left.pop(user_id, None)
+        self._left[user_id] = (now, state)
+        while now - next(iter(self._left.values()))[0] > CHAT_STATE_KEPT_SECONDS:
+            self._left.popitem(last=False)  # the oldest first: a leave costs O(1) on average
 
     def take_batch(self) -> str | None:
         """The room events gathered for batched viewers as one frame (None when there are
@@ -167,8 +183,11 @@ class LocalRoom:
     def chat_state(self, user_id: str) -> ChatState:
         state = self._chat.get(user_id)
         if state is None:
-            bucket = TokenBucket(capacity=self.chat_burst, rate=self.chat_per_second)
-            state = self._chat[user_id] = ChatState(bucket)
+            # One kept past its time is as good as new: its buckets refill with time.
+            _, state = self._left.pop(user_id, (0.0, None))
+            if state is None:
+                state = ChatState(TokenBucket(capacity=self.chat_burst, rate=self.chat_per_second))
+            self._chat[user_id] = state
         return state
 
     def apply(self, event: dict[str, Any]) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+from channels import room_state
 from channels.connection import Connection
-from channels.room_state import LocalRoom
+from channels.protocol import LIKES_BURST
+from channels.room_state import CHAT_STATE_KEPT_SECONDS, LocalRoom
 from server.domain.identity import Identity, Role
 
 
@@ -36,8 +40,29 @@ def test_a_users_chat_state_stays_while_they_have_a_connection_here() -> None:
     assert room.remove(phone)
     assert room.chat_state("ana") is state  # a second tab cannot reset slow mode by closing one
     assert room.remove(laptop)
-    assert room.chat_state("ana") is not state
-    assert room.chat_state("ana").last_sent is None
+    assert room.chat_state("ana") is state  # nor reconnecting: kept a while after the last
+
+
+def test_a_users_chat_state_outlives_their_last_connection_until_it_would_refill(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(room_state.time, "monotonic", lambda: now[0])
+    room = LocalRoom("r1")
+    ana = connect(room, "ana", "c1")
+    kept = room.chat_state("ana")
+    assert kept.likes.take(now[0], LIKES_BURST)  # every like at once
+    room.remove(ana)
+    connect(room, "ana", "c2")  # and again, with a new connection
+    assert not room.chat_state("ana").likes.take(now[0], 1)
+    room.remove(next(iter(room.connections)))
+    now[0] += CHAT_STATE_KEPT_SECONDS + 1
+    bo = connect(room, "bo", "c3")
+    room.chat_state("bo")
+    room.remove(bo)  # another user's leave lets the oldest kept go
+    connect(room, "ana", "c4")
+    assert room.chat_state("ana") is not kept
+    assert room.chat_state("ana").likes.take(now[0], LIKES_BURST)
 
 
 def test_removing_a_connection_twice_changes_nothing_the_second_time() -> None:
