@@ -64,10 +64,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     def _close_for_pings(self) -> None:
         if self.close_sent:
             return
-        code, reason = POLICY_VIOLATION, "too many pings"
         log.info("ws_closed_for_pings")
-        self.conn.send_close(code, reason)
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self.transport.close()
+        self.conn.send_close(POLICY_VIOLATION, "too many pings")
+        # uvicorn's own way out of a close the protocol decided: tell the app, send, close.
+        self.handle_parser_exception()
