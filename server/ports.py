@@ -320,6 +320,21 @@ class OrderStore(Protocol):
         """Forget the key's note (its late order is settled)."""
         ...
 
+    async def watch_offer(self, offer_id: str, until: datetime) -> None:
+        """Note, until `until`, that a rebuild of the offer's stock is about to read its orders:
+        an order written after that read holds units the rebuilt stock knows nothing of, and
+        `unchecked_after_rebuild` finds it. Noted again, the later `until` stands."""
+        ...
+
+    async def unchecked_after_rebuild(self, now: datetime, limit: int) -> builtins.list[Order]:
+        """Orders pending payment of the offers watched until after `now` that are not noted
+        `checked_after_rebuild`; `limit` at most."""
+        ...
+
+    async def checked_after_rebuild(self, order_id: str) -> None:
+        """Note that the order holds its units in the rebuilt stock."""
+        ...
+
 
 class StockReservations(Protocol):
     """An offer's stock, reserved atomically across every server process.

@@ -178,6 +178,8 @@ class MemoryOrderStore:
         self._units_to_return: set[str] = set()  # order ids
         self._buyers_untold: set[str] = set()  # order ids
         self._watched: dict[tuple[str, str], datetime] = {}  # (offer id, key) -> until
+        self._rebuilt: dict[str, datetime] = {}  # offer id -> until
+        self._checked: set[str] = set()  # order ids checked after a rebuild
 
     async def create(self, order: Order) -> Order:
         existing = self._by_key.get((order.offer_id, order.idempotency_key))
@@ -274,6 +276,23 @@ class MemoryOrderStore:
 
     async def unwatch_key(self, offer_id: str, idempotency_key: str) -> None:
         self._watched.pop((offer_id, idempotency_key), None)
+
+    async def watch_offer(self, offer_id: str, until: datetime) -> None:
+        self._rebuilt[offer_id] = max(until, self._rebuilt.get(offer_id, until))
+
+    async def unchecked_after_rebuild(self, now: datetime, limit: int) -> builtins.list[Order]:
+        watched = {offer_id for offer_id, until in self._rebuilt.items() if until > now}
+        unchecked = [
+            o
+            for o in self._orders.values()
+            if o.offer_id in watched
+            and o.status is OrderStatus.PENDING_PAYMENT
+            and o.id not in self._checked
+        ]
+        return [copy.deepcopy(o) for o in unchecked[:limit]]
+
+    async def checked_after_rebuild(self, order_id: str) -> None:
+        self._checked.add(order_id)
 
     def _stored(self, order_id: str) -> Order:
         try:

@@ -1,14 +1,18 @@
-"""Orders that reach MongoDB after the reaper gave their reservation back.
+"""Orders that reach MongoDB after the stock they reserved was given back or forgotten.
 
 A claim whose order write misses its deadline is answered "try again", but the write may still
-be on its way (a network path holding it, TCP retransmitting it) and land after the reaper,
-finding no order under the key `ORPHAN_AFTER` on, has released its units to be sold again. Left
-alone, such an order would oversell the offer and put its buyer over the limit. So the reaper
-notes each key in MongoDB before it releases it, for as long as a write may still land, and
-each round any process looks for orders under the noted keys: each order found is settled as
-its claim would have settled it (see `LateOrders.settle`). The note outlives the process that
-made it, and is written first: a reaper that dies between the two leaves a note too many, never
-a release unwatched.
+be on its way (a network path holding it, TCP retransmitting it) and land after the units it
+reserved are no longer its own:
+- the reaper, finding no order under the key `ORPHAN_AFTER` on, released them to be sold again;
+- Redis lost the offer, and a rebuild restored its stock from the orders written so far, which
+  did not include this one: its key is unknown to the rebuilt stock.
+Left alone, such an order would oversell the offer and put its buyer over the limit. So the
+reaper notes each key in MongoDB before it releases it, and a rebuild notes its offer before it
+reads the orders, for as long as a write may still land; each round any process looks for
+orders under the noted keys, and for pending orders of the noted offers not yet checked, and
+settles each as its claim would have (see `LateOrders.settle`). A note outlives the process
+that made it, and is written first: a process that dies between the two leaves a note too
+many, never a release or a rebuild unwatched.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ LATE_WRITES = timedelta(minutes=15)
 # as a burst whose orders could not be written, each key is still looked at every few rounds,
 # and a round costs MongoDB tens of milliseconds at most rather than one per key.
 KEYS_A_ROUND = 500
+# Pending orders of rebuilt offers checked in a round, at most (one attach each, once).
+CHECKS_A_ROUND = 500
 
 
 class LateOrders:
@@ -40,6 +46,10 @@ class LateOrders:
         """The reaper is about to give back the units reserved under `key`, finding no order."""
         await self._orders.watch_key(offer_id, key, until=self._clock() + LATE_WRITES)
 
+    async def watch_rebuild(self, offer_id: str) -> None:
+        """A rebuild is about to read the offer's orders and restore its stock from them."""
+        await self._orders.watch_offer(offer_id, until=self._clock() + LATE_WRITES)
+
     async def settle(
         self,
         holds_its_units: Callable[[Order], Awaitable[bool]],
@@ -47,13 +57,21 @@ class LateOrders:
     ) -> int:
         """Settle each order landed under a watched key as its claim would have: attached to
         its reservation, or cancelled when its units are gone (`holds_its_units`); its buyer,
-        who heard "try again", told. How many were cancelled."""
-        cancelled = 0
-        for order in await self._orders.landed_late(self._clock(), KEYS_A_ROUND):
+        who heard "try again", told. Then check each pending order of a rebuilt offer once the
+        same way: most are orders the rebuild counted, attached already, and their buyers were
+        told. How many were cancelled."""
+        now, cancelled = self._clock(), 0
+        for order in await self._orders.landed_late(now, KEYS_A_ROUND):
             if await holds_its_units(order):
                 await tell_buyer(order)
             else:
                 cancelled += 1
                 log.warning("late_order_cancelled", extra={"order_id": order.id})
             await self._orders.unwatch_key(order.offer_id, order.idempotency_key)
+        for order in await self._orders.unchecked_after_rebuild(now, CHECKS_A_ROUND):
+            if await holds_its_units(order):
+                await self._orders.checked_after_rebuild(order.id)
+            else:  # no longer pending: not found again
+                cancelled += 1
+                log.warning("late_order_cancelled", extra={"order_id": order.id})
         return cancelled

@@ -24,7 +24,6 @@ from server.domain.offers import (
     SKEW_MARGIN,
     EndReason,
     FlashOffer,
-    RecoveredClaim,
     StockFigure,
     plan_offer,
     same_launch,
@@ -43,6 +42,7 @@ from server.ports import (
 from server.services.bookings import ProductBookings
 from server.services.rooms import new_id
 from server.services.stock_announcer import StockAnnouncer
+from server.services.stock_rebuilds import StockRebuilds
 
 log = logging.getLogger("liveshop.offers")
 
@@ -86,6 +86,7 @@ class OfferService:
         self._stock = stock
         self._events = events
         self._clock = clock
+        self._rebuilds = StockRebuilds(offers, orders, stock, clock)
         self._announcer = StockAnnouncer(
             stock, events, clock, lambda offer: self.end(offer, EndReason.SOLD_OUT)
         )
@@ -434,48 +435,7 @@ class OfferService:
 
     async def rebuild(self, offer_id: str) -> None:
         """Restore an offer's stock from its orders after the reservation store lost it."""
-        # Read here, not taken from the caller: a cached copy may predate the offer's end, and
-        # a stopped or sold-out offer must not reopen until its end time.
-        offer = await self._offers.get(offer_id)
-        orders = await self._orders.of_offer(offer.id)
-        claims = [
-            RecoveredClaim(
-                idempotency_key=order.idempotency_key,
-                buyer_id=order.buyer_id,
-                quantity=order.quantity,
-                order_id=order.id,
-                held=order.holds_stock,
-                reservation_id=order.reservation_id,
-            )
-            for order in orders
-        ]
-        rebuilt = await self._stock.rebuild(
-            offer.id,
-            quantity=offer.quantity,
-            per_user_limit=offer.per_user_limit,
-            starts_at=offer.starts_at,
-            ends_at=offer.ends_at,
-            stopped=offer.end_reason is not None,
-            claims=claims,
-            sold_out=offer.ended_sold_out,
-        )
-        if offer.end_reason is not None:
-            # Also a stock another rebuild left unconfirmed: claims hear the end, not "paused".
-            await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
-        elif (token := await self._stock.unconfirmed(offer.id)) is not None:
-            # Unconfirmed: the offer may have ended since it was read above, its end's stop
-            # finding no stock. The end is recorded before its stock is stopped, so either the
-            # read below sees it, or that stop comes after and finds the stock `token` names
-            # (written before this read it); should that stock be lost, a later rebuild's has
-            # a token of its own. Should the read fail, claims wait for the next rebuild. The
-            # latest read: a primary that was replaced since the end could still say "running".
-            latest = await self._offers.get_latest(offer.id)
-            if latest.end_reason is None:
-                await self._stock.confirm_open(offer.id, token)
-            else:
-                await self._stock.stop(offer.id, sold_out=latest.ended_sold_out)
-        if rebuilt:
-            log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
+        await self._rebuilds.rebuild(offer_id)
 
     def stock_moved(self, offer: FlashOffer, figure: StockFigure | None) -> None:
         """A claim or a release changed the stock: tell the room soon (the last unit and sold

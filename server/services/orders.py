@@ -384,9 +384,9 @@ class OrderService:
         return await self._buyers.tell_untold()
 
     async def settle_late_orders(self) -> int:
-        """Settle the orders written after the reaper released their reservation (any process,
-        once a second; see late_orders.py): attached as any order, or, their units gone, cancelled.
-        How many were cancelled."""
+        """Settle the orders written after the reaper released their reservation, or after a
+        rebuild of their offer read its orders (any process, once a second; see late_orders.py):
+        attached as any order, or, their units gone, cancelled. How many were cancelled."""
         return await self._late.settle(self._holds_its_units, self._buyers.tell_created)
 
     async def reap_orphans(self, offer_id: str) -> int:

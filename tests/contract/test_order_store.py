@@ -458,3 +458,27 @@ async def test_orders_landing_under_watched_keys_are_found(stores: Stores) -> No
     await stores.orders.unwatch_key("of_1", "k_1")
     await stores.orders.unwatch_key("of_1", "k_never_watched")
     assert [o.id for o in await stores.orders.landed_late(T0, 10)] == ["o_3"]
+
+
+async def test_pending_orders_of_watched_offers_are_found_until_checked(stores: Stores) -> None:
+    assert await stores.orders.unchecked_after_rebuild(T0, 10) == []  # nothing watched
+    for i, offer_id in enumerate(("of_1", "of_2", "of_3")):
+        await stores.orders.create(sample_order(f"o_{i}", "k_0", offer=sample_offer(offer_id)))
+    await stores.orders.create(sample_order("o_paid", "k_1"))
+    await move_order(stores.orders, "o_paid", S.PAID)
+    await stores.orders.watch_offer("of_1", T0 + timedelta(minutes=15))
+    await stores.orders.watch_offer("of_2", T0 + timedelta(minutes=1))
+    await stores.orders.watch_offer("of_2", T0)  # noted again, earlier: the later stands
+
+    found = await stores.orders.unchecked_after_rebuild(T0, 10)
+    assert sorted(o.id for o in found) == ["o_0", "o_1"]  # pending, of a watched offer
+    assert found[0] == await stores.orders.get(found[0].id)
+    assert len(await stores.orders.unchecked_after_rebuild(T0, 1)) == 1
+    await stores.orders.checked_after_rebuild("o_0")
+    assert [o.id for o in await stores.orders.unchecked_after_rebuild(T0, 10)] == ["o_1"]
+    watch_over = T0 + timedelta(minutes=1)  # of_2's
+    assert await stores.orders.unchecked_after_rebuild(watch_over, 10) == []
+    await move_order(stores.orders, "o_1", S.CANCELLED)  # no longer pending
+    await stores.orders.create(sample_order("o_late", "k_2"))  # of_1's, watched until T0 + 15
+    assert [o.id for o in await stores.orders.unchecked_after_rebuild(T0, 10)] == ["o_late"]
+    assert await stores.orders.unchecked_after_rebuild(T0 + timedelta(minutes=15), 10) == []

@@ -1,7 +1,8 @@
 """Booking a product's stock, settling an ended offer and settling an order written late,
 through the services on a real Redis and a real MongoDB (the unit tests run the same on the
 memory adapters): the unsold units and a dead claimer's reservation go back to the product, its
-sold units stay sold, and an order landing after its units were sold again is cancelled."""
+sold units stay sold, and an order landing after its units were sold again (or after a rebuild
+of its offer read the orders without it) is cancelled."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 import pytest
+import redis
 
 from server.adapters.mongo.offers import MongoOfferStore
 from server.adapters.mongo.orders import MongoOrderStore
@@ -144,6 +146,37 @@ async def test_an_order_written_late_is_settled_after_its_reaper_died(shop: Shop
     assert await survivor.settle_late_orders() == 1
     orders = await shop.orders_store.of_offer(offer_id)
     assert [o.id for o in orders if o.status in HOLDS_STOCK] == [sold.id]
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    assert await shop.stock.remaining(offer_id) == 0
+    assert await survivor.settle_late_orders() == 0  # settled once
+    await offers.close()
+
+
+async def test_an_order_written_late_after_a_rebuild_is_settled_by_another_process(
+    shop: Shop, clean_redis: str
+) -> None:
+    offers, rebuilder = shop.process()
+    offer_id = await shop.launch(offers, 2)
+    writes = HeldWrites(shop.orders_store)  # the claim's write misses its deadline
+    _, late_claimer = shop.process(cast(OrderStore, writes))
+    with pytest.raises(Unavailable):
+        await late_claimer.claim(
+            offer_id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
+        )
+    with redis.Redis.from_url(clean_redis) as admin:
+        admin.flushall()  # Redis lost its data
+    sold = []
+    for n in (2, 3):  # the first claim rebuilds the stock from orders without buyer 1's
+        order, _ = await rebuilder.claim(
+            offer_id, buyer(n), quantity=1, idempotency_key="k", address=ADDRESS
+        )
+        sold.append(order.id)
+    await writes.land()  # the late write: three orders hold the two units
+    _, survivor = shop.process()  # neither the claimer's process nor the rebuilder's
+    assert await survivor.settle_late_orders() == 1
+    orders = await shop.orders_store.of_offer(offer_id)
+    assert sorted(o.id for o in orders if o.status in HOLDS_STOCK) == sorted(sold)
     (late,) = writes.held
     assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
     assert await shop.stock.remaining(offer_id) == 0

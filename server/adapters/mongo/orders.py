@@ -38,6 +38,11 @@ ORDERS = "orders"
 # Keys whose reservation was given back with no order under them, watched for an order that
 # lands later (`watch_key`); MongoDB deletes each once its `until` has passed.
 RELEASED_KEYS = "released_keys"
+# Offers whose stock a rebuild is reading from their orders, watched for an order that lands
+# after the read (`watch_offer`); deleted as the released keys are.
+REBUILT_OFFERS = "rebuilt_offers"
+# Set on a pending order of a watched offer once it is known to hold its units.
+CHECKED_AFTER_REBUILD = "checked_after_rebuild"
 # Set on an order, with its move to cancelled or expired, until its units are back in the offer.
 UNITS_TO_RETURN = "units_to_return"
 # Set on an order whose last change could not be sent to its buyer, until it has been.
@@ -71,7 +76,8 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
             ),
         ]
     )
-    await collection(db, RELEASED_KEYS).create_index("until", expireAfterSeconds=0, name="until")
+    for watches in (RELEASED_KEYS, REBUILT_OFFERS):
+        await collection(db, watches).create_index("until", expireAfterSeconds=0, name="until")
     await ensure_offer_indexes(db)
 
 
@@ -96,6 +102,9 @@ class MongoOrderStore:
         self._orders = collection(db, ORDERS).with_options(write_concern=write_concern)
         # Majority too: a failover must not forget a key whose units went back.
         self._released_keys = collection(db, RELEASED_KEYS).with_options(
+            write_concern=write_concern
+        )
+        self._rebuilt_offers = collection(db, REBUILT_OFFERS).with_options(
             write_concern=write_concern
         )
         self._write_seconds = write_seconds
@@ -343,6 +352,29 @@ class MongoOrderStore:
     @translate_errors
     async def unwatch_key(self, offer_id: str, idempotency_key: str) -> None:
         await self._released_keys.delete_one({"_id": _key_id(offer_id, idempotency_key)})
+
+    @translate_errors
+    async def watch_offer(self, offer_id: str, until: datetime) -> None:
+        await self._rebuilt_offers.update_one(
+            {"_id": offer_id}, {"$max": {"until": until}}, upsert=True
+        )
+
+    @translate_errors
+    async def unchecked_after_rebuild(self, now: datetime, limit: int) -> builtins.list[Order]:
+        watched = self._rebuilt_offers.find({"until": {"$gt": now}}, {"_id": True})
+        offer_ids = [doc["_id"] async for doc in watched]
+        if not offer_ids:  # nearly always: a watch follows a loss of Redis's data
+            return []
+        query = {
+            "offer_id": {"$in": offer_ids},
+            "status": OrderStatus.PENDING_PAYMENT.value,
+            CHECKED_AFTER_REBUILD: {"$ne": True},
+        }
+        return [order_from(doc) async for doc in self._orders.find(query).limit(limit)]
+
+    @translate_errors
+    async def checked_after_rebuild(self, order_id: str) -> None:
+        await self._orders.update_one({"_id": order_id}, {"$set": {CHECKED_AFTER_REBUILD: True}})
 
 
 def _key_id(offer_id: str, idempotency_key: str) -> Document:

@@ -37,7 +37,8 @@ class HeldCalls:
     """A store (of orders, offers, products, stock) whose `method` calls wait at `gate` until
     it is set: a write under way while the test does something else. `entered` is set once one
     is waiting. With `answer_late`, the call is made at once and its answer held: a read whose
-    caller goes on with what it read after the test changed things."""
+    caller goes on with what it read after the test changed things. `calls` counts the
+    `method` calls made."""
 
     def __init__(self, shared: Any, method: str = "create", *, answer_late: bool = False) -> None:
         self._shared = shared
@@ -45,6 +46,7 @@ class HeldCalls:
         self._answer_late = answer_late
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
+        self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
         call = getattr(self._shared, name)
@@ -52,6 +54,7 @@ class HeldCalls:
             return call
 
         async def held(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
             answer = await call(*args, **kwargs) if self._answer_late else None
             self.entered.set()
             await self.gate.wait()
