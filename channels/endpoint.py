@@ -161,7 +161,9 @@ async def _carry_out(
             elif isinstance(command, Claim):
                 await _claim(command, container, hub.metrics.ws_claims, conn, room)
             elif isinstance(command, StoreMute):
-                await container.rooms.mute(room.room_id, command.user_id, until=command.until)
+                await container.rooms.mute(
+                    room.room_id, command.user_id, until=command.until, at=command.at
+                )
             elif isinstance(command, StoreBan):
                 await container.rooms.ban(
                     room.room_id, command.user_id, by=conn.identity.user_id, at=datetime.now(UTC)

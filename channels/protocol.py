@@ -102,6 +102,7 @@ class AddLikes:
 class StoreMute:
     user_id: str
     until: datetime
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +253,7 @@ class RoomSession:
             # To the millisecond, as MongoDB keeps it: every process then tells the same time.
             until = utc_ms(now + timedelta(seconds=frame.duration_seconds))
             return [
-                StoreMute(frame.user_id, until),
+                StoreMute(frame.user_id, until, now),
                 Publish({"type": "user.muted", "user_id": frame.user_id, "until": iso_z(until)}),
             ]
         if isinstance(frame, UserBan):

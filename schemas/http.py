@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from server.domain.errors import InvalidInput
+from server.domain.identity import MAX_USER_ID
 from server.domain.money import Money
 from server.domain.orders import countries
 from server.domain.products import (
@@ -90,6 +91,11 @@ BlockedWord = Annotated[
     AfterValidator(_not_blank),
 ]
 ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+# A user as a token names them (server/auth.py holds its subject to the same rules): anything
+# else, muted or banned, would be an entry no connection can ever match.
+UserId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_USER_ID), _visible(multiline=False)
+]
 Description = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=MAX_DESCRIPTION_CHARS),

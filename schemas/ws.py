@@ -11,10 +11,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.commerce import AddressIn, IdempotencyKey
-from schemas.http import MAX_SLOW_MODE_SECONDS
+from schemas.http import MAX_SLOW_MODE_SECONDS, UserId
 
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
-UserId = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class _Frame(BaseModel):

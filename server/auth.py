@@ -19,7 +19,7 @@ from typing import Any
 import jwt
 
 from server.domain.errors import Unauthorized
-from server.domain.identity import Identity, Role
+from server.domain.identity import MAX_USER_ID, Identity, Role
 from server.domain.text import hidden_character
 
 ALGORITHM = "HS256"
@@ -139,7 +139,7 @@ def _verify(secret: str, token: str) -> tuple[Identity, float]:
         raise _invalid()
     sub, role, name, country = (claims.get(k) for k in ("sub", "role", "name", "country"))
     # Both are shown to other people (chat, orders): held to the rules their own text is.
-    if not isinstance(sub, str) or not sub or len(sub) > 128 or hidden_character(sub):
+    if not isinstance(sub, str) or not sub or len(sub) > MAX_USER_ID or hidden_character(sub):
         raise Unauthorized("token subject is invalid", code="invalid_token")
     if isinstance(name, str) and hidden_character(name):
         raise Unauthorized("token name has a control or hidden character", code="invalid_token")

@@ -80,7 +80,11 @@ class RoomStore(Protocol):
         """Everyone banned from the room (claims read it at most once a second a process)."""
         ...
 
-    async def mute(self, room_id: str, user_id: str, *, until: datetime) -> None: ...
+    async def mute(self, room_id: str, user_id: str, *, until: datetime, at: datetime) -> None:
+        """Mute the user in the room until `until`, in place of any earlier mute of theirs, and
+        drop the mutes over by `at`. Conflict `too_many_mutes` when MAX_MUTES others still run;
+        NotFound for an unknown room."""
+        ...
 
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:
         """Users muted in the room and until when (expired entries may be included)."""

@@ -10,7 +10,7 @@ from datetime import datetime
 from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.pages import PageKey, newest_first
 from server.domain.products import Product
-from server.domain.rooms import Room, RoomStatus
+from server.domain.rooms import MAX_MUTES, Room, RoomStatus, too_many_mutes
 
 
 class MemoryProductStore:
@@ -102,9 +102,13 @@ class MemoryRoomStore:
     async def banned_users(self, room_id: str) -> frozenset[str]:
         return frozenset(user for room, user in self._bans if room == room_id)
 
-    async def mute(self, room_id: str, user_id: str, *, until: datetime) -> None:
+    async def mute(self, room_id: str, user_id: str, *, until: datetime, at: datetime) -> None:
         await self._stored(room_id)
-        self._mutes.setdefault(room_id, {})[user_id] = until
+        mutes = self._mutes.get(room_id, {})
+        running = {user: end for user, end in mutes.items() if end > at and user != user_id}
+        if len(running) >= MAX_MUTES:
+            raise too_many_mutes()
+        self._mutes[room_id] = running | {user_id: until}
 
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:
         return dict(self._mutes.get(room_id, {}))

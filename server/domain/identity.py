@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+MAX_USER_ID = 128  # characters of a token's subject (server/auth.py), none of them hidden
+
 
 class Role(StrEnum):
     SHOPPER = "shopper"

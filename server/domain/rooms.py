@@ -10,6 +10,10 @@ from server.domain.errors import Conflict, Forbidden
 from server.domain.identity import Identity, Role
 from server.domain.products import Product
 
+# Mutes running at once in a room, at most: they are kept in the room's document, and shown with
+# the room. A moderator silences a few spammers a show; banning is for more.
+MAX_MUTES = 1000
+
 
 class RoomStatus(StrEnum):
     SCHEDULED = "scheduled"
@@ -73,3 +77,10 @@ def ensure_hosts_own(room: Room, product: Product) -> None:
     """A room sells (and shows) its host's own goods: another seller's would book their stock."""
     if product.owner_id != room.host_id:
         raise Forbidden("the product does not belong to the room's host", code="not_your_product")
+
+
+def too_many_mutes() -> Conflict:
+    return Conflict(
+        f"{MAX_MUTES} users are muted in this room already: ban, or wait for a mute to end",
+        code="too_many_mutes",
+    )

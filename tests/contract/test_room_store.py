@@ -24,7 +24,7 @@ from server.domain.errors import Conflict, NotFound
 from server.domain.money import Money
 from server.domain.pages import PageKey
 from server.domain.products import Product
-from server.domain.rooms import Room, RoomStatus
+from server.domain.rooms import MAX_MUTES, Room, RoomStatus
 from server.ports import ProductStore, RoomStore
 
 T0 = datetime(2026, 5, 14, 10, 0, 0, 123000, tzinfo=UTC)
@@ -239,9 +239,9 @@ async def test_mutes_are_per_room_and_replaced(stores: Stores) -> None:
     odd_user = "$where.user"  # must stay a value, never a field path or operator
     later = T0 + timedelta(minutes=10)
 
-    await stores.rooms.mute("r_1", "u_1", until=T0 + timedelta(minutes=5))
-    await stores.rooms.mute("r_1", odd_user, until=later)
-    await stores.rooms.mute("r_1", "u_1", until=later)
+    await stores.rooms.mute("r_1", "u_1", until=T0 + timedelta(minutes=5), at=T0)
+    await stores.rooms.mute("r_1", odd_user, until=later, at=T0)
+    await stores.rooms.mute("r_1", "u_1", until=later, at=T0)
 
     assert await stores.rooms.mutes("r_1") == {"u_1": later, odd_user: later}
     assert await stores.rooms.mutes("r_2") == {}
@@ -251,6 +251,27 @@ async def test_mutes_are_per_room_and_replaced(stores: Stores) -> None:
     room.start(T0)
     await stores.rooms.save(room, expected_status=RoomStatus.SCHEDULED)
     assert await stores.rooms.mutes("r_1") == {"u_1": later, odd_user: later}
+
+
+async def test_mutes_that_are_over_are_dropped_and_running_ones_bounded(stores: Stores) -> None:
+    await stores.rooms.create(_room("r_1"))
+    soon, later = T0 + timedelta(minutes=1), T0 + timedelta(minutes=10)
+    await stores.rooms.mute("r_1", "u_over", until=soon, at=T0)
+    for n in range(MAX_MUTES - 1):
+        await stores.rooms.mute("r_1", f"u_{n}", until=later, at=T0)
+    with pytest.raises(Conflict) as full:  # u_over's still runs
+        await stores.rooms.mute("r_1", "u_new", until=later, at=T0)
+    assert full.value.code == "too_many_mutes"
+    assert len(await stores.rooms.mutes("r_1")) == MAX_MUTES  # nothing changed
+    await stores.rooms.mute("r_1", "u_0", until=later + timedelta(minutes=1), at=T0)  # replaced
+    await stores.rooms.mute("r_1", "u_new", until=later, at=soon)  # u_over's is over: dropped
+    mutes = await stores.rooms.mutes("r_1")
+    assert len(mutes) == MAX_MUTES
+    assert "u_over" not in mutes
+    assert mutes["u_0"] == later + timedelta(minutes=1)
+    assert mutes["u_new"] == later
+    with pytest.raises(NotFound):
+        await stores.rooms.mute("r_missing", "u_1", until=later, at=T0)
 
 
 async def test_ping(stores: Stores) -> None:

@@ -23,7 +23,7 @@ from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.money import Money
 from server.domain.pages import PageKey
 from server.domain.products import Product
-from server.domain.rooms import Room, RoomStatus
+from server.domain.rooms import MAX_MUTES, Room, RoomStatus, too_many_mutes
 
 PRODUCTS = "products"
 ROOMS = "rooms"
@@ -203,22 +203,27 @@ class MongoRoomStore:
         return frozenset([str(doc["user_id"]) async for doc in cursor])
 
     @translate_errors
-    async def mute(self, room_id: str, user_id: str, *, until: datetime) -> None:
-        # One pipeline update replaces the user's entry atomically. User ids are wrapped in
-        # $literal: one starting with "$" would otherwise be read as a field path.
+    async def mute(self, room_id: str, user_id: str, *, until: datetime, at: datetime) -> None:
+        # One pipeline update replaces the user's entry and drops the mutes that are over,
+        # atomically, if fewer than MAX_MUTES others run. User ids are wrapped in $literal: one
+        # starting with "$" would otherwise be read as a field path.
         user = {"$literal": user_id}
         others = {
             "$filter": {
                 "input": {"$ifNull": ["$mutes", []]},
-                "cond": {"$ne": ["$$this.user_id", user]},
+                "cond": {
+                    "$and": [{"$ne": ["$$this.user_id", user]}, {"$gt": ["$$this.until", at]}]
+                },
             }
         }
         entry = {"user_id": user, "until": until}
         result = await self._rooms.update_one(
-            {"_id": room_id}, [{"$set": {"mutes": {"$concatArrays": [others, [entry]]}}}]
+            {"_id": room_id, "$expr": {"$lt": [{"$size": others}, MAX_MUTES]}},
+            [{"$set": {"mutes": {"$concatArrays": [others, [entry]]}}}],
         )
         if result.matched_count == 0:
-            raise NotFound(f"room {room_id} not found")
+            await self._ensure_exists(room_id)
+            raise too_many_mutes()
 
     @translate_errors
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:

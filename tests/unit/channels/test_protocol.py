@@ -275,11 +275,19 @@ def test_another_rooms_host_cannot_moderate_here() -> None:
     )
 
 
+@pytest.mark.parametrize("kind", ["user.mute", "user.ban"])
+@pytest.mark.parametrize("user_id", ["bob\u200b", "bob\n", "", "u" * 129])
+def test_a_user_no_token_could_name_cannot_be_muted_or_banned(kind: str, user_id: str) -> None:
+    commands = send(session(MODERATOR), {"type": kind, "user_id": user_id})
+    assert error_code(commands) == "invalid_frame"
+    assert not any(isinstance(c, StoreMute | StoreBan | Publish) for c in commands)
+
+
 def test_moderator_mutes_bans_and_sets_slow_mode() -> None:
     s = session(MODERATOR)
     mute = send(s, {"type": "user.mute", "user_id": "shopper-1", "duration_seconds": 60})
     until = NOW + timedelta(seconds=60)
-    assert mute[0] == StoreMute("shopper-1", until)
+    assert mute[0] == StoreMute("shopper-1", until, NOW)
     assert isinstance(mute[1], Publish)
     assert mute[1].event == {
         "type": "user.muted",
