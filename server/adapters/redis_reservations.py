@@ -427,11 +427,6 @@ class RedisStockReservations:
     ) -> bool:
         validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
         held = sum(tally_recovered(claims).values())
-        if held > quantity:
-            log.error(
-                "reservations_rebuild_oversold",
-                extra={"offer_id": offer_id, "quantity": quantity, "held": held},
-            )
         args: list[str | int] = [
             quantity,
             per_user_limit,
@@ -453,6 +448,13 @@ class RedisStockReservations:
             args += [c.idempotency_key, json.dumps(record, ensure_ascii=False)]
         rebuilt = bool(await self._rebuild(keys=_keys(offer_id), args=args))
         if rebuilt:
+            # Checked only once written: a rebuild that read the orders after another had
+            # rebuilt the stock may count an order written late, which late_orders.py cancels.
+            if held > quantity:
+                log.error(
+                    "reservations_rebuild_oversold",
+                    extra={"offer_id": offer_id, "quantity": quantity, "held": held},
+                )
             log.info(
                 "reservations_rebuilt",
                 extra={"offer_id": offer_id, "claims": len(claims), "held": held},

@@ -5,9 +5,11 @@ claim; a stop counts what the offer had taken; a sold-out stop happens only whil
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 
 import pytest
+import redis
 
 from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.errors import OfferPaused, Unavailable
@@ -292,3 +294,24 @@ async def test_every_stock_change_raises_the_version_and_a_rebuild_starts_above_
     assert rebuilt.remaining == 5
     assert rebuilt.version is not None
     assert rebuilt.version > v + 3
+
+
+async def test_only_a_rebuild_that_writes_the_stock_reports_it_oversold(
+    clean_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rebuild that read the orders late may count more units than the offer has: an order
+    # written after the stock was rebuilt without it (late_orders.py cancels it). Finding the
+    # stock rebuilt, it writes nothing, and nothing is oversold.
+    stock = RedisStockReservations(clean_redis)
+    three = [RecoveredClaim(f"k{n}", f"b{n}", 1, f"ord{n}", held=True) for n in range(3)]
+    try:
+        assert await rebuild_offer(stock, quantity=3, limit=1, claims=three)
+        assert not await rebuild_offer(stock, quantity=2, limit=1, claims=three)
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+        with redis.Redis.from_url(clean_redis) as admin:
+            admin.flushall()
+        assert await rebuild_offer(stock, quantity=2, limit=1, claims=three)  # oversold
+        (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert error.getMessage() == "reservations_rebuild_oversold"
+    finally:
+        await stock.close()
