@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # run as `python bench/flashsale.py`
 
 import psutil
 
-from bench.fanout import own_cpu
+from bench.runinfo import own_cpu
 
 
 def percentiles(values: Iterable[float]) -> dict[str, float | None]:

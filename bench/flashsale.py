@@ -43,12 +43,11 @@ import psutil
 
 from bench.buyers import Shop, http_pool_size, make_buyers
 from bench.cpu import wait_quiet
-from bench.fanout import code_version, export_commit, machine
 from bench.flashsale_checks import server_log_summary
 from bench.flashsale_phases import run_burst, run_noop, run_paced, run_redis_limit
 from bench.flashsale_report import evaluate, print_report
 from bench.httpload import HOST
-from bench.runinfo import RESULTS_DIR, SECRET, run_main
+from bench.runinfo import RESULTS_DIR, SECRET, code_version, export_commit, machine, run_main
 from bench.servers import Child, start_liveshop, start_valkey
 from server.adapters.mongo.embedded import EmbeddedMongo
 

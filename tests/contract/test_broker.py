@@ -111,7 +111,11 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 async def subscribe_both(backend: Backend, room: str) -> None:
     for node in (backend.a, backend.b):
         await node.broker.subscribe_room(room)
-        await node.heard.wait_for(lambda n=node: room in n.heard.subscribed)
+
+        def subscribed(n: Node = node) -> bool:
+            return room in n.heard.subscribed
+
+        await node.heard.wait_for(subscribed)
 
 
 async def test_events_get_consecutive_seqs_and_reach_every_node_in_order(backend: Backend) -> None:
@@ -122,7 +126,11 @@ async def test_events_get_consecutive_seqs_and_reach_every_node_in_order(backend
         seqs.append(await publisher.broker.publish("r1", {"type": "chat.message", "text": f"m{i}"}))
     assert seqs == list(range(1, 21))
     for node in (backend.a, backend.b):
-        await node.heard.wait_for(lambda n=node: len(n.heard.room_frames) == 20)
+
+        def heard_all(n: Node = node) -> bool:
+            return len(n.heard.room_frames) == 20
+
+        await node.heard.wait_for(heard_all)
         frames = [f for _, f in node.heard.room_frames]
         assert [f["seq"] for f in frames] == seqs
         assert [f["text"] for f in frames] == [f"m{i}" for i in range(20)]
@@ -154,7 +162,11 @@ async def test_nothing_on_a_topic_follows_the_event_that_closed_it(backend: Back
     assert await a.publish("r-topic", {**stock, "offer_id": "f2"}, topic="f2") == 3
     assert await a.publish("r-topic", {"type": "chat.message", "text": "hi"}) == 4
     for node in (backend.a, backend.b):
-        await node.heard.wait_for(lambda n=node: len(n.heard.room_frames) == 4)
+
+        def heard_all(n: Node = node) -> bool:
+            return len(n.heard.room_frames) == 4
+
+        await node.heard.wait_for(heard_all)
         assert [f["seq"] for _, f in node.heard.room_frames] == [1, 2, 3, 4]
     position = await a.position("r-topic")
     assert position.seq == 4
@@ -185,7 +197,11 @@ async def test_an_ordered_topic_drops_what_comes_late_or_twice(backend: Backend)
     assert await b.publish("r-order", ended, topic="f1", last=True) == 5
     assert await a.publish("r-order", figure(1), topic="f1", order=99) == 0
     for node in (backend.a, backend.b):
-        await node.heard.wait_for(lambda n=node: len(n.heard.room_frames) == 5)
+
+        def heard_all(n: Node = node) -> bool:
+            return len(n.heard.room_frames) == 5
+
+        await node.heard.wait_for(heard_all)
         heard = [(f["type"], f.get("remaining")) for _, f in node.heard.room_frames]
         assert heard == [
             ("offer.stock", 8), ("offer.stock", 7), ("offer.stock", 3), ("offer.stock", 0),
@@ -330,13 +346,21 @@ async def test_redis_restart_resubscribes_and_starts_a_new_epoch(
     async with _redis_nodes(redis_server.url) as (a, b):
         for node in (a, b):
             await node.broker.subscribe_room("rr")
-            await node.heard.wait_for(lambda n=node: "rr" in n.heard.subscribed)
+
+            def subscribed(n: Node = node) -> bool:
+                return "rr" in n.heard.subscribed
+
+            await node.heard.wait_for(subscribed)
         await a.broker.publish("rr", {"type": "chat.message", "text": "before"})
         old = await a.broker.position("rr")
         await asyncio.to_thread(redis_server.restart)
         # Each reader reconnects, re-subscribes and reports it, so the hub can look for gaps.
         for node in (a, b):
-            await node.heard.wait_for(lambda n=node: n.heard.subscribed.count("rr") >= 2, 15)
+
+            def subscribed_again(n: Node = node) -> bool:
+                return n.heard.subscribed.count("rr") >= 2
+
+            await node.heard.wait_for(subscribed_again, 15)
         seq = await a.broker.publish("rr", {"type": "chat.message", "text": "after"})
         assert seq == 1
         await b.heard.wait_for(

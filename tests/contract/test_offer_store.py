@@ -246,6 +246,7 @@ async def test_an_end_stays_unfinished_until_told_finished(offers: OfferStore) -
     assert await offers.unfinished_ends(10) == []  # running offers are not in it
     ended_b = await offers.record_end("of_b", EndReason.STOPPED, T0)
     ended_a = await offers.record_end("of_a", EndReason.SOLD_OUT, T0)
+    assert ended_a is not None
     assert await offers.unfinished_ends(10) == [ended_a, ended_b]
     assert await offers.unfinished_ends(1) == [ended_a]
     await offers.end_finished("of_a", T0, taken=3)

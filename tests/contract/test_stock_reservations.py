@@ -83,7 +83,9 @@ async def test_claims_arriving_together_are_answered_as_if_one_by_one(backend: B
         ("eve", 0, "e1"),  # malformed: refused alone, changes nothing
     ]
 
-    async def claim(offer: str, buyer: str, quantity: int, key: str) -> object:
+    async def claim(
+        offer: str, buyer: str, quantity: int, key: str
+    ) -> str | tuple[ClaimOutcome, int | None, int, bool]:
         try:
             result = await stock.claim(offer, buyer, quantity, key, NOW)
         except InvalidInput as error:
@@ -111,7 +113,7 @@ async def test_claims_arriving_together_are_answered_as_if_one_by_one(backend: B
         stock.attach_order("together", "a1", "o_other"),  # the key already names o1
         stock.attach_order("together", "nobody", "o3"),
     )
-    assert attached == [
+    assert list(attached) == [
         AttachOutcome.ATTACHED,
         AttachOutcome.ATTACHED,
         AttachOutcome.UNKNOWN,

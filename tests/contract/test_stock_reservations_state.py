@@ -14,7 +14,7 @@ Hypothesis runs synchronously, so each example drives the async store through on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
@@ -58,8 +58,8 @@ BUYERS = [f"buyer{i}" for i in range(5)]
 @dataclass
 class Harness:
     run: Callable[[Coroutine[Any, Any, Any]], Any]
-    make: Callable[[], Awaitable[StockReservations]]
-    lose_everything: Callable[[], Awaitable[None]]
+    make: Callable[[], Coroutine[Any, Any, StockReservations]]
+    lose_everything: Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -363,6 +363,7 @@ def test_reservations_hold_their_invariants(kind: str, request: pytest.FixtureRe
         else:
             harness = _memory_harness(runner)
         machine = type(f"{kind.title()}ReservationMachine", (ReservationMachine,), {})
+        assert issubclass(machine, ReservationMachine)
         machine.harness = harness
         try:
             run_state_machine_as_test(machine, settings=SETTINGS)

@@ -172,6 +172,7 @@ async def test_a_request_head_too_large_is_refused_before_it_is_buffered(
     cluster: Cluster,
 ) -> None:
     port = cluster.a.port
+    assert port is not None
     huge = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: " + b"a" * (4 << 20) + b"\r\n\r\n"
     answer = await _raw_request(port, huge)
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -191,8 +192,10 @@ async def test_a_request_that_is_not_http_is_answered_as_problem_json_without_a_
         b"POST /api/v1/rooms HTTP/1.1\r\nhost: x\r\ncontent-length: 1x\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nhost: x\r\nbad name: y\r\n\r\n",
     ]
+    port = cluster.a.port
+    assert port is not None
     for request in malformed:
-        answer = await _raw_request(cluster.a.port, request)
+        answer = await _raw_request(port, request)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
         assert b"content-type: application/problem+json" in head

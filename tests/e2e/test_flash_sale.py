@@ -190,7 +190,8 @@ async def test_launches_of_one_product_on_two_processes_at_once_book_its_stock_o
     refused = [answer.json() for answer in answers if answer.status_code == 409]
     assert {problem["code"] for problem in refused} == {"insufficient_stock"}
     assert "4 units of the product's stock of 10" in refused[0]["detail"]
-    with MongoClient(cluster.mongodb_url) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(cluster.mongodb_url)
+    with client:
         stored = list(client[cluster.database]["offers"].find({"product_id": offer["product_id"]}))
     assert [doc["quantity"] for doc in stored] == [6]
 

@@ -96,6 +96,7 @@ async def test_no_acknowledged_order_is_lost_when_mongod_is_killed(
             *_, revived = await asyncio.gather(
                 *(shopper(n) for n in range(SHOPPERS)), crash_and_revive()
             )
+            assert revived is not None
             killed, back = outage
             # The crash landed mid-sale: claims were waiting while mongod was away.
             assert any(sent < back and answered > killed + DOWN_SECONDS for sent, answered in spans)

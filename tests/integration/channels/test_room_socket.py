@@ -274,13 +274,16 @@ async def test_a_viewer_sent_away_while_joining_is_closed_once(
             await redis.flushall()
         finally:
             await redis.aclose()
-        hub = broker._listener  # type: ignore[attr-defined]
+        hub = broker._listener
+        assert isinstance(hub, Hub)
 
         async def sent_away() -> None:  # the tick found the history lost, and read the room
             while True:
                 room = hub.room(live.room_id)
-                if hub.metrics.stream_resets._value.get() and not room.reloading:
-                    return
+                if hub.metrics.stream_resets._value.get():
+                    assert room is not None
+                    if not room.reloading:
+                        return
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(sent_away(), 10)

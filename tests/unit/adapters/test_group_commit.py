@@ -46,7 +46,7 @@ async def test_keys_are_batched_apart_and_results_go_to_their_callers() -> None:
     results = await asyncio.gather(
         group.submit("a", 2), group.submit("b", 4), group.submit("a", 6), return_exceptions=True
     )
-    assert results == [20, 40, 60]
+    assert list(results) == [20, 40, 60]
     assert sorted(recorder.batches) == [("a", [2, 6]), ("b", [4])]
 
 
@@ -81,7 +81,7 @@ async def test_a_failed_write_reaches_every_caller_of_the_batch_and_the_next_bat
 
 async def test_a_write_with_the_wrong_number_of_results_fails_its_callers() -> None:
     async def short(key: str, items: list[int]) -> list[int | Exception]:
-        return items[:1]
+        return list(items[:1])
 
     group = GroupCommit(short)
     results = await asyncio.gather(

@@ -26,7 +26,11 @@ async def test_hello_first_then_events_encoded_once_for_everyone(hub: Hub) -> No
         await hub.join("r1", viewer(n), socket)
     await hub.publish_room_event("r1", {"type": "chat.message", "text": "hi"})
     for socket in sockets:
-        await socket.until(lambda s=socket: len(s.of_type("chat.message")) == 1)
+
+        def got_it(s: Socket = socket) -> bool:
+            return len(s.of_type("chat.message")) == 1
+
+        await socket.until(got_it)
         assert socket.frames()[0]["type"] == "hello"
     texts = [next(t for t in s.sent if "chat.message" in t) for s in sockets]
     assert all(text is texts[0] for text in texts)  # the very same string object
@@ -274,7 +278,11 @@ async def test_private_frames_reach_all_of_a_users_connections(hub: Hub) -> None
     await hub.join("r1", viewer(2), stranger)
     await hub.send_private("user-1", {"type": "order.updated", "order_id": "o1"})
     for socket in (phone, laptop):
-        await socket.until(lambda s=socket: len(s.of_type("order.updated")) == 1)
+
+        def got_it(s: Socket = socket) -> bool:
+            return len(s.of_type("order.updated")) == 1
+
+        await socket.until(got_it)
     await asyncio.sleep(0.05)
     assert stranger.of_type("order.updated") == []
 
@@ -285,7 +293,11 @@ async def test_drain_closes_everyone_with_going_away(hub: Hub) -> None:
 
     async def endpoint_notices_close() -> None:
         for socket, conn in zip(sockets, conns, strict=True):
-            await socket.until(lambda s=socket: s.closed is not None)
+
+            def closed(s: Socket = socket) -> bool:
+                return s.closed is not None
+
+            await socket.until(closed)
             await hub.leave(conn)
 
     watcher = asyncio.create_task(endpoint_notices_close())

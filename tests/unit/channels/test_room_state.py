@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from channels import room_state
 from channels.connection import Connection
 from channels.protocol import LIKES_BURST
 from channels.room_state import CHAT_STATE_KEPT_SECONDS, LocalRoom
@@ -47,7 +48,7 @@ def test_a_users_chat_state_outlives_their_last_connection_until_it_would_refill
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr(room_state.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # as room_state reads it
     room = LocalRoom("r1")
     ana = connect(room, "ana", "c1")
     kept = room.chat_state("ana")

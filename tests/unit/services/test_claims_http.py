@@ -225,7 +225,7 @@ async def test_a_launch_refused_by_its_schema_or_its_rules_hears_the_same_code(
     room_id = (await client.get(f"/offers/{offer_id}")).json()["room_id"]
     product_id = (await client.get(f"/offers/{offer_id}")).json()["product_id"]
     terms = {"product_id": product_id, "price": {"amount": "9.90", "currency": "USD"}}
-    for change, code in [
+    changes: list[tuple[dict[str, object], str]] = [
         ({"quantity": 0}, "invalid_quantity"),  # the schema's bound
         ({"quantity": 5, "per_user_limit": 6}, "invalid_per_user_limit"),  # the rule's
         ({"quantity": 5, "per_user_limit": 0}, "invalid_per_user_limit"),
@@ -233,7 +233,8 @@ async def test_a_launch_refused_by_its_schema_or_its_rules_hears_the_same_code(
         ({"quantity": 5, "duration_seconds": 5}, "invalid_duration"),
         ({"quantity": 5, "price": {"amount": "0.00", "currency": "USD"}}, "invalid_price"),
         ({"quantity": 5, "price": {"amount": "-1.00", "currency": "USD"}}, "invalid_price"),
-    ]:
+    ]
+    for change, code in changes:
         response = await client.post(
             f"/rooms/{room_id}/offers", json={**terms, **change}, headers=HOST
         )

@@ -12,6 +12,7 @@ from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import FlashOffer
 from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
 from server.ports import OrderStore, StockReservations
+from tests.unit.services.flaky import FlakyStock
 from tests.unit.services.shop import (
     ADDRESS,
     HeldCalls,
@@ -21,7 +22,6 @@ from tests.unit.services.shop import (
     other_process,
     settle,
 )
-from tests.unit.services.test_give_back import FlakyStock
 
 
 async def test_an_order_landing_while_a_stale_rebuild_runs_keeps_the_offer_from_overselling() -> (
@@ -55,6 +55,7 @@ async def test_an_order_landing_while_a_stale_rebuild_runs_keeps_the_offer_from_
     standing = [o for o in await shop.orders_store.of_offer(offer.id) if o.status in HOLDS_STOCK]
     assert [o.id for o in standing] == [order_a.id]
     snapshot = await shop.stock.snapshot(offer.id)
+    assert snapshot is not None
     assert (snapshot.remaining, snapshot.held_by_buyer) == (0, {"buyer-1": 1})
 
 
@@ -90,6 +91,7 @@ async def test_an_order_a_stale_rebuild_missed_is_cancelled_and_its_retry_takes_
         again, created = await shop.claim(offer, buyer(1), "k")
         assert (again.id, again.status, created) == (lost.id, OrderStatus.CANCELLED, False)
         snapshot = await shop.stock.snapshot(offer.id)
+        assert snapshot is not None
         assert (snapshot.remaining, snapshot.held_by_buyer) == (2, {})
     await settle()  # the room heard "1 left" from the claims; it hears the units came back
     assert shop.events.of_type("offer.stock")[-1]["remaining"] == 2
@@ -119,4 +121,5 @@ async def test_a_retry_with_other_terms_after_its_key_was_lost_takes_no_stock() 
         await shop.claim(offer, buyer(1), "k", quantity=1)
     assert refused.value.code == "idempotency_key_reused"
     snapshot = await shop.stock.snapshot(offer.id)
+    assert snapshot is not None
     assert (snapshot.remaining, snapshot.held_by_buyer) == (5, {})  # nothing taken for it

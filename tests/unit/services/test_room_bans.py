@@ -42,7 +42,7 @@ class CountingRooms:
 async def test_claims_arriving_together_read_the_bans_once() -> None:
     rooms = CountingRooms()
     await rooms.ban("r1", "troll", by="host-1", at=T0)
-    bans = RoomBans(rooms)  # type: ignore[arg-type]
+    bans = RoomBans(rooms)
     answers = await asyncio.gather(*(bans.is_banned("r1", f"u{n}") for n in range(100)))
     assert not any(answers)
     assert await bans.is_banned("r1", "troll")
@@ -51,7 +51,7 @@ async def test_claims_arriving_together_read_the_bans_once() -> None:
 
 async def test_a_ban_reaches_claims_once_the_list_is_a_period_old() -> None:
     rooms = CountingRooms()
-    bans = RoomBans(rooms, fresh_for=0.05)  # type: ignore[arg-type]
+    bans = RoomBans(rooms, fresh_for=0.05)
     assert not await bans.is_banned("r1", "troll")
     await rooms.ban("r1", "troll", by="host-1", at=T0)
     assert not await bans.is_banned("r1", "troll")  # read a moment ago
@@ -65,7 +65,7 @@ async def test_a_ban_reaches_claims_once_the_list_is_a_period_old() -> None:
 async def test_the_last_list_stands_while_the_database_is_away() -> None:
     rooms = CountingRooms()
     await rooms.ban("r1", "troll", by="host-1", at=T0)
-    bans = RoomBans(rooms, fresh_for=0.0)  # type: ignore[arg-type]
+    bans = RoomBans(rooms, fresh_for=0.0)
     assert await bans.is_banned("r1", "troll")
     rooms.away = True
     assert await bans.is_banned("r1", "troll")
@@ -91,7 +91,7 @@ class HangingRooms(CountingRooms):
 async def test_while_the_database_hangs_claims_wait_a_moment_then_go_by_the_last_list() -> None:
     rooms = HangingRooms()
     await rooms.ban("r1", "troll", by="host-1", at=T0)
-    bans = RoomBans(rooms, fresh_for=0.05, stale_wait=0.05)  # type: ignore[arg-type]
+    bans = RoomBans(rooms, fresh_for=0.05, stale_wait=0.05)
     assert await bans.is_banned("r1", "troll")  # read: 1
     rooms.hung = True
     await asyncio.sleep(0.06)
@@ -107,7 +107,7 @@ async def test_a_failed_read_is_logged_once_and_tried_again_a_period_later(
 ) -> None:
     rooms = CountingRooms()
     await rooms.ban("r1", "troll", by="host-1", at=T0)
-    bans = RoomBans(rooms, fresh_for=0.05)  # type: ignore[arg-type]
+    bans = RoomBans(rooms, fresh_for=0.05)
     assert await bans.is_banned("r1", "troll")  # read: 1
     rooms.away = True
     await asyncio.sleep(0.06)

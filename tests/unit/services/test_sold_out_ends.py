@@ -41,7 +41,7 @@ async def test_a_sell_out_on_two_processes_at_once_is_announced_once(shop: Shop)
     ]
     assert kinds.count(("offer.stock", 0)) == 1
     assert kinds[-2:] == [("offer.stock", 0), ("offer.ended", None)]
-    figures = [remaining for kind, remaining in kinds if kind == "offer.stock"]
+    figures: list[int] = [e["remaining"] for e in shop.events.of_type("offer.stock")]
     assert figures == sorted(figures, reverse=True)
 
 

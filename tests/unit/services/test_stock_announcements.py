@@ -305,7 +305,7 @@ async def test_the_end_is_told_even_when_the_stock_cannot_be_stopped(shop: Shop)
 async def test_close_stops_waiting_announcements_but_lets_an_end_be_told(shop: Shop) -> None:
     going_on, stop = asyncio.Event(), shop.stock.stop
 
-    async def slow_stop(offer_id: str, *, sold_out: bool = False) -> bool:
+    async def slow_stop(offer_id: str, *, sold_out: bool = False) -> int | None:
         await going_on.wait()
         return await stop(offer_id, sold_out=sold_out)
 
