@@ -49,6 +49,13 @@ class Recorder:
     async def wait_for(self, check: Callable[[], bool], within: float = 5.0) -> None:
         await wait_until(check, self.changed, within)
 
+    async def wait_subscribed(self, room_id: str, times: int = 1, within: float = 5.0) -> None:
+        """Until the room has been subscribed to `times` times (again after a reconnect)."""
+        await self.wait_for(lambda: self.subscribed.count(room_id) >= times, within)
+
+    async def wait_room_frames(self, count: int) -> None:
+        await self.wait_for(lambda: len(self.room_frames) == count)
+
 
 @dataclass
 class Node:
@@ -111,11 +118,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 async def subscribe_both(backend: Backend, room: str) -> None:
     for node in (backend.a, backend.b):
         await node.broker.subscribe_room(room)
-
-        def subscribed(n: Node = node) -> bool:
-            return room in n.heard.subscribed
-
-        await node.heard.wait_for(subscribed)
+        await node.heard.wait_subscribed(room)
 
 
 async def test_events_get_consecutive_seqs_and_reach_every_node_in_order(backend: Backend) -> None:
@@ -126,11 +129,7 @@ async def test_events_get_consecutive_seqs_and_reach_every_node_in_order(backend
         seqs.append(await publisher.broker.publish("r1", {"type": "chat.message", "text": f"m{i}"}))
     assert seqs == list(range(1, 21))
     for node in (backend.a, backend.b):
-
-        def heard_all(n: Node = node) -> bool:
-            return len(n.heard.room_frames) == 20
-
-        await node.heard.wait_for(heard_all)
+        await node.heard.wait_room_frames(20)
         frames = [f for _, f in node.heard.room_frames]
         assert [f["seq"] for f in frames] == seqs
         assert [f["text"] for f in frames] == [f"m{i}" for i in range(20)]
@@ -162,11 +161,7 @@ async def test_nothing_on_a_topic_follows_the_event_that_closed_it(backend: Back
     assert await a.publish("r-topic", {**stock, "offer_id": "f2"}, topic="f2") == 3
     assert await a.publish("r-topic", {"type": "chat.message", "text": "hi"}) == 4
     for node in (backend.a, backend.b):
-
-        def heard_all(n: Node = node) -> bool:
-            return len(n.heard.room_frames) == 4
-
-        await node.heard.wait_for(heard_all)
+        await node.heard.wait_room_frames(4)
         assert [f["seq"] for _, f in node.heard.room_frames] == [1, 2, 3, 4]
     position = await a.position("r-topic")
     assert position.seq == 4
@@ -197,11 +192,7 @@ async def test_an_ordered_topic_drops_what_comes_late_or_twice(backend: Backend)
     assert await b.publish("r-order", ended, topic="f1", last=True) == 5
     assert await a.publish("r-order", figure(1), topic="f1", order=99) == 0
     for node in (backend.a, backend.b):
-
-        def heard_all(n: Node = node) -> bool:
-            return len(n.heard.room_frames) == 5
-
-        await node.heard.wait_for(heard_all)
+        await node.heard.wait_room_frames(5)
         heard = [(f["type"], f.get("remaining")) for _, f in node.heard.room_frames]
         assert heard == [
             ("offer.stock", 8), ("offer.stock", 7), ("offer.stock", 3), ("offer.stock", 0),
@@ -279,7 +270,7 @@ async def test_a_burst_of_private_frames_all_arrive_in_order(backend: Backend) -
 async def test_control_frames_have_no_seq_and_no_history(backend: Backend) -> None:
     await subscribe_both(backend, "r6")
     await backend.a.broker.publish_control("r6", {"type": "_settings_changed"})
-    await backend.b.heard.wait_for(lambda: len(backend.b.heard.room_frames) == 1)
+    await backend.b.heard.wait_room_frames(1)
     assert backend.b.heard.room_frames[0] == ("r6", {"type": "_settings_changed"})
     assert (await backend.a.broker.position("r6")).seq == 0
 
@@ -289,7 +280,7 @@ async def test_unsubscribed_nodes_hear_nothing(backend: Backend) -> None:
     await backend.b.broker.unsubscribe_room("r7")
     await asyncio.sleep(0.1)
     await backend.a.broker.publish("r7", {"type": "chat.message", "text": "x"})
-    await backend.a.heard.wait_for(lambda: len(backend.a.heard.room_frames) == 1)
+    await backend.a.heard.wait_room_frames(1)
     await asyncio.sleep(0.1)
     assert backend.b.heard.room_frames == []
 
@@ -346,21 +337,13 @@ async def test_redis_restart_resubscribes_and_starts_a_new_epoch(
     async with _redis_nodes(redis_server.url) as (a, b):
         for node in (a, b):
             await node.broker.subscribe_room("rr")
-
-            def subscribed(n: Node = node) -> bool:
-                return "rr" in n.heard.subscribed
-
-            await node.heard.wait_for(subscribed)
+            await node.heard.wait_subscribed("rr")
         await a.broker.publish("rr", {"type": "chat.message", "text": "before"})
         old = await a.broker.position("rr")
         await asyncio.to_thread(redis_server.restart)
         # Each reader reconnects, re-subscribes and reports it, so the hub can look for gaps.
         for node in (a, b):
-
-            def subscribed_again(n: Node = node) -> bool:
-                return n.heard.subscribed.count("rr") >= 2
-
-            await node.heard.wait_for(subscribed_again, 15)
+            await node.heard.wait_subscribed("rr", 2, 15)
         seq = await a.broker.publish("rr", {"type": "chat.message", "text": "after"})
         assert seq == 1
         await b.heard.wait_for(
@@ -375,7 +358,7 @@ async def test_a_redis_reader_that_meets_an_unexpected_error_goes_on(
 ) -> None:
     async with _redis_nodes(clean_redis) as (a, b):
         await b.broker.subscribe_room("rx")
-        await b.heard.wait_for(lambda: "rx" in b.heard.subscribed)
+        await b.heard.wait_subscribed("rx")
         pubsub = b.broker._pubsub  # type: ignore[attr-defined]
         get_message, failures = pubsub.get_message, [RuntimeError("not a RedisError")]
 
@@ -420,7 +403,7 @@ async def test_a_room_left_while_redis_is_away_is_not_subscribed_again(
             with pytest.raises(Unavailable):
                 await b.broker.unsubscribe_room("left")
         await asyncio.to_thread(redis_server.restart)
-        await b.heard.wait_for(lambda: b.heard.subscribed.count("kept") >= 2, 15)
+        await b.heard.wait_subscribed("kept", 2, 15)
         for room_id in ("left", "kept"):
             await a.broker.publish(room_id, {"type": "chat.message", "text": room_id})
         await b.heard.wait_for(lambda: any(room == "kept" for room, _ in b.heard.room_frames))

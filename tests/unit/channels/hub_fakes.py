@@ -51,6 +51,13 @@ class Socket:
     async def until(self, check: Callable[[], bool], within: float = 3.0) -> None:
         await wait_until(check, self.changed, within)
 
+    async def until_got(self, kind: str, count: int = 1) -> None:
+        """Until exactly `count` frames of the type have come."""
+        await self.until(lambda: len(self.of_type(kind)) == count)
+
+    async def until_closed(self) -> None:
+        await self.until(lambda: self.closed is not None)
+
 
 class LossyBroker(MemoryBroker):
     """Publishes as pub/sub may: the room frames holding one of the texts in `lose` reach no

@@ -26,11 +26,7 @@ async def test_hello_first_then_events_encoded_once_for_everyone(hub: Hub) -> No
         await hub.join("r1", viewer(n), socket)
     await hub.publish_room_event("r1", {"type": "chat.message", "text": "hi"})
     for socket in sockets:
-
-        def got_it(s: Socket = socket) -> bool:
-            return len(s.of_type("chat.message")) == 1
-
-        await socket.until(got_it)
+        await socket.until_got("chat.message")
         assert socket.frames()[0]["type"] == "hello"
     texts = [next(t for t in s.sent if "chat.message" in t) for s in sockets]
     assert all(text is texts[0] for text in texts)  # the very same string object
@@ -134,8 +130,8 @@ async def test_a_stalled_viewer_is_closed_and_never_slows_the_others() -> None:
         for i in range(30):
             await hub.publish_room_event("r1", {"type": "chat.message", "text": f"m{i}"})
             await asyncio.sleep(0.001)  # a live room, not one burst larger than any queue
-        await healthy.until(lambda: len(healthy.of_type("chat.message")) == 30)
-        await stuck.until(lambda: stuck.closed is not None)
+        await healthy.until_got("chat.message", 30)
+        await stuck.until_closed()
         assert stuck.closed is not None
         assert stuck.closed[0] == CloseCode.TOO_SLOW
         assert hub.metrics.slow_disconnects._value.get() == 1
@@ -251,11 +247,11 @@ async def test_ban_closes_the_users_sockets_after_the_event(hub: Hub) -> None:
     await hub.join("r1", viewer(1), target)
     await hub.join("r1", viewer(2), other)
     await hub.publish_room_event("r1", {"type": "user.banned", "user_id": "user-1"})
-    await target.until(lambda: target.closed is not None)
+    await target.until_closed()
     assert target.closed is not None
     assert target.closed[0] == CloseCode.BANNED
     assert target.of_type("user.banned")
-    await other.until(lambda: len(other.of_type("user.banned")) == 1)
+    await other.until_got("user.banned")
     assert other.closed is None
 
 
@@ -263,7 +259,7 @@ async def test_room_end_closes_everyone_and_refuses_newcomers(hub: Hub) -> None:
     socket = Socket()
     await hub.join("r1", viewer(1), socket)
     await hub.publish_room_event("r1", {"type": "room.ended"})
-    await socket.until(lambda: socket.closed is not None)
+    await socket.until_closed()
     assert socket.closed is not None
     assert socket.closed[0] == CloseCode.ROOM_ENDED
     assert socket.of_type("room.ended")
@@ -278,11 +274,7 @@ async def test_private_frames_reach_all_of_a_users_connections(hub: Hub) -> None
     await hub.join("r1", viewer(2), stranger)
     await hub.send_private("user-1", {"type": "order.updated", "order_id": "o1"})
     for socket in (phone, laptop):
-
-        def got_it(s: Socket = socket) -> bool:
-            return len(s.of_type("order.updated")) == 1
-
-        await socket.until(got_it)
+        await socket.until_got("order.updated")
     await asyncio.sleep(0.05)
     assert stranger.of_type("order.updated") == []
 
@@ -293,11 +285,7 @@ async def test_drain_closes_everyone_with_going_away(hub: Hub) -> None:
 
     async def endpoint_notices_close() -> None:
         for socket, conn in zip(sockets, conns, strict=True):
-
-            def closed(s: Socket = socket) -> bool:
-                return s.closed is not None
-
-            await socket.until(closed)
+            await socket.until_closed()
             await hub.leave(conn)
 
     watcher = asyncio.create_task(endpoint_notices_close())
@@ -313,8 +301,8 @@ async def test_batched_viewers_get_one_frame_per_window_in_order(hub: Hub) -> No
     await hub.join("r1", viewer(2), direct)
     for i in range(5):
         await hub.publish_room_event("r1", {"type": "chat.message", "text": f"m{i}"})
-    await direct.until(lambda: len(direct.of_type("chat.message")) == 5)
-    await batched.until(lambda: len(batched.of_type("batch")) == 1)
+    await direct.until_got("chat.message", 5)
+    await batched.until_got("batch")
     events = batched.of_type("batch")[0]["events"]
     chat = [e for e in events if e["type"] == "chat.message"]  # counters may ride along
     assert [e["text"] for e in chat] == [f"m{i}" for i in range(5)]
@@ -328,10 +316,10 @@ async def test_a_lone_event_is_not_wrapped_and_closing_events_flush_first() -> N
     batched = Socket()
     await hub.join("r1", viewer(1), batched, batched=True)
     await hub.publish_room_event("r1", {"type": "chat.message", "text": "solo"})
-    await batched.until(lambda: len(batched.of_type("chat.message")) == 1)
+    await batched.until_got("chat.message")
     await hub.publish_room_event("r1", {"type": "chat.message", "text": "last words"})
     await hub.publish_room_event("r1", {"type": "room.ended"})
-    await batched.until(lambda: batched.closed is not None)
+    await batched.until_closed()
     await hub.close()
     final = [e["type"] for e in batched.of_type("batch")[-1]["events"]]
     assert final[-2:] == ["chat.message", "room.ended"]
