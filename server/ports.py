@@ -335,8 +335,8 @@ class OrderStore(Protocol):
         `checked_after_rebuild`; `limit` at most."""
         ...
 
-    async def checked_after_rebuild(self, order_id: str) -> None:
-        """Note that the order holds its units in the rebuilt stock."""
+    async def checked_after_rebuild(self, order_ids: Sequence[str]) -> None:
+        """Note that these orders hold their units in the rebuilt stock."""
         ...
 
 

@@ -291,8 +291,8 @@ class MemoryOrderStore:
         ]
         return [copy.deepcopy(o) for o in unchecked[:limit]]
 
-    async def checked_after_rebuild(self, order_id: str) -> None:
-        self._checked.add(order_id)
+    async def checked_after_rebuild(self, order_ids: Sequence[str]) -> None:
+        self._checked.update(order_ids)
 
     def _stored(self, order_id: str) -> Order:
         try:

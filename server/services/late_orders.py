@@ -17,12 +17,14 @@ many, never a release or a rebuild unwatched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
+from server.domain.offers import AttachOutcome
 from server.domain.orders import Order
-from server.ports import OrderStore
+from server.ports import OrderStore, StockReservations
 
 log = logging.getLogger("liveshop.orders")
 
@@ -33,45 +35,61 @@ LATE_WRITES = timedelta(minutes=15)
 # as a burst whose orders could not be written, each key is still looked at every few rounds,
 # and a round costs MongoDB tens of milliseconds at most rather than one per key.
 KEYS_A_ROUND = 500
-# Pending orders of rebuilt offers checked in a round, at most (one attach each, once).
+# Pending orders of rebuilt offers checked in a round, at most: one attach each, sent together
+# (the reservation store batches them), once.
 CHECKS_A_ROUND = 500
 
 
 class LateOrders:
-    def __init__(self, orders: OrderStore, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, orders: OrderStore, stock: StockReservations, clock: Callable[[], datetime]
+    ) -> None:
         self._orders = orders
+        self._stock = stock
         self._clock = clock
 
     async def watch(self, offer_id: str, key: str) -> None:
         """The reaper is about to give back the units reserved under `key`, finding no order."""
         await self._orders.watch_key(offer_id, key, until=self._clock() + LATE_WRITES)
 
-    async def watch_rebuild(self, offer_id: str) -> None:
-        """A rebuild is about to read the offer's orders and restore its stock from them."""
-        await self._orders.watch_offer(offer_id, until=self._clock() + LATE_WRITES)
-
     async def settle(
         self,
-        holds_its_units: Callable[[Order], Awaitable[bool]],
+        attach: Callable[[Order], Awaitable[AttachOutcome]],
+        cancel: Callable[[Order], Awaitable[bool]],
         tell_buyer: Callable[[Order], Awaitable[None]],
     ) -> int:
         """Settle each order landed under a watched key as its claim would have: attached to
-        its reservation, or cancelled when its units are gone (`holds_its_units`); its buyer,
-        who heard "try again", told. Then check each pending order of a rebuilt offer once the
-        same way: most are orders the rebuild counted, attached already, and their buyers were
-        told. How many were cancelled."""
+        its reservation (`attach`, which rebuilds a lost stock first), its buyer, who heard
+        "try again", told; or, its units gone, cancelled (`cancel`: whether this call did).
+        Then check the pending orders of rebuilt offers. How many this call cancelled."""
         now, cancelled = self._clock(), 0
         for order in await self._orders.landed_late(now, KEYS_A_ROUND):
-            if await holds_its_units(order):
+            if await attach(order) is AttachOutcome.ATTACHED:
                 await tell_buyer(order)
-            else:
+            elif await cancel(order):
                 cancelled += 1
                 log.warning("late_order_cancelled", extra={"order_id": order.id})
             await self._orders.unwatch_key(order.offer_id, order.idempotency_key)
-        for order in await self._orders.unchecked_after_rebuild(now, CHECKS_A_ROUND):
-            if await holds_its_units(order):
-                await self._orders.checked_after_rebuild(order.id)
-            else:  # no longer pending: not found again
+        return cancelled + await self._check_rebuilt(now, cancel)
+
+    async def _check_rebuilt(
+        self, now: datetime, cancel: Callable[[Order], Awaitable[bool]]
+    ) -> int:
+        """Check each pending order of a rebuilt offer once: most are orders the rebuild
+        counted, or new ones, attached already, and their buyers were told."""
+        unchecked = await self._orders.unchecked_after_rebuild(now, CHECKS_A_ROUND)
+        outcomes = await asyncio.gather(
+            *(self._stock.attach_order(o.offer_id, o.idempotency_key, o.id) for o in unchecked)
+        )
+        checks = list(zip(unchecked, outcomes, strict=True))
+        await self._orders.checked_after_rebuild(
+            [order.id for order, outcome in checks if outcome is AttachOutcome.ATTACHED]
+        )
+        cancelled = 0
+        for order, outcome in checks:
+            # Not PAUSED: the stock is lost again, or its rebuild has yet to write it, and that
+            # rebuild reads this order and counts it; checked in a later round.
+            if outcome in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN) and await cancel(order):
                 cancelled += 1
                 log.warning("late_order_cancelled", extra={"order_id": order.id})
         return cancelled

@@ -93,7 +93,7 @@ class OrderService:
         self._stock = stock
         self._offer_service = offer_service
         self._buyers = BuyerNotices(orders, notify, clock)
-        self._late = LateOrders(orders, clock)
+        self._late = LateOrders(orders, stock, clock)
         self._clock = clock
         self._bans = bans  # None where nobody is ever banned (tests of claims alone)
         # Offers this process reserved stock for lately: it reaps their orphans even when no
@@ -235,7 +235,6 @@ class OrderService:
         units back meanwhile, cancel it: no stock, no order."""
         if await self._attach(order) in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN):
             await self._cancel_lost(order)
-            await self._stock_came_back(order.offer_id)
             return False
         return True
 
@@ -265,11 +264,17 @@ class OrderService:
         # claim): it hears the stock again. (An offer that has ended drops the figure.)
         self._offer_service.stock_moved(await self._launched.get(offer_id), None)
 
-    async def _cancel_lost(self, order: Order) -> None:
-        if order.status is not OrderStatus.PENDING_PAYMENT:
-            return  # the attempt that wrote it cancelled it already
-        with contextlib.suppress(Conflict):  # ... or is cancelling it right now
-            await self._move(order, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
+    async def _cancel_lost(self, order: Order) -> bool:
+        """Cancel the order, whose reservation holds no units; whether this call did (the
+        attempt that wrote it, or another process, may have). The room hears the stock again
+        either way: it may have heard this claim's "1 left" before the order was written."""
+        moved = False
+        if order.status is OrderStatus.PENDING_PAYMENT:
+            with contextlib.suppress(Conflict):  # moved meanwhile, or being moved right now
+                await self._move(order, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
+                moved = True
+        await self._stock_came_back(order.offer_id)
+        return moved
 
     async def _load_snapshot(self, offer_id: str) -> dict[str, Any]:
         offer = await self._launched.get(offer_id)
@@ -387,7 +392,7 @@ class OrderService:
         """Settle the orders written after the reaper released their reservation, or after a
         rebuild of their offer read its orders (any process, once a second; see late_orders.py):
         attached as any order, or, their units gone, cancelled. How many were cancelled."""
-        return await self._late.settle(self._holds_its_units, self._buyers.tell_created)
+        return await self._late.settle(self._attach, self._cancel_lost, self._buyers.tell_created)
 
     async def reap_orphans(self, offer_id: str) -> int:
         """Release reservations whose claimer died before writing the order."""

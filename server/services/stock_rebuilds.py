@@ -16,7 +16,7 @@ from datetime import datetime
 
 from server.domain.offers import RecoveredClaim
 from server.ports import OfferStore, OrderStore, StockReservations
-from server.services.late_orders import LateOrders
+from server.services.late_orders import LATE_WRITES
 
 log = logging.getLogger("liveshop.offers")
 
@@ -32,7 +32,7 @@ class StockRebuilds:
         self._offers = offers
         self._orders = orders
         self._stock = stock
-        self._late = LateOrders(orders, clock)
+        self._clock = clock
 
     async def rebuild(self, offer_id: str) -> None:
         """Restore an offer's stock from its orders after the reservation store lost it."""
@@ -40,7 +40,7 @@ class StockRebuilds:
         # a stopped or sold-out offer must not reopen until its end time.
         offer = await self._offers.get(offer_id)
         # Noted before the read: an order written after it is found and settled (late_orders.py).
-        await self._late.watch_rebuild(offer.id)
+        await self._orders.watch_offer(offer.id, until=self._clock() + LATE_WRITES)
         orders = await self._orders.of_offer(offer.id)
         claims = [
             RecoveredClaim(

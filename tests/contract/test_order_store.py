@@ -474,7 +474,8 @@ async def test_pending_orders_of_watched_offers_are_found_until_checked(stores: 
     assert sorted(o.id for o in found) == ["o_0", "o_1"]  # pending, of a watched offer
     assert found[0] == await stores.orders.get(found[0].id)
     assert len(await stores.orders.unchecked_after_rebuild(T0, 1)) == 1
-    await stores.orders.checked_after_rebuild("o_0")
+    await stores.orders.checked_after_rebuild(["o_0"])
+    await stores.orders.checked_after_rebuild([])
     assert [o.id for o in await stores.orders.unchecked_after_rebuild(T0, 10)] == ["o_1"]
     watch_over = T0 + timedelta(minutes=1)  # of_2's
     assert await stores.orders.unchecked_after_rebuild(watch_over, 10) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +16,7 @@ from pymongo import AsyncMongoClient, WriteConcern, monitoring
 from server.adapters.mongo.orders import (
     ORDER_WRITE_SECONDS,
     ORDERS,
+    REBUILT_OFFERS,
     RELEASED_KEYS,
     MongoOrderStore,
     ensure_order_indexes,
@@ -23,7 +25,7 @@ from server.domain.errors import Unavailable
 from server.domain.figures import OfferFigures
 from server.domain.orders import Order, OrderStatus
 from server.domain.pages import PageKey
-from tests.contract.order_samples import figures_of_offer, move_order, sample_order
+from tests.contract.order_samples import T0, figures_of_offer, move_order, sample_order
 
 S = OrderStatus
 
@@ -64,9 +66,10 @@ async def test_mongo_indexes(mongo_db: Any) -> None:
     assert info["buyer_created_at"]["key"][:2] == [("buyer_id", 1), ("created_at", -1)]
     assert info["room_created_at"]["key"][:2] == [("room_id", 1), ("created_at", -1)]
     assert info["status_expires_at"]["key"] == [("status", 1), ("reservation_expires_at", 1)]
-    # A watched key's note is MongoDB's to delete once its watch is over.
-    until = (await mongo_db[RELEASED_KEYS].index_information())["until"]
-    assert (until["key"], until["expireAfterSeconds"]) == ([("until", 1)], 0)
+    # A watched key's or offer's note is MongoDB's to delete once its watch is over.
+    for watches in (RELEASED_KEYS, REBUILT_OFFERS):
+        until = (await mongo_db[watches].index_information())["until"]
+        assert (until["key"], until["expireAfterSeconds"]) == ([("until", 1)], 0)
 
 
 async def test_mongo_creates_arriving_together_share_one_insert(mongo_db: Any) -> None:
@@ -248,6 +251,45 @@ async def test_mongo_a_later_page_reads_only_its_own_keys(mongodb_url: str) -> N
             assert "IXSCAN" in stages, stages
             assert "'SORT'" not in stages, stages  # (SORT_MERGE merges ranges in order)
             assert plan["executionStats"]["totalKeysExamined"] <= 10 + 2  # + the ends of ranges
+        await store.close()
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
+
+
+async def test_mongo_a_rebuilt_offers_checked_orders_are_not_read_again(mongodb_url: str) -> None:
+    # Once a second in every process for 15 minutes after a rebuild: the orders already
+    # checked, or no longer pending, are left in the index, not read.
+    finds: list[dict[str, Any]] = []
+
+    class Finds(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "find" and event.command["find"] == ORDERS:
+                finds.append(dict(event.command))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None: ...
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongodb_url, event_listeners=[Finds()]
+    )
+    db = client[f"rebuilt_{uuid.uuid4().hex[:8]}"]
+    try:
+        await ensure_order_indexes(db)
+        store = MongoOrderStore(db)
+        for i in range(60):
+            await store.create(sample_order(f"o_{i:03d}", f"k_{i}", seconds=i))
+        await store.checked_after_rebuild([f"o_{i:03d}" for i in range(50)])
+        await store.watch_offer("of_1", T0 + timedelta(minutes=15))
+        found = await store.unchecked_after_rebuild(T0, 100)
+        assert sorted(o.id for o in found) == [f"o_{i:03d}" for i in range(50, 60)]
+        [find] = finds
+        command = {k: find[k] for k in ("find", "filter", "limit")}
+        plan = await db.command("explain", command, verbosity="executionStats")
+        stages = str(plan["queryPlanner"]["winningPlan"])
+        assert "pending_checked_after_rebuild" in stages, stages
+        assert plan["executionStats"]["totalDocsExamined"] == 10
         await store.close()
     finally:
         await client.drop_database(db.name)

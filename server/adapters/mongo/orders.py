@@ -68,6 +68,13 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
                 [("status", ASCENDING), ("reservation_expires_at", ASCENDING)],
                 name="status_expires_at",
             ),
+            # A rebuilt offer's pending orders not yet checked are read through this, not by
+            # reading every order of the offer once a second (`unchecked_after_rebuild`).
+            IndexModel(
+                [("offer_id", ASCENDING), (CHECKED_AFTER_REBUILD, ASCENDING)],
+                name="pending_checked_after_rebuild",
+                partialFilterExpression={"status": OrderStatus.PENDING_PAYMENT.value},
+            ),
             # Only the few orders whose units are on their way back, or whose buyer is still
             # to be told, are in these.
             *(
@@ -373,8 +380,11 @@ class MongoOrderStore:
         return [order_from(doc) async for doc in self._orders.find(query).limit(limit)]
 
     @translate_errors
-    async def checked_after_rebuild(self, order_id: str) -> None:
-        await self._orders.update_one({"_id": order_id}, {"$set": {CHECKED_AFTER_REBUILD: True}})
+    async def checked_after_rebuild(self, order_ids: Sequence[str]) -> None:
+        if order_ids:
+            await self._orders.update_many(
+                {"_id": {"$in": list(order_ids)}}, {"$set": {CHECKED_AFTER_REBUILD: True}}
+            )
 
 
 def _key_id(offer_id: str, idempotency_key: str) -> Document:

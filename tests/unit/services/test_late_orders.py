@@ -10,7 +10,7 @@ import pytest
 
 from server.domain.errors import Conflict, Unavailable
 from server.domain.orders import HOLDS_STOCK, OrderStatus
-from server.ports import OrderStore, StockReservations
+from server.ports import OrderStore
 from server.services.late_orders import LATE_WRITES
 from server.services.orders import ORPHAN_AFTER
 from tests.unit.services.shop import ADDRESS, HeldCalls, HeldWrites, Shop, buyer, other_process
@@ -113,74 +113,6 @@ async def test_a_key_is_watched_for_as_long_as_a_write_may_land(shop: Shop) -> N
     assert await shop.orders.settle_late_orders() == 0  # looked for, not landed yet
     shop.clock.advance(seconds=1)
     await writes.land()  # LATE_WRITES after the release: no longer looked for
-    assert await shop.orders.settle_late_orders() == 0
-    (late,) = writes.held
-    assert (await shop.orders_store.get(late.id)).status is OrderStatus.PENDING_PAYMENT
-
-
-async def lost_and_rebuilt_before_it_lands(shop: Shop, quantity: int) -> tuple[HeldWrites, str]:
-    """An offer of `quantity`, one per buyer, whose first claim's write is held; then Redis
-    loses the offer, and a second buyer's claim rebuilds it from orders without the first's."""
-    offer = await shop.launch(quantity=quantity, limit=1)
-    writes = HeldWrites(shop.orders_store)
-    _, late_process = other_process(shop, orders=cast(OrderStore, writes))
-    with pytest.raises(Unavailable):
-        await late_process.claim(
-            offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
-        )
-    shop.stock.flush()
-    await shop.claim(offer, buyer(2), "k2")  # rebuilt, k1 unknown: 1 of its units left
-    return writes, offer.id
-
-
-async def test_an_order_landing_after_a_rebuild_read_the_orders_is_cancelled(
-    shop: Shop,
-) -> None:
-    writes, offer_id = await lost_and_rebuilt_before_it_lands(shop, quantity=2)
-    offer = await shop.offers_store.get(offer_id)
-    await shop.claim(offer, buyer(3), "k3")  # the unit k1 had reserved sells again
-    await writes.land()
-    assert await units_held(shop, offer_id) == 3  # 3 of 2, until housekeeping finds it
-    told_before = len(shop.events.private)
-    _, survivor = other_process(shop)  # neither the claimer nor the rebuilder is needed
-    assert await survivor.settle_late_orders() == 1
-    assert await units_held(shop, offer_id) == 2
-    assert await shop.stock.remaining(offer_id) == 0
-    (late,) = writes.held
-    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
-    told = shop.events.private[told_before:]
-    assert [(user, e["order"]["status"]) for user, e in told] == [("buyer-1", "cancelled")]
-    assert await shop.orders.settle_late_orders() == 0  # settled once
-    with pytest.raises(Conflict) as retry:  # sent again, the claim is a new one: too late
-        await shop.claim(offer, buyer(1), "k1")
-    assert retry.value.code == "sold_out"
-
-
-async def test_the_orders_a_rebuild_counted_are_kept_and_checked_once(shop: Shop) -> None:
-    writes, offer_id = await lost_and_rebuilt_before_it_lands(shop, quantity=3)
-    checks = HeldCalls(shop.stock, "attach_order")
-    _, watcher = other_process(shop, stock=cast(StockReservations, checks))
-    checks.gate.set()
-    assert await watcher.settle_late_orders() == 0
-    (counted,) = await shop.orders_store.of_offer(offer_id)  # buyer 2's, written after the loss
-    assert counted.status is OrderStatus.PENDING_PAYMENT
-    assert checks.calls == 1  # checked: attached
-    assert await watcher.settle_late_orders() == 0
-    assert checks.calls == 1  # not again
-    await writes.land()  # k1's order, with a unit free for it, but the stock does not know it
-    assert await watcher.settle_late_orders() == 1
-    assert await units_held(shop, offer_id) == 1
-    assert await shop.stock.remaining(offer_id) == 2
-
-
-async def test_an_offer_is_watched_for_as_long_as_a_write_may_land_after_its_rebuild(
-    shop: Shop,
-) -> None:
-    writes, _ = await lost_and_rebuilt_before_it_lands(shop, quantity=2)
-    shop.clock.advance(seconds=LATE_WRITES.total_seconds() - 1)
-    assert await shop.orders.settle_late_orders() == 0  # looked for, not landed yet
-    shop.clock.advance(seconds=1)
-    await writes.land()  # LATE_WRITES after the rebuild: no longer looked for
     assert await shop.orders.settle_late_orders() == 0
     (late,) = writes.held
     assert (await shop.orders_store.get(late.id)).status is OrderStatus.PENDING_PAYMENT

@@ -1,0 +1,127 @@
+"""An order write that misses its deadline while Redis loses its offer, and lands after a rebuild
+read the offer's orders without it: its key unknown to the rebuilt stock, its units sold again.
+Housekeeping checks each pending order of a rebuilt offer once, and cancels such an order."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import cast
+
+import pytest
+
+from server.domain.errors import Conflict, Unavailable
+from server.domain.offers import LATE_ORDERS
+from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
+from server.ports import OrderStore, StockReservations
+from server.services.late_orders import LATE_WRITES
+from server.services.stock_rebuilds import StockRebuilds
+from tests.unit.services.shop import (
+    ADDRESS,
+    HOST,
+    HeldCalls,
+    HeldWrites,
+    Shop,
+    buyer,
+    offer_with_orders,
+    other_process,
+)
+
+
+async def lost_and_rebuilt_before_it_lands(shop: Shop, quantity: int) -> tuple[HeldWrites, str]:
+    """An offer of `quantity`, one per buyer: buyer 0 has an order; buyer 1's claim has its
+    write held; then Redis loses the offer, and buyer 2's claim rebuilds it from the orders,
+    without buyer 1's."""
+    offer = await offer_with_orders(shop, quantity=quantity, orders=1)
+    writes = HeldWrites(shop.orders_store)
+    _, late_process = other_process(shop, orders=cast(OrderStore, writes))
+    with pytest.raises(Unavailable):
+        await late_process.claim(
+            offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
+        )
+    shop.stock.flush()
+    await shop.claim(offer, buyer(2), "k2")  # rebuilt, k1 unknown
+    return writes, offer.id
+
+
+async def units_held(shop: Shop, offer_id: str) -> int:
+    orders = await shop.orders_store.of_offer(offer_id)
+    return sum(o.quantity for o in orders if o.status in HOLDS_STOCK)
+
+
+async def test_an_order_landing_after_a_rebuild_read_the_orders_is_cancelled(
+    shop: Shop,
+) -> None:
+    writes, offer_id = await lost_and_rebuilt_before_it_lands(shop, quantity=3)
+    offer = await shop.offers_store.get(offer_id)
+    await shop.claim(offer, buyer(3), "k3")  # the unit k1 had reserved sells again
+    await writes.land()
+    assert await units_held(shop, offer_id) == 4  # 4 of 3, until housekeeping finds it
+    told_before = len(shop.events.private)
+    _, survivor = other_process(shop)  # neither the claimer nor the rebuilder is needed
+    assert await survivor.settle_late_orders() == 1
+    assert await units_held(shop, offer_id) == 3
+    assert await shop.stock.remaining(offer_id) == 0
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    told = shop.events.private[told_before:]
+    assert [(user, e["order"]["status"]) for user, e in told] == [("buyer-1", "cancelled")]
+    assert await shop.orders.settle_late_orders() == 0  # settled once
+    with pytest.raises(Conflict) as retry:  # sent again, the claim is a new one: too late
+        await shop.claim(offer, buyer(1), "k1")
+    assert retry.value.code == "sold_out"
+
+
+async def test_the_orders_a_rebuild_counted_are_kept_and_checked_once(shop: Shop) -> None:
+    writes, offer_id = await lost_and_rebuilt_before_it_lands(shop, quantity=4)
+    checks = HeldCalls(shop.stock, "attach_order")
+    _, watcher = other_process(shop, stock=cast(StockReservations, checks))
+    checks.gate.set()
+    assert await watcher.settle_late_orders() == 0
+    kept = await shop.orders_store.of_offer(offer_id)  # buyer 0's, counted; buyer 2's, new
+    assert [o.status for o in kept] == [OrderStatus.PENDING_PAYMENT] * 2
+    assert checks.calls == 2  # checked: attached
+    assert await watcher.settle_late_orders() == 0
+    assert checks.calls == 2  # not again
+    await writes.land()  # k1's order, with a unit free for it, but the stock does not know it
+    assert await watcher.settle_late_orders() == 1
+    assert await units_held(shop, offer_id) == 2
+    assert await shop.stock.remaining(offer_id) == 2
+
+
+@pytest.mark.parametrize(
+    ("lands_after", "cancelled"), [(LATE_WRITES - timedelta(seconds=1), 1), (LATE_WRITES, 0)]
+)
+async def test_an_offer_is_watched_for_as_long_as_a_write_may_land_after_its_rebuild(
+    shop: Shop, lands_after: timedelta, cancelled: int
+) -> None:
+    writes, _ = await lost_and_rebuilt_before_it_lands(shop, quantity=3)
+    shop.clock.advance(seconds=lands_after.total_seconds())
+    await writes.land()
+    assert await shop.orders.settle_late_orders() == cancelled
+    (late,) = writes.held
+    status = (await shop.orders_store.get(late.id)).status
+    assert status is (OrderStatus.CANCELLED if cancelled else OrderStatus.PENDING_PAYMENT)
+
+
+async def test_orders_checked_while_their_stock_is_being_rebuilt_wait_for_it(
+    shop: Shop,
+) -> None:
+    # Redis lost the stock of an offer that has settled; a rebuild (a buyer's cancel, an
+    # expiry) has noted the offer and is reading its orders when housekeeping checks them.
+    offer = await offer_with_orders(shop, quantity=3, orders=2)
+    await shop.offers.stop(offer.id, HOST)
+    shop.clock.advance(seconds=LATE_ORDERS.total_seconds() + 1)
+    assert await shop.orders.settle_due() == 1
+    shop.stock.flush()
+    reading = HeldCalls(shop.orders_store, "of_offer", answer_late=True)
+    rebuilds = StockRebuilds(shop.offers_store, cast(OrderStore, reading), shop.stock, shop.clock)
+    rebuilding = asyncio.create_task(rebuilds.rebuild(offer.id))
+    await asyncio.wait_for(reading.entered.wait(), 1)
+
+    assert await shop.orders.settle_late_orders() == 0  # not now: the stock is not there
+    reading.gate.set()
+    await rebuilding
+    assert await shop.orders.settle_late_orders() == 0  # attached: the rebuild counted them
+    orders: list[Order] = await shop.orders_store.of_offer(offer.id)
+    assert [o.status for o in orders] == [OrderStatus.PENDING_PAYMENT] * 2
