@@ -314,6 +314,13 @@ def other_terms() -> Conflict:
     )
 
 
+def not_cancellable(order: Order) -> Conflict:
+    return Conflict(
+        f"order is {order.status}, only pending payment can be cancelled",
+        code="invalid_transition",
+    )
+
+
 def cancelled_by(order: Order, user_id: str) -> bool:
     return order.status is OrderStatus.CANCELLED and order.history[-1].by == user_id
 

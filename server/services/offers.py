@@ -40,6 +40,7 @@ from server.ports import (
     StockReservations,
 )
 from server.services.bookings import ProductBookings
+from server.services.load_once import CoalescedRuns
 from server.services.rooms import new_id
 from server.services.stock_announcer import StockAnnouncer
 from server.services.stock_rebuilds import StockRebuilds
@@ -87,6 +88,7 @@ class OfferService:
         self._events = events
         self._clock = clock
         self._rebuilds = StockRebuilds(offers, orders, stock, clock)
+        self._rebuilds_after_asking = CoalescedRuns(self._rebuilds.rebuild)
         self._announcer = StockAnnouncer(
             stock, events, clock, lambda offer: self.end(offer, EndReason.SOLD_OUT)
         )
@@ -434,8 +436,11 @@ class OfferService:
         return ended
 
     async def rebuild(self, offer_id: str) -> None:
-        """Restore an offer's stock from its orders after the reservation store lost it."""
-        await self._rebuilds.rebuild(offer_id)
+        """Restore an offer's stock from its orders after the reservation store lost it, from
+        a read of the orders made after this call (an order written before it is counted).
+        Calls made while a rebuild of the offer is under way here share the next one: a burst
+        of claims that all find the offer lost costs two rebuilds, not one each."""
+        await self._rebuilds_after_asking(offer_id)
 
     def stock_moved(self, offer: FlashOffer, figure: StockFigure | None) -> None:
         """A claim or a release changed the stock: tell the room soon (the last unit and sold

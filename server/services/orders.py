@@ -44,6 +44,7 @@ from server.domain.orders import (
     claim_expired,
     ensure_same_claim,
     may_see,
+    not_cancellable,
     other_terms,
     place_order,
     same_claim,
@@ -320,7 +321,7 @@ class OrderService:
         if cancelled_by(order, who.user_id):
             return order
         if order.status is not OrderStatus.PENDING_PAYMENT:
-            raise _not_cancellable(order)
+            raise not_cancellable(order)
         try:
             await self._move(
                 order,
@@ -333,7 +334,7 @@ class OrderService:
             moved = await self._orders.get(order_id)
             if cancelled_by(moved, who.user_id):
                 return moved
-            raise _not_cancellable(moved) from None
+            raise not_cancellable(moved) from None
         if not await self._give_back(order):
             log.warning("units_return_deferred", extra={"order_id": order.id})
         return order
@@ -494,10 +495,3 @@ class OrderService:
         # before this order's move won the race and holds its units.
         await self._offer_service.rebuild(order.offer_id)
         return await self._stock.release(order.offer_id, order.idempotency_key)
-
-
-def _not_cancellable(order: Order) -> Conflict:
-    return Conflict(
-        f"order is {order.status}, only pending payment can be cancelled",
-        code="invalid_transition",
-    )
