@@ -16,7 +16,7 @@ from server.domain.errors import Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
-from server.domain.orders import Address, Order
+from server.domain.orders import HOLDS_STOCK, Address, Order
 from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
 from server.services.buyer_notices import Notify
 from server.services.offers import OfferService
@@ -128,6 +128,12 @@ async def offer_with_orders(shop: Shop, quantity: int, orders: int) -> FlashOffe
     for n in range(orders):
         await shop.claim(offer, buyer(n), f"k{n}")
     return offer
+
+
+async def units_held(shop: Shop, offer_id: str) -> int:
+    """The units the offer's orders hold (pending payment, paid and on)."""
+    orders = await shop.orders_store.of_offer(offer_id)
+    return sum(o.quantity for o in orders if o.status in HOLDS_STOCK)
 
 
 async def launch_through(

@@ -9,11 +9,19 @@ from typing import cast
 import pytest
 
 from server.domain.errors import Conflict, Unavailable
-from server.domain.orders import HOLDS_STOCK, OrderStatus
+from server.domain.orders import OrderStatus
 from server.ports import OrderStore
 from server.services.late_orders import LATE_WRITES
 from server.services.orders import ORPHAN_AFTER
-from tests.unit.services.shop import ADDRESS, HeldCalls, HeldWrites, Shop, buyer, other_process
+from tests.unit.services.shop import (
+    ADDRESS,
+    HeldCalls,
+    HeldWrites,
+    Shop,
+    buyer,
+    other_process,
+    units_held,
+)
 
 
 async def claim_late(shop: Shop, quantity: int) -> tuple[HeldWrites, str]:
@@ -35,11 +43,6 @@ async def claim_held(shop: Shop, quantity: int) -> tuple[HeldWrites, str]:
     writes, offer_id = await claim_late(shop, quantity)
     assert await shop.orders.reap_orphans(offer_id) == 1  # no order under the key: released
     return writes, offer_id
-
-
-async def units_held(shop: Shop, offer_id: str) -> int:
-    orders = await shop.orders_store.of_offer(offer_id)
-    return sum(o.quantity for o in orders if o.status in HOLDS_STOCK)
 
 
 async def test_an_order_landing_after_its_units_were_sold_again_is_cancelled(shop: Shop) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import LATE_ORDERS
-from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
+from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore, StockReservations
 from server.services.late_orders import LATE_WRITES
 from server.services.stock_rebuilds import StockRebuilds
@@ -25,6 +25,7 @@ from tests.unit.services.shop import (
     buyer,
     offer_with_orders,
     other_process,
+    units_held,
 )
 
 
@@ -42,11 +43,6 @@ async def lost_and_rebuilt_before_it_lands(shop: Shop, quantity: int) -> tuple[H
     shop.stock.flush()
     await shop.claim(offer, buyer(2), "k2")  # rebuilt, k1 unknown
     return writes, offer.id
-
-
-async def units_held(shop: Shop, offer_id: str) -> int:
-    orders = await shop.orders_store.of_offer(offer_id)
-    return sum(o.quantity for o in orders if o.status in HOLDS_STOCK)
 
 
 async def test_an_order_landing_after_a_rebuild_read_the_orders_is_cancelled(
