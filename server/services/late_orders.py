@@ -42,11 +42,17 @@ CHECKS_A_ROUND = 500
 
 class LateOrders:
     def __init__(
-        self, orders: OrderStore, stock: StockReservations, clock: Callable[[], datetime]
+        self,
+        orders: OrderStore,
+        stock: StockReservations,
+        clock: Callable[[], datetime],
+        *,
+        rebuild: Callable[[str], Awaitable[None]],
     ) -> None:
         self._orders = orders
         self._stock = stock
         self._clock = clock
+        self._rebuild = rebuild  # an offer's stock, from its orders (OfferService.rebuild)
 
     async def watch(self, offer_id: str, key: str) -> None:
         """The reaper is about to give back the units reserved under `key`, finding no order."""
@@ -78,18 +84,29 @@ class LateOrders:
         """Check each pending order of a rebuilt offer once: most are orders the rebuild
         counted, or new ones, attached already, and their buyers were told."""
         unchecked = await self._orders.unchecked_after_rebuild(now, CHECKS_A_ROUND)
+        # Sent together: the reservation store batches them. One that fails is checked again
+        # next round; the others go on, and the round fails once they are done.
         outcomes = await asyncio.gather(
-            *(self._stock.attach_order(o.offer_id, o.idempotency_key, o.id) for o in unchecked)
+            *(self._stock.attach_order(o.offer_id, o.idempotency_key, o.id) for o in unchecked),
+            return_exceptions=True,
         )
         checks = list(zip(unchecked, outcomes, strict=True))
         await self._orders.checked_after_rebuild(
             [order.id for order, outcome in checks if outcome is AttachOutcome.ATTACHED]
         )
-        cancelled = 0
+        cancelled, lost_again = 0, set()
         for order, outcome in checks:
-            # Not PAUSED: the stock is lost again, or its rebuild has yet to write it, and that
-            # rebuild reads this order and counts it; checked in a later round.
-            if outcome in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN) and await cancel(order):
+            if outcome is AttachOutcome.PAUSED:
+                lost_again.add(order.offer_id)
+            elif outcome in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN) and await cancel(order):
                 cancelled += 1
                 log.warning("late_order_cancelled", extra={"order_id": order.id})
+        for offer_id in lost_again:
+            # Lost again, or its rebuild has yet to write it: rebuilt here (nothing else may ask
+            # for an offer nobody watches), from a read of the orders that counts these; they
+            # are checked, attached, next round, and meanwhile leave room for other offers'.
+            await self._rebuild(offer_id)
+        failed = [outcome for _, outcome in checks if isinstance(outcome, BaseException)]
+        if failed:
+            raise failed[0]
         return cancelled

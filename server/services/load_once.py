@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 V = TypeVar("V")
 
@@ -57,7 +57,7 @@ class CoalescedRuns(Generic[V]):
         run = self._waiting.get(key)
         if run is None:
             run = self._waiting[key] = asyncio.ensure_future(self._next_run(key))
-            run.add_done_callback(_retrieve)
+            run.add_done_callback(lambda over: self._over(key, over))
         # Shielded: a caller that goes away must not cancel the run the others wait for.
         return await asyncio.shield(run)
 
@@ -73,7 +73,10 @@ class CoalescedRuns(Generic[V]):
             if self._running.get(key) is this:
                 del self._running[key]
 
-
-def _retrieve(run: asyncio.Task[Any]) -> None:
-    if not run.cancelled():
-        run.exception()  # retrieved: its callers have heard it, if any was still there
+    def _over(self, key: str, run: asyncio.Task[V]) -> None:
+        # A run cancelled before its turn came (the loop shutting down) is still waiting: the
+        # next call must not find it.
+        if self._waiting.get(key) is run:
+            del self._waiting[key]
+        if not run.cancelled():
+            run.exception()  # retrieved: its callers have heard it, if any was still there

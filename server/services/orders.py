@@ -94,7 +94,7 @@ class OrderService:
         self._stock = stock
         self._offer_service = offer_service
         self._buyers = BuyerNotices(orders, notify, clock)
-        self._late = LateOrders(orders, stock, clock)
+        self._late = LateOrders(orders, stock, clock, rebuild=offer_service.rebuild)
         self._clock = clock
         self._bans = bans  # None where nobody is ever banned (tests of claims alone)
         # Offers this process reserved stock for lately: it reaps their orphans even when no

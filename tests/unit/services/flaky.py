@@ -10,7 +10,7 @@ import pytest
 
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Unavailable
-from server.domain.offers import FlashOffer, RecoveredClaim
+from server.domain.offers import AttachOutcome, FlashOffer, RecoveredClaim
 from server.ports import OfferStore, StockReservations
 from server.services.offers import OfferService
 from server.services.orders import OrderService
@@ -36,6 +36,12 @@ class FlakyStock:
     ) -> bool:
         self._check(offer_id)
         return await self._shared.release(offer_id, idempotency_key, orphan_only=orphan_only)
+
+    async def attach_order(
+        self, offer_id: str, idempotency_key: str, order_id: str
+    ) -> AttachOutcome:
+        self._check(offer_id)
+        return await self._shared.attach_order(offer_id, idempotency_key, order_id)
 
     async def stop(self, offer_id: str, *, sold_out: bool = False) -> int | None:
         self._check(offer_id)

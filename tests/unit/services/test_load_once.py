@@ -135,3 +135,18 @@ async def test_a_caller_going_away_does_not_cancel_the_run_for_the_others() -> N
     runs.gate.set()
     assert await stays == 0
     assert runs.started == [0]
+
+
+async def test_a_run_cancelled_while_it_waits_its_turn_is_not_waited_for_again() -> None:
+    runs = Runs()
+    rebuild = CoalescedRuns(runs.run)
+    first = asyncio.create_task(rebuild("a"))
+    await until_started(runs, 1)
+    second = asyncio.create_task(rebuild("a"))
+    await asyncio.sleep(0)
+    rebuild._waiting["a"].cancel()  # as the loop does when it shuts down
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    runs.gate.set()
+    assert await first == 0
+    assert await rebuild("a") == 0  # a run of its own, not the cancelled one

@@ -14,8 +14,10 @@ from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import LATE_ORDERS
 from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore, StockReservations
+from server.services import late_orders
 from server.services.late_orders import LATE_WRITES
 from server.services.stock_rebuilds import StockRebuilds
+from tests.unit.services.flaky import flaky
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,
@@ -121,3 +123,33 @@ async def test_orders_checked_while_their_stock_is_being_rebuilt_wait_for_it(
     assert await shop.orders.settle_late_orders() == 0  # attached: the rebuild counted them
     orders: list[Order] = await shop.orders_store.of_offer(offer.id)
     assert [o.status for o in orders] == [OrderStatus.PENDING_PAYMENT] * 2
+
+
+async def test_an_offer_lost_again_leaves_room_for_the_other_offers_checks(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(late_orders, "CHECKS_A_ROUND", 2)
+    first = await offer_with_orders(shop, quantity=3, orders=2)  # its orders are read first
+    writes, _ = await lost_and_rebuilt_before_it_lands(shop, quantity=3)
+    await shop.offers.rebuild(first.id)
+    shop.stock.forget(first.id)  # lost again, and nothing asks for it
+    await writes.land()
+    assert sum([await shop.orders.settle_late_orders() for _ in range(5)]) == 1
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    assert await shop.stock.remaining(first.id) == 1  # rebuilt by the checks, its orders kept
+
+
+async def test_a_check_that_fails_fails_the_round_once_the_others_are_done(shop: Shop) -> None:
+    first = await offer_with_orders(shop, quantity=3, orders=2)
+    writes, _ = await lost_and_rebuilt_before_it_lands(shop, quantity=3)
+    await shop.offers.rebuild(first.id)
+    await writes.land()
+    stock, _, watcher = flaky(shop)
+    stock.away_for.add(first.id)  # its Redis calls fail
+    with pytest.raises(Unavailable):
+        await watcher.settle_late_orders()
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    stock.away_for.clear()
+    assert await watcher.settle_late_orders() == 0  # the first offer's orders: attached
