@@ -21,7 +21,8 @@ from functools import partial
 from server.domain.errors import LiveshopError
 from server.metrics import Metrics
 from server.services.offers import OfferService
-from server.services.orders import ORPHAN_AFTER, OrderService
+from server.services.orders import OrderService
+from server.services.reaper import ORPHAN_AFTER
 
 log = logging.getLogger("liveshop.housekeeping")
 

@@ -47,40 +47,42 @@ class LateOrders:
         stock: StockReservations,
         clock: Callable[[], datetime],
         *,
+        attach: Callable[[Order], Awaitable[AttachOutcome]],
+        cancel: Callable[[Order], Awaitable[bool]],
+        tell_buyer: Callable[[Order], Awaitable[None]],
         rebuild: Callable[[str], Awaitable[None]],
     ) -> None:
+        """What the order service does with such an order: `attach` it to its reservation
+        (rebuilding a lost stock first), `cancel` it (whether this call did), `tell_buyer` of
+        it; and `rebuild` an offer's stock from its orders (OfferService.rebuild)."""
         self._orders = orders
         self._stock = stock
         self._clock = clock
-        self._rebuild = rebuild  # an offer's stock, from its orders (OfferService.rebuild)
+        self._attach = attach
+        self._cancel = cancel
+        self._tell_buyer = tell_buyer
+        self._rebuild = rebuild
 
     async def watch(self, offer_id: str, key: str) -> None:
         """The reaper is about to give back the units reserved under `key`, finding no order."""
         await self._orders.watch_key(offer_id, key, until=self._clock() + LATE_WRITES)
 
-    async def settle(
-        self,
-        attach: Callable[[Order], Awaitable[AttachOutcome]],
-        cancel: Callable[[Order], Awaitable[bool]],
-        tell_buyer: Callable[[Order], Awaitable[None]],
-    ) -> int:
+    async def settle(self) -> int:
         """Settle each order landed under a watched key as its claim would have: attached to
-        its reservation (`attach`, which rebuilds a lost stock first), its buyer, who heard
-        "try again", told; or, its units gone, cancelled (`cancel`: whether this call did).
-        Then check the pending orders of rebuilt offers. How many this call cancelled."""
+        its reservation, its buyer, who heard "try again", told; or, its units gone,
+        cancelled. Then check the pending orders of rebuilt offers. How many this call
+        cancelled."""
         now, cancelled = self._clock(), 0
         for order in await self._orders.landed_late(now, KEYS_A_ROUND):
-            if await attach(order) is AttachOutcome.ATTACHED:
-                await tell_buyer(order)
-            elif await cancel(order):
+            if await self._attach(order) is AttachOutcome.ATTACHED:
+                await self._tell_buyer(order)
+            elif await self._cancel(order):
                 cancelled += 1
                 log.warning("late_order_cancelled", extra={"order_id": order.id})
             await self._orders.unwatch_key(order.offer_id, order.idempotency_key)
-        return cancelled + await self._check_rebuilt(now, cancel)
+        return cancelled + await self._check_rebuilt(now)
 
-    async def _check_rebuilt(
-        self, now: datetime, cancel: Callable[[Order], Awaitable[bool]]
-    ) -> int:
+    async def _check_rebuilt(self, now: datetime) -> int:
         """Check each pending order of a rebuilt offer once: most are orders the rebuild
         counted, or new ones, attached already, and their buyers were told."""
         unchecked = await self._orders.unchecked_after_rebuild(now, CHECKS_A_ROUND)
@@ -95,10 +97,11 @@ class LateOrders:
             [order.id for order, outcome in checks if outcome is AttachOutcome.ATTACHED]
         )
         cancelled, lost_again = 0, set()
+        unheld = (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN)
         for order, outcome in checks:
             if outcome is AttachOutcome.PAUSED:
                 lost_again.add(order.offer_id)
-            elif outcome in (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN) and await cancel(order):
+            elif outcome in unheld and await self._cancel(order):
                 cancelled += 1
                 log.warning("late_order_cancelled", extra={"order_id": order.id})
         for offer_id in lost_again:

@@ -28,9 +28,6 @@ from server.domain.errors import (
 )
 from server.domain.identity import Identity, scoped_key
 from server.domain.offers import (
-    LATE_ORDERS,
-    PENDING_BATCH,
-    SKEW_MARGIN,
     AttachOutcome,
     ClaimOutcome,
     FlashOffer,
@@ -58,18 +55,16 @@ from server.services.buyer_notices import BuyerNotices, Notify
 from server.services.late_orders import LateOrders
 from server.services.load_once import LoadOnce
 from server.services.offers import OfferService
+from server.services.reaper import Reaper
 from server.services.room_bans import RoomBans
 from server.services.rooms import new_id
 
 log = logging.getLogger("liveshop.orders")
 
 SYSTEM = "system"
-# A reservation this old with no order attached belongs to a claimer that died mid-claim.
-ORPHAN_AFTER = timedelta(seconds=30)
 RETURN_BATCH = 100  # give-backs retried per housekeeping round
 EXPIRY_BATCH = 200
 RECENT_CLAIMS = timedelta(hours=1)
-SETTLE_BATCH = 100  # offers settled per housekeeping round
 CACHED_OFFERS = 1000
 
 
@@ -94,7 +89,16 @@ class OrderService:
         self._stock = stock
         self._offer_service = offer_service
         self._buyers = BuyerNotices(orders, notify, clock)
-        self._late = LateOrders(orders, stock, clock, rebuild=offer_service.rebuild)
+        self._late = LateOrders(
+            orders,
+            stock,
+            clock,
+            attach=self._attach,
+            cancel=self._cancel_lost,
+            tell_buyer=self._buyers.tell_created,
+            rebuild=offer_service.rebuild,
+        )
+        self._reaper = Reaper(offers, orders, stock, offer_service, self._late, self._buyers, clock)
         self._clock = clock
         self._bans = bans  # None where nobody is ever banned (tests of claims alone)
         # Offers this process reserved stock for lately: it reaps their orphans even when no
@@ -393,63 +397,15 @@ class OrderService:
         """Settle the orders written after the reaper released their reservation, or after a
         rebuild of their offer read its orders (any process, once a second; see late_orders.py):
         attached as any order, or, their units gone, cancelled. How many were cancelled."""
-        return await self._late.settle(self._attach, self._cancel_lost, self._buyers.tell_created)
+        return await self._late.settle()
 
     async def reap_orphans(self, offer_id: str) -> int:
-        """Release reservations whose claimer died before writing the order."""
-        _, released = await self._reap(offer_id, self._clock() - ORPHAN_AFTER)
-        return released
+        """Release reservations whose claimer died before writing the order (reaper.py)."""
+        return await self._reaper.reap_orphans(offer_id)
 
     async def settle_due(self) -> int:
-        """Settle the offers whose end was finished LATE_ORDERS ago (each process, once a
-        second): every reservation still without an order is attached to the order written
-        under its key, or given back, so that a claim of the offer can no longer become an
-        order; then the offer is recorded settled, and books only what its orders claim of its
-        product's stock (services/bookings.py)."""
-        now = self._clock()
-        settled = 0
-        for offer in await self._offers.due_to_settle(now - LATE_ORDERS, SETTLE_BATCH):
-            try:
-                # Stopped again first: a rebuild that read the offer before its end and could
-                # not read it again after writing its stock (see OfferService.rebuild) left it
-                # unconfirmed. Stopping is idempotent, and a lost offer has nothing to stop.
-                await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
-                seen, _ = await self._reap(offer.id, now + SKEW_MARGIN)  # every one, however new
-            except Unavailable:
-                break  # the stock is away (logged where it failed): next round
-            if seen < PENDING_BATCH:  # else more are left for the next round
-                await self._offers.record_settled(offer.id, now)
-                settled += 1
-        return settled
-
-    async def _reap(self, offer_id: str, older_than: datetime) -> tuple[int, int]:
-        """Reservations made before `older_than` that no order was attached to: attached to the
-        order written under their key, else released. How many there were, and released."""
-        pending_ones = await self._stock.pending_without_order(offer_id, older_than)
-        released = 0
-        for pending in pending_ones:
-            key = pending.idempotency_key
-            # The claimer may have died (or lost its database) after the write, before the
-            # attach: its order holds these units, so they are not to be sold again.
-            written = await self._orders.by_key(offer_id, key)
-            if written is not None:
-                await self._stock.attach_order(offer_id, key, written.id)
-                await self._buyers.tell_created(written)  # its claimer may have died first
-                continue
-            await self._late.watch(offer_id, key)  # its order may yet land: late_orders.py
-            if await self._release_orphan(offer_id, key):
-                released += 1
-        if released:
-            log.warning("orphan_reservations_released", extra={"offer_id": offer_id, "n": released})
-            offer = await self._offers.get(offer_id)
-            self._offer_service.stock_moved(offer, None)
-        return len(pending_ones), released
-
-    async def _release_orphan(self, offer_id: str, key: str) -> bool:
-        try:
-            return await self._stock.release(offer_id, key, orphan_only=True)
-        except OfferPaused:
-            return False  # lost meanwhile: its rebuild keeps only the claims that have orders
+        """Settle the offers whose end was finished LATE_ORDERS ago (reaper.py)."""
+        return await self._reaper.settle_due()
 
     async def _move(
         self,

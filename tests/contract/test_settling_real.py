@@ -25,7 +25,8 @@ from server.domain.offers import LATE_ORDERS
 from server.domain.orders import HOLDS_STOCK, OrderStatus
 from server.ports import OrderStore
 from server.services.offers import OfferService
-from server.services.orders import ORPHAN_AFTER, OrderService
+from server.services.orders import OrderService
+from server.services.reaper import ORPHAN_AFTER
 from server.services.rooms import RoomService
 from tests.fakes import Clock, RecordingEvents
 from tests.unit.services.shop import ADDRESS, HOST, HeldWrites, buyer

@@ -18,7 +18,7 @@ from server.domain.offers import EndReason, FlashOffer, StockFigure
 from server.domain.orders import Address, Order, OrderStatus
 from server.ports import StockReservations
 from server.services.housekeeping import Housekeeper
-from server.services.orders import ORPHAN_AFTER
+from server.services.reaper import ORPHAN_AFTER
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,

@@ -12,7 +12,7 @@ from server.domain.errors import Conflict, Unavailable
 from server.domain.orders import OrderStatus
 from server.ports import OrderStore
 from server.services.late_orders import LATE_WRITES
-from server.services.orders import ORPHAN_AFTER
+from server.services.reaper import ORPHAN_AFTER
 from tests.unit.services.shop import (
     ADDRESS,
     HeldCalls,

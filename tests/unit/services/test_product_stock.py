@@ -240,7 +240,7 @@ async def test_a_stock_that_a_failed_rebuild_left_unconfirmed_sells_nothing(shop
 async def test_an_offer_with_more_pending_reservations_than_a_batch_settles_over_rounds(
     shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.services.orders.PENDING_BATCH", 2)
+    monkeypatch.setattr("server.services.reaper.PENDING_BATCH", 2)
     monkeypatch.setattr("server.adapters.memory_reservations.PENDING_BATCH", 2)
     offer = await shop.launch(quantity=STOCK, limit=1)
     for n in range(3):  # claimers that died before writing their orders

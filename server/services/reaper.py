@@ -1,0 +1,105 @@
+"""Reservations whose claimer died mid-claim, and offers settled once no claim can still land.
+
+A claim reserves units in Redis, writes its order to MongoDB, then attaches the order to the
+reservation. A claimer that dies between the first step and the last leaves a reservation no
+order is attached to: after `ORPHAN_AFTER` the reaper attaches the order written under its key,
+if there is one (the claimer died after the write), and else gives the units back to be sold
+again, having first noted the key for an order that may still land (late_orders.py). An offer
+whose end was finished `LATE_ORDERS` ago is settled: every such reservation, however new, is
+dealt with so, and the offer then books only what its orders claim of its product's stock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from server.domain.errors import OfferPaused, Unavailable
+from server.domain.offers import LATE_ORDERS, PENDING_BATCH, SKEW_MARGIN
+from server.ports import OfferStore, OrderStore, StockReservations
+from server.services.buyer_notices import BuyerNotices
+from server.services.late_orders import LateOrders
+from server.services.offers import OfferService
+
+log = logging.getLogger("liveshop.orders")
+
+# A reservation this old with no order attached belongs to a claimer that died mid-claim.
+ORPHAN_AFTER = timedelta(seconds=30)
+SETTLE_BATCH = 100  # offers settled per housekeeping round
+
+
+class Reaper:
+    def __init__(
+        self,
+        offers: OfferStore,
+        orders: OrderStore,
+        stock: StockReservations,
+        offer_service: OfferService,
+        late: LateOrders,
+        buyers: BuyerNotices,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._offers = offers
+        self._orders = orders
+        self._stock = stock
+        self._offer_service = offer_service
+        self._late = late
+        self._buyers = buyers
+        self._clock = clock
+
+    async def reap_orphans(self, offer_id: str) -> int:
+        """Release reservations whose claimer died before writing the order."""
+        _, released = await self._reap(offer_id, self._clock() - ORPHAN_AFTER)
+        return released
+
+    async def settle_due(self) -> int:
+        """Settle the offers whose end was finished LATE_ORDERS ago (each process, once a
+        second): every reservation still without an order is attached to the order written
+        under its key, or given back, so that a claim of the offer can no longer become an
+        order; then the offer is recorded settled, and books only what its orders claim of its
+        product's stock (services/bookings.py)."""
+        now = self._clock()
+        settled = 0
+        for offer in await self._offers.due_to_settle(now - LATE_ORDERS, SETTLE_BATCH):
+            try:
+                # Stopped again first: a rebuild that read the offer before its end and could
+                # not read it again after writing its stock (see OfferService.rebuild) left it
+                # unconfirmed. Stopping is idempotent, and a lost offer has nothing to stop.
+                await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
+                seen, _ = await self._reap(offer.id, now + SKEW_MARGIN)  # every one, however new
+            except Unavailable:
+                break  # the stock is away (logged where it failed): next round
+            if seen < PENDING_BATCH:  # else more are left for the next round
+                await self._offers.record_settled(offer.id, now)
+                settled += 1
+        return settled
+
+    async def _reap(self, offer_id: str, older_than: datetime) -> tuple[int, int]:
+        """Reservations made before `older_than` that no order was attached to: attached to the
+        order written under their key, else released. How many there were, and released."""
+        pending_ones = await self._stock.pending_without_order(offer_id, older_than)
+        released = 0
+        for pending in pending_ones:
+            key = pending.idempotency_key
+            # The claimer may have died (or lost its database) after the write, before the
+            # attach: its order holds these units, so they are not to be sold again.
+            written = await self._orders.by_key(offer_id, key)
+            if written is not None:
+                await self._stock.attach_order(offer_id, key, written.id)
+                await self._buyers.tell_created(written)  # its claimer may have died first
+                continue
+            await self._late.watch(offer_id, key)  # its order may yet land: late_orders.py
+            if await self._release_orphan(offer_id, key):
+                released += 1
+        if released:
+            log.warning("orphan_reservations_released", extra={"offer_id": offer_id, "n": released})
+            offer = await self._offers.get(offer_id)
+            self._offer_service.stock_moved(offer, None)
+        return len(pending_ones), released
+
+    async def _release_orphan(self, offer_id: str, key: str) -> bool:
+        try:
+            return await self._stock.release(offer_id, key, orphan_only=True)
+        except OfferPaused:
+            return False  # lost meanwhile: its rebuild keeps only the claims that have orders
