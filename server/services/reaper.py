@@ -64,7 +64,7 @@ class Reaper:
         for offer in await self._offers.due_to_settle(now - LATE_ORDERS, SETTLE_BATCH):
             try:
                 # Stopped again first: a rebuild that read the offer before its end and could
-                # not read it again after writing its stock (see OfferService.rebuild) left it
+                # not read it again after writing its stock (see stock_rebuilds.py) left it
                 # unconfirmed. Stopping is idempotent, and a lost offer has nothing to stop.
                 await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
                 seen, _ = await self._reap(offer.id, now + SKEW_MARGIN)  # every one, however new
