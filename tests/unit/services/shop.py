@@ -16,7 +16,7 @@ from server.domain.errors import Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
-from server.domain.orders import HOLDS_STOCK, Address, Order
+from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus
 from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
 from server.services.buyer_notices import Notify
 from server.services.offers import OfferService
@@ -128,6 +128,15 @@ async def offer_with_orders(shop: Shop, quantity: int, orders: int) -> FlashOffe
     for n in range(orders):
         await shop.claim(offer, buyer(n), f"k{n}")
     return offer
+
+
+async def assert_cancelled_and_told(shop: Shop, writes: HeldWrites, told_before: int) -> None:
+    """The order `writes` held (buyer 1's) is cancelled, and its buyer was told so, once, after
+    the first `told_before` private frames."""
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    told = shop.events.private[told_before:]
+    assert [(user, e["order"]["status"]) for user, e in told] == [("buyer-1", "cancelled")]
 
 
 async def units_held(shop: Shop, offer_id: str) -> int:

@@ -18,6 +18,7 @@ from tests.unit.services.shop import (
     HeldCalls,
     HeldWrites,
     Shop,
+    assert_cancelled_and_told,
     buyer,
     other_process,
     units_held,
@@ -56,10 +57,7 @@ async def test_an_order_landing_after_its_units_were_sold_again_is_cancelled(sho
     assert await shop.orders.settle_late_orders() == 1
     assert await units_held(shop, offer_id) == 2
     assert await shop.stock.remaining(offer_id) == 0
-    (late,) = writes.held
-    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
-    told = shop.events.private[told_before:]
-    assert [(user, e["order"]["status"]) for user, e in told] == [("buyer-1", "cancelled")]
+    await assert_cancelled_and_told(shop, writes, told_before)
     assert await shop.orders.settle_late_orders() == 0  # settled once
     with pytest.raises(Conflict) as retry:  # the claim sent again: its units went back
         await shop.claim(offer, buyer(1), "k1")

@@ -24,6 +24,7 @@ from tests.unit.services.shop import (
     HeldCalls,
     HeldWrites,
     Shop,
+    assert_cancelled_and_told,
     buyer,
     offer_with_orders,
     other_process,
@@ -60,10 +61,7 @@ async def test_an_order_landing_after_a_rebuild_read_the_orders_is_cancelled(
     assert await survivor.settle_late_orders() == 1
     assert await units_held(shop, offer_id) == 3
     assert await shop.stock.remaining(offer_id) == 0
-    (late,) = writes.held
-    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
-    told = shop.events.private[told_before:]
-    assert [(user, e["order"]["status"]) for user, e in told] == [("buyer-1", "cancelled")]
+    await assert_cancelled_and_told(shop, writes, told_before)
     assert await shop.orders.settle_late_orders() == 0  # settled once
     with pytest.raises(Conflict) as retry:  # sent again, the claim is a new one: too late
         await shop.claim(offer, buyer(1), "k1")
