@@ -63,9 +63,14 @@ class Reaper:
         settled = 0
         for offer in await self._offers.due_to_settle(now - LATE_ORDERS, SETTLE_BATCH):
             try:
+                if not await self._stock.is_ready(offer.id):
+                    # Lost: rebuilt first, which watches the offer for orders still landing
+                    # (late_orders.py). Settled from its orders alone, it would book none of
+                    # the units an order written later still holds.
+                    await self._offer_service.rebuild(offer.id)
                 # Stopped again first: a rebuild that read the offer before its end and could
                 # not read it again after writing its stock (see stock_rebuilds.py) left it
-                # unconfirmed. Stopping is idempotent, and a lost offer has nothing to stop.
+                # unconfirmed. Stopping is idempotent.
                 await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
                 seen, _ = await self._reap(offer.id, now + SKEW_MARGIN)  # every one, however new
             except Unavailable:
@@ -87,10 +92,17 @@ class Reaper:
             written = await self._orders.by_key(offer_id, key)
             if written is not None:
                 await self._stock.attach_order(offer_id, key, written.id)
-                await self._buyers.tell_created(written)  # its claimer may have died first
+                if written.holds_stock:
+                    await self._buyers.tell_created(written)  # its claimer may have died first
+                    continue
+                # An earlier attempt's order, cancelled since, its key unknown to the stock
+                # (a rebuild missed it): the units this attempt reserved are nobody's. They go
+                # back, named on the order, as OrderService._store_and_attach gives them back.
+                if await self._release(offer_id, key, orphan_only=False):
+                    released += 1
                 continue
             await self._late.watch(offer_id, key)  # its order may yet land: late_orders.py
-            if await self._release_orphan(offer_id, key):
+            if await self._release(offer_id, key, orphan_only=True):
                 released += 1
         if released:
             log.warning("orphan_reservations_released", extra={"offer_id": offer_id, "n": released})
@@ -98,8 +110,8 @@ class Reaper:
             self._offer_service.stock_moved(offer, None)
         return len(pending_ones), released
 
-    async def _release_orphan(self, offer_id: str, key: str) -> bool:
+    async def _release(self, offer_id: str, key: str, *, orphan_only: bool) -> bool:
         try:
-            return await self._stock.release(offer_id, key, orphan_only=True)
+            return await self._stock.release(offer_id, key, orphan_only=orphan_only)
         except OfferPaused:
             return False  # lost meanwhile: its rebuild keeps only the claims that have orders

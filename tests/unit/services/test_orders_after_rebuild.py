@@ -16,6 +16,7 @@ from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore, StockReservations
 from server.services import late_orders
 from server.services.late_orders import LATE_WRITES
+from server.services.reaper import ORPHAN_AFTER
 from server.services.stock_rebuilds import StockRebuilds
 from tests.unit.services.flaky import flaky
 from tests.unit.services.shop import (
@@ -151,3 +152,38 @@ async def test_a_check_that_fails_fails_the_round_once_the_others_are_done(shop:
     assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
     stock.away_for.clear()
     assert await watcher.settle_late_orders() == 0  # the first offer's orders: attached
+
+
+async def test_a_retry_orphaned_after_its_order_was_cancelled_gives_its_units_back(
+    shop: Shop,
+) -> None:
+    writes, offer_id = await lost_and_rebuilt_before_it_lands(shop, quantity=3)
+    await writes.land()
+    assert await shop.orders.settle_late_orders() == 1  # its key unknown to the stock
+    # Sent again, through a process whose write misses its deadline again, and that dies.
+    again = HeldWrites(shop.orders_store)
+    _, retrying = other_process(shop, orders=cast(OrderStore, again))
+    with pytest.raises(Unavailable):
+        await retrying.claim(offer_id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS)
+    assert await shop.stock.remaining(offer_id) == 0  # a unit reserved for the retry
+    shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
+    assert await shop.orders.reap_orphans(offer_id) == 1  # its key has an order: cancelled
+    assert await shop.stock.remaining(offer_id) == 1
+    assert await units_held(shop, offer_id) == 2
+
+
+async def test_an_order_landing_after_its_lost_offer_settled_is_cancelled(shop: Shop) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    writes = HeldWrites(shop.orders_store)
+    _, late_process = other_process(shop, orders=cast(OrderStore, writes))
+    with pytest.raises(Unavailable):
+        await late_process.claim(
+            offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
+        )
+    shop.stock.flush()  # its reservation lost: no reaper will ever see it
+    await shop.offers.stop(offer.id, HOST)
+    shop.clock.advance(seconds=LATE_ORDERS.total_seconds() + 1)
+    assert await shop.orders.settle_due() == 1  # booking what its orders hold: nothing
+    await writes.land()
+    assert await shop.orders.settle_late_orders() == 1
+    assert await units_held(shop, offer.id) == 0
