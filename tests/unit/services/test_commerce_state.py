@@ -66,28 +66,23 @@ class FlashSale(RuleBasedStateMachine):
         self.offers = OfferService(
             self.offers_store, self.orders_store, rooms, products, self.stock, events, self.clock
         )
-        self.service = OrderService(
-            self.offers_store,
-            self.orders_store,
-            products,
-            self.stock,
-            self.offers,
-            events.send_private,
-            self.clock,
-            rooms=rooms,
-        )
+
+        def orders_through(orders: OrderStore) -> OrderService:
+            return OrderService(
+                self.offers_store,
+                orders,
+                products,
+                self.stock,
+                self.offers,
+                events.send_private,
+                self.clock,
+                rooms=rooms,
+            )
+
+        self.service = orders_through(self.orders_store)
         # Another process, whose order writes miss their deadline and land when a rule says.
         self.late_writes = HeldWrites(self.orders_store)
-        self.late_service = OrderService(
-            self.offers_store,
-            cast(OrderStore, self.late_writes),
-            products,
-            self.stock,
-            self.offers,
-            events.send_private,
-            self.clock,
-            rooms=rooms,
-        )
+        self.late_service = orders_through(cast(OrderStore, self.late_writes))
         self.written_late: list[tuple[str, str]] = []  # (buyer, key) of held writes
         # Orders that landed late and were cancelled, their units gone: a retry of the key
         # gets that order, or `claim_expired` where the stock still knows the key released.
