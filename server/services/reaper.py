@@ -90,19 +90,15 @@ class Reaper:
             # The claimer may have died (or lost its database) after the write, before the
             # attach: its order holds these units, so they are not to be sold again.
             written = await self._orders.by_key(offer_id, key)
-            if written is not None:
+            if written is not None and written.holds_stock:
                 await self._stock.attach_order(offer_id, key, written.id)
-                if written.holds_stock:
-                    await self._buyers.tell_created(written)  # its claimer may have died first
-                    continue
-                # An earlier attempt's order, cancelled since, its key unknown to the stock
-                # (a rebuild missed it): the units this attempt reserved are nobody's. They go
-                # back, named on the order, as OrderService._store_and_attach gives them back.
-                if await self._release(offer_id, key, orphan_only=False):
-                    released += 1
+                await self._buyers.tell_created(written)  # its claimer may have died first
                 continue
-            await self._late.watch(offer_id, key)  # its order may yet land: late_orders.py
-            if await self._release(offer_id, key, orphan_only=True):
+            if written is None:
+                await self._late.watch(offer_id, key)  # its order may yet land: late_orders.py
+            # Else an earlier attempt's order, cancelled since, its key unknown to the stock
+            # (a rebuild missed it): the units this attempt reserved are nobody's either.
+            if await self._release(offer_id, key):
                 released += 1
         if released:
             log.warning("orphan_reservations_released", extra={"offer_id": offer_id, "n": released})
@@ -110,8 +106,8 @@ class Reaper:
             self._offer_service.stock_moved(offer, None)
         return len(pending_ones), released
 
-    async def _release(self, offer_id: str, key: str, *, orphan_only: bool) -> bool:
+    async def _release(self, offer_id: str, key: str) -> bool:
         try:
-            return await self._stock.release(offer_id, key, orphan_only=orphan_only)
+            return await self._stock.release(offer_id, key, orphan_only=True)
         except OfferPaused:
             return False  # lost meanwhile: its rebuild keeps only the claims that have orders

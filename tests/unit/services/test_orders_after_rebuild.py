@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -155,7 +155,7 @@ async def test_a_check_that_fails_fails_the_round_once_the_others_are_done(shop:
 
 
 async def test_a_retry_orphaned_after_its_order_was_cancelled_gives_its_units_back(
-    shop: Shop,
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes, offer_id = await lost_and_rebuilt_before_it_lands(shop, quantity=3)
     await writes.land()
@@ -167,6 +167,15 @@ async def test_a_retry_orphaned_after_its_order_was_cancelled_gives_its_units_ba
         await retrying.claim(offer_id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS)
     assert await shop.stock.remaining(offer_id) == 0  # a unit reserved for the retry
     shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
+    release = shop.stock.release
+
+    async def away_once(*args: Any, **kwargs: Any) -> bool:
+        monkeypatch.setattr(shop.stock, "release", release)
+        raise Unavailable("the reservation store is away")
+
+    monkeypatch.setattr(shop.stock, "release", away_once)  # nothing may be left half done
+    with pytest.raises(Unavailable):
+        await shop.orders.reap_orphans(offer_id)
     assert await shop.orders.reap_orphans(offer_id) == 1  # its key has an order: cancelled
     assert await shop.stock.remaining(offer_id) == 1
     assert await units_held(shop, offer_id) == 2
