@@ -213,9 +213,13 @@ class FlashSale(RuleBasedStateMachine):
         """The held writes land, those made within LATE_WRITES (older ones never will: TCP
         gives up); a while later every process's housekeeping has run. A retry of their keys
         gets the order written if it holds its units, and may hear `claim_expired` if it was
-        cancelled for want of them. Not those made before two losses of Redis's data: a
-        rebuild after the first may have missed them, and one after the second would count
-        them (the limit of finding 113, docs/flashsale.md)."""
+        cancelled for want of them. Not while Redis has lost the offer (the rebuild that
+        follows counts them, which is right while the offer runs, not once it has ended),
+        nor those made before two losses of Redis's data: a rebuild after the first may have
+        missed them, and one after the second would count them (the limits of finding 113,
+        docs/flashsale.md)."""
+        if not self.run(self.stock.is_ready(self.offer.id)):
+            return
         held = self.late_writes.held
         held[:] = [
             o
