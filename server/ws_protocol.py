@@ -20,6 +20,7 @@ import logging
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 
+from server.domain.chat import TokenBucket
 from server.http_head import MALFORMED, TOO_LARGE, answer_and_close
 
 log = logging.getLogger("liveshop.ws")
@@ -30,8 +31,7 @@ POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    _pings_allowed = PING_BURST
-    _pinged_at = 0.0
+    _pings: TokenBucket | None = None  # made at the first ping: browsers never send one
     _refused = False
 
     def data_received(self, data: bytes) -> None:
@@ -50,16 +50,12 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_ping(self) -> None:
         pong = b"".join(self.conn.data_to_send())  # queued by websockets on reading the ping
-        if self._too_many_pings():
+        if self._pings is None:
+            self._pings = TokenBucket(capacity=PING_BURST, rate=PINGS_PER_SECOND)
+        if not self._pings.take(self.loop.time()):
             self._close_for_pings()
         elif self.writable.is_set():
             self.transport.write(pong)
-
-    def _too_many_pings(self) -> bool:
-        now = self.loop.time()
-        elapsed, self._pinged_at = now - self._pinged_at, now
-        self._pings_allowed = min(PING_BURST, self._pings_allowed + elapsed * PINGS_PER_SECOND) - 1
-        return self._pings_allowed < 0
 
     def _close_for_pings(self) -> None:
         if self.close_sent:

@@ -74,6 +74,17 @@ class Shop:
         )
         return offers, orders
 
+    async def claim_written_late(self, offer_id: str) -> HeldWrites:
+        """Buyer 1's claim through a process whose order write misses its deadline (the buyer
+        hears "try again"); the write, held, lands when the test says."""
+        writes = HeldWrites(self.orders_store)
+        _, late_claimer = self.process(cast(OrderStore, writes))
+        with pytest.raises(Unavailable):
+            await late_claimer.claim(
+                offer_id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
+            )
+        return writes
+
     async def launch(self, offers: OfferService, quantity: int) -> str:
         launched = await offers.launch(
             self.room_id,
@@ -130,12 +141,7 @@ async def test_a_settled_offer_gives_back_its_unsold_units_on_real_backends(shop
 async def test_an_order_written_late_is_settled_after_its_reaper_died(shop: Shop) -> None:
     offers, reaper = shop.process()
     offer_id = await shop.launch(offers, 1)
-    writes = HeldWrites(shop.orders_store)  # the claim's write misses its deadline
-    _, late_claimer = shop.process(cast(OrderStore, writes))
-    with pytest.raises(Unavailable):
-        await late_claimer.claim(
-            offer_id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
-        )
+    writes = await shop.claim_written_late(offer_id)
     shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
     assert await reaper.reap_orphans(offer_id) == 1  # no order under the key: released
     sold, _ = await reaper.claim(
@@ -159,12 +165,7 @@ async def test_an_order_written_late_after_a_rebuild_is_settled_by_another_proce
 ) -> None:
     offers, rebuilder = shop.process()
     offer_id = await shop.launch(offers, 2)
-    writes = HeldWrites(shop.orders_store)  # the claim's write misses its deadline
-    _, late_claimer = shop.process(cast(OrderStore, writes))
-    with pytest.raises(Unavailable):
-        await late_claimer.claim(
-            offer_id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
-        )
+    writes = await shop.claim_written_late(offer_id)
     with redis.Redis.from_url(clean_redis) as admin:
         admin.flushall()  # Redis lost its data
     sold = []
