@@ -386,12 +386,18 @@ class StockReservations(Protocol):
         ...
 
     async def release(
-        self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
+        self,
+        offer_id: str,
+        idempotency_key: str,
+        *,
+        orphan_only: bool = False,
+        for_order: str | None = None,
     ) -> bool:
         """Give the reservation's units back to the stock and to the buyer's limit. True the
         one time it happens; False when already released, unknown, or (with `orphan_only`, the
-        reaper's way) an order is attached. The key stays, so a retry still finds its order.
-        Unavailable (`offer_paused`) when the offer is lost: rebuild it, then release."""
+        reaper's way) an order is attached. The key stays, so a retry still finds its order;
+        `for_order` names that order on a key that had none, in the same step. Unavailable
+        (`offer_paused`) when the offer is lost: rebuild it, then release."""
         ...
 
     async def knows_claim(self, offer_id: str, idempotency_key: str) -> bool:

@@ -169,7 +169,12 @@ class MemoryStockReservations:
         return AttachOutcome.ATTACHED if known.order_id == order_id else AttachOutcome.UNKNOWN
 
     async def release(
-        self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
+        self,
+        offer_id: str,
+        idempotency_key: str,
+        *,
+        orphan_only: bool = False,
+        for_order: str | None = None,
     ) -> bool:
         offer = self._offer_or_paused(offer_id)
         known = offer.claims.get(idempotency_key)
@@ -177,6 +182,8 @@ class MemoryStockReservations:
             return False
         if orphan_only and known.order_id is not None:
             return False
+        if known.order_id is None:
+            known.order_id = for_order
         known.released = True
         if not offer.sold_out:
             offer.stock += known.quantity

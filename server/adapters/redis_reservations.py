@@ -116,6 +116,7 @@ if not raw then return 0 end
 local r = cjson.decode(raw)
 if r.x == 1 then return 0 end
 if ARGV[2] == '1' and r.o then return 0 end
+if ARGV[3] ~= '' and not r.o then r.o = ARGV[3] end
 r.x = 1
 redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))
 if redis.call('HGET', KEYS[1], 'sold_out') ~= '1' then
@@ -344,9 +345,14 @@ class RedisStockReservations:
 
     @redis_unreachable_is_unavailable
     async def release(
-        self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
+        self,
+        offer_id: str,
+        idempotency_key: str,
+        *,
+        orphan_only: bool = False,
+        for_order: str | None = None,
     ) -> bool:
-        args = [idempotency_key, "1" if orphan_only else "0"]
+        args = [idempotency_key, "1" if orphan_only else "0", for_order or ""]
         released = int(await self._release(keys=_keys(offer_id), args=args))
         if released < 0:
             raise being_restored(offer_id)

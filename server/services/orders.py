@@ -211,9 +211,8 @@ class OrderService:
         if not stored.holds_stock:
             # An earlier attempt's order, cancelled or expired since, and Redis had forgotten
             # its key (lost with the offer): the units this attempt has just reserved would
-            # be held by nobody, for good. They go back, named on the order first, so that
-            # every later retry finds the order as this one does.
-            await self._stock.attach_order(order.offer_id, order.idempotency_key, stored.id)
+            # be held by nobody, for good. They go back, and the key names the order in the
+            # same step, so that every later retry finds the order as this one does.
             await self._release(stored)
             await self._stock_came_back(order.offer_id)
             if not same_terms:
@@ -443,11 +442,13 @@ class OrderService:
 
     async def _release(self, order: Order) -> bool:
         try:
-            return await self._stock.release(order.offer_id, order.idempotency_key)
+            return await self._stock.release(
+                order.offer_id, order.idempotency_key, for_order=order.id
+            )
         except OfferPaused:
             pass
         # The offer's stock was lost (Redis restarted): rebuild it from the orders, where this
         # one holds nothing now, then release anyway, in case a rebuild that read the orders
         # before this order's move won the race and holds its units.
         await self._offer_service.rebuild(order.offer_id)
-        return await self._stock.release(order.offer_id, order.idempotency_key)
+        return await self._stock.release(order.offer_id, order.idempotency_key, for_order=order.id)

@@ -236,6 +236,26 @@ async def test_attach_order_says_whether_the_order_holds_stock(backend: Backend)
     assert await stock.attach_order("of1", "k1", "ord1") is AttachOutcome.PAUSED
 
 
+async def test_a_release_for_an_order_names_it_in_the_same_step(backend: Backend) -> None:
+    stock = backend.stock
+    await open_offer(stock)
+    for key in ("k1", "k2"):
+        await stock.claim("of1", "alice", 1, key, NOW)
+    await stock.attach_order("of1", "k2", "ord2")
+    assert await stock.release("of1", "k1", for_order="ord1")
+    assert not await stock.release("of1", "k1", for_order="other")
+    assert await stock.release("of1", "k2", for_order="other")  # a named order stays named
+    for key, order_id in (("k1", "ord1"), ("k2", "ord2")):
+        retried = await stock.claim("of1", "alice", 1, key, NOW)
+        assert (retried.outcome, retried.order_id, retried.released) == (
+            R.DUPLICATE,
+            order_id,
+            True,
+        )
+    assert await stock.pending_without_order("of1", END) == []
+    assert await stock.remaining("of1") == 10
+
+
 async def test_the_reaper_finds_and_frees_reservations_without_an_order(
     backend: Backend,
 ) -> None:

@@ -198,21 +198,28 @@ class ReservationMachine(RuleBasedStateMachine):
             known.order_id = order_id
 
     @precondition(lambda self: bool(self.model.claims))
-    @rule(index=st.integers(0, 1000), orphan_only=st.booleans())
-    def release(self, index: int, orphan_only: bool) -> None:
-        """A cancellation or expiry (any release), or the reaper (orphans only)."""
+    @rule(index=st.integers(0, 1000), orphan_only=st.booleans(), for_order=st.booleans())
+    def release(self, index: int, orphan_only: bool, for_order: bool) -> None:
+        """A cancellation or expiry (any release, naming the order or not), or the reaper
+        (orphans only)."""
         key = self.pick_key(index)
         assert key is not None
         known = self.model.claims[key]
+        order_id = None
+        if for_order and not orphan_only:
+            order_id = f"ord{self.orders}"
+            self.orders += 1
+        release = self.stock.release(OFFER, key, orphan_only=orphan_only, for_order=order_id)
         if self.model.lost:  # nothing is known until the offer is rebuilt
             with pytest.raises(Unavailable) as paused:
-                self.call(self.stock.release(OFFER, key, orphan_only=orphan_only))
+                self.call(release)
             assert paused.value.code == "offer_paused"
             return
         expected = not (known.released or (orphan_only and known.order_id is not None))
-        assert self.call(self.stock.release(OFFER, key, orphan_only=orphan_only)) is expected
+        assert self.call(release) is expected
         if expected:
             known.released = True
+            known.order_id = known.order_id or order_id
 
     @rule()
     def reaper_scan(self) -> None:

@@ -31,11 +31,9 @@ class FlakyStock:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shared, name)
 
-    async def release(
-        self, offer_id: str, idempotency_key: str, *, orphan_only: bool = False
-    ) -> bool:
+    async def release(self, offer_id: str, idempotency_key: str, **how: Any) -> bool:
         self._check(offer_id)
-        return await self._shared.release(offer_id, idempotency_key, orphan_only=orphan_only)
+        return await self._shared.release(offer_id, idempotency_key, **how)
 
     async def attach_order(
         self, offer_id: str, idempotency_key: str, order_id: str
