@@ -233,6 +233,28 @@ async def test_bans_are_per_room_and_idempotent(stores: Stores) -> None:
         assert await stores.raw[ROOM_BANS].count_documents({}) == 2
 
 
+async def test_ban_checks_asked_together_each_get_their_own_answer(stores: Stores) -> None:
+    """A room's viewers coming back at once: every check answers for its room and its user,
+    however many ask together, and a ban made before a check refuses it."""
+    for n in range(0, 600, 7):
+        await stores.rooms.ban("r_1", f"u_{n}", by="host-1", at=T0)
+    await stores.rooms.ban("r_2", "u_1", by="host-2", at=T0)
+    asked = [(room, f"u_{n}") for n in range(600) for room in ("r_1", "r_2")] * 2
+    answers = await asyncio.gather(*(stores.rooms.is_banned(room, user) for room, user in asked))
+    expected = [
+        (room == "r_1" and int(user[2:]) % 7 == 0) or (room, user) == ("r_2", "u_1")
+        for room, user in asked
+    ]
+    assert answers == expected
+
+    # Checks on their way while a ban is made: a check asked after it refuses the user.
+    checks = [asyncio.ensure_future(stores.rooms.is_banned("r_1", f"u_{n}")) for n in range(50)]
+    await stores.rooms.ban("r_1", "late", by="host-1", at=T0)
+    assert await stores.rooms.is_banned("r_1", "late")
+    banned = [n for n, check in enumerate(await asyncio.gather(*checks)) if check]
+    assert banned == list(range(0, 50, 7))
+
+
 async def test_mutes_are_per_room_and_replaced(stores: Stores) -> None:
     await stores.rooms.create(_room("r_1"))
     await stores.rooms.create(_room("r_2"))

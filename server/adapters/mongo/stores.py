@@ -18,6 +18,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
+from server.adapters.group_commit import GroupCommit
 from server.adapters.unreachable import unavailable_when
 from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.money import Money
@@ -121,6 +122,7 @@ class MongoRoomStore:
         self._db = db
         self._rooms = collection(db, ROOMS)
         self._bans = collection(db, ROOM_BANS)
+        self._ban_checks: GroupCommit[str, str, bool] = GroupCommit(self._banned_among)
 
     @translate_errors
     async def create(self, room: Room) -> None:
@@ -192,10 +194,20 @@ class MongoRoomStore:
         except DuplicateKeyError:
             return  # a concurrent ban of the same user won the insert
 
-    @translate_errors
     async def is_banned(self, room_id: str, user_id: str) -> bool:
-        found = await self._bans.find_one({"room_id": room_id, "user_id": user_id}, {"_id": True})
-        return found is not None
+        # Every join asks. When a room's viewers all come back at once (its stream was reset,
+        # a famous host went live), the joins asking together share one read (group_commit.py),
+        # sent after each of them asked: a ban made before a join still refuses it.
+        return await self._ban_checks.submit(room_id, user_id)
+
+    # Translated here: a batch that finds no server (Unavailable) fails the joins queued
+    # behind it at once, rather than each waiting out a deadline of its own.
+    @translate_errors
+    async def _banned_among(self, room_id: str, users: builtins.list[str]) -> builtins.list[bool]:
+        query = {"room_id": room_id, "user_id": {"$in": users}}
+        cursor = self._bans.find(query, {"_id": False, "user_id": True})
+        banned = {doc["user_id"] async for doc in cursor}
+        return [user in banned for user in users]
 
     @translate_errors
     async def banned_users(self, room_id: str) -> frozenset[str]:
