@@ -17,7 +17,9 @@ from pydantic import ValidationError
 
 from channels.close_codes import CloseCode
 from channels.errors import TokenExpired
+from schemas.http import code_of_fields
 from schemas.ws import (
+    FIELD_CODES,
     ChatDelete,
     ChatSend,
     Like,
@@ -216,13 +218,16 @@ class RoomSession:
         try:
             return client_frame.validate_python(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            if first["type"] == "union_tag_invalid":
+            errors = exc.errors()
+            if errors[0]["type"] == "union_tag_invalid":
                 raise InvalidInput(
                     f"unknown frame type {data['type'][:40]!r}", code="unknown_type"
                 ) from None
-            where = ".".join(str(part) for part in first["loc"][1:]) or "frame"
-            raise InvalidInput(f"{where}: {first['msg']}", code="invalid_frame") from None
+            # Each error's place starts with the frame's type, then the field.
+            fields = [".".join(str(part) for part in error["loc"][1:]) for error in errors]
+            code = code_of_fields(fields, FIELD_CODES.get(data["type"], {}))
+            message = f"{fields[0] or 'frame'}: {errors[0]['msg']}"
+            raise InvalidInput(message, code=code or "invalid_frame") from None
 
     def _dispatch(self, frame: Any, *, mono: float, now: datetime) -> list[Command]:
         if isinstance(frame, Ping):

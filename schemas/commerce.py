@@ -18,10 +18,14 @@ from server.domain.offers import (
     FlashOffer,
     StockFigure,
 )
-from server.domain.orders import Address, Order
+from server.domain.orders import (
+    MAX_CITY_CHARS,
+    MAX_LINE_CHARS,
+    MAX_NAME_CHARS,
+    Address,
+    Order,
+)
 from server.domain.times import whole_seconds
-
-Text = Annotated[str, Field(min_length=1, max_length=200)]
 
 # A claim's idempotency key, the HTTP header's as the websocket frame's: printable ASCII without
 # spaces, what clients put in them (UUIDs, ULIDs, ...), and echoed safely in every order.
@@ -61,10 +65,11 @@ class OfferIn(_Request):
 
 
 class AddressIn(_Request):
-    name: Text
-    line1: Text
-    line2: Annotated[str, Field(max_length=200)] | None = None
-    city: Text
+    # The lengths Address allows, so that the API document says what the server takes.
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+    line1: Annotated[str, Field(min_length=1, max_length=MAX_LINE_CHARS)]
+    line2: Annotated[str, Field(max_length=MAX_LINE_CHARS)] | None = None
+    city: Annotated[str, Field(min_length=1, max_length=MAX_CITY_CHARS)]
     postal_code: Annotated[str, Field(max_length=20)] = ""
     country: Annotated[str, Field(min_length=2, max_length=2)]
     phone: Annotated[str, Field(max_length=32)] | None = None

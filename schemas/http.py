@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Self
 
@@ -117,9 +117,10 @@ _PRINTED_HS_CODE = re.compile(r"[0-9]{4}\.?[0-9]{2}(\.?[0-9]{1,4}){0,2}")
 
 
 # RFC 3339's date-time, as the API document declares it: pydantic alone also takes a count of
-# seconds ("1700000000") or a space for the "T".
+# seconds ("1700000000") or a space for the "T". Up to nanoseconds, as Go and .NET write them
+# (fromisoformat keeps the microseconds).
 _RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 
 
@@ -148,6 +149,21 @@ class RequestModel(BaseModel):
     # naming a field and what is in it), as the service's own check of the field would say:
     # one fault, one code, whichever check finds it. Other refusals are `invalid_input`.
     field_codes: ClassVar[Mapping[str, str]] = {}
+
+
+def code_of_fields(fields: Iterable[str], field_codes: Mapping[str, str]) -> str | None:
+    """The code of `field_codes` that every one of the refused `fields` (dotted paths) falls
+    under, if there is one."""
+    codes = {_code_of(field, field_codes) for field in fields}
+    return codes.pop() if len(codes) == 1 else None
+
+
+def _code_of(field: str, field_codes: Mapping[str, str]) -> str | None:
+    """The code of the first entry that is the field or holds it (`price` holds `price.amount`)."""
+    for path, code in field_codes.items():
+        if field == path or field.startswith(path + "."):
+            return code
+    return None
 
 
 class MoneyIn(RequestModel):
@@ -216,7 +232,13 @@ ImageUrl = Annotated[HttpUrl, AfterValidator(_shown_to_viewers)]
 
 
 class ProductIn(RequestModel):
-    field_codes = {"stock": "invalid_stock"}
+    # The codes an offer's price and an address's country answer with.
+    field_codes = {
+        "stock": "invalid_stock",
+        "price": "invalid_price",
+        "other_prices": "invalid_price",
+        "origin_country": "invalid_country",
+    }
     title: Title
     images: list[ImageUrl] = Field(default_factory=list, max_length=MAX_IMAGES)
     price: MoneyIn

@@ -6,12 +6,13 @@ use `client_id` and claims `idempotency_key` the same way.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from schemas.commerce import AddressIn, IdempotencyKey
-from schemas.http import MAX_SLOW_MODE_SECONDS, UserId
+from schemas.commerce import AddressIn, ClaimIn, IdempotencyKey
+from schemas.http import MAX_SLOW_MODE_SECONDS, SlowModeIn, UserId
 
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -71,3 +72,9 @@ ClientFrame = Annotated[
 ]
 
 client_frame: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+# By frame type: a fault in one of these fields answers the code the HTTP API gives it (see
+# RequestModel.field_codes); any other fault of a frame is `invalid_frame`.
+FIELD_CODES: Mapping[str, Mapping[str, str]] = {
+    "offer.claim": {"idempotency_key": "invalid_idempotency_key", **ClaimIn.field_codes},
+    "room.slow_mode": SlowModeIn.field_codes,
+}

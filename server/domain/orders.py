@@ -111,6 +111,7 @@ def is_legal_history(history: Sequence[Transition]) -> bool:
 _NOT_ISO_3166 = frozenset(
     {"AC", "CP", "CQ", "DG", "EA", "EU", "EZ", "IC", "QO", "TA", "UN", "XA", "XB", "XK", "ZZ"}
 )
+MAX_NAME_CHARS, MAX_LINE_CHARS, MAX_CITY_CHARS = 100, 200, 100
 _POSTAL_CODE = re.compile(r"[A-Z0-9][A-Z0-9 -]{0,14}")
 _PHONE_NOISE = re.compile(r"[\s().-]")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
@@ -136,11 +137,11 @@ class Address:
     phone: str | None = None  # E.164, for the carrier
 
     def __post_init__(self) -> None:
-        _check_text("name", self.name, 100)
-        _check_text("line1", self.line1, 200)
+        _check_text("name", self.name, MAX_NAME_CHARS)
+        _check_text("line1", self.line1, MAX_LINE_CHARS)
         if self.line2 is not None:
-            _check_text("line2", self.line2, 200)
-        _check_text("city", self.city, 100)
+            _check_text("line2", self.line2, MAX_LINE_CHARS)
+        _check_text("city", self.city, MAX_CITY_CHARS)
         if self.postal_code and not _POSTAL_CODE.fullmatch(self.postal_code):
             raise InvalidInput(
                 f"postal code {self.postal_code!r} is not valid", code="invalid_postal_code"

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
+from schemas.http import code_of_fields
 from server.domain.errors import InvalidInput, LiveshopError, Unauthorized, Unavailable
 
 PROBLEM_JSON = "application/problem+json"
@@ -79,17 +80,8 @@ class InvalidRequest(InvalidInput):
             }
             for error in exc.errors(include_url=False, include_input=False)
         ]
-        codes = {_code_of(error["field"], field_codes or {}) for error in errors}
-        code = codes.pop() if len(codes) == 1 else None
+        code = code_of_fields((error["field"] for error in errors), field_codes or {})
         return cls(errors, code or InvalidInput.code)
-
-
-def _code_of(field: str, field_codes: Mapping[str, str]) -> str | None:
-    """The code of the first entry that is the field or holds it (`price` holds `price.amount`)."""
-    for path, code in field_codes.items():
-        if field == path or field.startswith(path + "."):
-            return code
-    return None
 
 
 # Starlette's JSONResponse calls json.dumps with its options, which builds a new encoder for

@@ -118,6 +118,9 @@ async def test_show_from_creation_to_end(
     room = response.json()
     assert room["status"] == "scheduled"
     assert room["scheduled_at"] == "2026-06-01T12:00:00.000Z"
+    go_style = {"title": "From Go", "scheduled_at": "2026-06-01T20:00:00.123456789+08:00"}
+    response = await client.post("/rooms", json=go_style, headers=HOST)  # RFC3339Nano
+    assert response.json()["scheduled_at"] == "2026-06-01T12:00:00.123Z"
     assert room["pinned_product"] is None
     assert room["blocked_words"] == ["scam"]
     room_url = f"/rooms/{room['id']}"
@@ -249,12 +252,26 @@ async def test_unknown_things_are_not_found(client: httpx.AsyncClient) -> None:
         ({"stock": "5"}, "stock", "int_type"),
         ({"images": ["javascript:alert(1)"]}, "images.0", "url_scheme"),
         ({"title": "   "}, "title", "string_too_short"),
+        ({"origin_country": "XX"}, "origin_country", "value_error"),
+        ({"origin_country": "PRT"}, "origin_country", "string_pattern_mismatch"),
+        (
+            {"other_prices": [{"amount": "0", "currency": "EUR"}]},
+            "other_prices.0",
+            "value_error",
+        ),
     ],
 )
 async def test_bad_products_are_refused_by_field(
     client: httpx.AsyncClient, change: dict[str, Any], field: str, error_type: str
 ) -> None:
-    code = "invalid_stock" if field == "stock" else "invalid_input"  # the stock's own code
+    # Stock, prices and countries have codes of their own, as offers and addresses say them.
+    own_codes = {
+        "stock": "invalid_stock",
+        "price": "invalid_price",
+        "other_prices": "invalid_price",
+    }
+    own_codes["origin_country"] = "invalid_country"
+    code = own_codes.get(field.split(".")[0], "invalid_input")
     body = assert_problem(
         await client.post("/products", json={**PRODUCT, **change}, headers=HOST), 422, code
     )
@@ -269,6 +286,7 @@ async def test_bad_products_are_refused_by_field(
         "0001-01-01T00:00:00+01:00",  # before year 1 once in UTC
         "1700000000",  # seconds, not RFC 3339
         "2026-06-01 20:00:00Z",  # a space for the T
+        "2026-06-01T20:00:00.1234567890Z",  # finer than nanoseconds
     ],
 )
 async def test_a_room_time_that_is_not_an_rfc_3339_utc_moment_is_refused(

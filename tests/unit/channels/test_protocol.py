@@ -17,6 +17,7 @@ from channels.protocol import (
     TOO_FAST,
     AddLikes,
     ChatState,
+    Claim,
     Close,
     Command,
     Limits,
@@ -116,6 +117,41 @@ def test_bad_frames_get_a_stable_error_code_and_change_nothing(raw: str | bytes,
     assert not any(isinstance(c, Publish | AddLikes) for c in commands)
 
 
+CLAIM_ADDRESS = {"name": "A", "line1": "Rua 1", "city": "Lisboa", "country": "PT"}
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"quantity": 0}, "invalid_quantity"),
+        ({"quantity": 1001}, "invalid_quantity"),
+        ({"shipping_address": None}, "invalid_address"),
+        ({"shipping_address": {"name": "A", "line1": "Rua 1", "country": "PT"}}, "invalid_address"),
+        ({"shipping_address": {**CLAIM_ADDRESS, "name": "n" * 201}}, "invalid_address"),
+        ({"shipping_address": {**CLAIM_ADDRESS, "country": "PRT"}}, "invalid_country"),
+        ({"shipping_address": {**CLAIM_ADDRESS, "postal_code": "1" * 21}}, "invalid_postal_code"),
+        ({"shipping_address": {**CLAIM_ADDRESS, "phone": "+1" * 17}}, "invalid_phone"),
+        ({"quantity": 0, "idempotency_key": "a b"}, "invalid_frame"),  # two fields at fault
+        ({"offer_id": ""}, "invalid_frame"),
+        ({"extra": 1}, "invalid_frame"),
+    ],
+)
+def test_a_claims_faulty_field_hears_the_code_http_gives_it(
+    change: dict[str, Any], code: str
+) -> None:
+    claim = {"type": "offer.claim", "offer_id": "of1", "idempotency_key": "k1", "ref": "r1"}
+    frame = {**claim, "shipping_address": CLAIM_ADDRESS, **change}
+    frame = {name: value for name, value in frame.items() if value is not None}  # None: left out
+    commands = send(session(SHOPPER), frame)
+    assert error_code(commands) == code
+    assert not any(isinstance(c, Claim) for c in commands)
+
+
+def test_slow_mode_out_of_bounds_hears_the_code_http_gives_it() -> None:
+    commands = send(session(MODERATOR), {"type": "room.slow_mode", "seconds": -1})
+    assert error_code(commands) == "invalid_slow_mode"
+
+
 @pytest.mark.parametrize(
     "raw", ['{"type": "ping", "x": ' + "[" * 1000 + "]" * 1000 + "}", "[" * 1500]
 )
@@ -155,7 +191,7 @@ def test_a_claims_key_is_refused_where_an_http_key_would_be(key: str) -> None:
     frame = {"type": "offer.claim", "offer_id": "f1", "idempotency_key": key}
     (reply,) = send(session(SHOPPER), {**frame, "shipping_address": address, "ref": "r1"})
     assert isinstance(reply, Reply)
-    assert (reply.frame["code"], reply.frame["ref"]) == ("invalid_frame", "r1")
+    assert (reply.frame["code"], reply.frame["ref"]) == ("invalid_idempotency_key", "r1")
     assert "printable ASCII" in reply.frame["message"]
 
 
@@ -382,11 +418,14 @@ FRAMES = (
 RAW = st.one_of(
     FRAMES, FRAMES, FRAMES, FRAMES.map(lambda text: text[: len(text) // 2]), st.binary()
 )
-# The codes docs/websocket.md lists for frames (claims' own codes come from the service).
+# The codes docs/websocket.md lists for frames (claims' own codes come from the service),
+# and those the HTTP API gives the fields of a claim and of slow mode.
 ERROR_CODES = {
     "malformed_json", "invalid_frame", "unknown_type", "frame_too_large", "binary_not_supported",
     "forbidden", "rate_limited", "slow_mode", "muted", "blocked_word", "empty_message",
-    "message_too_long", "unknown_message",
+    "message_too_long", "unknown_message", "invalid_quantity", "invalid_idempotency_key",
+    "invalid_address", "invalid_country", "invalid_postal_code", "invalid_phone",
+    "invalid_slow_mode",
 }  # fmt: skip
 
 

@@ -210,6 +210,8 @@ async def test_every_refusal_keeps_its_code(client: httpx.AsyncClient) -> None:
         ({"shipping_address": {**ADDRESS, "postal_code": "1" * 21}}, "invalid_postal_code", ""),
         ({"shipping_address": {**ADDRESS, "phone": "+1" * 17}}, "invalid_phone", "phone"),
         ({"shipping_address": {**ADDRESS, "city": ""}}, "invalid_address", "city"),
+        # As long as the API document allows, and no longer.
+        ({"shipping_address": {**ADDRESS, "name": "n" * 101}}, "invalid_address", "name"),
         ({"quantity": 0, "shipping_address": {**ADDRESS, "phone": 5}}, "invalid_input", ""),
     ]:
         invalid = await claim(client, offer_id, json=body)
