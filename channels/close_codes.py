@@ -7,6 +7,8 @@ from enum import IntEnum
 
 class CloseCode(IntEnum):
     GOING_AWAY = 1001  # server draining: reconnect (to another process) with since
+    INTERNAL_ERROR = 1011  # a fault of the server's own: reconnect with since after a moment
+    TRY_AGAIN_LATER = 1013  # Redis or MongoDB away while joining: reconnect with since, backing off
     UNAUTHORIZED = 4001  # bad or expired token: get a new token first
     BANNED = 4003  # banned from this room: do not reconnect
     ROOM_NOT_FOUND = 4004  # do not reconnect

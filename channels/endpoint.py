@@ -242,7 +242,9 @@ def _close_code(error: LiveshopError) -> int:
         return CloseCode.ROOM_ENDED
     if isinstance(error, Draining):
         return CloseCode.GOING_AWAY
-    return 1011
+    if isinstance(error, Unavailable):
+        return CloseCode.TRY_AGAIN_LATER
+    return CloseCode.INTERNAL_ERROR
 
 
 def _outcome(commands: list[Command]) -> str:

@@ -295,3 +295,18 @@ async def test_a_viewer_sent_away_while_joining_is_closed_once(
     await live.http.get("/healthz")  # the server has gone past the join's end
     await asyncio.sleep(0.5)
     assert "Exception in ASGI application" not in caplog.text
+
+
+async def test_a_viewer_joining_while_a_backend_is_away_is_told_to_try_again(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis refuses the viewer's private channel (a fault injected in the broker, the servers
+    # stay real): not the server's own fault (1011) but "try again later" (1013).
+    async def away(self: RedisBroker, user_id: str) -> None:
+        raise Unavailable("live events are unavailable, try again")
+
+    monkeypatch.setattr(RedisBroker, "subscribe_user", away)
+    async with websockets.connect(live.url("leo")) as leo:
+        assert await close_code(leo) == CloseCode.TRY_AGAIN_LATER
+    async with websockets.connect(live.url()) as anonymous:  # nothing private to subscribe
+        assert (await recv(anonymous))["type"] == "hello"
