@@ -20,6 +20,7 @@ from server.domain.errors import Conflict, InvalidInput
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer, validate_claim
+from server.domain.postal_codes import check_postal_code
 from server.domain.times import utc_ms
 
 RESERVATION_TTL = timedelta(minutes=15)
@@ -112,7 +113,6 @@ _NOT_ISO_3166 = frozenset(
     {"AC", "CP", "CQ", "DG", "EA", "EU", "EZ", "IC", "QO", "TA", "UN", "XA", "XB", "XK", "ZZ"}
 )
 MAX_NAME_CHARS, MAX_LINE_CHARS, MAX_CITY_CHARS = 100, 200, 100
-_POSTAL_CODE = re.compile(r"[A-Z0-9][A-Z0-9 -]{0,14}")
 _PHONE_NOISE = re.compile(r"[\s().-]")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
@@ -131,7 +131,7 @@ class Address:
     name: str
     line1: str
     city: str
-    postal_code: str  # may be empty: Hong Kong and others have none
+    postal_code: str  # empty where the country has none (Hong Kong) or needs none
     country: str  # ISO 3166-1 alpha-2
     line2: str | None = None
     phone: str | None = None  # E.164, for the carrier
@@ -142,15 +142,12 @@ class Address:
         if self.line2 is not None:
             _check_text("line2", self.line2, MAX_LINE_CHARS)
         _check_text("city", self.city, MAX_CITY_CHARS)
-        if self.postal_code and not _POSTAL_CODE.fullmatch(self.postal_code):
-            raise InvalidInput(
-                f"postal code {self.postal_code!r} is not valid", code="invalid_postal_code"
-            )
         if self.country not in countries():
             raise InvalidInput(
                 f"{self.country!r} is not an ISO 3166-1 alpha-2 country code",
                 code="invalid_country",
             )
+        check_postal_code(self.country, self.postal_code)
         if self.phone is not None and not _E164.fullmatch(self.phone):
             raise InvalidInput(
                 "phone must be an international number such as +4930123456", code="invalid_phone"

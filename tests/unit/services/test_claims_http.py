@@ -217,6 +217,11 @@ async def test_every_refusal_keeps_its_code(client: httpx.AsyncClient) -> None:
         invalid = await claim(client, offer_id, json=body)
         assert (invalid.status_code, invalid.json()["code"]) == (422, code), invalid.text
         assert all(field in e["field"] for e in invalid.json()["errors"])
+    # A postal code its country's post would not read (the rule's, not the schema's).
+    not_portuguese = {"shipping_address": {**ADDRESS, "postal_code": "99"}}
+    invalid = await claim(client, offer_id, json=not_portuguese)
+    assert (invalid.status_code, invalid.json()["code"]) == (422, "invalid_postal_code")
+    assert "for example" in invalid.json()["detail"]
     assert (await claim(client, offer_id, "buyer-1")).status_code == 201  # nothing was taken
 
 
@@ -369,8 +374,16 @@ async def test_a_successful_claim_answers_the_order(client: httpx.AsyncClient) -
     "typed",
     [
         ADDRESS,
-        {**ADDRESS, "line2": "  Apt 3 ", "phone": "+44 (20) 7946-0958", "postal_code": " sw1 "},
-        {**ADDRESS, "line2": "", "phone": "", "country": "de", "name": "\u738b\u3000\u5c0f\u660e"},
+        {
+            **ADDRESS,
+            **{"line2": "  Apt 3 ", "phone": "+44 (20) 7946-0958", "postal_code": " sw1a 1aa "},
+            **{"city": "London", "country": "gb"},
+        },
+        {
+            **ADDRESS,
+            **{"line2": "", "phone": "", "country": "de", "postal_code": "10117"},
+            "name": "\u738b\u3000\u5c0f\u660e",
+        },
     ],
 )
 def test_the_wire_address_is_cleaned_and_answered_as_before(typed: dict[str, Any]) -> None:

@@ -50,7 +50,9 @@ FAR_FUTURE = T0 + timedelta(days=30)
 HOST = Identity("host", Role.HOST)
 QUANTITY, LIMIT = 6, 2
 BUYERS = [Identity(f"b{i}", Role.SHOPPER) for i in range(5)]
-ADDRESS = Address.clean(name="A", line1="Rua 1", city="Lisboa", postal_code="1000", country="PT")
+ADDRESS = Address.clean(
+    name="A", line1="Rua 1", city="Lisboa", postal_code="1000-001", country="PT"
+)
 
 
 class FlashSale(RuleBasedStateMachine):
