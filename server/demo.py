@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from decimal import Decimal
+from pathlib import Path
 
 from server.auth import issue_token
 from server.container import Container
@@ -80,7 +81,7 @@ async def announce_demo(container: Container) -> None:
         f"  moderator:       {ws_base}/ws/rooms/{room.id}?token={moderator}",
         f"  health/metrics:  {base}/healthz  {base}/readyz  {base}/metrics",
         "",
-        "  try:  python -m websockets '" + f"{ws_base}/ws/rooms/{room.id}?token={shopper}'",
+        f"  try:  {_this_python()} -m websockets '{ws_base}/ws/rooms/{room.id}?token={shopper}'",
         '        then type {"type": "chat.send", "text": "hello"}',
         '        or claim the offer listed in hello.room.offers: {"type": "offer.claim",',
         '        "offer_id": "...", "idempotency_key": "k1", "shipping_address": {"name": "Leo",',
@@ -90,3 +91,13 @@ async def announce_demo(container: Container) -> None:
         "",
     ]
     print("\n".join(lines), file=sys.stdout, flush=True)
+
+
+def _this_python() -> str:
+    """The interpreter running the demo, which has websockets (uvicorn's): as `.venv/bin/python`
+    when it is under the working directory, as scripts/demo runs it."""
+    here = Path(sys.executable).absolute()
+    try:
+        return str(here.relative_to(Path.cwd()))
+    except ValueError:
+        return str(here)

@@ -16,7 +16,7 @@ from server.domain.errors import Conflict, InvalidInput, LiveshopError, OfferPau
 from server.domain.money import Money
 from server.domain.products import Product
 from server.domain.rooms import Room, RoomStatus, ensure_hosts_own
-from server.domain.times import utc_ms, whole_seconds
+from server.domain.times import iso_z, utc_ms, whole_seconds
 
 MIN_DURATION = timedelta(seconds=10)
 MAX_DURATION = timedelta(hours=24)
@@ -261,8 +261,11 @@ class ClaimResult:
         return StockFigure(self.remaining, self.stock_version)
 
 
-def claim_error(result: ClaimResult) -> LiveshopError | None:
-    """The error a refused claim reports (HTTP 409 / 503, `error` frame), None when it held."""
+def claim_error(
+    result: ClaimResult, *, starts_later_at: datetime | None = None
+) -> LiveshopError | None:
+    """The error a refused claim reports (HTTP 409 / 503, `error` frame), None when it held.
+    `starts_later_at`: the offer's start, when it has yet to come (its countdown runs)."""
     match result.outcome:
         case ClaimOutcome.RESERVED | ClaimOutcome.DUPLICATE:
             return None
@@ -270,6 +273,11 @@ def claim_error(result: ClaimResult) -> LiveshopError | None:
             units = "unit is" if result.remaining == 1 else "units are"
             return Conflict(
                 f"only {result.remaining} {units} left: claim fewer", code="insufficient_stock"
+            )
+        case ClaimOutcome.NOT_ACTIVE if result.remaining != 0 and starts_later_at is not None:
+            return Conflict(
+                f"the offer starts at {iso_z(starts_later_at)}: claim then",
+                code="offer_not_active",
             )
         case ClaimOutcome.NOT_ACTIVE if result.remaining != 0:
             return Conflict("the offer is not active", code="offer_not_active")

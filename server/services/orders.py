@@ -138,14 +138,17 @@ class OrderService:
         ):
             # No more for a banned buyer; but a claim sent again goes on, to get its order back.
             raise Forbidden("you are banned from this room", code="banned")
-        self._claimed_offers[offer.id] = self._clock()
+        now = self._claimed_offers[offer.id] = self._clock()
         # The reservation store knows every key (a lost one is rebuilt from the orders first),
         # so a refused claim never touches MongoDB: in a flash sale most claims are refused.
-        result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
+        result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, now)
         if result.outcome is ClaimOutcome.PAUSED:
             await self._offer_service.rebuild(offer.id)
-            result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
-        error = claim_error(result)
+            now = self._clock()
+            result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, now)
+        error = claim_error(
+            result, starts_later_at=offer.starts_at if now < offer.starts_at else None
+        )
         if error is not None:
             raise error
         if result.outcome is ClaimOutcome.DUPLICATE:

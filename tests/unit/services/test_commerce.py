@@ -16,6 +16,7 @@ from server.domain.identity import Identity, Role, client_key, scoped_key
 from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer, StockFigure
 from server.domain.orders import Address, Order, OrderStatus
+from server.domain.times import iso_z
 from server.ports import StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.reaper import ORPHAN_AFTER
@@ -121,6 +122,12 @@ async def test_sold_out_limit_and_not_active_are_distinct(shop: Shop) -> None:
     with pytest.raises(Conflict) as early:
         await shop.claim(later, buyer(1), "e")
     assert early.value.code == "offer_not_active"
+    # The countdown's shopper is told when to come back; the late one that it is over.
+    assert early.value.message == f"the offer starts at {iso_z(later.starts_at)}: claim then"
+    shop.clock.advance(seconds=100)
+    with pytest.raises(Conflict) as over:
+        await shop.claim(later, buyer(1), "f")
+    assert (over.value.code, over.value.message) == ("offer_not_active", "the offer is not active")
 
 
 class SlowOrderStore(MemoryOrderStore):
