@@ -177,9 +177,10 @@ class ProductBookings:
             # itself after that, so set_stock finds the count changed and this reads again.
             booked = await self.units_booked(await self._offers.of_product(product_id))
             if stock < booked:
+                units = "unit" if booked == 1 else "units"
                 raise Conflict(
-                    f"the product's offers have booked {booked} units: set at least {booked},"
-                    " or stop an offer first",
+                    f"the product's offers have booked {booked} {units}: set at least {booked}"
+                    " (an offer books its quantity while it runs, then what it took)",
                     code="stock_booked",
                 )
             try:
