@@ -20,12 +20,9 @@ import argparse
 import asyncio
 import gc
 import itertools
-import json
 import sys
-import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +31,19 @@ if __package__ in (None, ""):  # run as `python bench/joincost.py`
 
 import psutil
 
-from bench.buyers import Shop
-from bench.claimcost import ClosedLoop, http_phase
+from bench.closedloop import (
+    ClosedLoop,
+    add_common_args,
+    exit_code,
+    http_phase,
+    new_report,
+    one_server,
+    print_phases,
+    save,
+)
 from bench.httpload import HOST, HttpPool, request_bytes
-from bench.runinfo import RESULTS_DIR, SECRET, code_version, export_commit, machine, run_main
-from bench.servers import start_liveshop, start_valkey
+from bench.runinfo import SECRET, run_main
 from bench.wsclient import LiveshopClient, open_client
-from server.adapters.mongo.embedded import EmbeddedMongo
 from server.auth import issue_token
 from server.domain.identity import Role
 
@@ -107,115 +110,58 @@ async def storm(
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    report: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench.joincost", *sys.argv[1:]]),
-        "machine": machine(),
-        "code": code_version(args.commit),
-        "settings": {
-            "seconds": args.seconds,
-            "width": args.width,
-            "users": args.users,
-            "storm": args.storm,
-        },
-        "phases": {},
-    }
-    with tempfile.TemporaryDirectory(prefix="liveshop-joins-") as tmp:
-        workdir = Path(tmp)
-        valkey = await start_valkey(workdir)
-        mongo = EmbeddedMongo(workdir / "mongodb")
-        redis_url = f"redis://{HOST}:{valkey.port}/0"
-        mongodb_url = await mongo.start()
-        source = export_commit(args.commit, workdir / "src") if args.commit else None
-        server = await start_liveshop(
-            workdir, redis_url=redis_url, mongodb_url=mongodb_url, secret=SECRET, source=source
-        )
-        try:
-            shop = Shop(args, workdir, valkey, mongo, server, redis_url, mongodb_url)
-            await shop.open_room()
-            ps, phases = server.ps(), report["phases"]
-            pool = HttpPool(server.port, args.width)
-            await pool.open()
-            healthz = request_bytes("GET", "/healthz", server.port, {})
-            print("no-op GET /healthz")
-            phases["noop"] = await http_phase(
-                pool, lambda: healthz, ClosedLoop(ps, args.seconds), 200
+    settings = {"seconds": args.seconds, "width": args.width, "users": args.users}
+    report = new_report("joincost", args, settings | {"storm": args.storm})
+    async with one_server(args, report) as shop:
+        port, ps, phases = shop.server.port, shop.server.ps(), report["phases"]
+        pool = HttpPool(port, args.width)
+        await pool.open()
+        healthz = request_bytes("GET", "/healthz", port, {})
+        print("no-op GET /healthz")
+        phases["noop"] = await http_phase(pool, lambda: healthz, ClosedLoop(ps, args.seconds), 200)
+        pool.close()
+        # A viewer stays in the room throughout, so that it stays open between joins.
+        keeper = LiveshopClient(HOST, port, shop.room_id, None)
+        await open_client(keeper)
+        shoppers: list[str | None] = [
+            issue_token(SECRET, f"joiner-{i}", Role.SHOPPER, ttl_seconds=3600)
+            for i in range(args.users)
+        ]
+        anonymous: list[str | None] = [None] * max(args.storm, 1)
+        for name, tokens in (("join_anonymous", anonymous), ("join_signed_in", shoppers)):
+            print(name)
+            phases[name] = await join_phase(
+                port, shop.room_id, tokens, args.width, ClosedLoop(ps, args.seconds)
             )
-            pool.close()
-            # A viewer stays in the room throughout, so that it stays open between joins.
-            keeper = LiveshopClient(HOST, server.port, shop.room_id, None)
-            await open_client(keeper)
-            shoppers: list[str | None] = [
-                issue_token(SECRET, f"joiner-{i}", Role.SHOPPER, ttl_seconds=3600)
-                for i in range(args.users)
-            ]
-            anonymous: list[str | None] = [None] * max(args.storm, 1)
-            for name, tokens in (("join_anonymous", anonymous), ("join_signed_in", shoppers)):
-                print(name)
-                phases[name] = await join_phase(
-                    server.port, shop.room_id, tokens, args.width, ClosedLoop(ps, args.seconds)
-                )
-            for name, tokens in (
-                ("storm_anonymous", anonymous[: args.storm]),
-                ("storm_signed_in", shoppers[: args.storm]),
-            ):
-                print(f"{name}: {len(tokens)} at once")
-                phases[name] = await storm(ps, server.port, shop.room_id, tokens)
-            keeper.close()
-        finally:
-            report["server_alive_at_end"] = server.alive()
-            await server.stop()
-            await mongo.stop()
-            await valkey.stop()
-    out = args.out_dir / f"joincost-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print_report(report, args)
-    print(f"\nJSON: {out}")
-    expected = {name: {"hello"} for name in report["phases"]} | {"noop": {"expected"}}
-    wrong = {
-        name: phase["outcomes"]
-        for name, phase in report["phases"].items()
-        if set(phase["outcomes"]) != expected[name]
-    }
-    if wrong:
-        print(f"unexpected answers: {wrong}")
-    return 1 if wrong or not report["server_alive_at_end"] else 0
-
-
-def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
-    phases = report["phases"]
-    noop = phases["noop"]["server_cpu_us_per_answer"]
+        for name, tokens in (
+            ("storm_anonymous", anonymous[: args.storm]),
+            ("storm_signed_in", shoppers[: args.storm]),
+        ):
+            print(f"{name}: {len(tokens)} at once")
+            phases[name] = await storm(ps, port, shop.room_id, tokens)
+        keeper.close()
+    out = save(report, args, "joincost")
     code = report["code"]
     modified = " with changes to the server's code" if code["server_code_modified"] else ""
     print(
         f"\nServer CPU per answer: closed loops of {args.seconds:g} s, {args.width} at a time;"
         f" storms of {args.storm} at once (code {code['commit']}{modified})"
     )
-    print(f"{'phase':<18}{'answers/s':>10}{'server CPU':>12}{'µs/answer':>11}{'x no-op':>9}")
-    for name, phase in phases.items():
-        cost = phase["server_cpu_us_per_answer"]
-        print(
-            f"{name:<18}{phase['answers_per_s']:>10.0f}{phase['server_cpu_pct']:>11.0f}%"
-            f"{cost:>11.1f}{cost / noop:>9.2f}"
-            + (f"   all in {phase['seconds']:.2f} s" if "seconds" in phase else "")
-        )
+    print_phases(report["phases"], 18)
+    print(f"\nJSON: {out}")
+    return exit_code(report, {name: "hello" for name in report["phases"]} | {"noop": "expected"})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds a phase (5)")
+    add_common_args(parser)
     parser.add_argument("--width", type=int, default=64, help="joins (and requests) at once (64)")
     parser.add_argument(
         "--users", type=int, default=2000, help="signed-in shoppers taking turns (2000)"
     )
     parser.add_argument("--storm", type=int, default=1000, help="viewers joining at once (1000)")
-    parser.add_argument(
-        "--commit", help="run the server from this commit (git archive), not the working tree"
-    )
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
 
