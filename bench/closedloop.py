@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -107,25 +107,27 @@ def new_report(bench: str, args: argparse.Namespace, settings: dict[str, Any]) -
 async def one_server(args: argparse.Namespace, report: dict[str, Any]) -> AsyncIterator[Shop]:
     """A Liveshop server (as of `args.commit`, if given) on its own valkey and mongod, with a
     live room; all stopped on the way out, and whether the server lived noted in `report`."""
+    report["server_alive_at_end"] = False
     with tempfile.TemporaryDirectory(prefix="liveshop-cost-") as tmp:
-        workdir = Path(tmp)
-        valkey = await start_valkey(workdir)
-        mongo = EmbeddedMongo(workdir / "mongodb")
-        redis_url = f"redis://{HOST}:{valkey.port}/0"
-        mongodb_url = await mongo.start()
-        source = export_commit(args.commit, workdir / "src") if args.commit else None
-        server = await start_liveshop(
-            workdir, redis_url=redis_url, mongodb_url=mongodb_url, secret=SECRET, source=source
-        )
-        try:
-            shop = Shop(args, workdir, valkey, mongo, server, redis_url, mongodb_url)
-            await shop.open_room()
-            yield shop
-        finally:
-            report["server_alive_at_end"] = server.alive()
-            await server.stop()
-            await mongo.stop()
-            await valkey.stop()
+        async with AsyncExitStack() as started:  # whatever started is stopped, last first
+            workdir = Path(tmp)
+            valkey = await start_valkey(workdir)
+            started.push_async_callback(valkey.stop)
+            mongo = EmbeddedMongo(workdir / "mongodb")
+            started.push_async_callback(mongo.stop)
+            mongodb_url = await mongo.start()
+            redis_url = f"redis://{HOST}:{valkey.port}/0"
+            source = export_commit(args.commit, workdir / "src") if args.commit else None
+            server = await start_liveshop(
+                workdir, redis_url=redis_url, mongodb_url=mongodb_url, secret=SECRET, source=source
+            )
+            started.push_async_callback(server.stop)
+            try:
+                shop = Shop(args, workdir, valkey, mongo, server, redis_url, mongodb_url)
+                await shop.open_room()
+                yield shop
+            finally:
+                report["server_alive_at_end"] = server.alive()
 
 
 def save(report: dict[str, Any], args: argparse.Namespace, bench: str) -> Path:

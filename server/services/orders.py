@@ -138,17 +138,14 @@ class OrderService:
         ):
             # No more for a banned buyer; but a claim sent again goes on, to get its order back.
             raise Forbidden("you are banned from this room", code="banned")
-        now = self._claimed_offers[offer.id] = self._clock()
+        self._claimed_offers[offer.id] = self._clock()
         # The reservation store knows every key (a lost one is rebuilt from the orders first),
         # so a refused claim never touches MongoDB: in a flash sale most claims are refused.
-        result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, now)
+        result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
         if result.outcome is ClaimOutcome.PAUSED:
             await self._offer_service.rebuild(offer.id)
-            now = self._clock()
-            result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, now)
-        error = claim_error(
-            result, starts_later_at=offer.starts_at if now < offer.starts_at else None
-        )
+            result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
+        error = claim_error(result, offer)
         if error is not None:
             raise error
         if result.outcome is ClaimOutcome.DUPLICATE:

@@ -161,14 +161,18 @@ async def test_another_buyer_cannot_use_a_key_that_is_taken(backend: Backend) ->
 async def test_claims_count_only_inside_the_window(backend: Backend) -> None:
     stock = backend.stock
     await open_offer(stock, quantity=10, limit=10)
-    assert (await stock.claim("of1", "a", 1, "early", T0 - MS)).outcome is R.NOT_ACTIVE
+    early = await stock.claim("of1", "a", 1, "early", T0 - MS)
+    assert (early.outcome, early.early) == (R.NOT_ACTIVE, True)  # its countdown runs
     assert (await stock.claim("of1", "a", 1, "first", T0)).outcome is R.RESERVED
     assert (await stock.claim("of1", "a", 1, "last", END - MS)).outcome is R.RESERVED
-    assert (await stock.claim("of1", "a", 1, "late", END)).outcome is R.NOT_ACTIVE
+    late = await stock.claim("of1", "a", 1, "late", END)
+    assert (late.outcome, late.early) == (R.NOT_ACTIVE, False)
     assert await stock.release("of1", "first")
     assert await stock.stop("of1") == 1  # taken when stopped: reserved, not given back
     stopped = await stock.claim("of1", "a", 1, "stopped", NOW)
     assert (stopped.outcome, stopped.remaining) == (R.NOT_ACTIVE, 9)
+    stopped_early = await stock.claim("of1", "a", 1, "stopped-early", T0 - MS)
+    assert (stopped_early.outcome, stopped_early.early) == (R.NOT_ACTIVE, False)  # never starts
     assert await stock.remaining("of1") == 9
     assert await stock.stop("of1") == 1  # stopping again takes nothing more
 

@@ -93,7 +93,8 @@ def _errors(response: httpx.Response) -> list[tuple[str, str]]:
     assert response.headers["content-type"] == PROBLEM_JSON
     body = response.json()
     codes = {OWN_CODES.get(error["field"].split(".")[0]) for error in body["errors"]}
-    assert body["code"] == (codes.pop() if len(codes) == 1 else None) or "invalid_input"
+    own = codes.pop() if len(codes) == 1 else None
+    assert body["code"] == (own or "invalid_input")
     return [(error["field"], error["type"]) for error in body["errors"]]
 
 

@@ -162,14 +162,14 @@ def test_the_edges_of_each_range_are_allowed(changes: dict[str, Any]) -> None:
 def test_refused_claims_map_to_the_public_error_codes(
     outcome: ClaimOutcome, remaining: int | None, error: type[LiveshopError], code: str
 ) -> None:
-    problem = claim_error(ClaimResult(outcome, remaining))
+    problem = claim_error(ClaimResult(outcome, remaining), plan())
     assert isinstance(problem, error)
     assert problem.code == code
 
 
 @pytest.mark.parametrize(("remaining", "detail"), [(1, "only 1 unit is left"), (3, "only 3 units")])
 def test_a_claim_for_more_than_is_left_is_told_what_is_left(remaining: int, detail: str) -> None:
-    problem = claim_error(ClaimResult(ClaimOutcome.SOLD_OUT, remaining))
+    problem = claim_error(ClaimResult(ClaimOutcome.SOLD_OUT, remaining), plan())
     assert isinstance(problem, Conflict)
     assert problem.code == "insufficient_stock"  # not sold out: fewer units would do
     assert problem.message.startswith(detail)
@@ -177,7 +177,7 @@ def test_a_claim_for_more_than_is_left_is_told_what_is_left(remaining: int, deta
 
 @pytest.mark.parametrize("outcome", [ClaimOutcome.RESERVED, ClaimOutcome.DUPLICATE])
 def test_held_claims_are_no_error(outcome: ClaimOutcome) -> None:
-    assert claim_error(ClaimResult(outcome, 3, "rsv_1", quantity=1)) is None
+    assert claim_error(ClaimResult(outcome, 3, "rsv_1", quantity=1), plan()) is None
 
 
 @pytest.mark.parametrize(

@@ -31,9 +31,18 @@ class FlakyStock:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shared, name)
 
-    async def release(self, offer_id: str, idempotency_key: str, **how: Any) -> bool:
+    async def release(
+        self,
+        offer_id: str,
+        idempotency_key: str,
+        *,
+        orphan_only: bool = False,
+        for_order: str | None = None,
+    ) -> bool:
         self._check(offer_id)
-        return await self._shared.release(offer_id, idempotency_key, **how)
+        return await self._shared.release(
+            offer_id, idempotency_key, orphan_only=orphan_only, for_order=for_order
+        )
 
     async def attach_order(
         self, offer_id: str, idempotency_key: str, order_id: str

@@ -127,7 +127,17 @@ async def test_sold_out_limit_and_not_active_are_distinct(shop: Shop) -> None:
     shop.clock.advance(seconds=100)
     with pytest.raises(Conflict) as over:
         await shop.claim(later, buyer(1), "f")
-    assert (over.value.code, over.value.message) == ("offer_not_active", "the offer is not active")
+    not_active = ("offer_not_active", "the offer is not active")
+    assert (over.value.code, over.value.message) == not_active
+    # Stopped during its countdown, it will not start: nobody is told to come back for it.
+    stopped = await shop.launch(countdown=30)
+    await shop.offers.stop(stopped.id, HOST)
+    with pytest.raises(Conflict) as never:
+        await shop.claim(stopped, buyer(1), "g")
+    assert (never.value.code, never.value.message) == (
+        "offer_not_active",
+        "the offer is not active",
+    )
 
 
 class SlowOrderStore(MemoryOrderStore):
