@@ -4,6 +4,7 @@ creation, reads, the compare-and-set on status, and figures that follow every mo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,7 +17,7 @@ from server.adapters.memory_orders import MemoryOrderStore
 from server.adapters.mongo.orders import MongoOrderStore
 from server.domain.errors import Conflict, InvalidInput, NotFound
 from server.domain.figures import OfferFigures
-from server.domain.orders import OrderStatus, is_legal_history
+from server.domain.orders import Address, OrderStatus, is_legal_history
 from server.domain.pages import PageKey
 from server.ports import OrderStore
 from tests.contract.order_samples import (
@@ -415,6 +416,19 @@ async def test_due_to_expire_oldest_first(stores: Stores) -> None:
     assert [o.id for o in await stores.orders.due_to_expire(now, 1)] == ["o_3"]
     assert await stores.orders.due_to_expire(T0 + TTL - timedelta(milliseconds=1), 10) == []
     assert all(o.status is S.PENDING_PAYMENT and o.reservation_expires_at <= now for o in due)
+
+
+async def test_an_order_taken_under_an_older_address_rule_is_still_read(stores: Stores) -> None:
+    # Taken before postal codes were held to their country's rule: a US address without one.
+    # Reading it back must not apply today's rule, or the order (and every expiry sweep that
+    # meets it first) would fail for good.
+    legacy = Address(name="Mia", line1="1 Main St", city="Austin", postal_code="", country="US")
+    order = dataclasses.replace(sample_order("o_old", "k_old"), shipping_address=legacy)
+    await stores.orders.create(order)
+    assert (await stores.orders.get("o_old")).shipping_address == legacy
+    due = await stores.orders.due_to_expire(T0 + TTL, 10)
+    assert [o.id for o in due] == ["o_old"]
+    assert [o.id for o in await stores.orders.of_offer(order.offer_id)] == ["o_old"]
 
 
 async def test_orders_of_an_offer(stores: Stores) -> None:
