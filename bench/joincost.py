@@ -8,10 +8,12 @@ per join (the websocket's handshake, the `hello` with the room's state, and the 
 - the no-op: `GET /healthz` over HTTP, the stack's own cost;
 - an anonymous viewer's join (no token: nothing to check, no private channel);
 - a signed-in shopper's join, coming back with the token it had (the server has seen it): the
-  token, the room's bans for this user, and the user's private channel for `order.updated`.
+  token, the room's bans for this user, and the user's private channel for `order.updated`;
+- storms: `--storm` anonymous viewers, then as many signed-in ones, joining at the same moment
+  (the time until the last hello, and the CPU per join).
 
-    .venv/bin/python -m bench.joincost                  # ~30 s
-    .venv/bin/python -m bench.joincost --commit 0ed6a72 # the server as of a commit
+    .venv/bin/python -m bench.joincost                  # ~40 s
+    .venv/bin/python -m bench.joincost --commit a503646 # the server as of a commit
 """
 
 from __future__ import annotations

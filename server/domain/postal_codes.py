@@ -5,7 +5,7 @@ a country's addresses carry a postal code at all, whether one is required, its p
 examples. A parcel whose label has a code the carrier cannot read comes back, or is held in
 customs, so a claim is refused with the country's example rather than accepted as typed. What
 people type is taken in any usual spelling (`940431351`, `00950`, `SE-114 55`, full-width digits)
-and kept as the post writes it (`94043-1351`, `00-950`, `114 55`).
+and kept as the post writes it (`94043-1351`, `00-950`, `11455`).
 
 Checked on the way in only (`Address.clean`): an order already stored keeps the code it was
 taken with, whatever the rules say since.
