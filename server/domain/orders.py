@@ -178,17 +178,17 @@ class Address:
         if country in countries():  # else the address refuses the country
             postal_code = postal_code_in(country, postal_code)
         return cls(
-            name=squash(name),
-            line1=squash(line1),
-            line2=squash(line2 or "") or None,
-            city=squash(city),
+            name=_squash(name),
+            line1=_squash(line1),
+            line2=_squash(line2 or "") or None,
+            city=_squash(city),
             postal_code=postal_code,
             country=country,
             phone=_PHONE_NOISE.sub("", phone or "") or None,
         )
 
 
-def squash(text: str) -> str:
+def _squash(text: str) -> str:
     """Text as people mean it: composed (NFC), with single spaces and none at the ends."""
     return " ".join(unicodedata.normalize("NFC", text).split())
 

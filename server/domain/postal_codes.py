@@ -40,6 +40,8 @@ class PostalCodeRule:
     prefix: str  # what the post prints before the code, if anything ("CH-", "FL-")
     # Each example with the number of its letters and digits: how codes are laid out.
     layouts: tuple[tuple[int, str], ...]
+    # A code laid out as an example is (its separators where the example has them).
+    laid_out: re.Pattern[str]
 
 
 @cache
@@ -56,6 +58,16 @@ def postal_code_rule(country: str) -> PostalCodeRule:
         examples=examples,
         prefix=str(rules.postal_code_prefix),
         layouts=tuple((len(_SEPARATORS.sub("", e)), e) for e in examples),
+        laid_out=re.compile("|".join(_shape(e) for e in examples) or "(?!)"),
+    )
+
+
+def _shape(example: str) -> str:
+    """A pattern for codes laid out as `example`: "2725-079" gives [A-Z0-9]{4}-[A-Z0-9]{3}."""
+    return "".join(
+        re.escape(part) if _SEPARATORS.fullmatch(part) else f"[A-Z0-9]{{{len(part)}}}"
+        for part in re.split(r"([ -])", example)
+        if part
     )
 
 
@@ -80,6 +92,8 @@ def postal_code_in(country: str, typed: str) -> str:
     if rule.pattern is None:
         if ANY_POSTAL_CODE.fullmatch(typed):
             return typed
+    elif rule.laid_out.fullmatch(typed) and rule.pattern.fullmatch(typed):
+        return typed  # as the post writes it already: most codes typed
     else:
         for candidate in _spellings(typed, country, rule):
             if rule.pattern.fullmatch(candidate):
