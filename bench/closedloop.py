@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,24 +49,44 @@ class ClosedLoop:
         self.outcomes[outcome] += 1
 
     async def run(self, start: Callable[[], None]) -> dict[str, Any]:
-        gc.collect()
-        gc.disable()  # a full collection in this generator would stall the loop for tens of ms
-        try:
-            before, started = self.server.cpu_times(), time.monotonic()
-            self._until = started + self.seconds
+        with collector_off():
+            window = CpuWindow(self.server)
+            self._until = window.started + self.seconds
             start()
             await asyncio.sleep(self.seconds)
-            after, ended, answers = self.server.cpu_times(), time.monotonic(), self.answers
+            figures = window.close(self.answers, self.outcomes)
             await asyncio.sleep(1.0)  # the last answers land before the next phase starts
-        finally:
-            gc.enable()
-        cpu = (after.user + after.system) - (before.user + before.system)
+        return figures
+
+
+@contextmanager
+def collector_off() -> Iterator[None]:
+    """A full collection in this generator would stall its loop for tens of ms mid-phase."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+class CpuWindow:
+    """The server's CPU from now until `close`, per answer and as a share of a core."""
+
+    def __init__(self, server: psutil.Process) -> None:
+        self.server = server
+        self.before, self.started = server.cpu_times(), time.monotonic()
+
+    def close(self, answers: int, outcomes: Mapping[str, int]) -> dict[str, Any]:
+        after, seconds = self.server.cpu_times(), time.monotonic() - self.started
+        cpu = (after.user + after.system) - (self.before.user + self.before.system)
         return {
             "answers": answers,
-            "answers_per_s": round(answers / (ended - started), 1),
-            "server_cpu_pct": round(100 * cpu / (ended - started), 1),
+            "seconds": round(seconds, 3),
+            "answers_per_s": round(answers / seconds, 1),
+            "server_cpu_pct": round(100 * cpu / seconds, 1),
             "server_cpu_us_per_answer": round(1e6 * cpu / max(answers, 1), 1),
-            "outcomes": dict(self.outcomes),
+            "outcomes": dict(outcomes),
         }
 
 
@@ -140,14 +160,14 @@ def save(report: dict[str, Any], args: argparse.Namespace, bench: str) -> Path:
 
 def print_phases(phases: Mapping[str, dict[str, Any]], name_width: int) -> None:
     """Each phase's answers a second, server CPU, and CPU per answer alone and over the no-op's;
-    a phase that timed its whole run (a storm) says how long it took."""
+    a storm (everyone at once) says how long it took."""
     noop = phases["noop"]["server_cpu_us_per_answer"]
     print(
         f"{'phase':<{name_width}}{'answers/s':>10}{'server CPU':>12}{'µs/answer':>11}{'x no-op':>9}"
     )
     for name, phase in phases.items():
         cost = phase["server_cpu_us_per_answer"]
-        took = f"   all in {phase['seconds']:.2f} s" if "seconds" in phase else ""
+        took = f"   all in {phase['seconds']:.2f} s" if phase.get("storm") else ""
         print(
             f"{name:<{name_width}}{phase['answers_per_s']:>10.0f}"
             f"{phase['server_cpu_pct']:>11.0f}%{cost:>11.1f}{cost / noop:>9.2f}{took}"

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import itertools
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,9 @@ import psutil
 
 from bench.closedloop import (
     ClosedLoop,
+    CpuWindow,
     add_common_args,
+    collector_off,
     exit_code,
     http_phase,
     new_report,
@@ -86,30 +86,21 @@ async def storm(
     """Everyone in `tokens` joins at the same moment, as a room's viewers do when its stream
     was reset: the time until the last hello, and the server's CPU per join."""
     clients = [LiveshopClient(HOST, port, room_id, token) for token in tokens]
-    gc.collect()
-    gc.disable()
-    try:
-        before, started = server.cpu_times(), time.monotonic()
+    with collector_off():
+        window = CpuWindow(server)
         opened = await asyncio.gather(
             *(open_client(c, limit_s=60) for c in clients), return_exceptions=True
         )
-        after, ended = server.cpu_times(), time.monotonic()
-    finally:
-        gc.enable()
+        outcomes = Counter(
+            type(result).__name__ if isinstance(result, BaseException) else "hello"
+            for result in opened
+        )
+        figures = window.close(outcomes["hello"], outcomes) | {"storm": True}
     for client in clients:
         client.close()
     await asyncio.gather(*(c.closed for c in clients if c.transport is not None))
     await asyncio.sleep(1.0)  # the leaves land before the next phase
-    cpu = (after.user + after.system) - (before.user + before.system)
-    failed = Counter(type(o).__name__ for o in opened if isinstance(o, BaseException))
-    return {
-        "answers": len(clients) - sum(failed.values()),
-        "seconds": round(ended - started, 3),
-        "answers_per_s": round(len(clients) / (ended - started), 1),
-        "server_cpu_pct": round(100 * cpu / (ended - started), 1),
-        "server_cpu_us_per_answer": round(1e6 * cpu / len(clients), 1),
-        "outcomes": {"hello": len(clients) - sum(failed.values()), **failed},
-    }
+    return figures
 
 
 async def main_async(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ class FlakyStock:
         self._shared = shared
         self.away = False
         self.away_for: set[str] = set()  # offer ids whose calls fail
+        self.releases_failing = 0  # the next releases to fail, whatever else goes through
         self.stale_rebuild: list[RecoveredClaim] | None = None
         self.before_rebuild: Callable[[], Awaitable[object]] | None = None  # once
 
@@ -40,6 +41,9 @@ class FlakyStock:
         for_order: str | None = None,
     ) -> bool:
         self._check(offer_id)
+        if self.releases_failing:
+            self.releases_failing -= 1
+            raise Unavailable("live data is unreachable, try again")
         return await self._shared.release(
             offer_id, idempotency_key, orphan_only=orphan_only, for_order=for_order
         )

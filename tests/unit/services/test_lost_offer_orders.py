@@ -100,30 +100,14 @@ async def test_an_order_a_stale_rebuild_missed_is_cancelled_and_its_retry_takes_
     assert (await shop.claim(offer, buyer(2), "k2"))[1]  # both units are still for sale
 
 
-class ReleaseAwayOnce:
-    """The shop's reservations, whose next release fails: Redis away for one call."""
-
-    def __init__(self, shared: StockReservations) -> None:
-        self._shared = shared
-        self.failed = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shared, name)
-
-    async def release(self, *args: Any, **how: Any) -> bool:
-        if not self.failed:
-            self.failed = True
-            raise Unavailable("live data is unreachable, try again")
-        return await self._shared.release(*args, **how)
-
-
 async def test_a_retry_of_a_cancelled_order_whose_release_failed_holds_nothing() -> None:
     shop = await open_shop()
     offer = await shop.launch(quantity=2, limit=1)
     with pytest.raises(Conflict):  # cancelled: a stale rebuild missed it
         await written_across_a_stale_rebuild(shop, offer, quantity=1)
     (lost,) = await shop.orders_store.of_offer(offer.id)
-    away = ReleaseAwayOnce(shop.stock)
+    away = FlakyStock(shop.stock)
+    away.releases_failing = 1
     _, process = other_process(shop, stock=cast(StockReservations, away))
     with pytest.raises(Unavailable):  # the retry reserved a unit, then could not give it back
         await process.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
