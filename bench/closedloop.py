@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import psutil
 
 from bench.buyers import Shop
+from bench.cpu import no_generator_gc
 from bench.httpload import HOST, HttpAnswer, HttpPool
 from bench.runinfo import RESULTS_DIR, SECRET, code_version, export_commit, machine
 from bench.servers import start_liveshop, start_valkey
@@ -49,7 +49,7 @@ class ClosedLoop:
         self.outcomes[outcome] += 1
 
     async def run(self, start: Callable[[], None]) -> dict[str, Any]:
-        with collector_off():
+        with no_generator_gc():
             window = CpuWindow(self.server)
             self._until = window.started + self.seconds
             start()
@@ -57,17 +57,6 @@ class ClosedLoop:
             figures = window.close(self.answers, self.outcomes)
             await asyncio.sleep(1.0)  # the last answers land before the next phase starts
         return figures
-
-
-@contextmanager
-def collector_off() -> Iterator[None]:
-    """A full collection in this generator would stall its loop for tens of ms mid-phase."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 class CpuWindow:

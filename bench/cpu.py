@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python bench/flashsale.py`
@@ -111,3 +112,16 @@ async def wait_quiet(processes: dict[str, psutil.Process], max_s: float, limit: 
         calm = calm + 1 if others < limit else 0
         if calm >= 3 or time.monotonic() > deadline:
             return others
+
+
+@contextlib.contextmanager
+def no_generator_gc() -> Iterator[None]:
+    """No garbage collection in this generator while a phase is timed: a full collection over
+    thousands of claims and sockets stalls it for tens of ms, which the paced runs would count
+    as latency (they time from the due moment)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

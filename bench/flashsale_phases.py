@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import gc
 import random
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -22,7 +20,7 @@ if __package__ in (None, ""):  # run as `python bench/flashsale.py`
 
 from bench import profile
 from bench.buyers import Buyer, ClaimRun, Shop, close_ws, connect_ws, http_pool_size, make_buyers
-from bench.cpu import percentiles
+from bench.cpu import no_generator_gc, percentiles
 from bench.flashsale_checks import (
     redis_state,
     retry_consistency,
@@ -34,19 +32,6 @@ from bench.httpload import HttpAnswer, HttpPool, request_bytes
 from bench.spy import SPY_MAX_SECONDS, stop_spy
 from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.offers import ClaimOutcome
-
-
-@contextlib.contextmanager
-def no_generator_gc() -> Iterator[None]:
-    """No garbage collection in this generator while a phase is timed: a full collection over
-    thousands of claims and sockets stalls it for tens of ms, which the paced runs would count
-    as latency (they time from the due moment)."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 async def run_noop(shop: Shop, size: int, seconds: float) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from bench.closedloop import (
     ClosedLoop,
     CpuWindow,
     add_common_args,
-    collector_off,
     exit_code,
     http_phase,
     new_report,
@@ -43,6 +42,7 @@ from bench.closedloop import (
     print_phases,
     save,
 )
+from bench.cpu import no_generator_gc
 from bench.httpload import HOST, HttpPool, request_bytes
 from bench.runinfo import SECRET, run_main
 from bench.wsclient import LiveshopClient, open_client
@@ -86,7 +86,7 @@ async def storm(
     """Everyone in `tokens` joins at the same moment, as a room's viewers do when its stream
     was reset: the time until the last hello, and the server's CPU per join."""
     clients = [LiveshopClient(HOST, port, room_id, token) for token in tokens]
-    with collector_off():
+    with no_generator_gc():
         window = CpuWindow(server)
         opened = await asyncio.gather(
             *(open_client(c, limit_s=60) for c in clients), return_exceptions=True
