@@ -25,6 +25,7 @@ from channels.direct_send import DirectSocket
 from channels.errors import Draining, RoomEnded
 from channels.room_counters import CounterKeeper, RoomCounters
 from channels.room_state import LocalRoom, RoomView, hello_frame
+from channels.user_watch import UserWatches
 from server.background import BackgroundTasks
 from server.domain.errors import LiveshopError, NotFound, Unavailable
 from server.domain.identity import Identity
@@ -63,8 +64,8 @@ class Hub:
         self.draining = False
         self._load_room = load_room
         self._rooms: dict[str, LocalRoom] = {}
-        self._users: dict[str, set[Connection]] = {}
         self._subscriptions = asyncio.Lock()
+        self._users = UserWatches(broker, self._subscriptions)
         self._ticker: asyncio.Task[None] | None = None
         self._background = BackgroundTasks(log, "hub_task_failed")
         self._counters = RoomCounters(
@@ -144,7 +145,7 @@ class Hub:
         seq0, epoch0, snapshot = room.last_seq or 0, room.epoch or "", room.snapshot()
         try:
             if not identity.anonymous:
-                await self._watch_user(identity.user_id, conn)
+                await self._users.watch(identity.user_id, conn)
             missed = await self._missed(room_id, since, epoch, seq0, epoch0)
         except BaseException as exc:
             await self.leave(conn)
@@ -172,7 +173,7 @@ class Hub:
         await conn.finish()
         self._detach(conn)
         if not conn.identity.anonymous:
-            await self._unwatch_user(conn.identity.user_id, conn)
+            await self._users.unwatch(conn.identity.user_id, conn)
 
     def _detach(self, conn: Connection) -> None:
         """Stop fanning out to a connection and stop counting it (idempotent)."""
@@ -181,7 +182,7 @@ class Hub:
             self.metrics.connections.dec()
             if not room.connections:
                 room.empty_since = time.monotonic()
-        self._users.get(conn.identity.user_id, set()).discard(conn)
+        self._users.discard(conn)
         if self.draining and not self.connection_count():
             self._all_left.set()
 
@@ -241,25 +242,6 @@ class Hub:
             if room_id not in self._rooms:  # unless a joiner opened it again meanwhile
                 with contextlib.suppress(Exception):  # Redis away: not subscribed again on return
                     await self.broker.unsubscribe_room(room_id)
-
-    async def _watch_user(self, user_id: str, conn: Connection) -> None:
-        conns = self._users.setdefault(user_id, set())
-        conns.add(conn)
-        if len(conns) == 1:
-            async with self._subscriptions:
-                await self.broker.subscribe_user(user_id)
-
-    async def _unwatch_user(self, user_id: str, conn: Connection) -> None:
-        conns = self._users.get(user_id)
-        if conns is None:
-            return
-        conns.discard(conn)  # _detach may have done so already
-        if not conns:
-            del self._users[user_id]
-            async with self._subscriptions:
-                if user_id not in self._users:
-                    with contextlib.suppress(Exception):
-                        await self.broker.unsubscribe_user(user_id)
 
     def _on_overflow(self, conn: Connection) -> None:
         self._detach(conn)
@@ -336,9 +318,10 @@ class Hub:
         self._fan_out(room, seq, event, text)
 
     def on_user_frame(self, user_id: str, text: str) -> None:
-        for conn in list(self._users.get(user_id, ())):
+        connections = list(self._users.connections(user_id))
+        for conn in connections:
             conn.push(text)
-        self.metrics.frames_out.inc(len(self._users.get(user_id, ())))
+        self.metrics.frames_out.inc(len(connections))
 
     def on_room_subscribed(self, room_id: str) -> None:
         room = self._rooms.get(room_id)

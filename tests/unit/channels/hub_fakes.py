@@ -86,6 +86,24 @@ class FarBroker(MemoryBroker):
         return frames
 
 
+class SlowSubscribeBroker(MemoryBroker):
+    """A Redis across a network: a user's subscribe is on its way until `subscribed` is set,
+    and the next `failing` ones fail."""
+
+    def __init__(self, bus: MemoryBus) -> None:
+        super().__init__(bus)
+        self.subscribed = asyncio.Event()
+        self.subscribed.set()
+        self.failing = 0
+
+    async def subscribe_user(self, user_id: str) -> None:
+        await self.subscribed.wait()
+        if self.failing:
+            self.failing -= 1
+            raise ConnectionError("Redis went away")
+        await super().subscribe_user(user_id)
+
+
 async def load_room(room_id: str) -> RoomView:
     if room_id != ROOM.id:
         raise NotFound("no such room")

@@ -17,7 +17,14 @@ from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
 from server.domain.errors import NotFound, Unavailable
 from server.metrics import Metrics
-from tests.unit.channels.hub_fakes import ROOM, Socket, load_room, make_hub, viewer
+from tests.unit.channels.hub_fakes import (
+    ROOM,
+    SlowSubscribeBroker,
+    Socket,
+    load_room,
+    make_hub,
+    viewer,
+)
 
 
 async def test_hello_first_then_events_encoded_once_for_everyone(hub: Hub) -> None:
@@ -277,6 +284,43 @@ async def test_private_frames_reach_all_of_a_users_connections(hub: Hub) -> None
         await socket.until_got("order.updated")
     await asyncio.sleep(0.05)
     assert stranger.of_type("order.updated") == []
+
+
+async def test_a_users_second_socket_is_served_once_their_channel_is_subscribed() -> None:
+    broker = SlowSubscribeBroker(MemoryBus())
+    hub = make_hub(broker)
+    await hub.start()
+    try:
+        broker.subscribed.clear()
+        phone, laptop = Socket(), Socket()
+        first = asyncio.create_task(hub.join("r1", viewer(1), phone))
+        second = asyncio.create_task(hub.join("r1", viewer(1), laptop))
+        await asyncio.sleep(0.05)
+        # Served now, the laptop could claim and miss the order.updated that answers it.
+        assert not second.done()
+        broker.subscribed.set()
+        await asyncio.gather(first, second)
+        await hub.send_private("user-1", {"type": "order.updated", "order_id": "o1"})
+        for socket in (phone, laptop):
+            await socket.until_got("order.updated")
+    finally:
+        await hub.close()
+
+
+async def test_a_failed_subscribe_is_tried_again_by_the_next_joiner() -> None:
+    broker = SlowSubscribeBroker(MemoryBus())
+    hub = make_hub(broker)
+    await hub.start()
+    try:
+        broker.failing = 1
+        with pytest.raises(Unavailable):
+            await hub.join("r1", viewer(1), Socket())
+        laptop = Socket()
+        await hub.join("r1", viewer(1), laptop)
+        await hub.send_private("user-1", {"type": "order.updated", "order_id": "o1"})
+        await laptop.until_got("order.updated")
+    finally:
+        await hub.close()
 
 
 async def test_drain_closes_everyone_with_going_away(hub: Hub) -> None:
