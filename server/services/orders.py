@@ -98,7 +98,16 @@ class OrderService:
             tell_buyer=self._buyers.tell_created,
             rebuild=offer_service.rebuild,
         )
-        self._reaper = Reaper(offers, orders, stock, offer_service, self._late, self._buyers, clock)
+        self._reaper = Reaper(
+            offers,
+            orders,
+            stock,
+            offer_service,
+            self._late,
+            self._buyers,
+            clock,
+            holds_its_units=self._holds_its_units,
+        )
         self._clock = clock
         self._bans = bans  # None where nobody is ever banned (tests of claims alone)
         # Offers this process reserved stock for lately: it reaps their orphans even when no

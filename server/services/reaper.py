@@ -12,11 +12,12 @@ dealt with so, and the offer then books only what its orders claim of its produc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from server.domain.errors import OfferPaused, Unavailable
 from server.domain.offers import LATE_ORDERS, PENDING_BATCH, SKEW_MARGIN
+from server.domain.orders import Order
 from server.ports import OfferStore, OrderStore, StockReservations
 from server.services.buyer_notices import BuyerNotices
 from server.services.late_orders import LateOrders
@@ -39,7 +40,11 @@ class Reaper:
         late: LateOrders,
         buyers: BuyerNotices,
         clock: Callable[[], datetime],
+        *,
+        holds_its_units: Callable[[Order], Awaitable[bool]],
     ) -> None:
+        """`holds_its_units` attaches an order to its reservation, and cancels it if its units
+        were given back meanwhile (OrderService): whether it holds them."""
         self._offers = offers
         self._orders = orders
         self._stock = stock
@@ -47,6 +52,7 @@ class Reaper:
         self._late = late
         self._buyers = buyers
         self._clock = clock
+        self._holds_its_units = holds_its_units
 
     async def reap_orphans(self, offer_id: str) -> int:
         """Release reservations whose claimer died before writing the order."""
@@ -91,8 +97,10 @@ class Reaper:
             # attach: its order holds these units, so they are not to be sold again.
             written = await self._orders.by_key(offer_id, key)
             if written is not None and written.holds_stock:
-                await self._stock.attach_order(offer_id, key, written.id)
-                await self._buyers.tell_created(written)  # its claimer may have died first
+                # Another process's reaper may have found no order and given the units back
+                # since this one listed the key: then the order is cancelled, not announced.
+                if await self._holds_its_units(written):
+                    await self._buyers.tell_created(written)  # its claimer may have died first
                 continue
             if written is None:
                 await self._late.watch(offer_id, key)  # its order may yet land: late_orders.py

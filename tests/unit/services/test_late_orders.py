@@ -93,6 +93,24 @@ async def test_an_order_landing_after_its_reaper_died_is_settled_by_another_proc
     assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
 
 
+async def test_a_reaper_finding_an_order_another_released_cancels_it_untold_of_creation(
+    shop: Shop,
+) -> None:
+    writes, offer_id = await claim_late(shop, quantity=2)
+    looking = HeldCalls(shop.orders_store, "by_key")  # its look for an order, on its way
+    _, slow_reaper = other_process(shop, orders=cast(OrderStore, looking))
+    reaping = asyncio.create_task(slow_reaper.reap_orphans(offer_id))
+    await asyncio.wait_for(looking.entered.wait(), 1)
+    assert await shop.orders.reap_orphans(offer_id) == 1  # no order yet: watched, released
+    told_before = len(shop.events.private)
+    await writes.land()
+    looking.gate.set()  # the slow reaper finds the order, its units given back meanwhile
+    assert await reaping == 0
+    await assert_cancelled_and_told(shop, writes, told_before)  # never told "pending payment"
+    assert await units_held(shop, offer_id) == 0
+    assert await shop.stock.remaining(offer_id) == 2
+
+
 async def test_a_key_is_watched_before_its_units_go_back(shop: Shop) -> None:
     _, offer_id = await claim_late(shop, quantity=2)
     watching = HeldCalls(shop.orders_store, "watch_key")
