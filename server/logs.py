@@ -71,15 +71,15 @@ def configure_logging(level: str = "info") -> None:
 
 
 def warn_if_failed(logger: logging.Logger, event: str) -> Callable[[asyncio.Future[Any]], None]:
-    """A done-callback for background work nobody awaits: it logs an unexpected failure (a
-    LiveshopError is an answer, not a failure) and retrieves it, so asyncio does not warn that
-    it was never retrieved."""
+    """A done-callback for background work nobody awaits: it logs an unexpected failure, with
+    its traceback (a LiveshopError is an answer, not a failure: a backend away is one), and
+    retrieves it, so asyncio does not warn that it was never retrieved."""
 
     def check(task: asyncio.Future[Any]) -> None:
         if task.cancelled() or task.exception() is None:
             return
         error = task.exception()
         if not isinstance(error, LiveshopError):
-            logger.warning(event, extra={"error": type(error).__name__})
+            logger.error(event, exc_info=error, extra={"error": type(error).__name__})
 
     return check

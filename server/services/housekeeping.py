@@ -104,18 +104,20 @@ class Housekeeper:
     async def _run_forever(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.run_once()
+            try:
+                await self.run_once()
+            except Exception:  # outside the steps: a bug, which must not end housekeeping
+                log.exception("housekeeping_round_failed")
 
     async def _step(self, name: str, work: Callable[[], Awaitable[int | None]]) -> None:
         try:
             done = await work()
         except Exception as exc:  # a store hiccup must not stop the next round
             self._metrics.housekeeping_failures.labels(step=name).inc()
-            if isinstance(exc, LiveshopError):
-                why = {"code": exc.code}
-            else:
-                why = {"error": type(exc).__name__}
-            log.warning("housekeeping_failed", extra={"step": name, **why})
+            if isinstance(exc, LiveshopError):  # a backend away, a race lost: next round
+                log.warning("housekeeping_failed", extra={"step": name, "code": exc.code})
+            else:  # a bug: its traceback is what will find it
+                log.exception("housekeeping_failed", extra={"step": name})
             return
         if done:
             self._metrics.housekeeping_done.labels(step=name).inc(done)

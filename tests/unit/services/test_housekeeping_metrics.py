@@ -3,6 +3,9 @@ view of expiries, released orphans and a backend that is away."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from prometheus_client import CollectorRegistry
 
 from server.metrics import Metrics
@@ -57,3 +60,32 @@ async def test_housekeeping_counts_the_steps_that_failed(shop: Shop) -> None:
     done = counts(metrics.registry, "liveshop_housekeeping_done")
     assert done == {"expire_due_orders": 1, "return_units": 1}
     assert counts(metrics.registry, "liveshop_housekeeping_failures") == {"end_due_offers": 1}
+
+
+async def test_a_round_that_fails_outside_its_steps_does_not_end_housekeeping(
+    shop: Shop, caplog: pytest.LogCaptureFixture
+) -> None:
+    offer = await shop.launch(quantity=4)
+    rounds = 0
+
+    def served_offer_ids() -> list[str]:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
+            raise KeyError("a bug in the first round")
+        return []
+
+    keeper = Housekeeper(shop.offers, shop.orders, served_offer_ids, interval=0.01)
+    shop.clock.advance(seconds=61)  # past the offer's end
+    keeper.start()
+    try:
+        for _ in range(200):  # a round each 10 ms
+            if rounds >= 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await keeper.stop()
+    assert rounds >= 3
+    assert (await shop.offers_store.get(offer.id)).ended_at is not None  # ended in a later round
+    failed = [r for r in caplog.records if r.getMessage() == "housekeeping_round_failed"]
+    assert len(failed) == 1 and failed[0].exc_info is not None
