@@ -259,14 +259,10 @@ class Hub:
         last: bool = False,
         order: int | None = None,
     ) -> int:
+        # A broker that cannot answer raises Unavailable itself (adapters/unreachable.py); any
+        # other error is a bug, and stays one.
         started = time.perf_counter()
-        try:
-            seq = await self.broker.publish(room_id, event, topic=topic, last=last, order=order)
-        except LiveshopError:
-            raise
-        except Exception as exc:
-            log.warning("broker_publish_failed", extra={"error": type(exc).__name__})
-            raise Unavailable("live events are unavailable, try again") from exc
+        seq = await self.broker.publish(room_id, event, topic=topic, last=last, order=order)
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
         return seq
 
@@ -274,17 +270,11 @@ class Hub:
         await self.broker.publish_control(room_id, {**control, "type": f"_{control['type']}"})
 
     async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
-        try:
-            return await self.broker.try_gate(room_id, name, seconds)
-        except Exception as exc:
-            raise Unavailable("live events are unavailable, try again") from exc
+        return await self.broker.try_gate(room_id, name, seconds)
 
     async def send_private(self, user_id: str, event: dict[str, Any]) -> None:
         """Reach one user on all their connections, on every process."""
-        try:
-            await self.broker.publish_private(user_id, event)
-        except Exception as exc:
-            raise Unavailable("live events are unavailable, try again") from exc
+        await self.broker.publish_private(user_id, event)
 
     def open_offer_ids(self) -> list[str]:
         """Offers still open in the rooms this process serves (for the reaper)."""

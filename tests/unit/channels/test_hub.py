@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -319,6 +320,21 @@ async def test_a_failed_subscribe_is_tried_again_by_the_next_joiner() -> None:
         await hub.join("r1", viewer(1), laptop)
         await hub.send_private("user-1", {"type": "order.updated", "order_id": "o1"})
         await laptop.until_got("order.updated")
+    finally:
+        await hub.close()
+
+
+async def test_a_broker_bug_is_not_passed_off_as_an_outage() -> None:
+    class BuggyBroker(MemoryBroker):
+        async def publish_private(self, user_id: str, event: dict[str, Any]) -> None:
+            raise TypeError("not JSON")
+
+    hub = make_hub(BuggyBroker(MemoryBus()))
+    await hub.start()
+    try:
+        # An outage is Unavailable, from the broker itself; "try again" would not mend a bug.
+        with pytest.raises(TypeError):
+            await hub.send_private("user-1", {"type": "order.updated"})
     finally:
         await hub.close()
 
