@@ -33,6 +33,10 @@ GC_THRESHOLDS = (50_000, 20, 100)
 class DrainingServer(uvicorn.Server):
     """On SIGTERM: stop accepting, close every websocket with 1001, then shut down as usual."""
 
+    def __init__(self, config: uvicorn.Config, app: ASGIApp) -> None:
+        super().__init__(config)
+        self._app = app  # the app as given, not as uvicorn wrapped it in middleware
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         gc.collect()
@@ -41,12 +45,8 @@ class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()
-        app = self.config.loaded_app
-        container: Container | None = getattr(getattr(app, "state", None), "container", None)
-        if container is None:
-            # loaded_app is wrapped in middleware; find the Starlette app inside.
-            inner = getattr(app, "app", None)
-            container = getattr(getattr(inner, "state", None), "container", None)
+        # Set by the app's lifespan once it has started (create_app).
+        container: Container | None = getattr(getattr(self._app, "state", None), "container", None)
         if container is not None:
             grace = container.settings.shutdown_grace_seconds
             log.info("draining", extra={"connections": container.hub.connection_count()})
@@ -77,7 +77,7 @@ def run(app: ASGIApp, settings: Settings) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
     listener = config.bind_socket()
     _drop_peers_that_stop_reading(listener)
-    DrainingServer(config).run(sockets=[listener])  # uvloop when installed
+    DrainingServer(config, app).run(sockets=[listener])  # uvloop when installed
 
 
 def _drop_peers_that_stop_reading(listener: socket.socket) -> None:

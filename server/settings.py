@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Test-only default: good enough for `liveshop demo` on a laptop, refused when LIVESHOP_ENV=prod.
+# The signing key of every dev run (the demo, tests) unless LIVESHOP_SECRET names one: public,
+# so refused when LIVESHOP_ENV=prod.
 DEV_SECRET = "liveshop-dev-secret-not-for-production"  # noqa: S105
 
 
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".liveshop")
     secret: SecretStr | None = None
     public_url: str | None = None
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # Longest a MongoDB operation may take, all in (an order write: primary, insert, majority).
     mongodb_timeout_seconds: float = Field(default=5.0, ge=0.001, le=600)
 
@@ -49,6 +50,11 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     # Per-message deflate costs ~100 KB of zlib state per socket; off unless asked for.
     ws_deflate: bool = False
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level
 
     def signing_secret(self) -> str:
         return self.secret.get_secret_value() if self.secret else DEV_SECRET

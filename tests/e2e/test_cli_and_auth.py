@@ -134,6 +134,17 @@ def test_prod_refuses_to_serve_on_unsafe_settings(
     assert not data_dir.exists(), "nothing may be started (no embedded MongoDB) when refusing"
 
 
+def test_an_unknown_log_level_is_refused_as_configuration(workdir: Path) -> None:
+    data_dir = workdir / "data"
+    env = clean_env(LIVESHOP_LOG_LEVEL="verbose", LIVESHOP_DATA_DIR=str(data_dir))
+    result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "configuration refused" in result.stderr
+    assert "log_level" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert not data_dir.exists(), "nothing may be started when refusing"
+
+
 async def test_server_logs_never_contain_access_tokens(cluster: Cluster) -> None:
     """Structured logs carry no secrets: a token in the websocket URL must not be logged."""
     host = make_token(unique("host"), "host")

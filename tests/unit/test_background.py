@@ -40,6 +40,7 @@ async def test_an_unexpected_failure_is_logged(caplog: pytest.LogCaptureFixture)
     assert [record.getMessage() for record in caplog.records] == ["task_failed"]
     (record,) = caplog.records
     assert record.levelno == logging.ERROR
-    assert record.exc_info is not None and record.exc_info[1] is not None
+    assert record.exc_info is not None
+    assert record.exc_info[1] is not None
     assert str(record.exc_info[1]) == "gone"  # with its traceback, to find the bug by
     await tasks.close()

@@ -88,4 +88,5 @@ async def test_a_round_that_fails_outside_its_steps_does_not_end_housekeeping(
     assert rounds >= 3
     assert (await shop.offers_store.get(offer.id)).ended_at is not None  # ended in a later round
     failed = [r for r in caplog.records if r.getMessage() == "housekeeping_round_failed"]
-    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert len(failed) == 1
+    assert failed[0].exc_info is not None
