@@ -121,6 +121,7 @@ def create_app(
             await container.hub.start()
             stack.push_async_callback(container.hub.close)
             stack.push_async_callback(container.offer_service.close)  # runs before the hub's
+            stack.push_async_callback(container.order_service.close)  # and before the stores'
 
             def served_offer_ids() -> set[str]:
                 return {

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.http import product_to_wire
+from server.background import BackgroundTasks
 from server.domain.errors import (
     Conflict,
     Forbidden,
@@ -49,7 +50,6 @@ from server.domain.orders import (
 from server.domain.pages import Page, decode_cursor, page_of
 from server.domain.rooms import ensure_can_manage
 from server.domain.times import utc_now
-from server.logs import warn_if_failed
 from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockReservations
 from server.services.buyer_notices import BuyerNotices, Notify
 from server.services.late_orders import LateOrders
@@ -118,6 +118,11 @@ class OrderService:
         self._launched = LoadOnce(offers.get, size=CACHED_OFFERS)
         # The product as sold in each offer, taken once per offer and process.
         self._snapshots = LoadOnce(self._load_snapshot, size=CACHED_OFFERS)
+        self._writes = BackgroundTasks(log, "order_write_failed")
+
+    async def close(self) -> None:
+        """Wait for the orders being written and attached (before the stores close)."""
+        await self._writes.close()
 
     # Claims -----------------------------------------------------------------------------------
 
@@ -205,12 +210,13 @@ class OrderService:
             now=self._clock(),
             reservation_id=reservation_id,
         )
-        # Shielded: once the order may be written, a claimer that goes away (a dropped socket,
-        # shutdown) must not stop the attach. An order left unattached would look orphaned,
-        # and the reaper would sell its units again.
-        write = asyncio.ensure_future(self._store_and_attach(order, fresh=fresh))
-        # Its error is logged too: once its claimer has gone, nobody else would hear of it.
-        write.add_done_callback(warn_if_failed(log, "order_write_failed"))
+        # Shielded, and waited for at shutdown (close): once the order may be written, a
+        # claimer that goes away (a dropped socket, a drain) must not stop the write and the
+        # attach halfway. An order left unattached holds its units, its buyer untold, until the
+        # reaper attaches it (ORPHAN_AFTER). Its error is logged too: once its claimer has
+        # gone, nobody else would hear of it.
+        write = self._writes.spawn(self._store_and_attach(order, fresh=fresh))
+        self._writes.finish_on_close(write)
         return await asyncio.shield(write)
 
     async def _store_and_attach(self, order: Order, *, fresh: bool) -> tuple[Order, bool]:

@@ -155,7 +155,7 @@ class SlowOrderStore(MemoryOrderStore):
 
 async def test_a_claimer_gone_mid_write_still_attaches_its_order(shop: Shop) -> None:
     # A dropped socket cancels its claim. Its order must still be attached to the reservation,
-    # or the reaper would take the order's units for an orphan's and sell them again.
+    # and its buyer told, at once, not when the reaper finds it.
     slow = SlowOrderStore()
     orders = second_process(shop, slow)
     offer = await shop.launch(quantity=2, limit=1)
@@ -173,6 +173,28 @@ async def test_a_claimer_gone_mid_write_still_attaches_its_order(shop: Shop) -> 
     shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
     assert await orders.reap_orphans(offer.id) == 0
     assert await shop.stock.remaining(offer.id) == 1
+
+
+async def test_shutdown_waits_for_the_orders_being_written(shop: Shop) -> None:
+    slow = SlowOrderStore()
+    orders = second_process(shop, slow)
+    offer = await shop.launch(quantity=2, limit=1)
+    claim = asyncio.create_task(
+        orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await slow.entered.wait()
+    claim.cancel()  # its socket closed as the server drained
+    with pytest.raises(asyncio.CancelledError):
+        await claim
+    closing = asyncio.create_task(orders.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # the stores close next: not under the write
+    slow.go.set()
+    await asyncio.wait_for(closing, 1)
+    [order] = await slow.list_for_buyer("buyer-1", 10)
+    unattached = await shop.stock.pending_without_order(offer.id, shop.clock() + ORPHAN_AFTER)
+    assert unattached == []
+    assert shop.events.private[-1][1]["order"]["id"] == order.id
 
 
 async def test_orders_are_visible_to_buyer_and_host_only(shop: Shop) -> None:
