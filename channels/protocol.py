@@ -30,7 +30,13 @@ from schemas.ws import (
     UserMute,
     client_frame,
 )
-from server.domain.chat import TokenBucket, check_slow_mode, clean_text, find_blocked_word
+from server.domain.chat import (
+    MAX_CHAT_CHARS,
+    TokenBucket,
+    check_slow_mode,
+    clean_text,
+    find_blocked_word,
+)
 from server.domain.errors import Forbidden, InvalidInput, LiveshopError, NotFound, RateLimited
 from server.domain.identity import Identity
 from server.domain.rooms import can_moderate
@@ -78,7 +84,7 @@ class ChatState:
 class Limits:
     max_frame_bytes: int = 8192
     max_bad_frames: int = 10
-    chat_max_chars: int = 500
+    chat_max_chars: int = MAX_CHAT_CHARS
     # Frames of any kind per connection: a burst, then a steady rate.
     frame_burst: int = 40
     frames_per_second: float = 20.0

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.commerce import AddressIn, ClaimIn, IdempotencyKey
 from schemas.http import MAX_SLOW_MODE_SECONDS, SlowModeIn, UserId
+from server.domain.offers import MAX_CLAIM_QUANTITY
 
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -40,7 +41,7 @@ class Ping(_Frame):
 class OfferClaim(_Frame):
     type: Literal["offer.claim"]
     offer_id: Annotated[str, Field(min_length=1, max_length=64)]
-    quantity: Annotated[int, Field(ge=1, le=1000)] = 1
+    quantity: Annotated[int, Field(ge=1, le=MAX_CLAIM_QUANTITY)] = 1
     idempotency_key: IdempotencyKey
     shipping_address: AddressIn
 

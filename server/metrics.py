@@ -42,9 +42,6 @@ class Metrics:
         self.stream_resets = Counter(
             "liveshop_stream_resets", "Room histories found lost (epoch changed)", registry=r
         )
-        self.http_requests = Counter(
-            "liveshop_http_requests", "HTTP requests", ["method", "status"], registry=r
-        )
 
         claims = Counter(
             "liveshop_claims",

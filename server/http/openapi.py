@@ -11,7 +11,8 @@ from schemas.answers import ANSWERS
 from schemas.commerce import ClaimIn, OfferIn
 from schemas.http import BlockedWordsIn, ProductIn, RoomIn, ShowcaseIn, SlowModeIn, StockIn
 from server.domain.rooms import RoomStatus
-from server.http_head import READ_SECONDS
+from server.http.deps import MAX_BODY_BYTES
+from server.http_head import MAX_HEAD_BYTES, READ_SECONDS
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM = {"$ref": _REF.format(model="Problem")}
@@ -31,8 +32,8 @@ _ERRORS = {
         (404, "Not found"),
         (408, f"The request did not arrive whole within {READ_SECONDS:g} seconds"),
         (409, "Conflicts with the current state"),
-        (413, "Body larger than 64 KiB"),
-        (431, "Request line and headers larger than 32 KiB"),
+        (413, f"Body larger than {MAX_BODY_BYTES // 1024} KiB"),
+        (431, f"Request line and headers larger than {MAX_HEAD_BYTES // 1024} KiB"),
         (422, "Invalid fields"),
         (503, "A backend is away or too slow: send it again after Retry-After"),
     )
