@@ -372,8 +372,17 @@ def product_summary(product: Product) -> dict[str, Any]:
 
 def product_to_wire(product: Product) -> dict[str, Any]:
     """The whole product (GET /products/{id}); unset trade fields are null, never missing."""
+    return {**sold_product_to_wire(product), "stock": product.stock}
+
+
+def sold_product_to_wire(product: Product) -> dict[str, Any]:
+    """A product as an order keeps it: what was sold. Not the seller's stock: no part of the
+    goods, read at another moment by each process, and not the buyer's business."""
     return {
-        **product_summary(product),
+        "id": product.id,
+        "title": product.title,
+        "images": list(product.images),
+        "price": product.price.to_wire(),
         "owner_id": product.owner_id,
         "created_at": iso_utc(product.created_at),
         "description": product.description,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from schemas.http import product_to_wire
+from schemas.http import sold_product_to_wire
 from server.background import BackgroundTasks
 from server.domain.errors import (
     Conflict,
@@ -297,11 +297,7 @@ class OrderService:
 
     async def _load_snapshot(self, offer_id: str) -> dict[str, Any]:
         offer = await self._launched.get(offer_id)
-        product = product_to_wire(await self._products.get(offer.product_id))
-        # The goods as sold. Not the seller's stock: no part of them, read at another moment by
-        # each process, and not the buyer's business.
-        del product["stock"]
-        return product
+        return sold_product_to_wire(await self._products.get(offer.product_id))
 
     # Reading and cancelling --------------------------------------------------------------------
 
