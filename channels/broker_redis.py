@@ -123,9 +123,19 @@ return 1
 """
 
 
+def _key(room_id: str, name: str) -> str:
+    """A room's key: the room id as the hash tag keeps a room's keys in one cluster slot, so
+    that one script may use them all."""
+    return f"liveshop:{{{room_id}}}:{name}"
+
+
 def _keys(room_id: str) -> tuple[str, str, str, str]:
-    tag = f"liveshop:{{{room_id}}}"
-    return f"{tag}:stream", f"{tag}:history", f"{tag}:counters", f"{tag}:viewers"
+    return (
+        _key(room_id, "stream"),
+        _key(room_id, "history"),
+        _key(room_id, "counters"),
+        _key(room_id, "viewers"),
+    )
 
 
 class RedisBroker:
@@ -199,8 +209,7 @@ class RedisBroker:
             "1" if last and topic else "0",
             "" if order is None else order,
         ]
-        tag = f"liveshop:{{{room_id}}}"
-        keys = [stream, history, f"{tag}:closed", f"{tag}:orders"]
+        keys = [stream, history, _key(room_id, "closed"), _key(room_id, "orders")]
         return int(await self._publish(keys=keys, args=args))
 
     @redis_unreachable_is_unavailable
@@ -310,12 +319,12 @@ class RedisBroker:
 
     @redis_unreachable_is_unavailable
     async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
-        key = f"liveshop:{{{room_id}}}:gate:{name}"
+        key = _key(room_id, f"gate:{name}")
         return bool(await self._redis.set(key, self.node_id, nx=True, px=int(seconds * 1000)))
 
     @redis_unreachable_is_unavailable
     async def take_turn(self, room_id: str, name: str, burst: int, per_second: float) -> bool:
-        key = f"liveshop:{{{room_id}}}:turn:{name}"
+        key = _key(room_id, f"turn:{name}")
         interval_us = max(1, round(1_000_000 / per_second))
         return bool(await self._turn(keys=[key], args=[interval_us, burst]))
 

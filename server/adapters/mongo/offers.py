@@ -17,7 +17,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 
-from server.adapters.mongo.order_docs import offer_doc, offer_from
+from server.adapters.mongo.order_docs import (
+    LAUNCH_TO_COUNT,
+    TAKEN_AT_END,
+    offer_doc,
+    offer_from,
+)
 from server.adapters.mongo.stores import Document, collection, translate_errors
 from server.domain.errors import Conflict, LaunchKeyTaken, NotFound, ProductOffersChanged
 from server.domain.offers import EndReason, FlashOffer
@@ -30,10 +35,6 @@ END_TO_FINISH = "end_to_finish"
 LAUNCH_KEY = "launch_key"
 # When the end's note was cleared: settling waits LATE_ORDERS from then.
 END_FINISHED_AT = "end_finished_at"
-# With it, the units the offer had taken when its stock stopped (FlashOffer.taken_at_end).
-TAKEN_AT_END = "taken_at_end"
-# Set on an offer as its launch stores it, until the launch counts it (FlashOffer.counted).
-LAUNCH_TO_COUNT = "launch_to_count"
 # Set as the launch counts it, until the launch has told the room (OfferStore.launch_told).
 LAUNCH_TO_TELL = "launch_to_tell"
 # Which offer of its product an offer is (1, 2, ...): unique, so two launches racing to book

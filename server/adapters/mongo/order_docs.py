@@ -12,6 +12,12 @@ from server.adapters.mongo.stores import Document, money_doc, money_from
 from server.domain.offers import EndReason, FlashOffer
 from server.domain.orders import Address, Order, OrderStatus, Transition
 
+# Set with an offer's end: the units the offer had taken when its stock stopped
+# (FlashOffer.taken_at_end).
+TAKEN_AT_END = "taken_at_end"
+# Set on an offer as its launch stores it, until the launch counts it (FlashOffer.counted).
+LAUNCH_TO_COUNT = "launch_to_count"
+
 
 def offer_doc(offer: FlashOffer) -> Document:
     return {
@@ -48,9 +54,9 @@ def offer_from(doc: Document) -> FlashOffer:
         ended_at=doc.get("ended_at"),
         end_reason=None if reason is None else EndReason(reason),
         settled_at=doc.get("settled_at"),
-        taken_at_end=doc.get("taken_at_end"),
+        taken_at_end=doc.get(TAKEN_AT_END),
         # Offers stored before launches were noted as counted have no note: counted.
-        counted=not doc.get("launch_to_count", False),
+        counted=not doc.get(LAUNCH_TO_COUNT, False),
     )
 
 
