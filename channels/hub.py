@@ -38,6 +38,8 @@ RoomLoader = Callable[[str], Awaitable[RoomView]]
 # A room with no local viewers keeps its subscription this long, so a quick reconnect is cheap.
 LINGER_SECONDS = 15.0
 SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+# Longest a stop waits to report its rooms' last likes and to stop counting its viewers.
+LEAVE_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,9 @@ class Hub:
     async def drain(self, grace_seconds: float) -> None:
         """Refuse new viewers, close every open socket with 1001 so clients go elsewhere."""
         self.draining = True
+        # Its viewers are no longer counted here, first: else, reconnected elsewhere, they
+        # would count twice until this process's count went stale, and lift the peak for good.
+        await self._leave_rooms()
         for room in list(self._rooms.values()):
             for conn in list(room.connections):
                 conn.close_after_flush(CloseCode.GOING_AWAY, "server restarting")
@@ -98,8 +103,26 @@ class Hub:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
+        await self._leave_rooms()  # the likes since the last tick, and the figures kept
         await self._background.close()
         await self.broker.close()
+
+    async def _leave_rooms(self) -> None:
+        """Stop counting this process's viewers of every room, report its likes not yet counted
+        and keep the figures (RoomCounters.leave): bounded, as a stop must not hang on Redis."""
+        rooms = [room for room in self._rooms.values() if _opened(room)]
+        leaving = [asyncio.ensure_future(self._counters.leave(room)) for room in rooms]
+        if not leaving:
+            return
+        done, late = await asyncio.wait(leaving, timeout=LEAVE_SECONDS)
+        for task in late:
+            task.cancel()
+        for room, task in zip(rooms, leaving, strict=True):
+            if task in done and task.exception() is not None:
+                log.warning(
+                    "room_counters_not_left",
+                    extra={"room_id": room.room_id, "error": type(task.exception()).__name__},
+                )
 
     def connection_count(self) -> int:
         return sum(len(room.connections) for room in self._rooms.values())
@@ -455,17 +478,22 @@ class Hub:
                     )
 
     async def _tick_room(self, room: LocalRoom) -> None:
-        ready = room.ready  # not done while the room opens or is read again: next tick
-        if ready is None or not ready.done() or ready.exception() is not None:
+        if not _opened(room):  # while the room opens or is read again: next tick
             return
         if room.empty_since is not None and time.monotonic() - room.empty_since > LINGER_SECONDS:
             await self._close_room(room)
             return
         await self._sync(room)
-        await self._counters.tick(room)
+        await self._counters.tick(room, serving=not self.draining)
 
     def add_likes(self, room: LocalRoom, count: int) -> None:
         room.likes_pending += count
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._background.spawn(coro)
+
+
+def _opened(room: LocalRoom) -> bool:
+    """Opened, and not being opened again (after a reset)."""
+    ready = room.ready
+    return ready is not None and ready.done() and ready.exception() is None

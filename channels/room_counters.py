@@ -41,13 +41,14 @@ class RoomCounters:
         self._keep = keep
         self._background = background
 
-    async def tick(self, room: LocalRoom) -> None:
+    async def tick(self, room: LocalRoom, *, serving: bool = True) -> None:
         """Report this process's likes and viewers, tell the room the totals that moved (one
-        process an interval), and keep them."""
+        process an interval), and keep them. Not `serving` (draining), it reports no viewers:
+        those it sent away are counted where they reconnect."""
         likes, room.likes_pending = room.likes_pending, 0
         try:
             counters = await self._broker.update_counters(
-                room.room_id, likes, room.viewer_count, kept=room.kept
+                room.room_id, likes, room.viewer_count if serving else 0, kept=room.kept
             )
         except Exception:
             room.likes_pending += likes  # not counted: try again next tick
@@ -64,10 +65,14 @@ class RoomCounters:
         self._kept(room, counters)
 
     async def leave(self, room: LocalRoom) -> None:
-        """This process stops serving the room: its last likes and no viewers, kept at once."""
-        counters = await self._broker.update_counters(
-            room.room_id, room.likes_pending, 0, kept=room.kept
-        )
+        """This process stops serving the room (or is stopping): its last likes and no viewers,
+        kept at once."""
+        likes, room.likes_pending = room.likes_pending, 0
+        try:
+            counters = await self._broker.update_counters(room.room_id, likes, 0, kept=room.kept)
+        except BaseException:
+            room.likes_pending += likes  # not counted: the next report takes them
+            raise
         self._kept(room, counters, closing=True)
 
     def _kept(self, room: LocalRoom, counters: Counters, *, closing: bool = False) -> None:

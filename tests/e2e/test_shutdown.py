@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ import pytest
 from websockets.exceptions import InvalidHandshake
 
 from server.adapters.mongo.embedded import EmbeddedMongo
-from tests.e2e.api import create_live_room, make_token, unique
+from tests.e2e.api import create_live_room, make_token, room_stats, unique
 from tests.e2e.conftest import Cluster, server_env
 from tests.e2e.processes import LiveshopProcess, running
 from tests.e2e.wsclient import WsClient, assert_contiguous, chat_id_is, close_all
@@ -93,6 +94,57 @@ async def test_sigterm_drains_websockets_with_1001_and_exits_in_time(
         assert_contiguous(back.room_events(), since, back.name)
     finally:
         await keepalive.aclose()
+        await close_all(clients)
+
+
+async def test_sigterm_keeps_the_likes_tapped_since_the_last_count(cluster: Cluster) -> None:
+    # Counted each 30 s only: every like is still waiting to be counted when the stop comes.
+    env = cluster.env(LIVESHOP_COUNTER_INTERVAL="30", LIVESHOP_SHUTDOWN_GRACE_SECONDS="5")
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.a.base_url, host)
+    with LiveshopProcess(env, name="stopping") as stopping:
+        async with await WsClient.connect(
+            stopping.ws_url(room_id, make_token(unique("fan"))), name="fan@stopping"
+        ) as fan:
+            await fan.hello()
+            await fan.send({"type": "like", "count": 25})
+            await fan.send({"type": "ping", "ref": "read"})
+            await fan.recv_until("pong")  # the likes were read
+            stopping.terminate()
+            assert await fan.wait_closed(GRACE_SECONDS) == 1001
+        assert stopping.wait(GRACE_SECONDS + 10) == 0
+    assert (await room_stats(cluster.a.base_url, host, room_id))["likes"] == 25
+
+
+async def test_viewers_sent_away_by_a_stop_are_not_counted_twice(
+    cluster: Cluster, doomed: LiveshopProcess
+) -> None:
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.a.base_url, host)
+    watcher = await WsClient.connect(cluster.a.ws_url(room_id), name="watcher@A")
+    users = [unique("mover") for _ in range(4)]
+    movers = [await WsClient.connect(doomed.ws_url(room_id, make_token(u))) for u in users]
+    clients = [watcher, *movers]
+    try:
+        for client in clients:
+            await client.hello()
+        await watcher.wait_seen(lambda f: f.get("type") == "viewers" and f["count"] == 5)
+        doomed.terminate()
+        for mover in movers:
+            assert await mover.wait_closed(GRACE_SECONDS) == 1001
+        for user in users:  # back at once, on the other process
+            back = await WsClient.connect(cluster.b.ws_url(room_id, make_token(user)))
+            clients.append(back)
+            await back.hello()
+        assert doomed.wait(GRACE_SECONDS + 10) == 0
+        seen = []
+        for _ in range(10):  # a few counts of both processes (each 0.2 s)
+            seen.append((await room_stats(cluster.a.base_url, host, room_id))["viewers"])
+            await asyncio.sleep(0.2)
+        assert max(seen) <= 5, seen  # the stopped process's count went with it
+        assert seen[-1] == 5, seen
+        assert (await room_stats(cluster.a.base_url, host, room_id))["peak_viewers"] == 5
+    finally:
         await close_all(clients)
 
 

@@ -174,6 +174,54 @@ async def test_viewer_counts_add_up_across_processes() -> None:
             await hub.close()
 
 
+async def test_a_draining_process_stops_counting_its_viewers_before_sending_them_away() -> None:
+    bus = MemoryBus()
+    staying, stopping = (make_hub(MemoryBroker(bus)) for _ in range(2))
+    for hub in (staying, stopping):
+        await hub.start()
+    try:
+        watcher = Socket()
+        await staying.join("r1", viewer(0), watcher)
+        movers = [Socket() for _ in range(3)]
+        for n, socket in enumerate(movers, start=1):
+            await stopping.join("r1", viewer(n), socket)
+        await watcher.until(lambda: any(f["count"] == 4 for f in watcher.of_type("viewers")))
+        draining = asyncio.create_task(stopping.drain(grace_seconds=2))
+        for socket in movers:  # closed 1001: they reconnect to the process that stays
+            await socket.until_closed()
+        for n in range(1, 4):
+            await staying.join("r1", viewer(n), Socket())
+        await draining
+        await asyncio.sleep(0.2)  # several ticks of both processes
+        counts = [frame["count"] for frame in watcher.of_type("viewers")]
+        assert counts[-1] == 4
+        assert max(counts) == 4, counts  # never counted twice, here and where they went
+        assert bus.counters["r1"].peak == 4
+    finally:
+        for hub in (staying, stopping):
+            await hub.close()
+
+
+async def test_a_stop_reports_the_likes_since_the_last_tick_and_keeps_them() -> None:
+    kept: list[tuple[int, int]] = []
+
+    async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
+        kept.append((likes, peak_viewers))
+        return likes, peak_viewers
+
+    bus = MemoryBus()
+    limits = HubLimits(counter_interval=60)  # no tick before the stop
+    hub = Hub(MemoryBroker(bus), load_room, Metrics(), limits, keep)
+    await hub.start()
+    _, room = await hub.join("r1", viewer(1), Socket())
+    hub.add_likes(room, 40)
+    await hub.drain(grace_seconds=1)
+    hub.add_likes(room, 2)  # tapped as its socket closed
+    await hub.close()
+    assert bus.counters["r1"].likes == 42  # each like once
+    assert kept[-1][0] == 42
+
+
 class UnsubscribeFails(MemoryBroker):
     """Pub/sub away as the room closes here: its counters are kept all the same."""
 
