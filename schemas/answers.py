@@ -94,6 +94,11 @@ class Offer(TypedDict):
 
 
 @with_config(_CLOSED)
+class OfferList(TypedDict):
+    items: list[Offer]  # newest first
+
+
+@with_config(_CLOSED)
 class Address(TypedDict):
     name: str
     line1: str
@@ -169,4 +174,13 @@ class RoomStats(TypedDict):
 
 
 # What the operations answer, named in the document by their class names.
-ANSWERS: tuple[type, ...] = (Product, Room, RoomPage, Offer, Order, OrderPage, RoomStats)
+ANSWERS: tuple[type, ...] = (
+    Product,
+    Room,
+    RoomPage,
+    Offer,
+    OfferList,
+    Order,
+    OrderPage,
+    RoomStats,
+)

@@ -1,6 +1,7 @@
 """Flash offers, claims and orders over HTTP.
 
-`POST /rooms/{id}/offers` (the host), `GET /offers/{id}`, `POST /offers/{id}/stop` (the host),
+`POST /rooms/{id}/offers` (the host), `GET /rooms/{id}/offers` (anyone: newest first),
+`GET /offers/{id}`, `POST /offers/{id}/stop` (the host),
 `POST /offers/{id}/claims` with an `Idempotency-Key` header, `GET /orders/{id}`, `GET /orders`
 (mine, or `?room_id=` for the room's host or an admin; a page of `limit`, the next one through
 `?cursor=` with the answer's `next_cursor`), `POST /orders/{id}/cancel` (the buyer).
@@ -59,6 +60,12 @@ async def launch_offer(request: Request) -> JSONResponse:
     # As it is now: a launch sent again may find it sold or ended since.
     answer = offer_to_wire(launched.offer, launched.stock)
     return JSONResponse(answer, status_code=201, headers=headers)
+
+
+async def room_offers(request: Request) -> JSONResponse:
+    service = container_of(request).offer_service
+    offers = await service.in_room(request.path_params["room_id"])
+    return JSONResponse({"items": [offer_to_wire(offer, stock) for offer, stock in offers]})
 
 
 async def get_offer(request: Request) -> JSONResponse:
@@ -155,6 +162,7 @@ def routes() -> list[BaseRoute]:
         # No two of these paths overlap, so the order changes nothing else.
         Route("/offers/{offer_id}/claims", claim_offer, methods=["POST"], name="claim_offer"),
         Route("/rooms/{room_id}/offers", launch_offer, methods=["POST"], name="launch_offer"),
+        Route("/rooms/{room_id}/offers", room_offers, methods=["GET"], name="room_offers"),
         Route("/offers/{offer_id}", get_offer, methods=["GET"], name="get_offer"),
         Route("/offers/{offer_id}/stop", stop_offer, methods=["POST"], name="stop_offer"),
         Route("/orders", list_orders, methods=["GET"], name="list_orders"),

@@ -104,6 +104,14 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, int, str]] = [
     ("put", "/rooms/{room_id}/blocked-words", "Set blocked words", BlockedWordsIn, 200, "Room"),
     ("get", "/rooms/{room_id}/stats", "Live figures for the host", None, 200, "RoomStats"),
     ("post", "/rooms/{room_id}/offers", "Launch a flash offer", OfferIn, 201, "Offer"),
+    (
+        "get",
+        "/rooms/{room_id}/offers",
+        "The room's offers, newest first, each with its remaining stock",
+        None,
+        200,
+        "OfferList",
+    ),
     ("get", "/offers/{offer_id}", "Get an offer and its remaining stock", None, 200, "Offer"),
     ("post", "/offers/{offer_id}/stop", "Stop an offer", None, 200, "Offer"),
     ("post", "/offers/{offer_id}/claims", "Claim", ClaimIn, 201, "Order"),
@@ -118,6 +126,7 @@ _OPEN_TO_ANYONE = {
     ("get", "/products/{product_id}"),
     ("get", "/rooms"),
     ("get", "/rooms/{room_id}"),
+    ("get", "/rooms/{room_id}/offers"),
     ("get", "/offers/{offer_id}"),
 }
 

@@ -250,6 +250,14 @@ class OfferService:
         except Unavailable:
             return offer, None
 
+    async def in_room(self, room_id: str) -> list[tuple[FlashOffer, StockFigure | None]]:
+        """The offers the room has run and runs, newest first (its latest FIGURES_LIMIT), each
+        with its stock; NotFound for a room that does not exist. Offers whose launch has not
+        counted them yet are left out, as the room is not shown them either."""
+        await self._rooms.get(room_id)
+        offers = await self._offers.in_room(room_id, FIGURES_LIMIT)
+        return [await self.view(offer.id) for offer in reversed(offers) if offer.counted]
+
     async def open_in_room(self, room_id: str) -> list[tuple[FlashOffer, StockFigure | None]]:
         """The room's offers that have not ended, as the room is shown them: counted ones."""
         offers = await self._offers.open_in_room(room_id)

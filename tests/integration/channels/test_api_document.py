@@ -74,6 +74,7 @@ async def test_every_answer_is_as_the_api_document_says(live: Live) -> None:
     )
     ids["offer_id"] = offer["id"]
     await api.send("GET", "/offers/{offer_id}", *shopper, **ids)
+    await api.send("GET", "/rooms/{room_id}/offers", *shopper, **ids)
     claim = {"quantity": 1, "shipping_address": {**ADDRESS, "phone": "+351912345678"}}
     order = await api.send("POST", "/offers/{offer_id}/claims", *shopper, claim, **ids)
     ids["order_id"] = order["id"]

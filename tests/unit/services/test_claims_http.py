@@ -404,3 +404,27 @@ def test_an_invalid_wire_address_is_refused_as_before() -> None:
     with pytest.raises(InvalidInput) as raised:
         wire.to_address()
     assert raised.value.code == "invalid_country"
+
+
+async def test_a_rooms_offers_are_listed_newest_first_to_anyone(client: httpx.AsyncClient) -> None:
+    first_id = await launch(client, quantity=2)
+    room_id = (await client.get(f"/offers/{first_id}")).json()["room_id"]
+    product_id = (await client.get(f"/offers/{first_id}")).json()["product_id"]
+    assert (await client.post(f"/offers/{first_id}/stop", headers=HOST)).status_code == 200
+    terms = {"product_id": product_id, "price": {"amount": "8.00", "currency": "USD"}}
+    second = await client.post(
+        f"/rooms/{room_id}/offers", json={**terms, "quantity": 3}, headers=HOST
+    )
+    assert second.status_code == 201, second.text
+    assert (await claim(client, second.json()["id"])).status_code == 201
+
+    listed = await client.get(f"/rooms/{room_id}/offers")  # no token: a room's page is open
+    assert listed.status_code == 200, listed.text
+    items = listed.json()["items"]
+    assert [(o["id"], o["remaining"], o["end_reason"]) for o in items] == [
+        (second.json()["id"], 2, None),
+        (first_id, 2, "stopped"),
+    ]
+    unknown = await client.get("/rooms/r_nope/offers")
+    assert unknown.status_code == 404
+    assert unknown.json()["code"] == "not_found"
