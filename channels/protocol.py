@@ -149,8 +149,19 @@ class Close:
 Command = Reply | Publish | AddLikes | Claim | StoreMute | StoreBan | StoreSlowMode | Turn | Close
 
 
+class Malformed(InvalidInput):
+    """A frame no working client sends: not JSON, not an object with a type, of no type this
+    protocol has, binary or too large. It counts towards closing the socket (4029)."""
+
+
 def error_frame(error: LiveshopError, ref: str | None) -> dict[str, Any]:
-    return {"type": "error", "code": error.code, "message": error.message, "ref": ref}
+    return {
+        "type": "error",
+        "code": error.code,
+        "message": error.message,
+        "ref": ref,
+        **error.details,
+    }
 
 
 class RoomSession:
@@ -183,11 +194,13 @@ class RoomSession:
             # Taken before the frame is validated, so that the error a malformed frame causes
             # still names the frame it answers.
             ref = _ref_of(data)
-            frame = self._validate(data)
+            # Before the fields are checked: refused frames are answered, so they spend the
+            # budget too, or a client could have them answered as fast as it sends them.
             if not self._frames.take(mono):
                 return self._refuse(RateLimited("too many frames, slow down"), ref, abuse=True), ref
+            frame = self._validate(data)
             commands = self._dispatch(frame, mono=mono, now=now)
-        except InvalidInput as error:
+        except Malformed as error:
             return self._refuse(error, ref, abuse=True), ref
         except TokenExpired as error:
             closing = Close(CloseCode.UNAUTHORIZED, "token expired")
@@ -198,7 +211,10 @@ class RoomSession:
 
     def _refuse(self, error: LiveshopError, ref: str | None, *, abuse: bool) -> list[Command]:
         commands: list[Command] = [Reply(error_frame(error, ref))]
-        # Malformed input and floods count as abuse; a refused chat line is ordinary life.
+        # What no client would send but a broken or hostile one (not JSON, no type, an unknown
+        # type, a flood) counts as abuse. A frame refused for what it says (a claim's address, a
+        # chat line too long, a mute) is ordinary life: a shopper mistyping a form must not be
+        # thrown out of the room.
         if abuse:
             self._bad_frames += 1
             if self._bad_frames >= self.limits.max_bad_frames:
@@ -207,17 +223,17 @@ class RoomSession:
 
     def _decode(self, raw: str | bytes) -> dict[str, Any]:
         if isinstance(raw, bytes):
-            raise InvalidInput("send JSON text frames, not binary", code="binary_not_supported")
+            raise Malformed("send JSON text frames, not binary", code="binary_not_supported")
         if len(raw.encode()) > self.limits.max_frame_bytes:
-            raise InvalidInput(
+            raise Malformed(
                 f"frame is larger than {self.limits.max_frame_bytes} bytes", code="frame_too_large"
             )
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError):  # nested deeper than the parser goes: not for us
-            raise InvalidInput("frame is not valid JSON", code="malformed_json") from None
+            raise Malformed("frame is not valid JSON", code="malformed_json") from None
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-            raise InvalidInput("frame must be an object with a string type", code="invalid_frame")
+            raise Malformed("frame must be an object with a string type", code="invalid_frame")
         return data
 
     def _validate(self, data: dict[str, Any]) -> Any:
@@ -226,7 +242,7 @@ class RoomSession:
         except ValidationError as exc:
             errors = exc.errors()
             if errors[0]["type"] == "union_tag_invalid":
-                raise InvalidInput(
+                raise Malformed(
                     f"unknown frame type {data['type'][:40]!r}", code="unknown_type"
                 ) from None
             # Each error's place starts with the frame's type, then the field.

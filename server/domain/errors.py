@@ -9,11 +9,16 @@ class LiveshopError(Exception):
     code = "error"
     status = 400
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, details: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        # Members a client reads besides the code (a problem+json extension, a frame's field):
+        # what the message says in words, for machines.
+        self.details = details or {}
 
 
 class InvalidInput(LiveshopError):

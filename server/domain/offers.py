@@ -274,9 +274,11 @@ def claim_error(result: ClaimResult, offer: FlashOffer) -> LiveshopError | None:
                 f"only {result.remaining} {units} left: claim fewer", code="insufficient_stock"
             )
         case ClaimOutcome.NOT_ACTIVE if result.early:  # its countdown runs
+            starts_at = iso_z(offer.starts_at)
             return Conflict(
-                f"the offer starts at {iso_z(offer.starts_at)}: claim then",
+                f"the offer starts at {starts_at}: claim then",
                 code="offer_not_active",
+                details={"starts_at": starts_at},  # "not yet", told from "over" without words
             )
         case ClaimOutcome.NOT_ACTIVE if result.remaining != 0:
             return Conflict("the offer is not active", code="offer_not_active")

@@ -131,7 +131,7 @@ def _plain_problem(status: int, code: str, detail: str) -> bytes:
 def problem_for(exc: LiveshopError) -> Response:
     """The answer to a product error: the one mapping, used by the exception handler and by
     hot endpoints that answer their own errors (see commerce.claim_offer)."""
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(exc.details)
     if isinstance(exc, InvalidRequest):
         extra["errors"] = exc.errors
     headers: dict[str, str] | None = None

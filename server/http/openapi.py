@@ -144,6 +144,11 @@ def openapi_document() -> dict[str, Any]:
                 "detail": {"type": "string"},
                 "code": {"type": "string"},
                 "errors": {"type": "array", "items": {"type": "object"}},
+                "starts_at": {
+                    "type": "string",
+                    "description": "With `offer_not_active` for a claim during the offer's"
+                    " countdown: when it starts (absent once it has ended)",
+                },
             },
         },
     }

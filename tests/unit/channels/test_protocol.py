@@ -28,8 +28,10 @@ from channels.protocol import (
     StoreMute,
     StoreSlowMode,
     Turn,
+    error_frame,
 )
 from server.domain.chat import TokenBucket
+from server.domain.errors import Conflict
 from server.domain.identity import Identity, Role
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -212,6 +214,37 @@ def test_repeated_abuse_closes_the_socket() -> None:
     s = session(SHOPPER, max_bad_frames=3)
     assert not any(isinstance(c, Close) for c in send(s, "x") + send(s, "y"))
     closing = [c for c in send(s, "z") if isinstance(c, Close)]
+    assert closing == [Close(CloseCode.ABUSE, "too many bad frames")]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "offer.claim", "offer_id": "f1", "idempotency_key": "k1", "quantity": 0},
+        {
+            "type": "offer.claim",
+            "offer_id": "f1",
+            "idempotency_key": "k1",
+            "shipping_address": {**CLAIM_ADDRESS, "name": ""},
+        },
+        {"type": "chat.send", "text": "   "},
+        {"type": "like", "count": 0},
+    ],
+)
+def test_frames_refused_for_what_they_say_never_close_the_socket(frame: dict[str, Any]) -> None:
+    s = session(SHOPPER, max_bad_frames=3)
+    for n in range(10):  # a shopper getting the address form wrong, again and again
+        commands = send(s, frame, mono=float(n))
+        assert error_code(commands) is not None
+        assert not any(isinstance(c, Close) for c in commands)
+
+
+def test_refused_frames_spend_the_frame_budget_and_a_flood_of_them_closes_the_socket() -> None:
+    s = session(SHOPPER, frame_burst=3, max_bad_frames=2)
+    faulty = {"type": "offer.claim", "offer_id": "f1", "idempotency_key": "k1", "quantity": 0}
+    codes = [error_code(send(s, faulty, mono=0.0)) for _ in range(4)]
+    assert codes == ["invalid_frame"] * 3 + ["rate_limited"]
+    closing = [c for c in send(s, faulty, mono=0.0) if isinstance(c, Close)]
     assert closing == [Close(CloseCode.ABUSE, "too many bad frames")]
 
 
@@ -457,3 +490,18 @@ def test_any_frame_gets_commands_or_a_coded_error_never_an_exception(
                 if isinstance(command, Reply) and command.frame["type"] == "error":
                     assert command.frame["code"] in ERROR_CODES, command.frame
                     assert isinstance(command.frame["message"], str)
+
+
+def test_an_errors_details_are_fields_of_its_frame() -> None:
+    error = Conflict(
+        "the offer starts at 2026-12-01T10:00:00.000Z: claim then",
+        code="offer_not_active",
+        details={"starts_at": "2026-12-01T10:00:00.000Z"},
+    )
+    assert error_frame(error, "k1") == {
+        "type": "error",
+        "code": "offer_not_active",
+        "message": "the offer starts at 2026-12-01T10:00:00.000Z: claim then",
+        "ref": "k1",
+        "starts_at": "2026-12-01T10:00:00.000Z",
+    }

@@ -428,3 +428,21 @@ async def test_a_rooms_offers_are_listed_newest_first_to_anyone(client: httpx.As
     unknown = await client.get("/rooms/r_nope/offers")
     assert unknown.status_code == 404
     assert unknown.json()["code"] == "not_found"
+
+
+async def test_a_claim_during_the_countdown_hears_when_the_offer_starts(
+    client: httpx.AsyncClient,
+) -> None:
+    first_id = await launch(client, quantity=2)
+    offer = (await client.get(f"/offers/{first_id}")).json()
+    terms = {"product_id": offer["product_id"], "price": {"amount": "8.00", "currency": "USD"}}
+    later = await client.post(
+        f"/rooms/{offer['room_id']}/offers",
+        json={**terms, "quantity": 3, "countdown_seconds": 60},
+        headers=HOST,
+    )
+    assert later.status_code == 201, later.text
+    refused = await claim(client, later.json()["id"])
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "offer_not_active"
+    assert refused.json()["starts_at"] == later.json()["starts_at"]  # not yet, rather than over

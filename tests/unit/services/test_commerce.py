@@ -124,11 +124,13 @@ async def test_sold_out_limit_and_not_active_are_distinct(shop: Shop) -> None:
     assert early.value.code == "offer_not_active"
     # The countdown's shopper is told when to come back; the late one that it is over.
     assert early.value.message == f"the offer starts at {iso_z(later.starts_at)}: claim then"
+    assert early.value.details == {"starts_at": iso_z(later.starts_at)}  # for the app, in a field
     shop.clock.advance(seconds=100)
     with pytest.raises(Conflict) as over:
         await shop.claim(later, buyer(1), "f")
     not_active = ("offer_not_active", "the offer is not active")
     assert (over.value.code, over.value.message) == not_active
+    assert over.value.details == {}
     # Stopped during its countdown, it will not start: nobody is told to come back for it.
     stopped = await shop.launch(countdown=30)
     await shop.offers.stop(stopped.id, HOST)
