@@ -7,9 +7,9 @@ cannot drift apart. Closed: a key the document does not name fails that test too
 
 from __future__ import annotations
 
-from typing import NotRequired  # pydantic reads these on Python 3.11
+from typing import Annotated, NotRequired  # pydantic reads these on Python 3.11
 
-from pydantic import ConfigDict, with_config
+from pydantic import ConfigDict, WithJsonSchema, with_config
 from typing_extensions import TypedDict
 
 from server.domain.offers import EndReason
@@ -17,7 +17,8 @@ from server.domain.orders import OrderStatus
 from server.domain.rooms import RoomStatus
 
 _CLOSED = ConfigDict(extra="forbid")
-Time = str  # RFC 3339 in UTC with a `Z`, to the millisecond
+# RFC 3339 in UTC with a `Z`, to the millisecond.
+Time = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
 
 @with_config(_CLOSED)

@@ -18,8 +18,36 @@ _REF = "#/components/schemas/{model}"
 _PROBLEM = {"$ref": _REF.format(model="Problem")}
 
 
-def _problem(text: str) -> dict[str, Any]:
-    return {"description": text, "content": {"application/problem+json": {"schema": _PROBLEM}}}
+def _problem(text: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    answer = {"description": text, "content": {"application/problem+json": {"schema": _PROBLEM}}}
+    return {**answer, "headers": headers} if headers else answer
+
+
+def _answer_header(text: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": text, "schema": schema or {"type": "string"}}
+
+
+_LOCATION = _answer_header("Where what was made is read again")
+_REPLAYED = _answer_header(
+    "`true` when the request was sent again with its key and this is the first one's answer",
+    {"enum": ["true", "false"]},
+)
+# Headers of successful answers, beyond the body.
+_SUCCESS_HEADERS: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/products"): {"Location": _LOCATION},
+    ("post", "/rooms"): {"Location": _LOCATION},
+    ("post", "/rooms/{room_id}/offers"): {
+        "Location": _LOCATION,
+        "Idempotent-Replayed": {
+            **_REPLAYED,
+            "description": f"With an Idempotency-Key only: {_REPLAYED['description']}",
+        },
+    },
+    ("post", "/offers/{offer_id}/claims"): {
+        "Location": _LOCATION,
+        "Idempotent-Replayed": _REPLAYED,
+    },
+}
 
 
 _NOT_JSON = _problem("A body whose Content-Type is not JSON")
@@ -27,7 +55,6 @@ _ERRORS = {
     str(status): _problem(text)
     for status, text in (
         (400, "Malformed request"),
-        (401, "Missing or invalid token"),
         (403, "Not allowed"),
         (404, "Not found"),
         (408, f"The request did not arrive whole within {READ_SECONDS:g} seconds"),
@@ -35,9 +62,15 @@ _ERRORS = {
         (413, f"Body larger than {MAX_BODY_BYTES // 1024} KiB"),
         (431, f"Request line and headers larger than {MAX_HEAD_BYTES // 1024} KiB"),
         (422, "Invalid fields"),
-        (503, "A backend is away or too slow: send it again after Retry-After"),
     )
 }
+_ERRORS["401"] = _problem(
+    "Missing or invalid token", **{"WWW-Authenticate": _answer_header("`Bearer`")}
+)
+_ERRORS["503"] = _problem(
+    "A backend is away or too slow: send it again after Retry-After",
+    **{"Retry-After": _answer_header("Seconds to wait", {"type": "string", "pattern": "^[0-9]+$"})},
+)
 
 
 def _header(name: str, required: bool, text: str) -> dict[str, Any]:
@@ -160,6 +193,8 @@ def openapi_document() -> dict[str, Any]:
     for method, path, summary, model, status, answer_name in _OPERATIONS:
         answer = {"$ref": _REF.format(model=answer_name)}
         success = {"description": "OK", "content": {"application/json": {"schema": answer}}}
+        if (method, path) in _SUCCESS_HEADERS:
+            success["headers"] = _SUCCESS_HEADERS[(method, path)]
         operation: dict[str, Any] = {
             "summary": summary,
             # An empty requirement is OpenAPI's way of saying "or no token at all".

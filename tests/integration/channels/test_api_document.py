@@ -43,6 +43,9 @@ class Checked:
         schema = documented["content"]["application/json"]["schema"]
         root = {**schema, "components": self._document["components"]}
         jsonschema.Draft202012Validator(root).validate(answer.json())
+        for name, header in documented.get("headers", {}).items():  # every request has a key
+            assert name in answer.headers, (method, template, name)
+            jsonschema.Draft202012Validator(header["schema"]).validate(answer.headers[name])
         self.checked.add((method, template))
 
 
