@@ -63,7 +63,10 @@ class InvalidRequest(InvalidInput):
     """A request that failed its schema; `errors` names each offending field."""
 
     def __init__(self, errors: list[dict[str, str]], code: str = InvalidInput.code) -> None:
-        super().__init__("the request is invalid", code=code)
+        # In words, the first fault, as a websocket frame's error says it; `errors` has them all.
+        first = errors[0] if errors else {"field": "", "message": "the request is invalid"}
+        more = f" (and {len(errors) - 1} more: see errors)" if len(errors) > 1 else ""
+        super().__init__(f"{first['field'] or 'body'}: {first['message']}{more}", code=code)
         self.errors = errors
 
     @classmethod

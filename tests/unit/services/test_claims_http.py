@@ -446,3 +446,14 @@ async def test_a_claim_during_the_countdown_hears_when_the_offer_starts(
     assert refused.status_code == 409
     assert refused.json()["code"] == "offer_not_active"
     assert refused.json()["starts_at"] == later.json()["starts_at"]  # not yet, rather than over
+
+
+async def test_a_refused_fields_detail_names_the_first_fault(client: httpx.AsyncClient) -> None:
+    offer_id = await launch(client, quantity=2)
+    address = {**ADDRESS, "name": ""}
+    one = await claim(client, offer_id, json={"quantity": 1, "shipping_address": address})
+    assert one.status_code == 422
+    assert one.json()["detail"].startswith("shipping_address.name: ")
+    two = await claim(client, offer_id, json={"quantity": 0, "shipping_address": address})
+    assert two.json()["detail"].endswith("(and 1 more: see errors)")
+    assert len(two.json()["errors"]) == 2
