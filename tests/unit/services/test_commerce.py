@@ -19,6 +19,7 @@ from server.domain.orders import Address, Order, OrderStatus
 from server.domain.times import iso_z
 from server.ports import StockReservations
 from server.services.housekeeping import Housekeeper
+from server.services.orders import OrderService
 from server.services.reaper import ORPHAN_AFTER
 from tests.unit.services.shop import (
     ADDRESS,
@@ -155,9 +156,9 @@ class SlowOrderStore(MemoryOrderStore):
         return await super().create(order)
 
 
-async def test_a_claimer_gone_mid_write_still_attaches_its_order(shop: Shop) -> None:
-    # A dropped socket cancels its claim. Its order must still be attached to the reservation,
-    # and its buyer told, at once, not when the reaper finds it.
+async def claimer_gone_mid_write(shop: Shop) -> tuple[SlowOrderStore, OrderService, str]:
+    """A claim whose socket dropped while its order was being written (held until `go`): the
+    store, the process, the offer's id."""
     slow = SlowOrderStore()
     orders = second_process(shop, slow)
     offer = await shop.launch(quantity=2, limit=1)
@@ -168,33 +169,31 @@ async def test_a_claimer_gone_mid_write_still_attaches_its_order(shop: Shop) -> 
     claim.cancel()
     with pytest.raises(asyncio.CancelledError):
         await claim
+    return slow, orders, offer.id
+
+
+async def test_a_claimer_gone_mid_write_still_attaches_its_order(shop: Shop) -> None:
+    # A dropped socket cancels its claim. Its order must still be attached to the reservation,
+    # and its buyer told, at once, not when the reaper finds it.
+    slow, orders, offer_id = await claimer_gone_mid_write(shop)
     slow.go.set()
     await asyncio.sleep(0.1)  # the write goes on without its claimer
     [order] = await slow.list_for_buyer("buyer-1", 10)
     assert shop.events.private[-1][1]["order"]["id"] == order.id
     shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
-    assert await orders.reap_orphans(offer.id) == 0
-    assert await shop.stock.remaining(offer.id) == 1
+    assert await orders.reap_orphans(offer_id) == 0
+    assert await shop.stock.remaining(offer_id) == 1
 
 
 async def test_shutdown_waits_for_the_orders_being_written(shop: Shop) -> None:
-    slow = SlowOrderStore()
-    orders = second_process(shop, slow)
-    offer = await shop.launch(quantity=2, limit=1)
-    claim = asyncio.create_task(
-        orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
-    )
-    await slow.entered.wait()
-    claim.cancel()  # its socket closed as the server drained
-    with pytest.raises(asyncio.CancelledError):
-        await claim
+    slow, orders, offer_id = await claimer_gone_mid_write(shop)  # as the server drained
     closing = asyncio.create_task(orders.close())
     await asyncio.sleep(0.05)
     assert not closing.done()  # the stores close next: not under the write
     slow.go.set()
     await asyncio.wait_for(closing, 1)
     [order] = await slow.list_for_buyer("buyer-1", 10)
-    unattached = await shop.stock.pending_without_order(offer.id, shop.clock() + ORPHAN_AFTER)
+    unattached = await shop.stock.pending_without_order(offer_id, shop.clock() + ORPHAN_AFTER)
     assert unattached == []
     assert shop.events.private[-1][1]["order"]["id"] == order.id
 
