@@ -69,6 +69,7 @@ class Hub:
         self._subscriptions = asyncio.Lock()
         self._users = UserWatches(broker, self._subscriptions)
         self._ticker: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._background = BackgroundTasks(log, "hub_task_failed")
         self._counters = RoomCounters(
             broker,
@@ -89,40 +90,34 @@ class Hub:
     async def drain(self, grace_seconds: float) -> None:
         """Refuse new viewers, close every open socket with 1001 so clients go elsewhere."""
         self.draining = True
-        # Its viewers are no longer counted here, first: else, reconnected elsewhere, they
+        # Its viewers are no longer counted here, sent first: else, reconnected elsewhere, they
         # would count twice until this process's count went stale, and lift the peak for good.
-        await self._leave_rooms()
+        leaving = self._counters.start_leaving(self._opened_rooms())
         for room in list(self._rooms.values()):
             for conn in list(room.connections):
                 conn.close_after_flush(CloseCode.GOING_AWAY, "server restarting")
         if self.connection_count():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_left.wait(), grace_seconds)
+        await self._counters.finish_leaving(leaving, LEAVE_SECONDS)
 
     async def close(self) -> None:
         if self._ticker is not None:
-            self._ticker.cancel()
+            # Stopped between ticks: a tick under way has taken the rooms' likes, and would lose
+            # them if cancelled before Redis counts them (unless Redis holds it past the bound).
+            self._stopping.set()
+            if not (await asyncio.wait([self._ticker], timeout=LEAVE_SECONDS))[0]:
+                self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
-        await self._leave_rooms()  # the likes since the last tick, and the figures kept
+        # The likes since the last tick, and the figures kept.
+        await self._counters.finish_leaving(
+            self._counters.start_leaving(self._opened_rooms()), LEAVE_SECONDS
+        )
         await self._background.close()
         await self.broker.close()
 
-    async def _leave_rooms(self) -> None:
-        """Stop counting this process's viewers of every room, report its likes not yet counted
-        and keep the figures (RoomCounters.leave): bounded, as a stop must not hang on Redis."""
-        rooms = [room for room in self._rooms.values() if _opened(room)]
-        leaving = [asyncio.ensure_future(self._counters.leave(room)) for room in rooms]
-        if not leaving:
-            return
-        done, late = await asyncio.wait(leaving, timeout=LEAVE_SECONDS)
-        for task in late:
-            task.cancel()
-        for room, task in zip(rooms, leaving, strict=True):
-            if task in done and task.exception() is not None:
-                log.warning(
-                    "room_counters_not_left",
-                    extra={"room_id": room.room_id, "error": type(task.exception()).__name__},
-                )
+    def _opened_rooms(self) -> list[LocalRoom]:
+        return [room for room in self._rooms.values() if room.opened]
 
     def connection_count(self) -> int:
         return sum(len(room.connections) for room in self._rooms.values())
@@ -147,6 +142,8 @@ class Hub:
         if self.draining:
             raise Draining("server is shutting down")
         room = await self._ready_room(room_id)
+        if self.draining:  # began while the room opened: its viewers were sent away already
+            raise Draining("server is shutting down")
         if room.status == "ended":
             raise RoomEnded("the room has ended")
         conn = Connection(
@@ -175,6 +172,9 @@ class Hub:
             if isinstance(exc, LiveshopError | asyncio.CancelledError):
                 raise
             raise Unavailable("live events are unavailable, try again") from exc
+        if self.draining:  # began while this joined: the drain did not see it to send it away
+            await self.leave(conn)
+            raise Draining("server is shutting down")
         hello = hello_frame(room, identity, seq0, epoch0, missed is not None, snapshot)
         conn.start([encode_body(hello), *(missed or [])])
         return conn, room
@@ -464,8 +464,7 @@ class Hub:
     # Counters and housekeeping, once per interval --------------------------------------------
 
     async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.limits.counter_interval)
+        while not await self._stopping_within(self.limits.counter_interval):
             rooms = list(self._rooms.values())
             results = await asyncio.gather(
                 *(self._tick_room(room) for room in rooms), return_exceptions=True
@@ -477,8 +476,15 @@ class Hub:
                         extra={"room_id": room.room_id, "error": type(result).__name__},
                     )
 
+    async def _stopping_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
     async def _tick_room(self, room: LocalRoom) -> None:
-        if not _opened(room):  # while the room opens or is read again: next tick
+        if not room.opened:  # while the room opens or is read again: next tick
             return
         if room.empty_since is not None and time.monotonic() - room.empty_since > LINGER_SECONDS:
             await self._close_room(room)
@@ -491,9 +497,3 @@ class Hub:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._background.spawn(coro)
-
-
-def _opened(room: LocalRoom) -> bool:
-    """Opened, and not being opened again (after a reset)."""
-    ready = room.ready
-    return ready is not None and ready.done() and ready.exception() is None

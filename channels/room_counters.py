@@ -7,6 +7,7 @@ it lost start again from them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ log = logging.getLogger("liveshop.hub")
 # Keeps a room's likes and peak viewers, and answers them as kept by every process.
 CounterKeeper = Callable[[str, int, int], Awaitable[tuple[int, int]]]
 Publish = Callable[[str, dict[str, Any]], Awaitable[int]]
+Leaving = list[tuple[LocalRoom, asyncio.Task[None]]]
 # What a Redis that loses its data can take from the host's figures (keeping is one write a
 # room and process each time).
 KEEP_COUNTERS_SECONDS = 10.0
@@ -70,10 +72,32 @@ class RoomCounters:
         likes, room.likes_pending = room.likes_pending, 0
         try:
             counters = await self._broker.update_counters(room.room_id, likes, 0, kept=room.kept)
-        except BaseException:
-            room.likes_pending += likes  # not counted: the next report takes them
+        except Exception:
+            room.likes_pending += likes  # refused, not counted: the next report takes them
             raise
+        # Cancelled (a stop that could wait no longer), the report may have been counted: its
+        # likes are not taken back, so that they are never counted twice.
         self._kept(room, counters, closing=True)
+
+    def start_leaving(self, rooms: list[LocalRoom]) -> Leaving:
+        """`leave` every room (a process stopping), under way once this returns."""
+        return [(room, asyncio.ensure_future(self.leave(room))) for room in rooms]
+
+    async def finish_leaving(self, leaving: Leaving, seconds: float) -> None:
+        """Wait for the leaves, at most `seconds`: a stop must not hang on Redis. One cut short
+        may have been counted or not; its likes are not reported again, never to count twice."""
+        if not leaving:
+            return
+        await asyncio.wait([task for _, task in leaving], timeout=seconds)
+        for room, task in leaving:
+            if not task.done():
+                task.cancel()
+                log.warning("room_counters_not_left", extra={"room_id": room.room_id})
+            elif not task.cancelled() and (error := task.exception()) is not None:
+                log.warning(
+                    "room_counters_not_left",
+                    extra={"room_id": room.room_id, "error": type(error).__name__},
+                )
 
     def _kept(self, room: LocalRoom, counters: Counters, *, closing: bool = False) -> None:
         """Kept if they changed and a period has passed since the last keep here, or at once

@@ -92,6 +92,12 @@ class LocalRoom:
         self._per_user[conn.identity.user_id] += 1
 
     @property
+    def opened(self) -> bool:
+        """Opened, and not being opened again (after a reset)."""
+        ready = self.ready
+        return ready is not None and ready.done() and ready.exception() is None
+
+    @property
     def viewer_count(self) -> int:
         """Viewers here: a user's several sockets (a phone and a laptop) count once, and each
         anonymous socket is a viewer of its own."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest_asyncio
 
+from channels.broker import Counters
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
@@ -102,6 +103,30 @@ class SlowSubscribeBroker(MemoryBroker):
             self.failing -= 1
             raise ConnectionError("Redis went away")
         await super().subscribe_user(user_id)
+
+
+class SlowCountsBroker(MemoryBroker):
+    """A Redis across a network: while `answered` is clear, a counter report is on its way to
+    Redis (`counted_late`) or counted at once and its answer on its way back."""
+
+    def __init__(self, bus: MemoryBus, *, counted_late: bool = False) -> None:
+        super().__init__(bus)
+        self.answered = asyncio.Event()
+        self.answered.set()
+        self.counted_late = counted_late
+        self.likes_sent: list[int] = []  # each report's likes, as sent
+        self.sent = asyncio.Event()
+
+    async def update_counters(
+        self, room_id: str, likes_delta: int, local_viewers: int, *, kept: tuple[int, int] = (0, 0)
+    ) -> Counters:
+        self.likes_sent.append(likes_delta)
+        self.sent.set()
+        if self.counted_late:
+            await self.answered.wait()
+        counters = await super().update_counters(room_id, likes_delta, local_viewers, kept=kept)
+        await self.answered.wait()
+        return counters
 
 
 async def load_room(room_id: str) -> RoomView:

@@ -13,13 +13,15 @@ from channels import hub as hub_module
 from channels import room_counters
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
-from channels.errors import RoomEnded
+from channels.errors import Draining, RoomEnded
 from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
 from server.domain.errors import NotFound, Unavailable
 from server.metrics import Metrics
+from tests.fakes import wait_until
 from tests.unit.channels.hub_fakes import (
     ROOM,
+    SlowCountsBroker,
     SlowSubscribeBroker,
     Socket,
     load_room,
@@ -220,6 +222,63 @@ async def test_a_stop_reports_the_likes_since_the_last_tick_and_keeps_them() -> 
     await hub.close()
     assert bus.counters["r1"].likes == 42  # each like once
     assert kept[-1][0] == 42
+
+
+async def test_a_tick_under_way_at_close_still_counts_its_likes() -> None:
+    broker = SlowCountsBroker(MemoryBus(), counted_late=True)
+    hub = make_hub(broker, counter_interval=0.02)
+    await hub.start()
+    _, room = await hub.join("r1", viewer(1), Socket())
+    broker.answered.clear()
+    hub.add_likes(room, 7)
+    # A tick has taken the likes, and its report is on its way to Redis.
+    await wait_until(lambda: 7 in broker.likes_sent, broker.sent, 1)
+    closing = asyncio.create_task(hub.close())
+    await asyncio.sleep(0.05)
+    broker.answered.set()
+    await closing
+    assert broker.bus.counters["r1"].likes == 7
+
+
+async def test_a_stop_cut_short_by_a_slow_redis_never_counts_likes_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "LEAVE_SECONDS", 0.05)
+    broker = SlowCountsBroker(MemoryBus())
+    hub = make_hub(broker, counter_interval=60)  # no tick: only the stop reports
+    await hub.start()
+    socket = Socket()
+    _, room = await hub.join("r1", viewer(1), socket)
+    hub.add_likes(room, 10)
+    broker.answered.clear()  # counted, but the answer never comes in time
+    await hub.drain(grace_seconds=1)
+    assert socket.closed is not None  # sent away without waiting for Redis
+    broker.answered.set()
+    await hub.close()
+    assert broker.bus.counters["r1"].likes == 10
+
+
+async def test_a_viewer_whose_room_opened_as_the_drain_began_is_sent_away() -> None:
+    opened = asyncio.Event()
+
+    async def slow_load_room(room_id: str) -> RoomView:
+        await opened.wait()
+        return await load_room(room_id)
+
+    hub = Hub(MemoryBroker(MemoryBus()), slow_load_room, Metrics(), HubLimits())
+    await hub.start()
+    try:
+        socket = Socket()
+        joining = asyncio.create_task(hub.join("r1", viewer(1), socket))
+        await asyncio.sleep(0.02)
+        await hub.drain(grace_seconds=1)  # nobody to send away yet
+        opened.set()
+        with pytest.raises(Draining):
+            await joining
+        assert socket.of_type("hello") == []
+        assert hub.connection_count() == 0
+    finally:
+        await hub.close()
 
 
 class UnsubscribeFails(MemoryBroker):
