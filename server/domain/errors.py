@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# The fields of a problem+json answer and of a websocket `error` frame.
+RESERVED_FIELDS = frozenset(
+    {"type", "title", "status", "detail", "code", "errors", "message", "ref"}
+)
+
 
 class LiveshopError(Exception):
     """Base of every error the product reports to a client; `code` is stable, for machines."""
@@ -17,8 +22,10 @@ class LiveshopError(Exception):
         if code is not None:
             self.code = code
         # Members a client reads besides the code (a problem+json extension, a frame's field):
-        # what the message says in words, for machines.
+        # what the message says in words, for machines. Never one of the answer's own fields.
         self.details = details or {}
+        if taken := RESERVED_FIELDS.intersection(self.details):
+            raise ValueError(f"details may not be named {sorted(taken)}")
 
 
 class InvalidInput(LiveshopError):

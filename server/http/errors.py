@@ -124,25 +124,29 @@ def _problem(status: int, code: str, detail: str, extra: Mapping[str, Any]) -> d
     }
 
 
-# A flash sale answers thousands of claims with the same few problems (sold out, limit reached):
-# each is rendered once. Bounded, since a detail may name an id.
+# A flash sale answers thousands of claims with the same few problems (sold out, limit reached,
+# not yet started): each is rendered once. Bounded, since a detail may name an id.
 @functools.lru_cache(maxsize=256)
-def _plain_problem(status: int, code: str, detail: str) -> bytes:
-    return _encode_json(_problem(status, code, detail, {})).encode("utf-8")
+def _plain_problem(
+    status: int, code: str, detail: str, details: tuple[tuple[str, str], ...] = ()
+) -> bytes:
+    return _encode_json(_problem(status, code, detail, dict(details))).encode("utf-8")
 
 
 def problem_for(exc: LiveshopError) -> Response:
     """The answer to a product error: the one mapping, used by the exception handler and by
     hot endpoints that answer their own errors (see commerce.claim_offer)."""
-    extra: dict[str, Any] = dict(exc.details)
-    if isinstance(exc, InvalidRequest):
-        extra["errors"] = exc.errors
     headers: dict[str, str] | None = None
     if isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
     elif isinstance(exc, Unavailable):
         headers = {"Retry-After": RETRY_AFTER_SECONDS}
-    return problem(exc.status, exc.code, exc.message, headers=headers, **extra)
+    if isinstance(exc, InvalidRequest):
+        extra = {**exc.details, "errors": exc.errors}
+        return problem(exc.status, exc.code, exc.message, headers=headers, **extra)
+    details = tuple(exc.details.items())
+    body = _plain_problem(exc.status, exc.code, exc.message, details)
+    return Response(body, exc.status, headers, PROBLEM_JSON)
 
 
 async def _liveshop_error(request: Request, exc: Exception) -> Response:

@@ -179,6 +179,7 @@ def openapi_document() -> dict[str, Any]:
                 "errors": {"type": "array", "items": {"type": "object"}},
                 "starts_at": {
                     "type": "string",
+                    "format": "date-time",
                     "description": "With `offer_not_active` for a claim during the offer's"
                     " countdown: when it starts (absent once it has ended)",
                 },

@@ -69,6 +69,9 @@ class BuyerNotices:
         except Unavailable:
             log.warning("order_update_deferred", extra={"order_id": order.id})
             return False
+        except Exception:  # a bug: found by its traceback; the order stands, told later
+            log.exception("order_update_failed", extra={"order_id": order.id})
+            return False
         return True
 
 

@@ -8,6 +8,7 @@ The stock figures the room hears on the way are `stock_announcer.py`'s.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
@@ -240,7 +241,9 @@ class OfferService:
 
     async def view(self, offer_id: str) -> tuple[FlashOffer, StockFigure | None]:
         """The offer and its stock (None while the stock is being rebuilt)."""
-        offer = await self._offers.get(offer_id)
+        return await self._with_stock(await self._offers.get(offer_id))
+
+    async def _with_stock(self, offer: FlashOffer) -> tuple[FlashOffer, StockFigure | None]:
         if (at_end := offer.remaining_at_end()) is not None:
             return offer, StockFigure(at_end, None)
         try:
@@ -256,12 +259,20 @@ class OfferService:
         counted them yet are left out, as the room is not shown them either."""
         await self._rooms.get(room_id)
         offers = await self._offers.in_room(room_id, FIGURES_LIMIT)
-        return [await self.view(offer.id) for offer in reversed(offers) if offer.counted]
+        return await self._all_with_stock(reversed(offers))
 
     async def open_in_room(self, room_id: str) -> list[tuple[FlashOffer, StockFigure | None]]:
         """The room's offers that have not ended, as the room is shown them: counted ones."""
-        offers = await self._offers.open_in_room(room_id)
-        return [await self.view(offer.id) for offer in offers if offer.counted]
+        return await self._all_with_stock(await self._offers.open_in_room(room_id))
+
+    async def _all_with_stock(
+        self, offers: Iterable[FlashOffer]
+    ) -> list[tuple[FlashOffer, StockFigure | None]]:
+        """The counted ones, as just read, each with its stock: read together (an ended
+        offer's is on the offer itself)."""
+        return list(
+            await asyncio.gather(*(self._with_stock(offer) for offer in offers if offer.counted))
+        )
 
     async def figures_in_room(self, room_id: str) -> list[OfferFigures]:
         """Orders, units and paid figures of the offers the room has run (its latest

@@ -505,3 +505,9 @@ def test_an_errors_details_are_fields_of_its_frame() -> None:
         "ref": "k1",
         "starts_at": "2026-12-01T10:00:00.000Z",
     }
+
+
+@pytest.mark.parametrize("name", ["code", "ref", "type", "detail", "errors"])
+def test_an_errors_details_cannot_stand_in_for_its_own_fields(name: str) -> None:
+    with pytest.raises(ValueError, match="details may not be named"):
+        Conflict("the offer is not active", code="offer_not_active", details={name: "x"})

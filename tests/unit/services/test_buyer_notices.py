@@ -8,7 +8,7 @@ from typing import Any
 from server.domain.errors import Unavailable
 from server.domain.orders import OrderStatus
 from server.services.buyer_notices import TELL_AFTER
-from tests.unit.services.shop import Shop, buyer, other_process
+from tests.unit.services.shop import ADDRESS, Shop, buyer, other_process
 
 
 def told_statuses(shop: Shop, since: int) -> list[tuple[str, str]]:
@@ -63,3 +63,22 @@ async def test_a_change_told_at_once_is_not_told_again(shop: Shop) -> None:
     shop.clock.advance(seconds=TELL_AFTER.total_seconds() + 1)
     assert await shop.orders.tell_untold_buyers() == 0
     assert told_statuses(shop, told_before) == [("buyer-1", "cancelled")]
+
+
+async def test_a_claim_whose_order_update_hits_a_bug_still_gets_its_order(shop: Shop) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+
+    async def notify(user_id: str, event: dict[str, Any]) -> None:
+        raise TypeError("a bug in the broker")
+
+    _, orders = other_process(shop, notify=notify)
+    order, created = await orders.claim(
+        offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
+    )
+    assert created  # the order stands: its buyer is told later, not refused
+    shop.clock.advance(seconds=TELL_AFTER.total_seconds() + 1)
+    told_before = len(shop.events.private)
+    assert await shop.orders.tell_untold_buyers() == 1
+    assert [(u, e["order"]["id"]) for u, e in shop.events.private[told_before:]] == [
+        ("buyer-1", order.id)
+    ]
