@@ -128,8 +128,11 @@ async def _serve(
         raw = message.get("text")
         if raw is None:
             raw = message.get("bytes") or b""
+        started = time.perf_counter()
         commands, ref = session.handle(raw, mono=time.monotonic(), now=datetime.now(UTC))
         frames_in[_outcome(commands)].inc()
+        if session.last_type == "offer.claim" and (code := _error_code(commands)) is not None:
+            hub.metrics.ws_claims.record(code, started)  # refused before reaching the service
         await _carry_out(commands, ref, container, hub, conn, room)
 
 
@@ -248,7 +251,12 @@ def _close_code(error: LiveshopError) -> int:
 
 
 def _outcome(commands: list[Command]) -> str:
+    return "accepted" if _error_code(commands) is None else "rejected"
+
+
+def _error_code(commands: list[Command]) -> str | None:
+    """The code of the `error` a frame was answered with, None if it was not refused."""
     for command in commands:
         if isinstance(command, Reply) and command.frame.get("type") == "error":
-            return "rejected"
-    return "accepted"
+            return str(command.frame["code"])
+    return None

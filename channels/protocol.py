@@ -180,6 +180,9 @@ class RoomSession:
         self.limits = limits
         self._new_id = new_id
         self._bad_frames = 0
+        # The `type` the last message named, None if it named none: a refused claim is still
+        # a claim to the operator's figures (liveshop_claims), as over HTTP.
+        self.last_type: str | None = None
         self._frames = TokenBucket(capacity=limits.frame_burst, rate=limits.frames_per_second)
 
     def handle(
@@ -189,8 +192,10 @@ class RoomSession:
         called the frame (its `ref`), for the error should carrying them out fail. `mono` is
         a monotonic clock, `now` wall time in UTC."""
         ref: str | None = None
+        self.last_type = None
         try:
             data = self._decode(raw)
+            self.last_type = data["type"]
             # Taken before the frame is validated, so that the error a malformed frame causes
             # still names the frame it answers.
             ref = _ref_of(data)

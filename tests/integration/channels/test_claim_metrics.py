@@ -50,6 +50,9 @@ async def test_claims_are_counted_by_transport_and_outcome(live: Live) -> None:
         await recv_type(mia, "order.updated")
         refused = await recv_type(mia, "error")
         assert (refused["code"], refused["ref"]) == ("limit_reached", "k2")
+        faulty = {"type": "offer.claim", "offer_id": offer["id"], "idempotency_key": "k3"}
+        await mia.send(json.dumps({**faulty, "quantity": 0, "shipping_address": ADDRESS}))
+        assert (await recv_type(mia, "error"))["code"] == "invalid_quantity"
     assert (await claim(live, offer["id"], "noa", "k1")).status_code == 201  # the last unit
     assert (await claim(live, offer["id"], "ivy", "k1")).status_code == 409  # sold out
     seen = await scrape(live)
@@ -59,4 +62,6 @@ async def test_claims_are_counted_by_transport_and_outcome(live: Live) -> None:
     assert seen[claims("http", "sold_out")] == 1
     assert seen[claims("websocket", "order")] == 1
     assert seen[claims("websocket", "limit_reached")] == 1
-    assert (seen[timed("http")], seen[timed("websocket")]) == (5, 2)
+    # Refused before reaching the service, as an HTTP claim's 422 is: still a claim.
+    assert seen[claims("websocket", "invalid_quantity")] == 1
+    assert (seen[timed("http")], seen[timed("websocket")]) == (5, 3)
