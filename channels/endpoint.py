@@ -130,9 +130,10 @@ async def _serve(
             raw = message.get("bytes") or b""
         started = time.perf_counter()
         commands, ref = session.handle(raw, mono=time.monotonic(), now=datetime.now(UTC))
-        frames_in[_outcome(commands)].inc()
-        if session.last_type == "offer.claim" and (code := _error_code(commands)) is not None:
-            hub.metrics.ws_claims.record(code, started)  # refused before reaching the service
+        refused = _error_code(commands)
+        frames_in["accepted" if refused is None else "rejected"].inc()
+        if refused is not None and session.last_type == "offer.claim":
+            hub.metrics.ws_claims.record(refused, started)  # refused before reaching the service
         await _carry_out(commands, ref, container, hub, conn, room)
 
 
@@ -248,10 +249,6 @@ def _close_code(error: LiveshopError) -> int:
     if isinstance(error, Unavailable):
         return CloseCode.TRY_AGAIN_LATER
     return CloseCode.INTERNAL_ERROR
-
-
-def _outcome(commands: list[Command]) -> str:
-    return "accepted" if _error_code(commands) is None else "rejected"
 
 
 def _error_code(commands: list[Command]) -> str | None:
