@@ -47,14 +47,7 @@ class RoomCounters:
         """Report this process's likes and viewers, tell the room the totals that moved (one
         process an interval), and keep them. Not `serving` (draining), it reports no viewers:
         those it sent away are counted where they reconnect."""
-        likes, room.likes_pending = room.likes_pending, 0
-        try:
-            counters = await self._broker.update_counters(
-                room.room_id, likes, room.viewer_count if serving else 0, kept=room.kept
-            )
-        except Exception:
-            room.likes_pending += likes  # not counted: try again next tick
-            raise
+        counters = await self._report(room, room.viewer_count if serving else 0)
         room_id = room.room_id
         if counters.likes > room.likes and await self._broker.try_gate(
             room_id, "likes", self._interval
@@ -69,15 +62,18 @@ class RoomCounters:
     async def leave(self, room: LocalRoom) -> None:
         """This process stops serving the room (or is stopping): its last likes and no viewers,
         kept at once."""
+        self._kept(room, await self._report(room, 0), closing=True)
+
+    async def _report(self, room: LocalRoom, viewers: int) -> Counters:
+        """Add the likes tapped here since the last report, and set this process's viewers. A
+        report cancelled (a stop that could wait no longer) may have been counted: its likes are
+        not taken back, so that they are never counted twice."""
         likes, room.likes_pending = room.likes_pending, 0
         try:
-            counters = await self._broker.update_counters(room.room_id, likes, 0, kept=room.kept)
+            return await self._broker.update_counters(room.room_id, likes, viewers, kept=room.kept)
         except Exception:
             room.likes_pending += likes  # refused, not counted: the next report takes them
             raise
-        # Cancelled (a stop that could wait no longer), the report may have been counted: its
-        # likes are not taken back, so that they are never counted twice.
-        self._kept(room, counters, closing=True)
 
     def start_leaving(self, rooms: list[LocalRoom]) -> Leaving:
         """`leave` every room (a process stopping), under way once this returns."""

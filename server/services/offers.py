@@ -257,8 +257,9 @@ class OfferService:
         """The offers the room has run and runs, newest first (its latest FIGURES_LIMIT), each
         with its stock; NotFound for a room that does not exist. Offers whose launch has not
         counted them yet are left out, as the room is not shown them either."""
-        await self._rooms.get(room_id)
         offers = await self._offers.in_room(room_id, FIGURES_LIMIT)
+        if not offers:
+            await self._rooms.get(room_id)  # none yet, or no such room
         return await self._all_with_stock(reversed(offers))
 
     async def open_in_room(self, room_id: str) -> list[tuple[FlashOffer, StockFigure | None]]:
