@@ -59,6 +59,9 @@ class BuyerNotices:
                 await self._notify(order.buyer_id, _updated(order))
             except Unavailable:
                 break  # the broker is still away: next round
+            except Exception:  # a bug with this order: found by its traceback; tell the others
+                log.exception("order_update_failed", extra={"order_id": order.id})
+                continue
             await self._orders.buyer_told(order.id, len(order.history))
             told += 1
         return told

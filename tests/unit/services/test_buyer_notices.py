@@ -82,3 +82,34 @@ async def test_a_claim_whose_order_update_hits_a_bug_still_gets_its_order(shop: 
     assert [(u, e["order"]["id"]) for u, e in shop.events.private[told_before:]] == [
         ("buyer-1", order.id)
     ]
+
+
+async def test_an_order_that_cannot_be_told_does_not_hold_back_the_other_buyers(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+
+    async def broker_away(user_id: str, event: dict[str, Any]) -> None:
+        raise Unavailable("live events are unavailable, try again")
+
+    poisoned: list[str] = []
+
+    async def buggy_for_one(user_id: str, event: dict[str, Any]) -> None:
+        if not poisoned:
+            poisoned.append(user_id)  # the first order a round reads: one with a bug
+        if user_id == poisoned[0]:
+            raise TypeError("a bug")
+        await shop.events.send_private(user_id, event)
+
+    _, claiming = other_process(shop, notify=broker_away)
+    for n in (1, 2):
+        await claiming.claim(
+            offer.id, buyer(n), quantity=1, idempotency_key=f"k{n}", address=ADDRESS
+        )
+    shop.clock.advance(seconds=TELL_AFTER.total_seconds() + 1)
+    _, housekeeping = other_process(shop, notify=buggy_for_one)
+    told_before = len(shop.events.private)
+    assert await housekeeping.tell_untold_buyers() == 1
+    assert await housekeeping.tell_untold_buyers() == 0  # the other is not told twice
+    other = "buyer-2" if poisoned == ["buyer-1"] else "buyer-1"
+    assert [user for user, _ in shop.events.private[told_before:]] == [other]
