@@ -10,7 +10,16 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import AuthenticationError, AuthorizationError, DataError, ReadOnlyError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    DataError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
@@ -20,13 +29,25 @@ from server.adapters.unreachable import unavailable_when
 REPLY_TIMEOUT_SECONDS = 5.0
 
 
+# Refusals that mean "not now" rather than "never": Redis running a script past its time limit,
+# or a primary without enough replicas for a write (`min-replicas-to-write`). redis-py gives
+# them no class of their own.
+_NOT_NOW_PREFIXES = ("BUSY ", "NOREPLICAS ")
+
+
 def _unreachable(exc: Exception) -> bool:
     # ConnectionError covers a refused or dropped connection, a Redis still loading its data
     # and no free pooled connection; a ReadOnlyError, a replica that is not yet the primary.
+    # Out of memory (writes refused until keys expire or memory is freed), a cluster that is
+    # down or resharding: the command did nothing, and later it may work.
     # A refused password is a ConnectionError too, but a configuration error: not "try again".
     if isinstance(exc, AuthenticationError | AuthorizationError):
         return False
     if closed_transport(exc):
+        return True
+    if isinstance(exc, OutOfMemoryError | ClusterDownError | TryAgainError):
+        return True
+    if isinstance(exc, ResponseError) and str(exc).startswith(_NOT_NOW_PREFIXES):
         return True
     return isinstance(exc, RedisConnectionError | RedisTimeoutError | ReadOnlyError)
 

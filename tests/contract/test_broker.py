@@ -409,3 +409,25 @@ async def test_a_room_left_while_redis_is_away_is_not_subscribed_again(
         await b.heard.wait_for(lambda: any(room == "kept" for room, _ in b.heard.room_frames))
         assert "left" not in b.heard.subscribed[2:]  # not subscribed again...
         assert all(room == "kept" for room, _ in b.heard.room_frames)  # ...nor heard
+
+
+async def test_a_redis_out_of_memory_is_unavailable_and_changes_nothing(
+    redis_server: RedisServer,
+) -> None:
+    broker = RedisBroker(redis_server.url)
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await broker.publish("oom", {"type": "chat.message", "text": "before"})
+        await admin.config_set("maxmemory", 1)  # below what it uses: every write is refused
+        try:
+            with pytest.raises(Unavailable):
+                await broker.publish("oom", {"type": "chat.message", "text": "refused"})
+            with pytest.raises(Unavailable):
+                await broker.update_counters("oom", 5, 3)
+            assert (await broker.position("oom")).seq == 1
+        finally:
+            await admin.config_set("maxmemory", 0)
+        assert (await broker.update_counters("oom", 5, 3)).likes == 5
+    finally:
+        await admin.aclose()
+        await broker.close()

@@ -17,7 +17,15 @@ from pymongo.errors import (
     OperationFailure,
     ServerSelectionTimeoutError,
 )
-from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -57,6 +65,12 @@ async def test_mongodb_away_or_too_slow_is_unavailable(error: Exception) -> None
         BusyLoadingError("loading the dataset"),
         RedisTimeoutError("no reply"),
         ReadOnlyError("a replica"),
+        OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+        ResponseError("BUSY Redis is busy running a script"),
+        ResponseError("NOREPLICAS Not enough good replicas to write"),
+        ClusterDownError("The cluster is down"),
+        MasterDownError("Link with MASTER is down"),
+        TryAgainError("Multiple keys request during rehashing of slot"),
     ],
 )
 async def test_redis_away_or_too_slow_is_unavailable(error: Exception) -> None:
