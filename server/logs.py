@@ -56,12 +56,20 @@ def _client_faults_are_not_errors(record: logging.LogRecord) -> bool:
     return True
 
 
+# Libraries whose debug logs carry what passes through them: PyMongo whole documents (a buyer's
+# name, phone and address), websockets every frame (chat, claims), httpcore each request. Never
+# below INFO, whatever LIVESHOP_LOG_LEVEL says.
+PAYLOAD_LOGGERS = ("pymongo", "websockets", "httpcore")
+
+
 def configure_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in PAYLOAD_LOGGERS:
+        logging.getLogger(name).setLevel(max(root.level, logging.INFO))
     # uvicorn's access log would print every query string, tokens included.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):
