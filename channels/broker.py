@@ -37,6 +37,21 @@ class Counters:
     peak_viewers: int
 
 
+@dataclass(frozen=True, slots=True)
+class CounterReport:
+    """What one process tells of a room. Likes go as a running total, so that a report counted
+    twice (sent again after its reply was lost) or late (overtaken by a later one) adds nothing;
+    the number orders the viewers, so that an older report's never replace a newer one's."""
+
+    tally: int  # this process's tally of the room: one per opening of the room here
+    number: int  # raised with every report the process makes, whatever the room
+    likes: int  # tapped in the room here since the tally began
+    # Of those, what the last answered report counted: what the room's counters already hold,
+    # unless they lost the tally (Redis lost its data), when only the rest is added.
+    likes_counted: int
+    viewers: int  # connected here now
+
+
 class BrokerListener(Protocol):
     """What a broker calls back into (the hub). Calls happen on the event loop, never blocking."""
 
@@ -97,11 +112,12 @@ class Broker(Protocol):
         """Frames with seq > after_seq in order, or None when some of them are gone."""
 
     async def update_counters(
-        self, room_id: str, likes_delta: int, local_viewers: int, *, kept: tuple[int, int] = (0, 0)
+        self, room_id: str, report: CounterReport, *, kept: tuple[int, int] = (0, 0)
     ) -> Counters:
-        """Add this process's new likes and report its viewer count; return the room's totals.
-        A room with no counters (new, or Redis lost or expired them) starts from `kept`: its
-        likes and peak viewers as last kept where they outlive Redis."""
+        """Count this process's likes not counted yet and take its viewer count (unless a later
+        report of this process was taken already); return the room's totals. A room with no
+        counters (new, or Redis lost or expired them) starts from `kept`: its likes and peak
+        viewers as last kept where they outlive Redis."""
 
     async def read_counters(self, room_id: str) -> Counters:
         """The room's totals, changing nothing."""

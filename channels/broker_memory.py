@@ -18,6 +18,7 @@ from channels.broker import (
     KEPT_SECONDS,
     STALE_SECONDS,
     BrokerListener,
+    CounterReport,
     Counters,
     StreamPosition,
     encode_body,
@@ -44,6 +45,9 @@ class _RoomCounters:
     likes: int = 0
     peak: int = 0
     viewers: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # As in Redis's `reports` hash: each tally's likes counted, each node's last report taken.
+    tallies: dict[tuple[str, int], int] = field(default_factory=dict)
+    numbers: dict[str, int] = field(default_factory=dict)
 
 
 class MemoryBus:
@@ -195,18 +199,23 @@ class MemoryBroker:
         return [frame for _, frame in kept]
 
     async def update_counters(
-        self, room_id: str, likes_delta: int, local_viewers: int, *, kept: tuple[int, int] = (0, 0)
+        self, room_id: str, report: CounterReport, *, kept: tuple[int, int] = (0, 0)
     ) -> Counters:
         now = time.monotonic()
         counters = self.bus.counters.get(room_id)
         if counters is None:
             counters = self.bus.counters[room_id] = _RoomCounters(now, likes=kept[0], peak=kept[1])
         counters.written_at = now
-        counters.likes += likes_delta
-        if local_viewers > 0:
-            counters.viewers[self.node_id] = (local_viewers, now)
-        else:
-            counters.viewers.pop(self.node_id, None)
+        tally = (self.node_id, report.tally)
+        counted = counters.tallies.get(tally, report.likes_counted)
+        counters.likes += max(0, report.likes - counted)
+        counters.tallies[tally] = max(counted, report.likes)
+        if report.number > counters.numbers.get(self.node_id, 0):
+            counters.numbers[self.node_id] = report.number
+            if report.viewers > 0:
+                counters.viewers[self.node_id] = (report.viewers, now)
+            else:
+                counters.viewers.pop(self.node_id, None)
         stale_before = now - STALE_SECONDS
         total = sum(n for n, at in counters.viewers.values() if at >= stale_before)
         counters.peak = max(counters.peak, total)

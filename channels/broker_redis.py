@@ -5,6 +5,8 @@ Each room has, under one hash tag so a cluster keeps them on one shard:
   liveshop:{room}:history  stream of frames, entry id = seq, trimmed to about N entries
   liveshop:{room}:counters hash: likes, peak
   liveshop:{room}:viewers  hash: node id -> "count:unix_ms"
+  liveshop:{room}:reports  hash: node id -> its last report taken; "node id/tally" -> likes
+                           counted of that tally (see Broker.update_counters)
   liveshop:{room}:closed   set of closed topics (see Broker.publish)
   liveshop:{room}:orders   hash: topic -> the order of its last ordered event
 One Lua script assigns the sequence number, appends to history and publishes, so the order of
@@ -25,6 +27,7 @@ from channels.broker import (
     KEPT_SECONDS,
     STALE_SECONDS,
     BrokerListener,
+    CounterReport,
     Counters,
     StreamPosition,
     encode_body,
@@ -73,21 +76,35 @@ end
 return seq
 """
 
+# KEYS: counters, viewers, reports. ARGV: [1] node id, [2] tally, [3] report number, [4] likes
+# of the tally, [5] of which counted, [6] viewers, [7] unix ms, [8] stale ms, [9] seconds kept,
+# [10] likes kept, [11] peak kept.
 _COUNTERS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'likes', ARGV[7], 'peak', ARGV[8])
+  redis.call('HSET', KEYS[1], 'likes', ARGV[10], 'peak', ARGV[11])
 end
-local likes = redis.call('HINCRBY', KEYS[1], 'likes', ARGV[1])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[4])
-else
-  redis.call('HDEL', KEYS[2], ARGV[2])
+local tally = ARGV[1] .. '/' .. ARGV[2]
+local counted = tonumber(redis.call('HGET', KEYS[3], tally) or ARGV[5])
+local tapped = tonumber(ARGV[4])
+if tapped > counted then
+  redis.call('HINCRBY', KEYS[1], 'likes', tapped - counted)
+  counted = tapped
 end
+redis.call('HSET', KEYS[3], tally, counted)
+if tonumber(ARGV[3]) > tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+  if tonumber(ARGV[6]) > 0 then
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[6] .. ':' .. ARGV[7])
+  else
+    redis.call('HDEL', KEYS[2], ARGV[1])
+  end
+end
+local likes = tonumber(redis.call('HGET', KEYS[1], 'likes'))
 local total = 0
 local entries = redis.call('HGETALL', KEYS[2])
 for i = 1, #entries, 2 do
   local count, at = string.match(entries[i + 1], '(%d+):(%d+)')
-  if tonumber(at) < tonumber(ARGV[4]) - tonumber(ARGV[5]) then
+  if tonumber(at) < tonumber(ARGV[7]) - tonumber(ARGV[8]) then
     redis.call('HDEL', KEYS[2], entries[i])
   else
     total = total + tonumber(count)
@@ -98,8 +115,9 @@ if total > peak then
   peak = total
   redis.call('HSET', KEYS[1], 'peak', peak)
 end
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
+for i = 1, 3 do
+  redis.call('EXPIRE', KEYS[i], ARGV[9])
+end
 return {likes, total, peak}
 """
 
@@ -290,19 +308,23 @@ class RedisBroker:
 
     @redis_unreachable_is_unavailable
     async def update_counters(
-        self, room_id: str, likes_delta: int, local_viewers: int, *, kept: tuple[int, int] = (0, 0)
+        self, room_id: str, report: CounterReport, *, kept: tuple[int, int] = (0, 0)
     ) -> Counters:
         _, _, counters, viewers = _keys(room_id)
         args: list[str | int] = [
-            likes_delta,
             self.node_id,
-            local_viewers,
+            report.tally,
+            report.number,
+            report.likes,
+            report.likes_counted,
+            report.viewers,
             int(time.time() * 1000),
             int(STALE_SECONDS * 1000),
             KEPT_SECONDS,
             *kept,
         ]
-        likes, total, peak = await self._counters(keys=[counters, viewers], args=args)
+        keys = [counters, viewers, _key(room_id, "reports")]
+        likes, total, peak = await self._counters(keys=keys, args=args)
         return Counters(likes=int(likes), viewers=int(total), peak_viewers=int(peak))
 
     @redis_unreachable_is_unavailable

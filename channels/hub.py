@@ -493,7 +493,7 @@ class Hub:
         await self._counters.tick(room, serving=not self.draining)
 
     def add_likes(self, room: LocalRoom, count: int) -> None:
-        room.likes_pending += count
+        room.likes_tapped += count
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._background.spawn(coro)

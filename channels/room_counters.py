@@ -8,12 +8,13 @@ it lost start again from them."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels.broker import Broker, Counters
+from channels.broker import Broker, CounterReport, Counters
 from channels.room_state import LocalRoom
 from server.background import BackgroundTasks
 
@@ -42,6 +43,7 @@ class RoomCounters:
         self._interval = interval
         self._keep = keep
         self._background = background
+        self._numbers = itertools.count(1)  # orders this process's reports (CounterReport)
 
     async def tick(self, room: LocalRoom, *, serving: bool = True) -> None:
         """Report this process's likes and viewers, tell the room the totals that moved (one
@@ -65,15 +67,19 @@ class RoomCounters:
         self._kept(room, await self._report(room, 0), closing=True)
 
     async def _report(self, room: LocalRoom, viewers: int) -> Counters:
-        """Add the likes tapped here since the last report, and set this process's viewers. A
-        report cancelled (a stop that could wait no longer) may have been counted: its likes are
-        not taken back, so that they are never counted twice."""
-        likes, room.likes_pending = room.likes_pending, 0
-        try:
-            return await self._broker.update_counters(room.room_id, likes, viewers, kept=room.kept)
-        except Exception:
-            room.likes_pending += likes  # refused, not counted: the next report takes them
-            raise
+        """Report the likes tapped here and this process's viewers. A report that failed, timed
+        out or was cut short may have been counted or not: the next one's running total settles
+        it either way, and its viewers replace this one's even should this one land later."""
+        report = CounterReport(
+            tally=room.tally,
+            number=next(self._numbers),
+            likes=room.likes_tapped,
+            likes_counted=room.likes_counted,
+            viewers=viewers,
+        )
+        counters = await self._broker.update_counters(room.room_id, report, kept=room.kept)
+        room.likes_counted = max(room.likes_counted, report.likes)
+        return counters
 
     def start_leaving(self, rooms: list[LocalRoom]) -> Leaving:
         """`leave` every room (a process stopping), under way once this returns."""
@@ -81,7 +87,7 @@ class RoomCounters:
 
     async def finish_leaving(self, leaving: Leaving, seconds: float) -> None:
         """Wait for the leaves, at most `seconds`: a stop must not hang on Redis. One cut short
-        may have been counted or not; its likes are not reported again, never to count twice."""
+        may have been counted or not; a later report of the room (at close) settles which."""
         if not leaving:
             return
         await asyncio.wait([task for _, task in leaving], timeout=seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ RECENT_MESSAGES = 1000
 # How long a user's chat state outlives their last connection here: until their likes would
 # have refilled, so that reconnecting does not buy a new allowance.
 CHAT_STATE_KEPT_SECONDS = LIKES_BURST / LIKES_PER_SECOND
+# Each opening of a room in this process counts its likes apart (CounterReport.tally).
+_TALLIES = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +69,11 @@ class LocalRoom:
     ready: asyncio.Future[None] | None = None
     empty_since: float | None = None
 
-    # Counters: likes tapped here and not yet reported; totals last seen in the stream.
-    likes_pending: int = 0
+    # Counters: this opening's tally of likes tapped here, and of them what Redis is known to
+    # have counted (see CounterReport); totals last seen in the stream.
+    tally: int = field(default_factory=lambda: next(_TALLIES))
+    likes_tapped: int = 0
+    likes_counted: int = 0
     likes: int = 0
     viewers: int = 0
     peak_viewers: int = 0

@@ -21,6 +21,7 @@ from channels.broker import Broker
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.broker_redis import RedisBroker
 from server.domain.errors import Unavailable
+from tests.contract.test_broker_counters import report
 from tests.fakes import wait_until
 from tests.servers import RedisServer
 
@@ -285,28 +286,6 @@ async def test_unsubscribed_nodes_hear_nothing(backend: Backend) -> None:
     assert backend.b.heard.room_frames == []
 
 
-async def test_counters_add_up_across_nodes(backend: Backend) -> None:
-    a, b = backend.a.broker, backend.b.broker
-    first = await a.update_counters("r8", likes_delta=3, local_viewers=10)
-    assert (first.likes, first.viewers) == (3, 10)
-    second = await b.update_counters("r8", likes_delta=4, local_viewers=5)
-    assert (second.likes, second.viewers, second.peak_viewers) == (7, 15, 15)
-    third = await a.update_counters("r8", likes_delta=0, local_viewers=0)
-    assert (third.likes, third.viewers, third.peak_viewers) == (7, 5, 15)
-    read = await b.read_counters("r8")
-    assert (read.likes, read.viewers, read.peak_viewers) == (7, 5, 15)
-
-
-async def test_counters_a_room_lost_start_from_what_was_kept(backend: Backend) -> None:
-    a, b = backend.a.broker, backend.b.broker
-    # No counters for the room (Redis lost or expired them): they go on from those kept.
-    first = await a.update_counters("r10", likes_delta=3, local_viewers=2, kept=(100, 7))
-    assert (first.likes, first.viewers, first.peak_viewers) == (103, 2, 7)
-    # Once they exist, another node's older idea of them changes nothing.
-    second = await b.update_counters("r10", likes_delta=1, local_viewers=9, kept=(90, 5))
-    assert (second.likes, second.viewers, second.peak_viewers) == (104, 11, 11)
-
-
 async def test_a_gate_opens_once_per_period_across_nodes(backend: Backend) -> None:
     opened = await asyncio.gather(
         *(n.broker.try_gate("r9", "likes", 0.3) for n in (backend.a, backend.b) for _ in range(5))
@@ -423,11 +402,11 @@ async def test_a_redis_out_of_memory_is_unavailable_and_changes_nothing(
             with pytest.raises(Unavailable):
                 await broker.publish("oom", {"type": "chat.message", "text": "refused"})
             with pytest.raises(Unavailable):
-                await broker.update_counters("oom", 5, 3)
+                await broker.update_counters("oom", report(1, likes=5, viewers=3))
             assert (await broker.position("oom")).seq == 1
         finally:
             await admin.config_set("maxmemory", 0)
-        assert (await broker.update_counters("oom", 5, 3)).likes == 5
+        assert (await broker.update_counters("oom", report(2, likes=5, viewers=3))).likes == 5
     finally:
         await admin.aclose()
         await broker.close()

@@ -40,7 +40,7 @@ async def test_debug_logs_carry_no_order_document(
         )
     finally:
         await client.close()
-    logging.getLogger("websockets.server").debug("< TEXT '{\"text\": \"Ada Lovelace\"}'")
+    logging.getLogger("websockets.server").debug('< TEXT \'{"text": "Ada Lovelace"}\'')
     logging.getLogger("pymongo.command").warning("a driver warning still shows")
     text = debug_log.getvalue()
     assert "order_debug_line" in text  # debug is on: the check below proves something

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest_asyncio
 
-from channels.broker import Counters
+from channels.broker import CounterReport, Counters
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
@@ -114,17 +114,17 @@ class SlowCountsBroker(MemoryBroker):
         self.answered = asyncio.Event()
         self.answered.set()
         self.counted_late = counted_late
-        self.likes_sent: list[int] = []  # each report's likes, as sent
+        self.likes_sent: list[int] = []  # each report's running total of likes, as sent
         self.sent = asyncio.Event()
 
     async def update_counters(
-        self, room_id: str, likes_delta: int, local_viewers: int, *, kept: tuple[int, int] = (0, 0)
+        self, room_id: str, report: CounterReport, *, kept: tuple[int, int] = (0, 0)
     ) -> Counters:
-        self.likes_sent.append(likes_delta)
+        self.likes_sent.append(report.likes)
         self.sent.set()
         if self.counted_late:
             await self.answered.wait()
-        counters = await super().update_counters(room_id, likes_delta, local_viewers, kept=kept)
+        counters = await super().update_counters(room_id, report, kept=kept)
         await self.answered.wait()
         return counters
 

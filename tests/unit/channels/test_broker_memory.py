@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from channels import broker_memory
-from channels.broker import KEPT_SECONDS, StreamPosition
+from channels.broker import KEPT_SECONDS, CounterReport, StreamPosition
 from channels.broker_memory import SWEEP_EVERY_SECONDS, MemoryBroker, MemoryBus
 
 
@@ -30,7 +30,7 @@ async def test_what_redis_would_expire_is_swept(clock: Monotonic) -> None:
     broker = MemoryBroker(bus)
     for n in range(3):
         await broker.publish("show", {"type": "chat.message", "n": n})
-    await broker.update_counters("show", likes_delta=5, local_viewers=1)
+    await broker.update_counters("show", CounterReport(1, 1, likes=5, likes_counted=0, viewers=1))
     assert await broker.try_gate("show", "stock:f_1", 0.5)
     assert await broker.take_turn("show", "chat:leo", 5, 1.0)
     epoch = (await broker.position("show")).epoch

@@ -1,0 +1,122 @@
+"""The broker's room counters, on every implementation: likes and viewers reported by each
+process, added up across processes, counted once however a report is repeated or delayed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from channels.broker import Broker, CounterReport
+from channels.broker_memory import MemoryBroker, MemoryBus
+from channels.broker_redis import RedisBroker
+
+
+def report(
+    number: int, *, likes: int = 0, viewers: int = 0, tally: int = 1, counted: int = 0
+) -> CounterReport:
+    return CounterReport(
+        tally=tally, number=number, likes=likes, likes_counted=counted, viewers=viewers
+    )
+
+
+@dataclass
+class Processes:
+    a: Broker
+    b: Broker
+    lose_everything: Callable[[], Awaitable[None]]
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def processes(request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
+    """Two processes' brokers on one memory bus or one real Redis."""
+    if request.param == "memory":
+        bus = MemoryBus()
+
+        async def flush_memory() -> None:
+            bus.flush()
+
+        yield Processes(MemoryBroker(bus), MemoryBroker(bus), flush_memory)
+        return
+    url = request.getfixturevalue("clean_redis")
+    a, b, admin = RedisBroker(url), RedisBroker(url), aioredis.Redis.from_url(url)
+
+    async def flush_redis() -> None:
+        await admin.flushall()
+
+    try:
+        yield Processes(a, b, flush_redis)
+    finally:
+        for closing in (a, b):
+            await closing.close()
+        await admin.aclose()
+
+
+async def test_counters_add_up_across_processes(processes: Processes) -> None:
+    a, b = processes.a, processes.b
+    first = await a.update_counters("r8", report(1, likes=3, viewers=10))
+    assert (first.likes, first.viewers) == (3, 10)
+    second = await b.update_counters("r8", report(1, likes=4, viewers=5))
+    assert (second.likes, second.viewers, second.peak_viewers) == (7, 15, 15)
+    third = await a.update_counters("r8", report(2, likes=3, viewers=0))
+    assert (third.likes, third.viewers, third.peak_viewers) == (7, 5, 15)
+    read = await b.read_counters("r8")
+    assert (read.likes, read.viewers, read.peak_viewers) == (7, 5, 15)
+
+
+async def test_counters_a_room_lost_start_from_what_was_kept(processes: Processes) -> None:
+    a, b = processes.a, processes.b
+    # No counters for the room (Redis lost or expired them): they go on from those kept.
+    first = await a.update_counters("r10", report(1, likes=3, viewers=2), kept=(100, 7))
+    assert (first.likes, first.viewers, first.peak_viewers) == (103, 2, 7)
+    # Once they exist, another process's older idea of them changes nothing.
+    second = await b.update_counters("r10", report(1, likes=1, viewers=9), kept=(90, 5))
+    assert (second.likes, second.viewers, second.peak_viewers) == (104, 11, 11)
+
+
+async def test_a_report_counted_twice_counts_its_likes_once(processes: Processes) -> None:
+    # Sent again after its reply was lost (a timeout, a dropped connection): the same running
+    # total, and the process still believes only what the last answered report counted.
+    for _ in range(2):
+        counters = await processes.a.update_counters("r1", report(1, likes=10, viewers=1))
+    assert counters.likes == 10
+    later = await processes.a.update_counters("r1", report(2, likes=12, viewers=1))
+    assert later.likes == 12
+
+
+async def test_a_report_overtaken_by_a_later_one_changes_nothing(processes: Processes) -> None:
+    a, b = processes.a, processes.b
+    await b.update_counters("r2", report(1, viewers=1))
+    await a.update_counters("r2", report(1, likes=5, viewers=3))
+    # The process stops serving the room: its last report says no viewers and 8 likes...
+    await a.update_counters("r2", report(3, likes=8, viewers=0))
+    # ...and then its tick's report, made before it, lands.
+    late = await a.update_counters("r2", report(2, likes=6, viewers=3))
+    assert (late.likes, late.viewers, late.peak_viewers) == (8, 1, 4)
+    assert (await b.read_counters("r2")).viewers == 1
+
+
+async def test_likes_not_counted_before_redis_lost_the_room_are_counted_after(
+    processes: Processes,
+) -> None:
+    a = processes.a
+    await a.update_counters("r3", report(1, likes=10, viewers=1))
+    await processes.lose_everything()
+    # 10 were counted (as the last answer said, and as kept), 4 were tapped since.
+    counters = await a.update_counters(
+        "r3", report(2, likes=14, counted=10, viewers=1), kept=(10, 1)
+    )
+    assert counters.likes == 14
+
+
+async def test_each_opening_of_a_room_in_a_process_tallies_its_own_likes(
+    processes: Processes,
+) -> None:
+    a = processes.a
+    await a.update_counters("r4", report(1, likes=10, viewers=1, tally=1))
+    await a.update_counters("r4", report(2, likes=10, viewers=0, tally=1))  # closed here
+    counters = await a.update_counters("r4", report(3, likes=2, viewers=1, tally=2))  # again
+    assert counters.likes == 12

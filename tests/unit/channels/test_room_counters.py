@@ -1,0 +1,285 @@
+"""A room's counters through the hub: likes and viewers summed across processes, told to the
+room, kept where they outlive Redis, and each counted once through stops, slow or lost replies
+and reports that land late."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from channels import hub as hub_module
+from channels import room_counters
+from channels.broker import CounterReport, Counters
+from channels.broker_memory import MemoryBroker, MemoryBus
+from channels.hub import Hub, HubLimits
+from server.domain.errors import Unavailable
+from server.metrics import Metrics
+from tests.fakes import wait_until
+from tests.unit.channels.hub_fakes import SlowCountsBroker, Socket, load_room, make_hub, viewer
+
+
+async def test_likes_are_summed_and_broadcast_once_per_interval(hub: Hub) -> None:
+    socket = Socket()
+    _, room = await hub.join("r1", viewer(1), socket)
+    for _ in range(100):
+        hub.add_likes(room, 3)
+    await socket.until(lambda: any(f["count"] == 300 for f in socket.of_type("likes")))
+    assert len(socket.of_type("likes")) == 1
+
+
+async def test_viewer_counts_add_up_across_processes() -> None:
+    bus = MemoryBus()
+    hubs = [make_hub(MemoryBroker(bus)) for _ in range(2)]
+    for hub in hubs:
+        await hub.start()
+    try:
+        watcher = Socket()
+        await hubs[0].join("r1", viewer(0), watcher)
+        for n in range(1, 3):
+            await hubs[0].join("r1", viewer(n), Socket())
+        for n in range(3, 5):
+            await hubs[1].join("r1", viewer(n), Socket())
+        await watcher.until(lambda: any(f["count"] == 5 for f in watcher.of_type("viewers")))
+    finally:
+        for hub in hubs:
+            await hub.close()
+
+
+async def test_a_draining_process_stops_counting_its_viewers_before_sending_them_away() -> None:
+    bus = MemoryBus()
+    staying, stopping = (make_hub(MemoryBroker(bus)) for _ in range(2))
+    for hub in (staying, stopping):
+        await hub.start()
+    try:
+        watcher = Socket()
+        await staying.join("r1", viewer(0), watcher)
+        movers = [Socket() for _ in range(3)]
+        for n, socket in enumerate(movers, start=1):
+            await stopping.join("r1", viewer(n), socket)
+        await watcher.until(lambda: any(f["count"] == 4 for f in watcher.of_type("viewers")))
+        draining = asyncio.create_task(stopping.drain(grace_seconds=2))
+        for socket in movers:  # closed 1001: they reconnect to the process that stays
+            await socket.until_closed()
+        for n in range(1, 4):
+            await staying.join("r1", viewer(n), Socket())
+        await draining
+        await asyncio.sleep(0.2)  # several ticks of both processes
+        counts = [frame["count"] for frame in watcher.of_type("viewers")]
+        assert counts[-1] == 4
+        assert max(counts) == 4, counts  # never counted twice, here and where they went
+        assert bus.counters["r1"].peak == 4
+    finally:
+        for hub in (staying, stopping):
+            await hub.close()
+
+
+async def test_a_stop_reports_the_likes_since_the_last_tick_and_keeps_them() -> None:
+    kept: list[tuple[int, int]] = []
+
+    async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
+        kept.append((likes, peak_viewers))
+        return likes, peak_viewers
+
+    bus = MemoryBus()
+    limits = HubLimits(counter_interval=60)  # no tick before the stop
+    hub = Hub(MemoryBroker(bus), load_room, Metrics(), limits, keep)
+    await hub.start()
+    _, room = await hub.join("r1", viewer(1), Socket())
+    hub.add_likes(room, 40)
+    await hub.drain(grace_seconds=1)
+    hub.add_likes(room, 2)  # tapped as its socket closed
+    await hub.close()
+    assert bus.counters["r1"].likes == 42  # each like once
+    assert kept[-1][0] == 42
+
+
+async def test_a_tick_under_way_at_close_still_counts_its_likes() -> None:
+    broker = SlowCountsBroker(MemoryBus(), counted_late=True)
+    hub = make_hub(broker, counter_interval=0.02)
+    await hub.start()
+    _, room = await hub.join("r1", viewer(1), Socket())
+    broker.answered.clear()
+    hub.add_likes(room, 7)
+    # A tick has taken the likes, and its report is on its way to Redis.
+    await wait_until(lambda: 7 in broker.likes_sent, broker.sent, 1)
+    closing = asyncio.create_task(hub.close())
+    await asyncio.sleep(0.05)
+    broker.answered.set()
+    await closing
+    assert broker.bus.counters["r1"].likes == 7
+
+
+async def test_a_stop_cut_short_by_a_slow_redis_never_counts_likes_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "LEAVE_SECONDS", 0.05)
+    broker = SlowCountsBroker(MemoryBus())
+    hub = make_hub(broker, counter_interval=60)  # no tick: only the stop reports
+    await hub.start()
+    socket = Socket()
+    _, room = await hub.join("r1", viewer(1), socket)
+    hub.add_likes(room, 10)
+    broker.answered.clear()  # counted, but the answer never comes in time
+    await hub.drain(grace_seconds=1)
+    assert socket.closed is not None  # sent away without waiting for Redis
+    broker.answered.set()
+    await hub.close()
+    assert broker.bus.counters["r1"].likes == 10
+
+
+class UnsubscribeFails(MemoryBroker):
+    """Pub/sub away as the room closes here: its counters are kept all the same."""
+
+    async def unsubscribe_room(self, room_id: str) -> None:
+        raise Unavailable("pub/sub went away")
+
+
+@pytest.mark.parametrize("broker_class", [MemoryBroker, UnsubscribeFails])
+async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here(
+    monkeypatch: pytest.MonkeyPatch, broker_class: type[MemoryBroker]
+) -> None:
+    monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 0.2)
+    monkeypatch.setattr(hub_module, "LINGER_SECONDS", 0.1)
+    kept: list[tuple[str, int, int]] = []
+    written = asyncio.Event()
+
+    async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
+        kept.append((room_id, likes, peak_viewers))
+        written.set()
+        return likes, peak_viewers
+
+    async def kept_last(figures: tuple[str, int, int]) -> None:
+        while not kept or kept[-1] != figures:
+            written.clear()
+            await written.wait()
+
+    hub = Hub(
+        broker_class(MemoryBus()), load_room, Metrics(), HubLimits(counter_interval=0.05), keep
+    )
+    await hub.start()
+    try:
+        _, room = await hub.join("r1", viewer(1), Socket())
+        await hub.join("r1", viewer(2), Socket())
+        hub.add_likes(room, 7)
+        await asyncio.wait_for(kept_last(("r1", 7, 2)), 2)
+        hub.add_likes(room, 1)
+        await asyncio.wait_for(kept_last(("r1", 8, 2)), 2)
+        writes = len(kept)
+        await asyncio.sleep(0.5)
+        assert len(kept) == writes  # nothing new: nothing written
+        monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 100.0)  # only closing keeps
+        for conn in list(room.connections):
+            await hub.leave(conn)
+        hub.add_likes(room, 2)  # tapped as the last viewer left: kept when the room closes
+        await asyncio.wait_for(kept_last(("r1", 10, 2)), 2)
+    finally:
+        await hub.close()
+
+
+async def test_counters_redis_lost_start_again_from_what_every_process_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 0.1)
+    kept_two = asyncio.Event()
+
+    async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
+        if likes == 2:
+            kept_two.set()
+        return 50, 9  # other processes kept more: the store answers the highest
+
+    bus = MemoryBus()
+    hub = Hub(MemoryBroker(bus), load_room, Metrics(), HubLimits(counter_interval=0.05), keep)
+    await hub.start()
+    try:
+        socket = Socket()
+        _, room = await hub.join("r1", viewer(1), socket)
+        hub.add_likes(room, 2)
+        await asyncio.wait_for(kept_two.wait(), 2)
+        await asyncio.sleep(0)  # the store's answer noted
+        del bus.counters["r1"]  # Redis lost them
+        hub.add_likes(room, 1)
+        await socket.until(lambda: any(f["count"] == 51 for f in socket.of_type("likes")))
+    finally:
+        await hub.close()
+
+
+class HeldViewersReport(MemoryBroker):
+    """Once `hold` is set, the next report of viewers (more than none) reaches Redis only when
+    `release` is set: a pooled connection busy, redis-py trying again after a dropped one."""
+
+    def __init__(self, bus: MemoryBus) -> None:
+        super().__init__(bus)
+        self.hold = False
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def update_counters(
+        self, room_id: str, report: CounterReport, *, kept: tuple[int, int] = (0, 0)
+    ) -> Counters:
+        if self.hold and report.viewers > 0:
+            self.hold = False
+            self.held.set()
+            await self.release.wait()
+        return await super().update_counters(room_id, report, kept=kept)
+
+
+async def test_a_tick_landing_after_the_drain_began_does_not_count_the_movers_again() -> None:
+    bus = MemoryBus()
+    slow = HeldViewersReport(bus)
+    staying, stopping = make_hub(MemoryBroker(bus)), make_hub(slow)
+    for hub in (staying, stopping):
+        await hub.start()
+    try:
+        watcher = Socket()
+        await staying.join("r1", viewer(0), watcher)
+        movers = [Socket() for _ in range(3)]
+        for n, socket in enumerate(movers, start=1):
+            await stopping.join("r1", viewer(n), socket)
+        await watcher.until(lambda: any(f["count"] == 4 for f in watcher.of_type("viewers")))
+        slow.hold = True  # a tick's report of 3 viewers is on its way...
+        await asyncio.wait_for(slow.held.wait(), 1)
+        draining = asyncio.create_task(stopping.drain(grace_seconds=2))
+        for socket in movers:
+            await socket.until_closed()
+        for n in range(1, 4):
+            await staying.join("r1", viewer(n), Socket())
+        await asyncio.sleep(0.01)
+        slow.release.set()  # ...and lands after the drain's "none here"
+        await draining
+        await asyncio.sleep(0.2)
+        assert bus.counters["r1"].peak == 4
+    finally:
+        for hub in (staying, stopping):
+            await hub.close()
+
+
+class RepliesLost(MemoryBroker):
+    """Counts the next report with likes, and then its reply is lost (it times out)."""
+
+    lose_next = False
+
+    async def update_counters(
+        self, room_id: str, report: CounterReport, *, kept: tuple[int, int] = (0, 0)
+    ) -> Counters:
+        counters = await super().update_counters(room_id, report, kept=kept)
+        if self.lose_next and report.likes:
+            self.lose_next = False
+            raise Unavailable("live data is unreachable, try again")
+        return counters
+
+
+async def test_likes_whose_report_timed_out_after_counting_are_counted_once() -> None:
+    broker = RepliesLost(MemoryBus())
+    hub = make_hub(broker, counter_interval=0.02)
+    await hub.start()
+    try:
+        socket = Socket()
+        _, room = await hub.join("r1", viewer(1), socket)
+        broker.lose_next = True
+        hub.add_likes(room, 10)
+        await socket.until(lambda: any(f["count"] == 10 for f in socket.of_type("likes")))
+        await asyncio.sleep(0.1)  # several ticks after the lost reply
+        assert broker.bus.counters["r1"].likes == 10
+    finally:
+        await hub.close()
