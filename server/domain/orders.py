@@ -21,6 +21,7 @@ from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer, validate_claim
 from server.domain.postal_codes import ANY_POSTAL_CODE, postal_code_in, typed_postal_code
+from server.domain.text import describe, hidden_character
 from server.domain.times import utc_ms
 
 RESERVATION_TTL = timedelta(minutes=15)
@@ -193,10 +194,6 @@ def _squash(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def _is_control_or_format(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cc", "Cf")
-
-
 def _check_text(field_name: str, value: str, max_chars: int) -> None:
     if not value.strip():
         raise InvalidInput(f"address {field_name} is required", code="invalid_address")
@@ -204,12 +201,12 @@ def _check_text(field_name: str, value: str, max_chars: int) -> None:
         raise InvalidInput(
             f"address {field_name} is longer than {max_chars} characters", code="invalid_address"
         )
-    # Control and format characters break labels and customs declarations downstream.
-    # str.isprintable() is False for each of them (for every C* and Z* character but the
-    # space), so the usual printable value skips the per-character category look-up.
-    if not value.isprintable() and any(_is_control_or_format(ch) for ch in value):
+    # Controls, invisible format characters and line breaks break labels and customs
+    # declarations downstream; the joiners and marks that names and places need stay.
+    if (hidden := hidden_character(value)) is not None:
         raise InvalidInput(
-            f"address {field_name} contains control characters", code="invalid_address"
+            f"address {field_name} contains a control or hidden character ({describe(hidden)})",
+            code="invalid_address",
         )
 
 
