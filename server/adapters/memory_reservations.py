@@ -136,10 +136,12 @@ class MemoryStockReservations:
             return ClaimResult(ClaimOutcome.NOT_ACTIVE, offer.stock, early=True)
         if offer.unconfirmed is not None:
             return ClaimResult(ClaimOutcome.PAUSED)
-        if offer.stock < quantity:
+        if offer.stock == 0:
             return ClaimResult(ClaimOutcome.SOLD_OUT, offer.stock)
         if offer.held.get(buyer_id, 0) + quantity > offer.per_user_limit:
             return ClaimResult(ClaimOutcome.LIMIT_REACHED, offer.stock)
+        if offer.stock < quantity:
+            return ClaimResult(ClaimOutcome.SOLD_OUT, offer.stock)
         offer.stock -= quantity
         offer.version += 1
         offer.held[buyer_id] = offer.held.get(buyer_id, 0) + quantity

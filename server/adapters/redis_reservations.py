@@ -73,7 +73,9 @@ return 1
 # trip (see group_commit.py). The order of checks matters: a known key answers first, so a
 # retry after the end or after the last unit still finds its reservation; then a stopped offer
 # answers not_active, also while a rebuild has yet to confirm it (else `paused` would send
-# every claim to rebuild an offer that has ended). Keep MemoryStockReservations.claim in step.
+# every claim to rebuild an offer that has ended). Over the buyer's limit comes before fewer
+# units left than asked for, since claiming fewer would not help then; but nothing left at all
+# is sold out whoever asks. Keep MemoryStockReservations.claim in step.
 _CLAIM = """
 local function claim(buyer, qty, key, now_ms, rid)
   local now = tonumber(now_ms)
@@ -90,9 +92,10 @@ local function claim(buyer, qty, key, now_ms, rid)
   if state[5] == '1' or now >= tonumber(state[4]) then return {'not_active', stock} end
   if now < tonumber(state[3]) then return {'not_active', stock, 'early'} end
   if state[7] then return {'paused'} end
-  if stock < qty then return {'sold_out', stock} end
+  if stock == 0 then return {'sold_out', stock} end
   local mine = tonumber(redis.call('HGET', KEYS[2], buyer) or '0')
   if mine + qty > tonumber(state[2]) then return {'limit_reached', stock} end
+  if stock < qty then return {'sold_out', stock} end
   stock = redis.call('HINCRBY', KEYS[1], 'stock', -qty)
   local version = redis.call('HINCRBY', KEYS[1], 'v', 1)
   redis.call('HINCRBY', KEYS[2], buyer, qty)

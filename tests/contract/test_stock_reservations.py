@@ -177,6 +177,24 @@ async def test_claims_count_only_inside_the_window(backend: Backend) -> None:
     assert await stock.stop("of1") == 1  # stopping again takes nothing more
 
 
+async def test_over_the_limit_comes_before_too_few_left_and_sold_out_before_both(
+    backend: Backend,
+) -> None:
+    stock = backend.stock
+    await open_offer(stock, quantity=3, limit=2)
+    # Asking for more than is left and more than the limit: claiming fewer units would not
+    # help, so the answer is the limit.
+    assert (await stock.claim("of1", "alice", 4, "a1", NOW)).outcome is R.LIMIT_REACHED
+    assert (await stock.claim("of1", "alice", 2, "a2", NOW)).outcome is R.RESERVED
+    over = await stock.claim("of1", "alice", 2, "a3", NOW)  # 1 left, and over her limit
+    assert (over.outcome, over.remaining) == (R.LIMIT_REACHED, 1)
+    fewer = await stock.claim("of1", "bob", 2, "b1", NOW)  # within his limit: fewer help
+    assert (fewer.outcome, fewer.remaining) == (R.SOLD_OUT, 1)
+    assert (await stock.claim("of1", "bob", 1, "b2", NOW)).outcome is R.RESERVED
+    gone = await stock.claim("of1", "alice", 1, "a4", NOW)  # nothing left: sold out, for all
+    assert (gone.outcome, gone.remaining) == (R.SOLD_OUT, 0)
+
+
 async def test_the_per_user_limit_counts_units_and_sold_out_comes_first(
     backend: Backend,
 ) -> None:

@@ -103,10 +103,12 @@ class Model:
             return ClaimOutcome.NOT_ACTIVE
         if self.unconfirmed:
             return ClaimOutcome.PAUSED
-        if self.remaining < quantity:
+        if self.remaining == 0:
             return ClaimOutcome.SOLD_OUT
         if self.held_by_buyer().get(buyer, 0) + quantity > self.limit:
             return ClaimOutcome.LIMIT_REACHED
+        if self.remaining < quantity:
+            return ClaimOutcome.SOLD_OUT
         return ClaimOutcome.RESERVED
 
 

@@ -277,6 +277,8 @@ class FlashSale(RuleBasedStateMachine):
         assert code not in ("offer_not_active", "claim_expired"), code
         if code in ("sold_out", "insufficient_stock"):
             assert left < quantity, (code, left)
+            # Over the limit is told first while units are left (claiming fewer won't help).
+            assert left == 0 or mine + quantity <= LIMIT, (code, left, mine, quantity)
         else:
             assert mine + quantity > LIMIT, (code, mine, quantity)
 
