@@ -38,7 +38,7 @@ READ_SECONDS = 30.0
 LINGER_SECONDS = 2.0
 
 
-def _problem(status: int, title: str, detail: str, code: str) -> bytes:
+def problem_response(status: int, title: str, detail: str, code: str) -> bytes:
     """A whole response that closes its connection, as server/http/errors.py would word it."""
     problem = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     body = json.dumps({**problem, "code": code}, separators=(",", ":")).encode()
@@ -53,16 +53,16 @@ def _problem(status: int, title: str, detail: str, code: str) -> bytes:
     )
 
 
-TOO_LARGE = _problem(
+TOO_LARGE = problem_response(
     431,
     "Request Header Fields Too Large",
     f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes",
     "headers_too_large",
 )
-MALFORMED = _problem(
+MALFORMED = problem_response(
     400, "Bad Request", "the request is not well-formed HTTP/1.1", "malformed_request"
 )
-_TIMED_OUT = _problem(
+_TIMED_OUT = problem_response(
     408,
     "Request Timeout",
     f"the request did not arrive whole within {READ_SECONDS:g} seconds",

@@ -4,6 +4,9 @@
   headers, a body) was never answered: websockets queued its refusal and uvicorn neither wrote
   it nor closed, so each such connection stayed open with its buffers (1,000 held 175 MB). It
   is now answered as the HTTP requests of `server/http_head.py` are, 431 or 400, and closed.
+- **A handshake websockets parses but refuses** (no or a bad `Sec-WebSocket-Key`, a version
+  other than 13, a method other than GET) was answered in websockets' plain text; it is now
+  answered problem+json, as every other refusal is, with the same status and headers.
 - **Pings** are answered by the protocol itself, below the app and its frame limits. A client
   that sent pings and read nothing had every pong buffered (1 GB in 40 s), and one that read
   them took the event loop from every viewer. A pong is now dropped while the transport is
@@ -15,13 +18,19 @@
 
 from __future__ import annotations
 
+import email.utils
+import json
 import logging
+from http import HTTPStatus
+from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 
 from server.domain.chat import TokenBucket
-from server.http_head import MALFORMED, TOO_LARGE, answer_and_close
+from server.http_head import MALFORMED, answer_and_close, problem_response
 
 log = logging.getLogger("liveshop.ws")
 
@@ -29,10 +38,56 @@ PINGS_PER_SECOND = 2.0
 PING_BURST = 20.0
 POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1
 
+# websockets' own bounds on a handshake's head, below MAX_HEAD_BYTES of HTTP's.
+HANDSHAKE_TOO_LARGE = problem_response(
+    431,
+    "Request Header Fields Too Large",
+    f"a request line or header is longer than {MAX_LINE_LENGTH} bytes, or there are more than"
+    f" {MAX_NUM_HEADERS} headers",
+    "headers_too_large",
+)
+# websockets' refusals of a handshake it could parse, by status.
+_REFUSAL_CODES = {
+    HTTPStatus.BAD_REQUEST: "invalid_handshake",
+    HTTPStatus.FORBIDDEN: "forbidden",
+    HTTPStatus.METHOD_NOT_ALLOWED: "method_not_allowed",
+    HTTPStatus.UPGRADE_REQUIRED: "upgrade_required",
+    HTTPStatus.INTERNAL_SERVER_ERROR: "internal",
+}
+_REFUSAL_PREFIX = "Failed to open a WebSocket connection: "
+
+
+def problem_rejection(status: int, text: str) -> Response:
+    """websockets' `ServerProtocol.reject`, answering problem+json instead of plain text: the
+    first line of its text, without its preamble, is the detail."""
+    refused = HTTPStatus(status)
+    detail = text.split("\n", 1)[0].removeprefix(_REFUSAL_PREFIX).rstrip(".")
+    problem = {
+        "type": "about:blank",
+        "title": refused.phrase,
+        "status": refused.value,
+        "detail": detail or refused.phrase.lower(),
+        "code": _REFUSAL_CODES.get(refused, "websocket_refused"),
+    }
+    body = json.dumps(problem, separators=(",", ":")).encode()
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", "application/problem+json"),
+        ]
+    )
+    return Response(refused.value, refused.phrase, headers, body)
+
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     _pings: TokenBucket | None = None  # made at the first ping: browsers never send one
     _refused = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.reject = problem_rejection  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -45,7 +100,9 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             too_large = (RequestLineTooLong, HeaderLineTooLong, TooManyHeaders)
             log.info("ws_handshake_refused", extra={"reason": type(failed).__name__})
             answer_and_close(
-                self.transport, self.loop, TOO_LARGE if isinstance(failed, too_large) else MALFORMED
+                self.transport,
+                self.loop,
+                HANDSHAKE_TOO_LARGE if isinstance(failed, too_large) else MALFORMED,
             )
 
     def handle_ping(self) -> None:

@@ -21,13 +21,15 @@ _UPGRADE = (
 )
 
 
-async def _handshake(live: Live, path: bytes, extra: bytes = b"", then: bytes = b"") -> bytes:
+async def _handshake(
+    live: Live, path: bytes, extra: bytes = b"", then: bytes = b"", upgrade: bytes = _UPGRADE
+) -> bytes:
     """A raw upgrade request for `path` (and `then`, sent after it); what the server answers
     before it closes."""
     address = urlsplit(live.ws)
     reader, writer = await asyncio.open_connection(address.hostname, address.port)
     try:
-        writer.write(b"GET " + path + b" HTTP/1.1\r\n" + _UPGRADE + extra + b"\r\n")
+        writer.write(b"GET " + path + b" HTTP/1.1\r\n" + upgrade + extra + b"\r\n")
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.write(then)
@@ -55,6 +57,39 @@ async def test_a_handshake_websockets_cannot_parse_is_answered_and_closed(
     answer = await _handshake(live, path, extra)
     assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
     assert b"application/problem+json" in answer
+    if status == b"431":  # websockets' own bounds, not HTTP's 32 KB
+        assert b"longer than 8192 bytes, or there are more than 128 headers" in answer
+
+
+_BARE_UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        pytest.param(
+            b"Sec-WebSocket-Version: 99\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "Sec-WebSocket-Version",
+            id="another version",
+        ),
+        pytest.param(b"Sec-WebSocket-Version: 13\r\n", "Sec-WebSocket-Key", id="no key"),
+        pytest.param(
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n",
+            "Sec-WebSocket-Key",
+            id="a bad key",
+        ),
+    ],
+)
+async def test_a_handshake_websockets_refuses_is_answered_as_a_problem(
+    live: Live, headers: bytes, named: str
+) -> None:
+    answer = await _handshake(live, b"/ws/rooms/r_x", upgrade=_BARE_UPGRADE + headers)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(body)
+    assert (problem["status"], problem["code"]) == (400, "invalid_handshake")
+    assert named in problem["detail"], problem
 
 
 async def test_a_refused_handshake_is_answered_once_whatever_follows(
