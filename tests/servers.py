@@ -121,7 +121,8 @@ class RedisServer:
             process.wait()
 
     def restart(self) -> str:
-        """Stop and start again on the same port; every key is gone afterwards."""
+        """Stop and start again on the same port; every key is gone afterwards, but those of
+        a snapshot a test took (SAVE), which the server loads as a crashed one would."""
         self.stop()
         return self.start()
 

@@ -315,3 +315,34 @@ async def test_only_a_rebuild_that_writes_the_stock_reports_it_oversold(
         assert error.getMessage() == "reservations_rebuild_oversold"
     finally:
         await stock.close()
+
+
+async def test_an_offer_another_run_of_redis_wrote_is_rebuilt_as_a_lost_one(
+    clean_redis: str,
+) -> None:
+    # What a restart from an older snapshot, or a failover to a replica behind, leaves: the
+    # offer as another run of Redis wrote it, older than its orders.
+    stock = RedisStockReservations(clean_redis)
+    admin = redis.Redis.from_url(clean_redis)
+    try:
+        await open_offer(stock, quantity=5, limit=1)
+        assert (await stock.claim("of1", "alice", 1, "k1", NOW)).outcome is R.RESERVED
+        state_key = "liveshop:{offer:of1}:state"
+        admin.hset(state_key, "run", "0" * 40)  # as another run of Redis wrote it
+        assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.PAUSED
+        assert not await stock.is_ready("of1")
+        assert await stock.stop("of1") is None
+        claims = [RecoveredClaim("k1", "alice", 1, "ord1", held=True)]
+        assert await rebuild_offer(stock, quantity=5, limit=1, claims=claims)
+        assert await stock.is_ready("of1")  # this run's now: kept
+        assert await stock.remaining("of1") == 4
+        admin.hset(state_key, "run", "f" * 40)
+        assert not await stock.is_ready("of1")  # a read notices as well
+        # A stock that notes no run (opened by a version before) is taken as this run's.
+        assert await rebuild_offer(stock, quantity=5, limit=1, claims=claims)
+        admin.hdel(state_key, "run")
+        assert await stock.is_ready("of1")
+        assert admin.hget(state_key, "run") not in (None, b"f" * 40)
+    finally:
+        admin.close()
+        await stock.close()

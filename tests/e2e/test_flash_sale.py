@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from pymongo import MongoClient
 
 from tests.e2e.api import create_live_room, http, make_token, unique
@@ -220,3 +221,37 @@ async def test_a_host_can_relaunch_what_a_stopped_offer_left_at_once(cluster: Cl
     cheaper = await launch_on(cluster.a, 7)
     assert cheaper.status_code == 201, cheaper.text
     assert (await claim(cluster.b.base_url, cheaper.json()["id"], unique("buyer"), "k")).is_success
+
+
+async def test_a_redis_that_restarts_from_an_older_snapshot_sells_nothing_twice(
+    own_pair: tuple[LiveshopProcess, LiveshopProcess, RedisServer],
+    mongodb_url: str,
+    mongo_database_name: str,
+) -> None:
+    first, second, redis_server = own_pair
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(first.base_url, host, pin=False)
+    offer_id = await launch(first.base_url, host, room_id, quantity=6)
+    for n in range(3):
+        assert (await claim(first.base_url, offer_id, f"early-{n}", "k")).status_code == 201
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        admin.save()  # the snapshot a crash will go back to
+    finally:
+        admin.close()
+    for n in range(3):  # these sell it out, after the snapshot
+        assert (await claim(second.base_url, offer_id, f"late-{n}", "k")).status_code == 201
+    # Killed, and started again from the snapshot: its copy of the offer runs, 3 units left.
+    await asyncio.to_thread(redis_server.restart)
+    answers = []
+    for n in range(20):
+        answers.append(await claim(first.base_url, offer_id, f"after-{n}", "k"))
+        await asyncio.sleep(0.1)
+    assert {a.status_code for a in answers} <= {409, 503}, [a.text for a in answers]
+    assert answers[-1].json()["code"] == "sold_out", answers[-1].text
+    retry = await claim(second.base_url, offer_id, "late-2", "k")  # its key, after the snapshot
+    assert (retry.status_code, retry.headers["Idempotent-Replayed"]) == (201, "true")
+    async with http(first.base_url) as client:
+        offer = (await client.get(f"/offers/{offer_id}")).json()
+    assert (offer["remaining"], offer["end_reason"]) == (0, "sold_out")
+    assert len(orders_of(mongodb_url, mongo_database_name, offer_id)) == 6

@@ -1,0 +1,220 @@
+"""The Lua scripts of the Redis stock reservations (redis_reservations.py, whose docstring
+lays out the keys): one per change, so that each is atomic on the server. KEYS are always the
+offer's state, held, claims and pending keys, in that order."""
+
+# An offer's first version, on opening it or rebuilding it: Redis's clock in microseconds, as
+# digits (a Lua number would print in exponent notation), above any version it had before.
+FIRST_VERSION = """
+local clock = redis.call('TIME')
+local first_version = clock[1] .. string.format('%06d', tonumber(clock[2]))
+"""
+
+# This Redis's run id (a new one each time Redis starts); an offer's state hash that another
+# run wrote is dropped, as lost (see redis_reservations.py). One stamped by a version that
+# noted no run is taken as this run's. About 7 µs of Redis's time a call (INFO).
+SAME_RUN = """
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local written_by = redis.call('HGET', KEYS[1], 'run')
+if written_by and written_by ~= run then
+  redis.call('DEL', KEYS[1])
+elseif not written_by and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'run', run)
+end
+"""
+
+OPEN = (
+    FIRST_VERSION
+    + SAME_RUN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', ARGV[1], 'limit', ARGV[2],
+  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', '0', 'expire_at', ARGV[5], 'v', first_version,
+  'run', run)
+redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+return 1
+"""
+)
+
+# One call reserves for every claim in ARGV (groups of buyer, units, key, now ms, reservation
+# id), in order, each exactly as if it came alone: claims arriving together share one round
+# trip (see group_commit.py). The order of checks matters: a known key answers first, so a
+# retry after the end or after the last unit still finds its reservation; then a stopped offer
+# answers not_active, also while a rebuild has yet to confirm it (else `paused` would send
+# every claim to rebuild an offer that has ended). Over the buyer's limit comes before fewer
+# units left than asked for, since claiming fewer would not help then; but nothing left at all
+# is sold out whoever asks. Keep MemoryStockReservations.claim in step.
+CLAIM = (
+    SAME_RUN
+    + """
+local function claim(buyer, qty, key, now_ms, rid)
+  local now = tonumber(now_ms)
+  local state = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'starts', 'ends', 'stopped',
+    'expire_at', 'unconfirmed', 'v')
+  if not state[1] then return {'paused'} end
+  local stock = tonumber(state[1])
+  local raw = redis.call('HGET', KEYS[3], key)
+  if raw then
+    local r = cjson.decode(raw)
+    if r.b ~= buyer then return {'key_reused', stock} end
+    return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0, tonumber(state[8] or '0')}
+  end
+  if state[5] == '1' or now >= tonumber(state[4]) then return {'not_active', stock} end
+  if now < tonumber(state[3]) then return {'not_active', stock, 'early'} end
+  if state[7] then return {'paused'} end
+  if stock == 0 then return {'sold_out', stock} end
+  local mine = tonumber(redis.call('HGET', KEYS[2], buyer) or '0')
+  if mine + qty > tonumber(state[2]) then return {'limit_reached', stock} end
+  if stock < qty then return {'sold_out', stock} end
+  stock = redis.call('HINCRBY', KEYS[1], 'stock', -qty)
+  local version = redis.call('HINCRBY', KEYS[1], 'v', 1)
+  redis.call('HINCRBY', KEYS[2], buyer, qty)
+  redis.call('HSET', KEYS[3], key, cjson.encode({r = rid, b = buyer, q = qty, t = now_ms}))
+  redis.call('ZADD', KEYS[4], now, key)
+  for i = 2, 4 do redis.call('PEXPIREAT', KEYS[i], state[6]) end
+  return {'reserved', stock, rid, '', qty, 0, version}
+end
+local out = {}
+for i = 1, #ARGV, 5 do
+  out[#out + 1] = claim(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+end
+return out
+"""
+)
+
+RELEASE = (
+    SAME_RUN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local raw = redis.call('HGET', KEYS[3], ARGV[1])
+if not raw then return 0 end
+local r = cjson.decode(raw)
+if r.x == 1 then return 0 end
+if ARGV[2] == '1' and r.o then return 0 end
+if ARGV[3] ~= '' and not r.o then r.o = ARGV[3] end
+r.x = 1
+redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))
+if redis.call('HGET', KEYS[1], 'sold_out') ~= '1' then
+  redis.call('HINCRBY', KEYS[1], 'stock', r.q)
+  redis.call('HINCRBY', KEYS[1], 'v', 1)
+end
+if redis.call('HINCRBY', KEYS[2], r.b, -r.q) <= 0 then redis.call('HDEL', KEYS[2], r.b) end
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+"""
+)
+
+# Attaches every (key, order id) pair in ARGV, in order; one answer per pair.
+ATTACH = (
+    SAME_RUN
+    + """
+local function attach(key, order_id)
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 'paused' end
+  local raw = redis.call('HGET', KEYS[3], key)
+  if not raw then return 'unknown' end
+  local r = cjson.decode(raw)
+  if r.x == 1 then return 'released' end
+  if not r.o then
+    r.o = order_id
+    redis.call('HSET', KEYS[3], key, cjson.encode(r))
+    redis.call('ZREM', KEYS[4], key)
+  end
+  if r.o == order_id then return 'attached' end
+  return 'unknown'
+end
+local out = {}
+for i = 1, #ARGV, 2 do out[#out + 1] = attach(ARGV[i], ARGV[i + 1]) end
+return out
+"""
+)
+
+PENDING = (
+    SAME_RUN
+    + """
+local keys = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, k in ipairs(keys) do
+  local raw = redis.call('HGET', KEYS[3], k)
+  if raw then
+    out[#out + 1] = k
+    out[#out + 1] = raw
+  end
+end
+return out
+"""
+)
+
+# The units taken, or nil when the offer is lost.
+# ARGV[1] '1': the end is a sold-out one, and the stock is marked so (see stop_if_sold_out).
+STOP = (
+    SAME_RUN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local was = redis.call('HMGET', KEYS[1], 'stopped', 'sold_out')
+if was[1] ~= '1' or (ARGV[1] == '1' and was[2] ~= '1') then
+  redis.call('HINCRBY', KEYS[1], 'v', 1)
+end
+redis.call('HSET', KEYS[1], 'stopped', '1')
+if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'sold_out', '1', 'stock', 0) end
+local state = redis.call('HMGET', KEYS[1], 'quantity', 'stock')
+return math.max(0, tonumber(state[1]) - tonumber(state[2]))
+"""
+)
+
+# Stopped, as any end stops it (so a process of the version before, which knows no `sold_out`,
+# refuses claims all the same), and marked sold out.
+STOP_IF_SOLD_OUT = (
+    SAME_RUN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local state = redis.call('HMGET', KEYS[1], 'stock', 'stopped', 'sold_out')
+if state[3] == '1' then return 1 end
+if state[2] == '1' or tonumber(state[1]) > 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HSET', KEYS[1], 'stopped', '1', 'sold_out', '1')
+return 1
+"""
+)
+
+CONFIRM_OPEN = (
+    SAME_RUN
+    + """
+if redis.call('HGET', KEYS[1], 'unconfirmed') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'unconfirmed')
+end
+return 1
+"""
+)
+
+# 1 when the offer's stock is here (and of this run of Redis), 0 when it is to be rebuilt.
+READY = SAME_RUN + "return redis.call('EXISTS', KEYS[1])"
+
+# Leftovers of a partial loss (the state hash evicted alone) are dropped: the orders are the
+# truth, and a reservation without an order finds itself unknown when its order arrives.
+REBUILD = (
+    FIRST_VERSION
+    + SAME_RUN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+local held = 0
+for i = 8, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  local r = cjson.decode(ARGV[i + 1])
+  if r.x ~= 1 then
+    held = held + r.q
+    redis.call('HINCRBY', KEYS[2], r.b, r.q)
+  end
+end
+local stock = math.max(0, tonumber(ARGV[1]) - held)
+local stopped = ARGV[5] == '0' and '0' or '1'
+redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', stock, 'limit', ARGV[2],
+  'starts', ARGV[3], 'ends', ARGV[4], 'stopped', stopped, 'expire_at', ARGV[6],
+  'v', first_version, 'run', run)
+-- '2': it ended sold out, and stays so (see stop_if_sold_out).
+if ARGV[5] == '2' then redis.call('HSET', KEYS[1], 'stock', 0, 'sold_out', '1') end
+-- Not stopped: it may have ended since the rebuilder read it (see confirm_open).
+if stopped == '0' then redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7]) end
+for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
+return 1
+"""
+)
