@@ -16,7 +16,7 @@ from bson import CodecOptions, Decimal128
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from server.adapters.group_commit import GroupCommit
 from server.adapters.unreachable import unavailable_when
@@ -48,10 +48,41 @@ _LIFECYCLE_FIELDS = (
 )
 
 
+# What a server answers while it shuts down, steps down or is cut off from its set: the
+# operation may be sent again once a primary answers (the codes MongoDB's drivers retry on).
+_NOT_NOW_CODES = frozenset(
+    {
+        6,  # HostUnreachable
+        7,  # HostNotFound
+        89,  # NetworkTimeout
+        91,  # ShutdownInProgress
+        134,  # ReadConcernMajorityNotAvailableYet
+        189,  # PrimarySteppedDown
+        262,  # ExceededTimeLimit
+        9001,  # SocketException
+        10058,  # LegacyNotPrimary
+        10107,  # NotWritablePrimary
+        11600,  # InterruptedAtShutdown
+        11602,  # InterruptedDueToReplStateChange
+        13435,  # NotPrimaryNoSecondaryOk
+        13436,  # NotPrimaryOrSecondary
+    }
+)
+
+
 def _unreachable(exc: Exception) -> bool:
     # ConnectionFailure: down, failing over, no primary. A timeout: the operation ran past the
-    # client's deadline (timeoutMS), as against a frozen or partitioned server.
-    return isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout)
+    # client's deadline (timeoutMS), as against a frozen or partitioned server. A server going
+    # down cleanly or stepping down answers with an error of its own (often a write concern
+    # error on a write it took: ShutdownInProgress), which PyMongo retries once and then
+    # raises as it is.
+    if isinstance(exc, ConnectionFailure):
+        return True
+    if not isinstance(exc, PyMongoError):
+        return False
+    if exc.timeout or exc.has_error_label("RetryableWriteError"):
+        return True
+    return isinstance(exc, OperationFailure) and exc.code in _NOT_NOW_CODES
 
 
 translate_errors = unavailable_when(_unreachable, "the database is unreachable")

@@ -16,6 +16,7 @@ from pymongo.errors import (
     NetworkTimeout,
     OperationFailure,
     ServerSelectionTimeoutError,
+    WriteConcernError,
 )
 from redis.exceptions import (
     BusyLoadingError,
@@ -49,6 +50,14 @@ def raising(error: Exception) -> Callable[[int], Coroutine[Any, Any, int]]:
         ServerSelectionTimeoutError("no primary"),
         NetworkTimeout("frozen"),
         ExecutionTimeout("maxTimeMS expired", code=50),  # the server's side of a deadline
+        # A clean shutdown, as a write that mongod took as it began to shut down meets it.
+        WriteConcernError("operation was interrupted", code=91),
+        OperationFailure("interrupted at shutdown", code=11600),
+        OperationFailure("not primary", code=10107),
+        OperationFailure("stepped down", code=189),
+        OperationFailure(
+            "labelled so by the server", code=1, details={"errorLabels": ["RetryableWriteError"]}
+        ),
     ],
 )
 async def test_mongodb_away_or_too_slow_is_unavailable(error: Exception) -> None:
