@@ -337,7 +337,7 @@ class OrderService:
         if order.status is not OrderStatus.PENDING_PAYMENT:
             raise not_cancellable(order)
         try:
-            await self._move(
+            await self._save_move(
                 order,
                 OrderStatus.CANCELLED,
                 by=who.user_id,
@@ -349,7 +349,10 @@ class OrderService:
             if cancelled_by(moved, who.user_id):
                 return moved
             raise not_cancellable(moved) from None
-        if not await self._give_back(order):
+        # Together: against a Redis that hangs, each waits out its deadline, and one after the
+        # other the buyer waited for both.
+        _, given_back = await asyncio.gather(self._buyers.tell_moved(order), self._give_back(order))
+        if not given_back:
             log.warning("units_return_deferred", extra={"order_id": order.id})
         return order
 
@@ -426,10 +429,21 @@ class OrderService:
         reason: str,
         units_to_return: bool = False,
     ) -> None:
+        await self._save_move(order, to, by=by, reason=reason, units_to_return=units_to_return)
+        await self._buyers.tell_moved(order)
+
+    async def _save_move(
+        self,
+        order: Order,
+        to: OrderStatus,
+        *,
+        by: str,
+        reason: str,
+        units_to_return: bool = False,
+    ) -> None:
         expected = order.status
         order.move(to, at=self._clock(), by=by, reason=reason)
         await self._orders.save_move(order, expected=expected, units_to_return=units_to_return)
-        await self._buyers.tell_moved(order)
 
     async def _give_back(self, order: Order) -> bool:
         """Return the order's units to its offer (the room hears of it if the offer runs), then

@@ -10,7 +10,8 @@ import pytest
 
 from server.domain.errors import Conflict, Forbidden
 from server.domain.orders import Order, OrderStatus
-from server.ports import OrderStore
+from server.ports import OrderStore, StockReservations
+from tests.unit.services.flaky import FlakyStock
 from tests.unit.services.shop import HOST, HeldCalls, Shop, buyer, other_process
 
 
@@ -94,3 +95,46 @@ async def test_a_cancel_that_loses_the_race_to_the_expiry_is_an_invalid_transiti
         await cancel
     assert refused.value.code == "invalid_transition"  # the documented code, not the store's
     assert (await shop.orders.get(order.id, buyer(1))).status is OrderStatus.EXPIRED
+
+
+class ReleaseMeetsTheNotice(FlakyStock):
+    """A release that goes on only once the buyer's notice has begun, as the notice goes on
+    only once the release has begun: one after the other, a cancel would never end."""
+
+    def __init__(self, shop: Shop, releasing: asyncio.Event, telling: asyncio.Event) -> None:
+        super().__init__(shop.stock)
+        self.releasing, self.telling = releasing, telling
+
+    async def release(
+        self,
+        offer_id: str,
+        idempotency_key: str,
+        *,
+        orphan_only: bool = False,
+        for_order: str | None = None,
+    ) -> bool:
+        self.releasing.set()
+        await self.telling.wait()
+        return await super().release(
+            offer_id, idempotency_key, orphan_only=orphan_only, for_order=for_order
+        )
+
+
+async def test_a_cancel_tells_the_buyer_and_gives_the_units_back_at_once(shop: Shop) -> None:
+    # Against a Redis that hangs, each waits out its deadline: one after the other, the buyer
+    # waited for both (10 s where 5 s is the promise).
+    offer = await shop.launch(quantity=3, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    releasing, telling = asyncio.Event(), asyncio.Event()
+
+    async def notify(user_id: str, event: dict[str, Any]) -> None:
+        telling.set()
+        await releasing.wait()
+        await shop.events.send_private(user_id, event)
+
+    stock = ReleaseMeetsTheNotice(shop, releasing, telling)
+    _, orders = other_process(shop, stock=cast(StockReservations, stock), notify=notify)
+    cancelled = await asyncio.wait_for(orders.cancel(order.id, buyer(1)), 2)
+    assert cancelled.status is OrderStatus.CANCELLED
+    assert await shop.stock.remaining(offer.id) == 3
+    assert shop.events.private[-1][1]["order"]["status"] == "cancelled"
