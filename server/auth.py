@@ -43,6 +43,14 @@ def issue_token(
     ttl_seconds: int = 3600,
     now: datetime | None = None,
 ) -> str:
+    """A signed token for `user_id`; ValueError for one the server would refuse (a subject or
+    name with a control or hidden character, a subject too long)."""
+    if not user_id or len(user_id) > MAX_USER_ID or hidden_character(user_id):
+        raise ValueError(
+            f"a user id is 1 to {MAX_USER_ID} characters, none of them control or hidden ones"
+        )
+    if name and hidden_character(name):
+        raise ValueError("a name may not hold a control or hidden character")
     issued = now or datetime.now(UTC)
     claims: dict[str, object] = {
         "sub": user_id,

@@ -11,6 +11,7 @@ from server.app import create_app
 from server.auth import issue_token
 from server.demo import announce_demo
 from server.domain.identity import Role
+from server.domain.orders import countries
 from server.logs import configure_logging
 from server.runner import run
 from server.settings import Settings, UnsafeConfiguration
@@ -44,26 +45,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"liveshop: configuration refused: {exc}", file=sys.stderr)
         return 2
     if args.command == "token":
-        if args.ttl <= 0:
-            print("liveshop: --ttl must be positive", file=sys.stderr)
-            return 2
-        print(
-            issue_token(
-                settings.signing_secret(),
-                args.user,
-                Role(args.role),
-                name=args.name,
-                country=args.country,
-                ttl_seconds=args.ttl,
-            )
-        )
-        return 0
+        return _print_token(args, settings)
     configure_logging(settings.log_level)
     if args.command == "demo":
         app = create_app(settings, on_ready=announce_demo)
     else:
         app = create_app(settings)
     run(app, settings)
+    return 0
+
+
+def _print_token(args: argparse.Namespace, settings: Settings) -> int:
+    if args.ttl <= 0:
+        print("liveshop: --ttl must be positive", file=sys.stderr)
+        return 2
+    if args.country is not None and args.country.upper() not in countries():
+        print("liveshop: --country must be an ISO 3166-1 alpha-2 code", file=sys.stderr)
+        return 2
+    try:
+        token = issue_token(
+            settings.signing_secret(),
+            args.user,
+            Role(args.role),
+            name=args.name,
+            country=args.country,
+            ttl_seconds=args.ttl,
+        )
+    except ValueError as exc:  # one the server would refuse
+        print(f"liveshop: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     return 0
 
 

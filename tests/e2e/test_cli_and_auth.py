@@ -45,6 +45,11 @@ def test_token_command_prints_a_jwt_signed_with_the_secret(workdir: Path) -> Non
         ["token", "--user", "u", "--role", "emperor"],
         ["token", "--role", "host"],
         ["token", "--user", "u", "--role", "host", "--ttl", "0"],
+        ["token", "--user", "a\tb", "--role", "shopper"],
+        ["token", "--user", "\u202eu", "--role", "shopper"],
+        ["token", "--user", "u" * 129, "--role", "shopper"],
+        ["token", "--user", "u", "--role", "shopper", "--name", "Mia\u200b"],
+        ["token", "--user", "u", "--role", "shopper", "--country", "ZZ"],
     ],
 )
 def test_token_command_refuses_bad_arguments(args: list[str], workdir: Path) -> None:

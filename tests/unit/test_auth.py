@@ -368,6 +368,19 @@ def test_tokens_it_issues_verify(role: Role) -> None:
     assert verify_token(SECRET, token) == identity
 
 
+@pytest.mark.parametrize(
+    ("user_id", "name"),
+    [("a\tb", None), ("\u202eu1", None), ("u" * 129, None), ("", None), ("u1", "Mia\u200b")],
+)
+def test_it_issues_no_token_the_verifier_would_refuse(user_id: str, name: str | None) -> None:
+    with pytest.raises(ValueError, match=r"control or hidden"):
+        issue_token(SECRET, user_id, Role.SHOPPER, name=name)
+    # What the verifier says of such a token, signed all the same.
+    claims = {"sub": user_id, "role": "shopper", "exp": 4_102_444_800, "name": name}
+    with pytest.raises(Unauthorized):
+        verify_token(SECRET, jwt.encode(claims, SECRET, algorithm="HS256"))
+
+
 def test_the_header_it_issues_is_the_one_known_good() -> None:
     """Else every token would take the slower path, decoding its header."""
     assert issue_token(SECRET, "u1", Role.SHOPPER).split(".")[0] == auth._ISSUED_HEADER
