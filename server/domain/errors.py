@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from server.domain.text import shown
+
 # The fields of a problem+json answer and of a websocket `error` frame.
 RESERVED_FIELDS = frozenset(
     {"type", "title", "status", "detail", "code", "errors", "message", "ref"}
@@ -17,6 +19,7 @@ class LiveshopError(Exception):
     def __init__(
         self, message: str, *, code: str | None = None, details: dict[str, str] | None = None
     ) -> None:
+        message = shown(message)  # it may quote what a client sent: an id, a field
         super().__init__(message)
         self.message = message
         if code is not None:

@@ -28,11 +28,29 @@ def hidden_character(text: str, *, multiline: bool = False) -> str | None:
         return None  # False for every C* and Z* character but the space: the usual text
     refused = _REFUSED_ALWAYS if multiline else _REFUSED_IN_ONE_LINE
     for ch in text:
-        if (multiline and ch in _LINE_BREAKS) or ch in _FORMAT_KEPT:
+        if multiline and ch in _LINE_BREAKS:
             continue
-        if unicodedata.category(ch) in refused:
+        if _hidden(ch, refused):
             return ch
     return None
+
+
+def _hidden(ch: str, refused: frozenset[str]) -> bool:
+    return ch not in _FORMAT_KEPT and unicodedata.category(ch) in refused
+
+
+# An error's message may name what a client sent (an id in a path): no more of it than this.
+MAX_SHOWN_CHARS = 300
+
+
+def shown(text: str) -> str:
+    """`text` fit to show back to whoever sent part of it, on one line: each control or hidden
+    character written as its code point (U+202E), and cut at MAX_SHOWN_CHARS."""
+    if len(text) > MAX_SHOWN_CHARS:
+        text = text[:MAX_SHOWN_CHARS] + "\u2026"
+    if text.isprintable():
+        return text
+    return "".join(describe(ch) if _hidden(ch, _REFUSED_IN_ONE_LINE) else ch for ch in text)
 
 
 # Letters that render as blank space (Hangul fillers, the braille blank): a title of them alone

@@ -221,6 +221,11 @@ async def test_unknown_things_are_not_found(client: httpx.AsyncClient) -> None:
     )
     assert_problem(response, 404, "not_found")
     assert_problem(await client.get("/no-such-route"), 404, "not_found")
+    # An id is named back as it came, but for what would hide or disguise the answer.
+    spoofed = assert_problem(await client.get("/rooms/r_%E2%80%AEgpj%00"), 404, "not_found")
+    assert spoofed["detail"] == "room r_U+202EgpjU+0000 not found"
+    long = assert_problem(await client.get("/rooms/r_" + "x" * 5000), 404, "not_found")
+    assert len(long["detail"]) <= 301
 
     wrong_method = await client.delete(f"/rooms/{room_id}")
     assert_problem(wrong_method, 405, "method_not_allowed")
