@@ -22,12 +22,16 @@ _PRODUCTS = [
 ]
 
 
+DEMO_ROOM_TITLE = "Friday night beauty & tech drop"
+
+
 async def seed_demo(container: Container) -> Room:
-    """The demo host's live room, created on first run and reused while it is live."""
+    """The demo host's live room, created on first run and reused while it is live: the one
+    seeded, oldest first, not another room someone opened as the demo host meanwhile."""
     service = container.room_service
     live = await container.rooms.list(status=RoomStatus.LIVE, limit=100)
-    for room in live:
-        if room.host_id == DEMO_HOST.user_id:
+    for room in reversed(live):  # newest first as listed
+        if room.host_id == DEMO_HOST.user_id and room.title == DEMO_ROOM_TITLE:
             if not await container.offer_service.open_in_room(room.id) and room.pinned_product_id:
                 await _launch_offer(container, room.id, room.pinned_product_id)
             return room
@@ -41,7 +45,7 @@ async def seed_demo(container: Container) -> Room:
         )
         for title, price, stock, image in _PRODUCTS
     ]
-    room = await service.create_room(DEMO_HOST, "Friday night beauty & tech drop")
+    room = await service.create_room(DEMO_HOST, DEMO_ROOM_TITLE)
     await service.start(room.id, DEMO_HOST)
     await service.pin(room.id, products[0].id, DEMO_HOST)
     await _launch_offer(container, room.id, products[0].id)

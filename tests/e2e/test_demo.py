@@ -72,6 +72,15 @@ async def test_demo_runs_alone_and_stops_its_mongod(workdir: Path) -> None:
         mongods = mongod_pids(data_dir)
         assert len(mongods) == 1, f"the demo should run one mongod of its own: {mongods}"
         room_id = await _check_demo_room(demo)
+        # The demo host opens a room of their own, newer than the demo's.
+        host = _url_after("host token (HTTP):  Authorization: Bearer", demo.stdout_text())
+        async with httpx.AsyncClient(
+            base_url=f"{demo.base_url}/api/v1",
+            headers={"Authorization": f"Bearer {host}"},
+            trust_env=False,
+        ) as http:
+            other = (await http.post("/rooms", json={"title": "Another show"})).json()["id"]
+            assert (await http.post(f"/rooms/{other}/start")).status_code == 200
 
         demo.terminate()
         code = demo.wait(60)
@@ -80,7 +89,7 @@ async def test_demo_runs_alone_and_stops_its_mongod(workdir: Path) -> None:
         lock = data_dir / "mongodb" / "db" / "mongod.lock"
         assert not lock.exists() or lock.read_text().strip() == "", "mongod did not stop cleanly"
 
-        # A second run on the same data dir finds the same live room again.
+        # A second run on the same data dir finds the same live room again, not the newer.
         demo.start(DEMO_START_SECONDS)
         assert await _check_demo_room(demo) == room_id
         demo.terminate()
