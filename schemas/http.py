@@ -214,9 +214,20 @@ def _shown_to_viewers(url: HttpUrl) -> HttpUrl:
         raise ValueError("images must be https URLs")
     if url.username is not None or url.password is not None:
         raise ValueError("image URLs cannot carry a user name or password")
+    if not _is_host_name(url.host or ""):
+        raise ValueError("image URLs must name a valid host (labels of 1 to 63 characters)")
     if not _is_public_host(url.host or ""):
         raise ValueError("image URLs must name a public host")
     return url
+
+
+def _is_host_name(host: str) -> bool:
+    """A name DNS can hold (RFC 1035 2.3.4), or an IP address: no empty label (`img..example`),
+    none over 63 characters, 253 in all."""
+    if host.startswith("["):
+        return True  # an IPv6 address, checked by the URL's parser
+    name = host.removesuffix(".")
+    return len(name) <= 253 and all(0 < len(label) <= 63 for label in name.split("."))
 
 
 def _is_public_host(host: str) -> bool:

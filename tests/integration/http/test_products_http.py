@@ -213,6 +213,10 @@ async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
                 "169.254.169.254",
                 "[::1]",
                 "[fd00::1]",
+                # ...and a name DNS can hold.
+                "img..example",
+                ".img.example",
+                f"{'x' * 64}.example",
             )
         ),
         ({"weight_grams": 0}, "weight_grams", "greater_than"),
@@ -281,6 +285,7 @@ async def test_images_on_any_public_host_are_kept(client: httpx.AsyncClient) -> 
         "https://img.example./b.jpg",  # a fully qualified name
         "https://93.184.215.14/c.jpg",
         "https://[2606:4700:4700::1111]/d.jpg",
+        f"https://{'x' * 63}.example/e.jpg",
     ]
     response = await client.post("/products", json={**PRODUCT, "images": images}, headers=HOST)
     assert response.status_code == 201, response.text
