@@ -35,7 +35,7 @@ from server.adapters.mongo.orders import MongoOrderStore, ensure_order_indexes
 from server.adapters.mongo.stores import MongoProductStore, MongoRoomStore, ensure_indexes
 from server.adapters.redis_reservations import RedisStockReservations
 from server.container import Container
-from server.domain.errors import NotFound
+from server.domain.errors import NotFound, Unavailable
 from server.domain.orders import countries
 from server.domain.postal_codes import postal_code_rule
 from server.http import commerce, ops, products, rooms
@@ -194,6 +194,10 @@ async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
         )
         redis_stock = RedisStockReservations(settings.redis_url)
         stack.push_async_callback(redis_stock.close)
+        try:
+            await redis_stock.check_scripts_allowed()
+        except Unavailable:  # away for now: nothing to learn until it is back
+            log.warning("redis_check_skipped")
         stock = redis_stock
     else:
         broker = MemoryBroker(MemoryBus(settings.history_events, settings.history_seconds))

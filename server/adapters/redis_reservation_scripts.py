@@ -11,9 +11,11 @@ local first_version = clock[1] .. string.format('%06d', tonumber(clock[2]))
 
 # This Redis's run id (a new one each time Redis starts); an offer's state hash that another
 # run wrote is dropped, as lost (see redis_reservations.py). One stamped by a version that
-# noted no run is taken as this run's. About 7 µs of Redis's time a call (INFO).
+# noted no run is taken as this run's. About 7 µs of Redis's time a call (INFO, which Redis's
+# ACLs count as @dangerous: Liveshop's user must be allowed it; checked at start-up).
 SAME_RUN = """
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if not run then return redis.error_reply('LIVESHOP no run_id in INFO server') end
 local written_by = redis.call('HGET', KEYS[1], 'run')
 if written_by and written_by ~= run then
   redis.call('DEL', KEYS[1])
@@ -130,6 +132,7 @@ return out
 PENDING = (
     SAME_RUN
     + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local keys = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
 local out = {}
 for _, k in ipairs(keys) do

@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as redis
+from redis.exceptions import ResponseError
 
 from server.adapters import redis_reservation_scripts as scripts
 from server.adapters.group_commit import GroupCommit
@@ -58,6 +59,10 @@ from server.domain.times import epoch_ms, from_epoch_ms
 log = logging.getLogger("liveshop.reservations")
 
 MAX_CONNECTIONS = 64  # a pool of its own when given a URL; batching keeps it small
+
+
+class RedisNotAllowed(RuntimeError):
+    """Redis refuses what the reservations need: a configuration to fix, not an outage."""
 
 
 def _keys(offer_id: str) -> list[str]:
@@ -248,6 +253,18 @@ class RedisStockReservations:
     @redis_unreachable_is_unavailable
     async def confirm_open(self, offer_id: str, token: str) -> None:
         await self._confirm_open(keys=_keys(offer_id), args=[token])
+
+    @redis_unreachable_is_unavailable
+    async def check_scripts_allowed(self) -> None:
+        """Run a script as every offer's run (on no offer): a Redis user that may not run them,
+        or the INFO they read, fails here, at start-up, rather than in every claim."""
+        try:
+            await self._ready(keys=_keys("liveshop-start-up-check"), args=[])
+        except ResponseError as exc:
+            raise RedisNotAllowed(
+                f"Redis refused Liveshop's reservation scripts ({exc}); its user needs"
+                " +@scripting and +info besides the usual +@read +@write"
+            ) from exc
 
     @redis_unreachable_is_unavailable
     async def is_ready(self, offer_id: str) -> bool:

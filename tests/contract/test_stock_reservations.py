@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from server.adapters.redis_reservations import RedisStockReservations
+from server.adapters.redis_reservations import RedisNotAllowed, RedisStockReservations
 from server.domain.errors import InvalidInput
 from server.domain.offers import AttachOutcome, ClaimOutcome
 from tests.contract.stock_backends import END, MS, NOW, T0, Backend, R, open_offer
@@ -369,3 +369,26 @@ async def test_redis_reservation_ids_are_unique_across_processes(clean_redis: st
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_redis_user_that_may_not_run_the_scripts_is_found_at_start_up(
+    clean_redis: str,
+) -> None:
+    admin = aioredis.Redis.from_url(clean_redis)
+    user = f"liveshop-{random.randrange(10**9)}"
+    # A common least-privilege user: everything but what ACLs call dangerous (INFO among it).
+    await admin.execute_command(
+        "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-@dangerous"
+    )
+    locked = RedisStockReservations(clean_redis.replace("redis://", f"redis://{user}:pw@", 1))
+    allowed = RedisStockReservations(clean_redis)
+    try:
+        with pytest.raises(RedisNotAllowed, match=r"\+info"):
+            await locked.check_scripts_allowed()
+        await allowed.check_scripts_allowed()
+        assert not await admin.exists("liveshop:{offer:liveshop-start-up-check}:state")
+    finally:
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()
+        await locked.close()
+        await allowed.close()
