@@ -30,6 +30,7 @@ from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooMany
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 
 from server.domain.chat import TokenBucket
+from server.domain.text import shown
 from server.http_head import MALFORMED, answer_and_close, problem_response
 
 log = logging.getLogger("liveshop.ws")
@@ -61,7 +62,8 @@ def problem_rejection(status: int, text: str) -> Response:
     """websockets' `ServerProtocol.reject`, answering problem+json instead of plain text: the
     first line of its text, without its preamble, is the detail."""
     refused = HTTPStatus(status)
-    detail = text.split("\n", 1)[0].removeprefix(_REFUSAL_PREFIX).rstrip(".")
+    # Its text may quote a header the client sent, whole.
+    detail = shown(text.split("\n", 1)[0].removeprefix(_REFUSAL_PREFIX).rstrip("."))
     problem = {
         "type": "about:blank",
         "title": refused.phrase,

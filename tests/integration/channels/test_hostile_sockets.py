@@ -145,3 +145,15 @@ async def test_a_ref_that_is_not_text_goes_back_escaped_and_the_socket_still_hea
         assert refused["ref"] == "\ud83d"  # as the client wrote it
         await ws.send(json.dumps({"type": "ping", "ref": "r2"}))
         assert (await recv(ws)).get("ref") == "r2"  # the socket still hears
+
+
+async def test_a_refused_handshake_names_at_most_300_characters_of_what_was_sent(
+    live: Live,
+) -> None:
+    key = b"A" * 5000 + b"\t" + b"B" * 10
+    headers = b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n"
+    answer = await _handshake(live, b"/ws/rooms/r_x", upgrade=_BARE_UPGRADE + headers)
+    problem = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert problem["code"] == "invalid_handshake"
+    assert len(problem["detail"]) <= 301
+    assert "\t" not in problem["detail"]
