@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -285,9 +285,11 @@ class OrderStore(Protocol):
         found no broker), until `buyer_told`."""
         ...
 
-    async def buyers_untold(self, changed_before: datetime, limit: int) -> builtins.list[Order]:
+    async def buyers_untold(
+        self, changed_before: datetime, limit: int, *, skip: Collection[str] = ()
+    ) -> builtins.list[Order]:
         """Orders whose buyer is noted as not told of their last change, made (the last entry
-        of their history) before `changed_before`."""
+        of their history) before `changed_before`; but those of ids in `skip`."""
         ...
 
     async def buyer_told(self, order_id: str, moves: int) -> None:

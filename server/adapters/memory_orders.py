@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import copy
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -233,8 +233,10 @@ class MemoryOrderStore:
     async def note_buyer_untold(self, order_id: str) -> None:
         self._buyers_untold.add(order_id)
 
-    async def buyers_untold(self, changed_before: datetime, limit: int) -> builtins.list[Order]:
-        noted = [self._orders[i] for i in sorted(self._buyers_untold)]
+    async def buyers_untold(
+        self, changed_before: datetime, limit: int, *, skip: Collection[str] = ()
+    ) -> builtins.list[Order]:
+        noted = [self._orders[i] for i in sorted(self._buyers_untold - set(skip))]
         due = [o for o in noted if o.history[-1].at < changed_before]
         return [copy.deepcopy(o) for o in due[:limit]]
 

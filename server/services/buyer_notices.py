@@ -24,6 +24,10 @@ TELL_BATCH = 100  # untold orders told per housekeeping round
 # process publishes and clears the note within milliseconds. One slower still (each of its two
 # round trips is bounded by a backend deadline) only makes the buyer hear the order twice.
 TELL_AFTER = timedelta(seconds=5)
+# How long an order whose notice failed for a reason of its own (a bug) is left out of the
+# rounds, so that however many of them there are, the other buyers are told (and each failure
+# logs its traceback once a minute, not once a second).
+FAILED_TELL_BACKOFF = timedelta(minutes=1)
 
 
 class BuyerNotices:
@@ -31,6 +35,7 @@ class BuyerNotices:
         self._orders = orders
         self._notify = notify
         self._clock = clock
+        self._failing: dict[str, datetime] = {}  # order id -> left out until then
 
     async def tell_created(self, order: Order) -> None:
         """Tell the buyer of an order just written (or attached by the reaper); if the broker is
@@ -52,15 +57,19 @@ class BuyerNotices:
     async def tell_untold(self) -> int:
         """Tell the buyers noted as untold, each the order as it stands now (every process, once
         a second). At least once: two processes may both tell it, the same state twice."""
-        told = 0
-        changed_before = self._clock() - TELL_AFTER
-        for order in await self._orders.buyers_untold(changed_before, TELL_BATCH):
+        told, now = 0, self._clock()
+        self._failing = {order_id: t for order_id, t in self._failing.items() if t > now}
+        untold = await self._orders.buyers_untold(
+            now - TELL_AFTER, TELL_BATCH, skip=self._failing.keys()
+        )
+        for order in untold:
             try:
                 await self._notify(order.buyer_id, _updated(order))
             except Unavailable:
                 break  # the broker is still away: next round
             except Exception:  # a bug with this order: found by its traceback; tell the others
                 log.exception("order_update_failed", extra={"order_id": order.id})
+                self._failing[order.id] = now + FAILED_TELL_BACKOFF
                 continue
             await self._orders.buyer_told(order.id, len(order.history))
             told += 1

@@ -275,42 +275,6 @@ async def test_a_move_that_returns_units_notes_it_until_they_are_back(stores: St
     assert await stores.orders.get("o_1") == cancelled  # the order itself is unchanged
 
 
-async def test_an_untold_buyer_is_noted_until_told_of_the_order_as_it_stands(
-    stores: Stores,
-) -> None:
-    for n in range(2):
-        await stores.orders.create(sample_order(f"o_{n}", f"k_{n}"))
-    await stores.orders.note_buyer_untold("o_1")
-    untold = await stores.orders.buyers_untold(T0 + TTL, 10)
-    assert untold == [await stores.orders.get("o_1")]
-    assert await stores.orders.buyers_untold(T0, 10) == []  # made at T0: not before it
-    cancel = await move_order(stores.orders, "o_1", S.CANCELLED)  # changed before it was told
-    await stores.orders.buyer_told("o_1", len(untold[0].history))  # of the change before
-    after_cancel = cancel.history[-1].at + timedelta(seconds=1)
-    assert [o.id for o in await stores.orders.buyers_untold(after_cancel, 10)] == ["o_1"]
-    await stores.orders.buyer_told("o_1", 2)  # of the cancel
-    await stores.orders.buyer_told("o_1", 2)  # twice is fine
-    assert await stores.orders.buyers_untold(after_cancel, 10) == []
-    assert (await stores.orders.get("o_1")).status is S.CANCELLED  # the order is unchanged
-
-
-async def test_a_move_notes_its_buyer_untold_in_the_same_write(stores: Stores) -> None:
-    # A process may die between storing a move and telling the buyer: another must find it.
-    for n in range(2):
-        await stores.orders.create(sample_order(f"o_{n}", f"k_{n}"))
-    paid = await move_order(stores.orders, "o_0", S.PAID)
-    moved_at = paid.history[-1].at
-    assert await stores.orders.buyers_untold(moved_at, 10) == []  # not before the move
-    assert await stores.orders.buyers_untold(moved_at + timedelta(seconds=1), 10) == [paid]
-    stale = await stores.orders.get("o_1")
-    await move_order(stores.orders, "o_1", S.CANCELLED)
-    await stores.orders.buyer_told("o_1", 2)
-    stale.move(S.EXPIRED, at=moved_at, by="system")
-    with pytest.raises(Conflict):  # a move refused notes nothing
-        await stores.orders.save_move(stale, expected=S.PENDING_PAYMENT)
-    assert await stores.orders.buyers_untold(moved_at + timedelta(days=1), 10) == [paid]
-
-
 async def test_save_move_refuses_a_move_its_history_does_not_show(stores: Stores) -> None:
     await stores.orders.create(sample_order())
     order = await stores.orders.get("o_1")

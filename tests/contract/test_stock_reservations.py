@@ -377,8 +377,13 @@ async def test_a_redis_user_that_may_not_run_the_scripts_is_found_at_start_up(
     admin = aioredis.Redis.from_url(clean_redis)
     user = f"liveshop-{random.randrange(10**9)}"
     # A common least-privilege user: everything but what ACLs call dangerous (INFO among it).
-    await admin.execute_command(
-        "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-@dangerous"
+    await admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-@dangerous"],
     )
     locked = RedisStockReservations(clean_redis.replace("redis://", f"redis://{user}:pw@", 1))
     allowed = RedisStockReservations(clean_redis)
@@ -388,7 +393,7 @@ async def test_a_redis_user_that_may_not_run_the_scripts_is_found_at_start_up(
         await allowed.check_scripts_allowed()
         assert not await admin.exists("liveshop:{offer:liveshop-start-up-check}:state")
     finally:
-        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.acl_deluser(user)
         await admin.aclose()
         await locked.close()
         await allowed.close()

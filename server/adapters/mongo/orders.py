@@ -14,7 +14,7 @@ from __future__ import annotations
 import builtins
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -255,9 +255,16 @@ class MongoOrderStore:
         await self._orders.update_one({"_id": order_id}, {"$set": {BUYER_UNTOLD: True}})
 
     @translate_errors
-    async def buyers_untold(self, changed_before: datetime, limit: int) -> builtins.list[Order]:
+    async def buyers_untold(
+        self, changed_before: datetime, limit: int, *, skip: Collection[str] = ()
+    ) -> builtins.list[Order]:
         last_change = {"$arrayElemAt": ["$history.at", -1]}
-        query = {BUYER_UNTOLD: True, "$expr": {"$lt": [last_change, changed_before]}}
+        query: dict[str, Any] = {
+            BUYER_UNTOLD: True,
+            "$expr": {"$lt": [last_change, changed_before]},
+        }
+        if skip:
+            query["_id"] = {"$nin": list(skip)}
         cursor = self._orders.find(query).limit(limit)
         return [order_from(doc) async for doc in cursor]
 

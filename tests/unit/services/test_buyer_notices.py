@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from server.domain.errors import Unavailable
 from server.domain.orders import OrderStatus
+from server.services import buyer_notices
 from server.services.buyer_notices import TELL_AFTER
 from tests.unit.services.shop import ADDRESS, Shop, buyer, other_process
 
@@ -113,3 +116,41 @@ async def test_an_order_that_cannot_be_told_does_not_hold_back_the_other_buyers(
     assert await housekeeping.tell_untold_buyers() == 0  # the other is not told twice
     other = "buyer-2" if poisoned == ["buyer-1"] else "buyer-1"
     assert [user for user, _ in shop.events.private[told_before:]] == [other]
+
+
+async def test_a_batch_of_orders_that_cannot_be_told_holds_back_no_other_buyer(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(buyer_notices, "TELL_BATCH", 2)  # as many failing as a round reads
+    offer = await shop.launch(quantity=5, limit=1)
+
+    async def broker_away(user_id: str, event: dict[str, Any]) -> None:
+        raise Unavailable("live events are unavailable, try again")
+
+    poisoned: list[str] = []
+    fixed = False
+
+    async def buggy_for_two(user_id: str, event: dict[str, Any]) -> None:
+        if len(poisoned) < 2 and user_id not in poisoned:
+            poisoned.append(user_id)  # the first two orders a round reads: ones with a bug
+        if user_id in poisoned and not fixed:
+            raise TypeError("a bug")
+        await shop.events.send_private(user_id, event)
+
+    _, claiming = other_process(shop, notify=broker_away)
+    for n in (1, 2, 3):
+        await claiming.claim(
+            offer.id, buyer(n), quantity=1, idempotency_key=f"k{n}", address=ADDRESS
+        )
+    shop.clock.advance(seconds=TELL_AFTER.total_seconds() + 1)
+    _, housekeeping = other_process(shop, notify=buggy_for_two)
+    told_before = len(shop.events.private)
+    for _ in range(3):
+        await housekeeping.tell_untold_buyers()
+    (other,) = {"buyer-1", "buyer-2", "buyer-3"} - set(poisoned)
+    assert [user for user, _ in shop.events.private[told_before:]] == [other]
+    fixed = True  # the bug is gone...
+    await housekeeping.tell_untold_buyers()
+    assert len(shop.events.private) - told_before == 1  # ...but they wait out their minute
+    shop.clock.advance(seconds=buyer_notices.FAILED_TELL_BACKOFF.total_seconds() + 1)
+    assert await housekeeping.tell_untold_buyers() == 2
