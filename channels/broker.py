@@ -19,6 +19,9 @@ from typing import Any, Protocol
 
 # A process that has not reported its viewers for this long is presumed dead.
 STALE_SECONDS = 10.0
+# How long the counters remember a process's last report and each of its tallies (see
+# CounterReport) after it last reported: far longer than any report takes to arrive.
+REPORT_TRACE_SECONDS = 3600.0
 # A room's stream, history and counters are forgotten a day after they were last written (Redis
 # expires them; the in-process broker sweeps them): an ended show's do not pile up.
 KEPT_SECONDS = 24 * 3600

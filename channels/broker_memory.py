@@ -16,6 +16,7 @@ from typing import Any
 
 from channels.broker import (
     KEPT_SECONDS,
+    REPORT_TRACE_SECONDS,
     STALE_SECONDS,
     BrokerListener,
     CounterReport,
@@ -45,9 +46,10 @@ class _RoomCounters:
     likes: int = 0
     peak: int = 0
     viewers: dict[str, tuple[int, float]] = field(default_factory=dict)
-    # As in Redis's `reports` hash: each tally's likes counted, each node's last report taken.
-    tallies: dict[tuple[str, int], int] = field(default_factory=dict)
-    numbers: dict[str, int] = field(default_factory=dict)
+    # As in Redis's `reports` hash: each tally's likes counted, each node's last report taken,
+    # each with when it was last written.
+    tallies: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
+    numbers: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 class MemoryBus:
@@ -207,15 +209,18 @@ class MemoryBroker:
             counters = self.bus.counters[room_id] = _RoomCounters(now, likes=kept[0], peak=kept[1])
         counters.written_at = now
         tally = (self.node_id, report.tally)
-        counted = counters.tallies.get(tally, report.likes_counted)
+        counted = counters.tallies.get(tally, (report.likes_counted, now))[0]
         counters.likes += max(0, report.likes - counted)
-        counters.tallies[tally] = max(counted, report.likes)
-        if report.number > counters.numbers.get(self.node_id, 0):
-            counters.numbers[self.node_id] = report.number
+        counters.tallies[tally] = (max(counted, report.likes), now)
+        if report.number > counters.numbers.get(self.node_id, (0, now))[0]:
+            counters.numbers[self.node_id] = (report.number, now)
             if report.viewers > 0:
                 counters.viewers[self.node_id] = (report.viewers, now)
             else:
                 counters.viewers.pop(self.node_id, None)
+        forgotten_before = now - REPORT_TRACE_SECONDS
+        counters.tallies = {k: v for k, v in counters.tallies.items() if v[1] >= forgotten_before}
+        counters.numbers = {k: v for k, v in counters.numbers.items() if v[1] >= forgotten_before}
         stale_before = now - STALE_SECONDS
         total = sum(n for n, at in counters.viewers.values() if at >= stale_before)
         counters.peak = max(counters.peak, total)

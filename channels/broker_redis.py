@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from channels.broker import (
     KEPT_SECONDS,
+    REPORT_TRACE_SECONDS,
     STALE_SECONDS,
     BrokerListener,
     CounterReport,
@@ -78,25 +79,39 @@ return seq
 
 # KEYS: counters, viewers, reports. ARGV: [1] node id, [2] tally, [3] report number, [4] likes
 # of the tally, [5] of which counted, [6] viewers, [7] unix ms, [8] stale ms, [9] seconds kept,
-# [10] likes kept, [11] peak kept.
+# [10] likes kept, [11] peak kept, [12] ms a report's trace is kept.
+# `reports` holds "number:ms" for each node and "counted:ms" for each tally, each as of the
+# report that last wrote it; one not written for ARGV[12] ms (far longer than any report takes
+# to arrive) is forgotten, so that a room that stays live does not pile up one a reopening.
 _COUNTERS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'likes', ARGV[10], 'peak', ARGV[11])
 end
+local now = tonumber(ARGV[7])
+local function first_of(field)
+  local raw = redis.call('HGET', KEYS[3], field)
+  return raw and tonumber(string.match(raw, '^(%d+)'))
+end
 local tally = ARGV[1] .. '/' .. ARGV[2]
-local counted = tonumber(redis.call('HGET', KEYS[3], tally) or ARGV[5])
+local counted = first_of(tally) or tonumber(ARGV[5])
 local tapped = tonumber(ARGV[4])
 if tapped > counted then
   redis.call('HINCRBY', KEYS[1], 'likes', tapped - counted)
   counted = tapped
 end
-redis.call('HSET', KEYS[3], tally, counted)
-if tonumber(ARGV[3]) > tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[3], tally, counted .. ':' .. ARGV[7])
+if tonumber(ARGV[3]) > (first_of(ARGV[1]) or 0) then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3] .. ':' .. ARGV[7])
   if tonumber(ARGV[6]) > 0 then
     redis.call('HSET', KEYS[2], ARGV[1], ARGV[6] .. ':' .. ARGV[7])
   else
     redis.call('HDEL', KEYS[2], ARGV[1])
+  end
+end
+local traces = redis.call('HGETALL', KEYS[3])
+for i = 1, #traces, 2 do
+  if tonumber(string.match(traces[i + 1], ':(%d+)$')) < now - tonumber(ARGV[12]) then
+    redis.call('HDEL', KEYS[3], traces[i])
   end
 end
 local likes = tonumber(redis.call('HGET', KEYS[1], 'likes'))
@@ -322,6 +337,7 @@ class RedisBroker:
             int(STALE_SECONDS * 1000),
             KEPT_SECONDS,
             *kept,
+            int(REPORT_TRACE_SECONDS * 1000),
         ]
         keys = [counters, viewers, _key(room_id, "reports")]
         likes, total, peak = await self._counters(keys=keys, args=args)

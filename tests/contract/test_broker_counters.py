@@ -3,6 +3,7 @@ process, added up across processes, counted once however a report is repeated or
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -10,9 +11,23 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from channels.broker import Broker, CounterReport
+from channels import broker_memory, broker_redis
+from channels.broker import REPORT_TRACE_SECONDS, Broker, CounterReport
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.broker_redis import RedisBroker
+
+
+class HourLater:
+    """The `time` module as a broker reads it, past REPORT_TRACE_SECONDS from now."""
+
+    def __init__(self) -> None:
+        self.later = REPORT_TRACE_SECONDS + 1
+
+    def time(self) -> float:
+        return time.time() + self.later
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.later
 
 
 def report(
@@ -28,6 +43,7 @@ class Processes:
     a: Broker
     b: Broker
     lose_everything: Callable[[], Awaitable[None]]
+    traces: Callable[[str], Awaitable[int]]  # what the room's counters remember of reports
 
 
 @pytest_asyncio.fixture(params=["memory", "redis"])
@@ -39,7 +55,11 @@ async def processes(request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
         async def flush_memory() -> None:
             bus.flush()
 
-        yield Processes(MemoryBroker(bus), MemoryBroker(bus), flush_memory)
+        async def memory_traces(room_id: str) -> int:
+            counters = bus.counters[room_id]
+            return len(counters.tallies) + len(counters.numbers)
+
+        yield Processes(MemoryBroker(bus), MemoryBroker(bus), flush_memory, memory_traces)
         return
     url = request.getfixturevalue("clean_redis")
     a, b, admin = RedisBroker(url), RedisBroker(url), aioredis.Redis.from_url(url)
@@ -47,8 +67,11 @@ async def processes(request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
     async def flush_redis() -> None:
         await admin.flushall()
 
+    async def redis_traces(room_id: str) -> int:
+        return int(await admin.hlen(f"liveshop:{{{room_id}}}:reports"))
+
     try:
-        yield Processes(a, b, flush_redis)
+        yield Processes(a, b, flush_redis, redis_traces)
     finally:
         for closing in (a, b):
             await closing.close()
@@ -120,3 +143,18 @@ async def test_each_opening_of_a_room_in_a_process_tallies_its_own_likes(
     await a.update_counters("r4", report(2, likes=10, viewers=0, tally=1))  # closed here
     counters = await a.update_counters("r4", report(3, likes=2, viewers=1, tally=2))  # again
     assert counters.likes == 12
+
+
+async def test_what_is_kept_of_reports_is_forgotten_long_after_the_last(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = processes.a
+    for n in range(1, 4):  # the room opened and closed here three times
+        await a.update_counters("r5", report(2 * n - 1, likes=1, viewers=1, tally=n))
+        await a.update_counters("r5", report(2 * n, likes=1, viewers=0, tally=n))
+    assert await processes.traces("r5") == 1 + 3  # the process's last number, three tallies
+    for module in (broker_memory, broker_redis):  # their clocks, an hour on
+        monkeypatch.setattr(module, "time", HourLater())
+    counters = await a.update_counters("r5", report(7, likes=2, viewers=1, tally=4))
+    assert (counters.likes, counters.viewers) == (5, 1)
+    assert await processes.traces("r5") == 1 + 1  # the old tallies are gone
