@@ -46,18 +46,25 @@ async def test_viewer_counts_add_up_across_processes() -> None:
             await hub.close()
 
 
+async def one_here_three_there(staying: Hub, stopping: Hub) -> tuple[Socket, list[Socket]]:
+    """A watcher on the process that stays, three viewers on the one that will stop; once the
+    watcher has heard all four counted."""
+    watcher = Socket()
+    await staying.join("r1", viewer(0), watcher)
+    movers = [Socket() for _ in range(3)]
+    for n, socket in enumerate(movers, start=1):
+        await stopping.join("r1", viewer(n), socket)
+    await watcher.until(lambda: any(f["count"] == 4 for f in watcher.of_type("viewers")))
+    return watcher, movers
+
+
 async def test_a_draining_process_stops_counting_its_viewers_before_sending_them_away() -> None:
     bus = MemoryBus()
     staying, stopping = (make_hub(MemoryBroker(bus)) for _ in range(2))
     for hub in (staying, stopping):
         await hub.start()
     try:
-        watcher = Socket()
-        await staying.join("r1", viewer(0), watcher)
-        movers = [Socket() for _ in range(3)]
-        for n, socket in enumerate(movers, start=1):
-            await stopping.join("r1", viewer(n), socket)
-        await watcher.until(lambda: any(f["count"] == 4 for f in watcher.of_type("viewers")))
+        watcher, movers = await one_here_three_there(staying, stopping)
         draining = asyncio.create_task(stopping.drain(grace_seconds=2))
         for socket in movers:  # closed 1001: they reconnect to the process that stays
             await socket.until_closed()
@@ -231,12 +238,7 @@ async def test_a_tick_landing_after_the_drain_began_does_not_count_the_movers_ag
     for hub in (staying, stopping):
         await hub.start()
     try:
-        watcher = Socket()
-        await staying.join("r1", viewer(0), watcher)
-        movers = [Socket() for _ in range(3)]
-        for n, socket in enumerate(movers, start=1):
-            await stopping.join("r1", viewer(n), socket)
-        await watcher.until(lambda: any(f["count"] == 4 for f in watcher.of_type("viewers")))
+        _, movers = await one_here_three_there(staying, stopping)
         slow.hold = True  # a tick's report of 3 viewers is on its way...
         await asyncio.wait_for(slow.held.wait(), 1)
         draining = asyncio.create_task(stopping.drain(grace_seconds=2))
