@@ -105,6 +105,26 @@ async def test_a_stop_that_failed_after_recording_the_end_is_finished_by_the_ret
     assert await shop.offers_store.unfinished_ends(10) == []
 
 
+async def test_a_stop_that_failed_here_is_finished_by_this_process_at_once(shop: Shop) -> None:
+    # Until the stock is stopped, a claim may still be taken: the process that could not stop
+    # it tries again in its next round, without the grace left to another's.
+    stock, events = FlakyStock(shop.stock), FlakyEvents()
+    offers, orders = other_process(shop, stock=cast(StockReservations, stock), events=events)
+    offer = await shop.launch(quantity=5, limit=1)
+    stock.away = events.away = True
+    with pytest.raises(Unavailable):
+        await offers.stop(offer.id, HOST)
+    stock.away = events.away = False
+    elsewhere, _ = other_process(shop)
+    assert await elsewhere.finish_ends() == 0  # left to the process that recorded it...
+    assert await offers.finish_ends() == 1  # ...which finishes it in its next round
+    with pytest.raises(Conflict) as refused:
+        await orders.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    assert refused.value.code == "offer_not_active"
+    assert len(events.of_type("offer.ended")) == 1
+    assert await shop.offers_store.unfinished_ends(10) == []
+
+
 class HangingStock(FlakyStock):
     """A Redis that takes the stop and never answers."""
 
@@ -169,7 +189,7 @@ async def test_a_sell_out_whose_announcement_failed_is_told_once_the_stream_is_b
     await offers.close()
     assert [o.id for o in await shop.offers_store.unfinished_ends(10)] == [offer.id]
     assert events.of_type("offer.ended") == []
-    assert await offers.finish_ends() == 0  # still away: tried after the grace, and kept
+    assert await offers.finish_ends() == 0  # still away: tried at once (it failed here), kept
     shop.clock.advance(seconds=15)
     assert await offers.finish_ends() == 0
     events.away = False
