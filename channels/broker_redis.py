@@ -5,8 +5,8 @@ Each room has, under one hash tag so a cluster keeps them on one shard:
   liveshop:{room}:history  stream of frames, entry id = seq, trimmed to about N entries
   liveshop:{room}:counters hash: likes, peak
   liveshop:{room}:viewers  hash: node id -> "count:unix_ms"
-  liveshop:{room}:reports  hash: node id -> its last report taken; "node id/tally" -> likes
-                           counted of that tally (see Broker.update_counters)
+  liveshop:{room}:reports  hash: node id -> "number:unix_ms" of its last report taken;
+                           "node id/tally" -> "likes counted:unix_ms" (see _COUNTERS)
   liveshop:{room}:closed   set of closed topics (see Broker.publish)
   liveshop:{room}:orders   hash: topic -> the order of its last ordered event
 One Lua script assigns the sequence number, appends to history and publishes, so the order of
