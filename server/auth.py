@@ -33,6 +33,11 @@ _verified: OrderedDict[tuple[str, str], tuple[Identity, float]] = OrderedDict()
 _wall_clock = time.time  # tests move it
 
 
+def _valid_subject(sub: str) -> bool:
+    """A user id shown to other people (chat, orders): held to the rules their own text is."""
+    return 0 < len(sub) <= MAX_USER_ID and hidden_character(sub) is None
+
+
 def issue_token(
     secret: str,
     user_id: str,
@@ -45,7 +50,7 @@ def issue_token(
 ) -> str:
     """A signed token for `user_id`; ValueError for one the server would refuse (a subject or
     name with a control or hidden character, a subject too long)."""
-    if not user_id or len(user_id) > MAX_USER_ID or hidden_character(user_id):
+    if not _valid_subject(user_id):
         raise ValueError(
             f"a user id is 1 to {MAX_USER_ID} characters, none of them control or hidden ones"
         )
@@ -147,7 +152,7 @@ def _verify(secret: str, token: str) -> tuple[Identity, float]:
         raise _invalid()
     sub, role, name, country = (claims.get(k) for k in ("sub", "role", "name", "country"))
     # Both are shown to other people (chat, orders): held to the rules their own text is.
-    if not isinstance(sub, str) or not sub or len(sub) > MAX_USER_ID or hidden_character(sub):
+    if not isinstance(sub, str) or not _valid_subject(sub):
         raise Unauthorized("token subject is invalid", code="invalid_token")
     if isinstance(name, str) and hidden_character(name):
         raise Unauthorized("token name has a control or hidden character", code="invalid_token")

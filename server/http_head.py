@@ -38,10 +38,15 @@ READ_SECONDS = 30.0
 LINGER_SECONDS = 2.0
 
 
-def problem_response(status: int, title: str, detail: str, code: str) -> bytes:
-    """A whole response that closes its connection, as server/http/errors.py would word it."""
+def problem_body(status: int, title: str, detail: str, code: str) -> bytes:
+    """A problem+json body, as server/http/errors.py would word it."""
     problem = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    body = json.dumps({**problem, "code": code}, separators=(",", ":")).encode()
+    return json.dumps({**problem, "code": code}, separators=(",", ":")).encode()
+
+
+def problem_response(status: int, title: str, detail: str, code: str) -> bytes:
+    """A whole response that closes its connection, with a problem+json body."""
+    body = problem_body(status, title, detail, code)
     return b"".join(
         [
             b"HTTP/1.1 %d %s\r\n" % (status, title.encode()),

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -31,7 +30,7 @@ from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 
 from server.domain.chat import TokenBucket
 from server.domain.text import shown
-from server.http_head import MALFORMED, answer_and_close, problem_response
+from server.http_head import MALFORMED, answer_and_close, problem_body, problem_response
 
 log = logging.getLogger("liveshop.ws")
 
@@ -64,14 +63,8 @@ def problem_rejection(status: int, text: str) -> Response:
     refused = HTTPStatus(status)
     # Its text may quote a header the client sent, whole.
     detail = shown(text.split("\n", 1)[0].removeprefix(_REFUSAL_PREFIX).rstrip("."))
-    problem = {
-        "type": "about:blank",
-        "title": refused.phrase,
-        "status": refused.value,
-        "detail": detail or refused.phrase.lower(),
-        "code": _REFUSAL_CODES.get(refused, "websocket_refused"),
-    }
-    body = json.dumps(problem, separators=(",", ":")).encode()
+    code = _REFUSAL_CODES.get(refused, "websocket_refused")
+    body = problem_body(refused.value, refused.phrase, detail or refused.phrase.lower(), code)
     headers = Headers(
         [
             ("Date", email.utils.formatdate(usegmt=True)),

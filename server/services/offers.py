@@ -99,9 +99,6 @@ class OfferService:
         self._unfinished_since: dict[str, datetime] = {}  # as finish_ends first saw them
         self._finish_round = 0  # finish_ends' rounds so far
         self._finish_failed_in: dict[str, int] = {}  # the round in which each end last failed
-        # Ends this process recorded and could not finish: its own rounds take them up at once,
-        # since until the stock is stopped a claim may still be taken.
-        self._failed_here: set[str] = set()
 
     async def launch(
         self,
@@ -354,7 +351,9 @@ class OfferService:
         except BaseException:
             # Whatever became of those (an error, a shutdown), the room hears of the end now;
             # the caller hears the first failure, and `finish_ends` does the rest.
-            self._failed_here.add(ended.id)
+            # Seen unfinished since a grace ago: this process's next round tries it again at
+            # once, since until the stock is stopped a claim may still be taken.
+            self._unfinished_since[ended.id] = self._clock() - FINISH_GRACE
             with contextlib.suppress(LiveshopError):
                 await self._announce_end(ended)
             raise
@@ -373,7 +372,6 @@ class OfferService:
         self._unfinished_since = {
             offer.id: self._unfinished_since.get(offer.id, now) for offer in unfinished
         }
-        self._failed_here &= self._unfinished_since.keys()
         # Ends never tried first, then the one that failed longest ago: however many keep
         # failing, each end gets its turn, one failure a round.
         self._finish_round += 1
@@ -385,8 +383,7 @@ class OfferService:
         unfinished.sort(key=lambda offer: self._finish_failed_in.get(offer.id, 0))
         finished = 0
         for offer in unfinished:
-            waited = now - self._unfinished_since[offer.id]
-            if waited < FINISH_GRACE and offer.id not in self._failed_here:
+            if now - self._unfinished_since[offer.id] < FINISH_GRACE:
                 continue
             try:
                 await self._finish_end(offer)

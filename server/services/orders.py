@@ -292,6 +292,7 @@ class OrderService:
             with contextlib.suppress(Conflict):  # moved meanwhile, or being moved right now
                 await self._move(order, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
                 moved = True
+                await self._buyers.tell_moved(order)
         await self._stock_came_back(order.offer_id)
         return moved
 
@@ -337,7 +338,7 @@ class OrderService:
         if order.status is not OrderStatus.PENDING_PAYMENT:
             raise not_cancellable(order)
         try:
-            await self._save_move(
+            await self._move(
                 order,
                 OrderStatus.CANCELLED,
                 by=who.user_id,
@@ -372,6 +373,7 @@ class OrderService:
                 )
             except Conflict:
                 continue  # paid, cancelled or expired by someone else meanwhile
+            await self._buyers.tell_moved(order)
             if giving_back and not await self._give_back(order):
                 # The stock is away: the rest of the batch need not wait for it in turn, their
                 # notes say what is due.
@@ -429,18 +431,8 @@ class OrderService:
         reason: str,
         units_to_return: bool = False,
     ) -> None:
-        await self._save_move(order, to, by=by, reason=reason, units_to_return=units_to_return)
-        await self._buyers.tell_moved(order)
-
-    async def _save_move(
-        self,
-        order: Order,
-        to: OrderStatus,
-        *,
-        by: str,
-        reason: str,
-        units_to_return: bool = False,
-    ) -> None:
+        """Store the move; its caller tells the buyer (`BuyerNotices.tell_moved`), which the
+        move noted as untold in the same write."""
         expected = order.status
         order.move(to, at=self._clock(), by=by, reason=reason)
         await self._orders.save_move(order, expected=expected, units_to_return=units_to_return)

@@ -28,6 +28,7 @@ class FlakyStock:
         self.releases_failing = 0  # the next releases to fail, whatever else goes through
         self.stale_rebuild: list[RecoveredClaim] | None = None
         self.before_rebuild: Callable[[], Awaitable[object]] | None = None  # once
+        self.before_release: Callable[[], Awaitable[object]] | None = None  # each release
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shared, name)
@@ -40,6 +41,8 @@ class FlakyStock:
         orphan_only: bool = False,
         for_order: str | None = None,
     ) -> bool:
+        if self.before_release is not None:
+            await self.before_release()
         self._check(offer_id)
         if self.releases_failing:
             self.releases_failing -= 1

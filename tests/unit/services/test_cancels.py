@@ -97,34 +97,13 @@ async def test_a_cancel_that_loses_the_race_to_the_expiry_is_an_invalid_transiti
     assert (await shop.orders.get(order.id, buyer(1))).status is OrderStatus.EXPIRED
 
 
-class ReleaseMeetsTheNotice(FlakyStock):
-    """A release that goes on only once the buyer's notice has begun, as the notice goes on
-    only once the release has begun: one after the other, a cancel would never end."""
-
-    def __init__(self, shop: Shop, releasing: asyncio.Event, telling: asyncio.Event) -> None:
-        super().__init__(shop.stock)
-        self.releasing, self.telling = releasing, telling
-
-    async def release(
-        self,
-        offer_id: str,
-        idempotency_key: str,
-        *,
-        orphan_only: bool = False,
-        for_order: str | None = None,
-    ) -> bool:
-        self.releasing.set()
-        await self.telling.wait()
-        return await super().release(
-            offer_id, idempotency_key, orphan_only=orphan_only, for_order=for_order
-        )
-
-
 async def test_a_cancel_tells_the_buyer_and_gives_the_units_back_at_once(shop: Shop) -> None:
     # Against a Redis that hangs, each waits out its deadline: one after the other, the buyer
     # waited for both (10 s where 5 s is the promise).
     offer = await shop.launch(quantity=3, limit=1)
     order, _ = await shop.claim(offer, buyer(1), "k1")
+    # The release goes on only once the notice has begun, and the notice only once the
+    # release has: one after the other, the cancel would never end.
     releasing, telling = asyncio.Event(), asyncio.Event()
 
     async def notify(user_id: str, event: dict[str, Any]) -> None:
@@ -132,7 +111,12 @@ async def test_a_cancel_tells_the_buyer_and_gives_the_units_back_at_once(shop: S
         await releasing.wait()
         await shop.events.send_private(user_id, event)
 
-    stock = ReleaseMeetsTheNotice(shop, releasing, telling)
+    async def meet_the_notice() -> None:
+        releasing.set()
+        await telling.wait()
+
+    stock = FlakyStock(shop.stock)
+    stock.before_release = meet_the_notice
     _, orders = other_process(shop, stock=cast(StockReservations, stock), notify=notify)
     cancelled = await asyncio.wait_for(orders.cancel(order.id, buyer(1)), 2)
     assert cancelled.status is OrderStatus.CANCELLED
