@@ -7,7 +7,6 @@ with plain objects and fixed clocks.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +29,7 @@ from schemas.ws import (
     UserMute,
     client_frame,
 )
+from server import strict_json
 from server.domain.chat import (
     MAX_CHAT_CHARS,
     TokenBucket,
@@ -234,7 +234,7 @@ class RoomSession:
                 f"frame is larger than {self.limits.max_frame_bytes} bytes", code="frame_too_large"
             )
         try:
-            data = json.loads(raw)
+            data = strict_json.loads(raw)
         except (ValueError, RecursionError):  # nested deeper than the parser goes: not for us
             raise Malformed("frame is not valid JSON", code="malformed_json") from None
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):

@@ -21,6 +21,7 @@ from server.http.errors import (
     UnsupportedMediaType,
 )
 from server.metrics import Metrics
+from server.strict_json import is_strict_json
 
 # JSON bodies here are small commands; a bigger one is a mistake or an attack.
 MAX_BODY_BYTES = 64 * 1024
@@ -108,7 +109,11 @@ async def json_body(request: Request, model: type[R]) -> R:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        if any(error["type"] == "json_invalid" for error in exc.errors()):
+        # pydantic takes NaN and Infinity, and 1e400 as infinity; a body that holds them is
+        # found out here, on the refusal's path, so that a good body is parsed only once.
+        if any(error["type"] == "json_invalid" for error in exc.errors()) or not is_strict_json(
+            body
+        ):
             raise MalformedJson("the body is not valid JSON") from None
         raise InvalidRequest.from_validation(exc, model.field_codes) from None
 

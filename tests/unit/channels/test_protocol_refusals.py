@@ -18,6 +18,9 @@ from tests.unit.channels.protocol_fakes import MODERATOR, SHOPPER, error_code, s
     ("raw", "code"),
     [
         ("not json", "malformed_json"),
+        ('{"type": "like", "count": NaN}', "malformed_json"),
+        ('{"type": "like", "count": Infinity}', "malformed_json"),
+        ('{"type": "like", "count": 1e400}', "malformed_json"),
         ("[1, 2]", "invalid_frame"),
         ('{"text": "no type"}', "invalid_frame"),
         ('{"type": "dance"}', "unknown_type"),
