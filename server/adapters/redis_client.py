@@ -60,7 +60,9 @@ def closed_transport(exc: Exception) -> bool:
 
 # For the adapters' methods: Redis down, restarting, failing over or frozen is a 503.
 redis_unreachable_is_unavailable = unavailable_when(
-    _unreachable, "live data is unreachable, try again"
+    _unreachable,
+    "live data is unreachable, try again",
+    timed_out=lambda exc: isinstance(exc, RedisTimeoutError),
 )
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
-from server.domain.errors import Unavailable
+from server.domain.errors import Unavailable, Unresponsive
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -29,10 +29,14 @@ _last_logged: dict[str, float] = {}  # by method: a bounded set of names
 
 
 def unavailable_when(
-    unreachable: Callable[[Exception], bool], message: str
+    unreachable: Callable[[Exception], bool],
+    message: str,
+    *,
+    timed_out: Callable[[Exception], bool],
 ) -> Callable[[Method[P, T]], Method[P, T]]:
     """Decorates an adapter's coroutine method: errors for which `unreachable` holds become
-    `Unavailable(message)`, caused by the original (which the logs keep)."""
+    `Unavailable(message)`, caused by the original (which the logs keep); `Unresponsive` when
+    the backend ran out the deadline (`timed_out`)."""
 
     def decorate(method: Method[P, T]) -> Method[P, T]:
         @functools.wraps(method)
@@ -42,7 +46,7 @@ def unavailable_when(
             except Exception as exc:
                 if unreachable(exc):
                     _note(method.__qualname__, exc)
-                    raise Unavailable(message) from exc
+                    raise (Unresponsive if timed_out(exc) else Unavailable)(message) from exc
                 raise
 
         return wrapper

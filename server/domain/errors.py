@@ -66,6 +66,11 @@ class Unavailable(LiveshopError):
     status = 503
 
 
+class Unresponsive(Unavailable):
+    """The backend took the whole deadline without answering (frozen, cut off): a call to it
+    now would likely wait as long. Clients hear `unavailable` all the same."""
+
+
 class OfferPaused(Unavailable):
     """The reservation store lost the offer: claims wait until it is rebuilt from the orders."""
 

@@ -17,7 +17,14 @@ from datetime import datetime, timedelta
 
 from schemas.commerce import offer_to_wire
 from schemas.http import product_summary
-from server.domain.errors import Conflict, LaunchWithdrawn, LiveshopError, OfferPaused, Unavailable
+from server.domain.errors import (
+    Conflict,
+    LaunchWithdrawn,
+    LiveshopError,
+    OfferPaused,
+    Unavailable,
+    Unresponsive,
+)
 from server.domain.figures import OfferFigures
 from server.domain.identity import Identity, scoped_key
 from server.domain.money import Money
@@ -348,14 +355,17 @@ class OfferService:
             taken = await self._stock.stop(ended.id, sold_out=sold_out)
             if sold_out:
                 await self._announcer.tell_sold_out(ended)
-        except BaseException:
-            # Whatever became of those (an error, a shutdown), the room hears of the end now;
-            # the caller hears the first failure, and `finish_ends` does the rest.
+        except BaseException as error:
             # Seen unfinished since a grace ago: this process's next round tries it again at
             # once, since until the stock is stopped a claim may still be taken.
             self._unfinished_since[ended.id] = self._clock() - FINISH_GRACE
-            with contextlib.suppress(LiveshopError):
-                await self._announce_end(ended)
+            # Whatever else became of those (an error, a shutdown), the room hears of the end
+            # now; the caller hears the first failure, and `finish_ends` does the rest. Not
+            # after a Redis that ran out the deadline: the room's stream is on the same Redis,
+            # and would keep the host waiting as long again for the same 503.
+            if not isinstance(error, Unresponsive):
+                with contextlib.suppress(LiveshopError):
+                    await self._announce_end(ended)
             raise
         await self._announce_end(ended)
         # From now on the offer books only what it had taken (units_booked).
@@ -388,8 +398,8 @@ class OfferService:
             try:
                 await self._finish_end(offer)
             except LiveshopError:  # the stock or the room's stream is away (logged where it failed)
-                # The others need them too, and against a Redis that hangs a try costs 10 s
-                # (the stop, then the announcement): they wait for the next round.
+                # The others need them too, and against a Redis that hangs a try costs 5 s:
+                # they wait for the next round.
                 self._finish_failed_in[offer.id] = self._finish_round
                 break
             log.warning("offer_end_finished_late", extra={"offer_id": offer.id})

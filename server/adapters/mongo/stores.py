@@ -85,7 +85,11 @@ def _unreachable(exc: Exception) -> bool:
     return isinstance(exc, OperationFailure) and exc.code in _NOT_NOW_CODES
 
 
-translate_errors = unavailable_when(_unreachable, "the database is unreachable")
+translate_errors = unavailable_when(
+    _unreachable,
+    "the database is unreachable",
+    timed_out=lambda exc: isinstance(exc, PyMongoError) and exc.timeout,
+)
 
 
 def collection(db: AsyncDatabase[Any], name: str) -> AsyncCollection[Document]:

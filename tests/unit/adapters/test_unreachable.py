@@ -33,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from server.adapters.mongo.stores import translate_errors as mongo_translated
 from server.adapters.redis_client import redis_unreachable_is_unavailable
 from server.adapters.unreachable import unavailable_when
-from server.domain.errors import Unavailable
+from server.domain.errors import Unavailable, Unresponsive
 
 
 def raising(error: Exception) -> Callable[[int], Coroutine[Any, Any, int]]:
@@ -88,6 +88,29 @@ async def test_redis_away_or_too_slow_is_unavailable(error: Exception) -> None:
     assert caught.value.__cause__ is error
 
 
+@pytest.mark.parametrize(
+    ("decorated", "error", "ran_out"),
+    [
+        (redis_unreachable_is_unavailable, RedisTimeoutError("no reply"), True),
+        (redis_unreachable_is_unavailable, RedisConnectionError("refused"), False),
+        (redis_unreachable_is_unavailable, OutOfMemoryError("maxmemory"), False),
+        (mongo_translated, NetworkTimeout("frozen"), True),
+        (mongo_translated, ServerSelectionTimeoutError("no primary"), True),
+        (mongo_translated, AutoReconnect("primary stepped down"), False),
+    ],
+)
+async def test_a_backend_that_ran_out_the_deadline_is_unresponsive(
+    decorated: Callable[[Callable[[int], Coroutine[Any, Any, int]]], Any],
+    error: Exception,
+    ran_out: bool,
+) -> None:
+    # The caller may skip a second call to the same backend, which would wait as long again.
+    with pytest.raises(Unavailable) as caught:
+        await decorated(raising(error))(1)
+    assert isinstance(caught.value, Unresponsive) is ran_out
+    assert caught.value.code == "unavailable"
+
+
 async def _closed_transport_error() -> RuntimeError:
     """What uvloop raises when a connection it already closed is written to."""
     server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
@@ -130,7 +153,7 @@ async def test_other_errors_stay_what_they_are(error: Exception) -> None:
 
 
 async def test_the_method_keeps_its_result_and_name() -> None:
-    @unavailable_when(lambda exc: True, "unused")
+    @unavailable_when(lambda exc: True, "unused", timed_out=lambda exc: False)
     async def double(value: int) -> int:
         """Twice the value."""
         return 2 * value

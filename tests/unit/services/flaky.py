@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from server.adapters.memory_reservations import MemoryStockReservations
-from server.domain.errors import Unavailable
+from server.domain.errors import Unavailable, Unresponsive
 from server.domain.offers import AttachOutcome, FlashOffer, RecoveredClaim
 from server.ports import OfferStore, StockReservations
 from server.services.offers import OfferService
@@ -24,6 +24,7 @@ class FlakyStock:
     def __init__(self, shared: MemoryStockReservations) -> None:
         self._shared = shared
         self.away = False
+        self.unresponsive = False  # every call runs out the deadline
         self.away_for: set[str] = set()  # offer ids whose calls fail
         self.releases_failing = 0  # the next releases to fail, whatever else goes through
         self.stale_rebuild: list[RecoveredClaim] | None = None
@@ -71,6 +72,8 @@ class FlakyStock:
         return await self._shared.rebuild(offer_id, claims=claims, **offer)
 
     def _check(self, offer_id: str) -> None:
+        if self.unresponsive:
+            raise Unresponsive("live data is unreachable, try again")
         if self.away or offer_id in self.away_for:
             raise Unavailable("live data is unreachable, try again")
 

@@ -105,6 +105,25 @@ async def test_a_stop_that_failed_after_recording_the_end_is_finished_by_the_ret
     assert await shop.offers_store.unfinished_ends(10) == []
 
 
+async def test_a_stop_against_a_redis_that_hangs_does_not_wait_on_the_room_stream_too(
+    shop: Shop,
+) -> None:
+    # Both are on one Redis: after the stock ran out the deadline, the stream would keep the
+    # host waiting as long again for the same 503. (A Redis that refused at once is another
+    # matter: the room hears of the end then, test_stock_announcements.)
+    stock, events = FlakyStock(shop.stock), FlakyEvents()
+    offers, _ = other_process(shop, stock=cast(StockReservations, stock), events=events)
+    offer = await shop.launch(quantity=5, limit=1)
+    stock.unresponsive = True
+    with pytest.raises(Unavailable) as refused:
+        await offers.stop(offer.id, HOST)
+    assert refused.value.code == "unavailable"
+    assert events.events == []  # not tried
+    stock.unresponsive = False
+    assert await offers.finish_ends() == 1  # the next round does both
+    assert len(events.of_type("offer.ended")) == 1
+
+
 async def test_a_stop_that_failed_here_is_finished_by_this_process_at_once(shop: Shop) -> None:
     # Until the stock is stopped, a claim may still be taken: the process that could not stop
     # it tries again in its next round, without the grace left to another's.
