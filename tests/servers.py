@@ -163,7 +163,11 @@ class RedisServer:
     def _wait_until_ready(self, port: int) -> bool:
         """True once PING answers; False if the process died or the time ran out."""
         deadline = time.monotonic() + self.start_timeout
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+        # A reply timeout too: without one, a PING that a starting server took and never
+        # answered would block this thread (and the test awaiting it) past any deadline.
+        client = redis.Redis(
+            host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=1.0
+        )
         try:
             while time.monotonic() < deadline:
                 if self._process is None or self._process.poll() is not None:
@@ -171,7 +175,7 @@ class RedisServer:
                 try:
                     if client.ping():
                         return True
-                except redis.ConnectionError:
+                except (redis.ConnectionError, redis.TimeoutError):
                     pass
                 time.sleep(0.05)
             return False
