@@ -326,6 +326,11 @@ class OrderStore(Protocol):
         """Forget the key's note (its late order is settled)."""
         ...
 
+    async def watched_keys(self, offer_id: str, now: datetime) -> builtins.set[str]:
+        """The offer's keys watched until after `now` (`watch_key`): those whose units the
+        reaper gave back, and whose orders, should they land, are not yet settled."""
+        ...
+
     async def watch_offer(self, offer_id: str, until: datetime) -> None:
         """Note, until `until`, that a rebuild of the offer's stock is about to read its orders:
         an order written after that read holds units the rebuilt stock knows nothing of, and

@@ -279,6 +279,13 @@ class MemoryOrderStore:
     async def unwatch_key(self, offer_id: str, idempotency_key: str) -> None:
         self._watched.pop((offer_id, idempotency_key), None)
 
+    async def watched_keys(self, offer_id: str, now: datetime) -> builtins.set[str]:
+        return {
+            key
+            for (offer, key), until in self._watched.items()
+            if offer == offer_id and until > now
+        }
+
     async def watch_offer(self, offer_id: str, until: datetime) -> None:
         self._rebuilt[offer_id] = max(until, self._rebuilt.get(offer_id, until))
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from server.domain.offers import RecoveredClaim
+from server.domain.orders import Order
 from server.ports import OfferStore, OrderStore, StockReservations
 from server.services.late_orders import LATE_WRITES
 
@@ -42,17 +43,9 @@ class StockRebuilds:
         # Noted before the read: an order written after it is found and settled (late_orders.py).
         await self._orders.watch_offer(offer.id, until=self._clock() + LATE_WRITES)
         orders = await self._orders.of_offer(offer.id)
-        claims = [
-            RecoveredClaim(
-                idempotency_key=order.idempotency_key,
-                buyer_id=order.buyer_id,
-                quantity=order.quantity,
-                order_id=order.id,
-                held=order.holds_stock,
-                reservation_id=order.reservation_id,
-            )
-            for order in orders
-        ]
+        # Read after the orders: a key the reaper gives up meanwhile is one the read may count.
+        given_up = await self._orders.watched_keys(offer.id, self._clock())
+        claims = recovered_claims(orders, given_up, offer.quantity, offer.per_user_limit)
         rebuilt = await self._stock.rebuild(
             offer.id,
             quantity=offer.quantity,
@@ -80,3 +73,38 @@ class StockRebuilds:
                 await self._stock.stop(offer.id, sold_out=latest.ended_sold_out)
         if rebuilt:
             log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
+
+
+def recovered_claims(
+    orders: list[Order], given_up: set[str], quantity: int, per_user_limit: int
+) -> list[RecoveredClaim]:
+    """One claim for each order (oldest first), to rebuild the offer's stock from. An order
+    holds its units only while they fit in the offer's quantity and its buyer's limit, counted
+    first for the orders whose claims were answered, then for those under keys the reaper gave
+    up (`given_up`): such an order landed after its units went back, and they may have gone to
+    another claim since, its buyer's own with a new key, say. One that does not fit holds
+    nothing; checked after the rebuild (late_orders.py), it is cancelled."""
+    held_by_buyer: dict[str, int] = {}
+    units_held = 0
+    claims = []
+    for order in sorted(orders, key=lambda order: order.idempotency_key in given_up):
+        by_buyer = held_by_buyer.get(order.buyer_id, 0) + order.quantity
+        held = (
+            order.holds_stock
+            and by_buyer <= per_user_limit
+            and units_held + order.quantity <= quantity
+        )
+        if held:
+            held_by_buyer[order.buyer_id] = by_buyer
+            units_held += order.quantity
+        claims.append(
+            RecoveredClaim(
+                idempotency_key=order.idempotency_key,
+                buyer_id=order.buyer_id,
+                quantity=order.quantity,
+                order_id=order.id,
+                held=held,
+                reservation_id=order.reservation_id,
+            )
+        )
+    return claims

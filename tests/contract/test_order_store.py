@@ -433,6 +433,10 @@ async def test_orders_landing_under_watched_keys_are_found(stores: Stores) -> No
     assert seen == {"o_1", "o_3"}
     watch_over = T0 + timedelta(minutes=1)  # k_3's
     assert [o.id for o in await stores.orders.landed_late(watch_over, 10)] == ["o_1"]
+    # The offer's keys still watched, landed or not, for a rebuild to count their orders last.
+    assert await stores.orders.watched_keys("of_1", T0) == {"k_1", "k_2", "k_3"}
+    assert await stores.orders.watched_keys("of_1", watch_over) == {"k_1", "k_2"}
+    assert await stores.orders.watched_keys("of_2", T0) == set()
     await stores.orders.unwatch_key("of_1", "k_1")
     await stores.orders.unwatch_key("of_1", "k_never_watched")
     assert [o.id for o in await stores.orders.landed_late(T0, 10)] == ["o_3"]

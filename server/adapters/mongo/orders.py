@@ -368,6 +368,13 @@ class MongoOrderStore:
         await self._released_keys.delete_one({"_id": _key_id(offer_id, idempotency_key)})
 
     @translate_errors
+    async def watched_keys(self, offer_id: str, now: datetime) -> builtins.set[str]:
+        # Read only by a rebuild (Redis lost the offer), over notes kept 15 minutes: a scan of
+        # them costs less than an index every note would pay for.
+        query = {"_id.offer_id": offer_id, "until": {"$gt": now}}
+        return {doc["_id"]["key"] async for doc in self._released_keys.find(query, {"_id": 1})}
+
+    @translate_errors
     async def watch_offer(self, offer_id: str, until: datetime) -> None:
         await self._rebuilt_offers.update_one(
             {"_id": offer_id}, {"$max": {"until": until}}, upsert=True

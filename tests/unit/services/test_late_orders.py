@@ -79,6 +79,25 @@ async def test_an_order_landing_while_its_units_are_free_is_counted_by_the_rebui
     assert [(user, e["order"]["id"]) for user, e in told] == [("buyer-1", late.id)]
 
 
+async def test_a_late_order_a_rebuild_finds_beside_its_buyers_new_claim_is_cancelled(
+    shop: Shop,
+) -> None:
+    # The buyer heard "try again", then `claim_expired` once the reaper gave k1's unit back,
+    # and claimed again with a new key. Then Redis lost the offer, and k1's write landed.
+    writes, offer_id = await claim_held(shop, quantity=3)  # one per buyer
+    offer = await shop.offers_store.get(offer_id)
+    await shop.claim(offer, buyer(1), "k2")
+    shop.stock.flush()
+    await writes.land()
+    told_before = len(shop.events.private)
+    assert await shop.orders.settle_late_orders() == 1  # the rebuild leaves it out: cancelled
+    assert await units_held(shop, offer_id) == 1
+    snapshot = await shop.stock.snapshot(offer_id)
+    assert snapshot is not None and snapshot.held_by_buyer == {"buyer-1": 1}
+    assert await shop.stock.remaining(offer_id) == 2
+    await assert_cancelled_and_told(shop, writes, told_before)
+
+
 async def test_an_order_landing_after_its_reaper_died_is_settled_by_another_process(
     shop: Shop,
 ) -> None:
