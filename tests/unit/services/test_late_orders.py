@@ -93,7 +93,8 @@ async def test_a_late_order_a_rebuild_finds_beside_its_buyers_new_claim_is_cance
     assert await shop.orders.settle_late_orders() == 1  # the rebuild leaves it out: cancelled
     assert await units_held(shop, offer_id) == 1
     snapshot = await shop.stock.snapshot(offer_id)
-    assert snapshot is not None and snapshot.held_by_buyer == {"buyer-1": 1}
+    assert snapshot is not None
+    assert snapshot.held_by_buyer == {"buyer-1": 1}
     assert await shop.stock.remaining(offer_id) == 2
     await assert_cancelled_and_told(shop, writes, told_before)
 
