@@ -196,6 +196,7 @@ async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
         stack.push_async_callback(redis_stock.close)
         try:
             await redis_stock.check_scripts_allowed()
+            await redis_stock.check_keys_kept()
         except Unavailable:  # away for now: nothing to learn until it is back
             log.warning("redis_check_skipped")
         stock = redis_stock

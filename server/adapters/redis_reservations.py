@@ -267,6 +267,20 @@ class RedisStockReservations:
             ) from exc
 
     @redis_unreachable_is_unavailable
+    async def check_keys_kept(self) -> None:
+        """Redis must not evict an offer's keys (they have a TTL, so the `volatile-*` policies
+        would take them too): one lost alone goes unnoticed, such as the buyers' counts, which
+        lets a buyer past the limit, or the claims' keys, which takes units for good. Redis's
+        own default, `noeviction`, keeps them and refuses writes when memory is full (claims
+        then answer 503); managed services often default to `volatile-lru`."""
+        policy = str((await self._redis.info("memory")).get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction":
+            raise RedisNotAllowed(
+                f"Redis evicts keys (maxmemory-policy {policy}), which would lose parts of a"
+                " flash offer's stock: set maxmemory-policy noeviction"
+            )
+
+    @redis_unreachable_is_unavailable
     async def is_ready(self, offer_id: str) -> bool:
         return bool(await self._ready(keys=_keys(offer_id), args=[]))
 

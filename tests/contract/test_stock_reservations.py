@@ -397,3 +397,19 @@ async def test_a_redis_user_that_may_not_run_the_scripts_is_found_at_start_up(
         await admin.aclose()
         await locked.close()
         await allowed.close()
+
+
+@pytest.mark.parametrize("policy", ["volatile-lru", "allkeys-lfu", "volatile-ttl"])
+async def test_a_redis_that_evicts_keys_is_found_at_start_up(clean_redis: str, policy: str) -> None:
+    # An offer's keys lost one at a time would go unnoticed (a buyer's count, a claim's key).
+    admin = aioredis.Redis.from_url(clean_redis)
+    stock = RedisStockReservations(clean_redis)
+    try:
+        await stock.check_keys_kept()  # Redis's default: noeviction
+        await admin.config_set("maxmemory-policy", policy)
+        with pytest.raises(RedisNotAllowed, match="maxmemory-policy noeviction"):
+            await stock.check_keys_kept()
+    finally:
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.aclose()
+        await stock.close()
