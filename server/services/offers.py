@@ -348,28 +348,29 @@ class OfferService:
         """Stop the stock and tell the room, then clear the note `record_end` left. Should
         either fail, or the process die first, the note stays and `finish_ends` does it again:
         stopping is idempotent, and the room's stream drops a second `offer.ended`."""
-        sold_out = ended.ended_sold_out
+        sold_out, announcing = ended.ended_sold_out, False
         try:
             if sold_out:  # the room hears 1, then 0, then the end
                 await self._announcer.last_unit_told(ended.id)
             taken = await self._stock.stop(ended.id, sold_out=sold_out)
             if sold_out:
                 await self._announcer.tell_sold_out(ended)
+            announcing = True
+            await self._announce_end(ended)
+            # From now on the offer books only what it had taken (units_booked).
+            await self._offers.end_finished(ended.id, self._clock(), taken=taken)
         except BaseException as error:
             # Seen unfinished since a grace ago: this process's next round tries it again at
             # once, since until the stock is stopped a claim may still be taken.
             self._unfinished_since[ended.id] = self._clock() - FINISH_GRACE
-            # Whatever else became of those (an error, a shutdown), the room hears of the end
+            # Whatever became of the stop (an error, a shutdown), the room hears of the end
             # now; the caller hears the first failure, and `finish_ends` does the rest. Not
             # after a Redis that ran out the deadline: the room's stream is on the same Redis,
             # and would keep the host waiting as long again for the same 503.
-            if not isinstance(error, Unresponsive):
+            if not announcing and not isinstance(error, Unresponsive):
                 with contextlib.suppress(LiveshopError):
                     await self._announce_end(ended)
             raise
-        await self._announce_end(ended)
-        # From now on the offer books only what it had taken (units_booked).
-        await self._offers.end_finished(ended.id, self._clock(), taken=taken)
 
     async def finish_ends(self) -> int:
         """Finish the ends that their process left unfinished (it failed or died between

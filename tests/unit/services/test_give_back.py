@@ -144,6 +144,23 @@ async def test_a_stop_that_failed_here_is_finished_by_this_process_at_once(shop:
     assert await shop.offers_store.unfinished_ends(10) == []
 
 
+async def test_an_end_the_room_could_not_hear_is_told_by_this_process_at_once(
+    shop: Shop,
+) -> None:
+    # The stock was stopped; the room's stream failed. This process's next round tells it,
+    # without the grace left to another process's end.
+    events = FlakyEvents()
+    offers, _ = other_process(shop, events=events)
+    offer = await shop.launch(quantity=5, limit=1)
+    events.away = True
+    with pytest.raises(Unavailable):
+        await offers.stop(offer.id, HOST)
+    events.away = False
+    assert await offers.finish_ends() == 1
+    assert len(events.of_type("offer.ended")) == 1
+    assert await shop.offers_store.unfinished_ends(10) == []
+
+
 class HangingStock(FlakyStock):
     """A Redis that takes the stop and never answers."""
 
