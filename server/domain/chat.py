@@ -37,13 +37,51 @@ def _normalise(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+# Scripts written without spaces between words (by the start of their characters' Unicode
+# names): there a word cannot be told apart without a dictionary, so a blocked word is found
+# anywhere. Korean spaces its words but writes particles onto them, so it is here too.
+_UNSPACED_SCRIPTS = (
+    "CJK ", "HIRAGANA ", "KATAKANA ", "HANGUL ", "THAI ", "LAO ", "KHMER ", "MYANMAR ", "TIBETAN "
+)  # fmt: skip
+
+
 def find_blocked_word(text: str, blocked_words: list[str]) -> str | None:
-    """The first blocked word the text contains, compared case- and width-insensitively."""
+    """The first blocked word the text holds as a word of its own, compared case- and
+    width-insensitively: "ass" is not found in "glass" (nor "scam" in "scampi"). A `*` at
+    either end of a blocked word lets it go on into a longer word on that side (`*fake*` is
+    found in "superfakes", `fake*` in "fakes"); in scripts written without spaces (Chinese,
+    Japanese, Thai, ...) a word is found anywhere."""
     folded = _normalise(text)
     for word in blocked_words:
-        if word and _normalise(word) in folded:
+        if _holds(folded, word):
             return word
     return None
+
+
+def _holds(folded: str, word: str) -> bool:
+    needle = _normalise(word.strip("*"))
+    if not needle:
+        return False
+    open_before, open_after = word.startswith("*"), word.endswith("*")
+    at = folded.find(needle)
+    while at >= 0:
+        end = at + len(needle)
+        starts_a_word = open_before or at == 0 or not _joined(folded[at - 1], needle[0])
+        ends_a_word = open_after or end == len(folded) or not _joined(needle[-1], folded[end])
+        if starts_a_word and ends_a_word:
+            return True
+        at = folded.find(needle, at + 1)
+    return False
+
+
+def _joined(left: str, right: str) -> bool:
+    """Whether two neighbouring characters belong to one word of a script that spaces its
+    words."""
+    return _in_spaced_word(left) and _in_spaced_word(right)
+
+
+def _in_spaced_word(ch: str) -> bool:
+    return ch.isalnum() and not unicodedata.name(ch, "").startswith(_UNSPACED_SCRIPTS)
 
 
 @dataclass(slots=True)
