@@ -219,7 +219,10 @@ async def _claim(
 def _identity(websocket: WebSocket, container: Container) -> tuple[Identity, float | None]:
     """Who the socket is, and when its token expires (epoch seconds; None: an anonymous
     viewer)."""
-    token = websocket.query_params.get("token")
+    tokens = websocket.query_params.getlist("token")
+    if len(tokens) > 1:  # which one counts would be the parser's guess, as with two headers
+        raise Unauthorized("one `token` at most", code="invalid_token")
+    token = tokens[0] if tokens else None
     if not token:
         return Identity.anonymous_viewer(secrets.token_hex(6)), None
     return verify_socket_token(container.settings.signing_secret(), token)

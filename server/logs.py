@@ -17,8 +17,11 @@ from server.domain.errors import LiveshopError
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
-# Access tokens travel in websocket query strings, which uvicorn logs on every accept.
-_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"']+")
+# Access tokens travel in websocket query strings, which uvicorn logs on every accept, as the
+# client spelled them: the server decodes `%74oken=` as `token=`, so the log must match it too.
+_TOKEN_IN_QUERY = re.compile(
+    r"((?:t|%74)(?:o|%6f)(?:k|%6b)(?:e|%65)(?:n|%6e)=)[^&\s\"']+", re.IGNORECASE
+)
 
 
 def redact(text: str) -> str:
