@@ -18,6 +18,13 @@ timeout applies.
 
 A request httptools cannot parse (a space in the path, a bad Content-Length or chunk) is
 answered 400 `malformed_request`, where uvicorn would answer in plain text.
+
+A refusal is an answer like any other, in its request's turn: HTTP/1.1 answers pipelined
+requests in order. Bad bytes after requests received whole (in the same packet as a claim, say)
+are answered once those requests are, so that the claim's 201 is not lost behind a 400 the
+client would take for the claim's own and buy again. Bad bytes, or time run out, in a request's
+own body refuse that request: its app, if it started, reads a disconnect and what it answers is
+dropped, as when a client goes away.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import asyncio
 import json
 import logging
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger("liveshop.server")
 
@@ -90,6 +97,8 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     _large_read = False
     _head_too_large = False
     _refused = False
+    # A refusal that waits for the requests before it to be answered (see `_refuse`).
+    _deferred: bytes | None = None
     # One timer a connection, not one a request (arming and cancelling one cost a no-op
     # request 8 % more): when it fires, a request still arriving since READ_SECONDS ago is
     # refused, and otherwise the timer is set again for when the one arriving would be due.
@@ -110,7 +119,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
             return  # what the client still sends after the answer is dropped, not parsed
         self._large_read = self._head_bytes + len(data) > MAX_HEAD_BYTES
         super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
+        if not self._in_head or self._refused or self.transport.is_closing():
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
@@ -146,6 +155,22 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_since = None
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        last = not self.pipeline  # else super starts the next pipelined request
+        super().on_response_complete()
+        if self._deferred is not None and last and not self.transport.is_closing():
+            self._unset_keepalive_if_required()  # armed by super; the refusal closes instead
+            answer, self._deferred = self._deferred, None
+            answer_and_close(self.transport, self.loop, answer)
+
+    def _arriving_cycle(self) -> RequestResponseCycle | None:
+        """The cycle of the request still arriving (head read, body not yet whole), if any:
+        `self.cycle` is the last request's, which may be whole and answered already."""
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not self.scope or self._reading_since is None:
+            return None
+        return cycle
+
     def _parsed_head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
@@ -164,13 +189,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return  # closed meanwhile (uvicorn's keep-alive timeout): connection_lost is due
         log.info("request_read_timed_out")
-        if not self._in_head and self.cycle is not None and self.cycle.response_started:
-            # The app answered this request before its body was whole: a second answer would be
-            # read as the next request's. Only the connection goes.
-            self._refused = True
-            self.transport.close()
-        else:
-            self._refuse(_TIMED_OUT)
+        self._refuse(_TIMED_OUT)
 
     def _stop_timing(self) -> None:
         if self._read_timer is not None:
@@ -180,7 +199,30 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, answer: bytes) -> None:
         self._refused = True
         self._stop_timing()
-        answer_and_close(self.transport, self.loop, answer)
+        arriving = self._arriving_cycle()
+        queued = False
+        if arriving is not None:
+            # The refusal is this request's own: its app reads a disconnect (not a wait for a
+            # body that will not come) and what it sends is dropped, not written after ours;
+            # nor is a "100 Continue" its first read would write.
+            arriving.disconnected, arriving.waiting_for_100_continue = True, False
+            arriving.message_event.set()
+            if arriving.response_started:
+                # The app answered before the body was whole: a second answer would be read as
+                # the next request's. Only the connection goes.
+                self.transport.close()
+                return
+            queued = bool(self.pipeline) and self.pipeline[0][0] is arriving
+            if queued:
+                self.pipeline.popleft()  # never started; an earlier request still runs
+        running = self.cycle if arriving is None else None
+        if queued or self.pipeline or (running is not None and not running.response_complete):
+            # Requests received whole before the refused bytes are answered first, in order;
+            # the last one's on_response_complete sends the refusal. Nothing more is read.
+            self._deferred = answer
+            self.flow.pause_reading()
+        else:
+            answer_and_close(self.transport, self.loop, answer)
 
 
 def answer_and_close(
