@@ -31,7 +31,10 @@ def tender_currencies(on: date) -> frozenset[str]:
 
 
 def minor_units(currency: str) -> int:
-    """Digits after the decimal point for a currency (JPY 0, USD 2, KWD 3)."""
+    """Digits after the decimal point for a currency (JPY 0, USD 2, KWD 3), as the Unicode
+    CLDR has them: the digits prices are written and paid with. ISO 4217's table differs for a
+    few (HUF, COP, IDR 2, IQD 3) whose fractions no longer circulate (PayPal refuses a HUF
+    amount with decimals)."""
     return int(get_currency_precision(currency))
 
 
