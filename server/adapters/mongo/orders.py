@@ -20,8 +20,10 @@ from typing import Any
 
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.read_concern import ReadConcern
 
 from server.adapters.group_commit import GroupCommit, own_copy
 from server.adapters.mongo.offers import ensure_offer_indexes
@@ -91,6 +93,9 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
 # An order is acknowledged only once a majority of the replica set has it (journaled), so a
 # failover cannot roll it back.
 ORDER_WRITE_CONCERN = WriteConcern(w="majority")
+# A retry is answered with the order its first attempt stored only once the majority has that
+# order too: an order on the primary alone may still be rolled back by a failover.
+ORDER_READBACK_CONCERN = ReadConcern("majority")
 # How long a batch of orders may take, all in: finding a primary, the insert, the majority's
 # acknowledgement. Without a bound, a lost majority or a frozen primary would hold every claim of
 # the offer in its batch queue (a SIGSTOPped mongod held them 40 s). After it, the claimers hear
@@ -107,6 +112,7 @@ class MongoOrderStore:
         write_seconds: float = ORDER_WRITE_SECONDS,
     ) -> None:
         self._orders = collection(db, ORDERS).with_options(write_concern=write_concern)
+        self._majority_orders = self._orders.with_options(read_concern=ORDER_READBACK_CONCERN)
         # Majority too: a failover must not forget a key whose units went back.
         self._released_keys = collection(db, RELEASED_KEYS).with_options(
             write_concern=write_concern
@@ -132,7 +138,8 @@ class MongoOrderStore:
         """Write a batch of new orders with one unordered insert, each document on its own.
 
         A key already taken (a retried claim racing its first attempt) refuses that document
-        alone: the order stored under the key is handed back, and the others are written.
+        alone: the order stored under the key is handed back once the majority has it, and the
+        others are written.
         Whatever goes wrong with one caller's order is that caller's answer alone."""
         firsts: dict[str, Order] = {}
         for order in orders:  # a retry in the same batch gets the first order back
@@ -169,20 +176,28 @@ class MongoOrderStore:
     async def _stored_under(
         self, offer_id: str, taken: dict[str, Order]
     ) -> dict[str, Order | Exception]:
-        """For each taken key, the order stored under it; `order_exists` where no order holds
-        the key (then the clash was on the order's id)."""
-        query = {"offer_id": offer_id, "idempotency_key": {"$in": list(taken)}}
+        """For each taken key, the order stored under it as the majority has it: answering a
+        retry with an order the majority lacks would acknowledge (201) an order a failover can
+        still roll back. A key whose order only this node has yet (its first attempt is still
+        being written) hears "try again", and the retry finds the order once committed;
+        `order_exists` where no order holds the key (then the clash was on the order's id)."""
         try:
-            found = {
-                doc["idempotency_key"]: order_from(doc) async for doc in self._orders.find(query)
-            }
+            found = await _held(self._majority_orders, offer_id, taken)
+            missing = [key for key in taken if key not in found]
+            # Read at `local` (the default) only to tell "not committed yet" from "no order".
+            pending = await _held(self._orders, offer_id, missing) if missing else {}
         except PyMongoError:
             # These callers alone go without an answer: the others' orders are written.
             return {key: _try_again("could not be read back") for key in taken}
-        return {
-            key: found.get(key) or Conflict(f"order {order.id} exists", code="order_exists")
-            for key, order in taken.items()
-        }
+        answers: dict[str, Order | Exception] = {}
+        for key, order in taken.items():
+            if key in found:
+                answers[key] = order_from(found[key])
+            elif key in pending:
+                answers[key] = _try_again("is still being written")
+            else:
+                answers[key] = Conflict(f"order {order.id} exists", code="order_exists")
+        return answers
 
     @translate_errors
     async def get(self, order_id: str) -> Order:
@@ -399,6 +414,14 @@ class MongoOrderStore:
             await self._orders.update_many(
                 {"_id": {"$in": list(order_ids)}}, {"$set": {CHECKED_AFTER_REBUILD: True}}
             )
+
+
+async def _held(
+    orders: AsyncCollection[Document], offer_id: str, keys: Collection[str]
+) -> dict[str, Document]:
+    """The orders stored under these keys of the offer, by key, read at `orders`' concern."""
+    query = {"offer_id": offer_id, "idempotency_key": {"$in": list(keys)}}
+    return {doc["idempotency_key"]: doc async for doc in orders.find(query)}
 
 
 def _key_id(offer_id: str, idempotency_key: str) -> Document:

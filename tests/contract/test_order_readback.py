@@ -1,0 +1,88 @@
+"""A retried claim that finds its key taken is answered with the stored order only once the
+majority of the replica set has it, on a real two-member replica set whose secondary is frozen
+(so the first attempt's order is on the primary alone, where a failover could roll it back)."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, WriteConcern
+
+from server.adapters.mongo.order_docs import order_doc
+from server.adapters.mongo.orders import ORDERS, MongoOrderStore, ensure_order_indexes
+from server.adapters.mongo.stores import collection, ensure_indexes
+from server.domain.errors import Unavailable
+from server.domain.orders import Order
+from tests.contract.order_samples import sample_order
+from tests.mongo_pair import MongoPair, mongo_pair
+from tests.servers import frozen
+
+pytestmark = pytest.mark.mongo
+
+# What mongod answers when the wait for the majority is cut short (a wtimeout, a stepdown).
+WRITE_CONCERN_FAILED = {
+    "code": 64,
+    "codeName": "WriteConcernFailed",
+    "errmsg": "waiting for replication timed out",
+    "errInfo": {"wtimeout": True},
+}
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[MongoPair]:
+    # Not tmp_path: pytest keeps old temp dirs, and two data dirs are ~70 MB.
+    with tempfile.TemporaryDirectory(prefix="liveshop-pair-") as data_dir:
+        async with mongo_pair(Path(data_dir)) as started:
+            yield started
+
+
+async def answer_once_committed(store: MongoOrderStore, order: Order) -> Order:
+    """Retry the claim as a shopper's app does after a 503, until it is answered."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return await store.create(order)
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def test_a_retry_is_not_answered_with_an_order_the_majority_lacks(pair: MongoPair) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(pair.url)  # finds the primary
+    try:
+        db = client["liveshop_readback"]
+        await ensure_indexes(db)
+        await ensure_order_indexes(db)
+        store = MongoOrderStore(db)
+        first = sample_order("o_1", "k_1")
+        retry = sample_order("o_2", "k_1", quantity=1, seconds=5)
+        with frozen(pair.secondary_pid):
+            # The first attempt, in another process, is on the primary and not yet on the
+            # majority (the secondary is stopped, so the majority commit point stands still).
+            w1 = collection(db, ORDERS).with_options(write_concern=WriteConcern(w=1))
+            await w1.insert_one(order_doc(first))
+            # mongod makes the retry's refused insert wait for the majority to have the order it
+            # clashed with; that wait can end early with a write concern error (a wtimeout, a
+            # stepdown). failCommand gives that answer now, rather than at the deadline.
+            await client.admin.command(
+                "configureFailPoint",
+                "failCommand",
+                mode={"times": 1},
+                data={"failCommands": ["insert"], "writeConcernError": WRITE_CONCERN_FAILED},
+            )
+            with pytest.raises(Unavailable) as refused:
+                await store.create(retry)
+            assert refused.value.code == "order_write_failed"
+            assert "still being written" in str(refused.value)
+        # The secondary catches up: the majority has the first order, and the retry gets it.
+        assert await answer_once_committed(store, retry) == first
+        await store.close()
+    finally:
+        await client.close()
