@@ -12,9 +12,11 @@ from typing import Any, cast
 import pytest
 
 from server.domain.errors import Conflict, Unavailable
-from server.domain.offers import EndReason, RecoveredClaim
+from server.domain.offers import EndReason, FlashOffer, RecoveredClaim
 from server.domain.orders import HOLDS_STOCK, OrderStatus
 from server.ports import StockReservations
+from server.services.offers import OfferService
+from server.services.orders import OrderService
 from tests.fakes import RecordingEvents
 from tests.unit.services.flaky import (
     FlakyStock,
@@ -80,12 +82,19 @@ class FlakyEvents(RecordingEvents):
         return await super().publish_room_event(room_id, event, **how)
 
 
+async def on_flaky_redis(
+    shop: Shop,
+) -> tuple[FlakyStock, FlakyEvents, OfferService, OrderService, FlashOffer]:
+    """Another process whose Redis (its stock and its room's stream) can fail, and an offer."""
+    stock, events = FlakyStock(shop.stock), FlakyEvents()
+    offers, orders = other_process(shop, stock=cast(StockReservations, stock), events=events)
+    return stock, events, offers, orders, await shop.launch(quantity=5, limit=1)
+
+
 async def test_a_stop_that_failed_after_recording_the_end_is_finished_by_the_retry(
     shop: Shop,
 ) -> None:
-    stock, events = FlakyStock(shop.stock), FlakyEvents()
-    offers, orders = other_process(shop, stock=cast(StockReservations, stock), events=events)
-    offer = await shop.launch(quantity=5, limit=1)
+    stock, events, offers, orders, offer = await on_flaky_redis(shop)
     stock.away = events.away = True  # Redis is away: the stock and the room's stream alike
     with pytest.raises(Unavailable):  # the end is recorded; nothing else happened
         await offers.stop(offer.id, HOST)
@@ -111,9 +120,7 @@ async def test_a_stop_against_a_redis_that_hangs_does_not_wait_on_the_room_strea
     # Both are on one Redis: after the stock ran out the deadline, the stream would keep the
     # host waiting as long again for the same 503. (A Redis that refused at once is another
     # matter: the room hears of the end then, test_stock_announcements.)
-    stock, events = FlakyStock(shop.stock), FlakyEvents()
-    offers, _ = other_process(shop, stock=cast(StockReservations, stock), events=events)
-    offer = await shop.launch(quantity=5, limit=1)
+    stock, events, offers, _, offer = await on_flaky_redis(shop)
     stock.unresponsive = True
     with pytest.raises(Unavailable) as refused:
         await offers.stop(offer.id, HOST)
@@ -127,9 +134,7 @@ async def test_a_stop_against_a_redis_that_hangs_does_not_wait_on_the_room_strea
 async def test_a_stop_that_failed_here_is_finished_by_this_process_at_once(shop: Shop) -> None:
     # Until the stock is stopped, a claim may still be taken: the process that could not stop
     # it tries again in its next round, without the grace left to another's.
-    stock, events = FlakyStock(shop.stock), FlakyEvents()
-    offers, orders = other_process(shop, stock=cast(StockReservations, stock), events=events)
-    offer = await shop.launch(quantity=5, limit=1)
+    stock, events, offers, orders, offer = await on_flaky_redis(shop)
     stock.away = events.away = True
     with pytest.raises(Unavailable):
         await offers.stop(offer.id, HOST)
@@ -149,9 +154,7 @@ async def test_an_end_the_room_could_not_hear_is_told_by_this_process_at_once(
 ) -> None:
     # The stock was stopped; the room's stream failed. This process's next round tells it,
     # without the grace left to another process's end.
-    events = FlakyEvents()
-    offers, _ = other_process(shop, events=events)
-    offer = await shop.launch(quantity=5, limit=1)
+    _, events, offers, _, offer = await on_flaky_redis(shop)
     events.away = True
     with pytest.raises(Unavailable):
         await offers.stop(offer.id, HOST)
