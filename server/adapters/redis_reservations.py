@@ -320,8 +320,9 @@ class RedisStockReservations:
             args += [c.idempotency_key, json.dumps(record, ensure_ascii=False)]
         rebuilt = bool(await self._rebuild(keys=_keys(offer_id), args=args))
         if rebuilt:
-            # Checked only once written: a rebuild that read the orders after another had
-            # rebuilt the stock may count an order written late, which late_orders.py cancels.
+            # Checked only once written (a rebuild that finds the stock rebuilt writes nothing).
+            # Its callers count no more than the offer may hold (stock_rebuilds.py): more is a
+            # bug, which the memory store meets by selling nothing.
             if held > quantity:
                 log.error(
                     "reservations_rebuild_oversold",

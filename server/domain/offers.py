@@ -58,9 +58,7 @@ def units_booked(offers: Iterable[FlashOffer], claimed: Mapping[str, int]) -> in
 
 
 def _booked(offer: FlashOffer, claimed: Mapping[str, int]) -> int:
-    ceiling = (
-        offer.quantity if offer.taken_at_end is None else min(offer.taken_at_end, offer.quantity)
-    )
+    ceiling = offer.units_orders_may_hold
     if offer.settled_at is None:
         return ceiling
     return min(claimed.get(offer.id, 0), ceiling)
@@ -131,6 +129,14 @@ class FlashOffer:
         """Whether it ended sold out: every stop of its stock marks it so (see
         StockReservations.stop), and units given back later go to the product."""
         return self.end_reason is EndReason.SOLD_OUT
+
+    @property
+    def units_orders_may_hold(self) -> int:
+        """Its quantity; once its end stopped its stock, what it had taken then (units given
+        back since went to the product)."""
+        if self.taken_at_end is None:
+            return self.quantity
+        return min(self.taken_at_end, self.quantity)
 
     def remaining_at_end(self) -> int | None:
         """What it had left when it ended, which no longer moves: units its orders give back

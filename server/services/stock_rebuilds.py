@@ -45,7 +45,9 @@ class StockRebuilds:
         orders = await self._orders.of_offer(offer.id)
         # Read after the orders: a key the reaper gives up meanwhile is one the read may count.
         given_up = await self._orders.watched_keys(offer.id, self._clock())
-        claims = recovered_claims(orders, given_up, offer.quantity, offer.per_user_limit)
+        claims = recovered_claims(
+            orders, given_up, offer.units_orders_may_hold, offer.per_user_limit
+        )
         rebuilt = await self._stock.rebuild(
             offer.id,
             quantity=offer.quantity,
@@ -76,14 +78,17 @@ class StockRebuilds:
 
 
 def recovered_claims(
-    orders: list[Order], given_up: set[str], quantity: int, per_user_limit: int
+    orders: list[Order], given_up: set[str], units: int, per_user_limit: int
 ) -> list[RecoveredClaim]:
     """One claim for each order (oldest first), to rebuild the offer's stock from. An order
-    holds its units only while they fit in the offer's quantity and its buyer's limit, counted
-    first for the orders whose claims were answered, then for those under keys the reaper gave
-    up (`given_up`): such an order landed after its units went back, and they may have gone to
-    another claim since, its buyer's own with a new key, say. One that does not fit holds
-    nothing; checked after the rebuild (late_orders.py), it is cancelled."""
+    holds its units only while they fit in `units` (the offer's quantity, or what its end
+    left it) and its buyer's limit, counted first for the orders not under keys the reaper
+    gave up (`given_up`), then for those: such an order landed after its units went back, and
+    they may have gone to another claim since, its buyer's own with a new key, say. One that
+    does not fit holds nothing: checked after the rebuild while pending (late_orders.py), it is
+    cancelled, as it would have been without the rebuild. (An order that landed late under a
+    key nobody gave up, after an earlier rebuild, counts in its turn by age: should Redis lose
+    the offer again before it is checked, a newer order may be the one left out.)"""
     held_by_buyer: dict[str, int] = {}
     units_held = 0
     claims = []
@@ -92,7 +97,7 @@ def recovered_claims(
         held = (
             order.holds_stock
             and by_buyer <= per_user_limit
-            and units_held + order.quantity <= quantity
+            and units_held + order.quantity <= units
         )
         if held:
             held_by_buyer[order.buyer_id] = by_buyer

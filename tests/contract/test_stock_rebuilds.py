@@ -299,8 +299,8 @@ async def test_every_stock_change_raises_the_version_and_a_rebuild_starts_above_
 async def test_only_a_rebuild_that_writes_the_stock_reports_it_oversold(
     clean_redis: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A rebuild that read the orders late may count more units than the offer has: an order
-    # written after the stock was rebuilt without it (late_orders.py cancels it). Finding the
+    # Claims holding more units than the offer has are a caller's bug (stock_rebuilds.py
+    # counts no more): reported, but only by a rebuild that writes the stock. Finding the
     # stock rebuilt, it writes nothing, and nothing is oversold.
     stock = RedisStockReservations(clean_redis)
     three = [RecoveredClaim(f"k{n}", f"b{n}", 1, f"ord{n}", held=True) for n in range(3)]

@@ -15,6 +15,7 @@ from server.services.late_orders import LATE_WRITES
 from server.services.reaper import ORPHAN_AFTER
 from tests.unit.services.shop import (
     ADDRESS,
+    HOST,
     HeldCalls,
     HeldWrites,
     Shop,
@@ -97,6 +98,26 @@ async def test_a_late_order_a_rebuild_finds_beside_its_buyers_new_claim_is_cance
     assert snapshot.held_by_buyer == {"buyer-1": 1}
     assert await shop.stock.remaining(offer_id) == 2
     await assert_cancelled_and_told(shop, writes, told_before)
+
+
+@pytest.mark.parametrize("redis_lost", [False, True])
+async def test_a_late_order_of_an_ended_offer_is_cancelled_with_or_without_a_redis_loss(
+    shop: Shop, redis_lost: bool
+) -> None:
+    # The end took what was sold then (1 unit); k1's unit, given back before, went to the
+    # product. A rebuild must not count the late order within the offer's whole quantity.
+    writes, offer_id = await claim_held(shop, quantity=3)
+    offer = await shop.offers_store.get(offer_id)
+    await shop.claim(offer, buyer(2), "k2")
+    await shop.offers.stop(offer_id, HOST)
+    assert (await shop.offers_store.get(offer_id)).taken_at_end == 1
+    if redis_lost:
+        shop.stock.flush()
+    await writes.land()
+    await shop.orders.settle_late_orders()
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    assert await units_held(shop, offer_id) == 1
 
 
 async def test_an_order_landing_after_its_reaper_died_is_settled_by_another_process(
