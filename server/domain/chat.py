@@ -48,9 +48,9 @@ _UNSPACED_SCRIPTS = (
 def find_blocked_word(text: str, blocked_words: list[str]) -> str | None:
     """The first blocked word the text holds as a word of its own, compared case- and
     width-insensitively: "ass" is not found in "glass" (nor "scam" in "scampi"). A `*` at
-    either end of a blocked word lets it go on into a longer word on that side (`*fake*` is
-    found in "superfakes", `fake*` in "fakes"); in scripts written without spaces (Chinese,
-    Japanese, Thai, ...) a word is found anywhere."""
+    either end of a blocked word of three or more other characters lets it go on into a
+    longer word on that side (`*fake*` is found in "superfakes", `fake*` in "fakes"); in
+    scripts written without spaces (Chinese, Japanese, Thai, ...) a word is found anywhere."""
     folded = _normalise(text)
     for word in blocked_words:
         if _holds(folded, word):
@@ -58,11 +58,18 @@ def find_blocked_word(text: str, blocked_words: list[str]) -> str | None:
     return None
 
 
+# Fewer letters than this besides its stars, a word's stars are its own (a censored spelling
+# such as "f***" blocks itself, as it did before stars were wildcards, not every word in f).
+MIN_WILDCARD_STEM = 3
+
+
 def _holds(folded: str, word: str) -> bool:
-    needle = _normalise(word.strip("*"))
-    if not needle:
+    stem = word.strip("*")
+    wildcard = len(stem) >= MIN_WILDCARD_STEM
+    needle = _normalise(stem if wildcard else word)
+    if not needle.strip("*"):
         return False
-    open_before, open_after = word.startswith("*"), word.endswith("*")
+    open_before, open_after = wildcard and word[0] == "*", wildcard and word[-1] == "*"
     at = folded.find(needle)
     while at >= 0:
         end = at + len(needle)
@@ -81,7 +88,9 @@ def _joined(left: str, right: str) -> bool:
 
 
 def _in_spaced_word(ch: str) -> bool:
-    return ch.isalnum() and not unicodedata.name(ch, "").startswith(_UNSPACED_SCRIPTS)
+    # Marks too: Indic scripts write most vowels as combining marks inside their words.
+    in_a_word = ch.isalnum() or unicodedata.category(ch).startswith("M")
+    return in_a_word and not unicodedata.name(ch, "").startswith(_UNSPACED_SCRIPTS)
 
 
 @dataclass(slots=True)

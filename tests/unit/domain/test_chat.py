@@ -30,6 +30,11 @@ from server.domain.chat import find_blocked_word
         ("이거 사기야", "사기", True),  # Korean: a particle written onto the word
         ("5 scam5", "scam", False),  # digits are part of a word
         ("anything", "*", False),  # nothing but stars blocks nothing
+        ("free shipping today", "f***", False),  # a censored spelling is not a wildcard...
+        ("what the f***", "f***", True),  # ...it blocks itself
+        ("सालाना ऑफर", "साला", False),  # Devanagari vowel signs are marks inside a word
+        ("कमाल है", "कम", False),
+        ("तुम साला हो", "साला", True),
     ],
 )
 def test_blocked_words_are_found_as_words(text: str, blocked: str, found: bool) -> None:
