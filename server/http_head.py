@@ -94,6 +94,9 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     # bound, as one read of up to 64 KB can: not for every request.
     _head_bytes = 0
     _in_head = True
+    # Whether a request ended within the current read: then the read began with that request's
+    # bytes, not the next head's, which is not counted until its next read (see data_received).
+    _ended_in_read = False
     _large_read = False
     _head_too_large = False
     _refused = False
@@ -118,10 +121,15 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return  # what the client still sends after the answer is dropped, not parsed
         self._large_read = self._head_bytes + len(data) > MAX_HEAD_BYTES
+        self._ended_in_read = False
         super().data_received(data)
         if not self._in_head or self._refused or self.transport.is_closing():
             return
-        self._head_bytes += len(data)
+        # A head that began after another request in the same read (pipelined, behind a body
+        # of up to 64 KB) has an unknown part of it: counted from its next read on, it is held
+        # to the bound plus one read; one whole in that read is measured when parsed.
+        if not self._ended_in_read:
+            self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             self._refuse_large_head()
 
@@ -152,7 +160,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._reading_since = None
+        self._reading_since, self._ended_in_read = None, True
         super().on_message_complete()
 
     def on_response_complete(self) -> None:

@@ -151,6 +151,16 @@ async def test_a_head_just_within_the_bound_goes_through(port: int) -> None:
     assert _status_and_code(await _send(port, head)) == (200, None)
 
 
+async def test_a_head_read_behind_a_large_body_is_not_taken_for_a_large_head(port: int) -> None:
+    # The 40 KB body and the start of the next head arrive in one read: the bound is the
+    # head's, not the read's.
+    body = b"x" * 40_000
+    first = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    second = b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    answers = _answers(await _send(port, first + second[:10], second[10:], pause=0.1))
+    assert [answer[:2] for answer in answers] == [(200, None), (200, None)]
+
+
 @pytest.mark.parametrize(
     "parts",
     [
