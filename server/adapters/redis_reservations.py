@@ -272,12 +272,15 @@ class RedisStockReservations:
         would take them too): one lost alone goes unnoticed, such as the buyers' counts, which
         lets a buyer past the limit, or the claims' keys, which takes units for good. Redis's
         own default, `noeviction`, keeps them and refuses writes when memory is full (claims
-        then answer 503); managed services often default to `volatile-lru`."""
-        policy = str((await self._redis.info("memory")).get("maxmemory_policy", "noeviction"))
-        if policy != "noeviction":
+        then answer 503); managed services often default to `volatile-lru`. A Redis without a
+        memory limit evicts nothing, whatever its policy."""
+        memory = await self._redis.info("memory")
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        # Without a memory limit (maxmemory 0, a 64-bit Redis's default) nothing is evicted.
+        if policy != "noeviction" and int(memory.get("maxmemory", 0)) != 0:
             raise RedisNotAllowed(
-                f"Redis evicts keys (maxmemory-policy {policy}), which would lose parts of a"
-                " flash offer's stock: set maxmemory-policy noeviction"
+                f"Redis evicts keys when full (maxmemory-policy {policy}), which would lose"
+                " parts of a flash offer's stock: set maxmemory-policy noeviction"
             )
 
     @redis_unreachable_is_unavailable

@@ -407,9 +407,12 @@ async def test_a_redis_that_evicts_keys_is_found_at_start_up(clean_redis: str, p
     try:
         await stock.check_keys_kept()  # Redis's default: noeviction
         await admin.config_set("maxmemory-policy", policy)
+        await stock.check_keys_kept()  # with no memory limit, nothing is evicted
+        await admin.config_set("maxmemory", "1gb")
         with pytest.raises(RedisNotAllowed, match="maxmemory-policy noeviction"):
             await stock.check_keys_kept()
     finally:
+        await admin.config_set("maxmemory", 0)
         await admin.config_set("maxmemory-policy", "noeviction")
         await admin.aclose()
         await stock.close()
