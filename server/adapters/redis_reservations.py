@@ -38,6 +38,7 @@ from redis.exceptions import ResponseError
 
 from server.adapters import redis_reservation_scripts as scripts
 from server.adapters.group_commit import GroupCommit
+from server.adapters.redis_access import RedisNotAllowed, check_user_allowed
 from server.adapters.redis_client import redis_client, redis_unreachable_is_unavailable
 from server.domain.offers import (
     PENDING_BATCH,
@@ -59,10 +60,6 @@ from server.domain.times import epoch_ms, from_epoch_ms
 log = logging.getLogger("liveshop.reservations")
 
 MAX_CONNECTIONS = 64  # a pool of its own when given a URL; batching keeps it small
-
-
-class RedisNotAllowed(RuntimeError):
-    """Redis refuses what the reservations need: a configuration to fix, not an outage."""
 
 
 def _keys(offer_id: str) -> list[str]:
@@ -256,15 +253,14 @@ class RedisStockReservations:
 
     @redis_unreachable_is_unavailable
     async def check_scripts_allowed(self) -> None:
-        """Run a script as every offer's run (on no offer): a Redis user that may not run them,
-        or the INFO they read, fails here, at start-up, rather than in every claim."""
+        """Ask Redis whether Liveshop's user may run every command it sends (redis_access.py),
+        then run a script as every offer's does (on no offer): a user short of a right, or a
+        Redis whose INFO names no run, fails here, at start-up, rather than in every claim."""
+        await check_user_allowed(self._redis)
         try:
             await self._ready(keys=_keys("liveshop-start-up-check"), args=[])
         except ResponseError as exc:
-            raise RedisNotAllowed(
-                f"Redis refused Liveshop's reservation scripts ({exc}); its user needs"
-                " +@scripting and +info besides the usual +@read +@write"
-            ) from exc
+            raise RedisNotAllowed(f"Redis refused Liveshop's reservation scripts ({exc})") from exc
 
     @redis_unreachable_is_unavailable
     async def check_keys_kept(self) -> None:

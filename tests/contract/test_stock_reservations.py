@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections import Counter
 from datetime import timedelta
 
 import pytest
 import redis.asyncio as aioredis
 
-from server.adapters.redis_reservations import RedisNotAllowed, RedisStockReservations
+from server.adapters.redis_access import RECIPE, RedisNotAllowed
+from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.errors import InvalidInput
 from server.domain.offers import AttachOutcome, ClaimOutcome
 from tests.contract.stock_backends import END, MS, NOW, T0, Backend, R, open_offer
@@ -397,6 +399,36 @@ async def test_a_redis_user_that_may_not_run_the_scripts_is_found_at_start_up(
         await admin.aclose()
         await locked.close()
         await allowed.close()
+
+
+@pytest.mark.parametrize(
+    ("rights", "refused"),
+    [
+        # The README's first recipe: no TIME or PING, no MULTI, and no channels (Redis 7 and
+        # Valkey give a new user none): every launch, room event and history read failed.
+        ("~* +@read +@write +@pubsub +@scripting +info", "EXEC, MULTI, PING, PUBLISH, SUBSCRIBE"),
+        (RECIPE.replace("&liveshop:* ", ""), "(PUBLISH, SUBSCRIBE)"),
+        (RECIPE.replace("~liveshop:* ", "~other:* "), "DEL, EVALSHA, EXISTS"),
+        (RECIPE, None),
+    ],
+)
+async def test_a_redis_user_short_of_a_right_is_found_at_start_up(
+    clean_redis: str, rights: str, refused: str | None
+) -> None:
+    admin = aioredis.Redis.from_url(clean_redis)
+    user = f"liveshop-{random.randrange(10**9)}"
+    await admin.execute_command("ACL", "SETUSER", user, "on", ">pw", *rights.split())  # type: ignore[no-untyped-call]
+    stock = RedisStockReservations(clean_redis.replace("redis://", f"redis://{user}:pw@", 1))
+    try:
+        if refused is None:
+            await stock.check_scripts_allowed()
+        else:
+            with pytest.raises(RedisNotAllowed, match=re.escape(refused)):
+                await stock.check_scripts_allowed()
+    finally:
+        await admin.acl_deluser(user)
+        await admin.aclose()
+        await stock.close()
 
 
 @pytest.mark.parametrize("policy", ["volatile-lru", "allkeys-lfu", "volatile-ttl"])

@@ -1,0 +1,102 @@
+"""What Liveshop's Redis user must be allowed, checked at start-up. Behind ACLs, a user that may
+not run one of the commands Liveshop sends (or its scripts call), or touch its keys (`liveshop:*`)
+and channels, failed request by request, with 500s and tracebacks, rather than at start-up: the
+README's first recipe lacked TIME, PING, MULTI and the channels. The check asks Redis itself, in
+a script (`redis.acl_check_cmd`, Redis 7 and Valkey), about each command as Liveshop calls it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+# Checked against the user's key and channel patterns: every key and channel is named so.
+KEY = "liveshop:{access-check}:key"
+CHANNEL = "liveshop:room:access-check"
+# What the README asks for (the least a user may have; more is fine).
+RECIPE = "~liveshop:* &liveshop:* +@all -@dangerous +info"
+
+# Each command Liveshop sends or its scripts call, with arguments of the shape it uses. A command
+# a script calls that is not here fails the unit test that reads the scripts (`commands_called`).
+CALLS: dict[str, tuple[str, ...]] = {
+    "DEL": (KEY,),
+    "EXISTS": (KEY,),
+    "EXPIRE": (KEY, "1"),
+    "GET": (KEY,),
+    "HDEL": (KEY, "f"),
+    "HEXISTS": (KEY, "f"),
+    "HGET": (KEY, "f"),
+    "HGETALL": (KEY,),
+    "HINCRBY": (KEY, "f", "1"),
+    "HMGET": (KEY, "f"),
+    "HSET": (KEY, "f", "v"),
+    "HSETNX": (KEY, "f", "v"),
+    "INFO": ("server",),
+    "PEXPIREAT": (KEY, "1"),
+    "PUBLISH": (CHANNEL, "m"),
+    "SADD": (KEY, "m"),
+    "SET": (KEY, "v"),
+    "SISMEMBER": (KEY, "m"),
+    "TIME": (),
+    "XADD": (KEY, "*", "f", "v"),
+    "XRANGE": (KEY, "-", "+"),
+    "ZADD": (KEY, "1", "m"),
+    "ZRANGEBYSCORE": (KEY, "0", "1"),
+    "ZREM": (KEY, "m"),
+    # Sent by the client only: health checks, pub/sub, a room's history read in a transaction,
+    # the scripts themselves (loaded again after a Redis restart).
+    "PING": (),
+    "SUBSCRIBE": (CHANNEL,),
+    "UNSUBSCRIBE": (CHANNEL,),
+    "MULTI": (),
+    "EXEC": (),
+    "EVALSHA": ("0" * 40, "1", KEY),
+    "SCRIPT": ("LOAD", "return 1"),
+}
+
+# Arguments come as: a count, then that many words (a command and its arguments), repeated.
+_REFUSED = """
+local refused = {}
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local call = {}
+  for j = 1, n do call[j] = ARGV[i + j] end
+  if not redis.acl_check_cmd(unpack(call)) then table.insert(refused, call[1]) end
+  i = i + n + 1
+end
+return refused
+"""
+
+_CALL = re.compile(r"redis\.call\('([A-Z]+)'")
+
+
+def commands_called(scripts: Iterable[str]) -> set[str]:
+    """The commands these Lua scripts call."""
+    return {command for script in scripts for command in _CALL.findall(script)}
+
+
+class RedisNotAllowed(RuntimeError):
+    """Redis refuses what Liveshop needs: a configuration to fix, not an outage."""
+
+
+async def check_user_allowed(redis: Redis) -> None:
+    """Raise RedisNotAllowed naming what the user may not do (Redis 7 or Valkey: Liveshop's
+    scripts need what they bring)."""
+    args: list[str] = []
+    for command, arguments in CALLS.items():
+        args += [str(1 + len(arguments)), command, *arguments]
+    try:
+        refused = await redis.eval(_REFUSED, 0, *args)
+    except ResponseError as exc:
+        raise RedisNotAllowed(_refusal(f"refused the check of its user ({exc})")) from exc
+    if refused:
+        names = ", ".join(sorted({str(name) for name in refused}))
+        raise RedisNotAllowed(_refusal(f"refuses commands Liveshop sends ({names})"))
+
+
+def _refusal(what: str) -> str:
+    return f"Redis {what}: Liveshop needs Redis 7 or Valkey, its user at least {RECIPE}"
