@@ -94,9 +94,10 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     # bound, as one read of up to 64 KB can: not for every request.
     _head_bytes = 0
     _in_head = True
-    # Whether a request ended within the current read: then the read began with that request's
-    # bytes, not the next head's, which is not counted until its next read (see data_received).
+    # Whether a request ended within the current read, and the body bytes the read held: then
+    # the read began with that request's bytes, and the next head's are the rest at most.
     _ended_in_read = False
+    _body_in_read = 0
     _large_read = False
     _head_too_large = False
     _refused = False
@@ -121,14 +122,15 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return  # what the client still sends after the answer is dropped, not parsed
         self._large_read = self._head_bytes + len(data) > MAX_HEAD_BYTES
-        self._ended_in_read = False
+        self._ended_in_read, self._body_in_read = False, 0
         super().data_received(data)
         if not self._in_head or self._refused or self.transport.is_closing():
             return
-        # A head that began after another request in the same read (pipelined, behind a body
-        # of up to 64 KB) has an unknown part of it: counted from its next read on, it is held
-        # to the bound plus one read; one whole in that read is measured when parsed.
-        if not self._ended_in_read:
+        if self._ended_in_read:
+            # A head that began behind another request in this read (pipelined, after a body
+            # of up to 64 KB): the read less that body, which overcounts by the earlier head.
+            self._head_bytes = len(data) - self._body_in_read
+        else:
             self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             self._refuse_large_head()
@@ -158,6 +160,10 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
             self._head_too_large = True
             raise _HeadTooLarge
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_in_read += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._reading_since, self._ended_in_read = None, True

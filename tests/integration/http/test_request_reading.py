@@ -161,6 +161,17 @@ async def test_a_head_read_behind_a_large_body_is_not_taken_for_a_large_head(por
     assert [answer[:2] for answer in answers] == [(200, None), (200, None)]
 
 
+@pytest.mark.parametrize("split", [20_000, 33_000], ids=["in two reads", "then its end"])
+async def test_a_head_too_large_behind_a_pipelined_request_is_refused(
+    port: int, split: int
+) -> None:
+    # However the head's bytes arrive, also behind another request in the same read.
+    first = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
+    head = b"GET /ok HTTP/1.1\r\nhost: x\r\nx-a: " + b"a" * 33_000 + b"\r\n\r\n"
+    answers = _answers(await _send(port, first + head[:split], head[split:], pause=0.1))
+    assert [answer[:2] for answer in answers] == [(200, None), (431, "headers_too_large")]
+
+
 @pytest.mark.parametrize(
     "parts",
     [
