@@ -59,14 +59,13 @@ DUE_BATCH = 100
 # How long an unfinished end is left to the process that recorded it, which may be stopping a
 # stock or telling a room that is slow to answer (each bounded at 5 s), before another finishes it.
 FINISH_GRACE = timedelta(seconds=15)
-# Likewise, how long a counted offer is left to its launch to tell the room of, before any
-# process tells it (the launch reads the offer and publishes: a few round trips, each bounded).
+# Likewise, how long a counted offer is left to its launch to tell the room of (a few bounded
+# round trips) before any process tells it.
 UNTOLD_AFTER = timedelta(seconds=15)
 UNTOLD_BATCH = 100
 FIGURES_LIMIT = 500  # offers per room in the host's figures
 # Running offers housekeeping takes in turn for their orphans (see Housekeeper): far more than
-# run at once on the busiest show days, and each process then reaps ~170 a second; beyond it,
-# those ending last wait for a viewer, a claim or their settling.
+# run at once on the busiest days; beyond it, those ending last wait for a claim or settling.
 RUNNING_OFFERS_READ = 5_000
 
 
@@ -232,10 +231,8 @@ class OfferService:
         answered with this stopped offer; with `if_uncounted`, only if its launch has not
         counted it. It books only what claims took meanwhile: mostly nothing, as the room is
         told of an offer once its launch succeeds. Whether this ended it."""
-        ended = await self.end(
-            offer, EndReason.STOPPED, free_launch_key=True, if_uncounted=if_uncounted
-        )
-        return ended is not None
+        stop = self.end(offer, EndReason.STOPPED, free_launch_key=True, if_uncounted=if_uncounted)
+        return await stop is not None
 
     async def set_product_stock(self, who: Identity, product_id: str, stock: int) -> Product:
         """A restock or a count (ProductBookings.set_stock)."""
@@ -289,9 +286,14 @@ class OfferService:
         return await self._orders.figures_of_offers([offer.id for offer in offers])
 
     async def stop_offers_in_room(self, room_id: str) -> None:
-        """Stop every offer the room still runs: its show is ending (RoomService.end)."""
-        for offer in await self._offers.open_in_room(room_id):
-            await self.end(offer, EndReason.STOPPED)
+        """Stop every offer the room still runs (RoomService.end), all at once: each end is
+        recorded before its stock is stopped, so should Redis fail, housekeeping finishes every
+        one (one by one, the first failure left the later offers selling)."""
+        offers = await self._offers.open_in_room(room_id)
+        ends = [self.end(offer, EndReason.STOPPED) for offer in offers]
+        for outcome in await asyncio.gather(*ends, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def stop(self, offer_id: str, who: Identity) -> FlashOffer:
         offer = await self._offers.get(offer_id)
@@ -399,8 +401,7 @@ class OfferService:
             try:
                 await self._finish_end(offer)
             except LiveshopError:  # the stock or the room's stream is away (logged where it failed)
-                # The others need them too, and against a Redis that hangs a try costs 5 s:
-                # they wait for the next round.
+                # The others wait for the next round: against a hung Redis a try costs 5 s.
                 self._finish_failed_in[offer.id] = self._finish_round
                 break
             log.warning("offer_end_finished_late", extra={"offer_id": offer.id})

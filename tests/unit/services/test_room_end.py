@@ -10,9 +10,11 @@ import pytest
 from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import EndReason
 from server.domain.rooms import RoomStatus
-from server.ports import OfferStore, ProductStore, RoomStore
+from server.ports import OfferStore, ProductStore, RoomStore, StockReservations
 from server.services.rooms import RoomService, StopOffers
+from tests.unit.services.flaky import FlakyStock
 from tests.unit.services.shop import (
+    ADDRESS,
     HOST,
     HeldCalls,
     Shop,
@@ -109,6 +111,30 @@ async def test_an_end_whose_offers_could_not_be_stopped_leaves_the_room_live_for
     ended = await rooms.end(shop.room_id, HOST)  # the host sends it again
     assert ended.status is RoomStatus.ENDED
     assert (await shop.offers_store.get(offer.id)).end_reason is not None
+
+
+async def test_an_end_against_a_hung_redis_records_every_offers_end_for_housekeeping() -> None:
+    # One by one, the first offer's stop ran out the deadline and the second was never
+    # recorded: it sold on until the host sent the end again.
+    shop = await open_shop()
+    first = await shop.launch(quantity=3, limit=1, duration=3600)
+    second = await shop.launch(quantity=2, limit=1, duration=3600)
+    stock = FlakyStock(shop.stock)
+    offers, orders = other_process(shop, stock=cast(StockReservations, stock))
+    rooms = RoomService(
+        shop.rooms, shop.products, shop.events, shop.clock, stop_offers=offers.stop_offers_in_room
+    )
+    stock.unresponsive = True
+    with pytest.raises(Unavailable):
+        await rooms.end(shop.room_id, HOST)
+    unfinished = await shop.offers_store.unfinished_ends(10)
+    assert sorted(offer.id for offer in unfinished) == sorted([first.id, second.id])
+    stock.unresponsive = False
+    assert await offers.finish_ends() == 2  # this process's next round, without a retry
+    for offer in (first, second):
+        with pytest.raises(Conflict) as refused:
+            await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+        assert refused.value.code == "offer_not_active"
 
 
 async def test_viewers_hear_the_end_even_when_the_second_look_at_its_offers_fails() -> None:
