@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -34,7 +35,71 @@ def clean_text(raw: str, max_chars: int = MAX_CHAT_CHARS) -> str:
 
 
 def _normalise(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).casefold()
+    """Compatibility-, case- and accent-folded: NFKD, marks dropped where they are no part of
+    the spelling (`_drop_marks`), then NFKC and casefold."""
+    if text.isascii():
+        return text.casefold()  # NFKD and NFKC leave ASCII as it is, and it has no marks
+    decomposed = unicodedata.normalize("NFKD", text)
+    return unicodedata.normalize("NFKC", _drop_marks(decomposed)).casefold()
+
+
+# Scripts whose spelling puts no combining mark on a letter (by the start of their letters'
+# Unicode names): a mark on one is an accent (Latin, Greek, Cyrillic, Armenian, Georgian), to
+# fold so that "cafe" is "café", or an overlay such as strikethrough (also on Han and Hangul),
+# put there to get a word past the filter. Elsewhere (Devanagari vowel signs, Thai tone marks,
+# Hebrew points, Arabic harakat, kana voicing marks) a mark is part of the spelling: kept.
+_MARKLESS_SCRIPTS = ("LATIN ", "GREEK ", "CYRILLIC ", "ARMENIAN ", "GEORGIAN ", "CJK ", "HANGUL ")
+_MARK, _DROPS_MARKS, _KEEPS_MARKS = 0, 1, 2
+_KINDS_KEPT = 4096  # characters whose kind is remembered, at most
+_PAIRS_TRIED = 64  # (dropper, mark) pairs looked for before walking the text instead
+_kinds: dict[str, int] = {}
+
+
+def _drop_marks(decomposed: str) -> str:
+    """Without the combining marks that follow a letter of `_MARKLESS_SCRIPTS` or no letter
+    at all (a space, a digit, punctuation, the start: zalgo there must not join two words)."""
+    marks, droppers = [], []
+    for ch in set(decomposed):
+        kind = _kinds.get(ch)
+        if kind is None:
+            kind = _kind(ch)
+        if kind == _MARK:
+            marks.append(ch)
+        elif kind == _DROPS_MARKS:
+            droppers.append(ch)
+    if not marks:
+        return decomposed
+    # Quick answer for text whose marks all follow letters that keep them (a Hindi line, where
+    # the droppers are spaces and punctuation), cheaper than the walk below.
+    few_pairs = len(marks) * len(droppers) <= _PAIRS_TRIED and decomposed[0] not in marks
+    if few_pairs and not any(d + m in decomposed for d in droppers for m in marks):
+        return decomposed
+    kept: list[str] = []
+    keeping = False  # at the start, marks follow no letter
+    for ch in decomposed:
+        kind = _kinds.get(ch)
+        if kind is None:
+            kind = _kind(ch)
+        if kind == _MARK:
+            if not keeping:
+                continue
+        else:
+            keeping = kind == _KEEPS_MARKS
+        kept.append(ch)
+    return "".join(kept)
+
+
+def _kind(ch: str) -> int:
+    if unicodedata.category(ch).startswith("M"):
+        kind = _MARK
+    elif ch.isalpha() and not unicodedata.name(ch, "").startswith(_MARKLESS_SCRIPTS):
+        kind = _KEEPS_MARKS
+    else:
+        kind = _DROPS_MARKS
+    if len(_kinds) >= _KINDS_KEPT:
+        _kinds.clear()
+    _kinds[ch] = kind
+    return kind
 
 
 # Scripts written without spaces between words (by the start of their characters' Unicode
@@ -47,13 +112,21 @@ _UNSPACED_SCRIPTS = (
 
 def find_blocked_word(text: str, blocked_words: list[str]) -> str | None:
     """The first blocked word the text holds as a word of its own, compared case- and
-    width-insensitively: "ass" is not found in "glass" (nor "scam" in "scampi"). A `*` at
-    either end of a blocked word of three or more other characters lets it go on into a
-    longer word on that side (`*fake*` is found in "superfakes", `fake*` in "fakes"); in
-    scripts written without spaces (Chinese, Japanese, Thai, ...) a word is found anywhere."""
+    width-insensitively: "ass" is not found in "glass" (nor "scam" in "scampi"). Accents are
+    ignored in Latin, Greek and Cyrillic, and overlays such as strikethrough marks wherever
+    they are no part of the spelling, on both sides: "café" blocks "cafe" and "CAFÉ", "scam"
+    blocks "scåm" and "s̶c̶a̶m̶" (accent-insensitive, as a moderator wants against evasion,
+    at the price of some false positives where an accent tells words apart).
+
+    A `*` at either end of a blocked word of three or more other characters lets it go on
+    into a longer word on that side (`*fake*` is found in "superfakes", `fake*` in "fakes").
+    In scripts written without spaces (Chinese, Japanese, Thai, ...) a word is found anywhere,
+    so there the stars of a word starting in such a script are wildcards whatever its length
+    ("骗*" is found in "骗局")."""
     folded = _normalise(text)
     for word in blocked_words:
-        if _holds(folded, word):
+        pattern = _pattern(word)
+        if pattern is not None and _holds(folded, *pattern):
             return word
     return None
 
@@ -63,13 +136,21 @@ def find_blocked_word(text: str, blocked_words: list[str]) -> str | None:
 MIN_WILDCARD_STEM = 3
 
 
-def _holds(folded: str, word: str) -> bool:
-    stem = word.strip("*")
-    wildcard = len(stem) >= MIN_WILDCARD_STEM
-    needle = _normalise(stem if wildcard else word)
+@functools.lru_cache(maxsize=4096)
+def _pattern(word: str) -> tuple[str, bool, bool] | None:
+    """What a blocked word looks for: its normalised text, and whether it may go on into a
+    longer word before and after; None when it looks for nothing."""
+    stem = _normalise(word.strip("*"))
+    wildcard = len(stem) >= MIN_WILDCARD_STEM or (
+        stem != "" and unicodedata.name(stem[0], "").startswith(_UNSPACED_SCRIPTS)
+    )
+    needle = stem if wildcard else _normalise(word)
     if not needle.strip("*"):
-        return False
-    open_before, open_after = wildcard and word[0] == "*", wildcard and word[-1] == "*"
+        return None
+    return needle, wildcard and word.startswith("*"), wildcard and word.endswith("*")
+
+
+def _holds(folded: str, needle: str, open_before: bool, open_after: bool) -> bool:
     at = folded.find(needle)
     while at >= 0:
         end = at + len(needle)
@@ -88,7 +169,8 @@ def _joined(left: str, right: str) -> bool:
 
 
 def _in_spaced_word(ch: str) -> bool:
-    # Marks too: Indic scripts write most vowels as combining marks inside their words.
+    # Marks too (those `_normalise` keeps): Indic scripts write most vowels as combining marks
+    # inside their words.
     in_a_word = ch.isalnum() or unicodedata.category(ch).startswith("M")
     return in_a_word and not unicodedata.name(ch, "").startswith(_UNSPACED_SCRIPTS)
 

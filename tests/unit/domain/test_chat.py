@@ -35,6 +35,31 @@ from server.domain.chat import find_blocked_word
         ("सालाना ऑफर", "साला", False),  # Devanagari vowel signs are marks inside a word
         ("कमाल है", "कम", False),
         ("तुम साला हो", "साला", True),
+        # Accents and overlays are folded away in Latin, Greek and Cyrillic (and Han, Hangul)
+        ("what an ass\u0336", "ass", True),  # a combining overlay after the word
+        ("scam\u0335 link", "scam", True),
+        ("a\u0336s\u0336s\u0336", "ass", True),  # strikethrough text
+        ("cafe scam", "café", True),
+        ("CAFÉ scam", "cafe", True),
+        ("café scam", "cafe", True),
+        ("café scam", "cafe\u0301", True),  # a blocked word typed decomposed
+        ("total scåm", "scam", True),
+        ("ΑΠΆΤΗ", "απατη", True),  # Greek tonos
+        ("это обмА\u0301н", "обман", True),  # Cyrillic stress mark
+        ("骗\u0336子", "骗子", True),  # an overlay inside a Chinese word
+        ("my \u0301ass", "ass", True),  # a mark on a space does not join the words
+        ("\u0301\u0336ass", "ass", True),  # nor one at the start
+        ("5\u0301ass", "ass", False),  # a digit stays part of the word
+        ("gla\u0336ss", "ass", False),
+        ("がっかり", "かっか", False),  # a kana voicing mark is kept: が is not か
+        ("शाला", "साला", False),  # Devanagari signs are kept
+        ("तुम सा\u0336ला हो", "साला", False),
+        # In scripts written without spaces a star is ignored, whatever the stem's length
+        ("这是骗子", "骗子*", True),
+        ("骗局", "骗*", True),
+        ("大骗局", "*骗*", True),
+        ("ของปลอมเยอะ", "ปล*", True),
+        ("骗子", "骗子*", True),
     ],
 )
 def test_blocked_words_are_found_as_words(text: str, blocked: str, found: bool) -> None:
