@@ -51,33 +51,18 @@ def _normalise(text: str) -> str:
 _MARKLESS_SCRIPTS = ("LATIN ", "GREEK ", "CYRILLIC ", "ARMENIAN ", "GEORGIAN ", "CJK ", "HANGUL ")
 _MARK, _DROPS_MARKS, _KEEPS_MARKS = 0, 1, 2
 _KINDS_KEPT = 4096  # characters whose kind is remembered, at most
-_PAIRS_TRIED = 64  # (dropper, mark) pairs looked for before walking the text instead
 _kinds: dict[str, int] = {}
 
 
 def _drop_marks(decomposed: str) -> str:
     """Without the combining marks that follow a letter of `_MARKLESS_SCRIPTS` or no letter
     at all (a space, a digit, punctuation, the start: zalgo there must not join two words)."""
-    marks, droppers = [], []
-    for ch in set(decomposed):
-        kind = _kinds.get(ch)
-        if kind is None:
-            kind = _kind(ch)
-        if kind == _MARK:
-            marks.append(ch)
-        elif kind == _DROPS_MARKS:
-            droppers.append(ch)
-    if not marks:
-        return decomposed
-    # Quick answer for text whose marks all follow letters that keep them (a Hindi line, where
-    # the droppers are spaces and punctuation), cheaper than the walk below.
-    few_pairs = len(marks) * len(droppers) <= _PAIRS_TRIED and decomposed[0] not in marks
-    if few_pairs and not any(d + m in decomposed for d in droppers for m in marks):
-        return decomposed
+    if all(_kind_of(ch) != _MARK for ch in set(decomposed)):
+        return decomposed  # most text: one look at each distinct character
     kept: list[str] = []
     keeping = False  # at the start, marks follow no letter
     for ch in decomposed:
-        kind = _kinds.get(ch)
+        kind = _kinds.get(ch)  # inline, not _kind_of: a call less a character
         if kind is None:
             kind = _kind(ch)
         if kind == _MARK:
@@ -87,6 +72,11 @@ def _drop_marks(decomposed: str) -> str:
             keeping = kind == _KEEPS_MARKS
         kept.append(ch)
     return "".join(kept)
+
+
+def _kind_of(ch: str) -> int:
+    kind = _kinds.get(ch)
+    return _kind(ch) if kind is None else kind
 
 
 def _kind(ch: str) -> int:
