@@ -94,10 +94,12 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     # bound, as one read of up to 64 KB can: not for every request.
     _head_bytes = 0
     _in_head = True
-    # Whether a request ended within the current read, and the body bytes the read held: then
-    # the read began with that request's bytes, and the next head's are the rest at most.
+    # Whether a request ended within the current read; then the next head's bytes in it are
+    # the read less what the requests before it took of it: their bodies (as decoded: chunk
+    # framing is charged to the head) and their heads (url, headers, bytes counted before).
     _ended_in_read = False
     _body_in_read = 0
+    _heads_in_read: list[tuple[bytes, list[tuple[bytes, bytes]], int]]
     _large_read = False
     _head_too_large = False
     _refused = False
@@ -122,14 +124,16 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return  # what the client still sends after the answer is dropped, not parsed
         self._large_read = self._head_bytes + len(data) > MAX_HEAD_BYTES
-        self._ended_in_read, self._body_in_read = False, 0
+        self._ended_in_read, self._body_in_read, self._heads_in_read = False, 0, []
         super().data_received(data)
         if not self._in_head or self._refused or self.transport.is_closing():
             return
-        if self._ended_in_read:
-            # A head that began behind another request in this read (pipelined, after a body
-            # of up to 64 KB): the read less that body, which overcounts by the earlier head.
-            self._head_bytes = len(data) - self._body_in_read
+        if self._ended_in_read:  # a head begun behind pipelined requests in this read
+            taken = sum(
+                max(_head_size(url, headers) - counted, 0)
+                for url, headers, counted in self._heads_in_read
+            )
+            self._head_bytes = len(data) - self._body_in_read - taken
         else:
             self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
@@ -155,6 +159,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._heads_in_read.append((self.url, self.headers, self._head_bytes))
         # Checked before uvicorn parses the URL, which httptools cannot past 64 KB.
         if self._large_read and self._parsed_head_size() > MAX_HEAD_BYTES:
             self._head_too_large = True
@@ -186,7 +191,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         return cycle
 
     def _parsed_head_size(self) -> int:
-        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        return _head_size(self.url, self.headers)
 
     def _refuse_large_head(self) -> None:
         size = max(self._head_bytes, self._parsed_head_size())
@@ -237,6 +242,12 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
         else:
             answer_and_close(self.transport, self.loop, answer)
+
+
+def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """A head's bytes, as parsed: its URL and each header with ": " and its line end; at least
+    the request line's method, spaces, version and the blank line besides (17 bytes)."""
+    return 17 + len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
 
 
 def answer_and_close(

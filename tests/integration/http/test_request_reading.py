@@ -161,6 +161,19 @@ async def test_a_head_read_behind_a_large_body_is_not_taken_for_a_large_head(por
     assert [answer[:2] for answer in answers] == [(200, None), (200, None)]
 
 
+async def test_pipelined_heads_within_the_bound_are_not_summed_into_one(port: int) -> None:
+    # Each head is bound, not the heads a read holds: 600 small pipelined GETs, a read ending
+    # within the last; and a 30 KB head followed by a part of a 4 KB one.
+    small = b"GET /ok HTTP/1.1\r\nhost: x\r\nuser-agent: pipelining-client/1.0\r\n\r\n"
+    last = b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    stream = small * 600 + last
+    answers = _answers(await _send(port, stream[:-20], stream[-20:], pause=0.1))
+    assert [answer[:2] for answer in answers] == [(200, None)] * 601
+    large = b"GET /ok HTTP/1.1\r\nhost: x\r\nx-a: " + b"a" * 30_000 + b"\r\n\r\n"
+    answers = _answers(await _send(port, large + last[:20], last[20:], pause=0.1))
+    assert [answer[:2] for answer in answers] == [(200, None), (200, None)]
+
+
 @pytest.mark.parametrize("split", [20_000, 33_000], ids=["in two reads", "then its end"])
 async def test_a_head_too_large_behind_a_pipelined_request_is_refused(
     port: int, split: int
