@@ -49,15 +49,19 @@ def _normalise(text: str) -> str:
 # put there to get a word past the filter. Elsewhere (Devanagari vowel signs, Thai tone marks,
 # Hebrew points, Arabic harakat, kana voicing marks) a mark is part of the spelling: kept.
 _MARKLESS_SCRIPTS = ("LATIN ", "GREEK ", "CYRILLIC ", "ARMENIAN ", "GEORGIAN ", "CJK ", "HANGUL ")
-_MARK, _DROPS_MARKS, _KEEPS_MARKS = 0, 1, 2
+# The blocks of combining marks that belong to no script (diacritics, overlays such as
+# strikethrough, enclosing marks): dropped after any letter, a kana or Thai one included.
+_MARKS_OF_NO_SCRIPT = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF))
+_MARK, _DROPS_MARKS, _KEEPS_MARKS, _STRAY_MARK = 0, 1, 2, 3
 _KINDS_KEPT = 4096  # characters whose kind is remembered, at most
 _kinds: dict[str, int] = {}
 
 
 def _drop_marks(decomposed: str) -> str:
-    """Without the combining marks that follow a letter of `_MARKLESS_SCRIPTS` or no letter
-    at all (a space, a digit, punctuation, the start: zalgo there must not join two words)."""
-    if all(_kind_of(ch) != _MARK for ch in set(decomposed)):
+    """Without the combining marks of no script, and those that follow a letter of
+    `_MARKLESS_SCRIPTS` or no letter at all (a space, a digit, punctuation, the start: zalgo
+    there must not join two words)."""
+    if all(_kind_of(ch) not in (_MARK, _STRAY_MARK) for ch in set(decomposed)):
         return decomposed  # most text: one look at each distinct character
     kept: list[str] = []
     keeping = False  # at the start, marks follow no letter
@@ -65,10 +69,9 @@ def _drop_marks(decomposed: str) -> str:
         kind = _kinds.get(ch)  # inline, not _kind_of: a call less a character
         if kind is None:
             kind = _kind(ch)
-        if kind == _MARK:
-            if not keeping:
-                continue
-        else:
+        if kind == _STRAY_MARK or (kind == _MARK and not keeping):
+            continue
+        if kind != _MARK:
             keeping = kind == _KEEPS_MARKS
         kept.append(ch)
     return "".join(kept)
@@ -81,7 +84,9 @@ def _kind_of(ch: str) -> int:
 
 def _kind(ch: str) -> int:
     if unicodedata.category(ch).startswith("M"):
-        kind = _MARK
+        code = ord(ch)
+        of_no_script = any(low <= code <= high for low, high in _MARKS_OF_NO_SCRIPT)
+        kind = _STRAY_MARK if of_no_script else _MARK
     elif ch.isalpha() and not unicodedata.name(ch, "").startswith(_MARKLESS_SCRIPTS):
         kind = _KEEPS_MARKS
     else:

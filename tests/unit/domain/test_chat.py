@@ -30,6 +30,11 @@ from server.domain.chat import find_blocked_word
         ("이거 사기야", "사기", True),  # Korean: a particle written onto the word
         ("5 scam5", "scam", False),  # digits are part of a word
         ("anything", "*", False),  # nothing but stars blocks nothing
+        # Overlays of no script (strikethrough) are dropped in every script
+        ("\u3070\u0336\u304b", "\u3070\u304b", True),  # on kana (ばか)
+        ("ของปล\u0336อม", "ปลอม", True),  # on Thai
+        ("मूर\u0336्ख", "मूर्ख", True),  # on Devanagari
+        ("तुम सा\u0336ला हो", "साला", True),
         ("free shipping today", "f***", False),  # a censored spelling is not a wildcard...
         ("what the f***", "f***", True),  # ...it blocks itself
         ("सालाना ऑफर", "साला", False),  # Devanagari vowel signs are marks inside a word
@@ -53,7 +58,6 @@ from server.domain.chat import find_blocked_word
         ("gla\u0336ss", "ass", False),
         ("がっかり", "かっか", False),  # a kana voicing mark is kept: が is not か
         ("शाला", "साला", False),  # Devanagari signs are kept
-        ("तुम सा\u0336ला हो", "साला", False),
         # In scripts written without spaces a star is ignored, whatever the stem's length
         ("这是骗子", "骗子*", True),
         ("骗局", "骗*", True),
