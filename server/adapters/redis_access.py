@@ -13,9 +13,11 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-# Checked against the user's key and channel patterns: every key and channel is named so.
+# Checked against the user's key and channel patterns: every key and channel is named so (a
+# room's, a user's, a process's own channel).
 KEY = "liveshop:{access-check}:key"
 CHANNEL = "liveshop:room:access-check"
+CHANNELS = (CHANNEL, "liveshop:user:access-check", "liveshop:node:access-check")
 # What the README asks for (the least a user may have; more is fine).
 RECIPE = "~liveshop:* &liveshop:* +@all -@dangerous +info"
 
@@ -49,8 +51,8 @@ CALLS: dict[str, tuple[str, ...]] = {
     # Sent by the client only: health checks, pub/sub, a room's history read in a transaction,
     # the scripts themselves (loaded again after a Redis restart).
     "PING": (),
-    "SUBSCRIBE": (CHANNEL,),
-    "UNSUBSCRIBE": (CHANNEL,),
+    "SUBSCRIBE": CHANNELS,
+    "UNSUBSCRIBE": CHANNELS,
     "MULTI": (),
     "EXEC": (),
     "EVALSHA": ("0" * 40, "1", KEY),

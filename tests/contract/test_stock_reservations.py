@@ -409,6 +409,8 @@ async def test_a_redis_user_that_may_not_run_the_scripts_is_found_at_start_up(
         ("~* +@read +@write +@pubsub +@scripting +info", "EXEC, MULTI, PING, PUBLISH, SUBSCRIBE"),
         (RECIPE.replace("&liveshop:* ", ""), "(PUBLISH, SUBSCRIBE)"),
         (RECIPE.replace("~liveshop:* ", "~other:* "), "DEL, EVALSHA, EXISTS"),
+        # Rooms' and users' channels, not a process's own (subscribed at start-up).
+        (RECIPE.replace("&liveshop:*", "&liveshop:room:* &liveshop:user:*"), "(SUBSCRIBE)"),
         (RECIPE, None),
     ],
 )
