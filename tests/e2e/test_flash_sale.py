@@ -131,17 +131,24 @@ async def test_the_end_by_time_survives_the_launcher_dying(
         assert len([f for f in watcher.room_events() if f["type"] == "offer.ended"]) == 1
 
 
+async def offer_with_early_orders(server: LiveshopProcess, quantity: int) -> str:
+    """A new host's offer of `quantity` in a live room, of which buyers early-0 to early-2
+    have claimed one unit each (key "k"). Its id."""
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(server.base_url, host, pin=False)
+    offer_id = await launch(server.base_url, host, room_id, quantity=quantity)
+    for n in range(3):
+        assert (await claim(server.base_url, offer_id, f"early-{n}", "k")).status_code == 201
+    return offer_id
+
+
 async def test_stock_is_rebuilt_exactly_after_redis_loses_it(
     own_pair: tuple[LiveshopProcess, LiveshopProcess, RedisServer],
     mongodb_url: str,
     mongo_database_name: str,
 ) -> None:
     first, second, redis = own_pair
-    host = make_token(unique("host"), "host")
-    room_id = await create_live_room(first.base_url, host, pin=False)
-    offer_id = await launch(first.base_url, host, room_id, quantity=10)
-    for n in range(3):
-        assert (await claim(first.base_url, offer_id, f"early-{n}", "k")).status_code == 201
+    offer_id = await offer_with_early_orders(first, quantity=10)
     await asyncio.to_thread(redis.restart)  # no persistence: every reservation is gone
     answer = None
     for _ in range(50):  # the servers reconnect to Redis within moments
@@ -229,11 +236,7 @@ async def test_a_redis_that_restarts_from_an_older_snapshot_sells_nothing_twice(
     mongo_database_name: str,
 ) -> None:
     first, second, redis_server = own_pair
-    host = make_token(unique("host"), "host")
-    room_id = await create_live_room(first.base_url, host, pin=False)
-    offer_id = await launch(first.base_url, host, room_id, quantity=6)
-    for n in range(3):
-        assert (await claim(first.base_url, offer_id, f"early-{n}", "k")).status_code == 201
+    offer_id = await offer_with_early_orders(first, quantity=6)
     admin = redis.Redis.from_url(redis_server.url)
     try:
         admin.save()  # the snapshot a crash will go back to
