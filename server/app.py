@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Router
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from channels.broker import Broker
@@ -48,6 +48,7 @@ from server.services.orders import OrderService
 from server.services.room_bans import RoomBans
 from server.services.rooms import RoomService
 from server.settings import Settings
+from server.startup import STARTUP_REFUSALS, refusal_fields
 
 log = logging.getLogger("liveshop.app")
 
@@ -93,7 +94,21 @@ class RoomSocketShortcut:
                 scope["path_params"] = {"room_id": match["room_id"]}
                 await room_socket(WebSocket(scope, receive, send), direct_socket(send))
                 return
+        elif scope["type"] == "lifespan":
+            send = self._refusal_told_once(send)
         await self.app(scope, receive, send)
+
+    def _refusal_told_once(self, send: Send) -> Send:
+        """Starlette hands uvicorn a failed start-up's traceback to log; a refusal has been
+        logged as one line (`startup_refused`), and the traceback would bury it."""
+
+        async def send_without_traceback(message: Message) -> None:
+            refused = getattr(self.state, "startup_refused", False)
+            if message["type"] == "lifespan.startup.failed" and refused:
+                message = {"type": message["type"], "message": ""}
+            await send(message)
+
+        return send_without_traceback
 
 
 OnReady = Callable[[Container], Awaitable[None]]
@@ -116,9 +131,14 @@ def create_app(
             # country's postal codes (~100 ms in all; China's alone held a claim up to 30 ms).
             for country in countries():
                 postal_code_rule(country)
-            chosen = backends or await _real_backends(settings, stack)
-            container = _assemble(settings, chosen, metrics)
-            await container.hub.start()
+            try:
+                chosen = backends or await _real_backends(settings, stack)
+                container = _assemble(settings, chosen, metrics)
+                await container.hub.start()
+            except STARTUP_REFUSALS as exc:
+                log.error("startup_refused", extra=refusal_fields(exc))
+                app.state.startup_refused = True  # told: RoomSocketShortcut drops the traceback
+                raise
             stack.push_async_callback(container.hub.close)
             stack.push_async_callback(container.offer_service.close)  # runs before the hub's
             stack.push_async_callback(container.order_service.close)  # and before the stores'

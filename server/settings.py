@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The signing key of every dev run (the demo, tests) unless LIVESHOP_SECRET names one: public,
@@ -17,8 +17,18 @@ class UnsafeConfiguration(Exception):
     """Raised at start-up when prod runs on a default that is unsafe."""
 
 
+# What the clients take; anything else would fail only once the server starts, after a wait.
+_URL_SCHEMES = {
+    "redis_url": ("redis://", "rediss://", "unix://"),
+    "mongodb_url": ("mongodb://", "mongodb+srv://"),
+}
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LIVESHOP_", extra="ignore")
+    # A refusal never quotes what it refused: a URL may carry a password.
+    model_config = SettingsConfigDict(
+        env_prefix="LIVESHOP_", extra="ignore", hide_input_in_errors=True
+    )
 
     env: Literal["dev", "prod"] = "dev"
     host: str = "127.0.0.1"
@@ -55,6 +65,14 @@ class Settings(BaseSettings):
     @classmethod
     def _any_case(cls, level: object) -> object:
         return level.lower() if isinstance(level, str) else level
+
+    @field_validator("redis_url", "mongodb_url")
+    @classmethod
+    def _known_scheme(cls, url: str | None, info: ValidationInfo) -> str | None:
+        schemes = _URL_SCHEMES[info.field_name or ""]
+        if url and not url.lower().startswith(schemes):
+            raise ValueError(f"must begin with {' or '.join(schemes)}")
+        return url
 
     def signing_secret(self) -> str:
         return self.secret.get_secret_value() if self.secret else DEV_SECRET

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import jwt
 import pytest
+import redis.asyncio as aioredis
 import websockets
 
 from tests.e2e.api import SECRET, create_live_room, http, make_token, unique
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import Cluster, server_env
 from tests.e2e.processes import clean_env, free_port, run_cli
 from tests.e2e.wsclient import WsClient, connect_closed_code
+from tests.servers import RedisServer
 
 
 def test_token_command_prints_a_jwt_signed_with_the_secret(workdir: Path) -> None:
@@ -148,6 +150,68 @@ def test_an_unknown_log_level_is_refused_as_configuration(workdir: Path) -> None
     assert "log_level" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert not data_dir.exists(), "nothing may be started when refusing"
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [("LIVESHOP_REDIS_URL", "http://:hunter2@127.0.0.1/"), ("LIVESHOP_MONGODB_URL", "mongo://x")],
+)
+def test_a_url_no_client_takes_is_refused_as_configuration(
+    variable: str, url: str, workdir: Path
+) -> None:
+    data_dir = workdir / "data"
+    env = clean_env(LIVESHOP_DATA_DIR=str(data_dir), **{variable: url})
+    result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "configuration refused" in result.stderr
+    assert variable.removeprefix("LIVESHOP_").lower() in result.stderr
+    assert "hunter2" not in result.stderr, "URLs may hold passwords"
+    assert url not in result.stderr
+    assert not data_dir.exists(), "nothing may be started when refusing"
+
+
+def test_a_redis_that_cannot_be_reached_ends_the_start_up_in_one_line(
+    mongodb_url: str, workdir: Path
+) -> None:
+    """A backend away at start-up is the operator's to fix: which one and why, in one log line,
+    not a traceback of Liveshop's and redis-py's frames to read through."""
+    env = server_env(f"redis://127.0.0.1:{free_port()}", mongodb_url, unique("refused"))
+    result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=60)
+    assert result.returncode == 3, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    refusals = [
+        line
+        for line in map(json.loads, result.stderr.splitlines())
+        if line["event"] == "startup_refused"
+    ]
+    assert [(r["backend"], r["error"]) for r in refusals] == [("redis", "ConnectionError")]
+    assert "Connection refused" in refusals[0]["detail"]
+
+
+def test_a_redis_that_evicts_keys_ends_the_start_up_in_one_line(
+    redis_server: RedisServer, mongodb_url: str, workdir: Path
+) -> None:
+    asyncio.run(_set_eviction(redis_server.url, "allkeys-lru"))
+    env = server_env(redis_server.url, mongodb_url, unique("refused"))
+    result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=60)
+    assert result.returncode == 3, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    refusal = next(
+        line
+        for line in map(json.loads, result.stderr.splitlines())
+        if line["event"] == "startup_refused"
+    )
+    assert refusal["error"] == "RedisNotAllowed"
+    assert "maxmemory-policy noeviction" in refusal["detail"]
+
+
+async def _set_eviction(url: str, policy: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.config_set("maxmemory", "1gb")
+        await client.config_set("maxmemory-policy", policy)
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.parametrize("name", ["token", "%74oken", "t%6Fk%65n"])
