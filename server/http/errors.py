@@ -59,13 +59,25 @@ class ClientGone(LiveshopError):
     status = 400
 
 
+MAX_LISTED_ERRORS = 20
+
+
 class InvalidRequest(InvalidInput):
     """A request that failed its schema; `errors` names each offending field."""
 
-    def __init__(self, errors: list[dict[str, str]], code: str = InvalidInput.code) -> None:
-        # In words, the first fault, as a websocket frame's error says it; `errors` has them all.
+    def __init__(
+        self, errors: list[dict[str, str]], code: str = InvalidInput.code, *, count: int = 0
+    ) -> None:
+        # In words, the first fault, as a websocket frame's error says it; `errors` lists the
+        # first MAX_LISTED_ERRORS of `count` (64 KB of bad list items would be 30 times as much
+        # answer, and as much of the server's time, listed whole).
+        count = max(count, len(errors))
         first = errors[0] if errors else {"field": "", "message": "the request is invalid"}
-        more = f" (and {len(errors) - 1} more: see errors)" if len(errors) > 1 else ""
+        more = ""
+        if count > len(errors):
+            more = f" (and {count - 1} more: the first {len(errors)} are in errors)"
+        elif count > 1:
+            more = f" (and {count - 1} more: see errors)"
         super().__init__(f"{first['field'] or 'body'}: {first['message']}{more}", code=code)
         self.errors = errors
 
@@ -75,16 +87,14 @@ class InvalidRequest(InvalidInput):
     ) -> InvalidRequest:
         """The errors (only where, what and why: the rejected input is not echoed back), with
         the code of `field_codes` that they all fall under, if any (RequestModel)."""
+        found = exc.errors(include_url=False, include_input=False)
+        fields = [".".join(str(part) for part in error["loc"]) for error in found]
         errors = [
-            {
-                "field": ".".join(str(part) for part in error["loc"]),
-                "message": error["msg"],
-                "type": error["type"],
-            }
-            for error in exc.errors(include_url=False, include_input=False)
+            {"field": field, "message": error["msg"], "type": error["type"]}
+            for field, error in zip(fields[:MAX_LISTED_ERRORS], found, strict=False)
         ]
-        code = code_of_fields((error["field"] for error in errors), field_codes or {})
-        return cls(errors, code or InvalidInput.code)
+        code = code_of_fields(fields, field_codes or {})
+        return cls(errors, code or InvalidInput.code, count=len(found))
 
 
 # Starlette's JSONResponse calls json.dumps with its options, which builds a new encoder for
