@@ -96,6 +96,8 @@ ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CH
 UserId = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_USER_ID), _visible(multiline=False)
 ]
+# A client's own name for a frame it sent, that the room is shown (a chat line's client_id).
+ShownRef = Annotated[str, StringConstraints(min_length=1, max_length=64), _visible(multiline=False)]
 Description = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=MAX_DESCRIPTION_CHARS),

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.commerce import AddressIn, ClaimIn, IdempotencyKey
-from schemas.http import MAX_SLOW_MODE_SECONDS, SlowModeIn, UserId
+from schemas.http import MAX_SLOW_MODE_SECONDS, ShownRef, SlowModeIn, UserId
 from server.domain.offers import MAX_CLAIM_QUANTITY
 
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
@@ -26,7 +26,7 @@ class _Frame(BaseModel):
 class ChatSend(_Frame):
     type: Literal["chat.send"]
     text: str  # bounded by the frame's size; clean_text holds it to the chat's limit
-    client_id: Ref | None = None
+    client_id: ShownRef | None = None  # every viewer gets it: nothing hidden in it
 
 
 class Like(_Frame):

@@ -8,24 +8,36 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from server.domain.errors import InvalidInput, RateLimited
+from server.domain.text import FORMAT_KEPT, shows_something
 
 MAX_CHAT_CHARS = 500
 
 # Control and format characters (Cc, Cf) except ordinary spaces; bidi overrides are Cf and are
-# the classic way to make a message render as something it is not.
+# the classic way to make a message render as something it is not. The format characters that
+# writing needs (the joiners of emoji sequences, Persian and Indic words; direction marks; the
+# tags of subdivision flags) are kept, as in titles and names.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs"})
 _SPACES = re.compile(r"\s+")
+# Invisible, so left out when looking for blocked words: "sc\u200dam" is "scam".
+_INVISIBLE = dict.fromkeys(map(ord, FORMAT_KEPT))
 
 
 def clean_text(raw: str, max_chars: int = MAX_CHAT_CHARS) -> str:
-    """Trim, drop control characters, collapse whitespace; refuse empty or overlong text."""
-    kept = "".join(
-        " " if ch in "\t\n\r" else ch
-        for ch in raw
-        if ch in "\t\n\r" or unicodedata.category(ch) not in _CONTROL_CATEGORIES
-    )
+    """Trim, drop control characters, collapse whitespace; refuse text that shows nothing, or
+    overlong text."""
+    # Most lines hold nothing to drop (no control, format or separator character but spaces):
+    # one look instead of one per character.
+    kept = raw
+    if not raw.isprintable():
+        kept = "".join(
+            " " if ch in "\t\n\r" else ch
+            for ch in raw
+            if ch in "\t\n\r"
+            or ch in FORMAT_KEPT
+            or unicodedata.category(ch) not in _CONTROL_CATEGORIES
+        )
     text = _SPACES.sub(" ", kept).strip()
-    if not text:
+    if not text or not (text.isascii() or shows_something(text)):
         raise InvalidInput("message is empty", code="empty_message")
     if len(text) > max_chars:
         raise InvalidInput(
@@ -39,7 +51,7 @@ def _normalise(text: str) -> str:
     the spelling (`_drop_marks`), then NFKC and casefold."""
     if text.isascii():
         return text.casefold()  # NFKD and NFKC leave ASCII as it is, and it has no marks
-    decomposed = unicodedata.normalize("NFKD", text)
+    decomposed = unicodedata.normalize("NFKD", text.translate(_INVISIBLE))
     return unicodedata.normalize("NFKC", _drop_marks(decomposed)).casefold()
 
 

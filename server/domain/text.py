@@ -11,7 +11,7 @@ import unicodedata
 # needs them: the soft hyphen, the zero-width joiners (emoji sequences, Indic and Arabic
 # scripts), the direction marks (mixed right-to-left text) and the tag characters of
 # subdivision flags.
-_FORMAT_KEPT = frozenset("\u00ad\u200c\u200d\u200e\u200f\u061c") | frozenset(
+FORMAT_KEPT = frozenset("\u00ad\u200c\u200d\u200e\u200f\u061c") | frozenset(
     chr(code) for code in range(0xE0020, 0xE0080)
 )
 _LINE_BREAKS = frozenset("\t\n\r")
@@ -36,7 +36,7 @@ def hidden_character(text: str, *, multiline: bool = False) -> str | None:
 
 
 def _hidden(ch: str, refused: frozenset[str]) -> bool:
-    return ch not in _FORMAT_KEPT and unicodedata.category(ch) in refused
+    return ch not in FORMAT_KEPT and unicodedata.category(ch) in refused
 
 
 # An error's message may name what a client sent (an id in a path): no more of it than this.

@@ -52,6 +52,40 @@ def test_chat_is_cleaned_and_published_with_author() -> None:
     assert event["id"] == "m1"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # a family: one emoji sequence
+        "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",  # Scotland
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with its non-joiner
+        "\u0915\u094d\u200d\u0937",  # Devanagari, with a joiner
+    ],
+)
+def test_chat_keeps_the_joiners_that_writing_needs(text: str) -> None:
+    """As titles and names do: without them an emoji sequence falls apart into its people, a
+    flag loses its country, and Persian and Indic words are written otherwise."""
+    commands = send(session(SHOPPER), {"type": "chat.send", "text": f" {text} ", "client_id": "c"})
+    assert isinstance(commands[-1], Publish)
+    assert commands[-1].event["text"] == text
+
+
+@pytest.mark.parametrize("text", ["\u200d\u200c", "\u00ad", " \u3164 "])
+def test_chat_that_shows_nothing_is_empty(text: str) -> None:
+    assert error_code(send(session(SHOPPER), {"type": "chat.send", "text": text})) == (
+        "empty_message"
+    )
+
+
+@pytest.mark.parametrize("client_id", ["\u202eevil", "a\u0000\u001b[2J", "\u200b", "a\nb"])
+def test_a_client_id_the_room_would_be_shown_hidden_characters_in_is_refused(
+    client_id: str,
+) -> None:
+    frame = {"type": "chat.send", "text": "hello", "client_id": client_id}
+    commands = send(session(SHOPPER), frame)
+    assert error_code(commands) == "invalid_frame"
+    assert not any(isinstance(command, Publish) for command in commands)
+
+
 def test_error_echoes_the_client_reference() -> None:
     commands = send(session(SHOPPER), {"type": "chat.send", "text": " ", "client_id": "abc"})
     assert isinstance(commands[0], Reply)

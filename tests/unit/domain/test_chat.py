@@ -64,6 +64,11 @@ from server.domain.chat import find_blocked_word
         ("大骗局", "*骗*", True),
         ("ของปลอมเยอะ", "ปล*", True),
         ("骗子", "骗子*", True),
+        # Joiners, direction marks and soft hyphens are kept in chat, but looked through
+        ("a sc\u200dam", "scam", True),
+        ("sc\u00adam!", "scam", True),
+        ("\u200fscam\u200e", "scam", True),
+        ("a scam", "sc\u200cam", True),  # in a blocked word too
     ],
 )
 def test_blocked_words_are_found_as_words(text: str, blocked: str, found: bool) -> None:
