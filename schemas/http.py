@@ -68,6 +68,13 @@ def _visible(*, multiline: bool) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _not_only_stars(word: str) -> str:
+    # Stars are wildcards (server.domain.chat): a word of nothing else would block nothing.
+    if not word.strip("*"):
+        raise ValueError("is only stars, which stand for the letters of a longer word")
+    return word
+
+
 def _not_blank(text: str) -> str:
     if not shows_something(text):
         raise ValueError("shows nothing: it needs a letter, digit, punctuation mark or symbol")
@@ -89,6 +96,7 @@ BlockedWord = Annotated[
     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_BLOCKED_WORD_CHARS}),
     _visible(multiline=False),
     AfterValidator(_not_blank),
+    AfterValidator(_not_only_stars),
 ]
 ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 # A user as a token names them (server/auth.py holds its subject to the same rules): anything
