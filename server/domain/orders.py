@@ -332,5 +332,9 @@ def cancelled_by(order: Order, user_id: str) -> bool:
 
 
 def may_see(order: Order, who: Identity) -> bool:
-    """The buyer, the room's host and an admin; for anyone else the order does not exist."""
-    return who.role is Role.ADMIN or who.user_id in (order.buyer_id, order.host_id)
+    """The buyer, the room's host and an admin; for anyone else the order does not exist. The
+    host as a host, as for the room's own list (`ensure_can_manage`): the host's id in a
+    shopper's token sees only what it bought."""
+    if who.role is Role.ADMIN or who.user_id == order.buyer_id:
+        return True
+    return who.role is Role.HOST and who.user_id == order.host_id

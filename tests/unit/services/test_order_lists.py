@@ -75,6 +75,21 @@ async def test_another_host_is_refused_even_a_room_without_orders(shop: Shop) ->
         await shop.orders.list(OTHER_HOST, room_id=shop.room_id, limit=10)
 
 
+async def test_an_order_is_seen_by_its_buyer_the_rooms_host_and_an_admin(shop: Shop) -> None:
+    (order,) = await place(shop, buyer(1), [1])
+    for who in (buyer(1), HOST, ADMIN):
+        assert (await shop.orders.get(order.id, who)).id == order.id
+    # The room's host's id in a shopper's token is refused, as the room's list refuses it.
+    for who in (
+        buyer(2),
+        OTHER_HOST,
+        Identity("host-1", Role.SHOPPER),
+        Identity("m", Role.MODERATOR),
+    ):
+        with pytest.raises(NotFound):
+            await shop.orders.get(order.id, who)
+
+
 @pytest.mark.parametrize("who", [HOST, ADMIN, buyer(1)], ids=["host", "admin", "shopper"])
 async def test_an_unknown_room_is_not_found(shop: Shop, who: Identity) -> None:
     with pytest.raises(NotFound):
