@@ -39,7 +39,7 @@ from server.domain.errors import NotFound, Unavailable
 from server.domain.orders import countries
 from server.domain.postal_codes import postal_code_rule
 from server.http import commerce, ops, products, rooms
-from server.http.errors import exception_handlers
+from server.http.errors import exception_handlers, problem
 from server.metrics import Metrics
 from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockReservations
 from server.services.housekeeping import Housekeeper
@@ -93,6 +93,13 @@ class RoomSocketShortcut:
                 scope["app"] = self.app
                 scope["path_params"] = {"room_id": match["room_id"]}
                 await room_socket(WebSocket(scope, receive, send), direct_socket(send))
+                return
+            if "websocket.http.response" in scope.get("extensions", {}):
+                # Starlette refuses a socket of no route with a close, which the server answers
+                # 403 `forbidden`, as if the client lacked a right: not found, as over HTTP.
+                await problem(404, "not_found", "no websocket here: /ws/rooms/{room_id}")(
+                    scope, receive, send
+                )
                 return
         elif scope["type"] == "lifespan":
             send = self._refusal_told_once(send)

@@ -92,6 +92,17 @@ async def test_a_handshake_websockets_refuses_is_answered_as_a_problem(
     assert named in problem["detail"], problem
 
 
+@pytest.mark.parametrize(
+    "path", [b"/ws/rooms/a%2Fb", b"/ws/rooms/", b"/ws/rooms/a/b", b"/ws/other", b"/api/v1/rooms"]
+)
+async def test_a_handshake_for_no_socket_is_not_found(live: Live, path: bytes) -> None:
+    """Not 403 `forbidden`, which says the client lacks a right (Starlette's close)."""
+    head, _, body = (await _handshake(live, path)).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 "), head
+    assert b"content-type: application/problem+json" in head.lower()
+    assert json.loads(body)["code"] == "not_found"
+
+
 async def test_a_refused_handshake_is_answered_once_whatever_follows(
     live: Live, caplog: pytest.LogCaptureFixture
 ) -> None:
