@@ -373,7 +373,7 @@ class Hub:
         if kind == "user.banned":
             target = str(event.get("user_id"))
             for conn in list(room.connections):
-                if conn.identity.user_id == target:
+                if conn.identity.user_id == target and not conn.identity.staff:
                     conn.close_after_flush(CloseCode.BANNED, "banned from this room")
         elif kind == "room.ended":
             for conn in list(room.connections):

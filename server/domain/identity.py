@@ -27,6 +27,13 @@ class Identity:
     def anonymous_viewer(cls, connection_id: str) -> Identity:
         return cls(user_id=f"anon:{connection_id}", role=Role.SHOPPER, anonymous=True)
 
+    @property
+    def staff(self) -> bool:
+        """The platform's moderators and admins: no room's mute or ban applies to them. Only a
+        user's own token says their role, so a moderator may name an admin in a ban without
+        knowing it: the ban is kept, and holds nobody while they come as staff."""
+        return self.role in (Role.MODERATOR, Role.ADMIN)
+
     def public(self) -> dict[str, object]:
         return {
             "user_id": None if self.anonymous else self.user_id,

@@ -154,6 +154,31 @@ async def test_moderation_mute_delete_slow_mode_and_ban(live: Live) -> None:
     assert room["slow_mode_seconds"] == 30
 
 
+async def test_no_mute_or_ban_holds_the_platforms_staff(live: Live) -> None:
+    """A moderator could mute and ban an admin or another moderator, for the room's life: the
+    server knows a role only from its owner's token, so the mute or ban is kept, and holds
+    them only if they come back without their staff token."""
+    async with (
+        websockets.connect(live.url("mod-1", Role.MODERATOR)) as mod,
+        websockets.connect(live.url("admin-1", Role.ADMIN)) as admin,
+        websockets.connect(live.url("mod-2", Role.MODERATOR)) as other_mod,
+    ):
+        for ws in (mod, admin, other_mod):
+            await recv(ws)
+        await mod.send(json.dumps({"type": "user.mute", "user_id": "mod-2"}))
+        await recv_type(other_mod, "user.muted")
+        await other_mod.send(json.dumps({"type": "chat.send", "text": "still here"}))
+        assert (await recv_type(other_mod, "chat.message"))["text"] == "still here"
+        await mod.send(json.dumps({"type": "user.ban", "user_id": "admin-1"}))
+        await recv_type(admin, "user.banned")
+        await admin.send(json.dumps({"type": "chat.send", "text": "and me"}))
+        assert (await recv_type(admin, "chat.message"))["text"] == "and me"
+    async with websockets.connect(live.url("admin-1", Role.ADMIN)) as again:
+        assert (await recv(again))["type"] == "hello"
+    async with websockets.connect(live.url("admin-1")) as as_a_shopper:
+        assert await close_code(as_a_shopper) == 4003
+
+
 async def test_blocked_words_set_over_http_apply_at_once(live: Live) -> None:
     async with websockets.connect(live.url("leo")) as ws:
         await recv(ws)

@@ -11,7 +11,7 @@ import pytest
 
 from server.adapters.memory import MemoryRoomStore
 from server.domain.errors import Conflict, Forbidden, Unavailable
-from server.domain.identity import scoped_key
+from server.domain.identity import Identity, Role, scoped_key
 from server.domain.orders import Order
 from server.services.orders import OrderService
 from server.services.room_bans import RoomBans
@@ -175,5 +175,15 @@ async def test_a_banned_buyer_cannot_claim_and_takes_nothing(shop: Shop) -> None
     assert await shop.stock.remaining(offer.id) == 3
     _, created = await orders.claim(
         offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS
+    )
+    assert created
+
+
+@pytest.mark.parametrize("role", [Role.MODERATOR, Role.ADMIN])
+async def test_a_ban_does_not_hold_the_platforms_staff(shop: Shop, role: Role) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    await shop.rooms.ban(shop.room_id, "staff-1", by="mod-1", at=T0)
+    _, created = await banning(shop).claim(
+        offer.id, Identity("staff-1", role), quantity=1, idempotency_key="k", address=ADDRESS
     )
     assert created
