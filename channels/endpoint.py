@@ -23,6 +23,7 @@ from channels.protocol import (
     Claim,
     Close,
     Command,
+    Lift,
     Limits,
     Publish,
     Reply,
@@ -173,6 +174,9 @@ async def _carry_out(
                 await container.rooms.ban(
                     room.room_id, command.user_id, by=conn.identity.user_id, at=datetime.now(UTC)
                 )
+            elif isinstance(command, Lift):
+                lift = container.rooms.unban if command.what == "ban" else container.rooms.unmute
+                await lift(room.room_id, command.user_id)
             elif isinstance(command, StoreSlowMode):
                 await container.rooms.set_slow_mode(room.room_id, command.seconds)
             elif isinstance(command, Close):

@@ -27,6 +27,8 @@ from schemas.ws import (
     RoomSlowMode,
     UserBan,
     UserMute,
+    UserUnban,
+    UserUnmute,
     client_frame,
 )
 from server import strict_json
@@ -119,6 +121,14 @@ class StoreBan:
 
 
 @dataclass(frozen=True, slots=True)
+class Lift:
+    """A mute or ban of the user lifted (`what`: "mute" or "ban")."""
+
+    user_id: str
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoreSlowMode:
     seconds: int
 
@@ -146,7 +156,9 @@ class Close:
     reason: str
 
 
-Command = Reply | Publish | AddLikes | Claim | StoreMute | StoreBan | StoreSlowMode | Turn | Close
+Command = (
+    Reply | Publish | AddLikes | Claim | StoreMute | StoreBan | Lift | StoreSlowMode | Turn | Close
+)
 
 
 class Malformed(InvalidInput):
@@ -294,6 +306,12 @@ class RoomSession:
                 StoreBan(frame.user_id),
                 Publish({"type": "user.banned", "user_id": frame.user_id}),
             ]
+        if isinstance(frame, UserUnmute):
+            unmuted = {"type": "user.unmuted", "user_id": frame.user_id}
+            return [Lift(frame.user_id, "mute"), Publish(unmuted)]
+        if isinstance(frame, UserUnban):
+            unbanned = {"type": "user.unbanned", "user_id": frame.user_id}
+            return [Lift(frame.user_id, "ban"), Publish(unbanned)]
         if isinstance(frame, RoomSlowMode):
             return [
                 StoreSlowMode(frame.seconds),

@@ -220,6 +220,8 @@ class LocalRoom:
             self.peak_viewers = max(self.peak_viewers, self.viewers)
         elif kind == "user.muted":
             self.mutes[str(event["user_id"])] = datetime.fromisoformat(str(event["until"]))
+        elif kind == "user.unmuted":
+            self.mutes.pop(str(event["user_id"]), None)
         elif kind == "room.slow_mode":
             self.slow_mode_seconds = int(event.get("seconds", 0))
         elif kind == "offer.started":

@@ -62,13 +62,32 @@ class UserBan(_Frame):
     user_id: UserId
 
 
+class UserUnmute(_Frame):
+    type: Literal["user.unmute"]
+    user_id: UserId
+
+
+class UserUnban(_Frame):
+    type: Literal["user.unban"]
+    user_id: UserId
+
+
 class RoomSlowMode(_Frame):
     type: Literal["room.slow_mode"]
     seconds: Annotated[int, Field(ge=0, le=MAX_SLOW_MODE_SECONDS)]
 
 
 ClientFrame = Annotated[
-    ChatSend | Like | Ping | OfferClaim | ChatDelete | UserMute | UserBan | RoomSlowMode,
+    ChatSend
+    | Like
+    | Ping
+    | OfferClaim
+    | ChatDelete
+    | UserMute
+    | UserUnmute
+    | UserBan
+    | UserUnban
+    | RoomSlowMode,
     Field(discriminator="type"),
 ]
 

@@ -74,6 +74,8 @@ class RoomStore(Protocol):
 
     async def ban(self, room_id: str, user_id: str, *, by: str, at: datetime) -> None: ...
 
+    async def unban(self, room_id: str, user_id: str) -> None: ...
+
     async def is_banned(self, room_id: str, user_id: str) -> bool: ...
 
     async def banned_users(self, room_id: str) -> frozenset[str]:
@@ -85,6 +87,8 @@ class RoomStore(Protocol):
         drop the mutes over by `at`. Conflict `too_many_mutes` when MAX_MUTES others still run;
         NotFound for an unknown room."""
         ...
+
+    async def unmute(self, room_id: str, user_id: str) -> None: ...
 
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:
         """Users muted in the room and until when (expired entries may be included)."""

@@ -96,6 +96,9 @@ class MemoryRoomStore:
     async def ban(self, room_id: str, user_id: str, *, by: str, at: datetime) -> None:
         self._bans.add((room_id, user_id))
 
+    async def unban(self, room_id: str, user_id: str) -> None:
+        self._bans.discard((room_id, user_id))
+
     async def is_banned(self, room_id: str, user_id: str) -> bool:
         return (room_id, user_id) in self._bans
 
@@ -109,6 +112,10 @@ class MemoryRoomStore:
         if len(running) >= MAX_MUTES:
             raise too_many_mutes()
         self._mutes[room_id] = running | {user_id: until}
+
+    async def unmute(self, room_id: str, user_id: str) -> None:
+        await self._stored(room_id)
+        self._mutes.get(room_id, {}).pop(user_id, None)
 
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:
         return dict(self._mutes.get(room_id, {}))

@@ -229,6 +229,10 @@ class MongoRoomStore:
         except DuplicateKeyError:
             return  # a concurrent ban of the same user won the insert
 
+    @translate_errors
+    async def unban(self, room_id: str, user_id: str) -> None:
+        await self._bans.delete_one({"room_id": room_id, "user_id": user_id})
+
     async def is_banned(self, room_id: str, user_id: str) -> bool:
         # Every join asks. When a room's viewers all come back at once (its stream was reset,
         # a famous host went live), the joins asking together share one read (group_commit.py),
@@ -271,6 +275,15 @@ class MongoRoomStore:
         if result.matched_count == 0:
             await self._ensure_exists(room_id)
             raise too_many_mutes()
+
+    @translate_errors
+    async def unmute(self, room_id: str, user_id: str) -> None:
+        # A query's value is a literal: a user id starting with "$" is no field path here.
+        result = await self._rooms.update_one(
+            {"_id": room_id}, {"$pull": {"mutes": {"user_id": user_id}}}
+        )
+        if result.matched_count == 0:
+            raise NotFound(f"room {room_id} not found")
 
     @translate_errors
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:

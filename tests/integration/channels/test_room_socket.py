@@ -154,6 +154,31 @@ async def test_moderation_mute_delete_slow_mode_and_ban(live: Live) -> None:
     assert room["slow_mode_seconds"] == 30
 
 
+async def test_a_mute_and_a_ban_are_lifted(live: Live) -> None:
+    """A mistaken ban lasted for the room's life, and a mute for its whole duration."""
+    async with (
+        websockets.connect(live.url("host-1", Role.HOST)) as host,
+        websockets.connect(live.url("leo")) as leo,
+    ):
+        await recv(host)
+        await recv(leo)
+        mute = {"type": "user.mute", "user_id": "leo", "duration_seconds": 600}
+        await host.send(json.dumps(mute))
+        await recv_type(leo, "user.muted")
+        await host.send(json.dumps({"type": "user.unmute", "user_id": "leo"}))
+        assert (await recv_type(leo, "user.unmuted"))["user_id"] == "leo"
+        await leo.send(json.dumps({"type": "chat.send", "text": "thanks"}))
+        assert (await recv_type(host, "chat.message"))["text"] == "thanks"
+        await host.send(json.dumps({"type": "user.ban", "user_id": "leo"}))
+        assert await close_code(leo) == 4003
+        await host.send(json.dumps({"type": "user.unban", "user_id": "leo"}))
+        assert (await recv_type(host, "user.unbanned"))["user_id"] == "leo"
+    async with websockets.connect(live.url("leo")) as back:
+        assert (await recv(back))["type"] == "hello"
+        await back.send(json.dumps({"type": "chat.send", "text": "back"}))
+        assert (await recv_type(back, "chat.message"))["text"] == "back"
+
+
 async def test_no_mute_or_ban_holds_the_platforms_staff(live: Live) -> None:
     """A moderator could mute and ban an admin or another moderator, for the room's life: the
     server knows a role only from its owner's token, so the mute or ban is kept, and holds

@@ -17,6 +17,7 @@ from channels.protocol import (
     TOO_FAST,
     AddLikes,
     Close,
+    Lift,
     Publish,
     Reply,
     StoreBan,
@@ -255,6 +256,26 @@ def test_moderator_mutes_bans_and_sets_slow_mode() -> None:
     assert ban[1].event == {"type": "user.banned", "user_id": "shopper-1"}
     slow = send(s, {"type": "room.slow_mode", "seconds": 30})
     assert slow[0] == StoreSlowMode(30)
+
+
+def test_a_mute_or_a_ban_is_lifted_by_those_who_moderate() -> None:
+    for who in (MODERATOR, HOST):
+        unmute = send(session(who), {"type": "user.unmute", "user_id": "shopper-1", "ref": "r"})
+        assert unmute == [
+            Lift("shopper-1", "mute"),
+            Publish({"type": "user.unmuted", "user_id": "shopper-1"}),
+        ]
+        unban = send(session(who), {"type": "user.unban", "user_id": "shopper-1"})
+        assert unban == [
+            Lift("shopper-1", "ban"),
+            Publish({"type": "user.unbanned", "user_id": "shopper-1"}),
+        ]
+    for frame in ({"type": "user.unban", "user_id": "x"}, {"type": "user.unmute", "user_id": "x"}):
+        assert error_code(send(session(SHOPPER), frame)) == "forbidden"
+        assert error_code(send(session(Identity("host-2", Role.HOST)), frame)) == "forbidden"
+        assert error_code(send(session(MODERATOR), {**frame, "user_id": "x\n"})) == (
+            "invalid_frame"
+        )
 
 
 def test_the_host_cannot_be_banned() -> None:
