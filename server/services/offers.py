@@ -350,7 +350,7 @@ class OfferService:
         """Stop the stock and tell the room, then clear the note `record_end` left. Should
         either fail, or the process die first, the note stays and `finish_ends` does it again:
         stopping is idempotent, and the room's stream drops a second `offer.ended`."""
-        sold_out, announcing = ended.ended_sold_out, False
+        sold_out, announcing, taken = ended.ended_sold_out, False, None
         try:
             if sold_out:  # the room hears 1, then 0, then the end
                 await self._announcer.last_unit_told(ended.id)
@@ -358,7 +358,7 @@ class OfferService:
             if sold_out:
                 await self._announcer.tell_sold_out(ended)
             announcing = True
-            await self._announce_end(ended)
+            await self._announce_end(ended, taken)
             # From now on the offer books only what it had taken (units_booked).
             await self._offers.end_finished(ended.id, self._clock(), taken=taken)
         except BaseException as error:
@@ -371,7 +371,7 @@ class OfferService:
             # and would keep the host waiting as long again for the same 503.
             if not announcing and not isinstance(error, Unresponsive):
                 with contextlib.suppress(LiveshopError):
-                    await self._announce_end(ended)
+                    await self._announce_end(ended, taken)
             raise
 
     async def finish_ends(self) -> int:
@@ -408,15 +408,15 @@ class OfferService:
             finished += 1
         return finished
 
-    async def _announce_end(self, offer: FlashOffer) -> None:
+    async def _announce_end(self, offer: FlashOffer, taken: int | None) -> None:
+        """`offer.ended`, with what was left once the stock stopped (`taken`): a stop or an
+        expiry falls between two figures, and no figure may follow the end."""
         if offer.end_reason is None:
             raise RuntimeError(f"offer {offer.id} has not ended")
-        await self._events.publish_room_event(
-            offer.room_id,
-            {"type": "offer.ended", "offer_id": offer.id, "reason": offer.end_reason.value},
-            topic=offer.id,
-            last=True,
-        )
+        left = {} if taken is None else {"remaining": max(offer.quantity - taken, 0)}
+        reason = offer.end_reason.value
+        event = {"type": "offer.ended", "offer_id": offer.id, "reason": reason, **left}
+        await self._events.publish_room_event(offer.room_id, event, topic=offer.id, last=True)
 
     async def end_sold_out(self, offer_ids: Iterable[str]) -> int:
         """End the running offers among these whose stock is gone into orders. The claim that

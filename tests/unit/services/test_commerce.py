@@ -223,12 +223,28 @@ async def test_unpaid_orders_expire_once_and_return_their_stock(shop: Shop) -> N
     assert await shop.stock.remaining(offer.id) == 3
 
 
+async def test_a_stop_or_an_expiry_tells_the_room_what_was_left(shop: Shop) -> None:
+    """The room's last figure may be older than the end (figures are coalesced, and none may
+    follow the end): `offer.ended` says what was left once its stock stopped."""
+    stopped, expiring = await shop.launch(quantity=5), await shop.launch(quantity=4)
+    await shop.claim(stopped, buyer(1), "k1")
+    await shop.claim(expiring, buyer(1), "k2")
+    await shop.claim(expiring, buyer(2), "k3")
+    await shop.offers.stop(stopped.id, HOST)
+    shop.clock.advance(seconds=61)
+    assert await shop.offers.end_due() == 1
+    ended = {
+        e["offer_id"]: (e["reason"], e["remaining"]) for e in shop.events.of_type("offer.ended")
+    }
+    assert ended == {stopped.id: ("stopped", 4), expiring.id: ("expired", 2)}
+
+
 async def test_offers_end_by_time_exactly_once(shop: Shop) -> None:
     offer = await shop.launch()
     shop.clock.advance(seconds=61)
     assert sorted(await asyncio.gather(shop.offers.end_due(), shop.offers.end_due())) == [0, 1]
     assert shop.events.of_type("offer.ended") == [
-        {"type": "offer.ended", "offer_id": offer.id, "reason": "expired"}
+        {"type": "offer.ended", "offer_id": offer.id, "reason": "expired", "remaining": 3}
     ]
     # However late housekeeping ran, claims stopped at the end time: that is when it ended.
     assert (await shop.offers_store.get(offer.id)).ended_at == offer.ends_at

@@ -107,7 +107,7 @@ async def test_a_stop_that_failed_after_recording_the_end_is_finished_by_the_ret
         await orders.claim(offer.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
     assert refused.value.code == "offer_not_active"
     assert events.of_type("offer.ended") == [
-        {"type": "offer.ended", "offer_id": offer.id, "reason": "stopped"}
+        {"type": "offer.ended", "offer_id": offer.id, "reason": "stopped", "remaining": 5}
     ]
     await offers.stop(offer.id, HOST)  # once more: the room is not told twice
     assert len(events.of_type("offer.ended")) == 1
@@ -205,7 +205,7 @@ async def test_an_end_whose_process_died_before_telling_the_room_is_finished_by_
     shop.clock.advance(seconds=1)
     assert await offers.finish_ends() == 1
     assert shop.events.of_type("offer.ended") == [
-        {"type": "offer.ended", "offer_id": offer.id, "reason": "stopped"}
+        {"type": "offer.ended", "offer_id": offer.id, "reason": "stopped", "remaining": 5}
     ]
     with pytest.raises(Conflict) as refused:  # and claims stop
         await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)

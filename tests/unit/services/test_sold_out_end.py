@@ -25,7 +25,7 @@ def told(shop: Shop) -> list[tuple[str, int | None]]:
     ]
 
 
-ONE_ZERO_END = [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", None)]
+ONE_ZERO_END = [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", 0)]
 
 
 class Relay:
@@ -141,7 +141,7 @@ async def test_a_last_unit_whose_claim_failed_is_ended_once_its_retry_attached_i
     await keeper.run_once()
     await keeper.run_once()
     assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
-    assert told(shop) == [("offer.stock", 0), ("offer.ended", None)]
+    assert told(shop) == [("offer.stock", 0), ("offer.ended", 0)]
 
 
 class GivenBackFirst(Relay):
@@ -175,7 +175,7 @@ async def test_a_unit_given_back_before_the_end_keeps_the_offer_running(shop: Sh
     await settle()
     ended = await shop.offers_store.get(offer.id)
     assert (ended.end_reason, ended.taken_at_end) == (EndReason.SOLD_OUT, 2)
-    assert told(shop)[-2:] == [("offer.stock", 0), ("offer.ended", None)]
+    assert told(shop)[-2:] == [("offer.stock", 0), ("offer.ended", 0)]
 
 
 class CannotStopAtTheEnd(Relay):

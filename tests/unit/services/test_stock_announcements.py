@@ -36,7 +36,9 @@ async def test_selling_out_ends_the_offer_once_and_announces_zero(shop: Shop) ->
     await settle()
     assert shop.events.of_type("offer.stock")[-1]["remaining"] == 0
     ended = shop.events.of_type("offer.ended")
-    assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
+    assert ended == [
+        {"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out", "remaining": 0}
+    ]
 
 
 async def test_processes_claiming_together_keep_one_stock_cadence_for_the_room(
@@ -140,7 +142,7 @@ async def test_a_figure_known_before_the_end_and_sent_after_it_is_dropped(shop: 
     kinds = [
         (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
     ]
-    assert kinds[-3:] == [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", None)]
+    assert kinds[-3:] == [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", 0)]
     assert kinds.count(("offer.stock", 1)) == 1  # the slow process's own came too late
 
 
@@ -154,7 +156,7 @@ async def test_the_last_unit_is_told_even_when_the_next_claim_sells_it_at_once(
     kinds = [
         (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
     ]
-    assert kinds[-3:] == [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", None)]
+    assert kinds[-3:] == [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", 0)]
     assert len(kinds) == len(set(kinds))  # each figure once
 
 
@@ -174,7 +176,7 @@ async def test_the_last_unit_is_told_by_the_process_that_sold_it_when_another_le
     kinds = [
         (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
     ]
-    assert kinds == [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", None)]
+    assert kinds == [("offer.stock", 1), ("offer.stock", 0), ("offer.ended", 0)]
 
 
 async def test_a_figure_of_zero_read_later_leaves_the_end_to_the_claim_that_sold_the_last_unit(
@@ -208,7 +210,7 @@ async def test_a_figure_of_zero_read_later_leaves_the_end_to_the_claim_that_sold
         ("offer.stock", 3),
         ("offer.stock", 1),
         ("offer.stock", 0),
-        ("offer.ended", None),
+        ("offer.ended", 0),
     ]
 
 
@@ -219,7 +221,7 @@ async def test_an_offer_of_one_unit_goes_straight_to_sold_out(shop: Shop) -> Non
     kinds = [
         (e["type"], e.get("remaining")) for e in shop.events.of_type("offer.stock", "offer.ended")
     ]
-    assert kinds == [("offer.stock", 0), ("offer.ended", None)]
+    assert kinds == [("offer.stock", 0), ("offer.ended", 0)]
 
 
 async def test_a_change_made_while_its_figure_is_on_the_way_is_announced_too(shop: Shop) -> None:
@@ -262,7 +264,9 @@ async def test_the_end_is_told_even_when_its_stock_figure_cannot_be(shop: Shop) 
     await shop.claim(offer, buyer(1), "k")
     await asyncio.sleep(0.05)
     ended = shop.events.of_type("offer.ended")
-    assert ended == [{"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out"}]
+    assert ended == [
+        {"type": "offer.ended", "offer_id": offer.id, "reason": "sold_out", "remaining": 0}
+    ]
 
 
 async def test_a_change_as_an_announcement_returns_is_announced_too(shop: Shop) -> None:
