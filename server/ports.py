@@ -427,9 +427,9 @@ class StockReservations(Protocol):
     async def pending_without_order(
         self, offer_id: str, older_than: datetime
     ) -> builtins.list[PendingReservation]:
-        """Live reservations created before `older_than` that no order was attached to, oldest
-        first, at most `PENDING_BATCH`: their claimer may have died between reserving and
-        writing the order."""
+        """Live reservations last claimed (made, or sent again) before `older_than` that no order
+        was attached to, oldest first, at most `PENDING_BATCH`: their claimer may have died
+        between reserving and writing the order."""
         ...
 
     async def stop(self, offer_id: str, *, sold_out: bool = False) -> int | None:

@@ -38,6 +38,7 @@ class _Reservation:
     buyer_id: str
     quantity: int
     created_ms: int
+    tried_ms: int  # its last try: the reaper waits ORPHAN_AFTER from it
     order_id: str | None = None
     released: bool = False
 
@@ -120,6 +121,8 @@ class MemoryStockReservations:
         if known is not None:
             if known.buyer_id != buyer_id:
                 return ClaimResult(ClaimOutcome.KEY_REUSED, offer.stock)
+            if known.order_id is None and not known.released:
+                known.tried_ms = epoch_ms(now)
             return ClaimResult(
                 ClaimOutcome.DUPLICATE,
                 offer.stock,
@@ -146,7 +149,8 @@ class MemoryStockReservations:
         offer.version += 1
         offer.held[buyer_id] = offer.held.get(buyer_id, 0) + quantity
         reservation_id = self._new_reservation_id()
-        offer.claims[idempotency_key] = _Reservation(reservation_id, buyer_id, quantity, now_ms)
+        reservation = _Reservation(reservation_id, buyer_id, quantity, now_ms, now_ms)
+        offer.claims[idempotency_key] = reservation
         return ClaimResult(
             ClaimOutcome.RESERVED,
             offer.stock,
@@ -217,15 +221,17 @@ class MemoryStockReservations:
         if offer is None:
             return []
         cutoff = epoch_ms(older_than)
-        found = [
+        unattached = sorted(
+            (r.tried_ms, key, r)
+            for key, r in offer.claims.items()
+            if r.order_id is None and not r.released and r.tried_ms < cutoff
+        )
+        return [
             PendingReservation(
                 key, r.reservation_id, r.buyer_id, r.quantity, from_epoch_ms(r.created_ms)
             )
-            for key, r in offer.claims.items()
-            if r.order_id is None and not r.released and r.created_ms < cutoff
+            for _, key, r in unattached[:PENDING_BATCH]
         ]
-        found.sort(key=lambda p: p.created_at)
-        return found[:PENDING_BATCH]
 
     async def stop(self, offer_id: str, *, sold_out: bool = False) -> int | None:
         offer = self._offers.get(offer_id)
@@ -291,6 +297,7 @@ class MemoryStockReservations:
                 c.buyer_id,
                 c.quantity,
                 created_ms=0,  # has an order, so the reaper never looks at it
+                tried_ms=0,
                 order_id=c.order_id,
                 released=not c.held,
             )

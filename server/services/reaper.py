@@ -2,11 +2,12 @@
 
 A claim reserves units in Redis, writes its order to MongoDB, then attaches the order to the
 reservation. A claimer that dies between the first step and the last leaves a reservation no
-order is attached to: after `ORPHAN_AFTER` the reaper attaches the order written under its key,
-if there is one (the claimer died after the write), and else gives the units back to be sold
-again, having first noted the key for an order that may still land (late_orders.py). An offer
-whose end was finished `LATE_ORDERS` ago is settled: every such reservation, however new, is
-dealt with so, and the offer then books only what its orders claim of its product's stock.
+order is attached to: `ORPHAN_AFTER` after its last try the reaper attaches the order written
+under its key, if there is one (the claimer died after the write), and else gives the units
+back to be sold again, having first noted the key for an order that may still land
+(late_orders.py). An offer whose end was finished `LATE_ORDERS` ago is settled: every such
+reservation, however new, is dealt with so, and the offer then books only what its orders claim
+of its product's stock.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from server.services.offers import OfferService
 
 log = logging.getLogger("liveshop.orders")
 
-# A reservation this old with no order attached belongs to a claimer that died mid-claim.
+# A reservation with no order attached, and not sent again for this long (a retry shows its
+# claimer lives, perhaps waiting out a MongoDB outage), belongs to a claimer that died mid-claim.
 ORPHAN_AFTER = timedelta(seconds=30)
 SETTLE_BATCH = 100  # offers settled per housekeeping round
 

@@ -304,6 +304,31 @@ async def test_the_reaper_finds_and_frees_reservations_without_an_order(
     assert await stock.pending_without_order("missing", END) == []
 
 
+async def test_a_claim_sent_again_before_its_order_starts_the_reapers_wait_again(
+    backend: Backend,
+) -> None:
+    """Its order unwritten (MongoDB away), the buyer keeps sending the claim: they are alive,
+    and their units were given back 30 s after the first try, under their retries."""
+    stock = backend.stock
+    await open_offer(stock, quantity=10, limit=5)
+    await stock.claim("of1", "b1", 1, "retried", NOW)
+    await stock.claim("of1", "b2", 1, "left", NOW + timedelta(seconds=1))
+    await stock.claim("of1", "b3", 1, "attached", NOW + timedelta(seconds=2))
+    await stock.attach_order("of1", "attached", "ord3")
+    for seconds in (10, 25):
+        retry = await stock.claim("of1", "b1", 1, "retried", NOW + timedelta(seconds=seconds))
+        assert retry.outcome is ClaimOutcome.DUPLICATE
+    await stock.claim("of1", "b3", 1, "attached", NOW + timedelta(seconds=26))
+    # The reaper asks for what was last tried 30 s before it looks: at 32 s, then at 56 s.
+    due = await stock.pending_without_order("of1", NOW + timedelta(seconds=2))
+    assert [p.idempotency_key for p in due] == ["left"]
+    due = await stock.pending_without_order("of1", NOW + timedelta(seconds=26))
+    assert [(p.idempotency_key, p.created_at) for p in due] == [
+        ("left", NOW + timedelta(seconds=1)),
+        ("retried", NOW),  # made then; waited for from its last try
+    ]
+
+
 async def test_opening_twice_keeps_the_stock(backend: Backend) -> None:
     stock = backend.stock
     await open_offer(stock, quantity=3)

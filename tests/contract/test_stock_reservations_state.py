@@ -67,7 +67,7 @@ class Held:
     buyer: str
     quantity: int
     reservation_id: str
-    created: datetime
+    tried: datetime  # its last try: the reaper waits from it
     order_id: str | None = None
     released: bool = False
 
@@ -176,6 +176,8 @@ class ReservationMachine(RuleBasedStateMachine):
                 known.order_id,
             )
             assert (result.quantity, result.released) == (known.quantity, known.released)
+            if known.order_id is None and not known.released:
+                known.tried = self.model.now  # a claimer sending it again is alive
         assert result.remaining == self.model.remaining
 
     @rule(phase=st.sampled_from(sorted(CLOCK)))
@@ -232,7 +234,7 @@ class ReservationMachine(RuleBasedStateMachine):
             expected = {
                 k
                 for k, c in self.model.claims.items()
-                if c.order_id is None and not c.released and c.created < cutoff
+                if c.order_id is None and not c.released and c.tried < cutoff
             }
         assert {p.idempotency_key for p in found} == expected
 
