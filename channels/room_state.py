@@ -47,6 +47,7 @@ class LocalRoom:
     blocked_words: list[str] = field(default_factory=list)
     pinned_product: dict[str, Any] | None = None
     mutes: dict[str, datetime] = field(default_factory=dict)
+    mute_changes: int = 0  # mutes and unmutes heard: a read of the stores may be older
     offers: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Every local viewer; `batched` are those that take room events in batch frames.
     connections: set[Connection] = field(default_factory=set)
@@ -164,7 +165,9 @@ class LocalRoom:
         self.pending = waiting
         return following
 
-    def load(self, view: RoomView) -> None:
+    def load(self, view: RoomView, mute_changes_before: int) -> None:
+        """The room as read from the stores; `mute_changes_before` as it was when the read
+        began (see `take_mutes`)."""
         room = view.room
         self.host_id = room.host_id
         self.title = room.title
@@ -172,12 +175,20 @@ class LocalRoom:
         self.slow_mode_seconds = room.slow_mode_seconds
         self.blocked_words = list(room.blocked_words)
         self.pinned_product = view.pinned_product
-        self.mutes.update(view.mutes)
+        self.take_mutes(view.mutes, mute_changes_before)
         self.offers = {str(offer["id"]): dict(offer) for offer in view.offers}
         self.kept = (room.kept_likes, room.kept_peak_viewers)
         # Until the first counter tick: the likes kept at most 10 s ago, not 0 (the stream's
         # `likes` frames only ever raise it).
         self.likes = max(self.likes, room.kept_likes)
+
+    def take_mutes(self, mutes: Mapping[str, datetime], changes_before: int) -> None:
+        """The stores' mutes in place of the room's, which would keep a mute lifted meanwhile
+        (`user.unmute`); unless a mute or an unmute was heard while they were read: the
+        room's are newer then, and the stream brings the rest."""
+        if self.mute_changes == changes_before:
+            self.mutes.clear()
+            self.mutes.update(mutes)
 
     # RoomRules, read by the protocol
     def muted_until(self, user_id: str, now: datetime) -> datetime | None:
@@ -220,8 +231,10 @@ class LocalRoom:
             self.peak_viewers = max(self.peak_viewers, self.viewers)
         elif kind == "user.muted":
             self.mutes[str(event["user_id"])] = datetime.fromisoformat(str(event["until"]))
+            self.mute_changes += 1
         elif kind == "user.unmuted":
             self.mutes.pop(str(event["user_id"]), None)
+            self.mute_changes += 1
         elif kind == "room.slow_mode":
             self.slow_mode_seconds = int(event.get("seconds", 0))
         elif kind == "offer.started":

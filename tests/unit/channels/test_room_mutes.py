@@ -1,0 +1,69 @@
+"""A room's mutes on one process, as the stores hold them and the stream tells them: a mute
+lifted (`user.unmute`) stays lifted when the process reads the room again."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from channels.broker_memory import MemoryBroker, MemoryBus
+from channels.hub import Hub, HubLimits
+from channels.room_state import LocalRoom, RoomView
+from server.metrics import Metrics
+from tests.unit.channels.hub_fakes import ROOM, Socket, viewer
+
+BEFORE = datetime(2029, 1, 1, tzinfo=UTC)
+UNTIL = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_a_read_of_the_stores_drops_a_mute_they_no_longer_hold() -> None:
+    """The stream lost (a new epoch) with its `user.unmuted`: the room is read again."""
+    room = LocalRoom("r1")
+    room.load(RoomView(ROOM, mutes={"user-1": UNTIL}), room.mute_changes)
+    room.load(RoomView(ROOM, mutes={}), room.mute_changes)
+    assert room.muted_until("user-1", BEFORE) is None
+
+
+def test_a_read_older_than_a_mute_or_unmute_heard_meanwhile_does_not_undo_it() -> None:
+    room = LocalRoom("r1")
+    room.load(RoomView(ROOM, mutes={"user-1": UNTIL}), room.mute_changes)
+    before = room.mute_changes
+    room.apply({"type": "user.unmuted", "user_id": "user-1"})
+    room.apply({"type": "user.muted", "user_id": "user-2", "until": UNTIL.isoformat()})
+    room.load(RoomView(ROOM, mutes={"user-1": UNTIL}), before)  # read before both
+    assert room.muted_until("user-1", BEFORE) is None
+    assert room.muted_until("user-2", BEFORE) == UNTIL
+
+
+async def test_an_unmute_heard_while_the_settings_are_read_again_stays() -> None:
+    """Blocked words or slow mode set over HTTP make every process read the room again; an
+    unmute stored and told while that read was on its way came back with it."""
+    held = {"user-1": UNTIL}  # what the stores hold
+    reading, release = asyncio.Event(), asyncio.Event()
+    reads = 0
+
+    async def load_room(room_id: str) -> RoomView:
+        nonlocal reads
+        reads += 1
+        view = RoomView(ROOM, mutes=dict(held))
+        if reads > 1:  # the settings' read: it read the mute, then waits
+            reading.set()
+            await release.wait()
+        return view
+
+    hub = Hub(MemoryBroker(MemoryBus()), load_room, Metrics(), HubLimits(counter_interval=0.05))
+    await hub.start()
+    try:
+        sock = Socket()
+        _, room = await hub.join("r1", viewer(1), sock)
+        assert room.muted_until("user-1", BEFORE) == UNTIL
+        await hub.broker.publish_control("r1", {"type": "_settings_changed"})
+        await asyncio.wait_for(reading.wait(), 2)
+        held.clear()  # the moderator's user.unmute: stored, then told
+        await hub.publish_room_event("r1", {"type": "user.unmuted", "user_id": "user-1"})
+        await sock.until_got("user.unmuted")
+        release.set()
+        await asyncio.sleep(0.05)
+        assert room.muted_until("user-1", BEFORE) is None
+    finally:
+        await hub.close()
