@@ -48,7 +48,7 @@ from server.services.orders import OrderService
 from server.services.room_bans import RoomBans
 from server.services.rooms import RoomService
 from server.settings import Settings
-from server.startup import STARTUP_REFUSALS, refusal_fields
+from server.startup import refusal_fields, refusal_of
 
 log = logging.getLogger("liveshop.app")
 
@@ -110,7 +110,7 @@ class RoomSocketShortcut:
         logged as one line (`startup_refused`), and the traceback would bury it."""
 
         async def send_without_traceback(message: Message) -> None:
-            refused = getattr(self.state, "startup_refused", False)
+            refused = getattr(self.state, "startup_refused", None) is not None
             if message["type"] == "lifespan.startup.failed" and refused:
                 message = {"type": message["type"], "message": ""}
             await send(message)
@@ -142,9 +142,12 @@ def create_app(
                 chosen = backends or await _real_backends(settings, stack)
                 container = _assemble(settings, chosen, metrics)
                 await container.hub.start()
-            except STARTUP_REFUSALS as exc:
-                log.error("startup_refused", extra=refusal_fields(exc))
-                app.state.startup_refused = True  # told: RoomSocketShortcut drops the traceback
+            except Exception as exc:
+                refusal = refusal_of(exc)
+                if refusal is not None:
+                    log.error("startup_refused", extra=refusal_fields(exc))
+                    # Told: RoomSocketShortcut drops the traceback, the command picks the exit.
+                    app.state.startup_refused = refusal
                 raise
             stack.push_async_callback(container.hub.close)
             stack.push_async_callback(container.offer_service.close)  # runs before the hub's

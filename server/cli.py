@@ -51,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(settings, on_ready=announce_demo)
     else:
         app = create_app(settings)
-    run(app, settings)
+    try:
+        run(app, settings)
+    except SystemExit:  # uvicorn's 3 for a failed start-up
+        # A URL the client could not use is a refused setting, as those checked above are.
+        if getattr(app.state, "startup_refused", None) == "configuration":
+            return 2
+        raise
     return 0
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.connection import parse_url
 
 # The signing key of every dev run (the demo, tests) unless LIVESHOP_SECRET names one: public,
 # so refused when LIVESHOP_ENV=prod.
@@ -72,6 +73,9 @@ class Settings(BaseSettings):
         schemes = _URL_SCHEMES[info.field_name or ""]
         if url and not url.lower().startswith(schemes):
             raise ValueError(f"must begin with {' or '.join(schemes)}")
+        if url and info.field_name == "redis_url":
+            # Its ValueError names the part, never the password. (redis-py leaves it untyped.)
+            parse_url(url)  # type: ignore[no-untyped-call]
         return url
 
     def signing_secret(self) -> str:

@@ -1,31 +1,56 @@
-"""Start-ups that cannot go on because a backend is away, or refuses what Liveshop needs.
+"""Start-ups that cannot go on because a backend is away, refuses what Liveshop needs, or was
+named wrongly.
 
 They end with one line saying which backend and why (`startup_refused`), not a traceback: the
 operator's next step is to fix the backend or the configuration, not to read Liveshop's code.
+Any other error at start-up is a fault of Liveshop's own, and keeps its traceback.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pymongo.errors import PyMongoError
-from redis.exceptions import RedisError
+from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.adapters.mongo.embedded import EmbeddedMongoError
 from server.adapters.redis_access import RedisNotAllowed
 
-_MONGODB = (PyMongoError, EmbeddedMongoError)
-_REDIS = (RedisError, RedisNotAllowed)
-STARTUP_REFUSALS = (*_MONGODB, *_REDIS)
-
+# MongoDB's codes for a user it does not know, or one short of a right.
+_MONGODB_REFUSALS = {13, 18}
 # PyMongo's selection errors append the whole topology; the first part says what failed.
 _DETAIL_CHARS = 300
 
+Refusal = Literal["configuration", "backend"]
+
+
+def refusal_of(exc: BaseException) -> Refusal | None:
+    """"configuration" for a backend's URL its client cannot use (exit 2, as any refused
+    setting), "backend" for one away or refusing Liveshop (exit 3: a supervisor's restart may
+    find it back), None for anything else."""
+    if isinstance(exc, ConfigurationError):  # an InvalidURI too
+        return "configuration"
+    if isinstance(exc, EmbeddedMongoError | RedisNotAllowed | ConnectionFailure):
+        return "backend"  # a Redis or MongoDB user refused is one of these too:
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | NoPermissionError):
+        return "backend"  # redis-py's AuthenticationError is a ConnectionError
+    if isinstance(exc, PyMongoError) and exc.timeout:
+        return "backend"
+    if isinstance(exc, OperationFailure) and exc.code in _MONGODB_REFUSALS:
+        return "backend"
+    return None
+
 
 def refusal_fields(exc: BaseException) -> dict[str, Any]:
-    """The log fields of a refusal: neither error quotes a URL's password."""
-    backend = "mongodb" if isinstance(exc, _MONGODB) else "redis"
+    """The log fields of a refusal: none of these errors quotes a URL's password."""
+    mongodb = isinstance(exc, PyMongoError | EmbeddedMongoError)
     detail = " ".join(str(exc).split())
     if len(detail) > _DETAIL_CHARS:
         detail = detail[:_DETAIL_CHARS] + "..."
-    return {"backend": backend, "error": type(exc).__name__, "detail": detail}
+    return {
+        "backend": "mongodb" if mongodb else "redis",
+        "error": type(exc).__name__,
+        "detail": detail,
+    }
