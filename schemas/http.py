@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from server.domain.chat import blocked_word_key
 from server.domain.errors import InvalidInput
 from server.domain.identity import MAX_USER_ID
 from server.domain.money import Money
@@ -68,9 +69,10 @@ def _visible(*, multiline: bool) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _not_only_stars(word: str) -> str:
-    # Stars are wildcards (server.domain.chat): a word of nothing else would block nothing.
-    if not word.strip("*"):
+def _blocks_something(word: str) -> str:
+    # Stars are wildcards, and joiners are looked through (server.domain.chat): a word of
+    # nothing else would block nothing.
+    if blocked_word_key(word) is None:
         raise ValueError("is only stars, which stand for the letters of a longer word")
     return word
 
@@ -96,7 +98,7 @@ BlockedWord = Annotated[
     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_BLOCKED_WORD_CHARS}),
     _visible(multiline=False),
     AfterValidator(_not_blank),
-    AfterValidator(_not_only_stars),
+    AfterValidator(_blocks_something),
 ]
 ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 # A user as a token names them (server/auth.py holds its subject to the same rules): anything

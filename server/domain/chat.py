@@ -143,6 +143,12 @@ def find_blocked_word(text: str, blocked_words: list[str]) -> str | None:
 MIN_WILDCARD_STEM = 3
 
 
+def blocked_word_key(word: str) -> tuple[str, bool, bool] | None:
+    """What a blocked word looks for, None when nothing: two words of one key block the same
+    lines (rooms keep one), and a word of none would block nothing (refused)."""
+    return _pattern(word)
+
+
 @functools.lru_cache(maxsize=4096)
 def _pattern(word: str) -> tuple[str, bool, bool] | None:
     """What a blocked word looks for: its normalised text, and whether it may go on into a

@@ -18,6 +18,7 @@ from schemas.http import (
     MAX_SLOW_MODE_SECONDS,
     product_summary,
 )
+from server.domain.chat import blocked_word_key
 from server.domain.errors import Conflict, Forbidden, InvalidInput, LiveshopError, NotFound
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
@@ -243,12 +244,13 @@ def ensure_seller(who: Identity, action: str) -> None:
 def _clean_words(words: list[str]) -> list[str]:
     """Trimmed, without blanks or repeats, in the order given; refuses lists over the limits.
 
-    Repeats are found case-insensitively because the chat filter matches that way.
+    Repeats are words that block the same lines, as the chat filter matches (whatever their
+    case, width, accents or joiners): the first one given is kept.
     """
-    unique: dict[str, str] = {}
-    for word in words:
-        if word.strip():
-            unique.setdefault(word.strip().casefold(), word.strip())
+    unique: dict[object, str] = {}
+    for word in map(str.strip, words):
+        if word:
+            unique.setdefault(blocked_word_key(word) or word.casefold(), word)
     cleaned = list(unique.values())
     if len(cleaned) > MAX_BLOCKED_WORDS:
         raise InvalidInput(

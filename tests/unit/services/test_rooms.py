@@ -283,6 +283,11 @@ async def test_blocked_words_are_cleaned_stored_and_reloaded_privately(
     assert events.controls == [(room.id, {"type": "settings_changed"})]
     assert events.events == []  # viewers never learn the list
 
+    # Words that block the same lines are one: case, width, accents and joiners aside.
+    same = ["scam", "SCAM", "\uff53cam", "sc\u00e5m", "sc\u200dam", "scam*", "*scam"]
+    updated = await service.set_blocked_words(room.id, same, HOST)
+    assert updated.blocked_words == ["scam", "scam*", "*scam"]
+
     with pytest.raises(Forbidden):
         await service.set_blocked_words(room.id, [], SHOPPER)
     with pytest.raises(InvalidInput):
