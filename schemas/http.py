@@ -106,8 +106,22 @@ ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CH
 UserId = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_USER_ID), _visible(multiline=False)
 ]
+
+
+def _printable(text: str) -> str:
+    # No format character at all, not even those writing needs (joiners, marks, tags).
+    if not text.isprintable():
+        raise ValueError("holds a character that is not printable (a control or hidden one)")
+    return text
+
+
 # A client's own name for a frame it sent, that the room is shown (a chat line's client_id).
-ShownRef = Annotated[str, StringConstraints(min_length=1, max_length=64), _visible(multiline=False)]
+ShownRef = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    AfterValidator(_printable),
+    AfterValidator(_not_blank),
+]
 Description = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=MAX_DESCRIPTION_CHARS),

@@ -77,7 +77,10 @@ def test_chat_that_shows_nothing_is_empty(text: str) -> None:
     )
 
 
-@pytest.mark.parametrize("client_id", ["\u202eevil", "a\u0000\u001b[2J", "\u200b", "a\nb"])
+@pytest.mark.parametrize(
+    "client_id",
+    ["\u202eevil", "a\u0000\u001b[2J", "\u200b", "a\nb", "\u200f", "a\U000e0041", " ", "\u3164"],
+)
 def test_a_client_id_the_room_would_be_shown_hidden_characters_in_is_refused(
     client_id: str,
 ) -> None:
