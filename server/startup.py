@@ -27,7 +27,7 @@ Refusal = Literal["configuration", "backend"]
 
 
 def refusal_of(exc: BaseException) -> Refusal | None:
-    """"configuration" for a backend's URL its client cannot use (exit 2, as any refused
+    """ "configuration" for a backend's URL its client cannot use (exit 2, as any refused
     setting), "backend" for one away or refusing Liveshop (exit 3: a supervisor's restart may
     find it back), None for anything else."""
     if isinstance(exc, ConfigurationError):  # an InvalidURI too
