@@ -8,7 +8,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from server.domain.errors import InvalidInput, RateLimited
-from server.domain.text import FORMAT_KEPT, shows_something
+from server.domain.text import FORMAT_KEPT, shows_something, tags_in_flags_only
 
 MAX_CHAT_CHARS = 500
 
@@ -36,8 +36,7 @@ def clean_text(raw: str, max_chars: int = MAX_CHAT_CHARS) -> str:
             or ch in FORMAT_KEPT
             or unicodedata.category(ch) not in _CONTROL_CATEGORIES
         )
-        if kept and max(kept) >= _FIRST_TAG:
-            kept = _tags_in_flags_only(kept)
+        kept = tags_in_flags_only(kept)
     text = _SPACES.sub(" ", kept).strip()
     if not text or not (text.isascii() or shows_something(text)):
         raise InvalidInput("message is empty", code="empty_message")
@@ -46,23 +45,6 @@ def clean_text(raw: str, max_chars: int = MAX_CHAT_CHARS) -> str:
             f"message is longer than {max_chars} characters", code="message_too_long"
         )
     return text
-
-
-# Tag characters spell a subdivision flag after the black flag (England, Scotland, Wales: a
-# few tag letters or digits, then the cancel tag). Anywhere else they carry text nobody sees
-# and machines read (bots, summaries): dropped.
-_FIRST_TAG = "\U000e0020"
-_FLAG_SEQUENCE = re.compile("\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{1,7}\U000e007f")
-_TAG = re.compile("[\U000e0020-\U000e007f]")
-
-
-def _tags_in_flags_only(text: str) -> str:
-    kept, start = [], 0
-    for flag in _FLAG_SEQUENCE.finditer(text):
-        kept += [_TAG.sub("", text[start : flag.start()]), flag.group()]
-        start = flag.end()
-    kept.append(_TAG.sub("", text[start:]))
-    return "".join(kept)
 
 
 def _normalise(text: str) -> str:

@@ -3,6 +3,7 @@ it says are refused on the way in."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Format characters (Cf) are invisible. Bidi embeddings, overrides and isolates make text render
@@ -21,9 +22,17 @@ _REFUSED_ALWAYS = frozenset({"Cc", "Cf", "Cs"})
 _REFUSED_IN_ONE_LINE = _REFUSED_ALWAYS | {"Zl", "Zp"}
 
 
+# Tag characters spell a subdivision flag after the black flag (England, Scotland, Wales: a
+# few tag letters or digits, then the cancel tag). Anywhere else they carry text nobody sees
+# and machines read (bots, summaries).
+_FIRST_TAG = "\U000e0020"
+_FLAG_SEQUENCE = re.compile("\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{1,7}\U000e007f")
+_TAG = re.compile("[\U000e0020-\U000e007f]")
+
+
 def hidden_character(text: str, *, multiline: bool = False) -> str | None:
-    """The first control, invisible format character (but those kept) or lone surrogate in
-    `text`, if any. Tabs and line breaks are allowed where `multiline`."""
+    """The first control, invisible format character (but those kept, tags only in a flag) or
+    lone surrogate in `text`, if any. Tabs and line breaks are allowed where `multiline`."""
     if text.isprintable():
         return None  # False for every C* and Z* character but the space: the usual text
     refused = _REFUSED_ALWAYS if multiline else _REFUSED_IN_ONE_LINE
@@ -32,7 +41,20 @@ def hidden_character(text: str, *, multiline: bool = False) -> str | None:
             continue
         if _hidden(ch, refused):
             return ch
+    if max(text) >= _FIRST_TAG:
+        stray = _TAG.search(_FLAG_SEQUENCE.sub("", text))
+        return None if stray is None else stray.group()
     return None
+
+
+def tags_in_flags_only(text: str) -> str:
+    """`text` without the tag characters that spell no flag."""
+    kept, start = [], 0
+    for flag in _FLAG_SEQUENCE.finditer(text):
+        kept += [_TAG.sub("", text[start : flag.start()]), flag.group()]
+        start = flag.end()
+    kept.append(_TAG.sub("", text[start:]))
+    return "".join(kept)
 
 
 def _hidden(ch: str, refused: frozenset[str]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import unicodedata
 from datetime import UTC, datetime, timedelta
@@ -332,7 +333,7 @@ def test_the_constructor_validates_too() -> None:
 
 # What real names and places need among the format characters: the soft hyphen, the zero-width
 # non-joiner and joiner (Persian, Indic scripts, emoji sequences), the direction marks and the
-# tag characters of subdivision flags.
+# tag characters of subdivision flags (in a flag only: elsewhere they hide text).
 KEPT_FORMAT = set("\u00ad\u200c\u200d\u200e\u200f\u061c") | {
     chr(cp) for cp in range(0xE0020, 0xE0080)
 }
@@ -346,8 +347,12 @@ HIDDEN = [
 ]
 
 
+FLAG = re.compile("\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{1,7}\U000e007f")
+
+
 def has_hidden(text: str) -> bool:
-    return any(ch in HIDDEN_SET for ch in text)
+    stray_tags = any("\U000e0020" <= ch <= "\U000e007f" for ch in FLAG.sub("", text))
+    return stray_tags or any(ch in HIDDEN_SET for ch in text)
 
 
 HIDDEN_SET = frozenset(HIDDEN)
@@ -378,6 +383,7 @@ def test_every_control_and_hidden_character_is_refused(text_field: str) -> None:
             "\u0dc1\u0dca\u200d\u0dbb\u0dd3 Jayawardenepura",  # Sri, with a joiner
         ),
         ("name", "\U0001f468\u200d\U0001f469\u200d\U0001f467"),  # a family, joined
+        ("name", "Ewan \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"),
         ("line1", "Haupt\u00adstrasse 1"),  # a soft hyphen
         ("name", "Dana\u200e (\u05d3\u05e0\u05d4)"),  # a direction mark in mixed text
         ("name", "Mia\u00a0Chen"),  # a no-break space
@@ -391,6 +397,19 @@ def test_the_joiners_marks_and_other_characters_real_text_needs_are_accepted(
     fields = {"name": "Mia", "line1": "B", "city": "C", "postal_code": "10117", "country": "DE"}
     built = Address(**{**fields, text_field: text})
     assert getattr(built, text_field) == text
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Mia\U000e0069\U000e0067\U000e006e",  # tag letters after a name: hidden text
+        "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074",  # no cancel tag
+        "\U0001f3f4\U000e0067\U000e0062\U000e007f\U000e0041",  # a tag after the flag
+    ],
+)
+def test_tag_characters_outside_a_flag_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInput, match="contains a control or hidden character"):
+        Address(name=name, line1="B", city="C", postal_code="10117", country="DE")
 
 
 @given(st.text(st.characters(codec=None), max_size=30))
