@@ -121,7 +121,7 @@ class MemoryStockReservations:
         if known is not None:
             if known.buyer_id != buyer_id:
                 return ClaimResult(ClaimOutcome.KEY_REUSED, offer.stock)
-            if known.order_id is None and not known.released:
+            if known.order_id is None and not known.released and known.quantity == quantity:
                 known.tried_ms = epoch_ms(now)
             return ClaimResult(
                 ClaimOutcome.DUPLICATE,

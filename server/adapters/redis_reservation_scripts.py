@@ -58,9 +58,10 @@ local function claim(buyer, qty, key, now_ms, rid)
   if raw then
     local r = cjson.decode(raw)
     if r.b ~= buyer then return {'key_reused', stock} end
-    -- Sent again before its order is attached: whoever sends it is alive, so the reaper's
-    -- clock starts again (pending keys are scored by their last try).
-    if not r.o and not r.x then redis.call('ZADD', KEYS[4], 'XX', now, key) end
+    -- Sent again, as it was, before its order is attached: whoever sends it is alive, so the
+    -- reaper's clock starts again (pending keys are scored by their last try). Not for other
+    -- terms, which the claim service refuses.
+    if not r.o and not r.x and r.q == qty then redis.call('ZADD', KEYS[4], 'XX', now, key) end
     return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0, tonumber(state[8] or '0')}
   end
   if state[5] == '1' or now >= tonumber(state[4]) then return {'not_active', stock} end

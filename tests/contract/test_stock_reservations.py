@@ -319,6 +319,7 @@ async def test_a_claim_sent_again_before_its_order_starts_the_reapers_wait_again
         retry = await stock.claim("of1", "b1", 1, "retried", NOW + timedelta(seconds=seconds))
         assert retry.outcome is ClaimOutcome.DUPLICATE
     await stock.claim("of1", "b3", 1, "attached", NOW + timedelta(seconds=26))
+    await stock.claim("of1", "b2", 2, "left", NOW + timedelta(seconds=26))  # other terms: refused
     # The reaper asks for what was last tried 30 s before it looks: at 32 s, then at 56 s.
     due = await stock.pending_without_order("of1", NOW + timedelta(seconds=2))
     assert [p.idempotency_key for p in due] == ["left"]

@@ -176,7 +176,7 @@ class ReservationMachine(RuleBasedStateMachine):
                 known.order_id,
             )
             assert (result.quantity, result.released) == (known.quantity, known.released)
-            if known.order_id is None and not known.released:
+            if known.order_id is None and not known.released and known.quantity == quantity:
                 known.tried = self.model.now  # a claimer sending it again is alive
         assert result.remaining == self.model.remaining
 
