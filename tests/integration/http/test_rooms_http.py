@@ -346,17 +346,17 @@ async def test_bad_room_input_is_refused(client: httpx.AsyncClient) -> None:
 
 async def test_a_body_of_many_faults_gets_a_short_answer(client: httpx.AsyncClient) -> None:
     """60 KB of bad list items, from anyone signed in: every fault listed was 1.8 MB of answer
-    and 150 ms of the server's time. A list is refused at 1,000 entries as one fault; other
-    faults are counted, and the first 20 listed."""
+    and 150 ms of the server's time. A list is refused at 1,000 entries, before its words are
+    read; other faults are counted, and the first 20 listed."""
     room_id = await _room(client)
     words = [0] * 20_000
-    for method, path, sent, field in (
-        ("PUT", f"/rooms/{room_id}/blocked-words", {"words": words}, "words"),
-        ("POST", "/rooms", {"title": "t", "blocked_words": words}, "blocked_words"),
+    for method, path, sent in (
+        ("PUT", f"/rooms/{room_id}/blocked-words", {"words": words}),
+        ("POST", "/rooms", {"title": "t", "blocked_words": words}),
     ):
         response = await client.request(method, path, json=sent, headers=SHOPPER)
-        problem = assert_problem(response, 422, "invalid_input")
-        assert [(e["field"], e["type"]) for e in problem["errors"]] == [(field, "too_long")]
+        problem = assert_problem(response, 422, "too_many_blocked_words")  # as for 201 words
+        assert len(response.content) < 1_000
     repeated = {"words": ["same"] * 1_000}  # merged into one: as many as that are taken
     response = await client.put(f"/rooms/{room_id}/blocked-words", json=repeated, headers=HOST)
     assert response.json()["blocked_words"] == ["same"]
