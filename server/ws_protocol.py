@@ -14,6 +14,8 @@
   client that pings more than PINGS_PER_SECOND on average (PING_BURST at once) is closed with
   1008, as a viewer who floods frames is with 4029. Browsers never send pings; native clients
   send one every few seconds.
+- **A handshake the app refuses with an HTTP answer** (404 for a path with no socket) was
+  logged as an ERROR by uvicorn, which took it for a handshake never completed.
 """
 
 from __future__ import annotations
@@ -99,6 +101,14 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.loop,
                 HANDSHAKE_TOO_LARGE if isinstance(failed, too_large) else MALFORMED,
             )
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # uvicorn's protocol answers a refused handshake but leaves it "incomplete", then
+            # logs an ERROR for it ("returned without completing handshake"), which anyone
+            # could fill the log with (a socket to an unknown path is answered 404 so).
+            self.handshake_complete = True
 
     def handle_ping(self) -> None:
         pong = b"".join(self.conn.data_to_send())  # queued by websockets on reading the ping

@@ -95,12 +95,18 @@ async def test_a_handshake_websockets_refuses_is_answered_as_a_problem(
 @pytest.mark.parametrize(
     "path", [b"/ws/rooms/a%2Fb", b"/ws/rooms/", b"/ws/rooms/a/b", b"/ws/other", b"/api/v1/rooms"]
 )
-async def test_a_handshake_for_no_socket_is_not_found(live: Live, path: bytes) -> None:
-    """Not 403 `forbidden`, which says the client lacks a right (Starlette's close)."""
-    head, _, body = (await _handshake(live, path)).partition(b"\r\n\r\n")
+async def test_a_handshake_for_no_socket_is_not_found(
+    live: Live, path: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not 403 `forbidden`, which says the client lacks a right (Starlette's close); and no
+    ERROR in the log, which anyone could fill so."""
+    with caplog.at_level(logging.ERROR):
+        head, _, body = (await _handshake(live, path)).partition(b"\r\n\r\n")
+        await asyncio.sleep(0.05)  # the server's task ends after the answer
     assert head.startswith(b"HTTP/1.1 404 "), head
     assert b"content-type: application/problem+json" in head.lower()
     assert json.loads(body)["code"] == "not_found"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_a_refused_handshake_is_answered_once_whatever_follows(
