@@ -163,9 +163,10 @@ class OfferFigures(TypedDict):
 class RoomStats(TypedDict):
     room_id: str
     status: RoomStatus
-    viewers: int
+    viewers: int | None  # null while Redis, which counts them, is away
     peak_viewers: int
     likes: int
+    live_counters: bool  # false: Redis is away, and peak viewers and likes are as last kept
     orders: int
     orders_placed: int
     paid_orders: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,6 +15,9 @@ from server.domain.money import Money
 from server.domain.rooms import ensure_can_manage
 from server.http.deps import container_of, metrics_of, require_identity
 from server.http.openapi import openapi_document
+
+if TYPE_CHECKING:
+    from channels.broker import Counters
 
 READY_TIMEOUT_SECONDS = 2.0
 _RATIO = Decimal("0.0001")
@@ -65,7 +68,10 @@ async def room_stats(request: Request) -> JSONResponse:
     who = require_identity(request)
     room = await container.rooms.get(request.path_params["room_id"])
     ensure_can_manage(room, who, "see its figures")
-    counters = await container.hub.broker.read_counters(room.id)
+    try:
+        counters: Counters | None = await container.hub.broker.read_counters(room.id)
+    except Unavailable:  # Redis away: the figures MongoDB holds still answer
+        counters = None
     figures = await container.offer_service.figures_in_room(room.id)
     orders = sum(f.orders for f in figures)
     placed = sum(f.placed for f in figures)
@@ -77,11 +83,13 @@ async def room_stats(request: Request) -> JSONResponse:
     body: dict[str, Any] = {
         "room_id": room.id,
         "status": room.status.value,
-        "viewers": counters.viewers,
-        # Redis's, unless a restart lost them, or a day after the show they expired: then as
-        # last kept (RoomStore.keep_counters).
-        "peak_viewers": max(counters.peak_viewers, room.kept_peak_viewers),
-        "likes": max(counters.likes, room.kept_likes),
+        # Counted in Redis; null while it is away (`live_counters` false).
+        "viewers": None if counters is None else counters.viewers,
+        # Redis's, unless a restart lost them, or a day after the show they expired, or it is
+        # away: then as last kept (RoomStore.keep_counters).
+        "peak_viewers": max(counters.peak_viewers if counters else 0, room.kept_peak_viewers),
+        "likes": max(counters.likes if counters else 0, room.kept_likes),
+        "live_counters": counters is not None,
         "orders": orders,
         "orders_placed": placed,
         "paid_orders": paid,

@@ -91,7 +91,7 @@ async def test_claims_while_redis_is_down_or_frozen_are_answered_try_again(
     redis_server: RedisServer, mongodb_url: str, mongo_database_name: str
 ) -> None:
     env = server_env(redis_server.url, mongodb_url, mongo_database_name)
-    async with live_offer(env, "RO", 10) as (server, room_id, offer_id, _):
+    async with live_offer(env, "RO", 10) as (server, room_id, offer_id, host):
         shopper = unique("ws-shopper")
         async with (
             http(server.base_url) as client,
@@ -111,6 +111,13 @@ async def test_claims_while_redis_is_down_or_frozen_are_answered_try_again(
                 await socket.send(ws_claim(offer_id, "ws-k"))
                 refused = await socket.recv_until("error", PATIENCE_SECONDS)
                 assert (refused["code"], refused["ref"]) == ("unavailable", "ws-k")
+                # The host's figures: MongoDB's stand, Redis's viewers are unknown meanwhile.
+                path, bearer = f"/rooms/{room_id}/stats", {"Authorization": f"Bearer {host}"}
+                stats = await client.get(path, headers=bearer)
+                assert stats.status_code == 200, stats.text
+                figures = stats.json()
+                assert (figures["viewers"], figures["live_counters"]) == (None, False)
+                assert (figures["orders"], figures["orders_placed"]) == (1, 1)
 
             # Back, and empty (no persistence): the stock is rebuilt from the orders first.
             await asyncio.to_thread(redis_server.start)
