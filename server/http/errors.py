@@ -87,7 +87,7 @@ class InvalidRequest(InvalidInput):
     ) -> InvalidRequest:
         """The errors (only where, what and why: the rejected input is not echoed back), with
         the code of `field_codes` that they all fall under, if any (RequestModel)."""
-        found = exc.errors(include_url=False, include_input=False)
+        found = exc.errors(include_url=False, include_input=False, include_context=False)
         fields = [".".join(str(part) for part in error["loc"]) for error in found]
         errors = [
             {"field": field, "message": error["msg"], "type": error["type"]}
