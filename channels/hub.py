@@ -228,8 +228,8 @@ class Hub:
         ready = room.ready  # the first joiners' (a reset while it opens sets another)
         assert ready is not None
         try:
-            mute_changes = room.mute_changes
-            room.load(await self._load_room(room.room_id), mute_changes)
+            read = room.begin_read()
+            room.load(await self._load_room(room.room_id), read)
             async with self._subscriptions:
                 await self.broker.subscribe_room(room.room_id)
             await asyncio.wait_for(room.subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
@@ -351,11 +351,11 @@ class Hub:
             self._spawn(self._reload(room))
 
     async def _reload(self, room: LocalRoom) -> None:
-        mute_changes = room.mute_changes
+        read = room.begin_read()
         view = await self._load_room(room.room_id)
         room.blocked_words = list(view.room.blocked_words)
         room.slow_mode_seconds = view.room.slow_mode_seconds
-        room.take_mutes(view.mutes, mute_changes)
+        room.take_mutes(view.mutes, read)
 
     def _fan_out(self, room: LocalRoom, seq: int, event: dict[str, Any], text: str) -> None:
         room.last_seq = seq
@@ -452,8 +452,8 @@ class Hub:
         here, read_again = list(room.connections), asyncio.get_running_loop().create_future()
         room.reloading, room.ready = True, read_again
         try:
-            mute_changes = room.mute_changes
-            room.load(await self._load_room(room.room_id), mute_changes)
+            read = room.begin_read()
+            room.load(await self._load_room(room.room_id), read)
         except Exception as exc:  # a store away: what the room holds stays, as before
             log.warning(
                 "room_reload_failed", extra={"room_id": room.room_id, "error": type(exc).__name__}

@@ -37,6 +37,15 @@ class RoomView:
     offers: list[dict[str, Any]] = field(default_factory=list)  # open offers, as on the wire
 
 
+@dataclass(frozen=True, slots=True)
+class MuteRead:
+    """A read of the room's mutes from the stores: the how-manyth begun, and the mutes and
+    unmutes heard before it began."""
+
+    number: int
+    changes: int
+
+
 @dataclass(eq=False)
 class LocalRoom:
     room_id: str
@@ -47,7 +56,10 @@ class LocalRoom:
     blocked_words: list[str] = field(default_factory=list)
     pinned_product: dict[str, Any] | None = None
     mutes: dict[str, datetime] = field(default_factory=dict)
-    mute_changes: int = 0  # mutes and unmutes heard: a read of the stores may be older
+    # Mutes and unmutes heard, and reads of the stores begun and taken: a read may be older.
+    mute_changes: int = 0
+    mute_reads: int = 0
+    mute_read_taken: int = 0
     offers: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Every local viewer; `batched` are those that take room events in batch frames.
     connections: set[Connection] = field(default_factory=set)
@@ -165,9 +177,8 @@ class LocalRoom:
         self.pending = waiting
         return following
 
-    def load(self, view: RoomView, mute_changes_before: int) -> None:
-        """The room as read from the stores; `mute_changes_before` as it was when the read
-        began (see `take_mutes`)."""
+    def load(self, view: RoomView, read: MuteRead) -> None:
+        """The room as read from the stores, by the read `begin_read` began."""
         room = view.room
         self.host_id = room.host_id
         self.title = room.title
@@ -175,18 +186,25 @@ class LocalRoom:
         self.slow_mode_seconds = room.slow_mode_seconds
         self.blocked_words = list(room.blocked_words)
         self.pinned_product = view.pinned_product
-        self.take_mutes(view.mutes, mute_changes_before)
+        self.take_mutes(view.mutes, read)
         self.offers = {str(offer["id"]): dict(offer) for offer in view.offers}
         self.kept = (room.kept_likes, room.kept_peak_viewers)
         # Until the first counter tick: the likes kept at most 10 s ago, not 0 (the stream's
         # `likes` frames only ever raise it).
         self.likes = max(self.likes, room.kept_likes)
 
-    def take_mutes(self, mutes: Mapping[str, datetime], changes_before: int) -> None:
+    def begin_read(self) -> MuteRead:
+        """Call before reading the room from the stores (`load`, `take_mutes`)."""
+        self.mute_reads += 1
+        return MuteRead(self.mute_reads, self.mute_changes)
+
+    def take_mutes(self, mutes: Mapping[str, datetime], read: MuteRead) -> None:
         """The stores' mutes in place of the room's, which would keep a mute lifted meanwhile
-        (`user.unmute`); unless a mute or an unmute was heard while they were read: the
-        room's are newer then, and the stream brings the rest."""
-        if self.mute_changes == changes_before:
+        (`user.unmute`); unless a mute or an unmute was heard while they were read, or a read
+        begun later was taken already: the room's are newer then, and the stream brings the
+        rest."""
+        if self.mute_changes == read.changes and read.number > self.mute_read_taken:
+            self.mute_read_taken = read.number
             self.mutes.clear()
             self.mutes.update(mutes)
 

@@ -19,20 +19,35 @@ UNTIL = datetime(2030, 1, 1, tzinfo=UTC)
 def test_a_read_of_the_stores_drops_a_mute_they_no_longer_hold() -> None:
     """The stream lost (a new epoch) with its `user.unmuted`: the room is read again."""
     room = LocalRoom("r1")
-    room.load(RoomView(ROOM, mutes={"user-1": UNTIL}), room.mute_changes)
-    room.load(RoomView(ROOM, mutes={}), room.mute_changes)
+    room.load(RoomView(ROOM, mutes={"user-1": UNTIL}), room.begin_read())
+    room.load(RoomView(ROOM, mutes={}), room.begin_read())
     assert room.muted_until("user-1", BEFORE) is None
 
 
 def test_a_read_older_than_a_mute_or_unmute_heard_meanwhile_does_not_undo_it() -> None:
     room = LocalRoom("r1")
-    room.load(RoomView(ROOM, mutes={"user-1": UNTIL}), room.mute_changes)
-    before = room.mute_changes
+    room.load(RoomView(ROOM, mutes={"user-1": UNTIL}), room.begin_read())
+    before = room.begin_read()
     room.apply({"type": "user.unmuted", "user_id": "user-1"})
     room.apply({"type": "user.muted", "user_id": "user-2", "until": UNTIL.isoformat()})
     room.load(RoomView(ROOM, mutes={"user-1": UNTIL}), before)  # read before both
     assert room.muted_until("user-1", BEFORE) is None
     assert room.muted_until("user-2", BEFORE) == UNTIL
+
+
+def test_of_two_reads_under_way_the_later_begun_is_kept() -> None:
+    """An unmute stored whose `user.unmuted` never went out (its publish failed): the read
+    that saw it lifted is not undone by an older one that finishes after it."""
+    room = LocalRoom("r1")
+    room.load(RoomView(ROOM, mutes={"user-1": UNTIL}), room.begin_read())
+    older, newer = room.begin_read(), room.begin_read()
+    room.take_mutes({}, newer)
+    room.take_mutes({"user-1": UNTIL}, older)
+    assert room.muted_until("user-1", BEFORE) is None
+    older, newer = room.begin_read(), room.begin_read()
+    room.take_mutes({"user-2": UNTIL}, older)  # the older finishing first is taken...
+    room.take_mutes({}, newer)  # ...and then the newer
+    assert room.mutes == {}
 
 
 async def test_an_unmute_heard_while_the_settings_are_read_again_stays() -> None:
