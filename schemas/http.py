@@ -41,7 +41,7 @@ from server.domain.products import (
     Product,
 )
 from server.domain.rooms import Room, RoomStatus
-from server.domain.text import describe, hidden_character, shows_something
+from server.domain.text import describe, hidden_character, shows_something, stray_tag
 from server.domain.times import iso_z
 
 # Limits shared by the HTTP models and the service (which also serves the websocket).
@@ -61,7 +61,7 @@ def _visible(*, multiline: bool) -> AfterValidator:
     """Refuses text with a control or hidden character (server.domain.text)."""
 
     def check(text: str) -> str:
-        hidden = hidden_character(text, multiline=multiline)
+        hidden = hidden_character(text, multiline=multiline) or stray_tag(text)
         if hidden is not None:
             raise ValueError(f"contains a control or hidden character ({describe(hidden)})")
         return text

@@ -20,7 +20,7 @@ import jwt
 
 from server.domain.errors import Unauthorized
 from server.domain.identity import MAX_USER_ID, Identity, Role
-from server.domain.text import hidden_character
+from server.domain.text import hidden_character, stray_tag
 
 ALGORITHM = "HS256"
 # Tokens already verified, with their expiry: a shopper's app sends the same token with every
@@ -35,7 +35,12 @@ _wall_clock = time.time  # tests move it
 
 def _valid_subject(sub: str) -> bool:
     """A user id shown to other people (chat, orders): held to the rules their own text is."""
-    return 0 < len(sub) <= MAX_USER_ID and hidden_character(sub) is None
+    return 0 < len(sub) <= MAX_USER_ID and not _hides_something(sub)
+
+
+def _hides_something(text: str) -> bool:
+    # As text coming in is held to (schemas: `_visible`), so that any subject can be muted.
+    return hidden_character(text) is not None or stray_tag(text) is not None
 
 
 def issue_token(
@@ -54,7 +59,7 @@ def issue_token(
         raise ValueError(
             f"a user id is 1 to {MAX_USER_ID} characters, none of them control or hidden ones"
         )
-    if name and hidden_character(name):
+    if name and _hides_something(name):
         raise ValueError("a name may not hold a control or hidden character")
     issued = now or datetime.now(UTC)
     claims: dict[str, object] = {
@@ -154,7 +159,7 @@ def _verify(secret: str, token: str) -> tuple[Identity, float]:
     # Both are shown to other people (chat, orders): held to the rules their own text is.
     if not isinstance(sub, str) or not _valid_subject(sub):
         raise Unauthorized("token subject is invalid", code="invalid_token")
-    if isinstance(name, str) and hidden_character(name):
+    if isinstance(name, str) and _hides_something(name):
         raise Unauthorized("token name has a control or hidden character", code="invalid_token")
     try:
         parsed_role = Role(str(role))

@@ -31,8 +31,9 @@ _TAG = re.compile("[\U000e0020-\U000e007f]")
 
 
 def hidden_character(text: str, *, multiline: bool = False) -> str | None:
-    """The first control, invisible format character (but those kept, tags only in a flag) or
-    lone surrogate in `text`, if any. Tabs and line breaks are allowed where `multiline`."""
+    """The first control, invisible format character (but those kept) or lone surrogate in
+    `text`, if any. Tabs and line breaks are allowed where `multiline`. What is read back
+    from the stores is held to this; what comes in, to `stray_tag` too."""
     if text.isprintable():
         return None  # False for every C* and Z* character but the space: the usual text
     refused = _REFUSED_ALWAYS if multiline else _REFUSED_IN_ONE_LINE
@@ -41,10 +42,16 @@ def hidden_character(text: str, *, multiline: bool = False) -> str | None:
             continue
         if _hidden(ch, refused):
             return ch
-    if max(text) >= _FIRST_TAG:
-        stray = _TAG.search(_FLAG_SEQUENCE.sub("", text))
-        return None if stray is None else stray.group()
     return None
+
+
+def stray_tag(text: str) -> str | None:
+    """The first tag character in `text` that spells no subdivision flag, if any: refused in
+    what comes in (text stored before this rule is still read back)."""
+    if text.isprintable() or max(text) < _FIRST_TAG:
+        return None
+    stray = _TAG.search(_FLAG_SEQUENCE.sub("", text))
+    return None if stray is None else stray.group()
 
 
 def tags_in_flags_only(text: str) -> str:

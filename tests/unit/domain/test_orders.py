@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import unicodedata
 from datetime import UTC, datetime, timedelta
@@ -347,12 +346,8 @@ HIDDEN = [
 ]
 
 
-FLAG = re.compile("\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{1,7}\U000e007f")
-
-
 def has_hidden(text: str) -> bool:
-    stray_tags = any("\U000e0020" <= ch <= "\U000e007f" for ch in FLAG.sub("", text))
-    return stray_tags or any(ch in HIDDEN_SET for ch in text)
+    return any(ch in HIDDEN_SET for ch in text)
 
 
 HIDDEN_SET = frozenset(HIDDEN)
@@ -407,9 +402,14 @@ def test_the_joiners_marks_and_other_characters_real_text_needs_are_accepted(
         "\U0001f3f4\U000e0067\U000e0062\U000e007f\U000e0041",  # a tag after the flag
     ],
 )
-def test_tag_characters_outside_a_flag_are_refused(name: str) -> None:
-    with pytest.raises(InvalidInput, match="contains a control or hidden character"):
-        Address(name=name, line1="B", city="C", postal_code="10117", country="DE")
+def test_tag_characters_outside_a_flag_are_refused_coming_in_and_read_back(name: str) -> None:
+    """Text no viewer sees. An address stored before the rule is still read back: a buyer's
+    orders, and housekeeping's rounds over them, must not fail on it."""
+    fields = {"line1": "B", "city": "C", "postal_code": "10117", "country": "DE"}
+    with pytest.raises(InvalidInput, match="contains a control or hidden character") as refused:
+        Address.clean(name=name, **fields)
+    assert refused.value.code == "invalid_address"
+    assert Address(name=name, **fields).name == name
 
 
 @given(st.text(st.characters(codec=None), max_size=30))
