@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pymongo.errors import PyMongoError
+from pymongo.uri_parser import parse_uri
 from redis.connection import parse_url
 
 # The signing key of every dev run (the demo, tests) unless LIVESHOP_SECRET names one: public,
@@ -18,6 +20,10 @@ class UnsafeConfiguration(Exception):
     """Raised at start-up when prod runs on a default that is unsafe."""
 
 
+_MALFORMED_URL = (
+    "is not a URL its client can use: check the host, port and options, and percent-encode"
+    " any : / ? # @ % in the user name and password"
+)
 # What the clients take; anything else would fail only once the server starts, after a wait.
 _URL_SCHEMES = {
     "redis_url": ("redis://", "rediss://", "unix://"),
@@ -69,13 +75,22 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url", "mongodb_url")
     @classmethod
-    def _known_scheme(cls, url: str | None, info: ValidationInfo) -> str | None:
+    def _usable_url(cls, url: str | None, info: ValidationInfo) -> str | None:
+        """A URL its client takes, read here rather than failing once the server starts. Its
+        faults are told without quoting any part of it: a password may be in it (redis-py's
+        quote what it took for a port, which a password holding a "/" is read as)."""
         schemes = _URL_SCHEMES[info.field_name or ""]
-        if url and not url.lower().startswith(schemes):
+        if not url:
+            return url
+        if not url.lower().startswith(schemes):
             raise ValueError(f"must begin with {' or '.join(schemes)}")
-        if url and info.field_name == "redis_url":
-            # Its ValueError names the part, never the password. (redis-py leaves it untyped.)
-            parse_url(url)  # type: ignore[no-untyped-call]
+        try:
+            if info.field_name == "redis_url":
+                parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            elif not url.lower().startswith("mongodb+srv://"):  # that one asks DNS: at start-up
+                parse_uri(url)
+        except (ValueError, PyMongoError):  # InvalidURI, ConfigurationError
+            raise ValueError(_MALFORMED_URL) from None
         return url
 
     def signing_secret(self) -> str:

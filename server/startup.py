@@ -31,7 +31,9 @@ def refusal_of(exc: BaseException) -> Refusal | None:
     setting), "backend" for one away or refusing Liveshop (exit 3: a supervisor's restart may
     find it back), None for anything else."""
     if isinstance(exc, ConfigurationError):  # an InvalidURI too
-        return "configuration"
+        # Unless DNS failed to answer for a mongodb+srv URL (PyMongo wraps dnspython's error):
+        # a name that does not resolve now may resolve at the next start.
+        return "backend" if exc.__cause__ is not None else "configuration"
     if isinstance(exc, EmbeddedMongoError | RedisNotAllowed | ConnectionFailure):
         return "backend"  # a Redis or MongoDB user refused is one of these too:
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | NoPermissionError):

@@ -157,7 +157,10 @@ def test_an_unknown_log_level_is_refused_as_configuration(workdir: Path) -> None
     [
         ("LIVESHOP_REDIS_URL", "http://:hunter2@127.0.0.1/"),
         ("LIVESHOP_REDIS_URL", "redis://:hunter2@127.0.0.1:port/0"),
+        ("LIVESHOP_REDIS_URL", "redis://:hunter2/with/slashes@127.0.0.1:6379/0"),
         ("LIVESHOP_MONGODB_URL", "mongo://x"),
+        ("LIVESHOP_MONGODB_URL", "mongodb://u:hunter2@db.example:27O17/"),
+        ("LIVESHOP_MONGODB_URL", "mongodb://u:hunt:er2@127.0.0.1/"),
     ],
 )
 def test_a_url_no_client_takes_is_refused_as_configuration(
@@ -169,26 +172,22 @@ def test_a_url_no_client_takes_is_refused_as_configuration(
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "configuration refused" in result.stderr
     assert variable.removeprefix("LIVESHOP_").lower() in result.stderr
-    assert "hunter2" not in result.stderr, "URLs may hold passwords"
+    assert "hunter" not in result.stderr, "URLs may hold passwords"
     assert url not in result.stderr
     assert not data_dir.exists(), "nothing may be started when refusing"
 
 
-@pytest.mark.parametrize(
-    "url",
-    ["mongodb+srv://u:hunter2@example.invalid:27017/", "mongodb://u:hunt:er2@127.0.0.1/"],
-)
-def test_a_mongodb_url_its_client_cannot_use_is_refused_as_configuration(
-    url: str, workdir: Path
+def test_a_mongodb_srv_url_its_client_cannot_use_is_refused_as_configuration(
+    workdir: Path,
 ) -> None:
-    """Not exit 3, "away": a supervisor would restart it for ever."""
-    data_dir = workdir / "data"
-    env = clean_env(LIVESHOP_DATA_DIR=str(data_dir), LIVESHOP_MONGODB_URL=url)
+    """Read only as the server starts (its hosts are asked of DNS): exit 2 all the same, not
+    3, "away", which a supervisor would restart for ever."""
+    url = "mongodb+srv://u:hunter2@example.invalid:27017/"  # a port: no SRV name takes one
+    env = clean_env(LIVESHOP_DATA_DIR=str(workdir / "data"), LIVESHOP_MONGODB_URL=url)
     result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=30)
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr
     assert "hunter2" not in result.stderr
-    assert "hunt:er2" not in result.stderr
     refusal = next(
         line
         for line in map(json.loads, result.stderr.splitlines())
