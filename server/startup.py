@@ -27,17 +27,18 @@ Refusal = Literal["configuration", "backend"]
 
 
 def refusal_of(exc: BaseException) -> Refusal | None:
-    """ "configuration" for a backend's URL its client cannot use (exit 2, as any refused
-    setting), "backend" for one away or refusing Liveshop (exit 3: a supervisor's restart may
-    find it back), None for anything else."""
+    """What kind of refusal `exc` is: "configuration" for a backend's URL its client cannot
+    use (exit 2, as any refused setting), "backend" for one away or refusing Liveshop (exit 3:
+    a supervisor's restart may find it back), None for anything else."""
     if isinstance(exc, ConfigurationError):  # an InvalidURI too
         # Unless DNS failed to answer for a mongodb+srv URL (PyMongo wraps dnspython's error):
         # a name that does not resolve now may resolve at the next start.
         return "backend" if exc.__cause__ is not None else "configuration"
     if isinstance(exc, EmbeddedMongoError | RedisNotAllowed | ConnectionFailure):
-        return "backend"  # a Redis or MongoDB user refused is one of these too:
+        return "backend"
+    # redis-py's AuthenticationError (a user or password refused) is a ConnectionError.
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | NoPermissionError):
-        return "backend"  # redis-py's AuthenticationError is a ConnectionError
+        return "backend"
     if isinstance(exc, PyMongoError) and exc.timeout:
         return "backend"
     if isinstance(exc, OperationFailure) and exc.code in _MONGODB_REFUSALS:
