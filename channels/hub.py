@@ -352,10 +352,7 @@ class Hub:
 
     async def _reload(self, room: LocalRoom) -> None:
         read = room.begin_read()
-        view = await self._load_room(room.room_id)
-        room.blocked_words = list(view.room.blocked_words)
-        room.slow_mode_seconds = view.room.slow_mode_seconds
-        room.take_mutes(view.mutes, read)
+        room.take_moderation(await self._load_room(room.room_id), read)
 
     def _fan_out(self, room: LocalRoom, seq: int, event: dict[str, Any], text: str) -> None:
         room.last_seq = seq

@@ -183,10 +183,8 @@ class LocalRoom:
         self.host_id = room.host_id
         self.title = room.title
         self.status = room.status.value
-        self.slow_mode_seconds = room.slow_mode_seconds
-        self.blocked_words = list(room.blocked_words)
+        self.take_moderation(view, read)
         self.pinned_product = view.pinned_product
-        self.take_mutes(view.mutes, read)
         self.offers = {str(offer["id"]): dict(offer) for offer in view.offers}
         self.kept = (room.kept_likes, room.kept_peak_viewers)
         # Until the first counter tick: the likes kept at most 10 s ago, not 0 (the stream's
@@ -197,6 +195,13 @@ class LocalRoom:
         """Call before reading the room from the stores (`load`, `take_mutes`)."""
         self.mute_reads += 1
         return MuteRead(self.mute_reads, self.mute_changes)
+
+    def take_moderation(self, view: RoomView, read: MuteRead) -> None:
+        """The room's slow mode, blocked words and mutes as read from the stores (the settings
+        changed, or the room is read again)."""
+        self.slow_mode_seconds = view.room.slow_mode_seconds
+        self.blocked_words = list(view.room.blocked_words)
+        self.take_mutes(view.mutes, read)
 
     def take_mutes(self, mutes: Mapping[str, datetime], read: MuteRead) -> None:
         """The stores' mutes in place of the room's, which would keep a mute lifted meanwhile
