@@ -133,7 +133,7 @@ def find_blocked_word(text: str, blocked_words: list[str]) -> str | None:
     ("骗*" is found in "骗局")."""
     folded = _normalise(text)
     for word in blocked_words:
-        pattern = _pattern(word)
+        pattern = blocked_word_key(word)
         if pattern is not None and _holds(folded, *pattern):
             return word
     return None
@@ -144,16 +144,11 @@ def find_blocked_word(text: str, blocked_words: list[str]) -> str | None:
 MIN_WILDCARD_STEM = 3
 
 
-def blocked_word_key(word: str) -> tuple[str, bool, bool] | None:
-    """What a blocked word looks for, None when nothing: two words of one key block the same
-    lines (rooms keep one), and a word of none would block nothing (refused)."""
-    return _pattern(word)
-
-
 @functools.lru_cache(maxsize=4096)
-def _pattern(word: str) -> tuple[str, bool, bool] | None:
+def blocked_word_key(word: str) -> tuple[str, bool, bool] | None:
     """What a blocked word looks for: its normalised text, and whether it may go on into a
-    longer word before and after; None when it looks for nothing."""
+    longer word before and after; None when it looks for nothing (refused: it would block
+    nothing). Two words of one key block the same lines (rooms keep one)."""
     stem = _normalise(word.strip("*"))
     wildcard = len(stem) >= MIN_WILDCARD_STEM or (
         stem != "" and unicodedata.name(stem[0], "").startswith(_UNSPACED_SCRIPTS)
