@@ -144,9 +144,11 @@ class FlashOffer:
         (or if the stock was lost then): until then the reservation store knows."""
         if self.ended_sold_out:
             return 0
-        if self.taken_at_end is None:
-            return None
-        return max(self.quantity - self.taken_at_end, 0)
+        return None if self.taken_at_end is None else self.left_after(self.taken_at_end)
+
+    def left_after(self, taken: int) -> int:
+        """What it has left once it has taken `taken` (reserved or sold, not given back)."""
+        return 0 if self.ended_sold_out else max(self.quantity - taken, 0)
 
 
 def plan_offer(

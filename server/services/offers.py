@@ -413,7 +413,7 @@ class OfferService:
         expiry falls between two figures, and no figure may follow the end."""
         if offer.end_reason is None:
             raise RuntimeError(f"offer {offer.id} has not ended")
-        left = {} if taken is None else {"remaining": max(offer.quantity - taken, 0)}
+        left = {} if taken is None else {"remaining": offer.left_after(taken)}
         reason = offer.end_reason.value
         event = {"type": "offer.ended", "offer_id": offer.id, "reason": reason, **left}
         await self._events.publish_room_event(offer.room_id, event, topic=offer.id, last=True)
