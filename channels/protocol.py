@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from channels.close_codes import CloseCode
 from channels.errors import TokenExpired
-from schemas.http import code_of_fields
+from schemas.http import code_of_fields, faults_of
 from schemas.ws import (
     FIELD_CODES,
     ChatDelete,
@@ -257,7 +257,7 @@ class RoomSession:
         try:
             return client_frame.validate_python(data)
         except ValidationError as exc:
-            errors = exc.errors()
+            errors = faults_of(exc)
             if errors[0]["type"] == "union_tag_invalid":
                 raise Malformed(
                     f"unknown frame type {data['type'][:40]!r}", code="unknown_type"

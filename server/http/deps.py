@@ -8,7 +8,7 @@ from typing import TypeVar, cast
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from schemas.http import RequestModel
+from schemas.http import RequestModel, faults_of
 from server.auth import verify_token
 from server.container import Container
 from server.domain.errors import LiveshopError, Unauthorized
@@ -109,13 +109,13 @@ async def json_body(request: Request, model: type[R]) -> R:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
+        # Read once, without the inputs: a body of 5,000 unknown fields is 5,000 errors.
+        found = faults_of(exc)
         # pydantic takes NaN and Infinity, and 1e400 as infinity; a body that holds them is
         # found out here, on the refusal's path, so that a good body is parsed only once.
-        if any(error["type"] == "json_invalid" for error in exc.errors()) or not is_strict_json(
-            body
-        ):
+        if found[0]["type"] == "json_invalid" or not is_strict_json(body):
             raise MalformedJson("the body is not valid JSON") from None
-        raise InvalidRequest.from_validation(exc, model.field_codes) from None
+        raise InvalidRequest.from_faults(found, model.field_codes) from None
 
 
 def _not_json() -> UnsupportedMediaType:
@@ -133,4 +133,4 @@ def query_params(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
-        raise InvalidRequest.from_validation(exc) from None
+        raise InvalidRequest.from_faults(faults_of(exc)) from None

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
-from schemas.http import code_of_fields
+from schemas.http import Faults, code_of_fields, faults_of, field_of
 from server.domain.errors import InvalidInput, LiveshopError, Unauthorized, Unavailable
 
 PROBLEM_JSON = "application/problem+json"
@@ -82,18 +82,16 @@ class InvalidRequest(InvalidInput):
         self.errors = errors
 
     @classmethod
-    def from_validation(
-        cls, exc: ValidationError, field_codes: Mapping[str, str] | None = None
+    def from_faults(
+        cls, found: Faults, field_codes: Mapping[str, str] | None = None
     ) -> InvalidRequest:
-        """The errors (only where, what and why: the rejected input is not echoed back), with
-        the code of `field_codes` that they all fall under, if any (RequestModel)."""
-        found = exc.errors(include_url=False, include_input=False, include_context=False)
-        fields = [".".join(str(part) for part in error["loc"]) for error in found]
+        """The first faults, with the code of `field_codes` that they all fall under, if any
+        (RequestModel)."""
         errors = [
-            {"field": field, "message": error["msg"], "type": error["type"]}
-            for field, error in zip(fields[:MAX_LISTED_ERRORS], found, strict=False)
+            {"field": field_of(error), "message": error["msg"], "type": error["type"]}
+            for error in found[:MAX_LISTED_ERRORS]
         ]
-        code = code_of_fields(fields, field_codes or {})
+        code = code_of_fields(map(field_of, found), field_codes or {})
         return cls(errors, code or InvalidInput.code, count=len(found))
 
 
@@ -166,7 +164,7 @@ async def _liveshop_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
-    return await _liveshop_error(request, InvalidRequest.from_validation(exc))
+    return await _liveshop_error(request, InvalidRequest.from_faults(faults_of(exc)))
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
