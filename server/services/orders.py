@@ -234,9 +234,11 @@ class OrderService:
             if not same_terms:
                 raise other_terms()
             return stored, False
-        if fresh and not same_terms:
+        if fresh and not same_terms and stored.reservation_id != order.reservation_id:
             # An earlier attempt's order for other terms, its key forgotten by Redis: this
-            # attempt's own units, reserved for terms no order has, go back.
+            # attempt's own units, reserved for terms no order has, go back. (On this
+            # attempt's own reservation, the order is a retry's that was written first: the
+            # units are its, and it is attached below like any other.)
             await self._release(stored)
             await self._stock_came_back(order.offer_id)
             raise other_terms()
