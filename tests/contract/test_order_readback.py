@@ -1,6 +1,7 @@
-"""A retried claim that finds its key taken is answered with the stored order only once the
-majority of the replica set has it, on a real two-member replica set whose secondary is frozen
-(so the first attempt's order is on the primary alone, where a failover could roll it back)."""
+"""An order found under its key (by a retried claim, the reaper, the late round) is answered,
+attached or told of only once the majority of the replica set has it, on a real two-member
+replica set whose secondary is frozen (so the order is on the primary alone, where a failover
+could roll it back)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,37 @@ async def test_a_retry_is_not_answered_with_an_order_the_majority_lacks(pair: Mo
             assert "still being written" in str(refused.value)
         # The secondary catches up: the majority has the first order, and the retry gets it.
         assert await answer_once_committed(store, retry) == first
+        await store.close()
+    finally:
+        await client.close()
+
+
+async def test_the_reaper_and_the_late_round_find_only_orders_the_majority_has(
+    pair: MongoPair,
+) -> None:
+    """Both attach the order they find under a key and tell its buyer: told of an order on the
+    primary alone, the buyer could see it rolled back by a failover. Not seen yet, it is found
+    by a later round once the majority has it."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(pair.url)
+    try:
+        db = client["liveshop_reaper_reads"]
+        await ensure_indexes(db)
+        await ensure_order_indexes(db)
+        store = MongoOrderStore(db)
+        order = sample_order("o_1", "k_1")
+        now = order.created_at
+        await store.watch_key(order.offer_id, order.idempotency_key, until=now + timedelta(hours=1))
+        with frozen(pair.secondary_pid):
+            w1 = collection(db, ORDERS).with_options(write_concern=WriteConcern(w=1))
+            await w1.insert_one(order_doc(order))  # a claim's write, its majority still to come
+            assert await store.by_key(order.offer_id, order.idempotency_key) is None
+            assert await store.landed_late(now, 10) == []
+        deadline = time.monotonic() + 30
+        while await store.by_key(order.offer_id, order.idempotency_key) is None:
+            assert time.monotonic() < deadline, "the secondary never caught up"
+            await asyncio.sleep(0.1)
+        assert await store.by_key(order.offer_id, order.idempotency_key) == order
+        assert await store.landed_late(now, 10) == [order]
         await store.close()
     finally:
         await client.close()

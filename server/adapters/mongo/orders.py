@@ -94,7 +94,9 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
 # failover cannot roll it back.
 ORDER_WRITE_CONCERN = WriteConcern(w="majority")
 # A retry is answered with the order its first attempt stored only once the majority has that
-# order too: an order on the primary alone may still be rolled back by a failover.
+# order too: an order on the primary alone may still be rolled back by a failover. So are the
+# orders the reaper and the late round find under a key, which they attach and tell the buyer
+# of: one they cannot see yet is settled as late once the majority has it (late_orders.py).
 ORDER_READBACK_CONCERN = ReadConcern("majority")
 # How long a batch of orders may take, all in: finding a primary, the insert, the majority's
 # acknowledgement. Without a bound, a lost majority or a frozen primary would hold every claim of
@@ -115,7 +117,7 @@ class MongoOrderStore:
         self._majority_orders = self._orders.with_options(read_concern=ORDER_READBACK_CONCERN)
         # Majority too: a failover must not forget a key whose units went back.
         self._released_keys = collection(db, RELEASED_KEYS).with_options(
-            write_concern=write_concern
+            write_concern=write_concern, read_concern=ORDER_READBACK_CONCERN
         )
         self._rebuilt_offers = collection(db, REBUILT_OFFERS).with_options(
             write_concern=write_concern
@@ -208,7 +210,7 @@ class MongoOrderStore:
 
     @translate_errors
     async def by_key(self, offer_id: str, idempotency_key: str) -> Order | None:
-        doc = await self._orders.find_one(
+        doc = await self._majority_orders.find_one(
             {"offer_id": offer_id, "idempotency_key": idempotency_key}
         )
         return None if doc is None else order_from(doc)
