@@ -3,11 +3,12 @@ ends left unfinished, withdraw offers whose launch died before counting them, te
 those whose launch died after counting them, expire unpaid orders, give back units a cancel or
 an expiry could not, tell buyers of the order changes the broker could not, settle ended
 offers, settle orders written after the reaper released their reservation, release
-reservations whose claimer died (of the offers this process serves each round, of every
-running offer in turn), and forget the stock cadence of offers whose stock no longer moves
-here. Each step is safe to run everywhere at once: the stores' compare-and-set lets exactly
-one process act on each offer or order, giving units back and stopping a stock are
-idempotent, and the room's stream drops a second `offer.ended`."""
+reservations whose claimer died, and forget the stock cadence of offers whose stock no longer
+moves here. Sold-out offers and orphaned reservations are looked for in the offers this
+process serves, each round, and in every running offer in turn. Each step is safe to run
+everywhere at once: the stores' compare-and-set lets exactly one process act on each offer or
+order, giving units back and stopping a stock are idempotent, and the room's stream drops a
+second `offer.ended`."""
 
 from __future__ import annotations
 
@@ -81,8 +82,14 @@ class Housekeeper:
 
     async def run_once(self) -> None:
         offer_ids = list(self._served_offer_ids())
+        in_turn: list[str] = []
+        await self._step("read_running_offers", partial(self._next_share, in_turn))
         await self._step("end_due_offers", self._offers.end_due)
-        await self._step("end_sold_out_offers", partial(self._offers.end_sold_out, offer_ids))
+        # Every running offer in turn too: one whose seller died after selling its last unit,
+        # in a room nobody watches here, would otherwise run at 0 until its time is up.
+        await self._step(
+            "end_sold_out_offers", partial(self._offers.end_sold_out, [*offer_ids, *in_turn])
+        )
         await self._step("finish_ends", self._offers.finish_ends)
         await self._step("withdraw_uncounted_launches", self._offers.withdraw_uncounted)
         await self._step("tell_untold_launches", self._offers.tell_untold_launches)
@@ -93,13 +100,12 @@ class Housekeeper:
         await self._step("settle_late_orders", self._orders.settle_late_orders)
         for offer_id in offer_ids:
             await self._step("reap_orphans", partial(self._orders.reap_orphans, offer_id))
-        await self._step("reap_running_offers", partial(self._reap_in_turn, set(offer_ids)))
+        for offer_id in set(in_turn) - set(offer_ids):
+            await self._step("reap_orphans", partial(self._orders.reap_orphans, offer_id))
         self._offers.forget_quiet_offers()
 
-    async def _reap_in_turn(self, reaped: set[str]) -> None:
-        for offer_id in await self._running.next_share():
-            if offer_id not in reaped:
-                await self._step("reap_orphans", partial(self._orders.reap_orphans, offer_id))
+    async def _next_share(self, share: list[str]) -> None:
+        share.extend(await self._running.next_share())
 
     async def _run_forever(self) -> None:
         while True:

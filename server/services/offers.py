@@ -29,7 +29,6 @@ from server.domain.figures import OfferFigures
 from server.domain.identity import Identity, scoped_key
 from server.domain.money import Money
 from server.domain.offers import (
-    SKEW_MARGIN,
     EndReason,
     FlashOffer,
     StockFigure,
@@ -50,6 +49,7 @@ from server.ports import (
 from server.services.bookings import ProductBookings
 from server.services.load_once import CoalescedRuns
 from server.services.rooms import new_id
+from server.services.sold_out_ends import SoldOutEnds
 from server.services.stock_announcer import StockAnnouncer
 from server.services.stock_rebuilds import StockRebuilds
 
@@ -100,8 +100,7 @@ class OfferService:
             stock, events, clock, lambda offer: self.end(offer, EndReason.SOLD_OUT)
         )
         self._bookings = ProductBookings(offers, orders, products, stock, self._withdraw)
-        self._seen_ended: set[str] = set()  # sold out and ended, as end_sold_out found
-        self._sold_out_last_round: set[str] = set()  # found sold out by end_sold_out's last round
+        self._sold_out_ends = SoldOutEnds(offers, stock, clock, end=self.end, rebuild=self.rebuild)
         self._unfinished_since: dict[str, datetime] = {}  # as finish_ends first saw them
         self._finish_round = 0  # finish_ends' rounds so far
         self._finish_failed_in: dict[str, int] = {}  # the round in which each end last failed
@@ -324,10 +323,12 @@ class OfferService:
         `offer.ended` closes the offer's topic in the room's stream: a figure another process
         read earlier and sends late is dropped, so no stock figure follows the end.
         """
+        at = offer.ends_at if reason is EndReason.EXPIRED else self._clock()
         if reason is EndReason.SOLD_OUT and not await self._stop_if_sold_out(offer.id):
             return None
+        if reason is EndReason.EXPIRED and await self._sold_out_in_time(offer.id):
+            reason = EndReason.SOLD_OUT
         self._announcer.forget(offer.id)
-        at = offer.ends_at if reason is EndReason.EXPIRED else self._clock()
         ended = await self._offers.record_end(
             offer.id, reason, at, free_launch_key=free_launch_key, if_uncounted=if_uncounted
         )
@@ -345,6 +346,13 @@ class OfferService:
             return await self._stock.stop_if_sold_out(offer_id)
         except OfferPaused:
             return False  # lost: whoever rebuilds it reads its stock again, and ends it then
+
+    async def _sold_out_in_time(self, offer_id: str) -> bool:
+        """Whether an offer whose time is up had sold out (its seller's end held back by an
+        order on its way, or its seller dead), its stock stopped so. Redis away, it expired."""
+        with contextlib.suppress(Unavailable):
+            return await self._stop_if_sold_out(offer_id)
+        return False
 
     async def _finish_end(self, ended: FlashOffer) -> None:
         """Stop the stock and tell the room, then clear the note `record_end` left. Should
@@ -419,48 +427,8 @@ class OfferService:
         await self._events.publish_room_event(offer.room_id, event, topic=offer.id, last=True)
 
     async def end_sold_out(self, offer_ids: Iterable[str]) -> int:
-        """End the running offers among these whose stock is gone into orders. The claim that
-        sells the last unit ends its offer at once, unless a reservation has no order yet (its
-        claimer may have died: its units would come back); this catches those, and an offer
-        whose seller died, shut down or failed first, a round after it first finds the offer
-        sold out with every reservation in an order: ended at once, it could overtake the
-        seller's "1 left". Each process runs it once a second for
-        the offers it serves: one stock read each, and more only when the stock is gone."""
-        offer_ids = list(offer_ids)
-        self._seen_ended &= set(offer_ids)  # forgotten once it leaves the list: bounded
-        seen_last_round, self._sold_out_last_round = self._sold_out_last_round, set()
-        ended = 0
-        for offer_id in offer_ids:
-            if offer_id in self._seen_ended:
-                continue
-            try:
-                if await self._stock.remaining(offer_id) != 0:
-                    continue
-                # A unit reserved but not yet in an order may still come back (its claimer
-                # died: the reaper gives it back); once written, a later round ends it.
-                if await self._stock.pending_without_order(offer_id, self._clock() + SKEW_MARGIN):
-                    continue
-            except OfferPaused:
-                # Redis lost the offer, and nothing may ask for it again (no claim comes to a
-                # sold-out offer): rebuilt here, and read again next round.
-                with contextlib.suppress(Unavailable):
-                    await self.rebuild(offer_id)
-                continue
-            except Unavailable:
-                continue
-            self._sold_out_last_round.add(offer_id)
-            if offer_id not in seen_last_round:
-                continue  # its seller's end has this round to come
-            offer = await self._offers.get(offer_id)
-            if offer.end_reason is None:
-                if await self.end(offer, EndReason.SOLD_OUT) is None:
-                    # A unit came back (or another process ended it): should it sell out again,
-                    # its seller has a round to end it, as the first time.
-                    self._sold_out_last_round.discard(offer_id)
-                    continue
-                ended += 1
-            self._seen_ended.add(offer_id)
-        return ended
+        """End the sold-out offers among these that their seller did not (SoldOutEnds)."""
+        return await self._sold_out_ends.end_sold_out(offer_ids)
 
     async def end_due(self) -> int:
         """End every offer whose time is up (each process calls this once a second)."""

@@ -13,10 +13,10 @@ import pytest
 
 from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import EndReason
-from server.ports import StockReservations
+from server.ports import OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
 from tests.fakes import RecordingEvents
-from tests.unit.services.shop import ADDRESS, Shop, buyer, other_process, settle
+from tests.unit.services.shop import ADDRESS, HeldCalls, Shop, buyer, other_process, settle
 
 
 def told(shop: Shop) -> list[tuple[str, int | None]]:
@@ -241,3 +241,45 @@ async def test_an_offer_that_sold_out_stays_sold_out_in_a_stock_rebuilt_before_i
     with pytest.raises(Conflict) as late:
         await shop.claim(offer, buyer(3), "k")
     assert late.value.code == "sold_out"
+
+
+async def test_an_offer_that_sold_out_before_its_time_was_up_ends_sold_out(shop: Shop) -> None:
+    """Its last unit sold in its last second, its end held back by another reservation's order
+    on its way: the end by time came first, and recorded it `expired`, with no 0 told."""
+    offer = await shop.launch(quantity=2, limit=1, duration=60)
+    shop.clock.advance(seconds=59.5)
+    writes = HeldCalls(shop.orders_store)
+    _, slow_writer = other_process(shop, orders=cast(OrderStore, writes))
+    first = asyncio.create_task(
+        slow_writer.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await writes.entered.wait()  # reserved, its order on its way
+    await shop.claim(offer, buyer(2), "k")  # the last unit: its end waits for that order
+    shop.clock.advance(seconds=0.6)
+    await Housekeeper(shop.offers, shop.orders, lambda: [offer.id]).run_once()
+    ended = await shop.offers_store.get(offer.id)
+    assert (ended.end_reason, ended.ended_at) == (EndReason.SOLD_OUT, offer.ends_at)
+    writes.gate.set()
+    await first
+    await settle()
+    assert told(shop) == ONE_ZERO_END
+    assert [e["reason"] for e in shop.events.of_type("offer.ended")] == ["sold_out"]
+
+
+async def test_a_sold_out_offer_nobody_serves_is_ended_by_housekeeping_in_turn(
+    shop: Shop,
+) -> None:
+    """Its seller (HTTP claims, no socket in the room) died after writing the last order and
+    before ending it; no other process has a viewer of the room or took a claim for it, so
+    none looked at it: it ran at 0 until its time was up, a day at most, then `expired`."""
+    offer = await shop.launch(quantity=2, limit=1, duration=3600)
+    seller_offers, seller = other_process(shop)
+    # Dies right after writing the last order: nothing it meant to do next happens.
+    seller_offers.stock_moved = lambda *args: None  # type: ignore[method-assign]
+    seller_offers.last_unit_taken = lambda *args: None  # type: ignore[method-assign]
+    for n in (1, 2):
+        await seller.claim(offer.id, buyer(n), quantity=1, idempotency_key="k", address=ADDRESS)
+    serving_nothing = Housekeeper(shop.offers, shop.orders, lambda: [])
+    for _ in range(2):  # found sold out, then ended a round later
+        await serving_nothing.run_once()
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
