@@ -168,8 +168,10 @@ class OfferService:
             await self._bookings.count_again(offer, key)
         # As it is now: the host may have stopped it, or the room's end, while this ran. Sent
         # again, a launch answers its offer whatever ended it since: it ran, and may have sold.
+        # So is a new one that sold out, or ran out of time, before its launch could answer:
+        # listed once counted, it may be claimed before the room hears of it.
         offer, figure = await self.view(offer.id)
-        if offer.end_reason is not None and created:
+        if offer.end_reason is EndReason.STOPPED and created:
             await self._ensure_live(room_id, offer)  # the room's end stopped it: room_not_live
             # Stopped before its launch could answer: by the room's end, which stops the offers
             # before it stores the room as ended. Its key goes, as a withdrawn launch's: sent

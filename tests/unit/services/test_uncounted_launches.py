@@ -23,8 +23,10 @@ from tests.unit.services.shop import (
     STOCK,
     HeldCalls,
     Shop,
+    buyer,
     launch_through,
     other_process,
+    settle,
 )
 
 Launch = asyncio.Task[tuple[FlashOffer, bool]]
@@ -245,3 +247,24 @@ async def test_a_launch_that_died_before_telling_the_room_is_told_by_housekeepin
     assert started["offer"]["id"] == offer.id
     await housekeepers[1].run_once()
     assert len(shop.events.of_type("offer.started")) == 1  # told once
+
+
+async def test_a_launch_whose_counted_offer_sold_out_before_it_answered_is_answered_launched(
+    shop: Shop,
+) -> None:
+    """Counted, an offer is listed and may be claimed before its launch has answered. One that
+    sold out meanwhile was taken for one the room's end had stopped: answered "withdrawn,
+    launch it again", its key freed, and a launch sent again made a second offer."""
+    reading = HeldCalls(shop.offers_store, "get")
+    launching, _ = other_process(shop, offers_store=cast(OfferStore, reading))
+    launch = asyncio.create_task(launch_through(launching, shop, quantity=2, limit=1, key="k"))
+    await asyncio.wait_for(reading.entered.wait(), 2)  # counted: reading it for its answer
+    [(listed, _)] = await shop.offers.in_room(shop.room_id)
+    for n in (1, 2):
+        await shop.claim(listed, buyer(n), "k")
+    await settle()  # the claim that took the last unit ended it
+    reading.gate.set()
+    offer, created = await launch
+    assert (offer.id, offer.end_reason, created) == (listed.id, EndReason.SOLD_OUT, True)
+    again, created = await launch_through(shop.offers, shop, quantity=2, limit=1, key="k")
+    assert (again.id, created) == (listed.id, False)
