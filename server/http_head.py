@@ -1,12 +1,16 @@
 """uvicorn's httptools protocol with bounds on reading a request: its head (request line and
-headers) in size, the whole request in time; and problem+json answers for the requests it
-refuses before the app sees them.
+headers) and what follows it in size, the whole request in time; and problem+json answers for
+the requests it refuses before the app sees them.
 
 httptools keeps a header until it is complete, with no limit of its own: four requests with
 one 32 MB header each were taken whole, and left the server some 80 MB larger, no token needed.
 A head past MAX_HEAD_BYTES is answered 431 and its connection closed, as nginx (four 8 KB
 buffers) or Node (16 KB) would, however its bytes were split into reads. Websocket handshakes
 are requests too, bound alike.
+
+What follows a head is bound too: past MAX_AFTER_HEAD_BYTES, body, chunk framing and trailers
+together, a request is answered 413. The app bounds the body it reads, but not a chunked
+request's trailers, which httptools keeps as it does headers, nor its chunk extensions.
 
 uvicorn does not time a request while it arrives: a client that sends a head (or a body) a byte
 at a time, or nothing at all after connecting, kept its connection and buffers for as long as
@@ -38,6 +42,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 log = logging.getLogger("liveshop.server")
 
 MAX_HEAD_BYTES = 32 * 1024
+# A request's bytes after its head: its body (64 KB at most, as the app reads it) with any
+# chunk framing (a client that sends a byte a chunk takes six bytes a byte), and its trailers.
+MAX_AFTER_HEAD_BYTES = 1024 * 1024
 # Time for a whole request to arrive, head and body (at most 64 KB here): generous for a phone
 # on a poor network, short for a client that holds a connection open by sending nothing.
 READ_SECONDS = 30.0
@@ -74,6 +81,12 @@ TOO_LARGE = problem_response(
 MALFORMED = problem_response(
     400, "Bad Request", "the request is not well-formed HTTP/1.1", "malformed_request"
 )
+_TOO_LARGE_AFTER_HEAD = problem_response(
+    413,
+    "Request Entity Too Large",
+    f"the body, with its chunk framing and trailers, is larger than {MAX_AFTER_HEAD_BYTES} bytes",
+    "payload_too_large",
+)
 _TIMED_OUT = problem_response(
     408,
     "Request Timeout",
@@ -94,6 +107,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     # bound, as one read of up to 64 KB can: not for every request.
     _head_bytes = 0
     _in_head = True
+    _after_head_bytes = 0  # of the request still arriving: see `_count_after_head`
     # Whether a request ended within the current read; then the next head's bytes in it are
     # the read less what the requests before it took of it: their bodies (as decoded: chunk
     # framing is charged to the head) and their heads (url, headers, bytes counted before).
@@ -126,7 +140,10 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         self._large_read = self._head_bytes + len(data) > MAX_HEAD_BYTES
         self._ended_in_read, self._body_in_read, self._heads_in_read = False, 0, []
         super().data_received(data)
-        if not self._in_head or self._refused or self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
+            return
+        if not self._in_head:
+            self._count_after_head(len(data))
             return
         if self._ended_in_read:  # a head begun behind pipelined requests in this read
             taken = sum(
@@ -158,7 +175,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head, self._after_head_bytes = False, 0
         self._heads_in_read.append((self.url, self.headers, self._head_bytes))
         # Checked before uvicorn parses the URL, which httptools cannot past 64 KB.
         if self._large_read and self._parsed_head_size() > MAX_HEAD_BYTES:
@@ -192,6 +209,20 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _parsed_head_size(self) -> int:
         return _head_size(self.url, self.headers)
+
+    def _count_after_head(self, size: int) -> None:
+        """Bound what follows a head. httptools keeps each trailer field until its line ends,
+        as it does a header, copying it again at each read, and a chunk extension is read
+        and dropped: neither is body, which the app bounds, so either went on for as long as
+        the client sent it (500 MB of one trailer held the event loop up to 7 s, and the
+        server 225 MB larger). A read may hold the head's end too: counted, it is a read's
+        worth at most, far below the bound."""
+        if self._reading_since is None:
+            return  # the read ended the request: the rest of it is the next one's head
+        self._after_head_bytes += size
+        if self._after_head_bytes > MAX_AFTER_HEAD_BYTES:
+            log.info("request_too_large", extra={"bytes": self._after_head_bytes})
+            self._refuse(_TOO_LARGE_AFTER_HEAD)
 
     def _refuse_large_head(self) -> None:
         size = max(self._head_bytes, self._parsed_head_size())

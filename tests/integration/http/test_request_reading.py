@@ -20,7 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from server import http_head
-from server.http_head import MAX_HEAD_BYTES
+from server.http_head import MAX_AFTER_HEAD_BYTES, MAX_HEAD_BYTES
 from tests.integration.channels.live import serving
 
 READ_SECONDS = 1.0  # the deadline in these tests
@@ -308,3 +308,44 @@ async def test_the_app_of_a_request_refused_midway_hears_the_client_gone(
         await asyncio.wait_for(app.state.gone.wait(), 5)
     finally:
         writer.close()
+
+
+CHUNKED = b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def _in_parts(data: bytes, size: int = 64 * 1024) -> list[bytes]:
+    return [data[at : at + size] for at in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize(
+    "after_head",
+    [
+        pytest.param(
+            b"2\r\n{}\r\n0\r\nx-trailer: " + b"a" * 2 * MAX_AFTER_HEAD_BYTES, id="a trailer"
+        ),
+        pytest.param(
+            b"2;e=" + b"a" * 2 * MAX_AFTER_HEAD_BYTES + b"\r\n{}\r\n0\r\n\r\n",
+            id="a chunk extension",
+        ),
+        pytest.param(b"1\r\na\r\n" * (2 * MAX_AFTER_HEAD_BYTES // 6), id="a byte a chunk"),
+    ],
+)
+async def test_what_follows_a_head_is_bound_whatever_its_framing(
+    port: int, after_head: bytes
+) -> None:
+    """The body the app reads is bound (64 KB), but a trailer httptools kept whole, copying it
+    at each read, and a chunk extension it dropped, went on as long as the client sent them.
+    (The bound is checked after each read: a request may go a read past it.)"""
+    answer = await _send(port, CHUNKED, *_in_parts(after_head))
+    assert _status_and_code(answer) == (413, "payload_too_large")
+
+
+async def test_a_chunked_body_with_framing_and_trailers_within_the_bound_goes_through(
+    port: int,
+) -> None:
+    body = b"x" * 60_000
+    chunks = b"".join(b"%x;n=1\r\n%s\r\n" % (len(part), part) for part in _in_parts(body, 10))
+    trailers = b"0\r\nx-checksum: " + b"c" * 1_000 + b"\r\n\r\n"
+    closing = CHUNKED.replace(b"host: x\r\n", b"host: x\r\nconnection: close\r\n")
+    answers = _answers(await _send(port, closing, *_in_parts(chunks + trailers)))
+    assert answers == [(200, None, body)]
