@@ -21,7 +21,7 @@ from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer, validate_claim
 from server.domain.postal_codes import ANY_POSTAL_CODE, postal_code_in, typed_postal_code
-from server.domain.text import describe, hidden_character, stray_tag
+from server.domain.text import describe, hidden_character, shows_something, stray_tag
 from server.domain.times import utc_ms
 
 RESERVATION_TTL = timedelta(minutes=15)
@@ -183,6 +183,7 @@ class Address:
         typed = (("name", name), ("line1", line1), ("line2", line2 or ""), ("city", city))
         for field_name, value in typed:
             _refuse_stray_tags(field_name, value)
+            _refuse_blank(field_name, value)
         return cls(
             name=name,
             line1=line1,
@@ -199,6 +200,17 @@ def _refuse_stray_tags(field_name: str, value: str) -> None:
     if (tag := stray_tag(value)) is not None:
         raise InvalidInput(
             f"address {field_name} contains a control or hidden character ({describe(tag)})",
+            code="invalid_address",
+        )
+
+
+def _refuse_blank(field_name: str, value: str) -> None:
+    # Joiners, combining marks or a Hangul filler alone pass the checks of `_check_text`, and
+    # make a label nobody can deliver to. Coming in only, as `_refuse_stray_tags`.
+    if value and not shows_something(value):
+        required = "is required" if field_name != "line2" else "shows nothing: leave it out"
+        raise InvalidInput(
+            f"address {field_name} {required} (it holds no letter, digit or sign)",
             code="invalid_address",
         )
 

@@ -412,6 +412,31 @@ def test_tag_characters_outside_a_flag_are_refused_coming_in_and_read_back(name:
     assert Address(name=name, **fields).name == name
 
 
+@pytest.mark.parametrize("field", ["name", "line1", "line2", "city"])
+@pytest.mark.parametrize(
+    "blank",
+    [
+        "\u200d",  # a joiner
+        "\u200c \u200d",  # joiners, a space between
+        "\u00ad",  # a soft hyphen
+        "\u0301",  # a combining mark
+        "\u3164",  # a Hangul filler
+        "\u2800",  # the braille blank
+    ],
+)
+def test_address_text_that_shows_nothing_is_refused_coming_in_and_read_back(
+    field: str, blank: str
+) -> None:
+    """Each passes the checks for hidden characters (names need joiners, marks), and made a
+    label nobody could deliver to. An address stored before the rule is still read back."""
+    fields = {"name": "Mia", "line1": "B", "city": "C", "postal_code": "10117", "country": "DE"}
+    with pytest.raises(InvalidInput, match=f"^address {field} ") as refused:
+        Address.clean(**{**fields, field: blank})
+    assert refused.value.code == "invalid_address"
+    assert "no letter, digit or sign" in refused.value.message
+    assert getattr(Address(**{**fields, field: blank}), field) == blank
+
+
 @given(st.text(st.characters(codec=None), max_size=30))
 def test_text_is_refused_exactly_when_it_holds_a_control_or_hidden_character(text: str) -> None:
     name = f"x{text}"  # never blank nor too long, which are refused for other reasons
