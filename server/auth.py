@@ -31,6 +31,10 @@ VERIFIED_TOKENS = 10_000
 # walking over the slots its earlier deletions left, which cost 3 µs a new token once it was full.
 _verified: OrderedDict[tuple[str, str], tuple[Identity, float]] = OrderedDict()
 _wall_clock = time.time  # tests move it
+# How far ahead of ours the issuer's clock may be: a token issued (`iat`) or valid from (`nbf`)
+# a moment "in the future" was signed on a machine whose clock is ahead, not forged, and a
+# shopper who just signed in must not hear their token is invalid. Never applied to `exp`.
+CLOCK_SKEW_SECONDS = 60
 
 
 def _valid_subject(sub: str) -> bool:
@@ -147,8 +151,15 @@ def _verify(secret: str, token: str) -> tuple[Identity, float]:
         raise _invalid()
     now = _wall_clock()
     for claim in ("iat", "nbf"):  # not issued in the future, not valid yet: refused
-        if claim in claims and ((at := _seconds(claims[claim])) is None or at > now):
+        if claim not in claims:
+            continue
+        if (at := _seconds(claims[claim])) is None:
             raise _invalid()
+        if at > now + CLOCK_SKEW_SECONDS:
+            raise Unauthorized(
+                f"token is not valid yet (`{claim}` is ahead of the server's clock)",
+                code="invalid_token",
+            )
     if (expires := _seconds(claims["exp"])) is None:
         raise _invalid()
     if expires <= now:

@@ -240,11 +240,11 @@ def forged_tokens() -> dict[str, str]:
         "role missing": signed(HS256, claims(role=...)),
         "role unknown": signed(HS256, claims(role="root")),
         "role a list": signed(HS256, claims(role=["admin"])),
-        "nbf in the future": signed(HS256, claims(nbf=now + 60)),
+        "nbf beyond the clock skew": signed(HS256, claims(nbf=now + 120)),
         "nbf a word": signed(HS256, claims(nbf="soon")),
         "nbf a numeric string": signed(HS256, claims(nbf=str(now))),
-        "iat in the future": signed(HS256, claims(iat=now + 60)),
-        "iat in the future, expired": signed(HS256, claims(iat=now + 60, exp=now - 60)),
+        "iat beyond the clock skew": signed(HS256, claims(iat=now + 120)),
+        "iat beyond the clock skew, expired": signed(HS256, claims(iat=now + 120, exp=now - 60)),
         "iat a word": signed(HS256, claims(iat="now")),
         "iat a numeric string": signed(HS256, claims(iat=str(now))),
         "iat a bool": signed(HS256, claims(iat=True)),
@@ -271,6 +271,7 @@ def valid_tokens() -> dict[str, str]:
         "fractional times": jwt.encode(claims(exp=int(now) + 600.5, iat=now - 1), SECRET),
         "nbf past, empty aud": jwt.encode(claims(nbf=int(now) - 10, aud=""), SECRET),
         "no iat": jwt.encode(claims(iat=...), SECRET),
+        "issued by a clock 30 s ahead": jwt.encode(claims(iat=now + 30, nbf=now + 30), SECRET),
         # Ignored although `jwt.decode` refuses them (see DIFFERENCES).
         "kid not a string": signed({**HS256, "kid": 1}, claims()),
         "b64 false without crit": signed({**HS256, "b64": False}, claims()),
@@ -311,6 +312,7 @@ DIFFERENCES: dict[str, Identity | str] = {
     "iat a numeric string": U1,
     "iat a bool": U1,
     "oversized": U1,
+    "issued by a clock 30 s ahead": "invalid_token",  # PyJWT allows no skew unless told to
     "kid not a string": "invalid_token",
     "b64 false without crit": "invalid_token",
     "jti not a string": "invalid_token",
@@ -422,9 +424,21 @@ def test_time_claims_compare_as_jwt_decode_compares_them(monkeypatch: pytest.Mon
     monkeypatch.setattr(auth, "_wall_clock", lambda: now + 0.5)
     assert ours(signed(HS256, claims(iat=now, exp=now + 0.9))) == "token_expired"
     assert ours(signed(HS256, claims(iat=now, exp=now + 1.0))) == U1
-    assert ours(signed(HS256, claims(iat=now + 0.9, nbf=now + 0.9, exp=now + 9))) == U1
-    assert ours(signed(HS256, claims(iat=now + 1, exp=now + 9))) == "invalid_token"
-    assert ours(signed(HS256, claims(iat=now, nbf=now + 1, exp=now + 9))) == "invalid_token"
+    ahead = now + auth.CLOCK_SKEW_SECONDS  # the issuer's clock may be ahead of ours so far
+    assert ours(signed(HS256, claims(iat=ahead + 0.9, nbf=ahead + 0.9, exp=now + 99))) == U1
+    assert ours(signed(HS256, claims(iat=ahead + 1, exp=now + 99))) == "invalid_token"
+    assert ours(signed(HS256, claims(iat=now, nbf=ahead + 1, exp=now + 99))) == "invalid_token"
+
+
+def test_a_token_from_an_issuer_whose_clock_is_ahead_is_taken_within_the_skew() -> None:
+    """Signed on a machine whose clock is a few seconds ahead, a fresh token was refused as
+    if forged: the shopper who had just signed in heard `invalid_token`."""
+    now = int(time.time())
+    assert ours(signed(HS256, claims(iat=now + 2, exp=now + 600))) == U1
+    refused = signed(HS256, claims(nbf=now + auth.CLOCK_SKEW_SECONDS + 30, exp=now + 600))
+    with pytest.raises(Unauthorized, match="not valid yet") as raised:
+        verify_socket_token(SECRET, refused)
+    assert raised.value.code == "invalid_token"
 
 
 def test_the_signature_is_checked_before_the_payload_is_parsed(
