@@ -403,11 +403,13 @@ class StockReservations(Protocol):
         *,
         orphan_only: bool = False,
         for_order: str | None = None,
+        reservation_id: str | None = None,
     ) -> bool:
         """Give the reservation's units back to the stock and to the buyer's limit. True the
-        one time it happens; False when already released, unknown, or (with `orphan_only`, the
-        reaper's way) an order is attached. The key stays, so a retry still finds its order;
-        `for_order` names that order on a key that had none, in the same step. Unavailable
+        one time it happens; False when already released, unknown, (with `orphan_only`, the
+        reaper's way) an order is attached, or the key's is not `reservation_id`. The key
+        stays, so a retry still finds its order; `for_order` names that order on a key that
+        had none, in the same step. Unavailable
         (`offer_paused`) when the offer is lost: rebuild it, then release."""
         ...
 

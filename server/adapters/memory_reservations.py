@@ -183,10 +183,13 @@ class MemoryStockReservations:
         *,
         orphan_only: bool = False,
         for_order: str | None = None,
+        reservation_id: str | None = None,
     ) -> bool:
         offer = self._offer_or_paused(offer_id)
         known = offer.claims.get(idempotency_key)
         if known is None or known.released:
+            return False
+        if reservation_id is not None and known.reservation_id != reservation_id:
             return False
         if orphan_only and known.order_id is not None:
             return False

@@ -87,6 +87,8 @@ return out
 """
 )
 
+# ARGV: the key; '1' to release only if no order is attached (the reaper's way); the order to
+# name on a key that has none; the reservation the key's must be ('' for any).
 RELEASE = (
     SAME_RUN
     + """
@@ -96,6 +98,7 @@ if not raw then return 0 end
 local r = cjson.decode(raw)
 if r.x == 1 then return 0 end
 if ARGV[2] == '1' and r.o then return 0 end
+if ARGV[4] ~= '' and r.r ~= ARGV[4] then return 0 end
 if ARGV[3] ~= '' and not r.o then r.o = ARGV[3] end
 r.x = 1
 redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(r))

@@ -188,8 +188,9 @@ class RedisStockReservations:
         *,
         orphan_only: bool = False,
         for_order: str | None = None,
+        reservation_id: str | None = None,
     ) -> bool:
-        args = [idempotency_key, "1" if orphan_only else "0", for_order or ""]
+        args = [idempotency_key, "1" if orphan_only else "0", for_order or "", reservation_id or ""]
         released = int(await self._release(keys=_keys(offer_id), args=args))
         if released < 0:
             raise being_restored(offer_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -224,12 +225,15 @@ class OrderService:
         stored = await self._orders.create(order)
         created = stored.id == order.id  # else an earlier attempt of this claim wrote it
         same_terms = same_claim(stored, order.quantity, order.shipping_address)
+        # Only this attempt's own reservation goes back below: Redis may have lost the offer
+        # since this attempt reserved, and the key now be a retry's, whose order holds it.
+        own = order.reservation_id
         if not stored.holds_stock:
             # An earlier attempt's order, cancelled or expired since, and Redis had forgotten
             # its key (lost with the offer): the units this attempt has just reserved would
             # be held by nobody, for good. They go back, and the key names the order in the
             # same step, so that every later retry finds the order as this one does.
-            await self._release(stored)
+            await self._release(stored, reservation_id=own)
             await self._stock_came_back(order.offer_id)
             if not same_terms:
                 raise other_terms()
@@ -239,7 +243,7 @@ class OrderService:
             # attempt's own units, reserved for terms no order has, go back. (On this
             # attempt's own reservation, the order is a retry's that was written first: the
             # units are its, and it is attached below like any other.)
-            await self._release(stored)
+            await self._release(stored, reservation_id=own)
             await self._stock_came_back(order.offer_id)
             raise other_terms()
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
@@ -460,15 +464,22 @@ class OrderService:
                 self._offer_service.stock_moved(offer, None)  # told while the offer runs
         return True
 
-    async def _release(self, order: Order) -> bool:
+    async def _release(self, order: Order, *, reservation_id: str | None = None) -> bool:
+        """Give back the units held under the order's key (only if the key's reservation is
+        `reservation_id`, when given), naming the order on the key."""
+        release = functools.partial(
+            self._stock.release,
+            order.offer_id,
+            order.idempotency_key,
+            for_order=order.id,
+            reservation_id=reservation_id,
+        )
         try:
-            return await self._stock.release(
-                order.offer_id, order.idempotency_key, for_order=order.id
-            )
+            return await release()
         except OfferPaused:
             pass
         # The offer's stock was lost (Redis restarted): rebuild it from the orders, where this
         # one holds nothing now, then release anyway, in case a rebuild that read the orders
         # before this order's move won the race and holds its units.
         await self._offer_service.rebuild(order.offer_id)
-        return await self._stock.release(order.offer_id, order.idempotency_key, for_order=order.id)
+        return await release()

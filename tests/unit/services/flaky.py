@@ -41,6 +41,7 @@ class FlakyStock:
         *,
         orphan_only: bool = False,
         for_order: str | None = None,
+        reservation_id: str | None = None,
     ) -> bool:
         if self.before_release is not None:
             await self.before_release()
@@ -49,7 +50,11 @@ class FlakyStock:
             self.releases_failing -= 1
             raise Unavailable("live data is unreachable, try again")
         return await self._shared.release(
-            offer_id, idempotency_key, orphan_only=orphan_only, for_order=for_order
+            offer_id,
+            idempotency_key,
+            orphan_only=orphan_only,
+            for_order=for_order,
+            reservation_id=reservation_id,
         )
 
     async def attach_order(

@@ -17,14 +17,13 @@ from server.domain.money import Money
 from server.domain.offers import EndReason, FlashOffer, StockFigure
 from server.domain.orders import Address, Order, OrderStatus
 from server.domain.times import iso_z
-from server.ports import OrderStore, StockReservations
+from server.ports import StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.orders import OrderService
 from server.services.reaper import ORPHAN_AFTER
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,
-    HeldCalls,
     Shop,
     buyer,
     other_process,
@@ -386,45 +385,6 @@ async def test_concurrent_retries_write_one_order_and_only_one_is_new(shop: Shop
     assert len({order.id for order, _ in answers}) == 1
     assert [created for _, created in answers].count(True) == 1
     assert await shop.stock.remaining(offer.id) == 4
-
-
-@pytest.mark.parametrize("retry_attached_first", [True, False])
-async def test_a_first_attempt_beaten_by_its_retry_with_other_terms_leaves_the_retrys_units(
-    shop: Shop, retry_attached_first: bool
-) -> None:
-    """The same key from two processes, the second time with another address, while the first
-    attempt's order is still on its way: the retry writes its order on the first attempt's
-    reservation. The first attempt, finding that order under the key, took it for one an
-    earlier reservation made and gave the reservation's units back: sold again while the
-    retry's order held them, and its buyer over the limit."""
-    offer = await shop.launch(quantity=2, limit=1)
-    first_writes = HeldCalls(shop.orders_store)
-    _, first_process = other_process(shop, orders=cast(OrderStore, first_writes))
-    first = asyncio.create_task(
-        first_process.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
-    )
-    await first_writes.entered.wait()  # reserved, its order on its way
-    attaches = HeldCalls(shop.stock, "attach_order", answer_late=retry_attached_first)
-    _, retry_process = other_process(shop, stock=cast(StockReservations, attaches))
-    retry = asyncio.create_task(
-        retry_process.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ELSEWHERE)
-    )
-    await attaches.entered.wait()  # its order written; attached too, if retry_attached_first
-    first_writes.gate.set()
-    with pytest.raises(Conflict) as refused:
-        await first
-    assert refused.value.code == "idempotency_key_reused"
-    attaches.gate.set()
-    order, created = await retry
-    assert (created, order.status, order.shipping_address) == (
-        True,
-        OrderStatus.PENDING_PAYMENT,
-        ELSEWHERE,
-    )
-    assert await shop.stock.remaining(offer.id) == 1
-    with pytest.raises(Conflict) as limit:
-        await shop.claim(offer, buyer(1), "k2")
-    assert limit.value.code == "limit_reached"
 
 
 async def test_the_keys_of_users_whose_ids_hold_colons_never_meet(shop: Shop) -> None:

@@ -1,0 +1,87 @@
+"""A claim sent again with other terms (another address) while its first attempt's order is
+on its way, in another process: whichever order is written first keeps the units reserved
+under the key, and the other attempt is refused `idempotency_key_reused` having taken nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+import pytest
+
+from server.domain.errors import Conflict
+from server.domain.orders import Address, OrderStatus
+from server.ports import OrderStore, StockReservations
+from tests.unit.services.shop import ADDRESS, HeldCalls, Shop, buyer, other_process
+
+ELSEWHERE = Address.clean(
+    name="Ana", line1="Rua 2", city="Porto", postal_code="4000-001", country="PT"
+)
+
+
+@pytest.mark.parametrize("retry_attached_first", [True, False])
+async def test_a_first_attempt_beaten_by_its_retry_with_other_terms_leaves_the_retrys_units(
+    shop: Shop, retry_attached_first: bool
+) -> None:
+    """The same key from two processes, the second time with another address, while the first
+    attempt's order is still on its way: the retry writes its order on the first attempt's
+    reservation. The first attempt, finding that order under the key, took it for one an
+    earlier reservation made and gave the reservation's units back: sold again while the
+    retry's order held them, and its buyer over the limit."""
+    offer = await shop.launch(quantity=2, limit=1)
+    first_writes = HeldCalls(shop.orders_store)
+    _, first_process = other_process(shop, orders=cast(OrderStore, first_writes))
+    first = asyncio.create_task(
+        first_process.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await first_writes.entered.wait()  # reserved, its order on its way
+    attaches = HeldCalls(shop.stock, "attach_order", answer_late=retry_attached_first)
+    _, retry_process = other_process(shop, stock=cast(StockReservations, attaches))
+    retry = asyncio.create_task(
+        retry_process.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ELSEWHERE)
+    )
+    await attaches.entered.wait()  # its order written; attached too, if retry_attached_first
+    first_writes.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await first
+    assert refused.value.code == "idempotency_key_reused"
+    attaches.gate.set()
+    order, created = await retry
+    assert (created, order.status, order.shipping_address) == (
+        True,
+        OrderStatus.PENDING_PAYMENT,
+        ELSEWHERE,
+    )
+    assert await shop.stock.remaining(offer.id) == 1
+    with pytest.raises(Conflict) as limit:
+        await shop.claim(offer, buyer(1), "k2")
+    assert limit.value.code == "limit_reached"
+
+
+async def test_a_first_attempt_whose_reservation_redis_lost_leaves_its_retrys_units(
+    shop: Shop,
+) -> None:
+    """As above, but Redis lost the offer while the first attempt's order was on its way: the
+    retry reserved afresh under the key, and the first attempt's release, by key, gave back the
+    retry's reservation instead of its own, which was gone."""
+    offer = await shop.launch(quantity=2, limit=1)
+    first_writes = HeldCalls(shop.orders_store)
+    _, first_process = other_process(shop, orders=cast(OrderStore, first_writes))
+    first = asyncio.create_task(
+        first_process.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await first_writes.entered.wait()  # reserved, its order on its way
+    shop.stock.flush()  # Redis restarts without its data
+    retry, created = await shop.orders.claim(
+        offer.id, buyer(1), quantity=1, idempotency_key="k", address=ELSEWHERE
+    )  # the offer rebuilt, the key reserved afresh, its order written and attached
+    assert created
+    first_writes.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await first
+    assert refused.value.code == "idempotency_key_reused"
+    assert (await shop.orders_store.get(retry.id)).status is OrderStatus.PENDING_PAYMENT
+    assert await shop.stock.remaining(offer.id) == 1
+    with pytest.raises(Conflict) as limit:
+        await shop.claim(offer, buyer(1), "k2")
+    assert limit.value.code == "limit_reached"
