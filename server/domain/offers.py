@@ -26,6 +26,9 @@ MAX_COUNTDOWN = timedelta(hours=1)
 # and the client's key (100).
 MAX_CLAIM_QUANTITY = 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 512
+# A reservation with no order attached, and not sent again for this long (a retry shows its
+# claimer lives, perhaps waiting out a MongoDB outage), belongs to a claimer that died mid-claim.
+ORPHAN_AFTER = timedelta(seconds=30)
 # The reaper takes orphaned reservations in batches, oldest first, so one scan stays short.
 PENDING_BATCH = 1000
 # Added to a process's clock to take in every reservation made so far, by any process, whatever

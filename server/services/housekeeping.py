@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 
 from server.domain.errors import LiveshopError
+from server.domain.offers import ORPHAN_AFTER
 from server.metrics import Metrics
 from server.services.offers import OfferService
 from server.services.orders import OrderService
-from server.services.reaper import ORPHAN_AFTER
 
 log = logging.getLogger("liveshop.housekeeping")
 

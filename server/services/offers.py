@@ -29,6 +29,7 @@ from server.domain.figures import OfferFigures
 from server.domain.identity import Identity, scoped_key
 from server.domain.money import Money
 from server.domain.offers import (
+    ORPHAN_AFTER,
     EndReason,
     FlashOffer,
     StockFigure,
@@ -328,14 +329,24 @@ class OfferService:
         at = offer.ends_at if reason is EndReason.EXPIRED else self._clock()
         if reason is EndReason.SOLD_OUT and not await self._stop_if_sold_out(offer.id):
             return None
-        if reason is EndReason.EXPIRED and await self._sold_out_in_time(offer.id):
-            reason = EndReason.SOLD_OUT
+        hung: Unresponsive | None = None
+        if reason is EndReason.EXPIRED:
+            try:
+                if await self._sold_out_in_time(offer.id):
+                    reason = EndReason.SOLD_OUT
+            except Unresponsive as error:
+                hung = error  # the end is recorded all the same, and finished a round later
         self._announcer.forget(offer.id)
         ended = await self._offers.record_end(
             offer.id, reason, at, free_launch_key=free_launch_key, if_uncounted=if_uncounted
         )
         if ended is None:
             return None
+        if hung is not None:
+            # Stopping its stock now would wait out the same deadline again: the next round
+            # of finish_ends does it, as it does for an end whose stop ran out of time.
+            self._unfinished_since[ended.id] = self._clock() - FINISH_GRACE
+            raise hung
         await self._finish_end(ended)
         log.info("offer_ended", extra={"offer_id": offer.id, "reason": reason.value})
         return ended
@@ -351,10 +362,18 @@ class OfferService:
 
     async def _sold_out_in_time(self, offer_id: str) -> bool:
         """Whether an offer whose time is up had sold out (its seller's end held back by an
-        order on its way, or its seller dead), its stock stopped so. Redis away, it expired."""
-        with contextlib.suppress(Unavailable):
+        order on its way, or its seller dead), its stock stopped so: none left, and no
+        reservation waiting for its order longer than a live claimer would (ORPHAN_AFTER: its
+        units will come back). Redis away, it expired; Unresponsive, if Redis hangs."""
+        try:
+            presumed_dead = self._clock() - ORPHAN_AFTER
+            if await self._stock.pending_without_order(offer_id, presumed_dead):
+                return False
             return await self._stop_if_sold_out(offer_id)
-        return False
+        except Unresponsive:
+            raise
+        except Unavailable:
+            return False
 
     async def _finish_end(self, ended: FlashOffer) -> None:
         """Stop the stock and tell the room, then clear the note `record_end` left. Should

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from server.domain.errors import OfferPaused, Unavailable
-from server.domain.offers import LATE_ORDERS, PENDING_BATCH, SKEW_MARGIN
+from server.domain.offers import LATE_ORDERS, ORPHAN_AFTER, PENDING_BATCH, SKEW_MARGIN
 from server.domain.orders import Order
 from server.ports import OfferStore, OrderStore, StockReservations
 from server.services.buyer_notices import BuyerNotices
@@ -26,9 +26,6 @@ from server.services.offers import OfferService
 
 log = logging.getLogger("liveshop.orders")
 
-# A reservation with no order attached, and not sent again for this long (a retry shows its
-# claimer lives, perhaps waiting out a MongoDB outage), belongs to a claimer that died mid-claim.
-ORPHAN_AFTER = timedelta(seconds=30)
 SETTLE_BATCH = 100  # offers settled per housekeeping round
 
 

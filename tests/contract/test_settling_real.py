@@ -21,12 +21,11 @@ from server.adapters.mongo.stores import MongoProductStore, MongoRoomStore
 from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.errors import Conflict, Unavailable
 from server.domain.money import Money
-from server.domain.offers import LATE_ORDERS
+from server.domain.offers import LATE_ORDERS, ORPHAN_AFTER
 from server.domain.orders import HOLDS_STOCK, OrderStatus
 from server.ports import OrderStore
 from server.services.offers import OfferService
 from server.services.orders import OrderService
-from server.services.reaper import ORPHAN_AFTER
 from server.services.rooms import RoomService
 from tests.fakes import Clock, RecordingEvents
 from tests.unit.services.shop import ADDRESS, HOST, HeldWrites, buyer

@@ -14,13 +14,12 @@ from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Forbidden, NotFound, Unavailable
 from server.domain.identity import Identity, Role, client_key, scoped_key
 from server.domain.money import Money
-from server.domain.offers import EndReason, FlashOffer, StockFigure
+from server.domain.offers import ORPHAN_AFTER, EndReason, FlashOffer, StockFigure
 from server.domain.orders import Address, Order, OrderStatus
 from server.domain.times import iso_z
 from server.ports import StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.orders import OrderService
-from server.services.reaper import ORPHAN_AFTER
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,

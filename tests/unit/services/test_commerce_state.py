@@ -29,6 +29,7 @@ from server.domain.identity import Identity, Role, scoped_key
 from server.domain.money import Money
 from server.domain.offers import (
     LATE_ORDERS,
+    ORPHAN_AFTER,
     ClaimOutcome,
     EndReason,
     FlashOffer,
@@ -39,7 +40,6 @@ from server.ports import OrderStore
 from server.services.late_orders import LATE_WRITES
 from server.services.offers import OfferService
 from server.services.orders import OrderService
-from server.services.reaper import ORPHAN_AFTER
 from server.services.rooms import RoomService
 from tests.fakes import Clock, RecordingEvents
 from tests.unit.services.shop import HeldWrites

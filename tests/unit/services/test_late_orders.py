@@ -9,10 +9,10 @@ from typing import cast
 import pytest
 
 from server.domain.errors import Conflict, Unavailable
+from server.domain.offers import ORPHAN_AFTER
 from server.domain.orders import OrderStatus
 from server.ports import OrderStore
 from server.services.late_orders import LATE_WRITES
-from server.services.reaper import ORPHAN_AFTER
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from server.domain.errors import Conflict, Unavailable
+from server.domain.errors import Conflict, Unavailable, Unresponsive
 from server.domain.offers import EndReason
 from server.ports import OrderStore, StockReservations
 from server.services.housekeeping import Housekeeper
@@ -283,3 +283,54 @@ async def test_a_sold_out_offer_nobody_serves_is_ended_by_housekeeping_in_turn(
     for _ in range(2):  # found sold out, then ended a round later
         await serving_nothing.run_once()
     assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.SOLD_OUT
+
+
+async def test_an_offer_whose_time_is_up_with_a_unit_a_dead_claimer_held_expires(
+    shop: Shop,
+) -> None:
+    """A reservation without an order for longer than a live claimer waits (ORPHAN_AFTER)
+    will come back: the offer did not sell out, and ends `expired`."""
+    offer = await shop.launch(quantity=2, limit=1, duration=60)
+    await shop.claim(offer, buyer(1), "k")
+    await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", shop.clock())  # then died
+    shop.clock.advance(seconds=61)
+    await Housekeeper(shop.offers, shop.orders, lambda: [offer.id]).run_once()
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.EXPIRED
+
+
+class HungStock(Relay):
+    """Reservations behind a Redis that hangs: each call runs out its deadline."""
+
+    def __init__(self, shared: Any) -> None:
+        super().__init__(shared)
+        self.calls: list[str] = []
+        self.hung = True
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self._shared, name)
+
+        async def hanging(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if self.hung:
+                raise Unresponsive("live data did not answer in time")
+            return await call(*args, **kwargs)
+
+        return hanging
+
+
+async def test_an_end_by_time_waits_on_a_hung_redis_once_and_is_finished_later(
+    shop: Shop,
+) -> None:
+    """Asking whether the offer sold out, then stopping its stock, waited out the deadline
+    twice an offer, every round."""
+    offer = await shop.launch(quantity=2, limit=1, duration=60)
+    hung = HungStock(shop.stock)
+    offers, _ = other_process(shop, stock=cast(StockReservations, hung))
+    shop.clock.advance(seconds=61)
+    with pytest.raises(Unresponsive):
+        await offers.end_due()
+    assert hung.calls == ["pending_without_order"]
+    assert (await shop.offers_store.get(offer.id)).end_reason is EndReason.EXPIRED
+    hung.hung = False
+    await offers.finish_ends()  # its next round: at once
+    assert [e["reason"] for e in shop.events.of_type("offer.ended")] == ["expired"]
