@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,9 @@ from channels.close_codes import CloseCode
 from channels.connection import Connection, FrameSender
 from channels.direct_send import DirectSocket
 from channels.errors import Draining, RoomEnded
+from channels.hub_stream import RoomLoader, StreamFollower
 from channels.room_counters import CounterKeeper, RoomCounters
-from channels.room_state import LocalRoom, RoomView, hello_frame
+from channels.room_state import LocalRoom, hello_frame
 from channels.user_watch import UserWatches
 from server.background import BackgroundTasks
 from server.domain.errors import LiveshopError, NotFound, Unavailable
@@ -32,8 +33,6 @@ from server.domain.identity import Identity
 from server.metrics import Metrics
 
 log = logging.getLogger("liveshop.hub")
-
-RoomLoader = Callable[[str], Awaitable[RoomView]]
 
 # A room with no local viewers keeps its subscription this long, so a quick reconnect is cheap.
 LINGER_SECONDS = 15.0
@@ -51,7 +50,7 @@ class HubLimits:
     batch_seconds: float = 0.1
 
 
-class Hub:
+class Hub(StreamFollower):
     def __init__(
         self,
         broker: Broker,
@@ -228,11 +227,17 @@ class Hub:
         ready = room.ready  # the first joiners' (a reset while it opens sets another)
         assert ready is not None
         try:
+            # Where the stream stood before the stores were read: the events published while
+            # they are read (a slow mode, a mute, an offer's end) are replayed from there over
+            # what was read. Each is published after what it tells is stored, and applying
+            # one to a room that already holds it changes nothing.
+            before = await self.broker.position(room.room_id)
             read = room.begin_read()
             room.load(await self._load_room(room.room_id), read)
             async with self._subscriptions:
                 await self.broker.subscribe_room(room.room_id)
             await asyncio.wait_for(room.subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
+            room.last_seq, room.epoch = before.seq, before.epoch
             await self._sync(room)
             self.metrics.rooms.set(len(self._rooms))
             ready.set_result(None)
@@ -342,8 +347,10 @@ class Hub:
         if room is None:
             return
         if room.subscribed.is_set():
-            # A re-subscription after a broker reconnect: events may have been missed.
+            # A re-subscription after a broker reconnect: events may have been missed, and a
+            # change of settings, which is told but not kept in the stream.
             self._spawn(self._sync(room))
+            self._spawn(self._reload(room))
         room.subscribed.set()
 
     def _on_control(self, room: LocalRoom, kind: str) -> None:
@@ -386,80 +393,6 @@ class Hub:
         for conn in list(room.batched):
             conn.push(text)
         self.metrics.frames_out.inc(len(room.batched))
-
-    # Keeping in step with the stream ---------------------------------------------------------
-
-    async def _sync(self, room: LocalRoom) -> None:
-        """Compare with the broker's position: adopt it, fill a gap, or reset on a new epoch."""
-        position = await self.broker.position(room.room_id)
-        if room.last_seq is None:
-            room.last_seq, room.epoch = position.seq, position.epoch
-            await self._fill(room)
-        elif position.epoch != room.epoch:
-            await self._reset(room, position.seq, position.epoch)
-        elif position.seq > room.last_seq:
-            await self._fill(room)
-
-    async def _fill(self, room: LocalRoom) -> None:
-        if room.filling or room.reloading or room.last_seq is None or room.epoch is None:
-            return
-        room.filling = True
-        try:
-            for _ in range(3):
-                epoch = room.epoch
-                frames = await self.broker.history(room.room_id, room.last_seq, epoch)
-                if room.epoch != epoch or room.reloading:
-                    return  # history was found lost meanwhile: the reset fills once it is done
-                if frames is None:
-                    position = await self.broker.position(room.room_id)
-                    await self._reset(room, position.seq, position.epoch)
-                    return
-                for text in frames:
-                    event = json.loads(text)
-                    if int(event["seq"]) == room.last_seq + 1:
-                        self._fan_out(room, int(event["seq"]), event, text)
-                if self._drain_pending(room):
-                    return
-        finally:
-            room.filling = False
-
-    def _drain_pending(self, room: LocalRoom) -> bool:
-        """Fan out held events that now follow on; True when nothing is left waiting."""
-        for seq, event, text in room.next_in_line():
-            self._fan_out(room, seq, event, text)
-        return not room.pending
-
-    async def _reset(self, room: LocalRoom, seq: int, epoch: str) -> None:
-        """History is gone: viewers here reconnect and learn they must reload. The room is read
-        again from the stores first, since the new epoch's events up to `seq` are in no history
-        (an offer ended, one launched) and hellos are made from it: joiners wait for it, events
-        arriving meanwhile wait too, and the viewers are sent away once it is done. Several
-        checks can find the same loss at once (the tick, a frame of the new epoch, a fill): the
-        first resets, and the others, once it is done, find nothing left to do."""
-        async with room.reset_lock:
-            if epoch != room.epoch or room.last_seq is None or seq > room.last_seq:
-                await self._read_room_again(room, seq, epoch)
-        if not self._drain_pending(room):
-            self._spawn(self._fill(room))
-
-    async def _read_room_again(self, room: LocalRoom, seq: int, epoch: str) -> None:
-        self.metrics.stream_resets.inc()
-        log.warning("room_stream_reset", extra={"room_id": room.room_id})
-        room.last_seq, room.epoch, room.pending = seq, epoch, []
-        here, read_again = list(room.connections), asyncio.get_running_loop().create_future()
-        room.reloading, room.ready = True, read_again
-        try:
-            read = room.begin_read()
-            room.load(await self._load_room(room.room_id), read)
-        except Exception as exc:  # a store away: what the room holds stays, as before
-            log.warning(
-                "room_reload_failed", extra={"room_id": room.room_id, "error": type(exc).__name__}
-            )
-        finally:
-            room.reloading = False
-            read_again.set_result(None)
-        for conn in here:
-            conn.abort(CloseCode.RESYNC, "room history was lost: reconnect")
 
     # Counters and housekeeping, once per interval --------------------------------------------
 

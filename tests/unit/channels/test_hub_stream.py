@@ -4,11 +4,17 @@ history, and a history lost (a Redis restart) found by one check or several at o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
 from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
+from server.domain.identity import Identity, Role
+from server.domain.times import iso_z
 from server.metrics import Metrics
 from tests.unit.channels.hub_fakes import (
     ROOM,
@@ -19,6 +25,14 @@ from tests.unit.channels.hub_fakes import (
     make_hub,
     viewer,
 )
+
+
+async def until_true(check: Callable[[], bool]) -> None:
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never came true")
 
 
 def bus_of(hub: Hub) -> MemoryBus:
@@ -171,3 +185,68 @@ async def test_a_loss_found_while_catching_up_leaves_the_room_hearing() -> None:
     finally:
         for hub in (a, b):
             await hub.close()
+
+
+async def test_what_is_published_while_a_process_opens_the_room_reaches_its_state() -> None:
+    """The process read the room from the stores, then took the stream's position: a slow
+    mode, a mute or an offer's end published in between was counted in the position, and
+    never applied to the room there, for as long as it stayed open."""
+    store: dict[str, Any] = {"slow": 0, "mutes": {}, "offers": [{"id": "o1", "remaining": 5}]}
+    reading = asyncio.Event()
+    reading.set()
+
+    async def load(room_id: str) -> RoomView:
+        room = replace(ROOM, slow_mode_seconds=store["slow"])
+        offers, mutes = list(store["offers"]), dict(store["mutes"])
+        await reading.wait()  # the other reads: pinned product, offers, mutes
+        return RoomView(room, None, mutes, offers)
+
+    bus = MemoryBus()
+    a, b = (Hub(MemoryBroker(bus), load, Metrics(), HubLimits()) for _ in range(2))
+    for hub in (a, b):
+        await hub.start()
+    try:
+        await a.join("r1", Identity("mod", Role.MODERATOR), Socket())
+        reading.clear()
+        joining = asyncio.create_task(b.join("r1", viewer(2), Socket()))
+        await asyncio.sleep(0.01)  # B has read the room's slow mode, offers and mutes
+        until = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+        store["slow"] = 30  # stored, then published, as the endpoint does
+        await a.publish_room_event("r1", {"type": "room.slow_mode", "seconds": 30})
+        store["mutes"]["u2"] = until
+        muted = {"type": "user.muted", "user_id": "u2", "until": iso_z(until)}
+        await a.publish_room_event("r1", muted)
+        store["offers"] = []
+        ended = {"type": "offer.ended", "offer_id": "o1", "reason": "sold_out"}
+        await a.publish_room_event("r1", ended)
+        reading.set()
+        await joining
+        room = b.room("r1")
+        assert room is not None
+        assert room.slow_mode_seconds == 30
+        assert room.muted_until("u2", datetime.now(UTC)) == until
+        assert "o1" not in room.offers
+    finally:
+        for hub in (a, b):
+            await hub.close()
+
+
+async def test_a_process_whose_pub_sub_was_away_reads_the_rooms_settings_again() -> None:
+    """A change of blocked words is told to the other processes, not kept in the stream: one
+    whose pub/sub was away when it was told kept the old words until the room closed there."""
+    words: list[str] = []
+
+    async def load(room_id: str) -> RoomView:
+        return RoomView(replace(ROOM, blocked_words=list(words)))
+
+    hub = Hub(MemoryBroker(MemoryBus()), load, Metrics(), HubLimits())
+    await hub.start()
+    try:
+        await hub.join("r1", viewer(1), Socket())
+        words.append("scam")  # set on another process while this one's pub/sub was away
+        hub.on_room_subscribed("r1")  # back
+        room = hub.room("r1")
+        assert room is not None
+        await until_true(lambda: room.blocked_words == ["scam"])
+    finally:
+        await hub.close()
