@@ -4,8 +4,11 @@ drains through ASGI.
 
 Pushing a frame never blocks, so a viewer whose network is slow can never slow the room. A
 viewer is too slow when its queue is full while the writer waits for the socket to take more
-(the transport paused writing); it is closed with TOO_SLOW and reconnects with `since`. If even
-the close cannot be written, the endpoint serving it is told to give up on the socket.
+(the transport paused writing); it is closed with TOO_SLOW and reconnects with `since`. The
+frames it was started with (hello, and the events a reconnect missed) do not count: catching up
+is no sign of a slow client. A close after the queued frames (a ban, the room's end) waits for
+them CLOSE_TIMEOUT_SECONDS at most. If even the close cannot be written, the endpoint serving
+it is told to give up on the socket.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Connection:
         "_closer",
         "_closing",
         "_direct",
+        "_fill_left",
+        "_flush_deadline",
         "_on_overflow",
         "_queue",
         "_ready",
@@ -89,14 +94,24 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._closing: tuple[CloseCode, str] | None = None
+        self._flush_deadline: asyncio.TimerHandle | None = None
         self._waiting_on_socket = False
+        # Frames of `start` (hello, a reconnect's missed events) still queued: catching up on
+        # a long absence is no sign of a slow client, so they do not count against `limit`.
+        self._fill_left = 0
+
+    @property
+    def closing(self) -> bool:
+        """Closed, or to close once what is queued has gone (banned, the room ended, a drain):
+        what it sends is no longer carried out, since no answer would reach it."""
+        return self.closed or self._closing is not None
 
     def push(self, text: str) -> None:
         """Send one frame now if nothing waits before it, else queue it; never blocks. Frames
         pushed before `start` wait for it."""
         if self.closed or self._closing is not None:
             return
-        queued = 0 if self._queue is None else len(self._queue)
+        queued = 0 if self._queue is None else len(self._queue) - self._fill_left
         if queued >= self.limit and (
             self._waiting_on_socket or queued >= self.limit * BURST_ALLOWANCE
         ):
@@ -120,6 +135,7 @@ class Connection:
         if self.closed:
             return
         queue = deque(first)
+        self._fill_left = len(queue)
         if self._queue:
             queue.extend(self._queue)
         self._queue = queue
@@ -132,6 +148,11 @@ class Connection:
         if self.closed or self._closing is not None:
             return
         self._closing = (code, reason)
+        # A peer that has stopped reading would hold the close, and its place in the room,
+        # for as long as its network kept the connection: the flush has a deadline too.
+        self._flush_deadline = asyncio.get_running_loop().call_later(
+            CLOSE_TIMEOUT_SECONDS, self.abort, code, reason
+        )
         if self._ready and self._writer is None:
             self._writer = asyncio.create_task(self._write())
 
@@ -139,6 +160,7 @@ class Connection:
         """Drop whatever is queued and close now."""
         if self.closed:
             return
+        self._stop_flush_deadline()
         self.closed = True
         self._queue = None
         if self._writer is not None:
@@ -147,6 +169,7 @@ class Connection:
 
     async def finish(self) -> None:
         """Stop the writer when the socket is gone (the endpoint calls this on disconnect)."""
+        self._stop_flush_deadline()
         self.closed = True
         self._queue = None
         if self._writer is not None and self._writer is not asyncio.current_task():
@@ -161,10 +184,13 @@ class Connection:
                 # Only while this await is pending can push() run: if it runs then, the
                 # socket is not taking frames as fast as the room makes them.
                 self._waiting_on_socket = True
-                await self._sender.send_text(self._queue.popleft())
+                text = self._queue.popleft()
+                self._fill_left = max(self._fill_left - 1, 0)
+                await self._sender.send_text(text)
                 self._waiting_on_socket = False
             self._queue = None
             if self._closing is not None:
+                self._stop_flush_deadline()
                 self.closed = True
                 await self._close(*self._closing)
         except asyncio.CancelledError:
@@ -173,6 +199,11 @@ class Connection:
             self.closed = True
         finally:
             self._writer = None
+
+    def _stop_flush_deadline(self) -> None:
+        if self._flush_deadline is not None:
+            self._flush_deadline.cancel()
+            self._flush_deadline = None
 
     async def _close(self, code: int, reason: str) -> None:
         try:

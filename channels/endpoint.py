@@ -127,6 +127,8 @@ async def _serve(
             return
         if message["type"] == "websocket.disconnect":
             return
+        if conn.closing:
+            continue  # banned, or the room ended: what it still sends is dropped, unanswered
         raw = message.get("text")
         if raw is None:
             raw = message.get("bytes") or b""
