@@ -22,7 +22,7 @@ from channels.broker import Broker, encode_body, seq_of
 from channels.close_codes import CloseCode
 from channels.connection import Connection, FrameSender
 from channels.direct_send import DirectSocket
-from channels.errors import Draining, RoomEnded
+from channels.errors import Banned, Draining, RoomEnded
 from channels.hub_stream import RoomLoader, StreamFollower
 from channels.room_counters import CounterKeeper, RoomCounters
 from channels.room_state import LocalRoom, hello_frame
@@ -145,6 +145,8 @@ class Hub(StreamFollower):
             raise Draining("server is shutting down")
         if room.status == "ended":
             raise RoomEnded("the room has ended")
+        if identity.user_id in room.banned and not (identity.anonymous or identity.staff):
+            raise Banned("you are banned from this room")  # after the endpoint's check
         conn = Connection(
             secrets.token_hex(6),
             identity,

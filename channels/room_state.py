@@ -61,6 +61,9 @@ class LocalRoom:
     mute_reads: int = 0
     mute_read_taken: int = 0
     offers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Bans heard while the room is open here: a viewer whose join was checked against the stores
+    # just before their ban was stored must not get in once it has been heard.
+    banned: set[str] = field(default_factory=set)
     # Every local viewer; `batched` are those that take room events in batch frames.
     connections: set[Connection] = field(default_factory=set)
     direct: set[Connection] = field(default_factory=set)
@@ -258,6 +261,10 @@ class LocalRoom:
         elif kind == "user.unmuted":
             self.mutes.pop(str(event["user_id"]), None)
             self.mute_changes += 1
+        elif kind == "user.banned":
+            self.banned.add(str(event.get("user_id")))
+        elif kind == "user.unbanned":
+            self.banned.discard(str(event.get("user_id")))
         elif kind == "room.slow_mode":
             self.slow_mode_seconds = int(event.get("seconds", 0))
         elif kind == "offer.started":

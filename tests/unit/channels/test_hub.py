@@ -12,10 +12,11 @@ import pytest
 from channels import hub as hub_module
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
-from channels.errors import Draining, RoomEnded
+from channels.errors import Banned, Draining, RoomEnded
 from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
 from server.domain.errors import NotFound, Unavailable
+from server.domain.identity import Identity, Role
 from server.metrics import Metrics
 from tests.unit.channels.hub_fakes import (
     ROOM,
@@ -302,3 +303,18 @@ async def test_a_lone_event_is_not_wrapped_and_closing_events_flush_first() -> N
     await hub.close()
     final = [e["type"] for e in batched.of_type("batch")[-1]["events"]]
     assert final[-2:] == ["chat.message", "room.ended"]
+
+
+async def test_a_viewer_banned_while_joining_does_not_get_in(hub: Hub) -> None:
+    """The endpoint checks the stores for a ban before the join: a ban stored and told just
+    after that check closed only the sockets already in the room, and the viewer joined."""
+    watcher = Socket()
+    await hub.join("r1", viewer(1), watcher)
+    await hub.publish_room_event("r1", {"type": "user.banned", "user_id": "troll"})
+    await watcher.until_got("user.banned")
+    with pytest.raises(Banned):
+        await hub.join("r1", Identity("troll", Role.SHOPPER), Socket())
+    await hub.join("r1", Identity("troll", Role.MODERATOR), Socket())  # staff: not held
+    await hub.publish_room_event("r1", {"type": "user.unbanned", "user_id": "troll"})
+    await watcher.until_got("user.unbanned")
+    await hub.join("r1", Identity("troll", Role.SHOPPER), Socket())
