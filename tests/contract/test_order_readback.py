@@ -9,12 +9,15 @@ import asyncio
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient, WriteConcern
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
 from server.adapters.mongo.order_docs import order_doc
 from server.adapters.mongo.orders import ORDERS, MongoOrderStore, ensure_order_indexes
@@ -56,24 +59,43 @@ async def answer_once_committed(store: MongoOrderStore, order: Order) -> Order:
             await asyncio.sleep(0.1)
 
 
-async def test_a_retry_is_not_answered_with_an_order_the_majority_lacks(pair: MongoPair) -> None:
+@asynccontextmanager
+async def order_store(
+    pair: MongoPair,
+) -> AsyncIterator[tuple[MongoOrderStore, AsyncDatabase[dict[str, Any]]]]:
+    """A store of orders on the pair's primary, and its database."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(pair.url)  # finds the primary
     try:
         db = client["liveshop_readback"]
         await ensure_indexes(db)
         await ensure_order_indexes(db)
         store = MongoOrderStore(db)
+        yield store, db
+        await store.close()
+    finally:
+        await client.close()
+
+
+def written_on_the_primary_alone(
+    db: AsyncDatabase[dict[str, Any]],
+) -> AsyncCollection[dict[str, Any]]:
+    """The orders, written as a claim in another process writes them, but acknowledged once
+    the primary has them (the secondary frozen, the majority cannot have them yet)."""
+    return collection(db, ORDERS).with_options(write_concern=WriteConcern(w=1))
+
+
+async def test_a_retry_is_not_answered_with_an_order_the_majority_lacks(pair: MongoPair) -> None:
+    async with order_store(pair) as (store, db):
         first = sample_order("o_1", "k_1")
         retry = sample_order("o_2", "k_1", quantity=1, seconds=5)
         with frozen(pair.secondary_pid):
             # The first attempt, in another process, is on the primary and not yet on the
             # majority (the secondary is stopped, so the majority commit point stands still).
-            w1 = collection(db, ORDERS).with_options(write_concern=WriteConcern(w=1))
-            await w1.insert_one(order_doc(first))
+            await written_on_the_primary_alone(db).insert_one(order_doc(first))
             # mongod makes the retry's refused insert wait for the majority to have the order it
             # clashed with; that wait can end early with a write concern error (a wtimeout, a
             # stepdown). failCommand gives that answer now, rather than at the deadline.
-            await client.admin.command(
+            await db.client.admin.command(
                 "configureFailPoint",
                 "failCommand",
                 mode={"times": 1},
@@ -85,9 +107,6 @@ async def test_a_retry_is_not_answered_with_an_order_the_majority_lacks(pair: Mo
             assert "still being written" in str(refused.value)
         # The secondary catches up: the majority has the first order, and the retry gets it.
         assert await answer_once_committed(store, retry) == first
-        await store.close()
-    finally:
-        await client.close()
 
 
 async def test_the_reaper_and_the_late_round_find_only_orders_the_majority_has(
@@ -96,18 +115,12 @@ async def test_the_reaper_and_the_late_round_find_only_orders_the_majority_has(
     """Both attach the order they find under a key and tell its buyer: told of an order on the
     primary alone, the buyer could see it rolled back by a failover. Not seen yet, it is found
     by a later round once the majority has it."""
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(pair.url)
-    try:
-        db = client["liveshop_reaper_reads"]
-        await ensure_indexes(db)
-        await ensure_order_indexes(db)
-        store = MongoOrderStore(db)
+    async with order_store(pair) as (store, db):
         order = sample_order("o_1", "k_1")
         now = order.created_at
         await store.watch_key(order.offer_id, order.idempotency_key, until=now + timedelta(hours=1))
         with frozen(pair.secondary_pid):
-            w1 = collection(db, ORDERS).with_options(write_concern=WriteConcern(w=1))
-            await w1.insert_one(order_doc(order))  # a claim's write, its majority still to come
+            await written_on_the_primary_alone(db).insert_one(order_doc(order))
             assert await store.by_key(order.offer_id, order.idempotency_key) is None
             assert await store.landed_late(now, 10) == []
         deadline = time.monotonic() + 30
@@ -116,6 +129,3 @@ async def test_the_reaper_and_the_late_round_find_only_orders_the_majority_has(
             await asyncio.sleep(0.1)
         assert await store.by_key(order.offer_id, order.idempotency_key) == order
         assert await store.landed_late(now, 10) == [order]
-        await store.close()
-    finally:
-        await client.close()

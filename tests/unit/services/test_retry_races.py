@@ -10,7 +10,8 @@ from typing import cast
 import pytest
 
 from server.domain.errors import Conflict
-from server.domain.orders import Address, OrderStatus
+from server.domain.offers import FlashOffer
+from server.domain.orders import Address, Order, OrderStatus
 from server.ports import OrderStore, StockReservations
 from tests.unit.services.shop import ADDRESS, HeldCalls, Shop, buyer, other_process
 
@@ -29,12 +30,7 @@ async def test_a_first_attempt_beaten_by_its_retry_with_other_terms_leaves_the_r
     earlier reservation made and gave the reservation's units back: sold again while the
     retry's order held them, and its buyer over the limit."""
     offer = await shop.launch(quantity=2, limit=1)
-    first_writes = HeldCalls(shop.orders_store)
-    _, first_process = other_process(shop, orders=cast(OrderStore, first_writes))
-    first = asyncio.create_task(
-        first_process.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
-    )
-    await first_writes.entered.wait()  # reserved, its order on its way
+    first, first_writes = await first_attempt_held_at_its_write(shop, offer)
     attaches = HeldCalls(shop.stock, "attach_order", answer_late=retry_attached_first)
     _, retry_process = other_process(shop, stock=cast(StockReservations, attaches))
     retry = asyncio.create_task(
@@ -52,10 +48,7 @@ async def test_a_first_attempt_beaten_by_its_retry_with_other_terms_leaves_the_r
         OrderStatus.PENDING_PAYMENT,
         ELSEWHERE,
     )
-    assert await shop.stock.remaining(offer.id) == 1
-    with pytest.raises(Conflict) as limit:
-        await shop.claim(offer, buyer(1), "k2")
-    assert limit.value.code == "limit_reached"
+    await assert_one_unit_held_by_the_buyer(shop, offer)
 
 
 async def test_a_first_attempt_whose_reservation_redis_lost_leaves_its_retrys_units(
@@ -65,12 +58,7 @@ async def test_a_first_attempt_whose_reservation_redis_lost_leaves_its_retrys_un
     retry reserved afresh under the key, and the first attempt's release, by key, gave back the
     retry's reservation instead of its own, which was gone."""
     offer = await shop.launch(quantity=2, limit=1)
-    first_writes = HeldCalls(shop.orders_store)
-    _, first_process = other_process(shop, orders=cast(OrderStore, first_writes))
-    first = asyncio.create_task(
-        first_process.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
-    )
-    await first_writes.entered.wait()  # reserved, its order on its way
+    first, first_writes = await first_attempt_held_at_its_write(shop, offer)
     shop.stock.flush()  # Redis restarts without its data
     retry, created = await shop.orders.claim(
         offer.id, buyer(1), quantity=1, idempotency_key="k", address=ELSEWHERE
@@ -81,6 +69,25 @@ async def test_a_first_attempt_whose_reservation_redis_lost_leaves_its_retrys_un
         await first
     assert refused.value.code == "idempotency_key_reused"
     assert (await shop.orders_store.get(retry.id)).status is OrderStatus.PENDING_PAYMENT
+    await assert_one_unit_held_by_the_buyer(shop, offer)
+
+
+async def first_attempt_held_at_its_write(
+    shop: Shop, offer: FlashOffer
+) -> tuple[asyncio.Task[tuple[Order, bool]], HeldCalls]:
+    """Buyer 1's claim with key "k" in another process: reserved, its order on its way until
+    the returned gate is set."""
+    writes = HeldCalls(shop.orders_store)
+    _, process = other_process(shop, orders=cast(OrderStore, writes))
+    first = asyncio.create_task(
+        process.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await writes.entered.wait()
+    return first, writes
+
+
+async def assert_one_unit_held_by_the_buyer(shop: Shop, offer: FlashOffer) -> None:
+    """One of the offer's two units held, by buyer 1, whose limit of one it reaches."""
     assert await shop.stock.remaining(offer.id) == 1
     with pytest.raises(Conflict) as limit:
         await shop.claim(offer, buyer(1), "k2")
