@@ -389,11 +389,12 @@ class StockReservations(Protocol):
         ...
 
     async def attach_order(
-        self, offer_id: str, idempotency_key: str, order_id: str
+        self, offer_id: str, idempotency_key: str, order_id: str, *, quantity: int | None = None
     ) -> AttachOutcome:
         """Record the order written for a reservation, so retries find it and the reaper
         leaves it. Anything but ATTACHED or PAUSED means the order holds no stock: the caller
-        must not keep it pending (released by the reaper first, or missed by a rebuild)."""
+        must not keep it pending (released by the reaper first, missed by a rebuild, or, of
+        another `quantity` than the reservation's, not this reservation's order)."""
         ...
 
     async def release(

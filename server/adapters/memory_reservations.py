@@ -161,7 +161,7 @@ class MemoryStockReservations:
         )
 
     async def attach_order(
-        self, offer_id: str, idempotency_key: str, order_id: str
+        self, offer_id: str, idempotency_key: str, order_id: str, *, quantity: int | None = None
     ) -> AttachOutcome:
         offer = self._offers.get(offer_id)
         if offer is None:
@@ -171,6 +171,8 @@ class MemoryStockReservations:
             return AttachOutcome.UNKNOWN
         if known.released:
             return AttachOutcome.RELEASED
+        if known.order_id is None and quantity not in (None, known.quantity):
+            return AttachOutcome.UNKNOWN
         if known.order_id is None:
             known.order_id = order_id
         # A key names one order: a second, different one holds no stock of its own.

@@ -112,16 +112,18 @@ return 1
 """
 )
 
-# Attaches every (key, order id) pair in ARGV, in order; one answer per pair.
+# Attaches every (key, order id, units) triple in ARGV, in order; one answer per triple. An order
+# of other units than the reservation's ('' for any) is not the reservation's.
 ATTACH = (
     SAME_RUN
     + """
-local function attach(key, order_id)
+local function attach(key, order_id, units)
   if redis.call('EXISTS', KEYS[1]) == 0 then return 'paused' end
   local raw = redis.call('HGET', KEYS[3], key)
   if not raw then return 'unknown' end
   local r = cjson.decode(raw)
   if r.x == 1 then return 'released' end
+  if not r.o and units ~= '' and tonumber(units) ~= r.q then return 'unknown' end
   if not r.o then
     r.o = order_id
     redis.call('HSET', KEYS[3], key, cjson.encode(r))
@@ -131,7 +133,7 @@ local function attach(key, order_id)
   return 'unknown'
 end
 local out = {}
-for i = 1, #ARGV, 2 do out[#out + 1] = attach(ARGV[i], ARGV[i + 1]) end
+for i = 1, #ARGV, 3 do out[#out + 1] = attach(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
 return out
 """
 )

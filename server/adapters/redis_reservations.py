@@ -166,13 +166,14 @@ class RedisStockReservations:
         ]
 
     async def attach_order(
-        self, offer_id: str, idempotency_key: str, order_id: str
+        self, offer_id: str, idempotency_key: str, order_id: str, *, quantity: int | None = None
     ) -> AttachOutcome:
-        return await self._attaches.submit(offer_id, (idempotency_key, order_id))
+        units = "" if quantity is None else str(quantity)
+        return await self._attaches.submit(offer_id, (idempotency_key, order_id, units))
 
     @redis_unreachable_is_unavailable
     async def _attach_batch(
-        self, offer_id: str, batch: list[tuple[str, str]]
+        self, offer_id: str, batch: list[tuple[str, str, str]]
     ) -> list[AttachOutcome]:
         args = [arg for pair in batch for arg in pair]
         return [

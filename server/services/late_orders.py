@@ -89,7 +89,10 @@ class LateOrders:
         # Sent together: the reservation store batches them. One that fails is checked again
         # next round; the others go on, and the round fails once they are done.
         outcomes = await asyncio.gather(
-            *(self._stock.attach_order(o.offer_id, o.idempotency_key, o.id) for o in unchecked),
+            *(
+                self._stock.attach_order(o.offer_id, o.idempotency_key, o.id, quantity=o.quantity)
+                for o in unchecked
+            ),
             return_exceptions=True,
         )
         checks = list(zip(unchecked, outcomes, strict=True))

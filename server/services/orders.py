@@ -225,15 +225,16 @@ class OrderService:
         stored = await self._orders.create(order)
         created = stored.id == order.id  # else an earlier attempt of this claim wrote it
         same_terms = same_claim(stored, order.quantity, order.shipping_address)
-        # Only this attempt's own reservation goes back below: Redis may have lost the offer
-        # since this attempt reserved, and the key now be a retry's, whose order holds it.
+        # Only this attempt's own reservation goes back below, and only while no order holds
+        # it: Redis may have lost the offer since this attempt reserved, and the key now be a
+        # retry's, or an earlier attempt's order have been attached to this one's units.
         own = order.reservation_id
         if not stored.holds_stock:
             # An earlier attempt's order, cancelled or expired since, and Redis had forgotten
             # its key (lost with the offer): the units this attempt has just reserved would
             # be held by nobody, for good. They go back, and the key names the order in the
             # same step, so that every later retry finds the order as this one does.
-            await self._release(stored, reservation_id=own)
+            await self._release(stored, own=own)
             await self._stock_came_back(order.offer_id)
             if not same_terms:
                 raise other_terms()
@@ -243,7 +244,7 @@ class OrderService:
             # attempt's own units, reserved for terms no order has, go back. (On this
             # attempt's own reservation, the order is a retry's that was written first: the
             # units are its, and it is attached below like any other.)
-            await self._release(stored, reservation_id=own)
+            await self._release(stored, own=own)
             await self._stock_came_back(order.offer_id)
             raise other_terms()
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
@@ -269,7 +270,9 @@ class OrderService:
         own rebuild decides whether it holds its units: a rebuild already under way elsewhere
         may have read the orders before this one landed, and would write the stock without it."""
         key = order.idempotency_key
-        attached = await self._stock.attach_order(order.offer_id, key, order.id)
+        attached = await self._stock.attach_order(
+            order.offer_id, key, order.id, quantity=order.quantity
+        )
         if attached is not AttachOutcome.PAUSED:
             return attached
         if (await self._offers.get(order.offer_id)).settled_at is not None:
@@ -280,7 +283,9 @@ class OrderService:
         # attach finds it attached), or one that read the orders before it got in first
         # (the key is unknown, and the order cannot hold its units).
         await self._offer_service.rebuild(order.offer_id)
-        attached = await self._stock.attach_order(order.offer_id, key, order.id)
+        attached = await self._stock.attach_order(
+            order.offer_id, key, order.id, quantity=order.quantity
+        )
         if attached is AttachOutcome.PAUSED:  # lost again: the retry attaches it
             raise Unavailable("the offer's stock is being restored, try again")
         return attached
@@ -464,15 +469,16 @@ class OrderService:
                 self._offer_service.stock_moved(offer, None)  # told while the offer runs
         return True
 
-    async def _release(self, order: Order, *, reservation_id: str | None = None) -> bool:
-        """Give back the units held under the order's key (only if the key's reservation is
-        `reservation_id`, when given), naming the order on the key."""
+    async def _release(self, order: Order, *, own: str | None = None) -> bool:
+        """Give back the units held under the order's key, naming the order on the key; with
+        `own`, only if the key's reservation is that one and no order holds it."""
         release = functools.partial(
             self._stock.release,
             order.offer_id,
             order.idempotency_key,
             for_order=order.id,
-            reservation_id=reservation_id,
+            reservation_id=own,
+            orphan_only=own is not None,
         )
         try:
             return await release()

@@ -280,20 +280,6 @@ async def test_a_release_for_an_order_names_it_in_the_same_step(backend: Backend
     assert await stock.remaining("of1") == 10
 
 
-async def test_a_release_for_one_reservation_leaves_another_under_the_same_key(
-    backend: Backend,
-) -> None:
-    """A claim whose reservation Redis lost gives back only its own: the key may hold a
-    retry's reservation by then, made afresh, whose order holds it."""
-    stock = backend.stock
-    await open_offer(stock, quantity=2, limit=1)
-    mine = await stock.claim("of1", "alice", 1, "k1", NOW)
-    assert not await stock.release("of1", "k1", reservation_id="rsv_someone_elses")
-    assert await stock.remaining("of1") == 1
-    assert await stock.release("of1", "k1", reservation_id=mine.reservation_id)
-    assert await stock.remaining("of1") == 2
-
-
 async def test_the_reaper_finds_and_frees_reservations_without_an_order(
     backend: Backend,
 ) -> None:

@@ -58,10 +58,12 @@ class FlakyStock:
         )
 
     async def attach_order(
-        self, offer_id: str, idempotency_key: str, order_id: str
+        self, offer_id: str, idempotency_key: str, order_id: str, *, quantity: int | None = None
     ) -> AttachOutcome:
         self._check(offer_id)
-        return await self._shared.attach_order(offer_id, idempotency_key, order_id)
+        return await self._shared.attach_order(
+            offer_id, idempotency_key, order_id, quantity=quantity
+        )
 
     async def stop(self, offer_id: str, *, sold_out: bool = False) -> int | None:
         self._check(offer_id)

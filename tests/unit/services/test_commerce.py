@@ -288,7 +288,7 @@ class DiesBeforeAttach:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stock, name)
 
-    async def attach_order(self, offer_id: str, idempotency_key: str, order_id: str) -> None:
+    async def attach_order(self, *args: Any, **kwargs: Any) -> None:
         raise Unavailable("the process died here")
 
 

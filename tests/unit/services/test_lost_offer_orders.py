@@ -130,7 +130,7 @@ class AttachAway:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._shared, name)
 
-    async def attach_order(self, *args: Any) -> Any:
+    async def attach_order(self, *args: Any, **kwargs: Any) -> Any:
         raise Unavailable("live data is unreachable, try again")
 
 

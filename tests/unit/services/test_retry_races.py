@@ -92,3 +92,38 @@ async def assert_one_unit_held_by_the_buyer(shop: Shop, offer: FlashOffer) -> No
     with pytest.raises(Conflict) as limit:
         await shop.claim(offer, buyer(1), "k2")
     assert limit.value.code == "limit_reached"
+
+
+@pytest.mark.parametrize("quantity", [1, 2])
+async def test_a_first_attempt_written_first_onto_its_retrys_fresh_reservation_keeps_it(
+    shop: Shop, quantity: int
+) -> None:
+    """The mirror of the above: the first attempt's order is written first, and attached to
+    the key, which holds the retry's fresh reservation by then. The retry, finding that order,
+    gave back what it took for its own units, which the order now held; and an order of
+    another quantity than the reservation's was attached to it all the same."""
+    offer = await shop.launch(quantity=3, limit=2)
+    first, first_writes = await first_attempt_held_at_its_write(shop, offer)
+    shop.stock.flush()  # Redis restarts without its data
+    retry_writes = HeldCalls(shop.orders_store)
+    _, retry_process = other_process(shop, orders=cast(OrderStore, retry_writes))
+    retry = asyncio.create_task(
+        retry_process.claim(
+            offer.id, buyer(1), quantity=quantity, idempotency_key="k", address=ELSEWHERE
+        )
+    )
+    await retry_writes.entered.wait()  # the offer rebuilt, the key reserved afresh
+    first_writes.gate.set()
+    if quantity == 1:  # its units, of its order's size: the order keeps them
+        order, created = await first
+        assert (created, order.status) == (True, OrderStatus.PENDING_PAYMENT)
+    else:  # two units reserved for a one-unit order: not its
+        with pytest.raises(Conflict) as expired:
+            await first
+        assert expired.value.code == "claim_expired"
+    retry_writes.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await retry
+    assert refused.value.code == "idempotency_key_reused"
+    held = [o for o in await shop.orders_store.of_offer(offer.id) if o.holds_stock]
+    assert await shop.stock.remaining(offer.id) == 3 - sum(o.quantity for o in held)
