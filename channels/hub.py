@@ -239,6 +239,9 @@ class Hub(StreamFollower):
             async with self._subscriptions:
                 await self.broker.subscribe_room(room.room_id)
             await asyncio.wait_for(room.subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
+            # A change of blocked words is told, not kept in the stream: one told before the
+            # subscription was heard here, and stored after the read, is read now.
+            await self._reload(room)
             room.last_seq, room.epoch = before.seq, before.epoch
             await self._sync(room)
             self.metrics.rooms.set(len(self._rooms))

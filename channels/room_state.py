@@ -38,9 +38,9 @@ class RoomView:
 
 
 @dataclass(frozen=True, slots=True)
-class MuteRead:
-    """A read of the room's mutes from the stores: the how-manyth begun, and the mutes and
-    unmutes heard before it began."""
+class ModerationRead:
+    """A read of the room's moderation from the stores: the how-manyth begun, and the changes
+    heard before it began (mutes, unmutes, slow modes)."""
 
     number: int
     changes: int
@@ -56,10 +56,12 @@ class LocalRoom:
     blocked_words: list[str] = field(default_factory=list)
     pinned_product: dict[str, Any] | None = None
     mutes: dict[str, datetime] = field(default_factory=dict)
-    # Mutes and unmutes heard, and reads of the stores begun and taken: a read may be older.
-    mute_changes: int = 0
-    mute_reads: int = 0
-    mute_read_taken: int = 0
+    # Mutes, unmutes and slow modes heard, and reads of the stores begun and taken (for slow
+    # mode and mutes; for blocked words, which no event tells): a read may be older.
+    moderation_changes: int = 0
+    moderation_reads: int = 0
+    moderation_read_taken: int = 0
+    words_read_taken: int = 0
     offers: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Bans heard while the room is open here: a viewer whose join was checked against the stores
     # just before their ban was stored must not get in once it has been heard.
@@ -180,7 +182,7 @@ class LocalRoom:
         self.pending = waiting
         return following
 
-    def load(self, view: RoomView, read: MuteRead) -> None:
+    def load(self, view: RoomView, read: ModerationRead) -> None:
         """The room as read from the stores, by the read `begin_read` began."""
         room = view.room
         self.host_id = room.host_id
@@ -194,27 +196,35 @@ class LocalRoom:
         # `likes` frames only ever raise it).
         self.likes = max(self.likes, room.kept_likes)
 
-    def begin_read(self) -> MuteRead:
-        """Call before reading the room from the stores (`load`, `take_mutes`)."""
-        self.mute_reads += 1
-        return MuteRead(self.mute_reads, self.mute_changes)
+    def begin_read(self) -> ModerationRead:
+        """Call before reading the room from the stores (`load`, `take_moderation`)."""
+        self.moderation_reads += 1
+        return ModerationRead(self.moderation_reads, self.moderation_changes)
 
-    def take_moderation(self, view: RoomView, read: MuteRead) -> None:
+    def take_moderation(self, view: RoomView, read: ModerationRead) -> None:
         """The room's slow mode, blocked words and mutes as read from the stores (the settings
-        changed, or the room is read again)."""
-        self.slow_mode_seconds = view.room.slow_mode_seconds
-        self.blocked_words = list(view.room.blocked_words)
+        changed, the pub/sub came back, or the room is read again). Slow mode and mutes as
+        `take_mutes` takes mutes; blocked words, which the stream does not tell, unless a read
+        begun later was taken already."""
+        if read.number > self.words_read_taken:
+            self.words_read_taken = read.number
+            self.blocked_words = list(view.room.blocked_words)
+        if self._newest_since_changes(read):
+            self.slow_mode_seconds = view.room.slow_mode_seconds
         self.take_mutes(view.mutes, read)
 
-    def take_mutes(self, mutes: Mapping[str, datetime], read: MuteRead) -> None:
+    def take_mutes(self, mutes: Mapping[str, datetime], read: ModerationRead) -> None:
         """The stores' mutes in place of the room's, which would keep a mute lifted meanwhile
         (`user.unmute`); unless a mute or an unmute was heard while they were read, or a read
         begun later was taken already: the room's are newer then, and the stream brings the
         rest."""
-        if self.mute_changes == read.changes and read.number > self.mute_read_taken:
-            self.mute_read_taken = read.number
+        if self._newest_since_changes(read):
+            self.moderation_read_taken = read.number
             self.mutes.clear()
             self.mutes.update(mutes)
+
+    def _newest_since_changes(self, read: ModerationRead) -> bool:
+        return self.moderation_changes == read.changes and read.number > self.moderation_read_taken
 
     # RoomRules, read by the protocol
     def muted_until(self, user_id: str, now: datetime) -> datetime | None:
@@ -257,16 +267,17 @@ class LocalRoom:
             self.peak_viewers = max(self.peak_viewers, self.viewers)
         elif kind == "user.muted":
             self.mutes[str(event["user_id"])] = datetime.fromisoformat(str(event["until"]))
-            self.mute_changes += 1
+            self.moderation_changes += 1
         elif kind == "user.unmuted":
             self.mutes.pop(str(event["user_id"]), None)
-            self.mute_changes += 1
+            self.moderation_changes += 1
         elif kind == "user.banned":
             self.banned.add(str(event.get("user_id")))
         elif kind == "user.unbanned":
             self.banned.discard(str(event.get("user_id")))
         elif kind == "room.slow_mode":
             self.slow_mode_seconds = int(event.get("seconds", 0))
+            self.moderation_changes += 1
         elif kind == "offer.started":
             offer = dict(event["offer"])
             known = self.offers.get(str(offer["id"]))

@@ -110,7 +110,8 @@ async def test_a_process_that_finds_history_lost_reads_the_room_again() -> None:
     async def load(room_id: str) -> RoomView:
         nonlocal reads
         reads += 1
-        if reads > 2:  # past each process's first read: the reads after the loss are slow
+        if reads > 4:  # past each process's two reads as it opens the room: those after the
+            # loss are slow
             await read_again.wait()
         return RoomView(ROOM, offers=[dict(offer) for offer in offers])
 
@@ -151,7 +152,7 @@ async def test_a_loss_found_while_catching_up_leaves_the_room_hearing() -> None:
     async def load(room_id: str) -> RoomView:
         nonlocal reads
         reads += 1
-        if reads > 1:
+        if reads > 2:  # past the two reads of the room's opening: the read after the loss
             await read_again.wait()
         return await load_room(room_id)
 
@@ -248,5 +249,65 @@ async def test_a_process_whose_pub_sub_was_away_reads_the_rooms_settings_again()
         room = hub.room("r1")
         assert room is not None
         await until_true(lambda: room.blocked_words == ["scam"])
+    finally:
+        await hub.close()
+
+
+async def test_blocked_words_told_while_a_process_opens_the_room_reach_it() -> None:
+    """Stored after the opening's read, and told before its subscription was heard: lost."""
+    words: list[str] = []
+    reading = asyncio.Event()
+    reading.set()
+
+    async def load(room_id: str) -> RoomView:
+        room = replace(ROOM, blocked_words=list(words))
+        await reading.wait()  # the rest of the read (pinned product, offers, mutes)
+        return RoomView(room)
+
+    bus = MemoryBus()
+    a, b = (Hub(MemoryBroker(bus), load, Metrics(), HubLimits()) for _ in range(2))
+    for hub in (a, b):
+        await hub.start()
+    try:
+        await a.join("r1", Identity("mod", Role.MODERATOR), Socket())
+        reading.clear()
+        joining = asyncio.create_task(b.join("r1", viewer(2), Socket()))
+        await asyncio.sleep(0.01)  # B has read the room's blocked words
+        words.append("scam")  # stored, then told, as RoomService.set_blocked_words does
+        await a.publish_room_control("r1", {"type": "settings_changed"})
+        reading.set()
+        await joining
+        room = b.room("r1")
+        assert room is not None
+        await until_true(lambda: room.blocked_words == ["scam"])
+    finally:
+        for hub in (a, b):
+            await hub.close()
+
+
+async def test_a_read_of_the_settings_does_not_undo_a_slow_mode_heard_meanwhile() -> None:
+    slow = 0
+    reading = asyncio.Event()
+    reading.set()
+
+    async def load(room_id: str) -> RoomView:
+        room = replace(ROOM, slow_mode_seconds=slow)
+        await reading.wait()
+        return RoomView(room)
+
+    hub = Hub(MemoryBroker(MemoryBus()), load, Metrics(), HubLimits())
+    await hub.start()
+    try:
+        watcher = Socket()
+        _, room = await hub.join("r1", viewer(1), watcher)
+        reading.clear()
+        hub.on_room_subscribed("r1")  # the pub/sub back: the settings read again, slowly
+        await asyncio.sleep(0.01)
+        slow = 30  # a moderator's slow mode: stored, then told
+        await hub.publish_room_event("r1", {"type": "room.slow_mode", "seconds": 30})
+        await watcher.until_got("room.slow_mode")
+        reading.set()  # the read, begun before, lands
+        await asyncio.sleep(0.05)
+        assert room.slow_mode_seconds == 30
     finally:
         await hub.close()
