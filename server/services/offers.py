@@ -343,8 +343,8 @@ class OfferService:
         if ended is None:
             return None
         if hung is not None:
-            # Stopping its stock now would wait out the same deadline again: the next round
-            # of finish_ends does it, as it does for an end whose stop ran out of time.
+            # Stopping its stock now would wait out the same deadline again: finish_ends
+            # does it, one unfinished end a round, as for an end whose stop ran out of time.
             self._unfinished_since[ended.id] = self._clock() - FINISH_GRACE
             raise hung
         await self._finish_end(ended)
