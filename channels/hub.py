@@ -145,7 +145,7 @@ class Hub(StreamFollower):
             raise Draining("server is shutting down")
         if room.status == "ended":
             raise RoomEnded("the room has ended")
-        if identity.user_id in room.banned and not (identity.anonymous or identity.staff):
+        if room.banned_lately(identity.user_id) and not (identity.anonymous or identity.staff):
             raise Banned("you are banned from this room")  # after the endpoint's check
         conn = Connection(
             secrets.token_hex(6),
@@ -240,8 +240,15 @@ class Hub(StreamFollower):
                 await self.broker.subscribe_room(room.room_id)
             await asyncio.wait_for(room.subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
             # A change of blocked words is told, not kept in the stream: one told before the
-            # subscription was heard here, and stored after the read, is read now.
-            await self._reload(room)
+            # subscription was heard here, and stored after the read, is read now. The first
+            # read holds all else: should this one fail, the room opens with it.
+            try:
+                await self._reload(room)
+            except Exception as exc:  # a store away: logged, as a reload's failure is
+                log.warning(
+                    "room_reload_failed",
+                    extra={"room_id": room.room_id, "error": type(exc).__name__},
+                )
             room.last_seq, room.epoch = before.seq, before.epoch
             await self._sync(room)
             self.metrics.rooms.set(len(self._rooms))

@@ -20,6 +20,9 @@ from server.domain.times import iso_z
 
 # Chat ids a moderator may still delete (the same bound as history, roughly).
 RECENT_MESSAGES = 1000
+# How long a ban heard here refuses a join, whatever the stores said when the endpoint looked:
+# a join takes far less, from that look to its place in the room.
+BAN_HEARD_SECONDS = 60.0
 # How long a user's chat state outlives their last connection here: until their likes would
 # have refilled, so that reconnecting does not buy a new allowance.
 CHAT_STATE_KEPT_SECONDS = LIKES_BURST / LIKES_PER_SECOND
@@ -39,11 +42,29 @@ class RoomView:
 
 @dataclass(frozen=True, slots=True)
 class ModerationRead:
-    """A read of the room's moderation from the stores: the how-manyth begun, and the changes
-    heard before it began (mutes, unmutes, slow modes)."""
+    """A read of the room's moderation from the stores: the how-manyth begun, and the mutes or
+    unmutes, and the slow modes, heard before it began."""
 
     number: int
-    changes: int
+    mute_changes: int
+    slow_mode_changes: int
+
+
+@dataclass(slots=True)
+class ReadSetting:
+    """One moderation setting as the stream tells it and reads of the stores bring it: the
+    changes heard, and the latest read taken. A read is taken unless a change was heard while
+    it was on its way, or a read begun later was taken already: the room's is newer then, and
+    the stream brings the rest."""
+
+    changes: int = 0
+    read_taken: int = 0
+
+    def take(self, number: int, changes_before: int) -> bool:
+        if self.changes != changes_before or number <= self.read_taken:
+            return False
+        self.read_taken = number
+        return True
 
 
 @dataclass(eq=False)
@@ -56,16 +77,18 @@ class LocalRoom:
     blocked_words: list[str] = field(default_factory=list)
     pinned_product: dict[str, Any] | None = None
     mutes: dict[str, datetime] = field(default_factory=dict)
-    # Mutes, unmutes and slow modes heard, and reads of the stores begun and taken (for slow
-    # mode and mutes; for blocked words, which no event tells): a read may be older.
-    moderation_changes: int = 0
+    # Reads of the stores begun, and each setting's: a read may be older than what was heard.
+    # Blocked words change by no event, only by reads.
     moderation_reads: int = 0
-    moderation_read_taken: int = 0
-    words_read_taken: int = 0
+    mutes_read: ReadSetting = field(default_factory=ReadSetting)
+    slow_mode_read: ReadSetting = field(default_factory=ReadSetting)
+    words_read: ReadSetting = field(default_factory=ReadSetting)
     offers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Bans heard while the room is open here: a viewer whose join was checked against the stores
-    # just before their ban was stored must not get in once it has been heard.
-    banned: set[str] = field(default_factory=set)
+    # Bans heard here lately, and when (monotonic): a viewer whose join was checked against the
+    # stores just before their ban was stored must not get in once it has been heard. Only
+    # lately: the stores are what count, and an unban whose event was lost must not keep
+    # refusing anyone here (see `banned_lately`).
+    bans_heard: dict[str, float] = field(default_factory=dict)
     # Every local viewer; `batched` are those that take room events in batch frames.
     connections: set[Connection] = field(default_factory=set)
     direct: set[Connection] = field(default_factory=set)
@@ -199,17 +222,17 @@ class LocalRoom:
     def begin_read(self) -> ModerationRead:
         """Call before reading the room from the stores (`load`, `take_moderation`)."""
         self.moderation_reads += 1
-        return ModerationRead(self.moderation_reads, self.moderation_changes)
+        return ModerationRead(
+            self.moderation_reads, self.mutes_read.changes, self.slow_mode_read.changes
+        )
 
     def take_moderation(self, view: RoomView, read: ModerationRead) -> None:
         """The room's slow mode, blocked words and mutes as read from the stores (the settings
         changed, the pub/sub came back, or the room is read again). Slow mode and mutes as
-        `take_mutes` takes mutes; blocked words, which the stream does not tell, unless a read
-        begun later was taken already."""
-        if read.number > self.words_read_taken:
-            self.words_read_taken = read.number
+        `take_mutes` takes mutes, each as its own setting (ReadSetting)."""
+        if self.words_read.take(read.number, 0):
             self.blocked_words = list(view.room.blocked_words)
-        if self._newest_since_changes(read):
+        if self.slow_mode_read.take(read.number, read.slow_mode_changes):
             self.slow_mode_seconds = view.room.slow_mode_seconds
         self.take_mutes(view.mutes, read)
 
@@ -218,13 +241,21 @@ class LocalRoom:
         (`user.unmute`); unless a mute or an unmute was heard while they were read, or a read
         begun later was taken already: the room's are newer then, and the stream brings the
         rest."""
-        if self._newest_since_changes(read):
-            self.moderation_read_taken = read.number
+        if self.mutes_read.take(read.number, read.mute_changes):
             self.mutes.clear()
             self.mutes.update(mutes)
 
-    def _newest_since_changes(self, read: ModerationRead) -> bool:
-        return self.moderation_changes == read.changes and read.number > self.moderation_read_taken
+    def banned_lately(self, user_id: str) -> bool:
+        """Whether a ban of the user was heard within BAN_HEARD_SECONDS: longer than a join
+        takes from the endpoint's check of the stores."""
+        heard = self.bans_heard.get(user_id)
+        return heard is not None and time.monotonic() - heard < BAN_HEARD_SECONDS
+
+    def _forget_old_bans(self) -> None:
+        now = time.monotonic()
+        for user_id, heard in list(self.bans_heard.items()):
+            if now - heard >= BAN_HEARD_SECONDS:
+                del self.bans_heard[user_id]
 
     # RoomRules, read by the protocol
     def muted_until(self, user_id: str, now: datetime) -> datetime | None:
@@ -267,17 +298,18 @@ class LocalRoom:
             self.peak_viewers = max(self.peak_viewers, self.viewers)
         elif kind == "user.muted":
             self.mutes[str(event["user_id"])] = datetime.fromisoformat(str(event["until"]))
-            self.moderation_changes += 1
+            self.mutes_read.changes += 1
         elif kind == "user.unmuted":
             self.mutes.pop(str(event["user_id"]), None)
-            self.moderation_changes += 1
+            self.mutes_read.changes += 1
         elif kind == "user.banned":
-            self.banned.add(str(event.get("user_id")))
+            self.bans_heard[str(event.get("user_id"))] = time.monotonic()
+            self._forget_old_bans()
         elif kind == "user.unbanned":
-            self.banned.discard(str(event.get("user_id")))
+            self.bans_heard.pop(str(event.get("user_id")), None)
         elif kind == "room.slow_mode":
             self.slow_mode_seconds = int(event.get("seconds", 0))
-            self.moderation_changes += 1
+            self.slow_mode_read.changes += 1
         elif kind == "offer.started":
             offer = dict(event["offer"])
             known = self.offers.get(str(offer["id"]))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from channels import hub as hub_module
+from channels import room_state
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
 from channels.errors import Banned, Draining, RoomEnded
@@ -317,4 +318,18 @@ async def test_a_viewer_banned_while_joining_does_not_get_in(hub: Hub) -> None:
     await hub.join("r1", Identity("troll", Role.MODERATOR), Socket())  # staff: not held
     await hub.publish_room_event("r1", {"type": "user.unbanned", "user_id": "troll"})
     await watcher.until_got("user.unbanned")
+    await hub.join("r1", Identity("troll", Role.SHOPPER), Socket())
+
+
+async def test_a_ban_heard_long_ago_refuses_nobody(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stores are what count: an unban whose event was lost (its publish failed, or
+    Redis lost the stream) kept refusing the user on this process for the rest of the show."""
+    monkeypatch.setattr(room_state, "BAN_HEARD_SECONDS", 0.05)
+    watcher = Socket()
+    await hub.join("r1", viewer(1), watcher)
+    await hub.publish_room_event("r1", {"type": "user.banned", "user_id": "troll"})
+    await watcher.until_got("user.banned")
+    await asyncio.sleep(0.1)  # unbanned in the stores meanwhile, its event lost
     await hub.join("r1", Identity("troll", Role.SHOPPER), Socket())

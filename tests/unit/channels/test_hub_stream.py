@@ -13,6 +13,7 @@ from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
 from channels.hub import Hub, HubLimits
 from channels.room_state import RoomView
+from server.domain.errors import Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.times import iso_z
 from server.metrics import Metrics
@@ -309,5 +310,24 @@ async def test_a_read_of_the_settings_does_not_undo_a_slow_mode_heard_meanwhile(
         reading.set()  # the read, begun before, lands
         await asyncio.sleep(0.05)
         assert room.slow_mode_seconds == 30
+    finally:
+        await hub.close()
+
+
+async def test_a_room_opens_with_its_first_read_when_the_second_fails() -> None:
+    reads = 0
+
+    async def load(room_id: str) -> RoomView:
+        nonlocal reads
+        reads += 1
+        if reads == 2:  # the settings read again once subscribed: MongoDB away
+            raise Unavailable("the database is unreachable, try again")
+        return RoomView(replace(ROOM, slow_mode_seconds=5))
+
+    hub = Hub(MemoryBroker(MemoryBus()), load, Metrics(), HubLimits())
+    await hub.start()
+    try:
+        _, room = await hub.join("r1", viewer(1), Socket())
+        assert room.slow_mode_seconds == 5
     finally:
         await hub.close()

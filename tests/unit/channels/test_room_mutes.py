@@ -4,6 +4,7 @@ lifted (`user.unmute`) stays lifted when the process reads the room again."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from channels.broker_memory import MemoryBroker, MemoryBus
@@ -82,3 +83,20 @@ async def test_an_unmute_heard_while_the_settings_are_read_again_stays() -> None
         assert room.muted_until("user-1", BEFORE) is None
     finally:
         await hub.close()
+
+
+def test_a_change_heard_during_a_read_leaves_only_its_own_setting_to_the_room() -> None:
+    """One count for mutes and slow modes threw away a whole read for a mute of someone
+    else: the read that was to bring a slow mode lifted (its event lost) was not taken."""
+    room = LocalRoom("r1")
+    room.load(RoomView(replace(ROOM, slow_mode_seconds=30)), room.begin_read())
+    read = room.begin_read()
+    room.apply({"type": "user.muted", "user_id": "user-3", "until": UNTIL.isoformat()})
+    room.load(RoomView(replace(ROOM, slow_mode_seconds=0)), read)  # read before the mute
+    assert room.slow_mode_seconds == 0
+    assert room.muted_until("user-3", BEFORE) == UNTIL
+    read = room.begin_read()
+    room.apply({"type": "room.slow_mode", "seconds": 10})
+    room.load(RoomView(replace(ROOM, slow_mode_seconds=0), mutes={}), read)  # user-3 unmuted
+    assert room.slow_mode_seconds == 10
+    assert room.muted_until("user-3", BEFORE) is None
