@@ -241,13 +241,14 @@ class Hub(StreamFollower):
             await asyncio.wait_for(room.subscribed.wait(), SUBSCRIBE_TIMEOUT_SECONDS)
             # A change of blocked words is told, not kept in the stream: one told before the
             # subscription was heard here, and stored after the read, is read now. The first
-            # read holds all else: should this one fail, the room opens with it.
+            # read holds all else: should the stores be away now, the room opens with it, and
+            # each tick reads the settings again until a read goes through.
             try:
                 await self._reload(room)
-            except Exception as exc:  # a store away: logged, as a reload's failure is
+            except LiveshopError as exc:
+                room.settings_unread = True
                 log.warning(
-                    "room_reload_failed",
-                    extra={"room_id": room.room_id, "error": type(exc).__name__},
+                    "room_reload_failed", extra={"room_id": room.room_id, "error": exc.code}
                 )
             room.last_seq, room.epoch = before.seq, before.epoch
             await self._sync(room)
@@ -434,6 +435,9 @@ class Hub(StreamFollower):
         if room.empty_since is not None and time.monotonic() - room.empty_since > LINGER_SECONDS:
             await self._close_room(room)
             return
+        if room.settings_unread:
+            await self._reload(room)
+            room.settings_unread = False
         await self._sync(room)
         await self._counters.tick(room, serving=not self.draining)
 

@@ -105,6 +105,8 @@ class LocalRoom:
     filling: bool = False
     # History lost: the room is being read again (events wait meanwhile), one read at a time.
     reloading: bool = False
+    # The settings' read at the room's opening failed: each tick tries it again.
+    settings_unread: bool = False
     reset_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Future[None] | None = None

@@ -315,6 +315,8 @@ async def test_a_read_of_the_settings_does_not_undo_a_slow_mode_heard_meanwhile(
 
 
 async def test_a_room_opens_with_its_first_read_when_the_second_fails() -> None:
+    """And reads its settings again at each tick until a read goes through: blocked words set
+    while it opened would otherwise stay unknown here for the rest of the show."""
     reads = 0
 
     async def load(room_id: str) -> RoomView:
@@ -322,12 +324,14 @@ async def test_a_room_opens_with_its_first_read_when_the_second_fails() -> None:
         reads += 1
         if reads == 2:  # the settings read again once subscribed: MongoDB away
             raise Unavailable("the database is unreachable, try again")
-        return RoomView(replace(ROOM, slow_mode_seconds=5))
+        words = [] if reads == 1 else ["scam"]  # set while the room opened
+        return RoomView(replace(ROOM, slow_mode_seconds=5, blocked_words=words))
 
-    hub = Hub(MemoryBroker(MemoryBus()), load, Metrics(), HubLimits())
+    hub = Hub(MemoryBroker(MemoryBus()), load, Metrics(), HubLimits(counter_interval=0.02))
     await hub.start()
     try:
         _, room = await hub.join("r1", viewer(1), Socket())
         assert room.slow_mode_seconds == 5
+        await until_true(lambda: room.blocked_words == ["scam"])
     finally:
         await hub.close()
