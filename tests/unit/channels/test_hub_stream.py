@@ -4,7 +4,8 @@ history, and a history lost (a Redis restart) found by one check or several at o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.close_codes import CloseCode
 from channels.hub import Hub, HubLimits
+from channels.hub_stream import RoomLoader
 from channels.room_state import RoomView
 from server.domain.errors import Unavailable
 from server.domain.identity import Identity, Role
@@ -34,6 +36,30 @@ async def until_true(check: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("never came true")
+
+
+@asynccontextmanager
+async def two_processes(load: RoomLoader) -> AsyncIterator[tuple[Hub, Hub]]:
+    """Two processes on one Redis, the first with the room open (a moderator's socket)."""
+    bus = MemoryBus()
+    a, b = (Hub(MemoryBroker(bus), load, Metrics(), HubLimits()) for _ in range(2))
+    for hub in (a, b):
+        await hub.start()
+    try:
+        await a.join("r1", Identity("mod", Role.MODERATOR), Socket())
+        yield a, b
+    finally:
+        for hub in (a, b):
+            await hub.close()
+
+
+async def opening_held_at_its_read(hub: Hub, reading: asyncio.Event) -> asyncio.Task[Any]:
+    """A viewer joining on `hub`, its room's opening waiting, its read of the stores done,
+    until `reading` is set."""
+    reading.clear()
+    joining = asyncio.create_task(hub.join("r1", viewer(2), Socket()))
+    await asyncio.sleep(0.01)
+    return joining
 
 
 def bus_of(hub: Hub) -> MemoryBus:
@@ -203,15 +229,8 @@ async def test_what_is_published_while_a_process_opens_the_room_reaches_its_stat
         await reading.wait()  # the other reads: pinned product, offers, mutes
         return RoomView(room, None, mutes, offers)
 
-    bus = MemoryBus()
-    a, b = (Hub(MemoryBroker(bus), load, Metrics(), HubLimits()) for _ in range(2))
-    for hub in (a, b):
-        await hub.start()
-    try:
-        await a.join("r1", Identity("mod", Role.MODERATOR), Socket())
-        reading.clear()
-        joining = asyncio.create_task(b.join("r1", viewer(2), Socket()))
-        await asyncio.sleep(0.01)  # B has read the room's slow mode, offers and mutes
+    async with two_processes(load) as (a, b):
+        joining = await opening_held_at_its_read(b, reading)  # slow mode, offers, mutes read
         until = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
         store["slow"] = 30  # stored, then published, as the endpoint does
         await a.publish_room_event("r1", {"type": "room.slow_mode", "seconds": 30})
@@ -228,9 +247,6 @@ async def test_what_is_published_while_a_process_opens_the_room_reaches_its_stat
         assert room.slow_mode_seconds == 30
         assert room.muted_until("u2", datetime.now(UTC)) == until
         assert "o1" not in room.offers
-    finally:
-        for hub in (a, b):
-            await hub.close()
 
 
 async def test_a_process_whose_pub_sub_was_away_reads_the_rooms_settings_again() -> None:
@@ -265,15 +281,8 @@ async def test_blocked_words_told_while_a_process_opens_the_room_reach_it() -> N
         await reading.wait()  # the rest of the read (pinned product, offers, mutes)
         return RoomView(room)
 
-    bus = MemoryBus()
-    a, b = (Hub(MemoryBroker(bus), load, Metrics(), HubLimits()) for _ in range(2))
-    for hub in (a, b):
-        await hub.start()
-    try:
-        await a.join("r1", Identity("mod", Role.MODERATOR), Socket())
-        reading.clear()
-        joining = asyncio.create_task(b.join("r1", viewer(2), Socket()))
-        await asyncio.sleep(0.01)  # B has read the room's blocked words
+    async with two_processes(load) as (a, b):
+        joining = await opening_held_at_its_read(b, reading)  # its blocked words read
         words.append("scam")  # stored, then told, as RoomService.set_blocked_words does
         await a.publish_room_control("r1", {"type": "settings_changed"})
         reading.set()
@@ -281,9 +290,6 @@ async def test_blocked_words_told_while_a_process_opens_the_room_reach_it() -> N
         room = b.room("r1")
         assert room is not None
         await until_true(lambda: room.blocked_words == ["scam"])
-    finally:
-        for hub in (a, b):
-            await hub.close()
 
 
 async def test_a_read_of_the_settings_does_not_undo_a_slow_mode_heard_meanwhile() -> None:
