@@ -58,12 +58,17 @@ class Hub(StreamFollower):
         metrics: Metrics,
         limits: HubLimits,
         keep_counters: CounterKeeper | None = None,
+        load_settings: RoomLoader | None = None,
     ) -> None:
+        """`load_room` reads a room whole from the stores (its opening, a history lost);
+        `load_settings` as much of it as its moderation needs (the room and its mutes), for
+        the reads of the settings alone."""
         self.broker = broker
         self.metrics = metrics
         self.limits = limits
         self.draining = False
         self._load_room = load_room
+        self._load_settings = load_settings or load_room
         self._rooms: dict[str, LocalRoom] = {}
         self._subscriptions = asyncio.Lock()
         self._users = UserWatches(broker, self._subscriptions)
@@ -372,7 +377,7 @@ class Hub(StreamFollower):
 
     async def _reload(self, room: LocalRoom) -> None:
         read = room.begin_read()
-        room.take_moderation(await self._load_room(room.room_id), read)
+        room.take_moderation(await self._load_settings(room.room_id), read)
 
     def _fan_out(self, room: LocalRoom, seq: int, event: dict[str, Any], text: str) -> None:
         room.last_seq = seq

@@ -252,6 +252,11 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
         offers = [offer_to_wire(o, stock) for o, stock in await offer_service.open_in_room(room_id)]
         return RoomView(room, pinned, await backends.rooms.mutes(room_id), offers)
 
+    async def load_settings(room_id: str) -> RoomView:
+        return RoomView(
+            await backends.rooms.get(room_id), mutes=await backends.rooms.mutes(room_id)
+        )
+
     limits = HubLimits(
         send_queue_frames=settings.send_queue_frames,
         counter_interval=settings.counter_interval,
@@ -259,7 +264,14 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
         chat_per_second=settings.chat_per_second,
         batch_seconds=settings.batch_window_ms / 1000,
     )
-    hub = Hub(backends.broker, load_room, metrics, limits, backends.rooms.keep_counters)
+    hub = Hub(
+        backends.broker,
+        load_room,
+        metrics,
+        limits,
+        backends.rooms.keep_counters,
+        load_settings=load_settings,
+    )
     offer_service = OfferService(
         backends.offers, backends.orders, backends.rooms, backends.products, backends.stock, hub
     )

@@ -341,3 +341,30 @@ async def test_a_room_opens_with_its_first_read_when_the_second_fails() -> None:
         await until_true(lambda: room.blocked_words == ["scam"])
     finally:
         await hub.close()
+
+
+async def test_the_settings_alone_are_read_again_not_the_whole_room() -> None:
+    """The room's pinned product and its open offers with their stock (a Redis read each) are
+    not what a read of the settings needs: at each room's opening, and each settings change."""
+    whole, settings_only = 0, 0
+
+    async def load(room_id: str) -> RoomView:
+        nonlocal whole
+        whole += 1
+        return RoomView(ROOM)
+
+    async def load_settings(room_id: str) -> RoomView:
+        nonlocal settings_only
+        settings_only += 1
+        return RoomView(replace(ROOM, blocked_words=["scam"]))
+
+    hub = Hub(MemoryBroker(MemoryBus()), load, Metrics(), HubLimits(), load_settings=load_settings)
+    await hub.start()
+    try:
+        _, room = await hub.join("r1", viewer(1), Socket())
+        assert (whole, settings_only, room.blocked_words) == (1, 1, ["scam"])
+        await hub.publish_room_control("r1", {"type": "settings_changed"})
+        await until_true(lambda: settings_only == 2)
+        assert whole == 1
+    finally:
+        await hub.close()
