@@ -26,12 +26,8 @@ class StreamFollower:
     broker: Broker
     metrics: Metrics
     _load_room: RoomLoader
-
-    def _fan_out(self, room: LocalRoom, seq: int, event: dict[str, Any], text: str) -> None:
-        raise NotImplementedError
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        raise NotImplementedError
+    _fan_out: Callable[[LocalRoom, int, dict[str, Any], str], None]
+    _spawn: Callable[[Coroutine[Any, Any, Any]], None]
 
     async def _sync(self, room: LocalRoom) -> None:
         """Compare with the broker's position: adopt it, fill a gap, or reset on a new epoch."""

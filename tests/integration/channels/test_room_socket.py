@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import redis.asyncio as aioredis
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 from channels.broker_redis import RedisBroker
 from channels.close_codes import CloseCode
@@ -17,6 +20,20 @@ from server.auth import issue_token
 from server.domain.errors import Unavailable
 from server.domain.identity import Role
 from tests.integration.channels.live import Live, close_code, recv, recv_type, token
+
+
+@asynccontextmanager
+async def host_and(
+    live: Live, user: str
+) -> AsyncIterator[tuple[ClientConnection, ClientConnection]]:
+    """The room's host and a viewer, each socket past its hello."""
+    async with (
+        websockets.connect(live.url("host-1", Role.HOST)) as host,
+        websockets.connect(live.url(user)) as viewer,
+    ):
+        await recv(host)
+        await recv(viewer)
+        yield host, viewer
 
 
 async def test_hello_describes_the_room_and_who_you_are(live: Live) -> None:
@@ -127,12 +144,7 @@ async def test_rate_limit_answers_with_an_error_and_keeps_the_socket(live: Live)
 
 
 async def test_moderation_mute_delete_slow_mode_and_ban(live: Live) -> None:
-    async with (
-        websockets.connect(live.url("host-1", Role.HOST)) as host,
-        websockets.connect(live.url("troll")) as troll,
-    ):
-        await recv(host)
-        await recv(troll)
+    async with host_and(live, "troll") as (host, troll):
         await troll.send(json.dumps({"type": "chat.send", "text": "spam"}))
         spam = await recv_type(host, "chat.message")
         await host.send(json.dumps({"type": "chat.delete", "message_id": spam["id"]}))
@@ -156,12 +168,7 @@ async def test_moderation_mute_delete_slow_mode_and_ban(live: Live) -> None:
 
 async def test_a_mute_and_a_ban_are_lifted(live: Live) -> None:
     """A mistaken ban lasted for the room's life, and a mute for its whole duration."""
-    async with (
-        websockets.connect(live.url("host-1", Role.HOST)) as host,
-        websockets.connect(live.url("leo")) as leo,
-    ):
-        await recv(host)
-        await recv(leo)
+    async with host_and(live, "leo") as (host, leo):
         mute = {"type": "user.mute", "user_id": "leo", "duration_seconds": 600}
         await host.send(json.dumps(mute))
         await recv_type(leo, "user.muted")
