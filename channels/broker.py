@@ -138,7 +138,7 @@ def new_epoch() -> str:
 
 
 def encode_body(event: dict[str, Any]) -> str:
-    """The event as compact JSON. `type` must come first for readable frames."""
+    """The event as compact JSON; `seq` and `epoch` go before it (`stamp`)."""
     if "type" not in event:
         raise ValueError("a room event needs a type")
     body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)

@@ -1,4 +1,5 @@
-"""`liveshop demo`: a host, a few products and a live room with a pinned product."""
+"""`liveshop demo`: a host, a few products and a live room with a pinned product and a running
+flash offer."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ async def set_stock(request: Request) -> JSONResponse:
 
 
 async def product_resource(request: Request) -> JSONResponse:
-    # One route for both methods, so a wrong method hears `Allow: GET, HEAD, PATCH` in full.
+    # One route for both methods, so a wrong method hears all of GET, HEAD and PATCH in `Allow`.
     if request.method == "PATCH":
         return await set_stock(request)
     return await get_product(request)

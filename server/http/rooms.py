@@ -126,7 +126,7 @@ async def set_blocked_words(request: Request) -> JSONResponse:
 
 
 async def rooms_collection(request: Request) -> JSONResponse:
-    # One route for both methods, so a wrong method hears `Allow: GET, HEAD, POST` in full.
+    # One route for both methods, so a wrong method hears all of GET, HEAD and POST in `Allow`.
     if request.method == "POST":
         return await create_room(request)
     return await list_rooms(request)
