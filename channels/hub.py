@@ -278,8 +278,14 @@ class Hub(StreamFollower):
                 return
             del self._rooms[room.room_id]
             self.metrics.rooms.set(len(self._rooms))
-            with contextlib.suppress(Exception):
+            try:
                 await self._counters.leave(room)
+            except Exception as exc:  # closed here all the same; its last likes go uncounted
+                extra = {"room_id": room.room_id, "error": type(exc).__name__}
+                if isinstance(exc, LiveshopError):  # Redis away
+                    log.warning("room_counters_not_left", extra=extra)
+                else:
+                    log.exception("room_counters_not_left", extra=extra)
         await self._unsubscribe_unserved(room.room_id)
 
     async def _unsubscribe_unserved(self, room_id: str) -> None:

@@ -149,3 +149,11 @@ async def hub() -> AsyncIterator[Hub]:
 
 def viewer(n: int) -> Identity:
     return Identity(f"user-{n}", Role.SHOPPER, name=f"U{n}")
+
+
+async def until_true(check: Callable[[], bool]) -> None:
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never came true")

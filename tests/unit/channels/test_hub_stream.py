@@ -4,7 +4,7 @@ history, and a history lost (a Redis restart) found by one check or several at o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,16 +26,9 @@ from tests.unit.channels.hub_fakes import (
     Socket,
     load_room,
     make_hub,
+    until_true,
     viewer,
 )
-
-
-async def until_true(check: Callable[[], bool]) -> None:
-    for _ in range(100):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never came true")
 
 
 @asynccontextmanager

@@ -16,7 +16,14 @@ from channels.hub import Hub, HubLimits
 from server.domain.errors import Unavailable
 from server.metrics import Metrics
 from tests.fakes import wait_until
-from tests.unit.channels.hub_fakes import SlowCountsBroker, Socket, load_room, make_hub, viewer
+from tests.unit.channels.hub_fakes import (
+    SlowCountsBroker,
+    Socket,
+    load_room,
+    make_hub,
+    until_true,
+    viewer,
+)
 
 
 async def test_likes_are_summed_and_broadcast_once_per_interval(hub: Hub) -> None:
@@ -283,5 +290,33 @@ async def test_likes_whose_report_timed_out_after_counting_are_counted_once() ->
         await socket.until(lambda: any(f["count"] == 10 for f in socket.of_type("likes")))
         await asyncio.sleep(0.1)  # several ticks after the lost reply
         assert broker.bus.counters["r1"].likes == 10
+    finally:
+        await hub.close()
+
+
+class CountersAway(MemoryBroker):
+    """Redis away for the counters alone."""
+
+    async def update_counters(
+        self, room_id: str, report: CounterReport, *, kept: tuple[int, int] = (0, 0)
+    ) -> Counters:
+        raise Unavailable("redis went away")
+
+
+async def test_a_room_closing_here_whose_last_likes_cannot_be_counted_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(hub_module, "LINGER_SECONDS", 0.05)
+    hub = Hub(CountersAway(MemoryBus()), load_room, Metrics(), HubLimits(counter_interval=0.05))
+    await hub.start()
+    try:
+        conn, room = await hub.join("r1", viewer(1), Socket())
+        hub.add_likes(room, 3)
+        await hub.leave(conn)
+        await until_true(lambda: "room_counters_not_left" in caplog.messages)
+        assert hub.room("r1") is None
+        (record,) = [r for r in caplog.records if r.message == "room_counters_not_left"]
+        assert record.levelname == "WARNING"
+        assert record.__dict__["error"] == "Unavailable"
     finally:
         await hub.close()
