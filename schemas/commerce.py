@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from schemas.http import ListQuery, MoneyIn, QueryInt, RequestModel, iso_utc
+from schemas.http import ListQuery, MoneyIn, QueryInt, RequestModel, ResourceId, iso_utc
 from server.domain.identity import client_key
 from server.domain.offers import (
     MAX_CLAIM_QUANTITY,
@@ -54,7 +54,7 @@ class OfferIn(_Request):
         "countdown_seconds": "invalid_countdown",
         "duration_seconds": "invalid_duration",
     }
-    product_id: Annotated[str, Field(min_length=1, max_length=64)]
+    product_id: ResourceId
     price: MoneyIn
     quantity: Annotated[int, Field(ge=1, le=1_000_000)]
     per_user_limit: Annotated[int, Field(ge=1, le=1000)] = 1
@@ -165,7 +165,7 @@ def order_to_wire(order: Order) -> dict[str, Any]:
 
 
 class OrderListQuery(ListQuery):
-    room_id: str | None = Field(default=None, min_length=1, max_length=64)
+    room_id: ResourceId | None = None
     limit: QueryInt = Field(default=50, ge=1, le=200)
     # Checked by the service, so that any bad cursor answers `invalid_cursor`.
     cursor: str | None = None

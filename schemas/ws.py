@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.commerce import AddressIn, ClaimIn, IdempotencyKey
-from schemas.http import MAX_SLOW_MODE_SECONDS, ShownRef, SlowModeIn, UserId
+from schemas.http import MAX_SLOW_MODE_SECONDS, ResourceId, ShownRef, SlowModeIn, UserId
 from server.domain.offers import MAX_CLAIM_QUANTITY
 
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
@@ -40,7 +40,7 @@ class Ping(_Frame):
 
 class OfferClaim(_Frame):
     type: Literal["offer.claim"]
-    offer_id: Annotated[str, Field(min_length=1, max_length=64)]
+    offer_id: ResourceId
     quantity: Annotated[int, Field(ge=1, le=MAX_CLAIM_QUANTITY)] = 1
     idempotency_key: IdempotencyKey
     shipping_address: AddressIn
@@ -48,7 +48,7 @@ class OfferClaim(_Frame):
 
 class ChatDelete(_Frame):
     type: Literal["chat.delete"]
-    message_id: Annotated[str, Field(min_length=1, max_length=64)]
+    message_id: ResourceId
 
 
 class UserMute(_Frame):
