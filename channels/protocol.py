@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from pydantic import ValidationError
 
@@ -21,6 +21,7 @@ from schemas.ws import (
     FIELD_CODES,
     ChatDelete,
     ChatSend,
+    ClientFrame,
     Like,
     OfferClaim,
     Ping,
@@ -253,7 +254,7 @@ class RoomSession:
             raise Malformed("frame must be an object with a string type", code="invalid_frame")
         return data
 
-    def _validate(self, data: dict[str, Any]) -> Any:
+    def _validate(self, data: dict[str, Any]) -> ClientFrame:
         try:
             return client_frame.validate_python(data)
         except ValidationError as exc:
@@ -268,7 +269,7 @@ class RoomSession:
             message = f"{fields[0] or 'frame'}: {errors[0]['msg']}"
             raise InvalidInput(message, code=code or "invalid_frame") from None
 
-    def _dispatch(self, frame: Any, *, mono: float, now: datetime) -> list[Command]:
+    def _dispatch(self, frame: ClientFrame, *, mono: float, now: datetime) -> list[Command]:
         if isinstance(frame, Ping):
             return [Reply({"type": "pong", "ref": frame.ref, "server_time": iso_z(now)})]
         if self.identity.anonymous:
@@ -317,7 +318,7 @@ class RoomSession:
                 StoreSlowMode(frame.seconds),
                 Publish({"type": "room.slow_mode", "seconds": frame.seconds}),
             ]
-        raise InvalidInput("unsupported frame", code="unknown_type")  # pragma: no cover
+        assert_never(frame)
 
     def _chat(self, frame: ChatSend, *, mono: float, now: datetime) -> list[Command]:
         user_id = self.identity.user_id
