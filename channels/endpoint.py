@@ -174,7 +174,7 @@ async def _carry_out(
                 )
             elif isinstance(command, StoreBan):
                 await container.rooms.ban(
-                    room.room_id, command.user_id, by=conn.identity.user_id, at=datetime.now(UTC)
+                    room.room_id, command.user_id, by=conn.identity.user_id, at=command.at
                 )
             elif isinstance(command, Lift):
                 lift = container.rooms.unban if command.what == "ban" else container.rooms.unmute

@@ -119,6 +119,7 @@ class StoreMute:
 @dataclass(frozen=True, slots=True)
 class StoreBan:
     user_id: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +305,7 @@ class RoomSession:
         if isinstance(frame, UserBan):
             self._refuse_muting_the_host_or_yourself(frame.user_id)
             return [
-                StoreBan(frame.user_id),
+                StoreBan(frame.user_id, now),
                 Publish({"type": "user.banned", "user_id": frame.user_id}),
             ]
         if isinstance(frame, UserUnmute):

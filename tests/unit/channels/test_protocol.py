@@ -268,7 +268,7 @@ def test_moderator_mutes_bans_and_sets_slow_mode() -> None:
         "until": "2026-11-28T12:01:00.000Z",
     }
     ban = send(s, {"type": "user.ban", "user_id": "shopper-1"})
-    assert ban[0] == StoreBan("shopper-1")
+    assert ban[0] == StoreBan("shopper-1", NOW)  # the time of the ban is the frame's, as a mute's
     assert isinstance(ban[1], Publish)
     assert ban[1].event == {"type": "user.banned", "user_id": "shopper-1"}
     slow = send(s, {"type": "room.slow_mode", "seconds": 30})
