@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from server.domain.chat import blocked_word_key
+from server.domain.chat import MAX_BLOCKED_WORD_CHARS, MAX_BLOCKED_WORDS, blocked_word_key
 from server.domain.errors import InvalidInput
 from server.domain.identity import MAX_USER_ID
 from server.domain.money import Money
@@ -41,17 +41,15 @@ from server.domain.products import (
     MAX_WEIGHT_GRAMS,
     Product,
 )
-from server.domain.rooms import Room, RoomStatus
+from server.domain.rooms import MAX_SLOW_MODE_SECONDS, Room, RoomStatus
 from server.domain.text import describe, hidden_character, shows_something, stray_tag
 from server.domain.times import iso_z
 
-# Limits shared by the HTTP models and the service (which also serves the websocket).
+# Limits of the HTTP models alone; those the services check too are the domain's (slow mode,
+# blocked words).
 MAX_TITLE_CHARS = 200
 MAX_IMAGES = 10
 MAX_STOCK = 1_000_000_000  # keeps stock far inside MongoDB's int64
-MAX_SLOW_MODE_SECONDS = 3600
-MAX_BLOCKED_WORDS = 200
-MAX_BLOCKED_WORD_CHARS = 50
 MAX_ID_CHARS = 64
 
 # A plain non-negative decimal: no exponent, sign, NaN or thousands separator.

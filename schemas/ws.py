@@ -12,8 +12,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.commerce import AddressIn, ClaimIn, IdempotencyKey
-from schemas.http import MAX_SLOW_MODE_SECONDS, ResourceId, ShownRef, SlowModeIn, UserId
+from schemas.http import ResourceId, ShownRef, SlowModeIn, UserId
 from server.domain.offers import MAX_CLAIM_QUANTITY
+from server.domain.rooms import MAX_SLOW_MODE_SECONDS
 
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
 

@@ -11,6 +11,8 @@ from server.domain.errors import InvalidInput, RateLimited
 from server.domain.text import FORMAT_KEPT, shows_something, tags_in_flags_only
 
 MAX_CHAT_CHARS = 500
+MAX_BLOCKED_WORDS = 200
+MAX_BLOCKED_WORD_CHARS = 50
 
 # Control and format characters (Cc, Cf) except ordinary spaces; bidi overrides are Cf and are
 # the classic way to make a message render as something it is not. The format characters that
@@ -212,3 +214,26 @@ def check_slow_mode(last_sent: float | None, slow_mode_seconds: int, now: float)
     wait = last_sent + slow_mode_seconds - now
     if wait > 0:
         raise RateLimited(f"slow mode: wait {wait:.0f} s before sending again", code="slow_mode")
+
+
+def clean_blocked_words(words: list[str]) -> list[str]:
+    """Trimmed, without blanks or repeats, in the order given; refuses lists over the limits.
+
+    Repeats are words that block the same lines, as the chat filter matches (whatever their
+    case, width, accents or joiners): the first one given is kept.
+    """
+    unique: dict[object, str] = {}
+    for word in map(str.strip, words):
+        if word:
+            unique.setdefault(blocked_word_key(word) or word.casefold(), word)
+    cleaned = list(unique.values())
+    if len(cleaned) > MAX_BLOCKED_WORDS:
+        raise InvalidInput(
+            f"at most {MAX_BLOCKED_WORDS} blocked words", code="too_many_blocked_words"
+        )
+    if any(len(w) > MAX_BLOCKED_WORD_CHARS for w in cleaned):
+        raise InvalidInput(
+            f"a blocked word has at most {MAX_BLOCKED_WORD_CHARS} characters",
+            code="blocked_word_too_long",
+        )
+    return cleaned

@@ -13,6 +13,7 @@ from server.domain.products import Product
 # Mutes running at once in a room, at most: they are kept in the room's document, and shown with
 # the room. A moderator silences a few spammers a show; banning is for more.
 MAX_MUTES = 1000
+MAX_SLOW_MODE_SECONDS = 3600
 
 
 class RoomStatus(StrEnum):

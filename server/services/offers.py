@@ -27,6 +27,7 @@ from server.domain.errors import (
 )
 from server.domain.figures import OfferFigures
 from server.domain.identity import Identity, scoped_key
+from server.domain.ids import new_id
 from server.domain.money import Money
 from server.domain.offers import (
     ORPHAN_AFTER,
@@ -49,7 +50,6 @@ from server.ports import (
 )
 from server.services.bookings import ProductBookings
 from server.services.load_once import CoalescedRuns
-from server.services.rooms import new_id
 from server.services.sold_out_ends import SoldOutEnds
 from server.services.stock_announcer import StockAnnouncer
 from server.services.stock_rebuilds import StockRebuilds
@@ -64,7 +64,7 @@ FINISH_GRACE = timedelta(seconds=15)
 # round trips) before any process tells it.
 UNTOLD_AFTER = timedelta(seconds=15)
 UNTOLD_BATCH = 100
-FIGURES_LIMIT = 500  # offers per room in the host's figures
+ROOM_OFFERS_LIMIT = 500  # a room's offers listed, and counted in the host's figures
 # Running offers housekeeping takes in turn for their orphans (see Housekeeper): far more than
 # run at once on the busiest days; beyond it, those ending last wait for a claim or settling.
 RUNNING_OFFERS_READ = 5_000
@@ -260,10 +260,10 @@ class OfferService:
             return offer, None
 
     async def in_room(self, room_id: str) -> list[tuple[FlashOffer, StockFigure | None]]:
-        """The offers the room has run and runs, newest first (its latest FIGURES_LIMIT), each
+        """The offers the room has run and runs, newest first (its latest ROOM_OFFERS_LIMIT), each
         with its stock; NotFound for a room that does not exist. Offers whose launch has not
         counted them yet are left out, as the room is not shown them either."""
-        offers = await self._offers.in_room(room_id, FIGURES_LIMIT)
+        offers = await self._offers.in_room(room_id, ROOM_OFFERS_LIMIT)
         if not offers:
             await self._rooms.get(room_id)  # none yet, or no such room
         return await self._all_with_stock(reversed(offers))
@@ -283,8 +283,9 @@ class OfferService:
 
     async def figures_in_room(self, room_id: str) -> list[OfferFigures]:
         """Orders, units and paid figures of the offers the room has run (its latest
-        FIGURES_LIMIT: a show that ran more is an exception, and its running offers matter most)."""
-        offers = await self._offers.in_room(room_id, FIGURES_LIMIT)
+        ROOM_OFFERS_LIMIT: a show that ran more is an exception, and its running offers matter
+        most)."""
+        offers = await self._offers.in_room(room_id, ROOM_OFFERS_LIMIT)
         return await self._orders.figures_of_offers([offer.id for offer in offers])
 
     async def stop_offers_in_room(self, room_id: str) -> None:

@@ -29,6 +29,7 @@ from server.domain.errors import (
     Unavailable,
 )
 from server.domain.identity import Identity, scoped_key
+from server.domain.ids import new_id
 from server.domain.offers import (
     AttachOutcome,
     ClaimOutcome,
@@ -58,7 +59,6 @@ from server.services.load_once import LoadOnce
 from server.services.offers import OfferService
 from server.services.reaper import Reaper
 from server.services.room_bans import RoomBans
-from server.services.rooms import new_id
 
 log = logging.getLogger("liveshop.orders")
 

@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
-from schemas.http import (
-    MAX_BLOCKED_WORD_CHARS,
-    MAX_BLOCKED_WORDS,
-    MAX_SLOW_MODE_SECONDS,
-    product_summary,
-)
-from server.domain.chat import blocked_word_key
+from schemas.http import product_summary
+from server.domain.chat import clean_blocked_words
 from server.domain.errors import Conflict, Forbidden, InvalidInput, LiveshopError, NotFound
 from server.domain.identity import Identity, Role
+from server.domain.ids import new_id
 from server.domain.money import Money
 from server.domain.pages import Page, decode_cursor, page_of
 from server.domain.products import Product, ProductTrade
 from server.domain.rooms import (
+    MAX_SLOW_MODE_SECONDS,
     Room,
     RoomStatus,
     can_moderate,
@@ -40,10 +36,6 @@ Clock = Callable[[], datetime]
 StopOffers = Callable[[str], Awaitable[None]]  # a room's id
 
 _SELLERS = frozenset({Role.HOST, Role.ADMIN})
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_urlsafe(12)}"
 
 
 class RoomService:
@@ -133,7 +125,7 @@ class RoomService:
             status=RoomStatus.SCHEDULED,
             created_at=self._now(),
             scheduled_at=utc_ms(scheduled_at) if scheduled_at is not None else None,
-            blocked_words=_clean_words(blocked_words or []),
+            blocked_words=clean_blocked_words(blocked_words or []),
         )
         await self._rooms.create(room)
         return room
@@ -219,7 +211,7 @@ class RoomService:
         return room
 
     async def set_blocked_words(self, room_id: str, words: list[str], who: Identity) -> Room:
-        cleaned = _clean_words(words)
+        cleaned = clean_blocked_words(words)
         room = await self._moderated_room(room_id, who)
         await self._rooms.set_blocked_words(room.id, cleaned)
         room.blocked_words = cleaned
@@ -239,26 +231,3 @@ class RoomService:
 def ensure_seller(who: Identity, action: str) -> None:
     if who.anonymous or who.role not in _SELLERS:
         raise Forbidden(f"only hosts and admins can {action}")
-
-
-def _clean_words(words: list[str]) -> list[str]:
-    """Trimmed, without blanks or repeats, in the order given; refuses lists over the limits.
-
-    Repeats are words that block the same lines, as the chat filter matches (whatever their
-    case, width, accents or joiners): the first one given is kept.
-    """
-    unique: dict[object, str] = {}
-    for word in map(str.strip, words):
-        if word:
-            unique.setdefault(blocked_word_key(word) or word.casefold(), word)
-    cleaned = list(unique.values())
-    if len(cleaned) > MAX_BLOCKED_WORDS:
-        raise InvalidInput(
-            f"at most {MAX_BLOCKED_WORDS} blocked words", code="too_many_blocked_words"
-        )
-    if any(len(w) > MAX_BLOCKED_WORD_CHARS for w in cleaned):
-        raise InvalidInput(
-            f"a blocked word has at most {MAX_BLOCKED_WORD_CHARS} characters",
-            code="blocked_word_too_long",
-        )
-    return cleaned
