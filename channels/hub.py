@@ -234,6 +234,9 @@ class Hub(StreamFollower):
         ready = room.ready  # the first joiners' (a reset while it opens sets another)
         assert ready is not None
         try:
+            # A room that does not exist must leave nothing behind: the stream's position
+            # settles an epoch, which Redis keeps a day, and anyone may knock on any room id.
+            await self._load_settings(room.room_id)
             # Where the stream stood before the stores were read: the events published while
             # they are read (a slow mode, a mute, an offer's end) are replayed from there over
             # what was read. Each is published after what it tells is stored, and applying

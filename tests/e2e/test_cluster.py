@@ -7,7 +7,10 @@ of a room must look the same from both.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
+
+import redis
 
 from tests.e2e.api import (
     create_live_room,
@@ -364,3 +367,18 @@ async def test_a_users_chat_rate_is_counted_across_processes(
             assert [e["code"] for e in refused()] == ["rate_limited"] * 2, refused()
         finally:
             await close_all([on_a, on_b])
+
+
+async def test_knocking_on_rooms_that_do_not_exist_leaves_nothing_in_redis(
+    cluster: Cluster,
+) -> None:
+    """Anyone, without a token, may try any room id: each is refused 4004, and none leaves a
+    key behind (a stream settled for it was kept a day, so a flood of them filled Redis)."""
+    redis_client = redis.Redis.from_url(cluster.redis_url)
+    room_ids = [f"x{secrets.token_hex(12)}" for _ in range(20)]
+    for process, room_id in zip((cluster.a, cluster.b) * 10, room_ids, strict=True):
+        code, _ = await connect_closed_code(process.ws_url(room_id))
+        assert code == 4004
+    left = [key for room_id in room_ids for key in redis_client.scan_iter(f"*{room_id}*")]
+    redis_client.close()
+    assert left == []

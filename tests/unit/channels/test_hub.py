@@ -66,10 +66,12 @@ async def test_one_subscription_per_room_however_many_viewers(hub: Hub) -> None:
     assert len(local.connections) == 20
 
 
-async def test_unknown_room_is_refused(hub: Hub) -> None:
+async def test_unknown_room_is_refused_and_leaves_nothing_behind(hub: Hub) -> None:
     with pytest.raises(NotFound):
         await hub.join("nope", viewer(1), Socket())
     assert hub.room("nope") is None
+    assert isinstance(hub.broker, MemoryBroker)
+    assert "nope" not in hub.broker.bus.streams  # no stream kept a day for a room that is not
 
 
 class UnconfirmedSubscribe(MemoryBroker):

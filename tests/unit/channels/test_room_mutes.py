@@ -62,7 +62,7 @@ async def test_an_unmute_heard_while_the_settings_are_read_again_stays() -> None
         nonlocal reads
         reads += 1
         view = RoomView(ROOM, mutes=dict(held))
-        if reads > 2:  # after the open's two: the settings' read, it read the mute, then waits
+        if reads > 3:  # after the open's three: the settings' read, it read the mute, then waits
             reading.set()
             await release.wait()
         return view
