@@ -41,7 +41,7 @@ from server.domain.postal_codes import postal_code_rule
 from server.http import commerce, ops, products, rooms
 from server.http.errors import exception_handlers, problem
 from server.metrics import Metrics
-from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockReservations
+from server.ports import OfferStore, OrderStore, ProductStore, RoomStore
 from server.services.housekeeping import Housekeeper
 from server.services.offers import OfferService
 from server.services.orders import OrderService
@@ -49,6 +49,7 @@ from server.services.room_bans import RoomBans
 from server.services.rooms import RoomService
 from server.settings import Settings
 from server.startup import refusal_fields, refusal_of
+from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.app")
 

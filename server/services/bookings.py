@@ -27,8 +27,9 @@ from server.domain.errors import (
 from server.domain.identity import Identity, Role
 from server.domain.offers import FlashOffer, ensure_stock_left, units_booked
 from server.domain.products import Product
-from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
+from server.ports import OfferStore, OrderStore, ProductStore
 from server.services.rooms import ensure_seller
+from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.offers")
 

@@ -24,7 +24,8 @@ from datetime import datetime, timedelta
 
 from server.domain.offers import AttachOutcome
 from server.domain.orders import Order
-from server.ports import OrderStore, StockReservations
+from server.ports import OrderStore
+from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.orders")
 

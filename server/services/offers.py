@@ -40,19 +40,13 @@ from server.domain.offers import (
 from server.domain.products import Product
 from server.domain.rooms import RoomStatus, ensure_can_manage
 from server.domain.times import iso_z, utc_now
-from server.ports import (
-    OfferStore,
-    OrderStore,
-    ProductStore,
-    RoomEvents,
-    RoomStore,
-    StockReservations,
-)
+from server.ports import OfferStore, OrderStore, ProductStore, RoomEvents, RoomStore
 from server.services.bookings import ProductBookings
 from server.services.load_once import CoalescedRuns
 from server.services.sold_out_ends import SoldOutEnds
 from server.services.stock_announcer import StockAnnouncer
 from server.services.stock_rebuilds import StockRebuilds
+from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.offers")
 

@@ -52,13 +52,14 @@ from server.domain.orders import (
 from server.domain.pages import Page, decode_cursor, page_of
 from server.domain.rooms import ensure_can_manage
 from server.domain.times import utc_now
-from server.ports import OfferStore, OrderStore, ProductStore, RoomStore, StockReservations
+from server.ports import OfferStore, OrderStore, ProductStore, RoomStore
 from server.services.buyer_notices import BuyerNotices, Notify
 from server.services.late_orders import LateOrders
 from server.services.load_once import LoadOnce
 from server.services.offers import OfferService
 from server.services.reaper import Reaper
 from server.services.room_bans import RoomBans
+from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.orders")
 

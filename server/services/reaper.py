@@ -19,10 +19,11 @@ from datetime import datetime
 from server.domain.errors import OfferPaused, Unavailable
 from server.domain.offers import LATE_ORDERS, ORPHAN_AFTER, PENDING_BATCH, SKEW_MARGIN
 from server.domain.orders import Order
-from server.ports import OfferStore, OrderStore, StockReservations
+from server.ports import OfferStore, OrderStore
 from server.services.buyer_notices import BuyerNotices
 from server.services.late_orders import LateOrders
 from server.services.offers import OfferService
+from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.orders")
 

@@ -9,7 +9,8 @@ from datetime import datetime
 
 from server.domain.errors import OfferPaused, Unavailable
 from server.domain.offers import SKEW_MARGIN, EndReason, FlashOffer
-from server.ports import OfferStore, StockReservations
+from server.ports import OfferStore
+from server.stock_port import StockReservations
 
 
 class SoldOutEnds:

@@ -12,7 +12,8 @@ from datetime import datetime
 from server.background import BackgroundTasks
 from server.domain.errors import LiveshopError, OfferPaused
 from server.domain.offers import SKEW_MARGIN, FlashOffer, StockFigure
-from server.ports import RoomEvents, StockReservations
+from server.ports import RoomEvents
+from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.offers")
 

@@ -16,8 +16,9 @@ from datetime import datetime
 
 from server.domain.offers import RecoveredClaim
 from server.domain.orders import Order
-from server.ports import OfferStore, OrderStore, StockReservations
+from server.ports import OfferStore, OrderStore
 from server.services.late_orders import LATE_WRITES
+from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.offers")
 

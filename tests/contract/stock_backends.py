@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from server.domain.offers import ClaimOutcome, RecoveredClaim
-from server.ports import StockReservations
+from server.stock_port import StockReservations
 
 T0 = datetime(2026, 5, 14, 10, 0, tzinfo=UTC)
 END = T0 + timedelta(minutes=10)

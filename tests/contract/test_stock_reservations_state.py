@@ -36,7 +36,7 @@ from server.adapters.memory_reservations import MemoryStockReservations
 from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.errors import Unavailable
 from server.domain.offers import AttachOutcome, ClaimOutcome, RecoveredClaim, StockFigure
-from server.ports import StockReservations
+from server.stock_port import StockReservations
 
 T = TypeVar("T")
 OFFER = "of-sm"

@@ -11,9 +11,10 @@ import pytest
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Unavailable, Unresponsive
 from server.domain.offers import AttachOutcome, FlashOffer, RecoveredClaim
-from server.ports import OfferStore, StockReservations
+from server.ports import OfferStore
 from server.services.offers import OfferService
 from server.services.orders import OrderService
+from server.stock_port import StockReservations
 from tests.unit.services.shop import HOST, Shop, other_process
 
 

@@ -17,12 +17,13 @@ from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer
 from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus
-from server.ports import OfferStore, OrderStore, ProductStore, StockReservations
+from server.ports import OfferStore, OrderStore, ProductStore
 from server.services.buyer_notices import Notify
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from server.services.rooms import RoomService
 from server.services.stock_announcer import STOCK_ANNOUNCE_SECONDS
+from server.stock_port import StockReservations
 from tests.fakes import Clock, RecordingEvents
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -10,7 +10,8 @@ import pytest
 
 from server.domain.errors import Conflict, Forbidden
 from server.domain.orders import Order, OrderStatus
-from server.ports import OrderStore, StockReservations
+from server.ports import OrderStore
+from server.stock_port import StockReservations
 from tests.unit.services.flaky import FlakyStock
 from tests.unit.services.shop import HOST, HeldCalls, Shop, buyer, other_process
 

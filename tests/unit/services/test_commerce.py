@@ -17,9 +17,9 @@ from server.domain.money import Money
 from server.domain.offers import ORPHAN_AFTER, EndReason, FlashOffer, StockFigure
 from server.domain.orders import Address, Order, OrderStatus
 from server.domain.times import iso_z
-from server.ports import StockReservations
 from server.services.housekeeping import Housekeeper
 from server.services.orders import OrderService
+from server.stock_port import StockReservations
 from tests.unit.services.shop import (
     ADDRESS,
     HOST,

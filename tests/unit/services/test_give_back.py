@@ -14,9 +14,9 @@ import pytest
 from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import EndReason, FlashOffer, RecoveredClaim
 from server.domain.orders import HOLDS_STOCK, OrderStatus
-from server.ports import StockReservations
 from server.services.offers import OfferService
 from server.services.orders import OrderService
+from server.stock_port import StockReservations
 from tests.fakes import RecordingEvents
 from tests.unit.services.flaky import (
     FlakyStock,

@@ -11,9 +11,10 @@ import pytest
 from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import FlashOffer
 from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
-from server.ports import OrderStore, StockReservations
+from server.ports import OrderStore
 from server.services.offers import OfferService
 from server.services.orders import OrderService
+from server.stock_port import StockReservations
 from tests.unit.services.flaky import FlakyStock
 from tests.unit.services.shop import (
     ADDRESS,

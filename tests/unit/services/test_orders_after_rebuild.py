@@ -13,10 +13,11 @@ import pytest
 from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import LATE_ORDERS, ORPHAN_AFTER
 from server.domain.orders import Order, OrderStatus
-from server.ports import OrderStore, StockReservations
+from server.ports import OrderStore
 from server.services import late_orders
 from server.services.late_orders import LATE_WRITES
 from server.services.stock_rebuilds import StockRebuilds
+from server.stock_port import StockReservations
 from tests.unit.services.flaky import flaky
 from tests.unit.services.shop import (
     ADDRESS,

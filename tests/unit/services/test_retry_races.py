@@ -12,7 +12,8 @@ import pytest
 from server.domain.errors import Conflict
 from server.domain.offers import FlashOffer
 from server.domain.orders import Address, Order, OrderStatus
-from server.ports import OrderStore, StockReservations
+from server.ports import OrderStore
+from server.stock_port import StockReservations
 from tests.unit.services.shop import ADDRESS, HeldCalls, Shop, buyer, other_process
 
 ELSEWHERE = Address.clean(

@@ -10,8 +10,9 @@ import pytest
 from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import EndReason
 from server.domain.rooms import RoomStatus
-from server.ports import OfferStore, ProductStore, RoomStore, StockReservations
+from server.ports import OfferStore, ProductStore, RoomStore
 from server.services.rooms import RoomService, StopOffers
+from server.stock_port import StockReservations
 from tests.unit.services.flaky import FlakyStock
 from tests.unit.services.shop import (
     ADDRESS,

@@ -13,8 +13,9 @@ import pytest
 
 from server.domain.errors import Conflict, Unavailable, Unresponsive
 from server.domain.offers import EndReason
-from server.ports import OrderStore, StockReservations
+from server.ports import OrderStore
 from server.services.housekeeping import Housekeeper
+from server.stock_port import StockReservations
 from tests.fakes import RecordingEvents
 from tests.unit.services.shop import ADDRESS, HeldCalls, Shop, buyer, other_process, settle
 

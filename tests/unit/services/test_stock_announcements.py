@@ -15,9 +15,10 @@ import pytest
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Unavailable
 from server.domain.offers import EndReason, FlashOffer, StockFigure
-from server.ports import OrderStore, StockReservations
+from server.ports import OrderStore
 from server.services import stock_announcer
 from server.services.stock_announcer import STOCK_ANNOUNCE_SECONDS, StockAnnouncer
+from server.stock_port import StockReservations
 from tests.fakes import RecordingEvents
 from tests.unit.services.shop import (
     ADDRESS,
