@@ -401,8 +401,8 @@ class OfferService:
     async def finish_ends(self) -> int:
         """Finish the ends that their process left unfinished (it failed or died between
         recording the end and telling the room); each process calls this once a second. An end
-        is left to its own process for FINISH_GRACE after this one first sees it unfinished,
-        and one that failed here is tried again at once."""
+        is left to its own process for FINISH_GRACE after this one first sees it unfinished
+        (its stock stopped here meanwhile), and one that failed here is tried again at once."""
         now = self._clock()
         unfinished = await self._offers.unfinished_ends(DUE_BATCH)
         # Only the ends still unfinished are remembered: bounded.
@@ -420,9 +420,10 @@ class OfferService:
         unfinished.sort(key=lambda offer: self._finish_failed_in.get(offer.id, 0))
         finished = 0
         for offer in unfinished:
-            if now - self._unfinished_since[offer.id] < FINISH_GRACE:
-                continue
             try:
+                if now - self._unfinished_since[offer.id] < FINISH_GRACE:
+                    await self._stop_meanwhile(offer)
+                    continue
                 await self._finish_end(offer)
             except LiveshopError:  # the stock or the room's stream is away (logged where it failed)
                 # The others wait for the next round: against a hung Redis a try costs 5 s.
@@ -431,6 +432,13 @@ class OfferService:
             log.warning("offer_end_finished_late", extra={"offer_id": offer.id})
             finished += 1
         return finished
+
+    async def _stop_meanwhile(self, offer: FlashOffer) -> None:
+        """Stop the stock of an end left to its own process: one paused (a long GC pause, a VM
+        stalled) would leave it selling after its end for the whole grace. Stopping twice is
+        harmless. Not a sold-out end, whose room must hear its last unit before the stop."""
+        if not offer.ended_sold_out:
+            await self._stock.stop(offer.id)
 
     async def _announce_end(self, offer: FlashOffer, taken: int | None) -> None:
         """`offer.ended`, with what was left once the stock stopped (`taken`): a stop or an

@@ -180,3 +180,17 @@ async def test_a_launch_sent_again_after_the_room_ended_answers_the_offer_it_mad
     await rooms_of(shop).end(shop.room_id, HOST)
     again, created = await launch_through(shop.offers, shop, quantity=2, key="ran-1")
     assert (again.id, created, again.end_reason) == (offer.id, False, EndReason.STOPPED)
+
+
+async def test_an_offer_stopped_by_a_process_that_pauses_sells_nothing_more_elsewhere() -> None:
+    # The stopping process recorded the end, then paused (a GC pause, a stalled VM) before
+    # stopping the stock: the others left the end to it for FINISH_GRACE, selling meanwhile.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=5, limit=1, duration=3600)
+    ended = await shop.offers_store.record_end(offer.id, EndReason.STOPPED, shop.clock())
+    assert ended is not None  # ...and the process that recorded it paused here
+    offers, orders = other_process(shop)
+    assert await offers.finish_ends() == 0  # left to its process for the grace
+    with pytest.raises(Conflict) as refused:
+        await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    assert refused.value.code == "offer_not_active"
