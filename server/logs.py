@@ -17,10 +17,12 @@ from server.domain.errors import LiveshopError
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
-# Access tokens travel in websocket query strings, which uvicorn logs on every accept, as the
-# client spelled them: the server decodes `%74oken=` as `token=`, so the log must match it too.
+# Access tokens travel in websocket query strings, which a log line may quote (a client's
+# request line, say), as the client spelled them: the server decodes `%74oken=` as `token=`, so
+# the log must match it too. The whole value goes, up to the next parameter: a token wrapped in
+# quotes or other characters is refused, but is as good as any once they are cut off.
 _TOKEN_IN_QUERY = re.compile(
-    r"((?:t|%74)(?:o|%6f)(?:k|%6b)(?:e|%65)(?:n|%6e)=)[^&\s\"']+", re.IGNORECASE
+    r"((?:t|%74)(?:o|%6f)(?:k|%6b)(?:e|%65)(?:n|%6e)=)[^&\s]+", re.IGNORECASE
 )
 
 
@@ -54,7 +56,15 @@ _CLIENT_FAULTS = frozenset(
 )
 
 
-def _client_faults_are_not_errors(record: logging.LogRecord) -> bool:
+# uvicorn's line for each websocket handshake: the client's address and the room it watches,
+# which together tell who watched which show. Liveshop logs each viewer's join without either.
+_WEBSOCKET_ACCESS = '%s - "WebSocket %s"'
+
+
+def _uvicorn_as_liveshop_wants(record: logging.LogRecord) -> bool:
+    """Client faults as information, and no websocket handshake lines."""
+    if isinstance(record.msg, str) and record.msg.startswith(_WEBSOCKET_ACCESS):
+        return False
     if record.msg in _CLIENT_FAULTS:
         record.levelno, record.levelname, record.exc_info = logging.INFO, "INFO", None
         return logging.getLogger().isEnabledFor(logging.INFO)
@@ -75,12 +85,13 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     for name in PAYLOAD_LOGGERS:
         logging.getLogger(name).setLevel(max(root.level, logging.INFO))
-    # uvicorn's access log would print every query string, tokens included.
+    # uvicorn's access log would print every client's address and query string, tokens
+    # included (its websocket handshakes, logged elsewhere, are dropped by the filter below).
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.error").addFilter(_client_faults_are_not_errors)
+    logging.getLogger("uvicorn.error").addFilter(_uvicorn_as_liveshop_wants)
 
 
 def warn_if_failed(logger: logging.Logger, event: str) -> Callable[[asyncio.Future[Any]], None]:
