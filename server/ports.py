@@ -306,6 +306,11 @@ class OrderStore(Protocol):
         retried claim still finds its order)."""
         ...
 
+    async def count_of_offer(self, offer_id: str) -> int:
+        """How many orders the offer has, read as `of_offer` reads them: orders are never
+        deleted, so a count above an earlier read's says orders were written since."""
+        ...
+
     async def figures_of_offers(self, offer_ids: Sequence[str]) -> builtins.list[OfferFigures]:
         """Each offer's figures as its orders stand now (`figures_of`), in the order asked."""
         ...

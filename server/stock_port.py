@@ -13,6 +13,7 @@ from server.domain.offers import (
     RecoveredClaim,
     StockFigure,
     StockSnapshot,
+    UnconfirmedStock,
 )
 
 
@@ -147,8 +148,14 @@ class StockReservations(Protocol):
         and its end's stop found nothing to stop."""
         ...
 
-    async def unconfirmed(self, offer_id: str) -> str | None:
-        """The token of the offer's stock if a rebuild left it unconfirmed, else None."""
+    async def unconfirmed(self, offer_id: str) -> UnconfirmedStock | None:
+        """The offer's stock if a rebuild left it unconfirmed (its token, and the orders it
+        was rebuilt from), else None."""
+        ...
+
+    async def drop_unconfirmed(self, offer_id: str, token: str) -> None:
+        """Forget the offer's stock if it is still unconfirmed under `token`: rebuilt from a
+        read older than orders written since, it is to be rebuilt again. Nothing otherwise."""
         ...
 
     async def confirm_open(self, offer_id: str, token: str) -> None:

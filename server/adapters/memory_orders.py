@@ -258,6 +258,9 @@ class MemoryOrderStore:
         orders.sort(key=lambda o: (o.created_at, o.id))
         return [copy.deepcopy(o) for o in orders]
 
+    async def count_of_offer(self, offer_id: str) -> int:
+        return sum(1 for o in self._orders.values() if o.offer_id == offer_id)
+
     async def figures_of_offers(self, offer_ids: Sequence[str]) -> builtins.list[OfferFigures]:
         groups: dict[str, list[OrderGroup]] = {offer_id: [] for offer_id in offer_ids}
         for o in self._orders.values():

@@ -23,6 +23,7 @@ from server.domain.offers import (
     RecoveredClaim,
     StockFigure,
     StockSnapshot,
+    UnconfirmedStock,
     being_restored,
     stock_kept_until_ms,
     tally_recovered,
@@ -57,6 +58,7 @@ class _Offer:
     sold_out: bool = False  # stopped as sold out: its stock stays 0 (see stop_if_sold_out)
     held: dict[str, int] = field(default_factory=dict)
     unconfirmed: str | None = None  # rebuilt: claims wait for confirm_open with this token
+    rebuilt_from: int = 0  # orders, one recovered claim each
     claims: dict[str, _Reservation] = field(default_factory=dict)
 
 
@@ -254,9 +256,16 @@ class MemoryStockReservations:
         _stop(offer, sold_out=True)
         return True
 
-    async def unconfirmed(self, offer_id: str) -> str | None:
+    async def unconfirmed(self, offer_id: str) -> UnconfirmedStock | None:
         offer = self._offers.get(offer_id)
-        return None if offer is None else offer.unconfirmed
+        if offer is None or offer.unconfirmed is None:
+            return None
+        return UnconfirmedStock(offer.unconfirmed, offer.rebuilt_from)
+
+    async def drop_unconfirmed(self, offer_id: str, token: str) -> None:
+        offer = self._offers.get(offer_id)
+        if offer is not None and offer.unconfirmed == token:
+            del self._offers[offer_id]
 
     async def confirm_open(self, offer_id: str, token: str) -> None:
         offer = self._offers.get(offer_id)
@@ -295,6 +304,7 @@ class MemoryStockReservations:
             sold_out=sold_out,
             held=held,
             unconfirmed=None if stopped else self._new_reservation_id(),  # any unique token
+            rebuilt_from=len(claims),
         )
         for c in claims:
             offer.claims[c.idempotency_key] = _Reservation(

@@ -197,6 +197,16 @@ return 1
 """
 )
 
+DROP_UNCONFIRMED = (
+    SAME_RUN
+    + """
+if redis.call('HGET', KEYS[1], 'unconfirmed') == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+end
+return 1
+"""
+)
+
 # 1 when the offer's stock is here (and of this run of Redis), 0 when it is to be rebuilt.
 READY = SAME_RUN + "return redis.call('EXISTS', KEYS[1])"
 
@@ -224,8 +234,11 @@ redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', stock, 'limit', ARGV[2
   'v', first_version, 'run', run)
 -- '2': it ended sold out, and stays so (see stop_if_sold_out).
 if ARGV[5] == '2' then redis.call('HSET', KEYS[1], 'stock', 0, 'sold_out', '1') end
--- Not stopped: it may have ended since the rebuilder read it (see confirm_open).
-if stopped == '0' then redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7]) end
+-- Not stopped: it may have ended since the rebuilder read it (see confirm_open), or orders
+-- been written since (see drop_unconfirmed): the orders it was rebuilt from are noted.
+if stopped == '0' then
+  redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7], 'rebuilt_from', (#ARGV - 7) / 2)
+end
 for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
 return 1
 """

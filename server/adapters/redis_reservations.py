@@ -49,6 +49,7 @@ from server.domain.offers import (
     RecoveredClaim,
     StockFigure,
     StockSnapshot,
+    UnconfirmedStock,
     being_restored,
     stock_kept_until_ms,
     tally_recovered,
@@ -112,6 +113,7 @@ class RedisStockReservations:
         self._stop = self._redis.register_script(scripts.STOP)
         self._stop_if_sold_out = self._redis.register_script(scripts.STOP_IF_SOLD_OUT)
         self._confirm_open = self._redis.register_script(scripts.CONFIRM_OPEN)
+        self._drop_unconfirmed = self._redis.register_script(scripts.DROP_UNCONFIRMED)
         self._rebuild = self._redis.register_script(scripts.REBUILD)
         self._ready = self._redis.register_script(scripts.READY)
         self._claims = GroupCommit(self._claim_batch)
@@ -245,9 +247,17 @@ class RedisStockReservations:
         return stopped == 1
 
     @redis_unreachable_is_unavailable
-    async def unconfirmed(self, offer_id: str) -> str | None:
-        token = await self._redis.hget(_keys(offer_id)[0], "unconfirmed")
-        return None if token is None else _text(token)
+    async def unconfirmed(self, offer_id: str) -> UnconfirmedStock | None:
+        token, rebuilt_from = await self._redis.hmget(
+            _keys(offer_id)[0], ["unconfirmed", "rebuilt_from"]
+        )
+        if token is None:
+            return None
+        return UnconfirmedStock(_text(token), int(rebuilt_from or 0))
+
+    @redis_unreachable_is_unavailable
+    async def drop_unconfirmed(self, offer_id: str, token: str) -> None:
+        await self._drop_unconfirmed(keys=_keys(offer_id), args=[token])
 
     @redis_unreachable_is_unavailable
     async def confirm_open(self, offer_id: str, token: str) -> None:

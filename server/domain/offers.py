@@ -327,6 +327,15 @@ class PendingReservation:
 
 
 @dataclass(frozen=True, slots=True)
+class UnconfirmedStock:
+    """A stock a rebuild left unconfirmed (StockReservations.unconfirmed): its token, and how
+    many orders its rebuilder read, one recovered claim each."""
+
+    token: str
+    orders_read: int
+
+
+@dataclass(frozen=True, slots=True)
 class RecoveredClaim:
     """A claim as the orders remember it, to rebuild a lost offer. `held` is whether the order
     still holds its units (see `orders.HOLDS_STOCK`); released ones keep their key so a retried

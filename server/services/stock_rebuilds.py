@@ -5,7 +5,10 @@ quantity less the units of the orders that hold stock, each buyer's count, every
 claim sent again still finds its order). Any process may rebuild, and several may at once: the
 store keeps the first stock written. An order may land after a rebuild read the orders without
 it (its write was on its way when Redis lost the offer): the rebuild notes its offer first, and
-late_orders.py settles such an order.
+late_orders.py settles such an order. A stock rebuilt from a read that orders written since
+outdated (its rebuilder paused between the two, while others rebuilt it, sold and lost it again)
+is dropped before claims may use it, and rebuilt again: orders are never deleted, so a count
+above the orders it was rebuilt from says so.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ class StockRebuilds:
 
     async def rebuild(self, offer_id: str) -> None:
         """Restore an offer's stock from its orders after the reservation store lost it."""
+        if not await self._rebuild_once(offer_id):
+            # Built from a read that orders written since had outdated, and forgotten: once
+            # more, from a read that counts them (should that be outdated too, claims wait
+            # for the next rebuild a claim or a housekeeping round asks for).
+            await self._rebuild_once(offer_id)
+
+    async def _rebuild_once(self, offer_id: str) -> bool:
+        """False when the stock it found unconfirmed was outdated, and is dropped."""
         # Read here, not taken from the caller: a cached copy may predate the offer's end, and
         # a stopped or sold-out offer must not reopen until its end time.
         offer = await self._offers.get(offer_id)
@@ -62,7 +73,15 @@ class StockRebuilds:
         if offer.end_reason is not None:
             # Also a stock another rebuild left unconfirmed: claims hear the end, not "paused".
             await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
-        elif (token := await self._stock.unconfirmed(offer.id)) is not None:
+        elif (unconfirmed := await self._stock.unconfirmed(offer.id)) is not None:
+            # Its rebuilder, this process or another, may have read the orders long before it
+            # wrote the stock (a pause), and others rebuilt, sold and lost it again meanwhile:
+            # a stock that knows fewer orders than there are would sell their units again.
+            if await self._orders.count_of_offer(offer.id) > unconfirmed.orders_read:
+                await self._stock.drop_unconfirmed(offer.id, unconfirmed.token)
+                log.warning("offer_stock_rebuild_outdated", extra={"offer_id": offer.id})
+                return False
+            token = unconfirmed.token
             # Unconfirmed: the offer may have ended since it was read above, its end's stop
             # finding no stock. The end is recorded before its stock is stopped, so either the
             # read below sees it, or that stop comes after and finds the stock `token` names
@@ -76,6 +95,7 @@ class StockRebuilds:
                 await self._stock.stop(offer.id, sold_out=latest.ended_sold_out)
         if rebuilt:
             log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
+        return True
 
 
 def recovered_claims(

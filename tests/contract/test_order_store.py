@@ -94,6 +94,9 @@ async def test_concurrent_creates_all_count(stores: Stores) -> None:
     # Creates made at the same moment are written together; every one of them counts.
     orders = [sample_order(f"o_{i}", f"k_{i}", buyer=f"u_{i}", quantity=1) for i in range(30)]
     await asyncio.gather(*(stores.orders.create(o) for o in orders))
+    assert await stores.orders.count_of_offer("of_1") == 30
+    assert len(await stores.orders.of_offer("of_1")) == 30
+    assert await stores.orders.count_of_offer("of_2") == 0
     assert await figures_of_offer(stores.orders, "of_1") == OfferFigures(
         "of_1", orders=30, units=30, placed=30, held_units=30
     )

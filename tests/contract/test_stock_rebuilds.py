@@ -13,7 +13,7 @@ import redis
 
 from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.errors import OfferPaused, Unavailable
-from server.domain.offers import AttachOutcome, RecoveredClaim, StockFigure
+from server.domain.offers import AttachOutcome, RecoveredClaim, StockFigure, UnconfirmedStock
 from tests.contract.stock_backends import END, NOW, T0, Backend, R, open_offer, rebuild_offer
 from tests.servers import RedisServer
 
@@ -69,9 +69,12 @@ async def test_a_lost_offer_pauses_until_rebuilt_from_its_orders(backend: Backen
     # New claims wait until the rebuilder has read the offer again, still running.
     waiting = await stock.claim("of1", "alice", 1, "k5", NOW)
     assert (waiting.outcome, waiting.remaining) == (R.PAUSED, None)
-    token = await stock.unconfirmed("of1")
-    assert token is not None
-    await stock.confirm_open("of1", f"{token}-another-rebuilds")  # not this stock
+    unconfirmed = await stock.unconfirmed("of1")
+    assert unconfirmed is not None
+    assert unconfirmed.orders_read == 3  # one recovered claim an order
+    token = unconfirmed.token
+    await stock.drop_unconfirmed("of1", f"{token}-another-rebuilds")  # not this stock
+    await stock.confirm_open("of1", f"{token}-another-rebuilds")
     assert (await stock.claim("of1", "alice", 1, "k5", NOW)).outcome is R.PAUSED
     await stock.confirm_open("of1", token)
     await stock.confirm_open("of1", token)  # once is enough
@@ -105,8 +108,9 @@ async def test_an_offer_stopped_before_its_rebuild_was_confirmed_stays_stopped(
     assert await stock.unconfirmed("of1") is None
     claims = [RecoveredClaim("k1", "alice", 2, "ord1", held=True)]
     assert await rebuild_offer(stock, quantity=5, limit=2, claims=claims)
-    token = await stock.unconfirmed("of1")
-    assert token is not None
+    unconfirmed = await stock.unconfirmed("of1")
+    assert unconfirmed is not None
+    token = unconfirmed.token
     assert await stock.stop("of1") == 2
     stopped = await stock.claim("of1", "bob", 1, "k2", NOW)  # the end, not "wait"
     assert (stopped.outcome, stopped.remaining) == (R.NOT_ACTIVE, 3)
@@ -121,11 +125,36 @@ async def test_rebuilds_leave_each_their_own_token(backend: Backend) -> None:
     for _ in range(2):
         await backend.lose_everything()
         assert await rebuild_offer(stock, quantity=5, limit=2)
-        tokens.append(await stock.unconfirmed("of1"))
-    assert None not in tokens
+        unconfirmed = await stock.unconfirmed("of1")
+        assert unconfirmed is not None
+        tokens.append(unconfirmed.token)
     assert tokens[0] != tokens[1]
-    await stock.confirm_open("of1", str(tokens[0]))  # the first rebuild's, landing late
+    await stock.confirm_open("of1", tokens[0])  # the first rebuild's, landing late
     assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.PAUSED
+    await stock.drop_unconfirmed("of1", tokens[0])  # nor may it drop the second's
+    assert await stock.unconfirmed("of1") == UnconfirmedStock(tokens[1], orders_read=0)
+
+
+async def test_an_unconfirmed_stock_found_outdated_is_dropped_whole(backend: Backend) -> None:
+    """Rebuilt from a read that missed orders written since: its rebuild starts again from
+    nothing, as after a loss, and claims wait meanwhile."""
+    stock = backend.stock
+    await backend.lose_everything()
+    claims = [
+        RecoveredClaim("k1", "alice", 2, "ord1", held=True),
+        RecoveredClaim("k2", "bob", 1, "ord2", held=False),
+    ]
+    assert await rebuild_offer(stock, quantity=5, limit=2, claims=claims)
+    unconfirmed = await stock.unconfirmed("of1")
+    assert unconfirmed is not None
+    assert unconfirmed.orders_read == 2
+    await stock.drop_unconfirmed("of1", unconfirmed.token)
+    assert not await stock.is_ready("of1")
+    assert await stock.snapshot("of1") is None
+    assert (await stock.claim("of1", "carol", 1, "k3", NOW)).outcome is R.PAUSED
+    assert not await stock.knows_claim("of1", "k1")
+    assert await rebuild_offer(stock, quantity=5, limit=2, claims=claims[:1])  # written again
+    assert await stock.unconfirmed("of1") is not None
 
 
 async def test_a_stop_never_counts_fewer_than_no_units_taken(backend: Backend) -> None:
@@ -254,7 +283,10 @@ async def test_a_redis_restart_pauses_claims_until_the_rebuild(
         assert await rebuild_offer(stock, quantity=50, limit=5, claims=claims)
         held = sum(quantity for _, quantity in written.values())
         assert await stock.remaining("of1") == 50 - held
-        await stock.confirm_open("of1", str(await stock.unconfirmed("of1")))
+        unconfirmed = await stock.unconfirmed("of1")
+        assert unconfirmed is not None
+        assert unconfirmed.orders_read == len(claims)
+        await stock.confirm_open("of1", unconfirmed.token)
         assert (await stock.claim("of1", "newcomer", 1, "after", NOW)).remaining == 49 - held
     finally:
         await stock.close()

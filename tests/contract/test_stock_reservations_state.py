@@ -288,10 +288,10 @@ class ReservationMachine(RuleBasedStateMachine):
 
     @rule()
     def confirm_open(self) -> None:
-        token = self.call(self.stock.unconfirmed(OFFER))
-        assert (token is not None) is self.model.unconfirmed
-        if token is not None:
-            self.call(self.stock.confirm_open(OFFER, token))
+        unconfirmed = self.call(self.stock.unconfirmed(OFFER))
+        assert (unconfirmed is not None) is self.model.unconfirmed
+        if unconfirmed is not None:
+            self.call(self.stock.confirm_open(OFFER, unconfirmed.token))
         self.model.unconfirmed = False
 
     @invariant()

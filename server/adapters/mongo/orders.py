@@ -306,10 +306,16 @@ class MongoOrderStore:
 
     @translate_errors
     async def of_offer(self, offer_id: str) -> builtins.list[Order]:
-        cursor = self._orders.find({"offer_id": offer_id}).sort(
+        # What the majority has: a rebuild must not count an order a failover then rolls back
+        # (its key would name an order that does not exist, its units held for good).
+        cursor = self._majority_orders.find({"offer_id": offer_id}).sort(
             [("created_at", ASCENDING), ("_id", ASCENDING)]
         )
         return [order_from(doc) async for doc in cursor]
+
+    @translate_errors
+    async def count_of_offer(self, offer_id: str) -> int:
+        return await self._majority_orders.count_documents({"offer_id": offer_id})
 
     @translate_errors
     async def figures_of_offers(self, offer_ids: Sequence[str]) -> builtins.list[OfferFigures]:

@@ -188,3 +188,28 @@ async def test_a_burst_of_claims_on_a_lost_offer_rebuilds_it_twice_at_most(shop:
     assert all(created for _, created in answers)
     assert reading.calls <= 2
     assert await shop.stock.remaining(offer.id) == 0
+
+
+async def test_a_rebuild_read_before_a_pause_does_not_reopen_units_sold_since() -> None:
+    # A read the orders to rebuild a lost offer, then paused before writing the stock; B rebuilt
+    # it meanwhile and sold its last unit, and Redis lost the offer again: A's stock, written
+    # once it resumed, knew one order of two, and sold the unit again.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    await shop.claim(offer, buyer(1), "k1")
+    shop.stock.flush()  # Redis loses the offer
+    writing = HeldCalls(shop.stock, "rebuild")
+    offers_a, _ = other_process(shop, stock=cast(StockReservations, writing))
+    rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
+    await writing.entered.wait()  # A has read one order, and pauses
+    _, created = await shop.claim(offer, buyer(2), "k2")  # B rebuilds it, and sells
+    assert created
+    shop.stock.flush()  # lost again
+    writing.gate.set()  # A resumes, and writes what it read
+    await rebuild_a
+    with pytest.raises(Conflict) as refused:
+        await shop.claim(offer, buyer(3), "k3")
+    assert refused.value.code == "sold_out"
+    snapshot = await shop.stock.snapshot(offer.id)
+    assert snapshot is not None
+    assert (snapshot.remaining, snapshot.held_by_buyer) == (0, {"buyer-1": 1, "buyer-2": 1})
