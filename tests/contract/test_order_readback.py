@@ -129,3 +129,17 @@ async def test_the_reaper_and_the_late_round_find_only_orders_the_majority_has(
             await asyncio.sleep(0.1)
         assert await store.by_key(order.offer_id, order.idempotency_key) == order
         assert await store.landed_late(now, 10) == [order]
+
+
+async def test_a_rebuild_reads_and_counts_only_orders_the_majority_has(pair: MongoPair) -> None:
+    """Counted by a rebuild, an order a failover then rolls back would leave its key naming an
+    order that does not exist, its units held for the rest of the offer."""
+    async with order_store(pair) as (store, db):
+        kept = sample_order("o_1", "k_1")
+        await store.create(kept)
+        with frozen(pair.secondary_pid):
+            await written_on_the_primary_alone(db).insert_one(
+                order_doc(sample_order("o_2", "k_2", seconds=5))
+            )
+            assert await store.of_offer(kept.offer_id) == [kept]
+            assert await store.count_of_offer(kept.offer_id) == 1
