@@ -335,10 +335,21 @@ class OrderStore(Protocol):
         reaper gave back, and whose orders, should they land, are not yet settled."""
         ...
 
-    async def watch_offer(self, offer_id: str, until: datetime) -> None:
+    async def watch_offer(self, offer_id: str, until: datetime) -> datetime | None:
         """Note, until `until`, that a rebuild of the offer's stock is about to read its orders:
         an order written after that read holds units the rebuilt stock knows nothing of, and
-        `unchecked_after_rebuild` finds it. Noted again, the later `until` stands."""
+        `unchecked_after_rebuild` finds it. Noted again, the later `until` stands. Answers when
+        the last rebuild that wrote a stock read its orders (`rebuild_read`), None if none did
+        while the offer was watched."""
+        ...
+
+    async def rebuild_read(self, offer_id: str, read_at: datetime) -> None:
+        """Note that a rebuild which read the orders at `read_at` wrote the offer's stock (the
+        latest such time stands): orders created since are claims on that stock."""
+        ...
+
+    async def checked_of_offer(self, offer_id: str) -> set[str]:
+        """The ids of the offer's orders noted `checked_after_rebuild`."""
         ...
 
     async def unchecked_after_rebuild(self, now: datetime, limit: int) -> builtins.list[Order]:
@@ -347,5 +358,6 @@ class OrderStore(Protocol):
         ...
 
     async def checked_after_rebuild(self, order_ids: Sequence[str]) -> None:
-        """Note that these orders hold their units in the rebuilt stock."""
+        """Note that these orders hold their units in the rebuilt stock (as its rebuilder
+        counted them, or as found attached since)."""
         ...

@@ -179,6 +179,7 @@ class MemoryOrderStore:
         self._buyers_untold: set[str] = set()  # order ids
         self._watched: dict[tuple[str, str], datetime] = {}  # (offer id, key) -> until
         self._rebuilt: dict[str, datetime] = {}  # offer id -> until
+        self._rebuild_reads: dict[str, datetime] = {}  # offer id -> read_at
         self._checked: set[str] = set()  # order ids checked after a rebuild
 
     async def create(self, order: Order) -> Order:
@@ -289,8 +290,15 @@ class MemoryOrderStore:
             if offer == offer_id and until > now
         }
 
-    async def watch_offer(self, offer_id: str, until: datetime) -> None:
+    async def watch_offer(self, offer_id: str, until: datetime) -> datetime | None:
         self._rebuilt[offer_id] = max(until, self._rebuilt.get(offer_id, until))
+        return self._rebuild_reads.get(offer_id)
+
+    async def rebuild_read(self, offer_id: str, read_at: datetime) -> None:
+        self._rebuild_reads[offer_id] = max(read_at, self._rebuild_reads.get(offer_id, read_at))
+
+    async def checked_of_offer(self, offer_id: str) -> set[str]:
+        return {o.id for o in self._orders.values() if o.offer_id == offer_id} & self._checked
 
     async def unchecked_after_rebuild(self, now: datetime, limit: int) -> builtins.list[Order]:
         watched = {offer_id for offer_id, until in self._rebuilt.items() if until > now}

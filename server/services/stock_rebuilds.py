@@ -53,12 +53,20 @@ class StockRebuilds:
         # a stopped or sold-out offer must not reopen until its end time.
         offer = await self._offers.get(offer_id)
         # Noted before the read: an order written after it is found and settled (late_orders.py).
-        await self._orders.watch_offer(offer.id, until=self._clock() + LATE_WRITES)
+        read_at = self._clock()
+        last_read = await self._orders.watch_offer(offer.id, until=read_at + LATE_WRITES)
         orders = await self._orders.of_offer(offer.id)
-        # Read after the orders: a key the reaper gives up meanwhile is one the read may count.
+        # Read after the orders: a key the reaper gives up meanwhile is one the read may count,
+        # and an order found holding its units meanwhile one the read may have.
         given_up = await self._orders.watched_keys(offer.id, self._clock())
+        held_before = await self._orders.checked_of_offer(offer.id)
         claims = recovered_claims(
-            orders, given_up, offer.units_orders_may_hold, offer.per_user_limit
+            orders,
+            given_up,
+            offer.units_orders_may_hold,
+            offer.per_user_limit,
+            held_before=held_before,
+            last_read=last_read,
         )
         rebuilt = await self._stock.rebuild(
             offer.id,
@@ -70,6 +78,12 @@ class StockRebuilds:
             claims=claims,
             sold_out=offer.ended_sold_out,
         )
+        if rebuilt:
+            # Before any claim may use it: should Redis lose it too, the next rebuild counts
+            # first the orders it held, and the claims made on it, over orders landing late.
+            held = [claim.order_id for claim in claims if claim.held]
+            await self._orders.checked_after_rebuild(held)
+            await self._orders.rebuild_read(offer.id, read_at)
         if offer.end_reason is not None:
             # Also a stock another rebuild left unconfirmed: claims hear the end, not "paused".
             await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
@@ -99,21 +113,43 @@ class StockRebuilds:
 
 
 def recovered_claims(
-    orders: list[Order], given_up: set[str], units: int, per_user_limit: int
+    orders: list[Order],
+    given_up: set[str],
+    units: int,
+    per_user_limit: int,
+    *,
+    held_before: set[str],
+    last_read: datetime | None,
 ) -> list[RecoveredClaim]:
-    """One claim for each order (oldest first), to rebuild the offer's stock from. An order
-    holds its units only while they fit in `units` (the offer's quantity, or what its end
-    left it) and its buyer's limit, counted first for the orders not under keys the reaper
-    gave up (`given_up`), then for those: such an order landed after its units went back, and
-    they may have gone to another claim since, its buyer's own with a new key, say. One that
-    does not fit holds nothing: checked after the rebuild while pending (late_orders.py), it is
-    cancelled, as it would have been without the rebuild. (An order that landed late under a
-    key nobody gave up, after an earlier rebuild, counts in its turn by age: should Redis lose
-    the offer again before it is checked, a newer order may be the one left out.)"""
+    """One claim for each order, to rebuild the offer's stock from. An order holds its units
+    only while they fit in `units` (the offer's quantity, or what its end left it) and its
+    buyer's limit, counted oldest first within each of these, in turn:
+    - the orders a stock held since an earlier rebuild (`held_before`: counted by it, or
+      found attached to it);
+    - the orders created once the last rebuild read the orders (`last_read`): claims on its
+      stock, which their buyers were answered;
+    - the others: before any rebuild, every order; after one, orders that landed after its
+      read, whose units were not in its stock (their claimers heard "try again");
+    - last, the orders under keys the reaper gave up (`given_up`): such an order landed after
+      its units went back, and they may have gone to another claim since.
+    One that does not fit holds nothing: checked after the rebuild while pending
+    (late_orders.py), it is cancelled, as it would have been without the rebuild. Counted by
+    age alone, an order that landed late after a rebuild took the units of one answered since,
+    should Redis lose the offer again before a round checked it. (Creation times are each
+    claiming process's clock: one far behind the rebuilder's puts its claims among the
+    others.)"""
+
+    def turn(order: Order) -> int:
+        if order.idempotency_key in given_up:
+            return 3
+        if order.id in held_before:
+            return 0
+        return 1 if last_read is not None and order.created_at >= last_read else 2
+
     held_by_buyer: dict[str, int] = {}
     units_held = 0
     claims = []
-    for order in sorted(orders, key=lambda order: order.idempotency_key in given_up):
+    for order in sorted(orders, key=turn):  # stable: oldest first within each turn
         by_buyer = held_by_buyer.get(order.buyer_id, 0) + order.quantity
         held = (
             order.holds_stock

@@ -468,3 +468,20 @@ async def test_pending_orders_of_watched_offers_are_found_until_checked(stores: 
     await stores.orders.create(sample_order("o_late", "k_2"))  # of_1's, watched until T0 + 15
     assert [o.id for o in await stores.orders.unchecked_after_rebuild(T0, 10)] == ["o_late"]
     assert await stores.orders.unchecked_after_rebuild(T0 + timedelta(minutes=15), 10) == []
+
+
+async def test_a_rebuild_learns_the_last_rebuild_s_read_and_the_orders_held(
+    stores: Stores,
+) -> None:
+    orders = stores.orders
+    until = T0 + timedelta(minutes=15)
+    assert await orders.watch_offer("of_1", until) is None  # no rebuild wrote a stock yet
+    await orders.rebuild_read("of_1", T0 + timedelta(seconds=2))
+    await orders.rebuild_read("of_1", T0 + timedelta(seconds=1))  # a slower one: the latest stands
+    assert await orders.watch_offer("of_1", until) == T0 + timedelta(seconds=2)
+    assert await orders.watch_offer("of_2", until) is None
+    for order in (sample_order("o_1", "k_1"), sample_order("o_2", "k_2", seconds=1)):
+        await orders.create(order)
+    await orders.checked_after_rebuild(["o_2"])
+    assert await orders.checked_of_offer("of_1") == {"o_2"}
+    assert await orders.checked_of_offer("of_2") == set()

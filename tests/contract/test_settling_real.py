@@ -183,3 +183,29 @@ async def test_an_order_written_late_after_a_rebuild_is_settled_by_another_proce
     assert await shop.stock.remaining(offer_id) == 0
     assert await survivor.settle_late_orders() == 0  # settled once
     await offers.close()
+
+
+async def test_redis_lost_twice_keeps_the_order_answered_between_on_real_backends(
+    shop: Shop, clean_redis: str
+) -> None:
+    """An order that landed after a rebuild's read must not take the unit of one the rebuilt
+    stock sold and answered, when Redis loses the offer again before a round checks them."""
+    offers, rebuilder = shop.process()
+    offer_id = await shop.launch(offers, 1)
+    writes = await shop.claim_written_late(offer_id)  # buyer 1 hears "try again"
+    shop.clock.advance(seconds=1)
+    with redis.Redis.from_url(clean_redis) as admin:
+        admin.flushall()  # Redis loses the offer
+    answered, created = await rebuilder.claim(
+        offer_id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS
+    )
+    assert created
+    await writes.land()  # buyer 1's order, older, lands
+    with redis.Redis.from_url(clean_redis) as admin:
+        admin.flushall()  # lost again, before a round checked it
+    _, survivor = shop.process()
+    for _ in range(2):  # rebuilds the offer (its check finds it lost), then checks its orders
+        await survivor.settle_late_orders()
+    orders = await shop.orders_store.of_offer(offer_id)
+    assert [o.id for o in orders if o.status in HOLDS_STOCK] == [answered.id]
+    await offers.close()
