@@ -130,7 +130,14 @@ def _is_json(content_type: str) -> bool:
 
 
 def query_params(request: Request, model: type[M]) -> M:
+    """The query's parameters as `model` reads them; one it knows given twice is refused (which
+    one counts would be the parser's guess), as two of a header are."""
+    params = request.query_params
+    repeated = [name for name in model.model_fields if len(params.getlist(name)) > 1]
+    if repeated:
+        message = "is given more than once: send it once"
+        raise InvalidRequest([{"field": repeated[0], "message": message}])
     try:
-        return model.model_validate(dict(request.query_params))
+        return model.model_validate(dict(params))
     except ValidationError as exc:
         raise InvalidRequest.from_faults(faults_of(exc)) from None
