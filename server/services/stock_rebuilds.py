@@ -130,8 +130,8 @@ def recovered_claims(
       stock, which their buyers were answered;
     - the others: before any rebuild, every order; after one, orders that landed after its
       read, whose units were not in its stock (their claimers heard "try again");
-    - last, the orders under keys the reaper gave up (`given_up`): such an order landed after
-      its units went back, and they may have gone to another claim since.
+    - last, the other orders under keys the reaper gave up (`given_up`): such an order landed
+      after its units went back, and they may have gone to another claim since.
     One that does not fit holds nothing: checked after the rebuild while pending
     (late_orders.py), it is cancelled, as it would have been without the rebuild. Counted by
     age alone, an order that landed late after a rebuild took the units of one answered since,
@@ -140,10 +140,10 @@ def recovered_claims(
     others.)"""
 
     def turn(order: Order) -> int:
+        if order.id in held_before:  # even under a key given up: it held units since
+            return 0
         if order.idempotency_key in given_up:
             return 3
-        if order.id in held_before:
-            return 0
         return 1 if last_read is not None and order.created_at >= last_read else 2
 
     held_by_buyer: dict[str, int] = {}

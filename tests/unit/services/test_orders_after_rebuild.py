@@ -227,3 +227,32 @@ async def test_an_order_landing_late_after_a_rebuild_never_takes_an_answered_one
     assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
     assert await units_held(shop, offer.id) == 2
     assert await shop.stock.remaining(offer.id) == 0
+
+
+async def test_an_order_a_rebuild_held_under_a_key_given_up_is_held_by_the_next(
+    shop: Shop,
+) -> None:
+    """Held by a rebuild (and its buyer told of it by the next round), an order under a key
+    the reaper gave up was counted last by the next rebuild, after an order that landed late
+    since: the late one kept the unit, and the one held was cancelled."""
+    offer = await shop.launch(quantity=1, limit=1)
+    given_up = HeldWrites(shop.orders_store)
+    _, first = other_process(shop, orders=cast(OrderStore, given_up))
+    with pytest.raises(Unavailable):
+        await first.claim(offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS)
+    shop.clock.advance(seconds=ORPHAN_AFTER.total_seconds() + 1)
+    await shop.orders.reap_orphans(offer.id)  # its units back, its key noted
+    late = HeldWrites(shop.orders_store)
+    _, second = other_process(shop, orders=cast(OrderStore, late))
+    with pytest.raises(Unavailable):
+        await second.claim(offer.id, buyer(2), quantity=1, idempotency_key="k2", address=ADDRESS)
+    await given_up.land()
+    shop.stock.flush()
+    await shop.offers.rebuild(offer.id)  # buyer 1's order fits: held
+    await late.land()  # buyer 2's, after the read
+    shop.stock.flush()  # lost again before any round
+    for _ in range(3):
+        await shop.orders.settle_late_orders()
+    standing = [o for o in await shop.orders_store.of_offer(offer.id) if o.holds_stock]
+    assert [o.buyer_id for o in standing] == ["buyer-1"]
+    assert await units_held(shop, offer.id) == 1
