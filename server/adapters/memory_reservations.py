@@ -59,6 +59,7 @@ class _Offer:
     held: dict[str, int] = field(default_factory=dict)
     unconfirmed: str | None = None  # rebuilt: claims wait for confirm_open with this token
     rebuilt_from: int = 0  # orders, one recovered claim each
+    read_ms: int = 0  # when they were read
     claims: dict[str, _Reservation] = field(default_factory=dict)
 
 
@@ -260,7 +261,12 @@ class MemoryStockReservations:
         offer = self._offers.get(offer_id)
         if offer is None or offer.unconfirmed is None:
             return None
-        return UnconfirmedStock(offer.unconfirmed, offer.rebuilt_from)
+        held = frozenset(
+            r.order_id for r in offer.claims.values() if r.order_id is not None and not r.released
+        )
+        return UnconfirmedStock(
+            offer.unconfirmed, offer.rebuilt_from, from_epoch_ms(offer.read_ms), held
+        )
 
     async def drop_unconfirmed(self, offer_id: str, token: str) -> None:
         offer = self._offers.get(offer_id)
@@ -285,6 +291,7 @@ class MemoryStockReservations:
         ends_at: datetime,
         stopped: bool,
         claims: Sequence[RecoveredClaim],
+        read_at: datetime,
         sold_out: bool = False,
     ) -> bool:
         validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
@@ -305,6 +312,7 @@ class MemoryStockReservations:
             held=held,
             unconfirmed=None if stopped else self._new_reservation_id(),  # any unique token
             rebuilt_from=len(claims),
+            read_ms=epoch_ms(read_at),
         )
         for c in claims:
             offer.claims[c.idempotency_key] = _Reservation(

@@ -219,7 +219,7 @@ REBUILD = (
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 local held = 0
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   local r = cjson.decode(ARGV[i + 1])
   if r.x ~= 1 then
@@ -235,9 +235,11 @@ redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', stock, 'limit', ARGV[2
 -- '2': it ended sold out, and stays so (see stop_if_sold_out).
 if ARGV[5] == '2' then redis.call('HSET', KEYS[1], 'stock', 0, 'sold_out', '1') end
 -- Not stopped: it may have ended since the rebuilder read it (see confirm_open), or orders
--- been written since (see drop_unconfirmed): the orders it was rebuilt from are noted.
+-- been written since (see drop_unconfirmed): the orders it was rebuilt from are noted, and
+-- when they were read.
 if stopped == '0' then
-  redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7], 'rebuilt_from', (#ARGV - 7) / 2)
+  redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7], 'rebuilt_from', (#ARGV - 8) / 2,
+    'read_at', ARGV[8])
 end
 for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
 return 1

@@ -6,7 +6,9 @@ Each offer has, under one hash tag so a cluster keeps them on one shard:
                                expire_at; v (the stock's version, see StockFigure); sold_out
                                ('1': stopped as sold out, see stop_if_sold_out);
                                unconfirmed (a token: rebuilt, claims wait for confirm_open
-                               with that token); run (the run id of the Redis that wrote it)
+                               with that token), with rebuilt_from (the orders it was rebuilt
+                               from) and read_at (epoch ms: when they were read); run (the
+                               run id of the Redis that wrote it)
   liveshop:{offer:ID}:held     hash: buyer id -> units held
   liveshop:{offer:ID}:claims   hash: idempotency key -> JSON {r: reservation id, b: buyer,
                                q: units, t: created ms, o: order id, x: 1 once released}
@@ -248,12 +250,20 @@ class RedisStockReservations:
 
     @redis_unreachable_is_unavailable
     async def unconfirmed(self, offer_id: str) -> UnconfirmedStock | None:
-        token, rebuilt_from = await self._redis.hmget(
-            _keys(offer_id)[0], ["unconfirmed", "rebuilt_from"]
-        )
+        state_key, _, claims_key, _ = _keys(offer_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(state_key, ["unconfirmed", "rebuilt_from", "read_at"])
+            pipe.hvals(claims_key)
+            (token, rebuilt_from, read_ms), records = await pipe.execute()
         if token is None:
             return None
-        return UnconfirmedStock(_text(token), int(rebuilt_from or 0))
+        held = (json.loads(record) for record in records)
+        return UnconfirmedStock(
+            _text(token),
+            int(rebuilt_from or 0),  # a stock written before it was noted: dropped, rebuilt
+            from_epoch_ms(int(read_ms or 0)),
+            frozenset(r["o"] for r in held if r.get("o") and r.get("x") != 1),
+        )
 
     @redis_unreachable_is_unavailable
     async def drop_unconfirmed(self, offer_id: str, token: str) -> None:
@@ -306,6 +316,7 @@ class RedisStockReservations:
         ends_at: datetime,
         stopped: bool,
         claims: Sequence[RecoveredClaim],
+        read_at: datetime,
         sold_out: bool = False,
     ) -> bool:
         validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
@@ -318,6 +329,7 @@ class RedisStockReservations:
             "2" if sold_out else "1" if stopped else "0",  # see scripts.REBUILD
             self._expire_at_ms(ends_at),
             secrets.token_urlsafe(9),  # this rebuild's, for confirm_open
+            epoch_ms(read_at),
         ]
         for c in claims:
             record = {

@@ -328,11 +328,14 @@ class PendingReservation:
 
 @dataclass(frozen=True, slots=True)
 class UnconfirmedStock:
-    """A stock a rebuild left unconfirmed (StockReservations.unconfirmed): its token, and how
-    many orders its rebuilder read, one recovered claim each."""
+    """A stock a rebuild left unconfirmed (StockReservations.unconfirmed): its token; how many
+    orders its rebuilder read (one recovered claim each), and when; and the orders it holds
+    units for."""
 
     token: str
     orders_read: int
+    read_at: datetime
+    held_orders: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,14 +76,9 @@ class StockRebuilds:
             ends_at=offer.ends_at,
             stopped=offer.end_reason is not None,
             claims=claims,
+            read_at=read_at,
             sold_out=offer.ended_sold_out,
         )
-        if rebuilt:
-            # Before any claim may use it: should Redis lose it too, the next rebuild counts
-            # first the orders it held, and the claims made on it, over orders landing late.
-            held = [claim.order_id for claim in claims if claim.held]
-            await self._orders.checked_after_rebuild(held)
-            await self._orders.rebuild_read(offer.id, read_at)
         if offer.end_reason is not None:
             # Also a stock another rebuild left unconfirmed: claims hear the end, not "paused".
             await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
@@ -96,6 +91,11 @@ class StockRebuilds:
                 log.warning("offer_stock_rebuild_outdated", extra={"offer_id": offer.id})
                 return False
             token = unconfirmed.token
+            # Before any claim may use it, whoever confirms it: should Redis lose it too, the
+            # next rebuild counts first the orders it holds, then the claims made on it, over
+            # orders landing late. Should these notes fail, it stays unconfirmed.
+            await self._orders.checked_after_rebuild(sorted(unconfirmed.held_orders))
+            await self._orders.rebuild_read(offer.id, unconfirmed.read_at)
             # Unconfirmed: the offer may have ended since it was read above, its end's stop
             # finding no stock. The end is recorded before its stock is stopped, so either the
             # read below sees it, or that stop comes after and finds the stock `token` names

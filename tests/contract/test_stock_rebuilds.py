@@ -132,7 +132,7 @@ async def test_rebuilds_leave_each_their_own_token(backend: Backend) -> None:
     await stock.confirm_open("of1", tokens[0])  # the first rebuild's, landing late
     assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.PAUSED
     await stock.drop_unconfirmed("of1", tokens[0])  # nor may it drop the second's
-    assert await stock.unconfirmed("of1") == UnconfirmedStock(tokens[1], orders_read=0)
+    assert await stock.unconfirmed("of1") == UnconfirmedStock(tokens[1], 0, NOW, frozenset())
 
 
 async def test_an_unconfirmed_stock_found_outdated_is_dropped_whole(backend: Backend) -> None:
@@ -147,7 +147,8 @@ async def test_an_unconfirmed_stock_found_outdated_is_dropped_whole(backend: Bac
     assert await rebuild_offer(stock, quantity=5, limit=2, claims=claims)
     unconfirmed = await stock.unconfirmed("of1")
     assert unconfirmed is not None
-    assert unconfirmed.orders_read == 2
+    assert (unconfirmed.orders_read, unconfirmed.read_at) == (2, NOW)
+    assert unconfirmed.held_orders == {"ord1"}  # not ord2, which holds nothing
     await stock.drop_unconfirmed("of1", unconfirmed.token)
     assert not await stock.is_ready("of1")
     assert await stock.snapshot("of1") is None

@@ -1,0 +1,116 @@
+"""What a rebuilt stock notes in MongoDB for the next rebuild, should Redis lose the offer again:
+the orders it holds and when they were read. Noted by whoever lets claims in to it, before they
+may use it; never for a stock that is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from server.domain.errors import Unavailable
+from server.domain.offers import FlashOffer
+from server.domain.orders import OrderStatus
+from server.ports import OrderStore
+from server.stock_port import StockReservations
+from tests.unit.services.shop import (
+    ADDRESS,
+    HeldCalls,
+    HeldWrites,
+    Shop,
+    buyer,
+    open_shop,
+    other_process,
+)
+
+
+async def answered_try_again(shop: Shop, offer: FlashOffer) -> HeldWrites:
+    """Buyer 1 hears "try again": its order write is on its way, and lands when told."""
+    writes = HeldWrites(shop.orders_store)
+    _, late_process = other_process(shop, orders=cast(OrderStore, writes))
+    with pytest.raises(Unavailable):
+        await late_process.claim(
+            offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
+        )
+    shop.clock.advance(seconds=1)
+    return writes
+
+
+async def settled_after_losing_it_again(shop: Shop) -> None:
+    shop.stock.flush()  # lost again, before any round checked the orders
+    _, survivor = other_process(shop)
+    for _ in range(2):  # rebuilds the offer (its check finds it lost), then checks
+        await survivor.settle_late_orders()
+
+
+async def test_a_stock_dropped_as_outdated_notes_nothing() -> None:
+    # A read the late order, paused, wrote its stock once Redis lost the offer again: had it
+    # noted the late order held, the next rebuild would count it before the answered one.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=1, limit=1)
+    writes = await answered_try_again(shop, offer)
+    shop.stock.flush()  # Redis loses the offer
+    await shop.offers.rebuild(offer.id)  # no order yet: one unit
+    await writes.land()
+    writing = HeldCalls(shop.stock, "rebuild")
+    offers_a, _ = other_process(shop, stock=cast(StockReservations, writing))
+    rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
+    await writing.entered.wait()  # A has read the late order, and pauses
+    answered, created = await shop.claim(offer, buyer(2), "k2")  # the stock in use sells it
+    assert created
+    shop.stock.flush()  # lost again
+    writing.gate.set()  # A writes what it read: outdated, dropped, rebuilt
+    await rebuild_a
+    await settled_after_losing_it_again(shop)
+    (late,) = writes.held
+    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+
+
+async def test_a_stock_is_let_in_to_only_once_its_notes_are_kept() -> None:
+    # MongoDB failed the notes after the rebuild wrote the stock: the claim heard "try again",
+    # and its retry let claims in without them, as if no rebuild had been.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    await shop.claim(offer, buyer(0), "k0")
+    writes = await answered_try_again(shop, offer)
+    shop.stock.flush()  # Redis loses the offer
+    store: Any = shop.orders_store
+    noting = store.checked_after_rebuild
+    failures = [Unavailable("the database is unreachable, try again")]
+
+    async def away_once(order_ids: list[str]) -> None:
+        if failures:
+            raise failures.pop()
+        await noting(order_ids)
+
+    store.checked_after_rebuild = away_once
+    with pytest.raises(Unavailable):
+        await shop.claim(offer, buyer(2), "k2")
+    answered, created = await shop.claim(offer, buyer(2), "k2")  # sent again
+    assert created
+    await writes.land()
+    await settled_after_losing_it_again(shop)
+    (late,) = writes.held
+    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+
+
+async def test_the_orders_a_rebuilt_stock_held_come_before_older_late_ones() -> None:
+    # Buyer 1 reserved first, its write on its way; buyer 0's order was written and answered.
+    # The first rebuild held buyer 0's; the second, by age, put buyer 1's late order first.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    writes = await answered_try_again(shop, offer)
+    first, _ = await shop.claim(offer, buyer(0), "k0")
+    shop.clock.advance(seconds=1)
+    shop.stock.flush()  # Redis loses the offer
+    second, created = await shop.claim(offer, buyer(2), "k2")  # rebuilt from buyer 0's, sold
+    assert created
+    await writes.land()
+    await settled_after_losing_it_again(shop)
+    (late,) = writes.held
+    for answered in (first, second):
+        assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
