@@ -200,35 +200,6 @@ async def test_an_order_landing_after_its_lost_offer_settled_is_cancelled(shop: 
     assert await units_held(shop, offer.id) == 0
 
 
-async def test_an_order_landing_late_after_a_rebuild_never_takes_an_answered_one_s_units(
-    shop: Shop,
-) -> None:
-    """Redis lost the offer twice in a row: the second rebuild counted by age an order that
-    landed after the first rebuild's read (its buyer heard "try again") before one that the
-    first rebuild's stock sold, and answered, since; the answered one was cancelled."""
-    offer = await offer_with_orders(shop, quantity=2, orders=1)
-    writes = HeldWrites(shop.orders_store)
-    _, late_process = other_process(shop, orders=cast(OrderStore, writes))
-    with pytest.raises(Unavailable):
-        await late_process.claim(
-            offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
-        )
-    shop.clock.advance(seconds=1)
-    shop.stock.flush()  # Redis loses the offer
-    answered, created = await shop.claim(offer, buyer(2), "k2")  # rebuilt, and sold
-    assert created
-    await writes.land()  # buyer 1's order, older, lands
-    shop.stock.flush()  # lost again, before any round checked it
-    _, survivor = other_process(shop)
-    for _ in range(2):  # rebuilds it (the check finds it lost), then checks the orders
-        await survivor.settle_late_orders()
-    (late,) = writes.held
-    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
-    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
-    assert await units_held(shop, offer.id) == 2
-    assert await shop.stock.remaining(offer.id) == 0
-
-
 async def test_an_order_a_rebuild_held_under_a_key_given_up_is_held_by_the_next(
     shop: Shop,
 ) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from server.domain.errors import Unavailable
 from server.domain.offers import FlashOffer
-from server.domain.orders import OrderStatus
+from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
 from server.stock_port import StockReservations
 from tests.unit.services.shop import (
@@ -37,11 +37,32 @@ async def answered_try_again(shop: Shop, offer: FlashOffer) -> HeldWrites:
     return writes
 
 
-async def settled_after_losing_it_again(shop: Shop) -> None:
-    shop.stock.flush()  # lost again, before any round checked the orders
+async def settled_after_losing_it_again(shop: Shop, writes: HeldWrites, *answered: Order) -> None:
+    """Redis loses the offer again before any round checked its orders; then rounds settle
+    them: the answered orders stand, and buyer 1's late one is cancelled."""
+    shop.stock.flush()
     _, survivor = other_process(shop)
     for _ in range(2):  # rebuilds the offer (its check finds it lost), then checks
         await survivor.settle_late_orders()
+    for order in answered:
+        assert (await shop.orders_store.get(order.id)).status is OrderStatus.PENDING_PAYMENT
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+
+
+async def test_an_order_landing_late_after_a_rebuild_never_takes_an_answered_one_s_units() -> None:
+    # The second rebuild counted by age the late order (its buyer heard "try again") before
+    # the one the first rebuild's stock sold, and answered, since.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    await shop.claim(offer, buyer(0), "k0")
+    writes = await answered_try_again(shop, offer)
+    shop.stock.flush()  # Redis loses the offer
+    answered, created = await shop.claim(offer, buyer(2), "k2")  # rebuilt, and sold
+    assert created
+    await writes.land()  # buyer 1's order, older, lands
+    await settled_after_losing_it_again(shop, writes, answered)
+    assert await shop.stock.remaining(offer.id) == 0
 
 
 async def test_a_stock_dropped_as_outdated_notes_nothing() -> None:
@@ -62,10 +83,7 @@ async def test_a_stock_dropped_as_outdated_notes_nothing() -> None:
     shop.stock.flush()  # lost again
     writing.gate.set()  # A writes what it read: outdated, dropped, rebuilt
     await rebuild_a
-    await settled_after_losing_it_again(shop)
-    (late,) = writes.held
-    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
-    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    await settled_after_losing_it_again(shop, writes, answered)
 
 
 async def test_a_stock_is_let_in_to_only_once_its_notes_are_kept() -> None:
@@ -91,10 +109,7 @@ async def test_a_stock_is_let_in_to_only_once_its_notes_are_kept() -> None:
     answered, created = await shop.claim(offer, buyer(2), "k2")  # sent again
     assert created
     await writes.land()
-    await settled_after_losing_it_again(shop)
-    (late,) = writes.held
-    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
-    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    await settled_after_losing_it_again(shop, writes, answered)
 
 
 async def test_the_orders_a_rebuilt_stock_held_come_before_older_late_ones() -> None:
@@ -109,8 +124,4 @@ async def test_the_orders_a_rebuilt_stock_held_come_before_older_late_ones() -> 
     second, created = await shop.claim(offer, buyer(2), "k2")  # rebuilt from buyer 0's, sold
     assert created
     await writes.land()
-    await settled_after_losing_it_again(shop)
-    (late,) = writes.held
-    for answered in (first, second):
-        assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
-    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    await settled_after_losing_it_again(shop, writes, first, second)
