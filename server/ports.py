@@ -335,17 +335,21 @@ class OrderStore(Protocol):
         reaper gave back, and whose orders, should they land, are not yet settled."""
         ...
 
-    async def watch_offer(self, offer_id: str, until: datetime) -> datetime | None:
+    async def watch_offer(self, offer_id: str, until: datetime) -> None:
         """Note, until `until`, that a rebuild of the offer's stock is about to read its orders:
         an order written after that read holds units the rebuilt stock knows nothing of, and
-        `unchecked_after_rebuild` finds it. Noted again, the later `until` stands. Answers when
-        the last rebuild that wrote a stock read its orders (`rebuild_read`), None if none did
-        while the offer was watched."""
+        `unchecked_after_rebuild` finds it. Noted again, the later `until` stands."""
+        ...
+
+    async def last_rebuild_read(self, offer_id: str) -> datetime | None:
+        """When the orders of the offer's last stock let in after a rebuild were read
+        (`rebuild_read`), None if none was while the offer was watched."""
         ...
 
     async def rebuild_read(self, offer_id: str, read_at: datetime) -> None:
-        """Note that a rebuild which read the orders at `read_at` wrote the offer's stock (the
-        latest such time stands): orders created since are claims on that stock."""
+        """Note that the offer's stock a rebuild made from the orders it read at `read_at` is
+        about to let claims in (the latest such time stands): orders created since are claims
+        on that stock."""
         ...
 
     async def checked_of_offer(self, offer_id: str) -> set[str]:

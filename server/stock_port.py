@@ -60,7 +60,8 @@ class StockReservations(Protocol):
         """Record the order written for a reservation, so retries find it and the reaper
         leaves it. Anything but ATTACHED or PAUSED means the order holds no stock: the caller
         must not keep it pending (released by the reaper first, missed by a rebuild, or, of
-        another `quantity` than the reservation's, not this reservation's order)."""
+        another `quantity` than the reservation's, not this reservation's order). PAUSED while
+        the stock is lost, or rebuilt and not yet confirmed (it may be outdated)."""
         ...
 
     async def release(
@@ -108,9 +109,10 @@ class StockReservations(Protocol):
         marks it, whatever the stock says, which may be one rebuilt meanwhile from orders that
         gave units back): no more can be taken once stopped
         (a rebuild keeps it stopped, see `rebuild`). None when the store does not hold the
-        offer; the rebuild then takes `stopped` from the stored offer. The first stop raises
-        the stock's version: the figure told with the end is the offer's last word, and told
-        again (an end finished twice) it is dropped as a repeat."""
+        offer; the rebuild then takes `stopped` from the stored offer. None too, stopped all
+        the same, for a rebuilt stock not yet confirmed, which may be outdated. The first stop
+        raises the stock's version: the figure told with the end is the offer's last word, and
+        told again (an end finished twice) it is dropped as a repeat."""
         ...
 
     async def stop_if_sold_out(self, offer_id: str) -> bool:

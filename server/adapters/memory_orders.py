@@ -290,8 +290,10 @@ class MemoryOrderStore:
             if offer == offer_id and until > now
         }
 
-    async def watch_offer(self, offer_id: str, until: datetime) -> datetime | None:
+    async def watch_offer(self, offer_id: str, until: datetime) -> None:
         self._rebuilt[offer_id] = max(until, self._rebuilt.get(offer_id, until))
+
+    async def last_rebuild_read(self, offer_id: str) -> datetime | None:
         return self._rebuild_reads.get(offer_id)
 
     async def rebuild_read(self, offer_id: str, read_at: datetime) -> None:

@@ -167,7 +167,7 @@ class MemoryStockReservations:
         self, offer_id: str, idempotency_key: str, order_id: str, *, quantity: int | None = None
     ) -> AttachOutcome:
         offer = self._offers.get(offer_id)
-        if offer is None:
+        if offer is None or offer.unconfirmed is not None:  # lost, or not yet checked
             return AttachOutcome.PAUSED
         known = offer.claims.get(idempotency_key)
         if known is None:
@@ -246,6 +246,8 @@ class MemoryStockReservations:
         if offer is None:
             return None
         _stop(offer, sold_out=sold_out)
+        if offer.unconfirmed is not None:  # not yet checked: what it counts may be outdated
+            return None
         return max(0, offer.quantity - offer.stock)
 
     async def stop_if_sold_out(self, offer_id: str) -> bool:

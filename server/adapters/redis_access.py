@@ -36,6 +36,7 @@ CALLS: dict[str, tuple[str, ...]] = {
     "HMGET": (KEY, "f"),
     "HSET": (KEY, "f", "v"),
     "HSETNX": (KEY, "f", "v"),
+    "HVALS": (KEY,),
     "INFO": ("server",),
     "PEXPIREAT": (KEY, "1"),
     "PUBLISH": (CHANNEL, "m"),

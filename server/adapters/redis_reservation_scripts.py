@@ -119,6 +119,8 @@ ATTACH = (
     + """
 local function attach(key, order_id, units)
   if redis.call('EXISTS', KEYS[1]) == 0 then return 'paused' end
+  -- Rebuilt, and not yet checked against the orders: it may be outdated (confirm_open).
+  if redis.call('HEXISTS', KEYS[1], 'unconfirmed') == 1 then return 'paused' end
   local raw = redis.call('HGET', KEYS[3], key)
   if not raw then return 'unknown' end
   local r = cjson.decode(raw)
@@ -167,6 +169,8 @@ if was[1] ~= '1' or (ARGV[1] == '1' and was[2] ~= '1') then
 end
 redis.call('HSET', KEYS[1], 'stopped', '1')
 if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'sold_out', '1', 'stock', 0) end
+-- Rebuilt, and not yet checked against the orders: what it counts taken may be outdated.
+if redis.call('HEXISTS', KEYS[1], 'unconfirmed') == 1 then return false end
 local state = redis.call('HMGET', KEYS[1], 'quantity', 'stock')
 return math.max(0, tonumber(state[1]) - tonumber(state[2]))
 """
@@ -194,6 +198,17 @@ if redis.call('HGET', KEYS[1], 'unconfirmed') == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'unconfirmed')
 end
 return 1
+"""
+)
+
+# The unconfirmed stock's notes (see unconfirmed), or nil: its token, the orders it was rebuilt
+# from and when they were read, and its claims' records.
+UNCONFIRMED = (
+    SAME_RUN
+    + """
+local noted = redis.call('HMGET', KEYS[1], 'unconfirmed', 'rebuilt_from', 'read_at')
+if not noted[1] then return false end
+return {noted[1], noted[2] or '0', noted[3] or '0', redis.call('HVALS', KEYS[3])}
 """
 )
 

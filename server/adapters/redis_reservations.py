@@ -116,6 +116,7 @@ class RedisStockReservations:
         self._stop_if_sold_out = self._redis.register_script(scripts.STOP_IF_SOLD_OUT)
         self._confirm_open = self._redis.register_script(scripts.CONFIRM_OPEN)
         self._drop_unconfirmed = self._redis.register_script(scripts.DROP_UNCONFIRMED)
+        self._unconfirmed = self._redis.register_script(scripts.UNCONFIRMED)
         self._rebuild = self._redis.register_script(scripts.REBUILD)
         self._ready = self._redis.register_script(scripts.READY)
         self._claims = GroupCommit(self._claim_batch)
@@ -250,18 +251,16 @@ class RedisStockReservations:
 
     @redis_unreachable_is_unavailable
     async def unconfirmed(self, offer_id: str) -> UnconfirmedStock | None:
-        state_key, _, claims_key, _ = _keys(offer_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(state_key, ["unconfirmed", "rebuilt_from", "read_at"])
-            pipe.hvals(claims_key)
-            (token, rebuilt_from, read_ms), records = await pipe.execute()
-        if token is None:
+        # A script: a copy of the stock another run of Redis wrote must not be taken for it.
+        noted = await self._unconfirmed(keys=_keys(offer_id), args=[])
+        if noted is None:
             return None
+        token, rebuilt_from, read_ms, records = noted
         held = (json.loads(record) for record in records)
         return UnconfirmedStock(
             _text(token),
-            int(rebuilt_from or 0),  # a stock written before it was noted: dropped, rebuilt
-            from_epoch_ms(int(read_ms or 0)),
+            int(rebuilt_from),  # 0 for a stock written before it was noted: dropped, rebuilt
+            from_epoch_ms(int(read_ms)),
             frozenset(r["o"] for r in held if r.get("o") and r.get("x") != 1),
         )
 

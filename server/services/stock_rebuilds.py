@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from server.domain.offers import RecoveredClaim
+from server.domain.offers import FlashOffer, RecoveredClaim, UnconfirmedStock
 from server.domain.orders import Order
 from server.ports import OfferStore, OrderStore
 from server.services.late_orders import LATE_WRITES
@@ -54,12 +54,14 @@ class StockRebuilds:
         offer = await self._offers.get(offer_id)
         # Noted before the read: an order written after it is found and settled (late_orders.py).
         read_at = self._clock()
-        last_read = await self._orders.watch_offer(offer.id, until=read_at + LATE_WRITES)
+        await self._orders.watch_offer(offer.id, until=read_at + LATE_WRITES)
         orders = await self._orders.of_offer(offer.id)
-        # Read after the orders: a key the reaper gives up meanwhile is one the read may count,
-        # and an order found holding its units meanwhile one the read may have.
+        # Read after the orders: a key the reaper gives up meanwhile is one the read may count;
+        # a stock's notes are kept before claims may use it, so the read holds no claim on a
+        # stock whose notes these miss.
         given_up = await self._orders.watched_keys(offer.id, self._clock())
         held_before = await self._orders.checked_of_offer(offer.id)
+        last_read = await self._orders.last_rebuild_read(offer.id)
         claims = recovered_claims(
             orders,
             given_up,
@@ -82,33 +84,39 @@ class StockRebuilds:
         if offer.end_reason is not None:
             # Also a stock another rebuild left unconfirmed: claims hear the end, not "paused".
             await self._stock.stop(offer.id, sold_out=offer.ended_sold_out)
-        elif (unconfirmed := await self._stock.unconfirmed(offer.id)) is not None:
-            # Its rebuilder, this process or another, may have read the orders long before it
-            # wrote the stock (a pause), and others rebuilt, sold and lost it again meanwhile:
-            # a stock that knows fewer orders than there are would sell their units again.
-            if await self._orders.count_of_offer(offer.id) > unconfirmed.orders_read:
-                await self._stock.drop_unconfirmed(offer.id, unconfirmed.token)
-                log.warning("offer_stock_rebuild_outdated", extra={"offer_id": offer.id})
-                return False
-            token = unconfirmed.token
-            # Before any claim may use it, whoever confirms it: should Redis lose it too, the
-            # next rebuild counts first the orders it holds, then the claims made on it, over
-            # orders landing late. Should these notes fail, it stays unconfirmed.
-            await self._orders.checked_after_rebuild(sorted(unconfirmed.held_orders))
-            await self._orders.rebuild_read(offer.id, unconfirmed.read_at)
-            # Unconfirmed: the offer may have ended since it was read above, its end's stop
-            # finding no stock. The end is recorded before its stock is stopped, so either the
-            # read below sees it, or that stop comes after and finds the stock `token` names
-            # (written before this read it); should that stock be lost, a later rebuild's has
-            # a token of its own. Should the read fail, claims wait for the next rebuild. The
-            # latest read: a primary that was replaced since the end could still say "running".
-            latest = await self._offers.get_latest(offer.id)
-            if latest.end_reason is None:
-                await self._stock.confirm_open(offer.id, token)
-            else:
-                await self._stock.stop(offer.id, sold_out=latest.ended_sold_out)
+        unconfirmed = await self._stock.unconfirmed(offer.id)
+        if unconfirmed is not None and not await self._check(offer, unconfirmed):
+            return False
         if rebuilt:
             log.warning("offer_stock_rebuilt", extra={"offer_id": offer.id, "orders": len(claims)})
+        return True
+
+    async def _check(self, offer: FlashOffer, unconfirmed: UnconfirmedStock) -> bool:
+        """Let claims in to a stock a rebuild left unconfirmed (this one's or another's) once
+        it is checked against the orders; until then it answers nothing of them (attaches
+        wait, a stop does not count). False when it was outdated, and is dropped."""
+        # Its rebuilder, this process or another, may have read the orders long before it
+        # wrote the stock (a pause), and others rebuilt, sold and lost it again meanwhile:
+        # a stock that knows fewer orders than there are would sell their units again.
+        if await self._orders.count_of_offer(offer.id) > unconfirmed.orders_read:
+            await self._stock.drop_unconfirmed(offer.id, unconfirmed.token)
+            log.warning("offer_stock_rebuild_outdated", extra={"offer_id": offer.id})
+            return False
+        # Before any claim may use it: should Redis lose it too, the next rebuild counts first
+        # the orders it holds, then the claims made on it, over orders landing late. Should
+        # these notes fail, it stays unconfirmed.
+        await self._orders.checked_after_rebuild(sorted(unconfirmed.held_orders))
+        await self._orders.rebuild_read(offer.id, unconfirmed.read_at)
+        if offer.end_reason is None:
+            # The offer may have ended since it was read above, its end's stop finding no
+            # stock. The end is recorded before its stock is stopped, so either the read below
+            # sees it, or that stop comes after and finds this stock (written before this read
+            # it); should that stock be lost, a later rebuild's is checked in its turn. The
+            # latest read: a primary that was replaced since the end could still say "running".
+            latest = await self._offers.get_latest(offer.id)
+            if latest.end_reason is not None:
+                await self._stock.stop(offer.id, sold_out=latest.ended_sold_out)
+        await self._stock.confirm_open(offer.id, unconfirmed.token)  # stopped, it lets none in
         return True
 
 

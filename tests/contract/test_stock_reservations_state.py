@@ -193,7 +193,7 @@ class ReservationMachine(RuleBasedStateMachine):
         order_id = known.order_id or f"ord{self.orders}"
         self.orders += 1
         outcome = self.call(self.stock.attach_order(OFFER, key, order_id))
-        if self.model.lost:
+        if self.model.lost or self.model.unconfirmed:  # an unchecked stock tells nothing
             assert outcome is AttachOutcome.PAUSED
         elif known.released:
             assert outcome is AttachOutcome.RELEASED
@@ -243,6 +243,9 @@ class ReservationMachine(RuleBasedStateMachine):
         taken = self.call(self.stock.stop(OFFER))
         if self.model.lost:
             assert taken is None
+        elif self.model.unconfirmed:  # stopped, but an unchecked stock counts nothing
+            assert taken is None
+            self.model.stopped = True
         else:
             assert taken == self.model.quantity - self.model.remaining
             self.model.stopped = True

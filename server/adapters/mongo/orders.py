@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, WriteConcern
+from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -398,15 +398,15 @@ class MongoOrderStore:
         return {doc["_id"]["key"] async for doc in self._released_keys.find(query, {"_id": 1})}
 
     @translate_errors
-    async def watch_offer(self, offer_id: str, until: datetime) -> datetime | None:
-        before = await self._rebuilt_offers.find_one_and_update(
-            {"_id": offer_id},
-            {"$max": {"until": until}},
-            projection={"read_at": True},
-            upsert=True,
-            return_document=ReturnDocument.BEFORE,
+    async def watch_offer(self, offer_id: str, until: datetime) -> None:
+        await self._rebuilt_offers.update_one(
+            {"_id": offer_id}, {"$max": {"until": until}}, upsert=True
         )
-        return None if before is None else before.get("read_at")
+
+    @translate_errors
+    async def last_rebuild_read(self, offer_id: str) -> datetime | None:
+        doc = await self._rebuilt_offers.find_one({"_id": offer_id}, {"read_at": True})
+        return None if doc is None else doc.get("read_at")
 
     @translate_errors
     async def rebuild_read(self, offer_id: str, read_at: datetime) -> None:

@@ -13,9 +13,11 @@ from server.domain.errors import Unavailable
 from server.domain.offers import FlashOffer
 from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
+from server.services.offers import OfferService
 from server.stock_port import StockReservations
 from tests.unit.services.shop import (
     ADDRESS,
+    HOST,
     HeldCalls,
     HeldWrites,
     Shop,
@@ -125,3 +127,84 @@ async def test_the_orders_a_rebuilt_stock_held_come_before_older_late_ones() -> 
     assert created
     await writes.land()
     await settled_after_losing_it_again(shop, writes, first, second)
+
+
+async def test_a_rebuild_reads_the_last_notes_after_the_orders() -> None:
+    # A noted its watch and paused before reading the orders; another process rebuilt the
+    # offer, noted its read and sold the unit (201); the late order landed; Redis lost the offer
+    # again. A's read of the orders held all of them (not outdated), and notes read before it
+    # knew no rebuild: by age, the late order took the unit.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=1, limit=1)
+    writes = await answered_try_again(shop, offer)
+    shop.stock.flush()  # Redis loses the offer
+    reading = HeldCalls(shop.orders_store, "of_offer")
+    offers_a = OfferService(
+        shop.offers_store,
+        cast(OrderStore, reading),
+        shop.rooms,
+        shop.products,
+        shop.stock,
+        shop.events,
+        shop.clock,
+    )
+    rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
+    await reading.entered.wait()  # A has noted its watch, and pauses
+    shop.clock.advance(seconds=1)
+    answered, created = await shop.claim(offer, buyer(2), "k2")  # rebuilt here, and sold
+    assert created
+    await writes.land()
+    shop.stock.flush()  # lost again
+    reading.gate.set()
+    await rebuild_a
+    await settled_after_losing_it_again(shop, writes, answered)
+
+
+async def until_outdated_stock_written(shop: Shop, offer: FlashOffer) -> tuple[Order, Any]:
+    """A reads the orders of the lost offer (none) and pauses; the stock in use sells buyer 2
+    a unit (201); Redis loses the offer again; A writes its stock, outdated, and pauses again
+    before checking it. Answers buyer 2's order, and A's rebuild with `gate` to go on."""
+    shop.stock.flush()  # Redis loses the offer
+    writing = HeldCalls(shop.stock, "rebuild")
+    checking = HeldCalls(writing, "unconfirmed")
+    offers_a, _ = other_process(shop, stock=cast(StockReservations, checking))
+    rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
+    await writing.entered.wait()
+    answered, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    shop.stock.flush()  # lost again
+    writing.gate.set()
+    await checking.entered.wait()
+    return answered, (rebuild_a, checking.gate)
+
+
+async def test_an_end_counts_nothing_of_a_stock_not_yet_checked() -> None:
+    # The host's stop found A's outdated stock and took "0 taken" from it: rebuilt from the
+    # ended offer, which might hold only that, the answered order lost its unit.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    answered, (rebuild_a, gate) = await until_outdated_stock_written(shop, offer)
+    await shop.offers.stop(offer.id, HOST)
+    assert (await shop.offers_store.get(offer.id)).taken_at_end is None
+    gate.set()
+    await rebuild_a
+    _, survivor = other_process(shop)
+    for _ in range(2):
+        await survivor.settle_late_orders()
+    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
+
+
+async def test_orders_are_not_checked_against_a_stock_not_yet_checked() -> None:
+    # A round checked the answered order against A's outdated stock, where its key is
+    # unknown, and cancelled it.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=1, limit=1)
+    answered, (rebuild_a, gate) = await until_outdated_stock_written(shop, offer)
+    _, survivor = other_process(shop)
+    await survivor.settle_late_orders()  # meanwhile
+    gate.set()
+    await rebuild_a
+    for _ in range(2):
+        await survivor.settle_late_orders()
+    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
+    assert await shop.stock.remaining(offer.id) == 0
