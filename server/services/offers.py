@@ -376,6 +376,10 @@ class OfferService:
         stopping is idempotent, and the room's stream drops a second `offer.ended`."""
         sold_out, announcing, taken = ended.ended_sold_out, False, None
         try:
+            if await self._stock.unconfirmed(ended.id) is not None:
+                # Rebuilt and not yet checked against the orders, it may be outdated, and
+                # counts nothing taken: checked first (the rebuild does it).
+                await self.rebuild(ended.id)
             if sold_out:  # the room hears 1, then 0, then the end
                 await self._announcer.last_unit_told(ended.id)
             taken = await self._stock.stop(ended.id, sold_out=sold_out)

@@ -69,10 +69,13 @@ class Reaper:
         settled = 0
         for offer in await self._offers.due_to_settle(now - LATE_ORDERS, SETTLE_BATCH):
             try:
-                if not await self._stock.is_ready(offer.id):
+                ready = await self._stock.is_ready(offer.id)
+                if not ready or await self._stock.unconfirmed(offer.id) is not None:
                     # Lost: rebuilt first, which watches the offer for orders still landing
                     # (late_orders.py). Settled from its orders alone, it would book none of
-                    # the units an order written later still holds.
+                    # the units an order written later still holds. Rebuilt and not yet
+                    # checked against the orders: checked first (the rebuild does it), since
+                    # until then it answers nothing of them, and may be outdated.
                     await self._offer_service.rebuild(offer.id)
                 # Stopped again first: a rebuild that read the offer before its end and could
                 # not read it again after writing its stock (see stock_rebuilds.py) left it

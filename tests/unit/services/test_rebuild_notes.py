@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from server.domain.errors import Unavailable
-from server.domain.offers import FlashOffer
+from server.domain.offers import LATE_ORDERS, FlashOffer
 from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
 from server.services.offers import OfferService
@@ -178,14 +178,16 @@ async def until_outdated_stock_written(shop: Shop, offer: FlashOffer) -> tuple[O
     return answered, (rebuild_a, checking.gate)
 
 
-async def test_an_end_counts_nothing_of_a_stock_not_yet_checked() -> None:
+async def test_an_end_checks_a_rebuilt_stock_before_it_counts_what_was_taken() -> None:
     # The host's stop found A's outdated stock and took "0 taken" from it: rebuilt from the
     # ended offer, which might hold only that, the answered order lost its unit.
     shop = await open_shop()
     offer = await shop.launch(quantity=2, limit=1)
     answered, (rebuild_a, gate) = await until_outdated_stock_written(shop, offer)
     await shop.offers.stop(offer.id, HOST)
-    assert (await shop.offers_store.get(offer.id)).taken_at_end is None
+    assert (await shop.offers_store.get(offer.id)).taken_at_end == 1
+    (ended,) = shop.events.of_type("offer.ended")
+    assert ended["remaining"] == 1
     gate.set()
     await rebuild_a
     _, survivor = other_process(shop)
@@ -208,3 +210,33 @@ async def test_orders_are_not_checked_against_a_stock_not_yet_checked() -> None:
         await survivor.settle_late_orders()
     assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
     assert await shop.stock.remaining(offer.id) == 0
+
+
+async def test_an_offer_settles_only_once_its_rebuilt_stock_is_checked() -> None:
+    # A read the offer running and its orders, and died once it had written the stock, before
+    # checking it; the host's stop found the stock lost. Settled on that stock, the offer booked
+    # one unit; the late order that landed next was counted by the rebuild its check asked for,
+    # from an offer that may hold its whole quantity: the product's next offer was oversold.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=50, limit=1)  # all the product's stock
+    await shop.claim(offer, buyer(0), "k0")
+    writes = await answered_try_again(shop, offer)
+    shop.stock.flush()  # Redis loses the offer
+    writing = HeldCalls(shop.stock, "rebuild")
+    dying = HeldCalls(writing, "unconfirmed")
+    offers_a, _ = other_process(shop, stock=cast(StockReservations, dying))
+    rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
+    await writing.entered.wait()  # A has read the offer running
+    await shop.offers.stop(offer.id, HOST)
+    writing.gate.set()
+    await dying.entered.wait()  # A wrote its stock, and dies
+    shop.clock.advance(seconds=LATE_ORDERS.total_seconds() + 1)
+    _, survivor = other_process(shop)
+    assert await survivor.settle_due() == 1
+    await shop.launch(quantity=49, limit=1)  # what the offer's one order leaves
+    await writes.land()
+    for _ in range(2):
+        await survivor.settle_late_orders()
+    (late,) = writes.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    rebuild_a.cancel()
