@@ -25,7 +25,6 @@ from server.domain.errors import (
     Unavailable,
     Unresponsive,
 )
-from server.domain.figures import OfferFigures
 from server.domain.identity import Identity, scoped_key
 from server.domain.ids import new_id
 from server.domain.money import Money
@@ -43,6 +42,7 @@ from server.domain.times import iso_z, utc_now
 from server.ports import OfferStore, OrderStore, ProductStore, RoomEvents, RoomStore
 from server.services.bookings import ProductBookings
 from server.services.load_once import CoalescedRuns
+from server.services.offer_reads import OfferReads
 from server.services.sold_out_ends import SoldOutEnds
 from server.services.stock_announcer import StockAnnouncer
 from server.services.stock_rebuilds import StockRebuilds
@@ -54,11 +54,12 @@ DUE_BATCH = 100
 # How long an unfinished end is left to the process that recorded it, which may be stopping a
 # stock or telling a room that is slow to answer (each bounded at 5 s), before another finishes it.
 FINISH_GRACE = timedelta(seconds=15)
+# How long an end waits for a rebuilt stock's check before it counts the units taken unknown.
+CHECK_SECONDS = 2.0
 # Likewise, how long a counted offer is left to its launch to tell the room of (a few bounded
 # round trips) before any process tells it.
 UNTOLD_AFTER = timedelta(seconds=15)
 UNTOLD_BATCH = 100
-ROOM_OFFERS_LIMIT = 500  # a room's offers listed, and counted in the host's figures
 # Running offers housekeeping takes in turn for their orphans (see Housekeeper): far more than
 # run at once on the busiest days; beyond it, those ending last wait for a claim or settling.
 RUNNING_OFFERS_READ = 5_000
@@ -71,7 +72,7 @@ class Launched:
     created: bool  # False: the same launch, sent again
 
 
-class OfferService:
+class OfferService(OfferReads):
     def __init__(
         self,
         offers: OfferStore,
@@ -239,49 +240,6 @@ class OfferService:
         once a second; ProductBookings.withdraw_uncounted)."""
         return await self._bookings.withdraw_uncounted(self._clock())
 
-    async def view(self, offer_id: str) -> tuple[FlashOffer, StockFigure | None]:
-        """The offer and its stock (None while the stock is being rebuilt)."""
-        return await self._with_stock(await self._offers.get(offer_id))
-
-    async def _with_stock(self, offer: FlashOffer) -> tuple[FlashOffer, StockFigure | None]:
-        if (at_end := offer.remaining_at_end()) is not None:
-            return offer, StockFigure(at_end, None)
-        try:
-            if not await self._stock.is_ready(offer.id):
-                await self.rebuild(offer.id)
-            return offer, await self._stock.figure(offer.id)
-        except Unavailable:
-            return offer, None
-
-    async def in_room(self, room_id: str) -> list[tuple[FlashOffer, StockFigure | None]]:
-        """The offers the room has run and runs, newest first (its latest ROOM_OFFERS_LIMIT), each
-        with its stock; NotFound for a room that does not exist. Offers whose launch has not
-        counted them yet are left out, as the room is not shown them either."""
-        offers = await self._offers.in_room(room_id, ROOM_OFFERS_LIMIT)
-        if not offers:
-            await self._rooms.get(room_id)  # none yet, or no such room
-        return await self._all_with_stock(reversed(offers))
-
-    async def open_in_room(self, room_id: str) -> list[tuple[FlashOffer, StockFigure | None]]:
-        """The room's offers that have not ended, as the room is shown them: counted ones."""
-        return await self._all_with_stock(await self._offers.open_in_room(room_id))
-
-    async def _all_with_stock(
-        self, offers: Iterable[FlashOffer]
-    ) -> list[tuple[FlashOffer, StockFigure | None]]:
-        """The counted ones, as just read, each with its stock: read together (an ended
-        offer's is on the offer itself)."""
-        return list(
-            await asyncio.gather(*(self._with_stock(offer) for offer in offers if offer.counted))
-        )
-
-    async def figures_in_room(self, room_id: str) -> list[OfferFigures]:
-        """Orders, units and paid figures of the offers the room has run (its latest
-        ROOM_OFFERS_LIMIT: a show that ran more is an exception, and its running offers matter
-        most)."""
-        offers = await self._offers.in_room(room_id, ROOM_OFFERS_LIMIT)
-        return await self._orders.figures_of_offers([offer.id for offer in offers])
-
     async def stop_offers_in_room(self, room_id: str) -> None:
         """Stop every offer the room still runs (RoomService.end), all at once: each end is
         recorded before its stock is stopped, so should Redis fail, housekeeping finishes every
@@ -376,13 +334,11 @@ class OfferService:
         stopping is idempotent, and the room's stream drops a second `offer.ended`."""
         sold_out, announcing, taken = ended.ended_sold_out, False, None
         try:
-            if await self._stock.unconfirmed(ended.id) is not None:
-                # Rebuilt and not yet checked against the orders, it may be outdated, and
-                # counts nothing taken: checked first (the rebuild does it).
-                await self.rebuild(ended.id)
             if sold_out:  # the room hears 1, then 0, then the end
                 await self._announcer.last_unit_told(ended.id)
             taken = await self._stock.stop(ended.id, sold_out=sold_out)
+            if taken is None:
+                taken = await self._taken_once_checked(ended)
             if sold_out:
                 await self._announcer.tell_sold_out(ended)
             announcing = True
@@ -436,6 +392,17 @@ class OfferService:
             log.warning("offer_end_finished_late", extra={"offer_id": offer.id})
             finished += 1
         return finished
+
+    async def _taken_once_checked(self, ended: FlashOffer) -> int | None:
+        """What a stopped stock not yet checked against the orders (it may be outdated) had
+        taken, once the rebuild checks it, if that is quick; else unknown: the offer then
+        books its whole quantity until its settling checks it (Reaper.settle_due)."""
+        if await self._stock.unconfirmed(ended.id) is None:
+            return None  # lost: a rebuild takes its end from the stored offer
+        with contextlib.suppress(LiveshopError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.rebuild(ended.id)), CHECK_SECONDS)
+            return await self._stock.stop(ended.id, sold_out=ended.ended_sold_out)
+        return None
 
     async def _stop_meanwhile(self, offer: FlashOffer) -> None:
         """Stop the stock of an end left to its own process: one paused (a long GC pause, a VM

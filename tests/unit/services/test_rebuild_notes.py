@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from server.domain.errors import Unavailable
-from server.domain.offers import LATE_ORDERS, FlashOffer
+from server.domain.offers import LATE_ORDERS, ClaimOutcome, FlashOffer
 from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
 from server.services.offers import OfferService
@@ -239,4 +239,34 @@ async def test_an_offer_settles_only_once_its_rebuilt_stock_is_checked() -> None
         await survivor.settle_late_orders()
     (late,) = writes.held
     assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
+    rebuild_a.cancel()
+
+
+async def test_an_end_whose_check_fails_ends_all_the_same() -> None:
+    # The end checked the rebuilt stock before it stopped it: a check that failed (MongoDB
+    # away a moment) failed the host's stop, left the stock unstopped and the room's end
+    # without its figure.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=3, limit=1)
+    await shop.claim(offer, buyer(0), "k0")
+    shop.stock.flush()  # Redis loses the offer
+    checking = HeldCalls(shop.stock, "unconfirmed")
+    offers_a, _ = other_process(shop, stock=cast(StockReservations, checking))
+    rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
+    await checking.entered.wait()  # A wrote its stock, and pauses before checking it
+    store: Any = shop.orders_store
+    noting = store.checked_after_rebuild
+    failures = [Unavailable("the database is unreachable, try again")]
+
+    async def away_once(order_ids: list[str]) -> None:
+        if failures:
+            raise failures.pop()
+        await noting(order_ids)
+
+    store.checked_after_rebuild = away_once
+    await shop.offers.stop(offer.id, HOST)  # answered
+    assert (await shop.offers_store.get(offer.id)).taken_at_end is None  # unknown: booked whole
+    refused = await shop.stock.claim(offer.id, "buyer-5", 1, "buyer-5:k", shop.clock())
+    assert refused.outcome is ClaimOutcome.NOT_ACTIVE
+    assert shop.events.of_type("offer.ended")
     rebuild_a.cancel()
