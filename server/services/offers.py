@@ -399,8 +399,8 @@ class OfferService(OfferReads):
         books its whole quantity until its settling checks it (Reaper.settle_due)."""
         if await self._stock.unconfirmed(ended.id) is None:
             return None  # lost: a rebuild takes its end from the stored offer
-        with contextlib.suppress(LiveshopError, TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.rebuild(ended.id)), CHECK_SECONDS)
+        with contextlib.suppress(LiveshopError, TimeoutError):  # the rebuild goes on (shared)
+            await asyncio.wait_for(self.rebuild(ended.id), CHECK_SECONDS)
             return await self._stock.stop(ended.id, sold_out=ended.ended_sold_out)
         return None
 
