@@ -1,6 +1,7 @@
-"""What a rebuilt stock notes in MongoDB for the next rebuild, should Redis lose the offer again:
-the orders it holds and when they were read. Noted by whoever lets claims in to it, before they
-may use it; never for a stock that is dropped."""
+"""Redis losing an offer twice: what a rebuilt stock notes in MongoDB for the next rebuild (the
+orders it holds and when they were read), noted by whoever checks it before claims may use it,
+never for a stock that is dropped; and what it answers until it is checked (nothing of its
+orders: an end and a settling check it first)."""
 
 from __future__ import annotations
 
