@@ -40,6 +40,20 @@ async def answered_try_again(shop: Shop, offer: FlashOffer) -> HeldWrites:
     return writes
 
 
+def notes_fail_once(shop: Shop) -> None:
+    """MongoDB away for the next note of the orders a rebuilt stock holds, a moment."""
+    store: Any = shop.orders_store
+    noting = store.checked_after_rebuild
+    failures = [Unavailable("the database is unreachable, try again")]
+
+    async def away_once(order_ids: list[str]) -> None:
+        if failures:
+            raise failures.pop()
+        await noting(order_ids)
+
+    store.checked_after_rebuild = away_once
+
+
 async def settled_after_losing_it_again(shop: Shop, writes: HeldWrites, *answered: Order) -> None:
     """Redis loses the offer again before any round checked its orders; then rounds settle
     them: the answered orders stand, and buyer 1's late one is cancelled."""
@@ -97,16 +111,7 @@ async def test_a_stock_is_let_in_to_only_once_its_notes_are_kept() -> None:
     await shop.claim(offer, buyer(0), "k0")
     writes = await answered_try_again(shop, offer)
     shop.stock.flush()  # Redis loses the offer
-    store: Any = shop.orders_store
-    noting = store.checked_after_rebuild
-    failures = [Unavailable("the database is unreachable, try again")]
-
-    async def away_once(order_ids: list[str]) -> None:
-        if failures:
-            raise failures.pop()
-        await noting(order_ids)
-
-    store.checked_after_rebuild = away_once
+    notes_fail_once(shop)
     with pytest.raises(Unavailable):
         await shop.claim(offer, buyer(2), "k2")
     answered, created = await shop.claim(offer, buyer(2), "k2")  # sent again
@@ -255,16 +260,7 @@ async def test_an_end_whose_check_fails_ends_all_the_same() -> None:
     offers_a, _ = other_process(shop, stock=cast(StockReservations, checking))
     rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
     await checking.entered.wait()  # A wrote its stock, and pauses before checking it
-    store: Any = shop.orders_store
-    noting = store.checked_after_rebuild
-    failures = [Unavailable("the database is unreachable, try again")]
-
-    async def away_once(order_ids: list[str]) -> None:
-        if failures:
-            raise failures.pop()
-        await noting(order_ids)
-
-    store.checked_after_rebuild = away_once
+    notes_fail_once(shop)
     await shop.offers.stop(offer.id, HOST)  # answered
     assert (await shop.offers_store.get(offer.id)).taken_at_end is None  # unknown: booked whole
     refused = await shop.stock.claim(offer.id, "buyer-5", 1, "buyer-5:k", shop.clock())
