@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from server.adapters.memory import MemoryProductStore, MemoryRoomStore
 from server.adapters.memory_orders import MemoryOfferStore, MemoryOrderStore
@@ -248,3 +248,16 @@ def second_process(
 ) -> OrderService:
     """Another server process's claims and orders (see other_process)."""
     return other_process(shop, orders=orders, stock=stock)[1]
+
+
+async def rebuild_paused_at(
+    shop: Shop, offer: FlashOffer, method: str
+) -> tuple[asyncio.Task[None], HeldCalls]:
+    """Another process's rebuild of the offer (lost: the caller flushed it), paused as it
+    calls its stock's `method` ("rebuild": the orders read; "unconfirmed": the stock written,
+    not yet checked); `gate` lets it go on."""
+    held = HeldCalls(shop.stock, method)
+    offers, _ = other_process(shop, stock=cast(StockReservations, held))
+    rebuild = asyncio.create_task(offers.rebuild(offer.id))
+    await held.entered.wait()
+    return rebuild, held

@@ -23,6 +23,7 @@ from tests.unit.services.shop import (
     buyer,
     open_shop,
     other_process,
+    rebuild_paused_at,
     settle,
 )
 
@@ -198,10 +199,7 @@ async def test_a_rebuild_read_before_a_pause_does_not_reopen_units_sold_since() 
     offer = await shop.launch(quantity=2, limit=1)
     await shop.claim(offer, buyer(1), "k1")
     shop.stock.flush()  # Redis loses the offer
-    writing = HeldCalls(shop.stock, "rebuild")
-    offers_a, _ = other_process(shop, stock=cast(StockReservations, writing))
-    rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
-    await writing.entered.wait()  # A has read one order, and pauses
+    rebuild_a, writing = await rebuild_paused_at(shop, offer, "rebuild")  # A read one order
     _, created = await shop.claim(offer, buyer(2), "k2")  # B rebuilds it, and sells
     assert created
     shop.stock.flush()  # lost again

@@ -25,6 +25,7 @@ from tests.unit.services.shop import (
     buyer,
     open_shop,
     other_process,
+    rebuild_paused_at,
 )
 
 
@@ -256,10 +257,7 @@ async def test_an_end_whose_check_fails_ends_all_the_same() -> None:
     offer = await shop.launch(quantity=3, limit=1)
     await shop.claim(offer, buyer(0), "k0")
     shop.stock.flush()  # Redis loses the offer
-    checking = HeldCalls(shop.stock, "unconfirmed")
-    offers_a, _ = other_process(shop, stock=cast(StockReservations, checking))
-    rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
-    await checking.entered.wait()  # A wrote its stock, and pauses before checking it
+    rebuild_a, _ = await rebuild_paused_at(shop, offer, "unconfirmed")  # A wrote its stock
     notes_fail_once(shop)
     await shop.offers.stop(offer.id, HOST)  # answered
     assert (await shop.offers_store.get(offer.id)).taken_at_end is None  # unknown: booked whole
