@@ -337,8 +337,8 @@ class OfferService(OfferReads):
             if sold_out:  # the room hears 1, then 0, then the end
                 await self._announcer.last_unit_told(ended.id)
             taken = await self._stock.stop(ended.id, sold_out=sold_out)
-            if taken is None:
-                taken = await self._taken_once_checked(ended)
+            if taken is None:  # lost, or not yet checked; sold out, it took its whole quantity
+                taken = ended.quantity if sold_out else await self._taken_once_checked(ended)
             if sold_out:
                 await self._announcer.tell_sold_out(ended)
             announcing = True
@@ -397,12 +397,14 @@ class OfferService(OfferReads):
         """What a stopped stock not yet checked against the orders (it may be outdated) had
         taken, once the rebuild checks it, if that is quick; else unknown: the offer then
         books its whole quantity until its settling checks it (Reaper.settle_due)."""
-        if await self._stock.unconfirmed(ended.id) is None:
-            return None  # lost: a rebuild takes its end from the stored offer
-        with contextlib.suppress(LiveshopError, TimeoutError):  # the rebuild goes on (shared)
-            await asyncio.wait_for(self.rebuild(ended.id), CHECK_SECONDS)
-            return await self._stock.stop(ended.id, sold_out=ended.ended_sold_out)
-        return None
+        if await self._stock.unconfirmed(ended.id) is not None:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for could swallow a cancellation
+            # that came as the rebuild finished (and a stopping housekeeper waited for good).
+            with contextlib.suppress(LiveshopError, TimeoutError):  # the rebuild goes on (shared)
+                async with asyncio.timeout(CHECK_SECONDS):
+                    await self.rebuild(ended.id)
+        # Checked now (here or elsewhere), it counts; still unchecked, or lost: None.
+        return await self._stock.stop(ended.id)
 
     async def _stop_meanwhile(self, offer: FlashOffer) -> None:
         """Stop the stock of an end left to its own process: one paused (a long GC pause, a VM

@@ -11,9 +11,10 @@ from typing import Any, cast
 import pytest
 
 from server.domain.errors import Unavailable
-from server.domain.offers import LATE_ORDERS, ClaimOutcome, FlashOffer
+from server.domain.offers import LATE_ORDERS, ClaimOutcome, EndReason, FlashOffer
 from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
+from server.services import offers as offers_module
 from server.services.offers import OfferService
 from server.stock_port import StockReservations
 from tests.unit.services.shop import (
@@ -265,3 +266,51 @@ async def test_an_end_whose_check_fails_ends_all_the_same() -> None:
     assert refused.outcome is ClaimOutcome.NOT_ACTIVE
     assert shop.events.of_type("offer.ended")
     rebuild_a.cancel()
+
+
+async def test_a_sold_out_end_of_a_stock_not_yet_checked_tells_0_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It waited for the check, and told `offer.ended` without `remaining` when the check was
+    # slow: a sold-out end took the offer's whole quantity whatever the stock says.
+    monkeypatch.setattr(offers_module, "CHECK_SECONDS", 0.05)
+    shop = await open_shop()
+    offer = await shop.launch(quantity=1, limit=1)
+    await shop.claim(offer, buyer(0), "k0")
+    shop.stock.flush()  # lost before its seller's sold-out end
+    rebuild_a, _ = await rebuild_paused_at(shop, offer, "unconfirmed")  # A wrote its stock
+    store: Any = shop.orders_store
+    noting = store.checked_after_rebuild
+
+    async def slowly(order_ids: list[str]) -> None:  # MongoDB slow to answer
+        await asyncio.sleep(0.2)
+        await noting(order_ids)
+
+    store.checked_after_rebuild = slowly
+    ended = await shop.offers.end(await shop.offers_store.get(offer.id), EndReason.SOLD_OUT)
+    assert ended is not None
+    assert (await shop.offers_store.get(offer.id)).taken_at_end == 1
+    (told,) = shop.events.of_type("offer.ended")
+    assert told["remaining"] == 0
+    rebuild_a.cancel()
+
+
+async def test_an_end_counts_a_stock_checked_elsewhere_as_it_stopped_it() -> None:
+    # Checked by another process between the end's stop and its look at the stock, the stock
+    # was taken for lost: nothing counted, no figure told.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=3, limit=1)
+    await shop.claim(offer, buyer(0), "k0")
+    shop.stock.flush()
+    rebuild_a, confirming = await rebuild_paused_at(shop, offer, "confirm_open")
+    looking = HeldCalls(shop.stock, "unconfirmed")
+    ender, _ = other_process(shop, stock=cast(StockReservations, looking))
+    stop = asyncio.create_task(ender.stop(offer.id, HOST))
+    await looking.entered.wait()  # its stop counted nothing; it is about to look
+    confirming.gate.set()
+    await rebuild_a  # checked, and let in, by A
+    looking.gate.set()
+    await stop
+    assert (await shop.offers_store.get(offer.id)).taken_at_end == 1
+    (told,) = shop.events.of_type("offer.ended")
+    assert told["remaining"] == 2
