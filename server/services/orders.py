@@ -270,10 +270,14 @@ class OrderService:
         """Name the order on its reservation. If Redis lost the offer meanwhile, the order's
         own rebuild decides whether it holds its units: a rebuild already under way elsewhere
         may have read the orders before this one landed, and would write the stock without it."""
-        key = order.idempotency_key
-        attached = await self._stock.attach_order(
-            order.offer_id, key, order.id, quantity=order.quantity
+        attach = functools.partial(
+            self._stock.attach_order,
+            order.offer_id,
+            order.idempotency_key,
+            order.id,
+            quantity=order.quantity,
         )
+        attached = await attach()
         if attached is not AttachOutcome.PAUSED:
             return attached
         if (await self._offers.get(order.offer_id)).settled_at is not None:
@@ -284,9 +288,7 @@ class OrderService:
         # attach finds it attached), or one that read the orders before it got in first
         # (the key is unknown, and the order cannot hold its units).
         await self._offer_service.rebuild(order.offer_id)
-        attached = await self._stock.attach_order(
-            order.offer_id, key, order.id, quantity=order.quantity
-        )
+        attached = await attach()
         if attached is AttachOutcome.PAUSED:  # lost again: the retry attaches it
             raise Unavailable("the offer's stock is being restored, try again")
         return attached

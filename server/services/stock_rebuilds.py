@@ -13,6 +13,7 @@ above the orders it was rebuilt from says so.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -59,9 +60,12 @@ class StockRebuilds:
         # Read after the orders: a key the reaper gives up meanwhile is one the read may count;
         # a stock's notes are kept before claims may use it, so the read holds no claim on a
         # stock whose notes these miss.
-        given_up = await self._orders.watched_keys(offer.id, self._clock())
-        held_before = await self._orders.checked_of_offer(offer.id)
-        last_read = await self._orders.last_rebuild_read(offer.id)
+        # Three reads apart, sent together: claims wait for the rebuild.
+        given_up, held_before, last_read = await asyncio.gather(
+            self._orders.watched_keys(offer.id, self._clock()),
+            self._orders.checked_of_offer(offer.id),
+            self._orders.last_rebuild_read(offer.id),
+        )
         claims = recovered_claims(
             orders,
             given_up,

@@ -261,3 +261,16 @@ async def rebuild_paused_at(
     rebuild = asyncio.create_task(offers.rebuild(offer.id))
     await held.entered.wait()
     return rebuild, held
+
+
+def offers_reading(shop: Shop, orders: Any) -> OfferService:
+    """Another process's offer service, reading the orders through `orders` (a held store)."""
+    return OfferService(
+        shop.offers_store,
+        cast(OrderStore, orders),
+        shop.rooms,
+        shop.products,
+        shop.stock,
+        shop.events,
+        shop.clock,
+    )

@@ -12,7 +12,6 @@ from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import FlashOffer
 from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
 from server.ports import OrderStore
-from server.services.offers import OfferService
 from server.services.orders import OrderService
 from server.stock_port import StockReservations
 from tests.unit.services.flaky import FlakyStock
@@ -21,6 +20,7 @@ from tests.unit.services.shop import (
     HeldCalls,
     Shop,
     buyer,
+    offers_reading,
     open_shop,
     other_process,
     rebuild_paused_at,
@@ -158,15 +158,7 @@ async def test_a_burst_of_claims_on_a_lost_offer_rebuilds_it_twice_at_most(shop:
         await shop.claim(offer, buyer(n), "k")
     shop.stock.flush()
     reading = HeldCalls(shop.orders_store, "of_offer", answer_late=True)
-    offers = OfferService(
-        shop.offers_store,
-        cast(OrderStore, reading),
-        shop.rooms,
-        shop.products,
-        shop.stock,
-        shop.events,
-        shop.clock,
-    )
+    offers = offers_reading(shop, reading)
     orders = OrderService(
         shop.offers_store,
         shop.orders_store,

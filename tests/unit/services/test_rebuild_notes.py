@@ -15,7 +15,6 @@ from server.domain.offers import LATE_ORDERS, ClaimOutcome, EndReason, FlashOffe
 from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
 from server.services import offers as offers_module
-from server.services.offers import OfferService
 from server.stock_port import StockReservations
 from tests.unit.services.shop import (
     ADDRESS,
@@ -24,6 +23,7 @@ from tests.unit.services.shop import (
     HeldWrites,
     Shop,
     buyer,
+    offers_reading,
     open_shop,
     other_process,
     rebuild_paused_at,
@@ -147,15 +147,7 @@ async def test_a_rebuild_reads_the_last_notes_after_the_orders() -> None:
     writes = await answered_try_again(shop, offer)
     shop.stock.flush()  # Redis loses the offer
     reading = HeldCalls(shop.orders_store, "of_offer")
-    offers_a = OfferService(
-        shop.offers_store,
-        cast(OrderStore, reading),
-        shop.rooms,
-        shop.products,
-        shop.stock,
-        shop.events,
-        shop.clock,
-    )
+    offers_a = offers_reading(shop, reading)
     rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
     await reading.entered.wait()  # A has noted its watch, and pauses
     shop.clock.advance(seconds=1)
