@@ -341,15 +341,15 @@ class OrderStore(Protocol):
         `unchecked_after_rebuild` finds it. Noted again, the later `until` stands."""
         ...
 
-    async def last_rebuild_read(self, offer_id: str) -> datetime | None:
-        """When the orders of the offer's last stock let in after a rebuild were read
-        (`rebuild_read`), None if none was while the offer was watched."""
+    async def last_stock_checked(self, offer_id: str) -> int | None:
+        """The build of the offer's last stock let in after a rebuild (`note_stock_checked`),
+        None if none was while the offer was watched."""
         ...
 
-    async def rebuild_read(self, offer_id: str, read_at: datetime) -> None:
-        """Note that the offer's stock a rebuild made from the orders it read at `read_at` is
-        about to let claims in (the latest such time stands): orders created since are claims
-        on that stock."""
+    async def note_stock_checked(self, offer_id: str, build: int) -> None:
+        """Note that the offer's stock of this build (see ClaimResult), rebuilt and checked,
+        is about to let claims in (the latest build stands): orders of that build are claims
+        on it."""
         ...
 
     async def checked_of_offer(self, offer_id: str) -> set[str]:

@@ -138,7 +138,6 @@ class StockReservations(Protocol):
         ends_at: datetime,
         stopped: bool,
         claims: Sequence[RecoveredClaim],
-        read_at: datetime,
         sold_out: bool = False,
     ) -> bool:
         """Restore a lost offer from its orders, atomically: remaining = quantity minus the
@@ -148,13 +147,13 @@ class StockReservations(Protocol):
         undo claims made after the first one finished. Not `stopped`, it is restored
         unconfirmed, under a token of its own (`unconfirmed`): new claims answer `paused` until
         `confirm_open` with that token, since the offer may have ended after the caller read it,
-        and its end's stop found nothing to stop. `read_at`: when the caller read the orders
-        (`unconfirmed` tells it)."""
+        and its end's stop found nothing to stop. The restored stock has a build of its own
+        (see ClaimResult)."""
         ...
 
     async def unconfirmed(self, offer_id: str) -> UnconfirmedStock | None:
         """The offer's stock if a rebuild left it unconfirmed (its token, the orders it was
-        rebuilt from and when they were read, those it holds), else None."""
+        rebuilt from, its build, those it holds), else None."""
         ...
 
     async def drop_unconfirmed(self, offer_id: str, token: str) -> None:

@@ -179,7 +179,7 @@ class MemoryOrderStore:
         self._buyers_untold: set[str] = set()  # order ids
         self._watched: dict[tuple[str, str], datetime] = {}  # (offer id, key) -> until
         self._rebuilt: dict[str, datetime] = {}  # offer id -> until
-        self._rebuild_reads: dict[str, datetime] = {}  # offer id -> read_at
+        self._checked_builds: dict[str, int] = {}  # offer id -> its last stock let in
         self._checked: set[str] = set()  # order ids checked after a rebuild
 
     async def create(self, order: Order) -> Order:
@@ -293,11 +293,11 @@ class MemoryOrderStore:
     async def watch_offer(self, offer_id: str, until: datetime) -> None:
         self._rebuilt[offer_id] = max(until, self._rebuilt.get(offer_id, until))
 
-    async def last_rebuild_read(self, offer_id: str) -> datetime | None:
-        return self._rebuild_reads.get(offer_id)
+    async def last_stock_checked(self, offer_id: str) -> int | None:
+        return self._checked_builds.get(offer_id)
 
-    async def rebuild_read(self, offer_id: str, read_at: datetime) -> None:
-        self._rebuild_reads[offer_id] = max(read_at, self._rebuild_reads.get(offer_id, read_at))
+    async def note_stock_checked(self, offer_id: str, build: int) -> None:
+        self._checked_builds[offer_id] = max(build, self._checked_builds.get(offer_id, build))
 
     async def checked_of_offer(self, offer_id: str) -> set[str]:
         return {o.id for o in self._orders.values() if o.offer_id == offer_id} & self._checked

@@ -54,13 +54,16 @@ class _Offer:
     kept_until_ms: int = 0  # epoch ms: when Redis would expire it (set as it is stored)
     # As Redis starts it (see StockFigure): a rebuilt offer's versions follow the lost one's.
     version: int = field(default_factory=lambda: time.time_ns() // 1000)
+    build: int = 0  # its first version (see ClaimResult), set as it is made
     stopped: bool = False
     sold_out: bool = False  # stopped as sold out: its stock stays 0 (see stop_if_sold_out)
     held: dict[str, int] = field(default_factory=dict)
     unconfirmed: str | None = None  # rebuilt: claims wait for confirm_open with this token
     rebuilt_from: int = 0  # orders, one recovered claim each
-    read_ms: int = 0  # when they were read
     claims: dict[str, _Reservation] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.build = self.version
 
 
 def _stop(offer: _Offer, *, sold_out: bool) -> None:
@@ -134,6 +137,7 @@ class MemoryStockReservations:
                 known.quantity,
                 known.released,
                 stock_version=offer.version,
+                stock_build=offer.build,
             )
         now_ms = epoch_ms(now)
         if offer.stopped or now_ms >= offer.ends_ms:
@@ -161,6 +165,7 @@ class MemoryStockReservations:
             quantity=quantity,
             released=False,
             stock_version=offer.version,
+            stock_build=offer.build,
         )
 
     async def attach_order(
@@ -266,9 +271,7 @@ class MemoryStockReservations:
         held = frozenset(
             r.order_id for r in offer.claims.values() if r.order_id is not None and not r.released
         )
-        return UnconfirmedStock(
-            offer.unconfirmed, offer.rebuilt_from, from_epoch_ms(offer.read_ms), held
-        )
+        return UnconfirmedStock(offer.unconfirmed, offer.rebuilt_from, offer.build, held)
 
     async def drop_unconfirmed(self, offer_id: str, token: str) -> None:
         offer = self._offers.get(offer_id)
@@ -293,7 +296,6 @@ class MemoryStockReservations:
         ends_at: datetime,
         stopped: bool,
         claims: Sequence[RecoveredClaim],
-        read_at: datetime,
         sold_out: bool = False,
     ) -> bool:
         validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
@@ -314,7 +316,6 @@ class MemoryStockReservations:
             held=held,
             unconfirmed=None if stopped else self._new_reservation_id(),  # any unique token
             rebuilt_from=len(claims),
-            read_ms=epoch_ms(read_at),
         )
         for c in claims:
             offer.claims[c.idempotency_key] = _Reservation(

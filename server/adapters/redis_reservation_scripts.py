@@ -3,7 +3,8 @@ lays out the keys): one per change, so that each is atomic on the server. KEYS a
 offer's state, held, claims and pending keys, in that order."""
 
 # An offer's first version, on opening it or rebuilding it: Redis's clock in microseconds, as
-# digits (a Lua number would print in exponent notation), above any version it had before.
+# digits (a Lua number would print in exponent notation), above any version it had before. It
+# is also the stock's `build`, which names it to the orders its claims make.
 FIRST_VERSION = """
 local clock = redis.call('TIME')
 local first_version = clock[1] .. string.format('%06d', tonumber(clock[2]))
@@ -31,7 +32,7 @@ OPEN = (
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', ARGV[1], 'limit', ARGV[2],
   'starts', ARGV[3], 'ends', ARGV[4], 'stopped', '0', 'expire_at', ARGV[5], 'v', first_version,
-  'run', run)
+  'build', first_version, 'run', run)
 redis.call('PEXPIREAT', KEYS[1], ARGV[5])
 return 1
 """
@@ -51,7 +52,7 @@ CLAIM = (
 local function claim(buyer, qty, key, now_ms, rid)
   local now = tonumber(now_ms)
   local state = redis.call('HMGET', KEYS[1], 'stock', 'limit', 'starts', 'ends', 'stopped',
-    'expire_at', 'unconfirmed', 'v')
+    'expire_at', 'unconfirmed', 'v', 'build')
   if not state[1] then return {'paused'} end
   local stock = tonumber(state[1])
   local raw = redis.call('HGET', KEYS[3], key)
@@ -62,7 +63,8 @@ local function claim(buyer, qty, key, now_ms, rid)
     -- reaper's clock starts again (pending keys are scored by their last try). Not for other
     -- terms, which the claim service refuses.
     if not r.o and not r.x and r.q == qty then redis.call('ZADD', KEYS[4], 'XX', now, key) end
-    return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0, tonumber(state[8] or '0')}
+    return {'duplicate', stock, r.r, r.o or '', r.q, r.x or 0, tonumber(state[8] or '0'),
+      state[9] or ''}
   end
   if state[5] == '1' or now >= tonumber(state[4]) then return {'not_active', stock} end
   if now < tonumber(state[3]) then return {'not_active', stock, 'early'} end
@@ -77,7 +79,7 @@ local function claim(buyer, qty, key, now_ms, rid)
   redis.call('HSET', KEYS[3], key, cjson.encode({r = rid, b = buyer, q = qty, t = now_ms}))
   redis.call('ZADD', KEYS[4], now, key)
   for i = 2, 4 do redis.call('PEXPIREAT', KEYS[i], state[6]) end
-  return {'reserved', stock, rid, '', qty, 0, version}
+  return {'reserved', stock, rid, '', qty, 0, version, state[9] or ''}
 end
 local out = {}
 for i = 1, #ARGV, 5 do
@@ -202,11 +204,11 @@ return 1
 )
 
 # The unconfirmed stock's notes (see unconfirmed), or nil: its token, the orders it was rebuilt
-# from and when they were read, and its claims' records.
+# from, its build, and its claims' records.
 UNCONFIRMED = (
     SAME_RUN
     + """
-local noted = redis.call('HMGET', KEYS[1], 'unconfirmed', 'rebuilt_from', 'read_at')
+local noted = redis.call('HMGET', KEYS[1], 'unconfirmed', 'rebuilt_from', 'build')
 if not noted[1] then return false end
 return {noted[1], noted[2] or '0', noted[3] or '0', redis.call('HVALS', KEYS[3])}
 """
@@ -234,7 +236,7 @@ REBUILD = (
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 local held = 0
-for i = 9, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   local r = cjson.decode(ARGV[i + 1])
   if r.x ~= 1 then
@@ -246,15 +248,13 @@ local stock = math.max(0, tonumber(ARGV[1]) - held)
 local stopped = ARGV[5] == '0' and '0' or '1'
 redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'stock', stock, 'limit', ARGV[2],
   'starts', ARGV[3], 'ends', ARGV[4], 'stopped', stopped, 'expire_at', ARGV[6],
-  'v', first_version, 'run', run)
+  'v', first_version, 'build', first_version, 'run', run)
 -- '2': it ended sold out, and stays so (see stop_if_sold_out).
 if ARGV[5] == '2' then redis.call('HSET', KEYS[1], 'stock', 0, 'sold_out', '1') end
 -- Not stopped: it may have ended since the rebuilder read it (see confirm_open), or orders
--- been written since (see drop_unconfirmed): the orders it was rebuilt from are noted, and
--- when they were read.
+-- been written since (see drop_unconfirmed): the orders it was rebuilt from are noted.
 if stopped == '0' then
-  redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7], 'rebuilt_from', (#ARGV - 8) / 2,
-    'read_at', ARGV[8])
+  redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7], 'rebuilt_from', (#ARGV - 7) / 2)
 end
 for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
 return 1

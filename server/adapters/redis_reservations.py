@@ -3,12 +3,12 @@ no claim can oversell, whatever the number of processes.
 
 Each offer has, under one hash tag so a cluster keeps them on one shard:
   liveshop:{offer:ID}:state    hash: quantity, stock, limit, starts, ends (epoch ms), stopped,
-                               expire_at; v (the stock's version, see StockFigure); sold_out
-                               ('1': stopped as sold out, see stop_if_sold_out);
+                               expire_at; v (the stock's version, see StockFigure); build
+                               (its first version: names the stock, see ClaimResult);
+                               sold_out ('1': stopped as sold out, see stop_if_sold_out);
                                unconfirmed (a token: rebuilt, claims wait for confirm_open
                                with that token), with rebuilt_from (the orders it was rebuilt
-                               from) and read_at (epoch ms: when they were read); run (the
-                               run id of the Redis that wrote it)
+                               from); run (the run id of the Redis that wrote it)
   liveshop:{offer:ID}:held     hash: buyer id -> units held
   liveshop:{offer:ID}:claims   hash: idempotency key -> JSON {r: reservation id, b: buyer,
                                q: units, t: created ms, o: order id, x: 1 once released}
@@ -93,6 +93,7 @@ def _claim_result(reply: list[Any]) -> ClaimResult:
         quantity=int(reply[4]),
         released=int(reply[5]) == 1,
         stock_version=int(reply[6]),
+        stock_build=int(reply[7]) if reply[7] else None,  # None: a stock from before builds
     )
 
 
@@ -255,12 +256,12 @@ class RedisStockReservations:
         noted = await self._unconfirmed(keys=_keys(offer_id), args=[])
         if noted is None:
             return None
-        token, rebuilt_from, read_ms, records = noted
+        token, rebuilt_from, build, records = noted
         held = (json.loads(record) for record in records)
         return UnconfirmedStock(
             _text(token),
             int(rebuilt_from),  # 0 for a stock written before it was noted: dropped, rebuilt
-            from_epoch_ms(int(read_ms)),
+            int(build),
             frozenset(r["o"] for r in held if r.get("o") and r.get("x") != 1),
         )
 
@@ -315,7 +316,6 @@ class RedisStockReservations:
         ends_at: datetime,
         stopped: bool,
         claims: Sequence[RecoveredClaim],
-        read_at: datetime,
         sold_out: bool = False,
     ) -> bool:
         validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
@@ -328,7 +328,6 @@ class RedisStockReservations:
             "2" if sold_out else "1" if stopped else "0",  # see scripts.REBUILD
             self._expire_at_ms(ends_at),
             secrets.token_urlsafe(9),  # this rebuild's, for confirm_open
-            epoch_ms(read_at),
         ]
         for c in claims:
             record = {

@@ -264,6 +264,11 @@ class ClaimResult:
     quantity: int = 0  # units the reservation holds (reserved, duplicate)
     released: bool = False  # a duplicate whose units were already given back
     stock_version: int | None = None  # reserved, duplicate: the version `remaining` is of
+    # Reserved, duplicate: which stock the claim holds units of, should Redis lose it (its
+    # `build`: its first version, each stock the store opens or rebuilds has its own). Kept on
+    # the order, it tells the next rebuild the claims made on a rebuilt stock from orders that
+    # land late (stock_rebuilds.recovered_claims).
+    stock_build: int | None = None
     early: bool = False  # not active: before the offer's start, neither stopped nor over
 
     def figure(self) -> StockFigure | None:
@@ -329,12 +334,12 @@ class PendingReservation:
 @dataclass(frozen=True, slots=True)
 class UnconfirmedStock:
     """A stock a rebuild left unconfirmed (StockReservations.unconfirmed): its token; how many
-    orders its rebuilder read (one recovered claim each), and when; and the orders it holds
-    units for."""
+    orders its rebuilder read (one recovered claim each); its build (see ClaimResult); and the
+    orders it holds units for."""
 
     token: str
     orders_read: int
-    read_at: datetime
+    build: int
     held_orders: frozenset[str]
 
 

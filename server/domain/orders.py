@@ -256,6 +256,7 @@ class Order:
     created_at: datetime
     reservation_expires_at: datetime
     reservation_id: str | None = None
+    stock_build: int | None = None  # of the stock it holds units of (see ClaimResult)
     history: list[Transition] = field(default_factory=list)
 
     def move(self, to: OrderStatus, *, at: datetime, by: str, reason: str = "") -> Transition:
@@ -290,6 +291,7 @@ def place_order(
     address: Address,
     now: datetime,
     reservation_id: str | None = None,
+    stock_build: int | None = None,
     reservation_ttl: timedelta = RESERVATION_TTL,
 ) -> Order:
     """A new order for reserved units, pending payment, its creation recorded."""
@@ -318,6 +320,7 @@ def place_order(
         created_at=created,
         reservation_expires_at=utc_ms(created + reservation_ttl),
         reservation_id=reservation_id,
+        stock_build=stock_build,
     )
     order.history.append(
         Transition(None, OrderStatus.PENDING_PAYMENT, created, buyer_id, "claimed")

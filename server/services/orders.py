@@ -33,6 +33,7 @@ from server.domain.ids import new_id
 from server.domain.offers import (
     AttachOutcome,
     ClaimOutcome,
+    ClaimResult,
     FlashOffer,
     claim_error,
 )
@@ -183,7 +184,7 @@ class OrderService:
             # its order first, and end the offer, and the room must hear "1 left" before that.
             self._offer_service.stock_moved(offer, result.figure())
         order, created = await self._write_order(
-            offer, buyer, key, quantity, address, result.reservation_id, fresh=fresh
+            offer, buyer, key, quantity, address, result, fresh=fresh
         )
         if created and not told_early:
             self._offer_service.stock_moved(offer, result.figure())
@@ -196,7 +197,7 @@ class OrderService:
         key: str,
         quantity: int,
         address: Address,
-        reservation_id: str | None,
+        reserved: ClaimResult,
         *,
         fresh: bool,
     ) -> tuple[Order, bool]:
@@ -211,7 +212,8 @@ class OrderService:
             quantity=quantity,
             address=address,
             now=self._clock(),
-            reservation_id=reservation_id,
+            reservation_id=reserved.reservation_id,
+            stock_build=reserved.stock_build,
         )
         # Shielded, and waited for at shutdown (close): once the order may be written, a
         # claimer that goes away (a dropped socket, a drain) must not stop the write and the

@@ -61,10 +61,10 @@ class StockRebuilds:
         # a stock's notes are kept before claims may use it, so the read holds no claim on a
         # stock whose notes these miss.
         # Three reads apart, sent together: claims wait for the rebuild.
-        given_up, held_before, last_read = await asyncio.gather(
+        given_up, held_before, last_checked = await asyncio.gather(
             self._orders.watched_keys(offer.id, self._clock()),
             self._orders.checked_of_offer(offer.id),
-            self._orders.last_rebuild_read(offer.id),
+            self._orders.last_stock_checked(offer.id),
         )
         claims = recovered_claims(
             orders,
@@ -72,7 +72,7 @@ class StockRebuilds:
             offer.units_orders_may_hold,
             offer.per_user_limit,
             held_before=held_before,
-            last_read=last_read,
+            last_checked=last_checked,
         )
         rebuilt = await self._stock.rebuild(
             offer.id,
@@ -82,7 +82,6 @@ class StockRebuilds:
             ends_at=offer.ends_at,
             stopped=offer.end_reason is not None,
             claims=claims,
-            read_at=read_at,
             sold_out=offer.ended_sold_out,
         )
         if offer.end_reason is not None:
@@ -110,7 +109,7 @@ class StockRebuilds:
         # the orders it holds, then the claims made on it, over orders landing late. Should
         # these notes fail, it stays unconfirmed.
         await self._orders.checked_after_rebuild(sorted(unconfirmed.held_orders))
-        await self._orders.rebuild_read(offer.id, unconfirmed.read_at)
+        await self._orders.note_stock_checked(offer.id, unconfirmed.build)
         if offer.end_reason is None:
             # The offer may have ended since it was read above, its end's stop finding no
             # stock. The end is recorded before its stock is stopped, so either the read below
@@ -131,15 +130,15 @@ def recovered_claims(
     per_user_limit: int,
     *,
     held_before: set[str],
-    last_read: datetime | None,
+    last_checked: int | None,
 ) -> list[RecoveredClaim]:
     """One claim for each order, to rebuild the offer's stock from. An order holds its units
     only while they fit in `units` (the offer's quantity, or what its end left it) and its
     buyer's limit, counted oldest first within each of these, in turn:
     - the orders a stock held since an earlier rebuild (`held_before`: counted by it, or
       found attached to it);
-    - the orders created once the last rebuild read the orders (`last_read`): claims on its
-      stock, which their buyers were answered;
+    - the orders of the last stock let in after a rebuild (`last_checked`, its build): claims
+      on that stock, which their buyers were answered;
     - the others: before any rebuild, every order; after one, orders that landed after its
       read, whose units were not in its stock (their claimers heard "try again");
     - last, the other orders under keys the reaper gave up (`given_up`): such an order landed
@@ -147,16 +146,18 @@ def recovered_claims(
     One that does not fit holds nothing: checked after the rebuild while pending
     (late_orders.py), it is cancelled, as it would have been without the rebuild. Counted by
     age alone, an order that landed late after a rebuild took the units of one answered since,
-    should Redis lose the offer again before a round checked it. (Creation times are each
-    claiming process's clock: one far behind the rebuilder's puts its claims among the
-    others.)"""
+    should Redis lose the offer again before a round checked it. (Orders are told apart by
+    their stock, not by their creation time: that is each claiming process's clock, and one
+    ahead of the rebuilder's would put a late order among the claims. Builds follow Redis's
+    clock: after a failover to a Redis whose clock is behind, the latest stock checked may be
+    an earlier one, and the claims on the new one are counted by age with the others.)"""
 
     def turn(order: Order) -> int:
         if order.id in held_before:  # even under a key given up: it held units since
             return 0
         if order.idempotency_key in given_up:
             return 3
-        return 1 if last_read is not None and order.created_at >= last_read else 2
+        return 1 if last_checked is not None and order.stock_build == last_checked else 2
 
     held_by_buyer: dict[str, int] = {}
     units_held = 0

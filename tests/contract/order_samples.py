@@ -62,6 +62,7 @@ def sample_order(
         address=ADDRESS,
         now=T0 + timedelta(seconds=seconds),
         reservation_id=f"res-{order_id}",
+        stock_build=1_796_000_000_000_000,
         reservation_ttl=TTL,
     )
 

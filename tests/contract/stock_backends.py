@@ -51,6 +51,5 @@ def rebuild_offer(
         ends_at=END,
         stopped=stopped,
         claims=claims,
-        read_at=NOW,
         sold_out=sold_out,
     )

@@ -470,16 +470,16 @@ async def test_pending_orders_of_watched_offers_are_found_until_checked(stores: 
     assert await stores.orders.unchecked_after_rebuild(T0 + timedelta(minutes=15), 10) == []
 
 
-async def test_a_rebuild_learns_the_last_rebuild_s_read_and_the_orders_held(
+async def test_a_rebuild_learns_the_last_stock_checked_and_the_orders_held(
     stores: Stores,
 ) -> None:
     orders = stores.orders
     await orders.watch_offer("of_1", T0 + timedelta(minutes=15))
-    assert await orders.last_rebuild_read("of_1") is None  # no stock let in after a rebuild
-    await orders.rebuild_read("of_1", T0 + timedelta(seconds=2))
-    await orders.rebuild_read("of_1", T0 + timedelta(seconds=1))  # a slower one: the latest stands
-    assert await orders.last_rebuild_read("of_1") == T0 + timedelta(seconds=2)
-    assert await orders.last_rebuild_read("of_2") is None
+    assert await orders.last_stock_checked("of_1") is None  # no stock let in after a rebuild
+    await orders.note_stock_checked("of_1", 1_796_000_000_000_002)
+    await orders.note_stock_checked("of_1", 1_796_000_000_000_001)  # slower: the latest stands
+    assert await orders.last_stock_checked("of_1") == 1_796_000_000_000_002
+    assert await orders.last_stock_checked("of_2") is None
     for order in (sample_order("o_1", "k_1"), sample_order("o_2", "k_2", seconds=1)):
         await orders.create(order)
     await orders.checked_after_rebuild(["o_2"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
@@ -49,9 +49,16 @@ class Shop:
         self.rooms, self.products = MongoRoomStore(self.db), MongoProductStore(self.db)
         self.offers_store, self.orders_store = MongoOfferStore(self.db), MongoOrderStore(self.db)
 
-    def process(self, orders_store: OrderStore | None = None) -> tuple[OfferService, OrderService]:
-        """A server process's services (writing its orders through `orders_store`)."""
+    def process(
+        self, orders_store: OrderStore | None = None, clock_ahead: timedelta = timedelta(0)
+    ) -> tuple[OfferService, OrderService]:
+        """A server process's services (writing its orders through `orders_store`), its
+        clock `clock_ahead` of the others'."""
         orders_store = orders_store or self.orders_store
+
+        def clock() -> datetime:
+            return self.clock() + clock_ahead
+
         offers = OfferService(
             self.offers_store,
             orders_store,
@@ -59,7 +66,7 @@ class Shop:
             self.products,
             self.stock,
             self.events,
-            self.clock,
+            clock,
         )
         orders = OrderService(
             self.offers_store,
@@ -68,16 +75,18 @@ class Shop:
             self.stock,
             offers,
             self.events.send_private,
-            self.clock,
+            clock,
             rooms=self.rooms,
         )
         return offers, orders
 
-    async def claim_written_late(self, offer_id: str) -> HeldWrites:
+    async def claim_written_late(
+        self, offer_id: str, clock_ahead: timedelta = timedelta(0)
+    ) -> HeldWrites:
         """Buyer 1's claim through a process whose order write misses its deadline (the buyer
         hears "try again"); the write, held, lands when the test says."""
         writes = HeldWrites(self.orders_store)
-        _, late_claimer = self.process(cast(OrderStore, writes))
+        _, late_claimer = self.process(cast(OrderStore, writes), clock_ahead)
         with pytest.raises(Unavailable):
             await late_claimer.claim(
                 offer_id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
@@ -189,13 +198,17 @@ async def test_redis_lost_twice_keeps_the_order_answered_between_on_real_backend
     shop: Shop, clean_redis: str
 ) -> None:
     """An order that landed after a rebuild's read must not take the unit of one the rebuilt
-    stock sold and answered, when Redis loses the offer again before a round checks them."""
+    stock sold and answered, when Redis loses the offer again before a round checks them;
+    even when the late order's process dated it after the read, and before the answered one."""
     offers, rebuilder = shop.process()
     offer_id = await shop.launch(offers, 1)
-    writes = await shop.claim_written_late(offer_id)  # buyer 1 hears "try again"
+    # Buyer 1 hears "try again"; its process's clock runs 1.5 s ahead.
+    writes = await shop.claim_written_late(offer_id, clock_ahead=timedelta(seconds=1.5))
     shop.clock.advance(seconds=1)
     with redis.Redis.from_url(clean_redis) as admin:
         admin.flushall()  # Redis loses the offer
+    await offers.rebuild(offer_id)  # reads the orders, and lets claims in
+    shop.clock.advance(seconds=1)
     answered, created = await rebuilder.claim(
         offer_id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS
     )

@@ -125,18 +125,40 @@ async def test_an_offer_stopped_before_its_rebuild_was_confirmed_stays_stopped(
 
 async def test_rebuilds_leave_each_their_own_token(backend: Backend) -> None:
     stock = backend.stock
-    tokens = []
+    tokens, builds = [], []
     for _ in range(2):
         await backend.lose_everything()
         assert await rebuild_offer(stock, quantity=5, limit=2)
         unconfirmed = await stock.unconfirmed("of1")
         assert unconfirmed is not None
         tokens.append(unconfirmed.token)
+        builds.append(unconfirmed.build)
     assert tokens[0] != tokens[1]
+    assert builds[0] < builds[1]  # the later stock's build is the higher
     await stock.confirm_open("of1", tokens[0])  # the first rebuild's, landing late
     assert (await stock.claim("of1", "bob", 1, "k2", NOW)).outcome is R.PAUSED
     await stock.drop_unconfirmed("of1", tokens[0])  # nor may it drop the second's
-    assert await stock.unconfirmed("of1") == UnconfirmedStock(tokens[1], 0, NOW, frozenset())
+    assert await stock.unconfirmed("of1") == UnconfirmedStock(tokens[1], 0, builds[1], frozenset())
+
+
+async def test_claims_name_the_stock_they_hold_units_of(backend: Backend) -> None:
+    """Its build: the opened stock's, then the rebuilt one's, which a retry also hears."""
+    stock = backend.stock
+    await open_offer(stock, quantity=5, limit=2)
+    opened = (await stock.claim("of1", "alice", 1, "k1", NOW)).stock_build
+    assert opened is not None
+    assert (await stock.claim("of1", "alice", 1, "k1", NOW)).stock_build == opened
+    await backend.lose_everything()
+    assert await rebuild_offer(stock, quantity=5, limit=2)
+    unconfirmed = await stock.unconfirmed("of1")
+    assert unconfirmed is not None
+    assert unconfirmed.build > opened
+    await stock.confirm_open("of1", unconfirmed.token)
+    for _ in range(2):  # reserved, then sent again
+        claimed = await stock.claim("of1", "bob", 1, "k2", NOW)
+        assert claimed.stock_build == unconfirmed.build
+    refused = await stock.claim("of1", "bob", 2, "k3", NOW)  # over bob's limit
+    assert (refused.outcome, refused.stock_build) == (R.LIMIT_REACHED, None)
 
 
 async def test_an_unconfirmed_stock_found_outdated_is_dropped_whole(backend: Backend) -> None:
@@ -151,7 +173,7 @@ async def test_an_unconfirmed_stock_found_outdated_is_dropped_whole(backend: Bac
     assert await rebuild_offer(stock, quantity=5, limit=2, claims=claims)
     unconfirmed = await stock.unconfirmed("of1")
     assert unconfirmed is not None
-    assert (unconfirmed.orders_read, unconfirmed.read_at) == (2, NOW)
+    assert unconfirmed.orders_read == 2
     assert unconfirmed.held_orders == {"ord1"}  # not ord2, which holds nothing
     await stock.drop_unconfirmed("of1", unconfirmed.token)
     assert not await stock.is_ready("of1")

@@ -283,7 +283,6 @@ class ReservationMachine(RuleBasedStateMachine):
                 ends_at=END,
                 stopped=self.model.stopped,
                 claims=claims,
-                read_at=T0,
             )
         )
         assert rebuilt

@@ -86,6 +86,7 @@ def order_doc(order: Order) -> Document:
         "created_at": order.created_at,
         "reservation_expires_at": order.reservation_expires_at,
         "reservation_id": order.reservation_id,
+        "stock_build": order.stock_build,
         "history": [transition_doc(step) for step in order.history],
     }
 
@@ -107,6 +108,7 @@ def order_from(doc: Document) -> Order:
         created_at=doc["created_at"],
         reservation_expires_at=doc["reservation_expires_at"],
         reservation_id=doc.get("reservation_id"),
+        stock_build=doc.get("stock_build"),
         history=[transition_from(step) for step in doc["history"]],
     )
 

@@ -404,13 +404,13 @@ class MongoOrderStore:
         )
 
     @translate_errors
-    async def last_rebuild_read(self, offer_id: str) -> datetime | None:
-        doc = await self._rebuilt_offers.find_one({"_id": offer_id}, {"read_at": True})
-        return None if doc is None else doc.get("read_at")
+    async def last_stock_checked(self, offer_id: str) -> int | None:
+        doc = await self._rebuilt_offers.find_one({"_id": offer_id}, {"checked_build": True})
+        return None if doc is None else doc.get("checked_build")
 
     @translate_errors
-    async def rebuild_read(self, offer_id: str, read_at: datetime) -> None:
-        await self._rebuilt_offers.update_one({"_id": offer_id}, {"$max": {"read_at": read_at}})
+    async def note_stock_checked(self, offer_id: str, build: int) -> None:
+        await self._rebuilt_offers.update_one({"_id": offer_id}, {"$max": {"checked_build": build}})
 
     @translate_errors
     async def checked_of_offer(self, offer_id: str) -> set[str]:

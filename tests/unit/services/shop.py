@@ -4,6 +4,7 @@ clock, recorded events, and another "process" over the same stores."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -218,10 +219,12 @@ def other_process(
     events: RecordingEvents | None = None,
     products: ProductStore | None = None,
     notify: Notify | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> tuple[OfferService, OrderService]:
     """Another server process: its own services over the same stores, reservations and room
-    (or ones that behave differently: busy, failing), and its own delivery to buyers (`notify`).
-    `offers_store` and `products` are for its offer service alone."""
+    (or ones that behave differently: busy, failing, its clock apart), and its own delivery to
+    buyers (`notify`). `offers_store` and `products` are for its offer service alone."""
+    clock = clock or shop.clock
     offers = OfferService(
         offers_store or shop.offers_store,
         shop.orders_store,
@@ -229,7 +232,7 @@ def other_process(
         products or shop.products,
         stock or shop.stock,
         events or shop.events,
-        shop.clock,
+        clock,
     )
     return offers, OrderService(
         shop.offers_store,
@@ -238,7 +241,7 @@ def other_process(
         stock or shop.stock,
         offers,
         notify or shop.events.send_private,
-        shop.clock,
+        clock,
         rooms=shop.rooms,
     )
 

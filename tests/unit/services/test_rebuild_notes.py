@@ -6,6 +6,7 @@ orders: an end and a settling check it first)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any, cast
 
 import pytest
@@ -30,10 +31,15 @@ from tests.unit.services.shop import (
 )
 
 
-async def answered_try_again(shop: Shop, offer: FlashOffer) -> HeldWrites:
-    """Buyer 1 hears "try again": its order write is on its way, and lands when told."""
+async def answered_try_again(
+    shop: Shop, offer: FlashOffer, *, clock_ahead: timedelta = timedelta(0)
+) -> HeldWrites:
+    """Buyer 1 hears "try again": its order write is on its way, and lands when told. Its
+    process's clock runs `clock_ahead` of the others'."""
     writes = HeldWrites(shop.orders_store)
-    _, late_process = other_process(shop, orders=cast(OrderStore, writes))
+    _, late_process = other_process(
+        shop, orders=cast(OrderStore, writes), clock=lambda: shop.clock() + clock_ahead
+    )
     with pytest.raises(Unavailable):
         await late_process.claim(
             offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
@@ -82,6 +88,22 @@ async def test_an_order_landing_late_after_a_rebuild_never_takes_an_answered_one
     await writes.land()  # buyer 1's order, older, lands
     await settled_after_losing_it_again(shop, writes, answered)
     assert await shop.stock.remaining(offer.id) == 0
+
+
+async def test_a_late_order_is_told_from_the_claims_on_a_rebuilt_stock_by_no_clock() -> None:
+    # Creation times against the rebuild's read: buyer 1's process, its clock 1.5 s ahead,
+    # created its late order after the read by its own clock, and before the answered one.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    await shop.claim(offer, buyer(0), "k0")
+    writes = await answered_try_again(shop, offer, clock_ahead=timedelta(seconds=1.5))
+    shop.stock.flush()  # Redis loses the offer
+    await shop.offers.rebuild(offer.id)  # reads the orders, and lets claims in
+    shop.clock.advance(seconds=1)
+    answered, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    await writes.land()
+    await settled_after_losing_it_again(shop, writes, answered)
 
 
 async def test_a_stock_dropped_as_outdated_notes_nothing() -> None:
