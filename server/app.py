@@ -165,6 +165,7 @@ def create_app(
                 container.order_service,
                 served_offer_ids,
                 metrics=metrics,
+                rooms=container.room_service,
             )
             housekeeper.start()
             stack.push_async_callback(housekeeper.stop)

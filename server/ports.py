@@ -57,6 +57,15 @@ class RoomStore(Protocol):
         their own setters and are left as stored, so a stale read never undoes them."""
         ...
 
+    async def untold_ends(self, ended_by: datetime, limit: int) -> builtins.list[str]:
+        """The ids of rooms that ended by `ended_by` and whose end is still untold
+        (`end_told`); `limit` at most."""
+        ...
+
+    async def end_told(self, room_id: str) -> None:
+        """Note that the room has been told of its end."""
+        ...
+
     async def set_slow_mode(self, room_id: str, seconds: int) -> None: ...
 
     async def keep_counters(self, room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:

@@ -79,6 +79,16 @@ class MemoryRoomStore:
         updated.kept_likes, updated.kept_peak_viewers = stored.kept_likes, stored.kept_peak_viewers
         self._rooms[room.id] = updated
 
+    async def untold_ends(self, ended_by: datetime, limit: int) -> builtins.list[str]:
+        return [
+            room.id
+            for room in self._rooms.values()
+            if room.end_untold and room.ended_at is not None and room.ended_at <= ended_by
+        ][:limit]
+
+    async def end_told(self, room_id: str) -> None:
+        (await self._stored(room_id)).end_untold = False
+
     async def set_slow_mode(self, room_id: str, seconds: int) -> None:
         (await self._stored(room_id)).slow_mode_seconds = seconds
 

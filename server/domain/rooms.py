@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from server.domain.errors import Conflict, Forbidden
@@ -14,6 +14,10 @@ from server.domain.products import Product
 # the room. A moderator silences a few spammers a show; banning is for more.
 MAX_MUTES = 1000
 MAX_SLOW_MODE_SECONDS = 3600
+# An end its process has not told the room of by then is told by any process's housekeeping:
+# that process may have died, paused or lost Redis after storing it, and the host may never
+# send the end again.
+END_TOLD_WITHIN = timedelta(seconds=10)
 
 
 class RoomStatus(StrEnum):
@@ -39,6 +43,7 @@ class Room:
     # Redis's, which a restart may lose and which expire a day after the room's last viewer.
     kept_likes: int = 0
     kept_peak_viewers: int = 0
+    end_untold: bool = False  # ended, and the room not yet told (see END_TOLD_WITHIN)
 
     def start(self, now: datetime) -> None:
         if self.status is not RoomStatus.SCHEDULED:
@@ -53,6 +58,7 @@ class Room:
             raise Conflict("room has already ended", code="invalid_room_state")
         self.status = RoomStatus.ENDED
         self.ended_at = now
+        self.end_untold = True
 
     def pin(self, product_id: str) -> None:
         if self.status is RoomStatus.ENDED:

@@ -1,14 +1,14 @@
-"""Once a second, in every process: end offers whose time is up or whose stock is gone, finish
-ends left unfinished, withdraw offers whose launch died before counting them, tell rooms of
-those whose launch died after counting them, expire unpaid orders, give back units a cancel or
-an expiry could not, tell buyers of the order changes the broker could not, settle ended
-offers, settle orders written after the reaper released their reservation, release
-reservations whose claimer died, and forget the stock cadence of offers whose stock no longer
-moves here. Sold-out offers and orphaned reservations are looked for in the offers this
-process serves, each round, and in every running offer in turn. Each step is safe to run
-everywhere at once: the stores' compare-and-set lets exactly one process act on each offer or
-order, giving units back and stopping a stock are idempotent, and the room's stream drops a
-second `offer.ended`."""
+"""Once a second, in every process: end offers whose time is up or whose stock is gone, finish ends
+left unfinished, withdraw offers whose launch died before counting them, tell rooms of those
+whose launch died after counting them, and of their ends a process stored untold, expire unpaid
+orders, give back units a cancel or an expiry could not, tell buyers of the order changes the
+broker could not, settle ended offers, settle orders written after the reaper released their
+reservation, release reservations whose claimer died, and forget the stock cadence of offers
+whose stock no longer moves here. Sold-out offers and orphaned reservations are looked for in
+the offers this process serves, each round, and in every running offer in turn. Each step is
+safe to run everywhere at once: the stores' compare-and-set lets exactly one process act on each
+offer or order, giving units back and stopping a stock are idempotent, and the room's stream
+drops a second `offer.ended`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from server.domain.offers import ORPHAN_AFTER
 from server.metrics import Metrics
 from server.services.offers import OfferService
 from server.services.orders import OrderService
+from server.services.rooms import RoomService
 
 log = logging.getLogger("liveshop.housekeeping")
 
@@ -54,8 +55,10 @@ class Housekeeper:
         served_offer_ids: Callable[[], Iterable[str]],
         interval: float = 1.0,
         metrics: Metrics | None = None,
+        rooms: RoomService | None = None,
     ) -> None:
         self._offers = offers
+        self._rooms = rooms  # None in tests of offers and orders alone
         # Its own when not given (tests), so that every round counts the same way.
         self._metrics = metrics or Metrics()
         self._orders = orders
@@ -93,6 +96,8 @@ class Housekeeper:
         await self._step("finish_ends", self._offers.finish_ends)
         await self._step("withdraw_uncounted_launches", self._offers.withdraw_uncounted)
         await self._step("tell_untold_launches", self._offers.tell_untold_launches)
+        if self._rooms is not None:
+            await self._step("tell_untold_room_ends", self._rooms.tell_untold_ends)
         await self._step("expire_due_orders", self._orders.expire_due)
         await self._step("return_units", self._orders.return_units_due)
         await self._step("tell_untold_buyers", self._orders.tell_untold_buyers)

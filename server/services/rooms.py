@@ -20,6 +20,7 @@ from server.domain.money import Money
 from server.domain.pages import Page, decode_cursor, page_of
 from server.domain.products import Product, ProductTrade
 from server.domain.rooms import (
+    END_TOLD_WITHIN,
     MAX_SLOW_MODE_SECONDS,
     Room,
     RoomStatus,
@@ -34,6 +35,7 @@ log = logging.getLogger("liveshop.rooms")
 
 Clock = Callable[[], datetime]
 StopOffers = Callable[[str], Awaitable[None]]  # a room's id
+UNTOLD_ENDS_A_ROUND = 100
 
 _SELLERS = frozenset({Role.HOST, Role.ADMIN})
 
@@ -171,12 +173,28 @@ class RoomService:
             # after it finds the room ended when it reads the room again (OfferService.launch).
             await self._stop_room_offers(room.id)
             await self._rooms.save(room, expected_status=before)
-        try:
-            await self._stop_room_offers(room.id)
-        except LiveshopError as error:  # the room has ended: its viewers must hear so
-            log.warning("room_offers_not_stopped", extra={"room_id": room.id, "code": error.code})
-        await self._events.publish_room_event(room.id, {"type": "room.ended"})
+        await self._tell_end(room.id)
         return room
+
+    async def tell_untold_ends(self) -> int:
+        """Tell the rooms of the ends their processes stored but did not tell within
+        END_TOLD_WITHIN (housekeeping, in every process). A room told twice (its own process
+        was only slow) hears `room.ended` twice, and its sockets are closed at the first."""
+        ended_by = self._now() - END_TOLD_WITHIN
+        untold = await self._rooms.untold_ends(ended_by, UNTOLD_ENDS_A_ROUND)
+        for room_id in untold:
+            log.warning("room_end_untold", extra={"room_id": room_id})
+            await self._tell_end(room_id)
+        return len(untold)
+
+    async def _tell_end(self, room_id: str) -> None:
+        """The rest of an end once it is stored: its offers stopped (once more), the room told."""
+        try:
+            await self._stop_room_offers(room_id)
+        except LiveshopError as error:  # the room has ended: its viewers must hear so
+            log.warning("room_offers_not_stopped", extra={"room_id": room_id, "code": error.code})
+        await self._events.publish_room_event(room_id, {"type": "room.ended"})
+        await self._rooms.end_told(room_id)
 
     async def _stop_room_offers(self, room_id: str) -> None:
         if self._stop_offers is not None:

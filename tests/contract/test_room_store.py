@@ -178,6 +178,23 @@ async def test_save_is_a_compare_and_set_on_status(stores: Stores) -> None:
         await stores.rooms.save(_room("r_missing"), expected_status=RoomStatus.SCHEDULED)
 
 
+async def test_an_end_stays_untold_until_told(stores: Stores) -> None:
+    for room_id, minute in [("r_early", 1), ("r_late", 3), ("r_live", 0)]:
+        await stores.rooms.create(_room(room_id))
+        room = await stores.rooms.get(room_id)
+        room.start(T0)
+        if minute:
+            room.end(T0 + timedelta(minutes=minute))
+        await stores.rooms.save(room, expected_status=RoomStatus.SCHEDULED)
+    ended_by = T0 + timedelta(minutes=3)
+    assert sorted(await stores.rooms.untold_ends(ended_by, 10)) == ["r_early", "r_late"]
+    assert await stores.rooms.untold_ends(ended_by - timedelta(milliseconds=1), 10) == ["r_early"]
+    assert len(await stores.rooms.untold_ends(ended_by, 1)) == 1
+    await stores.rooms.end_told("r_early")
+    assert await stores.rooms.untold_ends(ended_by, 10) == ["r_late"]
+    assert not (await stores.rooms.get("r_early")).end_untold
+
+
 async def test_settings_are_stored(stores: Stores) -> None:
     await stores.rooms.create(_room())
     await stores.rooms.set_slow_mode("r_1", 30)
@@ -338,3 +355,4 @@ async def test_mongo_indexes(mongo_db: Any) -> None:
     assert bans["room_user"]["key"] == [("room_id", 1), ("user_id", 1)]
     rooms = await mongo_db[ROOMS].index_information()
     assert rooms["status_created_at"]["key"][:2] == [("status", 1), ("created_at", -1)]
+    assert rooms["untold_ends"]["partialFilterExpression"] == {"end_untold": True}

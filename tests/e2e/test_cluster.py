@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
+from pymongo import MongoClient
 
+from server.domain.rooms import END_TOLD_WITHIN
 from tests.e2e.api import (
     create_live_room,
     end_room,
@@ -267,6 +271,38 @@ async def test_ending_a_room_closes_every_viewer_on_every_process(cluster: Clust
                 assert code == 4010, f"new socket on {process.name} to an ended room: {code}"
                 assert first is None or first.get("type") != "hello", first
         assert room_id not in await live_room_ids(cluster.a.base_url)
+    finally:
+        await close_all(viewers)
+
+
+async def test_an_end_stored_by_a_process_that_died_untold_reaches_the_viewers(
+    cluster: Cluster,
+) -> None:
+    """A process stored the room's end and died before telling anyone; the host never sent
+    the end again. The other processes' housekeeping tells the viewers."""
+    host = make_token(unique("host"), "host")
+    room_id = await create_live_room(cluster.a.base_url, host)
+    viewers = [
+        (await _viewer(cluster.a, room_id, unique("va")))[0],
+        (await _viewer(cluster.b, room_id, unique("vb")))[0],
+    ]
+    try:
+        ended_at = datetime.now(UTC) - END_TOLD_WITHIN - timedelta(seconds=1)
+        client: MongoClient[dict[str, Any]] = MongoClient(cluster.mongodb_url)
+        with client:
+            stored = client[cluster.database]["rooms"].update_one(
+                {"_id": room_id},
+                {"$set": {"status": "ended", "ended_at": ended_at, "end_untold": True}},
+            )
+        assert stored.modified_count == 1
+        for viewer in viewers:
+            await viewer.recv_until("room.ended", seconds=10)
+            assert await viewer.wait_closed() == 4010, viewer.name
+        client = MongoClient(cluster.mongodb_url)
+        with client:
+            room = client[cluster.database]["rooms"].find_one({"_id": room_id})
+        assert room is not None
+        assert room["end_untold"] is False
     finally:
         await close_all(viewers)
 

@@ -45,6 +45,7 @@ _LIFECYCLE_FIELDS = (
     "started_at",
     "ended_at",
     "pinned_product_id",
+    "end_untold",
 )
 
 
@@ -105,6 +106,12 @@ async def ensure_indexes(db: AsyncDatabase[Any]) -> None:
                 name="status_created_at",
             ),
             IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="created_at"),
+            # Every process asks each second; only the few ends not yet told are in it.
+            IndexModel(
+                [("ended_at", ASCENDING)],
+                name="untold_ends",
+                partialFilterExpression={"end_untold": True},
+            ),
         ]
     )
     await collection(db, ROOM_BANS).create_index(
@@ -198,6 +205,16 @@ class MongoRoomStore:
         if result.matched_count == 0:
             await self._ensure_exists(room.id)
             raise Conflict("room changed meanwhile", code="invalid_room_state")
+
+    @translate_errors
+    async def untold_ends(self, ended_by: datetime, limit: int) -> builtins.list[str]:
+        query = {"end_untold": True, "ended_at": {"$lte": ended_by}}
+        cursor = self._rooms.find(query, {"_id": True}).limit(limit)
+        return [doc["_id"] async for doc in cursor]
+
+    @translate_errors
+    async def end_told(self, room_id: str) -> None:
+        await self._rooms.update_one({"_id": room_id}, {"$set": {"end_untold": False}})
 
     @translate_errors
     async def set_slow_mode(self, room_id: str, seconds: int) -> None:
@@ -372,6 +389,7 @@ def _room_doc(room: Room) -> Document:
         "started_at": room.started_at,
         "ended_at": room.ended_at,
         "pinned_product_id": room.pinned_product_id,
+        "end_untold": room.end_untold,
         "slow_mode_seconds": room.slow_mode_seconds,
         "blocked_words": list(room.blocked_words),
     }
@@ -392,4 +410,5 @@ def _room_from(doc: Document) -> Room:
         blocked_words=list(doc.get("blocked_words", [])),
         kept_likes=doc.get("likes", 0),
         kept_peak_viewers=doc.get("peak_viewers", 0),
+        end_untold=doc.get("end_untold", False),
     )
