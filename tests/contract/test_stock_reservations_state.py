@@ -81,6 +81,16 @@ class Model:
     lost: bool = False
     unconfirmed: bool = False  # rebuilt, not yet confirmed open
     claims: dict[str, Held] = field(default_factory=dict)
+    build: int | None = None  # the stock's, once an answer named it
+    lost_builds: int = 0  # the highest build of the stocks lost before it
+
+    def saw_build(self, build: int | None) -> None:
+        """Each stock names one build, higher than any lost before it."""
+        assert build is not None
+        if self.build is None:
+            assert build > self.lost_builds
+            self.build = build
+        assert build == self.build
 
     def held_by_buyer(self) -> dict[str, int]:
         held: dict[str, int] = {}
@@ -148,6 +158,15 @@ class ReservationMachine(RuleBasedStateMachine):
     def claim(self, buyer: str, quantity: int, key: int) -> None:
         self._claim(buyer, quantity, f"key{key}")
 
+    @rule(buyer=st.sampled_from(BUYERS), key=st.integers(0, 20))
+    def claim_and_attach(self, buyer: str, key: int) -> None:
+        """A claim that gets its order, as most that win do: orders are what a lost stock is
+        rebuilt from, and what an unchecked one must not answer of."""
+        self._claim(buyer, 1, f"key{key}")
+        known = self.model.claims.get(f"key{key}")
+        if known is not None and known.order_id is None:
+            self.attach_order(sorted(self.model.claims).index(f"key{key}"))
+
     @precondition(lambda self: bool(self.model.claims))
     @rule(index=st.integers(0, 1000), quantity=st.integers(1, 3))
     def retry(self, index: int, quantity: int) -> None:
@@ -169,6 +188,7 @@ class ReservationMachine(RuleBasedStateMachine):
             assert result.reservation_id not in taken  # one reservation per key
             self.model.claims[key] = Held(buyer, quantity, result.reservation_id, self.model.now)
             assert result.remaining == self.model.remaining
+            self.model.saw_build(result.stock_build)
         elif expected is ClaimOutcome.DUPLICATE:
             known = self.model.claims[key]
             assert (result.reservation_id, result.order_id) == (
@@ -178,6 +198,7 @@ class ReservationMachine(RuleBasedStateMachine):
             assert (result.quantity, result.released) == (known.quantity, known.released)
             if known.order_id is None and not known.released and known.quantity == quantity:
                 known.tried = self.model.now  # a claimer sending it again is alive
+            self.model.saw_build(result.stock_build)
         assert result.remaining == self.model.remaining
 
     @rule(phase=st.sampled_from(sorted(CLOCK)))
@@ -256,6 +277,8 @@ class ReservationMachine(RuleBasedStateMachine):
         self.call(self.harness.lose_everything())
         self.model.lost = True
         self.model.unconfirmed = False
+        self.model.lost_builds = max(self.model.lost_builds, self.model.build or 0)
+        self.model.build = None
         # What survives is what MongoDB holds: the claims that got an order. Released ones
         # survive as cancelled or expired orders.
         self.model.claims = {k: c for k, c in self.model.claims.items() if c.order_id}
@@ -289,11 +312,20 @@ class ReservationMachine(RuleBasedStateMachine):
         self.model.lost = False
         self.model.unconfirmed = not self.model.stopped
 
+    @precondition(lambda self: not self.model.lost)
+    @rule()
+    def lose_and_rebuild(self) -> None:
+        """Both at once: what a stock does before its check (attach, stop, claim) is seldom
+        reached otherwise."""
+        self.lose_data()
+        self.rebuild()
+
     @rule()
     def confirm_open(self) -> None:
         unconfirmed = self.call(self.stock.unconfirmed(OFFER))
         assert (unconfirmed is not None) is self.model.unconfirmed
         if unconfirmed is not None:
+            self.model.saw_build(unconfirmed.build)
             self.call(self.stock.confirm_open(OFFER, unconfirmed.token))
         self.model.unconfirmed = False
 
@@ -333,7 +365,7 @@ class ReservationMachine(RuleBasedStateMachine):
 
 
 SETTINGS = settings(
-    max_examples=50,
+    max_examples=150,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
