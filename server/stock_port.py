@@ -139,6 +139,7 @@ class StockReservations(Protocol):
         stopped: bool,
         claims: Sequence[RecoveredClaim],
         sold_out: bool = False,
+        after_build: int | None = None,
     ) -> bool:
         """Restore a lost offer from its orders, atomically: remaining = quantity minus the
         units of the held claims (0 for an offer that ended `sold_out`, which implies
@@ -148,7 +149,8 @@ class StockReservations(Protocol):
         unconfirmed, under a token of its own (`unconfirmed`): new claims answer `paused` until
         `confirm_open` with that token, since the offer may have ended after the caller read it,
         and its end's stop found nothing to stop. The restored stock has a build of its own
-        (see ClaimResult)."""
+        (see ClaimResult), above `after_build` (the last stock checked's: the store's clock may
+        be behind the one that built it)."""
         ...
 
     async def unconfirmed(self, offer_id: str) -> UnconfirmedStock | None:

@@ -52,9 +52,9 @@ class _Offer:
     ends_ms: int
     stock: int
     kept_until_ms: int = 0  # epoch ms: when Redis would expire it (set as it is stored)
-    # As Redis starts it (see StockFigure): a rebuilt offer's versions follow the lost one's.
+    # As Redis starts it (see StockFigure): its clock in microseconds.
     version: int = field(default_factory=lambda: time.time_ns() // 1000)
-    build: int = 0  # its first version (see ClaimResult), set as it is made
+    build: int = field(init=False)  # its first version (see ClaimResult)
     stopped: bool = False
     sold_out: bool = False  # stopped as sold out: its stock stays 0 (see stop_if_sold_out)
     held: dict[str, int] = field(default_factory=dict)
@@ -297,6 +297,7 @@ class MemoryStockReservations:
         stopped: bool,
         claims: Sequence[RecoveredClaim],
         sold_out: bool = False,
+        after_build: int | None = None,
     ) -> bool:
         validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
         held = tally_recovered(claims)
@@ -316,6 +317,7 @@ class MemoryStockReservations:
             held=held,
             unconfirmed=None if stopped else self._new_reservation_id(),  # any unique token
             rebuilt_from=len(claims),
+            version=max(time.time_ns() // 1000, (after_build or 0) + 1),  # as the script's
         )
         for c in claims:
             offer.claims[c.idempotency_key] = _Reservation(

@@ -234,9 +234,14 @@ REBUILD = (
     + SAME_RUN
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+-- Above the build of the offer's last stock checked (ARGV[8], '' for none): after a failover
+-- this Redis's clock may be behind the one that built it. Exact as a Lua number (< 2^53).
+if ARGV[8] ~= '' and tonumber(ARGV[8]) >= tonumber(first_version) then
+  first_version = string.format('%.0f', tonumber(ARGV[8]) + 1)
+end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 local held = 0
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   local r = cjson.decode(ARGV[i + 1])
   if r.x ~= 1 then
@@ -254,7 +259,7 @@ if ARGV[5] == '2' then redis.call('HSET', KEYS[1], 'stock', 0, 'sold_out', '1') 
 -- Not stopped: it may have ended since the rebuilder read it (see confirm_open), or orders
 -- been written since (see drop_unconfirmed): the orders it was rebuilt from are noted.
 if stopped == '0' then
-  redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7], 'rebuilt_from', (#ARGV - 7) / 2)
+  redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7], 'rebuilt_from', (#ARGV - 8) / 2)
 end
 for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
 return 1

@@ -317,6 +317,7 @@ class RedisStockReservations:
         stopped: bool,
         claims: Sequence[RecoveredClaim],
         sold_out: bool = False,
+        after_build: int | None = None,
     ) -> bool:
         validate_stock_plan(quantity, per_user_limit, starts_at, ends_at)
         held = sum(tally_recovered(claims).values())
@@ -328,6 +329,7 @@ class RedisStockReservations:
             "2" if sold_out else "1" if stopped else "0",  # see scripts.REBUILD
             self._expire_at_ms(ends_at),
             secrets.token_urlsafe(9),  # this rebuild's, for confirm_open
+            "" if after_build is None else after_build,
         ]
         for c in claims:
             record = {

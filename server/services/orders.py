@@ -30,13 +30,7 @@ from server.domain.errors import (
 )
 from server.domain.identity import Identity, scoped_key
 from server.domain.ids import new_id
-from server.domain.offers import (
-    AttachOutcome,
-    ClaimOutcome,
-    ClaimResult,
-    FlashOffer,
-    claim_error,
-)
+from server.domain.offers import AttachOutcome, ClaimOutcome, ClaimResult, FlashOffer, claim_error
 from server.domain.orders import (
     Address,
     Order,
@@ -197,7 +191,7 @@ class OrderService:
         key: str,
         quantity: int,
         address: Address,
-        reserved: ClaimResult,
+        claimed: ClaimResult,
         *,
         fresh: bool,
     ) -> tuple[Order, bool]:
@@ -212,8 +206,8 @@ class OrderService:
             quantity=quantity,
             address=address,
             now=self._clock(),
-            reservation_id=reserved.reservation_id,
-            stock_build=reserved.stock_build,
+            reservation_id=claimed.reservation_id,
+            stock_build=claimed.stock_build,
         )
         # Shielded, and waited for at shutdown (close): once the order may be written, a
         # claimer that goes away (a dropped socket, a drain) must not stop the write and the
@@ -254,6 +248,10 @@ class OrderService:
         # its write and its attach, and an unattached order would look orphaned to the reaper.
         if not await self._holds_its_units(stored):
             raise claim_expired()
+        if stored.stock_build != order.stock_build:
+            # An earlier attempt's order, made on a stock since lost, holds this one's units:
+            # noted held as a round would (late_orders.py), not counted with late orders.
+            await self._orders.checked_after_rebuild([stored.id])
         if created:
             await self._buyers.tell_created(stored)
         elif not same_terms:  # the reservation was the order's own: attached, then refused

@@ -83,6 +83,7 @@ class StockRebuilds:
             stopped=offer.end_reason is not None,
             claims=claims,
             sold_out=offer.ended_sold_out,
+            after_build=last_checked,
         )
         if offer.end_reason is not None:
             # Also a stock another rebuild left unconfirmed: claims hear the end, not "paused".
@@ -148,9 +149,9 @@ def recovered_claims(
     age alone, an order that landed late after a rebuild took the units of one answered since,
     should Redis lose the offer again before a round checked it. (Orders are told apart by
     their stock, not by their creation time: that is each claiming process's clock, and one
-    ahead of the rebuilder's would put a late order among the claims. Builds follow Redis's
-    clock: after a failover to a Redis whose clock is behind, the latest stock checked may be
-    an earlier one, and the claims on the new one are counted by age with the others.)"""
+    ahead of the rebuilder's would put a late order among the claims. A stock's build is
+    above the last one checked, whatever Redis's clock, and an order that a retry attached to
+    a later stock than its own is noted held by it.)"""
 
     def turn(order: Order) -> int:
         if order.id in held_before:  # even under a key given up: it held units since

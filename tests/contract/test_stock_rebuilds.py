@@ -161,6 +161,29 @@ async def test_claims_name_the_stock_they_hold_units_of(backend: Backend) -> Non
     assert (refused.outcome, refused.stock_build) == (R.LIMIT_REACHED, None)
 
 
+async def test_a_rebuilt_stock_s_build_is_above_the_last_one_checked(backend: Backend) -> None:
+    """Whatever the store's clock: after a failover it may be behind the one that built it."""
+    stock = backend.stock
+    ahead = 4_000_000_000_000_000  # microseconds: the year 2096
+    await backend.lose_everything()
+    assert await stock.rebuild(
+        "of1",
+        quantity=5,
+        per_user_limit=2,
+        starts_at=T0,
+        ends_at=END,
+        stopped=False,
+        claims=[],
+        after_build=ahead,
+    )
+    unconfirmed = await stock.unconfirmed("of1")
+    assert unconfirmed is not None
+    assert unconfirmed.build == ahead + 1
+    await stock.confirm_open("of1", unconfirmed.token)
+    assert (await stock.claim("of1", "bob", 1, "k1", NOW)).stock_build == ahead + 1
+    assert (await stock.figure("of1")).version == ahead + 2  # its versions follow
+
+
 async def test_an_unconfirmed_stock_found_outdated_is_dropped_whole(backend: Backend) -> None:
     """Rebuilt from a read that missed orders written since: its rebuild starts again from
     nothing, as after a loss, and claims wait meanwhile."""

@@ -1,16 +1,19 @@
 """Redis losing an offer twice: what a rebuilt stock notes in MongoDB for the next rebuild (the
-orders it holds and when they were read), noted by whoever checks it before claims may use it,
-never for a stock that is dropped; and what it answers until it is checked (nothing of its
-orders: an end and a settling check it first)."""
+orders it holds, and its build, which its claims' orders name), noted by whoever checks it
+before claims may use it, never for a stock that is dropped; and what it answers until it is
+checked (nothing of its orders: an end and a settling check it first)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
+from server.adapters import memory_reservations
 from server.domain.errors import Unavailable
 from server.domain.offers import LATE_ORDERS, ClaimOutcome, EndReason, FlashOffer
 from server.domain.orders import Order, OrderStatus
@@ -32,17 +35,17 @@ from tests.unit.services.shop import (
 
 
 async def answered_try_again(
-    shop: Shop, offer: FlashOffer, *, clock_ahead: timedelta = timedelta(0)
+    shop: Shop, offer: FlashOffer, *, n: int = 1, clock_ahead: timedelta = timedelta(0)
 ) -> HeldWrites:
-    """Buyer 1 hears "try again": its order write is on its way, and lands when told. Its
-    process's clock runs `clock_ahead` of the others'."""
+    """Buyer `n` (key k`n`) hears "try again": its order write is on its way, and lands when
+    told. Its process's clock runs `clock_ahead` of the others'."""
     writes = HeldWrites(shop.orders_store)
     _, late_process = other_process(
         shop, orders=cast(OrderStore, writes), clock=lambda: shop.clock() + clock_ahead
     )
     with pytest.raises(Unavailable):
         await late_process.claim(
-            offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
+            offer.id, buyer(n), quantity=1, idempotency_key=f"k{n}", address=ADDRESS
         )
     shop.clock.advance(seconds=1)
     return writes
@@ -101,6 +104,45 @@ async def test_a_late_order_is_told_from_the_claims_on_a_rebuilt_stock_by_no_clo
     await shop.offers.rebuild(offer.id)  # reads the orders, and lets claims in
     shop.clock.advance(seconds=1)
     answered, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    await writes.land()
+    await settled_after_losing_it_again(shop, writes, answered)
+
+
+async def test_a_retry_answered_with_its_late_order_keeps_its_unit_over_other_late_ones() -> None:
+    # The late order names the lost stock's build, not the rebuilt stock's that holds its
+    # unit once its retry attached it: it counted with the late ones, by age.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    never_retried = await answered_try_again(shop, offer, n=4)
+    retried = await answered_try_again(shop, offer, n=1)
+    shop.stock.flush()  # Redis loses the offer
+    await shop.offers.rebuild(offer.id)  # from no order: 2 units, let in
+    await never_retried.land()
+    await retried.land()
+    order, created = await shop.claim(offer, buyer(1), "k1")  # reserved again, attached
+    assert (order.id, created) == (retried.held[0].id, False)
+    answered, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    await settled_after_losing_it_again(shop, never_retried, order, answered)
+
+
+async def test_a_stock_rebuilt_by_a_redis_whose_clock_is_behind_comes_after_the_last_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A failover to a Redis an hour behind: the new stock's build was below the one checked
+    # last, so the late order of that one counted before the new stock's answered claim.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=1, limit=1)
+    shop.stock.flush()  # Redis loses the offer
+    await shop.offers.rebuild(offer.id)  # checked: its build noted
+    writes = await answered_try_again(shop, offer)  # on that stock
+    hour_behind = SimpleNamespace(
+        time=lambda: time.time() - 3600, time_ns=lambda: time.time_ns() - 3600 * 10**9
+    )
+    monkeypatch.setattr(memory_reservations, "time", hour_behind)
+    shop.stock.flush()  # the failover
+    answered, created = await shop.claim(offer, buyer(2), "k2")  # rebuilt, and sold
     assert created
     await writes.land()
     await settled_after_losing_it_again(shop, writes, answered)
