@@ -12,7 +12,7 @@ from server.adapters.memory import MemoryProductStore, MemoryRoomStore
 from server.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
-from server.domain.rooms import END_TOLD_WITHIN, Room, RoomStatus
+from server.domain.rooms import Room, RoomStatus
 from server.services.rooms import RoomService
 from tests.fakes import Clock, RecordingEvents
 from tests.unit.services.test_give_back import FlakyEvents
@@ -180,30 +180,6 @@ async def test_a_start_or_end_sent_again_tells_the_viewers_its_first_try_did_not
     ended = await service.end(room.id, ADMIN)
     assert (ended.status, ended.ended_at) == (RoomStatus.ENDED, first_end)  # the first try's
     assert [event["type"] for _, event in events.events] == ["room.started", "room.ended"]
-
-
-async def test_an_end_its_process_could_not_tell_is_told_by_any_process_once_overdue() -> None:
-    # The host heard 503 and never sent the end again: the viewers watched an ended room.
-    events = FlakyEvents()
-    rooms = MemoryRoomStore()
-    clock = Clock(T0)
-    service = RoomService(rooms, MemoryProductStore(), events, clock)
-    told, untold = [await service.create_room(HOST, title) for title in ("Told", "Untold")]
-    for room in (told, untold):
-        await service.start(room.id, HOST)
-    await service.end(told.id, HOST)
-    events.away = True
-    with pytest.raises(Unavailable):
-        await service.end(untold.id, HOST)  # stored ended, but nobody was told
-    events.away = False
-    another_process = RoomService(rooms, MemoryProductStore(), events, clock)
-    clock.advance(seconds=END_TOLD_WITHIN.total_seconds() - 1)
-    assert await another_process.tell_untold_ends() == 0  # its own process may yet tell it
-    clock.advance(seconds=1)
-    assert await another_process.tell_untold_ends() == 1
-    assert await another_process.tell_untold_ends() == 0  # told once
-    ends = [room_id for room_id, event in events.events if event["type"] == "room.ended"]
-    assert ends == [told.id, untold.id]
 
 
 async def test_a_change_made_meanwhile_wins_and_is_not_announced(
