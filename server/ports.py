@@ -351,14 +351,14 @@ class OrderStore(Protocol):
         ...
 
     async def last_stock_checked(self, offer_id: str) -> int | None:
-        """The build of the offer's last stock let in after a rebuild (`note_stock_checked`),
-        None if none was while the offer was watched."""
+        """The highest build noted `note_stock_checked` for the offer, None if none was while
+        the offer was watched."""
         ...
 
-    async def note_stock_checked(self, offer_id: str, build: int) -> None:
+    async def note_stock_checked(self, offer_id: str, build: int) -> int:
         """Note that the offer's stock of this build (see ClaimResult), rebuilt and checked,
-        is about to let claims in (the latest build stands): orders of that build are claims
-        on it."""
+        is about to let claims in: orders of that build are claims on it. The highest build
+        noted stands, and is answered."""
         ...
 
     async def checked_of_offer(self, offer_id: str) -> set[str]:

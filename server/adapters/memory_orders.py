@@ -296,8 +296,10 @@ class MemoryOrderStore:
     async def last_stock_checked(self, offer_id: str) -> int | None:
         return self._checked_builds.get(offer_id)
 
-    async def note_stock_checked(self, offer_id: str, build: int) -> None:
-        self._checked_builds[offer_id] = max(build, self._checked_builds.get(offer_id, build))
+    async def note_stock_checked(self, offer_id: str, build: int) -> int:
+        highest = max(build, self._checked_builds.get(offer_id, build))
+        self._checked_builds[offer_id] = highest
+        return highest
 
     async def checked_of_offer(self, offer_id: str) -> set[str]:
         return {o.id for o in self._orders.values() if o.offer_id == offer_id} & self._checked

@@ -66,6 +66,12 @@ class _Offer:
         self.build = self.version
 
 
+def _first_version(after_build: int | None) -> int:
+    """As the REBUILD script's: the clock, unless it is behind the last build checked."""
+    clock = time.time_ns() // 1000
+    return clock if after_build is None or clock > after_build else after_build + 2**32
+
+
 def _stop(offer: _Offer, *, sold_out: bool) -> None:
     if not offer.stopped or (sold_out and not offer.sold_out):
         offer.version += 1
@@ -317,7 +323,7 @@ class MemoryStockReservations:
             held=held,
             unconfirmed=None if stopped else self._new_reservation_id(),  # any unique token
             rebuilt_from=len(claims),
-            version=max(time.time_ns() // 1000, (after_build or 0) + 1),  # as the script's
+            version=_first_version(after_build),
         )
         for c in claims:
             offer.claims[c.idempotency_key] = _Reservation(

@@ -3,8 +3,9 @@ lays out the keys): one per change, so that each is atomic on the server. KEYS a
 offer's state, held, claims and pending keys, in that order."""
 
 # An offer's first version, on opening it or rebuilding it: Redis's clock in microseconds, as
-# digits (a Lua number would print in exponent notation), above any version it had before. It
-# is also the stock's `build`, which names it to the orders its claims make.
+# digits (a Lua number would print in exponent notation), above any version it had before
+# (while Redis's clock goes forward: see REBUILD). It is also the stock's `build`, which names
+# it to the orders its claims make.
 FIRST_VERSION = """
 local clock = redis.call('TIME')
 local first_version = clock[1] .. string.format('%06d', tonumber(clock[2]))
@@ -235,9 +236,11 @@ REBUILD = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 -- Above the build of the offer's last stock checked (ARGV[8], '' for none): after a failover
--- this Redis's clock may be behind the one that built it. Exact as a Lua number (< 2^53).
+-- this Redis's clock may be behind the one that built it. Then above every version that stock
+-- reached too (2^32 changes it never makes), so the room takes the new figures. Exact as Lua
+-- numbers (< 2^53).
 if ARGV[8] ~= '' and tonumber(ARGV[8]) >= tonumber(first_version) then
-  first_version = string.format('%.0f', tonumber(ARGV[8]) + 1)
+  first_version = string.format('%.0f', tonumber(ARGV[8]) + 4294967296)
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 local held = 0

@@ -246,12 +246,14 @@ class OrderService:
             raise other_terms()
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
         # its write and its attach, and an unattached order would look orphaned to the reaper.
+        if stored.stock_build != order.stock_build:
+            # An earlier attempt's order, made on a stock since lost, is to hold this one's
+            # units: noted held as a round would (late_orders.py), not counted with late
+            # orders. Before the attach: a note that fails leaves the retry to make it, and
+            # one that lands late finds the order cancelled if the attach comes too late.
+            await self._orders.checked_after_rebuild([stored.id])
         if not await self._holds_its_units(stored):
             raise claim_expired()
-        if stored.stock_build != order.stock_build:
-            # An earlier attempt's order, made on a stock since lost, holds this one's units:
-            # noted held as a round would (late_orders.py), not counted with late orders.
-            await self._orders.checked_after_rebuild([stored.id])
         if created:
             await self._buyers.tell_created(stored)
         elif not same_terms:  # the reservation was the order's own: attached, then refused

@@ -110,7 +110,13 @@ class StockRebuilds:
         # the orders it holds, then the claims made on it, over orders landing late. Should
         # these notes fail, it stays unconfirmed.
         await self._orders.checked_after_rebuild(sorted(unconfirmed.held_orders))
-        await self._orders.note_stock_checked(offer.id, unconfirmed.build)
+        if await self._orders.note_stock_checked(offer.id, unconfirmed.build) > unconfirmed.build:
+            # A later stock was checked since its rebuilder read the last build (it paused),
+            # and this one, built by a Redis whose clock is behind, comes before it: its
+            # claims would count with that one's late orders. Built again, after it.
+            await self._stock.drop_unconfirmed(offer.id, unconfirmed.token)
+            log.warning("offer_stock_rebuild_outdated", extra={"offer_id": offer.id})
+            return False
         if offer.end_reason is None:
             # The offer may have ended since it was read above, its end's stop finding no
             # stock. The end is recorded before its stock is stopped, so either the read below

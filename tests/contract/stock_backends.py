@@ -41,6 +41,7 @@ def rebuild_offer(
     stopped: bool = False,
     claims: Sequence[RecoveredClaim] = (),
     sold_out: bool = False,
+    after_build: int | None = None,
 ) -> Awaitable[bool]:
     """Offer `of1`, in the window `open_offer` gives it, rebuilt from these orders' claims."""
     return stock.rebuild(
@@ -52,4 +53,5 @@ def rebuild_offer(
         stopped=stopped,
         claims=claims,
         sold_out=sold_out,
+        after_build=after_build,
     )

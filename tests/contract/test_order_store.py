@@ -476,8 +476,9 @@ async def test_a_rebuild_learns_the_last_stock_checked_and_the_orders_held(
     orders = stores.orders
     await orders.watch_offer("of_1", T0 + timedelta(minutes=15))
     assert await orders.last_stock_checked("of_1") is None  # no stock let in after a rebuild
-    await orders.note_stock_checked("of_1", 1_796_000_000_000_002)
-    await orders.note_stock_checked("of_1", 1_796_000_000_000_001)  # slower: the latest stands
+    assert await orders.note_stock_checked("of_1", 1_796_000_000_000_002) == 1_796_000_000_000_002
+    # Noted after it, a lower one: the highest stands, and is answered.
+    assert await orders.note_stock_checked("of_1", 1_796_000_000_000_001) == 1_796_000_000_000_002
     assert await orders.last_stock_checked("of_1") == 1_796_000_000_000_002
     assert await orders.last_stock_checked("of_2") is None
     for order in (sample_order("o_1", "k_1"), sample_order("o_2", "k_2", seconds=1)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 
 import pytest
@@ -166,22 +167,20 @@ async def test_a_rebuilt_stock_s_build_is_above_the_last_one_checked(backend: Ba
     stock = backend.stock
     ahead = 4_000_000_000_000_000  # microseconds: the year 2096
     await backend.lose_everything()
-    assert await stock.rebuild(
-        "of1",
-        quantity=5,
-        per_user_limit=2,
-        starts_at=T0,
-        ends_at=END,
-        stopped=False,
-        claims=[],
-        after_build=ahead,
-    )
+    assert await rebuild_offer(stock, quantity=5, limit=2, after_build=ahead)
     unconfirmed = await stock.unconfirmed("of1")
     assert unconfirmed is not None
-    assert unconfirmed.build == ahead + 1
+    # Above every version the lost stock reached too: a stock never changes 2^32 times.
+    assert unconfirmed.build == ahead + 2**32
     await stock.confirm_open("of1", unconfirmed.token)
-    assert (await stock.claim("of1", "bob", 1, "k1", NOW)).stock_build == ahead + 1
-    assert (await stock.figure("of1")).version == ahead + 2  # its versions follow
+    assert (await stock.claim("of1", "bob", 1, "k1", NOW)).stock_build == ahead + 2**32
+    assert (await stock.figure("of1")).version == ahead + 2**32 + 1  # its versions follow
+    await backend.lose_everything()
+    before = time.time_ns() // 1000
+    assert await rebuild_offer(stock, quantity=5, limit=2, after_build=before - 10**6)
+    unconfirmed = await stock.unconfirmed("of1")
+    assert unconfirmed is not None
+    assert before <= unconfirmed.build <= time.time_ns() // 1000  # the clock, when ahead
 
 
 async def test_an_unconfirmed_stock_found_outdated_is_dropped_whole(backend: Backend) -> None:

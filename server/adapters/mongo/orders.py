@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -409,8 +409,14 @@ class MongoOrderStore:
         return None if doc is None else doc.get("checked_build")
 
     @translate_errors
-    async def note_stock_checked(self, offer_id: str, build: int) -> None:
-        await self._rebuilt_offers.update_one({"_id": offer_id}, {"$max": {"checked_build": build}})
+    async def note_stock_checked(self, offer_id: str, build: int) -> int:
+        doc = await self._rebuilt_offers.find_one_and_update(
+            {"_id": offer_id},
+            {"$max": {"checked_build": build}},
+            projection={"checked_build": True},
+            return_document=ReturnDocument.AFTER,
+        )
+        return build if doc is None else int(doc["checked_build"])
 
     @translate_errors
     async def checked_of_offer(self, offer_id: str) -> set[str]:

@@ -6,25 +6,23 @@ checked (nothing of its orders: an end and a settling check it first)."""
 from __future__ import annotations
 
 import asyncio
-import time
-from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
-from server.adapters import memory_reservations
 from server.domain.errors import Unavailable
 from server.domain.offers import LATE_ORDERS, ClaimOutcome, EndReason, FlashOffer
 from server.domain.orders import Order, OrderStatus
-from server.ports import OrderStore
 from server.services import offers as offers_module
 from server.stock_port import StockReservations
+from tests.unit.services.double_loss import (
+    answered_try_again,
+    notes_fail_once,
+    settled_after_losing_it_again,
+)
 from tests.unit.services.shop import (
-    ADDRESS,
     HOST,
     HeldCalls,
-    HeldWrites,
     Shop,
     buyer,
     offers_reading,
@@ -32,50 +30,6 @@ from tests.unit.services.shop import (
     other_process,
     rebuild_paused_at,
 )
-
-
-async def answered_try_again(
-    shop: Shop, offer: FlashOffer, *, n: int = 1, clock_ahead: timedelta = timedelta(0)
-) -> HeldWrites:
-    """Buyer `n` (key k`n`) hears "try again": its order write is on its way, and lands when
-    told. Its process's clock runs `clock_ahead` of the others'."""
-    writes = HeldWrites(shop.orders_store)
-    _, late_process = other_process(
-        shop, orders=cast(OrderStore, writes), clock=lambda: shop.clock() + clock_ahead
-    )
-    with pytest.raises(Unavailable):
-        await late_process.claim(
-            offer.id, buyer(n), quantity=1, idempotency_key=f"k{n}", address=ADDRESS
-        )
-    shop.clock.advance(seconds=1)
-    return writes
-
-
-def notes_fail_once(shop: Shop) -> None:
-    """MongoDB away for the next note of the orders a rebuilt stock holds, a moment."""
-    store: Any = shop.orders_store
-    noting = store.checked_after_rebuild
-    failures = [Unavailable("the database is unreachable, try again")]
-
-    async def away_once(order_ids: list[str]) -> None:
-        if failures:
-            raise failures.pop()
-        await noting(order_ids)
-
-    store.checked_after_rebuild = away_once
-
-
-async def settled_after_losing_it_again(shop: Shop, writes: HeldWrites, *answered: Order) -> None:
-    """Redis loses the offer again before any round checked its orders; then rounds settle
-    them: the answered orders stand, and buyer 1's late one is cancelled."""
-    shop.stock.flush()
-    _, survivor = other_process(shop)
-    for _ in range(2):  # rebuilds the offer (its check finds it lost), then checks
-        await survivor.settle_late_orders()
-    for order in answered:
-        assert (await shop.orders_store.get(order.id)).status is OrderStatus.PENDING_PAYMENT
-    (late,) = writes.held
-    assert (await shop.orders_store.get(late.id)).status is OrderStatus.CANCELLED
 
 
 async def test_an_order_landing_late_after_a_rebuild_never_takes_an_answered_one_s_units() -> None:
@@ -91,61 +45,6 @@ async def test_an_order_landing_late_after_a_rebuild_never_takes_an_answered_one
     await writes.land()  # buyer 1's order, older, lands
     await settled_after_losing_it_again(shop, writes, answered)
     assert await shop.stock.remaining(offer.id) == 0
-
-
-async def test_a_late_order_is_told_from_the_claims_on_a_rebuilt_stock_by_no_clock() -> None:
-    # Creation times against the rebuild's read: buyer 1's process, its clock 1.5 s ahead,
-    # created its late order after the read by its own clock, and before the answered one.
-    shop = await open_shop()
-    offer = await shop.launch(quantity=2, limit=1)
-    await shop.claim(offer, buyer(0), "k0")
-    writes = await answered_try_again(shop, offer, clock_ahead=timedelta(seconds=1.5))
-    shop.stock.flush()  # Redis loses the offer
-    await shop.offers.rebuild(offer.id)  # reads the orders, and lets claims in
-    shop.clock.advance(seconds=1)
-    answered, created = await shop.claim(offer, buyer(2), "k2")
-    assert created
-    await writes.land()
-    await settled_after_losing_it_again(shop, writes, answered)
-
-
-async def test_a_retry_answered_with_its_late_order_keeps_its_unit_over_other_late_ones() -> None:
-    # The late order names the lost stock's build, not the rebuilt stock's that holds its
-    # unit once its retry attached it: it counted with the late ones, by age.
-    shop = await open_shop()
-    offer = await shop.launch(quantity=2, limit=1)
-    never_retried = await answered_try_again(shop, offer, n=4)
-    retried = await answered_try_again(shop, offer, n=1)
-    shop.stock.flush()  # Redis loses the offer
-    await shop.offers.rebuild(offer.id)  # from no order: 2 units, let in
-    await never_retried.land()
-    await retried.land()
-    order, created = await shop.claim(offer, buyer(1), "k1")  # reserved again, attached
-    assert (order.id, created) == (retried.held[0].id, False)
-    answered, created = await shop.claim(offer, buyer(2), "k2")
-    assert created
-    await settled_after_losing_it_again(shop, never_retried, order, answered)
-
-
-async def test_a_stock_rebuilt_by_a_redis_whose_clock_is_behind_comes_after_the_last_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # A failover to a Redis an hour behind: the new stock's build was below the one checked
-    # last, so the late order of that one counted before the new stock's answered claim.
-    shop = await open_shop()
-    offer = await shop.launch(quantity=1, limit=1)
-    shop.stock.flush()  # Redis loses the offer
-    await shop.offers.rebuild(offer.id)  # checked: its build noted
-    writes = await answered_try_again(shop, offer)  # on that stock
-    hour_behind = SimpleNamespace(
-        time=lambda: time.time() - 3600, time_ns=lambda: time.time_ns() - 3600 * 10**9
-    )
-    monkeypatch.setattr(memory_reservations, "time", hour_behind)
-    shop.stock.flush()  # the failover
-    answered, created = await shop.claim(offer, buyer(2), "k2")  # rebuilt, and sold
-    assert created
-    await writes.land()
-    await settled_after_losing_it_again(shop, writes, answered)
 
 
 async def test_a_stock_dropped_as_outdated_notes_nothing() -> None:

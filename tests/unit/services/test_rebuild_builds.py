@@ -1,0 +1,169 @@
+"""Redis losing an offer twice: the next rebuild tells the claims answered on the last stock
+checked from orders that landed late by the stock each order names (its build), whatever the
+processes' clocks or Redis's (a failover), and whatever the retries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+
+from server.adapters import memory_reservations
+from server.domain.errors import Conflict, Unavailable
+from server.ports import OrderStore
+from tests.unit.services.double_loss import (
+    answered_try_again,
+    notes_fail_once,
+    settled_after_losing_it_again,
+)
+from tests.unit.services.shop import (
+    ADDRESS,
+    HeldCalls,
+    buyer,
+    open_shop,
+    other_process,
+    rebuild_paused_at,
+    units_held,
+)
+
+
+def redis_clock_an_hour_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failover to a Redis whose clock is an hour behind (the memory store's clock)."""
+    behind = SimpleNamespace(
+        time=lambda: time.time() - 3600, time_ns=lambda: time.time_ns() - 3600 * 10**9
+    )
+    monkeypatch.setattr(memory_reservations, "time", behind)
+
+
+async def test_a_late_order_is_told_from_the_claims_on_a_rebuilt_stock_by_no_clock() -> None:
+    # Creation times against the rebuild's read: buyer 1's process, its clock 1.5 s ahead,
+    # created its late order after the read by its own clock, and before the answered one.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    await shop.claim(offer, buyer(0), "k0")
+    writes = await answered_try_again(shop, offer, clock_ahead=timedelta(seconds=1.5))
+    shop.stock.flush()  # Redis loses the offer
+    await shop.offers.rebuild(offer.id)  # reads the orders, and lets claims in
+    shop.clock.advance(seconds=1)
+    answered, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    await writes.land()
+    await settled_after_losing_it_again(shop, writes, answered)
+
+
+async def test_a_retry_answered_with_its_late_order_keeps_its_unit_over_other_late_ones() -> None:
+    # The late order names the lost stock's build, not the rebuilt stock's that holds its
+    # unit once its retry attached it: it counted with the late ones, by age.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    never_retried = await answered_try_again(shop, offer, n=4)
+    retried = await answered_try_again(shop, offer, n=1)
+    shop.stock.flush()  # Redis loses the offer
+    await shop.offers.rebuild(offer.id)  # from no order: 2 units, let in
+    await never_retried.land()
+    await retried.land()
+    order, created = await shop.claim(offer, buyer(1), "k1")  # reserved again, attached
+    assert (order.id, created) == (retried.held[0].id, False)
+    answered, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    await settled_after_losing_it_again(shop, never_retried, order, answered)
+
+
+async def test_a_stock_rebuilt_by_a_redis_whose_clock_is_behind_comes_after_the_last_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A failover to a Redis an hour behind: the new stock's build was below the one checked
+    # last, so the late order of that one counted before the new stock's answered claim.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=1, limit=1)
+    shop.stock.flush()  # Redis loses the offer
+    await shop.offers.rebuild(offer.id)  # checked: its build noted
+    writes = await answered_try_again(shop, offer)  # on that stock
+    redis_clock_an_hour_behind(monkeypatch)
+    shop.stock.flush()  # the failover
+    answered, created = await shop.claim(offer, buyer(2), "k2")  # rebuilt, and sold
+    assert created
+    await writes.land()
+    await settled_after_losing_it_again(shop, writes, answered)
+
+
+async def test_a_stock_written_after_a_later_check_comes_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read the orders and the last build checked (b1), and paused. Another stock was rebuilt
+    # and checked (b2), a claim on it heard "try again", and it was lost in a failover to a
+    # Redis an hour behind. A wrote its stock above b1 only, below b2, checked it and let
+    # claims in: its answered claim counted after the late order of b2.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=1, limit=1)
+    shop.stock.flush()
+    await shop.offers.rebuild(offer.id)  # b1, checked
+    shop.stock.flush()
+    rebuild_a, writing = await rebuild_paused_at(shop, offer, "rebuild")  # A has read b1
+    await shop.offers.rebuild(offer.id)  # b2, checked here
+    writes = await answered_try_again(shop, offer)  # on b2
+    redis_clock_an_hour_behind(monkeypatch)
+    shop.stock.flush()  # the failover
+    writing.gate.set()  # A writes its stock: below b2, dropped at its check, built again
+    await rebuild_a
+    answered, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    await writes.land()
+    await settled_after_losing_it_again(shop, writes, answered)
+
+
+async def test_a_retry_whose_note_failed_notes_its_order_when_sent_again() -> None:
+    # The note came after the attach: the retry that followed found the order attached and
+    # answered it, unnoted, and it counted with the late orders by age.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    never_retried = await answered_try_again(shop, offer, n=4)
+    retried = await answered_try_again(shop, offer, n=1)
+    shop.stock.flush()  # Redis loses the offer
+    await shop.offers.rebuild(offer.id)  # from no order: 2 units, let in
+    await never_retried.land()
+    await retried.land()
+    notes_fail_once(shop)
+    with pytest.raises(Unavailable):
+        await shop.claim(offer, buyer(1), "k1")  # reserved again; its order's note fails
+    order, created = await shop.claim(offer, buyer(1), "k1")  # sent again
+    assert (order.id, created) == (retried.held[0].id, False)
+    answered, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    await settled_after_losing_it_again(shop, never_retried, order, answered)
+
+
+async def test_a_note_landing_after_the_stock_was_lost_and_rebuilt_never_oversells() -> None:
+    # The retry attached its late order, its note on its way; the stock sold its last unit and
+    # was lost, and rebuilt without the order. The note landed then, and no round checked
+    # the order again: three pending orders held two units.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    never_retried = await answered_try_again(shop, offer, n=4)
+    retried = await answered_try_again(shop, offer, n=1)
+    shop.stock.flush()
+    await shop.offers.rebuild(offer.id)  # from no order: 2 units, let in
+    await never_retried.land()
+    await retried.land()
+    noting = HeldCalls(shop.orders_store, "checked_after_rebuild")
+    _, retrier = other_process(shop, orders=cast(OrderStore, noting))
+    retry = asyncio.create_task(
+        retrier.claim(offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS)
+    )
+    await noting.entered.wait()  # reserved again, its order's note on its way
+    _, created = await shop.claim(offer, buyer(2), "k2")  # the last unit
+    assert created
+    shop.stock.flush()
+    _, survivor = other_process(shop)
+    await survivor.settle_late_orders()  # rebuilt and checked, without buyer 1's order
+    noting.gate.set()  # the note lands
+    with pytest.raises(Conflict) as refused:
+        await retry
+    assert refused.value.code == "claim_expired"
+    for _ in range(2):
+        await survivor.settle_late_orders()
+    assert await units_held(shop, offer.id) == 2
