@@ -14,6 +14,7 @@ import pytest
 
 from server.adapters import memory_reservations
 from server.domain.errors import Conflict, Unavailable
+from server.domain.offers import FlashOffer
 from server.ports import OrderStore
 from tests.unit.services.double_loss import (
     answered_try_again,
@@ -23,12 +24,28 @@ from tests.unit.services.double_loss import (
 from tests.unit.services.shop import (
     ADDRESS,
     HeldCalls,
+    HeldWrites,
+    Shop,
     buyer,
     open_shop,
     other_process,
     rebuild_paused_at,
     units_held,
 )
+
+
+async def two_late_orders_after_a_rebuild(shop: Shop) -> tuple[FlashOffer, HeldWrites, HeldWrites]:
+    """An offer of 2 units, limit 1: buyers 4 and 1 hear "try again"; Redis loses the offer, a
+    rebuild reads no order (2 units) and lets claims in; then both late orders land. Buyer 4
+    never tries again."""
+    offer = await shop.launch(quantity=2, limit=1)
+    never_retried = await answered_try_again(shop, offer, n=4)
+    retried = await answered_try_again(shop, offer, n=1)
+    shop.stock.flush()
+    await shop.offers.rebuild(offer.id)
+    await never_retried.land()
+    await retried.land()
+    return offer, never_retried, retried
 
 
 def redis_clock_an_hour_behind(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,13 +76,7 @@ async def test_a_retry_answered_with_its_late_order_keeps_its_unit_over_other_la
     # The late order names the lost stock's build, not the rebuilt stock's that holds its
     # unit once its retry attached it: it counted with the late ones, by age.
     shop = await open_shop()
-    offer = await shop.launch(quantity=2, limit=1)
-    never_retried = await answered_try_again(shop, offer, n=4)
-    retried = await answered_try_again(shop, offer, n=1)
-    shop.stock.flush()  # Redis loses the offer
-    await shop.offers.rebuild(offer.id)  # from no order: 2 units, let in
-    await never_retried.land()
-    await retried.land()
+    offer, never_retried, retried = await two_late_orders_after_a_rebuild(shop)
     order, created = await shop.claim(offer, buyer(1), "k1")  # reserved again, attached
     assert (order.id, created) == (retried.held[0].id, False)
     answered, created = await shop.claim(offer, buyer(2), "k2")
@@ -120,13 +131,7 @@ async def test_a_retry_whose_note_failed_notes_its_order_when_sent_again() -> No
     # The note came after the attach: the retry that followed found the order attached and
     # answered it, unnoted, and it counted with the late orders by age.
     shop = await open_shop()
-    offer = await shop.launch(quantity=2, limit=1)
-    never_retried = await answered_try_again(shop, offer, n=4)
-    retried = await answered_try_again(shop, offer, n=1)
-    shop.stock.flush()  # Redis loses the offer
-    await shop.offers.rebuild(offer.id)  # from no order: 2 units, let in
-    await never_retried.land()
-    await retried.land()
+    offer, never_retried, retried = await two_late_orders_after_a_rebuild(shop)
     notes_fail_once(shop)
     with pytest.raises(Unavailable):
         await shop.claim(offer, buyer(1), "k1")  # reserved again; its order's note fails
@@ -142,13 +147,7 @@ async def test_a_note_landing_after_the_stock_was_lost_and_rebuilt_never_oversel
     # was lost, and rebuilt without the order. The note landed then, and no round checked
     # the order again: three pending orders held two units.
     shop = await open_shop()
-    offer = await shop.launch(quantity=2, limit=1)
-    never_retried = await answered_try_again(shop, offer, n=4)
-    retried = await answered_try_again(shop, offer, n=1)
-    shop.stock.flush()
-    await shop.offers.rebuild(offer.id)  # from no order: 2 units, let in
-    await never_retried.land()
-    await retried.land()
+    offer, _, _ = await two_late_orders_after_a_rebuild(shop)
     noting = HeldCalls(shop.orders_store, "checked_after_rebuild")
     _, retrier = other_process(shop, orders=cast(OrderStore, noting))
     retry = asyncio.create_task(
