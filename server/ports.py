@@ -361,16 +361,21 @@ class OrderStore(Protocol):
         noted stands, and is answered."""
         ...
 
-    async def checked_of_offer(self, offer_id: str) -> set[str]:
-        """The ids of the offer's orders noted `checked_after_rebuild`."""
+    async def checked_of_offer(self, offer_id: str) -> dict[str, int]:
+        """The offer's orders noted `checked_after_rebuild`: order id -> the build of the
+        stock last noted holding it."""
         ...
 
-    async def unchecked_after_rebuild(self, now: datetime, limit: int) -> builtins.list[Order]:
+    async def unchecked_after_rebuild(
+        self, now: datetime, limit: int
+    ) -> builtins.list[tuple[Order, int | None]]:
         """Orders pending payment of the offers watched until after `now` that are not noted
-        `checked_after_rebuild`; `limit` at most."""
+        held by the offer's last stock checked (`note_stock_checked`), each with that stock's
+        build (None before any); `limit` at most."""
         ...
 
-    async def checked_after_rebuild(self, order_ids: Sequence[str]) -> None:
-        """Note that these orders hold their units in the rebuilt stock (as its rebuilder
-        counted them, or as found attached since)."""
+    async def checked_after_rebuild(self, order_ids: Sequence[str], build: int) -> None:
+        """Note that these orders hold their units in the stock of this build (as its
+        rebuilder counted them, or as found attached since). A lower build than one noted
+        already is not noted: a note that lands late never undoes a later one."""
         ...

@@ -180,7 +180,7 @@ class MemoryOrderStore:
         self._watched: dict[tuple[str, str], datetime] = {}  # (offer id, key) -> until
         self._rebuilt: dict[str, datetime] = {}  # offer id -> until
         self._checked_builds: dict[str, int] = {}  # offer id -> its last stock let in
-        self._checked: set[str] = set()  # order ids checked after a rebuild
+        self._held_by: dict[str, int] = {}  # order id -> the build of the stock holding it
 
     async def create(self, order: Order) -> Order:
         existing = self._by_key.get((order.offer_id, order.idempotency_key))
@@ -301,22 +301,26 @@ class MemoryOrderStore:
         self._checked_builds[offer_id] = highest
         return highest
 
-    async def checked_of_offer(self, offer_id: str) -> set[str]:
-        return {o.id for o in self._orders.values() if o.offer_id == offer_id} & self._checked
+    async def checked_of_offer(self, offer_id: str) -> dict[str, int]:
+        ids = {o.id for o in self._orders.values() if o.offer_id == offer_id}
+        return {order_id: build for order_id, build in self._held_by.items() if order_id in ids}
 
-    async def unchecked_after_rebuild(self, now: datetime, limit: int) -> builtins.list[Order]:
+    async def unchecked_after_rebuild(
+        self, now: datetime, limit: int
+    ) -> builtins.list[tuple[Order, int | None]]:
         watched = {offer_id for offer_id, until in self._rebuilt.items() if until > now}
         unchecked = [
-            o
+            (copy.deepcopy(o), self._checked_builds.get(o.offer_id))
             for o in self._orders.values()
             if o.offer_id in watched
             and o.status is OrderStatus.PENDING_PAYMENT
-            and o.id not in self._checked
+            and self._held_by.get(o.id) != self._checked_builds.get(o.offer_id, -1)
         ]
-        return [copy.deepcopy(o) for o in unchecked[:limit]]
+        return unchecked[:limit]
 
-    async def checked_after_rebuild(self, order_ids: Sequence[str]) -> None:
-        self._checked.update(order_ids)
+    async def checked_after_rebuild(self, order_ids: Sequence[str], build: int) -> None:
+        for order_id in order_ids:
+            self._held_by[order_id] = max(build, self._held_by.get(order_id, build))
 
     def _stored(self, order_id: str) -> Order:
         try:

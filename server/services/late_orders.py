@@ -92,17 +92,22 @@ class LateOrders:
         outcomes = await asyncio.gather(
             *(
                 self._stock.attach_order(o.offer_id, o.idempotency_key, o.id, quantity=o.quantity)
-                for o in unchecked
+                for o, _ in unchecked
             ),
             return_exceptions=True,
         )
-        checks = list(zip(unchecked, outcomes, strict=True))
-        await self._orders.checked_after_rebuild(
-            [order.id for order, outcome in checks if outcome is AttachOutcome.ATTACHED]
-        )
+        checks = [(*check, outcome) for check, outcome in zip(unchecked, outcomes, strict=True)]
+        # Noted held by the stock last checked as read: attached, the order is held by it, or
+        # by a later one whose own check noted it with a higher build, which stands.
+        attached: dict[int, list[str]] = {}
+        for order, build, outcome in checks:
+            if outcome is AttachOutcome.ATTACHED and build is not None:
+                attached.setdefault(build, []).append(order.id)
+        for build, order_ids in attached.items():
+            await self._orders.checked_after_rebuild(order_ids, build)
         cancelled, lost_again = 0, set()
         unheld = (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN)
-        for order, outcome in checks:
+        for order, _, outcome in checks:
             if outcome is AttachOutcome.PAUSED:
                 lost_again.add(order.offer_id)
             elif outcome in unheld and await self._cancel(order):
@@ -113,7 +118,7 @@ class LateOrders:
             # for an offer nobody watches), from a read of the orders that counts these; they
             # are checked, attached, next round, and meanwhile leave room for other offers'.
             await self._rebuild(offer_id)
-        failed = [outcome for _, outcome in checks if isinstance(outcome, BaseException)]
+        failed = [outcome for _, _, outcome in checks if isinstance(outcome, BaseException)]
         if failed:
             raise failed[0]
         return cancelled

@@ -246,12 +246,12 @@ class OrderService:
             raise other_terms()
         # Attached even when an earlier attempt wrote it: that attempt may have failed between
         # its write and its attach, and an unattached order would look orphaned to the reaper.
-        if stored.stock_build != order.stock_build:
+        if order.stock_build is not None and stored.stock_build != order.stock_build:
             # An earlier attempt's order, made on a stock since lost, is to hold this one's
-            # units: noted held as a round would (late_orders.py), not counted with late
-            # orders. Before the attach: a note that fails leaves the retry to make it, and
-            # one that lands late finds the order cancelled if the attach comes too late.
-            await self._orders.checked_after_rebuild([stored.id])
+            # units: noted held by this one's stock, as a round would (late_orders.py), not
+            # counted with late orders. Before the attach, so that a note that fails is made
+            # by the retry; and should that stock be lost meanwhile, the note names it alone.
+            await self._orders.checked_after_rebuild([stored.id], order.stock_build)
         if not await self._holds_its_units(stored):
             raise claim_expired()
         if created:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from server.domain.offers import FlashOffer, RecoveredClaim, UnconfirmedStock
@@ -61,7 +61,7 @@ class StockRebuilds:
         # a stock's notes are kept before claims may use it, so the read holds no claim on a
         # stock whose notes these miss.
         # Three reads apart, sent together: claims wait for the rebuild.
-        given_up, held_before, last_checked = await asyncio.gather(
+        given_up, held_by, last_checked = await asyncio.gather(
             self._orders.watched_keys(offer.id, self._clock()),
             self._orders.checked_of_offer(offer.id),
             self._orders.last_stock_checked(offer.id),
@@ -71,7 +71,7 @@ class StockRebuilds:
             given_up,
             offer.units_orders_may_hold,
             offer.per_user_limit,
-            held_before=held_before,
+            held_by=held_by,
             last_checked=last_checked,
         )
         rebuilt = await self._stock.rebuild(
@@ -109,7 +109,7 @@ class StockRebuilds:
         # Before any claim may use it: should Redis lose it too, the next rebuild counts first
         # the orders it holds, then the claims made on it, over orders landing late. Should
         # these notes fail, it stays unconfirmed.
-        await self._orders.checked_after_rebuild(sorted(unconfirmed.held_orders))
+        await self._orders.checked_after_rebuild(sorted(unconfirmed.held_orders), unconfirmed.build)
         if await self._orders.note_stock_checked(offer.id, unconfirmed.build) > unconfirmed.build:
             # A later stock was checked since its rebuilder read the last build (it paused),
             # and this one, built by a Redis whose clock is behind, comes before it: its
@@ -136,16 +136,15 @@ def recovered_claims(
     units: int,
     per_user_limit: int,
     *,
-    held_before: set[str],
+    held_by: Mapping[str, int],
     last_checked: int | None,
 ) -> list[RecoveredClaim]:
     """One claim for each order, to rebuild the offer's stock from. An order holds its units
     only while they fit in `units` (the offer's quantity, or what its end left it) and its
     buyer's limit, counted oldest first within each of these, in turn:
-    - the orders a stock held since an earlier rebuild (`held_before`: counted by it, or
-      found attached to it);
-    - the orders of the last stock let in after a rebuild (`last_checked`, its build): claims
-      on that stock, which their buyers were answered;
+    - the orders the last stock let in after a rebuild (`last_checked`, its build) was noted
+      holding (`held_by`: counted by its rebuild, or found attached to it since);
+    - the orders of that stock's claims (its build), which their buyers were answered;
     - the others: before any rebuild, every order; after one, orders that landed after its
       read, whose units were not in its stock (their claimers heard "try again");
     - last, the other orders under keys the reaper gave up (`given_up`): such an order landed
@@ -160,8 +159,8 @@ def recovered_claims(
     a later stock than its own is noted held by it.)"""
 
     def turn(order: Order) -> int:
-        if order.id in held_before:  # even under a key given up: it held units since
-            return 0
+        if last_checked is not None and held_by.get(order.id) == last_checked:
+            return 0  # even under a key given up: it held units since
         if order.idempotency_key in given_up:
             return 3
         return 1 if last_checked is not None and order.stock_build == last_checked else 2

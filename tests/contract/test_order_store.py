@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import functools
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -455,19 +455,30 @@ async def test_pending_orders_of_watched_offers_are_found_until_checked(stores: 
     await stores.orders.watch_offer("of_2", T0 + timedelta(minutes=1))
     await stores.orders.watch_offer("of_2", T0)  # noted again, earlier: the later stands
 
-    found = await stores.orders.unchecked_after_rebuild(T0, 10)
-    assert sorted(o.id for o in found) == ["o_0", "o_1"]  # pending, of a watched offer
-    assert found[0] == await stores.orders.get(found[0].id)
-    assert len(await stores.orders.unchecked_after_rebuild(T0, 1)) == 1
-    await stores.orders.checked_after_rebuild(["o_0"])
-    await stores.orders.checked_after_rebuild([])
-    assert [o.id for o in await stores.orders.unchecked_after_rebuild(T0, 10)] == ["o_1"]
+    async def unchecked(now: datetime = T0) -> list[tuple[str, int | None]]:
+        found = await stores.orders.unchecked_after_rebuild(now, 10)
+        return sorted((order.id, build) for order, build in found)
+
+    # Pending, of a watched offer, with the build of its last stock checked (none yet).
+    assert await unchecked() == [("o_0", None), ("o_1", None)]
+    ((first, _),) = await stores.orders.unchecked_after_rebuild(T0, 1)
+    assert first == await stores.orders.get(first.id)
+    build = 1_796_000_000_000_000
+    await stores.orders.note_stock_checked("of_1", build)
+    await stores.orders.checked_after_rebuild(["o_0"], build)  # held by of_1's stock
+    await stores.orders.checked_after_rebuild([], build)
+    assert await unchecked() == [("o_1", None)]
+    await stores.orders.checked_after_rebuild(["o_0"], build - 1)  # landing late: no effect
+    assert await unchecked() == [("o_1", None)]
+    await stores.orders.note_stock_checked("of_1", build + 1)  # a later stock checked
+    assert await unchecked() == [("o_0", build + 1), ("o_1", None)]  # not noted held by it
+    await stores.orders.checked_after_rebuild(["o_0"], build + 1)
     watch_over = T0 + timedelta(minutes=1)  # of_2's
-    assert await stores.orders.unchecked_after_rebuild(watch_over, 10) == []
+    assert await unchecked(watch_over) == []
     await move_order(stores.orders, "o_1", S.CANCELLED)  # no longer pending
     await stores.orders.create(sample_order("o_late", "k_2"))  # of_1's, watched until T0 + 15
-    assert [o.id for o in await stores.orders.unchecked_after_rebuild(T0, 10)] == ["o_late"]
-    assert await stores.orders.unchecked_after_rebuild(T0 + timedelta(minutes=15), 10) == []
+    assert await unchecked() == [("o_late", build + 1)]
+    assert await unchecked(T0 + timedelta(minutes=15)) == []
 
 
 async def test_a_rebuild_learns_the_last_stock_checked_and_the_orders_held(
@@ -483,6 +494,6 @@ async def test_a_rebuild_learns_the_last_stock_checked_and_the_orders_held(
     assert await orders.last_stock_checked("of_2") is None
     for order in (sample_order("o_1", "k_1"), sample_order("o_2", "k_2", seconds=1)):
         await orders.create(order)
-    await orders.checked_after_rebuild(["o_2"])
-    assert await orders.checked_of_offer("of_1") == {"o_2"}
-    assert await orders.checked_of_offer("of_2") == set()
+    await orders.checked_after_rebuild(["o_2"], 1_796_000_000_000_002)
+    assert await orders.checked_of_offer("of_1") == {"o_2": 1_796_000_000_000_002}
+    assert await orders.checked_of_offer("of_2") == {}

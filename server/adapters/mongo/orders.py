@@ -44,7 +44,8 @@ RELEASED_KEYS = "released_keys"
 # after the read (`watch_offer`); deleted as the released keys are.
 REBUILT_OFFERS = "rebuilt_offers"
 # Set on a pending order of a watched offer once it is known to hold its units.
-CHECKED_AFTER_REBUILD = "checked_after_rebuild"
+# The build of the stock last noted holding the order (`checked_after_rebuild`).
+HELD_BY = "held_by_build"
 # Set on an order, with its move to cancelled or expired, until its units are back in the offer.
 UNITS_TO_RETURN = "units_to_return"
 # Set on an order whose last change could not be sent to its buyer, until it has been.
@@ -73,8 +74,8 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
             # A rebuilt offer's pending orders not yet checked are read through this, not by
             # reading every order of the offer once a second (`unchecked_after_rebuild`).
             IndexModel(
-                [("offer_id", ASCENDING), (CHECKED_AFTER_REBUILD, ASCENDING)],
-                name="pending_checked_after_rebuild",
+                [("offer_id", ASCENDING), (HELD_BY, ASCENDING)],
+                name="pending_held_by_build",
                 partialFilterExpression={"status": OrderStatus.PENDING_PAYMENT.value},
             ),
             # Only the few orders whose units are on their way back, or whose buyer is still
@@ -419,28 +420,37 @@ class MongoOrderStore:
         return build if doc is None else int(doc["checked_build"])
 
     @translate_errors
-    async def checked_of_offer(self, offer_id: str) -> set[str]:
-        query = {"offer_id": offer_id, CHECKED_AFTER_REBUILD: True}
-        return {doc["_id"] async for doc in self._majority_orders.find(query, {"_id": True})}
+    async def checked_of_offer(self, offer_id: str) -> dict[str, int]:
+        query = {"offer_id": offer_id, HELD_BY: {"$exists": True}}
+        found = self._majority_orders.find(query, {HELD_BY: True})
+        return {doc["_id"]: doc[HELD_BY] async for doc in found}
 
     @translate_errors
-    async def unchecked_after_rebuild(self, now: datetime, limit: int) -> builtins.list[Order]:
-        watched = self._rebuilt_offers.find({"until": {"$gt": now}}, {"_id": True})
-        offer_ids = [doc["_id"] async for doc in watched]
-        if not offer_ids:  # nearly always: a watch follows a loss of Redis's data
+    async def unchecked_after_rebuild(
+        self, now: datetime, limit: int
+    ) -> builtins.list[tuple[Order, int | None]]:
+        watched = self._rebuilt_offers.find({"until": {"$gt": now}}, {"checked_build": True})
+        builds = {doc["_id"]: doc.get("checked_build") async for doc in watched}
+        if not builds:  # nearly always: a watch follows a loss of Redis's data
             return []
+        # Per offer: its pending orders not noted held by its last stock checked.
         query = {
-            "offer_id": {"$in": offer_ids},
             "status": OrderStatus.PENDING_PAYMENT.value,
-            CHECKED_AFTER_REBUILD: {"$ne": True},
+            "$or": [
+                {"offer_id": offer_id}
+                if build is None
+                else {"offer_id": offer_id, HELD_BY: {"$ne": build}}
+                for offer_id, build in builds.items()
+            ],
         }
-        return [order_from(doc) async for doc in self._orders.find(query).limit(limit)]
+        found = self._orders.find(query).limit(limit)
+        return [(order_from(doc), builds[doc["offer_id"]]) async for doc in found]
 
     @translate_errors
-    async def checked_after_rebuild(self, order_ids: Sequence[str]) -> None:
+    async def checked_after_rebuild(self, order_ids: Sequence[str], build: int) -> None:
         if order_ids:
             await self._orders.update_many(
-                {"_id": {"$in": list(order_ids)}}, {"$set": {CHECKED_AFTER_REBUILD: True}}
+                {"_id": {"$in": list(order_ids)}}, {"$max": {HELD_BY: build}}
             )
 
 

@@ -37,10 +37,10 @@ def notes_fail_once(shop: Shop) -> None:
     noting = store.checked_after_rebuild
     failures = [Unavailable("the database is unreachable, try again")]
 
-    async def away_once(order_ids: list[str]) -> None:
+    async def away_once(order_ids: list[str], build: int) -> None:
         if failures:
             raise failures.pop()
-        await noting(order_ids)
+        await noting(order_ids, build)
 
     store.checked_after_rebuild = away_once
 

@@ -8,14 +8,16 @@ import asyncio
 import time
 from datetime import timedelta
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
 from server.adapters import memory_reservations
 from server.domain.errors import Conflict, Unavailable
 from server.domain.offers import FlashOffer
+from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
+from server.stock_port import StockReservations
 from tests.unit.services.double_loss import (
     answered_try_again,
     notes_fail_once,
@@ -48,12 +50,31 @@ async def two_late_orders_after_a_rebuild(shop: Shop) -> tuple[FlashOffer, HeldW
     return offer, never_retried, retried
 
 
-def redis_clock_an_hour_behind(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failover to a Redis whose clock is an hour behind (the memory store's clock)."""
-    behind = SimpleNamespace(
-        time=lambda: time.time() - 3600, time_ns=lambda: time.time_ns() - 3600 * 10**9
+def redis_clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The reservation store's clock (Redis's), set apart by the seconds in the list it
+    answers: a failover to a Redis whose clock is behind."""
+    offset = [0]
+    clock = SimpleNamespace(
+        time=lambda: time.time() + offset[0], time_ns=lambda: time.time_ns() + offset[0] * 10**9
     )
-    monkeypatch.setattr(memory_reservations, "time", behind)
+    monkeypatch.setattr(memory_reservations, "time", clock)
+    return offset
+
+
+class CancelFailsOnce:
+    """An order store whose first move of an order (a cancel) fails: MongoDB away a moment."""
+
+    def __init__(self, shared: OrderStore) -> None:
+        self._shared = shared
+        self.failures = [Unavailable("the database is unreachable, try again")]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    async def save_move(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures:
+            raise self.failures.pop()
+        return await self._shared.save_move(*args, **kwargs)
 
 
 async def test_a_late_order_is_told_from_the_claims_on_a_rebuilt_stock_by_no_clock() -> None:
@@ -94,7 +115,7 @@ async def test_a_stock_rebuilt_by_a_redis_whose_clock_is_behind_comes_after_the_
     shop.stock.flush()  # Redis loses the offer
     await shop.offers.rebuild(offer.id)  # checked: its build noted
     writes = await answered_try_again(shop, offer)  # on that stock
-    redis_clock_an_hour_behind(monkeypatch)
+    redis_clock(monkeypatch)[0] = -3600
     shop.stock.flush()  # the failover
     answered, created = await shop.claim(offer, buyer(2), "k2")  # rebuilt, and sold
     assert created
@@ -105,20 +126,22 @@ async def test_a_stock_rebuilt_by_a_redis_whose_clock_is_behind_comes_after_the_
 async def test_a_stock_written_after_a_later_check_comes_after_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A read the orders and the last build checked (b1), and paused. Another stock was rebuilt
-    # and checked (b2), a claim on it heard "try again", and it was lost in a failover to a
-    # Redis an hour behind. A wrote its stock above b1 only, below b2, checked it and let
-    # claims in: its answered claim counted after the late order of b2.
+    # A read the orders and the last build checked (b1), and paused. An hour on, another stock
+    # was rebuilt and checked (b2), a claim on it heard "try again", and it was lost in a
+    # failover to a Redis 30 minutes behind. A wrote its stock above b1, below b2, checked it
+    # and let claims in: its answered claim counted after the late order of b2.
+    clock = redis_clock(monkeypatch)
     shop = await open_shop()
     offer = await shop.launch(quantity=1, limit=1)
     shop.stock.flush()
     await shop.offers.rebuild(offer.id)  # b1, checked
     shop.stock.flush()
     rebuild_a, writing = await rebuild_paused_at(shop, offer, "rebuild")  # A has read b1
+    clock[0] = 3600
     await shop.offers.rebuild(offer.id)  # b2, checked here
     writes = await answered_try_again(shop, offer)  # on b2
-    redis_clock_an_hour_behind(monkeypatch)
     shop.stock.flush()  # the failover
+    clock[0] = 1800
     writing.gate.set()  # A writes its stock: below b2, dropped at its check, built again
     await rebuild_a
     answered, created = await shop.claim(offer, buyer(2), "k2")
@@ -165,4 +188,76 @@ async def test_a_note_landing_after_the_stock_was_lost_and_rebuilt_never_oversel
     assert refused.value.code == "claim_expired"
     for _ in range(2):
         await survivor.settle_late_orders()
+    assert await units_held(shop, offer.id) == 2
+
+
+async def retry_noted_then_cancel_failed(shop: Shop) -> tuple[FlashOffer, Order]:
+    """Buyer 1's retry reserves again, answered late: meanwhile the stock sold its last unit
+    (to buyer 2, answered), was lost, and was rebuilt and checked without buyer 1's order.
+    The retry's attach then finds its units gone, and its cancel fails."""
+    offer, _, retried = await two_late_orders_after_a_rebuild(shop)
+    claims = HeldCalls(shop.stock, "claim", answer_late=True)
+    _, retrier = other_process(
+        shop,
+        orders=cast(OrderStore, CancelFailsOnce(shop.orders_store)),
+        stock=cast(StockReservations, claims),
+    )
+    retry = asyncio.create_task(
+        retrier.claim(offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS)
+    )
+    await claims.entered.wait()
+    answered, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    shop.stock.flush()
+    _, survivor = other_process(shop)
+    await survivor.settle_late_orders()  # rebuilt and checked, without buyer 1's order
+    claims.gate.set()
+    with pytest.raises(Unavailable):
+        await retry
+    (late,) = retried.held
+    assert (await shop.orders_store.get(late.id)).status is OrderStatus.PENDING_PAYMENT
+    return offer, answered
+
+
+@pytest.mark.parametrize("lost_again", [False, True])
+async def test_an_order_a_retry_noted_whose_cancel_failed_is_cancelled_by_a_round(
+    lost_again: bool,
+) -> None:
+    # Noted held (a flag, whatever the stock), no round checked it again: it stayed pending,
+    # holding nothing, and a loss after it counted it before the answered order.
+    shop = await open_shop()
+    offer, answered = await retry_noted_then_cancel_failed(shop)
+    if lost_again:
+        shop.stock.flush()
+    _, survivor = other_process(shop)
+    for _ in range(3):
+        await survivor.settle_late_orders()
+    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
+    assert await units_held(shop, offer.id) == 2
+
+
+async def test_a_note_landing_after_two_losses_never_takes_an_answered_one_s_unit() -> None:
+    # The note, on its way, landed once the stock rebuilt without the order was lost too:
+    # the rebuild its attach asked for counted it held, before the answered order.
+    shop = await open_shop()
+    offer, _, _ = await two_late_orders_after_a_rebuild(shop)
+    noting = HeldCalls(shop.orders_store, "checked_after_rebuild")
+    _, retrier = other_process(shop, orders=cast(OrderStore, noting))
+    retry = asyncio.create_task(
+        retrier.claim(offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS)
+    )
+    await noting.entered.wait()  # reserved again, its order's note on its way
+    answered, created = await shop.claim(offer, buyer(2), "k2")  # the last unit
+    assert created
+    shop.stock.flush()
+    _, survivor = other_process(shop)
+    await survivor.settle_late_orders()  # rebuilt and checked, without buyer 1's order
+    shop.stock.flush()  # lost again
+    noting.gate.set()  # the note lands
+    with pytest.raises(Conflict) as refused:
+        await retry
+    assert refused.value.code == "claim_expired"
+    for _ in range(3):
+        await survivor.settle_late_orders()
+    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
     assert await units_held(shop, offer.id) == 2

@@ -237,9 +237,9 @@ async def test_a_sold_out_end_of_a_stock_not_yet_checked_tells_0_at_once(
     store: Any = shop.orders_store
     noting = store.checked_after_rebuild
 
-    async def slowly(order_ids: list[str]) -> None:  # MongoDB slow to answer
+    async def slowly(order_ids: list[str], build: int) -> None:  # MongoDB slow to answer
         await asyncio.sleep(0.2)
-        await noting(order_ids)
+        await noting(order_ids, build)
 
     store.checked_after_rebuild = slowly
     ended = await shop.offers.end(await shop.offers_store.get(offer.id), EndReason.SOLD_OUT)
