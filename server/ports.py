@@ -57,9 +57,11 @@ class RoomStore(Protocol):
         their own setters and are left as stored, so a stale read never undoes them."""
         ...
 
-    async def untold_ends(self, ended_by: datetime, limit: int) -> builtins.list[str]:
+    async def untold_ends(
+        self, ended_by: datetime, limit: int, *, skip: Collection[str] = ()
+    ) -> builtins.list[str]:
         """The ids of rooms that ended by `ended_by` and whose end is still untold
-        (`end_told`); `limit` at most."""
+        (`end_told`), but those in `skip`; `limit` at most."""
         ...
 
     async def end_told(self, room_id: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import copy
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 
 from server.domain.errors import Conflict, NotFound, ProductOffersChanged
@@ -79,11 +79,16 @@ class MemoryRoomStore:
         updated.kept_likes, updated.kept_peak_viewers = stored.kept_likes, stored.kept_peak_viewers
         self._rooms[room.id] = updated
 
-    async def untold_ends(self, ended_by: datetime, limit: int) -> builtins.list[str]:
+    async def untold_ends(
+        self, ended_by: datetime, limit: int, *, skip: Collection[str] = ()
+    ) -> builtins.list[str]:
         return [
             room.id
             for room in self._rooms.values()
-            if room.end_untold and room.ended_at is not None and room.ended_at <= ended_by
+            if room.end_untold
+            and room.ended_at is not None
+            and room.ended_at <= ended_by
+            and room.id not in skip
         ][:limit]
 
     async def end_told(self, room_id: str) -> None:

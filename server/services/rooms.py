@@ -37,7 +37,8 @@ Clock = Callable[[], datetime]
 StopOffers = Callable[[str], Awaitable[None]]  # a room's id
 UNTOLD_ENDS_A_ROUND = 100
 # A room whose end fails to be told for a reason other than a store away (a bug) is left
-# out for a while, so that the others are told and its traceback is logged once a minute.
+# out for a while by the process that failed: the others are told, and its traceback is
+# logged once a minute in each process.
 FAILED_TELL_BACKOFF = timedelta(minutes=1)
 
 _SELLERS = frozenset({Role.HOST, Role.ADMIN})
@@ -185,12 +186,15 @@ class RoomService:
         END_TOLD_WITHIN (ended_at is the ending process's clock: the processes' clocks are
         taken to agree within seconds, NTP). Housekeeping calls it in every process, once a
         second; one process tells each room a period (a gate), though a room whose own
-        process was only slow may hear `room.ended` twice, its sockets closed at the first."""
+        process was only slow, or whose telling was not noted, may hear `room.ended` twice,
+        its sockets closed at the first."""
         now = self._now()
         self._failing_ends = {room: t for room, t in self._failing_ends.items() if t > now}
-        untold = await self._rooms.untold_ends(now - END_TOLD_WITHIN, UNTOLD_ENDS_A_ROUND)
+        untold = await self._rooms.untold_ends(
+            now - END_TOLD_WITHIN, UNTOLD_ENDS_A_ROUND, skip=self._failing_ends.keys()
+        )
         told = 0
-        for room_id in (room for room in untold if room not in self._failing_ends):
+        for room_id in untold:
             if not await self._events.try_gate(
                 room_id, "tell_end", END_TOLD_WITHIN.total_seconds()
             ):
@@ -198,7 +202,9 @@ class RoomService:
             try:
                 await self._tell_end(room_id)
             except LiveshopError:
-                raise  # Redis or MongoDB away: the next round tells this room and the others
+                # Redis or MongoDB away: the next round tells the others, and this room once
+                # its gate is over.
+                raise
             except Exception:  # a bug with this room: found by its traceback; tell the others
                 log.exception("room_end_tell_failed", extra={"room_id": room_id})
                 self._failing_ends[room_id] = now + FAILED_TELL_BACKOFF

@@ -190,6 +190,7 @@ async def test_an_end_stays_untold_until_told(stores: Stores) -> None:
     assert sorted(await stores.rooms.untold_ends(ended_by, 10)) == ["r_early", "r_late"]
     assert await stores.rooms.untold_ends(ended_by - timedelta(milliseconds=1), 10) == ["r_early"]
     assert len(await stores.rooms.untold_ends(ended_by, 1)) == 1
+    assert await stores.rooms.untold_ends(ended_by, 10, skip={"r_early"}) == ["r_late"]
     await stores.rooms.end_told("r_early")
     assert await stores.rooms.untold_ends(ended_by, 10) == ["r_late"]
     assert not (await stores.rooms.get("r_early")).end_untold

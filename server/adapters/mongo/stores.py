@@ -8,7 +8,7 @@ duplicate ids as Conflict, so nothing above this module sees a PyMongo exception
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -207,8 +207,12 @@ class MongoRoomStore:
             raise Conflict("room changed meanwhile", code="invalid_room_state")
 
     @translate_errors
-    async def untold_ends(self, ended_by: datetime, limit: int) -> builtins.list[str]:
-        query = {"end_untold": True, "ended_at": {"$lte": ended_by}}
+    async def untold_ends(
+        self, ended_by: datetime, limit: int, *, skip: Collection[str] = ()
+    ) -> builtins.list[str]:
+        query: Document = {"end_untold": True, "ended_at": {"$lte": ended_by}}
+        if skip:
+            query["_id"] = {"$nin": list(skip)}
         cursor = self._rooms.find(query, {"_id": True}).limit(limit)
         return [doc["_id"] async for doc in cursor]
 
