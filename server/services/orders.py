@@ -244,14 +244,14 @@ class OrderService:
             await self._release(stored, own=own)
             await self._stock_came_back(order.offer_id)
             raise other_terms()
-        # Attached even when an earlier attempt wrote it: that attempt may have failed between
-        # its write and its attach, and an unattached order would look orphaned to the reaper.
         if order.stock_build is not None and stored.stock_build != order.stock_build:
             # An earlier attempt's order, made on a stock since lost, is to hold this one's
             # units: noted held by this one's stock, as a round would (late_orders.py), not
             # counted with late orders. Before the attach, so that a note that fails is made
             # by the retry; and should that stock be lost meanwhile, the note names it alone.
             await self._orders.checked_after_rebuild([stored.id], order.stock_build)
+        # Attached even when an earlier attempt wrote it: that attempt may have failed between
+        # its write and its attach, and an unattached order would look orphaned to the reaper.
         if not await self._holds_its_units(stored):
             raise claim_expired()
         if created:
