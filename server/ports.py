@@ -370,10 +370,10 @@ class OrderStore(Protocol):
 
     async def unchecked_after_rebuild(
         self, now: datetime, limit: int
-    ) -> builtins.list[tuple[Order, int | None]]:
+    ) -> builtins.list[tuple[Order, int]]:
         """Orders pending payment of the offers watched until after `now` that are not noted
         held by the offer's last stock checked (`note_stock_checked`), each with that stock's
-        build (None before any); `limit` at most."""
+        build (NO_BUILD before any); `limit` at most."""
         ...
 
     async def checked_after_rebuild(self, order_ids: Sequence[str], build: int) -> None:

@@ -24,7 +24,7 @@ from server.domain.errors import (
     ProductOffersChanged,
 )
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
-from server.domain.offers import EndReason, FlashOffer
+from server.domain.offers import NO_BUILD, EndReason, FlashOffer
 from server.domain.orders import Order, OrderStatus, check_last_move
 from server.domain.pages import PageKey, newest_first
 from server.domain.times import utc_ms
@@ -307,15 +307,17 @@ class MemoryOrderStore:
 
     async def unchecked_after_rebuild(
         self, now: datetime, limit: int
-    ) -> builtins.list[tuple[Order, int | None]]:
+    ) -> builtins.list[tuple[Order, int]]:
         watched = {offer_id for offer_id, until in self._rebuilt.items() if until > now}
-        unchecked = [
-            (copy.deepcopy(o), self._checked_builds.get(o.offer_id))
-            for o in self._orders.values()
-            if o.offer_id in watched
-            and o.status is OrderStatus.PENDING_PAYMENT
-            and self._held_by.get(o.id) != self._checked_builds.get(o.offer_id, -1)
-        ]
+        unchecked = []
+        for o in self._orders.values():
+            build = self._checked_builds.get(o.offer_id, NO_BUILD)
+            if (
+                o.offer_id in watched
+                and o.status is OrderStatus.PENDING_PAYMENT
+                and self._held_by.get(o.id) != build
+            ):
+                unchecked.append((copy.deepcopy(o), build))
         return unchecked[:limit]
 
     async def checked_after_rebuild(self, order_ids: Sequence[str], build: int) -> None:

@@ -255,6 +255,12 @@ class StockFigure:
     version: int | None
 
 
+# The build that stands for "no stock checked yet" in the notes of orders held
+# (OrderStore.checked_after_rebuild): below every stock's, so that an order noted held then is
+# checked again once a stock is.
+NO_BUILD = 0
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     outcome: ClaimOutcome

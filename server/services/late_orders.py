@@ -101,7 +101,7 @@ class LateOrders:
         # by a later one whose own check noted it with a higher build, which stands.
         attached: dict[int, list[str]] = {}
         for order, build, outcome in checks:
-            if outcome is AttachOutcome.ATTACHED and build is not None:
+            if outcome is AttachOutcome.ATTACHED:
                 attached.setdefault(build, []).append(order.id)
         for build, order_ids in attached.items():
             await self._orders.checked_after_rebuild(order_ids, build)

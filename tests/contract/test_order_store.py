@@ -17,6 +17,7 @@ from server.adapters.memory_orders import MemoryOrderStore
 from server.adapters.mongo.orders import MongoOrderStore
 from server.domain.errors import Conflict, InvalidInput, NotFound
 from server.domain.figures import OfferFigures
+from server.domain.offers import NO_BUILD
 from server.domain.orders import Address, OrderStatus, is_legal_history
 from server.domain.pages import PageKey
 from server.ports import OrderStore
@@ -455,26 +456,25 @@ async def test_pending_orders_of_watched_offers_are_found_until_checked(stores: 
     await stores.orders.watch_offer("of_2", T0 + timedelta(minutes=1))
     await stores.orders.watch_offer("of_2", T0)  # noted again, earlier: the later stands
 
-    async def unchecked(now: datetime = T0) -> list[tuple[str, int | None]]:
+    async def unchecked(now: datetime = T0) -> list[tuple[str, int]]:
         found = await stores.orders.unchecked_after_rebuild(now, 10)
         return sorted((order.id, build) for order, build in found)
 
     # Pending, of a watched offer, with the build of its last stock checked (none yet).
-    assert await unchecked() == [("o_0", None), ("o_1", None)]
-    ((first, _),) = await stores.orders.unchecked_after_rebuild(T0, 1)
+    assert await unchecked() == [("o_0", NO_BUILD), ("o_1", NO_BUILD)]
+    ((first, _),) = await stores.orders.unchecked_after_rebuild(T0, 1)  # as stored
     assert first == await stores.orders.get(first.id)
     build = 1_796_000_000_000_000
     await stores.orders.note_stock_checked("of_1", build)
     await stores.orders.checked_after_rebuild(["o_0"], build)  # held by of_1's stock
     await stores.orders.checked_after_rebuild([], build)
-    assert await unchecked() == [("o_1", None)]
+    assert await unchecked() == [("o_1", NO_BUILD)]
     await stores.orders.checked_after_rebuild(["o_0"], build - 1)  # landing late: no effect
-    assert await unchecked() == [("o_1", None)]
+    assert await unchecked() == [("o_1", NO_BUILD)]
     await stores.orders.note_stock_checked("of_1", build + 1)  # a later stock checked
-    assert await unchecked() == [("o_0", build + 1), ("o_1", None)]  # not noted held by it
+    assert await unchecked() == [("o_0", build + 1), ("o_1", NO_BUILD)]  # not noted held by it
     await stores.orders.checked_after_rebuild(["o_0"], build + 1)
-    watch_over = T0 + timedelta(minutes=1)  # of_2's
-    assert await unchecked(watch_over) == []
+    assert await unchecked(T0 + timedelta(minutes=1)) == []  # of_2's watch is over too
     await move_order(stores.orders, "o_1", S.CANCELLED)  # no longer pending
     await stores.orders.create(sample_order("o_late", "k_2"))  # of_1's, watched until T0 + 15
     assert await unchecked() == [("o_late", build + 1)]
@@ -488,7 +488,7 @@ async def test_a_rebuild_learns_the_last_stock_checked_and_the_orders_held(
     await orders.watch_offer("of_1", T0 + timedelta(minutes=15))
     assert await orders.last_stock_checked("of_1") is None  # no stock let in after a rebuild
     assert await orders.note_stock_checked("of_1", 1_796_000_000_000_002) == 1_796_000_000_000_002
-    # Noted after it, a lower one: the highest stands, and is answered.
+    # A lower one noted after it: the highest stands, and is answered.
     assert await orders.note_stock_checked("of_1", 1_796_000_000_000_001) == 1_796_000_000_000_002
     assert await orders.last_stock_checked("of_1") == 1_796_000_000_000_002
     assert await orders.last_stock_checked("of_2") is None

@@ -31,6 +31,7 @@ from server.adapters.mongo.order_docs import order_doc, order_from, transition_d
 from server.adapters.mongo.stores import Document, collection, coming_after, translate_errors
 from server.domain.errors import Conflict, NotFound, Unavailable
 from server.domain.figures import OfferFigures, OrderGroup, figures_of
+from server.domain.offers import NO_BUILD
 from server.domain.orders import Order, OrderStatus, check_last_move
 from server.domain.pages import PageKey
 
@@ -428,20 +429,19 @@ class MongoOrderStore:
     @translate_errors
     async def unchecked_after_rebuild(
         self, now: datetime, limit: int
-    ) -> builtins.list[tuple[Order, int | None]]:
+    ) -> builtins.list[tuple[Order, int]]:
         watched = self._rebuilt_offers.find({"until": {"$gt": now}}, {"checked_build": True})
-        builds = {doc["_id"]: doc.get("checked_build") async for doc in watched}
+        builds = {doc["_id"]: doc.get("checked_build", NO_BUILD) async for doc in watched}
         if not builds:  # nearly always: a watch follows a loss of Redis's data
             return []
-        # Per offer: its pending orders not noted held by its last stock checked.
+        # Per offer, its pending orders not noted held by its last stock checked; the status
+        # in each branch, or the planner serves the branches from an index of every order.
+        pending = OrderStatus.PENDING_PAYMENT.value
         query = {
-            "status": OrderStatus.PENDING_PAYMENT.value,
             "$or": [
-                {"offer_id": offer_id}
-                if build is None
-                else {"offer_id": offer_id, HELD_BY: {"$ne": build}}
+                {"offer_id": offer_id, "status": pending, HELD_BY: {"$ne": build}}
                 for offer_id, build in builds.items()
-            ],
+            ]
         }
         found = self._orders.find(query).limit(limit)
         return [(order_from(doc), builds[doc["offer_id"]]) async for doc in found]

@@ -261,3 +261,19 @@ async def test_a_note_landing_after_two_losses_never_takes_an_answered_one_s_uni
         await survivor.settle_late_orders()
     assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
     assert await units_held(shop, offer.id) == 2
+
+
+async def test_a_watched_offer_no_stock_of_which_was_checked_has_each_order_checked_once() -> None:
+    # A rebuild that found the stock there wrote nothing and checked nothing: the orders a
+    # round found attached were noted by no build, and attached again every round.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=5, limit=1)
+    for n in range(1, 4):
+        await shop.claim(offer, buyer(n), f"k{n}")
+    await shop.offers.rebuild(offer.id)  # watched, and nothing else
+    attaching = HeldCalls(shop.stock, "attach_order")
+    attaching.gate.set()
+    _, housekeeper = other_process(shop, stock=cast(StockReservations, attaching))
+    for _ in range(5):
+        await housekeeper.settle_late_orders()
+    assert attaching.calls == 3
