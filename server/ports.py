@@ -353,8 +353,7 @@ class OrderStore(Protocol):
         ...
 
     async def last_stock_checked(self, offer_id: str) -> int | None:
-        """The highest build noted `note_stock_checked` for the offer, None if none was while
-        the offer was watched."""
+        """The highest build noted `note_stock_checked` for the offer, None if none was."""
         ...
 
     async def note_stock_checked(self, offer_id: str, build: int) -> int:

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from server.domain.offers import FlashOffer, RecoveredClaim, UnconfirmedStock
+from server.domain.offers import NO_BUILD, FlashOffer, RecoveredClaim, UnconfirmedStock
 from server.domain.orders import Order
 from server.ports import OfferStore, OrderStore
 from server.services.late_orders import LATE_WRITES
@@ -59,12 +59,12 @@ class StockRebuilds:
         orders = await self._orders.of_offer(offer.id)
         # Read after the orders: a key the reaper gives up meanwhile is one the read may count;
         # a stock's notes are kept before claims may use it, so the read holds no claim on a
-        # stock whose notes these miss.
-        # Three reads apart, sent together: claims wait for the rebuild.
-        given_up, held_by, last_checked = await asyncio.gather(
+        # stock whose notes these miss. The last build checked before the orders it noted held:
+        # a check made between the two reads notes a build above it (see recovered_claims).
+        last_checked = await self._orders.last_stock_checked(offer.id)
+        given_up, held_by = await asyncio.gather(  # sent together: claims wait for the rebuild
             self._orders.watched_keys(offer.id, self._clock()),
             self._orders.checked_of_offer(offer.id),
-            self._orders.last_stock_checked(offer.id),
         )
         claims = recovered_claims(
             orders,
@@ -142,8 +142,9 @@ def recovered_claims(
     """One claim for each order, to rebuild the offer's stock from. An order holds its units
     only while they fit in `units` (the offer's quantity, or what its end left it) and its
     buyer's limit, counted oldest first within each of these, in turn:
-    - the orders the last stock let in after a rebuild (`last_checked`, its build) was noted
-      holding (`held_by`: counted by its rebuild, or found attached to it since);
+    - the orders noted held (`held_by`: counted by a stock's rebuild, or found attached to it
+      since) by the last stock let in after a rebuild (`last_checked`, its build) or a later
+      one (checked since the caller read `last_checked`);
     - the orders of that stock's claims (its build), which their buyers were answered;
     - the others: before any rebuild, every order; after one, orders that landed after its
       read, whose units were not in its stock (their claimers heard "try again");
@@ -159,7 +160,7 @@ def recovered_claims(
     a later stock than its own is noted held by it.)"""
 
     def turn(order: Order) -> int:
-        if last_checked is not None and held_by.get(order.id) == last_checked:
+        if last_checked is not None and held_by.get(order.id, NO_BUILD) >= last_checked:
             return 0  # even under a key given up: it held units since
         if order.idempotency_key in given_up:
             return 3

@@ -50,6 +50,17 @@ async def test_mongo_stored_form(mongo_db: Any) -> None:
         assert await mongo_db[name].count_documents({}) == (1 if name == ORDERS else 0), name
 
 
+async def test_mongo_an_offer_s_last_build_checked_outlives_its_watch(mongo_db: Any) -> None:
+    # Orders noted held by it keep its build: forgotten with the watch, a later stock's
+    # build could fall below theirs, and a round would find them again every second.
+    store = MongoOrderStore(mongo_db)
+    await store.watch_offer("of_1", T0)
+    assert await store.note_stock_checked("of_1", 1_796_000_000_000_000) == 1_796_000_000_000_000
+    await mongo_db[REBUILT_OFFERS].delete_many({})  # as the TTL monitor does once it is over
+    assert await store.last_stock_checked("of_1") == 1_796_000_000_000_000
+    await store.close()
+
+
 async def test_mongo_processes_writing_at_once(mongo_db: Any) -> None:
     # Two stores stand for two server processes, creating and moving orders side by side.
     stores = [MongoOrderStore(mongo_db), MongoOrderStore(mongo_db)]

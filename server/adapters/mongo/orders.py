@@ -44,7 +44,9 @@ RELEASED_KEYS = "released_keys"
 # Offers whose stock a rebuild is reading from their orders, watched for an order that lands
 # after the read (`watch_offer`); deleted as the released keys are.
 REBUILT_OFFERS = "rebuilt_offers"
-# Set on a pending order of a watched offer once it is known to hold its units.
+# Per offer, the build of its last stock checked after a rebuild (`note_stock_checked`): kept
+# for good, unlike the watch, since orders noted held by it keep its build.
+CHECKED_BUILDS = "checked_builds"
 # The build of the stock last noted holding the order (`checked_after_rebuild`).
 HELD_BY = "held_by_build"
 # Set on an order, with its move to cancelled or expired, until its units are back in the offer.
@@ -122,6 +124,9 @@ class MongoOrderStore:
             write_concern=write_concern, read_concern=ORDER_READBACK_CONCERN
         )
         self._rebuilt_offers = collection(db, REBUILT_OFFERS).with_options(
+            write_concern=write_concern
+        )
+        self._checked_builds = collection(db, CHECKED_BUILDS).with_options(
             write_concern=write_concern
         )
         self._write_seconds = write_seconds
@@ -407,18 +412,18 @@ class MongoOrderStore:
 
     @translate_errors
     async def last_stock_checked(self, offer_id: str) -> int | None:
-        doc = await self._rebuilt_offers.find_one({"_id": offer_id}, {"checked_build": True})
-        return None if doc is None else doc.get("checked_build")
+        doc = await self._checked_builds.find_one({"_id": offer_id})
+        return None if doc is None else int(doc["build"])
 
     @translate_errors
     async def note_stock_checked(self, offer_id: str, build: int) -> int:
-        doc = await self._rebuilt_offers.find_one_and_update(
+        doc = await self._checked_builds.find_one_and_update(
             {"_id": offer_id},
-            {"$max": {"checked_build": build}},
-            projection={"checked_build": True},
+            {"$max": {"build": build}},
+            upsert=True,
             return_document=ReturnDocument.AFTER,
         )
-        return build if doc is None else int(doc["checked_build"])
+        return build if doc is None else int(doc["build"])  # upserted: never None
 
     @translate_errors
     async def checked_of_offer(self, offer_id: str) -> dict[str, int]:
@@ -430,10 +435,12 @@ class MongoOrderStore:
     async def unchecked_after_rebuild(
         self, now: datetime, limit: int
     ) -> builtins.list[tuple[Order, int]]:
-        watched = self._rebuilt_offers.find({"until": {"$gt": now}}, {"checked_build": True})
-        builds = {doc["_id"]: doc.get("checked_build", NO_BUILD) async for doc in watched}
+        watched = self._rebuilt_offers.find({"until": {"$gt": now}}, {"_id": True})
+        builds = dict.fromkeys([doc["_id"] async for doc in watched], NO_BUILD)
         if not builds:  # nearly always: a watch follows a loss of Redis's data
             return []
+        async for doc in self._checked_builds.find({"_id": {"$in": list(builds)}}):
+            builds[doc["_id"]] = doc["build"]
         # Per offer, its pending orders not noted held by its last stock checked; the status
         # in each branch, or the planner serves the branches from an index of every order.
         pending = OrderStatus.PENDING_PAYMENT.value

@@ -29,6 +29,7 @@ from tests.unit.services.shop import (
     HeldWrites,
     Shop,
     buyer,
+    offers_reading,
     open_shop,
     other_process,
     rebuild_paused_at,
@@ -277,3 +278,30 @@ async def test_a_watched_offer_no_stock_of_which_was_checked_has_each_order_chec
     for _ in range(5):
         await housekeeper.settle_late_orders()
     assert attaching.calls == 3
+
+
+@pytest.mark.parametrize("slow_read", ["checked_of_offer", "last_stock_checked"])
+async def test_a_rebuild_whose_reads_straddle_another_s_check_keeps_the_answered_orders(
+    slow_read: str,
+) -> None:
+    # The orders held and the last build checked were read together: one read before another
+    # process's check, one after, the held orders matched no build and counted by age.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    late = await answered_try_again(shop, offer)  # the oldest order, its write held
+    answered, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    shop.stock.flush()
+    await shop.offers.rebuild(offer.id)  # A: holds buyer 2's, checked
+    await late.land()  # A does not know it
+    last, created = await shop.claim(offer, buyer(3), "k3")  # A's last unit
+    assert created
+    shop.stock.flush()  # lost again before a round checked the late order
+    slow = HeldCalls(shop.orders_store, slow_read)
+    rebuild = asyncio.create_task(offers_reading(shop, slow).rebuild(offer.id))
+    await slow.entered.wait()
+    await shop.offers.rebuild(offer.id)  # B, from A's notes, checked here
+    shop.stock.flush()  # B lost before any claim on it
+    slow.gate.set()  # the slow read now sees B's check
+    await rebuild  # C written, checked, let in
+    await settled_after_losing_it_again(shop, late, answered, last)
