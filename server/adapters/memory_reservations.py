@@ -52,7 +52,7 @@ class _Offer:
     ends_ms: int
     stock: int
     kept_until_ms: int = 0  # epoch ms: when Redis would expire it (set as it is stored)
-    # As Redis starts it (see StockFigure): its clock in microseconds.
+    # As Redis starts it (see StockFigure): its clock in microseconds (see _first_version).
     version: int = field(default_factory=lambda: time.time_ns() // 1000)
     build: int = field(init=False)  # its first version (see ClaimResult)
     stopped: bool = False

@@ -1,14 +1,16 @@
-"""Once a second, in every process: end offers whose time is up or whose stock is gone, finish ends
-left unfinished, withdraw offers whose launch died before counting them, tell rooms of those
-whose launch died after counting them, and of their ends a process stored untold, expire unpaid
-orders, give back units a cancel or an expiry could not, tell buyers of the order changes the
-broker could not, settle ended offers, settle orders written after the reaper released their
-reservation, release reservations whose claimer died, and forget the stock cadence of offers
-whose stock no longer moves here. Sold-out offers and orphaned reservations are looked for in
-the offers this process serves, each round, and in every running offer in turn. Each step is
-safe to run everywhere at once: the stores' compare-and-set lets exactly one process act on each
-offer or order, giving units back and stopping a stock are idempotent, and the room's stream
-drops a second `offer.ended`."""
+"""Once a second, in every process: end offers whose time is up or whose stock is gone, finish
+ends left unfinished, withdraw offers whose launch died before counting them, tell rooms of
+those whose launch died after counting them, expire unpaid orders, give back units a cancel or
+an expiry could not, tell buyers of the order changes the broker could not, settle ended
+offers, settle orders written after the reaper released their reservation, release
+reservations whose claimer died, and forget the stock cadence of offers whose stock no longer
+moves here. Sold-out offers and orphaned reservations are looked for in the offers this
+process serves, each round, and in every running offer in turn. Each step is safe to run
+everywhere at once: the stores' compare-and-set lets exactly one process act on each offer or
+order, giving units back and stopping a stock are idempotent, and the room's stream drops a
+second `offer.ended`.
+It also tells the viewers of the rooms whose ends their processes stored untold (through a
+gate, one process a room)."""
 
 from __future__ import annotations
 
