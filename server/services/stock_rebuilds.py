@@ -43,13 +43,14 @@ class StockRebuilds:
     async def rebuild(self, offer_id: str) -> None:
         """Restore an offer's stock from its orders after the reservation store lost it."""
         if not await self._rebuild_once(offer_id):
-            # Built from a read that orders written since had outdated, and forgotten: once
-            # more, from a read that counts them (should that be outdated too, claims wait
-            # for the next rebuild a claim or a housekeeping round asks for).
+            # Built from a read that orders written (or a check made) since had outdated, and
+            # forgotten: once more, from a read that counts them (should that be outdated too,
+            # claims wait for the next rebuild a claim or a housekeeping round asks for).
             await self._rebuild_once(offer_id)
 
     async def _rebuild_once(self, offer_id: str) -> bool:
-        """False when the stock it found unconfirmed was outdated, and is dropped."""
+        """False when its read, or the stock it found unconfirmed, was outdated (the stock is
+        dropped)."""
         # Read here, not taken from the caller: a cached copy may predate the offer's end, and
         # a stopped or sold-out offer must not reopen until its end time.
         offer = await self._offers.get(offer_id)
@@ -59,13 +60,18 @@ class StockRebuilds:
         orders = await self._orders.of_offer(offer.id)
         # Read after the orders: a key the reaper gives up meanwhile is one the read may count;
         # a stock's notes are kept before claims may use it, so the read holds no claim on a
-        # stock whose notes these miss. The last build checked before the orders it noted held:
-        # a check made between the two reads notes a build above it (see recovered_claims).
+        # stock whose notes these miss. The last build checked before the orders it noted held.
         last_checked = await self._orders.last_stock_checked(offer.id)
         given_up, held_by = await asyncio.gather(  # sent together: claims wait for the rebuild
             self._orders.watched_keys(offer.id, self._clock()),
             self._orders.checked_of_offer(offer.id),
         )
+        if any(build > (last_checked or NO_BUILD) for build in held_by.values()):
+            # A stock was checked between the two reads: its notes come from a later read of
+            # the orders than this one (an order cancelled since may still hold here), and
+            # match no build read. Read again, after that check.
+            log.warning("offer_stock_rebuild_read_again", extra={"offer_id": offer.id})
+            return False
         claims = recovered_claims(
             orders,
             given_up,
@@ -143,8 +149,7 @@ def recovered_claims(
     only while they fit in `units` (the offer's quantity, or what its end left it) and its
     buyer's limit, counted oldest first within each of these, in turn:
     - the orders noted held (`held_by`: counted by a stock's rebuild, or found attached to it
-      since) by the last stock let in after a rebuild (`last_checked`, its build) or a later
-      one (checked since the caller read `last_checked`);
+      since) by the last stock let in after a rebuild (`last_checked`, its build);
     - the orders of that stock's claims (its build), which their buyers were answered;
     - the others: before any rebuild, every order; after one, orders that landed after its
       read, whose units were not in its stock (their claimers heard "try again");
@@ -160,7 +165,7 @@ def recovered_claims(
     a later stock than its own is noted held by it.)"""
 
     def turn(order: Order) -> int:
-        if last_checked is not None and held_by.get(order.id, NO_BUILD) >= last_checked:
+        if last_checked is not None and held_by.get(order.id) == last_checked:
             return 0  # even under a key given up: it held units since
         if order.idempotency_key in given_up:
             return 3

@@ -126,8 +126,10 @@ class MongoOrderStore:
         self._rebuilt_offers = collection(db, REBUILT_OFFERS).with_options(
             write_concern=write_concern
         )
+        # Majority, as the orders a rebuild reads: a primary deposed meanwhile must not answer
+        # an older build than the orders' notes name.
         self._checked_builds = collection(db, CHECKED_BUILDS).with_options(
-            write_concern=write_concern
+            write_concern=write_concern, read_concern=ORDER_READBACK_CONCERN
         )
         self._write_seconds = write_seconds
         self._creates = GroupCommit(self._create_batch)

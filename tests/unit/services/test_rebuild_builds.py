@@ -286,3 +286,32 @@ async def test_a_rebuild_whose_reads_straddle_another_s_check_keeps_the_answered
     slow.gate.set()  # the slow read now sees B's check
     await rebuild  # C written, checked, let in
     await settled_after_losing_it_again(shop, late, answered, last)
+
+
+async def test_a_rebuild_read_before_a_cancel_and_a_later_check_keeps_the_answered_order() -> None:
+    # Counted first whatever was noted at or above the last build read: an order cancelled
+    # after the rebuild's read, which the later check left out, kept its old note, counted
+    # with that check's orders by age, and the answered one lost its unit.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    late = await answered_try_again(shop, offer)  # the oldest order
+    cancelled, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    shop.stock.flush()
+    await shop.offers.rebuild(offer.id)  # A: holds buyer 2's, checked
+    await late.land()  # A does not know it
+    answered, created = await shop.claim(offer, buyer(3), "k3")  # A's last unit
+    assert created
+    shop.stock.flush()  # lost again
+    slow = HeldCalls(shop.orders_store, "checked_of_offer")
+    rebuild = asyncio.create_task(offers_reading(shop, slow).rebuild(offer.id))
+    await slow.entered.wait()  # the orders read (buyer 2's pending), and A's build
+    await shop.orders.cancel(cancelled.id, buyer(2))  # its release rebuilds B, checked
+    shop.stock.flush()  # B lost before any claim
+    slow.gate.set()
+    await rebuild
+    _, survivor = other_process(shop)
+    for _ in range(2):
+        await survivor.settle_late_orders()
+    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
+    assert await shop.stock.remaining(offer.id) == 0  # the two left held, by buyers 1 and 3
