@@ -362,9 +362,9 @@ class OrderStore(Protocol):
         noted stands, and is answered."""
         ...
 
-    async def checked_of_offer(self, offer_id: str) -> dict[str, int]:
-        """The offer's orders noted `checked_after_rebuild`: order id -> the build of the
-        stock last noted holding it."""
+    async def checked_of_offer(self, offer_id: str) -> dict[str, frozenset[int]]:
+        """The offer's orders noted `checked_after_rebuild`: order id -> the builds of every
+        stock noted holding it."""
         ...
 
     async def unchecked_after_rebuild(
@@ -377,6 +377,6 @@ class OrderStore(Protocol):
 
     async def checked_after_rebuild(self, order_ids: Sequence[str], build: int) -> None:
         """Note that these orders hold their units in the stock of this build (as its
-        rebuilder counted them, or as found attached since). A lower build than one noted
-        already is not noted: a note that lands late never undoes a later one."""
+        rebuilder counted them, or as found attached since), with the builds of the stocks
+        noted holding them before. `unchecked_after_rebuild` goes by the highest."""
         ...

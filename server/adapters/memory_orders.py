@@ -180,7 +180,7 @@ class MemoryOrderStore:
         self._watched: dict[tuple[str, str], datetime] = {}  # (offer id, key) -> until
         self._rebuilt: dict[str, datetime] = {}  # offer id -> until
         self._checked_builds: dict[str, int] = {}  # offer id -> its last stock let in
-        self._held_by: dict[str, int] = {}  # order id -> the build of the stock holding it
+        self._held_by: dict[str, set[int]] = {}  # order id -> the builds of stocks holding it
 
     async def create(self, order: Order) -> Order:
         existing = self._by_key.get((order.offer_id, order.idempotency_key))
@@ -301,9 +301,9 @@ class MemoryOrderStore:
         self._checked_builds[offer_id] = highest
         return highest
 
-    async def checked_of_offer(self, offer_id: str) -> dict[str, int]:
+    async def checked_of_offer(self, offer_id: str) -> dict[str, frozenset[int]]:
         ids = {o.id for o in self._orders.values() if o.offer_id == offer_id}
-        return {order_id: build for order_id, build in self._held_by.items() if order_id in ids}
+        return {o: frozenset(builds) for o, builds in self._held_by.items() if o in ids}
 
     async def unchecked_after_rebuild(
         self, now: datetime, limit: int
@@ -315,14 +315,14 @@ class MemoryOrderStore:
             if (
                 o.offer_id in watched
                 and o.status is OrderStatus.PENDING_PAYMENT
-                and self._held_by.get(o.id) != build
+                and max(self._held_by.get(o.id, {NO_BUILD - 1})) != build
             ):
                 unchecked.append((copy.deepcopy(o), build))
         return unchecked[:limit]
 
     async def checked_after_rebuild(self, order_ids: Sequence[str], build: int) -> None:
         for order_id in order_ids:
-            self._held_by[order_id] = max(build, self._held_by.get(order_id, build))
+            self._held_by.setdefault(order_id, set()).add(build)
 
     def _stored(self, order_id: str) -> Order:
         try:

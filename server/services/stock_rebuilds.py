@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 
-from server.domain.offers import NO_BUILD, FlashOffer, RecoveredClaim, UnconfirmedStock
+from server.domain.offers import FlashOffer, RecoveredClaim, UnconfirmedStock
 from server.domain.orders import Order
 from server.ports import OfferStore, OrderStore
 from server.services.late_orders import LATE_WRITES
@@ -43,14 +43,13 @@ class StockRebuilds:
     async def rebuild(self, offer_id: str) -> None:
         """Restore an offer's stock from its orders after the reservation store lost it."""
         if not await self._rebuild_once(offer_id):
-            # Built from a read that orders written (or a check made) since had outdated, and
-            # forgotten: once more, from a read that counts them (should that be outdated too,
-            # claims wait for the next rebuild a claim or a housekeeping round asks for).
+            # Built from a read that orders written since had outdated, and forgotten: once
+            # more, from a read that counts them (should that be outdated too, claims wait
+            # for the next rebuild a claim or a housekeeping round asks for).
             await self._rebuild_once(offer_id)
 
     async def _rebuild_once(self, offer_id: str) -> bool:
-        """False when its read, or the stock it found unconfirmed, was outdated (the stock is
-        dropped)."""
+        """False when the stock it found unconfirmed was outdated, and is dropped."""
         # Read here, not taken from the caller: a cached copy may predate the offer's end, and
         # a stopped or sold-out offer must not reopen until its end time.
         offer = await self._offers.get(offer_id)
@@ -60,18 +59,14 @@ class StockRebuilds:
         orders = await self._orders.of_offer(offer.id)
         # Read after the orders: a key the reaper gives up meanwhile is one the read may count;
         # a stock's notes are kept before claims may use it, so the read holds no claim on a
-        # stock whose notes these miss. The last build checked before the orders it noted held.
+        # stock whose notes these miss. The last build checked before the orders it noted held:
+        # a check made between the two reads adds its build to the orders' notes, and keeps
+        # the earlier builds there.
         last_checked = await self._orders.last_stock_checked(offer.id)
         given_up, held_by = await asyncio.gather(  # sent together: claims wait for the rebuild
             self._orders.watched_keys(offer.id, self._clock()),
             self._orders.checked_of_offer(offer.id),
         )
-        if any(build > (last_checked or NO_BUILD) for build in held_by.values()):
-            # A stock was checked between the two reads: its notes come from a later read of
-            # the orders than this one (an order cancelled since may still hold here), and
-            # match no build read. Read again, after that check.
-            log.warning("offer_stock_rebuild_read_again", extra={"offer_id": offer.id})
-            return False
         claims = recovered_claims(
             orders,
             given_up,
@@ -142,7 +137,7 @@ def recovered_claims(
     units: int,
     per_user_limit: int,
     *,
-    held_by: Mapping[str, int],
+    held_by: Mapping[str, Collection[int]],
     last_checked: int | None,
 ) -> list[RecoveredClaim]:
     """One claim for each order, to rebuild the offer's stock from. An order holds its units
@@ -165,7 +160,7 @@ def recovered_claims(
     a later stock than its own is noted held by it.)"""
 
     def turn(order: Order) -> int:
-        if last_checked is not None and held_by.get(order.id) == last_checked:
+        if last_checked is not None and last_checked in held_by.get(order.id, ()):
             return 0  # even under a key given up: it held units since
         if order.idempotency_key in given_up:
             return 3

@@ -481,19 +481,17 @@ async def test_pending_orders_of_watched_offers_are_found_until_checked(stores: 
     assert await unchecked(T0 + timedelta(minutes=15)) == []
 
 
-async def test_a_rebuild_learns_the_last_stock_checked_and_the_orders_held(
-    stores: Stores,
-) -> None:
-    orders = stores.orders
+async def test_a_rebuild_learns_the_last_stock_checked_and_the_orders_held(stores: Stores) -> None:
+    orders, low, high = stores.orders, 1_796_000_000_000_001, 1_796_000_000_000_002
     await orders.watch_offer("of_1", T0 + timedelta(minutes=15))
     assert await orders.last_stock_checked("of_1") is None  # no stock let in after a rebuild
-    assert await orders.note_stock_checked("of_1", 1_796_000_000_000_002) == 1_796_000_000_000_002
-    # A lower one noted after it: the highest stands, and is answered.
-    assert await orders.note_stock_checked("of_1", 1_796_000_000_000_001) == 1_796_000_000_000_002
-    assert await orders.last_stock_checked("of_1") == 1_796_000_000_000_002
+    assert await orders.note_stock_checked("of_1", high) == high
+    assert await orders.note_stock_checked("of_1", low) == high  # the highest stands, answered
+    assert await orders.last_stock_checked("of_1") == high
     assert await orders.last_stock_checked("of_2") is None
     for order in (sample_order("o_1", "k_1"), sample_order("o_2", "k_2", seconds=1)):
         await orders.create(order)
-    await orders.checked_after_rebuild(["o_2"], 1_796_000_000_000_002)
-    assert await orders.checked_of_offer("of_1") == {"o_2": 1_796_000_000_000_002}
+    for build in (high, low, high):
+        await orders.checked_after_rebuild(["o_2"], build)  # every stock noted holding it
+    assert await orders.checked_of_offer("of_1") == {"o_2": {low, high}}
     assert await orders.checked_of_offer("of_2") == {}

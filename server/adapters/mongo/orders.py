@@ -47,8 +47,10 @@ REBUILT_OFFERS = "rebuilt_offers"
 # Per offer, the build of its last stock checked after a rebuild (`note_stock_checked`): kept
 # for good, unlike the watch, since orders noted held by it keep its build.
 CHECKED_BUILDS = "checked_builds"
-# The build of the stock last noted holding the order (`checked_after_rebuild`).
-HELD_BY = "held_by_build"
+# The builds of the stocks noted holding the order (`checked_after_rebuild`), and the highest,
+# which the rounds' index reads.
+HELD_BY = "held_by_builds"
+HIGHEST_HELD_BY = "held_by_build"
 # Set on an order, with its move to cancelled or expired, until its units are back in the offer.
 UNITS_TO_RETURN = "units_to_return"
 # Set on an order whose last change could not be sent to its buyer, until it has been.
@@ -77,7 +79,7 @@ async def ensure_order_indexes(db: AsyncDatabase[Any]) -> None:
             # A rebuilt offer's pending orders not yet checked are read through this, not by
             # reading every order of the offer once a second (`unchecked_after_rebuild`).
             IndexModel(
-                [("offer_id", ASCENDING), (HELD_BY, ASCENDING)],
+                [("offer_id", ASCENDING), (HIGHEST_HELD_BY, ASCENDING)],
                 name="pending_held_by_build",
                 partialFilterExpression={"status": OrderStatus.PENDING_PAYMENT.value},
             ),
@@ -428,10 +430,10 @@ class MongoOrderStore:
         return build if doc is None else int(doc["build"])  # upserted: never None
 
     @translate_errors
-    async def checked_of_offer(self, offer_id: str) -> dict[str, int]:
+    async def checked_of_offer(self, offer_id: str) -> dict[str, frozenset[int]]:
         query = {"offer_id": offer_id, HELD_BY: {"$exists": True}}
         found = self._majority_orders.find(query, {HELD_BY: True})
-        return {doc["_id"]: doc[HELD_BY] async for doc in found}
+        return {doc["_id"]: frozenset(doc[HELD_BY]) async for doc in found}
 
     @translate_errors
     async def unchecked_after_rebuild(
@@ -448,7 +450,7 @@ class MongoOrderStore:
         pending = OrderStatus.PENDING_PAYMENT.value
         query = {
             "$or": [
-                {"offer_id": offer_id, "status": pending, HELD_BY: {"$ne": build}}
+                {"offer_id": offer_id, "status": pending, HIGHEST_HELD_BY: {"$ne": build}}
                 for offer_id, build in builds.items()
             ]
         }
@@ -459,7 +461,8 @@ class MongoOrderStore:
     async def checked_after_rebuild(self, order_ids: Sequence[str], build: int) -> None:
         if order_ids:
             await self._orders.update_many(
-                {"_id": {"$in": list(order_ids)}}, {"$max": {HELD_BY: build}}
+                {"_id": {"$in": list(order_ids)}},
+                {"$max": {HIGHEST_HELD_BY: build}, "$addToSet": {HELD_BY: build}},
             )
 
 
