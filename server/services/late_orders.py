@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-from server.domain.offers import AttachOutcome
+from server.domain.offers import NO_BUILD, AttachOutcome
 from server.domain.orders import Order
 from server.ports import OrderStore
 from server.stock_port import StockReservations
@@ -97,14 +97,7 @@ class LateOrders:
             return_exceptions=True,
         )
         checks = [(*check, outcome) for check, outcome in zip(unchecked, outcomes, strict=True)]
-        # Noted held by the stock last checked as read: attached, the order is held by it, or
-        # by a later one whose own check noted it with a higher build, which stands.
-        attached: dict[int, list[str]] = {}
-        for order, build, outcome in checks:
-            if outcome is AttachOutcome.ATTACHED:
-                attached.setdefault(build, []).append(order.id)
-        for build, order_ids in attached.items():
-            await self._orders.checked_after_rebuild(order_ids, build)
+        await self._note_attached(checks)
         cancelled, lost_again = 0, set()
         unheld = (AttachOutcome.RELEASED, AttachOutcome.UNKNOWN)
         for order, _, outcome in checks:
@@ -122,3 +115,17 @@ class LateOrders:
         if failed:
             raise failed[0]
         return cancelled
+
+    async def _note_attached(self, checks: Sequence[tuple[Order, int, object]]) -> None:
+        """Note the orders found attached held by the stock last checked as read, if that is
+        still the last after the attaches: a stock checked meanwhile may be the one they were
+        attached to (attaches wait while a stock is unchecked), and they are noted by it, or
+        checked again next round. Noted by a build whose stock never held it, an order would
+        count first in a rebuild that read that build (stock_rebuilds.recovered_claims)."""
+        attached: dict[str, tuple[int, list[str]]] = {}
+        for order, build, outcome in checks:
+            if outcome is AttachOutcome.ATTACHED:
+                attached.setdefault(order.offer_id, (build, []))[1].append(order.id)
+        for offer_id, (build, order_ids) in attached.items():
+            if (await self._orders.last_stock_checked(offer_id) or NO_BUILD) == build:
+                await self._orders.checked_after_rebuild(order_ids, build)

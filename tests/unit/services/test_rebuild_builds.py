@@ -351,3 +351,38 @@ async def test_an_offer_whose_last_build_checked_is_unknown_is_rebuilt_all_the_s
     shop.stock.flush()
     _, created = await shop.claim(offer, buyer(2), "k2")
     assert created
+
+
+async def test_a_round_notes_an_order_held_only_by_a_build_that_held_it() -> None:
+    # A round read the last build checked (A), and attached its orders once another stock (B)
+    # was checked: it noted them held by A, which never held the late one, and a rebuild that
+    # had read A counted that late order first, before an answered one.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    late = await answered_try_again(shop, offer)  # the oldest order
+    cancelled, created = await shop.claim(offer, buyer(2), "k2")
+    assert created
+    shop.clock.advance(seconds=1)  # the answered one is the youngest
+    shop.stock.flush()
+    await shop.offers.rebuild(offer.id)  # A: holds buyer 2's, checked
+    await late.land()  # A does not know it
+    answered, created = await shop.claim(offer, buyer(3), "k3")  # A's last unit
+    assert created
+    shop.stock.flush()  # lost again before a round checked the late order
+    slow = HeldCalls(shop.orders_store, "checked_of_offer")
+    rebuild = asyncio.create_task(offers_reading(shop, slow).rebuild(offer.id))
+    await slow.entered.wait()  # the orders read (all pending), and A's build
+    attaching = HeldCalls(shop.stock, "attach_order")
+    _, housekeeper = other_process(shop, stock=cast(StockReservations, attaching))
+    round_ = asyncio.create_task(housekeeper.settle_late_orders())
+    await attaching.entered.wait()  # the round read A's build; its attaches on their way
+    await shop.orders.cancel(cancelled.id, buyer(2))  # its release rebuilds B, checked
+    attaching.gate.set()
+    await round_  # attached to B
+    shop.stock.flush()  # B lost before any claim
+    slow.gate.set()
+    await rebuild
+    _, survivor = other_process(shop)
+    for _ in range(2):
+        await survivor.settle_late_orders()
+    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
