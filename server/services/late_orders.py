@@ -121,7 +121,9 @@ class LateOrders:
         still the last after the attaches: a stock checked meanwhile may be the one they were
         attached to (attaches wait while a stock is unchecked), and they are noted by it, or
         checked again next round. Noted by a build whose stock never held it, an order would
-        count first in a rebuild that read that build (stock_rebuilds.recovered_claims)."""
+        count first in a rebuild that read that build (stock_rebuilds.recovered_claims). (A
+        stock rebuilt once its offer ended is never checked; it holds only orders that every
+        later rebuild of the ended offer counts too.)"""
         attached: dict[str, tuple[int, list[str]]] = {}
         for order, build, outcome in checks:
             if outcome is AttachOutcome.ATTACHED:
