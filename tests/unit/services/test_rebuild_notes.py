@@ -56,10 +56,7 @@ async def test_a_stock_dropped_as_outdated_notes_nothing() -> None:
     shop.stock.flush()  # Redis loses the offer
     await shop.offers.rebuild(offer.id)  # no order yet: one unit
     await writes.land()
-    writing = HeldCalls(shop.stock, "rebuild")
-    offers_a, _ = other_process(shop, stock=cast(StockReservations, writing))
-    rebuild_a = asyncio.create_task(offers_a.rebuild(offer.id))
-    await writing.entered.wait()  # A has read the late order, and pauses
+    rebuild_a, writing = await rebuild_paused_at(shop, offer, "rebuild")  # A read the late one
     answered, created = await shop.claim(offer, buyer(2), "k2")  # the stock in use sells it
     assert created
     shop.stock.flush()  # lost again
