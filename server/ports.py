@@ -52,9 +52,13 @@ class RoomStore(Protocol):
         ...
 
     async def save(self, room: Room, *, expected_status: RoomStatus) -> None:
-        """Write the room's lifecycle and showcase if its stored status is still
-        `expected_status`, else Conflict. Moderation settings (slow mode, blocked words) have
-        their own setters and are left as stored, so a stale read never undoes them."""
+        """Write the room's lifecycle if its stored status is still `expected_status`, else
+        Conflict. The pinned product and the moderation settings (slow mode, blocked words)
+        have their own setters and are left as stored, so a stale read never undoes them."""
+        ...
+
+    async def pin(self, room_id: str, product_id: str) -> None:
+        """Pin the product, unless the room has ended (Conflict `invalid_room_state`)."""
         ...
 
     async def untold_ends(

@@ -10,7 +10,7 @@ from datetime import datetime
 from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.pages import PageKey, newest_first
 from server.domain.products import Product
-from server.domain.rooms import MAX_MUTES, Room, RoomStatus, too_many_mutes
+from server.domain.rooms import MAX_MUTES, Room, RoomStatus, room_has_ended, too_many_mutes
 
 
 class MemoryProductStore:
@@ -74,10 +74,17 @@ class MemoryRoomStore:
         if stored.status is not expected_status:
             raise Conflict("room changed meanwhile", code="invalid_room_state")
         updated = copy.deepcopy(room)
+        updated.pinned_product_id = stored.pinned_product_id
         updated.slow_mode_seconds = stored.slow_mode_seconds
         updated.blocked_words = stored.blocked_words
         updated.kept_likes, updated.kept_peak_viewers = stored.kept_likes, stored.kept_peak_viewers
         self._rooms[room.id] = updated
+
+    async def pin(self, room_id: str, product_id: str) -> None:
+        stored = await self._stored(room_id)
+        if stored.status is RoomStatus.ENDED:
+            raise room_has_ended()
+        stored.pinned_product_id = product_id
 
     async def untold_ends(
         self, ended_by: datetime, limit: int, *, skip: Collection[str] = ()

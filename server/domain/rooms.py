@@ -62,8 +62,12 @@ class Room:
 
     def pin(self, product_id: str) -> None:
         if self.status is RoomStatus.ENDED:
-            raise Conflict("room has ended", code="invalid_room_state")
+            raise room_has_ended()
         self.pinned_product_id = product_id
+
+
+def room_has_ended() -> Conflict:
+    return Conflict("room has ended", code="invalid_room_state")
 
 
 def ensure_can_manage(room: Room, who: Identity, action: str = "change this room") -> None:

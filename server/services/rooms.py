@@ -234,9 +234,8 @@ class RoomService:
         ensure_can_manage(room, who)
         product = await self._products.get(product_id)
         ensure_hosts_own(room, product)
-        before = room.status
         room.pin(product.id)
-        await self._rooms.save(room, expected_status=before)
+        await self._rooms.pin(room.id, product.id)
         event = {"type": "showcase.pinned", "product": product_summary(product)}
         await self._events.publish_room_event(room.id, event)
         return room, product

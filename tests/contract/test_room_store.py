@@ -162,7 +162,6 @@ async def test_save_is_a_compare_and_set_on_status(stores: Stores) -> None:
     await stores.rooms.create(_room())
     room = await stores.rooms.get("r_1")
     room.start(T0 + timedelta(minutes=1))
-    room.pin("p_9")
     await stores.rooms.save(room, expected_status=RoomStatus.SCHEDULED)
     assert await stores.rooms.get("r_1") == room
 
@@ -176,6 +175,31 @@ async def test_save_is_a_compare_and_set_on_status(stores: Stores) -> None:
 
     with pytest.raises(NotFound):
         await stores.rooms.save(_room("r_missing"), expected_status=RoomStatus.SCHEDULED)
+
+
+async def test_a_pin_outlives_a_start_or_an_end_saved_from_an_earlier_read(
+    stores: Stores,
+) -> None:
+    await stores.rooms.create(_room())
+    read_before_the_pin = await stores.rooms.get("r_1")
+    await stores.rooms.pin("r_1", "p_9")
+    read_before_the_pin.start(T0)
+    await stores.rooms.save(read_before_the_pin, expected_status=RoomStatus.SCHEDULED)
+    assert (await stores.rooms.get("r_1")).pinned_product_id == "p_9"
+
+    read_before_the_pin = await stores.rooms.get("r_1")
+    await stores.rooms.pin("r_1", "p_8")
+    read_before_the_pin.end(T0 + timedelta(minutes=1))
+    await stores.rooms.save(read_before_the_pin, expected_status=RoomStatus.LIVE)
+    ended = await stores.rooms.get("r_1")
+    assert (ended.status, ended.pinned_product_id) == (RoomStatus.ENDED, "p_8")
+
+    with pytest.raises(Conflict) as error:
+        await stores.rooms.pin("r_1", "p_7")
+    assert error.value.code == "invalid_room_state"
+    assert (await stores.rooms.get("r_1")).pinned_product_id == "p_8"
+    with pytest.raises(NotFound):
+        await stores.rooms.pin("r_missing", "p_7")
 
 
 async def test_an_end_stays_untold_until_told(stores: Stores) -> None:

@@ -24,7 +24,7 @@ from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.money import Money
 from server.domain.pages import PageKey
 from server.domain.products import Product
-from server.domain.rooms import MAX_MUTES, Room, RoomStatus, too_many_mutes
+from server.domain.rooms import MAX_MUTES, Room, RoomStatus, room_has_ended, too_many_mutes
 
 PRODUCTS = "products"
 ROOMS = "rooms"
@@ -35,18 +35,11 @@ LAUNCHES = "launches"
 Document = dict[str, Any]
 _CODEC: CodecOptions[Document] = CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC)
 
-# What `save` writes. Slow mode and blocked words have their own setters and are left out, so
-# a lifecycle change (start, pin) made from a room read earlier cannot undo a settings change
-# made meanwhile; mutes live in the same document and are never part of a save either.
-_LIFECYCLE_FIELDS = (
-    "title",
-    "status",
-    "scheduled_at",
-    "started_at",
-    "ended_at",
-    "pinned_product_id",
-    "end_untold",
-)
+# What `save` writes. The pinned product, slow mode and blocked words have their own setters
+# and are left out, so a lifecycle change (start, end) made from a room read earlier cannot
+# undo a pin or a settings change made meanwhile; mutes live in the same document and are
+# never part of a save either.
+_LIFECYCLE_FIELDS = ("title", "status", "scheduled_at", "started_at", "ended_at", "end_untold")
 
 
 # What a server answers while it shuts down, steps down or is cut off from its set: the
@@ -205,6 +198,16 @@ class MongoRoomStore:
         if result.matched_count == 0:
             await self._ensure_exists(room.id)
             raise Conflict("room changed meanwhile", code="invalid_room_state")
+
+    @translate_errors
+    async def pin(self, room_id: str, product_id: str) -> None:
+        result = await self._rooms.update_one(
+            {"_id": room_id, "status": {"$ne": RoomStatus.ENDED.value}},
+            {"$set": {"pinned_product_id": product_id}},
+        )
+        if result.matched_count == 0:
+            await self._ensure_exists(room_id)
+            raise room_has_ended()
 
     @translate_errors
     async def untold_ends(

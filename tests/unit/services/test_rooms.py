@@ -197,6 +197,21 @@ async def test_a_change_made_meanwhile_wins_and_is_not_announced(
     assert (await MemoryRoomStore.get(rooms, room.id)).started_at == T0
 
 
+async def test_a_pin_made_while_the_room_starts_is_kept(
+    service: RoomService, rooms: StaleRoomStore
+) -> None:
+    """The host's console starts the show and pins its first product at once: the start, read
+    before the pin, must not write the room back without it."""
+    room = await service.create_room(HOST, "Spring drop")
+    product_id = await _product(service)
+    rooms.frozen = await rooms.get(room.id)  # both read the room while scheduled, unpinned
+    await service.pin(room.id, product_id, HOST)
+    await service.start(room.id, HOST)
+    rooms.frozen = None
+    stored = await service.get_room(room.id)
+    assert (stored.status, stored.pinned_product_id) == (RoomStatus.LIVE, product_id)
+
+
 async def test_pin_publishes_the_product_summary(
     service: RoomService, events: RecordingEvents
 ) -> None:
