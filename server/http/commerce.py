@@ -156,13 +156,24 @@ def _bad_idempotency_key() -> InvalidInput:
     )
 
 
+async def room_offers_resource(request: Request) -> JSONResponse:
+    # One route for both methods, so a wrong method hears all of GET, HEAD and POST in `Allow`.
+    if request.method == "POST":
+        return await launch_offer(request)
+    return await room_offers(request)
+
+
 def routes() -> list[BaseRoute]:
     return [
         # Claims first: the router tries each route in turn, and a flash sale is mostly claims.
         # No two of these paths overlap, so the order changes nothing else.
         Route("/offers/{offer_id}/claims", claim_offer, methods=["POST"], name="claim_offer"),
-        Route("/rooms/{room_id}/offers", launch_offer, methods=["POST"], name="launch_offer"),
-        Route("/rooms/{room_id}/offers", room_offers, methods=["GET"], name="room_offers"),
+        Route(
+            "/rooms/{room_id}/offers",
+            room_offers_resource,
+            methods=["GET", "POST"],
+            name="room_offers",
+        ),
         Route("/offers/{offer_id}", get_offer, methods=["GET"], name="get_offer"),
         Route("/offers/{offer_id}/stop", stop_offer, methods=["POST"], name="stop_offer"),
         Route("/orders", list_orders, methods=["GET"], name="list_orders"),
