@@ -27,6 +27,7 @@ from schemas.commerce import (
 from server.domain.errors import InvalidInput, LiveshopError
 from server.http.deps import (
     container_of,
+    identity_of,
     json_body,
     metrics_of,
     query_params,
@@ -63,12 +64,14 @@ async def launch_offer(request: Request) -> JSONResponse:
 
 
 async def room_offers(request: Request) -> JSONResponse:
+    identity_of(request)  # open to anyone, but a token that is sent must be good
     service = container_of(request).offer_service
     offers = await service.in_room(request.path_params["room_id"])
     return JSONResponse({"items": [offer_to_wire(offer, stock) for offer, stock in offers]})
 
 
 async def get_offer(request: Request) -> JSONResponse:
+    identity_of(request)  # open to anyone, but a token that is sent must be good
     offer, stock = await container_of(request).offer_service.view(request.path_params["offer_id"])
     return JSONResponse(offer_to_wire(offer, stock))
 

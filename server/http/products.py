@@ -9,7 +9,7 @@ from starlette.routing import BaseRoute, Route
 
 from schemas.http import ProductIn, StockIn, product_to_wire
 from server.domain.products import ProductTrade
-from server.http.deps import container_of, json_body, require_identity
+from server.http.deps import container_of, identity_of, json_body, require_identity
 
 
 async def create_product(request: Request) -> JSONResponse:
@@ -37,6 +37,7 @@ async def create_product(request: Request) -> JSONResponse:
 
 
 async def get_product(request: Request) -> JSONResponse:
+    identity_of(request)  # open to anyone, but a token that is sent must be good
     product_id = request.path_params["product_id"]
     product = await container_of(request).room_service.get_product(product_id)
     return JSONResponse(product_to_wire(product))

@@ -270,7 +270,10 @@ async def test_a_path_with_a_slash_too_many_is_not_found_not_redirected(live: Li
 
 
 async def test_the_api_document_says_which_calls_need_a_token(live: Live) -> None:
+    """And a token that is sent must be good, on reads open to anyone too: a client whose
+    token has expired hears so rather than a stranger's answer."""
     document = (await live.http.get("/api/v1/openapi.json")).json()
+    forged = {"Authorization": "Bearer not-a-token"}
     for path, operations in document["paths"].items():
         url = "/api/v1" + path.replace("{room_id}", live.room_id)
         url = re.sub(r"\{[a-z_]+\}", "x_unknown", url)
@@ -278,6 +281,11 @@ async def test_the_api_document_says_which_calls_need_a_token(live: Live) -> Non
             anonymous = await live.http.request(method, url, json={})
             open_to_anyone = {} in operation["security"]
             assert (anonymous.status_code != 401) == open_to_anyone, (method, path)
+            refused = await live.http.request(method, url, json={}, headers=forged)
+            assert (refused.status_code, refused.json()["code"]) == (401, "invalid_token"), (
+                method,
+                path,
+            )
 
 
 async def test_health_readiness_and_metrics(live: Live) -> None:
