@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.answers import ANSWERS
-from schemas.commerce import ClaimIn, OfferIn
+from schemas.commerce import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_RULE, ClaimIn, OfferIn
 from schemas.http import BlockedWordsIn, ProductIn, RoomIn, ShowcaseIn, SlowModeIn, StockIn
 from server.domain.rooms import RoomStatus
 from server.http.deps import MAX_BODY_BYTES
@@ -73,13 +73,13 @@ _ERRORS["503"] = _problem(
 )
 
 
-def _header(name: str, required: bool, text: str) -> dict[str, Any]:
+def _idempotency_key(required: bool, text: str) -> dict[str, Any]:
     return {
-        "name": name,
+        "name": "Idempotency-Key",
         "in": "header",
         "required": required,
-        "description": text,
-        "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+        "description": f"{text}; {IDEMPOTENCY_KEY_RULE}",
+        "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY.pattern}$"},
     }
 
 
@@ -115,10 +115,10 @@ _MORE_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
         _CURSOR,
     ],
     ("post", "/rooms/{room_id}/offers"): [
-        _header("Idempotency-Key", False, "The same key sent again gets the same offer"),
+        _idempotency_key(False, "The same key sent again gets the same offer"),
     ],
     ("post", "/offers/{offer_id}/claims"): [
-        _header("Idempotency-Key", True, "The same key sent again gets the same order"),
+        _idempotency_key(True, "The same key sent again gets the same order"),
     ],
 }
 

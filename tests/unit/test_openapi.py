@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from schemas.commerce import IDEMPOTENCY_KEY
 from server.http.openapi import openapi_document
 
 
@@ -18,6 +20,16 @@ def test_claims_require_an_idempotency_key_and_launches_take_one() -> None:
     assert claim["Idempotency-Key"]["required"] is True
     assert claim["offer_id"]["in"] == "path"
     assert parameters("post", "/rooms/{room_id}/offers")["Idempotency-Key"]["required"] is False
+
+
+def test_the_documented_idempotency_key_is_the_one_the_server_takes() -> None:
+    keys = ["k-1", "01J9ZQ4X", "a" * 100, "", "a" * 101, "launch 1", "clé", "tab\tin"]
+    for path in ("/offers/{offer_id}/claims", "/rooms/{room_id}/offers"):
+        # An ECMA-262 pattern, as JSON Schema's; this one reads the same in Python.
+        documented = re.compile(parameters("post", path)["Idempotency-Key"]["schema"]["pattern"])
+        for key in keys:
+            taken = IDEMPOTENCY_KEY.fullmatch(key) is not None  # the rule of both transports
+            assert (documented.search(key) is not None) == taken, (path, key)
 
 
 def test_lists_document_their_queries() -> None:
