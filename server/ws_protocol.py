@@ -35,6 +35,10 @@ from server.domain.text import shown
 from server.http_head import MALFORMED, answer_and_close, problem_body, problem_response
 
 log = logging.getLogger("liveshop.ws")
+# uvicorn hands websockets its own `uvicorn.error` logger, under which websockets logs every
+# frame and handshake header at debug (chat text, addresses, a token sent in a header).
+# websockets' own logger never goes below INFO (logs.PAYLOAD_LOGGERS): the connection logs there.
+_FRAMES_LOG = logging.getLogger("websockets.server")
 
 PINGS_PER_SECOND = 2.0
 PING_BURST = 20.0
@@ -85,6 +89,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn.reject = problem_rejection  # type: ignore[method-assign]
+        self.conn.logger = _FRAMES_LOG
+        self.conn.debug = _FRAMES_LOG.isEnabledFor(logging.DEBUG)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

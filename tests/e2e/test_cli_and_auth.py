@@ -14,7 +14,8 @@ import websockets
 
 from tests.e2e.api import SECRET, create_live_room, http, make_token, unique
 from tests.e2e.conftest import Cluster, server_env
-from tests.e2e.processes import clean_env, free_port, run_cli
+from tests.e2e.processes import LiveshopProcess, clean_env, free_port, run_cli, running
+from tests.e2e.test_flash_sale import ADDRESS
 from tests.e2e.wsclient import WsClient, connect_closed_code
 from tests.servers import RedisServer
 
@@ -259,6 +260,34 @@ async def test_server_logs_never_contain_access_tokens(cluster: Cluster, name: s
     assert not leaked, f"{len(leaked)} log lines contain the access token, e.g. {leaked[0]}"
     signature = token.rsplit(".", 1)[1]
     assert signature not in logs, "the token's signature appears in the logs"
+
+
+async def test_debug_logs_carry_no_frame_or_handshake_header(cluster: Cluster) -> None:
+    """At LIVESHOP_LOG_LEVEL=debug uvicorn hands websockets a logger of its own, under which
+    every frame (chat text, a claim's address) and every handshake header (a token a native
+    client sends in `Authorization`) would be logged."""
+    with running([LiveshopProcess(cluster.env(LIVESHOP_LOG_LEVEL="debug"), name="D")]) as (server,):
+        room_id = await create_live_room(server.base_url, make_token(unique("host"), "host"))
+        shopper = make_token(unique("shopper"))
+        async with await WsClient.connect(server.ws_url(room_id, shopper), name="b") as ws:
+            await ws.hello()
+            await ws.chat("a line nobody logs", "c1")
+            await ws.recv_until("chat.message")
+            address = {**ADDRESS, "name": "Adalovelace Byron"}  # last: a cut frame keeps its end
+            claim = {"offer_id": "f_none", "idempotency_key": "k1", "shipping_address": address}
+            await ws.send({"type": "offer.claim", **claim})
+            await ws.recv_until("error")
+        token = make_token(unique("native"))
+        headers = {"Authorization": f"Bearer {token}"}
+        anonymous = server.ws_url(room_id, None)
+        async with websockets.connect(anonymous, additional_headers=headers) as raw:
+            await raw.recv()
+        await asyncio.sleep(0.2)  # let the process write its log lines
+        logs = server.stderr_text() + server.stdout_text()
+    assert '"level": "debug"' in logs, "no debug line at all: the check proves nothing"
+    secrets = ("a line nobody logs", "Adalovelace", token.rsplit(".", 1)[1])
+    leaked = [line[:200] for line in logs.splitlines() if any(s in line for s in secrets)]
+    assert not leaked, "\n".join(leaked)
 
 
 async def _raw_request(port: int, request: bytes, chunk: int = 64 * 1024) -> bytes:
