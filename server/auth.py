@@ -58,7 +58,8 @@ def issue_token(
     now: datetime | None = None,
 ) -> str:
     """A signed token for `user_id`; ValueError for one the server would refuse (a subject or
-    name with a control or hidden character, a subject too long)."""
+    name with a control or hidden character, a subject too long) or cannot write (its
+    lifetime ending after the year 9999)."""
     if not _valid_subject(user_id):
         raise ValueError(
             f"a user id is 1 to {MAX_USER_ID} characters, none of them control or hidden ones"
@@ -66,12 +67,11 @@ def issue_token(
     if name and _hides_something(name):
         raise ValueError("a name may not hold a control or hidden character")
     issued = now or datetime.now(UTC)
-    claims: dict[str, object] = {
-        "sub": user_id,
-        "role": role.value,
-        "iat": issued,
-        "exp": issued + timedelta(seconds=ttl_seconds),
-    }
+    try:
+        expires = issued + timedelta(seconds=ttl_seconds)
+    except OverflowError:
+        raise ValueError("a token's lifetime must end before the year 10000") from None
+    claims: dict[str, object] = {"sub": user_id, "role": role.value, "iat": issued, "exp": expires}
     if name:
         claims["name"] = name
     if country:

@@ -36,10 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = Settings()
-        overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
-        if overrides:
-            settings = settings.model_copy(update=overrides)
+        # The flags win over the environment, and are checked as it is.
+        flags = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+        settings = Settings(**flags)
         settings.check_safe()
     except (ValidationError, UnsafeConfiguration) as exc:
         print(f"liveshop: configuration refused: {exc}", file=sys.stderr)

@@ -48,6 +48,7 @@ def test_token_command_prints_a_jwt_signed_with_the_secret(workdir: Path) -> Non
         ["token", "--user", "u", "--role", "emperor"],
         ["token", "--role", "host"],
         ["token", "--user", "u", "--role", "host", "--ttl", "0"],
+        ["token", "--user", "u", "--role", "host", "--ttl", "999999999999"],
         ["token", "--user", "a\tb", "--role", "shopper"],
         ["token", "--user", "\u202eu", "--role", "shopper"],
         ["token", "--user", "u" * 129, "--role", "shopper"],
@@ -149,6 +150,18 @@ def test_an_unknown_log_level_is_refused_as_configuration(workdir: Path) -> None
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "configuration refused" in result.stderr
     assert "log_level" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert not data_dir.exists(), "nothing may be started when refusing"
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_a_port_flag_out_of_range_is_refused_as_configuration(port: str, workdir: Path) -> None:
+    data_dir = workdir / "data"
+    env = clean_env(LIVESHOP_DATA_DIR=str(data_dir))
+    result = run_cli(["serve", "--port", port], env, cwd=workdir, timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "configuration refused" in result.stderr
+    assert "port" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert not data_dir.exists(), "nothing may be started when refusing"
 
