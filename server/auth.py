@@ -19,7 +19,7 @@ from typing import Any
 import jwt
 
 from server.domain.errors import Unauthorized
-from server.domain.identity import MAX_USER_ID, Identity, Role
+from server.domain.identity import MAX_USER_ID, SYSTEM, Identity, Role
 from server.domain.text import hidden_character, stray_tag
 
 ALGORITHM = "HS256"
@@ -38,8 +38,9 @@ CLOCK_SKEW_SECONDS = 60
 
 
 def _valid_subject(sub: str) -> bool:
-    """A user id shown to other people (chat, orders): held to the rules their own text is."""
-    return 0 < len(sub) <= MAX_USER_ID and not _hides_something(sub)
+    """A user id shown to other people (chat, orders): held to the rules their own text is,
+    and not the one an order's history gives Liveshop itself."""
+    return 0 < len(sub) <= MAX_USER_ID and not _hides_something(sub) and sub != SYSTEM
 
 
 def _hides_something(text: str) -> bool:
@@ -62,7 +63,8 @@ def issue_token(
     lifetime ending after the year 9999)."""
     if not _valid_subject(user_id):
         raise ValueError(
-            f"a user id is 1 to {MAX_USER_ID} characters, none of them control or hidden ones"
+            f"a user id is 1 to {MAX_USER_ID} characters, none of them control or hidden ones,"
+            f" and not {SYSTEM!r}"
         )
     if name and _hides_something(name):
         raise ValueError("a name may not hold a control or hidden character")

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 MAX_USER_ID = 128  # characters of a token's subject (server/auth.py), none of them hidden
+# Who made the moves no user made (an expiry, a reservation lost), in an order's history. No
+# token may claim it: a user of that name would pass for Liveshop itself in the audit trail.
+SYSTEM = "system"
 
 
 class Role(StrEnum):

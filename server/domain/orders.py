@@ -90,7 +90,7 @@ class Transition:
     from_status: OrderStatus | None  # None for the creation
     to_status: OrderStatus
     at: datetime
-    by: str  # a user id, or "system" for expiry and provider notifications
+    by: str  # a user id, or identity.SYSTEM for expiry and provider notifications
     reason: str = ""
 
 

@@ -28,7 +28,7 @@ from server.domain.errors import (
     OfferPaused,
     Unavailable,
 )
-from server.domain.identity import Identity, scoped_key
+from server.domain.identity import SYSTEM, Identity, scoped_key
 from server.domain.ids import new_id
 from server.domain.offers import AttachOutcome, ClaimOutcome, ClaimResult, FlashOffer, claim_error
 from server.domain.orders import (
@@ -58,7 +58,6 @@ from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.orders")
 
-SYSTEM = "system"
 RETURN_BATCH = 100  # give-backs retried per housekeeping round
 EXPIRY_BATCH = 200
 RECENT_CLAIMS = timedelta(hours=1)
