@@ -281,7 +281,22 @@ def _is_public_host(host: str) -> bool:
     except ValueError:
         name = "." + host.rstrip(".").lower()
         return name.count(".") > 1 and not name.endswith(_LOCAL_SUFFIXES)
-    return address.is_global
+    carried = _carried_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+    return address.is_global and (carried is None or carried.is_global)
+
+
+# NAT64's well-known prefix (RFC 6052): its gateways reach the IPv4 address in the last 32 bits.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a global-looking IPv6 address leads to (6to4, NAT64), which may be one
+    of the viewer's own network (`2002:a00:1::` is 10.0.0.1). Teredo's are not global."""
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
 
 
 ImageUrl = Annotated[HttpUrl, AfterValidator(_shown_to_viewers)]

@@ -213,6 +213,9 @@ async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
                 "169.254.169.254",
                 "[::1]",
                 "[fd00::1]",
+                "[64:ff9b::a00:1]",  # 10.0.0.1 through NAT64
+                "[2002:a00:1::]",  # 10.0.0.1 through 6to4
+                "[2001:0:4136:e378:8000:63bf:f5ff:fffe]",  # Teredo, for client 10.0.0.1
                 # ...and a name DNS can hold.
                 "img..example",
                 ".img.example",
@@ -285,6 +288,7 @@ async def test_images_on_any_public_host_are_kept(client: httpx.AsyncClient) -> 
         "https://img.example./b.jpg",  # a fully qualified name
         "https://93.184.215.14/c.jpg",
         "https://[2606:4700:4700::1111]/d.jpg",
+        "https://[64:ff9b::5db8:d70e]/d.jpg",  # 93.184.215.14 through NAT64
         f"https://{'x' * 63}.example/e.jpg",
     ]
     response = await client.post("/products", json={**PRODUCT, "images": images}, headers=HOST)
