@@ -136,7 +136,7 @@ def query_params(request: Request, model: type[M]) -> M:
     repeated = [name for name in model.model_fields if len(params.getlist(name)) > 1]
     if repeated:
         message = "is given more than once: send it once"
-        raise InvalidRequest([{"field": repeated[0], "message": message}])
+        raise InvalidRequest([{"field": repeated[0], "message": message, "type": "repeated"}])
     try:
         return model.model_validate(dict(params))
     except ValidationError as exc:
