@@ -30,6 +30,7 @@ from channels.user_watch import UserWatches
 from server.background import BackgroundTasks
 from server.domain.errors import LiveshopError, NotFound, Unavailable
 from server.domain.identity import Identity
+from server.domain.rooms import can_moderate
 from server.metrics import Metrics
 
 log = logging.getLogger("liveshop.hub")
@@ -181,6 +182,8 @@ class Hub(StreamFollower):
         if self.draining:  # began while this joined: the drain did not see it to send it away
             await self.leave(conn)
             raise Draining("server is shutting down")
+        if missed and can_moderate(room.host_id, identity):
+            room.recall_chat(missed)
         hello = hello_frame(room, identity, seq0, epoch0, missed is not None, snapshot)
         conn.start([encode_body(hello), *(missed or [])])
         return conn, room

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
@@ -282,8 +283,15 @@ class LocalRoom:
             self._chat[user_id] = state
         return state
 
-    def apply(self, event: dict[str, Any]) -> None:
-        """Keep the local view in step with one room event."""
+    def recall_chat(self, frames: list[str]) -> None:
+        """Note the chat lines among `frames`, sent again to a moderator who reconnected with
+        `since`: theirs to delete, though this process may have opened the room since they
+        were said, and never fanned them out itself."""
+        for frame in frames:
+            if '"chat.' in frame:  # most frames are not: no parse
+                self._note_chat(json.loads(frame))
+
+    def _note_chat(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "chat.message":
             self._recent[str(event.get("id"))] = None
@@ -291,6 +299,12 @@ class LocalRoom:
                 self._recent.popitem(last=False)
         elif kind == "chat.deleted":
             self._recent.pop(str(event.get("message_id")), None)
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Keep the local view in step with one room event."""
+        kind = event.get("type")
+        if kind in ("chat.message", "chat.deleted"):
+            self._note_chat(event)
         elif kind == "showcase.pinned":
             self.pinned_product = event.get("product")
         elif kind == "likes":

@@ -82,6 +82,37 @@ async def test_reconnect_with_since_recovers_what_was_missed(hub: Hub) -> None:
     assert seqs == sorted(seqs)
 
 
+async def test_a_moderator_may_delete_the_lines_replayed_to_them_by_another_process() -> None:
+    """A moderator whose process went away reconnects to another with `since`, and is sent
+    the lines they missed: that process opened the room after they were said, and fanned out
+    none of them, but they are the moderator's to delete."""
+    bus = MemoryBus()
+    a, b = (Hub(MemoryBroker(bus), load_room, Metrics(), HubLimits()) for _ in range(2))
+    for hub in (a, b):
+        await hub.start()
+    moderator = Identity("mod", Role.MODERATOR)
+    try:
+        await a.join("r1", viewer(1), Socket())
+        first = Socket()
+        conn, _ = await a.join("r1", moderator, first)
+        await first.until_got("hello")
+        hello = first.frames()[0]
+        await a.leave(conn)
+        for event in (
+            {"type": "chat.message", "id": "m1", "text": "fake watches"},
+            {"type": "chat.message", "id": "m2", "text": "hello"},
+            {"type": "chat.deleted", "message_id": "m2"},
+        ):
+            await a.publish_room_event("r1", event)
+        again = Socket()
+        _, room = await b.join("r1", moderator, again, since=hello["seq"], epoch=hello["epoch"])
+        await again.until_got("chat.deleted")
+        assert (room.knows_message("m1"), room.knows_message("m2")) == (True, False)
+    finally:
+        for hub in (a, b):
+            await hub.close()
+
+
 async def test_reconnect_with_another_epoch_is_told_to_reload(hub: Hub) -> None:
     await hub.publish_room_event("r1", {"type": "chat.message", "text": "x"})
     socket = Socket()
