@@ -28,6 +28,7 @@ from channels.protocol import (
     Publish,
     Reply,
     RoomSession,
+    Spoken,
     StoreBan,
     StoreMute,
     StoreSlowMode,
@@ -157,6 +158,8 @@ async def _carry_out(
                 conn.push(encode_body(command.frame))
             elif isinstance(command, Publish):
                 await hub.publish_room_event(room.room_id, command.event)
+            elif isinstance(command, Spoken):
+                room.chat_state(command.user_id).last_sent = command.at
             elif isinstance(command, Turn):
                 # The broker's failures are Unavailable already: answered, not logged as bugs.
                 taken = await hub.broker.take_turn(

@@ -148,6 +148,15 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
+class Spoken:
+    """The user's line went out (this follows its Publish): slow mode's wait starts now, and
+    not at a line that a room-wide turn, or the broker, then refused."""
+
+    user_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     frame: OfferClaim
 
@@ -159,7 +168,17 @@ class Close:
 
 
 Command = (
-    Reply | Publish | AddLikes | Claim | StoreMute | StoreBan | Lift | StoreSlowMode | Turn | Close
+    Reply
+    | Publish
+    | Spoken
+    | AddLikes
+    | Claim
+    | StoreMute
+    | StoreBan
+    | Lift
+    | StoreSlowMode
+    | Turn
+    | Close
 )
 
 
@@ -335,7 +354,6 @@ class RoomSession:
             raise RateLimited(TOO_FAST)
         if not moderator and find_blocked_word(text, self.rules.blocked_words) is not None:
             raise Forbidden("the message contains a blocked word", code="blocked_word")
-        state.last_sent = mono
         event = {
             "type": "chat.message",
             "id": self._new_id(),
@@ -344,7 +362,7 @@ class RoomSession:
             "client_id": frame.client_id,
             "at": iso_z(now),
         }
-        return [*self._chat_turns(user_id, moderator), Publish(event)]
+        return [*self._chat_turns(user_id, moderator), Publish(event), Spoken(user_id, mono)]
 
     def _chat_turns(self, user_id: str, moderator: bool) -> list[Command]:
         """The checks above, room-wide: slow mode's, then the rate limit's."""

@@ -7,7 +7,16 @@ import itertools
 import json
 from datetime import UTC, datetime
 
-from channels.protocol import ChatState, Command, Limits, Reply, RoomSession
+from channels.protocol import (
+    ChatState,
+    Command,
+    Limits,
+    Publish,
+    Reply,
+    RoomSession,
+    Spoken,
+    Turn,
+)
 from server.domain.chat import TokenBucket
 from server.domain.identity import Identity, Role
 
@@ -45,10 +54,25 @@ def session(identity: Identity, rules: Rules | None = None, **limits: int) -> Ro
     )
 
 
-def send(s: RoomSession, frame: object, mono: float = 0.0) -> list[Command]:
+def send(
+    s: RoomSession, frame: object, mono: float = 0.0, *, refused_turn: str | None = None
+) -> list[Command]:
+    """The frame's commands, the room's own state changed as its process carries them out (a
+    line noted `Spoken`), up to a turn named `refused_turn`, which the room refuses."""
     raw = frame if isinstance(frame, str | bytes) else json.dumps(frame)
     commands, _ = s.handle(raw, mono=mono, now=NOW)
+    for command in commands:
+        if isinstance(command, Turn) and command.name == refused_turn:
+            break
+        if isinstance(command, Spoken):
+            s.rules.chat_state(command.user_id).last_sent = command.at
     return commands
+
+
+def published(commands: list[Command]) -> dict[str, object]:
+    """The event the frame publishes (the one Publish among its commands)."""
+    (event,) = [command.event for command in commands if isinstance(command, Publish)]
+    return event
 
 
 def error_code(commands: list[Command]) -> str:

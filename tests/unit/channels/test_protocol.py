@@ -20,6 +20,7 @@ from channels.protocol import (
     Lift,
     Publish,
     Reply,
+    Spoken,
     StoreBan,
     StoreMute,
     StoreSlowMode,
@@ -33,6 +34,7 @@ from tests.unit.channels.protocol_fakes import (
     SHOPPER,
     Rules,
     error_code,
+    published,
     send,
     session,
 )
@@ -42,10 +44,13 @@ def test_chat_is_cleaned_and_published_with_author() -> None:
     commands = send(
         session(SHOPPER), {"type": "chat.send", "text": "  hi\u202e\x07  there ", "client_id": "c1"}
     )
-    # Its turn taken room-wide too, for the user's sockets on other processes.
-    assert commands[:-1] == [Turn("chat:shopper-1", 5, 1.0, "rate_limited", TOO_FAST)]
-    assert isinstance(commands[-1], Publish)
-    event = commands[-1].event
+    # Its turn taken room-wide too, for the user's sockets on other processes; once it has
+    # gone out, it is the user's last line (for slow mode).
+    turn, publish, spoken = commands
+    assert turn == Turn("chat:shopper-1", 5, 1.0, "rate_limited", TOO_FAST)
+    assert spoken == Spoken("shopper-1", 0.0)
+    assert isinstance(publish, Publish)
+    event = publish.event
     assert event["type"] == "chat.message"
     assert event["text"] == "hi there"
     assert event["user"] == {"id": "shopper-1", "name": "Leo", "role": "shopper"}
@@ -66,8 +71,7 @@ def test_chat_keeps_the_joiners_that_writing_needs(text: str) -> None:
     """As titles and names do: without them an emoji sequence falls apart into its people, a
     flag loses its country, and Persian and Indic words are written otherwise."""
     commands = send(session(SHOPPER), {"type": "chat.send", "text": f" {text} ", "client_id": "c"})
-    assert isinstance(commands[-1], Publish)
-    assert commands[-1].event["text"] == text
+    assert published(commands)["text"] == text
 
 
 def test_tag_characters_are_kept_only_where_they_spell_a_flag() -> None:
@@ -80,8 +84,7 @@ def test_tag_characters_are_kept_only_where_they_spell_a_flag() -> None:
         (f"{scotland}{hidden} {scotland}", f"{scotland} {scotland}"),
     ):
         commands = send(session(SHOPPER), {"type": "chat.send", "text": sent})
-        assert isinstance(commands[-1], Publish)
-        assert commands[-1].event["text"] == shown
+        assert published(commands)["text"] == shown
 
 
 @pytest.mark.parametrize("text", ["\u200d\u200c", "\u00ad", " \u3164 "])
@@ -162,11 +165,11 @@ def test_anonymous_viewer_can_ping_but_not_chat_or_like() -> None:
 def test_chat_rate_limit_keeps_the_socket_open() -> None:
     s = session(SHOPPER)
     results = [send(s, {"type": "chat.send", "text": f"m{i}"}, mono=0.0) for i in range(8)]
-    assert all(isinstance(r[-1], Publish) for r in results[:5])
+    assert all(isinstance(r[-2], Publish) for r in results[:5])
     for refused in results[5:]:
         assert error_code(refused) == "rate_limited"
         assert not any(isinstance(c, Close) for c in refused)
-    assert isinstance(send(s, {"type": "chat.send", "text": "later"}, mono=2.0)[-1], Publish)
+    assert published(send(s, {"type": "chat.send", "text": "later"}, mono=2.0))
 
 
 SLOW = "slow mode: one message every 10 s"
@@ -177,17 +180,31 @@ def test_slow_mode_applies_to_shoppers_not_to_the_host() -> None:
     rules.slow_mode_seconds = 10
     shopper, host = session(SHOPPER, rules), session(HOST, rules)
     # A shopper's line also takes their turns room-wide, for their sockets on other processes.
-    slow, _, line = send(shopper, {"type": "chat.send", "text": "a"}, mono=0)
+    slow, _, line, _ = send(shopper, {"type": "chat.send", "text": "a"}, mono=0)
     assert (slow, type(line)) == (Turn("slow-mode:shopper-1", 1, 0.1, "slow_mode", SLOW), Publish)
     assert error_code(send(shopper, {"type": "chat.send", "text": "b"}, mono=5)) == "slow_mode"
     assert [type(c) for c in send(shopper, {"type": "chat.send", "text": "c"}, mono=11)] == [
         Turn,
         Turn,
         Publish,
+        Spoken,
     ]
     for t in (0, 1):
         commands = send(host, {"type": "chat.send", "text": "h"}, mono=t)
         assert [c.name for c in commands if isinstance(c, Turn)] == ["chat:host-1"]
+
+
+def test_a_line_refused_room_wide_does_not_start_slow_modes_wait() -> None:
+    """The user spoke from another process at 0: a line here at 5 passes this process's check
+    and is refused room-wide. A line at 10.5 is 10.5 s after their last: it goes out."""
+    rules = Rules()
+    rules.slow_mode_seconds = 10
+    laptop = session(SHOPPER, rules)
+    refused = send(
+        laptop, {"type": "chat.send", "text": "b"}, 5, refused_turn="slow-mode:shopper-1"
+    )
+    assert published(refused)  # what the process sends, had the room taken the turn
+    assert published(send(laptop, {"type": "chat.send", "text": "c"}, mono=10.5))
 
 
 def test_a_users_sockets_share_one_budget_of_likes() -> None:
@@ -211,7 +228,7 @@ def test_blocked_words_are_refused_whatever_their_case_or_width() -> None:
     s = session(SHOPPER, rules)
     fullwidth = "total \uff33\uff23\uff21\uff2d here"
     assert error_code(send(s, {"type": "chat.send", "text": fullwidth})) == "blocked_word"
-    assert isinstance(send(s, {"type": "chat.send", "text": "great deal"}, mono=1)[-1], Publish)
+    assert published(send(s, {"type": "chat.send", "text": "great deal"}, mono=1))
 
 
 def test_muted_user_cannot_chat_until_the_mute_ends() -> None:
@@ -219,9 +236,7 @@ def test_muted_user_cannot_chat_until_the_mute_ends() -> None:
     rules.mutes[SHOPPER.user_id] = NOW + timedelta(minutes=5)
     assert error_code(send(session(SHOPPER, rules), {"type": "chat.send", "text": "hi"})) == "muted"
     rules.mutes[SHOPPER.user_id] = NOW - timedelta(seconds=1)
-    assert isinstance(
-        send(session(SHOPPER, rules), {"type": "chat.send", "text": "hi"})[-1], Publish
-    )
+    assert published(send(session(SHOPPER, rules), {"type": "chat.send", "text": "hi"}))
 
 
 def test_likes_are_counted_not_published_one_by_one() -> None:
