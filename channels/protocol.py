@@ -370,7 +370,10 @@ class RoomSession:
         seconds = self.rules.slow_mode_seconds
         if not moderator and seconds > 0:
             refusal = f"slow mode: one message every {seconds} s"
-            turns.append(Turn(f"slow-mode:{user_id}", 1, 1 / seconds, "slow_mode", refusal))
+            # A bucket per setting: one kept from a longer setting would hold the user to it
+            # after the host has shortened it (the bucket keeps when it is full again).
+            name = f"slow-mode:{seconds}:{user_id}"
+            turns.append(Turn(name, 1, 1 / seconds, "slow_mode", refusal))
         burst, rate = self.rules.chat_burst, self.rules.chat_per_second
         turns.append(Turn(f"chat:{user_id}", burst, rate, "rate_limited", TOO_FAST))
         return turns

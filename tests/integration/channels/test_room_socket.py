@@ -166,6 +166,24 @@ async def test_moderation_mute_delete_slow_mode_and_ban(live: Live) -> None:
     assert room["slow_mode_seconds"] == 30
 
 
+async def test_a_shortened_slow_mode_holds_who_spoke_under_the_longer_one_to_the_shorter(
+    live: Live,
+) -> None:
+    async with host_and(live, "leo") as (host, leo):
+        await host.send(json.dumps({"type": "room.slow_mode", "seconds": 30}))
+        await recv_type(leo, "room.slow_mode")
+        await leo.send(json.dumps({"type": "chat.send", "text": "first"}))
+        await recv_type(leo, "chat.message")
+        await host.send(json.dumps({"type": "room.slow_mode", "seconds": 1}))
+        await recv_type(leo, "room.slow_mode")
+        await asyncio.sleep(1.1)
+        await leo.send(json.dumps({"type": "chat.send", "text": "a second later", "ref": "l2"}))
+        answer = await recv(leo)
+        while answer["type"] not in ("chat.message", "error"):  # viewers, likes
+            answer = await recv(leo)
+        assert (answer["type"], answer.get("text")) == ("chat.message", "a second later")
+
+
 async def test_a_mute_and_a_ban_are_lifted(live: Live) -> None:
     """A mistaken ban lasted for the room's life, and a mute for its whole duration."""
     async with host_and(live, "leo") as (host, leo):
