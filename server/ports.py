@@ -57,8 +57,9 @@ class RoomStore(Protocol):
         have their own setters and are left as stored, so a stale read never undoes them."""
         ...
 
-    async def pin(self, room_id: str, product_id: str) -> None:
-        """Pin the product, unless the room has ended (Conflict `invalid_room_state`)."""
+    async def pin(self, room_id: str, product_id: str) -> int:
+        """Pin the product, unless the room has ended (Conflict `invalid_room_state`); the
+        pin's number, higher than every earlier pin's of the room."""
         ...
 
     async def untold_ends(

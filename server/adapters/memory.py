@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+from collections import Counter
 from collections.abc import Collection, Mapping
 from datetime import datetime
 
@@ -49,6 +50,7 @@ class MemoryRoomStore:
         self._rooms: dict[str, Room] = {}
         self._bans: set[tuple[str, str]] = set()
         self._mutes: dict[str, dict[str, datetime]] = {}
+        self._pins: Counter[str] = Counter()
 
     async def create(self, room: Room) -> None:
         if room.id in self._rooms:
@@ -80,11 +82,13 @@ class MemoryRoomStore:
         updated.kept_likes, updated.kept_peak_viewers = stored.kept_likes, stored.kept_peak_viewers
         self._rooms[room.id] = updated
 
-    async def pin(self, room_id: str, product_id: str) -> None:
+    async def pin(self, room_id: str, product_id: str) -> int:
         stored = await self._stored(room_id)
         if stored.status is RoomStatus.ENDED:
             raise room_has_ended()
         stored.pinned_product_id = product_id
+        self._pins[room_id] += 1
+        return self._pins[room_id]
 
     async def untold_ends(
         self, ended_by: datetime, limit: int, *, skip: Collection[str] = ()

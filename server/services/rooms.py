@@ -235,9 +235,11 @@ class RoomService:
         product = await self._products.get(product_id)
         ensure_hosts_own(room, product)
         room.pin(product.id)
-        await self._rooms.pin(room.id, product.id)
+        number = await self._rooms.pin(room.id, product.id)
         event = {"type": "showcase.pinned", "product": product_summary(product)}
-        await self._events.publish_room_event(room.id, event)
+        # Told in the order stored: of two pins at once, the one stored first and told last
+        # is dropped, and the viewers' pin is the stored one.
+        await self._events.publish_room_event(room.id, event, topic="showcase", order=number)
         return room, product
 
     # Room settings: moderators may change them too (the product brief lists slow mode and the

@@ -177,6 +177,14 @@ async def test_save_is_a_compare_and_set_on_status(stores: Stores) -> None:
         await stores.rooms.save(_room("r_missing"), expected_status=RoomStatus.SCHEDULED)
 
 
+async def test_each_pin_of_a_room_has_a_higher_number(stores: Stores) -> None:
+    await stores.rooms.create(_room())
+    await stores.rooms.create(_room("r_2"))
+    numbers = [await stores.rooms.pin("r_1", product) for product in ("p_1", "p_2", "p_1")]
+    assert numbers == sorted(set(numbers))
+    assert await stores.rooms.pin("r_2", "p_1") >= 1
+
+
 async def test_a_pin_outlives_a_start_or_an_end_saved_from_an_earlier_read(
     stores: Stores,
 ) -> None:

@@ -200,14 +200,17 @@ class MongoRoomStore:
             raise Conflict("room changed meanwhile", code="invalid_room_state")
 
     @translate_errors
-    async def pin(self, room_id: str, product_id: str) -> None:
-        result = await self._rooms.update_one(
+    async def pin(self, room_id: str, product_id: str) -> int:
+        doc = await self._rooms.find_one_and_update(
             {"_id": room_id, "status": {"$ne": RoomStatus.ENDED.value}},
-            {"$set": {"pinned_product_id": product_id}},
+            {"$set": {"pinned_product_id": product_id}, "$inc": {"pins": 1}},
+            projection={"pins": True},
+            return_document=ReturnDocument.AFTER,
         )
-        if result.matched_count == 0:
+        if doc is None:
             await self._ensure_exists(room_id)
             raise room_has_ended()
+        return int(doc["pins"])
 
     @translate_errors
     async def untold_ends(

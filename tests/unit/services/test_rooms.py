@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -34,7 +37,9 @@ class StaleRoomStore(MemoryRoomStore):
         self.frozen: Room | None = None
 
     async def get(self, room_id: str) -> Room:
-        return self.frozen if self.frozen is not None else await super().get(room_id)
+        if self.frozen is not None:
+            return copy.deepcopy(self.frozen)  # each caller its own copy, as a store's reads are
+        return await super().get(room_id)
 
 
 @pytest.fixture
@@ -210,6 +215,35 @@ async def test_a_pin_made_while_the_room_starts_is_kept(
     rooms.frozen = None
     stored = await service.get_room(room.id)
     assert (stored.status, stored.pinned_product_id) == (RoomStatus.LIVE, product_id)
+
+
+class FirstPublishHeld(RecordingEvents):
+    """The first event's publish waits for `release`: a process slow to tell its pin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def publish_room_event(self, room_id: str, event: dict[str, Any], **how: Any) -> int:
+        if not self.held.is_set():
+            self.held.set()
+            await self.release.wait()
+        return await super().publish_room_event(room_id, event, **how)
+
+
+async def test_of_two_pins_at_once_the_viewers_hear_the_stored_one_last() -> None:
+    events, rooms = FirstPublishHeld(), MemoryRoomStore()
+    service = RoomService(rooms, MemoryProductStore(), events, Clock(T0))
+    room = await service.create_room(HOST, "Spring drop")
+    first, second = await _product(service), await _product(service)
+    slow = asyncio.create_task(service.pin(room.id, first, HOST))
+    await events.held.wait()  # stored first, told last
+    await service.pin(room.id, second, HOST)
+    events.release.set()
+    await slow
+    told = [event["product"]["id"] for event in events.of_type("showcase.pinned")]
+    assert told == [second] == [(await rooms.get(room.id)).pinned_product_id]
 
 
 async def test_pin_publishes_the_product_summary(
