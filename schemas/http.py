@@ -281,12 +281,25 @@ def _is_public_host(host: str) -> bool:
     except ValueError:
         name = "." + host.rstrip(".").lower()
         return name.count(".") > 1 and not name.endswith(_LOCAL_SUFFIXES)
-    carried = _carried_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
-    return address.is_global and (carried is None or carried.is_global)
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in _NOT_PUBLIC_IPV6):
+            return False
+        carried = _carried_ipv4(address)
+        return carried is None or carried.is_global
+    return True
 
 
 # NAT64's well-known prefix (RFC 6052): its gateways reach the IPv4 address in the last 32 bits.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Not public, though Python counts them global (3.11.7, the interpreter this runs on; later
+# releases count fewer): one network's own NAT64 (RFC 8215), site-local (deprecated, RFC
+# 3879), and IPv4 addresses written the old ways, compatible (RFC 4291) and translated (SIIT).
+_NOT_PUBLIC_IPV6 = tuple(
+    ipaddress.IPv6Network(network)
+    for network in ("64:ff9b:1::/48", "fec0::/10", "::/96", "::ffff:0:0:0/96")
+)
 
 
 def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

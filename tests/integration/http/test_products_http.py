@@ -216,6 +216,10 @@ async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
                 "[64:ff9b::a00:1]",  # 10.0.0.1 through NAT64
                 "[2002:a00:1::]",  # 10.0.0.1 through 6to4
                 "[2001:0:4136:e378:8000:63bf:f5ff:fffe]",  # Teredo, for client 10.0.0.1
+                "[64:ff9b:1::a00:1]",  # one network's own NAT64 prefix
+                "[fec0::1]",  # site-local
+                "[::a00:1]",  # 10.0.0.1, IPv4-compatible
+                "[::ffff:0:a00:1]",  # 10.0.0.1, IPv4-translated
                 # ...and a name DNS can hold.
                 "img..example",
                 ".img.example",
