@@ -3,6 +3,7 @@ flash offer."""
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 import sys
 from decimal import Decimal
@@ -67,11 +68,24 @@ async def _launch_offer(container: Container, room_id: str, product_id: str) -> 
     )
 
 
+def local_url(host: str, port: int) -> str:
+    """Where a browser on this machine reaches a server listening on `host`: an IPv6 address
+    in brackets, and every address (0.0.0.0, ::) through the loopback."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"http://{host}:{port}"  # a name
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"http://{shown}:{port}"
+
+
 async def announce_demo(container: Container) -> None:
     room = await seed_demo(container)
     settings = container.settings
     secret = settings.signing_secret()
-    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    base = settings.public_url or local_url(settings.host, settings.port)
     ws_base = base.replace("http", "ws", 1)
     host = issue_token(secret, DEMO_HOST.user_id, Role.HOST, name=DEMO_HOST.name, ttl_seconds=86400)
     shopper = issue_token(secret, "demo-shopper", Role.SHOPPER, name="Leo", ttl_seconds=86400)

@@ -1,0 +1,21 @@
+"""The demo prints URLs a browser on the same machine can open, whatever it listens on."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.demo import local_url
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8000"),
+        ("localhost", "http://localhost:8000"),
+        ("::1", "http://[::1]:8000"),
+        ("0.0.0.0", "http://127.0.0.1:8000"),
+        ("::", "http://[::1]:8000"),
+    ],
+)
+def test_the_url_printed_for_each_address_opens(host: str, url: str) -> None:
+    assert local_url(host, 8000) == url
