@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         flags = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
         settings = Settings(**flags)
         settings.check_safe()
-    except (ValidationError, UnsafeConfiguration) as exc:
+    except ValidationError as exc:
+        print(f"liveshop: configuration refused: {_refusals(exc)}", file=sys.stderr)
+        return 2
+    except UnsafeConfiguration as exc:
         print(f"liveshop: configuration refused: {exc}", file=sys.stderr)
         return 2
     if args.command == "token":
@@ -58,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     return 0
+
+
+def _refusals(exc: ValidationError) -> str:
+    """One line naming each variable (and flag) refused, as the operator spells it."""
+    faults = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"LIVESHOP_{field.upper()}"
+        if field in ("host", "port"):
+            name += f" (or --{field})"
+        faults.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(faults)
 
 
 def _print_token(args: argparse.Namespace, settings: Settings) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 from redis.connection import parse_url
+
+from channels.broker import STALE_SECONDS
 
 # The signing key of every dev run (the demo, tests) unless LIVESHOP_SECRET names one: public,
 # so refused when LIVESHOP_ENV=prod.
@@ -29,6 +32,11 @@ _URL_SCHEMES = {
     "redis_url": ("redis://", "rediss://", "unix://"),
     "mongodb_url": ("mongodb://", "mongodb+srv://"),
 }
+
+
+_HOST = re.compile(r"\S+")
+_DATABASE_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")
+_BASE_URL = re.compile(r"https?://[^/\s]+(/\S*)?")
 
 
 class Settings(BaseSettings):
@@ -55,18 +63,45 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(default=8192, ge=256)
     send_queue_frames: int = Field(default=256, ge=8)
     max_bad_frames: int = Field(default=10, ge=1)
-    chat_burst: int = Field(default=5, ge=1)
-    chat_per_second: float = Field(default=1.0, gt=0)
-    # Room stream history kept for reconnecting clients
-    history_events: int = Field(default=1000, ge=10)
-    history_seconds: int = Field(default=600, ge=10)
-    # Likes and viewer counts go out at most once per this many seconds per room
-    counter_interval: float = Field(default=1.0, gt=0)
+    chat_burst: int = Field(default=5, ge=1, le=1000)
+    chat_per_second: float = Field(default=1.0, ge=0.001, le=1000)
+    # Room stream history kept for reconnecting clients (bounded: Redis refuses a huge MAXLEN,
+    # and every publish would fail)
+    history_events: int = Field(default=1000, ge=10, le=1_000_000)
+    history_seconds: int = Field(default=600, ge=10, le=86_400)
+    # Likes and viewer counts go out at most once per this many seconds per room; each process
+    # reports its viewers as often, and a report older than broker.STALE_SECONDS no longer counts.
+    counter_interval: float = Field(default=1.0, ge=0.05, le=STALE_SECONDS / 2)
     # Clients that connect with ?batch=1 get room events gathered over this window in one frame.
     batch_window_ms: int = Field(default=100, ge=5, le=2000)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
     # Per-message deflate costs ~100 KB of zlib state per socket; off unless asked for.
     ws_deflate: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _a_host(cls, host: str) -> str:
+        # Empty, uvicorn would listen on every address: with the public dev key, by default.
+        if not _HOST.fullmatch(host):
+            raise ValueError("must name an address or a host, without spaces")
+        return host
+
+    @field_validator("mongodb_database")
+    @classmethod
+    def _a_database_name(cls, name: str) -> str:
+        # What MongoDB takes on every platform (it refuses /\. "$*<>:|? and 64 bytes or more).
+        if not _DATABASE_NAME.fullmatch(name):
+            raise ValueError("must be 1 to 63 letters, digits, _ or -")
+        return name
+
+    @field_validator("public_url")
+    @classmethod
+    def _a_base_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        if not _BASE_URL.fullmatch(url):
+            raise ValueError("must be an http:// or https:// URL without spaces")
+        return url.rstrip("/")  # paths are put after it
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -143,14 +143,31 @@ def test_prod_refuses_to_serve_on_unsafe_settings(
     assert not data_dir.exists(), "nothing may be started (no embedded MongoDB) when refusing"
 
 
-def test_an_unknown_log_level_is_refused_as_configuration(workdir: Path) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LIVESHOP_LOG_LEVEL", "verbose"),
+        ("LIVESHOP_HOST", ""),  # would listen on every address
+        ("LIVESHOP_HOST", "not a host"),
+        ("LIVESHOP_MONGODB_DATABASE", ""),
+        ("LIVESHOP_MONGODB_DATABASE", "shop.prod"),
+        ("LIVESHOP_MONGODB_DATABASE", "x" * 64),
+        ("LIVESHOP_HISTORY_EVENTS", str(2**63)),  # Redis refuses it: every publish would fail
+        ("LIVESHOP_SHUTDOWN_GRACE_SECONDS", "inf"),
+        ("LIVESHOP_COUNTER_INTERVAL", "15"),  # viewers' reports would go stale between two
+        ("LIVESHOP_CHAT_PER_SECOND", "inf"),
+        ("LIVESHOP_PUBLIC_URL", "shop.example"),
+    ],
+)
+def test_a_value_that_would_fail_later_is_refused_as_configuration(
+    variable: str, value: str, workdir: Path
+) -> None:
     data_dir = workdir / "data"
-    env = clean_env(LIVESHOP_LOG_LEVEL="verbose", LIVESHOP_DATA_DIR=str(data_dir))
+    env = clean_env(LIVESHOP_DATA_DIR=str(data_dir), **{variable: value})
     result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=30)
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "configuration refused" in result.stderr
-    assert "log_level" in result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"liveshop: configuration refused: {variable}")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not data_dir.exists(), "nothing may be started when refusing"
 
 
@@ -185,7 +202,7 @@ def test_a_url_no_client_takes_is_refused_as_configuration(
     result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=30)
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "configuration refused" in result.stderr
-    assert variable.removeprefix("LIVESHOP_").lower() in result.stderr
+    assert variable in result.stderr
     assert "hunter" not in result.stderr, "URLs may hold passwords"
     assert url not in result.stderr
     assert not data_dir.exists(), "nothing may be started when refusing"
