@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.adapters.mongo.embedded import EmbeddedMongoError
+from server.adapters.mongo.embedded import EmbeddedMongoError, UnusableDataDir
 from server.adapters.redis_access import RedisNotAllowed
 
 # MongoDB's codes for a user it does not know, or one short of a right.
@@ -28,8 +28,11 @@ Refusal = Literal["configuration", "backend"]
 
 def refusal_of(exc: BaseException) -> Refusal | None:
     """What kind of refusal `exc` is: "configuration" for a backend's URL its client cannot
-    use (exit 2, as any refused setting), "backend" for one away or refusing Liveshop (exit 3:
-    a supervisor's restart may find it back), None for anything else."""
+    use, or a data directory MongoDB's files cannot be kept in (exit 2, as any refused
+    setting), "backend" for one away or refusing Liveshop (exit 3: a supervisor's restart may
+    find it back), None for anything else."""
+    if isinstance(exc, UnusableDataDir):  # LIVESHOP_DATA_DIR names a file, say
+        return "configuration"
     if isinstance(exc, ConfigurationError):  # an InvalidURI too
         # Unless DNS failed to answer for a mongodb+srv URL (PyMongo wraps dnspython's error):
         # a name that does not resolve now may resolve at the next start.

