@@ -76,6 +76,8 @@ def run(app: ASGIApp, settings: Settings) -> None:
     )
     gc.set_threshold(*GC_THRESHOLDS)
     listener = config.bind_socket()
+    if settings.port == 0:  # the port the system chose: the one the demo's URLs must name
+        settings.port = listener.getsockname()[1]
     _drop_peers_that_stop_reading(listener)
     DrainingServer(config, app).run(sockets=[listener])  # uvloop when installed
 
