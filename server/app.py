@@ -198,6 +198,8 @@ async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
         embedded = EmbeddedMongo(settings.data_dir / "mongodb")
         mongodb_url = await embedded.start()
         stack.push_async_callback(embedded.stop)
+        # "Starts and keeps": a mongod of ours that dies is started again, not left for good.
+        embedded.keep_running()
     # Every operation is bounded, all in (finding a primary, the round trip, the server's
     # work): a database that is down, failing over or frozen answers "try again" in seconds.
     timeout = settings.mongodb_timeout_seconds

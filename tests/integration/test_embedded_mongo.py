@@ -73,6 +73,45 @@ async def test_recovers_after_a_crash_and_on_another_port(tmp_path: Path) -> Non
         await _insert_in_transaction(moved.url, {"_id": "o3"})  # and it is primary again
 
 
+async def test_a_mongod_that_dies_is_started_again_at_the_url_its_clients_hold(
+    tmp_path: Path,
+) -> None:
+    mongo = EmbeddedMongo(tmp_path)
+    url = await mongo.start()
+    mongo.keep_running(every=0.1)
+    try:
+        await _insert_in_transaction(url, {"_id": "o4"})
+        died = mongo.pid
+        assert died is not None
+        os.kill(died, signal.SIGKILL)  # the OOM killer, say
+        assert await _find(url, "o4") == {"_id": "o4"}  # the client waits for it, and finds it
+        assert mongo.pid not in (None, died)
+        await _insert_in_transaction(url, {"_id": "o5"})  # primary again
+    finally:
+        await mongo.stop()
+    await asyncio.sleep(0.3)
+    assert mongo.pid is None  # and nothing started again since
+
+
+async def test_a_stop_during_a_restart_leaves_no_mongod(tmp_path: Path) -> None:
+    mongo = EmbeddedMongo(tmp_path)
+    await mongo.start()
+    mongo.keep_running(every=0.05)
+    died = mongo.pid
+    assert died is not None
+    os.kill(died, signal.SIGKILL)
+    for _ in range(500):  # until the restart is under way
+        if mongo.pid not in (None, died):
+            break
+        await asyncio.sleep(0.01)
+    starting = mongo.pid
+    await asyncio.wait_for(mongo.stop(), 30)
+    await asyncio.sleep(0.3)
+    assert mongo.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(starting, 0)  # what the restart had started is gone, not left running
+
+
 async def test_a_data_dir_in_use_is_refused_clearly(tmp_path: Path) -> None:
     async with EmbeddedMongo(tmp_path) as running:
         with pytest.raises(EmbeddedMongoError, match=f"pid {running.pid}"):

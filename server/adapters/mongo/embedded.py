@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import platform
 import shutil
@@ -26,6 +27,8 @@ from typing import IO, Any, NoReturn, Self
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure, PyMongoError
+
+log = logging.getLogger("liveshop.mongodb")
 
 REPLICA_SET = "rs0"
 _ADDRESS_IN_USE_EXIT = 48  # mongod's exit code when it cannot bind its port
@@ -140,6 +143,7 @@ class EmbeddedMongo:
         self.stop_timeout = stop_timeout
         self.cache_size_gb = cache_size_gb
         self._process: subprocess.Popen[bytes] | None = None
+        self._keeper: asyncio.Task[None] | None = None  # see keep_running
 
     @property
     def db_path(self) -> Path:
@@ -185,13 +189,49 @@ class EmbeddedMongo:
             await self._launch_on_a_port(mongod, deadline)
             await self._make_primary(deadline)
         except BaseException:
-            await self.stop()
+            await self._end_process()
             raise
         (self.data_dir / "mongod.port").write_text(f"{self.port}\n")
         return self.url
 
+    def keep_running(self, every: float = 1.0) -> None:
+        """From now until `stop`, start mongod again, on its port, whenever it exits unasked (a
+        crash, the OOM killer): its clients hold that URL, and find it back."""
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_running(every))
+
+    async def _keep_running(self, every: float) -> None:
+        wait = every
+        while True:
+            await asyncio.sleep(wait)
+            process = self._process
+            if process is not None and process.poll() is None:
+                continue
+            if process is not None:
+                log.error(
+                    "embedded_mongodb_exited",
+                    extra={"exit_code": process.returncode, "log": str(self.log_path)},
+                )
+            self.requested_port = self.port  # the URL its clients hold
+            try:
+                await self.start()
+            except Exception as exc:  # its port taken, the disk full, its log unwritable...
+                log.error("embedded_mongodb_not_restarted", extra={"detail": str(exc)})
+                wait = min(wait * 2, 30.0)  # ...not tried again each second
+                continue
+            log.warning("embedded_mongodb_restarted", extra={"port": self.port})
+            wait = every
+
     async def stop(self) -> None:
-        """SIGTERM (a clean shutdown flushes the journal), then SIGKILL if it hangs."""
+        """SIGTERM (a clean shutdown flushes the journal), then SIGKILL if it hangs; and no
+        more restarts (a restart under way is cancelled, and ends what it started)."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+        await self._end_process()
+
+    async def _end_process(self) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
