@@ -105,6 +105,7 @@ async def test_a_stop_during_a_restart_leaves_no_mongod(tmp_path: Path) -> None:
             break
         await asyncio.sleep(0.01)
     starting = mongo.pid
+    assert starting is not None
     await asyncio.wait_for(mongo.stop(), 30)
     await asyncio.sleep(0.3)
     assert mongo.pid is None
