@@ -268,6 +268,7 @@ class Hub(StreamFollower):
         except Exception as exc:
             if self._rooms.get(room.room_id) is room:
                 del self._rooms[room.room_id]
+                self.metrics.rooms.set(len(self._rooms))
             error = exc if isinstance(exc, LiveshopError) else Unavailable("room unavailable")
             if isinstance(exc, TimeoutError):  # pub/sub away or slow: an outage, not a bug
                 log.warning("room_open_timed_out", extra={"room_id": room.room_id})

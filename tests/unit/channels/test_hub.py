@@ -74,6 +74,28 @@ async def test_unknown_room_is_refused_and_leaves_nothing_behind(hub: Hub) -> No
     assert "nope" not in hub.broker.bus.streams  # no stream kept a day for a room that is not
 
 
+async def test_rooms_that_fail_to_open_leave_the_rooms_gauge_as_it_was() -> None:
+    """One counted as it opened, while another opened, must not stay counted once it fails."""
+    knocked = asyncio.Event()
+
+    async def load(room_id: str) -> RoomView:
+        if room_id == "nope":
+            await knocked.wait()
+        return await load_room(room_id)
+
+    hub = Hub(MemoryBroker(MemoryBus()), load, Metrics(), HubLimits())
+    await hub.start()
+    try:
+        failing = asyncio.create_task(hub.join("nope", viewer(1), Socket()))
+        await hub.join("r1", viewer(2), Socket())  # opens while "nope" opens
+        knocked.set()
+        with pytest.raises(NotFound):
+            await failing
+        assert hub.metrics.rooms._value.get() == 1  # r1 alone
+    finally:
+        await hub.close()
+
+
 class UnconfirmedSubscribe(MemoryBroker):
     """Pub/sub takes the subscribe but never confirms it, as a Redis frozen mid-handshake."""
 
