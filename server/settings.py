@@ -34,9 +34,21 @@ _URL_SCHEMES = {
 }
 
 
-_HOST = re.compile(r"\S+")
-_DATABASE_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")
-_BASE_URL = re.compile(r"https?://[^/\s]+(/\S*)?")
+# Values checked here rather than failing once the server runs. A public URL loses its last
+# "/": paths are put after it.
+_SHAPES = {
+    # Empty, uvicorn would listen on every address: with the public dev key, by default.
+    "host": (re.compile(r"\S+"), "must name an address or a host, without spaces"),
+    # What MongoDB takes on every platform (it refuses /\. "$*<>:|? and 64 bytes or more).
+    "mongodb_database": (
+        re.compile(r"[A-Za-z0-9_-]{1,63}"),
+        "must be 1 to 63 letters, digits, _ or -",
+    ),
+    "public_url": (
+        re.compile(r"https?://[^/\s]+(/\S*)?"),
+        "must be an http:// or https:// URL without spaces",
+    ),
+}
 
 
 class Settings(BaseSettings):
@@ -78,30 +90,13 @@ class Settings(BaseSettings):
     # Per-message deflate costs ~100 KB of zlib state per socket; off unless asked for.
     ws_deflate: bool = False
 
-    @field_validator("host")
+    @field_validator("host", "mongodb_database", "public_url")
     @classmethod
-    def _a_host(cls, host: str) -> str:
-        # Empty, uvicorn would listen on every address: with the public dev key, by default.
-        if not _HOST.fullmatch(host):
-            raise ValueError("must name an address or a host, without spaces")
-        return host
-
-    @field_validator("mongodb_database")
-    @classmethod
-    def _a_database_name(cls, name: str) -> str:
-        # What MongoDB takes on every platform (it refuses /\. "$*<>:|? and 64 bytes or more).
-        if not _DATABASE_NAME.fullmatch(name):
-            raise ValueError("must be 1 to 63 letters, digits, _ or -")
-        return name
-
-    @field_validator("public_url")
-    @classmethod
-    def _a_base_url(cls, url: str | None) -> str | None:
-        if url is None:
-            return url
-        if not _BASE_URL.fullmatch(url):
-            raise ValueError("must be an http:// or https:// URL without spaces")
-        return url.rstrip("/")  # paths are put after it
+    def _of_its_shape(cls, value: str | None, info: ValidationInfo) -> str | None:
+        shape, rule = _SHAPES[info.field_name or ""]
+        if value is not None and not shape.fullmatch(value):
+            raise ValueError(rule)
+        return value.rstrip("/") if value and info.field_name == "public_url" else value
 
     @field_validator("log_level", mode="before")
     @classmethod
