@@ -50,6 +50,11 @@ MAX_AFTER_HEAD_BYTES = 1024 * 1024
 READ_SECONDS = 30.0
 # How long a refused client may go on sending (dropped) before its connection is closed.
 LINGER_SECONDS = 2.0
+# Requests received whole and waiting behind the one being answered. uvicorn queues every
+# pipelined request a read holds (about 7,500 in 256 KB), and reads on after each answer: one
+# client that sent requests back to back, answered or not, grew the server by 750 MB in 3 s.
+# Browsers never pipeline; a client that does waits for its answers past this many.
+MAX_PIPELINED = 32
 
 
 def problem_body(status: int, title: str, detail: str, code: str) -> bytes:
@@ -87,6 +92,12 @@ _TOO_LARGE_AFTER_HEAD = problem_response(
     f"the body, with its chunk framing and trailers, is larger than {MAX_AFTER_HEAD_BYTES} bytes",
     "payload_too_large",
 )
+_TOO_MANY_PIPELINED = problem_response(
+    429,
+    "Too Many Requests",
+    f"more than {MAX_PIPELINED} requests sent ahead of their answers on one connection",
+    "too_many_pipelined_requests",
+)
 _TIMED_OUT = problem_response(
     408,
     "Request Timeout",
@@ -98,6 +109,10 @@ _TIMED_OUT = problem_response(
 class _HeadTooLarge(Exception):
     """Raised from a parser callback: httptools stops at once, and uvicorn calls
     `send_400_response`, which answers 431 instead."""
+
+
+class _TooManyPipelined(Exception):
+    """Raised from a parser callback, as _HeadTooLarge is: answered 429 in its turn."""
 
 
 class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -116,6 +131,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     _heads_in_read: list[tuple[bytes, list[tuple[bytes, bytes]], int]]
     _large_read = False
     _head_too_large = False
+    _too_many_pipelined = False
     _refused = False
     # A refusal that waits for the requests before it to be answered (see `_refuse`).
     _deferred: bytes | None = None
@@ -161,6 +177,9 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         too large), in the API's own form."""
         if self._head_too_large:
             self._refuse_large_head()
+        elif self._too_many_pipelined:
+            log.info("too_many_pipelined_requests")
+            self._refuse(_TOO_MANY_PIPELINED)
         else:
             self._refuse(MALFORMED)
 
@@ -169,6 +188,11 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
 
     def on_message_begin(self) -> None:
+        if len(self.pipeline) >= MAX_PIPELINED:
+            # Those queued are answered, then this refusal, and the connection closes: no
+            # more of the read is parsed.
+            self._too_many_pipelined = True
+            raise _TooManyPipelined
         self._in_head, self._head_bytes = True, 0
         if self._reading_since is None:  # a connection's first request counts from its start
             self._reading_since = self.loop.time()

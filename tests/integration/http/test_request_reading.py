@@ -162,13 +162,15 @@ async def test_a_head_read_behind_a_large_body_is_not_taken_for_a_large_head(por
 
 
 async def test_pipelined_heads_within_the_bound_are_not_summed_into_one(port: int) -> None:
-    # Each head is bound, not the heads a read holds: 600 small pipelined GETs, a read ending
-    # within the last; and a 30 KB head followed by a part of a 4 KB one.
-    small = b"GET /ok HTTP/1.1\r\nhost: x\r\nuser-agent: pipelining-client/1.0\r\n\r\n"
+    # Each head is bound, not the heads a read holds: 30 pipelined GETs of 1.3 KB (40 KB in
+    # all, within the pipelining bound), a read ending within the last; and a 30 KB head
+    # followed by a part of a 4 KB one.
+    small = b"GET /ok HTTP/1.1\r\nhost: x\r\nx-pad: " + b"p" * 1_300 + b"\r\n\r\n"
     last = b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    stream = small * 600 + last
+    stream = small * 30 + last
+    assert len(stream) > MAX_HEAD_BYTES
     answers = _answers(await _send(port, stream[:-20], stream[-20:], pause=0.1))
-    assert [answer[:2] for answer in answers] == [(200, None)] * 601
+    assert [answer[:2] for answer in answers] == [(200, None)] * 31
     large = b"GET /ok HTTP/1.1\r\nhost: x\r\nx-a: " + b"a" * 30_000 + b"\r\n\r\n"
     answers = _answers(await _send(port, large + last[:20], last[20:], pause=0.1))
     assert [answer[:2] for answer in answers] == [(200, None), (200, None)]
@@ -269,6 +271,25 @@ async def test_pipelined_requests_are_answered_in_order_before_the_400(
     answers = _answers(await _send(port, first + second + refused))
     assert answers[:2] == [(200, None, b"ok"), (200, None, b"second")]
     assert [answer[:2] for answer in answers[2:]] == [(400, "malformed_request")]
+
+
+async def test_requests_sent_far_ahead_of_their_answers_are_refused_not_queued(port: int) -> None:
+    """One read of requests back to back: uvicorn queued each of them (750 MB in 3 s from one
+    client). Those within the bound are answered in order, then the next is refused, and the
+    connection closes: nothing more of the read is taken."""
+    flood = b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n" * 5_000
+    answers = _answers(await _send(port, flood))
+    kept = http_head.MAX_PIPELINED + 1  # the one answered first, and those queued behind it
+    assert [answer[:2] for answer in answers] == [(200, None)] * kept + [
+        (429, "too_many_pipelined_requests")
+    ]
+
+
+async def test_requests_within_the_pipelining_bound_are_all_answered(port: int) -> None:
+    batch = b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n" * http_head.MAX_PIPELINED
+    last = b"GET /ok HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    answers = _answers(await _send(port, batch + last))
+    assert [answer[:2] for answer in answers] == [(200, None)] * (http_head.MAX_PIPELINED + 1)
 
 
 @pytest.mark.parametrize(
