@@ -128,6 +128,9 @@ class LocalRoom:
     kept_at: float = 0.0
 
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # Lines deleted lately, so that one replayed to a moderator after its deletion was heard
+    # here (the replay ends where the reconnect began) does not come back (see recall_chat).
+    _deleted: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _chat: dict[str, ChatState] = field(default_factory=dict)
     # Users who left, oldest first: when, and their chat state (see CHAT_STATE_KEPT_SECONDS).
     _left: OrderedDict[str, tuple[float, ChatState]] = field(default_factory=OrderedDict)
@@ -294,11 +297,13 @@ class LocalRoom:
     def _note_chat(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "chat.message":
-            self._recent[str(event.get("id"))] = None
-            if len(self._recent) > RECENT_MESSAGES:
-                self._recent.popitem(last=False)
+            message_id = str(event.get("id"))
+            if message_id not in self._deleted:
+                _keep_last(self._recent, message_id)
         elif kind == "chat.deleted":
-            self._recent.pop(str(event.get("message_id")), None)
+            message_id = str(event.get("message_id"))
+            self._recent.pop(message_id, None)
+            _keep_last(self._deleted, message_id)
 
     def apply(self, event: dict[str, Any]) -> None:
         """Keep the local view in step with one room event."""
@@ -372,6 +377,12 @@ def _is_newer(figure: dict[str, Any], known: dict[str, Any]) -> bool:
     (sold out, told at the end of an offer whose stock was lost) always does."""
     new, held = figure.get("stock_version"), known.get("stock_version")
     return not isinstance(new, int) or not isinstance(held, int) or new > held
+
+
+def _keep_last(ids: OrderedDict[str, None], new: str) -> None:
+    ids[new] = None
+    if len(ids) > RECENT_MESSAGES:
+        ids.popitem(last=False)
 
 
 def hello_frame(

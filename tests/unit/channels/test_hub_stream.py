@@ -113,6 +113,37 @@ async def test_a_moderator_may_delete_the_lines_replayed_to_them_by_another_proc
             await hub.close()
 
 
+async def test_a_line_deleted_while_a_moderators_replay_is_read_stays_deleted() -> None:
+    bus = MemoryBus()
+    a, far = Hub(MemoryBroker(bus), load_room, Metrics(), HubLimits()), FarBroker(bus)
+    b = Hub(far, load_room, Metrics(), HubLimits())
+    for hub in (a, b):
+        await hub.start()
+    moderator = Identity("mod", Role.MODERATOR)
+    try:
+        first = Socket()
+        conn, _ = await a.join("r1", moderator, first)
+        await first.until_got("hello")
+        hello = first.frames()[0]
+        await a.leave(conn)
+        await a.publish_room_event("r1", {"type": "chat.message", "id": "m1", "text": "spam"})
+        await b.join("r1", viewer(1), Socket())
+        far.replied.clear()  # the moderator's replay is on its way...
+        again = Socket()
+        since = {"since": hello["seq"], "epoch": hello["epoch"]}
+        joining = asyncio.create_task(b.join("r1", moderator, again, **since))
+        await asyncio.sleep(0.05)
+        await a.publish_room_event("r1", {"type": "chat.deleted", "message_id": "m1"})
+        await asyncio.sleep(0.05)  # ...when another moderator's deletion is heard here
+        far.replied.set()
+        _, room = await joining
+        await again.until_got("chat.deleted")
+        assert not room.knows_message("m1")
+    finally:
+        for hub in (a, b):
+            await hub.close()
+
+
 async def test_reconnect_with_another_epoch_is_told_to_reload(hub: Hub) -> None:
     await hub.publish_room_event("r1", {"type": "chat.message", "text": "x"})
     socket = Socket()
