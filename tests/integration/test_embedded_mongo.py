@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import time
@@ -87,10 +88,29 @@ async def test_a_mongod_that_dies_is_started_again_at_the_url_its_clients_hold(
         assert await _find(url, "o4") == {"_id": "o4"}  # the client waits for it, and finds it
         assert mongo.pid not in (None, died)
         await _insert_in_transaction(url, {"_id": "o5"})  # primary again
+        assert (tmp_path / "mongod.exited.log").stat().st_size > 0  # why it died, kept
     finally:
         await mongo.stop()
     await asyncio.sleep(0.3)
     assert mongo.pid is None  # and nothing started again since
+
+
+async def test_a_mongod_whose_files_are_gone_is_not_started_again_on_nothing(
+    tmp_path: Path,
+) -> None:
+    mongo = EmbeddedMongo(tmp_path)
+    await mongo.start()
+    mongo.keep_running(every=0.05)
+    try:
+        died = mongo.pid
+        assert died is not None
+        shutil.rmtree(mongo.db_path)  # an operator's mistake, a disk swapped
+        os.kill(died, signal.SIGKILL)
+        await asyncio.sleep(1.0)
+        assert mongo.pid is None
+        assert not mongo.db_path.exists(), "an empty database was started in its place"
+    finally:
+        await mongo.stop()
 
 
 async def test_a_stop_during_a_restart_leaves_no_mongod(tmp_path: Path) -> None:

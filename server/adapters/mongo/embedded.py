@@ -210,8 +210,14 @@ class EmbeddedMongo:
             if process is not None:
                 log.error(
                     "embedded_mongodb_exited",
-                    extra={"exit_code": process.returncode, "log": str(self.log_path)},
+                    extra={"exit_code": process.returncode, "log": str(self._keep_exits_log())},
                 )
+                self._process = None  # seen: a restart that fails is not taken for a new exit
+            if not (self.db_path / "WiredTiger").exists():
+                # Its files are gone: started again, it would serve an empty database, without
+                # the indexes Liveshop made at start-up. Left down; /readyz says so.
+                log.error("embedded_mongodb_data_gone", extra={"db_path": str(self.db_path)})
+                return
             self.requested_port = self.port  # the URL its clients hold
             try:
                 await self.start()
@@ -221,6 +227,14 @@ class EmbeddedMongo:
                 continue
             log.warning("embedded_mongodb_restarted", extra={"port": self.port})
             wait = every
+
+    def _keep_exits_log(self) -> Path:
+        """The log of a mongod that exited, moved where attempts to start again (each of which
+        begins a log of its own) leave it."""
+        kept = self.data_dir / "mongod.exited.log"
+        with contextlib.suppress(OSError):
+            self.log_path.replace(kept)
+        return kept
 
     async def stop(self) -> None:
         """SIGTERM (a clean shutdown flushes the journal), then SIGKILL if it hangs; and no
