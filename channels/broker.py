@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 # A process that has not reported its viewers for this long is presumed dead.
 STALE_SECONDS = 10.0
+# How long a spaced turn is remembered: the longest spacing asked (slow mode's longest).
+SPACED_TURNS_KEPT_SECONDS = 3600.0
 # How long the counters remember a process's last report and each of its tallies (see
 # CounterReport) after it last reported: far longer than any report takes to arrive.
 REPORT_TRACE_SECONDS = 3600.0
@@ -131,6 +133,11 @@ class Broker(Protocol):
     async def take_turn(self, room_id: str, name: str, burst: int, per_second: float) -> bool:
         """True while the room's `name` has been taken at most `burst` times at once and
         `per_second` after that, across processes (a token bucket); False takes nothing."""
+
+    async def take_spaced_turn(self, room_id: str, name: str, seconds: float) -> bool:
+        """True when the room's `name` was last taken `seconds` ago or more (or not within
+        SPACED_TURNS_KEPT_SECONDS), across processes; False takes nothing. Unlike a bucket's,
+        the spacing is the caller's each time: a shorter one lets the next turn come sooner."""
 
 
 def new_epoch() -> str:

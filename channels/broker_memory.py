@@ -17,6 +17,7 @@ from typing import Any
 from channels.broker import (
     KEPT_SECONDS,
     REPORT_TRACE_SECONDS,
+    SPACED_TURNS_KEPT_SECONDS,
     STALE_SECONDS,
     BrokerListener,
     CounterReport,
@@ -62,6 +63,7 @@ class MemoryBus:
         self.counters: dict[str, _RoomCounters] = {}
         self.gates: dict[tuple[str, str], float] = {}
         self.turns: dict[tuple[str, str], float] = {}  # when each bucket is full again
+        self.spaced_turns: dict[tuple[str, str], float] = {}  # when each was last taken
         self.brokers: list[MemoryBroker] = []
         self._swept_at = time.monotonic()
 
@@ -85,6 +87,9 @@ class MemoryBus:
             del self.gates[gate]
         for turn in [t for t, full_at in self.turns.items() if full_at <= now]:
             del self.turns[turn]
+        kept_since = now - SPACED_TURNS_KEPT_SECONDS
+        for turn in [t for t, last in self.spaced_turns.items() if last <= kept_since]:
+            del self.spaced_turns[turn]
         for stream in self.streams.values():
             _trim(stream.history, now - self.history_seconds, self.history_events)
 
@@ -94,6 +99,7 @@ class MemoryBus:
         self.counters.clear()
         self.gates.clear()
         self.turns.clear()
+        self.spaced_turns.clear()
 
 
 class MemoryBroker:
@@ -250,6 +256,16 @@ class MemoryBroker:
         if full_at - now > (burst - 1) * interval:
             return False
         self.bus.turns[key] = max(full_at, now) + interval
+        self.bus.sweep_if_due(now)
+        return True
+
+    async def take_spaced_turn(self, room_id: str, name: str, seconds: float) -> bool:
+        now = time.monotonic()
+        key = (room_id, name)
+        last = self.bus.spaced_turns.get(key)
+        if last is not None and now - last < seconds:
+            return False
+        self.bus.spaced_turns[key] = now
         self.bus.sweep_if_due(now)
         return True
 

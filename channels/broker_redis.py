@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from channels.broker import (
     KEPT_SECONDS,
     REPORT_TRACE_SECONDS,
+    SPACED_TURNS_KEPT_SECONDS,
     STALE_SECONDS,
     BrokerListener,
     CounterReport,
@@ -156,6 +157,20 @@ return 1
 """
 
 
+# A turn spaced from the last one (Broker.take_spaced_turn), by Redis's clock as _TURN is.
+# KEYS[1] the last turn's time; ARGV[1] microseconds since it at least, ARGV[2] ms it is kept.
+_SPACED_TURN = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local last = tonumber(redis.call('GET', KEYS[1]))
+if last and now - last < tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], string.format('%d', now), 'PX', ARGV[2])
+return 1
+"""
+
+
 def _key(room_id: str, name: str) -> str:
     """A room's key: the room id as the hash tag keeps a room's keys in one cluster slot, so
     that one script may use them all."""
@@ -195,6 +210,7 @@ class RedisBroker:
         self._publish = self._redis.register_script(_PUBLISH)
         self._counters = self._redis.register_script(_COUNTERS)
         self._turn = self._redis.register_script(_TURN)
+        self._spaced_turn = self._redis.register_script(_SPACED_TURN)
         self._listener: BrokerListener | None = None
         self._reader: asyncio.Task[None] | None = None
         self._room_prefix = room_channel("")
@@ -365,6 +381,12 @@ class RedisBroker:
         key = _key(room_id, f"turn:{name}")
         interval_us = max(1, round(1_000_000 / per_second))
         return bool(await self._turn(keys=[key], args=[interval_us, burst]))
+
+    @redis_unreachable_is_unavailable
+    async def take_spaced_turn(self, room_id: str, name: str, seconds: float) -> bool:
+        key = _key(room_id, f"spaced:{name}")
+        args = [round(seconds * 1_000_000), round(SPACED_TURNS_KEPT_SECONDS * 1000)]
+        return bool(await self._spaced_turn(keys=[key], args=args))
 
     async def _read_forever(self) -> None:
         # A reader that died would leave this process deaf to every room, silently: whatever

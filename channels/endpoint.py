@@ -28,6 +28,7 @@ from channels.protocol import (
     Publish,
     Reply,
     RoomSession,
+    SpacedTurn,
     Spoken,
     StoreBan,
     StoreMute,
@@ -158,6 +159,12 @@ async def _carry_out(
                 conn.push(encode_body(command.frame))
             elif isinstance(command, Publish):
                 await hub.publish_room_event(room.room_id, command.event)
+            elif isinstance(command, SpacedTurn):
+                spaced = await hub.broker.take_spaced_turn(
+                    room.room_id, command.name, command.seconds
+                )
+                if not spaced:
+                    raise RateLimited(command.refusal, code=command.code)
             elif isinstance(command, Spoken):
                 room.chat_state(command.user_id).last_sent = command.at
             elif isinstance(command, Turn):

@@ -148,6 +148,17 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
+class SpacedTurn:
+    """A turn taken room-wide `seconds` after the last one at least (Broker.take_spaced_turn),
+    refused with RateLimited(`refusal`, `code`): slow mode, over a user's every socket."""
+
+    name: str
+    seconds: int
+    code: str
+    refusal: str
+
+
+@dataclass(frozen=True, slots=True)
 class Spoken:
     """The user's line went out (this follows its Publish): slow mode's wait starts now, and
     not at a line that a room-wide turn, or the broker, then refused."""
@@ -178,6 +189,7 @@ Command = (
     | Lift
     | StoreSlowMode
     | Turn
+    | SpacedTurn
     | Close
 )
 
@@ -365,17 +377,16 @@ class RoomSession:
         return [*self._chat_turns(user_id, moderator), Publish(event), Spoken(user_id, mono)]
 
     def _chat_turns(self, user_id: str, moderator: bool) -> list[Command]:
-        """The checks above, room-wide: slow mode's, then the rate limit's."""
-        turns: list[Command] = []
+        """The checks above, room-wide: the rate limit's, then slow mode's, the last before the
+        line goes out (a line the rate limit refuses starts no slow mode wait). Slow mode's is
+        spaced from the user's last line by the setting of the moment, which the host may
+        have changed since."""
+        burst, rate = self.rules.chat_burst, self.rules.chat_per_second
+        turns: list[Command] = [Turn(f"chat:{user_id}", burst, rate, "rate_limited", TOO_FAST)]
         seconds = self.rules.slow_mode_seconds
         if not moderator and seconds > 0:
             refusal = f"slow mode: one message every {seconds} s"
-            # A bucket per setting: one kept from a longer setting would hold the user to it
-            # after the host has shortened it (the bucket keeps when it is full again).
-            name = f"slow-mode:{seconds}:{user_id}"
-            turns.append(Turn(name, 1, 1 / seconds, "slow_mode", refusal))
-        burst, rate = self.rules.chat_burst, self.rules.chat_per_second
-        turns.append(Turn(f"chat:{user_id}", burst, rate, "rate_limited", TOO_FAST))
+            turns.append(SpacedTurn(f"slow-mode:{user_id}", seconds, "slow_mode", refusal))
         return turns
 
     def _refuse_muting_the_host_or_yourself(self, user_id: str) -> None:

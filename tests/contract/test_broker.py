@@ -310,6 +310,22 @@ async def test_a_turn_is_counted_across_nodes(backend: Backend) -> None:
     ] == [True, False]
 
 
+async def test_a_spaced_turn_is_spaced_from_the_last_by_the_spacing_of_the_moment(
+    backend: Backend,
+) -> None:
+    a, b = backend.a.broker, backend.b.broker
+    taken = await asyncio.gather(
+        *(n.take_spaced_turn("r12", "slow-mode:u1", 1) for n in (a, b) for _ in range(3))
+    )
+    assert taken.count(True) == 1  # over both nodes
+    assert await a.take_spaced_turn("r12", "slow-mode:u2", 1)  # another name, its own
+    await asyncio.sleep(0.3)
+    assert not await b.take_spaced_turn("r12", "slow-mode:u1", 1)
+    assert not await b.take_spaced_turn("r12", "slow-mode:u1", 2)  # raised: later still
+    assert await b.take_spaced_turn("r12", "slow-mode:u1", 0.25)  # shortened: due already
+    assert not await a.take_spaced_turn("r12", "slow-mode:u1", 0.25)  # and taken from now
+
+
 async def test_redis_restart_resubscribes_and_starts_a_new_epoch(
     redis_server: RedisServer,
 ) -> None:

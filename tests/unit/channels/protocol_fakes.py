@@ -14,6 +14,7 @@ from channels.protocol import (
     Publish,
     Reply,
     RoomSession,
+    SpacedTurn,
     Spoken,
     Turn,
 )
@@ -62,7 +63,7 @@ def send(
     raw = frame if isinstance(frame, str | bytes) else json.dumps(frame)
     commands, _ = s.handle(raw, mono=mono, now=NOW)
     for command in commands:
-        if isinstance(command, Turn) and command.name == refused_turn:
+        if isinstance(command, Turn | SpacedTurn) and command.name == refused_turn:
             break
         if isinstance(command, Spoken):
             s.rules.chat_state(command.user_id).last_sent = command.at

@@ -33,11 +33,16 @@ async def test_what_redis_would_expire_is_swept(clock: Monotonic) -> None:
     await broker.update_counters("show", CounterReport(1, 1, likes=5, likes_counted=0, viewers=1))
     assert await broker.try_gate("show", "stock:f_1", 0.5)
     assert await broker.take_turn("show", "chat:leo", 5, 1.0)
+    assert await broker.take_spaced_turn("show", "slow-mode:leo", 10)
     epoch = (await broker.position("show")).epoch
 
     clock.now += 601 + SWEEP_EVERY_SECONDS  # past the history anyone is served
     await broker.publish("other", {"type": "chat.message"})  # any write sweeps
     assert (bus.gates, bus.turns) == ({}, {})
+    assert list(bus.spaced_turns) == [("show", "slow-mode:leo")]  # kept an hour
+    clock.now += 3600
+    await broker.publish("other", {"type": "chat.message"})
+    assert (bus.gates, bus.turns, bus.spaced_turns) == ({}, {}, {})
     assert len(bus.streams["show"].history) == 0
     assert await broker.position("show") == StreamPosition(3, epoch)
     assert (await broker.read_counters("show")).likes == 5

@@ -20,6 +20,7 @@ from channels.protocol import (
     Lift,
     Publish,
     Reply,
+    SpacedTurn,
     Spoken,
     StoreBan,
     StoreMute,
@@ -180,13 +181,13 @@ def test_slow_mode_applies_to_shoppers_not_to_the_host() -> None:
     rules.slow_mode_seconds = 10
     shopper, host = session(SHOPPER, rules), session(HOST, rules)
     # A shopper's line also takes their turns room-wide, for their sockets on other processes.
-    slow, _, line, _ = send(shopper, {"type": "chat.send", "text": "a"}, mono=0)
-    assert slow == Turn("slow-mode:10:shopper-1", 1, 0.1, "slow_mode", SLOW)
+    _, slow, line, _ = send(shopper, {"type": "chat.send", "text": "a"}, mono=0)
+    assert slow == SpacedTurn("slow-mode:shopper-1", 10, "slow_mode", SLOW)
     assert isinstance(line, Publish)
     assert error_code(send(shopper, {"type": "chat.send", "text": "b"}, mono=5)) == "slow_mode"
     assert [type(c) for c in send(shopper, {"type": "chat.send", "text": "c"}, mono=11)] == [
         Turn,
-        Turn,
+        SpacedTurn,
         Publish,
         Spoken,
     ]
@@ -202,7 +203,7 @@ def test_a_line_refused_room_wide_does_not_start_slow_modes_wait() -> None:
     rules.slow_mode_seconds = 10
     laptop = session(SHOPPER, rules)
     refused = send(
-        laptop, {"type": "chat.send", "text": "b"}, 5, refused_turn="slow-mode:10:shopper-1"
+        laptop, {"type": "chat.send", "text": "b"}, 5, refused_turn="slow-mode:shopper-1"
     )
     assert published(refused)  # what the process sends, had the room taken the turn
     assert published(send(laptop, {"type": "chat.send", "text": "c"}, mono=10.5))
