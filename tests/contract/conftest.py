@@ -11,10 +11,12 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
+from server.adapters.memory_orders import MemoryOrderStore
 from server.adapters.memory_reservations import MemoryStockReservations
-from server.adapters.mongo.orders import ensure_order_indexes
+from server.adapters.mongo.orders import MongoOrderStore, ensure_order_indexes
 from server.adapters.mongo.stores import ensure_indexes
 from server.adapters.redis_reservations import RedisStockReservations
+from tests.contract.order_samples import Stores
 from tests.contract.stock_backends import Backend
 
 
@@ -29,6 +31,15 @@ async def mongo_db(mongodb_url: str, mongo_database_name: str) -> AsyncIterator[
         yield db
     finally:
         await client.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.mongo)])
+def stores(request: pytest.FixtureRequest) -> Stores:
+    """An order store, in memory or on a real MongoDB."""
+    if request.param == "memory":
+        return Stores(MemoryOrderStore())
+    db = request.getfixturevalue("mongo_db")  # only here, so memory runs need no MongoDB
+    return Stores(MongoOrderStore(db), raw=db)
 
 
 @pytest_asyncio.fixture(params=["memory", "redis"])

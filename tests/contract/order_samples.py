@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from server.domain.figures import OfferFigures
 from server.domain.money import Money
@@ -13,6 +15,16 @@ from server.ports import OrderStore
 
 T0 = datetime(2026, 5, 14, 10, 0, 0, 123000, tzinfo=UTC)
 TTL = timedelta(minutes=15)
+
+
+@dataclass
+class Stores:
+    """An order store under test (the `stores` fixture, conftest.py)."""
+
+    orders: OrderStore
+    raw: Any = None  # the Mongo database, for checks of the stored form
+
+
 ADDRESS = Address(
     name="Mia Chen",
     line1="Friedrichstr. 12",

@@ -264,6 +264,20 @@ async def test_a_stopped_or_lost_stock_is_not_stopped_as_sold_out(backend: Backe
         await stock.stop_if_sold_out("of1")
 
 
+async def test_a_stopped_stock_marked_sold_out_takes_a_new_version(backend: Backend) -> None:
+    """tell_sold_out relies on it: its 0 must be newer than any figure heard of the stopped
+    stock, or the room's stream drops it as no newer."""
+    stock = backend.stock
+    await open_offer(stock, quantity=2, limit=2)
+    await stock.claim("of1", "alice", 1, "k1", NOW)
+    await stock.stop("of1")
+    stopped = await stock.figure("of1")
+    assert stopped.remaining == 1
+    assert stopped.version is not None
+    await stock.stop("of1", sold_out=True)
+    assert await stock.figure("of1") == StockFigure(0, stopped.version + 1)
+
+
 async def test_a_sold_out_end_marks_even_a_stock_rebuilt_meanwhile(backend: Backend) -> None:
     """Lost after the seller's sold-out stop, the stock was rebuilt from orders one of which
     gave its unit back meanwhile: the end, recorded sold out, stops it so all the same."""

@@ -11,7 +11,15 @@ import pytest
 from channels.close_codes import CloseCode
 from channels.protocol import AddLikes, Claim, Close, Publish, Reply, error_frame
 from server.domain.errors import Conflict
-from tests.unit.channels.protocol_fakes import MODERATOR, SHOPPER, error_code, send, session
+from server.domain.identity import Identity, Role
+from tests.unit.channels.protocol_fakes import (
+    HOST,
+    MODERATOR,
+    SHOPPER,
+    error_code,
+    send,
+    session,
+)
 
 
 @pytest.mark.parametrize(
@@ -152,3 +160,28 @@ def test_an_errors_details_are_fields_of_its_frame() -> None:
 def test_an_errors_details_cannot_stand_in_for_its_own_fields(name: str) -> None:
     with pytest.raises(ValueError, match="details may not be named"):
         Conflict("the offer is not active", code="offer_not_active", details={name: "x"})
+
+
+def test_the_hosts_id_in_a_shoppers_token_cannot_moderate() -> None:
+    """As for an order or a room's figures: the host's id alone, in a shopper's token, is not
+    the host."""
+    as_shopper = Identity(HOST.user_id, Role.SHOPPER)
+    for frame in (
+        {"type": "user.ban", "user_id": "someone"},
+        {"type": "user.mute", "user_id": "someone"},
+        {"type": "room.slow_mode", "seconds": 30},
+    ):
+        assert error_code(send(session(as_shopper), frame)) == "forbidden"
+
+
+def test_the_frame_size_limit_counts_bytes_not_characters() -> None:
+    raw = json.dumps({"type": "chat.send", "text": "\u20ac" * 500}, ensure_ascii=False)
+    assert len(raw) < 1024 < len(raw.encode())
+    assert error_code(send(session(HOST, max_frame_bytes=1024), raw)) == "frame_too_large"
+
+
+def test_a_mute_of_no_time_is_refused() -> None:
+    """It would tell the room of a mute already over."""
+    commands = send(session(HOST), {"type": "user.mute", "user_id": "u1", "duration_seconds": 0})
+    assert error_code(commands) == "invalid_frame"
+    assert not any(isinstance(command, Publish) for command in commands)

@@ -116,6 +116,14 @@ def test_the_table_matches_the_product_brief() -> None:
     assert ends == {S.DELIVERED, S.CANCELLED, S.EXPIRED, S.REFUNDED}
 
 
+def test_an_order_holds_its_units_until_cancelled_expired_or_refunded() -> None:
+    """Delivered too: a rebuild counts the units of the orders that hold them, or the offer
+    sells them again once Redis has lost it."""
+    let_go = {S.CANCELLED, S.EXPIRED, S.REFUNDED}
+    for status in S:
+        assert order_at(status).holds_stock == (status not in let_go), status
+
+
 @pytest.mark.parametrize(("from_status", "to_status"), sorted(LEGAL))
 def test_every_legal_move_is_made_and_recorded(
     from_status: OrderStatus, to_status: OrderStatus

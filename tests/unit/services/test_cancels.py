@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 
 from server.domain.errors import Conflict, Forbidden
+from server.domain.identity import SYSTEM
 from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
 from server.stock_port import StockReservations
@@ -123,3 +124,27 @@ async def test_a_cancel_tells_the_buyer_and_gives_the_units_back_at_once(shop: S
     assert cancelled.status is OrderStatus.CANCELLED
     assert await shop.stock.remaining(offer.id) == 3
     assert shop.events.private[-1][1]["order"]["status"] == "cancelled"
+
+
+async def test_a_buyer_cannot_cancel_an_order_the_system_cancelled(shop: Shop) -> None:
+    """A cancel sent again answers the order its buyer cancelled; one the system cancelled (a
+    reservation lost) is refused as not cancellable, as an expired one is."""
+    offer = await shop.launch(quantity=3, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    lost = await shop.orders_store.get(order.id)  # another process's "reservation lost"
+    lost.move(OrderStatus.CANCELLED, at=shop.clock(), by=SYSTEM, reason="reservation lost")
+    await shop.orders_store.save_move(lost, expected=OrderStatus.PENDING_PAYMENT)
+    with pytest.raises(Conflict) as refused:
+        await shop.orders.cancel(order.id, buyer(1))
+    assert refused.value.code == "invalid_transition"
+
+
+async def test_an_expired_order_is_told_to_its_buyer_as_it_expires(shop: Shop) -> None:
+    """Not a housekeeping step later, by the fallback for a broker that was away."""
+    offer = await shop.launch(quantity=3, limit=1)
+    order, _ = await shop.claim(offer, buyer(1), "k1")
+    told = len(shop.events.private)
+    shop.clock.advance(minutes=16)
+    assert await shop.orders.expire_due() == 1
+    heard = [(user, e["order"]["id"], e["order"]["status"]) for user, e in shop.events.private]
+    assert heard[told:] == [("buyer-1", order.id, "expired")]

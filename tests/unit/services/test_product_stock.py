@@ -6,6 +6,7 @@ the end can become an order any more. Launches of one product racing each other 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any, cast
 
 import pytest
@@ -235,6 +236,29 @@ async def test_a_stock_that_a_failed_rebuild_left_unconfirmed_sells_nothing(shop
     with pytest.raises(Conflict) as again:  # the settled offer sells no more
         await shop.claim(first, buyer(3), "k")
     assert again.value.code == "offer_not_active"
+
+
+async def test_settling_deals_with_a_reservation_stamped_by_a_clock_ahead(shop: Shop) -> None:
+    """Every reservation, however new by this process's clock, is attached or given back
+    before the offer is recorded settled: another process's clock may be minutes ahead."""
+    offer = await shop.launch(quantity=3, limit=1, duration=600)
+    ahead = shop.clock() + timedelta(minutes=5)
+    await shop.stock.claim(offer.id, "buyer-9", 1, "buyer-9:k", ahead)  # its claimer died
+    await shop.offers.stop(offer.id, HOST)
+    shop.clock.advance(seconds=LATE_ORDERS.total_seconds())
+    assert await shop.orders.settle_due() == 1
+    assert await shop.stock.pending_without_order(offer.id, ahead + timedelta(hours=1)) == []
+
+
+async def test_offers_claimed_here_are_remembered_for_an_hour(shop: Shop) -> None:
+    """Housekeeping reaps their orphans even with no viewer of the room connected here."""
+    offer = await shop.launch(quantity=3, limit=1)
+    await shop.claim(offer, buyer(1), "k1")
+    assert shop.orders.recently_claimed_offers() == [offer.id]
+    shop.clock.advance(minutes=59)
+    assert shop.orders.recently_claimed_offers() == [offer.id]
+    shop.clock.advance(minutes=2)
+    assert shop.orders.recently_claimed_offers() == []
 
 
 async def test_an_offer_with_more_pending_reservations_than_a_batch_settles_over_rounds(
