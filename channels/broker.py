@@ -17,10 +17,12 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from server.domain.rooms import MAX_SLOW_MODE_SECONDS
+
 # A process that has not reported its viewers for this long is presumed dead.
 STALE_SECONDS = 10.0
 # How long a spaced turn is remembered: the longest spacing asked (slow mode's longest).
-SPACED_TURNS_KEPT_SECONDS = 3600.0
+SPACED_TURNS_KEPT_SECONDS = float(MAX_SLOW_MODE_SECONDS)
 # How long the counters remember a process's last report and each of its tallies (see
 # CounterReport) after it last reported: far longer than any report takes to arrive.
 REPORT_TRACE_SECONDS = 3600.0

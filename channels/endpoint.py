@@ -29,7 +29,6 @@ from channels.protocol import (
     Reply,
     RoomSession,
     SpacedTurn,
-    Spoken,
     StoreBan,
     StoreMute,
     StoreSlowMode,
@@ -165,8 +164,6 @@ async def _carry_out(
                 )
                 if not spaced:
                     raise RateLimited(command.refusal, code=command.code)
-            elif isinstance(command, Spoken):
-                room.chat_state(command.user_id).last_sent = command.at
             elif isinstance(command, Turn):
                 # The broker's failures are Unavailable already: answered, not logged as bugs.
                 taken = await hub.broker.take_turn(

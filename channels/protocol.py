@@ -36,7 +36,6 @@ from server import strict_json
 from server.domain.chat import (
     MAX_CHAT_CHARS,
     TokenBucket,
-    check_slow_mode,
     clean_text,
     find_blocked_word,
 )
@@ -72,12 +71,11 @@ class RoomRules(Protocol):
 
 @dataclass(slots=True)
 class ChatState:
-    """Per user and room: the burst bucket and when they last spoke (for slow mode); and the
-    likes they may still send, shared by their sockets, so that opening more sockets does not
-    make the host's like count grow faster."""
+    """Per user and room: the burst bucket, and the likes they may still send, shared by
+    their sockets, so that opening more sockets does not make the host's like count grow
+    faster. (Slow mode is kept room-wide alone: see _chat_turns.)"""
 
     bucket: TokenBucket
-    last_sent: float | None = None
     likes: TokenBucket = field(
         default_factory=lambda: TokenBucket(capacity=LIKES_BURST, rate=LIKES_PER_SECOND)
     )
@@ -159,15 +157,6 @@ class SpacedTurn:
 
 
 @dataclass(frozen=True, slots=True)
-class Spoken:
-    """The user's line went out (this follows its Publish): slow mode's wait starts now, and
-    not at a line that a room-wide turn, or the broker, then refused."""
-
-    user_id: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
 class Claim:
     frame: OfferClaim
 
@@ -181,7 +170,6 @@ class Close:
 Command = (
     Reply
     | Publish
-    | Spoken
     | AddLikes
     | Claim
     | StoreMute
@@ -360,8 +348,6 @@ class RoomSession:
         text = clean_text(frame.text, self.limits.chat_max_chars)
         state = self.rules.chat_state(user_id)
         moderator = can_moderate(self.rules.host_id, self.identity)
-        if not moderator:
-            check_slow_mode(state.last_sent, self.rules.slow_mode_seconds, mono)
         if not state.bucket.take(mono):
             raise RateLimited(TOO_FAST)
         if not moderator and find_blocked_word(text, self.rules.blocked_words) is not None:
@@ -374,13 +360,13 @@ class RoomSession:
             "client_id": frame.client_id,
             "at": iso_z(now),
         }
-        return [*self._chat_turns(user_id, moderator), Publish(event), Spoken(user_id, mono)]
+        return [*self._chat_turns(user_id, moderator), Publish(event)]
 
     def _chat_turns(self, user_id: str, moderator: bool) -> list[Command]:
         """The checks above, room-wide: the rate limit's, then slow mode's, the last before the
-        line goes out (a line the rate limit refuses starts no slow mode wait). Slow mode's is
-        spaced from the user's last line by the setting of the moment, which the host may
-        have changed since."""
+        line goes out (a line the rate limit refuses starts no slow mode wait). Slow mode is
+        held room-wide alone, over all of a user's sockets on every process: each line spaced
+        from their last by the setting of the moment, which the host may have changed."""
         burst, rate = self.rules.chat_burst, self.rules.chat_per_second
         turns: list[Command] = [Turn(f"chat:{user_id}", burst, rate, "rate_limited", TOO_FAST)]
         seconds = self.rules.slow_mode_seconds

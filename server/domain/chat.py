@@ -7,7 +7,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from server.domain.errors import InvalidInput, RateLimited
+from server.domain.errors import InvalidInput
 from server.domain.text import FORMAT_KEPT, shows_something, tags_in_flags_only
 
 MAX_CHAT_CHARS = 500
@@ -205,15 +205,6 @@ class TokenBucket:
             self.tokens -= count
             return True
         return False
-
-
-def check_slow_mode(last_sent: float | None, slow_mode_seconds: int, now: float) -> None:
-    """Raise when a user speaks again before slow mode allows it."""
-    if slow_mode_seconds <= 0 or last_sent is None:
-        return
-    wait = last_sent + slow_mode_seconds - now
-    if wait > 0:
-        raise RateLimited(f"slow mode: wait {wait:.0f} s before sending again", code="slow_mode")
 
 
 def clean_blocked_words(words: list[str]) -> list[str]:

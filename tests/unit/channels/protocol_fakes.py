@@ -14,9 +14,6 @@ from channels.protocol import (
     Publish,
     Reply,
     RoomSession,
-    SpacedTurn,
-    Spoken,
-    Turn,
 )
 from server.domain.chat import TokenBucket
 from server.domain.identity import Identity, Role
@@ -55,18 +52,9 @@ def session(identity: Identity, rules: Rules | None = None, **limits: int) -> Ro
     )
 
 
-def send(
-    s: RoomSession, frame: object, mono: float = 0.0, *, refused_turn: str | None = None
-) -> list[Command]:
-    """The frame's commands, the room's own state changed as its process carries them out (a
-    line noted `Spoken`), up to a turn named `refused_turn`, which the room refuses."""
+def send(s: RoomSession, frame: object, mono: float = 0.0) -> list[Command]:
     raw = frame if isinstance(frame, str | bytes) else json.dumps(frame)
     commands, _ = s.handle(raw, mono=mono, now=NOW)
-    for command in commands:
-        if isinstance(command, Turn | SpacedTurn) and command.name == refused_turn:
-            break
-        if isinstance(command, Spoken):
-            s.rules.chat_state(command.user_id).last_sent = command.at
     return commands
 
 
