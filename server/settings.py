@@ -101,7 +101,10 @@ class Settings(BaseSettings):
             raise ValueError(rule)
         if info.field_name == "mongodb_database" and len(str(value).encode()) >= 64:
             raise ValueError(rule)
-        return value.rstrip("/") if value and info.field_name == "public_url" else value
+        if value and info.field_name == "public_url":
+            scheme, rest = value.split("://", 1)
+            return f"{scheme.lower()}://{rest.rstrip('/')}"  # the demo makes ws:// of http://
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from schemas.http import product_summary
 from server.domain.chat import clean_blocked_words
-from server.domain.errors import Conflict, Forbidden, InvalidInput, LiveshopError, NotFound
+from server.domain.errors import Forbidden, InvalidInput, LiveshopError, NotFound
 from server.domain.identity import Identity, Role
 from server.domain.ids import new_id
 from server.domain.money import Money
@@ -27,6 +27,7 @@ from server.domain.rooms import (
     can_moderate,
     ensure_can_manage,
     ensure_hosts_own,
+    room_has_ended,
 )
 from server.domain.times import utc_ms, utc_now
 from server.ports import ProductStore, RoomEvents, RoomStore
@@ -272,7 +273,7 @@ class RoomService:
         if not can_moderate(room.host_id, who):
             raise Forbidden("only the room's host or a moderator can change its settings")
         if room.status is RoomStatus.ENDED:
-            raise Conflict("room has ended", code="invalid_room_state")
+            raise room_has_ended()
         return room
 
 

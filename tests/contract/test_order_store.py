@@ -261,7 +261,7 @@ async def test_a_move_that_returns_units_notes_it_until_they_are_back(stores: St
     assert await stores.orders.get("o_1") == cancelled  # the order itself is unchanged
 
 
-@pytest.mark.parametrize("recorded", [False, True], ids=["set by hand", "a move refused"])
+@pytest.mark.parametrize("recorded", [False, True], ids=["set by hand", "a step no move makes"])
 async def test_save_move_refuses_a_move_its_history_does_not_show(
     stores: Stores, recorded: bool
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.demo import local_url
+from server.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -19,3 +20,10 @@ from server.demo import local_url
 )
 def test_the_url_printed_for_each_address_opens(host: str, url: str) -> None:
     assert local_url(host, 8000) == url
+
+
+def test_a_public_url_is_kept_as_the_demo_builds_on_it() -> None:
+    """Paths go after it, and its websocket URLs replace its "http" with "ws"."""
+    assert (
+        Settings(public_url="HTTPS://Shop.Example/live/").public_url == "https://Shop.Example/live"
+    )

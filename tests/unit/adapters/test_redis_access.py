@@ -10,7 +10,7 @@ from server.adapters.redis_access import CALLS, commands_called
 
 def _scripts() -> list[str]:
     reservations = [v for v in vars(redis_reservation_scripts).values() if isinstance(v, str)]
-    broker = [broker_redis._PUBLISH, broker_redis._COUNTERS, broker_redis._TURN]
+    broker = [v for v in vars(broker_redis).values() if isinstance(v, str)]
     return [script for script in reservations + broker if "redis.call(" in script]
 
 
