@@ -66,6 +66,8 @@ class Hub(StreamFollower):
         the reads of the settings alone."""
         self.broker = broker
         self.metrics = metrics
+        # Read when scraped: no open, close or failed open can leave it behind.
+        metrics.rooms.set_function(lambda: len(self._rooms))
         self.limits = limits
         self.draining = False
         self._load_room = load_room
@@ -263,12 +265,10 @@ class Hub(StreamFollower):
                 )
             room.last_seq, room.epoch = before.seq, before.epoch
             await self._sync(room)
-            self.metrics.rooms.set(len(self._rooms))
             ready.set_result(None)
         except Exception as exc:
             if self._rooms.get(room.room_id) is room:
                 del self._rooms[room.room_id]
-                self.metrics.rooms.set(len(self._rooms))
             error = exc if isinstance(exc, LiveshopError) else Unavailable("room unavailable")
             if isinstance(exc, TimeoutError):  # pub/sub away or slow: an outage, not a bug
                 log.warning("room_open_timed_out", extra={"room_id": room.room_id})
@@ -284,7 +284,6 @@ class Hub(StreamFollower):
             if room.connections or self._rooms.get(room.room_id) is not room:
                 return
             del self._rooms[room.room_id]
-            self.metrics.rooms.set(len(self._rooms))
             try:
                 await self._counters.leave(room)
             except Exception as exc:  # closed here all the same; its last likes go uncounted
