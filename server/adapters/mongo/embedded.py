@@ -40,7 +40,8 @@ class EmbeddedMongoError(RuntimeError):
 
 
 class UnusableDataDir(EmbeddedMongoError):
-    """LIVESHOP_DATA_DIR cannot hold MongoDB's files (a file, unwritable, not creatable)."""
+    """LIVESHOP_DATA_DIR cannot hold MongoDB's files: a file, or a path that cannot be made.
+    (A directory mongod may not write in fails as mongod starts, with its log's reason.)"""
 
 
 def find_mongod() -> Path:
@@ -123,8 +124,9 @@ class EmbeddedMongo:
     """A mongod child process running a single-node replica set under `data_dir`.
 
     Layout: `data_dir/db` (the database files), `data_dir/mongod.log` (this run's log; the previous
-    run's is kept as `mongod.log.1`) and `data_dir/mongod.port` (the last port, reused when free,
-    so clients that remember the URL find the server again).
+    run's is kept as `mongod.log.1`, and the log of one that exited unasked as
+    `mongod.exited.log`) and `data_dir/mongod.port` (the last port, reused when free, so clients
+    that remember the URL find the server again).
     """
 
     def __init__(
