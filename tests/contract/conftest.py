@@ -34,7 +34,7 @@ async def mongo_db(mongodb_url: str, mongo_database_name: str) -> AsyncIterator[
 
 
 @pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.mongo)])
-def stores(request: pytest.FixtureRequest) -> Stores:
+def order_stores(request: pytest.FixtureRequest) -> Stores:
     """An order store, in memory or on a real MongoDB."""
     if request.param == "memory":
         return Stores(MemoryOrderStore())

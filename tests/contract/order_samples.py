@@ -19,7 +19,7 @@ TTL = timedelta(minutes=15)
 
 @dataclass
 class Stores:
-    """An order store under test (the `stores` fixture, conftest.py)."""
+    """An order store under test (the `order_stores` fixture, conftest.py)."""
 
     orders: OrderStore
     raw: Any = None  # the Mongo database, for checks of the stored form
