@@ -276,7 +276,16 @@ async def test_expiries_while_the_stock_is_away_are_given_back_later_offer_by_of
     assert await orders.expire_due() == 3  # the orders expire; their units wait
     assert len(await shop.orders_store.units_to_return(10)) == 3
     stock.away, stock.away_for = False, {first.id}  # only the first offer's stock is away now
+    tries: list[None] = []
+
+    async def tried() -> None:
+        tries.append(None)
+
+    stock.before_release = tried
     assert await orders.return_units_due() == 1  # the second's unit is not held up by it
+    # One try for the first offer's two units: a stock that hangs would cost each try 5 s.
+    assert len(tries) == 2
+    stock.before_release = None
     assert await shop.stock.remaining(second.id) == 3
     assert await shop.stock.remaining(first.id) == 1
     stock.away_for = set()
