@@ -66,8 +66,9 @@ class Hub(StreamFollower):
         the reads of the settings alone."""
         self.broker = broker
         self.metrics = metrics
-        # Read when scraped: no open, close or failed open can leave it behind.
-        metrics.rooms.set_function(lambda: len(self._rooms))
+        # Read when scraped: no open, close or failed open can leave it behind; rooms still
+        # opening are not counted (anyone may knock on a room id that does not exist).
+        metrics.rooms.set_function(lambda: len(self._opened_rooms()))
         self.limits = limits
         self.draining = False
         self._load_room = load_room

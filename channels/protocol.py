@@ -369,8 +369,10 @@ class RoomSession:
         from their last by the setting of the moment, which the host may have changed."""
         burst, rate = self.rules.chat_burst, self.rules.chat_per_second
         turns: list[Command] = [Turn(f"chat:{user_id}", burst, rate, "rate_limited", TOO_FAST)]
-        seconds = self.rules.slow_mode_seconds
-        if not moderator and seconds > 0:
+        if not moderator:
+            # Taken with slow mode off too (a spacing of 0 always passes): it notes the line,
+            # and a host who turns slow mode on holds who has just spoken.
+            seconds = self.rules.slow_mode_seconds
             refusal = f"slow mode: one message every {seconds} s"
             turns.append(SpacedTurn(f"slow-mode:{user_id}", seconds, "slow_mode", refusal))
         return turns

@@ -158,8 +158,8 @@ class LocalRoom:
 
     def remove(self, conn: Connection) -> bool:
         """Forget a viewer; False when it was not here (already removed). A user's chat state
-        (slow mode, rate limits) is kept CHAT_STATE_KEPT_SECONDS after their last connection
-        here leaves."""
+        (their rate limits) is kept CHAT_STATE_KEPT_SECONDS after their last connection here
+        leaves."""
         if conn not in self.connections:
             return False
         self.connections.discard(conn)

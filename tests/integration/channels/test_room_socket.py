@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -182,6 +183,26 @@ async def test_a_shortened_slow_mode_holds_who_spoke_under_the_longer_one_to_the
         while answer["type"] not in ("chat.message", "error"):  # viewers, likes
             answer = await recv(leo)
         assert (answer["type"], answer.get("text")) == ("chat.message", "a second later")
+
+
+async def _answer(ws: ClientConnection) -> dict[str, Any]:
+    """The next chat line or error, past the room's counts."""
+    frame = await recv(ws)
+    while frame["type"] not in ("chat.message", "error"):
+        frame = await recv(ws)
+    return frame
+
+
+async def test_slow_mode_holds_a_line_within_it_and_who_spoke_just_before_it_began(
+    live: Live,
+) -> None:
+    async with host_and(live, "leo") as (host, leo):
+        await leo.send(json.dumps({"type": "chat.send", "text": "before"}))
+        assert (await _answer(leo))["type"] == "chat.message"
+        await host.send(json.dumps({"type": "room.slow_mode", "seconds": 30}))
+        await recv_type(leo, "room.slow_mode")
+        await leo.send(json.dumps({"type": "chat.send", "text": "at once"}))
+        assert (await _answer(leo)).get("code") == "slow_mode"
 
 
 async def test_a_mute_and_a_ban_are_lifted(live: Live) -> None:

@@ -44,9 +44,12 @@ def test_chat_is_cleaned_and_published_with_author() -> None:
     commands = send(
         session(SHOPPER), {"type": "chat.send", "text": "  hi\u202e\x07  there ", "client_id": "c1"}
     )
-    # Its turn taken room-wide too, for the user's sockets on other processes.
-    turn, publish = commands
+    # Its turns taken room-wide too, for the user's sockets on other processes: the rate
+    # limit's, and slow mode's (off, it notes the line for a slow mode turned on after it).
+    turn, spaced, publish = commands
     assert turn == Turn("chat:shopper-1", 5, 1.0, "rate_limited", TOO_FAST)
+    assert isinstance(spaced, SpacedTurn)
+    assert (spaced.name, spaced.seconds) == ("slow-mode:shopper-1", 0)
     assert isinstance(publish, Publish)
     event = publish.event
     assert event["type"] == "chat.message"
