@@ -67,8 +67,8 @@ def _refusals(exc: ValidationError) -> str:
     """One line naming each variable (and flag) refused, as the operator spells it."""
     faults = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else ""
-        name = f"LIVESHOP_{field.upper()}"
+        field = str(error["loc"][0])  # every check is a field's
+        name = f"{Settings.model_config['env_prefix']}{field.upper()}"
         if field in ("host", "port"):
             name += f" (or --{field})"
         faults.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")

@@ -12,7 +12,7 @@ from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 from redis.connection import parse_url
 
-from channels.broker import STALE_SECONDS
+from channels.broker import KEPT_SECONDS, STALE_SECONDS
 
 # The signing key of every dev run (the demo, tests) unless LIVESHOP_SECRET names one: public,
 # so refused when LIVESHOP_ENV=prod.
@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     # Room stream history kept for reconnecting clients (bounded: Redis refuses a huge MAXLEN,
     # and every publish would fail)
     history_events: int = Field(default=1000, ge=10, le=1_000_000)
-    history_seconds: int = Field(default=600, ge=10, le=86_400)
+    history_seconds: int = Field(default=600, ge=10, le=KEPT_SECONDS)  # the stream's own
     # Likes and viewer counts go out at most once per this many seconds per room; each process
     # reports its viewers as often, and a report older than broker.STALE_SECONDS no longer counts.
     counter_interval: float = Field(default=1.0, ge=0.05, le=STALE_SECONDS / 2)

@@ -288,33 +288,51 @@ async def test_a_rebuild_whose_reads_straddle_another_s_check_keeps_the_answered
     await settled_after_losing_it_again(shop, late, answered, last)
 
 
-async def test_a_rebuild_read_before_a_cancel_and_a_later_check_keeps_the_answered_order() -> None:
-    # Counted first whatever was noted at or above the last build read: an order cancelled
-    # after the rebuild's read, which the later check left out, kept its old note, counted
-    # with that check's orders by age, and the answered one lost its unit.
+async def a_rebuild_reading_a_lost_stock() -> tuple[
+    Shop, Order, Order, HeldCalls, asyncio.Task[None]
+]:
+    """Stock A, rebuilt holding buyer 2's order and checked, knows nothing of the late order
+    that lands next (the oldest); buyer 3 takes A's last unit (the youngest), and A is lost.
+    A rebuild has read the orders and A's build, and is held there. The shop, buyer 2's
+    order, buyer 3's (answered), the held read, and the rebuild."""
     shop = await open_shop()
     offer = await shop.launch(quantity=2, limit=1)
-    late = await answered_try_again(shop, offer)  # the oldest order
+    late = await answered_try_again(shop, offer)
     cancelled, created = await shop.claim(offer, buyer(2), "k2")
     assert created
+    shop.clock.advance(seconds=1)
     shop.stock.flush()
-    await shop.offers.rebuild(offer.id)  # A: holds buyer 2's, checked
-    await late.land()  # A does not know it
-    answered, created = await shop.claim(offer, buyer(3), "k3")  # A's last unit
+    await shop.offers.rebuild(offer.id)
+    await late.land()
+    answered, created = await shop.claim(offer, buyer(3), "k3")
     assert created
-    shop.stock.flush()  # lost again
+    shop.stock.flush()
     slow = HeldCalls(shop.orders_store, "checked_of_offer")
     rebuild = asyncio.create_task(offers_reading(shop, slow).rebuild(offer.id))
-    await slow.entered.wait()  # the orders read (buyer 2's pending), and A's build
-    await shop.orders.cancel(cancelled.id, buyer(2))  # its release rebuilds B, checked
-    shop.stock.flush()  # B lost before any claim
-    slow.gate.set()
-    await rebuild
+    await slow.entered.wait()
+    return shop, cancelled, answered, slow, rebuild
+
+
+async def assert_kept_after_two_rounds(shop: Shop, answered: Order) -> None:
+    """Two rounds of late orders in a process that survived: the answered order keeps its
+    unit."""
     _, survivor = other_process(shop)
     for _ in range(2):
         await survivor.settle_late_orders()
     assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
-    assert await shop.stock.remaining(offer.id) == 0  # the two left held, by buyers 1 and 3
+
+
+async def test_a_rebuild_read_before_a_cancel_and_a_later_check_keeps_the_answered_order() -> None:
+    # Counted first whatever was noted at or above the last build read: an order cancelled
+    # after the rebuild's read, which the later check left out, kept its old note, counted
+    # with that check's orders by age, and the answered one lost its unit.
+    shop, cancelled, answered, slow, rebuild = await a_rebuild_reading_a_lost_stock()
+    await shop.orders.cancel(cancelled.id, buyer(2))  # its release rebuilds B, checked
+    shop.stock.flush()  # B lost before any claim
+    slow.gate.set()
+    await rebuild
+    await assert_kept_after_two_rounds(shop, answered)
+    assert await shop.stock.remaining(answered.offer_id) == 0  # held by buyers 1 and 3
 
 
 async def test_a_check_whose_build_note_failed_leaves_no_rebuild_stuck() -> None:
@@ -357,21 +375,7 @@ async def test_a_round_notes_an_order_held_only_by_a_build_that_held_it() -> Non
     # A round read the last build checked (A), and attached its orders once another stock (B)
     # was checked: it noted them held by A, which never held the late one, and a rebuild that
     # had read A counted that late order first, before an answered one.
-    shop = await open_shop()
-    offer = await shop.launch(quantity=2, limit=1)
-    late = await answered_try_again(shop, offer)  # the oldest order
-    cancelled, created = await shop.claim(offer, buyer(2), "k2")
-    assert created
-    shop.clock.advance(seconds=1)  # the answered one is the youngest
-    shop.stock.flush()
-    await shop.offers.rebuild(offer.id)  # A: holds buyer 2's, checked
-    await late.land()  # A does not know it
-    answered, created = await shop.claim(offer, buyer(3), "k3")  # A's last unit
-    assert created
-    shop.stock.flush()  # lost again before a round checked the late order
-    slow = HeldCalls(shop.orders_store, "checked_of_offer")
-    rebuild = asyncio.create_task(offers_reading(shop, slow).rebuild(offer.id))
-    await slow.entered.wait()  # the orders read (all pending), and A's build
+    shop, cancelled, answered, slow, rebuild = await a_rebuild_reading_a_lost_stock()
     attaching = HeldCalls(shop.stock, "attach_order")
     _, housekeeper = other_process(shop, stock=cast(StockReservations, attaching))
     round_ = asyncio.create_task(housekeeper.settle_late_orders())
@@ -382,7 +386,4 @@ async def test_a_round_notes_an_order_held_only_by_a_build_that_held_it() -> Non
     shop.stock.flush()  # B lost before any claim
     slow.gate.set()
     await rebuild
-    _, survivor = other_process(shop)
-    for _ in range(2):
-        await survivor.settle_late_orders()
-    assert (await shop.orders_store.get(answered.id)).status is OrderStatus.PENDING_PAYMENT
+    await assert_kept_after_two_rounds(shop, answered)
