@@ -25,6 +25,7 @@ from server.domain.offers import (
     StockSnapshot,
     UnconfirmedStock,
     being_restored,
+    most_claims,
     stock_kept_until_ms,
     tally_recovered,
     validate_claim,
@@ -58,6 +59,7 @@ class _Offer:
     stopped: bool = False
     sold_out: bool = False  # stopped as sold out: its stock stays 0 (see stop_if_sold_out)
     held: dict[str, int] = field(default_factory=dict)
+    claims_made: dict[str, int] = field(default_factory=dict)  # by buyer (see most_claims)
     unconfirmed: str | None = None  # rebuilt: claims wait for confirm_open with this token
     rebuilt_from: int = 0  # orders, one recovered claim each
     claims: dict[str, _Reservation] = field(default_factory=dict)
@@ -156,11 +158,15 @@ class MemoryStockReservations:
             return ClaimResult(ClaimOutcome.SOLD_OUT, offer.stock)
         if offer.held.get(buyer_id, 0) + quantity > offer.per_user_limit:
             return ClaimResult(ClaimOutcome.LIMIT_REACHED, offer.stock)
+        made = offer.claims_made.get(buyer_id, 0)
+        if made >= most_claims(offer.per_user_limit):
+            return ClaimResult(ClaimOutcome.CLAIMS_SPENT, offer.stock)
         if offer.stock < quantity:
             return ClaimResult(ClaimOutcome.SOLD_OUT, offer.stock)
         offer.stock -= quantity
         offer.version += 1
         offer.held[buyer_id] = offer.held.get(buyer_id, 0) + quantity
+        offer.claims_made[buyer_id] = made + 1
         reservation_id = self._new_reservation_id()
         reservation = _Reservation(reservation_id, buyer_id, quantity, now_ms, now_ms)
         offer.claims[idempotency_key] = reservation
@@ -326,6 +332,7 @@ class MemoryStockReservations:
             version=_first_version(after_build),
         )
         for c in claims:
+            offer.claims_made[c.buyer_id] = offer.claims_made.get(c.buyer_id, 0) + 1
             offer.claims[c.idempotency_key] = _Reservation(
                 c.restored_reservation_id,
                 c.buyer_id,

@@ -1,6 +1,8 @@
 """The Lua scripts of the Redis stock reservations (redis_reservations.py, whose docstring
 lays out the keys): one per change, so that each is atomic on the server. KEYS are always the
-offer's state, held, claims and pending keys, in that order."""
+offer's state, held, claims, pending and claimed keys, in that order."""
+
+from server.domain.offers import CLAIMS_BEYOND_LIMIT
 
 # An offer's first version, on opening it or rebuilding it: Redis's clock in microseconds, as
 # digits (a Lua number would print in exponent notation), above any version it had before
@@ -49,6 +51,7 @@ return 1
 # is sold out whoever asks. Keep MemoryStockReservations.claim in step.
 CLAIM = (
     SAME_RUN
+    + f"local beyond_limit = {CLAIMS_BEYOND_LIMIT}\n"
     + """
 local function claim(buyer, qty, key, now_ms, rid)
   local now = tonumber(now_ms)
@@ -73,13 +76,16 @@ local function claim(buyer, qty, key, now_ms, rid)
   if stock == 0 then return {'sold_out', stock} end
   local mine = tonumber(redis.call('HGET', KEYS[2], buyer) or '0')
   if mine + qty > tonumber(state[2]) then return {'limit_reached', stock} end
+  local made = tonumber(redis.call('HGET', KEYS[5], buyer) or '0')
+  if made >= tonumber(state[2]) + beyond_limit then return {'claims_spent', stock} end
   if stock < qty then return {'sold_out', stock} end
   stock = redis.call('HINCRBY', KEYS[1], 'stock', -qty)
   local version = redis.call('HINCRBY', KEYS[1], 'v', 1)
   redis.call('HINCRBY', KEYS[2], buyer, qty)
   redis.call('HSET', KEYS[3], key, cjson.encode({r = rid, b = buyer, q = qty, t = now_ms}))
   redis.call('ZADD', KEYS[4], now, key)
-  for i = 2, 4 do redis.call('PEXPIREAT', KEYS[i], state[6]) end
+  redis.call('HINCRBY', KEYS[5], buyer, 1)
+  for i = 2, 5 do redis.call('PEXPIREAT', KEYS[i], state[6]) end
   return {'reserved', stock, rid, '', qty, 0, version, state[9] or ''}
 end
 local out = {}
@@ -219,7 +225,7 @@ DROP_UNCONFIRMED = (
     SAME_RUN
     + """
 if redis.call('HGET', KEYS[1], 'unconfirmed') == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 end
 return 1
 """
@@ -242,11 +248,12 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[8] ~= '' and tonumber(ARGV[8]) >= tonumber(first_version) then
   first_version = string.format('%.0f', tonumber(ARGV[8]) + 4294967296)
 end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 local held = 0
 for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   local r = cjson.decode(ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[5], r.b, 1)  -- each order was a claim of its buyer's
   if r.x ~= 1 then
     held = held + r.q
     redis.call('HINCRBY', KEYS[2], r.b, r.q)
@@ -264,7 +271,7 @@ if ARGV[5] == '2' then redis.call('HSET', KEYS[1], 'stock', 0, 'sold_out', '1') 
 if stopped == '0' then
   redis.call('HSET', KEYS[1], 'unconfirmed', ARGV[7], 'rebuilt_from', (#ARGV - 8) / 2)
 end
-for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
+for i = 1, 5 do redis.call('PEXPIREAT', KEYS[i], ARGV[6]) end
 return 1
 """
 )

@@ -13,6 +13,8 @@ Each offer has, under one hash tag so a cluster keeps them on one shard:
   liveshop:{offer:ID}:claims   hash: idempotency key -> JSON {r: reservation id, b: buyer,
                                q: units, t: created ms, o: order id, x: 1 once released}
   liveshop:{offer:ID}:pending  sorted set: keys with no order yet, scored by created ms
+  liveshop:{offer:ID}:claimed  hash: buyer id -> claims made, whatever became of them (see
+                               CLAIMS_BEYOND_LIMIT); a rebuild counts the buyer's orders
 A missing state hash means Redis lost the offer: claims answer `paused` until a rebuild.
 
 So does a state hash written by another run of Redis: one restarted from a snapshot or an
@@ -67,7 +69,7 @@ MAX_CONNECTIONS = 64  # a pool of its own when given a URL; batching keeps it sm
 
 def _keys(offer_id: str) -> list[str]:
     tag = f"liveshop:{{offer:{offer_id}}}"
-    return [f"{tag}:state", f"{tag}:held", f"{tag}:claims", f"{tag}:pending"]
+    return [f"{tag}:state", f"{tag}:held", f"{tag}:claims", f"{tag}:pending", f"{tag}:claimed"]
 
 
 def _text(value: Any) -> str:
@@ -359,7 +361,7 @@ class RedisStockReservations:
 
     @redis_unreachable_is_unavailable
     async def snapshot(self, offer_id: str) -> StockSnapshot | None:
-        state_key, held_key, _, _ = _keys(offer_id)
+        state_key, held_key, *_ = _keys(offer_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(state_key)
             pipe.hgetall(held_key)

@@ -228,11 +228,24 @@ def being_restored(offer_id: str) -> OfferPaused:
     return OfferPaused(f"offer {offer_id} is being restored")
 
 
+# Claims a buyer may make on one offer beyond its per-user limit, whatever became of them: room
+# for a change of mind (an order cancelled, or left to expire, frees its units and the buyer's
+# count), but not for a claim-and-cancel loop, each turn of which leaves an order and a key in
+# Redis behind.
+CLAIMS_BEYOND_LIMIT = 3
+
+
+def most_claims(per_user_limit: int) -> int:
+    """How many claims one buyer may make on an offer of this per-user limit."""
+    return per_user_limit + CLAIMS_BEYOND_LIMIT
+
+
 class ClaimOutcome(StrEnum):
     RESERVED = "reserved"
     DUPLICATE = "duplicate"  # the key was seen before: same reservation, no more stock
     SOLD_OUT = "sold_out"
     LIMIT_REACHED = "limit_reached"
+    CLAIMS_SPENT = "claims_spent"  # the buyer made most_claims() on this offer already
     NOT_ACTIVE = "not_active"  # before the start, at or after the end, or stopped
     # The reservation store lost this offer, or a rebuild has yet to confirm it still runs:
     # wait for a rebuild.
@@ -310,6 +323,12 @@ def claim_error(result: ClaimResult, offer: FlashOffer) -> LiveshopError | None:
         case ClaimOutcome.LIMIT_REACHED:
             return Conflict(
                 "that would take you over this offer's per-user limit", code="limit_reached"
+            )
+        case ClaimOutcome.CLAIMS_SPENT:  # the same code: a client need not tell them apart
+            return Conflict(
+                f"you have made {most_claims(offer.per_user_limit)} claims on this offer,"
+                " the most one buyer may",
+                code="limit_reached",
             )
         case ClaimOutcome.PAUSED:
             return OfferPaused("claims are paused for a moment, try again")

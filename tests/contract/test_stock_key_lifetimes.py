@@ -21,7 +21,7 @@ async def test_a_claims_keys_expire_with_the_offer(clean_redis: str) -> None:
         tag = "liveshop:{offer:of1}"
         state_expiry = await admin.pexpiretime(f"{tag}:state")
         assert state_expiry > 0
-        for name in ("held", "claims", "pending"):
+        for name in ("held", "claims", "pending", "claimed"):
             assert await admin.pexpiretime(f"{tag}:{name}") == state_expiry, name
     finally:
         await stock.close()

@@ -5,7 +5,7 @@ orders attached, releases (cancellations, expiries, the reaper), stops, the cloc
 and rebuilds, and holds the store to a plain model: every outcome must match the model's, and
 after every step stock is never negative, the units held never exceed the quantity, no buyer
 holds more than the limit, remaining == quantity - held, and the stock's version only
-rises, and rises whenever the stock moves.
+rises, and rises whenever the stock moves. No buyer makes more claims than most_claims allows.
 
 Hypothesis runs synchronously, so each example drives the async store through one
 `asyncio.Runner` the whole test shares (one Redis client, FLUSHALL between examples).
@@ -35,7 +35,13 @@ from hypothesis.stateful import (
 from server.adapters.memory_reservations import MemoryStockReservations
 from server.adapters.redis_reservations import RedisStockReservations
 from server.domain.errors import Unavailable
-from server.domain.offers import AttachOutcome, ClaimOutcome, RecoveredClaim, StockFigure
+from server.domain.offers import (
+    AttachOutcome,
+    ClaimOutcome,
+    RecoveredClaim,
+    StockFigure,
+    most_claims,
+)
 from server.stock_port import StockReservations
 
 T = TypeVar("T")
@@ -117,6 +123,9 @@ class Model:
             return ClaimOutcome.SOLD_OUT
         if self.held_by_buyer().get(buyer, 0) + quantity > self.limit:
             return ClaimOutcome.LIMIT_REACHED
+        # Every claim the model knows was made, or rebuilt from an order: each counts.
+        if sum(c.buyer == buyer for c in self.claims.values()) >= most_claims(self.limit):
+            return ClaimOutcome.CLAIMS_SPENT
         if self.remaining < quantity:
             return ClaimOutcome.SOLD_OUT
         return ClaimOutcome.RESERVED

@@ -152,6 +152,7 @@ def test_the_edges_of_each_range_are_allowed(changes: dict[str, Any]) -> None:
     [
         (ClaimOutcome.SOLD_OUT, 0, Conflict, "sold_out"),
         (ClaimOutcome.LIMIT_REACHED, 3, Conflict, "limit_reached"),
+        (ClaimOutcome.CLAIMS_SPENT, 3, Conflict, "limit_reached"),
         (ClaimOutcome.NOT_ACTIVE, 3, Conflict, "offer_not_active"),
         # Selling out ends the offer: a buyer a moment late hears why.
         (ClaimOutcome.NOT_ACTIVE, 0, Conflict, "sold_out"),

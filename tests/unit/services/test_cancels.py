@@ -10,6 +10,7 @@ import pytest
 
 from server.domain.errors import Conflict, Forbidden
 from server.domain.identity import SYSTEM
+from server.domain.offers import most_claims
 from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
 from server.stock_port import StockReservations
@@ -32,6 +33,28 @@ async def test_cancel_gives_the_units_back_and_the_buyer_may_claim_again(shop: S
     assert again.id != order.id
     with pytest.raises(Forbidden):
         await shop.orders.cancel(again.id, HOST)  # the host sees it, but only the buyer cancels
+
+
+async def test_a_buyer_cancelling_claim_after_claim_is_stopped_with_limit_reached(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=3, limit=1)
+    for turn in range(most_claims(1)):
+        order, created = await shop.claim(offer, buyer(1), f"k{turn}")
+        assert created
+        shop.clock.advance(seconds=1)
+        await shop.orders.cancel(order.id, buyer(1))
+    orders_before = await shop.orders_store.list_for_buyer(buyer(1).user_id, 100)
+    with pytest.raises(Conflict) as refused:
+        await shop.claim(offer, buyer(1), "one-more")
+    assert refused.value.code == "limit_reached"
+    assert refused.value.message == (
+        f"you have made {most_claims(1)} claims on this offer, the most one buyer may"
+    )
+    assert await shop.orders_store.list_for_buyer(buyer(1).user_id, 100) == orders_before
+    assert await shop.stock.remaining(offer.id) == 3
+    order, created = await shop.claim(offer, buyer(2), "k0")  # others still buy
+    assert created
 
 
 async def test_a_cancel_sent_again_or_twice_at_once_answers_the_cancelled_order(

@@ -2,7 +2,8 @@
 keys), cancellations, expiries, the reaper, reservation-store data loss, the host's stop and
 the settling, on the in-memory adapters. Each claim of a new key is answered as a model of
 the offer predicts (an order when units are left and the buyer is under the limit, else the
-right refusal), and a retry of a key that has its order gets that order. A lost stock is left
+right refusal, `limit_reached` also once the buyer made as many claims as one may), and a
+retry of a key that has its order gets that order. A lost stock is left
 to the services to rebuild. After every step: stock never negative, units held never above the
 quantity, no buyer above the limit, remaining == quantity - held, one order per buyer and key,
 every order's history legal, and what the offer books of its product's stock covers what its
@@ -33,6 +34,7 @@ from server.domain.offers import (
     ClaimOutcome,
     EndReason,
     FlashOffer,
+    most_claims,
     units_booked,
 )
 from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus, is_legal_history
@@ -94,6 +96,8 @@ class FlashSale(RuleBasedStateMachine):
         self.by_key: dict[tuple[str, str], str] = {}
         self.booked = QUANTITY  # what the offer books of its product's stock, as last seen
         self.quantity_of: dict[tuple[str, str], int] = {}  # what each key first claimed
+        # Claims each buyer made, at least: each may have reserved (see most_claims).
+        self.claims_made: Counter[str] = Counter()
         self.offer: FlashOffer
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -153,6 +157,7 @@ class FlashSale(RuleBasedStateMachine):
             assert order.quantity == quantity
         else:
             assert created
+            self.claims_made[buyer.user_id] += 1
             self.by_key[claimed] = order.id
             self.quantity_of[claimed] = quantity
 
@@ -188,6 +193,7 @@ class FlashSale(RuleBasedStateMachine):
         scoped = f"{buyer.user_id}:{key}"
         result = self.run(self.stock.claim(self.offer.id, buyer.user_id, 1, scoped, self.clock()))
         if result.outcome is ClaimOutcome.RESERVED:
+            self.claims_made[buyer.user_id] += 1
             self.quantity_of.setdefault((buyer.user_id, key), 1)  # a retry must ask for 1
 
     @rule(buyer=st.sampled_from(BUYERS), key=st.sampled_from("abcdef"))
@@ -205,6 +211,7 @@ class FlashSale(RuleBasedStateMachine):
             if error.code != "unavailable":  # refused before its write: as any claim
                 self.refused(claimed, 1, None, error.code)
                 return
+        self.claims_made[buyer.user_id] += 1
         self.quantity_of.setdefault(claimed, 1)  # a retry must ask for 1
         self.written_late.append(claimed)
         for order in self.late_writes.held[held:]:
@@ -279,8 +286,9 @@ class FlashSale(RuleBasedStateMachine):
             assert left < quantity, (code, left)
             # Over the limit is told first while units are left (claiming fewer won't help).
             assert left == 0 or mine + quantity <= LIMIT, (code, left, mine, quantity)
-        else:
-            assert mine + quantity > LIMIT, (code, mine, quantity)
+        else:  # or the buyer has made as many claims as one may
+            made = self.claims_made[claimed[0]]
+            assert mine + quantity > LIMIT or made >= most_claims(LIMIT), (code, mine, made)
 
     def claimable(self, buyer_id: str) -> tuple[int, int] | None:
         """What a new claim may take while the offer runs: the units left, and the buyer's
