@@ -64,7 +64,6 @@ class Claim:
     answered_ns: int = 0
     outcome: str = ""  # "order" or the error code; "" while unanswered
     order_id: str | None = None
-    http_status: int = 0
     replayed: str | None = None  # HTTP's Idempotent-Replayed header
     detail: str = ""
 
@@ -76,8 +75,9 @@ class Claim:
 class ClaimRun:
     """Sends claims over both transports and matches every answer to its claim."""
 
-    def __init__(self, port: int, pool: HttpPool, offer_id: str) -> None:
-        self.port, self.pool, self.offer_id = port, pool, offer_id
+    def __init__(self, port: int, pool: HttpPool) -> None:
+        self.port, self.pool = port, pool
+        self.offer_id = ""  # set once the offer is launched, after the sockets are up
         self.other_pools: dict[int, HttpPool] = {}  # buyers on other processes (--servers)
         self.claims: list[Claim] = []
         self.answered = 0
@@ -139,7 +139,6 @@ class ClaimRun:
             self._answer(claim, "connection_error", time.monotonic_ns())
             return
         answer = future.result()
-        claim.http_status = answer.status
         claim.replayed = answer.header("idempotent-replayed")
         try:
             body = json.loads(answer.body)

@@ -95,7 +95,7 @@ async def run_burst(
     shop: Shop, buyers: list[Buyer], quantity: int, rng: random.Random
 ) -> dict[str, Any]:
     args = shop.args
-    run = ClaimRun(shop.server.port, HttpPool(shop.server.port, 0), "")
+    run = ClaimRun(shop.server.port, HttpPool(shop.server.port, 0))
     ws = await connect_ws(shop, buyers, run.listen)
     print(f"    {ws['sockets']} websockets up in {ws['seconds']}s ({ws['failed']} failed)")
     run.offer_id = await shop.launch_offer(quantity)
@@ -190,7 +190,7 @@ async def run_paced(
     ports = [shop.server.port, *(server.port for server in shop.more_servers)]
     for i, buyer in enumerate(buyers):
         buyer.port = ports[i % len(ports)]
-    run = ClaimRun(shop.server.port, HttpPool(shop.server.port, 0), "")
+    run = ClaimRun(shop.server.port, HttpPool(shop.server.port, 0))
     ws = await connect_ws(shop, buyers, run.listen)
     print(f"    {ws['sockets']} websockets up in {ws['seconds']}s ({ws['failed']} failed)")
     offer_id = run.offer_id = await shop.launch_offer(n)

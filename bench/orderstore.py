@@ -33,7 +33,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/orderstore.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.runinfo import RESULTS_DIR, code_version, export_commit, machine, run_main
+from bench.runinfo import (
+    RESULTS_DIR,
+    code_version,
+    export_commit,
+    machine,
+    print_run_header,
+    run_main,
+)
 from bench.servers import REPO_ROOT, start_valkey
 from server.adapters.mongo.embedded import EmbeddedMongo
 
@@ -97,10 +104,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def _print(report: dict[str, Any], together: list[int]) -> None:
-    m, code = report["machine"], report["code"]
-    print(f"\nMachine: {m['cpus']} cores, {m['cpu_model']}, Python {m['python']}")
-    dirty = " + uncommitted changes" if code["server_code_modified"] else ""
-    print(f"This tree: commit {code['commit']}{dirty}: {code['subject']}")
+    print_run_header(report, "in-process app, this tree")
     header = f"{'variant':32}" + "".join(f"{f'{n} at once':>22}" for n in together)
     for title, field in (("the server's process", "cpu_us"), ("mongod", "mongod_cpu_us")):
         print(f"\nCPU of {title} per order, µs: median over rounds (min-max)\n{header}")

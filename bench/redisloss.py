@@ -44,7 +44,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/redisloss.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.runinfo import RESULTS_DIR, code_version, export_commit, machine, run_main
+from bench.runinfo import (
+    RESULTS_DIR,
+    code_version,
+    export_commit,
+    machine,
+    print_run_header,
+    run_main,
+)
 from bench.servers import REPO_ROOT, start_valkey
 from server.adapters.mongo.embedded import EmbeddedMongo
 
@@ -143,10 +150,7 @@ def _orders(runs: list[dict[str, Any]]) -> str:
 
 
 def _print(report: dict[str, Any]) -> None:
-    m, code = report["machine"], report["code"]
-    print(f"\nMachine: {m['cpus']} cores, {m['cpu_model']}, Python {m['python']}")
-    dirty = " + uncommitted changes" if code["server_code_modified"] else ""
-    print(f"This tree: commit {code['commit']}{dirty}: {code['subject']}")
+    print_run_header(report, "in-process app, this tree")
     if report["mongodb_timeout"]:
         print(f"MongoDB deadline (mongodb_timeout_seconds): {report['mongodb_timeout']} s")
     print(

@@ -236,10 +236,8 @@ class LiveshopClient(WsClient):
 class SocketIOClient(WsClient):
     """socket.io v5 over engine.io v4, websocket transport only: answer pings, join with auth."""
 
-    def __init__(
-        self, host: str, port: int, auth: dict[str, str], *, deflate: bool = False
-    ) -> None:
-        super().__init__(host, port, "/socket.io/?EIO=4&transport=websocket", deflate=deflate)
+    def __init__(self, host: str, port: int, auth: dict[str, str]) -> None:
+        super().__init__(host, port, "/socket.io/?EIO=4&transport=websocket")
         self._auth = json.dumps(auth, separators=(",", ":"))
 
     def on_text(self, payload: bytes, now: int) -> None:

@@ -103,9 +103,9 @@ class MemoryBus:
 
 
 class MemoryBroker:
-    def __init__(self, bus: MemoryBus | None = None, node_id: str | None = None) -> None:
+    def __init__(self, bus: MemoryBus | None = None) -> None:
         self.bus = bus or MemoryBus()
-        self.node_id = node_id or new_epoch()
+        self.node_id = new_epoch()
         self._listener: BrokerListener | None = None
         self._rooms: set[str] = set()
         self._users: set[str] = set()

@@ -193,9 +193,8 @@ class RedisBroker:
         *,
         history_events: int = 1000,
         history_seconds: float = 600,
-        node_id: str | None = None,
     ) -> None:
-        self.node_id = node_id or new_epoch()
+        self.node_id = new_epoch()
         self.history_events = history_events
         self.history_seconds = history_seconds
         # Bounded and blocking: a burst of publishes waits for a connection (redis_client).

@@ -39,7 +39,6 @@ _URL_SCHEMES = {
 _SHAPES = {
     # Empty, uvicorn would listen on every address: with the public dev key, by default.
     "host": (re.compile(r"\S+"), "must name an address or a host, without spaces"),
-    # What MongoDB takes on every platform (it refuses /\. "$*<>:|? and 64 bytes or more).
     # MongoDB's own rule, on every platform: none of /\. "$*<>:|? and under 64 bytes (the
     # length is checked apart: a character may take several).
     "mongodb_database": (

@@ -74,12 +74,12 @@ def require_identity(request: Request) -> Identity:
     return identity
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes. Read it once:
+async def read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed MAX_BODY_BYTES. Read it once:
     this reads the ASGI messages itself, so Starlette's `request.body()` would find none left."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
     # Content-Length may be absent (chunked) or false, so count what actually arrives too.
     # The ASGI messages are read here rather than through request.stream(): that is an async
     # generator per request, which the event loop also tracks, and for the usual one-message
@@ -92,8 +92,8 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
         if message["type"] != "http.request":
             continue
         body += message.get("body", b"")
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
         if not message.get("more_body", False):
             return bytes(body)
 

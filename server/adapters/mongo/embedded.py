@@ -33,6 +33,9 @@ log = logging.getLogger("liveshop.mongodb")
 REPLICA_SET = "rs0"
 _ADDRESS_IN_USE_EXIT = 48  # mongod's exit code when it cannot bind its port
 _LOG_TAIL_LINES = 25
+START_SECONDS = 60.0  # mongod up and its replica set elected
+STOP_SECONDS = 30.0  # a clean shutdown, before it is killed
+CACHE_SIZE_GB = 0.25  # WiredTiger's cache: a demo's data, on a laptop
 
 
 class EmbeddedMongoError(RuntimeError):
@@ -133,17 +136,10 @@ class EmbeddedMongo:
         self,
         data_dir: Path,
         port: int | None = None,
-        *,
-        start_timeout: float = 60.0,
-        stop_timeout: float = 30.0,
-        cache_size_gb: float = 0.25,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.requested_port = port
         self.port: int | None = None
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self.cache_size_gb = cache_size_gb
         self._process: subprocess.Popen[bytes] | None = None
         self._keeper: asyncio.Task[None] | None = None  # see keep_running
 
@@ -186,7 +182,7 @@ class EmbeddedMongo:
                 f"Another mongod (pid {owner}) is running on {self.db_path}: stop it, or point "
                 "LIVESHOP_DATA_DIR elsewhere, or LIVESHOP_MONGODB_URL at that server."
             )
-        deadline = time.monotonic() + self.start_timeout
+        deadline = time.monotonic() + START_SECONDS
         try:
             await self._launch_on_a_port(mongod, deadline)
             await self._make_primary(deadline)
@@ -253,7 +249,7 @@ class EmbeddedMongo:
             return
         process.terminate()
         try:
-            async with asyncio.timeout(self.stop_timeout):
+            async with asyncio.timeout(STOP_SECONDS):
                 await _wait_exit(process)
         except TimeoutError:
             process.kill()
@@ -311,7 +307,7 @@ class EmbeddedMongo:
             "--dbpath",
             str(self.db_path),
             "--wiredTigerCacheSizeGB",
-            str(self.cache_size_gb),
+            str(CACHE_SIZE_GB),
             # 10 MB journal files instead of 100 MB: WiredTiger preallocates three, and 300 MB
             # per data dir is a lot for a laptop default or a test run.
             "--wiredTigerEngineConfigString",
@@ -323,7 +319,7 @@ class EmbeddedMongo:
 
     async def _wait_until_answering(self, deadline: float) -> None:
         assert self.port is not None
-        client = _admin_client(self.port, direct=True, timeout_ms=250)
+        client = _admin_client(self.port, timeout_ms=250)
         try:
             while True:
                 code = self._process.poll() if self._process else None
@@ -348,7 +344,7 @@ class EmbeddedMongo:
         port changed (else the node finds itself missing from its own config and never leads)."""
         assert self.port is not None
         me = f"127.0.0.1:{self.port}"
-        client = _admin_client(self.port, direct=True, timeout_ms=2000)
+        client = _admin_client(self.port, timeout_ms=2000)
         try:
             config = await client.local["system.replset"].find_one()
             if config is None:
@@ -381,7 +377,7 @@ class EmbeddedMongo:
 
     def _check_deadline(self, deadline: float, what: str) -> None:
         if time.monotonic() > deadline:
-            self._fail(f"{what} within {self.start_timeout:.0f}s")
+            self._fail(f"{what} within {START_SECONDS:.0f}s")
 
     def _fail(self, reason: str) -> NoReturn:
         raise EmbeddedMongoError(
@@ -394,11 +390,11 @@ class _AddressInUse(Exception):
     pass
 
 
-def _admin_client(port: int, *, direct: bool, timeout_ms: int) -> AsyncMongoClient[dict[str, Any]]:
+def _admin_client(port: int, *, timeout_ms: int) -> AsyncMongoClient[dict[str, Any]]:
     return AsyncMongoClient(
         "127.0.0.1",
         port,
-        directConnection=direct,
+        directConnection=True,
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
     )
