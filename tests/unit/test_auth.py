@@ -83,10 +83,11 @@ def test_the_memory_forgets_the_least_recently_used_token(monkeypatch: pytest.Mo
 
 
 def test_a_sockets_token_is_checked_once_not_remembered_and_tells_its_expiry() -> None:
-    token = issue_token(SECRET, "u1", Role.SHOPPER, ttl_seconds=600)
+    issued = datetime.now(UTC).replace(microsecond=0)  # `exp` is in whole seconds
+    token = issue_token(SECRET, "u1", Role.SHOPPER, ttl_seconds=600, now=issued)
     identity, expires = verify_socket_token(SECRET, token)
     assert identity.user_id == "u1"
-    assert 599 < expires - time.time() <= 600
+    assert expires == issued.timestamp() + 600
     assert auth._verified == {}
     # An issuer's mistake (milliseconds for seconds): far past any date, still only a number.
     forever = jwt.encode({"sub": "u2", "role": "shopper", "exp": 10**13}, SECRET, "HS256")

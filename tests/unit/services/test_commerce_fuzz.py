@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from server.adapters.memory_reservations import MemoryStockReservations
 from server.app import Backends, create_app
 from server.auth import issue_token
 from server.domain.identity import Role
+from server.domain.offers import most_claims
 from server.domain.products import Product
 from server.http.errors import PROBLEM_JSON
 from server.settings import Settings
@@ -35,6 +37,7 @@ from server.settings import Settings
 T = TypeVar("T")
 SECRET = "test-secret-for-the-commerce-fuzz-suite"  # test-only key
 HOST = issue_token(SECRET, "host-1", Role.HOST, ttl_seconds=3600)
+HOST_HEADERS = {"Authorization": f"Bearer {HOST}"}
 BUYER = issue_token(SECRET, "buyer-1", Role.SHOPPER, ttl_seconds=3600)
 ADDRESS = {"name": "Ana", "line1": "Rua 1", "city": "Lisboa", "postal_code": "1000-001"}
 VALID_CLAIM = {"quantity": 1, "shipping_address": {**ADDRESS, "country": "PT", "phone": None}}
@@ -132,6 +135,7 @@ def encoded(body: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
 
 
 # Claims for 0 to 4 units of an offer that allows 3 per buyer: the limit, from both sides.
+PER_USER_LIMIT = 3
 CLAIM_QUANTITIES = st.integers(0, 4).map(lambda quantity: {**VALID_CLAIM, "quantity": quantity})
 TOKENS = st.sampled_from(
     [
@@ -146,6 +150,7 @@ TOKENS = st.sampled_from(
     ]
 )
 GOOD_KEYS = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=100)
+VALID_KEY = re.compile(r"[\x21-\x7e]{1,100}")  # the contract's, written out: README
 KEYS = st.one_of(
     GOOD_KEYS, GOOD_KEYS, st.sampled_from(["k-1", "", " ", "x" * 101, "has space", "ключ"])
 )
@@ -175,6 +180,7 @@ class Shop:
     room_id: str
     product_id: str
     offer_id: str
+    claims_made: int = 0  # on this offer, by the buyer (see most_claims)
 
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(work)
@@ -202,6 +208,31 @@ class Shop:
             headers[b"idempotency-key"] = key.encode()
         return self.run(self.client.post(path, content=body, headers=headers))
 
+    def claimed(self) -> None:
+        """Count a claim the buyer made; before they have made as many as one may, the host
+        stops the offer and launches another, so that later examples can claim still."""
+        self.claims_made += 1
+        if self.claims_made == most_claims(PER_USER_LIMIT):
+            self.run(self.client.post(f"/offers/{self.offer_id}/stop", headers=HOST_HEADERS))
+            self.offer_id = self.run(launch_offer(self.client, self.room_id, self.product_id))
+            self.claims_made = 0
+
+
+async def launch_offer(client: httpx.AsyncClient, room_id: str, product_id: str) -> str:
+    offer = await client.post(
+        f"/rooms/{room_id}/offers",
+        json={
+            "product_id": product_id,
+            "price": {"amount": "9.90", "currency": "USD"},
+            "quantity": 10,
+            "per_user_limit": PER_USER_LIMIT,
+            "duration_seconds": 3600,
+        },
+        headers=HOST_HEADERS,
+    )
+    assert offer.status_code == 201, offer.text
+    return str(offer.json()["id"])
+
 
 @pytest.fixture(scope="module")
 def shop() -> Iterator[Shop]:
@@ -216,26 +247,14 @@ def shop() -> Iterator[Shop]:
     transport = httpx.ASGITransport(app=app)
     client = httpx.AsyncClient(transport=transport, base_url="http://t/api/v1")
     try:
-        host = {"Authorization": f"Bearer {HOST}"}
 
         async def open_shop() -> tuple[str, str, str]:
-            product = await client.post("/products", json=VALID_PRODUCT, headers=host)
-            room = await client.post("/rooms", json={"title": "show"}, headers=host)
+            product = await client.post("/products", json=VALID_PRODUCT, headers=HOST_HEADERS)
+            room = await client.post("/rooms", json={"title": "show"}, headers=HOST_HEADERS)
             room_id = room.json()["id"]
-            await client.post(f"/rooms/{room_id}/start", headers=host)
-            offer = await client.post(
-                f"/rooms/{room_id}/offers",
-                json={
-                    "product_id": product.json()["id"],
-                    "price": {"amount": "9.90", "currency": "USD"},
-                    "quantity": 10,
-                    "per_user_limit": 3,
-                    "duration_seconds": 3600,
-                },
-                headers=host,
-            )
-            assert offer.status_code == 201, offer.text
-            return room_id, product.json()["id"], offer.json()["id"]
+            await client.post(f"/rooms/{room_id}/start", headers=HOST_HEADERS)
+            product_id = product.json()["id"]
+            return room_id, product_id, await launch_offer(client, room_id, product_id)
 
         room_id, product_id, offer_id = loop.run_until_complete(open_shop())
         yield Shop(loop, client, products, offers, orders, stock, room_id, product_id, offer_id)
@@ -280,17 +299,23 @@ def test_claims_refuse_bad_input_clearly_and_take_nothing(
     answer = shop.post(f"/offers/{shop.offer_id}/claims", body, token, key)
 
     def accepted(order: httpx.Response) -> None:
-        # Only a valid claim is taken: a buyer's, with a key and an address that hold.
+        # Only a valid claim is taken: a buyer's, with a key and an address that hold, for
+        # units within the limit.
         assert token == BUYER
+        assert VALID_KEY.fullmatch(key) is not None, key
+        quantity = json.loads(body)["quantity"]
+        assert 1 <= quantity <= PER_USER_LIMIT, quantity
         assert order.status_code == 201
         if order.headers["Idempotent-Replayed"] == "true":
             assert shop.state() == before  # the same key again: the same order, nothing taken
             return
         assert order.json()["status"] == "pending_payment"
-        assert shop.state()[2:] == (before[2] + 1, before[3] - order.json()["quantity"])
+        assert order.json()["quantity"] == quantity
+        assert shop.state()[2:] == (before[2] + 1, before[3] - quantity)
         # Cancelled, so that later examples find the same stock and buyer's count.
         cancel = shop.post(f"/orders/{order.json()['id']}/cancel", b"", token)
         assert cancel.status_code == 200, cancel.text
+        shop.claimed()
 
     answer_is_clear(shop, answer, before, accepted)
 
