@@ -1,8 +1,9 @@
 """Booking a product's stock, settling an ended offer and settling an order written late,
 through the services on a real Redis and a real MongoDB (the unit tests run the same on the
-memory adapters; the room's events, which these tests do not look at, are only recorded): the unsold units and a dead claimer's reservation go back to the product, its
-sold units stay sold, and an order landing after its units were sold again (or after a rebuild
-of its offer read the orders without it) is cancelled."""
+memory adapters; the room's events, which these tests do not look at, are only recorded): the
+unsold units and a dead claimer's reservation go back to the product, its sold units stay sold,
+and an order landing after its units were sold again (or after a rebuild of its offer read the
+orders without it) is cancelled."""
 
 from __future__ import annotations
 
