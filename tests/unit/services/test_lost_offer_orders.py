@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from server.domain.errors import Conflict, Unavailable
-from server.domain.offers import FlashOffer
+from server.domain.offers import FlashOffer, most_claims
 from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
 from server.ports import OrderStore
 from server.services.orders import OrderService
@@ -100,6 +100,27 @@ async def test_an_order_a_stale_rebuild_missed_is_cancelled_and_its_retry_takes_
     await settle()  # the room heard "1 left" from the claims; it hears the units came back
     assert shop.events.of_type("offer.stock")[-1]["remaining"] == 2
     assert (await shop.claim(offer, buyer(2), "k2"))[1]  # both units are still for sale
+
+
+@pytest.mark.parametrize("at", ["the per-user limit", "the most claims one may make"])
+async def test_a_retry_of_a_missed_order_gets_it_from_a_buyer_at_a_limit(at: str) -> None:
+    """The store knows no key of an order a stale rebuild missed: at a limit, the claim is
+    refused there, and the order is looked for before the refusal is told."""
+    shop = await open_shop()
+    offer = await shop.launch(quantity=5, limit=1)
+    with pytest.raises(Conflict):  # cancelled: a stale rebuild missed it
+        await written_across_a_stale_rebuild(shop, offer, quantity=1)
+    (lost,) = await shop.orders_store.of_offer(offer.id)
+    turns = 1 if at == "the per-user limit" else most_claims(1)
+    for turn in range(turns):
+        order, _ = await shop.claim(offer, buyer(1), f"new-{turn}")
+        if at != "the per-user limit":
+            await shop.orders.cancel(order.id, buyer(1))
+    again, created = await shop.claim(offer, buyer(1), "k")  # the lost answer's retry
+    assert (again.id, again.status, created) == (lost.id, OrderStatus.CANCELLED, False)
+    with pytest.raises(Conflict) as refused:  # a new key is refused all the same
+        await shop.claim(offer, buyer(1), "newer")
+    assert refused.value.code == "limit_reached"
 
 
 async def test_a_retry_of_a_cancelled_order_whose_release_failed_holds_nothing() -> None:
