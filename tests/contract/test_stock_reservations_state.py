@@ -139,6 +139,7 @@ class ReservationMachine(RuleBasedStateMachine):
         self.stock: StockReservations = self.harness.run(self.harness.make())
         self.model = Model(quantity=0, limit=0)
         self.orders = 0
+        self.minds = 0  # keys of change_mind's claims
         self.last_figure: StockFigure | None = None  # as the last step left it
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -175,6 +176,17 @@ class ReservationMachine(RuleBasedStateMachine):
         known = self.model.claims.get(f"key{key}")
         if known is not None and known.order_id is None:
             self.attach_order(sorted(self.model.claims).index(f"key{key}"))
+
+    @rule(buyer=st.sampled_from(BUYERS[:2]), turns=st.integers(1, 8))
+    def change_mind(self, buyer: str, turns: int) -> None:
+        """A buyer claiming and cancelling, again and again: how claims run out (most_claims)."""
+        for _ in range(turns):
+            key = f"mind{self.minds}"
+            self.minds += 1
+            self._claim(buyer, 1, key)
+            if key not in self.model.claims:  # refused
+                return
+            self.release(sorted(self.model.claims).index(key), orphan_only=False, for_order=True)
 
     @precondition(lambda self: bool(self.model.claims))
     @rule(index=st.integers(0, 1000), quantity=st.integers(1, 3))
