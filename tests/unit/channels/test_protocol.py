@@ -122,7 +122,9 @@ def test_error_echoes_the_client_reference() -> None:
         ({"type": "chat.send", "text": 5, "client_id": "c3"}, "c3"),
         ({"type": "offer.claim", "offer_id": "f1", "idempotency_key": "k4"}, "k4"),  # no address
         ({"type": "dance", "ref": 7}, None),  # not a string: not echoed
+        ({"type": "dance", "ref": "x" * 100}, "x" * 100),  # MAX_REF_CHARS
         ({"type": "dance", "ref": "x" * 101}, None),  # longer than any name a frame may have
+        ({"type": "dance", "ref": ""}, None),  # empty: names nothing
     ],
 )
 def test_a_frame_that_does_not_validate_is_named_in_its_error(
