@@ -54,7 +54,9 @@ class RoomStore(Protocol):
     async def save(self, room: Room, *, expected_status: RoomStatus) -> None:
         """Write the room's lifecycle if its stored status is still `expected_status`, else
         Conflict. The pinned product and the moderation settings (slow mode, blocked words)
-        have their own setters and are left as stored, so a stale read never undoes them."""
+        have their own setters and are left as stored, so a stale read never undoes them. A
+        room going live takes one of its host's MAX_LIVE_ROOMS_PER_HOST places, atomically
+        (Conflict `too_many_live_rooms` when none is free), and gives it back as it ends."""
         ...
 
     async def pin(self, room_id: str, product_id: str) -> int:

@@ -11,7 +11,15 @@ from datetime import datetime
 from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.pages import PageKey, newest_first
 from server.domain.products import Product
-from server.domain.rooms import MAX_MUTES, Room, RoomStatus, room_has_ended, too_many_mutes
+from server.domain.rooms import (
+    MAX_LIVE_ROOMS_PER_HOST,
+    MAX_MUTES,
+    Room,
+    RoomStatus,
+    room_has_ended,
+    too_many_live_rooms,
+    too_many_mutes,
+)
 
 
 class MemoryProductStore:
@@ -75,6 +83,10 @@ class MemoryRoomStore:
             raise NotFound(f"room {room.id} not found")
         if stored.status is not expected_status:
             raise Conflict("room changed meanwhile", code="invalid_room_state")
+        if room.status is RoomStatus.LIVE and stored.status is not RoomStatus.LIVE:
+            live = [r for r in self._rooms.values() if r.host_id == room.host_id]
+            if sum(r.status is RoomStatus.LIVE for r in live) >= MAX_LIVE_ROOMS_PER_HOST:
+                raise too_many_live_rooms()
         updated = copy.deepcopy(room)
         updated.pinned_product_id = stored.pinned_product_id
         updated.slow_mode_seconds = stored.slow_mode_seconds

@@ -14,6 +14,9 @@ from server.domain.products import Product
 # the room. A moderator silences a few spammers a show; banning is for more.
 MAX_MUTES = 1000
 MAX_SLOW_MODE_SECONDS = 3600
+# Rooms one host may have live at once: a seller running a few shows side by side (markets,
+# languages), not one account filling the public list of live rooms.
+MAX_LIVE_ROOMS_PER_HOST = 5
 # An end its process has not told the room of by then is told by any process's housekeeping:
 # that process may have died, paused or lost Redis after storing it, and the host may never
 # send the end again.
@@ -68,6 +71,13 @@ class Room:
 
 def room_has_ended() -> Conflict:
     return Conflict("room has ended", code="invalid_room_state")
+
+
+def too_many_live_rooms() -> Conflict:
+    return Conflict(
+        f"you have {MAX_LIVE_ROOMS_PER_HOST} rooms live, the most one host may: end one first",
+        code="too_many_live_rooms",
+    )
 
 
 def ensure_can_manage(room: Room, who: Identity, action: str = "change this room") -> None:

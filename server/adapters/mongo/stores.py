@@ -8,6 +8,7 @@ duplicate ids as Conflict, so nothing above this module sees a PyMongo exception
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +25,15 @@ from server.domain.errors import Conflict, NotFound, ProductOffersChanged
 from server.domain.money import Money
 from server.domain.pages import PageKey
 from server.domain.products import Product
-from server.domain.rooms import MAX_MUTES, Room, RoomStatus, room_has_ended, too_many_mutes
+from server.domain.rooms import (
+    MAX_LIVE_ROOMS_PER_HOST,
+    MAX_MUTES,
+    Room,
+    RoomStatus,
+    room_has_ended,
+    too_many_live_rooms,
+    too_many_mutes,
+)
 
 PRODUCTS = "products"
 ROOMS = "rooms"
@@ -40,6 +49,7 @@ _CODEC: CodecOptions[Document] = CodecOptions(document_class=dict, tz_aware=True
 # undo a pin or a settings change made meanwhile; mutes live in the same document and are
 # never part of a save either.
 _LIFECYCLE_FIELDS = ("title", "status", "scheduled_at", "started_at", "ended_at", "end_untold")
+LIVE_PLACE = "live_place"  # which of its host's MAX_LIVE_ROOMS_PER_HOST a live room holds
 
 
 # What a server answers while it shuts down, steps down or is cut off from its set: the
@@ -99,6 +109,13 @@ async def ensure_indexes(db: AsyncDatabase[Any]) -> None:
                 name="status_created_at",
             ),
             IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="created_at"),
+            # Each live room holds one of its host's places (MongoRoomStore.save).
+            IndexModel(
+                [("host_id", ASCENDING), (LIVE_PLACE, ASCENDING)],
+                name="live_places",
+                unique=True,
+                partialFilterExpression={LIVE_PLACE: {"$exists": True}},
+            ),
             # Every process asks each second; only the few ends not yet told are in it.
             IndexModel(
                 [("ended_at", ASCENDING)],
@@ -191,12 +208,28 @@ class MongoRoomStore:
     @translate_errors
     async def save(self, room: Room, *, expected_status: RoomStatus) -> None:
         doc = _room_doc(room)
+        lifecycle = {name: doc[name] for name in _LIFECYCLE_FIELDS}
+        if room.status is not RoomStatus.LIVE:  # its place, if it had one, is free again
+            update = {"$set": lifecycle, "$unset": {LIVE_PLACE: ""}}
+            await self._save_lifecycle(room.id, expected_status, update)
+            return
+        # Going live takes the first free of its host's places: a unique index on (host,
+        # place) makes the count exact however many of the host's rooms start at once.
+        for place in range(MAX_LIVE_ROOMS_PER_HOST):
+            with contextlib.suppress(DuplicateKeyError):
+                update = {"$set": {**lifecycle, LIVE_PLACE: place}}
+                await self._save_lifecycle(room.id, expected_status, update)
+                return
+        raise too_many_live_rooms()
+
+    async def _save_lifecycle(
+        self, room_id: str, expected_status: RoomStatus, update: Document
+    ) -> None:
         result = await self._rooms.update_one(
-            {"_id": room.id, "status": expected_status.value},
-            {"$set": {name: doc[name] for name in _LIFECYCLE_FIELDS}},
+            {"_id": room_id, "status": expected_status.value}, update
         )
         if result.matched_count == 0:
-            await self._ensure_exists(room.id)
+            await self._ensure_exists(room_id)
             raise Conflict("room changed meanwhile", code="invalid_room_state")
 
     @translate_errors

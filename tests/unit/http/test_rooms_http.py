@@ -17,6 +17,7 @@ from server.adapters.memory import MemoryProductStore, MemoryRoomStore
 from server.auth import issue_token
 from server.container import Container
 from server.domain.identity import Role
+from server.domain.rooms import MAX_LIVE_ROOMS_PER_HOST
 from server.http import products, rooms
 from server.http.deps import MAX_BODY_BYTES
 from server.http.errors import PROBLEM_JSON, exception_handlers
@@ -209,6 +210,17 @@ async def test_only_the_host_or_an_admin_runs_a_room(client: httpx.AsyncClient) 
     )
     again = await client.post(f"/rooms/{room_id}/end", headers=ADMIN)
     assert (again.status_code, again.json()["status"]) == (200, "ended")
+
+
+async def test_a_host_may_have_so_many_rooms_live(client: httpx.AsyncClient) -> None:
+    rooms = [await _room(client) for _ in range(MAX_LIVE_ROOMS_PER_HOST + 1)]
+    for room_id in rooms[:-1]:
+        assert (await client.post(f"/rooms/{room_id}/start", headers=HOST)).status_code == 200
+    refused = await client.post(f"/rooms/{rooms[-1]}/start", headers=HOST)
+    assert_problem(refused, 409, "too_many_live_rooms")
+    assert (await client.get(f"/rooms/{rooms[-1]}")).json()["status"] == "scheduled"
+    assert (await client.post(f"/rooms/{rooms[0]}/end", headers=HOST)).status_code == 200
+    assert (await client.post(f"/rooms/{rooms[-1]}/start", headers=HOST)).status_code == 200
 
 
 async def test_unknown_things_are_not_found(client: httpx.AsyncClient) -> None:
