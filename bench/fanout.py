@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import sys
 import tempfile
 import time
@@ -103,7 +104,10 @@ async def make_room(server: Child, sc: Scenario) -> str:
     if sc.server == "socketio":
         return "bench-room"
     base = f"http://127.0.0.1:{server.port}/api/v1"
-    token = issue_token(SECRET, "bench-host", Role.HOST, name="Bench host", ttl_seconds=6 * 3600)
+    # A host of its own for each scenario's room: the rooms of a run share one database, and
+    # one host may have only so many rooms live (MAX_LIVE_ROOMS_PER_HOST).
+    host = f"bench-host-{secrets.token_hex(4)}"
+    token = issue_token(SECRET, host, Role.HOST, name="Bench host", ttl_seconds=6 * 3600)
     status, room = await asyncio.to_thread(http, "POST", f"{base}/rooms", {"title": "bench"}, token)
     if status != 201:
         raise RuntimeError(f"POST /rooms answered {status}: {room}")
