@@ -62,6 +62,7 @@ class Connection:
         "identity",
         "limit",
         "room_id",
+        "token_expires",
     )
 
     def __init__(
@@ -75,8 +76,12 @@ class Connection:
         on_overflow: Callable[[Connection], None],
         batched: bool = False,
         direct: DirectSocket | None = None,
+        token_expires: float | None = None,
     ) -> None:
         self.conn_id = conn_id
+        # Epoch seconds (None: no token, or none that ends). The socket's rights end then, and
+        # with them the user's private frames (see Hub.on_user_frame); it may go on watching.
+        self.token_expires = token_expires
         self.batched = batched  # takes room events in `batch` frames (see the hub)
         self.identity = identity
         self.room_id = room_id
@@ -99,6 +104,10 @@ class Connection:
         # Frames of `start` (hello, a reconnect's missed events) still queued: catching up on
         # a long absence is no sign of a slow client, so they do not count against `limit`.
         self._fill_left = 0
+
+    def token_holds_at(self, now: float) -> bool:
+        """Whether its token, if any, has yet to expire at `now` (epoch seconds)."""
+        return self.token_expires is None or now < self.token_expires
 
     @property
     def closing(self) -> bool:

@@ -75,7 +75,14 @@ async def room_socket(websocket: WebSocket, direct: DirectSocket | None = None) 
         since, epoch = _cursor(websocket)
         batched = websocket.query_params.get("batch") in ("1", "true")
         conn, room = await hub.join(
-            room_id, identity, websocket, since=since, epoch=epoch, batched=batched, direct=direct
+            room_id,
+            identity,
+            websocket,
+            since=since,
+            epoch=epoch,
+            batched=batched,
+            direct=direct,
+            token_expires=token_expires,
         )
     except LiveshopError as error:
         # Already closed when a reset sent the room's viewers away while this one joined
@@ -87,7 +94,7 @@ async def room_socket(websocket: WebSocket, direct: DirectSocket | None = None) 
     conn.endpoint = asyncio.current_task()
     log.info("ws_joined", extra={"room_id": room_id, "conn": conn.conn_id})
     try:
-        await _serve(websocket, container, hub, conn, room, token_expires)
+        await _serve(websocket, container, hub, conn, room)
     except asyncio.CancelledError:
         if not conn.evicted:
             raise
@@ -107,13 +114,12 @@ async def _serve(
     hub: Hub,
     conn: Connection,
     room: LocalRoom,
-    token_expires: float | None,
 ) -> None:
     settings = container.settings
     session = RoomSession(
         conn.identity,
         room,
-        token_expires=token_expires,
+        token_expires=conn.token_expires,
         limits=Limits(
             max_frame_bytes=settings.max_frame_bytes, max_bad_frames=settings.max_bad_frames
         ),

@@ -145,8 +145,10 @@ class Hub(StreamFollower):
         epoch: str | None = None,
         batched: bool = False,
         direct: DirectSocket | None = None,
+        token_expires: float | None = None,
     ) -> tuple[Connection, LocalRoom]:
-        """Register a viewer and queue hello (plus missed events when `since` is recoverable)."""
+        """Register a viewer and queue hello (plus missed events when `since` is recoverable);
+        `token_expires` (epoch seconds) ends a signed-in viewer's private frames."""
         if self.draining:
             raise Draining("server is shutting down")
         room = await self._ready_room(room_id)
@@ -165,6 +167,7 @@ class Hub(StreamFollower):
             on_overflow=self._on_overflow,
             batched=batched,
             direct=direct,
+            token_expires=token_expires,
         )
         if batched:
             self._flush_batch(room)  # events already counted in seq0 must not reach it again
@@ -368,7 +371,10 @@ class Hub(StreamFollower):
         self._fan_out(room, seq, event, text)
 
     def on_user_frame(self, user_id: str, text: str) -> None:
-        connections = list(self._users.connections(user_id))
+        # Not to a socket whose token has expired: the user's orders and addresses are the
+        # token's to hear, as over HTTP; the room's stream goes on.
+        now = time.time()
+        connections = [c for c in self._users.connections(user_id) if c.token_holds_at(now)]
         for conn in connections:
             conn.push(text)
         self.metrics.frames_out.inc(len(connections))

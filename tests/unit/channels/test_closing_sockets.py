@@ -50,7 +50,7 @@ async def test_a_banned_viewer_whose_socket_reads_slowly_is_not_served_while_it_
         container = cast(Container, SimpleNamespace(settings=settings))
         inbox = Inbox()
         socket = cast(WebSocket, inbox)
-        serving = asyncio.create_task(endpoint._serve(socket, container, hub, conn, room, None))
+        serving = asyncio.create_task(endpoint._serve(socket, container, hub, conn, room))
         await hub.publish_room_event("r1", {"type": "user.banned", "user_id": "troll"})
         await watcher.until_got("user.banned")
         inbox.send({"type": "chat.send", "text": "banned, still here"})

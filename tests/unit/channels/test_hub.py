@@ -4,6 +4,7 @@ test_room_counters.py; keeping in step with the stream: test_hub_stream.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -232,6 +233,21 @@ async def test_private_frames_reach_all_of_a_users_connections(hub: Hub) -> None
         await socket.until_got("order.updated")
     await asyncio.sleep(0.05)
     assert stranger.of_type("order.updated") == []
+
+
+async def test_a_socket_whose_token_expired_hears_the_room_not_the_users_private_frames(
+    hub: Hub,
+) -> None:
+    """Its user's orders and addresses are the token's, as over HTTP: a leaked token, however
+    short-lived, must not be a standing feed of them."""
+    lapsed, fresh = Socket(), Socket()
+    await hub.join("r1", viewer(1), lapsed, token_expires=time.time() - 1)
+    await hub.join("r1", viewer(1), fresh, token_expires=time.time() + 3600)
+    await hub.send_private("user-1", {"type": "order.updated", "order_id": "o1"})
+    await fresh.until_got("order.updated")
+    await hub.publish_room_event("r1", {"type": "chat.message", "text": "still watching"})
+    await lapsed.until_got("chat.message")
+    assert lapsed.of_type("order.updated") == []  # told before the room's frame
 
 
 async def test_a_users_second_socket_is_served_once_their_channel_is_subscribed() -> None:
