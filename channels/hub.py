@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -396,7 +396,11 @@ class Hub(StreamFollower):
 
     async def _reload(self, room: LocalRoom) -> None:
         read = room.begin_read()
-        room.take_moderation(await self._load_settings(room.room_id), read)
+        view = await self._load_settings(room.room_id)
+        room.take_moderation(view, read)
+        # A ban stored while its `user.banned` could not be told (Redis away: the moderator
+        # heard "unavailable") is carried out when the pub/sub comes back, which reloads.
+        self._send_away(room, view.banned)
 
     def _fan_out(self, room: LocalRoom, seq: int, event: dict[str, Any], text: str) -> None:
         room.last_seq = seq
@@ -414,13 +418,16 @@ class Hub(StreamFollower):
         if kind in ("user.banned", "room.ended"):
             self._flush_batch(room)  # the closing event must reach everyone before the close
         if kind == "user.banned":
-            target = str(event.get("user_id"))
-            for conn in list(room.connections):
-                if conn.identity.user_id == target and not conn.identity.staff:
-                    conn.close_after_flush(CloseCode.BANNED, "banned from this room")
+            self._send_away(room, {str(event.get("user_id"))})
         elif kind == "room.ended":
             for conn in list(room.connections):
                 conn.close_after_flush(CloseCode.ROOM_ENDED, "the room has ended")
+
+    def _send_away(self, room: LocalRoom, banned: Collection[str]) -> None:
+        """Close the local sockets of users banned from the room (staff answer to no ban)."""
+        for conn in list(room.connections):
+            if conn.identity.user_id in banned and not conn.identity.staff:
+                conn.close_after_flush(CloseCode.BANNED, "banned from this room")
 
     def _flush_batch(self, room: LocalRoom) -> None:
         """Send the room events gathered for batched viewers: one frame, encoded once."""

@@ -39,6 +39,7 @@ class RoomView:
     pinned_product: dict[str, Any] | None = None
     mutes: Mapping[str, datetime] = field(default_factory=dict)
     offers: list[dict[str, Any]] = field(default_factory=list)  # open offers, as on the wire
+    banned: frozenset[str] = frozenset()  # read with the settings alone (Hub._reload)
 
 
 @dataclass(frozen=True, slots=True)

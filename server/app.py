@@ -258,7 +258,9 @@ def _assemble(settings: Settings, backends: Backends, metrics: Metrics) -> Conta
 
     async def load_settings(room_id: str) -> RoomView:
         return RoomView(
-            await backends.rooms.get(room_id), mutes=await backends.rooms.mutes(room_id)
+            await backends.rooms.get(room_id),
+            mutes=await backends.rooms.mutes(room_id),
+            banned=await backends.rooms.banned_users(room_id),
         )
 
     limits = HubLimits(

@@ -375,3 +375,39 @@ async def test_a_ban_heard_long_ago_refuses_nobody(
     await watcher.until_got("user.banned")
     await asyncio.sleep(0.1)  # unbanned in the stores meanwhile, its event lost
     await hub.join("r1", Identity("troll", Role.SHOPPER), Socket())
+
+
+async def test_a_ban_stored_while_it_could_not_be_told_is_carried_out_once_the_pubsub_is_back() -> (
+    None
+):
+    """Redis away, the moderator's ban was stored and its `user.banned` never went out: the
+    pub/sub's return reads the room's settings again, bans included."""
+    banned: set[str] = set()
+
+    async def load_settings(room_id: str) -> RoomView:
+        return replace(await load_room(room_id), banned=frozenset(banned))
+
+    hub = Hub(
+        MemoryBroker(MemoryBus()),
+        load_room,
+        Metrics(),
+        HubLimits(counter_interval=0.05),
+        load_settings=load_settings,
+    )
+    await hub.start()
+    try:
+        troll, watcher, moderator = Socket(), Socket(), Socket()
+        await hub.join("r1", viewer(1), troll)
+        await hub.join("r1", viewer(2), watcher)
+        await hub.join("r1", Identity("mod-1", Role.MODERATOR), moderator)
+        banned.update({"user-1", "mod-1"})  # stored, untold
+        hub.on_room_subscribed("r1")  # the pub/sub back
+        await troll.until_closed()
+        assert troll.closed is not None
+        assert troll.closed[0] == CloseCode.BANNED
+        await hub.publish_room_event("r1", {"type": "chat.message", "text": "after"})
+        for socket in (watcher, moderator):  # staff answer to no ban
+            await socket.until_got("chat.message")
+            assert socket.closed is None
+    finally:
+        await hub.close()
