@@ -81,6 +81,14 @@ class StockReservations(Protocol):
         (`offer_paused`) when the offer is lost: rebuild it, then release."""
         ...
 
+    async def remember_released(self, offer_id: str, claim: RecoveredClaim) -> bool:
+        """Keep the key of a claim the store does not know, naming its order and holding
+        nothing, as a rebuild would: a claim sent again then finds that order. It counts as
+        one of the buyer's claims. True when kept; False when the key is known (changing
+        nothing); Unavailable (`offer_paused`) when the offer is lost (its rebuild keeps
+        every order's key). `claim.held` must be False."""
+        ...
+
     async def knows_claim(self, offer_id: str, idempotency_key: str) -> bool:
         """Whether a claim with this key reserved units of the offer (released since or not),
         changing nothing; False too when the store does not hold the offer."""

@@ -74,6 +74,19 @@ def _first_version(after_build: int | None) -> int:
     return clock if after_build is None or clock > after_build else after_build + 2**32
 
 
+def _restored(claim: RecoveredClaim) -> _Reservation:
+    """A claim as its order remembers it (a rebuild's, or one remembered released)."""
+    return _Reservation(
+        claim.restored_reservation_id,
+        claim.buyer_id,
+        claim.quantity,
+        created_ms=0,  # has an order, so the reaper never looks at it
+        tried_ms=0,
+        order_id=claim.order_id,
+        released=not claim.held,
+    )
+
+
 def _stop(offer: _Offer, *, sold_out: bool) -> None:
     if not offer.stopped or (sold_out and not offer.sold_out):
         offer.version += 1
@@ -228,6 +241,16 @@ class MemoryStockReservations:
             offer.held.pop(known.buyer_id, None)
         return True
 
+    async def remember_released(self, offer_id: str, claim: RecoveredClaim) -> bool:
+        if claim.held:
+            raise ValueError("a claim remembered holds nothing")
+        offer = self._offer_or_paused(offer_id)
+        if claim.idempotency_key in offer.claims:
+            return False
+        offer.claims[claim.idempotency_key] = _restored(claim)
+        offer.claims_made[claim.buyer_id] = offer.claims_made.get(claim.buyer_id, 0) + 1
+        return True
+
     async def knows_claim(self, offer_id: str, idempotency_key: str) -> bool:
         offer = self._offers.get(offer_id)
         return offer is not None and idempotency_key in offer.claims
@@ -333,15 +356,7 @@ class MemoryStockReservations:
         )
         for c in claims:
             offer.claims_made[c.buyer_id] = offer.claims_made.get(c.buyer_id, 0) + 1
-            offer.claims[c.idempotency_key] = _Reservation(
-                c.restored_reservation_id,
-                c.buyer_id,
-                c.quantity,
-                created_ms=0,  # has an order, so the reaper never looks at it
-                tried_ms=0,
-                order_id=c.order_id,
-                released=not c.held,
-            )
+            offer.claims[c.idempotency_key] = _restored(c)
         self._keep(offer_id, offer)
         return True
 

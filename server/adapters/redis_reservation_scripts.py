@@ -231,6 +231,21 @@ return 1
 """
 )
 
+# Keeps a key the stock does not know (ARGV[1]), with its record (ARGV[2], released: it holds
+# nothing), as REBUILD keeps every order's: 1, or 0 when the key is known, -1 when lost.
+REMEMBER_RELEASED = (
+    SAME_RUN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[5], cjson.decode(ARGV[2]).b, 1)  -- each order was a claim
+local expire_at = redis.call('HGET', KEYS[1], 'expire_at')
+for _, i in ipairs({3, 5}) do redis.call('PEXPIREAT', KEYS[i], expire_at) end
+return 1
+"""
+)
+
 # 1 when the offer's stock is here (and of this run of Redis), 0 when it is to be rebuilt.
 READY = SAME_RUN + "return redis.call('EXISTS', KEYS[1])"
 

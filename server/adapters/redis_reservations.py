@@ -76,6 +76,19 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _record(claim: RecoveredClaim) -> str:
+    """The claims hash's record of a claim its order remembers (see the keys above)."""
+    record = {
+        "r": claim.restored_reservation_id,
+        "b": claim.buyer_id,
+        "q": claim.quantity,
+        "t": "0",
+        "o": claim.order_id,
+        "x": 0 if claim.held else 1,
+    }
+    return json.dumps(record, ensure_ascii=False)
+
+
 # buyer, units, idempotency key, now (epoch ms), reservation id: one claim's script arguments.
 _ClaimArgs = tuple[str, int, str, int, str]
 
@@ -122,6 +135,7 @@ class RedisStockReservations:
         self._unconfirmed = self._redis.register_script(scripts.UNCONFIRMED)
         self._rebuild = self._redis.register_script(scripts.REBUILD)
         self._ready = self._redis.register_script(scripts.READY)
+        self._remember_released = self._redis.register_script(scripts.REMEMBER_RELEASED)
         self._claims = GroupCommit(self._claim_batch)
         self._attaches = GroupCommit(self._attach_batch)
         # Reservation ids: unique to this store (random) and then counted, rather than 12
@@ -204,6 +218,16 @@ class RedisStockReservations:
         if released < 0:
             raise being_restored(offer_id)
         return released == 1
+
+    @redis_unreachable_is_unavailable
+    async def remember_released(self, offer_id: str, claim: RecoveredClaim) -> bool:
+        if claim.held:
+            raise ValueError("a claim remembered holds nothing")
+        args = [claim.idempotency_key, _record(claim)]
+        kept = int(await self._remember_released(keys=_keys(offer_id), args=args))
+        if kept < 0:
+            raise being_restored(offer_id)
+        return kept == 1
 
     @redis_unreachable_is_unavailable
     async def knows_claim(self, offer_id: str, idempotency_key: str) -> bool:
@@ -334,15 +358,7 @@ class RedisStockReservations:
             "" if after_build is None else after_build,
         ]
         for c in claims:
-            record = {
-                "r": c.restored_reservation_id,
-                "b": c.buyer_id,
-                "q": c.quantity,
-                "t": "0",
-                "o": c.order_id,
-                "x": 0 if c.held else 1,
-            }
-            args += [c.idempotency_key, json.dumps(record, ensure_ascii=False)]
+            args += [c.idempotency_key, _record(c)]
         rebuilt = bool(await self._rebuild(keys=_keys(offer_id), args=args))
         if rebuilt:
             # Checked only once written (a rebuild that finds the stock rebuilt writes nothing).

@@ -54,6 +54,7 @@ from server.services.load_once import LoadOnce
 from server.services.offers import OfferService
 from server.services.reaper import Reaper
 from server.services.room_bans import RoomBans
+from server.services.stock_rebuilds import claim_of
 from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.orders")
@@ -150,18 +151,14 @@ class OrderService:
             # No more for a banned buyer; but a claim sent again goes on, to get its order back.
             raise Forbidden("you are banned from this room", code="banned")
         self._claimed_offers[offer.id] = self._clock()
-        # Refusals (most claims) seldom read MongoDB: the store knows all keys but a few (below).
+        # The reservation store knows every key (a lost one is rebuilt from the orders first),
+        # so a refused claim never touches MongoDB: in a flash sale most claims are refused.
         result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
         if result.outcome is ClaimOutcome.PAUSED:
             await self._offer_service.rebuild(offer.id)
             result = await self._stock.claim(offer.id, buyer.user_id, quantity, key, self._clock())
         error = claim_error(result, offer)
         if error is not None:
-            # The retry of a key whose order a rebuild missed: at a limit (rare, unlike sold out).
-            limited = result.outcome in (ClaimOutcome.LIMIT_REACHED, ClaimOutcome.CLAIMS_SPENT)
-            if limited and (found := await self._orders.by_key(offer.id, key)) is not None:
-                ensure_same_claim(found, quantity, address)
-                return found, False
             raise error
         if result.outcome is ClaimOutcome.DUPLICATE:
             if result.quantity and result.quantity != quantity:
@@ -305,14 +302,17 @@ class OrderService:
 
     async def _cancel_lost(self, order: Order) -> bool:
         """Cancel the order, whose reservation holds no units; whether this call did (the
-        attempt that wrote it, or another process, may have). The room hears the stock again
-        either way: it may have heard this claim's "1 left" before the order was written."""
+        attempt that wrote it, or another process, may have). Its key, which a rebuild may have
+        missed, is kept naming it, for a retry to find (a rebuild would keep it too). The room
+        hears the stock again: it may have heard this claim's "1 left" before the order was."""
         moved = False
         if order.status is OrderStatus.PENDING_PAYMENT:
             with contextlib.suppress(Conflict):  # moved meanwhile, or being moved right now
                 await self._move(order, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
                 moved = True
                 await self._buyers.tell_moved(order)
+        with contextlib.suppress(Unavailable):
+            await self._stock.remember_released(order.offer_id, claim_of(order, held=False))
         await self._stock_came_back(order.offer_id)
         return moved
 

@@ -179,14 +179,17 @@ def recovered_claims(
         if held:
             held_by_buyer[order.buyer_id] = by_buyer
             units_held += order.quantity
-        claims.append(
-            RecoveredClaim(
-                idempotency_key=order.idempotency_key,
-                buyer_id=order.buyer_id,
-                quantity=order.quantity,
-                order_id=order.id,
-                held=held,
-                reservation_id=order.reservation_id,
-            )
-        )
+        claims.append(claim_of(order, held=held))
     return claims
+
+
+def claim_of(order: Order, *, held: bool) -> RecoveredClaim:
+    """The claim an order remembers, to rebuild its offer's stock or keep its key with."""
+    return RecoveredClaim(
+        idempotency_key=order.idempotency_key,
+        buyer_id=order.buyer_id,
+        quantity=order.quantity,
+        order_id=order.id,
+        held=held,
+        reservation_id=order.reservation_id,
+    )

@@ -7,6 +7,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from server.adapters.redis_reservations import RedisStockReservations
+from server.domain.errors import Unavailable
 from server.domain.offers import RecoveredClaim, most_claims
 from tests.contract.stock_backends import NOW, Backend, R, open_offer, rebuild_offer
 
@@ -133,3 +134,32 @@ async def test_a_rebuild_after_the_state_alone_was_lost_counts_the_orders_alone(
     finally:
         await stock.close()
         await admin.aclose()
+
+
+async def test_a_key_remembered_released_names_its_order_and_holds_nothing(
+    backend: Backend,
+) -> None:
+    """The key of an order a rebuild missed (remember_released): a claim sent again finds the
+    order; the key counts as one of its buyer's claims; a known key is left as it is."""
+    stock = backend.stock
+    await open_offer(stock, quantity=3, limit=1)
+    lost = RecoveredClaim("lost", "ana", 1, "ord-lost", held=False, reservation_id="rsv-lost")
+    assert await stock.remember_released("of1", lost)
+    assert not await stock.remember_released("of1", lost)  # once
+    again = await stock.claim("of1", "ana", 1, "lost", NOW)
+    assert (again.outcome, again.order_id, again.released) == (R.DUPLICATE, "ord-lost", True)
+    assert (again.reservation_id, await stock.remaining("of1")) == ("rsv-lost", 3)
+    assert (await stock.claim("of1", "bo", 1, "lost", NOW)).outcome is R.KEY_REUSED
+    assert (await stock.claim("of1", "ana", 1, "k1", NOW)).outcome is R.RESERVED
+    known = RecoveredClaim("k1", "ana", 1, "ord-other", held=False)
+    assert not await stock.remember_released("of1", known)
+    assert await stock.remaining("of1") == 2  # k1 still holds its unit
+    for turn in range(2, most_claims(1)):  # "lost" and "k1" were two of ana's claims
+        await stock.release("of1", f"k{turn - 1}")
+        assert (await stock.claim("of1", "ana", 1, f"k{turn}", NOW)).outcome is R.RESERVED
+    await stock.release("of1", f"k{most_claims(1) - 1}")
+    assert (await stock.claim("of1", "ana", 1, "spent", NOW)).outcome is R.CLAIMS_SPENT
+    await backend.lose_everything()
+    with pytest.raises(Unavailable) as paused:
+        await stock.remember_released("of1", lost)
+    assert paused.value.code == "offer_paused"

@@ -28,6 +28,7 @@ class FlakyStock:
         self.unresponsive = False  # every call runs out the deadline
         self.away_for: set[str] = set()  # offer ids whose calls fail
         self.releases_failing = 0  # the next releases to fail, whatever else goes through
+        self.remembers_failing = 0  # likewise, keys of lost orders to remember
         self.stale_rebuild: list[RecoveredClaim] | None = None
         self.before_rebuild: Callable[[], Awaitable[object]] | None = None  # once
         self.before_release: Callable[[], Awaitable[object]] | None = None  # each release
@@ -57,6 +58,13 @@ class FlakyStock:
             for_order=for_order,
             reservation_id=reservation_id,
         )
+
+    async def remember_released(self, offer_id: str, claim: RecoveredClaim) -> bool:
+        self._check(offer_id)
+        if self.remembers_failing:
+            self.remembers_failing -= 1
+            raise Unavailable("live data is unreachable, try again")
+        return await self._shared.remember_released(offer_id, claim)
 
     async def attach_order(
         self, offer_id: str, idempotency_key: str, order_id: str, *, quantity: int | None = None

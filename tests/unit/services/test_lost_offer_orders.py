@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 
 from server.domain.errors import Conflict, Unavailable
+from server.domain.identity import scoped_key
 from server.domain.offers import FlashOffer, most_claims
 from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
 from server.ports import OrderStore
@@ -102,32 +103,48 @@ async def test_an_order_a_stale_rebuild_missed_is_cancelled_and_its_retry_takes_
     assert (await shop.claim(offer, buyer(2), "k2"))[1]  # both units are still for sale
 
 
-@pytest.mark.parametrize("at", ["the per-user limit", "the most claims one may make"])
-async def test_a_retry_of_a_missed_order_gets_it_from_a_buyer_at_a_limit(at: str) -> None:
-    """The store knows no key of an order a stale rebuild missed: at a limit, the claim is
-    refused there, and the order is looked for before the refusal is told."""
+@pytest.mark.parametrize("at", ["the per-user limit", "the most claims one may make", "sold out"])
+async def test_a_retry_of_a_missed_order_gets_it_from_the_stock_whatever_a_new_claim_would_hear(
+    at: str,
+) -> None:
+    """The store knew no key of an order a stale rebuild missed: cancelling it keeps its key,
+    naming it, as a rebuild would. A retry then finds it from the stock alone, where a new
+    claim is refused (a refusal never reads MongoDB)."""
     shop = await open_shop()
-    offer = await shop.launch(quantity=5, limit=1)
+    offer = await shop.launch(quantity=2 if at == "sold out" else 5, limit=1)
     with pytest.raises(Conflict):  # cancelled: a stale rebuild missed it
         await written_across_a_stale_rebuild(shop, offer, quantity=1)
     (lost,) = await shop.orders_store.of_offer(offer.id)
-    turns = 1 if at == "the per-user limit" else most_claims(1)
-    for turn in range(turns):
-        order, _ = await shop.claim(offer, buyer(1), f"new-{turn}")
-        if at != "the per-user limit":
+    assert await shop.stock.knows_claim(offer.id, scoped_key(buyer(1).user_id, "k"))
+    if at == "the per-user limit":
+        await shop.claim(offer, buyer(1), "new")
+    elif at == "the most claims one may make":
+        for turn in range(most_claims(1) - 1):  # the lost order was one of the buyer's claims
+            order, _ = await shop.claim(offer, buyer(1), f"new-{turn}")
             await shop.orders.cancel(order.id, buyer(1))
+    else:
+        for n in (2, 3):
+            await shop.claim(offer, buyer(n), "k")
+    with pytest.raises(Conflict) as refused:  # a new claim is refused
+        await shop.claim(offer, buyer(1), "newer")
+    assert refused.value.code == ("sold_out" if at == "sold out" else "limit_reached")
     again, created = await shop.claim(offer, buyer(1), "k")  # the lost answer's retry
     assert (again.id, again.status, created) == (lost.id, OrderStatus.CANCELLED, False)
-    with pytest.raises(Conflict) as refused:  # a new key is refused all the same
-        await shop.claim(offer, buyer(1), "newer")
-    assert refused.value.code == "limit_reached"
+    with pytest.raises(Conflict) as other:  # the key again, for other terms
+        await shop.claim(offer, buyer(1), "k", quantity=2)
+    assert other.value.code == "idempotency_key_reused"
 
 
 async def test_a_retry_of_a_cancelled_order_whose_release_failed_holds_nothing() -> None:
     shop = await open_shop()
     offer = await shop.launch(quantity=2, limit=1)
+    forgetting = FlakyStock(shop.stock)
+    forgetting.remembers_failing = 1  # Redis away as the cancel would have kept its key
     with pytest.raises(Conflict):  # cancelled: a stale rebuild missed it
-        await written_across_a_stale_rebuild(shop, offer, quantity=1)
+        await written_across_a_stale_rebuild(
+            shop, offer, quantity=1, stock=cast(StockReservations, forgetting)
+        )
+    assert not await shop.stock.knows_claim(offer.id, scoped_key(buyer(1).user_id, "k"))
     (lost,) = await shop.orders_store.of_offer(offer.id)
     away = FlakyStock(shop.stock)
     away.releases_failing = 1
