@@ -232,7 +232,9 @@ async def _claim(
         claims.record(error.code, started)
         raise
     claims.record("order" if created else "replayed", started)
-    if not created:
+    # A new order reaches the buyer's sockets as a private frame, which skips one whose token
+    # expired meanwhile: the claim was taken while it held, so this socket hears it here.
+    if not created or not conn.token_holds_at(time.time()):
         conn.push(encode_body({"type": "order.updated", "order": order_to_wire(order)}))
 
 

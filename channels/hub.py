@@ -395,12 +395,14 @@ class Hub(StreamFollower):
             self._spawn(self._reload(room))
 
     async def _reload(self, room: LocalRoom) -> None:
-        read = room.begin_read()
+        read, unbans = room.begin_read(), room.unbans_heard
         view = await self._load_settings(room.room_id)
         room.take_moderation(view, read)
         # A ban stored while its `user.banned` could not be told (Redis away: the moderator
-        # heard "unavailable") is carried out when the pub/sub comes back, which reloads.
-        self._send_away(room, view.banned)
+        # heard "unavailable") is carried out when the pub/sub comes back, which reloads;
+        # unless an unban was heard meanwhile, which the read may not have seen.
+        if room.unbans_heard == unbans:
+            self._send_away(room, view.banned)
 
     def _fan_out(self, room: LocalRoom, seq: int, event: dict[str, Any], text: str) -> None:
         room.last_seq = seq

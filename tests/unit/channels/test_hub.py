@@ -248,6 +248,12 @@ async def test_a_socket_whose_token_expired_hears_the_room_not_the_users_private
     await hub.publish_room_event("r1", {"type": "chat.message", "text": "still watching"})
     await lapsed.until_got("chat.message")
     assert lapsed.of_type("order.updated") == []  # told before the room's frame
+    # To the instant, as a frame sent is refused (`exp` itself is past, as PyJWT has it).
+    conn, _ = await hub.join("r1", viewer(2), Socket(), token_expires=1_800_000_000.0)
+    assert (conn.token_holds_at(1_799_999_999.999), conn.token_holds_at(1_800_000_000.0)) == (
+        True,
+        False,
+    )
 
 
 async def test_a_users_second_socket_is_served_once_their_channel_is_subscribed() -> None:
@@ -397,7 +403,7 @@ async def test_a_ban_stored_while_it_could_not_be_told_is_carried_out_once_the_p
     await hub.start()
     try:
         troll, watcher, moderator = Socket(), Socket(), Socket()
-        await hub.join("r1", viewer(1), troll)
+        await hub.join("r1", viewer(1), troll, batched=True)  # batched or not, sent away
         await hub.join("r1", viewer(2), watcher)
         await hub.join("r1", Identity("mod-1", Role.MODERATOR), moderator)
         banned.update({"user-1", "mod-1"})  # stored, untold
@@ -409,5 +415,46 @@ async def test_a_ban_stored_while_it_could_not_be_told_is_carried_out_once_the_p
         for socket in (watcher, moderator):  # staff answer to no ban
             await socket.until_got("chat.message")
             assert socket.closed is None
+    finally:
+        await hub.close()
+
+
+async def test_a_read_of_the_bans_an_unban_overtook_sends_nobody_away() -> None:
+    """Read while the user was banned, and finished after their unban was heard and they came
+    back: the read is out of date, and their new socket stays."""
+    banned: set[str] = {"user-1"}
+    reading, release = asyncio.Event(), asyncio.Event()
+    slow = False
+
+    async def load_settings(room_id: str) -> RoomView:
+        read = frozenset(banned)
+        if slow:
+            reading.set()
+            await release.wait()
+        return replace(await load_room(room_id), banned=read)
+
+    hub = Hub(
+        MemoryBroker(MemoryBus()),
+        load_room,
+        Metrics(),
+        HubLimits(counter_interval=0.05),
+        load_settings=load_settings,
+    )
+    await hub.start()
+    try:
+        watcher = Socket()
+        await hub.join("r1", viewer(2), watcher)
+        slow = True
+        hub.on_room_subscribed("r1")  # the pub/sub back: the settings read again
+        await reading.wait()
+        banned.clear()  # the moderator's unban: stored, then told
+        await hub.publish_room_event("r1", {"type": "user.unbanned", "user_id": "user-1"})
+        await watcher.until_got("user.unbanned")
+        back = Socket()
+        await hub.join("r1", viewer(1), back)
+        release.set()
+        await hub.publish_room_event("r1", {"type": "chat.message", "text": "after the read"})
+        await back.until_got("chat.message")
+        assert back.closed is None
     finally:
         await hub.close()
