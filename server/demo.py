@@ -13,7 +13,8 @@ from server.auth import issue_token
 from server.container import Container
 from server.domain.identity import Identity, Role
 from server.domain.money import Money
-from server.domain.rooms import Room, RoomStatus
+from server.domain.products import Product
+from server.domain.rooms import MAX_LIVE_ROOMS_PER_HOST, Room, RoomStatus
 
 DEMO_HOST = Identity(user_id="demo-host", role=Role.HOST, name="Mia (demo host)")
 
@@ -29,16 +30,34 @@ DEMO_ROOM_TITLE = "Friday night beauty & tech drop"
 
 async def seed_demo(container: Container) -> Room:
     """The demo host's live room, created on first run and reused while it is live: the one
-    seeded, oldest first, not another room someone opened as the demo host meanwhile."""
+    seeded, oldest first, not another room someone opened as the demo host meanwhile; or,
+    should the demo host have as many rooms live as a host may, the newest of them."""
     service = container.room_service
     live = await container.rooms.list(status=RoomStatus.LIVE, limit=100)
-    for room in reversed(live):  # newest first as listed
-        if room.host_id == DEMO_HOST.user_id and room.title == DEMO_ROOM_TITLE:
-            if not await container.offer_service.open_in_room(room.id) and room.pinned_product_id:
-                await _launch_offer(container, room.id, room.pinned_product_id)
-            return room
+    hosted = [room for room in live if room.host_id == DEMO_HOST.user_id]  # newest first
+    seeded = [room for room in hosted if room.title == DEMO_ROOM_TITLE]
+    if seeded or len(hosted) >= MAX_LIVE_ROOMS_PER_HOST:
+        room = seeded[-1] if seeded else hosted[0]
+        if not await container.offer_service.open_in_room(room.id):
+            # On the product the demo pinned; in a room of someone else's, on new ones.
+            product_id = room.pinned_product_id if seeded else None
+            if product_id is None:
+                product_id = (await _create_products(container)).id
+                await service.pin(room.id, product_id, DEMO_HOST)
+            await _launch_offer(container, room.id, product_id)
+        return await service.get_room(room.id)
+    room = await service.create_room(DEMO_HOST, DEMO_ROOM_TITLE)
+    await service.start(room.id, DEMO_HOST)
+    product = await _create_products(container)
+    await service.pin(room.id, product.id, DEMO_HOST)
+    await _launch_offer(container, room.id, product.id)
+    return await service.get_room(room.id)
+
+
+async def _create_products(container: Container) -> Product:
+    """The demo host's products; the first, to pin."""
     products = [
-        await service.create_product(
+        await container.room_service.create_product(
             DEMO_HOST,
             title=title,
             price=Money(Decimal(price), "USD"),
@@ -47,11 +66,7 @@ async def seed_demo(container: Container) -> Room:
         )
         for title, price, stock, image in _PRODUCTS
     ]
-    room = await service.create_room(DEMO_HOST, DEMO_ROOM_TITLE)
-    await service.start(room.id, DEMO_HOST)
-    await service.pin(room.id, products[0].id, DEMO_HOST)
-    await _launch_offer(container, room.id, products[0].id)
-    return await service.get_room(room.id)
+    return products[0]
 
 
 async def _launch_offer(container: Container, room_id: str, product_id: str) -> None:
