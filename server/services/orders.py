@@ -301,16 +301,16 @@ class OrderService:
         self._offer_service.stock_moved(await self._launched.get(offer_id), None)
 
     async def _cancel_lost(self, order: Order) -> bool:
-        """Cancel the order, whose reservation holds no units; whether this call did (the
-        attempt that wrote it, or another process, may have). Its key, which a rebuild may have
-        missed, is kept naming it, for a retry to find (a rebuild would keep it too). The room
-        hears the stock again: it may have heard this claim's "1 left" before the order was."""
+        """Cancel the order, whose reservation holds no units (whether this call did), giving
+        back any a retry elsewhere attached it to meanwhile; keep its key, which a rebuild may
+        have missed, for a retry to find. The room hears the stock again (it heard "1 left")."""
         moved = False
         if order.status is OrderStatus.PENDING_PAYMENT:
             with contextlib.suppress(Conflict):  # moved meanwhile, or being moved right now
-                await self._move(order, OrderStatus.CANCELLED, by=SYSTEM, reason="reservation lost")
+                lost, cancelled = "reservation lost", OrderStatus.CANCELLED
+                await self._move(order, cancelled, by=SYSTEM, reason=lost, units_to_return=True)
                 moved = True
-                await self._buyers.tell_moved(order)
+                await asyncio.gather(self._buyers.tell_moved(order), self._give_back(order))
         with contextlib.suppress(Unavailable):
             await self._stock.remember_released(order.offer_id, claim_of(order, held=False))
         await self._stock_came_back(order.offer_id)

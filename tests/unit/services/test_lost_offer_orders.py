@@ -241,3 +241,33 @@ async def test_a_rebuild_read_before_a_pause_does_not_reopen_units_sold_since() 
     snapshot = await shop.stock.snapshot(offer.id)
     assert snapshot is not None
     assert (snapshot.remaining, snapshot.held_by_buyer) == (0, {"buyer-1": 1, "buyer-2": 1})
+
+
+async def test_units_a_retry_attached_to_an_order_being_cancelled_as_lost_go_back() -> None:
+    """Process A finds its order's key unknown to a stale rebuild and is about to cancel it;
+    meanwhile the claim sent again (process B) reserves fresh units and attaches the order to
+    them. Cancelled, the order holds nothing: those units go back."""
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    cancelling = HeldCalls(shop.orders_store, "save_move")
+    writing = HeldCalls(cancelling, "create")
+    _, process_a = other_process(shop, orders=cast(OrderStore, writing))
+    claim = asyncio.create_task(
+        process_a.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await writing.entered.wait()
+    shop.stock.flush()
+    await shop.offers.rebuild(offer.id)  # no orders yet
+    writing.gate.set()
+    await cancelling.entered.wait()  # A: the key unknown, the order about to be cancelled
+    again, created = await shop.claim(offer, buyer(1), "k")  # B: fresh units, attached
+    assert (again.status, created) == (OrderStatus.PENDING_PAYMENT, False)
+    assert await shop.stock.remaining(offer.id) == 1
+    cancelling.gate.set()
+    with pytest.raises(Conflict):
+        await claim
+    (cancelled,) = await shop.orders_store.of_offer(offer.id)
+    assert cancelled.status is OrderStatus.CANCELLED
+    snapshot = await shop.stock.snapshot(offer.id)
+    assert snapshot is not None
+    assert (snapshot.remaining, snapshot.held_by_buyer) == (2, {})
