@@ -23,9 +23,7 @@ from server.background import BackgroundTasks
 from server.domain.errors import (
     Conflict,
     Forbidden,
-    LiveshopError,
     NotFound,
-    OfferPaused,
     Unavailable,
 )
 from server.domain.identity import SYSTEM, Identity, scoped_key
@@ -55,11 +53,11 @@ from server.services.offers import OfferService
 from server.services.reaper import Reaper
 from server.services.room_bans import RoomBans
 from server.services.stock_rebuilds import claim_of
+from server.services.unit_returns import UnitReturns
 from server.stock_port import StockReservations
 
 log = logging.getLogger("liveshop.orders")
 
-RETURN_BATCH = 100  # give-backs retried per housekeeping round
 EXPIRY_BATCH = 200
 RECENT_CLAIMS = timedelta(hours=1)
 CACHED_OFFERS = 1000
@@ -86,6 +84,7 @@ class OrderService:
         self._stock = stock
         self._offer_service = offer_service
         self._buyers = BuyerNotices(orders, notify, clock)
+        self._returns = UnitReturns(offers, orders, stock, offer_service)
         self._late = LateOrders(
             orders,
             stock,
@@ -231,7 +230,7 @@ class OrderService:
             # its key (lost with the offer): the units this attempt has just reserved would
             # be held by nobody, for good. They go back, and the key names the order in the
             # same step, so that every later retry finds the order as this one does.
-            await self._release(stored, own=own)
+            await self._returns.release(stored, own=own)
             await self._stock_came_back(order.offer_id)
             if not same_terms:
                 raise other_terms()
@@ -241,7 +240,7 @@ class OrderService:
             # attempt's own units, reserved for terms no order has, go back. (On this
             # attempt's own reservation, the order is a retry's that was written first: the
             # units are its, and it is attached below like any other.)
-            await self._release(stored, own=own)
+            await self._returns.release(stored, own=own)
             await self._stock_came_back(order.offer_id)
             raise other_terms()
         if order.stock_build is not None and stored.stock_build != order.stock_build:
@@ -282,9 +281,7 @@ class OrderService:
         attached = await attach()
         if attached is not AttachOutcome.PAUSED:
             return attached
-        if (await self._offers.get(order.offer_id)).settled_at is not None:
-            # Lost with the offer was the release its settling made: an order written after
-            # its offer settled would take a unit the product's next offer has booked.
+        if await self._returns.settled(order.offer_id):
             return AttachOutcome.RELEASED
         # Rebuilt from the orders, this one among them: either that rebuild counts it (the
         # attach finds it attached), or one that read the orders before it got in first
@@ -310,7 +307,7 @@ class OrderService:
                 lost, cancelled = "reservation lost", OrderStatus.CANCELLED
                 await self._move(order, cancelled, by=SYSTEM, reason=lost, units_to_return=True)
                 moved = True
-                await asyncio.gather(self._buyers.tell_moved(order), self._give_back(order))
+                await asyncio.gather(self._buyers.tell_moved(order), self._returns.give_back(order))
         with contextlib.suppress(Unavailable):
             await self._stock.remember_released(order.offer_id, claim_of(order, held=False))
         await self._stock_came_back(order.offer_id)
@@ -372,7 +369,9 @@ class OrderService:
             raise not_cancellable(moved) from None
         # Together: against a Redis that hangs, each waits out its deadline, and one after the
         # other the buyer waited for both.
-        _, given_back = await asyncio.gather(self._buyers.tell_moved(order), self._give_back(order))
+        _, given_back = await asyncio.gather(
+            self._buyers.tell_moved(order), self._returns.give_back(order)
+        )
         if not given_back:
             log.warning("units_return_deferred", extra={"order_id": order.id})
         return order
@@ -394,7 +393,7 @@ class OrderService:
             except Conflict:
                 continue  # paid, cancelled or expired by someone else meanwhile
             await self._buyers.tell_moved(order)
-            if giving_back and not await self._give_back(order):
+            if giving_back and not await self._returns.give_back(order):
                 # The stock is away: the rest of the batch need not wait for it in turn, their
                 # notes say what is due.
                 giving_back = False
@@ -405,16 +404,7 @@ class OrderService:
     async def return_units_due(self) -> int:
         """Finish the give-backs of cancelled and expired orders that failed (the stock was
         away) or never ran (the process died between the two writes); how many it finished."""
-        finished = 0
-        stuck: set[str] = set()  # offer ids
-        for order in await self._orders.units_to_return(RETURN_BATCH):
-            if order.offer_id in stuck:
-                continue  # one try per offer and round: a Redis that hangs costs 5 s a try
-            if await self._give_back(order):
-                finished += 1
-            else:
-                stuck.add(order.offer_id)  # the others' offers may fare better
-        return finished
+        return await self._returns.return_due()
 
     def recently_claimed_offers(self) -> builtins.list[str]:
         """Offers claimed through this process within the last hour (older ones are forgotten)."""
@@ -456,44 +446,3 @@ class OrderService:
         expected = order.status
         order.move(to, at=self._clock(), by=by, reason=reason)
         await self._orders.save_move(order, expected=expected, units_to_return=units_to_return)
-
-    async def _give_back(self, order: Order) -> bool:
-        """Return the order's units to its offer (the room hears of it if the offer runs), then
-        clear the order's note that they are to go back. Releasing is idempotent, so doing it
-        twice is harmless. False when the stock is away: the note stays, and housekeeping tries
-        again; the order's own move stands either way."""
-        try:
-            released = await self._release(order)
-        except Unavailable:
-            return False
-        with contextlib.suppress(Unavailable):  # if not, the next try releases nothing, clears it
-            await self._orders.units_returned(order.id)
-        if released:
-            try:
-                offer = await self._offers.get(order.offer_id)
-            except LiveshopError as error:  # the units are back; only the room's figure waits
-                log.warning("stock_announce_skipped", extra={"code": error.code})
-            else:
-                self._offer_service.stock_moved(offer, None)  # told while the offer runs
-        return True
-
-    async def _release(self, order: Order, *, own: str | None = None) -> bool:
-        """Give back the units held under the order's key, naming the order on the key; with
-        `own`, only if the key's reservation is that one and no order holds it."""
-        release = functools.partial(
-            self._stock.release,
-            order.offer_id,
-            order.idempotency_key,
-            for_order=order.id,
-            reservation_id=own,
-            orphan_only=own is not None,
-        )
-        try:
-            return await release()
-        except OfferPaused:
-            pass
-        # The offer's stock was lost (Redis restarted): rebuild it from the orders, where this
-        # one holds nothing now, then release anyway, in case a rebuild that read the orders
-        # before this order's move won the race and holds its units.
-        await self._offer_service.rebuild(order.offer_id)
-        return await release()

@@ -435,3 +435,40 @@ async def test_a_launch_that_loses_its_place_checks_the_stock_again(shop: Shop) 
     offer, created = await launch  # 20 + 40 of 100, where the old 50 would refuse it
     assert created
     assert offer.quantity == 40
+
+
+async def test_the_cancel_of_a_late_order_never_rebuilds_a_settled_offers_stock(
+    shop: Shop,
+) -> None:
+    """Two claims reserved before the end; their orders land after the offer settled, Redis
+    having lost its stock. Each is cancelled: the first's cancel, giving its units back, must
+    not rebuild the settled offer's stock, which would count the second as held (finding 217)."""
+    slow1 = HeldCalls(shop.orders_store)
+    _, p1 = other_process(shop, orders=cast(OrderStore, slow1))
+    slow2 = HeldCalls(shop.orders_store)
+    attach2 = HeldCalls(shop.stock, "attach_order")
+    _, p2 = other_process(shop, orders=cast(OrderStore, slow2), stock=cast(Any, attach2))
+    first = await shop.launch(quantity=STOCK, limit=1)
+    c1 = asyncio.ensure_future(
+        p1.claim(first.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await slow1.entered.wait()
+    c2 = asyncio.ensure_future(
+        p2.claim(first.id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await slow2.entered.wait()
+    await shop.offers.stop(first.id, HOST)
+    shop.stock.flush()
+    await settle(shop)
+    await shop.launch(quantity=STOCK, limit=1)  # the whole stock, booked again
+    shop.stock.flush()  # lost again
+    slow2.gate.set()
+    await attach2.entered.wait()  # the second order is written, its attach on its way
+    slow1.gate.set()
+    with pytest.raises(Conflict):
+        await c1
+    attach2.gate.set()
+    with pytest.raises(Conflict) as refused:
+        await c2
+    assert refused.value.code == "claim_expired"
+    assert {o.status for o in await shop.orders_store.of_offer(first.id)} == {OrderStatus.CANCELLED}
