@@ -251,7 +251,11 @@ async def test_units_a_retry_attached_to_an_order_being_cancelled_as_lost_go_bac
     offer = await shop.launch(quantity=2, limit=1)
     cancelling = HeldCalls(shop.orders_store, "save_move")
     writing = HeldCalls(cancelling, "create")
-    _, process_a = other_process(shop, orders=cast(OrderStore, writing))
+    away = FlakyStock(shop.stock)
+    away.releases_failing = 1  # and A's give-back fails: housekeeping finishes it
+    _, process_a = other_process(
+        shop, orders=cast(OrderStore, writing), stock=cast(StockReservations, away)
+    )
     claim = asyncio.create_task(
         process_a.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
     )
@@ -268,6 +272,8 @@ async def test_units_a_retry_attached_to_an_order_being_cancelled_as_lost_go_bac
         await claim
     (cancelled,) = await shop.orders_store.of_offer(offer.id)
     assert cancelled.status is OrderStatus.CANCELLED
+    assert await shop.stock.remaining(offer.id) == 1
+    assert await shop.orders.return_units_due() == 1
     snapshot = await shop.stock.snapshot(offer.id)
     assert snapshot is not None
     assert (snapshot.remaining, snapshot.held_by_buyer) == (2, {})
