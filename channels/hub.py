@@ -399,10 +399,9 @@ class Hub(StreamFollower):
         view = await self._load_settings(room.room_id)
         room.take_moderation(view, read)
         # A ban stored while its `user.banned` could not be told (Redis away: the moderator
-        # heard "unavailable") is carried out when the pub/sub comes back, which reloads;
-        # unless an unban was heard meanwhile, which the read may not have seen.
-        if room.unbans_heard == unbans:
-            self._send_away(room, view.banned)
+        # heard "unavailable") is carried out when the pub/sub comes back, which reloads; not
+        # for a user whose unban was heard meanwhile, which the read may not have seen.
+        self._send_away(room, {u for u in view.banned if room.unbanned_at.get(u, 0) <= unbans})
 
     def _fan_out(self, room: LocalRoom, seq: int, event: dict[str, Any], text: str) -> None:
         room.last_seq = seq

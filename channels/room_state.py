@@ -91,7 +91,10 @@ class LocalRoom:
     # lately: the stores are what count, and an unban whose event was lost must not keep
     # refusing anyone here (see `banned_lately`).
     bans_heard: dict[str, float] = field(default_factory=dict)
-    unbans_heard: int = 0  # a read of the bans begun before the last is out of date (Hub._reload)
+    # Unbans heard, counted, and each user's last (its count): a read of the bans begun
+    # before a user's unban is out of date for them (Hub._reload).
+    unbans_heard: int = 0
+    unbanned_at: dict[str, int] = field(default_factory=dict)
     # Every local viewer; `batched` are those that take room events in batch frames.
     connections: set[Connection] = field(default_factory=set)
     direct: set[Connection] = field(default_factory=set)
@@ -331,6 +334,7 @@ class LocalRoom:
         elif kind == "user.unbanned":
             self.bans_heard.pop(str(event.get("user_id")), None)
             self.unbans_heard += 1
+            self.unbanned_at[str(event.get("user_id"))] = self.unbans_heard
         elif kind == "room.slow_mode":
             self.slow_mode_seconds = int(event.get("seconds", 0))
             self.slow_mode_read.changes += 1
