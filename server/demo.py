@@ -39,12 +39,10 @@ async def seed_demo(container: Container) -> Room:
     if seeded or len(hosted) >= MAX_LIVE_ROOMS_PER_HOST:
         room = seeded[-1] if seeded else hosted[0]
         if not await container.offer_service.open_in_room(room.id):
-            # On the product the demo pinned; in a room of someone else's, on new ones.
-            product_id = room.pinned_product_id if seeded else None
-            if product_id is None:
-                product_id = (await _create_products(container)).id
-                await service.pin(room.id, product_id, DEMO_HOST)
-            await _launch_offer(container, room.id, product_id)
+            # On new products: the one pinned may have too little stock left for the offer.
+            product = await _create_products(container)
+            await service.pin(room.id, product.id, DEMO_HOST)
+            await _launch_offer(container, room.id, product.id)
         return await service.get_room(room.id)
     room = await service.create_room(DEMO_HOST, DEMO_ROOM_TITLE)
     await service.start(room.id, DEMO_HOST)
