@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ log = logging.getLogger("liveshop.ws")
 
 # A close handshake with a client that has stopped reading must not hang around forever.
 CLOSE_TIMEOUT_SECONDS = 5.0
+CLAIMS_HEARD = 16  # a socket's latest claims whose orders it hears past its token's expiry
 # Frames queued while the writer has not yet had its turn (a burst from the broker, a history
 # fill) are no sign of a slow client; only this many times the limit is, whatever the reason.
 BURST_ALLOWANCE = 8
@@ -55,6 +57,7 @@ class Connection:
         "_waiting_on_socket",
         "_writer",
         "batched",
+        "claimed_keys",
         "closed",
         "conn_id",
         "endpoint",
@@ -82,6 +85,9 @@ class Connection:
         # Epoch seconds (None: no token, or none that ends). The socket's rights end then, and
         # with them the user's private frames (see Hub.on_user_frame); it may go on watching.
         self.token_expires = token_expires
+        # The keys of its latest claims: their orders' private frames reach it even once its
+        # token has expired, since the claims were taken while it held (see `hears`).
+        self.claimed_keys: deque[str] | None = None
         self.batched = batched  # takes room events in `batch` frames (see the hub)
         self.identity = identity
         self.room_id = room_id
@@ -108,6 +114,21 @@ class Connection:
     def token_holds_at(self, now: float) -> bool:
         """Whether its token, if any, has yet to expire at `now` (epoch seconds)."""
         return self.token_expires is None or now < self.token_expires
+
+    def note_claim(self, idempotency_key: str) -> None:
+        if self.claimed_keys is None:
+            self.claimed_keys = deque(maxlen=CLAIMS_HEARD)
+        self.claimed_keys.append(idempotency_key)
+
+    def hears(self, private_frame: str, now: float) -> bool:
+        """Whether its user's private frame is its to hear: while its token holds, and after,
+        an order it claimed (`order.updated`, its key the client's)."""
+        if self.token_holds_at(now):
+            return True
+        if not self.claimed_keys:
+            return False
+        order = json.loads(private_frame).get("order")
+        return isinstance(order, dict) and order.get("idempotency_key") in self.claimed_keys
 
     @property
     def closing(self) -> bool:

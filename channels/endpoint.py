@@ -217,8 +217,10 @@ async def _claim(
 ) -> None:
     """A new order reaches the buyer as `order.updated` on every connection; a retried claim
     gets its order back here, since nothing changed for the others. Errors are the caller's to
-    answer, counted here."""
+    answer, counted here. A socket hears the orders it claimed even if its token expires
+    before they are written (`Connection.hears`)."""
     started = time.perf_counter()
+    conn.note_claim(command.frame.idempotency_key)
     try:
         order, created = await container.order_service.claim(
             command.frame.offer_id,
@@ -232,9 +234,7 @@ async def _claim(
         claims.record(error.code, started)
         raise
     claims.record("order" if created else "replayed", started)
-    # A new order reaches the buyer's sockets as a private frame, which skips one whose token
-    # expired meanwhile: the claim was taken while it held, so this socket hears it here.
-    if not created or not conn.token_holds_at(time.time()):
+    if not created:
         conn.push(encode_body({"type": "order.updated", "order": order_to_wire(order)}))
 
 

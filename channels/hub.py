@@ -374,7 +374,7 @@ class Hub(StreamFollower):
         # Not to a socket whose token has expired: the user's orders and addresses are the
         # token's to hear, as over HTTP; the room's stream goes on.
         now = time.time()
-        connections = [c for c in self._users.connections(user_id) if c.token_holds_at(now)]
+        connections = [c for c in self._users.connections(user_id) if c.hears(text, now)]
         for conn in connections:
             conn.push(text)
         self.metrics.frames_out.inc(len(connections))

@@ -1,6 +1,6 @@
-"""A claim over a socket is answered on it: a new order by the buyer's private frame, which
-skips a socket whose token has expired; so a claim taken while the token held, whose order is
-written after it expired, is answered by the endpoint itself."""
+"""A claim over a socket is answered on it, once: a new order by the buyer's private frame,
+which skips a socket whose token has expired but for the orders it claimed itself, taken while
+the token held, whenever they are told."""
 
 from __future__ import annotations
 
@@ -36,12 +36,25 @@ FRAME = OfferClaim.model_validate(
 )
 
 
-def shop_creating(hub: Hub, order: Order) -> Container:
-    """An order service whose claims make `order`, telling its buyer as the real one does."""
+def shop_with(
+    hub: Hub, order: Order, *, tell_after: float = 0.0, answer_after: float = 0.0
+) -> Container:
+    """An order service whose claims make `order`, telling its buyer `tell_after` seconds in
+    (the broker's way, or housekeeping's once the broker is back) and answering `answer_after`
+    seconds in."""
+    telling: set[asyncio.Task[None]] = set()
+
+    async def tell() -> None:
+        await asyncio.sleep(tell_after)
+        await hub.send_private(
+            order.buyer_id, {"type": "order.updated", "order": order_to_wire(order)}
+        )
 
     async def claim(*args: Any, **kwargs: Any) -> tuple[Order, bool]:
-        frame = {"type": "order.updated", "order": order_to_wire(order)}
-        await hub.send_private(order.buyer_id, frame)
+        task = asyncio.create_task(tell())
+        telling.add(task)
+        task.add_done_callback(telling.discard)
+        await asyncio.sleep(answer_after)
         return order, True
 
     return cast(Container, SimpleNamespace(order_service=SimpleNamespace(claim=claim)))
@@ -54,9 +67,33 @@ async def test_a_claim_whose_token_expired_before_its_order_was_written_is_answe
     for expires, kind in ((time.time() - 1, "lapsed"), (time.time() + 3600, "fresh")):
         socket = Socket()
         conn, room = await hub.join("r1", viewer(1), socket, token_expires=expires)
-        container = shop_creating(hub, order)
+        container = shop_with(hub, order)
         await endpoint._claim(Claim(FRAME), container, hub.metrics.ws_claims, conn, room)
         await socket.until_got("order.updated")
         await asyncio.sleep(0.05)
         assert len(socket.of_type("order.updated")) == 1, kind  # once, not twice
         await hub.leave(conn)
+
+
+async def test_an_order_told_before_the_token_expired_and_written_after_is_heard_once(
+    hub: Hub,
+) -> None:
+    order = sample_order(buyer="user-1")
+    socket = Socket()
+    conn, room = await hub.join("r1", viewer(1), socket, token_expires=time.time() + 0.3)
+    container = shop_with(hub, order, tell_after=0.0, answer_after=0.5)
+    await endpoint._claim(Claim(FRAME), container, hub.metrics.ws_claims, conn, room)
+    await asyncio.sleep(0.1)
+    assert len(socket.of_type("order.updated")) == 1
+
+
+async def test_an_order_told_after_the_token_expired_is_heard_by_the_socket_that_claimed_it(
+    hub: Hub,
+) -> None:
+    order = sample_order(buyer="user-1")
+    socket = Socket()
+    conn, room = await hub.join("r1", viewer(1), socket, token_expires=time.time() + 0.3)
+    container = shop_with(hub, order, tell_after=0.5, answer_after=0.0)
+    await endpoint._claim(Claim(FRAME), container, hub.metrics.ws_claims, conn, room)
+    await asyncio.sleep(0.8)
+    assert len(socket.of_type("order.updated")) == 1
