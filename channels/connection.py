@@ -57,7 +57,7 @@ class Connection:
         "_waiting_on_socket",
         "_writer",
         "batched",
-        "claimed_keys",
+        "claimed",
         "closed",
         "conn_id",
         "endpoint",
@@ -85,9 +85,9 @@ class Connection:
         # Epoch seconds (None: no token, or none that ends). The socket's rights end then, and
         # with them the user's private frames (see Hub.on_user_frame); it may go on watching.
         self.token_expires = token_expires
-        # The keys of its latest claims: their orders' private frames reach it even once its
+        # Its latest claims (offer, key): their orders' private frames reach it even once its
         # token has expired, since the claims were taken while it held (see `hears`).
-        self.claimed_keys: deque[str] | None = None
+        self.claimed: deque[tuple[str, str]] | None = None
         self.batched = batched  # takes room events in `batch` frames (see the hub)
         self.identity = identity
         self.room_id = room_id
@@ -115,20 +115,22 @@ class Connection:
         """Whether its token, if any, has yet to expire at `now` (epoch seconds)."""
         return self.token_expires is None or now < self.token_expires
 
-    def note_claim(self, idempotency_key: str) -> None:
-        if self.claimed_keys is None:
-            self.claimed_keys = deque(maxlen=CLAIMS_HEARD)
-        self.claimed_keys.append(idempotency_key)
+    def note_claim(self, offer_id: str, idempotency_key: str) -> None:
+        if self.claimed is None:
+            self.claimed = deque(maxlen=CLAIMS_HEARD)
+        self.claimed.append((offer_id, idempotency_key))
 
     def hears(self, private_frame: str, now: float) -> bool:
         """Whether its user's private frame is its to hear: while its token holds, and after,
-        an order it claimed (`order.updated`, its key the client's)."""
+        an order it claimed (`order.updated`: a key is the client's, one per offer)."""
         if self.token_holds_at(now):
             return True
-        if not self.claimed_keys:
+        if not self.claimed:
             return False
         order = json.loads(private_frame).get("order")
-        return isinstance(order, dict) and order.get("idempotency_key") in self.claimed_keys
+        if not isinstance(order, dict):
+            return False
+        return (order.get("offer_id"), order.get("idempotency_key")) in self.claimed
 
     @property
     def closing(self) -> bool:

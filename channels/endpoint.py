@@ -220,7 +220,7 @@ async def _claim(
     answer, counted here. A socket hears the orders it claimed even if its token expires
     before they are written (`Connection.hears`)."""
     started = time.perf_counter()
-    conn.note_claim(command.frame.idempotency_key)
+    conn.note_claim(command.frame.offer_id, command.frame.idempotency_key)
     try:
         order, created = await container.order_service.claim(
             command.frame.offer_id,

@@ -10,19 +10,21 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from channels import endpoint
+from channels.connection import CLAIMS_HEARD
 from channels.hub import Hub
 from channels.protocol import Claim
 from schemas.commerce import order_to_wire
 from schemas.ws import OfferClaim
 from server.container import Container
+from server.domain.identity import client_key
 from server.domain.orders import Order
-from tests.contract.order_samples import sample_order
+from tests.contract.order_samples import sample_offer, sample_order
 from tests.unit.channels.hub_fakes import Socket, viewer
 
 FRAME = OfferClaim.model_validate(
     {
         "type": "offer.claim",
-        "offer_id": "f_1",
+        "offer_id": "of_1",  # sample_order's
         "idempotency_key": "k_1",
         "quantity": 2,
         "shipping_address": {
@@ -97,3 +99,22 @@ async def test_an_order_told_after_the_token_expired_is_heard_by_the_socket_that
     await endpoint._claim(Claim(FRAME), container, hub.metrics.ws_claims, conn, room)
     await asyncio.sleep(0.8)
     assert len(socket.of_type("order.updated")) == 1
+
+
+async def test_past_its_tokens_expiry_a_socket_hears_its_own_latest_claims_alone(
+    hub: Hub,
+) -> None:
+    """Keys are the client's, one per offer: the same key on another offer (from another
+    device) is not this socket's claim; and only its latest CLAIMS_HEARD are remembered."""
+    socket = Socket()
+    conn, _ = await hub.join("r1", viewer(1), socket, token_expires=time.time() - 1)
+    other_offer = sample_order("o_2", "k5", buyer="user-1", offer=sample_offer("of_2", "r_2"))
+    orders = [sample_order(f"o_k{n}", f"k{n}", buyer="user-1") for n in range(CLAIMS_HEARD + 1)]
+    for order in orders:
+        conn.note_claim(order.offer_id, client_key(order.buyer_id, order.idempotency_key))
+    for order in [other_offer, *orders]:
+        await hub.send_private("user-1", {"type": "order.updated", "order": order_to_wire(order)})
+    await socket.until(lambda: len(socket.of_type("order.updated")) >= CLAIMS_HEARD)
+    await asyncio.sleep(0.05)  # and nothing more
+    heard = [frame["order"]["id"] for frame in socket.of_type("order.updated")]
+    assert heard == [order.id for order in orders[1:]]  # not o_2, nor the first, forgotten

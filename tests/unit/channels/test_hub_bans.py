@@ -133,3 +133,32 @@ async def test_an_unban_of_someone_else_during_the_read_sends_the_banned_away_al
         assert troll.closed[0] == CloseCode.BANNED
     finally:
         await hub.close()
+
+
+async def test_a_user_banned_again_untold_after_an_earlier_unban_is_sent_away() -> None:
+    """Their unban heard long before the read began spares them nothing."""
+    banned: set[str] = set()
+
+    async def load_settings(room_id: str) -> RoomView:
+        return replace(await load_room(room_id), banned=frozenset(banned))
+
+    hub = Hub(
+        MemoryBroker(MemoryBus()),
+        load_room,
+        Metrics(),
+        HubLimits(counter_interval=0.05),
+        load_settings=load_settings,
+    )
+    await hub.start()
+    try:
+        troll = Socket()
+        await hub.join("r1", viewer(1), troll)
+        await hub.publish_room_event("r1", {"type": "user.unbanned", "user_id": "user-1"})
+        await troll.until_got("user.unbanned")
+        banned.add("user-1")  # banned again, stored, untold
+        hub.on_room_subscribed("r1")  # the pub/sub back
+        await troll.until_closed()
+        assert troll.closed is not None
+        assert troll.closed[0] == CloseCode.BANNED
+    finally:
+        await hub.close()
