@@ -371,8 +371,8 @@ class Hub(StreamFollower):
         self._fan_out(room, seq, event, text)
 
     def on_user_frame(self, user_id: str, text: str) -> None:
-        # Not to a socket whose token has expired: the user's orders and addresses are the
-        # token's to hear, as over HTTP; the room's stream goes on.
+        # Not to a socket whose token has expired, but for the orders it claimed itself: the
+        # user's orders and addresses are the token's to hear, as over HTTP (Connection.hears).
         now = time.time()
         connections = [c for c in self._users.connections(user_id) if c.hears(text, now)]
         for conn in connections:

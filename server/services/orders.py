@@ -298,14 +298,21 @@ class OrderService:
         self._offer_service.stock_moved(await self._launched.get(offer_id), None)
 
     async def _cancel_lost(self, order: Order) -> bool:
-        """Cancel the order, whose reservation holds no units (whether this call did), giving
-        back any a retry elsewhere attached it to meanwhile; keep its key, which a rebuild may
-        have missed, for a retry to find. The room hears the stock again (it heard "1 left")."""
+        """Cancel the order, whose reservation holds no units; whether this call did (the
+        attempt that wrote it, or another process, may have). Units a retry in another process
+        attached it to meanwhile go back all the same, and its key, which a rebuild may have
+        missed, is kept naming it, for a retry to find. The room hears the stock again either
+        way: it may have heard this claim's "1 left" before the order was written."""
         moved = False
         if order.status is OrderStatus.PENDING_PAYMENT:
             with contextlib.suppress(Conflict):  # moved meanwhile, or being moved right now
-                lost, cancelled = "reservation lost", OrderStatus.CANCELLED
-                await self._move(order, cancelled, by=SYSTEM, reason=lost, units_to_return=True)
+                await self._move(
+                    order,
+                    OrderStatus.CANCELLED,
+                    by=SYSTEM,
+                    reason="reservation lost",
+                    units_to_return=True,
+                )
                 moved = True
                 await asyncio.gather(self._buyers.tell_moved(order), self._returns.give_back(order))
         with contextlib.suppress(Unavailable):
