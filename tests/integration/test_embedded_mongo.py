@@ -104,6 +104,8 @@ async def test_a_mongod_whose_files_are_gone_is_not_started_again_on_nothing(
     try:
         died = mongo.pid
         assert died is not None
+        # Frozen first: a running mongod writes new files while they are being removed.
+        os.kill(died, signal.SIGSTOP)
         shutil.rmtree(mongo.db_path)  # an operator's mistake, a disk swapped
         os.kill(died, signal.SIGKILL)
         await asyncio.sleep(1.0)
