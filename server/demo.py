@@ -38,14 +38,12 @@ async def seed_demo(container: Container) -> Room:
     seeded = [room for room in hosted if room.title == DEMO_ROOM_TITLE]
     if seeded or len(hosted) >= MAX_LIVE_ROOMS_PER_HOST:
         room = seeded[-1] if seeded else hosted[0]
-        if not await container.offer_service.open_in_room(room.id):
-            # On new products: the one pinned may have too little stock left for the offer.
-            product = await _create_products(container)
-            await service.pin(room.id, product.id, DEMO_HOST)
-            await _launch_offer(container, room.id, product.id)
-        return await service.get_room(room.id)
-    room = await service.create_room(DEMO_HOST, DEMO_ROOM_TITLE)
-    await service.start(room.id, DEMO_HOST)
+        if await container.offer_service.open_in_room(room.id):
+            return room
+    else:
+        room = await service.create_room(DEMO_HOST, DEMO_ROOM_TITLE)
+        await service.start(room.id, DEMO_HOST)
+    # On new products: a product pinned before may have too little stock left for the offer.
     product = await _create_products(container)
     await service.pin(room.id, product.id, DEMO_HOST)
     await _launch_offer(container, room.id, product.id)
