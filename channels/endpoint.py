@@ -190,8 +190,7 @@ async def _carry_out(
                     room.room_id, command.user_id, by=conn.identity.user_id, at=command.at
                 )
             elif isinstance(command, Lift):
-                lift = container.rooms.unban if command.what == "ban" else container.rooms.unmute
-                await lift(room.room_id, command.user_id)
+                await _lift(command, container, room.room_id)
             elif isinstance(command, StoreSlowMode):
                 await container.rooms.set_slow_mode(room.room_id, command.seconds)
             elif isinstance(command, Close):
@@ -206,6 +205,18 @@ async def _carry_out(
             log.exception("ws_command_failed", extra={"room_id": room.room_id})
             conn.push(encode_body(error_frame(Unavailable("try again shortly"), ref)))
             return
+
+
+async def _lift(command: Lift, container: Container, room_id: str) -> None:
+    """Lift the ban or mute; with none to lift, the moderator hears so and the room nothing (an
+    unban of someone never banned would tell every viewer they had been)."""
+    if command.what == "ban":
+        lifted, state = await container.rooms.unban(room_id, command.user_id), "banned"
+    else:
+        lifted = await container.rooms.unmute(room_id, command.user_id, at=command.at)
+        state = "muted"
+    if not lifted:
+        raise NotFound(f"{command.user_id} is not {state} in this room", code=f"not_{state}")
 
 
 async def _claim(

@@ -122,10 +122,12 @@ class StoreBan:
 
 @dataclass(frozen=True, slots=True)
 class Lift:
-    """A mute or ban of the user lifted (`what`: "mute" or "ban")."""
+    """A mute or ban of the user lifted (`what`: "mute" or "ban"), if one holds at `at`; the
+    commands after it (the room's announcement) only then."""
 
     user_id: str
     what: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,10 +331,10 @@ class RoomSession:
             ]
         if isinstance(frame, UserUnmute):
             unmuted = {"type": "user.unmuted", "user_id": frame.user_id}
-            return [Lift(frame.user_id, "mute"), Publish(unmuted)]
+            return [Lift(frame.user_id, "mute", now), Publish(unmuted)]
         if isinstance(frame, UserUnban):
             unbanned = {"type": "user.unbanned", "user_id": frame.user_id}
-            return [Lift(frame.user_id, "ban"), Publish(unbanned)]
+            return [Lift(frame.user_id, "ban", now), Publish(unbanned)]
         if isinstance(frame, RoomSlowMode):
             return [
                 StoreSlowMode(frame.seconds),

@@ -134,8 +134,10 @@ class MemoryRoomStore:
     async def ban(self, room_id: str, user_id: str, *, by: str, at: datetime) -> None:
         self._bans.add((room_id, user_id))
 
-    async def unban(self, room_id: str, user_id: str) -> None:
+    async def unban(self, room_id: str, user_id: str) -> bool:
+        banned = (room_id, user_id) in self._bans
         self._bans.discard((room_id, user_id))
+        return banned
 
     async def is_banned(self, room_id: str, user_id: str) -> bool:
         return (room_id, user_id) in self._bans
@@ -151,9 +153,10 @@ class MemoryRoomStore:
             raise too_many_mutes()
         self._mutes[room_id] = running | {user_id: until}
 
-    async def unmute(self, room_id: str, user_id: str) -> None:
+    async def unmute(self, room_id: str, user_id: str, *, at: datetime) -> bool:
         await self._stored(room_id)
-        self._mutes.get(room_id, {}).pop(user_id, None)
+        until = self._mutes.get(room_id, {}).pop(user_id, None)
+        return until is not None and until > at
 
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:
         return dict(self._mutes.get(room_id, {}))

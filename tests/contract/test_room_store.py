@@ -355,20 +355,33 @@ async def test_a_ban_or_a_mute_is_lifted_for_its_room_and_user_alone(stores: Sto
         await stores.rooms.mute("r_1", user, until=later, at=T0)
     await stores.rooms.ban("r_2", "u_1", by="host-2", at=T0)
 
-    await stores.rooms.unban("r_1", "u_1")
-    await stores.rooms.unban("r_1", odd_user)
-    await stores.rooms.unban("r_1", "u_never")  # nothing to lift: nothing changes
-    await stores.rooms.unmute("r_1", odd_user)
-    await stores.rooms.unmute("r_1", "u_never")
+    assert await stores.rooms.unban("r_1", "u_1")
+    assert await stores.rooms.unban("r_1", odd_user)
+    assert not await stores.rooms.unban("r_1", "u_never")  # nothing to lift: nothing changes
+    assert not await stores.rooms.unban("r_1", "u_1")  # lifted already
+    assert await stores.rooms.unmute("r_1", odd_user, at=T0)
+    assert not await stores.rooms.unmute("r_1", "u_never", at=T0)
+    assert not await stores.rooms.unmute("r_1", odd_user, at=T0)
 
     assert await stores.rooms.banned_users("r_1") == {"u_2"}
     assert not await stores.rooms.is_banned("r_1", "u_1")
     assert await stores.rooms.is_banned("r_2", "u_1")
     assert await stores.rooms.mutes("r_1") == {"u_1": later, "u_2": later}
     with pytest.raises(NotFound):
-        await stores.rooms.unmute("r_missing", "u_1")
+        await stores.rooms.unmute("r_missing", "u_1", at=T0)
     await stores.rooms.ban("r_1", "u_1", by="host-1", at=T0)  # banned again, after all
     assert await stores.rooms.is_banned("r_1", "u_1")
+
+
+async def test_a_mute_that_is_over_is_not_lifted(stores: Stores) -> None:
+    """Lifting it would tell the room of a mute that no longer held anyone."""
+    await stores.rooms.create(_room("r_1"))
+    until = T0 + timedelta(minutes=1)
+    await stores.rooms.mute("r_1", "u_1", until=until, at=T0)
+    assert not await stores.rooms.unmute("r_1", "u_1", at=until)
+    await stores.rooms.mute("r_1", "u_1", until=until, at=T0)
+    assert await stores.rooms.unmute("r_1", "u_1", at=until - timedelta(milliseconds=1))
+    assert await stores.rooms.mutes("r_1") == {}
 
 
 async def test_ping(stores: Stores) -> None:

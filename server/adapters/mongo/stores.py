@@ -290,8 +290,9 @@ class MongoRoomStore:
             return  # a concurrent ban of the same user won the insert
 
     @translate_errors
-    async def unban(self, room_id: str, user_id: str) -> None:
-        await self._bans.delete_one({"room_id": room_id, "user_id": user_id})
+    async def unban(self, room_id: str, user_id: str) -> bool:
+        result = await self._bans.delete_one({"room_id": room_id, "user_id": user_id})
+        return result.deleted_count == 1
 
     async def is_banned(self, room_id: str, user_id: str) -> bool:
         # Every join asks. When a room's viewers all come back at once (its stream was reset,
@@ -337,13 +338,17 @@ class MongoRoomStore:
             raise too_many_mutes()
 
     @translate_errors
-    async def unmute(self, room_id: str, user_id: str) -> None:
-        # A query's value is a literal: a user id starting with "$" is no field path here.
-        result = await self._rooms.update_one(
-            {"_id": room_id}, {"$pull": {"mutes": {"user_id": user_id}}}
+    async def unmute(self, room_id: str, user_id: str, *, at: datetime) -> bool:
+        # A query's value is a literal: a user id starting with "$" is no field path here. The
+        # entry comes back as it was, to tell a running mute from one over already.
+        before = await self._rooms.find_one_and_update(
+            {"_id": room_id},
+            {"$pull": {"mutes": {"user_id": user_id}}},
+            projection={"_id": False, "mutes": {"$elemMatch": {"user_id": user_id}}},
         )
-        if result.matched_count == 0:
+        if before is None:
             raise NotFound(f"room {room_id} not found")
+        return any(entry["until"] > at for entry in before.get("mutes", []))
 
     @translate_errors
     async def mutes(self, room_id: str) -> Mapping[str, datetime]:

@@ -225,6 +225,24 @@ async def test_a_mute_and_a_ban_are_lifted(live: Live) -> None:
         assert (await recv_type(back, "chat.message"))["text"] == "back"
 
 
+async def test_lifting_what_holds_nobody_is_refused_and_the_room_hears_nothing(
+    live: Live,
+) -> None:
+    """An unban of someone never banned told every viewer they had been."""
+    async with host_and(live, "leo") as (host, leo):
+        for what, code in (("user.unban", "not_banned"), ("user.unmute", "not_muted")):
+            await host.send(json.dumps({"type": what, "user_id": "mia", "ref": what}))
+            error = await recv_type(host, "error")
+            assert (error["code"], error["ref"]) == (code, what)
+        await host.send(json.dumps({"type": "chat.send", "text": "marker"}))
+        # The room's stream is ordered: an announcement would have come before the line.
+        heard = [await recv(leo)]
+        while heard[-1]["type"] != "chat.message":
+            heard.append(await recv(leo))
+        assert heard[-1]["text"] == "marker"
+        assert not {"user.unbanned", "user.unmuted"} & {frame["type"] for frame in heard}
+
+
 async def test_no_mute_or_ban_holds_the_platforms_staff(live: Live) -> None:
     """A moderator could mute and ban an admin or another moderator, for the room's life: the
     server knows a role only from its owner's token, so the mute or ban is kept, and holds

@@ -291,12 +291,12 @@ def test_a_mute_or_a_ban_is_lifted_by_those_who_moderate() -> None:
     for who in (MODERATOR, HOST):
         unmute = send(session(who), {"type": "user.unmute", "user_id": "shopper-1", "ref": "r"})
         assert unmute == [
-            Lift("shopper-1", "mute"),
+            Lift("shopper-1", "mute", NOW),
             Publish({"type": "user.unmuted", "user_id": "shopper-1"}),
         ]
         unban = send(session(who), {"type": "user.unban", "user_id": "shopper-1"})
         assert unban == [
-            Lift("shopper-1", "ban"),
+            Lift("shopper-1", "ban", NOW),
             Publish({"type": "user.unbanned", "user_id": "shopper-1"}),
         ]
     for frame in ({"type": "user.unban", "user_id": "x"}, {"type": "user.unmute", "user_id": "x"}):
