@@ -188,6 +188,7 @@ async def test_every_refusal_keeps_its_code(client: httpx.AsyncClient) -> None:
         (await claim(client, offer_id, key="has space"), 422, "invalid_idempotency_key"),
         (await claim(client, offer_id, content=b"{"), 400, "malformed_json"),
         (await claim(client, "of_nope"), 404, "not_found"),
+        (await claim(client, offer_id, "host-1"), 403, "own_offer"),
         (
             await claim(client, offer_id, json={"shipping_address": {**ADDRESS, "name": "A\x00"}}),
             422,

@@ -144,6 +144,17 @@ async def test_sold_out_limit_and_not_active_are_distinct(shop: Shop) -> None:
     )
 
 
+async def test_a_host_cannot_buy_from_their_own_offers(shop: Shop) -> None:
+    """Nor take the unit: a shopper still gets it. A host buys elsewhere as anyone does."""
+    offer = await shop.launch(quantity=1, limit=1)
+    with pytest.raises(Forbidden) as own:
+        await shop.claim(offer, HOST, "k")
+    assert own.value.code == "own_offer"
+    assert (await shop.claim(offer, buyer(1), "k"))[1]
+    another_host = Identity("host-2", Role.HOST)
+    assert (await shop.claim(await shop.launch(), another_host, "k"))[1]
+
+
 class SlowOrderStore(MemoryOrderStore):
     """Holds every create until told to go on."""
 
