@@ -35,7 +35,7 @@ from server.adapters.mongo.orders import MongoOrderStore, ensure_order_indexes
 from server.adapters.mongo.stores import MongoProductStore, MongoRoomStore, ensure_indexes
 from server.adapters.redis_reservations import RedisStockReservations
 from server.container import Container
-from server.domain.errors import NotFound, Unavailable
+from server.domain.errors import NotFound
 from server.domain.orders import countries
 from server.domain.postal_codes import postal_code_rule
 from server.http import commerce, ops, products, rooms
@@ -141,7 +141,12 @@ def create_app(
                 postal_code_rule(country)
             try:
                 chosen = backends or await _real_backends(settings, stack)
+                redis_checks = None
+                if isinstance(chosen.stock, RedisStockReservations):
+                    redis_checks = chosen.stock.checks
+                    await redis_checks.at_start_up()  # RedisNotAllowed refuses the start-up
                 container = _assemble(settings, chosen, metrics)
+                container.redis_checks = redis_checks
                 await container.hub.start()
             except Exception as exc:
                 refusal = refusal_of(exc)
@@ -166,6 +171,7 @@ def create_app(
                 served_offer_ids,
                 metrics=metrics,
                 rooms=container.room_service,
+                check_redis=None if redis_checks is None else redis_checks.run_if_due,
             )
             housekeeper.start()
             stack.push_async_callback(housekeeper.stop)
@@ -226,13 +232,9 @@ async def _real_backends(settings: Settings, stack: AsyncExitStack) -> Backends:
             history_events=settings.history_events,
             history_seconds=settings.history_seconds,
         )
+        # Checked by the lifespan, whoever built it: at start-up, then by housekeeping.
         redis_stock = RedisStockReservations(settings.redis_url)
         stack.push_async_callback(redis_stock.close)
-        try:
-            await redis_stock.check_scripts_allowed()
-            await redis_stock.check_keys_kept()
-        except Unavailable:  # away for now: nothing to learn until it is back
-            log.warning("redis_check_skipped")
         stock = redis_stock
     else:
         broker = MemoryBroker(MemoryBus(settings.history_events, settings.history_seconds))

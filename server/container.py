@@ -13,6 +13,7 @@ from server.settings import Settings
 
 if TYPE_CHECKING:
     from channels.hub import Hub
+    from server.adapters.redis_access import RedisChecks
     from server.services.offers import OfferService
     from server.services.orders import OrderService
     from server.services.rooms import RoomService
@@ -26,3 +27,5 @@ class Container:
     hub: Hub
     offer_service: OfferService
     order_service: OrderService
+    # The checks of the stock's Redis, for /readyz; None with stock in memory (nothing to check).
+    redis_checks: RedisChecks | None = None

@@ -67,6 +67,9 @@ class RedisServer:
     def __init__(self, port: int | None = None, *, start_timeout: float = 10.0) -> None:
         self.port = port
         self.start_timeout = start_timeout
+        # More of the server's own options, from the next start on: a Redis that comes back
+        # set up otherwise, as a replica that takes over may be.
+        self.options: tuple[str, ...] = ()
         self._workdir = Path(tempfile.mkdtemp(prefix="liveshop-redis-"))
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -156,6 +159,7 @@ class RedisServer:
             "no",
             "--dir",
             str(self._workdir),
+            *self.options,
         ]
         with self.log_path.open("ab") as log:
             return spawn(argv, log)

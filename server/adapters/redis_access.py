@@ -1,4 +1,5 @@
-"""What Liveshop's Redis user must be allowed, checked at start-up. Behind ACLs, a user that may
+"""What Liveshop's Redis user must be allowed, checked at start-up and again while it runs
+(`RedisChecks`). Behind ACLs, a user that may
 not run one of the commands Liveshop sends (or its scripts call), or touch its keys (`liveshop:*`)
 and channels, failed request by request, with 500s and tracebacks, rather than at start-up: the
 README's first recipe lacked TIME, PING, MULTI and the channels. The check asks Redis itself, in
@@ -7,11 +8,24 @@ a script (`redis.acl_check_cmd`, Redis 7 and Valkey), about each command as Live
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+
+from server.domain.errors import Unavailable
+
+log = logging.getLogger("liveshop.redis")
+
+# How often the checks run again once they passed. A Redis reconfigured at run time (`CONFIG
+# SET maxmemory-policy`, an ACL change) or failed over to a replica set up otherwise is noticed
+# within this: eviction bites only once memory is full, rarely within a minute of the change,
+# and each run costs one script and one INFO per process, nothing beside a flash sale's claims.
+RECHECK_SECONDS = 60.0
 
 # Checked against the user's key and channel patterns: every key and channel is named so (a
 # room's, a user's, a process's own channel).
@@ -103,3 +117,67 @@ async def check_user_allowed(redis: Redis) -> None:
 
 def _refusal(what: str) -> str:
     return f"Redis {what}: Liveshop needs Redis 7 or Valkey, its user at least {RECIPE}"
+
+
+class RedisChecks:
+    """The start-up checks of Liveshop's Redis (`check`), run again while the server runs:
+    each `run_if_due` (a housekeeping round) until they pass, after a start-up that could not
+    run them or a refusal; then every `every` seconds, so that a Redis changed since is noticed.
+
+    A refusal is logged once (`redis_refused`, with the reason), shown on /readyz and refuses
+    claims (RedisStockReservations.claim) until a run passes. A Redis that cannot be asked
+    (Unavailable) leaves the last verdict as it was: away is not refused, and /readyz says it
+    in the broker's entry."""
+
+    def __init__(
+        self,
+        check: Callable[[], Awaitable[None]],
+        *,
+        every: float = RECHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check = check
+        self._every = every
+        self._clock = clock
+        self._passed_at: float | None = None  # None: not passed since start-up or a refusal
+        self.refusal: str | None = None
+        # One run at a time: a run that read Redis before a fix must not land after one that
+        # read it after, and leave a verdict Redis no longer deserves.
+        self._one_run = asyncio.Lock()
+
+    @property
+    def status(self) -> str:
+        """For /readyz: "ok", "refused: <why>", or "unchecked" (no run has passed yet)."""
+        if self.refusal is not None:
+            return f"refused: {self.refusal}"
+        return "unchecked" if self._passed_at is None else "ok"
+
+    async def at_start_up(self) -> None:
+        """RedisNotAllowed refuses the start-up; a Redis away is checked once it is back."""
+        try:
+            await self._check()
+        except Unavailable:  # away for now: housekeeping's next rounds check it
+            log.warning("redis_check_skipped")
+            return
+        self._passed_at = self._clock()
+
+    async def run_if_due(self) -> None:
+        passed_at = self._passed_at
+        if passed_at is None or self._clock() - passed_at >= self._every:
+            await self.run()
+
+    async def run(self) -> None:
+        """Run the checks now and keep the verdict. Unavailable when Redis cannot be asked."""
+        async with self._one_run:
+            try:
+                await self._check()
+            except RedisNotAllowed as exc:
+                self._passed_at = None
+                if self.refusal != str(exc):  # once, not every round while it lasts
+                    log.error("redis_refused", extra={"backend": "redis", "detail": str(exc)})
+                self.refusal = str(exc)
+                return
+            if self.refusal is not None:
+                log.warning("redis_refusal_cleared", extra={"backend": "redis"})
+            self.refusal = None
+            self._passed_at = self._clock()

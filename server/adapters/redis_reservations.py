@@ -42,8 +42,9 @@ from redis.exceptions import ResponseError
 
 from server.adapters import redis_reservation_scripts as scripts
 from server.adapters.group_commit import GroupCommit
-from server.adapters.redis_access import RedisNotAllowed, check_user_allowed
+from server.adapters.redis_access import RedisChecks, RedisNotAllowed, check_user_allowed
 from server.adapters.redis_client import redis_client, redis_unreachable_is_unavailable
+from server.domain.errors import Unavailable
 from server.domain.offers import (
     PENDING_BATCH,
     AttachOutcome,
@@ -142,6 +143,8 @@ class RedisStockReservations:
         # random bytes a claim, which cost a system call each, mostly for claims refused.
         self._id_prefix = f"rsv_{secrets.token_urlsafe(9)}"
         self._ids = itertools.count(1)
+        # Its Redis's rights and eviction policy, checked at start-up and then periodically.
+        self.checks = RedisChecks(self.check_access)
 
     async def close(self) -> None:
         await self._claims.wait_idle()
@@ -175,6 +178,14 @@ class RedisStockReservations:
     async def claim(
         self, offer_id: str, buyer_id: str, quantity: int, idempotency_key: str, now: datetime
     ) -> ClaimResult:
+        if self.checks.refusal is not None:
+            # Refused while Redis fails a check, though that stops the sales of every offer:
+            # an evicting Redis may drop any one of an offer's keys when its memory fills,
+            # unnoticed (a buyer's count, a claim's key), and sell past the limit or the stock,
+            # which a flash sale must never do; a user short of a right fails claims anyway.
+            # Only claims: rooms, orders, cancels and housekeeping go on, and claims are taken
+            # again within a housekeeping round of the fix.
+            raise Unavailable("claims are paused: the stock's Redis is misconfigured")
         validate_claim(buyer_id, quantity, idempotency_key)
         reservation_id = f"{self._id_prefix}{next(self._ids):x}"
         args = (buyer_id, quantity, idempotency_key, epoch_ms(now), reservation_id)
@@ -303,7 +314,8 @@ class RedisStockReservations:
     async def check_scripts_allowed(self) -> None:
         """Ask Redis whether Liveshop's user may run every command it sends (redis_access.py),
         then run a script as every offer's does (on no offer): a user short of a right, or a
-        Redis whose INFO names no run, fails here, at start-up, rather than in every claim."""
+        Redis whose INFO names no run, fails here (at start-up, then in `checks`' periodic
+        runs), rather than in every claim."""
         await check_user_allowed(self._redis)
         try:
             await self._ready(keys=_keys("liveshop-start-up-check"), args=[])
@@ -326,6 +338,12 @@ class RedisStockReservations:
                 f"Redis evicts keys when full (maxmemory-policy {policy}), which would lose"
                 " parts of a flash offer's stock: set maxmemory-policy noeviction"
             )
+
+    async def check_access(self) -> None:
+        """Both checks: RedisNotAllowed when Redis fails one, Unavailable when it cannot be
+        asked (`checks` runs this at start-up and then periodically)."""
+        await self.check_scripts_allowed()
+        await self.check_keys_kept()
 
     @redis_unreachable_is_unavailable
     async def is_ready(self, offer_id: str) -> bool:

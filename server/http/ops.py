@@ -29,7 +29,8 @@ async def healthz(_: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """Ready for traffic: MongoDB and the broker answer, and the server is not draining."""
+    """Ready for traffic: MongoDB and the broker answer, the stock's Redis (if any) has passed
+    its checks (rights, no eviction) and fails none now, and the server is not draining."""
     container = container_of(request)
     checks: dict[str, str] = {}
     for name, probe in (("mongodb", container.rooms.ping), ("broker", container.hub.broker.ping)):
@@ -40,6 +41,10 @@ async def readyz(request: Request) -> JSONResponse:
             # What the client library saw (ConnectionError, ...), not the 503 it became.
             seen = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
             checks[name] = f"unavailable: {type(seen).__name__}"
+    if container.redis_checks is not None:
+        # Its last verdict: "ok", "refused: <why>", or "unchecked" (a start-up that could not
+        # ask it, until housekeeping does). Redis away shows in the broker's entry, not here.
+        checks["stock"] = container.redis_checks.status
     if container.hub.draining:
         checks["server"] = "draining"
     ready = all(value == "ok" for value in checks.values())

@@ -10,7 +10,8 @@ everywhere at once: the stores' compare-and-set lets exactly one process act on 
 order, giving units back and stopping a stock are idempotent, and the room's stream drops a
 second `offer.ended`.
 It also tells the viewers of the rooms whose ends their processes stored untold (through a
-gate, one process a room)."""
+gate, one process a room). And, given `check_redis`, it checks the stock's Redis again
+(RedisChecks: its own cadence, once a minute after they have passed)."""
 
 from __future__ import annotations
 
@@ -58,8 +59,10 @@ class Housekeeper:
         interval: float = 1.0,
         metrics: Metrics | None = None,
         rooms: RoomService | None = None,
+        check_redis: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._offers = offers
+        self._check_redis = check_redis  # None with stock in memory: nothing to check
         self._rooms = rooms  # None in tests of offers and orders alone
         # Its own when not given (tests), so that every round counts the same way.
         self._metrics = metrics or Metrics()
@@ -87,6 +90,8 @@ class Housekeeper:
 
     async def run_once(self) -> None:
         offer_ids = list(self._served_offer_ids())
+        if self._check_redis is not None:
+            await self._step("check_redis", self._check_redis)
         in_turn: list[str] = []
         await self._step("read_running_offers", partial(self._next_share, in_turn))
         await self._step("end_due_offers", self._offers.end_due)

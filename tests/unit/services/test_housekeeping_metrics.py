@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from server.domain.errors import Unavailable
 from server.metrics import Metrics
 from server.services.housekeeping import Housekeeper
 from tests.unit.services.flaky import flaky
@@ -91,3 +92,24 @@ async def test_a_round_that_fails_outside_its_steps_does_not_end_housekeeping(
     failed = [r for r in caplog.records if r.getMessage() == "housekeeping_round_failed"]
     assert len(failed) == 1
     assert failed[0].exc_info is not None
+
+
+async def test_each_round_checks_the_stocks_redis_and_counts_a_redis_away(shop: Shop) -> None:
+    """The checks decide themselves whether they are due (RedisChecks); housekeeping gives
+    them each round, and counts a round that could not ask Redis as any step's."""
+    asked = 0
+
+    async def check_redis() -> None:
+        nonlocal asked
+        asked += 1
+        if asked == 2:
+            raise Unavailable("live data is unreachable, try again")
+
+    metrics = Metrics()
+    keeper = Housekeeper(
+        shop.offers, shop.orders, lambda: [], metrics=metrics, check_redis=check_redis
+    )
+    for _ in range(3):
+        await keeper.run_once()
+    assert asked == 3
+    assert counts(metrics.registry, "liveshop_housekeeping_failures") == {"check_redis": 1}

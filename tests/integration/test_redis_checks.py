@@ -1,0 +1,175 @@
+"""The stock's Redis checked again while the server runs: a Redis reconfigured to evict keys
+(`CONFIG SET maxmemory-policy allkeys-lru`), or one that could not be asked at start-up, is
+noticed on /readyz and refuses claims until it is fixed.
+
+The re-check is driven by calling it (`RedisChecks.run`, `run_if_due`), not by waiting for its
+cadence; housekeeping may run it too meanwhile, on the same Redis, to the same verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from channels.broker_memory import MemoryBroker, MemoryBus
+from server.adapters.memory import MemoryProductStore, MemoryRoomStore
+from server.adapters.redis_access import RedisChecks
+from server.adapters.redis_reservations import RedisStockReservations
+from server.app import Backends, create_app
+from server.container import Container
+from server.domain.errors import Unavailable
+from server.domain.offers import ClaimOutcome
+from server.settings import Settings
+from tests.integration.channels.live import SECRET, Live, serving
+from tests.integration.channels.test_flash_offers import claim, launch
+from tests.servers import RedisServer
+
+EVICTING = {"maxmemory": "100mb", "maxmemory-policy": "allkeys-lru"}
+
+
+async def configure(url: str, settings: dict[str, str]) -> None:
+    admin = aioredis.Redis.from_url(url)
+    try:
+        for name, value in settings.items():
+            await admin.config_set(name, value)
+    finally:
+        await admin.aclose()
+
+
+async def readiness(http: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
+    ready = await http.get("/readyz")
+    return ready.status_code, dict(ready.json())
+
+
+def redis_checks(container: Container) -> RedisChecks:
+    assert container.redis_checks is not None, "a Redis stock without its checks"
+    return container.redis_checks
+
+
+@pytest_asyncio.fixture
+async def served(
+    redis_server: RedisServer, mongodb_url: str, mongo_database_name: str
+) -> AsyncIterator[tuple[Live, Container]]:
+    """A real server on a Redis of the test's own (it reconfigures it), with a live room."""
+    settings = Settings(
+        secret=SECRET,
+        redis_url=redis_server.url,
+        mongodb_url=mongodb_url,
+        mongodb_database=mongo_database_name,
+    )
+    app = create_app(settings)
+    async with serving(app) as port:
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base) as http:
+            live = Live(base, f"ws://127.0.0.1:{port}", http, "")
+            created = await live.host("POST", "/rooms", {"title": "Checked show"})
+            assert created.status_code == 201, created.text
+            live.room_id = created.json()["id"]
+            assert (await live.host("POST", f"/rooms/{live.room_id}/start")).status_code == 200
+            yield live, app.state.container
+
+
+async def test_a_redis_set_to_evict_at_run_time_is_not_ready_and_refuses_claims(
+    served: tuple[Live, Container], redis_server: RedisServer
+) -> None:
+    live, container = served
+    checks = redis_checks(container)
+    assert await readiness(live.http) == (
+        200,
+        {"status": "ready", "checks": {"mongodb": "ok", "broker": "ok", "stock": "ok"}},
+    )
+    offer = await launch(live, quantity=5, limit=1)
+
+    await configure(redis_server.url, EVICTING)
+    await checks.run()
+    status, body = await readiness(live.http)
+    assert (status, body["status"]) == (503, "not_ready")
+    assert body["checks"]["stock"].startswith("refused: "), body
+    assert "maxmemory-policy allkeys-lru" in body["checks"]["stock"]
+    assert (body["checks"]["mongodb"], body["checks"]["broker"]) == ("ok", "ok")
+    refused = await claim(live, offer["id"], "leo", "k-1")
+    assert (refused.status_code, refused.json()["code"]) == (503, "unavailable"), refused.text
+
+    await configure(redis_server.url, {"maxmemory-policy": "noeviction"})
+    await checks.run()
+    assert await readiness(live.http) == (
+        200,
+        {"status": "ready", "checks": {"mongodb": "ok", "broker": "ok", "stock": "ok"}},
+    )
+    taken = await claim(live, offer["id"], "leo", "k-1")
+    assert taken.status_code == 201, taken.text
+
+
+async def test_a_redis_not_checked_at_start_up_is_checked_once_it_answers(
+    redis_server: RedisServer,
+) -> None:
+    """Redis away at start-up: the checks are skipped, not forgotten. (Its stock alone is on
+    Redis here, so that the broker's start does not need it.)"""
+    redis_server.stop()
+    stock = RedisStockReservations(redis_server.url)
+    backends = Backends(
+        MemoryProductStore(), MemoryRoomStore(), MemoryBroker(MemoryBus(100, 60)), stock=stock
+    )
+    app = create_app(Settings(secret=SECRET), backends=backends)
+    try:
+        async with (
+            serving(app) as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+        ):
+            checks = redis_checks(app.state.container)
+            status, body = await readiness(http)
+            assert (status, body["checks"]["stock"]) == (503, "unchecked"), body
+
+            # Back, set up to evict keys from its start: whichever of housekeeping's rounds and
+            # this call runs first finds it so.
+            redis_server.options = tuple(
+                word for name, value in EVICTING.items() for word in (f"--{name}", value)
+            )
+            await asyncio.to_thread(redis_server.start)
+            await checks.run_if_due()  # due: it never passed
+            status, body = await readiness(http)
+            assert status == 503, body
+            assert "maxmemory-policy allkeys-lru" in body["checks"]["stock"], body
+
+            await configure(redis_server.url, {"maxmemory-policy": "noeviction"})
+            await checks.run_if_due()  # due: refused (unless a round of housekeeping passed it)
+            assert await readiness(http) == (
+                200,
+                {"status": "ready", "checks": {"mongodb": "ok", "broker": "ok", "stock": "ok"}},
+            )
+    finally:
+        await stock.close()
+
+
+async def test_claims_wait_while_the_redis_fails_its_checks(redis_server: RedisServer) -> None:
+    stock = RedisStockReservations(redis_server.url)
+    now = datetime.now(UTC)
+    try:
+        await stock.checks.at_start_up()
+        opened = await stock.open_offer(
+            "f_checked",
+            quantity=3,
+            per_user_limit=1,
+            starts_at=now,
+            ends_at=now + timedelta(minutes=5),
+        )
+        assert opened
+        await configure(redis_server.url, EVICTING)
+        await stock.checks.run()
+        with pytest.raises(Unavailable, match="claims are paused"):
+            await stock.claim("f_checked", "leo", 1, "leo:k1", now)
+        assert await stock.remaining("f_checked") == 3  # nothing taken
+
+        await configure(redis_server.url, {"maxmemory-policy": "noeviction"})
+        await stock.checks.run()
+        result = await stock.claim("f_checked", "leo", 1, "leo:k1", now)
+        assert (result.outcome, result.remaining) == (ClaimOutcome.RESERVED, 2)
+    finally:
+        await stock.close()
