@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from server.adapters.redis_client import redis_unreachable
 from server.domain.errors import Unavailable
 
 log = logging.getLogger("liveshop.redis")
@@ -109,6 +110,8 @@ async def check_user_allowed(redis: Redis) -> None:
     try:
         refused = await redis.eval(_REFUSED, 0, *args)
     except ResponseError as exc:
+        if redis_unreachable(exc):  # busy or full: not now, which is no refusal
+            raise
         raise RedisNotAllowed(_refusal(f"refused the check of its user ({exc})")) from exc
     if refused:
         names = ", ".join(sorted({str(name) for name in refused}))

@@ -35,7 +35,8 @@ REPLY_TIMEOUT_SECONDS = 5.0
 _NOT_NOW_PREFIXES = ("BUSY ", "NOREPLICAS ")
 
 
-def _unreachable(exc: Exception) -> bool:
+def redis_unreachable(exc: Exception) -> bool:
+    """Whether `exc` means "not now" (Redis away, full, busy), not a refusal or a bug."""
     # ConnectionError covers a refused or dropped connection, a Redis still loading its data
     # and no free pooled connection; a ReadOnlyError, a replica that is not yet the primary.
     # Out of memory (writes refused until keys expire or memory is freed), a cluster that is
@@ -60,7 +61,7 @@ def closed_transport(exc: Exception) -> bool:
 
 # For the adapters' methods: Redis down, restarting, failing over or frozen is a 503.
 redis_unreachable_is_unavailable = unavailable_when(
-    _unreachable,
+    redis_unreachable,
     "live data is unreachable, try again",
     timed_out=lambda exc: isinstance(exc, RedisTimeoutError),
 )

@@ -43,7 +43,11 @@ from redis.exceptions import ResponseError
 from server.adapters import redis_reservation_scripts as scripts
 from server.adapters.group_commit import GroupCommit
 from server.adapters.redis_access import RedisChecks, RedisNotAllowed, check_user_allowed
-from server.adapters.redis_client import redis_client, redis_unreachable_is_unavailable
+from server.adapters.redis_client import (
+    redis_client,
+    redis_unreachable,
+    redis_unreachable_is_unavailable,
+)
 from server.domain.errors import Unavailable
 from server.domain.offers import (
     PENDING_BATCH,
@@ -320,6 +324,8 @@ class RedisStockReservations:
         try:
             await self._ready(keys=_keys("liveshop-start-up-check"), args=[])
         except ResponseError as exc:
+            if redis_unreachable(exc):  # busy or full: not now, which is no refusal
+                raise
             raise RedisNotAllowed(f"Redis refused Liveshop's reservation scripts ({exc})") from exc
 
     @redis_unreachable_is_unavailable

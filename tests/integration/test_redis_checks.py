@@ -173,3 +173,46 @@ async def test_claims_wait_while_the_redis_fails_its_checks(redis_server: RedisS
         assert (result.outcome, result.remaining) == (ClaimOutcome.RESERVED, 2)
     finally:
         await stock.close()
+
+
+async def test_a_redis_busy_running_a_script_is_not_taken_for_a_refusal(
+    redis_server: RedisServer,
+) -> None:
+    """`BUSY` (a script past its time limit) answers the check's own script too: Redis cannot
+    be asked now, which leaves the verdict as it was, rather than refuse claims for a right
+    the user has and log an error that sends the operator to the ACLs."""
+    stock = RedisStockReservations(redis_server.url)
+    admin = aioredis.Redis.from_url(redis_server.url)
+    looping = aioredis.Redis.from_url(redis_server.url, socket_timeout=60)
+    try:
+        await stock.checks.at_start_up()
+        await admin.config_set("busy-reply-threshold", 10)  # milliseconds
+        loop = asyncio.create_task(_loop_forever(looping))
+        await _until_busy(admin)
+        with pytest.raises(Unavailable):
+            await stock.checks.run()
+        assert stock.checks.status == "ok"
+        await admin.script_kill()
+        with pytest.raises(aioredis.ResponseError):
+            await loop
+    finally:
+        await admin.aclose()
+        await looping.aclose()
+        await stock.close()
+
+
+async def _loop_forever(redis: aioredis.Redis) -> None:
+    await redis.execute_command("EVAL", "while true do end", 0)  # type: ignore[no-untyped-call]
+
+
+async def _until_busy(admin: aioredis.Redis) -> None:
+    """Until the script has run past the threshold: Redis answers BUSY."""
+    for _ in range(1000):
+        try:
+            await admin.ping()
+        except aioredis.ResponseError as exc:
+            if str(exc).startswith("BUSY"):
+                return
+            raise
+        await asyncio.sleep(0.01)
+    raise AssertionError("Redis never answered BUSY")
