@@ -338,6 +338,10 @@ class OrderStore(Protocol):
         """Each offer's figures as its orders stand now (`figures_of`), in the order asked."""
         ...
 
+    async def figures_in_room(self, room_id: str) -> builtins.list[OfferFigures]:
+        """The figures of every offer of the room that has orders, in no given order."""
+        ...
+
     async def watch_key(self, offer_id: str, idempotency_key: str, until: datetime) -> None:
         """Note, until `until`, that the key's reservation is given back with no order under
         it, so that an order written under it later is found by any process (`landed_late`).

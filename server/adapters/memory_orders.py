@@ -271,6 +271,10 @@ class MemoryOrderStore:
                 )
         return [figures_of(offer_id, groups[offer_id]) for offer_id in offer_ids]
 
+    async def figures_in_room(self, room_id: str) -> builtins.list[OfferFigures]:
+        offer_ids = {o.offer_id for o in self._orders.values() if o.room_id == room_id}
+        return await self.figures_of_offers(sorted(offer_ids))
+
     async def watch_key(self, offer_id: str, idempotency_key: str, until: datetime) -> None:
         watched = (offer_id, idempotency_key)
         self._watched[watched] = max(until, self._watched.get(watched, until))

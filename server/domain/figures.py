@@ -36,6 +36,13 @@ class OfferFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomFigures:
+    offers: list[OfferFigures]  # each of the room's latest offers, oldest first
+    # Every offer of the room that has orders, however many it ran: the room's totals.
+    every_offer: list[OfferFigures]
+
+
+@dataclass(frozen=True, slots=True)
 class OrderGroup:
     """Orders of one offer in the same status and currency, counted together (a store may
     group them itself, as MongoDB's aggregation does, or hand over each order alone)."""

@@ -78,11 +78,12 @@ async def room_stats(request: Request) -> JSONResponse:
     except Unavailable:  # Redis away: the figures MongoDB holds still answer
         counters = None
     figures = await container.offer_service.figures_in_room(room.id)
-    orders = sum(f.orders for f in figures)
-    placed = sum(f.placed for f in figures)
-    paid = sum(f.paid_orders for f in figures)
+    every_offer = figures.every_offer
+    orders = sum(f.orders for f in every_offer)
+    placed = sum(f.placed for f in every_offer)
+    paid = sum(f.paid_orders for f in every_offer)
     gmv: dict[str, Decimal] = {}
-    for offer_figures in figures:
+    for offer_figures in every_offer:
         for currency, amount in offer_figures.gmv.items():
             gmv[currency] = gmv.get(currency, Decimal(0)) + amount
     body: dict[str, Any] = {
@@ -110,7 +111,7 @@ async def room_stats(request: Request) -> JSONResponse:
                 "paid_units": f.paid_units,
                 "gmv": [Money(a, c).to_wire() for c, a in sorted(f.gmv.items())],
             }
-            for f in figures
+            for f in figures.offers
         ],
     }
     return JSONResponse(body)

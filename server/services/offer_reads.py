@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
 from server.domain.errors import Unavailable
-from server.domain.figures import OfferFigures
+from server.domain.figures import OfferFigures, RoomFigures
 from server.domain.offers import FlashOffer, StockFigure
 from server.ports import OfferStore, OrderStore, RoomStore
 from server.stock_port import StockReservations
@@ -59,9 +59,12 @@ class OfferReads:
             await asyncio.gather(*(self._with_stock(offer) for offer in offers if offer.counted))
         )
 
-    async def figures_in_room(self, room_id: str) -> list[OfferFigures]:
-        """Orders, units and paid figures of the offers the room has run (its latest
-        ROOM_OFFERS_LIMIT: a show that ran more is an exception, and its running offers matter
-        most)."""
+    async def figures_in_room(self, room_id: str) -> RoomFigures:
+        """Orders, units and paid figures of each offer the room has run, its latest
+        ROOM_OFFERS_LIMIT (a show that ran more is an exception, and its running offers matter
+        most), and of every offer, for the room's totals: those agree with its orders."""
         offers = await self._offers.in_room(room_id, ROOM_OFFERS_LIMIT)
-        return await self._orders.figures_of_offers([offer.id for offer in offers])
+        every_offer = await self._orders.figures_in_room(room_id)
+        by_id = {figures.offer_id: figures for figures in every_offer}
+        listed = [by_id.get(offer.id) or OfferFigures(offer.id) for offer in offers]
+        return RoomFigures(listed, every_offer)

@@ -283,6 +283,22 @@ async def test_figures_of_several_offers_in_one_call(order_stores: Stores) -> No
     assert await order_stores.orders.figures_of_offers([]) == []
 
 
+async def test_figures_of_every_offer_of_a_room(order_stores: Stores) -> None:
+    await order_stores.orders.create(sample_order("o_1", "k_1", quantity=2))
+    await order_stores.orders.create(
+        sample_order("o_2", "k_2", quantity=1, offer=sample_offer("of_2"))
+    )
+    elsewhere = sample_offer("of_3", room_id="r_2")
+    await order_stores.orders.create(sample_order("o_3", "k_3", offer=elsewhere))
+    await move_order(order_stores.orders, "o_2", S.PAID)
+    in_room = await order_stores.orders.figures_in_room("r_1")
+    assert sorted(in_room, key=lambda figures: figures.offer_id) == [
+        OfferFigures("of_1", orders=1, units=2, placed=1, held_units=2),
+        OfferFigures("of_2", 1, 1, 1, 1, {"USD": Decimal("12.50")}, 1, 1),
+    ]
+    assert await order_stores.orders.figures_in_room("r_none") == []
+
+
 async def test_figures_drop_expired_and_cancelled_orders_but_count_them_placed(
     order_stores: Stores,
 ) -> None:

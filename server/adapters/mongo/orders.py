@@ -28,9 +28,10 @@ from pymongo.read_concern import ReadConcern
 from server.adapters.group_commit import GroupCommit, own_copy
 from server.adapters.mongo.offers import ensure_offer_indexes
 from server.adapters.mongo.order_docs import order_doc, order_from, transition_doc
+from server.adapters.mongo.order_figures import figures_by_offer
 from server.adapters.mongo.stores import Document, collection, coming_after, translate_errors
 from server.domain.errors import Conflict, NotFound, Unavailable
-from server.domain.figures import OfferFigures, OrderGroup, figures_of
+from server.domain.figures import OfferFigures
 from server.domain.offers import NO_BUILD
 from server.domain.orders import Order, OrderStatus, check_last_move
 from server.domain.pages import PageKey
@@ -331,36 +332,13 @@ class MongoOrderStore:
     @translate_errors
     async def figures_of_offers(self, offer_ids: Sequence[str]) -> builtins.list[OfferFigures]:
         # One aggregation for them all, through the offer_id prefix of the idempotency key index.
-        cursor = await self._orders.aggregate(
-            [
-                {"$match": {"offer_id": {"$in": list(offer_ids)}}},
-                {
-                    "$group": {
-                        "_id": {
-                            "offer_id": "$offer_id",
-                            "status": "$status",
-                            "currency": "$total.currency",
-                        },
-                        "orders": {"$sum": 1},
-                        "units": {"$sum": "$quantity"},
-                        "amount": {"$sum": "$total.amount"},  # Decimal128: exact
-                    }
-                },
-            ]
-        )
-        groups: dict[str, list[OrderGroup]] = {offer_id: [] for offer_id in offer_ids}
-        async for doc in cursor:
-            group = doc["_id"]
-            groups[group["offer_id"]].append(
-                OrderGroup(
-                    OrderStatus(group["status"]),
-                    group["currency"],
-                    doc["orders"],
-                    doc["units"],
-                    doc["amount"].to_decimal(),
-                )
-            )
-        return [figures_of(offer_id, groups[offer_id]) for offer_id in offer_ids]
+        found = await figures_by_offer(self._orders, {"offer_id": {"$in": list(offer_ids)}})
+        return [found.get(offer_id) or OfferFigures(offer_id) for offer_id in offer_ids]
+
+    @translate_errors
+    async def figures_in_room(self, room_id: str) -> builtins.list[OfferFigures]:
+        # Through the room_created_at index.
+        return list((await figures_by_offer(self._orders, {"room_id": room_id})).values())
 
     @translate_errors
     async def watch_key(self, offer_id: str, idempotency_key: str, until: datetime) -> None:
