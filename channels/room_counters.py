@@ -2,8 +2,8 @@
 interval and told to the room by whichever process wins a short gate; and likes and peak
 viewers kept where they outlive Redis (RoomStore.keep_counters), since a Redis restart may lose
 them and they expire a day after the room's last viewer. Each process serving the room keeps
-them every KEEP_COUNTERS_SECONDS and when it stops serving the room; Redis's counters of a room
-it lost start again from them."""
+them every KEEP_COUNTERS_SECONDS, a new peak at once, and when it stops serving the room;
+Redis's counters of a room it lost start again from them."""
 
 from __future__ import annotations
 
@@ -103,13 +103,17 @@ class RoomCounters:
 
     def _kept(self, room: LocalRoom, counters: Counters, *, closing: bool = False) -> None:
         """Kept if they changed and a period has passed since the last keep here, or at once
-        when closing; in the background, so that a slow database never holds up the room."""
+        when closing or when the peak rose past any kept or tried here (the show's headline
+        figure, reached in a rush a Redis restart would otherwise take with it); in the
+        background, so that a slow database never holds up the room."""
         figures = (counters.likes, counters.peak_viewers)
         if self._keep is None or figures == room.kept:
             return
-        if not closing and time.monotonic() - room.kept_at < KEEP_COUNTERS_SECONDS:
+        new_peak = counters.peak_viewers > max(room.kept[1], room.peak_tried)
+        if not (closing or new_peak) and time.monotonic() - room.kept_at < KEEP_COUNTERS_SECONDS:
             return
-        room.kept_at = time.monotonic()  # tried again a period later, should this one fail
+        # Tried again a period later, should this one fail.
+        room.kept_at, room.peak_tried = time.monotonic(), counters.peak_viewers
         task = self._background.spawn(_keep(self._keep, room, figures))
         if closing:
             self._background.finish_on_close(task)

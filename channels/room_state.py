@@ -127,10 +127,11 @@ class LocalRoom:
     viewers: int = 0
     peak_viewers: int = 0
     # Likes and peak viewers as kept in the room store, as far as this process knows (read
-    # with the room, or kept since), and when it last kept them: where Redis's counters of the
-    # room start again, should it lose them.
+    # with the room, or kept since), and when it last kept them, and what peak: where Redis's
+    # counters of the room start again, should it lose them.
     kept: tuple[int, int] = (0, 0)
     kept_at: float = 0.0
+    peak_tried: int = 0
 
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
     # Lines deleted lately, so that one replayed to a moderator after its deletion was heard

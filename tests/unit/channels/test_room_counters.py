@@ -191,6 +191,35 @@ async def test_likes_and_peak_are_kept_each_period_and_when_the_room_closes_here
         await hub.close()
 
 
+async def test_a_new_peak_is_kept_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept only every 10 s, a peak reached in a rush was lost to a Redis restart soon after."""
+    monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 3600.0)
+    kept: list[tuple[int, int]] = []
+    written = asyncio.Event()
+
+    async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
+        kept.append((likes, peak_viewers))
+        written.set()
+        return likes, peak_viewers
+
+    async def kept_peak(peak: int) -> None:
+        while not kept or kept[-1][1] != peak:
+            written.clear()
+            await written.wait()
+
+    hub = Hub(
+        MemoryBroker(MemoryBus()), load_room, Metrics(), HubLimits(counter_interval=0.05), keep
+    )
+    await hub.start()
+    try:
+        await hub.join("r1", viewer(1), Socket())
+        await asyncio.wait_for(kept_peak(1), 2)
+        await hub.join("r1", viewer(2), Socket())
+        await asyncio.wait_for(kept_peak(2), 2)
+    finally:
+        await hub.close()
+
+
 async def test_counters_redis_lost_start_again_from_what_every_process_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
