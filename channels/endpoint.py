@@ -255,10 +255,11 @@ def _identity(websocket: WebSocket, container: Container) -> tuple[Identity, flo
     tokens = websocket.query_params.getlist("token")
     if len(tokens) > 1:  # which one counts would be the parser's guess, as with two headers
         raise Unauthorized("one `token` at most", code="invalid_token")
-    token = tokens[0] if tokens else None
-    if not token:
+    if not tokens:
         return Identity.anonymous_viewer(secrets.token_hex(6)), None
-    return verify_socket_token(container.settings.signing_secret(), token)
+    # An empty one is refused as any bad token (HTTP refuses an empty bearer too): a client
+    # whose token went missing hears it, rather than watch as a viewer refused every tap.
+    return verify_socket_token(container.settings.signing_secret(), tokens[0])
 
 
 def _cursor(websocket: WebSocket) -> tuple[int | None, str | None]:

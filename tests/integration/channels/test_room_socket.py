@@ -116,11 +116,19 @@ async def test_repeated_abuse_closes_the_socket(live: Live) -> None:
 
 @pytest.mark.parametrize(
     ("who", "expected"),
-    [("forged", 4001), ("expired", 4001), ("two_tokens", 4001), ("unknown_room", 4004)],
+    [
+        ("forged", 4001),
+        ("expired", 4001),
+        ("two_tokens", 4001),
+        ("empty_token", 4001),
+        ("unknown_room", 4004),
+    ],
 )
 async def test_refused_connections_say_why(live: Live, who: str, expected: int) -> None:
     if who == "two_tokens":  # which one counts would be the parser's guess
         url = f"{live.url('leo')}&token={token('mia')}"
+    elif who == "empty_token":  # a client whose token went missing, not a viewer signed out
+        url = f"{live.ws}/ws/rooms/{live.room_id}?token="
     elif who == "forged":
         url = f"{live.ws}/ws/rooms/{live.room_id}?token=" + issue_token(
             "another-secret-entirely-000000000", "leo", Role.ADMIN
