@@ -11,14 +11,11 @@ from starlette.types import ASGIApp
 
 from server.container import Container
 from server.http_head import HeadLimitedHttpToolsProtocol
-from server.settings import Settings
+from server.settings import WS_MAX_MESSAGE_BYTES, Settings
 from server.ws_protocol import GuardedWebSocketProtocol
 
 log = logging.getLogger("liveshop.server")
 
-# Websocket messages above this are refused by the protocol layer itself (close 1009); frames
-# between the protocol's limit and this one get a readable `error` frame instead.
-WS_MAX_MESSAGE_BYTES = 64 * 1024
 UNACKNOWLEDGED_DATA_TIMEOUT_MS = 30_000
 
 

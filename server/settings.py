@@ -17,6 +17,9 @@ from channels.broker import KEPT_SECONDS, STALE_SECONDS
 # The signing key of every dev run (the demo, tests) unless LIVESHOP_SECRET names one: public,
 # so refused when LIVESHOP_ENV=prod.
 DEV_SECRET = "liveshop-dev-secret-not-for-production"  # noqa: S105
+# Websocket messages above this are refused by the protocol layer itself (close 1009); frames
+# between `max_frame_bytes` and this get a readable `error` frame instead.
+WS_MAX_MESSAGE_BYTES = 64 * 1024
 
 
 class UnsafeConfiguration(Exception):
@@ -73,7 +76,7 @@ class Settings(BaseSettings):
 
     # Websocket limits
     # A chat line of 500 characters, each written as JSON's \uXXXX\uXXXX (an emoji), fits.
-    max_frame_bytes: int = Field(default=8192, ge=256)
+    max_frame_bytes: int = Field(default=8192, ge=256, le=WS_MAX_MESSAGE_BYTES)
     send_queue_frames: int = Field(default=256, ge=8)
     max_bad_frames: int = Field(default=10, ge=1)
     # No ceiling: a large limit is how a load test turns it off.

@@ -156,6 +156,7 @@ def test_prod_refuses_to_serve_on_unsafe_settings(
         ("LIVESHOP_SHUTDOWN_GRACE_SECONDS", "inf"),
         ("LIVESHOP_COUNTER_INTERVAL", "15"),  # viewers' reports would go stale between two
         ("LIVESHOP_CHAT_PER_SECOND", "inf"),
+        ("LIVESHOP_MAX_FRAME_BYTES", "200000"),  # the protocol would close the socket first
         ("LIVESHOP_PUBLIC_URL", "shop.example"),
     ],
 )
