@@ -165,18 +165,22 @@ def _holds(folded: str, needle: str, open_before: bool, open_after: bool) -> boo
     at = folded.find(needle)
     while at >= 0:
         end = at + len(needle)
-        starts_a_word = open_before or at == 0 or not _joined(folded[at - 1], needle[0])
-        ends_a_word = open_after or end == len(folded) or not _joined(needle[-1], folded[end])
+        starts_a_word = open_before or at == 0 or not _goes_on(needle[0], folded[at - 1])
+        ends_a_word = open_after or end == len(folded) or not _goes_on(needle[-1], folded[end])
         if starts_a_word and ends_a_word:
             return True
         at = folded.find(needle, at + 1)
     return False
 
 
-def _joined(left: str, right: str) -> bool:
-    """Whether two neighbouring characters belong to one word of a script that spaces its
-    words."""
-    return _in_spaced_word(left) and _in_spaced_word(right)
+def _goes_on(edge: str, beside: str) -> bool:
+    """Whether the text's character `beside` the needle's `edge` makes them one word: letters of
+    a script that spaces its words, or a star of the needle's own, such as `f***`'s, beside a
+    letter or another star (`f***` is not found in "f***ing" or "f****"). A star the text puts
+    beside a letter of the needle hides nothing: "fake*" holds "fake"."""
+    if edge == "*":
+        return beside == "*" or _in_spaced_word(beside)
+    return _in_spaced_word(edge) and _in_spaced_word(beside)
 
 
 def _in_spaced_word(ch: str) -> bool:

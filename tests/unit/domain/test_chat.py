@@ -37,6 +37,10 @@ from server.domain.chat import find_blocked_word
         ("तुम सा\u0336ला हो", "साला", True),
         ("free shipping today", "f***", False),  # a censored spelling is not a wildcard...
         ("what the f***", "f***", True),  # ...it blocks itself
+        ("f***ing", "f***", False),  # and only itself: its stars are part of the word
+        ("f****", "f***", False),
+        ("f***!", "f***", True),
+        ("a fake* deal", "fake", True),  # a star typed after a word hides nothing
         ("सालाना ऑफर", "साला", False),  # Devanagari vowel signs are marks inside a word
         ("कमाल है", "कम", False),
         ("तुम साला हो", "साला", True),
