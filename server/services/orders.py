@@ -14,7 +14,7 @@ import builtins
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -317,11 +317,18 @@ class OrderService:
                     units_to_return=True,
                 )
                 moved = True
-                await asyncio.gather(self._buyers.tell_moved(order), self._returns.give_back(order))
-        with contextlib.suppress(Unavailable):
-            await self._stock.remember_released(order.offer_id, claim_of(order, held=False))
+        # Together: under a Redis that hangs, the claim waits out one deadline, not two. (Each
+        # is one script, and either order of the two leaves the same stock.)
+        aftermath: list[Awaitable[object]] = [self._keep_key(order)]
+        if moved:
+            aftermath += [self._buyers.tell_moved(order), self._returns.give_back(order)]
+        await asyncio.gather(*aftermath)
         await self._stock_came_back(order.offer_id)
         return moved
+
+    async def _keep_key(self, order: Order) -> None:
+        with contextlib.suppress(Unavailable):
+            await self._stock.remember_released(order.offer_id, claim_of(order, held=False))
 
     async def _load_snapshot(self, offer_id: str) -> dict[str, Any]:
         offer = await self._launched.get(offer_id)

@@ -8,9 +8,10 @@ from typing import Any, cast
 
 import pytest
 
+from server.adapters.memory_reservations import MemoryStockReservations
 from server.domain.errors import Conflict, Unavailable
 from server.domain.identity import scoped_key
-from server.domain.offers import FlashOffer, most_claims
+from server.domain.offers import FlashOffer, RecoveredClaim, most_claims
 from server.domain.orders import HOLDS_STOCK, Order, OrderStatus
 from server.ports import OrderStore
 from server.services.orders import OrderService
@@ -159,6 +160,35 @@ async def test_a_retry_of_a_cancelled_order_whose_release_failed_holds_nothing()
     snapshot = await shop.stock.snapshot(offer.id)
     assert snapshot is not None
     assert (snapshot.remaining, snapshot.held_by_buyer) == (2, {})
+
+
+class KeyKeptWatched(FlakyStock):
+    """Gives units back only once the key's keeping has begun."""
+
+    def __init__(self, shared: MemoryStockReservations) -> None:
+        super().__init__(shared)
+        self.keeping = asyncio.Event()
+        self.before_release = self.keeping.wait
+
+    async def remember_released(self, offer_id: str, claim: RecoveredClaim) -> bool:
+        self.keeping.set()
+        return await super().remember_released(offer_id, claim)
+
+
+async def test_a_lost_orders_units_go_back_as_its_key_is_kept_not_after() -> None:
+    """One after the other, a Redis that hangs held the claim for two deadlines."""
+    shop = await open_shop()
+    offer = await shop.launch(quantity=2, limit=1)
+    watched = KeyKeptWatched(shop.stock)
+    with pytest.raises(Conflict):  # cancelled: a stale rebuild missed it
+        await asyncio.wait_for(
+            written_across_a_stale_rebuild(
+                shop, offer, quantity=1, stock=cast(StockReservations, watched)
+            ),
+            timeout=10,  # not a measure: one after the other, the release would wait for good
+        )
+    assert await shop.stock.knows_claim(offer.id, scoped_key(buyer(1).user_id, "k"))
+    assert await shop.stock.remaining(offer.id) == 2
 
 
 class AttachAway:
