@@ -190,7 +190,7 @@ async def _carry_out(
                     room.room_id, command.user_id, by=conn.identity.user_id, at=command.at
                 )
             elif isinstance(command, Lift):
-                await _lift(command, container, room.room_id)
+                await _lift(command, container, room)
             elif isinstance(command, StoreSlowMode):
                 await container.rooms.set_slow_mode(room.room_id, command.seconds)
             elif isinstance(command, Close):
@@ -207,13 +207,19 @@ async def _carry_out(
             return
 
 
-async def _lift(command: Lift, container: Container, room_id: str) -> None:
+async def _lift(command: Lift, container: Container, room: LocalRoom) -> None:
     """Lift the ban or mute; with none to lift, the moderator hears so and the room nothing (an
     unban of someone never banned would tell every viewer they had been)."""
     if command.what == "ban":
-        lifted, state = await container.rooms.unban(room_id, command.user_id), "banned"
+        # Joins and claims read bans from the store: one lifted there holds nobody anywhere.
+        lifted = await container.rooms.unban(room.room_id, command.user_id)
+        state = "banned"
     else:
-        lifted = await container.rooms.unmute(room_id, command.user_id, at=command.at)
+        lifted = await container.rooms.unmute(room.room_id, command.user_id, at=command.at)
+        # Chat reads each process's copy, which only `user.unmuted` changes: a lift stored but
+        # never told (Redis away as it was published), or told before a racing mute's event,
+        # still holds the user there; sent again, it is told now.
+        lifted = lifted or room.muted_until(command.user_id, command.at) is not None
         state = "muted"
     if not lifted:
         raise NotFound(f"{command.user_id} is not {state} in this room", code=f"not_{state}")
