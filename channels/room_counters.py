@@ -59,7 +59,19 @@ class RoomCounters:
             room_id, "viewers", self._interval
         ):
             await self._publish(room_id, {"type": "viewers", "count": counters.viewers})
-        self._kept(room, counters)
+        self._kept(room, counters, new_peak=await self._keeps_new_peak(room, counters))
+
+    async def _keeps_new_peak(self, room: LocalRoom, counters: Counters) -> bool:
+        """Whether this process keeps the peak at once: it rose past any kept or tried here,
+        none of this room's keeps is on its way here, and no other process took it (every one
+        reads the same peak: one write an interval, not one a process)."""
+        peak = counters.peak_viewers
+        if self._keep is None or room.keeping or peak <= max(room.kept[1], room.peak_tried):
+            return False
+        if await self._broker.try_gate(room.room_id, "peak", self._interval):
+            return True
+        room.peak_tried = peak  # another process's to keep
+        return False
 
     async def leave(self, room: LocalRoom) -> None:
         """This process stops serving the room (or is stopping): its last likes and no viewers,
@@ -101,19 +113,21 @@ class RoomCounters:
                     extra={"room_id": room.room_id, "error": type(error).__name__},
                 )
 
-    def _kept(self, room: LocalRoom, counters: Counters, *, closing: bool = False) -> None:
+    def _kept(
+        self, room: LocalRoom, counters: Counters, *, closing: bool = False, new_peak: bool = False
+    ) -> None:
         """Kept if they changed and a period has passed since the last keep here, or at once
-        when closing or when the peak rose past any kept or tried here (the show's headline
-        figure, reached in a rush a Redis restart would otherwise take with it); in the
-        background, so that a slow database never holds up the room."""
+        when closing or for a `new_peak` (the show's headline figure, reached in a rush a Redis
+        restart would otherwise take with it). One keep at a time but the closing one, in the
+        background: a slow database never holds up the room nor gathers a pile of them."""
         figures = (counters.likes, counters.peak_viewers)
-        if self._keep is None or figures == room.kept:
+        if self._keep is None or figures == room.kept or (room.keeping and not closing):
             return
-        new_peak = counters.peak_viewers > max(room.kept[1], room.peak_tried)
         if not (closing or new_peak) and time.monotonic() - room.kept_at < KEEP_COUNTERS_SECONDS:
             return
         # Tried again a period later, should this one fail.
         room.kept_at, room.peak_tried = time.monotonic(), counters.peak_viewers
+        room.keeping = True
         task = self._background.spawn(_keep(self._keep, room, figures))
         if closing:
             self._background.finish_on_close(task)
@@ -127,5 +141,7 @@ async def _keep(keep: CounterKeeper, room: LocalRoom, figures: tuple[int, int]) 
             "room_counters_not_kept", extra={"room_id": room.room_id, "error": type(exc).__name__}
         )
         return
+    finally:
+        room.keeping = False
     # As kept by every process: where Redis's counters start again, should it lose them.
     room.kept = kept

@@ -132,6 +132,7 @@ class LocalRoom:
     kept: tuple[int, int] = (0, 0)
     kept_at: float = 0.0
     peak_tried: int = 0
+    keeping: bool = False  # a keep on its way: one at a time
 
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
     # Lines deleted lately, so that one replayed to a moderator after its deletion was heard

@@ -5,6 +5,7 @@ and reports that land late."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -13,6 +14,7 @@ from channels import room_counters
 from channels.broker import CounterReport, Counters
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.hub import Hub, HubLimits
+from channels.room_counters import CounterKeeper
 from server.domain.errors import Unavailable
 from server.metrics import Metrics
 from tests.fakes import wait_until
@@ -218,6 +220,81 @@ async def test_a_new_peak_is_kept_at_once(monkeypatch: pytest.MonkeyPatch) -> No
         await asyncio.wait_for(kept_peak(2), 2)
     finally:
         await hub.close()
+
+
+def viewers_told(socket: Socket, count: int) -> Callable[[], bool]:
+    return lambda: any(f["count"] == count for f in socket.of_type("viewers"))
+
+
+async def test_a_climbing_peak_is_kept_one_write_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A keep on its way (a slow database) started none beside it, tick after tick."""
+    monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 3600.0)
+    kept: list[int] = []
+    go = asyncio.Event()
+
+    async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
+        kept.append(peak_viewers)
+        await go.wait()
+        return likes, peak_viewers
+
+    hub = Hub(
+        MemoryBroker(MemoryBus()), load_room, Metrics(), HubLimits(counter_interval=0.05), keep
+    )
+    await hub.start()
+    try:
+        watcher = Socket()
+        await hub.join("r1", viewer(0), watcher)
+        await until_true(lambda: kept == [1])
+        for count in (2, 3):
+            await hub.join("r1", viewer(count), Socket())
+            await watcher.until(viewers_told(watcher, count))
+        assert kept == [1]  # the first still on its way
+        go.set()
+        await until_true(lambda: kept[-1] == 3)
+    finally:
+        go.set()
+        await hub.close()
+
+
+class NeverFirst(MemoryBroker):
+    """A process that never wins a gate: another always gets there first."""
+
+    async def try_gate(self, room_id: str, name: str, seconds: float) -> bool:
+        return False
+
+
+async def test_a_new_peak_is_kept_at_once_by_one_process_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every process reads the same peak: each one kept it at once, a write per tick apiece."""
+    monkeypatch.setattr(room_counters, "KEEP_COUNTERS_SECONDS", 3600.0)
+    kept: dict[str, list[int]] = {"first": [], "never_first": []}
+
+    def keeper(name: str) -> CounterKeeper:
+        async def keep(room_id: str, likes: int, peak_viewers: int) -> tuple[int, int]:
+            kept[name].append(peak_viewers)
+            return likes, peak_viewers
+
+        return keep
+
+    bus, limits = MemoryBus(), HubLimits(counter_interval=0.05)
+    first = Hub(MemoryBroker(bus), load_room, Metrics(), limits, keeper("first"))
+    never_first = Hub(NeverFirst(bus), load_room, Metrics(), limits, keeper("never_first"))
+    for hub in (first, never_first):
+        await hub.start()
+    try:
+        watcher = Socket()
+        await first.join("r1", viewer(0), watcher)
+        for count in (2, 3):
+            await never_first.join("r1", viewer(count), Socket())
+            await watcher.until(viewers_told(watcher, count))
+        await until_true(lambda: kept["first"][-1:] == [3])
+        assert kept["never_first"] == []
+    finally:
+        for hub in (first, never_first):
+            await hub.close()
 
 
 async def test_counters_redis_lost_start_again_from_what_every_process_kept(
