@@ -89,9 +89,15 @@ class Housekeeper:
                 await self._task
 
     async def run_once(self) -> None:
+        async with asyncio.TaskGroup() as beside:
+            if self._check_redis is not None:
+                # Beside the other steps, not before them: a Redis that hangs holds the check
+                # for its whole deadline, and the steps that need MongoDB alone need not wait.
+                beside.create_task(self._step("check_redis", self._check_redis))
+            await self._steps()
+
+    async def _steps(self) -> None:
         offer_ids = list(self._served_offer_ids())
-        if self._check_redis is not None:
-            await self._step("check_redis", self._check_redis)
         in_turn: list[str] = []
         await self._step("read_running_offers", partial(self._next_share, in_turn))
         await self._step("end_due_offers", self._offers.end_due)

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from server.domain.errors import Unavailable
+from server.domain.orders import OrderStatus
 from server.metrics import Metrics
 from server.services.housekeeping import Housekeeper
 from tests.unit.services.flaky import flaky
@@ -113,3 +114,30 @@ async def test_each_round_checks_the_stocks_redis_and_counts_a_redis_away(shop: 
         await keeper.run_once()
     assert asked == 3
     assert counts(metrics.registry, "liveshop_housekeeping_failures") == {"check_redis": 1}
+
+
+async def test_the_steps_go_on_while_the_redis_check_waits(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run first, a check held by a Redis that hangs held every step of the round behind it
+    (5 s a round)."""
+    offer = await shop.launch(quantity=2)
+    await shop.claim(offer, buyer(1), "k1")
+    steps_ran = asyncio.Event()
+
+    async def hanging_check() -> None:
+        await steps_ran.wait()  # answers only once the round's other steps have run
+
+    keeper = Housekeeper(shop.offers, shop.orders, lambda: [], check_redis=hanging_check)
+    expire_due = shop.orders.expire_due
+
+    async def expire_and_note() -> int:
+        steps_ran.set()
+        return await expire_due()
+
+    monkeypatch.setattr(shop.orders, "expire_due", expire_and_note)
+    shop.clock.advance(minutes=16)  # the order is due to expire
+    # Not a measure: one after the other, the round would wait for good.
+    await asyncio.wait_for(keeper.run_once(), timeout=10)
+    (order,) = await shop.orders_store.of_offer(offer.id)
+    assert order.status is OrderStatus.EXPIRED
