@@ -139,11 +139,12 @@ class OrderService:
         offer = await self._launched.get(offer_id)
         if room_id is not None and offer.room_id != room_id:
             raise NotFound(f"offer {offer_id} not found in this room")
-        if buyer.user_id == offer.host_id:
-            # A host's own orders would swell the room's sales, and take units from shoppers.
-            raise Forbidden("a host cannot buy from their own offers", code="own_offer")
         # Keys are the client's, unique per buyer: scoped here so two buyers never collide.
         key = scoped_key(buyer.user_id, idempotency_key)
+        if buyer.user_id == offer.host_id and not await self._stock.knows_claim(offer.id, key):
+            # A host's own orders would swell the room's sales, and take units from shoppers.
+            # (A claim sent again goes on, as a banned buyer's does: one made before this rule.)
+            raise Forbidden("a host cannot buy from their own offers", code="own_offer")
         if (
             self._bans is not None
             and not buyer.staff

@@ -155,6 +155,18 @@ async def test_a_host_cannot_buy_from_their_own_offers(shop: Shop) -> None:
     assert (await shop.claim(await shop.launch(), another_host, "k"))[1]
 
 
+async def test_a_hosts_claim_made_before_the_rule_gets_its_order_when_sent_again(
+    shop: Shop,
+) -> None:
+    offer = await shop.launch(quantity=2, limit=1)
+    key = scoped_key(HOST.user_id, "k")
+    await shop.stock.claim(offer.id, HOST.user_id, 1, key, shop.clock())  # then: no refusal
+    order, created = await shop.claim(offer, HOST, "k")  # its first attempt's answer was lost
+    assert (order.buyer_id, created) == (HOST.user_id, True)
+    with pytest.raises(Forbidden):
+        await shop.claim(offer, HOST, "k2")
+
+
 class SlowOrderStore(MemoryOrderStore):
     """Holds every create until told to go on."""
 
