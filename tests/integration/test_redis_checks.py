@@ -27,7 +27,7 @@ from server.container import Container
 from server.domain.errors import Unavailable
 from server.domain.offers import ClaimOutcome
 from server.settings import Settings
-from tests.integration.channels.live import SECRET, Live, serving
+from tests.integration.channels.live import SECRET, Live, serving, serving_live_room
 from tests.integration.channels.test_flash_offers import claim, launch
 from tests.servers import RedisServer
 
@@ -65,15 +65,8 @@ async def served(
         mongodb_database=mongo_database_name,
     )
     app = create_app(settings)
-    async with serving(app) as port:
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base) as http:
-            live = Live(base, f"ws://127.0.0.1:{port}", http, "")
-            created = await live.host("POST", "/rooms", {"title": "Checked show"})
-            assert created.status_code == 201, created.text
-            live.room_id = created.json()["id"]
-            assert (await live.host("POST", f"/rooms/{live.room_id}/start")).status_code == 200
-            yield live, app.state.container
+    async with serving_live_room(app) as live:
+        yield live, app.state.container
 
 
 async def test_a_redis_set_to_evict_at_run_time_is_reported_and_refuses_claims(

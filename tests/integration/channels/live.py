@@ -92,7 +92,14 @@ async def live(clean_redis: str, mongodb_url: str, mongo_database_name: str) -> 
         counter_interval=0.1,
         max_bad_frames=5,
     )
-    async with serving(create_app(settings)) as port:
+    async with serving_live_room(create_app(settings)) as live:
+        yield live
+
+
+@contextlib.asynccontextmanager
+async def serving_live_room(app: ASGIApp) -> AsyncIterator[Live]:
+    """`app` served (`serving`), with a room of the host's, live."""
+    async with serving(app) as port:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base) as http:
             live = Live(base, f"ws://127.0.0.1:{port}", http, "")
