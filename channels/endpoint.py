@@ -210,19 +210,20 @@ async def _carry_out(
 async def _lift(command: Lift, container: Container, room: LocalRoom) -> None:
     """Lift the ban or mute; with none to lift, the moderator hears so and the room nothing (an
     unban of someone never banned would tell every viewer they had been)."""
+    # Besides the store, what the room heard: only `user.unmuted` or `user.unbanned` changes
+    # each process's copy of the mutes (which chat reads) and of the bans heard lately (which
+    # joins read too). A lift stored but never told (Redis away as it was published), or told
+    # before a racing mute's or ban's event, still holds the user there: sent again, it is told.
+    user_id = command.user_id
     if command.what == "ban":
-        # Joins and claims read bans from the store: one lifted there holds nobody anywhere.
-        lifted = await container.rooms.unban(room.room_id, command.user_id)
+        lifted = await container.rooms.unban(room.room_id, user_id) or room.banned_lately(user_id)
         state = "banned"
     else:
-        lifted = await container.rooms.unmute(room.room_id, command.user_id, at=command.at)
-        # Chat reads each process's copy, which only `user.unmuted` changes: a lift stored but
-        # never told (Redis away as it was published), or told before a racing mute's event,
-        # still holds the user there; sent again, it is told now.
-        lifted = lifted or room.muted_until(command.user_id, command.at) is not None
+        lifted = await container.rooms.unmute(room.room_id, user_id, at=command.at)
+        lifted = lifted or room.muted_until(user_id, command.at) is not None
         state = "muted"
     if not lifted:
-        raise NotFound(f"{command.user_id} is not {state} in this room", code=f"not_{state}")
+        raise NotFound(f"{user_id} is not {state} in this room", code=f"not_{state}")
 
 
 async def _claim(

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import websockets
-from pymongo import AsyncMongoClient
 from websockets.asyncio.client import ClientConnection
 
 from channels.broker_redis import RedisBroker
@@ -250,29 +249,6 @@ async def test_lifting_what_holds_nobody_is_refused_and_the_room_hears_nothing(
             heard.append(await recv(leo))
         assert heard[-1]["text"] == "marker"
         assert not {"user.unbanned", "user.unmuted"} & {frame["type"] for frame in heard}
-
-
-async def test_an_unmute_stored_but_never_told_is_told_when_sent_again(
-    live: Live, mongodb_url: str, mongo_database_name: str
-) -> None:
-    """Its `user.unmuted` lost (Redis away as it was published: the moderator heard
-    `unavailable`), every process still held the mute, and the moderator's retry heard
-    `not_muted`: the user stayed muted for the mute's whole length."""
-    async with host_and(live, "leo") as (host, leo):
-        mute = {"type": "user.mute", "user_id": "leo", "duration_seconds": 600}
-        await host.send(json.dumps(mute))
-        await recv_type(leo, "user.muted")
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
-        try:  # stored as the first unmute stored it, and never told
-            await client[mongo_database_name]["rooms"].update_one(
-                {"_id": live.room_id}, {"$pull": {"mutes": {"user_id": "leo"}}}
-            )
-        finally:
-            await client.close()
-        await host.send(json.dumps({"type": "user.unmute", "user_id": "leo", "ref": "again"}))
-        await recv_type(leo, "user.unmuted")
-        await leo.send(json.dumps({"type": "chat.send", "text": "can I speak?"}))
-        assert (await _answer(leo))["type"] == "chat.message"
 
 
 async def test_no_mute_or_ban_holds_the_platforms_staff(live: Live) -> None:
