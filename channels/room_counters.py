@@ -70,7 +70,9 @@ class RoomCounters:
             return False
         if await self._broker.try_gate(room.room_id, "peak", self._interval):
             return True
-        room.peak_tried = peak  # another process's to keep
+        # Another process's to keep (and to try again should its write fail; should it die
+        # first, the period's keep here takes it).
+        room.peak_tried = peak
         return False
 
     async def leave(self, room: LocalRoom) -> None:
@@ -140,6 +142,8 @@ async def _keep(keep: CounterKeeper, room: LocalRoom, figures: tuple[int, int]) 
         log.warning(
             "room_counters_not_kept", extra={"room_id": room.room_id, "error": type(exc).__name__}
         )
+        # Its peak tried again at the next tick, here: the other processes left it to this one.
+        room.peak_tried = room.kept[1]
         return
     finally:
         room.keeping = False
