@@ -78,25 +78,23 @@ class Housekeeper:
             offers.running_offer_ids, max(1, round(ORPHAN_AFTER.total_seconds() / interval))
         )
         self._task: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None  # the Redis check, beside the rounds
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name="housekeeper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._checking):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def run_once(self) -> None:
-        async with asyncio.TaskGroup() as beside:
-            if self._check_redis is not None:
-                # Beside the other steps, not before them: a Redis that hangs holds the check
-                # for its whole deadline, and the steps that need MongoDB alone need not wait.
-                beside.create_task(self._step("check_redis", self._check_redis))
-            await self._steps()
-
-    async def _steps(self) -> None:
+        if self._check_redis is not None and (self._checking is None or self._checking.done()):
+            # A task of its own, one at a time, that no round waits for: a Redis that hangs
+            # holds it for its whole deadline, and the rounds go on at their pace meanwhile.
+            self._checking = asyncio.create_task(self._step("check_redis", self._check_redis))
         offer_ids = list(self._served_offer_ids())
         in_turn: list[str] = []
         await self._step("read_running_offers", partial(self._next_share, in_turn))
