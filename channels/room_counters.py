@@ -70,8 +70,8 @@ class RoomCounters:
             return False
         if await self._broker.try_gate(room.room_id, "peak", self._interval):
             return True
-        # Another process's to keep (and to try again should its write fail; should it die
-        # first, the period's keep here takes it).
+        # Another process's to keep. Should its write fail, or it die first, the period's keep
+        # takes the peak: a failing database is not asked every tick by every process.
         room.peak_tried = peak
         return False
 
@@ -142,8 +142,6 @@ async def _keep(keep: CounterKeeper, room: LocalRoom, figures: tuple[int, int]) 
         log.warning(
             "room_counters_not_kept", extra={"room_id": room.room_id, "error": type(exc).__name__}
         )
-        # Its peak tried again at the next tick, here: the other processes left it to this one.
-        room.peak_tried = room.kept[1]
         return
     finally:
         room.keeping = False
