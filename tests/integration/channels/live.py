@@ -157,3 +157,17 @@ async def close_code(ws: ClientConnection, within: float = 3.0) -> int | None:
             await asyncio.wait_for(ws.recv(), within)
     except websockets.ConnectionClosed:
         return ws.close_code
+
+
+@contextlib.asynccontextmanager
+async def host_and(
+    live: Live, user: str
+) -> AsyncIterator[tuple[ClientConnection, ClientConnection]]:
+    """The room's host and a viewer, each socket past its hello."""
+    async with (
+        websockets.connect(live.url("host-1", Role.HOST)) as host,
+        websockets.connect(live.url(user)) as viewer,
+    ):
+        await recv(host)
+        await recv(viewer)
+        yield host, viewer

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -20,21 +18,7 @@ from channels.hub import Hub
 from server.auth import issue_token
 from server.domain.errors import Unavailable
 from server.domain.identity import Role
-from tests.integration.channels.live import Live, close_code, recv, recv_type, token
-
-
-@asynccontextmanager
-async def host_and(
-    live: Live, user: str
-) -> AsyncIterator[tuple[ClientConnection, ClientConnection]]:
-    """The room's host and a viewer, each socket past its hello."""
-    async with (
-        websockets.connect(live.url("host-1", Role.HOST)) as host,
-        websockets.connect(live.url(user)) as viewer,
-    ):
-        await recv(host)
-        await recv(viewer)
-        yield host, viewer
+from tests.integration.channels.live import Live, close_code, host_and, recv, recv_type, token
 
 
 async def test_hello_describes_the_room_and_who_you_are(live: Live) -> None:

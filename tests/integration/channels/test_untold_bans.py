@@ -14,8 +14,7 @@ from pymongo import AsyncMongoClient
 from channels.close_codes import CloseCode
 from server.adapters.mongo.stores import MongoRoomStore
 from server.domain.times import utc_now
-from tests.integration.channels.live import Live, close_code, recv, recv_type
-from tests.integration.channels.test_room_socket import host_and
+from tests.integration.channels.live import Live, close_code, host_and, recv, recv_type
 
 
 async def test_a_ban_stored_but_untold_closes_the_users_sockets_at_the_next_read(

@@ -139,11 +139,13 @@ async def test_no_round_waits_for_a_redis_check_that_hangs(shop: Shop) -> None:
         await never.wait()
 
     keeper = Housekeeper(shop.offers, shop.orders, lambda: [], check_redis=hanging_check)
-    # Not a measure: a round that waited for the check would wait for good.
-    await asyncio.wait_for(keeper.run_once(), timeout=10)
-    shop.clock.advance(minutes=16)  # the order is due to expire
-    await asyncio.wait_for(keeper.run_once(), timeout=10)
-    (order,) = await shop.orders_store.of_offer(offer.id)
-    assert order.status is OrderStatus.EXPIRED
-    assert asked == 1  # one check at a time
-    await keeper.stop()  # and the one hanging is stopped with housekeeping
+    try:
+        # Not a measure: a round that waited for the check would wait for good.
+        await asyncio.wait_for(keeper.run_once(), timeout=10)
+        shop.clock.advance(minutes=16)  # the order is due to expire
+        await asyncio.wait_for(keeper.run_once(), timeout=10)
+        (order,) = await shop.orders_store.of_offer(offer.id)
+        assert order.status is OrderStatus.EXPIRED
+        assert asked == 1  # one check at a time
+    finally:
+        await keeper.stop()  # the one hanging too
