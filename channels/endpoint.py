@@ -214,6 +214,7 @@ async def _lift(command: Lift, container: Container, room: LocalRoom) -> None:
     # each process's copy of the mutes (which chat reads) and of the bans heard lately (which
     # joins read too). A lift stored but never told (Redis away as it was published), or told
     # before a racing mute's or ban's event, still holds the user there: sent again, it is told.
+    # (Two lifts at once on two processes may then both be told: the room hears the same twice.)
     user_id = command.user_id
     if command.what == "ban":
         lifted = await container.rooms.unban(room.room_id, user_id) or room.banned_lately(user_id)
