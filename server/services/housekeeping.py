@@ -10,8 +10,8 @@ everywhere at once: the stores' compare-and-set lets exactly one process act on 
 order, giving units back and stopping a stock are idempotent, and the room's stream drops a
 second `offer.ended`.
 It also tells the viewers of the rooms whose ends their processes stored untold (through a
-gate, one process a room). And, given `check_redis`, it checks the stock's Redis again
-(RedisChecks: its own cadence, once a minute after they have passed)."""
+gate, one process a room). And, given `check_redis`, it checks the stock's Redis again, in a
+task beside the rounds (RedisChecks: its own cadence, once a minute after they have passed)."""
 
 from __future__ import annotations
 
