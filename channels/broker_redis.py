@@ -79,16 +79,20 @@ return seq
 """
 
 # KEYS: counters, viewers, reports. ARGV: [1] node id, [2] tally, [3] report number, [4] likes
-# of the tally, [5] of which counted, [6] viewers, [7] unix ms, [8] stale ms, [9] seconds kept,
-# [10] likes kept, [11] peak kept, [12] ms a report's trace is kept.
+# of the tally, [5] of which counted, [6] viewers, [7] stale ms, [8] seconds kept, [9] likes
+# kept, [10] peak kept, [11] ms a report's trace is kept.
 # `reports` holds "number:ms" for each node and "counted:ms" for each tally, each as of the
-# report that last wrote it; one not written for ARGV[12] ms (far longer than any report takes
+# report that last wrote it; one not written for ARGV[11] ms (far longer than any report takes
 # to arrive) is forgotten, so that a room that stays live does not pile up one a reopening.
+# Times are Redis's, as read_counters reads them: processes whose clocks differ count the same
+# viewers (one 10 s ahead would take the others' reports for stale).
 _COUNTERS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'likes', ARGV[10], 'peak', ARGV[11])
+  redis.call('HSET', KEYS[1], 'likes', ARGV[9], 'peak', ARGV[10])
 end
-local now = tonumber(ARGV[7])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local stamp = string.format('%d', now)
 local function first_of(field)
   local raw = redis.call('HGET', KEYS[3], field)
   return raw and tonumber(string.match(raw, '^(%d+)'))
@@ -100,18 +104,18 @@ if tapped > counted then
   redis.call('HINCRBY', KEYS[1], 'likes', tapped - counted)
   counted = tapped
 end
-redis.call('HSET', KEYS[3], tally, counted .. ':' .. ARGV[7])
+redis.call('HSET', KEYS[3], tally, counted .. ':' .. stamp)
 if tonumber(ARGV[3]) > (first_of(ARGV[1]) or 0) then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3] .. ':' .. ARGV[7])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3] .. ':' .. stamp)
   if tonumber(ARGV[6]) > 0 then
-    redis.call('HSET', KEYS[2], ARGV[1], ARGV[6] .. ':' .. ARGV[7])
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[6] .. ':' .. stamp)
   else
     redis.call('HDEL', KEYS[2], ARGV[1])
   end
 end
 local traces = redis.call('HGETALL', KEYS[3])
 for i = 1, #traces, 2 do
-  if tonumber(string.match(traces[i + 1], ':(%d+)$')) < now - tonumber(ARGV[12]) then
+  if tonumber(string.match(traces[i + 1], ':(%d+)$')) < now - tonumber(ARGV[11]) then
     redis.call('HDEL', KEYS[3], traces[i])
   end
 end
@@ -120,7 +124,7 @@ local total = 0
 local entries = redis.call('HGETALL', KEYS[2])
 for i = 1, #entries, 2 do
   local count, at = string.match(entries[i + 1], '(%d+):(%d+)')
-  if tonumber(at) < tonumber(ARGV[7]) - tonumber(ARGV[8]) then
+  if tonumber(at) < now - tonumber(ARGV[7]) then
     redis.call('HDEL', KEYS[2], entries[i])
   else
     total = total + tonumber(count)
@@ -132,7 +136,7 @@ if total > peak then
   redis.call('HSET', KEYS[1], 'peak', peak)
 end
 for i = 1, 3 do
-  redis.call('EXPIRE', KEYS[i], ARGV[9])
+  redis.call('EXPIRE', KEYS[i], ARGV[8])
 end
 return {likes, total, peak}
 """
@@ -348,7 +352,6 @@ class RedisBroker:
             report.likes,
             report.likes_counted,
             report.viewers,
-            int(time.time() * 1000),
             int(STALE_SECONDS * 1000),
             KEPT_SECONDS,
             *kept,
@@ -361,10 +364,15 @@ class RedisBroker:
     @redis_unreachable_is_unavailable
     async def read_counters(self, room_id: str) -> Counters:
         _, _, counters, viewers = _keys(room_id)
-        likes, peak = await self._redis.hmget(counters, ["likes", "peak"])
-        fresh_after = time.time() * 1000 - STALE_SECONDS * 1000
+        async with self._redis.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.time()
+            pipe.hmget(counters, ["likes", "peak"])
+            pipe.hgetall(viewers)
+            (seconds, micros), (likes, peak), reports = await pipe.execute()
+        # By Redis's clock, as the counters' script writes them (see _COUNTERS).
+        fresh_after = seconds * 1000 + micros // 1000 - STALE_SECONDS * 1000
         total = 0
-        for value in (await self._redis.hgetall(viewers)).values():
+        for value in reports.values():
             count, _, at = str(value).partition(":")
             if int(at) >= fresh_after:
                 total += int(count)

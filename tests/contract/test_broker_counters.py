@@ -12,22 +12,22 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from channels import broker_memory, broker_redis
-from channels.broker import REPORT_TRACE_SECONDS, Broker, CounterReport
+from channels.broker import REPORT_TRACE_SECONDS, STALE_SECONDS, Broker, CounterReport
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.broker_redis import RedisBroker
 
 
-class HourLater:
-    """The `time` module as a broker reads it, past REPORT_TRACE_SECONDS from now."""
+class Later:
+    """The `time` module as a process reads it, `seconds` on from now."""
 
-    def __init__(self) -> None:
-        self.later = REPORT_TRACE_SECONDS + 1
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
 
     def time(self) -> float:
-        return time.time() + self.later
+        return time.time() + self.seconds
 
     def monotonic(self) -> float:
-        return time.monotonic() + self.later
+        return time.monotonic() + self.seconds
 
 
 def report(
@@ -44,6 +44,9 @@ class Processes:
     b: Broker
     lose_everything: Callable[[], Awaitable[None]]
     traces: Callable[[str], Awaitable[int]]  # what the room's counters remember of reports
+    # As if `seconds` had passed since the room's counters were last written, by the clock
+    # they are written on (the process's in memory, Redis's in Redis).
+    age: Callable[[str, float], Awaitable[None]]
 
 
 @pytest_asyncio.fixture(params=["memory", "redis"])
@@ -59,10 +62,17 @@ async def processes(request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
             counters = bus.counters[room_id]
             return len(counters.tallies) + len(counters.numbers)
 
-        yield Processes(MemoryBroker(bus), MemoryBroker(bus), flush_memory, memory_traces)
+        async def age_memory(room_id: str, seconds: float) -> None:
+            monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+            monkeypatch.setattr(broker_memory, "time", Later(seconds))
+
+        yield Processes(
+            MemoryBroker(bus), MemoryBroker(bus), flush_memory, memory_traces, age_memory
+        )
         return
     url = request.getfixturevalue("clean_redis")
-    a, b, admin = RedisBroker(url), RedisBroker(url), aioredis.Redis.from_url(url)
+    admin = aioredis.Redis.from_url(url, decode_responses=True)
+    a, b = RedisBroker(url), RedisBroker(url)
 
     async def flush_redis() -> None:
         await admin.flushall()
@@ -70,8 +80,16 @@ async def processes(request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
     async def redis_traces(room_id: str) -> int:
         return int(await admin.hlen(f"liveshop:{{{room_id}}}:reports"))
 
+    async def age_redis(room_id: str, seconds: float) -> None:
+        # Every trace and viewers' report holds "value:ms": written that much earlier.
+        for name in ("reports", "viewers"):
+            key = f"liveshop:{{{room_id}}}:{name}"
+            for field, value in (await admin.hgetall(key)).items():
+                kept, _, at = str(value).rpartition(":")
+                await admin.hset(key, field, f"{kept}:{int(at) - int(seconds * 1000)}")
+
     try:
-        yield Processes(a, b, flush_redis, redis_traces)
+        yield Processes(a, b, flush_redis, redis_traces, age_redis)
     finally:
         for closing in (a, b):
             await closing.close()
@@ -146,15 +164,30 @@ async def test_each_opening_of_a_room_in_a_process_tallies_its_own_likes(
 
 
 async def test_what_is_kept_of_reports_is_forgotten_long_after_the_last(
-    processes: Processes, monkeypatch: pytest.MonkeyPatch
+    processes: Processes,
 ) -> None:
     a = processes.a
     for n in range(1, 4):  # the room opened and closed here three times
         await a.update_counters("r5", report(2 * n - 1, likes=1, viewers=1, tally=n))
         await a.update_counters("r5", report(2 * n, likes=1, viewers=0, tally=n))
     assert await processes.traces("r5") == 1 + 3  # the process's last number, three tallies
-    for module in (broker_memory, broker_redis):  # their clocks, an hour on
-        monkeypatch.setattr(module, "time", HourLater())
+    await processes.age("r5", REPORT_TRACE_SECONDS + 1)
     counters = await a.update_counters("r5", report(7, likes=2, viewers=1, tally=4))
     assert (counters.likes, counters.viewers) == (5, 1)
     assert await processes.traces("r5") == 1 + 1  # the old tallies are gone
+
+
+async def test_processes_whose_clocks_differ_count_the_same_viewers(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counters' times were each process's own: one whose clock ran 10 s ahead took the
+    others' viewers for gone (in memory, one process's clock is every broker's)."""
+    a, b = processes.a, processes.b
+    seen = []
+    for n in (1, 2):
+        monkeypatch.setattr(broker_redis, "time", time)
+        seen.append((await a.update_counters("r6", report(n, viewers=10))).viewers)
+        monkeypatch.setattr(broker_redis, "time", Later(STALE_SECONDS + 2))  # b's clock
+        seen.append((await b.update_counters("r6", report(n, viewers=5))).viewers)
+    read = await b.read_counters("r6")  # as b reads them for the host's figures
+    assert (seen, read.viewers) == ([10, 15, 15, 15], 15)
