@@ -12,7 +12,13 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from channels import broker_memory, broker_redis
-from channels.broker import REPORT_TRACE_SECONDS, STALE_SECONDS, Broker, CounterReport
+from channels.broker import (
+    KEPT_SECONDS,
+    REPORT_TRACE_SECONDS,
+    STALE_SECONDS,
+    Broker,
+    CounterReport,
+)
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.broker_redis import RedisBroker
 
@@ -62,9 +68,12 @@ async def processes(request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
             counters = bus.counters[room_id]
             return len(counters.tallies) + len(counters.numbers)
 
+        later = Later(0)
+
         async def age_memory(room_id: str, seconds: float) -> None:
+            later.seconds += seconds  # as in Redis, one aging adds to the last
             monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
-            monkeypatch.setattr(broker_memory, "time", Later(seconds))
+            monkeypatch.setattr(broker_memory, "time", later)
 
         yield Processes(
             MemoryBroker(bus), MemoryBroker(bus), flush_memory, memory_traces, age_memory
@@ -171,8 +180,11 @@ async def test_what_is_kept_of_reports_is_forgotten_long_after_the_last(
         await a.update_counters("r5", report(2 * n - 1, likes=1, viewers=1, tally=n))
         await a.update_counters("r5", report(2 * n, likes=1, viewers=0, tally=n))
     assert await processes.traces("r5") == 1 + 3  # the process's last number, three tallies
-    await processes.age("r5", REPORT_TRACE_SECONDS + 1)
-    counters = await a.update_counters("r5", report(7, likes=2, viewers=1, tally=4))
+    await processes.age("r5", REPORT_TRACE_SECONDS - 60)
+    await a.update_counters("r5", report(7, likes=1, viewers=1, tally=4))
+    assert await processes.traces("r5") == 1 + 4  # not yet
+    await processes.age("r5", 61)  # the first three tallies past it, the fourth a minute old
+    counters = await a.update_counters("r5", report(8, likes=2, viewers=1, tally=4))
     assert (counters.likes, counters.viewers) == (5, 1)
     assert await processes.traces("r5") == 1 + 1  # the old tallies are gone
 
@@ -191,3 +203,26 @@ async def test_processes_whose_clocks_differ_count_the_same_viewers(
         seen.append((await b.update_counters("r6", report(n, viewers=5))).viewers)
     read = await b.read_counters("r6")  # as b reads them for the host's figures
     assert (seen, read.viewers) == ([10, 15, 15, 15], 15)
+
+
+async def test_a_process_that_stops_reporting_stops_counting(processes: Processes) -> None:
+    a, b = processes.a, processes.b
+    await b.update_counters("r11", report(1, viewers=5))  # then b dies
+    await a.update_counters("r11", report(1, viewers=2))
+    await processes.age("r11", STALE_SECONDS - 1)
+    assert (await a.read_counters("r11")).viewers == 7
+    await processes.age("r11", 2)
+    assert (await a.read_counters("r11")).viewers == 0  # a's report is as old
+    assert (await a.update_counters("r11", report(2, viewers=2))).viewers == 2
+
+
+async def test_the_counters_keys_in_redis_outlive_the_room_by_a_day(clean_redis: str) -> None:
+    broker, admin = RedisBroker(clean_redis), aioredis.Redis.from_url(clean_redis)
+    try:
+        await broker.update_counters("r12", report(1, likes=1, viewers=1))
+        for name in ("counters", "viewers", "reports"):
+            ttl = await admin.ttl(f"liveshop:{{r12}}:{name}")
+            assert KEPT_SECONDS - 5 <= ttl <= KEPT_SECONDS, (name, ttl)
+    finally:
+        await broker.close()
+        await admin.aclose()
