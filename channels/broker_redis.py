@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -49,12 +48,12 @@ log = logging.getLogger("liveshop.broker")
 MAX_CONNECTIONS = 100  # redis-py's default; one is the pub/sub connection, held for good
 
 _PUBLISH = """
-if ARGV[7] ~= '' then
-  if redis.call('SISMEMBER', KEYS[3], ARGV[7]) == 1 then return 0 end
-  if ARGV[9] ~= '' then
-    local before = redis.call('HGET', KEYS[4], ARGV[7])
-    if before and tonumber(ARGV[9]) <= tonumber(before) then return 0 end
-    redis.call('HSET', KEYS[4], ARGV[7], ARGV[9])
+if ARGV[6] ~= '' then
+  if redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return 0 end
+  if ARGV[8] ~= '' then
+    local before = redis.call('HGET', KEYS[4], ARGV[6])
+    if before and tonumber(ARGV[8]) <= tonumber(before) then return 0 end
+    redis.call('HSET', KEYS[4], ARGV[6], ARGV[8])
     redis.call('EXPIRE', KEYS[4], ARGV[4])
   end
 end
@@ -65,15 +64,17 @@ if not epoch then
   redis.call('DEL', KEYS[2])
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local clock = redis.call('TIME')
+local stamp = string.format('%d', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
 local frame = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[1], 2)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', frame, 't', ARGV[6])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', frame, 't', stamp)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[2], frame)
-if ARGV[8] == '1' then
-  redis.call('SADD', KEYS[3], ARGV[7])
+if ARGV[7] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[6])
   redis.call('EXPIRE', KEYS[3], ARGV[4])
-  redis.call('HDEL', KEYS[4], ARGV[7])
+  redis.call('HDEL', KEYS[4], ARGV[6])
 end
 return seq
 """
@@ -256,7 +257,6 @@ class RedisBroker:
             self.history_events,
             KEPT_SECONDS,
             new_epoch(),
-            int(time.time() * 1000),
             topic or "",
             "1" if last and topic else "0",
             "" if order is None else order,
@@ -325,15 +325,17 @@ class RedisBroker:
     async def history(self, room_id: str, after_seq: int, epoch: str) -> list[str] | None:
         stream, history, _, _ = _keys(room_id)
         async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.time()
             pipe.hmget(stream, ["seq", "epoch"])
             pipe.xrange(history, min=f"{after_seq + 1}-0", max="+")
-            (seq, current_epoch), entries = await pipe.execute()
+            (seconds, micros), (seq, current_epoch), entries = await pipe.execute()
         last = int(seq or 0)
         if current_epoch != epoch or after_seq > last:
             return None
         if after_seq == last:
             return []
-        oldest_allowed_ms = (time.time() - self.history_seconds) * 1000
+        # By Redis's clock, as _PUBLISH stamps the events: not the publisher's nor this one's.
+        oldest_allowed_ms = seconds * 1000 + micros // 1000 - self.history_seconds * 1000
         if not entries or int(entries[0][0].split("-")[0]) != after_seq + 1:
             return None
         if int(entries[0][1]["t"]) < oldest_allowed_ms:

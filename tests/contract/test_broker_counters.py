@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from channels import broker_memory, broker_redis
+from channels import broker_memory
 from channels.broker import (
     KEPT_SECONDS,
     REPORT_TRACE_SECONDS,
@@ -28,12 +28,13 @@ class Later:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self._time, self._monotonic = time.time, time.monotonic  # as they are now
 
     def time(self) -> float:
-        return time.time() + self.seconds
+        return self._time() + self.seconds
 
     def monotonic(self) -> float:
-        return time.monotonic() + self.seconds
+        return self._monotonic() + self.seconds
 
 
 def report(
@@ -189,20 +190,27 @@ async def test_what_is_kept_of_reports_is_forgotten_long_after_the_last(
     assert await processes.traces("r5") == 1 + 1  # the old tallies are gone
 
 
-async def test_processes_whose_clocks_differ_count_the_same_viewers(
-    processes: Processes, monkeypatch: pytest.MonkeyPatch
+async def test_processes_whose_clocks_differ_count_the_same_viewers_in_redis(
+    clean_redis: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The counters' times were each process's own: one whose clock ran 10 s ahead took the
-    others' viewers for gone (in memory, one process's clock is every broker's)."""
-    a, b = processes.a, processes.b
-    seen = []
-    for n in (1, 2):
-        monkeypatch.setattr(broker_redis, "time", time)
-        seen.append((await a.update_counters("r6", report(n, viewers=10))).viewers)
-        monkeypatch.setattr(broker_redis, "time", Later(STALE_SECONDS + 2))  # b's clock
-        seen.append((await b.update_counters("r6", report(n, viewers=5))).viewers)
-    read = await b.read_counters("r6")  # as b reads them for the host's figures
-    assert (seen, read.viewers) == ([10, 15, 15, 15], 15)
+    others' viewers for gone. (In memory, one process's clock is every broker's.)"""
+    a, b = RedisBroker(clean_redis), RedisBroker(clean_redis)
+    real, ahead = time.time, Later(STALE_SECONDS + 2).time
+    try:
+        seen = []
+        for n in (1, 2):
+            monkeypatch.setattr(time, "time", real)
+            seen.append((await a.update_counters("r6", report(n, viewers=10))).viewers)
+            monkeypatch.setattr(time, "time", ahead)  # b's clock
+            seen.append((await b.update_counters("r6", report(n, viewers=5))).viewers)
+        read = await b.read_counters("r6")  # as b reads them for the host's figures
+        monkeypatch.setattr(time, "time", real)
+        assert (seen, read.viewers) == ([10, 15, 15, 15], 15)
+    finally:
+        monkeypatch.setattr(time, "time", real)
+        await a.close()
+        await b.close()
 
 
 async def test_a_process_that_stops_reporting_stops_counting(processes: Processes) -> None:
