@@ -47,6 +47,10 @@ log = logging.getLogger("liveshop.broker")
 
 MAX_CONNECTIONS = 100  # redis-py's default; one is the pub/sub connection, held for good
 
+# KEYS: stream (seq, epoch), history, closed topics, topics' orders. ARGV: [1] the event's JSON,
+# [2] the room's channel, [3] history MAXLEN, [4] seconds kept, [5] a new epoch (for a stream
+# Redis lost), [6] topic ('' for none), [7] '1' when the event closes its topic, [8] its order
+# within the topic ('' for none). Each event is stamped by Redis's clock, as `history` reads it.
 _PUBLISH = """
 if ARGV[6] ~= '' then
   if redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return 0 end

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from channels.broker import Broker
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.broker_redis import RedisBroker
 from server.domain.errors import Unavailable
-from tests.contract.test_broker_counters import Later, report
+from tests.contract.test_broker_counters import report
 from tests.fakes import wait_until
 from tests.servers import RedisServer
 
@@ -427,21 +426,3 @@ async def test_a_redis_out_of_memory_is_unavailable_and_changes_nothing(
     finally:
         await admin.aclose()
         await broker.close()
-
-
-async def test_history_is_judged_by_redis_clock_not_the_readers(
-    clean_redis: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A reader whose clock ran past the history's window took a moment-old event for gone,
-    and a reconnecting viewer lost the frames it could have had."""
-    publisher, reader = RedisBroker(clean_redis), RedisBroker(clean_redis)
-    try:
-        await publisher.publish("r9", {"type": "chat.message", "text": "just now"})
-        position = await reader.position("r9")
-        monkeypatch.setattr(time, "time", Later(reader.history_seconds + 5).time)
-        missed = await reader.history("r9", 0, position.epoch)
-        assert missed is not None
-        assert [json.loads(frame)["text"] for frame in missed] == ["just now"]
-    finally:
-        await publisher.close()
-        await reader.close()
