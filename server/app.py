@@ -147,6 +147,10 @@ def create_app(
                     await redis_checks.at_start_up()  # RedisNotAllowed refuses the start-up
                 container = _assemble(settings, chosen, metrics)
                 container.redis_checks = redis_checks
+                if redis_checks is not None:
+                    metrics.stock_redis_refused.set_function(
+                        lambda: float(redis_checks.refusal is not None)
+                    )
                 await container.hub.start()
             except Exception as exc:
                 refusal = refusal_of(exc)

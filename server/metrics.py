@@ -72,6 +72,13 @@ class Metrics:
             ["step"],
             registry=r,
         )
+        # Read when scraped (app.py sets it where the stock is in Redis): 0 otherwise.
+        self.stock_redis_refused = Gauge(
+            "liveshop_stock_redis_refused",
+            "1 while the stock's Redis fails Liveshop's checks (an evicting policy, a right"
+            " missing) and claims are refused; the reason is on /readyz and in the log",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

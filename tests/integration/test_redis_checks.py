@@ -91,6 +91,7 @@ async def test_a_redis_set_to_evict_at_run_time_is_reported_and_refuses_claims(
     assert (body["checks"]["mongodb"], body["checks"]["broker"]) == ("ok", "ok")
     refused = await claim(live, offer["id"], "leo", "k-1")
     assert (refused.status_code, refused.json()["code"]) == (503, "unavailable"), refused.text
+    assert "liveshop_stock_redis_refused 1.0" in (await live.http.get("/metrics")).text
 
     await configure(redis_server.url, {"maxmemory-policy": "noeviction"})
     await checks.run()
@@ -100,6 +101,7 @@ async def test_a_redis_set_to_evict_at_run_time_is_reported_and_refuses_claims(
     )
     taken = await claim(live, offer["id"], "leo", "k-1")
     assert taken.status_code == 201, taken.text
+    assert "liveshop_stock_redis_refused 0.0" in (await live.http.get("/metrics")).text
 
 
 async def test_a_redis_not_checked_at_start_up_is_checked_once_it_answers(
