@@ -84,3 +84,17 @@ class Clock:
 
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
+
+
+class Later:
+    """The `time` module as a process reads it, `seconds` on from now."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._time, self._monotonic = time.time, time.monotonic  # as they are now
+
+    def time(self) -> float:
+        return self._time() + self.seconds
+
+    def monotonic(self) -> float:
+        return self._monotonic() + self.seconds

@@ -141,18 +141,10 @@ class OrderService:
             raise NotFound(f"offer {offer_id} not found in this room")
         # Keys are the client's, unique per buyer: scoped here so two buyers never collide.
         key = scoped_key(buyer.user_id, idempotency_key)
-        if buyer.user_id == offer.host_id and not await self._stock.knows_claim(offer.id, key):
-            # A host's own orders would swell the room's sales, and take units from shoppers.
-            # (A claim sent again goes on, as a banned buyer's does: one made before this rule.)
-            raise Forbidden("a host cannot buy from their own offers", code="own_offer")
-        if (
-            self._bans is not None
-            and not buyer.staff
-            and await self._bans.is_banned(offer.room_id, buyer.user_id)
-            and not await self._stock.knows_claim(offer.id, key)
-        ):
-            # No more for a banned buyer; but a claim sent again goes on, to get its order back.
-            raise Forbidden("you are banned from this room", code="banned")
+        refusal = await self._may_not_buy(offer, buyer)
+        # But a claim sent again goes on, to get its order back (made before the ban, say).
+        if refusal is not None and not await self._stock.knows_claim(offer.id, key):
+            raise refusal
         self._claimed_offers[offer.id] = self._clock()
         # The reservation store knows every key (a lost one is rebuilt from the orders first),
         # so a refused claim never touches MongoDB: in a flash sale most claims are refused.
@@ -186,6 +178,19 @@ class OrderService:
         if created and not told_early:
             self._offer_service.stock_moved(offer, result.figure())
         return order, created
+
+    async def _may_not_buy(self, offer: FlashOffer, buyer: Identity) -> Forbidden | None:
+        """Why the buyer may claim nothing more of the offer, if they may not."""
+        if buyer.user_id == offer.host_id:
+            # A host's own orders would swell the room's sales, and take units from shoppers.
+            return Forbidden("a host cannot buy from their own offers", code="own_offer")
+        if (
+            self._bans is not None
+            and not buyer.staff
+            and await self._bans.is_banned(offer.room_id, buyer.user_id)
+        ):
+            return Forbidden("you are banned from this room", code="banned")
+        return None
 
     async def _write_order(
         self,

@@ -21,20 +21,7 @@ from channels.broker import (
 )
 from channels.broker_memory import MemoryBroker, MemoryBus
 from channels.broker_redis import RedisBroker
-
-
-class Later:
-    """The `time` module as a process reads it, `seconds` on from now."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._time, self._monotonic = time.time, time.monotonic  # as they are now
-
-    def time(self) -> float:
-        return self._time() + self.seconds
-
-    def monotonic(self) -> float:
-        return self._monotonic() + self.seconds
+from tests.fakes import Later
 
 
 def report(

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from channels.broker import KEPT_SECONDS
 from channels.broker_redis import RedisBroker
-from tests.contract.test_broker_counters import Later
+from tests.fakes import Later
 
 
 @pytest_asyncio.fixture
