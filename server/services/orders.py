@@ -323,12 +323,10 @@ class OrderService:
                     units_to_return=True,
                 )
                 moved = True
-        # Together: under a Redis that hangs, the claim waits out one deadline, not two. (Each
-        # is one script, and either order of the two leaves the same stock.)
-        aftermath: list[Awaitable[object]] = [self._keep_key(order)]
         if moved:
-            aftermath += [self._buyers.tell_moved(order), self._returns.give_back(order)]
-        await asyncio.gather(*aftermath)
+            await self._give_back_then_tell(order, also=self._keep_key(order))
+        else:
+            await self._keep_key(order)
         await self._stock_came_back(order.offer_id)
         return moved
 
@@ -390,12 +388,7 @@ class OrderService:
             if cancelled_by(moved, who.user_id):
                 return moved
             raise not_cancellable(moved) from None
-        # Together: against a Redis that hangs, each waits out its deadline, and one after the
-        # other the buyer waited for both.
-        _, given_back = await asyncio.gather(
-            self._buyers.tell_moved(order), self._returns.give_back(order)
-        )
-        if not given_back:
+        if not await self._give_back_then_tell(order):
             log.warning("units_return_deferred", extra={"order_id": order.id})
         return order
 
@@ -415,14 +408,30 @@ class OrderService:
                 )
             except Conflict:
                 continue  # paid, cancelled or expired by someone else meanwhile
-            await self._buyers.tell_moved(order)
-            if giving_back and not await self._returns.give_back(order):
+            if giving_back and not await self._give_back_then_tell(order):
                 # The stock is away: the rest of the batch need not wait for it in turn, their
                 # notes say what is due.
                 giving_back = False
                 log.warning("units_return_deferred", extra={"order_id": order.id})
             expired += 1
         return expired
+
+    async def _give_back_then_tell(
+        self, order: Order, *, also: Awaitable[None] | None = None
+    ) -> bool:
+        """Give back the units of an order just cancelled or expired (with `also`, run
+        alongside), then tell its buyer; whether the units went back. In this order: told
+        first, a buyer who claims again at once was refused at a per-user limit the units still
+        filled. When the stock is away the buyer is not told here either, rather than wait out
+        a second deadline on a Redis that hangs: housekeeping does both (the move noted each),
+        and the buyer who asked has the order in the answer."""
+        if also is None:
+            given_back = await self._returns.give_back(order)
+        else:
+            given_back, _ = await asyncio.gather(self._returns.give_back(order), also)
+        if given_back:
+            await self._buyers.tell_moved(order)
+        return given_back
 
     async def return_units_due(self) -> int:
         """Finish the give-backs of cancelled and expired orders that failed (the stock was

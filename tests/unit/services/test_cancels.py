@@ -15,7 +15,7 @@ from server.domain.orders import Order, OrderStatus
 from server.ports import OrderStore
 from server.stock_port import StockReservations
 from tests.unit.services.flaky import FlakyStock
-from tests.unit.services.shop import HOST, HeldCalls, Shop, buyer, other_process
+from tests.unit.services.shop import ADDRESS, HOST, HeldCalls, Shop, buyer, other_process
 
 
 async def test_cancel_gives_the_units_back_and_the_buyer_may_claim_again(shop: Shop) -> None:
@@ -122,31 +122,31 @@ async def test_a_cancel_that_loses_the_race_to_the_expiry_is_an_invalid_transiti
     assert (await shop.orders.get(order.id, buyer(1))).status is OrderStatus.EXPIRED
 
 
-async def test_a_cancel_tells_the_buyer_and_gives_the_units_back_at_once(shop: Shop) -> None:
-    # Against a Redis that hangs, each waits out its deadline: one after the other, the buyer
-    # waited for both (10 s where 5 s is the promise).
+async def test_a_cancel_whose_units_cannot_go_back_leaves_the_buyers_notice_to_housekeeping(
+    shop: Shop,
+) -> None:
+    """Against a Redis that hangs (the stock and the broker both), the give-back waits out its
+    deadline; telling the buyer after it would wait out a second one, 10 s where 5 s is the
+    promise. The move noted both: housekeeping gives the units back and tells the buyer."""
     offer = await shop.launch(quantity=3, limit=1)
     order, _ = await shop.claim(offer, buyer(1), "k1")
-    # The release goes on only once the notice has begun, and the notice only once the
-    # release has: one after the other, the cancel would never end.
-    releasing, telling = asyncio.Event(), asyncio.Event()
+    told = len(shop.events.private)
 
-    async def notify(user_id: str, event: dict[str, Any]) -> None:
-        telling.set()
-        await releasing.wait()
-        await shop.events.send_private(user_id, event)
-
-    async def meet_the_notice() -> None:
-        releasing.set()
-        await telling.wait()
+    async def hanging_broker(user_id: str, event: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
 
     stock = FlakyStock(shop.stock)
-    stock.before_release = meet_the_notice
-    _, orders = other_process(shop, stock=cast(StockReservations, stock), notify=notify)
+    stock.releases_failing = 1
+    _, orders = other_process(shop, stock=cast(StockReservations, stock), notify=hanging_broker)
     cancelled = await asyncio.wait_for(orders.cancel(order.id, buyer(1)), 2)
     assert cancelled.status is OrderStatus.CANCELLED
+    assert await shop.stock.remaining(offer.id) == 2
+    shop.clock.advance(seconds=6)  # TELL_AFTER
+    assert await shop.orders.return_units_due() == 1
+    assert await shop.orders.tell_untold_buyers() == 1
     assert await shop.stock.remaining(offer.id) == 3
-    assert shop.events.private[-1][1]["order"]["status"] == "cancelled"
+    heard = [(user, e["order"]["status"]) for user, e in shop.events.private[told:]]
+    assert heard == [("buyer-1", "cancelled")]
 
 
 async def test_a_buyer_cannot_cancel_an_order_the_system_cancelled(shop: Shop) -> None:
@@ -171,3 +171,33 @@ async def test_an_expired_order_is_told_to_its_buyer_as_it_expires(shop: Shop) -
     assert await shop.orders.expire_due() == 1
     heard = [(user, e["order"]["id"], e["order"]["status"]) for user, e in shop.events.private]
     assert heard[told:] == [("buyer-1", order.id, "expired")]
+
+
+@pytest.mark.parametrize("how", ["cancelled", "expired"])
+async def test_a_buyer_who_claims_again_the_moment_they_hear_of_it_is_not_refused(
+    shop: Shop, how: str
+) -> None:
+    """Told that their order was cancelled or expired, a buyer whose app claims again at once
+    gets a new order: the units were back before they were told, not refused `limit_reached`
+    at a per-user limit that the order's units still filled."""
+    offer = await shop.launch(quantity=3, limit=1, duration=3600)
+    again: list[Order] = []
+
+    async def claim_again_on_hearing(user_id: str, event: dict[str, Any]) -> None:
+        if event["order"]["status"] == how:
+            order, _ = await orders.claim(
+                offer.id, buyer(1), quantity=1, idempotency_key="k2", address=ADDRESS
+            )
+            again.append(order)
+
+    _, orders = other_process(shop, notify=claim_again_on_hearing)
+    order, _ = await orders.claim(
+        offer.id, buyer(1), quantity=1, idempotency_key="k1", address=ADDRESS
+    )
+    if how == "cancelled":
+        await orders.cancel(order.id, buyer(1))
+    else:
+        shop.clock.advance(minutes=16)
+        assert await orders.expire_due() == 1
+    assert [o.status for o in again] == [OrderStatus.PENDING_PAYMENT]
+    assert await shop.stock.remaining(offer.id) == 2
