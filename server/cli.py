@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _print_token(args, settings)
+    if args.command == "demo" and settings.env == "prod":
+        # It would seed a live room into the shop's own database and print tokens signed with
+        # its key, for a day, where logs are collected.
+        print("liveshop: the demo does not run with LIVESHOP_ENV=prod", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     if args.command == "demo":
         app = create_app(settings, on_ready=announce_demo)

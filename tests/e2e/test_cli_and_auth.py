@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
+from server.settings import DEV_SECRET
 from tests.e2e.api import SECRET, create_live_room, http, make_token, unique
 from tests.e2e.conftest import Cluster, server_env
 from tests.e2e.processes import LiveshopProcess, clean_env, free_port, run_cli, running
@@ -110,6 +111,13 @@ async def test_bad_tokens_and_unknown_rooms_are_refused_with_close_codes(cluster
         assert (await ws.hello())["you"]["user_id"] == "welcome"
 
 
+# Backends that prod accepts as named (nothing listens there: a refusal must not get that far).
+_PROD_URLS = {
+    "LIVESHOP_REDIS_URL": "redis://127.0.0.1:1/0",
+    "LIVESHOP_MONGODB_URL": "mongodb://127.0.0.1:1/?replicaSet=rs0",
+}
+
+
 @pytest.mark.parametrize(
     ("settings", "complaints"),
     [
@@ -123,9 +131,17 @@ async def test_bad_tokens_and_unknown_rooms_are_refused_with_close_codes(cluster
             ["LIVESHOP_SECRET", "32"],
         ),
         (
-            {"LIVESHOP_SECRET": "x" * 40, "LIVESHOP_REDIS_URL": "redis://127.0.0.1:1/0"},
+            {
+                "LIVESHOP_SECRET": "0123456789abcdef" * 3,
+                "LIVESHOP_REDIS_URL": _PROD_URLS["LIVESHOP_REDIS_URL"],
+            },
             ["LIVESHOP_MONGODB_URL"],
         ),
+        # Blank, or the public key padded: a template's empty or default value, not a key.
+        ({**_PROD_URLS, "LIVESHOP_SECRET": " " * 40}, ["LIVESHOP_SECRET", "private"]),
+        ({**_PROD_URLS, "LIVESHOP_SECRET": f"{DEV_SECRET} "}, ["LIVESHOP_SECRET", "private"]),
+        ({**_PROD_URLS, "LIVESHOP_SECRET": "k" * 40}, ["LIVESHOP_SECRET", "random"]),
+        ({**_PROD_URLS, "LIVESHOP_SECRET": "ab" * 20}, ["LIVESHOP_SECRET", "random"]),
     ],
 )
 def test_prod_refuses_to_serve_on_unsafe_settings(
@@ -141,6 +157,23 @@ def test_prod_refuses_to_serve_on_unsafe_settings(
     assert "Traceback" not in result.stderr, result.stderr
     assert time.monotonic() - started < 15, "refusing must not wait for any server"
     assert not data_dir.exists(), "nothing may be started (no embedded MongoDB) when refusing"
+
+
+def test_prod_refuses_the_demo(workdir: Path) -> None:
+    """It would seed a live room into the shop's database and print tokens signed with its
+    key, valid for a day, to a log."""
+    data_dir = workdir / "data"
+    env = clean_env(
+        LIVESHOP_ENV="prod",
+        LIVESHOP_DATA_DIR=str(data_dir),
+        LIVESHOP_SECRET=SECRET + "-for-prod-0123456789",
+        **_PROD_URLS,
+    )
+    result = run_cli(["demo", "--port", str(free_port())], env, cwd=workdir, timeout=30)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert result.stderr == "liveshop: the demo does not run with LIVESHOP_ENV=prod\n"
+    assert result.stdout == "", "no token may be printed"
+    assert not data_dir.exists()
 
 
 @pytest.mark.parametrize(
