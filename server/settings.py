@@ -22,6 +22,11 @@ DEV_SECRET = "liveshop-dev-secret-not-for-production"  # noqa: S105
 WS_MAX_MESSAGE_BYTES = 64 * 1024
 
 
+# Fewer different characters than this in a key: one character or two repeated, not a random
+# value (32 random hex digits had 7 at the fewest, in a million tries; 12 to 16 nearly always).
+_SECRET_DISTINCT_CHARACTERS = 6
+
+
 class UnsafeConfiguration(Exception):
     """Raised at start-up when prod runs on a default that is unsafe."""
 
@@ -141,10 +146,18 @@ class Settings(BaseSettings):
         if self.env != "prod":
             return
         problems = []
-        if self.secret is None or self.secret.get_secret_value() in ("", DEV_SECRET):
+        # Judged without the spaces around it: a template that padded an empty or public value
+        # must not pass for a key.
+        secret = self.secret.get_secret_value().strip() if self.secret else ""
+        if not secret or DEV_SECRET in secret:
             problems.append("LIVESHOP_SECRET must be set to a private value")
-        elif len(self.secret.get_secret_value()) < 32:
+        elif len(secret) < 32:
             problems.append("LIVESHOP_SECRET must be at least 32 characters")
+        elif len(set(secret)) < _SECRET_DISTINCT_CHARACTERS:
+            problems.append(
+                "LIVESHOP_SECRET repeats a few characters: use a random value"
+                " (`openssl rand -hex 32`)"
+            )
         if not self.redis_url:
             problems.append("LIVESHOP_REDIS_URL must be set")
         if not self.mongodb_url:
