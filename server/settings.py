@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,8 +55,8 @@ _SHAPES = {
         'must be under 64 bytes, without any of / \\ . space " $ * < > : | ?',
     ),
     "public_url": (
-        re.compile(r"https?://[^/\s]+(/\S*)?", re.IGNORECASE),
-        "must be an http:// or https:// URL without spaces",
+        re.compile(r"https?://[^/\s?#]+(/[^\s?#]*)?", re.IGNORECASE),
+        "must be an http:// or https:// URL without spaces, a query or a fragment",
     ),
 }
 
@@ -77,7 +78,7 @@ class Settings(BaseSettings):
     public_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # Longest a MongoDB operation may take, all in (an order write: primary, insert, majority).
-    mongodb_timeout_seconds: float = Field(default=5.0, ge=0.001, le=600)
+    mongodb_timeout_seconds: float = Field(default=5.0, ge=0.001, le=600, allow_inf_nan=False)
 
     # Websocket limits
     # A chat line of 500 characters, each written as JSON's \uXXXX\uXXXX (an emoji), fits.
@@ -93,10 +94,10 @@ class Settings(BaseSettings):
     history_seconds: int = Field(default=600, ge=10, le=KEPT_SECONDS)  # the stream's own
     # Likes and viewer counts go out at most once per this many seconds per room; each process
     # reports its viewers as often, and a report older than broker.STALE_SECONDS no longer counts.
-    counter_interval: float = Field(default=1.0, ge=0.05, le=STALE_SECONDS / 2)
+    counter_interval: float = Field(default=1.0, ge=0.05, le=STALE_SECONDS / 2, allow_inf_nan=False)
     # Clients that connect with ?batch=1 get room events gathered over this window in one frame.
     batch_window_ms: int = Field(default=100, ge=5, le=2000)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600, allow_inf_nan=False)
     # Per-message deflate costs ~100 KB of zlib state per socket; off unless asked for.
     ws_deflate: bool = False
 
@@ -136,6 +137,10 @@ class Settings(BaseSettings):
                 parse_uri(url)
         except (ValueError, PyMongoError):  # InvalidURI, ConfigurationError
             raise ValueError(_MALFORMED_URL) from None
+        # redis-py reads a path it cannot take for a number as database 0, without a word.
+        tcp = url.lower().startswith(("redis://", "rediss://"))
+        if tcp and not re.fullmatch(r"/?\d*", urlsplit(url).path):
+            raise ValueError("must name its database by number, after the host (redis://host/0)")
         return url
 
     def signing_secret(self) -> str:

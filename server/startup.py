@@ -16,7 +16,7 @@ from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.adapters.mongo.embedded import EmbeddedMongoError, UnusableDataDir
-from server.adapters.redis_access import RedisNotAllowed
+from server.adapters.redis_access import RedisNoSuchDatabase, RedisNotAllowed
 
 # MongoDB's codes for a user it does not know, or one short of a right.
 _MONGODB_REFUSALS = {13, 18}
@@ -28,10 +28,10 @@ Refusal = Literal["configuration", "backend"]
 
 def refusal_of(exc: BaseException) -> Refusal | None:
     """What kind of refusal `exc` is: "configuration" for a backend's URL its client cannot
-    use, or a data directory MongoDB's files cannot be kept in (exit 2, as any refused
-    setting), "backend" for one away or refusing Liveshop (exit 3: a supervisor's restart may
-    find it back), None for anything else."""
-    if isinstance(exc, UnusableDataDir):  # LIVESHOP_DATA_DIR names a file, say
+    use, a Redis database it does not have, or a data directory MongoDB's files cannot be kept
+    in (exit 2, as any refused setting), "backend" for one away or refusing Liveshop (exit 3:
+    a supervisor's restart may find it back), None for anything else."""
+    if isinstance(exc, UnusableDataDir | RedisNoSuchDatabase):  # a data dir that is a file, say
         return "configuration"
     if isinstance(exc, ConfigurationError):  # an InvalidURI too
         # Unless DNS failed to answer for a mongodb+srv URL (PyMongo wraps dnspython's error):

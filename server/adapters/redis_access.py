@@ -101,6 +101,11 @@ class RedisNotAllowed(RuntimeError):
     """Redis refuses what Liveshop needs: a configuration to fix, not an outage."""
 
 
+class RedisNoSuchDatabase(RuntimeError):
+    """The URL names a database number the Redis does not have: a setting to fix, which no
+    restart of either will mend."""
+
+
 async def check_user_allowed(redis: Redis) -> None:
     """Raise RedisNotAllowed naming what the user may not do (Redis 7 or Valkey: Liveshop's
     scripts need what they bring)."""
@@ -112,6 +117,11 @@ async def check_user_allowed(redis: Redis) -> None:
     except ResponseError as exc:
         if redis_unreachable(exc):  # busy or full: not now, which is no refusal
             raise
+        if "DB index" in str(exc):  # the first command on a connection that SELECTs it fails
+            raise RedisNoSuchDatabase(
+                "LIVESHOP_REDIS_URL names a database this Redis does not have (it has as many"
+                " as its `databases` setting says, 16 by default, numbered from 0)"
+            ) from exc
         raise RedisNotAllowed(_refusal(f"refused the check of its user ({exc})")) from exc
     if refused:
         names = ", ".join(sorted({str(name) for name in refused}))

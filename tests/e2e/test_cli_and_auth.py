@@ -191,6 +191,10 @@ def test_prod_refuses_the_demo(workdir: Path) -> None:
         ("LIVESHOP_CHAT_PER_SECOND", "inf"),
         ("LIVESHOP_MAX_FRAME_BYTES", "200000"),  # the protocol would close the socket first
         ("LIVESHOP_PUBLIC_URL", "shop.example"),
+        ("LIVESHOP_PUBLIC_URL", "https://shop.example?x=1"),  # paths would go after the query
+        ("LIVESHOP_MONGODB_TIMEOUT_SECONDS", "nan"),
+        ("LIVESHOP_COUNTER_INTERVAL", "nan"),
+        ("LIVESHOP_SHUTDOWN_GRACE_SECONDS", "nan"),
     ],
 )
 def test_a_value_that_would_fail_later_is_refused_as_configuration(
@@ -236,6 +240,7 @@ def test_a_port_flag_out_of_range_is_refused_as_configuration(port: str, workdir
         ("LIVESHOP_REDIS_URL", "http://:hunter2@127.0.0.1/"),
         ("LIVESHOP_REDIS_URL", "redis://:hunter2@127.0.0.1:port/0"),
         ("LIVESHOP_REDIS_URL", "redis://:hunter2/with/slashes@127.0.0.1:6379/0"),
+        ("LIVESHOP_REDIS_URL", "redis://:hunter2@127.0.0.1:6379/zero"),  # redis-py would take 0
         ("LIVESHOP_MONGODB_URL", "mongo://x"),
         ("LIVESHOP_MONGODB_URL", "mongodb://u:hunter2@db.example:27O17/"),
         ("LIVESHOP_MONGODB_URL", "mongodb://u:hunt:er2@127.0.0.1/"),
@@ -307,6 +312,25 @@ def test_a_redis_that_evicts_keys_ends_the_start_up_in_one_line(
     )
     assert refusal["error"] == "RedisNotAllowed"
     assert "maxmemory-policy noeviction" in refusal["detail"]
+
+
+def test_a_redis_database_the_redis_does_not_have_is_refused_as_configuration(
+    redis_server: RedisServer, mongodb_url: str, workdir: Path
+) -> None:
+    """Exit 2, not 3 ("away, a restart may find it back"), which a supervisor would restart
+    for ever; and not blamed on the Redis user's rights."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/99"  # 16 databases, by default
+    env = server_env(url, mongodb_url, unique("refused"))
+    result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=60)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    refusal = next(
+        line
+        for line in map(json.loads, result.stderr.splitlines())
+        if line["event"] == "startup_refused"
+    )
+    assert refusal["error"] == "RedisNoSuchDatabase"
+    assert "LIVESHOP_REDIS_URL names a database" in refusal["detail"]
 
 
 async def _set_eviction(url: str, policy: str) -> None:
