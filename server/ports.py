@@ -228,9 +228,12 @@ class OfferStore(Protocol):
         wins."""
         ...
 
-    async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
-        """Ended offers whose stock may still be open or whose room may not have heard of the
-        end: their ender failed or died before `end_finished`."""
+    async def unfinished_ends(
+        self, limit: int, *, room_id: str | None = None
+    ) -> builtins.list[FlashOffer]:
+        """Ended offers (of the room, with `room_id`) whose stock may still be open or whose
+        room may not have heard of the end: their ender is at it, or failed or died before
+        `end_finished`."""
         ...
 
     async def end_finished(self, offer_id: str, at: datetime, *, taken: int | None) -> None:

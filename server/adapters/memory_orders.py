@@ -139,8 +139,11 @@ class MemoryOfferStore:
         self._unfinished_ends.add(offer_id)
         return ended
 
-    async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
-        return [self._offers[offer_id] for offer_id in sorted(self._unfinished_ends)[:limit]]
+    async def unfinished_ends(
+        self, limit: int, *, room_id: str | None = None
+    ) -> builtins.list[FlashOffer]:
+        offers = [self._offers[offer_id] for offer_id in sorted(self._unfinished_ends)]
+        return [o for o in offers if room_id in (None, o.room_id)][:limit]
 
     async def end_finished(self, offer_id: str, at: datetime, *, taken: int | None) -> None:
         if offer_id in self._unfinished_ends:

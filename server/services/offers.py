@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -243,12 +243,16 @@ class OfferService(OfferReads):
     async def stop_offers_in_room(self, room_id: str) -> None:
         """Stop every offer the room still runs (RoomService.end), all at once: each end is
         recorded before its stock is stopped, so should Redis fail, housekeeping finishes every
-        one (one by one, the first failure left the later offers selling)."""
-        offers = await self._offers.open_in_room(room_id)
-        ends = [self.end(offer, EndReason.STOPPED) for offer in offers]
-        for outcome in await asyncio.gather(*ends, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        one (one by one, the first failure left the later offers selling). Then finish the
+        ends another process recorded and has yet to finish (a host's stop, an expiry, the
+        room's end sent twice; that process slow, or dead): until then such an offer may take
+        claims, and its room not have heard of its end, which must come before the room's.
+        Finishing twice is harmless: stopping is idempotent, and the room's stream drops a
+        second `offer.ended`."""
+        running = await self._offers.open_in_room(room_id)
+        await _all_of([self.end(offer, EndReason.STOPPED) for offer in running])
+        unfinished = await self._offers.unfinished_ends(DUE_BATCH, room_id=room_id)
+        await _all_of([self._finish_end(offer) for offer in unfinished])
 
     async def stop(self, offer_id: str, who: Identity) -> FlashOffer:
         offer = await self._offers.get(offer_id)
@@ -462,3 +466,10 @@ class OfferService(OfferReads):
 
     async def close(self) -> None:
         await self._announcer.close()
+
+
+async def _all_of(steps: Iterable[Awaitable[object]]) -> None:
+    """Run the steps together, each to its end; then raise the first failure, if any."""
+    for outcome in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from schemas.http import product_summary
 from server.domain.chat import clean_blocked_words
-from server.domain.errors import Forbidden, InvalidInput, LiveshopError, NotFound
+from server.domain.errors import Conflict, Forbidden, InvalidInput, LiveshopError, NotFound
 from server.domain.identity import Identity, Role
 from server.domain.ids import new_id
 from server.domain.money import Money
@@ -178,7 +178,14 @@ class RoomService:
             # that raced it: one stored before this second look is found by it, and one stored
             # after it finds the room ended when it reads the room again (OfferService.launch).
             await self._stop_room_offers(room.id)
-            await self._rooms.save(room, expected_status=before)
+            try:
+                await self._rooms.save(room, expected_status=before)
+            except Conflict:
+                # Ended meanwhile by the same end sent twice at once (a double tap, a retry
+                # on another process): answered as one sent after it would be.
+                room = await self._rooms.get(room_id)
+                if room.status is not RoomStatus.ENDED:
+                    raise
         await self._tell_end(room.id)
         return room
 

@@ -261,6 +261,19 @@ async def test_an_end_stays_unfinished_until_told_finished(offers: OfferStore) -
     assert await offers.get("of_b") == ended_b
 
 
+async def test_a_rooms_unfinished_ends_are_its_own(offers: OfferStore) -> None:
+    """What the room's end finishes before it tells the room: no other room's."""
+    await offers.create(_offer("of_here"), nth_of_product=1)
+    await offers.create(_offer("of_there", room_id="r_2"), nth_of_product=1)
+    await offers.create(_offer("of_running"), nth_of_product=1)
+    here = await offers.record_end("of_here", EndReason.STOPPED, T0)
+    there = await offers.record_end("of_there", EndReason.EXPIRED, T0)
+    assert await offers.unfinished_ends(10, room_id="r_1") == [here]
+    assert await offers.unfinished_ends(10, room_id="r_2") == [there]
+    await offers.end_finished("of_here", T0, taken=0)
+    assert await offers.unfinished_ends(10, room_id="r_1") == []
+
+
 async def test_ended_offers_are_due_to_settle_once_their_end_is_finished(
     offers: OfferStore,
 ) -> None:

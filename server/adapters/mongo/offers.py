@@ -231,8 +231,13 @@ class MongoOfferStore:
         return None
 
     @translate_errors
-    async def unfinished_ends(self, limit: int) -> builtins.list[FlashOffer]:
-        cursor = self._offers.find({END_TO_FINISH: True}).sort("_id", ASCENDING).limit(limit)
+    async def unfinished_ends(
+        self, limit: int, *, room_id: str | None = None
+    ) -> builtins.list[FlashOffer]:
+        unfinished: Document = {END_TO_FINISH: True}  # few: its partial index holds them alone
+        if room_id is not None:
+            unfinished["room_id"] = room_id
+        cursor = self._offers.find(unfinished).sort("_id", ASCENDING).limit(limit)
         return [offer_from(doc) async for doc in cursor]
 
     @translate_errors

@@ -194,3 +194,40 @@ async def test_an_offer_stopped_by_a_process_that_pauses_sells_nothing_more_else
     with pytest.raises(Conflict) as refused:
         await orders.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
     assert refused.value.code == "offer_not_active"
+
+
+async def test_the_rooms_end_finishes_an_offers_end_another_process_left_unfinished() -> None:
+    # Another process recorded the offer's end (a host's stop, an expiry, the room's end sent
+    # to it too) and paused before stopping its stock or telling the room: the room's end
+    # skipped the offer, which had ended, and went out first; the offer sold on after it.
+    shop = await open_shop()
+    offer = await shop.launch(quantity=5, limit=1, duration=3600)
+    ended = await shop.offers_store.record_end(offer.id, EndReason.STOPPED, shop.clock())
+    assert ended is not None  # ...and the process that recorded it paused here
+    await rooms_of(shop).end(shop.room_id, HOST)
+    with pytest.raises(Conflict) as refused:
+        await shop.claim(offer, buyer(1), "k1")
+    assert refused.value.code == "offer_not_active"
+    kinds = [
+        (e["type"], e.get("offer_id")) for e in shop.events.of_type("offer.ended", "room.ended")
+    ]
+    assert kinds == [("offer.ended", offer.id), ("room.ended", None)]
+    assert await shop.offers_store.unfinished_ends(10) == []
+
+
+async def test_a_rooms_end_sent_twice_at_once_answers_the_ended_room_both_times() -> None:
+    # As one sent again after the first: a double tap, or a retry on another process while
+    # the first was still at it, heard 409 "changed meanwhile".
+    shop = await open_shop()
+    await shop.launch(quantity=5, limit=1, duration=3600)
+    saving = HeldCalls(shop.rooms, "save")
+    first = RoomService(
+        cast(RoomStore, saving), shop.products, shop.events, shop.clock,
+        stop_offers=shop.offers.stop_offers_in_room,
+    )  # fmt: skip
+    ending = asyncio.create_task(first.end(shop.room_id, HOST))
+    await asyncio.wait_for(saving.entered.wait(), 2)  # its offers stopped, the room not stored
+    second = await rooms_of(shop).end(shop.room_id, HOST)
+    saving.gate.set()
+    assert (await ending).status is second.status is RoomStatus.ENDED
+    assert len(shop.events.of_type("offer.ended")) == 1
