@@ -283,6 +283,10 @@ class OfferService(OfferReads):
         `offer.ended` closes the offer's topic in the room's stream: a figure another process
         read earlier and sends late is dropped, so no stock figure follows the end.
         """
+        if reason is EndReason.STOPPED and not if_uncounted and self._clock() >= offer.ends_at:
+            # Its time was up before the stop (housekeeping ends such offers once a second):
+            # it ended so, at its time, as it had been told.
+            reason = EndReason.EXPIRED
         at = offer.ends_at if reason is EndReason.EXPIRED else self._clock()
         if reason is EndReason.SOLD_OUT and not await self._stop_if_sold_out(offer.id):
             return None

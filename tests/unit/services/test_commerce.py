@@ -277,6 +277,18 @@ async def test_offers_end_by_time_exactly_once(shop: Shop) -> None:
     assert closed.value.code == "offer_not_active"
 
 
+async def test_a_stop_after_the_offers_time_was_up_ends_it_expired_at_its_time(
+    shop: Shop,
+) -> None:
+    """Before housekeeping's round came to it: not "stopped" at a moment after its end."""
+    offer = await shop.launch()
+    shop.clock.advance(seconds=61)
+    stopped = await shop.offers.stop(offer.id, HOST)
+    assert (stopped.end_reason, stopped.ended_at) == (EndReason.EXPIRED, offer.ends_at)
+    assert [e["reason"] for e in shop.events.of_type("offer.ended")] == ["expired"]
+    assert await shop.offers.end_due() == 0
+
+
 async def test_a_reservation_whose_claimer_died_is_released(shop: Shop) -> None:
     offer = await shop.launch(quantity=2)
     # A claimer that reserved and died before writing its order.
