@@ -50,6 +50,7 @@ class Connection:
         "_direct",
         "_fill_left",
         "_flush_deadline",
+        "_leave_with",
         "_on_overflow",
         "_queue",
         "_ready",
@@ -57,6 +58,7 @@ class Connection:
         "_waiting_on_socket",
         "_writer",
         "batched",
+        "carrying_out",
         "claimed",
         "closed",
         "conn_id",
@@ -105,6 +107,10 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._closing: tuple[CloseCode, str] | None = None
+        # A frame being carried out (`carrying_out`) owes its answer: a drain's close waits
+        # for it (`close_when_answered`), as `_leave_with`.
+        self.carrying_out = False
+        self._leave_with: tuple[CloseCode, str] | None = None
         self._flush_deadline: asyncio.TimerHandle | None = None
         self._waiting_on_socket = False
         # Frames of `start` (hello, a reconnect's missed events) still queued: catching up on
@@ -136,7 +142,27 @@ class Connection:
     def closing(self) -> bool:
         """Closed, or to close once what is queued has gone (banned, the room ended, a drain):
         what it sends is no longer carried out, since no answer would reach it."""
-        return self.closed or self._closing is not None
+        return self.closed or self._closing is not None or self._leave_with is not None
+
+    @property
+    def leaving(self) -> bool:
+        """To close as soon as the frame being carried out is answered (`close_when_answered`)."""
+        return self._leave_with is not None
+
+    def close_when_answered(self, code: CloseCode, reason: str) -> None:
+        """Close once the frame being carried out is answered (a claim whose order is being
+        written: closed first, its buyer would never hear of it), at once if none is. Frames
+        it sends meanwhile are not carried out."""
+        if self.carrying_out:
+            self._leave_with = (code, reason)
+        else:
+            self.close_after_flush(code, reason)
+
+    def answered(self) -> None:
+        """The frame being carried out is answered: a close waiting for that goes on."""
+        self.carrying_out = False
+        if self._leave_with is not None:
+            self.close_after_flush(*self._leave_with)
 
     def push(self, text: str) -> None:
         """Send one frame now if nothing waits before it, else queue it; never blocks. Frames

@@ -145,7 +145,11 @@ async def _serve(
         frames_in["accepted" if refused is None else "rejected"].inc()
         if refused is not None and session.last_type == "offer.claim":
             hub.metrics.ws_claims.record(refused, started)  # refused before reaching the service
-        await _carry_out(commands, ref, container, hub, conn, room)
+        conn.carrying_out = True
+        try:
+            await _carry_out(commands, ref, container, hub, conn, room)
+        finally:
+            conn.answered()
 
 
 async def _carry_out(
@@ -253,7 +257,9 @@ async def _claim(
         claims.record(error.code, started)
         raise
     claims.record("order" if created else "replayed", started)
-    if not created:
+    # A new order's `order.updated` comes back through the broker, after this socket has
+    # closed if it is leaving (a drain): it hears it here (a second copy would do no harm).
+    if not created or conn.leaving:
         conn.push(encode_body({"type": "order.updated", "order": order_to_wire(order)}))
 
 

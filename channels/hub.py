@@ -96,18 +96,24 @@ class Hub(StreamFollower):
         self._ticker = asyncio.create_task(self._tick_forever(), name="hub-ticker")
 
     async def drain(self, grace_seconds: float) -> None:
-        """Refuse new viewers, close every open socket with 1001 so clients go elsewhere."""
+        """Refuse new viewers, close every open socket with 1001 so clients go elsewhere: each
+        once the frame it is having carried out is answered (a claim's order), within the
+        grace."""
         self.draining = True
         # Its viewers are no longer counted here, sent first: else, reconnected elsewhere, they
         # would count twice until this process's count went stale, and lift the peak for good.
         leaving = self._counters.start_leaving(self._opened_rooms())
-        for room in list(self._rooms.values()):
-            for conn in list(room.connections):
-                conn.close_after_flush(CloseCode.GOING_AWAY, "server restarting")
+        for conn in self._connections():
+            conn.close_when_answered(CloseCode.GOING_AWAY, "server restarting")
         if self.connection_count():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_left.wait(), grace_seconds)
+        for conn in self._connections():  # answers still owed after the grace go unsent
+            conn.close_after_flush(CloseCode.GOING_AWAY, "server restarting")
         await self._counters.finish_leaving(leaving, LEAVE_SECONDS)
+
+    def _connections(self) -> list[Connection]:
+        return [conn for room in list(self._rooms.values()) for conn in list(room.connections)]
 
     async def close(self) -> None:
         if self._ticker is not None:

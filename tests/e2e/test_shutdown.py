@@ -17,6 +17,7 @@ from server.adapters.mongo.embedded import EmbeddedMongo
 from tests.e2e.api import create_live_room, make_token, room_stats, unique
 from tests.e2e.conftest import Cluster, server_env
 from tests.e2e.processes import LiveshopProcess, running
+from tests.e2e.test_flash_sale import ADDRESS, launch
 from tests.e2e.wsclient import WsClient, assert_contiguous, chat_id_is, close_all
 from tests.servers import RedisServer
 
@@ -182,3 +183,47 @@ async def test_sigterm_exits_in_time_with_mongodb_gone(
             assert code == 0, f"exit {code} after {elapsed:.1f} s"
     finally:
         await mongo.stop()  # reaps the killed process
+
+
+async def test_a_claim_under_way_as_the_drain_begins_is_answered_before_its_socket_closes(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Its order is written (the process waits for it) and kept: closed first, the buyer never
+    heard of it, and a client that claimed again with a new key after reconnecting got two."""
+    mongo = EmbeddedMongo(tmp_path / "mongo")
+    env = server_env(redis_server.url, await mongo.start(), "drain-claim")
+    env["LIVESHOP_SHUTDOWN_GRACE_SECONDS"] = str(GRACE_SECONDS)
+    try:
+        with running([LiveshopProcess(env, name="DC")]) as (server,):
+            host = make_token(unique("host"), "host")
+            room_id = await create_live_room(server.base_url, host)
+            offer_id = await launch(server.base_url, host, room_id, quantity=5)
+            buyer = await WsClient.connect(server.ws_url(room_id, make_token(unique("b"))))
+            async with buyer:
+                await buyer.hello()
+                assert mongo.pid is not None
+                os.kill(mongo.pid, signal.SIGSTOP)  # the order's write waits for it
+                try:
+                    await buyer.send(
+                        {
+                            "type": "offer.claim",
+                            "offer_id": offer_id,
+                            "quantity": 1,
+                            "idempotency_key": "drained-1",
+                            "shipping_address": ADDRESS,
+                            "ref": "c1",
+                        }
+                    )
+                    await asyncio.sleep(0.3)  # reserved in Redis, the order's write under way
+                    server.terminate()
+                    await asyncio.sleep(0.3)
+                finally:
+                    os.kill(mongo.pid, signal.SIGCONT)
+                assert await buyer.wait_closed(GRACE_SECONDS + MONGODB_TIMEOUT_SECONDS) == 1001
+            updates = [f for f in buyer.frames if f.get("type") == "order.updated"]
+            # Heard once or twice (from the claim, and back through the broker before the close):
+            # the same order, as a notice told again would be.
+            assert {u["order"]["idempotency_key"] for u in updates} == {"drained-1"}, buyer.frames
+            assert server.wait(GRACE_SECONDS + 10) == 0
+    finally:
+        await mongo.stop()

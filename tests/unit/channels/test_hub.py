@@ -324,6 +324,28 @@ async def test_drain_closes_everyone_with_going_away(hub: Hub) -> None:
     assert hub.connection_count() == 0
 
 
+async def test_a_drain_closes_a_socket_whose_claim_is_under_way_once_it_is_answered(
+    hub: Hub,
+) -> None:
+    idle_socket, busy_socket = Socket(), Socket()
+    idle, _ = await hub.join("r1", viewer(1), idle_socket)
+    busy, _ = await hub.join("r1", viewer(2), busy_socket)
+    busy.carrying_out = True  # its claim's order is being written
+    drain = asyncio.create_task(hub.drain(grace_seconds=3))
+    await idle_socket.until_closed()
+    await hub.leave(idle)
+    assert busy_socket.closed is None
+    assert busy.closing  # what else it sends is not carried out
+    busy.push('{"type":"order.updated"}')  # its answer
+    busy.answered()
+    await busy_socket.until_closed()
+    await hub.leave(busy)
+    await drain
+    assert busy_socket.of_type("order.updated") != []
+    assert busy_socket.closed is not None
+    assert busy_socket.closed[0] == CloseCode.GOING_AWAY
+
+
 async def test_batched_viewers_get_one_frame_per_window_in_order(hub: Hub) -> None:
     batched, direct = Socket(), Socket()
     await hub.join("r1", viewer(1), batched, batched=True)
