@@ -349,10 +349,15 @@ class BlockedWordsIn(RequestModel):
 
 
 def _decimal_digits(value: object) -> object:
-    """A query's number from its ASCII digits alone: a lax int takes "1_0", " 5" and "1.0"."""
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value) is None:
+    """A query's number from its ASCII digits alone: a lax int takes "1_0", " 5" and "1.0".
+    However many digits, so that a number too large is told its range, not its spelling; read
+    from 18 at most (a longer one is out of every range, and int() of 5,000 digits refuses)."""
+    if not isinstance(value, str):
+        return value
+    if re.fullmatch(r"[0-9]+", value) is None:
         raise ValueError("must be a whole number written in digits")
-    return int(value) if isinstance(value, str) else value
+    digits = value.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10**18
 
 
 class ListQuery(BaseModel):

@@ -351,6 +351,13 @@ async def test_bad_room_input_is_refused(client: httpx.AsyncClient) -> None:
     ):
         body = assert_problem(await client.get("/rooms", params=params), 422, "invalid_input")
         assert body["errors"][0]["field"] == field
+    # Too large is told its range, however many digits: not that it is no number.
+    for large in ("1000000000", "9" * 5000):
+        response = await client.get("/rooms", params={"limit": large})
+        body = assert_problem(response, 422, "invalid_input")
+        assert body["errors"][0]["message"] == "Input should be less than or equal to 100"
+    padded = await client.get("/rooms", params={"limit": "0000000002"})
+    assert len(padded.json()["items"]) <= 2
     assert (await client.get(f"/rooms/{room_id}")).json()["slow_mode_seconds"] == 0
     busted = await client.get("/rooms", params={"limit": "5", "_": "1700000000"})
     assert busted.status_code == 200  # a cache buster is not the list's business
