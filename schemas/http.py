@@ -339,6 +339,10 @@ class ShowcaseIn(RequestModel):
     product_id: ResourceId
 
 
+class NoFieldsIn(RequestModel):
+    """The body of a request that takes none, if one is sent: `{}`."""
+
+
 class SlowModeIn(RequestModel):
     field_codes = {"seconds": "invalid_slow_mode"}
     seconds: int = Field(ge=0, le=MAX_SLOW_MODE_SECONDS)

@@ -30,6 +30,7 @@ from server.http.deps import (
     identity_of,
     json_body,
     metrics_of,
+    no_body,
     query_params,
     require_identity,
     single_header,
@@ -78,6 +79,7 @@ async def get_offer(request: Request) -> JSONResponse:
 
 async def stop_offer(request: Request) -> JSONResponse:
     who = require_identity(request)
+    await no_body(request)
     service = container_of(request).offer_service
     offer = await service.stop(request.path_params["offer_id"], who)
     _, stock = await service.view(offer.id)
@@ -141,6 +143,7 @@ async def list_orders(request: Request) -> JSONResponse:
 
 async def cancel_order(request: Request) -> JSONResponse:
     who = require_identity(request)
+    await no_body(request)
     order = await container_of(request).order_service.cancel(request.path_params["order_id"], who)
     return JSONResponse(order_to_wire(order))
 

@@ -8,7 +8,7 @@ from typing import TypeVar, cast
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from schemas.http import RequestModel, faults_of
+from schemas.http import NoFieldsIn, RequestModel, faults_of
 from server.auth import verify_token
 from server.container import Container
 from server.domain.errors import LiveshopError, Unauthorized
@@ -102,10 +102,27 @@ async def json_body(request: Request, model: type[R]) -> R:
     """The body parsed as JSON into `model`: 415 when its Content-Type names something else (a
     form, text: a client that sent what it did not mean; without one, JSON is assumed), 400
     when it is not JSON, 422 when it does not fit."""
+    _check_json_type(request)
+    return _parsed(await read_body(request), model)
+
+
+async def no_body(request: Request) -> None:
+    """For a request that takes none (an action on what its path names): nothing, or `{}`.
+    Anything else is refused as a bad body is, not ignored: a client that sent fields meant
+    them to be read."""
+    body = await read_body(request)
+    if body.strip():
+        _check_json_type(request)
+        _parsed(body, NoFieldsIn)
+
+
+def _check_json_type(request: Request) -> None:
     content_type = single_header(request, "content-type", _not_json)
     if content_type is not None and not _is_json(content_type):
         raise _not_json()
-    body = await read_body(request)
+
+
+def _parsed(body: bytes, model: type[R]) -> R:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:

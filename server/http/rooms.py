@@ -26,6 +26,7 @@ from server.http.deps import (
     container_of,
     identity_of,
     json_body,
+    no_body,
     query_params,
     require_identity,
 )
@@ -89,6 +90,7 @@ async def list_rooms(request: Request) -> JSONResponse:
 
 async def start_room(request: Request) -> JSONResponse:
     who = require_identity(request)
+    await no_body(request)
     service = container_of(request).room_service
     room = await service.start(request.path_params["room_id"], who)
     return await _room_response(request, room, who)
@@ -96,6 +98,7 @@ async def start_room(request: Request) -> JSONResponse:
 
 async def end_room(request: Request) -> JSONResponse:
     who = require_identity(request)
+    await no_body(request)
     service = container_of(request).room_service
     room = await service.end(request.path_params["room_id"], who)
     return await _room_response(request, room, who)
