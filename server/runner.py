@@ -69,6 +69,7 @@ def run(app: ASGIApp, settings: Settings) -> None:
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
         proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         server_header=False,
     )
     gc.set_threshold(*GC_THRESHOLDS)

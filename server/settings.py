@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".liveshop")
     secret: SecretStr | None = None
     public_url: str | None = None
+    # The proxies whose X-Forwarded-Proto and -For are believed (uvicorn's forwarded_allow_ips):
+    # behind one on another address, `Location` headers would say http:// for https://.
+    forwarded_allow_ips: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # Longest a MongoDB operation may take, all in (an order write: primary, insert, majority).
     mongodb_timeout_seconds: float = Field(default=5.0, ge=0.001, le=600, allow_inf_nan=False)
@@ -112,6 +116,20 @@ class Settings(BaseSettings):
         if value and info.field_name == "public_url":
             scheme, rest = value.split("://", 1)
             return f"{scheme.lower()}://{rest.rstrip('/')}"  # the demo makes ws:// of http://
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip() == "*":
+                continue
+            try:
+                ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    "must list IP addresses or networks, separated by commas, or be *"
+                ) from None
         return value
 
     @field_validator("log_level", mode="before")

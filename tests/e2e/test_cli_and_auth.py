@@ -192,6 +192,7 @@ def test_prod_refuses_the_demo(workdir: Path) -> None:
         ("LIVESHOP_MAX_FRAME_BYTES", "200000"),  # the protocol would close the socket first
         ("LIVESHOP_PUBLIC_URL", "shop.example"),
         ("LIVESHOP_PUBLIC_URL", "https://shop.example?x=1"),  # paths would go after the query
+        ("LIVESHOP_FORWARDED_ALLOW_IPS", "proxy.internal"),  # uvicorn takes addresses only
         ("LIVESHOP_MONGODB_TIMEOUT_SECONDS", "nan"),
         ("LIVESHOP_COUNTER_INTERVAL", "nan"),
         ("LIVESHOP_SHUTDOWN_GRACE_SECONDS", "nan"),
