@@ -109,9 +109,11 @@ def is_legal_history(history: Sequence[Transition]) -> bool:
 # -- Shipping address ----------------------------------------------------------------------------
 
 # Codes CLDR lists as territories but ISO 3166-1 does not assign to a country (EU, UN, the
-# "unknown region" ZZ, pseudo-locales, exceptionally reserved codes such as IC and TA).
+# "unknown region" ZZ, pseudo-locales, exceptionally reserved codes such as IC and TA). Not XK,
+# Kosovo's: user-assigned in ISO 3166, yet the code the EU, carriers, payment providers and
+# Google's address data use for it, so its shoppers can be shipped to.
 _NOT_ISO_3166 = frozenset(
-    {"AC", "CP", "CQ", "DG", "EA", "EU", "EZ", "IC", "QO", "TA", "UN", "XA", "XB", "XK", "ZZ"}
+    {"AC", "CP", "CQ", "DG", "EA", "EU", "EZ", "IC", "QO", "TA", "UN", "XA", "XB", "ZZ"}
 )
 MAX_NAME_CHARS, MAX_LINE_CHARS, MAX_CITY_CHARS = 100, 200, 100
 _PHONE_NOISE = re.compile(r"[\s().-]")
@@ -120,7 +122,7 @@ _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 @cache
 def countries() -> frozenset[str]:
-    """ISO 3166-1 alpha-2 country codes."""
+    """ISO 3166-1 alpha-2 country codes, and XK (Kosovo)."""
     codes = (code for code in Locale("en").territories if isinstance(code, str))
     return frozenset(c for c in codes if len(c) == 2 and c.isalpha()) - _NOT_ISO_3166
 
