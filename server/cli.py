@@ -13,7 +13,7 @@ from server.demo import announce_demo
 from server.domain.identity import Role
 from server.domain.orders import countries
 from server.logs import configure_logging
-from server.runner import run
+from server.runner import UnusableListenAddress, check_listen_address, run
 from server.settings import Settings, UnsafeConfiguration
 
 
@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         # It would seed a live room into the shop's own database and print tokens signed with
         # its key, for a day, where logs are collected.
         print("liveshop: the demo does not run with LIVESHOP_ENV=prod", file=sys.stderr)
+        return 2
+    try:
+        check_listen_address(settings.host)
+    except UnusableListenAddress as exc:
+        print(f"liveshop: configuration refused: LIVESHOP_HOST (or --host): {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     if args.command == "demo":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import socket
@@ -52,6 +53,29 @@ class DrainingServer(uvicorn.Server):
         # A drained stop on SIGTERM or Ctrl-C is a success: exit 0 instead of letting uvicorn
         # re-raise the signal (which makes the exit status 143 or 130).
         self._captured_signals.clear()
+
+
+class UnusableListenAddress(Exception):
+    """LIVESHOP_HOST names no address of this machine: a setting to fix (exit 2), where uvicorn
+    would exit 3, as for a port taken, which a restart may find free."""
+
+
+def check_listen_address(host: str) -> None:
+    """Raise UnusableListenAddress for a host that does not resolve, or resolves to no address
+    of this machine. A DNS that does not answer is not the setting's fault: left to uvicorn."""
+    try:
+        found = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            return
+        raise UnusableListenAddress(f"{host!r} does not resolve") from None
+    family, kind, proto, _, address = found[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)  # port 0: any free one, released at once
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UnusableListenAddress(f"{host!r} is no address of this machine") from None
 
 
 def run(app: ASGIApp, settings: Settings) -> None:

@@ -182,6 +182,7 @@ def test_prod_refuses_the_demo(workdir: Path) -> None:
         ("LIVESHOP_LOG_LEVEL", "verbose"),
         ("LIVESHOP_HOST", ""),  # would listen on every address
         ("LIVESHOP_HOST", "not a host"),
+        ("LIVESHOP_HOST", "192.0.2.1"),  # an address, but not this machine's: uvicorn exits 3
         ("LIVESHOP_MONGODB_DATABASE", ""),
         ("LIVESHOP_MONGODB_DATABASE", "shop.prod"),
         ("LIVESHOP_MONGODB_DATABASE", "x" * 64),
