@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from ipaddress import ip_network
 from pathlib import Path
@@ -78,8 +79,12 @@ class Settings(BaseSettings):
     secret: SecretStr | None = None
     public_url: str | None = None
     # The proxies whose X-Forwarded-Proto and -For are believed (uvicorn's forwarded_allow_ips):
-    # behind one on another address, `Location` headers would say http:// for https://.
-    forwarded_allow_ips: str = "127.0.0.1"
+    # behind one on another address, `Location` headers would say http:// for https://. Unset,
+    # what uvicorn's own variable said, which is how it was set before this one.
+    forwarded_allow_ips: str = Field(
+        default_factory=lambda: os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
+        validate_default=True,
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # Longest a MongoDB operation may take, all in (an order write: primary, insert, majority).
     mongodb_timeout_seconds: float = Field(default=5.0, ge=0.001, le=600, allow_inf_nan=False)
@@ -121,16 +126,17 @@ class Settings(BaseSettings):
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _addresses(cls, value: str) -> str:
-        for item in value.split(","):
-            if item.strip() == "*":
-                continue
-            try:
-                ip_network(item.strip(), strict=False)
-            except ValueError:
-                raise ValueError(
-                    "must list IP addresses or networks, separated by commas, or be *"
-                ) from None
-        return value
+        """As uvicorn reads it: `*` alone for any, and networks without host bits (it would
+        ignore a `*` among addresses, and match nothing for `127.0.0.1/8`)."""
+        items = [item.strip() for item in value.split(",")]
+        if "*" in items:
+            return "*"
+        try:
+            return ",".join(str(ip_network(item, strict=False)) for item in items)
+        except ValueError:
+            raise ValueError(
+                "must list IP addresses or networks, separated by commas, or be *"
+            ) from None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -176,9 +182,9 @@ class Settings(BaseSettings):
             problems.append("LIVESHOP_SECRET must be set to a private value")
         elif len(secret) < 32:
             problems.append("LIVESHOP_SECRET must be at least 32 characters")
-        elif len(set(secret)) < _SECRET_DISTINCT_CHARACTERS:
+        elif len(set(secret)) < _SECRET_DISTINCT_CHARACTERS or _repeats_a_piece(secret):
             problems.append(
-                "LIVESHOP_SECRET repeats a few characters: use a random value"
+                "LIVESHOP_SECRET repeats a few characters or a word: use a random value"
                 " (`openssl rand -hex 32`)"
             )
         if not self.redis_url:
@@ -187,3 +193,9 @@ class Settings(BaseSettings):
             problems.append("LIVESHOP_MONGODB_URL must be set")
         if problems:
             raise UnsafeConfiguration("; ".join(problems))
+
+
+def _repeats_a_piece(secret: str) -> bool:
+    """Whether the key is a piece of 16 characters or fewer over and over (`changeme` four
+    times, `0123456789` and on), as a random one never is."""
+    return any(secret[period:] == secret[:-period] for period in range(1, 17))
