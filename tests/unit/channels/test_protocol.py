@@ -193,6 +193,7 @@ def test_slow_mode_applies_to_shoppers_not_to_the_host() -> None:
     assert slow == SpacedTurn("slow-mode:shopper-1", 10, "slow_mode", SLOW)
     for t in (0, 1):
         commands = send(host, {"type": "chat.send", "text": "h"}, mono=t)
+        assert [type(c) for c in commands] == [Turn, Publish]  # no SpacedTurn: no slow mode
         assert [c.name for c in commands if isinstance(c, Turn)] == ["chat:host-1"]
 
 
