@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -273,11 +274,7 @@ def test_a_mongodb_srv_url_its_client_cannot_use_is_refused_as_configuration(
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr
     assert "hunter2" not in result.stderr
-    refusal = next(
-        line
-        for line in map(json.loads, result.stderr.splitlines())
-        if line["event"] == "startup_refused"
-    )
+    (refusal,) = _startup_refusals(result.stderr)
     assert (refusal["backend"], refusal["error"]) == ("mongodb", "InvalidURI")
 
 
@@ -290,11 +287,7 @@ def test_a_redis_that_cannot_be_reached_ends_the_start_up_in_one_line(
     result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=60)
     assert result.returncode == 3, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr
-    refusals = [
-        line
-        for line in map(json.loads, result.stderr.splitlines())
-        if line["event"] == "startup_refused"
-    ]
+    refusals = _startup_refusals(result.stderr)
     assert [(r["backend"], r["error"]) for r in refusals] == [("redis", "ConnectionError")]
     assert "Connection refused" in refusals[0]["detail"]
 
@@ -307,11 +300,7 @@ def test_a_redis_that_evicts_keys_ends_the_start_up_in_one_line(
     result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=60)
     assert result.returncode == 3, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr
-    refusal = next(
-        line
-        for line in map(json.loads, result.stderr.splitlines())
-        if line["event"] == "startup_refused"
-    )
+    (refusal,) = _startup_refusals(result.stderr)
     assert refusal["error"] == "RedisNotAllowed"
     assert "maxmemory-policy noeviction" in refusal["detail"]
 
@@ -326,13 +315,15 @@ def test_a_redis_database_the_redis_does_not_have_is_refused_as_configuration(
     result = run_cli(["serve", "--port", str(free_port())], env, cwd=workdir, timeout=60)
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr
-    refusal = next(
-        line
-        for line in map(json.loads, result.stderr.splitlines())
-        if line["event"] == "startup_refused"
-    )
+    (refusal,) = _startup_refusals(result.stderr)
     assert refusal["error"] == "RedisNoSuchDatabase"
     assert "LIVESHOP_REDIS_URL names a database" in refusal["detail"]
+
+
+def _startup_refusals(stderr: str) -> list[dict[str, Any]]:
+    """The `startup_refused` lines of a server's log."""
+    lines = map(json.loads, stderr.splitlines())
+    return [line for line in lines if line["event"] == "startup_refused"]
 
 
 async def _set_eviction(url: str, policy: str) -> None:

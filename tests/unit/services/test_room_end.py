@@ -47,6 +47,16 @@ def rooms_of(shop: Shop, stop_offers: StopOffers | None = None) -> RoomService:
     return RoomService(shop.rooms, shop.products, shop.events, shop.clock, stop_offers=stop)
 
 
+def room_service_saving_late(shop: Shop) -> tuple[RoomService, HeldCalls]:
+    """Another process's room service, whose room writes wait at the held calls' gate."""
+    saving = HeldCalls(shop.rooms, "save")
+    rooms = RoomService(
+        cast(RoomStore, saving), shop.products, shop.events, shop.clock,
+        stop_offers=shop.offers.stop_offers_in_room,
+    )  # fmt: skip
+    return rooms, saving
+
+
 async def test_ending_the_room_ends_its_offers_before_the_room() -> None:
     shop = await open_shop()
     running = await shop.launch(quantity=3, limit=1, duration=3600)
@@ -152,11 +162,7 @@ async def test_a_launch_whose_counted_offer_the_end_stopped_is_not_answered_as_l
     launching, _ = other_process(shop, offers_store=cast(OfferStore, reading))
     launch = asyncio.create_task(launch_through(launching, shop, quantity=2, key="late-3"))
     await asyncio.wait_for(reading.entered.wait(), 2)  # counted: reading it for its answer
-    saving = HeldCalls(shop.rooms, "save")
-    ending = RoomService(
-        cast(RoomStore, saving), shop.products, shop.events, shop.clock,
-        stop_offers=shop.offers.stop_offers_in_room,
-    )  # fmt: skip
+    ending, saving = room_service_saving_late(shop)
     end = asyncio.create_task(ending.end(shop.room_id, HOST))
     await asyncio.wait_for(saving.entered.wait(), 2)  # its offers stopped, the room not stored
     reading.gate.set()
@@ -220,11 +226,7 @@ async def test_a_rooms_end_sent_twice_at_once_answers_the_ended_room_both_times(
     # the first was still at it, heard 409 "changed meanwhile".
     shop = await open_shop()
     await shop.launch(quantity=5, limit=1, duration=3600)
-    saving = HeldCalls(shop.rooms, "save")
-    first = RoomService(
-        cast(RoomStore, saving), shop.products, shop.events, shop.clock,
-        stop_offers=shop.offers.stop_offers_in_room,
-    )  # fmt: skip
+    first, saving = room_service_saving_late(shop)
     ending = asyncio.create_task(first.end(shop.room_id, HOST))
     await asyncio.wait_for(saving.entered.wait(), 2)  # its offers stopped, the room not stored
     second = await rooms_of(shop).end(shop.room_id, HOST)
