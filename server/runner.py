@@ -61,21 +61,21 @@ class UnusableListenAddress(Exception):
 
 
 def check_listen_address(host: str) -> None:
-    """Raise UnusableListenAddress for a host that does not resolve, or resolves to no address
-    of this machine. A DNS that does not answer is not the setting's fault: left to uvicorn."""
-    try:
-        found = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        if exc.errno == socket.EAI_AGAIN:
-            return
-        raise UnusableListenAddress(f"{host!r} does not resolve") from None
-    family, kind, proto, _, address = found[0]
-    with socket.socket(family, kind, proto) as probe:
+    """Raise UnusableListenAddress for a host that does not resolve, or that this machine
+    cannot listen on, bound as uvicorn binds it (IPv6 for an address with a colon, else IPv4)
+    on a free port, released at once. A DNS that does not answer is not the setting's fault:
+    left to the start-up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
-            probe.bind(address)  # port 0: any free one, released at once
+            probe.bind((host, 0))
+        except socket.gaierror as exc:
+            if exc.errno != socket.EAI_AGAIN:
+                raise UnusableListenAddress(f"{host!r} does not resolve") from None
         except OSError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise UnusableListenAddress(f"{host!r} is no address of this machine") from None
+            # EINVAL: an IPv6 link-local address without the interface it is on (`%eth0`).
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+                raise UnusableListenAddress(f"{host!r} is no address to listen on here") from None
 
 
 def run(app: ASGIApp, settings: Settings) -> None:

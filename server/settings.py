@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from ipaddress import ip_network
 from pathlib import Path
@@ -80,11 +79,8 @@ class Settings(BaseSettings):
     public_url: str | None = None
     # The proxies whose X-Forwarded-Proto and -For are believed (uvicorn's forwarded_allow_ips):
     # behind one on another address, `Location` headers would say http:// for https://. Unset,
-    # what uvicorn's own variable said, which is how it was set before this one.
-    forwarded_allow_ips: str = Field(
-        default_factory=lambda: os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
-        validate_default=True,
-    )
+    # uvicorn reads its own FORWARDED_ALLOW_IPS, else trusts 127.0.0.1 and ::1.
+    forwarded_allow_ips: str | None = None
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # Longest a MongoDB operation may take, all in (an order write: primary, insert, majority).
     mongodb_timeout_seconds: float = Field(default=5.0, ge=0.001, le=600, allow_inf_nan=False)
@@ -125,18 +121,27 @@ class Settings(BaseSettings):
 
     @field_validator("forwarded_allow_ips")
     @classmethod
-    def _addresses(cls, value: str) -> str:
-        """As uvicorn reads it: `*` alone for any, and networks without host bits (it would
-        ignore a `*` among addresses, and match nothing for `127.0.0.1/8`)."""
+    def _addresses(cls, value: str | None) -> str | None:
+        """As uvicorn reads it: `*` alone for any (it would ignore one among addresses),
+        networks without host bits (it would match nothing for `127.0.0.1/8`), and each IPv4
+        one also as IPv6 maps it: a server listening on `::` sees `::ffff:10.0.0.5`."""
+        if value is None:
+            return None
         items = [item.strip() for item in value.split(",")]
-        if "*" in items:
+        if items == ["*"]:
             return "*"
-        try:
-            return ",".join(str(ip_network(item, strict=False)) for item in items)
-        except ValueError:
-            raise ValueError(
-                "must list IP addresses or networks, separated by commas, or be *"
-            ) from None
+        trusted = []
+        for item in items:
+            try:
+                network = ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    "must list IP addresses or networks, separated by commas, or be * alone"
+                ) from None
+            trusted.append(str(network))
+            if network.version == 4:
+                trusted.append(f"::ffff:{network.network_address}/{96 + network.prefixlen}")
+        return ",".join(trusted)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -196,6 +201,6 @@ class Settings(BaseSettings):
 
 
 def _repeats_a_piece(secret: str) -> bool:
-    """Whether the key is a piece of 16 characters or fewer over and over (`changeme` four
-    times, `0123456789` and on), as a random one never is."""
-    return any(secret[period:] == secret[:-period] for period in range(1, 17))
+    """Whether the key is a piece written over and over (`changeme` four times, a phrase
+    twice, `0123456789` and on), as a random one never is."""
+    return any(secret[period:] == secret[:-period] for period in range(1, len(secret) // 2 + 1))

@@ -4,6 +4,7 @@ the proxy says so, and it is one the server was told to believe."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.e2e.api import make_token, unique
 from tests.e2e.conftest import Cluster
@@ -29,8 +30,13 @@ async def _location_through(server: LiveshopProcess, proxy_address: str) -> str:
     return created.headers["location"]
 
 
-async def test_a_proxy_on_another_address_is_believed_once_named(cluster: Cluster) -> None:
-    env = cluster.env(LIVESHOP_FORWARDED_ALLOW_IPS="127.0.0.2, 10.0.0.0/8")
+@pytest.mark.parametrize("listening_on", ["127.0.0.1", "::"])  # on `::`, as ::ffff:127.0.0.2
+async def test_a_proxy_on_another_address_is_believed_once_named(
+    cluster: Cluster, listening_on: str
+) -> None:
+    env = cluster.env(
+        LIVESHOP_FORWARDED_ALLOW_IPS="127.0.0.2, 10.0.0.0/8", LIVESHOP_HOST=listening_on
+    )
     with running([LiveshopProcess(env, name="proxied")]) as (server,):
         named = await _location_through(server, "127.0.0.2")
         other = await _location_through(server, "127.0.0.3")
