@@ -99,7 +99,8 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 
 
 class LiveshopProcess:
-    """`liveshop serve` (or `demo`) on 127.0.0.1 and a free port."""
+    """`liveshop serve` (or `demo`) on 127.0.0.1 (or `host`, which 127.0.0.1 reaches: `::`,
+    `0.0.0.0`) and a free port."""
 
     def __init__(
         self,
@@ -108,9 +109,11 @@ class LiveshopProcess:
         name: str = "liveshop",
         command: str = "serve",
         workdir: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.name = name
         self.command = command
+        self.host = host
         self.env = dict(env)
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"liveshop-e2e-{name}-"))
@@ -198,7 +201,7 @@ class LiveshopProcess:
             str(liveshop_executable()),
             self.command,
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
         ]

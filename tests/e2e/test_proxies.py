@@ -34,10 +34,8 @@ async def _location_through(server: LiveshopProcess, proxy_address: str) -> str:
 async def test_a_proxy_on_another_address_is_believed_once_named(
     cluster: Cluster, listening_on: str
 ) -> None:
-    env = cluster.env(
-        LIVESHOP_FORWARDED_ALLOW_IPS="127.0.0.2, 10.0.0.0/8", LIVESHOP_HOST=listening_on
-    )
-    with running([LiveshopProcess(env, name="proxied")]) as (server,):
+    env = cluster.env(LIVESHOP_FORWARDED_ALLOW_IPS="127.0.0.2, 10.0.0.0/8")
+    with running([LiveshopProcess(env, name="proxied", host=listening_on)]) as (server,):
         named = await _location_through(server, "127.0.0.2")
         other = await _location_through(server, "127.0.0.3")
     assert named.startswith("https://shop.example/api/v1/products/"), named
