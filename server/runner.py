@@ -56,8 +56,8 @@ class DrainingServer(uvicorn.Server):
 
 
 class UnusableListenAddress(Exception):
-    """LIVESHOP_HOST names no address of this machine: a setting to fix (exit 2), where uvicorn
-    would exit 3, as for a port taken, which a restart may find free."""
+    """LIVESHOP_HOST names nothing this machine can listen on: a setting to fix (exit 2), where
+    uvicorn would exit 3, as for a port taken, which a restart may find free."""
 
 
 def check_listen_address(host: str) -> None:
