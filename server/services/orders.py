@@ -324,6 +324,8 @@ class OrderService:
                 )
                 moved = True
         if moved:
+            # The key kept alongside the give-back: under a Redis that hangs, the claim waits
+            # out one deadline, not two (either order of the two scripts leaves the same stock).
             await self._give_back_then_tell(order, also=self._keep_key(order))
         else:
             await self._keep_key(order)
