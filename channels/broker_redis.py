@@ -47,11 +47,21 @@ log = logging.getLogger("liveshop.broker")
 
 MAX_CONNECTIONS = 100  # redis-py's default; one is the pub/sub connection, held for good
 
+# Redis's clock, which every script here goes by, in microseconds (exact in Lua's doubles) and
+# milliseconds: the processes' clocks may differ, and the times they share must not.
+_REDIS_NOW = """
+local clock = redis.call('TIME')
+local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now_ms = math.floor(now_us / 1000)
+"""
+
 # KEYS: stream (seq, epoch), history, closed topics, topics' orders. ARGV: [1] the event's JSON,
 # [2] the room's channel, [3] history MAXLEN, [4] seconds kept, [5] a new epoch (for a stream
 # Redis lost), [6] topic ('' for none), [7] '1' when the event closes its topic, [8] its order
 # within the topic ('' for none). Each event is stamped by Redis's clock, as `history` reads it.
-_PUBLISH = """
+_PUBLISH = (
+    _REDIS_NOW
+    + """
 if ARGV[6] ~= '' then
   if redis.call('SISMEMBER', KEYS[3], ARGV[6]) == 1 then return 0 end
   if ARGV[8] ~= '' then
@@ -68,8 +78,7 @@ if not epoch then
   redis.call('DEL', KEYS[2])
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local clock = redis.call('TIME')
-local stamp = string.format('%d', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
+local stamp = string.format('%d', now_ms)
 local frame = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[1], 2)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'f', frame, 't', stamp)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -82,6 +91,7 @@ if ARGV[7] == '1' then
 end
 return seq
 """
+)
 
 # KEYS: counters, viewers, reports. ARGV: [1] node id, [2] tally, [3] report number, [4] likes
 # of the tally, [5] of which counted, [6] viewers, [7] stale ms, [8] seconds kept, [9] likes
@@ -91,13 +101,13 @@ return seq
 # to arrive) is forgotten, so that a room that stays live does not pile up one a reopening.
 # Times are Redis's, as read_counters reads them: processes whose clocks differ count the same
 # viewers (one 10 s ahead would take the others' reports for stale).
-_COUNTERS = """
+_COUNTERS = (
+    _REDIS_NOW
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'likes', ARGV[9], 'peak', ARGV[10])
 end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local stamp = string.format('%d', now)
+local stamp = string.format('%d', now_ms)
 local function first_of(field)
   local raw = redis.call('HGET', KEYS[3], field)
   return raw and tonumber(string.match(raw, '^(%d+)'))
@@ -120,7 +130,7 @@ if tonumber(ARGV[3]) > (first_of(ARGV[1]) or 0) then
 end
 local traces = redis.call('HGETALL', KEYS[3])
 for i = 1, #traces, 2 do
-  if tonumber(string.match(traces[i + 1], ':(%d+)$')) < now - tonumber(ARGV[11]) then
+  if tonumber(string.match(traces[i + 1], ':(%d+)$')) < now_ms - tonumber(ARGV[11]) then
     redis.call('HDEL', KEYS[3], traces[i])
   end
 end
@@ -129,7 +139,7 @@ local total = 0
 local entries = redis.call('HGETALL', KEYS[2])
 for i = 1, #entries, 2 do
   local count, at = string.match(entries[i + 1], '(%d+):(%d+)')
-  if tonumber(at) < now - tonumber(ARGV[7]) then
+  if tonumber(at) < now_ms - tonumber(ARGV[7]) then
     redis.call('HDEL', KEYS[2], entries[i])
   else
     total = total + tonumber(count)
@@ -145,39 +155,42 @@ for i = 1, 3 do
 end
 return {likes, total, peak}
 """
+)
 
 
 # A token bucket kept as the time it is full again (GCRA: one key, no refill to write): a turn
 # is taken while that time is at most `burst - 1` turns away. Redis's clock, not the caller's,
 # so that processes whose clocks differ share one bucket. Microseconds, exact in Lua's doubles.
 # KEYS[1] the bucket; ARGV[1] microseconds a turn, ARGV[2] burst.
-_TURN = """
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000000 + tonumber(now[2])
+_TURN = (
+    _REDIS_NOW
+    + """
 local interval = tonumber(ARGV[1])
-local full_at = tonumber(redis.call('GET', KEYS[1])) or now
-if full_at - now > (tonumber(ARGV[2]) - 1) * interval then
+local full_at = tonumber(redis.call('GET', KEYS[1])) or now_us
+if full_at - now_us > (tonumber(ARGV[2]) - 1) * interval then
   return 0
 end
-full_at = math.max(full_at, now) + interval
-local ms = math.ceil((full_at - now) / 1000)
+full_at = math.max(full_at, now_us) + interval
+local ms = math.ceil((full_at - now_us) / 1000)
 redis.call('SET', KEYS[1], string.format('%d', full_at), 'PX', ms)
 return 1
 """
+)
 
 
 # A turn spaced from the last one (Broker.take_spaced_turn), by Redis's clock as _TURN is.
 # KEYS[1] the last turn's time; ARGV[1] microseconds since it at least, ARGV[2] ms it is kept.
-_SPACED_TURN = """
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000000 + tonumber(now[2])
+_SPACED_TURN = (
+    _REDIS_NOW
+    + """
 local last = tonumber(redis.call('GET', KEYS[1]))
-if last and now - last < tonumber(ARGV[1]) then
+if last and now_us - last < tonumber(ARGV[1]) then
   return 0
 end
-redis.call('SET', KEYS[1], string.format('%d', now), 'PX', ARGV[2])
+redis.call('SET', KEYS[1], string.format('%d', now_us), 'PX', ARGV[2])
 return 1
 """
+)
 
 
 def _key(room_id: str, name: str) -> str:
@@ -339,7 +352,7 @@ class RedisBroker:
         if after_seq == last:
             return []
         # By Redis's clock, as _PUBLISH stamps the events: not the publisher's nor this one's.
-        oldest_allowed_ms = seconds * 1000 + micros // 1000 - self.history_seconds * 1000
+        oldest_allowed_ms = _ms(seconds, micros) - self.history_seconds * 1000
         if not entries or int(entries[0][0].split("-")[0]) != after_seq + 1:
             return None
         if int(entries[0][1]["t"]) < oldest_allowed_ms:
@@ -376,7 +389,7 @@ class RedisBroker:
             pipe.hgetall(viewers)
             (seconds, micros), (likes, peak), reports = await pipe.execute()
         # By Redis's clock, as the counters' script writes them (see _COUNTERS).
-        fresh_after = seconds * 1000 + micros // 1000 - STALE_SECONDS * 1000
+        fresh_after = _ms(seconds, micros) - STALE_SECONDS * 1000
         total = 0
         for value in reports.values():
             count, _, at = str(value).partition(":")
@@ -450,3 +463,8 @@ class RedisBroker:
                 listener.on_user_frame(channel[len(self._user_prefix) :], message["data"])
         elif kind == "subscribe" and channel.startswith(self._room_prefix):
             listener.on_room_subscribed(channel[len(self._room_prefix) :])
+
+
+def _ms(seconds: int, micros: int) -> int:
+    """Redis's TIME reply in milliseconds, as _REDIS_NOW's `now_ms`."""
+    return seconds * 1000 + micros // 1000
