@@ -291,9 +291,11 @@ class OfferService(OfferReads):
         if reason is EndReason.SOLD_OUT and not await self._stop_if_sold_out(offer.id):
             return None
         hung: Unresponsive | None = None
-        if reason is EndReason.EXPIRED:
+        if reason is EndReason.EXPIRED or (reason is EndReason.STOPPED and not if_uncounted):
+            # Sold out already, its own end held back (its last order on its way, its seller
+            # slow or dead): it ends as it sold, and the room hears 0 before the end.
             try:
-                if await self._sold_out_in_time(offer.id):
+                if await self._sold_out_already(offer.id):
                     reason = EndReason.SOLD_OUT
             except Unresponsive as error:
                 hung = error  # the end is recorded all the same, and finished a round later
@@ -321,11 +323,11 @@ class OfferService(OfferReads):
         except OfferPaused:
             return False  # lost: whoever rebuilds it reads its stock again, and ends it then
 
-    async def _sold_out_in_time(self, offer_id: str) -> bool:
-        """Whether an offer whose time is up had sold out (its seller's end held back by an
-        order on its way, or its seller dead), its stock stopped so: none left, and no
+    async def _sold_out_already(self, offer_id: str) -> bool:
+        """Whether an offer ending by time or by a stop had sold out (its seller's end held back
+        by an order on its way, or its seller dead), its stock stopped so: none left, and no
         reservation waiting for its order longer than a live claimer would (ORPHAN_AFTER: its
-        units will come back). Redis away, it expired; Unresponsive, if Redis hangs."""
+        units will come back). Redis away, not; Unresponsive, if Redis hangs."""
         try:
             presumed_dead = self._clock() - ORPHAN_AFTER
             if await self._stock.pending_without_order(offer_id, presumed_dead):

@@ -17,7 +17,15 @@ from server.ports import OrderStore
 from server.services.housekeeping import Housekeeper
 from server.stock_port import StockReservations
 from tests.fakes import RecordingEvents
-from tests.unit.services.shop import ADDRESS, HeldCalls, Shop, buyer, other_process, settle
+from tests.unit.services.shop import (
+    ADDRESS,
+    HOST,
+    HeldCalls,
+    Shop,
+    buyer,
+    other_process,
+    settle,
+)
 
 
 def told(shop: Shop) -> list[tuple[str, int | None]]:
@@ -265,6 +273,36 @@ async def test_an_offer_that_sold_out_before_its_time_was_up_ends_sold_out(shop:
     await settle()
     assert told(shop) == ONE_ZERO_END
     assert [e["reason"] for e in shop.events.of_type("offer.ended")] == ["sold_out"]
+
+
+async def test_a_stop_that_lands_as_the_offer_sells_out_ends_it_sold_out(shop: Shop) -> None:
+    """The last unit sold, its end held back by another reservation's order on its way: the
+    host's stop came first. The offer sold out, and the room hears so (1, 0, then the end),
+    not that it was stopped with nothing left."""
+    offer = await shop.launch(quantity=2, limit=1, duration=60)
+    writes = HeldCalls(shop.orders_store)
+    _, slow_writer = other_process(shop, orders=cast(OrderStore, writes))
+    first = asyncio.create_task(
+        slow_writer.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await writes.entered.wait()  # reserved, its order on its way
+    await shop.claim(offer, buyer(2), "k")  # the last unit: its end waits for that order
+    stopped = await shop.offers.stop(offer.id, HOST)
+    assert stopped.end_reason is EndReason.SOLD_OUT
+    writes.gate.set()
+    await first
+    await settle()
+    assert told(shop) == ONE_ZERO_END
+    assert [e["reason"] for e in shop.events.of_type("offer.ended")] == ["sold_out"]
+
+
+async def test_a_stop_with_a_unit_left_ends_it_stopped(shop: Shop) -> None:
+    offer = await shop.launch(quantity=2, limit=1, duration=60)
+    await shop.claim(offer, buyer(1), "k")
+    stopped = await shop.offers.stop(offer.id, HOST)
+    assert stopped.end_reason is EndReason.STOPPED
+    await settle()
+    assert shop.events.of_type("offer.ended")[-1]["remaining"] == 1
 
 
 async def test_a_sold_out_offer_nobody_serves_is_ended_by_housekeeping_in_turn(
