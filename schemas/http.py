@@ -41,7 +41,7 @@ from server.domain.products import (
     Product,
 )
 from server.domain.rooms import MAX_SLOW_MODE_SECONDS, Room, RoomStatus
-from server.domain.text import describe, hidden_character, shows_something, stray_tag
+from server.domain.text import describe, hidden_character, refused_coming_in, shows_something
 from server.domain.times import iso_z
 
 # Limits of the HTTP models alone; those the services check too are the domain's (slow mode,
@@ -59,7 +59,7 @@ def _visible(*, multiline: bool) -> AfterValidator:
     """Refuses text with a control or hidden character (server.domain.text)."""
 
     def check(text: str) -> str:
-        hidden = hidden_character(text, multiline=multiline) or stray_tag(text)
+        hidden = hidden_character(text, multiline=multiline) or refused_coming_in(text)
         if hidden is not None:
             raise ValueError(f"contains a control or hidden character ({describe(hidden)})")
         return text

@@ -20,7 +20,7 @@ import jwt
 
 from server.domain.errors import Unauthorized
 from server.domain.identity import MAX_USER_ID, SYSTEM, Identity, Role
-from server.domain.text import hidden_character, stray_tag
+from server.domain.text import hidden_character, refused_coming_in
 
 ALGORITHM = "HS256"
 # Tokens already verified, with their expiry: a shopper's app sends the same token with every
@@ -45,7 +45,7 @@ def _valid_subject(sub: str) -> bool:
 
 def _hides_something(text: str) -> bool:
     # As text coming in is held to (schemas: `_visible`), so that any subject can be muted.
-    return hidden_character(text) is not None or stray_tag(text) is not None
+    return hidden_character(text) is not None or refused_coming_in(text) is not None
 
 
 def issue_token(

@@ -8,7 +8,12 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from server.domain.errors import InvalidInput
-from server.domain.text import FORMAT_KEPT, shows_something, tags_in_flags_only
+from server.domain.text import (
+    FORMAT_KEPT,
+    reserved_invisible,
+    shows_something,
+    tags_in_flags_only,
+)
 
 MAX_CHAT_CHARS = 500
 MAX_BLOCKED_WORDS = 200
@@ -18,6 +23,7 @@ MAX_BLOCKED_WORD_CHARS = 50
 # the classic way to make a message render as something it is not. The format characters that
 # writing needs (the joiners of emoji sequences, Persian and Indic words; direction marks; the
 # tags of subdivision flags) are kept, as in titles and names.
+# Code points reserved as invisible are dropped too (text.reserved_invisible).
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs"})
 _SPACES = re.compile(r"\s+")
 # Invisible, so left out when looking for blocked words: "sc\u200dam" is "scam".
@@ -36,7 +42,7 @@ def clean_text(raw: str, max_chars: int = MAX_CHAT_CHARS) -> str:
             for ch in raw
             if ch in "\t\n\r"
             or ch in FORMAT_KEPT
-            or unicodedata.category(ch) not in _CONTROL_CATEGORIES
+            or (unicodedata.category(ch) not in _CONTROL_CATEGORIES and not reserved_invisible(ch))
         )
         kept = tags_in_flags_only(kept)
     text = _SPACES.sub(" ", kept).strip()

@@ -21,7 +21,7 @@ from server.domain.identity import Identity, Role
 from server.domain.money import Money
 from server.domain.offers import FlashOffer, validate_claim
 from server.domain.postal_codes import ANY_POSTAL_CODE, postal_code_in, typed_postal_code
-from server.domain.text import describe, hidden_character, shows_something, stray_tag
+from server.domain.text import describe, hidden_character, refused_coming_in, shows_something
 from server.domain.times import utc_ms
 
 RESERVATION_TTL = timedelta(minutes=15)
@@ -184,7 +184,7 @@ class Address:
         line2 = _squash(line2 or "") or None
         typed = (("name", name), ("line1", line1), ("line2", line2 or ""), ("city", city))
         for field_name, value in typed:
-            _refuse_stray_tags(field_name, value)
+            _refuse_what_came_later(field_name, value)
             _refuse_blank(field_name, value)
         return cls(
             name=name,
@@ -197,18 +197,18 @@ class Address:
         )
 
 
-def _refuse_stray_tags(field_name: str, value: str) -> None:
+def _refuse_what_came_later(field_name: str, value: str) -> None:
     # Coming in only: an address stored before this rule is still read back (`__post_init__`).
-    if (tag := stray_tag(value)) is not None:
+    if (found := refused_coming_in(value)) is not None:
         raise InvalidInput(
-            f"address {field_name} contains a control or hidden character ({describe(tag)})",
+            f"address {field_name} contains a control or hidden character ({describe(found)})",
             code="invalid_address",
         )
 
 
 def _refuse_blank(field_name: str, value: str) -> None:
     # Joiners, combining marks or a Hangul filler alone pass the checks of `_check_text`, and
-    # make a label nobody can deliver to. Coming in only, as `_refuse_stray_tags`.
+    # make a label nobody can deliver to. Coming in only, as `_refuse_what_came_later`.
     if value and not shows_something(value):
         required = "is required" if field_name != "line2" else "shows nothing: leave it out"
         raise InvalidInput(

@@ -33,7 +33,7 @@ _TAG = re.compile("[\U000e0020-\U000e007f]")
 def hidden_character(text: str, *, multiline: bool = False) -> str | None:
     """The first control, invisible format character (but those kept) or lone surrogate in
     `text`, if any. Tabs and line breaks are allowed where `multiline`. What is read back
-    from the stores is held to this; what comes in, to `stray_tag` too."""
+    from the stores is held to this; what comes in, to `refused_coming_in` too."""
     if text.isprintable():
         return None  # False for every C* and Z* character but the space: the usual text
     refused = _REFUSED_ALWAYS if multiline else _REFUSED_IN_ONE_LINE
@@ -45,10 +45,29 @@ def hidden_character(text: str, *, multiline: bool = False) -> str | None:
     return None
 
 
-def stray_tag(text: str) -> str | None:
-    """The first tag character in `text` that spells no subdivision flag, if any: refused in
-    what comes in (text stored before this rule is still read back)."""
-    if text.isprintable() or max(text) < _FIRST_TAG:
+# Code points Unicode reserves as default-ignorable (DerivedCoreProperties.txt, stable by
+# policy) and has yet to assign: renderers draw them as nothing, so they hide inside words
+# ("sc\ufff0am" shows as "scam"). Any other unassigned code point may be a character newer
+# than this Python's Unicode (the year's new emoji): it passes.
+_RESERVED_INVISIBLE = re.compile(
+    "[\u2065\ufff0-\ufff8\U000e0000\U000e0002-\U000e001f\U000e0080-\U000e00ff\U000e01f0-\U000e0fff]"
+)
+
+
+def reserved_invisible(ch: str) -> bool:
+    """Whether `ch` is a default-ignorable code point Unicode has yet to assign."""
+    return _RESERVED_INVISIBLE.match(ch) is not None
+
+
+def refused_coming_in(text: str) -> str | None:
+    """The first character of `text` refused in what comes in, though text stored before the
+    rule is still read back: a tag character that spells no subdivision flag, or a reserved
+    invisible code point (`reserved_invisible`)."""
+    if text.isprintable():
+        return None
+    if (reserved := _RESERVED_INVISIBLE.search(text)) is not None:
+        return reserved.group()
+    if max(text) < _FIRST_TAG:
         return None
     stray = _TAG.search(_FLAG_SEQUENCE.sub("", text))
     return None if stray is None else stray.group()
@@ -79,7 +98,10 @@ def shown(text: str) -> str:
         text = text[:MAX_SHOWN_CHARS] + "\u2026"
     if text.isprintable():
         return text
-    return "".join(describe(ch) if _hidden(ch, _REFUSED_IN_ONE_LINE) else ch for ch in text)
+    return "".join(
+        describe(ch) if _hidden(ch, _REFUSED_IN_ONE_LINE) or reserved_invisible(ch) else ch
+        for ch in text
+    )
 
 
 # Letters that render as blank space (Hangul fillers, the braille blank): a title of them alone

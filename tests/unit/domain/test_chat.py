@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.domain.chat import find_blocked_word
+from server.domain.chat import clean_text, find_blocked_word
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,20 @@ def test_blocked_words_are_found_as_words(text: str, blocked: str, found: bool) 
 def test_the_first_blocked_word_found_is_named() -> None:
     assert find_blocked_word("a scam and spam", ["spam", "scam"]) == "spam"
     assert find_blocked_word("all fine", ["spam", "scam"]) is None
+
+
+@pytest.mark.parametrize(
+    "hidden", ["\ufff0", "\ufff8", "\u2065", "\U000e0000", "\U000e0002", "\U000e0080", "\U000e01f0"]
+)
+def test_code_points_reserved_as_invisible_are_dropped_and_hide_no_blocked_word(
+    hidden: str,
+) -> None:
+    """Unassigned, but reserved for characters drawn as nothing: "sc\ufff0am" shows as "scam"."""
+    line = clean_text(f"what a sc{hidden}am")
+    assert line == "what a scam"
+    assert find_blocked_word(line, ["scam"]) == "scam"
+
+
+def test_other_unassigned_code_points_pass_as_characters_newer_than_this_unicode() -> None:
+    # U+1FAE8 (shaking face, Unicode 15): unassigned to a Python of an older Unicode.
+    assert clean_text("so cheap \U0001fae8") == "so cheap \U0001fae8"

@@ -410,9 +410,14 @@ def test_the_joiners_marks_and_other_characters_real_text_needs_are_accepted(
         "Mia\U000e0069\U000e0067\U000e006e",  # tag letters after a name: hidden text
         "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074",  # no cancel tag
         "\U0001f3f4\U000e0067\U000e0062\U000e007f\U000e0041",  # a tag after the flag
+        "Le\ufff0o",  # reserved as invisible, not yet assigned: drawn as nothing
+        "Le\u2065o",
+        "Le\U000e0000o",
     ],
 )
-def test_tag_characters_outside_a_flag_are_refused_coming_in_and_read_back(name: str) -> None:
+def test_tag_characters_outside_a_flag_and_reserved_invisibles_are_refused_coming_in_and_read_back(
+    name: str,
+) -> None:
     """Text no viewer sees. An address stored before the rule is still read back: a buyer's
     orders, and housekeeping's rounds over them, must not fail on it."""
     fields = {"line1": "B", "city": "C", "postal_code": "10117", "country": "DE"}

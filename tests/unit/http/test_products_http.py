@@ -147,6 +147,10 @@ async def test_trade_fields_round_trip(client: httpx.AsyncClient) -> None:
         ({"description": "a\u001bb"}, "description", "value_error"),
         ({"description": "word\u2060joiner"}, "description", "value_error"),
         ({"title": "a\u2062b"}, "title", "value_error"),  # an invisible times
+        # Reserved as invisible, not yet assigned: drawn as nothing ("Scam" on screen)
+        ({"title": "Sc\ufff0am"}, "title", "value_error"),
+        ({"title": "Sc\U000e0002am"}, "title", "value_error"),
+        ({"description": "a\U000e01f0b"}, "description", "value_error"),
         # A title that shows nothing: joiners, marks, hyphens and blank letters alone.
         ({"title": "\u200d"}, "title", "value_error"),
         ({"title": "\u00ad\u200e"}, "title", "value_error"),
