@@ -391,9 +391,11 @@ class RoomSession:
 
 def _ref_of(data: dict[str, Any]) -> str | None:
     """What the client called this frame (`ref`, else a chat line's `client_id` or a claim's
-    `idempotency_key`), if it is a string of a sensible length: echoed, never trusted."""
+    `idempotency_key`), if it is a printable string of a sensible length: echoed, never
+    trusted. Not a control character nor a lone surrogate, which would make the error that
+    explains the mistake unreadable to a strict JSON parser."""
     for name in ("ref", "client_id", "idempotency_key"):
         value = data.get(name)
-        if isinstance(value, str) and 0 < len(value) <= MAX_REF_CHARS:
+        if isinstance(value, str) and 0 < len(value) <= MAX_REF_CHARS and value.isprintable():
             return value
     return None
