@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -418,7 +419,9 @@ async def test_rooms_are_listed_in_pages(client: httpx.AsyncClient) -> None:
         if body["next_cursor"] is None:
             break
         params["cursor"] = body["next_cursor"]
-        # A room created between pages shows on none of the later ones.
+        # A room created between pages shows on none of the later ones: a millisecond later
+        # at least (one made in the page's last millisecond sorts by its random id).
+        await asyncio.sleep(0.002)
         await client.post("/rooms", json={"title": "Late"}, headers=HOST)
     assert sorted(seen) == sorted(room["id"] for room in created)
     assert len(seen) == 5
