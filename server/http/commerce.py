@@ -29,6 +29,8 @@ from server.http.deps import (
     container_of,
     identity_of,
     json_body,
+    location,
+    location_of,
     metrics_of,
     no_body,
     query_params,
@@ -56,7 +58,7 @@ async def launch_offer(request: Request) -> JSONResponse:
         duration_seconds=body.duration_seconds,
         idempotency_key=key,
     )
-    headers = {"Location": str(request.url_for("get_offer", offer_id=launched.offer.id))}
+    headers = {"Location": location_of(request, "get_offer", offer_id=launched.offer.id)}
     if key is not None:
         headers["Idempotent-Replayed"] = "false" if launched.created else "true"
     # As it is now: a launch sent again may find it sold or ended since.
@@ -118,9 +120,9 @@ async def _claim(request: Request) -> tuple[JSONResponse, bool]:
     )
     # Built, not looked up: url_for walks every route (raising NoMatchFound for each miss),
     # which costs a flash sale's hottest path more than building the order's answer.
-    location = f"{request.base_url}{ORDERS_PATH}/{order.id}"
+    order_url = location(request, f"/{ORDERS_PATH}/{order.id}")
     # A retry gets the same order back; 201 either way, as the first answer was.
-    headers = {"Location": location, "Idempotent-Replayed": "false" if created else "true"}
+    headers = {"Location": order_url, "Idempotent-Replayed": "false" if created else "true"}
     return JSONResponse(order_to_wire(order), status_code=201, headers=headers), created
 
 

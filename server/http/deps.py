@@ -34,6 +34,19 @@ def container_of(request: Request) -> Container:
     return cast(Container, request.app.state.container)
 
 
+def location(request: Request, path: str) -> str:
+    """The absolute URL of `path` (from the server's root) for a `Location` header: under
+    LIVESHOP_PUBLIC_URL when it is set, so that no request's `Host` names another site in it;
+    else as the request reached the server (its `Host`, the scheme a believed proxy gave)."""
+    public = container_of(request).settings.public_url
+    return (public.rstrip("/") if public else str(request.base_url).rstrip("/")) + path
+
+
+def location_of(request: Request, route: str, **params: str) -> str:
+    """`location` of the named route."""
+    return location(request, str(request.app.url_path_for(route, **params)))
+
+
 def metrics_of(request: Request) -> Metrics:
     return cast(Metrics, request.app.state.metrics)
 

@@ -9,7 +9,13 @@ from starlette.routing import BaseRoute, Route
 
 from schemas.http import ProductIn, StockIn, product_to_wire
 from server.domain.products import ProductTrade
-from server.http.deps import container_of, identity_of, json_body, require_identity
+from server.http.deps import (
+    container_of,
+    identity_of,
+    json_body,
+    location_of,
+    require_identity,
+)
 
 
 async def create_product(request: Request) -> JSONResponse:
@@ -30,10 +36,8 @@ async def create_product(request: Request) -> JSONResponse:
             other_prices=tuple(body.other_money()),
         ),
     )
-    location = request.url_for("product", product_id=product.id)
-    return JSONResponse(
-        product_to_wire(product), status_code=201, headers={"Location": str(location)}
-    )
+    headers = {"Location": location_of(request, "product", product_id=product.id)}
+    return JSONResponse(product_to_wire(product), status_code=201, headers=headers)
 
 
 async def get_product(request: Request) -> JSONResponse:

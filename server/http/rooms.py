@@ -26,6 +26,7 @@ from server.http.deps import (
     container_of,
     identity_of,
     json_body,
+    location_of,
     no_body,
     query_params,
     require_identity,
@@ -60,7 +61,7 @@ async def create_room(request: Request) -> JSONResponse:
         who, body.title, scheduled_at=body.scheduled_at, blocked_words=body.blocked_words
     )
     response = await _room_response(request, room, who, status_code=201)
-    response.headers["Location"] = str(request.url_for("get_room", room_id=room.id))
+    response.headers["Location"] = location_of(request, "get_room", room_id=room.id)
     return response
 
 
