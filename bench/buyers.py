@@ -65,6 +65,8 @@ class Claim:
     outcome: str = ""  # "order" or the error code; "" while unanswered
     order_id: str | None = None
     replayed: str | None = None  # HTTP's Idempotent-Replayed header
+    status: str | None = None  # the order's status in the answer
+    ref: str = ""  # a websocket claim's own `ref`, which its `error` frame echoes
     detail: str = ""
 
     @property
@@ -73,7 +75,14 @@ class Claim:
 
 
 class ClaimRun:
-    """Sends claims over both transports and matches every answer to its claim."""
+    """Sends claims over both transports and matches every answer to its claim.
+
+    A websocket claim's `error` frame is matched by the claim's own `ref`, and must come on the
+    socket that sent it. Its `order.updated` carries the claim's `idempotency_key`: it answers
+    the oldest unanswered claim with that key on the socket it reached. A buyer's order reaches
+    all their sockets, so the twin of a concurrent retry may hear the first claim's order
+    before its own answer; every order id heard for a (buyer, key), over either transport and
+    on any socket, is kept in `orders_by_key`, and more than one there is a broken promise."""
 
     def __init__(self, port: int, pool: HttpPool) -> None:
         self.port, self.pool = port, pool
@@ -83,8 +92,16 @@ class ClaimRun:
         self.answered = 0
         self.last_answer_ns = 0
         self.first_send_ns = 0
-        self.unmatched_ws_frames = 0
-        self._pending: dict[WsClient, collections.deque[Claim]] = {}
+        # Websocket frames that answered no claim: "copy" (an order already answered on that
+        # socket, e.g. the twin's), "stray_order" (a key no claim of the socket's owner used),
+        # "stray_error" (a ref no claim on that socket has, or one answered already),
+        # "other_offer".
+        self.unmatched_ws_frames: collections.Counter[str] = collections.Counter()
+        self.orders_by_key: dict[tuple[str, str], set[str]] = {}
+        self._keys: set[tuple[str, str]] = set()
+        self._by_ref: dict[str, tuple[WsClient, Claim]] = {}
+        self._owner: dict[WsClient, str] = {}  # whose socket it is
+        self._waiting: dict[tuple[WsClient, str], collections.deque[Claim]] = {}
         self._changed = asyncio.Event()
 
     # Sending ----------------------------------------------------------------------------------
@@ -96,16 +113,21 @@ class ClaimRun:
         claim.due_ns = claim.sent_ns if due_ns is None else due_ns
         if not self.first_send_ns:
             self.first_send_ns = claim.sent_ns
+        self._keys.add((buyer.user_id, buyer.key))
         if buyer.via == "ws":
             client = buyer.ws_twin if kind == "retry_concurrent" else buyer.ws
             assert client is not None
-            self._pending.setdefault(client, collections.deque()).append(claim)
+            self._owner[client] = buyer.user_id
+            claim.ref = f"c{len(self.claims)}"
+            self._by_ref[claim.ref] = (client, claim)
+            self._waiting.setdefault((client, buyer.key), collections.deque()).append(claim)
             frame = {
                 "type": "offer.claim",
                 "offer_id": self.offer_id,
                 "quantity": 1,
                 "idempotency_key": buyer.key,
                 "shipping_address": ADDRESS,
+                "ref": claim.ref,
             }
             client.send_text(json.dumps(frame, separators=(",", ":")))
         else:
@@ -124,13 +146,24 @@ class ClaimRun:
     # Answers ----------------------------------------------------------------------------------
 
     def _answer(self, claim: Claim, outcome: str, at_ns: int, order_id: str | None = None) -> None:
+        first = not claim.outcome
         claim.outcome, claim.answered_ns, claim.order_id = outcome, at_ns, order_id
-        self.answered += 1
         self.last_answer_ns = max(self.last_answer_ns, at_ns)
+        if not first:  # an error frame by ref after an order taken by key: see _on_ws
+            return
+        self.answered += 1
         self._changed.set()
         buyer = claim.buyer
         if claim.kind == "primary" and buyer.retry == "after":
             self.send(buyer, "retry_after")
+
+    def _heard(self, buyer_id: str, key: str, order_id: str) -> None:
+        self.orders_by_key.setdefault((buyer_id, key), set()).add(order_id)
+
+    @property
+    def told(self) -> set[str]:
+        """Every order id a buyer heard: in a 201, or in an `order.updated` on their socket."""
+        return set().union(*self.orders_by_key.values())
 
     def _on_http(self, claim: Claim, future: asyncio.Future[HttpAnswer]) -> None:
         error = future.exception()
@@ -145,6 +178,8 @@ class ClaimRun:
         except ValueError:
             body = {}
         if answer.status == 201:
+            claim.status = str(body.get("status"))
+            self._heard(claim.buyer.user_id, claim.buyer.key, str(body.get("id")))
             self._answer(claim, "order", answer.at_ns, str(body.get("id")))
         else:
             claim.detail = answer.body[:300].decode(errors="replace")
@@ -154,21 +189,37 @@ class ClaimRun:
     def _on_ws(self, client: WsClient, payload: bytes, now: int) -> None:
         if payload.startswith(b'{"type":"order.updated"'):
             order = json.loads(payload)["order"]
-            pending = self._pending.get(client)
-            if order.get("offer_id") != self.offer_id or not pending:
-                self.unmatched_ws_frames += 1  # e.g. the twin's order reaching both sockets
+            if order.get("offer_id") != self.offer_id:
+                self.unmatched_ws_frames["other_offer"] += 1
                 return
-            self._answer(pending.popleft(), "order", now, str(order["id"]))
+            buyer_id, key = str(order.get("buyer_id")), str(order.get("idempotency_key"))
+            self._heard(buyer_id, key, str(order["id"]))
+            waiting = self._waiting.get((client, key))
+            if not waiting:
+                known = (buyer_id, key) in self._keys and self._owner.get(client) == buyer_id
+                self.unmatched_ws_frames["copy" if known else "stray_order"] += 1
+                return
+            claim = waiting.popleft()
+            claim.status = str(order.get("status"))
+            self._answer(claim, "order", now, str(order["id"]))
         elif payload.startswith(b'{"type":"error"'):
             frame = json.loads(payload)
-            pending = self._pending.get(client)
-            ref = frame.get("ref")
-            claim = next((c for c in pending or () if c.buyer.key == ref), None)
-            if claim is None or pending is None:
-                self.unmatched_ws_frames += 1
+            ref = str(frame.get("ref"))
+            sent = self._by_ref.get(ref)
+            if sent is None or sent[0] is not client:
+                self.unmatched_ws_frames["stray_error"] += 1
                 return
-            pending.remove(claim)
-            claim.detail = str(frame.get("message", ""))[:200]
+            del self._by_ref[ref]  # a second error for it would be stray
+            claim = sent[1]
+            waiting = self._waiting.get((client, claim.buyer.key))
+            if waiting and claim in waiting:
+                waiting.remove(claim)
+            elif claim.outcome:
+                # Its key's order came first, from another of the buyer's sockets: the refusal,
+                # named by ref, is this claim's answer, and disagrees with that order.
+                claim.detail = f"refused after order {claim.order_id} was heard for its key; "
+            claim.detail += str(frame.get("message", ""))[:200]
+            claim.status = None
             self._answer(claim, str(frame.get("code")), now)
 
     async def wait(self, *, idle_s: float, max_s: float) -> str:
@@ -315,6 +366,11 @@ class Shop:
             },
         )
         return str(offer["id"])
+
+    async def offer_terms(self, offer_id: str) -> dict[str, Any]:
+        """The offer as the server holds it (quantity, per_user_limit): what checks judge by."""
+        offer: dict[str, Any] = await self.call("GET", f"/offers/{offer_id}")
+        return offer
 
     def meter(self) -> CpuMeter:
         return CpuMeter(self.meter_processes)

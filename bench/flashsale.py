@@ -12,7 +12,10 @@ run, against the same valkey, mongod and `liveshop serve`:
   (`--sweep 100,250,500` adds the same run at lower rates, to find the knee).
 
 Afterwards MongoDB is the judge: units sold (orders pending payment for the offer) must equal
-Q, nothing oversold, one order per (buyer, idempotency key), at most one order per buyer.
+Q, nothing oversold, one order per (buyer, idempotency key), no buyer over the offer's
+per-user limit (read back from the server); every order a buyer was answered with or heard of
+is there and still holds stock, and every order there was told to its buyer; the units orders
+hold plus the offer's remaining stock in Redis make Q.
 
     .venv/bin/python -m bench.flashsale             # B=2000, Q=500, paced 3,000 at 1,000/s
     .venv/bin/python -m bench.flashsale --quick     # B=400, Q=100, paced 1,000 at 1,000/s

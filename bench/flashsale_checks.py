@@ -61,7 +61,10 @@ def summarize_claims(run: ClaimRun) -> dict[str, Any]:
             1,
         ),
         "groups": by_group,
-        "unmatched_ws_frames": run.unmatched_ws_frames,
+        "order_answer_statuses": dict(
+            collections.Counter(str(c.status) for c in claims if c.outcome == "order")
+        ),
+        "unmatched_ws_frames": dict(run.unmatched_ws_frames),
     }
 
 
@@ -76,10 +79,16 @@ def unanswered(claims: list[Claim]) -> dict[str, Any]:
     return {"total": sum(counts.values()), "by_kind": dict(counts)}
 
 
-def retry_consistency(claims: list[Claim]) -> dict[str, Any]:
+def retry_consistency(
+    claims: list[Claim], orders_by_key: dict[tuple[str, str], set[str]]
+) -> dict[str, Any]:
     """Every answered retry must agree with its buyer's first answer. A different order, or an
     order against a refusal, is a broken promise ("order_mismatch"); one refusal code for
     another (sold_out, then offer_not_active once the sold-out offer has ended) is only noted.
+    So is a (buyer, key) for which more than one order id was heard, in any answer or in any
+    `order.updated` on any of the buyer's sockets ("keys_with_several_orders"): a websocket
+    retry's twin may take the first claim's broadcast as its answer, and this is what tells
+    two orders for one key apart there.
     HTTP: of a pair that both got the order, exactly one should say Idempotent-Replayed: false."""
     first = {c.buyer.user_id: c for c in claims if c.kind == "primary"}
     order_mismatch, refusal_changed = [], collections.Counter[str]()
@@ -104,9 +113,12 @@ def retry_consistency(claims: list[Claim]) -> dict[str, Any]:
             )
         elif c.outcome != p.outcome:
             refusal_changed[f"{p.outcome}->{c.outcome}"] += 1
+    several = {k: sorted(v) for k, v in orders_by_key.items() if len(v) > 1}
     return {
         "order_mismatch": len(order_mismatch),
         "order_mismatch_examples": order_mismatch[:10],
+        "keys_with_several_orders": len(several),
+        "keys_with_several_orders_examples": [[*k, ids] for k, ids in list(several.items())[:5]],
         "refusal_changed": dict(refusal_changed),
         "http_replay_headers": dict(replay_headers),
         "concurrent_http_pairs_replay_headers": dict(pairs),
@@ -114,9 +126,11 @@ def retry_consistency(claims: list[Claim]) -> dict[str, Any]:
 
 
 async def verify_orders(
-    mongodb_url: str, offer_id: str, quantity: int, reported: set[str]
+    mongodb_url: str, offer_id: str, quantity: int, per_user_limit: int, told: set[str]
 ) -> dict[str, Any]:
-    """What MongoDB holds for the offer: the truth the answers are judged against."""
+    """What MongoDB holds for the offer: the truth the answers are judged against. `told` is
+    every order id a buyer was answered with or heard of: each must exist and still hold stock
+    (not cancelled as a reservation lost, nor expired), and every order must be one of them."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url, tz_aware=True)
     try:
         orders = client[DATABASE]["orders"]
@@ -142,16 +156,23 @@ async def verify_orders(
         over_limit = [
             doc
             async for doc in await orders.aggregate(
-                [holding, per_buyer, {"$match": {"n": {"$gt": 1}}}]
+                [holding, per_buyer, {"$match": {"n": {"$gt": per_user_limit}}}]
             )
         ]
         total = await orders.count_documents({"offer_id": offer_id})
         keys = await orders.distinct("idempotency_key", {"offer_id": offer_id})
-        ids = {doc["_id"] async for doc in orders.find({"offer_id": offer_id}, {"_id": 1})}
+        status_of: dict[str, str] = {}
+        last_reason: dict[str, Any] = {}
+        fields = {"_id": 1, "status": 1, "history": {"$slice": -1}}
+        async for doc in orders.find({"offer_id": offer_id}, fields):
+            status_of[str(doc["_id"])] = str(doc["status"])
+            last_reason[str(doc["_id"])] = (doc.get("history") or [{}])[-1].get("reason")
     finally:
         await client.close()
-    held = sum(v["units"] for k, v in statuses.items() if k in {s.value for s in HOLDS_STOCK})
+    holds = {s.value for s in HOLDS_STOCK}
+    held = sum(v["units"] for k, v in statuses.items() if k in holds)
     sold = statuses.get("pending_payment", {}).get("units", 0)
+    not_holding = sorted(i for i in told if i in status_of and status_of[i] not in holds)
     return {
         "orders": total,
         "by_status": statuses,
@@ -161,9 +182,25 @@ async def verify_orders(
         "distinct_keys": len(keys),
         "duplicate_orders": sum(d["n"] - 1 for d in duplicates),
         "duplicate_examples": [str(d["_id"]) for d in duplicates[:5]],
+        "per_user_limit": per_user_limit,
         "buyers_over_limit": len(over_limit),
-        "orders_nobody_was_told_of": len(ids - reported),
-        "orders_told_but_missing": len(reported - ids),
+        "orders_nobody_was_told_of": len(set(status_of) - told),
+        "orders_told_but_missing": len(told - set(status_of)),
+        "orders_told_not_holding_stock": len(not_holding),
+        "told_not_holding_examples": [[i, status_of[i], last_reason[i]] for i in not_holding[:5]],
+    }
+
+
+def stock_balance(mongo: dict[str, Any], redis: dict[str, Any], quantity: int) -> dict[str, Any]:
+    """Units held by orders (MongoDB) plus the offer's remaining stock (Redis) must be Q."""
+    remaining = redis.get("remaining") if redis.get("present") else None
+    held = mongo["units_holding_stock"]
+    return {
+        "held_by_orders": held,
+        "remaining_in_redis": remaining,
+        "held_in_redis": redis.get("held_units"),
+        "quantity": quantity,
+        "balanced": remaining is not None and held + remaining == quantity,
     }
 
 

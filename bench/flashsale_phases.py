@@ -24,6 +24,7 @@ from bench.cpu import no_generator_gc, percentiles
 from bench.flashsale_checks import (
     redis_state,
     retry_consistency,
+    stock_balance,
     summarize_claims,
     unanswered,
     verify_orders,
@@ -155,8 +156,12 @@ async def burst_report(
     pool: HttpPool,
     pool_seconds: float,
 ) -> dict[str, Any]:
-    reported = {c.order_id for c in run.claims if c.outcome == "order" and c.order_id}
     offer_id = run.offer_id
+    terms = await shop.offer_terms(offer_id)
+    mongo = await verify_orders(
+        shop.mongodb_url, offer_id, quantity, terms["per_user_limit"], run.told
+    )
+    redis = await redis_state(shop.redis_url, offer_id)
     return {
         "offer_id": offer_id,
         "buyers": len(buyers),
@@ -165,11 +170,12 @@ async def burst_report(
         "http_connections": pool.size,
         "http_connect_s": round(pool_seconds, 2),
         "claims": summarize_claims(run),
-        "retries": retry_consistency(run.claims),
+        "retries": retry_consistency(run.claims, run.orders_by_key),
         "http_reconnects": pool.reconnects,
         "http_resent": pool.resent,
-        "mongo": await verify_orders(shop.mongodb_url, offer_id, quantity, reported),
-        "redis": await redis_state(shop.redis_url, offer_id),
+        "mongo": mongo,
+        "redis": redis,
+        "stock": stock_balance(mongo, redis, quantity),
         "unanswered": unanswered(run.claims),
         "error_examples": [
             {"via": c.buyer.via, "kind": c.kind, "outcome": c.outcome, "detail": c.detail}
@@ -229,7 +235,9 @@ async def run_paced(
     close_ws(buyers)
     for one in pools:
         one.close()
-    reported = {c.order_id for c in run.claims if c.outcome == "order" and c.order_id}
+    terms = await shop.offer_terms(offer_id)
+    mongo = await verify_orders(shop.mongodb_url, offer_id, n, terms["per_user_limit"], run.told)
+    redis = await redis_state(shop.redis_url, offer_id)
     return {
         "offer_id": offer_id,
         "claims_offered": n,
@@ -244,7 +252,9 @@ async def run_paced(
         "http_reconnects": sum(one.reconnects for one in pools),
         "http_resent": sum(one.resent for one in pools),
         "cpu_pct": cpu,
-        "mongo": await verify_orders(shop.mongodb_url, offer_id, n, reported),
+        "mongo": mongo,
+        "redis": redis,
+        "stock": stock_balance(mongo, redis, n),
         "profile": hot,
         "error_examples": [
             {"via": c.buyer.via, "outcome": c.outcome, "detail": c.detail}

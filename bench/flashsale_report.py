@@ -21,6 +21,10 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
 
+def _told_orders_hold(m: dict[str, Any]) -> bool:
+    return not m["orders_told_but_missing"] and not m["orders_told_not_holding_stock"]
+
+
 def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
     verdicts: list[dict[str, str]] = []
 
@@ -56,9 +60,28 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
         )
         add("oversell == 0", f"{m['oversell']}", m["oversell"] == 0)
         add(
-            "duplicate orders == 0 (per buyer and key)",
-            f"{m['duplicate_orders']}; buyers over the limit {m['buyers_over_limit']}",
+            "duplicate orders == 0 (per buyer and key); no buyer over the offer's per-user limit",
+            f"{m['duplicate_orders']}; buyers over the limit of {m['per_user_limit']}: "
+            f"{m['buyers_over_limit']}",
             m["duplicate_orders"] == 0 and m["buyers_over_limit"] == 0,
+        )
+        add(
+            "every order a buyer was told of is in MongoDB and still holds stock",
+            f"missing {m['orders_told_but_missing']}, no longer holding "
+            f"{m['orders_told_not_holding_stock']} {m['told_not_holding_examples'] or ''}",
+            _told_orders_hold(m),
+        )
+        add(
+            "orders nobody was told of == 0",
+            f"{m['orders_nobody_was_told_of']} of {m['orders']}",
+            m["orders_nobody_was_told_of"] == 0,
+        )
+        st = burst["stock"]
+        add(
+            "units held by orders (MongoDB) + remaining (Redis) == Q",
+            f"{st['held_by_orders']} + {st['remaining_in_redis']} of {st['quantity']} "
+            f"(Redis holds {st['held_in_redis']})",
+            st["balanced"],
         )
         groups = burst["claims"]["groups"]
         outcomes = groups["all"]["outcomes"]
@@ -67,25 +90,49 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
             for k, v in outcomes.items()
             if k not in ("order", "sold_out", "offer_not_active", "unanswered")
         }
+        retries, frames = burst["retries"], burst["claims"]["unmatched_ws_frames"]
+        strays = {k: v for k, v in frames.items() if k.startswith("stray")}
         add(
-            "(bench's check) every claim answered; retries get their first answer's order",
+            "(bench's check) every claim answered; retries get their first answer's order, and "
+            "one order per key in every answer and websocket frame",
             f"unanswered {burst['unanswered']['by_kind'] or 0}, failures {failures or 0}, "
-            f"retries with another order {burst['retries']['order_mismatch']}",
+            f"retries with another order {retries['order_mismatch']}, keys with several orders "
+            f"{retries['keys_with_several_orders']}, websocket frames answering no claim "
+            f"{strays or 0}",
             not burst["unanswered"]["total"]
             and not failures
-            and not burst["retries"]["order_mismatch"],
+            and not retries["order_mismatch"]
+            and not retries["keys_with_several_orders"]
+            and not strays,
         )
     runs = [*(report.get("paced_sweep") or []), *([paced] if paced else [])]
     if runs:
         figures, ok = [], True
         for run in runs:
-            m = run["mongo"]
+            m, st = run["mongo"], run["stock"]
             figures.append(
                 f"{run['offered_rate']:.0f}/s: {m['units_sold']} of {run['claims_offered']}"
+                f" (untold {m['orders_nobody_was_told_of']}, told but missing or not holding "
+                f"{m['orders_told_but_missing'] + m['orders_told_not_holding_stock']}, "
+                f"Redis remaining {st['remaining_in_redis']})"
             )
             ok = ok and m["units_sold"] == run["claims_offered"] == m["orders"]
             ok = ok and m["oversell"] == 0 and m["duplicate_orders"] == 0
-        add("(paced) every claim an order, no oversell, no duplicates", ", ".join(figures), ok)
+            ok = ok and m["buyers_over_limit"] == 0 and m["orders_nobody_was_told_of"] == 0
+            ok = ok and _told_orders_hold(m) and st["balanced"]
+        add(
+            "(paced) every claim an order that holds stock and was told, no oversell, no "
+            "duplicates, orders + Redis == n",
+            ", ".join(figures),
+            ok,
+        )
+    redis = report.get("redis_limit")
+    if redis:
+        add(
+            "(Redis script alone) every round reserved exactly Q",
+            f"{redis['rounds']} rounds",
+            redis["every_round_reserved_exactly_q"],
+        )
     return verdicts
 
 
@@ -158,13 +205,21 @@ def print_report(report: dict[str, Any]) -> None:
         print(
             f"MongoDB: {mg['orders']} orders {mg['by_status']}, units sold {mg['units_sold']}, "
             f"oversell {mg['oversell']}, duplicates {mg['duplicate_orders']}, buyers over limit "
-            f"{mg['buyers_over_limit']}, orders nobody was told of "
-            f"{mg['orders_nobody_was_told_of']}"
+            f"{mg['buyers_over_limit']} (limit {mg['per_user_limit']}), orders nobody was told "
+            f"of {mg['orders_nobody_was_told_of']}, told of but missing "
+            f"{mg['orders_told_but_missing']}, told of but no longer holding stock "
+            f"{mg['orders_told_not_holding_stock']}"
         )
         retries = burst["retries"]
-        print(f"Redis after the burst: {rd}")
+        print(f"Redis after the burst: {rd}; held by orders + remaining: {burst['stock']}")
         print(
-            f"Retries: another order than the first answer {retries['order_mismatch']}; "
+            f"Websocket answers: order statuses "
+            f"{burst['claims']['order_answer_statuses']}; frames answering no claim "
+            f"{burst['claims']['unmatched_ws_frames']}"
+        )
+        print(
+            f"Retries: another order than the first answer {retries['order_mismatch']}; keys "
+            f"with several orders {retries['keys_with_several_orders']}; "
             f"refusal code changed {retries['refusal_changed']}; HTTP Idempotent-Replayed on "
             f"concurrent pairs {retries['concurrent_http_pairs_replay_headers']}"
         )
