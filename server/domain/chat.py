@@ -26,8 +26,20 @@ MAX_BLOCKED_WORD_CHARS = 50
 # Code points reserved as invisible are dropped too (text.reserved_invisible).
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs"})
 _SPACES = re.compile(r"\s+")
-# Invisible, so left out when looking for blocked words: "sc\u200dam" is "scam".
-_INVISIBLE = dict.fromkeys(map(ord, FORMAT_KEPT))
+# Invisible, so left out when looking for blocked words: "sc\u200dam" is "scam". The format
+# characters kept, and the other default-ignorable code points a line may hold, drawn as
+# nothing where they have no part: the Hangul fillers, variation selectors (which an emoji
+# needs, but no letter), Mongolian free variation selectors, Khmer's inherent vowels and the
+# combining grapheme joiner. The line itself keeps them; only the search looks through them.
+_IGNORABLE = [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180F, 0x3164, 0xFFA0]
+_IGNORABLE_RANGES = [(0x180B, 0x180D), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF)]
+_INVISIBLE = dict.fromkeys(
+    [
+        *map(ord, FORMAT_KEPT),
+        *_IGNORABLE,
+        *(code for first, last in _IGNORABLE_RANGES for code in range(first, last + 1)),
+    ]
+)
 
 
 def clean_text(raw: str, max_chars: int = MAX_CHAT_CHARS) -> str:
