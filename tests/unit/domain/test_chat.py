@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.domain.chat import clean_text, find_blocked_word
+from server.domain.errors import InvalidInput
 
 
 @pytest.mark.parametrize(
@@ -109,5 +110,14 @@ def test_code_points_reserved_as_invisible_are_dropped_and_hide_no_blocked_word(
 
 
 def test_other_unassigned_code_points_pass_as_characters_newer_than_this_unicode() -> None:
-    # U+1FAE8 (shaking face, Unicode 15): unassigned to a Python of an older Unicode.
+    # U+1FAE8 (shaking face), U+1FA77 (pink heart), Unicode 15: unassigned to a Python of an
+    # older Unicode. Alone too: a line of them shows something.
     assert clean_text("so cheap \U0001fae8") == "so cheap \U0001fae8"
+    assert clean_text("\U0001fa77\U0001fa77") == "\U0001fa77\U0001fa77"
+
+
+@pytest.mark.parametrize("nothing", ["\ufff0", "\uffff", "\ufdd0", "\U0010fffe"])
+def test_a_line_of_what_no_unicode_draws_shows_nothing(nothing: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        clean_text(f" {nothing} ")
+    assert refused.value.code == "empty_message"

@@ -103,6 +103,15 @@ async def test_a_full_product_is_accepted(client: httpx.AsyncClient) -> None:
     assert response.status_code == 201, response.text
 
 
+async def test_a_title_of_an_emoji_newer_than_this_unicode_is_accepted(
+    client: httpx.AsyncClient,
+) -> None:
+    titled = {**PRODUCT, "title": "\U0001fa77"}  # pink heart, Unicode 15
+    response = await client.post("/products", json=titled, headers=HOST)
+    assert response.status_code == 201, response.text
+    assert response.json()["title"] == "\U0001fa77"
+
+
 async def test_a_wrong_method_on_a_product_hears_every_method_it_takes(
     client: httpx.AsyncClient,
 ) -> None:
