@@ -7,6 +7,7 @@ with plain objects and fixed clocks.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,6 +47,7 @@ from server.domain.times import iso_z, utc_ms
 
 # The longest name a client frame may carry for itself (a claim's idempotency key).
 MAX_REF_CHARS = 100
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # A user's likes in a room, over all their sockets here: taps come in frames of up to 100, and
 # no thumb taps 50 times a second for long.
 LIKES_BURST = 500
@@ -391,11 +393,17 @@ class RoomSession:
 
 def _ref_of(data: dict[str, Any]) -> str | None:
     """What the client called this frame (`ref`, else a chat line's `client_id` or a claim's
-    `idempotency_key`), if it is a printable string of a sensible length: echoed, never
-    trusted. Not a control character nor a lone surrogate, which would make the error that
-    explains the mistake unreadable to a strict JSON parser."""
+    `idempotency_key`), if it is a string of a sensible length: echoed, never trusted. Not one
+    holding a lone surrogate, which JSON lets a client write but no text holds: echoed, it
+    would make the error that explains the mistake unreadable to a strict JSON parser."""
     for name in ("ref", "client_id", "idempotency_key"):
         value = data.get(name)
-        if isinstance(value, str) and 0 < len(value) <= MAX_REF_CHARS and value.isprintable():
+        if isinstance(value, str) and _echoable(value):
             return value
     return None
+
+
+def _echoable(name: str) -> bool:
+    if not 0 < len(name) <= MAX_REF_CHARS:
+        return False
+    return name.isprintable() or _SURROGATE.search(name) is None

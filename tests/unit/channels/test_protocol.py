@@ -125,10 +125,14 @@ def test_error_echoes_the_client_reference() -> None:
         ({"type": "dance", "ref": "x" * 100}, "x" * 100),  # MAX_REF_CHARS
         ({"type": "dance", "ref": "x" * 101}, None),  # longer than any name a frame may have
         ({"type": "dance", "ref": ""}, None),  # empty: names nothing
-        # Unprintable, a lone surrogate: the error would not parse as strict JSON
+        # A lone surrogate, which no text holds: the error would not parse as strict JSON
         ({"type": "dance", "ref": "\udc00"}, None),
-        ({"type": "chat.send", "text": "hi", "client_id": "a\u0000b"}, None),
-        ({"type": "chat.send", "text": "hi", "client_id": "\u202eevil", "ref": "r9"}, "r9"),
+        ({"type": "chat.send", "text": "hi", "client_id": "a\ud800b"}, None),
+        ({"type": "offer.claim", "ref": "\udc00", "idempotency_key": "k5"}, "k5"),
+        # Any other: echoed as it was sent
+        ({"type": "dance", "ref": "a\u00a0b"}, "a\u00a0b"),
+        ({"type": "dance", "ref": "\U0001f469\u200d\U0001f467"}, "\U0001f469\u200d\U0001f467"),
+        ({"type": "chat.send", "text": "hi", "client_id": "a\u0000b"}, "a\u0000b"),
     ],
 )
 def test_a_frame_that_does_not_validate_is_named_in_its_error(
