@@ -3,7 +3,7 @@ through the services on a real Redis and a real MongoDB (the unit tests run the 
 memory adapters; the room's events, which these tests do not look at, are only recorded): the
 unsold units and a dead claimer's reservation go back to the product, its sold units stay sold,
 and an order landing after its units were sold again (or after a rebuild of its offer read the
-orders without it) is cancelled."""
+orders without it) is cancelled; a stock rebuilt from the orders counts the paid ones' units."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from server.services.offers import OfferService
 from server.services.orders import OrderService
 from server.services.rooms import RoomService
 from tests.fakes import Clock, RecordingEvents
-from tests.unit.services.shop import ADDRESS, HOST, HeldWrites, buyer
+from tests.unit.services.shop import ADDRESS, HOST, HeldWrites, buyer, move_in_store
 
 pytestmark = pytest.mark.mongo
 
@@ -222,4 +222,32 @@ async def test_redis_lost_twice_keeps_the_order_answered_between_on_real_backend
         await survivor.settle_late_orders()
     orders = await shop.orders_store.of_offer(offer_id)
     assert [o.id for o in orders if o.status in HOLDS_STOCK] == [answered.id]
+    await offers.close()
+
+
+async def test_a_rebuild_on_real_backends_counts_the_units_of_paid_orders(
+    shop: Shop, clean_redis: str
+) -> None:
+    """Paid orders hold their units as pending ones do: Redis lost, the stock rebuilt from
+    MongoDB's orders does not sell them again."""
+    offers, orders = shop.process()
+    offer_id = await shop.launch(offers, 3)
+    paid, _ = await orders.claim(
+        offer_id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS
+    )
+    await orders.claim(offer_id, buyer(2), quantity=1, idempotency_key="k", address=ADDRESS)
+    await move_in_store(shop.orders_store, paid.id, OrderStatus.PAID, at=shop.clock())
+    with redis.Redis.from_url(clean_redis) as admin:
+        admin.flushall()  # Redis loses the offer
+
+    await offers.rebuild(offer_id)
+
+    assert await shop.stock.remaining(offer_id) == 1
+    with pytest.raises(Conflict) as refused:  # the paid unit still counts against the limit
+        await orders.claim(offer_id, buyer(1), quantity=1, idempotency_key="k2", address=ADDRESS)
+    assert refused.value.code == "limit_reached"
+    await orders.claim(offer_id, buyer(3), quantity=1, idempotency_key="k", address=ADDRESS)
+    with pytest.raises(Conflict) as sold_out:
+        await orders.claim(offer_id, buyer(4), quantity=1, idempotency_key="k", address=ADDRESS)
+    assert sold_out.value.code == "sold_out"
     await offers.close()

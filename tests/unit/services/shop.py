@@ -141,6 +141,24 @@ async def assert_cancelled_and_told(shop: Shop, writes: HeldWrites, told_before:
     assert [(user, e["order"]["status"]) for user, e in told] == [("buyer-1", "cancelled")]
 
 
+async def move_in_store(
+    store: OrderStore, order_id: str, *steps: OrderStatus, at: datetime, by: str = "payments"
+) -> Order:
+    """Move the stored order through `steps`, each through the store's own transition write,
+    as a payment connector (or, later, fulfilment) will: nothing in the product pays yet."""
+    order = await store.get(order_id)
+    for to in steps:
+        before = order.status
+        order.move(to, at=at, by=by, reason=f"test: {to}")
+        await store.save_move(order, expected=before)
+    return order
+
+
+async def pay(shop: Shop, order_id: str) -> Order:
+    """The shop's order paid, written to its store as a payment connector will."""
+    return await move_in_store(shop.orders_store, order_id, OrderStatus.PAID, at=shop.clock())
+
+
 async def units_held(shop: Shop, offer_id: str) -> int:
     """The units the offer's orders hold (pending payment, paid and on)."""
     orders = await shop.orders_store.of_offer(offer_id)
