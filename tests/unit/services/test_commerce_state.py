@@ -1,12 +1,15 @@
 """A hypothesis state machine through the claim and order services: claims (with retried
-keys), cancellations, expiries, the reaper, reservation-store data loss, the host's stop and
-the settling, on the in-memory adapters. Each claim of a new key is answered as a model of
+keys), cancellations (by the buyer, and refused to anyone else), payments and fulfilment (as
+a payment connector will record them, through the order store's own move), expiries, the
+reaper, reservation-store data loss, the host's stop and the settling, on the in-memory
+adapters. Each claim of a new key is answered as a model of
 the offer predicts (an order when units are left and the buyer is under the limit, else the
 right refusal, `limit_reached` also once the buyer made as many claims as one may), and a
 retry of a key that has its order gets that order. A lost stock is left
 to the services to rebuild. After every step: stock never negative, units held never above the
 quantity, no buyer above the limit, remaining == quantity - held, one order per buyer and key,
-every order's history legal, and what the offer books of its product's stock covers what its
+every order's history legal (checked against the product brief's moves, written out here, not
+the product's own table), and what the offer books of its product's stock covers what its
 orders hold."""
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any, TypeVar, cast
 
 from hypothesis import HealthCheck, settings
@@ -37,14 +41,14 @@ from server.domain.offers import (
     most_claims,
     units_booked,
 )
-from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus, is_legal_history
+from server.domain.orders import HOLDS_STOCK, Address, Order, OrderStatus, Transition
 from server.ports import OrderStore
 from server.services.late_orders import LATE_WRITES
 from server.services.offers import OfferService
 from server.services.orders import OrderService
 from server.services.rooms import RoomService
 from tests.fakes import Clock, RecordingEvents
-from tests.unit.services.shop import HeldWrites
+from tests.unit.services.shop import HeldWrites, move_in_store
 
 T = TypeVar("T")
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -55,6 +59,49 @@ BUYERS = [Identity(f"b{i}", Role.SHOPPER) for i in range(5)]
 ADDRESS = Address.clean(
     name="A", line1="Rua 1", city="Lisboa", postal_code="1000-001", country="PT"
 )
+# Not the product's TRANSITIONS, which a mistake there would change too: the brief's moves.
+# pending_payment -> paid -> fulfilling -> shipped -> delivered; pending_payment -> cancelled
+# or expired; paid -> refunded. Nothing else, and nothing out of cancelled, expired, refunded
+# or delivered.
+LEGAL_MOVES = frozenset(
+    {
+        ("pending_payment", "paid"),
+        ("paid", "fulfilling"),
+        ("fulfilling", "shipped"),
+        ("shipped", "delivered"),
+        ("pending_payment", "cancelled"),
+        ("pending_payment", "expired"),
+        ("paid", "refunded"),
+    }
+)
+# Fulfilment's next step for an order paid or on its way (refunds are not modelled: nothing
+# in the product gives a refund's units back yet).
+NEXT_STEP = {
+    OrderStatus.PAID: OrderStatus.FULFILLING,
+    OrderStatus.FULFILLING: OrderStatus.SHIPPED,
+    OrderStatus.SHIPPED: OrderStatus.DELIVERED,
+}
+# Who may see others' orders but cancel none: the room's host and an admin (another shopper
+# is told the order does not exist).
+NOT_THE_BUYER = [HOST, Identity("admin", Role.ADMIN), *BUYERS]
+
+
+def history_follows_the_brief(order: Order) -> bool:
+    """Created pending payment, then only the brief's moves, each from where the last left,
+    ending at the order's status."""
+    history: list[Transition] = list(order.history)
+    if not history or history[0].from_status is not None:
+        return False
+    statuses = [history[0].to_status.value]
+    for step in history[1:]:
+        if step.from_status is None or step.from_status.value != statuses[-1]:
+            return False
+        statuses.append(step.to_status.value)
+    return (
+        statuses[0] == "pending_payment"
+        and all(move in LEGAL_MOVES for move in pairwise(statuses))
+        and statuses[-1] == order.status.value
+    )
 
 
 class FlashSale(RuleBasedStateMachine):
@@ -171,10 +218,74 @@ class FlashSale(RuleBasedStateMachine):
         order = data.draw(st.sampled_from(orders))
         buyer = Identity(order.buyer_id, Role.SHOPPER)
         try:
-            self.run(self.service.cancel(order.id, buyer))
+            cancelled = self.run(self.service.cancel(order.id, buyer))
         except LiveshopError as error:
             assert order.status is not OrderStatus.PENDING_PAYMENT
             assert error.code == "invalid_transition"  # noqa: PT017
+            return
+        # Only an order awaiting payment is cancelled; one its buyer cancelled already is
+        # answered as it stands (the cancel sent again).
+        assert cancelled.status is OrderStatus.CANCELLED
+        assert order.status in (OrderStatus.PENDING_PAYMENT, OrderStatus.CANCELLED), order.status
+        if order.status is OrderStatus.CANCELLED:
+            assert order.history[-1].by == buyer.user_id
+            assert cancelled.history == order.history
+        stored = self.run(self.orders_store.get(order.id))
+        assert (stored.status, stored.history[-1].by) == (OrderStatus.CANCELLED, buyer.user_id)
+
+    @rule(data=st.data(), who=st.sampled_from(NOT_THE_BUYER))
+    def someone_else_cancels(self, data: st.DataObject, who: Identity) -> None:
+        """Anyone but the buyer is refused, and nothing changes: neither the order nor the
+        stock."""
+        orders = sorted(self.all_orders(), key=lambda o: (o.buyer_id, o.idempotency_key))
+        orders = [o for o in orders if o.buyer_id != who.user_id]
+        if not orders:
+            return
+        order = data.draw(st.sampled_from(orders))
+        remaining = self.remaining()
+        try:
+            self.run(self.service.cancel(order.id, who))
+        except LiveshopError as error:
+            # The host and an admin may see the order, another shopper may not.
+            refused = "not_found" if who.role is Role.SHOPPER else "forbidden"
+            assert error.code == refused, (who, error.code)  # noqa: PT017
+        else:
+            raise AssertionError(f"{who} cancelled {order.buyer_id}'s order")
+        stored = self.run(self.orders_store.get(order.id))
+        assert (stored.status, stored.history) == (order.status, order.history)
+        assert self.remaining() == remaining
+
+    @rule(data=st.data())
+    def payment_lands(self, data: st.DataObject) -> None:
+        """A pending order paid, as a payment connector will record it: the store's own move
+        (nothing in the product pays yet)."""
+        pending = sorted(
+            (o for o in self.all_orders() if o.status is OrderStatus.PENDING_PAYMENT),
+            key=lambda o: (o.buyer_id, o.idempotency_key),
+        )
+        if not pending:
+            return
+        order = data.draw(st.sampled_from(pending))
+        self.run(move_in_store(self.orders_store, order.id, OrderStatus.PAID, at=self.clock()))
+
+    @rule(data=st.data())
+    def fulfilment_moves_on(self, data: st.DataObject) -> None:
+        """A paid order goes on its way one step: fulfilling, shipped, delivered."""
+        moving = sorted(
+            (o for o in self.all_orders() if o.status in NEXT_STEP),
+            key=lambda o: (o.buyer_id, o.idempotency_key),
+        )
+        if not moving:
+            return
+        order = data.draw(st.sampled_from(moving))
+        step = NEXT_STEP[order.status]
+        self.run(move_in_store(self.orders_store, order.id, step, at=self.clock(), by="carrier"))
+
+    def remaining(self) -> int | None:
+        """The offer's stock left, or None while the store has lost it."""
+        if not self.run(self.stock.is_ready(self.offer.id)):
+            return None
+        return self.run(self.stock.remaining(self.offer.id))
 
     @rule(minutes=st.integers(1, 20))
     def time_passes(self, minutes: int) -> None:
@@ -336,7 +447,9 @@ class FlashSale(RuleBasedStateMachine):
         for order in held:
             per_buyer[order.buyer_id] += order.quantity
         assert all(units <= LIMIT for units in per_buyer.values())
-        assert all(is_legal_history(order.history) for order in orders)
+        assert all(history_follows_the_brief(order) for order in orders), [
+            [(t.from_status, t.to_status) for t in o.history] for o in orders
+        ]
         keys = Counter((o.buyer_id, o.idempotency_key) for o in orders)
         assert all(count == 1 for count in keys.values())
         assert set(self.by_key.values()) <= {o.id for o in orders}
