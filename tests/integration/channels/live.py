@@ -84,16 +84,21 @@ async def serving(app: ASGIApp) -> AsyncIterator[int]:
 
 @pytest_asyncio.fixture
 async def live(clean_redis: str, mongodb_url: str, mongo_database_name: str) -> AsyncIterator[Live]:
-    settings = Settings(
+    settings = live_settings(clean_redis, mongodb_url, mongo_database_name)
+    async with serving_live_room(create_app(settings)) as live:
+        yield live
+
+
+def live_settings(redis_url: str, mongodb_url: str, database: str) -> Settings:
+    """A live room's server: real Redis and MongoDB, counters told every 0.1 s."""
+    return Settings(
         secret=SECRET,
-        redis_url=clean_redis,
+        redis_url=redis_url,
         mongodb_url=mongodb_url,
-        mongodb_database=mongo_database_name,
+        mongodb_database=database,
         counter_interval=0.1,
         max_bad_frames=5,
     )
-    async with serving_live_room(create_app(settings)) as live:
-        yield live
 
 
 @contextlib.asynccontextmanager

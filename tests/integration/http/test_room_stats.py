@@ -18,17 +18,16 @@ from server.adapters.mongo.stores import MongoRoomStore
 from server.app import create_app
 from server.domain.errors import Unavailable
 from server.domain.orders import OrderStatus
-from server.settings import Settings
-from tests.integration.channels.live import SECRET, Live, recv, recv_type, serving_live_room, token
+from tests.integration.channels.live import (
+    Live,
+    live_settings,
+    recv,
+    recv_type,
+    serving_live_room,
+    token,
+)
+from tests.integration.channels.test_flash_offers import ADDRESS
 from tests.unit.services.shop import move_in_store
-
-ADDRESS = {
-    "name": "Ana",
-    "line1": "Rua 1",
-    "city": "Lisboa",
-    "postal_code": "1000-001",
-    "country": "PT",
-}
 
 
 @pytest_asyncio.fixture
@@ -42,13 +41,7 @@ async def live(
         raise Unavailable("the database is away")
 
     monkeypatch.setattr(MongoRoomStore, "keep_counters", keeps_nothing)  # before the app binds it
-    settings = Settings(
-        secret=SECRET,
-        redis_url=clean_redis,
-        mongodb_url=mongodb_url,
-        mongodb_database=mongo_database_name,
-        counter_interval=0.1,
-    )
+    settings = live_settings(clean_redis, mongodb_url, mongo_database_name)
     async with serving_live_room(create_app(settings)) as live:
         yield live
 

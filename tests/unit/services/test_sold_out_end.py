@@ -6,13 +6,14 @@ the offer); a claim sent again after its first attempt failed. The room always h
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import pytest
 
 from server.domain.errors import Conflict, Unavailable, Unresponsive
-from server.domain.offers import EndReason
+from server.domain.offers import EndReason, FlashOffer
 from server.ports import OrderStore
 from server.services.housekeeping import Housekeeper
 from server.stock_port import StockReservations
@@ -252,48 +253,45 @@ async def test_an_offer_that_sold_out_stays_sold_out_in_a_stock_rebuilt_before_i
     assert late.value.code == "sold_out"
 
 
+@contextlib.asynccontextmanager
+async def sold_out_with_an_order_on_its_way(shop: Shop, offer: FlashOffer) -> AsyncIterator[None]:
+    """Within: the offer of 2 sold out, its end held back by the first unit's order, on its
+    way in another process. After: that order written, the room must have heard the offer
+    sell out (1, 0, then its end)."""
+    writes = HeldCalls(shop.orders_store)
+    _, slow_writer = other_process(shop, orders=cast(OrderStore, writes))
+    first = asyncio.create_task(
+        slow_writer.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
+    )
+    await writes.entered.wait()  # reserved, its order on its way
+    await shop.claim(offer, buyer(2), "k")  # the last unit: its end waits for that order
+    yield
+    writes.gate.set()
+    await first
+    await settle()
+    assert told(shop) == ONE_ZERO_END
+    assert [e["reason"] for e in shop.events.of_type("offer.ended")] == ["sold_out"]
+
+
 async def test_an_offer_that_sold_out_before_its_time_was_up_ends_sold_out(shop: Shop) -> None:
     """Its last unit sold in its last second, its end held back by another reservation's order
     on its way: the end by time came first, and recorded it `expired`, with no 0 told."""
     offer = await shop.launch(quantity=2, limit=1, duration=60)
     shop.clock.advance(seconds=59.5)
-    writes = HeldCalls(shop.orders_store)
-    _, slow_writer = other_process(shop, orders=cast(OrderStore, writes))
-    first = asyncio.create_task(
-        slow_writer.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
-    )
-    await writes.entered.wait()  # reserved, its order on its way
-    await shop.claim(offer, buyer(2), "k")  # the last unit: its end waits for that order
-    shop.clock.advance(seconds=0.6)
-    await Housekeeper(shop.offers, shop.orders, lambda: [offer.id]).run_once()
-    ended = await shop.offers_store.get(offer.id)
-    assert (ended.end_reason, ended.ended_at) == (EndReason.SOLD_OUT, offer.ends_at)
-    writes.gate.set()
-    await first
-    await settle()
-    assert told(shop) == ONE_ZERO_END
-    assert [e["reason"] for e in shop.events.of_type("offer.ended")] == ["sold_out"]
+    async with sold_out_with_an_order_on_its_way(shop, offer):
+        shop.clock.advance(seconds=0.6)
+        await Housekeeper(shop.offers, shop.orders, lambda: [offer.id]).run_once()
+        ended = await shop.offers_store.get(offer.id)
+        assert (ended.end_reason, ended.ended_at) == (EndReason.SOLD_OUT, offer.ends_at)
 
 
 async def test_a_stop_that_lands_as_the_offer_sells_out_ends_it_sold_out(shop: Shop) -> None:
-    """The last unit sold, its end held back by another reservation's order on its way: the
-    host's stop came first. The offer sold out, and the room hears so (1, 0, then the end),
-    not that it was stopped with nothing left."""
+    """The host's stop came first: the offer sold out, and the room hears so, not that it was
+    stopped with nothing left."""
     offer = await shop.launch(quantity=2, limit=1, duration=60)
-    writes = HeldCalls(shop.orders_store)
-    _, slow_writer = other_process(shop, orders=cast(OrderStore, writes))
-    first = asyncio.create_task(
-        slow_writer.claim(offer.id, buyer(1), quantity=1, idempotency_key="k", address=ADDRESS)
-    )
-    await writes.entered.wait()  # reserved, its order on its way
-    await shop.claim(offer, buyer(2), "k")  # the last unit: its end waits for that order
-    stopped = await shop.offers.stop(offer.id, HOST)
-    assert stopped.end_reason is EndReason.SOLD_OUT
-    writes.gate.set()
-    await first
-    await settle()
-    assert told(shop) == ONE_ZERO_END
-    assert [e["reason"] for e in shop.events.of_type("offer.ended")] == ["sold_out"]
+    async with sold_out_with_an_order_on_its_way(shop, offer):
+        stopped = await shop.offers.stop(offer.id, HOST)
+        assert stopped.end_reason is EndReason.SOLD_OUT
 
 
 async def test_a_stop_with_a_unit_left_ends_it_stopped(shop: Shop) -> None:
