@@ -28,18 +28,19 @@ _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs"})
 _SPACES = re.compile(r"\s+")
 # Invisible, so left out when looking for blocked words: "sc\u200dam" is "scam". The format
 # characters kept, and the other default-ignorable code points a line may hold, drawn as
-# nothing where they have no part: the Hangul fillers, variation selectors (which an emoji
-# needs, but no letter), Mongolian free variation selectors, Khmer's inherent vowels and the
-# combining grapheme joiner. The line itself keeps them; only the search looks through them.
-_IGNORABLE = [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180F, 0x3164, 0xFFA0]
+# nothing inside a word: variation selectors (which an emoji needs, but no letter), Mongolian
+# free variation selectors, Khmer's inherent vowels and the combining grapheme joiner. The
+# Hangul fillers are drawn as blank space: words on either side stay apart. The line itself
+# keeps them all; only the search reads it so.
+_IGNORABLE = [0x034F, 0x17B4, 0x17B5, 0x180F]
 _IGNORABLE_RANGES = [(0x180B, 0x180D), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF)]
-_INVISIBLE = dict.fromkeys(
-    [
-        *map(ord, FORMAT_KEPT),
-        *_IGNORABLE,
-        *(code for first, last in _IGNORABLE_RANGES for code in range(first, last + 1)),
-    ]
-)
+_BLANK_FILLERS = [0x115F, 0x1160, 0x3164, 0xFFA0]
+_INVISIBLE: dict[int, str | None] = {
+    **dict.fromkeys(map(ord, FORMAT_KEPT)),
+    **dict.fromkeys(_IGNORABLE),
+    **dict.fromkeys(code for first, last in _IGNORABLE_RANGES for code in range(first, last + 1)),
+    **dict.fromkeys(_BLANK_FILLERS, " "),
+}
 
 
 def clean_text(raw: str, max_chars: int = MAX_CHAT_CHARS) -> str:
