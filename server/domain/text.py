@@ -112,21 +112,21 @@ _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 def shows_something(text: str) -> bool:
     """Whether `text` has a character that renders as a mark: a letter, digit, punctuation or
     symbol, not a blank one. Joiners, marks and spaces alone show nothing. A code point this
-    Python's Unicode has not assigned is taken to show (most often an emoji newer than it),
-    unless Unicode keeps it for what is drawn as nothing, or as no character at all."""
+    Python's Unicode has not assigned shows where Unicode puts its new emoji (an emoji newer
+    than this Python); anywhere else it may be a mark, a format character or nothing yet."""
     return any(_shows(ch) for ch in text)
+
+
+# The blocks of pictographs and emoji (U+1F000 Mahjong Tiles to U+1FBFF Symbols for Legacy
+# Computing), where each year's new emoji are put.
+_EMOJI_BLOCKS = range(0x1F000, 0x1FC00)
 
 
 def _shows(ch: str) -> bool:
     category = unicodedata.category(ch)
     if category == "Cn":
-        return not reserved_invisible(ch) and not _noncharacter(ch)
+        return ord(ch) in _EMOJI_BLOCKS
     return category[0] in "LNPS" and ch not in _BLANK_LETTERS
-
-
-def _noncharacter(ch: str) -> bool:
-    code = ord(ch)
-    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
 
 
 def describe(ch: str) -> str:

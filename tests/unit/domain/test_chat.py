@@ -118,7 +118,18 @@ def test_other_unassigned_code_points_pass_as_characters_newer_than_this_unicode
     assert clean_text("\U0001fa77\U0001fa77") == "\U0001fa77\U0001fa77"
 
 
-@pytest.mark.parametrize("nothing", ["\ufff0", "\uffff", "\ufdd0", "\U0010fffe"])
+@pytest.mark.parametrize(
+    "nothing",
+    [
+        "\ufff0",  # reserved as invisible
+        "\uffff",  # noncharacters
+        "\ufdd0",
+        "\U0010fffe",
+        "\u0ece",  # a mark of Unicode 15 (Lao), and Egyptian format controls
+        "\U0001343a",
+        "\U00050000",  # where nothing is planned: a box at best
+    ],
+)
 def test_a_line_of_what_no_unicode_draws_shows_nothing(nothing: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         clean_text(f" {nothing} ")
