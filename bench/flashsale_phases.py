@@ -157,11 +157,6 @@ async def burst_report(
     pool_seconds: float,
 ) -> dict[str, Any]:
     offer_id = run.offer_id
-    terms = await shop.offer_terms(offer_id)
-    mongo = await verify_orders(
-        shop.mongodb_url, offer_id, quantity, terms["per_user_limit"], run.told
-    )
-    redis = await redis_state(shop.redis_url, offer_id)
     return {
         "offer_id": offer_id,
         "buyers": len(buyers),
@@ -173,9 +168,7 @@ async def burst_report(
         "retries": retry_consistency(run.claims, run.orders_by_key),
         "http_reconnects": pool.reconnects,
         "http_resent": pool.resent,
-        "mongo": mongo,
-        "redis": redis,
-        "stock": stock_balance(mongo, redis, quantity),
+        **await stores_after(shop, run, quantity),
         "unanswered": unanswered(run.claims),
         "error_examples": [
             {"via": c.buyer.via, "kind": c.kind, "outcome": c.outcome, "detail": c.detail}
@@ -183,6 +176,16 @@ async def burst_report(
             if c.outcome not in ("", "order", "sold_out")
         ][:10],
     }
+
+
+async def stores_after(shop: Shop, run: ClaimRun, quantity: int) -> dict[str, Any]:
+    """What MongoDB and Redis hold for the run's offer once it is over, judged against what
+    the buyers were told and the offer's own per-user limit."""
+    terms = await shop.offer_terms(run.offer_id)
+    limit = terms["per_user_limit"]
+    mongo = await verify_orders(shop.mongodb_url, run.offer_id, quantity, limit, run.told)
+    redis = await redis_state(shop.redis_url, run.offer_id)
+    return {"mongo": mongo, "redis": redis, "stock": stock_balance(mongo, redis, quantity)}
 
 
 async def run_paced(
@@ -235,9 +238,7 @@ async def run_paced(
     close_ws(buyers)
     for one in pools:
         one.close()
-    terms = await shop.offer_terms(offer_id)
-    mongo = await verify_orders(shop.mongodb_url, offer_id, n, terms["per_user_limit"], run.told)
-    redis = await redis_state(shop.redis_url, offer_id)
+    stores = await stores_after(shop, run, n)
     return {
         "offer_id": offer_id,
         "claims_offered": n,
@@ -252,9 +253,7 @@ async def run_paced(
         "http_reconnects": sum(one.reconnects for one in pools),
         "http_resent": sum(one.resent for one in pools),
         "cpu_pct": cpu,
-        "mongo": mongo,
-        "redis": redis,
-        "stock": stock_balance(mongo, redis, n),
+        **stores,
         "profile": hot,
         "error_examples": [
             {"via": c.buyer.via, "outcome": c.outcome, "detail": c.detail}

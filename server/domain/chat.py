@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from server.domain.errors import InvalidInput
 from server.domain.text import (
     FORMAT_KEPT,
+    HANGUL_FILLERS,
     reserved_invisible,
     shows_something,
     tags_in_flags_only,
@@ -34,12 +35,11 @@ _SPACES = re.compile(r"\s+")
 # keeps them all; only the search reads it so.
 _IGNORABLE = [0x034F, 0x17B4, 0x17B5, 0x180F]
 _IGNORABLE_RANGES = [(0x180B, 0x180D), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF)]
-_BLANK_FILLERS = [0x115F, 0x1160, 0x3164, 0xFFA0]
 _INVISIBLE: dict[int, str | None] = {
     **dict.fromkeys(map(ord, FORMAT_KEPT)),
     **dict.fromkeys(_IGNORABLE),
     **dict.fromkeys(code for first, last in _IGNORABLE_RANGES for code in range(first, last + 1)),
-    **dict.fromkeys(_BLANK_FILLERS, " "),
+    **dict.fromkeys(map(ord, HANGUL_FILLERS), " "),
 }
 
 

@@ -104,9 +104,10 @@ def shown(text: str) -> str:
     )
 
 
-# Letters that render as blank space (Hangul fillers, the braille blank): a title of them alone
-# looks empty.
-_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Letters that render as blank space (the Hangul fillers, the braille blank): a title of them
+# alone looks empty.
+HANGUL_FILLERS = frozenset("\u115f\u1160\u3164\uffa0")
+_BLANK_LETTERS = HANGUL_FILLERS | {"\u2800"}
 
 
 def shows_something(text: str) -> bool:

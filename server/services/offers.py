@@ -283,7 +283,8 @@ class OfferService(OfferReads):
         `offer.ended` closes the offer's topic in the room's stream: a figure another process
         read earlier and sends late is dropped, so no stock figure follows the end.
         """
-        if reason is EndReason.STOPPED and not if_uncounted and self._clock() >= offer.ends_at:
+        stopped_by_host = reason is EndReason.STOPPED and not if_uncounted  # or the room's end
+        if stopped_by_host and self._clock() >= offer.ends_at:
             # Its time was up before the stop (housekeeping ends such offers once a second):
             # it ended so, at its time, as it had been told.
             reason = EndReason.EXPIRED
@@ -291,7 +292,7 @@ class OfferService(OfferReads):
         if reason is EndReason.SOLD_OUT and not await self._stop_if_sold_out(offer.id):
             return None
         hung: Unresponsive | None = None
-        if reason is EndReason.EXPIRED or (reason is EndReason.STOPPED and not if_uncounted):
+        if reason is EndReason.EXPIRED or stopped_by_host:
             # Sold out already, its own end held back (its last order on its way, its seller
             # slow or dead): it ends as it sold, and the room hears 0 before the end.
             try:
